@@ -1,0 +1,316 @@
+// Python bindings: glue only. The NumPy-facing checks and shape arithmetic live in
+// fastconv/_args.py and fastconv/functional.py; here every array is re-checked for dtype,
+// C-contiguity, writability and size, then the GIL is released for the kernel. The kernels
+// bounds-check every input read against H and W, so no output size passed here can make
+// them read or write outside the arrays.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "conv.h"
+#include "gemm.h"
+#include "im2col.h"
+#include "pool.h"
+
+namespace py = pybind11;
+using fastconv::index_t;
+
+namespace {
+
+template <typename T>
+const char* dtype_name() {
+  return sizeof(T) == 4 ? "float32" : (sizeof(T) == 8 ? "float64" : "int64");
+}
+
+// Pointer to the data of a C-contiguous array of exactly dtype T with `count` elements.
+// No conversion ever happens (a silently converted output would be lost).
+template <typename T>
+T* data_of(const py::array& a, const char* name, index_t count, bool writable) {
+  if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " must be a " + dtype_name<T>() + " array");
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  if (writable && !a.writeable()) throw py::value_error(std::string(name) + " is read-only");
+  if (a.size() != count)
+    throw py::value_error(std::string(name) + " has " + std::to_string(a.size()) +
+                          " elements, expected " + std::to_string(count));
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+index_t dim(const py::array& a, int i, const char* name) {
+  if (a.ndim() != 4) throw py::value_error(std::string(name) + " must be 4-D");
+  return a.shape(i);
+}
+
+fastconv::Window2d window(index_t kh, index_t kw, index_t sh, index_t sw, index_t ph, index_t pw,
+                          index_t dh, index_t dw) {
+  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1 || ph < 0 || pw < 0)
+    throw py::value_error("kernel, stride and dilation must be positive, padding non-negative");
+  return {kh, kw, sh, sw, ph, pw, dh, dw};
+}
+
+bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+
+// ---- conv -------------------------------------------------------------------------------
+
+fastconv::ConvShape conv_shape(const py::array& x, const py::array& w, const py::array& y,
+                               index_t groups, const fastconv::Window2d& win) {
+  fastconv::ConvShape s{dim(x, 0, "x"), dim(x, 1, "x"), dim(x, 2, "x"), dim(x, 3, "x"),
+                        dim(w, 0, "weight"), groups, dim(y, 2, "y"), dim(y, 3, "y"), win};
+  if (groups < 1 || s.C % groups || s.F % groups || dim(w, 1, "weight") != s.C / groups ||
+      dim(w, 2, "weight") != win.KH || dim(w, 3, "weight") != win.KW || dim(y, 0, "y") != s.N ||
+      dim(y, 1, "y") != s.F)
+    throw py::value_error("conv2d: inconsistent shapes");
+  return s;
+}
+
+template <typename T>
+void conv_forward_t(const py::array& x, const py::array& w, const py::object& bias, py::array& y,
+                    const fastconv::ConvShape& s) {
+  const T* xp = data_of<T>(x, "x", s.N * s.C * s.H * s.W, false);
+  const T* wp = data_of<T>(w, "weight", s.F * s.CKK(), false);
+  const T* bp = bias.is_none() ? nullptr : data_of<T>(bias.cast<py::array>(), "bias", s.F, false);
+  T* yp = data_of<T>(y, "y", s.N * s.F * s.L(), true);
+  py::gil_scoped_release release;
+  fastconv::conv2d_forward<T>(s, xp, wp, bp, yp);
+}
+
+void conv2d_forward(const py::array& x, const py::array& w, const py::object& bias, py::array y,
+                    index_t sh, index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
+                    index_t groups) {
+  const auto win = window(dim(w, 2, "weight"), dim(w, 3, "weight"), sh, sw, ph, pw, dh, dw);
+  const auto s = conv_shape(x, w, y, groups, win);
+  if (is_f64(x)) conv_forward_t<double>(x, w, bias, y, s);
+  else conv_forward_t<float>(x, w, bias, y, s);
+}
+
+template <typename T>
+void conv_backward_input_t(const py::array& gy, const py::array& w, py::array& gx,
+                           const fastconv::ConvShape& s) {
+  const T* gyp = data_of<T>(gy, "grad_y", s.N * s.F * s.L(), false);
+  const T* wp = data_of<T>(w, "weight", s.F * s.CKK(), false);
+  T* gxp = data_of<T>(gx, "grad_x", s.N * s.C * s.H * s.W, true);
+  py::gil_scoped_release release;
+  fastconv::conv2d_backward_input<T>(s, gyp, wp, gxp);
+}
+
+void conv2d_backward_input(const py::array& gy, const py::array& w, py::array gx, index_t sh,
+                           index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
+                           index_t groups) {
+  const auto win = window(dim(w, 2, "weight"), dim(w, 3, "weight"), sh, sw, ph, pw, dh, dw);
+  const auto s = conv_shape(gx, w, gy, groups, win);
+  if (is_f64(gy)) conv_backward_input_t<double>(gy, w, gx, s);
+  else conv_backward_input_t<float>(gy, w, gx, s);
+}
+
+template <typename T>
+void conv_backward_weight_t(const py::array& gy, const py::array& x, py::array& gw,
+                            const fastconv::ConvShape& s) {
+  const T* gyp = data_of<T>(gy, "grad_y", s.N * s.F * s.L(), false);
+  const T* xp = data_of<T>(x, "x", s.N * s.C * s.H * s.W, false);
+  T* gwp = data_of<T>(gw, "grad_weight", s.F * s.CKK(), true);
+  py::gil_scoped_release release;
+  fastconv::conv2d_backward_weight<T>(s, gyp, xp, gwp);
+}
+
+void conv2d_backward_weight(const py::array& gy, const py::array& x, py::array gw, index_t sh,
+                            index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
+                            index_t groups) {
+  const auto win = window(dim(gw, 2, "grad_weight"), dim(gw, 3, "grad_weight"), sh, sw, ph, pw,
+                          dh, dw);
+  const auto s = conv_shape(x, gw, gy, groups, win);
+  if (is_f64(gy)) conv_backward_weight_t<double>(gy, x, gw, s);
+  else conv_backward_weight_t<float>(gy, x, gw, s);
+}
+
+template <typename T>
+void conv_backward_bias_t(const py::array& gy, py::array& gb) {
+  fastconv::ConvShape s{};
+  s.N = dim(gy, 0, "grad_y");
+  s.F = dim(gy, 1, "grad_y");
+  s.G = 1;
+  s.OH = dim(gy, 2, "grad_y");
+  s.OW = dim(gy, 3, "grad_y");
+  const T* gyp = data_of<T>(gy, "grad_y", s.N * s.F * s.L(), false);
+  T* gbp = data_of<T>(gb, "grad_bias", s.F, true);
+  py::gil_scoped_release release;
+  fastconv::conv2d_backward_bias<T>(s, gyp, gbp);
+}
+
+void conv2d_backward_bias(const py::array& gy, py::array gb) {
+  if (is_f64(gy)) conv_backward_bias_t<double>(gy, gb);
+  else conv_backward_bias_t<float>(gy, gb);
+}
+
+// ---- im2col / col2im --------------------------------------------------------------------
+
+template <typename T>
+void unfold_t(const py::array& image, const py::array& cols, bool to_cols, const fastconv::Window2d& win,
+              index_t OH, index_t OW) {
+  const index_t N = dim(image, 0, "image"), C = dim(image, 1, "image"),
+                H = dim(image, 2, "image"), W = dim(image, 3, "image");
+  const index_t rows = C * win.KH * win.KW, L = OH * OW;
+  T* ip = data_of<T>(image, "image", N * C * H * W, !to_cols);
+  T* cp = data_of<T>(cols, "cols", N * rows * L, to_cols);
+  py::gil_scoped_release release;
+  if (to_cols) fastconv::im2col<T>(ip, N, C, H, W, win, OH, OW, cp);
+  else fastconv::col2im<T>(cp, N, C, H, W, win, OH, OW, ip);
+}
+
+void im2col(const py::array& x, py::array cols, index_t kh, index_t kw, index_t sh, index_t sw,
+            index_t ph, index_t pw, index_t dh, index_t dw, index_t OH, index_t OW) {
+  const auto win = window(kh, kw, sh, sw, ph, pw, dh, dw);
+  if (is_f64(x)) unfold_t<double>(x, cols, true, win, OH, OW);
+  else unfold_t<float>(x, cols, true, win, OH, OW);
+}
+
+void col2im(const py::array& cols, py::array x, index_t kh, index_t kw, index_t sh, index_t sw,
+            index_t ph, index_t pw, index_t dh, index_t dw, index_t OH, index_t OW) {
+  const auto win = window(kh, kw, sh, sw, ph, pw, dh, dw);
+  if (is_f64(cols)) unfold_t<double>(x, cols, false, win, OH, OW);
+  else unfold_t<float>(x, cols, false, win, OH, OW);
+}
+
+// ---- pooling ----------------------------------------------------------------------------
+
+fastconv::PoolShape pool_shape(const py::array& x, const py::array& y,
+                               const fastconv::Window2d& win) {
+  fastconv::PoolShape s{dim(x, 0, "x"), dim(x, 1, "x"), dim(x, 2, "x"), dim(x, 3, "x"),
+                        dim(y, 2, "y"), dim(y, 3, "y"), win};
+  if (dim(y, 0, "y") != s.N || dim(y, 1, "y") != s.C)
+    throw py::value_error("pool2d: output shape inconsistent with the input");
+  return s;
+}
+
+template <typename T>
+void max_pool_forward_t(const py::array& x, py::array& y, py::array& idx,
+                        const fastconv::PoolShape& s) {
+  const T* xp = data_of<T>(x, "x", s.N * s.C * s.H * s.W, false);
+  T* yp = data_of<T>(y, "y", s.N * s.C * s.OH * s.OW, true);
+  auto* ip = data_of<std::int64_t>(idx, "indices", s.N * s.C * s.OH * s.OW, true);
+  py::gil_scoped_release release;
+  fastconv::max_pool2d_forward<T>(s, xp, yp, ip);
+}
+
+void max_pool2d_forward(const py::array& x, py::array y, py::array idx, index_t kh, index_t kw,
+                        index_t sh, index_t sw, index_t ph, index_t pw, index_t dh, index_t dw) {
+  const auto s = pool_shape(x, y, window(kh, kw, sh, sw, ph, pw, dh, dw));
+  if (is_f64(x)) max_pool_forward_t<double>(x, y, idx, s);
+  else max_pool_forward_t<float>(x, y, idx, s);
+}
+
+template <typename T>
+bool max_pool_backward_t(const py::array& gy, const py::array& idx, py::array& gx) {
+  fastconv::PoolShape s{dim(gx, 0, "grad_x"), dim(gx, 1, "grad_x"), dim(gx, 2, "grad_x"),
+                        dim(gx, 3, "grad_x"), dim(gy, 2, "grad_y"), dim(gy, 3, "grad_y"), {}};
+  if (dim(gy, 0, "grad_y") != s.N || dim(gy, 1, "grad_y") != s.C)
+    throw py::value_error("max_pool2d_backward: grad_y and input_shape disagree");
+  const T* gyp = data_of<T>(gy, "grad_y", s.N * s.C * s.OH * s.OW, false);
+  const auto* ip = data_of<std::int64_t>(idx, "indices", s.N * s.C * s.OH * s.OW, false);
+  T* gxp = data_of<T>(gx, "grad_x", s.N * s.C * s.H * s.W, true);
+  py::gil_scoped_release release;
+  return fastconv::max_pool2d_backward<T>(s, gyp, ip, gxp);
+}
+
+bool max_pool2d_backward(const py::array& gy, const py::array& idx, py::array gx) {
+  return is_f64(gy) ? max_pool_backward_t<double>(gy, idx, gx)
+                    : max_pool_backward_t<float>(gy, idx, gx);
+}
+
+template <typename T>
+void avg_pool_t(const py::array& x, const py::array& y, bool forward, bool count_include_pad,
+                const fastconv::PoolShape& s) {
+  T* xp = data_of<T>(x, forward ? "x" : "grad_x", s.N * s.C * s.H * s.W, !forward);
+  T* yp = data_of<T>(y, forward ? "y" : "grad_y", s.N * s.C * s.OH * s.OW, forward);
+  py::gil_scoped_release release;
+  if (forward) fastconv::avg_pool2d_forward<T>(s, count_include_pad, xp, yp);
+  else fastconv::avg_pool2d_backward<T>(s, count_include_pad, yp, xp);
+}
+
+void avg_pool2d_forward(const py::array& x, py::array y, index_t kh, index_t kw, index_t sh,
+                        index_t sw, index_t ph, index_t pw, bool count_include_pad) {
+  const auto s = pool_shape(x, y, window(kh, kw, sh, sw, ph, pw, 1, 1));
+  if (is_f64(x)) avg_pool_t<double>(x, y, true, count_include_pad, s);
+  else avg_pool_t<float>(x, y, true, count_include_pad, s);
+}
+
+void avg_pool2d_backward(const py::array& gy, py::array gx, index_t kh, index_t kw, index_t sh,
+                         index_t sw, index_t ph, index_t pw, bool count_include_pad) {
+  const auto s = pool_shape(gx, gy, window(kh, kw, sh, sw, ph, pw, 1, 1));
+  if (is_f64(gy)) avg_pool_t<double>(gx, gy, false, count_include_pad, s);
+  else avg_pool_t<float>(gx, gy, false, count_include_pad, s);
+}
+
+// ---- gemm (tests and benchmarks) --------------------------------------------------------
+
+template <typename T>
+void gemm_t(const py::array& a, const py::array& b, py::array& c, bool trans_a, bool trans_b,
+            bool accumulate) {
+  if (a.ndim() != 2 || b.ndim() != 2 || c.ndim() != 2)
+    throw py::value_error("gemm: a, b and c must be 2-D");
+  const index_t M = c.shape(0), N = c.shape(1);
+  const index_t K = trans_a ? a.shape(0) : a.shape(1);
+  if ((trans_a ? a.shape(1) : a.shape(0)) != M || (trans_b ? b.shape(1) : b.shape(0)) != K ||
+      (trans_b ? b.shape(0) : b.shape(1)) != N)
+    throw py::value_error("gemm: shapes do not match");
+  const T* ap = data_of<T>(a, "a", a.size(), false);
+  const T* bp = data_of<T>(b, "b", b.size(), false);
+  T* cp = data_of<T>(c, "c", M * N, true);
+  const index_t lda = a.shape(1), ldb = b.shape(1);
+  py::gil_scoped_release release;
+  fastconv::gemm_parallel<T>(M, N, K, ap, trans_a ? 1 : lda, trans_a ? lda : 1, bp,
+                             trans_b ? 1 : ldb, trans_b ? ldb : 1, cp, N, accumulate);
+}
+
+void gemm(const py::array& a, const py::array& b, py::array c, bool trans_a, bool trans_b,
+          bool accumulate) {
+  if (is_f64(a)) gemm_t<double>(a, b, c, trans_a, trans_b, accumulate);
+  else gemm_t<float>(a, b, c, trans_a, trans_b, accumulate);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastconv compiled kernels (internal: use fastconv.functional)";
+  m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("weight"), py::arg("bias").none(true),
+        py::arg("y"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
+        py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"));
+  m.def("conv2d_backward_input", &conv2d_backward_input, py::arg("grad_y"), py::arg("weight"),
+        py::arg("grad_x"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
+        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"));
+  m.def("conv2d_backward_weight", &conv2d_backward_weight, py::arg("grad_y"), py::arg("x"),
+        py::arg("grad_weight"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
+        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"));
+  m.def("conv2d_backward_bias", &conv2d_backward_bias, py::arg("grad_y"), py::arg("grad_bias"));
+  m.def("im2col", &im2col, py::arg("x"), py::arg("cols"), py::arg("kernel_h"), py::arg("kernel_w"),
+        py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
+        py::arg("dilation_h"), py::arg("dilation_w"), py::arg("out_h"), py::arg("out_w"));
+  m.def("col2im", &col2im, py::arg("cols"), py::arg("x"), py::arg("kernel_h"), py::arg("kernel_w"),
+        py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
+        py::arg("dilation_h"), py::arg("dilation_w"), py::arg("out_h"), py::arg("out_w"));
+  m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("indices"),
+        py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"),
+        py::arg("pad_h"), py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"));
+  m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("grad_y"), py::arg("indices"),
+        py::arg("grad_x"), "Returns False if an index lies outside its H*W plane.");
+  m.def("avg_pool2d_forward", &avg_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("kernel_h"),
+        py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
+        py::arg("pad_w"), py::arg("count_include_pad"));
+  m.def("avg_pool2d_backward", &avg_pool2d_backward, py::arg("grad_y"), py::arg("grad_x"),
+        py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"),
+        py::arg("pad_h"), py::arg("pad_w"), py::arg("count_include_pad"));
+  m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
+        py::arg("trans_b") = false, py::arg("accumulate") = false,
+        "c (+)= op(a) @ op(b) with the packed GEMM (threads over blocks of c).");
+  m.def("get_num_threads", &fastconv::max_threads);
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+    fastconv::set_max_threads(n);
+  }, py::arg("n"));
+  m.def("openmp_enabled", &fastconv::openmp_enabled);
+  m.def("simd_level", &fastconv::simd_level);
+  m.def("best_simd_level", &fastconv::best_simd_level);
+  m.def("set_simd_level", &fastconv::set_simd_level, py::arg("level"),
+        "Force the micro-kernel ISA (tests/benchmarks); False if unsupported here.");
+}

@@ -1,0 +1,75 @@
+// Shared helpers for the fastconv kernels: index type, OpenMP shims, aligned scratch memory.
+//
+// Dimension legend used in every kernel:
+//   N = batch, C = input channels, H/W = input height/width, F = output channels,
+//   KH/KW = kernel height/width, OH/OW = output height/width, G = groups,
+//   L = OH*OW (positions per image), CKK = (C/G)*KH*KW (rows of one group's column matrix).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fastconv {
+
+using index_t = std::int64_t;
+
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+inline void set_max_threads(int n) {
+#ifdef _OPENMP
+  omp_set_num_threads(n);
+#else
+  (void)n;
+#endif
+}
+
+inline bool openmp_enabled() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+// 64-byte aligned scratch memory, owned by one call (never static: the GIL is released and
+// several Python threads may run kernels at once).
+struct AlignedFree {
+  void operator()(void* p) const noexcept { std::free(p); }
+};
+
+template <typename T>
+using Scratch = std::unique_ptr<T[], AlignedFree>;
+
+template <typename T>
+Scratch<T> make_scratch(index_t count) {
+  std::size_t bytes = static_cast<std::size_t>(count > 0 ? count : 1) * sizeof(T);
+  bytes = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  return Scratch<T>(static_cast<T*>(p));
+}
+
+inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+
+}  // namespace fastconv

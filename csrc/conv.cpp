@@ -1,0 +1,155 @@
+#include "conv.h"
+
+#include <algorithm>
+
+#include "gemm.h"
+
+namespace fastconv {
+namespace {
+
+// Images per chunk of the weight-gradient reduction. The partial sums are formed per fixed
+// chunk and added in chunk order, so the result does not depend on the number of threads.
+constexpr index_t kWeightGradChunks = 8;
+
+inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
+
+// Runs body(i, cols, pack) for i in [0, count). With at least as many items as threads, the
+// items are spread over the threads, each with its own scratch (cols: cols_size elements;
+// pack: GEMM packing buffers), and run whole, independent GEMMs: no barrier per small step.
+// Otherwise the items run in order and pack is nullptr: the body then splits each GEMM over
+// the threads (see `matmul`). All scratch is allocated here, before any parallel region.
+template <typename T, typename Body>
+void run_items(index_t count, index_t cols_size, Body&& body) {
+  const int threads = max_threads();
+  if (threads > 1 && count >= threads) {
+    const index_t cols_part = round_up(cols_size, 16);
+    const index_t per_thread = cols_part + gemm_scratch_size<T>();
+    Scratch<T> buf = make_scratch<T>(per_thread * threads);
+#pragma omp parallel num_threads(threads)
+    {
+      T* mine = buf.get() + per_thread * thread_id();
+#pragma omp for schedule(static)
+      for (index_t i = 0; i < count; ++i) body(i, mine, mine + cols_part);
+    }
+  } else {
+    Scratch<T> cols = make_scratch<T>(cols_size);
+    for (index_t i = 0; i < count; ++i) body(i, cols.get(), static_cast<T*>(nullptr));
+  }
+}
+
+// GEMM on this thread's packing scratch, or split over all threads when there is none.
+// Both give the same bits: threads split M or N, never the reduction.
+template <typename T>
+void matmul(T* pack, index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs,
+            const T* B, index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate) {
+  if (pack)
+    gemm<T>(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate, pack);
+  else
+    gemm_parallel<T>(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate);
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
+  const bool direct = s.pointwise();
+  run_items<T>(s.N, direct ? 0 : CKK * L, [&](index_t n, T* cols, T* pack) {
+    for (index_t g = 0; g < s.G; ++g) {
+      const T* xg = x + (n * s.C + g * Cg) * HW;
+      T* yg = y + (n * s.F + g * Fg) * L;
+      // Bias first, then accumulate the product onto it.
+      if (bias)
+        for (index_t f = 0; f < Fg; ++f) std::fill(yg + f * L, yg + (f + 1) * L, bias[g * Fg + f]);
+      if (!direct) im2col_image(xg, Cg, s.H, s.W, s.win, s.OH, s.OW, cols, L);
+      matmul<T>(pack, Fg, L, CKK, w + g * Fg * CKK, CKK, 1, direct ? xg : cols, L, 1, yg, L,
+                bias != nullptr);
+    }
+  });
+}
+
+template <typename T>
+void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
+  const bool direct = s.pointwise();
+  run_items<T>(s.N, direct ? 0 : CKK * L, [&](index_t n, T* dcols, T* pack) {
+    for (index_t g = 0; g < s.G; ++g) {
+      const T* gyg = gy + (n * s.F + g * Fg) * L;
+      T* gxg = gx + (n * s.C + g * Cg) * HW;
+      // w[g] read transposed: A(ckk, f) = w[g][f*CKK + ckk]
+      matmul<T>(pack, CKK, L, Fg, w + g * Fg * CKK, 1, CKK, gyg, L, 1, direct ? gxg : dcols, L,
+                false);
+      if (!direct) {
+        std::fill(gxg, gxg + Cg * HW, T(0));
+        col2im_image(dcols, L, Cg, s.H, s.W, s.win, s.OH, s.OW, gxg);
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
+  const index_t WSZ = s.F * CKK;
+  if (s.N == 0) {
+    std::fill(gw, gw + WSZ, T(0));
+    return;
+  }
+  const bool direct = s.pointwise();
+  const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
+  Scratch<T> partial = make_scratch<T>(chunks > 1 ? chunks * WSZ : 0);
+  // Chunk c sums images [N*c/chunks, N*(c+1)/chunks) into its own partial gradient.
+  run_items<T>(chunks, direct ? 0 : CKK * L, [&](index_t c, T* cols, T* pack) {
+    T* dst = chunks > 1 ? partial.get() + c * WSZ : gw;
+    const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
+    for (index_t n = n0; n < n1; ++n) {
+      for (index_t g = 0; g < s.G; ++g) {
+        const T* xg = x + (n * s.C + g * Cg) * HW;
+        if (!direct) im2col_image(xg, Cg, s.H, s.W, s.win, s.OH, s.OW, cols, L);
+        // cols read transposed: B(l, ckk) = cols[ckk*L + l]
+        matmul<T>(pack, Fg, CKK, L, gy + (n * s.F + g * Fg) * L, L, 1, direct ? xg : cols, 1, L,
+                  dst + g * Fg * CKK, CKK, n > n0);
+      }
+    }
+  });
+  if (chunks > 1) {
+    const T* p = partial.get();
+#pragma omp parallel for schedule(static)
+    for (index_t e = 0; e < WSZ; ++e) {
+      T sum = p[e];
+      for (index_t c = 1; c < chunks; ++c) sum += p[c * WSZ + e];
+      gw[e] = sum;
+    }
+  }
+}
+
+template <typename T>
+void conv2d_backward_bias(const ConvShape& s, const T* gy, T* gb) {
+  const index_t L = s.L();
+  constexpr int lanes = 16;  // fixed-width partial sums: vectorisable and order-deterministic
+#pragma omp parallel for schedule(static)
+  for (index_t f = 0; f < s.F; ++f) {
+    T acc[lanes] = {};
+    for (index_t n = 0; n < s.N; ++n) {
+      const T* p = gy + (n * s.F + f) * L;
+      index_t l = 0;
+      for (; l + lanes <= L; l += lanes)
+        for (int k = 0; k < lanes; ++k) acc[k] += p[l + k];
+      for (index_t k = 0; l + k < L; ++k) acc[k] += p[l + k];
+    }
+    T sum = 0;
+    for (int k = 0; k < lanes; ++k) sum += acc[k];
+    gb[f] = sum;
+  }
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                         \
+  template void conv2d_forward<T>(const ConvShape&, const T*, const T*, const T*, T*); \
+  template void conv2d_backward_input<T>(const ConvShape&, const T*, const T*, T*);     \
+  template void conv2d_backward_weight<T>(const ConvShape&, const T*, const T*, T*);    \
+  template void conv2d_backward_bias<T>(const ConvShape&, const T*, T*);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+#undef FASTCONV_INSTANTIATE
+
+}  // namespace fastconv

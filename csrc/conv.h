@@ -1,0 +1,43 @@
+// conv2d forward and backward (input, weight, bias), NCHW, groups, via im2col + packed GEMM.
+//
+//   x (N, C, H, W), w (F, C/G, KH, KW), bias (F), y (N, F, OH, OW)
+//   OH = (H + PH_total - DH*(KH-1) - 1) / SH + 1   (the caller computes OH/OW and the padding)
+//
+// Per image n and group g, with cols = im2col(x[n, g]) of shape (CKK, L):
+//   forward          y[n, g]  = w[g] (Fg x CKK) . cols            (+ bias)
+//   backward input   gx[n, g] = col2im( w[g]^T (CKK x Fg) . gy[n, g] )
+//   backward weight  gw[g]   += gy[n, g] (Fg x L) . cols^T
+// A 1x1 / stride-1 / pad-0 convolution needs no im2col: cols is the image itself.
+#pragma once
+
+#include "common.h"
+#include "im2col.h"
+
+namespace fastconv {
+
+struct ConvShape {
+  index_t N, C, H, W;  // input
+  index_t F, G;        // output channels, groups
+  index_t OH, OW;      // output size
+  Window2d win;
+
+  index_t Cg() const { return C / G; }
+  index_t Fg() const { return F / G; }
+  index_t L() const { return OH * OW; }
+  index_t CKK() const { return Cg() * win.KH * win.KW; }
+  bool pointwise() const {
+    return win.KH == 1 && win.KW == 1 && win.SH == 1 && win.SW == 1 && win.PH == 0 &&
+           win.PW == 0 && OH == H && OW == W;
+  }
+};
+
+template <typename T>
+void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y);
+template <typename T>
+void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx);
+template <typename T>
+void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw);
+template <typename T>
+void conv2d_backward_bias(const ConvShape& s, const T* gy, T* gb);
+
+}  // namespace fastconv

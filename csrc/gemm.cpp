@@ -1,0 +1,254 @@
+// Packed GEMM loop nest (Goto/BLIS): for each nc-wide block of B, for each kc-deep slab,
+// pack B into NR-wide micro-panels; for each mc-tall block of A, pack A into MR-tall
+// micro-panels; then sweep the register tile over the block. Packing makes every operand
+// layout (transposed, strided) look the same to the micro-kernel and keeps its loads
+// sequential. Edge panels are zero-padded so the micro-kernel always runs a full tile.
+#include "gemm.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+
+namespace fastconv {
+namespace {
+
+// Portable micro-kernel: 4 x 16 tile in plain loops (the compiler vectorises the j loop).
+template <typename T>
+void micro_kernel_generic(index_t kc, const T* __restrict a, const T* __restrict b,
+                          T* __restrict c, index_t ldc, bool accumulate, index_t mr_eff,
+                          index_t nr_eff) {
+  constexpr int MR = 4, NR = 16;
+  T acc[MR][NR] = {};
+  for (index_t p = 0; p < kc; ++p) {
+    const T* ap = a + p * MR;
+    const T* bp = b + p * NR;
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] += ap[i] * bp[j];
+  }
+  for (index_t i = 0; i < mr_eff; ++i)
+    for (index_t j = 0; j < nr_eff; ++j)
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+}
+
+const GemmKernel<float> kGenericF32{"generic", 4, 16, 4 * 32, 256, 4096,
+                                    &micro_kernel_generic<float>};
+const GemmKernel<double> kGenericF64{"generic", 4, 16, 4 * 24, 256, 2048,
+                                     &micro_kernel_generic<double>};
+
+bool cpu_has(const std::string& level) {
+  if (level == "generic") return true;
+#if defined(FASTCONV_X86) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (level == "avx2")
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           gemm_kernel_avx2_f32() != nullptr;
+  if (level == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") &&
+           gemm_kernel_avx512_f32() != nullptr;
+#endif
+  return false;
+}
+
+// 0 generic, 1 avx2, 2 avx512; resolved once, changeable by set_simd_level (tests).
+std::atomic<int> g_level{-1};
+
+int level_index(const std::string& name) {
+  if (name == "avx512") return 2;
+  if (name == "avx2") return 1;
+  if (name == "generic") return 0;
+  return -1;
+}
+
+int current_level() {
+  int lv = g_level.load(std::memory_order_relaxed);
+  if (lv < 0) {
+    lv = level_index(best_simd_level());
+    g_level.store(lv, std::memory_order_relaxed);
+  }
+  return lv;
+}
+
+// Pack rows [0, mc) x cols [0, kc) of A into MR-tall panels: panel r holds A[r*MR + i, p]
+// at ap[r*MR*kc + p*MR + i]; rows past mc are zero.
+template <typename T>
+void pack_a(index_t mc, index_t kc, const T* A, index_t rs, index_t cs, index_t MR, T* ap) {
+  for (index_t r = 0; r < mc; r += MR) {
+    const index_t m = std::min(MR, mc - r);
+    T* dst = ap + r * kc;
+    if (cs == 1) {
+      for (index_t p = 0; p < kc; ++p) {
+        index_t i = 0;
+        for (; i < m; ++i) dst[p * MR + i] = A[(r + i) * rs + p];
+        for (; i < MR; ++i) dst[p * MR + i] = T(0);
+      }
+    } else {
+      for (index_t p = 0; p < kc; ++p) {
+        const T* src = A + r * rs + p * cs;
+        index_t i = 0;
+        for (; i < m; ++i) dst[p * MR + i] = src[i * rs];
+        for (; i < MR; ++i) dst[p * MR + i] = T(0);
+      }
+    }
+  }
+}
+
+// Pack rows [0, kc) x cols [0, nc) of B into NR-wide panels: panel q holds B[p, q*NR + j]
+// at bp[q*NR*kc + p*NR + j]; columns past nc are zero.
+template <typename T>
+void pack_b(index_t kc, index_t nc, const T* B, index_t rs, index_t cs, index_t NR, T* bp) {
+  for (index_t q = 0; q < nc; q += NR) {
+    const index_t n = std::min(NR, nc - q);
+    T* dst = bp + q * kc;
+    if (cs == 1) {
+      for (index_t p = 0; p < kc; ++p) {
+        const T* src = B + p * rs + q;
+        if (n == NR) {
+          std::memcpy(dst + p * NR, src, sizeof(T) * NR);
+        } else {
+          index_t j = 0;
+          for (; j < n; ++j) dst[p * NR + j] = src[j];
+          for (; j < NR; ++j) dst[p * NR + j] = T(0);
+        }
+      }
+    } else {
+      for (index_t j = 0; j < n; ++j) {
+        const T* src = B + (q + j) * cs;
+        for (index_t p = 0; p < kc; ++p) dst[p * NR + j] = src[p * rs];
+      }
+      for (index_t j = n; j < NR; ++j)
+        for (index_t p = 0; p < kc; ++p) dst[p * NR + j] = T(0);
+    }
+  }
+}
+
+}  // namespace
+
+std::string best_simd_level() {
+  if (cpu_has("avx512")) return "avx512";
+  if (cpu_has("avx2")) return "avx2";
+  return "generic";
+}
+
+std::string simd_level() {
+  switch (current_level()) {
+    case 2: return "avx512";
+    case 1: return "avx2";
+    default: return "generic";
+  }
+}
+
+bool set_simd_level(const std::string& level) {
+  const int lv = level_index(level);
+  if (lv < 0 || !cpu_has(level)) return false;
+  g_level.store(lv, std::memory_order_relaxed);
+  return true;
+}
+
+template <>
+const GemmKernel<float>& gemm_kernel<float>() {
+  switch (current_level()) {
+    case 2: return *gemm_kernel_avx512_f32();
+    case 1: return *gemm_kernel_avx2_f32();
+    default: return kGenericF32;
+  }
+}
+
+template <>
+const GemmKernel<double>& gemm_kernel<double>() {
+  switch (current_level()) {
+    case 2: return *gemm_kernel_avx512_f64();
+    case 1: return *gemm_kernel_avx2_f64();
+    default: return kGenericF64;
+  }
+}
+
+template <typename T>
+index_t gemm_scratch_size() {
+  const GemmKernel<T>& k = gemm_kernel<T>();
+  return k.mc * k.kc + k.kc * k.nc;
+}
+
+template <typename T>
+void gemm(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs, const T* B,
+          index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate, T* pack) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (index_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+    return;
+  }
+  const GemmKernel<T>& k = gemm_kernel<T>();
+  Scratch<T> owned;
+  if (!pack) {
+    owned = make_scratch<T>(k.mc * k.kc + k.kc * k.nc);
+    pack = owned.get();
+  }
+  T* ap = pack;
+  T* bp = pack + k.mc * k.kc;
+  for (index_t jc = 0; jc < N; jc += k.nc) {
+    const index_t nc = std::min(k.nc, N - jc);
+    for (index_t pc = 0; pc < K; pc += k.kc) {
+      const index_t kc = std::min(k.kc, K - pc);
+      const bool acc = accumulate || pc > 0;
+      pack_b(kc, nc, B + pc * b_rs + jc * b_cs, b_rs, b_cs, k.nr, bp);
+      for (index_t ic = 0; ic < M; ic += k.mc) {
+        const index_t mc = std::min(k.mc, M - ic);
+        pack_a(mc, kc, A + ic * a_rs + pc * a_cs, a_rs, a_cs, k.mr, ap);
+        for (index_t jr = 0; jr < nc; jr += k.nr) {
+          const index_t nr = std::min(k.nr, nc - jr);
+          for (index_t ir = 0; ir < mc; ir += k.mr) {
+            const index_t mr = std::min(k.mr, mc - ir);
+            k.micro(kc, ap + ir * kc, bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, acc, mr,
+                    nr);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void gemm_parallel(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs,
+                   const T* B, index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate) {
+  const int threads = max_threads();
+  const GemmKernel<T>& k = gemm_kernel<T>();
+  const index_t m_blocks = ceil_div(M, k.mr), n_blocks = ceil_div(N, k.nr);
+  if (threads <= 1 || (m_blocks < 2 && n_blocks < 2) ||
+      static_cast<double>(M) * N * K < 64.0 * 64 * 64) {
+    gemm(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate);
+    return;
+  }
+  // Each thread takes a contiguous range of whole register tiles along the longer side.
+  const bool split_n = n_blocks >= m_blocks;
+  const index_t blocks = split_n ? n_blocks : m_blocks;
+  const index_t step = split_n ? k.nr : k.mr;
+  const int parts = static_cast<int>(std::min<index_t>(threads, blocks));
+#pragma omp parallel num_threads(parts)
+  {
+    const index_t t = thread_id();
+    const index_t b0 = blocks * t / parts, b1 = blocks * (t + 1) / parts;
+    const index_t lo = b0 * step;
+    const index_t hi = std::min((split_n ? N : M), b1 * step);
+    if (hi > lo) {
+      if (split_n)
+        gemm(M, hi - lo, K, A, a_rs, a_cs, B + lo * b_cs, b_rs, b_cs, C + lo, ldc, accumulate);
+      else
+        gemm(hi - lo, N, K, A + lo * a_rs, a_rs, a_cs, B, b_rs, b_cs, C + lo * ldc, ldc,
+             accumulate);
+    }
+  }
+}
+
+template index_t gemm_scratch_size<float>();
+template index_t gemm_scratch_size<double>();
+template void gemm<float>(index_t, index_t, index_t, const float*, index_t, index_t, const float*,
+                          index_t, index_t, float*, index_t, bool, float*);
+template void gemm<double>(index_t, index_t, index_t, const double*, index_t, index_t,
+                           const double*, index_t, index_t, double*, index_t, bool, double*);
+template void gemm_parallel<float>(index_t, index_t, index_t, const float*, index_t, index_t,
+                                   const float*, index_t, index_t, float*, index_t, bool);
+template void gemm_parallel<double>(index_t, index_t, index_t, const double*, index_t, index_t,
+                                    const double*, index_t, index_t, double*, index_t, bool);
+
+}  // namespace fastconv

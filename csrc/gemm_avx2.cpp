@@ -1,0 +1,100 @@
+// AVX2+FMA micro-kernels: a 6 x 16 float (6 x 8 double) register tile, 12 ymm accumulators.
+// This file alone is compiled with -mavx2 -mfma; it runs only after cpuid says the CPU has it.
+#include "gemm.h"
+
+#if defined(FASTCONV_X86) && defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+namespace fastconv {
+namespace {
+
+template <typename T>
+struct Ymm;
+
+template <>
+struct Ymm<float> {
+  using V = __m256;
+  static constexpr int lanes = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+};
+
+template <>
+struct Ymm<double> {
+  using V = __m256d;
+  static constexpr int lanes = 4;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static V bcast(const double* p) { return _mm256_broadcast_sd(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+};
+
+constexpr int MR = 6;
+
+template <typename T>
+void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* __restrict c,
+                  index_t ldc, bool accumulate, index_t mr_eff, index_t nr_eff) {
+  using Y = Ymm<T>;
+  constexpr int L = Y::lanes;
+  constexpr int NR = 2 * L;
+  typename Y::V acc0[MR], acc1[MR];
+  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = Y::zero();
+  for (index_t p = 0; p < kc; ++p) {
+    const typename Y::V b0 = Y::load(b + p * NR);
+    const typename Y::V b1 = Y::load(b + p * NR + L);
+    const T* ap = a + p * MR;
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const typename Y::V ai = Y::bcast(ap + i);
+      acc0[i] = Y::fma(ai, b0, acc0[i]);
+      acc1[i] = Y::fma(ai, b1, acc1[i]);
+    }
+  }
+  if (nr_eff == NR) {
+    for (int i = 0; i < MR; ++i) {
+      if (i >= mr_eff) break;
+      T* ci = c + i * ldc;
+      if (accumulate) {
+        acc0[i] = Y::add(acc0[i], Y::load(ci));
+        acc1[i] = Y::add(acc1[i], Y::load(ci + L));
+      }
+      Y::store(ci, acc0[i]);
+      Y::store(ci + L, acc1[i]);
+    }
+    return;
+  }
+  // Partial tile: spill to a small buffer and copy the valid part.
+  alignas(32) T tile[MR * NR];
+  for (int i = 0; i < MR; ++i) {
+    Y::store(tile + i * NR, acc0[i]);
+    Y::store(tile + i * NR + L, acc1[i]);
+  }
+  for (index_t i = 0; i < mr_eff; ++i)
+    for (index_t j = 0; j < nr_eff; ++j)
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
+}
+
+const GemmKernel<float> kF32{"avx2", MR, 16, 6 * 16, 256, 4096, &micro_kernel<float>};
+const GemmKernel<double> kF64{"avx2", MR, 8, 6 * 12, 256, 2048, &micro_kernel<double>};
+
+}  // namespace
+
+const GemmKernel<float>* gemm_kernel_avx2_f32() { return &kF32; }
+const GemmKernel<double>* gemm_kernel_avx2_f64() { return &kF64; }
+
+}  // namespace fastconv
+
+#else
+
+namespace fastconv {
+const GemmKernel<float>* gemm_kernel_avx2_f32() { return nullptr; }
+const GemmKernel<double>* gemm_kernel_avx2_f64() { return nullptr; }
+}  // namespace fastconv
+
+#endif

@@ -1,0 +1,113 @@
+// AVX-512F micro-kernels: an 8 x 32 float (8 x 16 double) register tile, 16 zmm accumulators.
+// This file alone is compiled with -mavx512f; it runs only after cpuid says the CPU has it.
+#include "gemm.h"
+
+#if defined(FASTCONV_X86) && defined(__AVX512F__)
+#include <immintrin.h>
+
+namespace fastconv {
+namespace {
+
+template <typename T>
+struct Zmm;
+
+template <>
+struct Zmm<float> {
+  using V = __m512;
+  using Mask = __mmask16;
+  static constexpr int lanes = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static Mask mask(index_t n) { return static_cast<Mask>((1u << n) - 1u); }
+  static V mload(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  static void mstore(float* p, Mask m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+};
+
+template <>
+struct Zmm<double> {
+  using V = __m512d;
+  using Mask = __mmask8;
+  static constexpr int lanes = 8;
+  static V zero() { return _mm512_setzero_pd(); }
+  static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static V bcast(const double* p) { return _mm512_set1_pd(*p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static Mask mask(index_t n) { return static_cast<Mask>((1u << n) - 1u); }
+  static V mload(const double* p, Mask m) { return _mm512_maskz_loadu_pd(m, p); }
+  static void mstore(double* p, Mask m, V v) { _mm512_mask_storeu_pd(p, m, v); }
+};
+
+constexpr int MR = 8;
+
+template <typename T>
+void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* __restrict c,
+                  index_t ldc, bool accumulate, index_t mr_eff, index_t nr_eff) {
+  using Z = Zmm<T>;
+  constexpr int L = Z::lanes;
+  constexpr int NR = 2 * L;
+  typename Z::V acc0[MR], acc1[MR];
+  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = Z::zero();
+  for (index_t p = 0; p < kc; ++p) {
+    const typename Z::V b0 = Z::load(b + p * NR);
+    const typename Z::V b1 = Z::load(b + p * NR + L);
+    const T* ap = a + p * MR;
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const typename Z::V ai = Z::bcast(ap + i);
+      acc0[i] = Z::fma(ai, b0, acc0[i]);
+      acc1[i] = Z::fma(ai, b1, acc1[i]);
+    }
+  }
+  if (nr_eff == NR) {
+    for (int i = 0; i < MR; ++i) {
+      if (i >= mr_eff) break;
+      T* ci = c + i * ldc;
+      if (accumulate) {
+        acc0[i] = Z::add(acc0[i], Z::load(ci));
+        acc1[i] = Z::add(acc1[i], Z::load(ci + L));
+      }
+      Z::store(ci, acc0[i]);
+      Z::store(ci + L, acc1[i]);
+    }
+  } else {
+    const index_t n0 = nr_eff < L ? nr_eff : L;
+    const index_t n1 = nr_eff - n0;
+    const typename Z::Mask m0 = Z::mask(n0), m1 = Z::mask(n1);
+    for (int i = 0; i < MR; ++i) {
+      if (i >= mr_eff) break;
+      T* ci = c + i * ldc;
+      if (accumulate) {
+        acc0[i] = Z::add(acc0[i], Z::mload(ci, m0));
+        if (n1 > 0) acc1[i] = Z::add(acc1[i], Z::mload(ci + L, m1));
+      }
+      Z::mstore(ci, m0, acc0[i]);
+      if (n1 > 0) Z::mstore(ci + L, m1, acc1[i]);
+    }
+  }
+}
+
+// Blocks: B panel kc x nc stays in L2/L3, A block mc x kc in L2, the micro-panels in L1.
+const GemmKernel<float> kF32{"avx512", MR, 32, 8 * 16, 384, 4096, &micro_kernel<float>};
+const GemmKernel<double> kF64{"avx512", MR, 16, 8 * 12, 256, 2048, &micro_kernel<double>};
+
+}  // namespace
+
+const GemmKernel<float>* gemm_kernel_avx512_f32() { return &kF32; }
+const GemmKernel<double>* gemm_kernel_avx512_f64() { return &kF64; }
+
+}  // namespace fastconv
+
+#else
+
+namespace fastconv {
+const GemmKernel<float>* gemm_kernel_avx512_f32() { return nullptr; }
+const GemmKernel<double>* gemm_kernel_avx512_f64() { return nullptr; }
+}  // namespace fastconv
+
+#endif

@@ -1,0 +1,29 @@
+// Max and average pooling, forward and backward, NCHW, semantics of PyTorch's CPU kernels:
+//   window of output (oh, ow) starts at (oh*SH - PH, ow*SW - PW); OH/OW computed by the caller
+//   (floor or ceil mode). Max pooling returns the flat index ih*W + iw of the maximum in each
+//   H*W plane (first maximum wins; NaN propagates). Average pooling divides by the window area
+//   clipped to the padded input (count_include_pad) or to the input itself.
+#pragma once
+
+#include "common.h"
+#include "im2col.h"
+
+namespace fastconv {
+
+struct PoolShape {
+  index_t N, C, H, W;  // input
+  index_t OH, OW;      // output
+  Window2d win;
+};
+
+template <typename T>
+void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices);
+// Returns false (and writes nothing for that entry) if an index lies outside [0, H*W).
+template <typename T>
+bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* indices, T* gx);
+template <typename T>
+void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, T* y);
+template <typename T>
+void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy, T* gx);
+
+}  // namespace fastconv

@@ -1,0 +1,73 @@
+"""fastconv: fast convolutional networks on a plain CPU, from Python.
+
+C++/OpenMP kernels (conv2d forward/backward, max/avg pooling, im2col/col2im, a packed GEMM with
+AVX-512/AVX2 micro-kernels chosen at run time) behind a NumPy API that mirrors
+torch.nn.functional, plus a pure-NumPy reference with the same signatures.
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.F.conv2d(np.ones((1, 3, 8, 8), "f4"), np.ones((4, 3, 3, 3), "f4")).shape
+    (1, 4, 6, 6)
+"""
+
+from __future__ import annotations
+
+from . import _core
+from . import functional
+
+F = functional
+
+__version__ = "0.1.0"
+
+
+def get_num_threads() -> int:
+    """Number of OpenMP threads the kernels use (OMP_NUM_THREADS at start-up, else all cores)."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of OpenMP threads the kernels use (n >= 1). Results do not depend on it."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {n!r}")
+    _core.set_num_threads(n)
+
+
+def simd_level() -> str:
+    """Instruction set of the GEMM micro-kernels in use: 'avx512', 'avx2' or 'generic'."""
+    return _core.simd_level()
+
+
+def build_info() -> dict:
+    """What this build and machine offer: OpenMP, threads, SIMD levels."""
+    return {
+        "version": __version__,
+        "openmp": _core.openmp_enabled(),
+        "num_threads": _core.get_num_threads(),
+        "simd_level": _core.simd_level(),
+        "best_simd_level": _core.best_simd_level(),
+    }
+
+
+
+
+def __getattr__(name: str):
+    # Submodules that pull in more than the kernels are imported on first use.
+    import importlib
+
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'fastconv' has no attribute {name!r}")
+
+
+_LAZY_SUBMODULES = ("reference", "backend", "nn", "losses", "init", "optim", "models",
+                    "gradcheck", "data", "checkpoint", "plotting", "train", "predict")
+
+__all__ = [
+    "F",
+    "functional",
+    "reference",
+    "get_num_threads",
+    "set_num_threads",
+    "simd_level",
+    "build_info",
+    "__version__",
+]

@@ -1,0 +1,353 @@
+"""Argument checking and shape arithmetic shared by the fast and the reference ops.
+
+Both `fastconv.functional` and `fastconv.reference` validate through this module, so they
+accept exactly the same inputs, raise exactly the same errors and agree on every output size.
+
+Output size of a convolution / pooling window along one axis (arXiv 1603.07285):
+
+    out = (H + pad_total - d*(k-1) - 1) // s + 1
+
+Pooling may use ceil instead of floor (``ceil_mode``); then the last window must still start
+inside the input or the left padding, as in PyTorch.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+# Sizes and hyper-parameters beyond this are certainly a mistake, and keeping every product
+# of two of them below 2**62 means the int64 index arithmetic in the kernels cannot overflow.
+_MAX_INT = 2**31 - 1
+_MAX_ELEMENTS = 2**62
+
+
+def pair(value, name: str, op: str) -> tuple[int, int]:
+    """Normalise an int or a pair of ints (PyTorch's `_pair`) to a tuple of two Python ints."""
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list, np.ndarray)) and len(value) == 2:
+        items = tuple(value)
+        if all(isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+               for v in items):
+            return (int(items[0]), int(items[1]))
+    raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+
+
+def positive_pair(value, name: str, op: str) -> tuple[int, int]:
+    """`pair`, each entry in [1, 2**31)."""
+    p = pair(value, name, op)
+    if not all(1 <= v <= _MAX_INT for v in p):
+        raise ValueError(f"{op}: {name} must be positive, got {value!r}")
+    return p
+
+
+def nonnegative_pair(value, name: str, op: str) -> tuple[int, int]:
+    """`pair`, each entry in [0, 2**31)."""
+    p = pair(value, name, op)
+    if not all(0 <= v <= _MAX_INT for v in p):
+        raise ValueError(f"{op}: {name} must be non-negative, got {value!r}")
+    return p
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
+    """Output length of a convolution along one axis: (size + pad_total - d(k-1) - 1) // s + 1.
+
+    May be <= 0 when the dilated kernel is larger than the padded input; callers check.
+    """
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int,
+                     ceil_mode: bool) -> int:
+    """Output length of a pooling window along one axis, PyTorch's `pooling_output_shape`.
+
+    With ceil_mode the division rounds up, but a last window that would start entirely in the
+    right padding is dropped: if (out - 1) * s >= size + padding, out -= 1.
+    """
+    numerator = size + 2 * padding - dilation * (kernel - 1) - 1
+    if ceil_mode:
+        numerator += stride - 1
+    out = numerator // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+_CONVERTIBLE_KINDS = "biuf"  # bool, signed, unsigned, float (float16 etc.)
+
+
+def as_float_array(x, name: str, op: str) -> np.ndarray:
+    """Return `x` as a float32 or float64 ndarray (any layout; no copy if it already is one).
+
+    float32 and float64 are kept. Other real numbers (bool, integers, float16, longdouble) are
+    converted to float32, the library's working precision. Complex, object, string and
+    datetime arrays raise TypeError: there is no meaningful convolution of them.
+    """
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{op}: {name} must be an array of real numbers: {exc}") from None
+    if x.dtype == np.float32 or x.dtype == np.float64:
+        return x
+    if x.dtype.kind in _CONVERTIBLE_KINDS:
+        return x.astype(np.float32)
+    raise TypeError(f"{op}: {name} must hold real numbers (float32/float64, or ints/float16 "
+                    f"which are converted to float32), got dtype {x.dtype}")
+
+
+def common_dtype(*arrays: np.ndarray | None) -> np.dtype:
+    """float64 if any argument is float64, else float32 (NumPy's promotion for these two)."""
+    if any(a is not None and a.dtype == np.float64 for a in arrays):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def check_ndim(x: np.ndarray, ndim: int, name: str, op: str, layout: str) -> None:
+    """Raise ValueError unless `x` has `ndim` dimensions."""
+    if x.ndim != ndim:
+        hint = " (for a single image use x[None])" if layout == "(N, C, H, W)" else ""
+        raise ValueError(f"{op}: {name} must be {ndim}-D {layout}{hint}, got shape {x.shape}")
+
+
+def check_shape(shape, ndim: int, name: str, op: str) -> tuple[int, ...]:
+    """Normalise a user-given shape (e.g. `input_shape`) to a tuple of non-negative ints."""
+    try:
+        out = tuple(int(s) for s in shape)
+        ok = all(isinstance(s, (numbers.Integral, np.integer)) for s in shape)
+    except TypeError:
+        ok = False
+    if not ok or len(out) != ndim or any(s < 0 or s > _MAX_INT for s in out):
+        raise ValueError(f"{op}: {name} must be a sequence of {ndim} non-negative ints, got {shape!r}")
+    return out
+
+
+def check_elements(shape, op: str, what: str) -> None:
+    """Refuse outputs whose element count would overflow int64 arithmetic."""
+    total = 1
+    for s in shape:
+        total *= int(s)
+    if total >= _MAX_ELEMENTS:
+        raise ValueError(f"{op}: {what} of shape {tuple(shape)} is too large")
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything a conv2d kernel needs, validated.
+
+    ``padding`` is the (top, left) padding; the bottom/right padding is implied by the output
+    size (it differs from top/left only for padding='same' with an even dilated kernel, where
+    PyTorch puts the extra row/column at the bottom/right).
+    """
+
+    N: int
+    C: int
+    H: int
+    W: int
+    F: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    out: tuple[int, int]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.F, self.out[0], self.out[1])
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.F, self.C // self.groups, self.kernel[0], self.kernel[1])
+
+
+def _conv_padding(padding, kernel, stride, dilation, op):
+    """(top, left) padding and total padding per axis, for an int/pair or 'valid'/'same'."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{op}: padding='same' is not supported for strided convolutions "
+                                 f"(stride={stride}), as in PyTorch")
+            total = tuple(d * (k - 1) for d, k in zip(dilation, kernel))
+            return tuple(t // 2 for t in total), total
+        raise ValueError(f"{op}: padding must be 'valid', 'same', an int or a pair of ints, "
+                         f"got {padding!r}")
+    p = nonnegative_pair(padding, "padding", op)
+    return p, (2 * p[0], 2 * p[1])
+
+
+def conv2d_geometry(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
+                    op: str = "conv2d") -> ConvGeometry:
+    """Validate conv2d arguments (PyTorch semantics) and compute the output size."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{op}: x must be 4-D (N, C, H, W) (for a single image use x[None]), "
+                         f"got shape {tuple(x_shape)}")
+    if len(weight_shape) != 4:
+        raise ValueError(f"{op}: weight must be 4-D (C_out, C_in/groups, kH, kW), "
+                         f"got shape {tuple(weight_shape)}")
+    N, C, H, W = (int(s) for s in x_shape)
+    F, Cg, kh, kw = (int(s) for s in weight_shape)
+    if not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, bool):
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be positive, got {groups}")
+    if F == 0 or Cg == 0 or kh == 0 or kw == 0:
+        raise ValueError(f"{op}: weight has an empty dimension: shape {tuple(weight_shape)}")
+    if Cg * groups != C:
+        raise ValueError(f"{op}: weight of shape {tuple(weight_shape)} with groups={groups} expects "
+                         f"{Cg * groups} input channels, but x of shape {tuple(x_shape)} has {C}")
+    if F % groups != 0:
+        raise ValueError(f"{op}: out_channels ({F}, weight shape {tuple(weight_shape)}) must be "
+                         f"divisible by groups={groups}")
+    stride = positive_pair(stride, "stride", op)
+    dilation = positive_pair(dilation, "dilation", op)
+    pad, total = _conv_padding(padding, (kh, kw), stride, dilation, op)
+    out = tuple(conv_output_size(size, k, s, t, d)
+                for size, k, s, t, d in zip((H, W), (kh, kw), stride, total, dilation))
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(
+            f"{op}: kernel {(kh, kw)} with dilation {dilation} is larger than the padded input: "
+            f"x of shape {tuple(x_shape)} with padding {padding!r} gives output size {out}")
+    geom = ConvGeometry(N, C, H, W, F, (kh, kw), stride, pad, dilation, groups, out)
+    check_elements(geom.output_shape, op, "output")
+    check_elements((C * kh * kw, out[0] * out[1]), op, "column matrix")
+    return geom
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Validated pooling arguments and output size."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    ceil_mode: bool
+    out: tuple[int, int]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.out[0], self.out[1])
+
+
+def pool2d_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                    op: str = "max_pool2d", name: str = "x") -> PoolGeometry:
+    """Validate pooling arguments (PyTorch semantics) and compute the output size."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W) (for a single image use x[None]), "
+                         f"got shape {tuple(x_shape)}")
+    N, C, H, W = (int(s) for s in x_shape)
+    kernel = positive_pair(kernel_size, "kernel_size", op)
+    # stride=None (or an empty list, as torch allows) means stride = kernel_size.
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        stride = kernel
+    else:
+        stride = positive_pair(stride, "stride", op)
+    padding = nonnegative_pair(padding, "padding", op)
+    dilation = positive_pair(dilation, "dilation", op)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{op}: padding {padding} should be at most half of kernel_size {kernel}")
+    out = tuple(pool_output_size(size, k, s, p, d, bool(ceil_mode))
+                for size, k, s, p, d in zip((H, W), kernel, stride, padding, dilation))
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"{op}: {name} of shape {tuple(x_shape)} is too small for kernel_size "
+                         f"{kernel} with padding {padding} and dilation {dilation}: output size "
+                         f"would be {out}")
+    geom = PoolGeometry(N, C, H, W, kernel, stride, padding, dilation, bool(ceil_mode), out)
+    check_elements(geom.output_shape, op, "output")
+    return geom
+
+
+@dataclass(frozen=True)
+class UnfoldGeometry:
+    """Validated im2col / col2im arguments: image size (H, W) and the grid of blocks (OH, OW)."""
+
+    C: int
+    H: int
+    W: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    out: tuple[int, int]
+
+    @property
+    def rows(self) -> int:
+        return self.C * self.kernel[0] * self.kernel[1]
+
+    @property
+    def blocks(self) -> int:
+        return self.out[0] * self.out[1]
+
+
+def unfold_geometry(C, H, W, kernel_size, dilation, padding, stride, op: str) -> UnfoldGeometry:
+    """Validate F.unfold / F.fold style arguments for an image of C x H x W."""
+    kernel = positive_pair(kernel_size, "kernel_size", op)
+    dilation = positive_pair(dilation, "dilation", op)
+    padding = nonnegative_pair(padding, "padding", op)
+    stride = positive_pair(stride, "stride", op)
+    out = tuple(conv_output_size(size, k, s, 2 * p, d)
+                for size, k, s, p, d in zip((H, W), kernel, stride, padding, dilation))
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"{op}: kernel_size {kernel} with dilation {dilation} does not fit in the "
+                         f"padded image of size {(H, W)} with padding {padding}: "
+                         f"the block grid would be {out}")
+    geom = UnfoldGeometry(C, H, W, kernel, stride, padding, dilation, out)
+    check_elements((geom.rows, geom.blocks), op, "column matrix")
+    return geom
+
+
+def normalize_output_mask(output_mask, op: str) -> tuple[bool, bool, bool]:
+    """`output_mask` of the backward functions: three booleans (grad_x, grad_weight, grad_bias)."""
+    try:
+        mask = tuple(bool(m) for m in output_mask)
+    except TypeError:
+        mask = ()
+    if len(mask) != 3:
+        raise ValueError(f"{op}: output_mask must be three booleans (grad_x, grad_weight, grad_bias), "
+                         f"got {output_mask!r}")
+    return mask
+
+
+def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Output shape (N, C_out, OH, OW) of conv2d, with OH = (H + 2p - d(kH-1) - 1) // s + 1.
+
+    Validates exactly like conv2d (raises ValueError/TypeError for impossible arguments).
+
+    >>> conv2d_output_shape((8, 3, 32, 32), (16, 3, 5, 5), stride=2, padding=2)
+    (8, 16, 16, 16)
+    """
+    return conv2d_geometry(tuple(input_shape), tuple(weight_shape), stride, padding, dilation,
+                           groups, op="conv2d_output_shape").output_shape
+
+
+def pool2d_output_shape(input_shape, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False):
+    """Output shape (N, C, OH, OW) of max_pool2d / avg_pool2d (avg pooling has dilation 1).
+
+    OH = floor_or_ceil((H + 2p - d(k-1) - 1) / s) + 1, minus one in ceil mode if the last
+    window would start in the bottom padding (PyTorch's rule).
+
+    >>> pool2d_output_shape((1, 3, 7, 7), 2, ceil_mode=True)
+    (1, 3, 4, 4)
+    """
+    return pool2d_geometry(tuple(input_shape), kernel_size, stride, padding, dilation, ceil_mode,
+                           op="pool2d_output_shape", name="input_shape").output_shape

@@ -1,0 +1,285 @@
+"""Fast NumPy-facing ops on the compiled kernels, with torch.nn.functional's names and semantics.
+
+Every function checks and normalises its arguments (through `fastconv._args`, shared with
+`fastconv.reference`), makes C-contiguous inputs of the working dtype, allocates the output and
+calls the C++ kernel with the GIL released.
+
+Arrays are NCHW. Any layout is accepted (views, negative strides, Fortran order: copied to
+C order once). dtypes: float32 and float64 are computed as such; bool, integer and float16
+inputs are converted to float32; complex, object and string arrays raise TypeError. When the
+arguments mix float32 and float64, the computation and the result are float64 (NumPy's
+promotion). Outputs are new C-contiguous arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from ._args import (
+    as_float_array,
+    check_ndim,
+    check_shape,
+    common_dtype,
+    conv2d_geometry,
+    conv2d_output_shape,
+    normalize_output_mask,
+    pool2d_geometry,
+    pool2d_output_shape,
+    positive_pair,
+    unfold_geometry,
+)
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "im2col",
+    "col2im",
+    "conv2d_output_shape",
+    "pool2d_output_shape",
+]
+
+_NCHW = "(N, C, H, W)"
+
+
+def _c(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """C-contiguous array of `dtype` (no copy when `a` already is one)."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _conv_inputs(op, x, weight):
+    x = as_float_array(x, "x", op)
+    weight = as_float_array(weight, "weight", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    check_ndim(weight, 4, "weight", op, "(C_out, C_in/groups, kH, kW)")
+    return x, weight
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> np.ndarray:
+    """2-D convolution (cross-correlation), as torch.nn.functional.conv2d.
+
+    Args:
+        x: input (N, C_in, H, W).
+        weight: filters (C_out, C_in / groups, kH, kW).
+        bias: optional (C_out,).
+        stride, padding, dilation: int or (h, w) pair; padding may also be 'valid' or 'same'
+            ('same' needs stride 1; an odd total padding puts the extra row/column at the
+            bottom/right, as PyTorch does).
+        groups: C_in and C_out split into `groups` independent convolutions
+            (groups == C_in is a depthwise convolution).
+
+    Returns:
+        y (N, C_out, OH, OW) with OH = (H + 2p - d(kH-1) - 1) // s + 1.
+
+    >>> conv2d(np.ones((1, 3, 8, 8), "f4"), np.ones((4, 3, 3, 3), "f4")).shape
+    (1, 4, 6, 6)
+    """
+    op = "conv2d"
+    x, weight = _conv_inputs(op, x, weight)
+    geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
+    if bias is not None:
+        bias = as_float_array(bias, "bias", op)
+        if bias.shape != (geom.F,):
+            raise ValueError(f"{op}: bias must have shape ({geom.F},) to match weight "
+                             f"{weight.shape}, got {bias.shape}")
+    dtype = common_dtype(x, weight, bias)
+    y = np.empty(geom.output_shape, dtype)
+    if geom.N == 0:
+        return y
+    _core.conv2d_forward(_c(x, dtype), _c(weight, dtype),
+                         None if bias is None else _c(bias, dtype), y,
+                         *geom.stride, *geom.padding, *geom.dilation, geom.groups)
+    return y
+
+
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    output_mask=(True, True, True)):
+    """Gradients of conv2d with respect to its input, weight and bias.
+
+    Args:
+        grad_y: gradient of the loss with respect to conv2d's output (N, C_out, OH, OW).
+        x, weight, stride, padding, dilation, groups: as given to `conv2d`.
+        output_mask: which of (grad_x, grad_weight, grad_bias) to compute.
+
+    Returns:
+        (grad_x, grad_weight, grad_bias): shapes of x, weight and (C_out,); None where
+        output_mask is False. grad_bias = grad_y.sum(axis=(0, 2, 3)).
+    """
+    op = "conv2d_backward"
+    mask = normalize_output_mask(output_mask, op)
+    x, weight = _conv_inputs(op, x, weight)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
+    if grad_y.shape != geom.output_shape:
+        raise ValueError(f"{op}: grad_y must have the conv2d output shape {geom.output_shape} "
+                         f"for x {x.shape} and weight {weight.shape}, got {grad_y.shape}")
+    dtype = common_dtype(grad_y, x, weight)
+    window = (*geom.stride, *geom.padding, *geom.dilation, geom.groups)
+    gy = _c(grad_y, dtype)
+    grad_x = grad_w = grad_b = None
+    if mask[0]:
+        grad_x = np.empty(x.shape, dtype)
+        if geom.N:
+            _core.conv2d_backward_input(gy, _c(weight, dtype), grad_x, *window)
+    if mask[1]:
+        grad_w = np.empty(weight.shape, dtype)
+        _core.conv2d_backward_weight(gy, _c(x, dtype), grad_w, *window)
+    if mask[2]:
+        grad_b = np.empty((geom.F,), dtype)
+        _core.conv2d_backward_bias(gy, grad_b)
+    return grad_x, grad_w, grad_b
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    """2-D max pooling, as torch.nn.functional.max_pool2d.
+
+    Padding counts as -inf; padding may be at most half the kernel size. NaN propagates. With
+    `return_indices`, also returns int64 indices (N, C, OH, OW) of each maximum, flattened
+    within its H*W plane (what `max_pool2d_backward` takes).
+
+    >>> max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2)[0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]])
+    """
+    op = "max_pool2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    geom = pool2d_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, op)
+    y = np.empty(geom.output_shape, x.dtype)
+    indices = np.empty(geom.output_shape, np.int64)
+    if geom.N and geom.C:
+        _core.max_pool2d_forward(_c(x, x.dtype), y, indices, *geom.kernel, *geom.stride,
+                                 *geom.padding, *geom.dilation)
+    return (y, indices) if return_indices else y
+
+
+def max_pool2d_backward(grad_y, indices, input_shape) -> np.ndarray:
+    """Gradient of max_pool2d: scatter-add grad_y into the positions named by `indices`.
+
+    Args:
+        grad_y: (N, C, OH, OW) gradient of the pooled output.
+        indices: the int indices max_pool2d returned (same shape as grad_y).
+        input_shape: (N, C, H, W) of the pooled input.
+
+    Raises ValueError if an index lies outside its H*W plane.
+    """
+    op = "max_pool2d_backward"
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    check_ndim(grad_y, 4, "grad_y", op, _NCHW)
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be an integer array, got dtype {indices.dtype}")
+    if indices.shape != grad_y.shape:
+        raise ValueError(f"{op}: indices shape {indices.shape} must equal grad_y shape "
+                         f"{grad_y.shape}")
+    if grad_y.shape[:2] != input_shape[:2]:
+        raise ValueError(f"{op}: grad_y {grad_y.shape} and input_shape {input_shape} must agree "
+                         f"on (N, C)")
+    grad_x = np.empty(input_shape, grad_y.dtype)
+    if grad_x.size == 0:
+        return grad_x
+    if grad_y.size == 0:
+        grad_x.fill(0)
+        return grad_x
+    ok = _core.max_pool2d_backward(_c(grad_y, grad_y.dtype), _c(indices, np.int64), grad_x)
+    if not ok:
+        raise ValueError(f"{op}: indices must lie in [0, H*W) = [0, "
+                         f"{input_shape[2] * input_shape[3]}) for input_shape {input_shape}")
+    return grad_x
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True) -> np.ndarray:
+    """2-D average pooling, as torch.nn.functional.avg_pool2d.
+
+    Each output is the mean over its window; the divisor is the window area clipped to the
+    padded input when `count_include_pad` (PyTorch's default), else the number of input
+    elements in the window.
+    """
+    op = "avg_pool2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    geom = pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode, op)
+    y = np.empty(geom.output_shape, x.dtype)
+    if geom.N and geom.C:
+        _core.avg_pool2d_forward(_c(x, x.dtype), y, *geom.kernel, *geom.stride, *geom.padding,
+                                 bool(count_include_pad))
+    return y
+
+
+def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True) -> np.ndarray:
+    """Gradient of avg_pool2d: each output's gradient spread evenly over its window."""
+    op = "avg_pool2d_backward"
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    check_ndim(grad_y, 4, "grad_y", op, _NCHW)
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    geom = pool2d_geometry(input_shape, kernel_size, stride, padding, 1, ceil_mode, op,
+                           name="input_shape")
+    if grad_y.shape != geom.output_shape:
+        raise ValueError(f"{op}: grad_y must have the pooled shape {geom.output_shape} for "
+                         f"input_shape {input_shape}, got {grad_y.shape}")
+    grad_x = np.empty(input_shape, grad_y.dtype)
+    if grad_x.size:
+        _core.avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x, *geom.kernel, *geom.stride,
+                                  *geom.padding, bool(count_include_pad))
+    return grad_x
+
+
+def im2col(x, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
+    """Extract sliding blocks as columns, as torch.nn.functional.unfold.
+
+    Args:
+        x: (N, C, H, W).
+    Returns:
+        cols (N, C*kH*kW, L), L = OH*OW; row (c*kH + i)*kW + j holds the pixel at kernel
+        offset (i, j) of channel c for every block position.
+    """
+    op = "im2col"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    N, C, H, W = x.shape
+    geom = unfold_geometry(C, H, W, kernel_size, dilation, padding, stride, op)
+    cols = np.empty((N, geom.rows, geom.blocks), x.dtype)
+    if cols.size:
+        _core.im2col(_c(x, x.dtype), cols, *geom.kernel, *geom.stride, *geom.padding,
+                     *geom.dilation, *geom.out)
+    return cols
+
+
+def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
+    """Sum columns back into images, as torch.nn.functional.fold (the adjoint of im2col).
+
+    Args:
+        cols: (N, C*kH*kW, L) with L the number of block positions for `output_size`.
+        output_size: (H, W) of the images.
+    Returns:
+        x (N, C, H, W): overlapping contributions are summed.
+    """
+    op = "col2im"
+    cols = as_float_array(cols, "cols", op)
+    check_ndim(cols, 3, "cols", op, "(N, C*kH*kW, L)")
+    H, W = positive_pair(output_size, "output_size", op)
+    kh, kw = positive_pair(kernel_size, "kernel_size", op)
+    N, rows, L = cols.shape
+    if rows % (kh * kw) != 0:
+        raise ValueError(f"{op}: cols.shape[1] ({rows}) must be divisible by kH*kW "
+                         f"({kh}*{kw}); cols has shape {cols.shape}")
+    C = rows // (kh * kw)
+    geom = unfold_geometry(C, H, W, (kh, kw), dilation, padding, stride, op)
+    if L != geom.blocks:
+        raise ValueError(f"{op}: cols.shape[2] ({L}) must equal the number of blocks "
+                         f"{geom.out[0]}*{geom.out[1]} = {geom.blocks} for output_size {(H, W)}, "
+                         f"kernel_size {(kh, kw)}, dilation {geom.dilation}, padding "
+                         f"{geom.padding}, stride {geom.stride}")
+    x = np.empty((N, C, H, W), cols.dtype)
+    if x.size:
+        _core.col2im(_c(cols, cols.dtype), x, *geom.kernel, *geom.stride, *geom.padding,
+                     *geom.dilation, *geom.out)
+    return x
