@@ -335,8 +335,11 @@ def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation
     >>> conv2d_output_shape((8, 3, 32, 32), (16, 3, 5, 5), stride=2, padding=2)
     (8, 16, 16, 16)
     """
-    return conv2d_geometry(tuple(input_shape), tuple(weight_shape), stride, padding, dilation,
-                           groups, op="conv2d_output_shape").output_shape
+    op = "conv2d_output_shape"
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    weight_shape = check_shape(weight_shape, 4, "weight_shape", op)
+    return conv2d_geometry(input_shape, weight_shape, stride, padding, dilation, groups,
+                           op=op).output_shape
 
 
 def pool2d_output_shape(input_shape, kernel_size, stride=None, padding=0, dilation=1,
@@ -349,5 +352,55 @@ def pool2d_output_shape(input_shape, kernel_size, stride=None, padding=0, dilati
     >>> pool2d_output_shape((1, 3, 7, 7), 2, ceil_mode=True)
     (1, 3, 4, 4)
     """
-    return pool2d_geometry(tuple(input_shape), kernel_size, stride, padding, dilation, ceil_mode,
-                           op="pool2d_output_shape", name="input_shape").output_shape
+    op = "pool2d_output_shape"
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    return pool2d_geometry(input_shape, kernel_size, stride, padding, dilation, ceil_mode,
+                           op=op, name="input_shape").output_shape
+
+
+def fold_geometry(cols_shape, output_size, kernel_size, dilation, padding, stride,
+                  op: str = "col2im") -> UnfoldGeometry:
+    """Validate col2im / F.fold arguments for columns of shape (N, C*kH*kW, L)."""
+    if len(cols_shape) != 3:
+        raise ValueError(f"{op}: cols must be 3-D (N, C*kH*kW, L), got shape {tuple(cols_shape)}")
+    H, W = positive_pair(output_size, "output_size", op)
+    kh, kw = positive_pair(kernel_size, "kernel_size", op)
+    _, rows, blocks = (int(s) for s in cols_shape)
+    if rows % (kh * kw) != 0:
+        raise ValueError(f"{op}: cols.shape[1] ({rows}) must be divisible by kH*kW ({kh}*{kw}); "
+                         f"cols has shape {tuple(cols_shape)}")
+    geom = unfold_geometry(rows // (kh * kw), H, W, (kh, kw), dilation, padding, stride, op)
+    if blocks != geom.blocks:
+        raise ValueError(f"{op}: cols.shape[2] ({blocks}) must equal the number of blocks "
+                         f"{geom.out[0]}*{geom.out[1]} = {geom.blocks} for output_size {(H, W)}, "
+                         f"kernel_size {(kh, kw)}, dilation {geom.dilation}, padding "
+                         f"{geom.padding}, stride {geom.stride}")
+    return geom
+
+
+def max_pool_backward_inputs(grad_y, indices, input_shape, op: str = "max_pool2d_backward"):
+    """Validate max_pool2d_backward's arguments; returns (grad_y, indices as int64, input_shape).
+
+    Only shapes are checked here; the range of every index ([0, H*W)) is checked where the
+    indices are used, so a hostile index raises instead of writing out of bounds.
+    """
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    check_ndim(grad_y, 4, "grad_y", op, "(N, C, H, W)")
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be an integer array, got dtype {indices.dtype}")
+    if indices.shape != grad_y.shape:
+        raise ValueError(f"{op}: indices shape {indices.shape} must equal grad_y shape "
+                         f"{grad_y.shape}")
+    if grad_y.shape[:2] != input_shape[:2]:
+        raise ValueError(f"{op}: grad_y {grad_y.shape} and input_shape {input_shape} must agree "
+                         f"on (N, C)")
+    return grad_y, indices.astype(np.int64, copy=False), input_shape
+
+
+def indices_out_of_range(input_shape, op: str = "max_pool2d_backward") -> ValueError:
+    """The error for a max-pooling index outside its H*W plane."""
+    plane = input_shape[2] * input_shape[3]
+    return ValueError(f"{op}: indices must lie in [0, H*W) = [0, {plane}) for input_shape "
+                      f"{tuple(input_shape)}")

@@ -23,10 +23,12 @@ from ._args import (
     common_dtype,
     conv2d_geometry,
     conv2d_output_shape,
+    fold_geometry,
+    indices_out_of_range,
+    max_pool_backward_inputs,
     normalize_output_mask,
     pool2d_geometry,
     pool2d_output_shape,
-    positive_pair,
     unfold_geometry,
 )
 
@@ -168,29 +170,15 @@ def max_pool2d_backward(grad_y, indices, input_shape) -> np.ndarray:
 
     Raises ValueError if an index lies outside its H*W plane.
     """
-    op = "max_pool2d_backward"
-    grad_y = as_float_array(grad_y, "grad_y", op)
-    check_ndim(grad_y, 4, "grad_y", op, _NCHW)
-    input_shape = check_shape(input_shape, 4, "input_shape", op)
-    indices = np.asarray(indices)
-    if indices.dtype.kind not in "iu":
-        raise TypeError(f"{op}: indices must be an integer array, got dtype {indices.dtype}")
-    if indices.shape != grad_y.shape:
-        raise ValueError(f"{op}: indices shape {indices.shape} must equal grad_y shape "
-                         f"{grad_y.shape}")
-    if grad_y.shape[:2] != input_shape[:2]:
-        raise ValueError(f"{op}: grad_y {grad_y.shape} and input_shape {input_shape} must agree "
-                         f"on (N, C)")
+    grad_y, indices, input_shape = max_pool_backward_inputs(grad_y, indices, input_shape)
     grad_x = np.empty(input_shape, grad_y.dtype)
     if grad_x.size == 0:
         return grad_x
     if grad_y.size == 0:
         grad_x.fill(0)
         return grad_x
-    ok = _core.max_pool2d_backward(_c(grad_y, grad_y.dtype), _c(indices, np.int64), grad_x)
-    if not ok:
-        raise ValueError(f"{op}: indices must lie in [0, H*W) = [0, "
-                         f"{input_shape[2] * input_shape[3]}) for input_shape {input_shape}")
+    if not _core.max_pool2d_backward(_c(grad_y, grad_y.dtype), _c(indices, np.int64), grad_x):
+        raise indices_out_of_range(input_shape)
     return grad_x
 
 
@@ -264,21 +252,8 @@ def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1) -> n
     """
     op = "col2im"
     cols = as_float_array(cols, "cols", op)
-    check_ndim(cols, 3, "cols", op, "(N, C*kH*kW, L)")
-    H, W = positive_pair(output_size, "output_size", op)
-    kh, kw = positive_pair(kernel_size, "kernel_size", op)
-    N, rows, L = cols.shape
-    if rows % (kh * kw) != 0:
-        raise ValueError(f"{op}: cols.shape[1] ({rows}) must be divisible by kH*kW "
-                         f"({kh}*{kw}); cols has shape {cols.shape}")
-    C = rows // (kh * kw)
-    geom = unfold_geometry(C, H, W, (kh, kw), dilation, padding, stride, op)
-    if L != geom.blocks:
-        raise ValueError(f"{op}: cols.shape[2] ({L}) must equal the number of blocks "
-                         f"{geom.out[0]}*{geom.out[1]} = {geom.blocks} for output_size {(H, W)}, "
-                         f"kernel_size {(kh, kw)}, dilation {geom.dilation}, padding "
-                         f"{geom.padding}, stride {geom.stride}")
-    x = np.empty((N, C, H, W), cols.dtype)
+    geom = fold_geometry(cols.shape, output_size, kernel_size, dilation, padding, stride, op)
+    x = np.empty((cols.shape[0], geom.C, geom.H, geom.W), cols.dtype)
     if x.size:
         _core.col2im(_c(cols, cols.dtype), x, *geom.kernel, *geom.stride, *geom.padding,
                      *geom.dilation, *geom.out)

@@ -1,0 +1,418 @@
+"""Pure-NumPy reference implementations of the fastconv ops.
+
+Same signatures, semantics, validation and error messages as :mod:`fastconv.functional`
+(PyTorch ``torch.nn.functional`` semantics), written the way a competent NumPy user would:
+
+* convolution = im2col (an ``as_strided`` view of the padded input, copied once into a
+  column matrix) followed by one batched ``np.matmul`` over (batch, group);
+* col2im / the input gradient = a loop over the kh*kw kernel offsets with strided slice-adds;
+* pooling = a loop over the kh*kw kernel offsets with vectorised element-wise updates.
+
+There are no Python loops over pixels, channels or batch elements. This module is the
+correctness baseline of the test-suite and the speed baseline of the benchmarks.
+
+Shapes: x is (N, C, H, W), weight is (F, C/groups, kH, kW), conv output is (N, F, OH, OW) with
+
+    OH = (H + pad_top + pad_bottom - dH*(kH - 1) - 1) // sH + 1
+
+(see :mod:`fastconv._args` for the pooling variant with ``ceil_mode``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from fastconv._args import (
+    as_float_array,
+    check_ndim,
+    check_shape,
+    common_dtype,
+    conv2d_geometry,
+    conv2d_output_shape,
+    fold_geometry,
+    indices_out_of_range,
+    max_pool_backward_inputs,
+    normalize_output_mask,
+    pool2d_geometry,
+    pool2d_output_shape,
+    unfold_geometry,
+)
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "im2col",
+    "col2im",
+    "conv2d_output_shape",
+    "pool2d_output_shape",
+]
+
+_NCHW = "(N, C, H, W)"
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def _extent(out: int, kernel: int, stride: int, dilation: int) -> int:
+    """Number of input rows touched by `out` windows: (out - 1) * s + d * (k - 1) + 1."""
+    return (out - 1) * stride + dilation * (kernel - 1) + 1
+
+
+def _pad(x: np.ndarray, top: int, left: int, height: int, width: int, value: float,
+         dtype: np.dtype) -> np.ndarray:
+    """C-contiguous (N, C, height, width) array of `dtype` with `x` placed at (top, left).
+
+    `height` >= top + H and `width` >= left + W; the rest is filled with `value`.
+    """
+    N, C, H, W = x.shape
+    if top == 0 and left == 0 and height == H and width == W:
+        return np.ascontiguousarray(x, dtype=dtype)
+    xp = np.full((N, C, height, width), value, dtype=dtype)
+    xp[:, :, top:top + H, left:left + W] = x
+    return xp
+
+
+def _padded_size(size: int, pad: int, out: int, kernel: int, stride: int, dilation: int) -> int:
+    """Size of the padded axis: the input plus top padding plus whatever the windows reach."""
+    return max(pad + size, _extent(out, kernel, stride, dilation))
+
+
+def _window_view(xp: np.ndarray, kernel, stride, dilation, out) -> np.ndarray:
+    """Read-only view (N, C, kH, kW, OH, OW) of the windows of the padded input `xp`.
+
+    view[n, c, i, j, oh, ow] = xp[n, c, oh*sH + i*dH, ow*sW + j*dW]. Works for any strides of
+    `xp` (including negative ones), since the view is built from xp's own strides.
+    """
+    N, C = xp.shape[:2]
+    sN, sC, sH, sW = xp.strides
+    return as_strided(
+        xp,
+        shape=(N, C, kernel[0], kernel[1], out[0], out[1]),
+        strides=(sN, sC, dilation[0] * sH, dilation[1] * sW, stride[0] * sH, stride[1] * sW),
+        writeable=False,
+    )
+
+
+def _offset_slice(i: int, j: int, out, stride, dilation) -> tuple[slice, slice]:
+    """Slices of a padded (H, W) plane read by kernel offset (i, j) for all output positions."""
+    h0, w0 = i * dilation[0], j * dilation[1]
+    return (slice(h0, h0 + (out[0] - 1) * stride[0] + 1, stride[0]),
+            slice(w0, w0 + (out[1] - 1) * stride[1] + 1, stride[1]))
+
+
+def _conv_inputs(op: str, x, weight) -> tuple[np.ndarray, np.ndarray]:
+    """x and weight as float arrays, both 4-D."""
+    x = as_float_array(x, "x", op)
+    weight = as_float_array(weight, "weight", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    check_ndim(weight, 4, "weight", op, "(C_out, C_in/groups, kH, kW)")
+    return x, weight
+
+
+def _conv_columns(x: np.ndarray, geom, dtype: np.dtype) -> np.ndarray:
+    """im2col for conv2d: C-contiguous (N, groups, C/groups*kH*kW, OH*OW) column matrix."""
+    (kh, kw), (oh, ow) = geom.kernel, geom.out
+    top, left = geom.padding
+    height = _padded_size(geom.H, top, oh, kh, geom.stride[0], geom.dilation[0])
+    width = _padded_size(geom.W, left, ow, kw, geom.stride[1], geom.dilation[1])
+    xp = _pad(x, top, left, height, width, 0.0, dtype)
+    win = _window_view(xp, geom.kernel, geom.stride, geom.dilation, geom.out)
+    G = geom.groups
+    # (N, C, kh, kw, OH, OW) -> (N, G, Cg*kh*kw, OH*OW); splitting C into (G, Cg) keeps it a view,
+    # the final reshape makes the one copy.
+    return win.reshape(geom.N, G, (geom.C // G) * kh * kw, oh * ow)
+
+
+# --------------------------------------------------------------------------------------------
+# im2col / col2im
+# --------------------------------------------------------------------------------------------
+
+def im2col(x, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
+    """Extract sliding blocks, ``torch.nn.functional.unfold``.
+
+    x: (N, C, H, W) -> (N, C*kH*kW, L) with L = OH*OW, where
+    out[n, (c*kH + i)*kW + j, oh*OW + ow] = x_padded[n, c, oh*sH + i*dH, ow*sW + j*dW]
+    and OH = (H + 2*pH - dH*(kH - 1) - 1) // sH + 1 (likewise OW). Zero padding.
+    """
+    op = "im2col"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    N, C, H, W = x.shape
+    geom = unfold_geometry(C, H, W, kernel_size, dilation, padding, stride, op)
+    (kh, kw), (oh, ow), (ph, pw) = geom.kernel, geom.out, geom.padding
+    height = _padded_size(H, ph, oh, kh, geom.stride[0], geom.dilation[0])
+    width = _padded_size(W, pw, ow, kw, geom.stride[1], geom.dilation[1])
+    xp = _pad(x, ph, pw, height, width, 0.0, x.dtype)
+    win = _window_view(xp, geom.kernel, geom.stride, geom.dilation, geom.out)
+    return win.reshape(N, geom.rows, geom.blocks)
+
+
+def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
+    """Sum sliding blocks back into an image, ``torch.nn.functional.fold`` (adjoint of im2col).
+
+    cols: (N, C*kH*kW, L) -> (N, C, H, W) with (H, W) = output_size; L must equal the number
+    of blocks OH*OW of :func:`im2col` for that image size. Overlapping entries are summed and
+    entries that fall in the padding are dropped.
+    """
+    op = "col2im"
+    cols = as_float_array(cols, "cols", op)
+    geom = fold_geometry(cols.shape, output_size, kernel_size, dilation, padding, stride, op)
+    N, C, H, W = cols.shape[0], geom.C, geom.H, geom.W
+    kh, kw = geom.kernel
+    oh, ow = geom.out
+    ph, pw = geom.padding
+    height = _padded_size(H, ph, oh, kh, geom.stride[0], geom.dilation[0])
+    width = _padded_size(W, pw, ow, kw, geom.stride[1], geom.dilation[1])
+    blocks = cols.reshape(N, C, kh, kw, oh, ow)
+    out = np.zeros((N, C, height, width), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            window = _offset_slice(i, j, geom.out, geom.stride, geom.dilation)
+            out[(..., *window)] += blocks[:, :, i, j]
+    return np.ascontiguousarray(out[:, :, ph:ph + H, pw:pw + W])
+
+
+# --------------------------------------------------------------------------------------------
+# convolution
+# --------------------------------------------------------------------------------------------
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> np.ndarray:
+    """2-D cross-correlation, ``torch.nn.functional.conv2d``.
+
+    x: (N, C, H, W), weight: (F, C/groups, kH, kW), bias: (F,) or None -> y: (N, F, OH, OW),
+
+        y[n, f, oh, ow] = bias[f] + sum_{c, i, j} weight[f, c, i, j]
+                          * x_pad[n, g*C/groups + c, oh*sH + i*dH, ow*sW + j*dW]
+
+    with g = f // (F/groups) the group of output channel f.
+
+    padding: int, pair, 'valid' or 'same' (stride 1 only; for an even dilated kernel the extra
+    row/column goes to the bottom/right, as in PyTorch). Working dtype: float64 if any of
+    x/weight/bias is float64, else float32.
+    """
+    op = "conv2d"
+    x, weight = _conv_inputs(op, x, weight)
+    geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
+    if bias is not None:
+        bias = as_float_array(bias, "bias", op)
+        if bias.shape != (geom.F,):
+            raise ValueError(f"{op}: bias must have shape ({geom.F},) to match weight "
+                             f"{weight.shape}, got {bias.shape}")
+    dtype = common_dtype(x, weight, bias)
+    G, (oh, ow) = geom.groups, geom.out
+    cols = _conv_columns(x, geom, dtype)                                  # (N, G, K, L)
+    wmat = weight.astype(dtype, copy=False).reshape(G, geom.F // G, -1)  # (G, Fg, K)
+    y = np.matmul(wmat, cols).reshape(geom.output_shape)                  # (N, G, Fg, L)
+    if bias is not None:
+        y += bias.astype(dtype, copy=False)[:, None, None]
+    return y
+
+
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    output_mask=(True, True, True)):
+    """Gradients of :func:`conv2d` w.r.t. x, weight and bias.
+
+    grad_y: (N, F, OH, OW), the gradient of the loss w.r.t. conv2d(x, weight, ...).
+    Returns (grad_x (N, C, H, W), grad_weight (F, C/groups, kH, kW), grad_bias (F,)), with None
+    in place of the entries whose `output_mask` flag is False:
+
+        grad_weight[g] = grad_y[g] @ cols[g]^T      grad_x = col2im(weight[g]^T @ grad_y[g])
+        grad_bias = grad_y.sum((0, 2, 3))
+    """
+    op = "conv2d_backward"
+    mask = normalize_output_mask(output_mask, op)
+    x, weight = _conv_inputs(op, x, weight)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
+    if grad_y.shape != geom.output_shape:
+        raise ValueError(f"{op}: grad_y must have the conv2d output shape {geom.output_shape} "
+                         f"for x {x.shape} and weight {weight.shape}, got {grad_y.shape}")
+    dtype = common_dtype(grad_y, x, weight)
+    N, G = geom.N, geom.groups
+    Fg = geom.F // G
+    (kh, kw), (oh, ow) = geom.kernel, geom.out
+    gy = grad_y.astype(dtype, copy=False).reshape(N, G, Fg, oh * ow)      # (N, G, Fg, L)
+    wmat = weight.astype(dtype, copy=False).reshape(G, Fg, -1)            # (G, Fg, K)
+
+    grad_x = grad_w = grad_b = None
+    if mask[0]:
+        dcols = np.matmul(wmat.transpose(0, 2, 1), gy)                    # (N, G, K, L)
+        dcols = dcols.reshape(N, geom.C, kh, kw, oh, ow)
+        top, left = geom.padding
+        height = _padded_size(geom.H, top, oh, kh, geom.stride[0], geom.dilation[0])
+        width = _padded_size(geom.W, left, ow, kw, geom.stride[1], geom.dilation[1])
+        gxp = np.zeros((N, geom.C, height, width), dtype=dtype)
+        for i in range(kh):
+            for j in range(kw):
+                gxp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))] += \
+                    dcols[:, :, i, j]
+        grad_x = np.ascontiguousarray(gxp[:, :, top:top + geom.H, left:left + geom.W])
+    if mask[1]:
+        cols = _conv_columns(x, geom, dtype)                              # (N, G, K, L)
+        grad_w = np.matmul(gy, cols.transpose(0, 1, 3, 2)).sum(axis=0)    # (G, Fg, K)
+        grad_w = np.ascontiguousarray(grad_w.reshape(weight.shape), dtype=dtype)
+    if mask[2]:
+        grad_b = np.ascontiguousarray(gy.sum(axis=(0, 3)).reshape(geom.F), dtype=dtype)
+    return grad_x, grad_w, grad_b
+
+
+# --------------------------------------------------------------------------------------------
+# pooling
+# --------------------------------------------------------------------------------------------
+
+def _first_valid(out: int, stride: int, pad: int, dilation: int) -> np.ndarray:
+    """Per output position, the first window row/column inside the input (PyTorch's
+    ``while (ih0 < 0) ih0 += dilation``); int64 array of length `out`."""
+    start = np.arange(out, dtype=np.int64) * stride - pad
+    neg = start < 0
+    start[neg] += (-start[neg] + dilation - 1) // dilation * dilation
+    return start
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    """2-D max pooling, ``torch.nn.functional.max_pool2d``.
+
+    x: (N, C, H, W) -> y: (N, C, OH, OW), OH = (H + 2p - d(k - 1) - 1) // s + 1 (ceil with
+    `ceil_mode`). stride=None means stride = kernel_size. Padding counts as -inf.
+    With `return_indices`, also returns int64 indices (N, C, OH, OW) of the maxima, flat in
+    each H*W plane (ih*W + iw), as PyTorch's CPU kernel picks them: the first maximum in
+    row-major window order, except that NaN propagates (the last NaN of the window wins).
+    """
+    op = "max_pool2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    geom = pool2d_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, op)
+    dtype = x.dtype
+    N, C, H, W = x.shape
+    (kh, kw), (oh, ow), (ph, pw) = geom.kernel, geom.out, geom.padding
+    (sh, sw), (dh, dw) = geom.stride, geom.dilation
+    height = _padded_size(H, ph, oh, kh, sh, dh)
+    width = _padded_size(W, pw, ow, kw, sw, dw)
+    xp = _pad(x, ph, pw, height, width, -np.inf, dtype)
+
+    y = np.full(geom.output_shape, -np.inf, dtype=dtype)
+    take = np.empty(geom.output_shape, dtype=bool)
+    isnan = np.empty(geom.output_shape, dtype=bool)
+    if return_indices:
+        rows0 = _first_valid(oh, sh, ph, dh)
+        cols0 = _first_valid(ow, sw, pw, dw)
+        idx = np.empty(geom.output_shape, dtype=np.int64)
+        idx[...] = rows0[:, None] * W + cols0[None, :]
+        base = (np.arange(oh, dtype=np.int64) * sh - ph)[:, None] * W \
+            + (np.arange(ow, dtype=np.int64) * sw - pw)[None, :]
+    for i in range(kh):
+        for j in range(kw):
+            val = xp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))]
+            # PyTorch: if (val > maxval || isnan(val)) { maxval = val; maxindex = index; }
+            np.greater(val, y, out=take)
+            np.isnan(val, out=isnan)
+            take |= isnan
+            np.copyto(y, val, where=take)
+            if return_indices:
+                # padded positions hold -inf, are never taken, so their index does not matter
+                np.copyto(idx, base + (i * dh * W + j * dw), where=take)
+    if return_indices:
+        return y, idx
+    return y
+
+
+def max_pool2d_backward(grad_y, indices, input_shape) -> np.ndarray:
+    """Gradient of :func:`max_pool2d` w.r.t. x: scatter-add grad_y to the argmax positions.
+
+    grad_y, indices: (N, C, OH, OW), indices flat in each H*W plane (from max_pool2d with
+    return_indices=True); input_shape: (N, C, H, W). Returns grad_x of `input_shape`.
+    """
+    grad_y, indices, input_shape = max_pool_backward_inputs(grad_y, indices, input_shape)
+    N, C, H, W = input_shape
+    plane = H * W
+    if indices.size and (indices.min() < 0 or indices.max() >= plane):
+        raise indices_out_of_range(input_shape)
+    grad_x = np.zeros(N * C * plane, dtype=grad_y.dtype)
+    if indices.size:
+        flat = indices.reshape(N * C, -1) \
+            + (np.arange(N * C, dtype=np.int64) * plane)[:, None]
+        np.add.at(grad_x, flat.ravel(), grad_y.reshape(-1))
+    return grad_x.reshape(input_shape)
+
+
+def _avg_divisor(geom, count_include_pad: bool, dtype: np.dtype) -> np.ndarray:
+    """(OH, OW) divisors of avg_pool2d, as PyTorch's CPU kernel computes them.
+
+    Per axis the window [start, start + k) is first clipped to [-p, size + p) (that length is
+    the divisor with count_include_pad) and then to [0, size) (the divisor without it). A
+    window with nothing inside the input gets divisor 0 (its output is 0).
+    """
+    counts = []
+    for size, k, s, p, o in zip((geom.H, geom.W), geom.kernel, geom.stride, geom.padding,
+                                geom.out):
+        start = np.arange(o, dtype=np.int64) * s - p
+        end = np.minimum(start + k, size + p)
+        inside = np.maximum(np.minimum(end, size) - np.maximum(start, 0), 0)
+        counts.append(np.where(inside > 0, end - start, 0) if count_include_pad else inside)
+    return (counts[0][:, None] * counts[1][None, :]).astype(dtype)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True) -> np.ndarray:
+    """2-D average pooling, ``torch.nn.functional.avg_pool2d`` (CPU divisor rules).
+
+    x: (N, C, H, W) -> y: (N, C, OH, OW). The window sum (zero padding) is divided by the
+    number of window positions inside [-p, H + p) x [-p, W + p) if `count_include_pad`
+    (so with ceil_mode the part of a window hanging past the padding is not counted), else by
+    the number of positions inside the input.
+    """
+    op = "avg_pool2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    geom = pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode, op)
+    dtype = x.dtype
+    N, C, H, W = x.shape
+    (kh, kw), (oh, ow), (ph, pw) = geom.kernel, geom.out, geom.padding
+    height = _padded_size(H, ph, oh, kh, geom.stride[0], 1)
+    width = _padded_size(W, pw, ow, kw, geom.stride[1], 1)
+    xp = _pad(x, ph, pw, height, width, 0.0, dtype)
+    y = np.zeros(geom.output_shape, dtype=dtype)
+    for i in range(kh):
+        for j in range(kw):
+            y += xp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))]
+    div = _avg_divisor(geom, bool(count_include_pad), dtype)
+    np.divide(y, div, out=y, where=div > 0)
+    return y
+
+
+def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True) -> np.ndarray:
+    """Gradient of :func:`avg_pool2d` w.r.t. x.
+
+    grad_y: (N, C, OH, OW), input_shape: (N, C, H, W). Each grad_y entry divided by its
+    window's divisor is added to every input position of the window.
+    """
+    op = "avg_pool2d_backward"
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    check_ndim(grad_y, 4, "grad_y", op, _NCHW)
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    geom = pool2d_geometry(input_shape, kernel_size, stride, padding, 1, ceil_mode, op,
+                           name="input_shape")
+    if grad_y.shape != geom.output_shape:
+        raise ValueError(f"{op}: grad_y must have the pooled shape {geom.output_shape} for "
+                         f"input_shape {input_shape}, got {grad_y.shape}")
+    dtype = grad_y.dtype
+    N, C, H, W = input_shape
+    (kh, kw), (oh, ow), (ph, pw) = geom.kernel, geom.out, geom.padding
+    div = _avg_divisor(geom, bool(count_include_pad), dtype)
+    g = np.zeros(geom.output_shape, dtype=dtype)
+    np.divide(grad_y, div, out=g, where=div > 0)
+    height = _padded_size(H, ph, oh, kh, geom.stride[0], 1)
+    width = _padded_size(W, pw, ow, kw, geom.stride[1], 1)
+    gxp = np.zeros((N, C, height, width), dtype=dtype)
+    for i in range(kh):
+        for j in range(kw):
+            gxp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))] += g
+    return np.ascontiguousarray(gxp[:, :, ph:ph + H, pw:pw + W])

@@ -1,0 +1,549 @@
+"""The compiled ops (fastconv.functional) against the pure-NumPy reference, PyTorch and
+finite differences, on many shapes; thread-count independence; every SIMD level; layouts,
+dtypes, bad input."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _core
+from fastconv import functional as F
+from fastconv import reference as R
+
+from conftest import assert_close
+
+# (N, C, H, W, C_out, kernel, stride, padding, dilation, groups)
+CONV_CASES = [
+    (2, 3, 8, 8, 4, 3, 1, 0, 1, 1),
+    (1, 3, 8, 8, 4, 3, 1, 0, 1, 1),            # batch 1: GEMM split over threads
+    (3, 4, 11, 9, 6, 3, 2, 1, 1, 2),           # odd sizes, stride 2, groups 2
+    (2, 8, 7, 7, 8, 3, 1, 1, 2, 8),            # depthwise, dilation 2
+    (2, 6, 9, 10, 12, 3, 3, 2, 3, 3),          # stride 3, dilation 3, groups 3
+    (4, 16, 5, 5, 32, 1, 1, 0, 1, 1),          # 1x1 pointwise fast path
+    (2, 16, 5, 5, 8, 1, 2, 0, 1, 1),           # 1x1 strided (needs im2col)
+    (2, 4, 5, 5, 8, 1, 1, 1, 1, 2),            # 1x1 padded, grouped
+    (2, 3, 5, 5, 7, 5, 1, 0, 1, 1),            # kernel == input size
+    (2, 3, 5, 7, 7, (5, 7), 1, 0, 1, 1),       # kernel == input size, rectangular
+    (3, 5, 13, 6, 9, (3, 1), (2, 1), (1, 0), (1, 2), 1),  # pairs everywhere
+    (2, 3, 12, 12, 5, 4, 1, "same", 1, 1),     # even kernel 'same': extra pad bottom/right
+    (2, 3, 12, 12, 5, 3, 1, "same", 2, 1),
+    (2, 3, 9, 9, 5, 3, 1, "valid", 1, 1),
+    (17, 3, 6, 6, 4, 3, 1, 1, 1, 1),           # batch not a multiple of the chunk count
+    (2, 40, 9, 9, 70, 3, 1, 1, 1, 1),          # C_out not a multiple of the register tile
+    (9, 3, 32, 32, 32, 3, 1, 0, 1, 1),         # simple_cnn's first layer
+    (1, 1, 1, 1, 1, 1, 1, 0, 1, 1),            # tiny
+    (2, 2, 3, 3, 2, 3, 1, 2, 1, 1),            # padding larger than half the kernel is fine for conv
+]
+
+
+def conv_args(case):
+    N, C, H, W, Fo, k, s, p, d, g = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    return (N, C, H, W), (Fo, C // g, kh, kw), dict(stride=s, padding=p, dilation=d, groups=g)
+
+
+def random_conv(rng, case, dtype):
+    x_shape, w_shape, kw = conv_args(case)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    return x, w, b, kw
+
+
+def check_conv_against_reference(rng, case, dtype):
+    x, w, b, kw = random_conv(rng, case, dtype)
+    y = F.conv2d(x, w, b, **kw)
+    assert y.dtype == dtype and y.flags.c_contiguous
+    assert_close(y, R.conv2d(x, w, b, **kw), what="forward")
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    got = F.conv2d_backward(gy, x, w, **kw)
+    want = R.conv2d_backward(gy, x, w, **kw)
+    for name, a, e in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
+        assert a.dtype == dtype
+        assert_close(a, e, what=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d_matches_reference(rng, case, dtype):
+    check_conv_against_reference(rng, case, dtype)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@pytest.mark.parametrize("case", CONV_CASES[:8] + CONV_CASES[11:13], ids=str)
+def test_conv2d_matches_torch(rng, torch, case):
+    x, w, b, kw = random_conv(rng, case, np.float64)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = torch.nn.functional.conv2d(xt, wt, bt, **kw)
+    y = F.conv2d(x, w, b, **kw)
+    assert_close(y, yt.detach().numpy(), what="forward")
+    gy = rng.standard_normal(y.shape)
+    yt.backward(torch.tensor(gy))
+    gx, gw, gb = F.conv2d_backward(gy, x, w, **kw)
+    assert_close(gx, xt.grad.numpy(), what="grad_x")
+    assert_close(gw, wt.grad.numpy(), what="grad_weight")
+    assert_close(gb, bt.grad.numpy(), what="grad_bias")
+
+
+def test_conv2d_backward_output_mask(rng):
+    x, w, b, kw = random_conv(rng, CONV_CASES[2], np.float64)
+    gy = rng.standard_normal(F.conv2d(x, w, **kw).shape)
+    full = F.conv2d_backward(gy, x, w, **kw)
+    for mask in [(True, False, False), (False, True, False), (False, False, True)]:
+        part = F.conv2d_backward(gy, x, w, output_mask=mask, **kw)
+        for m, p, f in zip(mask, part, full):
+            if m:
+                np.testing.assert_array_equal(p, f)
+            else:
+                assert p is None
+
+
+# (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
+POOL_CASES = [
+    (2, 3, 8, 8, 2, None, 0, 1, False),
+    (1, 1, 7, 7, 2, None, 0, 1, True),
+    (2, 3, 7, 9, 3, 2, 1, 1, False),
+    (2, 3, 7, 9, 3, 2, 1, 1, True),
+    (2, 2, 10, 10, 3, 3, 1, 2, True),
+    (3, 4, 11, 6, (3, 2), (2, 1), (1, 1), 1, False),
+    (2, 2, 5, 5, 5, 1, 2, 1, False),
+    (2, 2, 6, 6, 4, 3, 2, 1, True),
+    (64, 8, 30, 30, 2, 2, 0, 1, False),
+]
+
+
+def pool_kwargs(case):
+    N, C, H, W, k, s, p, d, ceil = case
+    return (N, C, H, W), dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil), d
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_max_pool2d_matches_reference(rng, case, dtype):
+    shape, kw, d = pool_kwargs(case)
+    # A permutation: no ties, so the argmax is unambiguous.
+    x = rng.permutation(int(np.prod(shape))).reshape(shape).astype(dtype)
+    y, idx = F.max_pool2d(x, dilation=d, return_indices=True, **kw)
+    ry, ridx = R.max_pool2d(x, dilation=d, return_indices=True, **kw)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(idx, ridx)
+    assert idx.dtype == np.int64
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(F.max_pool2d_backward(gy, idx, x.shape), R.max_pool2d_backward(gy, ridx, x.shape))
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [c for c in POOL_CASES if c[7] == 1], ids=str)
+def test_avg_pool2d_matches_reference(rng, case, dtype, count_include_pad):
+    shape, kw, _ = pool_kwargs(case)
+    x = rng.standard_normal(shape).astype(dtype)
+    y = F.avg_pool2d(x, count_include_pad=count_include_pad, **kw)
+    assert_close(y, R.avg_pool2d(x, count_include_pad=count_include_pad, **kw))
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(F.avg_pool2d_backward(gy, x.shape, count_include_pad=count_include_pad, **kw),
+                 R.avg_pool2d_backward(gy, x.shape, count_include_pad=count_include_pad, **kw))
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_pooling_matches_torch(rng, torch, case):
+    shape, kw, d = pool_kwargs(case)
+    x = rng.standard_normal(shape)
+    xt = torch.tensor(x, requires_grad=True)
+    yt, it = torch.nn.functional.max_pool2d(xt, dilation=d, return_indices=True, **kw)
+    y, idx = F.max_pool2d(x, dilation=d, return_indices=True, **kw)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(idx, it.numpy())
+    gy = rng.standard_normal(y.shape)
+    yt.backward(torch.tensor(gy))
+    assert_close(F.max_pool2d_backward(gy, idx, shape), xt.grad.numpy())
+    if d == 1:
+        for cip in (True, False):
+            xt.grad = None
+            yt = torch.nn.functional.avg_pool2d(xt, count_include_pad=cip, **kw)
+            y = F.avg_pool2d(x, count_include_pad=cip, **kw)
+            assert_close(y, yt.detach().numpy())
+            yt.backward(torch.tensor(gy))
+            assert_close(F.avg_pool2d_backward(gy, shape, count_include_pad=cip, **kw),
+                         xt.grad.numpy())
+
+
+def test_max_pool2d_nan_propagates_and_first_max_wins():
+    x = np.array([[[[1.0, 1.0], [np.nan, 0.0]]]])
+    y, idx = F.max_pool2d(x, 2, return_indices=True)
+    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 2
+    y, idx = F.max_pool2d(np.ones((1, 1, 2, 2)), 2, return_indices=True)
+    assert y[0, 0, 0, 0] == 1.0 and idx[0, 0, 0, 0] == 0
+
+
+# (N, C, H, W, kernel, dilation, padding, stride)
+UNFOLD_CASES = [
+    (2, 3, 6, 6, 3, 1, 0, 1),
+    (1, 2, 7, 5, (2, 3), (1, 2), (1, 0), (2, 1)),
+    (2, 1, 9, 9, 3, 2, 2, 3),
+    (3, 4, 4, 4, 1, 1, 0, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", UNFOLD_CASES, ids=str)
+def test_im2col_col2im_match_reference(rng, case, dtype):
+    N, C, H, W, k, d, p, s = case
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    cols = F.im2col(x, k, d, p, s)
+    np.testing.assert_array_equal(cols, R.im2col(x, k, d, p, s))  # pure copies: exact
+    c = rng.standard_normal(cols.shape).astype(dtype)
+    assert_close(F.col2im(c, (H, W), k, d, p, s), R.col2im(c, (H, W), k, d, p, s))
+    # col2im is the adjoint of im2col: <im2col(x), c> == <x, col2im(c)>
+    lhs = float(np.vdot(cols.astype(np.float64), c))
+    rhs = float(np.vdot(x.astype(np.float64), F.col2im(c, (H, W), k, d, p, s)))
+    assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
+
+
+@pytest.mark.parametrize("case", UNFOLD_CASES, ids=str)
+def test_im2col_col2im_match_torch(rng, torch, case):
+    N, C, H, W, k, d, p, s = case
+    x = rng.standard_normal((N, C, H, W))
+    cols = torch.nn.functional.unfold(torch.tensor(x), k, d, p, s).numpy()
+    np.testing.assert_array_equal(F.im2col(x, k, d, p, s), cols)
+    folded = torch.nn.functional.fold(torch.tensor(cols), (H, W), k, d, p, s).numpy()
+    assert_close(F.col2im(cols, (H, W), k, d, p, s), folded)
+
+
+conv_configs = st.fixed_dictionaries({
+    "N": st.integers(1, 3), "groups": st.integers(1, 3), "cpg": st.integers(1, 3),
+    "fpg": st.integers(1, 4), "H": st.integers(1, 12), "W": st.integers(1, 12),
+    "kh": st.integers(1, 4), "kw": st.integers(1, 4), "sh": st.integers(1, 3),
+    "sw": st.integers(1, 3), "ph": st.integers(0, 2), "pw": st.integers(0, 2),
+    "dh": st.integers(1, 3), "dw": st.integers(1, 3), "f64": st.booleans(), "seed": st.integers(0, 9),
+})
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_configs)
+def test_conv2d_random_configurations(cfg):
+    g = cfg["groups"]
+    case = (cfg["N"], g * cfg["cpg"], cfg["H"], cfg["W"], g * cfg["fpg"], (cfg["kh"], cfg["kw"]),
+            (cfg["sh"], cfg["sw"]), (cfg["ph"], cfg["pw"]), (cfg["dh"], cfg["dw"]), g)
+    x_shape, w_shape, kw = conv_args(case)
+    try:
+        fastconv.F.conv2d_output_shape(x_shape, w_shape, **kw)
+    except ValueError:
+        with pytest.raises(ValueError):  # both modules reject what does not fit
+            R.conv2d(np.zeros(x_shape), np.zeros(w_shape), **kw)
+        with pytest.raises(ValueError):
+            F.conv2d(np.zeros(x_shape), np.zeros(w_shape), **kw)
+        return
+    check_conv_against_reference(np.random.default_rng(cfg["seed"]), case,
+                                 np.float64 if cfg["f64"] else np.float32)
+
+
+pool_configs = st.fixed_dictionaries({
+    "N": st.integers(1, 2), "C": st.integers(1, 3), "H": st.integers(1, 11), "W": st.integers(1, 11),
+    "kh": st.integers(1, 4), "kw": st.integers(1, 4), "sh": st.integers(1, 4), "sw": st.integers(1, 4),
+    "ph": st.integers(0, 2), "pw": st.integers(0, 2), "dh": st.integers(1, 3), "dw": st.integers(1, 3),
+    "ceil": st.booleans(), "cip": st.booleans(), "seed": st.integers(0, 9),
+})
+
+
+@settings(max_examples=80, deadline=None)
+@given(pool_configs)
+def test_pooling_random_configurations(cfg):
+    rng = np.random.default_rng(cfg["seed"])
+    shape = (cfg["N"], cfg["C"], cfg["H"], cfg["W"])
+    x = rng.permutation(int(np.prod(shape))).reshape(shape).astype(np.float64)
+    kw = dict(kernel_size=(cfg["kh"], cfg["kw"]), stride=(cfg["sh"], cfg["sw"]),
+              padding=(cfg["ph"], cfg["pw"]), ceil_mode=cfg["ceil"])
+    dil = (cfg["dh"], cfg["dw"])
+    for fn, extra in ((F.max_pool2d, dict(dilation=dil)), (F.avg_pool2d, {})):
+        ref = getattr(R, fn.__name__)
+        try:
+            want = ref(x, **kw, **extra)
+        except ValueError:
+            with pytest.raises(ValueError):
+                fn(x, **kw, **extra)
+            continue
+        np.testing.assert_allclose(fn(x, **kw, **extra), want, rtol=1e-12)  # -inf == -inf
+    try:
+        y, idx = F.max_pool2d(x, dilation=dil, return_indices=True, **kw)
+    except ValueError:
+        return
+    ry, ridx = R.max_pool2d(x, dilation=dil, return_indices=True, **kw)
+    np.testing.assert_array_equal(idx, ridx)
+    gy = rng.standard_normal(y.shape)
+    if np.isinf(y).any():
+        # A dilated window that lies wholly in the padding: -inf and, as in PyTorch, an index
+        # past the plane. Its gradient has nowhere to go; backward refuses such indices.
+        for m in (F, R):
+            with pytest.raises(ValueError, match="indices must lie"):
+                m.max_pool2d_backward(gy, idx, shape)
+    else:
+        assert_close(F.max_pool2d_backward(gy, idx, shape), R.max_pool2d_backward(gy, ridx, shape))
+    y = F.avg_pool2d(x, count_include_pad=cfg["cip"], **kw)
+    gy = rng.standard_normal(y.shape)
+    assert_close(F.avg_pool2d_backward(gy, shape, count_include_pad=cfg["cip"], **kw),
+                 R.avg_pool2d_backward(gy, shape, count_include_pad=cfg["cip"], **kw))
+
+
+def numerical_gradient(f, a, eps=1e-6):
+    """Central differences of the scalar f() with respect to every entry of a (in place)."""
+    g = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + eps
+        fp = f()
+        a[i] = old - eps
+        fm = f()
+        a[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def rel_error(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300)
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[4], CONV_CASES[11]], ids=str)
+def test_conv2d_gradient_numerically(rng, case):
+    x, w, b, kw = random_conv(rng, case, np.float64)
+    r = rng.standard_normal(F.conv2d(x, w, b, **kw).shape)
+    loss = lambda: float(np.sum(F.conv2d(x, w, b, **kw) * r))  # noqa: E731
+    gx, gw, gb = F.conv2d_backward(r, x, w, **kw)
+    for analytic, param in ((gx, x), (gw, w), (gb, b)):
+        assert rel_error(analytic, numerical_gradient(loss, param)) < 1e-7
+
+
+def test_pooling_gradients_numerically(rng):
+    x = rng.permutation(2 * 3 * 7 * 7).reshape(2, 3, 7, 7) / 10.0  # distinct: max is smooth
+    kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    y, idx = F.max_pool2d(x, return_indices=True, **kw)
+    r = rng.standard_normal(y.shape)
+    num = numerical_gradient(lambda: float(np.sum(F.max_pool2d(x, **kw) * r)), x, eps=1e-4)
+    assert rel_error(F.max_pool2d_backward(r, idx, x.shape), num) < 1e-7
+    for cip in (True, False):
+        r = rng.standard_normal(F.avg_pool2d(x, count_include_pad=cip, **kw).shape)
+        num = numerical_gradient(lambda: float(np.sum(F.avg_pool2d(x, count_include_pad=cip, **kw) * r)), x)
+        assert rel_error(F.avg_pool2d_backward(r, x.shape, count_include_pad=cip, **kw), num) < 1e-7
+
+
+THREAD_CASES = [CONV_CASES[0], CONV_CASES[1], CONV_CASES[2], CONV_CASES[5], CONV_CASES[14],
+                (64, 16, 10, 10, 32, 3, 1, 1, 1, 1), (3, 8, 12, 12, 16, 3, 1, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=str)
+def test_results_do_not_depend_on_thread_count(rng, threads, case):
+    x, w, b, kw = random_conv(rng, case, np.float32)
+    gy = rng.standard_normal(F.conv2d_output_shape(x.shape, w.shape, **kw)).astype(np.float32)
+
+    def run():
+        y = F.conv2d(x, w, b, **kw)
+        grads = F.conv2d_backward(gy, x, w, **kw)
+        p, idx = F.max_pool2d(x, 2, ceil_mode=True, return_indices=True)
+        a = F.avg_pool2d(x, 3, 1, 1)
+        return (y, *grads, p, idx, a, F.max_pool2d_backward(p, idx, x.shape),
+                F.avg_pool2d_backward(a, x.shape, 3, 1, 1))
+
+    results = []
+    for n in (1, 2, 3):
+        threads(n)
+        results.append(run())
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other):
+            np.testing.assert_array_equal(a, b_)
+
+
+@pytest.fixture
+def simd_level():
+    before = _core.simd_level()
+    yield
+    assert _core.set_simd_level(before)
+
+
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
+def test_every_simd_level_is_correct(rng, simd_level, level):
+    if not _core.set_simd_level(level):
+        pytest.skip(f"this CPU or build has no {level}")
+    assert fastconv.simd_level() == level
+    for case in (CONV_CASES[2], CONV_CASES[5], CONV_CASES[15], CONV_CASES[16]):
+        for dtype in (np.float32, np.float64):
+            check_conv_against_reference(rng, case, dtype)
+
+
+def test_set_simd_level_rejects_unknown():
+    assert not _core.set_simd_level("avx9000")
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_matches_numpy(rng, trans_a, trans_b, dtype):
+    for M, N, K in [(1, 1, 1), (7, 33, 5), (65, 130, 300), (128, 64, 1000), (3, 700, 17)]:
+        a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
+        b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
+        want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+        c = np.empty((M, N), dtype)
+        _core.gemm(a, b, c, trans_a, trans_b, False)
+        assert_close(c, want, tol=TOL_GEMM[np.dtype(dtype)] * np.sqrt(K))
+        c0 = c.copy()
+        _core.gemm(a, b, c, trans_a, trans_b, True)  # accumulate: c += a b
+        assert_close(c, c0 + want, tol=TOL_GEMM[np.dtype(dtype)] * np.sqrt(K))
+
+
+TOL_GEMM = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-14}
+
+
+LAYOUTS = {
+    "transposed_view": lambda a: np.ascontiguousarray(a.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2),
+    "negative_strides": lambda a: np.ascontiguousarray(a[:, :, ::-1, ::-1])[:, :, ::-1, ::-1],
+    "fortran_order": lambda a: np.asfortranarray(a),
+    "strided_slice": lambda a: np.repeat(a, 2, axis=3)[:, :, :, ::2],
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+def test_any_input_layout(rng, layout):
+    make = LAYOUTS[layout]
+    x, w, b, kw = random_conv(rng, CONV_CASES[2], np.float64)
+    xv, wv = make(x), make(w)
+    assert not xv.flags.c_contiguous
+    np.testing.assert_array_equal(F.conv2d(xv, wv, b, **kw), F.conv2d(x, w, b, **kw))
+    gy = rng.standard_normal(F.conv2d(x, w, **kw).shape)
+    for a, e in zip(F.conv2d_backward(make(gy), xv, wv, **kw), F.conv2d_backward(gy, x, w, **kw)):
+        np.testing.assert_array_equal(a, e)
+    np.testing.assert_array_equal(F.max_pool2d(xv, 2), F.max_pool2d(x, 2))
+    np.testing.assert_array_equal(F.avg_pool2d(xv, 2), F.avg_pool2d(x, 2))
+    np.testing.assert_array_equal(F.im2col(xv, 3), F.im2col(x, 3))
+
+
+def test_dtype_policy(rng):
+    x = rng.integers(-5, 5, (2, 3, 6, 6))
+    w = rng.integers(-2, 2, (4, 3, 3, 3))
+    y = F.conv2d(x, w)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, F.conv2d(x.astype(np.float32), w.astype(np.float32)))
+    assert F.conv2d(x.astype(np.float16), w.astype(np.float16)).dtype == np.float32
+    assert F.max_pool2d(x.astype(np.uint8), 2).dtype == np.float32
+    # mixed float32 / float64 promotes to float64
+    assert F.conv2d(x.astype(np.float32), w.astype(np.float64)).dtype == np.float64
+    assert F.conv2d_backward(y.astype(np.float64), x.astype(np.float32), w.astype(np.float32))[0].dtype == np.float64
+    with pytest.raises(TypeError, match="x must hold real numbers"):
+        F.conv2d(x.astype(np.complex64), w)
+    with pytest.raises(TypeError, match="weight"):
+        F.conv2d(x, np.full(w.shape, "a"))
+    with pytest.raises(TypeError):
+        F.max_pool2d(np.array([[[["a"]]]], dtype=object), 1)
+
+
+def test_empty_batch():
+    x = np.zeros((0, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    assert F.conv2d(x, w, np.zeros(4, np.float32)).shape == (0, 4, 6, 6)
+    gx, gw, gb = F.conv2d_backward(np.zeros((0, 4, 6, 6), np.float32), x, w)
+    assert gx.shape == x.shape and not gw.any() and not gb.any() and gw.shape == w.shape
+    y, idx = F.max_pool2d(x, 2, return_indices=True)
+    assert y.shape == idx.shape == (0, 3, 4, 4)
+    assert F.max_pool2d_backward(y, idx, x.shape).shape == x.shape
+    assert F.avg_pool2d(x, 2).shape == (0, 3, 4, 4)
+    assert F.avg_pool2d_backward(y, x.shape, 2).shape == x.shape
+    assert F.im2col(x, 3).shape == (0, 27, 36)
+    assert F.col2im(np.zeros((0, 27, 36)), 8, 3).shape == (0, 3, 8, 8)
+    assert F.max_pool2d(np.zeros((2, 0, 4, 4)), 2).shape == (2, 0, 2, 2)
+
+
+BAD_CALLS = [
+    (lambda m: m.conv2d(np.ones((3, 8, 8)), np.ones((4, 3, 3, 3))), ValueError, r"x must be 4-D.*\(3, 8, 8\)"),
+    (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3))), ValueError, "weight must be 4-D"),
+    (lambda m: m.conv2d(np.ones((1, 2, 8, 8)), np.ones((4, 3, 3, 3))), ValueError, r"expects 3 input channels.*has 2"),
+    (lambda m: m.conv2d(np.ones((1, 4, 8, 8)), np.ones((3, 2, 3, 3)), groups=2), ValueError, "divisible by groups"),
+    (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)), groups=0), ValueError, "groups must be positive"),
+    (lambda m: m.conv2d(np.ones((1, 3, 4, 4)), np.ones((4, 3, 5, 5))), ValueError, "larger than the padded input"),
+    (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)), stride=0), ValueError, "stride must be positive"),
+    (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)), dilation=-1), ValueError, "dilation must be positive"),
+    (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)), padding=-1), ValueError, "padding must be non-negative"),
+    (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)), padding="full"), ValueError, "padding must be"),
+    (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)), padding="same", stride=2), ValueError, "strided"),
+    (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)), stride=1.5), TypeError, "stride must be an int"),
+    (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)), stride=(1, 2, 3)), TypeError, "pair of ints"),
+    (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)), np.ones(3)), ValueError, r"bias must have shape \(4,\)"),
+    (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)), padding=2**40), ValueError, "padding must be non-negative"),
+    (lambda m: m.conv2d(np.ones((2**16, 1, 1, 1), np.float32), np.ones((2**16, 1, 1, 1), np.float32), padding=2**30),
+     ValueError, "too large"),
+    (lambda m: m.conv2d_backward(np.ones((1, 4, 5, 5)), np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3))), ValueError,
+     r"grad_y must have the conv2d output shape \(1, 4, 6, 6\)"),
+    (lambda m: m.conv2d_backward(np.ones((1, 4, 6, 6)), np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)), output_mask=(1, 0)),
+     ValueError, "output_mask"),
+    (lambda m: m.max_pool2d(np.ones((1, 1, 4, 4)), 2, padding=2), ValueError, "at most half of kernel_size"),
+    (lambda m: m.max_pool2d(np.ones((1, 1, 4, 4)), 0), ValueError, "kernel_size must be positive"),
+    (lambda m: m.max_pool2d(np.ones((1, 1, 2, 2)), 3), ValueError, "too small"),
+    (lambda m: m.max_pool2d(np.ones((1, 4, 4)), 2), ValueError, "x must be 4-D"),
+    (lambda m: m.avg_pool2d(np.ones((1, 1, 4, 4)), 2, stride=0), ValueError, "stride must be positive"),
+    (lambda m: m.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.full((1, 1, 2, 2), 16), (1, 1, 4, 4)), ValueError,
+     r"indices must lie in \[0, H\*W\)"),
+    (lambda m: m.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.full((1, 1, 2, 2), -1), (1, 1, 4, 4)), ValueError,
+     r"indices must lie"),
+    (lambda m: m.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.zeros((1, 1, 2, 1), np.int64), (1, 1, 4, 4)), ValueError,
+     "indices shape"),
+    (lambda m: m.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.zeros((1, 1, 2, 2)), (1, 1, 4, 4)), TypeError,
+     "integer array"),
+    (lambda m: m.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.zeros((1, 1, 2, 2), int), (1, 2, 4, 4)), ValueError,
+     "agree"),
+    (lambda m: m.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.zeros((1, 1, 2, 2), int), (1, 1, -4, 4)), ValueError,
+     "input_shape"),
+    (lambda m: m.avg_pool2d_backward(np.ones((1, 1, 3, 3)), (1, 1, 4, 4), 2), ValueError, r"pooled shape \(1, 1, 2, 2\)"),
+    (lambda m: m.im2col(np.ones((1, 1, 2, 2)), 3), ValueError, "does not fit"),
+    (lambda m: m.col2im(np.ones((1, 10, 4)), (3, 3), 2), ValueError, "divisible by kH\\*kW"),
+    (lambda m: m.col2im(np.ones((1, 4, 5)), (3, 3), 2), ValueError, "number of blocks"),
+    (lambda m: m.col2im(np.ones((4, 5)), (3, 3), 2), ValueError, "cols must be 3-D"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", BAD_CALLS, ids=[str(i) for i in range(len(BAD_CALLS))])
+@pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
+def test_bad_input_raises_clear_errors(call, exc, match, module):
+    # The reference raises exactly what the fast module raises (shared validation).
+    with pytest.raises(exc, match=match):
+        call(module)
+
+
+def test_set_num_threads_validates():
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        fastconv.set_num_threads(0)
+    with pytest.raises(TypeError, match="n must be an int"):
+        fastconv.set_num_threads(1.5)
+
+
+def test_kernels_are_thread_safe_from_python_threads(rng):
+    # Two Python threads run kernels at once (the GIL is released inside them): each must get
+    # exactly its own result (no shared static scratch).
+    cases = [random_conv(np.random.default_rng(i), (8, 16, 12, 12, 32, 3, 1, 1, 1, 1), np.float32)
+             for i in range(2)]
+    expected = [F.conv2d(x, w, b, **kw) for x, w, b, kw in cases]
+    errors = []
+
+    def work(i):
+        x, w, b, kw = cases[i]
+        for _ in range(5):
+            if not np.array_equal(F.conv2d(x, w, b, **kw), expected[i]):
+                errors.append(i)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+
+
+def test_output_shape_helpers():
+    assert F.conv2d_output_shape((8, 3, 32, 32), (16, 3, 5, 5), stride=2, padding=2) == (8, 16, 16, 16)
+    assert F.conv2d_output_shape((1, 3, 7, 7), (2, 3, 4, 4), padding="same") == (1, 2, 7, 7)
+    assert F.pool2d_output_shape((1, 3, 7, 7), 2, ceil_mode=True) == (1, 3, 4, 4)
+    assert F.pool2d_output_shape((1, 3, 7, 7), 2) == (1, 3, 3, 3)
+    # ceil mode never starts a window in the padding: H=5, k=2, s=2, p=1 -> 3, not 4
+    assert F.pool2d_output_shape((1, 1, 5, 5), 2, 2, 1, ceil_mode=True) == (1, 1, 3, 3)
