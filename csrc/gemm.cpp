@@ -186,6 +186,8 @@ void gemm(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_c
   }
   T* ap = pack;
   T* bp = pack + k.mc * k.kc;
+  // The B block (kc x nc) stays in L2 while each A micro-panel (MR x kc, in L1) sweeps
+  // across it; the A block (mc x kc) is re-read from L2/L3 once per B block.
   for (index_t jc = 0; jc < N; jc += k.nc) {
     const index_t nc = std::min(k.nc, N - jc);
     for (index_t pc = 0; pc < K; pc += k.kc) {
@@ -195,10 +197,10 @@ void gemm(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_c
       for (index_t ic = 0; ic < M; ic += k.mc) {
         const index_t mc = std::min(k.mc, M - ic);
         pack_a(mc, kc, A + ic * a_rs + pc * a_cs, a_rs, a_cs, k.mr, ap);
-        for (index_t jr = 0; jr < nc; jr += k.nr) {
-          const index_t nr = std::min(k.nr, nc - jr);
-          for (index_t ir = 0; ir < mc; ir += k.mr) {
-            const index_t mr = std::min(k.mr, mc - ir);
+        for (index_t ir = 0; ir < mc; ir += k.mr) {
+          const index_t mr = std::min(k.mr, mc - ir);
+          for (index_t jr = 0; jr < nc; jr += k.nr) {
+            const index_t nr = std::min(k.nr, nc - jr);
             k.micro(kc, ap + ir * kc, bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, acc, mr,
                     nr);
           }

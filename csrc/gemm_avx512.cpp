@@ -93,8 +93,8 @@ void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* _
 }
 
 // Blocks: B panel kc x nc stays in L2/L3, A block mc x kc in L2, the micro-panels in L1.
-const GemmKernel<float> kF32{"avx512", MR, 32, 8 * 16, 384, 4096, &micro_kernel<float>};
-const GemmKernel<double> kF64{"avx512", MR, 16, 8 * 12, 256, 2048, &micro_kernel<double>};
+const GemmKernel<float> kF32{"avx512", MR, 32, 256, 256, 512, &micro_kernel<float>};
+const GemmKernel<double> kF64{"avx512", MR, 16, 256, 256, 256, &micro_kernel<double>};
 
 }  // namespace
 

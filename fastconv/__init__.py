@@ -11,12 +11,52 @@ torch.nn.functional, plus a pure-NumPy reference with the same signatures.
 
 from __future__ import annotations
 
-from . import _core
-from . import functional
+__version__ = "0.1.0"
+
+
+def _load_core():
+    """Import the compiled kernels.
+
+    In a source checkout (e.g. `python -c "import fastconv"` run in the clone after
+    `pip install .`), the package found first is the source folder, which has no compiled
+    module: use the one `pip install .` put in site-packages, if it is the same version.
+    """
+    try:
+        from . import _core
+
+        return _core
+    except ImportError as exc:
+        error = exc
+    import importlib.machinery
+    import importlib.metadata
+    import importlib.util
+    import sys
+
+    try:
+        dist = importlib.metadata.distribution("fastconv")
+        files = [f for f in dist.files or () if f.parts[:1] == ("fastconv",)
+                 and f.name.startswith("_core.") and
+                 f.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))]
+        if dist.version == __version__ and files:
+            path = str(dist.locate_file(files[0]))
+            spec = importlib.util.spec_from_file_location(f"{__name__}._core", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules[spec.name] = module
+            return module
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    raise ImportError(
+        "fastconv's compiled extension (fastconv._core) is not built or not installed. "
+        "Run `pip install .` in the fastconv checkout (or `pip install -e .` to develop). "
+        f"Original error: {error}") from error
+
+
+_core = _load_core()
+
+from . import functional  # noqa: E402  (needs _core)
 
 F = functional
-
-__version__ = "0.1.0"
 
 
 def get_num_threads() -> int:
