@@ -1,6 +1,7 @@
 #include "conv.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "gemm.h"
 
@@ -40,12 +41,29 @@ void run_items(index_t count, index_t cols_size, Body&& body) {
 // GEMM on this thread's packing scratch, or split over all threads when there is none.
 // Both give the same bits: threads split M or N, never the reduction.
 template <typename T>
-void matmul(T* pack, index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs,
-            const T* B, index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate) {
+void matmul(T* pack, index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>& B,
+            T* C, index_t ldc, bool accumulate) {
   if (pack)
-    gemm<T>(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate, pack);
+    gemm<T>(M, N, K, A, B, C, ldc, accumulate, pack);
   else
-    gemm_parallel<T>(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate);
+    gemm_parallel<T>(M, N, K, A, B, C, ldc, accumulate);
+}
+
+// Each group's weights packed once per call and shared by all images; `transposed` packs
+// w[g]^T (CKK x Fg) for the input gradient.
+template <typename T>
+std::vector<PackedA<T>> pack_weights(const ConvShape& s, const T* w, bool transposed) {
+  const index_t Fg = s.Fg(), CKK = s.CKK();
+  std::vector<PackedA<T>> packed;
+  packed.reserve(s.G);
+  for (index_t g = 0; g < s.G; ++g) {
+    const T* wg = w + g * Fg * CKK;
+    if (transposed)
+      packed.emplace_back(CKK, Fg, wg, 1, CKK);
+    else
+      packed.emplace_back(Fg, CKK, wg, CKK, 1);
+  }
+  return packed;
 }
 
 }  // namespace
@@ -54,6 +72,7 @@ template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
+  const std::vector<PackedA<T>> wp = pack_weights(s, w, false);
   run_items<T>(s.N, direct ? 0 : CKK * L, [&](index_t n, T* cols, T* pack) {
     for (index_t g = 0; g < s.G; ++g) {
       const T* xg = x + (n * s.C + g * Cg) * HW;
@@ -62,7 +81,7 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T
       if (bias)
         for (index_t f = 0; f < Fg; ++f) std::fill(yg + f * L, yg + (f + 1) * L, bias[g * Fg + f]);
       if (!direct) im2col_image(xg, Cg, s.H, s.W, s.win, s.OH, s.OW, cols, L);
-      matmul<T>(pack, Fg, L, CKK, w + g * Fg * CKK, CKK, 1, direct ? xg : cols, L, 1, yg, L,
+      matmul<T>(pack, Fg, L, CKK, wp[g], StridedB<T>(direct ? xg : cols, L, 1), yg, L,
                 bias != nullptr);
     }
   });
@@ -72,13 +91,12 @@ template <typename T>
 void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
+  const std::vector<PackedA<T>> wtp = pack_weights(s, w, true);
   run_items<T>(s.N, direct ? 0 : CKK * L, [&](index_t n, T* dcols, T* pack) {
     for (index_t g = 0; g < s.G; ++g) {
       const T* gyg = gy + (n * s.F + g * Fg) * L;
       T* gxg = gx + (n * s.C + g * Cg) * HW;
-      // w[g] read transposed: A(ckk, f) = w[g][f*CKK + ckk]
-      matmul<T>(pack, CKK, L, Fg, w + g * Fg * CKK, 1, CKK, gyg, L, 1, direct ? gxg : dcols, L,
-                false);
+      matmul<T>(pack, CKK, L, Fg, wtp[g], StridedB<T>(gyg, L, 1), direct ? gxg : dcols, L, false);
       if (!direct) {
         std::fill(gxg, gxg + Cg * HW, T(0));
         col2im_image(dcols, L, Cg, s.H, s.W, s.win, s.OH, s.OW, gxg);
@@ -107,8 +125,8 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
         const T* xg = x + (n * s.C + g * Cg) * HW;
         if (!direct) im2col_image(xg, Cg, s.H, s.W, s.win, s.OH, s.OW, cols, L);
         // cols read transposed: B(l, ckk) = cols[ckk*L + l]
-        matmul<T>(pack, Fg, CKK, L, gy + (n * s.F + g * Fg) * L, L, 1, direct ? xg : cols, 1, L,
-                  dst + g * Fg * CKK, CKK, n > n0);
+        matmul<T>(pack, Fg, CKK, L, StridedA<T>(gy + (n * s.F + g * Fg) * L, L, 1),
+                  StridedB<T>(direct ? xg : cols, 1, L), dst + g * Fg * CKK, CKK, n > n0);
       }
     }
   });

@@ -170,8 +170,40 @@ index_t gemm_scratch_size() {
 }
 
 template <typename T>
-void gemm(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs, const T* B,
-          index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate, T* pack) {
+const T* StridedA<T>::block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
+                            T* scratch) const {
+  pack_a(mc, kc, p + ic * rs + pc * cs, rs, cs, mr, scratch);
+  return scratch;
+}
+
+template <typename T>
+void StridedB<T>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const {
+  pack_b(kc, nc, p + pc * rs + jc * cs, rs, cs, nr, dst);
+}
+
+// Layout: the k-block starting at pc holds all of M (padded to MR) at pc*m_pad; within it the
+// m-block starting at ic is at ic*kc_eff: exactly what the loop nest asks for, block by block.
+template <typename T>
+PackedA<T>::PackedA(index_t M, index_t K, const T* A, index_t rs, index_t cs) {
+  const GemmKernel<T>& k = gemm_kernel<T>();
+  m_pad_ = ceil_div(M, k.mr) * k.mr;
+  data_ = make_scratch<T>(m_pad_ * K);
+  for (index_t pc = 0; pc < K; pc += k.kc) {
+    const index_t kc = std::min(k.kc, K - pc);
+    for (index_t ic = 0; ic < M; ic += k.mc)
+      pack_a(std::min(k.mc, M - ic), kc, A + ic * rs + pc * cs, rs, cs, k.mr,
+             data_.get() + pc * m_pad_ + ic * kc);
+  }
+}
+
+template <typename T>
+const T* PackedA<T>::block(index_t ic, index_t, index_t pc, index_t kc, index_t, T*) const {
+  return data_.get() + pc * m_pad_ + ic * kc;
+}
+
+template <typename T>
+void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>& B, T* C,
+          index_t ldc, bool accumulate, T* pack) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -181,7 +213,7 @@ void gemm(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_c
   const GemmKernel<T>& k = gemm_kernel<T>();
   Scratch<T> owned;
   if (!pack) {
-    owned = make_scratch<T>(k.mc * k.kc + k.kc * k.nc);
+    owned = make_scratch<T>(gemm_scratch_size<T>());
     pack = owned.get();
   }
   T* ap = pack;
@@ -193,15 +225,15 @@ void gemm(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_c
     for (index_t pc = 0; pc < K; pc += k.kc) {
       const index_t kc = std::min(k.kc, K - pc);
       const bool acc = accumulate || pc > 0;
-      pack_b(kc, nc, B + pc * b_rs + jc * b_cs, b_rs, b_cs, k.nr, bp);
+      B.pack(pc, kc, jc, nc, k.nr, bp);
       for (index_t ic = 0; ic < M; ic += k.mc) {
         const index_t mc = std::min(k.mc, M - ic);
-        pack_a(mc, kc, A + ic * a_rs + pc * a_cs, a_rs, a_cs, k.mr, ap);
+        const T* a = A.block(ic, mc, pc, kc, k.mr, ap);
         for (index_t ir = 0; ir < mc; ir += k.mr) {
           const index_t mr = std::min(k.mr, mc - ir);
           for (index_t jr = 0; jr < nc; jr += k.nr) {
             const index_t nr = std::min(k.nr, nc - jr);
-            k.micro(kc, ap + ir * kc, bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, acc, mr,
+            k.micro(kc, a + ir * kc, bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, acc, mr,
                     nr);
           }
         }
@@ -210,15 +242,41 @@ void gemm(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_c
   }
 }
 
+namespace {
+
+// Views of a sub-block of an operand, for splitting a GEMM across threads.
 template <typename T>
-void gemm_parallel(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs,
-                   const T* B, index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate) {
+struct OffsetA final : ASource<T> {
+  const ASource<T>& a;
+  index_t row0;
+  OffsetA(const ASource<T>& a_, index_t r) : a(a_), row0(r) {}
+  const T* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
+                 T* scratch) const override {
+    return a.block(row0 + ic, mc, pc, kc, mr, scratch);
+  }
+};
+
+template <typename T>
+struct OffsetB final : BSource<T> {
+  const BSource<T>& b;
+  index_t col0;
+  OffsetB(const BSource<T>& b_, index_t c) : b(b_), col0(c) {}
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override {
+    b.pack(pc, kc, col0 + jc, nc, nr, dst);
+  }
+};
+
+}  // namespace
+
+template <typename T>
+void gemm_parallel(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>& B,
+                   T* C, index_t ldc, bool accumulate) {
   const int threads = max_threads();
   const GemmKernel<T>& k = gemm_kernel<T>();
   const index_t m_blocks = ceil_div(M, k.mr), n_blocks = ceil_div(N, k.nr);
   if (threads <= 1 || (m_blocks < 2 && n_blocks < 2) ||
       static_cast<double>(M) * N * K < 64.0 * 64 * 64) {
-    gemm(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, accumulate);
+    gemm(M, N, K, A, B, C, ldc, accumulate);
     return;
   }
   // Each thread takes a contiguous range of whole register tiles along the longer side.
@@ -226,22 +284,50 @@ void gemm_parallel(index_t M, index_t N, index_t K, const T* A, index_t a_rs, in
   const index_t blocks = split_n ? n_blocks : m_blocks;
   const index_t step = split_n ? k.nr : k.mr;
   const int parts = static_cast<int>(std::min<index_t>(threads, blocks));
+  Scratch<T> scratch = make_scratch<T>(gemm_scratch_size<T>() * parts);
 #pragma omp parallel num_threads(parts)
   {
     const index_t t = thread_id();
     const index_t b0 = blocks * t / parts, b1 = blocks * (t + 1) / parts;
     const index_t lo = b0 * step;
     const index_t hi = std::min((split_n ? N : M), b1 * step);
+    T* pack = scratch.get() + gemm_scratch_size<T>() * t;
     if (hi > lo) {
       if (split_n)
-        gemm(M, hi - lo, K, A, a_rs, a_cs, B + lo * b_cs, b_rs, b_cs, C + lo, ldc, accumulate);
+        gemm(M, hi - lo, K, A, OffsetB<T>(B, lo), C + lo, ldc, accumulate, pack);
       else
-        gemm(hi - lo, N, K, A + lo * a_rs, a_rs, a_cs, B, b_rs, b_cs, C + lo * ldc, ldc,
-             accumulate);
+        gemm(hi - lo, N, K, OffsetA<T>(A, lo), B, C + lo * ldc, ldc, accumulate, pack);
     }
   }
 }
 
+template <typename T>
+void gemm(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs, const T* B,
+          index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate, T* pack) {
+  gemm(M, N, K, StridedA<T>(A, a_rs, a_cs), StridedB<T>(B, b_rs, b_cs), C, ldc, accumulate, pack);
+}
+
+template <typename T>
+void gemm_parallel(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs,
+                   const T* B, index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate) {
+  gemm_parallel(M, N, K, StridedA<T>(A, a_rs, a_cs), StridedB<T>(B, b_rs, b_cs), C, ldc,
+                accumulate);
+}
+
+template struct StridedA<float>;
+template struct StridedA<double>;
+template struct StridedB<float>;
+template struct StridedB<double>;
+template class PackedA<float>;
+template class PackedA<double>;
+template void gemm<float>(index_t, index_t, index_t, const ASource<float>&, const BSource<float>&,
+                          float*, index_t, bool, float*);
+template void gemm<double>(index_t, index_t, index_t, const ASource<double>&,
+                           const BSource<double>&, double*, index_t, bool, double*);
+template void gemm_parallel<float>(index_t, index_t, index_t, const ASource<float>&,
+                                   const BSource<float>&, float*, index_t, bool);
+template void gemm_parallel<double>(index_t, index_t, index_t, const ASource<double>&,
+                                    const BSource<double>&, double*, index_t, bool);
 template index_t gemm_scratch_size<float>();
 template index_t gemm_scratch_size<double>();
 template void gemm<float>(index_t, index_t, index_t, const float*, index_t, index_t, const float*,

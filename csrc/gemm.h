@@ -38,6 +38,72 @@ bool set_simd_level(const std::string& level);
 // The best level this CPU supports.
 std::string best_simd_level();
 
+// ---- Operands -----------------------------------------------------------------------------
+// The loop nest asks its operands for packed blocks, so an operand can be a strided matrix
+// (packed on the fly), a matrix packed once and reused (conv weights across a batch), or an
+// implicit matrix such as the im2col of an image, packed straight from the image.
+
+// Supplies packed blocks of A: rows [ic, ic+mc) x cols [pc, pc+kc) as MR-tall panels
+// (panel r at r*kc, element (i, p) of a panel at p*MR + i; rows past mc zero). Returns a
+// pointer to the block: `scratch` (mc_max x kc_max elements) after packing, or memory of its own.
+template <typename T>
+struct ASource {
+  virtual ~ASource() = default;
+  virtual const T* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
+                         T* scratch) const = 0;
+};
+
+// Packs rows [pc, pc+kc) x cols [jc, jc+nc) of B into NR-wide panels at dst (panel q at
+// q*kc, element (p, j) of a panel at p*NR + j; columns past nc zero).
+template <typename T>
+struct BSource {
+  virtual ~BSource() = default;
+  virtual void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const = 0;
+};
+
+// A strided matrix: element (i, j) at p[i*rs + j*cs].
+template <typename T>
+struct StridedA final : ASource<T> {
+  const T* p;
+  index_t rs, cs;
+  StridedA(const T* p_, index_t rs_, index_t cs_) : p(p_), rs(rs_), cs(cs_) {}
+  const T* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
+                 T* scratch) const override;
+};
+
+template <typename T>
+struct StridedB final : BSource<T> {
+  const T* p;
+  index_t rs, cs;
+  StridedB(const T* p_, index_t rs_, index_t cs_) : p(p_), rs(rs_), cs(cs_) {}
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override;
+};
+
+// A matrix packed once, whole, for the current kernel (e.g. conv weights, shared read-only
+// by the threads that each multiply it with their own images).
+template <typename T>
+class PackedA final : public ASource<T> {
+ public:
+  PackedA(index_t M, index_t K, const T* A, index_t rs, index_t cs);
+  const T* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
+                 T* scratch) const override;
+
+ private:
+  index_t m_pad_;
+  Scratch<T> data_;
+};
+
+// General GEMM on the calling thread: C[M,N] (+)= A . B from any operand sources.
+// `pack` is scratch of gemm_scratch_size<T>() elements (nullptr: allocated here).
+template <typename T>
+void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>& B, T* C,
+          index_t ldc, bool accumulate, T* pack = nullptr);
+
+// The same, split over the OpenMP threads by blocks of M or N. Call outside parallel regions.
+template <typename T>
+void gemm_parallel(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>& B,
+                   T* C, index_t ldc, bool accumulate);
+
 // Serial GEMM on the calling thread. `pack` is per-call scratch (see gemm_scratch_size);
 // pass nullptr to allocate internally.
 template <typename T>

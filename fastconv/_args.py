@@ -271,9 +271,31 @@ def pool2d_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ce
         raise ValueError(f"{op}: {name} of shape {tuple(x_shape)} is too small for kernel_size "
                          f"{kernel} with padding {padding} and dilation {dilation}: output size "
                          f"would be {out}")
+    for axis, (size, k, s, p, d, o) in enumerate(zip((H, W), kernel, stride, padding, dilation, out)):
+        empty = _first_empty_window(size, k, s, p, d, o)
+        if empty is not None:
+            raise ValueError(
+                f"{op}: with kernel_size {kernel}, stride {stride}, padding {padding} and "
+                f"dilation {dilation}, window {empty} along {'HW'[axis]} of {name} of shape "
+                f"{tuple(x_shape)} lies entirely in the padding (its maximum would be -inf, "
+                f"with no input position to send a gradient to)")
     geom = PoolGeometry(N, C, H, W, kernel, stride, padding, dilation, bool(ceil_mode), out)
     check_elements(geom.output_shape, op, "output")
     return geom
+
+
+def _first_empty_window(size: int, k: int, s: int, p: int, d: int, out: int) -> int | None:
+    """Index of the first window whose taps start + i*d (i < k) all miss [0, size), or None.
+
+    Only a dilated window can skip over the whole input: with d == 1 the padding limit
+    (p <= k // 2) and the output-size rule keep every window overlapping the input.
+    """
+    if d == 1:
+        return None
+    starts = np.arange(out, dtype=np.int64) * s - p
+    taps = starts[:, None] + np.arange(k, dtype=np.int64)[None, :] * d
+    hits = ((taps >= 0) & (taps < size)).any(axis=1)
+    return None if hits.all() else int(np.argmin(hits))
 
 
 @dataclass(frozen=True)
