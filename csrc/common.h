@@ -16,6 +16,16 @@
 #include <omp.h>
 #endif
 
+// Memory-bound loops (packing, im2col, pooling) are compiled for several ISAs and picked at
+// load time by the dynamic loader (GCC's target_clones + ifunc), so they use AVX-512 / AVX2
+// where the CPU has them while the build stays portable.
+#if defined(FASTCONV_X86) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(FASTCONV_NO_CLONES)
+#define FASTCONV_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTCONV_CLONES
+#endif
+
 namespace fastconv {
 
 using index_t = std::int64_t;

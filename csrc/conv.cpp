@@ -73,16 +73,19 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
   const std::vector<PackedA<T>> wp = pack_weights(s, w, false);
-  run_items<T>(s.N, direct ? 0 : CKK * L, [&](index_t n, T* cols, T* pack) {
+  // The column matrix is never formed: the GEMM packs its B panels straight from the image.
+  run_items<T>(s.N, 0, [&](index_t n, T*, T* pack) {
     for (index_t g = 0; g < s.G; ++g) {
       const T* xg = x + (n * s.C + g * Cg) * HW;
       T* yg = y + (n * s.F + g * Fg) * L;
       // Bias first, then accumulate the product onto it.
       if (bias)
         for (index_t f = 0; f < Fg; ++f) std::fill(yg + f * L, yg + (f + 1) * L, bias[g * Fg + f]);
-      if (!direct) im2col_image(xg, Cg, s.H, s.W, s.win, s.OH, s.OW, cols, L);
-      matmul<T>(pack, Fg, L, CKK, wp[g], StridedB<T>(direct ? xg : cols, L, 1), yg, L,
-                bias != nullptr);
+      if (direct)
+        matmul<T>(pack, Fg, L, CKK, wp[g], StridedB<T>(xg, L, 1), yg, L, bias != nullptr);
+      else
+        matmul<T>(pack, Fg, L, CKK, wp[g], Im2colB<T>(xg, Cg, s.H, s.W, s.win, s.OH, s.OW), yg,
+                  L, bias != nullptr);
     }
   });
 }

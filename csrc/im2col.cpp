@@ -72,6 +72,99 @@ void col2im_image(const T* cols, index_t ld, index_t C, index_t H, index_t W, co
   }
 }
 
+namespace {
+
+// A run of consecutive columns l of one output row oh: columns [l0, l0+count) are the output
+// positions (oh, ow0 .. ow0+count-1), stored at panel offset `off`.
+struct Run {
+  index_t oh, ow0, count, off;
+};
+
+}  // namespace
+
+template <typename T>
+__attribute__((always_inline)) inline void pack_im2col(const Im2colB<T>& b, index_t pc,
+                                                       index_t kc, index_t jc, index_t nc,
+                                                       index_t nr, T* dst) {
+  const T* x = b.x;
+  const index_t H = b.H, W = b.W, OW = b.OW;
+  const Window2d& win = b.win;
+  const index_t KK = win.KH * win.KW;
+  Run runs[65];  // a panel of nr <= 64 columns spans at most nr runs
+  for (index_t q = 0; q < nc; q += nr) {
+    const index_t n = std::min(nr, nc - q);
+    T* panel = dst + q * kc;
+    // Split the panel's columns into runs along output rows.
+    index_t nruns = 0;
+    for (index_t t = 0; t < n;) {
+      const index_t l = jc + q + t;
+      const index_t oh = l / OW, ow = l % OW;
+      const index_t count = std::min(n - t, OW - ow);
+      runs[nruns++] = {oh, ow, count, t};
+      t += count;
+    }
+    index_t c = pc / KK, i = (pc % KK) / win.KW, j = pc % win.KW;
+    for (index_t p = 0; p < kc; ++p) {
+      T* d = panel + p * nr;
+      const T* xc = x + c * H * W;
+      const index_t off_w = j * win.DW - win.PW;
+      for (index_t r = 0; r < nruns; ++r) {
+        const Run& run = runs[r];
+        T* out = d + run.off;
+        const index_t ih = run.oh * win.SH - win.PH + i * win.DH;
+        if (ih < 0 || ih >= H) {
+          for (index_t t = 0; t < run.count; ++t) out[t] = T(0);
+          continue;
+        }
+        const T* row = xc + ih * W;
+        if (win.SW == 1) {
+          // iw = ow0 + t + off_w must lie in [0, W)
+          const index_t base = run.ow0 + off_w;
+          const index_t lo = std::min(run.count, std::max<index_t>(0, -base));
+          const index_t hi = std::max(lo, std::min(run.count, W - base));
+          for (index_t t = 0; t < lo; ++t) out[t] = T(0);
+          for (index_t t = lo; t < hi; ++t) out[t] = row[base + t];
+          for (index_t t = hi; t < run.count; ++t) out[t] = T(0);
+        } else {
+          for (index_t t = 0; t < run.count; ++t) {
+            const index_t iw = (run.ow0 + t) * win.SW + off_w;
+            out[t] = (iw >= 0 && iw < W) ? row[iw] : T(0);
+          }
+        }
+      }
+      for (index_t t = n; t < nr; ++t) d[t] = T(0);
+      if (++j == win.KW) {
+        j = 0;
+        if (++i == win.KH) {
+          i = 0;
+          ++c;
+        }
+      }
+    }
+  }
+}
+
+// One clone per ISA of the whole packing loop (the body above is inlined into each).
+FASTCONV_CLONES void pack_im2col_f32(const Im2colB<float>& b, index_t pc, index_t kc,
+                                     index_t jc, index_t nc, index_t nr, float* dst) {
+  pack_im2col(b, pc, kc, jc, nc, nr, dst);
+}
+FASTCONV_CLONES void pack_im2col_f64(const Im2colB<double>& b, index_t pc, index_t kc,
+                                     index_t jc, index_t nc, index_t nr, double* dst) {
+  pack_im2col(b, pc, kc, jc, nc, nr, dst);
+}
+
+template <>
+void Im2colB<float>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr,
+                          float* dst) const {
+  pack_im2col_f32(*this, pc, kc, jc, nc, nr, dst);
+}
+template <>
+void Im2colB<double>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr,
+                           double* dst) const {
+  pack_im2col_f64(*this, pc, kc, jc, nc, nr, dst);
+}
+
 template <typename T>
 void im2col(const T* x, index_t N, index_t C, index_t H, index_t W, const Window2d& win,
             index_t OH, index_t OW, T* cols) {
@@ -105,5 +198,7 @@ void col2im(const T* cols, index_t N, index_t C, index_t H, index_t W, const Win
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE
+template struct Im2colB<float>;
+template struct Im2colB<double>;
 
 }  // namespace fastconv

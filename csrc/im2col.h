@@ -7,6 +7,7 @@
 #pragma once
 
 #include "common.h"
+#include "gemm.h"
 
 namespace fastconv {
 
@@ -26,6 +27,19 @@ void im2col_image(const T* x, index_t C, index_t H, index_t W, const Window2d& w
 template <typename T>
 void col2im_image(const T* cols, index_t ld, index_t C, index_t H, index_t W, const Window2d& win,
                   index_t OH, index_t OW, T* x);
+
+// The column matrix of one image as a GEMM B operand (CKK x L), packed straight from the
+// image into the GEMM's panels: no column buffer is written or read.
+template <typename T>
+struct Im2colB final : BSource<T> {
+  const T* x;  // first channel of the image (group)
+  index_t C, H, W, OH, OW;
+  Window2d win;
+  Im2colB(const T* x_, index_t C_, index_t H_, index_t W_, const Window2d& w, index_t OH_,
+          index_t OW_)
+      : x(x_), C(C_), H(H_), W(W_), OH(OH_), OW(OW_), win(w) {}
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override;
+};
 
 // Batched versions (== F.unfold / F.fold), threaded over (image, channel).
 template <typename T>
