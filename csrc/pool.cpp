@@ -26,17 +26,145 @@ inline AvgWindow avg_window(index_t start, index_t k, index_t size, index_t pad)
   return {std::max<index_t>(start, 0), std::min(end, size), end - start};
 }
 
+// The common 2x2 / stride-2 window that lies wholly inside the input: the four candidates
+// in PyTorch's order (row-major), first maximum wins, NaN propagates. Outputs are made in
+// fixed blocks of 16 from copies of the two input rows, so the loop always vectorises
+// (compares and blends, no branches) whatever the width.
+template <typename T>
+__attribute__((always_inline)) inline void max_pool_2x2_row(const T* r0, const T* r1, index_t W,
+                                                            index_t ih, index_t OW, T* y,
+                                                            std::int64_t* idx) {
+  constexpr int B = 16;
+  for (index_t o0 = 0; o0 < OW; o0 += B) {
+    const index_t n = std::min<index_t>(B, OW - o0);
+    T top[2 * B], bottom[2 * B], best_out[B];
+    std::int64_t at_out[B];
+    for (index_t t = 0; t < 2 * B; ++t) {
+      top[t] = t < 2 * n ? r0[2 * o0 + t] : T(0);
+      bottom[t] = t < 2 * n ? r1[2 * o0 + t] : T(0);
+    }
+    const std::int64_t base = ih * W + 2 * o0;
+    for (int t = 0; t < B; ++t) {
+      T best = top[2 * t];
+      std::int64_t at = base + 2 * t;
+      const T b = top[2 * t + 1], c = bottom[2 * t], d = bottom[2 * t + 1];
+      // "v > best || isnan(v)", as blends: once best is NaN only a later NaN replaces it.
+      bool take = (b > best) | (b != b);
+      best = take ? b : best;
+      at = take ? base + 2 * t + 1 : at;
+      take = (c > best) | (c != c);
+      best = take ? c : best;
+      at = take ? base + W + 2 * t : at;
+      take = (d > best) | (d != d);
+      best = take ? d : best;
+      at = take ? base + W + 2 * t + 1 : at;
+      best_out[t] = best;
+      at_out[t] = at;
+    }
+    for (index_t t = 0; t < n; ++t) {
+      y[o0 + t] = best_out[t];
+      idx[o0 + t] = at_out[t];
+    }
+  }
+}
+
+FASTCONV_CLONES void max_pool_2x2_f32(const float* r0, const float* r1, index_t W, index_t ih,
+                                      index_t OW, float* y, std::int64_t* idx) {
+  max_pool_2x2_row(r0, r1, W, ih, OW, y, idx);
+}
+FASTCONV_CLONES void max_pool_2x2_f64(const double* r0, const double* r1, index_t W, index_t ih,
+                                      index_t OW, double* y, std::int64_t* idx) {
+  max_pool_2x2_row(r0, r1, W, ih, OW, y, idx);
+}
+inline void max_pool_2x2(const float* r0, const float* r1, index_t W, index_t ih, index_t OW,
+                         float* y, std::int64_t* idx) {
+  max_pool_2x2_f32(r0, r1, W, ih, OW, y, idx);
+}
+inline void max_pool_2x2(const double* r0, const double* r1, index_t W, index_t ih, index_t OW,
+                         double* y, std::int64_t* idx) {
+  max_pool_2x2_f64(r0, r1, W, ih, OW, y, idx);
+}
+
+// 2x2 / stride-2 average pooling rows, in blocks of 16 like max pooling. Sum order as
+// PyTorch's loop (row-major from 0), divisor 4 (the window is wholly inside the input).
+template <typename T>
+__attribute__((always_inline)) inline void avg_pool_2x2_row(const T* r0, const T* r1, index_t OW,
+                                                            T* y) {
+  constexpr int B = 16;
+  for (index_t o0 = 0; o0 < OW; o0 += B) {
+    const index_t n = std::min<index_t>(B, OW - o0);
+    T top[2 * B], bottom[2 * B], out[B];
+    for (index_t t = 0; t < 2 * B; ++t) {
+      top[t] = t < 2 * n ? r0[2 * o0 + t] : T(0);
+      bottom[t] = t < 2 * n ? r1[2 * o0 + t] : T(0);
+    }
+    for (int t = 0; t < B; ++t)
+      out[t] = (((T(0) + top[2 * t]) + top[2 * t + 1]) + bottom[2 * t] + bottom[2 * t + 1]) / T(4);
+    for (index_t t = 0; t < n; ++t) y[o0 + t] = out[t];
+  }
+}
+
+// Its gradient: each of the four inputs of a window gets grad / 4 (windows do not overlap).
+template <typename T>
+__attribute__((always_inline)) inline void avg_pool_2x2_backward_row(const T* gy, index_t OW,
+                                                                     T* g0, T* g1) {
+  for (index_t ow = 0; ow < OW; ++ow) {
+    const T g = gy[ow] / T(4);
+    g0[2 * ow] = g0[2 * ow + 1] = g1[2 * ow] = g1[2 * ow + 1] = g;
+  }
+}
+
+FASTCONV_CLONES void avg_pool_2x2_f32(const float* r0, const float* r1, index_t OW, float* y) {
+  avg_pool_2x2_row(r0, r1, OW, y);
+}
+FASTCONV_CLONES void avg_pool_2x2_f64(const double* r0, const double* r1, index_t OW, double* y) {
+  avg_pool_2x2_row(r0, r1, OW, y);
+}
+FASTCONV_CLONES void avg_pool_2x2_backward_f32(const float* gy, index_t OW, float* g0, float* g1) {
+  avg_pool_2x2_backward_row(gy, OW, g0, g1);
+}
+FASTCONV_CLONES void avg_pool_2x2_backward_f64(const double* gy, index_t OW, double* g0,
+                                               double* g1) {
+  avg_pool_2x2_backward_row(gy, OW, g0, g1);
+}
+inline void avg_pool_2x2(const float* r0, const float* r1, index_t OW, float* y) {
+  avg_pool_2x2_f32(r0, r1, OW, y);
+}
+inline void avg_pool_2x2(const double* r0, const double* r1, index_t OW, double* y) {
+  avg_pool_2x2_f64(r0, r1, OW, y);
+}
+inline void avg_pool_2x2_backward(const float* gy, index_t OW, float* g0, float* g1) {
+  avg_pool_2x2_backward_f32(gy, OW, g0, g1);
+}
+inline void avg_pool_2x2_backward(const double* gy, index_t OW, double* g0, double* g1) {
+  avg_pool_2x2_backward_f64(gy, OW, g0, g1);
+}
+
+// 2x2, stride 2, no padding or dilation, every window inside the input.
+inline bool is_plain_2x2(const PoolShape& s) {
+  const Window2d& w = s.win;
+  return w.KH == 2 && w.KW == 2 && w.SH == 2 && w.SW == 2 && w.PH == 0 && w.PW == 0 &&
+         w.DH == 1 && w.DW == 1 && 2 * s.OH <= s.H && 2 * s.OW <= s.W;
+}
+
 }  // namespace
 
 template <typename T>
 void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices) {
   const Window2d& w = s.win;
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
+  const bool two_by_two = is_plain_2x2(s);
 #pragma omp parallel for schedule(static)
   for (index_t plane = 0; plane < s.N * s.C; ++plane) {
     const T* xp = x + plane * HW;
     T* yp = y + plane * OL;
     std::int64_t* ip = indices + plane * OL;
+    if (two_by_two) {
+      for (index_t oh = 0; oh < s.OH; ++oh)
+        max_pool_2x2(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.W, 2 * oh, s.OW,
+                     yp + oh * s.OW, ip + oh * s.OW);
+      continue;
+    }
     for (index_t oh = 0; oh < s.OH; ++oh) {
       index_t h0, h1;
       max_window(oh * w.SH - w.PH, w.KH, w.DH, s.H, h0, h1);
@@ -88,10 +216,16 @@ template <typename T>
 void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, T* y) {
   const Window2d& w = s.win;
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
+  const bool two_by_two = is_plain_2x2(s);
 #pragma omp parallel for schedule(static)
   for (index_t plane = 0; plane < s.N * s.C; ++plane) {
     const T* xp = x + plane * HW;
     T* yp = y + plane * OL;
+    if (two_by_two) {
+      for (index_t oh = 0; oh < s.OH; ++oh)
+        avg_pool_2x2(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.OW, yp + oh * s.OW);
+      continue;
+    }
     for (index_t oh = 0; oh < s.OH; ++oh) {
       const AvgWindow wh = avg_window(oh * w.SH - w.PH, w.KH, s.H, w.PH);
       for (index_t ow = 0; ow < s.OW; ++ow) {
@@ -115,11 +249,19 @@ template <typename T>
 void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy, T* gx) {
   const Window2d& w = s.win;
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
+  const bool two_by_two = is_plain_2x2(s);
 #pragma omp parallel for schedule(static)
   for (index_t plane = 0; plane < s.N * s.C; ++plane) {
     T* gp = gx + plane * HW;
-    std::fill(gp, gp + HW, T(0));
     const T* gyp = gy + plane * OL;
+    if (two_by_two) {
+      // Every window is written whole; only a trailing odd row/column stays zero.
+      if (2 * s.OH < s.H || 2 * s.OW < s.W) std::fill(gp, gp + HW, T(0));
+      for (index_t oh = 0; oh < s.OH; ++oh)
+        avg_pool_2x2_backward(gyp + oh * s.OW, s.OW, gp + 2 * oh * s.W, gp + (2 * oh + 1) * s.W);
+      continue;
+    }
+    std::fill(gp, gp + HW, T(0));
     for (index_t oh = 0; oh < s.OH; ++oh) {
       const AvgWindow wh = avg_window(oh * w.SH - w.PH, w.KH, s.H, w.PH);
       for (index_t ow = 0; ow < s.OW; ++ow) {

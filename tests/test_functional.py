@@ -115,6 +115,8 @@ POOL_CASES = [
     (2, 2, 5, 5, 5, 1, 2, 1, False),
     (2, 2, 6, 6, 4, 3, 2, 1, True),
     (64, 8, 30, 30, 2, 2, 0, 1, False),
+    (2, 3, 7, 9, 2, None, 0, 1, False),       # 2x2 fast path, odd sizes: last row/col unused
+    (3, 2, 6, 70, 2, 2, 0, 1, False),         # 2x2 fast path, more than one block of 16
 ]
 
 

@@ -1,0 +1,113 @@
+"""Turn a pytest-benchmark JSON file into a markdown table of ratios and a bar chart.
+
+    python benchmarks/report.py BENCH.json [--markdown OUT.md] [--plot OUT.png]
+
+Rows: one per benchmark group (a layer and pass, or a model's training step), with each
+implementation's median time, fastconv's speed-up over PyTorch and over the reference, and
+fastconv's GFLOP/s (conv) or images/s (training). The machine and date come from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def load_groups(data: dict) -> dict[str, dict[str, dict]]:
+    groups: dict[str, dict[str, dict]] = defaultdict(dict)
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if bench.get("stats") is None:
+            continue
+        groups[bench["group"]][info.get("impl", bench["name"])] = {
+            "median": bench["stats"]["median"], **info}
+    return groups
+
+
+def fmt_ratio(a, b):
+    return f"{b / a:.2f}x" if a and b else "-"
+
+
+def table(data: dict) -> tuple[str, list[tuple[str, float | None, float | None]]]:
+    groups = load_groups(data)
+    lines = ["| benchmark | fastconv | reference | PyTorch | vs PyTorch | vs reference | throughput |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    bars = []
+    for name, impls in groups.items():
+        fast = impls.get("fastconv", {}).get("median")
+        ref = impls.get("reference", {}).get("median")
+        torch = impls.get("torch", {}).get("median")
+        info = impls.get("fastconv", {})
+        if info.get("flops") and fast:
+            throughput = f"{info['flops'] / fast / 1e9:.0f} GFLOP/s"
+        elif info.get("images") and fast:
+            throughput = f"{info['images'] / fast:,.0f} img/s"
+        else:
+            throughput = ""
+        ms = lambda t: f"{t * 1e3:.2f} ms" if t else "-"  # noqa: E731
+        lines.append(f"| {name} | {ms(fast)} | {ms(ref)} | {ms(torch)} | {fmt_ratio(fast, torch)} | "
+                     f"{fmt_ratio(fast, ref)} | {throughput} |")
+        bars.append((name, torch / fast if fast and torch else None, ref / fast if fast and ref else None))
+    return "\n".join(lines), bars
+
+
+def header(data: dict) -> str:
+    m = data.get("machine_info", {})
+    fc = m.get("fastconv", {})
+    return (f"Measured {data.get('datetime', '?')[:19]} on {m.get('cpu_model', '?')} "
+            f"({m.get('cores', '?')} cores, {m.get('bench_threads', '?')} threads, SIMD "
+            f"{fc.get('simd_level', '?')}); fastconv {fc.get('version', '?')}, NumPy "
+            f"{m.get('numpy', '?')}, PyTorch {m.get('torch') or 'not installed'}. "
+            f"Times are medians; ratios > 1 mean fastconv is faster.")
+
+
+def plot(bars, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart written", file=sys.stderr)
+        return False
+    names = [b[0] for b in bars]
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(names) + 1.5))
+    ys = range(len(names))
+    h = 0.4
+    ax.barh([y - h / 2 for y in ys], [b[1] or 0 for b in bars], h, label="vs PyTorch")
+    ax.barh([y + h / 2 for y in ys], [b[2] or 0 for b in bars], h, label="vs reference")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(list(ys), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("fastconv speed-up (x, log scale)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", type=Path)
+    parser.add_argument("--markdown", type=Path, help="write the table here (default: print)")
+    parser.add_argument("--plot", type=Path, help="write a bar chart of the speed-ups here")
+    args = parser.parse_args(argv)
+    data = json.loads(args.json.read_text())
+    md, bars = table(data)
+    text = header(data) + "\n\n" + md + "\n"
+    if args.markdown:
+        args.markdown.write_text(text)
+    else:
+        print(text)
+    if args.plot:
+        plot(bars, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

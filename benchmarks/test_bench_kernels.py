@@ -1,0 +1,133 @@
+"""Per-layer kernel benchmarks: fastconv vs the pure-NumPy reference vs PyTorch, grouped by
+layer and pass so each group reads side by side. Every call's result is compared with the
+reference (max abs difference recorded in extra_info, and bounded)."""
+
+from __future__ import annotations
+
+import functools
+import zlib
+
+import numpy as np
+import pytest
+
+from fastconv import functional as F
+from fastconv import reference as R
+
+from layers import CONV_LAYERS, POOL_LAYERS
+
+IMPLS = ["fastconv", "reference", "torch"]
+CONV_PASSES = ["forward", "backward_input", "backward_weight"]
+POOL_PASSES = ["max_forward", "max_forward_backward", "avg_forward_backward"]
+
+
+@functools.lru_cache(maxsize=None)
+def conv_data(layer):
+    rng = np.random.default_rng(zlib.crc32(layer.name.encode()))
+    x = rng.standard_normal(layer.x_shape).astype(np.float32)
+    w = (rng.standard_normal(layer.w_shape) / np.sqrt(layer.c_in * layer.kernel**2)).astype(np.float32)
+    b = rng.standard_normal(layer.c_out).astype(np.float32) if layer.bias else None
+    gy = rng.standard_normal((x.shape[0], layer.c_out, layer.out_size, layer.out_size)).astype(np.float32)
+    return x, w, b, gy
+
+
+def conv_call(module, layer, pass_):
+    x, w, b, gy = conv_data(layer)
+    p = layer.padding
+    if pass_ == "forward":
+        return lambda: module.conv2d(x, w, b, padding=p)
+    mask = (True, False, False) if pass_ == "backward_input" else (False, True, False)
+    index = 0 if pass_ == "backward_input" else 1
+    return lambda: module.conv2d_backward(gy, x, w, padding=p, output_mask=mask)[index]
+
+
+def torch_conv_call(torch, layer, pass_):
+    x, w, b, gy = (None if a is None else torch.from_numpy(a) for a in conv_data(layer))
+    p = layer.padding
+    if pass_ == "forward":
+        return lambda: torch.nn.functional.conv2d(x, w, b, padding=p).numpy()
+    mask = [pass_ == "backward_input", pass_ == "backward_weight", False]
+    index = 0 if pass_ == "backward_input" else 1
+    conv_backward = torch.ops.aten.convolution_backward
+    return lambda: conv_backward(gy, x, w, None, [1, 1], [p, p], [1, 1], False, [0, 0], 1,
+                                 mask)[index].numpy()
+
+
+@functools.lru_cache(maxsize=None)
+def conv_expected(layer, pass_):
+    return conv_call(R, layer, pass_)()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("pass_", CONV_PASSES)
+@pytest.mark.parametrize("layer", CONV_LAYERS, ids=lambda layer: layer.name)
+def test_conv(benchmark, request, layer, pass_, impl):
+    if impl == "torch":
+        fn = torch_conv_call(request.getfixturevalue("torch_or_skip"), layer, pass_)
+    else:
+        fn = conv_call(F if impl == "fastconv" else R, layer, pass_)
+    benchmark.group = f"conv {layer.name} {pass_}"
+    benchmark.extra_info.update(kind="conv", layer=layer.name, pass_=pass_, impl=impl,
+                                flops=layer.flops, batch=layer.x_shape[0])
+    out = benchmark(fn)
+    want = conv_expected(layer, pass_)
+    diff = float(np.max(np.abs(out - want)))
+    benchmark.extra_info["max_abs_diff_vs_reference"] = diff
+    assert diff <= 1e-4 * max(1.0, float(np.max(np.abs(want))))
+
+
+@functools.lru_cache(maxsize=None)
+def pool_data(layer):
+    rng = np.random.default_rng(zlib.crc32(layer.name.encode()))
+    x = rng.standard_normal(layer.x_shape).astype(np.float32)
+    out = layer.size // layer.kernel
+    gy = rng.standard_normal((x.shape[0], layer.channels, out, out)).astype(np.float32)
+    return x, gy
+
+
+def pool_call(module, layer, pass_):
+    x, gy = pool_data(layer)
+    k = layer.kernel
+    if pass_ == "max_forward":
+        return lambda: module.max_pool2d(x, k)
+    if pass_ == "max_forward_backward":
+        def run():
+            _, idx = module.max_pool2d(x, k, return_indices=True)
+            return module.max_pool2d_backward(gy, idx, x.shape)
+        return run
+    return lambda: (module.avg_pool2d(x, k), module.avg_pool2d_backward(gy, x.shape, k))[1]
+
+
+def torch_pool_call(torch, layer, pass_):
+    x, gy = (torch.from_numpy(a) for a in pool_data(layer))
+    k = [layer.kernel] * 2
+    aten = torch.ops.aten
+    if pass_ == "max_forward":
+        return lambda: torch.nn.functional.max_pool2d(x, k).numpy()
+    if pass_ == "max_forward_backward":
+        def run():
+            _, idx = torch.nn.functional.max_pool2d(x, k, return_indices=True)
+            return aten.max_pool2d_with_indices_backward(gy, x, k, k, [0, 0], [1, 1], False, idx).numpy()
+        return run
+
+    def run():
+        torch.nn.functional.avg_pool2d(x, k)
+        return aten.avg_pool2d_backward(gy, x, k, k, [0, 0], False, True, None).numpy()
+    return run
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("pass_", POOL_PASSES)
+@pytest.mark.parametrize("layer", POOL_LAYERS, ids=lambda layer: layer.name)
+def test_pool(benchmark, request, layer, pass_, impl):
+    if impl == "torch":
+        fn = torch_pool_call(request.getfixturevalue("torch_or_skip"), layer, pass_)
+    else:
+        fn = pool_call(F if impl == "fastconv" else R, layer, pass_)
+    benchmark.group = f"pool {layer.name} {pass_}"
+    benchmark.extra_info.update(kind="pool", layer=layer.name, pass_=pass_, impl=impl,
+                                batch=layer.x_shape[0])
+    out = benchmark(fn)
+    want = pool_call(R, layer, pass_)()
+    diff = float(np.max(np.abs(out - want)))
+    benchmark.extra_info["max_abs_diff_vs_reference"] = diff
+    assert diff <= 1e-5
