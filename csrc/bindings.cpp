@@ -11,6 +11,7 @@
 #include "conv.h"
 #include "gemm.h"
 #include "im2col.h"
+#include "optim.h"
 #include "pool.h"
 
 namespace py = pybind11;
@@ -269,6 +270,49 @@ void gemm(const py::array& a, const py::array& b, py::array c, bool trans_a, boo
   else gemm_t<float>(a, b, c, trans_a, trans_b, accumulate);
 }
 
+// ---- optimiser updates (in place) -------------------------------------------------------
+
+template <typename T>
+void sgd_t(py::array& p, const py::array& g, const py::object& buf, double lr, double momentum,
+           double dampening, double weight_decay, bool nesterov, bool first_step) {
+  const index_t n = p.size();
+  T* pp = data_of<T>(p, "param", n, true);
+  const T* gp = data_of<T>(g, "grad", n, false);
+  T* bp = buf.is_none() ? nullptr : data_of<T>(buf.cast<py::array>(), "momentum_buffer", n, true);
+  if (momentum != 0 && !bp) throw py::value_error("sgd_update: momentum needs a momentum_buffer");
+  py::gil_scoped_release release;
+  fastconv::sgd_update<T>(n, pp, gp, bp, T(lr), T(momentum), T(dampening), T(weight_decay),
+                          nesterov, first_step);
+}
+
+void sgd_update(py::array p, const py::array& g, const py::object& buf, double lr,
+                double momentum, double dampening, double weight_decay, bool nesterov,
+                bool first_step) {
+  if (is_f64(p)) sgd_t<double>(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step);
+  else sgd_t<float>(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step);
+}
+
+template <typename T>
+void adam_t(py::array& p, const py::array& g, py::array& m, py::array& v, double lr, double beta1,
+            double beta2, double eps, double weight_decay, bool decoupled, index_t step) {
+  const index_t n = p.size();
+  T* pp = data_of<T>(p, "param", n, true);
+  const T* gp = data_of<T>(g, "grad", n, false);
+  T* mp = data_of<T>(m, "exp_avg", n, true);
+  T* vp = data_of<T>(v, "exp_avg_sq", n, true);
+  if (step < 1) throw py::value_error("adam_update: step must be >= 1");
+  py::gil_scoped_release release;
+  fastconv::adam_update<T>(n, pp, gp, mp, vp, T(lr), T(beta1), T(beta2), T(eps), T(weight_decay),
+                           decoupled, step);
+}
+
+void adam_update(py::array p, const py::array& g, py::array m, py::array v, double lr,
+                 double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                 index_t step) {
+  if (is_f64(p)) adam_t<double>(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step);
+  else adam_t<float>(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -303,6 +347,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("accumulate") = false,
         "c (+)= op(a) @ op(b) with the packed GEMM (threads over blocks of c).");
+  m.def("sgd_update", &sgd_update, py::arg("param"), py::arg("grad"),
+        py::arg("momentum_buffer").none(true), py::arg("lr"), py::arg("momentum"),
+        py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("first_step"),
+        "In-place torch.optim.SGD update of one parameter array.");
+  m.def("adam_update", &adam_update, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
+        py::arg("exp_avg_sq"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+        py::arg("weight_decay"), py::arg("decoupled"), py::arg("step"),
+        "In-place torch.optim.Adam (decoupled=False) / AdamW (True) update of one array.");
   m.def("get_num_threads", &fastconv::max_threads);
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));

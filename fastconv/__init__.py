@@ -55,6 +55,7 @@ def _load_core():
 _core = _load_core()
 
 from . import functional  # noqa: E402  (needs _core)
+from .backend import current_backend, get_backend, use_backend  # noqa: E402
 
 F = functional
 
@@ -98,11 +99,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fastconv' has no attribute {name!r}")
 
 
-_LAZY_SUBMODULES = ("reference", "backend", "nn", "losses", "init", "optim", "models",
+_LAZY_SUBMODULES = ("reference", "nn", "losses", "init", "optim", "models",
                     "gradcheck", "data", "checkpoint", "plotting", "train", "predict")
 
 __all__ = [
     "F",
+    "use_backend",
+    "current_backend",
+    "get_backend",
     "functional",
     "reference",
     "get_num_threads",

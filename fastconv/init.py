@@ -1,0 +1,184 @@
+"""Weight initialisation, PyTorch's ``torch.nn.init`` for NumPy arrays.
+
+Every function fills its first argument *in place* and returns it. The argument may be a
+NumPy array or anything with a ``.data`` array (a :class:`fastconv.nn.Parameter`). Every random
+function takes ``rng``: a ``numpy.random.Generator``, an int seed, or None (fresh entropy), so a
+run is reproducible. Random numbers are drawn in float64 and then rounded to the array's dtype,
+so the same seed gives the same weights (up to rounding) in a float32 and a float64 model.
+
+Fans of a weight of shape (out, in, *kernel) (torch's ``_calculate_fan_in_and_fan_out``):
+
+    fan_in  = in  * prod(kernel)
+    fan_out = out * prod(kernel)
+
+Kaiming / He:  std = gain / sqrt(fan),  gain = sqrt(2 / (1 + a**2)) (a = 0 for ReLU)
+Xavier/Glorot: std = gain * sqrt(2 / (fan_in + fan_out))
+Uniform variants draw from U(-bound, bound) with bound = sqrt(3) * std.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "as_generator", "calculate_fan_in_and_fan_out", "calculate_gain",
+    "uniform_", "normal_", "constant_", "zeros_", "ones_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
+    "default_init_",
+]
+
+
+def as_generator(rng=None) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from a Generator (returned as is), an int seed,
+    a ``SeedSequence``, or None (fresh OS entropy)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, np.random.SeedSequence):
+        return np.random.default_rng(rng)
+    if isinstance(rng, (numbers.Integral, np.integer)) and not isinstance(rng, (bool, np.bool_)):
+        if rng < 0:
+            raise ValueError(f"seed must be non-negative, got {rng}")
+        return np.random.default_rng(int(rng))
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {rng!r}")
+
+
+def _array(tensor) -> np.ndarray:
+    arr = tensor if isinstance(tensor, np.ndarray) else getattr(tensor, "data", None)
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"expected a NumPy array or a Parameter, got {type(tensor).__name__}")
+    if arr.dtype.kind != "f":
+        raise TypeError(f"can only initialise floating-point arrays, got dtype {arr.dtype}")
+    return arr
+
+
+def calculate_fan_in_and_fan_out(shape) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight of shape (out, in, *kernel); at least 2-D."""
+    shape = tuple(int(s) for s in getattr(shape, "shape", shape))
+    if len(shape) < 2:
+        raise ValueError(f"fan in and fan out can not be computed for a shape {shape} with fewer "
+                         "than 2 dimensions")
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
+    """Recommended gain for a nonlinearity (torch.nn.init.calculate_gain).
+
+    linear/conv*/sigmoid: 1, tanh: 5/3, relu: sqrt(2), leaky_relu: sqrt(2 / (1 + a**2)) with
+    a = param (default 0.01), selu: 3/4.
+    """
+    if nonlinearity in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+                        "conv_transpose2d", "conv_transpose3d", "sigmoid"):
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        if param is None:
+            slope = 0.01
+        elif isinstance(param, numbers.Real) and not isinstance(param, bool):
+            slope = float(param)
+        else:
+            raise ValueError(f"negative_slope {param!r} is not a valid number")
+        return math.sqrt(2.0 / (1 + slope ** 2))
+    if nonlinearity == "selu":
+        return 3.0 / 4
+    raise ValueError(f"unsupported nonlinearity {nonlinearity!r}")
+
+
+def _fan(shape, mode: str) -> int:
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    fan_in, fan_out = calculate_fan_in_and_fan_out(shape)
+    return fan_in if mode == "fan_in" else fan_out
+
+
+def uniform_(tensor, a: float = 0.0, b: float = 1.0, rng=None):
+    """Fill with samples of U(a, b)."""
+    arr = _array(tensor)
+    arr[...] = as_generator(rng).uniform(a, b, size=arr.shape)
+    return tensor
+
+
+def normal_(tensor, mean: float = 0.0, std: float = 1.0, rng=None):
+    """Fill with samples of N(mean, std**2)."""
+    arr = _array(tensor)
+    arr[...] = as_generator(rng).normal(mean, std, size=arr.shape)
+    return tensor
+
+
+def constant_(tensor, val: float):
+    """Fill with `val`."""
+    _array(tensor).fill(val)
+    return tensor
+
+
+def zeros_(tensor):
+    """Fill with 0."""
+    return constant_(tensor, 0.0)
+
+
+def ones_(tensor):
+    """Fill with 1."""
+    return constant_(tensor, 1.0)
+
+
+def xavier_uniform_(tensor, gain: float = 1.0, rng=None):
+    """Glorot uniform: U(-b, b), b = gain * sqrt(6 / (fan_in + fan_out))."""
+    fan_in, fan_out = calculate_fan_in_and_fan_out(_array(tensor).shape)
+    std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
+    bound = math.sqrt(3.0) * std
+    return uniform_(tensor, -bound, bound, rng)
+
+
+def xavier_normal_(tensor, gain: float = 1.0, rng=None):
+    """Glorot normal: N(0, std**2), std = gain * sqrt(2 / (fan_in + fan_out))."""
+    fan_in, fan_out = calculate_fan_in_and_fan_out(_array(tensor).shape)
+    std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
+    return normal_(tensor, 0.0, std, rng)
+
+
+def kaiming_uniform_(tensor, a: float = 0.0, mode: str = "fan_in",
+                     nonlinearity: str = "leaky_relu", rng=None):
+    """He uniform: U(-b, b), b = sqrt(3) * gain / sqrt(fan), gain = calculate_gain(nonlinearity, a).
+
+    With the defaults (a=0, leaky_relu) the gain is sqrt(2), i.e. b = sqrt(6 / fan_in).
+    """
+    arr = _array(tensor)
+    fan = _fan(arr.shape, mode)
+    if fan == 0:
+        return tensor  # torch warns and leaves an empty tensor alone
+    std = calculate_gain(nonlinearity, a) / math.sqrt(fan)
+    bound = math.sqrt(3.0) * std
+    return uniform_(tensor, -bound, bound, rng)
+
+
+def kaiming_normal_(tensor, a: float = 0.0, mode: str = "fan_in",
+                    nonlinearity: str = "leaky_relu", rng=None):
+    """He normal: N(0, std**2), std = gain / sqrt(fan) (= sqrt(2 / fan_in) for ReLU)."""
+    arr = _array(tensor)
+    fan = _fan(arr.shape, mode)
+    if fan == 0:
+        return tensor
+    std = calculate_gain(nonlinearity, a) / math.sqrt(fan)
+    return normal_(tensor, 0.0, std, rng)
+
+
+def default_init_(weight, bias=None, rng=None):
+    """PyTorch's default ``reset_parameters`` of Conv2d and Linear.
+
+    weight: kaiming_uniform_ with a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in));
+    bias:   U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    Both are drawn from the same generator, weight first.
+    """
+    gen = as_generator(rng)
+    kaiming_uniform_(weight, a=math.sqrt(5), rng=gen)
+    if bias is not None:
+        fan_in, _ = calculate_fan_in_and_fan_out(_array(weight).shape)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        uniform_(bias, -bound, bound, gen)
+    return weight

@@ -1,0 +1,695 @@
+"""Tests of fastconv.nn: every layer against PyTorch (same weights), against the reference
+backend, by gradient checking, in train and eval mode, and through state dicts.
+
+Tolerances: float64 comparisons use rtol 1e-10 (every op is a short sum of products; the
+two implementations only differ in summation order, ~1e-15 relative). float32 comparisons
+use rtol 1e-5 with an absolute floor of 1e-5 * max|reference| (eps32 = 6e-8 times sums of up
+to a few hundred terms, and cancellation in BatchNorm's centred sums).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from fastconv import nn
+from fastconv.backend import use_backend
+from fastconv.gradcheck import gradcheck_layer
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+def assert_close(actual, expected, dtype, what=""):
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, what
+    if np.dtype(dtype) == np.float64:
+        rtol, atol = 1e-10, 1e-12 * max(1.0, float(np.abs(expected).max(initial=0.0)))
+    else:
+        rtol, atol = 1e-5, 1e-5 * max(1e-3, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+# (id, our layer, torch layer, input shape). Both are built fresh for each use.
+CASES = [
+    ("conv", lambda: nn.Conv2d(3, 4, 3, rng=1), lambda t: t.nn.Conv2d(3, 4, 3), (2, 3, 7, 6)),
+    ("conv_pad_stride", lambda: nn.Conv2d(3, 5, 3, stride=2, padding=1, rng=2),
+     lambda t: t.nn.Conv2d(3, 5, 3, stride=2, padding=1), (2, 3, 9, 8)),
+    ("conv_groups_dilation", lambda: nn.Conv2d(4, 6, (3, 2), stride=(1, 2), padding=(2, 1),
+                                               dilation=2, groups=2, rng=3),
+     lambda t: t.nn.Conv2d(4, 6, (3, 2), stride=(1, 2), padding=(2, 1), dilation=2, groups=2), (2, 4, 8, 7)),
+    ("conv_same_nobias", lambda: nn.Conv2d(2, 3, 4, padding="same", bias=False, rng=4),
+     lambda t: t.nn.Conv2d(2, 3, 4, padding="same", bias=False), (2, 2, 6, 5)),
+    ("conv_1x1", lambda: nn.Conv2d(3, 2, 1, rng=5), lambda t: t.nn.Conv2d(3, 2, 1), (3, 3, 4, 4)),
+    ("maxpool", lambda: nn.MaxPool2d(2), lambda t: t.nn.MaxPool2d(2), (2, 3, 6, 7)),
+    ("maxpool_ceil_pad", lambda: nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),
+     lambda t: t.nn.MaxPool2d(3, 2, padding=1, ceil_mode=True), (2, 2, 8, 7)),
+    ("maxpool_dilation", lambda: nn.MaxPool2d(2, 1, dilation=2),
+     lambda t: t.nn.MaxPool2d(2, 1, dilation=2), (1, 2, 6, 6)),
+    ("avgpool", lambda: nn.AvgPool2d(2), lambda t: t.nn.AvgPool2d(2), (2, 3, 6, 6)),
+    ("avgpool_pad_exclude", lambda: nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False),
+     lambda t: t.nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False), (2, 2, 7, 8)),
+    ("avgpool_pad_include", lambda: nn.AvgPool2d(3, 1, padding=1),
+     lambda t: t.nn.AvgPool2d(3, 1, padding=1), (1, 2, 5, 5)),
+    ("linear", lambda: nn.Linear(5, 3, rng=6), lambda t: t.nn.Linear(5, 3), (4, 5)),
+    ("linear_3d_nobias", lambda: nn.Linear(5, 3, bias=False, rng=7),
+     lambda t: t.nn.Linear(5, 3, bias=False), (2, 4, 5)),
+    ("flatten", lambda: nn.Flatten(), lambda t: t.nn.Flatten(), (2, 3, 2, 2)),
+    ("flatten_mid", lambda: nn.Flatten(1, 2), lambda t: t.nn.Flatten(1, 2), (2, 3, 2, 4)),
+    ("relu", lambda: nn.ReLU(), lambda t: t.nn.ReLU(), (3, 7)),
+    ("leaky_relu", lambda: nn.LeakyReLU(0.2), lambda t: t.nn.LeakyReLU(0.2), (3, 7)),
+    ("leaky_relu_default", lambda: nn.LeakyReLU(), lambda t: t.nn.LeakyReLU(), (2, 3, 2, 2)),
+    ("tanh", lambda: nn.Tanh(), lambda t: t.nn.Tanh(), (3, 7)),
+    ("sigmoid", lambda: nn.Sigmoid(), lambda t: t.nn.Sigmoid(), (3, 7)),
+    ("dropout_p0", lambda: nn.Dropout(0.0), lambda t: t.nn.Dropout(0.0), (3, 7)),
+    ("batchnorm2d", lambda: nn.BatchNorm2d(3), lambda t: t.nn.BatchNorm2d(3), (4, 3, 3, 2)),
+    ("batchnorm2d_noaffine_momentum_none",
+     lambda: nn.BatchNorm2d(3, eps=1e-3, momentum=None, affine=False),
+     lambda t: t.nn.BatchNorm2d(3, eps=1e-3, momentum=None, affine=False), (3, 3, 2, 2)),
+    ("batchnorm2d_no_running", lambda: nn.BatchNorm2d(2, track_running_stats=False),
+     lambda t: t.nn.BatchNorm2d(2, track_running_stats=False), (3, 2, 2, 3)),
+    ("batchnorm1d", lambda: nn.BatchNorm1d(5, momentum=0.3), lambda t: t.nn.BatchNorm1d(5, momentum=0.3), (6, 5)),
+    ("batchnorm1d_3d", lambda: nn.BatchNorm1d(3), lambda t: t.nn.BatchNorm1d(3), (2, 3, 4)),
+    ("layernorm", lambda: nn.LayerNorm((3, 4)), lambda t: t.nn.LayerNorm((3, 4)), (2, 5, 3, 4)),
+    ("layernorm_plain", lambda: nn.LayerNorm(6, eps=1e-3, elementwise_affine=False),
+     lambda t: t.nn.LayerNorm(6, eps=1e-3, elementwise_affine=False), (4, 6)),
+    ("sequential", lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False, rng=8), nn.BatchNorm2d(3),
+                                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 4, rng=9),
+                                         nn.Tanh()),
+     lambda t: t.nn.Sequential(t.nn.Conv2d(2, 3, 3, padding=1, bias=False), t.nn.BatchNorm2d(3), t.nn.ReLU(),
+                               t.nn.MaxPool2d(2), t.nn.Flatten(), t.nn.Linear(12, 4), t.nn.Tanh()),
+     (3, 2, 4, 4)),
+]
+CASE_IDS = [c[0] for c in CASES]
+CONV_POOL = {c[0] for c in CASES if c[0].startswith(("conv", "maxpool", "avgpool", "sequential"))}
+
+
+def _randomize(model, seed):
+    """Give BatchNorm/LayerNorm non-trivial affine parameters and running statistics."""
+    gen = np.random.default_rng(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
+            if m.weight is not None:
+                m.weight.data[...] = gen.uniform(0.5, 1.5, m.weight.data.shape)
+                m.bias.data[...] = gen.normal(size=m.bias.data.shape)
+            if getattr(m, "running_mean", None) is not None:
+                m.running_mean[...] = gen.normal(size=m.running_mean.shape)
+                m.running_var[...] = gen.uniform(0.5, 2.0, m.running_var.shape)
+    return model
+
+
+def _run_ours(layer, x, g):
+    y = layer(x)
+    gx = layer.backward(g)
+    return y, gx, {n: p.grad.copy() for n, p in layer.named_parameters()}
+
+
+def _run_torch(torch, tlayer, x, g):
+    xt = torch.tensor(x, requires_grad=True)
+    with warnings.catch_warnings():  # torch warns that 'same' with an even kernel copies the input
+        warnings.simplefilter("ignore", UserWarning)
+        y = tlayer(xt)
+    y.backward(torch.tensor(g))
+    grads = {n: p.grad.numpy().copy() for n, p in tlayer.named_parameters()}
+    return y.detach().numpy(), xt.grad.numpy(), grads
+
+
+def _torch_state(tlayer):
+    return {k: v.detach().numpy().copy() for k, v in tlayer.state_dict().items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_layer_matches_torch(torch, case, mode, dtype):
+    name, make, make_torch, shape = case
+    torch.manual_seed(0)
+    tlayer = make_torch(torch).to(torch.float64 if dtype == np.float64 else torch.float32)
+    layer = make().astype(dtype)
+    layer.load_state_dict(_torch_state(tlayer))          # torch's conv/linear weights -> ours
+    _randomize(layer, 1)                                 # non-trivial norm parameters and stats
+    tlayer.load_state_dict({k: torch.tensor(v) for k, v in layer.state_dict().items()})
+    getattr(layer, mode)()
+    getattr(tlayer, mode)()
+    gen = np.random.default_rng(2)
+    x = gen.normal(size=shape).astype(dtype)
+    g = gen.normal(size=layer.output_shape(shape)).astype(dtype)
+    y, gx, grads = _run_ours(layer, x, g)
+    ty, tgx, tgrads = _run_torch(torch, tlayer, x, g)
+    assert y.dtype == dtype and gx.dtype == dtype
+    assert_close(y, ty, dtype, f"{name} output")
+    assert_close(gx, tgx, dtype, f"{name} grad_x")
+    assert set(grads) == set(tgrads)
+    for k in grads:
+        assert grads[k].dtype == dtype
+        assert_close(grads[k], tgrads[k], dtype, f"{name} grad {k}")
+    # running statistics (updated in training mode only) and every other entry agree
+    ours_after, theirs_after = layer.state_dict(), _torch_state(tlayer)
+    assert list(ours_after) == list(theirs_after)
+    for k in ours_after:
+        assert_close(ours_after[k], theirs_after[k], dtype, k)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_running_stats_match_torch(torch, case):
+    name, make, make_torch, shape = case
+    layer = make()
+    tlayer = make_torch(torch)
+    layer.load_state_dict(_torch_state(tlayer))
+    gen = np.random.default_rng(3)
+    for _ in range(3):
+        x = (gen.normal(size=shape) * 2 + 1).astype(np.float32)
+        layer(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            tlayer(torch.tensor(x))
+    ours, theirs = layer.state_dict(), _torch_state(tlayer)
+    assert list(ours) == list(theirs)
+    for k in ours:
+        assert ours[k].dtype == theirs[k].dtype, k
+        assert_close(ours[k], theirs[k], np.float32, k)
+    layer.eval()
+    tlayer.eval()
+    x = gen.normal(size=shape).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ty = tlayer(torch.tensor(x)).detach().numpy()
+    assert_close(layer(x), ty, np.float32, "eval output")
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_gradcheck(case, mode):
+    name, make, _, shape = case
+    layer = _randomize(make(), 4)
+    getattr(layer, mode)()
+    # up to 60 sampled entries per tensor (every entry of most of them); the comparisons with
+    # torch and with the reference backend above cover every entry
+    errors = gradcheck_layer(layer, shape, seed=5, max_checks=60)
+    assert "input" in errors
+    assert set(errors) == {"input"} | {n for n, _ in layer.named_parameters()}
+    for k, err in errors.items():
+        assert err < 1e-6, (name, k, err)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in CONV_POOL], ids=sorted(CONV_POOL, key=CASE_IDS.index))
+def test_fast_and_reference_backends_agree(case, dtype):
+    name, make, _, shape = case
+    gen = np.random.default_rng(6)
+    x = gen.normal(size=shape).astype(dtype)
+    results = {}
+    for backend in ("fast", "reference"):
+        layer = _randomize(make(), 7).astype(dtype).set_backend(backend)
+        y = layer(x)
+        g = np.random.default_rng(8).normal(size=y.shape).astype(dtype)
+        gx = layer.backward(g)
+        results[backend] = (y, gx, {n: p.grad for n, p in layer.named_parameters()})
+    (y1, gx1, p1), (y2, gx2, p2) = results["fast"], results["reference"]
+    assert_close(y1, y2, dtype, "output")
+    assert_close(gx1, gx2, dtype, "grad_x")
+    for k in p1:
+        assert_close(p1[k], p2[k], dtype, k)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_state_dict_round_trip(case):
+    name, make, _, shape = case
+    a = _randomize(make(), 9)
+    x = np.random.default_rng(10).normal(size=shape).astype(np.float32)
+    a(x)  # BatchNorm: non-trivial running stats and num_batches_tracked
+    sd = a.state_dict()
+    b = make()
+    for p in b.parameters():
+        p.data[...] = 0
+    b.load_state_dict(sd)
+    for (k1, v1), (k2, v2) in zip(sd.items(), b.state_dict().items()):
+        assert k1 == k2
+        np.testing.assert_array_equal(v1, v2)
+    a.eval()
+    b.eval()
+    np.testing.assert_array_equal(a(x), b(x))
+    # state_dict returns copies
+    for v in sd.values():
+        v[...] = 7
+    assert not any(np.all(v == 7) for v in a.state_dict().values() if v.size > 1)
+
+
+def test_state_dict_keys_are_torchs(torch):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(4, 2), nn.LayerNorm(2), nn.BatchNorm1d(2, affine=False))
+    tmodel = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                 torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(4, 2),
+                                 torch.nn.LayerNorm(2), torch.nn.BatchNorm1d(2, affine=False))
+    ours, theirs = model.state_dict(), tmodel.state_dict()
+    assert list(ours) == list(theirs)
+    assert "1.running_mean" in ours and "1.num_batches_tracked" in ours and "0.weight" in ours
+    for k in ours:
+        assert ours[k].shape == tuple(theirs[k].shape), k
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in tmodel.named_parameters()]
+    # torch tensors load directly, too
+    model.load_state_dict(tmodel.state_dict())
+    np.testing.assert_array_equal(model[0].weight.data, tmodel[0].weight.detach().numpy())
+
+
+def test_load_state_dict_errors_are_clear_and_atomic():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, rng=0), nn.BatchNorm2d(4))
+    before = model.state_dict()
+    sd = model.state_dict()
+    sd["0.weight"] = np.zeros((4, 3, 5, 5), np.float32)
+    with pytest.raises(ValueError, match=r"'0\.weight'.*\(4, 3, 5, 5\).*\(4, 3, 3, 3\)"):
+        model.load_state_dict(sd)
+    sd = model.state_dict()
+    sd["0.bias"] = sd["0.bias"] + 1
+    del sd["1.running_var"]
+    sd["2.weight"] = np.zeros(3)
+    with pytest.raises(ValueError, match=r"missing keys: \['1\.running_var'\].*unexpected keys: \['2\.weight'\]"):
+        model.load_state_dict(sd)
+    for k, v in model.state_dict().items():  # nothing was changed by the failed loads
+        np.testing.assert_array_equal(v, before[k])
+    result = model.load_state_dict(sd, strict=False)
+    assert result.missing_keys == ["1.running_var"] and result.unexpected_keys == ["2.weight"]
+    np.testing.assert_array_equal(model[0].bias.data, before["0.bias"] + 1)
+    with pytest.raises(ValueError, match="real numbers"):
+        model.load_state_dict({**model.state_dict(), "0.bias": np.array(["a"] * 4)})
+    with pytest.raises(TypeError):
+        model.load_state_dict([1, 2])
+
+
+def test_load_state_dict_keeps_arrays_and_casts():
+    layer = nn.Linear(3, 2)
+    w = layer.weight.data
+    layer.load_state_dict({"weight": np.ones((2, 3)), "bias": np.arange(2)})
+    assert layer.weight.data is w and w.dtype == np.float32
+    np.testing.assert_array_equal(w, 1)
+    np.testing.assert_array_equal(layer.bias.data, [0, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Module mechanics
+# ---------------------------------------------------------------------------------------------
+
+def test_parameter_basics():
+    p = nn.Parameter(np.arange(6).reshape(2, 3))
+    assert p.data.dtype == np.float32 and p.grad.shape == (2, 3) and not p.grad.any()
+    assert p.shape == (2, 3) and p.size == 6 and p.ndim == 2 and p.dtype == np.float32
+    p.grad += 1
+    p.zero_grad()
+    assert not p.grad.any()
+    p.data = np.zeros(4)
+    p.zero_grad()
+    assert p.grad.shape == (4,) and p.grad.dtype == np.float64
+    assert "shape=(4,)" in repr(p)
+
+
+def test_registration_and_traversal():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.scale = nn.Parameter(np.ones(2))
+            self.register_buffer("count", np.zeros(1))
+            self.plain = 3  # not registered
+
+        def forward(self, x):
+            return self.conv(x)
+
+    b = Block()
+    assert [n for n, _ in b.named_parameters()] == ["scale", "conv.weight", "conv.bias"]
+    assert b.scale.name == "scale" and b.conv.weight.name == "weight"
+    assert list(b.state_dict()) == ["scale", "count", "conv.weight", "conv.bias"]
+    assert [n for n, _ in b.named_modules()] == ["", "conv"]
+    assert list(b.children()) == [b.conv]
+    assert [n for n, _ in b.named_buffers()] == ["count"]
+    b.count = np.ones(1)
+    np.testing.assert_array_equal(b.state_dict()["count"], [1])
+    with pytest.raises(TypeError):
+        b.scale = np.ones(2)
+    del b.conv
+    assert [n for n, _ in b.named_parameters()] == ["scale"]
+    with pytest.raises(AttributeError, match="super"):
+        class Bad(nn.Module):
+            def __init__(self):
+                self.x = 1
+        Bad()
+    # shared parameters are listed once
+    lin = nn.Linear(2, 2)
+    seq = nn.Sequential(lin, lin)
+    assert len(list(seq.parameters())) == 2
+    assert seq.num_parameters() == 6
+
+
+def test_train_eval_propagate_and_return_self():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)))
+    assert model.eval() is model
+    assert all(not m.training for m in model.modules())
+    assert model.train() is model
+    assert all(m.training for m in model.modules())
+
+
+def test_zero_grad_and_accumulation():
+    layer = nn.Conv2d(2, 3, 3, rng=0)
+    x = np.random.default_rng(0).normal(size=(2, 2, 5, 5)).astype(np.float32)
+    y = layer(x)
+    g = np.ones_like(y)
+    layer.backward(g)
+    once = layer.weight.grad.copy()
+    layer.backward(g)
+    np.testing.assert_allclose(layer.weight.grad, 2 * once, rtol=1e-6)
+    layer.zero_grad()
+    assert not layer.weight.grad.any() and not layer.bias.grad.any()
+
+
+def test_input_grad_false_skips_first_layer_input_gradient():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, rng=0), nn.ReLU(), nn.Flatten(), nn.Linear(27, 2, rng=1))
+    x = np.random.default_rng(1).normal(size=(2, 2, 5, 5)).astype(np.float32)
+    g = np.ones((2, 2), np.float32)
+    model(x)
+    gx = model.backward(g)
+    full = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    model(x)
+    assert model.backward(g, input_grad=False) is None
+    for a, b in zip(full, model.parameters()):
+        np.testing.assert_array_equal(a, b.grad)
+    assert gx.shape == x.shape
+
+
+def test_backward_errors():
+    layer = nn.Linear(3, 2)
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(np.ones((1, 2)))
+    layer(np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"Linear.*grad_y has shape \(4, 3\).*\(4, 2\)"):
+        layer.backward(np.ones((4, 3)))
+
+
+@pytest.mark.parametrize("layer, x, pattern", [
+    (nn.Conv2d(3, 4, 3), np.zeros((2, 5, 8, 8)), r"Conv2d\(3, 4.*\(N, 3, H, W\).*\(2, 5, 8, 8\)"),
+    (nn.Conv2d(3, 4, 3), np.zeros((3, 8, 8)), r"x\[None\]"),
+    (nn.Conv2d(3, 4, 5), np.zeros((1, 3, 3, 3)), r"larger than the padded input"),
+    (nn.MaxPool2d(2), np.zeros((2, 8)), r"MaxPool2d.*\(N, C, H, W\).*\(2, 8\)"),
+    (nn.AvgPool2d(4), np.zeros((1, 1, 2, 2)), r"too small"),
+    (nn.Linear(5, 3), np.zeros((2, 4)), r"Linear\(in_features=5.*\(2, 4\)"),
+    (nn.BatchNorm2d(3), np.zeros((2, 4, 2, 2)), r"BatchNorm2d\(3.*\(N, 3, H, W\).*\(2, 4, 2, 2\)"),
+    (nn.BatchNorm1d(3), np.zeros((2, 3, 2, 2)), r"BatchNorm1d\(3.*\(2, 3, 2, 2\)"),
+    (nn.BatchNorm1d(3), np.zeros((1, 3)), r"more than 1 value per channel"),
+    (nn.LayerNorm((2, 3)), np.zeros((4, 3, 2)), r"LayerNorm.*\(\*, 2, 3\).*\(4, 3, 2\)"),
+    (nn.Flatten(2), np.zeros((3, 4)), r"Flatten.*\(3, 4\)"),
+    (nn.ReLU(), np.array(["a"]), r"real numbers"),
+])
+def test_shape_errors_name_layer_and_shapes(layer, x, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        layer(x)
+
+
+def test_sequential_error_names_the_layer():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(10, 2))
+    with pytest.raises(ValueError, match=r"layer 2 of Sequential: Linear.*\(1, 144\)"):
+        model(np.zeros((1, 3, 8, 8), np.float32))
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(in_channels=3, out_channels=4, kernel_size=3, groups=2), "divisible by groups"),
+    (dict(in_channels=0, out_channels=4, kernel_size=3), "in_channels"),
+    (dict(in_channels=3, out_channels=4, kernel_size=0), "kernel_size"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding="same"), "same"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding="full"), "padding"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, dtype=np.int32), "float32 or float64"),
+])
+def test_conv2d_constructor_validation(kwargs, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        nn.Conv2d(**kwargs)
+
+
+def test_other_constructor_validation():
+    with pytest.raises(ValueError, match="at most half"):
+        nn.MaxPool2d(2, padding=2)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        nn.Dropout(1.5)
+    with pytest.raises(ValueError):
+        nn.Linear(0, 2)
+    with pytest.raises(ValueError):
+        nn.BatchNorm2d(0)
+    with pytest.raises(TypeError):
+        nn.Sequential(nn.ReLU(), "relu")
+
+
+def test_default_init_matches_torch_distribution():
+    # PyTorch: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    conv = nn.Conv2d(16, 32, 3, rng=0)
+    bound = 1 / np.sqrt(16 * 9)
+    w = conv.weight.data
+    assert w.dtype == np.float32 and np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+    np.testing.assert_allclose(w.std(), bound / np.sqrt(3), rtol=0.05)
+    assert np.abs(conv.bias.data).max() <= bound
+    lin = nn.Linear(100, 50, rng=0)
+    assert np.abs(lin.weight.data).max() <= 0.1 and np.abs(lin.bias.data).max() <= 0.1
+    # reproducible from a seed, different for another seed
+    np.testing.assert_array_equal(nn.Conv2d(16, 32, 3, rng=0).weight.data, w)
+    assert not np.array_equal(nn.Conv2d(16, 32, 3, rng=1).weight.data, w)
+    bn = nn.BatchNorm2d(4)
+    np.testing.assert_array_equal(bn.weight.data, 1)
+    np.testing.assert_array_equal(bn.bias.data, 0)
+    np.testing.assert_array_equal(bn.running_var, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# dtype handling
+# ---------------------------------------------------------------------------------------------
+
+def test_float32_model_stays_float32():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(), nn.AvgPool2d(2),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.2), nn.Linear(16, 8), nn.LayerNorm(8),
+                          nn.Sigmoid(), nn.Tanh(), nn.Linear(8, 3))
+    for x in (np.zeros((2, 3, 8, 8), np.float64), np.zeros((2, 3, 8, 8), np.uint8)):
+        y = model(x)
+        assert y.dtype == np.float32
+        gx = model.backward(np.ones_like(y))
+        assert gx.dtype == np.float32
+    for p in model.parameters():
+        assert p.data.dtype == np.float32 and p.grad.dtype == np.float32
+    assert model.dtype == np.float32
+
+
+def test_astype_converts_parameters_grads_and_buffers():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.LayerNorm((4, 2, 2), elementwise_affine=False))
+    w32 = model[0].weight.data.copy()
+    assert model.astype(np.float64) is model
+    for p in model.parameters():
+        assert p.data.dtype == np.float64 and p.grad.dtype == np.float64
+    assert model[1].running_mean.dtype == np.float64
+    assert model[1].num_batches_tracked.dtype == np.int64
+    np.testing.assert_array_equal(model[0].weight.data, w32.astype(np.float64))
+    y = model(np.ones((2, 3, 4, 4), np.float32))
+    assert y.dtype == np.float64
+    model.to(np.float32)
+    assert model.dtype == np.float32 and model(np.ones((2, 3, 4, 4))).dtype == np.float32
+    with pytest.raises(TypeError):
+        model.astype(np.int64)
+    assert nn.ReLU().dtype is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout and BatchNorm behaviour
+# ---------------------------------------------------------------------------------------------
+
+def test_dropout_train_and_eval():
+    drop = nn.Dropout(0.25, rng=0)
+    x = np.ones((200, 100), np.float32)
+    y = drop(x)
+    assert y.dtype == np.float32
+    kept = y != 0
+    assert 0.72 < kept.mean() < 0.78  # 20,000 Bernoulli(0.75) draws: std 0.003
+    np.testing.assert_allclose(y[kept], 1 / 0.75)
+    g = np.full_like(x, 2.0)
+    np.testing.assert_allclose(drop.backward(g), 2.0 * kept / 0.75)
+    y2 = drop(x)
+    assert not np.array_equal(y, y2)  # a new mask each call
+    drop.eval()
+    assert drop(x) is x
+    assert drop.backward(g) is g
+    # reproducible from the seed
+    np.testing.assert_array_equal(nn.Dropout(0.25, rng=0)(x), y)
+    assert not nn.Dropout(1.0)(x).any()
+
+
+def test_dropout_freeze_mask():
+    drop = nn.Dropout(0.5, rng=1)
+    x = np.random.default_rng(0).normal(size=(4, 6))
+    y1 = drop(x)
+    drop.freeze_mask()
+    np.testing.assert_array_equal(drop(x), y1)
+    np.testing.assert_array_equal(drop(2 * x), 2 * y1)
+    keep = np.zeros((4, 6), bool)
+    keep[0] = True
+    drop.freeze_mask(keep)
+    y = drop(x)
+    np.testing.assert_array_equal(y[0], 2 * x[0])
+    assert not y[1:].any()
+    with pytest.raises(ValueError, match="frozen mask"):
+        drop(np.ones((2, 2)))
+    drop.unfreeze_mask()
+    assert drop(np.ones((2, 2))).shape == (2, 2)
+
+
+def test_batchnorm_train_uses_batch_stats_eval_uses_running():
+    bn = nn.BatchNorm2d(2, momentum=0.5)
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(8, 2, 4, 4)).astype(np.float32)
+    y = bn(x)
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1, rtol=1e-3)
+    m = x.mean(axis=(0, 2, 3))
+    v = x.var(axis=(0, 2, 3), ddof=1)  # unbiased, as torch
+    np.testing.assert_allclose(bn.running_mean, 0.5 * m, rtol=1e-5)
+    np.testing.assert_allclose(bn.running_var, 0.5 + 0.5 * v, rtol=1e-5)
+    assert int(bn.num_batches_tracked) == 1
+    bn.eval()
+    y_eval = bn(x)
+    expected = (x - bn.running_mean[:, None, None]) / np.sqrt(bn.running_var[:, None, None] + 1e-5)
+    np.testing.assert_allclose(y_eval, expected, rtol=1e-5, atol=1e-5)
+    assert int(bn.num_batches_tracked) == 1  # eval does not update
+    bn.reset_running_stats()
+    assert not bn.running_mean.any() and int(bn.num_batches_tracked) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequential
+# ---------------------------------------------------------------------------------------------
+
+def test_sequential_container():
+    layers = [nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)]
+    model = nn.Sequential(*layers)
+    assert len(model) == 3 and list(model) == layers and model[0] is layers[0] and model[-1] is layers[2]
+    head = model[:2]
+    assert isinstance(head, nn.Sequential) and list(head) == layers[:2]
+    assert list(head.state_dict()) == ["0.weight", "0.bias"]
+    with pytest.raises(IndexError):
+        model[3]
+    model.append(nn.Tanh())
+    assert len(model) == 4 and list(model.state_dict())[-1] == "2.bias"
+    named = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 1, 1), act=nn.ReLU()))
+    assert list(named.state_dict()) == ["conv.weight", "conv.bias"]
+    text = repr(model)
+    assert "(0): Linear(in_features=4, out_features=3, bias=True)" in text and "(3): Tanh()" in text
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(model(x), np.tanh(layers[2](layers[1](layers[0](x)))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends
+# ---------------------------------------------------------------------------------------------
+
+def test_layers_resolve_backend_at_call_time(monkeypatch):
+    import fastconv.backend as backend
+
+    calls = []
+    real = backend.get_backend
+
+    def spy(name=None):
+        module = real(name)
+        calls.append(module.__name__)
+        return module
+
+    monkeypatch.setattr(nn, "get_backend", spy)
+    conv = nn.Conv2d(1, 1, 3)
+    x = np.ones((1, 1, 4, 4), np.float32)
+    conv(x)
+    with use_backend("reference"):
+        y = conv(x)
+    conv.backward(np.ones_like(y))
+    conv(x)
+    assert calls == ["fastconv.functional", "fastconv.reference", "fastconv.functional"]
+    model = nn.Sequential(conv, nn.MaxPool2d(2)).set_backend("reference")
+    assert conv.backend == "reference"
+    calls.clear()
+    model(x)
+    assert calls == ["fastconv.reference", "fastconv.reference"]
+    model.set_backend(None)
+    calls.clear()
+    with use_backend("reference"):
+        model(x)
+    model(x)
+    assert calls == ["fastconv.reference"] * 2 + ["fastconv.functional"] * 2
+    with pytest.raises(ValueError, match="unknown backend"):
+        model.set_backend("cuda")
+
+
+def test_backward_uses_the_ops_of_forward():
+    conv = nn.Conv2d(1, 2, 3, rng=0)
+    x = np.random.default_rng(0).normal(size=(1, 1, 5, 5)).astype(np.float32)
+    with use_backend("reference"):
+        y = conv(x)
+    assert conv._cache[0].__name__ == "fastconv.reference"
+    gx = conv.backward(np.ones_like(y))
+    assert gx.shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+# ---------------------------------------------------------------------------------------------
+
+def test_summary_table_and_receptive_field():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 16, 3, dilation=2), nn.AvgPool2d(3, 2, padding=1),
+                          nn.Conv2d(16, 4, 1, bias=False), nn.Flatten(), nn.Linear(16, 5))
+    out = io.StringIO()
+    s = model.summary((3, 16, 16), print_fn=lambda t: out.write(t))
+    assert out.getvalue() == str(s) == s.text
+    rows = s.rows
+    assert [r["output_shape"] for r in rows] == [
+        (None, 8, 16, 16), (None, 8, 16, 16), (None, 8, 8, 8), (None, 16, 4, 4), (None, 16, 2, 2),
+        (None, 4, 2, 2), (None, 16), (None, 5)]
+    assert [r["params"] for r in rows] == [3 * 8 * 9 + 8, 0, 0, 8 * 16 * 9 + 16, 0, 16 * 4, 0, 16 * 5 + 5]
+    assert s.total_params == 224 + 1168 + 64 + 85 == model.num_parameters()
+    # r_out = r_in + d (k - 1) j_in ; j_out = j_in * s
+    # conv3: r=3, j=1; pool2: r=4, j=2; conv3 d2: r=4+2*2*2=12, j=2; avg3 s2: r=12+2*2=16, j=4;
+    # conv1: r=16, j=4
+    assert [r["rf_size"] for r in rows] == [(3, 3), None, (4, 4), (12, 12), (16, 16), (16, 16), None, None]
+    assert [r["rf_jump"] for r in rows] == [(1, 1), None, (2, 2), (2, 2), (4, 4), (4, 4), None, None]
+    for text in ("Conv2d", "(None, 16, 4, 4)", "1,168", "12x12 (2)", "Total params: 1,541",
+                 "Receptive field"):
+        assert text in s.text, text
+    assert "ModelSummary" in repr(s)
+    # batch given explicitly, and no printing
+    s2 = model.summary((7, 3, 16, 16), print_fn=None)
+    assert s2.rows[-1]["output_shape"] == (7, 5) and "(7, 5)" in s2.text
+    with pytest.raises(ValueError, match="layer 0"):
+        model.summary((4, 16, 16), print_fn=None)
+
+
+def test_summary_counts_buffers_and_nested_sequential():
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, (3, 1), stride=(1, 2), bias=False), nn.BatchNorm2d(2)),
+                          nn.Flatten())
+    s = model.summary((1, 5, 5), print_fn=None)
+    assert [r["name"] for r in s.rows] == ["0.0", "0.1", "1"]
+    assert s.rows[0]["rf_size"] == (3, 1) and s.rows[0]["rf_jump"] == (1, 2)
+    assert s.total_params == 6 + 4 and s.buffer_elements == 4
+    assert "3x1 (1x2)" in s.text
+
+
+def test_pickle_and_deepcopy_after_forward():
+    import copy
+    import pickle
+
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, rng=0), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Dropout(0.5, rng=1), nn.Linear(3, 2, rng=2))
+    x = np.random.default_rng(0).normal(size=(2, 2, 4, 4)).astype(np.float32)
+    model(x)  # caches hold arrays and the ops module
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert all(m._cache is None for m in clone.modules())
+        assert list(clone.state_dict()) == list(model.state_dict())
+        for k, v in clone.state_dict().items():
+            np.testing.assert_array_equal(v, model.state_dict()[k])
+        clone.eval()
+        model.eval()
+        np.testing.assert_array_equal(clone(x), model(x))
+        model.train()
+    assert model[0]._cache is not None  # the original keeps its caches

@@ -1,0 +1,347 @@
+"""Tests of fastconv.optim: optimisers and schedules against torch.optim on the same gradients.
+
+All comparisons run in float64: the update rules are a few element-wise operations per step, so
+the two implementations agree to ~1e-15 relative; rtol 1e-12 leaves room for the different
+(but algebraically equal) operation order over 8 steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fastconv import nn, optim
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+SHAPES = [(3, 4), (4,), (2, 1, 2, 2)]
+
+
+def _problem(steps, seed=0):
+    gen = np.random.default_rng(seed)
+    init = [gen.normal(size=s) for s in SHAPES]
+    grads = [[gen.normal(size=s) for s in SHAPES] for _ in range(steps)]
+    return init, grads
+
+
+OPTIMIZERS = [
+    ("sgd", lambda p: optim.SGD(p, lr=0.1), lambda t, p: t.optim.SGD(p, lr=0.1)),
+    ("sgd_momentum", lambda p: optim.SGD(p, lr=0.05, momentum=0.9),
+     lambda t, p: t.optim.SGD(p, lr=0.05, momentum=0.9)),
+    ("sgd_dampening_wd", lambda p: optim.SGD(p, lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.01),
+     lambda t, p: t.optim.SGD(p, lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.01)),
+    ("sgd_nesterov", lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+     lambda t, p: t.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    ("rmsprop", lambda p: optim.RMSprop(p), lambda t, p: t.optim.RMSprop(p)),
+    ("rmsprop_all", lambda p: optim.RMSprop(p, lr=0.003, alpha=0.9, eps=1e-6, weight_decay=0.02,
+                                            momentum=0.5, centered=True),
+     lambda t, p: t.optim.RMSprop(p, lr=0.003, alpha=0.9, eps=1e-6, weight_decay=0.02, momentum=0.5,
+                                  centered=True)),
+    ("adam", lambda p: optim.Adam(p), lambda t, p: t.optim.Adam(p)),
+    ("adam_l2_amsgrad", lambda p: optim.Adam(p, lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1,
+                                             amsgrad=True),
+     lambda t, p: t.optim.Adam(p, lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1, amsgrad=True)),
+    ("adamw", lambda p: optim.AdamW(p), lambda t, p: t.optim.AdamW(p)),
+    ("adamw_amsgrad", lambda p: optim.AdamW(p, lr=0.02, weight_decay=0.3, amsgrad=True),
+     lambda t, p: t.optim.AdamW(p, lr=0.02, weight_decay=0.3, amsgrad=True)),
+]
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=[c[0] for c in OPTIMIZERS])
+def test_optimizer_matches_torch(torch, case):
+    _, make, make_torch = case
+    init, grads = _problem(8)
+    ours = [nn.Parameter(w.copy()) for w in init]
+    theirs = [torch.tensor(w.copy(), requires_grad=True) for w in init]
+    opt, topt = make(ours), make_torch(torch, theirs)
+    for step_grads in grads:
+        opt.zero_grad()
+        for p, tp, g in zip(ours, theirs, step_grads):
+            p.grad += g
+            tp.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+        for p, tp in zip(ours, theirs):
+            np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=[c[0] for c in OPTIMIZERS])
+def test_optimizer_keeps_float32(case):
+    _, make, _ = case
+    p = nn.Parameter(np.ones((2, 3), np.float32))
+    opt = make([p])
+    for _ in range(2):
+        p.grad[...] = 0.5
+        opt.step()
+    assert p.data.dtype == np.float32 and p.grad.dtype == np.float32
+    assert (p.data < 1).all()
+    for v in opt.state.get(p, {}).values():
+        if isinstance(v, np.ndarray):
+            assert v.dtype == np.float32
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=[c[0] for c in OPTIMIZERS])
+def test_optimizer_state_dict_round_trip(case):
+    _, make, _ = case
+    init, grads = _problem(6, seed=1)
+    a_params = [nn.Parameter(w.copy()) for w in init]
+    a = make(a_params)
+    for g in grads[:3]:
+        for p, gi in zip(a_params, g):
+            p.grad[...] = gi
+        a.step()
+    sd = a.state_dict()
+    b_params = [nn.Parameter(p.data.copy()) for p in a_params]
+    b = make(b_params)
+    b.load_state_dict(sd)
+    assert b.state_dict()["param_groups"] == sd["param_groups"]
+    for g in grads[3:]:
+        for pa, pb, gi in zip(a_params, b_params, g):
+            pa.grad[...] = gi
+            pb.grad[...] = gi
+        a.step()
+        b.step()
+    for pa, pb in zip(a_params, b_params):
+        np.testing.assert_array_equal(pa.data, pb.data)
+    # the state dict holds copies
+    for s in sd["state"].values():
+        for v in s.values():
+            if isinstance(v, np.ndarray):
+                v[...] = 1e9
+    assert all(np.abs(p.data).max() < 1e8 for p in a_params)
+
+
+def test_optimizer_load_state_dict_validation():
+    p = [nn.Parameter(np.zeros(3)), nn.Parameter(np.zeros((2, 2)))]
+    opt = optim.SGD(p, lr=0.1, momentum=0.9)
+    for q in p:
+        q.grad[...] = 1
+    opt.step()
+    sd = opt.state_dict()
+    with pytest.raises(ValueError, match="2 parameters in the state dict, 1 in the optimiser"):
+        optim.SGD(p[:1], lr=0.1, momentum=0.9).load_state_dict(sd)
+    other = optim.SGD([nn.Parameter(np.zeros(3)), nn.Parameter(np.zeros(5))], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"shape \(2, 2\).*\(5,\)"):
+        other.load_state_dict(sd)
+    with pytest.raises(ValueError, match="parameter groups"):
+        optim.SGD([{"params": p[:1]}, {"params": p[1:]}], lr=0.1).load_state_dict(sd)
+    with pytest.raises(ValueError):
+        opt.load_state_dict({"foo": 1})
+
+
+def test_optimizer_argument_validation():
+    p = [nn.Parameter(np.zeros(2))]
+    with pytest.raises(ValueError, match="Nesterov"):
+        optim.SGD(p, lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="learning rate"):
+        optim.SGD(p, lr=-1)
+    with pytest.raises(ValueError, match="empty"):
+        optim.Adam([])
+    with pytest.raises(ValueError, match="betas"):
+        optim.Adam(p, betas=(1.0, 0.9))
+    with pytest.raises(TypeError, match="Parameters"):
+        optim.SGD([np.zeros(2)], lr=0.1)
+    with pytest.raises(ValueError, match="more than one group"):
+        optim.SGD([{"params": p}, {"params": p}], lr=0.1)
+
+
+def test_param_groups_lr_property_and_module_argument(torch):
+    model = nn.Sequential(nn.Linear(2, 3, rng=0), nn.Linear(3, 1, rng=1))
+    opt = optim.SGD([{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.5}],
+                    lr=0.1, momentum=0.9)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5] and opt.lr == 0.1
+    assert [g["momentum"] for g in opt.param_groups] == [0.9, 0.9]
+    opt.lr = 0.01
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.01]
+    assert len(optim.Adam(model).param_groups[0]["params"]) == 4  # a Module is accepted
+    assert "SGD" in repr(opt) and "momentum: 0.9" in repr(opt)
+    model.zero_grad()
+    for p in model.parameters():
+        p.grad += 1
+    opt.zero_grad()
+    assert not any(p.grad.any() for p in model.parameters())
+
+
+def test_l2_penalty_equals_weight_decay():
+    init, grads = _problem(4, seed=2)
+    lam = 0.05
+    a = [nn.Parameter(w.copy()) for w in init]
+    b = [nn.Parameter(w.copy()) for w in init]
+    oa = optim.SGD(a, lr=0.1, momentum=0.9, weight_decay=lam)
+    ob = optim.SGD(b, lr=0.1, momentum=0.9)
+    for g in grads:
+        oa.zero_grad()
+        ob.zero_grad()
+        for pa, pb, gi in zip(a, b, g):
+            pa.grad += gi
+            pb.grad += gi
+        expected = 0.5 * lam * sum(float((p.data ** 2).sum()) for p in b)
+        assert optim.l2_penalty(b, lam) == pytest.approx(expected, rel=1e-12)
+        oa.step()
+        ob.step()
+    for pa, pb in zip(a, b):
+        np.testing.assert_allclose(pa.data, pb.data, rtol=1e-12, atol=1e-14)
+    model = nn.Sequential(nn.Linear(2, 2, rng=0))
+    model.zero_grad()
+    term = optim.l2_penalty(model, 1.0, skip_1d=True)
+    w = model[0].weight.data
+    assert term == pytest.approx(0.5 * float((w.astype(np.float64) ** 2).sum()), rel=1e-6)
+    np.testing.assert_array_equal(model[0].weight.grad, w)
+    assert not model[0].bias.grad.any()
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules
+# ---------------------------------------------------------------------------------------------
+
+def _lr_sequences(torch, make, make_torch, steps, make_opt=None, make_topt=None):
+    make_opt = make_opt or (lambda p: optim.SGD(p, lr=0.1, momentum=0.9))
+    make_topt = make_topt or (lambda t, p: t.optim.SGD(p, lr=0.1, momentum=0.9))
+    opt = make_opt([nn.Parameter(np.zeros(2))])
+    topt = make_topt(torch, [torch.zeros(2, requires_grad=True)])
+    sched, tsched = make(opt), make_torch(torch, topt)
+    ours, theirs = [], []
+    for _ in range(steps):
+        ours.append((opt.lr, dict(opt.param_groups[0])))
+        theirs.append((topt.param_groups[0]["lr"], dict(topt.param_groups[0])))
+        topt.step()
+        tsched.step()
+        sched.step()
+    return ours, theirs, sched, tsched
+
+
+SCHEDULES = [
+    ("step", lambda o: optim.StepLR(o, step_size=3, gamma=0.5),
+     lambda t, o: t.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5), 12),
+    ("exponential", lambda o: optim.ExponentialLR(o, gamma=0.95),
+     lambda t, o: t.optim.lr_scheduler.ExponentialLR(o, gamma=0.95), 12),
+    ("inverse_time", lambda o: optim.InverseTimeDecay(o, decay=0.5),
+     lambda t, o: t.optim.lr_scheduler.LambdaLR(o, lambda e: 1 / (1 + 0.5 * e)), 12),
+    ("inverse_time_staircase", lambda o: optim.InverseTimeDecay(o, decay=0.5, decay_steps=3, staircase=True),
+     lambda t, o: t.optim.lr_scheduler.LambdaLR(o, lambda e: 1 / (1 + 0.5 * (e // 3))), 12),
+    ("cosine", lambda o: optim.CosineAnnealingLR(o, T_max=10, eta_min=0.001),
+     lambda t, o: t.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=0.001), 11),
+    ("linear_warmup", lambda o: optim.LinearWarmup(o, warmup_steps=5, start_factor=0.2),
+     lambda t, o: t.optim.lr_scheduler.LinearLR(o, start_factor=0.2, end_factor=1.0, total_iters=5), 9),
+    ("onecycle", lambda o: optim.OneCycleLR(o, max_lr=0.4, total_steps=20),
+     lambda t, o: t.optim.lr_scheduler.OneCycleLR(o, max_lr=0.4, total_steps=20), 20),
+    ("onecycle_linear_3phase", lambda o: optim.OneCycleLR(o, max_lr=0.4, epochs=3, steps_per_epoch=5,
+                                                          pct_start=0.25, anneal_strategy="linear",
+                                                          three_phase=True, div_factor=10),
+     lambda t, o: t.optim.lr_scheduler.OneCycleLR(o, max_lr=0.4, epochs=3, steps_per_epoch=5, pct_start=0.25,
+                                                  anneal_strategy="linear", three_phase=True,
+                                                  div_factor=10), 15),
+    ("onecycle_no_momentum", lambda o: optim.OneCycleLR(o, max_lr=0.4, total_steps=10, cycle_momentum=False),
+     lambda t, o: t.optim.lr_scheduler.OneCycleLR(o, max_lr=0.4, total_steps=10, cycle_momentum=False), 10),
+]
+
+
+@pytest.mark.parametrize("case", SCHEDULES, ids=[c[0] for c in SCHEDULES])
+def test_schedule_matches_torch(torch, case):
+    _, make, make_torch, steps = case
+    ours, theirs, sched, tsched = _lr_sequences(torch, make, make_torch, steps)
+    np.testing.assert_allclose([o[0] for o in ours], [t[0] for t in theirs], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose([o[1]["momentum"] for o in ours], [t[1]["momentum"] for t in theirs],
+                               rtol=1e-12)
+    np.testing.assert_allclose(sched.get_last_lr(), tsched.get_last_lr(), rtol=1e-12, atol=1e-15)
+
+
+def test_onecycle_cycles_adam_beta1_like_torch(torch):
+    make = lambda o: optim.OneCycleLR(o, max_lr=0.01, total_steps=12, base_momentum=0.8, max_momentum=0.9)
+    make_t = lambda t, o: t.optim.lr_scheduler.OneCycleLR(o, max_lr=0.01, total_steps=12, base_momentum=0.8,
+                                                          max_momentum=0.9)
+    ours, theirs, _, _ = _lr_sequences(torch, make, make_t, 12, lambda p: optim.Adam(p),
+                                       lambda t, p: t.optim.Adam(p))
+    np.testing.assert_allclose([o[0] for o in ours], [t[0] for t in theirs], rtol=1e-12)
+    np.testing.assert_allclose([o[1]["betas"] for o in ours], [t[1]["betas"] for t in theirs], rtol=1e-12)
+
+
+def test_onecycle_limits():
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0, momentum=0.9)
+    sched = optim.OneCycleLR(opt, max_lr=1.0, total_steps=10)
+    assert opt.lr == pytest.approx(1.0 / 25)
+    lrs = [opt.lr]
+    for _ in range(9):
+        sched.step()
+        lrs.append(opt.lr)
+    assert max(lrs) == pytest.approx(1.0, rel=0.05) and lrs[-1] == pytest.approx(1.0 / 25 / 1e4)
+    sched.step()  # step == total_steps is still allowed, as in torch
+    with pytest.raises(ValueError, match="total"):
+        sched.step()
+    with pytest.raises(ValueError, match="total_steps"):
+        optim.OneCycleLR(opt, max_lr=1.0)
+
+
+def test_schedule_formulas():
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=0.1)
+    sched = optim.ExponentialLR(opt, gamma=0.95)
+    for epoch in range(1, 6):
+        sched.step()
+        assert opt.lr == pytest.approx(0.1 * 0.95 ** epoch, rel=1e-14)
+        assert sched.get_lr() == sched.get_last_lr() == [opt.lr]
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=0.2)
+    sched = optim.InverseTimeDecay(opt, decay=0.1)
+    for epoch in range(1, 6):
+        sched.step()
+        assert opt.lr == pytest.approx(0.2 / (1 + 0.1 * epoch), rel=1e-14)
+    assert sched.lrs_at(100) == [pytest.approx(0.2 / 11)]
+
+
+def test_warmup_then_cosine():
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0)
+    cosine = optim.CosineAnnealingLR(opt, T_max=10)
+    sched = optim.LinearWarmup(opt, warmup_steps=4, start_factor=0.0, after=cosine)
+    lrs = [opt.lr]
+    for _ in range(14):
+        sched.step()
+        lrs.append(opt.lr)
+    np.testing.assert_allclose(lrs[:5], [0.0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(lrs[4:], [(1 + math.cos(math.pi * t / 10)) / 2 for t in range(11)], atol=1e-15)
+    sd = sched.state_dict()
+    assert sd["after"]["T_max"] == 10
+    with pytest.raises(ValueError, match="same optimizer"):
+        optim.LinearWarmup(optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0), 2, after=cosine)
+
+
+@pytest.mark.parametrize("case", SCHEDULES, ids=[c[0] for c in SCHEDULES])
+def test_schedule_state_dict_round_trip(case):
+    _, make, _, steps = case
+    k = steps // 2
+
+    def fresh():
+        opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1, momentum=0.9)
+        return opt, make(opt)
+
+    opt_a, a = fresh()
+    for _ in range(k):
+        a.step()
+    sd = a.state_dict()
+    assert "optimizer" not in sd and sd["last_epoch"] == k
+    opt_b, b = fresh()
+    b.load_state_dict(sd)
+    assert opt_b.lr == opt_a.lr and b.last_epoch == k
+    for _ in range(steps - k - 1):
+        a.step()
+        b.step()
+        assert opt_a.lr == opt_b.lr
+        assert opt_a.param_groups[0]["momentum"] == opt_b.param_groups[0]["momentum"]
+
+
+def test_schedule_validation():
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=0.1)
+    with pytest.raises(TypeError):
+        optim.StepLR("not an optimizer", 3)
+    with pytest.raises(ValueError):
+        optim.StepLR(opt, 0)
+    with pytest.raises(ValueError):
+        optim.CosineAnnealingLR(opt, 0)
+    with pytest.raises(ValueError):
+        optim.LinearWarmup(opt, 0)
+    with pytest.raises(KeyError, match="initial_lr"):
+        optim.StepLR(optim.SGD([nn.Parameter(np.zeros(1))], lr=0.1), 3, last_epoch=5)
