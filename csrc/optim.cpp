@@ -30,11 +30,11 @@ void adam_update(index_t n, T* p, const T* g, T* m, T* v, T lr, T beta1, T beta2
   for (index_t i = 0; i < n; ++i) {
     T pi = p[i] * decay;
     const T gi = decoupled ? g[i] : g[i] + weight_decay * pi;
-    const T mi = beta1 * m[i] + (T(1) - beta1) * gi;
+    const T mi = m[i] + (T(1) - beta1) * (gi - m[i]);  // lerp, as torch
     const T vi = beta2 * v[i] + (T(1) - beta2) * gi * gi;
     m[i] = mi;
     v[i] = vi;
-    p[i] = pi - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
+    p[i] = pi - step_size * (mi / (std::sqrt(vi) / bc2_sqrt + eps));
   }
 }
 

@@ -17,7 +17,7 @@ void sgd_update(index_t n, T* p, const T* g, T* buf, T lr, T momentum, T dampeni
 
 // Adam / AdamW (torch.optim.Adam, AdamW; amsgrad off):
 //   AdamW: p *= 1 - lr*wd;  Adam: g += wd*p
-//   m = beta1*m + (1-beta1)*g;  v = beta2*v + (1-beta2)*g*g
+//   m += (1-beta1)*(g - m);  v = beta2*v + (1-beta2)*g*g
 //   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),  bc_i = 1 - beta_i^step
 template <typename T>
 void adam_update(index_t n, T* p, const T* g, T* m, T* v, T lr, T beta1, T beta2, T eps,

@@ -426,3 +426,21 @@ def indices_out_of_range(input_shape, op: str = "max_pool2d_backward") -> ValueE
     plane = input_shape[2] * input_shape[3]
     return ValueError(f"{op}: indices must lie in [0, H*W) = [0, {plane}) for input_shape "
                       f"{tuple(input_shape)}")
+
+
+def linear_shapes(x_shape, weight_shape, bias_shape=None, op: str = "linear") -> tuple[int, int]:
+    """Validate linear(x, weight, bias): x (..., in_features), weight (out, in), bias (out,).
+
+    Returns (in_features, out_features).
+    """
+    if len(weight_shape) != 2:
+        raise ValueError(f"{op}: weight must be 2-D (out_features, in_features), got shape "
+                         f"{tuple(weight_shape)}")
+    out_features, in_features = (int(s) for s in weight_shape)
+    if len(x_shape) < 1 or x_shape[-1] != in_features:
+        raise ValueError(f"{op}: x must have shape (..., {in_features}) to match weight "
+                         f"{tuple(weight_shape)}, got {tuple(x_shape)}")
+    if bias_shape is not None and tuple(bias_shape) != (out_features,):
+        raise ValueError(f"{op}: bias must have shape ({out_features},) to match weight "
+                         f"{tuple(weight_shape)}, got {tuple(bias_shape)}")
+    return in_features, out_features

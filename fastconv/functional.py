@@ -25,6 +25,7 @@ from ._args import (
     conv2d_output_shape,
     fold_geometry,
     indices_out_of_range,
+    linear_shapes,
     max_pool_backward_inputs,
     normalize_output_mask,
     pool2d_geometry,
@@ -41,6 +42,8 @@ __all__ = [
     "avg_pool2d_backward",
     "im2col",
     "col2im",
+    "linear",
+    "linear_backward",
     "conv2d_output_shape",
     "pool2d_output_shape",
 ]
@@ -258,3 +261,62 @@ def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1) -> n
         _core.col2im(_c(cols, cols.dtype), x, *geom.kernel, *geom.stride, *geom.padding,
                      *geom.dilation, *geom.out)
     return x
+
+
+def linear(x, weight, bias=None) -> np.ndarray:
+    """Affine map y = x @ weight.T + bias, as torch.nn.functional.linear, on the packed GEMM.
+
+    Args:
+        x: (..., in_features).
+        weight: (out_features, in_features).
+        bias: optional (out_features,).
+    Returns:
+        y (..., out_features). Threads split the output, so results do not depend on their
+        number (unlike a BLAS whose reductions may be split).
+    """
+    op = "linear"
+    x = as_float_array(x, "x", op)
+    weight = as_float_array(weight, "weight", op)
+    if bias is not None:
+        bias = as_float_array(bias, "bias", op)
+    in_f, out_f = linear_shapes(x.shape, weight.shape, None if bias is None else bias.shape, op)
+    dtype = common_dtype(x, weight, bias)
+    x2 = _c(x, dtype).reshape(-1, in_f)
+    y = np.empty((x2.shape[0], out_f), dtype)
+    if bias is not None:
+        y[...] = bias  # the GEMM accumulates onto the bias
+    if y.size:
+        _core.gemm(x2, _c(weight, dtype), y, False, True, bias is not None)
+    return y.reshape(x.shape[:-1] + (out_f,))
+
+
+def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
+    """Gradients of `linear` with respect to x, weight and bias.
+
+    grad_x = grad_y @ weight, grad_weight = grad_y^T @ x (over all leading axes),
+    grad_bias = grad_y summed over all but the last axis. None where output_mask is False.
+    """
+    op = "linear_backward"
+    mask = normalize_output_mask(output_mask, op)
+    x = as_float_array(x, "x", op)
+    weight = as_float_array(weight, "weight", op)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    in_f, out_f = linear_shapes(x.shape, weight.shape, None, op)
+    if grad_y.shape != x.shape[:-1] + (out_f,):
+        raise ValueError(f"{op}: grad_y must have shape {x.shape[:-1] + (out_f,)} for x "
+                         f"{x.shape} and weight {weight.shape}, got {grad_y.shape}")
+    dtype = common_dtype(grad_y, x, weight)
+    gy = _c(grad_y, dtype).reshape(-1, out_f)
+    grad_x = grad_w = grad_b = None
+    if mask[0]:
+        grad_x = np.empty((gy.shape[0], in_f), dtype)
+        if grad_x.size:
+            _core.gemm(gy, _c(weight, dtype), grad_x, False, False, False)
+        grad_x = grad_x.reshape(x.shape)
+    if mask[1]:
+        grad_w = np.empty((out_f, in_f), dtype)
+        if grad_w.size:
+            _core.gemm(gy, _c(x, dtype).reshape(-1, in_f), grad_w, True, False, False)
+    if mask[2]:
+        grad_b = gy.sum(axis=0)
+    return grad_x, grad_w, grad_b

@@ -759,22 +759,22 @@ class Linear(Module):
         w = self.weight.data
         x = _as_input(self, x, w.dtype)
         self._check(x.shape)
-        y = x @ w.T
-        if self.bias is not None:
-            y += self.bias.data
-        self._cache = (x, y.shape)
+        ops = self._ops()
+        y = ops.linear(x, w, None if self.bias is None else self.bias.data)
+        self._cache = (ops, x, y.shape)
         return y
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        x, y_shape = self._get_cache()
+        ops, x, y_shape = self._get_cache()
         w = self.weight.data
         grad_y = self._check_grad(grad_y, y_shape, w.dtype)
-        g2 = grad_y.reshape(-1, self.out_features)
-        x2 = x.reshape(-1, self.in_features)
-        self.weight.grad += g2.T @ x2
-        if self.bias is not None:
-            self.bias.grad += g2.sum(axis=0)
-        return grad_y @ w if input_grad else None
+        has_bias = self.bias is not None
+        gx, gw, gb = ops.linear_backward(grad_y, x, w,
+                                         output_mask=(bool(input_grad), True, has_bias))
+        self.weight.grad += gw
+        if has_bias:
+            self.bias.grad += gb
+        return gx
 
     def output_shape(self, input_shape):
         self._check(input_shape)

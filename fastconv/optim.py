@@ -39,6 +39,26 @@ __all__ = [
 ]
 
 
+def _fused(*arrays) -> bool:
+    """Whether the compiled one-pass update applies: the fast backend is active and every
+    array is a writable, C-contiguous float32/float64 array of one dtype. The reference
+    backend keeps the pure-NumPy update (same arithmetic up to rounding)."""
+    from . import backend
+
+    if backend.current_backend() != "fast":
+        return False
+    dtype = arrays[0].dtype
+    return dtype in (np.float32, np.float64) and all(
+        isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous for a in arrays
+    ) and arrays[0].flags.writeable
+
+
+def _core():
+    from . import _core as core
+
+    return core
+
+
 def _nonneg(value, name: str, opt: str) -> float:
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0.0:
         raise ValueError(f"{opt}: invalid {name}: {value!r} (must be a number >= 0)")
@@ -212,6 +232,16 @@ class SGD(Optimizer):
     def _update(self, p, grad, state, group):
         w = p.data
         wd, mom = group["weight_decay"], group["momentum"]
+        buf = state.get("momentum_buffer")
+        first = mom and buf is None
+        if first:
+            buf = state["momentum_buffer"] = np.empty_like(w)
+        if _fused(w, grad, *([buf] if mom else [])):
+            _core().sgd_update(w, grad, buf if mom else None, group["lr"], mom,
+                               group["dampening"], wd, group["nesterov"], bool(first))
+            return
+        if first:
+            del state["momentum_buffer"]
         g = grad + wd * w if wd else grad
         if mom:
             buf = state.get("momentum_buffer")
@@ -310,6 +340,11 @@ class Adam(Optimizer):
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = np.zeros_like(w)
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        if not group["amsgrad"] and _fused(w, grad, m, v):
+            state["step"] += 1
+            _core().adam_update(w, grad, m, v, lr, b1, b2, eps, wd, self._decoupled, state["step"])
+            return
         if self._decoupled:
             if wd:
                 w *= 1.0 - lr * wd
@@ -318,7 +353,7 @@ class Adam(Optimizer):
             g = grad + wd * w if wd else grad
         state["step"] += 1
         t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
+
         m += (1.0 - b1) * (g - m)  # lerp, as torch
         v *= b2
         v += (1.0 - b2) * (g * g)

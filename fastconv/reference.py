@@ -32,6 +32,7 @@ from fastconv._args import (
     conv2d_output_shape,
     fold_geometry,
     indices_out_of_range,
+    linear_shapes,
     max_pool_backward_inputs,
     normalize_output_mask,
     pool2d_geometry,
@@ -48,6 +49,8 @@ __all__ = [
     "avg_pool2d_backward",
     "im2col",
     "col2im",
+    "linear",
+    "linear_backward",
     "conv2d_output_shape",
     "pool2d_output_shape",
 ]
@@ -416,3 +419,38 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
         for j in range(kw):
             gxp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))] += g
     return np.ascontiguousarray(gxp[:, :, ph:ph + H, pw:pw + W])
+
+
+def linear(x, weight, bias=None) -> np.ndarray:
+    """y = x @ weight.T + bias, ``torch.nn.functional.linear``: x (..., in) -> (..., out)."""
+    op = "linear"
+    x = as_float_array(x, "x", op)
+    weight = as_float_array(weight, "weight", op)
+    if bias is not None:
+        bias = as_float_array(bias, "bias", op)
+    linear_shapes(x.shape, weight.shape, None if bias is None else bias.shape, op)
+    dtype = common_dtype(x, weight, bias)
+    y = np.matmul(x.astype(dtype, copy=False), weight.astype(dtype, copy=False).T)
+    if bias is not None:
+        y += bias
+    return np.ascontiguousarray(y)
+
+
+def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
+    """Gradients of :func:`linear`: (grad_y @ weight, grad_y^T @ x, grad_y summed), masked."""
+    op = "linear_backward"
+    mask = normalize_output_mask(output_mask, op)
+    x = as_float_array(x, "x", op)
+    weight = as_float_array(weight, "weight", op)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    in_f, out_f = linear_shapes(x.shape, weight.shape, None, op)
+    if grad_y.shape != x.shape[:-1] + (out_f,):
+        raise ValueError(f"{op}: grad_y must have shape {x.shape[:-1] + (out_f,)} for x "
+                         f"{x.shape} and weight {weight.shape}, got {grad_y.shape}")
+    dtype = common_dtype(grad_y, x, weight)
+    gy = grad_y.astype(dtype, copy=False).reshape(-1, out_f)
+    x2 = x.astype(dtype, copy=False).reshape(-1, in_f)
+    grad_x = np.ascontiguousarray((gy @ weight.astype(dtype, copy=False)).reshape(x.shape)) if mask[0] else None
+    grad_w = np.ascontiguousarray(gy.T @ x2) if mask[1] else None
+    grad_b = gy.sum(axis=0) if mask[2] else None
+    return grad_x, grad_w, grad_b

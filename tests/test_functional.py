@@ -552,3 +552,57 @@ def test_output_shape_helpers():
     assert F.pool2d_output_shape((1, 3, 7, 7), 2) == (1, 3, 3, 3)
     # ceil mode never starts a window in the padding: H=5, k=2, s=2, p=1 -> 3, not 4
     assert F.pool2d_output_shape((1, 1, 5, 5), 2, 2, 1, ceil_mode=True) == (1, 1, 3, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape,out_f", [((5, 7), 3), ((1, 2304), 1024), ((4, 3, 33), 65), ((0, 8), 4),
+                                           ((6, 1), 1)])
+def test_linear_matches_reference(rng, x_shape, out_f, dtype):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((out_f, x_shape[-1])).astype(dtype)
+    b = rng.standard_normal(out_f).astype(dtype)
+    for bias in (b, None):
+        y = F.linear(x, w, bias)
+        assert y.dtype == dtype and y.shape == x_shape[:-1] + (out_f,)
+        assert_close(y, R.linear(x, w, bias))
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    for a, e in zip(F.linear_backward(gy, x, w), R.linear_backward(gy, x, w)):
+        assert a.dtype == dtype
+        assert_close(a, e)
+
+
+def test_linear_matches_torch(rng, torch):
+    x, w, b = rng.standard_normal((8, 20)), rng.standard_normal((5, 20)), rng.standard_normal(5)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = torch.nn.functional.linear(xt, wt, bt)
+    assert_close(F.linear(x, w, b), yt.detach().numpy())
+    gy = rng.standard_normal(yt.shape)
+    yt.backward(torch.tensor(gy))
+    for a, e in zip(F.linear_backward(gy, x, w), (xt.grad, wt.grad, bt.grad)):
+        assert_close(a, e.numpy())
+
+
+def test_linear_does_not_depend_on_thread_count(rng, threads):
+    x = rng.standard_normal((64, 2304)).astype(np.float32)
+    w = rng.standard_normal((1024, 2304)).astype(np.float32)
+    gy = rng.standard_normal((64, 1024)).astype(np.float32)
+    runs = []
+    for n in (1, 2):
+        threads(n)
+        runs.append((F.linear(x, w), *F.linear_backward(gy, x, w)))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
+def test_linear_bad_input(module):
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 3\)"):
+        module.linear(np.ones((2, 4)), np.ones((5, 3)))
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        module.linear(np.ones((2, 3)), np.ones((5, 3, 1)))
+    with pytest.raises(ValueError, match=r"bias must have shape \(5,\)"):
+        module.linear(np.ones((2, 3)), np.ones((5, 3)), np.ones(4))
+    with pytest.raises(ValueError, match="grad_y must have shape"):
+        module.linear_backward(np.ones((2, 4)), np.ones((2, 3)), np.ones((5, 3)))
+    with pytest.raises(TypeError, match="x must hold real numbers"):
+        module.linear(np.ones((2, 3), complex), np.ones((5, 3)))

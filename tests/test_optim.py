@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fastconv import nn, optim
+from fastconv.backend import use_backend
 
 
 @pytest.fixture(scope="module")
@@ -345,3 +346,30 @@ def test_schedule_validation():
         optim.LinearWarmup(opt, 0)
     with pytest.raises(KeyError, match="initial_lr"):
         optim.StepLR(optim.SGD([nn.Parameter(np.zeros(1))], lr=0.1), 3, last_epoch=5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.8, dampening=0.3, weight_decay=1e-3),
+    lambda ps: optim.SGD(ps, lr=0.1),
+    lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
+    lambda ps: optim.AdamW(ps, lr=1e-2, weight_decay=1e-2),
+], ids=["sgd-nesterov", "sgd-dampening", "sgd-plain", "adam", "adamw"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_update_matches_numpy_update(make, dtype):
+    # The fast backend updates each parameter in one compiled pass; the reference backend
+    # keeps NumPy's arithmetic. Both must follow the same rule.
+    results = {}
+    for name in ("fast", "reference"):
+        rng = np.random.default_rng(3)
+        params = [nn.Parameter(rng.standard_normal(s).astype(dtype)) for s in [(7, 5), (300_000,)]]
+        opt = make(params)
+        with use_backend(name):
+            for _ in range(5):
+                for p in params:
+                    p.grad[...] = rng.standard_normal(p.data.shape)
+                opt.step()
+        results[name] = [p.data.copy() for p in params]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(results["fast"], results["reference"]):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
