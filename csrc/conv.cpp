@@ -1,8 +1,11 @@
 #include "conv.h"
 
 #include <algorithm>
+#include <atomic>
+#include <stdexcept>
 #include <vector>
 
+#include "conv_wide.h"
 #include "gemm.h"
 
 namespace fastconv {
@@ -68,11 +71,56 @@ std::vector<PackedA<T>> pack_weights(const ConvShape& s, const T* w, bool transp
 
 }  // namespace
 
+// Stride-1, non-pointwise convolutions may take the wide-row path (see conv_wide.h): its
+// packing is plain copies, but its junk columns cost Wp/OW - 1 more multiply-adds. Measured
+// here (AVX-512, batch 64), it wins where that waste is small or the GEMM is narrow (few
+// output channels per group, so packing dominates); elsewhere im2col packing is cheaper.
+std::atomic<int> g_algorithm{0};  // 0 auto, 1 always wide when possible, 2 never
+
+enum class Pass { forward, backward_input, backward_weight };
+
+inline bool use_wide(const ConvShape& s, Pass pass) {
+  if (s.win.SH != 1 || s.win.SW != 1 || s.pointwise()) return false;
+  const int forced = g_algorithm.load(std::memory_order_relaxed);
+  if (forced) return forced == 1;
+  const index_t Wp = s.OW + (s.win.KW - 1) * s.win.DW;
+  switch (pass) {
+    case Pass::forward: return 20 * Wp <= 23 * s.OW || s.Fg() <= 16;
+    case Pass::backward_input: return 10 * Wp <= 11 * s.OW || s.Fg() <= 16;
+    default: return 10 * Wp <= 11 * s.OW;
+  }
+}
+
+bool set_conv_algorithm(const std::string& name) {
+  const int v = name == "auto" ? 0 : name == "wide" ? 1 : name == "im2col" ? 2 : -1;
+  if (v < 0) return false;
+  g_algorithm.store(v, std::memory_order_relaxed);
+  return true;
+}
+
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
   const std::vector<PackedA<T>> wp = pack_weights(s, w, false);
+  if (use_wide(s, Pass::forward)) {
+    const WideGeometry wg(s);
+    const index_t xpad_size = round_up(wg.padded_size(), 16);
+    run_items<T>(s.N, xpad_size + Fg * wg.Lw, [&](index_t n, T* scratch, T* pack) {
+      T* xpad = scratch;
+      T* out = scratch + xpad_size;  // Fg x (OH*Wp)
+      for (index_t g = 0; g < s.G; ++g) {
+        pad_image(wg, x + (n * s.C + g * Cg) * HW, xpad);
+        if (bias)
+          for (index_t f = 0; f < Fg; ++f)
+            std::fill(out + f * wg.Lw, out + (f + 1) * wg.Lw, bias[g * Fg + f]);
+        matmul<T>(pack, Fg, wg.Lw, CKK, wp[g], WideColsB<T>(wg, xpad), out, wg.Lw,
+                  bias != nullptr);
+        narrow_rows(wg, Fg, s.OH, out, y + (n * s.F + g * Fg) * L);
+      }
+    });
+    return;
+  }
   // The column matrix is never formed: the GEMM packs its B panels straight from the image.
   run_items<T>(s.N, 0, [&](index_t n, T*, T* pack) {
     for (index_t g = 0; g < s.G; ++g) {
@@ -95,6 +143,26 @@ void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
   const std::vector<PackedA<T>> wtp = pack_weights(s, w, true);
+  if (use_wide(s, Pass::backward_input)) {
+    // dcols (CKK x OH*Wp) = w^T . grad_y widened with zero junk columns; the junk columns of
+    // dcols are then zero too, so col2im is a plain add of every row into the padded image.
+    const WideGeometry wg(s);
+    const index_t xpad_size = round_up(wg.padded_size(), 16);
+    const index_t gyw_size = round_up(Fg * wg.Lw, 16);
+    run_items<T>(s.N, xpad_size + gyw_size + CKK * wg.Lw, [&](index_t n, T* scratch, T* pack) {
+      T* dxpad = scratch;
+      T* gyw = scratch + xpad_size;
+      T* dcols = gyw + gyw_size;
+      for (index_t g = 0; g < s.G; ++g) {
+        widen_rows(wg, Fg, s.OH, gy + (n * s.F + g * Fg) * L, gyw);
+        matmul<T>(pack, CKK, wg.Lw, Fg, wtp[g], StridedB<T>(gyw, wg.Lw, 1), dcols, wg.Lw, false);
+        std::fill(dxpad, dxpad + wg.padded_size(), T(0));
+        col2im_wide(wg, CKK, dcols, dxpad);
+        crop_image(wg, dxpad, gx + (n * s.C + g * Cg) * HW);
+      }
+    });
+    return;
+  }
   run_items<T>(s.N, direct ? 0 : CKK * L, [&](index_t n, T* dcols, T* pack) {
     for (index_t g = 0; g < s.G; ++g) {
       const T* gyg = gy + (n * s.F + g * Fg) * L;
@@ -118,6 +186,38 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
   }
   const bool direct = s.pointwise();
   const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
+  if (use_wide(s, Pass::backward_weight)) {
+    // Computed transposed, gw^T (CKK x Fg) = cols (CKK x OH*Wp) . grad_y^T, so that the
+    // column matrix is the A operand, packed from contiguous runs of the padded image.
+    const WideGeometry wg(s);
+    const index_t xpad_size = round_up(wg.padded_size(), 16);
+    Scratch<T> partial = make_scratch<T>(chunks * WSZ);  // per chunk: [g][ckk][f]
+    run_items<T>(chunks, xpad_size + Fg * wg.Lw, [&](index_t c, T* scratch, T* pack) {
+      T* xpad = scratch;
+      T* gyw = scratch + xpad_size;
+      T* dst = partial.get() + c * WSZ;
+      const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
+      for (index_t n = n0; n < n1; ++n) {
+        for (index_t g = 0; g < s.G; ++g) {
+          pad_image(wg, x + (n * s.C + g * Cg) * HW, xpad);
+          widen_rows(wg, Fg, s.OH, gy + (n * s.F + g * Fg) * L, gyw);
+          matmul<T>(pack, CKK, Fg, wg.Lw, WideColsA<T>(wg, xpad, CKK),
+                    StridedB<T>(gyw, 1, wg.Lw), dst + g * CKK * Fg, Fg, n > n0);
+        }
+      }
+    });
+    // gw[g][f][ckk] = sum over chunks, in chunk order, of partial[c][g][ckk][f].
+    const T* p = partial.get();
+#pragma omp parallel for schedule(static)
+    for (index_t e = 0; e < WSZ; ++e) {
+      const index_t g = e / (Fg * CKK), f = (e / CKK) % Fg, k = e % CKK;
+      const index_t src = g * CKK * Fg + k * Fg + f;
+      T sum = p[src];
+      for (index_t c = 1; c < chunks; ++c) sum += p[c * WSZ + src];
+      gw[e] = sum;
+    }
+    return;
+  }
   Scratch<T> partial = make_scratch<T>(chunks > 1 ? chunks * WSZ : 0);
   // Chunk c sums images [N*c/chunks, N*(c+1)/chunks) into its own partial gradient.
   run_items<T>(chunks, direct ? 0 : CKK * L, [&](index_t c, T* cols, T* pack) {

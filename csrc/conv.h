@@ -10,6 +10,8 @@
 // A 1x1 / stride-1 / pad-0 convolution needs no im2col: cols is the image itself.
 #pragma once
 
+#include <string>
+
 #include "common.h"
 #include "im2col.h"
 
@@ -30,6 +32,10 @@ struct ConvShape {
            win.PW == 0 && OH == H && OW == W;
   }
 };
+
+// Which formulation stride-1 convolutions use: "auto" (a size heuristic), "wide" (wide-row
+// shifted GEMM wherever it applies) or "im2col". For tests and benchmarks.
+bool set_conv_algorithm(const std::string& name);
 
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y);

@@ -75,6 +75,27 @@ def test_conv2d_matches_reference(rng, case, dtype):
     check_conv_against_reference(rng, case, dtype)
 
 
+@pytest.fixture
+def conv_algorithm():
+    """Force one formulation of stride-1 convolutions; 'auto' restored afterwards."""
+    yield lambda name: _core.set_conv_algorithm(name)
+    _core.set_conv_algorithm("auto")
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "wide"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d_every_algorithm_matches_reference(rng, conv_algorithm, case, dtype, algorithm):
+    # Stride-1 convolutions have two formulations (im2col packing, wide-row shifted GEMM),
+    # chosen by size; each must be right on every shape.
+    assert conv_algorithm(algorithm)
+    check_conv_against_reference(rng, case, dtype)
+
+
+def test_set_conv_algorithm_rejects_unknown():
+    assert not _core.set_conv_algorithm("winograd")
+
+
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 @pytest.mark.parametrize("case", CONV_CASES[:8] + CONV_CASES[11:13], ids=str)
 def test_conv2d_matches_torch(rng, torch, case):

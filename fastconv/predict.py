@@ -1,0 +1,193 @@
+"""``fastconv-predict``: classify image files with a model trained by ``fastconv-train``.
+
+    fastconv-predict --weights runs/simple_cnn cat.png ship.jpg
+    fastconv-predict -w runs/simple_cnn/model.npz --top 5 *.png
+
+Python::
+
+    from fastconv.predict import predict
+    predict(["cat.png"], weights="runs/simple_cnn")   # [[("cat", 0.81), ("dog", 0.11), ...]]
+
+``--weights`` is a run folder (its ``model.npz``, else its ``checkpoint.npz``), a weights file
+written by :func:`fastconv.checkpoint.save_weights` or a training checkpoint. The model name,
+class names and normalisation come from the file's metadata (``--model`` for a bare weights
+file). Images are read with Pillow (optional dependency), converted to RGB, resized so the
+shorter side is 32 pixels (bicubic) and centre-cropped to 32 x 32, as CIFAR-10 images are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "predict", "load_model", "load_image", "PredictError"]
+
+PROG = "fastconv-predict"
+
+
+class PredictError(Exception):
+    """A user-facing problem (missing file, unreadable image, wrong model): one line."""
+
+
+def _resolve_weights(weights: str | os.PathLike) -> Path:
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        for name in ("model.npz", "checkpoint.npz"):
+            if (path / name).is_file():
+                return path / name
+        raise PredictError(f"{path} holds neither model.npz nor checkpoint.npz")
+    if not path.is_file():
+        raise PredictError(f"weights file {path} not found")
+    return path
+
+
+def load_model(weights: str | os.PathLike, model: str | None = None):
+    """Load a trained model in eval mode; returns ``(model, info)``.
+
+    ``info`` has ``model``, ``class_names``, ``mean`` and ``std``. Raises :class:`PredictError`
+    when the file is missing or unreadable, or its weights do not fit the model.
+    """
+    from . import checkpoint as ck, data as D, models
+
+    path = _resolve_weights(weights)
+    try:
+        kind = ck.file_kind(path)
+        if kind == "checkpoint":
+            state = ck.load_checkpoint(path)
+            state_dict = state.get("model", {})
+            meta = {"model": state.get("config", {}).get("model"),
+                    "class_names": state.get("class_names")}
+        else:
+            state_dict = ck.load_weights(path)
+            meta = ck.load_weights_metadata(path)
+    except ck.CheckpointError as e:
+        raise PredictError(str(e)) from e
+    name = model or meta.get("model")
+    if not name:
+        raise PredictError(f"{path} does not say which model it holds: pass --model")
+    if model and meta.get("model") and model != meta["model"]:
+        raise PredictError(f"{path} holds a {meta['model']} model, not {model}")
+    class_names = tuple(meta.get("class_names") or D.CLASS_NAMES)
+    try:
+        net = models.get_model(name, num_classes=len(class_names), seed=0)
+        net.load_state_dict(state_dict)
+    except ValueError as e:
+        raise PredictError(f"weights in {path} do not fit model {name}: {e}") from e
+    net.eval()
+    info = {"model": name, "class_names": class_names,
+            "mean": tuple(meta.get("mean") or D.CIFAR10_MEAN),
+            "std": tuple(meta.get("std") or D.CIFAR10_STD)}
+    return net, info
+
+
+def load_image(path: str | os.PathLike, size: int = 32) -> np.ndarray:
+    """Read an image file as uint8 (3, size, size): RGB, shorter side resized to ``size``
+    (bicubic), centre crop."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as e:
+        raise PredictError("reading images needs Pillow: pip install pillow") from e
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except FileNotFoundError as e:
+        raise PredictError(f"image {path} not found") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise PredictError(f"cannot read {path} as an image ({e})") from e
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), getattr(Image, "Resampling", Image).BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def _as_batch(images) -> np.ndarray:
+    """Paths / arrays -> uint8 or float (N, 3, 32, 32)."""
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4 and images.shape[1] == 3:
+            return images
+        if images.ndim == 3 and images.shape[0] == 3:
+            return images[None]
+        if images.ndim == 3 and images.shape[2] == 3:             # one (H, W, 3) picture
+            return images.transpose(2, 0, 1)[None]
+        raise PredictError(f"expected images (N, 3, 32, 32) or (H, W, 3), got {images.shape}")
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    return np.stack([load_image(p) if isinstance(p, (str, os.PathLike)) else _as_batch(p)[0]
+                     for p in images])
+
+
+def predict(images, weights: str | os.PathLike | None = None, top: int = 3, *, model=None,
+            info: dict | None = None) -> list[list[tuple[str, float]]]:
+    """Top-``top`` (class name, probability) pairs for each image, most likely first.
+
+    ``images``: image paths, or arrays (uint8 (N, 3, 32, 32), (3, 32, 32) or (H, W, 3) at
+    32 x 32). Give ``weights`` (see :func:`load_model`), or an already loaded ``model`` and its
+    ``info``.
+    """
+    from . import data as D
+    from .losses import softmax
+
+    if model is None:
+        if weights is None:
+            raise PredictError("give the trained weights (a run folder or model.npz)")
+        model, info = load_model(weights)
+    info = info or {"class_names": D.CLASS_NAMES, "mean": D.CIFAR10_MEAN, "std": D.CIFAR10_STD}
+    batch = _as_batch(images)
+    if batch.shape[2:] != (32, 32):
+        raise PredictError(f"images must be 32 x 32 after loading, got {batch.shape[2:]}")
+    x = D.to_float32(batch, info["mean"], info["std"])
+    probs = softmax(model.forward(x), axis=1)
+    names = info["class_names"]
+    k = max(1, min(int(top), probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fastconv-predict`` argument parser."""
+    from .train import _Parser
+    p = _Parser(prog=PROG, description="Classify images with a model trained by fastconv-train.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("-w", "--weights", required=True,
+                   help="run folder, model.npz or checkpoint.npz written by fastconv-train")
+    p.add_argument("--model", default=None,
+                   help="model name, for a weights file without metadata")
+    p.add_argument("--top", type=int, default=3, help="number of classes to show")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fastconv-predict``: prints ``IMAGE: class p%, ...`` per image."""
+    try:
+        ns = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else 2
+    try:
+        net, info = load_model(ns.weights, ns.model)
+        status = 0
+        for path in ns.images:
+            try:
+                result = predict([path], model=net, info=info, top=ns.top)[0]
+            except PredictError as e:
+                print(f"{PROG}: error: {e}", file=sys.stderr)
+                status = 2
+                continue
+            print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in result))
+        return status
+    except PredictError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

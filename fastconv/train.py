@@ -1,0 +1,718 @@
+"""``fastconv-train``: train a CNN from :mod:`fastconv.models` on CIFAR-10, evaluating every epoch.
+
+    fastconv-train                                   # simple_cnn, the default recipe
+    fastconv-train --model vgg_small --out runs/vgg
+    fastconv-train --out runs/vgg --resume           # continue after Ctrl-C or a crash
+    python -m fastconv.train --help
+
+Default recipe (``simple_cnn``): SGD with Nesterov momentum 0.9, weight decay 5e-4, batch 128,
+random crop (4-pixel padding) + horizontal flip, one-cycle schedule (30% warm-up, max lr 0.05;
+0.1 for ``vgg_small``), 15 epochs.
+
+Output folder (``--out``, default ``runs/<model>``):
+
+* ``config.json``   the run's resolved options and environment
+* ``metrics.csv``   one row per epoch: epoch, step, train_loss, train_acc, test_loss, test_acc,
+                    test_acc_1k (test rows 0-999), lr, seconds, images_per_s
+* ``checkpoint.npz`` everything needed to resume (model, optimiser, schedule position, RNG
+                    states, metrics), saved atomically after every epoch and on Ctrl-C/SIGTERM
+* ``model.npz``     final weights (:func:`fastconv.checkpoint.save_weights`, usable by
+                    ``fastconv-predict``)
+* ``curves.png``, ``filters.png``, ``confusion.png`` (with matplotlib), ``confusion.txt``
+
+Resuming is bit-exact: every mini-batch (order and augmentation) is a function of (seed,
+epoch, batch index), and the checkpoint holds the weights, optimiser buffers, schedule step,
+dropout generator state and position, so an interrupted and resumed run ends with the same
+weights, bit for bit, as an uninterrupted one (same thread count and backend).
+
+User errors (missing data, bad option, unwritable folder, checkpoint of another model) print
+one line on stderr and exit with status 2 (1 for corrupt data or checkpoints); an interrupted
+run exits with 130 (SIGINT) or 143 (SIGTERM) after saving its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "TrainConfig", "UserError", "DEFAULT_LR"]
+
+PROG = "fastconv-train"
+CHECKPOINT_NAME = "checkpoint.npz"
+WEIGHTS_NAME = "model.npz"
+METRICS_NAME = "metrics.csv"
+CONFIG_NAME = "config.json"
+METRIC_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc",
+                 "test_acc_1k", "lr", "seconds", "images_per_s")
+_CKPT_FORMAT = "fastconv-train"
+_CKPT_VERSION = 1
+
+MODEL_NAMES = ("simple_cnn", "lenet5", "vgg_small", "alexnet_small")
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adamw")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+
+#: Default (maximum) learning rate by optimiser, and by model for SGD.
+DEFAULT_LR: dict[str, Any] = {
+    "sgd": {"simple_cnn": 0.05, "lenet5": 0.05, "vgg_small": 0.1, "alexnet_small": 0.02},
+    "adam": 2e-3, "adamw": 2e-3, "rmsprop": 1e-3,
+}
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad option, missing file, ...): reported in one line."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings that determine the training trajectory (saved in checkpoints; fixed on resume)."""
+
+    model: str = "simple_cnn"
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float | None = None            # None: DEFAULT_LR for the optimiser / model
+    optimizer: str = "sgd"
+    momentum: float | None = None      # None: 0.9 for SGD, 0 for RMSprop (unused by Adam/AdamW)
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup: float | None = None        # fraction of steps; None: 0.3 for onecycle, 0 otherwise
+    augment: bool = True
+    seed: int = 0
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the defaults that depend on other settings filled in."""
+        cfg = TrainConfig(**asdict(self))
+        if cfg.lr is None:
+            d = DEFAULT_LR[cfg.optimizer]
+            cfg.lr = float(d[cfg.model] if isinstance(d, dict) else d)
+        if cfg.warmup is None:
+            cfg.warmup = 0.3 if cfg.schedule == "onecycle" else 0.0
+        if cfg.momentum is None:
+            cfg.momentum = 0.9 if cfg.optimizer == "sgd" else 0.0
+        if cfg.optimizer != "sgd" or cfg.momentum == 0:
+            cfg.nesterov = False
+        return cfg
+
+
+_TRAJECTORY = tuple(TrainConfig.__dataclass_fields__)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+    return parse
+
+
+def _float_in(lo: float, hi: float = math.inf, open_lo: bool = False):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v) or v < lo or v > hi or (open_lo and v == lo):
+            rng = f"{'(' if open_lo else '['}{lo}, {hi}]" if hi < math.inf else \
+                (f"> {lo}" if open_lo else f">= {lo}")
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
+        return v
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fastconv-train`` argument parser (options default to None = "not given")."""
+    p = _Parser(prog=PROG, description="Train a CNN on CIFAR-10 with fastconv's CPU kernels.",
+                epilog="Interrupt with Ctrl-C (or SIGTERM): a checkpoint is saved and --resume "
+                       "continues the run bit-exactly.")
+    d = TrainConfig()
+    g = p.add_argument_group("model and recipe")
+    g.add_argument("--model", choices=MODEL_NAMES, default=None,
+                   help=f"network from fastconv.models [default: {d.model}]")
+    g.add_argument("--epochs", type=_int_at_least(1), default=None,
+                   help=f"training epochs [default: {d.epochs}]")
+    g.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help=f"mini-batch size [default: {d.batch_size}]")
+    g.add_argument("--lr", type=_float_in(0.0, open_lo=True), default=None,
+                   help="(maximum) learning rate [default: 0.05 for simple_cnn/lenet5, 0.1 for "
+                        "vgg_small, 0.02 for alexnet_small with sgd; 2e-3 adam/adamw; 1e-3 rmsprop]")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help=f"optimiser [default: {d.optimizer}]")
+    g.add_argument("--momentum", type=_float_in(0.0, 1.0), default=None,
+                   help="SGD/RMSprop momentum; when > 0, one-cycle cycles it 0.95 -> 0.85 -> "
+                        "0.95 instead, as PyTorch does [default: 0.9 for sgd, 0 for rmsprop]")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum for SGD [default: on]")
+    g.add_argument("--weight-decay", type=_float_in(0.0), default=None,
+                   help=f"L2 weight decay [default: {d.weight_decay}]")
+    g.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help="learning-rate schedule, stepped every batch: onecycle (warm-up then "
+                        "cosine annealing), cosine, step (x0.1 after each third), constant "
+                        f"[default: {d.schedule}]")
+    g.add_argument("--warmup", type=_float_in(0.0, 1.0), default=None,
+                   help="warm-up fraction of all steps [default: 0.3 for onecycle, else 0]")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (4-pixel padding) and horizontal flip [default: on]")
+    g.add_argument("--seed", type=_int_at_least(0), default=None,
+                   help=f"seed of weights, shuffling, augmentation and dropout "
+                        f"[default: {d.seed}]")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default=None,
+                   help="folder holding cifar-10-python.tar.gz or cifar-10-batches-py/ "
+                        "[default: $FASTCONV_DATA, else ~/.cache/fastconv]")
+    g.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="download CIFAR-10 (MD5-checked) when it is not found [default: on]")
+    g.add_argument("--limit-train", type=_int_at_least(1), default=None, metavar="N",
+                   help="train on the first N training images only")
+    g.add_argument("--limit-test", type=_int_at_least(1), default=None, metavar="N",
+                   help="evaluate on the first N test images only")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder [default: runs/<model>]")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint")
+    g.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="threads of the compiled kernels [default: all cores / OMP_NUM_THREADS]")
+    g.add_argument("--backend", choices=("fast", "reference"), default="fast",
+                   help="conv/pool kernels: compiled (fast) or pure NumPy (reference) "
+                        "[default: fast]")
+    g.add_argument("--eval-batch-size", type=_int_at_least(1), default=250,
+                   help="batch size for evaluation [default: 250]")
+    g.add_argument("--quiet", action="store_true",
+                   help="no progress bar and no per-epoch lines (the bar is also hidden when "
+                        "stderr is not a terminal)")
+    # Testing aid: behave as if Ctrl-C was pressed after N optimiser steps of this process.
+    g.add_argument("--stop-after", type=_int_at_least(1), default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    given = {k for k in _TRAJECTORY if getattr(ns, k, None) is not None}
+    cfg = TrainConfig(**{k: getattr(ns, k) for k in given})
+    return cfg, given
+
+
+# --------------------------------------------------------------------------------------------
+# Output helpers
+# --------------------------------------------------------------------------------------------
+
+class _Console:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def always(self, msg: str) -> None:
+        print(msg, flush=True)
+
+    def note(self, msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _prepare_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {out}: {e.strerror or e}") from e
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    from .checkpoint import atomic_write
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def _metrics_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+class _Progress:
+    """tqdm bar when available and wanted, else nothing."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch",
+                                leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, loss: float, acc: float, ips: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.3f} acc {100 * acc:.1f}% {ips:.0f} img/s",
+                                     refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a request to stop at the next step boundary.
+
+    A second signal raises KeyboardInterrupt at once (abort without saving).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._previous[s] = signal.signal(s, self._handle)
+                except (ValueError, OSError):
+                    pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{PROG}: {signal.Signals(signum).name} received: saving a checkpoint after this "
+              f"step (repeat to abort without saving)", file=sys.stderr, flush=True)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int = signal.SIGINT) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+
+# --------------------------------------------------------------------------------------------
+# Building the pieces
+# --------------------------------------------------------------------------------------------
+
+def _make_optimizer(cfg: TrainConfig, params):
+    from . import optim
+    try:
+        if cfg.optimizer == "sgd":
+            return optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                             nesterov=cfg.nesterov and cfg.momentum > 0,
+                             weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adam":
+            return optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":
+            return optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum,
+                             weight_decay=cfg.weight_decay)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+
+def _make_schedule(cfg: TrainConfig, opt, total_steps: int):
+    """A per-batch schedule (None for constant)."""
+    from . import optim
+    warm = int(round(cfg.warmup * total_steps))
+    if cfg.schedule == "onecycle":
+        # as torch's OneCycleLR: momentum (Adam's beta1) cycles 0.95 -> 0.85 -> 0.95, unless
+        # the run asked for no momentum at all
+        cycle = cfg.optimizer in ("adam", "adamw") or cfg.momentum > 0
+        return optim.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
+                                pct_start=cfg.warmup, cycle_momentum=cycle)
+    if cfg.schedule == "cosine":
+        if warm >= 1 and warm < total_steps:
+            after = optim.CosineAnnealingLR(opt, T_max=total_steps - warm)
+            return optim.LinearWarmup(opt, warmup_steps=warm, start_factor=0.1, after=after)
+        return optim.CosineAnnealingLR(opt, T_max=total_steps)
+    if cfg.schedule == "step":
+        step = optim.StepLR(opt, step_size=max(1, math.ceil(total_steps / 3)), gamma=0.1)
+        if warm >= 1:
+            return optim.LinearWarmup(opt, warmup_steps=warm, start_factor=0.1, after=step)
+        return step
+    if warm >= 1:
+        return optim.LinearWarmup(opt, warmup_steps=warm, start_factor=0.1)
+    return None
+
+
+def _dropout_layers(model) -> list:
+    from . import nn
+    return [m for m in model.modules() if isinstance(m, nn.Dropout)]
+
+
+def _evaluate(model, loader, crit, stop: _StopFlag) -> tuple[float, np.ndarray] | None:
+    """(mean loss, predictions) over the loader in eval mode; None if a stop was requested."""
+    model.eval()
+    loss_sum = 0.0
+    preds = []
+    try:
+        for xb, yb in loader:
+            logits = model.forward(xb)
+            loss_sum += crit.forward(logits, yb) * len(yb)
+            preds.append(np.argmax(logits, axis=1))
+            if stop.requested:
+                return None
+    finally:
+        model.train()
+    n = loader.num_samples
+    return loss_sum / max(n, 1), (np.concatenate(preds) if preds else np.empty(0, np.int64))
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class _Position:
+    epoch: int = 0          # current epoch (0-based)
+    batch: int = 0          # next training batch in it; == batches/epoch: only eval is left
+    step: int = 0           # optimiser steps done in total
+    loss_sum: float = 0.0   # running sums of the current epoch
+    correct: int = 0
+    seen: int = 0
+    train_seconds: float = 0.0
+    metrics: list = field(default_factory=list)
+
+
+def _checkpoint_state(cfg, model, opt, sched, pos: _Position, loader, class_names) -> dict:
+    return {
+        "format": _CKPT_FORMAT,
+        "version": _CKPT_VERSION,
+        "config": asdict(cfg),
+        "model": dict(model.state_dict()),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "position": {k: v for k, v in asdict(pos).items() if k != "metrics"},
+        "metrics": list(pos.metrics),
+        "loader": loader.state_dict(),
+        "dropout_rng": [m.rng.bit_generator.state for m in _dropout_layers(model)],
+        "class_names": list(class_names),
+    }
+
+
+def _restore(state: dict, ckpt: Path, model, opt, sched) -> _Position:
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        for m, s in zip(_dropout_layers(model), state.get("dropout_rng", [])):
+            m.rng.bit_generator.state = s
+        p = state["position"]
+        pos = _Position(**{k: p[k] for k in p}, metrics=list(state.get("metrics", [])))
+    except (KeyError, ValueError, TypeError) as e:
+        raise UserError(f"checkpoint {ckpt} does not fit this run ({e}); start a new run in "
+                        f"another --out") from e
+    return pos
+
+
+def _run(ns: argparse.Namespace) -> int:
+    import fastconv
+    from . import checkpoint as ck, data as D, losses, models, plotting
+
+    con = _Console(ns.quiet)
+    args_cfg, given = _config_from_args(ns)
+    model_hint = args_cfg.model
+    out = Path(ns.out if ns.out is not None else Path("runs") / model_hint).expanduser()
+    ckpt = out / CHECKPOINT_NAME
+
+    state: dict | None = None
+    if ns.resume:
+        if not ckpt.is_file():
+            raise UserError(f"nothing to resume: {ckpt} does not exist (run without --resume to "
+                            f"start, or point --out at the run's folder)")
+        state = ck.load_checkpoint(ckpt)
+        if state.get("format") != _CKPT_FORMAT:
+            raise UserError(f"{ckpt} is not a fastconv-train checkpoint")
+        try:
+            saved = TrainConfig(**state["config"])
+        except (KeyError, TypeError) as e:
+            raise UserError(f"checkpoint {ckpt} has an unreadable configuration ({e})") from e
+        for k in sorted(given):
+            new, old = getattr(args_cfg, k), getattr(saved, k)
+            if k == "model" and new != old:
+                raise UserError(f"checkpoint {ckpt} is from model {old}, not {new}: resume "
+                                f"without --model, or use another --out")
+            if new != old and not (k in ("lr", "warmup") and old is not None and
+                                   new is not None and float(new) == float(old)):
+                raise UserError(f"--{k.replace('_', '-')} {new} differs from the checkpoint's "
+                                f"{old}; resume without it (the run keeps its settings)")
+        cfg = saved
+    else:
+        if ckpt.exists():
+            raise UserError(f"{out} already holds a run ({CHECKPOINT_NAME}); add --resume to "
+                            f"continue it, or choose another --out")
+        cfg = args_cfg.resolved()
+    _prepare_out(out)
+
+    if ns.threads is not None:
+        fastconv.set_num_threads(ns.threads)
+
+    # ---- data --------------------------------------------------------------------------
+    ds = D.load_cifar10(ns.data_dir, download=ns.download, limit_train=cfg.limit_train,
+                        limit_test=cfg.limit_test, progress=not ns.quiet)
+    if len(ds.y_train) == 0:
+        raise UserError("no training images")
+    train_loader = D.DataLoader(ds.x_train, ds.y_train, cfg.batch_size, shuffle=True,
+                                augment=cfg.augment, seed=cfg.seed, prefetch=1)
+    test_loader = D.DataLoader(ds.x_test, ds.y_test, ns.eval_batch_size, shuffle=False,
+                               prefetch=1)
+    n_batches = len(train_loader)
+    total_steps = cfg.epochs * n_batches
+
+    # ---- model, optimiser, schedule ------------------------------------------------------
+    model = models.get_model(cfg.model, num_classes=len(ds.class_names), seed=cfg.seed)
+    model.set_backend(ns.backend)
+    model.train()
+    opt = _make_optimizer(cfg, model.parameters())
+    sched = _make_schedule(cfg, opt, total_steps)
+    crit = losses.CrossEntropyLoss()
+    if state is not None:
+        pos = _restore(state, ckpt, model, opt, sched)
+        if pos.epoch >= cfg.epochs:
+            con.info(f"{PROG}: the run in {out} is already complete ({cfg.epochs} epochs)")
+    else:
+        pos = _Position()
+
+    run_info = {
+        "config": asdict(cfg),
+        "backend": ns.backend,
+        "threads": fastconv.get_num_threads(),
+        "simd_level": fastconv.simd_level(),
+        "fastconv_version": fastconv.__version__,
+        "numpy_version": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "data": str(ds.source),
+        "train_images": int(len(ds.y_train)),
+        "test_images": int(len(ds.y_test)),
+        "normalization": {"mean": list(D.CIFAR10_MEAN), "std": list(D.CIFAR10_STD)},
+        "batches_per_epoch": n_batches,
+        "parameters": int(model.num_parameters()),
+        "argv": list(sys.argv[1:]) if ns.argv is None else list(ns.argv),
+        "resumed_at": ({"epoch": pos.epoch, "batch": pos.batch} if state is not None else None),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _write_text_atomic(out / CONFIG_NAME, json.dumps(run_info, indent=2) + "\n")
+    if state is None:
+        con.info(f"{PROG}: {cfg.model} ({model.num_parameters():,} parameters) on "
+                 f"{len(ds.y_train):,} training / {len(ds.y_test):,} test images, "
+                 f"{cfg.epochs} epochs of {n_batches} batches, {cfg.optimizer} lr {cfg.lr:g} "
+                 f"{cfg.schedule}, backend {ns.backend}, {fastconv.get_num_threads()} threads "
+                 f"-> {out}")
+    else:
+        con.info(f"{PROG}: resuming {out} at epoch {pos.epoch + 1}, batch {pos.batch}")
+
+    show_bar = not ns.quiet and sys.stderr.isatty()
+
+    def save_checkpoint() -> None:
+        ck.save_checkpoint(ckpt, _checkpoint_state(cfg, model, opt, sched, pos, train_loader,
+                                                   ds.class_names))
+
+    resume_cmd = f"{PROG} --out {out} --resume" + \
+        (f" --data-dir {ns.data_dir}" if ns.data_dir is not None else "")
+    last_preds: np.ndarray | None = None
+    steps_here = 0
+    with _StopFlag() as stop:
+        while pos.epoch < cfg.epochs:
+            epoch = pos.epoch
+            # ---- train ---------------------------------------------------------------
+            if pos.batch < n_batches:
+                train_loader.set_epoch(epoch, pos.batch)
+                bar = _Progress(n_batches, pos.batch, f"epoch {epoch + 1}/{cfg.epochs}", show_bar)
+                t_start = time.perf_counter()
+                t_base = pos.train_seconds
+                try:
+                    for xb, yb in train_loader:
+                        opt.zero_grad()
+                        logits = model.forward(xb)
+                        loss = crit.forward(logits, yb)
+                        model.backward(crit.backward(), input_grad=False)
+                        opt.step()
+                        if sched is not None:
+                            sched.step()
+                        pos.loss_sum += loss * len(yb)
+                        pos.correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+                        pos.seen += len(yb)
+                        pos.batch += 1
+                        pos.step += 1
+                        steps_here += 1
+                        pos.train_seconds = t_base + time.perf_counter() - t_start
+                        bar.update(pos.loss_sum / pos.seen, pos.correct / pos.seen,
+                                   pos.seen / max(pos.train_seconds, 1e-9))
+                        if not math.isfinite(loss):
+                            raise UserError(f"the loss diverged (nan/inf) at epoch {epoch + 1}, "
+                                            f"step {pos.step}: lower --lr (now {cfg.lr:g})")
+                        if ns.stop_after is not None and steps_here >= ns.stop_after:
+                            stop.request(signal.SIGINT)
+                        if stop.requested:
+                            break
+                finally:
+                    bar.close()
+            if stop.requested:
+                return _interrupted(stop, save_checkpoint, con, resume_cmd, pos, n_batches)
+            # ---- evaluate ------------------------------------------------------------
+            t_eval = time.perf_counter()
+            result = _evaluate(model, test_loader, crit, stop)
+            if result is None:
+                return _interrupted(stop, save_checkpoint, con, resume_cmd, pos, n_batches)
+            test_loss, preds = result
+            eval_seconds = time.perf_counter() - t_eval
+            last_preds = preds
+            y_test = ds.y_test
+            correct = preds == y_test
+            row = {
+                "epoch": epoch + 1,
+                "step": pos.step,
+                "train_loss": pos.loss_sum / max(pos.seen, 1),
+                "train_acc": pos.correct / max(pos.seen, 1),
+                "test_loss": float(test_loss),
+                "test_acc": float(correct.mean()) if correct.size else float("nan"),
+                "test_acc_1k": float(correct[:1000].mean()) if correct.size else float("nan"),
+                "lr": float(opt.lr),
+                "seconds": pos.train_seconds + eval_seconds,
+                "images_per_s": pos.seen / max(pos.train_seconds, 1e-9),
+            }
+            pos.metrics.append(row)
+            pos.epoch += 1
+            pos.batch = 0
+            pos.loss_sum, pos.correct, pos.seen, pos.train_seconds = 0.0, 0, 0, 0.0
+            _write_text_atomic(out / METRICS_NAME, _metrics_csv(pos.metrics))
+            save_checkpoint()
+            con.info(_epoch_line(row, cfg.epochs, len(y_test)))
+
+    # ---- final outputs ------------------------------------------------------------------
+    if last_preds is None:                      # resumed a finished run: evaluate once more
+        result = _evaluate(model, test_loader, crit, _StopFlag())
+        assert result is not None
+        last_preds = result[1]
+    ck.save_weights(out / WEIGHTS_NAME, model.state_dict(), metadata={
+        "model": cfg.model, "class_names": list(ds.class_names),
+        "mean": list(D.CIFAR10_MEAN), "std": list(D.CIFAR10_STD),
+        "epochs": cfg.epochs, "seed": cfg.seed})
+    _write_text_atomic(out / METRICS_NAME, _metrics_csv(pos.metrics))
+    cm = plotting.confusion_matrix(ds.y_test, last_preds, len(ds.class_names))
+    table = plotting.format_confusion(cm, ds.class_names)
+    _write_text_atomic(out / "confusion.txt", table + "\n")
+    con.info("confusion matrix on the test set (rows: true class, columns: predicted)\n" + table)
+    _make_plots(out, pos.metrics, model, cm, ds.class_names, con)
+    if pos.metrics:
+        last = pos.metrics[-1]
+        total_s = sum(float(r["seconds"]) for r in pos.metrics)
+        con.always(f"{PROG}: done: test accuracy {_test_acc_text(last, len(ds.y_test)).strip()}"
+                   f"; {total_s / 60:.1f} min; weights in {out / WEIGHTS_NAME}")
+    return 0
+
+
+def _test_acc_text(row: dict, n_test: int) -> str:
+    if n_test > 1000:
+        return (f"{100 * row['test_acc_1k']:5.2f}% (rows 0-999) {100 * row['test_acc']:5.2f}% "
+                f"(all {n_test})")
+    return f"{100 * row['test_acc']:5.2f}%"
+
+
+def _epoch_line(row: dict, epochs: int, n_test: int) -> str:
+    return (f"epoch {row['epoch']:>2}/{epochs}  train loss {row['train_loss']:.4f} "
+            f"acc {100 * row['train_acc']:5.2f}%  test loss {row['test_loss']:.4f} "
+            f"acc {_test_acc_text(row, n_test)}  lr {row['lr']:.3g}  {row['seconds']:.1f} s  "
+            f"{row['images_per_s']:.0f} img/s")
+
+
+def _interrupted(stop: _StopFlag, save, con: _Console, resume_cmd: str, pos: _Position,
+                 n_batches: int) -> int:
+    save()
+    where = (f"epoch {pos.epoch + 1}, batch {pos.batch}/{n_batches}" if pos.batch < n_batches
+             else f"end of epoch {pos.epoch + 1} (before its evaluation)")
+    con.note(f"{PROG}: interrupted at {where}; checkpoint saved; continue with: {resume_cmd}")
+    return 128 + int(stop.signum or signal.SIGINT)
+
+
+def _make_plots(out: Path, rows: list, model, cm: np.ndarray, class_names, con: _Console) -> None:
+    from . import nn, plotting
+    if not plotting.have_matplotlib():
+        con.note(f"{PROG}: matplotlib is not installed: plots skipped (pip install matplotlib); "
+                 f"the metrics are in {out / METRICS_NAME}")
+        return
+    written = []
+    if rows:
+        plotting.plot_curves(rows, out / "curves.png", title=None)
+        written.append("curves.png")
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None and conv.weight.data.shape[1] in (1, 3):
+        plotting.plot_filters(conv.weight.data, out / "filters.png")
+        written.append("filters.png")
+    plotting.plot_confusion(cm, class_names, out / "confusion.png")
+    written.append("confusion.png")
+    con.info(f"{PROG}: wrote {', '.join(written)} in {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``fastconv-train``; returns the exit status (see module docstring)."""
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as e:                       # --help, or a usage error already printed
+        return int(e.code) if isinstance(e.code, int) else 2
+    ns.argv = argv
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    try:
+        return _run(ns)
+    except UserError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except (DatasetError, CheckpointError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: aborted (no checkpoint written for the current epoch)", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""End-to-end tests of fastconv-train and fastconv-predict on a small fake CIFAR-10.
+
+The fake dataset has the official python format (100 images per batch) and a learnable
+signal (the class sets the mean colour), so a short run improves on chance.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import checkpoint as C
+from fastconv import data as D
+from fastconv import plotting, predict as P, train as T
+
+# the folder holding the fastconv package this test imported (checkout or site-packages),
+# so subprocesses run the same code
+REPO = Path(fastconv.__file__).resolve().parents[1]
+PER_BATCH = 100
+
+
+def _make_images(rng, n):
+    y = rng.integers(0, 10, n)
+    colour = (np.arange(10)[:, None] * np.array([25, 60, 95])[None, :]) % 256
+    x = colour[y][:, :, None] + rng.normal(0, 30, (n, 3, 1024))
+    return np.clip(x, 0, 255).astype(np.uint8).reshape(n, 3072), [int(v) for v in y]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cifar")
+    folder = root / D.FOLDER_NAME
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in D.TRAIN_BATCHES + (D.TEST_BATCH,):
+        x, y = _make_images(rng, PER_BATCH)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": x, b"labels": y, b"batch_label": name.encode(),
+                         b"filenames": [b"x.png"] * PER_BATCH}, f, protocol=2)
+    with open(folder / D.META_FILE, "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in D.CLASS_NAMES],
+                     b"num_cases_per_batch": PER_BATCH, b"num_vis": 3072}, f, protocol=2)
+    return root
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Skip rendering (as without matplotlib) to keep the many short runs fast."""
+    monkeypatch.setattr(plotting, "have_matplotlib", lambda: False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    monkeypatch.delenv("FASTCONV_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def _args(data_dir, out, *extra):
+    return ["--data-dir", str(data_dir), "--out", str(out), "--no-download", "--quiet",
+            *map(str, extra)]
+
+
+def _weights(out: Path) -> dict:
+    return C.load_weights(out / T.WEIGHTS_NAME)
+
+
+def _metrics(out: Path) -> list[dict]:
+    with open(out / T.METRICS_NAME, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------------
+
+def test_train_end_to_end(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = T.main(_args(data_dir, out, "--epochs", 1, "--limit-train", 300, "--batch-size", 50))
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "done: test accuracy" in captured.out
+    rows = _metrics(out)
+    assert len(rows) == 1 and list(rows[0]) == list(T.METRIC_FIELDS)
+    row = rows[0]
+    assert row["epoch"] == "1" and row["step"] == "6"            # 300 / 50 batches
+    assert 0 <= float(row["train_acc"]) <= 1 and 0 <= float(row["test_acc"]) <= 1
+    assert float(row["test_acc"]) > 0.2                          # learnable colours: > chance
+    assert float(row["images_per_s"]) > 0 and float(row["seconds"]) > 0
+    config = json.loads((out / T.CONFIG_NAME).read_text())
+    assert config["config"]["model"] == "simple_cnn" and config["config"]["lr"] == 0.05
+    assert config["train_images"] == 300 and config["test_images"] == PER_BATCH
+    assert config["config"]["schedule"] == "onecycle" and config["config"]["warmup"] == 0.3
+    weights = _weights(out)
+    meta = C.load_weights_metadata(out / T.WEIGHTS_NAME)
+    assert meta["model"] == "simple_cnn" and tuple(meta["class_names"]) == D.CLASS_NAMES
+    assert weights["0.weight"].shape == (32, 3, 3, 3) and weights["0.weight"].dtype == np.float32
+    state = C.load_checkpoint(out / T.CHECKPOINT_NAME)
+    assert state["position"]["epoch"] == 1 and len(state["metrics"]) == 1
+    table = (out / "confusion.txt").read_text()
+    assert "airplane" in table and "accuracy" in table
+    if plotting.have_matplotlib():
+        for name in ("curves.png", "filters.png", "confusion.png"):
+            assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_without_matplotlib_says_plots_skipped(data_dir, tmp_path, capsys, no_plots):
+    out = tmp_path / "run"
+    assert T.main(_args(data_dir, out, "--epochs", 1, "--limit-train", 64, "--model",
+                        "lenet5")) == 0
+    err = capsys.readouterr().err
+    assert "plots skipped" in err
+    assert not list(out.glob("*.png"))
+    assert (out / T.WEIGHTS_NAME).is_file()
+
+
+def test_progress_lines_when_not_quiet(data_dir, tmp_path, capsys, no_plots):
+    out = tmp_path / "run"
+    args = [a for a in _args(data_dir, out, "--epochs", 2, "--limit-train", 64, "--model",
+                             "lenet5", "--optimizer", "adam", "--schedule", "cosine",
+                             "--warmup", 0.25) if a != "--quiet"]
+    assert T.main(args) == 0
+    text = capsys.readouterr().out
+    assert "epoch  1/2" in text and "epoch  2/2" in text and "img/s" in text
+    assert "confusion matrix" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Resume
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model,extra", [
+    ("simple_cnn", ("--limit-train", 64, "--batch-size", 16)),        # the default recipe
+    # dropout draws from a generator whose state must be restored; no momentum (no buffers)
+    # keeps the 7.5M-parameter checkpoints small
+    pytest.param("alexnet_small", ("--limit-train", 32, "--batch-size", 8, "--limit-test", 10,
+                                   "--momentum", 0), marks=pytest.mark.slow),
+])
+def test_resume_is_bit_exact(data_dir, tmp_path, capsys, no_plots, model, extra):
+    common = ("--model", model, "--epochs", 2, *extra)                # 4 batches per epoch
+    straight = tmp_path / "straight"
+    assert T.main(_args(data_dir, straight, *common)) == 0
+    resumed = tmp_path / "resumed"
+    # stop mid-epoch 1, then at the end of epoch 1 before its evaluation, then mid-epoch 2
+    assert T.main(_args(data_dir, resumed, *common, "--stop-after", 2)) == 128 + signal.SIGINT
+    assert "interrupted at epoch 1, batch 2/4" in capsys.readouterr().err
+    assert T.main(_args(data_dir, resumed, *common, "--resume", "--stop-after", 2)) == 130
+    assert "end of epoch 1 (before its evaluation)" in capsys.readouterr().err
+    assert T.main(_args(data_dir, resumed, "--resume", "--stop-after", 1)) == 130
+    assert T.main(_args(data_dir, resumed, "--resume")) == 0
+    a, b = _weights(straight), _weights(resumed)
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
+    sa = C.load_checkpoint(straight / T.CHECKPOINT_NAME)
+    sb = C.load_checkpoint(resumed / T.CHECKPOINT_NAME)
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "step"):
+        assert [r[key] for r in sa["metrics"]] == [r[key] for r in sb["metrics"]], key
+    for i, st in sa["optimizer"]["state"].items():
+        for name, v in st.items():
+            if isinstance(v, np.ndarray):
+                assert v.tobytes() == sb["optimizer"]["state"][i][name].tobytes()
+    assert sa["dropout_rng"] == sb["dropout_rng"]
+    if model == "alexnet_small":
+        assert len(sa["dropout_rng"]) == 2
+        assert all(not s for s in sa["optimizer"]["state"].values())      # no buffers
+
+
+def test_resume_finished_run_is_a_no_op(data_dir, tmp_path, capsys, no_plots):
+    out = tmp_path / "run"
+    args = _args(data_dir, out, "--epochs", 1, "--limit-train", 64, "--model", "lenet5")
+    assert T.main(args) == 0
+    before = _weights(out)
+    assert T.main(args + ["--resume"]) == 0
+    after = _weights(out)
+    assert all(before[k].tobytes() == after[k].tobytes() for k in before)
+    assert len(_metrics(out)) == 1
+
+
+def test_sigterm_saves_checkpoint(data_dir, tmp_path):
+    """A real SIGTERM to a running process: checkpoint saved, exit 143, no traceback."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "fastconv.train",
+           *_args(data_dir, out, "--model", "lenet5", "--epochs", 1000, "--limit-train", 64,
+                  "--batch-size", 32, "--limit-test", 10)]
+    proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / T.CHECKPOINT_NAME).exists():           # first epoch finished
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 60 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    err = stderr.decode()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM" in err and "checkpoint saved" in err and "--resume" in err
+    assert "Traceback" not in err
+    state = C.load_checkpoint(out / T.CHECKPOINT_NAME)
+    assert state["position"]["step"] >= 2 and state["config"]["epochs"] == 1000
+
+
+# --------------------------------------------------------------------------------------------
+# User errors: one line, non-zero exit, no traceback
+# --------------------------------------------------------------------------------------------
+
+def _one_line_error(capsys, rc, *needles):
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("fastconv-train: error:"), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--lr", "abc"], "--lr"),
+    (["--lr", "-1"], "--lr"),
+    (["--model", "resnet"], "--model"),
+    (["--epochs", "0"], "--epochs"),
+    (["--optimizer", "lbfgs"], "--optimizer"),
+    (["--bogus"], "unrecognized"),
+])
+def test_bad_options(argv, needle, capsys):
+    _one_line_error(capsys, T.main(argv), needle)
+
+
+def test_missing_dataset(tmp_path, capsys):
+    rc = T.main(_args(tmp_path / "empty", tmp_path / "run"))
+    _one_line_error(capsys, rc, "not found", "FASTCONV_DATA")
+
+
+def test_corrupt_dataset(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / D.TARBALL_NAME).write_bytes(b"\x1f\x8b" + b"\x00" * 100)
+    rc = T.main(_args(tmp_path / "d", tmp_path / "run"))
+    _one_line_error(capsys, rc, "corrupt", "delete")
+
+
+def test_unwritable_output(data_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc = T.main(_args(data_dir, blocker / "run"))
+    _one_line_error(capsys, rc, "cannot write to output folder")
+
+
+def test_checkpoint_of_another_model(data_dir, tmp_path, capsys, no_plots):
+    out = tmp_path / "run"
+    assert T.main(_args(data_dir, out, "--epochs", 1, "--limit-train", 64)) == 0
+    capsys.readouterr()
+    rc = T.main(_args(data_dir, out, "--resume", "--model", "lenet5"))
+    _one_line_error(capsys, rc, "simple_cnn", "lenet5")
+    rc = T.main(_args(data_dir, out, "--resume", "--lr", "0.2"))
+    _one_line_error(capsys, rc, "--lr", "differs")
+    rc = T.main(_args(data_dir, out, "--epochs", 1))               # no --resume: refuse
+    _one_line_error(capsys, rc, "already holds a run", "--resume")
+    (out / T.CHECKPOINT_NAME).write_bytes(b"PK\x03\x04garbage")
+    rc = T.main(_args(data_dir, out, "--resume"))
+    _one_line_error(capsys, rc, "corrupt")
+
+
+def test_resume_without_checkpoint(data_dir, tmp_path, capsys):
+    rc = T.main(_args(data_dir, tmp_path / "nothing", "--resume"))
+    _one_line_error(capsys, rc, "nothing to resume")
+
+
+def test_help_exits_zero(capsys):
+    assert T.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--limit-train" in text and "--resume" in text and "--stop-after" not in text
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plotting, "have_matplotlib", lambda: False)
+        assert T.main(_args(data_dir, out, "--model", "lenet5", "--epochs", 1,
+                            "--limit-train", 200, "--batch-size", 50)) == 0
+    return out
+
+
+def test_predict_api_arrays(trained, data_dir):
+    ds = D.load_cifar10(data_dir, download=False, limit_train=0)
+    result = P.predict(ds.x_test[:20], weights=trained, top=3)
+    assert len(result) == 20 and all(len(r) == 3 for r in result)
+    for r in result:
+        probs = [p for _, p in r]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert all(name in D.CLASS_NAMES for name, _ in r)
+    model, info = P.load_model(trained)
+    assert info["model"] == "lenet5"
+    # same answers as the network applied to the normalised batch directly
+    logits = model.forward(D.to_float32(ds.x_test[:20]))
+    assert [D.CLASS_NAMES[i] for i in logits.argmax(1)] == [r[0][0] for r in result]
+    # a checkpoint works as well as the weights file
+    again = P.predict(ds.x_test[:20], weights=trained / T.CHECKPOINT_NAME, top=3)
+    assert [r[0] for r in again] == [r[0] for r in result]
+
+
+def test_predict_cli_on_image_files(trained, data_dir, tmp_path, capsys):
+    Image = pytest.importorskip("PIL.Image")
+    ds = D.load_cifar10(data_dir, download=False, limit_train=0)
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(ds.x_test[i].transpose(1, 2, 0)).save(p)
+        paths.append(p)
+    big = tmp_path / "big.jpg"
+    Image.fromarray(ds.x_test[2].transpose(1, 2, 0)).resize((96, 64)).save(big)
+    rc = P.main(["-w", str(trained), "--top", "2", *map(str, paths), str(big)])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and len(out) == 3
+    assert out[0].startswith(f"{paths[0]}: ") and out[0].count("%") == 2
+    expected = P.predict(ds.x_test[:1], weights=trained, top=1)[0][0][0]
+    assert out[0].split(": ")[1].split()[0] == expected       # PNG is lossless
+
+
+def test_predict_errors(trained, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    rc = P.main(["-w", str(trained), str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "cannot read" in err and len(err.splitlines()) == 1
+    rc = P.main(["-w", str(tmp_path / "missing"), str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "not found" in err
+    rc = P.main(["-w", str(trained), "--model", "simple_cnn", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "lenet5" in err and "Traceback" not in err
+    # a bare weights file of another architecture
+    C.save_weights(tmp_path / "w.npz", {"0.weight": np.zeros((2, 3, 3, 3), np.float32)})
+    rc = P.main(["-w", str(tmp_path / "w.npz"), "--model", "lenet5", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "do not fit" in err and len(err.splitlines()) == 1
