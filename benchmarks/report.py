@@ -5,6 +5,7 @@
 Rows: one per benchmark group (a layer and pass, or a model's training step), with each
 implementation's median time, fastconv's speed-up over PyTorch and over the reference, and
 fastconv's GFLOP/s (conv) or images/s (training). The machine and date come from the JSON.
+Memory benchmarks (extra_info kind "memory", rss_mib per implementation) get a separate table.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def load_groups(data: dict) -> dict[str, dict[str, dict]]:
     groups: dict[str, dict[str, dict]] = defaultdict(dict)
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
-        if bench.get("stats") is None:
+        if bench.get("stats") is None or info.get("kind") == "memory":
             continue
         groups[bench["group"]][info.get("impl", bench["name"])] = {
             "median": bench["stats"]["median"], **info}
@@ -52,6 +53,23 @@ def table(data: dict) -> tuple[str, list[tuple[str, float | None, float | None]]
                      f"{fmt_ratio(fast, ref)} | {throughput} |")
         bars.append((name, torch / fast if fast and torch else None, ref / fast if fast and ref else None))
     return "\n".join(lines), bars
+
+
+def memory_table(data: dict) -> str:
+    """Peak-RSS results (benchmarks with kind == "memory"): one row per group and implementation,
+    peak RSS in MiB before the first step (baseline), after the steps (peak) and the difference."""
+    lines = []
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if info.get("kind") != "memory" or not info.get("rss_mib"):
+            continue
+        for impl, r in info["rss_mib"].items():
+            lines.append(f"| {bench['group']} | {impl} | {r['baseline']:.0f} | {r['peak']:.0f} | "
+                         f"{r['delta']:.0f} |")
+    if not lines:
+        return ""
+    return "\n".join(["| memory | implementation | baseline MiB | peak MiB | step delta MiB |",
+                      "| --- | --- | ---: | ---: | ---: |"] + lines)
 
 
 def header(data: dict) -> str:
@@ -100,6 +118,10 @@ def main(argv=None) -> int:
     data = json.loads(args.json.read_text())
     md, bars = table(data)
     text = header(data) + "\n\n" + md + "\n"
+    mem = memory_table(data)
+    if mem:
+        text += ("\nPeak RSS of a fresh process per implementation (VmHWM, else ru_maxrss; baseline = "
+                 "after imports and model set-up, delta = what the training steps add):\n\n" + mem + "\n")
     if args.markdown:
         args.markdown.write_text(text)
     else:

@@ -16,7 +16,7 @@ from fastconv import _core
 from fastconv import functional as F
 from fastconv import reference as R
 
-from conftest import assert_close
+from numerics import assert_close
 
 # (N, C, H, W, C_out, kernel, stride, padding, dilation, groups)
 CONV_CASES = [

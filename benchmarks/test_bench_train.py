@@ -1,0 +1,359 @@
+"""End-to-end training-step benchmarks (images/s): fastconv vs its own reference backend vs
+PyTorch, one group per model, and the peak RSS of a vgg_small training step.
+
+The step is the full training step at batch 64, float32, model in train mode: forward,
+cross-entropy, backward and SGD (lr 0.01, momentum 0.9, Nesterov, weight decay 5e-4).
+
+* "fastconv":  ``fastconv.models.get_model(name, seed=0)`` on the fast backend;
+* "reference": the same model with ``model.set_backend("reference")`` (pure NumPy ops);
+* "torch":     a ``torch.nn.Sequential`` with the same architecture, converted layer by
+  layer from the fastconv model, loaded with its state dict (so the same initial weights),
+  with ``torch.optim.SGD`` and ``torch.nn.CrossEntropyLoss``.
+
+Before timing, every implementation runs one step from the same initial weights on the same
+batch (see :func:`check_one_step`): the losses before and after the update must agree between
+implementations (rtol 1e-4), and the change the step makes to every parameter and buffer must
+agree with torch run in float64 (the same architecture and optimiser). The loss after the
+timed steps is recorded in ``extra_info`` and must be finite.
+
+The memory benchmark runs each implementation in a fresh interpreter (``sys.executable -c``)
+and reads its peak RSS there (VmHWM on Linux, else ``ru_maxrss``; see :func:`rss_child`):
+after imports + model + data + optimiser (the baseline), and after one warm-up and three
+training steps of vgg_small (the peak); both raw values and the difference are recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import nn
+from fastconv.losses import CrossEntropyLoss
+from fastconv.models import get_model
+from fastconv.optim import SGD
+
+from layers import BATCH, MODELS
+
+IMPLS = ["fastconv", "reference", "torch"]
+BACKEND = {"fastconv": "fast", "reference": "reference"}
+NUM_CLASSES = 10
+SGD_ARGS = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+#: Timed rounds per model (the same for every implementation of a model); one warm-up round.
+#: The reference vgg_small step takes seconds, hence fewer rounds there.
+ROUNDS = {"simple_cnn": 10, "lenet5": 20, "vgg_small": 5}
+#: Relative tolerance on the losses of the check steps. float32 throughout; the implementations
+#: sum in different orders (GEMM blocking, pairwise vs BLAS reductions), which moves the loss
+#: by ~1e-7..1e-5 relative (measured: at most a few 1e-6 here).
+LOSS_RTOL = 1e-4
+#: Bound on max |difference| / max |change| of each state entry after one step, against the
+#: float64 oracle (see check_one_step). Measured for fastconv and reference: <= ~1e-4 (BatchNorm
+#: running statistics of simple_cnn-sized sums; parameters ~2e-6). Dropping the weight decay
+#: changes some entries by ~2e-2, lr off by 1% by 1e-2, no Nesterov by far more.
+UPDATE_RTOL = 1e-3
+#: The same for PyTorch's own float32 step (measured up to ~2e-2 off its float64 step on
+#: vgg_small); catches gross differences (optimiser settings, architecture), not the small ones.
+TORCH32_UPDATE_RTOL = 0.1
+RSS_MODEL = "vgg_small"
+RSS_STEPS = 3
+THREADS = int(os.environ.get("FASTCONV_BENCH_THREADS", "2"))  # as conftest.py
+
+
+@functools.lru_cache(maxsize=None)
+def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed (seeded) batch of model `name`: x (64, 3, 32, 32) float32, y (64,) int64."""
+    rng = np.random.default_rng(zlib.crc32(f"train {name}".encode()))
+    x = rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, NUM_CLASSES, BATCH).astype(np.int64)
+    return x, y
+
+
+# --------------------------------------------------------------------------------------------
+# fastconv model -> torch model
+# --------------------------------------------------------------------------------------------
+
+def _torch_layer(torch, layer: nn.Module):
+    """The torch.nn equivalent of one fastconv layer (same hyper-parameters, fresh weights)."""
+    tnn = torch.nn
+    if isinstance(layer, nn.Sequential):
+        return tnn.Sequential(*(_torch_layer(torch, sub) for sub in layer))
+    if isinstance(layer, nn.Conv2d):
+        return tnn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                          padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                          bias=layer.bias is not None)
+    if isinstance(layer, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        cls = tnn.BatchNorm2d if isinstance(layer, nn.BatchNorm2d) else tnn.BatchNorm1d
+        return cls(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
+                   track_running_stats=layer.track_running_stats)
+    if isinstance(layer, nn.LayerNorm):
+        return tnn.LayerNorm(layer.normalized_shape, eps=layer.eps,
+                             elementwise_affine=layer.elementwise_affine,
+                             bias=layer.elementwise_affine and layer.bias is not None)
+    if isinstance(layer, nn.MaxPool2d):
+        return tnn.MaxPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                             dilation=layer.dilation, ceil_mode=layer.ceil_mode)
+    if isinstance(layer, nn.AvgPool2d):
+        return tnn.AvgPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                             ceil_mode=layer.ceil_mode, count_include_pad=layer.count_include_pad)
+    if isinstance(layer, nn.Linear):
+        return tnn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    if isinstance(layer, nn.Flatten):
+        return tnn.Flatten(layer.start_dim, layer.end_dim)
+    if isinstance(layer, nn.Dropout):
+        return tnn.Dropout(layer.p)
+    if isinstance(layer, nn.LeakyReLU):
+        return tnn.LeakyReLU(layer.negative_slope)
+    simple = {nn.ReLU: tnn.ReLU, nn.Tanh: tnn.Tanh, nn.Sigmoid: tnn.Sigmoid, nn.Identity: tnn.Identity}
+    for cls, tcls in simple.items():
+        if type(layer) is cls:
+            return tcls()
+    raise TypeError(f"no torch equivalent for fastconv layer {layer!r}")
+
+
+def to_torch(torch, model: nn.Sequential):
+    """A torch.nn.Sequential with `model`'s architecture and a copy of its weights and buffers
+    (float32, same train/eval mode). Dropout masks are drawn by torch, so they differ."""
+    tmodel = _torch_layer(torch, model)
+    state = {k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}
+    tmodel.load_state_dict(state, strict=True)
+    return tmodel.train(model.training)
+
+
+# --------------------------------------------------------------------------------------------
+# One training step per implementation
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Trainer:
+    """One implementation's model + optimiser on a model's fixed batch.
+
+    step() runs one training step and returns its loss (computed before the update); loss()
+    is the loss of the current weights (forward only, train mode); state() is a NumPy copy
+    of the state dict (parameters and buffers, PyTorch key names)."""
+
+    step: Callable[[], float]
+    loss: Callable[[], float]
+    state: Callable[[], dict]
+
+
+def make_trainer(impl: str, name: str, torch=None) -> Trainer:
+    """A fresh model `name` (seed 0) with SGD for implementation `impl` ("fastconv",
+    "reference", "torch", or "torch64": the torch model in float64, the check's oracle)."""
+    x, y = batch(name)
+    model = get_model(name, num_classes=NUM_CLASSES, seed=0)
+    model.train()
+    if impl in ("torch", "torch64"):
+        tmodel = to_torch(torch, model)
+        del model
+        if impl == "torch64":
+            tmodel.double()
+            x = x.astype(np.float64)
+        opt = torch.optim.SGD(tmodel.parameters(), **SGD_ARGS)
+        tcrit = torch.nn.CrossEntropyLoss()
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+        def tstep() -> float:
+            opt.zero_grad()
+            loss = tcrit(tmodel(xt), yt)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        def tloss() -> float:
+            with torch.no_grad():
+                return tcrit(tmodel(xt), yt).item()
+
+        def tstate() -> dict:
+            return {k: v.detach().numpy().copy() for k, v in tmodel.state_dict().items()}
+
+        return Trainer(tstep, tloss, tstate)
+
+    model.set_backend(BACKEND[impl])
+    opt = SGD(model, **SGD_ARGS)
+    crit = CrossEntropyLoss()
+
+    def step() -> float:
+        opt.zero_grad()
+        loss = crit.forward(model.forward(x), y)
+        model.backward(crit.backward(), input_grad=False)
+        opt.step()
+        return loss
+
+    def loss() -> float:
+        return crit.forward(model.forward(x), y)
+
+    return Trainer(step, loss, model.state_dict)
+
+
+@functools.lru_cache(maxsize=None)
+def _initial_state(name: str) -> dict:
+    return get_model(name, num_classes=NUM_CLASSES, seed=0).state_dict()
+
+
+@functools.lru_cache(maxsize=None)
+def _check_step(impl: str, name: str) -> tuple[tuple[float, float], dict] | None:
+    """One training step of `impl` from the seed-0 weights: ((loss of the step, loss of the
+    updated weights), {key: new value - initial value} for the float state entries, as
+    float64), or None when `impl` needs torch and torch is not installed."""
+    torch = None
+    if impl.startswith("torch"):
+        try:
+            import torch
+        except ImportError:
+            return None
+    trainer = make_trainer(impl, name, torch)
+    losses = (trainer.step(), trainer.loss())
+    init = _initial_state(name)
+    updates = {k: v.astype(np.float64) - init[k] for k, v in trainer.state().items()
+               if v.dtype.kind == "f"}
+    return losses, updates
+
+
+def _update_rel_diff(mine: dict, want: dict) -> tuple[float, str | None]:
+    """max over state entries of max |mine - want| / max |want|, and the worst entry's key."""
+    assert mine.keys() == want.keys()
+    worst, worst_key = 0.0, None
+    for key, w in want.items():
+        scale = float(np.max(np.abs(w)))
+        diff = float(np.max(np.abs(mine[key] - w)))
+        rel = diff / scale if scale else (0.0 if diff == 0 else math.inf)
+        if rel > worst:
+            worst, worst_key = rel, key
+    return worst, worst_key
+
+
+def check_one_step(benchmark, impl: str, name: str) -> None:
+    """One training step of `impl` from the shared seed-0 weights must agree with the others:
+
+    * the losses before and after the update, with every other float32 implementation
+      (rtol LOSS_RTOL): forward, backward and update as a whole;
+    * the change of every parameter and buffer made by the step, with an oracle (max |diff|
+      <= UPDATE_RTOL x max |change| per entry): torch in float64 when installed, else the other
+      NumPy backend. This sees what barely moves the loss, e.g. the weight decay term. PyTorch's
+      own float32 step is up to ~2e-2 off the float64 one (CPU BatchNorm/conv weight gradients
+      of vgg_small; fastconv's are ~2e-6 off), so it gets the looser TORCH32_UPDATE_RTOL.
+    """
+    mine, my_updates = _check_step(impl, name)
+    info = benchmark.extra_info
+    info["check_losses"] = list(mine)
+    for other in IMPLS:
+        if other == impl or _check_step(other, name) is None:
+            continue
+        theirs, _ = _check_step(other, name)
+        info[f"check_loss_rel_diff_vs_{other}"] = max(abs(a - b) / abs(b) for a, b in zip(mine, theirs))
+        np.testing.assert_allclose(mine, theirs, rtol=LOSS_RTOL, atol=0,
+                                   err_msg=f"{name}: {impl} vs {other}, losses before and after "
+                                           f"one training step")
+    oracle = "torch64" if _check_step("torch64", name) is not None else \
+        ("reference" if impl == "fastconv" else "fastconv")
+    rel, key = _update_rel_diff(my_updates, _check_step(oracle, name)[1])
+    info["check_update_oracle"] = oracle
+    info["check_update_rel_diff"] = rel
+    bound = TORCH32_UPDATE_RTOL if impl == "torch" else UPDATE_RTOL
+    assert rel <= bound, (f"{name}: {impl} vs {oracle}, the change of {key!r} made by one training "
+                          f"step differs by {rel:.3g} of its largest value (bound {bound})")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", MODELS)
+def test_train_step(benchmark, request, name, impl):
+    torch = request.getfixturevalue("torch_or_skip") if impl == "torch" else None
+    benchmark.group = f"train {name} step (batch {BATCH})"
+    benchmark.extra_info.update(kind="train", model=name, impl=impl, images=BATCH)
+    check_one_step(benchmark, impl, name)
+    step = make_trainer(impl, name, torch).step
+    loss = benchmark.pedantic(step, rounds=ROUNDS[name], iterations=1, warmup_rounds=1)
+    benchmark.extra_info["loss_after"] = loss
+    benchmark.extra_info["loss_after_finite"] = bool(math.isfinite(loss))
+    assert math.isfinite(loss), f"{name} {impl}: loss {loss} after the timed steps"
+
+
+# --------------------------------------------------------------------------------------------
+# Peak RSS of a training step, each implementation in a fresh interpreter
+# --------------------------------------------------------------------------------------------
+
+def _ru_maxrss_mib() -> float:
+    """getrusage(RUSAGE_SELF).ru_maxrss in MiB (KiB on Linux, bytes on macOS)."""
+    import resource
+
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return value / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+
+
+def _vmhwm_mib() -> float | None:
+    """Peak RSS of this process's address space (VmHWM in /proc/self/status), MiB; None if absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return None
+
+
+def rss_child(impl: str, name: str = RSS_MODEL, steps: int = RSS_STEPS) -> None:
+    """Run in a fresh interpreter: print JSON with the peak RSS in MiB before the first step
+    (baseline: after imports, model, optimiser and data) and after one warm-up + `steps`
+    training steps of model `name` with implementation `impl` (peak), and their difference.
+
+    On Linux, ru_maxrss survives execve: a child started from a large pytest process starts
+    with the parent's peak (measured: every child reported the parent's ~830 MiB, delta 0).
+    VmHWM belongs to the child's own address space, so it is used when present; the
+    ru_maxrss readings are recorded too."""
+    fastconv.set_num_threads(THREADS)
+    torch = None
+    if impl == "torch":
+        import torch
+
+        torch.set_num_threads(THREADS)
+    step = make_trainer(impl, name, torch).step
+    base_hwm, base_ru = _vmhwm_mib(), _ru_maxrss_mib()
+    losses = [step() for _ in range(1 + steps)]
+    peak_hwm, peak_ru = _vmhwm_mib(), _ru_maxrss_mib()
+    if base_hwm is not None and peak_hwm is not None:
+        source, baseline, peak = "VmHWM", base_hwm, peak_hwm
+    else:
+        source, baseline, peak = "ru_maxrss", base_ru, peak_ru
+    print(json.dumps({"baseline": baseline, "peak": peak, "delta": peak - baseline, "source": source,
+                      "ru_maxrss_baseline": base_ru, "ru_maxrss_peak": peak_ru, "loss": losses[-1]}))
+
+
+def run_rss_child(impl: str) -> dict:
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import test_bench_train as t; t.rss_child({impl!r})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"RSS child for {impl} failed:\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_train_step_peak_rss(benchmark):
+    impls = ["fastconv"]
+    try:
+        import torch  # noqa: F401
+
+        impls.append("torch")
+    except ImportError:
+        pass
+    benchmark.group = f"memory {RSS_MODEL} step peak RSS"
+    benchmark.extra_info.update(kind="memory", model=RSS_MODEL, impl="+".join(impls),
+                                steps=1 + RSS_STEPS, batch=BATCH)
+    results = benchmark.pedantic(lambda: {impl: run_rss_child(impl) for impl in impls},
+                                 rounds=1, iterations=1)
+    benchmark.extra_info["rss_mib"] = {
+        impl: {k: round(v, 1) if isinstance(v, float) else v for k, v in r.items() if k != "loss"}
+        for impl, r in results.items()}
+    for impl, r in results.items():
+        assert math.isfinite(r["loss"]), f"{impl}: loss {r['loss']} in the RSS child"
+        assert r["peak"] >= r["baseline"] > 0
