@@ -184,52 +184,45 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
     std::fill(gw, gw + WSZ, T(0));
     return;
   }
+  // gw[g] += grad_y[n, g] (Fg x L) . cols^T: both operands are long contiguous rows over the
+  // output positions, so it is computed as dot products of rows (gemm_nt_rows), with no
+  // packing. The rows of cols are runs of the padded image on the wide path, else rows of an
+  // explicit per-image column buffer (or of the image itself for 1x1 convolutions).
   const bool direct = s.pointwise();
+  const bool wide = !direct && use_wide(s, Pass::backward_weight);
+  const WideGeometry wg(s);
+  const index_t xpad_size = round_up(wg.padded_size(), 16);
+  const index_t scratch = direct ? 0 : wide ? xpad_size + Fg * wg.Lw : CKK * L;
+  // Dot products pay one reduction per weight per image: worth it for long rows (many output
+  // positions) or few weights; short rows and many weights go to the packed GEMM.
+  const bool use_dot = L >= 512 || Fg * CKK <= 4096;
   const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
-  if (use_wide(s, Pass::backward_weight)) {
-    // Computed transposed, gw^T (CKK x Fg) = cols (CKK x OH*Wp) . grad_y^T, so that the
-    // column matrix is the A operand, packed from contiguous runs of the padded image.
-    const WideGeometry wg(s);
-    const index_t xpad_size = round_up(wg.padded_size(), 16);
-    Scratch<T> partial = make_scratch<T>(chunks * WSZ);  // per chunk: [g][ckk][f]
-    run_items<T>(chunks, xpad_size + Fg * wg.Lw, [&](index_t c, T* scratch, T* pack) {
-      T* xpad = scratch;
-      T* gyw = scratch + xpad_size;
-      T* dst = partial.get() + c * WSZ;
-      const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
-      for (index_t n = n0; n < n1; ++n) {
-        for (index_t g = 0; g < s.G; ++g) {
-          pad_image(wg, x + (n * s.C + g * Cg) * HW, xpad);
-          widen_rows(wg, Fg, s.OH, gy + (n * s.F + g * Fg) * L, gyw);
-          matmul<T>(pack, CKK, Fg, wg.Lw, WideColsA<T>(wg, xpad, CKK),
-                    StridedB<T>(gyw, 1, wg.Lw), dst + g * CKK * Fg, Fg, n > n0);
-        }
-      }
-    });
-    // gw[g][f][ckk] = sum over chunks, in chunk order, of partial[c][g][ckk][f].
-    const T* p = partial.get();
-#pragma omp parallel for schedule(static)
-    for (index_t e = 0; e < WSZ; ++e) {
-      const index_t g = e / (Fg * CKK), f = (e / CKK) % Fg, k = e % CKK;
-      const index_t src = g * CKK * Fg + k * Fg + f;
-      T sum = p[src];
-      for (index_t c = 1; c < chunks; ++c) sum += p[c * WSZ + src];
-      gw[e] = sum;
-    }
-    return;
-  }
   Scratch<T> partial = make_scratch<T>(chunks > 1 ? chunks * WSZ : 0);
   // Chunk c sums images [N*c/chunks, N*(c+1)/chunks) into its own partial gradient.
-  run_items<T>(chunks, direct ? 0 : CKK * L, [&](index_t c, T* cols, T* pack) {
+  run_items<T>(chunks, scratch, [&](index_t c, T* buf, T*) {
     T* dst = chunks > 1 ? partial.get() + c * WSZ : gw;
+    std::vector<const T*> a_rows(Fg), b_rows(CKK);
     const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
     for (index_t n = n0; n < n1; ++n) {
       for (index_t g = 0; g < s.G; ++g) {
         const T* xg = x + (n * s.C + g * Cg) * HW;
-        if (!direct) im2col_image(xg, Cg, s.H, s.W, s.win, s.OH, s.OW, cols, L);
-        // cols read transposed: B(l, ckk) = cols[ckk*L + l]
-        matmul<T>(pack, Fg, CKK, L, StridedA<T>(gy + (n * s.F + g * Fg) * L, L, 1),
-                  StridedB<T>(direct ? xg : cols, 1, L), dst + g * Fg * CKK, CKK, n > n0);
+        const T* gyg = gy + (n * s.F + g * Fg) * L;
+        index_t K = L;
+        if (wide) {
+          T* xpad = buf;
+          T* gyw = buf + xpad_size;
+          pad_image(wg, xg, xpad);
+          widen_rows(wg, Fg, s.OH, gyg, gyw);  // zero junk columns: they add nothing
+          for (index_t f = 0; f < Fg; ++f) a_rows[f] = gyw + f * wg.Lw;
+          for (index_t r = 0; r < CKK; ++r) b_rows[r] = xpad + wg.row_offset(r);
+          K = wg.Lw;
+        } else {
+          for (index_t f = 0; f < Fg; ++f) a_rows[f] = gyg + f * L;
+          if (!direct) im2col_image(xg, Cg, s.H, s.W, s.win, s.OH, s.OW, buf, L);
+          for (index_t r = 0; r < CKK; ++r) b_rows[r] = (direct ? xg : buf) + r * L;
+        }
+        gemm_nt_rows<T>(Fg, CKK, K, a_rows.data(), b_rows.data(), dst + g * Fg * CKK, CKK,
+                        n > n0, use_dot);
       }
     }
   });

@@ -340,3 +340,71 @@ template void gemm_parallel<double>(index_t, index_t, index_t, const double*, in
                                     const double*, index_t, index_t, double*, index_t, bool);
 
 }  // namespace fastconv
+
+namespace fastconv {
+namespace {
+
+// Operands given by row pointers (row i of A: a[i][0..K); row j of B^T: b[j][0..K)),
+// packed like any other, for the packed-GEMM form of gemm_nt_rows.
+template <typename T>
+struct RowsA final : ASource<T> {
+  const T* const* rows;
+  explicit RowsA(const T* const* r) : rows(r) {}
+  const T* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
+                 T* scratch) const override {
+    for (index_t r = 0; r < mc; r += mr) {
+      T* dst = scratch + r * kc;
+      const index_t m = std::min(mr, mc - r);
+      for (index_t p = 0; p < kc; ++p) {
+        index_t i = 0;
+        for (; i < m; ++i) dst[p * mr + i] = rows[ic + r + i][pc + p];
+        for (; i < mr; ++i) dst[p * mr + i] = T(0);
+      }
+    }
+    return scratch;
+  }
+};
+
+template <typename T>
+struct RowsBT final : BSource<T> {
+  const T* const* rows;  // B(k, j) = rows[j][k]
+  explicit RowsBT(const T* const* r) : rows(r) {}
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override {
+    for (index_t q = 0; q < nc; q += nr) {
+      T* panel = dst + q * kc;
+      const index_t n = std::min(nr, nc - q);
+      for (index_t j = 0; j < nr; ++j) {
+        if (j < n) {
+          const T* src = rows[jc + q + j] + pc;
+          for (index_t p = 0; p < kc; ++p) panel[p * nr + j] = src[p];
+        } else {
+          for (index_t p = 0; p < kc; ++p) panel[p * nr + j] = T(0);
+        }
+      }
+    }
+  }
+};
+
+}  // namespace
+
+template <typename T>
+void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* const* b, T* C,
+                  index_t ldc, bool accumulate, bool use_dot) {
+  NtRowsFn<T> fast = nullptr;
+  if (use_dot && current_level() == 2) {
+    if constexpr (sizeof(T) == 4) fast = nt_rows_avx512_f32();
+    else fast = nt_rows_avx512_f64();
+  }
+  if (fast) {
+    fast(M, N, K, a, b, C, ldc, accumulate);
+    return;
+  }
+  gemm<T>(M, N, K, RowsA<T>(a), RowsBT<T>(b), C, ldc, accumulate);
+}
+
+template void gemm_nt_rows<float>(index_t, index_t, index_t, const float* const*,
+                                  const float* const*, float*, index_t, bool, bool);
+template void gemm_nt_rows<double>(index_t, index_t, index_t, const double* const*,
+                                   const double* const*, double*, index_t, bool, bool);
+
+}  // namespace fastconv

@@ -127,3 +127,25 @@ const GemmKernel<float>* gemm_kernel_avx2_f32();
 const GemmKernel<double>* gemm_kernel_avx2_f64();
 
 }  // namespace fastconv
+
+namespace fastconv {
+
+// C[M,N] (+)= A . B^T where row i of A is a_rows[i] and row j of B is b_rows[j], each K
+// contiguous elements. With AVX-512: dot products vectorised along K (one vector of partial
+// sums per result, reduced in a fixed order), no packing at all, which is what the conv
+// weight gradient wants: both operands are long contiguous rows (the output positions), and
+// the rows of the column matrix are runs of the padded image. Elsewhere: the packed GEMM.
+// use_dot=false (or no AVX-512): the packed GEMM, better when K is short and M*N large (the
+// dot form pays one horizontal reduction per result).
+template <typename T>
+void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a_rows, const T* const* b_rows,
+                  T* C, index_t ldc, bool accumulate, bool use_dot = true);
+
+template <typename T>
+using NtRowsFn = void (*)(index_t, index_t, index_t, const T* const*, const T* const*, T*, index_t,
+                          bool);
+// The AVX-512 version (nullptr when not compiled in); others use portable code.
+NtRowsFn<float> nt_rows_avx512_f32();
+NtRowsFn<double> nt_rows_avx512_f64();
+
+}  // namespace fastconv

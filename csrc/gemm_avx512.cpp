@@ -25,6 +25,7 @@ struct Zmm<float> {
   static Mask mask(index_t n) { return static_cast<Mask>((1u << n) - 1u); }
   static V mload(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
   static void mstore(float* p, Mask m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static float reduce(V v) { return _mm512_reduce_add_ps(v); }
 };
 
 template <>
@@ -41,6 +42,7 @@ struct Zmm<double> {
   static Mask mask(index_t n) { return static_cast<Mask>((1u << n) - 1u); }
   static V mload(const double* p, Mask m) { return _mm512_maskz_loadu_pd(m, p); }
   static void mstore(double* p, Mask m, V v) { _mm512_mask_storeu_pd(p, m, v); }
+  static double reduce(V v) { return _mm512_reduce_add_pd(v); }
 };
 
 constexpr int MR = 8;
@@ -92,6 +94,59 @@ void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* _
   }
 }
 
+// Dot products of rows for gemm_nt_rows: an MF x NF tile of accumulators, one vector of
+// partial sums each, masked loads for the tail, one fixed-order reduction per result.
+template <typename T, int MF, int NF>
+inline void dot_tile(index_t K, const T* const* a, const T* const* b, T* c, index_t ldc,
+                     bool accumulate) {
+  using Z = Zmm<T>;
+  constexpr int L = Z::lanes;
+  typename Z::V s[MF][NF];
+  for (int i = 0; i < MF; ++i)
+    for (int j = 0; j < NF; ++j) s[i][j] = Z::zero();
+  index_t k = 0;
+  for (; k + L <= K; k += L) {
+    typename Z::V av[MF], bv[NF];
+    for (int i = 0; i < MF; ++i) av[i] = Z::load(a[i] + k);
+    for (int j = 0; j < NF; ++j) bv[j] = Z::load(b[j] + k);
+    for (int i = 0; i < MF; ++i)
+      for (int j = 0; j < NF; ++j) s[i][j] = Z::fma(av[i], bv[j], s[i][j]);
+  }
+  if (k < K) {
+    const typename Z::Mask m = Z::mask(K - k);
+    typename Z::V av[MF], bv[NF];
+    for (int i = 0; i < MF; ++i) av[i] = Z::mload(a[i] + k, m);
+    for (int j = 0; j < NF; ++j) bv[j] = Z::mload(b[j] + k, m);
+    for (int i = 0; i < MF; ++i)
+      for (int j = 0; j < NF; ++j) s[i][j] = Z::fma(av[i], bv[j], s[i][j]);
+  }
+  for (int i = 0; i < MF; ++i)
+    for (int j = 0; j < NF; ++j) {
+      const T t = Z::reduce(s[i][j]);
+      T& out = c[i * ldc + j];
+      out = accumulate ? out + t : t;
+    }
+}
+
+template <typename T>
+void nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* const* b, T* C,
+             index_t ldc, bool accumulate) {
+  constexpr int MF = 4, NF = 4;
+  index_t i = 0;
+  for (; i + MF <= M; i += MF) {
+    index_t j = 0;
+    for (; j + NF <= N; j += NF)
+      dot_tile<T, MF, NF>(K, a + i, b + j, C + i * ldc + j, ldc, accumulate);
+    for (; j < N; ++j) dot_tile<T, MF, 1>(K, a + i, b + j, C + i * ldc + j, ldc, accumulate);
+  }
+  for (; i < M; ++i) {
+    index_t j = 0;
+    for (; j + NF <= N; j += NF)
+      dot_tile<T, 1, NF>(K, a + i, b + j, C + i * ldc + j, ldc, accumulate);
+    for (; j < N; ++j) dot_tile<T, 1, 1>(K, a + i, b + j, C + i * ldc + j, ldc, accumulate);
+  }
+}
+
 // Blocks: B panel kc x nc stays in L2/L3, A block mc x kc in L2, the micro-panels in L1.
 const GemmKernel<float> kF32{"avx512", MR, 32, 256, 256, 512, &micro_kernel<float>};
 const GemmKernel<double> kF64{"avx512", MR, 16, 256, 256, 256, &micro_kernel<double>};
@@ -100,6 +155,8 @@ const GemmKernel<double> kF64{"avx512", MR, 16, 256, 256, 256, &micro_kernel<dou
 
 const GemmKernel<float>* gemm_kernel_avx512_f32() { return &kF32; }
 const GemmKernel<double>* gemm_kernel_avx512_f64() { return &kF64; }
+NtRowsFn<float> nt_rows_avx512_f32() { return &nt_rows<float>; }
+NtRowsFn<double> nt_rows_avx512_f64() { return &nt_rows<double>; }
 
 }  // namespace fastconv
 
@@ -108,6 +165,8 @@ const GemmKernel<double>* gemm_kernel_avx512_f64() { return &kF64; }
 namespace fastconv {
 const GemmKernel<float>* gemm_kernel_avx512_f32() { return nullptr; }
 const GemmKernel<double>* gemm_kernel_avx512_f64() { return nullptr; }
+NtRowsFn<float> nt_rows_avx512_f32() { return nullptr; }
+NtRowsFn<double> nt_rows_avx512_f64() { return nullptr; }
 }  // namespace fastconv
 
 #endif
