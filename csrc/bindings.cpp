@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "batchnorm.h"
 #include "conv.h"
 #include "gemm.h"
 #include "im2col.h"
@@ -313,6 +314,60 @@ void adam_update(py::array p, const py::array& g, py::array m, py::array v, doub
   else adam_t<float>(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step);
 }
 
+// ---- batch norm (training mode) -----------------------------------------------------------
+
+template <typename T>
+const T* optional_data(const py::object& a, const char* name, index_t count, bool writable) {
+  return a.is_none() ? nullptr : data_of<T>(a.cast<py::array>(), name, count, writable);
+}
+
+template <typename T>
+void bn_forward_t(const py::array& x, const py::object& gamma, const py::object& beta, double eps,
+                  py::array& y, py::array& mean, py::array& invstd, py::array& var) {
+  if (x.ndim() != 3) throw py::value_error("batch_norm_forward: x must be 3-D (N, C, S)");
+  const index_t N = x.shape(0), C = x.shape(1), S = x.shape(2);
+  const T* xp = data_of<T>(x, "x", N * C * S, false);
+  const T* gp = optional_data<T>(gamma, "weight", C, false);
+  const T* bp = optional_data<T>(beta, "bias", C, false);
+  T* yp = data_of<T>(y, "y", N * C * S, true);
+  T* mp = data_of<T>(mean, "mean", C, true);
+  T* ip = data_of<T>(invstd, "invstd", C, true);
+  T* vp = data_of<T>(var, "var", C, true);
+  py::gil_scoped_release release;
+  fastconv::batch_norm_forward<T>(N, C, S, xp, gp, bp, eps, yp, mp, ip, vp);
+}
+
+void batch_norm_forward(const py::array& x, const py::object& gamma, const py::object& beta,
+                        double eps, py::array y, py::array mean, py::array invstd, py::array var) {
+  if (is_f64(x)) bn_forward_t<double>(x, gamma, beta, eps, y, mean, invstd, var);
+  else bn_forward_t<float>(x, gamma, beta, eps, y, mean, invstd, var);
+}
+
+template <typename T>
+void bn_backward_t(const py::array& gy, const py::array& x, const py::array& mean,
+                   const py::array& invstd, const py::object& gamma, const py::object& gx,
+                   py::array& ggamma, py::array& gbeta) {
+  if (x.ndim() != 3) throw py::value_error("batch_norm_backward: x must be 3-D (N, C, S)");
+  const index_t N = x.shape(0), C = x.shape(1), S = x.shape(2);
+  const T* gyp = data_of<T>(gy, "grad_y", N * C * S, false);
+  const T* xp = data_of<T>(x, "x", N * C * S, false);
+  const T* mp = data_of<T>(mean, "mean", C, false);
+  const T* ip = data_of<T>(invstd, "invstd", C, false);
+  const T* gp = optional_data<T>(gamma, "weight", C, false);
+  T* gxp = gx.is_none() ? nullptr : data_of<T>(gx.cast<py::array>(), "grad_x", N * C * S, true);
+  T* ggp = data_of<T>(ggamma, "grad_weight", C, true);
+  T* gbp = data_of<T>(gbeta, "grad_bias", C, true);
+  py::gil_scoped_release release;
+  fastconv::batch_norm_backward<T>(N, C, S, gyp, xp, mp, ip, gp, gxp, ggp, gbp);
+}
+
+void batch_norm_backward(const py::array& gy, const py::array& x, const py::array& mean,
+                         const py::array& invstd, const py::object& gamma, const py::object& gx,
+                         py::array ggamma, py::array gbeta) {
+  if (is_f64(x)) bn_backward_t<double>(gy, x, mean, invstd, gamma, gx, ggamma, gbeta);
+  else bn_backward_t<float>(gy, x, mean, invstd, gamma, gx, ggamma, gbeta);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -355,6 +410,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("exp_avg_sq"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("decoupled"), py::arg("step"),
         "In-place torch.optim.Adam (decoupled=False) / AdamW (True) update of one array.");
+  m.def("batch_norm_forward", &batch_norm_forward, py::arg("x"), py::arg("weight").none(true),
+        py::arg("bias").none(true), py::arg("eps"), py::arg("y"), py::arg("mean"),
+        py::arg("invstd"), py::arg("var"), "Training-mode batch norm over (N, C, S).");
+  m.def("batch_norm_backward", &batch_norm_backward, py::arg("grad_y"), py::arg("x"),
+        py::arg("mean"), py::arg("invstd"), py::arg("weight").none(true),
+        py::arg("grad_x").none(true), py::arg("grad_weight"), py::arg("grad_bias"),
+        "Gradients of training-mode batch norm (grad_weight/grad_bias written, not added).");
   m.def("get_num_threads", &fastconv::max_threads);
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));

@@ -44,6 +44,8 @@ __all__ = [
     "col2im",
     "linear",
     "linear_backward",
+    "batch_norm_train",
+    "batch_norm_train_backward",
     "conv2d_output_shape",
     "pool2d_output_shape",
 ]
@@ -320,3 +322,60 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
     if mask[2]:
         grad_b = gy.sum(axis=0)
     return grad_x, grad_w, grad_b
+
+
+def batch_norm_train(x, weight=None, bias=None, eps=1e-5):
+    """Training-mode batch normalisation over axis 1 of x (N, C, ...) with batch statistics.
+
+    y = (x - mean) / sqrt(var + eps) * weight + bias, mean and (biased) var per channel over
+    all other axes. Returns (y, mean, invstd, var), invstd = 1 / sqrt(var + eps): what
+    `batch_norm_train_backward` and the running-statistics update need.
+    """
+    op = "batch_norm_train"
+    x = as_float_array(x, "x", op)
+    x3, weight, bias = _bn_args(op, x, weight, bias)
+    C = x3.shape[1]
+    y = np.empty(x3.shape, x3.dtype)
+    mean, invstd, var = (np.empty(C, x3.dtype) for _ in range(3))
+    _core.batch_norm_forward(x3, weight, bias, float(eps), y, mean, invstd, var)
+    return y.reshape(x.shape), mean, invstd, var
+
+
+def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=True):
+    """Gradients of `batch_norm_train`: (grad_x or None, grad_weight, grad_bias).
+
+    With xhat = (x - mean) * invstd, M values per channel: grad_bias = sum(grad_y),
+    grad_weight = sum(grad_y * xhat), grad_x = weight * invstd * (grad_y - grad_bias / M
+    - xhat * grad_weight / M).
+    """
+    op = "batch_norm_train_backward"
+    x = as_float_array(x, "x", op)
+    x3, weight, _ = _bn_args(op, x, weight, None)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal x shape {x.shape}")
+    C = x3.shape[1]
+    gy = _c(grad_y, x3.dtype).reshape(x3.shape)
+    stats = [_c(np.asarray(a), x3.dtype) for a in (mean, invstd)]
+    if any(s.shape != (C,) for s in stats):
+        raise ValueError(f"{op}: mean and invstd must have shape ({C},)")
+    gx = np.empty(x3.shape, x3.dtype) if input_grad else None
+    gw, gb = np.empty(C, x3.dtype), np.empty(C, x3.dtype)
+    _core.batch_norm_backward(gy, x3, stats[0], stats[1], weight, gx, gw, gb)
+    return (None if gx is None else gx.reshape(x.shape)), gw, gb
+
+
+def _bn_args(op, x, weight, bias):
+    if x.ndim < 2:
+        raise ValueError(f"{op}: x must be (N, C, ...), got shape {x.shape}")
+    N, C = x.shape[0], x.shape[1]
+    x3 = _c(x, x.dtype).reshape(N, C, -1)
+    out = []
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None:
+            a = as_float_array(a, name, op)
+            if a.shape != (C,):
+                raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
+            a = _c(a, x.dtype)
+        out.append(a)
+    return x3, out[0], out[1]

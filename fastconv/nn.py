@@ -1066,11 +1066,10 @@ class _BatchNorm(Module):
             if m <= 1 and self.training:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
                                  f"got input of shape {x.shape}")
-            mean = _channel_sum(x3) / dt.type(m)
-            xhat = x3 - mean[:, None]
-            var = _channel_dot(xhat, xhat) / dt.type(m)
-            invstd = 1.0 / np.sqrt(var + dt.type(self.eps))
-            xhat *= invstd[:, None]
+            ops = self._ops()
+            w = self.weight.data if self.affine else None
+            b = self.bias.data if self.affine else None
+            y, mean, invstd, var = ops.batch_norm_train(x3, w, b, self.eps)
             if self.training and self.track_running_stats:
                 self.num_batches_tracked += 1
                 if self.momentum is None:
@@ -1082,12 +1081,7 @@ class _BatchNorm(Module):
                 self.running_mean += dt.type(factor) * mean
                 self.running_var *= dt.type(1.0 - factor)
                 self.running_var += dt.type(factor) * unbiased
-            if self.affine:
-                y = xhat * self.weight.data[:, None]
-                y += self.bias.data[:, None]
-            else:
-                y = xhat.copy()
-            self._cache = (True, xhat, invstd, x.shape)
+            self._cache = (ops, x3, mean, invstd, x.shape)
         else:
             invstd = 1.0 / np.sqrt(self.running_var + dt.type(self.eps))
             scale = invstd * self.weight.data if self.affine else invstd
@@ -1096,37 +1090,30 @@ class _BatchNorm(Module):
                 shift += self.bias.data
             y = x3 * scale[:, None]
             y += shift[:, None]
-            self._cache = (False, x3, invstd, x.shape)
+            self._cache = (None, x3, None, invstd, x.shape)
         return y.reshape(x.shape)
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
-        batch_stats, a3, invstd, shape = self._get_cache()
+        ops, x3, mean, invstd, shape = self._get_cache()
         dt = invstd.dtype
         g = self._check_grad(grad_y, shape, dt)
-        g3 = g.reshape(a3.shape)
-        m = a3.shape[0] * a3.shape[2]
+        if ops is not None:  # batch statistics
+            w = self.weight.data if self.affine else None
+            dx, gw, gb = ops.batch_norm_train_backward(g.reshape(x3.shape), x3, mean, invstd, w,
+                                                       input_grad=input_grad)
+            if self.affine:
+                self.weight.grad += gw
+                self.bias.grad += gb
+            return None if dx is None else dx.reshape(shape)
+        # running statistics: an affine map per channel
+        g3 = g.reshape(x3.shape)
         k = invstd * self.weight.data if self.affine else invstd
-        if batch_stats:
-            xhat = a3
-            sum_g = _channel_sum(g3)
-            sum_gx = _channel_dot(g3, xhat)
-            if self.affine:
-                self.weight.grad += sum_gx
-                self.bias.grad += sum_g
-            # dx = k (g - mean(g) - xhat mean(g xhat)), k = weight / sqrt(var + eps)
-            dx = g3 * k[:, None]
-            dx -= xhat * (k * sum_gx / dt.type(m))[:, None]
-            dx -= (k * sum_g / dt.type(m))[:, None]
-        else:
-            if self.affine:
-                xhat = a3 - self.running_mean[:, None]
-                xhat *= invstd[:, None]
-                sum_g = _channel_sum(g3)
-                sum_gx = _channel_dot(g3, xhat)
-                self.weight.grad += sum_gx
-                self.bias.grad += sum_g
-            dx = g3 * k[:, None]
-        return dx.reshape(shape)
+        if self.affine:
+            xhat = x3 - self.running_mean[:, None]
+            xhat *= invstd[:, None]
+            self.weight.grad += _channel_dot(g3, xhat)
+            self.bias.grad += _channel_sum(g3)
+        return (g3 * k[:, None]).reshape(shape)
 
     def output_shape(self, input_shape):
         self._check_shape(tuple(input_shape))

@@ -51,6 +51,8 @@ __all__ = [
     "col2im",
     "linear",
     "linear_backward",
+    "batch_norm_train",
+    "batch_norm_train_backward",
     "conv2d_output_shape",
     "pool2d_output_shape",
 ]
@@ -454,3 +456,62 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
     grad_w = np.ascontiguousarray(gy.T @ x2) if mask[1] else None
     grad_b = gy.sum(axis=0) if mask[2] else None
     return grad_x, grad_w, grad_b
+
+
+def batch_norm_train(x, weight=None, bias=None, eps=1e-5):
+    """Training-mode batch normalisation over axis 1 (see fastconv.functional.batch_norm_train)."""
+    op = "batch_norm_train"
+    x = as_float_array(x, "x", op)
+    x3, weight, bias = _bn_args(op, x, weight, bias)
+    mean = x3.mean(axis=(0, 2))
+    xc = x3 - mean[:, None]
+    var = np.mean(xc * xc, axis=(0, 2))
+    invstd = 1.0 / np.sqrt(var + x3.dtype.type(eps))
+    y = xc * invstd[:, None]
+    if weight is not None:
+        y *= weight[:, None]
+    if bias is not None:
+        y += bias[:, None]
+    return np.ascontiguousarray(y.reshape(x.shape)), mean, invstd.astype(x3.dtype), var
+
+
+def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=True):
+    """Gradients of :func:`batch_norm_train`: (grad_x or None, grad_weight, grad_bias)."""
+    op = "batch_norm_train_backward"
+    x = as_float_array(x, "x", op)
+    x3, weight, _ = _bn_args(op, x, weight, None)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal x shape {x.shape}")
+    C = x3.shape[1]
+    mean = np.asarray(mean, x3.dtype)
+    invstd = np.asarray(invstd, x3.dtype)
+    if mean.shape != (C,) or invstd.shape != (C,):
+        raise ValueError(f"{op}: mean and invstd must have shape ({C},)")
+    g3 = grad_y.astype(x3.dtype, copy=False).reshape(x3.shape)
+    xhat = (x3 - mean[:, None]) * invstd[:, None]
+    gb = g3.sum(axis=(0, 2))
+    gw = np.sum(g3 * xhat, axis=(0, 2))
+    gx = None
+    if input_grad:
+        m = x3.shape[0] * x3.shape[2]
+        k = invstd * weight if weight is not None else invstd
+        gx = k[:, None] * (g3 - gb[:, None] / m - xhat * (gw / m)[:, None])
+        gx = np.ascontiguousarray(gx.reshape(x.shape), dtype=x3.dtype)
+    return gx, gw, gb
+
+
+def _bn_args(op, x, weight, bias):
+    if x.ndim < 2:
+        raise ValueError(f"{op}: x must be (N, C, ...), got shape {x.shape}")
+    N, C = x.shape[0], x.shape[1]
+    x3 = x.reshape(N, C, -1)
+    out = []
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None:
+            a = as_float_array(a, name, op)
+            if a.shape != (C,):
+                raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
+            a = a.astype(x.dtype, copy=False)
+        out.append(a)
+    return x3, out[0], out[1]

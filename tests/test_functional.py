@@ -627,3 +627,63 @@ def test_linear_bad_input(module):
         module.linear_backward(np.ones((2, 4)), np.ones((2, 3)), np.ones((5, 3)))
     with pytest.raises(TypeError, match="x must hold real numbers"):
         module.linear(np.ones((2, 3), complex), np.ones((5, 3)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(8, 3, 5, 7), (64, 32, 4, 4), (5, 6), (2, 4, 9)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_train_matches_reference_and_torch(rng, shape, dtype, affine):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    C = shape[1]
+    w = rng.standard_normal(C).astype(dtype) if affine else None
+    b = rng.standard_normal(C).astype(dtype) if affine else None
+    got = F.batch_norm_train(x, w, b, 1e-5)
+    want = R.batch_norm_train(x, w, b, 1e-5)
+    for a, e in zip(got, want):
+        assert a.dtype == dtype
+        assert_close(a, e)
+    gy = rng.standard_normal(shape).astype(dtype)
+    for a, e in zip(F.batch_norm_train_backward(gy, x, got[1], got[2], w),
+                    R.batch_norm_train_backward(gy, x, got[1], got[2], w)):
+        assert_close(a, e)
+    assert F.batch_norm_train_backward(gy, x, got[1], got[2], w, input_grad=False)[0] is None
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True) if affine else None
+    bt = torch.tensor(b.astype(np.float64), requires_grad=True) if affine else None
+    yt = torch.nn.functional.batch_norm(xt, None, None, wt, bt, training=True, eps=1e-5)
+    assert_close(got[0], yt.detach().numpy(), tol=TOLERANCE_BN[np.dtype(dtype)])
+    yt.backward(torch.tensor(gy.astype(np.float64)))
+    gx, gw, gb = F.batch_norm_train_backward(gy, x, got[1], got[2], w)
+    assert_close(gx, xt.grad.numpy(), tol=TOLERANCE_BN[np.dtype(dtype)])
+    if affine:
+        assert_close(gw, wt.grad.numpy(), tol=TOLERANCE_BN[np.dtype(dtype)])
+        assert_close(gb, bt.grad.numpy(), tol=TOLERANCE_BN[np.dtype(dtype)])
+
+
+# Normalisation divides by the batch std: float32 results carry a few ulps of the inputs'
+# scale relative error; the float64 oracle is exact to ~1e-13.
+TOLERANCE_BN = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-10}
+
+
+def test_batch_norm_train_does_not_depend_on_thread_count(rng, threads):
+    x = rng.standard_normal((64, 32, 8, 8)).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = np.ones(32, np.float32), np.zeros(32, np.float32)
+    runs = []
+    for n in (1, 2):
+        threads(n)
+        y, mean, invstd, var = F.batch_norm_train(x, w, b)
+        runs.append((y, mean, invstd, var, *F.batch_norm_train_backward(gy, x, mean, invstd, w)))
+    for a, e in zip(*runs):
+        np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
+def test_batch_norm_train_bad_input(module):
+    with pytest.raises(ValueError, match=r"x must be \(N, C, \.\.\.\)"):
+        module.batch_norm_train(np.ones(4))
+    with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
+        module.batch_norm_train(np.ones((2, 3, 4)), np.ones(4))
+    with pytest.raises(ValueError, match="grad_y shape"):
+        module.batch_norm_train_backward(np.ones((2, 3)), np.ones((2, 3, 4)), np.zeros(3), np.ones(3))
