@@ -40,7 +40,7 @@ def positive_pair(value, name: str, op: str) -> tuple[int, int]:
     """`pair`, each entry in [1, 2**31)."""
     p = pair(value, name, op)
     if not all(1 <= v <= _MAX_INT for v in p):
-        raise ValueError(f"{op}: {name} must be positive, got {value!r}")
+        raise ValueError(f"{op}: {name} must be positive (and below 2**31), got {value!r}")
     return p
 
 
@@ -48,7 +48,7 @@ def nonnegative_pair(value, name: str, op: str) -> tuple[int, int]:
     """`pair`, each entry in [0, 2**31)."""
     p = pair(value, name, op)
     if not all(0 <= v <= _MAX_INT for v in p):
-        raise ValueError(f"{op}: {name} must be non-negative, got {value!r}")
+        raise ValueError(f"{op}: {name} must be non-negative (and below 2**31), got {value!r}")
     return p
 
 

@@ -63,6 +63,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .checkpoint import _fsync_dir
+
 __all__ = [
     "CIFAR10_URL",
     "CIFAR10_MD5",
@@ -200,21 +202,6 @@ def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def download_cifar10(dest_dir: str | os.PathLike | None = None, *, url: str = CIFAR10_URL,
