@@ -399,7 +399,18 @@ void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* c
     fast(M, N, K, a, b, C, ldc, accumulate);
     return;
   }
-  gemm<T>(M, N, K, RowsA<T>(a), RowsBT<T>(b), C, ldc, accumulate);
+  // Rows at a common stride pack faster as strided operands (no pointer chasing).
+  const auto uniform = [K](const T* const* rows, index_t n, index_t& stride) {
+    stride = n > 1 ? rows[1] - rows[0] : K;
+    for (index_t i = 2; i < n; ++i)
+      if (rows[i] - rows[i - 1] != stride) return false;
+    return true;
+  };
+  index_t sa = 0, sb = 0;
+  if (uniform(a, M, sa) && uniform(b, N, sb))
+    gemm<T>(M, N, K, StridedA<T>(a[0], sa, 1), StridedB<T>(b[0], 1, sb), C, ldc, accumulate);
+  else
+    gemm<T>(M, N, K, RowsA<T>(a), RowsBT<T>(b), C, ldc, accumulate);
 }
 
 template void gemm_nt_rows<float>(index_t, index_t, index_t, const float* const*,
