@@ -124,6 +124,10 @@ void pack_b(index_t kc, index_t nc, const T* B, index_t rs, index_t cs, index_t 
 
 }  // namespace
 
+index_t balanced_block(index_t total, index_t max_block) {
+  return ceil_div(total, ceil_div(total, max_block));
+}
+
 std::string best_simd_level() {
   if (cpu_has("avx512")) return "avx512";
   if (cpu_has("avx2")) return "avx2";
@@ -188,8 +192,9 @@ PackedA<T>::PackedA(index_t M, index_t K, const T* A, index_t rs, index_t cs) {
   const GemmKernel<T>& k = gemm_kernel<T>();
   m_pad_ = ceil_div(M, k.mr) * k.mr;
   data_ = make_scratch<T>(m_pad_ * K);
-  for (index_t pc = 0; pc < K; pc += k.kc) {
-    const index_t kc = std::min(k.kc, K - pc);
+  const index_t kcb = balanced_block(K, k.kc);  // the loop nest's k-blocks
+  for (index_t pc = 0; pc < K; pc += kcb) {
+    const index_t kc = std::min(kcb, K - pc);
     for (index_t ic = 0; ic < M; ic += k.mc)
       pack_a(std::min(k.mc, M - ic), kc, A + ic * rs + pc * cs, rs, cs, k.mr,
              data_.get() + pc * m_pad_ + ic * kc);
@@ -218,12 +223,15 @@ void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>
   }
   T* ap = pack;
   T* bp = pack + k.mc * k.kc;
+  // K in equal blocks (e.g. 288 = 2 x 144, not 256 + 32): no short block whose C-tile
+  // loads and stores would cost as much as its arithmetic.
+  const index_t kcb = balanced_block(K, k.kc);
   // The B block (kc x nc) stays in L2 while each A micro-panel (MR x kc, in L1) sweeps
   // across it; the A block (mc x kc) is re-read from L2/L3 once per B block.
   for (index_t jc = 0; jc < N; jc += k.nc) {
     const index_t nc = std::min(k.nc, N - jc);
-    for (index_t pc = 0; pc < K; pc += k.kc) {
-      const index_t kc = std::min(k.kc, K - pc);
+    for (index_t pc = 0; pc < K; pc += kcb) {
+      const index_t kc = std::min(kcb, K - pc);
       const bool acc = accumulate || pc > 0;
       B.pack(pc, kc, jc, nc, k.nr, bp);
       for (index_t ic = 0; ic < M; ic += k.mc) {

@@ -31,6 +31,9 @@ struct GemmKernel {
 template <typename T>
 const GemmKernel<T>& gemm_kernel();
 
+// Size of equal blocks covering `total` with blocks of at most `max_block`.
+index_t balanced_block(index_t total, index_t max_block);
+
 // Name of the instruction set the micro-kernels use ("avx512", "avx2", "generic").
 std::string simd_level();
 // Force a level (for tests and benchmarks); returns false if this CPU cannot run it.
