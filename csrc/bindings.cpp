@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "activation.h"
 #include "batchnorm.h"
 #include "conv.h"
 #include "gemm.h"
@@ -368,6 +369,37 @@ void batch_norm_backward(const py::array& gy, const py::array& x, const py::arra
   else bn_backward_t<float>(gy, x, mean, invstd, gamma, gx, ggamma, gbeta);
 }
 
+// ---- activations ---------------------------------------------------------------------------
+
+template <typename T>
+void relu_t(const py::array& x, py::array& y) {
+  const index_t n = x.size();
+  const T* xp = data_of<T>(x, "x", n, false);
+  T* yp = data_of<T>(y, "y", n, true);
+  py::gil_scoped_release release;
+  fastconv::relu_forward<T>(n, xp, yp);
+}
+
+void relu_forward(const py::array& x, py::array y) {
+  if (is_f64(x)) relu_t<double>(x, y);
+  else relu_t<float>(x, y);
+}
+
+template <typename T>
+void relu_backward_t(const py::array& gy, const py::array& y, py::array& gx) {
+  const index_t n = y.size();
+  const T* gp = data_of<T>(gy, "grad_y", n, false);
+  const T* yp = data_of<T>(y, "y", n, false);
+  T* xp = data_of<T>(gx, "grad_x", n, true);
+  py::gil_scoped_release release;
+  fastconv::relu_backward<T>(n, gp, yp, xp);
+}
+
+void relu_backward(const py::array& gy, const py::array& y, py::array gx) {
+  if (is_f64(y)) relu_backward_t<double>(gy, y, gx);
+  else relu_backward_t<float>(gy, y, gx);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -417,6 +449,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("mean"), py::arg("invstd"), py::arg("weight").none(true),
         py::arg("grad_x").none(true), py::arg("grad_weight"), py::arg("grad_bias"),
         "Gradients of training-mode batch norm (grad_weight/grad_bias written, not added).");
+  m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("y"));
+  m.def("relu_backward", &relu_backward, py::arg("grad_y"), py::arg("y"), py::arg("grad_x"));
   m.def("get_num_threads", &fastconv::max_threads);
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));

@@ -46,6 +46,8 @@ __all__ = [
     "linear_backward",
     "batch_norm_train",
     "batch_norm_train_backward",
+    "relu",
+    "relu_backward",
     "conv2d_output_shape",
     "pool2d_output_shape",
 ]
@@ -379,3 +381,24 @@ def _bn_args(op, x, weight, bias):
             a = _c(a, x.dtype)
         out.append(a)
     return x3, out[0], out[1]
+
+
+def relu(x) -> np.ndarray:
+    """max(x, 0) elementwise, as torch.relu (NaN propagates); a new C-contiguous array."""
+    x = as_float_array(x, "x", "relu")
+    y = np.empty(x.shape, x.dtype)
+    _core.relu_forward(_c(x, x.dtype), y)
+    return y
+
+
+def relu_backward(grad_y, y) -> np.ndarray:
+    """Gradient of relu from its output: 0 where y <= 0, else grad_y (NaN passes, as torch)."""
+    op = "relu_backward"
+    y = as_float_array(y, "y", op)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    if grad_y.shape != y.shape:
+        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal y shape {y.shape}")
+    dtype = common_dtype(grad_y, y)
+    grad_x = np.empty(y.shape, dtype)
+    _core.relu_backward(_c(grad_y, dtype), _c(y, dtype), grad_x)
+    return grad_x

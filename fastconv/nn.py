@@ -859,13 +859,14 @@ class ReLU(_Elementwise):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _as_input(self, x, None)
-        y = np.maximum(x, x.dtype.type(0))
-        self._cache = y
+        ops = self._ops()
+        y = ops.relu(x)
+        self._cache = (ops, y)
         return y
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
-        y = self._get_cache()
-        return self._grad(grad_y, y) * (y > 0)
+        ops, y = self._get_cache()
+        return ops.relu_backward(self._grad(grad_y, y), y)
 
 
 class LeakyReLU(_Elementwise):

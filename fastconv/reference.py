@@ -53,6 +53,8 @@ __all__ = [
     "linear_backward",
     "batch_norm_train",
     "batch_norm_train_backward",
+    "relu",
+    "relu_backward",
     "conv2d_output_shape",
     "pool2d_output_shape",
 ]
@@ -515,3 +517,20 @@ def _bn_args(op, x, weight, bias):
             a = a.astype(x.dtype, copy=False)
         out.append(a)
     return x3, out[0], out[1]
+
+
+def relu(x) -> np.ndarray:
+    """max(x, 0) elementwise, as torch.relu (NaN propagates)."""
+    x = as_float_array(x, "x", "relu")
+    return np.ascontiguousarray(np.maximum(x, x.dtype.type(0)))
+
+
+def relu_backward(grad_y, y) -> np.ndarray:
+    """Gradient of relu from its output: 0 where y <= 0, else grad_y (NaN passes, as torch)."""
+    op = "relu_backward"
+    y = as_float_array(y, "y", op)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    if grad_y.shape != y.shape:
+        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal y shape {y.shape}")
+    dtype = common_dtype(grad_y, y)
+    return np.ascontiguousarray(np.where(y <= 0, 0, grad_y).astype(dtype, copy=False))

@@ -687,3 +687,34 @@ def test_batch_norm_train_bad_input(module):
         module.batch_norm_train(np.ones((2, 3, 4)), np.ones(4))
     with pytest.raises(ValueError, match="grad_y shape"):
         module.batch_norm_train_backward(np.ones((2, 3)), np.ones((2, 3, 4)), np.zeros(3), np.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_matches_reference_and_torch(rng, dtype):
+    x = rng.standard_normal((3, 5, 7, 9)).astype(dtype)
+    x[0, 0, 0, :3] = [np.nan, 0.0, -0.0]
+    y = F.relu(x)
+    np.testing.assert_array_equal(y, R.relu(x))
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    gy[0, 0, 0, 4] = np.inf
+    np.testing.assert_array_equal(F.relu_backward(gy, y), R.relu_backward(gy, y))
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.relu(xt)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    yt.backward(torch.tensor(gy))
+    np.testing.assert_array_equal(F.relu_backward(gy, y), xt.grad.numpy())
+
+
+def test_relu_does_not_depend_on_thread_count_and_checks_shapes(rng, threads):
+    x = rng.standard_normal((64, 32, 30, 30)).astype(np.float32)
+    runs = []
+    for n in (1, 2):
+        threads(n)
+        y = F.relu(x)
+        runs.append((y, F.relu_backward(x, y)))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    for m in (F, R):
+        with pytest.raises(ValueError, match="grad_y shape"):
+            m.relu_backward(np.ones(3), np.ones(4))
