@@ -428,8 +428,10 @@ def indices_out_of_range(input_shape, op: str = "max_pool2d_backward") -> ValueE
                       f"{tuple(input_shape)}")
 
 
-def linear_shapes(x_shape, weight_shape, bias_shape=None, op: str = "linear") -> tuple[int, int]:
-    """Validate linear(x, weight, bias): x (..., in_features), weight (out, in), bias (out,).
+def linear_shapes(x_shape, weight_shape, bias_shape=None, op: str = "linear",
+                  grad_y_shape=None) -> tuple[int, int]:
+    """Validate linear(x, weight, bias): x (..., in_features), weight (out, in), bias (out,),
+    and for the backward pass grad_y (..., out_features).
 
     Returns (in_features, out_features).
     """
@@ -443,4 +445,38 @@ def linear_shapes(x_shape, weight_shape, bias_shape=None, op: str = "linear") ->
     if bias_shape is not None and tuple(bias_shape) != (out_features,):
         raise ValueError(f"{op}: bias must have shape ({out_features},) to match weight "
                          f"{tuple(weight_shape)}, got {tuple(bias_shape)}")
+    expected = tuple(x_shape[:-1]) + (out_features,)
+    if grad_y_shape is not None and tuple(grad_y_shape) != expected:
+        raise ValueError(f"{op}: grad_y must have shape {expected} for x {tuple(x_shape)} and "
+                         f"weight {tuple(weight_shape)}, got {tuple(grad_y_shape)}")
     return in_features, out_features
+
+
+def batch_norm_inputs(x, weight, bias, op: str):
+    """Validate batch-norm arguments: x (N, C, ...) as a float array, weight/bias None or (C,)
+    arrays converted to x's dtype. Returns (x viewed as (N, C, S), weight, bias)."""
+    x = as_float_array(x, "x", op)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: x must be (N, C, ...), got shape {x.shape}")
+    C = x.shape[1]
+    out = []
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None:
+            a = as_float_array(a, name, op)
+            if a.shape != (C,):
+                raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
+            a = np.ascontiguousarray(a, dtype=x.dtype)
+        out.append(a)
+    return x.reshape(x.shape[0], C, -1), out[0], out[1]
+
+
+def batch_norm_grad_inputs(grad_y, x_shape, mean, invstd, dtype, op: str):
+    """Validate batch_norm_train_backward's grad_y (x's shape) and per-channel statistics."""
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    if grad_y.shape != tuple(x_shape):
+        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal x shape {tuple(x_shape)}")
+    C = x_shape[1]
+    stats = [np.ascontiguousarray(np.asarray(s), dtype=dtype) for s in (mean, invstd)]
+    if any(s.shape != (C,) for s in stats):
+        raise ValueError(f"{op}: mean and invstd must have shape ({C},)")
+    return grad_y, stats[0], stats[1]

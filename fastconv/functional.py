@@ -18,6 +18,8 @@ import numpy as np
 from . import _core
 from ._args import (
     as_float_array,
+    batch_norm_grad_inputs,
+    batch_norm_inputs,
     check_ndim,
     check_shape,
     common_dtype,
@@ -305,10 +307,7 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
     x = as_float_array(x, "x", op)
     weight = as_float_array(weight, "weight", op)
     grad_y = as_float_array(grad_y, "grad_y", op)
-    in_f, out_f = linear_shapes(x.shape, weight.shape, None, op)
-    if grad_y.shape != x.shape[:-1] + (out_f,):
-        raise ValueError(f"{op}: grad_y must have shape {x.shape[:-1] + (out_f,)} for x "
-                         f"{x.shape} and weight {weight.shape}, got {grad_y.shape}")
+    in_f, out_f = linear_shapes(x.shape, weight.shape, None, op, grad_y.shape)
     dtype = common_dtype(grad_y, x, weight)
     gy = _c(grad_y, dtype).reshape(-1, out_f)
     grad_x = grad_w = grad_b = None
@@ -334,13 +333,13 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5):
     `batch_norm_train_backward` and the running-statistics update need.
     """
     op = "batch_norm_train"
-    x = as_float_array(x, "x", op)
-    x3, weight, bias = _bn_args(op, x, weight, bias)
+    x3, weight, bias = batch_norm_inputs(x, weight, bias, op)
+    x3 = _c(x3, x3.dtype)
     C = x3.shape[1]
     y = np.empty(x3.shape, x3.dtype)
     mean, invstd, var = (np.empty(C, x3.dtype) for _ in range(3))
     _core.batch_norm_forward(x3, weight, bias, float(eps), y, mean, invstd, var)
-    return y.reshape(x.shape), mean, invstd, var
+    return y.reshape(np.shape(x)), mean, invstd, var
 
 
 def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=True):
@@ -351,36 +350,16 @@ def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=T
     - xhat * grad_weight / M).
     """
     op = "batch_norm_train_backward"
-    x = as_float_array(x, "x", op)
-    x3, weight, _ = _bn_args(op, x, weight, None)
-    grad_y = as_float_array(grad_y, "grad_y", op)
-    if grad_y.shape != x.shape:
-        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal x shape {x.shape}")
+    shape = np.shape(x)
+    x3, weight, _ = batch_norm_inputs(x, weight, None, op)
+    x3 = _c(x3, x3.dtype)
+    grad_y, mean, invstd = batch_norm_grad_inputs(grad_y, shape, mean, invstd, x3.dtype, op)
     C = x3.shape[1]
     gy = _c(grad_y, x3.dtype).reshape(x3.shape)
-    stats = [_c(np.asarray(a), x3.dtype) for a in (mean, invstd)]
-    if any(s.shape != (C,) for s in stats):
-        raise ValueError(f"{op}: mean and invstd must have shape ({C},)")
     gx = np.empty(x3.shape, x3.dtype) if input_grad else None
     gw, gb = np.empty(C, x3.dtype), np.empty(C, x3.dtype)
-    _core.batch_norm_backward(gy, x3, stats[0], stats[1], weight, gx, gw, gb)
-    return (None if gx is None else gx.reshape(x.shape)), gw, gb
-
-
-def _bn_args(op, x, weight, bias):
-    if x.ndim < 2:
-        raise ValueError(f"{op}: x must be (N, C, ...), got shape {x.shape}")
-    N, C = x.shape[0], x.shape[1]
-    x3 = _c(x, x.dtype).reshape(N, C, -1)
-    out = []
-    for name, a in (("weight", weight), ("bias", bias)):
-        if a is not None:
-            a = as_float_array(a, name, op)
-            if a.shape != (C,):
-                raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
-            a = _c(a, x.dtype)
-        out.append(a)
-    return x3, out[0], out[1]
+    _core.batch_norm_backward(gy, x3, mean, invstd, weight, gx, gw, gb)
+    return (None if gx is None else gx.reshape(shape)), gw, gb
 
 
 def relu(x) -> np.ndarray:

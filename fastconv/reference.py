@@ -25,6 +25,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from fastconv._args import (
     as_float_array,
+    batch_norm_grad_inputs,
+    batch_norm_inputs,
     check_ndim,
     check_shape,
     common_dtype,
@@ -447,10 +449,7 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
     x = as_float_array(x, "x", op)
     weight = as_float_array(weight, "weight", op)
     grad_y = as_float_array(grad_y, "grad_y", op)
-    in_f, out_f = linear_shapes(x.shape, weight.shape, None, op)
-    if grad_y.shape != x.shape[:-1] + (out_f,):
-        raise ValueError(f"{op}: grad_y must have shape {x.shape[:-1] + (out_f,)} for x "
-                         f"{x.shape} and weight {weight.shape}, got {grad_y.shape}")
+    in_f, out_f = linear_shapes(x.shape, weight.shape, None, op, grad_y.shape)
     dtype = common_dtype(grad_y, x, weight)
     gy = grad_y.astype(dtype, copy=False).reshape(-1, out_f)
     x2 = x.astype(dtype, copy=False).reshape(-1, in_f)
@@ -463,8 +462,7 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
 def batch_norm_train(x, weight=None, bias=None, eps=1e-5):
     """Training-mode batch normalisation over axis 1 (see fastconv.functional.batch_norm_train)."""
     op = "batch_norm_train"
-    x = as_float_array(x, "x", op)
-    x3, weight, bias = _bn_args(op, x, weight, bias)
+    x3, weight, bias = batch_norm_inputs(x, weight, bias, op)
     mean = x3.mean(axis=(0, 2))
     xc = x3 - mean[:, None]
     var = np.mean(xc * xc, axis=(0, 2))
@@ -474,22 +472,15 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5):
         y *= weight[:, None]
     if bias is not None:
         y += bias[:, None]
-    return np.ascontiguousarray(y.reshape(x.shape)), mean, invstd.astype(x3.dtype), var
+    return np.ascontiguousarray(y.reshape(np.shape(x))), mean, invstd.astype(x3.dtype), var
 
 
 def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=True):
     """Gradients of :func:`batch_norm_train`: (grad_x or None, grad_weight, grad_bias)."""
     op = "batch_norm_train_backward"
-    x = as_float_array(x, "x", op)
-    x3, weight, _ = _bn_args(op, x, weight, None)
-    grad_y = as_float_array(grad_y, "grad_y", op)
-    if grad_y.shape != x.shape:
-        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal x shape {x.shape}")
-    C = x3.shape[1]
-    mean = np.asarray(mean, x3.dtype)
-    invstd = np.asarray(invstd, x3.dtype)
-    if mean.shape != (C,) or invstd.shape != (C,):
-        raise ValueError(f"{op}: mean and invstd must have shape ({C},)")
+    shape = np.shape(x)
+    x3, weight, _ = batch_norm_inputs(x, weight, None, op)
+    grad_y, mean, invstd = batch_norm_grad_inputs(grad_y, shape, mean, invstd, x3.dtype, op)
     g3 = grad_y.astype(x3.dtype, copy=False).reshape(x3.shape)
     xhat = (x3 - mean[:, None]) * invstd[:, None]
     gb = g3.sum(axis=(0, 2))
@@ -499,24 +490,8 @@ def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=T
         m = x3.shape[0] * x3.shape[2]
         k = invstd * weight if weight is not None else invstd
         gx = k[:, None] * (g3 - gb[:, None] / m - xhat * (gw / m)[:, None])
-        gx = np.ascontiguousarray(gx.reshape(x.shape), dtype=x3.dtype)
+        gx = np.ascontiguousarray(gx.reshape(shape), dtype=x3.dtype)
     return gx, gw, gb
-
-
-def _bn_args(op, x, weight, bias):
-    if x.ndim < 2:
-        raise ValueError(f"{op}: x must be (N, C, ...), got shape {x.shape}")
-    N, C = x.shape[0], x.shape[1]
-    x3 = x.reshape(N, C, -1)
-    out = []
-    for name, a in (("weight", weight), ("bias", bias)):
-        if a is not None:
-            a = as_float_array(a, name, op)
-            if a.shape != (C,):
-                raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
-            a = a.astype(x.dtype, copy=False)
-        out.append(a)
-    return x3, out[0], out[1]
 
 
 def relu(x) -> np.ndarray:
