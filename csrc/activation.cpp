@@ -24,22 +24,9 @@ __attribute__((always_inline)) inline void relu_backward_block(index_t n, const 
   }
 }
 
-FASTCONV_CLONES void relu_f32(index_t n, const float* x, float* y) { relu_block(n, x, y); }
-FASTCONV_CLONES void relu_f64(index_t n, const double* x, double* y) { relu_block(n, x, y); }
-FASTCONV_CLONES void relu_bwd_f32(index_t n, const float* g, const float* y, float* gx) {
-  relu_backward_block(n, g, y, gx);
-}
-FASTCONV_CLONES void relu_bwd_f64(index_t n, const double* g, const double* y, double* gx) {
-  relu_backward_block(n, g, y, gx);
-}
-inline void relu_any(index_t n, const float* x, float* y) { relu_f32(n, x, y); }
-inline void relu_any(index_t n, const double* x, double* y) { relu_f64(n, x, y); }
-inline void relu_bwd_any(index_t n, const float* g, const float* y, float* gx) {
-  relu_bwd_f32(n, g, y, gx);
-}
-inline void relu_bwd_any(index_t n, const double* g, const double* y, double* gx) {
-  relu_bwd_f64(n, g, y, gx);
-}
+FASTCONV_CLONED(relu_any, relu_block, (index_t n, const T* x, T* y), (n, x, y))
+FASTCONV_CLONED(relu_bwd_any, relu_backward_block, (index_t n, const T* g, const T* y, T* gx),
+                (n, g, y, gx))
 
 constexpr index_t kBlock = 16384;  // elements per work item
 

@@ -26,6 +26,24 @@
 #define FASTCONV_CLONES
 #endif
 
+// FASTCONV_CLONED(name, impl, (params using T), (argument names)) defines the function
+// template `name<T>` for T = float and double, each one function cloned per ISA that runs the
+// always-inline template `impl<T>` (target_clones cannot apply to templates themselves).
+#define FASTCONV_CLONED(name, impl, PARAMS, ARGS)                              \
+  namespace name##_f32 {                                                       \
+  using T = float;                                                             \
+  FASTCONV_CLONES void run PARAMS { impl<T> ARGS; }                            \
+  }                                                                            \
+  namespace name##_f64 {                                                       \
+  using T = double;                                                            \
+  FASTCONV_CLONES void run PARAMS { impl<T> ARGS; }                            \
+  }                                                                            \
+  template <typename T>                                                        \
+  inline void name PARAMS {                                                    \
+    if constexpr (sizeof(T) == sizeof(float)) name##_f32::run ARGS;            \
+    else name##_f64::run ARGS;                                                 \
+  }
+
 namespace fastconv {
 
 using index_t = std::int64_t;

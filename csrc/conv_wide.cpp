@@ -72,34 +72,13 @@ __attribute__((always_inline)) inline void copy_panels(const WideGeometry& g, co
   }
 }
 
-FASTCONV_CLONES void add_rows_f32(const WideGeometry& g, index_t rows, const float* c, float* x) {
-  add_rows(g, rows, c, x);
-}
-FASTCONV_CLONES void add_rows_f64(const WideGeometry& g, index_t rows, const double* c, double* x) {
-  add_rows(g, rows, c, x);
-}
-FASTCONV_CLONES void copy_panels_f32(const WideGeometry& g, const float* x, index_t pc, index_t kc,
-                                     index_t jc, index_t nc, index_t nr, float* d) {
-  copy_panels(g, x, pc, kc, jc, nc, nr, d);
-}
-FASTCONV_CLONES void copy_panels_f64(const WideGeometry& g, const double* x, index_t pc,
-                                     index_t kc, index_t jc, index_t nc, index_t nr, double* d) {
-  copy_panels(g, x, pc, kc, jc, nc, nr, d);
-}
-inline void add_rows_any(const WideGeometry& g, index_t r, const float* c, float* x) {
-  add_rows_f32(g, r, c, x);
-}
-inline void add_rows_any(const WideGeometry& g, index_t r, const double* c, double* x) {
-  add_rows_f64(g, r, c, x);
-}
-inline void copy_panels_any(const WideGeometry& g, const float* x, index_t pc, index_t kc,
-                            index_t jc, index_t nc, index_t nr, float* d) {
-  copy_panels_f32(g, x, pc, kc, jc, nc, nr, d);
-}
-inline void copy_panels_any(const WideGeometry& g, const double* x, index_t pc, index_t kc,
-                            index_t jc, index_t nc, index_t nr, double* d) {
-  copy_panels_f64(g, x, pc, kc, jc, nc, nr, d);
-}
+FASTCONV_CLONED(add_rows_any, add_rows,
+                (const WideGeometry& g, index_t rows, const T* cols, T* xpad),
+                (g, rows, cols, xpad))
+FASTCONV_CLONED(copy_panels_any, copy_panels,
+                (const WideGeometry& g, const T* xpad, index_t pc, index_t kc, index_t jc,
+                 index_t nc, index_t nr, T* dst),
+                (g, xpad, pc, kc, jc, nc, nr, dst))
 
 }  // namespace
 

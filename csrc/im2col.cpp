@@ -145,24 +145,14 @@ __attribute__((always_inline)) inline void pack_im2col(const Im2colB<T>& b, inde
 }
 
 // One clone per ISA of the whole packing loop (the body above is inlined into each).
-FASTCONV_CLONES void pack_im2col_f32(const Im2colB<float>& b, index_t pc, index_t kc,
-                                     index_t jc, index_t nc, index_t nr, float* dst) {
-  pack_im2col(b, pc, kc, jc, nc, nr, dst);
-}
-FASTCONV_CLONES void pack_im2col_f64(const Im2colB<double>& b, index_t pc, index_t kc,
-                                     index_t jc, index_t nc, index_t nr, double* dst) {
-  pack_im2col(b, pc, kc, jc, nc, nr, dst);
-}
+FASTCONV_CLONED(pack_im2col_cloned, pack_im2col,
+                (const Im2colB<T>& b, index_t pc, index_t kc, index_t jc, index_t nc,
+                 index_t nr, T* dst),
+                (b, pc, kc, jc, nc, nr, dst))
 
-template <>
-void Im2colB<float>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr,
-                          float* dst) const {
-  pack_im2col_f32(*this, pc, kc, jc, nc, nr, dst);
-}
-template <>
-void Im2colB<double>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr,
-                           double* dst) const {
-  pack_im2col_f64(*this, pc, kc, jc, nc, nr, dst);
+template <typename T>
+void Im2colB<T>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const {
+  pack_im2col_cloned(*this, pc, kc, jc, nc, nr, dst);
 }
 
 template <typename T>

@@ -68,22 +68,10 @@ __attribute__((always_inline)) inline void max_pool_2x2_row(const T* r0, const T
   }
 }
 
-FASTCONV_CLONES void max_pool_2x2_f32(const float* r0, const float* r1, index_t W, index_t ih,
-                                      index_t OW, float* y, std::int64_t* idx) {
-  max_pool_2x2_row(r0, r1, W, ih, OW, y, idx);
-}
-FASTCONV_CLONES void max_pool_2x2_f64(const double* r0, const double* r1, index_t W, index_t ih,
-                                      index_t OW, double* y, std::int64_t* idx) {
-  max_pool_2x2_row(r0, r1, W, ih, OW, y, idx);
-}
-inline void max_pool_2x2(const float* r0, const float* r1, index_t W, index_t ih, index_t OW,
-                         float* y, std::int64_t* idx) {
-  max_pool_2x2_f32(r0, r1, W, ih, OW, y, idx);
-}
-inline void max_pool_2x2(const double* r0, const double* r1, index_t W, index_t ih, index_t OW,
-                         double* y, std::int64_t* idx) {
-  max_pool_2x2_f64(r0, r1, W, ih, OW, y, idx);
-}
+FASTCONV_CLONED(max_pool_2x2, max_pool_2x2_row,
+                (const T* r0, const T* r1, index_t W, index_t ih, index_t OW, T* y,
+                 std::int64_t* idx),
+                (r0, r1, W, ih, OW, y, idx))
 
 // 2x2 / stride-2 average pooling rows, in blocks of 16 like max pooling. Sum order as
 // PyTorch's loop (row-major from 0), divisor 4 (the window is wholly inside the input).
@@ -114,31 +102,10 @@ __attribute__((always_inline)) inline void avg_pool_2x2_backward_row(const T* gy
   }
 }
 
-FASTCONV_CLONES void avg_pool_2x2_f32(const float* r0, const float* r1, index_t OW, float* y) {
-  avg_pool_2x2_row(r0, r1, OW, y);
-}
-FASTCONV_CLONES void avg_pool_2x2_f64(const double* r0, const double* r1, index_t OW, double* y) {
-  avg_pool_2x2_row(r0, r1, OW, y);
-}
-FASTCONV_CLONES void avg_pool_2x2_backward_f32(const float* gy, index_t OW, float* g0, float* g1) {
-  avg_pool_2x2_backward_row(gy, OW, g0, g1);
-}
-FASTCONV_CLONES void avg_pool_2x2_backward_f64(const double* gy, index_t OW, double* g0,
-                                               double* g1) {
-  avg_pool_2x2_backward_row(gy, OW, g0, g1);
-}
-inline void avg_pool_2x2(const float* r0, const float* r1, index_t OW, float* y) {
-  avg_pool_2x2_f32(r0, r1, OW, y);
-}
-inline void avg_pool_2x2(const double* r0, const double* r1, index_t OW, double* y) {
-  avg_pool_2x2_f64(r0, r1, OW, y);
-}
-inline void avg_pool_2x2_backward(const float* gy, index_t OW, float* g0, float* g1) {
-  avg_pool_2x2_backward_f32(gy, OW, g0, g1);
-}
-inline void avg_pool_2x2_backward(const double* gy, index_t OW, double* g0, double* g1) {
-  avg_pool_2x2_backward_f64(gy, OW, g0, g1);
-}
+FASTCONV_CLONED(avg_pool_2x2, avg_pool_2x2_row, (const T* r0, const T* r1, index_t OW, T* y),
+                (r0, r1, OW, y))
+FASTCONV_CLONED(avg_pool_2x2_backward, avg_pool_2x2_backward_row,
+                (const T* gy, index_t OW, T* g0, T* g1), (gy, OW, g0, g1))
 
 // 2x2, stride 2, no padding or dilation, every window inside the input.
 inline bool is_plain_2x2(const PoolShape& s) {
