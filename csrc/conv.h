@@ -33,8 +33,10 @@ struct ConvShape {
   }
 };
 
-// Which formulation stride-1 convolutions use: "auto" (a size heuristic), "wide" (wide-row
-// shifted GEMM wherever it applies) or "im2col". For tests and benchmarks.
+// Which formulation convolutions use: "auto" (a size heuristic), "wide" (wide-row shifted
+// GEMM wherever it applies), "im2col" (im2col-packed GEMM), or "direct" (the channels-last
+// direct kernels of conv_direct.h wherever they apply: float32, AVX-512). For tests and
+// benchmarks.
 bool set_conv_algorithm(const std::string& name);
 
 template <typename T>

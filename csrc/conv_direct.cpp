@@ -1,0 +1,359 @@
+// Orchestration of the direct channels-last convolution (see conv_direct.h): layout copies,
+// weight re-layout, tiling and threads. Portable code; the AVX-512 tiles live in
+// conv_direct_avx512.cpp and are reached only when that level is selected.
+#include "conv_direct.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "gemm.h"
+
+namespace fastconv {
+namespace {
+
+inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
+
+// Copies src (C x H x W, NCHW) into dst (Hp x Wp x ld, channels last) at row offset pt and
+// column offset pl; everything else (border, channels C..ld) is zero. Parts of src that fall
+// outside dst (rows no window reaches) are skipped.
+template <typename T>
+__attribute__((always_inline)) inline void to_channels_last_impl(const T* src, index_t C,
+                                                                 index_t H, index_t W, index_t pt,
+                                                                 index_t pl, index_t Hp,
+                                                                 index_t Wp, index_t ld, T* dst) {
+  std::fill(dst, dst + Hp * Wp * ld, T(0));
+  const index_t h0 = std::max<index_t>(0, -pt), h1 = std::min(H, Hp - pt);
+  const index_t w0 = std::max<index_t>(0, -pl), w1 = std::min(W, Wp - pl);
+  constexpr index_t B = 16;  // channel block: 16 strided reads, one contiguous write
+  for (index_t c0 = 0; c0 < C; c0 += B) {
+    const index_t cb = std::min(B, C - c0);
+    for (index_t h = h0; h < h1; ++h) {
+      const T* s = src + (c0 * H + h) * W;
+      T* d = dst + ((h + pt) * Wp + pl) * ld + c0;
+      for (index_t w = w0; w < w1; ++w)
+        for (index_t c = 0; c < cb; ++c) d[w * ld + c] = s[c * H * W + w];
+    }
+  }
+}
+
+// dst (C x L, NCHW) = src (L x ld, channels last), plus bias[c] when given.
+template <typename T>
+__attribute__((always_inline)) inline void from_channels_last_impl(const T* src, index_t ld,
+                                                                   index_t C, index_t L,
+                                                                   const T* bias, T* dst) {
+  constexpr index_t B = 16;
+  for (index_t l0 = 0; l0 < L; l0 += B) {
+    const index_t lb = std::min(B, L - l0);
+    for (index_t c = 0; c < C; ++c) {
+      const T b = bias ? bias[c] : T(0);
+      const T* s = src + l0 * ld + c;
+      T* d = dst + c * L + l0;
+      for (index_t l = 0; l < lb; ++l) d[l] = s[l * ld] + b;
+    }
+  }
+}
+
+FASTCONV_CLONED(to_channels_last, to_channels_last_impl,
+                (const T* src, index_t C, index_t H, index_t W, index_t pt, index_t pl,
+                 index_t Hp, index_t Wp, index_t ld, T* dst),
+                (src, C, H, W, pt, pl, Hp, Wp, ld, dst))
+FASTCONV_CLONED(from_channels_last, from_channels_last_impl,
+                (const T* src, index_t ld, index_t C, index_t L, const T* bias, T* dst),
+                (src, ld, C, L, bias, dst))
+
+const DirectKernels* kernels() {
+  return simd_level() == "avx512" ? direct_kernels_avx512() : nullptr;
+}
+
+// A block of 16*nv output channels starting at f0 (the channels are padded to 16).
+struct ChannelBlock {
+  index_t f0, nv;
+};
+
+// Two vectors per tile (MR up to 14) keeps the most accumulators busy on most rows; an odd
+// vector count ends with a 3- or 1-vector block.
+std::vector<ChannelBlock> channel_blocks(index_t channels) {
+  const index_t vecs = ceil_div(channels, 16);
+  std::vector<ChannelBlock> blocks;
+  index_t v = 0;
+  for (; vecs - v >= 2 && vecs - v != 3; v += 2) blocks.push_back({16 * v, 2});
+  if (vecs - v == 3) blocks.push_back({16 * v, 3});
+  if (vecs - v == 1) blocks.push_back({16 * v, 1});
+  return blocks;
+}
+
+// Splits [0, n) into the fewest pieces of at most `max` elements, of near-equal sizes.
+template <typename Body>
+void for_each_piece(index_t n, index_t max, Body&& body) {
+  const index_t pieces = ceil_div(n, max);
+  for (index_t k = 0, start = 0; k < pieces; ++k) {
+    const index_t size = n / pieces + (k < n % pieces ? 1 : 0);
+    body(start, size);
+    start += size;
+  }
+}
+
+// Splits [0, n) into the fewest pieces of at most `max` elements, each a multiple of `align`
+// (but the last), as (start, size) pairs.
+std::vector<std::pair<index_t, index_t>> pieces(index_t n, index_t max, index_t align) {
+  std::vector<std::pair<index_t, index_t>> out;
+  const index_t size = std::min(n, round_up(ceil_div(n, ceil_div(n, max)), align));
+  for (index_t start = 0; start < n; start += size) out.push_back({start, std::min(size, n - start)});
+  return out;
+}
+
+// A stride-s convolution of a channels-last padded image with `taps` kernel taps, written as
+// the forward tiles see it. Serves the forward pass and (on grad_y) the input gradient.
+struct ForwardPlan {
+  index_t Cin, Hin, Win;  // NCHW source image (one group)
+  index_t pt, pl, Hp, Wp;  // where it sits in the padded channels-last copy
+  index_t Cout, OH, OW, SH, SW;
+  index_t KH, KW, DH;
+  index_t Cout_pad;
+  std::vector<index_t> tap_off;  // kernel row-major
+  std::vector<ChannelBlock> blocks;
+  // Input-channel blocks (start, size): one block's weights for one output block stay in L1
+  // while every row of the image uses them.
+  std::vector<std::pair<index_t, index_t>> cin_blocks;
+
+  index_t taps() const { return static_cast<index_t>(tap_off.size()); }
+  index_t padded_size() const { return round_up(Hp * Wp * Cin, 16); }
+  index_t out_size() const { return round_up(OH * OW * Cout_pad, 16); }
+  index_t weight_size() const { return taps() * Cin * Cout_pad; }
+};
+
+ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t pl, index_t Cout,
+                      index_t OH, index_t OW, index_t KH, index_t KW, index_t SH, index_t SW,
+                      index_t DH, index_t DW) {
+  ForwardPlan p{Cin, Hin, Win, pt, pl, (OH - 1) * SH + (KH - 1) * DH + 1,
+                (OW - 1) * SW + (KW - 1) * DW + 1, Cout, OH, OW, SH, SW, KH, KW, DH,
+                round_up(Cout, 16), {}, channel_blocks(Cout), {}};
+  for (index_t i = 0; i < KH; ++i)
+    for (index_t j = 0; j < KW; ++j) p.tap_off.push_back((i * DH * p.Wp + j * DW) * Cin);
+  // ~16 KiB of weights per (input block, 2-vector output block): 16 channels of a 3x3 kernel.
+  const index_t max_cin = std::max<index_t>(1, 16384 / (p.taps() * 16 * 2 * sizeof(float)));
+  p.cin_blocks = pieces(Cin, max_cin, max_cin >= 16 ? 16 : 1);
+  return p;
+}
+
+// Re-lays out weights for the tiles: for output block (f0, nv) and input block (c0, kc), at
+// offset taps*(f0*Cin + c0*16*nv), the array [tap][c < kc][j < 16*nv] = value(f0 + j, c0 + c,
+// tap), zero for f0 + j >= Cout.
+template <typename Value>
+void relayout_weights(const ForwardPlan& p, Value value, float* wd) {
+  const index_t taps = p.taps();
+  for (const ChannelBlock& b : p.blocks)
+    for (const auto& [c0, kc] : p.cin_blocks) {
+      const index_t width = 16 * b.nv;
+      float* d = wd + taps * (b.f0 * p.Cin + c0 * width);
+      for (index_t t = 0; t < taps; ++t)
+        for (index_t c = 0; c < kc; ++c)
+          for (index_t j = 0; j < width; ++j)
+            d[(t * kc + c) * width + j] = b.f0 + j < p.Cout ? value(b.f0 + j, c0 + c, t) : 0.0f;
+    }
+}
+
+// out (OH*OW x Cout_pad, channels last) = the convolution of xp with weights wd (see
+// relayout_weights), for output block `block` and output rows [r0, r1). Kernel rows that
+// fall wholly in the zero padding above or below the image are skipped: at the borders
+// (and for the input gradient of an unpadded convolution) that is real work saved.
+void forward_rows(const DirectKernels& k, const ForwardPlan& p, const float* xp, const float* wd,
+                  float* out, index_t block, index_t r0, index_t r1) {
+  const ChannelBlock blk = p.blocks[block];
+  const index_t taps = p.taps(), width = 16 * blk.nv;
+  for (const auto& [c0, kc] : p.cin_blocks) {
+    const float* w = wd + taps * (blk.f0 * p.Cin + c0 * width);
+    for (index_t oh = r0; oh < r1; ++oh) {
+      // Kernel rows i read padded row oh*SH + i*DH; the image occupies [pt, pt + Hin).
+      index_t i0 = 0, i1 = p.KH;
+      while (i0 < i1 && oh * p.SH + i0 * p.DH < p.pt) ++i0;
+      while (i1 > i0 && oh * p.SH + (i1 - 1) * p.DH >= p.pt + p.Hin) --i1;
+      const index_t t0 = i0 * p.KW, count = (i1 - i0) * p.KW;
+      const float* row = xp + oh * p.SH * p.Wp * p.Cin + c0;
+      for_each_piece(p.OW, k.max_mr[blk.nv], [&](index_t ow0, index_t mr) {
+        k.forward[blk.nv][mr](row + ow0 * p.SW * p.Cin, p.SW * p.Cin, p.tap_off.data() + t0,
+                              count, kc, w + t0 * kc * width,
+                              out + (oh * p.OW + ow0) * p.Cout_pad + blk.f0, p.Cout_pad, c0 > 0);
+      });
+    }
+  }
+}
+
+// Runs the plan over `items` images (image i: src(i) NCHW -> dst(i) NCHW, plus bias), with
+// per-group weights wd(i). Threads take whole images when there are enough of them, else
+// split the rows of each image.
+template <typename Src, typename Dst, typename Weights>
+void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, Dst dst, Weights wd,
+                 const float* bias) {
+  auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
+  const DirectKernels& k = *kernels();
+  const index_t per = p.padded_size() + p.out_size();
+  const index_t nblocks = static_cast<index_t>(p.blocks.size());
+  const int threads = max_threads();
+  if (threads > 1 && items >= threads) {
+    Scratch<float> buf = make_scratch<float>(per * threads);
+#pragma omp parallel num_threads(threads)
+    {
+      float* xp = buf.get() + per * thread_id();
+      float* out = xp + p.padded_size();
+#pragma omp for schedule(static)
+      for (index_t i = 0; i < items; ++i) {
+        to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
+        for (index_t b = 0; b < nblocks; ++b) forward_rows(k, p, xp, wd(i), out, b, 0, p.OH);
+        from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+      }
+    }
+  } else {
+    Scratch<float> buf = make_scratch<float>(per);
+    float* xp = buf.get();
+    float* out = xp + p.padded_size();
+    for (index_t i = 0; i < items; ++i) {
+      to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
+      const float* w = wd(i);
+#pragma omp parallel for schedule(static)
+      for (index_t r = 0; r < nblocks * p.OH; ++r)
+        forward_rows(k, p, xp, w, out, r / p.OH, r % p.OH, r % p.OH + 1);
+      from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+    }
+  }
+}
+
+}  // namespace
+
+bool use_direct(const ConvShape& s, DirectPass pass, bool forced) {
+  if (!kernels() || s.N == 0) return false;
+  if (pass == DirectPass::backward_input && (s.win.SH != 1 || s.win.SW != 1)) return false;
+  if (forced) return true;
+  // Few channels leave the reduction loop too short (and the first layer's 3 input channels
+  // are better served by im2col); 1x1 convolutions are plain GEMMs already.
+  return s.Cg() >= 16 && s.Fg() >= 16 && !s.pointwise();
+}
+
+void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, const float* bias,
+                           float* y) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
+  const Window2d& win = s.win;
+  const ForwardPlan p = make_plan(Cg, s.H, s.W, win.PH, win.PW, Fg, s.OH, s.OW, win.KH, win.KW,
+                                  win.SH, win.SW, win.DH, win.DW);
+  const index_t taps = win.KH * win.KW;
+  Scratch<float> wd = make_scratch<float>(G * p.weight_size());
+  for (index_t g = 0; g < G; ++g)
+    relayout_weights(
+        p, [&](index_t f, index_t c, index_t t) { return w[((g * Fg + f) * Cg + c) * taps + t]; },
+        wd.get() + g * p.weight_size());
+  run_forward(
+      p, s.N * G, G, [&](index_t i) { return x + (i / G * s.C + i % G * Cg) * s.H * s.W; },
+      [&](index_t i) { return y + (i / G * s.F + i % G * Fg) * s.L(); },
+      [&](index_t i) -> const float* { return wd.get() + i % G * p.weight_size(); }, bias);
+}
+
+void conv2d_backward_input_direct(const ConvShape& s, const float* gy, const float* w, float* gx) {
+  // gx = the stride-1 convolution of grad_y, padded by d(k-1) - p (cropped where that is
+  // negative), with the kernel flipped and its channel axes swapped.
+  const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
+  const Window2d& win = s.win;
+  const index_t pt = (win.KH - 1) * win.DH - win.PH, pl = (win.KW - 1) * win.DW - win.PW;
+  const ForwardPlan p = make_plan(Fg, s.OH, s.OW, pt, pl, Cg, s.H, s.W, win.KH, win.KW, 1, 1,
+                                  win.DH, win.DW);
+  const index_t taps = win.KH * win.KW;
+  Scratch<float> wd = make_scratch<float>(G * p.weight_size());
+  for (index_t g = 0; g < G; ++g)
+    relayout_weights(
+        p,
+        [&](index_t c, index_t f, index_t t) {
+          return w[((g * Fg + f) * Cg + c) * taps + (taps - 1 - t)];
+        },
+        wd.get() + g * p.weight_size());
+  run_forward(
+      p, s.N * G, G, [&](index_t i) { return gy + (i / G * s.F + i % G * Fg) * s.L(); },
+      [&](index_t i) { return gx + (i / G * s.C + i % G * Cg) * s.H * s.W; },
+      [&](index_t i) -> const float* { return wd.get() + i % G * p.weight_size(); }, nullptr);
+}
+
+void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const float* x,
+                                   float* gw) {
+  const DirectKernels& k = *kernels();
+  const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L();
+  const Window2d& win = s.win;
+  const ForwardPlan p = make_plan(Cg, s.H, s.W, win.PH, win.PW, Fg, s.OH, s.OW, win.KH, win.KW,
+                                  win.SH, win.SW, win.DH, win.DW);
+  const index_t taps = win.KH * win.KW;
+  const index_t part_size = G * p.weight_size();  // [g][tap][c][Fpad]
+  const index_t gyt_size = round_up(L * p.Cout_pad, 16);
+  const index_t per = p.padded_size() + gyt_size;
+  // Fixed chunks of images, each summed into its own partial gradient and added in chunk
+  // order: the result does not depend on the number of threads.
+  const index_t chunks = std::min<index_t>(s.N, 8);
+  Scratch<float> partial = make_scratch<float>(chunks * part_size);
+  const index_t nblocks = static_cast<index_t>(p.blocks.size());
+
+  // Adds one image (group g; xp, gyt its channels-last copies) into part, for work item
+  // (block, tap); accumulate: onto what is there.
+  auto image_item = [&](const float* xp, const float* gyt, float* part, index_t g, index_t item,
+                         bool accumulate) {
+    const ChannelBlock blk = p.blocks[item / taps];
+    const index_t t = item % taps;
+    float* dst = part + (g * taps + t) * Cg * p.Cout_pad + blk.f0;
+    for_each_piece(Cg, k.max_mr[blk.nv], [&](index_t c0, index_t mr) {
+      k.weight_grad[blk.nv][mr](xp + p.tap_off[t] + c0, p.SW * Cg, p.SH * p.Wp * Cg, s.OH, s.OW,
+                                gyt + blk.f0, p.Cout_pad, dst + c0 * p.Cout_pad, p.Cout_pad,
+                                accumulate);
+    });
+  };
+  auto prepare = [&](index_t n, index_t g, float* xp, float* gyt) {
+    to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, win.PH, win.PW, p.Hp, p.Wp,
+                     Cg, xp);
+    to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0), s.OH,
+                     s.OW, p.Cout_pad, gyt);
+  };
+  const int threads = max_threads();
+  if (threads > 1 && chunks >= threads) {
+    Scratch<float> buf = make_scratch<float>(per * threads);
+#pragma omp parallel num_threads(threads)
+    {
+      float* xp = buf.get() + per * thread_id();
+      float* gyt = xp + p.padded_size();
+#pragma omp for schedule(static)
+      for (index_t c = 0; c < chunks; ++c) {
+        const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
+        for (index_t n = n0; n < n1; ++n)
+          for (index_t g = 0; g < G; ++g) {
+            prepare(n, g, xp, gyt);
+            for (index_t item = 0; item < nblocks * taps; ++item)
+              image_item(xp, gyt, partial.get() + c * part_size, g, item, n > n0);
+          }
+      }
+    }
+  } else {
+    Scratch<float> buf = make_scratch<float>(per);
+    float* xp = buf.get();
+    float* gyt = xp + p.padded_size();
+    for (index_t c = 0; c < chunks; ++c) {
+      const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
+      for (index_t n = n0; n < n1; ++n)
+        for (index_t g = 0; g < G; ++g) {
+          prepare(n, g, xp, gyt);
+#pragma omp parallel for schedule(static)
+          for (index_t item = 0; item < nblocks * taps; ++item)
+            image_item(xp, gyt, partial.get() + c * part_size, g, item, n > n0);
+        }
+    }
+  }
+  // gw[g*Fg + f][c][t] = sum over chunks (in order) of partial[chunk][g][t][c][f]; rows of
+  // the partials are read contiguously.
+  const float* part = partial.get();
+  const index_t Fpad = p.Cout_pad;
+#pragma omp parallel for schedule(static)
+  for (index_t row = 0; row < G * taps * Cg; ++row) {
+    const index_t g = row / (taps * Cg), t = row / Cg % taps, c = row % Cg;
+    for (index_t f = 0; f < Fg; ++f) {
+      const index_t e = row * Fpad + f;
+      float sum = part[e];
+      for (index_t ch = 1; ch < chunks; ++ch) sum += part[ch * part_size + e];
+      gw[((g * Fg + f) * Cg + c) * taps + t] = sum;
+    }
+  }
+}
+
+}  // namespace fastconv

@@ -1,0 +1,52 @@
+// Direct convolution on channels-last (NHWC) copies of the images, float32, AVX-512.
+//
+// For layers with many channels on small images, im2col packing costs as much as a quarter
+// of the multiply-adds (each packed element feeds only Fg of them). Here nothing is packed:
+// each image (group) is copied once into a zero-padded channels-last buffer, and the
+// register tile (MR output pixels along a row x NV*16 output channels) reads its operands
+// straight from that buffer and from the weights, re-laid out once per call:
+//
+//   forward          out[p][f]   = sum_{tap, c} xp[p*S + tap_off + c] * wd[tap][c][f]
+//   backward input   the forward of grad_y (padded by d(k-1) - p) with the kernel flipped
+//                    and transposed (stride-1 convolutions only)
+//   backward weight  gw[tap][c][f] += sum_p xp[p*S + tap_off + c] * gy[p][f]
+//
+// The reduction order of every output value is fixed (taps, then channels; images in
+// order), so results do not depend on the number of threads.
+#pragma once
+
+#include "conv.h"
+
+namespace fastconv {
+
+// Register-tile kernels, from conv_direct_avx512.cpp (nullptr without AVX-512).
+struct DirectKernels {
+  static constexpr int kMaxNV = 4;   // output-channel vectors per tile
+  static constexpr int kMaxMR = 24;  // pixels (forward) or input channels (weight grad)
+  // out[i*ldo + j] (+)= sum_{t < taps} sum_{c < C} in[i*ps + tap_off[t] + c] * w[(t*C + c)*16*NV + j]
+  // for i < MR, j < 16*NV.
+  using ForwardFn = void (*)(const float* in, index_t ps, const index_t* tap_off, index_t taps,
+                             index_t C, const float* w, float* out, index_t ldo, bool accumulate);
+  // gw[i*ldw + j] (+)= sum_{r < rows} sum_{q < cols} x[r*xrs + q*ps + i] * gy[(r*cols + q)*ldg + j]
+  // for i < MR, j < 16*NV.
+  using WeightGradFn = void (*)(const float* x, index_t ps, index_t xrs, index_t rows, index_t cols,
+                                const float* gy, index_t ldg, float* gw, index_t ldw,
+                                bool accumulate);
+  // Largest MR for each NV (accumulators MR*NV fit the 32 zmm registers).
+  int max_mr[kMaxNV + 1];
+  ForwardFn forward[kMaxNV + 1][kMaxMR + 1];
+  WeightGradFn weight_grad[kMaxNV + 1][kMaxMR + 1];
+};
+const DirectKernels* direct_kernels_avx512();
+
+// Whether the direct kernels take this float32 convolution: AVX-512 selected, stride 1 for
+// the input gradient, and (unless forced) enough channels per group for the tiles to pay.
+enum class DirectPass { forward, backward_input, backward_weight };
+bool use_direct(const ConvShape& s, DirectPass pass, bool forced);
+
+void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, const float* bias,
+                           float* y);
+void conv2d_backward_input_direct(const ConvShape& s, const float* gy, const float* w, float* gx);
+void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const float* x, float* gw);
+
+}  // namespace fastconv
