@@ -14,54 +14,6 @@ namespace {
 
 inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 
-// Copies src (C x H x W, NCHW) into dst (Hp x Wp x ld, channels last) at row offset pt and
-// column offset pl; everything else (border, channels C..ld) is zero. Parts of src that fall
-// outside dst (rows no window reaches) are skipped.
-template <typename T>
-__attribute__((always_inline)) inline void to_channels_last_impl(const T* src, index_t C,
-                                                                 index_t H, index_t W, index_t pt,
-                                                                 index_t pl, index_t Hp,
-                                                                 index_t Wp, index_t ld, T* dst) {
-  std::fill(dst, dst + Hp * Wp * ld, T(0));
-  const index_t h0 = std::max<index_t>(0, -pt), h1 = std::min(H, Hp - pt);
-  const index_t w0 = std::max<index_t>(0, -pl), w1 = std::min(W, Wp - pl);
-  constexpr index_t B = 16;  // channel block: 16 strided reads, one contiguous write
-  for (index_t c0 = 0; c0 < C; c0 += B) {
-    const index_t cb = std::min(B, C - c0);
-    for (index_t h = h0; h < h1; ++h) {
-      const T* s = src + (c0 * H + h) * W;
-      T* d = dst + ((h + pt) * Wp + pl) * ld + c0;
-      for (index_t w = w0; w < w1; ++w)
-        for (index_t c = 0; c < cb; ++c) d[w * ld + c] = s[c * H * W + w];
-    }
-  }
-}
-
-// dst (C x L, NCHW) = src (L x ld, channels last), plus bias[c] when given.
-template <typename T>
-__attribute__((always_inline)) inline void from_channels_last_impl(const T* src, index_t ld,
-                                                                   index_t C, index_t L,
-                                                                   const T* bias, T* dst) {
-  constexpr index_t B = 16;
-  for (index_t l0 = 0; l0 < L; l0 += B) {
-    const index_t lb = std::min(B, L - l0);
-    for (index_t c = 0; c < C; ++c) {
-      const T b = bias ? bias[c] : T(0);
-      const T* s = src + l0 * ld + c;
-      T* d = dst + c * L + l0;
-      for (index_t l = 0; l < lb; ++l) d[l] = s[l * ld] + b;
-    }
-  }
-}
-
-FASTCONV_CLONED(to_channels_last, to_channels_last_impl,
-                (const T* src, index_t C, index_t H, index_t W, index_t pt, index_t pl,
-                 index_t Hp, index_t Wp, index_t ld, T* dst),
-                (src, C, H, W, pt, pl, Hp, Wp, ld, dst))
-FASTCONV_CLONED(from_channels_last, from_channels_last_impl,
-                (const T* src, index_t ld, index_t C, index_t L, const T* bias, T* dst),
-                (src, ld, C, L, bias, dst))
-
 const DirectKernels* kernels() {
   return simd_level() == "avx512" ? direct_kernels_avx512() : nullptr;
 }
@@ -103,6 +55,11 @@ std::vector<std::pair<index_t, index_t>> pieces(index_t n, index_t max, index_t 
   return out;
 }
 
+// MR consecutive output pixels from `first`, summed over the kernel taps [t0, t0 + taps).
+struct Tile {
+  index_t first, mr, t0, taps;
+};
+
 // A stride-s convolution of a channels-last padded image with `taps` kernel taps, written as
 // the forward tiles see it. Serves the forward pass and (on grad_y) the input gradient.
 struct ForwardPlan {
@@ -112,7 +69,10 @@ struct ForwardPlan {
   index_t KH, KW, DH;
   index_t Cout_pad;
   std::vector<index_t> tap_off;  // kernel row-major
+  std::vector<index_t> pix;      // output pixel q (row-major) reads from xp + pix[q] + tap_off
   std::vector<ChannelBlock> blocks;
+  // Register tiles for nv-vector blocks: consecutive pixels, which may span rows.
+  std::vector<Tile> tiles[DirectKernels::kMaxNV + 1];
   // Input-channel blocks (start, size): one block's weights for one output block stay in L1
   // while every row of the image uses them.
   std::vector<std::pair<index_t, index_t>> cin_blocks;
@@ -125,12 +85,35 @@ struct ForwardPlan {
 
 ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t pl, index_t Cout,
                       index_t OH, index_t OW, index_t KH, index_t KW, index_t SH, index_t SW,
-                      index_t DH, index_t DW) {
+                      index_t DH, index_t DW, const DirectKernels& k) {
   ForwardPlan p{Cin, Hin, Win, pt, pl, (OH - 1) * SH + (KH - 1) * DH + 1,
                 (OW - 1) * SW + (KW - 1) * DW + 1, Cout, OH, OW, SH, SW, KH, KW, DH,
-                round_up(Cout, 16), {}, channel_blocks(Cout), {}};
+                round_up(Cout, 16), {}, {}, channel_blocks(Cout), {}, {}};
   for (index_t i = 0; i < KH; ++i)
     for (index_t j = 0; j < KW; ++j) p.tap_off.push_back((i * DH * p.Wp + j * DW) * Cin);
+  for (index_t oh = 0; oh < OH; ++oh)
+    for (index_t ow = 0; ow < OW; ++ow) p.pix.push_back((oh * SH * p.Wp + ow * SW) * Cin);
+  // Kernel rows wholly in the zero padding above or below the image are skipped: at the
+  // borders (and for the input gradient of an unpadded convolution) that is real work saved.
+  // Rows with the same kernel rows form a band; tiles run along a band across its rows.
+  auto kernel_rows = [&](index_t oh) {  // row i reads padded row oh*SH + i*DH
+    index_t i0 = 0, i1 = KH;
+    while (i0 < i1 && oh * SH + i0 * DH < pt) ++i0;
+    while (i1 > i0 && oh * SH + (i1 - 1) * DH >= pt + Hin) --i1;
+    return std::pair<index_t, index_t>(i0, i1);
+  };
+  for (const ChannelBlock& b : p.blocks) {
+    std::vector<Tile>& tiles = p.tiles[b.nv];
+    if (!tiles.empty()) continue;
+    for (index_t ra = 0, rb; ra < OH; ra = rb) {
+      const auto rows = kernel_rows(ra);
+      for (rb = ra + 1; rb < OH && kernel_rows(rb) == rows; ++rb) {
+      }
+      for_each_piece((rb - ra) * OW, k.max_mr[b.nv], [&](index_t q0, index_t mr) {
+        tiles.push_back({ra * OW + q0, mr, rows.first * KW, (rows.second - rows.first) * KW});
+      });
+    }
+  }
   // ~16 KiB of weights per (input block, 2-vector output block): 16 channels of a 3x3 kernel.
   const index_t max_cin = std::max<index_t>(1, 16384 / (p.taps() * 16 * 2 * sizeof(float)));
   p.cin_blocks = pieces(Cin, max_cin, max_cin >= 16 ? 16 : 1);
@@ -155,27 +138,19 @@ void relayout_weights(const ForwardPlan& p, Value value, float* wd) {
 }
 
 // out (OH*OW x Cout_pad, channels last) = the convolution of xp with weights wd (see
-// relayout_weights), for output block `block` and output rows [r0, r1). Kernel rows that
-// fall wholly in the zero padding above or below the image are skipped: at the borders
-// (and for the input gradient of an unpadded convolution) that is real work saved.
-void forward_rows(const DirectKernels& k, const ForwardPlan& p, const float* xp, const float* wd,
-                  float* out, index_t block, index_t r0, index_t r1) {
+// relayout_weights), for output block `block` and its tiles [first, last).
+void forward_tiles(const DirectKernels& k, const ForwardPlan& p, const float* xp, const float* wd,
+                   float* out, index_t block, index_t first, index_t last) {
   const ChannelBlock blk = p.blocks[block];
   const index_t taps = p.taps(), width = 16 * blk.nv;
+  const std::vector<Tile>& tiles = p.tiles[blk.nv];
   for (const auto& [c0, kc] : p.cin_blocks) {
     const float* w = wd + taps * (blk.f0 * p.Cin + c0 * width);
-    for (index_t oh = r0; oh < r1; ++oh) {
-      // Kernel rows i read padded row oh*SH + i*DH; the image occupies [pt, pt + Hin).
-      index_t i0 = 0, i1 = p.KH;
-      while (i0 < i1 && oh * p.SH + i0 * p.DH < p.pt) ++i0;
-      while (i1 > i0 && oh * p.SH + (i1 - 1) * p.DH >= p.pt + p.Hin) --i1;
-      const index_t t0 = i0 * p.KW, count = (i1 - i0) * p.KW;
-      const float* row = xp + oh * p.SH * p.Wp * p.Cin + c0;
-      for_each_piece(p.OW, k.max_mr[blk.nv], [&](index_t ow0, index_t mr) {
-        k.forward[blk.nv][mr](row + ow0 * p.SW * p.Cin, p.SW * p.Cin, p.tap_off.data() + t0,
-                              count, kc, w + t0 * kc * width,
-                              out + (oh * p.OW + ow0) * p.Cout_pad + blk.f0, p.Cout_pad, c0 > 0);
-      });
+    for (index_t i = first; i < last; ++i) {
+      const Tile& t = tiles[i];
+      k.forward[blk.nv][t.mr](xp + c0, p.pix.data() + t.first, p.tap_off.data() + t.t0, t.taps, kc,
+                              w + t.t0 * kc * width, out + t.first * p.Cout_pad + blk.f0,
+                              p.Cout_pad, c0 > 0);
     }
   }
 }
@@ -190,6 +165,9 @@ void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, D
   const DirectKernels& k = *kernels();
   const index_t per = p.padded_size() + p.out_size();
   const index_t nblocks = static_cast<index_t>(p.blocks.size());
+  auto tile_count = [&](index_t b) {
+    return static_cast<index_t>(p.tiles[p.blocks[b].nv].size());
+  };
   const int threads = max_threads();
   if (threads > 1 && items >= threads) {
     Scratch<float> buf = make_scratch<float>(per * threads);
@@ -199,9 +177,10 @@ void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, D
       float* out = xp + p.padded_size();
 #pragma omp for schedule(static)
       for (index_t i = 0; i < items; ++i) {
-        to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
-        for (index_t b = 0; b < nblocks; ++b) forward_rows(k, p, xp, wd(i), out, b, 0, p.OH);
-        from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+        k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
+        for (index_t b = 0; b < nblocks; ++b)
+          forward_tiles(k, p, xp, wd(i), out, b, 0, tile_count(b));
+        k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
       }
     }
   } else {
@@ -209,12 +188,17 @@ void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, D
     float* xp = buf.get();
     float* out = xp + p.padded_size();
     for (index_t i = 0; i < items; ++i) {
-      to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
+      k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
       const float* w = wd(i);
+      // (block, tile) work items: each output value is still summed by one thread.
+      index_t per_block = 0;
+      for (index_t b = 0; b < nblocks; ++b) per_block = std::max(per_block, tile_count(b));
 #pragma omp parallel for schedule(static)
-      for (index_t r = 0; r < nblocks * p.OH; ++r)
-        forward_rows(k, p, xp, w, out, r / p.OH, r % p.OH, r % p.OH + 1);
-      from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+      for (index_t r = 0; r < nblocks * per_block; ++r) {
+        const index_t b = r / per_block, t = r % per_block;
+        if (t < tile_count(b)) forward_tiles(k, p, xp, w, out, b, t, t + 1);
+      }
+      k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
     }
   }
 }
@@ -235,7 +219,7 @@ void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, c
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const Window2d& win = s.win;
   const ForwardPlan p = make_plan(Cg, s.H, s.W, win.PH, win.PW, Fg, s.OH, s.OW, win.KH, win.KW,
-                                  win.SH, win.SW, win.DH, win.DW);
+                                  win.SH, win.SW, win.DH, win.DW, *kernels());
   const index_t taps = win.KH * win.KW;
   Scratch<float> wd = make_scratch<float>(G * p.weight_size());
   for (index_t g = 0; g < G; ++g)
@@ -255,7 +239,7 @@ void conv2d_backward_input_direct(const ConvShape& s, const float* gy, const flo
   const Window2d& win = s.win;
   const index_t pt = (win.KH - 1) * win.DH - win.PH, pl = (win.KW - 1) * win.DW - win.PW;
   const ForwardPlan p = make_plan(Fg, s.OH, s.OW, pt, pl, Cg, s.H, s.W, win.KH, win.KW, 1, 1,
-                                  win.DH, win.DW);
+                                  win.DH, win.DW, *kernels());
   const index_t taps = win.KH * win.KW;
   Scratch<float> wd = make_scratch<float>(G * p.weight_size());
   for (index_t g = 0; g < G; ++g)
@@ -277,7 +261,7 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L();
   const Window2d& win = s.win;
   const ForwardPlan p = make_plan(Cg, s.H, s.W, win.PH, win.PW, Fg, s.OH, s.OW, win.KH, win.KW,
-                                  win.SH, win.SW, win.DH, win.DW);
+                                  win.SH, win.SW, win.DH, win.DW, *kernels());
   const index_t taps = win.KH * win.KW;
   const index_t part_size = G * p.weight_size();  // [g][tap][c][Fpad]
   const index_t gyt_size = round_up(L * p.Cout_pad, 16);
@@ -302,9 +286,9 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
     });
   };
   auto prepare = [&](index_t n, index_t g, float* xp, float* gyt) {
-    to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, win.PH, win.PW, p.Hp, p.Wp,
+    k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, win.PH, win.PW, p.Hp, p.Wp,
                      Cg, xp);
-    to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0), s.OH,
+    k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0), s.OH,
                      s.OW, p.Cout_pad, gyt);
   };
   const int threads = max_threads();

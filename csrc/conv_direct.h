@@ -23,15 +23,23 @@ namespace fastconv {
 struct DirectKernels {
   static constexpr int kMaxNV = 4;   // output-channel vectors per tile
   static constexpr int kMaxMR = 24;  // pixels (forward) or input channels (weight grad)
-  // out[i*ldo + j] (+)= sum_{t < taps} sum_{c < C} in[i*ps + tap_off[t] + c] * w[(t*C + c)*16*NV + j]
+  // out[i*ldo + j] (+)= sum_{t < taps} sum_{c < C} in[pix[i] + tap_off[t] + c] * w[(t*C + c)*16*NV + j]
   // for i < MR, j < 16*NV.
-  using ForwardFn = void (*)(const float* in, index_t ps, const index_t* tap_off, index_t taps,
-                             index_t C, const float* w, float* out, index_t ldo, bool accumulate);
+  using ForwardFn = void (*)(const float* in, const index_t* pix, const index_t* tap_off,
+                             index_t taps, index_t C, const float* w, float* out, index_t ldo,
+                             bool accumulate);
   // gw[i*ldw + j] (+)= sum_{r < rows} sum_{q < cols} x[r*xrs + q*ps + i] * gy[(r*cols + q)*ldg + j]
   // for i < MR, j < 16*NV.
   using WeightGradFn = void (*)(const float* x, index_t ps, index_t xrs, index_t rows, index_t cols,
                                 const float* gy, index_t ldg, float* gw, index_t ldw,
                                 bool accumulate);
+  // dst (Hp x Wp x ld, channels last) <- src (C x H x W, NCHW) placed at row pt, column pl;
+  // zero everywhere else (border, channels C..ld). Parts of src outside dst are skipped.
+  void (*to_channels_last)(const float* src, index_t C, index_t H, index_t W, index_t pt,
+                           index_t pl, index_t Hp, index_t Wp, index_t ld, float* dst);
+  // dst (C x L, NCHW) <- src (L x ld, channels last), plus bias[c] when bias is not null.
+  void (*from_channels_last)(const float* src, index_t ld, index_t C, index_t L,
+                             const float* bias, float* dst);
   // Largest MR for each NV (accumulators MR*NV fit the 32 zmm registers).
   int max_mr[kMaxNV + 1];
   ForwardFn forward[kMaxNV + 1][kMaxMR + 1];

@@ -7,6 +7,7 @@
 #if defined(FASTCONV_X86) && defined(__AVX512F__)
 #include <immintrin.h>
 
+#include <cstring>
 #include <utility>
 
 namespace fastconv {
@@ -14,24 +15,25 @@ namespace {
 
 constexpr int kMaxMR[DirectKernels::kMaxNV + 1] = {0, 24, 14, 9, 6};
 
-// MR pixels (one output row, ps apart in the input) x NV*16 output channels. Each step of the
-// reduction loads NV weight vectors and broadcasts one input value per pixel.
+// MR pixels (pixel i at in + pix[i]) x NV*16 output channels. Each step of the reduction
+// loads NV weight vectors and broadcasts one input value per pixel.
 template <int MR, int NV>
-void forward_tile(const float* in, index_t ps, const index_t* tap_off, index_t taps, index_t C,
-                  const float* w, float* out, index_t ldo, bool accumulate) {
+void forward_tile(const float* in, const index_t* pix, const index_t* tap_off, index_t taps,
+                  index_t C, const float* w, float* out, index_t ldo, bool accumulate) {
   __m512 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j)
       acc[i][j] = accumulate ? _mm512_loadu_ps(out + i * ldo + 16 * j) : _mm512_setzero_ps();
   for (index_t t = 0; t < taps; ++t) {
-    const float* p = in + tap_off[t];
+    const float* px[MR];
+    for (int i = 0; i < MR; ++i) px[i] = in + pix[i] + tap_off[t];
     const float* wt = w + t * C * (16 * NV);
     for (index_t c = 0; c < C; ++c) {
       __m512 wv[NV];
       for (int j = 0; j < NV; ++j) wv[j] = _mm512_loadu_ps(wt + c * (16 * NV) + 16 * j);
 #pragma GCC unroll 24
       for (int i = 0; i < MR; ++i) {
-        const __m512 b = _mm512_set1_ps(p[i * ps + c]);
+        const __m512 b = _mm512_set1_ps(px[i][c]);
         for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(b, wv[j], acc[i][j]);
       }
     }
@@ -67,6 +69,78 @@ void weight_grad_tile(const float* x, index_t ps, index_t xrs, index_t rows, ind
     for (int j = 0; j < NV; ++j) _mm512_storeu_ps(gw + i * ldw + 16 * j, acc[i][j]);
 }
 
+// In-register transpose of a 16 x 16 block: r[i] lane j <-> r[j] lane i.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xDD);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+  }
+}
+
+inline __mmask16 first(index_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u); }
+
+// dst (Hp x Wp x ld, channels last) <- src (C x H x W) at offset (pt, pl), zero elsewhere:
+// 16 channels x 16 pixels per in-register transpose.
+void to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t pt, index_t pl,
+                      index_t Hp, index_t Wp, index_t ld, float* dst) {
+  std::memset(dst, 0, sizeof(float) * Hp * Wp * ld);  // (libc, not an inline template)
+  const index_t h0 = pt < 0 ? -pt : 0, h1 = H < Hp - pt ? H : Hp - pt;
+  const index_t w0 = pl < 0 ? -pl : 0, w1 = W < Wp - pl ? W : Wp - pl;
+  __m512 r[16];
+  for (index_t h = h0; h < h1; ++h)
+    for (index_t c0 = 0; c0 < C; c0 += 16) {
+      const index_t cb = C - c0 < 16 ? C - c0 : 16;
+      for (index_t w = w0; w < w1; w += 16) {
+        const index_t wb = w1 - w < 16 ? w1 - w : 16;
+        const __mmask16 m = first(wb);
+        for (int c = 0; c < 16; ++c)
+          r[c] = c < cb ? _mm512_maskz_loadu_ps(m, src + ((c0 + c) * H + h) * W + w)
+                        : _mm512_setzero_ps();
+        transpose16(r);
+        float* d = dst + ((h + pt) * Wp + w + pl) * ld + c0;
+        const __mmask16 mc = first(cb);
+        for (index_t q = 0; q < wb; ++q) _mm512_mask_storeu_ps(d + q * ld, mc, r[q]);
+      }
+    }
+}
+
+// dst (C x L) <- src (L x ld, channels last) + bias[c] (when given).
+void from_channels_last(const float* src, index_t ld, index_t C, index_t L, const float* bias,
+                        float* dst) {
+  __m512 r[16];
+  for (index_t c0 = 0; c0 < C; c0 += 16) {
+    const index_t cb = C - c0 < 16 ? C - c0 : 16;
+    const __mmask16 mc = first(cb);
+    for (index_t l = 0; l < L; l += 16) {
+      const index_t lb = L - l < 16 ? L - l : 16;
+      for (int q = 0; q < 16; ++q)
+        r[q] = q < lb ? _mm512_maskz_loadu_ps(mc, src + (l + q) * ld + c0) : _mm512_setzero_ps();
+      transpose16(r);
+      const __mmask16 m = first(lb);
+      for (index_t c = 0; c < cb; ++c) {
+        const __m512 v = bias ? _mm512_add_ps(r[c], _mm512_set1_ps(bias[c0 + c])) : r[c];
+        _mm512_mask_storeu_ps(dst + (c0 + c) * L + l, m, v);
+      }
+    }
+  }
+}
+
 template <int NV, std::size_t... M>
 void fill_row(DirectKernels& k, std::index_sequence<M...>) {
   ((k.forward[NV][M + 1] = &forward_tile<M + 1, NV>), ...);
@@ -76,6 +150,8 @@ void fill_row(DirectKernels& k, std::index_sequence<M...>) {
 DirectKernels make_kernels() {
   DirectKernels k{};
   for (int nv = 0; nv <= DirectKernels::kMaxNV; ++nv) k.max_mr[nv] = kMaxMR[nv];
+  k.to_channels_last = &to_channels_last;
+  k.from_channels_last = &from_channels_last;
   fill_row<1>(k, std::make_index_sequence<kMaxMR[1]>{});
   fill_row<2>(k, std::make_index_sequence<kMaxMR[2]>{});
   fill_row<3>(k, std::make_index_sequence<kMaxMR[3]>{});
