@@ -39,6 +39,14 @@ CONV_CASES = [
     (9, 3, 32, 32, 32, 3, 1, 0, 1, 1),         # simple_cnn's first layer
     (1, 1, 1, 1, 1, 1, 1, 0, 1, 1),            # tiny
     (2, 2, 3, 3, 2, 3, 1, 2, 1, 1),            # padding larger than half the kernel is fine for conv
+    # >= 16 channels per group: the direct channels-last kernels (float32, AVX-512)
+    (2, 32, 15, 15, 64, 3, 1, 0, 1, 1),        # simple_cnn's second layer
+    (3, 16, 8, 8, 48, 3, 1, 1, 1, 1),          # a 3-vector output block
+    (2, 32, 9, 11, 16, 3, 2, 1, 1, 1),         # stride 2 (input gradient on the GEMM path)
+    (2, 64, 6, 7, 40, 3, 1, 2, 2, 2),          # groups of 32, dilation 2, ragged output block
+    (1, 128, 8, 8, 128, 3, 1, 1, 1, 1),        # batch 1: threads split the tiles of one image
+    (2, 20, 7, 9, 36, (3, 5), 1, (4, 0), 1, 1),  # padding beyond the kernel: grad_y is cropped
+    (2, 17, 5, 23, 33, (1, 3), (1, 2), (0, 1), 1, 1),  # wide rows, odd channel counts
 ]
 
 
@@ -82,12 +90,14 @@ def conv_algorithm():
     _core.set_conv_algorithm("auto")
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "wide"])
+@pytest.mark.parametrize("algorithm", ["im2col", "wide", "direct"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_every_algorithm_matches_reference(rng, conv_algorithm, case, dtype, algorithm):
-    # Stride-1 convolutions have two formulations (im2col packing, wide-row shifted GEMM),
-    # chosen by size; each must be right on every shape.
+    # Convolutions have several formulations (im2col packing, wide-row shifted GEMM, direct
+    # channels-last tiles), chosen by size; each must be right on every shape it accepts.
+    if algorithm == "direct" and fastconv.simd_level() != "avx512":
+        pytest.skip("the direct kernels need AVX-512")
     assert conv_algorithm(algorithm)
     check_conv_against_reference(rng, case, dtype)
 
@@ -97,14 +107,15 @@ def test_set_conv_algorithm_rejects_unknown():
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
-@pytest.mark.parametrize("case", CONV_CASES[:8] + CONV_CASES[11:13], ids=str)
-def test_conv2d_matches_torch(rng, torch, case):
-    x, w, b, kw = random_conv(rng, case, np.float64)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CONV_CASES[:8] + CONV_CASES[11:13] + CONV_CASES[19:], ids=str)
+def test_conv2d_matches_torch(rng, torch, case, dtype):
+    x, w, b, kw = random_conv(rng, case, dtype)
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     yt = torch.nn.functional.conv2d(xt, wt, bt, **kw)
     y = F.conv2d(x, w, b, **kw)
     assert_close(y, yt.detach().numpy(), what="forward")
-    gy = rng.standard_normal(y.shape)
+    gy = rng.standard_normal(y.shape).astype(dtype)
     yt.backward(torch.tensor(gy))
     gx, gw, gb = F.conv2d_backward(gy, x, w, **kw)
     assert_close(gx, xt.grad.numpy(), what="grad_x")
@@ -260,6 +271,24 @@ conv_configs = st.fixed_dictionaries({
 @settings(max_examples=60, deadline=None)
 @given(conv_configs)
 def test_conv2d_random_configurations(cfg):
+    check_random_conv(cfg)
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_configs, st.integers(0, 40), st.integers(0, 40))
+def test_direct_conv_random_configurations(cfg, extra_c, extra_f):
+    # The direct kernels forced onto random geometries, with channel counts that fill
+    # zero, one or several register vectors, ragged or not.
+    if fastconv.simd_level() != "avx512":
+        pytest.skip("the direct kernels need AVX-512")
+    assert _core.set_conv_algorithm("direct")
+    try:
+        check_random_conv(dict(cfg, cpg=cfg["cpg"] + extra_c, fpg=cfg["fpg"] + extra_f, f64=False))
+    finally:
+        _core.set_conv_algorithm("auto")
+
+
+def check_random_conv(cfg):
     g = cfg["groups"]
     case = (cfg["N"], g * cfg["cpg"], cfg["H"], cfg["W"], g * cfg["fpg"], (cfg["kh"], cfg["kw"]),
             (cfg["sh"], cfg["sw"]), (cfg["ph"], cfg["pw"]), (cfg["dh"], cfg["dw"]), g)
@@ -359,7 +388,8 @@ def test_pooling_gradients_numerically(rng):
 
 
 THREAD_CASES = [CONV_CASES[0], CONV_CASES[1], CONV_CASES[2], CONV_CASES[5], CONV_CASES[14],
-                (64, 16, 10, 10, 32, 3, 1, 1, 1, 1), (3, 8, 12, 12, 16, 3, 1, 1, 1, 1)]
+                (64, 16, 10, 10, 32, 3, 1, 1, 1, 1), (3, 8, 12, 12, 16, 3, 1, 1, 1, 1),
+                (1, 32, 9, 9, 48, 3, 1, 1, 1, 1), (12, 32, 9, 9, 48, 3, 1, 1, 1, 1)]
 
 
 @pytest.mark.parametrize("case", THREAD_CASES, ids=str)
@@ -396,7 +426,7 @@ def test_every_simd_level_is_correct(rng, simd_level, level):
     if not _core.set_simd_level(level):
         pytest.skip(f"this CPU or build has no {level}")
     assert fastconv.simd_level() == level
-    for case in (CONV_CASES[2], CONV_CASES[5], CONV_CASES[15], CONV_CASES[16]):
+    for case in (CONV_CASES[2], CONV_CASES[5], CONV_CASES[15], CONV_CASES[16], CONV_CASES[19]):
         for dtype in (np.float32, np.float64):
             check_conv_against_reference(rng, case, dtype)
 
