@@ -10,21 +10,11 @@
 #include "gemm.h"
 
 namespace fastconv {
-namespace {
 
-inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
-
-const DirectKernels* kernels() {
+const DirectKernels* direct_kernels() {
   return simd_level() == "avx512" ? direct_kernels_avx512() : nullptr;
 }
 
-// A block of 16*nv output channels starting at f0 (the channels are padded to 16).
-struct ChannelBlock {
-  index_t f0, nv;
-};
-
-// Two vectors per tile (MR up to 14) keeps the most accumulators busy on most rows; an odd
-// vector count ends with a 3- or 1-vector block.
 std::vector<ChannelBlock> channel_blocks(index_t channels) {
   const index_t vecs = ceil_div(channels, 16);
   std::vector<ChannelBlock> blocks;
@@ -35,16 +25,9 @@ std::vector<ChannelBlock> channel_blocks(index_t channels) {
   return blocks;
 }
 
-// Splits [0, n) into the fewest pieces of at most `max` elements, of near-equal sizes.
-template <typename Body>
-void for_each_piece(index_t n, index_t max, Body&& body) {
-  const index_t pieces = ceil_div(n, max);
-  for (index_t k = 0, start = 0; k < pieces; ++k) {
-    const index_t size = n / pieces + (k < n % pieces ? 1 : 0);
-    body(start, size);
-    start += size;
-  }
-}
+namespace {
+
+inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 
 // Splits [0, n) into the fewest pieces of at most `max` elements, each a multiple of `align`
 // (but the last), as (start, size) pairs.
@@ -162,7 +145,7 @@ template <typename Src, typename Dst, typename Weights>
 void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, Dst dst, Weights wd,
                  const float* bias) {
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
-  const DirectKernels& k = *kernels();
+  const DirectKernels& k = *direct_kernels();
   const index_t per = p.padded_size() + p.out_size();
   const index_t nblocks = static_cast<index_t>(p.blocks.size());
   auto tile_count = [&](index_t b) {
@@ -206,7 +189,7 @@ void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, D
 }  // namespace
 
 bool use_direct(const ConvShape& s, DirectPass pass, bool forced) {
-  if (!kernels() || s.N == 0) return false;
+  if (!direct_kernels() || s.N == 0) return false;
   if (pass == DirectPass::backward_input && (s.win.SH != 1 || s.win.SW != 1)) return false;
   if (forced) return true;
   // Few channels leave the reduction loop too short (and the first layer's 3 input channels
@@ -219,7 +202,7 @@ void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, c
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const Window2d& win = s.win;
   const ForwardPlan p = make_plan(Cg, s.H, s.W, win.PH, win.PW, Fg, s.OH, s.OW, win.KH, win.KW,
-                                  win.SH, win.SW, win.DH, win.DW, *kernels());
+                                  win.SH, win.SW, win.DH, win.DW, *direct_kernels());
   const index_t taps = win.KH * win.KW;
   Scratch<float> wd = make_scratch<float>(G * p.weight_size());
   for (index_t g = 0; g < G; ++g)
@@ -239,7 +222,7 @@ void conv2d_backward_input_direct(const ConvShape& s, const float* gy, const flo
   const Window2d& win = s.win;
   const index_t pt = (win.KH - 1) * win.DH - win.PH, pl = (win.KW - 1) * win.DW - win.PW;
   const ForwardPlan p = make_plan(Fg, s.OH, s.OW, pt, pl, Cg, s.H, s.W, win.KH, win.KW, 1, 1,
-                                  win.DH, win.DW, *kernels());
+                                  win.DH, win.DW, *direct_kernels());
   const index_t taps = win.KH * win.KW;
   Scratch<float> wd = make_scratch<float>(G * p.weight_size());
   for (index_t g = 0; g < G; ++g)
@@ -257,11 +240,11 @@ void conv2d_backward_input_direct(const ConvShape& s, const float* gy, const flo
 
 void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const float* x,
                                    float* gw) {
-  const DirectKernels& k = *kernels();
+  const DirectKernels& k = *direct_kernels();
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L();
   const Window2d& win = s.win;
   const ForwardPlan p = make_plan(Cg, s.H, s.W, win.PH, win.PW, Fg, s.OH, s.OW, win.KH, win.KW,
-                                  win.SH, win.SW, win.DH, win.DW, *kernels());
+                                  win.SH, win.SW, win.DH, win.DW, *direct_kernels());
   const index_t taps = win.KH * win.KW;
   const index_t part_size = G * p.weight_size();  // [g][tap][c][Fpad]
   const index_t gyt_size = round_up(L * p.Cout_pad, 16);

@@ -15,6 +15,8 @@
 // order), so results do not depend on the number of threads.
 #pragma once
 
+#include <vector>
+
 #include "conv.h"
 
 namespace fastconv {
@@ -46,6 +48,28 @@ struct DirectKernels {
   WeightGradFn weight_grad[kMaxNV + 1][kMaxMR + 1];
 };
 const DirectKernels* direct_kernels_avx512();
+// The direct kernels when AVX-512 is the selected SIMD level, else nullptr.
+const DirectKernels* direct_kernels();
+
+// A block of 16*nv output channels (vector lanes) starting at f0 (channels padded to 16).
+struct ChannelBlock {
+  index_t f0, nv;
+};
+// Blocks covering `channels`: two vectors each (MR up to 14 keeps the most accumulators busy
+// on most shapes); an odd vector count ends with a 3- or 1-vector block.
+std::vector<ChannelBlock> channel_blocks(index_t channels);
+
+// Splits [0, n) into the fewest pieces of at most `max` elements, of near-equal sizes, and
+// calls body(start, size) for each in order.
+template <typename Body>
+void for_each_piece(index_t n, index_t max, Body&& body) {
+  const index_t pieces = ceil_div(n, max);
+  for (index_t k = 0, start = 0; k < pieces; ++k) {
+    const index_t size = n / pieces + (k < n % pieces ? 1 : 0);
+    body(start, size);
+    start += size;
+  }
+}
 
 // Whether the direct kernels take this float32 convolution: AVX-512 selected, stride 1 for
 // the input gradient, and (unless forced) enough channels per group for the tiles to pay.

@@ -606,8 +606,10 @@ def test_output_shape_helpers():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("x_shape,out_f", [((5, 7), 3), ((1, 2304), 1024), ((4, 3, 33), 65), ((0, 8), 4),
-                                           ((6, 1), 1)])
+@pytest.mark.parametrize("x_shape,out_f", [
+    ((5, 7), 3), ((1, 2304), 1024), ((4, 3, 33), 65), ((0, 8), 4), ((6, 1), 1),
+    # batches of 16-512 rows and a 4x wider output take the in-place-weight path (AVX-512)
+    ((64, 2304), 1024), ((17, 300), 100), ((100, 70), 401), ((2, 20, 129), 333)])
 def test_linear_matches_reference(rng, x_shape, out_f, dtype):
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal((out_f, x_shape[-1])).astype(dtype)

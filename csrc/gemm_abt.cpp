@@ -1,0 +1,75 @@
+#include "gemm_abt.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "conv_direct.h"
+
+namespace fastconv {
+
+bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t lda, const float* B,
+                     index_t ldb, float* C, index_t ldc, bool accumulate) {
+  const DirectKernels* kp = direct_kernels();
+  // Worth it when B is the large operand and M fills at least a vector.
+  if (!kp || M < 16 || M > 512 || N < 4 * M || K < 64) return false;
+  const DirectKernels& k = *kp;
+  const index_t Mpad = ceil_div(M, 16) * 16;
+  constexpr index_t kKc = 256;  // K block: a 2-vector panel of A^T is 32 KiB (L1)
+  const std::vector<ChannelBlock> blocks = channel_blocks(M);
+
+  // A^T packed per (block, k-block): at K*i0 + k0*16*nv, [kc][16*nv], zero past M.
+  Scratch<float> at = make_scratch<float>(K * Mpad);
+  for (const ChannelBlock& b : blocks) {
+    const index_t width = 16 * b.nv;
+    for (index_t k0 = 0; k0 < K; k0 += kKc) {
+      const index_t kc = std::min(kKc, K - k0);
+      float* d = at.get() + K * b.f0 + k0 * width;
+      for (index_t j = 0; j < width; ++j) {
+        const index_t i = b.f0 + j;
+        for (index_t p = 0; p < kc; ++p) d[p * width + j] = i < M ? A[i * lda + k0 + p] : 0.0f;
+      }
+    }
+  }
+  std::vector<index_t> rows(N);  // tile row r of B starts at B + rows[r]
+  for (index_t r = 0; r < N; ++r) rows[r] = r * ldb;
+  const index_t tap0 = 0;
+  Scratch<float> ct = make_scratch<float>(N * Mpad);  // C^T
+
+  // Work items: chunks of rows of B. Each tile's slice of B (at most 14 rows x 256) stays in
+  // L1 while every block of A^T passes over it: B is read from memory once.
+  const index_t max_mr = [&] {
+    index_t m = DirectKernels::kMaxMR;
+    for (const ChannelBlock& b : blocks) m = std::min<index_t>(m, k.max_mr[b.nv]);
+    return m;
+  }();
+  constexpr index_t kRows = 64;
+  const index_t chunks = ceil_div(N, kRows);
+#pragma omp parallel for schedule(static)
+  for (index_t c = 0; c < chunks; ++c) {
+    const index_t r0 = c * kRows;
+    for_each_piece(std::min(kRows, N - r0), max_mr, [&](index_t q, index_t mr) {
+      const index_t r = r0 + q;
+      for (index_t k0 = 0; k0 < K; k0 += kKc) {
+        const index_t kc = std::min(kKc, K - k0);
+        for (const ChannelBlock& b : blocks)
+          k.forward[b.nv][mr](B + k0, rows.data() + r, &tap0, 1, kc,
+                              at.get() + K * b.f0 + k0 * 16 * b.nv, ct.get() + r * Mpad + b.f0,
+                              Mpad, k0 > 0);
+      }
+    });
+  }
+  // C (+)= (C^T)^T, in 64 x 64 blocks.
+  const float* t = ct.get();
+  constexpr index_t kB = 64;
+#pragma omp parallel for schedule(static)
+  for (index_t j0 = 0; j0 < N; j0 += kB)
+    for (index_t i0 = 0; i0 < M; i0 += kB)
+      for (index_t i = i0; i < std::min(M, i0 + kB); ++i) {
+        float* c = C + i * ldc;
+        for (index_t j = j0; j < std::min(N, j0 + kB); ++j)
+          c[j] = (accumulate ? c[j] : 0.0f) + t[j * Mpad + i];
+      }
+  return true;
+}
+
+}  // namespace fastconv

@@ -1,0 +1,20 @@
+// C (+)= A . B^T for a short A and a large B, both row-major with contiguous rows of K, float32
+// on AVX-512: the Linear layer's forward (A = a batch of inputs, B = the weight matrix).
+//
+// The packed GEMM would pack B^T (gather K-strided columns of the 9 MB weight into panels:
+// as costly as the arithmetic when M is only a batch of 64). Here B is never packed: its rows
+// are broadcast in place by the direct-convolution register tiles (conv_direct.h), which
+// compute C^T = B . A^T with only the short A^T packed; C^T is then transposed into C.
+#pragma once
+
+#include "common.h"
+
+namespace fastconv {
+
+// Returns false (and does nothing) when the direct kernels are not available or the shape
+// does not suit them; the caller then uses the packed GEMM. Threads split the rows of B:
+// every result is summed in the same order whatever their number.
+bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t lda, const float* B,
+                     index_t ldb, float* C, index_t ldc, bool accumulate);
+
+}  // namespace fastconv
