@@ -96,7 +96,8 @@ void pack_a(index_t mc, index_t kc, const T* A, index_t rs, index_t cs, index_t 
 // Pack rows [0, kc) x cols [0, nc) of B into NR-wide panels: panel q holds B[p, q*NR + j]
 // at bp[q*NR*kc + p*NR + j]; columns past nc are zero.
 template <typename T>
-void pack_b(index_t kc, index_t nc, const T* B, index_t rs, index_t cs, index_t NR, T* bp) {
+__attribute__((always_inline)) inline void pack_b(index_t kc, index_t nc, const T* B, index_t rs,
+                                                  index_t cs, index_t NR, T* bp) {
   for (index_t q = 0; q < nc; q += NR) {
     const index_t n = std::min(NR, nc - q);
     T* dst = bp + q * kc;
@@ -104,7 +105,8 @@ void pack_b(index_t kc, index_t nc, const T* B, index_t rs, index_t cs, index_t 
       for (index_t p = 0; p < kc; ++p) {
         const T* src = B + p * rs + q;
         if (n == NR) {
-          std::memcpy(dst + p * NR, src, sizeof(T) * NR);
+          // An inline loop, not memcpy: a library call per 128-byte row costs more than the copy.
+          for (index_t j = 0; j < NR; ++j) dst[p * NR + j] = src[j];
         } else {
           index_t j = 0;
           for (; j < n; ++j) dst[p * NR + j] = src[j];
@@ -121,6 +123,11 @@ void pack_b(index_t kc, index_t nc, const T* B, index_t rs, index_t cs, index_t 
     }
   }
 }
+
+// Cloned per ISA: the row copies of the common (contiguous) case become AVX-512 moves.
+FASTCONV_CLONED(pack_b_any, pack_b,
+                (index_t kc, index_t nc, const T* B, index_t rs, index_t cs, index_t NR, T* bp),
+                (kc, nc, B, rs, cs, NR, bp))
 
 }  // namespace
 
@@ -182,7 +189,7 @@ const T* StridedA<T>::block(index_t ic, index_t mc, index_t pc, index_t kc, inde
 
 template <typename T>
 void StridedB<T>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const {
-  pack_b(kc, nc, p + pc * rs + jc * cs, rs, cs, nr, dst);
+  pack_b_any(kc, nc, p + pc * rs + jc * cs, rs, cs, nr, dst);
 }
 
 // Layout: the k-block starting at pc holds all of M (padded to MR) at pc*m_pad; within it the
