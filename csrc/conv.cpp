@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "conv_direct.h"
+#include "conv_winograd.h"
 #include "conv_wide.h"
 #include "gemm.h"
 
@@ -77,7 +78,8 @@ std::vector<PackedA<T>> pack_weights(const ConvShape& s, const T* w, bool transp
 // packing is plain copies, but its junk columns cost Wp/OW - 1 more multiply-adds. Measured
 // here (AVX-512, batch 64), it wins where that waste is small or the GEMM is narrow (few
 // output channels per group, so packing dominates); elsewhere im2col packing is cheaper.
-// 0 auto, 1 wide wherever possible, 2 im2col (never wide), 3 direct wherever possible.
+// 0 auto, 1 wide wherever possible, 2 im2col (never wide), 3 direct wherever possible,
+// 4 Winograd wherever possible.
 std::atomic<int> g_algorithm{0};
 
 enum class Pass { forward, backward_input, backward_weight };
@@ -90,6 +92,16 @@ bool direct(const ConvShape& s, DirectPass pass) {
   const int forced = g_algorithm.load(std::memory_order_relaxed);
   if (forced == 1 || forced == 2) return false;
   return use_direct(s, pass, forced == 3);
+}
+
+// 3x3 stride-1 float32 layers with many channels take Winograd F(2x2, 3x3) (2.25x fewer
+// multiplies) in "auto" mode; "winograd" forces it wherever it applies.
+template <typename T>
+bool winograd(const ConvShape& s, DirectPass pass) {
+  if constexpr (!std::is_same_v<T, float>) return false;
+  const int forced = g_algorithm.load(std::memory_order_relaxed);
+  if (forced != 0 && forced != 4) return false;
+  return use_winograd(s, pass, forced == 4);
 }
 
 inline bool use_wide(const ConvShape& s, Pass pass) {
@@ -108,8 +120,9 @@ bool set_conv_algorithm(const std::string& name) {
   const int v = name == "auto"     ? 0
                 : name == "wide"   ? 1
                 : name == "im2col" ? 2
-                : name == "direct" ? 3
-                                   : -1;
+                : name == "direct"   ? 3
+                : name == "winograd" ? 4
+                                     : -1;
   if (v < 0) return false;
   g_algorithm.store(v, std::memory_order_relaxed);
   return true;
@@ -117,8 +130,10 @@ bool set_conv_algorithm(const std::string& name) {
 
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
+    if (winograd<T>(s, DirectPass::forward)) return conv2d_forward_winograd(s, x, w, bias, y);
     if (direct<T>(s, DirectPass::forward)) return conv2d_forward_direct(s, x, w, bias, y);
+  }
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
   const std::vector<PackedA<T>> wp = pack_weights(s, w, false);
@@ -159,9 +174,12 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T
 
 template <typename T>
 void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
+    if (winograd<T>(s, DirectPass::backward_input))
+      return conv2d_backward_input_winograd(s, gy, w, gx);
     if (direct<T>(s, DirectPass::backward_input))
       return conv2d_backward_input_direct(s, gy, w, gx);
+  }
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
   const std::vector<PackedA<T>> wtp = pack_weights(s, w, true);
@@ -206,9 +224,12 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
     std::fill(gw, gw + WSZ, T(0));
     return;
   }
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
+    if (winograd<T>(s, DirectPass::backward_weight))
+      return conv2d_backward_weight_winograd(s, gy, x, gw);
     if (direct<T>(s, DirectPass::backward_weight))
       return conv2d_backward_weight_direct(s, gy, x, gw);
+  }
   // gw[g] += grad_y[n, g] (Fg x L) . cols^T: both operands are long contiguous rows over the
   // output positions, so it is computed as dot products of rows (gemm_nt_rows), with no
   // packing. The rows of cols are runs of the padded image on the wide path, else rows of an

@@ -47,6 +47,8 @@ CONV_CASES = [
     (1, 128, 8, 8, 128, 3, 1, 1, 1, 1),        # batch 1: threads split the tiles of one image
     (2, 20, 7, 9, 36, (3, 5), 1, (4, 0), 1, 1),  # padding beyond the kernel: grad_y is cropped
     (2, 17, 5, 23, 33, (1, 3), (1, 2), (0, 1), 1, 1),  # wide rows, odd channel counts
+    (3, 32, 17, 17, 32, 3, 1, 1, 1, 1),        # Winograd (all passes): odd size, partial tiles
+    (2, 16, 9, 12, 24, 3, 1, 3, 1, 1),         # Winograd with padding beyond the kernel
 ]
 
 
@@ -90,20 +92,21 @@ def conv_algorithm():
     _core.set_conv_algorithm("auto")
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "wide", "direct"])
+@pytest.mark.parametrize("algorithm", ["im2col", "wide", "direct", "winograd"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_every_algorithm_matches_reference(rng, conv_algorithm, case, dtype, algorithm):
     # Convolutions have several formulations (im2col packing, wide-row shifted GEMM, direct
-    # channels-last tiles), chosen by size; each must be right on every shape it accepts.
-    if algorithm == "direct" and fastconv.simd_level() != "avx512":
-        pytest.skip("the direct kernels need AVX-512")
+    # channels-last tiles, Winograd F(2x2, 3x3)), chosen by size; each must be right on every
+    # shape it accepts (and the others must fall back correctly).
+    if algorithm in ("direct", "winograd") and fastconv.simd_level() != "avx512":
+        pytest.skip(f"the {algorithm} kernels need AVX-512")
     assert conv_algorithm(algorithm)
     check_conv_against_reference(rng, case, dtype)
 
 
 def test_set_conv_algorithm_rejects_unknown():
-    assert not _core.set_conv_algorithm("winograd")
+    assert not _core.set_conv_algorithm("fft")
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
@@ -274,16 +277,22 @@ def test_conv2d_random_configurations(cfg):
     check_random_conv(cfg)
 
 
+@pytest.mark.parametrize("algorithm", ["direct", "winograd"])
 @settings(max_examples=60, deadline=None)
-@given(conv_configs, st.integers(0, 40), st.integers(0, 40))
-def test_direct_conv_random_configurations(cfg, extra_c, extra_f):
-    # The direct kernels forced onto random geometries, with channel counts that fill
-    # zero, one or several register vectors, ragged or not.
+@given(cfg=conv_configs, extra_c=st.integers(0, 40), extra_f=st.integers(0, 40),
+       square3=st.booleans())
+def test_fast_conv_algorithms_random_configurations(algorithm, cfg, extra_c, extra_f, square3):
+    # The direct kernels and Winograd forced onto random geometries, with channel counts that
+    # fill zero, one or several register vectors, ragged or not (square3: 3x3 stride 1
+    # undilated, the shapes Winograd takes).
     if fastconv.simd_level() != "avx512":
-        pytest.skip("the direct kernels need AVX-512")
-    assert _core.set_conv_algorithm("direct")
+        pytest.skip(f"the {algorithm} kernels need AVX-512")
+    cfg = dict(cfg, cpg=cfg["cpg"] + extra_c, fpg=cfg["fpg"] + extra_f, f64=False)
+    if square3:
+        cfg.update(kh=3, kw=3, sh=1, sw=1, dh=1, dw=1)
+    assert _core.set_conv_algorithm(algorithm)
     try:
-        check_random_conv(dict(cfg, cpg=cfg["cpg"] + extra_c, fpg=cfg["fpg"] + extra_f, f64=False))
+        check_random_conv(cfg)
     finally:
         _core.set_conv_algorithm("auto")
 
@@ -389,7 +398,8 @@ def test_pooling_gradients_numerically(rng):
 
 THREAD_CASES = [CONV_CASES[0], CONV_CASES[1], CONV_CASES[2], CONV_CASES[5], CONV_CASES[14],
                 (64, 16, 10, 10, 32, 3, 1, 1, 1, 1), (3, 8, 12, 12, 16, 3, 1, 1, 1, 1),
-                (1, 32, 9, 9, 48, 3, 1, 1, 1, 1), (12, 32, 9, 9, 48, 3, 1, 1, 1, 1)]
+                (1, 32, 9, 9, 48, 3, 1, 1, 1, 1), (12, 32, 9, 9, 48, 3, 1, 1, 1, 1),
+                (1, 32, 24, 24, 16, 3, 1, 1, 1, 1), (10, 32, 24, 24, 16, 3, 1, 1, 1, 1)]
 
 
 @pytest.mark.parametrize("case", THREAD_CASES, ids=str)

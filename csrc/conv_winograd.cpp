@@ -1,0 +1,433 @@
+#include "conv_winograd.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace fastconv {
+namespace {
+
+inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
+
+// Tiles per pass of the 16 GEMMs: two 14-row register tiles; the pass's transformed tiles
+// (16 x 28 x channels) stay in L2 between the transforms and the GEMMs.
+constexpr index_t kChunk = 28;
+
+// ---- transforms (loops over channels, contiguous in the channels-last buffers) ------------
+// Element xi = 4*i + j of a 4x4 transformed tile is stored at out + xi*stride + c.
+
+// V = B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]; d[4*i + j] points at patch
+// pixel (i, j).
+template <typename T>
+__attribute__((always_inline)) inline void input_tile(const T* const* d, index_t C, T* out,
+                                                      index_t stride) {
+#pragma GCC ivdep
+  for (index_t c = 0; c < C; ++c) {
+    T r[4][4];
+    for (int j = 0; j < 4; ++j) {
+      const T d0 = d[j][c], d1 = d[4 + j][c], d2 = d[8 + j][c], d3 = d[12 + j][c];
+      r[0][j] = d0 - d2;
+      r[1][j] = d1 + d2;
+      r[2][j] = d2 - d1;
+      r[3][j] = d1 - d3;
+    }
+    for (int i = 0; i < 4; ++i) {
+      out[(4 * i + 0) * stride + c] = r[i][0] - r[i][2];
+      out[(4 * i + 1) * stride + c] = r[i][1] + r[i][2];
+      out[(4 * i + 2) * stride + c] = r[i][2] - r[i][1];
+      out[(4 * i + 3) * stride + c] = r[i][1] - r[i][3];
+    }
+  }
+}
+
+// The 2x2 outputs A^T m A, A^T = [1 1 1 0; 0 1 -1 -1], to o[2*i + j] (+ c).
+template <typename T>
+__attribute__((always_inline)) inline void output_tile(const T* m, index_t stride, index_t C,
+                                                       T* const* o) {
+#pragma GCC ivdep
+  for (index_t c = 0; c < C; ++c) {
+    T s[2][4];
+    for (int j = 0; j < 4; ++j) {
+      const T m0 = m[j * stride + c], m1 = m[(4 + j) * stride + c], m2 = m[(8 + j) * stride + c],
+              m3 = m[(12 + j) * stride + c];
+      s[0][j] = m0 + m1 + m2;
+      s[1][j] = m1 - m2 - m3;
+    }
+    for (int i = 0; i < 2; ++i) {
+      o[2 * i][c] = s[i][0] + s[i][1] + s[i][2];
+      o[2 * i + 1][c] = s[i][1] - s[i][2] - s[i][3];
+    }
+  }
+}
+
+// grad_y tile as a 2x2 kernel of F(3x3, 2x2): G2 g G2^T, G2 = [1 0; 1/2 1/2; 1/2 -1/2; 0 -1]
+// (the last row negated from the textbook form so the input tiles share B^T with the
+// forward; the signs cancel in the element-wise product). g[2*i + j] points at (i, j).
+template <typename T>
+__attribute__((always_inline)) inline void grad_tile(const T* const* g, index_t C, T* out,
+                                                     index_t stride) {
+#pragma GCC ivdep
+  for (index_t c = 0; c < C; ++c) {
+    T r[4][2];
+    for (int j = 0; j < 2; ++j) {
+      const T g0 = g[j][c], g1 = g[2 + j][c];
+      r[0][j] = g0;
+      r[1][j] = T(0.5) * (g0 + g1);
+      r[2][j] = T(0.5) * (g0 - g1);
+      r[3][j] = -g1;
+    }
+    for (int i = 0; i < 4; ++i) {
+      out[(4 * i + 0) * stride + c] = r[i][0];
+      out[(4 * i + 1) * stride + c] = T(0.5) * (r[i][0] + r[i][1]);
+      out[(4 * i + 2) * stride + c] = T(0.5) * (r[i][0] - r[i][1]);
+      out[(4 * i + 3) * stride + c] = -r[i][1];
+    }
+  }
+}
+
+FASTCONV_CLONED(input_tile_any, input_tile,
+                (const T* const* d, index_t C, T* out, index_t stride), (d, C, out, stride))
+FASTCONV_CLONED(output_tile_any, output_tile, (const T* m, index_t stride, index_t C, T* const* o),
+                (m, stride, C, o))
+FASTCONV_CLONED(grad_tile_any, grad_tile, (const T* const* g, index_t C, T* out, index_t stride),
+                (g, C, out, stride))
+
+// U = G g G^T for a 3x3 kernel g (row-major, 9 values), G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2;
+// 0 0 1], in double.
+void kernel_tile(const float* g, double u[16]) {
+  double t[4][3];
+  for (int j = 0; j < 3; ++j) {
+    const double g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
+    t[0][j] = g0;
+    t[1][j] = 0.5 * (g0 + g1 + g2);
+    t[2][j] = 0.5 * (g0 - g1 + g2);
+    t[3][j] = g2;
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i + 0] = t[i][0];
+    u[4 * i + 1] = 0.5 * (t[i][0] + t[i][1] + t[i][2]);
+    u[4 * i + 2] = 0.5 * (t[i][0] - t[i][1] + t[i][2]);
+    u[4 * i + 3] = t[i][2];
+  }
+}
+
+// The 3x3 weight gradient A2^T s A2 of a summed 4x4 product s (element xi at s[xi*stride]),
+// A2^T = [1 1 1 0; 0 1 -1 0; 0 1 1 1].
+void weight_tile(const float* s, index_t stride, float* gw) {
+  double t[3][4];
+  for (int j = 0; j < 4; ++j) {
+    const double s0 = s[j * stride], s1 = s[(4 + j) * stride], s2 = s[(8 + j) * stride],
+                 s3 = s[(12 + j) * stride];
+    t[0][j] = s0 + s1 + s2;
+    t[1][j] = s1 - s2;
+    t[2][j] = s1 + s2 + s3;
+  }
+  for (int i = 0; i < 3; ++i) {
+    gw[3 * i + 0] = static_cast<float>(t[i][0] + t[i][1] + t[i][2]);
+    gw[3 * i + 1] = static_cast<float>(t[i][1] - t[i][2]);
+    gw[3 * i + 2] = static_cast<float>(t[i][1] + t[i][2] + t[i][3]);
+  }
+}
+
+// ---- geometry ------------------------------------------------------------------------------
+
+// A stride-1 3x3 convolution on 2x2 output tiles: the source image (Cin x Hin x Win, NCHW) is
+// copied channels-last into a zero-padded Hp x Wp buffer at (pt, pl), so tile (ty, tx) reads
+// the 4x4 patch at (2ty, 2tx) and writes outputs (2ty + i, 2tx + j) that are < OH, OW.
+struct TilePlan {
+  index_t Cin, Hin, Win, pt, pl;
+  index_t Cout, OH, OW;
+  index_t TH, TW, T, Hp, Wp, Cout_pad;
+  std::vector<ChannelBlock> blocks;
+  std::vector<index_t> pix;  // tile q of a chunk at q*Cin in a transformed slice
+
+  TilePlan(index_t cin, index_t hin, index_t win, index_t pt_, index_t pl_, index_t cout,
+           index_t oh, index_t ow)
+      : Cin(cin), Hin(hin), Win(win), pt(pt_), pl(pl_), Cout(cout), OH(oh), OW(ow),
+        TH(ceil_div(oh, 2)), TW(ceil_div(ow, 2)), T(TH * TW), Hp(2 * TH + 2), Wp(2 * TW + 2),
+        Cout_pad(round_up(cout, 16)), blocks(channel_blocks(cout)) {
+    for (index_t q = 0; q < kChunk; ++q) pix.push_back(q * Cin);
+  }
+
+  index_t padded_size() const { return round_up(Hp * Wp * Cin, 16); }
+  index_t v_size() const { return 16 * kChunk * Cin; }
+  index_t m_size() const { return 16 * kChunk * Cout_pad; }
+  index_t out_size() const { return round_up(OH * OW * Cout_pad, 16); }
+  // Per thread: padded image, transformed tiles, products, channels-last output.
+  index_t scratch_size() const { return padded_size() + v_size() + m_size() + out_size(); }
+
+  // Patch pixel pointers of tile t (d[4*i + j]) in the padded buffer xp.
+  void patch(const float* xp, index_t t, const float* d[16]) const {
+    const index_t ty = t / TW, tx = t % TW;
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) d[4 * i + j] = xp + ((2 * ty + i) * Wp + 2 * tx + j) * Cin;
+  }
+};
+
+// Transformed kernels for the 16 GEMMs: U[xi] at xi*Cin*Cout_pad, per output block (f0, nv)
+// at Cin*f0 as [cin][16*nv]; value(o, i) gives the 3x3 kernel (9 floats, row-major) from
+// input channel i to output channel o.
+template <typename Kernel>
+Scratch<float> transform_kernels(const TilePlan& p, Kernel kernel) {
+  Scratch<float> u = make_scratch<float>(16 * p.Cin * p.Cout_pad);
+  std::fill(u.get(), u.get() + 16 * p.Cin * p.Cout_pad, 0.0f);
+  float g[9];
+  double t[16];
+  for (const ChannelBlock& b : p.blocks) {
+    const index_t width = 16 * b.nv;
+    for (index_t j = 0; j < width && b.f0 + j < p.Cout; ++j)
+      for (index_t c = 0; c < p.Cin; ++c) {
+        kernel(b.f0 + j, c, g);
+        kernel_tile(g, t);
+        for (int xi = 0; xi < 16; ++xi)
+          u[xi * p.Cin * p.Cout_pad + p.Cin * b.f0 + c * width + j] = static_cast<float>(t[xi]);
+      }
+  }
+  return u;
+}
+
+// One chunk of tiles [t0, t0 + tn) of one image: transform, 16 GEMMs, inverse transform into
+// the channels-last output `out` (OH*OW x Cout_pad).
+void forward_chunk(const DirectKernels& k, const TilePlan& p, const float* xp, const float* u,
+                   index_t t0, index_t tn, float* v, float* m, float* out, float* junk) {
+  const index_t vs = kChunk * p.Cin, ms = kChunk * p.Cout_pad;
+  const float* d[16];
+  for (index_t q = 0; q < tn; ++q) {
+    p.patch(xp, t0 + q, d);
+    input_tile_any(d, p.Cin, v + q * p.Cin, vs);
+  }
+  const index_t tap0 = 0;
+  for (int xi = 0; xi < 16; ++xi)
+    for (const ChannelBlock& b : p.blocks)
+      for_each_piece(tn, k.max_mr[b.nv], [&](index_t q0, index_t mr) {
+        k.forward[b.nv][mr](v + xi * vs, p.pix.data() + q0, &tap0, 1, p.Cin,
+                            u + xi * p.Cin * p.Cout_pad + p.Cin * b.f0,
+                            m + xi * ms + q0 * p.Cout_pad + b.f0, p.Cout_pad, false);
+      });
+  for (index_t q = 0; q < tn; ++q) {
+    const index_t t = t0 + q, ty = t / p.TW, tx = t % p.TW;
+    float* o[4];
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 2; ++j) {
+        const index_t oh = 2 * ty + i, ow = 2 * tx + j;
+        o[2 * i + j] = oh < p.OH && ow < p.OW ? out + (oh * p.OW + ow) * p.Cout_pad : junk;
+      }
+    output_tile_any(m + q * p.Cout_pad, ms, p.Cout_pad, o);
+  }
+}
+
+// Runs the plan over `items` images (src(i) -> dst(i), NCHW, plus bias), kernels u(i).
+template <typename Src, typename Dst, typename Kernels>
+void run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst dst, Kernels u,
+               const float* bias) {
+  const DirectKernels& k = *direct_kernels();
+  auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
+  const index_t chunks = ceil_div(p.T, kChunk);
+  const index_t per = p.scratch_size() + p.Cout_pad;  // + a junk row for cut-off outputs
+  const int threads = max_threads();
+  if (threads > 1 && items >= threads) {
+    Scratch<float> buf = make_scratch<float>(per * threads);
+#pragma omp parallel num_threads(threads)
+    {
+      float* xp = buf.get() + per * thread_id();
+      float* v = xp + p.padded_size();
+      float* m = v + p.v_size();
+      float* out = m + p.m_size();
+      float* junk = out + p.out_size();
+#pragma omp for schedule(static)
+      for (index_t i = 0; i < items; ++i) {
+        k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
+        for (index_t c = 0; c < chunks; ++c)
+          forward_chunk(k, p, xp, u(i), c * kChunk, std::min(kChunk, p.T - c * kChunk), v, m,
+                        out, junk);
+        k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+      }
+    }
+  } else {
+    // Few images: threads split the tile chunks of each image (own transform buffers).
+    const index_t part = p.v_size() + p.m_size() + p.Cout_pad;
+    Scratch<float> buf = make_scratch<float>(p.padded_size() + p.out_size() + part * threads);
+    float* xp = buf.get();
+    float* out = xp + p.padded_size();
+    for (index_t i = 0; i < items; ++i) {
+      k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
+      const float* ui = u(i);
+#pragma omp parallel num_threads(threads)
+      {
+        float* v = out + p.out_size() + part * thread_id();
+        float* m = v + p.v_size();
+        float* junk = m + p.m_size();
+#pragma omp for schedule(static)
+        for (index_t c = 0; c < chunks; ++c)
+          forward_chunk(k, p, xp, ui, c * kChunk, std::min(kChunk, p.T - c * kChunk), v, m, out,
+                        junk);
+      }
+      k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+    }
+  }
+}
+
+}  // namespace
+
+bool use_winograd(const ConvShape& s, DirectPass pass, bool forced) {
+  const Window2d& w = s.win;
+  if (!direct_kernels() || s.N == 0 || w.KH != 3 || w.KW != 3 || w.SH != 1 || w.SW != 1 ||
+      w.DH != 1 || w.DW != 1)
+    return false;
+  if (forced) return true;
+  // The weight gradient re-reads its 16 sums of products (16 x Cg x Fg) once per chunk of
+  // tiles: on small images (few tiles) that traffic outweighs the saved multiplies, and the
+  // direct kernels are faster (measured: 0.6x at 8x8, even at 16x16, 1.2x at 32x32).
+  if (pass == DirectPass::backward_weight && ceil_div(s.OH, 2) * ceil_div(s.OW, 2) < 128)
+    return false;
+  return s.Cg() >= 16 && s.Fg() >= 16;
+}
+
+void conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
+                             const float* bias, float* y) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
+  const TilePlan p(Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
+  std::vector<Scratch<float>> u;
+  for (index_t g = 0; g < G; ++g)
+    u.push_back(transform_kernels(p, [&](index_t f, index_t c, float* k) {
+      std::copy_n(w + ((g * Fg + f) * Cg + c) * 9, 9, k);
+    }));
+  run_tiles(
+      p, s.N * G, G, [&](index_t i) { return x + (i / G * s.C + i % G * Cg) * s.H * s.W; },
+      [&](index_t i) { return y + (i / G * s.F + i % G * Fg) * s.L(); },
+      [&](index_t i) -> const float* { return u[i % G].get(); }, bias);
+}
+
+void conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const float* w,
+                                    float* gx) {
+  // The stride-1 convolution of grad_y placed at (2 - p) with the kernel flipped and its
+  // channel axes swapped (see conv_direct.h).
+  const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
+  const TilePlan p(Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H, s.W);
+  std::vector<Scratch<float>> u;
+  for (index_t g = 0; g < G; ++g)
+    u.push_back(transform_kernels(p, [&](index_t c, index_t f, float* k) {
+      const float* src = w + ((g * Fg + f) * Cg + c) * 9;
+      for (int t = 0; t < 9; ++t) k[t] = src[8 - t];
+    }));
+  run_tiles(
+      p, s.N * G, G, [&](index_t i) { return gy + (i / G * s.F + i % G * Fg) * s.L(); },
+      [&](index_t i) { return gx + (i / G * s.C + i % G * Cg) * s.H * s.W; },
+      [&](index_t i) -> const float* { return u[i % G].get(); }, nullptr);
+}
+
+void conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const float* x,
+                                     float* gw) {
+  const DirectKernels& k = *direct_kernels();
+  const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L();
+  // Tiles over grad_y (2x2, zero past OH x OW), each against the 4x4 input patch at (2ty, 2tx).
+  const TilePlan p(Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
+  const index_t Fpad = p.Cout_pad;
+  const index_t gyt_size = round_up(2 * p.TH * 2 * p.TW * Fpad, 16);
+  const index_t vs = kChunk * Cg, us = kChunk * Fpad;
+  const index_t per = p.padded_size() + gyt_size + 16 * vs + 16 * us;
+  const index_t sum_size = G * 16 * Cg * Fpad;  // [g][xi][c][f]
+  const index_t chunks = std::min<index_t>(s.N, 8);
+  Scratch<float> partial = make_scratch<float>(chunks * sum_size);
+  const index_t tile_chunks = ceil_div(p.T, kChunk);
+
+  // Adds tile chunk tc of one image (its channels-last copies xp, gyt; buffers v, ug) into
+  // the sums of products of xi in [xi0, xi1).
+  auto add_chunk = [&](const float* xp, const float* gyt, float* v, float* ug, float* sum,
+                       index_t tc, int xi0, int xi1, bool accumulate) {
+    const index_t t0 = tc * kChunk, tn = std::min(kChunk, p.T - t0);
+    const float* d[16];
+    const float* g[4];
+    for (index_t q = 0; q < tn; ++q) {
+      const index_t t = t0 + q, ty = t / p.TW, tx = t % p.TW;
+      p.patch(xp, t, d);
+      input_tile_any(d, Cg, v + q * Cg, vs);
+      for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) g[2 * i + j] = gyt + ((2 * ty + i) * 2 * p.TW + 2 * tx + j) * Fpad;
+      grad_tile_any(g, Fpad, ug + q * Fpad, us);
+    }
+    for (int xi = xi0; xi < xi1; ++xi)
+      for (const ChannelBlock& b : p.blocks)
+        for_each_piece(Cg, k.max_mr[b.nv], [&](index_t c0, index_t mr) {
+          k.weight_grad[b.nv][mr](v + xi * vs + c0, Cg, 0, 1, tn, ug + xi * us + b.f0, Fpad,
+                                  sum + (xi * Cg + c0) * Fpad + b.f0, Fpad, accumulate);
+        });
+  };
+  auto prepare = [&](index_t n, index_t g, float* xp, float* gyt) {
+    k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, s.win.PH, s.win.PW,
+                       p.Hp, p.Wp, Cg, xp);
+    k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0),
+                       2 * p.TH, 2 * p.TW, Fpad, gyt);
+  };
+  const int threads = max_threads();
+  if (threads > 1 && chunks >= threads) {
+    Scratch<float> buf = make_scratch<float>(per * threads);
+#pragma omp parallel num_threads(threads)
+    {
+      float* xp = buf.get() + per * thread_id();
+      float* gyt = xp + p.padded_size();
+      float* v = gyt + gyt_size;
+      float* ug = v + 16 * vs;
+#pragma omp for schedule(static)
+      for (index_t c = 0; c < chunks; ++c) {
+        const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
+        for (index_t n = n0; n < n1; ++n)
+          for (index_t g = 0; g < G; ++g) {
+            prepare(n, g, xp, gyt);
+            float* sum = partial.get() + c * sum_size + g * 16 * Cg * Fpad;
+            for (index_t tc = 0; tc < tile_chunks; ++tc)
+              add_chunk(xp, gyt, v, ug, sum, tc, 0, 16, n > n0 || tc > 0);
+          }
+      }
+    }
+  } else {
+    // Few images: threads split the 16 products (each sums its own; same order).
+    Scratch<float> buf = make_scratch<float>(per);
+    float* xp = buf.get();
+    float* gyt = xp + p.padded_size();
+    float* v = gyt + gyt_size;
+    float* ug = v + 16 * vs;
+    for (index_t c = 0; c < chunks; ++c) {
+      const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
+      for (index_t n = n0; n < n1; ++n)
+        for (index_t g = 0; g < G; ++g) {
+          prepare(n, g, xp, gyt);
+          float* sum = partial.get() + c * sum_size + g * 16 * Cg * Fpad;
+          for (index_t tc = 0; tc < tile_chunks; ++tc) {
+            // The transforms once (serially), then the GEMMs split by product.
+            add_chunk(xp, gyt, v, ug, sum, tc, 0, 0, false);
+#pragma omp parallel for schedule(static)
+            for (int xi = 0; xi < 16; ++xi) {
+              const index_t t0 = tc * kChunk, tn = std::min(kChunk, p.T - t0);
+              for (const ChannelBlock& b : p.blocks)
+                for_each_piece(Cg, k.max_mr[b.nv], [&](index_t c0, index_t mr) {
+                  k.weight_grad[b.nv][mr](v + xi * vs + c0, Cg, 0, 1, tn, ug + xi * us + b.f0,
+                                          Fpad, sum + (xi * Cg + c0) * Fpad + b.f0, Fpad,
+                                          n > n0 || tc > 0);
+                });
+            }
+          }
+        }
+    }
+  }
+  // Sum the chunks in order, then the inverse transform to each 3x3 kernel.
+  const float* part = partial.get();
+#pragma omp parallel
+  {
+    std::vector<float> s16(16);
+#pragma omp for schedule(static)
+    for (index_t gf = 0; gf < G * Fg; ++gf) {
+      const index_t g = gf / Fg, f = gf % Fg;
+      for (index_t c = 0; c < Cg; ++c) {
+        for (int xi = 0; xi < 16; ++xi) {
+          const index_t e = g * 16 * Cg * Fpad + (xi * Cg + c) * Fpad + f;
+          float sum = part[e];
+          for (index_t ch = 1; ch < chunks; ++ch) sum += part[ch * sum_size + e];
+          s16[xi] = sum;
+        }
+        weight_tile(s16.data(), 1, gw + (gf * Cg + c) * 9);
+      }
+    }
+  }
+}
+
+}  // namespace fastconv
