@@ -21,8 +21,7 @@
 namespace fastconv {
 
 // 3x3, stride 1, dilation 1, float32 with the direct kernels available (and, unless forced,
-// at least 16 channels each way per group, where the GEMMs keep the tiles busy; for the
-// weight gradient, images of at least 128 tiles).
+// at least 16 channels each way per group, where the GEMMs keep the tiles busy).
 bool use_winograd(const ConvShape& s, DirectPass pass, bool forced);
 
 void conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
