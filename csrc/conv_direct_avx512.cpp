@@ -95,29 +95,55 @@ inline void transpose16(__m512 r[16]) {
 
 inline __mmask16 first(index_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u); }
 
-// dst (Hp x Wp x ld, channels last) <- src (C x H x W) at offset (pt, pl), zero elsewhere:
-// 16 channels x 16 pixels per in-register transpose.
+// dst (Hp x Wp x ld, channels last) <- src (C x H x W) at offset (pt, pl), zero elsewhere.
+// Transposes 16 channels x 16 consecutive pixels of the flattened plane at a time (so narrow
+// images fill whole vectors: an 8-wide image gives two rows per load); only the border
+// pixels are zeroed separately.
 void to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t pt, index_t pl,
                       index_t Hp, index_t Wp, index_t ld, float* dst) {
-  std::memset(dst, 0, sizeof(float) * Hp * Wp * ld);  // (libc, not an inline template)
   const index_t h0 = pt < 0 ? -pt : 0, h1 = H < Hp - pt ? H : Hp - pt;
   const index_t w0 = pl < 0 ? -pl : 0, w1 = W < Wp - pl ? W : Wp - pl;
+  // Border (and any channel lanes the stores below do not write): zero.
+  // Whole 16-lane stores when the channels fill the row to a multiple of 16 (they also zero
+  // the channel padding), else masked stores.
+  const bool full_lanes = ld % 16 == 0 && ld - C < 16;
+  for (index_t r = 0; r < Hp; ++r) {
+    float* row = dst + r * Wp * ld;
+    const index_t h = r - pt;
+    if (h < h0 || h >= h1 || !full_lanes) {
+      std::memset(row, 0, sizeof(float) * Wp * ld);
+    } else {
+      std::memset(row, 0, sizeof(float) * (w0 + pl) * ld);
+      std::memset(row + (w1 + pl) * ld, 0, sizeof(float) * (Wp - w1 - pl) * ld);
+    }
+  }
+  if (h1 <= h0 || w1 <= w0) return;
+  const index_t HW = H * W;
+  const index_t l_begin = h0 * W, l_end = (h1 - 1) * W + W;
   __m512 r[16];
-  for (index_t h = h0; h < h1; ++h)
-    for (index_t c0 = 0; c0 < C; c0 += 16) {
-      const index_t cb = C - c0 < 16 ? C - c0 : 16;
-      for (index_t w = w0; w < w1; w += 16) {
-        const index_t wb = w1 - w < 16 ? w1 - w : 16;
-        const __mmask16 m = first(wb);
-        for (int c = 0; c < 16; ++c)
-          r[c] = c < cb ? _mm512_maskz_loadu_ps(m, src + ((c0 + c) * H + h) * W + w)
-                        : _mm512_setzero_ps();
-        transpose16(r);
-        float* d = dst + ((h + pt) * Wp + w + pl) * ld + c0;
-        const __mmask16 mc = first(cb);
-        for (index_t q = 0; q < wb; ++q) _mm512_mask_storeu_ps(d + q * ld, mc, r[q]);
+  for (index_t c0 = 0; c0 < C; c0 += 16) {
+    const index_t cb = C - c0 < 16 ? C - c0 : 16;
+    const __mmask16 mc = first(cb);
+    for (index_t l0 = l_begin; l0 < l_end; l0 += 16) {
+      const index_t lb = l_end - l0 < 16 ? l_end - l0 : 16;
+      const __mmask16 m = first(lb);
+      for (int c = 0; c < 16; ++c)
+        r[c] = c < cb ? _mm512_maskz_loadu_ps(m, src + (c0 + c) * HW + l0) : _mm512_setzero_ps();
+      transpose16(r);
+      index_t h = l0 / W, w = l0 % W;
+      for (index_t q = 0; q < lb; ++q) {
+        if (w >= w0 && w < w1) {
+          float* d = dst + ((h + pt) * Wp + w + pl) * ld + c0;
+          if (full_lanes) _mm512_storeu_ps(d, r[q]);
+          else _mm512_mask_storeu_ps(d, mc, r[q]);
+        }
+        if (++w == W) {
+          w = 0;
+          ++h;
+        }
       }
     }
+  }
 }
 
 // dst (C x L) <- src (L x ld, channels last) + bias[c] (when given).
