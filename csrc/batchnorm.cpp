@@ -5,37 +5,37 @@
 namespace fastconv {
 namespace {
 
-// Per-channel sums run over rows of S contiguous values in 16 fixed lanes of doubles: the
-// loops vectorise (a single running sum is a serial chain of dependent adds, ~4x slower),
-// and the order of additions is still fixed, whatever the number of threads.
+// Per-channel sums: each row of S contiguous values is summed in 16 fixed float lanes (the
+// loops vectorise; a single running sum is a serial chain of dependent adds, ~4x slower), and
+// the rows' lane totals are added in double, in row order. The order of every addition is
+// fixed, whatever the number of threads; a lane adds S/16 values in float (64 for 32x32).
 constexpr int kLanes = 16;
 
-template <typename Term>
-__attribute__((always_inline)) inline void lanes_add(index_t S, Term term, double* acc) {
+template <typename T, typename Term>
+__attribute__((always_inline)) inline double row_total(index_t S, Term term) {
+  T acc[kLanes] = {};
   index_t s = 0;
   for (; s + kLanes <= S; s += kLanes)
     for (int k = 0; k < kLanes; ++k) acc[k] += term(s + k);
   for (int k = 0; s + k < S; ++k) acc[k] += term(s + k);
-}
-
-inline double lanes_total(const double* acc) {
   double sum = 0;
   for (int k = 0; k < kLanes; ++k) sum += acc[k];
   return sum;
 }
 
 template <typename T>
-__attribute__((always_inline)) inline void row_sum(index_t S, const T* p, double* acc) {
-  lanes_add(S, [&](index_t s) { return static_cast<double>(p[s]); }, acc);
+__attribute__((always_inline)) inline void row_sum(index_t S, const T* p, double* total) {
+  *total += row_total<T>(S, [&](index_t s) { return p[s]; });
 }
 
 template <typename T>
 __attribute__((always_inline)) inline void row_sq_dev(index_t S, const T* p, double mu,
-                                                      double* acc) {
-  lanes_add(S, [&](index_t s) {
-    const double d = p[s] - mu;
+                                                      double* total) {
+  const T m = static_cast<T>(mu);
+  *total += row_total<T>(S, [&](index_t s) {
+    const T d = p[s] - m;
     return d * d;
-  }, acc);
+  });
 }
 
 template <typename T>
@@ -44,23 +44,30 @@ __attribute__((always_inline)) inline void row_affine(index_t S, const T* p, T s
   for (index_t s = 0; s < S; ++s) q[s] = p[s] * scale + shift;
 }
 
-// acc_g += gy, acc_gx += gy * (x - mu)
+// total_g += sum(gy), total_gx += sum(gy * (x - mu)) over one row.
 template <typename T>
 __attribute__((always_inline)) inline void row_grad_sums(index_t S, const T* g, const T* p,
-                                                         double mu, double* acc_g,
-                                                         double* acc_gx) {
+                                                         double mu, double* total_g,
+                                                         double* total_gx) {
+  const T m = static_cast<T>(mu);
+  T acc_g[kLanes] = {}, acc_gx[kLanes] = {};
   index_t s = 0;
   for (; s + kLanes <= S; s += kLanes)
     for (int k = 0; k < kLanes; ++k) {
-      const double gk = g[s + k];
-      acc_g[k] += gk;
-      acc_gx[k] += gk * (p[s + k] - mu);
+      acc_g[k] += g[s + k];
+      acc_gx[k] += g[s + k] * (p[s + k] - m);
     }
   for (int k = 0; s + k < S; ++k) {
-    const double gk = g[s + k];
-    acc_g[k] += gk;
-    acc_gx[k] += gk * (p[s + k] - mu);
+    acc_g[k] += g[s + k];
+    acc_gx[k] += g[s + k] * (p[s + k] - m);
   }
+  double sg = 0, sgx = 0;
+  for (int k = 0; k < kLanes; ++k) {
+    sg += acc_g[k];
+    sgx += acc_gx[k];
+  }
+  *total_g += sg;
+  *total_gx += sgx;
 }
 
 template <typename T>
@@ -69,14 +76,14 @@ __attribute__((always_inline)) inline void row_grad_x(index_t S, const T* g, con
   for (index_t s = 0; s < S; ++s) q[s] = a * g[s] - b * p[s] + d;
 }
 
-FASTCONV_CLONED(row_sum_any, row_sum, (index_t S, const T* p, double* acc), (S, p, acc))
-FASTCONV_CLONED(row_sq_dev_any, row_sq_dev, (index_t S, const T* p, double mu, double* acc),
-                (S, p, mu, acc))
+FASTCONV_CLONED(row_sum_any, row_sum, (index_t S, const T* p, double* total), (S, p, total))
+FASTCONV_CLONED(row_sq_dev_any, row_sq_dev, (index_t S, const T* p, double mu, double* total),
+                (S, p, mu, total))
 FASTCONV_CLONED(row_affine_any, row_affine, (index_t S, const T* p, T scale, T shift, T* q),
                 (S, p, scale, shift, q))
 FASTCONV_CLONED(row_grad_sums_any, row_grad_sums,
-                (index_t S, const T* g, const T* p, double mu, double* acc_g, double* acc_gx),
-                (S, g, p, mu, acc_g, acc_gx))
+                (index_t S, const T* g, const T* p, double mu, double* total_g, double* total_gx),
+                (S, g, p, mu, total_g, total_gx))
 FASTCONV_CLONED(row_grad_x_any, row_grad_x, (index_t S, const T* g, const T* p, T a, T b, T d, T* q),
                 (S, g, p, a, b, d, q))
 
@@ -88,13 +95,13 @@ void batch_norm_forward(index_t N, index_t C, index_t S, const T* x, const T* ga
   const double M = static_cast<double>(N * S);
 #pragma omp parallel for schedule(static)
   for (index_t c = 0; c < C; ++c) {
-    double acc[kLanes] = {};
-    for (index_t n = 0; n < N; ++n) row_sum_any(S, x + (n * C + c) * S, acc);
-    const double mu = lanes_total(acc) / M;
+    double sum = 0;
+    for (index_t n = 0; n < N; ++n) row_sum_any(S, x + (n * C + c) * S, &sum);
+    const double mu = sum / M;
     // Two passes (mean, then squared deviations): no cancellation for large means.
-    double sq[kLanes] = {};
-    for (index_t n = 0; n < N; ++n) row_sq_dev_any(S, x + (n * C + c) * S, mu, sq);
-    const double v = lanes_total(sq) / M;
+    double sq = 0;
+    for (index_t n = 0; n < N; ++n) row_sq_dev_any(S, x + (n * C + c) * S, mu, &sq);
+    const double v = sq / M;
     const double is = 1.0 / std::sqrt(v + eps);
     mean[c] = static_cast<T>(mu);
     invstd[c] = static_cast<T>(is);
@@ -113,11 +120,10 @@ void batch_norm_backward(index_t N, index_t C, index_t S, const T* gy, const T* 
 #pragma omp parallel for schedule(static)
   for (index_t c = 0; c < C; ++c) {
     const double mu = mean[c], is = invstd[c];
-    double acc_g[kLanes] = {}, acc_gx[kLanes] = {};
+    double sg = 0, sgx = 0;
     for (index_t n = 0; n < N; ++n)
-      row_grad_sums_any(S, gy + (n * C + c) * S, x + (n * C + c) * S, mu, acc_g, acc_gx);
-    const double sg = lanes_total(acc_g);
-    const double sgx = lanes_total(acc_gx) * is;  // sum(gy * xhat)
+      row_grad_sums_any(S, gy + (n * C + c) * S, x + (n * C + c) * S, mu, &sg, &sgx);
+    sgx *= is;  // sum(gy * xhat)
     grad_gamma[c] = static_cast<T>(sgx);
     grad_beta[c] = static_cast<T>(sg);
     if (!gx) continue;

@@ -1,6 +1,7 @@
 // Batch normalisation over (N, C, S) (S = H*W for 2-D, 1 for 1-D inputs) in training mode:
-// statistics per channel over its N*S values. One thread per channel, sums in 16 fixed lanes
-// of doubles (vectorised) in a fixed order: results do not depend on the number of threads.
+// statistics per channel over its N*S values. One thread per channel, sums in 16 fixed float
+// lanes per row and in double across rows, in a fixed order: results do not depend on the
+// number of threads.
 #pragma once
 
 #include "common.h"
