@@ -8,9 +8,9 @@ namespace {
 
 inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 
-// Tiles per pass of the 16 GEMMs: two 14-row register tiles; the pass's transformed tiles
-// (16 x 28 x channels) stay in L2 between the transforms and the GEMMs.
-constexpr index_t kChunk = 28;
+// Tiles per pass of the 16 GEMMs: at most three 14-row register tiles, so a pass's
+// transformed tiles (16 x 42 x channels) stay in L2 between the transforms and the GEMMs.
+constexpr index_t kChunk = 42;
 
 // ---- transforms (loops over channels, contiguous in the channels-last buffers) ------------
 // Element xi = 4*i + j of a 4x4 transformed tile is stored at out + xi*stride + c.
@@ -137,6 +137,7 @@ struct TilePlan {
   index_t Cin, Hin, Win, pt, pl;
   index_t Cout, OH, OW;
   index_t TH, TW, T, Hp, Wp, Cout_pad;
+  index_t chunk;  // tiles per pass: T split evenly into passes of at most kChunk
   std::vector<ChannelBlock> blocks;
   std::vector<index_t> pix;  // tile q of a chunk at q*Cin in a transformed slice
 
@@ -144,13 +145,14 @@ struct TilePlan {
            index_t oh, index_t ow)
       : Cin(cin), Hin(hin), Win(win), pt(pt_), pl(pl_), Cout(cout), OH(oh), OW(ow),
         TH(ceil_div(oh, 2)), TW(ceil_div(ow, 2)), T(TH * TW), Hp(2 * TH + 2), Wp(2 * TW + 2),
-        Cout_pad(round_up(cout, 16)), blocks(channel_blocks(cout)) {
+        Cout_pad(round_up(cout, 16)), chunk(ceil_div(T, ceil_div(T, kChunk))),
+        blocks(channel_blocks(cout)) {
     for (index_t q = 0; q < kChunk; ++q) pix.push_back(q * Cin);
   }
 
   index_t padded_size() const { return round_up(Hp * Wp * Cin, 16); }
-  index_t v_size() const { return 16 * kChunk * Cin; }
-  index_t m_size() const { return 16 * kChunk * Cout_pad; }
+  index_t v_size() const { return 16 * chunk * Cin; }
+  index_t m_size() const { return 16 * chunk * Cout_pad; }
   index_t out_size() const { return round_up(OH * OW * Cout_pad, 16); }
   // Per thread: padded image, transformed tiles, products, channels-last output.
   index_t scratch_size() const { return padded_size() + v_size() + m_size() + out_size(); }
@@ -189,7 +191,7 @@ Scratch<float> transform_kernels(const TilePlan& p, Kernel kernel) {
 // the channels-last output `out` (OH*OW x Cout_pad).
 void forward_chunk(const DirectKernels& k, const TilePlan& p, const float* xp, const float* u,
                    index_t t0, index_t tn, float* v, float* m, float* out, float* junk) {
-  const index_t vs = kChunk * p.Cin, ms = kChunk * p.Cout_pad;
+  const index_t vs = p.chunk * p.Cin, ms = p.chunk * p.Cout_pad;
   const float* d[16];
   for (index_t q = 0; q < tn; ++q) {
     p.patch(xp, t0 + q, d);
@@ -221,7 +223,7 @@ void run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
                const float* bias) {
   const DirectKernels& k = *direct_kernels();
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
-  const index_t chunks = ceil_div(p.T, kChunk);
+  const index_t chunks = ceil_div(p.T, p.chunk);
   const index_t per = p.scratch_size() + p.Cout_pad;  // + a junk row for cut-off outputs
   const int threads = max_threads();
   if (threads > 1 && items >= threads) {
@@ -237,7 +239,7 @@ void run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
       for (index_t i = 0; i < items; ++i) {
         k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
         for (index_t c = 0; c < chunks; ++c)
-          forward_chunk(k, p, xp, u(i), c * kChunk, std::min(kChunk, p.T - c * kChunk), v, m,
+          forward_chunk(k, p, xp, u(i), c * p.chunk, std::min(p.chunk, p.T - c * p.chunk), v, m,
                         out, junk);
         k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
       }
@@ -258,7 +260,7 @@ void run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
         float* junk = m + p.m_size();
 #pragma omp for schedule(static)
         for (index_t c = 0; c < chunks; ++c)
-          forward_chunk(k, p, xp, ui, c * kChunk, std::min(kChunk, p.T - c * kChunk), v, m, out,
+          forward_chunk(k, p, xp, ui, c * p.chunk, std::min(p.chunk, p.T - c * p.chunk), v, m, out,
                         junk);
       }
       k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
