@@ -13,7 +13,7 @@
 #include "batchnorm.h"
 #include "conv.h"
 #include "gemm.h"
-#include "gemm_abt.h"
+#include "gemm_direct.h"
 #include "im2col.h"
 #include "optim.h"
 #include "pool.h"
@@ -264,9 +264,11 @@ void gemm_t(const py::array& a, const py::array& b, py::array& c, bool trans_a, 
   T* cp = data_of<T>(c, "c", M * N, true);
   const index_t lda = a.shape(1), ldb = b.shape(1);
   py::gil_scoped_release release;
-  if constexpr (std::is_same_v<T, float>)
-    if (!trans_a && trans_b && fastconv::gemm_abt_direct(M, N, K, ap, lda, bp, ldb, cp, N, accumulate))
+  if constexpr (std::is_same_v<T, float>) {
+    using namespace fastconv;
+    if (!trans_a && trans_b && gemm_abt_direct(M, N, K, ap, lda, bp, ldb, cp, N, accumulate))
       return;
+  }
   fastconv::gemm_parallel<T>(M, N, K, ap, trans_a ? 1 : lda, trans_a ? lda : 1, bp,
                              trans_b ? 1 : ldb, trans_b ? ldb : 1, cp, N, accumulate);
 }

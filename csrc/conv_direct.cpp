@@ -132,7 +132,7 @@ void forward_tiles(const DirectKernels& k, const ForwardPlan& p, const float* xp
     for (index_t i = first; i < last; ++i) {
       const Tile& t = tiles[i];
       k.forward[blk.nv][t.mr](xp + c0, p.pix.data() + t.first, p.tap_off.data() + t.t0, t.taps, kc,
-                              w + t.t0 * kc * width, out + t.first * p.Cout_pad + blk.f0,
+                              w + t.t0 * kc * width, width, out + t.first * p.Cout_pad + blk.f0,
                               p.Cout_pad, c0 > 0);
     }
   }

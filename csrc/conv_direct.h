@@ -25,11 +25,11 @@ namespace fastconv {
 struct DirectKernels {
   static constexpr int kMaxNV = 4;   // output-channel vectors per tile
   static constexpr int kMaxMR = 24;  // pixels (forward) or input channels (weight grad)
-  // out[i*ldo + j] (+)= sum_{t < taps} sum_{c < C} in[pix[i] + tap_off[t] + c] * w[(t*C + c)*16*NV + j]
+  // out[i*ldo + j] (+)= sum_{t < taps} sum_{c < C} in[pix[i] + tap_off[t] + c] * w[(t*C + c)*ldw + j]
   // for i < MR, j < 16*NV.
   using ForwardFn = void (*)(const float* in, const index_t* pix, const index_t* tap_off,
-                             index_t taps, index_t C, const float* w, float* out, index_t ldo,
-                             bool accumulate);
+                             index_t taps, index_t C, const float* w, index_t ldw, float* out,
+                             index_t ldo, bool accumulate);
   // gw[i*ldw + j] (+)= sum_{r < rows} sum_{q < cols} x[r*xrs + q*ps + i] * gy[(r*cols + q)*ldg + j]
   // for i < MR, j < 16*NV.
   using WeightGradFn = void (*)(const float* x, index_t ps, index_t xrs, index_t rows, index_t cols,

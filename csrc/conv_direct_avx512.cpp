@@ -19,7 +19,8 @@ constexpr int kMaxMR[DirectKernels::kMaxNV + 1] = {0, 24, 14, 9, 6};
 // loads NV weight vectors and broadcasts one input value per pixel.
 template <int MR, int NV>
 void forward_tile(const float* in, const index_t* pix, const index_t* tap_off, index_t taps,
-                  index_t C, const float* w, float* out, index_t ldo, bool accumulate) {
+                  index_t C, const float* w, index_t ldw, float* out, index_t ldo,
+                  bool accumulate) {
   __m512 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j)
@@ -27,10 +28,10 @@ void forward_tile(const float* in, const index_t* pix, const index_t* tap_off, i
   for (index_t t = 0; t < taps; ++t) {
     const float* px[MR];
     for (int i = 0; i < MR; ++i) px[i] = in + pix[i] + tap_off[t];
-    const float* wt = w + t * C * (16 * NV);
+    const float* wt = w + t * C * ldw;
     for (index_t c = 0; c < C; ++c) {
       __m512 wv[NV];
-      for (int j = 0; j < NV; ++j) wv[j] = _mm512_loadu_ps(wt + c * (16 * NV) + 16 * j);
+      for (int j = 0; j < NV; ++j) wv[j] = _mm512_loadu_ps(wt + c * ldw + 16 * j);
 #pragma GCC unroll 24
       for (int i = 0; i < MR; ++i) {
         const __m512 b = _mm512_set1_ps(px[i][c]);

@@ -202,7 +202,7 @@ void forward_chunk(const DirectKernels& k, const TilePlan& p, const float* xp, c
     for (const ChannelBlock& b : p.blocks)
       for_each_piece(tn, k.max_mr[b.nv], [&](index_t q0, index_t mr) {
         k.forward[b.nv][mr](v + xi * vs, p.pix.data() + q0, &tap0, 1, p.Cin,
-                            u + xi * p.Cin * p.Cout_pad + p.Cin * b.f0,
+                            u + xi * p.Cin * p.Cout_pad + p.Cin * b.f0, 16 * b.nv,
                             m + xi * ms + q0 * p.Cout_pad + b.f0, p.Cout_pad, false);
       });
   for (index_t q = 0; q < tn; ++q) {

@@ -1,4 +1,4 @@
-#include "gemm_abt.h"
+#include "gemm_direct.h"
 
 #include <algorithm>
 #include <vector>
@@ -53,8 +53,8 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
         const index_t kc = std::min(kKc, K - k0);
         for (const ChannelBlock& b : blocks)
           k.forward[b.nv][mr](B + k0, rows.data() + r, &tap0, 1, kc,
-                              at.get() + K * b.f0 + k0 * 16 * b.nv, ct.get() + r * Mpad + b.f0,
-                              Mpad, k0 > 0);
+                              at.get() + K * b.f0 + k0 * 16 * b.nv, 16 * b.nv,
+                              ct.get() + r * Mpad + b.f0, Mpad, k0 > 0);
       }
     });
   }
