@@ -355,3 +355,14 @@ def test_predict_errors(trained, tmp_path, capsys):
     rc = P.main(["-w", str(tmp_path / "w.npz"), "--model", "lenet5", str(bad)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "do not fit" in err and len(err.splitlines()) == 1
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    import platform
+
+    from fastconv.train import keep_freed_memory
+
+    applied = keep_freed_memory()
+    assert isinstance(applied, bool)
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied
