@@ -79,7 +79,7 @@ std::vector<PackedA<T>> pack_weights(const ConvShape& s, const T* w, bool transp
 // here (AVX-512, batch 64), it wins where that waste is small or the GEMM is narrow (few
 // output channels per group, so packing dominates); elsewhere im2col packing is cheaper.
 // 0 auto, 1 wide wherever possible, 2 im2col (never wide), 3 direct wherever possible,
-// 4 Winograd wherever possible.
+// 4 Winograd wherever possible, 5 the few-channel NCHW forward wherever possible.
 std::atomic<int> g_algorithm{0};
 
 enum class Pass { forward, backward_input, backward_weight };
@@ -122,7 +122,8 @@ bool set_conv_algorithm(const std::string& name) {
                 : name == "im2col" ? 2
                 : name == "direct"   ? 3
                 : name == "winograd" ? 4
-                                     : -1;
+                : name == "direct_nchw" ? 5
+                                        : -1;
   if (v < 0) return false;
   g_algorithm.store(v, std::memory_order_relaxed);
   return true;
@@ -132,6 +133,9 @@ template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
   if constexpr (std::is_same_v<T, float>) {
     if (winograd<T>(s, DirectPass::forward)) return conv2d_forward_winograd(s, x, w, bias, y);
+    const int forced = g_algorithm.load(std::memory_order_relaxed);
+    if ((forced == 0 || forced == 5) && use_small_channels(s, forced == 5))
+      return conv2d_forward_small_channels(s, x, w, bias, y);
     if (direct<T>(s, DirectPass::forward)) return conv2d_forward_direct(s, x, w, bias, y);
   }
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;

@@ -202,6 +202,91 @@ bool use_direct(const ConvShape& s, DirectPass pass, bool forced) {
   return s.Fg() >= 16 && s.CKK() >= 64;
 }
 
+bool use_small_channels(const ConvShape& s, bool forced) {
+  if (!direct_kernels() || s.N == 0 || s.win.SH != 1 || s.win.SW != 1) return false;
+  // The first layers (RGB input): broadcasting weights over 64 output pixels beats both the
+  // GEMM and the channels-last tiles there (1.2x); from ~6 channels the tiles win.
+  return forced || (s.Cg() <= 4 && !s.pointwise());
+}
+
+void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
+                                   const float* bias, float* y) {
+  const DirectKernels& k = *direct_kernels();
+  constexpr index_t NF = DirectKernels::kSmallF, NVEC = DirectKernels::kSmallV;
+  const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L(), CKK = s.CKK();
+  const Window2d& win = s.win;
+  // Zero-padded planes, wide enough that every 16-pixel vector of an output row reads inside.
+  const index_t vecs = ceil_div(s.OW, 16);
+  const index_t Hp = s.OH + (win.KH - 1) * win.DH, Wp = 16 * vecs + (win.KW - 1) * win.DW;
+  const index_t plane = Hp * Wp, padded = round_up(Cg * plane, 16);
+  std::vector<index_t> off(CKK);  // step (c, kh, kw) -> offset in the padded image
+  for (index_t c = 0; c < Cg; ++c)
+    for (index_t i = 0; i < win.KH; ++i)
+      for (index_t j = 0; j < win.KW; ++j)
+        off[(c * win.KH + i) * win.KW + j] = c * plane + i * win.DH * Wp + j * win.DW;
+  // Weights per group and block of 6 output channels: [step][6], zero past Fg.
+  const index_t fblocks = ceil_div(Fg, NF);
+  Scratch<float> wq = make_scratch<float>(G * fblocks * CKK * NF);
+  for (index_t g = 0; g < G; ++g)
+    for (index_t b = 0; b < fblocks; ++b)
+      for (index_t st = 0; st < CKK; ++st)
+        for (index_t i = 0; i < NF; ++i) {
+          const index_t f = b * NF + i;
+          wq[((g * fblocks + b) * CKK + st) * NF + i] = f < Fg ? w[(g * Fg + f) * CKK + st] : 0.0f;
+        }
+  const index_t row_vecs = s.OH * vecs, tiles = ceil_div(row_vecs, NVEC);
+  auto pad = [&](index_t item, float* xp) {
+    const float* src = x + (item / G * s.C + item % G * Cg) * s.H * s.W;
+    std::fill(xp, xp + Cg * plane, 0.0f);
+    for (index_t c = 0; c < Cg; ++c)
+      for (index_t h = 0; h < s.H; ++h) {
+        const index_t r = h + win.PH;
+        if (r >= Hp) break;
+        const index_t w0 = std::max<index_t>(0, -win.PW), w1 = std::min(s.W, Wp - win.PW);
+        for (index_t q = w0; q < w1; ++q) xp[c * plane + r * Wp + q + win.PW] = src[(c * s.H + h) * s.W + q];
+      }
+  };
+  // Tile t of block b: row vectors [4t, 4t + 4) (a vector may be past the last: skipped).
+  auto tile = [&](index_t item, const float* xp, index_t b, index_t t) {
+    const index_t g = item % G;
+    float* yi = y + (item / G * s.F + g * Fg + b * NF) * L;
+    const float* rows[NVEC];
+    float* out[NVEC];
+    index_t lanes[NVEC];
+    for (index_t j = 0; j < NVEC; ++j) {
+      const index_t rv = std::min(4 * t + j, row_vecs - 1), oh = rv / vecs, v = rv % vecs;
+      rows[j] = xp + oh * Wp + 16 * v;
+      out[j] = yi + oh * s.OW + 16 * v;
+      lanes[j] = 4 * t + j < row_vecs ? std::min<index_t>(16, s.OW - 16 * v) : 0;
+    }
+    k.small_c_tile(rows, off.data(), CKK, wq.get() + (g * fblocks + b) * CKK * NF,
+                   bias ? bias + g * Fg + b * NF : nullptr, out, L, std::min(NF, Fg - b * NF),
+                   lanes);
+  };
+  const index_t items = s.N * G;
+  const int threads = max_threads();
+  if (threads > 1 && items >= threads) {
+    Scratch<float> buf = make_scratch<float>(padded * threads);
+#pragma omp parallel num_threads(threads)
+    {
+      float* xp = buf.get() + padded * thread_id();
+#pragma omp for schedule(static)
+      for (index_t i = 0; i < items; ++i) {
+        pad(i, xp);
+        for (index_t b = 0; b < fblocks; ++b)
+          for (index_t t = 0; t < tiles; ++t) tile(i, xp, b, t);
+      }
+    }
+  } else {
+    Scratch<float> buf = make_scratch<float>(padded);
+    for (index_t i = 0; i < items; ++i) {
+      pad(i, buf.get());
+#pragma omp parallel for schedule(static)
+      for (index_t bt = 0; bt < fblocks * tiles; ++bt) tile(i, buf.get(), bt / tiles, bt % tiles);
+    }
+  }
+}
+
 void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, const float* bias,
                            float* y) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;

@@ -42,6 +42,14 @@ struct DirectKernels {
   // dst (C x L, NCHW) <- src (L x ld, channels last), plus bias[c] when bias is not null.
   void (*from_channels_last)(const float* src, index_t ld, index_t C, index_t L,
                              const float* bias, float* dst);
+  // Few input channels, NCHW, stride 1 (the first layers): 6 output channels x 4 vectors of
+  // 16 consecutive output pixels, broadcasting the weights:
+  //   out[j][i*fstride + l] = bias[i] + sum_{s < steps} w[s*6 + i] * rows[j][off[s] + l]
+  // for i < nf (<= 6), j < 4, l < lanes[j] (vector j skipped when 0); bias may be null.
+  static constexpr int kSmallF = 6, kSmallV = 4;
+  void (*small_c_tile)(const float* const* rows, const index_t* off, index_t steps,
+                       const float* w, const float* bias, float* const* out, index_t fstride,
+                       index_t nf, const index_t* lanes);
   // Largest MR for each NV (accumulators MR*NV fit the 32 zmm registers).
   int max_mr[kMaxNV + 1];
   ForwardFn forward[kMaxNV + 1][kMaxMR + 1];
@@ -75,6 +83,12 @@ void for_each_piece(index_t n, index_t max, Body&& body) {
 // the input gradient, and (unless forced) enough channels per group for the tiles to pay.
 enum class DirectPass { forward, backward_input, backward_weight };
 bool use_direct(const ConvShape& s, DirectPass pass, bool forced);
+
+// Forward of stride-1 convolutions with few input channels on NCHW planes (small_c_tile):
+// 64 output pixels x 6 output channels per tile, the weights broadcast, written straight to y.
+bool use_small_channels(const ConvShape& s, bool forced);
+void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
+                                   const float* bias, float* y);
 
 void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, const float* bias,
                            float* y);

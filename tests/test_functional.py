@@ -92,14 +92,14 @@ def conv_algorithm():
     _core.set_conv_algorithm("auto")
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "wide", "direct", "winograd"])
+@pytest.mark.parametrize("algorithm", ["im2col", "wide", "direct", "winograd", "direct_nchw"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_every_algorithm_matches_reference(rng, conv_algorithm, case, dtype, algorithm):
     # Convolutions have several formulations (im2col packing, wide-row shifted GEMM, direct
     # channels-last tiles, Winograd F(2x2, 3x3)), chosen by size; each must be right on every
     # shape it accepts (and the others must fall back correctly).
-    if algorithm in ("direct", "winograd") and fastconv.simd_level() != "avx512":
+    if algorithm in ("direct", "winograd", "direct_nchw") and fastconv.simd_level() != "avx512":
         pytest.skip(f"the {algorithm} kernels need AVX-512")
     assert conv_algorithm(algorithm)
     check_conv_against_reference(rng, case, dtype)
@@ -277,7 +277,7 @@ def test_conv2d_random_configurations(cfg):
     check_random_conv(cfg)
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "winograd"])
+@pytest.mark.parametrize("algorithm", ["direct", "winograd", "direct_nchw"])
 @settings(max_examples=60, deadline=None)
 @given(cfg=conv_configs, extra_c=st.integers(0, 40), extra_f=st.integers(0, 40),
        square3=st.booleans())
