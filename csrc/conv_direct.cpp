@@ -140,7 +140,7 @@ void forward_tiles(const DirectKernels& k, const ForwardPlan& p, const float* xp
 
 // Runs the plan over `items` images (image i: src(i) NCHW -> dst(i) NCHW, plus bias), with
 // per-group weights wd(i). Threads take whole images when there are enough of them, else
-// split the rows of each image.
+// split the tiles of each image.
 template <typename Src, typename Dst, typename Weights>
 void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, Dst dst, Weights wd,
                  const float* bias) {
@@ -151,39 +151,24 @@ void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, D
   auto tile_count = [&](index_t b) {
     return static_cast<index_t>(p.tiles[p.blocks[b].nv].size());
   };
-  const int threads = max_threads();
-  if (threads > 1 && items >= threads) {
-    Scratch<float> buf = make_scratch<float>(per * threads);
-#pragma omp parallel num_threads(threads)
-    {
-      float* xp = buf.get() + per * thread_id();
-      float* out = xp + p.padded_size();
-#pragma omp for schedule(static)
-      for (index_t i = 0; i < items; ++i) {
-        k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
-        for (index_t b = 0; b < nblocks; ++b)
-          forward_tiles(k, p, xp, wd(i), out, b, 0, tile_count(b));
-        k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
-      }
-    }
-  } else {
-    Scratch<float> buf = make_scratch<float>(per);
-    float* xp = buf.get();
+  index_t per_block = 0;  // tiles of the longest block
+  for (index_t b = 0; b < nblocks; ++b) per_block = std::max(per_block, tile_count(b));
+  for_each_item(items, per, [&](index_t i, float* xp, bool split) {
     float* out = xp + p.padded_size();
-    for (index_t i = 0; i < items; ++i) {
-      k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
-      const float* w = wd(i);
+    k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
+    if (split) {
       // (block, tile) work items: each output value is still summed by one thread.
-      index_t per_block = 0;
-      for (index_t b = 0; b < nblocks; ++b) per_block = std::max(per_block, tile_count(b));
 #pragma omp parallel for schedule(static)
       for (index_t r = 0; r < nblocks * per_block; ++r) {
         const index_t b = r / per_block, t = r % per_block;
-        if (t < tile_count(b)) forward_tiles(k, p, xp, w, out, b, t, t + 1);
+        if (t < tile_count(b)) forward_tiles(k, p, xp, wd(i), out, b, t, t + 1);
       }
-      k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+    } else {
+      for (index_t b = 0; b < nblocks; ++b)
+        forward_tiles(k, p, xp, wd(i), out, b, 0, tile_count(b));
     }
-  }
+    k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+  });
 }
 
 }  // namespace
@@ -263,28 +248,11 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
                    bias ? bias + g * Fg + b * NF : nullptr, out, L, std::min(NF, Fg - b * NF),
                    lanes);
   };
-  const index_t items = s.N * G;
-  const int threads = max_threads();
-  if (threads > 1 && items >= threads) {
-    Scratch<float> buf = make_scratch<float>(padded * threads);
-#pragma omp parallel num_threads(threads)
-    {
-      float* xp = buf.get() + padded * thread_id();
-#pragma omp for schedule(static)
-      for (index_t i = 0; i < items; ++i) {
-        pad(i, xp);
-        for (index_t b = 0; b < fblocks; ++b)
-          for (index_t t = 0; t < tiles; ++t) tile(i, xp, b, t);
-      }
-    }
-  } else {
-    Scratch<float> buf = make_scratch<float>(padded);
-    for (index_t i = 0; i < items; ++i) {
-      pad(i, buf.get());
-#pragma omp parallel for schedule(static)
-      for (index_t bt = 0; bt < fblocks * tiles; ++bt) tile(i, buf.get(), bt / tiles, bt % tiles);
-    }
-  }
+  for_each_item(s.N * G, padded, [&](index_t i, float* xp, bool split) {
+    pad(i, xp);
+#pragma omp parallel for schedule(static) if (split)
+    for (index_t bt = 0; bt < fblocks * tiles; ++bt) tile(i, xp, bt / tiles, bt % tiles);
+  });
 }
 
 void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, const float* bias,
@@ -364,39 +332,17 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
     k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0), s.OH,
                      s.OW, p.Cout_pad, gyt);
   };
-  const int threads = max_threads();
-  if (threads > 1 && chunks >= threads) {
-    Scratch<float> buf = make_scratch<float>(per * threads);
-#pragma omp parallel num_threads(threads)
-    {
-      float* xp = buf.get() + per * thread_id();
-      float* gyt = xp + p.padded_size();
-#pragma omp for schedule(static)
-      for (index_t c = 0; c < chunks; ++c) {
-        const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
-        for (index_t n = n0; n < n1; ++n)
-          for (index_t g = 0; g < G; ++g) {
-            prepare(n, g, xp, gyt);
-            for (index_t item = 0; item < nblocks * taps; ++item)
-              image_item(xp, gyt, partial.get() + c * part_size, g, item, n > n0);
-          }
-      }
-    }
-  } else {
-    Scratch<float> buf = make_scratch<float>(per);
-    float* xp = buf.get();
+  for_each_item(chunks, per, [&](index_t c, float* xp, bool split) {
     float* gyt = xp + p.padded_size();
-    for (index_t c = 0; c < chunks; ++c) {
-      const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
-      for (index_t n = n0; n < n1; ++n)
-        for (index_t g = 0; g < G; ++g) {
-          prepare(n, g, xp, gyt);
-#pragma omp parallel for schedule(static)
-          for (index_t item = 0; item < nblocks * taps; ++item)
-            image_item(xp, gyt, partial.get() + c * part_size, g, item, n > n0);
-        }
-    }
-  }
+    const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
+    for (index_t n = n0; n < n1; ++n)
+      for (index_t g = 0; g < G; ++g) {
+        prepare(n, g, xp, gyt);
+#pragma omp parallel for schedule(static) if (split)
+        for (index_t item = 0; item < nblocks * taps; ++item)
+          image_item(xp, gyt, partial.get() + c * part_size, g, item, n > n0);
+      }
+  });
   // gw[g*Fg + f][c][t] = sum over chunks (in order) of partial[chunk][g][t][c][f]; rows of
   // the partials are read contiguously.
   const float* part = partial.get();

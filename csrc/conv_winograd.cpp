@@ -224,48 +224,26 @@ void run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
   const DirectKernels& k = *direct_kernels();
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
   const index_t chunks = ceil_div(p.T, p.chunk);
-  const index_t per = p.scratch_size() + p.Cout_pad;  // + a junk row for cut-off outputs
-  const int threads = max_threads();
-  if (threads > 1 && items >= threads) {
-    Scratch<float> buf = make_scratch<float>(per * threads);
-#pragma omp parallel num_threads(threads)
+  const index_t part = p.v_size() + p.m_size() + p.Cout_pad;  // transform buffers + junk row
+  // Scratch per image: padded copy, transformed tiles, products, output, junk row.
+  for_each_item(items, p.scratch_size() + p.Cout_pad, [&](index_t i, float* xp, bool split) {
+    float* out = xp + p.padded_size() + p.v_size() + p.m_size();
+    k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
+    const float* ui = u(i);
+#pragma omp parallel if (split)
     {
-      float* xp = buf.get() + per * thread_id();
-      float* v = xp + p.padded_size();
+      // Split over the threads: each transforms its own chunks in buffers of its own.
+      Scratch<float> own = make_scratch<float>(split ? part : 0);
+      float* v = split ? own.get() : xp + p.padded_size();
       float* m = v + p.v_size();
-      float* out = m + p.m_size();
-      float* junk = out + p.out_size();
+      float* junk = split ? m + p.m_size() : out + p.out_size();
 #pragma omp for schedule(static)
-      for (index_t i = 0; i < items; ++i) {
-        k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
-        for (index_t c = 0; c < chunks; ++c)
-          forward_chunk(k, p, xp, u(i), c * p.chunk, std::min(p.chunk, p.T - c * p.chunk), v, m,
-                        out, junk);
-        k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
-      }
+      for (index_t c = 0; c < chunks; ++c)
+        forward_chunk(k, p, xp, ui, c * p.chunk, std::min(p.chunk, p.T - c * p.chunk), v, m, out,
+                      junk);
     }
-  } else {
-    // Few images: threads split the tile chunks of each image (own transform buffers).
-    const index_t part = p.v_size() + p.m_size() + p.Cout_pad;
-    Scratch<float> buf = make_scratch<float>(p.padded_size() + p.out_size() + part * threads);
-    float* xp = buf.get();
-    float* out = xp + p.padded_size();
-    for (index_t i = 0; i < items; ++i) {
-      k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
-      const float* ui = u(i);
-#pragma omp parallel num_threads(threads)
-      {
-        float* v = out + p.out_size() + part * thread_id();
-        float* m = v + p.v_size();
-        float* junk = m + p.m_size();
-#pragma omp for schedule(static)
-        for (index_t c = 0; c < chunks; ++c)
-          forward_chunk(k, p, xp, ui, c * p.chunk, std::min(p.chunk, p.T - c * p.chunk), v, m, out,
-                        junk);
-      }
-      k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
-    }
-  }
+    k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+  });
 }
 
 }  // namespace
@@ -375,25 +353,11 @@ void conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
     }
     if (filled > 0) flush();
   };
-  const int threads = max_threads();
-  if (threads > 1 && chunks >= threads) {
-    Scratch<float> buf = make_scratch<float>(per * threads);
-#pragma omp parallel num_threads(threads)
-    {
-      float* mine = buf.get() + per * thread_id();
-#pragma omp for schedule(static)
-      for (index_t c = 0; c < chunks; ++c)
-        for (index_t g = 0; g < G; ++g)
-          sum_images(s.N * c / chunks, s.N * (c + 1) / chunks, g, mine,
-                     partial.get() + c * sum_size + g * 16 * Cg * Fpad, false);
-    }
-  } else {
-    Scratch<float> buf = make_scratch<float>(per);
-    for (index_t c = 0; c < chunks; ++c)
-      for (index_t g = 0; g < G; ++g)
-        sum_images(s.N * c / chunks, s.N * (c + 1) / chunks, g, buf.get(),
-                   partial.get() + c * sum_size + g * 16 * Cg * Fpad, true);
-  }
+  for_each_item(chunks, per, [&](index_t c, float* buf, bool split) {
+    for (index_t g = 0; g < G; ++g)
+      sum_images(s.N * c / chunks, s.N * (c + 1) / chunks, g, buf,
+                 partial.get() + c * sum_size + g * 16 * Cg * Fpad, split);
+  });
   // Sum the chunks in order (contiguous, into chunk 0), then the inverse transform of each
   // (c, f) pair's 16 sums to its 3x3 kernel.
   float* total = partial.get();
