@@ -68,7 +68,7 @@ __attribute__((always_inline)) inline void max_pool_2x2_row(const T* r0, const T
   }
 }
 
-FASTCONV_CLONED(max_pool_2x2, max_pool_2x2_row,
+FASTCONV_CLONED(max_pool_2x2_rows, max_pool_2x2_row,
                 (const T* r0, const T* r1, index_t W, index_t ih, index_t OW, T* y,
                  std::int64_t* idx),
                 (r0, r1, W, ih, OW, y, idx))
@@ -102,10 +102,102 @@ __attribute__((always_inline)) inline void avg_pool_2x2_backward_row(const T* gy
   }
 }
 
-FASTCONV_CLONED(avg_pool_2x2, avg_pool_2x2_row, (const T* r0, const T* r1, index_t OW, T* y),
-                (r0, r1, OW, y))
+FASTCONV_CLONED(avg_pool_2x2_rows, avg_pool_2x2_row,
+                (const T* r0, const T* r1, index_t OW, T* y), (r0, r1, OW, y))
 FASTCONV_CLONED(avg_pool_2x2_backward, avg_pool_2x2_backward_row,
                 (const T* gy, index_t OW, T* g0, T* g1), (gy, OW, g0, g1))
+
+// Narrow planes (at most 8 outputs per row, e.g. 8x8 -> 4x4) would fill half or less of
+// each 16-lane block row by row: they are pooled in flattened blocks of 16 outputs across
+// rows instead, gathered lane by lane.
+//
+// The four candidates of the next n (<= 16) windows from output (oh, ow) on (advanced past
+// them): c0..c3 the top-left, top-right, bottom-left, bottom-right inputs, base the
+// top-left's offset; lanes past n zero.
+template <typename T>
+__attribute__((always_inline)) inline void gather_2x2(const T* x, index_t W, index_t OW,
+                                                      index_t& oh, index_t& ow, index_t n, T* c0,
+                                                      T* c1, T* c2, T* c3, std::int64_t* base) {
+  constexpr int B = 16;
+  for (index_t t = 0; t < B; ++t) {
+    if (t < n) {
+      const index_t i = 2 * oh * W + 2 * ow;
+      base[t] = i;
+      c0[t] = x[i];
+      c1[t] = x[i + 1];
+      c2[t] = x[i + W];
+      c3[t] = x[i + W + 1];
+      if (++ow == OW) {
+        ow = 0;
+        ++oh;
+      }
+    } else {
+      base[t] = 0;
+      c0[t] = c1[t] = c2[t] = c3[t] = T(0);
+    }
+  }
+}
+
+// Max pooling of a narrow plane (same rules as max_pool_2x2_row).
+template <typename T>
+__attribute__((always_inline)) inline void max_pool_2x2_plane(const T* x, index_t W, index_t OH,
+                                                              index_t OW, T* y,
+                                                              std::int64_t* idx) {
+  constexpr int B = 16;
+  const index_t OL = OH * OW;
+  index_t oh = 0, ow = 0;  // position of output o0
+  for (index_t o0 = 0; o0 < OL; o0 += B) {
+    const index_t n = std::min<index_t>(B, OL - o0);
+    T c0[B], c1[B], c2[B], c3[B], best_out[B];
+    std::int64_t base[B], at_out[B];
+    gather_2x2(x, W, OW, oh, ow, n, c0, c1, c2, c3, base);
+    for (int t = 0; t < B; ++t) {
+      T best = c0[t];
+      std::int64_t at = base[t];
+      const T b = c1[t], c = c2[t], d = c3[t];
+      // "v > best || isnan(v)", as blends: once best is NaN only a later NaN replaces it.
+      bool take = (b > best) | (b != b);
+      best = take ? b : best;
+      at = take ? base[t] + 1 : at;
+      take = (c > best) | (c != c);
+      best = take ? c : best;
+      at = take ? base[t] + W : at;
+      take = (d > best) | (d != d);
+      best = take ? d : best;
+      at = take ? base[t] + W + 1 : at;
+      best_out[t] = best;
+      at_out[t] = at;
+    }
+    for (index_t t = 0; t < n; ++t) {
+      y[o0 + t] = best_out[t];
+      idx[o0 + t] = at_out[t];
+    }
+  }
+}
+
+FASTCONV_CLONED(max_pool_2x2_narrow, max_pool_2x2_plane,
+                (const T* x, index_t W, index_t OH, index_t OW, T* y, std::int64_t* idx),
+                (x, W, OH, OW, y, idx))
+
+// Average pooling of a narrow plane (same sum order as avg_pool_2x2_row).
+template <typename T>
+__attribute__((always_inline)) inline void avg_pool_2x2_plane(const T* x, index_t W, index_t OH,
+                                                              index_t OW, T* y) {
+  constexpr int B = 16;
+  const index_t OL = OH * OW;
+  index_t oh = 0, ow = 0;
+  for (index_t o0 = 0; o0 < OL; o0 += B) {
+    const index_t n = std::min<index_t>(B, OL - o0);
+    T c0[B], c1[B], c2[B], c3[B], out[B];
+    std::int64_t base[B];
+    gather_2x2(x, W, OW, oh, ow, n, c0, c1, c2, c3, base);
+    for (int t = 0; t < B; ++t) out[t] = (((T(0) + c0[t]) + c1[t]) + c2[t] + c3[t]) / T(4);
+    for (index_t t = 0; t < n; ++t) y[o0 + t] = out[t];
+  }
+}
+
+FASTCONV_CLONED(avg_pool_2x2_narrow, avg_pool_2x2_plane,
+                (const T* x, index_t W, index_t OH, index_t OW, T* y), (x, W, OH, OW, y))
 
 // 2x2, stride 2, no padding or dilation, every window inside the input.
 inline bool is_plain_2x2(const PoolShape& s) {
@@ -126,10 +218,14 @@ void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indi
     const T* xp = x + plane * HW;
     T* yp = y + plane * OL;
     std::int64_t* ip = indices + plane * OL;
+    if (two_by_two && s.OW <= 8) {
+      max_pool_2x2_narrow(xp, s.W, s.OH, s.OW, yp, ip);
+      continue;
+    }
     if (two_by_two) {
       for (index_t oh = 0; oh < s.OH; ++oh)
-        max_pool_2x2(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.W, 2 * oh, s.OW,
-                     yp + oh * s.OW, ip + oh * s.OW);
+        max_pool_2x2_rows(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.W, 2 * oh, s.OW,
+                          yp + oh * s.OW, ip + oh * s.OW);
       continue;
     }
     for (index_t oh = 0; oh < s.OH; ++oh) {
@@ -188,9 +284,13 @@ void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, 
   for (index_t plane = 0; plane < s.N * s.C; ++plane) {
     const T* xp = x + plane * HW;
     T* yp = y + plane * OL;
+    if (two_by_two && s.OW <= 8) {
+      avg_pool_2x2_narrow(xp, s.W, s.OH, s.OW, yp);
+      continue;
+    }
     if (two_by_two) {
       for (index_t oh = 0; oh < s.OH; ++oh)
-        avg_pool_2x2(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.OW, yp + oh * s.OW);
+        avg_pool_2x2_rows(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.OW, yp + oh * s.OW);
       continue;
     }
     for (index_t oh = 0; oh < s.OH; ++oh) {

@@ -760,3 +760,18 @@ def test_relu_does_not_depend_on_thread_count_and_checks_shapes(rng, threads):
     for m in (F, R):
         with pytest.raises(ValueError, match="grad_y shape"):
             m.relu_backward(np.ones(3), np.ones(4))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 3, 10, 7), (1, 2, 17, 16), (4, 3, 2, 2)])
+def test_2x2_pooling_of_narrow_planes_matches_reference(rng, shape):
+    # Planes with at most 8 outputs per row are pooled in blocks of 16 outputs that wrap
+    # across rows; NaNs and ties must keep PyTorch's first-maximum / NaN-propagation rules.
+    x = rng.standard_normal(shape).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[::7] = np.nan
+    flat[1::6] = flat[0::6][: len(flat[1::6])]  # ties within windows
+    y, idx = F.max_pool2d(x, 2, return_indices=True)
+    y_ref, idx_ref = R.max_pool2d(x, 2, return_indices=True)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    np.testing.assert_array_equal(F.avg_pool2d(x, 2), R.avg_pool2d(x, 2))
