@@ -466,7 +466,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("openmp_enabled", &fastconv::openmp_enabled);
   m.def("simd_level", &fastconv::simd_level);
   m.def("set_conv_algorithm", &fastconv::set_conv_algorithm, py::arg("name"),
-        "'auto', 'wide', 'im2col' or 'direct' (tests/benchmarks).");
+        "'auto', 'wide', 'im2col', 'direct', 'direct_nchw' or 'winograd' (tests/benchmarks).");
   m.def("best_simd_level", &fastconv::best_simd_level);
   m.def("set_simd_level", &fastconv::set_simd_level, py::arg("level"),
         "Force the micro-kernel ISA (tests/benchmarks); False if unsupported here.");
