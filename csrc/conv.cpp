@@ -132,7 +132,7 @@ bool set_conv_algorithm(const std::string& name) {
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
   if constexpr (std::is_same_v<T, float>) {
-    if (winograd<T>(s, DirectPass::forward)) return conv2d_forward_winograd(s, x, w, bias, y);
+    if (winograd<T>(s, DirectPass::forward) && conv2d_forward_winograd(s, x, w, bias, y)) return;
     const int forced = g_algorithm.load(std::memory_order_relaxed);
     if ((forced == 0 || forced == 5) && use_small_channels(s, forced == 5))
       return conv2d_forward_small_channels(s, x, w, bias, y);
@@ -179,8 +179,8 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T
 template <typename T>
 void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
   if constexpr (std::is_same_v<T, float>) {
-    if (winograd<T>(s, DirectPass::backward_input))
-      return conv2d_backward_input_winograd(s, gy, w, gx);
+    if (winograd<T>(s, DirectPass::backward_input) && conv2d_backward_input_winograd(s, gy, w, gx))
+      return;
     if (direct<T>(s, DirectPass::backward_input))
       return conv2d_backward_input_direct(s, gy, w, gx);
   }
@@ -229,8 +229,9 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (winograd<T>(s, DirectPass::backward_weight))
-      return conv2d_backward_weight_winograd(s, gy, x, gw);
+    if (winograd<T>(s, DirectPass::backward_weight) &&
+        conv2d_backward_weight_winograd(s, gy, x, gw))
+      return;
     if (direct<T>(s, DirectPass::backward_weight))
       return conv2d_backward_weight_direct(s, gy, x, gw);
   }

@@ -1,6 +1,7 @@
 #include "conv_winograd.h"
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 namespace fastconv {
@@ -82,6 +83,22 @@ __attribute__((always_inline)) inline void grad_tile(const T* const* g, index_t 
       out[(4 * i + 3) * stride + c] = -r[i][1];
     }
   }
+}
+
+// *out = whether any of p[0, n) is ±inf or NaN (x - x is 0 exactly for the finite ones).
+template <typename T>
+__attribute__((always_inline)) inline void any_nonfinite(index_t n, const T* p, int* out) {
+  int bad = 0;
+  for (index_t i = 0; i < n; ++i) bad |= (p[i] - p[i]) != T(0);
+  *out = bad;
+}
+
+FASTCONV_CLONED(any_nonfinite_any, any_nonfinite, (index_t n, const T* p, int* out), (n, p, out))
+
+inline bool has_nonfinite(const float* p, index_t n) {
+  int bad = 0;
+  any_nonfinite_any(n, p, &bad);
+  return bad != 0;
 }
 
 FASTCONV_CLONED(input_tile_any, input_tile,
@@ -169,7 +186,7 @@ struct TilePlan {
 // at Cin*f0 as [cin][16*nv]; value(o, i) gives the 3x3 kernel (9 floats, row-major) from
 // input channel i to output channel o.
 template <typename Kernel>
-Scratch<float> transform_kernels(const TilePlan& p, Kernel kernel) {
+Scratch<float> transform_kernels(const TilePlan& p, Kernel kernel, bool& nonfinite) {
   Scratch<float> u = make_scratch<float>(16 * p.Cin * p.Cout_pad);
   std::fill(u.get(), u.get() + 16 * p.Cin * p.Cout_pad, 0.0f);
   float g[9];
@@ -179,6 +196,7 @@ Scratch<float> transform_kernels(const TilePlan& p, Kernel kernel) {
     for (index_t j = 0; j < width && b.f0 + j < p.Cout; ++j)
       for (index_t c = 0; c < p.Cin; ++c) {
         kernel(b.f0 + j, c, g);
+        if (has_nonfinite(g, 9)) nonfinite = true;
         kernel_tile(g, t);
         for (int xi = 0; xi < 16; ++xi)
           u[xi * p.Cin * p.Cout_pad + p.Cin * b.f0 + c * width + j] = static_cast<float>(t[xi]);
@@ -218,9 +236,12 @@ void forward_chunk(const DirectKernels& k, const TilePlan& p, const float* xp, c
 }
 
 // Runs the plan over `items` images (src(i) -> dst(i), NCHW, plus bias), kernels u(i).
+// Returns false, as soon as it sees one, if an input holds ±inf or NaN (the outputs are then
+// unspecified: the caller recomputes them on the direct path, see use_winograd).
 template <typename Src, typename Dst, typename Kernels>
-void run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst dst, Kernels u,
+bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst dst, Kernels u,
                const float* bias) {
+  std::atomic<bool> nonfinite{false};
   const DirectKernels& k = *direct_kernels();
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
   const index_t chunks = ceil_div(p.T, p.chunk);
@@ -228,7 +249,12 @@ void run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
   // Scratch per image: padded copy, transformed tiles, products, output, junk row.
   for_each_item(items, p.scratch_size() + p.Cout_pad, [&](index_t i, float* xp, bool split) {
     float* out = xp + p.padded_size() + p.v_size() + p.m_size();
+    if (nonfinite.load(std::memory_order_relaxed)) return;
     k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
+    if (has_nonfinite(xp, p.Hp * p.Wp * p.Cin)) {
+      nonfinite.store(true, std::memory_order_relaxed);
+      return;
+    }
     const float* ui = u(i);
 #pragma omp parallel if (split)
     {
@@ -244,6 +270,7 @@ void run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
     }
     k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
   });
+  return !nonfinite.load();
 }
 
 }  // namespace
@@ -257,40 +284,44 @@ bool use_winograd(const ConvShape& s, DirectPass pass, bool forced) {
   return forced || (s.Cg() >= 16 && s.Fg() >= 16);
 }
 
-void conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
+bool conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
                              const float* bias, float* y) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const TilePlan p(Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
   std::vector<Scratch<float>> u;
+  bool nonfinite = false;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t f, index_t c, float* k) {
       std::copy_n(w + ((g * Fg + f) * Cg + c) * 9, 9, k);
-    }));
-  run_tiles(
+    }, nonfinite));
+  if (nonfinite) return false;
+  return run_tiles(
       p, s.N * G, G, [&](index_t i) { return x + (i / G * s.C + i % G * Cg) * s.H * s.W; },
       [&](index_t i) { return y + (i / G * s.F + i % G * Fg) * s.L(); },
       [&](index_t i) -> const float* { return u[i % G].get(); }, bias);
 }
 
-void conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const float* w,
+bool conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const float* w,
                                     float* gx) {
   // The stride-1 convolution of grad_y placed at (2 - p) with the kernel flipped and its
   // channel axes swapped (see conv_direct.h).
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const TilePlan p(Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H, s.W);
   std::vector<Scratch<float>> u;
+  bool nonfinite = false;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t c, index_t f, float* k) {
       const float* src = w + ((g * Fg + f) * Cg + c) * 9;
       for (int t = 0; t < 9; ++t) k[t] = src[8 - t];
-    }));
-  run_tiles(
+    }, nonfinite));
+  if (nonfinite) return false;
+  return run_tiles(
       p, s.N * G, G, [&](index_t i) { return gy + (i / G * s.F + i % G * Fg) * s.L(); },
       [&](index_t i) { return gx + (i / G * s.C + i % G * Cg) * s.H * s.W; },
       [&](index_t i) -> const float* { return u[i % G].get(); }, nullptr);
 }
 
-void conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const float* x,
+bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const float* x,
                                      float* gw) {
   const DirectKernels& k = *direct_kernels();
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L();
@@ -306,6 +337,7 @@ void conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
   const index_t sum_size = G * 16 * Cg * Fpad;  // [g][xi][c][f]
   const index_t chunks = std::min<index_t>(s.N, 8);
   Scratch<float> partial = make_scratch<float>(chunks * sum_size);
+  std::atomic<bool> nonfinite{false};  // see run_tiles
 
   // Sums images [n0, n1) of group g into sum (16 x Cg x Fpad). parallel: threads split the 16
   // products of each pass (each product is still summed in one fixed order).
@@ -336,10 +368,15 @@ void conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
     const float* d[16];
     const float* gp[4];
     for (index_t n = n0; n < n1; ++n) {
+      if (nonfinite.load(std::memory_order_relaxed)) return;
       k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, s.win.PH, s.win.PW,
                          p.Hp, p.Wp, Cg, xp);
       k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0),
                          2 * p.TH, 2 * p.TW, Fpad, gyt);
+      if (has_nonfinite(xp, p.Hp * p.Wp * Cg) || has_nonfinite(gyt, 4 * p.TH * p.TW * Fpad)) {
+        nonfinite.store(true, std::memory_order_relaxed);
+        return;
+      }
       for (index_t t = 0; t < p.T; ++t) {
         const index_t ty = t / p.TW, tx = t % p.TW;
         p.patch(xp, t, d);
@@ -358,6 +395,7 @@ void conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
       sum_images(s.N * c / chunks, s.N * (c + 1) / chunks, g, buf,
                  partial.get() + c * sum_size + g * 16 * Cg * Fpad, split);
   });
+  if (nonfinite.load()) return false;
   // Sum the chunks in order (contiguous, into chunk 0), then the inverse transform of each
   // (c, f) pair's 16 sums to its 3x3 kernel.
   float* total = partial.get();
@@ -376,6 +414,7 @@ void conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
     for (index_t f = 0; f < Fg; ++f)
       weight_tile(sg + f, Cg * Fpad, gw + ((g * Fg + f) * Cg + c) * 9);
   }
+  return true;
 }
 
 }  // namespace fastconv

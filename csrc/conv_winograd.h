@@ -11,7 +11,8 @@
 //   gw = A2^T [ sum_tiles (G2 gy G2^T) (.) (B^T d B) ] A2
 //
 // The transforms add and subtract: in float32 the results differ from direct summation by a
-// few units in the last place of the largest terms (the tests bound it like any other path).
+// few units in the last place of the largest terms (the tests bound it like any other path);
+// inputs holding ±inf or NaN are left to the direct path (see below).
 // Images are summed in fixed chunks and tiles in order: results do not depend on threads.
 #pragma once
 
@@ -24,11 +25,15 @@ namespace fastconv {
 // at least 16 channels each way per group, where the GEMMs keep the tiles busy).
 bool use_winograd(const ConvShape& s, DirectPass pass, bool forced);
 
-void conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
+// Each returns false without a usable result when an input or weight holds ±inf or NaN: the
+// transforms subtract, so an inf would become NaN in outputs that direct summation leaves
+// ±inf (and a NaN could reach outputs its window does not cover). The caller then takes
+// the direct path, which keeps PyTorch's propagation.
+bool conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
                              const float* bias, float* y);
-void conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const float* w,
+bool conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const float* w,
                                     float* gx);
-void conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const float* x,
+bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const float* x,
                                      float* gw);
 
 }  // namespace fastconv

@@ -775,3 +775,26 @@ def test_2x2_pooling_of_narrow_planes_matches_reference(rng, shape):
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(idx, idx_ref)
     np.testing.assert_array_equal(F.avg_pool2d(x, 2), R.avg_pool2d(x, 2))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", ["x", "grad_y"])
+def test_nonfinite_values_propagate_as_in_direct_summation(rng, bad, where):
+    # A 3x3 layer with 16+ channels (Winograd on AVX-512): its transforms subtract, so an
+    # inf would turn into NaN (inf - inf) in outputs that direct summation leaves at ±inf.
+    # Such inputs must take the direct path: same inf/NaN pattern as the reference.
+    # (Non-finite *weights* are left out: whether they meet the zero padding, 0 * inf = NaN,
+    # differs between formulations that skip padded taps and those that multiply them.)
+    x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
+    {"x": x, "weight": w, "grad_y": gy}[where].reshape(-1)[37] = bad
+    got = (F.conv2d(x, w, padding=1), *F.conv2d_backward(gy, x, w, padding=1)[:2])
+    with np.errstate(invalid="ignore", over="ignore"):  # NumPy warns on inf - inf
+        want = (R.conv2d(x, w, padding=1), *R.conv2d_backward(gy, x, w, padding=1)[:2])
+    for a, e in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(e))
+        np.testing.assert_array_equal(np.isposinf(a), np.isposinf(e))
+        np.testing.assert_array_equal(np.isneginf(a), np.isneginf(e))
+        finite = np.isfinite(e)
+        assert_close(a[finite], e[finite])
