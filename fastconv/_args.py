@@ -480,3 +480,12 @@ def batch_norm_grad_inputs(grad_y, x_shape, mean, invstd, dtype, op: str):
     if any(s.shape != (C,) for s in stats):
         raise ValueError(f"{op}: mean and invstd must have shape ({C},)")
     return grad_y, stats[0], stats[1]
+
+
+def relu_backward_inputs(grad_y, y, op: str = "relu_backward"):
+    """(grad_y, y, dtype) of a ReLU gradient: float arrays of one shape, and their common dtype."""
+    y = as_float_array(y, "y", op)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    if grad_y.shape != y.shape:
+        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal y shape {y.shape}")
+    return grad_y, y, common_dtype(grad_y, y)

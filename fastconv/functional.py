@@ -32,6 +32,7 @@ from ._args import (
     normalize_output_mask,
     pool2d_geometry,
     pool2d_output_shape,
+    relu_backward_inputs,
     unfold_geometry,
 )
 
@@ -372,12 +373,7 @@ def relu(x) -> np.ndarray:
 
 def relu_backward(grad_y, y) -> np.ndarray:
     """Gradient of relu from its output: 0 where y <= 0, else grad_y (NaN passes, as torch)."""
-    op = "relu_backward"
-    y = as_float_array(y, "y", op)
-    grad_y = as_float_array(grad_y, "grad_y", op)
-    if grad_y.shape != y.shape:
-        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal y shape {y.shape}")
-    dtype = common_dtype(grad_y, y)
+    grad_y, y, dtype = relu_backward_inputs(grad_y, y)
     grad_x = np.empty(y.shape, dtype)
     _core.relu_backward(_c(grad_y, dtype), _c(y, dtype), grad_x)
     return grad_x

@@ -39,6 +39,7 @@ from fastconv._args import (
     normalize_output_mask,
     pool2d_geometry,
     pool2d_output_shape,
+    relu_backward_inputs,
     unfold_geometry,
 )
 
@@ -502,10 +503,5 @@ def relu(x) -> np.ndarray:
 
 def relu_backward(grad_y, y) -> np.ndarray:
     """Gradient of relu from its output: 0 where y <= 0, else grad_y (NaN passes, as torch)."""
-    op = "relu_backward"
-    y = as_float_array(y, "y", op)
-    grad_y = as_float_array(grad_y, "grad_y", op)
-    if grad_y.shape != y.shape:
-        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal y shape {y.shape}")
-    dtype = common_dtype(grad_y, y)
+    grad_y, y, dtype = relu_backward_inputs(grad_y, y)
     return np.ascontiguousarray(np.where(y <= 0, 0, grad_y).astype(dtype, copy=False))
