@@ -100,4 +100,27 @@ Scratch<T> make_scratch(index_t count) {
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 
+// Runs body(i, scratch, split) for i < items. With at least as many items as threads, the
+// items are spread over the threads, each with its own `per` elements of scratch, and run whole
+// (split = false: no barrier per small step). Otherwise they run in order with one scratch
+// and split = true: the body then spreads its own work over the threads
+// (`#pragma omp parallel for if (split)`). Either way each output is computed by one thread
+// in one order, so results do not depend on the number of threads.
+template <typename T = float, typename Body>
+void for_each_item(index_t items, index_t per, Body&& body) {
+  const int threads = max_threads();
+  if (threads > 1 && items >= threads) {
+    Scratch<T> buf = make_scratch<T>(per * threads);
+#pragma omp parallel num_threads(threads)
+    {
+      T* mine = buf.get() + per * thread_id();
+#pragma omp for schedule(static)
+      for (index_t i = 0; i < items; ++i) body(i, mine, false);
+    }
+  } else {
+    Scratch<T> buf = make_scratch<T>(per);
+    for (index_t i = 0; i < items; ++i) body(i, buf.get(), true);
+  }
+}
+
 }  // namespace fastconv

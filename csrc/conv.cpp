@@ -27,21 +27,10 @@ inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 // the threads (see `matmul`). All scratch is allocated here, before any parallel region.
 template <typename T, typename Body>
 void run_items(index_t count, index_t cols_size, Body&& body) {
-  const int threads = max_threads();
-  if (threads > 1 && count >= threads) {
-    const index_t cols_part = round_up(cols_size, 16);
-    const index_t per_thread = cols_part + gemm_scratch_size<T>();
-    Scratch<T> buf = make_scratch<T>(per_thread * threads);
-#pragma omp parallel num_threads(threads)
-    {
-      T* mine = buf.get() + per_thread * thread_id();
-#pragma omp for schedule(static)
-      for (index_t i = 0; i < count; ++i) body(i, mine, mine + cols_part);
-    }
-  } else {
-    Scratch<T> cols = make_scratch<T>(cols_size);
-    for (index_t i = 0; i < count; ++i) body(i, cols.get(), static_cast<T*>(nullptr));
-  }
+  const index_t cols_part = round_up(cols_size, 16);
+  for_each_item<T>(count, cols_part + gemm_scratch_size<T>(), [&](index_t i, T* mine, bool split) {
+    body(i, mine, split ? static_cast<T*>(nullptr) : mine + cols_part);
+  });
 }
 
 // GEMM on this thread's packing scratch, or split over all threads when there is none.

@@ -67,29 +67,6 @@ struct ChannelBlock {
 // on most shapes); an odd vector count ends with a 3- or 1-vector block.
 std::vector<ChannelBlock> channel_blocks(index_t channels);
 
-// Runs body(i, scratch, split) for i < items. With at least as many items as threads, the
-// items are spread over the threads, each with its own `per` floats of scratch, and run whole
-// (split = false: no barrier per small step). Otherwise they run in order with one scratch
-// and split = true: the body then spreads its own work over the threads
-// (`#pragma omp parallel for if (split)`). Either way each output is computed by one thread
-// in one order, so results do not depend on the number of threads.
-template <typename Body>
-void for_each_item(index_t items, index_t per, Body&& body) {
-  const int threads = max_threads();
-  if (threads > 1 && items >= threads) {
-    Scratch<float> buf = make_scratch<float>(per * threads);
-#pragma omp parallel num_threads(threads)
-    {
-      float* mine = buf.get() + per * thread_id();
-#pragma omp for schedule(static)
-      for (index_t i = 0; i < items; ++i) body(i, mine, false);
-    }
-  } else {
-    Scratch<float> buf = make_scratch<float>(per);
-    for (index_t i = 0; i < items; ++i) body(i, buf.get(), true);
-  }
-}
-
 // Splits [0, n) into the fewest pieces of at most `max` elements, of near-equal sizes, and
 // calls body(start, size) for each in order.
 template <typename Body>

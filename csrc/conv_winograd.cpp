@@ -256,17 +256,22 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
       return;
     }
     const float* ui = u(i);
-#pragma omp parallel if (split)
-    {
-      // Split over the threads: each transforms its own chunks in buffers of its own.
-      Scratch<float> own = make_scratch<float>(split ? part : 0);
-      float* v = split ? own.get() : xp + p.padded_size();
-      float* m = v + p.v_size();
-      float* junk = split ? m + p.m_size() : out + p.out_size();
+    // Transformed tiles v, products m = v + v_size, and a junk row for cut-off outputs.
+    auto run_chunk = [&](index_t c, float* v, float* junk) {
+      forward_chunk(k, p, xp, ui, c * p.chunk, std::min(p.chunk, p.T - c * p.chunk), v,
+                    v + p.v_size(), out, junk);
+    };
+    if (split) {
+      // Threads split the chunks of this image, each with transform buffers of its own.
+      Scratch<float> bufs = make_scratch<float>(part * max_threads());
+#pragma omp parallel
+      {
+        float* v = bufs.get() + part * thread_id();
 #pragma omp for schedule(static)
-      for (index_t c = 0; c < chunks; ++c)
-        forward_chunk(k, p, xp, ui, c * p.chunk, std::min(p.chunk, p.T - c * p.chunk), v, m, out,
-                      junk);
+        for (index_t c = 0; c < chunks; ++c) run_chunk(c, v, v + p.v_size() + p.m_size());
+      }
+    } else {
+      for (index_t c = 0; c < chunks; ++c) run_chunk(c, xp + p.padded_size(), out + p.out_size());
     }
     k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
   });

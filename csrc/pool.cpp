@@ -26,6 +26,31 @@ inline AvgWindow avg_window(index_t start, index_t k, index_t size, index_t pad)
   return {std::max<index_t>(start, 0), std::min(end, size), end - start};
 }
 
+// One 2x2 window: a, b on the top row, c, d below (a at offset `at` in a W-wide plane).
+// The maximum in PyTorch's order, "v > best || isnan(v)" as blends (first maximum wins; once
+// best is NaN only a later NaN replaces it), with its offset; and the average, summed as
+// PyTorch's loop (row-major from 0).
+template <typename T>
+__attribute__((always_inline)) inline void window_max(T a, T b, T c, T d, std::int64_t at,
+                                                      index_t W, T& best, std::int64_t& where) {
+  best = a;
+  where = at;
+  bool take = (b > best) | (b != b);
+  best = take ? b : best;
+  where = take ? at + 1 : where;
+  take = (c > best) | (c != c);
+  best = take ? c : best;
+  where = take ? at + W : where;
+  take = (d > best) | (d != d);
+  best = take ? d : best;
+  where = take ? at + W + 1 : where;
+}
+
+template <typename T>
+__attribute__((always_inline)) inline T window_mean(T a, T b, T c, T d) {
+  return (((T(0) + a) + b) + c + d) / T(4);
+}
+
 // The common 2x2 / stride-2 window that lies wholly inside the input: the four candidates
 // in PyTorch's order (row-major), first maximum wins, NaN propagates. Outputs are made in
 // fixed blocks of 16 from copies of the two input rows, so the loop always vectorises
@@ -44,23 +69,9 @@ __attribute__((always_inline)) inline void max_pool_2x2_row(const T* r0, const T
       bottom[t] = t < 2 * n ? r1[2 * o0 + t] : T(0);
     }
     const std::int64_t base = ih * W + 2 * o0;
-    for (int t = 0; t < B; ++t) {
-      T best = top[2 * t];
-      std::int64_t at = base + 2 * t;
-      const T b = top[2 * t + 1], c = bottom[2 * t], d = bottom[2 * t + 1];
-      // "v > best || isnan(v)", as blends: once best is NaN only a later NaN replaces it.
-      bool take = (b > best) | (b != b);
-      best = take ? b : best;
-      at = take ? base + 2 * t + 1 : at;
-      take = (c > best) | (c != c);
-      best = take ? c : best;
-      at = take ? base + W + 2 * t : at;
-      take = (d > best) | (d != d);
-      best = take ? d : best;
-      at = take ? base + W + 2 * t + 1 : at;
-      best_out[t] = best;
-      at_out[t] = at;
-    }
+    for (int t = 0; t < B; ++t)
+      window_max(top[2 * t], top[2 * t + 1], bottom[2 * t], bottom[2 * t + 1], base + 2 * t, W,
+                 best_out[t], at_out[t]);
     for (index_t t = 0; t < n; ++t) {
       y[o0 + t] = best_out[t];
       idx[o0 + t] = at_out[t];
@@ -87,7 +98,7 @@ __attribute__((always_inline)) inline void avg_pool_2x2_row(const T* r0, const T
       bottom[t] = t < 2 * n ? r1[2 * o0 + t] : T(0);
     }
     for (int t = 0; t < B; ++t)
-      out[t] = (((T(0) + top[2 * t]) + top[2 * t + 1]) + bottom[2 * t] + bottom[2 * t + 1]) / T(4);
+      out[t] = window_mean(top[2 * t], top[2 * t + 1], bottom[2 * t], bottom[2 * t + 1]);
     for (index_t t = 0; t < n; ++t) y[o0 + t] = out[t];
   }
 }
@@ -151,23 +162,8 @@ __attribute__((always_inline)) inline void max_pool_2x2_plane(const T* x, index_
     T c0[B], c1[B], c2[B], c3[B], best_out[B];
     std::int64_t base[B], at_out[B];
     gather_2x2(x, W, OW, oh, ow, n, c0, c1, c2, c3, base);
-    for (int t = 0; t < B; ++t) {
-      T best = c0[t];
-      std::int64_t at = base[t];
-      const T b = c1[t], c = c2[t], d = c3[t];
-      // "v > best || isnan(v)", as blends: once best is NaN only a later NaN replaces it.
-      bool take = (b > best) | (b != b);
-      best = take ? b : best;
-      at = take ? base[t] + 1 : at;
-      take = (c > best) | (c != c);
-      best = take ? c : best;
-      at = take ? base[t] + W : at;
-      take = (d > best) | (d != d);
-      best = take ? d : best;
-      at = take ? base[t] + W + 1 : at;
-      best_out[t] = best;
-      at_out[t] = at;
-    }
+    for (int t = 0; t < B; ++t)
+      window_max(c0[t], c1[t], c2[t], c3[t], base[t], W, best_out[t], at_out[t]);
     for (index_t t = 0; t < n; ++t) {
       y[o0 + t] = best_out[t];
       idx[o0 + t] = at_out[t];
@@ -191,7 +187,7 @@ __attribute__((always_inline)) inline void avg_pool_2x2_plane(const T* x, index_
     T c0[B], c1[B], c2[B], c3[B], out[B];
     std::int64_t base[B];
     gather_2x2(x, W, OW, oh, ow, n, c0, c1, c2, c3, base);
-    for (int t = 0; t < B; ++t) out[t] = (((T(0) + c0[t]) + c1[t]) + c2[t] + c3[t]) / T(4);
+    for (int t = 0; t < B; ++t) out[t] = window_mean(c0[t], c1[t], c2[t], c3[t]);
     for (index_t t = 0; t < n; ++t) y[o0 + t] = out[t];
   }
 }
