@@ -9,19 +9,13 @@ namespace {
 // whose mispredictions on random signs would cost more than the memory traffic).
 template <typename T>
 __attribute__((always_inline)) inline void relu_block(index_t n, const T* x, T* y) {
-  for (index_t i = 0; i < n; ++i) {
-    const T v = x[i];
-    y[i] = (v > T(0) || v != v) ? v : T(0);
-  }
+  for (index_t i = 0; i < n; ++i) y[i] = relu_value(x[i]);
 }
 
 template <typename T>
 __attribute__((always_inline)) inline void relu_backward_block(index_t n, const T* gy, const T* y,
                                                                T* gx) {
-  for (index_t i = 0; i < n; ++i) {
-    const T g = gy[i];
-    gx[i] = y[i] <= T(0) ? T(0) : g;  // NaN outputs pass their gradient, as torch
-  }
+  for (index_t i = 0; i < n; ++i) gx[i] = relu_grad(gy[i], y[i]);
 }
 
 FASTCONV_CLONED(relu_any, relu_block, (index_t n, const T* x, T* y), (n, x, y))

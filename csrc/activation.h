@@ -6,6 +6,17 @@
 
 namespace fastconv {
 
+// The elementwise rules, shared with the kernels that fuse ReLU (batch norm). Written as
+// selects so loops over them vectorise to compare + blend.
+template <typename T>
+__attribute__((always_inline)) inline T relu_value(T v) {
+  return (v > T(0) || v != v) ? v : T(0);  // NaN propagates
+}
+template <typename T>
+__attribute__((always_inline)) inline T relu_grad(T grad_y, T y) {
+  return y <= T(0) ? T(0) : grad_y;  // NaN outputs pass their gradient
+}
+
 // y = max(x, 0)   (NaN propagates, as torch.relu)
 template <typename T>
 void relu_forward(index_t n, const T* x, T* y);

@@ -331,7 +331,7 @@ const T* optional_data(const py::object& a, const char* name, index_t count, boo
 
 template <typename T>
 void bn_forward_t(const py::array& x, const py::object& gamma, const py::object& beta, double eps,
-                  py::array& y, py::array& mean, py::array& invstd, py::array& var) {
+                  bool relu, py::array& y, py::array& mean, py::array& invstd, py::array& var) {
   if (x.ndim() != 3) throw py::value_error("batch_norm_forward: x must be 3-D (N, C, S)");
   const index_t N = x.shape(0), C = x.shape(1), S = x.shape(2);
   const T* xp = data_of<T>(x, "x", N * C * S, false);
@@ -342,22 +342,25 @@ void bn_forward_t(const py::array& x, const py::object& gamma, const py::object&
   T* ip = data_of<T>(invstd, "invstd", C, true);
   T* vp = data_of<T>(var, "var", C, true);
   py::gil_scoped_release release;
-  fastconv::batch_norm_forward<T>(N, C, S, xp, gp, bp, eps, yp, mp, ip, vp);
+  fastconv::batch_norm_forward<T>(N, C, S, xp, gp, bp, eps, relu, yp, mp, ip, vp);
 }
 
 void batch_norm_forward(const py::array& x, const py::object& gamma, const py::object& beta,
-                        double eps, py::array y, py::array mean, py::array invstd, py::array var) {
-  if (is_f64(x)) bn_forward_t<double>(x, gamma, beta, eps, y, mean, invstd, var);
-  else bn_forward_t<float>(x, gamma, beta, eps, y, mean, invstd, var);
+                        double eps, bool relu, py::array y, py::array mean, py::array invstd,
+                        py::array var) {
+  if (is_f64(x)) bn_forward_t<double>(x, gamma, beta, eps, relu, y, mean, invstd, var);
+  else bn_forward_t<float>(x, gamma, beta, eps, relu, y, mean, invstd, var);
 }
 
 template <typename T>
-void bn_backward_t(const py::array& gy, const py::array& x, const py::array& mean,
+void bn_backward_t(const py::array& gy, const py::object& relu_y, const py::array& x,
+                   const py::array& mean,
                    const py::array& invstd, const py::object& gamma, const py::object& gx,
                    py::array& ggamma, py::array& gbeta) {
   if (x.ndim() != 3) throw py::value_error("batch_norm_backward: x must be 3-D (N, C, S)");
   const index_t N = x.shape(0), C = x.shape(1), S = x.shape(2);
   const T* gyp = data_of<T>(gy, "grad_y", N * C * S, false);
+  const T* ryp = optional_data<T>(relu_y, "relu_output", N * C * S, false);
   const T* xp = data_of<T>(x, "x", N * C * S, false);
   const T* mp = data_of<T>(mean, "mean", C, false);
   const T* ip = data_of<T>(invstd, "invstd", C, false);
@@ -366,14 +369,14 @@ void bn_backward_t(const py::array& gy, const py::array& x, const py::array& mea
   T* ggp = data_of<T>(ggamma, "grad_weight", C, true);
   T* gbp = data_of<T>(gbeta, "grad_bias", C, true);
   py::gil_scoped_release release;
-  fastconv::batch_norm_backward<T>(N, C, S, gyp, xp, mp, ip, gp, gxp, ggp, gbp);
+  fastconv::batch_norm_backward<T>(N, C, S, gyp, ryp, xp, mp, ip, gp, gxp, ggp, gbp);
 }
 
-void batch_norm_backward(const py::array& gy, const py::array& x, const py::array& mean,
-                         const py::array& invstd, const py::object& gamma, const py::object& gx,
-                         py::array ggamma, py::array gbeta) {
-  if (is_f64(x)) bn_backward_t<double>(gy, x, mean, invstd, gamma, gx, ggamma, gbeta);
-  else bn_backward_t<float>(gy, x, mean, invstd, gamma, gx, ggamma, gbeta);
+void batch_norm_backward(const py::array& gy, const py::object& relu_y, const py::array& x,
+                         const py::array& mean, const py::array& invstd, const py::object& gamma,
+                         const py::object& gx, py::array ggamma, py::array gbeta) {
+  if (is_f64(x)) bn_backward_t<double>(gy, relu_y, x, mean, invstd, gamma, gx, ggamma, gbeta);
+  else bn_backward_t<float>(gy, relu_y, x, mean, invstd, gamma, gx, ggamma, gbeta);
 }
 
 // ---- activations ---------------------------------------------------------------------------
@@ -450,9 +453,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("weight_decay"), py::arg("decoupled"), py::arg("step"),
         "In-place torch.optim.Adam (decoupled=False) / AdamW (True) update of one array.");
   m.def("batch_norm_forward", &batch_norm_forward, py::arg("x"), py::arg("weight").none(true),
-        py::arg("bias").none(true), py::arg("eps"), py::arg("y"), py::arg("mean"),
-        py::arg("invstd"), py::arg("var"), "Training-mode batch norm over (N, C, S).");
-  m.def("batch_norm_backward", &batch_norm_backward, py::arg("grad_y"), py::arg("x"),
+        py::arg("bias").none(true), py::arg("eps"), py::arg("relu"), py::arg("y"), py::arg("mean"),
+        py::arg("invstd"), py::arg("var"),
+        "Training-mode batch norm over (N, C, S), followed by ReLU if relu.");
+  m.def("batch_norm_backward", &batch_norm_backward, py::arg("grad_y"),
+        py::arg("relu_output").none(true), py::arg("x"),
         py::arg("mean"), py::arg("invstd"), py::arg("weight").none(true),
         py::arg("grad_x").none(true), py::arg("grad_weight"), py::arg("grad_bias"),
         "Gradients of training-mode batch norm (grad_weight/grad_bias written, not added).");

@@ -470,16 +470,24 @@ def batch_norm_inputs(x, weight, bias, op: str):
     return x.reshape(x.shape[0], C, -1), out[0], out[1]
 
 
-def batch_norm_grad_inputs(grad_y, x_shape, mean, invstd, dtype, op: str):
-    """Validate batch_norm_train_backward's grad_y (x's shape) and per-channel statistics."""
+def batch_norm_grad_inputs(grad_y, x_shape, mean, invstd, dtype, op: str, relu_output=None):
+    """Validate batch_norm_train_backward's grad_y and relu_output (x's shape, relu_output
+    None allowed) and per-channel statistics. Returns (grad_y, mean, invstd, relu_output), the
+    last three in `dtype`, relu_output C-contiguous."""
     grad_y = as_float_array(grad_y, "grad_y", op)
     if grad_y.shape != tuple(x_shape):
         raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal x shape {tuple(x_shape)}")
+    if relu_output is not None:
+        relu_output = as_float_array(relu_output, "relu_output", op)
+        if relu_output.shape != tuple(x_shape):
+            raise ValueError(f"{op}: relu_output shape {relu_output.shape} must equal x shape "
+                             f"{tuple(x_shape)}")
+        relu_output = np.ascontiguousarray(relu_output, dtype=dtype)
     C = x_shape[1]
     stats = [np.ascontiguousarray(np.asarray(s), dtype=dtype) for s in (mean, invstd)]
     if any(s.shape != (C,) for s in stats):
         raise ValueError(f"{op}: mean and invstd must have shape ({C},)")
-    return grad_y, stats[0], stats[1]
+    return grad_y, stats[0], stats[1], relu_output
 
 
 def relu_backward_inputs(grad_y, y, op: str = "relu_backward"):

@@ -326,12 +326,15 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
     return grad_x, grad_w, grad_b
 
 
-def batch_norm_train(x, weight=None, bias=None, eps=1e-5):
+def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, relu=False):
     """Training-mode batch normalisation over axis 1 of x (N, C, ...) with batch statistics.
 
     y = (x - mean) / sqrt(var + eps) * weight + bias, mean and (biased) var per channel over
     all other axes. Returns (y, mean, invstd, var), invstd = 1 / sqrt(var + eps): what
     `batch_norm_train_backward` and the running-statistics update need.
+
+    relu=True returns relu(y) instead, made in the same pass over memory (a batch norm followed
+    by a ReLU); its backward then takes that output as `relu_output`.
     """
     op = "batch_norm_train"
     x3, weight, bias = batch_norm_inputs(x, weight, bias, op)
@@ -339,27 +342,34 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5):
     C = x3.shape[1]
     y = np.empty(x3.shape, x3.dtype)
     mean, invstd, var = (np.empty(C, x3.dtype) for _ in range(3))
-    _core.batch_norm_forward(x3, weight, bias, float(eps), y, mean, invstd, var)
+    _core.batch_norm_forward(x3, weight, bias, float(eps), bool(relu), y, mean, invstd, var)
     return y.reshape(np.shape(x)), mean, invstd, var
 
 
-def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=True):
+def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=True, *,
+                              relu_output=None):
     """Gradients of `batch_norm_train`: (grad_x or None, grad_weight, grad_bias).
 
     With xhat = (x - mean) * invstd, M values per channel: grad_bias = sum(grad_y),
     grad_weight = sum(grad_y * xhat), grad_x = weight * invstd * (grad_y - grad_bias / M
     - xhat * grad_weight / M).
+
+    relu_output: the output of a forward with relu=True. grad_y is then the gradient of that
+    output and first goes through the ReLU's gradient (0 where relu_output <= 0), in the same
+    pass.
     """
     op = "batch_norm_train_backward"
     shape = np.shape(x)
     x3, weight, _ = batch_norm_inputs(x, weight, None, op)
     x3 = _c(x3, x3.dtype)
-    grad_y, mean, invstd = batch_norm_grad_inputs(grad_y, shape, mean, invstd, x3.dtype, op)
+    grad_y, mean, invstd, relu_output = batch_norm_grad_inputs(grad_y, shape, mean, invstd,
+                                                               x3.dtype, op, relu_output)
     C = x3.shape[1]
     gy = _c(grad_y, x3.dtype).reshape(x3.shape)
+    ry = None if relu_output is None else relu_output.reshape(x3.shape)
     gx = np.empty(x3.shape, x3.dtype) if input_grad else None
     gw, gb = np.empty(C, x3.dtype), np.empty(C, x3.dtype)
-    _core.batch_norm_backward(gy, x3, mean, invstd, weight, gx, gw, gb)
+    _core.batch_norm_backward(gy, ry, x3, mean, invstd, weight, gx, gw, gb)
     return (None if gx is None else gx.reshape(shape)), gw, gb
 
 

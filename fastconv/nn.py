@@ -1083,14 +1083,24 @@ class _BatchNorm(Module):
             raise ValueError(f"{self!r}: expected input of shape {self._layout.format(C=self.num_features)}, "
                              f"got {tuple(shape)}")
 
+    def _uses_batch_stats(self) -> bool:
+        return self.training or not self.track_running_stats
+
     def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x, relu=False)
+
+    def _forward(self, x: np.ndarray, relu: bool) -> np.ndarray:
+        # relu=True (batch statistics only): relu(batch_norm(x)) in one pass, for Sequential's
+        # BatchNorm -> ReLU pairs; backward then applies the ReLU's gradient itself.
         dt = self._param_dtype(x)
         x = _as_input(self, x, dt)
         self._check_shape(x.shape)
         N, C = x.shape[0], x.shape[1]
         x3 = x.reshape(N, C, -1)
         m = x3.shape[0] * x3.shape[2]
-        use_batch = self.training or not self.track_running_stats
+        use_batch = self._uses_batch_stats()
+        if relu and not use_batch:
+            raise RuntimeError(f"{self!r}: a fused ReLU needs batch statistics")
         if use_batch:
             if m <= 1 and self.training:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
@@ -1098,7 +1108,7 @@ class _BatchNorm(Module):
             ops = self._ops()
             w = self.weight.data if self.affine else None
             b = self.bias.data if self.affine else None
-            y, mean, invstd, var = ops.batch_norm_train(x3, w, b, self.eps)
+            y, mean, invstd, var = ops.batch_norm_train(x3, w, b, self.eps, relu=relu)
             if self.training and self.track_running_stats:
                 self.num_batches_tracked += 1
                 if self.momentum is None:
@@ -1110,7 +1120,7 @@ class _BatchNorm(Module):
                 self.running_mean += dt.type(factor) * mean
                 self.running_var *= dt.type(1.0 - factor)
                 self.running_var += dt.type(factor) * unbiased
-            self._cache = (ops, x3, mean, invstd, x.shape)
+            self._cache = (ops, x3, mean, invstd, x.shape, y if relu else None)
         else:
             invstd = 1.0 / np.sqrt(self.running_var + dt.type(self.eps))
             scale = invstd * self.weight.data if self.affine else invstd
@@ -1119,17 +1129,18 @@ class _BatchNorm(Module):
                 shift += self.bias.data
             y = x3 * scale[:, None]
             y += shift[:, None]
-            self._cache = (None, x3, None, invstd, x.shape)
+            self._cache = (None, x3, None, invstd, x.shape, None)
         return y.reshape(x.shape)
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
-        ops, x3, mean, invstd, shape = self._get_cache()
+        ops, x3, mean, invstd, shape, relu_y = self._get_cache()
         dt = invstd.dtype
         g = self._check_grad(grad_y, shape, dt)
         if ops is not None:  # batch statistics
             w = self.weight.data if self.affine else None
             dx, gw, gb = ops.batch_norm_train_backward(g.reshape(x3.shape), x3, mean, invstd, w,
-                                                       input_grad=input_grad)
+                                                       input_grad=input_grad,
+                                                       relu_output=relu_y)
             if self.affine:
                 self.weight.grad += gw
                 self.bias.grad += gb
@@ -1301,6 +1312,7 @@ class Sequential(Module):
         if not isinstance(layer, Module):
             raise TypeError(f"Sequential.append: expected a Module, got {type(layer).__name__}")
         self.add_module(str(len(self)), layer)
+        self._cache = None
         if self._backend is not None:
             layer.set_backend(self._backend)
         layer.train(self.training)
@@ -1325,11 +1337,43 @@ class Sequential(Module):
             raise IndexError(f"Sequential index {idx} out of range for {len(layers)} layers") from None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        for name, layer in self._modules.items():
+        """Run the layers in order. Two adjacent pairs run fused, with the same results:
+
+        * BatchNorm (batch statistics) -> ReLU: one pass computes relu(batch_norm(x)), and its
+          backward applies the ReLU's gradient in the batch norm's own passes.
+        * ReLU -> MaxPool2d: pooled first, then the ReLU, on 1/k^2 of the data. max is
+          monotone, so relu(max(window)) == max(relu(window)); where the gradient is nonzero
+          (window max > 0) both orders pick the same arg-max, and elsewhere both give 0.
+        """
+        layers = list(self._modules.values())
+        names = list(self._modules)
+        order: list[int] = []  # layer indices in the order run; backward runs it reversed
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            at = i
             try:
-                x = layer.forward(x)
+                if (type(nxt) is ReLU and isinstance(layer, _BatchNorm)
+                        and layer._uses_batch_stats()):
+                    x = layer._forward(x, relu=True)
+                    nxt._cache = (layer._ops(), x)  # as if run alone: its backward still works
+                    order.append(i)
+                    i += 2
+                elif type(layer) is ReLU and type(nxt) is MaxPool2d:
+                    at = i + 1
+                    x = nxt.forward(x)
+                    at = i
+                    x = layer.forward(x)
+                    order += [i + 1, i]
+                    i += 2
+                else:
+                    x = layer.forward(x)
+                    order.append(i)
+                    i += 1
             except (ValueError, TypeError) as exc:
-                _reraise_with_context(exc, f"layer {name} of Sequential")
+                _reraise_with_context(exc, f"layer {names[at]} of Sequential")
+        self._cache = order
         return x
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -1337,11 +1381,14 @@ class Sequential(Module):
         layer skip computing dL/dx (Conv2d and Linear then return None), which saves the
         input-gradient convolution of the first layer in training."""
         layers = list(self._modules.items())
+        # The order of the last forward (fused pairs); plain reverse order when the layers were
+        # run one by one.
+        order = self._cache if self._cache is not None else list(range(len(layers)))
         g = grad_y
-        for i in range(len(layers) - 1, -1, -1):
+        for k, i in enumerate(reversed(order)):
             name, layer = layers[i]
             try:
-                if i == 0 and not input_grad:
+                if k == len(order) - 1 and not input_grad:
                     g = layer.backward(g, input_grad=False)
                 else:
                     g = layer.backward(g)

@@ -460,7 +460,7 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
     return grad_x, grad_w, grad_b
 
 
-def batch_norm_train(x, weight=None, bias=None, eps=1e-5):
+def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, relu=False):
     """Training-mode batch normalisation over axis 1 (see fastconv.functional.batch_norm_train)."""
     op = "batch_norm_train"
     x3, weight, bias = batch_norm_inputs(x, weight, bias, op)
@@ -473,15 +473,21 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5):
         y *= weight[:, None]
     if bias is not None:
         y += bias[:, None]
+    if relu:
+        np.maximum(y, y.dtype.type(0), out=y)
     return np.ascontiguousarray(y.reshape(np.shape(x))), mean, invstd.astype(x3.dtype), var
 
 
-def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=True):
+def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=True, *,
+                              relu_output=None):
     """Gradients of :func:`batch_norm_train`: (grad_x or None, grad_weight, grad_bias)."""
     op = "batch_norm_train_backward"
     shape = np.shape(x)
     x3, weight, _ = batch_norm_inputs(x, weight, None, op)
-    grad_y, mean, invstd = batch_norm_grad_inputs(grad_y, shape, mean, invstd, x3.dtype, op)
+    grad_y, mean, invstd, relu_output = batch_norm_grad_inputs(grad_y, shape, mean, invstd,
+                                                               x3.dtype, op, relu_output)
+    if relu_output is not None:
+        grad_y = relu_backward(grad_y, relu_output)
     g3 = grad_y.astype(x3.dtype, copy=False).reshape(x3.shape)
     xhat = (x3 - mean[:, None]) * invstd[:, None]
     gb = g3.sum(axis=(0, 2))

@@ -721,6 +721,77 @@ def test_batch_norm_train_does_not_depend_on_thread_count(rng, threads):
         np.testing.assert_array_equal(a, e)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(8, 3, 5, 7), (64, 32, 4, 4), (5, 6), (3, 17, 33)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_train_fused_relu_is_relu_of_batch_norm(rng, shape, dtype, affine):
+    # relu=True must equal batch norm then ReLU, forward and backward, bit for bit on the fast
+    # backend (the same expressions in one pass) and within tolerance of the reference.
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    C = shape[1]
+    w = rng.standard_normal(C).astype(dtype) if affine else None
+    b = rng.standard_normal(C).astype(dtype) if affine else None
+    y, mean, invstd, var = F.batch_norm_train(x, w, b, 1e-5)
+    yr, mean_r, invstd_r, var_r = F.batch_norm_train(x, w, b, 1e-5, relu=True)
+    np.testing.assert_array_equal(yr, F.relu(y))
+    for a, e in ((mean_r, mean), (invstd_r, invstd), (var_r, var)):
+        np.testing.assert_array_equal(a, e)
+    assert 0 < np.count_nonzero(yr) < yr.size
+    gy = rng.standard_normal(shape).astype(dtype)
+    fused = F.batch_norm_train_backward(gy, x, mean, invstd, w, relu_output=yr)
+    plain = F.batch_norm_train_backward(F.relu_backward(gy, yr), x, mean, invstd, w)
+    for a, e in zip(fused, plain):
+        np.testing.assert_array_equal(a, e)
+    ref = R.batch_norm_train(x, w, b, 1e-5, relu=True)
+    assert_close(yr, ref[0])
+    ref_grads = R.batch_norm_train_backward(gy, x, mean, invstd, w, relu_output=ref[0])
+    for a, e in zip(fused, ref_grads):
+        assert_close(a, e)
+    none = F.batch_norm_train_backward(gy, x, mean, invstd, w, input_grad=False, relu_output=yr)
+    assert none[0] is None
+    np.testing.assert_array_equal(none[1], fused[1])
+
+
+def test_batch_norm_train_fused_relu_nan_and_inf(rng):
+    # NaN propagates through the fused ReLU (as torch.relu) and NaN outputs pass their gradient.
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    x[1, 2, 3] = np.nan
+    y, mean, invstd, _ = F.batch_norm_train(x, relu=True)
+    y_ref = F.relu(F.batch_norm_train(x)[0])
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    assert np.isnan(y[:, 2]).all() and not np.isnan(y[:, :2]).any()
+    gy = np.ones_like(x)
+    got = F.batch_norm_train_backward(gy, x, mean, invstd, relu_output=y)
+    want = R.batch_norm_train_backward(gy, x, mean, invstd, relu_output=y)
+    for a, e in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(e))
+
+
+def test_batch_norm_train_fused_relu_does_not_depend_on_thread_count(rng, threads):
+    x = rng.standard_normal((10, 48, 7, 9)).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.standard_normal(48).astype(np.float32), rng.standard_normal(48).astype(np.float32)
+    runs = []
+    for n in (1, 2, 3):
+        threads(n)
+        y, mean, invstd, var = F.batch_norm_train(x, w, b, relu=True)
+        runs.append((y, mean, invstd, var,
+                     *F.batch_norm_train_backward(gy, x, mean, invstd, w, relu_output=y)))
+    for run in runs[1:]:
+        for a, e in zip(run, runs[0]):
+            np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
+def test_batch_norm_train_backward_relu_output_shape(module):
+    x = np.ones((2, 3, 4))
+    with pytest.raises(ValueError, match=r"relu_output shape \(2, 3\) must equal x shape \(2, 3, 4\)"):
+        module.batch_norm_train_backward(x, x, np.zeros(3), np.ones(3), relu_output=np.ones((2, 3)))
+    with pytest.raises(TypeError, match="relu_output must hold real numbers"):
+        module.batch_norm_train_backward(x, x, np.zeros(3), np.ones(3),
+                                         relu_output=np.array([["a"]]))
+
+
 @pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
 def test_batch_norm_train_bad_input(module):
     with pytest.raises(ValueError, match=r"x must be \(N, C, \.\.\.\)"):
