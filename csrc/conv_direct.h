@@ -37,7 +37,8 @@ struct DirectKernels {
                                 bool accumulate);
   // dst (Hp x Wp x ld, channels last) <- src (C x H x W, NCHW) placed at row pt, column pl;
   // zero everywhere else (border, channels C..ld). Parts of src outside dst are skipped.
-  void (*to_channels_last)(const float* src, index_t C, index_t H, index_t W, index_t pt,
+  // Returns whether a copied value is ±inf or NaN (checked in the same pass; see Winograd).
+  bool (*to_channels_last)(const float* src, index_t C, index_t H, index_t W, index_t pt,
                            index_t pl, index_t Hp, index_t Wp, index_t ld, float* dst);
   // dst (C x L, NCHW) <- src (L x ld, channels last), plus bias[c] when bias is not null.
   void (*from_channels_last)(const float* src, index_t ld, index_t C, index_t L,

@@ -100,7 +100,7 @@ inline __mmask16 first(index_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFF
 // Transposes 16 channels x 16 consecutive pixels of the flattened plane at a time (so narrow
 // images fill whole vectors: an 8-wide image gives two rows per load); only the border
 // pixels are zeroed separately.
-void to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t pt, index_t pl,
+bool to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t pt, index_t pl,
                       index_t Hp, index_t Wp, index_t ld, float* dst) {
   const index_t h0 = pt < 0 ? -pt : 0, h1 = H < Hp - pt ? H : Hp - pt;
   const index_t w0 = pl < 0 ? -pl : 0, w1 = W < Wp - pl ? W : Wp - pl;
@@ -118,18 +118,31 @@ void to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t
       std::memset(row + (w1 + pl) * ld, 0, sizeof(float) * (Wp - w1 - pl) * ld);
     }
   }
-  if (h1 <= h0 || w1 <= w0) return;
+  if (h1 <= h0 || w1 <= w0) return false;
   const index_t HW = H * W;
   const index_t l_begin = h0 * W, l_end = (h1 - 1) * W + W;
   __m512 r[16];
+  // x - x is 0 for finite x, NaN for ±inf and NaN: one compare per loaded vector.
+  __mmask16 nonfinite = 0;
   for (index_t c0 = 0; c0 < C; c0 += 16) {
     const index_t cb = C - c0 < 16 ? C - c0 : 16;
     const __mmask16 mc = first(cb);
     for (index_t l0 = l_begin; l0 < l_end; l0 += 16) {
       const index_t lb = l_end - l0 < 16 ? l_end - l0 : 16;
       const __mmask16 m = first(lb);
-      for (int c = 0; c < 16; ++c)
-        r[c] = c < cb ? _mm512_maskz_loadu_ps(m, src + (c0 + c) * HW + l0) : _mm512_setzero_ps();
+      for (int c = 0; c < 16; ++c) {
+        if (c < cb) {
+          const float* p = src + (c0 + c) * HW + l0;
+          // 16 planes read side by side, often 4 KiB apart: more streams than the hardware
+          // prefetcher follows well; fetch each a few lines ahead.
+          _mm_prefetch(reinterpret_cast<const char*>(p + 64), _MM_HINT_T0);
+          r[c] = _mm512_maskz_loadu_ps(m, p);
+          nonfinite |= _mm512_cmp_ps_mask(_mm512_sub_ps(r[c], r[c]), _mm512_setzero_ps(),
+                                          _CMP_NEQ_UQ);
+        } else {
+          r[c] = _mm512_setzero_ps();
+        }
+      }
       transpose16(r);
       index_t h = l0 / W, w = l0 % W;
       for (index_t q = 0; q < lb; ++q) {
@@ -145,6 +158,7 @@ void to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t
       }
     }
   }
+  return nonfinite != 0;
 }
 
 // dst (C x L) <- src (L x ld, channels last) + bias[c] (when given).

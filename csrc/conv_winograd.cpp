@@ -108,22 +108,26 @@ FASTCONV_CLONED(output_tile_any, output_tile, (const T* m, index_t stride, index
 FASTCONV_CLONED(grad_tile_any, grad_tile, (const T* const* g, index_t C, T* out, index_t stride),
                 (g, C, out, stride))
 
-// U = G g G^T for a 3x3 kernel g (row-major, 9 values), G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2;
-// 0 0 1], in double.
-void kernel_tile(const float* g, double u[16]) {
-  double t[4][3];
-  for (int j = 0; j < 3; ++j) {
-    const double g0 = g[j], g1 = g[3 + j], g2 = g[6 + j];
-    t[0][j] = g0;
-    t[1][j] = 0.5 * (g0 + g1 + g2);
-    t[2][j] = 0.5 * (g0 - g1 + g2);
-    t[3][j] = g2;
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = t[i][0];
-    u[4 * i + 1] = 0.5 * (t[i][0] + t[i][1] + t[i][2]);
-    u[4 * i + 2] = 0.5 * (t[i][0] - t[i][1] + t[i][2]);
-    u[4 * i + 3] = t[i][2];
+// U = G g G^T for 3x3 kernels g, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], in double,
+// for n kernels side by side (g[k][j]: element k of kernel j): the loop over j vectorises.
+// u[xi * ld + j] = element xi (of 16) of kernel j's transform.
+constexpr int kKernelBatch = 16 * DirectKernels::kMaxNV;
+void kernel_tiles(const double (*g)[kKernelBatch], index_t n, float* u, index_t ld) {
+  for (index_t j = 0; j < n; ++j) {
+    double t[4][3];
+    for (int c = 0; c < 3; ++c) {
+      const double g0 = g[c][j], g1 = g[3 + c][j], g2 = g[6 + c][j];
+      t[0][c] = g0;
+      t[1][c] = 0.5 * (g0 + g1 + g2);
+      t[2][c] = 0.5 * (g0 - g1 + g2);
+      t[3][c] = g2;
+    }
+    for (int i = 0; i < 4; ++i) {
+      u[(4 * i + 0) * ld + j] = static_cast<float>(t[i][0]);
+      u[(4 * i + 1) * ld + j] = static_cast<float>(0.5 * (t[i][0] + t[i][1] + t[i][2]));
+      u[(4 * i + 2) * ld + j] = static_cast<float>(0.5 * (t[i][0] - t[i][1] + t[i][2]));
+      u[(4 * i + 3) * ld + j] = static_cast<float>(t[i][2]);
+    }
   }
 }
 
@@ -186,21 +190,24 @@ struct TilePlan {
 // at Cin*f0 as [cin][16*nv]; value(o, i) gives the 3x3 kernel (9 floats, row-major) from
 // input channel i to output channel o.
 template <typename Kernel>
-Scratch<float> transform_kernels(const TilePlan& p, Kernel kernel, bool& nonfinite) {
+Scratch<float> transform_kernels(const TilePlan& p, Kernel kernel) {
   Scratch<float> u = make_scratch<float>(16 * p.Cin * p.Cout_pad);
-  std::fill(u.get(), u.get() + 16 * p.Cin * p.Cout_pad, 0.0f);
-  float g[9];
-  double t[16];
-  for (const ChannelBlock& b : p.blocks) {
-    const index_t width = 16 * b.nv;
-    for (index_t j = 0; j < width && b.f0 + j < p.Cout; ++j)
-      for (index_t c = 0; c < p.Cin; ++c) {
-        kernel(b.f0 + j, c, g);
-        if (has_nonfinite(g, 9)) nonfinite = true;
-        kernel_tile(g, t);
-        for (int xi = 0; xi < 16; ++xi)
-          u[xi * p.Cin * p.Cout_pad + p.Cin * b.f0 + c * width + j] = static_cast<float>(t[xi]);
+  float* up = u.get();
+  // Input channels split between threads (the other thread would wait otherwise); output
+  // channels innermost, so the 16 destinations are each written in order.
+#pragma omp parallel for schedule(static) if (p.Cin * p.Cout >= 1024)
+  for (index_t c = 0; c < p.Cin; ++c) {
+    float g[9];
+    alignas(64) double gb[9][kKernelBatch];
+    for (const ChannelBlock& b : p.blocks) {
+      const index_t width = 16 * b.nv;
+      for (index_t j = 0; j < width; ++j) {
+        if (b.f0 + j < p.Cout) kernel(b.f0 + j, c, g);
+        else std::fill(g, g + 9, 0.0f);  // padding channels
+        for (int k = 0; k < 9; ++k) gb[k][j] = g[k];
       }
+      kernel_tiles(gb, width, up + p.Cin * b.f0 + c * width, p.Cin * p.Cout_pad);
+    }
   }
   return u;
 }
@@ -250,8 +257,7 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
   for_each_item(items, p.scratch_size() + p.Cout_pad, [&](index_t i, float* xp, bool split) {
     float* out = xp + p.padded_size() + p.v_size() + p.m_size();
     if (nonfinite.load(std::memory_order_relaxed)) return;
-    k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
-    if (has_nonfinite(xp, p.Hp * p.Wp * p.Cin)) {
+    if (k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp)) {
       nonfinite.store(true, std::memory_order_relaxed);
       return;
     }
@@ -293,13 +299,13 @@ bool conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
                              const float* bias, float* y) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const TilePlan p(Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
+  // Non-finite weights: the direct path (one scan of the whole weight here).
+  if (has_nonfinite(w, s.F * Cg * 9)) return false;
   std::vector<Scratch<float>> u;
-  bool nonfinite = false;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t f, index_t c, float* k) {
       std::copy_n(w + ((g * Fg + f) * Cg + c) * 9, 9, k);
-    }, nonfinite));
-  if (nonfinite) return false;
+    }));
   return run_tiles(
       p, s.N * G, G, [&](index_t i) { return x + (i / G * s.C + i % G * Cg) * s.H * s.W; },
       [&](index_t i) { return y + (i / G * s.F + i % G * Fg) * s.L(); },
@@ -312,14 +318,13 @@ bool conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const f
   // channel axes swapped (see conv_direct.h).
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const TilePlan p(Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H, s.W);
+  if (has_nonfinite(w, s.F * Cg * 9)) return false;
   std::vector<Scratch<float>> u;
-  bool nonfinite = false;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t c, index_t f, float* k) {
       const float* src = w + ((g * Fg + f) * Cg + c) * 9;
       for (int t = 0; t < 9; ++t) k[t] = src[8 - t];
-    }, nonfinite));
-  if (nonfinite) return false;
+    }));
   return run_tiles(
       p, s.N * G, G, [&](index_t i) { return gy + (i / G * s.F + i % G * Fg) * s.L(); },
       [&](index_t i) { return gx + (i / G * s.C + i % G * Cg) * s.H * s.W; },
@@ -374,11 +379,12 @@ bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
     const float* gp[4];
     for (index_t n = n0; n < n1; ++n) {
       if (nonfinite.load(std::memory_order_relaxed)) return;
-      k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, s.win.PH, s.win.PW,
-                         p.Hp, p.Wp, Cg, xp);
-      k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0),
-                         2 * p.TH, 2 * p.TW, Fpad, gyt);
-      if (has_nonfinite(xp, p.Hp * p.Wp * Cg) || has_nonfinite(gyt, 4 * p.TH * p.TW * Fpad)) {
+      const bool bad_x = k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W,
+                                            s.win.PH, s.win.PW, p.Hp, p.Wp, Cg, xp);
+      const bool bad_gy = k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW,
+                                             index_t(0), index_t(0), 2 * p.TH, 2 * p.TW, Fpad,
+                                             gyt);
+      if (bad_x || bad_gy) {
         nonfinite.store(true, std::memory_order_relaxed);
         return;
       }
