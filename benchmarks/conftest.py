@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv.train import keep_freed_memory
 
 THREADS = int(os.environ.get("FASTCONV_BENCH_THREADS", "2"))
+
+# The process runs with the malloc settings of `fastconv-train` (freed memory kept for reuse
+# rather than returned to the OS and page-faulted in again on the next step), so the step
+# benchmarks time what the training command runs. It applies to every implementation in the
+# process alike, PyTorch included; recorded in machine_info.
+MALLOC_KEEPS_FREED = keep_freed_memory()
 
 
 def cpu_flags() -> str:
@@ -47,6 +54,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["cpu_flags"] = cpu_flags()
     machine_info["cores"] = os.cpu_count()
     machine_info["bench_threads"] = THREADS
+    machine_info["malloc_keeps_freed_memory"] = MALLOC_KEEPS_FREED
     machine_info["fastconv"] = fastconv.build_info()
     machine_info["numpy"] = np.__version__
     machine_info["openblas_env"] = {k: os.environ.get(k) for k in
