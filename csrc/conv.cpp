@@ -68,7 +68,8 @@ std::vector<PackedA<T>> pack_weights(const ConvShape& s, const T* w, bool transp
 // here (AVX-512, batch 64), it wins where that waste is small or the GEMM is narrow (few
 // output channels per group, so packing dominates); elsewhere im2col packing is cheaper.
 // 0 auto, 1 wide wherever possible, 2 im2col (never wide), 3 direct wherever possible,
-// 4 Winograd wherever possible, 5 the few-channel NCHW forward wherever possible.
+// 4 Winograd wherever possible, 5 the few-channel NCHW forward and weight gradient wherever
+// possible.
 std::atomic<int> g_algorithm{0};
 
 enum class Pass { forward, backward_input, backward_weight };
@@ -221,6 +222,9 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
     if (winograd<T>(s, DirectPass::backward_weight) &&
         conv2d_backward_weight_winograd(s, gy, x, gw))
       return;
+    const int forced = g_algorithm.load(std::memory_order_relaxed);
+    if ((forced == 0 || forced == 5) && use_small_channels_weight_grad(s, forced == 5))
+      return conv2d_backward_weight_small_channels(s, gy, x, gw);
     if (direct<T>(s, DirectPass::backward_weight))
       return conv2d_backward_weight_direct(s, gy, x, gw);
   }

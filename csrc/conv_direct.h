@@ -51,6 +51,18 @@ struct DirectKernels {
   void (*small_c_tile)(const float* const* rows, const index_t* off, index_t steps,
                        const float* w, const float* bias, float* const* out, index_t fstride,
                        index_t nf, const index_t* lanes);
+  // Few input channels, stride 1, NCHW planes (the first layers' weight gradient): one image
+  // and nf output channels, lane sums over the output positions,
+  //   acc[(i*taps + t)*16 + lane] += sum_{oh, ow = lane (mod 16)} gy[i*OH*OW + oh*OW + ow]
+  //                                    * xp[c*plane + (oh + kh*DH)*Wp + ow + kw*DW]
+  // for i < nf, taps t = (c*KH + kh)*KW + kw (c < C); lanes past OW are masked off. xp: zero-
+  // padded planes at least OW + (KW-1)*DW wide. Indexed [KW][nf], nf <= small_wg_max_nf[KW].
+  static constexpr int kSmallWgMaxKW = 7, kSmallWgMaxNF = 15;
+  using SmallWeightGradFn = void (*)(const float* xp, index_t C, index_t plane, index_t Wp,
+                                     const float* gy, index_t OH, index_t OW, index_t KH,
+                                     index_t DH, index_t DW, float* acc);
+  SmallWeightGradFn small_c_weight_grad[kSmallWgMaxKW + 1][kSmallWgMaxNF + 1];
+  int small_wg_max_nf[kSmallWgMaxKW + 1];
   // Largest MR for each NV (accumulators MR*NV fit the 32 zmm registers).
   int max_mr[kMaxNV + 1];
   ForwardFn forward[kMaxNV + 1][kMaxMR + 1];
@@ -90,6 +102,11 @@ bool use_direct(const ConvShape& s, DirectPass pass, bool forced);
 bool use_small_channels(const ConvShape& s, bool forced);
 void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
                                    const float* bias, float* y);
+// Their weight gradient (small_c_weight_grad): NCHW planes, no column matrix; kernels up to
+// 7 wide.
+bool use_small_channels_weight_grad(const ConvShape& s, bool forced);
+void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, const float* x,
+                                           float* gw);
 
 void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, const float* bias,
                            float* y);

@@ -218,6 +218,56 @@ void small_c_tile(const float* const* rows, const index_t* off, index_t steps, c
   }
 }
 
+// See DirectKernels::small_c_weight_grad. Registers: NF*KW accumulators, NF gradient vectors
+// and one input vector (NF*KW + NF + 1 <= 32); each input vector serves NF channels.
+template <int NF, int KW>
+void small_c_weight_grad(const float* xp, index_t C, index_t plane, index_t Wp, const float* gy,
+                         index_t OH, index_t OW, index_t KH, index_t DH, index_t DW, float* acc) {
+  const index_t L = OH * OW, taps = C * KH * KW;
+  const index_t full = OW / 16;
+  const __mmask16 tail = first(OW % 16);
+  for (index_t c = 0; c < C; ++c)
+    for (index_t kh = 0; kh < KH; ++kh) {
+      float* at = acc + (c * KH + kh) * KW * 16;
+      __m512 a[NF][KW];
+      for (int i = 0; i < NF; ++i)
+        for (int j = 0; j < KW; ++j) a[i][j] = _mm512_loadu_ps(at + (i * taps + j) * 16);
+      for (index_t oh = 0; oh < OH; ++oh) {
+        const float* xr = xp + c * plane + (oh + kh * DH) * Wp;
+        const float* gr = gy + oh * OW;
+        for (index_t v = 0; v < full; ++v) {
+          __m512 g[NF];
+          for (int i = 0; i < NF; ++i) g[i] = _mm512_loadu_ps(gr + i * L + 16 * v);
+          for (int j = 0; j < KW; ++j) {
+            const __m512 xv = _mm512_loadu_ps(xr + 16 * v + j * DW);
+            for (int i = 0; i < NF; ++i) a[i][j] = _mm512_fmadd_ps(g[i], xv, a[i][j]);
+          }
+        }
+        if (tail) {  // both operands masked: 0 * inf would be NaN
+          __m512 g[NF];
+          for (int i = 0; i < NF; ++i) g[i] = _mm512_maskz_loadu_ps(tail, gr + i * L + 16 * full);
+          for (int j = 0; j < KW; ++j) {
+            const __m512 xv = _mm512_maskz_loadu_ps(tail, xr + 16 * full + j * DW);
+            for (int i = 0; i < NF; ++i) a[i][j] = _mm512_fmadd_ps(g[i], xv, a[i][j]);
+          }
+        }
+      }
+      for (int i = 0; i < NF; ++i)
+        for (int j = 0; j < KW; ++j) _mm512_storeu_ps(at + (i * taps + j) * 16, a[i][j]);
+    }
+}
+
+constexpr int small_wg_max_nf(int kw) {
+  return 31 / (kw + 1) < DirectKernels::kSmallWgMaxNF ? 31 / (kw + 1)
+                                                        : DirectKernels::kSmallWgMaxNF;
+}
+
+template <int KW, std::size_t... NF>
+void fill_small_wg(DirectKernels& k, std::index_sequence<NF...>) {
+  k.small_wg_max_nf[KW] = small_wg_max_nf(KW);
+  ((k.small_c_weight_grad[KW][NF + 1] = &small_c_weight_grad<NF + 1, KW>), ...);
+}
+
 template <int NV, std::size_t... M>
 void fill_row(DirectKernels& k, std::index_sequence<M...>) {
   ((k.forward[NV][M + 1] = &forward_tile<M + 1, NV>), ...);
@@ -234,6 +284,13 @@ DirectKernels make_kernels() {
   fill_row<2>(k, std::make_index_sequence<kMaxMR[2]>{});
   fill_row<3>(k, std::make_index_sequence<kMaxMR[3]>{});
   fill_row<4>(k, std::make_index_sequence<kMaxMR[4]>{});
+  fill_small_wg<1>(k, std::make_index_sequence<small_wg_max_nf(1)>{});
+  fill_small_wg<2>(k, std::make_index_sequence<small_wg_max_nf(2)>{});
+  fill_small_wg<3>(k, std::make_index_sequence<small_wg_max_nf(3)>{});
+  fill_small_wg<4>(k, std::make_index_sequence<small_wg_max_nf(4)>{});
+  fill_small_wg<5>(k, std::make_index_sequence<small_wg_max_nf(5)>{});
+  fill_small_wg<6>(k, std::make_index_sequence<small_wg_max_nf(6)>{});
+  fill_small_wg<7>(k, std::make_index_sequence<small_wg_max_nf(7)>{});
   return k;
 }
 

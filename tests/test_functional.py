@@ -49,6 +49,12 @@ CONV_CASES = [
     (2, 17, 5, 23, 33, (1, 3), (1, 2), (0, 1), 1, 1),  # wide rows, odd channel counts
     (3, 32, 17, 17, 32, 3, 1, 1, 1, 1),        # Winograd (all passes): odd size, partial tiles
     (2, 16, 9, 12, 24, 3, 1, 3, 1, 1),         # Winograd with padding beyond the kernel
+    # few input channels (the NCHW first-layer kernels): lenet5's conv1, a padded RGB layer
+    # with ragged rows, a 7-wide dilated kernel, and grouped
+    (3, 3, 32, 32, 6, 5, 1, 0, 1, 1),
+    (2, 3, 19, 21, 32, 3, 1, 1, 1, 1),
+    (2, 2, 13, 40, 9, 7, 1, 3, 2, 1),
+    (2, 4, 9, 18, 10, (2, 3), 1, (1, 0), 1, 2),
 ]
 
 
@@ -399,7 +405,8 @@ def test_pooling_gradients_numerically(rng):
 THREAD_CASES = [CONV_CASES[0], CONV_CASES[1], CONV_CASES[2], CONV_CASES[5], CONV_CASES[14],
                 (64, 16, 10, 10, 32, 3, 1, 1, 1, 1), (3, 8, 12, 12, 16, 3, 1, 1, 1, 1),
                 (1, 32, 9, 9, 48, 3, 1, 1, 1, 1), (12, 32, 9, 9, 48, 3, 1, 1, 1, 1),
-                (1, 32, 24, 24, 16, 3, 1, 1, 1, 1), (10, 32, 24, 24, 16, 3, 1, 1, 1, 1)]
+                (1, 32, 24, 24, 16, 3, 1, 1, 1, 1), (10, 32, 24, 24, 16, 3, 1, 1, 1, 1),
+                (1, 3, 32, 32, 32, 3, 1, 1, 1, 1), (10, 3, 32, 32, 6, 5, 1, 0, 1, 1)]
 
 
 @pytest.mark.parametrize("case", THREAD_CASES, ids=str)
@@ -869,3 +876,22 @@ def test_nonfinite_values_propagate_as_in_direct_summation(rng, bad, where):
         np.testing.assert_array_equal(np.isneginf(a), np.isneginf(e))
         finite = np.isfinite(e)
         assert_close(a[finite], e[finite])
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+@pytest.mark.parametrize("column", [0, 30, 31])
+def test_few_channel_weight_gradient_keeps_nonfinite_values_where_they_belong(rng, bad, column):
+    # The first-layer weight gradient runs 16-column vectors over rows of 30 outputs: the last
+    # vector's spare lanes read image columns that tap kw never pairs with an output (column
+    # 31 for kw = 0). An inf there must not leak into that tap as 0 * inf = NaN.
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 8, 30, 30)).astype(np.float32)
+    x[1, 2, 5, column] = bad
+    got = F.conv2d_backward(gy, x, w, output_mask=(False, True, False))[1]
+    want = R.conv2d_backward(gy, x, w, output_mask=(False, True, False))[1]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    assert np.isfinite(want).sum() > 0 and not np.isfinite(want).all()
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite])
