@@ -33,6 +33,16 @@ void run_items(index_t count, index_t cols_size, Body&& body) {
   });
 }
 
+// *out = whether any of p[0, n) is ±inf or NaN (x - x is 0 exactly for the finite ones).
+template <typename T>
+__attribute__((always_inline)) inline void any_nonfinite(index_t n, const T* p, int* out) {
+  int bad = 0;
+  for (index_t i = 0; i < n; ++i) bad |= (p[i] - p[i]) != T(0);
+  *out = bad;
+}
+
+FASTCONV_CLONED(any_nonfinite_any, any_nonfinite, (index_t n, const T* p, int* out), (n, p, out))
+
 // GEMM on this thread's packing scratch, or split over all threads when there is none.
 // Both give the same bits: threads split M or N, never the reduction.
 template <typename T>
@@ -62,6 +72,15 @@ std::vector<PackedA<T>> pack_weights(const ConvShape& s, const T* w, bool transp
 }
 
 }  // namespace
+
+template <typename T>
+bool has_nonfinite(const T* p, index_t n) {
+  int bad = 0;
+  any_nonfinite_any(n, p, &bad);
+  return bad != 0;
+}
+template bool has_nonfinite<float>(const float*, index_t);
+template bool has_nonfinite<double>(const double*, index_t);
 
 // Stride-1, non-pointwise convolutions may take the wide-row path (see conv_wide.h): its
 // packing is plain copies, but its junk columns cost Wp/OW - 1 more multiply-adds. Measured
@@ -102,7 +121,7 @@ inline bool use_wide(const ConvShape& s, Pass pass) {
   switch (pass) {
     case Pass::forward: return 20 * Wp <= 23 * s.OW || s.Fg() <= 16;
     case Pass::backward_input: return 10 * Wp <= 11 * s.OW || s.Fg() <= 16;
-    default: return 10 * Wp <= 11 * s.OW;
+    default: return 10 * Wp <= 11 * s.OW || s.Fg() <= 8;  // few filters: im2col copies dominate
   }
 }
 
@@ -233,7 +252,10 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
   // packing. The rows of cols are runs of the padded image on the wide path, else rows of an
   // explicit per-image column buffer (or of the image itself for 1x1 convolutions).
   const bool direct = s.pointwise();
-  const bool wide = !direct && use_wide(s, Pass::backward_weight);
+  // The wide rows' junk columns pair zero gradients with real image values: an inf there
+  // would add 0 * inf = NaN to taps that never see it, so such images take im2col.
+  const bool wide = !direct && use_wide(s, Pass::backward_weight) &&
+                    !has_nonfinite(x, s.N * s.C * s.H * s.W);
   const WideGeometry wg(s);
   const index_t xpad_size = round_up(wg.padded_size(), 16);
   const index_t scratch = direct ? 0 : wide ? xpad_size + Fg * wg.Lw : CKK * L;

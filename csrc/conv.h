@@ -39,6 +39,12 @@ struct ConvShape {
 // benchmarks.
 bool set_conv_algorithm(const std::string& name);
 
+// Whether any of p[0, n) is ±inf or NaN. Formulations that multiply padding or junk
+// columns (0 * inf = NaN) or subtract (Winograd: inf - inf) hand such inputs to one that sums
+// only the products direct summation has.
+template <typename T>
+bool has_nonfinite(const T* p, index_t n);
+
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y);
 template <typename T>

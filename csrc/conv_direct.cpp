@@ -271,9 +271,9 @@ bool use_small_channels_weight_grad(const ConvShape& s, bool forced) {
   if (!direct_kernels() || s.N == 0 || s.win.SH != 1 || s.win.SW != 1 ||
       s.win.KW > DirectKernels::kSmallWgMaxKW)
     return false;
-  // The column matrix of a 3-channel layer is 9-25x the image, and its rows are the short
-  // side of the GEMM; here every operand stays in L1/L2 (1.5-2.5x faster at batch 64).
-  return forced || (s.Cg() <= 4 && !s.pointwise());
+  // 3-channel layers with many filters (measured at batch 64, 2 threads: 32 filters 3x3,
+  // 1.1-1.25x the GEMM paths). With few filters (LeNet's 6) the wide-row GEMM stays ahead.
+  return forced || (s.Cg() <= 4 && s.Fg() >= 16 && !s.pointwise());
 }
 
 void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, const float* x,
@@ -288,21 +288,26 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, 
   // result does not depend on the number of threads.
   const index_t chunks = std::min<index_t>(s.N, 8);
   Scratch<float> partial = make_scratch<float>(chunks * acc_size);
-  std::fill(partial.get(), partial.get() + chunks * acc_size, 0.0f);
   std::vector<std::pair<index_t, index_t>> fblocks;  // (first channel, count) per group
   for_each_piece(Fg, max_nf, [&](index_t f0, index_t nf) { fblocks.emplace_back(f0, nf); });
   const index_t nb = static_cast<index_t>(fblocks.size());
-  for_each_item(chunks, sp.padded, [&](index_t c, float* xp, bool split) {
+  // Scratch per thread: the padded image, then the interleaved gradient of one block.
+  const index_t pack_size = s.OH * sp.vecs * max_nf * 16;
+  // (split: the threads share an image, each with a pack buffer of its own)
+  Scratch<float> packs = make_scratch<float>(max_threads() * pack_size);
+  for_each_item(chunks, sp.padded + pack_size, [&](index_t c, float* xp, bool split) {
     float* acc = partial.get() + c * acc_size;
-    for (index_t n = s.N * c / chunks; n < s.N * (c + 1) / chunks; ++n)
+    const index_t n0 = s.N * c / chunks;
+    for (index_t n = n0; n < s.N * (c + 1) / chunks; ++n)
       for (index_t g = 0; g < G; ++g) {
         sp.fill(s, x + (n * s.C + g * Cg) * s.H * s.W, xp);
 #pragma omp parallel for schedule(static) if (split)
         for (index_t b = 0; b < nb; ++b) {
           const index_t f = g * Fg + fblocks[b].first, nf = fblocks[b].second;
+          float* gpack = split ? packs.get() + thread_id() * pack_size : xp + sp.padded;
           k.small_c_weight_grad[KW][nf](xp, Cg, sp.plane, sp.Wp, gy + (n * s.F + f) * L, s.OH,
                                         s.OW, s.win.KH, s.win.DH, s.win.DW,
-                                        acc + f * CKK * 16);
+                                        acc + f * CKK * 16, gpack, n > n0);
         }
       }
   });

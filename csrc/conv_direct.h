@@ -56,11 +56,14 @@ struct DirectKernels {
   //   acc[(i*taps + t)*16 + lane] += sum_{oh, ow = lane (mod 16)} gy[i*OH*OW + oh*OW + ow]
   //                                    * xp[c*plane + (oh + kh*DH)*Wp + ow + kw*DW]
   // for i < nf, taps t = (c*KH + kh)*KW + kw (c < C); lanes past OW are masked off. xp: zero-
-  // padded planes at least OW + (KW-1)*DW wide. Indexed [KW][nf], nf <= small_wg_max_nf[KW].
+  // padded planes at least OW + (KW-1)*DW wide. gpack: 64-byte aligned scratch of
+  // OH * ceil(OW/16) * nf * 16 floats. accumulate = false: acc is written, not added to.
+  // Indexed [KW][nf], nf <= small_wg_max_nf[KW].
   static constexpr int kSmallWgMaxKW = 7, kSmallWgMaxNF = 15;
   using SmallWeightGradFn = void (*)(const float* xp, index_t C, index_t plane, index_t Wp,
                                      const float* gy, index_t OH, index_t OW, index_t KH,
-                                     index_t DH, index_t DW, float* acc);
+                                     index_t DH, index_t DW, float* acc, float* gpack,
+                                     bool accumulate);
   SmallWeightGradFn small_c_weight_grad[kSmallWgMaxKW + 1][kSmallWgMaxNF + 1];
   int small_wg_max_nf[kSmallWgMaxKW + 1];
   // Largest MR for each NV (accumulators MR*NV fit the 32 zmm registers).

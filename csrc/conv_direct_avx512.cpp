@@ -222,32 +222,49 @@ void small_c_tile(const float* const* rows, const index_t* off, index_t steps, c
 // and one input vector (NF*KW + NF + 1 <= 32); each input vector serves NF channels.
 template <int NF, int KW>
 void small_c_weight_grad(const float* xp, index_t C, index_t plane, index_t Wp, const float* gy,
-                         index_t OH, index_t OW, index_t KH, index_t DH, index_t DW, float* acc) {
+                         index_t OH, index_t OW, index_t KH, index_t DH, index_t DW, float* acc,
+                         float* gpack, bool accumulate) {
   const index_t L = OH * OW, taps = C * KH * KW;
-  const index_t full = OW / 16;
+  const index_t vecs = (OW + 15) / 16, full = OW / 16;
   const __mmask16 tail = first(OW % 16);
+  // The NF gradient planes lie L*4 bytes apart (4 KiB for 32x32 outputs: the same L1 sets,
+  // which thrash). Interleave them once, [oh][vector][i][16] with zero lanes past OW; every
+  // (c, kh) pass then reads them in order.
+  for (int i = 0; i < NF; ++i) {
+    const float* src = gy + i * L;
+    float* dst = gpack + 16 * i;
+    for (index_t oh = 0; oh < OH; ++oh, src += OW) {
+      for (index_t v = 0; v < full; ++v, dst += NF * 16)
+        _mm512_store_ps(dst, _mm512_loadu_ps(src + 16 * v));
+      if (tail) {
+        _mm512_store_ps(dst, _mm512_maskz_loadu_ps(tail, src + 16 * full));
+        dst += NF * 16;
+      }
+    }
+  }
   for (index_t c = 0; c < C; ++c)
     for (index_t kh = 0; kh < KH; ++kh) {
       float* at = acc + (c * KH + kh) * KW * 16;
       __m512 a[NF][KW];
       for (int i = 0; i < NF; ++i)
-        for (int j = 0; j < KW; ++j) a[i][j] = _mm512_loadu_ps(at + (i * taps + j) * 16);
+        for (int j = 0; j < KW; ++j)
+          a[i][j] = accumulate ? _mm512_loadu_ps(at + (i * taps + j) * 16) : _mm512_setzero_ps();
       for (index_t oh = 0; oh < OH; ++oh) {
         const float* xr = xp + c * plane + (oh + kh * DH) * Wp;
-        const float* gr = gy + oh * OW;
-        for (index_t v = 0; v < full; ++v) {
+        for (index_t v = 0; v < vecs; ++v) {
+          const float* gv = gpack + (oh * vecs + v) * NF * 16;
           __m512 g[NF];
-          for (int i = 0; i < NF; ++i) g[i] = _mm512_loadu_ps(gr + i * L + 16 * v);
-          for (int j = 0; j < KW; ++j) {
-            const __m512 xv = _mm512_loadu_ps(xr + 16 * v + j * DW);
-            for (int i = 0; i < NF; ++i) a[i][j] = _mm512_fmadd_ps(g[i], xv, a[i][j]);
+          for (int i = 0; i < NF; ++i) {
+            g[i] = _mm512_load_ps(gv + 16 * i);
+            // Keep g in registers: GCC otherwise re-reads it as a memory operand of every
+            // FMA (NF*KW loads per step instead of NF + KW; the loads then bound the loop).
+            asm("" : "+v"(g[i]));
           }
-        }
-        if (tail) {  // both operands masked: 0 * inf would be NaN
-          __m512 g[NF];
-          for (int i = 0; i < NF; ++i) g[i] = _mm512_maskz_loadu_ps(tail, gr + i * L + 16 * full);
+          // The last vector's spare lanes read image columns this tap never pairs with an
+          // output: masked off, or an inf there would add 0 * inf = NaN.
+          const __mmask16 m = v < full ? __mmask16(0xFFFF) : tail;
           for (int j = 0; j < KW; ++j) {
-            const __m512 xv = _mm512_maskz_loadu_ps(tail, xr + 16 * full + j * DW);
+            const __m512 xv = _mm512_maskz_loadu_ps(m, xr + 16 * v + j * DW);
             for (int i = 0; i < NF; ++i) a[i][j] = _mm512_fmadd_ps(g[i], xv, a[i][j]);
           }
         }

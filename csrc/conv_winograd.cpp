@@ -85,21 +85,6 @@ __attribute__((always_inline)) inline void grad_tile(const T* const* g, index_t 
   }
 }
 
-// *out = whether any of p[0, n) is ±inf or NaN (x - x is 0 exactly for the finite ones).
-template <typename T>
-__attribute__((always_inline)) inline void any_nonfinite(index_t n, const T* p, int* out) {
-  int bad = 0;
-  for (index_t i = 0; i < n; ++i) bad |= (p[i] - p[i]) != T(0);
-  *out = bad;
-}
-
-FASTCONV_CLONED(any_nonfinite_any, any_nonfinite, (index_t n, const T* p, int* out), (n, p, out))
-
-inline bool has_nonfinite(const float* p, index_t n) {
-  int bad = 0;
-  any_nonfinite_any(n, p, &bad);
-  return bad != 0;
-}
 
 FASTCONV_CLONED(input_tile_any, input_tile,
                 (const T* const* d, index_t C, T* out, index_t stride), (d, C, out, stride))

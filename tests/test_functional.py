@@ -878,15 +878,21 @@ def test_nonfinite_values_propagate_as_in_direct_summation(rng, bad, where):
         assert_close(a[finite], e[finite])
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "wide", "im2col", "direct", "direct_nchw"])
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 @pytest.mark.parametrize("column", [0, 30, 31])
-def test_few_channel_weight_gradient_keeps_nonfinite_values_where_they_belong(rng, bad, column):
-    # The first-layer weight gradient runs 16-column vectors over rows of 30 outputs: the last
-    # vector's spare lanes read image columns that tap kw never pairs with an output (column
-    # 31 for kw = 0). An inf there must not leak into that tap as 0 * inf = NaN.
+def test_weight_gradient_keeps_nonfinite_inputs_where_they_belong(rng, conv_algorithm, algorithm,
+                                                                  bad, column):
+    # A first layer's weight gradient: the few-channel kernel runs 16-column vectors over rows
+    # of 30 outputs, whose last vector's spare lanes read image columns that tap kw never
+    # pairs with an output (column 31 for kw = 0); the wide-row GEMM pairs its junk columns
+    # with image values too. An inf there must not leak into such a tap as 0 * inf = NaN.
+    if algorithm in ("direct", "direct_nchw") and fastconv.simd_level() != "avx512":
+        pytest.skip(f"the {algorithm} kernels need AVX-512")
+    assert conv_algorithm(algorithm)
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
-    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
-    gy = rng.standard_normal((2, 8, 30, 30)).astype(np.float32)
+    w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 16, 30, 30)).astype(np.float32)
     x[1, 2, 5, column] = bad
     got = F.conv2d_backward(gy, x, w, output_mask=(False, True, False))[1]
     want = R.conv2d_backward(gy, x, w, output_mask=(False, True, False))[1]
