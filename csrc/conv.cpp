@@ -303,23 +303,41 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
   }
 }
 
+// Lane sums of one row of n values into out[0..16): lane k adds p[k], p[16 + k], ...
+template <typename T>
+__attribute__((always_inline)) inline void row_lanes(index_t n, const T* p, T* out) {
+  T acc[16] = {};
+  index_t l = 0;
+  for (; l + 16 <= n; l += 16)
+    for (int k = 0; k < 16; ++k) acc[k] += p[l + k];
+  for (int k = 0; l + k < n; ++k) acc[k] += p[l + k];
+  for (int k = 0; k < 16; ++k) out[k] = acc[k];
+}
+
+FASTCONV_CLONED(row_lanes_any, row_lanes, (index_t n, const T* p, T* out), (n, p, out))
+
 template <typename T>
 void conv2d_backward_bias(const ConvShape& s, const T* gy, T* gb) {
-  const index_t L = s.L();
-  constexpr int lanes = 16;  // fixed-width partial sums: vectorisable and order-deterministic
-#pragma omp parallel for schedule(static)
-  for (index_t f = 0; f < s.F; ++f) {
-    T acc[lanes] = {};
-    for (index_t n = 0; n < s.N; ++n) {
-      const T* p = gy + (n * s.F + f) * L;
-      index_t l = 0;
-      for (; l + lanes <= L; l += lanes)
-        for (int k = 0; k < lanes; ++k) acc[k] += p[l + k];
-      for (index_t k = 0; l + k < L; ++k) acc[k] += p[l + k];
+  // Rows (n, f) in memory order, threads over contiguous ranges (a channel's own rows lie
+  // F*L apart: the hardware prefetcher restarts at each), 16 lane sums per row; then per
+  // channel the rows' lanes in image order and the lanes in order: a fixed order of
+  // additions whatever the number of threads.
+  const index_t L = s.L(), R = s.N * s.F;
+  Scratch<T> lanes = make_scratch<T>(R * 16);
+  T* lp = lanes.get();
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (index_t r = 0; r < R; ++r) row_lanes_any(L, gy + r * L, lp + r * 16);
+#pragma omp for schedule(static)
+    for (index_t f = 0; f < s.F; ++f) {
+      T acc[16] = {};
+      for (index_t n = 0; n < s.N; ++n)
+        for (int k = 0; k < 16; ++k) acc[k] += lp[(n * s.F + f) * 16 + k];
+      T sum = 0;
+      for (int k = 0; k < 16; ++k) sum += acc[k];
+      gb[f] = sum;
     }
-    T sum = 0;
-    for (int k = 0; k < lanes; ++k) sum += acc[k];
-    gb[f] = sum;
   }
 }
 
