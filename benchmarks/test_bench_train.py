@@ -51,8 +51,9 @@ BACKEND = {"fastconv": "fast", "reference": "reference"}
 NUM_CLASSES = 10
 SGD_ARGS = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
 #: Timed rounds per model (the same for every implementation of a model); one warm-up round.
-#: The reference vgg_small step takes seconds, hence fewer rounds there.
-ROUNDS = {"simple_cnn": 10, "lenet5": 20, "vgg_small": 5}
+#: The machine's speed moves by tens of percent within seconds here: enough rounds that the
+#: median is not one slow stretch (the reference vgg_small step takes ~0.5 s, hence fewer).
+ROUNDS = {"simple_cnn": 30, "lenet5": 50, "vgg_small": 15}
 #: Relative tolerance on the losses of the check steps. float32 throughout; the implementations
 #: sum in different orders (GEMM blocking, pairwise vs BLAS reductions), which moves the loss
 #: by ~1e-7..1e-5 relative (measured: at most a few 1e-6 here).
