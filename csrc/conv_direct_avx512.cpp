@@ -145,7 +145,11 @@ bool to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t
       }
       transpose16(r);
       index_t h = l0 / W, w = l0 % W;
-      for (index_t q = 0; q < lb; ++q) {
+      // A constant trip count, fully unrolled: r[q] then names a register (a variable index
+      // spilled all 16 vectors to the stack).
+#pragma GCC unroll 16
+      for (int q = 0; q < 16; ++q) {
+        if (q >= lb) break;
         if (w >= w0 && w < w1) {
           float* d = dst + ((h + pt) * Wp + w + pl) * ld + c0;
           if (full_lanes) _mm512_storeu_ps(d, r[q]);
