@@ -87,8 +87,8 @@ template bool has_nonfinite<double>(const double*, index_t);
 // here (AVX-512, batch 64), it wins where that waste is small or the GEMM is narrow (few
 // output channels per group, so packing dominates); elsewhere im2col packing is cheaper.
 // 0 auto, 1 wide wherever possible, 2 im2col (never wide), 3 direct wherever possible,
-// 4 Winograd wherever possible, 5 the few-channel NCHW forward and weight gradient wherever
-// possible.
+// 4 Winograd wherever possible, 5 the few-channel NCHW kernels (forward, input and weight
+// gradients) wherever possible.
 std::atomic<int> g_algorithm{0};
 
 enum class Pass { forward, backward_input, backward_weight };
@@ -190,6 +190,9 @@ void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
   if constexpr (std::is_same_v<T, float>) {
     if (winograd<T>(s, DirectPass::backward_input) && conv2d_backward_input_winograd(s, gy, w, gx))
       return;
+    const int forced = g_algorithm.load(std::memory_order_relaxed);
+    if ((forced == 0 || forced == 5) && use_small_channels_input_grad(s, forced == 5))
+      return conv2d_backward_input_small_channels(s, gy, w, gx);
     if (direct<T>(s, DirectPass::backward_input))
       return conv2d_backward_input_direct(s, gy, w, gx);
   }

@@ -105,6 +105,11 @@ bool use_direct(const ConvShape& s, DirectPass pass, bool forced);
 bool use_small_channels(const ConvShape& s, bool forced);
 void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
                                    const float* bias, float* y);
+// Input gradient of stride-1 layers with few input channels (at most kSmallF), as the
+// few-channel forward of grad_y with the kernel flipped and transposed.
+bool use_small_channels_input_grad(const ConvShape& s, bool forced);
+void conv2d_backward_input_small_channels(const ConvShape& s, const float* gy, const float* w,
+                                          float* gx);
 // Their weight gradient (small_c_weight_grad): NCHW planes, no column matrix; kernels up to
 // 7 wide.
 bool use_small_channels_weight_grad(const ConvShape& s, bool forced);
