@@ -5,7 +5,8 @@
 Rows: one per benchmark group (a layer and pass, or a model's training step), with each
 implementation's median time, fastconv's speed-up over PyTorch and over the reference, and
 fastconv's GFLOP/s (conv) or images/s (training). The machine and date come from the JSON.
-Memory benchmarks (extra_info kind "memory", rss_mib per implementation) get a separate table.
+Memory benchmarks (extra_info kind "memory", rss_mib per implementation) and the interleaved
+fastconv/PyTorch training steps (kind "paired") get tables of their own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def load_groups(data: dict) -> dict[str, dict[str, dict]]:
     groups: dict[str, dict[str, dict]] = defaultdict(dict)
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
-        if bench.get("stats") is None or info.get("kind") == "memory":
+        if bench.get("stats") is None or info.get("kind") in ("memory", "paired"):
             continue
         groups[bench["group"]][info.get("impl", bench["name"])] = {
             "median": bench["stats"]["median"], **info}
@@ -72,6 +73,24 @@ def memory_table(data: dict) -> str:
                       "| --- | --- | ---: | ---: | ---: |"] + lines)
 
 
+def paired_table(data: dict) -> str:
+    """Training steps of fastconv and PyTorch interleaved round by round (extra_info kind
+    "paired"): both medians and the median (quartiles) of the per-round ratios."""
+    lines = []
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if info.get("kind") != "paired" or "ratio_median" not in info:
+            continue
+        q = info.get("ratio_quartiles") or [info["ratio_median"]] * 3
+        lines.append(f"| {info['model']} | {info['rounds']} | {info['fastconv_median_s'] * 1e3:.2f} ms | "
+                     f"{info['torch_median_s'] * 1e3:.2f} ms | {info['ratio_median']:.2f}x | "
+                     f"{q[0]:.2f}-{q[2]:.2f}x |")
+    if not lines:
+        return ""
+    return "\n".join(["| model (batch 64 step) | rounds | fastconv | PyTorch | per-round ratio, median | "
+                      "quartiles |", "| --- | ---: | ---: | ---: | ---: | ---: |"] + lines)
+
+
 def header(data: dict) -> str:
     m = data.get("machine_info", {})
     fc = m.get("fastconv", {})
@@ -118,6 +137,10 @@ def main(argv=None) -> int:
     data = json.loads(args.json.read_text())
     md, bars = table(data)
     text = header(data) + "\n\n" + md + "\n"
+    paired = paired_table(data)
+    if paired:
+        text += ("\nTraining steps of fastconv and PyTorch interleaved, one of each per round (the "
+                 "machine's slow stretches then hit both):\n\n" + paired + "\n")
     mem = memory_table(data)
     if mem:
         text += ("\nPeak RSS of a fresh process per implementation (VmHWM, else ru_maxrss; baseline = "

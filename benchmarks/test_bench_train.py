@@ -28,8 +28,10 @@ import functools
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,6 +280,46 @@ def test_train_step(benchmark, request, name, impl):
     benchmark.extra_info["loss_after"] = loss
     benchmark.extra_info["loss_after_finite"] = bool(math.isfinite(loss))
     assert math.isfinite(loss), f"{name} {impl}: loss {loss} after the timed steps"
+
+
+# --------------------------------------------------------------------------------------------
+# fastconv and PyTorch interleaved, step by step
+# --------------------------------------------------------------------------------------------
+
+#: Rounds of the interleaved comparison: each round runs one step of each implementation.
+PAIRED_ROUNDS = {"simple_cnn": 40, "lenet5": 60, "vgg_small": 20}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_train_step_interleaved_with_torch(benchmark, request, name):
+    """fastconv's and PyTorch's steps alternated round by round (which goes first alternates
+    too), so both meet the same stretches of a shared machine whose speed moves by tens of
+    percent within seconds; the separate benchmarks above each time their rounds back to back.
+    Records both medians and the median of the per-round ratios (PyTorch / fastconv)."""
+    torch = request.getfixturevalue("torch_or_skip")
+    steps = {"fastconv": make_trainer("fastconv", name).step,
+             "torch": make_trainer("torch", name, torch).step}
+    times: dict[str, list[float]] = {impl: [] for impl in steps}
+    for step in steps.values():  # warm-up
+        step()
+
+    def one_round() -> None:
+        order = list(steps) if len(times["fastconv"]) % 2 == 0 else list(reversed(steps))
+        for impl in order:
+            t0 = time.perf_counter()
+            loss = steps[impl]()
+            times[impl].append(time.perf_counter() - t0)
+            assert math.isfinite(loss), f"{name} {impl}: loss {loss}"
+
+    benchmark.group = f"train {name} step, fastconv and PyTorch interleaved"
+    benchmark.pedantic(one_round, rounds=PAIRED_ROUNDS[name], iterations=1, warmup_rounds=0)
+    ratios = [t / f for f, t in zip(times["fastconv"], times["torch"])]
+    benchmark.extra_info.update(
+        kind="paired", model=name, images=BATCH, rounds=len(ratios),
+        fastconv_median_s=statistics.median(times["fastconv"]),
+        torch_median_s=statistics.median(times["torch"]),
+        ratio_median=statistics.median(ratios),
+        ratio_quartiles=statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3)
 
 
 # --------------------------------------------------------------------------------------------
