@@ -222,7 +222,9 @@ bool use_small_channels(const ConvShape& s, bool forced) {
 void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
                                    const float* bias, float* y) {
   const DirectKernels& k = *direct_kernels();
-  constexpr index_t NF = DirectKernels::kSmallF, NVEC = DirectKernels::kSmallV;
+  const int shape = s.Fg() % 8 == 0 ? 1 : 0;
+  const index_t NF = DirectKernels::kSmallShapes[shape].nf;
+  const index_t NVEC = DirectKernels::kSmallShapes[shape].nv;
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L(), CKK = s.CKK();
   const Window2d& win = s.win;
   const SmallPlanes sp(s);
@@ -232,7 +234,7 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
     for (index_t i = 0; i < win.KH; ++i)
       for (index_t j = 0; j < win.KW; ++j)
         off[(c * win.KH + i) * win.KW + j] = c * plane + i * win.DH * Wp + j * win.DW;
-  // Weights per group and block of 6 output channels: [step][6], zero past Fg.
+  // Weights per group and block of NF output channels: [step][NF], zero past Fg.
   const index_t fblocks = ceil_div(Fg, NF);
   Scratch<float> wq = make_scratch<float>(G * fblocks * CKK * NF);
   for (index_t g = 0; g < G; ++g)
@@ -243,22 +245,24 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
           wq[((g * fblocks + b) * CKK + st) * NF + i] = f < Fg ? w[(g * Fg + f) * CKK + st] : 0.0f;
         }
   const index_t row_vecs = s.OH * vecs, tiles = ceil_div(row_vecs, NVEC);
-  // Tile t of block b: row vectors [4t, 4t + 4) (a vector may be past the last: skipped).
+  // Tile t of block b: row vectors [NVEC*t, NVEC*(t + 1)) (a vector may be past the last:
+  // skipped).
   auto tile = [&](index_t item, const float* xp, index_t b, index_t t) {
+    constexpr int kMaxV = DirectKernels::kSmallMaxV;
     const index_t g = item % G;
     float* yi = y + (item / G * s.F + g * Fg + b * NF) * L;
-    const float* rows[NVEC];
-    float* out[NVEC];
-    index_t lanes[NVEC];
+    const float* rows[kMaxV];
+    float* out[kMaxV];
+    index_t lanes[kMaxV];
     for (index_t j = 0; j < NVEC; ++j) {
-      const index_t rv = std::min(4 * t + j, row_vecs - 1), oh = rv / vecs, v = rv % vecs;
+      const index_t rv = std::min(NVEC * t + j, row_vecs - 1), oh = rv / vecs, v = rv % vecs;
       rows[j] = xp + oh * Wp + 16 * v;
       out[j] = yi + oh * s.OW + 16 * v;
-      lanes[j] = 4 * t + j < row_vecs ? std::min<index_t>(16, s.OW - 16 * v) : 0;
+      lanes[j] = NVEC * t + j < row_vecs ? std::min<index_t>(16, s.OW - 16 * v) : 0;
     }
-    k.small_c_tile(rows, off.data(), CKK, wq.get() + (g * fblocks + b) * CKK * NF,
-                   bias ? bias + g * Fg + b * NF : nullptr, out, L, std::min(NF, Fg - b * NF),
-                   lanes);
+    k.small_c_tile[shape](rows, off.data(), CKK, wq.get() + (g * fblocks + b) * CKK * NF,
+                          bias ? bias + g * Fg + b * NF : nullptr, out, L,
+                          std::min(NF, Fg - b * NF), lanes);
   };
   for_each_item(s.N * G, sp.padded, [&](index_t i, float* xp, bool split) {
     sp.fill(s, x + (i / G * s.C + i % G * Cg) * s.H * s.W, xp);

@@ -43,14 +43,20 @@ struct DirectKernels {
   // dst (C x L, NCHW) <- src (L x ld, channels last), plus bias[c] when bias is not null.
   void (*from_channels_last)(const float* src, index_t ld, index_t C, index_t L,
                              const float* bias, float* dst);
-  // Few input channels, NCHW, stride 1 (the first layers): 6 output channels x 4 vectors of
+  // Few input channels, NCHW, stride 1 (the first layers): F output channels x V vectors of
   // 16 consecutive output pixels, broadcasting the weights:
-  //   out[j][i*fstride + l] = bias[i] + sum_{s < steps} w[s*6 + i] * rows[j][off[s] + l]
-  // for i < nf (<= 6), j < 4, l < lanes[j] (vector j skipped when 0); bias may be null.
-  static constexpr int kSmallF = 6, kSmallV = 4;
-  void (*small_c_tile)(const float* const* rows, const index_t* off, index_t steps,
-                       const float* w, const float* bias, float* const* out, index_t fstride,
-                       index_t nf, const index_t* lanes);
+  //   out[j][i*fstride + l] = bias[i] + sum_{s < steps} w[s*F + i] * rows[j][off[s] + l]
+  // for i < nf (<= F), j < V, l < lanes[j] (vector j skipped when 0); bias may be null.
+  // Two shapes, (F, V) = kSmallShapes[k] for small_c_tile[k]: 6 x 4, and 8 x 3 for filter
+  // counts that are multiples of 8 (32 filters in blocks of 6 would compute 36).
+  struct SmallShape {
+    int nf, nv;
+  };
+  static constexpr SmallShape kSmallShapes[2] = {{6, 4}, {8, 3}};
+  static constexpr int kSmallF = 6, kSmallMaxV = 4;
+  void (*small_c_tile[2])(const float* const* rows, const index_t* off, index_t steps,
+                          const float* w, const float* bias, float* const* out, index_t fstride,
+                          index_t nf, const index_t* lanes);
   // Few input channels, stride 1, NCHW planes (the first layers' weight gradient): one image
   // and nf output channels, lane sums over the output positions,
   //   acc[(i*taps + t)*16 + lane] += sum_{oh, ow = lane (mod 16)} gy[i*OH*OW + oh*OW + ow]

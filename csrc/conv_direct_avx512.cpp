@@ -186,32 +186,27 @@ void from_channels_last(const float* src, index_t ld, index_t C, index_t L, cons
   }
 }
 
-// See DirectKernels::small_c_tile.
+// See DirectKernels::small_c_tile: F output channels x V vectors (F*V = 24 accumulators).
+template <int F, int V>
 void small_c_tile(const float* const* rows, const index_t* off, index_t steps, const float* w,
                   const float* bias, float* const* out, index_t fstride, index_t nf,
                   const index_t* lanes) {
-  constexpr int F = DirectKernels::kSmallF, V = DirectKernels::kSmallV;
   __m512 acc[F][V];
   for (int i = 0; i < F; ++i) {
     const __m512 b = _mm512_set1_ps(bias && i < nf ? bias[i] : 0.0f);
     for (int j = 0; j < V; ++j) acc[i][j] = b;
   }
-  const float* r0 = rows[0];
-  const float* r1 = rows[1];
-  const float* r2 = rows[2];
-  const float* r3 = rows[3];
+  const float* r[V];
+  for (int j = 0; j < V; ++j) r[j] = rows[j];
   for (index_t s = 0; s < steps; ++s) {
     const index_t o = off[s];
-    const __m512 x0 = _mm512_loadu_ps(r0 + o), x1 = _mm512_loadu_ps(r1 + o),
-                 x2 = _mm512_loadu_ps(r2 + o), x3 = _mm512_loadu_ps(r3 + o);
+    __m512 x[V];
+    for (int j = 0; j < V; ++j) x[j] = _mm512_loadu_ps(r[j] + o);
     const float* ws = w + s * F;
-#pragma GCC unroll 6
+#pragma GCC unroll 8
     for (int i = 0; i < F; ++i) {
       const __m512 wi = _mm512_set1_ps(ws[i]);
-      acc[i][0] = _mm512_fmadd_ps(wi, x0, acc[i][0]);
-      acc[i][1] = _mm512_fmadd_ps(wi, x1, acc[i][1]);
-      acc[i][2] = _mm512_fmadd_ps(wi, x2, acc[i][2]);
-      acc[i][3] = _mm512_fmadd_ps(wi, x3, acc[i][3]);
+      for (int j = 0; j < V; ++j) acc[i][j] = _mm512_fmadd_ps(wi, x[j], acc[i][j]);
     }
   }
   for (int j = 0; j < V; ++j) {
@@ -299,7 +294,10 @@ DirectKernels make_kernels() {
   DirectKernels k{};
   for (int nv = 0; nv <= DirectKernels::kMaxNV; ++nv) k.max_mr[nv] = kMaxMR[nv];
   k.to_channels_last = &to_channels_last;
-  k.small_c_tile = &small_c_tile;
+  static_assert(DirectKernels::kSmallShapes[0].nf == 6 && DirectKernels::kSmallShapes[0].nv == 4 &&
+                DirectKernels::kSmallShapes[1].nf == 8 && DirectKernels::kSmallShapes[1].nv == 3);
+  k.small_c_tile[0] = &small_c_tile<6, 4>;
+  k.small_c_tile[1] = &small_c_tile<8, 3>;
   k.from_channels_last = &from_channels_last;
   fill_row<1>(k, std::make_index_sequence<kMaxMR[1]>{});
   fill_row<2>(k, std::make_index_sequence<kMaxMR[2]>{});
