@@ -8,19 +8,14 @@
 namespace fastconv {
 namespace {
 
-// Per-channel sums: each row of S contiguous values is summed in 16 fixed float lanes (the
-// loops vectorise; a single running sum is a serial chain of dependent adds, ~4x slower), and
-// the rows' lane totals are added in double, in row order. The order of every addition is
-// fixed, whatever the number of threads; a lane adds S/16 values in float (64 for 32x32).
-constexpr int kLanes = 16;
-
+// Per-channel sums: each row of S contiguous values is summed in 16 fixed float lanes
+// (add_lanes), and the rows' lane totals are added in double, in row order. The order of
+// every addition is fixed, whatever the number of threads; a lane adds S/16 values in float
+// (64 for 32x32).
 template <typename T, typename Term>
 __attribute__((always_inline)) inline double row_total(index_t S, Term term) {
   T acc[kLanes] = {};
-  index_t s = 0;
-  for (; s + kLanes <= S; s += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += term(s + k);
-  for (int k = 0; s + k < S; ++k) acc[k] += term(s + k);
+  add_lanes<T>(S, term, acc);
   double sum = 0;
   for (int k = 0; k < kLanes; ++k) sum += acc[k];
   return sum;

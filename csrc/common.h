@@ -99,6 +99,37 @@ Scratch<T> make_scratch(index_t count) {
 }
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
+
+// Sums n terms in 16 fixed float lanes (acc[k] += term(k), term(16 + k), ... in order): the
+// loop vectorises, where one running sum is a serial chain of dependent adds (~4x slower),
+// and the order of additions is fixed whatever the number of threads.
+constexpr int kLanes = 16;
+template <typename T, typename Term>
+__attribute__((always_inline)) inline void add_lanes(index_t n, Term term, T acc[kLanes]) {
+  index_t s = 0;
+  for (; s + kLanes <= n; s += kLanes)
+    for (int k = 0; k < kLanes; ++k) acc[k] += term(s + k);
+  for (int k = 0; s + k < n; ++k) acc[k] += term(s + k);
+}
+
+// out[e] = partial[e] + partial[size + e] + ... over `chunks` chunks of `size` elements, added
+// in chunk order (so independent of the thread count); threads take blocks of elements,
+// each chunk's run read contiguously. out may be the first chunk itself.
+template <typename T>
+void sum_chunks_in_order(const T* partial, index_t chunks, index_t size, T* out) {
+  constexpr index_t kBlock = 4096;
+#pragma omp parallel for schedule(static)
+  for (index_t e0 = 0; e0 < size; e0 += kBlock) {
+    const index_t e1 = e0 + kBlock < size ? e0 + kBlock : size;
+    if (out != partial)
+      for (index_t e = e0; e < e1; ++e) out[e] = partial[e];
+    for (index_t ch = 1; ch < chunks; ++ch) {
+      const T* src = partial + ch * size;
+      for (index_t e = e0; e < e1; ++e) out[e] += src[e];
+    }
+  }
+}
 
 // Runs body(i, scratch, split) for i < items. With at least as many items as threads, the
 // items are spread over the threads, each with its own `per` elements of scratch, and run whole

@@ -14,12 +14,6 @@
 namespace fastconv {
 namespace {
 
-// Images per chunk of the weight-gradient reduction. The partial sums are formed per fixed
-// chunk and added in chunk order, so the result does not depend on the number of threads.
-constexpr index_t kWeightGradChunks = 8;
-
-inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
-
 // Runs body(i, cols, pack) for i in [0, count). With at least as many items as threads, the
 // items are spread over the threads, each with its own scratch (cols: cols_size elements;
 // pack: GEMM packing buffers), and run whole, independent GEMMs: no barrier per small step.
@@ -113,6 +107,13 @@ bool winograd(const ConvShape& s, DirectPass pass) {
   return use_winograd(s, pass, forced == 4);
 }
 
+// The few-channel NCHW kernels (conv_direct.h) where `use` takes the shape in "auto" mode;
+// "direct_nchw" forces them wherever they apply.
+inline bool few_channels(bool (*use)(const ConvShape&, bool), const ConvShape& s) {
+  const int forced = g_algorithm.load(std::memory_order_relaxed);
+  return (forced == 0 || forced == 5) && use(s, forced == 5);
+}
+
 inline bool use_wide(const ConvShape& s, Pass pass) {
   if (s.win.SH != 1 || s.win.SW != 1 || s.pointwise()) return false;
   const int forced = g_algorithm.load(std::memory_order_relaxed);
@@ -142,9 +143,7 @@ template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
   if constexpr (std::is_same_v<T, float>) {
     if (winograd<T>(s, DirectPass::forward) && conv2d_forward_winograd(s, x, w, bias, y)) return;
-    const int forced = g_algorithm.load(std::memory_order_relaxed);
-    if ((forced == 0 || forced == 5) && use_small_channels(s, forced == 5))
-      return conv2d_forward_small_channels(s, x, w, bias, y);
+    if (few_channels(use_small_channels, s)) return conv2d_forward_small_channels(s, x, w, bias, y);
     if (direct<T>(s, DirectPass::forward)) return conv2d_forward_direct(s, x, w, bias, y);
   }
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
@@ -190,8 +189,7 @@ void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
   if constexpr (std::is_same_v<T, float>) {
     if (winograd<T>(s, DirectPass::backward_input) && conv2d_backward_input_winograd(s, gy, w, gx))
       return;
-    const int forced = g_algorithm.load(std::memory_order_relaxed);
-    if ((forced == 0 || forced == 5) && use_small_channels_input_grad(s, forced == 5))
+    if (few_channels(use_small_channels_input_grad, s))
       return conv2d_backward_input_small_channels(s, gy, w, gx);
     if (direct<T>(s, DirectPass::backward_input))
       return conv2d_backward_input_direct(s, gy, w, gx);
@@ -244,8 +242,7 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
     if (winograd<T>(s, DirectPass::backward_weight) &&
         conv2d_backward_weight_winograd(s, gy, x, gw))
       return;
-    const int forced = g_algorithm.load(std::memory_order_relaxed);
-    if ((forced == 0 || forced == 5) && use_small_channels_weight_grad(s, forced == 5))
+    if (few_channels(use_small_channels_weight_grad, s))
       return conv2d_backward_weight_small_channels(s, gy, x, gw);
     if (direct<T>(s, DirectPass::backward_weight))
       return conv2d_backward_weight_direct(s, gy, x, gw);
@@ -295,26 +292,15 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
       }
     }
   });
-  if (chunks > 1) {
-    const T* p = partial.get();
-#pragma omp parallel for schedule(static)
-    for (index_t e = 0; e < WSZ; ++e) {
-      T sum = p[e];
-      for (index_t c = 1; c < chunks; ++c) sum += p[c * WSZ + e];
-      gw[e] = sum;
-    }
-  }
+  if (chunks > 1) sum_chunks_in_order(partial.get(), chunks, WSZ, gw);
 }
 
-// Lane sums of one row of n values into out[0..16): lane k adds p[k], p[16 + k], ...
+// Lane sums of one row of n values into out[0..16) (see add_lanes).
 template <typename T>
 __attribute__((always_inline)) inline void row_lanes(index_t n, const T* p, T* out) {
-  T acc[16] = {};
-  index_t l = 0;
-  for (; l + 16 <= n; l += 16)
-    for (int k = 0; k < 16; ++k) acc[k] += p[l + k];
-  for (int k = 0; l + k < n; ++k) acc[k] += p[l + k];
-  for (int k = 0; k < 16; ++k) out[k] = acc[k];
+  T acc[kLanes] = {};
+  add_lanes<T>(n, [&](index_t i) { return p[i]; }, acc);
+  for (int k = 0; k < kLanes; ++k) out[k] = acc[k];
 }
 
 FASTCONV_CLONED(row_lanes_any, row_lanes, (index_t n, const T* p, T* out), (n, p, out))
@@ -326,19 +312,19 @@ void conv2d_backward_bias(const ConvShape& s, const T* gy, T* gb) {
   // channel the rows' lanes in image order and the lanes in order: a fixed order of
   // additions whatever the number of threads.
   const index_t L = s.L(), R = s.N * s.F;
-  Scratch<T> lanes = make_scratch<T>(R * 16);
+  Scratch<T> lanes = make_scratch<T>(R * kLanes);
   T* lp = lanes.get();
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
-    for (index_t r = 0; r < R; ++r) row_lanes_any(L, gy + r * L, lp + r * 16);
+    for (index_t r = 0; r < R; ++r) row_lanes_any(L, gy + r * L, lp + r * kLanes);
 #pragma omp for schedule(static)
     for (index_t f = 0; f < s.F; ++f) {
-      T acc[16] = {};
+      T acc[kLanes] = {};
       for (index_t n = 0; n < s.N; ++n)
-        for (int k = 0; k < 16; ++k) acc[k] += lp[(n * s.F + f) * 16 + k];
+        for (int k = 0; k < kLanes; ++k) acc[k] += lp[(n * s.F + f) * kLanes + k];
       T sum = 0;
-      for (int k = 0; k < 16; ++k) sum += acc[k];
+      for (int k = 0; k < kLanes; ++k) sum += acc[k];
       gb[f] = sum;
     }
   }

@@ -39,6 +39,11 @@ struct ConvShape {
 // benchmarks.
 bool set_conv_algorithm(const std::string& name);
 
+// Weight gradients sum the batch in this many fixed chunks of images (at most), each into a
+// partial sum of its own, added in chunk order: the result does not depend on the number of
+// threads.
+constexpr index_t kWeightGradChunks = 8;
+
 // Whether any of p[0, n) is ±inf or NaN. Formulations that multiply padding or junk
 // columns (0 * inf = NaN) or subtract (Winograd: inf - inf) hand such inputs to one that sums
 // only the products direct summation has.

@@ -27,7 +27,6 @@ std::vector<ChannelBlock> channel_blocks(index_t channels) {
 
 namespace {
 
-inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 
 // Splits [0, n) into the fewest pieces of at most `max` elements, each a multiple of `align`
 // (but the last), as (start, size) pairs.
@@ -334,7 +333,7 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, 
   const index_t acc_size = s.F * CKK * 16;  // lane sums [f][tap][lane]
   // Fixed chunks of images, each summed into its own lane sums and added in chunk order: the
   // result does not depend on the number of threads.
-  const index_t chunks = std::min<index_t>(s.N, 8);
+  const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
   Scratch<float> partial = make_scratch<float>(chunks * acc_size);
   std::vector<std::pair<index_t, index_t>> fblocks;  // (first channel, count) per group
   for_each_piece(Fg, max_nf, [&](index_t f0, index_t nf) { fblocks.emplace_back(f0, nf); });
@@ -427,7 +426,7 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
   const index_t per = p.padded_size() + gyt_size;
   // Fixed chunks of images, each summed into its own partial gradient and added in chunk
   // order: the result does not depend on the number of threads.
-  const index_t chunks = std::min<index_t>(s.N, 8);
+  const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
   Scratch<float> partial = make_scratch<float>(chunks * part_size);
   const index_t nblocks = static_cast<index_t>(p.blocks.size());
 

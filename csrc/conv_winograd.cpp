@@ -7,8 +7,6 @@
 namespace fastconv {
 namespace {
 
-inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
-
 // Tiles per pass of the 16 GEMMs: at most three 14-row register tiles, so a pass's
 // transformed tiles (16 x 42 x channels) stay in L2 between the transforms and the GEMMs.
 constexpr index_t kChunk = 42;
@@ -330,7 +328,7 @@ bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
   const index_t vs = cap * Cg, us = cap * Fpad;
   const index_t per = p.padded_size() + gyt_size + 16 * (vs + us);
   const index_t sum_size = G * 16 * Cg * Fpad;  // [g][xi][c][f]
-  const index_t chunks = std::min<index_t>(s.N, 8);
+  const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
   Scratch<float> partial = make_scratch<float>(chunks * sum_size);
   std::atomic<bool> nonfinite{false};  // see run_tiles
 
@@ -392,17 +390,10 @@ bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
                  partial.get() + c * sum_size + g * 16 * Cg * Fpad, split);
   });
   if (nonfinite.load()) return false;
-  // Sum the chunks in order (contiguous, into chunk 0), then the inverse transform of each
-  // (c, f) pair's 16 sums to its 3x3 kernel.
+  // Sum the chunks in order (into chunk 0), then the inverse transform of each (c, f)
+  // pair's 16 sums to its 3x3 kernel.
   float* total = partial.get();
-#pragma omp parallel for schedule(static)
-  for (index_t e0 = 0; e0 < sum_size; e0 += 4096) {
-    const index_t e1 = std::min(sum_size, e0 + 4096);
-    for (index_t ch = 1; ch < chunks; ++ch) {
-      const float* src = partial.get() + ch * sum_size;
-      for (index_t e = e0; e < e1; ++e) total[e] += src[e];
-    }
-  }
+  sum_chunks_in_order(total, chunks, sum_size, total);
 #pragma omp parallel for schedule(static)
   for (index_t gc = 0; gc < G * Cg; ++gc) {
     const index_t g = gc / Cg, c = gc % Cg;
