@@ -681,14 +681,20 @@ def test_linear_bad_input(module):
         module.linear(np.ones((2, 3), complex), np.ones((5, 3)))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(8, 3, 5, 7), (64, 32, 4, 4), (5, 6), (2, 4, 9)])
-@pytest.mark.parametrize("affine", [True, False])
-def test_batch_norm_train_matches_reference_and_torch(rng, shape, dtype, affine):
+def batch_norm_inputs(rng, shape, dtype, affine):
+    """x (shifted and scaled off zero mean / unit variance) and weight, bias (None if not affine)."""
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     C = shape[1]
     w = rng.standard_normal(C).astype(dtype) if affine else None
     b = rng.standard_normal(C).astype(dtype) if affine else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(8, 3, 5, 7), (64, 32, 4, 4), (5, 6), (2, 4, 9)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_train_matches_reference_and_torch(rng, shape, dtype, affine):
+    x, w, b = batch_norm_inputs(rng, shape, dtype, affine)
     got = F.batch_norm_train(x, w, b, 1e-5)
     want = R.batch_norm_train(x, w, b, 1e-5)
     for a, e in zip(got, want):
@@ -737,10 +743,7 @@ def test_batch_norm_train_does_not_depend_on_thread_count(rng, threads):
 def test_batch_norm_train_fused_relu_is_relu_of_batch_norm(rng, shape, dtype, affine):
     # relu=True must equal batch norm then ReLU, forward and backward, bit for bit on the fast
     # backend (the same expressions in one pass) and within tolerance of the reference.
-    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
-    C = shape[1]
-    w = rng.standard_normal(C).astype(dtype) if affine else None
-    b = rng.standard_normal(C).astype(dtype) if affine else None
+    x, w, b = batch_norm_inputs(rng, shape, dtype, affine)
     y, mean, invstd, var = F.batch_norm_train(x, w, b, 1e-5)
     yr, mean_r, invstd_r, var_r = F.batch_norm_train(x, w, b, 1e-5, relu=True)
     np.testing.assert_array_equal(yr, F.relu(y))
