@@ -62,6 +62,11 @@ template <typename T>
 struct BSource {
   virtual ~BSource() = default;
   virtual void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const = 0;
+  // Asks the caches for part `part` of `parts` of the source of block (pc, kc, jc, nc), to be
+  // packed next: the loop nest spreads these requests over the current block's arithmetic, so
+  // a B streamed from memory (a Linear weight) arrives while it computes. Optional.
+  virtual void prefetch(index_t /*pc*/, index_t /*kc*/, index_t /*jc*/, index_t /*nc*/,
+                        index_t /*part*/, index_t /*parts*/) const {}
 };
 
 // A strided matrix: element (i, j) at p[i*rs + j*cs].
@@ -80,6 +85,8 @@ struct StridedB final : BSource<T> {
   index_t rs, cs;
   StridedB(const T* p_, index_t rs_, index_t cs_) : p(p_), rs(rs_), cs(cs_) {}
   void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override;
+  void prefetch(index_t pc, index_t kc, index_t jc, index_t nc, index_t part,
+                index_t parts) const override;
 };
 
 // A matrix packed once, whole, for the current kernel (e.g. conv weights, shared read-only
