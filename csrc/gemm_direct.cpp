@@ -18,18 +18,14 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
   const std::vector<ChannelBlock> blocks = channel_blocks(M);
 
   // A^T packed per (block, k-block): at K*i0 + k0*16*nv, [kc][16*nv], zero past M.
+  struct PackItem {
+    index_t f0, width, k0, kc;
+  };
+  std::vector<PackItem> pack_items;
+  for (const ChannelBlock& b : blocks)
+    for (index_t k0 = 0; k0 < K; k0 += kKc)
+      pack_items.push_back({b.f0, 16 * b.nv, k0, std::min(kKc, K - k0)});
   Scratch<float> at = make_scratch<float>(K * Mpad);
-  for (const ChannelBlock& b : blocks) {
-    const index_t width = 16 * b.nv;
-    for (index_t k0 = 0; k0 < K; k0 += kKc) {
-      const index_t kc = std::min(kKc, K - k0);
-      float* d = at.get() + K * b.f0 + k0 * width;
-      for (index_t j = 0; j < width; ++j) {
-        const index_t i = b.f0 + j;
-        for (index_t p = 0; p < kc; ++p) d[p * width + j] = i < M ? A[i * lda + k0 + p] : 0.0f;
-      }
-    }
-  }
   std::vector<index_t> rows(N);  // tile row r of B starts at B + rows[r]
   for (index_t r = 0; r < N; ++r) rows[r] = r * ldb;
   const index_t tap0 = 0;
@@ -44,31 +40,47 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
   }();
   constexpr index_t kRows = 64;
   const index_t chunks = ceil_div(N, kRows);
-#pragma omp parallel for schedule(static)
-  for (index_t c = 0; c < chunks; ++c) {
-    const index_t r0 = c * kRows;
-    for_each_piece(std::min(kRows, N - r0), max_mr, [&](index_t q, index_t mr) {
-      const index_t r = r0 + q;
-      for (index_t k0 = 0; k0 < K; k0 += kKc) {
-        const index_t kc = std::min(kKc, K - k0);
-        for (const ChannelBlock& b : blocks)
-          k.forward[b.nv][mr](B + k0, rows.data() + r, &tap0, 1, kc,
-                              at.get() + K * b.f0 + k0 * 16 * b.nv, 16 * b.nv,
-                              ct.get() + r * Mpad + b.f0, Mpad, k0 > 0);
-      }
-    });
-  }
-  // C (+)= (C^T)^T, in 64 x 64 blocks.
+  const index_t n_items = static_cast<index_t>(pack_items.size());
   const float* t = ct.get();
   constexpr index_t kB = 64;
-#pragma omp parallel for schedule(static)
-  for (index_t j0 = 0; j0 < N; j0 += kB)
-    for (index_t i0 = 0; i0 < M; i0 += kB)
-      for (index_t i = i0; i < std::min(M, i0 + kB); ++i) {
-        float* c = C + i * ldc;
-        for (index_t j = j0; j < std::min(N, j0 + kB); ++j)
-          c[j] = (accumulate ? c[j] : 0.0f) + t[j * Mpad + i];
+  // One parallel region for the three phases (a fork and join each cost more than the A^T
+  // packing itself, which the second thread used to wait out).
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (index_t it = 0; it < n_items; ++it) {
+      const PackItem& pi = pack_items[it];
+      float* d = at.get() + K * pi.f0 + pi.k0 * pi.width;
+      for (index_t j = 0; j < pi.width; ++j) {
+        const index_t i = pi.f0 + j;
+        for (index_t p = 0; p < pi.kc; ++p)
+          d[p * pi.width + j] = i < M ? A[i * lda + pi.k0 + p] : 0.0f;
       }
+    }
+#pragma omp for schedule(static)
+    for (index_t c = 0; c < chunks; ++c) {
+      const index_t r0 = c * kRows;
+      for_each_piece(std::min(kRows, N - r0), max_mr, [&](index_t q, index_t mr) {
+        const index_t r = r0 + q;
+        for (index_t k0 = 0; k0 < K; k0 += kKc) {
+          const index_t kc = std::min(kKc, K - k0);
+          for (const ChannelBlock& b : blocks)
+            k.forward[b.nv][mr](B + k0, rows.data() + r, &tap0, 1, kc,
+                                at.get() + K * b.f0 + k0 * 16 * b.nv, 16 * b.nv,
+                                ct.get() + r * Mpad + b.f0, Mpad, k0 > 0);
+        }
+      });
+    }
+    // C (+)= (C^T)^T, in 64 x 64 blocks.
+#pragma omp for schedule(static)
+    for (index_t j0 = 0; j0 < N; j0 += kB)
+      for (index_t i0 = 0; i0 < M; i0 += kB)
+        for (index_t i = i0; i < std::min(M, i0 + kB); ++i) {
+          float* c = C + i * ldc;
+          for (index_t j = j0; j < std::min(N, j0 + kB); ++j)
+            c[j] = (accumulate ? c[j] : 0.0f) + t[j * Mpad + i];
+        }
+  }
   return true;
 }
 
