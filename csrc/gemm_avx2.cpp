@@ -21,6 +21,13 @@ struct Ymm<float> {
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  // Lanes [0, n) set (n <= 8): for the masked loads and stores of a partial tile.
+  static __m256i mask(index_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static V mload(const float* p, __m256i m) { return _mm256_maskload_ps(p, m); }
+  static void mstore(float* p, __m256i m, V v) { _mm256_maskstore_ps(p, m, v); }
 };
 
 template <>
@@ -33,6 +40,11 @@ struct Ymm<double> {
   static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
   static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static __m256i mask(index_t n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  static V mload(const double* p, __m256i m) { return _mm256_maskload_pd(p, m); }
+  static void mstore(double* p, __m256i m, V v) { _mm256_maskstore_pd(p, m, v); }
 };
 
 constexpr int MR = 6;
@@ -44,7 +56,14 @@ void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* _
   constexpr int L = Y::lanes;
   constexpr int NR = 2 * L;
   typename Y::V acc0[MR], acc1[MR];
-  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = Y::zero();
+  // Every loop over the accumulators fully unrolled, so acc0[i] and acc1[i] name registers:
+  // one loop left rolled (this one was) and GCC keeps them in memory, storing them after
+  // every FMA of the k loop.
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    acc0[i] = Y::zero();
+    acc1[i] = Y::zero();
+  }
   for (index_t p = 0; p < kc; ++p) {
     const typename Y::V b0 = Y::load(b + p * NR);
     const typename Y::V b1 = Y::load(b + p * NR + L);
@@ -57,6 +76,7 @@ void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* _
     }
   }
   if (nr_eff == NR) {
+#pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
       if (i >= mr_eff) break;
       T* ci = c + i * ldc;
@@ -69,15 +89,21 @@ void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* _
     }
     return;
   }
-  // Partial tile: spill to a small buffer and copy the valid part.
-  alignas(32) T tile[MR * NR];
+  // Partial tile: masked loads and stores.
+  const index_t n0 = nr_eff < L ? nr_eff : L;
+  const index_t n1 = nr_eff - n0;
+  const __m256i m0 = Y::mask(n0), m1 = Y::mask(n1);
+#pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
-    Y::store(tile + i * NR, acc0[i]);
-    Y::store(tile + i * NR + L, acc1[i]);
+    if (i >= mr_eff) break;
+    T* ci = c + i * ldc;
+    if (accumulate) {
+      acc0[i] = Y::add(acc0[i], Y::mload(ci, m0));
+      if (n1 > 0) acc1[i] = Y::add(acc1[i], Y::mload(ci + L, m1));
+    }
+    Y::mstore(ci, m0, acc0[i]);
+    if (n1 > 0) Y::mstore(ci + L, m1, acc1[i]);
   }
-  for (index_t i = 0; i < mr_eff; ++i)
-    for (index_t j = 0; j < nr_eff; ++j)
-      c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
 }
 
 const GemmKernel<float> kF32{"avx2", MR, 16, 6 * 16, 256, 4096, &micro_kernel<float>};

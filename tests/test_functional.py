@@ -455,11 +455,17 @@ def test_set_simd_level_rejects_unknown():
     assert not _core.set_simd_level("avx9000")
 
 
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_matches_numpy(rng, trans_a, trans_b, dtype):
-    for M, N, K in [(1, 1, 1), (7, 33, 5), (65, 130, 300), (128, 64, 1000), (3, 700, 17)]:
+def test_gemm_matches_numpy(rng, simd_level, level, trans_a, trans_b, dtype):
+    """Every micro-kernel ISA, with partial register tiles on both sides (M and N not
+    multiples of any tile), and C accumulated onto."""
+    if not _core.set_simd_level(level):
+        pytest.skip(f"this CPU or build has no {level}")
+    for M, N, K in [(1, 1, 1), (7, 33, 5), (65, 130, 300), (128, 64, 1000), (3, 700, 17),
+                    (13, 21, 40), (6, 16, 3)]:
         a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
         b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
         want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
