@@ -867,6 +867,52 @@ def test_2x2_pooling_of_narrow_planes_matches_reference(rng, shape):
     np.testing.assert_array_equal(F.avg_pool2d(x, 2), R.avg_pool2d(x, 2))
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 30, 30), (2, 4, 13, 13), (1, 2, 9, 4), (3, 2, 2, 35),
+                                   (2, 3, 8, 8), (1, 1, 3, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool2d_backward_matches_reference_bit_for_bit(rng, shape, dtype):
+    # 2x2 / stride 2 gradients, odd sizes leaving a last row and column that no window
+    # covers: the same bits as the reference's zero-fill then scatter-add, with NaN, ties and
+    # -0.0 in the gradient.
+    x = rng.standard_normal(shape).astype(dtype)
+    x.reshape(-1)[::11] = np.nan
+    x.reshape(-1)[1::5] = x.reshape(-1)[0::5][: len(x.reshape(-1)[1::5])]  # ties
+    y, idx = F.max_pool2d(x, 2, return_indices=True)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gy.reshape(-1)[::3] = -0.0
+    got = F.max_pool2d_backward(gy, idx, x.shape)
+    want = R.max_pool2d_backward(gy, idx, x.shape)
+    np.testing.assert_array_equal(got, want)
+    assert not np.signbit(got[got == 0]).any()  # 0 + (-0.0) = +0.0, as the scatter-add
+
+
+@pytest.mark.parametrize("kernel, stride, padding, ceil_mode",
+                         [(3, 2, 1, False), (2, 1, 0, False), (2, 2, 1, False), (2, 2, 0, True),
+                          (3, 3, 0, False)])
+def test_max_pool2d_backward_of_other_windows_sums_overlaps(rng, kernel, stride, padding,
+                                                             ceil_mode):
+    # Indices from overlapping or shifted windows: duplicates summed, as the reference.
+    x = rng.standard_normal((2, 3, 12, 11)).astype(np.float32)
+    y, idx = F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode, return_indices=True)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(F.max_pool2d_backward(gy, idx, x.shape),
+                                  R.max_pool2d_backward(gy, idx, x.shape))
+
+
+def test_max_pool2d_backward_hand_made_indices():
+    # Plane 0: every index in its own 2x2 block; plane 1: four outputs name the same input
+    # (summed); plane 2: indices in other blocks.
+    gy = np.arange(1, 13, dtype=np.float32).reshape(1, 3, 2, 2)
+    idx = np.array([[[[0, 3], [13, 15]],
+                     [[5, 5], [5, 5]],
+                     [[1, 2], [8, 14]]]], dtype=np.int64)
+    got = F.max_pool2d_backward(gy, idx, (1, 3, 4, 4))
+    np.testing.assert_array_equal(got, R.max_pool2d_backward(gy, idx, (1, 3, 4, 4)))
+    assert got[0, 1, 1, 1] == 5 + 6 + 7 + 8
+    with pytest.raises(ValueError):
+        F.max_pool2d_backward(gy, np.full_like(idx, 16), (1, 3, 4, 4))
+
+
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("where", ["x", "grad_y"])
 def test_nonfinite_values_propagate_as_in_direct_summation(rng, bad, where):
