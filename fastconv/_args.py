@@ -13,6 +13,7 @@ inside the input or the left padding, as in PyTorch.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass
 
@@ -185,6 +186,27 @@ def _conv_padding(padding, kernel, stride, dilation, op):
     return p, (2 * p[0], 2 * p[1])
 
 
+def _memoized(compute):
+    """`compute` with its results kept for hashable arguments (types included, so True is not
+    taken for 1): a layer asks for the same geometry every step, and validating it costs more
+    than a small layer's kernel. Errors are raised every time (nothing is cached for them)."""
+    cached = functools.lru_cache(maxsize=256, typed=True)(compute)
+
+    @functools.wraps(compute)
+    def geometry(*args, **kwargs):
+        try:
+            return cached(*args, **kwargs)
+        except TypeError:
+            try:
+                hash((args, tuple(kwargs.items())))
+            except TypeError:  # unhashable arguments (lists): computed afresh
+                return compute(*args, **kwargs)
+            raise
+
+    return geometry
+
+
+@_memoized
 def conv2d_geometry(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
                     op: str = "conv2d") -> ConvGeometry:
     """Validate conv2d arguments (PyTorch semantics) and compute the output size."""
@@ -248,6 +270,7 @@ class PoolGeometry:
         return (self.N, self.C, self.out[0], self.out[1])
 
 
+@_memoized
 def pool2d_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                     op: str = "max_pool2d", name: str = "x") -> PoolGeometry:
     """Validate pooling arguments (PyTorch semantics) and compute the output size."""

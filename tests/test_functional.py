@@ -959,3 +959,22 @@ def test_weight_gradient_keeps_nonfinite_inputs_where_they_belong(rng, conv_algo
     assert np.isfinite(want).sum() > 0 and not np.isfinite(want).all()
     finite = np.isfinite(want)
     assert_close(got[finite], want[finite])
+
+
+def test_geometry_memo_keeps_validation():
+    # Layers' geometries are memoised; a cached valid call must not let an invalid one that
+    # compares equal (True == 1, 2.0 == 2) through, and unhashable arguments still work.
+    x = np.ones((1, 2, 6, 6), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    for _ in range(2):
+        assert F.conv2d(x, w, stride=1).shape == (1, 3, 4, 4)
+        with pytest.raises(TypeError, match="stride"):
+            F.conv2d(x, w, stride=True)
+        with pytest.raises(TypeError, match="stride"):
+            F.conv2d(x, w, stride=1.0)
+        assert F.conv2d(x, w, stride=[2, 1], padding=[1, 0]).shape == (1, 3, 3, 4)
+        assert F.max_pool2d(x, [2, 2]).shape == (1, 2, 3, 3)
+        with pytest.raises(TypeError):
+            F.max_pool2d(x, 2, stride=True)
+        with pytest.raises(ValueError, match="padding"):
+            F.conv2d(x, w, padding=-1)
