@@ -58,6 +58,13 @@ struct ForwardPlan {
   // Input-channel blocks (start, size): one block's weights for one output block stay in L1
   // while every row of the image uses them.
   std::vector<std::pair<index_t, index_t>> cin_blocks;
+  // With one input block and undilated rows, a kernel row's KW taps read KW*Cin consecutive
+  // values of the channels-last copy, against weights laid out [kw][c] consecutively too:
+  // the tiles then run one step per kernel row over KW*Cin channels (row_off: its taps at
+  // kw = 0) instead of one per tap over Cin. Few input channels (LeNet's 6) otherwise spend
+  // as much on each tap's set-up of MR pixel pointers as on its few multiply-adds.
+  bool merge_rows = false;
+  std::vector<index_t> row_off;
 
   index_t taps() const { return static_cast<index_t>(tap_off.size()); }
   index_t padded_size() const { return round_up(Hp * Wp * Cin, 16); }
@@ -96,9 +103,15 @@ ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t
       });
     }
   }
-  // ~16 KiB of weights per (input block, 2-vector output block): 16 channels of a 3x3 kernel.
-  const index_t max_cin = std::max<index_t>(1, 16384 / (p.taps() * 16 * 2 * sizeof(float)));
+  // ~16 KiB of weights per input block for the widest output block (counted as at least 2
+  // vectors): 16 channels of a 3x3 kernel for 32 filters, LeNet's 6 of a 5x5 for 16 filters.
+  index_t nv_max = 1;
+  for (const ChannelBlock& b : p.blocks) nv_max = std::max<index_t>(nv_max, b.nv);
+  const index_t vecs = std::min<index_t>(nv_max, 2);
+  const index_t max_cin = std::max<index_t>(1, 16384 / (p.taps() * 16 * vecs * sizeof(float)));
   p.cin_blocks = pieces(Cin, max_cin, max_cin >= 16 ? 16 : 1);
+  p.merge_rows = p.cin_blocks.size() == 1 && DW == 1 && KW > 1;
+  for (index_t i = 0; i < KH; ++i) p.row_off.push_back(p.tap_off[i * KW]);
   return p;
 }
 
@@ -130,7 +143,11 @@ void forward_tiles(const DirectKernels& k, const ForwardPlan& p, const float* xp
     const float* w = wd + taps * (blk.f0 * p.Cin + c0 * width);
     for (index_t i = first; i < last; ++i) {
       const Tile& t = tiles[i];
-      k.forward[blk.nv][t.mr](xp + c0, p.pix.data() + t.first, p.tap_off.data() + t.t0, t.taps, kc,
+      // Tiles cover whole kernel rows (t0 and taps multiples of KW).
+      const index_t* off = p.merge_rows ? p.row_off.data() + t.t0 / p.KW : p.tap_off.data() + t.t0;
+      const index_t steps = p.merge_rows ? t.taps / p.KW : t.taps;
+      const index_t depth = p.merge_rows ? p.KW * kc : kc;
+      k.forward[blk.nv][t.mr](xp + c0, p.pix.data() + t.first, off, steps, depth,
                               w + t.t0 * kc * width, width, out + t.first * p.Cout_pad + blk.f0,
                               p.Cout_pad, c0 > 0);
     }
