@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+
+#include "gemm.h"  // simd_level
 
 namespace fastconv {
 namespace {
@@ -204,16 +207,36 @@ inline bool is_plain_2x2(const PoolShape& s) {
 
 }  // namespace
 
+// The AVX-512 row kernel when this CPU runs it (float32; int32 offsets within a row).
+template <typename T>
+MaxPool2x2RowFn fast_max_pool_2x2_row(const PoolShape& s) {
+  if constexpr (!std::is_same_v<T, float>) {
+    return nullptr;
+  } else {
+    if (s.W >= (index_t(1) << 30) || simd_level() != "avx512") return nullptr;
+    return max_pool_2x2_row_avx512();
+  }
+}
+
 template <typename T>
 void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices) {
   const Window2d& w = s.win;
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
   const bool two_by_two = is_plain_2x2(s);
+  const MaxPool2x2RowFn fast = two_by_two ? fast_max_pool_2x2_row<T>(s) : nullptr;
 #pragma omp parallel for schedule(static)
   for (index_t plane = 0; plane < s.N * s.C; ++plane) {
     const T* xp = x + plane * HW;
     T* yp = y + plane * OL;
     std::int64_t* ip = indices + plane * OL;
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast) {
+        for (index_t oh = 0; oh < s.OH; ++oh)
+          fast(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.W, 2 * oh, s.OW, yp + oh * s.OW,
+               ip + oh * s.OW);
+        continue;
+      }
+    }
     if (two_by_two && s.OW <= 8) {
       max_pool_2x2_narrow(xp, s.W, s.OH, s.OW, yp, ip);
       continue;

@@ -867,6 +867,32 @@ def test_2x2_pooling_of_narrow_planes_matches_reference(rng, shape):
     np.testing.assert_array_equal(F.avg_pool2d(x, 2), R.avg_pool2d(x, 2))
 
 
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("shape", [(2, 3, 30, 30), (2, 4, 13, 13), (1, 2, 9, 4), (2, 2, 4, 70),
+                                   (1, 3, 66, 33), (2, 2, 8, 8), (1, 1, 2, 2), (1, 2, 5, 3)])
+def test_2x2_max_pool_every_simd_level_matches_reference(rng, simd_level, level, shape):
+    # The 2x2 / stride-2 forward has an AVX-512 kernel (16 windows per step, rows of any
+    # width, ragged ends masked) beside the portable one: both must give the reference's values
+    # and indices bit for bit, with NaN (first NaN kept), ties (first maximum), -0.0 against
+    # 0.0, infinities and windows of equal values.
+    if not _core.set_simd_level(level):
+        pytest.skip(f"this CPU or build has no {level}")
+    x = rng.standard_normal(shape).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[::13] = np.nan
+    flat[5::17] = np.inf
+    flat[7::19] = -np.inf
+    flat[1::6] = flat[0::6][: len(flat[1::6])]  # ties within windows
+    flat[3::23] = -0.0
+    flat[4::23] = 0.0
+    x[..., :2, :2] = 1.5  # a window of four equal values
+    y, idx = F.max_pool2d(x, 2, return_indices=True)
+    y_ref, idx_ref = R.max_pool2d(x, 2, return_indices=True)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(y_ref))
+    np.testing.assert_array_equal(idx, idx_ref)
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 30, 30), (2, 4, 13, 13), (1, 2, 9, 4), (3, 2, 2, 35),
                                    (2, 3, 8, 8), (1, 1, 3, 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
