@@ -207,14 +207,16 @@ inline bool is_plain_2x2(const PoolShape& s) {
 
 }  // namespace
 
-// The AVX-512 row kernel when this CPU runs it (float32; int32 offsets within a row).
+// The AVX-512 row kernels for plain 2x2 windows when this CPU runs them (float32; the max
+// kernel keeps offsets within a row in int32).
 template <typename T>
-MaxPool2x2RowFn fast_max_pool_2x2_row(const PoolShape& s) {
+const Pool2x2Kernels* fast_2x2(const PoolShape& s) {
   if constexpr (!std::is_same_v<T, float>) {
     return nullptr;
   } else {
-    if (s.W >= (index_t(1) << 30) || simd_level() != "avx512") return nullptr;
-    return max_pool_2x2_row_avx512();
+    if (!is_plain_2x2(s) || s.W >= (index_t(1) << 30) || simd_level() != "avx512")
+      return nullptr;
+    return pool_2x2_kernels_avx512();
   }
 }
 
@@ -223,7 +225,7 @@ void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indi
   const Window2d& w = s.win;
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
   const bool two_by_two = is_plain_2x2(s);
-  const MaxPool2x2RowFn fast = two_by_two ? fast_max_pool_2x2_row<T>(s) : nullptr;
+  const Pool2x2Kernels* fast = fast_2x2<T>(s);
 #pragma omp parallel for schedule(static)
   for (index_t plane = 0; plane < s.N * s.C; ++plane) {
     const T* xp = x + plane * HW;
@@ -232,8 +234,8 @@ void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indi
     if constexpr (std::is_same_v<T, float>) {
       if (fast) {
         for (index_t oh = 0; oh < s.OH; ++oh)
-          fast(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.W, 2 * oh, s.OW, yp + oh * s.OW,
-               ip + oh * s.OW);
+          fast->max_row(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.W, 2 * oh, s.OW,
+                        yp + oh * s.OW, ip + oh * s.OW);
         continue;
       }
     }
@@ -299,10 +301,18 @@ void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, 
   const Window2d& w = s.win;
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
   const bool two_by_two = is_plain_2x2(s);
+  const Pool2x2Kernels* fast = fast_2x2<T>(s);
 #pragma omp parallel for schedule(static)
   for (index_t plane = 0; plane < s.N * s.C; ++plane) {
     const T* xp = x + plane * HW;
     T* yp = y + plane * OL;
+    if constexpr (std::is_same_v<T, float>) {
+      if (fast) {
+        for (index_t oh = 0; oh < s.OH; ++oh)
+          fast->avg_row(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.OW, yp + oh * s.OW);
+        continue;
+      }
+    }
     if (two_by_two && s.OW <= 8) {
       avg_pool_2x2_narrow(xp, s.W, s.OH, s.OW, yp);
       continue;

@@ -26,12 +26,16 @@ void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, 
 template <typename T>
 void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy, T* gx);
 
-// One row of 2x2 / stride-2 max-pooling windows (float32): rows r0 and r1 (= r0 + W) of a
-// W-wide plane, ih the index of r0, OW outputs to y and their flat indices to idx.
-using MaxPool2x2RowFn = void (*)(const float* r0, const float* r1, index_t W, index_t ih,
-                                 index_t OW, float* y, std::int64_t* idx);
-// The AVX-512 kernel (pool_avx512.cpp), or nullptr when the build has none. The caller checks
-// that this CPU runs it (simd_level()).
-MaxPool2x2RowFn max_pool_2x2_row_avx512();
+// Kernels of one row of 2x2 / stride-2 windows (float32): input rows r0 and r1 (= r0 + W) of
+// a W-wide plane, ih the index of r0, OW outputs to y (and, for max pooling, their flat
+// indices to idx). The same values and indices as the portable kernels of pool.cpp.
+struct Pool2x2Kernels {
+  void (*max_row)(const float* r0, const float* r1, index_t W, index_t ih, index_t OW,
+                  float* y, std::int64_t* idx);
+  void (*avg_row)(const float* r0, const float* r1, index_t OW, float* y);
+};
+// The AVX-512 kernels (pool_avx512.cpp), or nullptr when the build has none. The caller checks
+// that this CPU runs them (simd_level()).
+const Pool2x2Kernels* pool_2x2_kernels_avx512();
 
 }  // namespace fastconv

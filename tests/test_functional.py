@@ -870,11 +870,11 @@ def test_2x2_pooling_of_narrow_planes_matches_reference(rng, shape):
 @pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("shape", [(2, 3, 30, 30), (2, 4, 13, 13), (1, 2, 9, 4), (2, 2, 4, 70),
                                    (1, 3, 66, 33), (2, 2, 8, 8), (1, 1, 2, 2), (1, 2, 5, 3)])
-def test_2x2_max_pool_every_simd_level_matches_reference(rng, simd_level, level, shape):
-    # The 2x2 / stride-2 forward has an AVX-512 kernel (16 windows per step, rows of any
-    # width, ragged ends masked) beside the portable one: both must give the reference's values
-    # and indices bit for bit, with NaN (first NaN kept), ties (first maximum), -0.0 against
-    # 0.0, infinities and windows of equal values.
+def test_2x2_pooling_every_simd_level_matches_reference(rng, simd_level, level, shape):
+    # The 2x2 / stride-2 forwards have AVX-512 kernels (16 windows per step, rows of any
+    # width, ragged ends masked) beside the portable ones: both must give the reference's
+    # values and indices bit for bit, with NaN (first NaN kept), ties (first maximum), -0.0
+    # against 0.0, infinities and windows of equal values.
     if not _core.set_simd_level(level):
         pytest.skip(f"this CPU or build has no {level}")
     x = rng.standard_normal(shape).astype(np.float32)
@@ -891,6 +891,12 @@ def test_2x2_max_pool_every_simd_level_matches_reference(rng, simd_level, level,
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(np.signbit(y), np.signbit(y_ref))
     np.testing.assert_array_equal(idx, idx_ref)
+    with np.errstate(invalid="ignore"):  # inf + -inf in the reference's NumPy sums
+        a, a_ref = F.avg_pool2d(x, 2), R.avg_pool2d(x, 2)  # summed in the reference's order
+    np.testing.assert_array_equal(a, a_ref)
+    np.testing.assert_array_equal(np.signbit(a), np.signbit(a_ref))
+    x[...] = -0.0  # 0 + (-0.0) = +0.0 first, as the reference's sum from 0
+    assert not np.signbit(F.avg_pool2d(x, 2)).any()
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 30, 30), (2, 4, 13, 13), (1, 2, 9, 4), (3, 2, 2, 35),
