@@ -207,7 +207,7 @@ inline bool is_plain_2x2(const PoolShape& s) {
 
 }  // namespace
 
-// The AVX-512 row kernels for plain 2x2 windows when this CPU runs them (float32; the max
+// The AVX-512 plane kernels for plain 2x2 windows when this CPU runs them (float32; the max
 // kernel keeps offsets within a row in int32).
 template <typename T>
 const Pool2x2Kernels* fast_2x2(const PoolShape& s) {
@@ -233,9 +233,7 @@ void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indi
     std::int64_t* ip = indices + plane * OL;
     if constexpr (std::is_same_v<T, float>) {
       if (fast) {
-        for (index_t oh = 0; oh < s.OH; ++oh)
-          fast->max_row(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.W, 2 * oh, s.OW,
-                        yp + oh * s.OW, ip + oh * s.OW);
+        fast->max_plane(xp, s.W, s.OH, s.OW, yp, ip);
         continue;
       }
     }
@@ -308,8 +306,7 @@ void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, 
     T* yp = y + plane * OL;
     if constexpr (std::is_same_v<T, float>) {
       if (fast) {
-        for (index_t oh = 0; oh < s.OH; ++oh)
-          fast->avg_row(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.OW, yp + oh * s.OW);
+        fast->avg_plane(xp, s.W, s.OH, s.OW, yp);
         continue;
       }
     }

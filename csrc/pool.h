@@ -26,13 +26,13 @@ void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, 
 template <typename T>
 void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy, T* gx);
 
-// Kernels of one row of 2x2 / stride-2 windows (float32): input rows r0 and r1 (= r0 + W) of
-// a W-wide plane, ih the index of r0, OW outputs to y (and, for max pooling, their flat
-// indices to idx). The same values and indices as the portable kernels of pool.cpp.
+// Kernels of one plane of 2x2 / stride-2 windows (float32): a W-wide input plane x whose
+// OH x OW windows lie wholly inside it, outputs to y (and, for max pooling, their flat indices
+// to idx). The same values and indices as the portable kernels of pool.cpp.
 struct Pool2x2Kernels {
-  void (*max_row)(const float* r0, const float* r1, index_t W, index_t ih, index_t OW,
-                  float* y, std::int64_t* idx);
-  void (*avg_row)(const float* r0, const float* r1, index_t OW, float* y);
+  void (*max_plane)(const float* x, index_t W, index_t OH, index_t OW, float* y,
+                    std::int64_t* idx);
+  void (*avg_plane)(const float* x, index_t W, index_t OH, index_t OW, float* y);
 };
 // The AVX-512 kernels (pool_avx512.cpp), or nullptr when the build has none. The caller checks
 // that this CPU runs them (simd_level()).
