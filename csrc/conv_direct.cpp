@@ -27,7 +27,6 @@ std::vector<ChannelBlock> channel_blocks(index_t channels) {
 
 namespace {
 
-
 // Splits [0, n) into the fewest pieces of at most `max` elements, each a multiple of `align`
 // (but the last), as (start, size) pairs.
 std::vector<std::pair<index_t, index_t>> pieces(index_t n, index_t max, index_t align) {

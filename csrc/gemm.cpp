@@ -261,6 +261,7 @@ void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>
   // K in equal blocks (e.g. 288 = 2 x 144, not 256 + 32): no short block whose C-tile
   // loads and stores would cost as much as its arithmetic.
   const index_t kcb = balanced_block(K, k.kc);
+  const index_t panels = ceil_div(M, k.mr);  // row panels of A: the prefetch slices
   // The B block (kc x nc) stays in L2 while each A micro-panel (MR x kc, in L1) sweeps
   // across it; the A block (mc x kc) is re-read from L2/L3 once per B block.
   for (index_t jc = 0; jc < N; jc += k.nc) {
@@ -274,7 +275,6 @@ void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>
       const index_t next_jc = pc + kc < K ? jc : jc + k.nc;
       const index_t next_kc = std::min(kcb, K - next_pc);
       const index_t next_nc = std::min(k.nc, N - next_jc);
-      const index_t panels = ceil_div(M, k.mr);
       for (index_t ic = 0; ic < M; ic += k.mc) {
         const index_t mc = std::min(k.mc, M - ic);
         const T* a = A.block(ic, mc, pc, kc, k.mr, ap);

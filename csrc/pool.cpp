@@ -205,8 +205,6 @@ inline bool is_plain_2x2(const PoolShape& s) {
          w.DH == 1 && w.DW == 1 && 2 * s.OH <= s.H && 2 * s.OW <= s.W;
 }
 
-}  // namespace
-
 // The AVX-512 plane kernels for plain 2x2 windows when this CPU runs them (float32; the max
 // kernel keeps offsets within a row in int32).
 template <typename T>
@@ -219,6 +217,8 @@ const Pool2x2Kernels* fast_2x2(const PoolShape& s) {
     return pool_2x2_kernels_avx512();
   }
 }
+
+}  // namespace
 
 template <typename T>
 void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices) {

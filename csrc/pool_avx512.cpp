@@ -73,6 +73,27 @@ inline __m512i indices(__m512i off, bool hi, std::int64_t base) {
   return _mm512_add_epi64(_mm512_set1_epi64(base), _mm512_cvtepi32_epi64(half));
 }
 
+// Stores the results of 16 windows, lanes 0-7 and lanes 8-15 each to a place of their own (the
+// two halves of a wide row of windows, or two narrow rows): k_lo / k_hi select the windows,
+// at_lo / at_hi are the outputs of the halves' first lanes (lanes 0 and 8), and lane l's
+// index is base_lo / base_hi + 2l + its offset.
+template <bool kMax>
+inline void store_windows(const Candidates& w, index_t W, __mmask8 k_lo, __mmask8 k_hi,
+                          index_t at_lo, index_t at_hi, std::int64_t base_lo,
+                          std::int64_t base_hi, float* y, std::int64_t* idx) {
+  __m512 v;
+  if constexpr (kMax) {
+    __m512i off;
+    v = window_max(w, W, off);
+    _mm512_mask_storeu_epi64(idx + at_lo, k_lo, indices(off, false, base_lo));
+    _mm512_mask_storeu_epi64(idx + at_hi, k_hi, indices(off, true, base_hi));
+  } else {
+    v = window_mean(w);
+  }
+  _mm512_mask_storeu_ps(y + at_lo, k_lo, v);
+  _mm512_mask_storeu_ps(y + at_hi - 8, static_cast<__mmask16>(k_hi) << 8, v);
+}
+
 // One plane (W wide, OH x OW windows wholly inside it). Rows of windows at most 8 wide go two
 // per step, one in each half of the vectors; wider rows 16 windows per step.
 template <bool kMax>
@@ -86,25 +107,9 @@ void pool_plane(const float* x, index_t W, index_t OH, index_t OW, float* y, std
       const __m512 t0 = _mm512_maskz_loadu_ps(k, r), u0 = _mm512_maskz_loadu_ps(k, r + W);
       const __m512 t1 = pair ? _mm512_maskz_loadu_ps(k, r + 2 * W) : _mm512_setzero_ps();
       const __m512 u1 = pair ? _mm512_maskz_loadu_ps(k, r + 3 * W) : _mm512_setzero_ps();
-      const Candidates w = candidates(t0, t1, u0, u1);
-      float* yo = y + oh * OW;
-      if constexpr (kMax) {
-        __m512i off;
-        const __m512 best = window_max(w, W, off);
-        // Row oh + 1's windows are lanes 8..: stored from 8 elements before its start.
-        _mm512_mask_storeu_ps(yo, ko, best);
-        _mm512_mask_storeu_epi64(idx + oh * OW, ko, indices(off, false, 2 * oh * W));
-        if (pair) {
-          _mm512_mask_storeu_ps(yo + OW - 8, static_cast<__mmask16>(ko) << 8, best);
-          // Lane 8 + t is window t of input row 2oh + 2: base (2oh + 2)W - 16.
-          _mm512_mask_storeu_epi64(idx + (oh + 1) * OW, ko,
-                                   indices(off, true, (2 * oh + 2) * W - 16));
-        }
-      } else {
-        const __m512 mean = window_mean(w);
-        _mm512_mask_storeu_ps(yo, ko, mean);
-        if (pair) _mm512_mask_storeu_ps(yo + OW - 8, static_cast<__mmask16>(ko) << 8, mean);
-      }
+      // Lane 8 + t is window t of input row 2oh + 2: base (2oh + 2)W - 16.
+      store_windows<kMax>(candidates(t0, t1, u0, u1), W, ko, pair ? ko : 0, oh * OW,
+                          (oh + 1) * OW, 2 * oh * W, (2 * oh + 2) * W - 16, y, idx);
     }
     return;
   }
@@ -120,19 +125,10 @@ void pool_plane(const float* x, index_t W, index_t OH, index_t OW, float* y, std
           candidates(_mm512_maskz_loadu_ps(k0, p0), _mm512_maskz_loadu_ps(k1, p0 + 16),
                      _mm512_maskz_loadu_ps(k0, p1), _mm512_maskz_loadu_ps(k1, p1 + 16));
       const __mmask16 ko = first(n);
-      float* yo = y + oh * OW + o0;
-      if constexpr (kMax) {
-        __m512i off;
-        const __m512 best = window_max(w, W, off);
-        const std::int64_t base = 2 * oh * W + 2 * o0;
-        std::int64_t* io = idx + oh * OW + o0;
-        _mm512_mask_storeu_ps(yo, ko, best);
-        _mm512_mask_storeu_epi64(io, static_cast<__mmask8>(ko), indices(off, false, base));
-        _mm512_mask_storeu_epi64(io + 8, static_cast<__mmask8>(ko >> 8),
-                                 indices(off, true, base));
-      } else {
-        _mm512_mask_storeu_ps(yo, ko, window_mean(w));
-      }
+      const index_t at = oh * OW + o0;
+      const std::int64_t base = 2 * oh * W + 2 * o0;
+      store_windows<kMax>(w, W, static_cast<__mmask8>(ko), static_cast<__mmask8>(ko >> 8), at,
+                          at + 8, base, base, y, idx);
     }
   }
 }
