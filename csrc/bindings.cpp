@@ -247,7 +247,7 @@ void avg_pool2d_backward(const py::array& gy, py::array gx, index_t kh, index_t 
   else avg_pool_t<float>(gx, gy, false, count_include_pad, s);
 }
 
-// ---- gemm (tests and benchmarks) --------------------------------------------------------
+// ---- gemm (Linear, tests and benchmarks) --------------------------------------------------------
 
 template <typename T>
 void gemm_t(const py::array& a, const py::array& b, py::array& c, bool trans_a, bool trans_b,
@@ -264,10 +264,10 @@ void gemm_t(const py::array& a, const py::array& b, py::array& c, bool trans_a, 
   T* cp = data_of<T>(c, "c", M * N, true);
   const index_t lda = a.shape(1), ldb = b.shape(1);
   py::gil_scoped_release release;
-  if constexpr (std::is_same_v<T, float>) {
-    using namespace fastconv;
-    if (!trans_a && trans_b && gemm_abt_direct(M, N, K, ap, lda, bp, ldb, cp, N, accumulate))
-      return;
+  if (!trans_a && trans_b) {
+    if (fastconv::gemm_abt_dot<T>(M, N, K, ap, lda, bp, ldb, cp, N, accumulate)) return;
+    if constexpr (std::is_same_v<T, float>)
+      if (fastconv::gemm_abt_direct(M, N, K, ap, lda, bp, ldb, cp, N, accumulate)) return;
   }
   fastconv::gemm_parallel<T>(M, N, K, ap, trans_a ? 1 : lda, trans_a ? lda : 1, bp,
                              trans_b ? 1 : ldb, trans_b ? ldb : 1, cp, N, accumulate);

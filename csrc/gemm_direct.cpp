@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "conv_direct.h"
+#include "gemm.h"
 
 namespace fastconv {
 
@@ -83,5 +84,33 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
   }
   return true;
 }
+
+template <typename T>
+bool gemm_abt_dot(index_t M, index_t N, index_t K, const T* A, index_t lda, const T* B,
+                  index_t ldb, T* C, index_t ldc, bool accumulate) {
+  if (simd_level() != "avx512" || K < 16 || (N >= 32 && M >= 16) || M <= 0 || N <= 0)
+    return false;
+  std::vector<const T*> a_rows(M), b_rows(N);
+  for (index_t i = 0; i < M; ++i) a_rows[i] = A + i * lda;
+  for (index_t j = 0; j < N; ++j) b_rows[j] = B + j * ldb;
+  // Below ~1 MFLOP a fork and join costs more than the second thread saves.
+  const int parts = static_cast<double>(M) * N * K < (1 << 20)
+                        ? 1
+                        : static_cast<int>(std::min<index_t>(max_threads(), N));
+#pragma omp parallel num_threads(parts) if (parts > 1)
+  {
+    const index_t t = thread_id();
+    const index_t j0 = N * t / parts, j1 = N * (t + 1) / parts;
+    if (j1 > j0)
+      gemm_nt_rows<T>(M, j1 - j0, K, a_rows.data(), b_rows.data() + j0, C + j0, ldc,
+                      accumulate);
+  }
+  return true;
+}
+
+template bool gemm_abt_dot<float>(index_t, index_t, index_t, const float*, index_t, const float*,
+                                  index_t, float*, index_t, bool);
+template bool gemm_abt_dot<double>(index_t, index_t, index_t, const double*, index_t,
+                                   const double*, index_t, double*, index_t, bool);
 
 }  // namespace fastconv

@@ -464,8 +464,10 @@ def test_gemm_matches_numpy(rng, simd_level, level, trans_a, trans_b, dtype):
     multiples of any tile), and C accumulated onto."""
     if not _core.set_simd_level(level):
         pytest.skip(f"this CPU or build has no {level}")
+    # A . B^T with M < 16 or N < 32 runs as dot products of rows (AVX-512), the last two
+    # shapes with threads splitting B's rows.
     for M, N, K in [(1, 1, 1), (7, 33, 5), (65, 130, 300), (128, 64, 1000), (3, 700, 17),
-                    (13, 21, 40), (6, 16, 3)]:
+                    (13, 21, 40), (6, 16, 3), (64, 10, 1030), (5, 601, 700)]:
         a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
         b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
         want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
@@ -661,10 +663,11 @@ def test_linear_matches_torch(rng, torch):
         assert_close(a, e.numpy())
 
 
-def test_linear_does_not_depend_on_thread_count(rng, threads):
-    x = rng.standard_normal((64, 2304)).astype(np.float32)
-    w = rng.standard_normal((1024, 2304)).astype(np.float32)
-    gy = rng.standard_normal((64, 1024)).astype(np.float32)
+@pytest.mark.parametrize("batch,in_f,out_f", [(64, 2304, 1024), (64, 1024, 10), (3, 2304, 1024)])
+def test_linear_does_not_depend_on_thread_count(rng, threads, batch, in_f, out_f):
+    x = rng.standard_normal((batch, in_f)).astype(np.float32)
+    w = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    gy = rng.standard_normal((batch, out_f)).astype(np.float32)
     runs = []
     for n in (1, 2):
         threads(n)
