@@ -247,7 +247,7 @@ void avg_pool2d_backward(const py::array& gy, py::array gx, index_t kh, index_t 
   else avg_pool_t<float>(gx, gy, false, count_include_pad, s);
 }
 
-// ---- gemm (Linear, tests and benchmarks) --------------------------------------------------------
+// ---- gemm (Linear, tests and benchmarks) -----------------------------------------------
 
 template <typename T>
 void gemm_t(const py::array& a, const py::array& b, py::array& c, bool trans_a, bool trans_b,
