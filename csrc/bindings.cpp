@@ -55,6 +55,11 @@ fastconv::Window2d window(index_t kh, index_t kw, index_t sh, index_t sw, index_
   return {kh, kw, sh, sw, ph, pw, dh, dw};
 }
 
+template <typename T>
+const T* optional_data(const py::object& a, const char* name, index_t count, bool writable) {
+  return a.is_none() ? nullptr : data_of<T>(a.cast<py::array>(), name, count, writable);
+}
+
 bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
 
 // ---- conv -------------------------------------------------------------------------------
@@ -190,37 +195,42 @@ fastconv::PoolShape pool_shape(const py::array& x, const py::array& y,
 
 template <typename T>
 void max_pool_forward_t(const py::array& x, py::array& y, py::array& idx,
-                        const fastconv::PoolShape& s) {
+                        const fastconv::PoolShape& s, bool relu) {
   const T* xp = data_of<T>(x, "x", s.N * s.C * s.H * s.W, false);
   T* yp = data_of<T>(y, "y", s.N * s.C * s.OH * s.OW, true);
   auto* ip = data_of<std::int64_t>(idx, "indices", s.N * s.C * s.OH * s.OW, true);
   py::gil_scoped_release release;
-  fastconv::max_pool2d_forward<T>(s, xp, yp, ip);
+  fastconv::max_pool2d_forward<T>(s, xp, yp, ip, relu);
 }
 
 void max_pool2d_forward(const py::array& x, py::array y, py::array idx, index_t kh, index_t kw,
-                        index_t sh, index_t sw, index_t ph, index_t pw, index_t dh, index_t dw) {
+                        index_t sh, index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
+                        bool relu) {
   const auto s = pool_shape(x, y, window(kh, kw, sh, sw, ph, pw, dh, dw));
-  if (is_f64(x)) max_pool_forward_t<double>(x, y, idx, s);
-  else max_pool_forward_t<float>(x, y, idx, s);
+  if (is_f64(x)) max_pool_forward_t<double>(x, y, idx, s, relu);
+  else max_pool_forward_t<float>(x, y, idx, s, relu);
 }
 
 template <typename T>
-bool max_pool_backward_t(const py::array& gy, const py::array& idx, py::array& gx) {
+bool max_pool_backward_t(const py::array& gy, const py::array& idx, py::array& gx,
+                         const py::object& relu_y) {
   fastconv::PoolShape s{dim(gx, 0, "grad_x"), dim(gx, 1, "grad_x"), dim(gx, 2, "grad_x"),
                         dim(gx, 3, "grad_x"), dim(gy, 2, "grad_y"), dim(gy, 3, "grad_y"), {}};
   if (dim(gy, 0, "grad_y") != s.N || dim(gy, 1, "grad_y") != s.C)
     throw py::value_error("max_pool2d_backward: grad_y and input_shape disagree");
-  const T* gyp = data_of<T>(gy, "grad_y", s.N * s.C * s.OH * s.OW, false);
-  const auto* ip = data_of<std::int64_t>(idx, "indices", s.N * s.C * s.OH * s.OW, false);
+  const index_t OL = s.N * s.C * s.OH * s.OW;
+  const T* gyp = data_of<T>(gy, "grad_y", OL, false);
+  const auto* ip = data_of<std::int64_t>(idx, "indices", OL, false);
+  const T* ryp = optional_data<T>(relu_y, "relu_output", OL, false);
   T* gxp = data_of<T>(gx, "grad_x", s.N * s.C * s.H * s.W, true);
   py::gil_scoped_release release;
-  return fastconv::max_pool2d_backward<T>(s, gyp, ip, gxp);
+  return fastconv::max_pool2d_backward<T>(s, gyp, ip, gxp, ryp);
 }
 
-bool max_pool2d_backward(const py::array& gy, const py::array& idx, py::array gx) {
-  return is_f64(gy) ? max_pool_backward_t<double>(gy, idx, gx)
-                    : max_pool_backward_t<float>(gy, idx, gx);
+bool max_pool2d_backward(const py::array& gy, const py::array& idx, py::array gx,
+                         const py::object& relu_y) {
+  return is_f64(gy) ? max_pool_backward_t<double>(gy, idx, gx, relu_y)
+                    : max_pool_backward_t<float>(gy, idx, gx, relu_y);
 }
 
 template <typename T>
@@ -324,10 +334,6 @@ void adam_update(py::array p, const py::array& g, py::array m, py::array v, doub
 
 // ---- batch norm (training mode) -----------------------------------------------------------
 
-template <typename T>
-const T* optional_data(const py::object& a, const char* name, index_t count, bool writable) {
-  return a.is_none() ? nullptr : data_of<T>(a.cast<py::array>(), name, count, writable);
-}
 
 template <typename T>
 void bn_forward_t(const py::array& x, const py::object& gamma, const py::object& beta, double eps,
@@ -432,9 +438,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("dilation_h"), py::arg("dilation_w"), py::arg("out_h"), py::arg("out_w"));
   m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("indices"),
         py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"),
-        py::arg("pad_h"), py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"));
+        py::arg("pad_h"), py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"),
+        py::arg("relu") = false);
   m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("grad_y"), py::arg("indices"),
-        py::arg("grad_x"), "Returns False if an index lies outside its H*W plane.");
+        py::arg("grad_x"), py::arg("relu_output").none(true) = py::none(),
+        "Returns False if an index lies outside its H*W plane.");
   m.def("avg_pool2d_forward", &avg_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("kernel_h"),
         py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
         py::arg("pad_w"), py::arg("count_include_pad"));

@@ -5,7 +5,8 @@
 #include <limits>
 #include <type_traits>
 
-#include "gemm.h"  // simd_level
+#include "activation.h"  // relu_value, relu_grad
+#include "gemm.h"        // simd_level
 
 namespace fastconv {
 namespace {
@@ -218,61 +219,87 @@ const Pool2x2Kernels* fast_2x2(const PoolShape& s) {
   }
 }
 
+
+// One plane of max pooling: the AVX-512 2x2 kernels (fast, from fast_2x2), the portable 2x2
+// ones (two_by_two, from is_plain_2x2), or any window.
+template <typename T>
+void max_pool_plane(const PoolShape& s, const Pool2x2Kernels* fast, bool two_by_two, const T* xp,
+                    T* yp, std::int64_t* ip) {
+  const Window2d& w = s.win;
+  if constexpr (std::is_same_v<T, float>) {
+    if (fast) {
+      fast->max_plane(xp, s.W, s.OH, s.OW, yp, ip);
+      return;
+    }
+  }
+  if (two_by_two && s.OW <= 8) {
+    max_pool_2x2_narrow(xp, s.W, s.OH, s.OW, yp, ip);
+    return;
+  }
+  if (two_by_two) {
+    for (index_t oh = 0; oh < s.OH; ++oh)
+      max_pool_2x2_rows(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.W, 2 * oh, s.OW,
+                        yp + oh * s.OW, ip + oh * s.OW);
+    return;
+  }
+  for (index_t oh = 0; oh < s.OH; ++oh) {
+    index_t h0, h1;
+    max_window(oh * w.SH - w.PH, w.KH, w.DH, s.H, h0, h1);
+    for (index_t ow = 0; ow < s.OW; ++ow) {
+      index_t w0, w1;
+      max_window(ow * w.SW - w.PW, w.KW, w.DW, s.W, w0, w1);
+      index_t best = h0 * s.W + w0;
+      T best_val = -std::numeric_limits<T>::infinity();
+      for (index_t ih = h0; ih < h1; ih += w.DH) {
+        for (index_t iw = w0; iw < w1; iw += w.DW) {
+          const T v = xp[ih * s.W + iw];
+          if (v > best_val || std::isnan(v)) {
+            best_val = v;
+            best = ih * s.W + iw;
+          }
+        }
+      }
+      yp[oh * s.OW + ow] = best_val;
+      ip[oh * s.OW + ow] = best;
+    }
+  }
+}
+
+// gp[ip[o]] += value(o) for the OL outputs of a plane, in order; false if an index lies
+// outside [0, HW) (that entry is skipped).
+template <typename Value, typename T>
+bool scatter_plane(index_t OL, index_t HW, const std::int64_t* ip, T* gp, Value value) {
+  bool ok = true;
+  for (index_t o = 0; o < OL; ++o) {
+    const std::int64_t idx = ip[o];
+    if (idx < 0 || idx >= HW) {
+      ok = false;
+      continue;
+    }
+    gp[idx] += value(o);
+  }
+  return ok;
+}
+
 }  // namespace
 
 template <typename T>
-void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices) {
-  const Window2d& w = s.win;
+void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices, bool relu) {
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
   const bool two_by_two = is_plain_2x2(s);
   const Pool2x2Kernels* fast = fast_2x2<T>(s);
 #pragma omp parallel for schedule(static)
   for (index_t plane = 0; plane < s.N * s.C; ++plane) {
-    const T* xp = x + plane * HW;
     T* yp = y + plane * OL;
-    std::int64_t* ip = indices + plane * OL;
-    if constexpr (std::is_same_v<T, float>) {
-      if (fast) {
-        fast->max_plane(xp, s.W, s.OH, s.OW, yp, ip);
-        continue;
-      }
-    }
-    if (two_by_two && s.OW <= 8) {
-      max_pool_2x2_narrow(xp, s.W, s.OH, s.OW, yp, ip);
-      continue;
-    }
-    if (two_by_two) {
-      for (index_t oh = 0; oh < s.OH; ++oh)
-        max_pool_2x2_rows(xp + 2 * oh * s.W, xp + (2 * oh + 1) * s.W, s.W, 2 * oh, s.OW,
-                          yp + oh * s.OW, ip + oh * s.OW);
-      continue;
-    }
-    for (index_t oh = 0; oh < s.OH; ++oh) {
-      index_t h0, h1;
-      max_window(oh * w.SH - w.PH, w.KH, w.DH, s.H, h0, h1);
-      for (index_t ow = 0; ow < s.OW; ++ow) {
-        index_t w0, w1;
-        max_window(ow * w.SW - w.PW, w.KW, w.DW, s.W, w0, w1);
-        index_t best = h0 * s.W + w0;
-        T best_val = -std::numeric_limits<T>::infinity();
-        for (index_t ih = h0; ih < h1; ih += w.DH) {
-          for (index_t iw = w0; iw < w1; iw += w.DW) {
-            const T v = xp[ih * s.W + iw];
-            if (v > best_val || std::isnan(v)) {
-              best_val = v;
-              best = ih * s.W + iw;
-            }
-          }
-        }
-        yp[oh * s.OW + ow] = best_val;
-        ip[oh * s.OW + ow] = best;
-      }
-    }
+    max_pool_plane(s, fast, two_by_two, x + plane * HW, yp, indices + plane * OL);
+    if (relu)
+      for (index_t o = 0; o < OL; ++o) yp[o] = relu_value(yp[o]);
   }
 }
 
 template <typename T>
-bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* indices, T* gx) {
+bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* indices, T* gx,
+                         const T* relu_y) {
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
   bool ok = true;
   // One plane per iteration: the scatter-adds of a plane stay on one thread, in order.
@@ -282,14 +309,10 @@ bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* in
     std::fill(gp, gp + HW, T(0));
     const T* gyp = gy + plane * OL;
     const std::int64_t* ip = indices + plane * OL;
-    for (index_t o = 0; o < OL; ++o) {
-      const std::int64_t idx = ip[o];
-      if (idx < 0 || idx >= HW) {
-        ok = false;
-        continue;
-      }
-      gp[idx] += gyp[o];
-    }
+    if (relu_y) ok = scatter_plane(OL, HW, ip, gp, [&](index_t o) {
+      return relu_grad(gyp[o], relu_y[plane * OL + o]);
+    }) && ok;
+    else ok = scatter_plane(OL, HW, ip, gp, [&](index_t o) { return gyp[o]; }) && ok;
   }
   return ok;
 }
@@ -371,8 +394,9 @@ void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                                \
-  template void max_pool2d_forward<T>(const PoolShape&, const T*, T*, std::int64_t*);         \
-  template bool max_pool2d_backward<T>(const PoolShape&, const T*, const std::int64_t*, T*);  \
+  template void max_pool2d_forward<T>(const PoolShape&, const T*, T*, std::int64_t*, bool);   \
+  template bool max_pool2d_backward<T>(const PoolShape&, const T*, const std::int64_t*, T*,   \
+                                       const T*);                                             \
   template void avg_pool2d_forward<T>(const PoolShape&, bool, const T*, T*);                  \
   template void avg_pool2d_backward<T>(const PoolShape&, bool, const T*, T*);
 FASTCONV_INSTANTIATE(float)

@@ -16,11 +16,16 @@ struct PoolShape {
   Window2d win;
 };
 
+// relu: y = relu(max(window)) (a ReLU after the pooling, applied while the plane is in L1).
 template <typename T>
-void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices);
+void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices,
+                        bool relu = false);
 // Returns false (and writes nothing for that entry) if an index lies outside [0, H*W).
+// relu_y: the output of a forward with relu; gy is then the gradient of relu(y) and first goes
+// through the ReLU's gradient (relu_grad), in the same pass as the scatter.
 template <typename T>
-bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* indices, T* gx);
+bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* indices, T* gx,
+                         const T* relu_y = nullptr);
 template <typename T>
 void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, T* y);
 template <typename T>

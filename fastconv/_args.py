@@ -423,8 +423,10 @@ def fold_geometry(cols_shape, output_size, kernel_size, dilation, padding, strid
     return geom
 
 
-def max_pool_backward_inputs(grad_y, indices, input_shape, op: str = "max_pool2d_backward"):
-    """Validate max_pool2d_backward's arguments; returns (grad_y, indices as int64, input_shape).
+def max_pool_backward_inputs(grad_y, indices, input_shape, op: str = "max_pool2d_backward",
+                             relu_output=None):
+    """Validate max_pool2d_backward's arguments; returns (grad_y, indices as int64, input_shape,
+    relu_output), relu_output None or C-contiguous in grad_y's dtype and of its shape.
 
     Only shapes are checked here; the range of every index ([0, H*W)) is checked where the
     indices are used, so a hostile index raises instead of writing out of bounds.
@@ -441,7 +443,13 @@ def max_pool_backward_inputs(grad_y, indices, input_shape, op: str = "max_pool2d
     if grad_y.shape[:2] != input_shape[:2]:
         raise ValueError(f"{op}: grad_y {grad_y.shape} and input_shape {input_shape} must agree "
                          f"on (N, C)")
-    return grad_y, indices.astype(np.int64, copy=False), input_shape
+    if relu_output is not None:
+        relu_output = as_float_array(relu_output, "relu_output", op)
+        if relu_output.shape != grad_y.shape:
+            raise ValueError(f"{op}: relu_output shape {relu_output.shape} must equal grad_y "
+                             f"shape {grad_y.shape}")
+        relu_output = np.ascontiguousarray(relu_output, dtype=grad_y.dtype)
+    return grad_y, indices.astype(np.int64, copy=False), input_shape, relu_output
 
 
 def indices_out_of_range(input_shape, op: str = "max_pool2d_backward") -> ValueError:

@@ -147,12 +147,16 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False):
+               return_indices=False, *, relu=False):
     """2-D max pooling, as torch.nn.functional.max_pool2d.
 
     Padding counts as -inf; padding may be at most half the kernel size. NaN propagates. With
     `return_indices`, also returns int64 indices (N, C, OH, OW) of each maximum, flattened
     within its H*W plane (what `max_pool2d_backward` takes).
+
+    relu=True returns relu(y) instead, made in the same pass (the indices are the pooling's).
+    That equals max pooling of relu(x), since max is monotone; its backward then takes that
+    output as `relu_output`.
 
     >>> max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2)[0, 0]
     array([[ 5.,  7.],
@@ -166,28 +170,33 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     indices = np.empty(geom.output_shape, np.int64)
     if geom.N and geom.C:
         _core.max_pool2d_forward(_c(x, x.dtype), y, indices, *geom.kernel, *geom.stride,
-                                 *geom.padding, *geom.dilation)
+                                 *geom.padding, *geom.dilation, bool(relu))
     return (y, indices) if return_indices else y
 
 
-def max_pool2d_backward(grad_y, indices, input_shape) -> np.ndarray:
+def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np.ndarray:
     """Gradient of max_pool2d: scatter-add grad_y into the positions named by `indices`.
 
     Args:
         grad_y: (N, C, OH, OW) gradient of the pooled output.
         indices: the int indices max_pool2d returned (same shape as grad_y).
         input_shape: (N, C, H, W) of the pooled input.
+        relu_output: the output of a forward with relu=True. grad_y is then the gradient of
+            that output and first goes through the ReLU's gradient (0 where relu_output <= 0),
+            in the same pass as the scatter.
 
     Raises ValueError if an index lies outside its H*W plane.
     """
-    grad_y, indices, input_shape = max_pool_backward_inputs(grad_y, indices, input_shape)
+    grad_y, indices, input_shape, relu_output = max_pool_backward_inputs(
+        grad_y, indices, input_shape, relu_output=relu_output)
     grad_x = np.empty(input_shape, grad_y.dtype)
     if grad_x.size == 0:
         return grad_x
     if grad_y.size == 0:
         grad_x.fill(0)
         return grad_x
-    if not _core.max_pool2d_backward(_c(grad_y, grad_y.dtype), _c(indices, np.int64), grad_x):
+    if not _core.max_pool2d_backward(_c(grad_y, grad_y.dtype), _c(indices, np.int64), grad_x,
+                                     relu_output):
         raise indices_out_of_range(input_shape)
     return grad_x
 

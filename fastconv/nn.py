@@ -692,18 +692,23 @@ class MaxPool2d(_Pool2d):
         self.dilation = _args.positive_pair(dilation, "dilation", "MaxPool2d")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x)
+
+    def _forward(self, x: np.ndarray, relu: bool = False) -> np.ndarray:
+        """forward; relu=True returns relu(pool(x)) (a ReLU before or after this layer), and
+        backward then takes the gradient of that output."""
         x = _as_input(self, x, None)
         _check_4d(self, x)
         ops = self._ops()
         y, idx = ops.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                                self.ceil_mode, return_indices=True)
-        self._cache = (ops, idx, x.shape, y.shape, y.dtype)
+                                self.ceil_mode, return_indices=True, relu=relu)
+        self._cache = (ops, idx, x.shape, y, relu)
         return y
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
-        ops, idx, x_shape, y_shape, dtype = self._get_cache()
-        grad_y = self._check_grad(grad_y, y_shape, dtype)
-        return ops.max_pool2d_backward(grad_y, idx, x_shape)
+        ops, idx, x_shape, y, relu = self._get_cache()
+        grad_y = self._check_grad(grad_y, y.shape, y.dtype)
+        return ops.max_pool2d_backward(grad_y, idx, x_shape, relu_output=y if relu else None)
 
     def extra_repr(self) -> str:
         s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -1341,7 +1346,8 @@ class Sequential(Module):
 
         * BatchNorm (batch statistics) -> ReLU: one pass computes relu(batch_norm(x)), and its
           backward applies the ReLU's gradient in the batch norm's own passes.
-        * ReLU -> MaxPool2d: pooled first, then the ReLU, on 1/k^2 of the data. max is
+        * ReLU -> MaxPool2d: one pass computes relu(max_pool(x)), the ReLU on 1/k^2 of the
+          data, and the pooling's backward applies the ReLU's gradient in its scatter. max is
           monotone, so relu(max(window)) == max(relu(window)); where the gradient is nonzero
           (window max > 0) both orders pick the same arg-max, and elsewhere both give 0.
         """
@@ -1362,10 +1368,9 @@ class Sequential(Module):
                     i += 2
                 elif type(layer) is ReLU and type(nxt) is MaxPool2d:
                     at = i + 1
-                    x = nxt.forward(x)
-                    at = i
-                    x = layer.forward(x)
-                    order += [i + 1, i]
+                    x = nxt._forward(x, relu=True)
+                    layer._cache = (layer._ops(), x)  # as if run alone, as above
+                    order.append(i + 1)
                     i += 2
                 else:
                     x = layer.forward(x)

@@ -286,7 +286,7 @@ def _first_valid(out: int, stride: int, pad: int, dilation: int) -> np.ndarray:
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False):
+               return_indices=False, *, relu=False):
     """2-D max pooling, ``torch.nn.functional.max_pool2d``.
 
     x: (N, C, H, W) -> y: (N, C, OH, OW), OH = (H + 2p - d(k - 1) - 1) // s + 1 (ceil with
@@ -294,6 +294,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     With `return_indices`, also returns int64 indices (N, C, OH, OW) of the maxima, flat in
     each H*W plane (ih*W + iw), as PyTorch's CPU kernel picks them: the first maximum in
     row-major window order, except that NaN propagates (the last NaN of the window wins).
+    relu=True returns relu(y) (the same indices): a ReLU after the pooling.
     """
     op = "max_pool2d"
     x = as_float_array(x, "x", op)
@@ -328,18 +329,25 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
             if return_indices:
                 # padded positions hold -inf, are never taken, so their index does not matter
                 np.copyto(idx, base + (i * dh * W + j * dw), where=take)
+    if relu:
+        y = np.maximum(y, dtype.type(0))  # as relu() below (the argument shadows its name)
     if return_indices:
         return y, idx
     return y
 
 
-def max_pool2d_backward(grad_y, indices, input_shape) -> np.ndarray:
+def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np.ndarray:
     """Gradient of :func:`max_pool2d` w.r.t. x: scatter-add grad_y to the argmax positions.
 
     grad_y, indices: (N, C, OH, OW), indices flat in each H*W plane (from max_pool2d with
     return_indices=True); input_shape: (N, C, H, W). Returns grad_x of `input_shape`.
+    relu_output: the output of a forward with relu=True; grad_y then first goes through the
+    ReLU's gradient.
     """
-    grad_y, indices, input_shape = max_pool_backward_inputs(grad_y, indices, input_shape)
+    grad_y, indices, input_shape, relu_output = max_pool_backward_inputs(
+        grad_y, indices, input_shape, relu_output=relu_output)
+    if relu_output is not None:
+        grad_y = relu_backward(grad_y, relu_output)
     N, C, H, W = input_shape
     plane = H * W
     if indices.size and (indices.min() < 0 or indices.max() >= plane):

@@ -923,6 +923,50 @@ def test_max_pool2d_backward_matches_reference_bit_for_bit(rng, shape, dtype):
     assert not np.signbit(got[got == 0]).any()  # 0 + (-0.0) = +0.0, as the scatter-add
 
 
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool2d_fused_relu_is_relu_of_max_pool2d(rng, simd_level, level, dtype):
+    # relu=True: relu(pool(x)) with the pooling's own indices, and a backward that applies the
+    # ReLU's gradient in the scatter: the same bits as the two ops one after the other, on the
+    # 2x2 plane kernels (wide and narrow rows) and on general windows; NaN, ties, zeros.
+    if not _core.set_simd_level(level):
+        pytest.skip(f"this CPU or build has no {level}")
+    for shape, kw in [((2, 3, 30, 30), dict(kernel_size=2)), ((3, 2, 13, 13), dict(kernel_size=2)),
+                      ((2, 2, 6, 70), dict(kernel_size=2)),
+                      ((2, 3, 12, 11), dict(kernel_size=3, stride=2, padding=1)),
+                      ((1, 2, 9, 9), dict(kernel_size=2, stride=1, ceil_mode=True))]:
+        x = rng.integers(-3, 3, shape).astype(dtype)  # ties and zeros
+        x.reshape(-1)[::17] = np.nan
+        x.reshape(-1)[5::19] = -0.0
+        y, idx = F.max_pool2d(x, return_indices=True, **kw)
+        yr, idxr = F.max_pool2d(x, return_indices=True, relu=True, **kw)
+        np.testing.assert_array_equal(idxr, idx)
+        np.testing.assert_array_equal(yr, F.relu(y))
+        np.testing.assert_array_equal(np.signbit(yr), np.signbit(F.relu(y)))
+        ry, ridx = R.max_pool2d(x, return_indices=True, relu=True, **kw)
+        np.testing.assert_array_equal(yr, ry)
+        np.testing.assert_array_equal(idxr, ridx)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        gy.reshape(-1)[::7] = -0.0
+        got = F.max_pool2d_backward(gy, idxr, x.shape, relu_output=yr)
+        want = F.max_pool2d_backward(F.relu_backward(gy, yr), idx, x.shape)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+        np.testing.assert_array_equal(
+            got, R.max_pool2d_backward(gy, ridx, x.shape, relu_output=ry))
+
+
+@pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
+def test_max_pool2d_backward_relu_output_must_match_grad_y(module):
+    gy = np.ones((1, 2, 2, 2), np.float32)
+    idx = np.zeros((1, 2, 2, 2), np.int64)
+    with pytest.raises(ValueError, match=r"relu_output shape \(1, 2, 2\) must equal grad_y"):
+        module.max_pool2d_backward(gy, idx, (1, 2, 4, 4), relu_output=np.ones((1, 2, 2)))
+    # another dtype is converted, as grad_y's
+    got = module.max_pool2d_backward(gy, idx, (1, 2, 4, 4), relu_output=-np.ones((1, 2, 2, 2)))
+    assert got.dtype == np.float32 and not got.any()
+
+
 @pytest.mark.parametrize("kernel, stride, padding, ceil_mode",
                          [(3, 2, 1, False), (2, 1, 0, False), (2, 2, 1, False), (2, 2, 0, True),
                           (3, 3, 0, False)])
