@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cstring>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 namespace fastconv {
 namespace {
@@ -262,30 +264,51 @@ void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>
   // loads and stores would cost as much as its arithmetic.
   const index_t kcb = balanced_block(K, k.kc);
   const index_t panels = ceil_div(M, k.mr);  // row panels of A: the prefetch slices
+  // The B blocks (kc x nc), column block by column block and k-block by k-block within.
+  // With a single block of rows (M <= mc, e.g. a batch of 64 times a weight), k-blocks
+  // outermost instead: each A block is then packed once, not once per column block. Each C
+  // element still sums its k-blocks in order, so both orders give the same bits.
+  const bool one_row_block = M <= k.mc;
+  std::vector<std::pair<index_t, index_t>> blocks;  // (jc, pc)
+  if (one_row_block) {
+    for (index_t pc = 0; pc < K; pc += kcb)
+      for (index_t jc = 0; jc < N; jc += k.nc) blocks.emplace_back(jc, pc);
+  } else {
+    for (index_t jc = 0; jc < N; jc += k.nc)
+      for (index_t pc = 0; pc < K; pc += kcb) blocks.emplace_back(jc, pc);
+  }
+  const T* a_packed = nullptr;  // with one row block: the A block of k-block a_pc
+  index_t a_pc = -1;
   // The B block (kc x nc) stays in L2 while each A micro-panel (MR x kc, in L1) sweeps
   // across it; the A block (mc x kc) is re-read from L2/L3 once per B block.
-  for (index_t jc = 0; jc < N; jc += k.nc) {
+  for (std::size_t bi = 0; bi < blocks.size(); ++bi) {
+    const auto [jc, pc] = blocks[bi];
     const index_t nc = std::min(k.nc, N - jc);
-    for (index_t pc = 0; pc < K; pc += kcb) {
-      const index_t kc = std::min(kcb, K - pc);
-      const bool acc = accumulate || pc > 0;
-      B.pack(pc, kc, jc, nc, k.nr, bp);
-      // The B block packed next, asked for from memory one slice per row panel of A.
-      const index_t next_pc = pc + kc < K ? pc + kc : 0;
-      const index_t next_jc = pc + kc < K ? jc : jc + k.nc;
-      const index_t next_kc = std::min(kcb, K - next_pc);
-      const index_t next_nc = std::min(k.nc, N - next_jc);
-      for (index_t ic = 0; ic < M; ic += k.mc) {
-        const index_t mc = std::min(k.mc, M - ic);
-        const T* a = A.block(ic, mc, pc, kc, k.mr, ap);
-        for (index_t ir = 0; ir < mc; ir += k.mr) {
-          const index_t mr = std::min(k.mr, mc - ir);
-          if (next_jc < N) B.prefetch(next_pc, next_kc, next_jc, next_nc, (ic + ir) / k.mr, panels);
-          for (index_t jr = 0; jr < nc; jr += k.nr) {
-            const index_t nr = std::min(k.nr, nc - jr);
-            k.micro(kc, a + ir * kc, bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, acc, mr,
-                    nr);
-          }
+    const index_t kc = std::min(kcb, K - pc);
+    const bool acc = accumulate || pc > 0;
+    B.pack(pc, kc, jc, nc, k.nr, bp);
+    // The B block packed next, asked for from memory one slice per row panel of A.
+    const bool has_next = bi + 1 < blocks.size();
+    const auto [next_jc, next_pc] = has_next ? blocks[bi + 1] : std::pair<index_t, index_t>{};
+    const index_t next_kc = std::min(kcb, K - next_pc);
+    const index_t next_nc = std::min(k.nc, N - next_jc);
+    for (index_t ic = 0; ic < M; ic += k.mc) {
+      const index_t mc = std::min(k.mc, M - ic);
+      const T* a;
+      if (one_row_block && a_pc == pc) {
+        a = a_packed;
+      } else {
+        a = A.block(ic, mc, pc, kc, k.mr, ap);
+        a_packed = a;
+        a_pc = pc;
+      }
+      for (index_t ir = 0; ir < mc; ir += k.mr) {
+        const index_t mr = std::min(k.mr, mc - ir);
+        if (has_next) B.prefetch(next_pc, next_kc, next_jc, next_nc, (ic + ir) / k.mr, panels);
+        for (index_t jr = 0; jr < nc; jr += k.nr) {
+          const index_t nr = std::min(k.nr, nc - jr);
+          k.micro(kc, a + ir * kc, bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, acc, mr,
+                  nr);
         }
       }
     }
