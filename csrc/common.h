@@ -101,6 +101,16 @@ Scratch<T> make_scratch(index_t count) {
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 
+// Asks for slice `part` of `parts` of the bytes [p, p + bytes) to be brought into L2: the
+// next work item's input, requested a slice per step of the current item, arrives while the
+// current one computes instead of stalling the copy that starts the next.
+inline void prefetch_slice(const void* p, index_t bytes, index_t part, index_t parts) {
+  const char* c = static_cast<const char*>(p);
+  const index_t lines = ceil_div(bytes, 64);
+  for (index_t l = lines * part / parts; l < lines * (part + 1) / parts; ++l)
+    __builtin_prefetch(c + 64 * l, 0, 2);
+}
+
 // Sums n terms in 16 fixed float lanes (acc[k] += term(k), term(16 + k), ... in order): the
 // loop vectorises, where one running sum is a serial chain of dependent adds (~4x slower),
 // and the order of additions is fixed whatever the number of threads.

@@ -179,8 +179,11 @@ void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, D
         if (t < tile_count(b)) forward_tiles(k, p, xp, wd(i), out, b, t, t + 1);
       }
     } else {
-      for (index_t b = 0; b < nblocks; ++b)
+      const float* next = i + 1 < items ? src(i + 1) : nullptr;  // see prefetch_slice
+      for (index_t b = 0; b < nblocks; ++b) {
+        if (next) prefetch_slice(next, sizeof(float) * p.Cin * p.Hin * p.Win, b, nblocks);
         forward_tiles(k, p, xp, wd(i), out, b, 0, tile_count(b));
+      }
     }
     k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
   });
@@ -459,21 +462,35 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
                                 accumulate);
     });
   };
+  const auto x_of = [&](index_t n, index_t g) { return x + (n * s.C + g * Cg) * s.H * s.W; };
+  const auto gy_of = [&](index_t n, index_t g) { return gy + (n * s.F + g * Fg) * L; };
   auto prepare = [&](index_t n, index_t g, float* xp, float* gyt) {
-    k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, win.PH, win.PW, p.Hp, p.Wp,
-                     Cg, xp);
-    k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0), s.OH,
-                     s.OW, p.Cout_pad, gyt);
+    k.to_channels_last(x_of(n, g), Cg, s.H, s.W, win.PH, win.PW, p.Hp, p.Wp, Cg, xp);
+    k.to_channels_last(gy_of(n, g), Fg, s.OH, s.OW, index_t(0), index_t(0), s.OH, s.OW,
+                       p.Cout_pad, gyt);
   };
+  const index_t items = nblocks * taps;
   for_each_item(chunks, per, [&](index_t c, float* xp, bool split) {
     float* gyt = xp + p.padded_size();
     const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
     for (index_t n = n0; n < n1; ++n)
       for (index_t g = 0; g < G; ++g) {
         prepare(n, g, xp, gyt);
-#pragma omp parallel for schedule(static) if (split)
-        for (index_t item = 0; item < nblocks * taps; ++item)
+        if (split) {
+#pragma omp parallel for schedule(static)
+          for (index_t item = 0; item < items; ++item)
+            image_item(xp, gyt, partial.get() + c * part_size, g, item, n > n0);
+          continue;
+        }
+        // The next image's planes (same group), a slice per item (see prefetch_slice).
+        const bool next = n + 1 < s.N;
+        for (index_t item = 0; item < items; ++item) {
+          if (next) {
+            prefetch_slice(x_of(n + 1, g), sizeof(float) * Cg * s.H * s.W, item, items);
+            prefetch_slice(gy_of(n + 1, g), sizeof(float) * Fg * L, item, items);
+          }
           image_item(xp, gyt, partial.get() + c * part_size, g, item, n > n0);
+        }
       }
   });
   // gw[g*Fg + f][c][t] = sum over chunks (in order) of partial[chunk][g][t][c][f]; rows of

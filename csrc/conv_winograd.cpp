@@ -248,8 +248,11 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
       return;
     }
     const float* ui = u(i);
+    const float* next = i + 1 < items ? src(i + 1) : nullptr;  // this thread's next, mostly
     // Transformed tiles v, products m = v + v_size, and a junk row for cut-off outputs.
     auto run_chunk = [&](index_t c, float* v, float* junk) {
+      if (next && !split)
+        prefetch_slice(next, sizeof(float) * p.Cin * p.Hin * p.Win, c, chunks);
       forward_chunk(k, p, xp, ui, c * p.chunk, std::min(p.chunk, p.T - c * p.chunk), v,
                     v + p.v_size(), out, junk);
     };
@@ -363,18 +366,23 @@ bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
     };
     const float* d[16];
     const float* gp[4];
+    const auto x_of = [&](index_t n) { return x + (n * s.C + g * Cg) * s.H * s.W; };
+    const auto gy_of = [&](index_t n) { return gy + (n * s.F + g * Fg) * L; };
     for (index_t n = n0; n < n1; ++n) {
       if (nonfinite.load(std::memory_order_relaxed)) return;
-      const bool bad_x = k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W,
-                                            s.win.PH, s.win.PW, p.Hp, p.Wp, Cg, xp);
-      const bool bad_gy = k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW,
-                                             index_t(0), index_t(0), 2 * p.TH, 2 * p.TW, Fpad,
-                                             gyt);
+      const bool bad_x = k.to_channels_last(x_of(n), Cg, s.H, s.W, s.win.PH, s.win.PW, p.Hp,
+                                            p.Wp, Cg, xp);
+      const bool bad_gy = k.to_channels_last(gy_of(n), Fg, s.OH, s.OW, index_t(0), index_t(0),
+                                             2 * p.TH, 2 * p.TW, Fpad, gyt);
       if (bad_x || bad_gy) {
         nonfinite.store(true, std::memory_order_relaxed);
         return;
       }
       for (index_t t = 0; t < p.T; ++t) {
+        if (n + 1 < s.N) {  // the next image, a slice per tile (see prefetch_slice)
+          prefetch_slice(x_of(n + 1), sizeof(float) * Cg * s.H * s.W, t, p.T);
+          prefetch_slice(gy_of(n + 1), sizeof(float) * Fg * L, t, p.T);
+        }
         const index_t ty = t / p.TW, tx = t % p.TW;
         p.patch(xp, t, d);
         input_tile_any(d, Cg, v + filled * Cg, vs);
