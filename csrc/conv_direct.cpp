@@ -371,9 +371,22 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, 
         for (index_t b = 0; b < nb; ++b) {
           const index_t f = g * Fg + fblocks[b].first, nf = fblocks[b].second;
           float* gpack = split ? packs.get() + thread_id() * pack_size : xp + sp.padded;
+          // Unsplit, this thread's next gradient planes: the next block's, or the next
+          // image's first block (and that image's input, asked for with the last block).
+          const float* next = nullptr;
+          index_t next_bytes = 0;
+          if (!split && b + 1 < nb) {
+            next = gy + (n * s.F + g * Fg + fblocks[b + 1].first) * L;
+            next_bytes = sizeof(float) * fblocks[b + 1].second * L;
+          } else if (!split && n + 1 < s.N) {
+            next = gy + ((n + 1) * s.F + g * Fg) * L;
+            next_bytes = sizeof(float) * fblocks[0].second * L;
+            prefetch_slice(x + ((n + 1) * s.C + g * Cg) * s.H * s.W,
+                           sizeof(float) * Cg * s.H * s.W, 0, 1);
+          }
           k.small_c_weight_grad[KW][nf](xp, Cg, sp.plane, sp.Wp, gy + (n * s.F + f) * L, s.OH,
                                         s.OW, s.win.KH, s.win.DH, s.win.DW,
-                                        acc + f * CKK * 16, gpack, n > n0);
+                                        acc + f * CKK * 16, gpack, n > n0, next, next_bytes);
         }
       }
   });

@@ -66,10 +66,12 @@ struct DirectKernels {
   // OH * ceil(OW/16) * nf * 16 floats. accumulate = false: acc is written, not added to.
   // Indexed [KW][nf], nf <= small_wg_max_nf[KW].
   static constexpr int kSmallWgMaxKW = 7, kSmallWgMaxNF = 15;
+  // next, next_bytes: memory the caller needs after this call (the next gradient planes),
+  // requested into L2 a slice per output row meanwhile (prefetch_slice); next may be null.
   using SmallWeightGradFn = void (*)(const float* xp, index_t C, index_t plane, index_t Wp,
                                      const float* gy, index_t OH, index_t OW, index_t KH,
                                      index_t DH, index_t DW, float* acc, float* gpack,
-                                     bool accumulate);
+                                     bool accumulate, const float* next, index_t next_bytes);
   SmallWeightGradFn small_c_weight_grad[kSmallWgMaxKW + 1][kSmallWgMaxNF + 1];
   int small_wg_max_nf[kSmallWgMaxKW + 1];
   // Largest MR for each NV (accumulators MR*NV fit the 32 zmm registers).

@@ -222,7 +222,7 @@ void small_c_tile(const float* const* rows, const index_t* off, index_t steps, c
 template <int NF, int KW>
 void small_c_weight_grad(const float* xp, index_t C, index_t plane, index_t Wp, const float* gy,
                          index_t OH, index_t OW, index_t KH, index_t DH, index_t DW, float* acc,
-                         float* gpack, bool accumulate) {
+                         float* gpack, bool accumulate, const float* next, index_t next_bytes) {
   const index_t L = OH * OW, taps = C * KH * KW;
   const index_t vecs = (OW + 15) / 16, full = OW / 16;
   const __mmask16 tail = first(OW % 16);
@@ -249,6 +249,7 @@ void small_c_weight_grad(const float* xp, index_t C, index_t plane, index_t Wp, 
         for (int j = 0; j < KW; ++j)
           a[i][j] = accumulate ? _mm512_loadu_ps(at + (i * taps + j) * 16) : _mm512_setzero_ps();
       for (index_t oh = 0; oh < OH; ++oh) {
+        if (next) prefetch_slice(next, next_bytes, (c * KH + kh) * OH + oh, C * KH * OH);
         const float* xr = xp + c * plane + (oh + kh * DH) * Wp;
         for (index_t v = 0; v < vecs; ++v) {
           const float* gv = gpack + (oh * vecs + v) * NF * 16;
