@@ -56,7 +56,7 @@ fastconv::Window2d window(index_t kh, index_t kw, index_t sh, index_t sw, index_
 }
 
 template <typename T>
-const T* optional_data(const py::object& a, const char* name, index_t count, bool writable) {
+T* optional_data(const py::object& a, const char* name, index_t count, bool writable) {
   return a.is_none() ? nullptr : data_of<T>(a.cast<py::array>(), name, count, writable);
 }
 
@@ -132,6 +132,41 @@ void conv2d_backward_weight(const py::array& gy, const py::array& x, py::array g
   const auto s = conv_shape(x, gw, gy, groups, win);
   if (is_f64(gy)) conv_backward_weight_t<double>(gy, x, gw, s);
   else conv_backward_weight_t<float>(gy, x, gw, s);
+}
+
+template <typename T>
+bool conv_backward_through_pool_t(const py::array& gp, const py::array& idx,
+                                  const py::object& relu_y, const py::array& x, py::array& gw,
+                                  const py::object& gb, const fastconv::ConvShape& s) {
+  const index_t PH = dim(gp, 2, "grad_pooled"), PW = dim(gp, 3, "grad_pooled");
+  if (dim(gp, 0, "grad_pooled") != s.N || dim(gp, 1, "grad_pooled") != s.F)
+    throw py::value_error("conv2d_backward_weight_through_max_pool: grad_pooled must be "
+                          "(N, F, PH, PW) for x (N, ...) and weight (F, ...)");
+  const index_t P = s.N * s.F * PH * PW;
+  const fastconv::PooledGrad<T> pg{data_of<T>(gp, "grad_pooled", P, false),
+                                   data_of<std::int64_t>(idx, "indices", P, false),
+                                   optional_data<T>(relu_y, "relu_output", P, false), PH, PW};
+  const T* xp = data_of<T>(x, "x", s.N * s.C * s.H * s.W, false);
+  T* gwp = data_of<T>(gw, "grad_weight", s.F * s.CKK(), true);
+  T* gbp = optional_data<T>(gb, "grad_bias", s.F, true);
+  py::gil_scoped_release release;
+  return fastconv::conv2d_backward_weight_through_max_pool<T>(s, pg, xp, gwp, gbp);
+}
+
+bool conv2d_backward_weight_through_max_pool(const py::array& gp, const py::array& idx,
+                                             const py::object& relu_y, const py::array& x,
+                                             py::array gw, const py::object& gb, index_t oh,
+                                             index_t ow, index_t sh, index_t sw, index_t ph,
+                                             index_t pw, index_t dh, index_t dw, index_t groups) {
+  const auto win = window(dim(gw, 2, "grad_weight"), dim(gw, 3, "grad_weight"), sh, sw, ph, pw,
+                          dh, dw);
+  fastconv::ConvShape s{dim(x, 0, "x"), dim(x, 1, "x"), dim(x, 2, "x"), dim(x, 3, "x"),
+                        dim(gw, 0, "grad_weight"), groups, oh, ow, win};
+  if (groups < 1 || s.C % groups || s.F % groups || dim(gw, 1, "grad_weight") != s.C / groups ||
+      oh < 1 || ow < 1)
+    throw py::value_error("conv2d_backward_weight_through_max_pool: inconsistent shapes");
+  return is_f64(gp) ? conv_backward_through_pool_t<double>(gp, idx, relu_y, x, gw, gb, s)
+                    : conv_backward_through_pool_t<float>(gp, idx, relu_y, x, gw, gb, s);
 }
 
 template <typename T>
@@ -430,6 +465,12 @@ PYBIND11_MODULE(_core, m) {
         py::arg("grad_weight"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
         py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"));
   m.def("conv2d_backward_bias", &conv2d_backward_bias, py::arg("grad_y"), py::arg("grad_bias"));
+  m.def("conv2d_backward_weight_through_max_pool", &conv2d_backward_weight_through_max_pool,
+        py::arg("grad_pooled"), py::arg("indices"), py::arg("relu_output").none(true),
+        py::arg("x"), py::arg("grad_weight"), py::arg("grad_bias").none(true), py::arg("out_h"),
+        py::arg("out_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
+        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"),
+        "Returns False if a pooling index lies outside its plane.");
   m.def("im2col", &im2col, py::arg("x"), py::arg("cols"), py::arg("kernel_h"), py::arg("kernel_w"),
         py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
         py::arg("dilation_h"), py::arg("dilation_w"), py::arg("out_h"), py::arg("out_w"));

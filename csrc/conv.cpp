@@ -10,6 +10,7 @@
 #include "conv_winograd.h"
 #include "conv_wide.h"
 #include "gemm.h"
+#include "pool.h"
 
 namespace fastconv {
 namespace {
@@ -305,12 +306,27 @@ __attribute__((always_inline)) inline void row_lanes(index_t n, const T* p, T* o
 
 FASTCONV_CLONED(row_lanes_any, row_lanes, (index_t n, const T* p, T* out), (n, p, out))
 
+// gb[f] from the rows' lane sums lp[(n*F + f)*16 + k]: per channel the rows' lanes in image
+// order, then the lanes in order (a fixed order whatever the number of threads). Called by
+// every thread of an enclosing parallel region (or alone).
+template <typename T>
+void bias_from_lanes(const ConvShape& s, const T* lp, T* gb) {
+#pragma omp for schedule(static)
+  for (index_t f = 0; f < s.F; ++f) {
+    T acc[kLanes] = {};
+    for (index_t n = 0; n < s.N; ++n)
+      for (int k = 0; k < kLanes; ++k) acc[k] += lp[(n * s.F + f) * kLanes + k];
+    T sum = 0;
+    for (int k = 0; k < kLanes; ++k) sum += acc[k];
+    gb[f] = sum;
+  }
+}
+
 template <typename T>
 void conv2d_backward_bias(const ConvShape& s, const T* gy, T* gb) {
   // Rows (n, f) in memory order, threads over contiguous ranges (a channel's own rows lie
-  // F*L apart: the hardware prefetcher restarts at each), 16 lane sums per row; then per
-  // channel the rows' lanes in image order and the lanes in order: a fixed order of
-  // additions whatever the number of threads.
+  // F*L apart: the hardware prefetcher restarts at each), 16 lane sums per row; then
+  // bias_from_lanes.
   const index_t L = s.L(), R = s.N * s.F;
   Scratch<T> lanes = make_scratch<T>(R * kLanes);
   T* lp = lanes.get();
@@ -318,23 +334,65 @@ void conv2d_backward_bias(const ConvShape& s, const T* gy, T* gb) {
   {
 #pragma omp for schedule(static)
     for (index_t r = 0; r < R; ++r) row_lanes_any(L, gy + r * L, lp + r * kLanes);
-#pragma omp for schedule(static)
-    for (index_t f = 0; f < s.F; ++f) {
-      T acc[kLanes] = {};
-      for (index_t n = 0; n < s.N; ++n)
-        for (int k = 0; k < kLanes; ++k) acc[k] += lp[(n * s.F + f) * kLanes + k];
-      T sum = 0;
-      for (int k = 0; k < kLanes; ++k) sum += acc[k];
-      gb[f] = sum;
+    bias_from_lanes(s, lp, gb);
+  }
+}
+
+template <typename T>
+bool conv2d_backward_weight_through_max_pool(const ConvShape& s, const PooledGrad<T>& pg,
+                                             const T* x, T* gw, T* gb) {
+  const index_t L = s.L(), PL = pg.PH * pg.PW;
+  if constexpr (std::is_same_v<T, float>) {
+    if (s.N > 0 && few_channels(use_small_channels_weight_grad, s)) {
+      // Each block of gradient planes made where it is used, in this thread's buffer (L1/L2),
+      // with its bias lane sums: the same values, in the same order, as the two passes.
+      std::atomic<bool> ok{true};
+      Scratch<T> lanes = make_scratch<T>(gb ? s.N * s.F * kLanes : 0);
+      conv2d_backward_weight_small_channels(
+          s,
+          [&](index_t n, index_t f, index_t nf, float* buf) -> const float* {
+            // The pooled planes after these (this thread's next block, mostly), asked for now.
+            const index_t next = n * s.F + f + nf, count = std::min(nf, s.N * s.F - next);
+            if (count > 0) {
+              prefetch_slice(pg.g + next * PL, sizeof(float) * count * PL, 0, 1);
+              prefetch_slice(pg.indices + next * PL, sizeof(std::int64_t) * count * PL, 0, 1);
+              if (pg.relu_y) prefetch_slice(pg.relu_y + next * PL, sizeof(float) * count * PL, 0, 1);
+            }
+            for (index_t i = 0; i < nf; ++i) {
+              const index_t r = n * s.F + f + i;
+              if (!max_pool_backward_plane(PL, L, pg.g + r * PL, pg.indices + r * PL,
+                                           pg.relu_y ? pg.relu_y + r * PL : nullptr,
+                                           buf + i * L))
+                ok.store(false, std::memory_order_relaxed);
+              if (gb) row_lanes_any(L, buf + i * L, lanes.get() + r * kLanes);
+            }
+            return buf;
+          },
+          false, x, gw);
+      if (gb) {
+#pragma omp parallel
+        bias_from_lanes(s, lanes.get(), gb);
+      }
+      return ok.load();
     }
   }
+  // Elsewhere the gradient is stored whole, then the usual passes.
+  Scratch<T> gy = make_scratch<T>(s.N * s.F * L);
+  const PoolShape ps{s.N, s.F, s.OH, s.OW, pg.PH, pg.PW, {}};
+  if (!max_pool2d_backward<T>(ps, pg.g, pg.indices, gy.get(), pg.relu_y)) return false;
+  conv2d_backward_weight(s, gy.get(), x, gw);
+  if (gb) conv2d_backward_bias(s, gy.get(), gb);
+  return true;
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                         \
   template void conv2d_forward<T>(const ConvShape&, const T*, const T*, const T*, T*); \
   template void conv2d_backward_input<T>(const ConvShape&, const T*, const T*, T*);     \
   template void conv2d_backward_weight<T>(const ConvShape&, const T*, const T*, T*);    \
-  template void conv2d_backward_bias<T>(const ConvShape&, const T*, T*);
+  template void conv2d_backward_bias<T>(const ConvShape&, const T*, T*);                \
+  template bool conv2d_backward_weight_through_max_pool<T>(const ConvShape&,              \
+                                                           const PooledGrad<T>&, const T*, \
+                                                           T*, T*);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE

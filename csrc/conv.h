@@ -59,4 +59,24 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw);
 template <typename T>
 void conv2d_backward_bias(const ConvShape& s, const T* gy, T* gb);
 
+// The gradient of a convolution's output that went through max pooling (and a ReLU):
+// grad_y = max_pool2d_backward(g, indices, relu_y) over (N, F, OH, OW), from the pooled
+// gradient g and indices (N, F, PH, PW) and, with a fused ReLU, the pooled output relu_y
+// (else null).
+template <typename T>
+struct PooledGrad {
+  const T* g;
+  const std::int64_t* indices;
+  const T* relu_y;
+  index_t PH, PW;
+};
+// Weight and (gb not null) bias gradients from a PooledGrad: the same bits as
+// max_pool2d_backward then conv2d_backward_weight and conv2d_backward_bias. Where the
+// few-channel weight gradient runs (the first layers), grad_y is never stored whole: each
+// block of its planes is made by the thread that uses it, while it is in L1/L2. Returns false
+// if a pooling index lies outside its plane.
+template <typename T>
+bool conv2d_backward_weight_through_max_pool(const ConvShape& s, const PooledGrad<T>& pg,
+                                             const T* x, T* gw, T* gb);
+
 }  // namespace fastconv

@@ -344,6 +344,16 @@ bool use_small_channels_weight_grad(const ConvShape& s, bool forced) {
 
 void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, const float* x,
                                            float* gw) {
+  conv2d_backward_weight_small_channels(
+      s,
+      [&](index_t n, index_t f, index_t, float*) -> const float* {
+        return gy + (n * s.F + f) * s.L();
+      },
+      true, x, gw);
+}
+
+void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes& planes,
+                                           bool in_memory, const float* x, float* gw) {
   const DirectKernels& k = *direct_kernels();
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L(), CKK = s.CKK();
   const index_t KW = s.win.KW;
@@ -357,11 +367,13 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, 
   std::vector<std::pair<index_t, index_t>> fblocks;  // (first channel, count) per group
   for_each_piece(Fg, max_nf, [&](index_t f0, index_t nf) { fblocks.emplace_back(f0, nf); });
   const index_t nb = static_cast<index_t>(fblocks.size());
-  // Scratch per thread: the padded image, then the interleaved gradient of one block.
+  // Scratch per thread: the padded image, then the interleaved gradient of one block, then
+  // room for the block's gradient planes when `planes` makes them.
   const index_t pack_size = s.OH * sp.vecs * max_nf * 16;
-  // (split: the threads share an image, each with a pack buffer of its own)
-  Scratch<float> packs = make_scratch<float>(max_threads() * pack_size);
-  for_each_item(chunks, sp.padded + pack_size, [&](index_t c, float* xp, bool split) {
+  const index_t block_size = in_memory ? 0 : round_up(max_nf * L, 16);
+  // (split: the threads share an image, each with buffers of its own)
+  Scratch<float> packs = make_scratch<float>(max_threads() * (pack_size + block_size));
+  for_each_item(chunks, sp.padded + pack_size + block_size, [&](index_t c, float* xp, bool split) {
     float* acc = partial.get() + c * acc_size;
     const index_t n0 = s.N * c / chunks;
     for (index_t n = n0; n < s.N * (c + 1) / chunks; ++n)
@@ -370,23 +382,28 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, 
 #pragma omp parallel for schedule(static) if (split)
         for (index_t b = 0; b < nb; ++b) {
           const index_t f = g * Fg + fblocks[b].first, nf = fblocks[b].second;
-          float* gpack = split ? packs.get() + thread_id() * pack_size : xp + sp.padded;
-          // Unsplit, this thread's next gradient planes: the next block's, or the next
-          // image's first block (and that image's input, asked for with the last block).
+          float* gpack = split ? packs.get() + thread_id() * (pack_size + block_size)
+                               : xp + sp.padded;
+          const float* gy = planes(n, f, nf, gpack + pack_size);
+          // Unsplit, this thread's next gradient planes when they are in memory: the next
+          // block's, or the next image's first block (and that image's input, asked for
+          // with the last block).
           const float* next = nullptr;
           index_t next_bytes = 0;
-          if (!split && b + 1 < nb) {
-            next = gy + (n * s.F + g * Fg + fblocks[b + 1].first) * L;
+          if (!split && b + 1 < nb && in_memory) {
+            next = planes(n, g * Fg + fblocks[b + 1].first, 0, nullptr);
             next_bytes = sizeof(float) * fblocks[b + 1].second * L;
-          } else if (!split && n + 1 < s.N) {
-            next = gy + ((n + 1) * s.F + g * Fg) * L;
-            next_bytes = sizeof(float) * fblocks[0].second * L;
+          } else if (!split && b + 1 == nb && n + 1 < s.N) {
+            if (in_memory) {
+              next = planes(n + 1, g * Fg, 0, nullptr);
+              next_bytes = sizeof(float) * fblocks[0].second * L;
+            }
             prefetch_slice(x + ((n + 1) * s.C + g * Cg) * s.H * s.W,
                            sizeof(float) * Cg * s.H * s.W, 0, 1);
           }
-          k.small_c_weight_grad[KW][nf](xp, Cg, sp.plane, sp.Wp, gy + (n * s.F + f) * L, s.OH,
-                                        s.OW, s.win.KH, s.win.DH, s.win.DW,
-                                        acc + f * CKK * 16, gpack, n > n0, next, next_bytes);
+          k.small_c_weight_grad[KW][nf](xp, Cg, sp.plane, sp.Wp, gy, s.OH, s.OW, s.win.KH,
+                                        s.win.DH, s.win.DW, acc + f * CKK * 16, gpack, n > n0,
+                                        next, next_bytes);
         }
       }
   });

@@ -15,6 +15,7 @@
 // order), so results do not depend on the number of threads.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "conv.h"
@@ -123,6 +124,14 @@ void conv2d_backward_input_small_channels(const ConvShape& s, const float* gy, c
 bool use_small_channels_weight_grad(const ConvShape& s, bool forced);
 void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, const float* x,
                                            float* gw);
+// The same with grad_y given plane by plane: planes(n, f, nf, buf) returns nf consecutive
+// planes (OH*OW values each) of image n from output channel f; in_memory: it returns them in
+// place (a pointer into grad_y, also asked for with nf = 0 and buf = nullptr, to prefetch),
+// else it makes them in buf (this thread's, room for nf*OH*OW values). Called once per image
+// and block of channels, by the thread that then uses them.
+using GradPlanes = std::function<const float*(index_t n, index_t f, index_t nf, float* buf)>;
+void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes& planes,
+                                           bool in_memory, const float* x, float* gw);
 
 void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, const float* bias,
                            float* y);

@@ -265,22 +265,6 @@ void max_pool_plane(const PoolShape& s, const Pool2x2Kernels* fast, bool two_by_
   }
 }
 
-// gp[ip[o]] += value(o) for the OL outputs of a plane, in order; false if an index lies
-// outside [0, HW) (that entry is skipped).
-template <typename Value, typename T>
-bool scatter_plane(index_t OL, index_t HW, const std::int64_t* ip, T* gp, Value value) {
-  bool ok = true;
-  for (index_t o = 0; o < OL; ++o) {
-    const std::int64_t idx = ip[o];
-    if (idx < 0 || idx >= HW) {
-      ok = false;
-      continue;
-    }
-    gp[idx] += value(o);
-  }
-  return ok;
-}
-
 }  // namespace
 
 template <typename T>
@@ -298,22 +282,34 @@ void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indi
 }
 
 template <typename T>
+bool max_pool_backward_plane(index_t OL, index_t HW, const T* gy, const std::int64_t* indices,
+                             const T* relu_y, T* gx) {
+  std::fill(gx, gx + HW, T(0));
+  bool ok = true;
+  for (index_t o = 0; o < OL; ++o) {
+    const std::int64_t idx = indices[o];
+    if (idx < 0 || idx >= HW) {
+      ok = false;
+      continue;
+    }
+    // (relu_y is loop-invariant: the compiler unswitches the test)
+    if (relu_y) gx[idx] += relu_grad(gy[o], relu_y[o]);
+    else gx[idx] += gy[o];
+  }
+  return ok;
+}
+
+template <typename T>
 bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* indices, T* gx,
                          const T* relu_y) {
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
   bool ok = true;
   // One plane per iteration: the scatter-adds of a plane stay on one thread, in order.
 #pragma omp parallel for schedule(static) reduction(&& : ok)
-  for (index_t plane = 0; plane < s.N * s.C; ++plane) {
-    T* gp = gx + plane * HW;
-    std::fill(gp, gp + HW, T(0));
-    const T* gyp = gy + plane * OL;
-    const std::int64_t* ip = indices + plane * OL;
-    if (relu_y) ok = scatter_plane(OL, HW, ip, gp, [&](index_t o) {
-      return relu_grad(gyp[o], relu_y[plane * OL + o]);
-    }) && ok;
-    else ok = scatter_plane(OL, HW, ip, gp, [&](index_t o) { return gyp[o]; }) && ok;
-  }
+  for (index_t plane = 0; plane < s.N * s.C; ++plane)
+    ok = max_pool_backward_plane(OL, HW, gy + plane * OL, indices + plane * OL,
+                                 relu_y ? relu_y + plane * OL : nullptr, gx + plane * HW) &&
+         ok;
   return ok;
 }
 
@@ -397,6 +393,8 @@ void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy
   template void max_pool2d_forward<T>(const PoolShape&, const T*, T*, std::int64_t*, bool);   \
   template bool max_pool2d_backward<T>(const PoolShape&, const T*, const std::int64_t*, T*,   \
                                        const T*);                                             \
+  template bool max_pool_backward_plane<T>(index_t, index_t, const T*, const std::int64_t*,    \
+                                           const T*, T*);                                     \
   template void avg_pool2d_forward<T>(const PoolShape&, bool, const T*, T*);                  \
   template void avg_pool2d_backward<T>(const PoolShape&, bool, const T*, T*);
 FASTCONV_INSTANTIATE(float)

@@ -26,6 +26,11 @@ void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indi
 template <typename T>
 bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* indices, T* gx,
                          const T* relu_y = nullptr);
+// One plane of max_pool2d_backward: gx (HW values) zeroed, then gx[indices[o]] += gy[o] (through
+// relu_grad with relu_y) for o < OL in order. False if an index lies outside [0, HW).
+template <typename T>
+bool max_pool_backward_plane(index_t OL, index_t HW, const T* gy, const std::int64_t* indices,
+                             const T* relu_y, T* gx);
 template <typename T>
 void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, T* y);
 template <typename T>

@@ -372,6 +372,24 @@ def normalize_output_mask(output_mask, op: str) -> tuple[bool, bool, bool]:
     return mask
 
 
+def conv_through_pool_inputs(grad_pooled, indices, x, weight, stride, padding, dilation, groups,
+                             relu_output, output_mask, op: str):
+    """Validate conv2d_backward_through_max_pool's arguments (x, weight already float 4-D
+    arrays). Returns (geom, grad_pooled, indices as int64, relu_output, (weight, bias) mask,
+    working dtype)."""
+    try:
+        mask = tuple(bool(m) for m in output_mask)
+    except TypeError:
+        mask = ()
+    if len(mask) != 2:
+        raise ValueError(f"{op}: output_mask must be two booleans (grad_weight, grad_bias), "
+                         f"got {output_mask!r}")
+    geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
+    grad_pooled, indices, _, relu_output = max_pool_backward_inputs(
+        grad_pooled, indices, geom.output_shape, op, relu_output)
+    return geom, grad_pooled, indices, relu_output, mask, common_dtype(grad_pooled, x, weight)
+
+
 def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):
     """Output shape (N, C_out, OH, OW) of conv2d, with OH = (H + 2p - d(kH-1) - 1) // s + 1.
 

@@ -23,6 +23,7 @@ from ._args import (
     check_ndim,
     check_shape,
     common_dtype,
+    conv_through_pool_inputs,
     conv2d_geometry,
     conv2d_output_shape,
     fold_geometry,
@@ -39,6 +40,7 @@ from ._args import (
 __all__ = [
     "conv2d",
     "conv2d_backward",
+    "conv2d_backward_through_max_pool",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
@@ -144,6 +146,48 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
         grad_b = np.empty((geom.F,), dtype)
         _core.conv2d_backward_bias(gy, grad_b)
     return grad_x, grad_w, grad_b
+
+
+def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, padding=0,
+                                     dilation=1, groups=1, *, relu_output=None,
+                                     output_mask=(True, True)):
+    """Weight and bias gradients of conv2d followed by max_pool2d (a ReLU may sit between them,
+    fused into the pooling: see max_pool2d's relu), from the pooled output's gradient:
+
+        conv2d_backward(max_pool2d_backward(grad_pooled, indices, y.shape,
+                                            relu_output=relu_output),
+                        x, weight, ..., output_mask=(False, *output_mask))[1:]
+
+    with y = conv2d(x, weight, ...). For the first layer of a network, whose input gradient is
+    not needed. Args as conv2d_backward and max_pool2d_backward (indices index the conv
+    output's planes); output_mask: (grad_weight, grad_bias). Returns (grad_weight, grad_bias),
+    None where not asked for.
+
+    Where the few-channel weight gradient runs (RGB first layers, AVX-512), the conv output's
+    gradient is never stored whole: each block of its planes is made, and used, in cache. The
+    results are those of the two calls, bit for bit.
+    """
+    op = "conv2d_backward_through_max_pool"
+    x, weight = _conv_inputs(op, x, weight)
+    geom, grad_pooled, indices, relu_output, mask, dtype = conv_through_pool_inputs(
+        grad_pooled, indices, x, weight, stride, padding, dilation, groups, relu_output,
+        output_mask, op)
+    grad_w = np.empty(weight.shape, dtype) if mask[0] else None
+    grad_b = np.empty((geom.F,), dtype) if mask[1] else None
+    if not (mask[0] or mask[1]):
+        return grad_w, grad_b
+    ry = None if relu_output is None else _c(relu_output, dtype)
+    # (without a weight gradient asked for, one is still computed: the bias rides along)
+    gw = grad_w if grad_w is not None else np.empty(weight.shape, dtype)
+    if geom.N == 0:
+        gw.fill(0)
+        if grad_b is not None:
+            grad_b.fill(0)
+    elif not _core.conv2d_backward_weight_through_max_pool(
+            _c(grad_pooled, dtype), _c(indices, np.int64), ry, _c(x, dtype), gw, grad_b,
+            *geom.out, *geom.stride, *geom.padding, *geom.dilation, geom.groups):
+        raise indices_out_of_range(geom.output_shape, op)
+    return grad_w, grad_b
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,

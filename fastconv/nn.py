@@ -622,6 +622,25 @@ class Conv2d(Module):
             self.bias.accumulate_grad(gb)
         return gx
 
+    def _backward_through_max_pool(self, pool: "MaxPool2d", grad_pooled: np.ndarray) -> None:
+        """Backward of this layer and the max pooling run after it (with a ReLU fused into the
+        pooling, see Sequential), without this layer's input gradient: the first layer of a
+        network. Accumulates the weight and bias gradients as backward would."""
+        ops, x, y_shape = self._get_cache()
+        _, idx, pooled_shape, y, relu = pool._get_cache()
+        if tuple(pooled_shape) != tuple(y_shape):
+            raise ValueError(f"{self!r}: the pooling after it saw input {pooled_shape}, not this "
+                             f"layer's output {y_shape}")
+        w = self.weight.data
+        grad_pooled = pool._check_grad(grad_pooled, y.shape, y.dtype)
+        has_bias = self.bias is not None
+        gw, gb = ops.conv2d_backward_through_max_pool(
+            grad_pooled, idx, x, w, self.stride, self.padding, self.dilation, self.groups,
+            relu_output=y if relu else None, output_mask=(True, has_bias))
+        self.weight.accumulate_grad(gw)
+        if has_bias:
+            self.bias.accumulate_grad(gb)
+
     def output_shape(self, input_shape):
         shape = _shape_4d(self, input_shape, self.in_channels)
         geom = _args.conv2d_geometry(shape, self.weight.data.shape, self.stride, self.padding,
@@ -1389,10 +1408,20 @@ class Sequential(Module):
         # The order of the last forward (fused pairs); plain reverse order when the layers were
         # run one by one.
         order = self._cache if self._cache is not None else list(range(len(layers)))
+        # A first Conv2d whose output went (through a ReLU) into a MaxPool2d, with no input
+        # gradient wanted: both backward in one op, the conv output's gradient never stored
+        # whole (see conv2d_backward_through_max_pool).
+        through_pool = (not input_grad and self._cache is not None and len(order) >= 2
+                        and type(layers[order[0]][1]) is Conv2d
+                        and type(layers[order[1]][1]) is MaxPool2d
+                        and all(type(layers[j][1]) is ReLU for j in range(1, order[1])))
         g = grad_y
         for k, i in enumerate(reversed(order)):
             name, layer = layers[i]
             try:
+                if through_pool and k == len(order) - 2:
+                    layers[order[0]][1]._backward_through_max_pool(layer, g)
+                    return None
                 if k == len(order) - 1 and not input_grad:
                     g = layer.backward(g, input_grad=False)
                 else:

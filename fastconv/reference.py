@@ -30,6 +30,7 @@ from fastconv._args import (
     check_ndim,
     check_shape,
     common_dtype,
+    conv_through_pool_inputs,
     conv2d_geometry,
     conv2d_output_shape,
     fold_geometry,
@@ -46,6 +47,7 @@ from fastconv._args import (
 __all__ = [
     "conv2d",
     "conv2d_backward",
+    "conv2d_backward_through_max_pool",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
@@ -275,6 +277,34 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
 # --------------------------------------------------------------------------------------------
 # pooling
 # --------------------------------------------------------------------------------------------
+
+def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, padding=0,
+                                     dilation=1, groups=1, *, relu_output=None,
+                                     output_mask=(True, True)):
+    """Weight and bias gradients of conv2d followed by max_pool2d (a ReLU may sit between them,
+    fused into the pooling: see max_pool2d's relu), from the pooled output's gradient:
+
+        conv2d_backward(max_pool2d_backward(grad_pooled, indices, y.shape,
+                                            relu_output=relu_output),
+                        x, weight, ..., output_mask=(False, *output_mask))[1:]
+
+    with y = conv2d(x, weight, ...). For the first layer of a network, whose input gradient is
+    not needed. Args as conv2d_backward and max_pool2d_backward (indices index the conv
+    output's planes); output_mask: (grad_weight, grad_bias). Returns (grad_weight, grad_bias),
+    None where not asked for.
+    """
+    op = "conv2d_backward_through_max_pool"
+    x, weight = _conv_inputs(op, x, weight)
+    geom, grad_pooled, indices, relu_output, mask, dtype = conv_through_pool_inputs(
+        grad_pooled, indices, x, weight, stride, padding, dilation, groups, relu_output,
+        output_mask, op)
+    grad_y = max_pool2d_backward(grad_pooled, indices, geom.output_shape,
+                                 relu_output=relu_output)
+    _, grad_w, grad_b = conv2d_backward(grad_y.astype(dtype, copy=False), x, weight, stride,
+                                        padding, dilation, groups,
+                                        output_mask=(False, *mask))
+    return grad_w, grad_b
+
 
 def _first_valid(out: int, stride: int, pad: int, dilation: int) -> np.ndarray:
     """Per output position, the first window row/column inside the input (PyTorch's

@@ -956,6 +956,90 @@ def test_max_pool2d_fused_relu_is_relu_of_max_pool2d(rng, simd_level, level, dty
             got, R.max_pool2d_backward(gy, ridx, x.shape, relu_output=ry))
 
 
+# conv2d_backward_through_max_pool: (x shape, weight shape, conv kwargs, pool kwargs). The
+# first ones take the few-channel weight gradient (3-4 channels per group, 16+ filters,
+# stride 1), where grad_y is made block by block; the others the stored-gradient fallback.
+THROUGH_POOL_CASES = [
+    ((4, 3, 32, 32), (32, 3, 3, 3), {}, dict(kernel_size=2)),
+    ((3, 3, 17, 19), (20, 3, 3, 3), dict(padding=1), dict(kernel_size=3, stride=2, padding=1)),
+    ((2, 4, 14, 15), (16, 4, 5, 5), dict(padding=2, dilation=1), dict(kernel_size=2, ceil_mode=True)),
+    ((2, 6, 12, 12), (32, 3, 3, 3), dict(groups=2), dict(kernel_size=2, stride=1)),
+    ((1, 3, 10, 9), (18, 3, 3, 3), dict(dilation=2), dict(kernel_size=2)),
+    ((3, 8, 11, 11), (6, 8, 3, 3), dict(stride=2, padding=1), dict(kernel_size=2)),
+]
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", THROUGH_POOL_CASES, ids=str)
+def test_conv2d_backward_through_max_pool_is_the_two_backwards(rng, case, dtype, relu):
+    # Bit for bit the gradients of max_pool2d_backward then conv2d_backward, NaN and zero
+    # gradients included; the reference's within rounding.
+    x_shape, w_shape, conv_kw, pool_kw = case
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    y = F.conv2d(x, w, **conv_kw)
+    pooled, idx = F.max_pool2d(y, return_indices=True, relu=relu, **pool_kw)
+    g = rng.standard_normal(pooled.shape).astype(dtype)
+    g.reshape(-1)[::13] = -0.0
+    g.reshape(-1)[7::29] = np.nan
+    ro = pooled if relu else None
+    gy = F.max_pool2d_backward(g, idx, y.shape, relu_output=ro)
+    _, want_w, want_b = F.conv2d_backward(gy, x, w, **conv_kw)
+    got_w, got_b = F.conv2d_backward_through_max_pool(g, idx, x, w, relu_output=ro, **conv_kw)
+    np.testing.assert_array_equal(got_w, want_w)
+    np.testing.assert_array_equal(got_b, want_b)
+    assert got_w.dtype == dtype and got_b.dtype == dtype
+    only_w = F.conv2d_backward_through_max_pool(g, idx, x, w, relu_output=ro,
+                                                output_mask=(True, False), **conv_kw)
+    np.testing.assert_array_equal(only_w[0], want_w)
+    assert only_w[1] is None
+    g[np.isnan(g)] = 0.5  # the reference's NaN positions can differ by rounding elsewhere
+    gy = F.max_pool2d_backward(g, idx, y.shape, relu_output=ro)
+    _, want_w, want_b = F.conv2d_backward(gy, x, w, **conv_kw)
+    ref_w, ref_b = R.conv2d_backward_through_max_pool(g, idx, x, w, relu_output=ro, **conv_kw)
+    assert_close(ref_w, want_w)
+    assert_close(ref_b, want_b)
+
+
+def test_conv2d_backward_through_max_pool_does_not_depend_on_thread_count(rng, threads):
+    # Batch 1 (the threads split the filter blocks of one image) and batch 10 (whole images).
+    for n in (1, 10):
+        x = rng.standard_normal((n, 3, 20, 20)).astype(np.float32)
+        w = rng.standard_normal((32, 3, 3, 3)).astype(np.float32)
+        y = F.conv2d(x, w)
+        pooled, idx = F.max_pool2d(y, 2, return_indices=True, relu=True)
+        g = rng.standard_normal(pooled.shape).astype(np.float32)
+        runs = []
+        for t in (1, 2):
+            threads(t)
+            runs.append(F.conv2d_backward_through_max_pool(g, idx, x, w, relu_output=pooled))
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
+def test_conv2d_backward_through_max_pool_bad_input(module):
+    x = np.ones((2, 3, 8, 8), np.float32)
+    w = np.ones((16, 3, 3, 3), np.float32)
+    g = np.ones((2, 16, 3, 3), np.float32)
+    idx = np.zeros((2, 16, 3, 3), np.int64)
+    with pytest.raises(ValueError, match="indices must lie in"):
+        module.conv2d_backward_through_max_pool(g, idx + 36, x, w)
+    with pytest.raises(ValueError, match="must agree on"):
+        module.conv2d_backward_through_max_pool(g[:, :8], idx[:, :8], x, w)
+    with pytest.raises(ValueError, match="indices shape"):
+        module.conv2d_backward_through_max_pool(g, idx[:, :, :2], x, w)
+    with pytest.raises(ValueError, match="two booleans"):
+        module.conv2d_backward_through_max_pool(g, idx, x, w, output_mask=(True, True, True))
+    with pytest.raises(ValueError, match="relu_output shape"):
+        module.conv2d_backward_through_max_pool(g, idx, x, w, relu_output=g[0])
+    with pytest.raises(ValueError):
+        module.conv2d_backward_through_max_pool(g, idx, x, w[:, :2])
+    gw, gb = module.conv2d_backward_through_max_pool(g[:0], idx[:0], x[:0], w)
+    assert not gw.any() and not gb.any()
+
+
 @pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
 def test_max_pool2d_backward_relu_output_must_match_grad_y(module):
     gy = np.ones((1, 2, 2, 2), np.float32)

@@ -673,6 +673,33 @@ def test_sequential_relu_maxpool_reordered_property(k, s, d, ceil, h, w, data):
     _assert_same_runs(model, x, seed=seed)
 
 
+@pytest.mark.parametrize("head", [
+    lambda: [nn.Conv2d(3, 32, 3, rng=0), nn.ReLU(), nn.MaxPool2d(2)],
+    lambda: [nn.Conv2d(3, 16, 5, padding=2, bias=False, rng=0), nn.MaxPool2d(3, 2, 1)],
+    lambda: [nn.Conv2d(3, 6, 5, rng=0), nn.ReLU(), nn.MaxPool2d(2)],  # the stored-gradient path
+], ids=["relu_pool", "pool_no_bias", "lenet"])
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_sequential_first_conv_backward_through_pool(head, backend, monkeypatch):
+    # A first Conv2d -> (ReLU ->) MaxPool2d with input_grad=False: one fused backward, the
+    # layer-by-layer gradients bit for bit.
+    from fastconv import functional as F, reference as R
+
+    model = nn.Sequential(*head(), nn.Flatten()).set_backend(backend)
+    x = np.random.default_rng(1).standard_normal((3, 3, 14, 14)).astype(np.float32)
+    _assert_same_runs(model, x, input_grad=False)
+    calls = []
+    ops = F if backend == "fast" else R
+    real = ops.conv2d_backward_through_max_pool
+    monkeypatch.setattr(ops, "conv2d_backward_through_max_pool",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    model.zero_grad()
+    y = model.forward(x)
+    assert model.backward(np.ones_like(y), input_grad=False) is None
+    assert calls == [1]
+    model.backward(np.ones_like(y), input_grad=True)  # then the plain layers' backward
+    assert calls == [1]
+
+
 def test_sequential_fusion_nan_and_standalone_relu_backward():
     model = nn.Sequential(nn.BatchNorm2d(2), nn.ReLU(), nn.ReLU(), nn.MaxPool2d(2))
     x = np.random.default_rng(0).standard_normal((3, 2, 4, 4)).astype(np.float32)
