@@ -7,10 +7,15 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <utility>
 #include <vector>
+
+#if defined(FASTCONV_X86)
+#include <immintrin.h>  // _mm_sfence
+#endif
 
 namespace fastconv {
 namespace {
@@ -277,6 +282,13 @@ void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>
     for (index_t jc = 0; jc < N; jc += k.nc)
       for (index_t pc = 0; pc < K; pc += kcb) blocks.emplace_back(jc, pc);
   }
+  // A C larger than L2 that this call writes once (one k-block, nothing to add to), at
+  // aligned rows: non-temporal stores (e.g. the 9 MB weight gradient of a Linear layer).
+  const bool stream = k.micro_stream && !accumulate && kcb >= K &&
+                      M * N * index_t(sizeof(T)) >= (index_t(1) << 21) &&
+                      reinterpret_cast<std::uintptr_t>(C) % 64 == 0 &&
+                      (ldc * index_t(sizeof(T))) % 64 == 0;
+  const MicroKernelFn<T> micro = stream ? k.micro_stream : k.micro;
   const T* a_packed = nullptr;  // with one row block: the A block of k-block a_pc
   index_t a_pc = -1;
   // The B block (kc x nc) stays in L2 while each A micro-panel (MR x kc, in L1) sweeps
@@ -307,12 +319,14 @@ void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>
         if (has_next) B.prefetch(next_pc, next_kc, next_jc, next_nc, (ic + ir) / k.mr, panels);
         for (index_t jr = 0; jr < nc; jr += k.nr) {
           const index_t nr = std::min(k.nr, nc - jr);
-          k.micro(kc, a + ir * kc, bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, acc, mr,
-                  nr);
+          micro(kc, a + ir * kc, bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, acc, mr, nr);
         }
       }
     }
   }
+#if defined(FASTCONV_X86)
+  if (stream) _mm_sfence();  // the streamed lines visible before any later read of C
+#endif
 }
 
 namespace {

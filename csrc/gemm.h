@@ -26,6 +26,10 @@ struct GemmKernel {
   index_t mr, nr;      // register tile
   index_t mc, kc, nc;  // cache blocks (multiples of mr / nr)
   MicroKernelFn<T> micro;
+  // The same storing C with non-temporal stores (accumulate = false only, C 64-byte aligned
+  // with ldc a multiple of 64 bytes), or null: for a large C written once (no read for
+  // ownership of lines about to be overwritten, no eviction of the operands).
+  MicroKernelFn<T> micro_stream = nullptr;
 };
 
 template <typename T>

@@ -22,6 +22,7 @@ struct Zmm<float> {
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void stream(float* p, V v) { _mm512_stream_ps(p, v); }
   static Mask mask(index_t n) { return static_cast<Mask>((1u << n) - 1u); }
   static V mload(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
   static void mstore(float* p, Mask m, V v) { _mm512_mask_storeu_ps(p, m, v); }
@@ -39,6 +40,7 @@ struct Zmm<double> {
   static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static void stream(double* p, V v) { _mm512_stream_pd(p, v); }
   static Mask mask(index_t n) { return static_cast<Mask>((1u << n) - 1u); }
   static V mload(const double* p, Mask m) { return _mm512_maskz_loadu_pd(m, p); }
   static void mstore(double* p, Mask m, V v) { _mm512_mask_storeu_pd(p, m, v); }
@@ -47,7 +49,7 @@ struct Zmm<double> {
 
 constexpr int MR = 8;
 
-template <typename T>
+template <typename T, bool kStream = false>
 void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* __restrict c,
                   index_t ldc, bool accumulate, index_t mr_eff, index_t nr_eff) {
   using Z = Zmm<T>;
@@ -64,6 +66,16 @@ void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* _
       const typename Z::V ai = Z::bcast(ap + i);
       acc0[i] = Z::fma(ai, b0, acc0[i]);
       acc1[i] = Z::fma(ai, b1, acc1[i]);
+    }
+  }
+  if constexpr (kStream) {
+    if (nr_eff == NR) {
+      for (int i = 0; i < MR; ++i) {
+        if (i >= mr_eff) break;
+        Z::stream(c + i * ldc, acc0[i]);
+        Z::stream(c + i * ldc + L, acc1[i]);
+      }
+      return;
     }
   }
   if (nr_eff == NR) {
@@ -148,8 +160,10 @@ void nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* const*
 }
 
 // Blocks: B panel kc x nc stays in L2/L3, A block mc x kc in L2, the micro-panels in L1.
-const GemmKernel<float> kF32{"avx512", MR, 32, 256, 256, 512, &micro_kernel<float>};
-const GemmKernel<double> kF64{"avx512", MR, 16, 256, 256, 256, &micro_kernel<double>};
+const GemmKernel<float> kF32{"avx512", MR, 32, 256, 256, 512, &micro_kernel<float>,
+                             &micro_kernel<float, true>};
+const GemmKernel<double> kF64{"avx512", MR, 16, 256, 256, 256, &micro_kernel<double>,
+                              &micro_kernel<double, true>};
 
 }  // namespace
 

@@ -65,6 +65,16 @@ def _c(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype)
 
 
+def _empty_aligned(shape, dtype) -> np.ndarray:
+    """np.empty with the data at a 64-byte boundary (a view into a slightly larger buffer): the
+    GEMM writes a large C of aligned rows with non-temporal stores."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    buf = np.empty(n * dtype.itemsize + 64, np.uint8)
+    start = -buf.ctypes.data % 64
+    return buf[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
 def _conv_inputs(op, x, weight):
     x = as_float_array(x, "x", op)
     weight = as_float_array(weight, "weight", op)
@@ -371,7 +381,7 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
             _core.gemm(gy, _c(weight, dtype), grad_x, False, False, False)
         grad_x = grad_x.reshape(x.shape)
     if mask[1]:
-        grad_w = np.empty((out_f, in_f), dtype)
+        grad_w = _empty_aligned((out_f, in_f), dtype)
         if grad_w.size:
             _core.gemm(gy, _c(x, dtype).reshape(-1, in_f), grad_w, True, False, False)
     if mask[2]:

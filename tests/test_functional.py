@@ -482,6 +482,32 @@ def test_gemm_matches_numpy(rng, simd_level, level, trans_a, trans_b, dtype):
 TOL_GEMM = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-14}
 
 
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_large_outputs_written_once(rng, simd_level, level, dtype):
+    # C of 2 MiB or more written by one k-block at 64-byte aligned rows: non-temporal stores
+    # (AVX-512), partial tiles at the edges; also unaligned, accumulated and two k-blocks.
+    if not _core.set_simd_level(level):
+        pytest.skip(f"this CPU or build has no {level}")
+    # (per thread 1025 rows of 528 floats or 264 doubles: 2.1 MiB, rows of a multiple of 64
+    # bytes; 2050 rows = 256 panels of 8 and 2 more, 528 = 16 tiles of 32 and a half)
+    M, N = 2050, 528 if dtype == np.float32 else 264
+    for K, aligned, accumulate in [(64, True, False), (64, False, False), (64, True, True),
+                                   (600, True, False)]:
+        a = rng.standard_normal((K, M)).astype(dtype)  # the weight-gradient layout: A^T
+        b = rng.standard_normal((K, N)).astype(dtype)
+        want = a.T.astype(np.float64) @ b
+        if aligned:
+            c = F._empty_aligned((M, N), dtype)
+            assert c.ctypes.data % 64 == 0
+        else:
+            c = F._empty_aligned((M * N + 1,), dtype)[1:].reshape(M, N)
+        c[...] = 1.0
+        _core.gemm(a, b, c, True, False, accumulate)
+        assert_close(c, want + (1.0 if accumulate else 0.0), tol=TOL_GEMM[np.dtype(dtype)] * np.sqrt(K))
+
+
+
 LAYOUTS = {
     "transposed_view": lambda a: np.ascontiguousarray(a.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2),
     "negative_strides": lambda a: np.ascontiguousarray(a[:, :, ::-1, ::-1])[:, :, ::-1, ::-1],
