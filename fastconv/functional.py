@@ -67,9 +67,12 @@ def _c(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _empty_aligned(shape, dtype) -> np.ndarray:
     """np.empty with the data at a 64-byte boundary (a view into a slightly larger buffer): the
-    GEMM writes a large C of aligned rows with non-temporal stores."""
+    GEMM writes a large C (2 MiB or more) of aligned rows with non-temporal stores. Smaller
+    arrays are plain np.empty."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape))
+    if n * dtype.itemsize < 1 << 21:
+        return np.empty(shape, dtype)
     buf = np.empty(n * dtype.itemsize + 64, np.uint8)
     start = -buf.ctypes.data % 64
     return buf[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
