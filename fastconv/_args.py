@@ -360,15 +360,20 @@ def unfold_geometry(C, H, W, kernel_size, dilation, padding, stride, op: str) ->
     return geom
 
 
-def normalize_output_mask(output_mask, op: str) -> tuple[bool, bool, bool]:
-    """`output_mask` of the backward functions: three booleans (grad_x, grad_weight, grad_bias)."""
+_NUMBER_WORDS = {2: "two", 3: "three"}
+
+
+def normalize_output_mask(output_mask, op: str,
+                          names=("grad_x", "grad_weight", "grad_bias")) -> tuple[bool, ...]:
+    """`output_mask` of the backward functions: one boolean per output named in `names`
+    (by default three: grad_x, grad_weight, grad_bias)."""
     try:
         mask = tuple(bool(m) for m in output_mask)
     except TypeError:
         mask = ()
-    if len(mask) != 3:
-        raise ValueError(f"{op}: output_mask must be three booleans (grad_x, grad_weight, grad_bias), "
-                         f"got {output_mask!r}")
+    if len(mask) != len(names):
+        raise ValueError(f"{op}: output_mask must be {_NUMBER_WORDS[len(names)]} booleans "
+                         f"({', '.join(names)}), got {output_mask!r}")
     return mask
 
 
@@ -377,13 +382,7 @@ def conv_through_pool_inputs(grad_pooled, indices, x, weight, stride, padding, d
     """Validate conv2d_backward_through_max_pool's arguments (x, weight already float 4-D
     arrays). Returns (geom, grad_pooled, indices as int64, relu_output, (weight, bias) mask,
     working dtype)."""
-    try:
-        mask = tuple(bool(m) for m in output_mask)
-    except TypeError:
-        mask = ()
-    if len(mask) != 2:
-        raise ValueError(f"{op}: output_mask must be two booleans (grad_weight, grad_bias), "
-                         f"got {output_mask!r}")
+    mask = normalize_output_mask(output_mask, op, ("grad_weight", "grad_bias"))
     geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
     grad_pooled, indices, _, relu_output = max_pool_backward_inputs(
         grad_pooled, indices, geom.output_shape, op, relu_output)

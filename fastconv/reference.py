@@ -274,24 +274,13 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     return grad_x, grad_w, grad_b
 
 
-# --------------------------------------------------------------------------------------------
-# pooling
-# --------------------------------------------------------------------------------------------
-
 def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, padding=0,
                                      dilation=1, groups=1, *, relu_output=None,
                                      output_mask=(True, True)):
-    """Weight and bias gradients of conv2d followed by max_pool2d (a ReLU may sit between them,
-    fused into the pooling: see max_pool2d's relu), from the pooled output's gradient:
-
-        conv2d_backward(max_pool2d_backward(grad_pooled, indices, y.shape,
-                                            relu_output=relu_output),
-                        x, weight, ..., output_mask=(False, *output_mask))[1:]
-
-    with y = conv2d(x, weight, ...). For the first layer of a network, whose input gradient is
-    not needed. Args as conv2d_backward and max_pool2d_backward (indices index the conv
-    output's planes); output_mask: (grad_weight, grad_bias). Returns (grad_weight, grad_bias),
-    None where not asked for.
+    """Weight and bias gradients of conv2d followed by max_pool2d (and a ReLU fused into the
+    pooling), from the pooled output's gradient: see
+    :func:`fastconv.functional.conv2d_backward_through_max_pool`. Here simply the two
+    backwards, max_pool2d_backward then conv2d_backward without grad_x.
     """
     op = "conv2d_backward_through_max_pool"
     x, weight = _conv_inputs(op, x, weight)
@@ -305,6 +294,10 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
                                         output_mask=(False, *mask))
     return grad_w, grad_b
 
+
+# --------------------------------------------------------------------------------------------
+# pooling
+# --------------------------------------------------------------------------------------------
 
 def _first_valid(out: int, stride: int, pad: int, dilation: int) -> np.ndarray:
     """Per output position, the first window row/column inside the input (PyTorch's
