@@ -101,15 +101,28 @@ Scratch<T> make_scratch(index_t count) {
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 
-// Asks for slice `part` of `parts` of the bytes [p, p + bytes) to be brought into L2: the
-// next work item's input, requested a slice per step of the current item, arrives while the
-// current one computes instead of stalling the copy that starts the next.
-inline void prefetch_slice(const void* p, index_t bytes, index_t part, index_t parts) {
-  const char* c = static_cast<const char*>(p);
-  const index_t lines = ceil_div(bytes, 64);
-  for (index_t l = lines * part / parts; l < lines * (part + 1) / parts; ++l)
-    __builtin_prefetch(c + 64 * l, 0, 2);
-}
+// The bytes [p, p + bytes) requested into L2 in `parts` slices, slice(part) at a time: the next
+// work item's input, asked for a slice per step of the current item, arrives while the
+// current one computes instead of stalling the copy that starts the next. (Built once per
+// item: no division per slice, where a step can be as short as a few dozen FMAs.)
+class PrefetchSlices {
+ public:
+  PrefetchSlices(const void* p, index_t bytes, index_t parts)
+      : p_(static_cast<const char*>(p)), lines_(p ? ceil_div(bytes, 64) : 0),
+        per_(ceil_div(lines_, parts > 0 ? parts : 1)) {}
+  void slice(index_t part) const { lines(part * per_, (part + 1) * per_); }
+  void all() const { lines(0, lines_); }
+
+ private:
+  void lines(index_t l0, index_t l1) const {
+    for (index_t l = l0; l < l1 && l < lines_; ++l) __builtin_prefetch(p_ + 64 * l, 0, 2);
+  }
+  const char* p_;
+  index_t lines_, per_;
+};
+
+// All of [p, p + bytes) requested into L2 at once (small inputs: a few hundred lines at most).
+inline void prefetch_all(const void* p, index_t bytes) { PrefetchSlices(p, bytes, 1).all(); }
 
 // Sums n terms in 16 fixed float lanes (acc[k] += term(k), term(16 + k), ... in order): the
 // loop vectorises, where one running sum is a serial chain of dependent adds (~4x slower),

@@ -354,9 +354,9 @@ bool conv2d_backward_weight_through_max_pool(const ConvShape& s, const PooledGra
             // The pooled planes after these (this thread's next block, mostly), asked for now.
             const index_t next = n * s.F + f + nf, count = std::min(nf, s.N * s.F - next);
             if (count > 0) {
-              prefetch_slice(pg.g + next * PL, sizeof(float) * count * PL, 0, 1);
-              prefetch_slice(pg.indices + next * PL, sizeof(std::int64_t) * count * PL, 0, 1);
-              if (pg.relu_y) prefetch_slice(pg.relu_y + next * PL, sizeof(float) * count * PL, 0, 1);
+              prefetch_all(pg.g + next * PL, sizeof(float) * count * PL);
+              prefetch_all(pg.indices + next * PL, sizeof(std::int64_t) * count * PL);
+              if (pg.relu_y) prefetch_all(pg.relu_y + next * PL, sizeof(float) * count * PL);
             }
             for (index_t i = 0; i < nf; ++i) {
               const index_t r = n * s.F + f + i;

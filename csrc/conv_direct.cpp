@@ -179,9 +179,11 @@ void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, D
         if (t < tile_count(b)) forward_tiles(k, p, xp, wd(i), out, b, t, t + 1);
       }
     } else {
-      const float* next = i + 1 < items ? src(i + 1) : nullptr;  // see prefetch_slice
+      // The next image (this thread's, mostly), a slice per block (see PrefetchSlices).
+      const PrefetchSlices next(i + 1 < items ? src(i + 1) : nullptr,
+                                sizeof(float) * p.Cin * p.Hin * p.Win, nblocks);
       for (index_t b = 0; b < nblocks; ++b) {
-        if (next) prefetch_slice(next, sizeof(float) * p.Cin * p.Hin * p.Win, b, nblocks);
+        next.slice(b);
         forward_tiles(k, p, xp, wd(i), out, b, 0, tile_count(b));
       }
     }
@@ -398,8 +400,7 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
               next = planes(n + 1, g * Fg, 0, nullptr);
               next_bytes = sizeof(float) * fblocks[0].second * L;
             }
-            prefetch_slice(x + ((n + 1) * s.C + g * Cg) * s.H * s.W,
-                           sizeof(float) * Cg * s.H * s.W, 0, 1);
+            prefetch_all(x + ((n + 1) * s.C + g * Cg) * s.H * s.W, sizeof(float) * Cg * s.H * s.W);
           }
           k.small_c_weight_grad[KW][nf](xp, Cg, sp.plane, sp.Wp, gy, s.OH, s.OW, s.win.KH,
                                         s.win.DH, s.win.DW, acc + f * CKK * 16, gpack, n > n0,
@@ -512,13 +513,15 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
             image_item(xp, gyt, partial.get() + c * part_size, g, item, n > n0);
           continue;
         }
-        // The next image's planes (same group), a slice per item (see prefetch_slice).
-        const bool next = n + 1 < s.N;
+        // The next image's planes (same group), a slice per item (see PrefetchSlices).
+        const bool more = n + 1 < s.N;
+        const PrefetchSlices next_x(more ? x_of(n + 1, g) : nullptr,
+                                    sizeof(float) * Cg * s.H * s.W, items);
+        const PrefetchSlices next_gy(more ? gy_of(n + 1, g) : nullptr, sizeof(float) * Fg * L,
+                                     items);
         for (index_t item = 0; item < items; ++item) {
-          if (next) {
-            prefetch_slice(x_of(n + 1, g), sizeof(float) * Cg * s.H * s.W, item, items);
-            prefetch_slice(gy_of(n + 1, g), sizeof(float) * Fg * L, item, items);
-          }
+          next_x.slice(item);
+          next_gy.slice(item);
           image_item(xp, gyt, partial.get() + c * part_size, g, item, n > n0);
         }
       }

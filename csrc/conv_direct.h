@@ -68,7 +68,7 @@ struct DirectKernels {
   // Indexed [KW][nf], nf <= small_wg_max_nf[KW].
   static constexpr int kSmallWgMaxKW = 7, kSmallWgMaxNF = 15;
   // next, next_bytes: memory the caller needs after this call (the next gradient planes),
-  // requested into L2 a slice per output row meanwhile (prefetch_slice); next may be null.
+  // requested into L2 a slice per output row meanwhile (PrefetchSlices); next may be null.
   using SmallWeightGradFn = void (*)(const float* xp, index_t C, index_t plane, index_t Wp,
                                      const float* gy, index_t OH, index_t OW, index_t KH,
                                      index_t DH, index_t DW, float* acc, float* gpack,

@@ -241,6 +241,7 @@ void small_c_weight_grad(const float* xp, index_t C, index_t plane, index_t Wp, 
       }
     }
   }
+  const PrefetchSlices next_planes(next, next_bytes, C * KH * OH);  // a slice per output row
   for (index_t c = 0; c < C; ++c)
     for (index_t kh = 0; kh < KH; ++kh) {
       float* at = acc + (c * KH + kh) * KW * 16;
@@ -249,7 +250,7 @@ void small_c_weight_grad(const float* xp, index_t C, index_t plane, index_t Wp, 
         for (int j = 0; j < KW; ++j)
           a[i][j] = accumulate ? _mm512_loadu_ps(at + (i * taps + j) * 16) : _mm512_setzero_ps();
       for (index_t oh = 0; oh < OH; ++oh) {
-        if (next) prefetch_slice(next, next_bytes, (c * KH + kh) * OH + oh, C * KH * OH);
+        next_planes.slice((c * KH + kh) * OH + oh);
         const float* xr = xp + c * plane + (oh + kh * DH) * Wp;
         for (index_t v = 0; v < vecs; ++v) {
           const float* gv = gpack + (oh * vecs + v) * NF * 16;

@@ -248,11 +248,12 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
       return;
     }
     const float* ui = u(i);
-    const float* next = i + 1 < items ? src(i + 1) : nullptr;  // this thread's next, mostly
+    // The next image (this thread's, mostly), a slice per chunk (see PrefetchSlices).
+    const PrefetchSlices next(i + 1 < items && !split ? src(i + 1) : nullptr,
+                              sizeof(float) * p.Cin * p.Hin * p.Win, chunks);
     // Transformed tiles v, products m = v + v_size, and a junk row for cut-off outputs.
     auto run_chunk = [&](index_t c, float* v, float* junk) {
-      if (next && !split)
-        prefetch_slice(next, sizeof(float) * p.Cin * p.Hin * p.Win, c, chunks);
+      next.slice(c);
       forward_chunk(k, p, xp, ui, c * p.chunk, std::min(p.chunk, p.T - c * p.chunk), v,
                     v + p.v_size(), out, junk);
     };
@@ -378,11 +379,14 @@ bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
         nonfinite.store(true, std::memory_order_relaxed);
         return;
       }
+      // The next image, a slice per tile (see PrefetchSlices).
+      const bool more = n + 1 < s.N;
+      const PrefetchSlices next_x(more ? x_of(n + 1) : nullptr, sizeof(float) * Cg * s.H * s.W,
+                                  p.T);
+      const PrefetchSlices next_gy(more ? gy_of(n + 1) : nullptr, sizeof(float) * Fg * L, p.T);
       for (index_t t = 0; t < p.T; ++t) {
-        if (n + 1 < s.N) {  // the next image, a slice per tile (see prefetch_slice)
-          prefetch_slice(x_of(n + 1), sizeof(float) * Cg * s.H * s.W, t, p.T);
-          prefetch_slice(gy_of(n + 1), sizeof(float) * Fg * L, t, p.T);
-        }
+        next_x.slice(t);
+        next_gy.slice(t);
         const index_t ty = t / p.TW, tx = t % p.TW;
         p.patch(xp, t, d);
         input_tile_any(d, Cg, v + filled * Cg, vs);
