@@ -265,8 +265,18 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
           wq[((g * fblocks + b) * CKK + st) * NF + i] = f < Fg ? w[(g * Fg + f) * CKK + st] : 0.0f;
         }
   const index_t row_vecs = s.OH * vecs, tiles = ceil_div(row_vecs, NVEC);
-  // Tile t of block b: row vectors [NVEC*t, NVEC*(t + 1)) (a vector may be past the last:
-  // skipped).
+  // Row vector rv (16 outputs of row rv / vecs): its offsets in the padded image and in an
+  // output plane, and its lanes; past the last (a tile's spare vectors): the last, no lanes.
+  struct RowVec {
+    index_t in, out, lanes;
+  };
+  std::vector<RowVec> rvs(tiles * NVEC);
+  for (index_t rv = 0; rv < tiles * NVEC; ++rv) {
+    const index_t r = std::min(rv, row_vecs - 1), oh = r / vecs, v = r % vecs;
+    rvs[rv] = {oh * Wp + 16 * v, oh * s.OW + 16 * v,
+               rv < row_vecs ? std::min<index_t>(16, s.OW - 16 * v) : 0};
+  }
+  // Tile t of block b: row vectors [NVEC*t, NVEC*(t + 1)).
   auto tile = [&](index_t item, const float* xp, index_t b, index_t t) {
     constexpr int kMaxV = DirectKernels::kSmallMaxV;
     const index_t g = item % G;
@@ -275,10 +285,10 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
     float* out[kMaxV];
     index_t lanes[kMaxV];
     for (index_t j = 0; j < NVEC; ++j) {
-      const index_t rv = std::min(NVEC * t + j, row_vecs - 1), oh = rv / vecs, v = rv % vecs;
-      rows[j] = xp + oh * Wp + 16 * v;
-      out[j] = yi + oh * s.OW + 16 * v;
-      lanes[j] = NVEC * t + j < row_vecs ? std::min<index_t>(16, s.OW - 16 * v) : 0;
+      const RowVec& r = rvs[NVEC * t + j];
+      rows[j] = xp + r.in;
+      out[j] = yi + r.out;
+      lanes[j] = r.lanes;
     }
     k.small_c_tile[shape](rows, off.data(), CKK, wq.get() + (g * fblocks + b) * CKK * NF,
                           bias ? bias + g * Fg + b * NF : nullptr, out, L,
