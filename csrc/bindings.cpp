@@ -135,6 +135,41 @@ void conv2d_backward_weight(const py::array& gy, const py::array& x, py::array g
 }
 
 template <typename T>
+bool conv_forward_max_pool_t(const py::array& x, const py::array& w, const py::object& bias,
+                             py::array& y, py::array& idx, const fastconv::ConvShape& s,
+                             const fastconv::PoolShape& ps, bool relu) {
+  const index_t P = ps.N * ps.C * ps.OH * ps.OW;
+  const T* xp = data_of<T>(x, "x", s.N * s.C * s.H * s.W, false);
+  const T* wp = data_of<T>(w, "weight", s.F * s.CKK(), false);
+  const T* bp = optional_data<T>(bias, "bias", s.F, false);
+  T* yp = data_of<T>(y, "y", P, true);
+  auto* ip = data_of<std::int64_t>(idx, "indices", P, true);
+  py::gil_scoped_release release;
+  return fastconv::conv2d_forward_max_pool<T>(s, xp, wp, bp, ps, relu, yp, ip);
+}
+
+bool conv2d_forward_max_pool(const py::array& x, const py::array& w, const py::object& bias,
+                             py::array y, py::array idx, index_t oh, index_t ow, index_t sh,
+                             index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
+                             index_t groups, index_t pool_kh, index_t pool_kw, index_t pool_sh,
+                             index_t pool_sw, index_t pool_ph, index_t pool_pw,
+                             index_t pool_dh, index_t pool_dw, bool relu) {
+  const auto win = window(dim(w, 2, "weight"), dim(w, 3, "weight"), sh, sw, ph, pw, dh, dw);
+  const fastconv::ConvShape s{dim(x, 0, "x"), dim(x, 1, "x"), dim(x, 2, "x"), dim(x, 3, "x"),
+                              dim(w, 0, "weight"), groups, oh, ow, win};
+  if (groups < 1 || s.C % groups || s.F % groups || dim(w, 1, "weight") != s.C / groups ||
+      oh < 1 || ow < 1)
+    throw py::value_error("conv2d_forward_max_pool: inconsistent shapes");
+  const fastconv::PoolShape ps{s.N, s.F, oh, ow, dim(y, 2, "y"), dim(y, 3, "y"),
+                               window(pool_kh, pool_kw, pool_sh, pool_sw, pool_ph, pool_pw,
+                                      pool_dh, pool_dw)};
+  if (dim(y, 0, "y") != s.N || dim(y, 1, "y") != s.F)
+    throw py::value_error("conv2d_forward_max_pool: y must be (N, F, PH, PW)");
+  return is_f64(x) ? conv_forward_max_pool_t<double>(x, w, bias, y, idx, s, ps, relu)
+                   : conv_forward_max_pool_t<float>(x, w, bias, y, idx, s, ps, relu);
+}
+
+template <typename T>
 bool conv_backward_through_pool_t(const py::array& gp, const py::array& idx,
                                   const py::object& relu_y, const py::array& x, py::array& gw,
                                   const py::object& gb, const fastconv::ConvShape& s) {
@@ -465,6 +500,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("grad_weight"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
         py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"));
   m.def("conv2d_backward_bias", &conv2d_backward_bias, py::arg("grad_y"), py::arg("grad_bias"));
+  m.def("conv2d_forward_max_pool", &conv2d_forward_max_pool, py::arg("x"), py::arg("weight"),
+        py::arg("bias").none(true), py::arg("y"), py::arg("indices"), py::arg("out_h"),
+        py::arg("out_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
+        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"),
+        py::arg("pool_kernel_h"), py::arg("pool_kernel_w"), py::arg("pool_stride_h"),
+        py::arg("pool_stride_w"), py::arg("pool_pad_h"), py::arg("pool_pad_w"),
+        py::arg("pool_dilation_h"), py::arg("pool_dilation_w"), py::arg("relu"),
+        "Returns False, having done nothing, where the fused kernels do not apply.");
   m.def("conv2d_backward_weight_through_max_pool", &conv2d_backward_weight_through_max_pool,
         py::arg("grad_pooled"), py::arg("indices"), py::arg("relu_output").none(true),
         py::arg("x"), py::arg("grad_weight"), py::arg("grad_bias").none(true), py::arg("out_h"),

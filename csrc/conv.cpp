@@ -339,6 +339,19 @@ void conv2d_backward_bias(const ConvShape& s, const T* gy, T* gb) {
 }
 
 template <typename T>
+bool conv2d_forward_max_pool(const ConvShape& s, const T* x, const T* w, const T* bias,
+                             const PoolShape& ps, bool relu, T* y, std::int64_t* indices) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (s.N > 0 && few_channels(use_small_channels, s)) {
+      const PoolAfter pool{ps, relu, y, indices};
+      conv2d_forward_small_channels(s, x, w, bias, nullptr, &pool);
+      return true;
+    }
+  }
+  return false;
+}
+
+template <typename T>
 bool conv2d_backward_weight_through_max_pool(const ConvShape& s, const PooledGrad<T>& pg,
                                              const T* x, T* gw, T* gb) {
   const index_t L = s.L(), PL = pg.PH * pg.PW;
@@ -390,6 +403,8 @@ bool conv2d_backward_weight_through_max_pool(const ConvShape& s, const PooledGra
   template void conv2d_backward_input<T>(const ConvShape&, const T*, const T*, T*);     \
   template void conv2d_backward_weight<T>(const ConvShape&, const T*, const T*, T*);    \
   template void conv2d_backward_bias<T>(const ConvShape&, const T*, T*);                \
+  template bool conv2d_forward_max_pool<T>(const ConvShape&, const T*, const T*, const T*, \
+                                           const PoolShape&, bool, T*, std::int64_t*);     \
   template bool conv2d_backward_weight_through_max_pool<T>(const ConvShape&,              \
                                                            const PooledGrad<T>&, const T*, \
                                                            T*, T*);

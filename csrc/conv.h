@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "im2col.h"
+#include "pool.h"
 
 namespace fastconv {
 
@@ -58,6 +59,14 @@ template <typename T>
 void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw);
 template <typename T>
 void conv2d_backward_bias(const ConvShape& s, const T* gy, T* gb);
+
+// y and indices = max_pool2d(conv2d(x, w, bias), ps) (relu: relu of it), without storing the
+// conv output, where the few-channel forward runs (the first layers: each image's output
+// pooled from cache). Returns false elsewhere, having done nothing: the caller then runs the
+// two ops. ps: the pooling of the conv output (ps.N, ps.C, ps.H, ps.W = N, F, OH, OW).
+template <typename T>
+bool conv2d_forward_max_pool(const ConvShape& s, const T* x, const T* w, const T* bias,
+                             const PoolShape& ps, bool relu, T* y, std::int64_t* indices);
 
 // The gradient of a convolution's output that went through max pooling (and a ReLU):
 // grad_y = max_pool2d_backward(g, indices, relu_y) over (N, F, OH, OW), from the pooled

@@ -240,7 +240,7 @@ bool use_small_channels(const ConvShape& s, bool forced) {
 }
 
 void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
-                                   const float* bias, float* y) {
+                                   const float* bias, float* y, const PoolAfter* pool) {
   const DirectKernels& k = *direct_kernels();
   const int shape = s.Fg() % 8 == 0 ? 1 : 0;
   const index_t NF = DirectKernels::kSmallShapes[shape].nf;
@@ -277,10 +277,11 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
                rv < row_vecs ? std::min<index_t>(16, s.OW - 16 * v) : 0};
   }
   // Tile t of block b: row vectors [NVEC*t, NVEC*(t + 1)).
-  auto tile = [&](index_t item, const float* xp, index_t b, index_t t) {
+  // The item's output planes: in y, or with pool in the item's buffer ybuf.
+  auto tile = [&](index_t item, const float* xp, float* ybuf, index_t b, index_t t) {
     constexpr int kMaxV = DirectKernels::kSmallMaxV;
     const index_t g = item % G;
-    float* yi = y + (item / G * s.F + g * Fg + b * NF) * L;
+    float* yi = (pool ? ybuf : y + (item / G * s.F + g * Fg) * L) + b * NF * L;
     const float* rows[kMaxV];
     float* out[kMaxV];
     index_t lanes[kMaxV];
@@ -294,10 +295,25 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
                           bias ? bias + g * Fg + b * NF : nullptr, out, L,
                           std::min(NF, Fg - b * NF), lanes);
   };
-  for_each_item(s.N * G, sp.padded, [&](index_t i, float* xp, bool split) {
+  const index_t ybuf_size = pool ? round_up(Fg * L, 16) : 0;
+  const index_t PL = pool ? pool->shape.OH * pool->shape.OW : 0;
+  for_each_item(s.N * G, sp.padded + ybuf_size, [&](index_t i, float* xp, bool split) {
+    float* ybuf = xp + sp.padded;
     sp.fill(s, x + (i / G * s.C + i % G * Cg) * s.H * s.W, xp);
 #pragma omp parallel for schedule(static) if (split)
-    for (index_t bt = 0; bt < fblocks * tiles; ++bt) tile(i, xp, bt / tiles, bt % tiles);
+    for (index_t bt = 0; bt < fblocks * tiles; ++bt) tile(i, xp, ybuf, bt / tiles, bt % tiles);
+    if (!pool) return;
+    // The item's Fg planes, pooled from the buffer (L2) into their places in pool->y.
+    const index_t p0 = i / G * s.F + i % G * Fg;
+    if (!split) {
+      max_pool2d_forward_planes(pool->shape, Fg, ybuf, pool->y + p0 * PL,
+                                pool->indices + p0 * PL, pool->relu);
+      return;
+    }
+#pragma omp parallel for schedule(static)
+    for (index_t f = 0; f < Fg; ++f)
+      max_pool2d_forward_planes(pool->shape, 1, ybuf + f * L, pool->y + (p0 + f) * PL,
+                                pool->indices + (p0 + f) * PL, pool->relu);
   });
 }
 

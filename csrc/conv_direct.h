@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "conv.h"
+#include "pool.h"
 
 namespace fastconv {
 
@@ -112,8 +113,17 @@ bool use_direct(const ConvShape& s, DirectPass pass, bool forced);
 // Forward of stride-1 convolutions with few input channels on NCHW planes (small_c_tile):
 // 64 output pixels x 6 output channels per tile, the weights broadcast, written straight to y.
 bool use_small_channels(const ConvShape& s, bool forced);
+// pool (optional): max-pool each image's output planes while they are in cache, into
+// pool->y and pool->indices (pooled planes of pool->shape; relu: relu of the pooled values);
+// y is then not written (may be null).
+struct PoolAfter {
+  PoolShape shape;
+  bool relu;
+  float* y;
+  std::int64_t* indices;
+};
 void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
-                                   const float* bias, float* y);
+                                   const float* bias, float* y, const PoolAfter* pool = nullptr);
 // Input gradient of stride-1 layers with few input channels (at most kSmallF), as the
 // few-channel forward of grad_y with the kernel flipped and transposed.
 bool use_small_channels_input_grad(const ConvShape& s, bool forced);

@@ -268,16 +268,29 @@ void max_pool_plane(const PoolShape& s, const Pool2x2Kernels* fast, bool two_by_
 }  // namespace
 
 template <typename T>
-void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices, bool relu) {
+void max_pool2d_forward_planes(const PoolShape& s, index_t planes, const T* x, T* y,
+                               std::int64_t* indices, bool relu) {
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
   const bool two_by_two = is_plain_2x2(s);
   const Pool2x2Kernels* fast = fast_2x2<T>(s);
-#pragma omp parallel for schedule(static)
-  for (index_t plane = 0; plane < s.N * s.C; ++plane) {
+  for (index_t plane = 0; plane < planes; ++plane) {
     T* yp = y + plane * OL;
     max_pool_plane(s, fast, two_by_two, x + plane * HW, yp, indices + plane * OL);
     if (relu)
       for (index_t o = 0; o < OL; ++o) yp[o] = relu_value(yp[o]);
+  }
+}
+
+template <typename T>
+void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices, bool relu) {
+  const index_t HW = s.H * s.W, OL = s.OH * s.OW, planes = s.N * s.C;
+  // A contiguous range of planes per thread.
+  const index_t parts = max_threads();
+#pragma omp parallel for schedule(static)
+  for (index_t t = 0; t < parts; ++t) {
+    const index_t p0 = planes * t / parts, p1 = planes * (t + 1) / parts;
+    if (p1 > p0)
+      max_pool2d_forward_planes(s, p1 - p0, x + p0 * HW, y + p0 * OL, indices + p0 * OL, relu);
   }
 }
 
@@ -391,6 +404,8 @@ void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy
 
 #define FASTCONV_INSTANTIATE(T)                                                                \
   template void max_pool2d_forward<T>(const PoolShape&, const T*, T*, std::int64_t*, bool);   \
+  template void max_pool2d_forward_planes<T>(const PoolShape&, index_t, const T*, T*,          \
+                                             std::int64_t*, bool);                            \
   template bool max_pool2d_backward<T>(const PoolShape&, const T*, const std::int64_t*, T*,   \
                                        const T*);                                             \
   template bool max_pool_backward_plane<T>(index_t, index_t, const T*, const std::int64_t*,    \

@@ -20,6 +20,10 @@ struct PoolShape {
 template <typename T>
 void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices,
                         bool relu = false);
+// max_pool2d_forward of `planes` consecutive planes on the calling thread (s.N, s.C unused).
+template <typename T>
+void max_pool2d_forward_planes(const PoolShape& s, index_t planes, const T* x, T* y,
+                               std::int64_t* indices, bool relu);
 // Returns false (and writes nothing for that entry) if an index lies outside [0, H*W).
 // relu_y: the output of a forward with relu; gy is then the gradient of relu(y) and first goes
 // through the ReLU's gradient (relu_grad), in the same pass as the scatter.

@@ -19,6 +19,13 @@ def conv2d_backward_weight(grad_y: Array, x: Array, grad_weight: Array, stride_h
                            stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
                            dilation_w: int, groups: int) -> None: ...
 def conv2d_backward_bias(grad_y: Array, grad_bias: Array) -> None: ...
+def conv2d_forward_max_pool(x: Array, weight: Array, bias: Array | None, y: Array,
+                            indices: NDArray[np.int64], out_h: int, out_w: int, stride_h: int,
+                            stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
+                            dilation_w: int, groups: int, pool_kernel_h: int,
+                            pool_kernel_w: int, pool_stride_h: int, pool_stride_w: int,
+                            pool_pad_h: int, pool_pad_w: int, pool_dilation_h: int,
+                            pool_dilation_w: int, relu: bool) -> bool: ...
 def conv2d_backward_weight_through_max_pool(grad_pooled: Array, indices: NDArray[np.int64],
                                             relu_output: Array | None, x: Array,
                                             grad_weight: Array, grad_bias: Array | None,

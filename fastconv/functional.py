@@ -41,6 +41,7 @@ __all__ = [
     "conv2d",
     "conv2d_backward",
     "conv2d_backward_through_max_pool",
+    "conv2d_max_pool2d",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
@@ -86,6 +87,15 @@ def _conv_inputs(op, x, weight):
     return x, weight
 
 
+def _conv_bias(op, bias, geom, weight):
+    if bias is not None:
+        bias = as_float_array(bias, "bias", op)
+        if bias.shape != (geom.F,):
+            raise ValueError(f"{op}: bias must have shape ({geom.F},) to match weight "
+                             f"{weight.shape}, got {bias.shape}")
+    return bias
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> np.ndarray:
     """2-D convolution (cross-correlation), as torch.nn.functional.conv2d.
 
@@ -108,11 +118,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     op = "conv2d"
     x, weight = _conv_inputs(op, x, weight)
     geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
-    if bias is not None:
-        bias = as_float_array(bias, "bias", op)
-        if bias.shape != (geom.F,):
-            raise ValueError(f"{op}: bias must have shape ({geom.F},) to match weight "
-                             f"{weight.shape}, got {bias.shape}")
+    bias = _conv_bias(op, bias, geom, weight)
     dtype = common_dtype(x, weight, bias)
     y = np.empty(geom.output_shape, dtype)
     if geom.N == 0:
@@ -121,6 +127,39 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
                          None if bias is None else _c(bias, dtype), y,
                          *geom.stride, *geom.padding, *geom.dilation, geom.groups)
     return y
+
+
+def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                      kernel_size, pool_stride=None, pool_padding=0, pool_dilation=1,
+                      ceil_mode=False, relu=False):
+    """conv2d followed by max_pool2d (with return_indices; relu as max_pool2d's):
+
+        max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups), kernel_size,
+                   pool_stride, pool_padding, pool_dilation, ceil_mode, return_indices=True,
+                   relu=relu)
+
+    Returns (y, indices), the same bits as the two calls. Where the few-channel forward runs
+    (RGB first layers, float32, AVX-512) the conv output is never stored whole: each image's
+    planes are pooled while they are in cache.
+    """
+    op = "conv2d_max_pool2d"
+    x, weight = _conv_inputs(op, x, weight)
+    geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
+    bias = _conv_bias(op, bias, geom, weight)
+    pool = pool2d_geometry(geom.output_shape, kernel_size, pool_stride, pool_padding,
+                           pool_dilation, ceil_mode, op)
+    dtype = common_dtype(x, weight, bias)
+    if dtype == np.float32 and geom.N and geom.F:
+        y = np.empty(pool.output_shape, dtype)
+        indices = np.empty(pool.output_shape, np.int64)
+        if _core.conv2d_forward_max_pool(
+                _c(x, dtype), _c(weight, dtype), None if bias is None else _c(bias, dtype), y,
+                indices, *geom.out, *geom.stride, *geom.padding, *geom.dilation, geom.groups,
+                *pool.kernel, *pool.stride, *pool.padding, *pool.dilation, bool(relu)):
+            return y, indices
+    return max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups), kernel_size,
+                      pool_stride, pool_padding, pool_dilation, ceil_mode, return_indices=True,
+                      relu=relu)
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,

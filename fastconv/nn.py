@@ -622,6 +622,25 @@ class Conv2d(Module):
             self.bias.accumulate_grad(gb)
         return gx
 
+    def _forward_max_pool(self, pool: "MaxPool2d", x: np.ndarray, relu: bool,
+                          ops) -> np.ndarray:
+        """This layer's forward and then `pool`'s (relu: with a ReLU between them, fused into
+        the pooling), as one op (conv2d_max_pool2d of `ops`, both layers' backend); both
+        layers keep what their backward needs, as if run one after the other."""
+        w = self.weight.data
+        x = _as_input(self, x, w.dtype)
+        _check_4d(self, x, self.in_channels)
+        b = self.bias.data if self.bias is not None else None
+        y_shape = _args.conv2d_geometry(x.shape, w.shape, self.stride, self.padding,
+                                        self.dilation, self.groups, op=repr(self)).output_shape
+        pooled, idx = ops.conv2d_max_pool2d(
+            x, w, b, self.stride, self.padding, self.dilation, self.groups,
+            kernel_size=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding,
+            pool_dilation=pool.dilation, ceil_mode=pool.ceil_mode, relu=relu)
+        self._cache = (ops, x, y_shape)
+        pool._cache = (ops, idx, y_shape, pooled, relu)
+        return pooled
+
     def _backward_through_max_pool(self, pool: "MaxPool2d", grad_pooled: np.ndarray) -> None:
         """Backward of this layer and the max pooling run after it (with a ReLU fused into the
         pooling, see Sequential), without this layer's input gradient: the first layer of a
@@ -1361,8 +1380,10 @@ class Sequential(Module):
             raise IndexError(f"Sequential index {idx} out of range for {len(layers)} layers") from None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Run the layers in order. Two adjacent pairs run fused, with the same results:
+        """Run the layers in order. These runs of layers are fused, with the same results:
 
+        * Conv2d -> (ReLU ->) MaxPool2d: one op, conv2d_max_pool2d; for RGB first layers the
+          conv output is never stored whole (each image's planes pooled in cache).
         * BatchNorm (batch statistics) -> ReLU: one pass computes relu(batch_norm(x)), and its
           backward applies the ReLU's gradient in the batch norm's own passes.
         * ReLU -> MaxPool2d: one pass computes relu(max_pool(x)), the ReLU on 1/k^2 of the
@@ -1378,8 +1399,18 @@ class Sequential(Module):
             layer = layers[i]
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             at = i
+            after = layers[i + 2] if i + 2 < len(layers) else None
             try:
-                if (type(nxt) is ReLU and isinstance(layer, _BatchNorm)
+                relu = type(nxt) is ReLU
+                pool = after if relu else nxt
+                ops = layer._ops() if type(layer) is Conv2d and type(pool) is MaxPool2d else None
+                if ops is not None and pool._ops() is ops:  # (one backend for both)
+                    x = layer._forward_max_pool(pool, x, relu, ops)
+                    if relu:
+                        nxt._cache = (nxt._ops(), x)  # as if run alone, as below
+                    order += [i, i + 2 if relu else i + 1]
+                    i += 3 if relu else 2
+                elif (type(nxt) is ReLU and isinstance(layer, _BatchNorm)
                         and layer._uses_batch_stats()):
                     x = layer._forward(x, relu=True)
                     nxt._cache = (layer._ops(), x)  # as if run alone: its backward still works

@@ -48,6 +48,7 @@ __all__ = [
     "conv2d",
     "conv2d_backward",
     "conv2d_backward_through_max_pool",
+    "conv2d_max_pool2d",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
@@ -272,6 +273,16 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     if mask[2]:
         grad_b = np.ascontiguousarray(gy.sum(axis=(0, 3)).reshape(geom.F), dtype=dtype)
     return grad_x, grad_w, grad_b
+
+
+def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                      kernel_size, pool_stride=None, pool_padding=0, pool_dilation=1,
+                      ceil_mode=False, relu=False):
+    """conv2d followed by max_pool2d (with return_indices; relu as max_pool2d's), returning
+    (y, indices): see :func:`fastconv.functional.conv2d_max_pool2d`. Here the two calls."""
+    return max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups), kernel_size,
+                      pool_stride, pool_padding, pool_dilation, ceil_mode, return_indices=True,
+                      relu=relu)
 
 
 def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, padding=0,

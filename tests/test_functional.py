@@ -982,6 +982,77 @@ def test_max_pool2d_fused_relu_is_relu_of_max_pool2d(rng, simd_level, level, dty
             got, R.max_pool2d_backward(gy, ridx, x.shape, relu_output=ry))
 
 
+# conv2d_max_pool2d: (x shape, weight shape, conv kwargs, pool kwargs). The first ones take
+# the few-channel forward (3-4 channels per group, stride 1), pooled image by image from cache;
+# the last two the two-call fallback (7 channels; stride 2).
+FORWARD_POOL_CASES = [
+    ((4, 3, 32, 32), (32, 3, 3, 3), {}, dict(kernel_size=2)),
+    ((3, 3, 17, 19), (20, 3, 3, 3), dict(padding=1), dict(kernel_size=3, pool_stride=2, pool_padding=1)),
+    ((2, 4, 14, 15), (6, 4, 5, 5), dict(padding=2), dict(kernel_size=2, ceil_mode=True)),
+    ((2, 6, 12, 12), (32, 3, 3, 3), dict(groups=2), dict(kernel_size=2, pool_stride=1)),
+    ((1, 3, 10, 9), (18, 3, 3, 3), dict(dilation=2), dict(kernel_size=2, pool_dilation=2)),
+    ((3, 7, 11, 11), (6, 7, 3, 3), {}, dict(kernel_size=2)),
+    ((3, 3, 11, 11), (6, 3, 3, 3), dict(stride=2, padding=1), dict(kernel_size=2)),
+]
+
+
+@pytest.mark.parametrize("level", ["generic", "avx512"])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", FORWARD_POOL_CASES, ids=str)
+def test_conv2d_max_pool2d_is_the_two_calls(rng, simd_level, level, case, dtype, relu):
+    # Bit for bit the values and indices of conv2d then max_pool2d, with NaN and ties (integer
+    # weights and inputs); the reference's within rounding.
+    if not _core.set_simd_level(level):
+        pytest.skip(f"this CPU or build has no {level}")
+    x_shape, w_shape, conv_kw, pool_kw = case
+    x = rng.integers(-2, 3, x_shape).astype(dtype)
+    x.reshape(-1)[::41] = np.nan
+    w = rng.integers(-1, 2, w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    for bias in (b, None):
+        y, idx = F.conv2d_max_pool2d(x, w, bias, **conv_kw, **pool_kw, relu=relu)
+        two = {k.removeprefix("pool_"): v for k, v in pool_kw.items()}
+        want_y, want_idx = F.max_pool2d(F.conv2d(x, w, bias, **conv_kw), return_indices=True,
+                                        relu=relu, **two)
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(want_y))
+        np.testing.assert_array_equal(idx, want_idx)
+        assert y.dtype == dtype and idx.dtype == np.int64
+    x[np.isnan(x)] = 0.5  # the reference's sums may place NaN differently
+    y, _ = F.conv2d_max_pool2d(x, w, b, **conv_kw, **pool_kw, relu=relu)
+    assert_close(R.conv2d_max_pool2d(x, w, b, **conv_kw, **pool_kw, relu=relu)[0], y)
+
+
+def test_conv2d_max_pool2d_does_not_depend_on_thread_count(rng, threads):
+    # Batch 1 (the threads split one image's tiles and planes) and batch 9 (whole images).
+    for n in (1, 9):
+        x = rng.standard_normal((n, 3, 20, 20)).astype(np.float32)
+        w = rng.standard_normal((32, 3, 3, 3)).astype(np.float32)
+        runs = []
+        for t in (1, 2):
+            threads(t)
+            runs.append(F.conv2d_max_pool2d(x, w, kernel_size=2, relu=True))
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
+def test_conv2d_max_pool2d_bad_input(module):
+    x = np.ones((2, 3, 8, 8), np.float32)
+    w = np.ones((16, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="bias"):
+        module.conv2d_max_pool2d(x, w, np.ones(3, np.float32), kernel_size=2)
+    with pytest.raises(ValueError, match="kernel_size"):
+        module.conv2d_max_pool2d(x, w, kernel_size=0)
+    with pytest.raises(ValueError):
+        module.conv2d_max_pool2d(x, w, kernel_size=9)  # larger than the 6x6 conv output
+    with pytest.raises(TypeError):
+        module.conv2d_max_pool2d(x, w)  # kernel_size is required
+    y, idx = module.conv2d_max_pool2d(x[:0], w, kernel_size=2)
+    assert y.shape == (0, 16, 3, 3) and idx.shape == (0, 16, 3, 3)
+
+
 # conv2d_backward_through_max_pool: (x shape, weight shape, conv kwargs, pool kwargs). The
 # first ones take the few-channel weight gradient (3-4 channels per group, 16+ filters,
 # stride 1), where grad_y is made block by block; the others the stored-gradient fallback.

@@ -680,8 +680,8 @@ def test_sequential_relu_maxpool_reordered_property(k, s, d, ceil, h, w, data):
 ], ids=["relu_pool", "pool_no_bias", "lenet"])
 @pytest.mark.parametrize("backend", ["fast", "reference"])
 def test_sequential_first_conv_backward_through_pool(head, backend, monkeypatch):
-    # A first Conv2d -> (ReLU ->) MaxPool2d with input_grad=False: one fused backward, the
-    # layer-by-layer gradients bit for bit.
+    # A first Conv2d -> (ReLU ->) MaxPool2d: one fused forward and, with input_grad=False, one
+    # fused backward; the layer-by-layer outputs and gradients bit for bit.
     from fastconv import functional as F, reference as R
 
     model = nn.Sequential(*head(), nn.Flatten()).set_backend(backend)
@@ -689,15 +689,16 @@ def test_sequential_first_conv_backward_through_pool(head, backend, monkeypatch)
     _assert_same_runs(model, x, input_grad=False)
     calls = []
     ops = F if backend == "fast" else R
-    real = ops.conv2d_backward_through_max_pool
-    monkeypatch.setattr(ops, "conv2d_backward_through_max_pool",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("conv2d_max_pool2d", "conv2d_backward_through_max_pool"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _real=real, _name=name, **k:
+                            calls.append(_name) or _real(*a, **k))
     model.zero_grad()
     y = model.forward(x)
     assert model.backward(np.ones_like(y), input_grad=False) is None
-    assert calls == [1]
+    assert calls == ["conv2d_max_pool2d", "conv2d_backward_through_max_pool"]
     model.backward(np.ones_like(y), input_grad=True)  # then the plain layers' backward
-    assert calls == [1]
+    assert len(calls) == 2
 
 
 def test_sequential_fusion_nan_and_standalone_relu_backward():
