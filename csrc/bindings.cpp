@@ -148,18 +148,29 @@ bool conv_forward_max_pool_t(const py::array& x, const py::array& w, const py::o
   return fastconv::conv2d_forward_max_pool<T>(s, xp, wp, bp, ps, relu, yp, ip);
 }
 
+// The shape of a convolution whose output (oh x ow) is not an array here: w is the weight or
+// its gradient (same shape).
+fastconv::ConvShape conv_shape_sized(const py::array& x, const py::array& w, const char* wname,
+                                     index_t oh, index_t ow, index_t sh, index_t sw, index_t ph,
+                                     index_t pw, index_t dh, index_t dw, index_t groups,
+                                     const char* op) {
+  const auto win = window(dim(w, 2, wname), dim(w, 3, wname), sh, sw, ph, pw, dh, dw);
+  const fastconv::ConvShape s{dim(x, 0, "x"), dim(x, 1, "x"), dim(x, 2, "x"), dim(x, 3, "x"),
+                              dim(w, 0, wname), groups, oh, ow, win};
+  if (groups < 1 || s.C % groups || s.F % groups || dim(w, 1, wname) != s.C / groups ||
+      oh < 1 || ow < 1)
+    throw py::value_error(std::string(op) + ": inconsistent shapes");
+  return s;
+}
+
 bool conv2d_forward_max_pool(const py::array& x, const py::array& w, const py::object& bias,
                              py::array y, py::array idx, index_t oh, index_t ow, index_t sh,
                              index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
                              index_t groups, index_t pool_kh, index_t pool_kw, index_t pool_sh,
                              index_t pool_sw, index_t pool_ph, index_t pool_pw,
                              index_t pool_dh, index_t pool_dw, bool relu) {
-  const auto win = window(dim(w, 2, "weight"), dim(w, 3, "weight"), sh, sw, ph, pw, dh, dw);
-  const fastconv::ConvShape s{dim(x, 0, "x"), dim(x, 1, "x"), dim(x, 2, "x"), dim(x, 3, "x"),
-                              dim(w, 0, "weight"), groups, oh, ow, win};
-  if (groups < 1 || s.C % groups || s.F % groups || dim(w, 1, "weight") != s.C / groups ||
-      oh < 1 || ow < 1)
-    throw py::value_error("conv2d_forward_max_pool: inconsistent shapes");
+  const auto s = conv_shape_sized(x, w, "weight", oh, ow, sh, sw, ph, pw, dh, dw, groups,
+                                  "conv2d_forward_max_pool");
   const fastconv::PoolShape ps{s.N, s.F, oh, ow, dim(y, 2, "y"), dim(y, 3, "y"),
                                window(pool_kh, pool_kw, pool_sh, pool_sw, pool_ph, pool_pw,
                                       pool_dh, pool_dw)};
@@ -193,13 +204,8 @@ bool conv2d_backward_weight_through_max_pool(const py::array& gp, const py::arra
                                              py::array gw, const py::object& gb, index_t oh,
                                              index_t ow, index_t sh, index_t sw, index_t ph,
                                              index_t pw, index_t dh, index_t dw, index_t groups) {
-  const auto win = window(dim(gw, 2, "grad_weight"), dim(gw, 3, "grad_weight"), sh, sw, ph, pw,
-                          dh, dw);
-  fastconv::ConvShape s{dim(x, 0, "x"), dim(x, 1, "x"), dim(x, 2, "x"), dim(x, 3, "x"),
-                        dim(gw, 0, "grad_weight"), groups, oh, ow, win};
-  if (groups < 1 || s.C % groups || s.F % groups || dim(gw, 1, "grad_weight") != s.C / groups ||
-      oh < 1 || ow < 1)
-    throw py::value_error("conv2d_backward_weight_through_max_pool: inconsistent shapes");
+  const auto s = conv_shape_sized(x, gw, "grad_weight", oh, ow, sh, sw, ph, pw, dh, dw, groups,
+                                  "conv2d_backward_weight_through_max_pool");
   return is_f64(gp) ? conv_backward_through_pool_t<double>(gp, idx, relu_y, x, gw, gb, s)
                     : conv_backward_through_pool_t<float>(gp, idx, relu_y, x, gw, gb, s);
 }
@@ -403,7 +409,6 @@ void adam_update(py::array p, const py::array& g, py::array m, py::array v, doub
 }
 
 // ---- batch norm (training mode) -----------------------------------------------------------
-
 
 template <typename T>
 void bn_forward_t(const py::array& x, const py::object& gamma, const py::object& beta, double eps,

@@ -219,7 +219,6 @@ const Pool2x2Kernels* fast_2x2(const PoolShape& s) {
   }
 }
 
-
 // One plane of max pooling: the AVX-512 2x2 kernels (fast, from fast_2x2), the portable 2x2
 // ones (two_by_two, from is_plain_2x2), or any window.
 template <typename T>
@@ -305,7 +304,6 @@ bool max_pool_backward_plane(index_t OL, index_t HW, const T* gy, const std::int
       ok = false;
       continue;
     }
-    // (relu_y is loop-invariant: the compiler unswitches the test)
     if (relu_y) gx[idx] += relu_grad(gy[o], relu_y[o]);
     else gx[idx] += gy[o];
   }

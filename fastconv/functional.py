@@ -231,11 +231,7 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     ry = None if relu_output is None else _c(relu_output, dtype)
     # (without a weight gradient asked for, one is still computed: the bias rides along)
     gw = grad_w if grad_w is not None else np.empty(weight.shape, dtype)
-    if geom.N == 0:
-        gw.fill(0)
-        if grad_b is not None:
-            grad_b.fill(0)
-    elif not _core.conv2d_backward_weight_through_max_pool(
+    if not _core.conv2d_backward_weight_through_max_pool(
             _c(grad_pooled, dtype), _c(indices, np.int64), ry, _c(x, dtype), gw, grad_b,
             *geom.out, *geom.stride, *geom.padding, *geom.dilation, geom.groups):
         raise indices_out_of_range(geom.output_shape, op)

@@ -600,12 +600,16 @@ class Conv2d(Module):
         """PyTorch's default initialisation (see :func:`fastconv.init.default_init_`)."""
         _init.default_init_(self.weight, self.bias, rng)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def _inputs(self, x: np.ndarray):
+        """(x checked and in the weight's dtype, weight, bias or None)."""
         w = self.weight.data
         x = _as_input(self, x, w.dtype)
         _check_4d(self, x, self.in_channels)
+        return x, w, self.bias.data if self.bias is not None else None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x, w, b = self._inputs(x)
         ops = self._ops()
-        b = self.bias.data if self.bias is not None else None
         y = ops.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
         self._cache = (ops, x, y.shape)
         return y
@@ -627,10 +631,7 @@ class Conv2d(Module):
         """This layer's forward and then `pool`'s (relu: with a ReLU between them, fused into
         the pooling), as one op (conv2d_max_pool2d of `ops`, both layers' backend); both
         layers keep what their backward needs, as if run one after the other."""
-        w = self.weight.data
-        x = _as_input(self, x, w.dtype)
-        _check_4d(self, x, self.in_channels)
-        b = self.bias.data if self.bias is not None else None
+        x, w, b = self._inputs(x)
         y_shape = _args.conv2d_geometry(x.shape, w.shape, self.stride, self.padding,
                                         self.dilation, self.groups, op=repr(self)).output_shape
         pooled, idx = ops.conv2d_max_pool2d(

@@ -364,7 +364,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
                 # padded positions hold -inf, are never taken, so their index does not matter
                 np.copyto(idx, base + (i * dh * W + j * dw), where=take)
     if relu:
-        y = np.maximum(y, dtype.type(0))  # as relu() below (the argument shadows its name)
+        y = _relu_values(y)
     if return_indices:
         return y, idx
     return y
@@ -543,10 +543,13 @@ def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=T
     return gx, gw, gb
 
 
+def _relu_values(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, x.dtype.type(0))  # NaN propagates
+
+
 def relu(x) -> np.ndarray:
     """max(x, 0) elementwise, as torch.relu (NaN propagates)."""
-    x = as_float_array(x, "x", "relu")
-    return np.ascontiguousarray(np.maximum(x, x.dtype.type(0)))
+    return np.ascontiguousarray(_relu_values(as_float_array(x, "x", "relu")))
 
 
 def relu_backward(grad_y, y) -> np.ndarray:

@@ -689,17 +689,22 @@ def test_linear_matches_torch(rng, torch):
         assert_close(a, e.numpy())
 
 
+def assert_same_with_1_and_2_threads(threads, run):
+    """run() (a tuple of arrays) gives the same bits with 1 and with 2 threads."""
+    runs = []
+    for n in (1, 2):
+        threads(n)
+        runs.append(run())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("batch,in_f,out_f", [(64, 2304, 1024), (64, 1024, 10), (3, 2304, 1024)])
 def test_linear_does_not_depend_on_thread_count(rng, threads, batch, in_f, out_f):
     x = rng.standard_normal((batch, in_f)).astype(np.float32)
     w = rng.standard_normal((out_f, in_f)).astype(np.float32)
     gy = rng.standard_normal((batch, out_f)).astype(np.float32)
-    runs = []
-    for n in (1, 2):
-        threads(n)
-        runs.append((F.linear(x, w), *F.linear_backward(gy, x, w)))
-    for a, b in zip(*runs):
-        np.testing.assert_array_equal(a, b)
+    assert_same_with_1_and_2_threads(threads, lambda: (F.linear(x, w), *F.linear_backward(gy, x, w)))
 
 
 @pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
@@ -1029,12 +1034,8 @@ def test_conv2d_max_pool2d_does_not_depend_on_thread_count(rng, threads):
     for n in (1, 9):
         x = rng.standard_normal((n, 3, 20, 20)).astype(np.float32)
         w = rng.standard_normal((32, 3, 3, 3)).astype(np.float32)
-        runs = []
-        for t in (1, 2):
-            threads(t)
-            runs.append(F.conv2d_max_pool2d(x, w, kernel_size=2, relu=True))
-        for a, b in zip(*runs):
-            np.testing.assert_array_equal(a, b)
+        assert_same_with_1_and_2_threads(
+            threads, lambda: F.conv2d_max_pool2d(x, w, kernel_size=2, relu=True))
 
 
 @pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
@@ -1107,12 +1108,8 @@ def test_conv2d_backward_through_max_pool_does_not_depend_on_thread_count(rng, t
         y = F.conv2d(x, w)
         pooled, idx = F.max_pool2d(y, 2, return_indices=True, relu=True)
         g = rng.standard_normal(pooled.shape).astype(np.float32)
-        runs = []
-        for t in (1, 2):
-            threads(t)
-            runs.append(F.conv2d_backward_through_max_pool(g, idx, x, w, relu_output=pooled))
-        for a, b in zip(*runs):
-            np.testing.assert_array_equal(a, b)
+        assert_same_with_1_and_2_threads(
+            threads, lambda: F.conv2d_backward_through_max_pool(g, idx, x, w, relu_output=pooled))
 
 
 @pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
