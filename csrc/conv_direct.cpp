@@ -249,21 +249,14 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
   const Window2d& win = s.win;
   const SmallPlanes sp(s);
   const index_t vecs = sp.vecs, Wp = sp.Wp, plane = sp.plane;
-  std::vector<index_t> off(CKK);  // step (c, kh, kw) -> offset in the padded image
-  for (index_t c = 0; c < Cg; ++c)
-    for (index_t i = 0; i < win.KH; ++i)
-      for (index_t j = 0; j < win.KW; ++j)
-        off[(c * win.KH + i) * win.KW + j] = c * plane + i * win.DH * Wp + j * win.DW;
-  // Weights per group and block of NF output channels: [step][NF], zero past Fg.
+  const index_t taps = win.KH * win.KW;
+  // Weights per group and block of NF output channels: [step][NF], zero past Fg; step
+  // (c, kh, kw) reads the padded planes at c*plane + kh*DH*Wp + kw*DW.
   const index_t fblocks = ceil_div(Fg, NF);
-  Scratch<float> wq = make_scratch<float>(G * fblocks * CKK * NF);
-  for (index_t g = 0; g < G; ++g)
-    for (index_t b = 0; b < fblocks; ++b)
-      for (index_t st = 0; st < CKK; ++st)
-        for (index_t i = 0; i < NF; ++i) {
-          const index_t f = b * NF + i;
-          wq[((g * fblocks + b) * CKK + st) * NF + i] = f < Fg ? w[(g * Fg + f) * CKK + st] : 0.0f;
-        }
+  auto weight = [&](index_t g, index_t b, index_t st, index_t i) {
+    const index_t f = b * NF + i;
+    return f < Fg ? w[(g * Fg + f) * CKK + st] : 0.0f;
+  };
   const index_t row_vecs = s.OH * vecs, tiles = ceil_div(row_vecs, NVEC);
   // Row vector rv (16 outputs of row rv / vecs): its offsets in the padded image and in an
   // output plane, and its lanes; past the last (a tile's spare vectors): the last, no lanes.
@@ -275,6 +268,43 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
     const index_t r = std::min(rv, row_vecs - 1), oh = r / vecs, v = r % vecs;
     rvs[rv] = {oh * Wp + 16 * v, oh * s.OW + 16 * v,
                rv < row_vecs ? std::min<index_t>(16, s.OW - 16 * v) : 0};
+  }
+  // Kernel rows that read only the zero padding above or below the image for every row of
+  // a tile are left out of its steps: the input gradient's padding of d(k-1) - p is wide
+  // (LeNet's 16 -> 6 5x5: a fifth of all steps). Tiles with the same kernel rows [kh0, kh1)
+  // share a step set: the remaining steps in their usual order, so the sums keep their order.
+  struct StepSet {
+    index_t kh0, kh1, steps;
+    std::vector<index_t> off;
+    Scratch<float> wq;
+  };
+  std::vector<StepSet> sets;
+  std::vector<index_t> tile_set(tiles);
+  for (index_t t = 0; t < tiles; ++t) {
+    const index_t oh_min = std::min(NVEC * t, row_vecs - 1) / vecs;
+    const index_t oh_max = std::min(NVEC * (t + 1) - 1, row_vecs - 1) / vecs;
+    // Kernel row kh reads padded rows oh + kh*DH; the image's are [PH, PH + H).
+    index_t kh0 = 0, kh1 = win.KH;
+    while (kh0 < kh1 && oh_max + kh0 * win.DH < win.PH) ++kh0;
+    while (kh1 > kh0 && oh_min + (kh1 - 1) * win.DH >= win.PH + s.H) --kh1;
+    index_t set = 0;
+    while (set < static_cast<index_t>(sets.size()) && (sets[set].kh0 != kh0 || sets[set].kh1 != kh1))
+      ++set;
+    tile_set[t] = set;
+    if (set < static_cast<index_t>(sets.size())) continue;
+    StepSet ss{kh0, kh1, Cg * (kh1 - kh0) * win.KW, {}, {}};
+    ss.wq = make_scratch<float>(G * fblocks * ss.steps * NF);
+    float* wq = ss.wq.get();
+    for (index_t g = 0; g < G; ++g)
+      for (index_t b = 0; b < fblocks; ++b)
+        for (index_t c = 0; c < Cg; ++c)
+          for (index_t i = kh0; i < kh1; ++i)
+            for (index_t j = 0; j < win.KW; ++j) {
+              if (g == 0 && b == 0) ss.off.push_back(c * plane + i * win.DH * Wp + j * win.DW);
+              const index_t st = c * taps + i * win.KW + j;
+              for (index_t f = 0; f < NF; ++f) *wq++ = weight(g, b, st, f);
+            }
+    sets.push_back(std::move(ss));
   }
   // Tile t of block b: row vectors [NVEC*t, NVEC*(t + 1)).
   // The item's output planes: in y, or with pool in the item's buffer ybuf.
@@ -291,7 +321,9 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
       out[j] = yi + r.out;
       lanes[j] = r.lanes;
     }
-    k.small_c_tile[shape](rows, off.data(), CKK, wq.get() + (g * fblocks + b) * CKK * NF,
+    const StepSet& ss = sets[tile_set[t]];
+    k.small_c_tile[shape](rows, ss.off.data(), ss.steps,
+                          ss.wq.get() + (g * fblocks + b) * ss.steps * NF,
                           bias ? bias + g * Fg + b * NF : nullptr, out, L,
                           std::min(NF, Fg - b * NF), lanes);
   };
