@@ -342,8 +342,12 @@ template <typename T>
 bool conv2d_forward_max_pool(const ConvShape& s, const T* x, const T* w, const T* bias,
                              const PoolShape& ps, bool relu, T* y, std::int64_t* indices) {
   if constexpr (std::is_same_v<T, float>) {
+    // The paths of conv2d_forward that can pool each image's output planes from cache; false
+    // (the caller runs the two calls) elsewhere, and where Winograd declines non-finite values.
+    const PoolAfter pool{ps, relu, y, indices};
+    if (s.N > 0 && winograd<T>(s, DirectPass::forward))
+      return conv2d_forward_winograd(s, x, w, bias, nullptr, &pool);
     if (s.N > 0 && few_channels(use_small_channels, s)) {
-      const PoolAfter pool{ps, relu, y, indices};
       conv2d_forward_small_channels(s, x, w, bias, nullptr, &pool);
       return true;
     }

@@ -239,6 +239,21 @@ bool use_small_channels(const ConvShape& s, bool forced) {
   return forced || (s.Cg() <= 4 && !s.pointwise());
 }
 
+void pool_planes(const PoolAfter& pool, index_t planes, index_t L, const float* ybuf,
+                 index_t first, bool split) {
+  const index_t PL = pool.shape.OH * pool.shape.OW;
+  float* y = pool.y + first * PL;
+  std::int64_t* indices = pool.indices + first * PL;
+  if (!split) {
+    max_pool2d_forward_planes(pool.shape, planes, ybuf, y, indices, pool.relu);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (index_t f = 0; f < planes; ++f)
+    max_pool2d_forward_planes(pool.shape, 1, ybuf + f * L, y + f * PL, indices + f * PL,
+                              pool.relu);
+}
+
 void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
                                    const float* bias, float* y, const PoolAfter* pool) {
   const DirectKernels& k = *direct_kernels();
@@ -328,24 +343,12 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
                           std::min(NF, Fg - b * NF), lanes);
   };
   const index_t ybuf_size = pool ? round_up(Fg * L, 16) : 0;
-  const index_t PL = pool ? pool->shape.OH * pool->shape.OW : 0;
   for_each_item(s.N * G, sp.padded + ybuf_size, [&](index_t i, float* xp, bool split) {
     float* ybuf = xp + sp.padded;
     sp.fill(s, x + (i / G * s.C + i % G * Cg) * s.H * s.W, xp);
 #pragma omp parallel for schedule(static) if (split)
     for (index_t bt = 0; bt < fblocks * tiles; ++bt) tile(i, xp, ybuf, bt / tiles, bt % tiles);
-    if (!pool) return;
-    // The item's Fg planes, pooled from the buffer (L2) into their places in pool->y.
-    const index_t p0 = i / G * s.F + i % G * Fg;
-    if (!split) {
-      max_pool2d_forward_planes(pool->shape, Fg, ybuf, pool->y + p0 * PL,
-                                pool->indices + p0 * PL, pool->relu);
-      return;
-    }
-#pragma omp parallel for schedule(static)
-    for (index_t f = 0; f < Fg; ++f)
-      max_pool2d_forward_planes(pool->shape, 1, ybuf + f * L, pool->y + (p0 + f) * PL,
-                                pool->indices + (p0 + f) * PL, pool->relu);
+    if (pool) pool_planes(*pool, Fg, L, ybuf, i / G * s.F + i % G * Fg, split);
   });
 }
 

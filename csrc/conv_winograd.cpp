@@ -228,19 +228,24 @@ void forward_chunk(const DirectKernels& k, const TilePlan& p, const float* xp, c
   }
 }
 
-// Runs the plan over `items` images (src(i) -> dst(i), NCHW, plus bias), kernels u(i).
+// Runs the plan over `items` images (src(i) -> dst(i), NCHW, plus bias), kernels u(i); with
+// pool, each image's output planes are max-pooled from a buffer in cache into pool->y (item i
+// holds planes [i*Cout, (i+1)*Cout)), and dst is not used.
 // Returns false, as soon as it sees one, if an input holds ±inf or NaN (the outputs are then
 // unspecified: the caller recomputes them on the direct path, see use_winograd).
 template <typename Src, typename Dst, typename Kernels>
 bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst dst, Kernels u,
-               const float* bias) {
+               const float* bias, const PoolAfter* pool = nullptr) {
   std::atomic<bool> nonfinite{false};
   const DirectKernels& k = *direct_kernels();
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
   const index_t chunks = ceil_div(p.T, p.chunk);
   const index_t part = p.v_size() + p.m_size() + p.Cout_pad;  // transform buffers + junk row
-  // Scratch per image: padded copy, transformed tiles, products, output, junk row.
-  for_each_item(items, p.scratch_size() + p.Cout_pad, [&](index_t i, float* xp, bool split) {
+  const index_t L = p.OH * p.OW, ybuf_size = pool ? round_up(p.Cout * L, 16) : 0;
+  // Scratch per image: padded copy, transformed tiles, products, output, junk row, and with
+  // pool the output planes.
+  for_each_item(items, p.scratch_size() + p.Cout_pad + ybuf_size, [&](index_t i, float* xp,
+                                                                     bool split) {
     float* out = xp + p.padded_size() + p.v_size() + p.m_size();
     if (nonfinite.load(std::memory_order_relaxed)) return;
     if (k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp)) {
@@ -269,7 +274,13 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
     } else {
       for (index_t c = 0; c < chunks; ++c) run_chunk(c, xp + p.padded_size(), out + p.out_size());
     }
-    k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+    if (!pool) {
+      k.from_channels_last(out, p.Cout_pad, p.Cout, L, bias_of(i), dst(i));
+      return;
+    }
+    float* ybuf = xp + p.scratch_size() + p.Cout_pad;
+    k.from_channels_last(out, p.Cout_pad, p.Cout, L, bias_of(i), ybuf);
+    pool_planes(*pool, p.Cout, L, ybuf, i * p.Cout, split);
   });
   return !nonfinite.load();
 }
@@ -286,7 +297,7 @@ bool use_winograd(const ConvShape& s, DirectPass pass, bool forced) {
 }
 
 bool conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
-                             const float* bias, float* y) {
+                             const float* bias, float* y, const PoolAfter* pool) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const TilePlan p(Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
   // Non-finite weights: the direct path (one scan of the whole weight here).
@@ -299,7 +310,7 @@ bool conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
   return run_tiles(
       p, s.N * G, G, [&](index_t i) { return x + (i / G * s.C + i % G * Cg) * s.H * s.W; },
       [&](index_t i) { return y + (i / G * s.F + i % G * Fg) * s.L(); },
-      [&](index_t i) -> const float* { return u[i % G].get(); }, bias);
+      [&](index_t i) -> const float* { return u[i % G].get(); }, bias, pool);
 }
 
 bool conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const float* w,

@@ -29,8 +29,10 @@ bool use_winograd(const ConvShape& s, DirectPass pass, bool forced);
 // transforms subtract, so an inf would become NaN in outputs that direct summation leaves
 // ±inf (and a NaN could reach outputs its window does not cover). The caller then takes
 // the direct path, which keeps PyTorch's propagation.
+// pool (optional): max-pool each image's output planes while they are in cache, as in
+// conv2d_forward_small_channels (y is then not written and may be null).
 bool conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
-                             const float* bias, float* y);
+                             const float* bias, float* y, const PoolAfter* pool = nullptr);
 bool conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const float* w,
                                     float* gx);
 bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const float* x,

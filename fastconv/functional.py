@@ -138,9 +138,10 @@ def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, gro
                    pool_stride, pool_padding, pool_dilation, ceil_mode, return_indices=True,
                    relu=relu)
 
-    Returns (y, indices), the same bits as the two calls. Where the few-channel forward runs
-    (RGB first layers, float32, AVX-512) the conv output is never stored whole: each image's
-    planes are pooled while they are in cache.
+    Returns (y, indices), the same bits as the two calls. Where the few-channel forward (RGB
+    first layers) or Winograd (3x3 stride-1 layers with 16+ channels each way per group) runs,
+    float32 on AVX-512, the conv output is never stored whole: each image's planes are pooled
+    while they are in cache.
     """
     op = "conv2d_max_pool2d"
     x, weight = _conv_inputs(op, x, weight)

@@ -1383,8 +1383,9 @@ class Sequential(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Run the layers in order. These runs of layers are fused, with the same results:
 
-        * Conv2d -> (ReLU ->) MaxPool2d: one op, conv2d_max_pool2d; for RGB first layers the
-          conv output is never stored whole (each image's planes pooled in cache).
+        * Conv2d -> (ReLU ->) MaxPool2d: one op, conv2d_max_pool2d; for RGB first layers and
+          Winograd layers the conv output is never stored whole (each image's planes pooled
+          in cache).
         * BatchNorm (batch statistics) -> ReLU: one pass computes relu(batch_norm(x)), and its
           backward applies the ReLU's gradient in the batch norm's own passes.
         * ReLU -> MaxPool2d: one pass computes relu(max_pool(x)), the ReLU on 1/k^2 of the

@@ -1029,13 +1029,66 @@ def test_conv2d_max_pool2d_is_the_two_calls(rng, simd_level, level, case, dtype,
     assert_close(R.conv2d_max_pool2d(x, w, b, **conv_kw, **pool_kw, relu=relu)[0], y)
 
 
+# conv2d_max_pool2d on Winograd layers (3x3, stride 1, 16+ channels each way per group): each
+# image's output planes pooled from cache. simple_cnn's conv2 first.
+WINOGRAD_POOL_CASES = [
+    ((3, 32, 15, 15), (64, 32, 3, 3), {}, dict(kernel_size=2)),
+    ((2, 16, 9, 10), (16, 16, 3, 3), dict(padding=1),
+     dict(kernel_size=3, pool_stride=2, pool_padding=1, ceil_mode=True)),
+    ((2, 32, 8, 8), (48, 16, 3, 3), dict(groups=2, padding=2), dict(kernel_size=2, pool_stride=1)),
+    ((1, 20, 7, 7), (17, 20, 3, 3), dict(padding=1), dict(kernel_size=2, pool_dilation=2)),
+]
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("case", WINOGRAD_POOL_CASES, ids=str)
+def test_conv2d_max_pool2d_winograd_is_the_two_calls(rng, simd_level, monkeypatch, case, relu):
+    # Bit for bit the values and indices of conv2d then max_pool2d: integer inputs (ties), then
+    # real ones; the reference's within rounding. On AVX-512 the fused path must run (the
+    # two-call fallback is disabled); ±inf or NaN make Winograd decline: the two calls then.
+    x_shape, w_shape, conv_kw, pool_kw = case
+    two = {k.removeprefix("pool_"): v for k, v in pool_kw.items()}
+    w = rng.integers(-1, 2, w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    ties = rng.integers(-2, 3, x_shape).astype(np.float32)
+    real = rng.standard_normal(x_shape).astype(np.float32)
+
+    def two_calls(x, bias):
+        return F.max_pool2d(F.conv2d(x, w, bias, **conv_kw), return_indices=True, relu=relu,
+                            **two)
+
+    wants = {(i, j): two_calls(x, bias) for i, x in enumerate((ties, real))
+             for j, bias in enumerate((b, None))}
+    fused_only = _core.set_simd_level("avx512")
+    if fused_only:
+        monkeypatch.setattr(F, "conv2d", None)  # the fallback would fail
+    for (i, j), (want_y, want_idx) in wants.items():
+        y, idx = F.conv2d_max_pool2d((ties, real)[i], w, (b, None)[j], **conv_kw, **pool_kw,
+                                     relu=relu)
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(want_y))
+        np.testing.assert_array_equal(idx, want_idx)
+    monkeypatch.undo()
+    assert_close(R.conv2d_max_pool2d(real, w, b, **conv_kw, **pool_kw, relu=relu)[0],
+                 F.conv2d_max_pool2d(real, w, b, **conv_kw, **pool_kw, relu=relu)[0])
+    for bad in (np.nan, np.inf):
+        x = real.copy()
+        x[0, 1, 2, 3] = bad
+        y, idx = F.conv2d_max_pool2d(x, w, b, **conv_kw, **pool_kw, relu=relu)
+        want_y, want_idx = two_calls(x, b)
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(idx, want_idx)
+
+
 def test_conv2d_max_pool2d_does_not_depend_on_thread_count(rng, threads):
-    # Batch 1 (the threads split one image's tiles and planes) and batch 9 (whole images).
+    # Batch 1 (the threads split one image's tiles and planes) and batch 9 (whole images); the
+    # few-channel forward (3 channels) and Winograd (32).
     for n in (1, 9):
-        x = rng.standard_normal((n, 3, 20, 20)).astype(np.float32)
-        w = rng.standard_normal((32, 3, 3, 3)).astype(np.float32)
-        assert_same_with_1_and_2_threads(
-            threads, lambda: F.conv2d_max_pool2d(x, w, kernel_size=2, relu=True))
+        for c in (3, 32):
+            x = rng.standard_normal((n, c, 20, 20)).astype(np.float32)
+            w = rng.standard_normal((32, c, 3, 3)).astype(np.float32)
+            assert_same_with_1_and_2_threads(
+                threads, lambda: F.conv2d_max_pool2d(x, w, kernel_size=2, relu=True))
 
 
 @pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
