@@ -282,6 +282,15 @@ def test_resume_without_checkpoint(data_dir, tmp_path, capsys):
     _one_line_error(capsys, rc, "nothing to resume")
 
 
+def test_default_recipe_per_model():
+    # Every model has default epochs and learning rate; an explicit value wins.
+    assert set(T.DEFAULT_EPOCHS) == set(T.MODEL_NAMES) == set(T.DEFAULT_LR["sgd"])
+    assert T.TrainConfig().resolved().epochs == 17
+    cfg = T.TrainConfig(model="vgg_small").resolved()
+    assert (cfg.epochs, cfg.lr) == (15, 0.1)
+    assert T.TrainConfig(model="simple_cnn", epochs=3).resolved().epochs == 3
+
+
 def test_help_exits_zero(capsys):
     assert T.main(["--help"]) == 0
     text = capsys.readouterr().out
