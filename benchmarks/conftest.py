@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
+import time
 
 import numpy as np
 import pytest
@@ -78,6 +80,42 @@ def bench_threads():
     except ImportError:
         pass
     yield
+
+
+def cpu_times() -> tuple[float, float] | None:
+    """(busy, steal) CPU seconds of the whole machine since boot, all CPUs (/proc/stat's first
+    line: busy = user + nice + system + irq + softirq; steal = time the hypervisor gave to other
+    guests while this one wanted to run), or None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def process_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+@pytest.fixture(autouse=True)
+def outside_load(benchmark):
+    """Records how much of the machine's CPU time went elsewhere while a benchmark ran, as
+    shares of wall time x CPUs in extra_info: `others_share`, other processes on this machine;
+    `steal_share`, other guests of the hypervisor. A benchmark whose times jump between runs
+    with these near zero is slow by itself; with them high, it was crowded out."""
+    t0, m0, p0 = time.perf_counter(), cpu_times(), process_cpu_seconds()
+    yield
+    t1, m1, p1 = time.perf_counter(), cpu_times(), process_cpu_seconds()
+    if m0 is None or m1 is None:
+        return
+    capacity = (t1 - t0) * (os.cpu_count() or 1)
+    others = max(0.0, (m1[0] - m0[0]) - (p1 - p0))
+    benchmark.extra_info["others_share"] = round(others / capacity, 4)
+    benchmark.extra_info["steal_share"] = round((m1[1] - m0[1]) / capacity, 4)
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ Rows: one per benchmark group (a layer and pass, or a model's training step), wi
 implementation's median time, fastconv's speed-up over PyTorch and over the reference, and
 fastconv's GFLOP/s (conv) or images/s (training). The machine and date come from the JSON.
 Memory benchmarks (extra_info kind "memory", rss_mib per implementation) and the interleaved
-fastconv/PyTorch training steps (kind "paired") get tables of their own.
+fastconv/PyTorch training steps (kind "paired") get tables of their own, and so do benchmarks
+crowded out by load from outside the process (extra_info others_share / steal_share).
 """
 
 from __future__ import annotations
@@ -91,6 +92,30 @@ def paired_table(data: dict) -> str:
                       "quartiles |", "| --- | ---: | ---: | ---: | ---: | ---: |"] + lines)
 
 
+#: extra_info others_share / steal_share from which a benchmark is listed as crowded out.
+CROWDED = 0.02
+
+
+def outside_load_table(data: dict) -> str:
+    """Benchmarks during which other processes (others_share) or other guests of the
+    hypervisor (steal_share) took at least CROWDED of the machine's CPU time (see the
+    outside_load fixture); the memory benchmark is left out (its child processes count as
+    others)."""
+    lines = []
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        others, steal = info.get("others_share"), info.get("steal_share")
+        if info.get("kind") == "memory" or others is None or steal is None:
+            continue
+        if max(others, steal) >= CROWDED:
+            lines.append(f"| {bench['group']} | {info.get('impl', '')} | {100 * others:.1f}% | "
+                         f"{100 * steal:.1f}% |")
+    if not lines:
+        return ""
+    return "\n".join(["| benchmark | implementation | other processes | other guests (steal) |",
+                      "| --- | --- | ---: | ---: |"] + lines)
+
+
 def header(data: dict) -> str:
     m = data.get("machine_info", {})
     fc = m.get("fastconv", {})
@@ -145,6 +170,11 @@ def main(argv=None) -> int:
     if mem:
         text += ("\nPeak RSS of a fresh process per implementation (VmHWM, else ru_maxrss; baseline = "
                  "after imports and model set-up, delta = what the training steps add):\n\n" + mem + "\n")
+    crowded = outside_load_table(data)
+    if crowded:
+        text += (f"\nBenchmarks during which at least {100 * CROWDED:.0f}% of the machine's CPU "
+                 "time went to other processes or, through the hypervisor, to other guests:\n\n"
+                 + crowded + "\n")
     if args.markdown:
         args.markdown.write_text(text)
     else:
