@@ -244,14 +244,15 @@ void pool_planes(const PoolAfter& pool, index_t planes, index_t L, const float* 
   const index_t PL = pool.shape.OH * pool.shape.OW;
   float* y = pool.y + first * PL;
   std::int64_t* indices = pool.indices + first * PL;
-  if (!split) {
-    max_pool2d_forward_planes(pool.shape, planes, ybuf, y, indices, pool.relu);
-    return;
+  // Split: a contiguous range of planes per thread, as max_pool2d_forward.
+  const index_t parts = split ? max_threads() : 1;
+#pragma omp parallel for schedule(static) if (split)
+  for (index_t t = 0; t < parts; ++t) {
+    const index_t f0 = planes * t / parts, f1 = planes * (t + 1) / parts;
+    if (f1 > f0)
+      max_pool2d_forward_planes(pool.shape, f1 - f0, ybuf + f0 * L, y + f0 * PL,
+                                indices + f0 * PL, pool.relu);
   }
-#pragma omp parallel for schedule(static)
-  for (index_t f = 0; f < planes; ++f)
-    max_pool2d_forward_planes(pool.shape, 1, ybuf + f * L, y + f * PL, indices + f * PL,
-                              pool.relu);
 }
 
 void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
