@@ -6,7 +6,8 @@ Rows: one per benchmark group (a layer and pass, or a model's training step), wi
 implementation's median time, fastconv's speed-up over PyTorch and over the reference, and
 fastconv's GFLOP/s (conv) or images/s (training). The machine and date come from the JSON.
 Memory benchmarks (extra_info kind "memory", rss_mib per implementation) and the interleaved
-fastconv/PyTorch training steps (kind "paired") get tables of their own, and so do benchmarks
+fastconv/PyTorch training steps and conv passes (kinds "paired", "paired_conv") get tables of
+their own, and so do benchmarks
 crowded out by load from outside the process (extra_info others_share / steal_share).
 """
 
@@ -23,7 +24,7 @@ def load_groups(data: dict) -> dict[str, dict[str, dict]]:
     groups: dict[str, dict[str, dict]] = defaultdict(dict)
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
-        if bench.get("stats") is None or info.get("kind") in ("memory", "paired"):
+        if bench.get("stats") is None or info.get("kind") in ("memory", "paired", "paired_conv"):
             continue
         groups[bench["group"]][info.get("impl", bench["name"])] = {
             "median": bench["stats"]["median"], **info}
@@ -74,21 +75,24 @@ def memory_table(data: dict) -> str:
                       "| --- | --- | ---: | ---: | ---: |"] + lines)
 
 
-def paired_table(data: dict) -> str:
-    """Training steps of fastconv and PyTorch interleaved round by round (extra_info kind
-    "paired"): both medians and the median (quartiles) of the per-round ratios."""
+def paired_table(data: dict, kind: str = "paired") -> str:
+    """fastconv and PyTorch interleaved round by round: training steps (extra_info kind
+    "paired", one row per model) or conv passes (kind "paired_conv", one row per layer and
+    pass): both medians and the median (quartiles) of the per-round ratios."""
     lines = []
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
-        if info.get("kind") != "paired" or "ratio_median" not in info:
+        if info.get("kind") != kind or "ratio_median" not in info:
             continue
         q = info.get("ratio_quartiles") or [info["ratio_median"]] * 3
-        lines.append(f"| {info['model']} | {info['rounds']} | {info['fastconv_median_s'] * 1e3:.2f} ms | "
+        what = info["model"] if kind == "paired" else f"{info['layer']} {info['pass_']}"
+        lines.append(f"| {what} | {info['rounds']} | {info['fastconv_median_s'] * 1e3:.2f} ms | "
                      f"{info['torch_median_s'] * 1e3:.2f} ms | {info['ratio_median']:.2f}x | "
                      f"{q[0]:.2f}-{q[2]:.2f}x |")
     if not lines:
         return ""
-    return "\n".join(["| model (batch 64 step) | rounds | fastconv | PyTorch | per-round ratio, median | "
+    head = "model (batch 64 step)" if kind == "paired" else "conv pass (batch 64)"
+    return "\n".join([f"| {head} | rounds | fastconv | PyTorch | per-round ratio, median | "
                       "quartiles |", "| --- | ---: | ---: | ---: | ---: | ---: |"] + lines)
 
 
@@ -166,6 +170,10 @@ def main(argv=None) -> int:
     if paired:
         text += ("\nTraining steps of fastconv and PyTorch interleaved, one of each per round (the "
                  "machine's slow stretches then hit both):\n\n" + paired + "\n")
+    paired_conv = paired_table(data, "paired_conv")
+    if paired_conv:
+        text += ("\nConv passes of fastconv and PyTorch interleaved, one call of each per round:\n\n"
+                 + paired_conv + "\n")
     mem = memory_table(data)
     if mem:
         text += ("\nPeak RSS of a fresh process per implementation (VmHWM, else ru_maxrss; baseline = "

@@ -13,6 +13,7 @@ import pytest
 from fastconv import functional as F
 from fastconv import reference as R
 
+from interleaved import paired_stats, rounds_for, run_interleaved
 from layers import CONV_LAYERS, POOL_LAYERS
 
 IMPLS = ["fastconv", "reference", "torch"]
@@ -73,6 +74,20 @@ def test_conv(benchmark, request, layer, pass_, impl):
     diff = float(np.max(np.abs(out - want)))
     benchmark.extra_info["max_abs_diff_vs_reference"] = diff
     assert diff <= 1e-4 * max(1.0, float(np.max(np.abs(want))))
+
+
+@pytest.mark.parametrize("pass_", CONV_PASSES)
+@pytest.mark.parametrize("layer", CONV_LAYERS, ids=lambda layer: layer.name)
+def test_conv_interleaved_with_torch(benchmark, request, layer, pass_):
+    """Each conv pass of fastconv and PyTorch alternated call by call (which goes first
+    alternates too), ~1 s in all: a slow stretch of the machine then meets both. Records both
+    medians and the median and quartiles of the per-call ratios (PyTorch / fastconv)."""
+    torch = request.getfixturevalue("torch_or_skip")
+    calls = {"fastconv": conv_call(F, layer, pass_), "torch": torch_conv_call(torch, layer, pass_)}
+    benchmark.group = f"conv {layer.name} {pass_}, fastconv and PyTorch interleaved"
+    times = run_interleaved(benchmark, calls, rounds_for(calls, 1.0, 20, 2000))
+    benchmark.extra_info.update(kind="paired_conv", layer=layer.name, pass_=pass_,
+                                flops=layer.flops, **paired_stats(times))
 
 
 @functools.lru_cache(maxsize=None)

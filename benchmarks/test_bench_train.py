@@ -28,10 +28,8 @@ import functools
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ from fastconv.losses import CrossEntropyLoss
 from fastconv.models import get_model
 from fastconv.optim import SGD
 
+from interleaved import paired_stats, run_interleaved
 from layers import BATCH, MODELS
 
 IMPLS = ["fastconv", "reference", "torch"]
@@ -299,27 +298,13 @@ def test_train_step_interleaved_with_torch(benchmark, request, name):
     torch = request.getfixturevalue("torch_or_skip")
     steps = {"fastconv": make_trainer("fastconv", name).step,
              "torch": make_trainer("torch", name, torch).step}
-    times: dict[str, list[float]] = {impl: [] for impl in steps}
-    for step in steps.values():  # warm-up
-        step()
 
-    def one_round() -> None:
-        order = list(steps) if len(times["fastconv"]) % 2 == 0 else list(reversed(steps))
-        for impl in order:
-            t0 = time.perf_counter()
-            loss = steps[impl]()
-            times[impl].append(time.perf_counter() - t0)
-            assert math.isfinite(loss), f"{name} {impl}: loss {loss}"
+    def check(impl: str, loss: float) -> None:
+        assert math.isfinite(loss), f"{name} {impl}: loss {loss}"
 
     benchmark.group = f"train {name} step, fastconv and PyTorch interleaved"
-    benchmark.pedantic(one_round, rounds=PAIRED_ROUNDS[name], iterations=1, warmup_rounds=0)
-    ratios = [t / f for f, t in zip(times["fastconv"], times["torch"])]
-    benchmark.extra_info.update(
-        kind="paired", model=name, images=BATCH, rounds=len(ratios),
-        fastconv_median_s=statistics.median(times["fastconv"]),
-        torch_median_s=statistics.median(times["torch"]),
-        ratio_median=statistics.median(ratios),
-        ratio_quartiles=statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3)
+    times = run_interleaved(benchmark, steps, PAIRED_ROUNDS[name], check)
+    benchmark.extra_info.update(kind="paired", model=name, images=BATCH, **paired_stats(times))
 
 
 # --------------------------------------------------------------------------------------------
