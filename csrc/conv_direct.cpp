@@ -303,11 +303,11 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
     index_t kh0 = 0, kh1 = win.KH;
     while (kh0 < kh1 && oh_max + kh0 * win.DH < win.PH) ++kh0;
     while (kh1 > kh0 && oh_min + (kh1 - 1) * win.DH >= win.PH + s.H) --kh1;
-    index_t set = 0;
-    while (set < static_cast<index_t>(sets.size()) && (sets[set].kh0 != kh0 || sets[set].kh1 != kh1))
-      ++set;
-    tile_set[t] = set;
-    if (set < static_cast<index_t>(sets.size())) continue;
+    const auto found = std::find_if(sets.begin(), sets.end(), [&](const StepSet& ss) {
+      return ss.kh0 == kh0 && ss.kh1 == kh1;
+    });
+    tile_set[t] = found - sets.begin();
+    if (found != sets.end()) continue;
     StepSet ss{kh0, kh1, Cg * (kh1 - kh0) * win.KW, {}, {}};
     ss.wq = make_scratch<float>(G * fblocks * ss.steps * NF);
     float* wq = ss.wq.get();
