@@ -1,0 +1,70 @@
+"""report.py on a small hand-made pytest-benchmark JSON: every table it writes, and the chart."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import report
+
+
+def _bench(group, name, median, **info):
+    return {"group": group, "name": name, "stats": {"median": median}, "extra_info": info}
+
+
+DATA = {
+    "datetime": "2026-11-22T14:44:00.000000",
+    "machine_info": {"cpu_model": "Test CPU", "cores": 2, "bench_threads": 2, "numpy": "2.4",
+                     "torch": "2.13", "fastconv": {"version": "0.1.0", "simd_level": "avx512"}},
+    "benchmarks": [
+        _bench("conv a forward", "c-f", 0.002, kind="conv", impl="fastconv", flops=4e9,
+               others_share=0.0, steal_share=0.0),
+        _bench("conv a forward", "c-r", 0.010, kind="conv", impl="reference",
+               others_share=0.25, steal_share=0.0),
+        _bench("conv a forward", "c-t", 0.003, kind="conv", impl="torch",
+               others_share=0.0, steal_share=0.03),
+        _bench("train m step", "t-f", 0.010, kind="train", impl="fastconv", images=64),
+        {"group": "train m step, interleaved", "name": "p", "stats": {"median": 0.03},
+         "extra_info": {"kind": "paired", "model": "m", "rounds": 40, "fastconv_median_s": 0.01,
+                        "torch_median_s": 0.021, "ratio_median": 2.1,
+                        "ratio_quartiles": [2.0, 2.1, 2.2]}},
+        {"group": "conv a forward, interleaved", "name": "pc", "stats": {"median": 0.005},
+         "extra_info": {"kind": "paired_conv", "layer": "a", "pass_": "forward", "rounds": 200,
+                        "fastconv_median_s": 0.002, "torch_median_s": 0.0031,
+                        "ratio_median": 1.55, "ratio_quartiles": [1.4, 1.55, 1.7],
+                        "others_share": 0.0, "steal_share": 0.0}},
+        {"group": "memory", "name": "mem", "stats": {"median": 1.0},
+         "extra_info": {"kind": "memory", "others_share": 0.9, "steal_share": 0.0,
+                        "rss_mib": {"fastconv": {"baseline": 50, "peak": 150, "delta": 100}}}},
+    ],
+}
+
+
+def test_report_tables(tmp_path):
+    src = tmp_path / "b.json"
+    src.write_text(json.dumps(DATA))
+    out = tmp_path / "b.md"
+    assert report.main([str(src), "--markdown", str(out)]) == 0
+    text = out.read_text()
+    assert "Measured 2026-11-22T14:44:00 on Test CPU (2 cores, 2 threads, SIMD avx512)" in text
+    # fastconv 2 ms, reference 10 ms, PyTorch 3 ms: 1.50x and 5.00x, 4e9 / 2 ms = 2000 GFLOP/s
+    assert "| conv a forward | 2.00 ms | 10.00 ms | 3.00 ms | 1.50x | 5.00x | 2000 GFLOP/s |" in text
+    assert "| train m step | 10.00 ms | - | - | - | - | 6,400 img/s |" in text
+    assert "| m | 40 | 10.00 ms | 21.00 ms | 2.10x | 2.00-2.20x |" in text
+    assert "| a forward | 200 | 2.00 ms | 3.10 ms | 1.55x | 1.40-1.70x |" in text
+    assert "| memory | fastconv | 50 | 150 | 100 |" in text
+    # Outside load: the reference (25% others) and PyTorch (3% steal), not the memory run.
+    crowded = text[text.index("Benchmarks during which"):]
+    assert "| conv a forward | reference | 25.0% | 0.0% |" in crowded
+    assert "| conv a forward | torch | 0.0% | 3.0% |" in crowded
+    assert "fastconv" not in crowded and "memory" not in crowded
+
+
+def test_report_chart(tmp_path):
+    pytest.importorskip("matplotlib")
+    src = tmp_path / "b.json"
+    src.write_text(json.dumps(DATA))
+    assert report.main([str(src), "--markdown", str(tmp_path / "b.md"),
+                        "--plot", str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
