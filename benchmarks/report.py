@@ -58,6 +58,11 @@ def table(data: dict) -> tuple[str, list[tuple[str, float | None, float | None]]
     return "\n".join(lines), bars
 
 
+def markdown_table(head: str, align: str, rows: list[str]) -> str:
+    """A markdown table from its header row, its alignment row and its rows; "" without rows."""
+    return "\n".join([head, align] + rows) if rows else ""
+
+
 def memory_table(data: dict) -> str:
     """Peak-RSS results (benchmarks with kind == "memory"): one row per group and implementation,
     peak RSS in MiB before the first step (baseline), after the steps (peak) and the difference."""
@@ -69,10 +74,8 @@ def memory_table(data: dict) -> str:
         for impl, r in info["rss_mib"].items():
             lines.append(f"| {bench['group']} | {impl} | {r['baseline']:.0f} | {r['peak']:.0f} | "
                          f"{r['delta']:.0f} |")
-    if not lines:
-        return ""
-    return "\n".join(["| memory | implementation | baseline MiB | peak MiB | step delta MiB |",
-                      "| --- | --- | ---: | ---: | ---: |"] + lines)
+    return markdown_table("| memory | implementation | baseline MiB | peak MiB | step delta MiB |",
+                          "| --- | --- | ---: | ---: | ---: |", lines)
 
 
 def paired_table(data: dict, kind: str = "paired") -> str:
@@ -89,11 +92,9 @@ def paired_table(data: dict, kind: str = "paired") -> str:
         lines.append(f"| {what} | {info['rounds']} | {info['fastconv_median_s'] * 1e3:.2f} ms | "
                      f"{info['torch_median_s'] * 1e3:.2f} ms | {info['ratio_median']:.2f}x | "
                      f"{q[0]:.2f}-{q[2]:.2f}x |")
-    if not lines:
-        return ""
     head = "model (batch 64 step)" if kind == "paired" else "conv pass (batch 64)"
-    return "\n".join([f"| {head} | rounds | fastconv | PyTorch | per-round ratio, median | "
-                      "quartiles |", "| --- | ---: | ---: | ---: | ---: | ---: |"] + lines)
+    return markdown_table(f"| {head} | rounds | fastconv | PyTorch | per-round ratio, median | "
+                          "quartiles |", "| --- | ---: | ---: | ---: | ---: | ---: |", lines)
 
 
 #: extra_info others_share / steal_share from which a benchmark is listed as crowded out.
@@ -114,10 +115,8 @@ def outside_load_table(data: dict) -> str:
         if max(others, steal) >= CROWDED:
             lines.append(f"| {bench['group']} | {info.get('impl', '')} | {100 * others:.1f}% | "
                          f"{100 * steal:.1f}% |")
-    if not lines:
-        return ""
-    return "\n".join(["| benchmark | implementation | other processes | other guests (steal) |",
-                      "| --- | --- | ---: | ---: |"] + lines)
+    return markdown_table("| benchmark | implementation | other processes | other guests (steal) |",
+                          "| --- | --- | ---: | ---: |", lines)
 
 
 def header(data: dict) -> str:
@@ -166,23 +165,22 @@ def main(argv=None) -> int:
     data = json.loads(args.json.read_text())
     md, bars = table(data)
     text = header(data) + "\n\n" + md + "\n"
-    paired = paired_table(data)
-    if paired:
-        text += ("\nTraining steps of fastconv and PyTorch interleaved, one of each per round (the "
-                 "machine's slow stretches then hit both):\n\n" + paired + "\n")
-    paired_conv = paired_table(data, "paired_conv")
-    if paired_conv:
-        text += ("\nConv passes of fastconv and PyTorch interleaved, one call of each per round:\n\n"
-                 + paired_conv + "\n")
-    mem = memory_table(data)
-    if mem:
-        text += ("\nPeak RSS of a fresh process per implementation (VmHWM, else ru_maxrss; baseline = "
-                 "after imports and model set-up, delta = what the training steps add):\n\n" + mem + "\n")
-    crowded = outside_load_table(data)
-    if crowded:
-        text += (f"\nBenchmarks during which at least {100 * CROWDED:.0f}% of the machine's CPU "
-                 "time went to other processes or, through the hypervisor, to other guests:\n\n"
-                 + crowded + "\n")
+    # The other tables, each after its caption, where the run has rows for it.
+    sections = [
+        ("Training steps of fastconv and PyTorch interleaved, one of each per round (the "
+         "machine's slow stretches then hit both):", paired_table(data)),
+        ("Conv passes of fastconv and PyTorch interleaved, one call of each per round:",
+         paired_table(data, "paired_conv")),
+        ("Peak RSS of a fresh process per implementation (VmHWM, else ru_maxrss; baseline = "
+         "after imports and model set-up, delta = what the training steps add):",
+         memory_table(data)),
+        (f"Benchmarks during which at least {100 * CROWDED:.0f}% of the machine's CPU time went "
+         "to other processes or, through the hypervisor, to other guests:",
+         outside_load_table(data)),
+    ]
+    for caption, section in sections:
+        if section:
+            text += f"\n{caption}\n\n{section}\n"
     if args.markdown:
         args.markdown.write_text(text)
     else:

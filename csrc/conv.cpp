@@ -344,10 +344,11 @@ bool conv2d_forward_max_pool(const ConvShape& s, const T* x, const T* w, const T
   if constexpr (std::is_same_v<T, float>) {
     // The paths of conv2d_forward that can pool each image's output planes from cache; false
     // (the caller runs the two calls) elsewhere, and where Winograd declines non-finite values.
+    if (s.N == 0) return false;
     const PoolAfter pool{ps, relu, y, indices};
-    if (s.N > 0 && winograd<T>(s, DirectPass::forward))
+    if (winograd<T>(s, DirectPass::forward))
       return conv2d_forward_winograd(s, x, w, bias, nullptr, &pool);
-    if (s.N > 0 && few_channels(use_small_channels, s)) {
+    if (few_channels(use_small_channels, s)) {
       conv2d_forward_small_channels(s, x, w, bias, nullptr, &pool);
       return true;
     }

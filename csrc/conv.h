@@ -61,9 +61,10 @@ template <typename T>
 void conv2d_backward_bias(const ConvShape& s, const T* gy, T* gb);
 
 // y and indices = max_pool2d(conv2d(x, w, bias), ps) (relu: relu of it), without storing the
-// conv output, where the few-channel forward runs (the first layers: each image's output
-// pooled from cache). Returns false elsewhere, having done nothing: the caller then runs the
-// two ops. ps: the pooling of the conv output (ps.N, ps.C, ps.H, ps.W = N, F, OH, OW).
+// conv output, where the few-channel forward (the first layers) or Winograd runs: each
+// image's output pooled from cache. Returns false elsewhere, and where Winograd declines
+// non-finite values: the caller then runs the two ops (y and indices may be partly written).
+// ps: the pooling of the conv output (ps.N, ps.C, ps.H, ps.W = N, F, OH, OW).
 template <typename T>
 bool conv2d_forward_max_pool(const ConvShape& s, const T* x, const T* w, const T* bias,
                              const PoolShape& ps, bool relu, T* y, std::int64_t* indices);

@@ -239,20 +239,19 @@ bool use_small_channels(const ConvShape& s, bool forced) {
   return forced || (s.Cg() <= 4 && !s.pointwise());
 }
 
-void pool_planes(const PoolAfter& pool, index_t planes, index_t L, const float* ybuf,
-                 index_t first, bool split) {
+void pool_planes(const PoolAfter& pool, index_t planes, const float* ybuf, index_t first,
+                 bool split) {
   const index_t PL = pool.shape.OH * pool.shape.OW;
   float* y = pool.y + first * PL;
   std::int64_t* indices = pool.indices + first * PL;
-  // Split: a contiguous range of planes per thread, as max_pool2d_forward.
-  const index_t parts = split ? max_threads() : 1;
-#pragma omp parallel for schedule(static) if (split)
-  for (index_t t = 0; t < parts; ++t) {
-    const index_t f0 = planes * t / parts, f1 = planes * (t + 1) / parts;
-    if (f1 > f0)
-      max_pool2d_forward_planes(pool.shape, f1 - f0, ybuf + f0 * L, y + f0 * PL,
-                                indices + f0 * PL, pool.relu);
+  if (!split) {
+    max_pool2d_forward_planes(pool.shape, planes, ybuf, y, indices, pool.relu);
+    return;
   }
+  PoolShape shape = pool.shape;  // the planes as one image, split by max_pool2d_forward
+  shape.N = 1;
+  shape.C = planes;
+  max_pool2d_forward(shape, ybuf, y, indices, pool.relu);
 }
 
 void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
@@ -290,9 +289,10 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
   // (LeNet's 16 -> 6 5x5: a fifth of all steps). Tiles with the same kernel rows [kh0, kh1)
   // share a step set: the remaining steps in their usual order, so the sums keep their order.
   struct StepSet {
-    index_t kh0, kh1, steps;
-    std::vector<index_t> off;
+    index_t kh0, kh1;
+    std::vector<index_t> off;  // one per step
     Scratch<float> wq;
+    index_t steps() const { return static_cast<index_t>(off.size()); }
   };
   std::vector<StepSet> sets;
   std::vector<index_t> tile_set(tiles);
@@ -308,8 +308,7 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
     });
     tile_set[t] = found - sets.begin();
     if (found != sets.end()) continue;
-    StepSet ss{kh0, kh1, Cg * (kh1 - kh0) * win.KW, {}, {}};
-    ss.wq = make_scratch<float>(G * fblocks * ss.steps * NF);
+    StepSet ss{kh0, kh1, {}, make_scratch<float>(G * fblocks * Cg * (kh1 - kh0) * win.KW * NF)};
     float* wq = ss.wq.get();
     for (index_t g = 0; g < G; ++g)
       for (index_t b = 0; b < fblocks; ++b)
@@ -338,8 +337,8 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
       lanes[j] = r.lanes;
     }
     const StepSet& ss = sets[tile_set[t]];
-    k.small_c_tile[shape](rows, ss.off.data(), ss.steps,
-                          ss.wq.get() + (g * fblocks + b) * ss.steps * NF,
+    k.small_c_tile[shape](rows, ss.off.data(), ss.steps(),
+                          ss.wq.get() + (g * fblocks + b) * ss.steps() * NF,
                           bias ? bias + g * Fg + b * NF : nullptr, out, L,
                           std::min(NF, Fg - b * NF), lanes);
   };
@@ -349,7 +348,7 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
     sp.fill(s, x + (i / G * s.C + i % G * Cg) * s.H * s.W, xp);
 #pragma omp parallel for schedule(static) if (split)
     for (index_t bt = 0; bt < fblocks * tiles; ++bt) tile(i, xp, ybuf, bt / tiles, bt % tiles);
-    if (pool) pool_planes(*pool, Fg, L, ybuf, i / G * s.F + i % G * Fg, split);
+    if (pool) pool_planes(*pool, Fg, ybuf, i / G * s.F + i % G * Fg, split);
   });
 }
 

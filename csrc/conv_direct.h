@@ -124,11 +124,11 @@ struct PoolAfter {
 };
 void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
                                    const float* bias, float* y, const PoolAfter* pool = nullptr);
-// Max-pools `planes` output planes of L values each, held in a buffer (ybuf), into planes
-// [first, first + planes) of pool.y and pool.indices; split: the threads share the planes
-// (the caller runs outside a parallel region), else the calling thread pools them all.
-void pool_planes(const PoolAfter& pool, index_t planes, index_t L, const float* ybuf,
-                 index_t first, bool split);
+// Max-pools `planes` output planes (of pool.shape.H x W each), held in a buffer (ybuf), into
+// planes [first, first + planes) of pool.y and pool.indices; split: the threads share the
+// planes (the caller runs outside a parallel region), else the calling thread pools them all.
+void pool_planes(const PoolAfter& pool, index_t planes, const float* ybuf, index_t first,
+                 bool split);
 // Input gradient of stride-1 layers with few input channels (at most kSmallF), as the
 // few-channel forward of grad_y with the kernel flipped and transposed.
 bool use_small_channels_input_grad(const ConvShape& s, bool forced);

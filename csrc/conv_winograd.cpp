@@ -280,7 +280,7 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
     }
     float* ybuf = xp + p.scratch_size() + p.Cout_pad;
     k.from_channels_last(out, p.Cout_pad, p.Cout, L, bias_of(i), ybuf);
-    pool_planes(*pool, p.Cout, L, ybuf, i * p.Cout, split);
+    pool_planes(*pool, p.Cout, ybuf, i * p.Cout, split);
   });
   return !nonfinite.load();
 }
