@@ -140,17 +140,35 @@ bool set_conv_algorithm(const std::string& name) {
   return true;
 }
 
+// Weights holding ±inf or NaN take the plain im2col GEMM in the forward and input-gradient
+// passes: it multiplies every tap by every input it covers, zero padding included, once, as
+// the reference and PyTorch do (0 * inf = NaN where an inf tap meets the padding). The other
+// paths skip taps that read only padding (direct, few-channel), or run the input gradient
+// over a zero-padded grad_y or junk columns (NaN where the true gradient is finite), and
+// Winograd's transforms subtract. One scan of the weights, small beside the images.
+template <typename T>
+bool nonfinite_weights(const ConvShape& s, const T* w) {
+  return has_nonfinite(w, s.F * s.CKK());
+}
+
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
+  const bool plain = nonfinite_weights(s, w);
   if constexpr (std::is_same_v<T, float>) {
-    if (winograd<T>(s, DirectPass::forward) && conv2d_forward_winograd(s, x, w, bias, y)) return;
-    if (few_channels(use_small_channels, s)) return conv2d_forward_small_channels(s, x, w, bias, y);
-    if (direct<T>(s, DirectPass::forward)) return conv2d_forward_direct(s, x, w, bias, y);
+    if (plain) {
+      // straight to the im2col GEMM below
+    } else if (winograd<T>(s, DirectPass::forward) && conv2d_forward_winograd(s, x, w, bias, y)) {
+      return;
+    } else if (few_channels(use_small_channels, s)) {
+      return conv2d_forward_small_channels(s, x, w, bias, y);
+    } else if (direct<T>(s, DirectPass::forward)) {
+      return conv2d_forward_direct(s, x, w, bias, y);
+    }
   }
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
   const std::vector<PackedA<T>> wp = pack_weights(s, w, false);
-  if (use_wide(s, Pass::forward)) {
+  if (!plain && use_wide(s, Pass::forward)) {
     const WideGeometry wg(s);
     const index_t xpad_size = round_up(wg.padded_size(), 16);
     run_items<T>(s.N, xpad_size + Fg * wg.Lw, [&](index_t n, T* scratch, T* pack) {
@@ -187,18 +205,23 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T
 
 template <typename T>
 void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
+  const bool plain = nonfinite_weights(s, w);  // see conv2d_forward
   if constexpr (std::is_same_v<T, float>) {
-    if (winograd<T>(s, DirectPass::backward_input) && conv2d_backward_input_winograd(s, gy, w, gx))
+    if (plain) {
+      // straight to the im2col GEMM below
+    } else if (winograd<T>(s, DirectPass::backward_input) &&
+               conv2d_backward_input_winograd(s, gy, w, gx)) {
       return;
-    if (few_channels(use_small_channels_input_grad, s))
+    } else if (few_channels(use_small_channels_input_grad, s)) {
       return conv2d_backward_input_small_channels(s, gy, w, gx);
-    if (direct<T>(s, DirectPass::backward_input))
+    } else if (direct<T>(s, DirectPass::backward_input)) {
       return conv2d_backward_input_direct(s, gy, w, gx);
+    }
   }
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
   const std::vector<PackedA<T>> wtp = pack_weights(s, w, true);
-  if (use_wide(s, Pass::backward_input)) {
+  if (!plain && use_wide(s, Pass::backward_input)) {
     // dcols (CKK x OH*Wp) = w^T . grad_y widened with zero junk columns; the junk columns of
     // dcols are then zero too, so col2im is a plain add of every row into the padded image.
     const WideGeometry wg(s);
@@ -344,7 +367,7 @@ bool conv2d_forward_max_pool(const ConvShape& s, const T* x, const T* w, const T
   if constexpr (std::is_same_v<T, float>) {
     // The paths of conv2d_forward that can pool each image's output planes from cache; false
     // (the caller runs the two calls) elsewhere, and where Winograd declines non-finite values.
-    if (s.N == 0) return false;
+    if (s.N == 0 || nonfinite_weights(s, w)) return false;
     const PoolAfter pool{ps, relu, y, indices};
     if (winograd<T>(s, DirectPass::forward))
       return conv2d_forward_winograd(s, x, w, bias, nullptr, &pool);

@@ -300,8 +300,6 @@ bool conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
                              const float* bias, float* y, const PoolAfter* pool) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const TilePlan p(Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
-  // Non-finite weights: the direct path (one scan of the whole weight here).
-  if (has_nonfinite(w, s.F * Cg * 9)) return false;
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t f, index_t c, float* k) {
@@ -319,7 +317,6 @@ bool conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const f
   // channel axes swapped (see conv_direct.h).
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const TilePlan p(Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H, s.W);
-  if (has_nonfinite(w, s.F * Cg * 9)) return false;
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t c, index_t f, float* k) {

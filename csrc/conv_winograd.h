@@ -25,10 +25,11 @@ namespace fastconv {
 // at least 16 channels each way per group, where the GEMMs keep the tiles busy).
 bool use_winograd(const ConvShape& s, DirectPass pass, bool forced);
 
-// Each returns false without a usable result when an input or weight holds ±inf or NaN: the
-// transforms subtract, so an inf would become NaN in outputs that direct summation leaves
+// Each returns false without a usable result when an input (x, grad_y) holds ±inf or NaN:
+// the transforms subtract, so an inf would become NaN in outputs that direct summation leaves
 // ±inf (and a NaN could reach outputs its window does not cover). The caller then takes
-// the direct path, which keeps PyTorch's propagation.
+// the direct path, which keeps PyTorch's propagation. Weights must be finite: the callers
+// (conv.cpp) send non-finite weights to the im2col GEMM before trying Winograd.
 // pool (optional): max-pool each image's output planes while they are in cache, as in
 // conv2d_forward_small_channels (y is then not written and may be null).
 bool conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,

@@ -1231,8 +1231,7 @@ def test_nonfinite_values_propagate_as_in_direct_summation(rng, bad, where):
     # A 3x3 layer with 16+ channels (Winograd on AVX-512): its transforms subtract, so an
     # inf would turn into NaN (inf - inf) in outputs that direct summation leaves at ±inf.
     # Such inputs must take the direct path: same inf/NaN pattern as the reference.
-    # (Non-finite *weights* are left out: whether they meet the zero padding, 0 * inf = NaN,
-    # differs between formulations that skip padded taps and those that multiply them.)
+    # (Non-finite weights: test_nonfinite_weights_meet_the_padding_as_in_the_reference.)
     x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     gy = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
@@ -1246,6 +1245,59 @@ def test_nonfinite_values_propagate_as_in_direct_summation(rng, bad, where):
         np.testing.assert_array_equal(np.isneginf(a), np.isneginf(e))
         finite = np.isfinite(e)
         assert_close(a[finite], e[finite])
+
+
+def assert_same_nonfinite(got, want):
+    """Same NaN / +inf / -inf positions, and close finite values."""
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite])
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "wide", "im2col", "direct", "direct_nchw",
+                                       "winograd"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("c_in, c_out, kernel, padding, dtype", [
+    (16, 16, 3, 1, np.float32),   # Winograd / direct channels-last
+    (3, 32, 3, 1, np.float32),    # the few-channel forward
+    (6, 16, 5, 2, np.float32),    # the few-channel input gradient
+    (4, 8, 3, 0, np.float32),     # no padding: only the input gradient's zero-padded grad_y
+    (16, 16, 3, 1, np.float64),   # the GEMM paths (wide rows, im2col)
+])
+def test_nonfinite_weights_meet_the_padding_as_in_the_reference(rng, conv_algorithm, algorithm,
+                                                                 bad, c_in, c_out, kernel,
+                                                                 padding, dtype):
+    # An inf tap multiplies the zero padding in the forward (0 * inf = NaN, as in the
+    # reference and PyTorch), but reaches in the input gradient only the pixels its windows
+    # cover. Paths that skip padded taps, or run the input gradient over a zero-padded grad_y
+    # or junk columns, got both wrong: non-finite weights must take the im2col GEMM.
+    if algorithm != "auto" and algorithm not in ("im2col", "wide") and \
+            fastconv.simd_level() != "avx512":
+        pytest.skip(f"the {algorithm} kernels need AVX-512")
+    assert conv_algorithm(algorithm)
+    x = rng.standard_normal((2, c_in, 9, 11)).astype(dtype)
+    w = rng.standard_normal((c_out, c_in, kernel, kernel)).astype(dtype)
+    w[1, c_in - 1, 0, kernel - 1] = bad       # a corner tap: it meets the padding
+    w[0, 0, kernel // 2, kernel // 2] = bad   # the centre tap: never on the border pixels
+    y = F.conv2d(x, w, padding=padding)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx = F.conv2d_backward(gy, x, w, padding=padding, output_mask=(True, False, False))[0]
+    with np.errstate(invalid="ignore", over="ignore"):
+        want_y = R.conv2d(x, w, padding=padding)
+        want_gx = R.conv2d_backward(gy, x, w, padding=padding, output_mask=(True, False, False))[0]
+        unpadded_nans = np.isnan(R.conv2d(x, w)).sum()
+    assert_same_nonfinite(y, want_y)
+    assert_same_nonfinite(gx, want_gx)
+    assert np.isfinite(want_gx).any() and not np.isfinite(want_gx).all()
+    if padding:  # the padding does make NaN
+        assert np.isnan(want_y).sum() > unpadded_nans
+    # The fused forward + max pool gives what the two calls give.
+    pooled, idx = F.conv2d_max_pool2d(x, w, padding=padding, kernel_size=2)
+    want_pooled, want_idx = F.max_pool2d(y, 2, return_indices=True)
+    assert_same_nonfinite(pooled, want_pooled)
+    np.testing.assert_array_equal(idx, want_idx)
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "wide", "im2col", "direct", "direct_nchw"])
