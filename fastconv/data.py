@@ -16,15 +16,18 @@ The *root* folder is, in this order:
 Inside the root (``find_cifar10``): ``data_dir`` may itself be the tarball file or the extracted
 ``cifar-10-batches-py`` folder; otherwise ``<root>/cifar-10-batches-py/`` is used when present
 (fastest: no decompression), else ``<root>/cifar-10-python.tar.gz`` (read by streaming through
-the archive, nothing is extracted to disk). When neither exists and downloading is allowed,
-the official archive is downloaded into the root and its MD5 checked before it is used.
+the archive to its gzip trailer, nothing is extracted to disk). When neither exists and
+downloading is allowed, the official archive is downloaded into the root and its MD5 checked
+before it is used.
 
 Trust model
 -----------
 * A file the user already has is accepted when it is *well formed*: every batch present, each
   ``data`` a (n, 3072) uint8 array with n = ``num_cases_per_batch`` of ``batches.meta``, labels
-  integers in 0..9. Its checksum is not compared with the official one, so rebuilt copies (such
-  as the offline one in ``../shared/data``, whose MD5 differs) load.
+  integers in 0..9. A tarball must also pass gzip's own check (CRC-32 and length of all the
+  decompressed data, members not needed included). Its checksum is not compared with the
+  official one, so rebuilt copies (such as the offline one in ``../shared/data``, whose MD5
+  differs) load.
 * A file this module *downloads* must match the official MD5 ``c58f3010...``; otherwise it is
   deleted and :class:`DatasetError` is raised.
 * Pickles are read with a restricted unpickler that can only rebuild NumPy arrays and plain
@@ -44,6 +47,7 @@ a pure function of ``(seed, epoch, batch index)``, which makes resuming bit-exac
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -471,23 +475,29 @@ def _read_members(source: Path, names_wanted: Callable[[dict], set[str]]) -> dic
         return objs
 
     seen: set[str] = set()
-    # "r|gz" streams through the archive once; nothing is extracted to disk. The member
-    # order in the official archive is arbitrary, so every data member is unpickled unless
-    # meta has already told us it is not needed.
-    with tarfile.open(source, mode="r|gz") as tf:
-        for member in tf:
-            base = posixpath.basename(member.name.rstrip("/"))
-            if not member.isfile() or base not in all_names:
-                continue
-            if posixpath.dirname(member.name).strip("./") not in ("", FOLDER_NAME):
-                continue
-            seen.add(base)
-            if base != META_FILE and META_FILE in objs and base not in names_wanted(objs):
-                continue                                    # still decompressed: CRC checked
-            f = tf.extractfile(member)
-            if f is None:
-                continue
-            objs[base] = _unpickle(f)
+    # One streaming pass, nothing extracted to disk. Decompressed by GzipFile, not tarfile's
+    # "r|gz", which never checks the gzip trailer (CRC-32, ISIZE): a flipped bit would load
+    # as a wrong pixel. The member order in the official archive is arbitrary, so every
+    # data member is unpickled unless meta has already told us it is not needed.
+    with gzip.open(source, "rb") as gz:
+        with tarfile.open(fileobj=gz, mode="r|") as tf:
+            for member in tf:
+                base = posixpath.basename(member.name.rstrip("/"))
+                if not member.isfile() or base not in all_names:
+                    continue
+                if posixpath.dirname(member.name).strip("./") not in ("", FOLDER_NAME):
+                    continue
+                seen.add(base)
+                if base != META_FILE and META_FILE in objs and base not in names_wanted(objs):
+                    continue              # skipped, but still decompressed into the CRC
+                f = tf.extractfile(member)
+                if f is None:
+                    continue
+                objs[base] = _unpickle(f)
+        # tarfile stops at the end-of-archive block; GzipFile checks the trailer only when
+        # read to the end (raising BadGzipFile, EOFError or zlib.error), so drain the rest.
+        while gz.read(1 << 16):
+            pass
     missing = [n for n in all_names if n not in seen]
     if missing:
         raise DatasetError(

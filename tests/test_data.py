@@ -59,13 +59,13 @@ def _write_folder(root: Path, batches: dict[str, dict], skip: tuple[str, ...] = 
 
 
 def _write_tarball(path: Path, batches: dict[str, dict], skip: tuple[str, ...] = (),
-                   raw: dict[str, bytes] | None = None) -> Path:
+                   raw: dict[str, bytes] | None = None, compresslevel: int = 1) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     members = {name: pickle.dumps(obj, protocol=2) for name, obj in batches.items()
                if name not in skip}
     members.update(raw or {})
     members["readme.html"] = b"<html>fake</html>"
-    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+    with tarfile.open(path, "w:gz", compresslevel=compresslevel) as tf:
         info = tarfile.TarInfo(D.FOLDER_NAME)
         info.type = tarfile.DIRTYPE
         tf.addfile(info)
@@ -220,6 +220,79 @@ def test_corrupted_bytes_in_tarball(tmp_path, fake_tarball):
     with pytest.raises(D.DatasetError) as err:
         D.load_cifar10(tmp_path, download=False)
     _assert_helpful(err, bad)
+
+
+def _flip_bit_in_stored_copy(raw: bytearray, plain: bytes) -> None:
+    """Flip the low bit of one ASCII byte of ``plain`` where it appears verbatim in ``raw``.
+
+    With compresslevel=0 deflate stores the archive bytes as they are, so the flip changes
+    exactly one byte of the tar and deflate itself cannot notice: only the gzip CRC can.
+    ASCII stays ASCII, so a pickled latin-1 string remains valid UTF-8.
+    """
+    width = min(32, len(plain))
+    for start in range((len(plain) - width) // 2, len(plain) - width + 1):
+        needle = plain[start:start + width]
+        if needle[width // 2] < 0x80 and raw.count(needle) == 1:
+            raw[raw.find(needle) + width // 2] ^= 0x01
+            return
+    raise AssertionError("no unique stored copy of the member data found")
+
+
+@pytest.mark.parametrize("member, limit_train", [
+    ("data_batch_2", None),            # unpickled: one pixel would change silently
+    ("data_batch_5", PER_BATCH),       # skipped by limit_train but still decompressed
+    ("readme.html", None),             # not a CIFAR-10 file at all
+])
+def test_flipped_bit_in_compressed_member_data(tmp_path, fake_batches, member, limit_train):
+    path = _write_tarball(tmp_path / D.TARBALL_NAME, fake_batches, compresslevel=0)
+    if member == "readme.html":
+        plain = b"<html>fake</html>"
+    else:
+        # protocol 2 pickles the array's bytes as a latin-1 str, stored as UTF-8
+        plain = fake_batches[member][b"data"].tobytes().decode("latin1").encode("utf-8")
+    raw = bytearray(path.read_bytes())
+    _flip_bit_in_stored_copy(raw, plain)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(D.DatasetError, match="corrupt or truncated.*CRC check failed") as err:
+        D.load_cifar10(tmp_path, download=False, limit_train=limit_train)
+    _assert_helpful(err, path)
+    assert "delete" in str(err.value)
+
+
+@pytest.mark.parametrize("field, offset", [("crc", -8), ("crc", -5), ("isize", -4)])
+def test_corrupted_gzip_trailer(tmp_path, fake_tarball, field, offset):
+    raw = bytearray(fake_tarball.read_bytes())
+    raw[offset] ^= 0x01                              # trailer: CRC-32 (4 bytes), ISIZE (4 bytes)
+    bad = tmp_path / D.TARBALL_NAME
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(D.DatasetError, match="corrupt or truncated") as err:
+        D.load_cifar10(tmp_path, download=False)
+    _assert_helpful(err, bad)
+    assert ("CRC check failed" if field == "crc" else "Incorrect length") in str(err.value)
+
+
+@pytest.mark.parametrize("cut", [1, 4, 8])
+def test_truncated_gzip_trailer(tmp_path, fake_tarball, cut):
+    bad = tmp_path / D.TARBALL_NAME
+    bad.write_bytes(fake_tarball.read_bytes()[:-cut])
+    with pytest.raises(D.DatasetError, match="corrupt or truncated") as err:
+        D.load_cifar10(tmp_path, download=False)
+    _assert_helpful(err, bad)
+
+
+@pytest.mark.parametrize("compresslevel, zero_padding", [(0, 0), (9, 0), (1, 512)])
+def test_valid_archive_loads_identically(tmp_path, fake_batches, compresslevel, zero_padding):
+    path = _write_tarball(tmp_path / "t" / D.TARBALL_NAME, fake_batches,
+                          compresslevel=compresslevel)
+    if zero_padding:                                 # gzip allows zeros after the trailer
+        with open(path, "ab") as f:
+            f.write(bytes(zero_padding))
+    _check_full(D.load_cifar10(path, download=False), fake_batches)
+    folder = _write_folder(tmp_path / "f", fake_batches)
+    a = D.load_cifar10(path, download=False, limit_train=150, limit_test=30)
+    b = D.load_cifar10(folder, download=False, limit_train=150, limit_test=30)
+    for x, y in zip(a[:5], b[:5]):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_not_an_archive(tmp_path):
