@@ -14,6 +14,7 @@ inside the input or the left padding, as in PyTorch.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -35,6 +36,15 @@ def pair(value, name: str, op: str) -> tuple[int, int]:
                for v in items):
             return (int(items[0]), int(items[1]))
     raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+
+
+def flag(value, name: str, op: str) -> bool:
+    """A boolean option (ceil_mode, count_include_pad, ...): True/False (or NumPy's, or 0/1);
+    anything else, e.g. the string 'no', which Python would take as True, raises TypeError."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (numbers.Integral, np.integer))
+                                              and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{op}: {name} must be True or False, got {value!r}")
 
 
 def positive_pair(value, name: str, op: str) -> tuple[int, int]:
@@ -80,12 +90,21 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 _CONVERTIBLE_KINDS = "biuf"  # bool, signed, unsigned, float (float16 etc.)
 
 
+def working_dtype(dtype) -> np.dtype:
+    """The native float dtype a real array computes in: float64 for float64 of either byte
+    order and longdouble, else float32 (float32, float16, integers, bool)."""
+    dt = np.dtype(dtype)
+    return np.dtype(np.float64 if dt.kind == "f" and dt.itemsize >= 8 else np.float32)
+
+
 def as_float_array(x, name: str, op: str) -> np.ndarray:
     """Return `x` as a float32 or float64 ndarray (any layout; no copy if it already is one).
 
-    float32 and float64 are kept. Other real numbers (bool, integers, float16, longdouble) are
-    converted to float32, the library's working precision. Complex, object, string and
-    datetime arrays raise TypeError: there is no meaningful convolution of them.
+    float32 and float64 are kept (byte-swapped ones, e.g. big-endian '>f8' read from a file,
+    become the native type of the same precision). longdouble becomes float64; other real
+    numbers (bool, integers, float16) become float32, the library's working precision.
+    Complex, object, string and datetime arrays raise TypeError: there is no meaningful
+    convolution of them.
     """
     if not isinstance(x, np.ndarray):
         try:
@@ -95,7 +114,7 @@ def as_float_array(x, name: str, op: str) -> np.ndarray:
     if x.dtype == np.float32 or x.dtype == np.float64:
         return x
     if x.dtype.kind in _CONVERTIBLE_KINDS:
-        return x.astype(np.float32)
+        return x.astype(working_dtype(x.dtype))
     raise TypeError(f"{op}: {name} must hold real numbers (float32/float64, or ints/float16 "
                     f"which are converted to float32), got dtype {x.dtype}")
 
@@ -123,6 +142,7 @@ def check_shape(shape, ndim: int, name: str, op: str) -> tuple[int, ...]:
         ok = False
     if not ok or len(out) != ndim or any(s < 0 or s > _MAX_INT for s in out):
         raise ValueError(f"{op}: {name} must be a sequence of {ndim} non-negative ints, got {shape!r}")
+    check_elements(out, op, name)
     return out
 
 
@@ -272,37 +292,43 @@ class PoolGeometry:
 
 @_memoized
 def pool2d_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                    op: str = "max_pool2d", name: str = "x") -> PoolGeometry:
-    """Validate pooling arguments (PyTorch semantics) and compute the output size."""
+                    op: str = "max_pool2d", name: str = "x", prefix: str = "") -> PoolGeometry:
+    """Validate pooling arguments (PyTorch semantics) and compute the output size.
+
+    name: what the pooled input is called in errors; prefix: of the stride, padding and
+    dilation arguments' names (conv2d_max_pool2d's pool_stride, ...)."""
     if len(x_shape) != 4:
         raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W) (for a single image use x[None]), "
                          f"got shape {tuple(x_shape)}")
     N, C, H, W = (int(s) for s in x_shape)
     kernel = positive_pair(kernel_size, "kernel_size", op)
+    stride_, padding_, dilation_ = (prefix + a for a in ("stride", "padding", "dilation"))
     # stride=None (or an empty list, as torch allows) means stride = kernel_size.
     if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
         stride = kernel
     else:
-        stride = positive_pair(stride, "stride", op)
-    padding = nonnegative_pair(padding, "padding", op)
-    dilation = positive_pair(dilation, "dilation", op)
+        stride = positive_pair(stride, stride_, op)
+    padding = nonnegative_pair(padding, padding_, op)
+    dilation = positive_pair(dilation, dilation_, op)
+    ceil_mode = flag(ceil_mode, "ceil_mode", op)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
-        raise ValueError(f"{op}: padding {padding} should be at most half of kernel_size {kernel}")
-    out = tuple(pool_output_size(size, k, s, p, d, bool(ceil_mode))
+        raise ValueError(f"{op}: {padding_} {padding} should be at most half of kernel_size "
+                         f"{kernel}")
+    out = tuple(pool_output_size(size, k, s, p, d, ceil_mode)
                 for size, k, s, p, d in zip((H, W), kernel, stride, padding, dilation))
     if out[0] < 1 or out[1] < 1:
         raise ValueError(f"{op}: {name} of shape {tuple(x_shape)} is too small for kernel_size "
-                         f"{kernel} with padding {padding} and dilation {dilation}: output size "
-                         f"would be {out}")
+                         f"{kernel} with {padding_} {padding} and {dilation_} {dilation}: output "
+                         f"size would be {out}")
     for axis, (size, k, s, p, d, o) in enumerate(zip((H, W), kernel, stride, padding, dilation, out)):
         empty = _first_empty_window(size, k, s, p, d, o)
         if empty is not None:
             raise ValueError(
-                f"{op}: with kernel_size {kernel}, stride {stride}, padding {padding} and "
-                f"dilation {dilation}, window {empty} along {'HW'[axis]} of {name} of shape "
+                f"{op}: with kernel_size {kernel}, {stride_} {stride}, {padding_} {padding} and "
+                f"{dilation_} {dilation}, window {empty} along {'HW'[axis]} of {name} of shape "
                 f"{tuple(x_shape)} lies entirely in the padding (its maximum would be -inf, "
                 f"with no input position to send a gradient to)")
-    geom = PoolGeometry(N, C, H, W, kernel, stride, padding, dilation, bool(ceil_mode), out)
+    geom = PoolGeometry(N, C, H, W, kernel, stride, padding, dilation, ceil_mode, out)
     check_elements(geom.output_shape, op, "output")
     return geom
 
@@ -368,13 +394,13 @@ def normalize_output_mask(output_mask, op: str,
     """`output_mask` of the backward functions: one boolean per output named in `names`
     (by default three: grad_x, grad_weight, grad_bias)."""
     try:
-        mask = tuple(bool(m) for m in output_mask)
-    except TypeError:
-        mask = ()
-    if len(mask) != len(names):
-        raise ValueError(f"{op}: output_mask must be {_NUMBER_WORDS[len(names)]} booleans "
-                         f"({', '.join(names)}), got {output_mask!r}")
-    return mask
+        mask = () if isinstance(output_mask, (str, bytes)) else tuple(output_mask)
+        if len(mask) == len(names):
+            return tuple(flag(m, "output_mask", op) for m in mask)
+    except TypeError:  # not iterable, or not booleans
+        pass
+    raise ValueError(f"{op}: output_mask must be {_NUMBER_WORDS[len(names)]} booleans "
+                     f"({', '.join(names)}), got {output_mask!r}")
 
 
 def conv_through_pool_inputs(grad_pooled, indices, x, weight, stride, padding, dilation, groups,
@@ -385,7 +411,7 @@ def conv_through_pool_inputs(grad_pooled, indices, x, weight, stride, padding, d
     mask = normalize_output_mask(output_mask, op, ("grad_weight", "grad_bias"))
     geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
     grad_pooled, indices, _, relu_output = max_pool_backward_inputs(
-        grad_pooled, indices, geom.output_shape, op, relu_output)
+        grad_pooled, indices, geom.output_shape, op, relu_output, "grad_pooled", CONV_OUTPUT)
     return geom, grad_pooled, indices, relu_output, mask, common_dtype(grad_pooled, x, weight)
 
 
@@ -441,39 +467,46 @@ def fold_geometry(cols_shape, output_size, kernel_size, dilation, padding, strid
 
 
 def max_pool_backward_inputs(grad_y, indices, input_shape, op: str = "max_pool2d_backward",
-                             relu_output=None):
+                             relu_output=None, grad_name: str = "grad_y",
+                             shape_name: str = "input_shape"):
     """Validate max_pool2d_backward's arguments; returns (grad_y, indices as int64, input_shape,
     relu_output), relu_output None or C-contiguous in grad_y's dtype and of its shape.
+    grad_name, shape_name: what errors call grad_y and input_shape.
 
     Only shapes are checked here; the range of every index ([0, H*W)) is checked where the
     indices are used, so a hostile index raises instead of writing out of bounds.
     """
-    grad_y = as_float_array(grad_y, "grad_y", op)
-    check_ndim(grad_y, 4, "grad_y", op, "(N, C, H, W)")
-    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    grad_y = as_float_array(grad_y, grad_name, op)
+    check_ndim(grad_y, 4, grad_name, op, "(N, C, H, W)")
+    input_shape = check_shape(input_shape, 4, shape_name, op)
     indices = np.asarray(indices)
     if indices.dtype.kind not in "iu":
         raise TypeError(f"{op}: indices must be an integer array, got dtype {indices.dtype}")
     if indices.shape != grad_y.shape:
-        raise ValueError(f"{op}: indices shape {indices.shape} must equal grad_y shape "
+        raise ValueError(f"{op}: indices shape {indices.shape} must equal {grad_name} shape "
                          f"{grad_y.shape}")
     if grad_y.shape[:2] != input_shape[:2]:
-        raise ValueError(f"{op}: grad_y {grad_y.shape} and input_shape {input_shape} must agree "
-                         f"on (N, C)")
+        raise ValueError(f"{op}: {grad_name} {grad_y.shape} and {shape_name} {input_shape} must "
+                         f"agree on (N, C)")
     if relu_output is not None:
         relu_output = as_float_array(relu_output, "relu_output", op)
         if relu_output.shape != grad_y.shape:
-            raise ValueError(f"{op}: relu_output shape {relu_output.shape} must equal grad_y "
-                             f"shape {grad_y.shape}")
+            raise ValueError(f"{op}: relu_output shape {relu_output.shape} must equal "
+                             f"{grad_name} shape {grad_y.shape}")
         relu_output = np.ascontiguousarray(relu_output, dtype=grad_y.dtype)
     return grad_y, indices.astype(np.int64, copy=False), input_shape, relu_output
 
 
-def indices_out_of_range(input_shape, op: str = "max_pool2d_backward") -> ValueError:
+def indices_out_of_range(input_shape, op: str = "max_pool2d_backward",
+                         shape_name: str = "input_shape") -> ValueError:
     """The error for a max-pooling index outside its H*W plane."""
     plane = input_shape[2] * input_shape[3]
-    return ValueError(f"{op}: indices must lie in [0, H*W) = [0, {plane}) for input_shape "
+    return ValueError(f"{op}: indices must lie in [0, H*W) = [0, {plane}) for {shape_name} "
                       f"{tuple(input_shape)}")
+
+
+#: What conv2d_backward_through_max_pool's errors call the pooled conv output.
+CONV_OUTPUT = "the conv output"
 
 
 def linear_shapes(x_shape, weight_shape, bias_shape=None, op: str = "linear",
@@ -500,22 +533,36 @@ def linear_shapes(x_shape, weight_shape, bias_shape=None, op: str = "linear",
     return in_features, out_features
 
 
-def batch_norm_inputs(x, weight, bias, op: str):
-    """Validate batch-norm arguments: x (N, C, ...) as a float array, weight/bias None or (C,)
-    arrays converted to x's dtype. Returns (x viewed as (N, C, S), weight, bias)."""
+def batch_norm_inputs(x, weight, bias, op: str, grad_y=None):
+    """Validate batch-norm arguments: x (N, C, ...) with at least one value per channel,
+    weight/bias None or (C,). All in their common dtype (float64 if x, weight, bias or, for
+    the backward, grad_y is float64). Returns (x viewed as (N, C, S), weight, bias)."""
     x = as_float_array(x, "x", op)
     if x.ndim < 2:
         raise ValueError(f"{op}: x must be (N, C, ...), got shape {x.shape}")
-    C = x.shape[1]
-    out = []
+    N, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    if N * S == 0 and C > 0:
+        raise ValueError(f"{op}: x of shape {x.shape} has no values per channel to take "
+                         f"statistics of")
+    params = []
     for name, a in (("weight", weight), ("bias", bias)):
         if a is not None:
             a = as_float_array(a, name, op)
             if a.shape != (C,):
                 raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
-            a = np.ascontiguousarray(a, dtype=x.dtype)
-        out.append(a)
-    return x.reshape(x.shape[0], C, -1), out[0], out[1]
+        params.append(a)
+    gy = None if grad_y is None else as_float_array(grad_y, "grad_y", op)
+    dtype = common_dtype(x, gy, *params)
+    params = [None if a is None else np.ascontiguousarray(a, dtype=dtype) for a in params]
+    return x.astype(dtype, copy=False).reshape(N, C, S), params[0], params[1]
+
+
+def batch_norm_eps(eps, op: str) -> float:
+    """eps as a float, refusing what is not a finite number >= 0."""
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (numbers.Real, np.floating)) \
+            or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
 
 
 def batch_norm_grad_inputs(grad_y, x_shape, mean, invstd, dtype, op: str, relu_output=None):

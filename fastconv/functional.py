@@ -13,11 +13,15 @@ promotion). Outputs are new C-contiguous arrays.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _core
 from ._args import (
+    CONV_OUTPUT,
     as_float_array,
+    batch_norm_eps,
     batch_norm_grad_inputs,
     batch_norm_inputs,
     check_ndim,
@@ -26,6 +30,7 @@ from ._args import (
     conv_through_pool_inputs,
     conv2d_geometry,
     conv2d_output_shape,
+    flag,
     fold_geometry,
     indices_out_of_range,
     linear_shapes,
@@ -148,7 +153,7 @@ def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, gro
     geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
     bias = _conv_bias(op, bias, geom, weight)
     pool = pool2d_geometry(geom.output_shape, kernel_size, pool_stride, pool_padding,
-                           pool_dilation, ceil_mode, op)
+                           pool_dilation, ceil_mode, op, name=CONV_OUTPUT, prefix="pool_")
     dtype = common_dtype(x, weight, bias)
     if dtype == np.float32 and geom.N and geom.F:
         y = np.empty(pool.output_shape, dtype)
@@ -235,7 +240,7 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     if not _core.conv2d_backward_weight_through_max_pool(
             _c(grad_pooled, dtype), _c(indices, np.int64), ry, _c(x, dtype), gw, grad_b,
             *geom.out, *geom.stride, *geom.padding, *geom.dilation, geom.groups):
-        raise indices_out_of_range(geom.output_shape, op)
+        raise indices_out_of_range(geom.output_shape, op, CONV_OUTPUT)
     return grad_w, grad_b
 
 
@@ -284,6 +289,8 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np
         grad_y, indices, input_shape, relu_output=relu_output)
     grad_x = np.empty(input_shape, grad_y.dtype)
     if grad_x.size == 0:
+        if indices.size:  # (N, C) agree, so the planes are empty: no index is valid
+            raise indices_out_of_range(input_shape)
         return grad_x
     if grad_y.size == 0:
         grad_x.fill(0)
@@ -309,7 +316,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     y = np.empty(geom.output_shape, x.dtype)
     if geom.N and geom.C:
         _core.avg_pool2d_forward(_c(x, x.dtype), y, *geom.kernel, *geom.stride, *geom.padding,
-                                 bool(count_include_pad))
+                                 flag(count_include_pad, "count_include_pad", op))
     return y
 
 
@@ -328,7 +335,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     grad_x = np.empty(input_shape, grad_y.dtype)
     if grad_x.size:
         _core.avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x, *geom.kernel, *geom.stride,
-                                  *geom.padding, bool(count_include_pad))
+                                  *geom.padding, flag(count_include_pad, "count_include_pad", op))
     return grad_x
 
 
@@ -390,8 +397,9 @@ def linear(x, weight, bias=None) -> np.ndarray:
         bias = as_float_array(bias, "bias", op)
     in_f, out_f = linear_shapes(x.shape, weight.shape, None if bias is None else bias.shape, op)
     dtype = common_dtype(x, weight, bias)
-    x2 = _c(x, dtype).reshape(-1, in_f)
-    y = np.empty((x2.shape[0], out_f), dtype)
+    rows = math.prod(x.shape[:-1])  # not reshape(-1, in_f): in_f may be 0
+    x2 = _c(x, dtype).reshape(rows, in_f)
+    y = np.empty((rows, out_f), dtype)
     if bias is not None:
         y[...] = bias  # the GEMM accumulates onto the bias
     if y.size:
@@ -412,7 +420,8 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
     grad_y = as_float_array(grad_y, "grad_y", op)
     in_f, out_f = linear_shapes(x.shape, weight.shape, None, op, grad_y.shape)
     dtype = common_dtype(grad_y, x, weight)
-    gy = _c(grad_y, dtype).reshape(-1, out_f)
+    rows = math.prod(x.shape[:-1])
+    gy = _c(grad_y, dtype).reshape(rows, out_f)
     grad_x = grad_w = grad_b = None
     if mask[0]:
         grad_x = np.empty((gy.shape[0], in_f), dtype)
@@ -422,7 +431,7 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
     if mask[1]:
         grad_w = _empty_aligned((out_f, in_f), dtype)
         if grad_w.size:
-            _core.gemm(gy, _c(x, dtype).reshape(-1, in_f), grad_w, True, False, False)
+            _core.gemm(gy, _c(x, dtype).reshape(rows, in_f), grad_w, True, False, False)
     if mask[2]:
         grad_b = gy.sum(axis=0)
     return grad_x, grad_w, grad_b
@@ -440,11 +449,12 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, relu=False):
     """
     op = "batch_norm_train"
     x3, weight, bias = batch_norm_inputs(x, weight, bias, op)
+    eps = batch_norm_eps(eps, op)
     x3 = _c(x3, x3.dtype)
     C = x3.shape[1]
     y = np.empty(x3.shape, x3.dtype)
     mean, invstd, var = (np.empty(C, x3.dtype) for _ in range(3))
-    _core.batch_norm_forward(x3, weight, bias, float(eps), bool(relu), y, mean, invstd, var)
+    _core.batch_norm_forward(x3, weight, bias, eps, bool(relu), y, mean, invstd, var)
     return y.reshape(np.shape(x)), mean, invstd, var
 
 
@@ -462,7 +472,7 @@ def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=T
     """
     op = "batch_norm_train_backward"
     shape = np.shape(x)
-    x3, weight, _ = batch_norm_inputs(x, weight, None, op)
+    x3, weight, _ = batch_norm_inputs(x, weight, None, op, grad_y)
     x3 = _c(x3, x3.dtype)
     grad_y, mean, invstd, relu_output = batch_norm_grad_inputs(grad_y, shape, mean, invstd,
                                                                x3.dtype, op, relu_output)

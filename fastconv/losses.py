@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._args import working_dtype
+
 __all__ = ["softmax", "log_softmax", "CrossEntropyLoss", "MSELoss"]
 
 
 def _float(x, name: str) -> np.ndarray:
     x = np.asarray(x)
-    if x.dtype.kind == "f" and x.dtype in (np.float32, np.float64):
+    if x.dtype == np.float32 or x.dtype == np.float64:
         return x
     if x.dtype.kind in "biuf":
-        return x.astype(np.float32)
+        return x.astype(working_dtype(x.dtype))
     raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
 
 

@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from collections import OrderedDict, namedtuple
@@ -519,11 +520,9 @@ def _as_input(layer: Module, x, dtype: np.dtype | None) -> np.ndarray:
 
 
 def _input_float_dtype(x) -> np.dtype:
-    """float32/float64 inputs keep their dtype; anything else computes in float32."""
+    """float32/float64 inputs keep their precision; anything else computes in float32."""
     dt = getattr(x, "dtype", None)
-    if dt is not None and np.dtype(dt) in _FLOAT_DTYPES:
-        return np.dtype(dt)
-    return np.dtype(np.float32)
+    return np.dtype(np.float32) if dt is None else _args.working_dtype(dt)
 
 
 def _check_4d(layer: Module, x: np.ndarray, channels: int | None = None) -> None:
@@ -1140,11 +1139,16 @@ class _BatchNorm(Module):
         x = _as_input(self, x, dt)
         self._check_shape(x.shape)
         N, C = x.shape[0], x.shape[1]
-        x3 = x.reshape(N, C, -1)
+        x3 = x.reshape(N, C, math.prod(x.shape[2:]))
         m = x3.shape[0] * x3.shape[2]
         use_batch = self._uses_batch_stats()
         if relu and not use_batch:
             raise RuntimeError(f"{self!r}: a fused ReLU needs batch statistics")
+        if x.size == 0:  # an empty batch: an empty output, the statistics kept (as PyTorch)
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked += 1
+            self._cache = (None, x3, None, np.ones(C, dt), x.shape, None)
+            return x.copy()
         if use_batch:
             if m <= 1 and self.training:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
@@ -1180,6 +1184,8 @@ class _BatchNorm(Module):
         ops, x3, mean, invstd, shape, relu_y = self._get_cache()
         dt = invstd.dtype
         g = self._check_grad(grad_y, shape, dt)
+        if x3.size == 0:  # an empty batch: nothing to add to the parameters' gradients
+            return np.zeros(shape, dt) if input_grad else None
         if ops is not None:  # batch statistics
             w = self.weight.data if self.affine else None
             dx, gw, gb = ops.batch_norm_train_backward(g.reshape(x3.shape), x3, mean, invstd, w,
@@ -1333,28 +1339,64 @@ def _fmt_shape(shape, batch) -> str:
            ("," if len(shape) == 1 else "") + ")"
 
 
+def _all_modules(module: Module) -> Iterator[Module]:
+    """`module` and every module below it, repeats included (named_modules skips them)."""
+    yield module
+    for child in module._modules.values():
+        if child is not None:
+            yield from _all_modules(child)
+
+
 class Sequential(Module):
     """Layers applied in order; sub-modules are named "0", "1", ... (PyTorch's keys).
 
     ``model[i]`` is a layer, ``model[a:b]`` a Sequential of those layers, ``len(model)`` and
     ``iter(model)`` work as on a list. backward runs the layers' backward in reverse order.
+
+    Each layer keeps what its last forward saw for its backward, so one layer object cannot
+    run twice in a model. A layer without parameters or buffers given again (``act =
+    nn.ReLU()`` used after every conv, as often written for PyTorch) gets its own copy in
+    each later place; a layer with them raises ValueError (to share weights, make a second
+    layer and assign it the first one's Parameter: ``b.weight = a.weight``).
     """
 
     def __init__(self, *layers) -> None:
         super().__init__()
         if len(layers) == 1 and isinstance(layers[0], OrderedDict):
             for name, layer in layers[0].items():
-                self.add_module(str(name), layer)
+                self.add_module(str(name), self._unshared(layer, repr(str(name))))
         else:
             for i, layer in enumerate(layers):
                 if not isinstance(layer, Module):
                     raise TypeError(f"Sequential: argument {i} is not a Module: {layer!r}")
-                self.add_module(str(i), layer)
+                self.add_module(str(i), self._unshared(layer, str(i)))
+
+    def _unshared(self, layer, where: str):
+        """`layer`, or a copy of it if it is already in this model (see the class docstring)."""
+        if not isinstance(layer, Module):
+            return layer
+        present = {id(m) for m in _all_modules(self)}
+        repeated = [m for m in _all_modules(layer) if id(m) in present]
+        if not repeated:
+            return layer
+        if repeated == [layer] and not layer._parameters and not layer._buffers \
+                and not layer._modules:
+            twin = copy.copy(layer)  # (__getstate__ leaves the cached forward behind)
+            for registry in ("_parameters", "_buffers", "_modules"):
+                object.__setattr__(twin, registry, OrderedDict())
+            return twin
+        raise ValueError(
+            f"Sequential: layer {where} ({repeated[0]!r}) is already in this model. A layer "
+            f"keeps its last forward's values for backward, so one layer object cannot run "
+            f"twice: make another layer; to share weights, assign the first one's Parameter "
+            f"to it (b.weight = a.weight)")
 
     def append(self, layer: Module) -> "Sequential":
-        """Add `layer` at the end (named by its position); it inherits this model's backend override."""
+        """Add `layer` at the end (named by its position); it inherits this model's backend
+        override. A layer already in the model is copied or refused, as in the constructor."""
         if not isinstance(layer, Module):
             raise TypeError(f"Sequential.append: expected a Module, got {type(layer).__name__}")
+        layer = self._unshared(layer, str(len(self)))
         self.add_module(str(len(self)), layer)
         self._cache = None
         if self._backend is not None:

@@ -20,11 +20,15 @@ Shapes: x is (N, C, H, W), weight is (F, C/groups, kH, kW), conv output is (N, F
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from fastconv._args import (
+    CONV_OUTPUT,
     as_float_array,
+    batch_norm_eps,
     batch_norm_grad_inputs,
     batch_norm_inputs,
     check_ndim,
@@ -33,6 +37,7 @@ from fastconv._args import (
     conv_through_pool_inputs,
     conv2d_geometry,
     conv2d_output_shape,
+    flag,
     fold_geometry,
     indices_out_of_range,
     linear_shapes,
@@ -298,6 +303,9 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     geom, grad_pooled, indices, relu_output, mask, dtype = conv_through_pool_inputs(
         grad_pooled, indices, x, weight, stride, padding, dilation, groups, relu_output,
         output_mask, op)
+    plane = geom.output_shape[2] * geom.output_shape[3]
+    if indices.size and (indices.min() < 0 or indices.max() >= plane):
+        raise indices_out_of_range(geom.output_shape, op, CONV_OUTPUT)
     grad_y = max_pool2d_backward(grad_pooled, indices, geom.output_shape,
                                  relu_output=relu_output)
     _, grad_w, grad_b = conv2d_backward(grad_y.astype(dtype, copy=False), x, weight, stride,
@@ -434,7 +442,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     for i in range(kh):
         for j in range(kw):
             y += xp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))]
-    div = _avg_divisor(geom, bool(count_include_pad), dtype)
+    div = _avg_divisor(geom, flag(count_include_pad, "count_include_pad", op), dtype)
     np.divide(y, div, out=y, where=div > 0)
     return y
 
@@ -458,7 +466,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     dtype = grad_y.dtype
     N, C, H, W = input_shape
     (kh, kw), (oh, ow), (ph, pw) = geom.kernel, geom.out, geom.padding
-    div = _avg_divisor(geom, bool(count_include_pad), dtype)
+    div = _avg_divisor(geom, flag(count_include_pad, "count_include_pad", op), dtype)
     g = np.zeros(geom.output_shape, dtype=dtype)
     np.divide(grad_y, div, out=g, where=div > 0)
     height = _padded_size(H, ph, oh, kh, geom.stride[0], 1)
@@ -494,8 +502,9 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
     grad_y = as_float_array(grad_y, "grad_y", op)
     in_f, out_f = linear_shapes(x.shape, weight.shape, None, op, grad_y.shape)
     dtype = common_dtype(grad_y, x, weight)
-    gy = grad_y.astype(dtype, copy=False).reshape(-1, out_f)
-    x2 = x.astype(dtype, copy=False).reshape(-1, in_f)
+    rows = math.prod(x.shape[:-1])  # not reshape(-1, ...): in_f or out_f may be 0
+    gy = grad_y.astype(dtype, copy=False).reshape(rows, out_f)
+    x2 = x.astype(dtype, copy=False).reshape(rows, in_f)
     grad_x = np.ascontiguousarray((gy @ weight.astype(dtype, copy=False)).reshape(x.shape)) if mask[0] else None
     grad_w = np.ascontiguousarray(gy.T @ x2) if mask[1] else None
     grad_b = gy.sum(axis=0) if mask[2] else None
@@ -506,6 +515,7 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, relu=False):
     """Training-mode batch normalisation over axis 1 (see fastconv.functional.batch_norm_train)."""
     op = "batch_norm_train"
     x3, weight, bias = batch_norm_inputs(x, weight, bias, op)
+    eps = batch_norm_eps(eps, op)
     mean = x3.mean(axis=(0, 2))
     xc = x3 - mean[:, None]
     var = np.mean(xc * xc, axis=(0, 2))
@@ -525,7 +535,7 @@ def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=T
     """Gradients of :func:`batch_norm_train`: (grad_x or None, grad_weight, grad_bias)."""
     op = "batch_norm_train_backward"
     shape = np.shape(x)
-    x3, weight, _ = batch_norm_inputs(x, weight, None, op)
+    x3, weight, _ = batch_norm_inputs(x, weight, None, op, grad_y)
     grad_y, mean, invstd, relu_output = batch_norm_grad_inputs(grad_y, shape, mean, invstd,
                                                                x3.dtype, op, relu_output)
     if relu_output is not None:
@@ -549,10 +559,11 @@ def _relu_values(x: np.ndarray) -> np.ndarray:
 
 def relu(x) -> np.ndarray:
     """max(x, 0) elementwise, as torch.relu (NaN propagates)."""
-    return np.ascontiguousarray(_relu_values(as_float_array(x, "x", "relu")))
+    # (asarray: ascontiguousarray would make a 0-d array 1-d)
+    return np.asarray(_relu_values(as_float_array(x, "x", "relu")), order="C")
 
 
 def relu_backward(grad_y, y) -> np.ndarray:
     """Gradient of relu from its output: 0 where y <= 0, else grad_y (NaN passes, as torch)."""
     grad_y, y, dtype = relu_backward_inputs(grad_y, y)
-    return np.ascontiguousarray(np.where(y <= 0, 0, grad_y).astype(dtype, copy=False))
+    return np.asarray(np.where(y <= 0, 0, grad_y), dtype, order="C")

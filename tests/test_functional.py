@@ -544,6 +544,16 @@ def test_dtype_policy(rng):
     assert F.conv2d_backward(y.astype(np.float64), x.astype(np.float32), w.astype(np.float32))[0].dtype == np.float64
     with pytest.raises(TypeError, match="x must hold real numbers"):
         F.conv2d(x.astype(np.complex64), w)
+    # byte-swapped float64 (big-endian data from files) and longdouble compute in float64
+    xf, wf = rng.standard_normal(x.shape) * 1e-3 + 1, w.astype(np.float64)
+    want = F.conv2d(xf, wf)
+    for xb in (xf.astype(">f8"), xf.astype(np.longdouble)):
+        got = F.conv2d(xb, wf)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, want)
+        assert R.conv2d(xb, wf).dtype == np.float64
+    np.testing.assert_array_equal(F.conv2d(xf.astype(">f4"), wf.astype(">f4")),
+                                  F.conv2d(xf.astype(np.float32), wf.astype(np.float32)))
     with pytest.raises(TypeError, match="weight"):
         F.conv2d(x, np.full(w.shape, "a"))
     with pytest.raises(TypeError):
@@ -662,6 +672,8 @@ def test_output_shape_helpers():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("x_shape,out_f", [
     ((5, 7), 3), ((1, 2304), 1024), ((4, 3, 33), 65), ((0, 8), 4), ((6, 1), 1),
+    # empty feature axes: y is the bias (zeros without one), as in PyTorch
+    ((3, 0), 4), ((2, 3, 0), 4), ((3, 5), 0), ((0, 0), 0),
     # batches of 16-512 rows and a 4x wider output take the in-place-weight path (AVX-512)
     ((64, 2304), 1024), ((17, 300), 100), ((100, 70), 401), ((2, 20, 129), 333)])
 def test_linear_matches_reference(rng, x_shape, out_f, dtype):
@@ -672,6 +684,8 @@ def test_linear_matches_reference(rng, x_shape, out_f, dtype):
         y = F.linear(x, w, bias)
         assert y.dtype == dtype and y.shape == x_shape[:-1] + (out_f,)
         assert_close(y, R.linear(x, w, bias))
+        if x_shape[-1] == 0:
+            np.testing.assert_array_equal(y, np.broadcast_to(0 if bias is None else bias, y.shape))
     gy = rng.standard_normal(y.shape).astype(dtype)
     for a, e in zip(F.linear_backward(gy, x, w), R.linear_backward(gy, x, w)):
         assert a.dtype == dtype
@@ -853,6 +867,35 @@ def test_batch_norm_train_bad_input(module):
         module.batch_norm_train(np.ones((2, 3, 4)), np.ones(4))
     with pytest.raises(ValueError, match="grad_y shape"):
         module.batch_norm_train_backward(np.ones((2, 3)), np.ones((2, 3, 4)), np.zeros(3), np.ones(3))
+    for eps in ("a", -1.0, np.nan, None):
+        with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+            module.batch_norm_train(np.ones((2, 3, 4)), eps=eps)
+    # no values to take statistics of (PyTorch's native batch norm raises too); no channels is fine
+    for shape in ((0, 3, 4), (2, 3, 0)):
+        with pytest.raises(ValueError, match="no values per channel"):
+            module.batch_norm_train(np.ones(shape))
+    y, mean, invstd, var = module.batch_norm_train(np.ones((2, 0, 4)))
+    assert y.shape == (2, 0, 4) and mean.shape == invstd.shape == var.shape == (0,)
+
+
+@pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
+def test_batch_norm_train_promotes_to_float64_like_the_other_ops(module, rng):
+    # float64 anywhere (x, weight, bias, or grad_y in the backward) computes in float64
+    x = rng.standard_normal((4, 3, 5))
+    w, b = rng.standard_normal(3), rng.standard_normal(3)
+    want = module.batch_norm_train(x.astype(np.float32).astype(np.float64), w, b)
+    for args in ((x.astype(np.float32), w, None), (x.astype(np.float32), None, b)):
+        y, mean, invstd, var = module.batch_norm_train(*args)
+        assert all(a.dtype == np.float64 for a in (y, mean, invstd, var))
+    got = module.batch_norm_train(x.astype(np.float32), w, b)
+    for a, e in zip(got, want):
+        np.testing.assert_array_equal(a, e)
+    gy = rng.standard_normal(x.shape)
+    grads = module.batch_norm_train_backward(gy, x.astype(np.float32), want[1], want[2], w)
+    assert all(g.dtype == np.float64 for g in grads)
+    for a, e in zip(grads, module.batch_norm_train_backward(gy, x.astype(np.float32).astype(np.float64),
+                                                            want[1], want[2], w)):
+        np.testing.assert_array_equal(a, e)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -884,6 +927,9 @@ def test_relu_does_not_depend_on_thread_count_and_checks_shapes(rng, threads):
     for m in (F, R):
         with pytest.raises(ValueError, match="grad_y shape"):
             m.relu_backward(np.ones(3), np.ones(4))
+        for shape in ((), (0,), (5,)):  # any shape, 0-d included, as torch.relu
+            a = np.full(shape, -1.5)
+            assert m.relu(a).shape == m.relu_backward(a, m.relu(a)).shape == shape
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 3, 10, 7), (1, 2, 17, 16), (4, 3, 2, 2)])
@@ -1223,6 +1269,11 @@ def test_max_pool2d_backward_hand_made_indices():
     assert got[0, 1, 1, 1] == 5 + 6 + 7 + 8
     with pytest.raises(ValueError):
         F.max_pool2d_backward(gy, np.full_like(idx, 16), (1, 3, 4, 4))
+    # planes of zero pixels: no index can be valid, in either module
+    for module in (F, R):
+        with pytest.raises(ValueError, match=r"indices must lie in \[0, H\*W\) = \[0, 0\)"):
+            module.max_pool2d_backward(gy, idx, (1, 3, 0, 6))
+        assert module.max_pool2d_backward(gy[:, :0], idx[:, :0], (1, 0, 0, 6)).shape == (1, 0, 0, 6)
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])

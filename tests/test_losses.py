@@ -35,6 +35,9 @@ def test_softmax_properties():
     np.testing.assert_allclose(log_softmax(z.T, axis=0), log_softmax(z).T, rtol=1e-12)
     assert softmax(z.astype(np.float32)).dtype == np.float32
     assert log_softmax(np.array([[1, 2]])).dtype == np.float32
+    # byte-swapped float64 (e.g. read from a big-endian file) keeps its precision
+    assert softmax(z.astype(">f8")).dtype == np.float64
+    np.testing.assert_array_equal(log_softmax(z.astype(">f8")), log_softmax(z.astype(np.float64)))
     with pytest.raises(TypeError):
         softmax(np.array([["a"]]))
 

@@ -343,10 +343,11 @@ def test_registration_and_traversal():
                 self.x = 1
         Bad()
     # shared parameters are listed once
-    lin = nn.Linear(2, 2)
-    seq = nn.Sequential(lin, lin)
-    assert len(list(seq.parameters())) == 2
-    assert seq.num_parameters() == 6
+    lin, lin2 = nn.Linear(2, 2), nn.Linear(2, 2)
+    lin2.weight = lin.weight
+    seq = nn.Sequential(lin, lin2)
+    assert len(list(seq.parameters())) == 3
+    assert seq.num_parameters() == 8
 
 
 def test_train_eval_propagate_and_return_self():
@@ -482,6 +483,36 @@ def test_float32_model_stays_float32():
     assert model.dtype == np.float32
 
 
+def test_empty_batch_through_every_layer(torch):
+    # N = 0 gives empty outputs and gradients; batch norm keeps its statistics (as PyTorch).
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 6), nn.BatchNorm1d(6),
+                          nn.LayerNorm(6), nn.Tanh())
+    for train in (True, False):
+        model.train(train)
+        y = model(np.zeros((0, 3, 4, 4), np.float32))
+        assert y.shape == (0, 6)
+        assert model.backward(np.zeros((0, 6), np.float32)).shape == (0, 3, 4, 4)
+    bn, tbn = model[1], torch.nn.BatchNorm2d(4)
+    tbn(torch.zeros(0, 4, 2, 2))
+    np.testing.assert_array_equal(bn.running_mean, tbn.running_mean.numpy())
+    np.testing.assert_array_equal(bn.running_var, tbn.running_var.numpy())
+    assert int(bn.num_batches_tracked) == int(tbn.num_batches_tracked) == 1
+    assert not any(p.grad.any() for p in model.parameters())
+
+
+def test_layers_without_parameters_keep_the_input_precision():
+    model = nn.Sequential(nn.MaxPool2d(2), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Tanh())
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    want = model(x)
+    assert want.dtype == np.float64
+    for xb in (x.astype(">f8"), x.astype(np.longdouble)):  # big-endian from a file; longdouble
+        got = model(xb)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, want)
+    assert model(x.astype(">f4")).dtype == model(x.astype(np.int16)).dtype == np.float32
+
+
 def test_astype_converts_parameters_grads_and_buffers():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.LayerNorm((4, 2, 2), elementwise_affine=False))
     w32 = model[0].weight.data.copy()
@@ -584,6 +615,56 @@ def test_sequential_container():
     assert "(0): Linear(in_features=4, out_features=3, bias=True)" in text and "(3): Tanh()" in text
     x = np.ones((2, 4), np.float32)
     np.testing.assert_array_equal(model(x), np.tanh(layers[2](layers[1](layers[0](x)))))
+
+
+def test_sequential_layer_given_twice(torch):
+    # A layer saves its last forward for backward: reused objects must not share that.
+    gen = np.random.default_rng(3)
+    act, lin = nn.Tanh(), nn.Linear(5, 5)
+    model = nn.Sequential(lin, act, nn.Linear(5, 5), act)
+    assert model[3] is not act and type(model[3]) is nn.Tanh and model[1] is act
+    tmodel = torch.nn.Sequential(torch.nn.Linear(5, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5),
+                                 torch.nn.Tanh()).double()
+    tmodel.load_state_dict({k: torch.tensor(v) for k, v in model.astype(np.float64).state_dict().items()})
+    x, g = gen.standard_normal((4, 5)), gen.standard_normal((4, 5))
+    y = model(x)
+    gx = model.backward(g)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = tmodel(xt)
+    yt.backward(torch.tensor(g))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(lin.weight.grad, tmodel[0].weight.grad.numpy(), rtol=1e-10)
+    model.append(act)
+    assert len(model) == 5 and model[4] is not act
+    # Layers with weights are refused (with the way to share weights), also inside blocks.
+    with pytest.raises(ValueError, match=r"layer 2 \(Linear.*already in this model.*b.weight = a.weight"):
+        nn.Sequential(lin, nn.ReLU(), lin)
+    block = nn.Sequential(nn.Linear(5, 5), nn.ReLU())
+    with pytest.raises(ValueError, match="already in this model"):
+        nn.Sequential(block, block)
+    with pytest.raises(ValueError, match="already in this model"):
+        nn.Sequential(block, nn.Sequential(block[0]))
+    with pytest.raises(ValueError, match="already in this model"):
+        model.append(lin)
+    # Shared weights through a shared Parameter: both uses' gradients add up, as in PyTorch.
+    tied = nn.Linear(5, 5).astype(np.float64)
+    tied.weight = lin.weight
+    shared = nn.Sequential(lin, nn.Tanh(), tied)
+    assert len(list(shared.parameters())) == 3
+    shared.zero_grad()
+    shared(x)
+    shared.backward(np.ones((4, 5)))
+    tl = torch.nn.Linear(5, 5).double()
+    tl2 = torch.nn.Linear(5, 5).double()
+    with torch.no_grad():
+        tl.weight.copy_(torch.tensor(lin.weight.data))
+        tl.bias.copy_(torch.tensor(lin.bias.data))
+        tl2.bias.copy_(torch.tensor(tied.bias.data))
+    tl2.weight = tl.weight
+    out = tl2(torch.tanh(tl(torch.tensor(x))))
+    out.backward(torch.ones(4, 5, dtype=torch.float64))
+    np.testing.assert_allclose(lin.weight.grad, tl.weight.grad.numpy(), rtol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------
