@@ -55,10 +55,14 @@ class CrossEntropyLoss:
     """
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
-        label_smoothing = float(label_smoothing)
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
-        self.label_smoothing = label_smoothing
+        try:
+            eps = float(label_smoothing)
+        except (TypeError, ValueError):
+            eps = float("nan")  # refused just below
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got "
+                             f"{label_smoothing!r}")
+        self.label_smoothing = eps
         self._cache = None
 
     def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
@@ -75,10 +79,10 @@ class CrossEntropyLoss:
         if t.shape != (N,):
             raise ValueError(f"CrossEntropyLoss: targets must have shape (N,) = ({N},) to match logits "
                              f"of shape {z.shape}, got {t.shape}")
-        t = t.astype(np.intp, copy=False)
-        if N and (t.min() < 0 or t.max() >= C):
+        if N and (t.min() < 0 or t.max() >= C):  # (before the cast: 1e20 would wrap around)
             raise ValueError(f"CrossEntropyLoss: targets must be in [0, {C}), got values in "
                              f"[{t.min()}, {t.max()}]")
+        t = t.astype(np.intp, copy=False)
         if N == 0:
             self._cache = (np.zeros_like(z), t)
             return float("nan")  # PyTorch: mean over an empty batch

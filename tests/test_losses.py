@@ -110,8 +110,12 @@ def test_cross_entropy_validation():
     with pytest.raises(TypeError, match="integer"):
         crit(z, np.array([0.5, 1, 2]))
     assert crit(z, np.array([0.0, 1.0, 2.0])) == pytest.approx(np.log(4))  # whole-number floats
-    with pytest.raises(ValueError, match="label_smoothing"):
-        CrossEntropyLoss(label_smoothing=1.5)
+    # huge whole-number floats: the values given are reported (a cast first would wrap them)
+    with pytest.raises(ValueError, match=r"got values in \[0\.0, 1e\+20\]"):
+        crit(z, np.array([0.0, 1e20, 2.0]))
+    for bad in (1.5, "a", None):
+        with pytest.raises(ValueError, match="label_smoothing must be in"):
+            CrossEntropyLoss(label_smoothing=bad)
     with pytest.raises(RuntimeError, match="before forward"):
         CrossEntropyLoss().backward()
 
