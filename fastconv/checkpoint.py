@@ -188,35 +188,98 @@ def _write_npz(f: IO[bytes], arrays: Mapping[str, np.ndarray], meta: Mapping[str
     np.savez(f, **payload)
 
 
+# first bytes of files people pass by mistake, to say what the file is instead
+_OTHER_FORMATS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+                  (b"GIF8", "a GIF image"), (b"\x1f\x8b", "a gzip file"),
+                  (b"\x80\x02", "a Python pickle"), (b"\x80\x03", "a Python pickle"),
+                  (b"\x80\x04", "a Python pickle"), (b"\x80\x05", "a Python pickle"))
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")      # what np.load takes for an .npz
+
+
+def _not_npz_reason(head: bytes) -> str:
+    """Why a file starting with ``head`` is no .npz archive, in words."""
+    if not head:
+        return "it is empty"
+    if head.startswith(b"\x93NUMPY"):
+        return "it holds a single NumPy array (.npy), not an .npz archive"
+    what = next((name for magic, name in _OTHER_FORMATS if head.startswith(magic)), None)
+    if what is None and head[:12].startswith(b"RIFF") and head[8:12] == b"WEBP":
+        what = "a WebP image"
+    return f"it is {what}, not an .npz archive" if what else "it is not an .npz archive"
+
+
 def _read_npz(path: Path, kind: str,
               meta_only: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read the members (all, or only ``__meta__``) and the parsed metadata JSON."""
+    """Read the members (all, or only ``__meta__``) and the parsed metadata JSON.
+
+    A file that is not an .npz at all (an image passed by mistake, say) is reported as not a
+    fastconv file, saying what it looks like; a damaged archive as corrupt.
+    """
     try:
         # open the file ourselves: np.load leaks its own handle when the zip is corrupt
         with open(path, "rb") as fh:
-            loaded = np.load(fh, allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
-                raise ValueError("a single .npy array, not an .npz archive")
-            with loaded as z:
+            head = fh.read(16)
+            if not head.startswith(_ZIP_MAGIC):
+                # np.load would try pickle (refused) and quote its advice to load unsafely
+                raise CheckpointError(f"{path} is not a fastconv {kind}: {_not_npz_reason(head)}")
+            fh.seek(0)
+            with np.load(fh, allow_pickle=False) as z:
+                other = [n for n in z.zip.namelist() if not n.endswith(".npy")]
+                if other:                   # np.load would return such members as bytes
+                    torch = any(n.endswith("data.pkl") for n in other)
+                    raise CheckpointError(
+                        f"{path} is not a fastconv {kind}: it is a zip archive whose member "
+                        f"{other[0]!r} is not a NumPy array"
+                        + (" (it looks like a PyTorch file)" if torch else ""))
                 names = [k for k in z.files if not meta_only or k == _META_KEY]
-                arrays = {k: z[k] for k in names}
-    except FileNotFoundError:
+                arrays = {}
+                for k in names:
+                    try:
+                        arrays[k] = z[k]
+                    except ValueError as e:
+                        if "pickle" not in str(e):
+                            raise
+                        raise CheckpointError(
+                            f"{kind} {path} is corrupt or not a fastconv {kind}: its member {k!r} "
+                            f"holds pickled Python objects, which fastconv never loads") from e
+                    if not isinstance(arrays[k], np.ndarray):   # np.load's bytes fallback
+                        raise CheckpointError(f"{kind} {path} is corrupt: its member {k!r} is "
+                                              f"not a NumPy array")
+    except (FileNotFoundError, CheckpointError):
         raise
     except PermissionError as e:
         raise CheckpointError(f"cannot read {kind} {path}: permission denied") from e
+    except IsADirectoryError as e:
+        raise CheckpointError(f"{path} is a folder, not a fastconv {kind}") from e
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError, zlib.error) as e:
-        raise CheckpointError(f"{kind} {path} is corrupt or not a fastconv {kind} ({e}); "
-                              f"delete it or use another file") from e
+        raise CheckpointError(f"{kind} {path} is corrupt or not a fastconv {kind} "
+                              f"({type(e).__name__}: {e})") from e
     meta_raw = arrays.pop(_META_KEY, None)
     meta: dict[str, Any] = {}
     if meta_raw is not None:
         try:
             meta = json.loads(bytes(meta_raw.astype(np.uint8)).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-            raise CheckpointError(f"{kind} {path} has corrupt metadata ({e})") from e
+        except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as e:
+            raise CheckpointError(f"{kind} {path} has corrupt metadata ({type(e).__name__}: "
+                                  f"{e})") from e
         if not isinstance(meta, dict):
-            raise CheckpointError(f"{kind} {path} has corrupt metadata")
+            raise CheckpointError(f"{kind} {path} has corrupt metadata (a JSON "
+                                  f"{type(meta).__name__}, not an object)")
     return arrays, meta
+
+
+def _check_version(meta: Mapping[str, Any], path: Path, kind: str) -> None:
+    """The metadata's format version must be an integer >= 1 that this fastconv reads."""
+    version = meta.get("version")
+    # JSON integers load as int; bools, floats and strings are not versions
+    if type(version) is not int or version < 1:
+        what = "no format version" if "version" not in meta else \
+            f"an invalid format version {version!r} (expected an integer >= 1)"
+        raise CheckpointError(f"{kind} {path} has {what}: the file is corrupt or was not "
+                              f"written by fastconv")
+    if version > _VERSION:
+        raise CheckpointError(f"{kind} {path} has format version {version}, newer than this "
+                              f"fastconv understands ({_VERSION}); upgrade fastconv")
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +308,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (no pickle, no code execution).
 
     Raises FileNotFoundError when missing and :class:`CheckpointError` when the file is
-    corrupt or is not a fastconv checkpoint.
+    corrupt or is not a fastconv checkpoint (malformed metadata included).
     """
     path = Path(path)
     arrays, meta = _read_npz(path, "checkpoint")
@@ -253,13 +316,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a fastconv checkpoint"
                               + (" (it holds model weights only)"
                                  if meta.get("format") == _WEIGHTS_FORMAT else ""))
-    if int(meta.get("version", 0)) > _VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {meta['version']}, newer "
-                              f"than this fastconv understands ({_VERSION}); upgrade fastconv")
+    _check_version(meta, path, "checkpoint")
+    if "state" not in meta:
+        raise CheckpointError(f"checkpoint {path} is inconsistent: its metadata has no state")
     try:
         state = _decode(meta["state"], arrays)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {path} is inconsistent ({e!r})") from e
+    if not isinstance(state, dict):   # save_checkpoint only writes dicts
+        raise CheckpointError(f"checkpoint {path} is inconsistent: its state is not a dict "
+                              f"(got {type(state).__name__})")
     return state
 
 
@@ -299,19 +365,30 @@ def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if meta.get("format") == _FORMAT:
         raise CheckpointError(f"{path} is a training checkpoint, not a weights file; load it "
                               f"with load_checkpoint(path)['model']")
+    if meta.get("format") == _WEIGHTS_FORMAT:
+        _check_version(meta, Path(path), "weights file")
     return arrays
 
 
 def load_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``metadata`` dict stored by :func:`save_weights` ({} when there is none)."""
+    """The ``metadata`` dict stored by :func:`save_weights` ({} when there is none).
+
+    Raises like :func:`load_weights`, also when a fastconv weights file's metadata is
+    malformed (bad version, ``metadata`` not a dict).
+    """
     _, meta = _read_npz(Path(path), "weights file", meta_only=True)
+    if meta.get("format") == _WEIGHTS_FORMAT:
+        _check_version(meta, Path(path), "weights file")
     md = meta.get("metadata", {})
-    return dict(md) if isinstance(md, dict) else {}
+    if not isinstance(md, dict):
+        raise CheckpointError(f"weights file {path} has corrupt metadata ('metadata' is a "
+                              f"{type(md).__name__}, not a dict)")
+    return dict(md)
 
 
 def file_kind(path: str | os.PathLike) -> str:
     """``"checkpoint"`` (:func:`save_checkpoint`), ``"weights"`` (:func:`save_weights`) or
     ``"npz"`` (any other ``.npz`` of arrays). Raises like :func:`load_checkpoint`."""
-    _, meta = _read_npz(Path(path), "file", meta_only=True)
+    _, meta = _read_npz(Path(path), "weights or checkpoint file", meta_only=True)
     fmt = meta.get("format")
     return "checkpoint" if fmt == _FORMAT else "weights" if fmt == _WEIGHTS_FORMAT else "npz"

@@ -65,6 +65,18 @@ def _nonneg(value, name: str, opt: str) -> float:
     return float(value)
 
 
+def _step_count(value, key, opt: str) -> int:
+    """A saved per-parameter step count as an int. PyTorch stores it as a float tensor
+    (``tensor(3.)``), but the compiled Adam update takes an int and bias correction needs a
+    whole number of steps."""
+    v = value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+    if (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)
+            or not math.isfinite(v) or v < 0 or v != int(v)):
+        raise ValueError(f"{opt}.load_state_dict: state 'step' of parameter {key} must be a "
+                         f"whole number >= 0, got {value!r}")
+    return int(v)
+
+
 class Optimizer:
     """Base class: parameter groups, per-parameter state, ``zero_grad``, ``state_dict``.
 
@@ -96,6 +108,12 @@ class Optimizer:
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in seen for p in params):
             raise ValueError(f"{type(self).__name__}: some parameters appear in more than one group")
+        first: dict[int, int] = {}
+        for j, p in enumerate(params):
+            i = first.setdefault(id(p), j)
+            if i != j:  # it would be updated twice per step
+                raise ValueError(f"{type(self).__name__}: parameter group {len(self.param_groups)} "
+                                 f"lists the same parameter twice (positions {i} and {j})")
         new = dict(self.defaults)
         new.update({k: v for k, v in group.items() if k != "params"})
         new["params"] = params
@@ -153,7 +171,9 @@ class Optimizer:
         """Restore hyper-parameters and per-parameter state (momentum buffers, Adam moments...).
 
         The groups must have the same sizes as this optimiser's; state arrays must have their
-        parameter's shape (ValueError otherwise) and are cast to its dtype.
+        parameter's shape (ValueError otherwise) and are cast to its dtype. PyTorch state dicts
+        load too (tensors become arrays); their float step counts become ints (ValueError unless
+        whole and >= 0).
         """
         groups = state_dict.get("param_groups")
         saved_state = state_dict.get("state")
@@ -180,6 +200,9 @@ class Optimizer:
             for name, v in s.items():
                 if hasattr(v, "detach") and hasattr(v, "cpu"):
                     v = v.detach().cpu().numpy()
+                if name == "step":
+                    entry[name] = _step_count(v, key, type(self).__name__)
+                    continue
                 if isinstance(v, np.ndarray) and v.ndim > 0:
                     if v.shape != p.data.shape:
                         raise ValueError(f"{type(self).__name__}.load_state_dict: state {name!r} of "
@@ -584,6 +607,15 @@ class OneCycleLR(LRScheduler):
     or 'linear'. With cycle_momentum the momentum (or Adam's beta1) moves inversely between
     max_momentum and base_momentum. Call ``step()`` after every batch; stepping past
     `total_steps` raises ValueError. total_steps may be given as epochs * steps_per_epoch.
+
+    Every pct_start in [0, 1] works with every total_steps >= 1. The phase boundaries are
+    PyTorch's (phase 1 ends at step pct_start * total_steps - 1, the last at total_steps - 1)
+    and so are the rates wherever PyTorch computes them; a phase of zero length, where PyTorch
+    divides by zero (pct_start * total_steps == 1, or pct_start=1.0 at the final step), is
+    skipped: the rate and momentum take that phase's end values (max_lr at step 0 for a
+    one-step warm-up; max_lr / div_factor / final_div_factor after the last step of a run
+    that warms up throughout). With three_phase and pct_start above about 0.5 the second
+    phase reaches past total_steps; as in PyTorch the run then ends within it.
     """
 
     def __init__(self, optimizer: Optimizer, max_lr, total_steps: int | None = None,
@@ -605,6 +637,9 @@ class OneCycleLR(LRScheduler):
             raise ValueError("OneCycleLR: you must define either total_steps OR (epochs AND steps_per_epoch)")
         if not 0.0 <= pct_start <= 1.0:
             raise ValueError(f"OneCycleLR: expected pct_start in [0, 1], got {pct_start}")
+        for name, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
+            if not value > 0:                       # the rates divide by them
+                raise ValueError(f"OneCycleLR: {name} must be > 0, got {value}")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"OneCycleLR: anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
         self.anneal_strategy = anneal_strategy
@@ -671,9 +706,16 @@ class OneCycleLR(LRScheduler):
         for i, phase in enumerate(self._phases):
             end_step = phase["end_step"]
             if t <= end_step or i == len(self._phases) - 1:
+                mom = None
+                if end_step == start_step:
+                    # a zero-length phase (pct_start * total_steps == 1, or pct_start == 1 at
+                    # the final step): skip it, at its end values (PyTorch divides by zero)
+                    lr = group[phase["end_lr"]]
+                    if self.cycle_momentum:
+                        mom = group[phase["end_momentum"]]
+                    return lr, mom
                 pct = (t - start_step) / (end_step - start_step)
                 lr = self._anneal(group[phase["start_lr"]], group[phase["end_lr"]], pct)
-                mom = None
                 if self.cycle_momentum:
                     mom = self._anneal(group[phase["start_momentum"]], group[phase["end_momentum"]], pct)
                 return lr, mom

@@ -18,6 +18,7 @@ shorter side is 32 pixels (bicubic) and centre-cropped to 32 x 32, as CIFAR-10 i
 from __future__ import annotations
 
 import argparse
+import numbers
 import os
 import sys
 from collections.abc import Sequence
@@ -60,23 +61,30 @@ def load_model(weights: str | os.PathLike, model: str | None = None):
         if kind == "checkpoint":
             state = ck.load_checkpoint(path)
             state_dict = state.get("model", {})
-            meta = {"model": state.get("config", {}).get("model"),
+            config = state.get("config")
+            meta = {"model": config.get("model") if isinstance(config, dict) else None,
                     "class_names": state.get("class_names")}
         else:
             state_dict = ck.load_weights(path)
             meta = ck.load_weights_metadata(path)
     except ck.CheckpointError as e:
-        raise PredictError(str(e)) from e
+        # the file is the user's input: say what was expected, never suggest deleting it
+        raise PredictError(f"{e} (expected a run folder, or the model.npz or checkpoint.npz "
+                           f"written by fastconv-train)") from e
     name = model or meta.get("model")
     if not name:
         raise PredictError(f"{path} does not say which model it holds: pass --model")
     if model and meta.get("model") and model != meta["model"]:
         raise PredictError(f"{path} holds a {meta['model']} model, not {model}")
-    class_names = tuple(meta.get("class_names") or D.CLASS_NAMES)
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, (list, tuple))
+                                  and all(isinstance(n, str) for n in names)):
+        raise PredictError(f"{path} has malformed class names in its metadata: {names!r:.80}")
+    class_names = tuple(names or D.CLASS_NAMES)
     try:
         net = models.get_model(name, num_classes=len(class_names), seed=0)
         net.load_state_dict(state_dict)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:          # TypeError: not a mapping of arrays
         raise PredictError(f"weights in {path} do not fit model {name}: {e}") from e
     net.eval()
     info = {"model": name, "class_names": class_names,
@@ -132,10 +140,14 @@ def predict(images, weights: str | os.PathLike | None = None, top: int = 3, *, m
 
     ``images``: image paths, or arrays (uint8 (N, 3, 32, 32), (3, 32, 32) or (H, W, 3) at
     32 x 32). Give ``weights`` (see :func:`load_model`), or an already loaded ``model`` and its
-    ``info``.
+    ``info``. ``top`` must be >= 1 (ValueError otherwise); above the number of classes, all
+    are listed.
     """
     from . import data as D
     from .losses import softmax
+
+    if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
+        raise ValueError(f"predict: top must be an integer >= 1, got {top!r}")
 
     if model is None:
         if weights is None:
@@ -148,21 +160,22 @@ def predict(images, weights: str | os.PathLike | None = None, top: int = 3, *, m
     x = D.to_float32(batch, info["mean"], info["std"])
     probs = softmax(model.forward(x), axis=1)
     names = info["class_names"]
-    k = max(1, min(int(top), probs.shape[1]))
+    k = min(int(top), probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``fastconv-predict`` argument parser."""
-    from .train import _Parser
+    from .train import _Parser, _int_at_least
     p = _Parser(prog=PROG, description="Classify images with a model trained by fastconv-train.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     p.add_argument("-w", "--weights", required=True,
                    help="run folder, model.npz or checkpoint.npz written by fastconv-train")
     p.add_argument("--model", default=None,
                    help="model name, for a weights file without metadata")
-    p.add_argument("--top", type=int, default=3, help="number of classes to show")
+    p.add_argument("--top", type=_int_at_least(1), default=3,
+                   help="number of classes to show (>= 1) [default: 3]")
     return p
 
 

@@ -469,7 +469,11 @@ def _run(ns: argparse.Namespace) -> int:
         if not ckpt.is_file():
             raise UserError(f"nothing to resume: {ckpt} does not exist (run without --resume to "
                             f"start, or point --out at the run's folder)")
-        state = ck.load_checkpoint(ckpt)
+        try:
+            state = ck.load_checkpoint(ckpt)
+        except ck.CheckpointError as e:
+            raise ck.CheckpointError(f"{e}; cannot resume from it (start a new run in another "
+                                     f"--out)") from e
         if state.get("format") != _CKPT_FORMAT:
             raise UserError(f"{ckpt} is not a fastconv-train checkpoint")
         try:

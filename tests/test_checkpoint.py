@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -266,3 +268,92 @@ def test_atomic_write_context_manager(tmp_path):
         f.write(b"new")
     assert target.read_bytes() == b"new"
     assert sorted(os.listdir(tmp_path)) == ["f.txt"]
+
+
+def _with_meta(path, meta, **arrays):
+    """An .npz with hand-made metadata, as a damaged or foreign writer could leave."""
+    np.savez(path, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    return path
+
+
+@pytest.mark.parametrize("meta,needle", [
+    ({"format": "fastconv-checkpoint", "version": "x", "state": {}}, "invalid format version 'x'"),
+    ({"format": "fastconv-checkpoint", "version": None, "state": {}},
+     "invalid format version None"),
+    ({"format": "fastconv-checkpoint", "version": 1.5, "state": {}}, "invalid format version 1.5"),
+    ({"format": "fastconv-checkpoint", "version": [1], "state": {}}, "invalid format version"),
+    ({"format": "fastconv-checkpoint", "version": True, "state": {}}, "invalid format version"),
+    ({"format": "fastconv-checkpoint", "version": 0, "state": {}}, "invalid format version 0"),
+    ({"format": "fastconv-checkpoint", "state": {}}, "no format version"),
+    ({"format": "fastconv-checkpoint", "version": 1}, "no state"),
+    ({"format": "fastconv-checkpoint", "version": 1, "state": [1, 2]}, "not a dict"),
+    ({"format": "fastconv-checkpoint", "version": 1, "state": None}, "not a dict"),
+    ({"format": "fastconv-checkpoint", "version": 1, "state": {"__tuple__": [1]}}, "not a dict"),
+])
+def test_malformed_metadata_is_a_checkpoint_error(tmp_path, meta, needle):
+    path = _with_meta(tmp_path / "c.npz", meta)
+    with pytest.raises(C.CheckpointError, match=re.escape(needle)) as err:
+        C.load_checkpoint(path)
+    assert str(path) in str(err.value)
+
+
+def test_deeply_nested_metadata_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "c.npz"
+    np.savez(path, __meta__=np.frombuffer(b"[" * 100_000 + b"]" * 100_000, np.uint8))
+    with pytest.raises(C.CheckpointError, match="corrupt metadata"):
+        C.load_checkpoint(path)
+
+
+def test_malformed_weights_metadata(tmp_path):
+    path = _with_meta(tmp_path / "w.npz", {"format": "fastconv-weights", "version": "x",
+                                           "metadata": {}}, a=np.ones(2))
+    for load in (C.load_weights, C.load_weights_metadata):
+        with pytest.raises(C.CheckpointError, match="invalid format version 'x'"):
+            load(path)
+    path = _with_meta(tmp_path / "w.npz", {"format": "fastconv-weights", "version": 1,
+                                           "metadata": ["model"]}, a=np.ones(2))
+    with pytest.raises(C.CheckpointError, match="'metadata' is a list, not a dict"):
+        C.load_weights_metadata(path)
+
+
+def _png(path):
+    # a minimal PNG signature and header: the kind of file users pass by mistake
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 40)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "pickle", "text", "empty", "torch"])
+def test_foreign_file_is_not_called_corrupt(tmp_path, kind):
+    """A file that is not an .npz at all is named for what it is; nothing says to delete it
+    or to load it unsafely (it is the user's own file)."""
+    path = tmp_path / f"input.{kind}"
+    if kind == "png":
+        _png(path)
+        what = "PNG image"
+    elif kind == "jpeg":
+        path.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 100)
+        what = "JPEG image"
+    elif kind == "pickle":
+        import pickle
+        path.write_bytes(pickle.dumps({"w": [1, 2]}, protocol=4))
+        what = "Python pickle"
+    elif kind == "text":
+        path.write_text("hello")
+        what = "not an .npz archive"
+    elif kind == "empty":
+        path.write_bytes(b"")
+        what = "empty"
+    else:
+        import zipfile
+        with zipfile.ZipFile(path, "w") as z:          # torch.save's layout
+            z.writestr("model/data.pkl", b"\x80\x02}q\x00.")
+            z.writestr("model/version", b"3\n")
+        what = "PyTorch"
+    for load, name in ((C.load_checkpoint, "checkpoint"), (C.load_weights, "weights file"),
+                       (C.file_kind, "weights or checkpoint file")):
+        with pytest.raises(C.CheckpointError) as err:
+            load(path)
+        msg = str(err.value)
+        assert f"{path} is not a fastconv {name}" in msg and what in msg, msg
+        assert "delete" not in msg and "pickle=" not in msg and "corrupt" not in msg, msg
+    assert path.exists()

@@ -373,3 +373,162 @@ def test_fused_update_matches_numpy_update(make, dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for a, b in zip(results["fast"], results["reference"]):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# degenerate and foreign inputs
+# ---------------------------------------------------------------------------------------------
+
+def _onecycle_pcts(T):
+    # every boundary on a whole step (incl. pct_start * T == 1 and pct_start == 1, where a phase
+    # has zero length), the three-phase cases with an empty or inverted last phase, and others
+    pcts = {k / T for k in range(T + 1)} | {(T + 1) / (2 * T), (T + 2) / (2 * T),
+                                           0.05, 0.3, 0.55, 0.999}
+    return sorted(p for p in pcts if p <= 1.0)
+
+
+@pytest.mark.parametrize("three_phase", [False, True], ids=["2phase", "3phase"])
+@pytest.mark.parametrize("anneal", ["cos", "linear"])
+def test_onecycle_any_phase_lengths_never_crash_and_match_torch(torch, three_phase, anneal):
+    # Torch divides by zero in a zero-length phase; up to that point both must agree, and
+    # fastconv must complete every step with the phase's end values there.
+    kw = dict(max_lr=0.4, anneal_strategy=anneal, three_phase=three_phase, div_factor=10.0,
+              final_div_factor=100.0, base_momentum=0.8, max_momentum=0.95)
+    levels_lr, levels_mom = [0.4, 0.04, 0.0004], [0.8, 0.95]
+    torch_crashed = 0
+    for T in range(1, 13):
+        for pct in _onecycle_pcts(T):
+            opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1, momentum=0.9)
+            sched = optim.OneCycleLR(opt, total_steps=T, pct_start=pct, **kw)
+            ours = [(opt.lr, opt.param_groups[0]["momentum"])]
+            for _ in range(T):
+                opt.step()
+                sched.step()
+                ours.append((opt.lr, opt.param_groups[0]["momentum"]))
+            with pytest.raises(ValueError, match="total"):
+                sched.step()
+            assert all(math.isfinite(lr) and math.isfinite(m) for lr, m in ours), (T, pct)
+            topt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1, momentum=0.9)
+            theirs = []
+            try:
+                tsched = torch.optim.lr_scheduler.OneCycleLR(topt, total_steps=T, pct_start=pct,
+                                                             **kw)
+                theirs.append((topt.param_groups[0]["lr"], topt.param_groups[0]["momentum"]))
+                for _ in range(T):
+                    topt.step()
+                    tsched.step()
+                    theirs.append((topt.param_groups[0]["lr"], topt.param_groups[0]["momentum"]))
+            except ZeroDivisionError:
+                torch_crashed += 1
+                # where torch crashes, a phase is skipped: its end values
+                lr, mom = ours[len(theirs)]
+                assert any(lr == pytest.approx(v, rel=1e-12) for v in levels_lr), (T, pct, lr)
+                assert any(mom == pytest.approx(v, rel=1e-12) for v in levels_mom), (T, pct, mom)
+            np.testing.assert_allclose(ours[:len(theirs)], theirs, rtol=1e-12, atol=1e-15,
+                                       err_msg=f"total_steps={T} pct_start={pct}")
+    assert torch_crashed >= 12            # the zero-length phases were exercised
+
+
+def test_onecycle_zero_length_phases_are_skipped():
+    def lrs(T, pct, **kw):
+        opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0, momentum=0.9)
+        sched = optim.OneCycleLR(opt, max_lr=1.0, total_steps=T, pct_start=pct, **kw)
+        out = [(opt.lr, opt.param_groups[0]["momentum"])]
+        for _ in range(T):
+            sched.step()
+            out.append((opt.lr, opt.param_groups[0]["momentum"]))
+        return out
+    # a one-step warm-up starts at the peak (and the lowest momentum)
+    seq = lrs(10, 0.1)
+    assert seq[0] == (1.0, 0.85)
+    assert seq[9][0] == pytest.approx(1.0 / 25 / 1e4) and seq[9][1] == pytest.approx(0.95)
+    assert all(a[0] > b[0] for a, b in zip(seq[:10], seq[1:10]))
+    # warm-up throughout: rises to the peak at the last batch, then the minimum at the end
+    seq = lrs(10, 1.0)
+    assert seq[0][0] == pytest.approx(1.0 / 25) and seq[9] == (1.0, 0.85)
+    assert all(a[0] < b[0] for a, b in zip(seq[:10], seq[1:10]))
+    assert seq[10] == (pytest.approx(1.0 / 25 / 1e4), 0.95)
+    # three phases whose last one is empty (2 * pct_start * T - 2 == T - 1)
+    seq = lrs(9, 5 / 9, three_phase=True)
+    assert seq[-1][0] == pytest.approx(1.0 / 25 / 1e4)
+    for T in (1, 2):
+        for pct in (0.0, 0.5, 1.0):
+            for three in (False, True):
+                assert all(math.isfinite(lr) for lr, _ in lrs(T, pct, three_phase=three))
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0, momentum=0.9)
+    for bad in ("div_factor", "final_div_factor"):
+        with pytest.raises(ValueError, match=bad):
+            optim.OneCycleLR(opt, max_lr=1.0, total_steps=10, **{bad: 0})
+
+
+def test_duplicate_parameter_in_one_group_rejected():
+    p, q = nn.Parameter(np.zeros(3)), nn.Parameter(np.zeros(3))
+    with pytest.raises(ValueError, match=r"same parameter twice \(positions 0 and 2\)"):
+        optim.SGD([p, q, p], lr=0.1)
+    with pytest.raises(ValueError, match="parameter group 1 lists the same parameter twice"):
+        optim.Adam([{"params": [q]}, {"params": [p, p]}])
+    opt = optim.SGD([p], lr=0.1)
+    with pytest.raises(ValueError, match="twice"):
+        opt.add_param_group({"params": [q, q]})
+    assert len(opt.param_groups) == 1
+
+
+def _adam_state_dict(step, shape=(3,), lr=0.01):
+    return {"state": {0: {"step": step, "exp_avg": np.full(shape, 0.1),
+                          "exp_avg_sq": np.full(shape, 0.01)}},
+            "param_groups": [{"lr": lr, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+                              "amsgrad": False, "params": [0]}]}
+
+
+@pytest.mark.parametrize("step", [3.0, np.float32(3.0), np.array(3.0)],
+                         ids=["float", "float32", "0d"])
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_adam_load_state_dict_float_step(step, backend):
+    # PyTorch stores 'step' as a float tensor; the fused update needs an int
+    results = []
+    for s in (step, 3):
+        p = nn.Parameter(np.ones(3))
+        opt = optim.Adam([p])
+        opt.load_state_dict(_adam_state_dict(s))
+        p.grad[...] = 0.5
+        with use_backend(backend):
+            opt.step()                      # the fast backend's compiled update takes an int
+        assert type(opt.state[p]["step"]) is int and opt.state[p]["step"] == 4
+        results.append(p.data.copy())
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("step", [2.5, -1, -1.0, math.nan, math.inf, "3", None, True,
+                                  np.array([1.0, 2.0])])
+def test_optimizer_load_state_dict_rejects_bad_step(step):
+    p = nn.Parameter(np.ones(3))
+    opt = optim.Adam([p], lr=0.5)
+    with pytest.raises(ValueError, match="'step' of parameter 0 must be a whole number >= 0"):
+        opt.load_state_dict(_adam_state_dict(step))
+    assert opt.state == {} and opt.lr == 0.5          # nothing half-loaded
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop"])
+def test_load_torch_optimizer_state_dict_then_step_like_torch(torch, name):
+    init, grads = _problem(6, seed=4)
+    theirs = [torch.tensor(w.copy(), requires_grad=True) for w in init]
+    kw = {"lr": 0.01, "weight_decay": 0.05}
+    topt = getattr(torch.optim, name)(theirs, **kw)
+    for g in grads[:3]:
+        for tp, gi in zip(theirs, g):
+            tp.grad = torch.tensor(gi)
+        topt.step()
+    sd = topt.state_dict()
+    assert torch.is_tensor(sd["state"][0]["step"]) and sd["state"][0]["step"].is_floating_point()
+    ours = [nn.Parameter(tp.detach().numpy().copy()) for tp in theirs]
+    opt = getattr(optim, name)(ours, **kw)
+    opt.load_state_dict(sd)
+    assert all(type(opt.state[p]["step"]) is int and opt.state[p]["step"] == 3 for p in ours)
+    for g in grads[3:]:
+        for p, tp, gi in zip(ours, theirs, g):
+            p.grad[...] = gi
+            tp.grad = torch.tensor(gi)
+        opt.step()
+        topt.step()
+    for p, tp in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)

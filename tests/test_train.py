@@ -282,6 +282,54 @@ def test_resume_without_checkpoint(data_dir, tmp_path, capsys):
     _one_line_error(capsys, rc, "nothing to resume")
 
 
+@pytest.mark.parametrize("warmup,limit,batch,epochs", [
+    ("1.0", 4, 2, 1),      # warm-up throughout: the last step used to divide by zero
+    ("1.0", 4, 2, 2),
+    ("1.0", 1, 1, 1),      # a single step
+    ("0.5", 4, 2, 1),      # pct_start * total_steps == 1: crashed at start-up
+    ("0.1", 20, 2, 1),
+    ("0.25", 4, 1, 1),
+])
+def test_onecycle_any_warmup_runs_to_completion(data_dir, tmp_path, capsys, no_plots, warmup,
+                                                limit, batch, epochs):
+    out = tmp_path / "run"
+    rc = T.main(_args(data_dir, out, "--model", "lenet5", "--epochs", epochs, "--limit-train",
+                      limit, "--batch-size", batch, "--limit-test", 10, "--warmup", warmup))
+    assert rc == 0, capsys.readouterr().err
+    assert (out / T.WEIGHTS_NAME).is_file()
+    rows = _metrics(out)
+    assert len(rows) == epochs and all(np.isfinite(float(r["lr"])) for r in rows)
+    if warmup == "1.0":          # the warm-up's end, then the schedule's minimum after the run
+        assert float(rows[-1]["lr"]) == pytest.approx(0.05 / 25 / 1e4, rel=1e-5)
+
+
+def test_full_warmup_resumes_to_completion(data_dir, tmp_path, capsys, no_plots):
+    common = ("--model", "lenet5", "--epochs", 2, "--limit-train", 4, "--batch-size", 2,
+              "--limit-test", 10, "--warmup", "1.0")
+    straight = tmp_path / "straight"
+    assert T.main(_args(data_dir, straight, *common)) == 0
+    resumed = tmp_path / "resumed"
+    assert T.main(_args(data_dir, resumed, *common, "--stop-after", 3)) == 130
+    assert T.main(_args(data_dir, resumed, "--resume")) == 0
+    a, b = _weights(straight), _weights(resumed)
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+@pytest.mark.parametrize("meta", [
+    {"format": "fastconv-checkpoint", "version": "x", "state": {}},
+    {"format": "fastconv-checkpoint", "version": None, "state": {}},
+    {"format": "fastconv-checkpoint", "version": 1, "state": [1, 2]},
+])
+def test_resume_malformed_checkpoint_metadata(data_dir, tmp_path, capsys, meta):
+    out = tmp_path / "run"
+    out.mkdir()
+    np.savez(out / T.CHECKPOINT_NAME,
+             __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    rc = T.main(_args(data_dir, out, "--resume"))
+    _one_line_error(capsys, rc, str(out / T.CHECKPOINT_NAME), "another --out")
+    assert rc == 1
+
+
 def test_default_recipe_per_model():
     # Every model has default epochs and learning rate; an explicit value wins.
     assert set(T.DEFAULT_EPOCHS) == set(T.MODEL_NAMES) == set(T.DEFAULT_LR["sgd"])
@@ -375,3 +423,45 @@ def test_keep_freed_memory_applies_on_glibc():
     assert isinstance(applied, bool)
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert applied
+
+
+def test_predict_with_an_image_as_weights(tmp_path, capsys):
+    Image = pytest.importorskip("PIL.Image")
+    img = tmp_path / "cat.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    rc = P.main(["-w", str(img), str(img)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"{img} is not a fastconv weights or checkpoint file" in err and "PNG image" in err
+    assert "model.npz" in err                                     # what --weights takes
+    # it is the user's image: no advice to delete it, no NumPy pickle message
+    assert "delete" not in err and "corrupt" not in err and "pickle" not in err
+    assert img.is_file()
+    with pytest.raises(P.PredictError, match="PNG image"):
+        P.load_model(img)
+
+
+@pytest.mark.parametrize("top", ["0", "-5"])
+def test_predict_top_must_be_positive(tmp_path, capsys, top):
+    rc = P.main(["-w", str(tmp_path), "--top", top, "x.png"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--top" in err and top in err, err
+
+
+def test_predict_api_top_must_be_positive(trained, data_dir):
+    ds = D.load_cifar10(data_dir, download=False, limit_train=0)
+    for top in (0, -5, 1.5, True):
+        with pytest.raises(ValueError, match="top must be an integer >= 1"):
+            P.predict(ds.x_test[:2], weights=trained, top=top)
+    assert [len(r) for r in P.predict(ds.x_test[:2], weights=trained, top=99)] == [10, 10]
+
+
+@pytest.mark.parametrize("state,needle", [
+    ({"model": {}, "config": [1]}, "does not say which model"),
+    ({"model": {}, "config": {"model": "lenet5"}, "class_names": 5}, "malformed class names"),
+])
+def test_predict_malformed_checkpoint_contents(tmp_path, capsys, state, needle):
+    path = C.save_checkpoint(tmp_path / "c.npz", state)
+    rc = P.main(["-w", str(path), "x.png"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
