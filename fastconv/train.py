@@ -369,10 +369,12 @@ def _make_schedule(cfg: TrainConfig, opt, total_steps: int):
         return optim.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
                                 pct_start=cfg.warmup, cycle_momentum=cycle)
     if cfg.schedule == "cosine":
-        if warm >= 1 and warm < total_steps:
-            after = optim.CosineAnnealingLR(opt, T_max=total_steps - warm)
-            return optim.LinearWarmup(opt, warmup_steps=warm, start_factor=0.1, after=after)
-        return optim.CosineAnnealingLR(opt, T_max=total_steps)
+        if warm < 1:
+            return optim.CosineAnnealingLR(opt, T_max=total_steps)
+        # a warm-up over every step (--warmup 1.0) leaves nothing to anneal
+        after = optim.CosineAnnealingLR(opt, T_max=total_steps - warm) if warm < total_steps \
+            else None
+        return optim.LinearWarmup(opt, warmup_steps=warm, start_factor=0.1, after=after)
     if cfg.schedule == "step":
         step = optim.StepLR(opt, step_size=max(1, math.ceil(total_steps / 3)), gamma=0.1)
         if warm >= 1:

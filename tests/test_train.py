@@ -303,6 +303,22 @@ def test_onecycle_any_warmup_runs_to_completion(data_dir, tmp_path, capsys, no_p
         assert float(rows[-1]["lr"]) == pytest.approx(0.05 / 25 / 1e4, rel=1e-5)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+def test_full_warmup_is_kept_by_every_schedule(schedule):
+    # --warmup 1.0: the rate rises over every step (cosine used to drop the warm-up then)
+    from types import SimpleNamespace
+    from fastconv import nn, optim
+    cfg = SimpleNamespace(schedule=schedule, warmup=1.0, lr=0.5, optimizer="sgd", momentum=0.9)
+    opt = optim.SGD(nn.Linear(2, 2).parameters(), lr=0.5, momentum=0.9)
+    sched = T._make_schedule(cfg, opt, 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.05) and all(b > a for a, b in zip(lrs, lrs[1:]))
+
+
 def test_full_warmup_resumes_to_completion(data_dir, tmp_path, capsys, no_plots):
     common = ("--model", "lenet5", "--epochs", 2, "--limit-train", 4, "--batch-size", 2,
               "--limit-test", 10, "--warmup", "1.0")
