@@ -6,7 +6,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <string>
+#include <thread>
 #include <type_traits>
 
 #include "activation.h"
@@ -22,6 +24,51 @@ namespace py = pybind11;
 using fastconv::index_t;
 
 namespace {
+
+// Every kernel runs inside a KernelCall: the GIL released; the process-wide thread count
+// applied to this thread (OpenMP keeps one per thread, so set_num_threads would otherwise
+// reach only the Python thread that called it; torch.set_num_threads is process-wide too);
+// and the SIMD level and conv algorithm held still. Switching those (tests, benchmarks)
+// waits for the running calls and holds new ones back: a kernel looks the level up more than
+// once per call, and a level without the AVX-512 tables mid-call would crash it.
+std::atomic<int> g_threads{0};  // 0: OpenMP's own default (OMP_NUM_THREADS, else all cores)
+std::atomic<int> g_running{0};
+std::atomic<bool> g_switching{false};
+
+class KernelCall {
+ public:
+  KernelCall() {
+    for (;;) {
+      while (g_switching.load()) std::this_thread::yield();
+      g_running.fetch_add(1);
+      if (!g_switching.load()) break;
+      g_running.fetch_sub(1);  // a switch began meanwhile: let it go first
+    }
+    const int n = g_threads.load();
+    if (n > 0 && fastconv::max_threads() != n) fastconv::set_max_threads(n);
+  }
+  ~KernelCall() { g_running.fetch_sub(1); }
+  KernelCall(const KernelCall&) = delete;
+  KernelCall& operator=(const KernelCall&) = delete;
+
+ private:
+  py::gil_scoped_release release_;  // first: the waits above run without the GIL
+};
+
+// Runs change() while no kernel runs (see KernelCall).
+template <typename Change>
+bool while_no_kernel_runs(Change change) {
+  py::gil_scoped_release release;
+  bool expected = false;
+  while (!g_switching.compare_exchange_weak(expected, true)) {
+    expected = false;
+    std::this_thread::yield();
+  }
+  while (g_running.load() != 0) std::this_thread::yield();
+  const bool ok = change();
+  g_switching.store(false);
+  return ok;
+}
 
 template <typename T>
 const char* dtype_name() {
@@ -82,7 +129,7 @@ void conv_forward_t(const py::array& x, const py::array& w, const py::object& bi
   const T* wp = data_of<T>(w, "weight", s.F * s.CKK(), false);
   const T* bp = bias.is_none() ? nullptr : data_of<T>(bias.cast<py::array>(), "bias", s.F, false);
   T* yp = data_of<T>(y, "y", s.N * s.F * s.L(), true);
-  py::gil_scoped_release release;
+  KernelCall call;
   fastconv::conv2d_forward<T>(s, xp, wp, bp, yp);
 }
 
@@ -101,7 +148,7 @@ void conv_backward_input_t(const py::array& gy, const py::array& w, py::array& g
   const T* gyp = data_of<T>(gy, "grad_y", s.N * s.F * s.L(), false);
   const T* wp = data_of<T>(w, "weight", s.F * s.CKK(), false);
   T* gxp = data_of<T>(gx, "grad_x", s.N * s.C * s.H * s.W, true);
-  py::gil_scoped_release release;
+  KernelCall call;
   fastconv::conv2d_backward_input<T>(s, gyp, wp, gxp);
 }
 
@@ -120,7 +167,7 @@ void conv_backward_weight_t(const py::array& gy, const py::array& x, py::array& 
   const T* gyp = data_of<T>(gy, "grad_y", s.N * s.F * s.L(), false);
   const T* xp = data_of<T>(x, "x", s.N * s.C * s.H * s.W, false);
   T* gwp = data_of<T>(gw, "grad_weight", s.F * s.CKK(), true);
-  py::gil_scoped_release release;
+  KernelCall call;
   fastconv::conv2d_backward_weight<T>(s, gyp, xp, gwp);
 }
 
@@ -144,7 +191,7 @@ bool conv_forward_max_pool_t(const py::array& x, const py::array& w, const py::o
   const T* bp = optional_data<T>(bias, "bias", s.F, false);
   T* yp = data_of<T>(y, "y", P, true);
   auto* ip = data_of<std::int64_t>(idx, "indices", P, true);
-  py::gil_scoped_release release;
+  KernelCall call;
   return fastconv::conv2d_forward_max_pool<T>(s, xp, wp, bp, ps, relu, yp, ip);
 }
 
@@ -195,7 +242,7 @@ bool conv_backward_through_pool_t(const py::array& gp, const py::array& idx,
   const T* xp = data_of<T>(x, "x", s.N * s.C * s.H * s.W, false);
   T* gwp = data_of<T>(gw, "grad_weight", s.F * s.CKK(), true);
   T* gbp = optional_data<T>(gb, "grad_bias", s.F, true);
-  py::gil_scoped_release release;
+  KernelCall call;
   return fastconv::conv2d_backward_weight_through_max_pool<T>(s, pg, xp, gwp, gbp);
 }
 
@@ -220,7 +267,7 @@ void conv_backward_bias_t(const py::array& gy, py::array& gb) {
   s.OW = dim(gy, 3, "grad_y");
   const T* gyp = data_of<T>(gy, "grad_y", s.N * s.F * s.L(), false);
   T* gbp = data_of<T>(gb, "grad_bias", s.F, true);
-  py::gil_scoped_release release;
+  KernelCall call;
   fastconv::conv2d_backward_bias<T>(s, gyp, gbp);
 }
 
@@ -239,7 +286,7 @@ void unfold_t(const py::array& image, const py::array& cols, bool to_cols, const
   const index_t rows = C * win.KH * win.KW, L = OH * OW;
   T* ip = data_of<T>(image, "image", N * C * H * W, !to_cols);
   T* cp = data_of<T>(cols, "cols", N * rows * L, to_cols);
-  py::gil_scoped_release release;
+  KernelCall call;
   if (to_cols) fastconv::im2col<T>(ip, N, C, H, W, win, OH, OW, cp);
   else fastconv::col2im<T>(cp, N, C, H, W, win, OH, OW, ip);
 }
@@ -275,7 +322,7 @@ void max_pool_forward_t(const py::array& x, py::array& y, py::array& idx,
   const T* xp = data_of<T>(x, "x", s.N * s.C * s.H * s.W, false);
   T* yp = data_of<T>(y, "y", s.N * s.C * s.OH * s.OW, true);
   auto* ip = data_of<std::int64_t>(idx, "indices", s.N * s.C * s.OH * s.OW, true);
-  py::gil_scoped_release release;
+  KernelCall call;
   fastconv::max_pool2d_forward<T>(s, xp, yp, ip, relu);
 }
 
@@ -299,7 +346,7 @@ bool max_pool_backward_t(const py::array& gy, const py::array& idx, py::array& g
   const auto* ip = data_of<std::int64_t>(idx, "indices", OL, false);
   const T* ryp = optional_data<T>(relu_y, "relu_output", OL, false);
   T* gxp = data_of<T>(gx, "grad_x", s.N * s.C * s.H * s.W, true);
-  py::gil_scoped_release release;
+  KernelCall call;
   return fastconv::max_pool2d_backward<T>(s, gyp, ip, gxp, ryp);
 }
 
@@ -314,7 +361,7 @@ void avg_pool_t(const py::array& x, const py::array& y, bool forward, bool count
                 const fastconv::PoolShape& s) {
   T* xp = data_of<T>(x, forward ? "x" : "grad_x", s.N * s.C * s.H * s.W, !forward);
   T* yp = data_of<T>(y, forward ? "y" : "grad_y", s.N * s.C * s.OH * s.OW, forward);
-  py::gil_scoped_release release;
+  KernelCall call;
   if (forward) fastconv::avg_pool2d_forward<T>(s, count_include_pad, xp, yp);
   else fastconv::avg_pool2d_backward<T>(s, count_include_pad, yp, xp);
 }
@@ -349,7 +396,7 @@ void gemm_t(const py::array& a, const py::array& b, py::array& c, bool trans_a, 
   const T* bp = data_of<T>(b, "b", b.size(), false);
   T* cp = data_of<T>(c, "c", M * N, true);
   const index_t lda = a.shape(1), ldb = b.shape(1);
-  py::gil_scoped_release release;
+  KernelCall call;
   if (!trans_a && trans_b) {
     if (fastconv::gemm_abt_dot<T>(M, N, K, ap, lda, bp, ldb, cp, N, accumulate)) return;
     if constexpr (std::is_same_v<T, float>)
@@ -375,7 +422,7 @@ void sgd_t(py::array& p, const py::array& g, const py::object& buf, double lr, d
   const T* gp = data_of<T>(g, "grad", n, false);
   T* bp = buf.is_none() ? nullptr : data_of<T>(buf.cast<py::array>(), "momentum_buffer", n, true);
   if (momentum != 0 && !bp) throw py::value_error("sgd_update: momentum needs a momentum_buffer");
-  py::gil_scoped_release release;
+  KernelCall call;
   fastconv::sgd_update<T>(n, pp, gp, bp, T(lr), T(momentum), T(dampening), T(weight_decay),
                           nesterov, first_step);
 }
@@ -396,7 +443,7 @@ void adam_t(py::array& p, const py::array& g, py::array& m, py::array& v, double
   T* mp = data_of<T>(m, "exp_avg", n, true);
   T* vp = data_of<T>(v, "exp_avg_sq", n, true);
   if (step < 1) throw py::value_error("adam_update: step must be >= 1");
-  py::gil_scoped_release release;
+  KernelCall call;
   fastconv::adam_update<T>(n, pp, gp, mp, vp, T(lr), T(beta1), T(beta2), T(eps), T(weight_decay),
                            decoupled, step);
 }
@@ -422,7 +469,7 @@ void bn_forward_t(const py::array& x, const py::object& gamma, const py::object&
   T* mp = data_of<T>(mean, "mean", C, true);
   T* ip = data_of<T>(invstd, "invstd", C, true);
   T* vp = data_of<T>(var, "var", C, true);
-  py::gil_scoped_release release;
+  KernelCall call;
   fastconv::batch_norm_forward<T>(N, C, S, xp, gp, bp, eps, relu, yp, mp, ip, vp);
 }
 
@@ -449,7 +496,7 @@ void bn_backward_t(const py::array& gy, const py::object& relu_y, const py::arra
   T* gxp = gx.is_none() ? nullptr : data_of<T>(gx.cast<py::array>(), "grad_x", N * C * S, true);
   T* ggp = data_of<T>(ggamma, "grad_weight", C, true);
   T* gbp = data_of<T>(gbeta, "grad_bias", C, true);
-  py::gil_scoped_release release;
+  KernelCall call;
   fastconv::batch_norm_backward<T>(N, C, S, gyp, ryp, xp, mp, ip, gp, gxp, ggp, gbp);
 }
 
@@ -467,7 +514,7 @@ void relu_t(const py::array& x, py::array& y) {
   const index_t n = x.size();
   const T* xp = data_of<T>(x, "x", n, false);
   T* yp = data_of<T>(y, "y", n, true);
-  py::gil_scoped_release release;
+  KernelCall call;
   fastconv::relu_forward<T>(n, xp, yp);
 }
 
@@ -482,7 +529,7 @@ void relu_backward_t(const py::array& gy, const py::array& y, py::array& gx) {
   const T* gp = data_of<T>(gy, "grad_y", n, false);
   const T* yp = data_of<T>(y, "y", n, false);
   T* xp = data_of<T>(gx, "grad_x", n, true);
-  py::gil_scoped_release release;
+  KernelCall call;
   fastconv::relu_backward<T>(n, gp, yp, xp);
 }
 
@@ -560,16 +607,29 @@ PYBIND11_MODULE(_core, m) {
         "Gradients of training-mode batch norm (grad_weight/grad_bias written, not added).");
   m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("y"));
   m.def("relu_backward", &relu_backward, py::arg("grad_y"), py::arg("y"), py::arg("grad_x"));
-  m.def("get_num_threads", &fastconv::max_threads);
+  m.def("get_num_threads", [] {
+    const int n = g_threads.load();
+    return n > 0 ? n : fastconv::max_threads();
+  });
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+    if (!fastconv::openmp_enabled()) return;  // single-threaded build: stays 1
+    g_threads.store(n);
     fastconv::set_max_threads(n);
-  }, py::arg("n"));
+  }, py::arg("n"), "Threads of every kernel call from now on, from any Python thread.");
   m.def("openmp_enabled", &fastconv::openmp_enabled);
   m.def("simd_level", &fastconv::simd_level);
-  m.def("set_conv_algorithm", &fastconv::set_conv_algorithm, py::arg("name"),
+  m.def("set_conv_algorithm",
+        [](const std::string& name) {
+          return while_no_kernel_runs([&] { return fastconv::set_conv_algorithm(name); });
+        },
+        py::arg("name"),
         "'auto', 'wide', 'im2col', 'direct', 'direct_nchw' or 'winograd' (tests/benchmarks).");
   m.def("best_simd_level", &fastconv::best_simd_level);
-  m.def("set_simd_level", &fastconv::set_simd_level, py::arg("level"),
+  m.def("set_simd_level",
+        [](const std::string& level) {
+          return while_no_kernel_runs([&] { return fastconv::set_simd_level(level); });
+        },
+        py::arg("level"),
         "Force the micro-kernel ISA (tests/benchmarks); False if unsupported here.");
 }

@@ -61,12 +61,14 @@ F = functional
 
 
 def get_num_threads() -> int:
-    """Number of OpenMP threads the kernels use (OMP_NUM_THREADS at start-up, else all cores)."""
+    """Number of OpenMP threads the kernels use: the last set_num_threads, else
+    OMP_NUM_THREADS at start-up, else all cores."""
     return _core.get_num_threads()
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of OpenMP threads the kernels use (n >= 1). Results do not depend on it."""
+    """Set the number of OpenMP threads the kernels use (n >= 1), for every kernel call from
+    then on, from any Python thread (as torch.set_num_threads). Results do not depend on it."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {n!r}")
     _core.set_num_threads(n)

@@ -258,6 +258,48 @@ def _prepare_out(out: Path) -> None:
         raise UserError(f"cannot write to output folder {out}: {e.strerror or e}") from e
 
 
+LOCK_NAME = ".fastconv-train.lock"
+
+
+class _OutLock:
+    """An exclusive lock on the output folder for the whole run: a second fastconv-train on
+    the same --out (the same command started twice, say) would otherwise interleave its files
+    with the first's. flock on POSIX, released by the OS even if the process is killed; a
+    no-op where flock does not exist (Windows)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.fh = None
+
+    def __enter__(self) -> "_OutLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        _prepare_out(self.out)
+        path = self.out / LOCK_NAME
+        self.fh = open(path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip()
+            self.fh.close()
+            self.fh = None
+            raise UserError(f"{self.out} is in use by another {PROG} run"
+                            + (f" (process {holder})" if holder else "")
+                            + ": wait for it to end, or choose another --out") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"{os.getpid()}\n")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fh is not None:
+            self.fh.close()  # releases the lock (the file stays: removing it would race)
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     from .checkpoint import atomic_write
     with atomic_write(path) as f:
@@ -457,20 +499,25 @@ def _restore(state: dict, ckpt: Path, model, opt, sched) -> _Position:
 
 
 def _run(ns: argparse.Namespace) -> int:
+    args_cfg, given = _config_from_args(ns)
+    out = Path(ns.out if ns.out is not None else Path("runs") / args_cfg.model).expanduser()
+    if ns.resume and not (out / CHECKPOINT_NAME).is_file():
+        raise UserError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist (run "
+                        f"without --resume to start, or point --out at the run's folder)")
+    with _OutLock(out):
+        return _run_locked(ns, args_cfg, given, out)
+
+
+def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out: Path) -> int:
+    """The run, holding the lock on its output folder `out`."""
     import fastconv
-    from . import checkpoint as ck, data as D, losses, models, plotting
+    from . import checkpoint as ck, data as D, losses, models
 
     con = _Console(ns.quiet)
-    args_cfg, given = _config_from_args(ns)
-    model_hint = args_cfg.model
-    out = Path(ns.out if ns.out is not None else Path("runs") / model_hint).expanduser()
     ckpt = out / CHECKPOINT_NAME
 
     state: dict | None = None
     if ns.resume:
-        if not ckpt.is_file():
-            raise UserError(f"nothing to resume: {ckpt} does not exist (run without --resume to "
-                            f"start, or point --out at the run's folder)")
         try:
             state = ck.load_checkpoint(ckpt)
         except ck.CheckpointError as e:
@@ -523,8 +570,6 @@ def _run(ns: argparse.Namespace) -> int:
     crit = losses.CrossEntropyLoss()
     if state is not None:
         pos = _restore(state, ckpt, model, opt, sched)
-        if pos.epoch >= cfg.epochs:
-            con.info(f"{PROG}: the run in {out} is already complete ({cfg.epochs} epochs)")
     else:
         pos = _Position()
 
@@ -555,6 +600,9 @@ def _run(ns: argparse.Namespace) -> int:
                  f"{cfg.epochs} epochs of {n_batches} batches, {cfg.optimizer} lr {cfg.lr:g} "
                  f"{cfg.schedule}, backend {ns.backend}, {fastconv.get_num_threads()} threads "
                  f"-> {out}")
+    elif pos.epoch >= cfg.epochs:
+        con.info(f"{PROG}: the run in {out} is already complete ({cfg.epochs} epochs): "
+                 f"writing its final outputs again")
     else:
         con.info(f"{PROG}: resuming {out} at epoch {pos.epoch + 1}, batch {pos.batch}")
 
@@ -637,6 +685,18 @@ def _run(ns: argparse.Namespace) -> int:
             con.info(_epoch_line(row, cfg.epochs, len(y_test)))
 
     # ---- final outputs ------------------------------------------------------------------
+    try:
+        return _final_outputs(out, cfg, model, test_loader, crit, ds, pos, last_preds, con)
+    except KeyboardInterrupt:
+        con.note(f"\n{PROG}: interrupted while writing the final outputs; every epoch's "
+                 f"checkpoint is saved: {resume_cmd} writes them again")
+        return 130
+
+
+def _final_outputs(out: Path, cfg: TrainConfig, model, test_loader, crit, ds, pos: "_Position",
+                   last_preds, con: "_Console") -> int:
+    """Weights, metrics, confusion matrix and plots of a finished run; returns 0."""
+    from . import checkpoint as ck, data as D, plotting
     if last_preds is None:                      # resumed a finished run: evaluate once more
         result = _evaluate(model, test_loader, crit, _StopFlag())
         assert result is not None

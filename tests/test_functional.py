@@ -660,6 +660,48 @@ def test_kernels_are_thread_safe_from_python_threads(rng):
     assert not errors
 
 
+def test_set_num_threads_is_process_wide(threads):
+    # OpenMP keeps one thread count per thread: set in one Python thread, it must still hold
+    # in the others (as torch.set_num_threads), for their kernel calls too.
+    seen = []
+    for n in (1, 3):
+        threads(n)
+        worker = threading.Thread(target=lambda: seen.append(
+            (fastconv.get_num_threads(), F.relu(np.ones(4, np.float32)).sum())))
+        worker.start()
+        worker.join()
+    assert seen == [(1, 4.0), (3, 4.0)]
+
+
+def test_switching_simd_level_or_algorithm_while_kernels_run(rng):
+    # The switches (for tests and benchmarks) wait for running kernels: a kernel that saw
+    # AVX-512 and then found the generic level mid-call crashed the process.
+    start = fastconv.simd_level()
+    levels = [lv for lv in ("avx512", "avx2", "generic") if _core.set_simd_level(lv)]
+    _core.set_simd_level(start)
+    x = rng.standard_normal((4, 32, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    want = R.conv2d(x, w, padding=1)
+    stop = threading.Event()
+
+    def switch():
+        while not stop.is_set():
+            for lv, alg in zip(levels, ("winograd", "direct", "auto")):
+                _core.set_simd_level(lv)
+                _core.set_conv_algorithm(alg)
+
+    worker = threading.Thread(target=switch)
+    worker.start()
+    try:
+        for _ in range(200):
+            assert_close(F.conv2d(x, w, padding=1), want)
+    finally:
+        stop.set()
+        worker.join()
+        _core.set_simd_level(start)
+        _core.set_conv_algorithm("auto")
+
+
 def test_output_shape_helpers():
     assert F.conv2d_output_shape((8, 3, 32, 32), (16, 3, 5, 5), stride=2, padding=2) == (8, 16, 16, 16)
     assert F.conv2d_output_shape((1, 3, 7, 7), (2, 3, 4, 4), padding="same") == (1, 2, 7, 7)

@@ -303,6 +303,44 @@ def test_onecycle_any_warmup_runs_to_completion(data_dir, tmp_path, capsys, no_p
         assert float(rows[-1]["lr"]) == pytest.approx(0.05 / 25 / 1e4, rel=1e-5)
 
 
+TINY = ("--model", "lenet5", "--epochs", 1, "--limit-train", 4, "--batch-size", 2,
+        "--limit-test", 10)
+
+
+def test_a_folder_in_use_by_another_run_is_refused(data_dir, tmp_path, capsys, no_plots):
+    # The same command started twice would interleave its files with the first run's.
+    pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    with T._OutLock(out):  # as a running fastconv-train holds it
+        assert T.main(_args(data_dir, out, *TINY)) == 2
+        assert "is in use by another fastconv-train run" in capsys.readouterr().err
+        assert not (out / T.CHECKPOINT_NAME).exists()
+    assert T.main(_args(data_dir, out, *TINY)) == 0  # released when the run ends
+    assert T.main(_args(data_dir, out, "--resume")) == 0
+
+
+def test_resume_of_a_finished_run_and_interrupted_final_outputs(data_dir, tmp_path, capsys,
+                                                                 no_plots, monkeypatch):
+    out = tmp_path / "run"
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_make_plots", interrupt)  # Ctrl-C while the plots are drawn
+    loud = [a for a in _args(data_dir, out, *TINY) if a != "--quiet"]
+    assert T.main(loud) == 130
+    err = capsys.readouterr().err
+    assert "interrupted while writing the final outputs" in err and "--resume" in err
+    assert "no checkpoint" not in err and (out / T.CHECKPOINT_NAME).is_file()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    (out / "confusion.txt").unlink(missing_ok=True)
+    assert T.main([a for a in _args(data_dir, out, "--resume") if a != "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "already complete (1 epochs): writing its final outputs again" in text
+    assert "resuming" not in text and (out / "confusion.txt").is_file()
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
 def test_full_warmup_is_kept_by_every_schedule(schedule):
     # --warmup 1.0: the rate rises over every step (cosine used to drop the warm-up then)
