@@ -75,11 +75,29 @@ const char* dtype_name() {
   return sizeof(T) == 4 ? "float32" : (sizeof(T) == 8 ? "float64" : "int64");
 }
 
+// Whether `a` holds T (float32, float64 or int64) in native byte order. By value, not by
+// identity: an array that went through pickle (multiprocessing, joblib) has a dtype object
+// of its own, equal to NumPy's float32 but not the same object.
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+constexpr char kNativeOrder = '>';
+#else
+constexpr char kNativeOrder = '<';
+#endif
+
+template <typename T>
+bool has_dtype(const py::array& a) {
+  const py::dtype d = a.dtype();
+  const char order = d.byteorder();  // '=' native, '|' not applicable, '<' / '>' explicit
+  return d.kind() == (std::is_floating_point_v<T> ? 'f' : 'i') &&
+         d.itemsize() == static_cast<py::ssize_t>(sizeof(T)) &&
+         (order == '=' || order == '|' || order == kNativeOrder);
+}
+
 // Pointer to the data of a C-contiguous array of exactly dtype T with `count` elements.
 // No conversion ever happens (a silently converted output would be lost).
 template <typename T>
 T* data_of(const py::array& a, const char* name, index_t count, bool writable) {
-  if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     throw py::type_error(std::string(name) + " must be a " + dtype_name<T>() + " array");
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + " must be C-contiguous");
@@ -107,7 +125,7 @@ T* optional_data(const py::object& a, const char* name, index_t count, bool writ
   return a.is_none() ? nullptr : data_of<T>(a.cast<py::array>(), name, count, writable);
 }
 
-bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+bool is_f64(const py::array& a) { return has_dtype<double>(a); }
 
 // ---- conv -------------------------------------------------------------------------------
 

@@ -72,6 +72,11 @@ def set_num_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {n!r}")
     _core.set_num_threads(n)
+    if n > 1 and not _core.openmp_enabled():
+        import warnings
+
+        warnings.warn("fastconv was built without OpenMP: its kernels run on one thread "
+                      "(see fastconv.build_info())", RuntimeWarning, stacklevel=2)
 
 
 def simd_level() -> str:
