@@ -68,15 +68,12 @@ def get_num_threads() -> int:
 
 def set_num_threads(n: int) -> None:
     """Set the number of OpenMP threads the kernels use (n >= 1), for every kernel call from
-    then on, from any Python thread (as torch.set_num_threads). Results do not depend on it."""
+    then on, from any Python thread (as torch.set_num_threads). Results do not depend on it.
+    A build without OpenMP runs on one thread whatever n is (get_num_threads() then says 1;
+    fastconv.build_info() shows whether OpenMP is in)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {n!r}")
     _core.set_num_threads(n)
-    if n > 1 and not _core.openmp_enabled():
-        import warnings
-
-        warnings.warn("fastconv was built without OpenMP: its kernels run on one thread "
-                      "(see fastconv.build_info())", RuntimeWarning, stacklevel=2)
 
 
 def simd_level() -> str:
