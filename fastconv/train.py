@@ -23,11 +23,13 @@ Output folder (``--out``, default ``runs/<model>``):
 Resuming is bit-exact: every mini-batch (order and augmentation) is a function of (seed,
 epoch, batch index), and the checkpoint holds the weights, optimiser buffers, schedule step,
 dropout generator state and position, so an interrupted and resumed run ends with the same
-weights, bit for bit, as an uninterrupted one (same thread count and backend).
+weights, bit for bit, as an uninterrupted one (with the same backend; the thread count may
+differ, results do not depend on it).
 
-User errors (missing data, bad option, unwritable folder, checkpoint of another model) print
-one line on stderr and exit with status 2 (1 for corrupt data or checkpoints); an interrupted
-run exits with 130 (SIGINT) or 143 (SIGTERM) after saving its checkpoint.
+Usage errors (bad option, unwritable or busy folder, checkpoint of another model) print one
+line on stderr and exit with status 2; missing, corrupt or truncated data and corrupt
+checkpoints, 1; an interrupted run exits with 130 (SIGINT) or 143 (SIGTERM) after saving its
+checkpoint.
 """
 
 from __future__ import annotations
