@@ -142,7 +142,8 @@ bool set_conv_algorithm(const std::string& name) {
 
 // Weights holding ±inf or NaN take the plain im2col GEMM in the forward and input-gradient
 // passes: it multiplies every tap by every input it covers, zero padding included, once, as
-// the reference and PyTorch do (0 * inf = NaN where an inf tap meets the padding). The other
+// the reference and PyTorch's native convolution do (0 * inf = NaN where an inf tap meets the
+// padding; PyTorch's oneDNN path skips the padding, so it depends on the shape there). The other
 // paths skip taps that read only padding (direct, few-channel), or run the input gradient
 // over a zero-padded grad_y or junk columns (NaN where the true gradient is finite), and
 // Winograd's transforms subtract. One scan of the weights, small beside the images.

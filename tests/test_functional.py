@@ -1392,8 +1392,8 @@ def test_nonfinite_weights_meet_the_padding_as_in_the_reference(rng, conv_algori
                                                                  bad, c_in, c_out, kernel,
                                                                  padding, dtype):
     # An inf tap multiplies the zero padding in the forward (0 * inf = NaN, as in the
-    # reference and PyTorch), but reaches in the input gradient only the pixels its windows
-    # cover. Paths that skip padded taps, or run the input gradient over a zero-padded grad_y
+    # reference and PyTorch's native convolution; its oneDNN path skips the padding), but
+    # reaches in the input gradient only the pixels its windows cover (as PyTorch's autograd). Paths that skip padded taps, or run the input gradient over a zero-padded grad_y
     # or junk columns, got both wrong: non-finite weights must take the im2col GEMM.
     if algorithm != "auto" and algorithm not in ("im2col", "wide") and \
             fastconv.simd_level() != "avx512":
