@@ -156,14 +156,12 @@ template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
   const bool plain = nonfinite_weights(s, w);
   if constexpr (std::is_same_v<T, float>) {
-    if (plain) {
-      // straight to the im2col GEMM below
-    } else if (winograd<T>(s, DirectPass::forward) && conv2d_forward_winograd(s, x, w, bias, y)) {
-      return;
-    } else if (few_channels(use_small_channels, s)) {
-      return conv2d_forward_small_channels(s, x, w, bias, y);
-    } else if (direct<T>(s, DirectPass::forward)) {
-      return conv2d_forward_direct(s, x, w, bias, y);
+    if (!plain) {
+      if (winograd<T>(s, DirectPass::forward) && conv2d_forward_winograd(s, x, w, bias, y))
+        return;
+      if (few_channels(use_small_channels, s))
+        return conv2d_forward_small_channels(s, x, w, bias, y);
+      if (direct<T>(s, DirectPass::forward)) return conv2d_forward_direct(s, x, w, bias, y);
     }
   }
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
@@ -208,15 +206,14 @@ template <typename T>
 void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
   const bool plain = nonfinite_weights(s, w);  // see conv2d_forward
   if constexpr (std::is_same_v<T, float>) {
-    if (plain) {
-      // straight to the im2col GEMM below
-    } else if (winograd<T>(s, DirectPass::backward_input) &&
-               conv2d_backward_input_winograd(s, gy, w, gx)) {
-      return;
-    } else if (few_channels(use_small_channels_input_grad, s)) {
-      return conv2d_backward_input_small_channels(s, gy, w, gx);
-    } else if (direct<T>(s, DirectPass::backward_input)) {
-      return conv2d_backward_input_direct(s, gy, w, gx);
+    if (!plain) {
+      if (winograd<T>(s, DirectPass::backward_input) &&
+          conv2d_backward_input_winograd(s, gy, w, gx))
+        return;
+      if (few_channels(use_small_channels_input_grad, s))
+        return conv2d_backward_input_small_channels(s, gy, w, gx);
+      if (direct<T>(s, DirectPass::backward_input))
+        return conv2d_backward_input_direct(s, gy, w, gx);
     }
   }
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
@@ -367,15 +364,17 @@ bool conv2d_forward_max_pool(const ConvShape& s, const T* x, const T* w, const T
                              const PoolShape& ps, bool relu, T* y, std::int64_t* indices) {
   if constexpr (std::is_same_v<T, float>) {
     // The paths of conv2d_forward that can pool each image's output planes from cache; false
-    // (the caller runs the two calls) elsewhere, and where Winograd declines non-finite values.
-    if (s.N == 0 || nonfinite_weights(s, w)) return false;
+    // elsewhere, and for non-finite weights or inputs: the caller then runs the two calls.
+    // The weights are scanned only where a fused path applies (conv2d_forward scans them in
+    // the two calls).
+    if (s.N == 0) return false;
+    const bool wino = winograd<T>(s, DirectPass::forward);
+    if (!wino && !few_channels(use_small_channels, s)) return false;
+    if (nonfinite_weights(s, w)) return false;
     const PoolAfter pool{ps, relu, y, indices};
-    if (winograd<T>(s, DirectPass::forward))
-      return conv2d_forward_winograd(s, x, w, bias, nullptr, &pool);
-    if (few_channels(use_small_channels, s)) {
-      conv2d_forward_small_channels(s, x, w, bias, nullptr, &pool);
-      return true;
-    }
+    if (wino) return conv2d_forward_winograd(s, x, w, bias, nullptr, &pool);
+    conv2d_forward_small_channels(s, x, w, bias, nullptr, &pool);
+    return true;
   }
   return false;
 }

@@ -505,6 +505,15 @@ def indices_out_of_range(input_shape, op: str = "max_pool2d_backward",
                       f"{tuple(input_shape)}")
 
 
+def check_pool_indices(indices: np.ndarray, input_shape, op: str = "max_pool2d_backward",
+                       shape_name: str = "input_shape") -> None:
+    """Raise indices_out_of_range unless every index lies in its H*W plane (an empty plane
+    admits none)."""
+    plane = input_shape[2] * input_shape[3]
+    if indices.size and (indices.min() < 0 or indices.max() >= plane):
+        raise indices_out_of_range(input_shape, op, shape_name)
+
+
 #: What conv2d_backward_through_max_pool's errors call the pooled conv output.
 CONV_OUTPUT = "the conv output"
 

@@ -25,6 +25,7 @@ from ._args import (
     batch_norm_grad_inputs,
     batch_norm_inputs,
     check_ndim,
+    check_pool_indices,
     check_shape,
     common_dtype,
     conv_through_pool_inputs,
@@ -289,8 +290,7 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np
         grad_y, indices, input_shape, relu_output=relu_output)
     grad_x = np.empty(input_shape, grad_y.dtype)
     if grad_x.size == 0:
-        if indices.size:  # (N, C) agree, so the planes are empty: no index is valid
-            raise indices_out_of_range(input_shape)
+        check_pool_indices(indices, input_shape)  # (the kernel is not called to check them)
         return grad_x
     if grad_y.size == 0:
         grad_x.fill(0)

@@ -32,6 +32,7 @@ from fastconv._args import (
     batch_norm_grad_inputs,
     batch_norm_inputs,
     check_ndim,
+    check_pool_indices,
     check_shape,
     common_dtype,
     conv_through_pool_inputs,
@@ -39,7 +40,6 @@ from fastconv._args import (
     conv2d_output_shape,
     flag,
     fold_geometry,
-    indices_out_of_range,
     linear_shapes,
     max_pool_backward_inputs,
     normalize_output_mask,
@@ -303,9 +303,7 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     geom, grad_pooled, indices, relu_output, mask, dtype = conv_through_pool_inputs(
         grad_pooled, indices, x, weight, stride, padding, dilation, groups, relu_output,
         output_mask, op)
-    plane = geom.output_shape[2] * geom.output_shape[3]
-    if indices.size and (indices.min() < 0 or indices.max() >= plane):
-        raise indices_out_of_range(geom.output_shape, op, CONV_OUTPUT)
+    check_pool_indices(indices, geom.output_shape, op, CONV_OUTPUT)
     grad_y = max_pool2d_backward(grad_pooled, indices, geom.output_shape,
                                  relu_output=relu_output)
     _, grad_w, grad_b = conv2d_backward(grad_y.astype(dtype, copy=False), x, weight, stride,
@@ -392,8 +390,7 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np
         grad_y = relu_backward(grad_y, relu_output)
     N, C, H, W = input_shape
     plane = H * W
-    if indices.size and (indices.min() < 0 or indices.max() >= plane):
-        raise indices_out_of_range(input_shape)
+    check_pool_indices(indices, input_shape)
     grad_x = np.zeros(N * C * plane, dtype=grad_y.dtype)
     if indices.size:
         flat = indices.reshape(N * C, -1) \

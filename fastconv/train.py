@@ -264,21 +264,21 @@ LOCK_NAME = ".fastconv-train.lock"
 
 
 class _OutLock:
-    """An exclusive lock on the output folder for the whole run: a second fastconv-train on
-    the same --out (the same command started twice, say) would otherwise interleave its files
-    with the first's. flock on POSIX, released by the OS even if the process is killed; a
-    no-op where flock does not exist (Windows)."""
+    """The output folder, made and checked writable, and an exclusive lock on it for the whole
+    run: a second fastconv-train on the same --out (the same command started twice, say)
+    would otherwise interleave its files with the first's. flock on POSIX, released by the OS
+    even if the process is killed; no lock where flock does not exist (Windows)."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.fh = None
 
     def __enter__(self) -> "_OutLock":
+        _prepare_out(self.out)
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             return self
-        _prepare_out(self.out)
         path = self.out / LOCK_NAME
         self.fh = open(path, "a+")
         try:
@@ -546,7 +546,6 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
             raise UserError(f"{out} already holds a run ({CHECKPOINT_NAME}); add --resume to "
                             f"continue it, or choose another --out")
         cfg = args_cfg.resolved()
-    _prepare_out(out)
 
     if ns.threads is not None:
         fastconv.set_num_threads(ns.threads)
