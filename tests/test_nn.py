@@ -808,7 +808,7 @@ def test_layers_resolve_backend_at_call_time(monkeypatch):
         calls.append(module.__name__)
         return module
 
-    monkeypatch.setattr(nn, "get_backend", spy)
+    monkeypatch.setattr(nn.module, "get_backend", spy)
     conv = nn.Conv2d(1, 1, 3)
     x = np.ones((1, 1, 4, 4), np.float32)
     conv(x)

@@ -1,0 +1,48 @@
+"""Neural-network layers with explicit forward and backward passes, PyTorch-compatible.
+
+Every layer is a :class:`Module`:
+
+* ``y = layer(x)`` / ``layer.forward(x)`` computes the output and caches what backward needs;
+* ``grad_x = layer.backward(grad_y)`` returns dL/dx and *accumulates* dL/dparam into each
+  ``Parameter.grad`` (call ``zero_grad()`` between steps);
+* ``train()`` / ``eval()`` switch Dropout and BatchNorm between their two behaviours;
+* ``state_dict()`` / ``load_state_dict()`` use PyTorch's key names (``"0.weight"``,
+  ``"3.running_mean"``, ``"3.num_batches_tracked"``), so a PyTorch state dict converted to NumPy
+  arrays loads as is and gives the same outputs.
+
+Layer names, constructor arguments and default initialisation follow ``torch.nn``. Layers
+are float32 by default (``dtype=np.float32``); ``model.astype(np.float64)`` converts a whole
+model, e.g. for gradient checking. Inputs of a layer with parameters are converted to the
+parameters' dtype, so a float32 model stays float32 throughout.
+
+Convolution and pooling layers run on the ops of the active backend (:mod:`fastconv.backend`):
+the per-model override set by ``model.set_backend(name)`` or else the global backend,
+looked up at call time; backward always uses the ops that ran the forward pass.
+
+Example::
+
+    from fastconv import nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+    logits = model(x)                  # x: (N, 3, 32, 32) float32
+    grad_x = model.backward(grad_logits)
+"""
+
+from __future__ import annotations
+
+from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from .containers import Sequential
+from .conv import Conv2d
+from .dropout import Dropout
+from .linear import Flatten, Identity, Linear
+from .module import IncompatibleKeys, Module, Parameter
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .pool import AvgPool2d, MaxPool2d
+from .summary import ModelSummary
+
+__all__ = [
+    "Parameter", "Module", "Sequential", "Identity",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "Linear", "Flatten",
+    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Dropout",
+    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "ModelSummary", "IncompatibleKeys",
+]

@@ -1,0 +1,151 @@
+"""Convolution layers (run on the backend's ops)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import _args
+from .. import init as _init
+from .module import Module, Parameter, _as_input, _check_4d, _float_dtype, _positive_int, _shape_4d
+
+if TYPE_CHECKING:
+    from .pool import MaxPool2d
+
+
+class Conv2d(Module):
+    """2-D convolution (cross-correlation) over (N, C_in, H, W) -> (N, C_out, H_out, W_out).
+
+        H_out = (H + 2 p - d (k - 1) - 1) // s + 1
+
+    weight: (out_channels, in_channels / groups, kH, kW); bias: (out_channels,).
+    Default initialisation as PyTorch: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    fan_in = in_channels / groups * kH * kW. padding may be an int, a pair, 'valid' or 'same'.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, dtype=np.float32, rng=None) -> None:
+        super().__init__()
+        name = "Conv2d"
+        in_channels = _positive_int(in_channels, "in_channels", name)
+        out_channels = _positive_int(out_channels, "out_channels", name)
+        groups = _positive_int(groups, "groups", name)
+        if in_channels % groups:
+            raise ValueError(f"{name}: in_channels ({in_channels}) must be divisible by groups ({groups})")
+        if out_channels % groups:
+            raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by groups ({groups})")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _args.positive_pair(kernel_size, "kernel_size", name)
+        self.stride = _args.positive_pair(stride, "stride", name)
+        self.dilation = _args.positive_pair(dilation, "dilation", name)
+        if isinstance(padding, str):
+            if padding not in ("valid", "same"):
+                raise ValueError(f"{name}: padding must be 'valid', 'same', an int or a pair, got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(f"{name}: padding='same' is not supported for strided convolutions")
+            self.padding = padding
+        else:
+            self.padding = _args.nonnegative_pair(padding, "padding", name)
+        self.groups = groups
+        dt = _float_dtype(dtype, name)
+        self.weight = Parameter(np.empty((out_channels, in_channels // groups) + self.kernel_size, dt))
+        if bias:
+            self.bias = Parameter(np.empty(out_channels, dt))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters(rng)
+
+    def reset_parameters(self, rng=None) -> None:
+        """PyTorch's default initialisation (see :func:`fastconv.init.default_init_`)."""
+        _init.default_init_(self.weight, self.bias, rng)
+
+    def _inputs(self, x: np.ndarray):
+        """(x checked and in the weight's dtype, weight, bias or None)."""
+        w = self.weight.data
+        x = _as_input(self, x, w.dtype)
+        _check_4d(self, x, self.in_channels)
+        return x, w, self.bias.data if self.bias is not None else None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x, w, b = self._inputs(x)
+        ops = self._ops()
+        y = ops.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        self._cache = (ops, x, y.shape)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        ops, x, y_shape = self._get_cache()
+        w = self.weight.data
+        grad_y = self._check_grad(grad_y, y_shape, w.dtype)
+        has_bias = self.bias is not None
+        gx, gw, gb = ops.conv2d_backward(grad_y, x, w, self.stride, self.padding, self.dilation,
+                                         self.groups, output_mask=(bool(input_grad), True, has_bias))
+        self.weight.accumulate_grad(gw)
+        if has_bias:
+            self.bias.accumulate_grad(gb)
+        return gx
+
+    def _forward_max_pool(self, pool: "MaxPool2d", x: np.ndarray, relu: bool,
+                          ops) -> np.ndarray:
+        """This layer's forward and then `pool`'s (relu: with a ReLU between them, fused into
+        the pooling), as one op (conv2d_max_pool2d of `ops`, both layers' backend); both
+        layers keep what their backward needs, as if run one after the other."""
+        x, w, b = self._inputs(x)
+        y_shape = _args.conv2d_geometry(x.shape, w.shape, self.stride, self.padding,
+                                        self.dilation, self.groups, op=repr(self)).output_shape
+        pooled, idx = ops.conv2d_max_pool2d(
+            x, w, b, self.stride, self.padding, self.dilation, self.groups,
+            kernel_size=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding,
+            pool_dilation=pool.dilation, ceil_mode=pool.ceil_mode, relu=relu)
+        self._cache = (ops, x, y_shape)
+        pool._cache = (ops, idx, y_shape, pooled, relu)
+        return pooled
+
+    def _backward_through_max_pool(self, pool: "MaxPool2d", grad_pooled: np.ndarray) -> None:
+        """Backward of this layer and the max pooling run after it (with a ReLU fused into the
+        pooling, see Sequential), without this layer's input gradient: the first layer of a
+        network. Accumulates the weight and bias gradients as backward would."""
+        ops, x, y_shape = self._get_cache()
+        _, idx, pooled_shape, y, relu = pool._get_cache()
+        if tuple(pooled_shape) != tuple(y_shape):
+            raise ValueError(f"{self!r}: the pooling after it saw input {pooled_shape}, not this "
+                             f"layer's output {y_shape}")
+        w = self.weight.data
+        grad_pooled = pool._check_grad(grad_pooled, y.shape, y.dtype)
+        has_bias = self.bias is not None
+        gw, gb = ops.conv2d_backward_through_max_pool(
+            grad_pooled, idx, x, w, self.stride, self.padding, self.dilation, self.groups,
+            relu_output=y if relu else None, output_mask=(True, has_bias))
+        self.weight.accumulate_grad(gw)
+        if has_bias:
+            self.bias.accumulate_grad(gb)
+
+    def output_shape(self, input_shape):
+        shape = _shape_4d(self, input_shape, self.in_channels)
+        geom = _args.conv2d_geometry(shape, self.weight.data.shape, self.stride, self.padding,
+                                     self.dilation, self.groups, op=repr(self))
+        return geom.output_shape
+
+    def _receptive(self, input_shape):
+        """(kernel, stride, dilation, left padding) per axis, for the receptive-field table."""
+        if isinstance(self.padding, str):
+            total = [d * (k - 1) if self.padding == "same" else 0
+                     for k, d in zip(self.kernel_size, self.dilation)]
+            pad = tuple(t // 2 for t in total)
+        else:
+            pad = self.padding
+        return self.kernel_size, self.stride, self.dilation, pad
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding!r}" if isinstance(self.padding, str) else f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s

@@ -1,0 +1,73 @@
+"""Inverted dropout."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import init as _init
+from .activation import _Elementwise
+from .module import _as_input
+
+
+class Dropout(_Elementwise):
+    """Inverted dropout: in training, each element is zeroed with probability p and the others
+    are scaled by 1/(1-p), so eval mode (the identity) needs no rescaling.
+
+    The (scaled) mask of the last forward is ``self.mask``. ``freeze_mask()`` keeps reusing it
+    (or a given mask) in later forwards, for gradient checks; ``unfreeze_mask()`` undoes that.
+    """
+
+    def __init__(self, p: float = 0.5, rng=None) -> None:
+        super().__init__()
+        p = float(p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: probability has to be between 0 and 1, got {p}")
+        self.p = p
+        self.rng = _init.as_generator(rng)
+        self.mask: np.ndarray | None = None
+        self.frozen = False
+
+    def freeze_mask(self, mask: np.ndarray | None = None) -> None:
+        """Reuse a fixed mask in every training forward: `mask` (a boolean keep-mask, or already
+        scaled values) or, if None, the mask of the last forward (or of the next one)."""
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.dtype == np.bool_:
+                scale = 0.0 if self.p >= 1.0 else 1.0 / (1.0 - self.p)
+                mask = mask * scale
+            self.mask = mask
+        self.frozen = True
+
+    def unfreeze_mask(self) -> None:
+        """Draw a new mask at every forward again."""
+        self.frozen = False
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        if not self.training or self.p == 0.0:
+            self._cache = (None, x.shape, x.dtype)
+            return x
+        dt = x.dtype
+        mask = self.mask
+        if self.frozen and mask is not None:
+            if mask.shape != x.shape:
+                raise ValueError(f"{self!r}: frozen mask has shape {mask.shape} but the input has "
+                                 f"shape {x.shape}")
+            if mask.dtype != dt:
+                mask = mask.astype(dt)
+        elif self.p >= 1.0:
+            mask = np.zeros(x.shape, dt)
+        else:
+            mask = (self.rng.random(x.shape, dtype=np.float32) >= np.float32(self.p)).astype(dt)
+            mask *= dt.type(1.0 / (1.0 - self.p))
+        self.mask = mask
+        self._cache = (mask, x.shape, dt)
+        return x * mask
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        mask, shape, dt = self._get_cache()
+        grad_y = self._check_grad(grad_y, shape, dt)
+        return grad_y if mask is None else grad_y * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

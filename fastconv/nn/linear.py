@@ -1,0 +1,125 @@
+"""Dense layers and reshaping: Linear, Flatten, Identity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import init as _init
+from .module import Module, Parameter, _as_input, _float_dtype, _positive_int
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias over the last axis: (*, in_features) -> (*, out_features).
+
+    weight: (out_features, in_features). Default init as PyTorch: U(-1/sqrt(in), 1/sqrt(in)).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype=np.float32, rng=None) -> None:
+        super().__init__()
+        self.in_features = _positive_int(in_features, "in_features", "Linear")
+        self.out_features = _positive_int(out_features, "out_features", "Linear")
+        dt = _float_dtype(dtype, "Linear")
+        self.weight = Parameter(np.empty((self.out_features, self.in_features), dt))
+        if bias:
+            self.bias = Parameter(np.empty(self.out_features, dt))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters(rng)
+
+    def reset_parameters(self, rng=None) -> None:
+        """PyTorch's default initialisation (see :func:`fastconv.init.default_init_`)."""
+        _init.default_init_(self.weight, self.bias, rng)
+
+    def _check(self, shape) -> None:
+        if len(shape) < 1 or shape[-1] != self.in_features:
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.in_features}) "
+                             f"(last axis {self.in_features}), got {tuple(shape)}")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        w = self.weight.data
+        x = _as_input(self, x, w.dtype)
+        self._check(x.shape)
+        ops = self._ops()
+        y = ops.linear(x, w, None if self.bias is None else self.bias.data)
+        self._cache = (ops, x, y.shape)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        ops, x, y_shape = self._get_cache()
+        w = self.weight.data
+        grad_y = self._check_grad(grad_y, y_shape, w.dtype)
+        has_bias = self.bias is not None
+        gx, gw, gb = ops.linear_backward(grad_y, x, w,
+                                         output_mask=(bool(input_grad), True, has_bias))
+        self.weight.accumulate_grad(gw)
+        if has_bias:
+            self.bias.accumulate_grad(gb)
+        return gx
+
+    def output_shape(self, input_shape):
+        self._check(input_shape)
+        return tuple(input_shape[:-1]) + (self.out_features,)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class Flatten(Module):
+    """Flatten axes start_dim..end_dim into one: (N, C, H, W) -> (N, C*H*W) by default.
+    A view when the input is contiguous."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        super().__init__()
+        self.start_dim = int(start_dim)
+        self.end_dim = int(end_dim)
+
+    def _out(self, shape) -> tuple[int, ...]:
+        nd = len(shape)
+        if nd == 0:
+            return (1,)
+        s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
+        e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
+        if not (0 <= s < nd and 0 <= e < nd) or s > e:
+            raise ValueError(f"{self!r}: cannot flatten dims {self.start_dim}..{self.end_dim} "
+                             f"of an input of shape {tuple(shape)}")
+        return tuple(shape[:s]) + (math.prod(shape[s:e + 1]),) + tuple(shape[e + 1:])
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        y = x.reshape(self._out(x.shape))
+        self._cache = (x.shape, y.shape)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        x_shape, y_shape = self._get_cache()
+        grad_y = np.asarray(grad_y)
+        if grad_y.shape != y_shape:
+            raise ValueError(f"{self!r}.backward: grad_y has shape {grad_y.shape}, "
+                             f"expected the output shape {y_shape}")
+        return grad_y.reshape(x_shape)
+
+    def output_shape(self, input_shape):
+        return self._out(tuple(input_shape))
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Identity(Module):
+    """y = x."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        self._cache = (x.shape,)
+        return x
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        self._get_cache()
+        return grad_y
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)

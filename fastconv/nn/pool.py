@@ -1,0 +1,113 @@
+"""Pooling layers (run on the backend's ops)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _args
+from .module import Module, _as_input, _check_4d, _shape_4d
+
+
+class _Pool2d(Module):
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool
+
+    def _init_geometry(self, name, kernel_size, stride, padding, ceil_mode):
+        self.kernel_size = _args.positive_pair(kernel_size, "kernel_size", name)
+        if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+            self.stride = self.kernel_size
+        else:
+            self.stride = _args.positive_pair(stride, "stride", name)
+        self.padding = _args.nonnegative_pair(padding, "padding", name)
+        if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
+            raise ValueError(f"{name}: padding {self.padding} should be at most half of "
+                             f"kernel_size {self.kernel_size}")
+        self.ceil_mode = bool(ceil_mode)
+
+    def output_shape(self, input_shape):
+        shape = _shape_4d(self, input_shape)
+        geom = _args.pool2d_geometry(shape, self.kernel_size, self.stride, self.padding,
+                                     self.dilation, self.ceil_mode, op=repr(self))
+        return geom.output_shape
+
+    def _receptive(self, input_shape):
+        return self.kernel_size, self.stride, self.dilation, self.padding
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling over (N, C, H, W); stride defaults to kernel_size; padding pads with -inf.
+
+    Backward routes each output gradient to the arg-max position (indices from the forward).
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> None:
+        super().__init__()
+        self._init_geometry("MaxPool2d", kernel_size, stride, padding, ceil_mode)
+        self.dilation = _args.positive_pair(dilation, "dilation", "MaxPool2d")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x)
+
+    def _forward(self, x: np.ndarray, relu: bool = False) -> np.ndarray:
+        """forward; relu=True returns relu(pool(x)) (a ReLU before or after this layer), and
+        backward then takes the gradient of that output."""
+        x = _as_input(self, x, None)
+        _check_4d(self, x)
+        ops = self._ops()
+        y, idx = ops.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                self.ceil_mode, return_indices=True, relu=relu)
+        self._cache = (ops, idx, x.shape, y, relu)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        ops, idx, x_shape, y, relu = self._get_cache()
+        grad_y = self._check_grad(grad_y, y.shape, y.dtype)
+        return ops.max_pool2d_backward(grad_y, idx, x_shape, relu_output=y if relu else None)
+
+    def extra_repr(self) -> str:
+        s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.ceil_mode:
+            s += ", ceil_mode=True"
+        return s
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling over (N, C, H, W); stride defaults to kernel_size.
+
+    count_include_pad: divide by the full window size (True) or by the number of input pixels
+    in the window (False).
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True) -> None:
+        super().__init__()
+        self._init_geometry("AvgPool2d", kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        _check_4d(self, x)
+        ops = self._ops()
+        y = ops.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                           self.count_include_pad)
+        self._cache = (ops, x.shape, y.shape, y.dtype)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        ops, x_shape, y_shape, dtype = self._get_cache()
+        grad_y = self._check_grad(grad_y, y_shape, dtype)
+        return ops.avg_pool2d_backward(grad_y, x_shape, self.kernel_size, self.stride, self.padding,
+                                       self.ceil_mode, self.count_include_pad)
+
+    def extra_repr(self) -> str:
+        s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        if self.ceil_mode:
+            s += ", ceil_mode=True"
+        if not self.count_include_pad:
+            s += ", count_include_pad=False"
+        return s
