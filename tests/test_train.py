@@ -22,7 +22,8 @@ import pytest
 import fastconv
 from fastconv import checkpoint as C
 from fastconv import data as D
-from fastconv import plotting, predict as P, train as T
+from fastconv import plotting
+from fastconv.cli import predict as P, train as T
 
 # the folder holding the fastconv package this test imported (checkout or site-packages),
 # so subprocesses run the same code
@@ -106,7 +107,8 @@ def test_train_end_to_end(data_dir, tmp_path, capsys):
     assert meta["model"] == "simple_cnn" and tuple(meta["class_names"]) == D.CLASS_NAMES
     assert weights["0.weight"].shape == (32, 3, 3, 3) and weights["0.weight"].dtype == np.float32
     state = C.load_checkpoint(out / T.CHECKPOINT_NAME)
-    assert state["position"]["epoch"] == 1 and len(state["metrics"]) == 1
+    assert state["position"]["epoch"] == 1 and len(state["history"]) == 1
+    assert state["metadata"]["config"]["model"] == "simple_cnn"
     table = (out / "confusion.txt").read_text()
     assert "airplane" in table and "accuracy" in table
     if plotting.have_matplotlib():
@@ -165,15 +167,15 @@ def test_resume_is_bit_exact(data_dir, tmp_path, capsys, no_plots, model, extra)
         assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
     sa = C.load_checkpoint(straight / T.CHECKPOINT_NAME)
     sb = C.load_checkpoint(resumed / T.CHECKPOINT_NAME)
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "step"):
-        assert [r[key] for r in sa["metrics"]] == [r[key] for r in sb["metrics"]], key
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_accuracy_1k", "lr", "step"):
+        assert [r[key] for r in sa["history"]] == [r[key] for r in sb["history"]], key
     for i, st in sa["optimizer"]["state"].items():
         for name, v in st.items():
             if isinstance(v, np.ndarray):
                 assert v.tobytes() == sb["optimizer"]["state"][i][name].tobytes()
-    assert sa["dropout_rng"] == sb["dropout_rng"]
+    assert sa["generators"] == sb["generators"]
     if model == "alexnet_small":
-        assert len(sa["dropout_rng"]) == 2
+        assert sorted(sa["generators"]) == ["14.rng", "17.rng"]          # the Dropouts
         assert all(not s for s in sa["optimizer"]["state"].values())      # no buffers
 
 
@@ -192,7 +194,7 @@ def test_sigterm_saves_checkpoint(data_dir, tmp_path):
     """A real SIGTERM to a running process: checkpoint saved, exit 143, no traceback."""
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "fastconv.train",
+    cmd = [sys.executable, "-m", "fastconv.cli.train",
            *_args(data_dir, out, "--model", "lenet5", "--epochs", 1000, "--limit-train", 64,
                   "--batch-size", 32, "--limit-test", 10)]
     proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE,
@@ -214,7 +216,7 @@ def test_sigterm_saves_checkpoint(data_dir, tmp_path):
     assert "SIGTERM" in err and "checkpoint saved" in err and "--resume" in err
     assert "Traceback" not in err
     state = C.load_checkpoint(out / T.CHECKPOINT_NAME)
-    assert state["position"]["step"] >= 2 and state["config"]["epochs"] == 1000
+    assert state["position"]["step"] >= 2 and state["metadata"]["config"]["epochs"] == 1000
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,7 +473,7 @@ def test_predict_errors(trained, tmp_path, capsys):
 def test_keep_freed_memory_applies_on_glibc():
     import platform
 
-    from fastconv.train import keep_freed_memory
+    from fastconv.cli.train import keep_freed_memory
 
     applied = keep_freed_memory()
     assert isinstance(applied, bool)

@@ -28,7 +28,8 @@ from .history import History
 if TYPE_CHECKING:
     from .loop import Trainer
 
-__all__ = ["STATE_FORMAT", "STATE_VERSION", "capture", "restore", "module_generators"]
+__all__ = ["STATE_FORMAT", "STATE_VERSION", "ResumeError", "capture", "restore",
+           "module_generators"]
 
 STATE_FORMAT = "fastconv-training-state"
 STATE_VERSION = 1
@@ -77,14 +78,18 @@ def capture(trainer: "Trainer") -> dict[str, Any]:
     }
 
 
+class ResumeError(ValueError):
+    """A state that cannot continue this fit (another model, optimiser, data or format)."""
+
+
 def _fail(message: str) -> None:
-    raise ValueError(f"fit: cannot resume: {message}")
+    raise ResumeError(f"fit: cannot resume: {message}")
 
 
 def restore(trainer: "Trainer", state: dict[str, Any]) -> None:
-    """Load ``state`` (from :func:`capture`) into ``trainer``; ValueError when it does not fit
-    this fit's model, optimiser, scheduler or loader (nothing is changed then, as far as the
-    checks before loading go: model shapes, optimiser size, position)."""
+    """Load ``state`` (from :func:`capture`) into ``trainer``. :class:`ResumeError` when it
+    does not fit this fit's model, optimiser, scheduler or data; the format, position,
+    scheduler and generators are checked before anything is loaded."""
     t = trainer
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
