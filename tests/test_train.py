@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 import fastconv
+from fake_cifar import PER_BATCH, fake_batches, write_folder
 from fastconv import checkpoint as C
 from fastconv import data as D
 from fastconv import plotting
@@ -28,30 +28,12 @@ from fastconv.cli import predict as P, train as T
 # the folder holding the fastconv package this test imported (checkout or site-packages),
 # so subprocesses run the same code
 REPO = Path(fastconv.__file__).resolve().parents[1]
-PER_BATCH = 100
-
-
-def _make_images(rng, n):
-    y = rng.integers(0, 10, n)
-    colour = (np.arange(10)[:, None] * np.array([25, 60, 95])[None, :]) % 256
-    x = colour[y][:, :, None] + rng.normal(0, 30, (n, 3, 1024))
-    return np.clip(x, 0, 255).astype(np.uint8).reshape(n, 3072), [int(v) for v in y]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cifar")
-    folder = root / D.FOLDER_NAME
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in D.TRAIN_BATCHES + (D.TEST_BATCH,):
-        x, y = _make_images(rng, PER_BATCH)
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": x, b"labels": y, b"batch_label": name.encode(),
-                         b"filenames": [b"x.png"] * PER_BATCH}, f, protocol=2)
-    with open(folder / D.META_FILE, "wb") as f:
-        pickle.dump({b"label_names": [n.encode() for n in D.CLASS_NAMES],
-                     b"num_cases_per_batch": PER_BATCH, b"num_vis": 3072}, f, protocol=2)
+    write_folder(root, fake_batches(learnable=True))
     return root
 
 

@@ -31,7 +31,7 @@ import math
 import os
 import string
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import checkpoint as _ckpt
 from .history import csv_text
