@@ -234,10 +234,11 @@ class EarlyStopping(Callback):
     An epoch improves when its value beats the best so far by more than ``min_delta`` (lower
     for mode "min", higher for "max"; "auto" means "max" for accuracies, "min" otherwise).
     After ``patience`` epochs in a row without improvement, training stops at the end of
-    that epoch. With ``baseline``, an improvement also has to beat the baseline to reset the
-    count. With ``restore_best_weights``, the model's parameters and buffers of the best epoch
-    are put back when training ends (not when it is interrupted in the middle of an epoch,
-    which keeps the run resumable). ``best``, ``best_epoch`` (1-based) and ``stopped_epoch``
+    that epoch (never after the first). With ``baseline``, an epoch counts as an improvement
+    only when it also beats the baseline (unlike Keras, which never stops while the metric
+    improves, baseline or not). With ``restore_best_weights``, the model's parameters and
+    buffers of the best epoch are put back when training ends (not when it is interrupted in
+    the middle of an epoch, which keeps the run resumable). ``best``, ``best_epoch`` (1-based) and ``stopped_epoch``
     (0 when it did not stop) tell what happened.
     """
 
@@ -274,8 +275,8 @@ class EarlyStopping(Callback):
                 self.best_weights = dict(self.trainer.model.state_dict())
             if self.baseline is None or _improves(value, self.baseline, self.mode, 0.0):
                 self.wait = 0
-            return
-        # (never after the first epoch, whose only reference is the baseline, as in Keras)
+                return
+        # (never after the first epoch, as Keras)
         if self.wait >= self.patience and int(logs["epoch"]) > 1:
             self.stopped_epoch = int(logs["epoch"])
             self.trainer.stop_training = True
