@@ -623,6 +623,49 @@ def test_loader_augment_changes_images_but_not_labels(small):
         assert np.isclose(xb[:, c], pad_value[c], atol=1e-6).any()
 
 
+
+def test_loader_float_images_keep_their_dtype_and_pass_through_unnormalised():
+    rng = np.random.default_rng(0)
+    x = rng.random((10, 3, 4, 4))                                # float64 in [0, 1]
+    y = np.arange(10)
+    plain = D.DataLoader(x, y, batch_size=4, mean=None, std=None)
+    batches = _epoch(plain)
+    assert all(xb.dtype == np.float64 for xb, _ in batches)
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)   # untouched
+    normed = _epoch(D.DataLoader(x, y, batch_size=4, mean=(0.5,) * 3, std=(0.25,) * 3))
+    assert normed[0][0].dtype == np.float64
+    np.testing.assert_allclose(np.concatenate([b[0] for b in normed]), (x - 0.5) / 0.25,
+                               rtol=1e-12)
+    f32 = _epoch(D.DataLoader(x.astype(np.float32), y, batch_size=4))
+    assert f32[0][0].dtype == np.float32
+
+
+def test_loader_takes_any_inputs_and_real_targets():
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(9, 5)).astype(np.float32)        # an MLP's (N, features)
+    targets = rng.normal(size=(9, 2))
+    batches = _epoch(D.DataLoader(features, targets, batch_size=4, shuffle=True, seed=2,
+                                  mean=None, std=None))
+    order = D.DataLoader(features, targets, 4, shuffle=True, seed=2, mean=None,
+                         std=None).permutation(0)
+    with pytest.raises(ValueError, match=r"one per channel.*images of shape \(9, 5\).*"
+                                         r"mean=None, std=None"):
+        D.DataLoader(features, targets)                           # CIFAR-10's 3 channels
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), features[order])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), targets[order])
+    assert batches[0][1].dtype == np.float64                      # targets unchanged
+    pixels = rng.integers(0, 256, (6, 3), dtype=np.uint8)         # uint8: scaled to [0, 1]
+    xb, _ = _epoch(D.DataLoader(pixels, np.zeros(6, int), 6, mean=None, std=None))[0]
+    np.testing.assert_allclose(xb, pixels / 255.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="augment needs"):
+        D.DataLoader(features, targets, augment=True)
+    for bad in (np.zeros(9, bool), np.array(["a"] * 9)):
+        with pytest.raises(ValueError, match="labels must be 9 integers"):
+            D.DataLoader(features, bad)
+    with pytest.raises(ValueError, match="images must be a real"):
+        D.DataLoader(np.zeros(9), np.zeros(9, int))
+
+
 # --------------------------------------------------------------------------------------------
 # The real archive (../shared/data or $FASTCONV_DATA)
 # --------------------------------------------------------------------------------------------

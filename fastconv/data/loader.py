@@ -107,8 +107,13 @@ class DataLoader:
         from_uint8 = images.dtype == np.uint8
         self._affine: tuple[np.ndarray, np.ndarray] | None = None
         if mean is not None or std is not None or images.dtype.kind != "f":
-            self._affine = _affine(mean, std, images.shape[1], from_uint8, images.ndim,
-                                   self.dtype)
+            try:
+                self._affine = _affine(mean, std, images.shape[1], from_uint8, images.ndim,
+                                       self.dtype)
+            except ValueError as e:
+                raise ValueError(f"DataLoader: {e} (one per channel: axis 1 of images of "
+                                 f"shape {images.shape}); mean=None, std=None skip the "
+                                 f"normalisation") from None
         self.epoch = 0
         self.batch = 0
 
