@@ -353,6 +353,26 @@ def test_full_warmup_resumes_to_completion(data_dir, tmp_path, capsys, no_plots)
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
 
 
+def test_checkpoint_of_the_first_format_is_refused_but_still_predicts(data_dir, tmp_path,
+                                                                      capsys, trained):
+    # fastconv-train's first checkpoints (before fastconv.training) kept config, class names
+    # and a position of their own at the top level
+    out = tmp_path / "old"
+    out.mkdir()
+    weights = C.load_weights(trained / T.WEIGHTS_NAME)
+    C.save_checkpoint(out / T.CHECKPOINT_NAME, {
+        "format": "fastconv-train", "version": 1, "config": {"model": "lenet5"},
+        "model": weights, "class_names": list(D.CLASS_NAMES),
+        "position": {"epoch": 1, "batch": 0, "step": 4}})
+    rc = T.main(_args(data_dir, out, "--resume"))
+    _one_line_error(capsys, rc, "older fastconv-train", "another --out")
+    model, info = P.load_model(out)
+    assert info["model"] == "lenet5" and info["class_names"] == D.CLASS_NAMES
+    C.save_checkpoint(out / T.CHECKPOINT_NAME, {"format": "something", "model": weights})
+    rc = T.main(_args(data_dir, out, "--resume"))
+    _one_line_error(capsys, rc, "is not a fastconv-train checkpoint")
+
+
 @pytest.mark.parametrize("meta", [
     {"format": "fastconv-checkpoint", "version": "x", "state": {}},
     {"format": "fastconv-checkpoint", "version": None, "state": {}},
