@@ -312,7 +312,10 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
 
     Raises:
         TypeError, ValueError: a bad argument, named, before any training.
+        fastconv.training.state.ResumeError: ``resume`` is the state of another run.
         FloatingPointError: the loss became inf or NaN (lower the learning rate).
+        An exception (Ctrl-C in a notebook included) leaves the model as it was at that
+        moment, possibly in the middle of a step: continue from the last checkpoint.
     """
     where = "fit"
     inputs.check_model(model, where)
