@@ -190,7 +190,7 @@ class Trainer:
                 for xb, yb in batches:
                     logs = self._step(xb, yb, n)
                     self._seconds = base + time.perf_counter() - start
-                    logs.update(self._running())
+                    logs.update(self._running(), images_per_s=self._speed())
                     self._call("on_batch_end", self.batch - 1, logs)
                     if self.stop_training:
                         return False
@@ -198,7 +198,6 @@ class Trainer:
                 batches.close()
         t_val = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, **self._running()}
-        row.pop("images_per_s")
         if self.val is not None:
             result = _evaluation(self.model, self.val, self.loss,
                                  lambda: self.stop_training)
@@ -208,7 +207,7 @@ class Trainer:
             row.update({f"val_{k}": v for k, v in metrics.items()})
         row["lr"] = float(self.optimizer.param_groups[0]["lr"])
         row["seconds"] = self._seconds + (time.perf_counter() - t_val)
-        row["images_per_s"] = self._seen / max(self._seconds, 1e-9)
+        row["images_per_s"] = self._speed()
         self.history.append(row)
         self.epoch, self.batch = epoch + 1, 0
         self.load_running_sums({})
@@ -245,13 +244,16 @@ class Trainer:
         return logs
 
     def _running(self) -> dict[str, float]:
-        """The unfinished epoch's mean loss, accuracy and images/s so far."""
+        """The epoch's mean loss (and accuracy, for classification) over its batches so far."""
         seen = max(self._seen, 1)
         out = {"loss": self._loss_total / seen}
         if self._classification:
             out["accuracy"] = self._correct / seen
-        out["images_per_s"] = self._seen / max(self._seconds, 1e-9)
         return out
+
+    def _speed(self) -> float:
+        """Training images per second in the epoch so far."""
+        return self._seen / max(self._seconds, 1e-9)
 
 
 def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,

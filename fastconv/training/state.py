@@ -19,7 +19,7 @@ differ between the two halves of a run; the backend (fast or reference) may not.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class ResumeError(ValueError):
     """A state that cannot continue this fit (another model, optimiser, data or format)."""
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise ResumeError(f"fit: cannot resume: {message}")
 
 
@@ -103,6 +103,7 @@ def restore(trainer: "Trainer", state: dict[str, Any]) -> None:
         running = state["running"]
         n = int(pos["batches_per_epoch"])
         epoch, batch, step = int(pos["epoch"]), int(pos["batch"]), int(pos["step"])
+        seed = int(state["loader"]["seed"])
     except (KeyError, TypeError, ValueError) as e:
         _fail(f"the state's position is unreadable ({e!r})")
     if n != len(t.train):
@@ -130,8 +131,7 @@ def restore(trainer: "Trainer", state: dict[str, Any]) -> None:
         _fail(f"the saved optimiser or scheduler does not fit this one: {e}")
     for k, g in gens.items():
         g.bit_generator.state = saved[k]
-    t.train.load_state_dict({"seed": int(state["loader"]["seed"]), "epoch": epoch,
-                             "batch": batch})
+    t.train.load_state_dict({"seed": seed, "epoch": epoch, "batch": batch})
     t.epoch, t.batch, t.step = epoch, batch, step
     t.load_running_sums(running)
     t.history = History(state.get("history", []))
