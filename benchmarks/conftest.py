@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv.train import keep_freed_memory
+from fastconv.cli.train import keep_freed_memory
 
 THREADS = int(os.environ.get("FASTCONV_BENCH_THREADS", "2"))
 

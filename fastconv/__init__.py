@@ -104,7 +104,7 @@ def __getattr__(name: str):
 
 
 _LAZY_SUBMODULES = ("reference", "nn", "losses", "init", "optim", "models",
-                    "gradcheck", "data", "checkpoint", "plotting", "train", "predict")
+                    "gradcheck", "data", "checkpoint", "plotting", "training", "cli")
 
 __all__ = [
     "F",

@@ -1,7 +1,8 @@
 """Tests for fastconv.data: locating, downloading, validating, decoding and batching CIFAR-10.
 
-A small fake CIFAR-10 (official python format, 100 images per batch) is built in tmp_path;
-the real archive in ../shared/data (or $FASTCONV_DATA) is loaded when present.
+A small fake CIFAR-10 (official python format, 100 images per batch, tests/fake_cifar.py) is
+built in tmp_path; the real archive in ../shared/data (or $FASTCONV_DATA) is loaded when
+present.
 """
 
 from __future__ import annotations
@@ -13,79 +14,26 @@ import io
 import os
 import pickle
 import sys
-import tarfile
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import fake_cifar
+from fake_cifar import PER_BATCH
 from fastconv import data as D
-
-PER_BATCH = 100
-
-
-# --------------------------------------------------------------------------------------------
-# Fake dataset in the official format
-# --------------------------------------------------------------------------------------------
-
-def _fake_batches(per_batch: int = PER_BATCH, seed: int = 0) -> dict[str, dict]:
-    rng = np.random.default_rng(seed)
-    out: dict[str, dict] = {}
-    names = list(D.TRAIN_BATCHES) + [D.TEST_BATCH]
-    for k, name in enumerate(names):
-        x = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-        x[:, 0] = k                                  # batch id in the first red pixel
-        x[:, 1] = np.arange(per_batch) % 256         # row id in the second one
-        labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
-        label = (f"training batch {k + 1} of 5" if k < 5 else "testing batch 1 of 1").encode()
-        out[name] = {b"batch_label": label, b"labels": labels, b"data": x,
-                     b"filenames": [f"img_{k}_{i:05d}.png".encode() for i in range(per_batch)]}
-    out[D.META_FILE] = {b"num_cases_per_batch": per_batch,
-                        b"label_names": [n.encode() for n in D.CLASS_NAMES], b"num_vis": 3072}
-    return out
-
-
-def _write_folder(root: Path, batches: dict[str, dict], skip: tuple[str, ...] = ()) -> Path:
-    folder = root / D.FOLDER_NAME
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, obj in batches.items():
-        if name in skip:
-            continue
-        with open(folder / name, "wb") as f:
-            pickle.dump(obj, f, protocol=2)
-    (folder / "readme.html").write_text("<html>fake</html>")
-    return folder
-
-
-def _write_tarball(path: Path, batches: dict[str, dict], skip: tuple[str, ...] = (),
-                   raw: dict[str, bytes] | None = None, compresslevel: int = 1) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    members = {name: pickle.dumps(obj, protocol=2) for name, obj in batches.items()
-               if name not in skip}
-    members.update(raw or {})
-    members["readme.html"] = b"<html>fake</html>"
-    with tarfile.open(path, "w:gz", compresslevel=compresslevel) as tf:
-        info = tarfile.TarInfo(D.FOLDER_NAME)
-        info.type = tarfile.DIRTYPE
-        tf.addfile(info)
-        # official archive order is not sorted; use a shuffled order to exercise that
-        for name in sorted(members, key=lambda n: hashlib.md5(n.encode()).hexdigest()):
-            info = tarfile.TarInfo(f"{D.FOLDER_NAME}/{name}")
-            info.size = len(members[name])
-            tf.addfile(info, io.BytesIO(members[name]))
-    return path
 
 
 @pytest.fixture(scope="module")
 def fake_batches() -> dict[str, dict]:
-    return _fake_batches()
+    return fake_cifar.fake_batches()
 
 
 @pytest.fixture(scope="module")
 def fake_tarball(tmp_path_factory, fake_batches) -> Path:
     root = tmp_path_factory.mktemp("tarball")
-    return _write_tarball(root / D.TARBALL_NAME, fake_batches)
+    return fake_cifar.write_tarball(root / D.TARBALL_NAME, fake_batches)
 
 
 @pytest.fixture(autouse=True)
@@ -133,7 +81,7 @@ def test_load_from_tarball_path_directly(fake_tarball, fake_batches):
 
 
 def test_load_from_folder(tmp_path, fake_batches):
-    folder = _write_folder(tmp_path, fake_batches)
+    folder = fake_cifar.write_folder(tmp_path, fake_batches)
     ds = D.load_cifar10(tmp_path, download=False)
     _check_full(ds, fake_batches)
     assert ds.source == folder
@@ -141,8 +89,8 @@ def test_load_from_folder(tmp_path, fake_batches):
 
 
 def test_folder_preferred_over_tarball(tmp_path, fake_batches):
-    _write_tarball(tmp_path / D.TARBALL_NAME, fake_batches)
-    folder = _write_folder(tmp_path, fake_batches)
+    fake_cifar.write_tarball(tmp_path / D.TARBALL_NAME, fake_batches)
+    folder = fake_cifar.write_folder(tmp_path, fake_batches)
     assert D.find_cifar10(tmp_path) == folder
 
 
@@ -150,25 +98,25 @@ def test_search_order_env_then_cache(tmp_path, monkeypatch, fake_batches):
     home = tmp_path / "home"
     assert D.default_data_dir() == home / ".cache" / "fastconv"
     assert D.find_cifar10() is None
-    cache_folder = _write_folder(home / ".cache" / "fastconv", fake_batches)
+    cache_folder = fake_cifar.write_folder(home / ".cache" / "fastconv", fake_batches)
     assert D.find_cifar10() == cache_folder
     env_dir = tmp_path / "env"
-    tarball = _write_tarball(env_dir / D.TARBALL_NAME, fake_batches)
+    tarball = fake_cifar.write_tarball(env_dir / D.TARBALL_NAME, fake_batches)
     monkeypatch.setenv("FASTCONV_DATA", str(env_dir))
     assert D.default_data_dir() == env_dir
     assert D.find_cifar10() == tarball                       # env beats the cache
     assert D.load_cifar10(download=False).source == tarball
     explicit = tmp_path / "explicit"
-    explicit_folder = _write_folder(explicit, fake_batches)
+    explicit_folder = fake_cifar.write_folder(explicit, fake_batches)
     assert D.load_cifar10(explicit, download=False).source == explicit_folder   # arg beats env
 
 
 @pytest.mark.parametrize("source", ["tarball", "folder"])
 def test_limits(tmp_path, fake_batches, source):
     if source == "tarball":
-        where = _write_tarball(tmp_path / D.TARBALL_NAME, fake_batches)
+        where = fake_cifar.write_tarball(tmp_path / D.TARBALL_NAME, fake_batches)
     else:
-        where = _write_folder(tmp_path, fake_batches)
+        where = fake_cifar.write_folder(tmp_path, fake_batches)
     x_tr, y_tr, x_te, y_te = _expected(fake_batches)
     ds = D.load_cifar10(where, download=False, limit_train=150, limit_test=30)
     np.testing.assert_array_equal(ds.x_train, x_tr[:150])    # crosses a batch boundary
@@ -186,7 +134,7 @@ def test_limits(tmp_path, fake_batches, source):
 def test_str_keys_and_list_labels_accepted(tmp_path, fake_batches):
     """Files re-pickled by Python 3 tools (str keys) are well formed too."""
     batches = {n: {k.decode(): v for k, v in obj.items()} for n, obj in fake_batches.items()}
-    _write_folder(tmp_path, batches)
+    fake_cifar.write_folder(tmp_path, batches)
     _check_full(D.load_cifar10(tmp_path, download=False), fake_batches)
 
 
@@ -244,7 +192,7 @@ def _flip_bit_in_stored_copy(raw: bytearray, plain: bytes) -> None:
     ("readme.html", None),             # not a CIFAR-10 file at all
 ])
 def test_flipped_bit_in_compressed_member_data(tmp_path, fake_batches, member, limit_train):
-    path = _write_tarball(tmp_path / D.TARBALL_NAME, fake_batches, compresslevel=0)
+    path = fake_cifar.write_tarball(tmp_path / D.TARBALL_NAME, fake_batches, compresslevel=0)
     if member == "readme.html":
         plain = b"<html>fake</html>"
     else:
@@ -282,13 +230,13 @@ def test_truncated_gzip_trailer(tmp_path, fake_tarball, cut):
 
 @pytest.mark.parametrize("compresslevel, zero_padding", [(0, 0), (9, 0), (1, 512)])
 def test_valid_archive_loads_identically(tmp_path, fake_batches, compresslevel, zero_padding):
-    path = _write_tarball(tmp_path / "t" / D.TARBALL_NAME, fake_batches,
+    path = fake_cifar.write_tarball(tmp_path / "t" / D.TARBALL_NAME, fake_batches,
                           compresslevel=compresslevel)
     if zero_padding:                                 # gzip allows zeros after the trailer
         with open(path, "ab") as f:
             f.write(bytes(zero_padding))
     _check_full(D.load_cifar10(path, download=False), fake_batches)
-    folder = _write_folder(tmp_path / "f", fake_batches)
+    folder = fake_cifar.write_folder(tmp_path / "f", fake_batches)
     a = D.load_cifar10(path, download=False, limit_train=150, limit_test=30)
     b = D.load_cifar10(folder, download=False, limit_train=150, limit_test=30)
     for x, y in zip(a[:5], b[:5]):
@@ -304,14 +252,14 @@ def test_not_an_archive(tmp_path):
 
 
 def test_missing_batch_in_tarball(tmp_path, fake_batches):
-    bad = _write_tarball(tmp_path / D.TARBALL_NAME, fake_batches, skip=("data_batch_3",))
+    bad = fake_cifar.write_tarball(tmp_path / D.TARBALL_NAME, fake_batches, skip=("data_batch_3",))
     with pytest.raises(D.DatasetError, match="missing data_batch_3") as err:
         D.load_cifar10(tmp_path, download=False)
     _assert_helpful(err, bad)
 
 
 def test_missing_batch_in_folder(tmp_path, fake_batches):
-    folder = _write_folder(tmp_path, fake_batches, skip=("test_batch",))
+    folder = fake_cifar.write_folder(tmp_path, fake_batches, skip=("test_batch",))
     with pytest.raises(D.DatasetError, match="missing test_batch") as err:
         D.load_cifar10(tmp_path, download=False, limit_train=10)
     _assert_helpful(err, folder)
@@ -340,7 +288,7 @@ def test_malformed_batch(tmp_path, fake_batches, defect):
         full = pickle.dumps(b, protocol=2)
         raw = {"data_batch_4": full[: len(full) // 2]}
         batches.pop("data_batch_4")
-    bad = _write_tarball(tmp_path / D.TARBALL_NAME, batches, raw=raw)
+    bad = fake_cifar.write_tarball(tmp_path / D.TARBALL_NAME, batches, raw=raw)
     with pytest.raises(D.DatasetError, match="data_batch_4|corrupt") as err:
         D.load_cifar10(tmp_path, download=False)
     _assert_helpful(err, bad)
@@ -355,7 +303,7 @@ def test_malicious_pickle_is_not_executed(tmp_path, fake_batches):
 
     batches = {n: dict(obj) for n, obj in fake_batches.items()}
     batches["data_batch_1"][b"filenames"] = Evil()
-    _write_folder(tmp_path, batches)
+    fake_cifar.write_folder(tmp_path, batches)
     with pytest.raises(D.DatasetError, match="refusing to load posix.mkdir|refusing to load"):
         D.load_cifar10(tmp_path, download=False)
     assert not marker.exists()
@@ -673,6 +621,49 @@ def test_loader_augment_changes_images_but_not_labels(small):
     xb = aug[0][0]
     for c in range(3):
         assert np.isclose(xb[:, c], pad_value[c], atol=1e-6).any()
+
+
+
+def test_loader_float_images_keep_their_dtype_and_pass_through_unnormalised():
+    rng = np.random.default_rng(0)
+    x = rng.random((10, 3, 4, 4))                                # float64 in [0, 1]
+    y = np.arange(10)
+    plain = D.DataLoader(x, y, batch_size=4, mean=None, std=None)
+    batches = _epoch(plain)
+    assert all(xb.dtype == np.float64 for xb, _ in batches)
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)   # untouched
+    normed = _epoch(D.DataLoader(x, y, batch_size=4, mean=(0.5,) * 3, std=(0.25,) * 3))
+    assert normed[0][0].dtype == np.float64
+    np.testing.assert_allclose(np.concatenate([b[0] for b in normed]), (x - 0.5) / 0.25,
+                               rtol=1e-12)
+    f32 = _epoch(D.DataLoader(x.astype(np.float32), y, batch_size=4))
+    assert f32[0][0].dtype == np.float32
+
+
+def test_loader_takes_any_inputs_and_real_targets():
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(9, 5)).astype(np.float32)        # an MLP's (N, features)
+    targets = rng.normal(size=(9, 2))
+    batches = _epoch(D.DataLoader(features, targets, batch_size=4, shuffle=True, seed=2,
+                                  mean=None, std=None))
+    order = D.DataLoader(features, targets, 4, shuffle=True, seed=2, mean=None,
+                         std=None).permutation(0)
+    with pytest.raises(ValueError, match=r"one per channel.*images of shape \(9, 5\).*"
+                                         r"mean=None, std=None"):
+        D.DataLoader(features, targets)                           # CIFAR-10's 3 channels
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), features[order])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), targets[order])
+    assert batches[0][1].dtype == np.float64                      # targets unchanged
+    pixels = rng.integers(0, 256, (6, 3), dtype=np.uint8)         # uint8: scaled to [0, 1]
+    xb, _ = _epoch(D.DataLoader(pixels, np.zeros(6, int), 6, mean=None, std=None))[0]
+    np.testing.assert_allclose(xb, pixels / 255.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="augment needs"):
+        D.DataLoader(features, targets, augment=True)
+    for bad in (np.zeros(9, bool), np.array(["a"] * 9)):
+        with pytest.raises(ValueError, match="labels must be 9 integers"):
+            D.DataLoader(features, bad)
+    with pytest.raises(ValueError, match="images must be a real"):
+        D.DataLoader(np.zeros(9), np.zeros(9, int))
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -20,37 +19,21 @@ import numpy as np
 import pytest
 
 import fastconv
+from fake_cifar import PER_BATCH, fake_batches, write_folder
 from fastconv import checkpoint as C
 from fastconv import data as D
-from fastconv import plotting, predict as P, train as T
+from fastconv import plotting
+from fastconv.cli import predict as P, train as T
 
 # the folder holding the fastconv package this test imported (checkout or site-packages),
 # so subprocesses run the same code
 REPO = Path(fastconv.__file__).resolve().parents[1]
-PER_BATCH = 100
-
-
-def _make_images(rng, n):
-    y = rng.integers(0, 10, n)
-    colour = (np.arange(10)[:, None] * np.array([25, 60, 95])[None, :]) % 256
-    x = colour[y][:, :, None] + rng.normal(0, 30, (n, 3, 1024))
-    return np.clip(x, 0, 255).astype(np.uint8).reshape(n, 3072), [int(v) for v in y]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cifar")
-    folder = root / D.FOLDER_NAME
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in D.TRAIN_BATCHES + (D.TEST_BATCH,):
-        x, y = _make_images(rng, PER_BATCH)
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": x, b"labels": y, b"batch_label": name.encode(),
-                         b"filenames": [b"x.png"] * PER_BATCH}, f, protocol=2)
-    with open(folder / D.META_FILE, "wb") as f:
-        pickle.dump({b"label_names": [n.encode() for n in D.CLASS_NAMES],
-                     b"num_cases_per_batch": PER_BATCH, b"num_vis": 3072}, f, protocol=2)
+    write_folder(root, fake_batches(learnable=True))
     return root
 
 
@@ -106,7 +89,8 @@ def test_train_end_to_end(data_dir, tmp_path, capsys):
     assert meta["model"] == "simple_cnn" and tuple(meta["class_names"]) == D.CLASS_NAMES
     assert weights["0.weight"].shape == (32, 3, 3, 3) and weights["0.weight"].dtype == np.float32
     state = C.load_checkpoint(out / T.CHECKPOINT_NAME)
-    assert state["position"]["epoch"] == 1 and len(state["metrics"]) == 1
+    assert state["position"]["epoch"] == 1 and len(state["history"]) == 1
+    assert state["metadata"]["config"]["model"] == "simple_cnn"
     table = (out / "confusion.txt").read_text()
     assert "airplane" in table and "accuracy" in table
     if plotting.have_matplotlib():
@@ -165,15 +149,15 @@ def test_resume_is_bit_exact(data_dir, tmp_path, capsys, no_plots, model, extra)
         assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
     sa = C.load_checkpoint(straight / T.CHECKPOINT_NAME)
     sb = C.load_checkpoint(resumed / T.CHECKPOINT_NAME)
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "step"):
-        assert [r[key] for r in sa["metrics"]] == [r[key] for r in sb["metrics"]], key
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_accuracy_1k", "lr", "step"):
+        assert [r[key] for r in sa["history"]] == [r[key] for r in sb["history"]], key
     for i, st in sa["optimizer"]["state"].items():
         for name, v in st.items():
             if isinstance(v, np.ndarray):
                 assert v.tobytes() == sb["optimizer"]["state"][i][name].tobytes()
-    assert sa["dropout_rng"] == sb["dropout_rng"]
+    assert sa["generators"] == sb["generators"]
     if model == "alexnet_small":
-        assert len(sa["dropout_rng"]) == 2
+        assert sorted(sa["generators"]) == ["14.rng", "17.rng"]          # the Dropouts
         assert all(not s for s in sa["optimizer"]["state"].values())      # no buffers
 
 
@@ -192,7 +176,7 @@ def test_sigterm_saves_checkpoint(data_dir, tmp_path):
     """A real SIGTERM to a running process: checkpoint saved, exit 143, no traceback."""
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "fastconv.train",
+    cmd = [sys.executable, "-m", "fastconv.cli.train",
            *_args(data_dir, out, "--model", "lenet5", "--epochs", 1000, "--limit-train", 64,
                   "--batch-size", 32, "--limit-test", 10)]
     proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE,
@@ -214,7 +198,7 @@ def test_sigterm_saves_checkpoint(data_dir, tmp_path):
     assert "SIGTERM" in err and "checkpoint saved" in err and "--resume" in err
     assert "Traceback" not in err
     state = C.load_checkpoint(out / T.CHECKPOINT_NAME)
-    assert state["position"]["step"] >= 2 and state["config"]["epochs"] == 1000
+    assert state["position"]["step"] >= 2 and state["metadata"]["config"]["epochs"] == 1000
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,6 +353,26 @@ def test_full_warmup_resumes_to_completion(data_dir, tmp_path, capsys, no_plots)
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
 
 
+def test_checkpoint_of_the_first_format_is_refused_but_still_predicts(data_dir, tmp_path,
+                                                                      capsys, trained):
+    # fastconv-train's first checkpoints (before fastconv.training) kept config, class names
+    # and a position of their own at the top level
+    out = tmp_path / "old"
+    out.mkdir()
+    weights = C.load_weights(trained / T.WEIGHTS_NAME)
+    C.save_checkpoint(out / T.CHECKPOINT_NAME, {
+        "format": "fastconv-train", "version": 1, "config": {"model": "lenet5"},
+        "model": weights, "class_names": list(D.CLASS_NAMES),
+        "position": {"epoch": 1, "batch": 0, "step": 4}})
+    rc = T.main(_args(data_dir, out, "--resume"))
+    _one_line_error(capsys, rc, "older fastconv-train", "another --out")
+    model, info = P.load_model(out)
+    assert info["model"] == "lenet5" and info["class_names"] == D.CLASS_NAMES
+    C.save_checkpoint(out / T.CHECKPOINT_NAME, {"format": "something", "model": weights})
+    rc = T.main(_args(data_dir, out, "--resume"))
+    _one_line_error(capsys, rc, "is not a fastconv-train checkpoint")
+
+
 @pytest.mark.parametrize("meta", [
     {"format": "fastconv-checkpoint", "version": "x", "state": {}},
     {"format": "fastconv-checkpoint", "version": None, "state": {}},
@@ -471,7 +475,7 @@ def test_predict_errors(trained, tmp_path, capsys):
 def test_keep_freed_memory_applies_on_glibc():
     import platform
 
-    from fastconv.train import keep_freed_memory
+    from fastconv.cli.train import keep_freed_memory
 
     applied = keep_freed_memory()
     assert isinstance(applied, bool)

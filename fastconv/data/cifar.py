@@ -1,4 +1,4 @@
-"""CIFAR-10 in its official python format: locate, download, verify, decode, batch, augment.
+"""CIFAR-10 in its official python format: locate, download, verify and decode.
 
 The dataset is the official ``cifar-10-python.tar.gz`` (top folder ``cifar-10-batches-py/``
 holding ``data_batch_1`` ... ``data_batch_5``, ``test_batch`` and ``batches.meta``). Each batch is
@@ -35,14 +35,11 @@ Trust model
 * Any problem raises :class:`DatasetError` (a ``ValueError``) with a one-line message that says
   what to do. Nothing is returned until everything needed has been read and validated.
 
-Batches
--------
+Arrays
+------
 :func:`load_cifar10` keeps images as compact uint8 NCHW arrays (150 MB for the training set
-instead of 600 MB in float32). :class:`DataLoader` turns them into float32 NCHW mini-batches:
-seeded shuffling, optional augmentation (random crop with zero padding, horizontal flip; fully
-vectorised), per-channel normalisation ``(x/255 - mean) / std`` and a background thread that
-prepares the next batch while the compiled kernels (which release the GIL) run. Every batch is
-a pure function of ``(seed, epoch, batch index)``, which makes resuming bit-exact.
+instead of 600 MB in float32); :class:`fastconv.data.DataLoader` batches, augments and
+normalises them.
 """
 
 from __future__ import annotations
@@ -53,21 +50,19 @@ import io
 import os
 import pickle
 import posixpath
-import queue
 import sys
 import tarfile
 import tempfile
-import threading
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from .checkpoint import _fsync_dir
+from ..checkpoint import _fsync_dir
 
 __all__ = [
     "CIFAR10_URL",
@@ -88,10 +83,6 @@ __all__ = [
     "md5sum",
     "download_cifar10",
     "load_cifar10",
-    "compute_mean_std",
-    "to_float32",
-    "augment_batch",
-    "DataLoader",
 ]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -594,8 +585,8 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool = 
 
     Returns:
         :class:`CIFAR10` ``(x_train (N,3,32,32) uint8, y_train (N,) int64, x_test, y_test,
-        class_names, source)``. Convert with :func:`to_float32` or batch with
-        :class:`DataLoader`.
+        class_names, source)``. Convert with :func:`fastconv.data.to_float32` or batch with
+        :class:`fastconv.data.DataLoader`.
 
     Raises:
         DatasetNotFoundError: no data found and none could be downloaded.
@@ -617,298 +608,3 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool = 
             raise DatasetNotFoundError(f"CIFAR-10 data path {root} is not a folder or archive")
         source = download_cifar10(root, url=url, md5=md5, opener=opener, progress=progress)
     return _load_source(source, limit_train, limit_test)
-
-
-# --------------------------------------------------------------------------------------------
-# Decoding and normalisation
-# --------------------------------------------------------------------------------------------
-
-def compute_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and population std of uint8 NCHW images, scaled to [0, 1].
-
-    Integer sums are exact (accumulated in int64 over chunks of ``chunk`` images, so no large
-    temporaries); ``std = sqrt(E[x^2] - E[x]^2) / 255``. Returns two float64 arrays of shape
-    (C,). Float input is taken as already scaled to [0, 1].
-    """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"compute_mean_std: expected non-empty (N, C, H, W) images, "
-                         f"got shape {images.shape}")
-    n, c = images.shape[:2]
-    count = n * images.shape[2] * images.shape[3]
-    if images.dtype == np.uint8:
-        s1 = np.zeros(c, np.int64)
-        s2 = np.zeros(c, np.int64)
-        for i in range(0, n, chunk):
-            block = images[i:i + chunk].astype(np.int64)
-            s1 += block.sum(axis=(0, 2, 3))
-            s2 += np.einsum("nchw,nchw->c", block, block)
-        mean = s1 / count
-        var = s2 / count - mean * mean
-        return mean / 255.0, np.sqrt(np.maximum(var, 0.0)) / 255.0
-    x = images.astype(np.float64, copy=False)
-    mean = x.mean(axis=(0, 2, 3))
-    std = x.std(axis=(0, 2, 3))
-    return mean, std
-
-
-def _affine(mean: Sequence[float] | np.ndarray | None, std: Sequence[float] | np.ndarray | None,
-            channels: int, from_uint8: bool) -> tuple[np.ndarray, np.ndarray]:
-    """scale, offset (float32, (1, C, 1, 1)) with y = x * scale + offset."""
-    m = np.zeros(channels) if mean is None else np.asarray(mean, np.float64).reshape(-1)
-    s = np.ones(channels) if std is None else np.asarray(std, np.float64).reshape(-1)
-    if m.shape != (channels,) or s.shape != (channels,):
-        raise ValueError(f"mean and std need {channels} values each, got {m.shape} and {s.shape}")
-    if np.any(s <= 0):
-        raise ValueError(f"std must be positive, got {s}")
-    pix = 1.0 / 255.0 if from_uint8 else 1.0
-    scale = (pix / s).astype(np.float32).reshape(1, channels, 1, 1)
-    offset = (-m / s).astype(np.float32).reshape(1, channels, 1, 1)
-    return scale, offset
-
-
-def to_float32(images: np.ndarray, mean: Sequence[float] | np.ndarray | None = CIFAR10_MEAN,
-               std: Sequence[float] | np.ndarray | None = CIFAR10_STD) -> np.ndarray:
-    """Decode images to float32 NCHW: ``(x / 255 - mean) / std`` per channel.
-
-    uint8 input is divided by 255; float input is taken as already in [0, 1]. ``mean=None`` /
-    ``std=None`` skip the shift / scale (e.g. ``to_float32(x, None, None)`` gives x / 255).
-    Returns a new C-contiguous float32 array of the same shape.
-    """
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"to_float32: expected (N, C, H, W) images, got shape {images.shape}")
-    scale, offset = _affine(mean, std, images.shape[1], images.dtype == np.uint8)
-    out = np.multiply(images, scale, dtype=np.float32)
-    out += offset
-    return out
-
-
-_AUG_INDEX_CACHE: dict[tuple[int, ...], np.ndarray] = {}
-
-
-def augment_batch(images: np.ndarray, rng: np.random.Generator, *, pad: int = 4,
-                  flip: bool = True) -> np.ndarray:
-    """Random crop with ``pad`` pixels of zero padding, then random horizontal flip.
-
-    Vectorised over the batch (no per-image loop): the batch is zero padded once to
-    (N, C, H+2p, W+2p) and every output pixel is gathered with one ``np.take`` using per-image
-    offsets oy, ox ~ U{0..2p} and flips ~ Bernoulli(0.5). Crop offsets are drawn first, then
-    flips, so the random stream is fixed for given (rng state, N). Works on any dtype; on
-    uint8 (before normalisation) the padding is black, as in torchvision's
-    ``RandomCrop(32, padding=4)``. Returns a new (N, C, H, W) array.
-    """
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"augment_batch: expected (N, C, H, W) images, got {images.shape}")
-    n, c, h, w = images.shape
-    if pad < 0:
-        raise ValueError(f"augment_batch: pad must be >= 0, got {pad}")
-    oy = rng.integers(0, 2 * pad + 1, size=n)
-    ox = rng.integers(0, 2 * pad + 1, size=n)
-    flips = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
-    if n == 0:
-        return images.copy()
-    hp, wp = h + 2 * pad, w + 2 * pad
-    padded = np.zeros((n, c, hp, wp), images.dtype)
-    padded[:, :, pad:pad + h, pad:pad + w] = images
-    key = (n, c, h, w, pad)
-    base = _AUG_INDEX_CACHE.get(key)
-    if base is None:
-        # offset of (image, channel, row, col) in the padded batch for a zero shift
-        base = ((np.arange(n) * (c * hp * wp))[:, None, None, None]
-                + (np.arange(c) * (hp * wp))[None, :, None, None]
-                + (np.arange(h) * wp)[None, None, :, None]
-                + np.arange(w)[None, None, None, :])
-        if len(_AUG_INDEX_CACHE) > 16:
-            _AUG_INDEX_CACHE.clear()
-        _AUG_INDEX_CACHE[key] = base
-    # extra column shift that maps output column j to w-1-j on flipped images
-    cols = np.where(flips[:, None], (w - 1) - 2 * np.arange(w)[None, :], 0)
-    shift = (oy * wp + ox)[:, None, None, None] + cols[:, None, None, :]
-    return np.take(padded.reshape(-1), base + shift)
-
-
-# --------------------------------------------------------------------------------------------
-# Batching
-# --------------------------------------------------------------------------------------------
-
-class DataLoader:
-    """Mini-batches of float32 NCHW images and int64 labels.
-
-    Each batch is a pure function of ``(seed, epoch, batch index)``: the epoch's permutation
-    comes from ``np.random.default_rng([seed, epoch, 0])`` and batch i's augmentation from
-    ``np.random.default_rng([seed, epoch, 1, i])``. The loader only has to remember ``epoch``
-    and the next batch index to resume bit-exactly (:meth:`state_dict` /
-    :meth:`load_state_dict`), and a background thread may build batches ahead without
-    changing the result.
-
-    Iterating runs one epoch, starting at the stored position, and then advances ``epoch``;
-    :attr:`batch` counts the batches handed out so far in the current epoch, so a
-    ``state_dict()`` taken between two steps resumes with the next batch.
-
-    Args:
-        images: (N, C, H, W) uint8 (scaled by 1/255) or float (taken as in [0, 1]).
-        labels: (N,) integer labels.
-        batch_size: images per batch.
-        shuffle: new random order every epoch (otherwise the given order).
-        drop_last: drop the final batch when it is smaller than ``batch_size`` (otherwise it
-            is yielded with the remaining N % batch_size images).
-        augment: random crop with ``pad`` pixels of zero padding and horizontal flip (if
-            ``flip``), applied before normalisation.
-        mean, std: per-channel normalisation ``(x - mean) / std`` (None to skip).
-        seed: non-negative int seeding shuffle and augmentation.
-        prefetch: batches prepared ahead in a background thread (0 = build in the caller).
-            Worth it when the consumer spends its time in GIL-releasing kernels.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 128, *,
-                 shuffle: bool = False, drop_last: bool = False, augment: bool = False,
-                 pad: int = 4, flip: bool = True,
-                 mean: Sequence[float] | np.ndarray | None = CIFAR10_MEAN,
-                 std: Sequence[float] | np.ndarray | None = CIFAR10_STD,
-                 seed: int = 0, prefetch: int = 1) -> None:
-        images = np.asarray(images)
-        labels = np.asarray(labels)
-        if images.ndim != 4:
-            raise ValueError(f"DataLoader: images must be (N, C, H, W), got {images.shape}")
-        if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"DataLoader: labels must be {images.shape[0]} integers, got "
-                             f"shape {labels.shape} dtype {labels.dtype}")
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"DataLoader: seed must be a non-negative int, got {seed!r}")
-        if prefetch < 0:
-            raise ValueError(f"DataLoader: prefetch must be >= 0, got {prefetch}")
-        self.images = images
-        self.labels = labels.astype(np.int64, copy=False)
-        self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
-        self.augment = bool(augment)
-        self.pad = int(pad)
-        self.flip = bool(flip)
-        self.seed = int(seed)
-        self.prefetch = int(prefetch)
-        self._scale, self._offset = _affine(mean, std, images.shape[1],
-                                            images.dtype == np.uint8)
-        self.epoch = 0
-        self.batch = 0
-
-    # -- sizes --------------------------------------------------------------------------
-    @property
-    def num_samples(self) -> int:
-        """Number of images (N)."""
-        return int(self.images.shape[0])
-
-    def __len__(self) -> int:
-        """Number of batches per epoch."""
-        n = self.num_samples
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    # -- state --------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, int]:
-        """Position to resume from: ``{"seed", "epoch", "batch"}`` (JSON-able ints)."""
-        return {"seed": self.seed, "epoch": self.epoch, "batch": self.batch}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Restore a position saved by :meth:`state_dict`."""
-        batch = int(state.get("batch", 0))
-        if not 0 <= batch <= len(self):
-            raise ValueError(f"DataLoader: batch position {batch} out of range 0..{len(self)}")
-        self.seed = int(state.get("seed", self.seed))
-        self.epoch = int(state["epoch"])
-        self.batch = batch
-        if self.batch == len(self):
-            self.epoch, self.batch = self.epoch + 1, 0
-
-    def set_epoch(self, epoch: int, batch: int = 0) -> None:
-        """Position the loader at batch ``batch`` of epoch ``epoch``."""
-        self.load_state_dict({"epoch": epoch, "batch": batch})
-
-    # -- deterministic batch construction ----------------------------------------------
-    def permutation(self, epoch: int) -> np.ndarray:
-        """Order of the images in ``epoch`` (identity when not shuffling)."""
-        if not self.shuffle:
-            return np.arange(self.num_samples)
-        return np.random.default_rng([self.seed, int(epoch), 0]).permutation(self.num_samples)
-
-    def make_batch(self, epoch: int, index: int,
-                   order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Batch ``index`` of ``epoch`` as (float32 (B, C, H, W) C-contiguous, int64 (B,))."""
-        if order is None:
-            order = self.permutation(epoch)
-        idx = order[index * self.batch_size:(index + 1) * self.batch_size]
-        xb = np.take(self.images, idx, axis=0)
-        yb = np.take(self.labels, idx, axis=0)
-        if self.augment:
-            rng = np.random.default_rng([self.seed, int(epoch), 1, int(index)])
-            xb = augment_batch(xb, rng, pad=self.pad, flip=self.flip)
-        out = np.multiply(xb, self._scale, dtype=np.float32)
-        out += self._offset
-        return out, yb
-
-    def _batches(self, epoch: int, start: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        order = self.permutation(epoch)
-        stop = len(self)
-        if self.prefetch == 0 or stop - start <= 1:
-            for i in range(start, stop):
-                yield self.make_batch(epoch, i, order)
-            return
-        yield from _prefetched(lambda i: self.make_batch(epoch, i, order),
-                               range(start, stop), self.prefetch)
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        epoch, start = self.epoch, self.batch
-        if start >= len(self):
-            epoch, start = epoch + 1, 0
-            self.epoch, self.batch = epoch, start
-        for i, item in enumerate(self._batches(epoch, start), start):
-            self.batch = i + 1
-            yield item
-        self.epoch, self.batch = epoch + 1, 0
-
-
-def _prefetched(make: Callable[[int], Any], indices: range,
-                depth: int) -> Iterator[Any]:
-    """Yield make(i) for i in indices, computed up to ``depth`` items ahead in a thread.
-
-    Exceptions in the worker are re-raised in the consumer; closing the generator early stops
-    the worker and joins it.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def worker() -> None:
-        try:
-            for i in indices:
-                if stop.is_set() or not put((True, make(i))):
-                    return
-            put((True, done))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            put((False, e))
-
-    thread = threading.Thread(target=worker, name="fastconv-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            ok, item = q.get()
-            if not ok:
-                raise item
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()

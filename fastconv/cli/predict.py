@@ -5,7 +5,7 @@
 
 Python::
 
-    from fastconv.predict import predict
+    from fastconv.cli.predict import predict
     predict(["cat.png"], weights="runs/simple_cnn")   # [[("cat", 0.81), ("dog", 0.11), ...]]
 
 ``--weights`` is a run folder (its ``model.npz``, else its ``checkpoint.npz``), a weights file
@@ -53,7 +53,7 @@ def load_model(weights: str | os.PathLike, model: str | None = None):
     ``info`` has ``model``, ``class_names``, ``mean`` and ``std``. Raises :class:`PredictError`
     when the file is missing or unreadable, or its weights do not fit the model.
     """
-    from . import checkpoint as ck, data as D, models
+    from .. import checkpoint as ck, data as D, models
 
     path = _resolve_weights(weights)
     try:
@@ -61,9 +61,13 @@ def load_model(weights: str | os.PathLike, model: str | None = None):
         if kind == "checkpoint":
             state = ck.load_checkpoint(path)
             state_dict = state.get("model", {})
-            config = state.get("config")
+            # fastconv-train keeps its settings in the state's metadata (at the top level
+            # in checkpoints of its first format)
+            run = state.get("metadata", state)
+            run = run if isinstance(run, dict) else {}
+            config = run.get("config")
             meta = {"model": config.get("model") if isinstance(config, dict) else None,
-                    "class_names": state.get("class_names")}
+                    "class_names": run.get("class_names")}
         else:
             state_dict = ck.load_weights(path)
             meta = ck.load_weights_metadata(path)
@@ -143,8 +147,9 @@ def predict(images, weights: str | os.PathLike | None = None, top: int = 3, *, m
     ``info``. ``top`` must be >= 1 (ValueError otherwise); above the number of classes, all
     are listed.
     """
-    from . import data as D
-    from .losses import softmax
+    from .. import data as D
+    from ..losses import softmax
+    from ..training import predict as model_outputs
 
     if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
         raise ValueError(f"predict: top must be an integer >= 1, got {top!r}")
@@ -158,7 +163,7 @@ def predict(images, weights: str | os.PathLike | None = None, top: int = 3, *, m
     if batch.shape[2:] != (32, 32):
         raise PredictError(f"images must be 32 x 32 after loading, got {batch.shape[2:]}")
     x = D.to_float32(batch, info["mean"], info["std"])
-    probs = softmax(model.forward(x), axis=1)
+    probs = softmax(model_outputs(model, x), axis=1)
     names = info["class_names"]
     k = min(int(top), probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]

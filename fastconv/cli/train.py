@@ -3,7 +3,11 @@
     fastconv-train                                   # simple_cnn, the default recipe
     fastconv-train --model vgg_small --out runs/vgg
     fastconv-train --out runs/vgg --resume           # continue after Ctrl-C or a crash
-    python -m fastconv.train --help
+    python -m fastconv.cli.train --help
+
+A command over :func:`fastconv.training.fit`: it turns options into a model, loaders, an
+optimiser and a schedule, and adds what a run folder needs as callbacks (metrics.csv and the
+console line per epoch, the checkpoint, the stop on Ctrl-C/SIGTERM) and final outputs.
 
 Default recipe (``simple_cnn``): SGD with Nesterov momentum 0.9, weight decay 5e-4, batch 128,
 random crop (4-pixel padding) + horizontal flip, one-cycle schedule (30% warm-up, max lr 0.05;
@@ -14,8 +18,9 @@ Output folder (``--out``, default ``runs/<model>``):
 * ``config.json``   the run's resolved options and environment
 * ``metrics.csv``   one row per epoch: epoch, step, train_loss, train_acc, test_loss, test_acc,
                     test_acc_1k (test rows 0-999), lr, seconds, images_per_s
-* ``checkpoint.npz`` everything needed to resume (model, optimiser, schedule position, RNG
-                    states, metrics), saved atomically after every epoch and on Ctrl-C/SIGTERM
+* ``checkpoint.npz`` everything needed to resume (fit's training state: model, optimiser,
+                    schedule position, RNG states, metrics; and the run's settings), saved
+                    atomically after every epoch and on Ctrl-C/SIGTERM
 * ``model.npz``     final weights (:func:`fastconv.checkpoint.save_weights`, usable by
                     ``fastconv-predict``)
 * ``curves.png``, ``filters.png``, ``confusion.png`` (with matplotlib), ``confusion.txt``
@@ -35,8 +40,6 @@ checkpoint.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -46,11 +49,14 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..training.callbacks import Callback
+from ..training.history import csv_text
 
 __all__ = ["main", "build_parser", "TrainConfig", "UserError", "DEFAULT_LR", "DEFAULT_EPOCHS"]
 
@@ -303,53 +309,24 @@ class _OutLock:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    from .checkpoint import atomic_write
+    from ..checkpoint import atomic_write
     with atomic_write(path) as f:
         f.write(text.encode("utf-8"))
 
 
 def _metrics_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    return buf.getvalue()
+    return csv_text(rows, METRIC_FIELDS, float_format=lambda v: f"{v:.6g}")
 
 
-class _Progress:
-    """tqdm bar when available and wanted, else nothing."""
+class _StopFlag(Callback):
+    """Turns SIGINT/SIGTERM into a request to stop the fit after the current step (or
+    validation batch); a second signal raises KeyboardInterrupt at once (abort without
+    saving). Also the testing aid ``--stop-after N``: a request after N optimiser steps."""
 
-    def __init__(self, total: int, initial: int, desc: str, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch",
-                                leave=False, file=sys.stderr, dynamic_ncols=True)
-
-    def update(self, loss: float, acc: float, ips: float) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"loss {loss:.3f} acc {100 * acc:.1f}% {ips:.0f} img/s",
-                                     refresh=False)
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class _StopFlag:
-    """Turns SIGINT/SIGTERM into a request to stop at the next step boundary.
-
-    A second signal raises KeyboardInterrupt at once (abort without saving).
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, stop_after: int | None = None) -> None:
         self.signum: int | None = None
+        self.stop_after = stop_after
+        self.steps = 0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
@@ -368,9 +345,9 @@ class _StopFlag:
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
             raise KeyboardInterrupt
-        self.signum = signum
         print(f"\n{PROG}: {signal.Signals(signum).name} received: saving a checkpoint after this "
               f"step (repeat to abort without saving)", file=sys.stderr, flush=True)
+        self.request(signum)
 
     @property
     def requested(self) -> bool:
@@ -379,6 +356,17 @@ class _StopFlag:
     def request(self, signum: int = signal.SIGINT) -> None:
         if self.signum is None:
             self.signum = signum
+        if self.trainer is not None:
+            self.trainer.stop_training = True
+
+    def on_train_begin(self, logs: dict) -> None:
+        if self.requested:                      # a signal before training started
+            self.trainer.stop_training = True
+
+    def on_batch_end(self, batch: int, logs: dict) -> None:
+        self.steps += 1
+        if self.stop_after is not None and self.steps >= self.stop_after:
+            self.request(signal.SIGINT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,7 +374,7 @@ class _StopFlag:
 # --------------------------------------------------------------------------------------------
 
 def _make_optimizer(cfg: TrainConfig, params):
-    from . import optim
+    from .. import optim
     try:
         if cfg.optimizer == "sgd":
             return optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
@@ -404,7 +392,7 @@ def _make_optimizer(cfg: TrainConfig, params):
 
 def _make_schedule(cfg: TrainConfig, opt, total_steps: int):
     """A per-batch schedule (None for constant)."""
-    from . import optim
+    from .. import optim
     warm = int(round(cfg.warmup * total_steps))
     if cfg.schedule == "onecycle":
         # as torch's OneCycleLR: momentum (Adam's beta1) cycles 0.95 -> 0.85 -> 0.95, unless
@@ -429,75 +417,37 @@ def _make_schedule(cfg: TrainConfig, opt, total_steps: int):
     return None
 
 
-def _dropout_layers(model) -> list:
-    from . import nn
-    return [m for m in model.modules() if isinstance(m, nn.Dropout)]
-
-
-def _evaluate(model, loader, crit, stop: _StopFlag) -> tuple[float, np.ndarray] | None:
-    """(mean loss, predictions) over the loader in eval mode; None if a stop was requested."""
-    model.eval()
-    loss_sum = 0.0
-    preds = []
-    try:
-        for xb, yb in loader:
-            logits = model.forward(xb)
-            loss_sum += crit.forward(logits, yb) * len(yb)
-            preds.append(np.argmax(logits, axis=1))
-            if stop.requested:
-                return None
-    finally:
-        model.train()
-    n = loader.num_samples
-    return loss_sum / max(n, 1), (np.concatenate(preds) if preds else np.empty(0, np.int64))
-
-
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
 
-@dataclass
-class _Position:
-    epoch: int = 0          # current epoch (0-based)
-    batch: int = 0          # next training batch in it; == batches/epoch: only eval is left
-    step: int = 0           # optimiser steps done in total
-    loss_sum: float = 0.0   # running sums of the current epoch
-    correct: int = 0
-    seen: int = 0
-    train_seconds: float = 0.0
-    metrics: list = field(default_factory=list)
+# fit's metric names -> the columns of metrics.csv
+_COLUMNS = {"epoch": "epoch", "step": "step", "loss": "train_loss", "accuracy": "train_acc",
+            "val_loss": "test_loss", "val_accuracy": "test_acc",
+            "val_accuracy_1k": "test_acc_1k", "lr": "lr", "seconds": "seconds",
+            "images_per_s": "images_per_s"}
 
 
-def _checkpoint_state(cfg, model, opt, sched, pos: _Position, loader, class_names) -> dict:
-    return {
-        "format": _CKPT_FORMAT,
-        "version": _CKPT_VERSION,
-        "config": asdict(cfg),
-        "model": dict(model.state_dict()),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict() if sched is not None else None,
-        "position": {k: v for k, v in asdict(pos).items() if k != "metrics"},
-        "metrics": list(pos.metrics),
-        "loader": loader.state_dict(),
-        "dropout_rng": [m.rng.bit_generator.state for m in _dropout_layers(model)],
-        "class_names": list(class_names),
-    }
+def _metric_rows(history) -> list[dict]:
+    """The History's rows under the names of metrics.csv."""
+    return [{_COLUMNS[k]: v for k, v in row.items() if k in _COLUMNS} for row in history]
 
 
-def _restore(state: dict, ckpt: Path, model, opt, sched) -> _Position:
-    try:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-        for m, s in zip(_dropout_layers(model), state.get("dropout_rng", [])):
-            m.rng.bit_generator.state = s
-        p = state["position"]
-        pos = _Position(**{k: p[k] for k in p}, metrics=list(state.get("metrics", [])))
-    except (KeyError, ValueError, TypeError) as e:
-        raise UserError(f"checkpoint {ckpt} does not fit this run ({e}); start a new run in "
-                        f"another --out") from e
-    return pos
+class _RunLog(Callback):
+    """After every epoch: the accuracy on the exact test rows 0-999 (``val_accuracy_1k``, added
+    to the History), metrics.csv rewritten, and the epoch's line on the console."""
+
+    def __init__(self, out: Path, y_test: np.ndarray, con: _Console) -> None:
+        self.out = out
+        self.y_test = y_test
+        self.con = con
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        correct = self.trainer.val_predictions == self.y_test
+        logs["val_accuracy_1k"] = float(correct[:1000].mean())
+        rows = _metric_rows(self.trainer.history)
+        _write_text_atomic(self.out / METRICS_NAME, _metrics_csv(rows))
+        self.con.info(_epoch_line(rows[-1], self.trainer.epochs, len(self.y_test)))
 
 
 def _run(ns: argparse.Namespace) -> int:
@@ -510,37 +460,53 @@ def _run(ns: argparse.Namespace) -> int:
         return _run_locked(ns, args_cfg, given, out)
 
 
+def _load_resume_state(ckpt: Path, args_cfg: TrainConfig, given: set) -> tuple[dict, TrainConfig]:
+    """The checkpoint's training state and the run's settings; options given again on the
+    command line must equal the run's."""
+    from .. import checkpoint as ck
+    from ..training.state import STATE_FORMAT
+    try:
+        state = ck.load_checkpoint(ckpt)
+    except ck.CheckpointError as e:
+        raise ck.CheckpointError(f"{e}; cannot resume from it (start a new run in another "
+                                 f"--out)") from e
+    meta = state.get("metadata")
+    if state.get("format") == _CKPT_FORMAT:       # version 1, before fastconv.training
+        raise UserError(f"{ckpt} was written by an older fastconv-train and cannot be resumed "
+                        f"by this one (its weights still load in fastconv-predict); start a "
+                        f"new run in another --out")
+    if state.get("format") != STATE_FORMAT or not isinstance(meta, dict) \
+            or meta.get("format") != _CKPT_FORMAT:
+        raise UserError(f"{ckpt} is not a fastconv-train checkpoint")
+    try:
+        saved = TrainConfig(**meta["config"])
+    except (KeyError, TypeError) as e:
+        raise UserError(f"checkpoint {ckpt} has an unreadable configuration ({e})") from e
+    for k in sorted(given):
+        new, old = getattr(args_cfg, k), getattr(saved, k)
+        if k == "model" and new != old:
+            raise UserError(f"checkpoint {ckpt} is from model {old}, not {new}: resume "
+                            f"without --model, or use another --out")
+        if new != old and not (k in ("lr", "warmup") and old is not None and
+                               new is not None and float(new) == float(old)):
+            raise UserError(f"--{k.replace('_', '-')} {new} differs from the checkpoint's "
+                            f"{old}; resume without it (the run keeps its settings)")
+    return state, saved
+
+
 def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out: Path) -> int:
     """The run, holding the lock on its output folder `out`."""
     import fastconv
-    from . import checkpoint as ck, data as D, losses, models
+    from .. import data as D, losses, models
+    from ..training import ModelCheckpoint, ProgressBar, fit
+    from ..training.state import ResumeError
 
     con = _Console(ns.quiet)
     ckpt = out / CHECKPOINT_NAME
 
     state: dict | None = None
     if ns.resume:
-        try:
-            state = ck.load_checkpoint(ckpt)
-        except ck.CheckpointError as e:
-            raise ck.CheckpointError(f"{e}; cannot resume from it (start a new run in another "
-                                     f"--out)") from e
-        if state.get("format") != _CKPT_FORMAT:
-            raise UserError(f"{ckpt} is not a fastconv-train checkpoint")
-        try:
-            saved = TrainConfig(**state["config"])
-        except (KeyError, TypeError) as e:
-            raise UserError(f"checkpoint {ckpt} has an unreadable configuration ({e})") from e
-        for k in sorted(given):
-            new, old = getattr(args_cfg, k), getattr(saved, k)
-            if k == "model" and new != old:
-                raise UserError(f"checkpoint {ckpt} is from model {old}, not {new}: resume "
-                                f"without --model, or use another --out")
-            if new != old and not (k in ("lr", "warmup") and old is not None and
-                                   new is not None and float(new) == float(old)):
-                raise UserError(f"--{k.replace('_', '-')} {new} differs from the checkpoint's "
-                                f"{old}; resume without it (the run keeps its settings)")
-        cfg = saved
+        state, cfg = _load_resume_state(ckpt, args_cfg, given)
     else:
         if ckpt.exists():
             raise UserError(f"{out} already holds a run ({CHECKPOINT_NAME}); add --resume to "
@@ -565,14 +531,10 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
     # ---- model, optimiser, schedule ------------------------------------------------------
     model = models.get_model(cfg.model, num_classes=len(ds.class_names), seed=cfg.seed)
     model.set_backend(ns.backend)
-    model.train()
     opt = _make_optimizer(cfg, model.parameters())
     sched = _make_schedule(cfg, opt, total_steps)
     crit = losses.CrossEntropyLoss()
-    if state is not None:
-        pos = _restore(state, ckpt, model, opt, sched)
-    else:
-        pos = _Position()
+    start = state["position"] if state is not None else {"epoch": 0, "batch": 0}
 
     run_info = {
         "config": asdict(cfg),
@@ -591,7 +553,8 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
         "batches_per_epoch": n_batches,
         "parameters": int(model.num_parameters()),
         "argv": list(sys.argv[1:]) if ns.argv is None else list(ns.argv),
-        "resumed_at": ({"epoch": pos.epoch, "batch": pos.batch} if state is not None else None),
+        "resumed_at": ({"epoch": start["epoch"], "batch": start["batch"]}
+                       if state is not None else None),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_text_atomic(out / CONFIG_NAME, json.dumps(run_info, indent=2) + "\n")
@@ -601,120 +564,65 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
                  f"{cfg.epochs} epochs of {n_batches} batches, {cfg.optimizer} lr {cfg.lr:g} "
                  f"{cfg.schedule}, backend {ns.backend}, {fastconv.get_num_threads()} threads "
                  f"-> {out}")
-    elif pos.epoch >= cfg.epochs:
+    elif start["epoch"] >= cfg.epochs:
         con.info(f"{PROG}: the run in {out} is already complete ({cfg.epochs} epochs): "
                  f"writing its final outputs again")
     else:
-        con.info(f"{PROG}: resuming {out} at epoch {pos.epoch + 1}, batch {pos.batch}")
+        con.info(f"{PROG}: resuming {out} at epoch {start['epoch'] + 1}, batch {start['batch']}")
 
-    show_bar = not ns.quiet and sys.stderr.isatty()
-
-    def save_checkpoint() -> None:
-        ck.save_checkpoint(ckpt, _checkpoint_state(cfg, model, opt, sched, pos, train_loader,
-                                                   ds.class_names))
-
+    run_log = _RunLog(out, ds.y_test, con)
+    callbacks: list[Callback] = [run_log, ModelCheckpoint(ckpt, metadata={
+        "format": _CKPT_FORMAT, "version": _CKPT_VERSION, "config": asdict(cfg),
+        "class_names": list(ds.class_names)})]
+    if not ns.quiet and sys.stderr.isatty():
+        callbacks.insert(0, ProgressBar(leave=False, epoch_lines=False))
     resume_cmd = f"{PROG} --out {out} --resume" + \
         (f" --data-dir {ns.data_dir}" if ns.data_dir is not None else "")
-    last_preds: np.ndarray | None = None
-    steps_here = 0
-    with _StopFlag() as stop:
-        while pos.epoch < cfg.epochs:
-            epoch = pos.epoch
-            # ---- train ---------------------------------------------------------------
-            if pos.batch < n_batches:
-                train_loader.set_epoch(epoch, pos.batch)
-                bar = _Progress(n_batches, pos.batch, f"epoch {epoch + 1}/{cfg.epochs}", show_bar)
-                t_start = time.perf_counter()
-                t_base = pos.train_seconds
-                try:
-                    for xb, yb in train_loader:
-                        opt.zero_grad()
-                        logits = model.forward(xb)
-                        loss = crit.forward(logits, yb)
-                        model.backward(crit.backward(), input_grad=False)
-                        opt.step()
-                        if sched is not None:
-                            sched.step()
-                        pos.loss_sum += loss * len(yb)
-                        pos.correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
-                        pos.seen += len(yb)
-                        pos.batch += 1
-                        pos.step += 1
-                        steps_here += 1
-                        pos.train_seconds = t_base + time.perf_counter() - t_start
-                        bar.update(pos.loss_sum / pos.seen, pos.correct / pos.seen,
-                                   pos.seen / max(pos.train_seconds, 1e-9))
-                        if not math.isfinite(loss):
-                            raise UserError(f"the loss diverged (nan/inf) at epoch {epoch + 1}, "
-                                            f"step {pos.step}: lower --lr (now {cfg.lr:g})")
-                        if ns.stop_after is not None and steps_here >= ns.stop_after:
-                            stop.request(signal.SIGINT)
-                        if stop.requested:
-                            break
-                finally:
-                    bar.close()
-            if stop.requested:
-                return _interrupted(stop, save_checkpoint, con, resume_cmd, pos, n_batches)
-            # ---- evaluate ------------------------------------------------------------
-            t_eval = time.perf_counter()
-            result = _evaluate(model, test_loader, crit, stop)
-            if result is None:
-                return _interrupted(stop, save_checkpoint, con, resume_cmd, pos, n_batches)
-            test_loss, preds = result
-            eval_seconds = time.perf_counter() - t_eval
-            last_preds = preds
-            y_test = ds.y_test
-            correct = preds == y_test
-            row = {
-                "epoch": epoch + 1,
-                "step": pos.step,
-                "train_loss": pos.loss_sum / max(pos.seen, 1),
-                "train_acc": pos.correct / max(pos.seen, 1),
-                "test_loss": float(test_loss),
-                "test_acc": float(correct.mean()) if correct.size else float("nan"),
-                "test_acc_1k": float(correct[:1000].mean()) if correct.size else float("nan"),
-                "lr": float(opt.lr),
-                "seconds": pos.train_seconds + eval_seconds,
-                "images_per_s": pos.seen / max(pos.train_seconds, 1e-9),
-            }
-            pos.metrics.append(row)
-            pos.epoch += 1
-            pos.batch = 0
-            pos.loss_sum, pos.correct, pos.seen, pos.train_seconds = 0.0, 0, 0, 0.0
-            _write_text_atomic(out / METRICS_NAME, _metrics_csv(pos.metrics))
-            save_checkpoint()
-            con.info(_epoch_line(row, cfg.epochs, len(y_test)))
+    with _StopFlag(ns.stop_after) as stop:
+        callbacks.append(stop)
+        try:
+            history = fit(model, train_loader, cfg.epochs, optimizer=opt, scheduler=sched,
+                          loss=crit, val=test_loader, callbacks=callbacks, progress=False,
+                          resume=state)
+        except ResumeError as e:
+            raise UserError(f"checkpoint {ckpt} does not fit this run ({e}); start a new run "
+                            f"in another --out") from e
+        except FloatingPointError as e:
+            raise UserError(f"{e} (--lr {cfg.lr:g})") from e
+        trainer = run_log.trainer
+        if stop.requested and trainer.epoch < cfg.epochs:
+            return _interrupted(stop, con, resume_cmd, trainer.position, n_batches)
 
     # ---- final outputs ------------------------------------------------------------------
     try:
-        return _final_outputs(out, cfg, model, test_loader, crit, ds, pos, last_preds, con)
+        return _final_outputs(out, cfg, model, test_loader, ds, _metric_rows(history),
+                              trainer.val_predictions, con)
     except KeyboardInterrupt:
         con.note(f"\n{PROG}: interrupted while writing the final outputs; every epoch's "
                  f"checkpoint is saved: {resume_cmd} writes them again")
         return 130
 
 
-def _final_outputs(out: Path, cfg: TrainConfig, model, test_loader, crit, ds, pos: "_Position",
-                   last_preds, con: "_Console") -> int:
+def _final_outputs(out: Path, cfg: TrainConfig, model, test_loader, ds, rows: list[dict],
+                   last_preds: np.ndarray | None, con: "_Console") -> int:
     """Weights, metrics, confusion matrix and plots of a finished run; returns 0."""
-    from . import checkpoint as ck, data as D, plotting
+    from .. import checkpoint as ck, data as D, plotting
+    from ..training import predict
     if last_preds is None:                      # resumed a finished run: evaluate once more
-        result = _evaluate(model, test_loader, crit, _StopFlag())
-        assert result is not None
-        last_preds = result[1]
+        last_preds = predict(model, test_loader).argmax(axis=1)
     ck.save_weights(out / WEIGHTS_NAME, model.state_dict(), metadata={
         "model": cfg.model, "class_names": list(ds.class_names),
         "mean": list(D.CIFAR10_MEAN), "std": list(D.CIFAR10_STD),
         "epochs": cfg.epochs, "seed": cfg.seed})
-    _write_text_atomic(out / METRICS_NAME, _metrics_csv(pos.metrics))
+    _write_text_atomic(out / METRICS_NAME, _metrics_csv(rows))
     cm = plotting.confusion_matrix(ds.y_test, last_preds, len(ds.class_names))
     table = plotting.format_confusion(cm, ds.class_names)
     _write_text_atomic(out / "confusion.txt", table + "\n")
     con.info("confusion matrix on the test set (rows: true class, columns: predicted)\n" + table)
-    _make_plots(out, pos.metrics, model, cm, ds.class_names, con)
-    if pos.metrics:
-        last = pos.metrics[-1]
-        total_s = sum(float(r["seconds"]) for r in pos.metrics)
+    _make_plots(out, rows, model, cm, ds.class_names, con)
+    if rows:
+        last = rows[-1]
+        total_s = sum(float(r["seconds"]) for r in rows)
         con.always(f"{PROG}: done: test accuracy {_test_acc_text(last, len(ds.y_test)).strip()}"
                    f"; {total_s / 60:.1f} min; weights in {out / WEIGHTS_NAME}")
     return 0
@@ -734,17 +642,18 @@ def _epoch_line(row: dict, epochs: int, n_test: int) -> str:
             f"{row['images_per_s']:.0f} img/s")
 
 
-def _interrupted(stop: _StopFlag, save, con: _Console, resume_cmd: str, pos: _Position,
+def _interrupted(stop: _StopFlag, con: _Console, resume_cmd: str, position: tuple[int, int],
                  n_batches: int) -> int:
-    save()
-    where = (f"epoch {pos.epoch + 1}, batch {pos.batch}/{n_batches}" if pos.batch < n_batches
-             else f"end of epoch {pos.epoch + 1} (before its evaluation)")
+    """The message of a run stopped by a signal (its checkpoint is saved); the exit status."""
+    epoch, batch = position
+    where = (f"epoch {epoch + 1}, batch {batch}/{n_batches}" if batch < n_batches
+             else f"end of epoch {epoch + 1} (before its evaluation)")
     con.note(f"{PROG}: interrupted at {where}; checkpoint saved; continue with: {resume_cmd}")
     return 128 + int(stop.signum or signal.SIGINT)
 
 
 def _make_plots(out: Path, rows: list, model, cm: np.ndarray, class_names, con: _Console) -> None:
-    from . import nn, plotting
+    from .. import nn, plotting
     if not plotting.have_matplotlib():
         con.note(f"{PROG}: matplotlib is not installed: plots skipped (pip install matplotlib); "
                  f"the metrics are in {out / METRICS_NAME}")
@@ -794,8 +703,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code) if isinstance(e.code, int) else 2
     ns.argv = argv
     keep_freed_memory()
-    from .checkpoint import CheckpointError
-    from .data import DatasetError
+    from ..checkpoint import CheckpointError
+    from ..data import DatasetError
     try:
         return _run(ns)
     except UserError as e:

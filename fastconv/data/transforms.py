@@ -1,0 +1,123 @@
+"""Image transforms on NumPy batches: per-channel statistics, normalisation to float, and the
+standard CIFAR augmentation (random crop with zero padding, horizontal flip), vectorised over
+the batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .cifar import CIFAR10_MEAN, CIFAR10_STD
+
+__all__ = ["compute_mean_std", "to_float32", "augment_batch"]
+
+
+def compute_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and population std of uint8 NCHW images, scaled to [0, 1].
+
+    Integer sums are exact (accumulated in int64 over chunks of ``chunk`` images, so no large
+    temporaries); ``std = sqrt(E[x^2] - E[x]^2) / 255``. Returns two float64 arrays of shape
+    (C,). Float input is taken as already scaled to [0, 1].
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"compute_mean_std: expected non-empty (N, C, H, W) images, "
+                         f"got shape {images.shape}")
+    n, c = images.shape[:2]
+    count = n * images.shape[2] * images.shape[3]
+    if images.dtype == np.uint8:
+        s1 = np.zeros(c, np.int64)
+        s2 = np.zeros(c, np.int64)
+        for i in range(0, n, chunk):
+            block = images[i:i + chunk].astype(np.int64)
+            s1 += block.sum(axis=(0, 2, 3))
+            s2 += np.einsum("nchw,nchw->c", block, block)
+        mean = s1 / count
+        var = s2 / count - mean * mean
+        return mean / 255.0, np.sqrt(np.maximum(var, 0.0)) / 255.0
+    x = images.astype(np.float64, copy=False)
+    mean = x.mean(axis=(0, 2, 3))
+    std = x.std(axis=(0, 2, 3))
+    return mean, std
+
+
+def _affine(mean: Sequence[float] | np.ndarray | None, std: Sequence[float] | np.ndarray | None,
+            channels: int, from_uint8: bool, ndim: int = 4,
+            dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """``scale, offset`` with ``y = x * scale + offset`` per channel (axis 1), each of ``dtype``
+    and shape (1, C, 1, ...) with ``ndim`` axes: ``scale = (1/255 for uint8) / std``,
+    ``offset = -mean / std``."""
+    m = np.zeros(channels) if mean is None else np.asarray(mean, np.float64).reshape(-1)
+    s = np.ones(channels) if std is None else np.asarray(std, np.float64).reshape(-1)
+    if m.shape != (channels,) or s.shape != (channels,):
+        raise ValueError(f"mean and std need {channels} values each, got {m.shape} and {s.shape}")
+    if np.any(s <= 0):
+        raise ValueError(f"std must be positive, got {s}")
+    pix = 1.0 / 255.0 if from_uint8 else 1.0
+    shape = (1, channels) + (1,) * (ndim - 2)
+    scale = (pix / s).astype(dtype).reshape(shape)
+    offset = (-m / s).astype(dtype).reshape(shape)
+    return scale, offset
+
+
+def to_float32(images: np.ndarray, mean: Sequence[float] | np.ndarray | None = CIFAR10_MEAN,
+               std: Sequence[float] | np.ndarray | None = CIFAR10_STD) -> np.ndarray:
+    """Decode images to float32 NCHW: ``(x / 255 - mean) / std`` per channel.
+
+    uint8 input is divided by 255; float input is taken as already in [0, 1]. ``mean=None`` /
+    ``std=None`` skip the shift / scale (e.g. ``to_float32(x, None, None)`` gives x / 255).
+    Returns a new C-contiguous float32 array of the same shape.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"to_float32: expected (N, C, H, W) images, got shape {images.shape}")
+    scale, offset = _affine(mean, std, images.shape[1], images.dtype == np.uint8)
+    out = np.multiply(images, scale, dtype=np.float32)
+    out += offset
+    return out
+
+
+_AUG_INDEX_CACHE: dict[tuple[int, ...], np.ndarray] = {}
+
+
+def augment_batch(images: np.ndarray, rng: np.random.Generator, *, pad: int = 4,
+                  flip: bool = True) -> np.ndarray:
+    """Random crop with ``pad`` pixels of zero padding, then random horizontal flip.
+
+    Vectorised over the batch (no per-image loop): the batch is zero padded once to
+    (N, C, H+2p, W+2p) and every output pixel is gathered with one ``np.take`` using per-image
+    offsets oy, ox ~ U{0..2p} and flips ~ Bernoulli(0.5). Crop offsets are drawn first, then
+    flips, so the random stream is fixed for given (rng state, N). Works on any dtype; on
+    uint8 (before normalisation) the padding is black, as in torchvision's
+    ``RandomCrop(32, padding=4)``. Returns a new (N, C, H, W) array.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"augment_batch: expected (N, C, H, W) images, got {images.shape}")
+    n, c, h, w = images.shape
+    if pad < 0:
+        raise ValueError(f"augment_batch: pad must be >= 0, got {pad}")
+    oy = rng.integers(0, 2 * pad + 1, size=n)
+    ox = rng.integers(0, 2 * pad + 1, size=n)
+    flips = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
+    if n == 0:
+        return images.copy()
+    hp, wp = h + 2 * pad, w + 2 * pad
+    padded = np.zeros((n, c, hp, wp), images.dtype)
+    padded[:, :, pad:pad + h, pad:pad + w] = images
+    key = (n, c, h, w, pad)
+    base = _AUG_INDEX_CACHE.get(key)
+    if base is None:
+        # offset of (image, channel, row, col) in the padded batch for a zero shift
+        base = ((np.arange(n) * (c * hp * wp))[:, None, None, None]
+                + (np.arange(c) * (hp * wp))[None, :, None, None]
+                + (np.arange(h) * wp)[None, None, :, None]
+                + np.arange(w)[None, None, None, :])
+        if len(_AUG_INDEX_CACHE) > 16:
+            _AUG_INDEX_CACHE.clear()
+        _AUG_INDEX_CACHE[key] = base
+    # extra column shift that maps output column j to w-1-j on flipped images
+    cols = np.where(flips[:, None], (w - 1) - 2 * np.arange(w)[None, :], 0)
+    shift = (oy * wp + ox)[:, None, None, None] + cols[:, None, None, :]
+    return np.take(padded.reshape(-1), base + shift)

@@ -1,0 +1,423 @@
+"""fit / evaluate / predict: the one training loop of fastconv, and the evaluation loop.
+
+A training step is::
+
+    model.zero_grad()
+    output = model.forward(x)
+    loss_value = loss.forward(output, y)
+    model.backward(loss.backward(), input_grad=False)
+    (callbacks: on_before_optimizer_step)
+    optimizer.step()
+    scheduler.step()          # every step, or once per epoch with scheduler_interval="epoch"
+
+exactly what a hand-written loop does, so the two give the same weights bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import optim
+from ..data import DataLoader
+from . import inputs, state as _state
+from .callbacks import Callback
+from .history import History
+from .progress import ProgressBar
+
+__all__ = ["fit", "evaluate", "predict", "Trainer"]
+
+
+def _modes(model) -> list:
+    """Every module's training flag, to put back with :func:`_restore_modes`."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def _restore_modes(modes: list) -> None:
+    # pre-order: a parent's train() sets its children, which then get their own flag back
+    for m, flag in modes:
+        m.train(flag)
+
+
+def _is_classification(output: np.ndarray, y: np.ndarray) -> bool:
+    return output.ndim == 2 and y.ndim == 1 and y.dtype.kind in "iu"
+
+
+def _loss_sum(loss_fn: Any, value: float, n: int) -> float:
+    """The batch's summed loss: ``value`` for a loss with ``reduction="sum"``, else value * n."""
+    return value if getattr(loss_fn, "reduction", "mean") == "sum" else value * n
+
+
+def _evaluation(model, loader: DataLoader, loss_fn: Any,
+                should_stop=None) -> tuple[dict[str, float], np.ndarray | None] | None:
+    """Loss (and accuracy, for classification) over ``loader`` in eval mode, and the predicted
+    classes (None unless classification); None when ``should_stop()`` turned true. The loader's
+    position and the model's modes are put back afterwards."""
+    modes = _modes(model)
+    position = loader.state_dict()
+    model.eval()
+    loader.set_epoch(0)
+    total, correct, seen = 0.0, 0, 0
+    preds: list[np.ndarray] = []
+    classification = True
+    batches = iter(loader)
+    try:
+        for xb, yb in batches:
+            out = model.forward(xb)
+            total += _loss_sum(loss_fn, loss_fn.forward(out, yb), len(yb))
+            seen += len(yb)
+            if classification and _is_classification(out, yb):
+                p = np.argmax(out, axis=1)
+                preds.append(p)
+                correct += int(np.count_nonzero(p == yb))
+            else:
+                classification = False
+            if should_stop is not None and should_stop():
+                return None
+    finally:
+        batches.close()
+        loader.load_state_dict(position)
+        _restore_modes(modes)
+    metrics = {"loss": total / seen}
+    if classification:
+        metrics["accuracy"] = correct / seen
+    return metrics, (np.concatenate(preds) if classification else None)
+
+
+class Trainer:
+    """One run of :func:`fit`: its pieces, its position and its loop (``fit`` makes one and
+    runs it). Callbacks see it as ``self.trainer``.
+
+    Read: ``model``, ``optimizer``, ``scheduler``, ``scheduler_interval``, ``loss``,
+    ``train`` and ``val`` (DataLoaders; ``val`` may be None), ``callbacks``, ``epochs``,
+    ``epoch`` (0-based index of the epoch in progress = epochs completed), ``batch`` (batches
+    done in it), ``step`` (optimiser steps in total), ``position`` (``(epoch, batch)``),
+    ``history`` (:class:`History`), ``val_predictions`` (the classes predicted for ``val`` at
+    the last validation, int64 (N,), or None). Write: ``stop_training = True`` to stop after
+    the current step or epoch. :meth:`state_dict` is the resumable state
+    (:mod:`fastconv.training.state`).
+    """
+
+    def __init__(self, model, train: DataLoader, epochs: int, optimizer, scheduler,
+                 scheduler_interval: str, loss, val: DataLoader | None,
+                 callbacks: Sequence[Callback]) -> None:
+        self.model = model
+        self.train = train
+        self.epochs = epochs
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.loss = loss
+        self.val = val
+        self.callbacks = list(callbacks)
+        self.epoch = 0
+        self.batch = 0
+        self.step = 0
+        self.history = History()
+        self.val_predictions: np.ndarray | None = None
+        self.stop_training = False
+        self.load_running_sums({})
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def position(self) -> tuple[int, int]:
+        """``(epoch, batch)``: the epoch in progress and the batches done in it."""
+        return self.epoch, self.batch
+
+    def running_sums(self) -> dict[str, Any]:
+        """Sums over the unfinished epoch's batches so far (part of the resumable state)."""
+        return {"loss_sum": self._loss_total, "correct": self._correct, "seen": self._seen,
+                "seconds": self._seconds, "classification": self._classification}
+
+    def load_running_sums(self, sums: dict[str, Any]) -> None:
+        """Set the sums of :meth:`running_sums` (all zero for an empty dict)."""
+        self._loss_total = float(sums.get("loss_sum", 0.0))
+        self._correct = int(sums.get("correct", 0))
+        self._seen = int(sums.get("seen", 0))
+        self._seconds = float(sums.get("seconds", 0.0))
+        self._classification = bool(sums.get("classification", True))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run bit-exactly (see
+        :mod:`fastconv.training.state`); what :class:`ModelCheckpoint` saves."""
+        return _state.capture(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a state of :meth:`state_dict` (e.g. ``load_checkpoint(path)``)."""
+        _state.restore(self, state)
+
+    # -- the loop -----------------------------------------------------------------------
+    def _call(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(*args)
+
+    def run(self) -> History:
+        """Train until ``epochs`` epochs are complete or a callback stops; returns the History."""
+        modes = _modes(self.model)
+        for cb in self.callbacks:
+            cb.set_trainer(self)
+        try:
+            self.model.train()
+            self._call("on_train_begin", {})
+            while self.epoch < self.epochs and not self.stop_training:
+                if not self._epoch():
+                    break
+            self._call("on_train_end", self.history.rows[-1] if self.history.rows else {})
+        except BaseException as e:
+            self._call("on_exception", e)
+            raise
+        finally:
+            _restore_modes(modes)
+        return self.history
+
+    def _epoch(self) -> bool:
+        """Train the current epoch from the current batch, validate it and record it; False
+        when a callback stopped before its end."""
+        epoch = self.epoch
+        self._call("on_epoch_begin", epoch, {})
+        if self.stop_training:
+            return False
+        n = len(self.train)
+        if self.batch < n:
+            self.train.set_epoch(epoch, self.batch)
+            start, base = time.perf_counter(), self._seconds
+            batches = iter(self.train)
+            try:
+                for xb, yb in batches:
+                    logs = self._step(xb, yb, n)
+                    self._seconds = base + time.perf_counter() - start
+                    logs.update(self._running(), images_per_s=self._speed())
+                    self._call("on_batch_end", self.batch - 1, logs)
+                    if self.stop_training:
+                        return False
+            finally:
+                batches.close()
+        t_val = time.perf_counter()
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, **self._running()}
+        if self.val is not None:
+            result = _evaluation(self.model, self.val, self.loss,
+                                 lambda: self.stop_training)
+            if result is None:
+                return False
+            metrics, self.val_predictions = result
+            row.update({f"val_{k}": v for k, v in metrics.items()})
+        row["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        row["seconds"] = self._seconds + (time.perf_counter() - t_val)
+        row["images_per_s"] = self._speed()
+        self.history.append(row)
+        self.epoch, self.batch = epoch + 1, 0
+        self.load_running_sums({})
+        self._call("on_epoch_end", epoch, row)
+        return True
+
+    def _step(self, xb: np.ndarray, yb: np.ndarray, n_batches: int) -> dict[str, Any]:
+        """One optimiser step on (xb, yb); returns the batch's logs."""
+        index, size = self.batch, len(yb)
+        self._call("on_batch_begin", index, {"size": size})
+        model, loss_fn = self.model, self.loss
+        model.zero_grad()
+        out = model.forward(xb)
+        value = loss_fn.forward(out, yb)
+        model.backward(loss_fn.backward(), input_grad=False)
+        logs: dict[str, Any] = {"size": size, "batch_loss": value}
+        self._call("on_before_optimizer_step", index, logs)
+        self.optimizer.step()
+        self.batch += 1
+        self.step += 1
+        if self.scheduler is not None and (self.scheduler_interval == "step"
+                                           or self.batch == n_batches):
+            self.scheduler.step()
+        self._loss_total += _loss_sum(loss_fn, value, size)
+        self._seen += size
+        if self._classification and _is_classification(out, yb):
+            self._correct += int(np.count_nonzero(np.argmax(out, axis=1) == yb))
+        else:
+            self._classification = False
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"fit: the loss is {value} at epoch {self.epoch + 1}, batch {index + 1} (step "
+                f"{self.step}): training diverged; lower the learning rate")
+        return logs
+
+    def _running(self) -> dict[str, float]:
+        """The epoch's mean loss (and accuracy, for classification) over its batches so far."""
+        seen = max(self._seen, 1)
+        out = {"loss": self._loss_total / seen}
+        if self._classification:
+            out["accuracy"] = self._correct / seen
+        return out
+
+    def _speed(self) -> float:
+        """Training images per second in the epoch so far."""
+        return self._seen / max(self._seconds, 1e-9)
+
+
+def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
+        scheduler_interval: str = "step", loss=None, val=None,
+        callbacks: Sequence[Callback] = (), batch_size: int | None = None,
+        val_batch_size: int | None = None, shuffle: bool | None = None,
+        seed: int | None = None, progress: bool = True,
+        resume: str | os.PathLike | dict | None = None) -> History:
+    """Train ``model`` for ``epochs`` epochs on ``train``; returns the per-epoch :class:`History`.
+
+    ::
+
+        from fastconv import data, models, optim
+        from fastconv.training import fit, EarlyStopping
+
+        cifar = data.load_cifar10()
+        train = data.DataLoader(cifar.x_train, cifar.y_train, 128, shuffle=True, augment=True)
+        test = data.DataLoader(cifar.x_test, cifar.y_test, 250)
+        model = models.simple_cnn(seed=0)
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+        sched = optim.OneCycleLR(opt, max_lr=0.05, total_steps=5 * len(train))
+        history = fit(model, train, 5, optimizer=opt, scheduler=sched, val=test,
+                      callbacks=[EarlyStopping("val_accuracy", patience=2)])
+        history.history["val_accuracy"]          # one value per epoch
+
+    The model is put in training mode for the steps and in eval mode for validation; every
+    module's mode is restored when fit returns (or raises).
+
+    Args:
+        model: a :class:`fastconv.nn.Module` whose output goes into ``loss``.
+        train: a :class:`fastconv.data.DataLoader`, or a pair ``(x, y)`` of arrays: x float32
+            or float64 (N, ...) used as they are (uint8 images are refused: convert them with
+            :func:`fastconv.data.to_float32`, or give a DataLoader, which also augments), y
+            (N,) integer labels or (N, ...) targets. Arrays are batched by ``batch_size``
+            (default 32), shuffled each epoch unless ``shuffle=False``, with ``seed``
+            (default 0).
+        epochs: the number of epochs of the whole run: a resumed fit trains the ones missing.
+        optimizer: a :mod:`fastconv.optim` optimiser over ``model.parameters()``; default
+            ``optim.Adam(model.parameters(), lr=1e-3)``.
+        scheduler: a :mod:`fastconv.optim` schedule of ``optimizer``, stepped after every
+            optimiser step (``scheduler_interval="step"``: its periods are in steps; one
+            epoch is ``len(train)`` steps) or once per epoch (``"epoch"``).
+        loss: a :mod:`fastconv.losses` loss; default ``CrossEntropyLoss()``. A loss with
+            ``reduction = "sum"`` is logged per sample as well.
+        val: validation data (as ``train``; arrays batched by ``val_batch_size``, default
+            256, in order), evaluated after every epoch: ``val_loss``, ``val_accuracy``.
+        callbacks: :class:`Callback` objects (:class:`ModelCheckpoint`,
+            :class:`EarlyStopping`, :class:`CSVLogger`, your own), run in this order.
+        progress: a tqdm bar per epoch (a plain line per epoch without tqdm); False: silent.
+        resume: a checkpoint path written by :class:`ModelCheckpoint`, or the state dict of
+            :meth:`Trainer.state_dict`, to continue that run bit-exactly (same model,
+            optimiser, scheduler and data; the thread count may differ).
+
+    Returns:
+        :class:`History`: ``history.rows`` (a dict per epoch: epoch, step, loss, accuracy,
+        val_loss, val_accuracy, lr, seconds, images_per_s) and ``history.history`` (a dict of
+        lists, as Keras').
+
+    Raises:
+        TypeError, ValueError: a bad argument, named, before any training.
+        fastconv.training.state.ResumeError: ``resume`` is the state of another run.
+        FloatingPointError: the loss became inf or NaN (lower the learning rate).
+        An exception (Ctrl-C in a notebook included) leaves the model as it was at that
+        moment, possibly in the middle of a step: continue from the last checkpoint.
+    """
+    where = "fit"
+    inputs.check_model(model, where)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"fit: epochs must be an int >= 1, got {epochs!r}")
+    if scheduler_interval not in ("step", "epoch"):
+        raise ValueError(f"fit: scheduler_interval must be 'step' or 'epoch', got "
+                         f"{scheduler_interval!r}")
+    loss = inputs.check_loss(loss, where)
+    train_loader = inputs.as_loader(train, "fit: train", batch_size=batch_size, shuffle=shuffle,
+                                    seed=seed, default_batch_size=inputs.DEFAULT_BATCH_SIZE,
+                                    default_shuffle=True)
+    inputs.check_targets(train_loader, loss, "fit: train")
+    val_loader = None
+    if val is not None:
+        val_loader = inputs.as_loader(val, "fit: val", batch_size=val_batch_size, shuffle=None,
+                                      seed=None,
+                                      default_batch_size=inputs.DEFAULT_EVAL_BATCH_SIZE)
+        inputs.check_targets(val_loader, loss, "fit: val")
+    elif val_batch_size is not None:
+        raise ValueError("fit: val_batch_size given without val")
+    if optimizer is None:
+        optimizer = optim.Adam(model.parameters(), lr=1e-3)
+    inputs.check_optimizer(optimizer, model, where)
+    if scheduler is not None:
+        if not callable(getattr(scheduler, "step", None)):
+            raise TypeError(f"fit: scheduler must be a fastconv.optim schedule, got "
+                            f"{type(scheduler).__name__}")
+        if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+            raise ValueError("fit: the scheduler belongs to another optimizer than the one "
+                             "given")
+    callbacks = list(callbacks)
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, Callback):
+            raise TypeError(f"fit: callbacks[{i}] is a {type(cb).__name__}, not a "
+                            f"fastconv.training.Callback")
+    if not isinstance(progress, bool):
+        raise TypeError(f"fit: progress must be True or False, got {progress!r}")
+    if progress:
+        callbacks.append(ProgressBar())
+    trainer = Trainer(model, train_loader, int(epochs), optimizer, scheduler, scheduler_interval,
+                      loss, val_loader, callbacks)
+    if resume is not None:
+        if isinstance(resume, (str, os.PathLike)):
+            from ..checkpoint import load_checkpoint
+            resume = load_checkpoint(resume)
+        if not isinstance(resume, dict):
+            raise TypeError(f"fit: resume must be a checkpoint path or a state dict, got "
+                            f"{type(resume).__name__}")
+        trainer.load_state_dict(resume)
+    return trainer.run()
+
+
+def evaluate(model, data, *, loss=None, batch_size: int | None = None) -> dict[str, float]:
+    """Mean loss (and accuracy, for classification) of ``model`` over ``data``, in eval mode.
+
+    ``data`` is a :class:`fastconv.data.DataLoader` or a pair ``(x, y)`` of arrays (batched by
+    ``batch_size``, default 256; see :func:`fit`). Returns ``{"loss": ..., "accuracy": ...}``
+    (accuracy when the output is (N, C) and y integer labels). The model's modes are restored
+    afterwards.
+    """
+    inputs.check_model(model, "evaluate")
+    loss = inputs.check_loss(loss, "evaluate")
+    loader = inputs.as_loader(data, "evaluate: data", batch_size=batch_size, shuffle=None,
+                              seed=None, default_batch_size=inputs.DEFAULT_EVAL_BATCH_SIZE)
+    inputs.check_targets(loader, loss, "evaluate: data")
+    metrics, _ = _evaluation(model, loader, loss)
+    return metrics
+
+
+def predict(model, x, *, batch_size: int | None = None) -> np.ndarray:
+    """The model's outputs for the inputs ``x``, in eval mode, computed in batches.
+
+    ``x`` is a float32/float64 array (N, ...) (uint8 images are refused: convert with
+    :func:`fastconv.data.to_float32`, which normalises as the loaders do) batched by
+    ``batch_size`` (default 256), or a DataLoader (its inputs, in its order; the labels are
+    ignored). Returns the concatenated outputs: for a classifier the logits (N, C), not
+    probabilities (``fastconv.losses.softmax(out, axis=1)`` gives those, ``out.argmax(1)``
+    the classes). The model's modes are restored afterwards.
+    """
+    inputs.check_model(model, "predict")
+    if isinstance(x, DataLoader):
+        if batch_size is not None:
+            raise ValueError("predict: batch_size applies to arrays; a DataLoader has its own")
+        position = x.state_dict()
+        x.set_epoch(0)
+        batches = (xb for xb, _ in x)
+    else:
+        arr = inputs.check_inputs(x, "predict")
+        bs = inputs.check_positive_int(inputs.DEFAULT_EVAL_BATCH_SIZE if batch_size is None
+                                       else batch_size, "batch_size", "predict")
+        position = None
+        batches = (arr[i:i + bs] for i in range(0, arr.shape[0], bs))
+    modes = _modes(model)
+    model.eval()
+    try:
+        outputs = [model.forward(xb) for xb in batches]
+    finally:
+        batches.close()
+        if position is not None:
+            x.load_state_dict(position)
+        _restore_modes(modes)
+    return np.concatenate(outputs)

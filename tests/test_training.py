@@ -1,0 +1,320 @@
+"""fastconv.training.fit / evaluate / predict on small models and synthetic data: what they
+compute (against a hand-written loop bit for bit, and against PyTorch), what they record, and
+the errors bad arguments give. Callbacks, resume and progress: test_callbacks.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastconv import data as D
+from fastconv import losses, nn, optim
+from fastconv.training import History, evaluate, fit, predict
+
+N_CLASSES = 4
+
+
+def make_data(n: int = 64, seed: int = 0, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3, 8, 8) images whose class (0..3) shifts the mean of one channel: learnable."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, N_CLASSES, n)
+    x = rng.normal(0, 1, (n, 3, 8, 8))
+    x[np.arange(n), y % 3] += 1.5 * (1 + y // 3)[:, None, None]
+    return x.astype(dtype), y.astype(np.int64)
+
+
+def make_model(seed: int = 0, dtype=np.float32) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, rng=seed, dtype=dtype), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(6 * 4 * 4, N_CLASSES, rng=seed + 1, dtype=dtype))
+
+
+def weights_bytes(model) -> dict[str, bytes]:
+    return {k: v.tobytes() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------------
+# What fit computes
+# --------------------------------------------------------------------------------------------
+
+def test_fit_learns_and_records_history():
+    x, y = make_data(96)
+    xv, yv = make_data(40, seed=1)
+    model = make_model()
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    h = fit(model, (x, y), 4, optimizer=opt, val=(xv, yv), batch_size=16, progress=False)
+    assert isinstance(h, History) and len(h) == 4
+    keys = ["epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+            "images_per_s"]
+    assert all(list(row) == keys for row in h.rows)
+    assert h.epoch == [1, 2, 3, 4] and [r["step"] for r in h] == [6, 12, 18, 24]
+    assert list(h.history) == keys and h.history["loss"] == [r["loss"] for r in h.rows]
+    assert h.history["loss"][-1] < 0.5 * h.history["loss"][0]
+    assert h.history["val_accuracy"][-1] > 0.5                # chance: 0.25
+    assert all(0 <= r["accuracy"] <= 1 and r["lr"] == 0.05 for r in h)
+    assert all(r["seconds"] > 0 and r["images_per_s"] > 0 for r in h)
+    # the last row's validation metrics are evaluate's
+    assert evaluate(model, (xv, yv)) == pytest.approx(
+        {"loss": h.rows[-1]["val_loss"], "accuracy": h.rows[-1]["val_accuracy"]}, rel=1e-12)
+    assert "4 epochs" in repr(h)
+
+
+def _hand_written_epoch(model, loader, opt, sched, crit):
+    for xb, yb in loader:
+        model.zero_grad()
+        value = crit.forward(model.forward(xb), yb)
+        model.backward(crit.backward(), input_grad=False)
+        opt.step()
+        sched.step()
+    return value
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_fit_epoch_equals_a_hand_written_loop_bit_for_bit(dtype):
+    x, y = make_data(100)
+    images = np.clip(x * 40 + 128, 0, 255).astype(np.uint8)
+    runs = []
+    for use_fit in (True, False):
+        model = make_model(seed=3, dtype=dtype)
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                        weight_decay=5e-4)
+        loader = D.DataLoader(images, y, 16, shuffle=True, augment=True, pad=1, seed=7,
+                              mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        sched = optim.OneCycleLR(opt, max_lr=0.05, total_steps=len(loader))
+        crit = losses.CrossEntropyLoss()
+        if use_fit:
+            fit(model, loader, 1, optimizer=opt, scheduler=sched, loss=crit, progress=False)
+        else:
+            model.train()
+            _hand_written_epoch(model, loader, opt, sched, crit)
+        runs.append(model)
+    assert runs[0].dtype == dtype
+    assert weights_bytes(runs[0]) == weights_bytes(runs[1])
+
+
+def test_fit_on_arrays_batches_like_a_dataloader():
+    x, y = make_data(50, dtype=np.float64)
+    a, b = make_model(dtype=np.float64), make_model(dtype=np.float64)
+    opt_a = optim.SGD(a.parameters(), lr=0.1)
+    fit(a, (x, y), 2, optimizer=opt_a, batch_size=16, seed=4, progress=False)
+    opt_b = optim.SGD(b.parameters(), lr=0.1)
+    loader = D.DataLoader(x, y, 16, shuffle=True, seed=4, mean=None, std=None)
+    b.train()
+    crit = losses.CrossEntropyLoss()
+    for _ in range(2):
+        for xb, yb in loader:
+            assert xb.dtype == np.float64                      # float64 data stays float64
+            b.zero_grad()
+            crit.forward(b.forward(xb), yb)
+            b.backward(crit.backward(), input_grad=False)
+            opt_b.step()
+    assert weights_bytes(a) == weights_bytes(b)
+
+
+def test_fit_matches_pytorch_sgd(torch):
+    x, y = make_data(32)
+    model = make_model(seed=5)
+    tmodel = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                 torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                                 torch.nn.Linear(6 * 4 * 4, N_CLASSES))
+    tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    topt = torch.optim.SGD(tmodel.parameters(), lr=0.1, momentum=0.9, nesterov=True,
+                           weight_decay=1e-3)
+    fit(model, (x, y), 2, optimizer=opt, batch_size=8, shuffle=False, progress=False)
+    crit = torch.nn.CrossEntropyLoss()
+    for _ in range(2):
+        for i in range(0, 32, 8):
+            topt.zero_grad()
+            crit(tmodel(torch.from_numpy(x[i:i + 8])), torch.from_numpy(y[i:i + 8])).backward()
+            topt.step()
+    for k, v in tmodel.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=k)
+
+
+def test_fit_default_optimizer_and_loss_train():
+    x, y = make_data(64)
+    model = make_model()
+    before = weights_bytes(model)
+    h = fit(model, (x, y), 3, progress=False)                  # Adam(lr=1e-3), cross-entropy
+    assert weights_bytes(model) != before
+    assert h.history["loss"][-1] < h.history["loss"][0]
+
+
+def test_fit_regression_targets_without_accuracy():
+    # a denoising autoencoder's shape of problem: targets are images, MSE loss
+    rng = np.random.default_rng(0)
+    clean = rng.normal(0, 1, (48, 2, 6, 6)).astype(np.float32)
+    noisy = clean + rng.normal(0, 0.3, clean.shape).astype(np.float32)
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, rng=0))
+    h = fit(model, (noisy, clean), 5, optimizer=optim.Adam(model.parameters(), lr=0.01),
+            loss=losses.MSELoss(), val=(noisy[:16], clean[:16]), batch_size=8, progress=False)
+    assert "accuracy" not in h.rows[0] and "val_accuracy" not in h.rows[0]
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    assert set(evaluate(model, (noisy, clean), loss=losses.MSELoss())) == {"loss"}
+
+
+class _SummedCrossEntropy(losses.CrossEntropyLoss):
+    """Cross-entropy summed over the batch (airbench's reduction)."""
+
+    reduction = "sum"
+
+    def forward(self, logits, targets):
+        self._n = len(targets)
+        return super().forward(logits, targets) * self._n
+
+    def backward(self):
+        return super().backward() * np.float32(self._n)
+
+
+def test_a_summed_loss_is_logged_per_sample():
+    x, y = make_data(50)
+    model = make_model()
+    mean = evaluate(model, (x, y), batch_size=16)
+    summed = evaluate(model, (x, y), loss=_SummedCrossEntropy(), batch_size=16)
+    assert summed["loss"] == pytest.approx(mean["loss"], rel=1e-6)
+    h = fit(model, (x, y), 1, optimizer=optim.SGD(model.parameters(), lr=1e-4),
+            loss=_SummedCrossEntropy(), batch_size=16, progress=False)
+    assert 0.5 < h.rows[0]["loss"] < 5                       # per sample, not per batch
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_scheduler_interval(interval):
+    x, y = make_data(40)
+    model = make_model()
+    opt = optim.SGD(model.parameters(), lr=0.08)
+    per = 1 if interval == "epoch" else 3                     # 40 / 16 -> 3 batches per epoch
+    sched = optim.StepLR(opt, step_size=per, gamma=0.5)
+    h = fit(model, (x, y), 3, optimizer=opt, scheduler=sched, scheduler_interval=interval,
+            batch_size=16, progress=False)
+    assert h.history["lr"] == [0.04, 0.02, 0.01]              # after each epoch's steps
+    assert sched.last_epoch == 3 * per
+
+
+def test_diverging_loss_raises():
+    class NaNLoss(losses.CrossEntropyLoss):
+        def forward(self, logits, targets):
+            super().forward(logits, targets)
+            return float("nan")
+
+    x, y = make_data(32)
+    with pytest.raises(FloatingPointError, match="epoch 1, batch 1 .*lower the learning rate"):
+        fit(make_model(), (x, y), 2, loss=NaNLoss(), progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate and predict
+# --------------------------------------------------------------------------------------------
+
+def test_evaluate_matches_the_outputs():
+    x, y = make_data(70)
+    model = make_model()
+    logits = model.eval().forward(x)
+    model.train()
+    crit = losses.CrossEntropyLoss()
+    result = evaluate(model, (x, y), batch_size=32)           # batches of 32, 32, 6
+    assert set(result) == {"loss", "accuracy"}
+    assert result["loss"] == pytest.approx(crit.forward(logits, y), rel=1e-6)
+    assert result["accuracy"] == np.mean(logits.argmax(1) == y)
+    assert model.training                                      # mode restored
+
+
+def test_predict_arrays_and_loaders():
+    x, y = make_data(70)
+    model = make_model()
+    expected = model.eval().forward(x)
+    model.train()
+    out = predict(model, x, batch_size=32)
+    assert out.shape == (70, N_CLASSES) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)               # eval mode, same kernels
+    assert model.training
+    images = np.clip(x * 40 + 128, 0, 255).astype(np.uint8)
+    loader = D.DataLoader(images, y, 16)
+    np.testing.assert_array_equal(predict(model, loader),
+                                  predict(model, D.to_float32(images)))
+    assert loader.state_dict() == {"seed": 0, "epoch": 0, "batch": 0}   # position kept
+
+
+def test_modes_are_restored_module_by_module():
+    x, y = make_data(32)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, rng=0), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Dropout(0.5, rng=1), nn.Linear(144, N_CLASSES, rng=2))
+    model[1].eval()                                            # a frozen-statistics BatchNorm
+
+    class Modes(__import__("fastconv.training", fromlist=["Callback"]).Callback):
+        seen = []
+
+        def on_batch_begin(self, batch, logs):
+            self.seen.append(model[4].training)
+
+    fit(model, (x, y), 1, optimizer=optim.SGD(model.parameters(), lr=0.01),
+        callbacks=[Modes()], val=(x, y), progress=False)
+    assert Modes.seen and all(Modes.seen)                      # training mode for the steps
+    assert [m.training for m in model.modules()] == [True, True, False, True, True, True, True]
+    model.eval()
+    evaluate(model, (x, y))
+    predict(model, x)
+    assert not any(m.training for m in model.modules())
+
+
+# --------------------------------------------------------------------------------------------
+# Bad arguments: one clear error before any training
+# --------------------------------------------------------------------------------------------
+
+def _bad_fit_cases():
+    x, y = make_data(20)
+    other = make_model(seed=9)
+    return [
+        (lambda m: fit("model", (x, y), 1), TypeError, "must be a fastconv.nn.Module"),
+        (lambda m: fit(m, (x, y), 0), ValueError, "epochs must be an int >= 1, got 0"),
+        (lambda m: fit(m, (x, y), 2.5), ValueError, "epochs"),
+        (lambda m: fit(m, (x, y), True), ValueError, "epochs"),
+        (lambda m: fit(m, ((x * 50).astype(np.uint8), y), 1), TypeError, "to_float32"),
+        (lambda m: fit(m, (x.astype(np.int64), y), 1), TypeError,
+         "x must hold float32 or float64 values, got dtype int64"),
+        (lambda m: fit(m, (x[0, 0, 0], y[:8]), 1), ValueError, "batch axis"),
+        (lambda m: fit(m, (x[:0], y[:0]), 1), ValueError, "no samples"),
+        (lambda m: fit(m, (x, y[:19]), 1), ValueError,
+         r"x holds 20 samples but y holds 19 \(shapes \(20, 3, 8, 8\) and \(19,\)\)"),
+        (lambda m: fit(m, (x, y.astype(np.float64)), 1), TypeError,
+         "CrossEntropyLoss needs integer class labels.*float64"),
+        (lambda m: fit(m, (x, np.stack([y, y], 1)), 1), TypeError, r"shape \(N,\)"),
+        (lambda m: fit(m, (x, y.astype(str)), 1), TypeError, "y must hold"),
+        (lambda m: fit(m, x, 1), TypeError, r"pair \(x, y\) of arrays.*give the labels too"),
+        (lambda m: fit(m, (x, y, y), 1), TypeError, "a tuple of 3 items"),
+        (lambda m: fit(m, D.DataLoader(x, y, 4, mean=None, std=None), 1, batch_size=8),
+         ValueError, "batch_size apply to .x, y. arrays"),
+        (lambda m: fit(m, (x, y), 1, batch_size=0), ValueError, "batch_size must be an int"),
+        (lambda m: fit(m, (x, y), 1, seed=-1), ValueError, "seed"),
+        (lambda m: fit(m, (x, y), 1, optimizer=optim.SGD(other.parameters(), lr=0.1)),
+         ValueError, "not the model's"),
+        (lambda m: fit(m, (x, y), 1, optimizer="sgd"), TypeError, "fastconv.optim optimiser"),
+        (lambda m: fit(m, (x, y), 1, optimizer=optim.SGD(m.parameters(), lr=0.1),
+                       scheduler=optim.StepLR(optim.SGD(m.parameters(), lr=0.1), 1)),
+         ValueError, "another optimizer"),
+        (lambda m: fit(m, (x, y), 1, scheduler_interval="batch"), ValueError,
+         "scheduler_interval"),
+        (lambda m: fit(m, (x, y), 1, loss=lambda a, b: 0.0), TypeError, "fastconv loss"),
+        (lambda m: fit(m, (x, y), 1, callbacks=[print]), TypeError, r"callbacks\[0\]"),
+        (lambda m: fit(m, (x, y), 1, progress="yes"), TypeError, "progress"),
+        (lambda m: fit(m, (x, y), 1, val_batch_size=8), ValueError, "without val"),
+        (lambda m: fit(m, (x, y), 1, val=(x, y[:3])), ValueError, "fit: val: x holds 20"),
+        (lambda m: fit(m, (x, y), 1, resume=[1, 2]), TypeError, "resume"),
+        (lambda m: evaluate(m, (x.astype(np.uint8), y)), TypeError, "to_float32"),
+        (lambda m: evaluate(object(), (x, y)), TypeError, "evaluate: model"),
+        (lambda m: evaluate(m, (x, y), batch_size=-2), ValueError, "batch_size"),
+        (lambda m: predict(m, x.astype(np.uint8)), TypeError, "predict: x holds uint8"),
+        (lambda m: predict(m, x, batch_size=0), ValueError, "batch_size"),
+        (lambda m: predict(m, D.DataLoader(x, y, 4), batch_size=4), ValueError, "its own"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_fit_cases())))
+def test_bad_arguments_give_clear_errors(case):
+    call, error, pattern = _bad_fit_cases()[case]
+    model = make_model()
+    before = weights_bytes(model)
+    with pytest.raises(error, match=pattern):
+        call(model)
+    assert weights_bytes(model) == before and model.training
