@@ -19,6 +19,7 @@ import pytest
 from fastconv import nn
 from fastconv.backend import use_backend
 from fastconv.gradcheck import gradcheck_layer
+from numerics import randomize_norms as _randomize
 
 
 @pytest.fixture(scope="module")
@@ -89,20 +90,6 @@ CASES = [
 ]
 CASE_IDS = [c[0] for c in CASES]
 CONV_POOL = {c[0] for c in CASES if c[0].startswith(("conv", "maxpool", "avgpool", "sequential"))}
-
-
-def _randomize(model, seed):
-    """Give BatchNorm/LayerNorm non-trivial affine parameters and running statistics."""
-    gen = np.random.default_rng(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
-            if m.weight is not None:
-                m.weight.data[...] = gen.uniform(0.5, 1.5, m.weight.data.shape)
-                m.bias.data[...] = gen.normal(size=m.bias.data.shape)
-            if getattr(m, "running_mean", None) is not None:
-                m.running_mean[...] = gen.normal(size=m.running_mean.shape)
-                m.running_var[...] = gen.uniform(0.5, 2.0, m.running_var.shape)
-    return model
 
 
 def _run_ours(layer, x, g):

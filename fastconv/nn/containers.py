@@ -77,13 +77,10 @@ class _Container(Module):
                     module.add_module(name, own)
         return module
 
-    def _joined(self, check, name: str):
-        """check() (which raises a _branch_error if the branches' outputs cannot be joined),
-        for the summary: the error then names the branches by their paths."""
-        try:
-            return check()
-        except ValueError as exc:
-            raise ValueError(f"summary: {_branch_message(exc, name)}") from exc
+    @staticmethod
+    def _summary_error(exc: ValueError, name: str) -> ValueError:
+        """The summary's error for a _branch_error of the container at path `name`."""
+        return ValueError(f"summary: {_branch_message(exc, name)}")
 
 
 def _child_name(prefix: str, name: str) -> str:
@@ -303,9 +300,8 @@ class Residual(_Container):
             other, short_rf = self.shortcut._summarize(shape, rf, _child_name(name, "shortcut"),
                                                        depth + 1, rows)
         if tuple(out) != tuple(other):
-            def check():
-                raise self._mismatch(out, other)
-            self._joined(check, name)
+            exc = self._mismatch(out, other)
+            raise self._summary_error(exc, name) from exc
         rf = join_fields([body_rf, short_rf])
         row["output_shape"] = tuple(out)
         set_field(row, rf)
@@ -359,7 +355,8 @@ class Concat(_Container):
             raise IndexError(f"Concat index {idx} out of range for {len(self)} branches") from None
 
     def _axis(self, shapes: list[tuple], names: list[str]) -> int:
-        """The axis `dim` stands for, after checking that the shapes can be concatenated."""
+        """The axis `dim` stands for, after checking that the branches' output shapes (of the
+        branches `names`) can be concatenated."""
         first = shapes[0]
         for name, shape in zip(names[1:], shapes[1:]):
             if len(shape) != len(first):
@@ -418,6 +415,10 @@ class Concat(_Container):
             except (ValueError, TypeError) as exc:
                 _reraise_in_child(exc, name, self)
             names.append(name)
+        return self._joined_shape(shapes, names)
+
+    def _joined_shape(self, shapes: list[tuple], names: list[str]) -> tuple:
+        """The shape of the concatenation of outputs of `shapes` (see _axis)."""
         axis = self._axis(shapes, names)
         out = list(shapes[0])
         out[axis] = sum(s[axis] for s in shapes)
@@ -431,10 +432,10 @@ class Concat(_Container):
             names.append(child_name)
             shapes.append(tuple(out))
             fields.append(field)
-        axis = self._joined(lambda: self._axis(shapes, names), name)
-        out = list(shapes[0])
-        out[axis] = sum(s[axis] for s in shapes)
-        out = tuple(out)
+        try:
+            out = self._joined_shape(shapes, names)
+        except ValueError as exc:
+            raise self._summary_error(exc, name) from exc
         rf = join_fields(fields)
         row["output_shape"] = out
         set_field(row, rf)

@@ -516,7 +516,7 @@ class Module:
     def _get_cache(self):
         cache = self._cache
         if cache is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
+            raise RuntimeError(f"{_one_line(self)}: backward called before forward")
         return cache
 
     def _forget_forward(self) -> None:
@@ -529,7 +529,7 @@ class Module:
     def _check_grad(self, grad_y, shape, dtype) -> np.ndarray:
         grad_y = np.asarray(grad_y)
         if grad_y.shape != shape:
-            raise ValueError(f"{self!r}.backward: grad_y has shape {grad_y.shape}, "
+            raise ValueError(f"{_one_line(self)}.backward: grad_y has shape {grad_y.shape}, "
                              f"expected the output shape {shape}")
         if grad_y.dtype != dtype:
             grad_y = grad_y.astype(dtype)
@@ -578,13 +578,19 @@ class Module:
         return "\n".join(lines)
 
 
+def _one_line(module: Module) -> str:
+    """`module` in error messages: its repr, or for a module with sub-modules (whose repr
+    spans lines) its type."""
+    return repr(module) if not module._modules else f"{type(module).__name__}(...)"
+
+
 def _as_input(layer: Module, x, dtype: np.dtype | None) -> np.ndarray:
     """`x` as an ndarray of `dtype` (the layer's parameters' dtype) or, if None, of its own
     float32/float64 dtype (other real dtypes -> float32)."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
     if x.dtype.kind not in "biuf":
-        raise TypeError(f"{layer!r}: input must hold real numbers, got dtype {x.dtype}")
+        raise TypeError(f"{_one_line(layer)}: input must hold real numbers, got dtype {x.dtype}")
     if dtype is None:
         dtype = _input_float_dtype(x)
     if x.dtype != dtype:
