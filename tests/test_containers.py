@@ -243,7 +243,8 @@ def test_errors_inside_nested_containers_name_the_layer_path():
         model(np.zeros((2, 4, 5, 5), np.float32))
     inner = nn.Sequential(nn.Residual(nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU())))
     y = inner(np.ones((2, 2, 3, 3), np.float32))
-    with pytest.raises(ValueError, match=r"^layer 0 of Sequential \(backward\): Residual\(\.\.\.\)\.backward: grad_y"):
+    with pytest.raises(ValueError,
+                       match=r"^layer 0 of Sequential \(backward\): Residual\(\.\.\.\)\.backward: grad_y"):
         inner.backward(np.ones((2, 2), np.float32))
     with pytest.raises(RuntimeError, match="backward called before forward"):
         nn.Residual(nn.ReLU()).backward(y)
@@ -260,7 +261,7 @@ def test_non_module_children_are_type_errors():
                  lambda: nn.Concat(nn.ReLU(), dim=1.0), lambda: nn.Sequential().append(max)):
         with pytest.raises(TypeError):
             make()
-    with pytest.raises(TypeError, match="Residual: shortcut is not a Module: 'conv'"):
+    with pytest.raises(TypeError, match="Residual: child 'shortcut' is not a Module: 'conv'"):
         nn.Residual(nn.ReLU(), shortcut="conv")
     with pytest.raises(ValueError, match="at least one branch"):
         nn.Concat()

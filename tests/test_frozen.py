@@ -228,8 +228,8 @@ def test_l2_penalty_and_frozen_parameters():
     lin.zero_grad()
     total = optim.l2_penalty(lin, 0.1)
     w, b = lin.weight.data, lin.bias.data
-    assert total == pytest.approx(0.05 * (np.sum(w.astype(np.float64) ** 2) + np.sum(b.astype(np.float64) ** 2)),
-                                  rel=1e-6)
+    squares = np.sum(w.astype(np.float64) ** 2) + np.sum(b.astype(np.float64) ** 2)
+    assert total == pytest.approx(0.05 * squares, rel=1e-6)
     np.testing.assert_array_equal(lin.weight.grad, 0)
     np.testing.assert_allclose(lin.bias.grad, 0.1 * b)
 

@@ -17,7 +17,8 @@ from typing import Iterator
 import numpy as np
 
 from . import fusion
-from .module import Module, _as_input, _branch_error, _branch_message, _reraise_in_child
+from .module import (Module, _as_input, _branch_error, _branch_message, _one_line,
+                     _reraise_in_child)
 from .summary import add_row, join_fields, set_field
 
 
@@ -43,7 +44,7 @@ def _bare_copy(module: Module) -> Module:
 
 class _Container(Module):
     """Shared code of the containers: taking in children (one layer object runs once per model)
-    and naming the child an error came from."""
+    and the summary's errors about branches."""
 
     def _adopt(self, module, where: str) -> Module:
         """`module`, checked to be a Module, with no module object that is already in this
@@ -56,7 +57,7 @@ class _Container(Module):
         ValueError (to share weights, make a second layer and assign it the first one's
         Parameter: ``b.weight = a.weight``)."""
         if not isinstance(module, Module):
-            raise TypeError(f"{type(self).__name__}: {where} is not a Module: {module!r}")
+            raise TypeError(f"{type(self).__name__}: child {where!r} is not a Module: {module!r}")
         present = {id(m) for m in _all_modules(self)}
         return self._unshared(module, where, present)
 
@@ -65,8 +66,8 @@ class _Container(Module):
             if _is_bare(module):
                 return _bare_copy(module)
             raise ValueError(
-                f"{type(self).__name__}: layer {where} ({module!r}) is already in this model. A "
-                f"layer keeps its last forward's values for backward, so one layer object "
+                f"{type(self).__name__}: layer {where} ({_one_line(module)}) is already in this "
+                f"model. A layer keeps its last forward's values for backward, so one layer object "
                 f"cannot run twice: make another layer; to share weights, assign the first "
                 f"one's Parameter to it (b.weight = a.weight)")
         present.add(id(module))
@@ -358,6 +359,7 @@ class Concat(_Container):
         """The axis `dim` stands for, after checking that the branches' output shapes (of the
         branches `names`) can be concatenated."""
         first = shapes[0]
+        names = [n.replace("{", "{{").replace("}", "}}") for n in names]  # (into a template)
         for name, shape in zip(names[1:], shapes[1:]):
             if len(shape) != len(first):
                 raise _branch_error(self, "the output of {at}" + name + " has shape {b}, with a "
