@@ -12,6 +12,9 @@ random subset of their entries (``max_checks``). For a Sequential, the numerical
 with respect to a parameter of layer k re-runs only layers k, k+1, ... from the cached input of
 layer k.
 
+Any module works, containers included (Residual, Concat, nested trees). Frozen parameters
+(``requires_grad=False``) get no gradient, so they are not checked.
+
 A parameter whose exact gradient is zero (the bias of a convolution followed by BatchNorm in
 training mode) gives a relative error near 1, as both gradients are rounding noise: leave such
 biases out (``bias=False``, as in VGG with BatchNorm) or skip them with ``params``.
@@ -173,7 +176,13 @@ def _check(module: Module, x: np.ndarray, loss_and_grad, eps: float, max_checks:
         unknown = [n for n in params if n not in named]
         if unknown:
             raise ValueError(f"gradcheck: unknown parameter names {unknown}; the module has {list(named)}")
+        frozen = [n for n in params if not named[n].requires_grad]
+        if frozen:
+            raise ValueError(f"gradcheck: parameters {frozen} are frozen (requires_grad=False): "
+                             f"backward computes no gradient for them")
         named = {n: named[n] for n in params}
+    else:  # (frozen parameters get no gradient to check)
+        named = {n: p for n, p in named.items() if p.requires_grad}
     for name, p in named.items():
         idx = _sample(p.grad, max_checks, gen)
         num = eval_numerical_gradient(f_from(owner.get(id(p), 0)), p.data, eps, idx, robust)

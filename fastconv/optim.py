@@ -11,6 +11,9 @@ Optimisers work on :class:`fastconv.nn.Parameter` objects (``.data`` updated in 
 
 ``params`` may also be a list of dicts (parameter groups with their own hyper-parameters), as
 in PyTorch. ``opt.lr`` reads the first group's learning rate and sets every group's.
+Parameters with ``requires_grad=False`` (frozen) may be listed: ``step`` leaves them and keeps
+no state for them, as PyTorch does with parameters that get no gradient (their index still
+counts in ``state_dict``).
 
 Schedules are closed-form functions of the step count ``last_epoch`` (the number of ``step()``
 calls since construction); each ``step()`` writes the new rate into the optimiser. Call
@@ -136,10 +139,12 @@ class Optimizer:
                 p.zero_grad() if hasattr(p, "zero_grad") else p.grad.fill(0)
 
     def step(self) -> None:
-        """One update of every parameter from its ``.grad``."""
+        """One update of every parameter from its ``.grad``. Frozen parameters
+        (``requires_grad=False``) are skipped and get no state, as PyTorch skips parameters
+        without a gradient."""
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
+                if not getattr(p, "requires_grad", True) or p.grad is None:
                     continue
                 state = self.state.setdefault(p, {})
                 self._update(p, p.grad, state, group)
@@ -423,7 +428,7 @@ def l2_penalty(model_or_params, lam: float, skip_1d: bool = False) -> float:
             continue
         flat = w.reshape(-1)
         total += 0.5 * lam * float(np.dot(flat, flat))
-        if lam:
+        if lam and getattr(p, "requires_grad", True):  # (a frozen parameter's term is a constant)
             p.grad += lam * w
     return total
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastconv import nn
+
 # Errors are measured relative to the largest magnitude of the expected array: sums of K
 # products in float32 carry ~sqrt(K) * 6e-8 relative error (K <= a few thousand here), so
 # 1e-5 leaves a wide margin yet catches any wrong term (an error of one term is ~1/K >= 1e-4).
@@ -23,3 +25,18 @@ def assert_close(actual, expected, dtype=None, tol=None, what=""):
     scale = max(1.0, float(np.max(np.abs(expected))))
     err = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
     assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol:.1g} * {scale:.3g}"
+
+
+def randomize_norms(model, seed):
+    """Give the BatchNorm/LayerNorm layers of `model` non-trivial affine parameters and running
+    statistics (PyTorch's defaults, ones and zeros, would hide mistakes); returns `model`."""
+    gen = np.random.default_rng(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
+            if m.weight is not None:
+                m.weight.data[...] = gen.uniform(0.5, 1.5, m.weight.data.shape)
+                m.bias.data[...] = gen.normal(size=m.bias.data.shape)
+            if getattr(m, "running_mean", None) is not None:
+                m.running_mean[...] = gen.normal(size=m.running_mean.shape)
+                m.running_var[...] = gen.uniform(0.5, 2.0, m.running_var.shape)
+    return model

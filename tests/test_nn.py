@@ -16,12 +16,10 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from fastconv import nn
 from fastconv.backend import use_backend
 from fastconv.gradcheck import gradcheck_layer
+from numerics import randomize_norms as _randomize
 
 
 @pytest.fixture(scope="module")
@@ -92,20 +90,6 @@ CASES = [
 ]
 CASE_IDS = [c[0] for c in CASES]
 CONV_POOL = {c[0] for c in CASES if c[0].startswith(("conv", "maxpool", "avgpool", "sequential"))}
-
-
-def _randomize(model, seed):
-    """Give BatchNorm/LayerNorm non-trivial affine parameters and running statistics."""
-    gen = np.random.default_rng(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
-            if m.weight is not None:
-                m.weight.data[...] = gen.uniform(0.5, 1.5, m.weight.data.shape)
-                m.bias.data[...] = gen.normal(size=m.bias.data.shape)
-            if getattr(m, "running_mean", None) is not None:
-                m.running_mean[...] = gen.normal(size=m.running_mean.shape)
-                m.running_var[...] = gen.uniform(0.5, 2.0, m.running_var.shape)
-    return model
 
 
 def _run_ours(layer, x, g):
@@ -668,132 +652,6 @@ def test_sequential_layer_given_twice(torch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Sequential's fused pairs (BatchNorm -> ReLU, ReLU -> MaxPool2d) must change nothing
-# ---------------------------------------------------------------------------------------------
-
-def _run_layer_by_layer(model, x, g, input_grad=True):
-    """Forward and backward through model's layers one at a time (no fusion)."""
-    layers = list(model)
-    for layer in layers:
-        x = layer.forward(x)
-    y = x
-    for i in range(len(layers) - 1, -1, -1):
-        g = layers[i].backward(g, input_grad=input_grad or i > 0)
-    return y, g, [p.grad.copy() for p in model.parameters()]
-
-
-def _run_fused(model, x, g, input_grad=True):
-    y = model.forward(x)
-    gx = model.backward(g, input_grad=input_grad)
-    return y, gx, [p.grad.copy() for p in model.parameters()]
-
-
-def _assert_same_runs(model, x, input_grad=True, seed=0):
-    """model's fused Sequential run gives the layer-by-layer results, bit for bit."""
-    y = model.forward(x)
-    g = np.random.default_rng(seed).standard_normal(y.shape).astype(y.dtype)
-    model.zero_grad()
-    want = _run_layer_by_layer(model, x, g, input_grad)
-    model.zero_grad()
-    got = _run_fused(model, x, g, input_grad)
-    np.testing.assert_array_equal(got[0], want[0])
-    if input_grad:  # (with input_grad=False, layers without a saving may still return it)
-        np.testing.assert_array_equal(got[1], want[1])
-    for a, e in zip(got[2], want[2]):
-        np.testing.assert_array_equal(a, e)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("backend", ["fast", "reference"])
-def test_sequential_fusion_vgg_block_matches_layer_by_layer(dtype, backend):
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False, rng=0, dtype=dtype), nn.BatchNorm2d(8, dtype=dtype),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1, bias=False, rng=1, dtype=dtype), nn.BatchNorm2d(16, dtype=dtype),
-        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 4 * 4, 5, rng=2, dtype=dtype),
-    ).set_backend(backend)
-    x = np.random.default_rng(3).standard_normal((6, 3, 8, 8)).astype(dtype)
-    _assert_same_runs(model, x)
-    _assert_same_runs(model, x, input_grad=False)
-    model.forward(x)
-    assert model.backward(np.ones((6, 5), dtype), input_grad=False) is None
-    model.eval()  # running statistics: BatchNorm -> ReLU runs unfused
-    _assert_same_runs(model, x)
-
-
-@pytest.mark.parametrize("pool", [
-    nn.MaxPool2d(2), nn.MaxPool2d(3, 2, 1), nn.MaxPool2d(2, ceil_mode=True),
-    nn.MaxPool2d(3, 1, 1, dilation=2), nn.MaxPool2d((2, 3), (1, 2), (1, 0), ceil_mode=True),
-], ids=repr)
-@pytest.mark.parametrize("backend", ["fast", "reference"])
-def test_sequential_relu_maxpool_reordered_matches(pool, backend):
-    # Small integers: many ties within windows, zeros, and windows wholly <= 0, where the two
-    # orders could differ if the reordering were wrong.
-    rng = np.random.default_rng(7)
-    model = nn.Sequential(nn.Conv2d(2, 3, 1, rng=0), nn.ReLU(), pool).set_backend(backend)
-    model[0].weight.data[...] = np.eye(3, 2)[:, :, None, None]
-    model[0].bias.data[...] = 0
-    x = rng.integers(-3, 3, (4, 2, 9, 11)).astype(np.float32)
-    _assert_same_runs(model, x)
-    # The pair first in the model, with the first layer's input gradient skipped.
-    first = nn.Sequential(nn.ReLU(), pool).set_backend(backend)
-    _assert_same_runs(first, x)
-    _assert_same_runs(first, x, input_grad=False)
-
-
-@given(k=st.integers(1, 4), s=st.integers(1, 3), d=st.integers(1, 2), ceil=st.booleans(),
-       h=st.integers(4, 12), w=st.integers(4, 12), data=st.data())
-@settings(max_examples=60, deadline=None)
-def test_sequential_relu_maxpool_reordered_property(k, s, d, ceil, h, w, data):
-    pad = data.draw(st.integers(0, k // 2))
-    if d * (k - 1) + 1 > h + 2 * pad or d * (k - 1) + 1 > w + 2 * pad:
-        return
-    model = nn.Sequential(nn.ReLU(), nn.MaxPool2d(k, s, pad, dilation=d, ceil_mode=ceil))
-    seed = data.draw(st.integers(0, 2**31 - 1))
-    x = np.random.default_rng(seed).integers(-2, 3, (2, 3, h, w)).astype(np.float32)
-    _assert_same_runs(model, x, seed=seed)
-
-
-@pytest.mark.parametrize("head", [
-    lambda: [nn.Conv2d(3, 32, 3, rng=0), nn.ReLU(), nn.MaxPool2d(2)],
-    lambda: [nn.Conv2d(3, 16, 5, padding=2, bias=False, rng=0), nn.MaxPool2d(3, 2, 1)],
-    lambda: [nn.Conv2d(3, 6, 5, rng=0), nn.ReLU(), nn.MaxPool2d(2)],  # the stored-gradient path
-], ids=["relu_pool", "pool_no_bias", "lenet"])
-@pytest.mark.parametrize("backend", ["fast", "reference"])
-def test_sequential_first_conv_backward_through_pool(head, backend, monkeypatch):
-    # A first Conv2d -> (ReLU ->) MaxPool2d: one fused forward and, with input_grad=False, one
-    # fused backward; the layer-by-layer outputs and gradients bit for bit.
-    from fastconv import functional as F, reference as R
-
-    model = nn.Sequential(*head(), nn.Flatten()).set_backend(backend)
-    x = np.random.default_rng(1).standard_normal((3, 3, 14, 14)).astype(np.float32)
-    _assert_same_runs(model, x, input_grad=False)
-    calls = []
-    ops = F if backend == "fast" else R
-    for name in ("conv2d_max_pool2d", "conv2d_backward_through_max_pool"):
-        real = getattr(ops, name)
-        monkeypatch.setattr(ops, name, lambda *a, _real=real, _name=name, **k:
-                            calls.append(_name) or _real(*a, **k))
-    model.zero_grad()
-    y = model.forward(x)
-    assert model.backward(np.ones_like(y), input_grad=False) is None
-    assert calls == ["conv2d_max_pool2d", "conv2d_backward_through_max_pool"]
-    model.backward(np.ones_like(y), input_grad=True)  # then the plain layers' backward
-    assert len(calls) == 2
-
-
-def test_sequential_fusion_nan_and_standalone_relu_backward():
-    model = nn.Sequential(nn.BatchNorm2d(2), nn.ReLU(), nn.ReLU(), nn.MaxPool2d(2))
-    x = np.random.default_rng(0).standard_normal((3, 2, 4, 4)).astype(np.float32)
-    x[0, 1, 2, 2] = np.nan
-    _assert_same_runs(model, x)
-    # After a fused forward the skipped ReLU still answers its own backward.
-    model.forward(x)
-    g = np.ones((3, 2, 4, 4), np.float32)
-    np.testing.assert_array_equal(model[1].backward(g), np.where(model[1]._cache[1] <= 0, 0, g))
-
-
-# ---------------------------------------------------------------------------------------------
 # Backends
 # ---------------------------------------------------------------------------------------------
 
@@ -817,7 +675,7 @@ def test_layers_resolve_backend_at_call_time(monkeypatch):
     conv.backward(np.ones_like(y))
     conv(x)
     assert calls == ["fastconv.functional", "fastconv.reference", "fastconv.functional"]
-    model = nn.Sequential(conv, nn.MaxPool2d(2)).set_backend("reference")
+    model = nn.Sequential(conv, nn.AvgPool2d(2)).set_backend("reference")
     assert conv.backend == "reference"
     calls.clear()
     model(x)
@@ -879,8 +737,10 @@ def test_summary_counts_buffers_and_nested_sequential():
     model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, (3, 1), stride=(1, 2), bias=False), nn.BatchNorm2d(2)),
                           nn.Flatten())
     s = model.summary((1, 5, 5), print_fn=None)
-    assert [r["name"] for r in s.rows] == ["0.0", "0.1", "1"]
-    assert s.rows[0]["rf_size"] == (3, 1) and s.rows[0]["rf_jump"] == (1, 2)
+    assert [r["name"] for r in s.rows] == ["0", "0.0", "0.1", "1"]
+    assert [r["depth"] for r in s.rows] == [0, 1, 1, 0]
+    assert s.rows[1]["rf_size"] == (3, 1) and s.rows[1]["rf_jump"] == (1, 2)
+    assert s.rows[0]["rf_size"] == (3, 1) and s.rows[0]["params"] == 10  # the block's output
     assert s.total_params == 6 + 4 and s.buffer_elements == 4
     assert "3x1 (1x2)" in s.text
 

@@ -6,9 +6,15 @@ Every layer is a :class:`Module`:
 * ``grad_x = layer.backward(grad_y)`` returns dL/dx and *accumulates* dL/dparam into each
   ``Parameter.grad`` (call ``zero_grad()`` between steps);
 * ``train()`` / ``eval()`` switch Dropout and BatchNorm between their two behaviours;
+* ``requires_grad_(False)`` (or ``p.requires_grad = False``) freezes parameters: no gradient
+  work for them, and optimisers leave them alone;
 * ``state_dict()`` / ``load_state_dict()`` use PyTorch's key names (``"0.weight"``,
   ``"3.running_mean"``, ``"3.num_batches_tracked"``), so a PyTorch state dict converted to NumPy
   arrays loads as is and gives the same outputs.
+
+Containers (``Sequential``, ``Residual``, ``Concat``) nest freely; state-dict keys follow the
+module tree (``"layer1.0.body.0.weight"``), and ``model.summary(input_shape)`` prints it. Which
+runs of layers inside them execute fused is decided by :mod:`fastconv.nn.fusion`.
 
 Layer names, constructor arguments and default initialisation follow ``torch.nn``. Layers
 are float32 by default (``dtype=np.float32``); ``model.astype(np.float64)`` converts a whole
@@ -30,8 +36,9 @@ Example::
 
 from __future__ import annotations
 
+from . import fusion
 from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
-from .containers import Sequential
+from .containers import Concat, Residual, Sequential
 from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Flatten, Identity, Linear
@@ -41,8 +48,8 @@ from .pool import AvgPool2d, MaxPool2d
 from .summary import ModelSummary
 
 __all__ = [
-    "Parameter", "Module", "Sequential", "Identity",
+    "Parameter", "Module", "Sequential", "Residual", "Concat", "Identity",
     "Conv2d", "MaxPool2d", "AvgPool2d", "Linear", "Flatten",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Dropout",
-    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "ModelSummary", "IncompatibleKeys",
+    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "ModelSummary", "IncompatibleKeys", "fusion",
 ]

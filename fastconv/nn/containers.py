@@ -1,20 +1,25 @@
-"""Containers: Sequential."""
+"""Containers: Sequential (a chain), Residual (a body plus a shortcut), Concat (branches joined
+on channels). They only route arrays and gradients; which layers of a chain run fused is
+decided by the planner, fusion.py.
+
+Containers nest freely, and their children's names make the state-dict keys, as in PyTorch
+(``"layer1.0.body.0.weight"``): a ``torch.nn.Module`` built as the same tree, with the same
+child names, loads the same state dict. Errors inside a tree name the path of the layer
+(``layer 1.body.0 of Sequential: Conv2d(...): expected input ...``).
+"""
 
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from .activation import ReLU
-from .conv import Conv2d
-from .linear import Flatten, Linear
-from .module import Module, _reraise_with_context
-from .normalization import _BatchNorm
-from .pool import MaxPool2d
-from .summary import ModelSummary, _fmt_shape
+from . import fusion
+from .module import (Module, _as_input, _branch_error, _branch_message, _one_line,
+                     _reraise_in_child)
+from .summary import add_row, join_fields, set_field
 
 
 def _all_modules(module: Module) -> Iterator[Module]:
@@ -25,56 +30,100 @@ def _all_modules(module: Module) -> Iterator[Module]:
             yield from _all_modules(child)
 
 
-class Sequential(Module):
-    """Layers applied in order; sub-modules are named "0", "1", ... (PyTorch's keys).
+def _is_bare(module: Module) -> bool:
+    """No parameters, buffers or sub-modules: a copy behaves the same (e.g. a ReLU)."""
+    return not module._parameters and not module._buffers and not module._modules
+
+
+def _bare_copy(module: Module) -> Module:
+    twin = copy.copy(module)  # (__getstate__ leaves the cached forward behind)
+    for registry in ("_parameters", "_buffers", "_modules"):
+        object.__setattr__(twin, registry, OrderedDict())
+    return twin
+
+
+class _Container(Module):
+    """Shared code of the containers: taking in children (one layer object runs once per model)
+    and the summary's errors about branches."""
+
+    def _adopt(self, module, where: str) -> Module:
+        """`module`, checked to be a Module, with no module object that is already in this
+        container's tree or twice in its own.
+
+        Each layer keeps its last forward's values for its backward, so one layer object
+        cannot run twice in a model: a layer without parameters, buffers or sub-modules given
+        again (``act = nn.ReLU()`` used after every conv, as often written for PyTorch) is
+        replaced by a copy of it, at any depth of `module`; a module with them raises
+        ValueError (to share weights, make a second layer and assign it the first one's
+        Parameter: ``b.weight = a.weight``)."""
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}: child {where!r} is not a Module: {module!r}")
+        present = {id(m) for m in _all_modules(self)}
+        return self._unshared(module, where, present)
+
+    def _unshared(self, module: Module, where: str, present: set) -> Module:
+        if id(module) in present:
+            if _is_bare(module):
+                return _bare_copy(module)
+            raise ValueError(
+                f"{type(self).__name__}: layer {where} ({_one_line(module)}) is already in this "
+                f"model. A layer keeps its last forward's values for backward, so one layer object "
+                f"cannot run twice: make another layer; to share weights, assign the first "
+                f"one's Parameter to it (b.weight = a.weight)")
+        present.add(id(module))
+        for name, child in list(module._modules.items()):
+            if child is not None:
+                own = self._unshared(child, f"{where}.{name}", present)
+                if own is not child:
+                    module.add_module(name, own)
+        return module
+
+    @staticmethod
+    def _summary_error(exc: ValueError, name: str) -> ValueError:
+        """The summary's error for a _branch_error of the container at path `name`."""
+        return ValueError(f"summary: {_branch_message(exc, name)}")
+
+
+def _child_name(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+class Sequential(_Container):
+    """Layers applied in order; sub-modules are named "0", "1", ... (PyTorch's keys), or by
+    the keys of an OrderedDict given as the only argument.
 
     ``model[i]`` is a layer, ``model[a:b]`` a Sequential of those layers, ``len(model)`` and
     ``iter(model)`` work as on a list. backward runs the layers' backward in reverse order.
 
-    Each layer keeps what its last forward saw for its backward, so one layer object cannot
-    run twice in a model. A layer without parameters or buffers given again (``act =
-    nn.ReLU()`` used after every conv, as often written for PyTorch) gets its own copy in
-    each later place; a layer with them raises ValueError (to share weights, make a second
-    layer and assign it the first one's Parameter: ``b.weight = a.weight``).
+    The chain runs as the steps of the fusion planner (fusion.py): Conv2d -> (ReLU ->)
+    MaxPool2d, BatchNorm -> ReLU and ReLU -> MaxPool2d run fused, with the results of the
+    layers run one by one, bit for bit. The plan is made at the first forward and kept until
+    a mode, backend or the tree changes.
+
+    ``backward(grad, input_grad=False)`` (no dL/dx wanted, as for a network's first layers in
+    training) stops at the first layer with a trainable parameter, which skips its input
+    gradient: earlier layers, frozen or without parameters, cost nothing.
+
+    One layer object runs once per model: a layer given twice is copied if it has no weights,
+    refused if it has (see ``_Container._adopt``).
     """
 
     def __init__(self, *layers) -> None:
         super().__init__()
+        object.__setattr__(self, "_plan", None)
         if len(layers) == 1 and isinstance(layers[0], OrderedDict):
             for name, layer in layers[0].items():
-                self.add_module(str(name), self._unshared(layer, repr(str(name))))
+                self.add_module(str(name), self._adopt(layer, str(name)))
         else:
             for i, layer in enumerate(layers):
-                if not isinstance(layer, Module):
-                    raise TypeError(f"Sequential: argument {i} is not a Module: {layer!r}")
-                self.add_module(str(i), self._unshared(layer, str(i)))
-
-    def _unshared(self, layer, where: str):
-        """`layer`, or a copy of it if it is already in this model (see the class docstring)."""
-        if not isinstance(layer, Module):
-            return layer
-        present = {id(m) for m in _all_modules(self)}
-        repeated = [m for m in _all_modules(layer) if id(m) in present]
-        if not repeated:
-            return layer
-        if repeated == [layer] and not layer._parameters and not layer._buffers \
-                and not layer._modules:
-            twin = copy.copy(layer)  # (__getstate__ leaves the cached forward behind)
-            for registry in ("_parameters", "_buffers", "_modules"):
-                object.__setattr__(twin, registry, OrderedDict())
-            return twin
-        raise ValueError(
-            f"Sequential: layer {where} ({repeated[0]!r}) is already in this model. A layer "
-            f"keeps its last forward's values for backward, so one layer object cannot run "
-            f"twice: make another layer; to share weights, assign the first one's Parameter "
-            f"to it (b.weight = a.weight)")
+                self.add_module(str(i), self._adopt(layer, str(i)))
 
     def append(self, layer: Module) -> "Sequential":
         """Add `layer` at the end (named by its position); it inherits this model's backend
         override. A layer already in the model is copied or refused, as in the constructor."""
         if not isinstance(layer, Module):
             raise TypeError(f"Sequential.append: expected a Module, got {type(layer).__name__}")
-        layer = self._unshared(layer, str(len(self)))
+        layer = self._adopt(layer, str(len(self)))
         self.add_module(str(len(self)), layer)
         self._cache = None
         if self._backend is not None:
@@ -100,174 +149,299 @@ class Sequential(Module):
         except IndexError:
             raise IndexError(f"Sequential index {idx} out of range for {len(layers)} layers") from None
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Run the layers in order. These runs of layers are fused, with the same results:
+    def _steps(self) -> list:
+        """The fusion plan of the layers, made again only when out of date (see fusion.py)."""
+        plan = self._plan
+        epoch = fusion.plan_epoch()
+        if plan is None or plan[0] != epoch:
+            plan = (epoch, fusion.plan(self.named_children()))
+            object.__setattr__(self, "_plan", plan)
+        return plan[1]
 
-        * Conv2d -> (ReLU ->) MaxPool2d: one op, conv2d_max_pool2d; for RGB first layers and
-          Winograd layers the conv output is never stored whole (each image's planes pooled
-          in cache).
-        * BatchNorm (batch statistics) -> ReLU: one pass computes relu(batch_norm(x)), and its
-          backward applies the ReLU's gradient in the batch norm's own passes.
-        * ReLU -> MaxPool2d: one pass computes relu(max_pool(x)), the ReLU on 1/k^2 of the
-          data, and the pooling's backward applies the ReLU's gradient in its scatter. max is
-          monotone, so relu(max(window)) == max(relu(window)); where the gradient is nonzero
-          (window max > 0) both orders pick the same arg-max, and elsewhere both give 0.
-        """
-        layers = list(self._modules.values())
-        names = list(self._modules)
-        order: list[int] = []  # layer indices in the order run; backward runs it reversed
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            nxt = layers[i + 1] if i + 1 < len(layers) else None
-            at = i
-            after = layers[i + 2] if i + 2 < len(layers) else None
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Run the layers in order, as the steps of the fusion plan (see the class docstring)."""
+        steps = self._steps()
+        for step in steps:
             try:
-                relu = type(nxt) is ReLU
-                pool = after if relu else nxt
-                ops = layer._ops() if type(layer) is Conv2d and type(pool) is MaxPool2d else None
-                if ops is not None and pool._ops() is ops:  # (one backend for both)
-                    x = layer._forward_max_pool(pool, x, relu, ops)
-                    if relu:
-                        nxt._cache = (nxt._ops(), x)  # as if run alone, as below
-                    order += [i, i + 2 if relu else i + 1]
-                    i += 3 if relu else 2
-                elif (type(nxt) is ReLU and isinstance(layer, _BatchNorm)
-                        and layer._uses_batch_stats()):
-                    x = layer._forward(x, relu=True)
-                    nxt._cache = (layer._ops(), x)  # as if run alone: its backward still works
-                    order.append(i)
-                    i += 2
-                elif type(layer) is ReLU and type(nxt) is MaxPool2d:
-                    at = i + 1
-                    x = nxt._forward(x, relu=True)
-                    layer._cache = (layer._ops(), x)  # as if run alone, as above
-                    order.append(i + 1)
-                    i += 2
-                else:
-                    x = layer.forward(x)
-                    order.append(i)
-                    i += 1
+                x = step.forward(x)
             except (ValueError, TypeError) as exc:
-                _reraise_with_context(exc, f"layer {names[at]} of Sequential")
-        self._cache = order
+                _reraise_in_child(exc, step.error_name(False), self)
+        self._cache = steps
         return x
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        """Backpropagate through all layers and return dL/dx. ``input_grad=False`` lets the first
-        layer skip computing dL/dx (Conv2d and Linear then return None), which saves the
-        input-gradient convolution of the first layer in training."""
-        layers = list(self._modules.items())
-        # The order of the last forward (fused pairs); plain reverse order when the layers were
-        # run one by one.
-        order = self._cache if self._cache is not None else list(range(len(layers)))
-        # A first Conv2d whose output went (through a ReLU) into a MaxPool2d, with no input
-        # gradient wanted: both backward in one op, the conv output's gradient never stored
-        # whole (see conv2d_backward_through_max_pool).
-        through_pool = (not input_grad and self._cache is not None and len(order) >= 2
-                        and type(layers[order[0]][1]) is Conv2d
-                        and type(layers[order[1]][1]) is MaxPool2d
-                        and all(type(layers[j][1]) is ReLU for j in range(1, order[1])))
+        """Backpropagate through the layers (the steps of the last forward) and return dL/dx.
+        ``input_grad=False``: no dL/dx (None is returned), so backward stops at the first
+        layer with a trainable parameter, which skips its input gradient (Conv2d, Linear);
+        a first Conv2d -> (ReLU ->) MaxPool2d then backpropagates in one op."""
+        steps = self._cache
+        if steps is None:  # layers run one by one, not through this container's forward
+            steps = fusion.plan(self.named_children(), fuse=False)
+        first = 0
+        if not input_grad:
+            first = next((k for k, step in enumerate(steps) if step.needs_grad()), len(steps))
         g = grad_y
-        for k, i in enumerate(reversed(order)):
-            name, layer = layers[i]
+        for k in range(len(steps) - 1, first - 1, -1):
+            step = steps[k]
             try:
-                if through_pool and k == len(order) - 2:
-                    layers[order[0]][1]._backward_through_max_pool(layer, g)
-                    return None
-                if k == len(order) - 1 and not input_grad:
-                    g = layer.backward(g, input_grad=False)
-                else:
-                    g = layer.backward(g)
+                g = step.backward(g, input_grad or k > first)
             except (ValueError, TypeError) as exc:
-                _reraise_with_context(exc, f"layer {name} of Sequential (backward)")
-        return g
+                _reraise_in_child(exc, step.error_name(True), self, backward=True)
+        return g if input_grad else None
 
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
-        for layer in self:
-            shape = tuple(layer.output_shape(shape))
+        for name, layer in self.named_children():
+            try:
+                shape = tuple(layer.output_shape(shape))
+            except (ValueError, TypeError) as exc:
+                _reraise_in_child(exc, name, self)
         return shape
 
-    def _summary_rows(self, shape, rf, prefix, rows):
-        for name, layer in self.named_children():
-            full = f"{prefix}{name}"
-            if isinstance(layer, Sequential):
-                shape, rf = layer._summary_rows(shape, rf, f"{full}.", rows)
-                continue
-            try:
-                out = tuple(layer.output_shape(shape))
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"summary: layer {full} ({layer!r}) cannot take input of shape "
-                                 f"{shape}: {exc}") from exc
-            rf_size = rf_jump = None
-            receptive = getattr(layer, "_receptive", None)
-            if receptive is not None and rf is not None:
-                kernel, stride, dilation, _ = receptive(shape)
-                rf = tuple((r + (d * (k - 1)) * j, j * s)
-                           for (r, j), k, s, d in zip(rf, kernel, stride, dilation))
-                rf_size = tuple(r for r, _ in rf)
-                rf_jump = tuple(j for _, j in rf)
-            elif isinstance(layer, (Flatten, Linear)) or len(out) != len(shape):
-                rf = None
-            rows.append(dict(name=full, layer=layer, type=type(layer).__name__,
-                             output_shape=out, params=layer.num_parameters(),
-                             rf_size=rf_size, rf_jump=rf_jump))
-            shape = out
+    def _summarize(self, shape, rf, name, depth, rows):
+        row = add_row(rows, self, name, depth)
+        for child_name, layer in self.named_children():
+            shape, rf = layer._summarize(shape, rf, _child_name(name, child_name), depth + 1, rows)
+        row["output_shape"] = shape
+        set_field(row, rf)
         return shape, rf
 
-    def summary(self, input_shape, print_fn: Callable[[str], None] | None = print) -> ModelSummary:
-        """Keras-like table of the layers: name and type, output shape, parameter count and, for
-        each convolution/pooling output, its receptive field (size and jump/stride, in input
-        pixels). Printed with `print_fn` (None: not printed); returns a :class:`ModelSummary`.
 
-        input_shape: the shape of one sample, e.g. (3, 32, 32) (the batch axis shows as None);
-        a 4-tuple is taken as a whole batch (N, C, H, W).
+class Residual(_Container):
+    """y = body(x) + shortcut(x), or y = body(x) + x without a shortcut (ResNet's blocks).
 
-        Receptive field recurrence (per axis, starting at r = j = 1 on the input):
-            r_out = r_in + d (k - 1) j_in,   j_out = j_in s
-        """
-        input_shape = tuple(int(s) for s in input_shape)
-        if len(input_shape) == 4:
-            batch, shape = input_shape[0], input_shape
+    backward sends the gradient through both and sums them at the input. The children are
+    named ``body`` and ``shortcut`` (state-dict keys ``body.0.weight``, ``shortcut.1.bias``,
+    ...; no shortcut, no keys), as a PyTorch twin would write them::
+
+        class Residual(torch.nn.Module):
+            def __init__(self, body, shortcut=None):
+                super().__init__()
+                self.body, self.shortcut = body, shortcut
+            def forward(self, x):
+                return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    Both outputs must have the same shape (no broadcasting): ValueError naming both branches
+    and shapes otherwise. A ResNet BasicBlock with a 1x1 stride-2 projection::
+
+        nn.Sequential(nn.Residual(
+            nn.Sequential(nn.Conv2d(64, 128, 3, 2, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+                          nn.Conv2d(128, 128, 3, 1, 1, bias=False), nn.BatchNorm2d(128)),
+            shortcut=nn.Sequential(nn.Conv2d(64, 128, 1, 2, bias=False), nn.BatchNorm2d(128))),
+            nn.ReLU())
+    """
+
+    def __init__(self, body: Module, shortcut: Module | None = None) -> None:
+        super().__init__()
+        self.add_module("body", self._adopt(body, "body"))
+        self.add_module("shortcut", None if shortcut is None else self._adopt(shortcut, "shortcut"))
+
+    def _mismatch(self, body_shape, shortcut_shape) -> ValueError:
+        other = "{at}shortcut" if self.shortcut is not None else "the input (identity shortcut)"
+        return _branch_error(self, "the output of {at}body has shape {a} but " + other +
+                             " has shape {b}: they must be equal to be added",
+                             a=tuple(body_shape), b=tuple(shortcut_shape))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        try:
+            y = self.body.forward(x)
+        except (ValueError, TypeError) as exc:
+            _reraise_in_child(exc, "body", self)
+        s = x
+        if self.shortcut is not None:
+            try:
+                s = self.shortcut.forward(x)
+            except (ValueError, TypeError) as exc:
+                _reraise_in_child(exc, "shortcut", self)
+        if y.shape != s.shape:
+            raise self._mismatch(y.shape, s.shape)
+        self._cache = (y.shape, y.dtype)
+        # (a new array: the body's output may be kept by its last layer for its backward)
+        return np.add(y, s, dtype=y.dtype)
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        shape, dtype = self._get_cache()
+        g = self._check_grad(grad_y, shape, dtype)
+        try:
+            gx = self.body.backward(g, input_grad=input_grad)
+        except (ValueError, TypeError) as exc:
+            _reraise_in_child(exc, "body", self, backward=True)
+        gs = g
+        if self.shortcut is not None:
+            try:
+                gs = self.shortcut.backward(g, input_grad=input_grad)
+            except (ValueError, TypeError) as exc:
+                _reraise_in_child(exc, "shortcut", self, backward=True)
+        if not input_grad:
+            return None
+        return gx + gs
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        try:
+            out = tuple(self.body.output_shape(shape))
+        except (ValueError, TypeError) as exc:
+            _reraise_in_child(exc, "body", self)
+        other = shape
+        if self.shortcut is not None:
+            try:
+                other = tuple(self.shortcut.output_shape(shape))
+            except (ValueError, TypeError) as exc:
+                _reraise_in_child(exc, "shortcut", self)
+        if out != other:
+            raise self._mismatch(out, other)
+        return out
+
+    def _summarize(self, shape, rf, name, depth, rows):
+        row = add_row(rows, self, name, depth)
+        out, body_rf = self.body._summarize(shape, rf, _child_name(name, "body"), depth + 1, rows)
+        other, short_rf = shape, rf
+        if self.shortcut is not None:
+            other, short_rf = self.shortcut._summarize(shape, rf, _child_name(name, "shortcut"),
+                                                       depth + 1, rows)
+        if tuple(out) != tuple(other):
+            exc = self._mismatch(out, other)
+            raise self._summary_error(exc, name) from exc
+        rf = join_fields([body_rf, short_rf])
+        row["output_shape"] = tuple(out)
+        set_field(row, rf)
+        return tuple(out), rf
+
+
+class Concat(_Container):
+    """Branches run on the same input, their outputs concatenated along `dim` (1: channels of
+    (N, C, H, W), as Inception's blocks); backward splits the gradient among the branches and
+    sums their input gradients.
+
+    Branches are named "0", "1", ... (state-dict keys ``0.weight``, ``1.0.bias``, ...), or by
+    the keys of an OrderedDict given as the only positional argument, as PyTorch's
+    ``nn.ModuleList``/``nn.Sequential`` name theirs; a PyTorch twin::
+
+        class Concat(torch.nn.ModuleList):
+            def __init__(self, *branches, dim=1):
+                super().__init__(branches)
+                self.dim = dim
+            def forward(self, x):
+                return torch.cat([branch(x) for branch in self], self.dim)
+
+    The outputs must have the same number of axes and the same sizes outside `dim`:
+    ValueError naming the branches and their shapes otherwise.
+    """
+
+    def __init__(self, *branches, dim: int = 1) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise TypeError(f"Concat: dim must be an int, got {dim!r}")
+        self.dim = int(dim)
+        if len(branches) == 1 and isinstance(branches[0], OrderedDict):
+            items = [(str(name), branch) for name, branch in branches[0].items()]
         else:
-            batch, shape = None, (1,) + input_shape
-        rf = ((1, 1), (1, 1)) if len(shape) == 4 else None
-        rows: list[dict] = []
-        self._summary_rows(shape, rf, "", rows)
-        total = self.num_parameters()
-        buffers = sum(b.size for name, b in self.named_buffers() if not name.endswith("num_batches_tracked"))
-        head = ("Layer (type)", "Output Shape", "Param #", "Receptive field (jump)")
-        table = []
-        for r in rows:
-            rf_text = ""
-            if r["rf_size"] is not None:
-                (rh, rw), (jh, jw) = r["rf_size"], r["rf_jump"]
-                rf_text = f"{rh}x{rw} ({jh})" if jh == jw else f"{rh}x{rw} ({jh}x{jw})"
-            table.append((f"{r['name']} {r['type']}", _fmt_shape(r["output_shape"], batch),
-                          f"{r['params']:,}", rf_text))
-        widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(head)]
+            items = [(str(i), branch) for i, branch in enumerate(branches)]
+        if not items:
+            raise ValueError("Concat: expected at least one branch")
+        for name, branch in items:
+            self.add_module(name, self._adopt(branch, name))
 
-        def line(cells):
-            return "  ".join([cells[0].ljust(widths[0]), cells[1].ljust(widths[1]),
-                              cells[2].rjust(widths[2]), cells[3].ljust(widths[3])]).rstrip()
+    def __len__(self) -> int:
+        return len(self._modules)
 
-        width = sum(widths) + 6
-        lines = [f"Model: {type(self).__name__}, input {_fmt_shape(shape, batch)}", "=" * width,
-                 line(head), "=" * width]
-        lines += [line(t) for t in table]
-        lines += ["=" * width,
-                  f"Total params: {total:,}",
-                  f"Trainable params: {total:,}",
-                  f"Non-trainable buffers (running statistics): {buffers:,}",
-                  "Receptive field: size in input pixels (jump = distance in input pixels between "
-                  "neighbouring outputs)"]
-        text = "\n".join(lines)
-        for r in rows:
-            r["output_shape"] = (batch,) + tuple(r["output_shape"][1:])
-        summary = ModelSummary(rows=rows, input_shape=(batch,) + tuple(shape[1:]),
-                               total_params=total, trainable_params=total,
-                               buffer_elements=buffers, text=text)
-        if print_fn is not None:
-            print_fn(text)
-        return summary
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx: int) -> Module:
+        try:
+            return list(self._modules.values())[idx]
+        except IndexError:
+            raise IndexError(f"Concat index {idx} out of range for {len(self)} branches") from None
+
+    def _axis(self, shapes: list[tuple], names: list[str]) -> int:
+        """The axis `dim` stands for, after checking that the branches' output shapes (of the
+        branches `names`) can be concatenated."""
+        first = shapes[0]
+        names = [n.replace("{", "{{").replace("}", "}}") for n in names]  # (into a template)
+        for name, shape in zip(names[1:], shapes[1:]):
+            if len(shape) != len(first):
+                raise _branch_error(self, "the output of {at}" + name + " has shape {b}, with a "
+                                    "different number of axes from the output of {at}" + names[0] +
+                                    " {a}", a=first, b=shape)
+        if not -len(first) <= self.dim < len(first):
+            raise ValueError(f"{self!r}: dim {self.dim} is out of range for outputs of shape "
+                             f"{first} ({len(first)} axes)")
+        axis = self.dim % len(first)
+        for name, shape in zip(names[1:], shapes[1:]):
+            if shape[:axis] + shape[axis + 1:] != first[:axis] + first[axis + 1:]:
+                raise _branch_error(self, "the output of {at}" + name + " has shape {b}, which "
+                                    "does not match the output of {at}" + names[0] + " {a} outside "
+                                    "dimension {dim}", a=first, b=shape, dim=self.dim)
+        return axis
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        names, outs = [], []
+        for name, branch in self.named_children():
+            try:
+                outs.append(branch.forward(x))
+            except (ValueError, TypeError) as exc:
+                _reraise_in_child(exc, name, self)
+            names.append(name)
+        axis = self._axis([o.shape for o in outs], names)
+        y = np.concatenate(outs, axis=axis)
+        self._cache = (axis, [o.shape[axis] for o in outs], y.shape, y.dtype)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        axis, sizes, shape, dtype = self._get_cache()
+        g = self._check_grad(grad_y, shape, dtype)
+        pieces = np.split(g, np.cumsum(sizes)[:-1], axis=axis)
+        grads = []
+        for (name, branch), piece in zip(self.named_children(), pieces):
+            try:
+                grads.append(branch.backward(piece, input_grad=input_grad))
+            except (ValueError, TypeError) as exc:
+                _reraise_in_child(exc, name, self, backward=True)
+        if not input_grad:
+            return None
+        if len(grads) == 1:
+            return grads[0]
+        gx = grads[0] + grads[1]  # (a new array: a branch may return a view of g)
+        for gb in grads[2:]:
+            gx += gb
+        return gx
+
+    def output_shape(self, input_shape):
+        names, shapes = [], []
+        for name, branch in self.named_children():
+            try:
+                shapes.append(tuple(branch.output_shape(tuple(input_shape))))
+            except (ValueError, TypeError) as exc:
+                _reraise_in_child(exc, name, self)
+            names.append(name)
+        return self._joined_shape(shapes, names)
+
+    def _joined_shape(self, shapes: list[tuple], names: list[str]) -> tuple:
+        """The shape of the concatenation of outputs of `shapes` (see _axis)."""
+        axis = self._axis(shapes, names)
+        out = list(shapes[0])
+        out[axis] = sum(s[axis] for s in shapes)
+        return tuple(out)
+
+    def _summarize(self, shape, rf, name, depth, rows):
+        row = add_row(rows, self, name, depth)
+        names, shapes, fields = [], [], []
+        for child_name, branch in self.named_children():
+            out, field = branch._summarize(shape, rf, _child_name(name, child_name), depth + 1, rows)
+            names.append(child_name)
+            shapes.append(tuple(out))
+            fields.append(field)
+        try:
+            out = self._joined_shape(shapes, names)
+        except ValueError as exc:
+            raise self._summary_error(exc, name) from exc
+        rf = join_fields(fields)
+        row["output_shape"] = out
+        set_field(row, rf)
+        return out, rf
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"

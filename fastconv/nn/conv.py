@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from .. import _args
 from .. import init as _init
 from .module import Module, Parameter, _as_input, _check_4d, _float_dtype, _positive_int, _shape_4d
+from .pool import MaxPoolContext
 
 if TYPE_CHECKING:
     from .pool import MaxPool2d
+
+
+class ConvContext(NamedTuple):
+    """What Conv2d's backward needs from its forward: the ops that ran it, the input (checked,
+    in the weight's dtype) and the output's shape."""
+
+    ops: object
+    x: np.ndarray
+    output_shape: tuple
 
 
 class Conv2d(Module):
@@ -69,58 +79,82 @@ class Conv2d(Module):
         return x, w, self.bias.data if self.bias is not None else None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x, w, b = self._inputs(x)
-        ops = self._ops()
-        y = ops.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
-        self._cache = (ops, x, y.shape)
+        y, self._cache = self._forward_ctx(x)
         return y
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        ops, x, y_shape = self._get_cache()
+        return self._backward_ctx(self._get_cache(), grad_y, input_grad)
+
+    # Stateless pieces: forward and backward with the forward's context passed explicitly, for
+    # this layer's own forward/backward and for the fused steps of fusion.py.
+    def _forward_ctx(self, x: np.ndarray) -> tuple[np.ndarray, ConvContext]:
+        """(output, context for _backward_ctx)."""
+        x, w, b = self._inputs(x)
+        ops = self._ops()
+        y = ops.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        return y, ConvContext(ops, x, y.shape)
+
+    def _grad_mask(self) -> tuple[bool, bool]:
+        """Which of (weight, bias) gradients are wanted: not those of frozen parameters."""
+        bias = self.bias
+        return self.weight.requires_grad, bias is not None and bias.requires_grad
+
+    def _accumulate(self, gw, gb) -> None:
+        if gw is not None:
+            self.weight.accumulate_grad(gw)
+        if gb is not None:
+            self.bias.accumulate_grad(gb)
+
+    def _backward_ctx(self, ctx: ConvContext, grad_y: np.ndarray,
+                      input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the trainable parameters' gradients; return dL/dx (None without
+        input_grad). The kernels are asked for nothing else (output_mask)."""
+        ops, x, y_shape = ctx
         w = self.weight.data
         grad_y = self._check_grad(grad_y, y_shape, w.dtype)
-        has_bias = self.bias is not None
+        mask = (bool(input_grad), *self._grad_mask())
+        if not any(mask):
+            return None
         gx, gw, gb = ops.conv2d_backward(grad_y, x, w, self.stride, self.padding, self.dilation,
-                                         self.groups, output_mask=(bool(input_grad), True, has_bias))
-        self.weight.accumulate_grad(gw)
-        if has_bias:
-            self.bias.accumulate_grad(gb)
+                                         self.groups, output_mask=mask)
+        self._accumulate(gw, gb)
         return gx
 
-    def _forward_max_pool(self, pool: "MaxPool2d", x: np.ndarray, relu: bool,
-                          ops) -> np.ndarray:
+    def _forward_max_pool_ctx(self, pool: "MaxPool2d", x: np.ndarray, relu: bool):
         """This layer's forward and then `pool`'s (relu: with a ReLU between them, fused into
-        the pooling), as one op (conv2d_max_pool2d of `ops`, both layers' backend); both
-        layers keep what their backward needs, as if run one after the other."""
+        the pooling) as one op, conv2d_max_pool2d of this layer's ops (fusion.py runs it only
+        where both layers have one backend). Returns (pooled output, this layer's context,
+        the pooling's context), the contexts those of the two layers run one after the other."""
         x, w, b = self._inputs(x)
+        ops = self._ops()
         y_shape = _args.conv2d_geometry(x.shape, w.shape, self.stride, self.padding,
                                         self.dilation, self.groups, op=repr(self)).output_shape
         pooled, idx = ops.conv2d_max_pool2d(
             x, w, b, self.stride, self.padding, self.dilation, self.groups,
             kernel_size=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding,
             pool_dilation=pool.dilation, ceil_mode=pool.ceil_mode, relu=relu)
-        self._cache = (ops, x, y_shape)
-        pool._cache = (ops, idx, y_shape, pooled, relu)
-        return pooled
+        return pooled, ConvContext(ops, x, y_shape), MaxPoolContext(ops, idx, y_shape, pooled, relu)
 
-    def _backward_through_max_pool(self, pool: "MaxPool2d", grad_pooled: np.ndarray) -> None:
-        """Backward of this layer and the max pooling run after it (with a ReLU fused into the
-        pooling, see Sequential), without this layer's input gradient: the first layer of a
-        network. Accumulates the weight and bias gradients as backward would."""
-        ops, x, y_shape = self._get_cache()
-        _, idx, pooled_shape, y, relu = pool._get_cache()
-        if tuple(pooled_shape) != tuple(y_shape):
-            raise ValueError(f"{self!r}: the pooling after it saw input {pooled_shape}, not this "
-                             f"layer's output {y_shape}")
-        w = self.weight.data
+    def _backward_through_max_pool_ctx(self, ctx: ConvContext, pool: "MaxPool2d",
+                                       pool_ctx: MaxPoolContext, grad_pooled: np.ndarray) -> None:
+        """Backward of this layer and of the max pooling run after it (`pool`, its context;
+        a ReLU may be fused into the pooling) in one op, without this layer's input gradient
+        (the first layer of a network). Accumulates the trainable parameters' gradients as
+        backward would."""
+        ops, x, y_shape = ctx
+        if tuple(pool_ctx.input_shape) != tuple(y_shape):
+            raise ValueError(f"{self!r}: the pooling after it saw input {pool_ctx.input_shape}, "
+                             f"not this layer's output {y_shape}")
+        y = pool_ctx.output
         grad_pooled = pool._check_grad(grad_pooled, y.shape, y.dtype)
-        has_bias = self.bias is not None
+        mask = self._grad_mask()
+        if not any(mask):
+            return
         gw, gb = ops.conv2d_backward_through_max_pool(
-            grad_pooled, idx, x, w, self.stride, self.padding, self.dilation, self.groups,
-            relu_output=y if relu else None, output_mask=(True, has_bias))
-        self.weight.accumulate_grad(gw)
-        if has_bias:
-            self.bias.accumulate_grad(gb)
+            grad_pooled, pool_ctx.indices, x, self.weight.data, self.stride, self.padding,
+            self.dilation, self.groups, relu_output=y if pool_ctx.relu else None,
+            output_mask=mask)
+        self._accumulate(gw, gb)
 
     def output_shape(self, input_shape):
         shape = _shape_4d(self, input_shape, self.in_channels)

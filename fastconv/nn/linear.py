@@ -51,12 +51,16 @@ class Linear(Module):
         ops, x, y_shape = self._get_cache()
         w = self.weight.data
         grad_y = self._check_grad(grad_y, y_shape, w.dtype)
-        has_bias = self.bias is not None
-        gx, gw, gb = ops.linear_backward(grad_y, x, w,
-                                         output_mask=(bool(input_grad), True, has_bias))
-        self.weight.accumulate_grad(gw)
-        if has_bias:
-            self.bias.accumulate_grad(gb)
+        bias = self.bias
+        # (frozen parameters' gradients are not asked for)
+        mask = (bool(input_grad), self.weight.requires_grad, bias is not None and bias.requires_grad)
+        if not any(mask):
+            return None
+        gx, gw, gb = ops.linear_backward(grad_y, x, w, output_mask=mask)
+        if gw is not None:
+            self.weight.accumulate_grad(gw)
+        if gb is not None:
+            bias.accumulate_grad(gb)
         return gx
 
     def output_shape(self, input_shape):

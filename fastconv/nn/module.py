@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import numbers
 from collections import OrderedDict, namedtuple
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
 from .. import _args
 from ..backend import BACKENDS, get_backend
+
+if TYPE_CHECKING:
+    from .summary import ModelSummary
 
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -50,15 +53,21 @@ class Parameter:
     Layers accumulate into ``grad`` in backward; optimisers update ``data`` in place.
     ``name`` is the attribute name in the owning layer (``"weight"``, ``"bias"``); full dotted
     names come from :meth:`Module.named_parameters`.
+
+    ``requires_grad`` (True by default, as in PyTorch): False freezes the parameter. Layers then
+    ask the kernels for no gradient of it (its ``grad`` stays as it is, zero after
+    ``zero_grad``), and every optimiser leaves it, and its state, alone. It is not part of
+    ``state_dict`` (as in PyTorch): set it again after loading a checkpoint into a new model.
     """
 
-    __slots__ = ("data", "_grad", "_grad_zero_pending", "name")
+    __slots__ = ("data", "_grad", "_grad_zero_pending", "name", "requires_grad")
 
-    def __init__(self, data, name: str | None = None) -> None:
+    def __init__(self, data, name: str | None = None, requires_grad: bool = True) -> None:
         data = np.asarray(data)
         if data.dtype.kind != "f":
             data = data.astype(np.float32)
         self.data: np.ndarray = data
+        self.requires_grad = bool(requires_grad)
         self._grad: np.ndarray = np.zeros_like(data)
         # zero_grad only marks the gradient as zero: the first accumulation then takes the new
         # gradient as it is, instead of writing zeros and adding onto them (two passes over
@@ -115,16 +124,63 @@ class Parameter:
 
     def __repr__(self) -> str:
         name = f"{self.name!r}, " if self.name else ""
-        return f"Parameter({name}shape={self.data.shape}, dtype={self.data.dtype})"
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return f"Parameter({name}shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
 
 
-def _reraise_with_context(exc: Exception, context: str):
-    """Raise a copy of `exc` (same type) whose message starts with `context`."""
+# Bumped by every change a container's cached fusion plan (see fusion.py) depends on: the
+# module tree, training/eval modes, backends, the planner's on/off switch. A plan is rebuilt
+# when the number differs from the one it was built at: one integer compare per forward.
+_plan_epoch = [0]
+
+
+def _invalidate_plans() -> None:
+    _plan_epoch[0] += 1
+
+
+def _reraise_in_child(exc: Exception, name: str, container: "Module", backward: bool = False):
+    """Raise a copy of `exc` (same type) from `container`'s child `name`, whose message says
+    where in the tree it happened: ``layer <path> of <Container>[ (backward)]: <message>``.
+    Each enclosing container re-raises it with its own child's name in front of the path
+    (``layer 1.body.0 of Sequential: ...``), keeping the innermost message. An error about a
+    container's branches (:func:`_branch_error`) names each branch by its path."""
+    below = getattr(exc, "_fastconv_path", "")
+    path = f"{name}.{below}" if below else name
+    template = getattr(exc, "_fastconv_template", None)
+    if template is not None:
+        detail = _branch_message(exc, path)
+    else:
+        detail = getattr(exc, "_fastconv_detail", None) or str(exc)
     try:
-        new = type(exc)(f"{context}: {exc}")
+        new = type(exc)(f"layer {path} of {type(container).__name__}"
+                        f"{' (backward)' if backward else ''}: {detail}")
     except Exception:
         raise exc
-    raise new from exc
+    origin = getattr(exc, "_fastconv_origin", exc)
+    new._fastconv_path = path
+    new._fastconv_detail = detail if template is None else None
+    new._fastconv_template = template
+    new._fastconv_origin = origin
+    raise new from origin
+
+
+def _branch_error(container: "Module", template: str, **fields) -> ValueError:
+    """A ValueError about `container`'s branches. `template` names a branch as ``{at}body``:
+    ``body`` here, ``3.body`` once re-raised by a Sequential holding the container as layer 3
+    (see :func:`_reraise_in_child`); `fields` fill its other placeholders."""
+    template = f"{type(container).__name__}: {template}"
+    exc = ValueError(template.format(at="", **fields))
+    exc._fastconv_template = (template, fields)
+    return exc
+
+
+def _branch_message(exc: Exception, path: str) -> str:
+    """The message of `exc`, its branches named from the container at `path` ('' for the
+    top) if it is a :func:`_branch_error`."""
+    template = getattr(exc, "_fastconv_template", None)
+    if template is None:
+        return str(exc)
+    return template[0].format(at=f"{path}." if path else "", **template[1])
 
 
 class Module:
@@ -163,6 +219,7 @@ class Module:
             params.pop(name, None)
             buffers.pop(name, None)
             modules[name] = value
+            _invalidate_plans()
         elif name in params:
             if value is not None:
                 raise TypeError(f"{type(self).__name__}.{name} is a Parameter: assign a Parameter "
@@ -176,19 +233,25 @@ class Module:
             if value is not None:
                 raise TypeError(f"{type(self).__name__}.{name} is a sub-module: assign a Module or None")
             modules[name] = None
+            _invalidate_plans()
         object.__setattr__(self, name, value)
 
     def __getstate__(self) -> dict:
         # Cached activations (and the ops module they reference) are not part of the state:
-        # pickling and deep-copying a model after a forward pass stay cheap and possible.
+        # pickling and deep-copying a model after a forward pass stay cheap and possible. A
+        # container's fusion plan (see fusion.py) is rebuilt on the next forward.
         state = self.__dict__.copy()
         state["_cache"] = None
+        if "_plan" in state:
+            state["_plan"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
 
     def __delattr__(self, name: str) -> None:
+        if name in self._modules:
+            _invalidate_plans()
         for reg in (self._parameters, self._buffers, self._modules):
             reg.pop(name, None)
         object.__delattr__(self, name)
@@ -221,6 +284,7 @@ class Module:
         self._buffers.pop(name, None)
         self._modules[name] = module
         object.__setattr__(self, name, module)
+        _invalidate_plans()
 
     # -- traversal ---------------------------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, "Module"]]:
@@ -282,15 +346,18 @@ class Module:
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
-    def num_parameters(self) -> int:
-        """Number of trainable scalars (what PyTorch and Keras report as parameters)."""
-        return sum(p.data.size for p in self.parameters())
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameter scalars (what PyTorch and Keras report as parameters); with
+        `trainable_only`, of those with ``requires_grad`` only."""
+        return sum(p.data.size for p in self.parameters()
+                   if p.requires_grad or not trainable_only)
 
     # -- modes, gradients, dtype, backend ------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
         """Training mode (batch statistics, dropout on) for this module and its descendants."""
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
+        _invalidate_plans()
         return self
 
     def eval(self) -> "Module":
@@ -301,6 +368,18 @@ class Module:
         """Set every parameter's ``grad`` to zero."""
         for p in self.parameters():
             p.zero_grad()
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Set ``requires_grad`` of every parameter of this module and its descendants (False
+        freezes them: see :class:`Parameter`); returns self, as ``torch.nn.Module.requires_grad_``."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
+    def _needs_grad(self) -> bool:
+        """Whether backward has a parameter gradient to compute here (a trainable parameter in
+        this module or below)."""
+        return any(p.requires_grad for p in self.parameters())
 
     def astype(self, dtype) -> "Module":
         """Convert parameters, their gradients and floating buffers to `dtype` (float32/float64),
@@ -333,6 +412,7 @@ class Module:
             raise ValueError(f"unknown backend {name!r}: expected one of {sorted(BACKENDS)} or None")
         for m in self.modules():
             object.__setattr__(m, "_backend", name)
+        _invalidate_plans()
         return self
 
     @property
@@ -436,17 +516,50 @@ class Module:
     def _get_cache(self):
         cache = self._cache
         if cache is None:
-            raise RuntimeError(f"{self!r}: backward called before forward")
+            raise RuntimeError(f"{_one_line(self)}: backward called before forward")
         return cache
+
+    def _forget_forward(self) -> None:
+        """Drop what the last forward kept for backward. A fused step (fusion.py) calls it on
+        the layers it ran as one, which keeps their values itself: a later backward of one
+        of those layers on its own then fails instead of using an older forward's values."""
+        if self._cache is not None:
+            object.__setattr__(self, "_cache", None)
 
     def _check_grad(self, grad_y, shape, dtype) -> np.ndarray:
         grad_y = np.asarray(grad_y)
         if grad_y.shape != shape:
-            raise ValueError(f"{self!r}.backward: grad_y has shape {grad_y.shape}, "
+            raise ValueError(f"{_one_line(self)}.backward: grad_y has shape {grad_y.shape}, "
                              f"expected the output shape {shape}")
         if grad_y.dtype != dtype:
             grad_y = grad_y.astype(dtype)
         return grad_y
+
+    # -- summary -----------------------------------------------------------------------------
+    def summary(self, input_shape, print_fn: Callable[[str], None] | None = print) -> "ModelSummary":
+        """Keras-like table of the module tree: each module's dotted name (indented by depth)
+        and type, output shape, parameter count and, for each convolution/pooling output and
+        each container, its receptive field (size and jump/stride, in input pixels; where
+        branches join, the larger field). Printed with `print_fn` (None: not printed); returns
+        a :class:`~fastconv.nn.ModelSummary` (rows, total/trainable/frozen parameter counts).
+
+        input_shape: the shape of one sample, e.g. (3, 32, 32) (the batch axis shows as None);
+        a 4-tuple is taken as a whole batch (N, C, H, W).
+
+        Receptive field recurrence (per axis, starting at r = j = 1 on the input):
+            r_out = r_in + d (k - 1) j_in,   j_out = j_in s
+        """
+        from .summary import summarize
+
+        return summarize(self, input_shape, print_fn)
+
+    def _summarize(self, shape, rf, name: str, depth: int, rows: list):
+        """Append this module's summary rows for an input of `shape` with receptive field `rf`
+        (per axis (size, jump), or None); return (output shape, receptive field). One row for
+        a layer; containers add their children's rows below their own."""
+        from .summary import layer_row
+
+        return layer_row(self, shape, rf, name, depth, rows)
 
     # -- printing ----------------------------------------------------------------------------
     def extra_repr(self) -> str:
@@ -465,13 +578,19 @@ class Module:
         return "\n".join(lines)
 
 
+def _one_line(module: Module) -> str:
+    """`module` in error messages: its repr, or for a module with sub-modules (whose repr
+    spans lines) its type."""
+    return repr(module) if not module._modules else f"{type(module).__name__}(...)"
+
+
 def _as_input(layer: Module, x, dtype: np.dtype | None) -> np.ndarray:
     """`x` as an ndarray of `dtype` (the layer's parameters' dtype) or, if None, of its own
     float32/float64 dtype (other real dtypes -> float32)."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
     if x.dtype.kind not in "biuf":
-        raise TypeError(f"{layer!r}: input must hold real numbers, got dtype {x.dtype}")
+        raise TypeError(f"{_one_line(layer)}: input must hold real numbers, got dtype {x.dtype}")
     if dtype is None:
         dtype = _input_float_dtype(x)
     if x.dtype != dtype:

@@ -70,11 +70,18 @@ class _BatchNorm(Module):
         return self.training or not self.track_running_stats
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(x, relu=False)
+        y, self._cache = self._forward_ctx(x)
+        return y
 
-    def _forward(self, x: np.ndarray, relu: bool) -> np.ndarray:
-        # relu=True (batch statistics only): relu(batch_norm(x)) in one pass, for Sequential's
-        # BatchNorm -> ReLU pairs; backward then applies the ReLU's gradient itself.
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        return self._backward_ctx(self._get_cache(), grad_y, input_grad)
+
+    # Stateless pieces (apart from the running statistics, this layer's own), for this layer's
+    # forward/backward and for fusion.py's BatchNorm -> ReLU step.
+    def _forward_ctx(self, x: np.ndarray, relu: bool = False):
+        """(output, context for _backward_ctx). relu=True (batch statistics only) returns
+        relu(batch_norm(x)), made in the same pass; the backward then applies the ReLU's
+        gradient itself."""
         dt = self._param_dtype(x)
         x = _as_input(self, x, dt)
         self._check_shape(x.shape)
@@ -87,8 +94,7 @@ class _BatchNorm(Module):
         if x.size == 0:  # an empty batch: an empty output, the statistics kept (as PyTorch)
             if self.training and self.track_running_stats:
                 self.num_batches_tracked += 1
-            self._cache = (None, x3, None, np.ones(C, dt), x.shape, None)
-            return x.copy()
+            return x.copy(), (None, x3, None, np.ones(C, dt), x.shape, None)
         if use_batch:
             if m <= 1 and self.training:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
@@ -108,7 +114,7 @@ class _BatchNorm(Module):
                 self.running_mean += dt.type(factor) * mean
                 self.running_var *= dt.type(1.0 - factor)
                 self.running_var += dt.type(factor) * unbiased
-            self._cache = (ops, x3, mean, invstd, x.shape, y if relu else None)
+            ctx = (ops, x3, mean, invstd, x.shape, y if relu else None)
         else:
             invstd = 1.0 / np.sqrt(self.running_var + dt.type(self.eps))
             scale = invstd * self.weight.data if self.affine else invstd
@@ -117,32 +123,42 @@ class _BatchNorm(Module):
                 shift += self.bias.data
             y = x3 * scale[:, None]
             y += shift[:, None]
-            self._cache = (None, x3, None, invstd, x.shape, None)
-        return y.reshape(x.shape)
+            ctx = (None, x3, None, invstd, x.shape, None)
+        return y.reshape(x.shape), ctx
 
-    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
-        ops, x3, mean, invstd, shape, relu_y = self._get_cache()
+    def _backward_ctx(self, ctx, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Accumulate the trainable parameters' gradients; return dL/dx (None without
+        input_grad)."""
+        ops, x3, mean, invstd, shape, relu_y = ctx
         dt = invstd.dtype
         g = self._check_grad(grad_y, shape, dt)
+        train_w = self.affine and self.weight.requires_grad
+        train_b = self.affine and self.bias.requires_grad
         if x3.size == 0:  # an empty batch: nothing to add to the parameters' gradients
             return np.zeros(shape, dt) if input_grad else None
-        if ops is not None:  # batch statistics
+        if not (input_grad or train_w or train_b):
+            return None
+        if ops is not None:  # batch statistics (one kernel makes all three gradients)
             w = self.weight.data if self.affine else None
             dx, gw, gb = ops.batch_norm_train_backward(g.reshape(x3.shape), x3, mean, invstd, w,
                                                        input_grad=input_grad,
                                                        relu_output=relu_y)
-            if self.affine:
+            if train_w:
                 self.weight.grad += gw
+            if train_b:
                 self.bias.grad += gb
             return None if dx is None else dx.reshape(shape)
         # running statistics: an affine map per channel
         g3 = g.reshape(x3.shape)
-        k = invstd * self.weight.data if self.affine else invstd
-        if self.affine:
+        if train_w:
             xhat = x3 - self.running_mean[:, None]
             xhat *= invstd[:, None]
             self.weight.grad += _channel_dot(g3, xhat)
+        if train_b:
             self.bias.grad += _channel_sum(g3)
+        if not input_grad:
+            return None
+        k = invstd * self.weight.data if self.affine else invstd
         return (g3 * k[:, None]).reshape(shape)
 
     def output_shape(self, input_shape):
@@ -219,17 +235,17 @@ class LayerNorm(Module):
         self._cache = (xhat, invstd, x.shape)
         return y.reshape(x.shape)
 
-    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         xhat, invstd, shape = self._get_cache()
         K = xhat.shape[1]
         g2 = self._check_grad(grad_y, shape, xhat.dtype).reshape(-1, K)
-        if self.weight is not None:
+        if self.weight is not None and self.weight.requires_grad:
             self.weight.grad += (g2 * xhat).sum(axis=0).reshape(self.normalized_shape)
-            if self.bias is not None:
-                self.bias.grad += g2.sum(axis=0).reshape(self.normalized_shape)
-            dxhat = g2 * self.weight.data.reshape(-1)
-        else:
-            dxhat = g2
+        if self.bias is not None and self.bias.requires_grad:
+            self.bias.grad += g2.sum(axis=0).reshape(self.normalized_shape)
+        if not input_grad:
+            return None
+        dxhat = g2 * self.weight.data.reshape(-1) if self.weight is not None else g2
         # dx = invstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means over the K axis
         c1 = dxhat.mean(axis=1)
         c2 = _rowdot(dxhat, xhat) / xhat.dtype.type(K)

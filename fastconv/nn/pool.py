@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import _args
 from .module import Module, _as_input, _check_4d, _shape_4d
+
+
+class MaxPoolContext(NamedTuple):
+    """What MaxPool2d's backward needs from its forward: the ops that ran it, the arg-max
+    indices, the input's shape, the output and whether a ReLU was applied to it (relu=True)."""
+
+    ops: object
+    indices: np.ndarray
+    input_shape: tuple
+    output: np.ndarray
+    relu: bool
 
 
 class _Pool2d(Module):
@@ -49,21 +62,25 @@ class MaxPool2d(_Pool2d):
         self.dilation = _args.positive_pair(dilation, "dilation", "MaxPool2d")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(x)
+        y, self._cache = self._forward_ctx(x)
+        return y
 
-    def _forward(self, x: np.ndarray, relu: bool = False) -> np.ndarray:
-        """forward; relu=True returns relu(pool(x)) (a ReLU before or after this layer), and
-        backward then takes the gradient of that output."""
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        return self._backward_ctx(self._get_cache(), grad_y)
+
+    # Stateless pieces, for this layer's own forward/backward and for fusion.py's steps.
+    def _forward_ctx(self, x: np.ndarray, relu: bool = False) -> tuple[np.ndarray, MaxPoolContext]:
+        """(output, context for _backward_ctx); relu=True returns relu(pool(x)) (a ReLU before
+        or after this layer), and the backward then takes the gradient of that output."""
         x = _as_input(self, x, None)
         _check_4d(self, x)
         ops = self._ops()
         y, idx = ops.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                                 self.ceil_mode, return_indices=True, relu=relu)
-        self._cache = (ops, idx, x.shape, y, relu)
-        return y
+        return y, MaxPoolContext(ops, idx, x.shape, y, relu)
 
-    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
-        ops, idx, x_shape, y, relu = self._get_cache()
+    def _backward_ctx(self, ctx: MaxPoolContext, grad_y: np.ndarray) -> np.ndarray:
+        ops, idx, x_shape, y, relu = ctx
         grad_y = self._check_grad(grad_y, y.shape, y.dtype)
         return ops.max_pool2d_backward(grad_y, idx, x_shape, relu_output=y if relu else None)
 
