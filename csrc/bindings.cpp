@@ -556,6 +556,64 @@ void relu_backward(const py::array& gy, const py::array& y, py::array gx) {
   else relu_backward_t<float>(gy, y, gx);
 }
 
+template <typename T>
+void gelu_t(const py::array& x, py::array& y, bool tanh_approx) {
+  const index_t n = x.size();
+  const T* xp = data_of<T>(x, "x", n, false);
+  T* yp = data_of<T>(y, "y", n, true);
+  KernelCall call;
+  fastconv::gelu_forward<T>(n, xp, yp, tanh_approx);
+}
+
+void gelu_forward(const py::array& x, py::array y, bool tanh_approx) {
+  if (is_f64(x)) gelu_t<double>(x, y, tanh_approx);
+  else gelu_t<float>(x, y, tanh_approx);
+}
+
+template <typename T>
+void gelu_backward_t(const py::array& gy, const py::array& x, py::array& gx, bool tanh_approx) {
+  const index_t n = x.size();
+  const T* gp = data_of<T>(gy, "grad_y", n, false);
+  const T* xp = data_of<T>(x, "x", n, false);
+  T* gxp = data_of<T>(gx, "grad_x", n, true);
+  KernelCall call;
+  fastconv::gelu_backward<T>(n, gp, xp, gxp, tanh_approx);
+}
+
+void gelu_backward(const py::array& gy, const py::array& x, py::array gx, bool tanh_approx) {
+  if (is_f64(x)) gelu_backward_t<double>(gy, x, gx, tanh_approx);
+  else gelu_backward_t<float>(gy, x, gx, tanh_approx);
+}
+
+template <typename T>
+void silu_t(const py::array& x, py::array& y) {
+  const index_t n = x.size();
+  const T* xp = data_of<T>(x, "x", n, false);
+  T* yp = data_of<T>(y, "y", n, true);
+  KernelCall call;
+  fastconv::silu_forward<T>(n, xp, yp);
+}
+
+void silu_forward(const py::array& x, py::array y) {
+  if (is_f64(x)) silu_t<double>(x, y);
+  else silu_t<float>(x, y);
+}
+
+template <typename T>
+void silu_backward_t(const py::array& gy, const py::array& x, py::array& gx) {
+  const index_t n = x.size();
+  const T* gp = data_of<T>(gy, "grad_y", n, false);
+  const T* xp = data_of<T>(x, "x", n, false);
+  T* gxp = data_of<T>(gx, "grad_x", n, true);
+  KernelCall call;
+  fastconv::silu_backward<T>(n, gp, xp, gxp);
+}
+
+void silu_backward(const py::array& gy, const py::array& x, py::array gx) {
+  if (is_f64(x)) silu_backward_t<double>(gy, x, gx);
+  else silu_backward_t<float>(gy, x, gx);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -625,6 +683,11 @@ PYBIND11_MODULE(_core, m) {
         "Gradients of training-mode batch norm (grad_weight/grad_bias written, not added).");
   m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("y"));
   m.def("relu_backward", &relu_backward, py::arg("grad_y"), py::arg("y"), py::arg("grad_x"));
+  m.def("gelu_forward", &gelu_forward, py::arg("x"), py::arg("y"), py::arg("tanh_approx"));
+  m.def("gelu_backward", &gelu_backward, py::arg("grad_y"), py::arg("x"), py::arg("grad_x"),
+        py::arg("tanh_approx"));
+  m.def("silu_forward", &silu_forward, py::arg("x"), py::arg("y"));
+  m.def("silu_backward", &silu_backward, py::arg("grad_y"), py::arg("x"), py::arg("grad_x"));
   m.def("get_num_threads", [] {
     const int n = g_threads.load();
     return n > 0 ? n : fastconv::max_threads();

@@ -594,10 +594,21 @@ def batch_norm_grad_inputs(grad_y, x_shape, mean, invstd, dtype, op: str, relu_o
     return grad_y, stats[0], stats[1], relu_output
 
 
-def relu_backward_inputs(grad_y, y, op: str = "relu_backward"):
-    """(grad_y, y, dtype) of a ReLU gradient: float arrays of one shape, and their common dtype."""
-    y = as_float_array(y, "y", op)
+def relu_backward_inputs(grad_y, y, op: str = "relu_backward", name: str = "y"):
+    """(grad_y, a, dtype) of an elementwise op's gradient from grad_y and the op's input or
+    output `a` (called `name` in errors): float arrays of one shape, and their common dtype."""
+    y = as_float_array(y, name, op)
     grad_y = as_float_array(grad_y, "grad_y", op)
     if grad_y.shape != y.shape:
-        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal y shape {y.shape}")
+        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal {name} shape {y.shape}")
     return grad_y, y, common_dtype(grad_y, y)
+
+
+def gelu_tanh(approximate, op: str) -> bool:
+    """GELU's `approximate` argument, 'none' or 'tanh' (torch's): whether it is 'tanh'."""
+    if not isinstance(approximate, str):
+        raise TypeError(f"{op}: approximate must be the string 'none' or 'tanh', got "
+                        f"{approximate!r}")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"{op}: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return approximate == "tanh"

@@ -33,6 +33,7 @@ from ._args import (
     conv2d_output_shape,
     flag,
     fold_geometry,
+    gelu_tanh,
     indices_out_of_range,
     linear_shapes,
     max_pool_backward_inputs,
@@ -60,6 +61,10 @@ __all__ = [
     "batch_norm_train_backward",
     "relu",
     "relu_backward",
+    "gelu",
+    "gelu_backward",
+    "silu",
+    "silu_backward",
     "conv2d_output_shape",
     "pool2d_output_shape",
 ]
@@ -498,4 +503,46 @@ def relu_backward(grad_y, y) -> np.ndarray:
     grad_y, y, dtype = relu_backward_inputs(grad_y, y)
     grad_x = np.empty(y.shape, dtype)
     _core.relu_backward(_c(grad_y, dtype), _c(y, dtype), grad_x)
+    return grad_x
+
+
+def gelu(x, approximate="none") -> np.ndarray:
+    """GELU elementwise, as torch.nn.functional.gelu: x Phi(x), Phi the standard normal CDF
+    (approximate='none'), or x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) ('tanh').
+
+    Within a few units in the last place of the exact values in float32 and float64 (torch's
+    float32 kernel computes 1 + erf(x/sqrt(2)), which cancels for x below about -3: there its
+    results lose their relative accuracy, ours keep it). gelu(-inf) is NaN, as torch's.
+    """
+    tanh = gelu_tanh(approximate, "gelu")
+    x = as_float_array(x, "x", "gelu")
+    y = np.empty(x.shape, x.dtype)
+    _core.gelu_forward(_c(x, x.dtype), y, tanh)
+    return y
+
+
+def gelu_backward(grad_y, x, approximate="none") -> np.ndarray:
+    """Gradient of gelu from its input: grad_y (Phi(x) + x phi(x)), phi the normal density (for
+    'tanh': grad_y d/dx [x/2 (1 + tanh(u))]). NaN at x = +-inf, as torch."""
+    tanh = gelu_tanh(approximate, "gelu_backward")
+    grad_y, x, dtype = relu_backward_inputs(grad_y, x, "gelu_backward", "x")
+    grad_x = np.empty(x.shape, dtype)
+    _core.gelu_backward(_c(grad_y, dtype), _c(x, dtype), grad_x, tanh)
+    return grad_x
+
+
+def silu(x) -> np.ndarray:
+    """SiLU (swish) elementwise, as torch.nn.functional.silu: x sigmoid(x) (no overflow for
+    any x; silu(-inf) is NaN, as torch's)."""
+    x = as_float_array(x, "x", "silu")
+    y = np.empty(x.shape, x.dtype)
+    _core.silu_forward(_c(x, x.dtype), y)
+    return y
+
+
+def silu_backward(grad_y, x) -> np.ndarray:
+    """Gradient of silu from its input: grad_y s (1 + x (1 - s)), s = sigmoid(x)."""
+    grad_y, x, dtype = relu_backward_inputs(grad_y, x, "silu_backward", "x")
+    grad_x = np.empty(x.shape, dtype)
+    _core.silu_backward(_c(grad_y, dtype), _c(x, dtype), grad_x)
     return grad_x

@@ -30,7 +30,7 @@ Example::
 
 from __future__ import annotations
 
-from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from .activation import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .containers import Sequential
 from .conv import Conv2d
 from .dropout import Dropout
@@ -43,6 +43,6 @@ from .summary import ModelSummary
 __all__ = [
     "Parameter", "Module", "Sequential", "Identity",
     "Conv2d", "MaxPool2d", "AvgPool2d", "Linear", "Flatten",
-    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Dropout",
+    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Dropout",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "ModelSummary", "IncompatibleKeys",
 ]
