@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "activation.h"
+#include "adaptive_pool.h"
 #include "batchnorm.h"
 #include "conv.h"
 #include "gemm.h"
@@ -398,6 +399,41 @@ void avg_pool2d_backward(const py::array& gy, py::array gx, index_t kh, index_t 
   else avg_pool_t<float>(gx, gy, false, count_include_pad, s);
 }
 
+// ---- adaptive average pooling ----------------------------------------------------------
+
+fastconv::AdaptivePoolShape adaptive_pool_shape(const py::array& x, const py::array& y,
+                                                const char* xname, const char* yname) {
+  const fastconv::AdaptivePoolShape s{dim(x, 0, xname) * dim(x, 1, xname), dim(x, 2, xname),
+                                      dim(x, 3, xname), dim(y, 2, yname), dim(y, 3, yname)};
+  if (dim(y, 0, yname) != dim(x, 0, xname) || dim(y, 1, yname) != dim(x, 1, xname) ||
+      s.H < 1 || s.W < 1 || s.OH < 1 || s.OW < 1)
+    throw py::value_error("adaptive_avg_pool2d: the input and output must agree on (N, C) and "
+                          "have non-empty planes");
+  return s;
+}
+
+template <typename T>
+void adaptive_avg_pool_t(const py::array& x, const py::array& y, bool forward,
+                         const fastconv::AdaptivePoolShape& s) {
+  T* xp = data_of<T>(x, forward ? "x" : "grad_x", s.planes * s.H * s.W, !forward);
+  T* yp = data_of<T>(y, forward ? "y" : "grad_y", s.planes * s.OH * s.OW, forward);
+  KernelCall call;
+  if (forward) fastconv::adaptive_avg_pool2d_forward<T>(s, xp, yp);
+  else fastconv::adaptive_avg_pool2d_backward<T>(s, yp, xp);
+}
+
+void adaptive_avg_pool2d_forward(const py::array& x, py::array y) {
+  const auto s = adaptive_pool_shape(x, y, "x", "y");
+  if (is_f64(x)) adaptive_avg_pool_t<double>(x, y, true, s);
+  else adaptive_avg_pool_t<float>(x, y, true, s);
+}
+
+void adaptive_avg_pool2d_backward(const py::array& gy, py::array gx) {
+  const auto s = adaptive_pool_shape(gx, gy, "grad_x", "grad_y");
+  if (is_f64(gy)) adaptive_avg_pool_t<double>(gx, gy, false, s);
+  else adaptive_avg_pool_t<float>(gx, gy, false, s);
+}
+
 // ---- gemm (Linear, tests and benchmarks) -----------------------------------------------
 
 template <typename T>
@@ -661,6 +697,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("avg_pool2d_backward", &avg_pool2d_backward, py::arg("grad_y"), py::arg("grad_x"),
         py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"),
         py::arg("pad_h"), py::arg("pad_w"), py::arg("count_include_pad"));
+  m.def("adaptive_avg_pool2d_forward", &adaptive_avg_pool2d_forward, py::arg("x"), py::arg("y"));
+  m.def("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward, py::arg("grad_y"),
+        py::arg("grad_x"));
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("accumulate") = false,
         "c (+)= op(a) @ op(b) with the packed GEMM (threads over blocks of c).");

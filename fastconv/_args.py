@@ -347,6 +347,55 @@ def _first_empty_window(size: int, k: int, s: int, p: int, d: int, out: int) -> 
     return None if hits.all() else int(np.argmin(hits))
 
 
+def _adaptive_size(value, output_size, op: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        if not 0 <= int(value) <= _MAX_INT:
+            raise ValueError(f"{op}: output_size must be >= 0 (and below 2**31), got "
+                             f"{output_size!r}")
+        return int(value)
+    raise TypeError(f"{op}: output_size must be an int or a pair of ints or None, got "
+                    f"{output_size!r}")
+
+
+def adaptive_output_size(output_size, op: str) -> tuple[int | None, int | None]:
+    """Adaptive pooling's output_size (PyTorch's): an int, or a pair whose entries are ints or
+    None (None keeps that axis's input size); every int >= 0."""
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        return (_adaptive_size(output_size[0], output_size, op),
+                _adaptive_size(output_size[1], output_size, op))
+    if output_size is None or isinstance(output_size, (tuple, list)):
+        raise TypeError(f"{op}: output_size must be an int or a pair of ints or None, got "
+                        f"{output_size!r}")
+    size = _adaptive_size(output_size, output_size, op)
+    return size, size
+
+
+def adaptive_pool2d_output_shape(x_shape, output_size, op: str = "adaptive_avg_pool2d",
+                                 name: str = "x") -> tuple[int, int, int, int]:
+    """(N, C, OH, OW) of adaptive pooling of an (N, C, H, W) input (`name` in errors); H and W
+    must be at least 1, as in PyTorch."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W) (for a single image use "
+                         f"x[None]), got shape {tuple(x_shape)}")
+    N, C, H, W = (int(s) for s in x_shape)
+    if H < 1 or W < 1:
+        raise ValueError(f"{op}: {name} of shape {tuple(x_shape)} has empty planes (H and W "
+                         f"must be at least 1)")
+    oh, ow = adaptive_output_size(output_size, op)
+    shape = (N, C, H if oh is None else oh, W if ow is None else ow)
+    check_elements(shape, op, "output")
+    return shape
+
+
+def adaptive_windows(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of adaptive pooling's `out` windows along an axis of `size`:
+    start = floor(i size / out), end = ceil((i + 1) size / out) (PyTorch's)."""
+    i = np.arange(out, dtype=np.int64)
+    return (i * size) // out, ((i + 1) * size + out - 1) // out
+
+
 @dataclass(frozen=True)
 class UnfoldGeometry:
     """Validated im2col / col2im arguments: image size (H, W) and the grid of blocks (OH, OW)."""

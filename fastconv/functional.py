@@ -20,6 +20,7 @@ import numpy as np
 from . import _core
 from ._args import (
     CONV_OUTPUT,
+    adaptive_pool2d_output_shape,
     as_float_array,
     batch_norm_eps,
     batch_norm_grad_inputs,
@@ -53,6 +54,8 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
     "im2col",
     "col2im",
     "linear",
@@ -341,6 +344,62 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     if grad_x.size:
         _core.avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x, *geom.kernel, *geom.stride,
                                   *geom.padding, flag(count_include_pad, "count_include_pad", op))
+    return grad_x
+
+
+def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
+    """Adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d.
+
+    Output row i averages input rows [floor(i H / OH), ceil((i + 1) H / OH)), columns
+    likewise (neighbouring windows overlap by one row where OH does not divide H).
+    output_size: an int or a pair (OH, OW), a None entry keeping that axis's input size.
+    Output size 1 (global average pooling) sums each plane in fixed lanes; an output size that
+    divides the input size is avg_pool2d with kernel_size = stride = H / OH (whose 2x2 case
+    has its own kernels).
+    """
+    op = "adaptive_avg_pool2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    y = np.empty(adaptive_pool2d_output_shape(x.shape, output_size, op), x.dtype)
+    if y.size:
+        kernel = _dividing_window(x.shape, y.shape)
+        if kernel:
+            _core.avg_pool2d_forward(_c(x, x.dtype), y, *kernel, *kernel, 0, 0, True)
+        else:
+            _core.adaptive_avg_pool2d_forward(_c(x, x.dtype), y)
+    return y
+
+
+def _dividing_window(input_shape, output_shape):
+    """(kH, kW) where adaptive pooling from input_shape to output_shape is avg_pool2d with
+    kernel = stride = (H / OH, W / OW), except global pooling; else None."""
+    (H, W), (OH, OW) = input_shape[2:], output_shape[2:]
+    if (OH, OW) != (1, 1) and H % OH == 0 and W % OW == 0:
+        return H // OH, W // OW
+    return None
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape) -> np.ndarray:
+    """Gradient of adaptive_avg_pool2d: each grad_y entry divided by its window's area, added
+    over the window. grad_y: (N, C, OH, OW) (its shape gives the output size); input_shape:
+    (N, C, H, W)."""
+    op = "adaptive_avg_pool2d_backward"
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    check_ndim(grad_y, 4, "grad_y", op, _NCHW)
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    adaptive_pool2d_output_shape(input_shape, grad_y.shape[2:], op, "input_shape")
+    if grad_y.shape[:2] != input_shape[:2]:
+        raise ValueError(f"{op}: grad_y {grad_y.shape} and input_shape {input_shape} must agree "
+                         f"on (N, C)")
+    grad_x = np.empty(input_shape, grad_y.dtype)
+    if not grad_y.size:
+        grad_x.fill(0)
+        return grad_x
+    kernel = _dividing_window(input_shape, grad_y.shape)
+    if kernel:
+        _core.avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x, *kernel, *kernel, 0, 0, True)
+    else:
+        _core.adaptive_avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x)
     return grad_x
 
 

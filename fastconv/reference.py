@@ -27,6 +27,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from fastconv._args import (
     CONV_OUTPUT,
+    adaptive_pool2d_output_shape,
+    adaptive_windows,
     as_float_array,
     batch_norm_eps,
     batch_norm_grad_inputs,
@@ -59,6 +61,8 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
     "im2col",
     "col2im",
     "linear",
@@ -478,6 +482,65 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
         for j in range(kw):
             gxp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))] += g
     return np.ascontiguousarray(gxp[:, :, ph:ph + H, pw:pw + W])
+
+
+def _window_sums(x: np.ndarray, axis: int, out: int):
+    """Sums of x over adaptive pooling's `out` windows along `axis` (that axis becomes `out`
+    long), added window offset by window offset; and the window lengths."""
+    size = x.shape[axis]
+    start, end = adaptive_windows(size, out)
+    length = end - start
+    shape = [1] * x.ndim
+    shape[axis] = out
+    total = np.zeros(x.shape[:axis] + (out,) + x.shape[axis + 1:], x.dtype)
+    for i in range(int(length.max(initial=0))):
+        rows = np.take(x, np.minimum(start + i, size - 1), axis=axis)
+        with np.errstate(invalid="ignore"):  # inf + -inf is NaN, as in PyTorch
+            total += np.where((i < length).reshape(shape), rows, 0)  # (not * mask: 0 * inf)
+    return total, length
+
+
+def _window_scatter(g: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """The adjoint of _window_sums' sum: each entry of g added over its window, the axis
+    becoming `size` long."""
+    g = np.moveaxis(g, axis, -1)
+    start, end = adaptive_windows(size, g.shape[-1])
+    out = np.zeros(g.shape[:-1] + (size,), g.dtype)
+    for i in range(int((end - start).max(initial=0))):
+        valid = i < end - start
+        np.add.at(out, (Ellipsis, start[valid] + i), g[..., valid])
+    return np.moveaxis(out, -1, axis)
+
+
+def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
+    """Adaptive average pooling, ``torch.nn.functional.adaptive_avg_pool2d``: each output the
+    sum over its window [floor(i H / OH), ceil((i + 1) H / OH)) x (columns likewise), rows
+    first, divided by the window's height and then its width (PyTorch's order)."""
+    op = "adaptive_avg_pool2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    N, C, OH, OW = adaptive_pool2d_output_shape(x.shape, output_size, op)
+    rows, kh = _window_sums(x, 2, OH)
+    total, kw = _window_sums(rows, 3, OW)
+    return np.ascontiguousarray(total / kh[:, None].astype(x.dtype) / kw.astype(x.dtype))
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape) -> np.ndarray:
+    """Gradient of :func:`adaptive_avg_pool2d`: each grad_y entry divided by its window's
+    height and width, added over the window."""
+    op = "adaptive_avg_pool2d_backward"
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    check_ndim(grad_y, 4, "grad_y", op, _NCHW)
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    adaptive_pool2d_output_shape(input_shape, grad_y.shape[2:], op, "input_shape")
+    if grad_y.shape[:2] != input_shape[:2]:
+        raise ValueError(f"{op}: grad_y {grad_y.shape} and input_shape {input_shape} must agree "
+                         f"on (N, C)")
+    (H, W), (OH, OW) = input_shape[2:], grad_y.shape[2:]
+    kh = np.diff(np.stack(adaptive_windows(H, OH)), axis=0)[0]
+    kw = np.diff(np.stack(adaptive_windows(W, OW)), axis=0)[0]
+    g = grad_y / kh[:, None].astype(grad_y.dtype) / kw.astype(grad_y.dtype)
+    return np.ascontiguousarray(_window_scatter(_window_scatter(g, 3, W), 2, H))
 
 
 def linear(x, weight, bias=None) -> np.ndarray:

@@ -37,12 +37,12 @@ from .dropout import Dropout
 from .linear import Flatten, Identity, Linear
 from .module import IncompatibleKeys, Module, Parameter
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
-from .pool import AvgPool2d, MaxPool2d
+from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .summary import ModelSummary
 
 __all__ = [
     "Parameter", "Module", "Sequential", "Identity",
-    "Conv2d", "MaxPool2d", "AvgPool2d", "Linear", "Flatten",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Flatten",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Dropout",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "ModelSummary", "IncompatibleKeys",
 ]
