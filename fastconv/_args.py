@@ -267,6 +267,71 @@ def conv2d_geometry(x_shape, weight_shape, stride=1, padding=0, dilation=1, grou
 
 
 @dataclass(frozen=True)
+class ConvTransposeGeometry:
+    """conv_transpose2d's arguments, validated. The op is the input gradient of `conv`, the
+    convolution of the whole output (N, C_out, OH, OW) with the same weight, stride, padding,
+    dilation and groups; its output is x's size (H, W), or `extra` = output_padding // stride
+    rows/columns more where output_padding >= stride (allowed when it is below the dilation),
+    which x then fills with zeros."""
+
+    conv: ConvGeometry
+    output_shape: tuple[int, int, int, int]
+    output_padding: tuple[int, int]
+    extra: tuple[int, int]
+
+
+@_memoized
+def conv_transpose2d_geometry(x_shape, weight_shape, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1,
+                              op: str = "conv_transpose2d") -> ConvTransposeGeometry:
+    """Validate conv_transpose2d's arguments (PyTorch semantics) and compute its output size
+
+        OH = (H - 1) s - 2 p + d (kH - 1) + output_padding + 1
+
+    weight: (C_in, C_out / groups, kH, kW); output_padding must be below stride or dilation."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{op}: x must be 4-D (N, C_in, H, W) (for a single image use x[None]), "
+                         f"got shape {tuple(x_shape)}")
+    if len(weight_shape) != 4:
+        raise ValueError(f"{op}: weight must be 4-D (C_in, C_out/groups, kH, kW), got shape "
+                         f"{tuple(weight_shape)}")
+    N, C, H, W = (int(s) for s in x_shape)
+    Cin, Cg, kh, kw = (int(s) for s in weight_shape)
+    if not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, (bool, np.bool_)):
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be positive, got {groups}")
+    if Cin == 0 or Cg == 0 or kh == 0 or kw == 0:
+        raise ValueError(f"{op}: weight has an empty dimension: shape {tuple(weight_shape)}")
+    if Cin != C:
+        raise ValueError(f"{op}: weight of shape {tuple(weight_shape)} expects x to have {Cin} "
+                         f"channels (weight.shape[0]), but x of shape {tuple(x_shape)} has {C}")
+    if Cin % groups:
+        raise ValueError(f"{op}: in_channels ({Cin}, weight shape {tuple(weight_shape)}) must be "
+                         f"divisible by groups={groups}")
+    stride = positive_pair(stride, "stride", op)
+    dilation = positive_pair(dilation, "dilation", op)
+    padding = nonnegative_pair(padding, "padding", op)
+    output_padding = nonnegative_pair(output_padding, "output_padding", op)
+    if any(o >= s and o >= d for o, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(f"{op}: output_padding {output_padding} must be smaller than either "
+                         f"stride {stride} or dilation {dilation}")
+    out = tuple((size - 1) * s - 2 * p + d * (k - 1) + o + 1 for size, s, p, d, k, o in
+                zip((H, W), stride, padding, dilation, (kh, kw), output_padding))
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"{op}: x of shape {tuple(x_shape)} with weight {tuple(weight_shape)}, "
+                         f"stride {stride}, padding {padding}, dilation {dilation} and "
+                         f"output_padding {output_padding} gives an output size of {out}: the "
+                         f"padding is too large")
+    output_shape = (N, Cg * groups, out[0], out[1])
+    check_elements(output_shape, op, "output")
+    conv = conv2d_geometry(output_shape, (Cin, Cg, kh, kw), stride, padding, dilation, groups, op)
+    extra = (conv.out[0] - H, conv.out[1] - W)  # (H - 1) s + output_padding over s, plus 1
+    return ConvTransposeGeometry(conv, output_shape, output_padding, extra)
+
+
+@dataclass(frozen=True)
 class PoolGeometry:
     """Validated pooling arguments and output size."""
 

@@ -30,6 +30,7 @@ from ._args import (
     check_shape,
     common_dtype,
     conv_through_pool_inputs,
+    conv_transpose2d_geometry,
     conv2d_geometry,
     conv2d_output_shape,
     flag,
@@ -50,6 +51,8 @@ __all__ = [
     "conv2d_backward",
     "conv2d_backward_through_max_pool",
     "conv2d_max_pool2d",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
@@ -251,6 +254,105 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
             *geom.out, *geom.stride, *geom.padding, *geom.dilation, geom.groups):
         raise indices_out_of_range(geom.output_shape, op, CONV_OUTPUT)
     return grad_w, grad_b
+
+
+def _transpose_inputs(op, x, weight):
+    x = as_float_array(x, "x", op)
+    weight = as_float_array(weight, "weight", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    check_ndim(weight, 4, "weight", op, "(C_in, C_out/groups, kH, kW)")
+    return x, weight
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1) -> np.ndarray:
+    """Transposed convolution ("deconvolution"), as torch.nn.functional.conv_transpose2d (same
+    argument order): the input gradient of conv2d(., weight, stride, padding, dilation,
+    groups), applied to x, on the conv input-gradient kernels.
+
+    Args:
+        x: input (N, C_in, H, W).
+        weight: (C_in, C_out / groups, kH, kW) (the layout of the conv it transposes).
+        bias: optional (C_out,).
+        stride, padding, output_padding, dilation: int or (h, w) pair; output_padding (extra
+            rows/columns at the bottom/right) must be below the stride or the dilation.
+    Returns:
+        y (N, C_out, OH, OW), OH = (H - 1) s - 2 p + d (kH - 1) + output_padding + 1.
+    """
+    op = "conv_transpose2d"
+    x, weight = _transpose_inputs(op, x, weight)
+    geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
+                                     groups, dilation, op)
+    bias = _transpose_bias(op, bias, geom, weight)
+    dtype = common_dtype(x, weight, bias)
+    y = np.empty(geom.output_shape, dtype)
+    if y.size:
+        _core.conv2d_backward_input(_transpose_x(x, geom, dtype), _c(weight, dtype), y,
+                                    *_window(geom.conv))
+        if bias is not None:
+            y += _c(bias, dtype)[:, None, None]
+    return y
+
+
+def _transpose_x(x, geom, dtype):
+    """x as the gradient of geom.conv's output: C order, with zero rows/columns after it where
+    output_padding >= stride makes that output larger than x."""
+    if geom.extra == (0, 0):
+        return _c(x, dtype)
+    padded = np.zeros(geom.conv.output_shape, dtype)
+    padded[:, :, :x.shape[2], :x.shape[3]] = x
+    return padded
+
+
+def _window(geom):
+    """The conv kernels' window arguments of a ConvGeometry."""
+    return (*geom.stride, *geom.padding, *geom.dilation, geom.groups)
+
+
+def _transpose_bias(op, bias, geom, weight):
+    if bias is not None:
+        bias = as_float_array(bias, "bias", op)
+        if bias.shape != (geom.output_shape[1],):
+            raise ValueError(f"{op}: bias must have shape ({geom.output_shape[1]},) (C_out) to "
+                             f"match weight {weight.shape}, got {bias.shape}")
+    return bias
+
+
+def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, output_mask=(True, True, True)):
+    """Gradients of conv_transpose2d with respect to x, weight and bias.
+
+    grad_x = conv2d(grad_y, weight, stride, padding, dilation, groups) (the conv forward
+    kernels); grad_weight = conv2d's weight gradient with x and grad_y swapped (weight layout
+    (C_in, C_out / groups, kH, kW)); grad_bias = grad_y.sum(axis=(0, 2, 3)). None where
+    output_mask is False. Other arguments as conv_transpose2d's.
+    """
+    op = "conv_transpose2d_backward"
+    mask = normalize_output_mask(output_mask, op)
+    x, weight = _transpose_inputs(op, x, weight)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
+                                     groups, dilation, op)
+    if grad_y.shape != geom.output_shape:
+        raise ValueError(f"{op}: grad_y must have the conv_transpose2d output shape "
+                         f"{geom.output_shape} for x {x.shape} and weight {weight.shape}, got "
+                         f"{grad_y.shape}")
+    dtype = common_dtype(grad_y, x, weight)
+    gy, w, conv = _c(grad_y, dtype), _c(weight, dtype), geom.conv
+    grad_x = grad_w = grad_b = None
+    if mask[0]:
+        grad_x = np.empty(conv.output_shape, dtype)
+        if grad_x.size:
+            _core.conv2d_forward(gy, w, None, grad_x, *_window(conv))
+        if geom.extra != (0, 0):
+            grad_x = np.ascontiguousarray(grad_x[:, :, :x.shape[2], :x.shape[3]])
+    if mask[1]:
+        grad_w = np.empty(weight.shape, dtype)
+        _core.conv2d_backward_weight(_transpose_x(x, geom, dtype), gy, grad_w, *_window(conv))
+    if mask[2]:
+        grad_b = np.empty((geom.output_shape[1],), dtype)
+        _core.conv2d_backward_bias(gy, grad_b)
+    return grad_x, grad_w, grad_b
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,

@@ -38,6 +38,7 @@ from fastconv._args import (
     check_shape,
     common_dtype,
     conv_through_pool_inputs,
+    conv_transpose2d_geometry,
     conv2d_geometry,
     conv2d_output_shape,
     flag,
@@ -57,6 +58,8 @@ __all__ = [
     "conv2d_backward",
     "conv2d_backward_through_max_pool",
     "conv2d_max_pool2d",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
@@ -241,6 +244,23 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     return y
 
 
+def _conv_input_grad(gy: np.ndarray, wmat: np.ndarray, geom, dtype: np.dtype) -> np.ndarray:
+    """conv2d's input gradient: col2im(weight[g]^T @ grad_y[g]), from grad_y as
+    (N, G, F/G, OH*OW) and the weight as (G, F/G, C/G*kH*kW)."""
+    N, (kh, kw), (oh, ow) = geom.N, geom.kernel, geom.out
+    dcols = np.matmul(wmat.transpose(0, 2, 1), gy)                        # (N, G, K, L)
+    dcols = dcols.reshape(N, geom.C, kh, kw, oh, ow)
+    top, left = geom.padding
+    height = _padded_size(geom.H, top, oh, kh, geom.stride[0], geom.dilation[0])
+    width = _padded_size(geom.W, left, ow, kw, geom.stride[1], geom.dilation[1])
+    gxp = np.zeros((N, geom.C, height, width), dtype=dtype)
+    for i in range(kh):
+        for j in range(kw):
+            gxp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))] += \
+                dcols[:, :, i, j]
+    return np.ascontiguousarray(gxp[:, :, top:top + geom.H, left:left + geom.W])
+
+
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
                     output_mask=(True, True, True)):
     """Gradients of :func:`conv2d` w.r.t. x, weight and bias.
@@ -263,23 +283,13 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     dtype = common_dtype(grad_y, x, weight)
     N, G = geom.N, geom.groups
     Fg = geom.F // G
-    (kh, kw), (oh, ow) = geom.kernel, geom.out
+    oh, ow = geom.out
     gy = grad_y.astype(dtype, copy=False).reshape(N, G, Fg, oh * ow)      # (N, G, Fg, L)
     wmat = weight.astype(dtype, copy=False).reshape(G, Fg, -1)            # (G, Fg, K)
 
     grad_x = grad_w = grad_b = None
     if mask[0]:
-        dcols = np.matmul(wmat.transpose(0, 2, 1), gy)                    # (N, G, K, L)
-        dcols = dcols.reshape(N, geom.C, kh, kw, oh, ow)
-        top, left = geom.padding
-        height = _padded_size(geom.H, top, oh, kh, geom.stride[0], geom.dilation[0])
-        width = _padded_size(geom.W, left, ow, kw, geom.stride[1], geom.dilation[1])
-        gxp = np.zeros((N, geom.C, height, width), dtype=dtype)
-        for i in range(kh):
-            for j in range(kw):
-                gxp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))] += \
-                    dcols[:, :, i, j]
-        grad_x = np.ascontiguousarray(gxp[:, :, top:top + geom.H, left:left + geom.W])
+        grad_x = _conv_input_grad(gy, wmat, geom, dtype)
     if mask[1]:
         cols = _conv_columns(x, geom, dtype)                              # (N, G, K, L)
         grad_w = np.matmul(gy, cols.transpose(0, 1, 3, 2)).sum(axis=0)    # (G, Fg, K)
@@ -319,6 +329,84 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
                                         padding, dilation, groups,
                                         output_mask=(False, *mask))
     return grad_w, grad_b
+
+
+def _transpose_inputs(op: str, x, weight):
+    """x and weight of a transposed convolution as float arrays, both 4-D."""
+    x = as_float_array(x, "x", op)
+    weight = as_float_array(weight, "weight", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    check_ndim(weight, 4, "weight", op, "(C_in, C_out/groups, kH, kW)")
+    return x, weight
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1) -> np.ndarray:
+    """Transposed convolution, ``torch.nn.functional.conv_transpose2d``: the input gradient of
+    conv2d(., weight, stride, padding, dilation, groups) applied to x, i.e. each input pixel
+    spreads weight[c_in] over its window of the output:
+
+        y[n, g*C_out/G + o, h*sH - pH + i*dH, w*sW - pW + j*dW] += x[n, c, h, w] weight[c, o, i, j]
+
+    x: (N, C_in, H, W), weight: (C_in, C_out/groups, kH, kW), bias: (C_out,) or None ->
+    y: (N, C_out, (H - 1) sH - 2 pH + dH (kH - 1) + output_padding + 1, ...).
+    """
+    op = "conv_transpose2d"
+    x, weight = _transpose_inputs(op, x, weight)
+    geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
+                                     groups, dilation, op)
+    bias = _transpose_bias(op, bias, geom, weight)
+    dtype = common_dtype(x, weight, bias)
+    conv = geom.conv
+    G, (H, W) = conv.groups, x.shape[2:]
+    gy = np.zeros(conv.output_shape, dtype)  # x, and zero rows where output_padding >= stride
+    gy[:, :, :H, :W] = x
+    gy = gy.reshape(conv.N, G, conv.F // G, conv.out[0] * conv.out[1])
+    wmat = weight.astype(dtype, copy=False).reshape(G, conv.F // G, -1)
+    y = _conv_input_grad(gy, wmat, conv, dtype)
+    if bias is not None:
+        y += bias.astype(dtype, copy=False)[:, None, None]
+    return y
+
+
+def _transpose_bias(op: str, bias, geom, weight):
+    if bias is not None:
+        bias = as_float_array(bias, "bias", op)
+        if bias.shape != (geom.output_shape[1],):
+            raise ValueError(f"{op}: bias must have shape ({geom.output_shape[1]},) (C_out) to "
+                             f"match weight {weight.shape}, got {bias.shape}")
+    return bias
+
+
+def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, output_mask=(True, True, True)):
+    """Gradients of :func:`conv_transpose2d` w.r.t. x, weight and bias: grad_x is conv2d of
+    grad_y with the same weight, grad_weight conv2d's weight gradient with the roles of x and
+    grad_y swapped, grad_bias = grad_y.sum((0, 2, 3)). None where output_mask is False."""
+    op = "conv_transpose2d_backward"
+    mask = normalize_output_mask(output_mask, op)
+    x, weight = _transpose_inputs(op, x, weight)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
+                                     groups, dilation, op)
+    if grad_y.shape != geom.output_shape:
+        raise ValueError(f"{op}: grad_y must have the conv_transpose2d output shape "
+                         f"{geom.output_shape} for x {x.shape} and weight {weight.shape}, got "
+                         f"{grad_y.shape}")
+    dtype = common_dtype(grad_y, x, weight)
+    conv = geom.conv
+    args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    gy, w = np.ascontiguousarray(grad_y, dtype), weight.astype(dtype, copy=False)
+    grad_x = grad_w = grad_b = None
+    if mask[0]:
+        grad_x = np.ascontiguousarray(conv2d(gy, w, None, *args)[:, :, :x.shape[2], :x.shape[3]])
+    if mask[1]:
+        x_out = np.zeros(conv.output_shape, dtype)  # x as conv's output (see conv_transpose2d)
+        x_out[:, :, :x.shape[2], :x.shape[3]] = x
+        grad_w = conv2d_backward(x_out, gy, w, *args, output_mask=(False, True, False))[1]
+    if mask[2]:
+        grad_b = gy.sum(axis=(0, 2, 3))
+    return grad_x, grad_w, grad_b
 
 
 # --------------------------------------------------------------------------------------------

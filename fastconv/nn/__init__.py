@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from .activation import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .containers import Sequential
-from .conv import Conv2d
+from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
 from .linear import Flatten, Identity, Linear
 from .module import IncompatibleKeys, Module, Parameter
@@ -42,7 +42,7 @@ from .summary import ModelSummary
 
 __all__ = [
     "Parameter", "Module", "Sequential", "Identity",
-    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Flatten",
+    "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Flatten",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Dropout",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "ModelSummary", "IncompatibleKeys",
 ]
