@@ -462,6 +462,98 @@ def adaptive_windows(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
+class UpsampleGeometry:
+    """Nearest upsampling: the output shape and, per output row and column, the input row and
+    column it copies (read-only int64 arrays, non-decreasing)."""
+
+    output_shape: tuple[int, int, int, int]
+    rows: np.ndarray
+    cols: np.ndarray
+
+
+def scale_factors(scale_factor, op: str) -> tuple[float, float]:
+    """scale_factor as two finite positive floats (one number applies to both axes)."""
+    values = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * 2
+    if len(values) != 2 or not all(isinstance(v, (numbers.Real, np.floating, np.integer))
+                                   and not isinstance(v, (bool, np.bool_)) for v in values):
+        raise TypeError(f"{op}: scale_factor must be a number or a pair of numbers, got "
+                        f"{scale_factor!r}")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{op}: scale_factor must be finite and positive, got {scale_factor!r}")
+    return float(values[0]), float(values[1])
+
+
+def nearest_indices(size: int, out: int, scale_factor: float | None) -> np.ndarray:
+    """The input index each of `out` outputs copies, as PyTorch's nearest_idx: the identity
+    where out == size, dst // 2 where out == 2 size, else min(floor(dst * s), size - 1) in
+    float32 arithmetic, s = float32(1 / scale_factor) where a scale factor is used, else
+    float32(size) / float32(out)."""
+    dst = np.arange(out, dtype=np.int64)
+    if out == size:
+        return dst
+    if out == 2 * size:
+        return dst >> 1
+    if scale_factor is not None:
+        scale = np.float32(1.0 / scale_factor)
+    else:
+        scale = np.float32(size) / np.float32(out)
+    src = np.floor(dst.astype(np.float32) * scale).astype(np.int64)
+    return np.minimum(src, size - 1)
+
+
+@_memoized
+def upsample_nearest2d_geometry(x_shape, size=None, scale_factor=None,
+                                recompute_scale_factor=None, op: str = "upsample_nearest2d",
+                                name: str = "x") -> UpsampleGeometry:
+    """Validate F.interpolate(mode='nearest')-style arguments for an (N, C, H, W) input (called
+    `name` in errors): exactly one of size (an int or pair, each >= 1) and scale_factor (a
+    number or pair, finite and > 0; output size floor(H * scale_factor), at least 1)."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W) (for a single image use "
+                         f"x[None]), got shape {tuple(x_shape)}")
+    N, C, H, W = (int(v) for v in x_shape)
+    if (size is None) == (scale_factor is None):
+        raise ValueError(f"{op}: give exactly one of size and scale_factor (got size={size!r}, "
+                         f"scale_factor={scale_factor!r})")
+    if H < 1 or W < 1:
+        raise ValueError(f"{op}: {name} of shape {tuple(x_shape)} has empty planes (H and W must "
+                         f"be at least 1)")
+    if size is not None:
+        out = positive_pair(size, "size", op)
+        scales = (None, None)
+    else:
+        scales = scale_factors(scale_factor, op)
+        out = tuple(math.floor(n * f) for n, f in zip((H, W), scales))
+        if out[0] < 1 or out[1] < 1:
+            raise ValueError(f"{op}: scale_factor {scale_factor!r} gives {name} of shape "
+                             f"{tuple(x_shape)} an output size of {out}: it must be at least 1")
+        if recompute_scale_factor is not None and flag(recompute_scale_factor,
+                                                       "recompute_scale_factor", op):
+            scales = (None, None)  # the scale recomputed from the sizes
+    output_shape = (N, C) + out
+    check_elements(output_shape, op, "output")
+    rows, cols = (nearest_indices(n, o, f) for n, o, f in zip((H, W), out, scales))
+    rows.flags.writeable = cols.flags.writeable = False
+    return UpsampleGeometry(output_shape, rows, cols)
+
+
+def upsample_backward_inputs(op: str, grad_y, input_shape, size, scale_factor,
+                             recompute_scale_factor):
+    """(grad_y, input_shape, geometry) of upsample_nearest2d_backward, validated: grad_y must
+    have the forward's output shape for input_shape."""
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    if grad_y.ndim != 4:
+        raise ValueError(f"{op}: grad_y must be 4-D (N, C, OH, OW), got shape {grad_y.shape}")
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    geom = upsample_nearest2d_geometry(input_shape, size, scale_factor, recompute_scale_factor,
+                                       op, "input_shape")
+    if grad_y.shape != geom.output_shape:
+        raise ValueError(f"{op}: grad_y must have the upsampled shape {geom.output_shape} for "
+                         f"input_shape {input_shape}, got {grad_y.shape}")
+    return grad_y, input_shape, geom
+
+
+@dataclass(frozen=True)
 class UnfoldGeometry:
     """Validated im2col / col2im arguments: image size (H, W) and the grid of blocks (OH, OW)."""
 

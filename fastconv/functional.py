@@ -35,6 +35,8 @@ from ._args import (
     conv2d_output_shape,
     flag,
     fold_geometry,
+    upsample_backward_inputs as _upsample_backward_inputs,
+    upsample_nearest2d_geometry,
     gelu_tanh,
     indices_out_of_range,
     linear_shapes,
@@ -67,6 +69,8 @@ __all__ = [
     "batch_norm_train_backward",
     "relu",
     "relu_backward",
+    "upsample_nearest2d",
+    "upsample_nearest2d_backward",
     "gelu",
     "gelu_backward",
     "silu",
@@ -502,6 +506,41 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape) -> np.ndarray:
         _core.avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x, *kernel, *kernel, 0, 0, True)
     else:
         _core.adaptive_avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x)
+    return grad_x
+
+
+def upsample_nearest2d(x, size=None, scale_factor=None, *, recompute_scale_factor=None):
+    """Nearest-neighbour upsampling (or downsampling), as torch.nn.functional.interpolate with
+    mode='nearest': output row i copies input row min(floor(i * s), H - 1), s = 1 / scale_factor
+    (or H / OH where size is given, or with recompute_scale_factor), computed in float32 as
+    PyTorch does (its 2x case is i // 2 exactly); columns likewise.
+
+    Args:
+        x: (N, C, H, W).
+        size: output (OH, OW), an int or a pair; or
+        scale_factor: a number or a pair: OH = floor(H * scale_factor) (give exactly one).
+    """
+    op = "upsample_nearest2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    geom = upsample_nearest2d_geometry(x.shape, size, scale_factor, recompute_scale_factor, op)
+    y = np.empty(geom.output_shape, x.dtype)
+    if y.size:
+        _core.upsample_nearest2d_forward(_c(x, x.dtype), y, geom.rows, geom.cols)
+    return y
+
+
+def upsample_nearest2d_backward(grad_y, input_shape, size=None, scale_factor=None, *,
+                                recompute_scale_factor=None) -> np.ndarray:
+    """Gradient of upsample_nearest2d: each input pixel gets the sum of the gradients of the
+    outputs that copy it (0 for those none copies). grad_y: (N, C, OH, OW); input_shape
+    (N, C, H, W); size, scale_factor, recompute_scale_factor: as given to the forward."""
+    op = "upsample_nearest2d_backward"
+    grad_y, input_shape, geom = _upsample_backward_inputs(
+        op, grad_y, input_shape, size, scale_factor, recompute_scale_factor)
+    grad_x = np.empty(input_shape, grad_y.dtype)
+    if grad_x.size:
+        _core.upsample_nearest2d_backward(_c(grad_y, grad_y.dtype), grad_x, geom.rows, geom.cols)
     return grad_x
 
 

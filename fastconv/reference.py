@@ -43,6 +43,8 @@ from fastconv._args import (
     conv2d_output_shape,
     flag,
     fold_geometry,
+    upsample_backward_inputs,
+    upsample_nearest2d_geometry,
     gelu_tanh,
     linear_shapes,
     max_pool_backward_inputs,
@@ -74,6 +76,8 @@ __all__ = [
     "batch_norm_train_backward",
     "relu",
     "relu_backward",
+    "upsample_nearest2d",
+    "upsample_nearest2d_backward",
     "gelu",
     "gelu_backward",
     "silu",
@@ -629,6 +633,29 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape) -> np.ndarray:
     kw = np.diff(np.stack(adaptive_windows(W, OW)), axis=0)[0]
     g = grad_y / kh[:, None].astype(grad_y.dtype) / kw.astype(grad_y.dtype)
     return np.ascontiguousarray(_window_scatter(_window_scatter(g, 3, W), 2, H))
+
+
+def upsample_nearest2d(x, size=None, scale_factor=None, *, recompute_scale_factor=None):
+    """Nearest-neighbour resampling, ``torch.nn.functional.interpolate(mode='nearest')``:
+    y[..., i, j] = x[..., rows[i], cols[j]], one fancy-indexing gather, with PyTorch's index
+    maps (see :func:`fastconv._args.nearest_indices`)."""
+    op = "upsample_nearest2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    geom = upsample_nearest2d_geometry(x.shape, size, scale_factor, recompute_scale_factor, op)
+    return np.ascontiguousarray(x[:, :, geom.rows[:, None], geom.cols[None, :]])
+
+
+def upsample_nearest2d_backward(grad_y, input_shape, size=None, scale_factor=None, *,
+                                recompute_scale_factor=None) -> np.ndarray:
+    """Gradient of :func:`upsample_nearest2d`: grad_y scatter-added (np.add.at) to the input
+    positions the outputs copy."""
+    grad_y, input_shape, geom = upsample_backward_inputs(
+        "upsample_nearest2d_backward", grad_y, input_shape, size, scale_factor,
+        recompute_scale_factor)
+    grad_x = np.zeros(input_shape, grad_y.dtype)
+    np.add.at(grad_x, (slice(None), slice(None), geom.rows[:, None], geom.cols[None, :]), grad_y)
+    return grad_x
 
 
 def linear(x, weight, bias=None) -> np.ndarray:

@@ -39,10 +39,12 @@ from .module import IncompatibleKeys, Module, Parameter
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .summary import ModelSummary
+from .upsample import Upsample
 
 __all__ = [
     "Parameter", "Module", "Sequential", "Identity",
-    "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Flatten",
+    "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Upsample",
+    "Linear", "Flatten",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Dropout",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "ModelSummary", "IncompatibleKeys",
 ]
