@@ -226,6 +226,25 @@ def _memoized(compute):
     return geometry
 
 
+def _group_count(groups, op: str) -> int:
+    """`groups` as a positive Python int."""
+    if not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, (bool, np.bool_)):
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be positive, got {groups}")
+    return int(groups)
+
+
+def float_bias(bias, channels: int, weight_shape, op: str):
+    """A convolution's bias: None, or a float array of shape (channels,)."""
+    if bias is not None:
+        bias = as_float_array(bias, "bias", op)
+        if bias.shape != (channels,):
+            raise ValueError(f"{op}: bias must have shape ({channels},) to match weight "
+                             f"{tuple(weight_shape)}, got {bias.shape}")
+    return bias
+
+
 @_memoized
 def conv2d_geometry(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
                     op: str = "conv2d") -> ConvGeometry:
@@ -238,11 +257,7 @@ def conv2d_geometry(x_shape, weight_shape, stride=1, padding=0, dilation=1, grou
                          f"got shape {tuple(weight_shape)}")
     N, C, H, W = (int(s) for s in x_shape)
     F, Cg, kh, kw = (int(s) for s in weight_shape)
-    if not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, bool):
-        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
-    groups = int(groups)
-    if groups < 1:
-        raise ValueError(f"{op}: groups must be positive, got {groups}")
+    groups = _group_count(groups, op)
     if F == 0 or Cg == 0 or kh == 0 or kw == 0:
         raise ValueError(f"{op}: weight has an empty dimension: shape {tuple(weight_shape)}")
     if Cg * groups != C:
@@ -297,11 +312,7 @@ def conv_transpose2d_geometry(x_shape, weight_shape, stride=1, padding=0, output
                          f"{tuple(weight_shape)}")
     N, C, H, W = (int(s) for s in x_shape)
     Cin, Cg, kh, kw = (int(s) for s in weight_shape)
-    if not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, (bool, np.bool_)):
-        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
-    groups = int(groups)
-    if groups < 1:
-        raise ValueError(f"{op}: groups must be positive, got {groups}")
+    groups = _group_count(groups, op)
     if Cin == 0 or Cg == 0 or kh == 0 or kw == 0:
         raise ValueError(f"{op}: weight has an empty dimension: shape {tuple(weight_shape)}")
     if Cin != C:
@@ -329,6 +340,31 @@ def conv_transpose2d_geometry(x_shape, weight_shape, stride=1, padding=0, output
     conv = conv2d_geometry(output_shape, (Cin, Cg, kh, kw), stride, padding, dilation, groups, op)
     extra = (conv.out[0] - H, conv.out[1] - W)  # (H - 1) s + output_padding over s, plus 1
     return ConvTransposeGeometry(conv, output_shape, output_padding, extra)
+
+
+def conv_transpose_inputs(x, weight, op: str):
+    """x and weight of a transposed convolution as float arrays, both 4-D."""
+    x = as_float_array(x, "x", op)
+    weight = as_float_array(weight, "weight", op)
+    check_ndim(x, 4, "x", op, "(N, C, H, W)")
+    check_ndim(weight, 4, "weight", op, "(C_in, C_out/groups, kH, kW)")
+    return x, weight
+
+
+def conv_transpose_backward_inputs(grad_y, x, weight, stride, padding, output_padding, groups,
+                                   dilation, output_mask, op: str):
+    """conv_transpose2d_backward's arguments validated: (mask, grad_y, x, weight, geometry,
+    working dtype); grad_y must have the forward's output shape."""
+    mask = normalize_output_mask(output_mask, op)
+    x, weight = conv_transpose_inputs(x, weight, op)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
+                                     groups, dilation, op)
+    if grad_y.shape != geom.output_shape:
+        raise ValueError(f"{op}: grad_y must have the conv_transpose2d output shape "
+                         f"{geom.output_shape} for x {x.shape} and weight {weight.shape}, got "
+                         f"{grad_y.shape}")
+    return mask, grad_y, x, weight, geom, common_dtype(grad_y, x, weight)
 
 
 @dataclass(frozen=True)
@@ -452,6 +488,19 @@ def adaptive_pool2d_output_shape(x_shape, output_size, op: str = "adaptive_avg_p
     shape = (N, C, H if oh is None else oh, W if ow is None else ow)
     check_elements(shape, op, "output")
     return shape
+
+
+def adaptive_backward_inputs(grad_y, input_shape, op: str):
+    """(grad_y, input_shape) of adaptive pooling's backward, validated: grad_y (N, C, OH, OW)
+    and input_shape (N, C, H, W) agree on (N, C), H and W >= 1."""
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    check_ndim(grad_y, 4, "grad_y", op, "(N, C, H, W)")
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    adaptive_pool2d_output_shape(input_shape, grad_y.shape[2:], op, "input_shape")
+    if grad_y.shape[:2] != input_shape[:2]:
+        raise ValueError(f"{op}: grad_y {grad_y.shape} and input_shape {input_shape} must agree "
+                         f"on (N, C)")
+    return grad_y, input_shape
 
 
 def adaptive_windows(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ import numpy as np
 from . import _core
 from ._args import (
     CONV_OUTPUT,
+    adaptive_backward_inputs,
     adaptive_pool2d_output_shape,
     as_float_array,
     batch_norm_eps,
@@ -30,10 +31,13 @@ from ._args import (
     check_shape,
     common_dtype,
     conv_through_pool_inputs,
+    conv_transpose_backward_inputs,
+    conv_transpose_inputs,
     conv_transpose2d_geometry,
     conv2d_geometry,
     conv2d_output_shape,
     flag,
+    float_bias,
     fold_geometry,
     upsample_backward_inputs as _upsample_backward_inputs,
     upsample_nearest2d_geometry,
@@ -109,12 +113,7 @@ def _conv_inputs(op, x, weight):
 
 
 def _conv_bias(op, bias, geom, weight):
-    if bias is not None:
-        bias = as_float_array(bias, "bias", op)
-        if bias.shape != (geom.F,):
-            raise ValueError(f"{op}: bias must have shape ({geom.F},) to match weight "
-                             f"{weight.shape}, got {bias.shape}")
-    return bias
+    return float_bias(bias, geom.F, weight.shape, op)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> np.ndarray:
@@ -260,14 +259,6 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     return grad_w, grad_b
 
 
-def _transpose_inputs(op, x, weight):
-    x = as_float_array(x, "x", op)
-    weight = as_float_array(weight, "weight", op)
-    check_ndim(x, 4, "x", op, _NCHW)
-    check_ndim(weight, 4, "weight", op, "(C_in, C_out/groups, kH, kW)")
-    return x, weight
-
-
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1) -> np.ndarray:
     """Transposed convolution ("deconvolution"), as torch.nn.functional.conv_transpose2d (same
@@ -284,10 +275,10 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
         y (N, C_out, OH, OW), OH = (H - 1) s - 2 p + d (kH - 1) + output_padding + 1.
     """
     op = "conv_transpose2d"
-    x, weight = _transpose_inputs(op, x, weight)
+    x, weight = conv_transpose_inputs(x, weight, op)
     geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
                                      groups, dilation, op)
-    bias = _transpose_bias(op, bias, geom, weight)
+    bias = float_bias(bias, geom.output_shape[1], weight.shape, op)
     dtype = common_dtype(x, weight, bias)
     y = np.empty(geom.output_shape, dtype)
     if y.size:
@@ -313,15 +304,6 @@ def _window(geom):
     return (*geom.stride, *geom.padding, *geom.dilation, geom.groups)
 
 
-def _transpose_bias(op, bias, geom, weight):
-    if bias is not None:
-        bias = as_float_array(bias, "bias", op)
-        if bias.shape != (geom.output_shape[1],):
-            raise ValueError(f"{op}: bias must have shape ({geom.output_shape[1]},) (C_out) to "
-                             f"match weight {weight.shape}, got {bias.shape}")
-    return bias
-
-
 def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
                               groups=1, dilation=1, output_mask=(True, True, True)):
     """Gradients of conv_transpose2d with respect to x, weight and bias.
@@ -331,17 +313,9 @@ def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_pad
     (C_in, C_out / groups, kH, kW)); grad_bias = grad_y.sum(axis=(0, 2, 3)). None where
     output_mask is False. Other arguments as conv_transpose2d's.
     """
-    op = "conv_transpose2d_backward"
-    mask = normalize_output_mask(output_mask, op)
-    x, weight = _transpose_inputs(op, x, weight)
-    grad_y = as_float_array(grad_y, "grad_y", op)
-    geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
-                                     groups, dilation, op)
-    if grad_y.shape != geom.output_shape:
-        raise ValueError(f"{op}: grad_y must have the conv_transpose2d output shape "
-                         f"{geom.output_shape} for x {x.shape} and weight {weight.shape}, got "
-                         f"{grad_y.shape}")
-    dtype = common_dtype(grad_y, x, weight)
+    mask, grad_y, x, weight, geom, dtype = conv_transpose_backward_inputs(
+        grad_y, x, weight, stride, padding, output_padding, groups, dilation, output_mask,
+        "conv_transpose2d_backward")
     gy, w, conv = _c(grad_y, dtype), _c(weight, dtype), geom.conv
     grad_x = grad_w = grad_b = None
     if mask[0]:
@@ -489,14 +463,8 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape) -> np.ndarray:
     """Gradient of adaptive_avg_pool2d: each grad_y entry divided by its window's area, added
     over the window. grad_y: (N, C, OH, OW) (its shape gives the output size); input_shape:
     (N, C, H, W)."""
-    op = "adaptive_avg_pool2d_backward"
-    grad_y = as_float_array(grad_y, "grad_y", op)
-    check_ndim(grad_y, 4, "grad_y", op, _NCHW)
-    input_shape = check_shape(input_shape, 4, "input_shape", op)
-    adaptive_pool2d_output_shape(input_shape, grad_y.shape[2:], op, "input_shape")
-    if grad_y.shape[:2] != input_shape[:2]:
-        raise ValueError(f"{op}: grad_y {grad_y.shape} and input_shape {input_shape} must agree "
-                         f"on (N, C)")
+    grad_y, input_shape = adaptive_backward_inputs(grad_y, input_shape,
+                                                   "adaptive_avg_pool2d_backward")
     grad_x = np.empty(input_shape, grad_y.dtype)
     if not grad_y.size:
         grad_x.fill(0)

@@ -27,6 +27,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from fastconv._args import (
     CONV_OUTPUT,
+    adaptive_backward_inputs,
     adaptive_pool2d_output_shape,
     adaptive_windows,
     as_float_array,
@@ -38,10 +39,13 @@ from fastconv._args import (
     check_shape,
     common_dtype,
     conv_through_pool_inputs,
+    conv_transpose_backward_inputs,
+    conv_transpose_inputs,
     conv_transpose2d_geometry,
     conv2d_geometry,
     conv2d_output_shape,
     flag,
+    float_bias,
     fold_geometry,
     upsample_backward_inputs,
     upsample_nearest2d_geometry,
@@ -233,11 +237,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     op = "conv2d"
     x, weight = _conv_inputs(op, x, weight)
     geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
-    if bias is not None:
-        bias = as_float_array(bias, "bias", op)
-        if bias.shape != (geom.F,):
-            raise ValueError(f"{op}: bias must have shape ({geom.F},) to match weight "
-                             f"{weight.shape}, got {bias.shape}")
+    bias = float_bias(bias, geom.F, weight.shape, op)
     dtype = common_dtype(x, weight, bias)
     G, (oh, ow) = geom.groups, geom.out
     cols = _conv_columns(x, geom, dtype)                                  # (N, G, K, L)
@@ -335,15 +335,6 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     return grad_w, grad_b
 
 
-def _transpose_inputs(op: str, x, weight):
-    """x and weight of a transposed convolution as float arrays, both 4-D."""
-    x = as_float_array(x, "x", op)
-    weight = as_float_array(weight, "weight", op)
-    check_ndim(x, 4, "x", op, _NCHW)
-    check_ndim(weight, 4, "weight", op, "(C_in, C_out/groups, kH, kW)")
-    return x, weight
-
-
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1) -> np.ndarray:
     """Transposed convolution, ``torch.nn.functional.conv_transpose2d``: the input gradient of
@@ -356,10 +347,10 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     y: (N, C_out, (H - 1) sH - 2 pH + dH (kH - 1) + output_padding + 1, ...).
     """
     op = "conv_transpose2d"
-    x, weight = _transpose_inputs(op, x, weight)
+    x, weight = conv_transpose_inputs(x, weight, op)
     geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
                                      groups, dilation, op)
-    bias = _transpose_bias(op, bias, geom, weight)
+    bias = float_bias(bias, geom.output_shape[1], weight.shape, op)
     dtype = common_dtype(x, weight, bias)
     conv = geom.conv
     G, (H, W) = conv.groups, x.shape[2:]
@@ -373,31 +364,14 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     return y
 
 
-def _transpose_bias(op: str, bias, geom, weight):
-    if bias is not None:
-        bias = as_float_array(bias, "bias", op)
-        if bias.shape != (geom.output_shape[1],):
-            raise ValueError(f"{op}: bias must have shape ({geom.output_shape[1]},) (C_out) to "
-                             f"match weight {weight.shape}, got {bias.shape}")
-    return bias
-
-
 def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
                               groups=1, dilation=1, output_mask=(True, True, True)):
     """Gradients of :func:`conv_transpose2d` w.r.t. x, weight and bias: grad_x is conv2d of
     grad_y with the same weight, grad_weight conv2d's weight gradient with the roles of x and
     grad_y swapped, grad_bias = grad_y.sum((0, 2, 3)). None where output_mask is False."""
-    op = "conv_transpose2d_backward"
-    mask = normalize_output_mask(output_mask, op)
-    x, weight = _transpose_inputs(op, x, weight)
-    grad_y = as_float_array(grad_y, "grad_y", op)
-    geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
-                                     groups, dilation, op)
-    if grad_y.shape != geom.output_shape:
-        raise ValueError(f"{op}: grad_y must have the conv_transpose2d output shape "
-                         f"{geom.output_shape} for x {x.shape} and weight {weight.shape}, got "
-                         f"{grad_y.shape}")
-    dtype = common_dtype(grad_y, x, weight)
+    mask, grad_y, x, weight, geom, dtype = conv_transpose_backward_inputs(
+        grad_y, x, weight, stride, padding, output_padding, groups, dilation, output_mask,
+        "conv_transpose2d_backward")
     conv = geom.conv
     args = (conv.stride, conv.padding, conv.dilation, conv.groups)
     gy, w = np.ascontiguousarray(grad_y, dtype), weight.astype(dtype, copy=False)
@@ -620,14 +594,8 @@ def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
 def adaptive_avg_pool2d_backward(grad_y, input_shape) -> np.ndarray:
     """Gradient of :func:`adaptive_avg_pool2d`: each grad_y entry divided by its window's
     height and width, added over the window."""
-    op = "adaptive_avg_pool2d_backward"
-    grad_y = as_float_array(grad_y, "grad_y", op)
-    check_ndim(grad_y, 4, "grad_y", op, _NCHW)
-    input_shape = check_shape(input_shape, 4, "input_shape", op)
-    adaptive_pool2d_output_shape(input_shape, grad_y.shape[2:], op, "input_shape")
-    if grad_y.shape[:2] != input_shape[:2]:
-        raise ValueError(f"{op}: grad_y {grad_y.shape} and input_shape {input_shape} must agree "
-                         f"on (N, C)")
+    grad_y, input_shape = adaptive_backward_inputs(grad_y, input_shape,
+                                                   "adaptive_avg_pool2d_backward")
     (H, W), (OH, OW) = input_shape[2:], grad_y.shape[2:]
     kh = np.diff(np.stack(adaptive_windows(H, OH)), axis=0)[0]
     kw = np.diff(np.stack(adaptive_windows(W, OW)), axis=0)[0]

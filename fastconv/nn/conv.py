@@ -17,6 +17,32 @@ if TYPE_CHECKING:
     from .pool import MaxPool2d
 
 
+def _channels(in_channels, out_channels, groups, name: str) -> tuple[int, int, int]:
+    """(in_channels, out_channels, groups) of a convolution layer: positive ints, the channel
+    counts divisible by groups."""
+    in_channels = _positive_int(in_channels, "in_channels", name)
+    out_channels = _positive_int(out_channels, "out_channels", name)
+    groups = _positive_int(groups, "groups", name)
+    if in_channels % groups:
+        raise ValueError(f"{name}: in_channels ({in_channels}) must be divisible by groups ({groups})")
+    if out_channels % groups:
+        raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by groups ({groups})")
+    return in_channels, out_channels, groups
+
+
+def _add_parameters(layer: Module, weight_channels: tuple[int, int], bias: bool, dtype,
+                    rng) -> None:
+    """layer.weight of shape weight_channels + kernel_size, layer.bias (out_channels,) or
+    None, in `dtype`, with PyTorch's default initialisation."""
+    dt = _float_dtype(dtype, type(layer).__name__)
+    layer.weight = Parameter(np.empty(weight_channels + layer.kernel_size, dt))
+    if bias:
+        layer.bias = Parameter(np.empty(layer.out_channels, dt))
+    else:
+        layer.register_parameter("bias", None)
+    layer.reset_parameters(rng)
+
+
 class Conv2d(Module):
     """2-D convolution (cross-correlation) over (N, C_in, H, W) -> (N, C_out, H_out, W_out).
 
@@ -31,15 +57,8 @@ class Conv2d(Module):
                  dilation=1, groups: int = 1, bias: bool = True, dtype=np.float32, rng=None) -> None:
         super().__init__()
         name = "Conv2d"
-        in_channels = _positive_int(in_channels, "in_channels", name)
-        out_channels = _positive_int(out_channels, "out_channels", name)
-        groups = _positive_int(groups, "groups", name)
-        if in_channels % groups:
-            raise ValueError(f"{name}: in_channels ({in_channels}) must be divisible by groups ({groups})")
-        if out_channels % groups:
-            raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by groups ({groups})")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        self.in_channels, self.out_channels, groups = _channels(in_channels, out_channels,
+                                                                groups, name)
         self.kernel_size = _args.positive_pair(kernel_size, "kernel_size", name)
         self.stride = _args.positive_pair(stride, "stride", name)
         self.dilation = _args.positive_pair(dilation, "dilation", name)
@@ -52,13 +71,7 @@ class Conv2d(Module):
         else:
             self.padding = _args.nonnegative_pair(padding, "padding", name)
         self.groups = groups
-        dt = _float_dtype(dtype, name)
-        self.weight = Parameter(np.empty((out_channels, in_channels // groups) + self.kernel_size, dt))
-        if bias:
-            self.bias = Parameter(np.empty(out_channels, dt))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters(rng)
+        _add_parameters(self, (self.out_channels, self.in_channels // groups), bias, dtype, rng)
 
     def reset_parameters(self, rng=None) -> None:
         """PyTorch's default initialisation (see :func:`fastconv.init.default_init_`)."""
@@ -172,15 +185,8 @@ class ConvTranspose2d(Module):
                  dtype=np.float32, rng=None) -> None:
         super().__init__()
         name = "ConvTranspose2d"
-        in_channels = _positive_int(in_channels, "in_channels", name)
-        out_channels = _positive_int(out_channels, "out_channels", name)
-        groups = _positive_int(groups, "groups", name)
-        if in_channels % groups:
-            raise ValueError(f"{name}: in_channels ({in_channels}) must be divisible by groups ({groups})")
-        if out_channels % groups:
-            raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by groups ({groups})")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        self.in_channels, self.out_channels, groups = _channels(in_channels, out_channels,
+                                                                groups, name)
         self.kernel_size = _args.positive_pair(kernel_size, "kernel_size", name)
         self.stride = _args.positive_pair(stride, "stride", name)
         self.padding = _args.nonnegative_pair(padding, "padding", name)
@@ -188,13 +194,7 @@ class ConvTranspose2d(Module):
         self.output_padding = self._check_output_padding(
             _args.nonnegative_pair(output_padding, "output_padding", name))
         self.groups = groups
-        dt = _float_dtype(dtype, name)
-        self.weight = Parameter(np.empty((in_channels, out_channels // groups) + self.kernel_size, dt))
-        if bias:
-            self.bias = Parameter(np.empty(out_channels, dt))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters(rng)
+        _add_parameters(self, (self.in_channels, self.out_channels // groups), bias, dtype, rng)
 
     def _check_output_padding(self, output_padding):
         if any(o >= s and o >= d for o, s, d in zip(output_padding, self.stride, self.dilation)):

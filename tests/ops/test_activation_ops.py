@@ -50,7 +50,7 @@ def test_matches_torch(torch, rng, op, shape):
        scale=st.sampled_from([0.1, 1.0, 5.0, 30.0]), seed=st.integers(0, 2**32 - 1),
        which=st.sampled_from(range(len(OPS))))
 def test_matches_torch_property(shape, scale, seed, which):
-    import torch
+    torch = pytest.importorskip("torch")
     _, fast, ref, name, kwargs = OPS[which]
     check_op(fast, ref, torch_fn(torch, name, kwargs), [shape],
              make=lambda rng, s, dt: rng.standard_normal(s) * scale,

@@ -58,7 +58,7 @@ def test_upsample_nearest2d_matches_torch(torch, rng, shape, kw):
 @settings(max_examples=80, deadline=None)
 @given(h=st.integers(1, 40), w=st.integers(1, 40), data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_upsample_nearest2d_property(h, w, data, seed):
-    import torch
+    torch = pytest.importorskip("torch")
     if data.draw(st.booleans(), label="by size"):
         kw = dict(size=data.draw(st.tuples(st.integers(1, 90), st.integers(1, 90)), label="size"))
     else:
