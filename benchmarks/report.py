@@ -6,8 +6,8 @@ Rows: one per benchmark group (a layer and pass, or a model's training step), wi
 implementation's median time, fastconv's speed-up over PyTorch and over the reference, and
 fastconv's GFLOP/s (conv) or images/s (training). The machine and date come from the JSON.
 Memory benchmarks (extra_info kind "memory", rss_mib per implementation) and the interleaved
-fastconv/PyTorch training steps and conv passes (kinds "paired", "paired_conv") get tables of
-their own, and so do benchmarks
+fastconv/PyTorch training steps, conv passes and activation passes (kinds "paired",
+"paired_conv", "paired_activation") get tables of their own, and so do benchmarks
 crowded out by load from outside the process (extra_info others_share / steal_share).
 """
 
@@ -24,7 +24,8 @@ def load_groups(data: dict) -> dict[str, dict[str, dict]]:
     groups: dict[str, dict[str, dict]] = defaultdict(dict)
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
-        if bench.get("stats") is None or info.get("kind") in ("memory", "paired", "paired_conv"):
+        if bench.get("stats") is None or info.get("kind") in ("memory", "paired", "paired_conv",
+                                                             "paired_activation"):
             continue
         groups[bench["group"]][info.get("impl", bench["name"])] = {
             "median": bench["stats"]["median"], **info}
@@ -80,8 +81,9 @@ def memory_table(data: dict) -> str:
 
 def paired_table(data: dict, kind: str = "paired") -> str:
     """fastconv and PyTorch interleaved round by round: training steps (extra_info kind
-    "paired", one row per model) or conv passes (kind "paired_conv", one row per layer and
-    pass): both medians and the median (quartiles) of the per-round ratios."""
+    "paired", one row per model), conv passes (kind "paired_conv", one row per layer and
+    pass) or activation passes (kind "paired_activation", one row per op and pass): both
+    medians and the median (quartiles) of the per-round ratios."""
     lines = []
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
@@ -92,7 +94,8 @@ def paired_table(data: dict, kind: str = "paired") -> str:
         lines.append(f"| {what} | {info['rounds']} | {info['fastconv_median_s'] * 1e3:.2f} ms | "
                      f"{info['torch_median_s'] * 1e3:.2f} ms | {info['ratio_median']:.2f}x | "
                      f"{q[0]:.2f}-{q[2]:.2f}x |")
-    head = "model (batch 64 step)" if kind == "paired" else "conv pass (batch 64)"
+    head = {"paired": "model (batch 64 step)", "paired_conv": "conv pass (batch 64)",
+            "paired_activation": "activation pass (256x64x32x32)"}[kind]
     return markdown_table(f"| {head} | rounds | fastconv | PyTorch | per-round ratio, median | "
                           "quartiles |", "| --- | ---: | ---: | ---: | ---: | ---: |", lines)
 
@@ -171,6 +174,8 @@ def main(argv=None) -> int:
          "machine's slow stretches then hit both):", paired_table(data)),
         ("Conv passes of fastconv and PyTorch interleaved, one call of each per round:",
          paired_table(data, "paired_conv")),
+        ("GELU and SiLU passes of fastconv and PyTorch interleaved, one call of each per round:",
+         paired_table(data, "paired_activation")),
         ("Peak RSS of a fresh process per implementation (VmHWM, else ru_maxrss; baseline = "
          "after imports and model set-up, delta = what the training steps add):",
          memory_table(data)),

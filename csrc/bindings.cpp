@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "activation.h"
+#include "adaptive_pool.h"
 #include "batchnorm.h"
 #include "conv.h"
 #include "gemm.h"
@@ -19,6 +20,7 @@
 #include "im2col.h"
 #include "optim.h"
 #include "pool.h"
+#include "upsample.h"
 
 namespace py = pybind11;
 using fastconv::index_t;
@@ -72,7 +74,8 @@ bool while_no_kernel_runs(Change change) {
 
 template <typename T>
 const char* dtype_name() {
-  return sizeof(T) == 4 ? "float32" : (sizeof(T) == 8 ? "float64" : "int64");
+  if constexpr (!std::is_floating_point_v<T>) return "int64";
+  else return sizeof(T) == 4 ? "float32" : "float64";
 }
 
 // Whether `a` holds T (float32, float64 or int64) in native byte order. By value, not by
@@ -398,6 +401,90 @@ void avg_pool2d_backward(const py::array& gy, py::array gx, index_t kh, index_t 
   else avg_pool_t<float>(gx, gy, false, count_include_pad, s);
 }
 
+// ---- adaptive average pooling ----------------------------------------------------------
+
+fastconv::AdaptivePoolShape adaptive_pool_shape(const py::array& x, const py::array& y,
+                                                const char* xname, const char* yname) {
+  const fastconv::AdaptivePoolShape s{dim(x, 0, xname) * dim(x, 1, xname), dim(x, 2, xname),
+                                      dim(x, 3, xname), dim(y, 2, yname), dim(y, 3, yname)};
+  if (dim(y, 0, yname) != dim(x, 0, xname) || dim(y, 1, yname) != dim(x, 1, xname) ||
+      s.H < 1 || s.W < 1 || s.OH < 1 || s.OW < 1)
+    throw py::value_error("adaptive_avg_pool2d: the input and output must agree on (N, C) and "
+                          "have non-empty planes");
+  return s;
+}
+
+template <typename T>
+void adaptive_avg_pool_t(const py::array& x, const py::array& y, bool forward,
+                         const fastconv::AdaptivePoolShape& s) {
+  T* xp = data_of<T>(x, forward ? "x" : "grad_x", s.planes * s.H * s.W, !forward);
+  T* yp = data_of<T>(y, forward ? "y" : "grad_y", s.planes * s.OH * s.OW, forward);
+  KernelCall call;
+  if (forward) fastconv::adaptive_avg_pool2d_forward<T>(s, xp, yp);
+  else fastconv::adaptive_avg_pool2d_backward<T>(s, yp, xp);
+}
+
+void adaptive_avg_pool2d_forward(const py::array& x, py::array y) {
+  const auto s = adaptive_pool_shape(x, y, "x", "y");
+  if (is_f64(x)) adaptive_avg_pool_t<double>(x, y, true, s);
+  else adaptive_avg_pool_t<float>(x, y, true, s);
+}
+
+void adaptive_avg_pool2d_backward(const py::array& gy, py::array gx) {
+  const auto s = adaptive_pool_shape(gx, gy, "grad_x", "grad_y");
+  if (is_f64(gy)) adaptive_avg_pool_t<double>(gx, gy, false, s);
+  else adaptive_avg_pool_t<float>(gx, gy, false, s);
+}
+
+// ---- nearest upsampling ------------------------------------------------------------------
+
+// An index map: `count` int64 values, non-decreasing, in [0, limit).
+const std::int64_t* index_map(const py::array& a, const char* name, index_t count, index_t limit) {
+  const auto* p = data_of<std::int64_t>(a, name, count, false);
+  for (index_t i = 0; i < count; ++i)
+    if (p[i] < 0 || p[i] >= limit || (i > 0 && p[i] < p[i - 1]))
+      throw py::value_error(std::string(name) + " must be non-decreasing and lie in [0, " +
+                            std::to_string(limit) + ")");
+  return p;
+}
+
+fastconv::UpsampleShape upsample_shape(const py::array& x, const py::array& y,
+                                       const py::array& rows, const py::array& cols,
+                                       const char* xname, const char* yname) {
+  fastconv::UpsampleShape s{dim(x, 0, xname) * dim(x, 1, xname), dim(x, 2, xname),
+                            dim(x, 3, xname), dim(y, 2, yname), dim(y, 3, yname), nullptr,
+                            nullptr};
+  if (dim(y, 0, yname) != dim(x, 0, xname) || dim(y, 1, yname) != dim(x, 1, xname))
+    throw py::value_error("upsample_nearest2d: the input and output must agree on (N, C)");
+  s.rows = index_map(rows, "rows", s.OH, s.H);
+  s.cols = index_map(cols, "cols", s.OW, s.W);
+  return s;
+}
+
+template <typename T>
+void upsample_t(const py::array& x, const py::array& y, bool forward,
+                const fastconv::UpsampleShape& s) {
+  T* xp = data_of<T>(x, forward ? "x" : "grad_x", s.planes * s.H * s.W, !forward);
+  T* yp = data_of<T>(y, forward ? "y" : "grad_y", s.planes * s.OH * s.OW, forward);
+  KernelCall call;
+  if (forward) fastconv::upsample_nearest2d_forward<T>(s, xp, yp);
+  else fastconv::upsample_nearest2d_backward<T>(s, yp, xp);
+}
+
+void upsample_nearest2d_forward(const py::array& x, py::array y, const py::array& rows,
+                                const py::array& cols) {
+  const auto s = upsample_shape(x, y, rows, cols, "x", "y");
+  if (is_f64(x)) upsample_t<double>(x, y, true, s);
+  else upsample_t<float>(x, y, true, s);
+}
+
+void upsample_nearest2d_backward(const py::array& gy, py::array gx, const py::array& rows,
+                                 const py::array& cols) {
+  const auto s = upsample_shape(gx, gy, rows, cols, "grad_x", "grad_y");
+  if (is_f64(gy)) upsample_t<double>(gx, gy, false, s);
+  else upsample_t<float>(gx, gy, false, s);
+}
+
 // ---- gemm (Linear, tests and benchmarks) -----------------------------------------------
 
 template <typename T>
@@ -556,6 +643,64 @@ void relu_backward(const py::array& gy, const py::array& y, py::array gx) {
   else relu_backward_t<float>(gy, y, gx);
 }
 
+template <typename T>
+void gelu_t(const py::array& x, py::array& y, bool tanh_approx) {
+  const index_t n = x.size();
+  const T* xp = data_of<T>(x, "x", n, false);
+  T* yp = data_of<T>(y, "y", n, true);
+  KernelCall call;
+  fastconv::gelu_forward<T>(n, xp, yp, tanh_approx);
+}
+
+void gelu_forward(const py::array& x, py::array y, bool tanh_approx) {
+  if (is_f64(x)) gelu_t<double>(x, y, tanh_approx);
+  else gelu_t<float>(x, y, tanh_approx);
+}
+
+template <typename T>
+void gelu_backward_t(const py::array& gy, const py::array& x, py::array& gx, bool tanh_approx) {
+  const index_t n = x.size();
+  const T* gp = data_of<T>(gy, "grad_y", n, false);
+  const T* xp = data_of<T>(x, "x", n, false);
+  T* gxp = data_of<T>(gx, "grad_x", n, true);
+  KernelCall call;
+  fastconv::gelu_backward<T>(n, gp, xp, gxp, tanh_approx);
+}
+
+void gelu_backward(const py::array& gy, const py::array& x, py::array gx, bool tanh_approx) {
+  if (is_f64(x)) gelu_backward_t<double>(gy, x, gx, tanh_approx);
+  else gelu_backward_t<float>(gy, x, gx, tanh_approx);
+}
+
+template <typename T>
+void silu_t(const py::array& x, py::array& y) {
+  const index_t n = x.size();
+  const T* xp = data_of<T>(x, "x", n, false);
+  T* yp = data_of<T>(y, "y", n, true);
+  KernelCall call;
+  fastconv::silu_forward<T>(n, xp, yp);
+}
+
+void silu_forward(const py::array& x, py::array y) {
+  if (is_f64(x)) silu_t<double>(x, y);
+  else silu_t<float>(x, y);
+}
+
+template <typename T>
+void silu_backward_t(const py::array& gy, const py::array& x, py::array& gx) {
+  const index_t n = x.size();
+  const T* gp = data_of<T>(gy, "grad_y", n, false);
+  const T* xp = data_of<T>(x, "x", n, false);
+  T* gxp = data_of<T>(gx, "grad_x", n, true);
+  KernelCall call;
+  fastconv::silu_backward<T>(n, gp, xp, gxp);
+}
+
+void silu_backward(const py::array& gy, const py::array& x, py::array gx) {
+  if (is_f64(x)) silu_backward_t<double>(gy, x, gx);
+  else silu_backward_t<float>(gy, x, gx);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -603,6 +748,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("avg_pool2d_backward", &avg_pool2d_backward, py::arg("grad_y"), py::arg("grad_x"),
         py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"),
         py::arg("pad_h"), py::arg("pad_w"), py::arg("count_include_pad"));
+  m.def("adaptive_avg_pool2d_forward", &adaptive_avg_pool2d_forward, py::arg("x"), py::arg("y"));
+  m.def("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward, py::arg("grad_y"),
+        py::arg("grad_x"));
+  m.def("upsample_nearest2d_forward", &upsample_nearest2d_forward, py::arg("x"), py::arg("y"),
+        py::arg("rows"), py::arg("cols"),
+        "y[..., i, j] = x[..., rows[i], cols[j]] (rows, cols: non-decreasing int64 maps).");
+  m.def("upsample_nearest2d_backward", &upsample_nearest2d_backward, py::arg("grad_y"),
+        py::arg("grad_x"), py::arg("rows"), py::arg("cols"));
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("accumulate") = false,
         "c (+)= op(a) @ op(b) with the packed GEMM (threads over blocks of c).");
@@ -625,6 +778,11 @@ PYBIND11_MODULE(_core, m) {
         "Gradients of training-mode batch norm (grad_weight/grad_bias written, not added).");
   m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("y"));
   m.def("relu_backward", &relu_backward, py::arg("grad_y"), py::arg("y"), py::arg("grad_x"));
+  m.def("gelu_forward", &gelu_forward, py::arg("x"), py::arg("y"), py::arg("tanh_approx"));
+  m.def("gelu_backward", &gelu_backward, py::arg("grad_y"), py::arg("x"), py::arg("grad_x"),
+        py::arg("tanh_approx"));
+  m.def("silu_forward", &silu_forward, py::arg("x"), py::arg("y"));
+  m.def("silu_backward", &silu_backward, py::arg("grad_y"), py::arg("x"), py::arg("grad_x"));
   m.def("get_num_threads", [] {
     const int n = g_threads.load();
     return n > 0 ? n : fastconv::max_threads();

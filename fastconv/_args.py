@@ -226,6 +226,25 @@ def _memoized(compute):
     return geometry
 
 
+def _group_count(groups, op: str) -> int:
+    """`groups` as a positive Python int."""
+    if not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, (bool, np.bool_)):
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be positive, got {groups}")
+    return int(groups)
+
+
+def float_bias(bias, channels: int, weight_shape, op: str):
+    """A convolution's bias: None, or a float array of shape (channels,)."""
+    if bias is not None:
+        bias = as_float_array(bias, "bias", op)
+        if bias.shape != (channels,):
+            raise ValueError(f"{op}: bias must have shape ({channels},) to match weight "
+                             f"{tuple(weight_shape)}, got {bias.shape}")
+    return bias
+
+
 @_memoized
 def conv2d_geometry(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
                     op: str = "conv2d") -> ConvGeometry:
@@ -238,11 +257,7 @@ def conv2d_geometry(x_shape, weight_shape, stride=1, padding=0, dilation=1, grou
                          f"got shape {tuple(weight_shape)}")
     N, C, H, W = (int(s) for s in x_shape)
     F, Cg, kh, kw = (int(s) for s in weight_shape)
-    if not isinstance(groups, (numbers.Integral, np.integer)) or isinstance(groups, bool):
-        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
-    groups = int(groups)
-    if groups < 1:
-        raise ValueError(f"{op}: groups must be positive, got {groups}")
+    groups = _group_count(groups, op)
     if F == 0 or Cg == 0 or kh == 0 or kw == 0:
         raise ValueError(f"{op}: weight has an empty dimension: shape {tuple(weight_shape)}")
     if Cg * groups != C:
@@ -264,6 +279,92 @@ def conv2d_geometry(x_shape, weight_shape, stride=1, padding=0, dilation=1, grou
     check_elements(geom.output_shape, op, "output")
     check_elements((C * kh * kw, out[0] * out[1]), op, "column matrix")
     return geom
+
+
+@dataclass(frozen=True)
+class ConvTransposeGeometry:
+    """conv_transpose2d's arguments, validated. The op is the input gradient of `conv`, the
+    convolution of the whole output (N, C_out, OH, OW) with the same weight, stride, padding,
+    dilation and groups; its output is x's size (H, W), or `extra` = output_padding // stride
+    rows/columns more where output_padding >= stride (allowed when it is below the dilation),
+    which x then fills with zeros."""
+
+    conv: ConvGeometry
+    output_shape: tuple[int, int, int, int]
+    output_padding: tuple[int, int]
+    extra: tuple[int, int]
+
+
+@_memoized
+def conv_transpose2d_geometry(x_shape, weight_shape, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1,
+                              op: str = "conv_transpose2d") -> ConvTransposeGeometry:
+    """Validate conv_transpose2d's arguments (PyTorch semantics) and compute its output size
+
+        OH = (H - 1) s - 2 p + d (kH - 1) + output_padding + 1
+
+    weight: (C_in, C_out / groups, kH, kW); output_padding must be below stride or dilation."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{op}: x must be 4-D (N, C_in, H, W) (for a single image use x[None]), "
+                         f"got shape {tuple(x_shape)}")
+    if len(weight_shape) != 4:
+        raise ValueError(f"{op}: weight must be 4-D (C_in, C_out/groups, kH, kW), got shape "
+                         f"{tuple(weight_shape)}")
+    N, C, H, W = (int(s) for s in x_shape)
+    Cin, Cg, kh, kw = (int(s) for s in weight_shape)
+    groups = _group_count(groups, op)
+    if Cin == 0 or Cg == 0 or kh == 0 or kw == 0:
+        raise ValueError(f"{op}: weight has an empty dimension: shape {tuple(weight_shape)}")
+    if Cin != C:
+        raise ValueError(f"{op}: weight of shape {tuple(weight_shape)} expects x to have {Cin} "
+                         f"channels (weight.shape[0]), but x of shape {tuple(x_shape)} has {C}")
+    if Cin % groups:
+        raise ValueError(f"{op}: in_channels ({Cin}, weight shape {tuple(weight_shape)}) must be "
+                         f"divisible by groups={groups}")
+    stride = positive_pair(stride, "stride", op)
+    dilation = positive_pair(dilation, "dilation", op)
+    padding = nonnegative_pair(padding, "padding", op)
+    output_padding = nonnegative_pair(output_padding, "output_padding", op)
+    if any(o >= s and o >= d for o, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(f"{op}: output_padding {output_padding} must be smaller than either "
+                         f"stride {stride} or dilation {dilation}")
+    out = tuple((size - 1) * s - 2 * p + d * (k - 1) + o + 1 for size, s, p, d, k, o in
+                zip((H, W), stride, padding, dilation, (kh, kw), output_padding))
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"{op}: x of shape {tuple(x_shape)} with weight {tuple(weight_shape)}, "
+                         f"stride {stride}, padding {padding}, dilation {dilation} and "
+                         f"output_padding {output_padding} gives an output size of {out}: the "
+                         f"padding is too large")
+    output_shape = (N, Cg * groups, out[0], out[1])
+    check_elements(output_shape, op, "output")
+    conv = conv2d_geometry(output_shape, (Cin, Cg, kh, kw), stride, padding, dilation, groups, op)
+    extra = (conv.out[0] - H, conv.out[1] - W)  # (H - 1) s + output_padding over s, plus 1
+    return ConvTransposeGeometry(conv, output_shape, output_padding, extra)
+
+
+def conv_transpose_inputs(x, weight, op: str):
+    """x and weight of a transposed convolution as float arrays, both 4-D."""
+    x = as_float_array(x, "x", op)
+    weight = as_float_array(weight, "weight", op)
+    check_ndim(x, 4, "x", op, "(N, C, H, W)")
+    check_ndim(weight, 4, "weight", op, "(C_in, C_out/groups, kH, kW)")
+    return x, weight
+
+
+def conv_transpose_backward_inputs(grad_y, x, weight, stride, padding, output_padding, groups,
+                                   dilation, output_mask, op: str):
+    """conv_transpose2d_backward's arguments validated: (mask, grad_y, x, weight, geometry,
+    working dtype); grad_y must have the forward's output shape."""
+    mask = normalize_output_mask(output_mask, op)
+    x, weight = conv_transpose_inputs(x, weight, op)
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
+                                     groups, dilation, op)
+    if grad_y.shape != geom.output_shape:
+        raise ValueError(f"{op}: grad_y must have the conv_transpose2d output shape "
+                         f"{geom.output_shape} for x {x.shape} and weight {weight.shape}, got "
+                         f"{grad_y.shape}")
+    return mask, grad_y, x, weight, geom, common_dtype(grad_y, x, weight)
 
 
 @dataclass(frozen=True)
@@ -345,6 +446,160 @@ def _first_empty_window(size: int, k: int, s: int, p: int, d: int, out: int) -> 
     taps = starts[:, None] + np.arange(k, dtype=np.int64)[None, :] * d
     hits = ((taps >= 0) & (taps < size)).any(axis=1)
     return None if hits.all() else int(np.argmin(hits))
+
+
+def _adaptive_size(value, output_size, op: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        if not 0 <= int(value) <= _MAX_INT:
+            raise ValueError(f"{op}: output_size must be >= 0 (and below 2**31), got "
+                             f"{output_size!r}")
+        return int(value)
+    raise TypeError(f"{op}: output_size must be an int or a pair of ints or None, got "
+                    f"{output_size!r}")
+
+
+def adaptive_output_size(output_size, op: str) -> tuple[int | None, int | None]:
+    """Adaptive pooling's output_size (PyTorch's): an int, or a pair whose entries are ints or
+    None (None keeps that axis's input size); every int >= 0."""
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        return (_adaptive_size(output_size[0], output_size, op),
+                _adaptive_size(output_size[1], output_size, op))
+    if output_size is None or isinstance(output_size, (tuple, list)):
+        raise TypeError(f"{op}: output_size must be an int or a pair of ints or None, got "
+                        f"{output_size!r}")
+    size = _adaptive_size(output_size, output_size, op)
+    return size, size
+
+
+def adaptive_pool2d_output_shape(x_shape, output_size, op: str = "adaptive_avg_pool2d",
+                                 name: str = "x") -> tuple[int, int, int, int]:
+    """(N, C, OH, OW) of adaptive pooling of an (N, C, H, W) input (`name` in errors); H and W
+    must be at least 1, as in PyTorch."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W) (for a single image use "
+                         f"x[None]), got shape {tuple(x_shape)}")
+    N, C, H, W = (int(s) for s in x_shape)
+    if H < 1 or W < 1:
+        raise ValueError(f"{op}: {name} of shape {tuple(x_shape)} has empty planes (H and W "
+                         f"must be at least 1)")
+    oh, ow = adaptive_output_size(output_size, op)
+    shape = (N, C, H if oh is None else oh, W if ow is None else ow)
+    check_elements(shape, op, "output")
+    return shape
+
+
+def adaptive_backward_inputs(grad_y, input_shape, op: str):
+    """(grad_y, input_shape) of adaptive pooling's backward, validated: grad_y (N, C, OH, OW)
+    and input_shape (N, C, H, W) agree on (N, C), H and W >= 1."""
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    check_ndim(grad_y, 4, "grad_y", op, "(N, C, H, W)")
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    adaptive_pool2d_output_shape(input_shape, grad_y.shape[2:], op, "input_shape")
+    if grad_y.shape[:2] != input_shape[:2]:
+        raise ValueError(f"{op}: grad_y {grad_y.shape} and input_shape {input_shape} must agree "
+                         f"on (N, C)")
+    return grad_y, input_shape
+
+
+def adaptive_windows(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of adaptive pooling's `out` windows along an axis of `size`:
+    start = floor(i size / out), end = ceil((i + 1) size / out) (PyTorch's)."""
+    i = np.arange(out, dtype=np.int64)
+    return (i * size) // out, ((i + 1) * size + out - 1) // out
+
+
+@dataclass(frozen=True)
+class UpsampleGeometry:
+    """Nearest upsampling: the output shape and, per output row and column, the input row and
+    column it copies (read-only int64 arrays, non-decreasing)."""
+
+    output_shape: tuple[int, int, int, int]
+    rows: np.ndarray
+    cols: np.ndarray
+
+
+def scale_factors(scale_factor, op: str) -> tuple[float, float]:
+    """scale_factor as two finite positive floats (one number applies to both axes)."""
+    values = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * 2
+    if len(values) != 2 or not all(isinstance(v, (numbers.Real, np.floating, np.integer))
+                                   and not isinstance(v, (bool, np.bool_)) for v in values):
+        raise TypeError(f"{op}: scale_factor must be a number or a pair of numbers, got "
+                        f"{scale_factor!r}")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{op}: scale_factor must be finite and positive, got {scale_factor!r}")
+    return float(values[0]), float(values[1])
+
+
+def nearest_indices(size: int, out: int, scale_factor: float | None) -> np.ndarray:
+    """The input index each of `out` outputs copies, as PyTorch's nearest_idx: the identity
+    where out == size, dst // 2 where out == 2 size, else min(floor(dst * s), size - 1) in
+    float32 arithmetic, s = float32(1 / scale_factor) where a scale factor is used, else
+    float32(size) / float32(out)."""
+    dst = np.arange(out, dtype=np.int64)
+    if out == size:
+        return dst
+    if out == 2 * size:
+        return dst >> 1
+    if scale_factor is not None:
+        scale = np.float32(1.0 / scale_factor)
+    else:
+        scale = np.float32(size) / np.float32(out)
+    src = np.floor(dst.astype(np.float32) * scale).astype(np.int64)
+    return np.minimum(src, size - 1)
+
+
+@_memoized
+def upsample_nearest2d_geometry(x_shape, size=None, scale_factor=None,
+                                recompute_scale_factor=None, op: str = "upsample_nearest2d",
+                                name: str = "x") -> UpsampleGeometry:
+    """Validate F.interpolate(mode='nearest')-style arguments for an (N, C, H, W) input (called
+    `name` in errors): exactly one of size (an int or pair, each >= 1) and scale_factor (a
+    number or pair, finite and > 0; output size floor(H * scale_factor), at least 1)."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W) (for a single image use "
+                         f"x[None]), got shape {tuple(x_shape)}")
+    N, C, H, W = (int(v) for v in x_shape)
+    if (size is None) == (scale_factor is None):
+        raise ValueError(f"{op}: give exactly one of size and scale_factor (got size={size!r}, "
+                         f"scale_factor={scale_factor!r})")
+    if H < 1 or W < 1:
+        raise ValueError(f"{op}: {name} of shape {tuple(x_shape)} has empty planes (H and W must "
+                         f"be at least 1)")
+    if size is not None:
+        out = positive_pair(size, "size", op)
+        scales = (None, None)
+    else:
+        scales = scale_factors(scale_factor, op)
+        out = tuple(math.floor(n * f) for n, f in zip((H, W), scales))
+        if out[0] < 1 or out[1] < 1:
+            raise ValueError(f"{op}: scale_factor {scale_factor!r} gives {name} of shape "
+                             f"{tuple(x_shape)} an output size of {out}: it must be at least 1")
+        if recompute_scale_factor is not None and flag(recompute_scale_factor,
+                                                       "recompute_scale_factor", op):
+            scales = (None, None)  # the scale recomputed from the sizes
+    output_shape = (N, C) + out
+    check_elements(output_shape, op, "output")
+    rows, cols = (nearest_indices(n, o, f) for n, o, f in zip((H, W), out, scales))
+    rows.flags.writeable = cols.flags.writeable = False
+    return UpsampleGeometry(output_shape, rows, cols)
+
+
+def upsample_backward_inputs(op: str, grad_y, input_shape, size, scale_factor,
+                             recompute_scale_factor):
+    """(grad_y, input_shape, geometry) of upsample_nearest2d_backward, validated: grad_y must
+    have the forward's output shape for input_shape."""
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    if grad_y.ndim != 4:
+        raise ValueError(f"{op}: grad_y must be 4-D (N, C, OH, OW), got shape {grad_y.shape}")
+    input_shape = check_shape(input_shape, 4, "input_shape", op)
+    geom = upsample_nearest2d_geometry(input_shape, size, scale_factor, recompute_scale_factor,
+                                       op, "input_shape")
+    if grad_y.shape != geom.output_shape:
+        raise ValueError(f"{op}: grad_y must have the upsampled shape {geom.output_shape} for "
+                         f"input_shape {input_shape}, got {grad_y.shape}")
+    return grad_y, input_shape, geom
 
 
 @dataclass(frozen=True)
@@ -594,10 +849,21 @@ def batch_norm_grad_inputs(grad_y, x_shape, mean, invstd, dtype, op: str, relu_o
     return grad_y, stats[0], stats[1], relu_output
 
 
-def relu_backward_inputs(grad_y, y, op: str = "relu_backward"):
-    """(grad_y, y, dtype) of a ReLU gradient: float arrays of one shape, and their common dtype."""
-    y = as_float_array(y, "y", op)
+def relu_backward_inputs(grad_y, y, op: str = "relu_backward", name: str = "y"):
+    """(grad_y, a, dtype) of an elementwise op's gradient from grad_y and the op's input or
+    output `a` (called `name` in errors): float arrays of one shape, and their common dtype."""
+    y = as_float_array(y, name, op)
     grad_y = as_float_array(grad_y, "grad_y", op)
     if grad_y.shape != y.shape:
-        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal y shape {y.shape}")
+        raise ValueError(f"{op}: grad_y shape {grad_y.shape} must equal {name} shape {y.shape}")
     return grad_y, y, common_dtype(grad_y, y)
+
+
+def gelu_tanh(approximate, op: str) -> bool:
+    """GELU's `approximate` argument, 'none' or 'tanh' (torch's): whether it is 'tanh'."""
+    if not isinstance(approximate, str):
+        raise TypeError(f"{op}: approximate must be the string 'none' or 'tanh', got "
+                        f"{approximate!r}")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"{op}: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return approximate == "tanh"

@@ -20,6 +20,8 @@ import numpy as np
 from . import _core
 from ._args import (
     CONV_OUTPUT,
+    adaptive_backward_inputs,
+    adaptive_pool2d_output_shape,
     as_float_array,
     batch_norm_eps,
     batch_norm_grad_inputs,
@@ -29,10 +31,17 @@ from ._args import (
     check_shape,
     common_dtype,
     conv_through_pool_inputs,
+    conv_transpose_backward_inputs,
+    conv_transpose_inputs,
+    conv_transpose2d_geometry,
     conv2d_geometry,
     conv2d_output_shape,
     flag,
+    float_bias,
     fold_geometry,
+    upsample_backward_inputs as _upsample_backward_inputs,
+    upsample_nearest2d_geometry,
+    gelu_tanh,
     indices_out_of_range,
     linear_shapes,
     max_pool_backward_inputs,
@@ -48,10 +57,14 @@ __all__ = [
     "conv2d_backward",
     "conv2d_backward_through_max_pool",
     "conv2d_max_pool2d",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
     "im2col",
     "col2im",
     "linear",
@@ -60,6 +73,12 @@ __all__ = [
     "batch_norm_train_backward",
     "relu",
     "relu_backward",
+    "upsample_nearest2d",
+    "upsample_nearest2d_backward",
+    "gelu",
+    "gelu_backward",
+    "silu",
+    "silu_backward",
     "conv2d_output_shape",
     "pool2d_output_shape",
 ]
@@ -94,12 +113,7 @@ def _conv_inputs(op, x, weight):
 
 
 def _conv_bias(op, bias, geom, weight):
-    if bias is not None:
-        bias = as_float_array(bias, "bias", op)
-        if bias.shape != (geom.F,):
-            raise ValueError(f"{op}: bias must have shape ({geom.F},) to match weight "
-                             f"{weight.shape}, got {bias.shape}")
-    return bias
+    return float_bias(bias, geom.F, weight.shape, op)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> np.ndarray:
@@ -245,6 +259,80 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     return grad_w, grad_b
 
 
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1) -> np.ndarray:
+    """Transposed convolution ("deconvolution"), as torch.nn.functional.conv_transpose2d (same
+    argument order): the input gradient of conv2d(., weight, stride, padding, dilation,
+    groups), applied to x, on the conv input-gradient kernels.
+
+    Args:
+        x: input (N, C_in, H, W).
+        weight: (C_in, C_out / groups, kH, kW) (the layout of the conv it transposes).
+        bias: optional (C_out,).
+        stride, padding, output_padding, dilation: int or (h, w) pair; output_padding (extra
+            rows/columns at the bottom/right) must be below the stride or the dilation.
+    Returns:
+        y (N, C_out, OH, OW), OH = (H - 1) s - 2 p + d (kH - 1) + output_padding + 1.
+    """
+    op = "conv_transpose2d"
+    x, weight = conv_transpose_inputs(x, weight, op)
+    geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
+                                     groups, dilation, op)
+    bias = float_bias(bias, geom.output_shape[1], weight.shape, op)
+    dtype = common_dtype(x, weight, bias)
+    y = np.empty(geom.output_shape, dtype)
+    if y.size:
+        _core.conv2d_backward_input(_transpose_x(x, geom, dtype), _c(weight, dtype), y,
+                                    *_window(geom.conv))
+        if bias is not None:
+            y += _c(bias, dtype)[:, None, None]
+    return y
+
+
+def _transpose_x(x, geom, dtype):
+    """x as the gradient of geom.conv's output: C order, with zero rows/columns after it where
+    output_padding >= stride makes that output larger than x."""
+    if geom.extra == (0, 0):
+        return _c(x, dtype)
+    padded = np.zeros(geom.conv.output_shape, dtype)
+    padded[:, :, :x.shape[2], :x.shape[3]] = x
+    return padded
+
+
+def _window(geom):
+    """The conv kernels' window arguments of a ConvGeometry."""
+    return (*geom.stride, *geom.padding, *geom.dilation, geom.groups)
+
+
+def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, output_mask=(True, True, True)):
+    """Gradients of conv_transpose2d with respect to x, weight and bias.
+
+    grad_x = conv2d(grad_y, weight, stride, padding, dilation, groups) (the conv forward
+    kernels); grad_weight = conv2d's weight gradient with x and grad_y swapped (weight layout
+    (C_in, C_out / groups, kH, kW)); grad_bias = grad_y.sum(axis=(0, 2, 3)). None where
+    output_mask is False. Other arguments as conv_transpose2d's.
+    """
+    mask, grad_y, x, weight, geom, dtype = conv_transpose_backward_inputs(
+        grad_y, x, weight, stride, padding, output_padding, groups, dilation, output_mask,
+        "conv_transpose2d_backward")
+    gy, w, conv = _c(grad_y, dtype), _c(weight, dtype), geom.conv
+    grad_x = grad_w = grad_b = None
+    if mask[0]:
+        grad_x = np.empty(conv.output_shape, dtype)
+        if grad_x.size:
+            _core.conv2d_forward(gy, w, None, grad_x, *_window(conv))
+        if geom.extra != (0, 0):
+            grad_x = np.ascontiguousarray(grad_x[:, :, :x.shape[2], :x.shape[3]])
+    if mask[1]:
+        grad_w = np.empty(weight.shape, dtype)
+        _core.conv2d_backward_weight(_transpose_x(x, geom, dtype), gy, grad_w, *_window(conv))
+    if mask[2]:
+        grad_b = np.empty((geom.output_shape[1],), dtype)
+        _core.conv2d_backward_bias(gy, grad_b)
+    return grad_x, grad_w, grad_b
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False, *, relu=False):
     """2-D max pooling, as torch.nn.functional.max_pool2d.
@@ -336,6 +424,91 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     if grad_x.size:
         _core.avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x, *geom.kernel, *geom.stride,
                                   *geom.padding, flag(count_include_pad, "count_include_pad", op))
+    return grad_x
+
+
+def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
+    """Adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d.
+
+    Output row i averages input rows [floor(i H / OH), ceil((i + 1) H / OH)), columns
+    likewise (neighbouring windows overlap by one row where OH does not divide H).
+    output_size: an int or a pair (OH, OW), a None entry keeping that axis's input size.
+    Output size 1 (global average pooling) sums each plane in fixed lanes; an output size that
+    divides the input size is avg_pool2d with kernel_size = stride = H / OH (whose 2x2 case
+    has its own kernels).
+    """
+    op = "adaptive_avg_pool2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    y = np.empty(adaptive_pool2d_output_shape(x.shape, output_size, op), x.dtype)
+    if y.size:
+        kernel = _dividing_window(x.shape, y.shape)
+        if kernel:
+            _core.avg_pool2d_forward(_c(x, x.dtype), y, *kernel, *kernel, 0, 0, True)
+        else:
+            _core.adaptive_avg_pool2d_forward(_c(x, x.dtype), y)
+    return y
+
+
+def _dividing_window(input_shape, output_shape):
+    """(kH, kW) where adaptive pooling from input_shape to output_shape is avg_pool2d with
+    kernel = stride = (H / OH, W / OW), except global pooling; else None."""
+    (H, W), (OH, OW) = input_shape[2:], output_shape[2:]
+    if (OH, OW) != (1, 1) and H % OH == 0 and W % OW == 0:
+        return H // OH, W // OW
+    return None
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape) -> np.ndarray:
+    """Gradient of adaptive_avg_pool2d: each grad_y entry divided by its window's area, added
+    over the window. grad_y: (N, C, OH, OW) (its shape gives the output size); input_shape:
+    (N, C, H, W)."""
+    grad_y, input_shape = adaptive_backward_inputs(grad_y, input_shape,
+                                                   "adaptive_avg_pool2d_backward")
+    grad_x = np.empty(input_shape, grad_y.dtype)
+    if not grad_y.size:
+        grad_x.fill(0)
+        return grad_x
+    kernel = _dividing_window(input_shape, grad_y.shape)
+    if kernel:
+        _core.avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x, *kernel, *kernel, 0, 0, True)
+    else:
+        _core.adaptive_avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x)
+    return grad_x
+
+
+def upsample_nearest2d(x, size=None, scale_factor=None, *, recompute_scale_factor=None):
+    """Nearest-neighbour upsampling (or downsampling), as torch.nn.functional.interpolate with
+    mode='nearest': output row i copies input row min(floor(i * s), H - 1), s = 1 / scale_factor
+    (or H / OH where size is given, or with recompute_scale_factor), computed in float32 as
+    PyTorch does (its 2x case is i // 2 exactly); columns likewise.
+
+    Args:
+        x: (N, C, H, W).
+        size: output (OH, OW), an int or a pair; or
+        scale_factor: a number or a pair: OH = floor(H * scale_factor) (give exactly one).
+    """
+    op = "upsample_nearest2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    geom = upsample_nearest2d_geometry(x.shape, size, scale_factor, recompute_scale_factor, op)
+    y = np.empty(geom.output_shape, x.dtype)
+    if y.size:
+        _core.upsample_nearest2d_forward(_c(x, x.dtype), y, geom.rows, geom.cols)
+    return y
+
+
+def upsample_nearest2d_backward(grad_y, input_shape, size=None, scale_factor=None, *,
+                                recompute_scale_factor=None) -> np.ndarray:
+    """Gradient of upsample_nearest2d: each input pixel gets the sum of the gradients of the
+    outputs that copy it (0 for those none copies). grad_y: (N, C, OH, OW); input_shape
+    (N, C, H, W); size, scale_factor, recompute_scale_factor: as given to the forward."""
+    op = "upsample_nearest2d_backward"
+    grad_y, input_shape, geom = _upsample_backward_inputs(
+        op, grad_y, input_shape, size, scale_factor, recompute_scale_factor)
+    grad_x = np.empty(input_shape, grad_y.dtype)
+    if grad_x.size:
+        _core.upsample_nearest2d_backward(_c(grad_y, grad_y.dtype), grad_x, geom.rows, geom.cols)
     return grad_x
 
 
@@ -498,4 +671,46 @@ def relu_backward(grad_y, y) -> np.ndarray:
     grad_y, y, dtype = relu_backward_inputs(grad_y, y)
     grad_x = np.empty(y.shape, dtype)
     _core.relu_backward(_c(grad_y, dtype), _c(y, dtype), grad_x)
+    return grad_x
+
+
+def gelu(x, approximate="none") -> np.ndarray:
+    """GELU elementwise, as torch.nn.functional.gelu: x Phi(x), Phi the standard normal CDF
+    (approximate='none'), or x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) ('tanh').
+
+    Within a few units in the last place of the exact values in float32 and float64 (torch's
+    float32 kernel computes 1 + erf(x/sqrt(2)), which cancels for x below about -3: there its
+    results lose their relative accuracy, ours keep it). gelu(-inf) is NaN, as torch's.
+    """
+    tanh = gelu_tanh(approximate, "gelu")
+    x = as_float_array(x, "x", "gelu")
+    y = np.empty(x.shape, x.dtype)
+    _core.gelu_forward(_c(x, x.dtype), y, tanh)
+    return y
+
+
+def gelu_backward(grad_y, x, approximate="none") -> np.ndarray:
+    """Gradient of gelu from its input: grad_y (Phi(x) + x phi(x)), phi the normal density (for
+    'tanh': grad_y d/dx [x/2 (1 + tanh(u))]). NaN at x = +-inf, as torch."""
+    tanh = gelu_tanh(approximate, "gelu_backward")
+    grad_y, x, dtype = relu_backward_inputs(grad_y, x, "gelu_backward", "x")
+    grad_x = np.empty(x.shape, dtype)
+    _core.gelu_backward(_c(grad_y, dtype), _c(x, dtype), grad_x, tanh)
+    return grad_x
+
+
+def silu(x) -> np.ndarray:
+    """SiLU (swish) elementwise, as torch.nn.functional.silu: x sigmoid(x) (no overflow for
+    any x; silu(-inf) is NaN, as torch's)."""
+    x = as_float_array(x, "x", "silu")
+    y = np.empty(x.shape, x.dtype)
+    _core.silu_forward(_c(x, x.dtype), y)
+    return y
+
+
+def silu_backward(grad_y, x) -> np.ndarray:
+    """Gradient of silu from its input: grad_y s (1 + x (1 - s)), s = sigmoid(x)."""
+    grad_y, x, dtype = relu_backward_inputs(grad_y, x, "silu_backward", "x")
+    grad_x = np.empty(x.shape, dtype)
+    _core.silu_backward(_c(grad_y, dtype), _c(x, dtype), grad_x)
     return grad_x

@@ -27,6 +27,9 @@ from numpy.lib.stride_tricks import as_strided
 
 from fastconv._args import (
     CONV_OUTPUT,
+    adaptive_backward_inputs,
+    adaptive_pool2d_output_shape,
+    adaptive_windows,
     as_float_array,
     batch_norm_eps,
     batch_norm_grad_inputs,
@@ -36,10 +39,17 @@ from fastconv._args import (
     check_shape,
     common_dtype,
     conv_through_pool_inputs,
+    conv_transpose_backward_inputs,
+    conv_transpose_inputs,
+    conv_transpose2d_geometry,
     conv2d_geometry,
     conv2d_output_shape,
     flag,
+    float_bias,
     fold_geometry,
+    upsample_backward_inputs,
+    upsample_nearest2d_geometry,
+    gelu_tanh,
     linear_shapes,
     max_pool_backward_inputs,
     normalize_output_mask,
@@ -54,10 +64,14 @@ __all__ = [
     "conv2d_backward",
     "conv2d_backward_through_max_pool",
     "conv2d_max_pool2d",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
     "im2col",
     "col2im",
     "linear",
@@ -66,6 +80,12 @@ __all__ = [
     "batch_norm_train_backward",
     "relu",
     "relu_backward",
+    "upsample_nearest2d",
+    "upsample_nearest2d_backward",
+    "gelu",
+    "gelu_backward",
+    "silu",
+    "silu_backward",
     "conv2d_output_shape",
     "pool2d_output_shape",
 ]
@@ -217,11 +237,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     op = "conv2d"
     x, weight = _conv_inputs(op, x, weight)
     geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
-    if bias is not None:
-        bias = as_float_array(bias, "bias", op)
-        if bias.shape != (geom.F,):
-            raise ValueError(f"{op}: bias must have shape ({geom.F},) to match weight "
-                             f"{weight.shape}, got {bias.shape}")
+    bias = float_bias(bias, geom.F, weight.shape, op)
     dtype = common_dtype(x, weight, bias)
     G, (oh, ow) = geom.groups, geom.out
     cols = _conv_columns(x, geom, dtype)                                  # (N, G, K, L)
@@ -230,6 +246,23 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     if bias is not None:
         y += bias.astype(dtype, copy=False)[:, None, None]
     return y
+
+
+def _conv_input_grad(gy: np.ndarray, wmat: np.ndarray, geom, dtype: np.dtype) -> np.ndarray:
+    """conv2d's input gradient: col2im(weight[g]^T @ grad_y[g]), from grad_y as
+    (N, G, F/G, OH*OW) and the weight as (G, F/G, C/G*kH*kW)."""
+    N, (kh, kw), (oh, ow) = geom.N, geom.kernel, geom.out
+    dcols = np.matmul(wmat.transpose(0, 2, 1), gy)                        # (N, G, K, L)
+    dcols = dcols.reshape(N, geom.C, kh, kw, oh, ow)
+    top, left = geom.padding
+    height = _padded_size(geom.H, top, oh, kh, geom.stride[0], geom.dilation[0])
+    width = _padded_size(geom.W, left, ow, kw, geom.stride[1], geom.dilation[1])
+    gxp = np.zeros((N, geom.C, height, width), dtype=dtype)
+    for i in range(kh):
+        for j in range(kw):
+            gxp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))] += \
+                dcols[:, :, i, j]
+    return np.ascontiguousarray(gxp[:, :, top:top + geom.H, left:left + geom.W])
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
@@ -254,23 +287,13 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     dtype = common_dtype(grad_y, x, weight)
     N, G = geom.N, geom.groups
     Fg = geom.F // G
-    (kh, kw), (oh, ow) = geom.kernel, geom.out
+    oh, ow = geom.out
     gy = grad_y.astype(dtype, copy=False).reshape(N, G, Fg, oh * ow)      # (N, G, Fg, L)
     wmat = weight.astype(dtype, copy=False).reshape(G, Fg, -1)            # (G, Fg, K)
 
     grad_x = grad_w = grad_b = None
     if mask[0]:
-        dcols = np.matmul(wmat.transpose(0, 2, 1), gy)                    # (N, G, K, L)
-        dcols = dcols.reshape(N, geom.C, kh, kw, oh, ow)
-        top, left = geom.padding
-        height = _padded_size(geom.H, top, oh, kh, geom.stride[0], geom.dilation[0])
-        width = _padded_size(geom.W, left, ow, kw, geom.stride[1], geom.dilation[1])
-        gxp = np.zeros((N, geom.C, height, width), dtype=dtype)
-        for i in range(kh):
-            for j in range(kw):
-                gxp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))] += \
-                    dcols[:, :, i, j]
-        grad_x = np.ascontiguousarray(gxp[:, :, top:top + geom.H, left:left + geom.W])
+        grad_x = _conv_input_grad(gy, wmat, geom, dtype)
     if mask[1]:
         cols = _conv_columns(x, geom, dtype)                              # (N, G, K, L)
         grad_w = np.matmul(gy, cols.transpose(0, 1, 3, 2)).sum(axis=0)    # (G, Fg, K)
@@ -310,6 +333,58 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
                                         padding, dilation, groups,
                                         output_mask=(False, *mask))
     return grad_w, grad_b
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1) -> np.ndarray:
+    """Transposed convolution, ``torch.nn.functional.conv_transpose2d``: the input gradient of
+    conv2d(., weight, stride, padding, dilation, groups) applied to x, i.e. each input pixel
+    spreads weight[c_in] over its window of the output:
+
+        y[n, g*C_out/G + o, h*sH - pH + i*dH, w*sW - pW + j*dW] += x[n, c, h, w] weight[c, o, i, j]
+
+    x: (N, C_in, H, W), weight: (C_in, C_out/groups, kH, kW), bias: (C_out,) or None ->
+    y: (N, C_out, (H - 1) sH - 2 pH + dH (kH - 1) + output_padding + 1, ...).
+    """
+    op = "conv_transpose2d"
+    x, weight = conv_transpose_inputs(x, weight, op)
+    geom = conv_transpose2d_geometry(x.shape, weight.shape, stride, padding, output_padding,
+                                     groups, dilation, op)
+    bias = float_bias(bias, geom.output_shape[1], weight.shape, op)
+    dtype = common_dtype(x, weight, bias)
+    conv = geom.conv
+    G, (H, W) = conv.groups, x.shape[2:]
+    gy = np.zeros(conv.output_shape, dtype)  # x, and zero rows where output_padding >= stride
+    gy[:, :, :H, :W] = x
+    gy = gy.reshape(conv.N, G, conv.F // G, conv.out[0] * conv.out[1])
+    wmat = weight.astype(dtype, copy=False).reshape(G, conv.F // G, -1)
+    y = _conv_input_grad(gy, wmat, conv, dtype)
+    if bias is not None:
+        y += bias.astype(dtype, copy=False)[:, None, None]
+    return y
+
+
+def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, output_mask=(True, True, True)):
+    """Gradients of :func:`conv_transpose2d` w.r.t. x, weight and bias: grad_x is conv2d of
+    grad_y with the same weight, grad_weight conv2d's weight gradient with the roles of x and
+    grad_y swapped, grad_bias = grad_y.sum((0, 2, 3)). None where output_mask is False."""
+    mask, grad_y, x, weight, geom, dtype = conv_transpose_backward_inputs(
+        grad_y, x, weight, stride, padding, output_padding, groups, dilation, output_mask,
+        "conv_transpose2d_backward")
+    conv = geom.conv
+    args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    gy, w = np.ascontiguousarray(grad_y, dtype), weight.astype(dtype, copy=False)
+    grad_x = grad_w = grad_b = None
+    if mask[0]:
+        grad_x = np.ascontiguousarray(conv2d(gy, w, None, *args)[:, :, :x.shape[2], :x.shape[3]])
+    if mask[1]:
+        x_out = np.zeros(conv.output_shape, dtype)  # x as conv's output (see conv_transpose2d)
+        x_out[:, :, :x.shape[2], :x.shape[3]] = x
+        grad_w = conv2d_backward(x_out, gy, w, *args, output_mask=(False, True, False))[1]
+    if mask[2]:
+        grad_b = gy.sum(axis=(0, 2, 3))
+    return grad_x, grad_w, grad_b
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,6 +550,82 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     return np.ascontiguousarray(gxp[:, :, ph:ph + H, pw:pw + W])
 
 
+def _window_sums(x: np.ndarray, axis: int, out: int):
+    """Sums of x over adaptive pooling's `out` windows along `axis` (that axis becomes `out`
+    long), added window offset by window offset; and the window lengths."""
+    size = x.shape[axis]
+    start, end = adaptive_windows(size, out)
+    length = end - start
+    shape = [1] * x.ndim
+    shape[axis] = out
+    total = np.zeros(x.shape[:axis] + (out,) + x.shape[axis + 1:], x.dtype)
+    for i in range(int(length.max(initial=0))):
+        rows = np.take(x, np.minimum(start + i, size - 1), axis=axis)
+        with np.errstate(invalid="ignore"):  # inf + -inf is NaN, as in PyTorch
+            total += np.where((i < length).reshape(shape), rows, 0)  # (not * mask: 0 * inf)
+    return total, length
+
+
+def _window_scatter(g: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """The adjoint of _window_sums' sum: each entry of g added over its window, the axis
+    becoming `size` long."""
+    g = np.moveaxis(g, axis, -1)
+    start, end = adaptive_windows(size, g.shape[-1])
+    out = np.zeros(g.shape[:-1] + (size,), g.dtype)
+    for i in range(int((end - start).max(initial=0))):
+        valid = i < end - start
+        np.add.at(out, (Ellipsis, start[valid] + i), g[..., valid])
+    return np.moveaxis(out, -1, axis)
+
+
+def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
+    """Adaptive average pooling, ``torch.nn.functional.adaptive_avg_pool2d``: each output the
+    sum over its window [floor(i H / OH), ceil((i + 1) H / OH)) x (columns likewise), rows
+    first, divided by the window's height and then its width (PyTorch's order)."""
+    op = "adaptive_avg_pool2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    N, C, OH, OW = adaptive_pool2d_output_shape(x.shape, output_size, op)
+    rows, kh = _window_sums(x, 2, OH)
+    total, kw = _window_sums(rows, 3, OW)
+    return np.ascontiguousarray(total / kh[:, None].astype(x.dtype) / kw.astype(x.dtype))
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape) -> np.ndarray:
+    """Gradient of :func:`adaptive_avg_pool2d`: each grad_y entry divided by its window's
+    height and width, added over the window."""
+    grad_y, input_shape = adaptive_backward_inputs(grad_y, input_shape,
+                                                   "adaptive_avg_pool2d_backward")
+    (H, W), (OH, OW) = input_shape[2:], grad_y.shape[2:]
+    kh = np.diff(np.stack(adaptive_windows(H, OH)), axis=0)[0]
+    kw = np.diff(np.stack(adaptive_windows(W, OW)), axis=0)[0]
+    g = grad_y / kh[:, None].astype(grad_y.dtype) / kw.astype(grad_y.dtype)
+    return np.ascontiguousarray(_window_scatter(_window_scatter(g, 3, W), 2, H))
+
+
+def upsample_nearest2d(x, size=None, scale_factor=None, *, recompute_scale_factor=None):
+    """Nearest-neighbour resampling, ``torch.nn.functional.interpolate(mode='nearest')``:
+    y[..., i, j] = x[..., rows[i], cols[j]], one fancy-indexing gather, with PyTorch's index
+    maps (see :func:`fastconv._args.nearest_indices`)."""
+    op = "upsample_nearest2d"
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, _NCHW)
+    geom = upsample_nearest2d_geometry(x.shape, size, scale_factor, recompute_scale_factor, op)
+    return np.ascontiguousarray(x[:, :, geom.rows[:, None], geom.cols[None, :]])
+
+
+def upsample_nearest2d_backward(grad_y, input_shape, size=None, scale_factor=None, *,
+                                recompute_scale_factor=None) -> np.ndarray:
+    """Gradient of :func:`upsample_nearest2d`: grad_y scatter-added (np.add.at) to the input
+    positions the outputs copy."""
+    grad_y, input_shape, geom = upsample_backward_inputs(
+        "upsample_nearest2d_backward", grad_y, input_shape, size, scale_factor,
+        recompute_scale_factor)
+    grad_x = np.zeros(input_shape, grad_y.dtype)
+    np.add.at(grad_x, (slice(None), slice(None), geom.rows[:, None], geom.cols[None, :]), grad_y)
+    return grad_x
+
+
 def linear(x, weight, bias=None) -> np.ndarray:
     """y = x @ weight.T + bias, ``torch.nn.functional.linear``: x (..., in) -> (..., out)."""
     op = "linear"
@@ -564,3 +715,92 @@ def relu_backward(grad_y, y) -> np.ndarray:
     """Gradient of relu from its output: 0 where y <= 0, else grad_y (NaN passes, as torch)."""
     grad_y, y, dtype = relu_backward_inputs(grad_y, y)
     return np.asarray(np.where(y <= 0, 0, grad_y), dtype, order="C")
+
+
+# --------------------------------------------------------------------------------------------
+# GELU and SiLU: the normal CDF and the sigmoid in float64; GELU's tanh form, torch's formula,
+# in the working dtype (as torch: so a float32 x**3 overflows where torch's does)
+# --------------------------------------------------------------------------------------------
+
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    """Phi(x) = erfc(-x / sqrt(2)) / 2 in float64, NumPy having no erf. With z = |x| / sqrt(2):
+
+    * z < 1.25: erf(z) = 2/sqrt(pi) exp(-z^2) sum_n z (2 z^2)^n / (1 3 5 ... (2n + 1)), a
+      series of positive terms (40 of them reach double precision there);
+    * z >= 1.25: erfc(z) = exp(-z^2) / sqrt(pi) / (z + (1/2) / (z + 1 / (z + (3/2) / (z + ...)))),
+      the continued fraction, 120 levels deep.
+
+    The lower tail takes erfc directly beyond z = 1.25 (1 - erf cancels at most a factor 13
+    below it). Within 40 eps of the exact values for |x| < 6 (measured against mpmath); the
+    rounding of z^2 costs up to ~2 z^2 eps further out.
+    """
+    z = np.abs(np.asarray(x, np.float64)) / math.sqrt(2.0)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        near = np.minimum(z, 1.25)
+        term = near.copy()
+        total = near.copy()
+        for n in range(1, 40):
+            term *= 2 * near * near / (2 * n + 1)
+            total += term
+        erf_near = 2 / math.sqrt(math.pi) * np.exp(-near * near) * total
+        far = np.maximum(z, 1.25)
+        frac = far.copy()
+        for k in range(120, 0, -1):
+            frac = far + (k / 2) / frac
+        erfc_far = np.exp(-far * far) / (math.sqrt(math.pi) * frac)
+    erfc = np.where(z < 1.25, 1 - erf_near, erfc_far)
+    upper = np.where(z < 1.25, 0.5 * (1 + erf_near), 1 - 0.5 * erfc_far)
+    return np.where(x < 0, 0.5 * erfc, upper)
+
+
+_GELU_K = math.sqrt(2 / math.pi)
+_GELU_KAPPA = 0.044715
+
+
+def gelu(x, approximate="none") -> np.ndarray:
+    """GELU, ``torch.nn.functional.gelu``: x Phi(x), or with approximate='tanh'
+    x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (torch's formula as written, which loses
+    the negative tail to cancellation)."""
+    tanh = gelu_tanh(approximate, "gelu")
+    x = as_float_array(x, "x", "gelu")
+    with np.errstate(over="ignore", invalid="ignore"):
+        if tanh:
+            y = 0.5 * x * (1 + np.tanh(_GELU_K * (x + _GELU_KAPPA * x ** 3)))
+        else:
+            y = x * _normal_cdf(x)
+    return np.asarray(y, x.dtype, order="C")
+
+
+def gelu_backward(grad_y, x, approximate="none") -> np.ndarray:
+    """Gradient of :func:`gelu`: grad_y (Phi(x) + x exp(-x^2/2) / sqrt(2 pi)), or torch's
+    derivative of the tanh form."""
+    tanh = gelu_tanh(approximate, "gelu_backward")
+    grad_y, x, dtype = relu_backward_inputs(grad_y, x, "gelu_backward", "x")
+    x = x.astype(dtype, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if tanh:
+            t = np.tanh(_GELU_K * (x + _GELU_KAPPA * x ** 3))
+            d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_K * (1 + 3 * _GELU_KAPPA * x ** 2)
+        else:
+            d = _normal_cdf(x) + x * np.exp(-0.5 * x.astype(np.float64) ** 2) / math.sqrt(2 * math.pi)
+        return np.asarray(grad_y * d, dtype, order="C")
+
+
+def _sigmoid64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-x.astype(np.float64)))
+
+
+def silu(x) -> np.ndarray:
+    """SiLU, ``torch.nn.functional.silu``: x sigmoid(x)."""
+    x = as_float_array(x, "x", "silu")
+    with np.errstate(invalid="ignore"):
+        return np.asarray(x * _sigmoid64(x), x.dtype, order="C")
+
+
+def silu_backward(grad_y, x) -> np.ndarray:
+    """Gradient of :func:`silu`: grad_y s (1 + x (1 - s)), s = sigmoid(x) (torch's formula)."""
+    grad_y, x, dtype = relu_backward_inputs(grad_y, x, "silu_backward", "x")
+    s = _sigmoid64(x)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(grad_y * (s * (1 + x * (1 - s))), dtype, order="C")

@@ -242,3 +242,20 @@ def test_gradcheck_skips_frozen_parameters():
     assert max(errors.values()) < 1e-7
     with pytest.raises(ValueError, match=r"\['0.weight'\] are frozen"):
         gradcheck_layer(model, (2, 2, 5, 5), params=["0.weight"])
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_conv_transpose_skips_frozen_gradients(backend, monkeypatch):
+    ops = F if backend == "fast" else R
+    calls = _spy(monkeypatch, ops, ["conv_transpose2d_backward"])
+    layer = nn.ConvTranspose2d(2, 3, 3, stride=2, rng=0).set_backend(backend)
+    layer.weight.requires_grad = False
+    layer.weight.grad[...] = 7
+    x = np.random.default_rng(0).normal(size=(2, 2, 4, 4)).astype(np.float32)
+    y = layer(x)
+    gx = layer.backward(np.ones_like(y))
+    assert calls == [("conv_transpose2d_backward", (True, False, True))] and gx.shape == x.shape
+    np.testing.assert_array_equal(layer.weight.grad, 7)
+    calls.clear()
+    layer.requires_grad_(False)
+    assert layer.backward(np.ones_like(y), input_grad=False) is None and calls == []

@@ -37,19 +37,21 @@ Example::
 from __future__ import annotations
 
 from . import fusion
-from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from .activation import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .containers import Concat, Residual, Sequential
-from .conv import Conv2d
+from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
 from .linear import Flatten, Identity, Linear
 from .module import IncompatibleKeys, Module, Parameter
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
-from .pool import AvgPool2d, MaxPool2d
+from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .summary import ModelSummary
+from .upsample import Upsample
 
 __all__ = [
     "Parameter", "Module", "Sequential", "Residual", "Concat", "Identity",
-    "Conv2d", "MaxPool2d", "AvgPool2d", "Linear", "Flatten",
-    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Dropout",
+    "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Upsample",
+    "Linear", "Flatten",
+    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Dropout",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "ModelSummary", "IncompatibleKeys", "fusion",
 ]

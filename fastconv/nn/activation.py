@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _args
 from .module import Module, _as_input
 
 
@@ -91,3 +92,42 @@ class Sigmoid(_Elementwise):
         d *= y
         d *= g
         return d
+
+
+class GELU(_Elementwise):
+    """x Phi(x), Phi the standard normal CDF; approximate='tanh' uses
+    x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) instead (as PyTorch)."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        _args.gelu_tanh(approximate, "GELU")
+        self.approximate = approximate
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        ops = self._ops()
+        y = ops.gelu(x, self.approximate)
+        self._cache = (ops, x)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        ops, x = self._get_cache()
+        return ops.gelu_backward(self._grad(grad_y, x), x, self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(_Elementwise):
+    """x sigmoid(x) (swish); gradient s (1 + x (1 - s)), s = sigmoid(x)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        ops = self._ops()
+        y = ops.silu(x)
+        self._cache = (ops, x)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        ops, x = self._get_cache()
+        return ops.silu_backward(self._grad(grad_y, x), x)

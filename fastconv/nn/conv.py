@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+from fractions import Fraction
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -24,7 +27,56 @@ class ConvContext(NamedTuple):
     output_shape: tuple
 
 
-class Conv2d(Module):
+def _channels(in_channels, out_channels, groups, name: str) -> tuple[int, int, int]:
+    """(in_channels, out_channels, groups) of a convolution layer: positive ints, the channel
+    counts divisible by groups."""
+    in_channels = _positive_int(in_channels, "in_channels", name)
+    out_channels = _positive_int(out_channels, "out_channels", name)
+    groups = _positive_int(groups, "groups", name)
+    if in_channels % groups:
+        raise ValueError(f"{name}: in_channels ({in_channels}) must be divisible by groups ({groups})")
+    if out_channels % groups:
+        raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by groups ({groups})")
+    return in_channels, out_channels, groups
+
+
+def _add_parameters(layer: Module, weight_channels: tuple[int, int], bias: bool, dtype,
+                    rng) -> None:
+    """layer.weight of shape weight_channels + kernel_size, layer.bias (out_channels,) or
+    None, in `dtype`, with PyTorch's default initialisation."""
+    dt = _float_dtype(dtype, type(layer).__name__)
+    layer.weight = Parameter(np.empty(weight_channels + layer.kernel_size, dt))
+    if bias:
+        layer.bias = Parameter(np.empty(layer.out_channels, dt))
+    else:
+        layer.register_parameter("bias", None)
+    layer.reset_parameters(rng)
+
+
+class _ConvLayer(Module):
+    """What Conv2d and ConvTranspose2d share: PyTorch's default initialisation and the
+    gradients of trainable parameters only."""
+
+    weight: Parameter
+    bias: Parameter | None
+
+    def reset_parameters(self, rng=None) -> None:
+        """PyTorch's default initialisation (see :func:`fastconv.init.default_init_`)."""
+        _init.default_init_(self.weight, self.bias, rng)
+
+    def _grad_mask(self) -> tuple[bool, bool]:
+        """Which of (weight, bias) gradients are wanted: not those of frozen parameters."""
+        bias = self.bias
+        return self.weight.requires_grad, bias is not None and bias.requires_grad
+
+    def _accumulate(self, gw, gb) -> None:
+        if gw is not None:
+            self.weight.accumulate_grad(gw)
+        if gb is not None:
+            self.bias.accumulate_grad(gb)
+
+
+class Conv2d(_ConvLayer):
     """2-D convolution (cross-correlation) over (N, C_in, H, W) -> (N, C_out, H_out, W_out).
 
         H_out = (H + 2 p - d (k - 1) - 1) // s + 1
@@ -38,15 +90,8 @@ class Conv2d(Module):
                  dilation=1, groups: int = 1, bias: bool = True, dtype=np.float32, rng=None) -> None:
         super().__init__()
         name = "Conv2d"
-        in_channels = _positive_int(in_channels, "in_channels", name)
-        out_channels = _positive_int(out_channels, "out_channels", name)
-        groups = _positive_int(groups, "groups", name)
-        if in_channels % groups:
-            raise ValueError(f"{name}: in_channels ({in_channels}) must be divisible by groups ({groups})")
-        if out_channels % groups:
-            raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by groups ({groups})")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        self.in_channels, self.out_channels, groups = _channels(in_channels, out_channels,
+                                                                groups, name)
         self.kernel_size = _args.positive_pair(kernel_size, "kernel_size", name)
         self.stride = _args.positive_pair(stride, "stride", name)
         self.dilation = _args.positive_pair(dilation, "dilation", name)
@@ -59,17 +104,7 @@ class Conv2d(Module):
         else:
             self.padding = _args.nonnegative_pair(padding, "padding", name)
         self.groups = groups
-        dt = _float_dtype(dtype, name)
-        self.weight = Parameter(np.empty((out_channels, in_channels // groups) + self.kernel_size, dt))
-        if bias:
-            self.bias = Parameter(np.empty(out_channels, dt))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters(rng)
-
-    def reset_parameters(self, rng=None) -> None:
-        """PyTorch's default initialisation (see :func:`fastconv.init.default_init_`)."""
-        _init.default_init_(self.weight, self.bias, rng)
+        _add_parameters(self, (self.out_channels, self.in_channels // groups), bias, dtype, rng)
 
     def _inputs(self, x: np.ndarray):
         """(x checked and in the weight's dtype, weight, bias or None)."""
@@ -93,17 +128,6 @@ class Conv2d(Module):
         ops = self._ops()
         y = ops.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
         return y, ConvContext(ops, x, y.shape)
-
-    def _grad_mask(self) -> tuple[bool, bool]:
-        """Which of (weight, bias) gradients are wanted: not those of frozen parameters."""
-        bias = self.bias
-        return self.weight.requires_grad, bias is not None and bias.requires_grad
-
-    def _accumulate(self, gw, gb) -> None:
-        if gw is not None:
-            self.weight.accumulate_grad(gw)
-        if gb is not None:
-            self.bias.accumulate_grad(gb)
 
     def _backward_ctx(self, ctx: ConvContext, grad_y: np.ndarray,
                       input_grad: bool = True) -> np.ndarray | None:
@@ -178,6 +202,122 @@ class Conv2d(Module):
             s += f", padding={self.padding!r}" if isinstance(self.padding, str) else f", padding={self.padding}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class ConvTranspose2d(_ConvLayer):
+    """Transposed convolution (N, C_in, H, W) -> (N, C_out, H_out, W_out): the gradient of a
+    Conv2d with respect to its input, which upsamples by the stride:
+
+        H_out = (H - 1) s - 2 p + d (k - 1) + output_padding + 1
+
+    weight: (in_channels, out_channels / groups, kH, kW); bias: (out_channels,). Default
+    initialisation as PyTorch's: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in
+    taken from the weight as for Conv2d, weight.shape[1] * kH * kW = out_channels / groups *
+    kH * kW. ``forward(x, output_size=(H_out, W_out))`` picks the output_padding that gives that
+    size (between the smallest size and stride - 1 more), as PyTorch's.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups: int = 1, bias: bool = True, dilation=1,
+                 dtype=np.float32, rng=None) -> None:
+        super().__init__()
+        name = "ConvTranspose2d"
+        self.in_channels, self.out_channels, groups = _channels(in_channels, out_channels,
+                                                                groups, name)
+        self.kernel_size = _args.positive_pair(kernel_size, "kernel_size", name)
+        self.stride = _args.positive_pair(stride, "stride", name)
+        self.padding = _args.nonnegative_pair(padding, "padding", name)
+        self.dilation = _args.positive_pair(dilation, "dilation", name)
+        self.output_padding = self._check_output_padding(
+            _args.nonnegative_pair(output_padding, "output_padding", name))
+        self.groups = groups
+        _add_parameters(self, (self.in_channels, self.out_channels // groups), bias, dtype, rng)
+
+    def _check_output_padding(self, output_padding):
+        if any(o >= s and o >= d for o, s, d in zip(output_padding, self.stride, self.dilation)):
+            raise ValueError(f"ConvTranspose2d: output_padding {output_padding} must be smaller "
+                             f"than either stride {self.stride} or dilation {self.dilation}")
+        return output_padding
+
+    def _output_padding(self, input_shape, output_size) -> tuple[int, int]:
+        """The output_padding of a forward: the layer's, or the one that gives `output_size`
+        ((H_out, W_out), or a whole shape whose last two entries are those)."""
+        if output_size is None:
+            return self.output_padding
+        size = tuple(output_size)[-2:] if isinstance(output_size, (tuple, list)) else None
+        if size is None or len(size) != 2 or not all(
+                isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, bool) for v in size):
+            raise TypeError(f"{self!r}: output_size must be (H_out, W_out) or a shape ending in "
+                            f"them, got {output_size!r}")
+        smallest = tuple((n - 1) * s - 2 * p + d * (k - 1) + 1 for n, s, p, d, k in zip(
+            input_shape[2:], self.stride, self.padding, self.dilation, self.kernel_size))
+        largest = tuple(m + s - 1 for m, s in zip(smallest, self.stride))
+        if not all(lo <= v <= hi for v, lo, hi in zip(size, smallest, largest)):
+            raise ValueError(f"{self!r}: requested an output size of {tuple(int(v) for v in size)}, "
+                             f"but valid sizes range from {smallest} to {largest} (for an input "
+                             f"of {tuple(input_shape[2:])})")
+        return tuple(int(v) - m for v, m in zip(size, smallest))
+
+    def forward(self, x: np.ndarray, output_size=None) -> np.ndarray:
+        w = self.weight.data
+        x = _as_input(self, x, w.dtype)
+        _check_4d(self, x, self.in_channels)
+        output_padding = self._output_padding(x.shape, output_size)
+        ops = self._ops()
+        y = ops.conv_transpose2d(x, w, None if self.bias is None else self.bias.data,
+                                 self.stride, self.padding, output_padding, self.groups,
+                                 self.dilation)
+        self._cache = (ops, x, y.shape, output_padding)
+        return y
+
+    def __call__(self, x: np.ndarray, output_size=None) -> np.ndarray:
+        return self.forward(x, output_size)
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        ops, x, y_shape, output_padding = self._get_cache()
+        w = self.weight.data
+        grad_y = self._check_grad(grad_y, y_shape, w.dtype)
+        mask = (bool(input_grad), *self._grad_mask())
+        if not any(mask):
+            return None
+        gx, gw, gb = ops.conv_transpose2d_backward(
+            grad_y, x, w, self.stride, self.padding, output_padding, self.groups, self.dilation,
+            output_mask=mask)
+        self._accumulate(gw, gb)
+        return gx
+
+    def output_shape(self, input_shape):
+        shape = _shape_4d(self, input_shape, self.in_channels)
+        return _args.conv_transpose2d_geometry(shape, self.weight.data.shape, self.stride,
+                                               self.padding, self.output_padding, self.groups,
+                                               self.dilation, op=repr(self)).output_shape
+
+    def _receptive(self, input_shape):
+        """(kernel, stride, dilation, padding) per axis for the summary's receptive field. An
+        output pixel o takes the inputs i with i s + t d = o + p, t < k: at most
+        ceil(k g / s) of them (g = gcd(d, s)), d / g apart; and neighbouring outputs are 1 / s
+        input pixels apart (a fraction: the jump shrinks)."""
+        kernel, dilation = [], []
+        for k, s, d in zip(self.kernel_size, self.stride, self.dilation):
+            g = math.gcd(d, s)
+            kernel.append(-(-k * g // s))
+            dilation.append(d // g)
+        return (tuple(kernel), tuple(Fraction(1, s) for s in self.stride), tuple(dilation),
+                (0, 0))
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.output_padding != (0, 0):
+            s += f", output_padding={self.output_padding}"
         if self.groups != 1:
             s += f", groups={self.groups}"
         if self.bias is None:

@@ -128,3 +128,46 @@ class AvgPool2d(_Pool2d):
         if not self.count_include_pad:
             s += ", count_include_pad=False"
         return s
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output size (N, C, H, W) -> (N, C, OH, OW), whatever the
+    input's size: output row i averages input rows [floor(i H / OH), ceil((i + 1) H / OH)),
+    columns likewise. output_size: an int or a pair, a None entry keeping that input size
+    (AdaptiveAvgPool2d(1) is global average pooling)."""
+
+    def __init__(self, output_size) -> None:
+        super().__init__()
+        _args.adaptive_output_size(output_size, "AdaptiveAvgPool2d")
+        self.output_size = output_size
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        _check_4d(self, x)
+        ops = self._ops()
+        y = ops.adaptive_avg_pool2d(x, self.output_size)
+        self._cache = (ops, x.shape, y.shape, y.dtype)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        ops, x_shape, y_shape, dtype = self._get_cache()
+        return ops.adaptive_avg_pool2d_backward(self._check_grad(grad_y, y_shape, dtype), x_shape)
+
+    def output_shape(self, input_shape):
+        return _args.adaptive_pool2d_output_shape(_shape_4d(self, input_shape), self.output_size,
+                                                  repr(self), "input")
+
+    def _receptive(self, input_shape):
+        """(kernel, stride, dilation, padding) per axis for the summary's receptive field: the
+        largest window and the largest step between windows (exact where the output size
+        divides the input size, an upper bound otherwise)."""
+        shape = self.output_shape(input_shape)
+        kernel, stride = [], []
+        for size, out in zip(_shape_4d(self, input_shape)[2:], shape[2:]):
+            start, end = _args.adaptive_windows(size, max(out, 1))
+            kernel.append(int((end - start).max()))
+            stride.append(int(np.diff(start).max()) if out > 1 else size)
+        return tuple(kernel), tuple(stride), (1, 1), (0, 0)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
