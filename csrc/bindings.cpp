@@ -5,6 +5,7 @@
 // them read or write outside the arrays.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <atomic>
 #include <string>
@@ -14,6 +15,7 @@
 #include "activation.h"
 #include "batchnorm.h"
 #include "conv.h"
+#include "cpu.h"
 #include "gemm.h"
 #include "gemm_direct.h"
 #include "im2col.h"
@@ -556,6 +558,34 @@ void relu_backward(const py::array& gy, const py::array& y, py::array gx) {
   else relu_backward_t<float>(gy, y, gx);
 }
 
+// ---- the machine ----------------------------------------------------------------------------
+
+py::dict cache_dict(const fastconv::CacheLevel& c) {
+  py::dict d;
+  d["bytes"] = c.bytes;
+  d["ways"] = c.ways;
+  d["line"] = c.line;
+  d["shared_by"] = c.shared_by;
+  return d;
+}
+
+py::dict cpu_info_dict() {
+  const fastconv::CpuInfo& c = fastconv::cpu_info();
+  py::dict caches;
+  caches["l1d"] = cache_dict(c.l1d);
+  caches["l2"] = cache_dict(c.l2);
+  caches["l3"] = cache_dict(c.l3);
+  caches["source"] = c.cache_source;
+  py::dict d;
+  d["vendor"] = c.vendor;
+  d["model_name"] = c.model_name;
+  d["family"] = c.family;
+  d["model"] = c.model;
+  d["features"] = c.feature_names();
+  d["caches"] = caches;
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -636,17 +666,21 @@ PYBIND11_MODULE(_core, m) {
     fastconv::set_max_threads(n);
   }, py::arg("n"), "Threads of every kernel call from now on, from any Python thread.");
   m.def("openmp_enabled", &fastconv::openmp_enabled);
-  m.def("simd_level", &fastconv::simd_level);
+  m.def("cpu_info", &cpu_info_dict,
+        "The CPU as read once at start-up: model, features, caches (bytes per core's view).");
+  m.def("simd_level", [] { return fastconv::isa_name(fastconv::selected_isa()); });
   m.def("set_conv_algorithm",
         [](const std::string& name) {
           return while_no_kernel_runs([&] { return fastconv::set_conv_algorithm(name); });
         },
         py::arg("name"),
         "'auto', 'wide', 'im2col', 'direct', 'direct_nchw' or 'winograd' (tests/benchmarks).");
-  m.def("best_simd_level", &fastconv::best_simd_level);
+  m.def("best_simd_level", [] { return fastconv::isa_name(fastconv::best_isa()); });
   m.def("set_simd_level",
         [](const std::string& level) {
-          return while_no_kernel_runs([&] { return fastconv::set_simd_level(level); });
+          fastconv::Isa isa;
+          if (!fastconv::isa_from_name(level, &isa)) return false;
+          return while_no_kernel_runs([&] { return fastconv::select_isa(isa); });
         },
         py::arg("level"),
         "Force the micro-kernel ISA (tests/benchmarks); False if unsupported here.");

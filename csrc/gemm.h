@@ -9,9 +9,8 @@
 // threads (threads split M or N, never K), so results are bit-identical for any thread count.
 #pragma once
 
-#include <string>
-
 #include "common.h"
+#include "cpu.h"
 
 namespace fastconv {
 
@@ -20,9 +19,14 @@ template <typename T>
 using MicroKernelFn = void (*)(index_t kc, const T* a, const T* b, T* c, index_t ldc,
                                bool accumulate, index_t mr_eff, index_t nr_eff);
 
+// C[M,N] (+)= A . B^T from row pointers, as dot products along K (see gemm_nt_rows).
+template <typename T>
+using NtRowsFn = void (*)(index_t M, index_t N, index_t K, const T* const* a_rows,
+                          const T* const* b_rows, T* C, index_t ldc, bool accumulate);
+
+// The GEMM kernels of one ISA, from gemm_<isa>.cpp.
 template <typename T>
 struct GemmKernel {
-  const char* isa;
   index_t mr, nr;      // register tile
   index_t mc, kc, nc;  // cache blocks (multiples of mr / nr)
   MicroKernelFn<T> micro;
@@ -30,20 +34,29 @@ struct GemmKernel {
   // with ldc a multiple of 64 bytes), or null: for a large C written once (no read for
   // ownership of lines about to be overwritten, no eviction of the operands).
   MicroKernelFn<T> micro_stream = nullptr;
+  // Dot products of rows for gemm_nt_rows, or null: the packed GEMM then.
+  NtRowsFn<T> nt_rows = nullptr;
 };
 
+// Per-ISA kernel tables, defined in gemm_<isa>.cpp (nullptr when not compiled in).
 template <typename T>
-const GemmKernel<T>& gemm_kernel();
+const GemmKernel<T>* gemm_kernel_generic();
+template <typename T>
+const GemmKernel<T>* gemm_kernel_avx2();
+template <typename T>
+const GemmKernel<T>* gemm_kernel_avx512();
+
+// What every GEMM call uses: the kernels of the selected ISA (cpu.h), filled once per ISA
+// (gemm_config.cpp).
+template <typename T>
+struct GemmConfig : GemmKernel<T> {
+  Isa isa;
+};
+template <typename T>
+const GemmConfig<T>& gemm_config();
 
 // Size of equal blocks covering `total` with blocks of at most `max_block`.
 index_t balanced_block(index_t total, index_t max_block);
-
-// Name of the instruction set the micro-kernels use ("avx512", "avx2", "generic").
-std::string simd_level();
-// Force a level (for tests and benchmarks); returns false if this CPU cannot run it.
-bool set_simd_level(const std::string& level);
-// The best level this CPU supports.
-std::string best_simd_level();
 
 // ---- Operands -----------------------------------------------------------------------------
 // The loop nest asks its operands for packed blocks, so an operand can be a strided matrix
@@ -134,32 +147,15 @@ template <typename T>
 void gemm_parallel(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs,
                    const T* B, index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate);
 
-// Per-ISA kernel tables, defined in gemm_<isa>.cpp (nullptr when not compiled in).
-const GemmKernel<float>* gemm_kernel_avx512_f32();
-const GemmKernel<double>* gemm_kernel_avx512_f64();
-const GemmKernel<float>* gemm_kernel_avx2_f32();
-const GemmKernel<double>* gemm_kernel_avx2_f64();
-
-}  // namespace fastconv
-
-namespace fastconv {
-
 // C[M,N] (+)= A . B^T where row i of A is a_rows[i] and row j of B is b_rows[j], each K
-// contiguous elements. With AVX-512: dot products vectorised along K (one vector of partial
-// sums per result, reduced in a fixed order), no packing at all, which is what the conv
-// weight gradient wants: both operands are long contiguous rows (the output positions), and
-// the rows of the column matrix are runs of the padded image. Elsewhere: the packed GEMM.
-// use_dot=false (or no AVX-512): the packed GEMM, better when K is short and M*N large (the
-// dot form pays one horizontal reduction per result).
+// contiguous elements. With the ISA's dot kernel (GemmKernel::nt_rows, AVX-512): dot products
+// vectorised along K (one vector of partial sums per result, reduced in a fixed order), no
+// packing at all, which is what the conv weight gradient wants: both operands are long
+// contiguous rows (the output positions), and the rows of the column matrix are runs of the
+// padded image. use_dot=false (or no dot kernel): the packed GEMM, better when K is short and
+// M*N large (the dot form pays one horizontal reduction per result).
 template <typename T>
 void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a_rows, const T* const* b_rows,
                   T* C, index_t ldc, bool accumulate, bool use_dot = true);
-
-template <typename T>
-using NtRowsFn = void (*)(index_t, index_t, index_t, const T* const*, const T* const*, T*, index_t,
-                          bool);
-// The AVX-512 version (nullptr when not compiled in); others use portable code.
-NtRowsFn<float> nt_rows_avx512_f32();
-NtRowsFn<double> nt_rows_avx512_f64();
 
 }  // namespace fastconv

@@ -106,21 +106,33 @@ void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* _
   }
 }
 
-const GemmKernel<float> kF32{"avx2", MR, 16, 6 * 16, 256, 4096, &micro_kernel<float>};
-const GemmKernel<double> kF64{"avx2", MR, 8, 6 * 12, 256, 2048, &micro_kernel<double>};
+const GemmKernel<float> kF32{MR, 16, 6 * 16, 256, 4096, &micro_kernel<float>};
+const GemmKernel<double> kF64{MR, 8, 6 * 12, 256, 2048, &micro_kernel<double>};
 
 }  // namespace
 
-const GemmKernel<float>* gemm_kernel_avx2_f32() { return &kF32; }
-const GemmKernel<double>* gemm_kernel_avx2_f64() { return &kF64; }
+template <>
+const GemmKernel<float>* gemm_kernel_avx2<float>() {
+  return &kF32;
+}
+template <>
+const GemmKernel<double>* gemm_kernel_avx2<double>() {
+  return &kF64;
+}
 
 }  // namespace fastconv
 
 #else
 
 namespace fastconv {
-const GemmKernel<float>* gemm_kernel_avx2_f32() { return nullptr; }
-const GemmKernel<double>* gemm_kernel_avx2_f64() { return nullptr; }
+template <>
+const GemmKernel<float>* gemm_kernel_avx2<float>() {
+  return nullptr;
+}
+template <>
+const GemmKernel<double>* gemm_kernel_avx2<double>() {
+  return nullptr;
+}
 }  // namespace fastconv
 
 #endif

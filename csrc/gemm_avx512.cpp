@@ -160,27 +160,35 @@ void nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* const*
 }
 
 // Blocks: B panel kc x nc stays in L2/L3, A block mc x kc in L2, the micro-panels in L1.
-const GemmKernel<float> kF32{"avx512", MR, 32, 256, 256, 512, &micro_kernel<float>,
-                             &micro_kernel<float, true>};
-const GemmKernel<double> kF64{"avx512", MR, 16, 256, 256, 256, &micro_kernel<double>,
-                              &micro_kernel<double, true>};
+const GemmKernel<float> kF32{MR, 32, 256, 256, 512, &micro_kernel<float>,
+                             &micro_kernel<float, true>, &nt_rows<float>};
+const GemmKernel<double> kF64{MR, 16, 256, 256, 256, &micro_kernel<double>,
+                              &micro_kernel<double, true>, &nt_rows<double>};
 
 }  // namespace
 
-const GemmKernel<float>* gemm_kernel_avx512_f32() { return &kF32; }
-const GemmKernel<double>* gemm_kernel_avx512_f64() { return &kF64; }
-NtRowsFn<float> nt_rows_avx512_f32() { return &nt_rows<float>; }
-NtRowsFn<double> nt_rows_avx512_f64() { return &nt_rows<double>; }
+template <>
+const GemmKernel<float>* gemm_kernel_avx512<float>() {
+  return &kF32;
+}
+template <>
+const GemmKernel<double>* gemm_kernel_avx512<double>() {
+  return &kF64;
+}
 
 }  // namespace fastconv
 
 #else
 
 namespace fastconv {
-const GemmKernel<float>* gemm_kernel_avx512_f32() { return nullptr; }
-const GemmKernel<double>* gemm_kernel_avx512_f64() { return nullptr; }
-NtRowsFn<float> nt_rows_avx512_f32() { return nullptr; }
-NtRowsFn<double> nt_rows_avx512_f64() { return nullptr; }
+template <>
+const GemmKernel<float>* gemm_kernel_avx512<float>() {
+  return nullptr;
+}
+template <>
+const GemmKernel<double>* gemm_kernel_avx512<double>() {
+  return nullptr;
+}
 }  // namespace fastconv
 
 #endif
