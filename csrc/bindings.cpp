@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <atomic>
 #include <string>
 #include <thread>
@@ -217,17 +218,48 @@ bool conv_forward_max_pool_t(const py::array& x, const py::array& w, const py::o
 
 // The shape of a convolution whose output (oh x ow) is not an array here: w is the weight or
 // its gradient (same shape).
+// x (N, C, H, W) and w (F, C/G, KH, KW) as shapes, the output oh x ow.
+fastconv::ConvShape checked_conv_shape(const std::array<index_t, 4>& x,
+                                       const std::array<index_t, 4>& w, index_t oh, index_t ow,
+                                       index_t sh, index_t sw, index_t ph, index_t pw, index_t dh,
+                                       index_t dw, index_t groups, const char* op) {
+  const auto win = window(w[2], w[3], sh, sw, ph, pw, dh, dw);
+  const fastconv::ConvShape s{x[0], x[1], x[2], x[3], w[0], groups, oh, ow, win};
+  if (groups < 1 || s.C % groups || s.F % groups || w[1] != s.C / groups || oh < 1 || ow < 1)
+    throw py::value_error(std::string(op) + ": inconsistent shapes");
+  return s;
+}
+
 fastconv::ConvShape conv_shape_sized(const py::array& x, const py::array& w, const char* wname,
                                      index_t oh, index_t ow, index_t sh, index_t sw, index_t ph,
                                      index_t pw, index_t dh, index_t dw, index_t groups,
                                      const char* op) {
-  const auto win = window(dim(w, 2, wname), dim(w, 3, wname), sh, sw, ph, pw, dh, dw);
-  const fastconv::ConvShape s{dim(x, 0, "x"), dim(x, 1, "x"), dim(x, 2, "x"), dim(x, 3, "x"),
-                              dim(w, 0, wname), groups, oh, ow, win};
-  if (groups < 1 || s.C % groups || s.F % groups || dim(w, 1, wname) != s.C / groups ||
-      oh < 1 || ow < 1)
-    throw py::value_error(std::string(op) + ": inconsistent shapes");
-  return s;
+  return checked_conv_shape({dim(x, 0, "x"), dim(x, 1, "x"), dim(x, 2, "x"), dim(x, 3, "x")},
+                            {dim(w, 0, wname), dim(w, 1, wname), dim(w, 2, wname),
+                             dim(w, 3, wname)},
+                            oh, ow, sh, sw, ph, pw, dh, dw, groups, op);
+}
+
+// The algorithm conv2d's dispatch table picks for a shape and pass (tests, benchmarks).
+std::string conv_algorithm(const std::string& pass, const py::object& dtype,
+                           const std::array<index_t, 4>& x, const std::array<index_t, 4>& w,
+                           index_t oh, index_t ow, index_t sh, index_t sw, index_t ph, index_t pw,
+                           index_t dh, index_t dw, index_t groups) {
+  fastconv::ConvPass p;
+  if (pass == "forward") p = fastconv::ConvPass::forward;
+  else if (pass == "backward_input") p = fastconv::ConvPass::backward_input;
+  else if (pass == "backward_weight") p = fastconv::ConvPass::backward_weight;
+  else
+    throw py::value_error("conv_algorithm: pass_ must be 'forward', 'backward_input' or "
+                          "'backward_weight', got '" + pass + "'");
+  const auto s = checked_conv_shape(x, w, oh, ow, sh, sw, ph, pw, dh, dw, groups,
+                                    "conv_algorithm");
+  const py::dtype d = py::dtype::from_args(dtype);
+  if (d.kind() == 'f' && d.itemsize() == 4)
+    return fastconv::conv_algorithm_name(fastconv::conv_algorithm_for<float>(s, p));
+  if (d.kind() == 'f' && d.itemsize() == 8)
+    return fastconv::conv_algorithm_name(fastconv::conv_algorithm_for<double>(s, p));
+  throw py::type_error("conv_algorithm: dtype must be float32 or float64");
 }
 
 bool conv2d_forward_max_pool(const py::array& x, const py::array& w, const py::object& bias,
@@ -614,6 +646,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("out_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
         py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"),
         "Returns False if a pooling index lies outside its plane.");
+  m.def("conv_algorithm", &conv_algorithm, py::arg("pass_"), py::arg("dtype"),
+        py::arg("input_shape"), py::arg("weight_shape"), py::arg("out_h"), py::arg("out_w"),
+        py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
+        py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"),
+        "Name of the algorithm conv2d runs for this pass and shape, for finite data.");
   m.def("im2col", &im2col, py::arg("x"), py::arg("cols"), py::arg("kernel_h"), py::arg("kernel_w"),
         py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
         py::arg("dilation_h"), py::arg("dilation_w"), py::arg("out_h"), py::arg("out_w"));

@@ -33,6 +33,16 @@ def conv2d_backward_weight_through_max_pool(grad_pooled: Array, indices: NDArray
                                             stride_w: int, pad_h: int, pad_w: int,
                                             dilation_h: int, dilation_w: int,
                                             groups: int) -> bool: ...
+def conv_algorithm(pass_: str, dtype: object, input_shape: tuple[int, int, int, int],
+                   weight_shape: tuple[int, int, int, int], out_h: int, out_w: int,
+                   stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
+                   dilation_w: int, groups: int) -> str:
+    """The algorithm ('winograd', 'direct_nchw', 'direct', 'wide' or 'im2col') conv2d runs for
+    pass_ ('forward', 'backward_input', 'backward_weight') on these shapes, with the SIMD level
+    and forced algorithm in effect, for finite data (weights holding inf/NaN take im2col in the
+    forward and input-gradient passes; Winograd and the wide weight gradient hand non-finite
+    inputs to the next algorithm)."""
+    ...
 def im2col(x: Array, cols: Array, kernel_h: int, kernel_w: int, stride_h: int, stride_w: int,
            pad_h: int, pad_w: int, dilation_h: int, dilation_w: int, out_h: int,
            out_w: int) -> None: ...
