@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 
 #include "activation.h"
 #include "batchnorm.h"
@@ -88,12 +89,16 @@ constexpr char kNativeOrder = '<';
 #endif
 
 template <typename T>
-bool has_dtype(const py::array& a) {
-  const py::dtype d = a.dtype();
+bool has_dtype(const py::dtype& d) {
   const char order = d.byteorder();  // '=' native, '|' not applicable, '<' / '>' explicit
   return d.kind() == (std::is_floating_point_v<T> ? 'f' : 'i') &&
          d.itemsize() == static_cast<py::ssize_t>(sizeof(T)) &&
          (order == '=' || order == '|' || order == kNativeOrder);
+}
+
+template <typename T>
+bool has_dtype(const py::array& a) {
+  return has_dtype<T>(a.dtype());
 }
 
 // Pointer to the data of a C-contiguous array of exactly dtype T with `count` elements.
@@ -128,7 +133,22 @@ T* optional_data(const py::object& a, const char* name, index_t count, bool writ
   return a.is_none() ? nullptr : data_of<T>(a.cast<py::array>(), name, count, writable);
 }
 
-bool is_f64(const py::array& a) { return has_dtype<double>(a); }
+// The one dtype switch: calls op(T{}) with T = float or double for a float32 or float64 dtype
+// and returns its result; any other dtype is a TypeError naming the argument (`what`: "an
+// array" or "a dtype"). Each op's body is a template on T (`op_t<T>`), reached as
+//   return for_dtype(x, "x", [&](auto t) { return op_t<decltype(t)>(...); });
+template <typename Op>
+decltype(auto) for_dtype(const py::dtype& d, const char* name, const char* what, Op&& op) {
+  if (has_dtype<float>(d)) return op(float{});
+  if (has_dtype<double>(d)) return op(double{});
+  throw py::type_error(std::string(name) + " must be a float32 or float64 " + what + ", got " +
+                       std::string(py::str(d)));
+}
+
+template <typename Op>
+decltype(auto) for_dtype(const py::array& a, const char* name, Op&& op) {
+  return for_dtype(a.dtype(), name, "array", std::forward<Op>(op));
+}
 
 // ---- conv -------------------------------------------------------------------------------
 
@@ -159,8 +179,7 @@ void conv2d_forward(const py::array& x, const py::array& w, const py::object& bi
                     index_t groups) {
   const auto win = window(dim(w, 2, "weight"), dim(w, 3, "weight"), sh, sw, ph, pw, dh, dw);
   const auto s = conv_shape(x, w, y, groups, win);
-  if (is_f64(x)) conv_forward_t<double>(x, w, bias, y, s);
-  else conv_forward_t<float>(x, w, bias, y, s);
+  for_dtype(x, "x", [&](auto t) { conv_forward_t<decltype(t)>(x, w, bias, y, s); });
 }
 
 template <typename T>
@@ -178,8 +197,7 @@ void conv2d_backward_input(const py::array& gy, const py::array& w, py::array gx
                            index_t groups) {
   const auto win = window(dim(w, 2, "weight"), dim(w, 3, "weight"), sh, sw, ph, pw, dh, dw);
   const auto s = conv_shape(gx, w, gy, groups, win);
-  if (is_f64(gy)) conv_backward_input_t<double>(gy, w, gx, s);
-  else conv_backward_input_t<float>(gy, w, gx, s);
+  for_dtype(gy, "grad_y", [&](auto t) { conv_backward_input_t<decltype(t)>(gy, w, gx, s); });
 }
 
 template <typename T>
@@ -198,8 +216,7 @@ void conv2d_backward_weight(const py::array& gy, const py::array& x, py::array g
   const auto win = window(dim(gw, 2, "grad_weight"), dim(gw, 3, "grad_weight"), sh, sw, ph, pw,
                           dh, dw);
   const auto s = conv_shape(x, gw, gy, groups, win);
-  if (is_f64(gy)) conv_backward_weight_t<double>(gy, x, gw, s);
-  else conv_backward_weight_t<float>(gy, x, gw, s);
+  for_dtype(gy, "grad_y", [&](auto t) { conv_backward_weight_t<decltype(t)>(gy, x, gw, s); });
 }
 
 template <typename T>
@@ -254,12 +271,10 @@ std::string conv_algorithm(const std::string& pass, const py::object& dtype,
                           "'backward_weight', got '" + pass + "'");
   const auto s = checked_conv_shape(x, w, oh, ow, sh, sw, ph, pw, dh, dw, groups,
                                     "conv_algorithm");
-  const py::dtype d = py::dtype::from_args(dtype);
-  if (d.kind() == 'f' && d.itemsize() == 4)
-    return fastconv::conv_algorithm_name(fastconv::conv_algorithm_for<float>(s, p));
-  if (d.kind() == 'f' && d.itemsize() == 8)
-    return fastconv::conv_algorithm_name(fastconv::conv_algorithm_for<double>(s, p));
-  throw py::type_error("conv_algorithm: dtype must be float32 or float64");
+  return for_dtype(py::dtype::from_args(dtype), "conv_algorithm: dtype", "dtype", [&](auto t) {
+    return std::string(fastconv::conv_algorithm_name(
+        fastconv::conv_algorithm_for<decltype(t)>(s, p)));
+  });
 }
 
 bool conv2d_forward_max_pool(const py::array& x, const py::array& w, const py::object& bias,
@@ -275,8 +290,9 @@ bool conv2d_forward_max_pool(const py::array& x, const py::array& w, const py::o
                                       pool_dh, pool_dw)};
   if (dim(y, 0, "y") != s.N || dim(y, 1, "y") != s.F)
     throw py::value_error("conv2d_forward_max_pool: y must be (N, F, PH, PW)");
-  return is_f64(x) ? conv_forward_max_pool_t<double>(x, w, bias, y, idx, s, ps, relu)
-                   : conv_forward_max_pool_t<float>(x, w, bias, y, idx, s, ps, relu);
+  return for_dtype(x, "x", [&](auto t) {
+    return conv_forward_max_pool_t<decltype(t)>(x, w, bias, y, idx, s, ps, relu);
+  });
 }
 
 template <typename T>
@@ -305,8 +321,9 @@ bool conv2d_backward_weight_through_max_pool(const py::array& gp, const py::arra
                                              index_t pw, index_t dh, index_t dw, index_t groups) {
   const auto s = conv_shape_sized(x, gw, "grad_weight", oh, ow, sh, sw, ph, pw, dh, dw, groups,
                                   "conv2d_backward_weight_through_max_pool");
-  return is_f64(gp) ? conv_backward_through_pool_t<double>(gp, idx, relu_y, x, gw, gb, s)
-                    : conv_backward_through_pool_t<float>(gp, idx, relu_y, x, gw, gb, s);
+  return for_dtype(gp, "grad_pooled", [&](auto t) {
+    return conv_backward_through_pool_t<decltype(t)>(gp, idx, relu_y, x, gw, gb, s);
+  });
 }
 
 template <typename T>
@@ -324,8 +341,7 @@ void conv_backward_bias_t(const py::array& gy, py::array& gb) {
 }
 
 void conv2d_backward_bias(const py::array& gy, py::array gb) {
-  if (is_f64(gy)) conv_backward_bias_t<double>(gy, gb);
-  else conv_backward_bias_t<float>(gy, gb);
+  for_dtype(gy, "grad_y", [&](auto t) { conv_backward_bias_t<decltype(t)>(gy, gb); });
 }
 
 // ---- im2col / col2im --------------------------------------------------------------------
@@ -346,15 +362,13 @@ void unfold_t(const py::array& image, const py::array& cols, bool to_cols, const
 void im2col(const py::array& x, py::array cols, index_t kh, index_t kw, index_t sh, index_t sw,
             index_t ph, index_t pw, index_t dh, index_t dw, index_t OH, index_t OW) {
   const auto win = window(kh, kw, sh, sw, ph, pw, dh, dw);
-  if (is_f64(x)) unfold_t<double>(x, cols, true, win, OH, OW);
-  else unfold_t<float>(x, cols, true, win, OH, OW);
+  for_dtype(x, "x", [&](auto t) { unfold_t<decltype(t)>(x, cols, true, win, OH, OW); });
 }
 
 void col2im(const py::array& cols, py::array x, index_t kh, index_t kw, index_t sh, index_t sw,
             index_t ph, index_t pw, index_t dh, index_t dw, index_t OH, index_t OW) {
   const auto win = window(kh, kw, sh, sw, ph, pw, dh, dw);
-  if (is_f64(cols)) unfold_t<double>(x, cols, false, win, OH, OW);
-  else unfold_t<float>(x, cols, false, win, OH, OW);
+  for_dtype(cols, "cols", [&](auto t) { unfold_t<decltype(t)>(x, cols, false, win, OH, OW); });
 }
 
 // ---- pooling ----------------------------------------------------------------------------
@@ -382,8 +396,7 @@ void max_pool2d_forward(const py::array& x, py::array y, py::array idx, index_t 
                         index_t sh, index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
                         bool relu) {
   const auto s = pool_shape(x, y, window(kh, kw, sh, sw, ph, pw, dh, dw));
-  if (is_f64(x)) max_pool_forward_t<double>(x, y, idx, s, relu);
-  else max_pool_forward_t<float>(x, y, idx, s, relu);
+  for_dtype(x, "x", [&](auto t) { max_pool_forward_t<decltype(t)>(x, y, idx, s, relu); });
 }
 
 template <typename T>
@@ -404,8 +417,9 @@ bool max_pool_backward_t(const py::array& gy, const py::array& idx, py::array& g
 
 bool max_pool2d_backward(const py::array& gy, const py::array& idx, py::array gx,
                          const py::object& relu_y) {
-  return is_f64(gy) ? max_pool_backward_t<double>(gy, idx, gx, relu_y)
-                    : max_pool_backward_t<float>(gy, idx, gx, relu_y);
+  return for_dtype(gy, "grad_y", [&](auto t) {
+    return max_pool_backward_t<decltype(t)>(gy, idx, gx, relu_y);
+  });
 }
 
 template <typename T>
@@ -421,15 +435,15 @@ void avg_pool_t(const py::array& x, const py::array& y, bool forward, bool count
 void avg_pool2d_forward(const py::array& x, py::array y, index_t kh, index_t kw, index_t sh,
                         index_t sw, index_t ph, index_t pw, bool count_include_pad) {
   const auto s = pool_shape(x, y, window(kh, kw, sh, sw, ph, pw, 1, 1));
-  if (is_f64(x)) avg_pool_t<double>(x, y, true, count_include_pad, s);
-  else avg_pool_t<float>(x, y, true, count_include_pad, s);
+  for_dtype(x, "x", [&](auto t) { avg_pool_t<decltype(t)>(x, y, true, count_include_pad, s); });
 }
 
 void avg_pool2d_backward(const py::array& gy, py::array gx, index_t kh, index_t kw, index_t sh,
                          index_t sw, index_t ph, index_t pw, bool count_include_pad) {
   const auto s = pool_shape(gx, gy, window(kh, kw, sh, sw, ph, pw, 1, 1));
-  if (is_f64(gy)) avg_pool_t<double>(gx, gy, false, count_include_pad, s);
-  else avg_pool_t<float>(gx, gy, false, count_include_pad, s);
+  for_dtype(gy, "grad_y", [&](auto t) {
+    avg_pool_t<decltype(t)>(gx, gy, false, count_include_pad, s);
+  });
 }
 
 // ---- gemm (Linear, tests and benchmarks) -----------------------------------------------
@@ -460,8 +474,9 @@ void gemm_t(const py::array& a, const py::array& b, py::array& c, bool trans_a, 
 
 void gemm(const py::array& a, const py::array& b, py::array c, bool trans_a, bool trans_b,
           bool accumulate) {
-  if (is_f64(a)) gemm_t<double>(a, b, c, trans_a, trans_b, accumulate);
-  else gemm_t<float>(a, b, c, trans_a, trans_b, accumulate);
+  for_dtype(a, "a", [&](auto t) {
+    gemm_t<decltype(t)>(a, b, c, trans_a, trans_b, accumulate);
+  });
 }
 
 // ---- optimiser updates (in place) -------------------------------------------------------
@@ -482,8 +497,9 @@ void sgd_t(py::array& p, const py::array& g, const py::object& buf, double lr, d
 void sgd_update(py::array p, const py::array& g, const py::object& buf, double lr,
                 double momentum, double dampening, double weight_decay, bool nesterov,
                 bool first_step) {
-  if (is_f64(p)) sgd_t<double>(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step);
-  else sgd_t<float>(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step);
+  for_dtype(p, "param", [&](auto t) {
+    sgd_t<decltype(t)>(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step);
+  });
 }
 
 template <typename T>
@@ -503,8 +519,9 @@ void adam_t(py::array& p, const py::array& g, py::array& m, py::array& v, double
 void adam_update(py::array p, const py::array& g, py::array m, py::array v, double lr,
                  double beta1, double beta2, double eps, double weight_decay, bool decoupled,
                  index_t step) {
-  if (is_f64(p)) adam_t<double>(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step);
-  else adam_t<float>(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step);
+  for_dtype(p, "param", [&](auto t) {
+    adam_t<decltype(t)>(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step);
+  });
 }
 
 // ---- batch norm (training mode) -----------------------------------------------------------
@@ -528,8 +545,9 @@ void bn_forward_t(const py::array& x, const py::object& gamma, const py::object&
 void batch_norm_forward(const py::array& x, const py::object& gamma, const py::object& beta,
                         double eps, bool relu, py::array y, py::array mean, py::array invstd,
                         py::array var) {
-  if (is_f64(x)) bn_forward_t<double>(x, gamma, beta, eps, relu, y, mean, invstd, var);
-  else bn_forward_t<float>(x, gamma, beta, eps, relu, y, mean, invstd, var);
+  for_dtype(x, "x", [&](auto t) {
+    bn_forward_t<decltype(t)>(x, gamma, beta, eps, relu, y, mean, invstd, var);
+  });
 }
 
 template <typename T>
@@ -555,8 +573,9 @@ void bn_backward_t(const py::array& gy, const py::object& relu_y, const py::arra
 void batch_norm_backward(const py::array& gy, const py::object& relu_y, const py::array& x,
                          const py::array& mean, const py::array& invstd, const py::object& gamma,
                          const py::object& gx, py::array ggamma, py::array gbeta) {
-  if (is_f64(x)) bn_backward_t<double>(gy, relu_y, x, mean, invstd, gamma, gx, ggamma, gbeta);
-  else bn_backward_t<float>(gy, relu_y, x, mean, invstd, gamma, gx, ggamma, gbeta);
+  for_dtype(x, "x", [&](auto t) {
+    bn_backward_t<decltype(t)>(gy, relu_y, x, mean, invstd, gamma, gx, ggamma, gbeta);
+  });
 }
 
 // ---- activations ---------------------------------------------------------------------------
@@ -571,8 +590,7 @@ void relu_t(const py::array& x, py::array& y) {
 }
 
 void relu_forward(const py::array& x, py::array y) {
-  if (is_f64(x)) relu_t<double>(x, y);
-  else relu_t<float>(x, y);
+  for_dtype(x, "x", [&](auto t) { relu_t<decltype(t)>(x, y); });
 }
 
 template <typename T>
@@ -586,8 +604,7 @@ void relu_backward_t(const py::array& gy, const py::array& y, py::array& gx) {
 }
 
 void relu_backward(const py::array& gy, const py::array& y, py::array gx) {
-  if (is_f64(y)) relu_backward_t<double>(gy, y, gx);
-  else relu_backward_t<float>(gy, y, gx);
+  for_dtype(y, "y", [&](auto t) { relu_backward_t<decltype(t)>(gy, y, gx); });
 }
 
 // ---- the machine ----------------------------------------------------------------------------

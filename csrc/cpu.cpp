@@ -53,7 +53,8 @@ void read_features(CpuInfo& info) {
       const Regs r = cpuid(0x80000002u + l);
       const unsigned words[4] = {r.a, r.b, r.c, r.d};
       for (int w = 0; w < 4; ++w)
-        for (int i = 0; i < 4; ++i) brand[16 * l + 4 * w + i] = static_cast<char>(words[w] >> (8 * i));
+        for (int i = 0; i < 4; ++i)
+          brand[16 * l + 4 * w + i] = static_cast<char>(words[w] >> (8 * i));
     }
     std::string name(brand);
     const auto first = name.find_first_not_of(' '), last = name.find_last_not_of(' ');
