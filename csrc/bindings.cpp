@@ -22,6 +22,7 @@
 #include "gemm_direct.h"
 #include "im2col.h"
 #include "optim.h"
+#include "peak.h"
 #include "pool.h"
 
 namespace py = pybind11;
@@ -635,6 +636,16 @@ py::dict cpu_info_dict() {
   return d;
 }
 
+double fma_peak_gflops(double seconds, const py::object& dtype) {
+  if (!(seconds > 0 && seconds <= 60))
+    throw py::value_error("fma_peak_gflops: seconds must be in (0, 60], got " +
+                          std::to_string(seconds));
+  return for_dtype(py::dtype::from_args(dtype), "fma_peak_gflops: dtype", "dtype", [&](auto t) {
+    KernelCall call;
+    return fastconv::fma_peak_gflops<decltype(t)>(seconds);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -720,6 +731,9 @@ PYBIND11_MODULE(_core, m) {
     fastconv::set_max_threads(n);
   }, py::arg("n"), "Threads of every kernel call from now on, from any Python thread.");
   m.def("openmp_enabled", &fastconv::openmp_enabled);
+  m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("seconds"), py::arg("dtype") = "float32",
+        "The machine's multiply-add peak in GFLOP/s, measured: the selected SIMD level's FMA "
+        "loop on every thread (get_num_threads()) for `seconds`.");
   m.def("cpu_info", &cpu_info_dict,
         "The CPU as read once at start-up: model, features, caches (bytes per core's view).");
   m.def("simd_level", [] { return fastconv::isa_name(fastconv::selected_isa()); });

@@ -36,6 +36,12 @@ struct GemmKernel {
   MicroKernelFn<T> micro_stream = nullptr;
   // Dot products of rows for gemm_nt_rows, or null: the packed GEMM then.
   NtRowsFn<T> nt_rows = nullptr;
+  // This ISA's FMA throughput loop, for the machine's peak (peak.h): `rounds` rounds of
+  // independent vector multiply-adds, enough of them to cover the FMA latency times the FMA
+  // units (4-5 cycles x 2 units on recent x86 cores), `fma_flops` flops per round. Returns a
+  // sum of the results, so that none is optimised away.
+  double (*fma_loop)(index_t rounds) = nullptr;
+  index_t fma_flops = 0;
 };
 
 // Per-ISA kernel tables, defined in gemm_<isa>.cpp (nullptr when not compiled in).

@@ -100,3 +100,23 @@ def test_best_simd_level_follows_the_features():
             assert _core.set_simd_level(level) == (i <= levels.index(best))
     finally:
         assert _core.set_simd_level(before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fma_peak_runs_on_every_level(dtype):
+    before = _core.simd_level()
+    try:
+        for level in ("generic", "avx2", "avx512"):
+            if _core.set_simd_level(level):
+                gflops = _core.fma_peak_gflops(0.01, dtype)
+                assert 0 < gflops < 1e6
+    finally:
+        assert _core.set_simd_level(before)
+
+
+def test_fma_peak_checks_its_arguments():
+    for seconds in (0, -1, 61, float("nan")):
+        with pytest.raises(ValueError, match="seconds"):
+            _core.fma_peak_gflops(seconds)
+    with pytest.raises(TypeError, match="dtype"):
+        _core.fma_peak_gflops(0.01, "int32")
