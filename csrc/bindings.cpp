@@ -636,6 +636,27 @@ py::dict cpu_info_dict() {
   return d;
 }
 
+py::dict gemm_blocks(const py::object& dtype) {
+  return for_dtype(py::dtype::from_args(dtype), "gemm_blocks: dtype", "dtype", [&](auto t) {
+    const auto& c = fastconv::gemm_config<decltype(t)>();
+    py::dict d;
+    d["isa"] = fastconv::isa_name(c.isa);
+    d["mr"] = c.mr;
+    d["nr"] = c.nr;
+    d["mc"] = c.mc;
+    d["kc"] = c.kc;
+    d["nc"] = c.nc;
+    return d;
+  });
+}
+
+bool set_gemm_blocks(const py::object& dtype, index_t mc, index_t kc, index_t nc) {
+  return for_dtype(py::dtype::from_args(dtype), "set_gemm_blocks: dtype", "dtype", [&](auto t) {
+    return while_no_kernel_runs(
+        [&] { return fastconv::set_gemm_blocks<decltype(t)>(mc, kc, nc); });
+  });
+}
+
 double fma_peak_gflops(double seconds, const py::object& dtype) {
   if (!(seconds > 0 && seconds <= 60))
     throw py::value_error("fma_peak_gflops: seconds must be in (0, 60], got " +
@@ -734,6 +755,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("seconds"), py::arg("dtype") = "float32",
         "The machine's multiply-add peak in GFLOP/s, measured: the selected SIMD level's FMA "
         "loop on every thread (get_num_threads()) for `seconds`.");
+  m.def("gemm_blocks", &gemm_blocks, py::arg("dtype") = "float32",
+        "The packed GEMM's register tile (mr, nr) and cache blocks (mc, kc, nc) for dtype at "
+        "the selected SIMD level.");
+  m.def("set_gemm_blocks", &set_gemm_blocks, py::arg("dtype"), py::arg("mc"), py::arg("kc"),
+        py::arg("nc"),
+        "Force the selected SIMD level's GEMM cache blocks for dtype (tests/benchmarks); all "
+        "zero: back to those derived from the caches. False if invalid (mc, nc multiples of "
+        "mr, nr).");
   m.def("cpu_info", &cpu_info_dict,
         "The CPU as read once at start-up: model, features, caches (bytes per core's view).");
   m.def("simd_level", [] { return fastconv::isa_name(fastconv::selected_isa()); });

@@ -12,13 +12,15 @@ namespace {
 
 // Runs body(i, cols, pack) for i in [0, count). With at least as many items as threads, the
 // items are spread over the threads, each with its own scratch (cols: cols_size elements;
-// pack: GEMM packing buffers), and run whole, independent GEMMs: no barrier per small step.
-// Otherwise the items run in order and pack is nullptr: the body then splits each GEMM over
-// the threads (see `matmul`). All scratch is allocated here, before any parallel region.
+// pack: packing buffers for GEMMs of up to M x N), and run whole, independent GEMMs: no
+// barrier per small step. Otherwise the items run in order and pack is nullptr: the body then
+// splits each GEMM over the threads (see `matmul`). All scratch is allocated here, before any
+// parallel region.
 template <typename T, typename Body>
-void run_items(index_t count, index_t cols_size, Body&& body) {
+void run_items(index_t count, index_t cols_size, index_t M, index_t N, Body&& body) {
   const index_t cols_part = round_up(cols_size, 16);
-  for_each_item<T>(count, cols_part + gemm_scratch_size<T>(), [&](index_t i, T* mine, bool split) {
+  const index_t pack_size = gemm_scratch_size<T>(M, N);
+  for_each_item<T>(count, cols_part + pack_size, [&](index_t i, T* mine, bool split) {
     body(i, mine, split ? static_cast<T*>(nullptr) : mine + cols_part);
   });
 }
@@ -76,7 +78,7 @@ void conv2d_forward_wide(const ConvShape& s, const T* x, const T* w, const T* bi
   const std::vector<PackedA<T>> wp = pack_weights(s, w, false);
   const WideGeometry wg(s);
   const index_t xpad_size = round_up(wg.padded_size(), 16);
-  run_items<T>(s.N, xpad_size + Fg * wg.Lw, [&](index_t n, T* scratch, T* pack) {
+  run_items<T>(s.N, xpad_size + Fg * wg.Lw, Fg, wg.Lw, [&](index_t n, T* scratch, T* pack) {
     T* xpad = scratch;
     T* out = scratch + xpad_size;  // Fg x (OH*Wp)
     for (index_t g = 0; g < s.G; ++g) {
@@ -96,7 +98,7 @@ void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* 
   const bool direct = s.pointwise();
   const std::vector<PackedA<T>> wp = pack_weights(s, w, false);
   // The column matrix is never formed: the GEMM packs its B panels straight from the image.
-  run_items<T>(s.N, 0, [&](index_t n, T*, T* pack) {
+  run_items<T>(s.N, 0, Fg, L, [&](index_t n, T*, T* pack) {
     for (index_t g = 0; g < s.G; ++g) {
       const T* xg = x + (n * s.C + g * Cg) * HW;
       T* yg = y + (n * s.F + g * Fg) * L;
@@ -121,7 +123,8 @@ void conv2d_backward_input_wide(const ConvShape& s, const T* gy, const T* w, T* 
   const WideGeometry wg(s);
   const index_t xpad_size = round_up(wg.padded_size(), 16);
   const index_t gyw_size = round_up(Fg * wg.Lw, 16);
-  run_items<T>(s.N, xpad_size + gyw_size + CKK * wg.Lw, [&](index_t n, T* scratch, T* pack) {
+  run_items<T>(s.N, xpad_size + gyw_size + CKK * wg.Lw, CKK, wg.Lw,
+               [&](index_t n, T* scratch, T* pack) {
     T* dxpad = scratch;
     T* gyw = scratch + xpad_size;
     T* dcols = gyw + gyw_size;
@@ -140,7 +143,7 @@ void conv2d_backward_input_im2col(const ConvShape& s, const T* gy, const T* w, T
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
   const std::vector<PackedA<T>> wtp = pack_weights(s, w, true);
-  run_items<T>(s.N, direct ? 0 : CKK * L, [&](index_t n, T* dcols, T* pack) {
+  run_items<T>(s.N, direct ? 0 : CKK * L, CKK, L, [&](index_t n, T* dcols, T* pack) {
     for (index_t g = 0; g < s.G; ++g) {
       const T* gyg = gy + (n * s.F + g * Fg) * L;
       T* gxg = gx + (n * s.C + g * Cg) * HW;
@@ -171,7 +174,8 @@ void conv2d_backward_weight_gemm(const ConvShape& s, const T* gy, const T* x, T*
   const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
   Scratch<T> partial = make_scratch<T>(chunks > 1 ? chunks * WSZ : 0);
   // Chunk c sums images [N*c/chunks, N*(c+1)/chunks) into its own partial gradient.
-  run_items<T>(chunks, scratch, [&](index_t c, T* buf, T*) {
+  // (gemm_nt_rows packs for itself: no packing scratch here.)
+  run_items<T>(chunks, scratch, 0, 0, [&](index_t c, T* buf, T*) {
     T* dst = chunks > 1 ? partial.get() + c * WSZ : gw;
     std::vector<const T*> a_rows(Fg), b_rows(CKK);
     const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;

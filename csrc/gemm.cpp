@@ -96,10 +96,20 @@ index_t balanced_block(index_t total, index_t max_block) {
   return ceil_div(total, ceil_div(total, max_block));
 }
 
+namespace {
+
+// Elements of the packed A block of an M-row product: mc x kc, or fewer rows when M is short.
 template <typename T>
-index_t gemm_scratch_size() {
+index_t a_block_size(const GemmConfig<T>& k, index_t M) {
+  return std::min(k.mc, round_up(std::max<index_t>(M, 1), k.mr)) * k.kc;
+}
+
+}  // namespace
+
+template <typename T>
+index_t gemm_scratch_size(index_t M, index_t N) {
   const GemmConfig<T>& k = gemm_config<T>();
-  return k.mc * k.kc + k.kc * k.nc;
+  return a_block_size(k, M) + k.kc * std::min(k.nc, round_up(std::max<index_t>(N, 1), k.nr));
 }
 
 template <typename T>
@@ -162,11 +172,11 @@ void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>
   const GemmConfig<T>& k = gemm_config<T>();
   Scratch<T> owned;
   if (!pack) {
-    owned = make_scratch<T>(gemm_scratch_size<T>());
+    owned = make_scratch<T>(gemm_scratch_size<T>(M, N));
     pack = owned.get();
   }
   T* ap = pack;
-  T* bp = pack + k.mc * k.kc;
+  T* bp = pack + a_block_size(k, M);
   // K in equal blocks (e.g. 288 = 2 x 144, not 256 + 32): no short block whose C-tile
   // loads and stores would cost as much as its arithmetic.
   const index_t kcb = balanced_block(K, k.kc);
@@ -193,8 +203,8 @@ void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>
   const MicroKernelFn<T> micro = stream ? k.micro_stream : k.micro;
   const T* a_packed = nullptr;  // with one row block: the A block of k-block a_pc
   index_t a_pc = -1;
-  // The B block (kc x nc) stays in L2 while each A micro-panel (MR x kc, in L1) sweeps
-  // across it; the A block (mc x kc) is re-read from L2/L3 once per B block.
+  // Each A micro-panel (MR x kc) stays in L1 while the B block's micro-panels (kc x NR) stream
+  // past it from L3; the A block (mc x kc) sits in L2 (block sizes: gemm_config.cpp).
   for (std::size_t bi = 0; bi < blocks.size(); ++bi) {
     const auto [jc, pc] = blocks[bi];
     const index_t nc = std::min(k.nc, N - jc);
@@ -277,14 +287,15 @@ void gemm_parallel(index_t M, index_t N, index_t K, const ASource<T>& A, const B
   const index_t blocks = split_n ? n_blocks : m_blocks;
   const index_t step = split_n ? k.nr : k.mr;
   const int parts = static_cast<int>(std::min<index_t>(threads, blocks));
-  Scratch<T> scratch = make_scratch<T>(gemm_scratch_size<T>() * parts);
+  const index_t per = gemm_scratch_size<T>(M, N);  // enough for any thread's part
+  Scratch<T> scratch = make_scratch<T>(per * parts);
 #pragma omp parallel num_threads(parts)
   {
     const index_t t = thread_id();
     const index_t b0 = blocks * t / parts, b1 = blocks * (t + 1) / parts;
     const index_t lo = b0 * step;
     const index_t hi = std::min((split_n ? N : M), b1 * step);
-    T* pack = scratch.get() + gemm_scratch_size<T>() * t;
+    T* pack = scratch.get() + per * t;
     if (hi > lo) {
       if (split_n)
         gemm(M, hi - lo, K, A, OffsetB<T>(B, lo), C + lo, ldc, accumulate, pack);
@@ -321,8 +332,8 @@ template void gemm_parallel<float>(index_t, index_t, index_t, const ASource<floa
                                    const BSource<float>&, float*, index_t, bool);
 template void gemm_parallel<double>(index_t, index_t, index_t, const ASource<double>&,
                                     const BSource<double>&, double*, index_t, bool);
-template index_t gemm_scratch_size<float>();
-template index_t gemm_scratch_size<double>();
+template index_t gemm_scratch_size<float>(index_t, index_t);
+template index_t gemm_scratch_size<double>(index_t, index_t);
 template void gemm<float>(index_t, index_t, index_t, const float*, index_t, index_t, const float*,
                           index_t, index_t, float*, index_t, bool, float*);
 template void gemm<double>(index_t, index_t, index_t, const double*, index_t, index_t,

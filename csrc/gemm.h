@@ -27,8 +27,7 @@ using NtRowsFn = void (*)(index_t M, index_t N, index_t K, const T* const* a_row
 // The GEMM kernels of one ISA, from gemm_<isa>.cpp.
 template <typename T>
 struct GemmKernel {
-  index_t mr, nr;      // register tile
-  index_t mc, kc, nc;  // cache blocks (multiples of mr / nr)
+  index_t mr, nr;  // register tile
   MicroKernelFn<T> micro;
   // The same storing C with non-temporal stores (accumulate = false only, C 64-byte aligned
   // with ldc a multiple of 64 bytes), or null: for a large C written once (no read for
@@ -52,14 +51,34 @@ const GemmKernel<T>* gemm_kernel_avx2();
 template <typename T>
 const GemmKernel<T>* gemm_kernel_avx512();
 
-// What every GEMM call uses: the kernels of the selected ISA (cpu.h), filled once per ISA
-// (gemm_config.cpp).
+// Cache blocks of the loop nest (gemm.cpp): an mc x kc block of A, a kc x nc block of B.
+struct GemmBlocks {
+  index_t mc, kc, nc;
+};
+
+// The blocks for an mr x nr register tile of `bytes`-byte elements on a CPU with these caches
+// (BLIS's analytical model, see gemm_config.cpp). kc alone decides the order of the sums, so
+// float results can differ in the last bits between CPUs with different L1 caches, as they do
+// between ISAs; never between thread counts.
+GemmBlocks gemm_blocks_for(index_t mr, index_t nr, index_t bytes, const CpuInfo& cpu);
+
+// What every GEMM call uses: the kernels of the selected ISA (cpu.h) and their blocks for
+// this CPU, filled once per ISA (gemm_config.cpp).
 template <typename T>
 struct GemmConfig : GemmKernel<T> {
   Isa isa;
+  index_t mc, kc, nc;  // multiples of mr, any, multiple of nr
 };
 template <typename T>
 const GemmConfig<T>& gemm_config();
+
+// Replaces the selected ISA's blocks for T, for tests and benchmarks (no GEMM may run
+// meanwhile: the bindings wait for running kernels); all zero: back to gemm_blocks_for's.
+// False, and no change, unless mc and nc are positive multiples of mr and nr and kc is
+// positive, each at most kMaxGemmBlock.
+template <typename T>
+bool set_gemm_blocks(index_t mc, index_t kc, index_t nc);
+constexpr index_t kMaxGemmBlock = index_t(1) << 16;
 
 // Size of equal blocks covering `total` with blocks of at most `max_block`.
 index_t balanced_block(index_t total, index_t max_block);
@@ -71,7 +90,8 @@ index_t balanced_block(index_t total, index_t max_block);
 
 // Supplies packed blocks of A: rows [ic, ic+mc) x cols [pc, pc+kc) as MR-tall panels
 // (panel r at r*kc, element (i, p) of a panel at p*MR + i; rows past mc zero). Returns a
-// pointer to the block: `scratch` (mc_max x kc_max elements) after packing, or memory of its own.
+// pointer to the block: `scratch` (room for round_up(mc, MR) x kc elements) after packing, or
+// memory of its own.
 template <typename T>
 struct ASource {
   virtual ~ASource() = default;
@@ -127,7 +147,7 @@ class PackedA final : public ASource<T> {
 };
 
 // General GEMM on the calling thread: C[M,N] (+)= A . B from any operand sources.
-// `pack` is scratch of gemm_scratch_size<T>() elements (nullptr: allocated here).
+// `pack` is scratch of gemm_scratch_size<T>(M, N) elements (nullptr: allocated here).
 template <typename T>
 void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>& B, T* C,
           index_t ldc, bool accumulate, T* pack = nullptr);
@@ -143,9 +163,10 @@ template <typename T>
 void gemm(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs, const T* B,
           index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate, T* pack = nullptr);
 
-// Elements of scratch `gemm` needs for one call (A block + B block).
+// Elements of scratch `gemm` needs for an M x N product (A block + B block; for any smaller
+// product too).
 template <typename T>
-index_t gemm_scratch_size();
+index_t gemm_scratch_size(index_t M, index_t N);
 
 // GEMM split over the OpenMP threads by blocks of M or N (whichever has more blocks).
 // Call from outside a parallel region.

@@ -133,12 +133,11 @@ double fma_loop(index_t rounds) {
   return sum;
 }
 
-const GemmKernel<float> kF32{
-    MR, 16, 6 * 16, 256, 4096, &micro_kernel<float>, nullptr, nullptr,
-    &fma_loop<float>, 2 * kFmaChains * Ymm<float>::lanes};
-const GemmKernel<double> kF64{
-    MR, 8, 6 * 12, 256, 2048, &micro_kernel<double>, nullptr, nullptr,
-    &fma_loop<double>, 2 * kFmaChains * Ymm<double>::lanes};
+// (No non-temporal or dot-product variants: nullptr.)
+const GemmKernel<float> kF32{MR,      16,      &micro_kernel<float>, nullptr,
+                             nullptr, &fma_loop<float>, 2 * kFmaChains * Ymm<float>::lanes};
+const GemmKernel<double> kF64{MR,      8,       &micro_kernel<double>, nullptr,
+                              nullptr, &fma_loop<double>, 2 * kFmaChains * Ymm<double>::lanes};
 
 }  // namespace
 

@@ -182,13 +182,12 @@ double fma_loop(index_t rounds) {
   return Z::reduce(acc[0]);
 }
 
-// Blocks: B panel kc x nc stays in L2/L3, A block mc x kc in L2, the micro-panels in L1.
-const GemmKernel<float> kF32{
-    MR, 32, 256, 256, 512, &micro_kernel<float>, &micro_kernel<float, true>, &nt_rows<float>,
-    &fma_loop<float>, 2 * kFmaChains * Zmm<float>::lanes};
-const GemmKernel<double> kF64{
-    MR, 16, 256, 256, 256, &micro_kernel<double>, &micro_kernel<double, true>, &nt_rows<double>,
-    &fma_loop<double>, 2 * kFmaChains * Zmm<double>::lanes};
+const GemmKernel<float> kF32{MR, 32, &micro_kernel<float>, &micro_kernel<float, true>,
+                             &nt_rows<float>, &fma_loop<float>,
+                             2 * kFmaChains * Zmm<float>::lanes};
+const GemmKernel<double> kF64{MR, 16, &micro_kernel<double>, &micro_kernel<double, true>,
+                              &nt_rows<double>, &fma_loop<double>,
+                              2 * kFmaChains * Zmm<double>::lanes};
 
 }  // namespace
 

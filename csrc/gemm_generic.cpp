@@ -40,12 +40,11 @@ double fma_loop(index_t rounds) {
   return sum;
 }
 
-const GemmKernel<float> kF32{
-    MR, NR, 4 * 32, 256, 4096, &micro_kernel<float>, nullptr, nullptr,
-    &fma_loop<float>, 2 * kFmaChains * 16 / sizeof(float)};
-const GemmKernel<double> kF64{
-    MR, NR, 4 * 24, 256, 2048, &micro_kernel<double>, nullptr, nullptr,
-    &fma_loop<double>, 2 * kFmaChains * 16 / sizeof(double)};
+// (No non-temporal or dot-product variants: nullptr.)
+const GemmKernel<float> kF32{MR,      NR,      &micro_kernel<float>, nullptr,
+                             nullptr, &fma_loop<float>, 2 * kFmaChains * 16 / sizeof(float)};
+const GemmKernel<double> kF64{MR,      NR,      &micro_kernel<double>, nullptr,
+                              nullptr, &fma_loop<double>, 2 * kFmaChains * 16 / sizeof(double)};
 
 }  // namespace
 
