@@ -1,5 +1,6 @@
 // AVX2+FMA micro-kernels: a 6 x 16 float (6 x 8 double) register tile, 12 ymm accumulators.
 // This file alone is compiled with -mavx2 -mfma; it runs only after cpuid says the CPU has it.
+#include "fma_loop.h"
 #include "gemm.h"
 
 #if defined(FASTCONV_X86) && defined(__AVX2__) && defined(__FMA__)
@@ -108,36 +109,25 @@ void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* _
   }
 }
 
-// 12 chains of FMAs: 8-10 in flight cover the latency x units of Zen 3 and Intel cores, and
-// 12 accumulators + 2 constants fit the 16 ymm registers.
+// 12 chains of FMAs for the peak: 8-10 in flight cover the latency x units of Zen 3 and Intel
+// cores, and 12 accumulators + 2 constants fit the 16 ymm registers.
 constexpr int kFmaChains = 12;
 
-template <typename T>
-double fma_loop(index_t rounds) {
-  using Y = Ymm<T>;
-  typename Y::V acc[kFmaChains];
-#pragma GCC unroll 12
-  for (int i = 0; i < kFmaChains; ++i) acc[i] = Y::set1(T(i) / kFmaChains);
-  // acc <- acc * m + a converges to a / (1 - m) = 1: no overflow, no subnormals.
-  const typename Y::V m = Y::set1(T(0.9999)), a = Y::set1(T(1e-4));
-  for (index_t r = 0; r < rounds; ++r) {
-#pragma GCC unroll 12
-    for (int i = 0; i < kFmaChains; ++i) acc[i] = Y::fma(acc[i], m, a);
-  }
-#pragma GCC unroll 12
-  for (int i = 1; i < kFmaChains; ++i) acc[0] = Y::add(acc[0], acc[i]);
-  T lanes[Y::lanes];
-  Y::store(lanes, acc[0]);
-  double sum = 0;
-  for (T v : lanes) sum += v;
-  return sum;
-}
-
 // (No non-temporal or dot-product variants: nullptr.)
-const GemmKernel<float> kF32{MR,      16,      &micro_kernel<float>, nullptr,
-                             nullptr, &fma_loop<float>, 2 * kFmaChains * Ymm<float>::lanes};
-const GemmKernel<double> kF64{MR,      8,       &micro_kernel<double>, nullptr,
-                              nullptr, &fma_loop<double>, 2 * kFmaChains * Ymm<double>::lanes};
+const GemmKernel<float> kF32{MR,
+                             16,
+                             &micro_kernel<float>,
+                             nullptr,
+                             nullptr,
+                             &fma_loop<Ymm<float>, kFmaChains, float>,
+                             fma_loop_flops<Ymm<float>, kFmaChains>};
+const GemmKernel<double> kF64{MR,
+                              8,
+                              &micro_kernel<double>,
+                              nullptr,
+                              nullptr,
+                              &fma_loop<Ymm<double>, kFmaChains, double>,
+                              fma_loop_flops<Ymm<double>, kFmaChains>};
 
 }  // namespace
 

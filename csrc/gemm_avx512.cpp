@@ -1,5 +1,6 @@
 // AVX-512F micro-kernels: an 8 x 32 float (8 x 16 double) register tile, 16 zmm accumulators.
 // This file alone is compiled with -mavx512f; it runs only after cpuid says the CPU has it.
+#include "fma_loop.h"
 #include "gemm.h"
 
 #if defined(FASTCONV_X86) && defined(__AVX512F__)
@@ -161,33 +162,24 @@ void nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* const*
   }
 }
 
-// 16 chains of FMAs: 8-10 in flight cover the latency x units of AVX-512 cores (4 cycles x 2
-// units), with 32 zmm registers to spare.
+// 16 chains of FMAs for the peak: 8-10 in flight cover the latency x units of AVX-512 cores
+// (4 cycles x 2 units), with 32 zmm registers to spare.
 constexpr int kFmaChains = 16;
 
-template <typename T>
-double fma_loop(index_t rounds) {
-  using Z = Zmm<T>;
-  typename Z::V acc[kFmaChains];
-#pragma GCC unroll 16
-  for (int i = 0; i < kFmaChains; ++i) acc[i] = Z::set1(T(i) / kFmaChains);
-  // acc <- acc * m + a converges to a / (1 - m) = 1: no overflow, no subnormals.
-  const typename Z::V m = Z::set1(T(0.9999)), a = Z::set1(T(1e-4));
-  for (index_t r = 0; r < rounds; ++r) {
-#pragma GCC unroll 16
-    for (int i = 0; i < kFmaChains; ++i) acc[i] = Z::fma(acc[i], m, a);
-  }
-#pragma GCC unroll 16
-  for (int i = 1; i < kFmaChains; ++i) acc[0] = Z::add(acc[0], acc[i]);
-  return Z::reduce(acc[0]);
-}
-
-const GemmKernel<float> kF32{MR, 32, &micro_kernel<float>, &micro_kernel<float, true>,
-                             &nt_rows<float>, &fma_loop<float>,
-                             2 * kFmaChains * Zmm<float>::lanes};
-const GemmKernel<double> kF64{MR, 16, &micro_kernel<double>, &micro_kernel<double, true>,
-                              &nt_rows<double>, &fma_loop<double>,
-                              2 * kFmaChains * Zmm<double>::lanes};
+const GemmKernel<float> kF32{MR,
+                             32,
+                             &micro_kernel<float>,
+                             &micro_kernel<float, true>,
+                             &nt_rows<float>,
+                             &fma_loop<Zmm<float>, kFmaChains, float>,
+                             fma_loop_flops<Zmm<float>, kFmaChains>};
+const GemmKernel<double> kF64{MR,
+                              16,
+                              &micro_kernel<double>,
+                              &micro_kernel<double, true>,
+                              &nt_rows<double>,
+                              &fma_loop<Zmm<double>, kFmaChains, double>,
+                              fma_loop_flops<Zmm<double>, kFmaChains>};
 
 }  // namespace
 
