@@ -23,6 +23,7 @@ def test_fma_peak(benchmark, on, dtype):
     if on != "one thread" and threads == 1:
         pytest.skip("the benchmarks run on one thread")
     seconds, rounds = (0.02, 1) if benchmark.disabled else (SECONDS, ROUNDS)
+    benchmark.group = f"fma peak {dtype} {threads} thread{'s' if threads > 1 else ''}"
     results = []
     fastconv.set_num_threads(threads)
     try:
@@ -30,7 +31,6 @@ def test_fma_peak(benchmark, on, dtype):
                            rounds=rounds, iterations=1, warmup_rounds=0)
     finally:
         fastconv.set_num_threads(bench_threads)
-    benchmark.group = f"fma peak {dtype} {threads} thread{'s' if threads > 1 else ''}"
     benchmark.extra_info.update(kind="peak", dtype=dtype, threads=threads,
                                 simd_level=fastconv.simd_level(), gflops=max(results),
                                 gflops_rounds=results)
