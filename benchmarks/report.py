@@ -2,9 +2,12 @@
 
     python benchmarks/report.py BENCH.json [--markdown OUT.md] [--plot OUT.png]
 
-Rows: one per benchmark group (a layer and pass, or a model's training step), with each
+Rows: one per benchmark group (a layer and pass, a GEMM, or a model's training step), with each
 implementation's median time, fastconv's speed-up over PyTorch and over the reference, and
-fastconv's GFLOP/s (conv) or images/s (training). The machine and date come from the JSON.
+fastconv's GFLOP/s (conv, GEMM) or images/s (training). GFLOP/s come with their share of the
+machine's multiply-add peak measured in the same run (benchmarks of kind "peak", see
+test_bench_peak.py; the peak on the benchmark threads, for the dtype), which gets a table of its
+own. The machine and date come from the JSON.
 Memory benchmarks (extra_info kind "memory", rss_mib per implementation) and the interleaved
 fastconv/PyTorch training steps, conv passes and activation passes (kinds "paired",
 "paired_conv", "paired_activation") get tables of their own, and so do benchmarks
@@ -25,7 +28,7 @@ def load_groups(data: dict) -> dict[str, dict[str, dict]]:
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
         if bench.get("stats") is None or info.get("kind") in ("memory", "paired", "paired_conv",
-                                                             "paired_activation"):
+                                                             "paired_activation", "peak"):
             continue
         groups[bench["group"]][info.get("impl", bench["name"])] = {
             "median": bench["stats"]["median"], **info}
@@ -34,6 +37,29 @@ def load_groups(data: dict) -> dict[str, dict[str, dict]]:
 
 def fmt_ratio(a, b):
     return f"{b / a:.2f}x" if a and b else "-"
+
+
+def peaks(data: dict) -> dict[tuple[str, int], float]:
+    """{(dtype, threads): GFLOP/s} of the FMA-peak benchmarks (extra_info kind "peak")."""
+    return {(info["dtype"], info["threads"]): info["gflops"]
+            for info in (b.get("extra_info", {}) for b in data["benchmarks"])
+            if info.get("kind") == "peak" and "gflops" in info}
+
+
+def gflops_text(data: dict, flops: float, seconds: float, dtype: str = "float32") -> str:
+    """flops / seconds as GFLOP/s, with its share of the peak measured for dtype on the
+    benchmark threads when the run has one."""
+    gflops = flops / seconds / 1e9
+    peak = peaks(data).get((dtype, data.get("machine_info", {}).get("bench_threads")))
+    share = f" ({100 * gflops / peak:.0f}% of peak)" if peak else ""
+    return f"{gflops:.0f} GFLOP/s{share}"
+
+
+def peak_table(data: dict) -> str:
+    """The measured multiply-add peak: one row per dtype and thread count."""
+    lines = [f"| {dtype} | {threads} | {gflops:.0f} GFLOP/s |"
+             for (dtype, threads), gflops in sorted(peaks(data).items())]
+    return markdown_table("| FMA peak | threads | measured |", "| --- | ---: | ---: |", lines)
 
 
 def table(data: dict) -> tuple[str, list[tuple[str, float | None, float | None]]]:
@@ -47,7 +73,7 @@ def table(data: dict) -> tuple[str, list[tuple[str, float | None, float | None]]
         torch = impls.get("torch", {}).get("median")
         info = impls.get("fastconv", {})
         if info.get("flops") and fast:
-            throughput = f"{info['flops'] / fast / 1e9:.0f} GFLOP/s"
+            throughput = gflops_text(data, info["flops"], fast, info.get("dtype", "float32"))
         elif info.get("images") and fast:
             throughput = f"{info['images'] / fast:,.0f} img/s"
         else:
@@ -82,8 +108,10 @@ def memory_table(data: dict) -> str:
 def paired_table(data: dict, kind: str = "paired") -> str:
     """fastconv and PyTorch interleaved round by round: training steps (extra_info kind
     "paired", one row per model), conv passes (kind "paired_conv", one row per layer and
-    pass) or activation passes (kind "paired_activation", one row per op and pass): both
-    medians and the median (quartiles) of the per-round ratios."""
+    pass, with fastconv's GFLOP/s and share of the peak) or activation passes (kind
+    "paired_activation", one row per op and pass): both medians and the median (quartiles) of
+    the per-round ratios."""
+    conv = kind == "paired_conv"
     lines = []
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
@@ -91,13 +119,20 @@ def paired_table(data: dict, kind: str = "paired") -> str:
             continue
         q = info.get("ratio_quartiles") or [info["ratio_median"]] * 3
         what = info["model"] if kind == "paired" else f"{info['layer']} {info['pass_']}"
-        lines.append(f"| {what} | {info['rounds']} | {info['fastconv_median_s'] * 1e3:.2f} ms | "
-                     f"{info['torch_median_s'] * 1e3:.2f} ms | {info['ratio_median']:.2f}x | "
-                     f"{q[0]:.2f}-{q[2]:.2f}x |")
+        line = (f"| {what} | {info['rounds']} | {info['fastconv_median_s'] * 1e3:.2f} ms | "
+                f"{info['torch_median_s'] * 1e3:.2f} ms | {info['ratio_median']:.2f}x | "
+                f"{q[0]:.2f}-{q[2]:.2f}x |")
+        if conv:
+            flops = info.get("flops")
+            line += (f" {gflops_text(data, flops, info['fastconv_median_s'])} |" if flops
+                     else " - |")
+        lines.append(line)
     head = {"paired": "model (batch 64 step)", "paired_conv": "conv pass (batch 64)",
             "paired_activation": "activation pass (256x64x32x32)"}[kind]
+    extra = (" fastconv GFLOP/s |", " ---: |") if conv else ("", "")
     return markdown_table(f"| {head} | rounds | fastconv | PyTorch | per-round ratio, median | "
-                          "quartiles |", "| --- | ---: | ---: | ---: | ---: | ---: |", lines)
+                          f"quartiles |{extra[0]}",
+                          f"| --- | ---: | ---: | ---: | ---: | ---: |{extra[1]}", lines)
 
 
 #: extra_info others_share / steal_share from which a benchmark is listed as crowded out.
@@ -170,6 +205,9 @@ def main(argv=None) -> int:
     text = header(data) + "\n\n" + md + "\n"
     # The other tables, each after its caption, where the run has rows for it.
     sections = [
+        ("The machine's multiply-add peak, measured in this run (an FMA loop on every thread; "
+         "GFLOP/s above are shares of the float32 or float64 peak on the benchmark threads):",
+         peak_table(data)),
         ("Training steps of fastconv and PyTorch interleaved, one of each per round (the "
          "machine's slow stretches then hit both):", paired_table(data)),
         ("Conv passes of fastconv and PyTorch interleaved, one call of each per round:",

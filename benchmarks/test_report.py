@@ -25,13 +25,19 @@ DATA = {
         _bench("conv a forward", "c-t", 0.003, kind="conv", impl="torch",
                others_share=0.0, steal_share=0.03),
         _bench("train m step", "t-f", 0.010, kind="train", impl="fastconv", images=64),
+        _bench("gemm g float64", "g", 0.004, kind="gemm", impl="fastconv", dtype="float64",
+               flops=4e9),
+        _bench("fma peak float32 1 thread", "p1", 0.5, kind="peak", dtype="float32", threads=1,
+               gflops=2100.0),
+        _bench("fma peak float32 2 threads", "p2", 0.5, kind="peak", dtype="float32", threads=2,
+               gflops=4000.0),
         {"group": "train m step, interleaved", "name": "p", "stats": {"median": 0.03},
          "extra_info": {"kind": "paired", "model": "m", "rounds": 40, "fastconv_median_s": 0.01,
                         "torch_median_s": 0.021, "ratio_median": 2.1,
                         "ratio_quartiles": [2.0, 2.1, 2.2]}},
         {"group": "conv a forward, interleaved", "name": "pc", "stats": {"median": 0.005},
          "extra_info": {"kind": "paired_conv", "layer": "a", "pass_": "forward", "rounds": 200,
-                        "fastconv_median_s": 0.002, "torch_median_s": 0.0031,
+                        "fastconv_median_s": 0.002, "torch_median_s": 0.0031, "flops": 4e9,
                         "ratio_median": 1.55, "ratio_quartiles": [1.4, 1.55, 1.7],
                         "others_share": 0.0, "steal_share": 0.0}},
         {"group": "memory", "name": "mem", "stats": {"median": 1.0},
@@ -48,11 +54,18 @@ def test_report_tables(tmp_path):
     assert report.main([str(src), "--markdown", str(out)]) == 0
     text = out.read_text()
     assert "Measured 2026-11-22T14:44:00 on Test CPU (2 cores, 2 threads, SIMD avx512)" in text
-    # fastconv 2 ms, reference 10 ms, PyTorch 3 ms: 1.50x and 5.00x, 4e9 / 2 ms = 2000 GFLOP/s
-    assert "| conv a forward | 2.00 ms | 10.00 ms | 3.00 ms | 1.50x | 5.00x | 2000 GFLOP/s |" in text
+    # fastconv 2 ms, reference 10 ms, PyTorch 3 ms: 1.50x and 5.00x, 4e9 / 2 ms = 2000 GFLOP/s,
+    # half the float32 peak measured on the 2 benchmark threads.
+    assert ("| conv a forward | 2.00 ms | 10.00 ms | 3.00 ms | 1.50x | 5.00x | "
+            "2000 GFLOP/s (50% of peak) |") in text
+    # No float64 peak in the run: GFLOP/s alone.
+    assert "| gemm g float64 | 4.00 ms | - | - | - | - | 1000 GFLOP/s |" in text
+    assert "| float32 | 1 | 2100 GFLOP/s |" in text and "| float32 | 2 | 4000 GFLOP/s |" in text
+    assert "fma peak" not in text
     assert "| train m step | 10.00 ms | - | - | - | - | 6,400 img/s |" in text
     assert "| m | 40 | 10.00 ms | 21.00 ms | 2.10x | 2.00-2.20x |" in text
-    assert "| a forward | 200 | 2.00 ms | 3.10 ms | 1.55x | 1.40-1.70x |" in text
+    assert ("| a forward | 200 | 2.00 ms | 3.10 ms | 1.55x | 1.40-1.70x | "
+            "2000 GFLOP/s (50% of peak) |") in text
     assert "| memory | fastconv | 50 | 150 | 100 |" in text
     # Outside load: the reference (25% others) and PyTorch (3% steal), not the memory run.
     crowded = text[text.index("Benchmarks during which"):]

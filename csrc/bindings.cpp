@@ -5,20 +5,25 @@
 // them read or write outside the arrays.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <array>
 #include <atomic>
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 
 #include "activation.h"
 #include "adaptive_pool.h"
 #include "batchnorm.h"
 #include "conv.h"
+#include "cpu.h"
 #include "gemm.h"
 #include "gemm_direct.h"
 #include "im2col.h"
 #include "optim.h"
+#include "peak.h"
 #include "pool.h"
 #include "upsample.h"
 
@@ -88,12 +93,16 @@ constexpr char kNativeOrder = '<';
 #endif
 
 template <typename T>
-bool has_dtype(const py::array& a) {
-  const py::dtype d = a.dtype();
+bool has_dtype(const py::dtype& d) {
   const char order = d.byteorder();  // '=' native, '|' not applicable, '<' / '>' explicit
   return d.kind() == (std::is_floating_point_v<T> ? 'f' : 'i') &&
          d.itemsize() == static_cast<py::ssize_t>(sizeof(T)) &&
          (order == '=' || order == '|' || order == kNativeOrder);
+}
+
+template <typename T>
+bool has_dtype(const py::array& a) {
+  return has_dtype<T>(a.dtype());
 }
 
 // Pointer to the data of a C-contiguous array of exactly dtype T with `count` elements.
@@ -128,7 +137,22 @@ T* optional_data(const py::object& a, const char* name, index_t count, bool writ
   return a.is_none() ? nullptr : data_of<T>(a.cast<py::array>(), name, count, writable);
 }
 
-bool is_f64(const py::array& a) { return has_dtype<double>(a); }
+// The one dtype switch: calls op(T{}) with T = float or double for a float32 or float64 dtype
+// and returns its result; any other dtype is a TypeError naming the argument (`what`: "an
+// array" or "a dtype"). Each op's body is a template on T (`op_t<T>`), reached as
+//   return for_dtype(x, "x", [&](auto t) { return op_t<decltype(t)>(...); });
+template <typename Op>
+decltype(auto) for_dtype(const py::dtype& d, const char* name, const char* what, Op&& op) {
+  if (has_dtype<float>(d)) return op(float{});
+  if (has_dtype<double>(d)) return op(double{});
+  throw py::type_error(std::string(name) + " must be a float32 or float64 " + what + ", got " +
+                       std::string(py::str(d)));
+}
+
+template <typename Op>
+decltype(auto) for_dtype(const py::array& a, const char* name, Op&& op) {
+  return for_dtype(a.dtype(), name, "array", std::forward<Op>(op));
+}
 
 // ---- conv -------------------------------------------------------------------------------
 
@@ -159,8 +183,7 @@ void conv2d_forward(const py::array& x, const py::array& w, const py::object& bi
                     index_t groups) {
   const auto win = window(dim(w, 2, "weight"), dim(w, 3, "weight"), sh, sw, ph, pw, dh, dw);
   const auto s = conv_shape(x, w, y, groups, win);
-  if (is_f64(x)) conv_forward_t<double>(x, w, bias, y, s);
-  else conv_forward_t<float>(x, w, bias, y, s);
+  for_dtype(x, "x", [&](auto t) { conv_forward_t<decltype(t)>(x, w, bias, y, s); });
 }
 
 template <typename T>
@@ -178,8 +201,7 @@ void conv2d_backward_input(const py::array& gy, const py::array& w, py::array gx
                            index_t groups) {
   const auto win = window(dim(w, 2, "weight"), dim(w, 3, "weight"), sh, sw, ph, pw, dh, dw);
   const auto s = conv_shape(gx, w, gy, groups, win);
-  if (is_f64(gy)) conv_backward_input_t<double>(gy, w, gx, s);
-  else conv_backward_input_t<float>(gy, w, gx, s);
+  for_dtype(gy, "grad_y", [&](auto t) { conv_backward_input_t<decltype(t)>(gy, w, gx, s); });
 }
 
 template <typename T>
@@ -198,8 +220,7 @@ void conv2d_backward_weight(const py::array& gy, const py::array& x, py::array g
   const auto win = window(dim(gw, 2, "grad_weight"), dim(gw, 3, "grad_weight"), sh, sw, ph, pw,
                           dh, dw);
   const auto s = conv_shape(x, gw, gy, groups, win);
-  if (is_f64(gy)) conv_backward_weight_t<double>(gy, x, gw, s);
-  else conv_backward_weight_t<float>(gy, x, gw, s);
+  for_dtype(gy, "grad_y", [&](auto t) { conv_backward_weight_t<decltype(t)>(gy, x, gw, s); });
 }
 
 template <typename T>
@@ -218,17 +239,46 @@ bool conv_forward_max_pool_t(const py::array& x, const py::array& w, const py::o
 
 // The shape of a convolution whose output (oh x ow) is not an array here: w is the weight or
 // its gradient (same shape).
+// x (N, C, H, W) and w (F, C/G, KH, KW) as shapes, the output oh x ow.
+fastconv::ConvShape checked_conv_shape(const std::array<index_t, 4>& x,
+                                       const std::array<index_t, 4>& w, index_t oh, index_t ow,
+                                       index_t sh, index_t sw, index_t ph, index_t pw, index_t dh,
+                                       index_t dw, index_t groups, const char* op) {
+  const auto win = window(w[2], w[3], sh, sw, ph, pw, dh, dw);
+  const fastconv::ConvShape s{x[0], x[1], x[2], x[3], w[0], groups, oh, ow, win};
+  if (groups < 1 || s.C % groups || s.F % groups || w[1] != s.C / groups || oh < 1 || ow < 1)
+    throw py::value_error(std::string(op) + ": inconsistent shapes");
+  return s;
+}
+
 fastconv::ConvShape conv_shape_sized(const py::array& x, const py::array& w, const char* wname,
                                      index_t oh, index_t ow, index_t sh, index_t sw, index_t ph,
                                      index_t pw, index_t dh, index_t dw, index_t groups,
                                      const char* op) {
-  const auto win = window(dim(w, 2, wname), dim(w, 3, wname), sh, sw, ph, pw, dh, dw);
-  const fastconv::ConvShape s{dim(x, 0, "x"), dim(x, 1, "x"), dim(x, 2, "x"), dim(x, 3, "x"),
-                              dim(w, 0, wname), groups, oh, ow, win};
-  if (groups < 1 || s.C % groups || s.F % groups || dim(w, 1, wname) != s.C / groups ||
-      oh < 1 || ow < 1)
-    throw py::value_error(std::string(op) + ": inconsistent shapes");
-  return s;
+  return checked_conv_shape({dim(x, 0, "x"), dim(x, 1, "x"), dim(x, 2, "x"), dim(x, 3, "x")},
+                            {dim(w, 0, wname), dim(w, 1, wname), dim(w, 2, wname),
+                             dim(w, 3, wname)},
+                            oh, ow, sh, sw, ph, pw, dh, dw, groups, op);
+}
+
+// The algorithm conv2d's dispatch table picks for a shape and pass (tests, benchmarks).
+std::string conv_algorithm(const std::string& pass, const py::object& dtype,
+                           const std::array<index_t, 4>& x, const std::array<index_t, 4>& w,
+                           index_t oh, index_t ow, index_t sh, index_t sw, index_t ph, index_t pw,
+                           index_t dh, index_t dw, index_t groups) {
+  fastconv::ConvPass p;
+  if (pass == "forward") p = fastconv::ConvPass::forward;
+  else if (pass == "backward_input") p = fastconv::ConvPass::backward_input;
+  else if (pass == "backward_weight") p = fastconv::ConvPass::backward_weight;
+  else
+    throw py::value_error("conv_algorithm: pass_ must be 'forward', 'backward_input' or "
+                          "'backward_weight', got '" + pass + "'");
+  const auto s = checked_conv_shape(x, w, oh, ow, sh, sw, ph, pw, dh, dw, groups,
+                                    "conv_algorithm");
+  return for_dtype(py::dtype::from_args(dtype), "conv_algorithm: dtype", "dtype", [&](auto t) {
+    return std::string(fastconv::conv_algorithm_name(
+        fastconv::conv_algorithm_for<decltype(t)>(s, p)));
+  });
 }
 
 bool conv2d_forward_max_pool(const py::array& x, const py::array& w, const py::object& bias,
@@ -244,8 +294,9 @@ bool conv2d_forward_max_pool(const py::array& x, const py::array& w, const py::o
                                       pool_dh, pool_dw)};
   if (dim(y, 0, "y") != s.N || dim(y, 1, "y") != s.F)
     throw py::value_error("conv2d_forward_max_pool: y must be (N, F, PH, PW)");
-  return is_f64(x) ? conv_forward_max_pool_t<double>(x, w, bias, y, idx, s, ps, relu)
-                   : conv_forward_max_pool_t<float>(x, w, bias, y, idx, s, ps, relu);
+  return for_dtype(x, "x", [&](auto t) {
+    return conv_forward_max_pool_t<decltype(t)>(x, w, bias, y, idx, s, ps, relu);
+  });
 }
 
 template <typename T>
@@ -274,8 +325,9 @@ bool conv2d_backward_weight_through_max_pool(const py::array& gp, const py::arra
                                              index_t pw, index_t dh, index_t dw, index_t groups) {
   const auto s = conv_shape_sized(x, gw, "grad_weight", oh, ow, sh, sw, ph, pw, dh, dw, groups,
                                   "conv2d_backward_weight_through_max_pool");
-  return is_f64(gp) ? conv_backward_through_pool_t<double>(gp, idx, relu_y, x, gw, gb, s)
-                    : conv_backward_through_pool_t<float>(gp, idx, relu_y, x, gw, gb, s);
+  return for_dtype(gp, "grad_pooled", [&](auto t) {
+    return conv_backward_through_pool_t<decltype(t)>(gp, idx, relu_y, x, gw, gb, s);
+  });
 }
 
 template <typename T>
@@ -293,8 +345,7 @@ void conv_backward_bias_t(const py::array& gy, py::array& gb) {
 }
 
 void conv2d_backward_bias(const py::array& gy, py::array gb) {
-  if (is_f64(gy)) conv_backward_bias_t<double>(gy, gb);
-  else conv_backward_bias_t<float>(gy, gb);
+  for_dtype(gy, "grad_y", [&](auto t) { conv_backward_bias_t<decltype(t)>(gy, gb); });
 }
 
 // ---- im2col / col2im --------------------------------------------------------------------
@@ -315,15 +366,13 @@ void unfold_t(const py::array& image, const py::array& cols, bool to_cols, const
 void im2col(const py::array& x, py::array cols, index_t kh, index_t kw, index_t sh, index_t sw,
             index_t ph, index_t pw, index_t dh, index_t dw, index_t OH, index_t OW) {
   const auto win = window(kh, kw, sh, sw, ph, pw, dh, dw);
-  if (is_f64(x)) unfold_t<double>(x, cols, true, win, OH, OW);
-  else unfold_t<float>(x, cols, true, win, OH, OW);
+  for_dtype(x, "x", [&](auto t) { unfold_t<decltype(t)>(x, cols, true, win, OH, OW); });
 }
 
 void col2im(const py::array& cols, py::array x, index_t kh, index_t kw, index_t sh, index_t sw,
             index_t ph, index_t pw, index_t dh, index_t dw, index_t OH, index_t OW) {
   const auto win = window(kh, kw, sh, sw, ph, pw, dh, dw);
-  if (is_f64(cols)) unfold_t<double>(x, cols, false, win, OH, OW);
-  else unfold_t<float>(x, cols, false, win, OH, OW);
+  for_dtype(cols, "cols", [&](auto t) { unfold_t<decltype(t)>(x, cols, false, win, OH, OW); });
 }
 
 // ---- pooling ----------------------------------------------------------------------------
@@ -351,8 +400,7 @@ void max_pool2d_forward(const py::array& x, py::array y, py::array idx, index_t 
                         index_t sh, index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
                         bool relu) {
   const auto s = pool_shape(x, y, window(kh, kw, sh, sw, ph, pw, dh, dw));
-  if (is_f64(x)) max_pool_forward_t<double>(x, y, idx, s, relu);
-  else max_pool_forward_t<float>(x, y, idx, s, relu);
+  for_dtype(x, "x", [&](auto t) { max_pool_forward_t<decltype(t)>(x, y, idx, s, relu); });
 }
 
 template <typename T>
@@ -373,8 +421,9 @@ bool max_pool_backward_t(const py::array& gy, const py::array& idx, py::array& g
 
 bool max_pool2d_backward(const py::array& gy, const py::array& idx, py::array gx,
                          const py::object& relu_y) {
-  return is_f64(gy) ? max_pool_backward_t<double>(gy, idx, gx, relu_y)
-                    : max_pool_backward_t<float>(gy, idx, gx, relu_y);
+  return for_dtype(gy, "grad_y", [&](auto t) {
+    return max_pool_backward_t<decltype(t)>(gy, idx, gx, relu_y);
+  });
 }
 
 template <typename T>
@@ -390,15 +439,15 @@ void avg_pool_t(const py::array& x, const py::array& y, bool forward, bool count
 void avg_pool2d_forward(const py::array& x, py::array y, index_t kh, index_t kw, index_t sh,
                         index_t sw, index_t ph, index_t pw, bool count_include_pad) {
   const auto s = pool_shape(x, y, window(kh, kw, sh, sw, ph, pw, 1, 1));
-  if (is_f64(x)) avg_pool_t<double>(x, y, true, count_include_pad, s);
-  else avg_pool_t<float>(x, y, true, count_include_pad, s);
+  for_dtype(x, "x", [&](auto t) { avg_pool_t<decltype(t)>(x, y, true, count_include_pad, s); });
 }
 
 void avg_pool2d_backward(const py::array& gy, py::array gx, index_t kh, index_t kw, index_t sh,
                          index_t sw, index_t ph, index_t pw, bool count_include_pad) {
   const auto s = pool_shape(gx, gy, window(kh, kw, sh, sw, ph, pw, 1, 1));
-  if (is_f64(gy)) avg_pool_t<double>(gx, gy, false, count_include_pad, s);
-  else avg_pool_t<float>(gx, gy, false, count_include_pad, s);
+  for_dtype(gy, "grad_y", [&](auto t) {
+    avg_pool_t<decltype(t)>(gx, gy, false, count_include_pad, s);
+  });
 }
 
 // ---- adaptive average pooling ----------------------------------------------------------
@@ -426,14 +475,12 @@ void adaptive_avg_pool_t(const py::array& x, const py::array& y, bool forward,
 
 void adaptive_avg_pool2d_forward(const py::array& x, py::array y) {
   const auto s = adaptive_pool_shape(x, y, "x", "y");
-  if (is_f64(x)) adaptive_avg_pool_t<double>(x, y, true, s);
-  else adaptive_avg_pool_t<float>(x, y, true, s);
+  for_dtype(x, "x", [&](auto t) { adaptive_avg_pool_t<decltype(t)>(x, y, true, s); });
 }
 
 void adaptive_avg_pool2d_backward(const py::array& gy, py::array gx) {
   const auto s = adaptive_pool_shape(gx, gy, "grad_x", "grad_y");
-  if (is_f64(gy)) adaptive_avg_pool_t<double>(gx, gy, false, s);
-  else adaptive_avg_pool_t<float>(gx, gy, false, s);
+  for_dtype(gy, "grad_y", [&](auto t) { adaptive_avg_pool_t<decltype(t)>(gx, gy, false, s); });
 }
 
 // ---- nearest upsampling ------------------------------------------------------------------
@@ -474,15 +521,13 @@ void upsample_t(const py::array& x, const py::array& y, bool forward,
 void upsample_nearest2d_forward(const py::array& x, py::array y, const py::array& rows,
                                 const py::array& cols) {
   const auto s = upsample_shape(x, y, rows, cols, "x", "y");
-  if (is_f64(x)) upsample_t<double>(x, y, true, s);
-  else upsample_t<float>(x, y, true, s);
+  for_dtype(x, "x", [&](auto t) { upsample_t<decltype(t)>(x, y, true, s); });
 }
 
 void upsample_nearest2d_backward(const py::array& gy, py::array gx, const py::array& rows,
                                  const py::array& cols) {
   const auto s = upsample_shape(gx, gy, rows, cols, "grad_x", "grad_y");
-  if (is_f64(gy)) upsample_t<double>(gx, gy, false, s);
-  else upsample_t<float>(gx, gy, false, s);
+  for_dtype(gy, "grad_y", [&](auto t) { upsample_t<decltype(t)>(gx, gy, false, s); });
 }
 
 // ---- gemm (Linear, tests and benchmarks) -----------------------------------------------
@@ -513,8 +558,9 @@ void gemm_t(const py::array& a, const py::array& b, py::array& c, bool trans_a, 
 
 void gemm(const py::array& a, const py::array& b, py::array c, bool trans_a, bool trans_b,
           bool accumulate) {
-  if (is_f64(a)) gemm_t<double>(a, b, c, trans_a, trans_b, accumulate);
-  else gemm_t<float>(a, b, c, trans_a, trans_b, accumulate);
+  for_dtype(a, "a", [&](auto t) {
+    gemm_t<decltype(t)>(a, b, c, trans_a, trans_b, accumulate);
+  });
 }
 
 // ---- optimiser updates (in place) -------------------------------------------------------
@@ -535,8 +581,9 @@ void sgd_t(py::array& p, const py::array& g, const py::object& buf, double lr, d
 void sgd_update(py::array p, const py::array& g, const py::object& buf, double lr,
                 double momentum, double dampening, double weight_decay, bool nesterov,
                 bool first_step) {
-  if (is_f64(p)) sgd_t<double>(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step);
-  else sgd_t<float>(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step);
+  for_dtype(p, "param", [&](auto t) {
+    sgd_t<decltype(t)>(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first_step);
+  });
 }
 
 template <typename T>
@@ -556,8 +603,9 @@ void adam_t(py::array& p, const py::array& g, py::array& m, py::array& v, double
 void adam_update(py::array p, const py::array& g, py::array m, py::array v, double lr,
                  double beta1, double beta2, double eps, double weight_decay, bool decoupled,
                  index_t step) {
-  if (is_f64(p)) adam_t<double>(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step);
-  else adam_t<float>(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step);
+  for_dtype(p, "param", [&](auto t) {
+    adam_t<decltype(t)>(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step);
+  });
 }
 
 // ---- batch norm (training mode) -----------------------------------------------------------
@@ -581,8 +629,9 @@ void bn_forward_t(const py::array& x, const py::object& gamma, const py::object&
 void batch_norm_forward(const py::array& x, const py::object& gamma, const py::object& beta,
                         double eps, bool relu, py::array y, py::array mean, py::array invstd,
                         py::array var) {
-  if (is_f64(x)) bn_forward_t<double>(x, gamma, beta, eps, relu, y, mean, invstd, var);
-  else bn_forward_t<float>(x, gamma, beta, eps, relu, y, mean, invstd, var);
+  for_dtype(x, "x", [&](auto t) {
+    bn_forward_t<decltype(t)>(x, gamma, beta, eps, relu, y, mean, invstd, var);
+  });
 }
 
 template <typename T>
@@ -608,8 +657,9 @@ void bn_backward_t(const py::array& gy, const py::object& relu_y, const py::arra
 void batch_norm_backward(const py::array& gy, const py::object& relu_y, const py::array& x,
                          const py::array& mean, const py::array& invstd, const py::object& gamma,
                          const py::object& gx, py::array ggamma, py::array gbeta) {
-  if (is_f64(x)) bn_backward_t<double>(gy, relu_y, x, mean, invstd, gamma, gx, ggamma, gbeta);
-  else bn_backward_t<float>(gy, relu_y, x, mean, invstd, gamma, gx, ggamma, gbeta);
+  for_dtype(x, "x", [&](auto t) {
+    bn_backward_t<decltype(t)>(gy, relu_y, x, mean, invstd, gamma, gx, ggamma, gbeta);
+  });
 }
 
 // ---- activations ---------------------------------------------------------------------------
@@ -624,8 +674,7 @@ void relu_t(const py::array& x, py::array& y) {
 }
 
 void relu_forward(const py::array& x, py::array y) {
-  if (is_f64(x)) relu_t<double>(x, y);
-  else relu_t<float>(x, y);
+  for_dtype(x, "x", [&](auto t) { relu_t<decltype(t)>(x, y); });
 }
 
 template <typename T>
@@ -639,8 +688,66 @@ void relu_backward_t(const py::array& gy, const py::array& y, py::array& gx) {
 }
 
 void relu_backward(const py::array& gy, const py::array& y, py::array gx) {
-  if (is_f64(y)) relu_backward_t<double>(gy, y, gx);
-  else relu_backward_t<float>(gy, y, gx);
+  for_dtype(y, "y", [&](auto t) { relu_backward_t<decltype(t)>(gy, y, gx); });
+}
+
+// ---- the machine ----------------------------------------------------------------------------
+
+py::dict cache_dict(const fastconv::CacheLevel& c) {
+  py::dict d;
+  d["bytes"] = c.bytes;
+  d["ways"] = c.ways;
+  d["line"] = c.line;
+  d["shared_by"] = c.shared_by;
+  return d;
+}
+
+py::dict cpu_info_dict() {
+  const fastconv::CpuInfo& c = fastconv::cpu_info();
+  py::dict caches;
+  caches["l1d"] = cache_dict(c.l1d);
+  caches["l2"] = cache_dict(c.l2);
+  caches["l3"] = cache_dict(c.l3);
+  caches["source"] = c.cache_source;
+  py::dict d;
+  d["vendor"] = c.vendor;
+  d["model_name"] = c.model_name;
+  d["family"] = c.family;
+  d["model"] = c.model;
+  d["features"] = c.feature_names();
+  d["caches"] = caches;
+  return d;
+}
+
+py::dict gemm_blocks(const py::object& dtype) {
+  return for_dtype(py::dtype::from_args(dtype), "gemm_blocks: dtype", "dtype", [&](auto t) {
+    const auto& c = fastconv::gemm_config<decltype(t)>();
+    py::dict d;
+    d["isa"] = fastconv::isa_name(c.isa);
+    d["mr"] = c.mr;
+    d["nr"] = c.nr;
+    d["mc"] = c.mc;
+    d["kc"] = c.kc;
+    d["nc"] = c.nc;
+    return d;
+  });
+}
+
+bool set_gemm_blocks(const py::object& dtype, index_t mc, index_t kc, index_t nc) {
+  return for_dtype(py::dtype::from_args(dtype), "set_gemm_blocks: dtype", "dtype", [&](auto t) {
+    return while_no_kernel_runs(
+        [&] { return fastconv::set_gemm_blocks<decltype(t)>(mc, kc, nc); });
+  });
+}
+
+double fma_peak_gflops(double seconds, const py::object& dtype) {
+  if (!(seconds > 0 && seconds <= 60))
+    throw py::value_error("fma_peak_gflops: seconds must be in (0, 60], got " +
+                          std::to_string(seconds));
+  return for_dtype(py::dtype::from_args(dtype), "fma_peak_gflops: dtype", "dtype", [&](auto t) {
+    KernelCall call;
+    return fastconv::fma_peak_gflops<decltype(t)>(seconds);
+  });
 }
 
 template <typename T>
@@ -653,8 +760,7 @@ void gelu_t(const py::array& x, py::array& y, bool tanh_approx) {
 }
 
 void gelu_forward(const py::array& x, py::array y, bool tanh_approx) {
-  if (is_f64(x)) gelu_t<double>(x, y, tanh_approx);
-  else gelu_t<float>(x, y, tanh_approx);
+  for_dtype(x, "x", [&](auto t) { gelu_t<decltype(t)>(x, y, tanh_approx); });
 }
 
 template <typename T>
@@ -668,8 +774,7 @@ void gelu_backward_t(const py::array& gy, const py::array& x, py::array& gx, boo
 }
 
 void gelu_backward(const py::array& gy, const py::array& x, py::array gx, bool tanh_approx) {
-  if (is_f64(x)) gelu_backward_t<double>(gy, x, gx, tanh_approx);
-  else gelu_backward_t<float>(gy, x, gx, tanh_approx);
+  for_dtype(x, "x", [&](auto t) { gelu_backward_t<decltype(t)>(gy, x, gx, tanh_approx); });
 }
 
 template <typename T>
@@ -682,8 +787,7 @@ void silu_t(const py::array& x, py::array& y) {
 }
 
 void silu_forward(const py::array& x, py::array y) {
-  if (is_f64(x)) silu_t<double>(x, y);
-  else silu_t<float>(x, y);
+  for_dtype(x, "x", [&](auto t) { silu_t<decltype(t)>(x, y); });
 }
 
 template <typename T>
@@ -697,8 +801,7 @@ void silu_backward_t(const py::array& gy, const py::array& x, py::array& gx) {
 }
 
 void silu_backward(const py::array& gy, const py::array& x, py::array gx) {
-  if (is_f64(x)) silu_backward_t<double>(gy, x, gx);
-  else silu_backward_t<float>(gy, x, gx);
+  for_dtype(x, "x", [&](auto t) { silu_backward_t<decltype(t)>(gy, x, gx); });
 }
 
 }  // namespace
@@ -729,6 +832,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("out_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
         py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"),
         "Returns False if a pooling index lies outside its plane.");
+  m.def("conv_algorithm", &conv_algorithm, py::arg("pass_"), py::arg("dtype"),
+        py::arg("input_shape"), py::arg("weight_shape"), py::arg("out_h"), py::arg("out_w"),
+        py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
+        py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"),
+        "Name of the algorithm conv2d runs for this pass and shape, for finite data.");
   m.def("im2col", &im2col, py::arg("x"), py::arg("cols"), py::arg("kernel_h"), py::arg("kernel_w"),
         py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
         py::arg("dilation_h"), py::arg("dilation_w"), py::arg("out_h"), py::arg("out_w"));
@@ -794,17 +902,32 @@ PYBIND11_MODULE(_core, m) {
     fastconv::set_max_threads(n);
   }, py::arg("n"), "Threads of every kernel call from now on, from any Python thread.");
   m.def("openmp_enabled", &fastconv::openmp_enabled);
-  m.def("simd_level", &fastconv::simd_level);
+  m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("seconds"), py::arg("dtype") = "float32",
+        "The machine's multiply-add peak in GFLOP/s, measured: the selected SIMD level's FMA "
+        "loop on every thread (get_num_threads()) for `seconds`.");
+  m.def("gemm_blocks", &gemm_blocks, py::arg("dtype") = "float32",
+        "The packed GEMM's register tile (mr, nr) and cache blocks (mc, kc, nc) for dtype at "
+        "the selected SIMD level.");
+  m.def("set_gemm_blocks", &set_gemm_blocks, py::arg("dtype"), py::arg("mc"), py::arg("kc"),
+        py::arg("nc"),
+        "Force the selected SIMD level's GEMM cache blocks for dtype (tests/benchmarks); all "
+        "zero: back to those derived from the caches. False if invalid (mc, nc multiples of "
+        "mr, nr).");
+  m.def("cpu_info", &cpu_info_dict,
+        "The CPU as read once at start-up: model, features, caches (bytes per core's view).");
+  m.def("simd_level", [] { return fastconv::isa_name(fastconv::selected_isa()); });
   m.def("set_conv_algorithm",
         [](const std::string& name) {
           return while_no_kernel_runs([&] { return fastconv::set_conv_algorithm(name); });
         },
         py::arg("name"),
         "'auto', 'wide', 'im2col', 'direct', 'direct_nchw' or 'winograd' (tests/benchmarks).");
-  m.def("best_simd_level", &fastconv::best_simd_level);
+  m.def("best_simd_level", [] { return fastconv::isa_name(fastconv::best_isa()); });
   m.def("set_simd_level",
         [](const std::string& level) {
-          return while_no_kernel_runs([&] { return fastconv::set_simd_level(level); });
+          fastconv::Isa isa;
+          if (!fastconv::isa_from_name(level, &isa)) return false;
+          return while_no_kernel_runs([&] { return fastconv::select_isa(isa); });
         },
         py::arg("level"),
         "Force the micro-kernel ISA (tests/benchmarks); False if unsupported here.");

@@ -1,13 +1,15 @@
-// conv2d forward and backward (input, weight, bias), NCHW, groups, via im2col + packed GEMM.
+// conv2d forward and backward (input, weight, bias), NCHW, groups: the entry points, which
+// conv.cpp's dispatch table hands to one of several algorithms (ConvAlgorithm below).
 //
 //   x (N, C, H, W), w (F, C/G, KH, KW), bias (F), y (N, F, OH, OW)
 //   OH = (H + PH_total - DH*(KH-1) - 1) / SH + 1   (the caller computes OH/OW and the padding)
 //
-// Per image n and group g, with cols = im2col(x[n, g]) of shape (CKK, L):
+// Every algorithm computes, per image n and group g, with cols = im2col(x[n, g]) (CKK x L):
 //   forward          y[n, g]  = w[g] (Fg x CKK) . cols            (+ bias)
 //   backward input   gx[n, g] = col2im( w[g]^T (CKK x Fg) . gy[n, g] )
 //   backward weight  gw[g]   += gy[n, g] (Fg x L) . cols^T
-// A 1x1 / stride-1 / pad-0 convolution needs no im2col: cols is the image itself.
+// each summing in a fixed order, so results do not depend on the number of threads (they
+// may differ in the last bits between algorithms and SIMD levels).
 #pragma once
 
 #include <string>
@@ -34,11 +36,29 @@ struct ConvShape {
   }
 };
 
-// Which formulation convolutions use: "auto" (a size heuristic), "wide" (wide-row shifted
-// GEMM wherever it applies), "im2col" (im2col-packed GEMM), or "direct" (the channels-last
-// direct kernels of conv_direct.h wherever they apply: float32, AVX-512). For tests and
-// benchmarks.
+enum class ConvPass { forward, backward_input, backward_weight };
+
+// The formulations of a convolution, in the order conv.cpp's dispatch table tries them (the
+// first that takes a shape and pass runs it):
+//   winograd     Winograd F(2x2, 3x3) on the direct tiles (conv_winograd.h): 3x3, stride 1
+//   direct_nchw  the few-channel NCHW tiles (conv_direct.h): the first layers
+//   direct       the channels-last direct tiles (conv_direct.h)
+//   wide         the wide-row shifted GEMM (conv_wide.h): stride 1
+//   im2col       im2col-packed GEMM (conv_gemm.h): every shape
+// The first three need the direct kernels of the selected ISA and float32.
+enum class ConvAlgorithm { winograd, direct_nchw, direct, wide, im2col };
+const char* conv_algorithm_name(ConvAlgorithm algorithm);
+
+// Forces an algorithm by name ("auto": the heuristics) for tests and benchmarks: it then runs
+// wherever it applies, the algorithms listed before it and the specialists (winograd,
+// direct_nchw) never, the others by their heuristics. False for an unknown name.
 bool set_conv_algorithm(const std::string& name);
+
+// The algorithm the dispatch runs for this shape, pass and dtype T, given finite data
+// (non-finite weights take im2col in the forward and input-gradient passes; Winograd, and the
+// wide weight gradient, decline non-finite inputs and leave them to the next algorithm).
+template <typename T>
+ConvAlgorithm conv_algorithm_for(const ConvShape& s, ConvPass pass);
 
 // Weight gradients sum the batch in this many fixed chunks of images (at most), each into a
 // partial sum of its own, added in chunk order: the result does not depend on the number of

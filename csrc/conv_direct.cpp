@@ -12,7 +12,7 @@
 namespace fastconv {
 
 const DirectKernels* direct_kernels() {
-  return simd_level() == "avx512" ? direct_kernels_avx512() : nullptr;
+  return selected_isa() == Isa::avx512 ? direct_kernels_avx512() : nullptr;
 }
 
 std::vector<ChannelBlock> channel_blocks(index_t channels) {

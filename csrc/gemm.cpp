@@ -6,10 +6,7 @@
 #include "gemm.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <cstring>
-#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -19,62 +16,6 @@
 
 namespace fastconv {
 namespace {
-
-// Portable micro-kernel: 4 x 16 tile in plain loops (the compiler vectorises the j loop).
-template <typename T>
-void micro_kernel_generic(index_t kc, const T* __restrict a, const T* __restrict b,
-                          T* __restrict c, index_t ldc, bool accumulate, index_t mr_eff,
-                          index_t nr_eff) {
-  constexpr int MR = 4, NR = 16;
-  T acc[MR][NR] = {};
-  for (index_t p = 0; p < kc; ++p) {
-    const T* ap = a + p * MR;
-    const T* bp = b + p * NR;
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j] += ap[i] * bp[j];
-  }
-  for (index_t i = 0; i < mr_eff; ++i)
-    for (index_t j = 0; j < nr_eff; ++j)
-      c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
-}
-
-const GemmKernel<float> kGenericF32{"generic", 4, 16, 4 * 32, 256, 4096,
-                                    &micro_kernel_generic<float>};
-const GemmKernel<double> kGenericF64{"generic", 4, 16, 4 * 24, 256, 2048,
-                                     &micro_kernel_generic<double>};
-
-bool cpu_has(const std::string& level) {
-  if (level == "generic") return true;
-#if defined(FASTCONV_X86) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  if (level == "avx2")
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           gemm_kernel_avx2_f32() != nullptr;
-  if (level == "avx512")
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") &&
-           gemm_kernel_avx512_f32() != nullptr;
-#endif
-  return false;
-}
-
-// 0 generic, 1 avx2, 2 avx512; resolved once, changeable by set_simd_level (tests).
-std::atomic<int> g_level{-1};
-
-int level_index(const std::string& name) {
-  if (name == "avx512") return 2;
-  if (name == "avx2") return 1;
-  if (name == "generic") return 0;
-  return -1;
-}
-
-int current_level() {
-  int lv = g_level.load(std::memory_order_relaxed);
-  if (lv < 0) {
-    lv = level_index(best_simd_level());
-    g_level.store(lv, std::memory_order_relaxed);
-  }
-  return lv;
-}
 
 // Pack rows [0, mc) x cols [0, kc) of A into MR-tall panels: panel r holds A[r*MR + i, p]
 // at ap[r*MR*kc + p*MR + i]; rows past mc are zero.
@@ -155,49 +96,20 @@ index_t balanced_block(index_t total, index_t max_block) {
   return ceil_div(total, ceil_div(total, max_block));
 }
 
-std::string best_simd_level() {
-  if (cpu_has("avx512")) return "avx512";
-  if (cpu_has("avx2")) return "avx2";
-  return "generic";
+namespace {
+
+// Elements of the packed A block of an M-row product: mc x kc, or fewer rows when M is short.
+template <typename T>
+index_t a_block_size(const GemmConfig<T>& k, index_t M) {
+  return std::min(k.mc, round_up(std::max<index_t>(M, 1), k.mr)) * k.kc;
 }
 
-std::string simd_level() {
-  switch (current_level()) {
-    case 2: return "avx512";
-    case 1: return "avx2";
-    default: return "generic";
-  }
-}
-
-bool set_simd_level(const std::string& level) {
-  const int lv = level_index(level);
-  if (lv < 0 || !cpu_has(level)) return false;
-  g_level.store(lv, std::memory_order_relaxed);
-  return true;
-}
-
-template <>
-const GemmKernel<float>& gemm_kernel<float>() {
-  switch (current_level()) {
-    case 2: return *gemm_kernel_avx512_f32();
-    case 1: return *gemm_kernel_avx2_f32();
-    default: return kGenericF32;
-  }
-}
-
-template <>
-const GemmKernel<double>& gemm_kernel<double>() {
-  switch (current_level()) {
-    case 2: return *gemm_kernel_avx512_f64();
-    case 1: return *gemm_kernel_avx2_f64();
-    default: return kGenericF64;
-  }
-}
+}  // namespace
 
 template <typename T>
-index_t gemm_scratch_size() {
-  const GemmKernel<T>& k = gemm_kernel<T>();
-  return k.mc * k.kc + k.kc * k.nc;
+index_t gemm_scratch_size(index_t M, index_t N) {
+  const GemmConfig<T>& k = gemm_config<T>();
+  return a_block_size(k, M) + k.kc * std::min(k.nc, round_up(std::max<index_t>(N, 1), k.nr));
 }
 
 template <typename T>
@@ -231,7 +143,7 @@ void StridedB<T>::prefetch(index_t pc, index_t kc, index_t jc, index_t nc, index
 // m-block starting at ic is at ic*kc_eff: exactly what the loop nest asks for, block by block.
 template <typename T>
 PackedA<T>::PackedA(index_t M, index_t K, const T* A, index_t rs, index_t cs) {
-  const GemmKernel<T>& k = gemm_kernel<T>();
+  const GemmConfig<T>& k = gemm_config<T>();
   m_pad_ = ceil_div(M, k.mr) * k.mr;
   data_ = make_scratch<T>(m_pad_ * K);
   const index_t kcb = balanced_block(K, k.kc);  // the loop nest's k-blocks
@@ -257,14 +169,14 @@ void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>
       for (index_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
     return;
   }
-  const GemmKernel<T>& k = gemm_kernel<T>();
+  const GemmConfig<T>& k = gemm_config<T>();
   Scratch<T> owned;
   if (!pack) {
-    owned = make_scratch<T>(gemm_scratch_size<T>());
+    owned = make_scratch<T>(gemm_scratch_size<T>(M, N));
     pack = owned.get();
   }
   T* ap = pack;
-  T* bp = pack + k.mc * k.kc;
+  T* bp = pack + a_block_size(k, M);
   // K in equal blocks (e.g. 288 = 2 x 144, not 256 + 32): no short block whose C-tile
   // loads and stores would cost as much as its arithmetic.
   const index_t kcb = balanced_block(K, k.kc);
@@ -291,8 +203,8 @@ void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>
   const MicroKernelFn<T> micro = stream ? k.micro_stream : k.micro;
   const T* a_packed = nullptr;  // with one row block: the A block of k-block a_pc
   index_t a_pc = -1;
-  // The B block (kc x nc) stays in L2 while each A micro-panel (MR x kc, in L1) sweeps
-  // across it; the A block (mc x kc) is re-read from L2/L3 once per B block.
+  // Each A micro-panel (MR x kc) stays in L1 while the B block's micro-panels (kc x NR) stream
+  // past it from L3; the A block (mc x kc) sits in L2 (block sizes: gemm_config.cpp).
   for (std::size_t bi = 0; bi < blocks.size(); ++bi) {
     const auto [jc, pc] = blocks[bi];
     const index_t nc = std::min(k.nc, N - jc);
@@ -363,7 +275,7 @@ template <typename T>
 void gemm_parallel(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>& B,
                    T* C, index_t ldc, bool accumulate) {
   const int threads = max_threads();
-  const GemmKernel<T>& k = gemm_kernel<T>();
+  const GemmConfig<T>& k = gemm_config<T>();
   const index_t m_blocks = ceil_div(M, k.mr), n_blocks = ceil_div(N, k.nr);
   if (threads <= 1 || (m_blocks < 2 && n_blocks < 2) ||
       static_cast<double>(M) * N * K < 64.0 * 64 * 64) {
@@ -375,14 +287,15 @@ void gemm_parallel(index_t M, index_t N, index_t K, const ASource<T>& A, const B
   const index_t blocks = split_n ? n_blocks : m_blocks;
   const index_t step = split_n ? k.nr : k.mr;
   const int parts = static_cast<int>(std::min<index_t>(threads, blocks));
-  Scratch<T> scratch = make_scratch<T>(gemm_scratch_size<T>() * parts);
+  const index_t per = gemm_scratch_size<T>(M, N);  // enough for any thread's part
+  Scratch<T> scratch = make_scratch<T>(per * parts);
 #pragma omp parallel num_threads(parts)
   {
     const index_t t = thread_id();
     const index_t b0 = blocks * t / parts, b1 = blocks * (t + 1) / parts;
     const index_t lo = b0 * step;
     const index_t hi = std::min((split_n ? N : M), b1 * step);
-    T* pack = scratch.get() + gemm_scratch_size<T>() * t;
+    T* pack = scratch.get() + per * t;
     if (hi > lo) {
       if (split_n)
         gemm(M, hi - lo, K, A, OffsetB<T>(B, lo), C + lo, ldc, accumulate, pack);
@@ -419,8 +332,8 @@ template void gemm_parallel<float>(index_t, index_t, index_t, const ASource<floa
                                    const BSource<float>&, float*, index_t, bool);
 template void gemm_parallel<double>(index_t, index_t, index_t, const ASource<double>&,
                                     const BSource<double>&, double*, index_t, bool);
-template index_t gemm_scratch_size<float>();
-template index_t gemm_scratch_size<double>();
+template index_t gemm_scratch_size<float>(index_t, index_t);
+template index_t gemm_scratch_size<double>(index_t, index_t);
 template void gemm<float>(index_t, index_t, index_t, const float*, index_t, index_t, const float*,
                           index_t, index_t, float*, index_t, bool, float*);
 template void gemm<double>(index_t, index_t, index_t, const double*, index_t, index_t,
@@ -481,11 +394,7 @@ struct RowsBT final : BSource<T> {
 template <typename T>
 void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* const* b, T* C,
                   index_t ldc, bool accumulate, bool use_dot) {
-  NtRowsFn<T> fast = nullptr;
-  if (use_dot && current_level() == 2) {
-    if constexpr (sizeof(T) == 4) fast = nt_rows_avx512_f32();
-    else fast = nt_rows_avx512_f64();
-  }
+  const NtRowsFn<T> fast = use_dot ? gemm_config<T>().nt_rows : nullptr;
   if (fast) {
     fast(M, N, K, a, b, C, ldc, accumulate);
     return;

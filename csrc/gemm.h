@@ -9,9 +9,8 @@
 // threads (threads split M or N, never K), so results are bit-identical for any thread count.
 #pragma once
 
-#include <string>
-
 #include "common.h"
+#include "cpu.h"
 
 namespace fastconv {
 
@@ -20,30 +19,69 @@ template <typename T>
 using MicroKernelFn = void (*)(index_t kc, const T* a, const T* b, T* c, index_t ldc,
                                bool accumulate, index_t mr_eff, index_t nr_eff);
 
+// C[M,N] (+)= A . B^T from row pointers, as dot products along K (see gemm_nt_rows).
+template <typename T>
+using NtRowsFn = void (*)(index_t M, index_t N, index_t K, const T* const* a_rows,
+                          const T* const* b_rows, T* C, index_t ldc, bool accumulate);
+
+// The GEMM kernels of one ISA, from gemm_<isa>.cpp.
 template <typename T>
 struct GemmKernel {
-  const char* isa;
-  index_t mr, nr;      // register tile
-  index_t mc, kc, nc;  // cache blocks (multiples of mr / nr)
+  index_t mr, nr;  // register tile
   MicroKernelFn<T> micro;
   // The same storing C with non-temporal stores (accumulate = false only, C 64-byte aligned
   // with ldc a multiple of 64 bytes), or null: for a large C written once (no read for
   // ownership of lines about to be overwritten, no eviction of the operands).
   MicroKernelFn<T> micro_stream = nullptr;
+  // Dot products of rows for gemm_nt_rows, or null: the packed GEMM then.
+  NtRowsFn<T> nt_rows = nullptr;
+  // This ISA's FMA throughput loop, for the machine's peak (peak.h): `rounds` rounds of
+  // independent vector multiply-adds, enough of them to cover the FMA latency times the FMA
+  // units (4-5 cycles x 2 units on recent x86 cores), `fma_flops` flops per round. Returns a
+  // sum of the results, so that none is optimised away.
+  double (*fma_loop)(index_t rounds) = nullptr;
+  index_t fma_flops = 0;
 };
 
+// Per-ISA kernel tables, defined in gemm_<isa>.cpp (nullptr when not compiled in).
 template <typename T>
-const GemmKernel<T>& gemm_kernel();
+const GemmKernel<T>* gemm_kernel_generic();
+template <typename T>
+const GemmKernel<T>* gemm_kernel_avx2();
+template <typename T>
+const GemmKernel<T>* gemm_kernel_avx512();
+
+// Cache blocks of the loop nest (gemm.cpp): an mc x kc block of A, a kc x nc block of B.
+struct GemmBlocks {
+  index_t mc, kc, nc;
+};
+
+// The blocks for an mr x nr register tile of `bytes`-byte elements on a CPU with these caches
+// (BLIS's analytical model, see gemm_config.cpp). kc alone decides the order of the sums, so
+// float results can differ in the last bits between CPUs with different L1 caches, as they do
+// between ISAs; never between thread counts.
+GemmBlocks gemm_blocks_for(index_t mr, index_t nr, index_t bytes, const CpuInfo& cpu);
+
+// What every GEMM call uses: the kernels of the selected ISA (cpu.h) and their blocks for
+// this CPU, filled once per ISA (gemm_config.cpp).
+template <typename T>
+struct GemmConfig : GemmKernel<T> {
+  Isa isa;
+  index_t mc, kc, nc;  // multiples of mr, any, multiple of nr
+};
+template <typename T>
+const GemmConfig<T>& gemm_config();
+
+// Replaces the selected ISA's blocks for T, for tests and benchmarks (no GEMM may run
+// meanwhile: the bindings wait for running kernels); all zero: back to gemm_blocks_for's.
+// False, and no change, unless mc and nc are positive multiples of mr and nr and kc is
+// positive, each at most kMaxGemmBlock.
+template <typename T>
+bool set_gemm_blocks(index_t mc, index_t kc, index_t nc);
+constexpr index_t kMaxGemmBlock = index_t(1) << 16;
 
 // Size of equal blocks covering `total` with blocks of at most `max_block`.
 index_t balanced_block(index_t total, index_t max_block);
-
-// Name of the instruction set the micro-kernels use ("avx512", "avx2", "generic").
-std::string simd_level();
-// Force a level (for tests and benchmarks); returns false if this CPU cannot run it.
-bool set_simd_level(const std::string& level);
-// The best level this CPU supports.
-std::string best_simd_level();
 
 // ---- Operands -----------------------------------------------------------------------------
 // The loop nest asks its operands for packed blocks, so an operand can be a strided matrix
@@ -52,7 +90,8 @@ std::string best_simd_level();
 
 // Supplies packed blocks of A: rows [ic, ic+mc) x cols [pc, pc+kc) as MR-tall panels
 // (panel r at r*kc, element (i, p) of a panel at p*MR + i; rows past mc zero). Returns a
-// pointer to the block: `scratch` (mc_max x kc_max elements) after packing, or memory of its own.
+// pointer to the block: `scratch` (room for round_up(mc, MR) x kc elements) after packing, or
+// memory of its own.
 template <typename T>
 struct ASource {
   virtual ~ASource() = default;
@@ -108,7 +147,7 @@ class PackedA final : public ASource<T> {
 };
 
 // General GEMM on the calling thread: C[M,N] (+)= A . B from any operand sources.
-// `pack` is scratch of gemm_scratch_size<T>() elements (nullptr: allocated here).
+// `pack` is scratch of gemm_scratch_size<T>(M, N) elements (nullptr: allocated here).
 template <typename T>
 void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>& B, T* C,
           index_t ldc, bool accumulate, T* pack = nullptr);
@@ -124,9 +163,10 @@ template <typename T>
 void gemm(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs, const T* B,
           index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate, T* pack = nullptr);
 
-// Elements of scratch `gemm` needs for one call (A block + B block).
+// Elements of scratch `gemm` needs for an M x N product (A block + B block; for any smaller
+// product too).
 template <typename T>
-index_t gemm_scratch_size();
+index_t gemm_scratch_size(index_t M, index_t N);
 
 // GEMM split over the OpenMP threads by blocks of M or N (whichever has more blocks).
 // Call from outside a parallel region.
@@ -134,32 +174,15 @@ template <typename T>
 void gemm_parallel(index_t M, index_t N, index_t K, const T* A, index_t a_rs, index_t a_cs,
                    const T* B, index_t b_rs, index_t b_cs, T* C, index_t ldc, bool accumulate);
 
-// Per-ISA kernel tables, defined in gemm_<isa>.cpp (nullptr when not compiled in).
-const GemmKernel<float>* gemm_kernel_avx512_f32();
-const GemmKernel<double>* gemm_kernel_avx512_f64();
-const GemmKernel<float>* gemm_kernel_avx2_f32();
-const GemmKernel<double>* gemm_kernel_avx2_f64();
-
-}  // namespace fastconv
-
-namespace fastconv {
-
 // C[M,N] (+)= A . B^T where row i of A is a_rows[i] and row j of B is b_rows[j], each K
-// contiguous elements. With AVX-512: dot products vectorised along K (one vector of partial
-// sums per result, reduced in a fixed order), no packing at all, which is what the conv
-// weight gradient wants: both operands are long contiguous rows (the output positions), and
-// the rows of the column matrix are runs of the padded image. Elsewhere: the packed GEMM.
-// use_dot=false (or no AVX-512): the packed GEMM, better when K is short and M*N large (the
-// dot form pays one horizontal reduction per result).
+// contiguous elements. With the ISA's dot kernel (GemmKernel::nt_rows, AVX-512): dot products
+// vectorised along K (one vector of partial sums per result, reduced in a fixed order), no
+// packing at all, which is what the conv weight gradient wants: both operands are long
+// contiguous rows (the output positions), and the rows of the column matrix are runs of the
+// padded image. use_dot=false (or no dot kernel): the packed GEMM, better when K is short and
+// M*N large (the dot form pays one horizontal reduction per result).
 template <typename T>
 void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a_rows, const T* const* b_rows,
                   T* C, index_t ldc, bool accumulate, bool use_dot = true);
-
-template <typename T>
-using NtRowsFn = void (*)(index_t, index_t, index_t, const T* const*, const T* const*, T*, index_t,
-                          bool);
-// The AVX-512 version (nullptr when not compiled in); others use portable code.
-NtRowsFn<float> nt_rows_avx512_f32();
-NtRowsFn<double> nt_rows_avx512_f64();
 
 }  // namespace fastconv

@@ -1,5 +1,6 @@
 // AVX2+FMA micro-kernels: a 6 x 16 float (6 x 8 double) register tile, 12 ymm accumulators.
 // This file alone is compiled with -mavx2 -mfma; it runs only after cpuid says the CPU has it.
+#include "fma_loop.h"
 #include "gemm.h"
 
 #if defined(FASTCONV_X86) && defined(__AVX2__) && defined(__FMA__)
@@ -18,6 +19,7 @@ struct Ymm<float> {
   static V zero() { return _mm256_setzero_ps(); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static V set1(float v) { return _mm256_set1_ps(v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
@@ -37,6 +39,7 @@ struct Ymm<double> {
   static V zero() { return _mm256_setzero_pd(); }
   static V load(const double* p) { return _mm256_loadu_pd(p); }
   static V bcast(const double* p) { return _mm256_broadcast_sd(p); }
+  static V set1(double v) { return _mm256_set1_pd(v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
   static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
@@ -106,21 +109,50 @@ void micro_kernel(index_t kc, const T* __restrict a, const T* __restrict b, T* _
   }
 }
 
-const GemmKernel<float> kF32{"avx2", MR, 16, 6 * 16, 256, 4096, &micro_kernel<float>};
-const GemmKernel<double> kF64{"avx2", MR, 8, 6 * 12, 256, 2048, &micro_kernel<double>};
+// 12 chains of FMAs for the peak: 8-10 in flight cover the latency x units of Zen 3 and Intel
+// cores, and 12 accumulators + 2 constants fit the 16 ymm registers.
+constexpr int kFmaChains = 12;
+
+// (No non-temporal or dot-product variants: nullptr.)
+const GemmKernel<float> kF32{MR,
+                             16,
+                             &micro_kernel<float>,
+                             nullptr,
+                             nullptr,
+                             &fma_loop<Ymm<float>, kFmaChains, float>,
+                             fma_loop_flops<Ymm<float>, kFmaChains>};
+const GemmKernel<double> kF64{MR,
+                              8,
+                              &micro_kernel<double>,
+                              nullptr,
+                              nullptr,
+                              &fma_loop<Ymm<double>, kFmaChains, double>,
+                              fma_loop_flops<Ymm<double>, kFmaChains>};
 
 }  // namespace
 
-const GemmKernel<float>* gemm_kernel_avx2_f32() { return &kF32; }
-const GemmKernel<double>* gemm_kernel_avx2_f64() { return &kF64; }
+template <>
+const GemmKernel<float>* gemm_kernel_avx2<float>() {
+  return &kF32;
+}
+template <>
+const GemmKernel<double>* gemm_kernel_avx2<double>() {
+  return &kF64;
+}
 
 }  // namespace fastconv
 
 #else
 
 namespace fastconv {
-const GemmKernel<float>* gemm_kernel_avx2_f32() { return nullptr; }
-const GemmKernel<double>* gemm_kernel_avx2_f64() { return nullptr; }
+template <>
+const GemmKernel<float>* gemm_kernel_avx2<float>() {
+  return nullptr;
+}
+template <>
+const GemmKernel<double>* gemm_kernel_avx2<double>() {
+  return nullptr;
+}
 }  // namespace fastconv
 
 #endif

@@ -1,5 +1,6 @@
 // AVX-512F micro-kernels: an 8 x 32 float (8 x 16 double) register tile, 16 zmm accumulators.
 // This file alone is compiled with -mavx512f; it runs only after cpuid says the CPU has it.
+#include "fma_loop.h"
 #include "gemm.h"
 
 #if defined(FASTCONV_X86) && defined(__AVX512F__)
@@ -19,6 +20,7 @@ struct Zmm<float> {
   static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static V bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static V set1(float v) { return _mm512_set1_ps(v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
@@ -37,6 +39,7 @@ struct Zmm<double> {
   static V zero() { return _mm512_setzero_pd(); }
   static V load(const double* p) { return _mm512_loadu_pd(p); }
   static V bcast(const double* p) { return _mm512_set1_pd(*p); }
+  static V set1(double v) { return _mm512_set1_pd(v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
@@ -159,28 +162,49 @@ void nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* const*
   }
 }
 
-// Blocks: B panel kc x nc stays in L2/L3, A block mc x kc in L2, the micro-panels in L1.
-const GemmKernel<float> kF32{"avx512", MR, 32, 256, 256, 512, &micro_kernel<float>,
-                             &micro_kernel<float, true>};
-const GemmKernel<double> kF64{"avx512", MR, 16, 256, 256, 256, &micro_kernel<double>,
-                              &micro_kernel<double, true>};
+// 16 chains of FMAs for the peak: 8-10 in flight cover the latency x units of AVX-512 cores
+// (4 cycles x 2 units), with 32 zmm registers to spare.
+constexpr int kFmaChains = 16;
+
+const GemmKernel<float> kF32{MR,
+                             32,
+                             &micro_kernel<float>,
+                             &micro_kernel<float, true>,
+                             &nt_rows<float>,
+                             &fma_loop<Zmm<float>, kFmaChains, float>,
+                             fma_loop_flops<Zmm<float>, kFmaChains>};
+const GemmKernel<double> kF64{MR,
+                              16,
+                              &micro_kernel<double>,
+                              &micro_kernel<double, true>,
+                              &nt_rows<double>,
+                              &fma_loop<Zmm<double>, kFmaChains, double>,
+                              fma_loop_flops<Zmm<double>, kFmaChains>};
 
 }  // namespace
 
-const GemmKernel<float>* gemm_kernel_avx512_f32() { return &kF32; }
-const GemmKernel<double>* gemm_kernel_avx512_f64() { return &kF64; }
-NtRowsFn<float> nt_rows_avx512_f32() { return &nt_rows<float>; }
-NtRowsFn<double> nt_rows_avx512_f64() { return &nt_rows<double>; }
+template <>
+const GemmKernel<float>* gemm_kernel_avx512<float>() {
+  return &kF32;
+}
+template <>
+const GemmKernel<double>* gemm_kernel_avx512<double>() {
+  return &kF64;
+}
 
 }  // namespace fastconv
 
 #else
 
 namespace fastconv {
-const GemmKernel<float>* gemm_kernel_avx512_f32() { return nullptr; }
-const GemmKernel<double>* gemm_kernel_avx512_f64() { return nullptr; }
-NtRowsFn<float> nt_rows_avx512_f32() { return nullptr; }
-NtRowsFn<double> nt_rows_avx512_f64() { return nullptr; }
+template <>
+const GemmKernel<float>* gemm_kernel_avx512<float>() {
+  return nullptr;
+}
+template <>
+const GemmKernel<double>* gemm_kernel_avx512<double>() {
+  return nullptr;
+}
 }  // namespace fastconv
 
 #endif

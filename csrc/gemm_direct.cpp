@@ -88,7 +88,7 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
 template <typename T>
 bool gemm_abt_dot(index_t M, index_t N, index_t K, const T* A, index_t lda, const T* B,
                   index_t ldb, T* C, index_t ldc, bool accumulate) {
-  if (simd_level() != "avx512" || K < 16 || (N >= 32 && M >= 16) || M <= 0 || N <= 0)
+  if (!gemm_config<T>().nt_rows || K < 16 || (N >= 32 && M >= 16) || M <= 0 || N <= 0)
     return false;
   std::vector<const T*> a_rows(M), b_rows(N);
   for (index_t i = 0; i < M; ++i) a_rows[i] = A + i * lda;

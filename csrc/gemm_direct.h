@@ -25,7 +25,8 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
 // B (a classifier's 10 outputs). The packed GEMM would gather B^T (K-strided) into 32-wide
 // panels for a handful of columns: 5x slower than the dots on a 64x1024 . 1024x10 layer.
 // Threads split the rows of B; each result is one dot in a fixed order. Returns false when
-// AVX-512 is not in use or the shape is not one of these (float and double alike).
+// the selected ISA has no dot kernel (GemmKernel::nt_rows: AVX-512) or the shape is not one
+// of these (float and double alike).
 template <typename T>
 bool gemm_abt_dot(index_t M, index_t N, index_t K, const T* A, index_t lda, const T* B,
                   index_t ldb, T* C, index_t ldc, bool accumulate);

@@ -6,7 +6,7 @@
 #include <type_traits>
 
 #include "activation.h"  // relu_value, relu_grad
-#include "gemm.h"        // simd_level
+#include "cpu.h"         // selected_isa
 
 namespace fastconv {
 namespace {
@@ -213,7 +213,7 @@ const Pool2x2Kernels* fast_2x2(const PoolShape& s) {
   if constexpr (!std::is_same_v<T, float>) {
     return nullptr;
   } else {
-    if (!is_plain_2x2(s) || s.W >= (index_t(1) << 30) || simd_level() != "avx512")
+    if (!is_plain_2x2(s) || s.W >= (index_t(1) << 30) || selected_isa() != Isa::avx512)
       return nullptr;
     return pool_2x2_kernels_avx512();
   }

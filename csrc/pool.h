@@ -49,7 +49,7 @@ struct Pool2x2Kernels {
   void (*avg_plane)(const float* x, index_t W, index_t OH, index_t OW, float* y);
 };
 // The AVX-512 kernels (pool_avx512.cpp), or nullptr when the build has none. The caller checks
-// that this CPU runs them (simd_level()).
+// that this CPU runs them (selected_isa()).
 const Pool2x2Kernels* pool_2x2_kernels_avx512();
 
 }  // namespace fastconv

@@ -82,13 +82,20 @@ def simd_level() -> str:
 
 
 def build_info() -> dict:
-    """What this build and machine offer: OpenMP, threads, SIMD levels."""
+    """What this build and machine offer: OpenMP, threads, SIMD levels, and the CPU as the
+    kernels read it once at start-up (`cpu`: vendor, model_name, family, model, the
+    `features` present and enabled by the OS, and `caches`: l1d, l2, l3 as bytes, ways, line
+    size and how many logical CPUs share each, plus the `source` of the sizes: "cpuid",
+    "sysfs" or "defaults"), and the packed GEMM's register tile and cache blocks derived from
+    them, per dtype, at the selected SIMD level (`gemm`)."""
     return {
         "version": __version__,
         "openmp": _core.openmp_enabled(),
         "num_threads": _core.get_num_threads(),
         "simd_level": _core.simd_level(),
         "best_simd_level": _core.best_simd_level(),
+        "cpu": _core.cpu_info(),
+        "gemm": {dtype: _core.gemm_blocks(dtype) for dtype in ("float32", "float64")},
     }
 
 

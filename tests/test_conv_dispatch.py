@@ -1,0 +1,165 @@
+"""conv2d's dispatch table (csrc/conv.cpp): which algorithm runs for a shape, pass, dtype and
+forced algorithm, against the documented rules, and that the one reported is the one that ran."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from fastconv import _core
+from fastconv import functional as F
+from fastconv._args import conv2d_geometry
+
+PASSES = ("forward", "backward_input", "backward_weight")
+ALGORITHMS = ("winograd", "direct_nchw", "direct", "wide", "im2col")
+DIRECT_KERNEL_ALGORITHMS = ("winograd", "direct_nchw", "direct")
+
+# (N, C, H, W, F, kernel, stride, padding, dilation, groups): the benchmarked layers and
+# shapes at the edges of each rule (pointwise, strided, dilated, grouped, few channels).
+SHAPES = [
+    (64, 3, 32, 32, 32, 3, 1, 0, 1, 1),     # simple_cnn.conv1
+    (64, 32, 15, 15, 64, 3, 1, 0, 1, 1),    # simple_cnn.conv2
+    (64, 3, 32, 32, 6, 5, 1, 0, 1, 1),      # lenet5.conv1
+    (64, 6, 14, 14, 16, 5, 1, 0, 1, 1),     # lenet5.conv2
+    (64, 32, 32, 32, 32, 3, 1, 1, 1, 1),    # vgg_small.conv2
+    (64, 64, 16, 16, 64, 3, 1, 1, 1, 1),    # vgg_small.conv4
+    (64, 128, 8, 8, 128, 3, 1, 1, 1, 1),    # vgg_small.conv6
+    (8, 64, 16, 16, 128, 1, 1, 0, 1, 1),    # pointwise
+    (8, 64, 16, 16, 128, 3, 2, 1, 1, 1),    # stride 2
+    (8, 32, 16, 16, 32, 3, 1, 2, 2, 1),     # dilation 2
+    (8, 32, 16, 16, 32, 3, 1, 1, 1, 4),     # groups 4: 8 channels per group
+    (8, 4, 20, 20, 8, 7, 1, 3, 1, 1),       # few channels, 7x7
+    (8, 16, 9, 9, 4, 3, 1, 1, 1, 1),        # few filters
+    (0, 16, 9, 9, 16, 3, 1, 1, 1, 1),       # empty batch
+]
+
+
+def algorithm(pass_, dtype, shape):
+    N, C, H, W, Fo, k, s, p, d, g = shape
+    geom = conv2d_geometry((N, C, H, W), (Fo, C // g, k, k), s, p, d, g)
+    return _core.conv_algorithm(pass_, dtype, (N, C, H, W), (Fo, C // g, k, k), *geom.out,
+                                *geom.stride, *geom.padding, *geom.dilation, g)
+
+
+@pytest.fixture
+def forced():
+    """Force an algorithm by name; 'auto' restored afterwards."""
+    def force(name):
+        assert _core.set_conv_algorithm(name)
+    yield force
+    _core.set_conv_algorithm("auto")
+
+
+def direct_kernels_available():
+    """Whether the selected SIMD level has the direct tiles (asked through the table itself:
+    forced, the direct algorithm takes any float32 3x3 forward)."""
+    _core.set_conv_algorithm("direct")
+    try:
+        return algorithm("forward", "float32", SHAPES[4]) == "direct"
+    finally:
+        _core.set_conv_algorithm("auto")
+
+
+def wide_fits(shape):
+    N, C, H, W, Fo, k, s, p, d, g = shape
+    return s == 1 and not (k == 1 and p == 0)
+
+
+def wide_pays(pass_, shape):
+    """conv_gemm.cpp's wide_pays: the junk columns (Wp / OW - 1) against narrow GEMMs."""
+    N, C, H, W, Fo, k, s, p, d, g = shape
+    ow = (W + 2 * p - d * (k - 1) - 1) // s + 1
+    wp = ow + (k - 1) * d
+    fg = Fo // g
+    if pass_ == "forward":
+        return 20 * wp <= 23 * ow or fg <= 16
+    if pass_ == "backward_input":
+        return 10 * wp <= 11 * ow or fg <= 16
+    return 10 * wp <= 11 * ow or fg <= 8
+
+
+def gemm_choice(pass_, shape, forced="auto"):
+    """wide or im2col, as the last two entries decide."""
+    if forced == "im2col" or not wide_fits(shape):
+        return "im2col"
+    return "wide" if forced == "wide" or wide_pays(pass_, shape) else "im2col"
+
+
+@pytest.mark.parametrize("pass_", PASSES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_float64_takes_the_gemm_paths_by_their_rule(pass_, shape, forced):
+    # The direct kernels are float32 only: float64 sees wide and im2col alone, in every mode.
+    for mode in ("auto",) + ALGORITHMS:
+        forced(mode)
+        assert algorithm(pass_, "float64", shape) == gemm_choice(pass_, shape, mode), mode
+
+
+@pytest.mark.parametrize("pass_", PASSES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_float32_choice_follows_the_table(pass_, shape, forced):
+    direct = direct_kernels_available()
+    auto = algorithm(pass_, "float32", shape)
+    if not direct:
+        assert auto == gemm_choice(pass_, shape)
+    elif auto in ("wide", "im2col"):
+        # The direct-kernel entries declined: the GEMM entries decide as for float64.
+        assert auto == gemm_choice(pass_, shape)
+    # Forcing a GEMM path turns the direct-kernel entries off.
+    for mode in ("wide", "im2col"):
+        forced(mode)
+        assert algorithm(pass_, "float32", shape) == gemm_choice(pass_, shape, mode)
+    # Forcing an algorithm runs it wherever it can: then it is reported for the shape.
+    N, C, H, W, Fo, k, s, p, d, g = shape
+    forced("winograd")
+    got = algorithm(pass_, "float32", shape)
+    winograd_fits = direct and N > 0 and k == 3 and s == 1 and d == 1
+    assert (got == "winograd") == winograd_fits
+    if not winograd_fits:
+        # Winograd forced elsewhere: the generic entries by their heuristics, never the
+        # few-channel specialist.
+        assert got != "direct_nchw"
+        assert got in ("direct", "wide", "im2col")
+    forced("direct")
+    got = algorithm(pass_, "float32", shape)
+    assert got not in ("winograd", "direct_nchw")
+    direct_fits = direct and N > 0 and (pass_ != "backward_input" or s == 1)
+    assert (got == "direct") == direct_fits
+    if not direct_fits:
+        assert got == gemm_choice(pass_, shape)
+
+
+def test_unknown_names_are_refused():
+    assert not _core.set_conv_algorithm("fft")
+    with pytest.raises(ValueError, match="pass_"):
+        algorithm("sideways", "float32", SHAPES[0])
+    with pytest.raises(TypeError, match="dtype"):
+        algorithm("forward", "int32", SHAPES[0])
+
+
+CHECKED = [SHAPES[0], SHAPES[3], SHAPES[6], SHAPES[7], SHAPES[8], SHAPES[10]]
+
+
+@pytest.mark.parametrize("shape", [(2,) + s[1:] for s in CHECKED], ids=str)
+def test_reported_algorithm_is_the_one_that_runs(rng, shape, forced):
+    # Auto mode and the reported algorithm forced give the same bits: forcing an algorithm on
+    # a shape it takes runs it.
+    N, C, H, W, Fo, k, s, p, d, g = shape
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((Fo, C // g, k, k)).astype(np.float32)
+    args = dict(stride=s, padding=p, dilation=d, groups=g)
+    y = F.conv2d(x, w, **args)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    results = {}
+    for pass_, mode in itertools.product(PASSES, ("auto", "reported")):
+        if mode == "reported":
+            forced(algorithm(pass_, "float32", shape))
+        if pass_ == "forward":
+            results[pass_, mode] = F.conv2d(x, w, **args)
+        else:
+            gx, gw, _ = F.conv2d_backward(gy, x, w, **args)
+            results[pass_, mode] = gx if pass_ == "backward_input" else gw
+        _core.set_conv_algorithm("auto")
+    for pass_ in PASSES:
+        np.testing.assert_array_equal(results[pass_, "auto"], results[pass_, "reported"])
