@@ -278,3 +278,26 @@ def test_ranks_started_differently_are_refused_on_every_rank(data_dir, tmp_path,
     else:
         assert all(message in line for line in lines)
     assert not (tmp_path / "run" / T.CHECKPOINT_NAME).exists()
+
+
+def test_readme_script_runs_on_two_ranks(tmp_path):
+    """The README's ```python train.py block, as written, under mpiexec -n 2 (on a synthetic
+    CIFAR-10 found through $FASTCONV_DATA)."""
+    import re
+    readme = HERE.parent / "README.md"
+    if not readme.is_file():
+        pytest.skip("README.md is not beside the tests")
+    text = readme.read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python train\.py\n(.*?)^```", text, re.M | re.S)
+    assert len(blocks) == 1
+    script = tmp_path / "train.py"
+    script.write_text(blocks[0])
+    data_root = tmp_path / "data"
+    write_folder(data_root, fake_batches(learnable=True))
+    env = _env()
+    env["FASTCONV_DATA"] = str(data_root)
+    r = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True,
+                       text=True, timeout=RUN_LIMIT, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1 and "'epoch': 2" in lines[0] and "val_accuracy" in lines[0]

@@ -833,6 +833,14 @@ def _start_mpi(args: list[str]):
         raise UserError(str(e)) from None
 
 
+def _error_line(text: str) -> None:
+    """``text`` and its newline on stderr in one write (ranks share mpiexec's stderr: a line
+    written in pieces, as print does when stderr is unbuffered, can interleave with another
+    rank's)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def _agree_on_options(comm, ns: argparse.Namespace | None, status: int | None) -> int | None:
     """Collective: every rank's parsed options (or the status of its --help / usage error);
     the exit status every rank ends with when they differ, when a rank could not parse its
@@ -842,23 +850,23 @@ def _agree_on_options(comm, ns: argparse.Namespace | None, status: int | None) -
     for r, (st, _) in enumerate(gathered):
         if st is not None:
             if status is None and st != 0:
-                print(f"{PROG}: error: rank {r} of {comm.size} refused its command line (see "
-                      f"its message): every rank stops", file=sys.stderr)
+                _error_line(f"{PROG}: error: rank {r} of {comm.size} refused its command line "
+                            f"(see its message): every rank stops")
             return status if status is not None else st
     ref = gathered[0][1]
     for r, (_, f) in enumerate(gathered[1:], 1):
         for key in ref:
             if f[key] != ref[key]:
-                print(f"{PROG}: error: the ranks were started with different options: "
-                      f"{_option_text(key, f[key])} on rank {r} but "
-                      f"{_option_text(key, ref[key])} on rank 0 (start every rank with the "
-                      f"same command)", file=sys.stderr)
+                _error_line(f"{PROG}: error: the ranks were started with different options: "
+                            f"{_option_text(key, f[key])} on rank {r} but "
+                            f"{_option_text(key, ref[key])} on rank 0 (start every rank with "
+                            f"the same command)")
                 return 2
     if not ns.distributed:
         if comm.size > 1:
-            print(f"{PROG}: error: started by an MPI launcher as {comm.size} processes but "
-                  f"without --distributed: add --distributed (else each process would train "
-                  f"alone)", file=sys.stderr)
+            _error_line(f"{PROG}: error: started by an MPI launcher as {comm.size} processes "
+                        f"but without --distributed: add --distributed (else each process "
+                        f"would train alone)")
             return 2
     return None
 
@@ -881,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         comm = _start_mpi(args)
     except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        _error_line(f"{PROG}: error: {e}")
         return 2
     parser = build_parser()
     ns, status = None, None
@@ -922,7 +930,7 @@ def _handled(ns: argparse.Namespace, comm) -> int:
             print(f"\n{PROG}: aborted (no checkpoint written for the current epoch)",
                   file=sys.stderr)
             return 130
-        print(f"{PROG}: error{where}: {e}", file=sys.stderr)
+        _error_line(f"{PROG}: error{where}: {e}")
         return 2 if isinstance(e, UserError) else 1
 
 

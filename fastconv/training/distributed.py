@@ -253,9 +253,11 @@ def abort_job(comm: Communicator, exc: BaseException, where: str) -> None:
     else:
         detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         code = 1
-    print(f"{where}: rank {comm.rank} of {comm.size} failed: {detail.rstrip()}\n{where}: "
-          f"rank {comm.rank} is ending all {comm.size} ranks (MPI_Abort): the others would "
-          f"wait for it forever", file=sys.stderr, flush=True)
+    # (one write: the ranks share the launcher's stderr)
+    sys.stderr.write(f"{where}: rank {comm.rank} of {comm.size} failed: {detail.rstrip()}\n"
+                     f"{where}: rank {comm.rank} is ending all {comm.size} ranks (MPI_Abort): "
+                     f"the others would wait for it forever\n")
+    sys.stderr.flush()
     comm.abort(code)
 
 
@@ -264,30 +266,39 @@ def abort_job(comm: Communicator, exc: BaseException, where: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 class _Bucket:
-    """Parameters whose gradients are summed by one allreduce of one flat buffer."""
+    """Parameters whose gradients are summed by one allreduce of one flat buffer. A bucket of
+    one parameter reduces that parameter's gradient array itself, with no buffer (and no
+    copy); a bucket of several copies their gradients into its buffer, unless they already
+    live there (the views its gradients become after each reduction, into which the next
+    backward may accumulate)."""
 
     __slots__ = ("params", "views", "buffer", "pending")
 
     def __init__(self, params: list, dtype: np.dtype) -> None:
+        self.params = params
+        self.pending: _Pending | None = None
+        if len(params) == 1:
+            self.buffer, self.views = None, [None]
+            return
         align = max(1, _BUCKET_ALIGN // dtype.itemsize)
         offsets, n = [], 0
         for p in params:
             offsets.append(n)
             n += -(-p.data.size // align) * align
-        self.params = params
         self.buffer = np.zeros(n, dtype)  # (padding stays 0: it is summed too)
         self.views = [self.buffer[o:o + p.data.size].reshape(p.data.shape)
                       for o, p in zip(offsets, params)]
-        self.pending: _Pending | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.buffer.nbytes
+        return self.params[0].data.nbytes if self.buffer is None else self.buffer.nbytes
 
 
 class _Reducer:
     """Sums the trainable parameters' gradients across ranks in buckets, each started as soon
-    as backward has completed all its gradients (module hooks), in bucket order."""
+    as backward has completed all its gradients (module hooks), in bucket order. (The
+    gradients are already divided by the number of ranks: DistributedDataParallel scales the
+    gradient backward starts from, so the sums are the means.)"""
 
     def __init__(self, comm: Communicator, model: Module, bucket_bytes: int) -> None:
         self.comm = comm
@@ -372,26 +383,35 @@ class _Reducer:
             self.inflight.pop(0)
 
     def _start(self, k: int) -> None:
-        """Copy bucket k's gradients, divided by the number of ranks, into its buffer (unless
-        a gradient already lives there: it is scaled in place) and start its allreduce."""
+        """Start bucket k's allreduce: of its parameter's gradient array itself, or of its
+        buffer, into which the gradients not already there are copied."""
         b = self.buckets[k]
-        scale = 1.0 / self.comm.size
-        for p, view in zip(b.params, b.views):
+        if b.buffer is None:
+            p = b.params[0]
             g = p.grad
-            np.multiply(g, view.dtype.type(scale), out=view)
-        b.pending = self.comm.start_allreduce(b.buffer)
+            if not (g.flags.c_contiguous and g.flags.writeable):
+                g = p.grad = np.ascontiguousarray(g)
+            b.pending = self.comm.start_allreduce(g)
+        else:
+            for p, view in zip(b.params, b.views):
+                g = p.grad
+                if g is not view:
+                    np.copyto(view, g)
+            b.pending = self.comm.start_allreduce(b.buffer)
         self.inflight.append(b.pending)
         self.next = k + 1
 
     def finish(self) -> None:
         """Start the buckets not started yet (gradients no container reported), wait for all,
-        and make every gradient the view of its bucket that holds the mean over ranks."""
+        and make every gradient of a shared buffer the view of it that holds the sum."""
         while self.next < len(self.buckets):
             self._start(self.next)
         self.active = False
         for b in self.buckets:
             b.pending.wait()
             b.pending = None
+            if b.buffer is None:
+                continue
             for p, view in zip(b.params, b.views):
                 if p.grad is not view:
                     p.grad = view  # (the next backward may accumulate right into it)
@@ -554,7 +574,8 @@ class DistributedDataParallel(Module):
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """The module's backward, with every parameter gradient averaged over the ranks when
-        it returns (see the class docstring)."""
+        it returns (see the class docstring); the input gradient returned is that of this
+        rank's loss divided by the number of ranks (the mean's)."""
         reducer = self._reducer
         if reducer is None:
             return self.module.backward(grad_y, input_grad=input_grad)
@@ -562,6 +583,10 @@ class DistributedDataParallel(Module):
             reducer.remove()
             reducer = self._reducer = _Reducer(self.comm, self.module,
                                                int(self.bucket_mb * (1 << 20)))
+        # the mean over ranks is the sum of the ranks' gradients of loss / N: scaling the
+        # gradient backward starts from (a few numbers per sample) spares a pass over the
+        # parameters' gradients
+        grad_y = np.multiply(grad_y, np.asarray(grad_y).dtype.type(1.0 / self.comm.size))
         reducer.begin()
         try:
             g = self.module.backward(grad_y, input_grad=input_grad)
@@ -685,7 +710,9 @@ class FitRun:
             "optimizer": (type(optimizer).__name__, groups),
             "scheduler": None if scheduler is None else (type(scheduler).__name__,
                                                          scheduler_interval),
-            "callbacks": [type(cb).__name__ for cb in callbacks],
+            # (a progress bar may be shown on some ranks only: rank 0's terminal)
+            "callbacks": [type(cb).__name__ for cb in callbacks
+                          if type(cb).__name__ != "ProgressBar"],
             "sync_bn": bool(self.options.sync_bn),
             "bucket_mb": float(self.options.bucket_mb),
         }

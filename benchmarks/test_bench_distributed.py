@@ -1,0 +1,147 @@
+"""Data-parallel throughput on this machine, and the allreduce bandwidth between its ranks.
+
+* Training steps: images/s of 2 ranks x 1 thread (``mpiexec -n 2``, OMP_NUM_THREADS=1, a
+  global batch of 128 shared 64 + 64, gradients averaged by DistributedDataParallel) against
+  1 rank x 2 threads (one process, the whole batch): the same machine's cores used two ways.
+  The two configurations run in their own processes, alternated ROUNDS times (a slow stretch
+  of the shared machine then hits both); each run times every model's steps after a warm-up;
+  the ratio of the medians, and the share of the step spent waiting for allreduces after
+  backward, go to ``extra_info``. Models: simple_cnn, vgg_small, and resnet9 where
+  fastconv.models has it.
+* Allreduce: MPI_Allreduce of float32 buffers of 1 KB to 64 MB between 2 ranks: seconds per
+  call (median), algorithm bandwidth bytes / s and bus bandwidth 2 (N - 1) / N x bytes / s
+  (the ring allreduce's traffic per rank, the figure docs/distributed.md's model uses).
+
+Run (timing on: minutes; with timing off, as in the test suite, one step of each at a tiny
+batch and a few small buffers)::
+
+    flock /work/wt/timing.lock python -m pytest benchmarks/test_bench_distributed.py \\
+        --benchmark-enable --benchmark-json=distributed.json -s
+
+Skipped, with the reason, without mpi4py or mpiexec (``pip install '.[mpi]'``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import scaling_model
+from fastconv.models import MODELS
+
+HERE = Path(__file__).resolve().parent
+PROGRAM = HERE / "distributed_runs.py"
+REPO = HERE.parent
+BATCH = 128
+RANKS = 2
+THREADS_TOTAL = 2
+ROUNDS = 5
+WARMUP = 2
+#: Timed steps per run (about 5-10 s of each model per run here).
+STEPS = {"simple_cnn": 30, "vgg_small": 8, "resnet9": 3}
+DISTRIBUTED_MODELS = [m for m in ("simple_cnn", "vgg_small", "resnet9") if m in MODELS]
+ALLREDUCE_BYTES = [1 << k for k in range(10, 27, 2)]  # 1 KB .. 64 MB
+
+
+def _mpiexec() -> str | None:
+    local = Path(sys.executable).parent / "mpiexec"
+    return str(local) if local.is_file() else shutil.which("mpiexec")
+
+
+if importlib.util.find_spec("mpi4py") is None:
+    _REASON = "mpi4py is not installed (pip install '.[mpi]')"
+else:
+    _REASON = None if _mpiexec() else "no mpiexec found (pip install '.[mpi]')"
+
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
+
+
+def _launch(args: list, ranks: int | None, threads: int) -> dict:
+    """Run distributed_runs.py (under mpiexec -n ranks, or alone) and parse its JSON line."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    cmd = ([_mpiexec(), "-n", str(ranks)] if ranks else []) + \
+        [sys.executable, str(PROGRAM), *map(str, args)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_data_parallel_step_throughput(benchmark):
+    """2 ranks x 1 thread vs 1 rank x 2 threads, models alternated by configuration."""
+    if benchmark.disabled:
+        batch, warmup, rounds, steps = 4, 0, 1, {}
+    else:
+        batch, warmup, rounds, steps = BATCH, WARMUP, ROUNDS, STEPS
+    runs: dict[str, list[dict]] = {"1x2": [], "2x1": []}
+
+    def compare() -> None:
+        for _ in range(rounds):
+            for config, ranks, threads, extra in (("1x2", None, THREADS_TOTAL, []),
+                                                   ("2x1", RANKS, 1, ["--distributed"])):
+                if benchmark.disabled:  # (one launch for every model: cheap)
+                    results = _launch(["steps", batch, warmup, 1, *DISTRIBUTED_MODELS, *extra],
+                                      ranks, threads)
+                else:  # (a launch per model: its two configurations run close in time)
+                    results = {}
+                    for name in DISTRIBUTED_MODELS:
+                        results.update(_launch(["steps", batch, warmup, steps[name], name,
+                                                *extra], ranks, threads))
+                runs[config].append(results)
+
+    benchmark.group = "data-parallel training step, images/s"
+    benchmark.pedantic(compare, rounds=1, iterations=1, warmup_rounds=0)
+    summary = {}
+    for name in DISTRIBUTED_MODELS:
+        one = [r[name]["images_per_s"] for r in runs["1x2"]]
+        two = [r[name]["images_per_s"] for r in runs["2x1"]]
+        summary[name] = {
+            "1x2_images_per_s": one, "2x1_images_per_s": two,
+            "ratio_of_medians": statistics.median(two) / statistics.median(one),
+            "2x1_comm_share": [r[name]["comm_share"] for r in runs["2x1"]],
+            "parameters": runs["2x1"][0][name]["parameters"]}
+        assert min(one) > 0 and min(two) > 0
+        assert runs["2x1"][0][name]["ranks"] == RANKS and runs["2x1"][0][name]["threads"] == 1
+    predicted = scaling_model.table({name: (s["parameters"],
+                                            statistics.median(s["1x2_images_per_s"]))
+                                     for name, s in summary.items()})
+    benchmark.extra_info.update(kind="distributed", batch=batch, ranks=RANKS,
+                                models=summary, scaling_model=predicted,
+                                missing=[m for m in ("resnet9",) if m not in MODELS])
+    if not benchmark.disabled:
+        print("\n" + predicted)
+        for name, s in summary.items():
+            print(f"\n{name}: 2 ranks x 1 thread / 1 rank x 2 threads = "
+                  f"{s['ratio_of_medians']:.3f} (images/s {s['2x1_images_per_s']} vs "
+                  f"{s['1x2_images_per_s']}; waiting for allreduces "
+                  f"{statistics.median(s['2x1_comm_share']):.1%} of the step)")
+
+
+def test_allreduce_bandwidth(benchmark):
+    if benchmark.disabled:
+        repeats, sizes = 2, ALLREDUCE_BYTES[:3]
+    else:
+        repeats, sizes = 30, ALLREDUCE_BYTES
+    out: dict = {}
+    benchmark.group = "allreduce between 2 ranks"
+    benchmark.pedantic(lambda: out.update(_launch(["allreduce", repeats, *sizes], RANKS, 1)),
+                       rounds=1, iterations=1, warmup_rounds=0)
+    table = {}
+    for nbytes, seconds in out.items():
+        n = int(nbytes)
+        table[n] = {"seconds": seconds, "algorithm_GBps": n / seconds / 1e9,
+                    "bus_GBps": 2 * (RANKS - 1) / RANKS * n / seconds / 1e9}
+        assert seconds > 0
+    benchmark.extra_info.update(kind="allreduce", ranks=RANKS, sizes=table)
+    if not benchmark.disabled:
+        for n, row in table.items():
+            print(f"\nallreduce {n:>9} B: {row['seconds'] * 1e6:9.1f} us  "
+                  f"bus {row['bus_GBps']:.2f} GB/s")
