@@ -23,10 +23,8 @@ Skipped, with the reason, without mpi4py or mpiexec (``pip install '.[mpi]'``).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +34,7 @@ import pytest
 
 import scaling_model
 from fastconv.models import MODELS
+from fastconv.training.distributed import find_mpiexec, mpi_missing
 
 HERE = Path(__file__).resolve().parent
 PROGRAM = HERE / "distributed_runs.py"
@@ -51,16 +50,7 @@ DISTRIBUTED_MODELS = [m for m in ("simple_cnn", "vgg_small", "resnet9") if m in 
 ALLREDUCE_BYTES = [1 << k for k in range(10, 27, 2)]  # 1 KB .. 64 MB
 
 
-def _mpiexec() -> str | None:
-    local = Path(sys.executable).parent / "mpiexec"
-    return str(local) if local.is_file() else shutil.which("mpiexec")
-
-
-if importlib.util.find_spec("mpi4py") is None:
-    _REASON = "mpi4py is not installed (pip install '.[mpi]')"
-else:
-    _REASON = None if _mpiexec() else "no mpiexec found (pip install '.[mpi]')"
-
+_REASON = mpi_missing()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 
 
@@ -68,7 +58,7 @@ def _launch(args: list, ranks: int | None, threads: int) -> dict:
     """Run distributed_runs.py (under mpiexec -n ranks, or alone) and parse its JSON line."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    cmd = ([_mpiexec(), "-n", str(ranks)] if ranks else []) + \
+    cmd = ([find_mpiexec(), "-n", str(ranks)] if ranks else []) + \
         [sys.executable, str(PROGRAM), *map(str, args)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     assert r.returncode == 0, r.stderr

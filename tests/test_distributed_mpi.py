@@ -8,7 +8,6 @@ both). Every run has a time limit, so a hang fails the test instead of stalling 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ import fastconv
 from fake_cifar import fake_batches, write_folder
 from fastconv import checkpoint as C
 from fastconv.cli import train as T
+from fastconv.training.distributed import find_mpiexec, mpi_missing
 
 HERE = Path(__file__).resolve().parent
 PROGRAMS = HERE / "mpi_programs.py"
@@ -33,18 +33,7 @@ RUN_LIMIT = 120
 EXIT_LIMIT = 30
 
 
-def _mpiexec() -> str | None:
-    """The mpiexec of this Python's environment (the mpich wheel's), else one on PATH."""
-    local = Path(sys.executable).parent / "mpiexec"
-    return str(local) if local.is_file() else shutil.which("mpiexec")
-
-
-# (mpi4py is looked for, not imported: the test process itself never initialises MPI)
-if importlib.util.find_spec("mpi4py") is None:
-    _REASON = "mpi4py is not installed (pip install '.[mpi]')"
-else:
-    _REASON = None if _mpiexec() else "no mpiexec found (pip install '.[mpi]')"
-
+_REASON = mpi_missing()  # (the test process itself never initialises MPI)
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 
 
@@ -58,7 +47,7 @@ def _env() -> dict:
 
 def _run(args: list, ranks: int | None = 2, cwd=None) -> subprocess.CompletedProcess:
     """``args`` under ``mpiexec -n ranks`` (alone when ranks is None), with the time limit."""
-    cmd = ([_mpiexec(), "-n", str(ranks)] if ranks else []) + [str(a) for a in args]
+    cmd = ([find_mpiexec(), "-n", str(ranks)] if ranks else []) + [str(a) for a in args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_LIMIT, env=_env(),
                           cwd=cwd)
 
@@ -177,6 +166,15 @@ def uninterrupted(data_dir, tmp_path_factory) -> dict:
     return C.load_weights(out / T.WEIGHTS_NAME)
 
 
+def _resume(out: Path, data_dir: Path, ranks: int | None) -> dict:
+    """The final weights of the run in ``out`` resumed on ``ranks`` ranks (one process when
+    None)."""
+    options = ["--out", out, "--resume", "--data-dir", data_dir, "--no-download", "--quiet"]
+    r = _run(_train(*options, *(["--distributed"] if ranks else [])), ranks=ranks)
+    assert r.returncode == 0, r.stderr
+    return C.load_weights(out / T.WEIGHTS_NAME)
+
+
 @pytest.mark.parametrize("mode", ["kill", "raise"])
 def test_a_failing_rank_ends_the_job_and_the_run_resumes(data_dir, tmp_path, uninterrupted,
                                                          mode):
@@ -200,17 +198,10 @@ def test_a_failing_rank_ends_the_job_and_the_run_resumes(data_dir, tmp_path, uni
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     alone = tmp_path / "alone"
     shutil.copytree(out, alone)
-    r = _run(_train("--out", out, "--resume", "--data-dir", data_dir, "--no-download",
-                    "--quiet", "--distributed"))
-    assert r.returncode == 0, r.stderr
-    resumed = C.load_weights(out / T.WEIGHTS_NAME)
+    resumed = _resume(out, data_dir, ranks=2)
     for k in uninterrupted:
         np.testing.assert_array_equal(resumed[k], uninterrupted[k])
-    r = _run(_train("--out", alone, "--resume", "--data-dir", data_dir, "--no-download",
-                    "--quiet"), ranks=None)
-    assert r.returncode == 0, r.stderr
-    assert _difference(uninterrupted, C.load_weights(alone / T.WEIGHTS_NAME)) < \
-        FIT_TOL["float32"]
+    assert _difference(uninterrupted, _resume(alone, data_dir, ranks=None)) < FIT_TOL["float32"]
 
 
 def test_a_stop_request_saves_and_resumes(data_dir, tmp_path, uninterrupted):
@@ -222,10 +213,7 @@ def test_a_stop_request_saves_and_resumes(data_dir, tmp_path, uninterrupted):
     assert r.returncode == 130, r.stderr
     assert r.stderr.count("interrupted at epoch 2, batch 1/3") == 1  # (rank 0 says it)
     assert C.load_checkpoint(out / T.CHECKPOINT_NAME)["position"]["step"] == 4
-    r = _run(_train("--out", out, "--resume", "--data-dir", data_dir, "--no-download",
-                    "--quiet", "--distributed"))
-    assert r.returncode == 0, r.stderr
-    resumed = C.load_weights(out / T.WEIGHTS_NAME)
+    resumed = _resume(out, data_dir, ranks=2)
     for k in uninterrupted:
         np.testing.assert_array_equal(resumed[k], uninterrupted[k])
 
@@ -296,7 +284,7 @@ def test_readme_script_runs_on_two_ranks(tmp_path):
     write_folder(data_root, fake_batches(learnable=True))
     env = _env()
     env["FASTCONV_DATA"] = str(data_root)
-    r = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True,
+    r = subprocess.run([find_mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True,
                        text=True, timeout=RUN_LIMIT, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stdout.splitlines() if line.startswith("{")]

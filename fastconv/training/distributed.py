@@ -42,8 +42,10 @@ the thread that runs the training; the compiled kernels' OpenMP threads never ca
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -55,7 +57,8 @@ import numpy as np
 
 from ..nn import Module, convert_sync_batchnorm
 
-__all__ = ["MPI_INSTALL_HINT", "DEFAULT_BUCKET_MB", "Communicator", "world", "launcher_size",
+__all__ = ["MPI_INSTALL_HINT", "DEFAULT_BUCKET_MB", "Communicator", "world", "find_mpiexec",
+           "mpi_missing", "launcher_size",
            "default_threads", "DistributedDataParallel", "Distributed", "FitRun", "start_fit",
            "every_rank", "raised_on_every_rank", "abort_job"]
 
@@ -78,6 +81,23 @@ def _mpi():
     except ImportError as e:
         raise ImportError(MPI_INSTALL_HINT) from e
     return MPI
+
+
+def find_mpiexec() -> str | None:
+    """The ``mpiexec`` of this Python's environment (the mpich wheel installs it beside the
+    interpreter), else the first on PATH, else None."""
+    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return local if os.path.isfile(local) else shutil.which("mpiexec")
+
+
+def mpi_missing() -> str | None:
+    """Why ranks cannot be started here (no mpi4py, no mpiexec), in one line, or None.
+    Looks for mpi4py without importing it (importing it initialises MPI)."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install 'fastconv[mpi]')"
+    if find_mpiexec() is None:
+        return "no mpiexec found (pip install 'fastconv[mpi]' installs MPICH's)"
+    return None
 
 
 def launcher_size() -> int | None:
