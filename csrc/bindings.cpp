@@ -14,6 +14,7 @@
 #include "activation.h"
 #include "batchnorm.h"
 #include "conv.h"
+#include "conv_direct.h"
 #include "gemm.h"
 #include "gemm_direct.h"
 #include "im2col.h"
@@ -650,4 +651,8 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("level"),
         "Force the micro-kernel ISA (tests/benchmarks); False if unsupported here.");
+  m.def("direct_kernel_lanes", [] {
+    const fastconv::DirectKernels* k = fastconv::direct_kernels();
+    return k ? k->lanes : 0;
+  }, "Vector lanes of the direct / Winograd / few-channel conv kernels at this SIMD level (0: none).");
 }

@@ -1,6 +1,6 @@
 // Orchestration of the direct channels-last convolution (see conv_direct.h): layout copies,
-// weight re-layout, tiling and threads. Portable code; the AVX-512 tiles live in
-// conv_direct_avx512.cpp and are reached only when that level is selected.
+// weight re-layout, tiling and threads. Portable code; the tiles live in conv_direct_avx512.cpp
+// and conv_direct_avx2.cpp and are reached only when that level is selected.
 #include "conv_direct.h"
 
 #include <algorithm>
@@ -12,16 +12,19 @@
 namespace fastconv {
 
 const DirectKernels* direct_kernels() {
-  return simd_level() == "avx512" ? direct_kernels_avx512() : nullptr;
+  const std::string level = simd_level();
+  if (level == "avx512") return direct_kernels_avx512();
+  if (level == "avx2") return direct_kernels_avx2();
+  return nullptr;
 }
 
-std::vector<ChannelBlock> channel_blocks(index_t channels) {
-  const index_t vecs = ceil_div(channels, 16);
+std::vector<ChannelBlock> channel_blocks(index_t channels, index_t lanes) {
+  const index_t vecs = ceil_div(channels, lanes);
   std::vector<ChannelBlock> blocks;
   index_t v = 0;
-  for (; vecs - v >= 2 && vecs - v != 3; v += 2) blocks.push_back({16 * v, 2});
-  if (vecs - v == 3) blocks.push_back({16 * v, 3});
-  if (vecs - v == 1) blocks.push_back({16 * v, 1});
+  for (; vecs - v >= 2 && vecs - v != 3; v += 2) blocks.push_back({lanes * v, 2});
+  if (vecs - v == 3) blocks.push_back({lanes * v, 3});
+  if (vecs - v == 1) blocks.push_back({lanes * v, 1});
   return blocks;
 }
 
@@ -48,7 +51,7 @@ struct ForwardPlan {
   index_t pt, pl, Hp, Wp;  // where it sits in the padded channels-last copy
   index_t Cout, OH, OW, SH, SW;
   index_t KH, KW, DH;
-  index_t Cout_pad;
+  index_t lanes, Cout_pad;
   std::vector<index_t> tap_off;  // kernel row-major
   std::vector<index_t> pix;      // output pixel q (row-major) reads from xp + pix[q] + tap_off
   std::vector<ChannelBlock> blocks;
@@ -76,7 +79,7 @@ ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t
                       index_t DH, index_t DW, const DirectKernels& k) {
   ForwardPlan p{Cin, Hin, Win, pt, pl, (OH - 1) * SH + (KH - 1) * DH + 1,
                 (OW - 1) * SW + (KW - 1) * DW + 1, Cout, OH, OW, SH, SW, KH, KW, DH,
-                round_up(Cout, 16), {}, {}, channel_blocks(Cout), {}, {}};
+                k.lanes, round_up(Cout, k.lanes), {}, {}, channel_blocks(Cout, k.lanes), {}, {}};
   for (index_t i = 0; i < KH; ++i)
     for (index_t j = 0; j < KW; ++j) p.tap_off.push_back((i * DH * p.Wp + j * DW) * Cin);
   for (index_t oh = 0; oh < OH; ++oh)
@@ -103,11 +106,13 @@ ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t
     }
   }
   // ~16 KiB of weights per input block for the widest output block (counted as at least 2
-  // vectors): 16 channels of a 3x3 kernel for 32 filters, LeNet's 6 of a 5x5 for 16 filters.
+  // vectors): on AVX-512 16 channels of a 3x3 kernel for 32 filters, LeNet's 6 of a 5x5 for
+  // 16 filters.
   index_t nv_max = 1;
   for (const ChannelBlock& b : p.blocks) nv_max = std::max<index_t>(nv_max, b.nv);
   const index_t vecs = std::min<index_t>(nv_max, 2);
-  const index_t max_cin = std::max<index_t>(1, 16384 / (p.taps() * 16 * vecs * sizeof(float)));
+  const index_t max_cin =
+      std::max<index_t>(1, 16384 / (p.taps() * k.lanes * vecs * sizeof(float)));
   p.cin_blocks = pieces(Cin, max_cin, max_cin >= 16 ? 16 : 1);
   p.merge_rows = p.cin_blocks.size() == 1 && DW == 1 && KW > 1;
   for (index_t i = 0; i < KH; ++i) p.row_off.push_back(p.tap_off[i * KW]);
@@ -115,14 +120,14 @@ ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t
 }
 
 // Re-lays out weights for the tiles: for output block (f0, nv) and input block (c0, kc), at
-// offset taps*(f0*Cin + c0*16*nv), the array [tap][c < kc][j < 16*nv] = value(f0 + j, c0 + c,
-// tap), zero for f0 + j >= Cout.
+// offset taps*(f0*Cin + c0*width), the array [tap][c < kc][j < width] = value(f0 + j, c0 + c,
+// tap), zero for f0 + j >= Cout (width = lanes*nv).
 template <typename Value>
 void relayout_weights(const ForwardPlan& p, Value value, float* wd) {
   const index_t taps = p.taps();
   for (const ChannelBlock& b : p.blocks)
     for (const auto& [c0, kc] : p.cin_blocks) {
-      const index_t width = 16 * b.nv;
+      const index_t width = p.lanes * b.nv;
       float* d = wd + taps * (b.f0 * p.Cin + c0 * width);
       for (index_t t = 0; t < taps; ++t)
         for (index_t c = 0; c < kc; ++c)
@@ -136,7 +141,7 @@ void relayout_weights(const ForwardPlan& p, Value value, float* wd) {
 void forward_tiles(const DirectKernels& k, const ForwardPlan& p, const float* xp, const float* wd,
                    float* out, index_t block, index_t first, index_t last) {
   const ChannelBlock blk = p.blocks[block];
-  const index_t taps = p.taps(), width = 16 * blk.nv;
+  const index_t taps = p.taps(), width = p.lanes * blk.nv;
   const std::vector<Tile>& tiles = p.tiles[blk.nv];
   for (const auto& [c0, kc] : p.cin_blocks) {
     const float* w = wd + taps * (blk.f0 * p.Cin + c0 * width);
@@ -210,13 +215,13 @@ bool use_direct(const ConvShape& s, DirectPass pass, bool forced) {
 namespace {
 
 // Zero-padded NCHW planes of one image (group) for the few-channel kernels: the image at
-// (PH, PW), rows wide enough that every 16-pixel vector of an output row reads inside.
+// (PH, PW), rows wide enough that every vector of `lanes` pixels of an output row reads inside.
 struct SmallPlanes {
   index_t vecs, Hp, Wp, plane, padded;
-  explicit SmallPlanes(const ConvShape& s)
-      : vecs(ceil_div(s.OW, 16)),
+  SmallPlanes(const ConvShape& s, index_t lanes)
+      : vecs(ceil_div(s.OW, lanes)),
         Hp(s.OH + (s.win.KH - 1) * s.win.DH),
-        Wp(16 * vecs + (s.win.KW - 1) * s.win.DW),
+        Wp(lanes * vecs + (s.win.KW - 1) * s.win.DW),
         plane(Hp * Wp),
         padded(round_up(s.Cg() * plane, 16)) {}
   void fill(const ConvShape& s, const float* src, float* xp) const {
@@ -257,12 +262,12 @@ void pool_planes(const PoolAfter& pool, index_t planes, const float* ybuf, index
 void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
                                    const float* bias, float* y, const PoolAfter* pool) {
   const DirectKernels& k = *direct_kernels();
-  const int shape = s.Fg() % 8 == 0 ? 1 : 0;
-  const index_t NF = DirectKernels::kSmallShapes[shape].nf;
-  const index_t NVEC = DirectKernels::kSmallShapes[shape].nv;
+  const int shape = s.Fg() % k.small_shapes[1].nf == 0 ? 1 : 0;
+  const index_t NF = k.small_shapes[shape].nf, NVEC = k.small_shapes[shape].nv;
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L(), CKK = s.CKK();
   const Window2d& win = s.win;
-  const SmallPlanes sp(s);
+  const index_t lanes = k.lanes;
+  const SmallPlanes sp(s, lanes);
   const index_t vecs = sp.vecs, Wp = sp.Wp, plane = sp.plane;
   const index_t taps = win.KH * win.KW;
   // Weights per group and block of NF output channels: [step][NF], zero past Fg; step
@@ -273,16 +278,16 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
     return f < Fg ? w[(g * Fg + f) * CKK + st] : 0.0f;
   };
   const index_t row_vecs = s.OH * vecs, tiles = ceil_div(row_vecs, NVEC);
-  // Row vector rv (16 outputs of row rv / vecs): its offsets in the padded image and in an
-  // output plane, and its lanes; past the last (a tile's spare vectors): the last, no lanes.
+  // Row vector rv (`lanes` outputs of row rv / vecs): its offsets in the padded image and in
+  // an output plane, and its lanes; past the last (a tile's spare vectors): the last, none.
   struct RowVec {
     index_t in, out, lanes;
   };
   std::vector<RowVec> rvs(tiles * NVEC);
   for (index_t rv = 0; rv < tiles * NVEC; ++rv) {
     const index_t r = std::min(rv, row_vecs - 1), oh = r / vecs, v = r % vecs;
-    rvs[rv] = {oh * Wp + 16 * v, oh * s.OW + 16 * v,
-               rv < row_vecs ? std::min<index_t>(16, s.OW - 16 * v) : 0};
+    rvs[rv] = {oh * Wp + lanes * v, oh * s.OW + lanes * v,
+               rv < row_vecs ? std::min<index_t>(lanes, s.OW - lanes * v) : 0};
   }
   // Kernel rows that read only the zero padding above or below the image for every row of
   // a tile are left out of its steps: the input gradient's padding of d(k-1) - p is wide
@@ -379,7 +384,7 @@ bool use_small_channels_input_grad(const ConvShape& s, bool forced) {
   if (!use_small_channels(transposed_shape(s), true)) return false;
   // Measured at batch 64, 2 threads: 1.3x the GEMM paths on LeNet's 16 -> 6 5x5, 1.0-1.5x
   // on the RGB first layers.
-  return forced || (s.Cg() <= DirectKernels::kSmallF && !s.pointwise());
+  return forced || (s.Cg() <= direct_kernels()->small_shapes[0].nf && !s.pointwise());
 }
 
 void conv2d_backward_input_small_channels(const ConvShape& s, const float* gy, const float* w,
@@ -419,10 +424,10 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
                                            bool in_memory, const float* x, float* gw) {
   const DirectKernels& k = *direct_kernels();
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L(), CKK = s.CKK();
-  const index_t KW = s.win.KW;
-  const SmallPlanes sp(s);
+  const index_t KW = s.win.KW, lanes = k.lanes;
+  const SmallPlanes sp(s, lanes);
   const index_t max_nf = k.small_wg_max_nf[KW];
-  const index_t acc_size = s.F * CKK * 16;  // lane sums [f][tap][lane]
+  const index_t acc_size = s.F * CKK * lanes;  // lane sums [f][tap][lane]
   // Fixed chunks of images, each summed into its own lane sums and added in chunk order: the
   // result does not depend on the number of threads.
   const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
@@ -432,7 +437,7 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
   const index_t nb = static_cast<index_t>(fblocks.size());
   // Scratch per thread: the padded image, then the interleaved gradient of one block, then
   // room for the block's gradient planes when `planes` makes them.
-  const index_t pack_size = s.OH * sp.vecs * max_nf * 16;
+  const index_t pack_size = s.OH * sp.vecs * max_nf * lanes;
   const index_t block_size = in_memory ? 0 : round_up(max_nf * L, 16);
   // (split: the threads share an image, each with buffers of its own)
   Scratch<float> packs = make_scratch<float>(max_threads() * (pack_size + block_size));
@@ -464,7 +469,7 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
             prefetch_all(x + ((n + 1) * s.C + g * Cg) * s.H * s.W, sizeof(float) * Cg * s.H * s.W);
           }
           k.small_c_weight_grad[KW][nf](xp, Cg, sp.plane, sp.Wp, gy, s.OH, s.OW, s.win.KH,
-                                        s.win.DH, s.win.DW, acc + f * CKK * 16, gpack, n > n0,
+                                        s.win.DH, s.win.DW, acc + f * CKK * lanes, gpack, n > n0,
                                         next, next_bytes);
         }
       }
@@ -474,9 +479,9 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
   for (index_t e = 0; e < s.F * CKK; ++e) {
     float sum = 0;
     for (index_t c = 0; c < chunks; ++c) {
-      const float* lanes = part + c * acc_size + e * 16;
+      const float* lane = part + c * acc_size + e * lanes;
       float chunk = 0;
-      for (int l = 0; l < 16; ++l) chunk += lanes[l];
+      for (index_t l = 0; l < lanes; ++l) chunk += lane[l];
       sum += chunk;
     }
     gw[e] = sum;

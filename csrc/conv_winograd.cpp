@@ -7,13 +7,6 @@
 namespace fastconv {
 namespace {
 
-// Tiles per pass of the 16 GEMMs (two 14-row register tiles of 32 output channels): a
-// pass's transformed tiles (16 x 28 x channels) stay in L2 between transforms and GEMMs.
-// Measured against 42, 37, 32, 22 and 16 (interleaved in one process): layers of 64 tiles
-// per image (simple_cnn's conv2 input gradient, vgg_small's 16x16 layers) 9-11% faster than
-// with 42 (passes of 22 tiles instead of 32); 256- and 16-tile layers unchanged.
-constexpr index_t kChunk = 28;
-
 // ---- transforms (loops over channels, contiguous in the channels-last buffers) ------------
 // Element xi = 4*i + j of a 4x4 transformed tile is stored at out + xi*stride + c.
 
@@ -144,17 +137,21 @@ struct TilePlan {
   index_t Cin, Hin, Win, pt, pl;
   index_t Cout, OH, OW;
   index_t TH, TW, T, Hp, Wp, Cout_pad;
-  index_t chunk;  // tiles per pass: T split evenly into passes of at most kChunk
+  // Tiles per pass of the 16 GEMMs: T split evenly into passes of at most the table's
+  // winograd_chunk (a pass's transformed tiles, 16 x chunk x channels, stay in L2 between
+  // the transforms and the GEMMs).
+  index_t chunk;
+  index_t lanes;
   std::vector<ChannelBlock> blocks;
   std::vector<index_t> pix;  // tile q of a chunk at q*Cin in a transformed slice
 
-  TilePlan(index_t cin, index_t hin, index_t win, index_t pt_, index_t pl_, index_t cout,
-           index_t oh, index_t ow)
+  TilePlan(const DirectKernels& k, index_t cin, index_t hin, index_t win, index_t pt_,
+           index_t pl_, index_t cout, index_t oh, index_t ow)
       : Cin(cin), Hin(hin), Win(win), pt(pt_), pl(pl_), Cout(cout), OH(oh), OW(ow),
         TH(ceil_div(oh, 2)), TW(ceil_div(ow, 2)), T(TH * TW), Hp(2 * TH + 2), Wp(2 * TW + 2),
-        Cout_pad(round_up(cout, 16)), chunk(ceil_div(T, ceil_div(T, kChunk))),
-        blocks(channel_blocks(cout)) {
-    for (index_t q = 0; q < kChunk; ++q) pix.push_back(q * Cin);
+        Cout_pad(round_up(cout, k.lanes)), chunk(ceil_div(T, ceil_div(T, k.winograd_chunk))),
+        lanes(k.lanes), blocks(channel_blocks(cout, k.lanes)) {
+    for (index_t q = 0; q < chunk; ++q) pix.push_back(q * Cin);
   }
 
   index_t padded_size() const { return round_up(Hp * Wp * Cin, 16); }
@@ -186,7 +183,7 @@ Scratch<float> transform_kernels(const TilePlan& p, Kernel kernel) {
     float g[9];
     alignas(64) double gb[9][kKernelBatch];
     for (const ChannelBlock& b : p.blocks) {
-      const index_t width = 16 * b.nv;
+      const index_t width = p.lanes * b.nv;
       for (index_t j = 0; j < width; ++j) {
         if (b.f0 + j < p.Cout) kernel(b.f0 + j, c, g);
         else std::fill(g, g + 9, 0.0f);  // padding channels
@@ -213,7 +210,7 @@ void forward_chunk(const DirectKernels& k, const TilePlan& p, const float* xp, c
     for (const ChannelBlock& b : p.blocks)
       for_each_piece(tn, k.max_mr[b.nv], [&](index_t q0, index_t mr) {
         k.forward[b.nv][mr](v + xi * vs, p.pix.data() + q0, &tap0, 1, p.Cin,
-                            u + xi * p.Cin * p.Cout_pad + p.Cin * b.f0, 16 * b.nv,
+                            u + xi * p.Cin * p.Cout_pad + p.Cin * b.f0, p.lanes * b.nv,
                             m + xi * ms + q0 * p.Cout_pad + b.f0, p.Cout_pad, false);
       });
   for (index_t q = 0; q < tn; ++q) {
@@ -299,7 +296,7 @@ bool use_winograd(const ConvShape& s, DirectPass pass, bool forced) {
 bool conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
                              const float* bias, float* y, const PoolAfter* pool) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
-  const TilePlan p(Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
+  const TilePlan p(*direct_kernels(), Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t f, index_t c, float* k) {
@@ -316,7 +313,7 @@ bool conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const f
   // The stride-1 convolution of grad_y placed at (2 - p) with the kernel flipped and its
   // channel axes swapped (see conv_direct.h).
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
-  const TilePlan p(Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H, s.W);
+  const TilePlan p(*direct_kernels(), Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H, s.W);
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t c, index_t f, float* k) {
@@ -334,12 +331,13 @@ bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
   const DirectKernels& k = *direct_kernels();
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L();
   // Tiles over grad_y (2x2, zero past OH x OW), each against the 4x4 input patch at (2ty, 2tx).
-  const TilePlan p(Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
+  const TilePlan p(*direct_kernels(), Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
   const index_t Fpad = p.Cout_pad;
   const index_t gyt_size = round_up(2 * p.TH * 2 * p.TW * Fpad, 16);
   // Transformed tiles of several images are gathered (~1 MiB) before the 16 GEMMs run over
   // them: each GEMM pass re-reads its sums (16 x Cg x Fpad), so fewer, longer passes.
-  const index_t cap = std::max<index_t>(kChunk, (index_t(1) << 18) / (16 * (Cg + Fpad)));
+  const index_t cap =
+      std::max<index_t>(k.winograd_chunk, (index_t(1) << 18) / (16 * (Cg + Fpad)));
   const index_t vs = cap * Cg, us = cap * Fpad;
   const index_t per = p.padded_size() + gyt_size + 16 * (vs + us);
   const index_t sum_size = G * 16 * Cg * Fpad;  // [g][xi][c][f]
