@@ -15,6 +15,7 @@
 #include "batchnorm.h"
 #include "conv.h"
 #include "conv_direct.h"
+#include "fma_peak.h"
 #include "gemm.h"
 #include "gemm_direct.h"
 #include "im2col.h"
@@ -655,4 +656,9 @@ PYBIND11_MODULE(_core, m) {
     const fastconv::DirectKernels* k = fastconv::direct_kernels();
     return k ? k->lanes : 0;
   }, "Vector lanes of the direct / Winograd / few-channel conv kernels at this SIMD level (0: none).");
+  m.def("fma_peak", [](index_t iterations) {
+    KernelCall call;
+    return fastconv::fma_peak(iterations);
+  }, py::arg("iterations"),
+     "Multiply-add chains on every thread (time it: the float32 peak); returns the FLOPs done.");
 }

@@ -36,11 +36,16 @@ struct DirectKernels {
   using ForwardFn = void (*)(const float* in, const index_t* pix, const index_t* tap_off,
                              index_t taps, index_t C, const float* w, index_t ldw, float* out,
                              index_t ldo, bool accumulate);
-  // gw[i*ldw + j] (+)= sum_{r < rows} sum_{q < cols} x[r*xrs + q*ps + i] * gy[(r*cols + q)*ldg + j]
-  // for i < MR, j < lanes*NV.
-  using WeightGradFn = void (*)(const float* x, index_t ps, index_t xrs, index_t rows, index_t cols,
-                                const float* gy, index_t ldg, float* gw, index_t ldw,
-                                bool accumulate);
+  // The output positions a weight-gradient tile sums over: `images` images of rows x cols
+  // positions; position (b, r, q) reads inputs at x + b*x_image + r*x_row + q*x_col and the
+  // gradient row gy + b*gy_image + (r*cols + q)*ldg.
+  struct GradPositions {
+    index_t images, rows, cols, x_image, x_row, x_col, gy_image, ldg;
+  };
+  // gw[i*ldw + j] (+)= sum over the positions of x(b, r, q)[i] * gy(b, r, q)[j], in the order
+  // b, r, q, for i < MR, j < lanes*NV.
+  using WeightGradFn = void (*)(const float* x, const float* gy, const GradPositions& at,
+                                float* gw, index_t ldw, bool accumulate);
   // dst (Hp x Wp x ld, channels last) <- src (C x H x W, NCHW) placed at row pt, column pl;
   // zero everywhere else (border, channels C..ld). Parts of src outside dst are skipped.
   // Returns whether a copied value is ±inf or NaN (checked in the same pass; see Winograd).

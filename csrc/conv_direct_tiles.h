@@ -54,31 +54,33 @@ void forward_tile(const float* in, const index_t* pix, const index_t* tap_off, i
     for (int j = 0; j < NV; ++j) Vec::store(out + i * ldo + L * j, acc[i][j]);
 }
 
-// MR input channels (contiguous) x NV vectors of output channels of one tap, summed over a
-// grid of rows x cols output positions. Each step loads NV gradient vectors and broadcasts
-// MR inputs.
+// MR input channels (contiguous) x NV vectors of output channels of one tap, summed over the
+// positions `at` (DirectKernels::GradPositions). Each step loads NV gradient vectors and
+// broadcasts MR inputs.
 template <typename Vec, int MR, int NV>
-void weight_grad_tile(const float* x, index_t ps, index_t xrs, index_t rows, index_t cols,
-                      const float* gy, index_t ldg, float* gw, index_t ldw, bool accumulate) {
+void weight_grad_tile(const float* x, const float* gy, const DirectKernels::GradPositions& at,
+                      float* gw, index_t ldw, bool accumulate) {
   constexpr int L = Vec::kLanes;
   typename Vec::V acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j)
       acc[i][j] = accumulate ? Vec::load(gw + i * ldw + L * j) : Vec::zero();
-  for (index_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * xrs;
-    const float* gr = gy + r * cols * ldg;
-    for (index_t q = 0; q < cols; ++q) {
-      const float* xq = xr + q * ps;
-      typename Vec::V gv[NV];
-      for (int j = 0; j < NV; ++j) gv[j] = Vec::load(gr + q * ldg + L * j);
+  const index_t rows = at.rows, cols = at.cols, ps = at.x_col, ldg = at.ldg;
+  for (index_t n = 0; n < at.images; ++n)
+    for (index_t r = 0; r < rows; ++r) {
+      const float* xr = x + n * at.x_image + r * at.x_row;
+      const float* gr = gy + n * at.gy_image + r * cols * ldg;
+      for (index_t q = 0; q < cols; ++q) {
+        const float* xq = xr + q * ps;
+        typename Vec::V gv[NV];
+        for (int j = 0; j < NV; ++j) gv[j] = Vec::load(gr + q * ldg + L * j);
 #pragma GCC unroll 24
-      for (int i = 0; i < MR; ++i) {
-        const typename Vec::V b = Vec::set1(xq[i]);
-        for (int j = 0; j < NV; ++j) acc[i][j] = Vec::fma(b, gv[j], acc[i][j]);
+        for (int i = 0; i < MR; ++i) {
+          const typename Vec::V b = Vec::set1(xq[i]);
+          for (int j = 0; j < NV; ++j) acc[i][j] = Vec::fma(b, gv[j], acc[i][j]);
+        }
       }
     }
-  }
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j) Vec::store(gw + i * ldw + L * j, acc[i][j]);
 }
