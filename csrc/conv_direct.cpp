@@ -28,6 +28,12 @@ std::vector<ChannelBlock> channel_blocks(index_t channels, index_t lanes) {
   return blocks;
 }
 
+index_t image_batch(index_t items, index_t groups, index_t per_image, index_t target) {
+  if (groups > 1 || per_image >= target || items < 2) return 1;
+  const index_t batches = round_up(ceil_div(items * per_image, target), max_threads());
+  return ceil_div(items, batches);
+}
+
 namespace {
 
 // Splits [0, n) into the fewest pieces of at most `max` elements, each a multiple of `align`
@@ -137,62 +143,79 @@ void relayout_weights(const ForwardPlan& p, Value value, float* wd) {
 }
 
 // out (OH*OW x Cout_pad, channels last) = the convolution of xp with weights wd (see
-// relayout_weights), for output block `block` and its tiles [first, last).
+// relayout_weights), for output block `block` and its tiles [first, last), for `images`
+// images (xp and out advanced by padded_size() and out_size() each): each input block's
+// weights stay in L1 while every image's tiles use them.
 void forward_tiles(const DirectKernels& k, const ForwardPlan& p, const float* xp, const float* wd,
-                   float* out, index_t block, index_t first, index_t last) {
+                   float* out, index_t block, index_t first, index_t last, index_t images = 1) {
   const ChannelBlock blk = p.blocks[block];
   const index_t taps = p.taps(), width = p.lanes * blk.nv;
   const std::vector<Tile>& tiles = p.tiles[blk.nv];
   for (const auto& [c0, kc] : p.cin_blocks) {
     const float* w = wd + taps * (blk.f0 * p.Cin + c0 * width);
-    for (index_t i = first; i < last; ++i) {
-      const Tile& t = tiles[i];
-      // Tiles cover whole kernel rows (t0 and taps multiples of KW).
-      const index_t* off = p.merge_rows ? p.row_off.data() + t.t0 / p.KW : p.tap_off.data() + t.t0;
-      const index_t steps = p.merge_rows ? t.taps / p.KW : t.taps;
-      const index_t depth = p.merge_rows ? p.KW * kc : kc;
-      k.forward[blk.nv][t.mr](xp + c0, p.pix.data() + t.first, off, steps, depth,
-                              w + t.t0 * kc * width, width, out + t.first * p.Cout_pad + blk.f0,
-                              p.Cout_pad, c0 > 0);
-    }
+    for (index_t b = 0; b < images; ++b)
+      for (index_t i = first; i < last; ++i) {
+        const Tile& t = tiles[i];
+        // Tiles cover whole kernel rows (t0 and taps multiples of KW).
+        const index_t* off =
+            p.merge_rows ? p.row_off.data() + t.t0 / p.KW : p.tap_off.data() + t.t0;
+        const index_t steps = p.merge_rows ? t.taps / p.KW : t.taps;
+        const index_t depth = p.merge_rows ? p.KW * kc : kc;
+        k.forward[blk.nv][t.mr](xp + b * p.padded_size() + c0, p.pix.data() + t.first, off, steps,
+                                depth, w + t.t0 * kc * width, width,
+                                out + b * p.out_size() + t.first * p.Cout_pad + blk.f0,
+                                p.Cout_pad, c0 > 0);
+      }
   }
 }
 
 // Runs the plan over `items` images (image i: src(i) NCHW -> dst(i) NCHW, plus bias), with
-// per-group weights wd(i). Threads take whole images when there are enough of them, else
-// split the tiles of each image.
+// per-group weights wd(i), in batches of image_batch(...) consecutive images. Threads take
+// whole batches when there are enough of them, else split the tiles of each image. Each
+// output value is summed by one thread in the same order whatever the batches.
 template <typename Src, typename Dst, typename Weights>
 void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, Dst dst, Weights wd,
                  const float* bias) {
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
   const DirectKernels& k = *direct_kernels();
-  const index_t per = p.padded_size() + p.out_size();
+  const index_t batch = image_batch(items, groups, p.OH * p.OW, kBatchPixels);
+  const index_t per = batch * (p.padded_size() + p.out_size());
   const index_t nblocks = static_cast<index_t>(p.blocks.size());
   auto tile_count = [&](index_t b) {
     return static_cast<index_t>(p.tiles[p.blocks[b].nv].size());
   };
   index_t per_block = 0;  // tiles of the longest block
   for (index_t b = 0; b < nblocks; ++b) per_block = std::max(per_block, tile_count(b));
-  for_each_item(items, per, [&](index_t i, float* xp, bool split) {
-    float* out = xp + p.padded_size();
-    k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
+  for_each_item(ceil_div(items, batch), per, [&](index_t bi, float* xp, bool split) {
+    const index_t i0 = bi * batch, images = std::min(batch, items - i0);
+    float* out = xp + batch * p.padded_size();
+    for (index_t b = 0; b < images; ++b)
+      k.to_channels_last(src(i0 + b), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin,
+                         xp + b * p.padded_size());
     if (split) {
-      // (block, tile) work items: each output value is still summed by one thread.
+      // (image, block, tile) work items: each output value is still summed by one thread.
+      const index_t per_image = nblocks * per_block;
 #pragma omp parallel for schedule(static)
-      for (index_t r = 0; r < nblocks * per_block; ++r) {
-        const index_t b = r / per_block, t = r % per_block;
-        if (t < tile_count(b)) forward_tiles(k, p, xp, wd(i), out, b, t, t + 1);
+      for (index_t r = 0; r < images * per_image; ++r) {
+        const index_t i = r / per_image, b = r % per_image / per_block, t = r % per_block;
+        if (t < tile_count(b))
+          forward_tiles(k, p, xp + i * p.padded_size(), wd(i0), out + i * p.out_size(), b, t,
+                        t + 1);
       }
     } else {
-      // The next image (this thread's, mostly), a slice per block (see PrefetchSlices).
-      const PrefetchSlices next(i + 1 < items ? src(i + 1) : nullptr,
-                                sizeof(float) * p.Cin * p.Hin * p.Win, nblocks);
+      // The next batch (this thread's, mostly), a slice per block (see PrefetchSlices).
+      const index_t next = i0 + images;
+      const PrefetchSlices next_src(
+          next < items ? src(next) : nullptr,
+          sizeof(float) * p.Cin * p.Hin * p.Win * std::min(batch, items - next), nblocks);
       for (index_t b = 0; b < nblocks; ++b) {
-        next.slice(b);
-        forward_tiles(k, p, xp, wd(i), out, b, 0, tile_count(b));
+        next_src.slice(b);
+        forward_tiles(k, p, xp, wd(i0), out, b, 0, tile_count(b), images);
       }
     }
-    k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+    for (index_t b = 0; b < images; ++b)
+      k.from_channels_last(out + b * p.out_size(), p.Cout_pad, p.Cout, p.OH * p.OW,
+                           bias_of(i0 + b), dst(i0 + b));
   });
 }
 
@@ -405,9 +428,10 @@ bool use_small_channels_weight_grad(const ConvShape& s, bool forced) {
   if (!direct_kernels() || s.N == 0 || s.win.SH != 1 || s.win.SW != 1 ||
       s.win.KW > DirectKernels::kSmallWgMaxKW)
     return false;
-  // 3-channel layers with many filters (measured at batch 64, 2 threads: 32 filters 3x3,
-  // 1.1-1.25x the GEMM paths). With few filters (LeNet's 6) the wide-row GEMM stays ahead.
-  return forced || (s.Cg() <= 4 && s.Fg() >= 16 && !s.pointwise());
+  // 3-channel layers with many filters (measured with AVX-512 at batch 64, 2 threads: 32
+  // filters 3x3, 1.1-1.25x the GEMM paths); with few filters (LeNet's 6) the ISA's rule.
+  return forced ||
+         (s.Cg() <= 4 && s.Fg() >= direct_kernels()->small_wg_min_filters && !s.pointwise());
 }
 
 void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, const float* x,
@@ -548,6 +572,8 @@ void gather_weight_grad(const ConvShape& s, const ForwardPlan& p, const float* p
   }
 }
 
+}  // namespace
+
 // Where the weight gradient is large beside the images (many channels on few pixels: 512 ->
 // 512 3x3 on 4x4 images has 2.4M weights and 16 positions per image), the register tiles
 // keep reloading and storing their sums (each chunk of images has a partial gradient of its
@@ -557,9 +583,15 @@ void gather_weight_grad(const ConvShape& s, const ForwardPlan& p, const float* p
 // channels-last), e.g. 1.2x on 128 -> 128 at 8x8, 2.3x on 256 -> 512 stride 2 at 8x8; equal
 // at 1/10 (64 -> 128 at 8x8) and at 1/30 (128 -> 128 at 16x16); the tiles 1.7x ahead on
 // 32 -> 32 at 32x32 (1/230).
-bool use_weight_grad_gemm(const ConvShape& s, const ForwardPlan& p) {
-  return 16 * p.weight_size() > s.N * s.L() * (s.Cg() + p.Cout_pad);
+bool use_weight_grad_gemm(const ConvShape& s) {
+  const DirectKernels* k = direct_kernels();
+  if (!k || k->weight_grad_gemm_ratio == 0) return false;
+  const index_t Fpad = round_up(s.Fg(), k->lanes);
+  return k->weight_grad_gemm_ratio * s.win.KH * s.win.KW * s.Cg() * Fpad >
+         s.N * s.L() * (s.Cg() + Fpad);
 }
+
+namespace {
 
 // A(i, k) of that GEMM: row i = (tap t, input channel c), column k = a position of the
 // batch: x_t(k)[c], read from the images' channels-last copies xp at pos[k] + row_off[i].
@@ -622,7 +654,7 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
   const index_t taps = win.KH * win.KW;
   const index_t part_size = G * p.weight_size();  // [g][tap][c][Fpad]
   const index_t gyt_size = round_up(L * p.Cout_pad, 16);
-  if (use_weight_grad_gemm(s, p)) {
+  if (use_weight_grad_gemm(s)) {
     // One partial gradient: the whole batch in one GEMM per group.
     Scratch<float> partial = make_scratch<float>(part_size);
     for (index_t g = 0; g < G; ++g)

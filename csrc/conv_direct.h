@@ -92,6 +92,15 @@ struct DirectKernels {
   WeightGradFn weight_grad[kMaxNV + 1][kMaxMR + 1];
   // Winograd: transformed tiles per pass of its 16 GEMMs (a multiple of max_mr[2]).
   int winograd_chunk;
+  // Size rules measured on this ISA (read by the use_* functions):
+  // the few-channel weight gradient from this many filters per group;
+  int small_wg_min_filters;
+  // the direct weight gradient as one GEMM over the batch where weight_grad_gemm_ratio x the
+  // weights (taps x Cg x Cout_pad) exceed the images' channels-last values (0: never);
+  int weight_grad_gemm_ratio;
+  // Winograd forward and input gradient where at least this fraction of its 2x2 output
+  // tiles' values lie inside the output (3x3 outputs: 9 of 16).
+  float winograd_min_fill;
 };
 const DirectKernels* direct_kernels_avx512();
 const DirectKernels* direct_kernels_avx2();
@@ -106,6 +115,16 @@ struct ChannelBlock {
 // keeps the most accumulators busy on most shapes: MR up to 14 on AVX-512, 6 on AVX2); an
 // odd vector count ends with a 3- or 1-vector block.
 std::vector<ChannelBlock> channel_blocks(index_t channels, index_t lanes);
+
+// Images per pass through the tiles for `items` images of `per_image` work units each (output
+// pixels, Winograd tiles): small images share passes, so that the weights a pass reads from
+// L2 or beyond serve ~target units, not the 16 pixels of a 4x4 image; in a number of batches
+// the threads share evenly. 1 for grouped convolutions (consecutive items are different
+// groups, with weights of their own) and for images of `target` units or more. Each output's
+// sums do not depend on its batch, so neither do the results on the threads.
+index_t image_batch(index_t items, index_t groups, index_t per_image, index_t target);
+// The target of the direct forward (pixels; Winograd's is in conv_winograd.cpp, in tiles).
+constexpr index_t kBatchPixels = 256;
 
 // Splits [0, n) into the fewest pieces of at most `max` elements, of near-equal sizes, and
 // calls body(start, size) for each in order.
@@ -161,6 +180,10 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, 
 using GradPlanes = std::function<const float*(index_t n, index_t f, index_t nf, float* buf)>;
 void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes& planes,
                                            bool in_memory, const float* x, float* gw);
+
+// Whether the direct weight gradient runs as one GEMM over the batch (the table's
+// weight_grad_gemm_ratio): many weights beside few image values.
+bool use_weight_grad_gemm(const ConvShape& s);
 
 void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, const float* bias,
                            float* y);

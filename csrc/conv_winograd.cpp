@@ -177,18 +177,10 @@ struct TilePlan {
   }
 };
 
-// Images per pass through the tiles (TilePlan::images) for `items` images (groups > 1: one
-// at a time, each group has its own kernels). Small images share passes, so that each pass
-// of the 16 GEMMs reads the transformed kernels (16 x Cin x Cout: 4 MiB for 256 channels)
-// for a chunk of tiles, not for the 4 of one 4x4 image: ~kBatchTiles tiles per batch, in a
-// number of batches the threads share evenly. Each tile's sums are the same whatever its
-// batch, so the results do not depend on the threads.
-index_t image_batch(index_t items, index_t groups, index_t T) {
-  constexpr index_t kBatchTiles = 96;
-  if (groups > 1 || T >= kBatchTiles || items < 2) return 1;
-  const index_t batches = round_up(ceil_div(items * T, kBatchTiles), max_threads());
-  return ceil_div(items, batches);
-}
+// Tiles per batch of images (see image_batch): enough that each pass of the 16 GEMMs reads
+// the transformed kernels (16 x Cin x Cout: 4 MiB for 256 channels) for a full chunk of tiles,
+// not for the 4 of one 4x4 image.
+constexpr index_t kBatchTiles = 96;
 
 // Transformed kernels for the 16 GEMMs: U[xi] at xi*Cin*Cout_pad, per output block (f0, nv)
 // at Cin*f0 as [cin][16*nv]; value(o, i) gives the 3x3 kernel (9 floats, row-major) from
@@ -321,18 +313,27 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
 
 bool use_winograd(const ConvShape& s, DirectPass pass, bool forced) {
   const Window2d& w = s.win;
-  if (!direct_kernels() || s.N == 0 || w.KH != 3 || w.KW != 3 || w.SH != 1 || w.SW != 1 ||
-      w.DH != 1 || w.DW != 1)
+  const DirectKernels* k = direct_kernels();
+  if (!k || s.N == 0 || w.KH != 3 || w.KW != 3 || w.SH != 1 || w.SW != 1 || w.DH != 1 ||
+      w.DW != 1)
     return false;
-  (void)pass;  // all three passes: measured faster than the direct kernels on every layer here
-  return forced || (s.Cg() >= 16 && s.Fg() >= 16);
+  if (forced) return true;
+  if (s.Cg() < 16 || s.Fg() < 16) return false;
+  // The weight gradient yields to the direct one where that runs as a GEMM (many channels
+  // on small images: Winograd's 16 sums of Cg x Fg per chunk of images then cost more than
+  // its fewer multiplies save). The other passes want their 2x2 tiles mostly inside the
+  // output (the table's winograd_min_fill).
+  if (pass == DirectPass::backward_weight) return !use_weight_grad_gemm(s);
+  const index_t OH = pass == DirectPass::forward ? s.OH : s.H;
+  const index_t OW = pass == DirectPass::forward ? s.OW : s.W;
+  return OH * OW >= k->winograd_min_fill * 4 * ceil_div(OH, 2) * ceil_div(OW, 2);
 }
 
 bool conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
                              const float* bias, float* y, const PoolAfter* pool) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const TilePlan p(*direct_kernels(), Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW,
-                   image_batch(s.N * G, G, ceil_div(s.OH, 2) * ceil_div(s.OW, 2)));
+                   image_batch(s.N * G, G, ceil_div(s.OH, 2) * ceil_div(s.OW, 2), kBatchTiles));
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t f, index_t c, float* k) {
@@ -350,7 +351,7 @@ bool conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const f
   // channel axes swapped (see conv_direct.h).
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const TilePlan p(*direct_kernels(), Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H, s.W,
-                   image_batch(s.N * G, G, ceil_div(s.H, 2) * ceil_div(s.W, 2)));
+                   image_batch(s.N * G, G, ceil_div(s.H, 2) * ceil_div(s.W, 2), kBatchTiles));
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t c, index_t f, float* k) {
