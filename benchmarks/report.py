@@ -81,20 +81,41 @@ def memory_table(data: dict) -> str:
 def paired_table(data: dict, kind: str = "paired") -> str:
     """fastconv and PyTorch interleaved round by round: training steps (extra_info kind
     "paired", one row per model) or conv passes (kind "paired_conv", one row per layer and
-    pass): both medians and the median (quartiles) of the per-round ratios."""
+    pass): both medians and the median (quartiles) of the per-round ratios; for conv passes
+    also fastconv's GFLOP/s and its share of the FMA peak measured in the run, where
+    recorded."""
+    conv = kind == "paired_conv"
     lines = []
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
         if info.get("kind") != kind or "ratio_median" not in info:
             continue
         q = info.get("ratio_quartiles") or [info["ratio_median"]] * 3
-        what = info["model"] if kind == "paired" else f"{info['layer']} {info['pass_']}"
-        lines.append(f"| {what} | {info['rounds']} | {info['fastconv_median_s'] * 1e3:.2f} ms | "
-                     f"{info['torch_median_s'] * 1e3:.2f} ms | {info['ratio_median']:.2f}x | "
-                     f"{q[0]:.2f}-{q[2]:.2f}x |")
-    head = "model (batch 64 step)" if kind == "paired" else "conv pass (batch 64)"
+        what = f"{info['layer']} {info['pass_']}" if conv else info["model"]
+        row = (f"| {what} | {info['rounds']} | {info['fastconv_median_s'] * 1e3:.2f} ms | "
+               f"{info['torch_median_s'] * 1e3:.2f} ms | {info['ratio_median']:.2f}x | "
+               f"{q[0]:.2f}-{q[2]:.2f}x |")
+        if conv:
+            gflops, share = info.get("fastconv_gflops"), info.get("fastconv_peak_share")
+            row += (f" {gflops:.0f} |" if gflops else " - |") + \
+                   (f" {100 * share:.0f}% |" if share else " - |")
+        lines.append(row)
+    head = "conv pass" if conv else "model (batch 64 step)"
+    extra = (" GFLOP/s | of FMA peak |", " ---: | ---: |") if conv else ("", "")
     return markdown_table(f"| {head} | rounds | fastconv | PyTorch | per-round ratio, median | "
-                          "quartiles |", "| --- | ---: | ---: | ---: | ---: | ---: |", lines)
+                          f"quartiles |{extra[0]}",
+                          f"| --- | ---: | ---: | ---: | ---: | ---: |{extra[1]}", lines)
+
+
+def peak_line(data: dict) -> str:
+    """The FMA peak benchmark's GFLOP/s (extra_info kind "fma_peak"), or ""."""
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if info.get("kind") == "fma_peak" and info.get("gflops_median"):
+            return (f"Float32 FMA peak of this machine on the benchmark threads, measured in this "
+                    f"run: {info['gflops_median']:.0f} GFLOP/s median, "
+                    f"{info['gflops_best']:.0f} best.")
+    return ""
 
 
 #: extra_info others_share / steal_share from which a benchmark is listed as crowded out.
@@ -164,7 +185,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     data = json.loads(args.json.read_text())
     md, bars = table(data)
-    text = header(data) + "\n\n" + md + "\n"
+    peak = peak_line(data)
+    text = header(data) + ("\n\n" + peak if peak else "") + "\n\n" + md + "\n"
     # The other tables, each after its caption, where the run has rows for it.
     sections = [
         ("Training steps of fastconv and PyTorch interleaved, one of each per round (the "

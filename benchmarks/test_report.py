@@ -34,6 +34,14 @@ DATA = {
                         "fastconv_median_s": 0.002, "torch_median_s": 0.0031,
                         "ratio_median": 1.55, "ratio_quartiles": [1.4, 1.55, 1.7],
                         "others_share": 0.0, "steal_share": 0.0}},
+        {"group": "conv b backward_weight, interleaved", "name": "pc2",
+         "stats": {"median": 0.01},
+         "extra_info": {"kind": "paired_conv", "layer": "b", "pass_": "backward_weight",
+                        "rounds": 20, "fastconv_median_s": 0.004, "torch_median_s": 0.006,
+                        "ratio_median": 1.5, "ratio_quartiles": [1.4, 1.5, 1.6],
+                        "fastconv_gflops": 150.0, "fastconv_peak_share": 0.75}},
+        {"group": "FMA peak", "name": "peak", "stats": {"median": 0.02},
+         "extra_info": {"kind": "fma_peak", "gflops_median": 190.0, "gflops_best": 201.0}},
         {"group": "memory", "name": "mem", "stats": {"median": 1.0},
          "extra_info": {"kind": "memory", "others_share": 0.9, "steal_share": 0.0,
                         "rss_mib": {"fastconv": {"baseline": 50, "peak": 150, "delta": 100}}}},
@@ -52,7 +60,9 @@ def test_report_tables(tmp_path):
     assert "| conv a forward | 2.00 ms | 10.00 ms | 3.00 ms | 1.50x | 5.00x | 2000 GFLOP/s |" in text
     assert "| train m step | 10.00 ms | - | - | - | - | 6,400 img/s |" in text
     assert "| m | 40 | 10.00 ms | 21.00 ms | 2.10x | 2.00-2.20x |" in text
-    assert "| a forward | 200 | 2.00 ms | 3.10 ms | 1.55x | 1.40-1.70x |" in text
+    assert "| a forward | 200 | 2.00 ms | 3.10 ms | 1.55x | 1.40-1.70x | - | - |" in text
+    assert "| b backward_weight | 20 | 4.00 ms | 6.00 ms | 1.50x | 1.40-1.60x | 150 | 75% |" in text
+    assert "190 GFLOP/s median, 201 best" in text
     assert "| memory | fastconv | 50 | 150 | 100 |" in text
     # Outside load: the reference (25% others) and PyTorch (3% steal), not the memory run.
     crowded = text[text.index("Benchmarks during which"):]
