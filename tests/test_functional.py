@@ -1056,11 +1056,11 @@ def test_2x2_pooling_of_narrow_planes_matches_reference(rng, shape):
                                    (1, 3, 66, 33), (2, 2, 8, 8), (1, 1, 2, 2), (1, 2, 5, 3),
                                    (2, 3, 10, 14), (1, 2, 15, 17), (1, 2, 6, 35)])
 def test_2x2_pooling_every_simd_level_matches_reference(rng, simd_level, level, shape):
-    # The 2x2 / stride-2 forwards have AVX-512 kernels (16 windows per step: wide rows in
-    # pieces, ragged ends masked; rows of at most 8 windows two at a time, an odd last one
-    # alone) beside the portable ones: both must give the reference's values and indices bit
-    # for bit, with NaN (first NaN kept), ties (first maximum), -0.0 against 0.0, infinities
-    # and windows of equal values.
+    # The 2x2 / stride-2 forwards have AVX-512 and AVX2 kernels (16 or 8 windows per step:
+    # wide rows in pieces, ragged ends masked; rows of at most 8 or 4 windows two at a time, an
+    # odd last one alone) beside the portable ones: all must give the reference's values and
+    # indices bit for bit, with NaN (first NaN kept), ties (first maximum), -0.0 against 0.0,
+    # infinities and windows of equal values.
     if not _core.set_simd_level(level):
         pytest.skip(f"this CPU or build has no {level}")
     x = rng.standard_normal(shape).astype(np.float32)
