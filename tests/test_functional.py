@@ -49,6 +49,10 @@ CONV_CASES = [
     (2, 17, 5, 23, 33, (1, 3), (1, 2), (0, 1), 1, 1),  # wide rows, odd channel counts
     (3, 32, 17, 17, 32, 3, 1, 1, 1, 1),        # Winograd (all passes): odd size, partial tiles
     (2, 16, 9, 12, 24, 3, 1, 3, 1, 1),         # Winograd with padding beyond the kernel
+    # many channels on few pixels: images share passes through the tiles (direct, Winograd),
+    # the weight gradient runs as one GEMM over the batch (AVX2)
+    (13, 40, 4, 4, 44, 3, 1, 1, 1, 1),
+    (5, 20, 3, 5, 36, 3, 2, 1, 1, 1),
     # few input channels (the NCHW first-layer kernels): lenet5's conv1, a padded RGB layer
     # with ragged rows, a 7-wide dilated kernel, and grouped
     (3, 3, 32, 32, 6, 5, 1, 0, 1, 1),
@@ -338,6 +342,52 @@ def test_fast_conv_algorithms_random_configurations(algorithm, cfg, extra_c, ext
         check_random_conv(cfg)
     finally:
         _core.set_conv_algorithm("auto")
+
+
+tile_edge_configs = st.fixed_dictionaries({
+    "N": st.sampled_from([1, 2, 5, 13]), "cin": st.integers(1, 44), "cout": st.integers(1, 44),
+    "H": st.integers(1, 19), "W": st.integers(1, 27), "k": st.sampled_from([1, 2, 3, 5]),
+    "stride": st.integers(1, 2), "pad": st.integers(0, 2), "seed": st.integers(0, 9),
+})
+
+
+@pytest.mark.parametrize("level", TILE_LEVELS)
+@pytest.mark.parametrize("algorithm", TILE_ALGORITHMS + ["auto"])
+@settings(max_examples=40, deadline=None)
+@given(cfg=tile_edge_configs)
+def test_tile_edge_shapes_every_level(level, algorithm, cfg):
+    # The register tiles of each ISA on their edges: channel counts that fill no vector or a
+    # ragged last one (AVX2: not multiples of 8), rows of pixels not a multiple of the vector
+    # (few-channel tiles), batch 1 (threads split one image), small images that share passes
+    # (image batches: 13 images of 4x4) and many channels on few pixels (the weight gradient
+    # as one GEMM); against the reference, and the same bits with 1 and 2 threads.
+    before = (fastconv.simd_level(), fastconv.get_num_threads())
+    try:
+        if not _core.set_simd_level(level) or _core.direct_kernel_lanes() == 0:
+            pytest.skip(f"this CPU or build has no {level} conv tiles")
+        assert _core.set_conv_algorithm(algorithm)
+        case = (cfg["N"], cfg["cin"], cfg["H"], cfg["W"], cfg["cout"], cfg["k"], cfg["stride"],
+                cfg["pad"], 1, 1)
+        x_shape, w_shape, kw = conv_args(case)
+        try:
+            F.conv2d_output_shape(x_shape, w_shape, **kw)
+        except ValueError:
+            return
+        rng = np.random.default_rng(cfg["seed"])
+        fastconv.set_num_threads(1)
+        check_conv_against_reference(rng, case, np.float32)
+        x, w, b, _ = random_conv(rng, case, np.float32)
+        gy = rng.standard_normal(F.conv2d_output_shape(x_shape, w_shape, **kw)).astype(np.float32)
+        runs = []
+        for n in (1, 2):
+            fastconv.set_num_threads(n)
+            runs.append((F.conv2d(x, w, b, **kw), *F.conv2d_backward(gy, x, w, **kw)))
+        for a, b_ in zip(*runs):
+            np.testing.assert_array_equal(a, b_)
+    finally:
+        _core.set_conv_algorithm("auto")
+        _core.set_simd_level(before[0])
+        fastconv.set_num_threads(before[1])
 
 
 def check_random_conv(cfg):
