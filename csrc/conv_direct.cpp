@@ -18,10 +18,15 @@ const DirectKernels* direct_kernels() {
   return nullptr;
 }
 
-std::vector<ChannelBlock> channel_blocks(index_t channels, index_t lanes) {
+std::vector<ChannelBlock> channel_blocks(index_t channels, index_t lanes, index_t nv) {
   const index_t vecs = ceil_div(channels, lanes);
   std::vector<ChannelBlock> blocks;
   index_t v = 0;
+  if (nv == 3) {
+    for (; vecs - v >= 3; v += 3) blocks.push_back({lanes * v, 3});
+    if (vecs > v) blocks.push_back({lanes * v, vecs - v});
+    return blocks;
+  }
   for (; vecs - v >= 2 && vecs - v != 3; v += 2) blocks.push_back({lanes * v, 2});
   if (vecs - v == 3) blocks.push_back({lanes * v, 3});
   if (vecs - v == 1) blocks.push_back({lanes * v, 1});
@@ -99,6 +104,14 @@ ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t
     while (i1 > i0 && oh * SH + (i1 - 1) * DH >= pt + Hin) --i1;
     return std::pair<index_t, index_t>(i0, i1);
   };
+  index_t longest_band = 0;
+  for (index_t ra = 0, rb; ra < OH; ra = rb) {
+    for (rb = ra + 1; rb < OH && kernel_rows(rb) == kernel_rows(ra); ++rb) {
+    }
+    longest_band = std::max(longest_band, (rb - ra) * OW);
+  }
+  if (k.short_tile_nv > 0 && longest_band <= k.max_mr[k.short_tile_nv])
+    p.blocks = channel_blocks(Cout, k.lanes, k.short_tile_nv);
   for (const ChannelBlock& b : p.blocks) {
     std::vector<Tile>& tiles = p.tiles[b.nv];
     if (!tiles.empty()) continue;

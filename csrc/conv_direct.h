@@ -101,6 +101,11 @@ struct DirectKernels {
   // Winograd forward and input gradient where at least this fraction of its 2x2 output
   // tiles' values lie inside the output (3x3 outputs: 9 of 16).
   float winograd_min_fill;
+  // Direct forward / input gradient of tiny images, whose bands of rows with the same kernel
+  // rows are a few pixels long (3x3 images: 3): output blocks of short_tile_nv vectors
+  // where no band is longer than max_mr[short_tile_nv], so its tiles still fill most of the
+  // accumulators (0: always the usual blocks).
+  int short_tile_nv;
 };
 const DirectKernels* direct_kernels_avx512();
 const DirectKernels* direct_kernels_avx2();
@@ -113,8 +118,9 @@ struct ChannelBlock {
 };
 // Blocks covering `channels` with vectors of `lanes`: two vectors each (the tile shape that
 // keeps the most accumulators busy on most shapes: MR up to 14 on AVX-512, 6 on AVX2); an
-// odd vector count ends with a 3- or 1-vector block.
-std::vector<ChannelBlock> channel_blocks(index_t channels, index_t lanes);
+// odd vector count ends with a 3- or 1-vector block. nv = 3: three vectors each, ending
+// with a 1- or 2-vector block.
+std::vector<ChannelBlock> channel_blocks(index_t channels, index_t lanes, index_t nv = 2);
 
 // Images per pass through the tiles for `items` images of `per_image` work units each (output
 // pixels, Winograd tiles): small images share passes, so that the weights a pass reads from

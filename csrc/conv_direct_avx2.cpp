@@ -97,6 +97,9 @@ DirectKernels make_kernels() {
   k.small_wg_min_filters = 1;
   k.weight_grad_gemm_ratio = 16;
   k.winograd_min_fill = 0.6f;
+  // 3x3 images (256 channels): 3-vector blocks, tiles of 3 pixels x 3 vectors (9
+  // accumulators, not 6), forward and input gradient 1.2x faster (see short_tile_nv).
+  k.short_tile_nv = 3;
   return k;
 }
 

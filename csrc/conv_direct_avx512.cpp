@@ -81,6 +81,7 @@ DirectKernels make_kernels() {
   k.small_wg_min_filters = 16;
   k.weight_grad_gemm_ratio = 0;
   k.winograd_min_fill = 0.0f;
+  k.short_tile_nv = 0;
   return k;
 }
 
