@@ -243,8 +243,12 @@ bool use_direct(const ConvShape& s, DirectPass pass, bool forced) {
   // channels): measured here, they win from ~64 steps with >= 16 output channels, e.g.
   // LeNet's 6->16 5x5 (3x on the weight gradient), not the 3-channel first layers. The input
   // gradient reduces over Fg and vectorises Cg, and wants both wide.
+  // (Measured with AVX-512; the weight gradient's minimum kernel taps are the ISA's.)
   if (s.pointwise()) return false;
   if (pass == DirectPass::backward_input) return s.Cg() >= 16 && s.Fg() >= 16;
+  if (pass == DirectPass::backward_weight &&
+      s.win.KH * s.win.KW < direct_kernels()->direct_wg_min_taps)
+    return false;
   return s.Fg() >= 16 && s.CKK() >= 64;
 }
 

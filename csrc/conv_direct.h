@@ -101,6 +101,8 @@ struct DirectKernels {
   // Winograd forward and input gradient where at least this fraction of its 2x2 output
   // tiles' values lie inside the output (3x3 outputs: 9 of 16).
   float winograd_min_fill;
+  // the direct weight gradient for kernels of at least this many taps;
+  int direct_wg_min_taps;
   // Direct forward / input gradient of tiny images, whose bands of rows with the same kernel
   // rows are a few pixels long (3x3 images: 3): output blocks of short_tile_nv vectors
   // where no band is longer than max_mr[short_tile_nv], so its tiles still fill most of the

@@ -82,6 +82,7 @@ DirectKernels make_kernels() {
   k.weight_grad_gemm_ratio = 0;
   k.winograd_min_fill = 0.0f;
   k.short_tile_nv = 0;
+  k.direct_wg_min_taps = 1;
   return k;
 }
 
