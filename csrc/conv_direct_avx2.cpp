@@ -24,6 +24,10 @@ struct Ymm {
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static V load_aligned(const float* p) { return _mm256_load_ps(p); }
   static V masked_load(Mask m, const float* p) { return _mm256_maskload_ps(p, m); }
+  // A plain load for whole vectors: vmaskmovps is slower even with every lane set.
+  static V load_first(const float* p, Mask m, index_t n) {
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
+  }
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }

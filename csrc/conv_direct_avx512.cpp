@@ -23,6 +23,7 @@ struct Zmm {
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static V load_aligned(const float* p) { return _mm512_load_ps(p); }
   static V masked_load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static V load_first(const float* p, Mask m, index_t) { return _mm512_maskz_loadu_ps(m, p); }
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }

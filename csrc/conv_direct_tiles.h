@@ -4,7 +4,7 @@
 //
 // A traits type Vec provides: V (the vector), kLanes (floats per vector), kRegisters (vector
 // registers), Mask and first(n) (lanes [0, n) set), zero, load, load_aligned, masked_load
-// (zero elsewhere), set1, add, fma(a, b, c) = a*b + c, store, store_aligned,
+// (zero elsewhere), load_first(p, m, n) (the same for m = first(n): each ISA uses the cheaper), set1, add, fma(a, b, c) = a*b + c, store, store_aligned,
 // store_first(p, m, n, v) (lanes [0, n) of v to p; m = first(n): each ISA uses the cheaper),
 // keep(v) (an empty asm that pins v to a register), transpose(r) (r[i] lane j <-> r[j] lane
 // i, kLanes vectors), and Flags with no_flags(), flag_nonfinite(flags, v) (notes whether a
@@ -126,7 +126,7 @@ bool to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t
           // kLanes planes read side by side, often 4 KiB apart: more streams than the
           // hardware prefetcher follows well; fetch each a few lines ahead.
           _mm_prefetch(reinterpret_cast<const char*>(p + 64), _MM_HINT_T0);
-          r[c] = Vec::masked_load(m, p);
+          r[c] = Vec::load_first(p, m, lb);
           nonfinite = Vec::flag_nonfinite(nonfinite, r[c]);
         } else {
           r[c] = Vec::zero();
@@ -166,7 +166,7 @@ void from_channels_last(const float* src, index_t ld, index_t C, index_t L, cons
     for (index_t l = 0; l < L; l += V) {
       const index_t lb = L - l < V ? L - l : V;
       for (int q = 0; q < V; ++q)
-        r[q] = q < lb ? Vec::masked_load(mc, src + (l + q) * ld + c0) : Vec::zero();
+        r[q] = q < lb ? Vec::load_first(src + (l + q) * ld + c0, mc, cb) : Vec::zero();
       Vec::transpose(r);
       const typename Vec::Mask m = Vec::first(lb);
       for (index_t c = 0; c < cb; ++c) {
@@ -257,7 +257,7 @@ void small_c_weight_grad(const float* xp, index_t C, index_t plane, index_t Wp, 
           // output: masked off, or an inf there would add 0 * inf = NaN.
           const typename Vec::Mask m = v < full ? Vec::first(L) : tail;
           for (int j = 0; j < KW; ++j) {
-            const typename Vec::V xv = Vec::masked_load(m, xr + L * v + j * DW);
+            const typename Vec::V xv = Vec::load_first(xr + L * v + j * DW, m, v < full ? L : OW % L);
             for (int i = 0; i < NF; ++i) a[i][j] = Vec::fma(g[i], xv, a[i][j]);
           }
         }
