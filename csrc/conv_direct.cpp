@@ -22,8 +22,8 @@ std::vector<ChannelBlock> channel_blocks(index_t channels, index_t lanes, index_
   const index_t vecs = ceil_div(channels, lanes);
   std::vector<ChannelBlock> blocks;
   index_t v = 0;
-  if (nv == 3) {
-    for (; vecs - v >= 3; v += 3) blocks.push_back({lanes * v, 3});
+  if (nv > 2) {
+    for (; vecs - v >= nv; v += nv) blocks.push_back({lanes * v, nv});
     if (vecs > v) blocks.push_back({lanes * v, vecs - v});
     return blocks;
   }

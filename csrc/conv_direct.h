@@ -120,8 +120,8 @@ struct ChannelBlock {
 };
 // Blocks covering `channels` with vectors of `lanes`: two vectors each (the tile shape that
 // keeps the most accumulators busy on most shapes: MR up to 14 on AVX-512, 6 on AVX2); an
-// odd vector count ends with a 3- or 1-vector block. nv = 3: three vectors each, ending
-// with a 1- or 2-vector block.
+// odd vector count ends with a 3- or 1-vector block. nv > 2: nv vectors each, ending with a
+// shorter block.
 std::vector<ChannelBlock> channel_blocks(index_t channels, index_t lanes, index_t nv = 2);
 
 // Images per pass through the tiles for `items` images of `per_image` work units each (output
