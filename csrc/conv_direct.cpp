@@ -593,19 +593,20 @@ void gather_weight_grad(const ConvShape& s, const ForwardPlan& p, const float* p
 
 // Where the weight gradient is large beside the images (many channels on few pixels: 512 ->
 // 512 3x3 on 4x4 images has 2.4M weights and 16 positions per image), the register tiles
-// keep reloading and storing their sums (each chunk of images has a partial gradient of its
-// own), and the whole batch goes through one GEMM instead. Its packing gathers taps x Cg
-// values per position (an im2col), which pays from ~128 output channels. Measured on AVX2
-// (Zen 3), batch 64: the GEMM from weights > 1/16 of the images' values (input + gradient,
-// channels-last), e.g. 1.2x on 128 -> 128 at 8x8, 2.3x on 256 -> 512 stride 2 at 8x8; equal
-// at 1/10 (64 -> 128 at 8x8) and at 1/30 (128 -> 128 at 16x16); the tiles 1.7x ahead on
-// 32 -> 32 at 32x32 (1/230).
+// sum few positions per weight: the whole batch goes through one GEMM instead, whose
+// blocking keeps its operands in cache. Its packing gathers taps x Cg values per position
+// (an im2col), which pays from ~128 output channels. Measured on AVX2 (Zen 3), 1 thread,
+// batch 64 and 256 alike: the GEMM ahead from weights ~4x one image's values (input +
+// gradient, channels-last): 1.15-1.2x on 128 -> 256 stride 2 at 16x16 (12x) and 128 -> 128
+// at 8x8 (9x), 1.25x on 256 -> 256 at 8x8 (18x), 2.3x on 256 -> 512 stride 2 at 8x8; equal
+// on 64 -> 128 at 8x8 (6x); the tiles 1.15x ahead on 128 -> 128 at 16x16 (2.2x), 1.4x on
+// 64 -> 128 stride 2 at 32x32 (1.5x), 1.7x on 32 -> 32 at 32x32.
 bool use_weight_grad_gemm(const ConvShape& s) {
   const DirectKernels* k = direct_kernels();
   if (!k || k->weight_grad_gemm_ratio == 0) return false;
   const index_t Fpad = round_up(s.Fg(), k->lanes);
-  return k->weight_grad_gemm_ratio * s.win.KH * s.win.KW * s.Cg() * Fpad >
-         s.N * s.L() * (s.Cg() + Fpad);
+  return s.win.KH * s.win.KW * s.Cg() * Fpad >
+         k->weight_grad_gemm_ratio * s.L() * (s.Cg() + Fpad);
 }
 
 namespace {

@@ -4,9 +4,9 @@
 //
 // A traits type Vec provides: V (the vector), kLanes (floats per vector), kRegisters (vector
 // registers), Mask and first(n) (lanes [0, n) set), zero, load, load_aligned, masked_load
-// (zero elsewhere), load_first(p, m, n) (the same for m = first(n): each ISA uses the cheaper), set1, add, fma(a, b, c) = a*b + c, store, store_aligned,
-// store_first(p, m, n, v) (lanes [0, n) of v to p; m = first(n): each ISA uses the cheaper),
-// keep(v) (an empty asm that pins v to a register), transpose(r) (r[i] lane j <-> r[j] lane
+// (zero elsewhere), load_first(p, m, n) (the same for m = first(n): each ISA uses the
+// cheaper), set1, add, fma(a, b, c) = a*b + c, store, store_aligned, store_first(p, m, n, v)
+// (lanes [0, n) of v to p; m = first(n): each ISA uses the cheaper), keep(v) (an empty asm that pins v to a register), transpose(r) (r[i] lane j <-> r[j] lane
 // i, kLanes vectors), and Flags with no_flags(), flag_nonfinite(flags, v) (notes whether a
 // lane of v is ±inf or NaN) and any(flags).
 //
@@ -257,7 +257,8 @@ void small_c_weight_grad(const float* xp, index_t C, index_t plane, index_t Wp, 
           // output: masked off, or an inf there would add 0 * inf = NaN.
           const typename Vec::Mask m = v < full ? Vec::first(L) : tail;
           for (int j = 0; j < KW; ++j) {
-            const typename Vec::V xv = Vec::load_first(xr + L * v + j * DW, m, v < full ? L : OW % L);
+            const typename Vec::V xv =
+                Vec::load_first(xr + L * v + j * DW, m, v < full ? L : OW % L);
             for (int i = 0; i < NF; ++i) a[i][j] = Vec::fma(g[i], xv, a[i][j]);
           }
         }
@@ -296,8 +297,8 @@ void fill_tiles(DirectKernels& k, std::index_sequence<M...>) {
 }
 
 // The parts of a table that are the same code on every ISA: the lane width, the layout
-// copies, the forward and weight-gradient tiles up to MRn pixels (or input channels) for n vectors, and the
-// few-channel weight gradient for every kernel width.
+// copies, the forward and weight-gradient tiles up to MRn pixels (or input channels) for n
+// vectors, and the few-channel weight gradient for every kernel width.
 template <typename Vec, int MR1, int MR2, int MR3, int MR4>
 void fill_common(DirectKernels& k) {
   static_assert(DirectKernels::kMaxNV == 4);
