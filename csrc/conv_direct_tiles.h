@@ -6,9 +6,10 @@
 // registers), Mask and first(n) (lanes [0, n) set), zero, load, load_aligned, masked_load
 // (zero elsewhere), load_first(p, m, n) (the same for m = first(n): each ISA uses the
 // cheaper), set1, add, fma(a, b, c) = a*b + c, store, store_aligned, store_first(p, m, n, v)
-// (lanes [0, n) of v to p; m = first(n): each ISA uses the cheaper), keep(v) (an empty asm that pins v to a register), transpose(r) (r[i] lane j <-> r[j] lane
-// i, kLanes vectors), and Flags with no_flags(), flag_nonfinite(flags, v) (notes whether a
-// lane of v is ±inf or NaN) and any(flags).
+// (lanes [0, n) of v to p; m = first(n): each ISA uses the cheaper), keep(v) (an empty asm
+// that pins v to a register), transpose(r) (r[i] lane j <-> r[j] lane i, kLanes vectors),
+// and Flags with no_flags(), flag_nonfinite(flags, v) (notes whether a lane of v is ±inf or
+// NaN) and any(flags).
 //
 // Everything here has internal linkage (an unnamed namespace): each ISA file gets its own
 // copy, so the linker can never hand one file's instructions to another (an inline function
