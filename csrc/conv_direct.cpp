@@ -594,9 +594,9 @@ void gather_weight_grad(const ConvShape& s, const ForwardPlan& p, const float* p
 
 // Where the weight gradient is large beside the images (many channels on few pixels: 512 ->
 // 512 3x3 on 4x4 images has 2.4M weights and 16 positions per image), the register tiles
-// sum few positions per weight: the whole batch goes through one GEMM instead, whose
-// blocking keeps its operands in cache. Its packing gathers taps x Cg values per position
-// (an im2col), which pays from ~128 output channels. Measured on AVX2 (Zen 3), 1 thread,
+// sum few positions per weight: the batch goes through the packed GEMM instead (a slab of
+// images per call), whose blocking keeps its operands in cache. Its packing gathers taps x Cg
+// values per position (an im2col), which pays from ~128 output channels. Measured on AVX2 (Zen 3), 1 thread,
 // batch 64 and 256 alike: the GEMM ahead from weights ~4x one image's values (input +
 // gradient, channels-last): 1.15-1.2x on 128 -> 256 stride 2 at 16x16 (12x) and 128 -> 128
 // at 8x8 (9x), 1.25x on 256 -> 256 at 8x8 (18x), 2.3x on 256 -> 512 stride 2 at 8x8; equal
@@ -612,53 +612,110 @@ bool use_weight_grad_gemm(const ConvShape& s) {
 
 namespace {
 
-// A(i, k) of that GEMM: row i = (tap t, input channel c), column k = a position of the
-// batch: x_t(k)[c], read from the images' channels-last copies xp at pos[k] + row_off[i].
-struct TapPositionsA final : ASource<float> {
+// dst[p*n + j] = base[pos[p] + j] for p < kc, j < n: rows of n consecutive values at the
+// given offsets, as one packed panel (cloned per ISA: the row copies become vector moves).
+template <typename T>
+__attribute__((always_inline)) inline void gather_rows(index_t kc, const T* base,
+                                                       const index_t* pos, index_t n, T* dst) {
+  for (index_t p = 0; p < kc; ++p) {
+    const T* src = base + pos[p];
+    for (index_t j = 0; j < n; ++j) dst[p * n + j] = src[j];
+  }
+}
+
+FASTCONV_CLONED(gather_rows_any, gather_rows,
+                (index_t kc, const T* base, const index_t* pos, index_t n, T* dst),
+                (kc, base, pos, n, dst))
+
+// B(k, j) of that GEMM: row k = a position of the slab, column j = (tap t, input channel c):
+// x_t(k)[c], read from the images' channels-last copies at pos[k] + col_off[j]. The taps of a
+// kernel row lie Cg apart, so the columns of a whole kernel row are consecutive values of the
+// copy: a panel's nr columns are then one contiguous run per position (run[panel]).
+struct TapPositionsB final : BSource<float> {
   const float* xp;
-  std::vector<index_t> row_off, pos;
-  const float* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
-                     float* scratch) const override {
-    for (index_t r = 0; r < mc; r += mr) {
-      float* dst = scratch + r * kc;
-      const index_t m = std::min(mr, mc - r);
-      const index_t* ro = row_off.data() + ic + r;
-      for (index_t q = 0; q < kc; ++q) {
-        const float* src = xp + pos[pc + q];
-        index_t i = 0;
-        for (; i < m; ++i) dst[q * mr + i] = src[ro[i]];
-        for (; i < mr; ++i) dst[q * mr + i] = 0.0f;
+  std::vector<index_t> col_off, pos;
+  std::vector<char> run;  // per panel of nr columns from column 0
+
+  TapPositionsB(const float* xp_, std::vector<index_t> cols, index_t nr)
+      : xp(xp_), col_off(std::move(cols)) {
+    const index_t n = static_cast<index_t>(col_off.size());
+    for (index_t j0 = 0; j0 < n; j0 += nr) {
+      bool r = j0 + nr <= n;
+      for (index_t j = j0 + 1; r && j < j0 + nr; ++j) r = col_off[j] == col_off[j - 1] + 1;
+      run.push_back(r);
+    }
+  }
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr,
+            float* dst) const override {
+    // (The loop nest's column blocks, and the threads' shares, start at multiples of nr.)
+    for (index_t q = 0; q < nc; q += nr) {
+      float* panel = dst + q * kc;
+      const index_t* co = col_off.data() + jc + q;
+      if (run[(jc + q) / nr]) {
+        gather_rows_any(kc, xp + co[0], pos.data() + pc, nr, panel);
+        continue;
+      }
+      const index_t n = std::min(nr, nc - q);
+      for (index_t k = 0; k < kc; ++k) {
+        const float* src = xp + pos[pc + k];
+        index_t j = 0;
+        for (; j < n; ++j) panel[k * nr + j] = src[co[j]];
+        for (; j < nr; ++j) panel[k * nr + j] = 0.0f;
       }
     }
-    return scratch;
   }
 };
 
-// part[t][c][f] (Fpad wide) = sum over the batch's positions of x_t(p)[c] * gy(p)[f] for
-// group g: every image copied channels-last (threads split the images), then
-// part (taps*Cg x Fg) = A (taps*Cg x N*L) . gy (N*L x Fg) on the packed GEMM, whose threads
-// split rows or columns, never the sum: the same bits for any number of threads.
+// Images per GEMM of the weight gradient's batch: ~kSlabPositions output positions, and at
+// most kSlabBytes of channels-last copies (input and gradient). A function of the shape
+// only: the slabs set the order of the sums.
+constexpr index_t kSlabPositions = 2048;
+constexpr index_t kSlabBytes = index_t(8) << 20;
+index_t slab_images(const ConvShape& s, const ForwardPlan& p) {
+  const index_t per_image = sizeof(float) * (p.padded_size() + s.L() * p.Cout_pad);
+  return std::max<index_t>(1, std::min({s.N, ceil_div(kSlabPositions, s.L()),
+                                        kSlabBytes / per_image}));
+}
+
+// gw[g*Fg + f][c][t] = sum over the batch's positions of x_t(p)[c] * gy(p)[f], for group g:
+// per slab of images (slab_images), each copied channels-last (threads split the images),
+// part (Fg x taps*Cg, columns (t, c)) (+)= gy (Fg x positions) . B (positions x taps*Cg) on
+// the packed GEMM, whose threads split rows or columns, never the sum; slabs added in order.
+// The same bits for any number of threads.
 void weight_grad_gemm(const DirectKernels& k, const ForwardPlan& p, const ConvShape& s, index_t g,
-                      const float* x, const float* gy, float* part) {
+                      const float* x, const float* gy, float* gw) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), Fpad = p.Cout_pad, taps = p.taps();
-  const index_t padded = p.padded_size();
-  Scratch<float> xp = make_scratch<float>(s.N * padded);
-  Scratch<float> gyt = make_scratch<float>(s.N * L * Fpad);
-#pragma omp parallel for schedule(static)
-  for (index_t n = 0; n < s.N; ++n) {
-    k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, p.pt, p.pl, p.Hp, p.Wp,
-                       Cg, xp.get() + n * padded);
-    k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0), s.OH,
-                       s.OW, Fpad, gyt.get() + n * L * Fpad);
-  }
-  TapPositionsA a;
-  a.xp = xp.get();
+  const index_t padded = p.padded_size(), cols = taps * Cg;
+  const index_t slab = slab_images(s, p);
+  Scratch<float> xp = make_scratch<float>(slab * padded);
+  Scratch<float> gyt = make_scratch<float>(slab * L * Fpad);
+  Scratch<float> part = make_scratch<float>(Fg * cols);
+  std::vector<index_t> col_off;
   for (index_t t = 0; t < taps; ++t)
-    for (index_t c = 0; c < Cg; ++c) a.row_off.push_back(p.tap_off[t] + c);
-  for (index_t n = 0; n < s.N; ++n)
-    for (index_t q = 0; q < L; ++q) a.pos.push_back(n * padded + p.pix[q]);
-  gemm_parallel<float>(taps * Cg, Fg, s.N * L, a, StridedB<float>(gyt.get(), Fpad, 1), part, Fpad,
-                       false);
+    for (index_t c = 0; c < Cg; ++c) col_off.push_back(p.tap_off[t] + c);
+  TapPositionsB b(xp.get(), std::move(col_off), gemm_config<float>().nr);
+  for (index_t i = 0; i < slab; ++i)
+    for (index_t q = 0; q < L; ++q) b.pos.push_back(i * padded + p.pix[q]);
+  for (index_t n0 = 0; n0 < s.N; n0 += slab) {
+    const index_t images = std::min(slab, s.N - n0);
+#pragma omp parallel for schedule(static)
+    for (index_t i = 0; i < images; ++i) {
+      const index_t n = n0 + i;
+      k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, p.pt, p.pl, p.Hp,
+                         p.Wp, Cg, xp.get() + i * padded);
+      k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0),
+                         s.OH, s.OW, Fpad, gyt.get() + i * L * Fpad);
+    }
+    gemm_parallel<float>(Fg, cols, images * L, StridedA<float>(gyt.get(), 1, Fpad), b,
+                         part.get(), cols, n0 > 0);
+  }
+  // part[f][t][c] -> gw[g*Fg + f][c][t]
+  const float* pt = part.get();
+#pragma omp parallel for schedule(static)
+  for (index_t f = 0; f < Fg; ++f)
+    for (index_t c = 0; c < Cg; ++c)
+      for (index_t t = 0; t < taps; ++t)
+        gw[((g * Fg + f) * Cg + c) * taps + t] = pt[f * cols + t * Cg + c];
 }
 
 }  // namespace
@@ -674,11 +731,7 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
   const index_t part_size = G * p.weight_size();  // [g][tap][c][Fpad]
   const index_t gyt_size = round_up(L * p.Cout_pad, 16);
   if (use_weight_grad_gemm(s)) {
-    // One partial gradient: the whole batch in one GEMM per group.
-    Scratch<float> partial = make_scratch<float>(part_size);
-    for (index_t g = 0; g < G; ++g)
-      weight_grad_gemm(k, p, s, g, x, gy, partial.get() + g * p.weight_size());
-    gather_weight_grad(s, p, partial.get(), 1, part_size, gw);
+    for (index_t g = 0; g < G; ++g) weight_grad_gemm(k, p, s, g, x, gy, gw);
     return;
   }
   // Fixed chunks of images, each summed into its own partial gradient and added in chunk
