@@ -595,16 +595,16 @@ void gather_weight_grad(const ConvShape& s, const ForwardPlan& p, const float* p
 // Where the weight gradient is large beside the images (many channels on few pixels: 512 ->
 // 512 3x3 on 4x4 images has 2.4M weights and 16 positions per image), the register tiles
 // sum few positions per weight: the batch goes through the packed GEMM instead (a slab of
-// images per call), whose blocking keeps its operands in cache. Its packing gathers taps x Cg
-// values per position (an im2col), which pays from ~128 output channels. Measured on AVX2 (Zen 3), 1 thread,
-// batch 64 and 256 alike: the GEMM ahead from weights ~4x one image's values (input +
-// gradient, channels-last): 1.15-1.2x on 128 -> 256 stride 2 at 16x16 (12x) and 128 -> 128
-// at 8x8 (9x), 1.25x on 256 -> 256 at 8x8 (18x), 2.3x on 256 -> 512 stride 2 at 8x8; equal
-// on 64 -> 128 at 8x8 (6x); the tiles 1.15x ahead on 128 -> 128 at 16x16 (2.2x), 1.4x on
-// 64 -> 128 stride 2 at 32x32 (1.5x), 1.7x on 32 -> 32 at 32x32.
+// images per call), whose blocking keeps its operands in cache. The GEMM's rows are the
+// output channels: from 32 of them (LeNet's 16 leave its 6-row register tiles 2x slower than
+// the direct tiles). Measured on AVX2 (Zen 3), 1 thread, batch 64: the GEMM ahead from weights
+// as many as one image's values (input + gradient, channels-last): 1.2x on 64 -> 128 stride 2
+// at 32x32 (1.5x), 1.07x on 64 -> 64 stride 2 at 32x32 (1.1x), 1.04x on 48 -> 64 5x5 at
+// 16x16 (2.7x), level on 32 -> 64 5x5 at 16x16 (2.1x); earlier (the tiles against the whole
+// batch in one GEMM) 1.25x on 256 -> 256 at 8x8 (18x), 2.3x on 256 -> 512 stride 2 at 8x8.
 bool use_weight_grad_gemm(const ConvShape& s) {
   const DirectKernels* k = direct_kernels();
-  if (!k || k->weight_grad_gemm_ratio == 0) return false;
+  if (!k || k->weight_grad_gemm_ratio == 0 || s.Fg() < 32) return false;
   const index_t Fpad = round_up(s.Fg(), k->lanes);
   return s.win.KH * s.win.KW * s.Cg() * Fpad >
          k->weight_grad_gemm_ratio * s.L() * (s.Cg() + Fpad);

@@ -95,8 +95,8 @@ struct DirectKernels {
   // Size rules measured on this ISA (read by the use_* functions):
   // the few-channel weight gradient from this many filters per group;
   int small_wg_min_filters;
-  // the direct weight gradient as one GEMM over the batch where the weights (taps x Cg x
-  // Cout_pad) exceed weight_grad_gemm_ratio x one image's channels-last values (input and
+  // the direct weight gradient as GEMMs over slabs of the batch where the weights (taps x Cg
+  // x Cout_pad) exceed weight_grad_gemm_ratio x one image's channels-last values (input and
   // gradient) (0: never);
   int weight_grad_gemm_ratio;
   // Winograd forward and input gradient where at least this fraction of its 2x2 output
