@@ -9,7 +9,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from fastconv import losses, models, nn, optim
+from fastconv import losses, models, optim
 from fastconv.gradcheck import gradcheck_layer
 from fastconv.training import fit, predict
 
