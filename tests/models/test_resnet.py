@@ -254,3 +254,44 @@ def test_gradcheck_small_width(name, width, shape):
     assert set(errors) == {"input"} | {k for k, _ in model.named_parameters()}
     for key, err in errors.items():
         assert err < 1e-6, (name, key, err)
+
+
+def test_fastconv_train_recipes():
+    from fastconv.cli import train as T
+
+    assert T.build_parser().parse_args(["--model", "resnet18"]).model == "resnet18"
+    for name, recipe in [("resnet9", (12, 0.2)), ("resnet18", (15, 0.1))]:
+        cfg = T.TrainConfig(model=name).resolved()
+        assert (cfg.epochs, cfg.lr) == recipe
+
+
+def test_fastconv_train_and_predict(tmp_path, monkeypatch, capsys):
+    """fastconv-train --model resnet9 on a synthetic CIFAR-10 (two steps of 4 images per
+    epoch), stopped after three steps and resumed to the same weights, bit for bit, as a run
+    straight through (BatchNorm statistics inside residual bodies included); fastconv-predict
+    loads the result."""
+    from fake_cifar import fake_batches, write_folder
+    from fastconv import checkpoint, plotting
+    from fastconv.cli import predict as P, train as T
+
+    monkeypatch.setattr(plotting, "have_matplotlib", lambda: False)
+    write_folder(tmp_path / "data", fake_batches(learnable=True))
+    name = "resnet9"
+    common = ["--model", name, "--data-dir", str(tmp_path / "data"), "--no-download", "--quiet",
+              "--epochs", "2", "--limit-train", "8", "--batch-size", "4", "--limit-test", "4"]
+    assert T.main([*common, "--out", str(tmp_path / "straight")]) == 0
+    resumed = ["--out", str(tmp_path / "resumed")]
+    assert T.main([*common, *resumed, "--stop-after", "3"]) == 130
+    assert T.main([*common, *resumed, "--resume"]) == 0
+    capsys.readouterr()
+    a = checkpoint.load_weights(tmp_path / "straight" / T.WEIGHTS_NAME)
+    b = checkpoint.load_weights(tmp_path / "resumed" / T.WEIGHTS_NAME)
+    assert list(a) == list(models.get_model(name, rng=0).state_dict()) == list(b)
+    for key in a:
+        assert a[key].tobytes() == b[key].tobytes(), key
+    model, info = P.load_model(tmp_path / "straight")
+    assert info["model"] == name and not model.training
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    reference = models.get_model(name, rng=1).eval()
+    reference.load_state_dict(a)
+    np.testing.assert_array_equal(model(x), reference(x))
