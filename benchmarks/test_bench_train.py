@@ -264,7 +264,7 @@ def test_train_step_interleaved_with_torch(benchmark, request, name):
 #: one round.
 RESIDUAL_MODELS = ["resnet9", "resnet18"]
 RESIDUAL_BATCHES = [BATCH, 256]
-RESIDUAL_ROUNDS = {BATCH: 12, 256: 6}
+RESIDUAL_ROUNDS = {BATCH: 16, 256: 8}
 
 
 @pytest.mark.parametrize("batch_size", RESIDUAL_BATCHES)
