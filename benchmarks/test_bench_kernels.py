@@ -1,28 +1,33 @@
 """Per-layer kernel benchmarks: fastconv vs the pure-NumPy reference vs PyTorch, grouped by
 layer and pass so each group reads side by side. Every call's result is compared with the
-reference (max abs difference recorded in extra_info, and bounded)."""
+reference (max abs difference recorded in extra_info, and bounded). The ResNet and airbench94
+layers run interleaved with PyTorch only (the reference would take minutes), with their
+GFLOP/s beside this machine's float32 FMA peak, measured in the same run (_core.fma_peak_gflops)."""
 
 from __future__ import annotations
 
 import functools
+import statistics
+import time
 import zlib
 
 import numpy as np
 import pytest
 
+from fastconv import _core
 from fastconv import functional as F
 from fastconv import reference as R
 
 from interleaved import paired_stats, rounds_for, run_interleaved
-from layers import CONV_LAYERS, POOL_LAYERS
+from layers import AIRBENCH_LAYERS, CONV_LAYERS, POOL_LAYERS, RESNET_LAYERS, UNTIMED_BATCH
 
 IMPLS = ["fastconv", "reference", "torch"]
 CONV_PASSES = ["forward", "backward_input", "backward_weight"]
 POOL_PASSES = ["max_forward", "max_forward_backward", "avg_forward_backward"]
 
 
-@functools.lru_cache(maxsize=None)
-def conv_data(layer):
+def make_conv_data(layer):
+    """x, w, b (None without bias) and a grad_y for `layer`, float32, seeded by its name."""
     rng = np.random.default_rng(zlib.crc32(layer.name.encode()))
     x = rng.standard_normal(layer.x_shape).astype(np.float32)
     w = (rng.standard_normal(layer.w_shape) / np.sqrt(layer.c_in * layer.kernel**2)).astype(np.float32)
@@ -31,25 +36,30 @@ def conv_data(layer):
     return x, w, b, gy
 
 
-def conv_call(module, layer, pass_):
-    x, w, b, gy = conv_data(layer)
-    p = layer.padding
+#: The batch-64 layers' data, made once per session (the large ResNet / airbench batches are
+#: made per benchmark and freed after it: hundreds of MiB each).
+conv_data = functools.lru_cache(maxsize=None)(make_conv_data)
+
+
+def conv_call(module, layer, pass_, data=None):
+    x, w, b, gy = data or conv_data(layer)
+    p, s = layer.padding, layer.stride
     if pass_ == "forward":
-        return lambda: module.conv2d(x, w, b, padding=p)
+        return lambda: module.conv2d(x, w, b, stride=s, padding=p)
     mask = (True, False, False) if pass_ == "backward_input" else (False, True, False)
     index = 0 if pass_ == "backward_input" else 1
-    return lambda: module.conv2d_backward(gy, x, w, padding=p, output_mask=mask)[index]
+    return lambda: module.conv2d_backward(gy, x, w, stride=s, padding=p, output_mask=mask)[index]
 
 
-def torch_conv_call(torch, layer, pass_):
-    x, w, b, gy = (None if a is None else torch.from_numpy(a) for a in conv_data(layer))
-    p = layer.padding
+def torch_conv_call(torch, layer, pass_, data=None):
+    x, w, b, gy = (None if a is None else torch.from_numpy(a) for a in data or conv_data(layer))
+    p, s = layer.padding, layer.stride
     if pass_ == "forward":
-        return lambda: torch.nn.functional.conv2d(x, w, b, padding=p).numpy()
+        return lambda: torch.nn.functional.conv2d(x, w, b, stride=s, padding=p).numpy()
     mask = [pass_ == "backward_input", pass_ == "backward_weight", False]
     index = 0 if pass_ == "backward_input" else 1
     conv_backward = torch.ops.aten.convolution_backward
-    return lambda: conv_backward(gy, x, w, None, [1, 1], [p, p], [1, 1], False, [0, 0], 1,
+    return lambda: conv_backward(gy, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
                                  mask)[index].numpy()
 
 
@@ -76,18 +86,54 @@ def test_conv(benchmark, request, layer, pass_, impl):
     assert diff <= 1e-4 * max(1.0, float(np.max(np.abs(want))))
 
 
+@pytest.fixture(scope="session")
+def peak_gflops():
+    """This machine's float32 multiply-add peak in GFLOP/s on the benchmark threads, measured
+    once per session (the best of 3: the rate the cores reach when they are ours); its own
+    benchmark is test_bench_peak.py's."""
+    return max(_core.fma_peak_gflops(0.2, "float32") for _ in range(3))
+
+
+def interleaved_conv(benchmark, torch, layer, pass_, peak, data=None, min_rounds=20):
+    """fastconv's and PyTorch's pass of `layer` alternated call by call (which goes first
+    alternates too), ~1 s in all (at least min_rounds rounds): a slow stretch of the machine
+    then meets both. Records both medians, the median and quartiles of the per-call ratios
+    (PyTorch / fastconv), both GFLOP/s and fastconv's share of the measured FMA peak."""
+    calls = {"fastconv": conv_call(F, layer, pass_, data),
+             "torch": torch_conv_call(torch, layer, pass_, data)}
+    benchmark.group = f"conv {layer.name} {pass_}, fastconv and PyTorch interleaved"
+    times = run_interleaved(benchmark, calls, rounds_for(calls, 1.0, min_rounds, 2000))
+    stats = paired_stats(times)
+    benchmark.extra_info.update(
+        kind="paired_conv", layer=layer.name, pass_=pass_, flops=layer.flops,
+        batch=layer.batch, fastconv_gflops=layer.flops / stats["fastconv_median_s"] / 1e9,
+        torch_gflops=layer.flops / stats["torch_median_s"] / 1e9, peak_gflops=peak,
+        fastconv_peak_share=layer.flops / stats["fastconv_median_s"] / 1e9 / peak, **stats)
+
+
 @pytest.mark.parametrize("pass_", CONV_PASSES)
 @pytest.mark.parametrize("layer", CONV_LAYERS, ids=lambda layer: layer.name)
-def test_conv_interleaved_with_torch(benchmark, request, layer, pass_):
-    """Each conv pass of fastconv and PyTorch alternated call by call (which goes first
-    alternates too), ~1 s in all: a slow stretch of the machine then meets both. Records both
-    medians and the median and quartiles of the per-call ratios (PyTorch / fastconv)."""
+def test_conv_interleaved_with_torch(benchmark, request, peak_gflops, layer, pass_):
+    """Each conv pass of the batch-64 models' layers, interleaved with PyTorch."""
+    interleaved_conv(benchmark, request.getfixturevalue("torch_or_skip"), layer, pass_,
+                     peak_gflops)
+
+
+def big_layer(benchmark, layer):
+    """`layer` at its batch when timing, else at UNTIMED_BATCH (the normal test run)."""
+    return layer if not benchmark.disabled else layer.with_batch(UNTIMED_BATCH)
+
+
+@pytest.mark.parametrize("pass_", CONV_PASSES)
+@pytest.mark.parametrize("layer", RESNET_LAYERS + AIRBENCH_LAYERS, ids=lambda layer: layer.name)
+def test_resnet_airbench_conv_interleaved_with_torch(benchmark, request, peak_gflops, layer,
+                                                     pass_):
+    """Each conv pass of the ResNet-style and airbench94 layers (batches 64-1024), interleaved
+    with PyTorch; each layer's data made for this benchmark only."""
     torch = request.getfixturevalue("torch_or_skip")
-    calls = {"fastconv": conv_call(F, layer, pass_), "torch": torch_conv_call(torch, layer, pass_)}
-    benchmark.group = f"conv {layer.name} {pass_}, fastconv and PyTorch interleaved"
-    times = run_interleaved(benchmark, calls, rounds_for(calls, 1.0, 20, 2000))
-    benchmark.extra_info.update(kind="paired_conv", layer=layer.name, pass_=pass_,
-                                flops=layer.flops, **paired_stats(times))
+    layer = big_layer(benchmark, layer)
+    interleaved_conv(benchmark, torch, layer, pass_, peak_gflops, make_conv_data(layer),
+                     min_rounds=5)
 
 
 @functools.lru_cache(maxsize=None)

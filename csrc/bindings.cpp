@@ -18,6 +18,7 @@
 #include "adaptive_pool.h"
 #include "batchnorm.h"
 #include "conv.h"
+#include "conv_direct.h"
 #include "cpu.h"
 #include "gemm.h"
 #include "gemm_direct.h"
@@ -931,4 +932,8 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("level"),
         "Force the micro-kernel ISA (tests/benchmarks); False if unsupported here.");
+  m.def("direct_kernel_lanes", [] {
+    const fastconv::DirectKernels* k = fastconv::direct_kernels();
+    return k ? k->lanes : 0;
+  }, "Vector lanes of the direct / Winograd / few-channel conv kernels at this SIMD level (0: none).");
 }

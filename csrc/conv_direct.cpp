@@ -1,6 +1,6 @@
 // Orchestration of the direct channels-last convolution (see conv_direct.h): layout copies,
-// weight re-layout, tiling and threads. Portable code; the AVX-512 tiles live in
-// conv_direct_avx512.cpp and are reached only when that level is selected.
+// weight re-layout, tiling and threads. Portable code; the tiles live in conv_direct_avx512.cpp
+// and conv_direct_avx2.cpp and are reached only when that level is selected.
 #include "conv_direct.h"
 
 #include <algorithm>
@@ -12,17 +12,32 @@
 namespace fastconv {
 
 const DirectKernels* direct_kernels() {
-  return selected_isa() == Isa::avx512 ? direct_kernels_avx512() : nullptr;
+  switch (selected_isa()) {
+    case Isa::avx512: return direct_kernels_avx512();
+    case Isa::avx2: return direct_kernels_avx2();
+    default: return nullptr;
+  }
 }
 
-std::vector<ChannelBlock> channel_blocks(index_t channels) {
-  const index_t vecs = ceil_div(channels, 16);
+std::vector<ChannelBlock> channel_blocks(index_t channels, index_t lanes, index_t nv) {
+  const index_t vecs = ceil_div(channels, lanes);
   std::vector<ChannelBlock> blocks;
   index_t v = 0;
-  for (; vecs - v >= 2 && vecs - v != 3; v += 2) blocks.push_back({16 * v, 2});
-  if (vecs - v == 3) blocks.push_back({16 * v, 3});
-  if (vecs - v == 1) blocks.push_back({16 * v, 1});
+  if (nv > 2) {
+    for (; vecs - v >= nv; v += nv) blocks.push_back({lanes * v, nv});
+    if (vecs > v) blocks.push_back({lanes * v, vecs - v});
+    return blocks;
+  }
+  for (; vecs - v >= 2 && vecs - v != 3; v += 2) blocks.push_back({lanes * v, 2});
+  if (vecs - v == 3) blocks.push_back({lanes * v, 3});
+  if (vecs - v == 1) blocks.push_back({lanes * v, 1});
   return blocks;
+}
+
+index_t image_batch(index_t items, index_t groups, index_t per_image, index_t target) {
+  if (groups > 1 || per_image >= target || items < 2) return 1;
+  const index_t batches = round_up(ceil_div(items * per_image, target), max_threads());
+  return ceil_div(items, batches);
 }
 
 namespace {
@@ -48,7 +63,7 @@ struct ForwardPlan {
   index_t pt, pl, Hp, Wp;  // where it sits in the padded channels-last copy
   index_t Cout, OH, OW, SH, SW;
   index_t KH, KW, DH;
-  index_t Cout_pad;
+  index_t lanes, Cout_pad;
   std::vector<index_t> tap_off;  // kernel row-major
   std::vector<index_t> pix;      // output pixel q (row-major) reads from xp + pix[q] + tap_off
   std::vector<ChannelBlock> blocks;
@@ -64,6 +79,19 @@ struct ForwardPlan {
   // as much on each tap's set-up of MR pixel pointers as on its few multiply-adds.
   bool merge_rows = false;
   std::vector<index_t> row_off;
+  // Images per pass through the tiles (image_batch). Tiny images in batches of at least a
+  // tile's height run per pixel instead (per_pixel): a tile covers one output pixel in
+  // consecutive images of the batch (image_off[b]: image b's copy) and sums only the taps
+  // that read inside the image there, kernel rows [kh0, kh1) x columns [kw0, kw1), a call per
+  // kernel row; the bands skip padding rows only (3x3 outputs with padding 1: 63 of 81 taps
+  // computed, per pixel 49; 4x4: 120 of 144, per pixel 100).
+  struct PixelTaps {
+    index_t kh0, kh1, kw0, kw1;
+  };
+  index_t batch = 1;
+  bool per_pixel = false;
+  std::vector<PixelTaps> pixel_taps;  // per output pixel
+  std::vector<index_t> image_off;
 
   index_t taps() const { return static_cast<index_t>(tap_off.size()); }
   index_t padded_size() const { return round_up(Hp * Wp * Cin, 16); }
@@ -71,12 +99,25 @@ struct ForwardPlan {
   index_t weight_size() const { return taps() * Cin * Cout_pad; }
 };
 
+// Whether outputs of `pixels` pixels in batches of `batch` images run per pixel.
+bool per_pixel_fits(const DirectKernels& k, index_t pixels, index_t batch) {
+  return pixels <= k.per_pixel_max_pixels && batch >= k.max_mr[2];
+}
+
+// Images per pass through the forward tiles (input gradient: backward_input).
+index_t direct_batch(const ConvShape& s, DirectPass pass) {
+  const index_t pixels = pass == DirectPass::backward_input ? s.H * s.W : s.L();
+  return image_batch(s.N * s.G, s.G, pixels, kBatchPixels);
+}
+
+// batch: images per pass through the tiles (direct_batch; 1 for the weight gradient, which
+// uses the plan's geometry only).
 ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t pl, index_t Cout,
                       index_t OH, index_t OW, index_t KH, index_t KW, index_t SH, index_t SW,
-                      index_t DH, index_t DW, const DirectKernels& k) {
+                      index_t DH, index_t DW, const DirectKernels& k, index_t batch = 1) {
   ForwardPlan p{Cin, Hin, Win, pt, pl, (OH - 1) * SH + (KH - 1) * DH + 1,
                 (OW - 1) * SW + (KW - 1) * DW + 1, Cout, OH, OW, SH, SW, KH, KW, DH,
-                round_up(Cout, 16), {}, {}, channel_blocks(Cout), {}, {}};
+                k.lanes, round_up(Cout, k.lanes), {}, {}, channel_blocks(Cout, k.lanes), {}, {}};
   for (index_t i = 0; i < KH; ++i)
     for (index_t j = 0; j < KW; ++j) p.tap_off.push_back((i * DH * p.Wp + j * DW) * Cin);
   for (index_t oh = 0; oh < OH; ++oh)
@@ -90,6 +131,30 @@ ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t
     while (i1 > i0 && oh * SH + (i1 - 1) * DH >= pt + Hin) --i1;
     return std::pair<index_t, index_t>(i0, i1);
   };
+  index_t longest_band = 0;
+  for (index_t ra = 0, rb; ra < OH; ra = rb) {
+    for (rb = ra + 1; rb < OH && kernel_rows(rb) == kernel_rows(ra); ++rb) {
+    }
+    longest_band = std::max(longest_band, (rb - ra) * OW);
+  }
+  p.batch = batch;
+  p.per_pixel = per_pixel_fits(k, OH * OW, batch);
+  if (p.per_pixel) {
+    auto kernel_cols = [&](index_t ow) {  // column j reads padded column ow*SW + j*DW
+      index_t j0 = 0, j1 = KW;
+      while (j0 < j1 && ow * SW + j0 * DW < pl) ++j0;
+      while (j1 > j0 && ow * SW + (j1 - 1) * DW >= pl + Win) --j1;
+      return std::pair<index_t, index_t>(j0, j1);
+    };
+    for (index_t oh = 0; oh < OH; ++oh)
+      for (index_t ow = 0; ow < OW; ++ow) {
+        const auto [kh0, kh1] = kernel_rows(oh);
+        const auto [kw0, kw1] = kernel_cols(ow);
+        p.pixel_taps.push_back({kh0, kh1, kw0, kw1});
+      }
+  } else if (k.short_tile_nv > 0 && longest_band <= k.max_mr[k.short_tile_nv]) {
+    p.blocks = channel_blocks(Cout, k.lanes, k.short_tile_nv);
+  }
   for (const ChannelBlock& b : p.blocks) {
     std::vector<Tile>& tiles = p.tiles[b.nv];
     if (!tiles.empty()) continue;
@@ -103,26 +168,32 @@ ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t
     }
   }
   // ~16 KiB of weights per input block for the widest output block (counted as at least 2
-  // vectors): 16 channels of a 3x3 kernel for 32 filters, LeNet's 6 of a 5x5 for 16 filters.
+  // vectors): on AVX-512 16 channels of a 3x3 kernel for 32 filters, LeNet's 6 of a 5x5 for
+  // 16 filters.
   index_t nv_max = 1;
   for (const ChannelBlock& b : p.blocks) nv_max = std::max<index_t>(nv_max, b.nv);
   const index_t vecs = std::min<index_t>(nv_max, 2);
-  const index_t max_cin = std::max<index_t>(1, 16384 / (p.taps() * 16 * vecs * sizeof(float)));
-  p.cin_blocks = pieces(Cin, max_cin, max_cin >= 16 ? 16 : 1);
+  const index_t max_cin =
+      std::max<index_t>(1, 16384 / (p.taps() * k.lanes * vecs * sizeof(float)));
+  // Per pixel, one block: a tile then sums whole kernel rows in one step (merge_rows), where
+  // 16-channel blocks stored and reloaded its sums every 48 steps (1.2x slower on 512
+  // channels at 4x4, measured on AVX2; the weights then come from L2).
+  p.cin_blocks = p.per_pixel ? pieces(Cin, Cin, 1) : pieces(Cin, max_cin, max_cin >= 16 ? 16 : 1);
   p.merge_rows = p.cin_blocks.size() == 1 && DW == 1 && KW > 1;
   for (index_t i = 0; i < KH; ++i) p.row_off.push_back(p.tap_off[i * KW]);
+  for (index_t b = 0; b < batch; ++b) p.image_off.push_back(b * p.padded_size());
   return p;
 }
 
 // Re-lays out weights for the tiles: for output block (f0, nv) and input block (c0, kc), at
-// offset taps*(f0*Cin + c0*16*nv), the array [tap][c < kc][j < 16*nv] = value(f0 + j, c0 + c,
-// tap), zero for f0 + j >= Cout.
+// offset taps*(f0*Cin + c0*width), the array [tap][c < kc][j < width] = value(f0 + j, c0 + c,
+// tap), zero for f0 + j >= Cout (width = lanes*nv).
 template <typename Value>
 void relayout_weights(const ForwardPlan& p, Value value, float* wd) {
   const index_t taps = p.taps();
   for (const ChannelBlock& b : p.blocks)
     for (const auto& [c0, kc] : p.cin_blocks) {
-      const index_t width = 16 * b.nv;
+      const index_t width = p.lanes * b.nv;
       float* d = wd + taps * (b.f0 * p.Cin + c0 * width);
       for (index_t t = 0; t < taps; ++t)
         for (index_t c = 0; c < kc; ++c)
@@ -132,66 +203,132 @@ void relayout_weights(const ForwardPlan& p, Value value, float* wd) {
 }
 
 // out (OH*OW x Cout_pad, channels last) = the convolution of xp with weights wd (see
-// relayout_weights), for output block `block` and its tiles [first, last).
+// relayout_weights), for output block `block` and its tiles [first, last), for `images`
+// images (xp and out advanced by padded_size() and out_size() each): each input block's
+// weights stay in L1 while every image's tiles use them.
 void forward_tiles(const DirectKernels& k, const ForwardPlan& p, const float* xp, const float* wd,
-                   float* out, index_t block, index_t first, index_t last) {
+                   float* out, index_t block, index_t first, index_t last, index_t images = 1) {
   const ChannelBlock blk = p.blocks[block];
-  const index_t taps = p.taps(), width = 16 * blk.nv;
+  const index_t taps = p.taps(), width = p.lanes * blk.nv;
   const std::vector<Tile>& tiles = p.tiles[blk.nv];
   for (const auto& [c0, kc] : p.cin_blocks) {
     const float* w = wd + taps * (blk.f0 * p.Cin + c0 * width);
-    for (index_t i = first; i < last; ++i) {
-      const Tile& t = tiles[i];
-      // Tiles cover whole kernel rows (t0 and taps multiples of KW).
-      const index_t* off = p.merge_rows ? p.row_off.data() + t.t0 / p.KW : p.tap_off.data() + t.t0;
-      const index_t steps = p.merge_rows ? t.taps / p.KW : t.taps;
-      const index_t depth = p.merge_rows ? p.KW * kc : kc;
-      k.forward[blk.nv][t.mr](xp + c0, p.pix.data() + t.first, off, steps, depth,
-                              w + t.t0 * kc * width, width, out + t.first * p.Cout_pad + blk.f0,
-                              p.Cout_pad, c0 > 0);
+    for (index_t b = 0; b < images; ++b)
+      for (index_t i = first; i < last; ++i) {
+        const Tile& t = tiles[i];
+        // Tiles cover whole kernel rows (t0 and taps multiples of KW).
+        const index_t* off =
+            p.merge_rows ? p.row_off.data() + t.t0 / p.KW : p.tap_off.data() + t.t0;
+        const index_t steps = p.merge_rows ? t.taps / p.KW : t.taps;
+        const index_t depth = p.merge_rows ? p.KW * kc : kc;
+        k.forward[blk.nv][t.mr](xp + b * p.padded_size() + c0, p.pix.data() + t.first, off, steps,
+                                depth, w + t.t0 * kc * width, width,
+                                out + b * p.out_size() + t.first * p.Cout_pad + blk.f0,
+                                p.Cout_pad, c0 > 0);
+      }
+  }
+}
+
+// The same per pixel (ForwardPlan::per_pixel), for output block `block` and output pixels
+// [first, last) of `images` images: each tile is one pixel of up to MR consecutive images, a
+// call per kernel row that reads inside the image (its taps contiguous in the weights).
+void forward_pixels(const DirectKernels& k, const ForwardPlan& p, const float* xp,
+                    const float* wd, float* out, index_t block, index_t first, index_t last,
+                    index_t images) {
+  const ChannelBlock blk = p.blocks[block];
+  const index_t taps = p.taps(), width = p.lanes * blk.nv, out_size = p.out_size();
+  for (const auto& [c0, kc] : p.cin_blocks) {
+    const float* w = wd + taps * (blk.f0 * p.Cin + c0 * width);
+    for (index_t q = first; q < last; ++q) {
+      const ForwardPlan::PixelTaps& pt = p.pixel_taps[q];
+      const float* in = xp + p.pix[q] + c0;
+      float* o = out + q * p.Cout_pad + blk.f0;
+      // Rows merged into one step where one input block holds every channel (as the bands).
+      const bool merge = p.merge_rows;
+      const index_t row_taps = pt.kw1 - pt.kw0;
+      for_each_piece(images, k.max_mr[blk.nv], [&](index_t b0, index_t mr) {
+        if (c0 == 0 && (pt.kh0 == pt.kh1 || row_taps == 0))  // every tap in the padding: 0
+          k.forward[blk.nv][mr](in, p.image_off.data() + b0, p.tap_off.data(), 0, kc, w, width,
+                                o + b0 * out_size, out_size, false);
+        if (row_taps == 0) return;
+        for (index_t kh = pt.kh0; kh < pt.kh1; ++kh) {
+          const index_t t = kh * p.KW + pt.kw0;
+          k.forward[blk.nv][mr](in, p.image_off.data() + b0, p.tap_off.data() + t,
+                                merge ? 1 : row_taps, merge ? row_taps * kc : kc,
+                                w + t * kc * width, width, o + b0 * out_size, out_size,
+                                c0 > 0 || kh > pt.kh0);
+        }
+      });
     }
   }
 }
 
 // Runs the plan over `items` images (image i: src(i) NCHW -> dst(i) NCHW, plus bias), with
-// per-group weights wd(i). Threads take whole images when there are enough of them, else
-// split the tiles of each image.
+// per-group weights wd(i), in batches of p.batch consecutive images. Threads take
+// whole batches when there are enough of them, else split the tiles of each image. Each
+// output value is summed by one thread in the same order whatever the batches.
 template <typename Src, typename Dst, typename Weights>
 void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, Dst dst, Weights wd,
                  const float* bias) {
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
   const DirectKernels& k = *direct_kernels();
-  const index_t per = p.padded_size() + p.out_size();
+  const index_t batch = p.batch;
+  const index_t per = batch * (p.padded_size() + p.out_size());
   const index_t nblocks = static_cast<index_t>(p.blocks.size());
   auto tile_count = [&](index_t b) {
     return static_cast<index_t>(p.tiles[p.blocks[b].nv].size());
   };
   index_t per_block = 0;  // tiles of the longest block
   for (index_t b = 0; b < nblocks; ++b) per_block = std::max(per_block, tile_count(b));
-  for_each_item(items, per, [&](index_t i, float* xp, bool split) {
-    float* out = xp + p.padded_size();
-    k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp);
-    if (split) {
-      // (block, tile) work items: each output value is still summed by one thread.
+  const index_t L = p.OH * p.OW;
+  for_each_item(ceil_div(items, batch), per, [&](index_t bi, float* xp, bool split) {
+    const index_t i0 = bi * batch, images = std::min(batch, items - i0);
+    float* out = xp + batch * p.padded_size();
+    for (index_t b = 0; b < images; ++b)
+      k.to_channels_last(src(i0 + b), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin,
+                         xp + b * p.padded_size());
+    if (p.per_pixel && split) {
+      // (block, pixel) work items over the batch's images.
 #pragma omp parallel for schedule(static)
-      for (index_t r = 0; r < nblocks * per_block; ++r) {
-        const index_t b = r / per_block, t = r % per_block;
-        if (t < tile_count(b)) forward_tiles(k, p, xp, wd(i), out, b, t, t + 1);
+      for (index_t r = 0; r < nblocks * L; ++r)
+        forward_pixels(k, p, xp, wd(i0), out, r / L, r % L, r % L + 1, images);
+    } else if (p.per_pixel) {
+      for (index_t b = 0; b < nblocks; ++b) forward_pixels(k, p, xp, wd(i0), out, b, 0, L, images);
+    } else if (split) {
+      // (image, block, tile) work items: each output value is still summed by one thread.
+      const index_t per_image = nblocks * per_block;
+#pragma omp parallel for schedule(static)
+      for (index_t r = 0; r < images * per_image; ++r) {
+        const index_t i = r / per_image, b = r % per_image / per_block, t = r % per_block;
+        if (t < tile_count(b))
+          forward_tiles(k, p, xp + i * p.padded_size(), wd(i0), out + i * p.out_size(), b, t,
+                        t + 1);
       }
     } else {
-      // The next image (this thread's, mostly), a slice per block (see PrefetchSlices).
-      const PrefetchSlices next(i + 1 < items ? src(i + 1) : nullptr,
-                                sizeof(float) * p.Cin * p.Hin * p.Win, nblocks);
+      // The next batch (this thread's, mostly), a slice per block (see PrefetchSlices).
+      const index_t next = i0 + images;
+      const PrefetchSlices next_src(
+          next < items ? src(next) : nullptr,
+          sizeof(float) * p.Cin * p.Hin * p.Win * std::min(batch, items - next), nblocks);
       for (index_t b = 0; b < nblocks; ++b) {
-        next.slice(b);
-        forward_tiles(k, p, xp, wd(i), out, b, 0, tile_count(b));
+        next_src.slice(b);
+        forward_tiles(k, p, xp, wd(i0), out, b, 0, tile_count(b), images);
       }
     }
-    k.from_channels_last(out, p.Cout_pad, p.Cout, p.OH * p.OW, bias_of(i), dst(i));
+    for (index_t b = 0; b < images; ++b)
+      k.from_channels_last(out + b * p.out_size(), p.Cout_pad, p.Cout, L, bias_of(i0 + b),
+                           dst(i0 + b));
   });
 }
 
 }  // namespace
+
+bool direct_per_pixel(const ConvShape& s, DirectPass pass) {
+  const DirectKernels* k = direct_kernels();
+  const index_t pixels = pass == DirectPass::backward_input ? s.H * s.W : s.L();
+  return k && pass != DirectPass::backward_weight &&
+         per_pixel_fits(*k, pixels, direct_batch(s, pass));
+}
 
 bool use_direct(const ConvShape& s, DirectPass pass, bool forced) {
   if (!direct_kernels() || s.N == 0) return false;
@@ -202,21 +339,25 @@ bool use_direct(const ConvShape& s, DirectPass pass, bool forced) {
   // channels): measured here, they win from ~64 steps with >= 16 output channels, e.g.
   // LeNet's 6->16 5x5 (3x on the weight gradient), not the 3-channel first layers. The input
   // gradient reduces over Fg and vectorises Cg, and wants both wide.
+  // (Measured with AVX-512; the weight gradient's minimum kernel taps are the ISA's.)
   if (s.pointwise()) return false;
   if (pass == DirectPass::backward_input) return s.Cg() >= 16 && s.Fg() >= 16;
+  if (pass == DirectPass::backward_weight &&
+      s.win.KH * s.win.KW < direct_kernels()->direct_wg_min_taps)
+    return false;
   return s.Fg() >= 16 && s.CKK() >= 64;
 }
 
 namespace {
 
 // Zero-padded NCHW planes of one image (group) for the few-channel kernels: the image at
-// (PH, PW), rows wide enough that every 16-pixel vector of an output row reads inside.
+// (PH, PW), rows wide enough that every vector of `lanes` pixels of an output row reads inside.
 struct SmallPlanes {
   index_t vecs, Hp, Wp, plane, padded;
-  explicit SmallPlanes(const ConvShape& s)
-      : vecs(ceil_div(s.OW, 16)),
+  SmallPlanes(const ConvShape& s, index_t lanes)
+      : vecs(ceil_div(s.OW, lanes)),
         Hp(s.OH + (s.win.KH - 1) * s.win.DH),
-        Wp(16 * vecs + (s.win.KW - 1) * s.win.DW),
+        Wp(lanes * vecs + (s.win.KW - 1) * s.win.DW),
         plane(Hp * Wp),
         padded(round_up(s.Cg() * plane, 16)) {}
   void fill(const ConvShape& s, const float* src, float* xp) const {
@@ -257,12 +398,12 @@ void pool_planes(const PoolAfter& pool, index_t planes, const float* ybuf, index
 void conv2d_forward_small_channels(const ConvShape& s, const float* x, const float* w,
                                    const float* bias, float* y, const PoolAfter* pool) {
   const DirectKernels& k = *direct_kernels();
-  const int shape = s.Fg() % 8 == 0 ? 1 : 0;
-  const index_t NF = DirectKernels::kSmallShapes[shape].nf;
-  const index_t NVEC = DirectKernels::kSmallShapes[shape].nv;
+  const int shape = s.Fg() % k.small_shapes[1].nf == 0 ? 1 : 0;
+  const index_t NF = k.small_shapes[shape].nf, NVEC = k.small_shapes[shape].nv;
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L(), CKK = s.CKK();
   const Window2d& win = s.win;
-  const SmallPlanes sp(s);
+  const index_t lanes = k.lanes;
+  const SmallPlanes sp(s, lanes);
   const index_t vecs = sp.vecs, Wp = sp.Wp, plane = sp.plane;
   const index_t taps = win.KH * win.KW;
   // Weights per group and block of NF output channels: [step][NF], zero past Fg; step
@@ -273,16 +414,16 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
     return f < Fg ? w[(g * Fg + f) * CKK + st] : 0.0f;
   };
   const index_t row_vecs = s.OH * vecs, tiles = ceil_div(row_vecs, NVEC);
-  // Row vector rv (16 outputs of row rv / vecs): its offsets in the padded image and in an
-  // output plane, and its lanes; past the last (a tile's spare vectors): the last, no lanes.
+  // Row vector rv (`lanes` outputs of row rv / vecs): its offsets in the padded image and in
+  // an output plane, and its lanes; past the last (a tile's spare vectors): the last, none.
   struct RowVec {
     index_t in, out, lanes;
   };
   std::vector<RowVec> rvs(tiles * NVEC);
   for (index_t rv = 0; rv < tiles * NVEC; ++rv) {
     const index_t r = std::min(rv, row_vecs - 1), oh = r / vecs, v = r % vecs;
-    rvs[rv] = {oh * Wp + 16 * v, oh * s.OW + 16 * v,
-               rv < row_vecs ? std::min<index_t>(16, s.OW - 16 * v) : 0};
+    rvs[rv] = {oh * Wp + lanes * v, oh * s.OW + lanes * v,
+               rv < row_vecs ? std::min<index_t>(lanes, s.OW - lanes * v) : 0};
   }
   // Kernel rows that read only the zero padding above or below the image for every row of
   // a tile are left out of its steps: the input gradient's padding of d(k-1) - p is wide
@@ -379,7 +520,7 @@ bool use_small_channels_input_grad(const ConvShape& s, bool forced) {
   if (!use_small_channels(transposed_shape(s), true)) return false;
   // Measured at batch 64, 2 threads: 1.3x the GEMM paths on LeNet's 16 -> 6 5x5, 1.0-1.5x
   // on the RGB first layers.
-  return forced || (s.Cg() <= DirectKernels::kSmallF && !s.pointwise());
+  return forced || (s.Cg() <= direct_kernels()->small_shapes[0].nf && !s.pointwise());
 }
 
 void conv2d_backward_input_small_channels(const ConvShape& s, const float* gy, const float* w,
@@ -400,9 +541,10 @@ bool use_small_channels_weight_grad(const ConvShape& s, bool forced) {
   if (!direct_kernels() || s.N == 0 || s.win.SH != 1 || s.win.SW != 1 ||
       s.win.KW > DirectKernels::kSmallWgMaxKW)
     return false;
-  // 3-channel layers with many filters (measured at batch 64, 2 threads: 32 filters 3x3,
-  // 1.1-1.25x the GEMM paths). With few filters (LeNet's 6) the wide-row GEMM stays ahead.
-  return forced || (s.Cg() <= 4 && s.Fg() >= 16 && !s.pointwise());
+  // 3-channel layers with many filters (measured with AVX-512 at batch 64, 2 threads: 32
+  // filters 3x3, 1.1-1.25x the GEMM paths); with few filters (LeNet's 6) the ISA's rule.
+  return forced ||
+         (s.Cg() <= 4 && s.Fg() >= direct_kernels()->small_wg_min_filters && !s.pointwise());
 }
 
 void conv2d_backward_weight_small_channels(const ConvShape& s, const float* gy, const float* x,
@@ -419,10 +561,10 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
                                            bool in_memory, const float* x, float* gw) {
   const DirectKernels& k = *direct_kernels();
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L(), CKK = s.CKK();
-  const index_t KW = s.win.KW;
-  const SmallPlanes sp(s);
+  const index_t KW = s.win.KW, lanes = k.lanes;
+  const SmallPlanes sp(s, lanes);
   const index_t max_nf = k.small_wg_max_nf[KW];
-  const index_t acc_size = s.F * CKK * 16;  // lane sums [f][tap][lane]
+  const index_t acc_size = s.F * CKK * lanes;  // lane sums [f][tap][lane]
   // Fixed chunks of images, each summed into its own lane sums and added in chunk order: the
   // result does not depend on the number of threads.
   const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
@@ -432,7 +574,7 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
   const index_t nb = static_cast<index_t>(fblocks.size());
   // Scratch per thread: the padded image, then the interleaved gradient of one block, then
   // room for the block's gradient planes when `planes` makes them.
-  const index_t pack_size = s.OH * sp.vecs * max_nf * 16;
+  const index_t pack_size = s.OH * sp.vecs * max_nf * lanes;
   const index_t block_size = in_memory ? 0 : round_up(max_nf * L, 16);
   // (split: the threads share an image, each with buffers of its own)
   Scratch<float> packs = make_scratch<float>(max_threads() * (pack_size + block_size));
@@ -464,7 +606,7 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
             prefetch_all(x + ((n + 1) * s.C + g * Cg) * s.H * s.W, sizeof(float) * Cg * s.H * s.W);
           }
           k.small_c_weight_grad[KW][nf](xp, Cg, sp.plane, sp.Wp, gy, s.OH, s.OW, s.win.KH,
-                                        s.win.DH, s.win.DW, acc + f * CKK * 16, gpack, n > n0,
+                                        s.win.DH, s.win.DW, acc + f * CKK * lanes, gpack, n > n0,
                                         next, next_bytes);
         }
       }
@@ -474,9 +616,9 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
   for (index_t e = 0; e < s.F * CKK; ++e) {
     float sum = 0;
     for (index_t c = 0; c < chunks; ++c) {
-      const float* lanes = part + c * acc_size + e * 16;
+      const float* lane = part + c * acc_size + e * lanes;
       float chunk = 0;
-      for (int l = 0; l < 16; ++l) chunk += lanes[l];
+      for (index_t l = 0; l < lanes; ++l) chunk += lane[l];
       sum += chunk;
     }
     gw[e] = sum;
@@ -488,7 +630,8 @@ void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, c
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const Window2d& win = s.win;
   const ForwardPlan p = make_plan(Cg, s.H, s.W, win.PH, win.PW, Fg, s.OH, s.OW, win.KH, win.KW,
-                                  win.SH, win.SW, win.DH, win.DW, *direct_kernels());
+                                  win.SH, win.SW, win.DH, win.DW, *direct_kernels(),
+                                  direct_batch(s, DirectPass::forward));
   const index_t taps = win.KH * win.KW;
   Scratch<float> wd = make_scratch<float>(G * p.weight_size());
   for (index_t g = 0; g < G; ++g)
@@ -508,7 +651,8 @@ void conv2d_backward_input_direct(const ConvShape& s, const float* gy, const flo
   const Window2d& win = s.win;
   const index_t pt = (win.KH - 1) * win.DH - win.PH, pl = (win.KW - 1) * win.DW - win.PW;
   const ForwardPlan p = make_plan(Fg, s.OH, s.OW, pt, pl, Cg, s.H, s.W, win.KH, win.KW, 1, 1,
-                                  win.DH, win.DW, *direct_kernels());
+                                  win.DH, win.DW, *direct_kernels(),
+                                  direct_batch(s, DirectPass::backward_input));
   const index_t taps = win.KH * win.KW;
   Scratch<float> wd = make_scratch<float>(G * p.weight_size());
   for (index_t g = 0; g < G; ++g)
@@ -524,6 +668,155 @@ void conv2d_backward_input_direct(const ConvShape& s, const float* gy, const flo
       [&](index_t i) -> const float* { return wd.get() + i % G * p.weight_size(); }, nullptr);
 }
 
+namespace {
+
+// gw[g*Fg + f][c][t] = sum over chunks (in order) of partial[chunk][g][t][c][f] (chunks of
+// part_size floats); rows of the partials are read contiguously.
+void gather_weight_grad(const ConvShape& s, const ForwardPlan& p, const float* part,
+                        index_t chunks, index_t part_size, float* gw) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), taps = p.taps(), Fpad = p.Cout_pad;
+#pragma omp parallel for schedule(static)
+  for (index_t row = 0; row < s.G * taps * Cg; ++row) {
+    const index_t g = row / (taps * Cg), t = row / Cg % taps, c = row % Cg;
+    for (index_t f = 0; f < Fg; ++f) {
+      const index_t e = row * Fpad + f;
+      float sum = part[e];
+      for (index_t ch = 1; ch < chunks; ++ch) sum += part[ch * part_size + e];
+      gw[((g * Fg + f) * Cg + c) * taps + t] = sum;
+    }
+  }
+}
+
+}  // namespace
+
+// Where the weight gradient is large beside the images (many channels on few pixels: 512 ->
+// 512 3x3 on 4x4 images has 2.4M weights and 16 positions per image), the register tiles
+// sum few positions per weight: the batch goes through the packed GEMM instead (a slab of
+// images per call), whose blocking keeps its operands in cache. The GEMM's rows are the
+// output channels: from 32 of them (LeNet's 16 leave its 6-row register tiles 2x slower than
+// the direct tiles). Measured on AVX2 (Zen 3), 1 thread, batch 64: the GEMM ahead from weights
+// as many as one image's values (input + gradient, channels-last): 1.2x on 64 -> 128 stride 2
+// at 32x32 (1.5x), 1.07x on 64 -> 64 stride 2 at 32x32 (1.1x), 1.04x on 48 -> 64 5x5 at
+// 16x16 (2.7x), level on 32 -> 64 5x5 at 16x16 (2.1x); earlier (the tiles against the whole
+// batch in one GEMM) 1.25x on 256 -> 256 at 8x8 (18x), 2.3x on 256 -> 512 stride 2 at 8x8.
+bool use_weight_grad_gemm(const ConvShape& s) {
+  const DirectKernels* k = direct_kernels();
+  if (!k || k->weight_grad_gemm_ratio == 0 || s.Fg() < 32) return false;
+  const index_t Fpad = round_up(s.Fg(), k->lanes);
+  return s.win.KH * s.win.KW * s.Cg() * Fpad >
+         k->weight_grad_gemm_ratio * s.L() * (s.Cg() + Fpad);
+}
+
+namespace {
+
+// dst[p*n + j] = base[pos[p] + j] for p < kc, j < n: rows of n consecutive values at the
+// given offsets, as one packed panel (cloned per ISA: the row copies become vector moves).
+template <typename T>
+__attribute__((always_inline)) inline void gather_rows(index_t kc, const T* base,
+                                                       const index_t* pos, index_t n, T* dst) {
+  for (index_t p = 0; p < kc; ++p) {
+    const T* src = base + pos[p];
+    for (index_t j = 0; j < n; ++j) dst[p * n + j] = src[j];
+  }
+}
+
+FASTCONV_CLONED(gather_rows_any, gather_rows,
+                (index_t kc, const T* base, const index_t* pos, index_t n, T* dst),
+                (kc, base, pos, n, dst))
+
+// B(k, j) of that GEMM: row k = a position of the slab, column j = (tap t, input channel c):
+// x_t(k)[c], read from the images' channels-last copies at pos[k] + col_off[j]. The taps of a
+// kernel row lie Cg apart, so the columns of a whole kernel row are consecutive values of the
+// copy: a panel's nr columns are then one contiguous run per position (run[panel]).
+struct TapPositionsB final : BSource<float> {
+  const float* xp;
+  std::vector<index_t> col_off, pos;
+  std::vector<char> run;  // per panel of nr columns from column 0
+
+  TapPositionsB(const float* xp_, std::vector<index_t> cols, index_t nr)
+      : xp(xp_), col_off(std::move(cols)) {
+    const index_t n = static_cast<index_t>(col_off.size());
+    for (index_t j0 = 0; j0 < n; j0 += nr) {
+      bool r = j0 + nr <= n;
+      for (index_t j = j0 + 1; r && j < j0 + nr; ++j) r = col_off[j] == col_off[j - 1] + 1;
+      run.push_back(r);
+    }
+  }
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr,
+            float* dst) const override {
+    // (The loop nest's column blocks, and the threads' shares, start at multiples of nr.)
+    for (index_t q = 0; q < nc; q += nr) {
+      float* panel = dst + q * kc;
+      const index_t* co = col_off.data() + jc + q;
+      if (run[(jc + q) / nr]) {
+        gather_rows_any(kc, xp + co[0], pos.data() + pc, nr, panel);
+        continue;
+      }
+      const index_t n = std::min(nr, nc - q);
+      for (index_t k = 0; k < kc; ++k) {
+        const float* src = xp + pos[pc + k];
+        index_t j = 0;
+        for (; j < n; ++j) panel[k * nr + j] = src[co[j]];
+        for (; j < nr; ++j) panel[k * nr + j] = 0.0f;
+      }
+    }
+  }
+};
+
+// Images per GEMM of the weight gradient's batch: ~kSlabPositions output positions, and at
+// most kSlabBytes of channels-last copies (input and gradient). A function of the shape
+// only: the slabs set the order of the sums.
+constexpr index_t kSlabPositions = 2048;
+constexpr index_t kSlabBytes = index_t(8) << 20;
+index_t slab_images(const ConvShape& s, const ForwardPlan& p) {
+  const index_t per_image = sizeof(float) * (p.padded_size() + s.L() * p.Cout_pad);
+  return std::max<index_t>(1, std::min({s.N, ceil_div(kSlabPositions, s.L()),
+                                        kSlabBytes / per_image}));
+}
+
+// gw[g*Fg + f][c][t] = sum over the batch's positions of x_t(p)[c] * gy(p)[f], for group g:
+// per slab of images (slab_images), each copied channels-last (threads split the images),
+// part (Fg x taps*Cg, columns (t, c)) (+)= gy (Fg x positions) . B (positions x taps*Cg) on
+// the packed GEMM, whose threads split rows or columns, never the sum; slabs added in order.
+// The same bits for any number of threads.
+void weight_grad_gemm(const DirectKernels& k, const ForwardPlan& p, const ConvShape& s, index_t g,
+                      const float* x, const float* gy, float* gw) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), Fpad = p.Cout_pad, taps = p.taps();
+  const index_t padded = p.padded_size(), cols = taps * Cg;
+  const index_t slab = slab_images(s, p);
+  Scratch<float> xp = make_scratch<float>(slab * padded);
+  Scratch<float> gyt = make_scratch<float>(slab * L * Fpad);
+  Scratch<float> part = make_scratch<float>(Fg * cols);
+  std::vector<index_t> col_off;
+  for (index_t t = 0; t < taps; ++t)
+    for (index_t c = 0; c < Cg; ++c) col_off.push_back(p.tap_off[t] + c);
+  TapPositionsB b(xp.get(), std::move(col_off), gemm_config<float>().nr);
+  for (index_t i = 0; i < slab; ++i)
+    for (index_t q = 0; q < L; ++q) b.pos.push_back(i * padded + p.pix[q]);
+  for (index_t n0 = 0; n0 < s.N; n0 += slab) {
+    const index_t images = std::min(slab, s.N - n0);
+#pragma omp parallel for schedule(static)
+    for (index_t i = 0; i < images; ++i) {
+      const index_t n = n0 + i;
+      k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, p.pt, p.pl, p.Hp,
+                         p.Wp, Cg, xp.get() + i * padded);
+      k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0),
+                         s.OH, s.OW, Fpad, gyt.get() + i * L * Fpad);
+    }
+    gemm_parallel<float>(Fg, cols, images * L, StridedA<float>(gyt.get(), 1, Fpad), b,
+                         part.get(), cols, n0 > 0);
+  }
+  // part[f][t][c] -> gw[g*Fg + f][c][t]
+  const float* pt = part.get();
+#pragma omp parallel for schedule(static)
+  for (index_t f = 0; f < Fg; ++f)
+    for (index_t c = 0; c < Cg; ++c)
+      for (index_t t = 0; t < taps; ++t)
+        gw[((g * Fg + f) * Cg + c) * taps + t] = pt[f * cols + t * Cg + c];
+}
+
+}  // namespace
+
 void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const float* x,
                                    float* gw) {
   const DirectKernels& k = *direct_kernels();
@@ -534,25 +827,40 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
   const index_t taps = win.KH * win.KW;
   const index_t part_size = G * p.weight_size();  // [g][tap][c][Fpad]
   const index_t gyt_size = round_up(L * p.Cout_pad, 16);
-  const index_t per = p.padded_size() + gyt_size;
+  if (use_weight_grad_gemm(s)) {
+    for (index_t g = 0; g < G; ++g) weight_grad_gemm(k, p, s, g, x, gy, gw);
+    return;
+  }
   // Fixed chunks of images, each summed into its own partial gradient and added in chunk
   // order: the result does not depend on the number of threads.
   const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
+  // A chunk's images go through the tiles `batch` at a time (copies side by side), so each
+  // tile sums ~kBatchPositions positions before it stores its sums: small images would
+  // otherwise read and write the whole partial gradient (taps x Cg x Fpad) once per image.
+  constexpr index_t kBatchPositions = 256;
+  const index_t batch = std::min(ceil_div(s.N, chunks), ceil_div(kBatchPositions, L));
+  const index_t per = batch * (p.padded_size() + gyt_size);
   Scratch<float> partial = make_scratch<float>(chunks * part_size);
-  const index_t nblocks = static_cast<index_t>(p.blocks.size());
+  // Work items: a tap and a piece of input channels (as tall as a 2-vector tile), over every
+  // output block; the piece's inputs stay in L1 while the blocks' gradients pass by.
+  std::vector<std::pair<index_t, index_t>> pieces;
+  for_each_piece(Cg, k.max_mr[2], [&](index_t c0, index_t mr) { pieces.emplace_back(c0, mr); });
+  const index_t npieces = static_cast<index_t>(pieces.size());
 
-  // Adds one image (group g; xp, gyt its channels-last copies) into part, for work item
-  // (block, tap); accumulate: onto what is there.
-  auto image_item = [&](const float* xp, const float* gyt, float* part, index_t g, index_t item,
-                         bool accumulate) {
-    const ChannelBlock blk = p.blocks[item / taps];
-    const index_t t = item % taps;
-    float* dst = part + (g * taps + t) * Cg * p.Cout_pad + blk.f0;
-    for_each_piece(Cg, k.max_mr[blk.nv], [&](index_t c0, index_t mr) {
-      k.weight_grad[blk.nv][mr](xp + p.tap_off[t] + c0, p.SW * Cg, p.SH * p.Wp * Cg, s.OH, s.OW,
-                                gyt + blk.f0, p.Cout_pad, dst + c0 * p.Cout_pad, p.Cout_pad,
-                                accumulate);
-    });
+  // Adds `images` images (group g; xp, gyt their channels-last copies) into part, for work
+  // item (tap, piece); accumulate: onto what is there.
+  auto batch_item = [&](const float* xp, const float* gyt, index_t images, float* part, index_t g,
+                        index_t item, bool accumulate) {
+    const index_t t = item / npieces;
+    const auto [c0, mc] = pieces[item % npieces];
+    float* dst = part + ((g * taps + t) * Cg + c0) * p.Cout_pad;
+    const DirectKernels::GradPositions at{images,           s.OH,     s.OW,       p.padded_size(),
+                                          p.SH * p.Wp * Cg, p.SW * Cg, gyt_size, p.Cout_pad};
+    for (const ChannelBlock& blk : p.blocks)
+      for_each_piece(mc, k.max_mr[blk.nv], [&](index_t c1, index_t mr) {
+        k.weight_grad[blk.nv][mr](xp + p.tap_off[t] + c0 + c1, gyt + blk.f0, at,
+                                  dst + c1 * p.Cout_pad + blk.f0, p.Cout_pad, accumulate);
+      });
   };
   const auto x_of = [&](index_t n, index_t g) { return x + (n * s.C + g * Cg) * s.H * s.W; };
   const auto gy_of = [&](index_t n, index_t g) { return gy + (n * s.F + g * Fg) * L; };
@@ -561,46 +869,36 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
     k.to_channels_last(gy_of(n, g), Fg, s.OH, s.OW, index_t(0), index_t(0), s.OH, s.OW,
                        p.Cout_pad, gyt);
   };
-  const index_t items = nblocks * taps;
+  const index_t items = taps * npieces;
   for_each_item(chunks, per, [&](index_t c, float* xp, bool split) {
-    float* gyt = xp + p.padded_size();
+    float* gyt = xp + batch * p.padded_size();
     const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
-    for (index_t n = n0; n < n1; ++n)
+    for (index_t na = n0; na < n1; na += batch)
       for (index_t g = 0; g < G; ++g) {
-        prepare(n, g, xp, gyt);
+        const index_t images = std::min(batch, n1 - na);
+        for (index_t b = 0; b < images; ++b)
+          prepare(na + b, g, xp + b * p.padded_size(), gyt + b * gyt_size);
         if (split) {
 #pragma omp parallel for schedule(static)
           for (index_t item = 0; item < items; ++item)
-            image_item(xp, gyt, partial.get() + c * part_size, g, item, n > n0);
+            batch_item(xp, gyt, images, partial.get() + c * part_size, g, item, na > n0);
           continue;
         }
-        // The next image's planes (same group), a slice per item (see PrefetchSlices).
-        const bool more = n + 1 < s.N;
-        const PrefetchSlices next_x(more ? x_of(n + 1, g) : nullptr,
-                                    sizeof(float) * Cg * s.H * s.W, items);
-        const PrefetchSlices next_gy(more ? gy_of(n + 1, g) : nullptr, sizeof(float) * Fg * L,
-                                     items);
+        // The next batch's planes (same group), a slice per item (see PrefetchSlices).
+        const index_t next = na + images, next_images = std::min(batch, n1 - next);
+        const bool more = next < n1;
+        const PrefetchSlices next_x(more ? x_of(next, g) : nullptr,
+                                    sizeof(float) * Cg * s.H * s.W * next_images, items);
+        const PrefetchSlices next_gy(more ? gy_of(next, g) : nullptr,
+                                     sizeof(float) * Fg * L * next_images, items);
         for (index_t item = 0; item < items; ++item) {
           next_x.slice(item);
           next_gy.slice(item);
-          image_item(xp, gyt, partial.get() + c * part_size, g, item, n > n0);
+          batch_item(xp, gyt, images, partial.get() + c * part_size, g, item, na > n0);
         }
       }
   });
-  // gw[g*Fg + f][c][t] = sum over chunks (in order) of partial[chunk][g][t][c][f]; rows of
-  // the partials are read contiguously.
-  const float* part = partial.get();
-  const index_t Fpad = p.Cout_pad;
-#pragma omp parallel for schedule(static)
-  for (index_t row = 0; row < G * taps * Cg; ++row) {
-    const index_t g = row / (taps * Cg), t = row / Cg % taps, c = row % Cg;
-    for (index_t f = 0; f < Fg; ++f) {
-      const index_t e = row * Fpad + f;
-      float sum = part[e];
-      for (index_t ch = 1; ch < chunks; ++ch) sum += part[ch * part_size + e];
-      gw[((g * Fg + f) * Cg + c) * taps + t] = sum;
-    }
-  }
+  gather_weight_grad(s, p, partial.get(), chunks, part_size, gw);
 }
 
 }  // namespace fastconv

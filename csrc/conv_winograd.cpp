@@ -7,13 +7,6 @@
 namespace fastconv {
 namespace {
 
-// Tiles per pass of the 16 GEMMs (two 14-row register tiles of 32 output channels): a
-// pass's transformed tiles (16 x 28 x channels) stay in L2 between transforms and GEMMs.
-// Measured against 42, 37, 32, 22 and 16 (interleaved in one process): layers of 64 tiles
-// per image (simple_cnn's conv2 input gradient, vgg_small's 16x16 layers) 9-11% faster than
-// with 42 (passes of 22 tiles instead of 32); 256- and 16-tile layers unchanged.
-constexpr index_t kChunk = 28;
-
 // ---- transforms (loops over channels, contiguous in the channels-last buffers) ------------
 // Element xi = 4*i + j of a 4x4 transformed tile is stored at out + xi*stride + c.
 
@@ -95,24 +88,30 @@ FASTCONV_CLONED(grad_tile_any, grad_tile, (const T* const* g, index_t C, T* out,
                 (g, C, out, stride))
 
 // U = G g G^T for 3x3 kernels g, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], in double,
-// for n kernels side by side (g[k][j]: element k of kernel j): the loop over j vectorises.
-// u[xi * ld + j] = element xi (of 16) of kernel j's transform.
+// for n kernels side by side (g[k][j]: element k of kernel j): every loop runs over j and
+// vectorises (cloned per ISA). u[xi * ld + j] = element xi (of 16) of kernel j's transform,
+// written as 16 runs of n floats (one kernel at a time, 16 scattered scalar stores per
+// kernel, bound the transform of large layers: a quarter of a 512-channel forward at 4x4).
 constexpr int kKernelBatch = 16 * DirectKernels::kMaxNV;
-void kernel_tiles(const double (*g)[kKernelBatch], index_t n, float* u, index_t ld) {
-  for (index_t j = 0; j < n; ++j) {
-    double t[4][3];
-    for (int c = 0; c < 3; ++c) {
+FASTCONV_CLONES void kernel_tiles(const double (*g)[kKernelBatch], index_t n, float* u,
+                                  index_t ld) {
+  alignas(64) double t[4][3][kKernelBatch];
+  for (int c = 0; c < 3; ++c)
+    for (index_t j = 0; j < n; ++j) {
       const double g0 = g[c][j], g1 = g[3 + c][j], g2 = g[6 + c][j];
-      t[0][c] = g0;
-      t[1][c] = 0.5 * (g0 + g1 + g2);
-      t[2][c] = 0.5 * (g0 - g1 + g2);
-      t[3][c] = g2;
+      t[0][c][j] = g0;
+      t[1][c][j] = 0.5 * (g0 + g1 + g2);
+      t[2][c][j] = 0.5 * (g0 - g1 + g2);
+      t[3][c][j] = g2;
     }
-    for (int i = 0; i < 4; ++i) {
-      u[(4 * i + 0) * ld + j] = static_cast<float>(t[i][0]);
-      u[(4 * i + 1) * ld + j] = static_cast<float>(0.5 * (t[i][0] + t[i][1] + t[i][2]));
-      u[(4 * i + 2) * ld + j] = static_cast<float>(0.5 * (t[i][0] - t[i][1] + t[i][2]));
-      u[(4 * i + 3) * ld + j] = static_cast<float>(t[i][2]);
+  for (int i = 0; i < 4; ++i) {
+    float* ui = u + 4 * i * ld;
+    for (index_t j = 0; j < n; ++j) {
+      const double t0 = t[i][0][j], t1 = t[i][1][j], t2 = t[i][2][j];
+      ui[j] = static_cast<float>(t0);
+      ui[ld + j] = static_cast<float>(0.5 * (t0 + t1 + t2));
+      ui[2 * ld + j] = static_cast<float>(0.5 * (t0 - t1 + t2));
+      ui[3 * ld + j] = static_cast<float>(t2);
     }
   }
 }
@@ -137,40 +136,57 @@ void weight_tile(const float* s, index_t stride, float* gw) {
 
 // ---- geometry ------------------------------------------------------------------------------
 
-// A stride-1 3x3 convolution on 2x2 output tiles: the source image (Cin x Hin x Win, NCHW) is
-// copied channels-last into a zero-padded Hp x Wp buffer at (pt, pl), so tile (ty, tx) reads
-// the 4x4 patch at (2ty, 2tx) and writes outputs (2ty + i, 2tx + j) that are < OH, OW.
+// A stride-1 3x3 convolution on 2x2 output tiles: each source image (Cin x Hin x Win, NCHW)
+// is copied channels-last into a zero-padded Hp x Wp buffer at (pt, pl), so tile (ty, tx)
+// reads the 4x4 patch at (2ty, 2tx) and writes outputs (2ty + i, 2tx + j) that are < OH, OW.
+// `images` images go through the tiles together (copies side by side): tile t of the batch
+// is tile t % T of image t / T.
 struct TilePlan {
   index_t Cin, Hin, Win, pt, pl;
   index_t Cout, OH, OW;
   index_t TH, TW, T, Hp, Wp, Cout_pad;
-  index_t chunk;  // tiles per pass: T split evenly into passes of at most kChunk
+  index_t images;
+  // Tiles per pass of the 16 GEMMs: the batch's tiles split evenly into passes of at most
+  // the table's winograd_chunk (a pass's transformed tiles, 16 x chunk x channels, stay in
+  // L2 between the transforms and the GEMMs).
+  index_t chunk;
+  index_t lanes;
   std::vector<ChannelBlock> blocks;
   std::vector<index_t> pix;  // tile q of a chunk at q*Cin in a transformed slice
 
-  TilePlan(index_t cin, index_t hin, index_t win, index_t pt_, index_t pl_, index_t cout,
-           index_t oh, index_t ow)
+  TilePlan(const DirectKernels& k, index_t cin, index_t hin, index_t win, index_t pt_,
+           index_t pl_, index_t cout, index_t oh, index_t ow, index_t images_ = 1)
       : Cin(cin), Hin(hin), Win(win), pt(pt_), pl(pl_), Cout(cout), OH(oh), OW(ow),
         TH(ceil_div(oh, 2)), TW(ceil_div(ow, 2)), T(TH * TW), Hp(2 * TH + 2), Wp(2 * TW + 2),
-        Cout_pad(round_up(cout, 16)), chunk(ceil_div(T, ceil_div(T, kChunk))),
-        blocks(channel_blocks(cout)) {
-    for (index_t q = 0; q < kChunk; ++q) pix.push_back(q * Cin);
+        Cout_pad(round_up(cout, k.lanes)), images(images_),
+        chunk(ceil_div(images * T, ceil_div(images * T, k.winograd_chunk))), lanes(k.lanes),
+        blocks(channel_blocks(cout, k.lanes)) {
+    for (index_t q = 0; q < chunk; ++q) pix.push_back(q * Cin);
   }
 
+  index_t tiles() const { return images * T; }
   index_t padded_size() const { return round_up(Hp * Wp * Cin, 16); }
   index_t v_size() const { return 16 * chunk * Cin; }
   index_t m_size() const { return 16 * chunk * Cout_pad; }
   index_t out_size() const { return round_up(OH * OW * Cout_pad, 16); }
-  // Per thread: padded image, transformed tiles, products, channels-last output.
-  index_t scratch_size() const { return padded_size() + v_size() + m_size() + out_size(); }
+  // Per thread: the padded images, transformed tiles, products, channels-last outputs.
+  index_t scratch_size() const {
+    return images * padded_size() + v_size() + m_size() + images * out_size();
+  }
 
-  // Patch pixel pointers of tile t (d[4*i + j]) in the padded buffer xp.
+  // Patch pixel pointers of tile t (d[4*i + j]) in the padded buffers from xp.
   void patch(const float* xp, index_t t, const float* d[16]) const {
-    const index_t ty = t / TW, tx = t % TW;
+    const index_t ty = t % T / TW, tx = t % TW;
+    xp += t / T * padded_size();
     for (int i = 0; i < 4; ++i)
       for (int j = 0; j < 4; ++j) d[4 * i + j] = xp + ((2 * ty + i) * Wp + 2 * tx + j) * Cin;
   }
 };
+
+// Tiles per batch of images (see image_batch): enough that each pass of the 16 GEMMs reads
+// the transformed kernels (16 x Cin x Cout: 4 MiB for 256 channels) for a full chunk of tiles,
+// not for the 4 of one 4x4 image.
+constexpr index_t kBatchTiles = 96;
 
 // Transformed kernels for the 16 GEMMs: U[xi] at xi*Cin*Cout_pad, per output block (f0, nv)
 // at Cin*f0 as [cin][16*nv]; value(o, i) gives the 3x3 kernel (9 floats, row-major) from
@@ -179,27 +195,32 @@ template <typename Kernel>
 Scratch<float> transform_kernels(const TilePlan& p, Kernel kernel) {
   Scratch<float> u = make_scratch<float>(16 * p.Cin * p.Cout_pad);
   float* up = u.get();
-  // Input channels split between threads (the other thread would wait otherwise); output
-  // channels innermost, so the 16 destinations are each written in order.
+  // Pieces of input channels split between threads (the other thread would wait otherwise);
+  // within a piece, output block by output block: the block's kernels are then read as a few
+  // dozen sequential streams (one per output channel), not every output channel's per input
+  // channel, and the 16 destinations are each written in order.
+  constexpr index_t kPiece = 32;
 #pragma omp parallel for schedule(static) if (p.Cin * p.Cout >= 1024)
-  for (index_t c = 0; c < p.Cin; ++c) {
+  for (index_t c0 = 0; c0 < p.Cin; c0 += kPiece) {
     float g[9];
     alignas(64) double gb[9][kKernelBatch];
     for (const ChannelBlock& b : p.blocks) {
-      const index_t width = 16 * b.nv;
-      for (index_t j = 0; j < width; ++j) {
-        if (b.f0 + j < p.Cout) kernel(b.f0 + j, c, g);
-        else std::fill(g, g + 9, 0.0f);  // padding channels
-        for (int k = 0; k < 9; ++k) gb[k][j] = g[k];
+      const index_t width = p.lanes * b.nv;
+      for (index_t c = c0; c < std::min(p.Cin, c0 + kPiece); ++c) {
+        for (index_t j = 0; j < width; ++j) {
+          if (b.f0 + j < p.Cout) kernel(b.f0 + j, c, g);
+          else std::fill(g, g + 9, 0.0f);  // padding channels
+          for (int k = 0; k < 9; ++k) gb[k][j] = g[k];
+        }
+        kernel_tiles(gb, width, up + p.Cin * b.f0 + c * width, p.Cin * p.Cout_pad);
       }
-      kernel_tiles(gb, width, up + p.Cin * b.f0 + c * width, p.Cin * p.Cout_pad);
     }
   }
   return u;
 }
 
-// One chunk of tiles [t0, t0 + tn) of one image: transform, 16 GEMMs, inverse transform into
-// the channels-last output `out` (OH*OW x Cout_pad).
+// One chunk of tiles [t0, t0 + tn) of a batch: transform, 16 GEMMs, inverse transform into
+// the channels-last outputs from `out` (OH*OW x Cout_pad each, out_size() apart).
 void forward_chunk(const DirectKernels& k, const TilePlan& p, const float* xp, const float* u,
                    index_t t0, index_t tn, float* v, float* m, float* out, float* junk) {
   const index_t vs = p.chunk * p.Cin, ms = p.chunk * p.Cout_pad;
@@ -213,24 +234,26 @@ void forward_chunk(const DirectKernels& k, const TilePlan& p, const float* xp, c
     for (const ChannelBlock& b : p.blocks)
       for_each_piece(tn, k.max_mr[b.nv], [&](index_t q0, index_t mr) {
         k.forward[b.nv][mr](v + xi * vs, p.pix.data() + q0, &tap0, 1, p.Cin,
-                            u + xi * p.Cin * p.Cout_pad + p.Cin * b.f0, 16 * b.nv,
+                            u + xi * p.Cin * p.Cout_pad + p.Cin * b.f0, p.lanes * b.nv,
                             m + xi * ms + q0 * p.Cout_pad + b.f0, p.Cout_pad, false);
       });
   for (index_t q = 0; q < tn; ++q) {
-    const index_t t = t0 + q, ty = t / p.TW, tx = t % p.TW;
+    const index_t t = t0 + q, ty = t % p.T / p.TW, tx = t % p.TW;
+    float* image_out = out + t / p.T * p.out_size();
     float* o[4];
     for (int i = 0; i < 2; ++i)
       for (int j = 0; j < 2; ++j) {
         const index_t oh = 2 * ty + i, ow = 2 * tx + j;
-        o[2 * i + j] = oh < p.OH && ow < p.OW ? out + (oh * p.OW + ow) * p.Cout_pad : junk;
+        o[2 * i + j] = oh < p.OH && ow < p.OW ? image_out + (oh * p.OW + ow) * p.Cout_pad : junk;
       }
     output_tile_any(m + q * p.Cout_pad, ms, p.Cout_pad, o);
   }
 }
 
-// Runs the plan over `items` images (src(i) -> dst(i), NCHW, plus bias), kernels u(i); with
-// pool, each image's output planes are max-pooled from a buffer in cache into pool->y (item i
-// holds planes [i*Cout, (i+1)*Cout)), and dst is not used.
+// Runs the plan over `items` images (src(i) -> dst(i), NCHW, plus bias), kernels u(i), in
+// batches of p.images consecutive ones (same group); with pool, each image's output planes
+// are max-pooled from a buffer in cache into pool->y (item i holds planes [i*Cout,
+// (i+1)*Cout)), and dst is not used.
 // Returns false, as soon as it sees one, if an input holds ±inf or NaN (the outputs are then
 // unspecified: the caller recomputes them on the direct path, see use_winograd).
 template <typename Src, typename Dst, typename Kernels>
@@ -239,31 +262,39 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
   std::atomic<bool> nonfinite{false};
   const DirectKernels& k = *direct_kernels();
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
-  const index_t chunks = ceil_div(p.T, p.chunk);
   const index_t part = p.v_size() + p.m_size() + p.Cout_pad;  // transform buffers + junk row
   const index_t L = p.OH * p.OW, ybuf_size = pool ? round_up(p.Cout * L, 16) : 0;
-  // Scratch per image: padded copy, transformed tiles, products, output, junk row, and with
-  // pool the output planes.
-  for_each_item(items, p.scratch_size() + p.Cout_pad + ybuf_size, [&](index_t i, float* xp,
-                                                                     bool split) {
-    float* out = xp + p.padded_size() + p.v_size() + p.m_size();
-    if (nonfinite.load(std::memory_order_relaxed)) return;
-    if (k.to_channels_last(src(i), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin, xp)) {
-      nonfinite.store(true, std::memory_order_relaxed);
-      return;
+  const index_t batches = ceil_div(items, p.images);
+  // Scratch per batch: padded copies, transformed tiles, products, outputs, junk row, and
+  // with pool the output planes of one image.
+  for_each_item(batches, p.scratch_size() + p.Cout_pad + ybuf_size, [&](index_t bi, float* xp,
+                                                                       bool split) {
+    const index_t i0 = bi * p.images, count = std::min(p.images, items - i0);
+    float* out = xp + p.images * p.padded_size() + p.v_size() + p.m_size();
+    for (index_t b = 0; b < count; ++b) {
+      if (nonfinite.load(std::memory_order_relaxed)) return;
+      if (k.to_channels_last(src(i0 + b), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin,
+                             xp + b * p.padded_size())) {
+        nonfinite.store(true, std::memory_order_relaxed);
+        return;
+      }
     }
-    const float* ui = u(i);
-    // The next image (this thread's, mostly), a slice per chunk (see PrefetchSlices).
-    const PrefetchSlices next(i + 1 < items && !split ? src(i + 1) : nullptr,
-                              sizeof(float) * p.Cin * p.Hin * p.Win, chunks);
+    const float* ui = u(i0);
+    const index_t tiles = count * p.T, chunks = ceil_div(tiles, p.chunk);
+    // The next batch (this thread's, mostly), a slice per chunk (see PrefetchSlices).
+    const index_t next = i0 + count;
+    const PrefetchSlices next_src(next < items && !split ? src(next) : nullptr,
+                                  sizeof(float) * p.Cin * p.Hin * p.Win *
+                                      std::min(p.images, items - next),
+                                  chunks);
     // Transformed tiles v, products m = v + v_size, and a junk row for cut-off outputs.
     auto run_chunk = [&](index_t c, float* v, float* junk) {
-      next.slice(c);
-      forward_chunk(k, p, xp, ui, c * p.chunk, std::min(p.chunk, p.T - c * p.chunk), v,
+      next_src.slice(c);
+      forward_chunk(k, p, xp, ui, c * p.chunk, std::min(p.chunk, tiles - c * p.chunk), v,
                     v + p.v_size(), out, junk);
     };
     if (split) {
-      // Threads split the chunks of this image, each with transform buffers of its own.
+      // Threads split the chunks of this batch, each with transform buffers of its own.
       Scratch<float> bufs = make_scratch<float>(part * max_threads());
 #pragma omp parallel
       {
@@ -272,15 +303,19 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
         for (index_t c = 0; c < chunks; ++c) run_chunk(c, v, v + p.v_size() + p.m_size());
       }
     } else {
-      for (index_t c = 0; c < chunks; ++c) run_chunk(c, xp + p.padded_size(), out + p.out_size());
+      float* v = xp + p.images * p.padded_size();
+      for (index_t c = 0; c < chunks; ++c) run_chunk(c, v, out + p.images * p.out_size());
     }
-    if (!pool) {
-      k.from_channels_last(out, p.Cout_pad, p.Cout, L, bias_of(i), dst(i));
-      return;
+    for (index_t b = 0; b < count; ++b) {
+      const index_t i = i0 + b;
+      if (!pool) {
+        k.from_channels_last(out + b * p.out_size(), p.Cout_pad, p.Cout, L, bias_of(i), dst(i));
+        continue;
+      }
+      float* ybuf = xp + p.scratch_size() + p.Cout_pad;
+      k.from_channels_last(out + b * p.out_size(), p.Cout_pad, p.Cout, L, bias_of(i), ybuf);
+      pool_planes(*pool, p.Cout, ybuf, i * p.Cout, split);
     }
-    float* ybuf = xp + p.scratch_size() + p.Cout_pad;
-    k.from_channels_last(out, p.Cout_pad, p.Cout, L, bias_of(i), ybuf);
-    pool_planes(*pool, p.Cout, ybuf, i * p.Cout, split);
   });
   return !nonfinite.load();
 }
@@ -289,17 +324,35 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
 
 bool use_winograd(const ConvShape& s, DirectPass pass, bool forced) {
   const Window2d& w = s.win;
-  if (!direct_kernels() || s.N == 0 || w.KH != 3 || w.KW != 3 || w.SH != 1 || w.SW != 1 ||
-      w.DH != 1 || w.DW != 1)
+  const DirectKernels* k = direct_kernels();
+  if (!k || s.N == 0 || w.KH != 3 || w.KW != 3 || w.SH != 1 || w.SW != 1 || w.DH != 1 ||
+      w.DW != 1)
     return false;
-  (void)pass;  // all three passes: measured faster than the direct kernels on every layer here
-  return forced || (s.Cg() >= 16 && s.Fg() >= 16);
+  if (forced) return true;
+  if (s.Cg() < 16 || s.Fg() < 16) return false;
+  // The forward and input gradient want their 2x2 tiles mostly inside the output (the
+  // table's winograd_min_fill), and yield to the direct tiles per pixel of tiny outputs.
+  const index_t OH = pass == DirectPass::backward_input ? s.H : s.OH;
+  const index_t OW = pass == DirectPass::backward_input ? s.W : s.OW;
+  const index_t tiles = ceil_div(OH, 2) * ceil_div(OW, 2);
+  if (pass != DirectPass::backward_weight)
+    return OH * OW >= k->winograd_min_fill * 4 * tiles && !direct_per_pixel(s, pass);
+  // The weight gradient yields to the direct one where that runs as a GEMM (many channels
+  // on small images) and the images have few tiles, or many cut off, or Winograd's 16 sums
+  // of Cg x Fpad per chunk of images pass 2 MiB: they then cost more than its fewer
+  // multiplies save. Measured on AVX2 (Zen 3), batch 64, 1 thread: the GEMM 2.3x ahead at
+  // 4x4 (512 channels), 1.1x at 7x7 (256), 1.05-1.2x at 8x8 (256); Winograd 1.5x ahead at
+  // 8x8 with 128 channels.
+  const index_t Fpad = round_up(s.Fg(), k->lanes);
+  return !(use_weight_grad_gemm(s) &&
+           (tiles < 16 || 5 * OH * OW < 4 * 4 * tiles || s.Cg() * Fpad > 32768));
 }
 
 bool conv2d_forward_winograd(const ConvShape& s, const float* x, const float* w,
                              const float* bias, float* y, const PoolAfter* pool) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
-  const TilePlan p(Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
+  const TilePlan p(*direct_kernels(), Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW,
+                   image_batch(s.N * G, G, ceil_div(s.OH, 2) * ceil_div(s.OW, 2), kBatchTiles));
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t f, index_t c, float* k) {
@@ -316,7 +369,8 @@ bool conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const f
   // The stride-1 convolution of grad_y placed at (2 - p) with the kernel flipped and its
   // channel axes swapped (see conv_direct.h).
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
-  const TilePlan p(Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H, s.W);
+  const TilePlan p(*direct_kernels(), Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H, s.W,
+                   image_batch(s.N * G, G, ceil_div(s.H, 2) * ceil_div(s.W, 2), kBatchTiles));
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t c, index_t f, float* k) {
@@ -334,12 +388,13 @@ bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
   const DirectKernels& k = *direct_kernels();
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L();
   // Tiles over grad_y (2x2, zero past OH x OW), each against the 4x4 input patch at (2ty, 2tx).
-  const TilePlan p(Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
+  const TilePlan p(*direct_kernels(), Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
   const index_t Fpad = p.Cout_pad;
   const index_t gyt_size = round_up(2 * p.TH * 2 * p.TW * Fpad, 16);
   // Transformed tiles of several images are gathered (~1 MiB) before the 16 GEMMs run over
   // them: each GEMM pass re-reads its sums (16 x Cg x Fpad), so fewer, longer passes.
-  const index_t cap = std::max<index_t>(kChunk, (index_t(1) << 18) / (16 * (Cg + Fpad)));
+  const index_t cap =
+      std::max<index_t>(k.winograd_chunk, (index_t(1) << 18) / (16 * (Cg + Fpad)));
   const index_t vs = cap * Cg, us = cap * Fpad;
   const index_t per = p.padded_size() + gyt_size + 16 * (vs + us);
   const index_t sum_size = G * 16 * Cg * Fpad;  // [g][xi][c][f]
@@ -359,7 +414,8 @@ bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
     auto product = [&](int xi) {
       for (const ChannelBlock& b : p.blocks)
         for_each_piece(Cg, k.max_mr[b.nv], [&](index_t c0, index_t mr) {
-          k.weight_grad[b.nv][mr](v + xi * vs + c0, Cg, 0, 1, filled, ug + xi * us + b.f0, Fpad,
+          const DirectKernels::GradPositions at{1, 1, filled, 0, 0, Cg, 0, Fpad};
+          k.weight_grad[b.nv][mr](v + xi * vs + c0, ug + xi * us + b.f0, at,
                                   sum + (xi * Cg + c0) * Fpad + b.f0, Fpad, !first);
         });
     };

@@ -14,9 +14,9 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
   // Worth it when B is the large operand and M fills at least a vector.
   if (!kp || M < 16 || M > 512 || N < 4 * M || K < 64) return false;
   const DirectKernels& k = *kp;
-  const index_t Mpad = ceil_div(M, 16) * 16;
+  const index_t Mpad = round_up(M, k.lanes);
   constexpr index_t kKc = 256;  // K block: a 2-vector panel of A^T is 32 KiB (L1)
-  const std::vector<ChannelBlock> blocks = channel_blocks(M);
+  const std::vector<ChannelBlock> blocks = channel_blocks(M, k.lanes);
 
   // A^T packed per (block, k-block): at K*i0 + k0*16*nv, [kc][16*nv], zero past M.
   struct PackItem {
@@ -25,7 +25,7 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
   std::vector<PackItem> pack_items;
   for (const ChannelBlock& b : blocks)
     for (index_t k0 = 0; k0 < K; k0 += kKc)
-      pack_items.push_back({b.f0, 16 * b.nv, k0, std::min(kKc, K - k0)});
+      pack_items.push_back({b.f0, k.lanes * b.nv, k0, std::min(kKc, K - k0)});
   Scratch<float> at = make_scratch<float>(K * Mpad);
   std::vector<index_t> rows(N);  // tile row r of B starts at B + rows[r]
   for (index_t r = 0; r < N; ++r) rows[r] = r * ldb;
@@ -67,7 +67,7 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
           const index_t kc = std::min(kKc, K - k0);
           for (const ChannelBlock& b : blocks)
             k.forward[b.nv][mr](B + k0, rows.data() + r, &tap0, 1, kc,
-                                at.get() + K * b.f0 + k0 * 16 * b.nv, 16 * b.nv,
+                                at.get() + K * b.f0 + k0 * k.lanes * b.nv, k.lanes * b.nv,
                                 ct.get() + r * Mpad + b.f0, Mpad, k0 > 0);
         }
       });

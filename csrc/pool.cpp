@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 #include "activation.h"  // relu_value, relu_grad
@@ -206,20 +207,19 @@ inline bool is_plain_2x2(const PoolShape& s) {
          w.DH == 1 && w.DW == 1 && 2 * s.OH <= s.H && 2 * s.OW <= s.W;
 }
 
-// The AVX-512 plane kernels for plain 2x2 windows when this CPU runs them (float32; the max
-// kernel keeps offsets within a row in int32).
+// The SIMD level's plane kernels for plain 2x2 windows (float32; the max kernel keeps
+// offsets within a row in int32).
 template <typename T>
 const Pool2x2Kernels* fast_2x2(const PoolShape& s) {
   if constexpr (!std::is_same_v<T, float>) {
     return nullptr;
   } else {
-    if (!is_plain_2x2(s) || s.W >= (index_t(1) << 30) || selected_isa() != Isa::avx512)
-      return nullptr;
-    return pool_2x2_kernels_avx512();
+    if (!is_plain_2x2(s) || s.W >= (index_t(1) << 30)) return nullptr;
+    return pool_2x2_kernels();
   }
 }
 
-// One plane of max pooling: the AVX-512 2x2 kernels (fast, from fast_2x2), the portable 2x2
+// One plane of max pooling: the SIMD 2x2 kernels (fast, from fast_2x2), the portable 2x2
 // ones (two_by_two, from is_plain_2x2), or any window.
 template <typename T>
 void max_pool_plane(const PoolShape& s, const Pool2x2Kernels* fast, bool two_by_two, const T* xp,
@@ -265,6 +265,14 @@ void max_pool_plane(const PoolShape& s, const Pool2x2Kernels* fast, bool two_by_
 }
 
 }  // namespace
+
+const Pool2x2Kernels* pool_2x2_kernels() {
+  switch (selected_isa()) {
+    case Isa::avx512: return pool_2x2_kernels_avx512();
+    case Isa::avx2: return pool_2x2_kernels_avx2();
+    default: return nullptr;
+  }
+}
 
 template <typename T>
 void max_pool2d_forward_planes(const PoolShape& s, index_t planes, const T* x, T* y,

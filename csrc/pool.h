@@ -48,8 +48,10 @@ struct Pool2x2Kernels {
                     std::int64_t* idx);
   void (*avg_plane)(const float* x, index_t W, index_t OH, index_t OW, float* y);
 };
-// The AVX-512 kernels (pool_avx512.cpp), or nullptr when the build has none. The caller checks
-// that this CPU runs them (selected_isa()).
+// The AVX-512 and AVX2 kernels (pool_avx512.cpp, pool_avx2.cpp), or nullptr when the build
+// has none; pool_2x2_kernels() picks those of the selected ISA (nullptr: generic).
 const Pool2x2Kernels* pool_2x2_kernels_avx512();
+const Pool2x2Kernels* pool_2x2_kernels_avx2();
+const Pool2x2Kernels* pool_2x2_kernels();
 
 }  // namespace fastconv

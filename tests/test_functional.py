@@ -39,7 +39,7 @@ CONV_CASES = [
     (9, 3, 32, 32, 32, 3, 1, 0, 1, 1),         # simple_cnn's first layer
     (1, 1, 1, 1, 1, 1, 1, 0, 1, 1),            # tiny
     (2, 2, 3, 3, 2, 3, 1, 2, 1, 1),            # padding larger than half the kernel is fine for conv
-    # >= 16 channels per group: the direct channels-last kernels (float32, AVX-512)
+    # >= 16 channels per group: the direct channels-last kernels (float32, AVX-512 or AVX2)
     (2, 32, 15, 15, 64, 3, 1, 0, 1, 1),        # simple_cnn's second layer
     (3, 16, 8, 8, 48, 3, 1, 1, 1, 1),          # a 3-vector output block
     (2, 32, 9, 11, 16, 3, 2, 1, 1, 1),         # stride 2 (input gradient on the GEMM path)
@@ -49,6 +49,12 @@ CONV_CASES = [
     (2, 17, 5, 23, 33, (1, 3), (1, 2), (0, 1), 1, 1),  # wide rows, odd channel counts
     (3, 32, 17, 17, 32, 3, 1, 1, 1, 1),        # Winograd (all passes): odd size, partial tiles
     (2, 16, 9, 12, 24, 3, 1, 3, 1, 1),         # Winograd with padding beyond the kernel
+    # many channels on few pixels: images share passes through the tiles (direct, Winograd),
+    # the weight gradient runs as one GEMM over the batch (AVX2)
+    (13, 40, 4, 4, 44, 3, 1, 1, 1, 1),
+    (5, 20, 3, 5, 36, 3, 2, 1, 1, 1),
+    (130, 24, 4, 4, 40, 3, 1, 1, 1, 1),        # that GEMM over two slabs of images
+    (12, 16, 1, 1, 16, (3, 1), 1, (3, 0), 1, 1),  # tiny outputs run per pixel: some see only padding
     # few input channels (the NCHW first-layer kernels): lenet5's conv1, a padded RGB layer
     # with ragged rows, a 7-wide dilated kernel, and grouped
     (3, 3, 32, 32, 6, 5, 1, 0, 1, 1),
@@ -100,6 +106,25 @@ def conv_algorithm():
     _core.set_conv_algorithm("auto")
 
 
+# The formulations that run on the register tiles of an ISA (direct channels-last, Winograd,
+# few-channel NCHW), and the SIMD levels that have such tiles.
+TILE_ALGORITHMS = ["direct", "winograd", "direct_nchw"]
+TILE_LEVELS = ["avx2", "avx512"]
+
+
+def use_tile_level(level):
+    """Select `level` for the tiles' tests, or skip where this CPU or build has no tiles there
+    (restore the level with the simd_level fixture)."""
+    if not _core.set_simd_level(level) or _core.direct_kernel_lanes() == 0:
+        pytest.skip(f"this CPU or build has no {level} conv tiles")
+
+
+def skip_without_tiles(algorithm):
+    """Skip a test of a tile algorithm at the current SIMD level if that level has no tiles."""
+    if algorithm in TILE_ALGORITHMS and _core.direct_kernel_lanes() == 0:
+        pytest.skip(f"no {algorithm} kernels at SIMD level {fastconv.simd_level()}")
+
+
 @pytest.mark.parametrize("algorithm", ["im2col", "wide", "direct", "winograd", "direct_nchw"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
@@ -107,10 +132,27 @@ def test_conv2d_every_algorithm_matches_reference(rng, conv_algorithm, case, dty
     # Convolutions have several formulations (im2col packing, wide-row shifted GEMM, direct
     # channels-last tiles, Winograd F(2x2, 3x3)), chosen by size; each must be right on every
     # shape it accepts (and the others must fall back correctly).
-    if algorithm in ("direct", "winograd", "direct_nchw") and fastconv.simd_level() != "avx512":
-        pytest.skip(f"the {algorithm} kernels need AVX-512")
+    skip_without_tiles(algorithm)
     assert conv_algorithm(algorithm)
     check_conv_against_reference(rng, case, dtype)
+
+
+@pytest.mark.parametrize("level", TILE_LEVELS)
+@pytest.mark.parametrize("algorithm", TILE_ALGORITHMS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_tile_algorithms_every_level_match_reference_and_ignore_threads(
+        rng, conv_algorithm, simd_level, threads, case, algorithm, level):
+    # The tiles of every ISA this CPU runs (an AVX-512 CPU runs the AVX2 ones too), forced
+    # wherever they apply, float32: right on every case, and the same bits with 1 and 2
+    # threads (threads split images or an image's tiles; every sum keeps its order).
+    use_tile_level(level)
+    assert conv_algorithm(algorithm)
+    threads(1)
+    check_conv_against_reference(rng, case, np.float32)
+    x, w, b, kw = random_conv(rng, case, np.float32)
+    gy = rng.standard_normal(F.conv2d_output_shape(x.shape, w.shape, **kw)).astype(np.float32)
+    assert_same_with_1_and_2_threads(
+        threads, lambda: (F.conv2d(x, w, b, **kw), *F.conv2d_backward(gy, x, w, **kw)))
 
 
 def test_set_conv_algorithm_rejects_unknown():
@@ -285,7 +327,7 @@ def test_conv2d_random_configurations(cfg):
     check_random_conv(cfg)
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "winograd", "direct_nchw"])
+@pytest.mark.parametrize("algorithm", TILE_ALGORITHMS)
 @settings(max_examples=60, deadline=None)
 @given(cfg=conv_configs, extra_c=st.integers(0, 40), extra_f=st.integers(0, 40),
        square3=st.booleans())
@@ -293,8 +335,7 @@ def test_fast_conv_algorithms_random_configurations(algorithm, cfg, extra_c, ext
     # The direct kernels and Winograd forced onto random geometries, with channel counts that
     # fill zero, one or several register vectors, ragged or not (square3: 3x3 stride 1
     # undilated, the shapes Winograd takes).
-    if fastconv.simd_level() != "avx512":
-        pytest.skip(f"the {algorithm} kernels need AVX-512")
+    skip_without_tiles(algorithm)
     cfg = dict(cfg, cpg=cfg["cpg"] + extra_c, fpg=cfg["fpg"] + extra_f, f64=False)
     if square3:
         cfg.update(kh=3, kw=3, sh=1, sw=1, dh=1, dw=1)
@@ -303,6 +344,52 @@ def test_fast_conv_algorithms_random_configurations(algorithm, cfg, extra_c, ext
         check_random_conv(cfg)
     finally:
         _core.set_conv_algorithm("auto")
+
+
+tile_edge_configs = st.fixed_dictionaries({
+    "N": st.sampled_from([1, 2, 5, 13]), "cin": st.integers(1, 44), "cout": st.integers(1, 44),
+    "H": st.integers(1, 19), "W": st.integers(1, 27), "k": st.sampled_from([1, 2, 3, 5]),
+    "stride": st.integers(1, 2), "pad": st.integers(0, 2), "seed": st.integers(0, 9),
+})
+
+
+@pytest.mark.parametrize("level", TILE_LEVELS)
+@pytest.mark.parametrize("algorithm", TILE_ALGORITHMS + ["auto"])
+@settings(max_examples=40, deadline=None)
+@given(cfg=tile_edge_configs)
+def test_tile_edge_shapes_every_level(level, algorithm, cfg):
+    # The register tiles of each ISA on their edges: channel counts that fill no vector or a
+    # ragged last one (AVX2: not multiples of 8), rows of pixels not a multiple of the vector
+    # (few-channel tiles), batch 1 (threads split one image), small images that share passes
+    # (image batches: 13 images of 4x4) and many channels on few pixels (the weight gradient
+    # as one GEMM); against the reference, and the same bits with 1 and 2 threads.
+    before = (fastconv.simd_level(), fastconv.get_num_threads())
+    try:
+        if not _core.set_simd_level(level) or _core.direct_kernel_lanes() == 0:
+            pytest.skip(f"this CPU or build has no {level} conv tiles")
+        assert _core.set_conv_algorithm(algorithm)
+        case = (cfg["N"], cfg["cin"], cfg["H"], cfg["W"], cfg["cout"], cfg["k"], cfg["stride"],
+                cfg["pad"], 1, 1)
+        x_shape, w_shape, kw = conv_args(case)
+        try:
+            F.conv2d_output_shape(x_shape, w_shape, **kw)
+        except ValueError:
+            return
+        rng = np.random.default_rng(cfg["seed"])
+        fastconv.set_num_threads(1)
+        check_conv_against_reference(rng, case, np.float32)
+        x, w, b, _ = random_conv(rng, case, np.float32)
+        gy = rng.standard_normal(F.conv2d_output_shape(x_shape, w_shape, **kw)).astype(np.float32)
+        runs = []
+        for n in (1, 2):
+            fastconv.set_num_threads(n)
+            runs.append((F.conv2d(x, w, b, **kw), *F.conv2d_backward(gy, x, w, **kw)))
+        for a, b_ in zip(*runs):
+            np.testing.assert_array_equal(a, b_)
+    finally:
+        _core.set_conv_algorithm("auto")
+        _core.set_simd_level(before[0])
+        fastconv.set_num_threads(before[1])
 
 
 def check_random_conv(cfg):
@@ -1021,11 +1108,11 @@ def test_2x2_pooling_of_narrow_planes_matches_reference(rng, shape):
                                    (1, 3, 66, 33), (2, 2, 8, 8), (1, 1, 2, 2), (1, 2, 5, 3),
                                    (2, 3, 10, 14), (1, 2, 15, 17), (1, 2, 6, 35)])
 def test_2x2_pooling_every_simd_level_matches_reference(rng, simd_level, level, shape):
-    # The 2x2 / stride-2 forwards have AVX-512 kernels (16 windows per step: wide rows in
-    # pieces, ragged ends masked; rows of at most 8 windows two at a time, an odd last one
-    # alone) beside the portable ones: both must give the reference's values and indices bit
-    # for bit, with NaN (first NaN kept), ties (first maximum), -0.0 against 0.0, infinities
-    # and windows of equal values.
+    # The 2x2 / stride-2 forwards have AVX-512 and AVX2 kernels (16 or 8 windows per step:
+    # wide rows in pieces, ragged ends masked; rows of at most 8 or 4 windows two at a time, an
+    # odd last one alone) beside the portable ones: all must give the reference's values and
+    # indices bit for bit, with NaN (first NaN kept), ties (first maximum), -0.0 against 0.0,
+    # infinities and windows of equal values.
     if not _core.set_simd_level(level):
         pytest.skip(f"this CPU or build has no {level}")
     x = rng.standard_normal(shape).astype(np.float32)
@@ -1118,7 +1205,7 @@ FORWARD_POOL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("level", ["generic", "avx512"])
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", FORWARD_POOL_CASES, ids=str)
@@ -1157,12 +1244,17 @@ WINOGRAD_POOL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("case", WINOGRAD_POOL_CASES, ids=str)
-def test_conv2d_max_pool2d_winograd_is_the_two_calls(rng, simd_level, monkeypatch, case, relu):
+def test_conv2d_max_pool2d_winograd_is_the_two_calls(rng, simd_level, monkeypatch, case, relu,
+                                                     level):
     # Bit for bit the values and indices of conv2d then max_pool2d: integer inputs (ties), then
-    # real ones; the reference's within rounding. On AVX-512 the fused path must run (the
-    # two-call fallback is disabled); ±inf or NaN make Winograd decline: the two calls then.
+    # real ones; the reference's within rounding. At a level with conv tiles the fused path
+    # must run (the two-call fallback is disabled); ±inf or NaN make Winograd decline: the
+    # two calls then.
+    if not _core.set_simd_level(level):
+        pytest.skip(f"this CPU or build has no {level}")
     x_shape, w_shape, conv_kw, pool_kw = case
     two = {k.removeprefix("pool_"): v for k, v in pool_kw.items()}
     w = rng.integers(-1, 2, w_shape).astype(np.float32)
@@ -1176,8 +1268,7 @@ def test_conv2d_max_pool2d_winograd_is_the_two_calls(rng, simd_level, monkeypatc
 
     wants = {(i, j): two_calls(x, bias) for i, x in enumerate((ties, real))
              for j, bias in enumerate((b, None))}
-    fused_only = _core.set_simd_level("avx512")
-    if fused_only:
+    if _core.direct_kernel_lanes() > 0:
         monkeypatch.setattr(F, "conv2d", None)  # the fallback would fail
     for (i, j), (want_y, want_idx) in wants.items():
         y, idx = F.conv2d_max_pool2d((ties, real)[i], w, (b, None)[j], **conv_kw, **pool_kw,
@@ -1350,7 +1441,7 @@ def test_max_pool2d_backward_hand_made_indices():
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("where", ["x", "grad_y"])
 def test_nonfinite_values_propagate_as_in_direct_summation(rng, bad, where):
-    # A 3x3 layer with 16+ channels (Winograd on AVX-512): its transforms subtract, so an
+    # A 3x3 layer with 16+ channels (Winograd where there are conv tiles): its transforms subtract, so an
     # inf would turn into NaN (inf - inf) in outputs that direct summation leaves at ±inf.
     # Such inputs must take the direct path: same inf/NaN pattern as the reference.
     # (Non-finite weights: test_nonfinite_weights_meet_the_padding_as_in_the_reference.)
@@ -1395,9 +1486,7 @@ def test_nonfinite_weights_meet_the_padding_as_in_the_reference(rng, conv_algori
     # reference and PyTorch's native convolution; its oneDNN path skips the padding), but
     # reaches in the input gradient only the pixels its windows cover (as PyTorch's autograd). Paths that skip padded taps, or run the input gradient over a zero-padded grad_y
     # or junk columns, got both wrong: non-finite weights must take the im2col GEMM.
-    if algorithm != "auto" and algorithm not in ("im2col", "wide") and \
-            fastconv.simd_level() != "avx512":
-        pytest.skip(f"the {algorithm} kernels need AVX-512")
+    skip_without_tiles(algorithm)
     assert conv_algorithm(algorithm)
     x = rng.standard_normal((2, c_in, 9, 11)).astype(dtype)
     w = rng.standard_normal((c_out, c_in, kernel, kernel)).astype(dtype)
@@ -1431,8 +1520,7 @@ def test_weight_gradient_keeps_nonfinite_inputs_where_they_belong(rng, conv_algo
     # of 30 outputs, whose last vector's spare lanes read image columns that tap kw never
     # pairs with an output (column 31 for kw = 0); the wide-row GEMM pairs its junk columns
     # with image values too. An inf there must not leak into such a tap as 0 * inf = NaN.
-    if algorithm in ("direct", "direct_nchw") and fastconv.simd_level() != "avx512":
-        pytest.skip(f"the {algorithm} kernels need AVX-512")
+    skip_without_tiles(algorithm)
     assert conv_algorithm(algorithm)
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
     w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
