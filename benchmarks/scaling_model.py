@@ -1,77 +1,195 @@
 """The scaling model of docs/distributed.md, from a run of test_bench_distributed.py.
 
-    python benchmarks/scaling_model.py distributed.json [resnet9.json]
+    python benchmarks/scaling_model.py distributed.json
 
-For each model in the JSON (its parameters and the images/s of one rank with the machine's
-threads, 1 rank x 2 threads), a step of per-rank batch BATCH on N ranks, one rank per
-machine like this one, costs
+For each model in the JSON, a data-parallel step of BATCH images per rank on N ranks, one rank
+per machine like the one measured (its images/s with all its cores: 1 rank x 2 threads):
 
-    compute      T_c  = BATCH / (images/s of one rank)
-    gradients    G    = 4 bytes x parameters, summed over the ranks every step
-    allreduce    T_ar = 2 (N - 1) / N x G / bandwidth            (ring: bandwidth term)
-                        + 2 (N - 1) x latency x buckets           (ring: one hop per step)
+    compute     T_c = BATCH / images/s;  backward T_b = (backward's measured share) x T_c
+    gradients   G = the float32 gradients' bytes, in buckets of B bytes (bucket_plan: the
+                parameters in reverse order); bucket k is ready at r_k x T_b, r_k the latest
+                measured share of backward at which one of its gradients was complete
+    allreduce   of a bucket of g bytes, ring: d(g) = 2 (N - 1) / N x g / bandwidth
+                                                    + 2 (N - 1) x latency   (one hop per step)
+    overlap     the buckets cross the network one at a time, each once ready:
+                end_k = max(r_k T_b, end_(k-1)) + d(g_k); exposed = max(0, end_last - T_b)
+    no overlap  one allreduce of G after backward: exposed = d(G)
+    efficiency  (N ranks' images/s) / (N x one rank's) = T_c / (T_c + exposed)
 
-and the efficiency (images/s of N ranks over N x one rank's) is T_c / (T_c + exposed) with
-exposed = T_ar when no allreduce overlaps computation, and max(0, T_ar - 2/3 T_c) when the
-buckets reduce during backward (about two thirds of a step). Prints markdown tables.
+Prints markdown tables: the models' facts, the allreduce measured here, the predicted
+efficiency at 8, 64 and 256 ranks on 10 and 100 Gbit/s networks, and what the bucket size
+does to it.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import statistics
 import sys
+from dataclasses import dataclass
+
+from fastconv.training.distributed import DEFAULT_BUCKET_MB, bucket_plan
 
 BATCH = 128
 RANKS = (8, 64, 256)
-#: (name, bytes/s, latency per message) of the networks: line rates; latencies typical of
-#: TCP over 10 Gbit/s Ethernet and of RDMA (InfiniBand/RoCE) at 100 Gbit/s.
+#: (name, bytes/s, latency per message): line rates; latencies typical of TCP over 10 Gbit/s
+#: Ethernet and of RDMA (InfiniBand/RoCE) at 100 Gbit/s.
 NETWORKS = (("10 Gbit/s", 10e9 / 8, 25e-6), ("100 Gbit/s", 100e9 / 8, 5e-6))
-BUCKET_BYTES = 4 << 20
+BUCKET_MB = (0.25, 1.0, 4.0, 16.0, 64.0)
+MB = 1 << 20
 
 
-def models_of(path: str) -> dict:
-    """{model: (parameters, images/s of one rank with every core)} from a benchmark JSON."""
-    with open(path) as f:
-        data = json.load(f)
-    out = {}
-    for b in data["benchmarks"]:
-        if b["extra_info"].get("kind") != "distributed":
-            continue
-        for name, m in b["extra_info"]["models"].items():
-            one = sorted(m["1x2_images_per_s"])
-            out[name] = (m["parameters"], one[len(one) // 2])
-    return out
+@dataclass
+class ModelFacts:
+    """What the model needs of one model, measured by one process with all the cores."""
+
+    parameters: int
+    param_bytes: list[int]    # each trainable parameter's gradient, parameters() order
+    ready: list[float]        # share of backward elapsed when each gradient is complete
+    backward_share: float     # backward's share of a step
+    images_per_s: float       # 1 rank x all threads, median of the runs
+
+    @classmethod
+    def from_summary(cls, s: dict) -> "ModelFacts":
+        """From a model's entry of the benchmark's ``extra_info["models"]``."""
+        return cls(s["parameters"], s["param_bytes"], s["ready"], s["backward_share"],
+                   statistics.median(s["1x2_images_per_s"]))
+
+    @property
+    def compute_seconds(self) -> float:
+        return BATCH / self.images_per_s
+
+    @property
+    def gradient_bytes(self) -> int:
+        return sum(self.param_bytes)
+
+    def buckets(self, bucket_bytes: int) -> list[tuple[int, float]]:
+        """(bytes, ready share of backward) of each bucket, in the order they are reduced."""
+        return [(sum(self.param_bytes[i] for i in group), max(self.ready[i] for i in group))
+                for group in bucket_plan(self.param_bytes, bucket_bytes)]
 
 
-def allreduce_seconds(nbytes: float, ranks: int, bandwidth: float, latency: float,
-                      bucket: int = BUCKET_BYTES) -> float:
-    buckets = max(1, math.ceil(nbytes / bucket))
-    return 2 * (ranks - 1) / ranks * nbytes / bandwidth + 2 * (ranks - 1) * latency * buckets
+def ring_seconds(nbytes: float, ranks: int, bandwidth: float, latency: float) -> float:
+    """A ring allreduce of ``nbytes`` over ``ranks``: 2 (N - 1) steps, each moving 1/N of the
+    buffer."""
+    return 2 * (ranks - 1) / ranks * nbytes / bandwidth + 2 * (ranks - 1) * latency
 
 
-def table(models: dict) -> str:
-    lines = ["| model | parameters | gradient MB/step | compute s/step (batch %d) | network "
-             "| allreduce s/step at %s ranks | efficiency at %s ranks, no overlap / overlap |"
-             % (BATCH, ", ".join(map(str, RANKS)), ", ".join(map(str, RANKS))),
-             "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
-    for name, (params, ips) in models.items():
-        g = 4 * params
-        tc = BATCH / ips
-        for net, bw, lat in NETWORKS:
-            tar = [allreduce_seconds(g, n, bw, lat) for n in RANKS]
-            eff = [(tc / (tc + t), tc / (tc + max(0.0, t - 2 / 3 * tc))) for t in tar]
-            lines.append(f"| {name} | {params:,} | {g / 1e6:.1f} | {tc:.3f} | {net} | "
-                         + ", ".join(f"{t * 1e3:.1f} ms" for t in tar) + " | "
-                         + ", ".join(f"{a:.0%} / {b:.0%}" for a, b in eff) + " |")
+def exposed_seconds(m: ModelFacts, ranks: int, bandwidth: float, latency: float,
+                    bucket_bytes: int | None) -> float:
+    """Communication time a step adds to compute: buckets reduced during backward, or, with
+    ``bucket_bytes`` None, one allreduce of every gradient after backward."""
+    if bucket_bytes is None:
+        return ring_seconds(m.gradient_bytes, ranks, bandwidth, latency)
+    t_b = m.backward_share * m.compute_seconds
+    end = 0.0
+    for nbytes, ready in m.buckets(bucket_bytes):
+        end = max(ready * t_b, end) + ring_seconds(nbytes, ranks, bandwidth, latency)
+    return max(0.0, end - t_b)
+
+
+def efficiency(m: ModelFacts, ranks: int, bandwidth: float, latency: float,
+               bucket_bytes: int | None) -> float:
+    t_c = m.compute_seconds
+    return t_c / (t_c + exposed_seconds(m, ranks, bandwidth, latency, bucket_bytes))
+
+
+def facts_table(models: dict[str, ModelFacts]) -> str:
+    bucket = int(DEFAULT_BUCKET_MB * MB)
+    lines = [f"| model | parameters | gradient MB per step | buckets of {DEFAULT_BUCKET_MB:g} MB "
+             f"| compute s per step (batch {BATCH}) | backward share | first bucket ready at |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, m in models.items():
+        b = m.buckets(bucket)
+        lines.append(f"| {name} | {m.parameters:,} | {m.gradient_bytes / 1e6:.1f} | {len(b)} | "
+                     f"{m.compute_seconds:.3f} | {m.backward_share:.0%} | "
+                     f"{b[0][1]:.0%} of backward |")
     return "\n".join(lines)
 
 
+def efficiency_table(models: dict[str, ModelFacts]) -> str:
+    bucket = int(DEFAULT_BUCKET_MB * MB)
+    ranks = ", ".join(map(str, RANKS))
+    lines = [f"| model | network | allreduce ms per step at {ranks} ranks | efficiency at "
+             f"{ranks} ranks: one allreduce after backward / {DEFAULT_BUCKET_MB:g} MB buckets "
+             f"during backward |", "| --- | --- | ---: | ---: |"]
+    for name, m in models.items():
+        for net, bw, lat in NETWORKS:
+            ar = [ring_seconds(m.gradient_bytes, n, bw, lat) for n in RANKS]
+            eff = [(efficiency(m, n, bw, lat, None), efficiency(m, n, bw, lat, bucket))
+                   for n in RANKS]
+            lines.append(f"| {name} | {net} | " + ", ".join(f"{t * 1e3:.0f}" for t in ar)
+                         + " | " + ", ".join(f"{a:.0%} / {b:.0%}" for a, b in eff) + " |")
+    return "\n".join(lines)
+
+
+def bucket_table(models: dict[str, ModelFacts], ranks: int = RANKS[-1]) -> str:
+    sizes = " / ".join(f"{b:g}" for b in BUCKET_MB)
+    lines = [f"| model | network | efficiency at {ranks} ranks with buckets of {sizes} MB |",
+             "| --- | --- | ---: |"]
+    for name, m in models.items():
+        for net, bw, lat in NETWORKS:
+            eff = [efficiency(m, ranks, bw, lat, int(b * MB)) for b in BUCKET_MB]
+            lines.append(f"| {name} | {net} | " + " / ".join(f"{e:.0%}" for e in eff) + " |")
+    return "\n".join(lines)
+
+
+def measured_tables(data: dict) -> str:
+    """The data-parallel step and allreduce measurements of a benchmark JSON, as markdown."""
+    out = []
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if info.get("kind") == "distributed":
+            out += ["| model | 1 rank x 2 threads, images/s | 2 ranks x 1 thread, images/s | "
+                    "ratio of medians | ratio per round | waiting for allreduces |",
+                    "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            for name, m in info["models"].items():
+                one, two = m["1x2_images_per_s"], m["2x1_images_per_s"]
+                ratios = m.get("ratios_by_round") or [b / a for a, b in zip(one, two)]
+                out.append(f"| {name} | {_spread(one)} | {_spread(two)} | "
+                           f"{m['ratio_of_medians']:.2f} | {min(ratios):.2f} - "
+                           f"{max(ratios):.2f} | "
+                           f"{statistics.median(m['2x1_comm_share']):.1%} of the step |")
+            out.append("")
+        elif info.get("kind") == "allreduce":
+            out += ["| bytes | time per call | bus bandwidth |", "| ---: | ---: | ---: |"]
+            for n, row in info["sizes"].items():
+                out.append(f"| {_bytes(int(n))} | {row['seconds'] * 1e6:,.0f} us | "
+                           f"{row['bus_GBps']:.2f} GB/s |")
+            out.append("")
+    return "\n".join(out)
+
+
+def _spread(values: list[float]) -> str:
+    """Median (min - max)."""
+    return f"{statistics.median(values):.0f} ({min(values):.0f} - {max(values):.0f})"
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("MB", MB), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} B"
+
+
+def models_of(data: dict) -> dict[str, ModelFacts]:
+    """{model: ModelFacts} from a benchmark JSON."""
+    out = {}
+    for b in data["benchmarks"]:
+        if b["extra_info"].get("kind") == "distributed":
+            for name, m in b["extra_info"]["models"].items():
+                out[name] = ModelFacts.from_summary(m)
+    return out
+
+
 def main(paths: list[str]) -> None:
-    models: dict = {}
+    models: dict[str, ModelFacts] = {}
     for path in paths:
-        models.update(models_of(path))
-    print(table(models))
+        with open(path) as f:
+            data = json.load(f)
+        print(measured_tables(data))
+        models.update(models_of(data))
+    print(facts_table(models), efficiency_table(models), bucket_table(models), sep="\n\n")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@
   1 rank x 2 threads (one process, the whole batch): the same machine's cores used two ways.
   The two configurations run in their own processes, alternated ROUNDS times (a slow stretch
   of the shared machine then hits both); each run times every model's steps after a warm-up;
-  the ratio of the medians, and the share of the step spent waiting for allreduces after
-  backward, go to ``extra_info``. Models: simple_cnn, vgg_small, and resnet9 where
-  fastconv.models has it.
+  the ratio of the medians, images per CPU-second (every thread's CPU time: the work's cost,
+  less sensitive than images/s to what else the machine runs), the share of the step spent
+  waiting for allreduces after backward, and the machine's load average at each launch, go
+  to ``extra_info``. On a machine shared with other busy processes, run with
+  ``OMP_WAIT_POLICY=passive`` (passed to both configurations): spinning OpenMP threads
+  waiting at a barrier for a descheduled one slow the 2-thread process far more than the
+  1-thread ranks. Models: simple_cnn, vgg_small, and resnet9 where fastconv.models has it.
 * Allreduce: MPI_Allreduce of float32 buffers of 1 KB to 64 MB between 2 ranks: seconds per
   call (median), algorithm bandwidth bytes / s and bus bandwidth 2 (N - 1) / N x bytes / s
   (the ring allreduce's traffic per rank, the figure docs/distributed.md's model uses).
@@ -60,9 +64,14 @@ def _launch(args: list, ranks: int | None, threads: int) -> dict:
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     cmd = ([find_mpiexec(), "-n", str(ranks)] if ranks else []) + \
         [sys.executable, str(PROGRAM), *map(str, args)]
+    load = os.getloadavg()[0]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for value in result.values():
+        if isinstance(value, dict):  # (how busy the shared machine was: see the report)
+            value["load_average"] = load
+    return result
 
 
 def test_data_parallel_step_throughput(benchmark):
@@ -93,16 +102,25 @@ def test_data_parallel_step_throughput(benchmark):
     for name in DISTRIBUTED_MODELS:
         one = [r[name]["images_per_s"] for r in runs["1x2"]]
         two = [r[name]["images_per_s"] for r in runs["2x1"]]
+        ready = [r[name]["ready"] for r in runs["1x2"]]
         summary[name] = {
             "1x2_images_per_s": one, "2x1_images_per_s": two,
             "ratio_of_medians": statistics.median(two) / statistics.median(one),
+            "ratios_by_round": [b / a for a, b in zip(one, two)],
+            "1x2_images_per_cpu_s": [r[name]["images_per_cpu_s"] for r in runs["1x2"]],
+            "2x1_images_per_cpu_s": [r[name]["images_per_cpu_s"] for r in runs["2x1"]],
             "2x1_comm_share": [r[name]["comm_share"] for r in runs["2x1"]],
-            "parameters": runs["2x1"][0][name]["parameters"]}
+            "load_average": [r[name]["load_average"] for c in runs.values() for r in c],
+            "parameters": runs["2x1"][0][name]["parameters"],
+            # (for the scaling model: one process's backward, medians over the runs)
+            "param_bytes": runs["1x2"][0][name]["param_bytes"],
+            "backward_share": statistics.median(r[name]["backward_share"]
+                                                for r in runs["1x2"]),
+            "ready": [statistics.median(column) for column in zip(*ready)]}
         assert min(one) > 0 and min(two) > 0
         assert runs["2x1"][0][name]["ranks"] == RANKS and runs["2x1"][0][name]["threads"] == 1
-    predicted = scaling_model.table({name: (s["parameters"],
-                                            statistics.median(s["1x2_images_per_s"]))
-                                     for name, s in summary.items()})
+    predicted = scaling_model.efficiency_table(
+        {name: scaling_model.ModelFacts.from_summary(s) for name, s in summary.items()})
     benchmark.extra_info.update(kind="distributed", batch=batch, ranks=RANKS,
                                 models=summary, scaling_model=predicted,
                                 missing=[m for m in ("resnet9",) if m not in MODELS])

@@ -8,6 +8,10 @@
     python mpi_programs.py train-failing MODE RANK STEP STAMP -- fastconv-train options...
         fastconv-train whose rank RANK fails at optimiser step STEP: MODE "kill" (SIGKILL
         itself) or "raise" (RuntimeError); it first writes the time to the file STAMP.
+    python mpi_programs.py train-audited FOLDER LOG -- fastconv-train options...
+        fastconv-train with a Python audit hook that records every change this rank makes
+        under FOLDER (a file opened for writing, created, renamed or removed); at exit each
+        rank writes its records, one path a line, to LOG.RANK.
 """
 
 from __future__ import annotations
@@ -84,6 +88,40 @@ def train_failing(mode: str, rank: int, step: int, stamp: str, args: list[str]) 
     return main(args)
 
 
+def _changed_path(event: str, args: tuple) -> str | None:
+    """The path an audit event changes (None for events that change no file)."""
+    if event == "open":
+        path, mode, flags = args
+        writes = (any(c in mode for c in "wax+") if isinstance(mode, str)
+                  else bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+        return path if writes else None
+    if event in ("os.rename", "os.remove", "os.mkdir", "os.rmdir", "os.truncate"):
+        return args[1] if event == "os.rename" else args[0]
+    return None
+
+
+def train_audited(folder: str, log: str, args: list[str]) -> int:
+    from fastconv.cli.train import main
+    root = os.path.realpath(folder)
+    changed: list[str] = []
+
+    def hook(event: str, hook_args: tuple) -> None:
+        path = _changed_path(event, hook_args)
+        if isinstance(path, (str, bytes, os.PathLike)):
+            path = os.path.realpath(os.fsdecode(path))
+            if path == root or path.startswith(root + os.sep):
+                changed.append(path)
+
+    sys.addaudithook(hook)
+    try:
+        return main(args)
+    finally:
+        rank = os.environ.get("PMI_RANK", "0")
+        records = "".join(p + "\n" for p in changed)
+        with open(f"{log}.{rank}", "w") as f:  # (outside FOLDER: not recorded)
+            f.write(records)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "fit":
         for kind, dtype in FIT_CASES:
@@ -93,5 +131,8 @@ if __name__ == "__main__":
         sep = sys.argv.index("--")
         sys.exit(train_failing(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5],
                                sys.argv[sep + 1:]))
+    elif sys.argv[1] == "train-audited":
+        sep = sys.argv.index("--")
+        sys.exit(train_audited(sys.argv[2], sys.argv[3], sys.argv[sep + 1:]))
     else:
         sys.exit(f"unknown program {sys.argv[1]!r}")

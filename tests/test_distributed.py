@@ -332,6 +332,16 @@ def test_gradients_are_the_mean_over_ranks(rng, bucket_mb):
         assert [b[0] for b in buckets] == [1] * 6
 
 
+def test_bucket_plan_fills_buckets_in_reverse_order_up_to_the_size():
+    sizes = [40, 1200, 80, 120, 20]
+    assert dist.bucket_plan(sizes, 200) == [[4, 3], [2], [1], [0]]
+    assert dist.bucket_plan(sizes, 1 << 20) == [[4, 3, 2, 1, 0]]
+    assert dist.bucket_plan(sizes, 1) == [[4], [3], [2], [1], [0]]
+    dtypes = [np.float32, np.float64, np.float64]
+    assert dist.bucket_plan([16, 32, 32], 1 << 20, dtypes) == [[2, 1], [0]]  # (one dtype each)
+    assert dist.bucket_plan([], 100) == []
+
+
 def test_buckets_start_during_backward_in_reverse_parameter_order(rng):
     """The last layer's bucket is started as soon as its backward has run, before the
     earlier layers' backward."""
@@ -677,3 +687,20 @@ def test_fit_distributed_must_be_true_or_options():
     with pytest.raises(TypeError, match="distributed must be True, False or a"):
         fit(nn.Linear(2, 2), (np.zeros((4, 2)), np.zeros(4, int)), 1, progress=False,
             distributed="yes")
+
+
+# --------------------------------------------------------------------------------------------
+# Threads per rank
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cores,bound,local,expected", [
+    (8, 8, 1, 8), (8, 8, 2, 4), (8, 8, 3, 2), (2, 2, 2, 1), (2, 2, 4, 1),
+    (16, 4, 4, 4),  # (a launcher bound the rank to 4 cores: those)
+    (16, 1, 1, 1),
+])
+def test_default_threads_share_the_cores_among_the_ranks(monkeypatch, cores, bound, local,
+                                                         expected):
+    monkeypatch.setattr(dist.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(dist.os, "sched_getaffinity", lambda pid: set(range(bound)),
+                        raising=False)
+    assert dist.default_threads(local) == expected

@@ -149,6 +149,28 @@ def test_command_with_sync_bn_trains_as_one_process(data_dir, tmp_path):
     assert config["distributed"]["threads_per_rank"] == max(1, (os.cpu_count() or 1) // 2)
 
 
+def test_rank_zero_alone_writes_the_run(data_dir, tmp_path):
+    """Every change under --out (files opened for writing, renamed, removed: a Python audit
+    hook on each rank) is rank 0's: its checkpoint, metrics, weights, config and plots; rank 1
+    changes nothing there. --threads overrides the threads per rank (cores / ranks)."""
+    out, log = tmp_path / "run", tmp_path / "changes"
+    r = _run([sys.executable, PROGRAMS, "train-audited", out, log, "--",
+              *_options(data_dir, out, "--model", "lenet5", "--epochs", 1, "--limit-train", 40,
+                        "--limit-test", 20, "--batch-size", 20, "--distributed", "--threads",
+                        1)])
+    assert r.returncode == 0, r.stderr
+    rank0 = {Path(p).name for p in Path(f"{log}.0").read_text().splitlines()}
+    rank1 = Path(f"{log}.1").read_text().splitlines()
+    written = {T.CHECKPOINT_NAME, T.METRICS_NAME, T.WEIGHTS_NAME, T.CONFIG_NAME, "confusion.txt"}
+    from fastconv import plotting
+    if plotting.have_matplotlib():
+        written |= {"curves.png", "filters.png", "confusion.png"}
+    assert written <= rank0 and written <= {p.name for p in out.iterdir()}
+    assert rank1 == []
+    import json
+    assert json.loads((out / T.CONFIG_NAME).read_text())["distributed"]["threads_per_rank"] == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Failures
 # --------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ import numpy as np
 from ..nn import Module, convert_sync_batchnorm
 
 __all__ = ["MPI_INSTALL_HINT", "DEFAULT_BUCKET_MB", "Communicator", "world", "find_mpiexec",
-           "mpi_missing", "launcher_size",
+           "mpi_missing", "launcher_size", "bucket_plan",
            "default_threads", "DistributedDataParallel", "Distributed", "FitRun", "start_fit",
            "every_rank", "raised_on_every_rank", "abort_job"]
 
@@ -314,6 +314,28 @@ class _Bucket:
         return self.params[0].data.nbytes if self.buffer is None else self.buffer.nbytes
 
 
+def bucket_plan(nbytes: list[int], bucket_bytes: int,
+                dtypes: list | None = None) -> list[list[int]]:
+    """The gradient buckets of parameters of ``nbytes`` bytes (in ``parameters()`` order) as
+    lists of indices, in the order they are reduced: parameters taken in reverse order
+    (backward completes the last layers first), a bucket closed when the next parameter would
+    take it past ``bucket_bytes`` or has another dtype (``dtypes``, when given); a parameter
+    larger than ``bucket_bytes`` is a bucket of its own."""
+    plan: list[list[int]] = []
+    group: list[int] = []
+    size = 0
+    for i in reversed(range(len(nbytes))):
+        if group and ((dtypes is not None and dtypes[i] != dtypes[group[0]])
+                      or size + nbytes[i] > bucket_bytes):
+            plan.append(group)
+            group, size = [], 0
+        group.append(i)
+        size += nbytes[i]
+    if group:
+        plan.append(group)
+    return plan
+
+
 class _Reducer:
     """Sums the trainable parameters' gradients across ranks in buckets, each started as soon
     as backward has completed all its gradients (module hooks), in bucket order. (The
@@ -328,17 +350,8 @@ class _Reducer:
         self.buckets: list[_Bucket] = []
         self.bucket_of: list[int] = [0] * len(self.params)
         index = {id(p): i for i, p in enumerate(self.params)}
-        group: list[int] = []
-        size = 0
-        for i in reversed(range(len(self.params))):  # backward completes the last ones first
-            p = self.params[i]
-            if group and (p.data.dtype != self.params[group[0]].data.dtype
-                          or size + p.data.nbytes > bucket_bytes):
-                self._add_bucket(group)
-                group, size = [], 0
-            group.append(i)
-            size += p.data.nbytes
-        if group:
+        for group in bucket_plan([p.data.nbytes for p in self.params], bucket_bytes,
+                                 [p.data.dtype for p in self.params]):
             self._add_bucket(group)
         # which gradients each module's backward completes (a parameter shared by k modules
         # is complete once all k have run)
