@@ -3,7 +3,8 @@
     python benchmarks/scaling_model.py distributed.json
 
 For each model in the JSON, a data-parallel step of BATCH images per rank on N ranks, one rank
-per machine like the one measured (its images/s with all its cores: 1 rank x 2 threads):
+per machine like the one measured (its images/s with all its cores, 1 rank x 2 threads: the
+CPU time of a step shared by the threads, as on a machine running nothing else):
 
     compute     T_c = BATCH / images/s;  backward T_b = (backward's measured share) x T_c
     gradients   G = the float32 gradients' bytes, in buckets of B bytes (bucket_plan: the
@@ -51,9 +52,15 @@ class ModelFacts:
 
     @classmethod
     def from_summary(cls, s: dict) -> "ModelFacts":
-        """From a model's entry of the benchmark's ``extra_info["models"]``."""
-        return cls(s["parameters"], s["param_bytes"], s["ready"], s["backward_share"],
-                   statistics.median(s["1x2_images_per_s"]))
+        """From a model's entry of the benchmark's ``extra_info["models"]``. images/s: the
+        step's CPU time shared by the threads (what a machine running nothing else takes;
+        the wall time of a busy shared machine adds the other processes' turns), where the
+        run recorded it, else the wall time; medians over the runs."""
+        if "1x2_images_per_cpu_s" in s:
+            ips = s.get("1x2_threads", 2) * statistics.median(s["1x2_images_per_cpu_s"])
+        else:
+            ips = statistics.median(s["1x2_images_per_s"])
+        return cls(s["parameters"], s["param_bytes"], s["ready"], s["backward_share"], ips)
 
     @property
     def compute_seconds(self) -> float:

@@ -108,6 +108,7 @@ def test_data_parallel_step_throughput(benchmark):
             "ratio_of_medians": statistics.median(two) / statistics.median(one),
             "ratios_by_round": [b / a for a, b in zip(one, two)],
             "1x2_images_per_cpu_s": [r[name]["images_per_cpu_s"] for r in runs["1x2"]],
+            "1x2_threads": runs["1x2"][0][name]["threads"],
             "2x1_images_per_cpu_s": [r[name]["images_per_cpu_s"] for r in runs["2x1"]],
             "2x1_comm_share": [r[name]["comm_share"] for r in runs["2x1"]],
             "load_average": [r[name]["load_average"] for c in runs.values() for r in c],
