@@ -3,6 +3,7 @@
     fastconv-train                                   # simple_cnn, the default recipe
     fastconv-train --model vgg_small --out runs/vgg
     fastconv-train --out runs/vgg --resume           # continue after Ctrl-C or a crash
+    mpiexec -n 4 fastconv-train --distributed        # data-parallel over 4 ranks (MPI)
     python -m fastconv.cli.train --help
 
 A command over :func:`fastconv.training.fit`: it turns options into a model, loaders, an
@@ -37,6 +38,17 @@ Usage errors (bad option, unwritable or busy folder, checkpoint of another model
 line on stderr and exit with status 2; missing, corrupt or truncated data and corrupt
 checkpoints, 1; an interrupted run exits with 130 (SIGINT) or 143 (SIGTERM) after saving its
 checkpoint.
+
+Distributed (``--distributed``, started by ``mpiexec -n N``; ``pip install 'fastconv[mpi]'``):
+``--batch-size`` is the global batch, split into equal shares over the N ranks (it must be a
+multiple of N), so the same command trains the same way on any number of ranks; each rank
+runs ``cores / ranks on its machine`` kernel threads unless ``--threads`` says otherwise;
+``--sync-bn`` gives BatchNorm the statistics of the whole batch. Rank 0 alone writes the
+output folder (on its machine: the other ranks need only the data) and reads the checkpoint
+of ``--resume``, which may continue on another number of ranks. Every rank must be started
+with the same options (data-dir aside), else every rank refuses with one line; a usage
+error is reported, and the exit status given, by every rank. A rank that fails ends the
+job (MPI_Abort) with its error; the last checkpoint stays intact.
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from ..training.callbacks import Callback
+from ..training.distributed import DEFAULT_BUCKET_MB, launcher_size, raised_on_every_rank
 from ..training.history import csv_text
 
 __all__ = ["main", "build_parser", "TrainConfig", "UserError", "DEFAULT_LR", "DEFAULT_EPOCHS"]
@@ -115,6 +128,7 @@ class TrainConfig:
     seed: int = 0
     limit_train: int | None = None
     limit_test: int | None = None
+    sync_bn: bool | None = None        # None: off (BatchNorm statistics of each rank's share)
 
     def resolved(self) -> "TrainConfig":
         """A copy with the defaults that depend on other settings filled in."""
@@ -130,6 +144,7 @@ class TrainConfig:
             cfg.momentum = 0.9 if cfg.optimizer == "sgd" else 0.0
         if cfg.optimizer != "sgd" or cfg.momentum == 0:
             cfg.nesterov = False
+        cfg.sync_bn = bool(cfg.sync_bn)
         return cfg
 
 
@@ -236,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true",
                    help="no progress bar and no per-epoch lines (the bar is also hidden when "
                         "stderr is not a terminal)")
+    g = p.add_argument_group("distributed (start with mpiexec -n N; pip install 'fastconv[mpi]')")
+    g.add_argument("--distributed", action="store_true",
+                   help="train data-parallel on the ranks started by mpiexec: --batch-size is "
+                        "the global batch, each rank trains on its share (see README)")
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm statistics of the whole batch over all ranks instead of "
+                        "each rank's share [default: off]")
+    g.add_argument("--bucket-mb", type=_float_in(0.0, open_lo=True), default=DEFAULT_BUCKET_MB,
+                   metavar="MB", help=f"size of the gradient buckets summed by one allreduce "
+                                      f"[default: {DEFAULT_BUCKET_MB:g}]")
     # Testing aid: behave as if Ctrl-C was pressed after N optimiser steps of this process.
     g.add_argument("--stop-after", type=_int_at_least(1), default=None, help=argparse.SUPPRESS)
     return p
@@ -252,18 +277,23 @@ def _config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
 # --------------------------------------------------------------------------------------------
 
 class _Console:
-    def __init__(self, quiet: bool) -> None:
+    """The run's messages; only the rank that writes the run (rank 0) prints them."""
+
+    def __init__(self, quiet: bool, writer: bool = True) -> None:
         self.quiet = quiet
+        self.writer = writer
 
     def info(self, msg: str) -> None:
-        if not self.quiet:
+        if not self.quiet and self.writer:
             print(msg, flush=True)
 
     def always(self, msg: str) -> None:
-        print(msg, flush=True)
+        if self.writer:
+            print(msg, flush=True)
 
     def note(self, msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        if self.writer:
+            print(msg, file=sys.stderr, flush=True)
 
 
 def _prepare_out(out: Path) -> None:
@@ -454,19 +484,86 @@ class _RunLog(Callback):
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         correct = self.trainer.val_predictions == self.y_test
         logs["val_accuracy_1k"] = float(correct[:1000].mean())
+        if not self.trainer.is_global_zero:
+            return
         rows = _metric_rows(self.trainer.history)
         _write_text_atomic(self.out / METRICS_NAME, _metrics_csv(rows))
         self.con.info(_epoch_line(rows[-1], self.trainer.epochs, len(self.y_test)))
 
 
-def _run(ns: argparse.Namespace) -> int:
+def _run(ns: argparse.Namespace, comm=None) -> int:
     args_cfg, given = _config_from_args(ns)
     out = Path(ns.out if ns.out is not None else Path("runs") / args_cfg.model).expanduser()
-    if ns.resume and not (out / CHECKPOINT_NAME).is_file():
-        raise UserError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist (run "
-                        f"without --resume to start, or point --out at the run's folder)")
-    with _OutLock(out):
-        return _run_locked(ns, args_cfg, given, out)
+    lock = _OutLock(out) if comm is None or comm.rank == 0 else None
+
+    def open_out() -> None:
+        if ns.resume and not (out / CHECKPOINT_NAME).is_file():
+            raise UserError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist (run "
+                            f"without --resume to start, or point --out at the run's folder)")
+        lock.__enter__()
+
+    _on_rank0(comm, open_out)
+    try:
+        return _run_locked(ns, args_cfg, given, out, comm)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+# Errors a rank reports as a refusal of the run (the others are told and refuse with it).
+def _refusals() -> tuple[type, ...]:
+    from ..checkpoint import CheckpointError
+    from ..data import DatasetError
+    return UserError, CheckpointError, DatasetError, OSError
+
+
+def _on_rank0(comm, fn):
+    """``fn()`` on the rank that owns the output folder (rank 0; the only process without
+    ``comm``); in a distributed run its result, or its refusal (raised on every rank), is
+    sent to every rank."""
+    if comm is None:
+        return fn()
+    from ..training.distributed import every_rank
+    outcome = None
+    if comm.rank == 0:
+        try:
+            outcome = ("ok", fn())
+        except _refusals() as e:
+            outcome = ("error", e)
+    kind, value = comm.broadcast(outcome)
+    if kind == "error":
+        raise every_rank(value)
+    return value
+
+
+def _on_every_rank(comm, fn, *, machine_first: bool = False):
+    """``fn()`` on every rank; when one refuses, every rank raises that refusal. With
+    ``machine_first``, the first rank of each machine runs it before the others there (one
+    download per machine into a shared cache)."""
+    if comm is None:
+        return fn()
+    from ..training.distributed import every_rank
+    result, error = None, None
+
+    def attempt() -> None:
+        nonlocal result, error
+        try:
+            result = fn()
+        except _refusals() as e:
+            error = e
+
+    if machine_first and comm.local_rank == 0:
+        attempt()
+    if machine_first:
+        comm.barrier()
+    if not (machine_first and comm.local_rank == 0):
+        attempt()
+    errors = comm.allgather(error)
+    for r, e in enumerate(errors):
+        if e is not None:
+            raise every_rank(error if error is not None else
+                             type(e)(f"rank {r} of {comm.size}: {e}"))
+    return result
 
 
 def _load_resume_state(ckpt: Path, args_cfg: TrainConfig, given: set) -> tuple[dict, TrainConfig]:
@@ -503,31 +600,46 @@ def _load_resume_state(ckpt: Path, args_cfg: TrainConfig, given: set) -> tuple[d
     return state, saved
 
 
-def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out: Path) -> int:
-    """The run, holding the lock on its output folder `out`."""
+def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out: Path,
+                comm=None) -> int:
+    """The run, holding the lock on its output folder `out` (on rank 0, in a distributed
+    run: the other ranks write nothing)."""
     import fastconv
     from .. import data as D, losses, models
     from ..training import ModelCheckpoint, ProgressBar, fit
+    from ..training.distributed import Distributed
     from ..training.state import ResumeError
 
-    con = _Console(ns.quiet)
+    writer = comm is None or comm.rank == 0
+    con = _Console(ns.quiet, writer)
     ckpt = out / CHECKPOINT_NAME
+    if ns.sync_bn and not ns.distributed:
+        raise UserError("--sync-bn needs --distributed (one process has one batch)")
 
     state: dict | None = None
     if ns.resume:
-        state, cfg = _load_resume_state(ckpt, args_cfg, given)
+        state, cfg = _on_rank0(comm, lambda: _load_resume_state(ckpt, args_cfg, given))
     else:
-        if ckpt.exists():
-            raise UserError(f"{out} already holds a run ({CHECKPOINT_NAME}); add --resume to "
-                            f"continue it, or choose another --out")
+        def fresh() -> None:
+            if ckpt.exists():
+                raise UserError(f"{out} already holds a run ({CHECKPOINT_NAME}); add --resume "
+                                f"to continue it, or choose another --out")
+        _on_rank0(comm, fresh)
         cfg = args_cfg.resolved()
+    if comm is not None and cfg.batch_size % comm.size:
+        from ..training.distributed import every_rank
+        raise every_rank(UserError(
+            f"--batch-size {cfg.batch_size} (the global batch) is not divisible by the "
+            f"{comm.size} ranks, which take equal shares of every batch: choose a multiple of "
+            f"{comm.size}"))
 
     if ns.threads is not None:
         fastconv.set_num_threads(ns.threads)
 
     # ---- data --------------------------------------------------------------------------
-    ds = D.load_cifar10(ns.data_dir, download=ns.download, limit_train=cfg.limit_train,
-                        limit_test=cfg.limit_test, progress=not ns.quiet)
+    ds = _on_every_rank(comm, lambda: D.load_cifar10(
+        ns.data_dir, download=ns.download, limit_train=cfg.limit_train,
+        limit_test=cfg.limit_test, progress=not ns.quiet and writer), machine_first=True)
     if len(ds.y_train) == 0:
         raise UserError("no training images")
     train_loader = D.DataLoader(ds.x_train, ds.y_train, cfg.batch_size, shuffle=True,
@@ -565,14 +677,20 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
         "resumed_at": ({"epoch": start["epoch"], "batch": start["batch"]}
                        if state is not None else None),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "distributed": None if comm is None else {
+            "ranks": comm.size, "ranks_on_rank0_machine": comm.local_size,
+            "threads_per_rank": fastconv.get_num_threads(), "sync_bn": cfg.sync_bn,
+            "bucket_mb": ns.bucket_mb},
     }
-    _write_text_atomic(out / CONFIG_NAME, json.dumps(run_info, indent=2) + "\n")
+    if writer:
+        _write_text_atomic(out / CONFIG_NAME, json.dumps(run_info, indent=2) + "\n")
+    ranks = "" if comm is None else f" x {comm.size} ranks"
     if state is None:
         con.info(f"{PROG}: {cfg.model} ({model.num_parameters():,} parameters) on "
                  f"{len(ds.y_train):,} training / {len(ds.y_test):,} test images, "
                  f"{cfg.epochs} epochs of {n_batches} batches, {cfg.optimizer} lr {cfg.lr:g} "
-                 f"{cfg.schedule}, backend {ns.backend}, {fastconv.get_num_threads()} threads "
-                 f"-> {out}")
+                 f"{cfg.schedule}, backend {ns.backend}, {fastconv.get_num_threads()} threads"
+                 f"{ranks} -> {out}")
     elif start["epoch"] >= cfg.epochs:
         con.info(f"{PROG}: the run in {out} is already complete ({cfg.epochs} epochs): "
                  f"writing its final outputs again")
@@ -587,20 +705,28 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
         callbacks.insert(0, ProgressBar(leave=False, epoch_lines=False))
     resume_cmd = f"{PROG} --out {out} --resume" + \
         (f" --data-dir {ns.data_dir}" if ns.data_dir is not None else "")
+    distributed = False if comm is None else Distributed(sync_bn=cfg.sync_bn,
+                                                         bucket_mb=ns.bucket_mb, comm=comm)
     with _StopFlag(ns.stop_after) as stop:
         callbacks.append(stop)
         try:
             history = fit(model, train_loader, cfg.epochs, optimizer=opt, scheduler=sched,
                           loss=crit, val=test_loader, callbacks=callbacks, progress=False,
-                          resume=state)
+                          resume=state, distributed=distributed)
         except ResumeError as e:
             raise UserError(f"checkpoint {ckpt} does not fit this run ({e}); start a new run "
                             f"in another --out") from e
         except FloatingPointError as e:
             raise UserError(f"{e} (--lr {cfg.lr:g})") from e
+        except ValueError as e:
+            if comm is None:
+                raise
+            raise UserError(str(e)) from e  # (a distributed set-up refused on every rank)
         trainer = run_log.trainer
-        if stop.requested and trainer.epoch < cfg.epochs:
+        if trainer.stop_training and trainer.epoch < cfg.epochs:  # (agreed by the ranks)
             return _interrupted(stop, con, resume_cmd, trainer.position, n_batches)
+    if not writer:
+        return 0
 
     # ---- final outputs ------------------------------------------------------------------
     try:
@@ -703,31 +829,124 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
+def _start_mpi(args: list[str]):
+    """The job's communicator when this process is a rank of a distributed run (asked with
+    --distributed, or started by an MPI launcher as one of several processes: it must then
+    take part in the ranks' check of the options), else None. UserError without mpi4py."""
+    if "--distributed" not in args and (launcher_size() or 1) <= 1:
+        return None
+    from ..training.distributed import world
+    try:
+        return world()
+    except ImportError as e:
+        raise UserError(str(e)) from None
+
+
+def _error_line(text: str) -> None:
+    """``text`` and its newline on stderr in one write (ranks share mpiexec's stderr: a line
+    written in pieces, as print does when stderr is unbuffered, can interleave with another
+    rank's)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _agree_on_options(comm, ns: argparse.Namespace | None, status: int | None) -> int | None:
+    """Collective: every rank's parsed options (or the status of its --help / usage error);
+    the exit status every rank ends with when they differ, when a rank could not parse its
+    command line, or when the ranks were started without --distributed; None to run."""
+    facts = None if ns is None else {k: v for k, v in vars(ns).items() if k != "data_dir"}
+    gathered = comm.allgather((status, facts))
+    for r, (st, _) in enumerate(gathered):
+        if st is not None:
+            if status is None and st != 0:
+                _error_line(f"{PROG}: error: rank {r} of {comm.size} refused its command line "
+                            f"(see its message): every rank stops")
+            return status if status is not None else st
+    ref = gathered[0][1]
+    for r, (_, f) in enumerate(gathered[1:], 1):
+        for key in ref:
+            if f[key] != ref[key]:
+                _error_line(f"{PROG}: error: the ranks were started with different options: "
+                            f"{_option_text(key, f[key])} on rank {r} but "
+                            f"{_option_text(key, ref[key])} on rank 0 (start every rank with "
+                            f"the same command)")
+                return 2
+    if not ns.distributed:
+        if comm.size > 1:
+            _error_line(f"{PROG}: error: started by an MPI launcher as {comm.size} processes "
+                        f"but without --distributed: add --distributed (else each process "
+                        f"would train alone)")
+            return 2
+    return None
+
+
+def _option_text(key: str, value: Any) -> str:
+    """How option ``key`` with parsed ``value`` reads on a command line."""
+    flag = "--" + key.replace("_", "-")
+    if value is None:
+        return f"{flag} not given"
+    if value is True:
+        return flag
+    if value is False:
+        return f"no {flag}"
+    return f"{flag} {value}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``fastconv-train``; returns the exit status (see module docstring)."""
-    parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        ns = parser.parse_args(argv)
+        comm = _start_mpi(args)
+    except UserError as e:
+        _error_line(f"{PROG}: error: {e}")
+        return 2
+    parser = build_parser()
+    ns, status = None, None
+    try:
+        ns = parser.parse_args(args)
     except SystemExit as e:                       # --help, or a usage error already printed
-        return int(e.code) if isinstance(e.code, int) else 2
+        status = int(e.code) if isinstance(e.code, int) else 2
+    if comm is not None:
+        status = _agree_on_options(comm, ns, status)
+        if status is None and not ns.distributed:
+            comm = None                           # (one process started by a launcher)
+    if status is not None:
+        return status
     ns.argv = argv
     keep_freed_memory()
+    if comm is None:
+        return _handled(ns, None)
+    try:
+        return _handled(ns, comm)
+    except BaseException as e:                    # (a failure of this rank alone)
+        from ..training.distributed import abort_job
+        abort_job(comm, e, PROG)
+        raise
+
+
+def _handled(ns: argparse.Namespace, comm) -> int:
+    """The run, its errors turned into one line and an exit status (see module docstring);
+    in a distributed run, the errors every rank raised alike (the others propagate)."""
     from ..checkpoint import CheckpointError
     from ..data import DatasetError
     try:
-        return _run(ns)
-    except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except (DatasetError, CheckpointError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"\n{PROG}: aborted (no checkpoint written for the current epoch)", file=sys.stderr)
-        return 130
-    except OSError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+        return _run(ns, comm)
+    except (UserError, DatasetError, CheckpointError, OSError, KeyboardInterrupt) as e:
+        if comm is not None and comm.size > 1 and not _on_every_rank_alike(e):
+            raise
+        where = "" if comm is None or comm.size == 1 else f" (rank {comm.rank} of {comm.size})"
+        if isinstance(e, KeyboardInterrupt):
+            print(f"\n{PROG}: aborted (no checkpoint written for the current epoch)",
+                  file=sys.stderr)
+            return 130
+        _error_line(f"{PROG}: error{where}: {e}")
+        return 2 if isinstance(e, UserError) else 1
+
+
+def _on_every_rank_alike(exc: BaseException) -> bool:
+    """Whether ``exc``, or the error it was raised from, was raised by every rank alike."""
+    return raised_on_every_rank(exc) or (exc.__cause__ is not None
+                                         and raised_on_every_rank(exc.__cause__))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and a background thread that builds the next batch while the kernels run."""
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +35,10 @@ class DataLoader:
     and the next batch index to resume bit-exactly (:meth:`state_dict` /
     :meth:`load_state_dict`), and a background thread may build batches ahead without
     changing the result.
+
+    A loader can be one process's share of a data-parallel run (:meth:`shard`): every process
+    draws the same permutation and augmentation, and takes its own contiguous rows of each
+    batch, so the shares of batch i together are batch i of the whole loader.
 
     Iterating runs one epoch, starting at the stored position, and then advances ``epoch``;
     :attr:`batch` counts the batches handed out so far in the current epoch, so a
@@ -116,6 +121,9 @@ class DataLoader:
                                  f"normalisation") from None
         self.epoch = 0
         self.batch = 0
+        self.rank = 0
+        """This process's share of each batch (see :meth:`shard`): 0 of ``num_replicas``."""
+        self.num_replicas = 1
 
     # -- sizes --------------------------------------------------------------------------
     @property
@@ -127,6 +135,39 @@ class DataLoader:
         """Number of batches per epoch."""
         n = self.num_samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def batch_length(self, index: int) -> int:
+        """Images in batch ``index`` (every process's share together): ``batch_size``, or
+        fewer for the last batch of an epoch."""
+        return min(self.batch_size, self.num_samples - index * self.batch_size)
+
+    def shard_rows(self, index: int) -> tuple[int, int]:
+        """``(start, stop)``: the rows of batch ``index`` that are this process's share,
+        ``start = rank * n // num_replicas`` with ``n = batch_length(index)``, as equal as they
+        can be (``n / num_replicas`` each when it divides)."""
+        n, k, r = self.batch_length(index), self.num_replicas, self.rank
+        return r * n // k, (r + 1) * n // k
+
+    # -- sharing batches between processes ---------------------------------------------
+    def shard(self, rank: int, num_replicas: int) -> "DataLoader":
+        """A loader over the same arrays and position whose batches are process ``rank``'s
+        share (of ``num_replicas`` processes) of this loader's batches: the contiguous rows
+        :meth:`shard_rows` of each batch, with the same shuffling and augmentation (drawn
+        for the whole batch), so the shares of batch i in rank order are batch i. Its
+        ``batch_size`` and length stay those of the whole batches (``batch_size`` is the
+        global batch of a data-parallel run), and so does its state (a run resumes with any
+        number of processes)."""
+        if isinstance(num_replicas, bool) or not isinstance(num_replicas, (int, np.integer)) \
+                or num_replicas < 1:
+            raise ValueError(f"DataLoader.shard: num_replicas must be an int >= 1, got "
+                             f"{num_replicas!r}")
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) \
+                or not 0 <= rank < num_replicas:
+            raise ValueError(f"DataLoader.shard: rank must be an int in 0..{num_replicas - 1}, "
+                             f"got {rank!r}")
+        twin = copy.copy(self)
+        twin.rank, twin.num_replicas = int(rank), int(num_replicas)
+        return twin
 
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
@@ -157,15 +198,19 @@ class DataLoader:
 
     def make_batch(self, epoch: int, index: int,
                    order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Batch ``index`` of ``epoch`` as (C-contiguous images, labels or targets)."""
+        """Batch ``index`` of ``epoch`` as (C-contiguous images, labels or targets) (this
+        process's share of it, for a :meth:`shard`)."""
         if order is None:
             order = self.permutation(epoch)
         idx = order[index * self.batch_size:(index + 1) * self.batch_size]
+        start, stop = (0, len(idx)) if self.num_replicas == 1 else self.shard_rows(index)
+        idx = idx[start:stop]
         xb = np.take(self.images, idx, axis=0)
         yb = np.take(self.labels, idx, axis=0)
         if self.augment:
             rng = np.random.default_rng([self.seed, int(epoch), 1, int(index)])
-            xb = augment_batch(xb, rng, pad=self.pad, flip=self.flip)
+            xb = augment_batch(xb, rng, pad=self.pad, flip=self.flip,
+                               rows=(start, self.batch_length(index)))
         if self._affine is None:                 # float images, no normalisation
             return xb, yb
         scale, offset = self._affine
@@ -196,7 +241,9 @@ class DataLoader:
     def __repr__(self) -> str:
         return (f"DataLoader({self.num_samples} samples of shape {self.images.shape[1:]}, "
                 f"batch_size={self.batch_size}, {len(self)} batches, shuffle={self.shuffle}, "
-                f"augment={self.augment}, seed={self.seed})")
+                f"augment={self.augment}, seed={self.seed}"
+                + (f", shard {self.rank} of {self.num_replicas}" if self.num_replicas > 1 else "")
+                + ")")
 
 
 def _prefetched(make: Callable[[int], Any], indices: range,

@@ -82,7 +82,7 @@ _AUG_INDEX_CACHE: dict[tuple[int, ...], np.ndarray] = {}
 
 
 def augment_batch(images: np.ndarray, rng: np.random.Generator, *, pad: int = 4,
-                  flip: bool = True) -> np.ndarray:
+                  flip: bool = True, rows: tuple[int, int] | None = None) -> np.ndarray:
     """Random crop with ``pad`` pixels of zero padding, then random horizontal flip.
 
     Vectorised over the batch (no per-image loop): the batch is zero padded once to
@@ -91,6 +91,11 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, *, pad: int = 4,
     flips, so the random stream is fixed for given (rng state, N). Works on any dtype; on
     uint8 (before normalisation) the padding is black, as in torchvision's
     ``RandomCrop(32, padding=4)``. Returns a new (N, C, H, W) array.
+
+    ``rows=(start, total)``: ``images`` are rows ``start .. start + N - 1`` of a batch of
+    ``total`` images (one process's share of a batch split across processes). The draws are
+    made for the whole batch and those of these rows applied, so the shares together get
+    exactly the augmentation of the whole batch.
     """
     images = np.asarray(images)
     if images.ndim != 4:
@@ -98,9 +103,12 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, *, pad: int = 4,
     n, c, h, w = images.shape
     if pad < 0:
         raise ValueError(f"augment_batch: pad must be >= 0, got {pad}")
-    oy = rng.integers(0, 2 * pad + 1, size=n)
-    ox = rng.integers(0, 2 * pad + 1, size=n)
-    flips = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
+    start, total = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= start <= start + n <= total:
+        raise ValueError(f"augment_batch: rows {rows} cannot hold {n} images (start, total)")
+    oy = rng.integers(0, 2 * pad + 1, size=total)[start:start + n]
+    ox = rng.integers(0, 2 * pad + 1, size=total)[start:start + n]
+    flips = (rng.random(total) < 0.5)[start:start + n] if flip else np.zeros(n, bool)
     if n == 0:
         return images.copy()
     hp, wp = h + 2 * pad, w + 2 * pad

@@ -43,7 +43,7 @@ from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
 from .linear import Flatten, Identity, Linear, Mul
 from .module import IncompatibleKeys, Module, Parameter
-from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm, convert_sync_batchnorm
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .summary import ModelSummary
 from .upsample import Upsample
@@ -53,5 +53,6 @@ __all__ = [
     "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Upsample",
     "Linear", "Flatten", "Mul",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Dropout",
-    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "ModelSummary", "IncompatibleKeys", "fusion",
+    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "convert_sync_batchnorm", "ModelSummary",
+    "IncompatibleKeys", "fusion",
 ]

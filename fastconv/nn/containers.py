@@ -6,6 +6,11 @@ Containers nest freely, and their children's names make the state-dict keys, as 
 (``"layer1.0.body.0.weight"``): a ``torch.nn.Module`` built as the same tree, with the same
 child names, loads the same state dict. Errors inside a tree name the path of the layer
 (``layer 1.body.0 of Sequential: Conv2d(...): expected input ...``).
+
+After running a child's backward (in a Sequential, the backward of a step, fused or not, for
+each of its layers) a container runs that child's post-backward hooks
+(:meth:`Module.register_post_backward_hook`): its parameters' gradients are complete then,
+which lets a distributed run start reducing them while backward goes on.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 
 from . import fusion
 from .module import (Module, _as_input, _branch_error, _branch_message, _one_line,
-                     _reraise_in_child)
+                     _post_backward, _reraise_in_child)
 from .summary import add_row, join_fields, set_field
 
 
@@ -187,6 +192,8 @@ class Sequential(_Container):
                 g = step.backward(g, input_grad or k > first)
             except (ValueError, TypeError) as exc:
                 _reraise_in_child(exc, step.error_name(True), self, backward=True)
+            for layer in step.layers:
+                _post_backward(layer)
         return g if input_grad else None
 
     def output_shape(self, input_shape):
@@ -267,12 +274,14 @@ class Residual(_Container):
             gx = self.body.backward(g, input_grad=input_grad)
         except (ValueError, TypeError) as exc:
             _reraise_in_child(exc, "body", self, backward=True)
+        _post_backward(self.body)
         gs = g
         if self.shortcut is not None:
             try:
                 gs = self.shortcut.backward(g, input_grad=input_grad)
             except (ValueError, TypeError) as exc:
                 _reraise_in_child(exc, "shortcut", self, backward=True)
+            _post_backward(self.shortcut)
         if not input_grad:
             return None
         return gx + gs
@@ -400,6 +409,7 @@ class Concat(_Container):
                 grads.append(branch.backward(piece, input_grad=input_grad))
             except (ValueError, TypeError) as exc:
                 _reraise_in_child(exc, name, self, backward=True)
+            _post_backward(branch)
         if not input_grad:
             return None
         if len(grads) == 1:

@@ -240,10 +240,13 @@ class Module:
         # Cached activations (and the ops module they reference) are not part of the state:
         # pickling and deep-copying a model after a forward pass stay cheap and possible. A
         # container's fusion plan (see fusion.py) is rebuilt on the next forward.
+        # Post-backward hooks belong to the objects that registered them (a distributed
+        # wrapper, say), not to the model: a copy has none.
         state = self.__dict__.copy()
         state["_cache"] = None
         if "_plan" in state:
             state["_plan"] = None
+        state.pop("_post_backward_hooks", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -499,6 +502,29 @@ class Module:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
 
+    def register_post_backward_hook(self, hook: Callable[["Module"], None]) -> "HookHandle":
+        """Call ``hook(module)`` each time a container (Sequential, Residual, Concat) has run
+        this module's backward, or the fused step that holds it: from then until the next
+        forward, the ``grad`` of every parameter of this module and of its sub-modules holds
+        this backward's whole contribution (a parameter shared with another module may still
+        receive that one's). Returns a handle whose ``remove()`` unregisters the hook.
+
+        What it is for: acting on gradients as soon as they are complete, while backward
+        continues with the earlier layers (a distributed run starts the gradients' allreduce
+        there: :class:`fastconv.training.distributed.DistributedDataParallel`). A module whose
+        backward no container runs (the model itself, the children of a custom module that
+        calls their backward itself) is never reported: the caller of the outermost backward
+        knows when that one is done. Hooks are not copied or pickled with the module.
+        """
+        if not callable(hook):
+            raise TypeError(f"register_post_backward_hook: hook must be callable, got "
+                            f"{type(hook).__name__}")
+        hooks = self.__dict__.get("_post_backward_hooks")
+        if hooks is None:
+            hooks = OrderedDict()
+            object.__setattr__(self, "_post_backward_hooks", hooks)
+        return HookHandle(hooks, hook)
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Output shape for an input of `input_shape` (including the batch dimension).
 
@@ -576,6 +602,31 @@ class Module:
             lines.append(f"  ({name}): {body}")
         lines.append(")")
         return "\n".join(lines)
+
+
+class HookHandle:
+    """What :meth:`Module.register_post_backward_hook` returns: ``remove()`` unregisters the
+    hook (a second call does nothing)."""
+
+    _next_id = 0
+
+    def __init__(self, hooks: "OrderedDict[int, Callable]", hook: Callable) -> None:
+        HookHandle._next_id += 1
+        self.id = HookHandle._next_id
+        self._hooks = hooks
+        hooks[self.id] = hook
+
+    def remove(self) -> None:
+        self._hooks.pop(self.id, None)
+
+
+def _post_backward(module: Module) -> None:
+    """Run `module`'s post-backward hooks (containers call it once a child's backward, or the
+    fused step holding it, has run: see Module.register_post_backward_hook)."""
+    hooks = module.__dict__.get("_post_backward_hooks")
+    if hooks:
+        for hook in tuple(hooks.values()):
+            hook(module)
 
 
 def _one_line(module: Module) -> str:

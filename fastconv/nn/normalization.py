@@ -1,4 +1,5 @@
-"""Normalisation layers: BatchNorm1d, BatchNorm2d, LayerNorm."""
+"""Normalisation layers: BatchNorm1d, BatchNorm2d (statistics of this process's batch, or of
+the batches of all processes of a group: :func:`convert_sync_batchnorm`), LayerNorm."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ class _BatchNorm(Module):
     updated with `momentum` (running = (1 - momentum) running + momentum batch; the variance
     term uses the unbiased batch variance, as PyTorch). momentum=None: cumulative average.
     Eval: the running statistics normalise. y = (x - mean) / sqrt(var + eps) * weight + bias.
+
+    ``process_group`` (None: this process's batch alone) makes the batch statistics those of
+    the batches of every process of a group, as torch's SyncBatchNorm (see
+    :func:`convert_sync_batchnorm`).
     """
 
     _ndims: tuple[int, ...] = ()
@@ -46,6 +51,18 @@ class _BatchNorm(Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
+        self.process_group = None
+
+    def __getstate__(self) -> dict:
+        # (a group holds the processes' connections: a copy computes local statistics)
+        state = super().__getstate__()
+        state["process_group"] = None
+        return state
+
+    def _group(self):
+        """The process group whose batches the statistics span, or None (this process's)."""
+        group = getattr(self, "process_group", None)
+        return group if group is not None and group.size > 1 else None
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
@@ -91,6 +108,9 @@ class _BatchNorm(Module):
         use_batch = self._uses_batch_stats()
         if relu and not use_batch:
             raise RuntimeError(f"{self!r}: a fused ReLU needs batch statistics")
+        group = self._group() if use_batch else None
+        if group is not None:
+            return self._forward_group(x3, x.shape, relu, group)
         if x.size == 0:  # an empty batch: an empty output, the statistics kept (as PyTorch)
             if self.training and self.track_running_stats:
                 self.num_batches_tracked += 1
@@ -103,17 +123,7 @@ class _BatchNorm(Module):
             w = self.weight.data if self.affine else None
             b = self.bias.data if self.affine else None
             y, mean, invstd, var = ops.batch_norm_train(x3, w, b, self.eps, relu=relu)
-            if self.training and self.track_running_stats:
-                self.num_batches_tracked += 1
-                if self.momentum is None:
-                    factor = 1.0 / float(self.num_batches_tracked)
-                else:
-                    factor = self.momentum
-                unbiased = var * dt.type(m / (m - 1)) if m > 1 else var
-                self.running_mean *= dt.type(1.0 - factor)
-                self.running_mean += dt.type(factor) * mean
-                self.running_var *= dt.type(1.0 - factor)
-                self.running_var += dt.type(factor) * unbiased
+            self._update_running_stats(mean, var, m)
             ctx = (ops, x3, mean, invstd, x.shape, y if relu else None)
         else:
             invstd = 1.0 / np.sqrt(self.running_var + dt.type(self.eps))
@@ -129,6 +139,8 @@ class _BatchNorm(Module):
     def _backward_ctx(self, ctx, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Accumulate the trainable parameters' gradients; return dL/dx (None without
         input_grad)."""
+        if isinstance(ctx, _GroupContext):
+            return self._backward_group(ctx, grad_y, input_grad)
         ops, x3, mean, invstd, shape, relu_y = ctx
         dt = invstd.dtype
         g = self._check_grad(grad_y, shape, dt)
@@ -161,6 +173,114 @@ class _BatchNorm(Module):
         k = invstd * self.weight.data if self.affine else invstd
         return (g3 * k[:, None]).reshape(shape)
 
+    def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, m: int) -> None:
+        """In training, fold the batch's mean and biased variance (of m values per channel)
+        into the running statistics."""
+        if not (self.training and self.track_running_stats):
+            return
+        dt = self.running_mean.dtype
+        self.num_batches_tracked += 1
+        if self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked)
+        else:
+            factor = self.momentum
+        unbiased = var * dt.type(m / (m - 1)) if m > 1 else var
+        self.running_mean *= dt.type(1.0 - factor)
+        self.running_mean += dt.type(factor) * mean
+        self.running_var *= dt.type(1.0 - factor)
+        self.running_var += dt.type(factor) * unbiased
+
+    # Batch statistics over a process group (torch's SyncBatchNorm). Each process has its own
+    # rows of the batch; one allreduce of per-channel sums per pass makes the statistics, and
+    # the input gradient, those of the whole batch:
+    #   forward:  M = sum_p m_p, mean = sum_p m_p mean_p / M,
+    #             var = sum_p m_p (var_p + (mean_p - mean)^2) / M     (Chan et al.'s pairwise
+    #             combination: each process's variance is about its own mean, so no
+    #             cancellation of large sums of squares)
+    #   backward: sum_g = sum_p sum(g_p), sum_gxhat = sum_p sum(g_p xhat_p) over all rows;
+    #             dx = k (g - sum_g / M - xhat sum_gxhat / M), k = weight * invstd.
+    # The parameters' gradients are the sums over this process's rows (a data-parallel run
+    # sums or averages the processes' parameter gradients afterwards, as for any layer).
+    def _forward_group(self, x3: np.ndarray, shape: tuple, relu: bool, group):
+        ops = self._ops()
+        dt = x3.dtype
+        C = x3.shape[1]
+        m = x3.shape[0] * x3.shape[2]
+        sums = np.zeros(3 * C + 1, np.float64)
+        if m > 0:
+            _, mean_p, _, var_p = ops.batch_norm_train(x3, None, None, self.eps)
+            mean_p = mean_p.astype(np.float64)
+            sums[:C] = m * mean_p
+            sums[C:2 * C] = m * var_p
+            sums[2 * C:3 * C] = m * mean_p * mean_p
+        sums[3 * C] = m
+        sums = group.allreduce(sums)
+        M = int(round(sums[3 * C]))
+        if M <= 1 and self.training:
+            raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
+                             f"got {M} over the process group (input of shape {shape} here)")
+        if M == 0:  # an empty batch everywhere: an empty output, the statistics kept
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked += 1
+            return x3.reshape(shape).copy(), _GroupContext(
+                ops, x3, np.zeros(C, dt), np.ones(C, dt), shape, None, 0, group)
+        mean = sums[:C] / M
+        # sum_p m_p (mean_p - mean)^2 / M = sum_p m_p mean_p^2 / M - mean^2
+        var = np.maximum(sums[C:2 * C] / M + (sums[2 * C:3 * C] / M - mean * mean), 0.0)
+        invstd = 1.0 / np.sqrt(var + self.eps)
+        # y = x * scale + shift, both per channel, rounded as the batch-norm kernel rounds them
+        scale = (invstd * self.weight.data if self.affine else invstd).astype(dt)
+        shift = -mean * scale.astype(np.float64)
+        if self.affine:
+            shift += self.bias.data
+        y = np.multiply(x3, scale[:, None])
+        y += shift.astype(dt)[:, None]
+        if relu:
+            np.maximum(y, dt.type(0), out=y)
+        mean_t, var_t = mean.astype(dt), var.astype(dt)
+        self._update_running_stats(mean_t, var_t, M)
+        ctx = _GroupContext(ops, x3, mean_t, invstd.astype(dt), shape, y if relu else None, M,
+                            group)
+        return y.reshape(shape), ctx
+
+    def _backward_group(self, ctx: "_GroupContext", grad_y: np.ndarray,
+                        input_grad: bool) -> np.ndarray | None:
+        x3, mean, invstd, M = ctx.x3, ctx.mean, ctx.invstd, ctx.count
+        dt = invstd.dtype
+        C = x3.shape[1]
+        g3 = self._check_grad(grad_y, ctx.shape, dt).reshape(x3.shape)
+        train_w = self.affine and self.weight.requires_grad
+        train_b = self.affine and self.bias.requires_grad
+        if not (input_grad or train_w or train_b):
+            return None
+        gw = gb = np.zeros(C, dt)
+        if x3.size > 0:
+            _, gw, gb = ctx.ops.batch_norm_train_backward(g3, x3, mean, invstd, None,
+                                                          input_grad=False,
+                                                          relu_output=ctx.relu_output)
+        if train_w:
+            self.weight.grad += gw
+        if train_b:
+            self.bias.grad += gb
+        if not input_grad:  # (the same on every process: no sums needed anywhere)
+            return None
+        group_sums = ctx.group.allreduce(np.concatenate([gw, gb]).astype(np.float64))
+        if M == 0:
+            return np.zeros(ctx.shape, dt)
+        sum_gxhat, sum_g = group_sums[:C], group_sums[C:]
+        # dx = a g - b x + d  (a = k, b = k invstd sum_gxhat / M, d = -k sum_g / M + mean b),
+        # as the batch-norm kernel writes it
+        is64 = invstd.astype(np.float64)
+        k = is64 * self.weight.data if self.affine else is64
+        b = k * is64 * sum_gxhat / M
+        d = -k * sum_g / M + mean * b
+        g = g3 if ctx.relu_output is None else \
+            np.where(ctx.relu_output > 0, g3, dt.type(0))
+        dx = np.multiply(x3, (-b).astype(dt)[:, None])
+        dx += d.astype(dt)[:, None]
+        dx += g * k.astype(dt)[:, None]
+        return dx.reshape(ctx.shape)
+
     def output_shape(self, input_shape):
         self._check_shape(tuple(input_shape))
         return tuple(input_shape)
@@ -168,6 +288,42 @@ class _BatchNorm(Module):
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats}")
+
+
+class _GroupContext:
+    """What the backward of a forward with group statistics needs (see _forward_group)."""
+
+    __slots__ = ("ops", "x3", "mean", "invstd", "shape", "relu_output", "count", "group")
+
+    def __init__(self, ops, x3, mean, invstd, shape, relu_output, count, group) -> None:
+        self.ops, self.x3, self.mean, self.invstd = ops, x3, mean, invstd
+        self.shape, self.relu_output, self.count, self.group = shape, relu_output, count, group
+
+
+def convert_sync_batchnorm(module: Module, process_group) -> Module:
+    """Make every BatchNorm1d/BatchNorm2d in ``module`` (itself included) compute its batch
+    statistics over the batches of all processes of ``process_group``, as torch's
+    ``SyncBatchNorm.convert_sync_batchnorm``; None makes them local again. Returns ``module``.
+
+    The layers keep their class, parameters and buffers (an optimiser over them stays valid,
+    state dicts are unchanged); only their ``process_group`` is set. In training the batch
+    mean and variance are those of the concatenation of the processes' batches, and so is
+    the input gradient; in eval mode the running statistics normalise, with no communication.
+    Every process of the group must run the same layers in the same order.
+
+    ``process_group`` is any object with ``size`` (the number of processes) and
+    ``allreduce(array)`` (the elementwise sum of a float64 array over the processes, the same
+    values on every one), as :class:`fastconv.training.distributed.Communicator`. A group of
+    size 1 computes exactly what local statistics compute.
+    """
+    if process_group is not None and not (hasattr(process_group, "size")
+                                          and callable(getattr(process_group, "allreduce", None))):
+        raise TypeError(f"convert_sync_batchnorm: process_group must have size and "
+                        f"allreduce(array), got {type(process_group).__name__}")
+    for m in module.modules():
+        if isinstance(m, _BatchNorm):
+            object.__setattr__(m, "process_group", process_group)
+    return module
 
 
 class BatchNorm2d(_BatchNorm):

@@ -17,6 +17,9 @@ Order of the hooks in one fit (``epoch`` and ``batch`` are 0-based indices)::
 Callbacks run in the order given, every hook of one callback before the next one's.
 ``self.trainer`` is the running fit (:class:`fastconv.training.Trainer`: ``model``,
 ``optimizer``, ``scheduler``, ``epoch``, ``batch``, ``step``, ``history``, ...).
+In a distributed fit every rank runs the callbacks, with the same metrics;
+``self.trainer.is_global_zero`` tells the rank that writes files (the callbacks here write on
+rank 0 only).
 Setting ``self.trainer.stop_training = True`` stops training after the current step (in a
 batch hook; the epoch is then left unfinished and can be resumed), or after the current epoch
 (in ``on_epoch_end``). A callback may add entries to ``logs`` in ``on_epoch_end``: they are
@@ -208,6 +211,9 @@ class ModelCheckpoint(Callback):
     def _save(self, epoch_number: int) -> None:
         path = Path(self.filepath.format(epoch=epoch_number))
         model = self.trainer.model
+        if not self.trainer.is_global_zero:  # (a distributed fit: rank 0 writes)
+            self._saved_at = self.trainer.position
+            return
         if self.save_weights_only:
             _ckpt.save_weights(path, model.state_dict(), metadata=self.metadata)
         else:
@@ -318,6 +324,8 @@ class CSVLogger(Callback):
         self.separator = separator
 
     def _write(self) -> None:
+        if not self.trainer.is_global_zero:  # (a distributed fit: rank 0 writes)
+            return
         text = csv_text(self.trainer.history.rows, separator=self.separator)
         with _ckpt.atomic_write(self.filename) as f:
             f.write(text.encode("utf-8"))

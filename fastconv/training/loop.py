@@ -11,6 +11,11 @@ A training step is::
     scheduler.step()          # every step, or once per epoch with scheduler_interval="epoch"
 
 exactly what a hand-written loop does, so the two give the same weights bit for bit.
+
+With ``distributed`` (:mod:`fastconv.training.distributed`), every rank runs this loop on its
+share of each batch: the model's backward averages the gradients over the ranks, the step's
+loss and accuracy are summed over them, and stopping (a callback, a signal) is agreed by all
+ranks after each step and epoch, so they always take the same steps.
 """
 
 from __future__ import annotations
@@ -52,11 +57,12 @@ def _loss_sum(loss_fn: Any, value: float, n: int) -> float:
     return value if getattr(loss_fn, "reduction", "mean") == "sum" else value * n
 
 
-def _evaluation(model, loader: DataLoader, loss_fn: Any,
-                should_stop=None) -> tuple[dict[str, float], np.ndarray | None] | None:
+def _evaluation(model, loader: DataLoader, loss_fn: Any, should_stop=None,
+                parallel=None) -> tuple[dict[str, float], np.ndarray | None] | None:
     """Loss (and accuracy, for classification) over ``loader`` in eval mode, and the predicted
     classes (None unless classification); None when ``should_stop()`` turned true. The loader's
-    position and the model's modes are put back afterwards."""
+    position and the model's modes are put back afterwards. With ``parallel`` (a distributed
+    fit), ``loader`` is this rank's share and the results are those of the whole loader."""
     modes = _modes(model)
     position = loader.state_dict()
     model.eval()
@@ -67,6 +73,9 @@ def _evaluation(model, loader: DataLoader, loss_fn: Any,
     batches = iter(loader)
     try:
         for xb, yb in batches:
+            if len(yb) == 0:  # (a rank's share of a batch smaller than the ranks)
+                preds.append(np.empty(0, np.int64))
+                continue
             out = model.forward(xb)
             total += _loss_sum(loss_fn, loss_fn.forward(out, yb), len(yb))
             seen += len(yb)
@@ -82,6 +91,9 @@ def _evaluation(model, loader: DataLoader, loss_fn: Any,
         batches.close()
         loader.load_state_dict(position)
         _restore_modes(modes)
+    if parallel is not None:
+        total, correct, seen, classification, preds = parallel.gather_evaluation(
+            total, correct, seen, classification, preds)
     metrics = {"loss": total / seen}
     if classification:
         metrics["accuracy"] = correct / seen
@@ -100,11 +112,18 @@ class Trainer:
     the last validation, int64 (N,), or None). Write: ``stop_training = True`` to stop after
     the current step or epoch. :meth:`state_dict` is the resumable state
     (:mod:`fastconv.training.state`).
+
+    In a distributed fit: ``parallel`` (:class:`fastconv.training.distributed.FitRun`, else
+    None), ``rank``, ``world_size``, ``is_global_zero`` (rank 0, the rank that writes
+    files); ``train`` and ``val`` are this rank's shares of the loaders; the metrics are
+    those of the whole batches, on every rank.
     """
 
     def __init__(self, model, train: DataLoader, epochs: int, optimizer, scheduler,
                  scheduler_interval: str, loss, val: DataLoader | None,
-                 callbacks: Sequence[Callback]) -> None:
+                 callbacks: Sequence[Callback], parallel=None) -> None:
+        self.parallel = parallel
+        self._net = model if parallel is None else parallel.net
         self.model = model
         self.train = train
         self.epochs = epochs
@@ -121,6 +140,29 @@ class Trainer:
         self.val_predictions: np.ndarray | None = None
         self.stop_training = False
         self.load_running_sums({})
+
+    # -- ranks ---------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        """This process's rank in a distributed fit (0 otherwise)."""
+        return 0 if self.parallel is None else self.parallel.rank
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks of a distributed fit (1 otherwise)."""
+        return 1 if self.parallel is None else self.parallel.size
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process writes the run's files (rank 0, or the only process)."""
+        return self.rank == 0
+
+    def _stopping(self) -> bool:
+        """``stop_training``, agreed by every rank in a distributed fit (any rank's request
+        stops them all at the same step)."""
+        if self.parallel is not None:
+            self.stop_training = self.parallel.any(self.stop_training)
+        return self.stop_training
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -163,9 +205,11 @@ class Trainer:
         try:
             self.model.train()
             self._call("on_train_begin", {})
-            while self.epoch < self.epochs and not self.stop_training:
+            while self.epoch < self.epochs and not self._stopping():
                 if not self._epoch():
                     break
+            if self.parallel is not None:  # (the model every rank returns, and rank 0 saves)
+                self.parallel.sync_buffers()
             self._call("on_train_end", self.history.rows[-1] if self.history.rows else {})
         except BaseException as e:
             self._call("on_exception", e)
@@ -179,7 +223,7 @@ class Trainer:
         when a callback stopped before its end."""
         epoch = self.epoch
         self._call("on_epoch_begin", epoch, {})
-        if self.stop_training:
+        if self._stopping():
             return False
         n = len(self.train)
         if self.batch < n:
@@ -192,15 +236,19 @@ class Trainer:
                     self._seconds = base + time.perf_counter() - start
                     logs.update(self._running(), images_per_s=self._speed())
                     self._call("on_batch_end", self.batch - 1, logs)
-                    if self.stop_training:
+                    if self._stopping():
                         return False
             finally:
                 batches.close()
         t_val = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, **self._running()}
+        if self.parallel is not None:
+            self.parallel.sync_buffers()
         if self.val is not None:
+            # (a distributed validation runs to its end: the ranks stop together afterwards)
             result = _evaluation(self.model, self.val, self.loss,
-                                 lambda: self.stop_training)
+                                 (lambda: self.stop_training) if self.parallel is None else None,
+                                 self.parallel)
             if result is None:
                 return False
             metrics, self.val_predictions = result
@@ -215,14 +263,29 @@ class Trainer:
         return True
 
     def _step(self, xb: np.ndarray, yb: np.ndarray, n_batches: int) -> dict[str, Any]:
-        """One optimiser step on (xb, yb); returns the batch's logs."""
-        index, size = self.batch, len(yb)
+        """One optimiser step on (xb, yb) (this rank's share of the batch, in a distributed
+        fit); returns the batch's logs."""
+        index, par = self.batch, self.parallel
+        size = len(yb) if par is None else self.train.batch_length(index)
         self._call("on_batch_begin", index, {"size": size})
-        model, loss_fn = self.model, self.loss
-        model.zero_grad()
-        out = model.forward(xb)
+        net, loss_fn = self._net, self.loss
+        net.zero_grad()
+        out = net.forward(xb) if par is None else par.forward(xb, index)
         value = loss_fn.forward(out, yb)
-        model.backward(loss_fn.backward(), input_grad=False)
+        loss_sum = _loss_sum(loss_fn, value, len(yb))
+        classification = self._classification and _is_classification(out, yb)
+        correct = int(np.count_nonzero(np.argmax(out, axis=1) == yb)) if classification else 0
+        grad = loss_fn.backward()
+        if par is None:
+            net.backward(grad, input_grad=False)
+        else:  # the whole batch's loss and accuracy, summed over the ranks during backward
+            grad = par.scale_loss_grad(grad, loss_fn, len(yb), size)
+            sums, pending = par.start_sums([loss_sum, correct])
+            net.backward(grad, input_grad=False)
+            pending.wait()
+            loss_sum, correct = float(sums[0]), int(round(sums[1]))
+            value = loss_sum if getattr(loss_fn, "reduction", "mean") == "sum" \
+                else loss_sum / size
         logs: dict[str, Any] = {"size": size, "batch_loss": value}
         self._call("on_before_optimizer_step", index, logs)
         self.optimizer.step()
@@ -231,16 +294,20 @@ class Trainer:
         if self.scheduler is not None and (self.scheduler_interval == "step"
                                            or self.batch == n_batches):
             self.scheduler.step()
-        self._loss_total += _loss_sum(loss_fn, value, size)
+        self._loss_total += loss_sum
         self._seen += size
-        if self._classification and _is_classification(out, yb):
-            self._correct += int(np.count_nonzero(np.argmax(out, axis=1) == yb))
+        if classification:
+            self._correct += correct
         else:
             self._classification = False
         if not math.isfinite(value):
-            raise FloatingPointError(
+            error = FloatingPointError(
                 f"fit: the loss is {value} at epoch {self.epoch + 1}, batch {index + 1} (step "
                 f"{self.step}): training diverged; lower the learning rate")
+            if par is not None:  # (the loss of the whole batch: every rank stops here)
+                from .distributed import every_rank
+                every_rank(error)
+            raise error
         return logs
 
     def _running(self) -> dict[str, float]:
@@ -261,7 +328,7 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
         callbacks: Sequence[Callback] = (), batch_size: int | None = None,
         val_batch_size: int | None = None, shuffle: bool | None = None,
         seed: int | None = None, progress: bool = True,
-        resume: str | os.PathLike | dict | None = None) -> History:
+        resume: str | os.PathLike | dict | None = None, distributed=False) -> History:
     """Train ``model`` for ``epochs`` epochs on ``train``; returns the per-epoch :class:`History`.
 
     ::
@@ -306,6 +373,16 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
         resume: a checkpoint path written by :class:`ModelCheckpoint`, or the state dict of
             :meth:`Trainer.state_dict`, to continue that run bit-exactly (same model,
             optimiser, scheduler and data; the thread count may differ).
+        distributed: True (or a :class:`fastconv.training.distributed.Distributed`, for
+            ``sync_bn`` and the bucket size) to train data-parallel on the ranks of the MPI
+            job (``mpiexec -n N python script.py``; ``pip install 'fastconv[mpi]'``): the
+            train loader's batch size is the global batch, each rank trains on its share of
+            every batch, gradients are averaged over the ranks (see
+            :mod:`fastconv.training.distributed`). Every rank calls fit with the same
+            arguments (checked: a difference is refused on every rank); rank 0 alone writes
+            files (:class:`ModelCheckpoint`, :class:`CSVLogger`) and shows progress; the
+            History, metrics and returned model are the same on every rank. A resume path
+            is read by rank 0. An error on one rank ends every rank (MPI_Abort).
 
     Returns:
         :class:`History`: ``history.rows`` (a dict per epoch: epoch, step, loss, accuracy,
@@ -313,12 +390,73 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
         lists, as Keras').
 
     Raises:
-        TypeError, ValueError: a bad argument, named, before any training.
+        TypeError, ValueError: a bad argument, named, before any training (on every rank,
+            in a distributed fit).
+        ImportError: ``distributed`` without mpi4py (the message says how to install it).
         fastconv.training.state.ResumeError: ``resume`` is the state of another run.
         FloatingPointError: the loss became inf or NaN (lower the learning rate).
         An exception (Ctrl-C in a notebook included) leaves the model as it was at that
         moment, possibly in the middle of a step: continue from the last checkpoint.
     """
+    if distributed is False or distributed is None:
+        trainer = _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval, loss,
+                           val, callbacks, batch_size, val_batch_size, shuffle, seed, progress,
+                           None)
+        if resume is not None:
+            trainer.load_state_dict(_resume_state(resume))
+        return trainer.run()
+    from .distributed import every_rank, start_fit
+    from .state import ResumeError
+
+    par = start_fit(distributed)
+    # Every rank checks its arguments, then the ranks compare outcomes and set-ups: a refusal
+    # on any rank is raised on all (a rank leaving alone would leave the others waiting).
+    trainer, error, facts = None, None, None
+    try:
+        trainer = _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval,
+                           loss, val, callbacks, batch_size, val_batch_size, shuffle, seed,
+                           progress, par)
+        par.check_batches(trainer.train)
+        if resume is not None and not isinstance(resume, (str, os.PathLike, dict)):
+            _resume_state(resume)  # (raises the TypeError)
+        facts = par.facts(model, trainer.train, trainer.val, trainer.optimizer,
+                          trainer.scheduler, scheduler_interval, epochs, trainer.loss,
+                          trainer.callbacks)
+    except (TypeError, ValueError) as e:
+        error = e
+    par.agree(error, facts)
+    try:
+        par.attach(model, trainer.train, trainer.val)
+        trainer.train, trainer.val, trainer._net = par.train, par.val, par.net
+        if resume is not None:
+            state = par.load_state(resume)
+            try:
+                trainer.load_state_dict(state)
+            except ResumeError as e:  # (the same state and model on every rank)
+                raise every_rank(e)
+        return trainer.run()
+    except BaseException as e:
+        par.fail(e)
+        raise
+    finally:
+        par.close()
+
+
+def _resume_state(resume) -> dict:
+    """fit's ``resume``: a checkpoint path read, or a state dict as it is."""
+    if isinstance(resume, (str, os.PathLike)):
+        from ..checkpoint import load_checkpoint
+        resume = load_checkpoint(resume)
+    if not isinstance(resume, dict):
+        raise TypeError(f"fit: resume must be a checkpoint path or a state dict, got "
+                        f"{type(resume).__name__}")
+    return resume
+
+
+def _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval, loss, val,
+             callbacks, batch_size, val_batch_size, shuffle, seed, progress,
+             parallel) -> Trainer:
+    """fit's arguments checked and made into a Trainer (see fit)."""
     where = "fit"
     inputs.check_model(model, where)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
@@ -358,17 +496,8 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
         raise TypeError(f"fit: progress must be True or False, got {progress!r}")
     if progress:
         callbacks.append(ProgressBar())
-    trainer = Trainer(model, train_loader, int(epochs), optimizer, scheduler, scheduler_interval,
-                      loss, val_loader, callbacks)
-    if resume is not None:
-        if isinstance(resume, (str, os.PathLike)):
-            from ..checkpoint import load_checkpoint
-            resume = load_checkpoint(resume)
-        if not isinstance(resume, dict):
-            raise TypeError(f"fit: resume must be a checkpoint path or a state dict, got "
-                            f"{type(resume).__name__}")
-        trainer.load_state_dict(resume)
-    return trainer.run()
+    return Trainer(model, train_loader, int(epochs), optimizer, scheduler, scheduler_interval,
+                   loss, val_loader, callbacks, parallel)
 
 
 def evaluate(model, data, *, loss=None, batch_size: int | None = None) -> dict[str, float]:

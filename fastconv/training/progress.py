@@ -50,7 +50,8 @@ class ProgressBar(Callback):
     Without tqdm: one plain line per epoch on stdout (``epoch_lines``), and once per process a
     hint on stderr that ``pip install tqdm`` gives a bar. ``fit(progress=True)`` adds
     ``ProgressBar()``; give your own instance in ``callbacks`` (with ``progress=False``) to
-    change ``leave`` (keep each finished epoch's bar) or ``epoch_lines``.
+    change ``leave`` (keep each finished epoch's bar) or ``epoch_lines``. In a distributed
+    fit, rank 0 alone shows progress.
     """
 
     def __init__(self, *, leave: bool = True, epoch_lines: bool = True) -> None:
@@ -58,9 +59,13 @@ class ProgressBar(Callback):
         self.epoch_lines = bool(epoch_lines)
         self._tqdm: Any = None
         self._bar: Any = None
+        self._shown = True
 
     def on_train_begin(self, logs: dict) -> None:
         global _hinted
+        self._shown = self.trainer.is_global_zero
+        if not self._shown:
+            return
         self._tqdm = _tqdm()
         if self._tqdm is None and not _hinted:
             _hinted = True
@@ -84,7 +89,7 @@ class ProgressBar(Callback):
         if self._bar is not None:
             self._bar.set_postfix_str(format_metrics(logs), refresh=True)
             self._close()
-        elif self.epoch_lines:
+        elif self.epoch_lines and self._shown:
             print(f"epoch {epoch + 1}/{self.trainer.epochs}  {format_metrics(logs)}", flush=True)
 
     def _close(self) -> None:

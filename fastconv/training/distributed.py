@@ -1,0 +1,844 @@
+"""Data-parallel training over MPI: one process (rank) per share of every batch, on one machine
+or many, with the gradients summed across ranks before each optimiser step.
+
+::
+
+    mpiexec -n 4 fastconv-train --distributed --batch-size 256      # the command
+    mpiexec -n 4 python train.py            # a script calling fit(..., distributed=True)
+
+``pip install 'fastconv[mpi]'`` installs mpi4py and the MPICH library (its ``mpiexec``).
+
+A step on N ranks, for a loader of (global) batch size B:
+
+* every rank draws the same permutation and augmentation of the batch (they are functions of
+  seed, epoch and batch index) and takes its own contiguous B/N rows of it
+  (:meth:`fastconv.data.DataLoader.shard`); modules' random generators (dropout) draw the
+  whole batch's values and keep their rows, so every rank's generators stay equal;
+* each rank runs forward and backward on its rows. As soon as backward has completed the
+  gradients of a bucket of parameters (~:data:`DEFAULT_BUCKET_MB` MB, filled in reverse order
+  of ``model.parameters()``, which is about the order backward completes them), a
+  non-blocking ``MPI_Iallreduce`` starts summing that bucket across ranks while backward
+  goes on with the earlier layers (the containers report finished layers through
+  :meth:`fastconv.nn.Module.register_post_backward_hook`). Buckets start in a fixed order,
+  the same on every rank, one call each;
+* after backward, the last buckets are reduced; every ``Parameter.grad`` then holds the mean
+  of the ranks' gradients, which is the gradient of the loss over the whole batch, and every
+  rank makes the same optimiser step. Parameters, optimiser state and generators stay equal
+  on all ranks without ever being sent again.
+
+BatchNorm layers use each rank's own rows for their batch statistics (as PyTorch's DDP), or,
+with ``sync_bn``, the statistics of the whole batch (as SyncBatchNorm:
+:func:`fastconv.nn.convert_sync_batchnorm`); their running statistics are taken from rank 0
+before every evaluation and checkpoint (DDP's ``broadcast_buffers`` sends them at every
+forward; these are the points where they are read). Rank 0 alone writes checkpoints, logs
+and plots; a checkpoint holds the state of the whole run and resumes on any number of ranks
+that divides the global batch.
+
+A rank that fails ends the job: its error is printed and ``MPI_Abort`` stops every rank (the
+others would otherwise wait for it forever, mpi4py#290), unless the error is one that every
+rank raises at the same point (a refused set-up, a diverged loss). MPI calls are made only by
+the thread that runs the training; the compiled kernels' OpenMP threads never call MPI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import shutil
+import sys
+import time
+import traceback
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..nn import Module, convert_sync_batchnorm
+
+__all__ = ["MPI_INSTALL_HINT", "DEFAULT_BUCKET_MB", "Communicator", "world", "find_mpiexec",
+           "mpi_missing", "launcher_size", "bucket_plan",
+           "default_threads", "DistributedDataParallel", "Distributed", "FitRun", "start_fit",
+           "every_rank", "raised_on_every_rank", "abort_job"]
+
+MPI_INSTALL_HINT = ("distributed training needs mpi4py and an MPI library: pip install "
+                    "'fastconv[mpi]' (in a fastconv checkout: pip install '.[mpi]'), then start "
+                    "the ranks with mpiexec -n N")
+
+DEFAULT_BUCKET_MB = 4.0
+"""Gradient bucket size: large enough that a bucket's allreduce is bandwidth- rather than
+latency-bound (a few MB against ~10 us of latency per call), small enough that the first
+buckets start while most of backward is still to run (see docs/distributed.md)."""
+
+_BUCKET_ALIGN = 64  # bytes: each parameter's gradient starts on a cache line of its bucket
+
+
+def _mpi():
+    """mpi4py's MPI module (importing it initialises MPI), or ImportError with the hint."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError(MPI_INSTALL_HINT) from e
+    return MPI
+
+
+def find_mpiexec() -> str | None:
+    """The ``mpiexec`` of this Python's environment (the mpich wheel installs it beside the
+    interpreter), else the first on PATH, else None."""
+    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return local if os.path.isfile(local) else shutil.which("mpiexec")
+
+
+def mpi_missing() -> str | None:
+    """Why ranks cannot be started here (no mpi4py, no mpiexec), in one line, or None.
+    Looks for mpi4py without importing it (importing it initialises MPI)."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install 'fastconv[mpi]')"
+    if find_mpiexec() is None:
+        return "no mpiexec found (pip install 'fastconv[mpi]' installs MPICH's)"
+    return None
+
+
+def launcher_size() -> int | None:
+    """The number of processes an MPI launcher (mpiexec/mpirun/srun with PMI) started this one
+    with, read from its environment, or None when it was not started by one."""
+    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE"):
+        value = os.environ.get(key)
+        if value and value.isdigit():
+            return int(value)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Communicator
+# --------------------------------------------------------------------------------------------
+
+class _Pending:
+    """A non-blocking operation in flight: ``wait()`` blocks until done, ``test()`` drives
+    MPI's progress and says whether it is done."""
+
+    __slots__ = ("request", "done")
+
+    def __init__(self, request) -> None:
+        self.request = request
+        self.done = False
+
+    def test(self) -> bool:
+        if not self.done:
+            self.done = bool(self.request.Test())
+        return self.done
+
+    def wait(self) -> None:
+        if not self.done:
+            self.request.Wait()
+            self.done = True
+
+
+class Communicator:
+    """The ranks of a data-parallel run: an mpi4py intracommunicator with the few collective
+    operations training needs, on NumPy arrays and small Python objects.
+
+    ``rank`` and ``size``; ``local_rank`` and ``local_size``: this rank among the ranks on the
+    same machine (MPI's shared-memory split). Every collective method must be called by all
+    ranks, in the same order. Sums over ranks give the same bits on every rank (MPI reduces
+    each element once and distributes the result), which keeps the ranks' models identical.
+    """
+
+    def __init__(self, comm) -> None:
+        MPI = _mpi()
+        self._MPI = MPI
+        self.comm = comm
+        self.rank = int(comm.Get_rank())
+        self.size = int(comm.Get_size())
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = int(node.Get_rank())
+        self.local_size = int(node.Get_size())
+        node.Free()
+
+    def allreduce(self, array: np.ndarray) -> np.ndarray:
+        """A new array: the elementwise sum of ``array`` over the ranks."""
+        out = np.array(array, copy=True, order="C")
+        self.comm.Allreduce(self._MPI.IN_PLACE, out, op=self._MPI.SUM)
+        return out
+
+    def start_allreduce(self, buffer: np.ndarray) -> _Pending:
+        """Start summing the C-contiguous ``buffer`` over the ranks, in place; the sum is
+        there once ``wait()`` of the returned object returns. ``buffer`` must not be touched
+        until then."""
+        return _Pending(self.comm.Iallreduce(self._MPI.IN_PLACE, buffer, op=self._MPI.SUM))
+
+    def broadcast(self, obj: Any, root: int = 0) -> Any:
+        """``obj`` of rank ``root`` on every rank (pickled; for small objects and states)."""
+        return self.comm.bcast(obj, root=root)
+
+    def broadcast_array(self, array: np.ndarray, root: int = 0) -> None:
+        """Overwrite the C-contiguous ``array`` with rank ``root``'s, in place."""
+        self.comm.Bcast(array.reshape(-1), root=root)
+
+    def allgather(self, obj: Any) -> list:
+        """Every rank's ``obj``, in rank order (pickled)."""
+        return self.comm.allgather(obj)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on at least one."""
+        return bool(self.comm.allreduce(bool(flag), op=self._MPI.LOR))
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job now (MPI_Abort)."""
+        self.comm.Abort(code)
+
+    def dup(self) -> "Communicator":
+        """A communicator over the same ranks whose operations never mix with this one's."""
+        return Communicator(self.comm.Dup())
+
+    def free(self) -> None:
+        """Release a communicator made by :meth:`dup`."""
+        if self.comm != self._MPI.COMM_WORLD:
+            self.comm.Free()
+
+    def __repr__(self) -> str:
+        return (f"Communicator(rank {self.rank} of {self.size}, {self.local_size} on this "
+                f"machine)")
+
+
+_WORLD: Communicator | None = None
+
+
+def default_threads(local_size: int) -> int:
+    """Kernel threads per rank with ``local_size`` ranks on this machine: the cores this rank
+    may run on when the launcher bound it to some of them, else the machine's cores shared
+    equally (at least 1), so the ranks never ask for more threads than there are cores."""
+    total = os.cpu_count() or 1
+    try:
+        mine = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        mine = total
+    if mine < total:
+        return max(1, mine)
+    return max(1, mine // max(1, local_size))
+
+
+def world() -> Communicator:
+    """All ranks of the job (``MPI_COMM_WORLD``), initialising MPI on the first call.
+
+    The first call also sets the kernels' threads of this rank to :func:`default_threads`
+    unless ``OMP_NUM_THREADS`` is set (``fastconv.set_num_threads`` afterwards overrides
+    it). Started without a launcher, the job is this process alone (size 1).
+    ImportError (one line, with how to install) without mpi4py.
+    """
+    global _WORLD
+    if _WORLD is None:
+        MPI = _mpi()
+        if MPI.Query_thread() < MPI.THREAD_FUNNELED:
+            print("fastconv.training.distributed: MPI was initialised with "
+                  "MPI_THREAD_SINGLE; the kernels' threads make no MPI calls, but the MPI "
+                  "library may assume a single-threaded process (initialise it with at least "
+                  "MPI_THREAD_FUNNELED, mpi4py's default is MULTIPLE)", file=sys.stderr)
+        _WORLD = Communicator(MPI.COMM_WORLD)
+        if "OMP_NUM_THREADS" not in os.environ:
+            import fastconv
+            fastconv.set_num_threads(default_threads(_WORLD.local_size))
+    return _WORLD
+
+
+# --------------------------------------------------------------------------------------------
+# Errors that end the job
+# --------------------------------------------------------------------------------------------
+
+def every_rank(exc: BaseException) -> BaseException:
+    """Mark ``exc`` as raised by every rank at the same point (a refused set-up, a diverged
+    loss computed from the ranks' sum): such an error ends each rank on its own, without
+    MPI_Abort. Returns ``exc``."""
+    exc._fastconv_every_rank = True  # type: ignore[attr-defined]
+    return exc
+
+
+def raised_on_every_rank(exc: BaseException) -> bool:
+    """Whether ``exc`` was marked by :func:`every_rank`."""
+    return bool(getattr(exc, "_fastconv_every_rank", False))
+
+
+def abort_job(comm: Communicator, exc: BaseException, where: str) -> None:
+    """Print ``exc`` (with its traceback) as this rank's failure and end every rank of the job
+    with MPI_Abort; does nothing when ``exc`` was raised on every rank (:func:`every_rank`)
+    or the job has one rank."""
+    if comm.size == 1 or raised_on_every_rank(exc):
+        return
+    if isinstance(exc, KeyboardInterrupt):
+        detail, code = "interrupted", 130
+    else:
+        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        code = 1
+    # (one write: the ranks share the launcher's stderr)
+    sys.stderr.write(f"{where}: rank {comm.rank} of {comm.size} failed: {detail.rstrip()}\n"
+                     f"{where}: rank {comm.rank} is ending all {comm.size} ranks (MPI_Abort): "
+                     f"the others would wait for it forever\n")
+    sys.stderr.flush()
+    comm.abort(code)
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient buckets
+# --------------------------------------------------------------------------------------------
+
+class _Bucket:
+    """Parameters whose gradients are summed by one allreduce of one flat buffer. A bucket of
+    one parameter reduces that parameter's gradient array itself, with no buffer (and no
+    copy); a bucket of several copies their gradients into its buffer, unless they already
+    live there (the views its gradients become after each reduction, into which the next
+    backward may accumulate)."""
+
+    __slots__ = ("params", "views", "buffer", "pending")
+
+    def __init__(self, params: list, dtype: np.dtype) -> None:
+        self.params = params
+        self.pending: _Pending | None = None
+        if len(params) == 1:
+            self.buffer, self.views = None, [None]
+            return
+        align = max(1, _BUCKET_ALIGN // dtype.itemsize)
+        offsets, n = [], 0
+        for p in params:
+            offsets.append(n)
+            n += -(-p.data.size // align) * align
+        self.buffer = np.zeros(n, dtype)  # (padding stays 0: it is summed too)
+        self.views = [self.buffer[o:o + p.data.size].reshape(p.data.shape)
+                      for o, p in zip(offsets, params)]
+
+    @property
+    def nbytes(self) -> int:
+        return self.params[0].data.nbytes if self.buffer is None else self.buffer.nbytes
+
+
+def bucket_plan(nbytes: list[int], bucket_bytes: int,
+                dtypes: list | None = None) -> list[list[int]]:
+    """The gradient buckets of parameters of ``nbytes`` bytes (in ``parameters()`` order) as
+    lists of indices, in the order they are reduced: parameters taken in reverse order
+    (backward completes the last layers first), a bucket closed when the next parameter would
+    take it past ``bucket_bytes`` or has another dtype (``dtypes``, when given); a parameter
+    larger than ``bucket_bytes`` is a bucket of its own."""
+    plan: list[list[int]] = []
+    group: list[int] = []
+    size = 0
+    for i in reversed(range(len(nbytes))):
+        if group and ((dtypes is not None and dtypes[i] != dtypes[group[0]])
+                      or size + nbytes[i] > bucket_bytes):
+            plan.append(group)
+            group, size = [], 0
+        group.append(i)
+        size += nbytes[i]
+    if group:
+        plan.append(group)
+    return plan
+
+
+class _Reducer:
+    """Sums the trainable parameters' gradients across ranks in buckets, each started as soon
+    as backward has completed all its gradients (module hooks), in bucket order. (The
+    gradients are already divided by the number of ranks: DistributedDataParallel scales the
+    gradient backward starts from, so the sums are the means.)"""
+
+    def __init__(self, comm: Communicator, model: Module, bucket_bytes: int) -> None:
+        self.comm = comm
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.signature = self._signature(model)
+        self.buckets: list[_Bucket] = []
+        self.bucket_of: list[int] = [0] * len(self.params)
+        index = {id(p): i for i, p in enumerate(self.params)}
+        for group in bucket_plan([p.data.nbytes for p in self.params], bucket_bytes,
+                                 [p.data.dtype for p in self.params]):
+            self._add_bucket(group)
+        # which gradients each module's backward completes (a parameter shared by k modules
+        # is complete once all k have run)
+        self.own: dict[int, list[int]] = {}
+        self.uses = [0] * len(self.params)
+        for m in model.modules():
+            own = [index[id(p)] for p in m._parameters.values()
+                   if p is not None and id(p) in index]
+            self.own[id(m)] = own
+            for i in own:
+                self.uses[i] += 1
+        self.below: dict[int, list[Module]] = {}
+        self.handles = []
+        for m in model.modules():
+            below = [u for u in m.modules() if self.own[id(u)]]
+            if below:
+                self.below[id(m)] = below
+                self.handles.append(m.register_post_backward_hook(self._module_done))
+        self.active = False
+
+    @staticmethod
+    def _signature(model: Module) -> tuple:
+        return tuple((id(p), p.requires_grad) for p in model.parameters())
+
+    def _add_bucket(self, indices: list[int]) -> None:
+        k = len(self.buckets)
+        for i in indices:
+            self.bucket_of[i] = k
+        self.buckets.append(_Bucket([self.params[i] for i in indices],
+                                    self.params[indices[0]].data.dtype))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    # -- one backward ------------------------------------------------------------------------
+    def begin(self) -> None:
+        self.remaining = list(self.uses)
+        self.waiting = [len(b.params) for b in self.buckets]
+        self.done: set[int] = set()
+        self.next = 0
+        self.inflight: list[_Pending] = []
+        self.active = True
+
+    def _module_done(self, module: Module) -> None:
+        if not self.active:
+            return
+        for u in self.below[id(module)]:
+            if id(u) in self.done:
+                continue
+            self.done.add(id(u))
+            for i in self.own[id(u)]:
+                self.remaining[i] -= 1
+                if self.remaining[i] == 0:
+                    self.waiting[self.bucket_of[i]] -= 1
+        while self.next < len(self.buckets) and self.waiting[self.next] == 0:
+            self._start(self.next)
+        # MPI moves a non-blocking operation on only inside MPI calls: one per layer keeps the
+        # buckets in flight moving while backward computes
+        while self.inflight and self.inflight[0].test():
+            self.inflight.pop(0)
+
+    def _start(self, k: int) -> None:
+        """Start bucket k's allreduce: of its parameter's gradient array itself, or of its
+        buffer, into which the gradients not already there are copied."""
+        b = self.buckets[k]
+        if b.buffer is None:
+            p = b.params[0]
+            g = p.grad
+            if not (g.flags.c_contiguous and g.flags.writeable):
+                g = p.grad = np.ascontiguousarray(g)
+            b.pending = self.comm.start_allreduce(g)
+        else:
+            for p, view in zip(b.params, b.views):
+                g = p.grad
+                if g is not view:
+                    np.copyto(view, g)
+            b.pending = self.comm.start_allreduce(b.buffer)
+        self.inflight.append(b.pending)
+        self.next = k + 1
+
+    def finish(self) -> None:
+        """Start the buckets not started yet (gradients no container reported), wait for all,
+        and make every gradient of a shared buffer the view of it that holds the sum."""
+        while self.next < len(self.buckets):
+            self._start(self.next)
+        self.active = False
+        for b in self.buckets:
+            b.pending.wait()
+            b.pending = None
+            if b.buffer is None:
+                continue
+            for p, view in zip(b.params, b.views):
+                if p.grad is not view:
+                    p.grad = view  # (the next backward may accumulate right into it)
+        self.inflight = []
+
+    def abandon(self) -> None:
+        """Backward raised: forget this step (its operations in flight are left to the job's
+        end, which an error on one rank brings)."""
+        self.active = False
+
+
+# --------------------------------------------------------------------------------------------
+# Random generators of modules: each rank draws the whole batch's values
+# --------------------------------------------------------------------------------------------
+
+class _ShareGenerator(np.random.Generator):
+    """A module's generator in a data-parallel run, on the module's own bit generator (its
+    state is the module's, saved in checkpoints as before).
+
+    During a training forward of :class:`DistributedDataParallel`, ``random(shape)`` with
+    ``shape[0]`` this rank's rows of a batch (``rows = (start, total)``) draws the values of
+    the whole batch, ``(total,) + shape[1:]``, and returns this rank's rows: dropout masks are
+    those a single process draws for the whole batch, and every rank's generator stays in the
+    same state. Any other draw is the plain generator's."""
+
+    def __init__(self, bit_generator, ddp: "DistributedDataParallel") -> None:
+        super().__init__(bit_generator)
+        self._ddp = ddp
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        rows = self._ddp._rows
+        if rows is None or out is not None or size is None:
+            return super().random(size, dtype, out)
+        shape = (int(size),) if np.ndim(size) == 0 else tuple(int(s) for s in size)
+        start, total = rows
+        if not shape or start + shape[0] > total:
+            return super().random(size, dtype)
+        return super().random((total,) + shape[1:], dtype)[start:start + shape[0]]
+
+
+# --------------------------------------------------------------------------------------------
+# The model wrapper
+# --------------------------------------------------------------------------------------------
+
+def _check_bucket_mb(bucket_mb: Any, where: str) -> float:
+    if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) \
+            or not math.isfinite(bucket_mb) or bucket_mb <= 0:
+        raise ValueError(f"{where}: bucket_mb must be a number > 0, got {bucket_mb!r}")
+    return float(bucket_mb)
+
+
+def _structure(model: Module) -> list:
+    """What must be equal on every rank: names, shapes, dtypes and trainability."""
+    return ([(n, p.data.shape, str(p.data.dtype), p.requires_grad)
+             for n, p in model.named_parameters()]
+            + [(n, b.shape, str(b.dtype)) for n, b in model.named_buffers()])
+
+
+class DistributedDataParallel(Module):
+    """``module`` trained data-parallel: its gradients are averaged over the ranks of
+    ``comm`` during ``backward`` (PyTorch's DistributedDataParallel).
+
+    ::
+
+        comm = distributed.world()
+        model = distributed.DistributedDataParallel(models.vgg_small(seed=0), comm)
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        train = loader.shard(comm.rank, comm.size)       # this rank's rows of each batch
+        for x, y in train:
+            model.zero_grad()
+            loss.forward(model(x), y)
+            model.backward(loss.backward(), input_grad=False)   # gradients averaged here
+            opt.step()                                     # the same step on every rank
+
+    At construction (a collective: every rank constructs it), the ranks' models are checked
+    to have the same parameters and buffers (ValueError on every rank otherwise), and rank
+    0's values are copied to the others. ``backward`` sums each bucket of gradients
+    (``bucket_mb`` MB, in reverse order of ``parameters()``) with a non-blocking allreduce as
+    soon as backward has completed it, and returns when every gradient is the mean over the
+    ranks. With a mean-reduced loss and equal shares this is the gradient of the whole
+    batch; ``backward`` of a rank whose share is smaller should get its loss gradient scaled
+    by ``N * share / batch`` (what :func:`fastconv.training.fit` does).
+
+    ``sync_bn``: BatchNorm layers normalise with the statistics of the whole batch
+    (:func:`fastconv.nn.convert_sync_batchnorm`, on a communicator of their own) instead of
+    each rank's rows. The modules' random generators draw the whole batch's values in a
+    training forward (see :meth:`forward`). :meth:`sync_buffers` copies rank 0's buffers
+    (BatchNorm running statistics) to the other ranks. :meth:`close` undoes the wrapper's
+    changes to ``module`` (hooks, generators, BatchNorm groups).
+
+    State-dict keys carry the prefix ``module.``, as PyTorch's; save ``ddp.module``'s to load
+    it into an unwrapped model. ``comm_seconds`` adds up the time ``backward`` waited for the
+    allreduces after the module's backward (communication not hidden behind computation).
+    """
+
+    def __init__(self, module: Module, comm: Communicator | None = None, *,
+                 bucket_mb: float = DEFAULT_BUCKET_MB, sync_bn: bool = False) -> None:
+        super().__init__()
+        if not isinstance(module, Module):
+            raise TypeError(f"DistributedDataParallel: module must be a fastconv.nn.Module, "
+                            f"got {type(module).__name__}")
+        bucket_mb = _check_bucket_mb(bucket_mb, "DistributedDataParallel")
+        self.module = module
+        comm = world() if comm is None else comm
+        object.__setattr__(self, "comm", comm)
+        self.bucket_mb = bucket_mb
+        self.sync_bn = bool(sync_bn)
+        self.comm_seconds = 0.0
+        self._rows: tuple[int, int] | None = None
+        self._reducer: _Reducer | None = None
+        self._bn_group: Communicator | None = None
+        self._generators: list[tuple[Module, str, np.random.Generator]] = []
+        if comm.size == 1:
+            return
+        structures = comm.allgather(_structure(module))
+        for r, s in enumerate(structures):
+            if s != structures[0]:
+                first = next((a, b) for a, b in zip(structures[0] + [None], s + [None])
+                             if a != b)
+                raise every_rank(ValueError(
+                    f"DistributedDataParallel: rank {r}'s model differs from rank 0's: "
+                    f"{first[1]} on rank {r}, {first[0]} on rank 0 (build the same model on "
+                    f"every rank)"))
+        for p in module.parameters():
+            comm.broadcast_array(p.data)
+        self.sync_buffers()
+        if self.sync_bn:
+            self._bn_group = comm.dup()
+            convert_sync_batchnorm(module, self._bn_group)
+        self._reducer = _Reducer(comm, module, int(bucket_mb * (1 << 20)))
+        shared: dict[int, _ShareGenerator] = {}
+        for m in module.modules():
+            for attr, value in list(vars(m).items()):
+                if isinstance(value, np.random.Generator) and \
+                        not isinstance(value, _ShareGenerator):
+                    twin = shared.setdefault(id(value), _ShareGenerator(value.bit_generator,
+                                                                        self))
+                    self._generators.append((m, attr, value))
+                    object.__setattr__(m, attr, twin)
+
+    @property
+    def buckets(self) -> list[tuple[int, int]]:
+        """(parameters, bytes) of each gradient bucket, in the order they are reduced."""
+        if self._reducer is None:
+            return []
+        return [(len(b.params), b.nbytes) for b in self._reducer.buckets]
+
+    def forward(self, x: np.ndarray, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """The module's output for this rank's rows ``x`` of a batch. ``rows = (start,
+        total)``: they are rows ``start ..`` of a batch of ``total`` (default: equal shares,
+        ``(rank * len(x), size * len(x))``); in training, the modules' generators draw for
+        the ``total`` rows and keep these."""
+        if self._generators and self.training:
+            n = len(x)
+            self._rows = rows if rows is not None else (self.comm.rank * n, self.comm.size * n)
+        try:
+            return self.module.forward(x)
+        finally:
+            self._rows = None
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """The module's backward, with every parameter gradient averaged over the ranks when
+        it returns (see the class docstring); the input gradient returned is that of this
+        rank's loss divided by the number of ranks (the mean's)."""
+        reducer = self._reducer
+        if reducer is None:
+            return self.module.backward(grad_y, input_grad=input_grad)
+        if reducer.signature != _Reducer._signature(self.module):  # (un)frozen parameters
+            reducer.remove()
+            reducer = self._reducer = _Reducer(self.comm, self.module,
+                                               int(self.bucket_mb * (1 << 20)))
+        # the mean over ranks is the sum of the ranks' gradients of loss / N: scaling the
+        # gradient backward starts from (a few numbers per sample) spares a pass over the
+        # parameters' gradients
+        grad_y = np.multiply(grad_y, np.asarray(grad_y).dtype.type(1.0 / self.comm.size))
+        reducer.begin()
+        try:
+            g = self.module.backward(grad_y, input_grad=input_grad)
+        except BaseException:
+            reducer.abandon()
+            raise
+        t = time.perf_counter()
+        reducer.finish()
+        self.comm_seconds += time.perf_counter() - t
+        return g
+
+    def sync_buffers(self) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank (collective)."""
+        if self.comm.size == 1:
+            return
+        for _, b in self.module.named_buffers():
+            self.comm.broadcast_array(b)
+
+    def close(self) -> None:
+        """Give ``module`` back as it was: no hooks, its own generators, local BatchNorm
+        statistics. The wrapper reduces no more gradients afterwards."""
+        if self._reducer is not None:
+            self._reducer.remove()
+            self._reducer = None
+        for m, attr, gen in self._generators:
+            object.__setattr__(m, attr, gen)
+        self._generators = []
+        if self._bn_group is not None:
+            convert_sync_batchnorm(self.module, None)
+            self._bn_group.free()
+            self._bn_group = None
+
+    def extra_repr(self) -> str:
+        return (f"rank {self.comm.rank} of {self.comm.size}, bucket_mb={self.bucket_mb:g}, "
+                f"sync_bn={self.sync_bn}")
+
+
+# --------------------------------------------------------------------------------------------
+# fit(..., distributed=...)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Distributed:
+    """How :func:`fastconv.training.fit` trains data-parallel (``distributed=True`` is
+    ``Distributed()``): ``sync_bn`` (BatchNorm statistics of the whole batch), ``bucket_mb``
+    (gradient bucket size), ``comm`` (the ranks; None: :func:`world`)."""
+
+    sync_bn: bool = False
+    bucket_mb: float = DEFAULT_BUCKET_MB
+    comm: Communicator | None = None
+
+
+def _crc(a: np.ndarray, stride: int = 1) -> int:
+    """A checksum of ``a`` (of every ``stride``-th row, for large arrays)."""
+    part = np.ascontiguousarray(a[::stride])
+    return zlib.crc32(part.view(np.uint8).reshape(-1)) if part.size else 0
+
+
+def _loader_facts(loader) -> tuple | None:
+    if loader is None:
+        return None
+    stride = max(1, loader.num_samples // 1024)
+    return (loader.num_samples, loader.batch_size, len(loader), loader.seed, loader.shuffle,
+            loader.augment, loader.drop_last, str(loader.dtype), _crc(loader.labels),
+            _crc(loader.images, stride))
+
+
+def _text(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class FitRun:
+    """The data-parallel side of one :func:`fastconv.training.fit`: the communicator, the
+    wrapped model, this rank's shares of the loaders, and the collective steps of the loop
+    (fit makes it; callbacks see it as ``trainer.parallel``)."""
+
+    def __init__(self, options: Distributed) -> None:
+        if not isinstance(options, Distributed):
+            raise TypeError(f"fit: distributed must be True, False or a "
+                            f"fastconv.training.distributed.Distributed, got "
+                            f"{type(options).__name__}")
+        _check_bucket_mb(options.bucket_mb, "fit: distributed")
+        self.options = options
+        self.comm = options.comm if options.comm is not None else world()
+        self.rank, self.size = self.comm.rank, self.comm.size
+        self.net: DistributedDataParallel | None = None
+        self.train = None
+        self.val = None
+
+    # -- set-up --------------------------------------------------------------------------------
+    def agree(self, error: BaseException | None, facts: dict | None) -> None:
+        """Collective: every rank's set-up error (or None) and set-up facts; raise the same
+        one-line ValueError on every rank when a rank failed or the facts differ."""
+        text = None if error is None else f"{type(error).__name__}: {error}"
+        gathered = self.comm.allgather((text, facts))
+        for r, (t, _) in enumerate(gathered):
+            if t is not None:
+                if error is not None:
+                    raise every_rank(error)
+                raise every_rank(ValueError(f"fit: rank {r} refused the set-up: {t}"))
+        ref = gathered[0][1]
+        for r, (_, f) in enumerate(gathered[1:], 1):
+            for key in ref:
+                if f.get(key) != ref[key]:
+                    raise every_rank(ValueError(
+                        f"fit: the ranks were started with different settings: {key} is "
+                        f"{_text(f.get(key))} on rank {r} but {_text(ref[key])} on rank 0"))
+
+    def facts(self, model, train, val, optimizer, scheduler, scheduler_interval, epochs, loss,
+              callbacks) -> dict:
+        """What must be equal on every rank for the ranks to train one model together."""
+        groups = [{k: v for k, v in g.items() if k != "params"} | {"params": len(g["params"])}
+                  for g in optimizer.param_groups]
+        return {
+            "model": _structure(model),
+            "train data": _loader_facts(train),
+            "validation data": _loader_facts(val),
+            "epochs": int(epochs),
+            "loss": (type(loss).__name__, getattr(loss, "reduction", None)),
+            "optimizer": (type(optimizer).__name__, groups),
+            "scheduler": None if scheduler is None else (type(scheduler).__name__,
+                                                         scheduler_interval),
+            # (a progress bar may be shown on some ranks only: rank 0's terminal)
+            "callbacks": [type(cb).__name__ for cb in callbacks
+                          if type(cb).__name__ != "ProgressBar"],
+            "sync_bn": bool(self.options.sync_bn),
+            "bucket_mb": float(self.options.bucket_mb),
+        }
+
+    def check_batches(self, train) -> None:
+        """The global batch must split into equal shares, and every batch must give every
+        rank at least one row (ValueError, on every rank alike)."""
+        n = self.size
+        if train.batch_size % n:
+            raise ValueError(f"fit: the batch size {train.batch_size} (the global batch) is "
+                             f"not divisible by the {n} ranks: each rank takes an equal "
+                             f"share of every batch; choose a multiple of {n}")
+        smallest = train.batch_length(len(train) - 1)
+        if smallest < n:
+            raise ValueError(f"fit: the last batch of an epoch holds {smallest} samples, "
+                             f"fewer than the {n} ranks ({train.num_samples} samples in "
+                             f"batches of {train.batch_size}): drop it (drop_last=True) or "
+                             f"change the batch size")
+
+    def attach(self, model, train, val) -> None:
+        """Wrap the model (collective) and take this rank's shares of the loaders."""
+        self.net = DistributedDataParallel(model, self.comm, bucket_mb=self.options.bucket_mb,
+                                           sync_bn=self.options.sync_bn)
+        self.train = train.shard(self.rank, self.size)
+        self.val = None if val is None else val.shard(self.rank, self.size)
+
+    def load_state(self, resume):
+        """The resume state on every rank: a path is read by rank 0 and sent to the others
+        (the ranks need no shared file system); an error reading it is raised on every
+        rank."""
+        if not isinstance(resume, (str, os.PathLike)):
+            return resume
+        outcome: Any = None
+        if self.rank == 0:
+            from ..checkpoint import load_checkpoint
+            try:
+                outcome = ("ok", load_checkpoint(resume))
+            except Exception as e:  # noqa: BLE001 - sent to every rank, raised there
+                outcome = ("error", e)
+        kind, value = self.comm.broadcast(outcome)
+        if kind == "error":
+            raise every_rank(value)
+        return value
+
+    def close(self) -> None:
+        if self.net is not None:
+            self.net.close()
+
+    # -- the loop's collective steps -----------------------------------------------------------
+    def forward(self, x: np.ndarray, index: int) -> np.ndarray:
+        start, _ = self.train.shard_rows(index)
+        return self.net.forward(x, rows=(start, self.train.batch_length(index)))
+
+    def scale_loss_grad(self, grad: np.ndarray, loss, share: int, total: int) -> np.ndarray:
+        """The loss gradient of this rank's share, scaled so that the ranks' mean is the
+        gradient of the loss over the whole batch: N * share / total for a mean-reduced
+        loss (1 for equal shares), N for a summed one."""
+        n = self.size
+        factor = n if getattr(loss, "reduction", "mean") == "sum" else n * share / total
+        if factor == 1.0:
+            return grad
+        return grad * grad.dtype.type(factor)
+
+    def start_sums(self, values: list[float]) -> tuple[np.ndarray, _Pending]:
+        """Start summing ``values`` over the ranks (the step's loss and correct count, during
+        its backward); the sums are in the returned array once the pending op is waited."""
+        buf = np.array(values, np.float64)
+        return buf, self.comm.start_allreduce(buf)
+
+    def any(self, flag: bool) -> bool:
+        return self.comm.any(flag)
+
+    def sync_buffers(self) -> None:
+        self.net.sync_buffers()
+
+    def gather_evaluation(self, total: float, correct: int, seen: int, classification: bool,
+                          preds: list[np.ndarray]) -> tuple[float, int, int, bool, list]:
+        """Sums of an evaluation over the ranks, and the predictions of every batch in the
+        loader's order (each batch's shares in rank order)."""
+        sums = self.comm.allreduce(np.array([total, correct, seen, 0 if classification else 1],
+                                            np.float64))
+        classification = sums[3] == 0
+        gathered = self.comm.allgather(preds if classification else None)
+        whole = [gathered[r][i] for i in range(len(preds)) for r in range(self.size)] \
+            if classification else []
+        return float(sums[0]), int(round(sums[1])), int(round(sums[2])), bool(classification), \
+            whole
+
+    def fail(self, exc: BaseException) -> None:
+        """``exc`` is leaving fit on this rank: end the job unless every rank raised it."""
+        abort_job(self.comm, exc, "fastconv.training.fit")
+
+
+def start_fit(distributed: Any) -> FitRun:
+    """The :class:`FitRun` of ``fit(..., distributed=...)`` (True or a :class:`Distributed`)."""
+    return FitRun(Distributed() if distributed is True else distributed)
