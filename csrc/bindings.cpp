@@ -1020,6 +1020,8 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("name"),
         "'auto', 'wide', 'im2col', 'direct', 'direct_nchw' or 'winograd' (tests/benchmarks).");
+  m.def("conv_algorithms", &fastconv::conv_algorithm_names,
+        "The conv dispatch table's algorithms, in the order it tries them.");
   m.def("best_simd_level", [] { return fastconv::isa_name(fastconv::best_isa()); });
   m.def("set_simd_level",
         [](const std::string& level) {

@@ -358,6 +358,12 @@ bool set_conv_algorithm(const std::string& name) {
   return true;
 }
 
+std::vector<std::string> conv_algorithm_names() {
+  std::vector<std::string> names;
+  for (const ConvEntry& e : kConvTable) names.emplace_back(e.name);
+  return names;
+}
+
 template <typename T>
 ConvAlgorithm conv_algorithm_for(const ConvShape& s, ConvPass pass) {
   return first_entry<T>(s, pass).algorithm;
