@@ -1,14 +1,15 @@
 """End-to-end training-step benchmarks (images/s): fastconv vs its own reference backend vs
-PyTorch, one group per model, and the peak RSS of a vgg_small training step.
+PyTorch, one group per model, and the peak RSS of a vgg_small training step; the residual
+networks (resnet9, resnet18) at batch 64 and 256, fastconv and PyTorch interleaved.
 
-The step is the full training step at batch 64, float32, model in train mode: forward,
-cross-entropy, backward and SGD (lr 0.01, momentum 0.9, Nesterov, weight decay 5e-4).
+The step is the full training step, float32, model in train mode: forward, cross-entropy,
+backward and SGD (lr 0.01, momentum 0.9, Nesterov, weight decay 5e-4); batch 64 unless said.
 
 * "fastconv":  ``fastconv.models.get_model(name, seed=0)`` on the fast backend;
 * "reference": the same model with ``model.set_backend("reference")`` (pure NumPy ops);
-* "torch":     a ``torch.nn.Sequential`` with the same architecture, converted layer by
-  layer from the fastconv model, loaded with its state dict (so the same initial weights),
-  with ``torch.optim.SGD`` and ``torch.nn.CrossEntropyLoss``.
+* "torch":     ``fastconv.export.to_torch(model)``: the same tree of torch.nn modules with a
+  copy of the fastconv model's weights (so the same initial weights), with
+  ``torch.optim.SGD`` and ``torch.nn.CrossEntropyLoss``.
 
 Before timing, every implementation runs one step from the same initial weights on the same
 batch (see :func:`check_one_step`): the losses before and after the update must agree between
@@ -39,7 +40,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import nn
+from fastconv.export import to_torch
 from fastconv.losses import CrossEntropyLoss
 from fastconv.models import get_model
 from fastconv.optim import SGD
@@ -73,63 +74,13 @@ THREADS = int(os.environ.get("FASTCONV_BENCH_THREADS", "2"))  # as conftest.py
 
 
 @functools.lru_cache(maxsize=None)
-def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed (seeded) batch of model `name`: x (64, 3, 32, 32) float32, y (64,) int64."""
+def batch(name: str, size: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed (seeded) batch of model `name`: x (size, 3, 32, 32) float32, y (size,) int64
+    (the batch of 64 is the first 64 of any larger one)."""
     rng = np.random.default_rng(zlib.crc32(f"train {name}".encode()))
-    x = rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(0, NUM_CLASSES, BATCH).astype(np.int64)
-    return x, y
-
-
-# --------------------------------------------------------------------------------------------
-# fastconv model -> torch model
-# --------------------------------------------------------------------------------------------
-
-def _torch_layer(torch, layer: nn.Module):
-    """The torch.nn equivalent of one fastconv layer (same hyper-parameters, fresh weights)."""
-    tnn = torch.nn
-    if isinstance(layer, nn.Sequential):
-        return tnn.Sequential(*(_torch_layer(torch, sub) for sub in layer))
-    if isinstance(layer, nn.Conv2d):
-        return tnn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-                          padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                          bias=layer.bias is not None)
-    if isinstance(layer, (nn.BatchNorm2d, nn.BatchNorm1d)):
-        cls = tnn.BatchNorm2d if isinstance(layer, nn.BatchNorm2d) else tnn.BatchNorm1d
-        return cls(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
-                   track_running_stats=layer.track_running_stats)
-    if isinstance(layer, nn.LayerNorm):
-        return tnn.LayerNorm(layer.normalized_shape, eps=layer.eps,
-                             elementwise_affine=layer.elementwise_affine,
-                             bias=layer.elementwise_affine and layer.bias is not None)
-    if isinstance(layer, nn.MaxPool2d):
-        return tnn.MaxPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                             dilation=layer.dilation, ceil_mode=layer.ceil_mode)
-    if isinstance(layer, nn.AvgPool2d):
-        return tnn.AvgPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                             ceil_mode=layer.ceil_mode, count_include_pad=layer.count_include_pad)
-    if isinstance(layer, nn.Linear):
-        return tnn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    if isinstance(layer, nn.Flatten):
-        return tnn.Flatten(layer.start_dim, layer.end_dim)
-    if isinstance(layer, nn.Dropout):
-        return tnn.Dropout(layer.p)
-    if isinstance(layer, nn.LeakyReLU):
-        return tnn.LeakyReLU(layer.negative_slope)
-    simple = {nn.ReLU: tnn.ReLU, nn.Tanh: tnn.Tanh, nn.Sigmoid: tnn.Sigmoid, nn.Identity: tnn.Identity}
-    for cls, tcls in simple.items():
-        if type(layer) is cls:
-            return tcls()
-    raise TypeError(f"no torch equivalent for fastconv layer {layer!r}")
-
-
-def to_torch(torch, model: nn.Sequential):
-    """A torch.nn.Sequential with `model`'s architecture and a copy of its weights and buffers
-    (float32, same train/eval mode). Dropout masks are drawn by torch, so they differ."""
-    tmodel = _torch_layer(torch, model)
-    state = {k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}
-    tmodel.load_state_dict(state, strict=True)
-    return tmodel.train(model.training)
+    x = rng.standard_normal((max(size, BATCH), 3, 32, 32)).astype(np.float32)[:size]
+    y = rng.integers(0, NUM_CLASSES, max(size, BATCH)).astype(np.int64)[:size]
+    return np.ascontiguousarray(x), y
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,14 +100,15 @@ class Trainer:
     state: Callable[[], dict]
 
 
-def make_trainer(impl: str, name: str, torch=None) -> Trainer:
+def make_trainer(impl: str, name: str, torch=None, batch_size: int = BATCH) -> Trainer:
     """A fresh model `name` (seed 0) with SGD for implementation `impl` ("fastconv",
-    "reference", "torch", or "torch64": the torch model in float64, the check's oracle)."""
-    x, y = batch(name)
+    "reference", "torch", or "torch64": the torch model in float64, the check's oracle), on
+    the model's batch of `batch_size` images."""
+    x, y = batch(name, batch_size)
     model = get_model(name, num_classes=NUM_CLASSES, seed=0)
     model.train()
     if impl in ("torch", "torch64"):
-        tmodel = to_torch(torch, model)
+        tmodel = to_torch(model)
         del model
         if impl == "torch64":
             tmodel.double()
@@ -305,6 +257,47 @@ def test_train_step_interleaved_with_torch(benchmark, request, name):
     benchmark.group = f"train {name} step, fastconv and PyTorch interleaved"
     times = run_interleaved(benchmark, steps, PAIRED_ROUNDS[name], check)
     benchmark.extra_info.update(kind="paired", model=name, images=BATCH, **paired_stats(times))
+
+
+#: The residual networks, their batch sizes and interleaved rounds (a resnet18 step at batch
+#: 256 takes seconds here). With timing disabled (the normal test run) only batch 64 runs,
+#: one round.
+RESIDUAL_MODELS = ["resnet9", "resnet18"]
+RESIDUAL_BATCHES = [BATCH, 256]
+RESIDUAL_ROUNDS = {BATCH: 16, 256: 8}
+
+
+@pytest.mark.parametrize("batch_size", RESIDUAL_BATCHES)
+@pytest.mark.parametrize("name", RESIDUAL_MODELS)
+def test_residual_train_step_interleaved_with_torch(benchmark, request, name, batch_size):
+    """resnet9 and resnet18 training steps, fastconv and PyTorch (to_torch of the same model)
+    alternated round by round as above. Both first steps (the untimed warm-up: the same
+    weights and batch) must give the same loss (rtol LOSS_RTOL)."""
+    torch = request.getfixturevalue("torch_or_skip")
+    if benchmark.disabled and batch_size != BATCH:
+        pytest.skip(f"batch {batch_size} runs with --benchmark-enable only (its steps take seconds)")
+    first: dict[str, float] = {}
+
+    def recording(impl: str, step: Callable[[], float]) -> Callable[[], float]:
+        def call() -> float:
+            loss = step()
+            first.setdefault(impl, loss)
+            return loss
+        return call
+
+    steps = {"fastconv": recording("fastconv", make_trainer("fastconv", name, batch_size=batch_size).step),
+             "torch": recording("torch", make_trainer("torch", name, torch, batch_size).step)}
+
+    def check(impl: str, loss: float) -> None:
+        assert math.isfinite(loss), f"{name} {impl}: loss {loss}"
+
+    label = name if batch_size == BATCH else f"{name} (batch {batch_size})"
+    benchmark.group = f"train {label} step, fastconv and PyTorch interleaved"
+    times = run_interleaved(benchmark, steps, RESIDUAL_ROUNDS[batch_size], check)
+    np.testing.assert_allclose(first["fastconv"], first["torch"], rtol=LOSS_RTOL,
+                               err_msg=f"{name} batch {batch_size}: the first step's loss")
+    benchmark.extra_info.update(kind="paired", model=label, images=batch_size,
+                                first_losses=first, **paired_stats(times))
 
 
 # --------------------------------------------------------------------------------------------

@@ -79,6 +79,19 @@ struct ForwardPlan {
   // as much on each tap's set-up of MR pixel pointers as on its few multiply-adds.
   bool merge_rows = false;
   std::vector<index_t> row_off;
+  // Images per pass through the tiles (image_batch). Tiny images in batches of at least a
+  // tile's height run per pixel instead (per_pixel): a tile covers one output pixel in
+  // consecutive images of the batch (image_off[b]: image b's copy) and sums only the taps
+  // that read inside the image there, kernel rows [kh0, kh1) x columns [kw0, kw1), a call per
+  // kernel row; the bands skip padding rows only (3x3 outputs with padding 1: 63 of 81 taps
+  // computed, per pixel 49; 4x4: 120 of 144, per pixel 100).
+  struct PixelTaps {
+    index_t kh0, kh1, kw0, kw1;
+  };
+  index_t batch = 1;
+  bool per_pixel = false;
+  std::vector<PixelTaps> pixel_taps;  // per output pixel
+  std::vector<index_t> image_off;
 
   index_t taps() const { return static_cast<index_t>(tap_off.size()); }
   index_t padded_size() const { return round_up(Hp * Wp * Cin, 16); }
@@ -86,9 +99,22 @@ struct ForwardPlan {
   index_t weight_size() const { return taps() * Cin * Cout_pad; }
 };
 
+// Whether outputs of `pixels` pixels in batches of `batch` images run per pixel.
+bool per_pixel_fits(const DirectKernels& k, index_t pixels, index_t batch) {
+  return pixels <= k.per_pixel_max_pixels && batch >= k.max_mr[2];
+}
+
+// Images per pass through the forward tiles (input gradient: backward_input).
+index_t direct_batch(const ConvShape& s, DirectPass pass) {
+  const index_t pixels = pass == DirectPass::backward_input ? s.H * s.W : s.L();
+  return image_batch(s.N * s.G, s.G, pixels, kBatchPixels);
+}
+
+// batch: images per pass through the tiles (direct_batch; 1 for the weight gradient, which
+// uses the plan's geometry only).
 ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t pl, index_t Cout,
                       index_t OH, index_t OW, index_t KH, index_t KW, index_t SH, index_t SW,
-                      index_t DH, index_t DW, const DirectKernels& k) {
+                      index_t DH, index_t DW, const DirectKernels& k, index_t batch = 1) {
   const index_t Hp = checked_add(checked_mul(OH - 1, SH), checked_mul(KH - 1, DH), 1);
   const index_t Wp = checked_add(checked_mul(OW - 1, SW), checked_mul(KW - 1, DW), 1);
   ForwardPlan p{Cin, Hin, Win, pt, pl, Hp, Wp, Cout, OH, OW, SH, SW, KH, KW, DH,
@@ -116,8 +142,24 @@ ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t
     }
     longest_band = std::max(longest_band, (rb - ra) * OW);
   }
-  if (k.short_tile_nv > 0 && longest_band <= k.max_mr[k.short_tile_nv])
+  p.batch = batch;
+  p.per_pixel = per_pixel_fits(k, OH * OW, batch);
+  if (p.per_pixel) {
+    auto kernel_cols = [&](index_t ow) {  // column j reads padded column ow*SW + j*DW
+      index_t j0 = 0, j1 = KW;
+      while (j0 < j1 && ow * SW + j0 * DW < pl) ++j0;
+      while (j1 > j0 && ow * SW + (j1 - 1) * DW >= pl + Win) --j1;
+      return std::pair<index_t, index_t>(j0, j1);
+    };
+    for (index_t oh = 0; oh < OH; ++oh)
+      for (index_t ow = 0; ow < OW; ++ow) {
+        const auto [kh0, kh1] = kernel_rows(oh);
+        const auto [kw0, kw1] = kernel_cols(ow);
+        p.pixel_taps.push_back({kh0, kh1, kw0, kw1});
+      }
+  } else if (k.short_tile_nv > 0 && longest_band <= k.max_mr[k.short_tile_nv]) {
     p.blocks = channel_blocks(Cout, k.lanes, k.short_tile_nv);
+  }
   for (const ChannelBlock& b : p.blocks) {
     std::vector<Tile>& tiles = p.tiles[b.nv];
     if (!tiles.empty()) continue;
@@ -138,9 +180,14 @@ ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t
   const index_t vecs = std::min<index_t>(nv_max, 2);
   const index_t max_cin =
       std::max<index_t>(1, 16384 / (p.taps() * k.lanes * vecs * sizeof(float)));
-  p.cin_blocks = pieces(Cin, max_cin, max_cin >= 16 ? 16 : 1);
+  // Per pixel, one block: a tile then sums whole kernel rows in one step (merge_rows), where
+  // 16-channel blocks stored and reloaded its sums every 48 steps (1.2x slower on 512
+  // channels at 4x4, measured on AVX2; the weights then come from L2).
+  p.cin_blocks = p.per_pixel ? pieces(Cin, Cin, 1) : pieces(Cin, max_cin, max_cin >= 16 ? 16 : 1);
   p.merge_rows = p.cin_blocks.size() == 1 && DW == 1 && KW > 1;
   for (index_t i = 0; i < KH; ++i) p.row_off.push_back(p.tap_off[i * KW]);
+  checked_mul(batch, checked_add(p.padded_size(), p.out_size()));  // (run_forward's scratch)
+  for (index_t b = 0; b < batch; ++b) p.image_off.push_back(b * p.padded_size());
   return p;
 }
 
@@ -188,8 +235,42 @@ void forward_tiles(const DirectKernels& k, const ForwardPlan& p, const float* xp
   }
 }
 
+// The same per pixel (ForwardPlan::per_pixel), for output block `block` and output pixels
+// [first, last) of `images` images: each tile is one pixel of up to MR consecutive images, a
+// call per kernel row that reads inside the image (its taps contiguous in the weights).
+void forward_pixels(const DirectKernels& k, const ForwardPlan& p, const float* xp,
+                    const float* wd, float* out, index_t block, index_t first, index_t last,
+                    index_t images) {
+  const ChannelBlock blk = p.blocks[block];
+  const index_t taps = p.taps(), width = p.lanes * blk.nv, out_size = p.out_size();
+  for (const auto& [c0, kc] : p.cin_blocks) {
+    const float* w = wd + taps * (blk.f0 * p.Cin + c0 * width);
+    for (index_t q = first; q < last; ++q) {
+      const ForwardPlan::PixelTaps& pt = p.pixel_taps[q];
+      const float* in = xp + p.pix[q] + c0;
+      float* o = out + q * p.Cout_pad + blk.f0;
+      // Rows merged into one step where one input block holds every channel (as the bands).
+      const bool merge = p.merge_rows;
+      const index_t row_taps = pt.kw1 - pt.kw0;
+      for_each_piece(images, k.max_mr[blk.nv], [&](index_t b0, index_t mr) {
+        if (c0 == 0 && (pt.kh0 == pt.kh1 || row_taps == 0))  // every tap in the padding: 0
+          k.forward[blk.nv][mr](in, p.image_off.data() + b0, p.tap_off.data(), 0, kc, w, width,
+                                o + b0 * out_size, out_size, false);
+        if (row_taps == 0) return;
+        for (index_t kh = pt.kh0; kh < pt.kh1; ++kh) {
+          const index_t t = kh * p.KW + pt.kw0;
+          k.forward[blk.nv][mr](in, p.image_off.data() + b0, p.tap_off.data() + t,
+                                merge ? 1 : row_taps, merge ? row_taps * kc : kc,
+                                w + t * kc * width, width, o + b0 * out_size, out_size,
+                                c0 > 0 || kh > pt.kh0);
+        }
+      });
+    }
+  }
+}
+
 // Runs the plan over `items` images (image i: src(i) NCHW -> dst(i) NCHW, plus bias), with
-// per-group weights wd(i), in batches of image_batch(...) consecutive images. Threads take
+// per-group weights wd(i), in batches of p.batch consecutive images. Threads take
 // whole batches when there are enough of them, else split the tiles of each image. Each
 // output value is summed by one thread in the same order whatever the batches.
 template <typename Src, typename Dst, typename Weights>
@@ -197,7 +278,7 @@ void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, D
                  const float* bias) {
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
   const DirectKernels& k = *direct_kernels();
-  const index_t batch = image_batch(items, groups, p.OH * p.OW, kBatchPixels);
+  const index_t batch = p.batch;
   const index_t per = checked_mul(batch, checked_add(p.padded_size(), p.out_size()));
   const index_t nblocks = static_cast<index_t>(p.blocks.size());
   auto tile_count = [&](index_t b) {
@@ -205,13 +286,21 @@ void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, D
   };
   index_t per_block = 0;  // tiles of the longest block
   for (index_t b = 0; b < nblocks; ++b) per_block = std::max(per_block, tile_count(b));
+  const index_t L = p.OH * p.OW;
   for_each_item(ceil_div(items, batch), per, [&](index_t bi, float* xp, bool split) {
     const index_t i0 = bi * batch, images = std::min(batch, items - i0);
     float* out = xp + batch * p.padded_size();
     for (index_t b = 0; b < images; ++b)
       k.to_channels_last(src(i0 + b), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin,
                          xp + b * p.padded_size());
-    if (split) {
+    if (p.per_pixel && split) {
+      // (block, pixel) work items over the batch's images.
+#pragma omp parallel for schedule(static)
+      for (index_t r = 0; r < nblocks * L; ++r)
+        forward_pixels(k, p, xp, wd(i0), out, r / L, r % L, r % L + 1, images);
+    } else if (p.per_pixel) {
+      for (index_t b = 0; b < nblocks; ++b) forward_pixels(k, p, xp, wd(i0), out, b, 0, L, images);
+    } else if (split) {
       // (image, block, tile) work items: each output value is still summed by one thread.
       const index_t per_image = nblocks * per_block;
 #pragma omp parallel for schedule(static)
@@ -233,12 +322,19 @@ void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, D
       }
     }
     for (index_t b = 0; b < images; ++b)
-      k.from_channels_last(out + b * p.out_size(), p.Cout_pad, p.Cout, p.OH * p.OW,
-                           bias_of(i0 + b), dst(i0 + b));
+      k.from_channels_last(out + b * p.out_size(), p.Cout_pad, p.Cout, L, bias_of(i0 + b),
+                           dst(i0 + b));
   });
 }
 
 }  // namespace
+
+bool direct_per_pixel(const ConvShape& s, DirectPass pass) {
+  const DirectKernels* k = direct_kernels();
+  const index_t pixels = pass == DirectPass::backward_input ? s.H * s.W : s.L();
+  return k && pass != DirectPass::backward_weight &&
+         per_pixel_fits(*k, pixels, direct_batch(s, pass));
+}
 
 bool use_direct(const ConvShape& s, DirectPass pass, bool forced) {
   if (!direct_kernels() || s.N == 0) return false;
@@ -543,7 +639,8 @@ void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, c
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const Window2d& win = s.win;
   const ForwardPlan p = make_plan(Cg, s.H, s.W, win.PH, win.PW, Fg, s.OH, s.OW, win.KH, win.KW,
-                                  win.SH, win.SW, win.DH, win.DW, *direct_kernels());
+                                  win.SH, win.SW, win.DH, win.DW, *direct_kernels(),
+                                  direct_batch(s, DirectPass::forward));
   const index_t taps = win.KH * win.KW;
   Scratch<float> wd = make_scratch<float>(checked_mul(G, p.weight_size()));
   for (index_t g = 0; g < G; ++g)
@@ -563,7 +660,8 @@ void conv2d_backward_input_direct(const ConvShape& s, const float* gy, const flo
   const Window2d& win = s.win;
   const index_t pt = (win.KH - 1) * win.DH - win.PH, pl = (win.KW - 1) * win.DW - win.PW;
   const ForwardPlan p = make_plan(Fg, s.OH, s.OW, pt, pl, Cg, s.H, s.W, win.KH, win.KW, 1, 1,
-                                  win.DH, win.DW, *direct_kernels());
+                                  win.DH, win.DW, *direct_kernels(),
+                                  direct_batch(s, DirectPass::backward_input));
   const index_t taps = win.KH * win.KW;
   Scratch<float> wd = make_scratch<float>(checked_mul(G, p.weight_size()));
   for (index_t g = 0; g < G; ++g)
@@ -602,17 +700,17 @@ void gather_weight_grad(const ConvShape& s, const ForwardPlan& p, const float* p
 
 // Where the weight gradient is large beside the images (many channels on few pixels: 512 ->
 // 512 3x3 on 4x4 images has 2.4M weights and 16 positions per image), the register tiles
-// sum few positions per weight: the whole batch goes through one GEMM instead, whose
-// blocking keeps its operands in cache. Its packing gathers taps x Cg values per position
-// (an im2col), which pays from ~128 output channels. Measured on AVX2 (Zen 3), 1 thread,
-// batch 64 and 256 alike: the GEMM ahead from weights ~4x one image's values (input +
-// gradient, channels-last): 1.15-1.2x on 128 -> 256 stride 2 at 16x16 (12x) and 128 -> 128
-// at 8x8 (9x), 1.25x on 256 -> 256 at 8x8 (18x), 2.3x on 256 -> 512 stride 2 at 8x8; equal
-// on 64 -> 128 at 8x8 (6x); the tiles 1.15x ahead on 128 -> 128 at 16x16 (2.2x), 1.4x on
-// 64 -> 128 stride 2 at 32x32 (1.5x), 1.7x on 32 -> 32 at 32x32.
+// sum few positions per weight: the batch goes through the packed GEMM instead (a slab of
+// images per call), whose blocking keeps its operands in cache. The GEMM's rows are the
+// output channels: from 32 of them (LeNet's 16 leave its 6-row register tiles 2x slower than
+// the direct tiles). Measured on AVX2 (Zen 3), 1 thread, batch 64: the GEMM ahead from weights
+// as many as one image's values (input + gradient, channels-last): 1.2x on 64 -> 128 stride 2
+// at 32x32 (1.5x), 1.07x on 64 -> 64 stride 2 at 32x32 (1.1x), 1.04x on 48 -> 64 5x5 at
+// 16x16 (2.7x), level on 32 -> 64 5x5 at 16x16 (2.1x); earlier (the tiles against the whole
+// batch in one GEMM) 1.25x on 256 -> 256 at 8x8 (18x), 2.3x on 256 -> 512 stride 2 at 8x8.
 bool use_weight_grad_gemm(const ConvShape& s) {
   const DirectKernels* k = direct_kernels();
-  if (!k || k->weight_grad_gemm_ratio == 0) return false;
+  if (!k || k->weight_grad_gemm_ratio == 0 || s.Fg() < 32) return false;
   const index_t Fpad = round_up(s.Fg(), k->lanes);
   return s.win.KH * s.win.KW * s.Cg() * Fpad >
          k->weight_grad_gemm_ratio * s.L() * (s.Cg() + Fpad);
@@ -620,53 +718,111 @@ bool use_weight_grad_gemm(const ConvShape& s) {
 
 namespace {
 
-// A(i, k) of that GEMM: row i = (tap t, input channel c), column k = a position of the
-// batch: x_t(k)[c], read from the images' channels-last copies xp at pos[k] + row_off[i].
-struct TapPositionsA final : ASource<float> {
+// dst[p*n + j] = base[pos[p] + j] for p < kc, j < n: rows of n consecutive values at the
+// given offsets, as one packed panel (cloned per ISA: the row copies become vector moves).
+template <typename T>
+__attribute__((always_inline)) inline void gather_rows(index_t kc, const T* base,
+                                                       const index_t* pos, index_t n, T* dst) {
+  for (index_t p = 0; p < kc; ++p) {
+    const T* src = base + pos[p];
+    for (index_t j = 0; j < n; ++j) dst[p * n + j] = src[j];
+  }
+}
+
+FASTCONV_CLONED(gather_rows_any, gather_rows,
+                (index_t kc, const T* base, const index_t* pos, index_t n, T* dst),
+                (kc, base, pos, n, dst))
+
+// B(k, j) of that GEMM: row k = a position of the slab, column j = (tap t, input channel c):
+// x_t(k)[c], read from the images' channels-last copies at pos[k] + col_off[j]. The taps of a
+// kernel row lie Cg apart, so the columns of a whole kernel row are consecutive values of the
+// copy: a panel's nr columns are then one contiguous run per position (run[panel]).
+struct TapPositionsB final : BSource<float> {
   const float* xp;
-  std::vector<index_t> row_off, pos;
-  const float* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
-                     float* scratch) const override {
-    for (index_t r = 0; r < mc; r += mr) {
-      float* dst = scratch + r * kc;
-      const index_t m = std::min(mr, mc - r);
-      const index_t* ro = row_off.data() + ic + r;
-      for (index_t q = 0; q < kc; ++q) {
-        const float* src = xp + pos[pc + q];
-        index_t i = 0;
-        for (; i < m; ++i) dst[q * mr + i] = src[ro[i]];
-        for (; i < mr; ++i) dst[q * mr + i] = 0.0f;
+  std::vector<index_t> col_off, pos;
+  std::vector<char> run;  // per panel of nr columns from column 0
+
+  TapPositionsB(const float* xp_, std::vector<index_t> cols, index_t nr)
+      : xp(xp_), col_off(std::move(cols)) {
+    const index_t n = static_cast<index_t>(col_off.size());
+    for (index_t j0 = 0; j0 < n; j0 += nr) {
+      bool r = j0 + nr <= n;
+      for (index_t j = j0 + 1; r && j < j0 + nr; ++j) r = col_off[j] == col_off[j - 1] + 1;
+      run.push_back(r);
+    }
+  }
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr,
+            float* dst) const override {
+    // (The loop nest's column blocks, and the threads' shares, start at multiples of nr.)
+    for (index_t q = 0; q < nc; q += nr) {
+      float* panel = dst + q * kc;
+      const index_t* co = col_off.data() + jc + q;
+      if (run[(jc + q) / nr]) {
+        gather_rows_any(kc, xp + co[0], pos.data() + pc, nr, panel);
+        continue;
+      }
+      const index_t n = std::min(nr, nc - q);
+      for (index_t k = 0; k < kc; ++k) {
+        const float* src = xp + pos[pc + k];
+        index_t j = 0;
+        for (; j < n; ++j) panel[k * nr + j] = src[co[j]];
+        for (; j < nr; ++j) panel[k * nr + j] = 0.0f;
       }
     }
-    return scratch;
   }
 };
 
-// part[t][c][f] (Fpad wide) = sum over the batch's positions of x_t(p)[c] * gy(p)[f] for
-// group g: every image copied channels-last (threads split the images), then
-// part (taps*Cg x Fg) = A (taps*Cg x N*L) . gy (N*L x Fg) on the packed GEMM, whose threads
-// split rows or columns, never the sum: the same bits for any number of threads.
+// Images per GEMM of the weight gradient's batch: ~kSlabPositions output positions, and at
+// most kSlabBytes of channels-last copies (input and gradient). A function of the shape
+// only: the slabs set the order of the sums.
+constexpr index_t kSlabPositions = 2048;
+constexpr index_t kSlabBytes = index_t(8) << 20;
+index_t slab_images(const ConvShape& s, const ForwardPlan& p) {
+  const index_t per_image =
+      checked_mul(sizeof(float), checked_add(p.padded_size(), checked_mul(s.L(), p.Cout_pad)));
+  return std::max<index_t>(1, std::min({s.N, ceil_div(kSlabPositions, s.L()),
+                                        kSlabBytes / per_image}));
+}
+
+// gw[g*Fg + f][c][t] = sum over the batch's positions of x_t(p)[c] * gy(p)[f], for group g:
+// per slab of images (slab_images), each copied channels-last (threads split the images),
+// part (Fg x taps*Cg, columns (t, c)) (+)= gy (Fg x positions) . B (positions x taps*Cg) on
+// the packed GEMM, whose threads split rows or columns, never the sum; slabs added in order.
+// The same bits for any number of threads.
 void weight_grad_gemm(const DirectKernels& k, const ForwardPlan& p, const ConvShape& s, index_t g,
-                      const float* x, const float* gy, float* part) {
+                      const float* x, const float* gy, float* gw) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), Fpad = p.Cout_pad, taps = p.taps();
-  const index_t padded = p.padded_size();
-  Scratch<float> xp = make_scratch<float>(checked_mul(s.N, padded));
-  Scratch<float> gyt = make_scratch<float>(checked_mul(s.N, L, Fpad));
-#pragma omp parallel for schedule(static)
-  for (index_t n = 0; n < s.N; ++n) {
-    k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, p.pt, p.pl, p.Hp, p.Wp,
-                       Cg, xp.get() + n * padded);
-    k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0), s.OH,
-                       s.OW, Fpad, gyt.get() + n * L * Fpad);
-  }
-  TapPositionsA a;
-  a.xp = xp.get();
+  const index_t padded = p.padded_size(), cols = checked_mul(taps, Cg);
+  const index_t slab = slab_images(s, p);
+  Scratch<float> xp = make_scratch<float>(checked_mul(slab, padded));
+  Scratch<float> gyt = make_scratch<float>(checked_mul(slab, L, Fpad));
+  Scratch<float> part = make_scratch<float>(checked_mul(Fg, cols));
+  std::vector<index_t> col_off;
   for (index_t t = 0; t < taps; ++t)
-    for (index_t c = 0; c < Cg; ++c) a.row_off.push_back(p.tap_off[t] + c);
-  for (index_t n = 0; n < s.N; ++n)
-    for (index_t q = 0; q < L; ++q) a.pos.push_back(n * padded + p.pix[q]);
-  gemm_parallel<float>(taps * Cg, Fg, s.N * L, a, StridedB<float>(gyt.get(), Fpad, 1), part, Fpad,
-                       false);
+    for (index_t c = 0; c < Cg; ++c) col_off.push_back(p.tap_off[t] + c);
+  TapPositionsB b(xp.get(), std::move(col_off), gemm_config<float>().nr);
+  for (index_t i = 0; i < slab; ++i)
+    for (index_t q = 0; q < L; ++q) b.pos.push_back(i * padded + p.pix[q]);
+  for (index_t n0 = 0; n0 < s.N; n0 += slab) {
+    const index_t images = std::min(slab, s.N - n0);
+#pragma omp parallel for schedule(static)
+    for (index_t i = 0; i < images; ++i) {
+      const index_t n = n0 + i;
+      k.to_channels_last(x + (n * s.C + g * Cg) * s.H * s.W, Cg, s.H, s.W, p.pt, p.pl, p.Hp,
+                         p.Wp, Cg, xp.get() + i * padded);
+      k.to_channels_last(gy + (n * s.F + g * Fg) * L, Fg, s.OH, s.OW, index_t(0), index_t(0),
+                         s.OH, s.OW, Fpad, gyt.get() + i * L * Fpad);
+    }
+    gemm_parallel<float>(Fg, cols, images * L, StridedA<float>(gyt.get(), 1, Fpad), b,
+                         part.get(), cols, n0 > 0);
+  }
+  // part[f][t][c] -> gw[g*Fg + f][c][t]
+  const float* pt = part.get();
+#pragma omp parallel for schedule(static)
+  for (index_t f = 0; f < Fg; ++f)
+    for (index_t c = 0; c < Cg; ++c)
+      for (index_t t = 0; t < taps; ++t)
+        gw[((g * Fg + f) * Cg + c) * taps + t] = pt[f * cols + t * Cg + c];
 }
 
 }  // namespace
@@ -682,11 +838,7 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
   const index_t part_size = checked_mul(G, p.weight_size());  // [g][tap][c][Fpad]
   const index_t gyt_size = round_up(L * p.Cout_pad, 16);
   if (use_weight_grad_gemm(s)) {
-    // One partial gradient: the whole batch in one GEMM per group.
-    Scratch<float> partial = make_scratch<float>(part_size);
-    for (index_t g = 0; g < G; ++g)
-      weight_grad_gemm(k, p, s, g, x, gy, partial.get() + g * p.weight_size());
-    gather_weight_grad(s, p, partial.get(), 1, part_size, gw);
+    for (index_t g = 0; g < G; ++g) weight_grad_gemm(k, p, s, g, x, gy, gw);
     return;
   }
   // Fixed chunks of images, each summed into its own partial gradient and added in chunk

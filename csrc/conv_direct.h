@@ -95,8 +95,8 @@ struct DirectKernels {
   // Size rules measured on this ISA (read by the use_* functions):
   // the few-channel weight gradient from this many filters per group;
   int small_wg_min_filters;
-  // the direct weight gradient as one GEMM over the batch where the weights (taps x Cg x
-  // Cout_pad) exceed weight_grad_gemm_ratio x one image's channels-last values (input and
+  // the direct weight gradient as GEMMs over slabs of the batch where the weights (taps x Cg
+  // x Cout_pad) exceed weight_grad_gemm_ratio x one image's channels-last values (input and
   // gradient) (0: never);
   int weight_grad_gemm_ratio;
   // Winograd forward and input gradient where at least this fraction of its 2x2 output
@@ -109,6 +109,10 @@ struct DirectKernels {
   // where no band is longer than max_mr[short_tile_nv], so its tiles still fill most of the
   // accumulators (0: always the usual blocks).
   int short_tile_nv;
+  // Direct forward / input gradient of outputs of at most this many pixels, in batches of
+  // at least max_mr[2] images: tiles across the images at one pixel, over only the taps
+  // that read inside the image there (0: never). Winograd yields to them.
+  int per_pixel_max_pixels;
 };
 const DirectKernels* direct_kernels_avx512();
 const DirectKernels* direct_kernels_avx2();
@@ -151,6 +155,9 @@ void for_each_piece(index_t n, index_t max, Body&& body) {
 // the input gradient, and (unless forced) enough channels per group for the tiles to pay.
 enum class DirectPass { forward, backward_input, backward_weight };
 bool use_direct(const ConvShape& s, DirectPass pass, bool forced);
+// Whether the direct forward (input gradient: backward_input) of this shape runs per pixel
+// (DirectKernels::per_pixel_max_pixels) when it runs.
+bool direct_per_pixel(const ConvShape& s, DirectPass pass);
 
 // Forward of stride-1 convolutions with few input channels on NCHW planes (small_c_tile):
 // 64 output pixels x 6 output channels per tile, the weights broadcast, written straight to y.

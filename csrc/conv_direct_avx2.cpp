@@ -98,11 +98,11 @@ DirectKernels make_kernels() {
   k.winograd_chunk = 24;
   // Measured on AMD Zen 3, batch 64, 1 thread (CPU time): the few-channel weight gradient
   // 3.6x the wide-row GEMM on LeNet's 3 -> 6 layer (0.8 ms, PyTorch 1.2 ms); the weight
-  // gradient as one GEMM from 4x one image's values (see use_weight_grad_gemm); Winograd
-  // 1.4x slower than the direct tiles on 3x3 outputs (256 channels), 1.2-1.3x faster on 7x7
-  // and 4x4.
+  // gradient as a GEMM from weights as many as one image's values (see use_weight_grad_gemm);
+  // Winograd 1.4x slower than the direct tiles on 3x3 outputs (256 channels), 1.2-1.3x faster
+  // on 7x7 and 4x4.
   k.small_wg_min_filters = 1;
-  k.weight_grad_gemm_ratio = 4;
+  k.weight_grad_gemm_ratio = 1;
   k.winograd_min_fill = 0.6f;
   // 3x3 images (256 channels): 4-vector blocks, tiles of 3 pixels x 4 vectors (12
   // accumulators, not 6): forward and input gradient 1.25x faster (3 vectors: 1.2x).
@@ -110,6 +110,9 @@ DirectKernels make_kernels() {
   // 1x1 stride-2 shortcuts (ResNet): the im2col GEMM's weight gradient 1.1-1.4x the tiles'
   // (one tap: nothing for a tile to reuse across taps; 128 -> 256: 4.4 vs 6.2 ms, PyTorch 4.7).
   k.direct_wg_min_taps = 2;
+  // 3x3 and 4x4 outputs (padding 1) per pixel: 256 channels at 3x3, batch 256, 1.25x the
+  // bands (28 -> 22 ms, PyTorch 26 ms), 512 channels at 4x4, batch 64, 1.1x Winograd.
+  k.per_pixel_max_pixels = 16;
   return k;
 }
 

@@ -78,12 +78,13 @@ DirectKernels make_kernels() {
   // instead of 32); 256- and 16-tile layers unchanged.
   k.winograd_chunk = 28;
   // Measured with AVX-512: the wide-row GEMM ahead on LeNet's 3 -> 6 weight gradient; the
-  // other two rules not measured here (off).
+  // other rules not measured here (off).
   k.small_wg_min_filters = 16;
   k.weight_grad_gemm_ratio = 0;
   k.winograd_min_fill = 0.0f;
   k.short_tile_nv = 0;
   k.direct_wg_min_taps = 1;
+  k.per_pixel_max_pixels = 0;
   return k;
 }
 

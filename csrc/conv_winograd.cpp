@@ -88,24 +88,30 @@ FASTCONV_CLONED(grad_tile_any, grad_tile, (const T* const* g, index_t C, T* out,
                 (g, C, out, stride))
 
 // U = G g G^T for 3x3 kernels g, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], in double,
-// for n kernels side by side (g[k][j]: element k of kernel j): the loop over j vectorises.
-// u[xi * ld + j] = element xi (of 16) of kernel j's transform.
+// for n kernels side by side (g[k][j]: element k of kernel j): every loop runs over j and
+// vectorises (cloned per ISA). u[xi * ld + j] = element xi (of 16) of kernel j's transform,
+// written as 16 runs of n floats (one kernel at a time, 16 scattered scalar stores per
+// kernel, bound the transform of large layers: a quarter of a 512-channel forward at 4x4).
 constexpr int kKernelBatch = 16 * DirectKernels::kMaxNV;
-void kernel_tiles(const double (*g)[kKernelBatch], index_t n, float* u, index_t ld) {
-  for (index_t j = 0; j < n; ++j) {
-    double t[4][3];
-    for (int c = 0; c < 3; ++c) {
+FASTCONV_CLONES void kernel_tiles(const double (*g)[kKernelBatch], index_t n, float* u,
+                                  index_t ld) {
+  alignas(64) double t[4][3][kKernelBatch];
+  for (int c = 0; c < 3; ++c)
+    for (index_t j = 0; j < n; ++j) {
       const double g0 = g[c][j], g1 = g[3 + c][j], g2 = g[6 + c][j];
-      t[0][c] = g0;
-      t[1][c] = 0.5 * (g0 + g1 + g2);
-      t[2][c] = 0.5 * (g0 - g1 + g2);
-      t[3][c] = g2;
+      t[0][c][j] = g0;
+      t[1][c][j] = 0.5 * (g0 + g1 + g2);
+      t[2][c][j] = 0.5 * (g0 - g1 + g2);
+      t[3][c][j] = g2;
     }
-    for (int i = 0; i < 4; ++i) {
-      u[(4 * i + 0) * ld + j] = static_cast<float>(t[i][0]);
-      u[(4 * i + 1) * ld + j] = static_cast<float>(0.5 * (t[i][0] + t[i][1] + t[i][2]));
-      u[(4 * i + 2) * ld + j] = static_cast<float>(0.5 * (t[i][0] - t[i][1] + t[i][2]));
-      u[(4 * i + 3) * ld + j] = static_cast<float>(t[i][2]);
+  for (int i = 0; i < 4; ++i) {
+    float* ui = u + 4 * i * ld;
+    for (index_t j = 0; j < n; ++j) {
+      const double t0 = t[i][0][j], t1 = t[i][1][j], t2 = t[i][2][j];
+      ui[j] = static_cast<float>(t0);
+      ui[ld + j] = static_cast<float>(0.5 * (t0 + t1 + t2));
+      ui[2 * ld + j] = static_cast<float>(0.5 * (t0 - t1 + t2));
+      ui[3 * ld + j] = static_cast<float>(t2);
     }
   }
 }
@@ -194,20 +200,25 @@ template <typename Kernel>
 Scratch<float> transform_kernels(const TilePlan& p, Kernel kernel) {
   Scratch<float> u = make_scratch<float>(checked_mul(16, p.Cin, p.Cout_pad));
   float* up = u.get();
-  // Input channels split between threads (the other thread would wait otherwise); output
-  // channels innermost, so the 16 destinations are each written in order.
+  // Pieces of input channels split between threads (the other thread would wait otherwise);
+  // within a piece, output block by output block: the block's kernels are then read as a few
+  // dozen sequential streams (one per output channel), not every output channel's per input
+  // channel, and the 16 destinations are each written in order.
+  constexpr index_t kPiece = 32;
 #pragma omp parallel for schedule(static) if (p.Cin * p.Cout >= 1024)
-  for (index_t c = 0; c < p.Cin; ++c) {
+  for (index_t c0 = 0; c0 < p.Cin; c0 += kPiece) {
     float g[9];
     alignas(64) double gb[9][kKernelBatch];
     for (const ChannelBlock& b : p.blocks) {
       const index_t width = p.lanes * b.nv;
-      for (index_t j = 0; j < width; ++j) {
-        if (b.f0 + j < p.Cout) kernel(b.f0 + j, c, g);
-        else std::fill(g, g + 9, 0.0f);  // padding channels
-        for (int k = 0; k < 9; ++k) gb[k][j] = g[k];
+      for (index_t c = c0; c < std::min(p.Cin, c0 + kPiece); ++c) {
+        for (index_t j = 0; j < width; ++j) {
+          if (b.f0 + j < p.Cout) kernel(b.f0 + j, c, g);
+          else std::fill(g, g + 9, 0.0f);  // padding channels
+          for (int k = 0; k < 9; ++k) gb[k][j] = g[k];
+        }
+        kernel_tiles(gb, width, up + p.Cin * b.f0 + c * width, p.Cin * p.Cout_pad);
       }
-      kernel_tiles(gb, width, up + p.Cin * b.f0 + c * width, p.Cin * p.Cout_pad);
     }
   }
   return u;
@@ -325,11 +336,12 @@ bool use_winograd(const ConvShape& s, DirectPass pass, bool forced) {
   if (forced) return true;
   if (s.Cg() < 16 || s.Fg() < 16) return false;
   // The forward and input gradient want their 2x2 tiles mostly inside the output (the
-  // table's winograd_min_fill).
+  // table's winograd_min_fill), and yield to the direct tiles per pixel of tiny outputs.
   const index_t OH = pass == DirectPass::backward_input ? s.H : s.OH;
   const index_t OW = pass == DirectPass::backward_input ? s.W : s.OW;
   const index_t tiles = ceil_div(OH, 2) * ceil_div(OW, 2);
-  if (pass != DirectPass::backward_weight) return OH * OW >= k->winograd_min_fill * 4 * tiles;
+  if (pass != DirectPass::backward_weight)
+    return OH * OW >= k->winograd_min_fill * 4 * tiles && !direct_per_pixel(s, pass);
   // The weight gradient yields to the direct one where that runs as a GEMM (many channels
   // on small images) and the images have few tiles, or many cut off, or Winograd's 16 sums
   // of Cg x Fpad per chunk of images pass 2 MiB: they then cost more than its fewer

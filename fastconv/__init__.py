@@ -111,7 +111,7 @@ def __getattr__(name: str):
 
 
 _LAZY_SUBMODULES = ("reference", "nn", "losses", "init", "optim", "models",
-                    "gradcheck", "data", "checkpoint", "plotting", "training", "cli")
+                    "gradcheck", "data", "checkpoint", "plotting", "training", "cli", "export")
 
 __all__ = [
     "F",

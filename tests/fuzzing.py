@@ -190,11 +190,26 @@ def conv_geometry(rng, max_channels: int = 20) -> dict:
         tuple(int(v) for v in rng.integers(1, 4, size=2))
     padding = "same" if stride == (1, 1) and rng.random() < 0.1 else \
         tuple(int(v) for v in rng.integers(0, 4, size=2))
-    return dict(N=int(rng.choice([1, 1, 2, 3, 5])), C=groups * cg, F=groups * fg,
-                H=int(rng.integers(1, 13)), W=int(rng.integers(1, 13)), k=k, stride=stride,
-                padding=padding, dilation=dilation, groups=groups,
-                dtype="float32" if rng.random() < 0.8 else "float64", bias=bool(rng.random() < 0.7),
-                special=bool(rng.random() < 0.3))
+    g = dict(N=int(rng.choice([1, 1, 2, 3, 5])), C=groups * cg, F=groups * fg,
+             H=int(rng.integers(1, 13)), W=int(rng.integers(1, 13)), k=k, stride=stride,
+             padding=padding, dilation=dilation, groups=groups,
+             dtype="float32" if rng.random() < 0.8 else "float64", bias=bool(rng.random() < 0.7),
+             special=bool(rng.random() < 0.3))
+    batch_path = rng.random()
+    if batch_path < 0.05:
+        # Tiny outputs in batches of images (one group): the direct tiles per pixel, a tile
+        # across the images at one pixel, some pixels seeing only padding.
+        g.update(N=int(rng.integers(6, 20)), groups=1, C=int(rng.choice([3, 16, 24])),
+                 F=int(rng.choice([8, 16, 24])), H=int(rng.integers(1, 5)),
+                 W=int(rng.integers(1, 5)), k=(3, int(rng.choice([1, 3]))), stride=(1, 1),
+                 dilation=(1, 1), padding=(int(rng.integers(1, 4)), 1))
+    elif batch_path < 0.056:  # (rare: the reference takes ~1 s on these)
+        # Many channels on small images, more images than one slab (AVX2: ~2048 positions):
+        # the weight gradient as GEMMs over slabs of the batch, accumulated slab by slab.
+        g.update(N=int(rng.integers(33, 37)), groups=1, C=int(rng.integers(24, 33)),
+                 F=int(rng.integers(32, 37)), H=8, W=int(rng.integers(7, 10)), k=(3, 3),
+                 stride=(1, 1), dilation=(1, 1), padding=(1, 1))
+    return g
 
 
 def conv_kwargs(g: dict) -> dict:

@@ -35,6 +35,7 @@ def randomize_norms(model, seed):
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
             if m.weight is not None:
                 m.weight.data[...] = gen.uniform(0.5, 1.5, m.weight.data.shape)
+            if m.bias is not None:
                 m.bias.data[...] = gen.normal(size=m.bias.data.shape)
             if getattr(m, "running_mean", None) is not None:
                 m.running_mean[...] = gen.normal(size=m.running_mean.shape)

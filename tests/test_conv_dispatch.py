@@ -163,3 +163,32 @@ def test_reported_algorithm_is_the_one_that_runs(rng, shape, forced):
         _core.set_conv_algorithm("auto")
     for pass_ in PASSES:
         np.testing.assert_array_equal(results[pass_, "auto"], results[pass_, "reported"])
+
+
+@pytest.fixture
+def avx2_tiles():
+    """The AVX2 conv tiles selected (skip where this CPU or build has none); the level before
+    restored afterwards."""
+    before = _core.simd_level()
+    if not _core.set_simd_level("avx2") or _core.direct_kernel_lanes() == 0:
+        _core.set_simd_level(before)
+        pytest.skip("this CPU or build has no AVX2 conv tiles")
+    yield
+    assert _core.set_simd_level(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_avx2_tiny_outputs_in_batches_run_direct_per_pixel(avx2_tiles, threads):
+    # 4x4 outputs (padding 1) with enough images for a batch of tiles per pixel: the direct
+    # tiles (every tap that reads padding skipped), not Winograd; two images: Winograd.
+    # The same with 1 and 2 threads (the batches, not the choice, follow the threads).
+    before = _core.get_num_threads()
+    _core.set_num_threads(threads)
+    try:
+        for pass_ in ("forward", "backward_input"):
+            assert algorithm(pass_, "float32", (64, 32, 4, 4, 32, 3, 1, 1, 1, 1)) == "direct"
+            assert algorithm(pass_, "float32", (2, 32, 4, 4, 32, 3, 1, 1, 1, 1)) == "winograd"
+            # 8x8 outputs: Winograd.
+            assert algorithm(pass_, "float32", (64, 32, 8, 8, 32, 3, 1, 1, 1, 1)) == "winograd"
+    finally:
+        _core.set_num_threads(before)

@@ -53,6 +53,8 @@ CONV_CASES = [
     # the weight gradient runs as one GEMM over the batch (AVX2)
     (13, 40, 4, 4, 44, 3, 1, 1, 1, 1),
     (5, 20, 3, 5, 36, 3, 2, 1, 1, 1),
+    (130, 24, 4, 4, 40, 3, 1, 1, 1, 1),        # that GEMM over two slabs of images
+    (12, 16, 1, 1, 16, (3, 1), 1, (3, 0), 1, 1),  # tiny outputs run per pixel: some see only padding
     # few input channels (the NCHW first-layer kernels): lenet5's conv1, a padded RGB layer
     # with ragged rows, a 7-wide dilated kernel, and grouped
     (3, 3, 32, 32, 6, 5, 1, 0, 1, 1),

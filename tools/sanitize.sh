@@ -34,17 +34,20 @@ if [[ $# -eq 0 ]]; then
     tests/test_fuzz.py -p no:cacheprovider
 fi
 
-asan=$(${CXX:-g++} -print-file-name=libasan.so)
+# The ASan runtime, and libstdc++ with it: ASan looks up the real __cxa_throw when it starts,
+# and Python itself links no libstdc++ (without it the first C++ exception aborts in ASan's
+# interceptor).
+asan="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libstdc++.so.6)"
 # The import check of the sanitized module first: a build that was not instrumented (or an
 # outer fastconv picked up instead) would make the whole run meaningless.
-LD_PRELOAD=$asan ASAN_OPTIONS=detect_leaks=0 "$venv/bin/python" - <<'EOF'
+LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0 "$venv/bin/python" - <<'EOF'
 import fastconv, sys
 path = fastconv._core.__file__
 if "build/sanitize/venv" not in path:
     sys.exit(f"tools/sanitize.sh: imported fastconv._core from {path}, not the sanitizer build")
 print("sanitized fastconv._core:", path)
 EOF
-export LD_PRELOAD=$asan
+export LD_PRELOAD="$asan"
 # detect_leaks=0: CPython keeps objects alive at exit. abort_on_error: a report kills the
 # test run (a subprocess of a test fails that test). The sanitizers' reports go to stderr.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=0

@@ -11,7 +11,9 @@ console line per epoch, the checkpoint, the stop on Ctrl-C/SIGTERM) and final ou
 
 Default recipe (``simple_cnn``): SGD with Nesterov momentum 0.9, weight decay 5e-4, batch 128,
 random crop (4-pixel padding) + horizontal flip, one-cycle schedule (30% warm-up, max lr 0.05;
-0.1 for ``vgg_small``), 17 epochs (15 for the other models).
+0.1 for ``vgg_small`` and ``resnet18``, 0.2 for ``resnet9``), 17 epochs (12 for ``resnet9``,
+15 for the other models). The autoencoder of :mod:`fastconv.models` is not a classifier: it
+trains with :func:`fastconv.training.fit` and an MSE loss, not with this command.
 
 Output folder (``--out``, default ``runs/<model>``):
 
@@ -70,20 +72,25 @@ METRIC_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_
 _CKPT_FORMAT = "fastconv-train"
 _CKPT_VERSION = 1
 
-MODEL_NAMES = ("simple_cnn", "lenet5", "vgg_small", "alexnet_small")
+MODEL_NAMES = ("simple_cnn", "lenet5", "vgg_small", "alexnet_small", "resnet9", "resnet18")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 
-#: Default (maximum) learning rate by optimiser, and by model for SGD.
+#: Default (maximum) learning rate by optimiser, and by model for SGD. resnet9: Page's ResNet-9
+#: recipe peaks at 0.4 for batch 512 (its summed loss and lr / 512 are a mean loss at 0.4),
+#: scaled by sqrt(128 / 512) for batch 128; resnet18: kuangliu/pytorch-cifar's 0.1 at batch 128.
 DEFAULT_LR: dict[str, Any] = {
-    "sgd": {"simple_cnn": 0.05, "lenet5": 0.05, "vgg_small": 0.1, "alexnet_small": 0.02},
+    "sgd": {"simple_cnn": 0.05, "lenet5": 0.05, "vgg_small": 0.1, "alexnet_small": 0.02,
+            "resnet9": 0.2, "resnet18": 0.1},
     "adam": 2e-3, "adamw": 2e-3, "rmsprop": 1e-3,
 }
 
 
-#: Default epochs by model: simple_cnn's 17 take ~4 minutes here (see the README).
+#: Default epochs by model: simple_cnn's 17 take ~4 minutes here (see the README); resnet9's 12
+#: are half of Page's 24-epoch schedule (94% on a GPU), resnet18's 15 a fraction of kuangliu's
+#: 200-epoch cosine run: shortened for a CPU, where an epoch of either takes tens of minutes.
 DEFAULT_EPOCHS: dict[str, int] = {"simple_cnn": 17, "lenet5": 15, "vgg_small": 15,
-                                  "alexnet_small": 15}
+                                  "alexnet_small": 15, "resnet9": 12, "resnet18": 15}
 
 
 class UserError(Exception):
@@ -176,12 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", choices=MODEL_NAMES, default=None,
                    help=f"network from fastconv.models [default: {d.model}]")
     g.add_argument("--epochs", type=_int_at_least(1), default=None,
-                   help="training epochs [default: 17 for simple_cnn, 15 for the others]")
+                   help="training epochs [default: 17 for simple_cnn, 12 for resnet9, 15 for the "
+                        "others]")
     g.add_argument("--batch-size", type=_int_at_least(1), default=None,
                    help=f"mini-batch size [default: {d.batch_size}]")
     g.add_argument("--lr", type=_float_in(0.0, open_lo=True), default=None,
                    help="(maximum) learning rate [default: 0.05 for simple_cnn/lenet5, 0.1 for "
-                        "vgg_small, 0.02 for alexnet_small with sgd; 2e-3 adam/adamw; 1e-3 rmsprop]")
+                        "vgg_small/resnet18, 0.2 for resnet9, 0.02 for alexnet_small with sgd; "
+                        "2e-3 adam/adamw; 1e-3 rmsprop]")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                    help=f"optimiser [default: {d.optimizer}]")
     g.add_argument("--momentum", type=_float_in(0.0, 1.0), default=None,

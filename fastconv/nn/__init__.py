@@ -41,7 +41,7 @@ from .activation import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .containers import Concat, Residual, Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
-from .linear import Flatten, Identity, Linear
+from .linear import Flatten, Identity, Linear, Mul
 from .module import IncompatibleKeys, Module, Parameter
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -51,7 +51,7 @@ from .upsample import Upsample
 __all__ = [
     "Parameter", "Module", "Sequential", "Residual", "Concat", "Identity",
     "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Upsample",
-    "Linear", "Flatten",
+    "Linear", "Flatten", "Mul",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Dropout",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "ModelSummary", "IncompatibleKeys", "fusion",
 ]

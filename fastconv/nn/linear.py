@@ -1,8 +1,9 @@
-"""Dense layers and reshaping: Linear, Flatten, Identity."""
+"""Dense layers, reshaping and constant maps: Linear, Flatten, Identity, Mul."""
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -127,3 +128,39 @@ class Identity(Module):
 
     def output_shape(self, input_shape):
         return tuple(input_shape)
+
+
+class Mul(Module):
+    """y = x * scale, a constant (not a parameter: no state-dict entry); gradient
+    grad_y * scale. As the ``Mul`` module PyTorch users write for it (airbench's; ResNet-9's
+    logits are scaled by 0.125)::
+
+        class Mul(torch.nn.Module):
+            def __init__(self, scale):
+                super().__init__()
+                self.scale = scale
+            def forward(self, x):
+                return x * self.scale
+    """
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        if isinstance(scale, bool) or not isinstance(scale, (numbers.Real, np.floating, np.integer)) \
+                or not math.isfinite(float(scale)):
+            raise TypeError(f"Mul: scale must be a finite real number, got {scale!r}")
+        self.scale = float(scale)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        self._cache = (x.shape, x.dtype)
+        return x * x.dtype.type(self.scale)
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        shape, dtype = self._get_cache()
+        return self._check_grad(grad_y, shape, dtype) * dtype.type(self.scale)
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"

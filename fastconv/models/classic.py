@@ -30,20 +30,12 @@ a 32x32 image is pooled to 4x4, and 1024-wide hidden layers instead of 4096.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from . import nn
-from .init import as_generator
+from .. import nn
+from ._seed import model_generator as _generator
 
-__all__ = ["simple_cnn", "lenet5", "vgg_small", "alexnet_small", "get_model", "MODELS"]
-
-
-def _generator(rng, seed):
-    if rng is not None and seed is not None:
-        raise ValueError("give either rng or seed, not both")
-    return as_generator(seed if rng is None else rng)
+__all__ = ["simple_cnn", "lenet5", "vgg_small", "alexnet_small"]
 
 
 def simple_cnn(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=None) -> nn.Sequential:
@@ -106,22 +98,3 @@ def alexnet_small(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=Non
         nn.Linear(1024, num_classes, dtype=dtype, rng=g),
     )
 
-
-_REGISTRY: dict[str, Callable[..., nn.Sequential]] = {
-    "simple_cnn": simple_cnn,
-    "lenet5": lenet5,
-    "vgg_small": vgg_small,
-    "alexnet_small": alexnet_small,
-}
-
-#: Names accepted by :func:`get_model`.
-MODELS: list[str] = list(_REGISTRY)
-
-
-def get_model(name: str, **kwargs) -> nn.Sequential:
-    """Build model `name` (one of :data:`MODELS`), passing `kwargs` (num_classes, rng/seed, dtype)."""
-    try:
-        builder = _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown model {name!r}: expected one of {MODELS}") from None
-    return builder(**kwargs)
