@@ -81,17 +81,22 @@ class Report:
     valid: int = 0
     runs: int = 0
     failures: list[str] = dataclasses.field(default_factory=list)
+    outcomes: dict[str, int] = dataclasses.field(default_factory=dict)  # extreme: per kind
 
     def add(self, other: "Report") -> "Report":
         self.cases += other.cases
         self.valid += other.valid
         self.runs += other.runs
         self.failures += other.failures
+        for kind, count in other.outcomes.items():
+            self.outcomes[kind] = self.outcomes.get(kind, 0) + count
         return self
 
     def summary(self) -> str:
-        return (f"{self.fuzzer}: {self.cases} cases ({self.valid} valid geometries), "
-                f"{self.runs} checks, {len(self.failures)} failures")
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
+        return (f"{self.fuzzer}{f' ({kinds})' if kinds else ''}: {self.cases} cases "
+                f"({self.valid} valid geometries), {self.runs} checks, "
+                f"{len(self.failures)} failures")
 
 
 # ---- comparisons -----------------------------------------------------------------------------
@@ -906,8 +911,7 @@ def fuzz_extreme(seed: int, cases: int, first: int = 0, batch: int = 150) -> Rep
                                  report, batch)
     report.cases = cases
     report.valid = cases - outcomes.get("ValueError", 0) - outcomes.get("TypeError", 0)
-    report.fuzzer = "extreme geometry (" + ", ".join(
-        f"{k} {v}" for k, v in sorted(outcomes.items())) + ")"
+    report.outcomes = outcomes
     return report
 
 
@@ -921,6 +925,6 @@ def replay(spec: str) -> str:
     seed, index = int(seed), int(index)
     if name == "extreme":
         report = fuzz_extreme(seed, 1, first=index)
-        return "\n".join(report.failures) or report.fuzzer.split("(")[1].split()[0]
+        return "\n".join(report.failures) or next(iter(report.outcomes))
     report = DIFFERENTIAL[name](seed, 1, first=index)
     return "\n".join(report.failures) or "ok"

@@ -4,6 +4,9 @@ algorithm, and extreme geometry in child processes. Their counts go to the summa
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 import fuzzing
@@ -54,3 +57,38 @@ def test_a_crashing_case_fails_and_is_named():
 @pytest.mark.parametrize("spec", ["conv:15:3", "pool:15:7", "extreme:15:11"])
 def test_replay_runs_one_case(spec):
     assert fuzzing.replay(spec) in ("ok", "skip", "ValueError", "MemoryError")
+
+
+REPRODUCERS = """
+import sys
+import numpy as np
+from fastconv import _core, functional as F
+assert _core.set_conv_algorithm(sys.argv[1])
+x, w = np.ones((1, 3, 6, 6)), np.ones((3, 3, 3, 3))
+for dtype in (np.float32, np.float64):
+    x, w = x.astype(dtype), w.astype(dtype)
+    y = F.conv2d(x, w, padding=2**30, dilation=2**30)
+    assert y.shape == (1, 3, 6, 6) and (y == 3).all(), y
+    big = 2**31 - 1
+    gy = np.ones(F.conv2d_output_shape(x.shape, w.shape, big, big, big))
+    gx, gw, gb = F.conv2d_backward(gy.astype(dtype), x, w, stride=big, padding=big,
+                                   dilation=big)
+    assert gw.shape == w.shape and gb.shape == (3,)
+    y, idx = F.conv2d_max_pool2d(x, w, padding=2**30, dilation=2**30, kernel_size=2)
+    assert y.shape == (1, 3, 3, 3) and (y == 3).all(), y
+# (the empty-window check in O(1) memory: 2.5 GB for the first, MemoryError for the second)
+assert F.pool2d_output_shape((1, 1, 2**25, 1), (7, 1), stride=1, dilation=(3, 1)) == \\
+    (1, 1, 2**25 - 18, 1)
+assert F.pool2d_output_shape((1, 1, 2**31 - 1, 1), (7, 1), stride=1, dilation=(3, 1)) == \\
+    (1, 1, 2**31 - 19, 1)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("algorithm", ["auto", *fuzzing.conv_algorithms()[1:]])
+def test_issue_reproducers_give_results_in_a_child_process(algorithm):
+    # The crashes the reliability audit found (padded copies of mostly-padding images sized
+    # past int64), each algorithm forced: in a child, so that a crash fails this test alone.
+    proc = subprocess.run([sys.executable, "-c", REPRODUCERS, algorithm], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -6,6 +6,7 @@
 #   tools/sanitize.sh                 # the kernel tests (tests/ops, the conv, pooling, GEMM
 #                                     # and dispatch tests, the fuzzers), all paths
 #   tools/sanitize.sh tests/test_x.py -k name    # any pytest arguments instead
+#   tools/sanitize.sh --fuzz --scale 2           # tools/fuzz.py (its arguments) instead
 #
 # The build goes to a venv of its own, build/sanitize/venv (the normal install is left
 # alone), which sees the packages of the Python running this script (numpy, pytest, torch)
@@ -28,11 +29,6 @@ if [[ ! -x $venv/bin/python || ${FASTCONV_SANITIZE_REBUILD:-1} != 0 ]]; then
   echo "$outer" > "$inner/fastconv_outer_packages.pth"
 fi
 
-if [[ $# -eq 0 ]]; then
-  set -- tests/ops tests/test_functional.py tests/test_conv_dispatch.py \
-    tests/test_core_bindings.py tests/test_gemm_blocks.py tests/test_reference.py \
-    tests/test_fuzz.py -p no:cacheprovider
-fi
 
 # The ASan runtime, and libstdc++ with it: ASan looks up the real __cxa_throw when it starts,
 # and Python itself links no libstdc++ (without it the first C++ exception aborts in ASan's
@@ -52,4 +48,23 @@ export LD_PRELOAD="$asan"
 # test run (a subprocess of a test fails that test). The sanitizers' reports go to stderr.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-exec "$venv/bin/python" -m pytest -q "$@"
+if [[ ${1:-} == --fuzz ]]; then
+  shift
+  exec "$venv/bin/python" tools/fuzz.py "$@"
+fi
+if [[ $# -gt 0 ]]; then
+  exec "$venv/bin/python" -m pytest -q "$@"
+fi
+# Every kernel path: the fuzzers (conv2d on every algorithm x SIMD level, pooling, the fused
+# conv + pooling, GELU/SiLU, adaptive pooling, upsampling, conv_transpose2d, extreme
+# geometries) at a quarter of the suite's cases; the bindings' argument checks; the dispatch;
+# GEMM blocking; the newer ops' tests; then from test_functional.py the kernels the fuzzers do
+# not call (GEMM, Linear, batch norm, ReLU, im2col, the register tiles' edges, thread counts)
+# and the fused optimiser updates (test_functional.py whole: several times longer).
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_fuzz.py --fuzz-scale 0.25 \
+  tests/test_core_bindings.py tests/test_conv_dispatch.py tests/test_gemm_blocks.py tests/ops
+kernels="gemm or linear_matches_reference or batch_norm_train_matches"
+kernels+=" or batch_norm_train_fused_relu_is or relu_matches or im2col_col2im_match_reference"
+kernels+=" or tile_edge or does_not_depend_on_thread or fused_update_matches"
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_functional.py \
+  tests/test_optim.py::test_fused_update_matches_numpy_update -k "$kernels"
