@@ -1,8 +1,9 @@
 // Python bindings: glue only. The NumPy-facing checks and shape arithmetic live in
 // fastconv/_args.py and fastconv/functional.py; here every array is re-checked for dtype,
-// C-contiguity, writability and size, then the GIL is released for the kernel. The kernels
-// bounds-check every input read against H and W, so no output size passed here can make
-// them read or write outside the arrays.
+// C-contiguity, writability and size, every integer argument and dimension for its range
+// and every output size against its window's formula (so a direct call of _core with any
+// arguments gives a result or a clear exception), then the GIL is released for the kernel.
+// A scratch buffer too large for int64 is a MemoryError (SizeTooLarge, common.h).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -40,6 +41,8 @@ namespace {
 // waits for the running calls and holds new ones back: a kernel looks the level up more than
 // once per call, and a level without the AVX-512 tables mid-call would crash it.
 std::atomic<int> g_threads{0};  // 0: OpenMP's own default (OMP_NUM_THREADS, else all cores)
+// More threads than any machine runs kernels on well: each takes scratch of its own.
+constexpr int kMaxThreads = 1024;
 std::atomic<int> g_running{0};
 std::atomic<bool> g_switching{false};
 
@@ -121,16 +124,74 @@ T* data_of(const py::array& a, const char* name, index_t count, bool writable) {
   return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
+// Sizes and window arguments lie in [lo, 2^31 - 1], as fastconv/_args.py keeps them: the
+// product of any two then stays below 2^62, which the kernels' index arithmetic relies on.
+constexpr index_t kMaxArg = (index_t(1) << 31) - 1;
+
+index_t arg(index_t v, index_t lo, const char* op, const char* name) {
+  if (v < lo || v > kMaxArg)
+    throw py::value_error(std::string(op) + ": " + name + " must lie in [" + std::to_string(lo) +
+                          ", 2**31 - 1], got " + std::to_string(v));
+  return v;
+}
+
 index_t dim(const py::array& a, int i, const char* name) {
   if (a.ndim() != 4) throw py::value_error(std::string(name) + " must be 4-D");
+  if (a.shape(i) > kMaxArg)
+    throw py::value_error(std::string(name) + ": every dimension must be below 2**31, got " +
+                          std::to_string(a.shape(i)));
   return a.shape(i);
 }
 
 fastconv::Window2d window(index_t kh, index_t kw, index_t sh, index_t sw, index_t ph, index_t pw,
                           index_t dh, index_t dw) {
-  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1 || ph < 0 || pw < 0)
-    throw py::value_error("kernel, stride and dilation must be positive, padding non-negative");
-  return {kh, kw, sh, sw, ph, pw, dh, dw};
+  const char* op = "window";
+  return {arg(kh, 1, op, "kernel_h"), arg(kw, 1, op, "kernel_w"), arg(sh, 1, op, "stride_h"),
+          arg(sw, 1, op, "stride_w"), arg(ph, 0, op, "pad_h"),    arg(pw, 0, op, "pad_w"),
+          arg(dh, 1, op, "dilation_h"), arg(dw, 1, op, "dilation_w")};
+}
+
+// Outputs of a window along one axis of `size` with `pad_total` padding in all
+// (fastconv/_args.py's conv_output_size; arguments in range: no overflow), 0 where none fits.
+index_t window_outputs(index_t size, index_t k, index_t s, index_t pad_total, index_t d) {
+  const index_t span = size + pad_total - d * (k - 1) - 1;
+  return span < 0 ? 0 : span / s + 1;
+}
+
+// A convolution's output rows: those of padding PH above and PH or PH + 1 below (conv2d's
+// 'same' puts an odd extra row at the bottom), at least one.
+bool conv_outputs_ok(index_t out, index_t size, index_t k, index_t s, index_t p, index_t d) {
+  return out >= 1 && (out == window_outputs(size, k, s, 2 * p, d) ||
+                      out == window_outputs(size, k, s, 2 * p + 1, d));
+}
+
+void check_conv_outputs(const fastconv::ConvShape& s, const char* op) {
+  const fastconv::Window2d& w = s.win;
+  if (!conv_outputs_ok(s.OH, s.H, w.KH, w.SH, w.PH, w.DH) ||
+      !conv_outputs_ok(s.OW, s.W, w.KW, w.SW, w.PW, w.DW))
+    throw py::value_error(std::string(op) + ": output size " + std::to_string(s.OH) + "x" +
+                          std::to_string(s.OW) + " does not match the input " +
+                          std::to_string(s.H) + "x" + std::to_string(s.W) + " and the window");
+}
+
+// A pooling's output rows: floor or ceil mode (a last window starting in the bottom padding
+// dropped, as PyTorch), with padding at most half the kernel, as max_pool2d and avg_pool2d.
+bool pool_outputs_ok(index_t out, index_t size, index_t k, index_t s, index_t p, index_t d) {
+  if (p > k / 2) return false;
+  const index_t floor_out = window_outputs(size, k, s, 2 * p, d);
+  index_t ceil_out = window_outputs(size, k, s, 2 * p + s - 1, d);
+  if (ceil_out > 0 && (ceil_out - 1) * s >= size + p) --ceil_out;
+  return out >= 1 && (out == floor_out || out == ceil_out);
+}
+
+void check_pool_outputs(const fastconv::PoolShape& s, const char* op) {
+  const fastconv::Window2d& w = s.win;
+  if (!pool_outputs_ok(s.OH, s.H, w.KH, w.SH, w.PH, w.DH) ||
+      !pool_outputs_ok(s.OW, s.W, w.KW, w.SW, w.PW, w.DW))
+    throw py::value_error(std::string(op) + ": output size " + std::to_string(s.OH) + "x" +
+                          std::to_string(s.OW) + " does not match the input " +
+                          std::to_string(s.H) + "x" + std::to_string(s.W) +
+                          " and the window (or the padding exceeds half the kernel)");
 }
 
 template <typename T>
@@ -165,6 +226,7 @@ fastconv::ConvShape conv_shape(const py::array& x, const py::array& w, const py:
       dim(w, 2, "weight") != win.KH || dim(w, 3, "weight") != win.KW || dim(y, 0, "y") != s.N ||
       dim(y, 1, "y") != s.F)
     throw py::value_error("conv2d: inconsistent shapes");
+  check_conv_outputs(s, "conv2d");
   return s;
 }
 
@@ -175,6 +237,7 @@ void conv_forward_t(const py::array& x, const py::array& w, const py::object& bi
   const T* wp = data_of<T>(w, "weight", s.F * s.CKK(), false);
   const T* bp = bias.is_none() ? nullptr : data_of<T>(bias.cast<py::array>(), "bias", s.F, false);
   T* yp = data_of<T>(y, "y", s.N * s.F * s.L(), true);
+  if (y.size() == 0) return;
   KernelCall call;
   fastconv::conv2d_forward<T>(s, xp, wp, bp, yp);
 }
@@ -193,6 +256,7 @@ void conv_backward_input_t(const py::array& gy, const py::array& w, py::array& g
   const T* gyp = data_of<T>(gy, "grad_y", s.N * s.F * s.L(), false);
   const T* wp = data_of<T>(w, "weight", s.F * s.CKK(), false);
   T* gxp = data_of<T>(gx, "grad_x", s.N * s.C * s.H * s.W, true);
+  if (gx.size() == 0) return;
   KernelCall call;
   fastconv::conv2d_backward_input<T>(s, gyp, wp, gxp);
 }
@@ -211,6 +275,7 @@ void conv_backward_weight_t(const py::array& gy, const py::array& x, py::array& 
   const T* gyp = data_of<T>(gy, "grad_y", s.N * s.F * s.L(), false);
   const T* xp = data_of<T>(x, "x", s.N * s.C * s.H * s.W, false);
   T* gwp = data_of<T>(gw, "grad_weight", s.F * s.CKK(), true);
+  if (gw.size() == 0) return;
   KernelCall call;
   fastconv::conv2d_backward_weight<T>(s, gyp, xp, gwp);
 }
@@ -234,6 +299,7 @@ bool conv_forward_max_pool_t(const py::array& x, const py::array& w, const py::o
   const T* bp = optional_data<T>(bias, "bias", s.F, false);
   T* yp = data_of<T>(y, "y", P, true);
   auto* ip = data_of<std::int64_t>(idx, "indices", P, true);
+  if (P == 0) return true;  // nothing to write
   KernelCall call;
   return fastconv::conv2d_forward_max_pool<T>(s, xp, wp, bp, ps, relu, yp, ip);
 }
@@ -246,9 +312,14 @@ fastconv::ConvShape checked_conv_shape(const std::array<index_t, 4>& x,
                                        index_t sh, index_t sw, index_t ph, index_t pw, index_t dh,
                                        index_t dw, index_t groups, const char* op) {
   const auto win = window(w[2], w[3], sh, sw, ph, pw, dh, dw);
+  for (int i = 0; i < 4; ++i) {
+    arg(x[i], 0, op, "input_shape's dimensions");
+    arg(w[i], 0, op, "weight_shape's dimensions");
+  }
   const fastconv::ConvShape s{x[0], x[1], x[2], x[3], w[0], groups, oh, ow, win};
-  if (groups < 1 || s.C % groups || s.F % groups || w[1] != s.C / groups || oh < 1 || ow < 1)
+  if (groups < 1 || s.C % groups || s.F % groups || w[1] != s.C / groups)
     throw py::value_error(std::string(op) + ": inconsistent shapes");
+  check_conv_outputs(s, op);
   return s;
 }
 
@@ -295,6 +366,7 @@ bool conv2d_forward_max_pool(const py::array& x, const py::array& w, const py::o
                                       pool_dh, pool_dw)};
   if (dim(y, 0, "y") != s.N || dim(y, 1, "y") != s.F)
     throw py::value_error("conv2d_forward_max_pool: y must be (N, F, PH, PW)");
+  check_pool_outputs(ps, "conv2d_forward_max_pool");
   return for_dtype(x, "x", [&](auto t) {
     return conv_forward_max_pool_t<decltype(t)>(x, w, bias, y, idx, s, ps, relu);
   });
@@ -339,6 +411,8 @@ void conv_backward_bias_t(const py::array& gy, py::array& gb) {
   s.G = 1;
   s.OH = dim(gy, 2, "grad_y");
   s.OW = dim(gy, 3, "grad_y");
+  if (s.OH < 1 || s.OW < 1)
+    throw py::value_error("conv2d_backward_bias: grad_y must have non-empty planes");
   const T* gyp = data_of<T>(gy, "grad_y", s.N * s.F * s.L(), false);
   T* gbp = data_of<T>(gb, "grad_bias", s.F, true);
   KernelCall call;
@@ -356,9 +430,16 @@ void unfold_t(const py::array& image, const py::array& cols, bool to_cols, const
               index_t OH, index_t OW) {
   const index_t N = dim(image, 0, "image"), C = dim(image, 1, "image"),
                 H = dim(image, 2, "image"), W = dim(image, 3, "image");
-  const index_t rows = C * win.KH * win.KW, L = OH * OW;
+  if (OH != window_outputs(H, win.KH, win.SH, 2 * win.PH, win.DH) || OH < 1 ||
+      OW != window_outputs(W, win.KW, win.SW, 2 * win.PW, win.DW) || OW < 1)
+    throw py::value_error(std::string(to_cols ? "im2col" : "col2im") + ": out_h x out_w " +
+                          std::to_string(OH) + "x" + std::to_string(OW) +
+                          " does not match the image " + std::to_string(H) + "x" +
+                          std::to_string(W) + " and the window");
+  const index_t rows = fastconv::checked_mul(C, win.KH, win.KW);
+  const index_t L = fastconv::checked_mul(OH, OW);
   T* ip = data_of<T>(image, "image", N * C * H * W, !to_cols);
-  T* cp = data_of<T>(cols, "cols", N * rows * L, to_cols);
+  T* cp = data_of<T>(cols, "cols", fastconv::checked_mul(N, rows, L), to_cols);
   KernelCall call;
   if (to_cols) fastconv::im2col<T>(ip, N, C, H, W, win, OH, OW, cp);
   else fastconv::col2im<T>(cp, N, C, H, W, win, OH, OW, ip);
@@ -384,6 +465,7 @@ fastconv::PoolShape pool_shape(const py::array& x, const py::array& y,
                         dim(y, 2, "y"), dim(y, 3, "y"), win};
   if (dim(y, 0, "y") != s.N || dim(y, 1, "y") != s.C)
     throw py::value_error("pool2d: output shape inconsistent with the input");
+  check_pool_outputs(s, "pool2d");
   return s;
 }
 
@@ -469,6 +551,7 @@ void adaptive_avg_pool_t(const py::array& x, const py::array& y, bool forward,
                          const fastconv::AdaptivePoolShape& s) {
   T* xp = data_of<T>(x, forward ? "x" : "grad_x", s.planes * s.H * s.W, !forward);
   T* yp = data_of<T>(y, forward ? "y" : "grad_y", s.planes * s.OH * s.OW, forward);
+  if (s.planes == 0) return;  // (the window tables have OH, OW entries: none needed)
   KernelCall call;
   if (forward) fastconv::adaptive_avg_pool2d_forward<T>(s, xp, yp);
   else fastconv::adaptive_avg_pool2d_backward<T>(s, yp, xp);
@@ -514,6 +597,7 @@ void upsample_t(const py::array& x, const py::array& y, bool forward,
                 const fastconv::UpsampleShape& s) {
   T* xp = data_of<T>(x, forward ? "x" : "grad_x", s.planes * s.H * s.W, !forward);
   T* yp = data_of<T>(y, forward ? "y" : "grad_y", s.planes * s.OH * s.OW, forward);
+  if (s.planes == 0) return;  // (the backward's row table has H entries: none needed)
   KernelCall call;
   if (forward) fastconv::upsample_nearest2d_forward<T>(s, xp, yp);
   else fastconv::upsample_nearest2d_backward<T>(s, yp, xp);
@@ -611,11 +695,21 @@ void adam_update(py::array p, const py::array& g, py::array m, py::array v, doub
 
 // ---- batch norm (training mode) -----------------------------------------------------------
 
+// Statistics need at least one value per channel (the kernels' per-row tables then have no
+// more entries than x has values).
+void check_bn_values(index_t N, index_t C, index_t S, const char* op) {
+  if (C > 0 && N * S == 0)
+    throw py::value_error(std::string(op) + ": x of shape (" + std::to_string(N) + ", " +
+                          std::to_string(C) + ", " + std::to_string(S) +
+                          ") has no values per channel");
+}
+
 template <typename T>
 void bn_forward_t(const py::array& x, const py::object& gamma, const py::object& beta, double eps,
                   bool relu, py::array& y, py::array& mean, py::array& invstd, py::array& var) {
   if (x.ndim() != 3) throw py::value_error("batch_norm_forward: x must be 3-D (N, C, S)");
   const index_t N = x.shape(0), C = x.shape(1), S = x.shape(2);
+  check_bn_values(N, C, S, "batch_norm_forward");
   const T* xp = data_of<T>(x, "x", N * C * S, false);
   const T* gp = optional_data<T>(gamma, "weight", C, false);
   const T* bp = optional_data<T>(beta, "bias", C, false);
@@ -642,6 +736,7 @@ void bn_backward_t(const py::array& gy, const py::object& relu_y, const py::arra
                    py::array& ggamma, py::array& gbeta) {
   if (x.ndim() != 3) throw py::value_error("batch_norm_backward: x must be 3-D (N, C, S)");
   const index_t N = x.shape(0), C = x.shape(1), S = x.shape(2);
+  check_bn_values(N, C, S, "batch_norm_backward");
   const T* gyp = data_of<T>(gy, "grad_y", N * C * S, false);
   const T* ryp = optional_data<T>(relu_y, "relu_output", N * C * S, false);
   const T* xp = data_of<T>(x, "x", N * C * S, false);
@@ -897,7 +992,9 @@ PYBIND11_MODULE(_core, m) {
     return n > 0 ? n : fastconv::max_threads();
   });
   m.def("set_num_threads", [](int n) {
-    if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+    if (n < 1 || n > kMaxThreads)
+      throw py::value_error("set_num_threads: n must be >= 1 and <= " +
+                            std::to_string(kMaxThreads) + ", got " + std::to_string(n));
     if (!fastconv::openmp_enabled()) return;  // single-threaded build: stays 1
     g_threads.store(n);
     fastconv::set_max_threads(n);
@@ -923,6 +1020,8 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("name"),
         "'auto', 'wide', 'im2col', 'direct', 'direct_nchw' or 'winograd' (tests/benchmarks).");
+  m.def("conv_algorithms", &fastconv::conv_algorithm_names,
+        "The conv dispatch table's algorithms, in the order it tries them.");
   m.def("best_simd_level", [] { return fastconv::isa_name(fastconv::best_isa()); });
   m.def("set_simd_level",
         [](const std::string& level) {

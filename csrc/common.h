@@ -80,8 +80,54 @@ inline bool openmp_enabled() {
 #endif
 }
 
+// ---- Buffer sizes, checked --------------------------------------------------------------
+// Every buffer a kernel allocates is sized with checked_mul / checked_add: past kMaxSize
+// (2^62, the bound fastconv/_args.py keeps element counts under) they throw SizeTooLarge, a
+// std::bad_alloc that the bindings raise as MemoryError, where plain int64 arithmetic would
+// wrap to a small size whose buffer is then written past its end (a padding of 2^30 on a 6x6
+// image made an 8-byte "padded copy"). Sizes are never negative; a negative operand (itself
+// a wrapped size) is refused too.
+constexpr index_t kMaxSize = index_t(1) << 62;
+
+struct SizeTooLarge : std::bad_alloc {
+  const char* what() const noexcept override {
+    return "fastconv: a scratch buffer for this shape would hold more than 2**62 elements";
+  }
+};
+
+// a * b, or false where an operand is negative or the product exceeds kMaxSize (for
+// heuristics that decline a shape instead of failing it).
+inline bool mul_fits(index_t a, index_t b, index_t* out) {
+  index_t p;
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &p) || p > kMaxSize) return false;
+  *out = p;
+  return true;
+}
+
+inline index_t checked_mul(index_t a, index_t b) {
+  index_t p;
+  if (!mul_fits(a, b, &p)) throw SizeTooLarge();
+  return p;
+}
+
+template <typename... Rest>
+index_t checked_mul(index_t a, index_t b, index_t c, Rest... rest) {
+  return checked_mul(checked_mul(a, b), c, rest...);
+}
+
+inline index_t checked_add(index_t a, index_t b) {
+  if (a < 0 || b < 0 || a > kMaxSize - b) throw SizeTooLarge();
+  return a + b;
+}
+
+template <typename... Rest>
+index_t checked_add(index_t a, index_t b, index_t c, Rest... rest) {
+  return checked_add(checked_add(a, b), c, rest...);
+}
+
 // 64-byte aligned scratch memory, owned by one call (never static: the GIL is released and
-// several Python threads may run kernels at once).
+// several Python threads may run kernels at once). count: elements, from checked_mul /
+// checked_add (a negative count is a wrapped size: refused).
 struct AlignedFree {
   void operator()(void* p) const noexcept { std::free(p); }
 };
@@ -91,9 +137,8 @@ using Scratch = std::unique_ptr<T[], AlignedFree>;
 
 template <typename T>
 Scratch<T> make_scratch(index_t count) {
-  std::size_t bytes = static_cast<std::size_t>(count > 0 ? count : 1) * sizeof(T);
-  bytes = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, bytes);
+  const index_t bytes = checked_mul(count == 0 ? 1 : count, sizeof(T));
+  void* p = std::aligned_alloc(64, static_cast<std::size_t>(checked_add(bytes, 63) / 64 * 64));
   if (!p) throw std::bad_alloc();
   return Scratch<T>(static_cast<T*>(p));
 }
@@ -164,7 +209,7 @@ template <typename T = float, typename Body>
 void for_each_item(index_t items, index_t per, Body&& body) {
   const int threads = max_threads();
   if (threads > 1 && items >= threads) {
-    Scratch<T> buf = make_scratch<T>(per * threads);
+    Scratch<T> buf = make_scratch<T>(checked_mul(per, threads));
 #pragma omp parallel num_threads(threads)
     {
       T* mine = buf.get() + per * thread_id();

@@ -134,7 +134,7 @@ bool direct_nchw_weight_through_pool(const ConvShape& s, const PooledGrad<float>
                                      const float* x, float* gw, float* gb) {
   const index_t L = s.L(), PL = pg.PH * pg.PW;
   std::atomic<bool> ok{true};
-  Scratch<float> lanes = make_scratch<float>(gb ? s.N * s.F * kLanes : 0);
+  Scratch<float> lanes = make_scratch<float>(gb ? checked_mul(s.N, s.F, kLanes) : 0);
   conv2d_backward_weight_small_channels(
       s,
       [&](index_t n, index_t f, index_t nf, float* buf) -> const float* {
@@ -218,6 +218,27 @@ bool takes_wide(const ConvShape& s, ConvPass pass, bool forced) {
 
 bool takes_every_shape(const ConvShape&, ConvPass, bool) { return true; }
 
+// The algorithms that copy each image (group) into a zero-padded buffer first make planes as
+// far as the windows reach, (OH-1)*SH + (KH-1)*DH + 1 rows (forward, weight gradient), or as
+// the flipped windows reach over grad_y, H + (KH-1)*DH rows (input gradient; columns alike).
+// Where those planes are mostly padding, far larger than the image and the output (padding
+// or dilation far beyond the image), a copy is the wrong algorithm and may not even fit in
+// memory: such shapes go to im2col, which reads the image in place. Small planes always pass.
+bool padded_copy_pays(const ConvShape& s) {
+  constexpr index_t kRatio = 16, kSmallPlane = index_t(1) << 16;
+  const Window2d& w = s.win;
+  index_t rows, cols, taps_h, taps_w, plane, image, output, bound;
+  if (!mul_fits(s.OH - 1, w.SH, &rows) || !mul_fits(s.OW - 1, w.SW, &cols) ||
+      !mul_fits(w.KH - 1, w.DH, &taps_h) || !mul_fits(w.KW - 1, w.DW, &taps_w))
+    return false;
+  rows = std::max(rows + 1, s.H);  // each term below 2^62: no overflow
+  cols = std::max(cols + 1, s.W);
+  if (rows > kMaxSize - taps_h || cols > kMaxSize - taps_w) return false;
+  return mul_fits(rows + taps_h, cols + taps_w, &plane) && mul_fits(s.H, s.W, &image) &&
+         mul_fits(s.OH, s.OW, &output) && image <= kMaxSize - output &&
+         mul_fits(kRatio, image + output, &bound) && plane <= bound + kSmallPlane;
+}
+
 // ---- The table ------------------------------------------------------------------------------
 
 struct ConvEntry {
@@ -233,6 +254,8 @@ struct ConvEntry {
   // or run the input gradient over a zero-padded grad_y or junk columns (NaN where the true
   // gradient is finite), and Winograd's transforms subtract.
   bool nonfinite_weights;
+  // Copies each image into a zero-padded buffer: only where padded_copy_pays, forced or not.
+  bool copies_padded;
   bool (*takes)(const ConvShape& s, ConvPass pass, bool forced);
   ConvPasses<float> f32;
   ConvPasses<double> f64;  // the direct kernels are float32 only
@@ -242,23 +265,23 @@ struct ConvEntry {
 // few-channel tiles for the first layers, the channels-last tiles for many channels, then the
 // GEMMs: wide rows where their junk columns cost little, im2col everywhere else.
 constexpr ConvEntry kConvTable[] = {
-    {ConvAlgorithm::winograd, "winograd", true, false, &takes_winograd,
+    {ConvAlgorithm::winograd, "winograd", true, false, true, &takes_winograd,
      {&winograd_forward, &conv2d_backward_input_winograd, &conv2d_backward_weight_winograd,
       &winograd_forward_pool, nullptr},
      {}},
-    {ConvAlgorithm::direct_nchw, "direct_nchw", true, false, &takes_direct_nchw,
+    {ConvAlgorithm::direct_nchw, "direct_nchw", true, false, true, &takes_direct_nchw,
      {&direct_nchw_forward, &always<&conv2d_backward_input_small_channels>,
       &always<static_cast<void (*)(const ConvShape&, const float*, const float*, float*)>(
           &conv2d_backward_weight_small_channels)>,
       &direct_nchw_forward_pool, &direct_nchw_weight_through_pool},
      {}},
-    {ConvAlgorithm::direct, "direct", false, false, &takes_direct,
+    {ConvAlgorithm::direct, "direct", false, false, true, &takes_direct,
      {&always<&conv2d_forward_direct>, &always<&conv2d_backward_input_direct>,
       &always<&conv2d_backward_weight_direct>},
      {}},
-    {ConvAlgorithm::wide, "wide", false, false, &takes_wide, wide_passes<float>,
+    {ConvAlgorithm::wide, "wide", false, false, true, &takes_wide, wide_passes<float>,
      wide_passes<double>},
-    {ConvAlgorithm::im2col, "im2col", false, true, &takes_every_shape, im2col_passes<float>,
+    {ConvAlgorithm::im2col, "im2col", false, true, false, &takes_every_shape, im2col_passes<float>,
      im2col_passes<double>},
 };
 constexpr int kConvEntries = sizeof(kConvTable) / sizeof(kConvTable[0]);
@@ -288,6 +311,7 @@ bool applies(int i, const ConvShape& s, ConvPass pass, bool nonfinite_weights) {
   const ConvEntry& e = kConvTable[i];
   if (!has_pass(passes_of<T>(e), pass)) return false;
   if (nonfinite_weights && !e.nonfinite_weights) return false;
+  if (e.copies_padded && !padded_copy_pays(s)) return false;
   const int forced = g_forced.load(std::memory_order_relaxed);
   if (forced == i) return e.takes(s, pass, true);
   if (forced >= 0 && (i < forced || e.specialist)) return false;
@@ -334,6 +358,12 @@ bool set_conv_algorithm(const std::string& name) {
   return true;
 }
 
+std::vector<std::string> conv_algorithm_names() {
+  std::vector<std::string> names;
+  for (const ConvEntry& e : kConvTable) names.emplace_back(e.name);
+  return names;
+}
+
 template <typename T>
 ConvAlgorithm conv_algorithm_for(const ConvShape& s, ConvPass pass) {
   return first_entry<T>(s, pass).algorithm;
@@ -367,7 +397,7 @@ void conv2d_backward_bias(const ConvShape& s, const T* gy, T* gb) {
   // F*L apart: the hardware prefetcher restarts at each), 16 lane sums per row; then
   // bias_from_lanes.
   const index_t L = s.L(), R = s.N * s.F;
-  Scratch<T> lanes = make_scratch<T>(R * kLanes);
+  Scratch<T> lanes = make_scratch<T>(checked_mul(R, kLanes));
   T* lp = lanes.get();
 #pragma omp parallel
   {
@@ -398,7 +428,7 @@ bool conv2d_backward_weight_through_max_pool(const ConvShape& s, const PooledGra
       return p.backward_weight_through_max_pool(s, pg, x, gw, gb);
   }
   // Elsewhere the gradient is stored whole, then the usual passes.
-  Scratch<T> gy = make_scratch<T>(s.N * s.F * s.L());
+  Scratch<T> gy = make_scratch<T>(checked_mul(s.N, s.F, s.OH, s.OW));
   const PoolShape ps{s.N, s.F, s.OH, s.OW, pg.PH, pg.PW, {}};
   if (!max_pool2d_backward<T>(ps, pg.g, pg.indices, gy.get(), pg.relu_y)) return false;
   conv2d_backward_weight(s, gy.get(), x, gw);

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "common.h"
 #include "im2col.h"
@@ -53,6 +54,8 @@ const char* conv_algorithm_name(ConvAlgorithm algorithm);
 // wherever it applies, the algorithms listed before it and the specialists (winograd,
 // direct_nchw) never, the others by their heuristics. False for an unknown name.
 bool set_conv_algorithm(const std::string& name);
+// The names of the table's algorithms, in the order they are tried.
+std::vector<std::string> conv_algorithm_names();
 
 // The algorithm the dispatch runs for this shape, pass and dtype T, given finite data
 // (non-finite weights take im2col in the forward and input-gradient passes; Winograd, and the

@@ -115,9 +115,14 @@ index_t direct_batch(const ConvShape& s, DirectPass pass) {
 ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t pl, index_t Cout,
                       index_t OH, index_t OW, index_t KH, index_t KW, index_t SH, index_t SW,
                       index_t DH, index_t DW, const DirectKernels& k, index_t batch = 1) {
-  ForwardPlan p{Cin, Hin, Win, pt, pl, (OH - 1) * SH + (KH - 1) * DH + 1,
-                (OW - 1) * SW + (KW - 1) * DW + 1, Cout, OH, OW, SH, SW, KH, KW, DH,
+  const index_t Hp = checked_add(checked_mul(OH - 1, SH), checked_mul(KH - 1, DH), 1);
+  const index_t Wp = checked_add(checked_mul(OW - 1, SW), checked_mul(KW - 1, DW), 1);
+  ForwardPlan p{Cin, Hin, Win, pt, pl, Hp, Wp, Cout, OH, OW, SH, SW, KH, KW, DH,
                 k.lanes, round_up(Cout, k.lanes), {}, {}, channel_blocks(Cout, k.lanes), {}, {}};
+  // The buffers' sizes checked once (SizeTooLarge): every offset below is then under 2^62.
+  checked_mul(p.Hp, p.Wp, Cin);
+  checked_mul(OH, OW, p.Cout_pad);
+  checked_mul(KH, KW, Cin, p.Cout_pad);
   for (index_t i = 0; i < KH; ++i)
     for (index_t j = 0; j < KW; ++j) p.tap_off.push_back((i * DH * p.Wp + j * DW) * Cin);
   for (index_t oh = 0; oh < OH; ++oh)
@@ -181,6 +186,7 @@ ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t
   p.cin_blocks = p.per_pixel ? pieces(Cin, Cin, 1) : pieces(Cin, max_cin, max_cin >= 16 ? 16 : 1);
   p.merge_rows = p.cin_blocks.size() == 1 && DW == 1 && KW > 1;
   for (index_t i = 0; i < KH; ++i) p.row_off.push_back(p.tap_off[i * KW]);
+  checked_mul(batch, checked_add(p.padded_size(), p.out_size()));  // (run_forward's scratch)
   for (index_t b = 0; b < batch; ++b) p.image_off.push_back(b * p.padded_size());
   return p;
 }
@@ -273,7 +279,7 @@ void run_forward(const ForwardPlan& p, index_t items, index_t groups, Src src, D
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
   const DirectKernels& k = *direct_kernels();
   const index_t batch = p.batch;
-  const index_t per = batch * (p.padded_size() + p.out_size());
+  const index_t per = checked_mul(batch, checked_add(p.padded_size(), p.out_size()));
   const index_t nblocks = static_cast<index_t>(p.blocks.size());
   auto tile_count = [&](index_t b) {
     return static_cast<index_t>(p.tiles[p.blocks[b].nv].size());
@@ -356,10 +362,10 @@ struct SmallPlanes {
   index_t vecs, Hp, Wp, plane, padded;
   SmallPlanes(const ConvShape& s, index_t lanes)
       : vecs(ceil_div(s.OW, lanes)),
-        Hp(s.OH + (s.win.KH - 1) * s.win.DH),
-        Wp(lanes * vecs + (s.win.KW - 1) * s.win.DW),
-        plane(Hp * Wp),
-        padded(round_up(s.Cg() * plane, 16)) {}
+        Hp(checked_add(s.OH, checked_mul(s.win.KH - 1, s.win.DH))),
+        Wp(checked_add(lanes * vecs, checked_mul(s.win.KW - 1, s.win.DW))),
+        plane(checked_mul(Hp, Wp)),
+        padded(round_up(checked_mul(s.Cg(), plane), 16)) {}
   void fill(const ConvShape& s, const float* src, float* xp) const {
     const Window2d& win = s.win;
     std::fill(xp, xp + s.Cg() * plane, 0.0f);
@@ -419,7 +425,7 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
   struct RowVec {
     index_t in, out, lanes;
   };
-  std::vector<RowVec> rvs(tiles * NVEC);
+  std::vector<RowVec> rvs(checked_mul(tiles, NVEC));
   for (index_t rv = 0; rv < tiles * NVEC; ++rv) {
     const index_t r = std::min(rv, row_vecs - 1), oh = r / vecs, v = r % vecs;
     rvs[rv] = {oh * Wp + lanes * v, oh * s.OW + lanes * v,
@@ -449,7 +455,8 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
     });
     tile_set[t] = found - sets.begin();
     if (found != sets.end()) continue;
-    StepSet ss{kh0, kh1, {}, make_scratch<float>(G * fblocks * Cg * (kh1 - kh0) * win.KW * NF)};
+    StepSet ss{kh0, kh1, {},
+               make_scratch<float>(checked_mul(G, fblocks, Cg, kh1 - kh0, win.KW, NF))};
     float* wq = ss.wq.get();
     for (index_t g = 0; g < G; ++g)
       for (index_t b = 0; b < fblocks; ++b)
@@ -483,8 +490,8 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
                           bias ? bias + g * Fg + b * NF : nullptr, out, L,
                           std::min(NF, Fg - b * NF), lanes);
   };
-  const index_t ybuf_size = pool ? round_up(Fg * L, 16) : 0;
-  for_each_item(s.N * G, sp.padded + ybuf_size, [&](index_t i, float* xp, bool split) {
+  const index_t ybuf_size = pool ? round_up(checked_mul(Fg, L), 16) : 0;
+  for_each_item(s.N * G, checked_add(sp.padded, ybuf_size), [&](index_t i, float* xp, bool split) {
     float* ybuf = xp + sp.padded;
     sp.fill(s, x + (i / G * s.C + i % G * Cg) * s.H * s.W, xp);
 #pragma omp parallel for schedule(static) if (split)
@@ -528,7 +535,7 @@ void conv2d_backward_input_small_channels(const ConvShape& s, const float* gy, c
   const ConvShape t = transposed_shape(s);
   const index_t Cg = s.Cg(), Fg = s.Fg(), taps = s.win.KH * s.win.KW;
   // wt[g*Cg + c][f][tap] = w[g*Fg + f][c][taps - 1 - tap]
-  std::vector<float> wt(static_cast<size_t>(s.F * Cg * taps));
+  std::vector<float> wt(checked_mul(s.F, Cg, taps));
   for (index_t g = 0; g < s.G; ++g)
     for (index_t c = 0; c < Cg; ++c)
       for (index_t f = 0; f < Fg; ++f)
@@ -564,21 +571,23 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
   const index_t KW = s.win.KW, lanes = k.lanes;
   const SmallPlanes sp(s, lanes);
   const index_t max_nf = k.small_wg_max_nf[KW];
-  const index_t acc_size = s.F * CKK * lanes;  // lane sums [f][tap][lane]
+  const index_t acc_size = checked_mul(s.F, CKK, lanes);  // lane sums [f][tap][lane]
   // Fixed chunks of images, each summed into its own lane sums and added in chunk order: the
   // result does not depend on the number of threads.
   const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
-  Scratch<float> partial = make_scratch<float>(chunks * acc_size);
+  Scratch<float> partial = make_scratch<float>(checked_mul(chunks, acc_size));
   std::vector<std::pair<index_t, index_t>> fblocks;  // (first channel, count) per group
   for_each_piece(Fg, max_nf, [&](index_t f0, index_t nf) { fblocks.emplace_back(f0, nf); });
   const index_t nb = static_cast<index_t>(fblocks.size());
   // Scratch per thread: the padded image, then the interleaved gradient of one block, then
   // room for the block's gradient planes when `planes` makes them.
-  const index_t pack_size = s.OH * sp.vecs * max_nf * lanes;
-  const index_t block_size = in_memory ? 0 : round_up(max_nf * L, 16);
+  const index_t pack_size = checked_mul(s.OH, sp.vecs, max_nf, lanes);
+  const index_t block_size = in_memory ? 0 : round_up(checked_mul(max_nf, L), 16);
   // (split: the threads share an image, each with buffers of its own)
-  Scratch<float> packs = make_scratch<float>(max_threads() * (pack_size + block_size));
-  for_each_item(chunks, sp.padded + pack_size + block_size, [&](index_t c, float* xp, bool split) {
+  Scratch<float> packs =
+      make_scratch<float>(checked_mul(max_threads(), checked_add(pack_size, block_size)));
+  const index_t per = checked_add(sp.padded, pack_size, block_size);
+  for_each_item(chunks, per, [&](index_t c, float* xp, bool split) {
     float* acc = partial.get() + c * acc_size;
     const index_t n0 = s.N * c / chunks;
     for (index_t n = n0; n < s.N * (c + 1) / chunks; ++n)
@@ -633,7 +642,7 @@ void conv2d_forward_direct(const ConvShape& s, const float* x, const float* w, c
                                   win.SH, win.SW, win.DH, win.DW, *direct_kernels(),
                                   direct_batch(s, DirectPass::forward));
   const index_t taps = win.KH * win.KW;
-  Scratch<float> wd = make_scratch<float>(G * p.weight_size());
+  Scratch<float> wd = make_scratch<float>(checked_mul(G, p.weight_size()));
   for (index_t g = 0; g < G; ++g)
     relayout_weights(
         p, [&](index_t f, index_t c, index_t t) { return w[((g * Fg + f) * Cg + c) * taps + t]; },
@@ -654,7 +663,7 @@ void conv2d_backward_input_direct(const ConvShape& s, const float* gy, const flo
                                   win.DH, win.DW, *direct_kernels(),
                                   direct_batch(s, DirectPass::backward_input));
   const index_t taps = win.KH * win.KW;
-  Scratch<float> wd = make_scratch<float>(G * p.weight_size());
+  Scratch<float> wd = make_scratch<float>(checked_mul(G, p.weight_size()));
   for (index_t g = 0; g < G; ++g)
     relayout_weights(
         p,
@@ -769,7 +778,8 @@ struct TapPositionsB final : BSource<float> {
 constexpr index_t kSlabPositions = 2048;
 constexpr index_t kSlabBytes = index_t(8) << 20;
 index_t slab_images(const ConvShape& s, const ForwardPlan& p) {
-  const index_t per_image = sizeof(float) * (p.padded_size() + s.L() * p.Cout_pad);
+  const index_t per_image =
+      checked_mul(sizeof(float), checked_add(p.padded_size(), checked_mul(s.L(), p.Cout_pad)));
   return std::max<index_t>(1, std::min({s.N, ceil_div(kSlabPositions, s.L()),
                                         kSlabBytes / per_image}));
 }
@@ -782,11 +792,11 @@ index_t slab_images(const ConvShape& s, const ForwardPlan& p) {
 void weight_grad_gemm(const DirectKernels& k, const ForwardPlan& p, const ConvShape& s, index_t g,
                       const float* x, const float* gy, float* gw) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), Fpad = p.Cout_pad, taps = p.taps();
-  const index_t padded = p.padded_size(), cols = taps * Cg;
+  const index_t padded = p.padded_size(), cols = checked_mul(taps, Cg);
   const index_t slab = slab_images(s, p);
-  Scratch<float> xp = make_scratch<float>(slab * padded);
-  Scratch<float> gyt = make_scratch<float>(slab * L * Fpad);
-  Scratch<float> part = make_scratch<float>(Fg * cols);
+  Scratch<float> xp = make_scratch<float>(checked_mul(slab, padded));
+  Scratch<float> gyt = make_scratch<float>(checked_mul(slab, L, Fpad));
+  Scratch<float> part = make_scratch<float>(checked_mul(Fg, cols));
   std::vector<index_t> col_off;
   for (index_t t = 0; t < taps; ++t)
     for (index_t c = 0; c < Cg; ++c) col_off.push_back(p.tap_off[t] + c);
@@ -825,7 +835,7 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
   const ForwardPlan p = make_plan(Cg, s.H, s.W, win.PH, win.PW, Fg, s.OH, s.OW, win.KH, win.KW,
                                   win.SH, win.SW, win.DH, win.DW, *direct_kernels());
   const index_t taps = win.KH * win.KW;
-  const index_t part_size = G * p.weight_size();  // [g][tap][c][Fpad]
+  const index_t part_size = checked_mul(G, p.weight_size());  // [g][tap][c][Fpad]
   const index_t gyt_size = round_up(L * p.Cout_pad, 16);
   if (use_weight_grad_gemm(s)) {
     for (index_t g = 0; g < G; ++g) weight_grad_gemm(k, p, s, g, x, gy, gw);
@@ -839,8 +849,8 @@ void conv2d_backward_weight_direct(const ConvShape& s, const float* gy, const fl
   // otherwise read and write the whole partial gradient (taps x Cg x Fpad) once per image.
   constexpr index_t kBatchPositions = 256;
   const index_t batch = std::min(ceil_div(s.N, chunks), ceil_div(kBatchPositions, L));
-  const index_t per = batch * (p.padded_size() + gyt_size);
-  Scratch<float> partial = make_scratch<float>(chunks * part_size);
+  const index_t per = checked_mul(batch, checked_add(p.padded_size(), gyt_size));
+  Scratch<float> partial = make_scratch<float>(checked_mul(chunks, part_size));
   // Work items: a tap and a piece of input channels (as tall as a 2-vector tile), over every
   // output block; the piece's inputs stay in L1 while the blocks' gradients pass by.
   std::vector<std::pair<index_t, index_t>> pieces;

@@ -20,7 +20,7 @@ template <typename T, typename Body>
 void run_items(index_t count, index_t cols_size, index_t M, index_t N, Body&& body) {
   const index_t cols_part = round_up(cols_size, 16);
   const index_t pack_size = gemm_scratch_size<T>(M, N);
-  for_each_item<T>(count, cols_part + pack_size, [&](index_t i, T* mine, bool split) {
+  for_each_item<T>(count, checked_add(cols_part, pack_size), [&](index_t i, T* mine, bool split) {
     body(i, mine, split ? static_cast<T*>(nullptr) : mine + cols_part);
   });
 }
@@ -78,7 +78,8 @@ void conv2d_forward_wide(const ConvShape& s, const T* x, const T* w, const T* bi
   const std::vector<PackedA<T>> wp = pack_weights(s, w, false);
   const WideGeometry wg(s);
   const index_t xpad_size = round_up(wg.padded_size(), 16);
-  run_items<T>(s.N, xpad_size + Fg * wg.Lw, Fg, wg.Lw, [&](index_t n, T* scratch, T* pack) {
+  run_items<T>(s.N, checked_add(xpad_size, checked_mul(Fg, wg.Lw)), Fg, wg.Lw,
+               [&](index_t n, T* scratch, T* pack) {
     T* xpad = scratch;
     T* out = scratch + xpad_size;  // Fg x (OH*Wp)
     for (index_t g = 0; g < s.G; ++g) {
@@ -122,8 +123,8 @@ void conv2d_backward_input_wide(const ConvShape& s, const T* gy, const T* w, T* 
   // dcols are then zero too, so col2im is a plain add of every row into the padded image.
   const WideGeometry wg(s);
   const index_t xpad_size = round_up(wg.padded_size(), 16);
-  const index_t gyw_size = round_up(Fg * wg.Lw, 16);
-  run_items<T>(s.N, xpad_size + gyw_size + CKK * wg.Lw, CKK, wg.Lw,
+  const index_t gyw_size = round_up(checked_mul(Fg, wg.Lw), 16);
+  run_items<T>(s.N, checked_add(xpad_size, gyw_size, checked_mul(CKK, wg.Lw)), CKK, wg.Lw,
                [&](index_t n, T* scratch, T* pack) {
     T* dxpad = scratch;
     T* gyw = scratch + xpad_size;
@@ -143,7 +144,7 @@ void conv2d_backward_input_im2col(const ConvShape& s, const T* gy, const T* w, T
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
   const std::vector<PackedA<T>> wtp = pack_weights(s, w, true);
-  run_items<T>(s.N, direct ? 0 : CKK * L, CKK, L, [&](index_t n, T* dcols, T* pack) {
+  run_items<T>(s.N, direct ? 0 : checked_mul(CKK, L), CKK, L, [&](index_t n, T* dcols, T* pack) {
     for (index_t g = 0; g < s.G; ++g) {
       const T* gyg = gy + (n * s.F + g * Fg) * L;
       T* gxg = gx + (n * s.C + g * Cg) * HW;
@@ -165,14 +166,17 @@ void conv2d_backward_weight_gemm(const ConvShape& s, const T* gy, const T* x, T*
   // packing. The rows of cols are runs of the padded image on the wide path, else rows of an
   // explicit per-image column buffer (or of the image itself for 1x1 convolutions).
   const bool direct = s.pointwise();
-  const WideGeometry wg(s);
+  // (the wide geometry only where it runs: elsewhere its padded image may not even have a size)
+  const WideGeometry wg = wide ? WideGeometry(s) : WideGeometry();
   const index_t xpad_size = round_up(wg.padded_size(), 16);
-  const index_t scratch = direct ? 0 : wide ? xpad_size + Fg * wg.Lw : CKK * L;
+  const index_t scratch = direct ? 0
+                          : wide ? checked_add(xpad_size, checked_mul(Fg, wg.Lw))
+                                 : checked_mul(CKK, L);
   // Dot products pay one reduction per weight per image: worth it for long rows (many output
   // positions) or few weights; short rows and many weights go to the packed GEMM.
   const bool use_dot = L >= 512 || Fg * CKK <= 4096;
   const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
-  Scratch<T> partial = make_scratch<T>(chunks > 1 ? chunks * WSZ : 0);
+  Scratch<T> partial = make_scratch<T>(chunks > 1 ? checked_mul(chunks, WSZ) : 0);
   // Chunk c sums images [N*c/chunks, N*(c+1)/chunks) into its own partial gradient.
   // (gemm_nt_rows packs for itself: no packing scratch here.)
   run_items<T>(chunks, scratch, 0, 0, [&](index_t c, T* buf, T*) {

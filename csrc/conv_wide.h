@@ -18,26 +18,31 @@
 namespace fastconv {
 
 struct WideGeometry {
-  index_t Cg, Hp, Wp, plane, Lw, KH, KW, tap_h, tap_w, PH, PW, H, W, OW;
+  index_t Cg = 0, Hp = 0, Wp = 0, plane = 0, Lw = 0, KH = 0, KW = 0, tap_h = 0, tap_w = 0,
+          PH = 0, PW = 0, H = 0, W = 0, OW = 0;
+  index_t padded = 0;
 
+  WideGeometry() = default;  // no image
+  // Sizes checked (SizeTooLarge): every offset into the padded image is then below 2^62.
   WideGeometry(const ConvShape& s)
       : Cg(s.Cg()),
-        Hp(s.OH + (s.win.KH - 1) * s.win.DH),
-        Wp(s.OW + (s.win.KW - 1) * s.win.DW),
-        plane(Hp * Wp),
-        Lw(s.OH * Wp),
+        Hp(checked_add(s.OH, checked_mul(s.win.KH - 1, s.win.DH))),
+        Wp(checked_add(s.OW, checked_mul(s.win.KW - 1, s.win.DW))),
+        plane(checked_mul(Hp, Wp)),
+        Lw(checked_mul(s.OH, Wp)),
         KH(s.win.KH),
         KW(s.win.KW),
-        tap_h(s.win.DH * Wp),
+        tap_h(checked_mul(s.win.DH, Wp)),
         tap_w(s.win.DW),
         PH(s.win.PH),
         PW(s.win.PW),
         H(s.H),
         W(s.W),
-        OW(s.OW) {}
+        OW(s.OW),
+        padded(checked_add(checked_mul(Cg, plane), checked_mul(KW - 1, tap_w))) {}
 
   // Elements of a padded image (the last tap's junk columns read (KW-1)*DW past the end).
-  index_t padded_size() const { return Cg * plane + (KW - 1) * tap_w; }
+  index_t padded_size() const { return padded; }
   // Offset in xpad of the run of column-matrix row r = (c*KH + i)*KW + j.
   index_t row_offset(index_t r) const {
     const index_t c = r / (KH * KW), i = (r / KW) % KH, j = r % KW;

@@ -157,21 +157,26 @@ struct TilePlan {
   TilePlan(const DirectKernels& k, index_t cin, index_t hin, index_t win, index_t pt_,
            index_t pl_, index_t cout, index_t oh, index_t ow, index_t images_ = 1)
       : Cin(cin), Hin(hin), Win(win), pt(pt_), pl(pl_), Cout(cout), OH(oh), OW(ow),
-        TH(ceil_div(oh, 2)), TW(ceil_div(ow, 2)), T(TH * TW), Hp(2 * TH + 2), Wp(2 * TW + 2),
-        Cout_pad(round_up(cout, k.lanes)), images(images_),
-        chunk(ceil_div(images * T, ceil_div(images * T, k.winograd_chunk))), lanes(k.lanes),
+        TH(ceil_div(oh, 2)), TW(ceil_div(ow, 2)), T(checked_mul(TH, TW)), Hp(2 * TH + 2),
+        Wp(2 * TW + 2), Cout_pad(round_up(cout, k.lanes)), images(images_),
+        chunk(ceil_div(checked_mul(images, T), ceil_div(images * T, k.winograd_chunk))),
+        lanes(k.lanes),
         blocks(channel_blocks(cout, k.lanes)) {
+    // The buffers' sizes checked once (SizeTooLarge): every offset is then under 2^62.
+    checked_mul(images, checked_add(padded_size(), out_size()));
+    checked_mul(16, chunk, std::max(Cin, Cout_pad));
     for (index_t q = 0; q < chunk; ++q) pix.push_back(q * Cin);
   }
 
   index_t tiles() const { return images * T; }
-  index_t padded_size() const { return round_up(Hp * Wp * Cin, 16); }
+  index_t padded_size() const { return round_up(checked_mul(Hp, Wp, Cin), 16); }
   index_t v_size() const { return 16 * chunk * Cin; }
   index_t m_size() const { return 16 * chunk * Cout_pad; }
-  index_t out_size() const { return round_up(OH * OW * Cout_pad, 16); }
+  index_t out_size() const { return round_up(checked_mul(OH, OW, Cout_pad), 16); }
   // Per thread: the padded images, transformed tiles, products, channels-last outputs.
   index_t scratch_size() const {
-    return images * padded_size() + v_size() + m_size() + images * out_size();
+    return checked_add(checked_mul(images, checked_add(padded_size(), out_size())), v_size(),
+                       m_size());
   }
 
   // Patch pixel pointers of tile t (d[4*i + j]) in the padded buffers from xp.
@@ -193,7 +198,7 @@ constexpr index_t kBatchTiles = 96;
 // input channel i to output channel o.
 template <typename Kernel>
 Scratch<float> transform_kernels(const TilePlan& p, Kernel kernel) {
-  Scratch<float> u = make_scratch<float>(16 * p.Cin * p.Cout_pad);
+  Scratch<float> u = make_scratch<float>(checked_mul(16, p.Cin, p.Cout_pad));
   float* up = u.get();
   // Pieces of input channels split between threads (the other thread would wait otherwise);
   // within a piece, output block by output block: the block's kernels are then read as a few
@@ -263,12 +268,12 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
   const DirectKernels& k = *direct_kernels();
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
   const index_t part = p.v_size() + p.m_size() + p.Cout_pad;  // transform buffers + junk row
-  const index_t L = p.OH * p.OW, ybuf_size = pool ? round_up(p.Cout * L, 16) : 0;
+  const index_t L = p.OH * p.OW, ybuf_size = pool ? round_up(checked_mul(p.Cout, L), 16) : 0;
   const index_t batches = ceil_div(items, p.images);
   // Scratch per batch: padded copies, transformed tiles, products, outputs, junk row, and
   // with pool the output planes of one image.
-  for_each_item(batches, p.scratch_size() + p.Cout_pad + ybuf_size, [&](index_t bi, float* xp,
-                                                                       bool split) {
+  const index_t per = checked_add(p.scratch_size(), p.Cout_pad, ybuf_size);
+  for_each_item(batches, per, [&](index_t bi, float* xp, bool split) {
     const index_t i0 = bi * p.images, count = std::min(p.images, items - i0);
     float* out = xp + p.images * p.padded_size() + p.v_size() + p.m_size();
     for (index_t b = 0; b < count; ++b) {
@@ -295,7 +300,7 @@ bool run_tiles(const TilePlan& p, index_t items, index_t groups, Src src, Dst ds
     };
     if (split) {
       // Threads split the chunks of this batch, each with transform buffers of its own.
-      Scratch<float> bufs = make_scratch<float>(part * max_threads());
+      Scratch<float> bufs = make_scratch<float>(checked_mul(part, max_threads()));
 #pragma omp parallel
       {
         float* v = bufs.get() + part * thread_id();
@@ -390,16 +395,16 @@ bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const 
   // Tiles over grad_y (2x2, zero past OH x OW), each against the 4x4 input patch at (2ty, 2tx).
   const TilePlan p(*direct_kernels(), Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
   const index_t Fpad = p.Cout_pad;
-  const index_t gyt_size = round_up(2 * p.TH * 2 * p.TW * Fpad, 16);
+  const index_t gyt_size = round_up(checked_mul(2 * p.TH, 2 * p.TW, Fpad), 16);
   // Transformed tiles of several images are gathered (~1 MiB) before the 16 GEMMs run over
   // them: each GEMM pass re-reads its sums (16 x Cg x Fpad), so fewer, longer passes.
   const index_t cap =
       std::max<index_t>(k.winograd_chunk, (index_t(1) << 18) / (16 * (Cg + Fpad)));
   const index_t vs = cap * Cg, us = cap * Fpad;
-  const index_t per = p.padded_size() + gyt_size + 16 * (vs + us);
-  const index_t sum_size = G * 16 * Cg * Fpad;  // [g][xi][c][f]
+  const index_t per = checked_add(p.padded_size(), gyt_size, checked_mul(16, vs + us));
+  const index_t sum_size = checked_mul(G, 16, Cg, Fpad);  // [g][xi][c][f]
   const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
-  Scratch<float> partial = make_scratch<float>(chunks * sum_size);
+  Scratch<float> partial = make_scratch<float>(checked_mul(chunks, sum_size));
   std::atomic<bool> nonfinite{false};  // see run_tiles
 
   // Sums images [n0, n1) of group g into sum (16 x Cg x Fpad). parallel: threads split the 16

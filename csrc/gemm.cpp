@@ -145,7 +145,7 @@ template <typename T>
 PackedA<T>::PackedA(index_t M, index_t K, const T* A, index_t rs, index_t cs) {
   const GemmConfig<T>& k = gemm_config<T>();
   m_pad_ = ceil_div(M, k.mr) * k.mr;
-  data_ = make_scratch<T>(m_pad_ * K);
+  data_ = make_scratch<T>(checked_mul(m_pad_, K));
   const index_t kcb = balanced_block(K, k.kc);  // the loop nest's k-blocks
   for (index_t pc = 0; pc < K; pc += kcb) {
     const index_t kc = std::min(kcb, K - pc);
@@ -288,7 +288,7 @@ void gemm_parallel(index_t M, index_t N, index_t K, const ASource<T>& A, const B
   const index_t step = split_n ? k.nr : k.mr;
   const int parts = static_cast<int>(std::min<index_t>(threads, blocks));
   const index_t per = gemm_scratch_size<T>(M, N);  // enough for any thread's part
-  Scratch<T> scratch = make_scratch<T>(per * parts);
+  Scratch<T> scratch = make_scratch<T>(checked_mul(per, parts));
 #pragma omp parallel num_threads(parts)
   {
     const index_t t = thread_id();

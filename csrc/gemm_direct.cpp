@@ -26,11 +26,11 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
   for (const ChannelBlock& b : blocks)
     for (index_t k0 = 0; k0 < K; k0 += kKc)
       pack_items.push_back({b.f0, k.lanes * b.nv, k0, std::min(kKc, K - k0)});
-  Scratch<float> at = make_scratch<float>(K * Mpad);
+  Scratch<float> at = make_scratch<float>(checked_mul(K, Mpad));
   std::vector<index_t> rows(N);  // tile row r of B starts at B + rows[r]
   for (index_t r = 0; r < N; ++r) rows[r] = r * ldb;
   const index_t tap0 = 0;
-  Scratch<float> ct = make_scratch<float>(N * Mpad);  // C^T
+  Scratch<float> ct = make_scratch<float>(checked_mul(N, Mpad));  // C^T
 
   // Work items: chunks of rows of B. Each tile's slice of B (at most 14 rows x 256) stays in
   // L1 while every block of A^T passes over it: B is read from memory once.

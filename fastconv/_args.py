@@ -437,15 +437,21 @@ def pool2d_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ce
 def _first_empty_window(size: int, k: int, s: int, p: int, d: int, out: int) -> int | None:
     """Index of the first window whose taps start + i*d (i < k) all miss [0, size), or None.
 
-    Only a dilated window can skip over the whole input: with d == 1 the padding limit
-    (p <= k // 2) and the output-size rule keep every window overlapping the input.
+    O(1) time and memory (the windows can number 2**31). Given the padding limit
+    (p <= k // 2) and the output-size rule, every window starts before the input's end, and a
+    window starting at a >= 0 holds its first tap; one starting in the padding (a < 0) reaches
+    the input first at a % d (its tap number ceil(-a / d) <= p < k), so it is empty iff
+    a % d >= size. That needs size < d; and then at most one window starts in the padding
+    (two would need p > s, k >= 2p, and out >= 1 gives d (k - 2) < k + s - 2, so d = 1).
     """
-    if d == 1:
+    if size == 0:
+        return 0 if out > 0 else None
+    if size >= d:
         return None
-    starts = np.arange(out, dtype=np.int64) * s - p
-    taps = starts[:, None] + np.arange(k, dtype=np.int64)[None, :] * d
-    hits = ((taps >= 0) & (taps < size)).any(axis=1)
-    return None if hits.all() else int(np.argmin(hits))
+    for i in range(min(out, -(-p // s))):  # at most one window (see above)
+        if (i * s - p) % d >= size:
+            return i
+    return None
 
 
 def _adaptive_size(value, output_size, op: str) -> int | None:

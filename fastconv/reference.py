@@ -773,7 +773,9 @@ def gelu(x, approximate="none") -> np.ndarray:
 
 def gelu_backward(grad_y, x, approximate="none") -> np.ndarray:
     """Gradient of :func:`gelu`: grad_y (Phi(x) + x exp(-x^2/2) / sqrt(2 pi)), or torch's
-    derivative of the tanh form."""
+    derivative of the tanh form. The derivative is rounded to the working dtype before the
+    product, as torch's: where it underflows to 0 (float32 x below ~ -14), an infinite grad_y
+    gives NaN, not +-inf."""
     tanh = gelu_tanh(approximate, "gelu_backward")
     grad_y, x, dtype = relu_backward_inputs(grad_y, x, "gelu_backward", "x")
     x = x.astype(dtype, copy=False)
@@ -783,7 +785,7 @@ def gelu_backward(grad_y, x, approximate="none") -> np.ndarray:
             d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_K * (1 + 3 * _GELU_KAPPA * x ** 2)
         else:
             d = _normal_cdf(x) + x * np.exp(-0.5 * x.astype(np.float64) ** 2) / math.sqrt(2 * math.pi)
-        return np.asarray(grad_y * d, dtype, order="C")
+        return np.asarray(grad_y * d.astype(dtype), dtype, order="C")
 
 
 def _sigmoid64(x: np.ndarray) -> np.ndarray:
@@ -799,8 +801,9 @@ def silu(x) -> np.ndarray:
 
 
 def silu_backward(grad_y, x) -> np.ndarray:
-    """Gradient of :func:`silu`: grad_y s (1 + x (1 - s)), s = sigmoid(x) (torch's formula)."""
+    """Gradient of :func:`silu`: grad_y s (1 + x (1 - s)), s = sigmoid(x) (torch's formula);
+    the derivative rounded to the working dtype before the product, as gelu_backward's."""
     grad_y, x, dtype = relu_backward_inputs(grad_y, x, "silu_backward", "x")
     s = _sigmoid64(x)
     with np.errstate(invalid="ignore"):
-        return np.asarray(grad_y * (s * (1 + x * (1 - s))), dtype, order="C")
+        return np.asarray(grad_y * (s * (1 + x * (1 - s))).astype(dtype), dtype, order="C")

@@ -12,6 +12,14 @@ from fastconv import _core
 from fastconv import functional as F
 from fastconv._args import conv2d_geometry
 
+
+@pytest.fixture(autouse=True)
+def _dispatch_on_its_own(_forced_kernels):
+    """Each test starts with no algorithm forced (a run's --conv-algorithm would decide every
+    choice these tests check); the tests force algorithms themselves."""
+    _core.set_conv_algorithm("auto")
+
+
 PASSES = ("forward", "backward_input", "backward_weight")
 ALGORITHMS = ("winograd", "direct_nchw", "direct", "wide", "im2col")
 DIRECT_KERNEL_ALGORITHMS = ("winograd", "direct_nchw", "direct")

@@ -1247,14 +1247,16 @@ WINOGRAD_POOL_CASES = [
 @pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("case", WINOGRAD_POOL_CASES, ids=str)
-def test_conv2d_max_pool2d_winograd_is_the_two_calls(rng, simd_level, monkeypatch, case, relu,
-                                                     level):
+def test_conv2d_max_pool2d_winograd_is_the_two_calls(rng, simd_level, conv_algorithm,
+                                                     monkeypatch, case, relu, level):
     # Bit for bit the values and indices of conv2d then max_pool2d: integer inputs (ties), then
     # real ones; the reference's within rounding. At a level with conv tiles the fused path
     # must run (the two-call fallback is disabled); ±inf or NaN make Winograd decline: the
-    # two calls then.
+    # two calls then. The dispatch's own choice (a run that forces another algorithm would
+    # take the two calls).
     if not _core.set_simd_level(level):
         pytest.skip(f"this CPU or build has no {level}")
+    assert conv_algorithm("auto")
     x_shape, w_shape, conv_kw, pool_kw = case
     two = {k.removeprefix("pool_"): v for k, v in pool_kw.items()}
     w = rng.integers(-1, 2, w_shape).astype(np.float32)

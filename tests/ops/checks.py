@@ -118,7 +118,11 @@ def _check_numerically(reference, inputs, gy, grads, rng, max_numerical):
         idx = None if a.size <= max_numerical else rng.choice(a.size, max_numerical, replace=False)
         num = eval_numerical_gradient(loss, a, indices=idx)
         ana = g if idx is None else g.reshape(-1)[idx]
-        assert rel_error(ana, num) < 1e-7, rel_error(ana, num)
+        # Also within 1e-10 absolutely: in a far tail the forward rounds to exactly 0 (GELU's
+        # 1 + tanh(v) at x ~ -7) and the central difference with it, while the gradient is
+        # ~1e-14 (relative error 1: rounding, not a wrong gradient).
+        err = rel_error(ana, num)
+        assert err < 1e-7 or np.max(np.abs(ana - num)) < 1e-10, (err, ana, num)
 
 
 def assert_same_with_threads(threads, run: Callable[[], tuple]) -> None:
