@@ -26,6 +26,9 @@ Output folder (``--out``, default ``runs/<model>``):
                     atomically after every epoch and on Ctrl-C/SIGTERM
 * ``model.npz``     final weights (:func:`fastconv.checkpoint.save_weights`, usable by
                     ``fastconv-predict``)
+* ``model.onnx``    with ``--export-onnx``: the trained model as ONNX
+                    (:func:`fastconv.export.to_onnx`; input normalised as for ``model.npz``,
+                    its mean, std and class names in the file's metadata)
 * ``curves.png``, ``filters.png``, ``confusion.png`` (with matplotlib), ``confusion.txt``
 
 Resuming is bit-exact: every mini-batch (order and augmentation) is a function of (seed,
@@ -54,6 +57,7 @@ job (MPI_Abort) with its error; the last checkpoint stays intact.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -78,6 +82,7 @@ __all__ = ["main", "build_parser", "TrainConfig", "UserError", "DEFAULT_LR", "DE
 PROG = "fastconv-train"
 CHECKPOINT_NAME = "checkpoint.npz"
 WEIGHTS_NAME = "model.npz"
+ONNX_NAME = "model.onnx"
 METRICS_NAME = "metrics.csv"
 CONFIG_NAME = "config.json"
 METRIC_FIELDS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc",
@@ -246,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=("fast", "reference"), default="fast",
                    help="conv/pool kernels: compiled (fast) or pure NumPy (reference) "
                         "[default: fast]")
+    g.add_argument("--export-onnx", nargs="?", const="", default=None, metavar="PATH",
+                   help=f"after training, also write the model as ONNX (opset 17, any batch "
+                        f"size, images normalised as for the weights) to PATH [default: "
+                        f"{ONNX_NAME} in --out]; needs pip install onnx")
     g.add_argument("--eval-batch-size", type=_int_at_least(1), default=250,
                    help="batch size for evaluation [default: 250]")
     g.add_argument("--quiet", action="store_true",
@@ -495,11 +504,13 @@ def _run(ns: argparse.Namespace, comm=None) -> int:
     args_cfg, given = _config_from_args(ns)
     out = Path(ns.out if ns.out is not None else Path("runs") / args_cfg.model).expanduser()
     lock = _OutLock(out) if comm is None or comm.rank == 0 else None
+    ns.onnx_path = None  # set on the rank that writes the outputs
 
     def open_out() -> None:
         if ns.resume and not (out / CHECKPOINT_NAME).is_file():
             raise UserError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist (run "
                             f"without --resume to start, or point --out at the run's folder)")
+        ns.onnx_path = _onnx_path(ns.export_onnx, out)
         lock.__enter__()
 
     _on_rank0(comm, open_out)
@@ -564,6 +575,18 @@ def _on_every_rank(comm, fn, *, machine_first: bool = False):
             raise every_rank(error if error is not None else
                              type(e)(f"rank {r} of {comm.size}: {e}"))
     return result
+
+
+def _onnx_path(option: str | None, out: Path) -> Path | None:
+    """Where --export-onnx writes (None without it), its folder made, and the onnx package
+    found: said now rather than after the training."""
+    if option is None:
+        return None
+    if importlib.util.find_spec("onnx") is None:
+        raise UserError("--export-onnx needs the onnx package: pip install onnx")
+    path = Path(option).expanduser() if option else out / ONNX_NAME
+    _prepare_out(path.parent)
+    return path
 
 
 def _load_resume_state(ckpt: Path, args_cfg: TrainConfig, given: set) -> tuple[dict, TrainConfig]:
@@ -731,7 +754,7 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
     # ---- final outputs ------------------------------------------------------------------
     try:
         return _final_outputs(out, cfg, model, test_loader, ds, _metric_rows(history),
-                              trainer.val_predictions, con)
+                              trainer.val_predictions, con, ns.onnx_path)
     except KeyboardInterrupt:
         con.note(f"\n{PROG}: interrupted while writing the final outputs; every epoch's "
                  f"checkpoint is saved: {resume_cmd} writes them again")
@@ -739,16 +762,22 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
 
 
 def _final_outputs(out: Path, cfg: TrainConfig, model, test_loader, ds, rows: list[dict],
-                   last_preds: np.ndarray | None, con: "_Console") -> int:
-    """Weights, metrics, confusion matrix and plots of a finished run; returns 0."""
+                   last_preds: np.ndarray | None, con: "_Console",
+                   onnx_path: Path | None) -> int:
+    """Weights (and the ONNX file when `onnx_path` is given), metrics, confusion matrix and
+    plots of a finished run; returns 0."""
     from .. import checkpoint as ck, data as D, plotting
     from ..training import predict
     if last_preds is None:                      # resumed a finished run: evaluate once more
         last_preds = predict(model, test_loader).argmax(axis=1)
-    ck.save_weights(out / WEIGHTS_NAME, model.state_dict(), metadata={
-        "model": cfg.model, "class_names": list(ds.class_names),
-        "mean": list(D.CIFAR10_MEAN), "std": list(D.CIFAR10_STD),
-        "epochs": cfg.epochs, "seed": cfg.seed})
+    metadata = {"model": cfg.model, "class_names": list(ds.class_names),
+                "mean": list(D.CIFAR10_MEAN), "std": list(D.CIFAR10_STD),
+                "epochs": cfg.epochs, "seed": cfg.seed}
+    ck.save_weights(out / WEIGHTS_NAME, model.state_dict(), metadata=metadata)
+    if onnx_path is not None:
+        from ..export import to_onnx
+        to_onnx(model, onnx_path, input_shape=(1,) + ds.x_test.shape[1:],
+                metadata={k: json.dumps(v) for k, v in metadata.items()})
     _write_text_atomic(out / METRICS_NAME, _metrics_csv(rows))
     cm = plotting.confusion_matrix(ds.y_test, last_preds, len(ds.class_names))
     table = plotting.format_confusion(cm, ds.class_names)
@@ -759,7 +788,8 @@ def _final_outputs(out: Path, cfg: TrainConfig, model, test_loader, ds, rows: li
         last = rows[-1]
         total_s = sum(float(r["seconds"]) for r in rows)
         con.always(f"{PROG}: done: test accuracy {_test_acc_text(last, len(ds.y_test)).strip()}"
-                   f"; {total_s / 60:.1f} min; weights in {out / WEIGHTS_NAME}")
+                   f"; {total_s / 60:.1f} min; weights in {out / WEIGHTS_NAME}"
+                   + (f", ONNX in {onnx_path}" if onnx_path is not None else ""))
     return 0
 
 

@@ -11,74 +11,14 @@ from __future__ import annotations
 
 import io
 import sys
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 
 from fastconv import models, nn
 from fastconv.export import save_torch_state_dict, to_torch
+from layer_cases import LAYERS
 from numerics import assert_close, randomize_norms
-
-
-def residual_block():
-    return nn.Sequential(nn.Residual(
-        nn.Sequential(nn.Conv2d(4, 6, 3, 2, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
-                      nn.Conv2d(6, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)),
-        shortcut=nn.Sequential(nn.Conv2d(4, 6, 1, 2, bias=False), nn.BatchNorm2d(6))), nn.ReLU())
-
-
-# (id, builder, input shape): every layer and container of fastconv.nn, with non-default options
-LAYERS = [
-    ("conv2d", lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1), (2, 4, 7, 8)),
-    ("conv2d_same_dilated_grouped", lambda: nn.Conv2d(4, 6, 3, padding="same", dilation=2,
-                                                      groups=2, bias=False), (2, 4, 9, 7)),
-    ("conv2d_valid_rect", lambda: nn.Conv2d(3, 2, (3, 1), stride=(1, 2), padding="valid"),
-     (2, 3, 6, 6)),
-    ("conv_transpose2d", lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1,
-                                                    output_padding=1, groups=2), (2, 4, 5, 4)),
-    ("conv_transpose2d_dilated", lambda: nn.ConvTranspose2d(3, 2, 2, dilation=2, bias=False),
-     (2, 3, 4, 4)),
-    ("linear", lambda: nn.Linear(5, 3), (2, 4, 5)),
-    ("linear_no_bias", lambda: nn.Linear(5, 3, bias=False), (4, 5)),
-    ("batch_norm2d", lambda: nn.BatchNorm2d(4, eps=1e-3, momentum=0.2), (3, 4, 5, 5)),
-    ("batch_norm2d_cumulative", lambda: nn.BatchNorm2d(4, momentum=None), (3, 4, 2, 2)),
-    ("batch_norm2d_no_affine", lambda: nn.BatchNorm2d(4, affine=False), (3, 4, 2, 3)),
-    ("batch_norm2d_no_stats", lambda: nn.BatchNorm2d(4, track_running_stats=False), (3, 4, 2, 2)),
-    ("batch_norm1d", lambda: nn.BatchNorm1d(5), (6, 5)),
-    ("batch_norm1d_3d", lambda: nn.BatchNorm1d(5), (4, 5, 3)),
-    ("layer_norm", lambda: nn.LayerNorm((3, 4), eps=1e-4), (2, 5, 3, 4)),
-    ("layer_norm_no_bias", lambda: nn.LayerNorm(4, bias=False), (3, 4)),
-    ("layer_norm_no_affine", lambda: nn.LayerNorm(4, elementwise_affine=False), (3, 4)),
-    ("max_pool2d", lambda: nn.MaxPool2d(3, 2, 1, ceil_mode=True), (2, 3, 7, 8)),
-    ("max_pool2d_dilated", lambda: nn.MaxPool2d(2, 1, dilation=2), (2, 3, 6, 6)),
-    ("avg_pool2d", lambda: nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
-     (2, 3, 7, 8)),
-    ("adaptive_avg_pool2d", lambda: nn.AdaptiveAvgPool2d((2, None)), (2, 3, 6, 5)),
-    ("global_avg_pool", lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 4, 4)),
-    ("upsample_scale", lambda: nn.Upsample(scale_factor=2), (2, 3, 3, 4)),
-    ("upsample_size", lambda: nn.Upsample(size=(5, 7)), (2, 3, 3, 4)),
-    ("relu", nn.ReLU, (2, 3, 4)),
-    ("leaky_relu", lambda: nn.LeakyReLU(0.2), (2, 3, 4)),
-    ("tanh", nn.Tanh, (2, 3, 4)),
-    ("sigmoid", nn.Sigmoid, (2, 3, 4)),
-    ("gelu", nn.GELU, (2, 3, 4)),
-    ("gelu_tanh", lambda: nn.GELU(approximate="tanh"), (2, 3, 4)),
-    ("silu", nn.SiLU, (2, 3, 4)),
-    ("dropout", lambda: nn.Dropout(0.3), (2, 3, 4)),
-    ("flatten", lambda: nn.Flatten(1, 2), (2, 3, 4, 5)),
-    ("identity", nn.Identity, (2, 3)),
-    ("mul", lambda: nn.Mul(1 / 9), (2, 3)),
-    ("sequential_named", lambda: nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(3, 4, 3, padding=1), act=nn.ReLU(), pool=nn.MaxPool2d(2))), (2, 3, 6, 6)),
-    ("residual_identity", lambda: nn.Residual(nn.Sequential(
-        nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU())), (2, 3, 5, 5)),
-    ("residual_block_projection", residual_block, (2, 4, 6, 6)),
-    ("concat_named_branches", lambda: nn.Concat(OrderedDict(
-        a=nn.Conv2d(3, 2, 1), b=nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(3, 4, 1)),
-        c=nn.Residual(nn.Conv2d(3, 3, 3, padding=1)))), (2, 3, 5, 5)),
-    ("concat_last_dim", lambda: nn.Concat(nn.Linear(5, 3), nn.Tanh(), dim=-1), (4, 5)),
-]
 
 
 def _run(module, x, g):

@@ -1,0 +1,453 @@
+"""fastconv models as ONNX files: :func:`to_onnx`.
+
+::
+
+    from fastconv import models
+    from fastconv.export import to_onnx
+    model = models.resnet18(seed=0)
+    to_onnx(model, "resnet18.onnx", input_shape=(1, 3, 32, 32))
+
+    import onnxruntime as ort                       # any batch size runs
+    session = ort.InferenceSession("resnet18.onnx")
+    logits = session.run(None, {"input": x})[0]     # x: (N, 3, 32, 32) float32
+
+The file is ONNX opset 17 with IR version 8 (ONNX 1.12's: onnxruntime 1.13 and later, and the
+other runtimes from 2022 on, read it). Opset 17 is the first with LayerNormalization; GELU is
+built from Erf or Tanh, its operator only came with opset 20. It computes the model's eval-mode output
+(BatchNorm with its running statistics, Dropout the identity), whatever mode the model is in.
+
+The onnx package is imported when :func:`to_onnx` is called, not when fastconv is: fastconv
+does not depend on it, and without it to_onnx raises ImportError with the pip command.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import _args, nn
+
+__all__ = ["to_onnx", "OPSET"]
+
+#: The ONNX operator set of the files :func:`to_onnx` writes.
+OPSET = 17
+#: The IR version of opset 17 (ONNX 1.12): the oldest that holds it, read by the most runtimes.
+IR_VERSION = 8
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+BATCH = "batch"
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError("fastconv.export.to_onnx needs the onnx package, which fastconv does "
+                          "not depend on: pip install onnx onnxruntime (or fastconv's extra: "
+                          "pip install '.[onnx]')") from exc
+    return onnx
+
+
+class _Graph:
+    """The graph being built: nodes, initializers (the state dict's tensors under their keys,
+    then the exporters' constants) and unique names.
+
+    A node is named ``<module path>/<op type>`` (``layer1.0.body.0/Conv``) and so is its
+    output tensor, so that netron's graph and onnxruntime's errors point at the module."""
+
+    def __init__(self, onnx, model: nn.Module, dtype: np.dtype) -> None:
+        self.onnx = onnx
+        self.dtype = dtype
+        self.nodes: list = []
+        self.initializers: list = []
+        self.names: set[str] = {INPUT_NAME, OUTPUT_NAME}
+        # id of a Parameter / buffer -> its state-dict key (the first, for shared parameters);
+        # all are written first, in the state dict's order, but the integer counters
+        # (num_batches_tracked), which inference does not use
+        self.keys: dict[int, str] = {}
+        for key, (m, name, kind) in model._state_entries().items():
+            obj = m._parameters[name] if kind == "param" else m._buffers[name]
+            data = obj.data if kind == "param" else obj
+            if data.dtype.kind == "f" and id(obj) not in self.keys:
+                self.keys[id(obj)] = key
+                self._initializer(key, np.asarray(data, dtype))
+
+    def _unique(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.names:
+            i += 1
+            name = f"{base}_{i}"
+        self.names.add(name)
+        return name
+
+    def op(self, path: str, op_type: str, inputs: list[str], **attrs) -> str:
+        """Add node `op_type` of the module at `path` on `inputs` (tensor names; "" for an
+        omitted optional input); returns its output's name."""
+        name = self._unique(f"{path}/{op_type}" if path else op_type)
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [name], name=name, **attrs))
+        return name
+
+    def state(self, module: nn.Module, attr: str) -> str:
+        """The initializer of `module`'s parameter or buffer `attr`: its state-dict key."""
+        params = module._parameters
+        return self.keys[id(params[attr] if attr in params else module._buffers[attr])]
+
+    def const(self, path: str, what: str, value, dtype=None) -> str:
+        """A constant initializer (not in the state dict) named ``<path>/<what>``, in the
+        graph's float dtype unless `dtype` is given."""
+        name = self._unique(f"{path}/{what}" if path else what)
+        self._initializer(name, np.asarray(value, self.dtype if dtype is None else dtype))
+        return name
+
+    def _initializer(self, name: str, array: np.ndarray) -> None:
+        self.names.add(name)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array),
+                                                                   name))
+
+
+def _pair_pads(begin, end) -> list[int]:
+    """ONNX's pads of a 2-D op: (top, left, bottom, right)."""
+    return [int(begin[0]), int(begin[1]), int(end[0]), int(end[1])]
+
+
+def _conv2d(g: _Graph, m: nn.Conv2d, path: str, x: str, shape, convert) -> str:
+    if m.padding == "valid":
+        begin = end = (0, 0)
+    elif m.padding == "same":  # PyTorch's: the odd pixel of an even total goes to the end
+        total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+        begin = tuple(t // 2 for t in total)
+        end = tuple(t - b for t, b in zip(total, begin))
+    else:
+        begin = end = m.padding
+    inputs = [x, g.state(m, "weight")] + ([g.state(m, "bias")] if m.bias is not None else [])
+    return g.op(path, "Conv", inputs, kernel_shape=list(m.kernel_size), strides=list(m.stride),
+                pads=_pair_pads(begin, end), dilations=list(m.dilation), group=m.groups)
+
+
+def _conv_transpose2d(g: _Graph, m: nn.ConvTranspose2d, path: str, x: str, shape,
+                      convert) -> str:
+    inputs = [x, g.state(m, "weight")] + ([g.state(m, "bias")] if m.bias is not None else [])
+    return g.op(path, "ConvTranspose", inputs, kernel_shape=list(m.kernel_size),
+                strides=list(m.stride), pads=_pair_pads(m.padding, m.padding),
+                output_padding=list(m.output_padding), dilations=list(m.dilation),
+                group=m.groups)
+
+
+def _linear(g: _Graph, m: nn.Linear, path: str, x: str, shape, convert) -> str:
+    w = g.state(m, "weight")
+    if len(shape) == 2:  # Gemm: x W^T + b in one node
+        inputs = [x, w] + ([g.state(m, "bias")] if m.bias is not None else [])
+        return g.op(path, "Gemm", inputs, transB=1)
+    y = g.op(path, "MatMul", [x, g.op(path, "Transpose", [w], perm=[1, 0])])
+    return y if m.bias is None else g.op(path, "Add", [y, g.state(m, "bias")])
+
+
+def _ones(g: _Graph, path: str, what: str, shape) -> str:
+    return g.const(path, what, np.ones(shape))
+
+
+def _batch_norm(g: _Graph, m, path: str, x: str, shape, convert) -> str:
+    c = m.num_features
+    scale = g.state(m, "weight") if m.affine else _ones(g, path, "ones", c)
+    shift = g.state(m, "bias") if m.affine else g.const(path, "zeros", np.zeros(c))
+    if m.running_mean is not None:
+        return g.op(path, "BatchNormalization", [x, scale, shift, g.state(m, "running_mean"),
+                                                 g.state(m, "running_var")], epsilon=m.eps)
+    # Without running statistics PyTorch normalises with the batch's, in eval mode too:
+    # (x - mean) / sqrt(var + eps) over every axis but the channels', var biased.
+    axes = [0] + list(range(2, len(shape)))
+    mean = g.op(path, "ReduceMean", [x], axes=axes, keepdims=1)
+    centred = g.op(path, "Sub", [x, mean])
+    var = g.op(path, "ReduceMean", [g.op(path, "Mul", [centred, centred])], axes=axes,
+               keepdims=1)
+    std = g.op(path, "Sqrt", [g.op(path, "Add", [var, g.const(path, "eps", m.eps)])])
+    y = g.op(path, "Div", [centred, std])
+    if not m.affine:
+        return y
+    per_channel = g.const(path, "channel_shape", [c] + [1] * (len(shape) - 2), np.int64)
+    y = g.op(path, "Mul", [y, g.op(path, "Reshape", [scale, per_channel])])
+    return g.op(path, "Add", [y, g.op(path, "Reshape", [shift, per_channel])])
+
+
+def _layer_norm(g: _Graph, m: nn.LayerNorm, path: str, x: str, shape, convert) -> str:
+    scale = g.state(m, "weight") if m.elementwise_affine else _ones(g, path, "ones",
+                                                                     m.normalized_shape)
+    inputs = [x, scale] + ([g.state(m, "bias")] if m.bias is not None else [])
+    return g.op(path, "LayerNormalization", inputs, axis=-len(m.normalized_shape),
+                epsilon=m.eps)
+
+
+def _pool_pads(m, shape) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(begin, end) padding per spatial axis that gives `m`'s PyTorch output size with ONNX's
+    floor rule: ceil_mode's last window (PyTorch keeps it when it starts inside the input or
+    its left padding) becomes extra padding at the end, so no runtime's own ceil_mode rule is
+    relied on."""
+    out = m.output_shape(shape)[2:]
+    end = []
+    for n, o, k, s, p, d in zip(shape[2:], out, m.kernel_size, m.stride, m.padding, m.dilation):
+        extra = (o - 1) * s + d * (k - 1) + 1 - (n + 2 * p)
+        end.append(p + max(extra, 0))
+    return m.padding, tuple(end)
+
+
+def _max_pool2d(g: _Graph, m: nn.MaxPool2d, path: str, x: str, shape, convert) -> str:
+    begin, end = _pool_pads(m, shape)
+    attrs = dict(kernel_shape=list(m.kernel_size), strides=list(m.stride),
+                 dilations=list(m.dilation))
+    if all(p < k for p, k in zip(begin + end, m.kernel_size * 2)):
+        return g.op(path, "MaxPool", [x], pads=_pair_pads(begin, end), **attrs)
+    # onnxruntime refuses pads as large as the kernel (possible with dilation): pad with -inf.
+    pads = g.const(path, "pads", [0, 0, *begin, 0, 0, *end], np.int64)
+    x = g.op(path, "Pad", [x, pads, g.const(path, "minus_inf", -np.inf)])
+    return g.op(path, "MaxPool", [x], **attrs)
+
+
+def _avg_pool2d(g: _Graph, m: nn.AvgPool2d, path: str, x: str, shape, convert) -> str:
+    begin, end = _pool_pads(m, shape)
+    attrs = dict(kernel_shape=list(m.kernel_size), strides=list(m.stride))
+    if not (m.count_include_pad and begin != (0, 0) and end != begin):
+        # (with no padding, a ceil_mode window past the input divides by its input pixels)
+        return g.op(path, "AveragePool", [x], pads=_pair_pads(begin, end),
+                    count_include_pad=int(m.count_include_pad and end == begin), **attrs)
+    # A ceil_mode window past the padding divides by its pixels inside input + padding
+    # (PyTorch's): the zero padding made real, the extra end padding left out.
+    pads = g.const(path, "pads", [0, 0, *begin, 0, 0, *begin], np.int64)
+    x = g.op(path, "Pad", [x, pads])
+    extra = [e - b for e, b in zip(end, begin)]
+    return g.op(path, "AveragePool", [x], pads=_pair_pads((0, 0), extra), count_include_pad=0,
+                **attrs)
+
+
+def _adaptive_avg_pool2d(g: _Graph, m: nn.AdaptiveAvgPool2d, path: str, x: str, shape,
+                         convert) -> str:
+    out = m.output_shape(shape)[2:]
+    if out == (1, 1):
+        return g.op(path, "GlobalAveragePool", [x])
+    windows = [_args.adaptive_windows(n, o) for n, o in zip(shape[2:], out)]
+    sizes = [end - start for start, end in windows]
+    if all((s == s[0]).all() and (start == np.arange(len(start)) * s[0]).all()
+           for s, (start, _) in zip(sizes, windows)):  # equal windows side by side
+        k = [int(s[0]) for s in sizes]
+        return g.op(path, "AveragePool", [x], kernel_shape=k, strides=k)
+    # Windows of unequal sizes: averaging matrices, y = A_h x A_w^T per plane.
+    a_h, a_w = (np.zeros((o, n)) for o, n in zip(out, shape[2:]))
+    for a, (start, end) in zip((a_h, a_w), windows):
+        for i, (s, e) in enumerate(zip(start, end)):
+            a[i, s:e] = 1.0 / (e - s)
+    y = g.op(path, "MatMul", [x, g.const(path, "cols", a_w.T)])
+    return g.op(path, "MatMul", [g.const(path, "rows", a_h), y])
+
+
+def _upsample(g: _Graph, m: nn.Upsample, path: str, x: str, shape, convert) -> str:
+    # The source rows and columns fastconv computes (PyTorch's float32 arithmetic), gathered:
+    # exact for any scale, where Resize's coordinate rounding would be the runtime's.
+    geom = _args.upsample_nearest2d_geometry(shape, op=repr(m), name="input", **m._resampling())
+    for axis, what, index in ((2, "rows", geom.rows), (3, "cols", geom.cols)):
+        if not np.array_equal(index, np.arange(shape[axis])):
+            x = g.op(path, "Gather", [x, g.const(path, what, index, np.int64)], axis=axis)
+    return x
+
+
+def _flatten(g: _Graph, m: nn.Flatten, path: str, x: str, shape, convert) -> str:
+    out = list(m.output_shape(shape))
+    start = m.start_dim + len(shape) if m.start_dim < 0 else m.start_dim
+    out[0] = 0 if start > 0 else -1  # the batch axis stays dynamic: copied, or inferred
+    return g.op(path, "Reshape", [x, g.const(path, "shape", out, np.int64)])
+
+
+def _scalar_op(g: _Graph, path: str, op_type: str, x: str, what: str, value) -> str:
+    return g.op(path, op_type, [x, g.const(path, what, value)])
+
+
+def _gelu(g: _Graph, m: nn.GELU, path: str, x: str, shape, convert) -> str:
+    if m.approximate == "tanh":  # x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = g.op(path, "Mul", [x, g.op(path, "Mul", [x, x])])
+        inner = g.op(path, "Add", [x, _scalar_op(g, path, "Mul", cube, "kappa", 0.044715)])
+        t = g.op(path, "Tanh", [_scalar_op(g, path, "Mul", inner, "sqrt_2_over_pi",
+                                           math.sqrt(2 / math.pi))])
+    else:                        # x/2 (1 + erf(x / sqrt(2)))
+        t = g.op(path, "Erf", [_scalar_op(g, path, "Mul", x, "inv_sqrt2", math.sqrt(0.5))])
+    half_x = _scalar_op(g, path, "Mul", x, "half", 0.5)
+    return g.op(path, "Mul", [half_x, _scalar_op(g, path, "Add", t, "one", 1.0)])
+
+
+def _silu(g: _Graph, m: nn.SiLU, path: str, x: str, shape, convert) -> str:
+    return g.op(path, "Mul", [x, g.op(path, "Sigmoid", [x])])
+
+
+def _unary(op_type: str, **attrs_of: Callable[[nn.Module], Any]):
+    """The exporter of a layer that is one ONNX op on its input (attributes read from it)."""
+    def export(g: _Graph, m, path: str, x: str, shape, convert) -> str:
+        return g.op(path, op_type, [x], **{k: f(m) for k, f in attrs_of.items()})
+    return export
+
+
+def _mul(g: _Graph, m: nn.Mul, path: str, x: str, shape, convert) -> str:
+    return _scalar_op(g, path, "Mul", x, "scale", m.scale)
+
+
+def _passthrough(g: _Graph, m, path: str, x: str, shape, convert) -> str:
+    return x  # (Identity; Dropout in eval mode)
+
+
+def _sequential(g: _Graph, m: nn.Sequential, path: str, x: str, shape, convert) -> str:
+    for name, child in m.named_children():
+        x, shape = convert(child, name, x, shape)
+    return x
+
+
+def _residual(g: _Graph, m: nn.Residual, path: str, x: str, shape, convert) -> str:
+    body, _ = convert(m.body, "body", x, shape)
+    shortcut = x if m.shortcut is None else convert(m.shortcut, "shortcut", x, shape)[0]
+    return g.op(path, "Add", [body, shortcut])
+
+
+def _concat(g: _Graph, m: nn.Concat, path: str, x: str, shape, convert) -> str:
+    outs = [convert(child, name, x, shape)[0] for name, child in m.named_children()]
+    return g.op(path, "Concat", outs, axis=m.dim)
+
+
+#: fastconv type -> function(graph, module, path, input name, input shape, convert_child)
+#: adding its nodes and returning its output's name; convert_child(child, name, x, shape)
+#: returns (output name, output shape). Exact types only: a subclass may compute something
+#: else.
+EXPORTERS: dict[type, Callable] = {
+    nn.Sequential: _sequential,
+    nn.Residual: _residual,
+    nn.Concat: _concat,
+    nn.Conv2d: _conv2d,
+    nn.ConvTranspose2d: _conv_transpose2d,
+    nn.Linear: _linear,
+    nn.BatchNorm1d: _batch_norm,
+    nn.BatchNorm2d: _batch_norm,
+    nn.LayerNorm: _layer_norm,
+    nn.MaxPool2d: _max_pool2d,
+    nn.AvgPool2d: _avg_pool2d,
+    nn.AdaptiveAvgPool2d: _adaptive_avg_pool2d,
+    nn.Upsample: _upsample,
+    nn.ReLU: _unary("Relu"),
+    nn.LeakyReLU: _unary("LeakyRelu", alpha=lambda m: m.negative_slope),
+    nn.Tanh: _unary("Tanh"),
+    nn.Sigmoid: _unary("Sigmoid"),
+    nn.GELU: _gelu,
+    nn.SiLU: _silu,
+    nn.Dropout: _passthrough,
+    nn.Flatten: _flatten,
+    nn.Identity: _passthrough,
+    nn.Mul: _mul,
+}
+
+
+def _graph_dtype(model: nn.Module) -> np.dtype:
+    """The model's float dtype (float32 for a model without floating state); ValueError for a
+    model mixing float32 and float64 (each layer would compute in its own)."""
+    dtypes = {np.dtype(a.dtype) for a in list(model.parameters()) + list(model.buffers())
+              if a.dtype.kind == "f"}
+    if len(dtypes) > 1:
+        raise ValueError(f"to_onnx: the model mixes dtypes {sorted(d.name for d in dtypes)}: "
+                         f"convert it to one first (model.astype(np.float32))")
+    return dtypes.pop() if dtypes else np.dtype(np.float32)
+
+
+def _check_input_shape(model: nn.Module, input_shape) -> tuple[tuple[int, ...], tuple]:
+    """(input shape, output shape) as int tuples; ValueError for a shape that is not
+    (batch, ...) positive ints or that the model does not take."""
+    ok = isinstance(input_shape, (tuple, list)) and len(input_shape) >= 2 and all(
+        isinstance(n, (numbers.Integral, np.integer)) and not isinstance(n, bool) and n >= 1
+        for n in input_shape)
+    if not ok:
+        raise ValueError(f"to_onnx: input_shape must be a tuple (batch, ...) of at least two "
+                         f"positive ints, e.g. (1, 3, 32, 32), got {input_shape!r}")
+    shape = tuple(int(n) for n in input_shape)
+    try:
+        out = model.output_shape(shape)
+    except ValueError as e:
+        raise ValueError(f"to_onnx: input_shape {shape} does not fit the model: {e}") from e
+    return shape, tuple(out)
+
+
+def _output_dims(model: nn.Module, shape: tuple, out: tuple) -> list:
+    """The output's dims for the graph: "batch" where the batch size goes, a fixed size where
+    none depends on it, unnamed (None) where one depends on it otherwise (Flatten(0))."""
+    other = tuple(model.output_shape((shape[0] + 1,) + shape[1:]))
+    return [n if n == m else (BATCH if (n, m) == (shape[0], shape[0] + 1) else None)
+            for n, m in zip(out, other)]
+
+
+def to_onnx(model: nn.Module, path: str | os.PathLike, input_shape=(1, 3, 32, 32),
+            metadata: dict[str, str] | None = None):
+    """Write `model` as an ONNX file at `path` (atomically: whole or absent) and return the
+    ``onnx.ModelProto``.
+
+    * opset :data:`OPSET` (17); one graph input ``"input"`` of `input_shape` and one output
+      ``"output"``, in the model's dtype (float32 by default; float64 models give a float64
+      graph, which onnxruntime's CPU kernels do not all take). The first axis is dynamic
+      (``"batch"``): the file runs on any batch size; the other axes are fixed by
+      `input_shape` (a fixed size is what Flatten, AdaptiveAvgPool2d and Upsample are
+      exported for).
+    * The model's eval-mode computation, whatever its mode: BatchNorm uses its running
+      statistics (the batch's when it tracks none, as PyTorch in eval mode), Dropout is
+      left out. The model is not changed.
+    * Parameters and buffers are initializers named by their state-dict keys
+      (``"layer1.0.body.0.weight"``; ``num_batches_tracked`` is not needed and left out);
+      nodes are named ``<module path>/<op type>``.
+    * `metadata` (str -> str) goes to the file's ``metadata_props`` (onnxruntime's
+      ``session.get_modelmeta().custom_metadata_map``), e.g. the class names.
+    * One exporter per layer type (:data:`EXPORTERS`): every layer and container of
+      :mod:`fastconv.nn`. Notes: ceil_mode pooling becomes explicit end padding, Upsample two
+      Gathers of the source rows and columns, GELU its Erf or Tanh formula, SiLU x *
+      Sigmoid(x), and AdaptiveAvgPool2d a GlobalAveragePool, an AveragePool or (unequal
+      windows) two MatMuls by averaging matrices.
+
+    The model is checked with ``onnx.checker.check_model(full_check=True)``. Raises TypeError
+    naming the module's path for a module type without an exporter (a subclass of a fastconv
+    layer counts as one: its forward may differ), ValueError for an `input_shape` the model
+    does not take, and ImportError when the onnx package is not installed.
+    """
+    onnx = _import_onnx()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"to_onnx: expected a fastconv.nn.Module, got {type(model).__name__}")
+    for p, m in model.named_modules():
+        if type(m) not in EXPORTERS:
+            where = f"module {p!r}" if p else "the model"
+            raise TypeError(f"to_onnx: {where} is a {type(m).__module__}.{type(m).__qualname__}, "
+                            f"which has no ONNX exporter here (supported: "
+                            f"{', '.join(sorted(t.__name__ for t in EXPORTERS))})")
+    shape, out = _check_input_shape(model, input_shape)
+    metadata = dict(metadata or {})
+    if not all(isinstance(v, str) for kv in metadata.items() for v in kv):
+        raise TypeError(f"to_onnx: metadata must map str to str, got {metadata!r}")
+    dtype = _graph_dtype(model)
+    g = _Graph(onnx, model, dtype)
+
+    def convert(module: nn.Module, path: str, x: str, shape: tuple) -> tuple[str, tuple]:
+        def child(c: nn.Module, name: str, x: str, shape: tuple):
+            return convert(c, f"{path}.{name}" if path else name, x, shape)
+        return EXPORTERS[type(module)](g, module, path, x, shape, child), \
+            tuple(module.output_shape(shape))
+
+    y, _ = convert(model, "", INPUT_NAME, shape)
+    if y == INPUT_NAME:
+        g.op("", "Identity", [y])
+        y = g.nodes[-1].output[0]
+    for node in g.nodes:  # the last tensor becomes "output"
+        node.output[:] = [OUTPUT_NAME if t == y else t for t in node.output]
+    elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+    graph = onnx.helper.make_graph(
+        g.nodes, type(model).__name__,
+        [onnx.helper.make_tensor_value_info(INPUT_NAME, elem, (BATCH,) + shape[1:])],
+        [onnx.helper.make_tensor_value_info(OUTPUT_NAME, elem, _output_dims(model, shape, out))],
+        initializer=g.initializers)
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
+                                   producer_name="fastconv", ir_version=IR_VERSION)
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto, full_check=True)
+    from ..checkpoint import atomic_write
+    with atomic_write(path) as f:
+        f.write(proto.SerializeToString())
+    return proto
