@@ -144,7 +144,7 @@ def test_download_is_md5_checked_and_announced(tmp_path, members, capsys):
     _check(ds, members)
     assert sorted(p.name for p in dest.iterdir()) == [D.CIFAR100_TARBALL]
     err = capsys.readouterr().err
-    assert f"downloading CIFAR-100 (" in err and src.as_uri() in err and str(dest) in err
+    assert "downloading CIFAR-100 (" in err and src.as_uri() in err and str(dest) in err
     # the official digest is checked by default: a different file is refused and deleted
     with pytest.raises(D.DatasetError, match="MD5") as e:
         D.download_cifar100(tmp_path / "other", url=src.as_uri())

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
-import time
 
 import numpy as np
 import pytest
@@ -164,7 +162,7 @@ def test_default_folder_download_says_the_size_first(tmp_path, capsys, monkeypat
     cache = tmp_path / "home" / ".cache" / "fastconv"
     assert _run("--out", tmp_path / "run", *TINY) == 0
     err = capsys.readouterr().err
-    assert f"downloading CIFAR-10 (" in err and f"into {cache}" in err
+    assert "downloading CIFAR-10 (" in err and f"into {cache}" in err
     assert (cache / D.TARBALL_NAME).is_file()
     # with --data-dir, --download asks for it there (a new folder is made)
     assert _run("--data-dir", tmp_path / "new", "--download", "--out", tmp_path / "run2",

@@ -33,7 +33,7 @@ from ..checkpoint import _fsync_dir
 
 __all__ = ["DatasetError", "DatasetNotFoundError", "DATA_ENV", "default_data_dir", "data_root",
            "md5sum", "download", "format_size", "unpickle", "get_key", "read_members",
-           "reading", "check_limits"]
+           "reading", "check_limits", "locate"]
 
 DATA_ENV = "FASTCONV_DATA"
 
@@ -374,3 +374,22 @@ def check_limits(where: str, **limits: Any) -> None:
         if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool)
                               or v < 0):
             raise ValueError(f"{where}: {name} must be a non-negative int or None, got {v!r}")
+
+
+def locate(data_dir: str | os.PathLike | None, find: Callable[[Path], Path | None],
+           fetch: Callable[[Path], Path], *, what: str, looked_for: str,
+           download: bool) -> Path:
+    """The archive or folder of a dataset under ``data_root(data_dir)``: ``find(root)``, else,
+    when ``download`` is true, ``fetch(root)`` (which downloads it there);
+    :class:`DatasetNotFoundError` naming the folder otherwise."""
+    root = data_root(data_dir)
+    source = find(root)
+    if source is not None:
+        return source
+    if not download:
+        raise DatasetNotFoundError(
+            f"{what} not found in {root} (looked for {looked_for}); put it there, point "
+            f"${DATA_ENV} or --data-dir at its folder, or allow downloading")
+    if root.exists() and not root.is_dir():
+        raise DatasetNotFoundError(f"{what} data path {root} is not a folder or archive")
+    return fetch(root)

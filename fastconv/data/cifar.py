@@ -53,7 +53,7 @@ import numpy as np
 
 from .archive import (DATA_ENV as _DATA_ENV, DatasetError, DatasetNotFoundError, data_root,
                       default_data_dir, download as _download, get_key as _get, md5sum,
-                      read_members, reading, check_limits)
+                      read_members, reading, check_limits, locate)
 
 __all__ = [
     "CIFAR10_URL",
@@ -335,15 +335,9 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool = 
         DatasetError: the data found is corrupt, truncated or incomplete.
     """
     check_limits("load_cifar10", limit_train=limit_train, limit_test=limit_test)
-    root = data_root(data_dir)
-    source = find_cifar10(root)
-    if source is None:
-        if not download:
-            raise DatasetNotFoundError(
-                f"CIFAR-10 not found in {root} (looked for {TARBALL_NAME} and {FOLDER_NAME}/); "
-                f"put it there, point ${_DATA_ENV} or --data-dir at its folder, or allow "
-                f"downloading")
-        if root.exists() and not root.is_dir():
-            raise DatasetNotFoundError(f"CIFAR-10 data path {root} is not a folder or archive")
-        source = download_cifar10(root, url=url, md5=md5, opener=opener, progress=progress)
+    source = locate(data_dir, find_cifar10,
+                    lambda root: download_cifar10(root, url=url, md5=md5, opener=opener,
+                                                  progress=progress),
+                    what="CIFAR-10", looked_for=f"{TARBALL_NAME} and {FOLDER_NAME}/",
+                    download=download)
     return _load_source(source, limit_train, limit_test)

@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .archive import (DATA_ENV, DatasetNotFoundError, data_root, download as _download,
-                      get_key, read_members, reading, check_limits)
+from .archive import (DATA_ENV, check_limits, data_root, download as _download, get_key,
+                      locate, read_members, reading)
 from .cifar import parse_batch
 
 __all__ = ["CIFAR100", "CIFAR100_URL", "CIFAR100_MD5", "CIFAR100_SIZE", "CIFAR100_TARBALL",
@@ -197,15 +197,9 @@ def load_cifar100(data_dir: str | os.PathLike | None = None, *, label_mode: str 
         raise ValueError(f"load_cifar100: label_mode must be 'fine' or 'coarse', got "
                          f"{label_mode!r}")
     check_limits("load_cifar100", limit_train=limit_train, limit_test=limit_test)
-    root = data_root(data_dir)
-    source = find_cifar100(root)
-    if source is None:
-        if not download:
-            raise DatasetNotFoundError(
-                f"CIFAR-100 not found in {root} (looked for {CIFAR100_TARBALL} and "
-                f"{CIFAR100_FOLDER}/); put it there, point ${DATA_ENV} or --data-dir at its "
-                f"folder, or allow downloading")
-        if root.exists() and not root.is_dir():
-            raise DatasetNotFoundError(f"CIFAR-100 data path {root} is not a folder or archive")
-        source = download_cifar100(root, url=url, md5=md5, opener=opener, progress=progress)
+    source = locate(data_dir, find_cifar100,
+                    lambda root: download_cifar100(root, url=url, md5=md5, opener=opener,
+                                                   progress=progress),
+                    what="CIFAR-100", looked_for=f"{CIFAR100_TARBALL} and {CIFAR100_FOLDER}/",
+                    download=download)
     return _load_source(source, limit_train, limit_test, label_mode)
