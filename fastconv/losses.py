@@ -72,9 +72,15 @@ class CrossEntropyLoss:
         if z.ndim != 2:
             raise ValueError(f"CrossEntropyLoss: logits must be 2-D (N, C), got shape {z.shape}")
         N, C = z.shape
-        if t.dtype.kind == "f" and np.all(np.isfinite(t)) and np.all(t == np.round(t)):
-            pass  # whole numbers stored as floats are accepted
-        elif t.dtype.kind not in "iu":
+        if t.dtype.kind == "f":
+            # as PyTorch: float targets are refused, even whole numbers (a float y usually
+            # means regression targets or one-hot rows given by mistake)
+            hint = (f"class probabilities (N, C) are not supported: take "
+                    f"targets.argmax(axis=1)" if t.ndim == 2 else
+                    "convert them with targets.astype(np.int64)")
+            raise TypeError(f"CrossEntropyLoss: targets must be integer class indices, got "
+                            f"float labels (dtype {t.dtype}, shape {t.shape}); {hint}")
+        if t.dtype.kind not in "iu":
             raise TypeError(f"CrossEntropyLoss: targets must be integer class indices, got dtype {t.dtype}")
         if t.shape != (N,):
             raise ValueError(f"CrossEntropyLoss: targets must have shape (N,) = ({N},) to match logits "

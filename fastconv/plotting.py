@@ -191,8 +191,11 @@ def plot_curves(metrics_rows: Iterable[Mapping[str, Any]], path: str | os.PathLi
         col = _column(rows, key)
         if col is not None:
             ax.plot(epoch, col * factor, marker="o", markersize=3, label=label)
+    from matplotlib.ticker import MaxNLocator
+
     for ax, ylabel in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy (%)")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))    # epochs 1, 2, not 1.25
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -3,6 +3,9 @@
 ``fake_batches`` makes the pickled dicts of ``data_batch_1..5``, ``test_batch`` and
 ``batches.meta``; ``write_folder`` / ``write_tarball`` store them as ``cifar-10-batches-py/``
 or as ``cifar-10-python.tar.gz``, which :func:`fastconv.data.load_cifar10` reads.
+``fake_cifar100`` makes the ``train``, ``test`` and ``meta`` members of a synthetic CIFAR-100,
+which the same writers store as ``cifar-100-python/`` or ``cifar-100-python.tar.gz`` (with
+``folder=D.CIFAR100_FOLDER``).
 """
 
 from __future__ import annotations
@@ -54,9 +57,29 @@ def fake_batches(per_batch: int = PER_BATCH, seed: int = 0,
     return out
 
 
-def write_folder(root: Path, batches: dict[str, dict], skip: tuple[str, ...] = ()) -> Path:
-    """``root/cifar-10-batches-py/`` holding ``batches`` (except ``skip``); returns the folder."""
-    folder = root / D.FOLDER_NAME
+def fake_cifar100(n_train: int = 300, n_test: int = 100, seed: int = 0) -> dict[str, dict]:
+    """The members of a fake CIFAR-100: image i carries its row in the first red pixel and
+    its fine label in the second; fine label f has coarse label f // 5 (the real mapping is
+    another, fixed one)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict] = {}
+    for name, n in (("train", n_train), ("test", n_test)):
+        fine = rng.integers(0, 100, n)
+        x = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        x[:, 0] = np.arange(n) % 256
+        x[:, 1] = fine
+        out[name] = {b"batch_label": name.encode(), b"fine_labels": [int(v) for v in fine],
+                     b"coarse_labels": [int(v) // 5 for v in fine], b"data": x,
+                     b"filenames": [f"{name}_{i:05d}.png".encode() for i in range(n)]}
+    out["meta"] = {b"fine_label_names": [f"fine{i:02d}".encode() for i in range(100)],
+                   b"coarse_label_names": [f"coarse{i:02d}".encode() for i in range(20)]}
+    return out
+
+
+def write_folder(root: Path, batches: dict[str, dict], skip: tuple[str, ...] = (),
+                 folder_name: str = D.FOLDER_NAME) -> Path:
+    """``root/<folder_name>/`` holding ``batches`` (except ``skip``); returns the folder."""
+    folder = root / folder_name
     folder.mkdir(parents=True, exist_ok=True)
     for name, obj in batches.items():
         if name in skip:
@@ -68,7 +91,8 @@ def write_folder(root: Path, batches: dict[str, dict], skip: tuple[str, ...] = (
 
 
 def write_tarball(path: Path, batches: dict[str, dict], skip: tuple[str, ...] = (),
-                  raw: dict[str, bytes] | None = None, compresslevel: int = 1) -> Path:
+                  raw: dict[str, bytes] | None = None, compresslevel: int = 1,
+                  folder_name: str = D.FOLDER_NAME) -> Path:
     """The tarball ``path`` holding ``batches`` (except ``skip``) and the ``raw`` members."""
     path.parent.mkdir(parents=True, exist_ok=True)
     members = {name: pickle.dumps(obj, protocol=2) for name, obj in batches.items()
@@ -76,12 +100,12 @@ def write_tarball(path: Path, batches: dict[str, dict], skip: tuple[str, ...] = 
     members.update(raw or {})
     members["readme.html"] = b"<html>fake</html>"
     with tarfile.open(path, "w:gz", compresslevel=compresslevel) as tf:
-        info = tarfile.TarInfo(D.FOLDER_NAME)
+        info = tarfile.TarInfo(folder_name)
         info.type = tarfile.DIRTYPE
         tf.addfile(info)
         # official archive order is not sorted; use a shuffled order to exercise that
         for name in sorted(members, key=lambda n: hashlib.md5(n.encode()).hexdigest()):
-            info = tarfile.TarInfo(f"{D.FOLDER_NAME}/{name}")
+            info = tarfile.TarInfo(f"{folder_name}/{name}")
             info.size = len(members[name])
             tf.addfile(info, io.BytesIO(members[name]))
     return path

@@ -326,7 +326,8 @@ def test_summary_of_a_tree_with_branches():
     model[0].requires_grad_(False)
     model[1].body[2].weight.requires_grad = False
     out = io.StringIO()
-    s = model.summary((3, 8, 8), print_fn=out.write)
+    assert model.summary((3, 8, 8), print_fn=out.write) is None
+    s = model.summary((3, 8, 8), print_fn=None)
     assert out.getvalue() == s.text
     names = [r["name"] for r in s.rows]
     assert names == ["0", "1", "1.body", "1.body.0", "1.body.1", "1.body.2", "2", "2.0", "2.0.0",

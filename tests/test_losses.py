@@ -109,10 +109,13 @@ def test_cross_entropy_validation():
         crit(z, np.array([0, -1, 2]))
     with pytest.raises(TypeError, match="integer"):
         crit(z, np.array([0.5, 1, 2]))
-    assert crit(z, np.array([0.0, 1.0, 2.0])) == pytest.approx(np.log(4))  # whole-number floats
-    # huge whole-number floats: the values given are reported (a cast first would wrap them)
-    with pytest.raises(ValueError, match=r"got values in \[0\.0, 1e\+20\]"):
-        crit(z, np.array([0.0, 1e20, 2.0]))
+    # float labels are refused as PyTorch does, whole numbers too, with the conversion to make
+    with pytest.raises(TypeError, match=r"float labels \(dtype float64, shape \(3,\)\); "
+                                        r"convert them with targets.astype\(np.int64\)"):
+        crit(z, np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(TypeError, match=r"float labels.*float32.*targets.argmax\(axis=1\)"):
+        crit(z, np.eye(3, 4, dtype=np.float32))                       # one-hot rows
+    assert crit(z, np.array([0, 1, 2], np.uint8)) == pytest.approx(np.log(4))
     for bad in (1.5, "a", None):
         with pytest.raises(ValueError, match="label_smoothing must be in"):
             CrossEntropyLoss(label_smoothing=bad)

@@ -43,3 +43,22 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch):
     for line, code in blocks:
         # padded with blank lines, so tracebacks give the README's own line numbers
         exec(compile("\n" * (line - 1) + code, str(README), "exec"), namespace)
+
+
+CI = README.parent / ".ci" / "run"
+
+
+@pytest.mark.skipif(not (README.is_file() and CI.is_file()), reason="no README.md or .ci/run")
+def test_ci_installs_and_tests_as_the_readme_says():
+    """CI's install and test commands are the README's test set-up, word for word: the set-up
+    a reader follows is the one that is tested (one `pip install` with the test extras, so the
+    C++ is built once)."""
+    bash = "\n".join(re.findall(r"^```bash\n(.*?)^```", README.read_text(encoding="utf-8"),
+                                re.M | re.S))
+    readme = [line.split("#")[0].strip() for line in bash.splitlines()]
+    ci = [line.strip() for line in CI.read_text(encoding="utf-8").splitlines()]
+    install = [c for c in ci if "pip install" in c and "'.[" in c]
+    assert install, "CI installs fastconv"
+    for command in install:
+        assert command.replace("python -m pip install --quiet", "pip install") in readme
+    assert "python -m pytest" in readme and "python -m pytest" in ci

@@ -228,6 +228,7 @@ def test_bad_options(argv, needle, capsys):
 
 
 def test_missing_dataset(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
     rc = T.main(_args(tmp_path / "empty", tmp_path / "run"))
     _one_line_error(capsys, rc, "not found", "FASTCONV_DATA")
 

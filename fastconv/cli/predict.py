@@ -11,8 +11,10 @@ Python::
 ``--weights`` is a run folder (its ``model.npz``, else its ``checkpoint.npz``), a weights file
 written by :func:`fastconv.checkpoint.save_weights` or a training checkpoint. The model name,
 class names and normalisation come from the file's metadata (``--model`` for a bare weights
-file). Images are read with Pillow (optional dependency), converted to RGB, resized so the
-shorter side is 32 pixels (bicubic) and centre-cropped to 32 x 32, as CIFAR-10 images are.
+file); a model trained on CIFAR-100 or an image folder answers with that data's classes.
+Images are read with Pillow (optional dependency), converted to RGB, resized so the shorter
+side is the model's input size (32 pixels, bicubic) and centre-cropped to a square, as the
+images of an image folder are for training (:func:`fastconv.data.read_image`).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def load_model(weights: str | os.PathLike, model: str | None = None):
             run = run if isinstance(run, dict) else {}
             config = run.get("config")
             meta = {"model": config.get("model") if isinstance(config, dict) else None,
-                    "class_names": run.get("class_names")}
+                    **{k: run.get(k) for k in ("class_names", "mean", "std", "image_size")}}
         else:
             state_dict = ck.load_weights(path)
             meta = ck.load_weights_metadata(path)
@@ -93,37 +95,23 @@ def load_model(weights: str | os.PathLike, model: str | None = None):
     net.eval()
     info = {"model": name, "class_names": class_names,
             "mean": tuple(meta.get("mean") or D.CIFAR10_MEAN),
-            "std": tuple(meta.get("std") or D.CIFAR10_STD)}
+            "std": tuple(meta.get("std") or D.CIFAR10_STD),
+            "image_size": int(meta.get("image_size") or 32)}
     return net, info
 
 
 def load_image(path: str | os.PathLike, size: int = 32) -> np.ndarray:
     """Read an image file as uint8 (3, size, size): RGB, shorter side resized to ``size``
-    (bicubic), centre crop."""
+    (bicubic), centre crop (:func:`fastconv.data.read_image`); PredictError when it cannot."""
+    from ..data import ImageReadError, read_image
     try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError as e:
-        raise PredictError("reading images needs Pillow: pip install pillow") from e
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except FileNotFoundError as e:
-        raise PredictError(f"image {path} not found") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise PredictError(f"cannot read {path} as an image ({e})") from e
-    w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), getattr(Image, "Resampling", Image).BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    im = im.crop((left, top, left + size, top + size))
-    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+        return read_image(path, size)
+    except ImageReadError as e:
+        raise PredictError(str(e)) from e
 
 
-def _as_batch(images) -> np.ndarray:
-    """Paths / arrays -> uint8 or float (N, 3, 32, 32)."""
+def _as_batch(images, size: int = 32) -> np.ndarray:
+    """Paths / arrays -> uint8 or float (N, 3, size, size)."""
     if isinstance(images, np.ndarray):
         if images.ndim == 4 and images.shape[1] == 3:
             return images
@@ -131,11 +119,12 @@ def _as_batch(images) -> np.ndarray:
             return images[None]
         if images.ndim == 3 and images.shape[2] == 3:             # one (H, W, 3) picture
             return images.transpose(2, 0, 1)[None]
-        raise PredictError(f"expected images (N, 3, 32, 32) or (H, W, 3), got {images.shape}")
+        raise PredictError(f"expected images (N, 3, {size}, {size}) or (H, W, 3), got "
+                           f"{images.shape}")
     if isinstance(images, (str, os.PathLike)):
         images = [images]
-    return np.stack([load_image(p) if isinstance(p, (str, os.PathLike)) else _as_batch(p)[0]
-                     for p in images])
+    return np.stack([load_image(p, size) if isinstance(p, (str, os.PathLike))
+                     else _as_batch(p, size)[0] for p in images])
 
 
 def predict(images, weights: str | os.PathLike | None = None, top: int = 3, *, model=None,
@@ -159,9 +148,11 @@ def predict(images, weights: str | os.PathLike | None = None, top: int = 3, *, m
             raise PredictError("give the trained weights (a run folder or model.npz)")
         model, info = load_model(weights)
     info = info or {"class_names": D.CLASS_NAMES, "mean": D.CIFAR10_MEAN, "std": D.CIFAR10_STD}
-    batch = _as_batch(images)
-    if batch.shape[2:] != (32, 32):
-        raise PredictError(f"images must be 32 x 32 after loading, got {batch.shape[2:]}")
+    size = int(info.get("image_size", 32))
+    batch = _as_batch(images, size)
+    if batch.shape[2:] != (size, size):
+        raise PredictError(f"images must be {size} x {size} after loading, got "
+                           f"{batch.shape[2:]}")
     x = D.to_float32(batch, info["mean"], info["std"])
     probs = softmax(model_outputs(model, x), axis=1)
     names = info["class_names"]

@@ -1,9 +1,13 @@
-"""``fastconv-train``: train a CNN from :mod:`fastconv.models` on CIFAR-10, evaluating every epoch.
+"""``fastconv-train``: train a CNN from :mod:`fastconv.models` on CIFAR-10, CIFAR-100 or your own
+images, evaluating every epoch.
 
     fastconv-train                                   # simple_cnn, the default recipe
     fastconv-train --model vgg_small --out runs/vgg
+    fastconv-train --dataset cifar100 --out runs/c100
+    fastconv-train --dataset folder:~/pictures/pets  # a sub-folder of images per class
     fastconv-train --out runs/vgg --resume           # continue after Ctrl-C or a crash
     mpiexec -n 4 fastconv-train --distributed        # data-parallel over 4 ranks (MPI)
+    fastconv-train --out runs/vgg --resume --epochs 30   # extend a run (schedule re-planned)
     python -m fastconv.cli.train --help
 
 A command over :func:`fastconv.training.fit`: it turns options into a model, loaders, an
@@ -36,6 +40,20 @@ epoch, batch index), and the checkpoint holds the weights, optimiser buffers, sc
 dropout generator state and position, so an interrupted and resumed run ends with the same
 weights, bit for bit, as an uninterrupted one (with the same backend; the thread count may
 differ, results do not depend on it).
+
+Data (``--dataset``, :func:`fastconv.data.load_dataset`): CIFAR-10 and CIFAR-100 are looked
+for in ``--data-dir`` (which must exist), else ``$FASTCONV_DATA``, else ``~/.cache/fastconv``.
+When missing, they are downloaded (their size said first) into that default folder, but into
+``--data-dir`` only with ``--download``; ``--no-download`` never downloads. The class names,
+normalisation and dataset of the run are stored with the checkpoint and the weights, where
+``fastconv-predict`` finds them.
+
+The folder is locked while a run is going (``.fastconv-train.lock``, holding the process id,
+removed at exit): a second run, or ``--resume``, on it is refused with "in use by process N".
+Temporary files that a killed run left behind are removed by the next run on the folder.
+``--resume --epochs N`` continues a run to N epochs (a finished one too); a per-step schedule
+is re-planned over the N epochs from where the run is. ``config.json``'s ``resumed_at`` counts
+epochs from 1, as the console does.
 
 Usage errors (bad option, unwritable or busy folder, checkpoint of another model) print one
 line on stderr and exit with status 2; missing, corrupt or truncated data and corrupt
@@ -134,6 +152,7 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     sync_bn: bool | None = None        # None: off (BatchNorm statistics of each rank's share)
+    dataset: str = "cifar10"
 
     def resolved(self) -> "TrainConfig":
         """A copy with the defaults that depend on other settings filled in."""
@@ -193,9 +212,19 @@ def _float_in(lo: float, hi: float = math.inf, open_lo: bool = False):
     return parse
 
 
+def _dataset_name(text: str) -> str:
+    from ..data import parse_dataset
+    try:
+        kind, path = parse_dataset(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    # a folder is kept by its absolute path, so a resumed run finds it from anywhere
+    return text if path is None else f"folder:{path.resolve()}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fastconv-train`` argument parser (options default to None = "not given")."""
-    p = _Parser(prog=PROG, description="Train a CNN on CIFAR-10 with fastconv's CPU kernels.",
+    p = _Parser(prog=PROG, description="Train a CNN on CIFAR-10, CIFAR-100 or an image folder with fastconv's CPU kernels.",
                 epilog="Interrupt with Ctrl-C (or SIGTERM): a checkpoint is saved and --resume "
                        "continues the run bit-exactly.")
     d = TrainConfig()
@@ -232,11 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seed of weights, shuffling, augmentation and dropout "
                         f"[default: {d.seed}]")
     g = p.add_argument_group("data")
+    g.add_argument("--dataset", type=_dataset_name, default=None, metavar="NAME",
+                   help="cifar10, cifar100 (its 100 fine classes) or folder:PATH (your images: "
+                        "a sub-folder per class, resized and centre-cropped to 32 x 32; PATH "
+                        "may hold train/ and test/ (or val/) class folders, else a tenth of "
+                        "each class is held out for testing) [default: cifar10]")
     g.add_argument("--data-dir", default=None,
-                   help="folder holding cifar-10-python.tar.gz or cifar-10-batches-py/ "
-                        "[default: $FASTCONV_DATA, else ~/.cache/fastconv]")
-    g.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                   help="download CIFAR-10 (MD5-checked) when it is not found [default: on]")
+                   help="an existing folder holding the CIFAR archive (cifar-10-python.tar.gz, "
+                        "cifar-100-python.tar.gz) or its extracted folder [default: "
+                        "$FASTCONV_DATA, else ~/.cache/fastconv]")
+    g.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                   help="download the CIFAR archive (~170 MB, MD5-checked) when it is not "
+                        "found [default: into the default folder only, never into --data-dir "
+                        "unless given]")
     g.add_argument("--limit-train", type=_int_at_least(1), default=None, metavar="N",
                    help="train on the first N training images only")
     g.add_argument("--limit-test", type=_int_at_least(1), default=None, metavar="N",
@@ -321,7 +358,14 @@ class _OutLock:
     """The output folder, made and checked writable, and an exclusive lock on it for the whole
     run: a second fastconv-train on the same --out (the same command started twice, say)
     would otherwise interleave its files with the first's. flock on POSIX, released by the OS
-    even if the process is killed; no lock where flock does not exist (Windows)."""
+    even if the process is killed; no lock where flock does not exist (Windows).
+
+    The lock file holds the owner's process id and is removed when the run ends. Because a
+    waiting process may have opened the file just before it was removed, a lock counts only
+    while the path still names the locked file (checked after locking, retried otherwise).
+    Once locked, temporary files that a killed run left behind (``.<name>.<random>.tmp`` of
+    the atomic writes) are removed: no run writes them any more.
+    """
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -334,26 +378,55 @@ class _OutLock:
         except ImportError:  # pragma: no cover - not POSIX
             return self
         path = self.out / LOCK_NAME
-        self.fh = open(path, "a+")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip()
-            self.fh.close()
-            self.fh = None
-            raise UserError(f"{self.out} is in use by another {PROG} run"
-                            + (f" (process {holder})" if holder else "")
-                            + ": wait for it to end, or choose another --out") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"{os.getpid()}\n")
-        self.fh.flush()
+        while True:
+            fh = open(path, "a+")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                holder = fh.read().strip()
+                fh.close()
+                raise UserError(f"{self.out} is in use by another {PROG} run"
+                                + (f" (process {holder})" if holder else "")
+                                + ": wait for it to end, or choose another --out") from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            fh.close()                   # removed by the run that just ended: lock anew
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self.fh = fh
+        _remove_stale_temporaries(self.out)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fh is not None:
-            self.fh.close()  # releases the lock (the file stays: removing it would race)
+            try:
+                os.unlink(self.out / LOCK_NAME)     # while locked: no one else owns it
+            except OSError:
+                pass
+            self.fh.close()
+            self.fh = None
+
+
+def _remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove the temporary files of atomic writes (``.<name>.<random>.tmp``) that a killed
+    run left in ``out``; only called while holding the folder's lock. Returns them."""
+    removed = []
+    names = (CHECKPOINT_NAME, WEIGHTS_NAME, METRICS_NAME, CONFIG_NAME, "confusion.txt")
+    for path in out.glob(".*.tmp"):
+        if any(path.name.startswith(f".{n}.") for n in names) and path.is_file():
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -505,13 +578,27 @@ def _run(ns: argparse.Namespace, comm=None) -> int:
     out = Path(ns.out if ns.out is not None else Path("runs") / args_cfg.model).expanduser()
     lock = _OutLock(out) if comm is None or comm.rank == 0 else None
     ns.onnx_path = None  # set on the rank that writes the outputs
+    if ns.data_dir is not None and not Path(ns.data_dir).expanduser().exists() \
+            and not ns.download:
+        raise UserError(f"--data-dir {ns.data_dir} does not exist (give the folder that holds "
+                        f"the dataset, or add --download to download it there)")
 
     def open_out() -> None:
-        if ns.resume and not (out / CHECKPOINT_NAME).is_file():
-            raise UserError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist (run "
-                            f"without --resume to start, or point --out at the run's folder)")
-        ns.onnx_path = _onnx_path(ns.export_onnx, out)
-        lock.__enter__()
+        if ns.resume and not out.is_dir():
+            raise UserError(f"nothing to resume: {out} does not exist (run without --resume to "
+                            f"start, or point --out at the run's folder)")
+        if ns.export_onnx is not None and importlib.util.find_spec("onnx") is None:
+            raise UserError("--export-onnx needs the onnx package: pip install onnx")
+        lock.__enter__()                 # first: a run still going is reported as such
+        try:
+            if ns.resume and not (out / CHECKPOINT_NAME).is_file():
+                raise UserError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist "
+                                f"(run without --resume to start, or point --out at the run's "
+                                f"folder)")
+            ns.onnx_path = _onnx_path(ns.export_onnx, out)
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
 
     _on_rank0(comm, open_out)
     try:
@@ -578,12 +665,10 @@ def _on_every_rank(comm, fn, *, machine_first: bool = False):
 
 
 def _onnx_path(option: str | None, out: Path) -> Path | None:
-    """Where --export-onnx writes (None without it), its folder made, and the onnx package
-    found: said now rather than after the training."""
+    """Where --export-onnx writes (None without it), its folder made now rather than after
+    the training."""
     if option is None:
         return None
-    if importlib.util.find_spec("onnx") is None:
-        raise UserError("--export-onnx needs the onnx package: pip install onnx")
     path = Path(option).expanduser() if option else out / ONNX_NAME
     _prepare_out(path.parent)
     return path
@@ -611,8 +696,17 @@ def _load_resume_state(ckpt: Path, args_cfg: TrainConfig, given: set) -> tuple[d
         saved = TrainConfig(**meta["config"])
     except (KeyError, TypeError) as e:
         raise UserError(f"checkpoint {ckpt} has an unreadable configuration ({e})") from e
+    done = int(state.get("position", {}).get("epoch", 0)) + \
+        (1 if state.get("position", {}).get("batch", 0) else 0)
     for k in sorted(given):
         new, old = getattr(args_cfg, k), getattr(saved, k)
+        if k == "epochs" and new != old:
+            if new < done:
+                raise UserError(f"--epochs {new} is fewer than the {done} epochs the run in "
+                                f"{ckpt.parent} has begun; give --epochs {done} or more to "
+                                f"extend it, or resume without --epochs")
+            saved.epochs = new       # extend (or shorten) the run: the schedule is re-planned
+            continue
         if k == "model" and new != old:
             raise UserError(f"checkpoint {ckpt} is from model {old}, not {new}: resume "
                             f"without --model, or use another --out")
@@ -660,15 +754,15 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
         fastconv.set_num_threads(ns.threads)
 
     # ---- data --------------------------------------------------------------------------
-    ds = _on_every_rank(comm, lambda: D.load_cifar10(
-        ns.data_dir, download=ns.download, limit_train=cfg.limit_train,
-        limit_test=cfg.limit_test, progress=not ns.quiet and writer), machine_first=True)
+    ds = _on_every_rank(comm, lambda: _load_data(ns, cfg, con, progress=not ns.quiet and writer),
+                        machine_first=True)
     if len(ds.y_train) == 0:
         raise UserError("no training images")
     train_loader = D.DataLoader(ds.x_train, ds.y_train, cfg.batch_size, shuffle=True,
-                                augment=cfg.augment, seed=cfg.seed, prefetch=1)
+                                augment=cfg.augment, seed=cfg.seed, prefetch=1,
+                                mean=ds.mean, std=ds.std)
     test_loader = D.DataLoader(ds.x_test, ds.y_test, ns.eval_batch_size, shuffle=False,
-                               prefetch=1)
+                               prefetch=1, mean=ds.mean, std=ds.std)
     n_batches = len(train_loader)
     total_steps = cfg.epochs * n_batches
 
@@ -679,6 +773,9 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
     sched = _make_schedule(cfg, opt, total_steps)
     crit = losses.CrossEntropyLoss()
     start = state["position"] if state is not None else {"epoch": 0, "batch": 0}
+    planned = int(state["metadata"]["config"]["epochs"]) if state is not None else cfg.epochs
+    if planned != cfg.epochs and sched is not None:
+        _replan_schedule(state, sched, opt)
 
     run_info = {
         "config": asdict(cfg),
@@ -693,11 +790,13 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
         "data": str(ds.source),
         "train_images": int(len(ds.y_train)),
         "test_images": int(len(ds.y_test)),
-        "normalization": {"mean": list(D.CIFAR10_MEAN), "std": list(D.CIFAR10_STD)},
+        "dataset": cfg.dataset,
+        "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
         "batches_per_epoch": n_batches,
         "parameters": int(model.num_parameters()),
         "argv": list(sys.argv[1:]) if ns.argv is None else list(ns.argv),
-        "resumed_at": ({"epoch": start["epoch"], "batch": start["batch"]}
+        # 1-based epoch, as the console's "resuming ... at epoch E, batch B"
+        "resumed_at": ({"epoch": start["epoch"] + 1, "batch": start["batch"]}
                        if state is not None else None),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "distributed": None if comm is None else {
@@ -714,6 +813,11 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
                  f"{cfg.epochs} epochs of {n_batches} batches, {cfg.optimizer} lr {cfg.lr:g} "
                  f"{cfg.schedule}, backend {ns.backend}, {fastconv.get_num_threads()} threads"
                  f"{ranks} -> {out}")
+    elif planned != cfg.epochs:
+        con.info(f"{PROG}: resuming {out} at epoch {start['epoch'] + 1}, batch "
+                 f"{start['batch']}, with {cfg.epochs} epochs instead of {planned}"
+                 + (f" (the {cfg.schedule} schedule re-planned over {cfg.epochs} epochs; "
+                    f"lr now {opt.param_groups[0]['lr']:.3g})" if sched is not None else ""))
     elif start["epoch"] >= cfg.epochs:
         con.info(f"{PROG}: the run in {out} is already complete ({cfg.epochs} epochs): "
                  f"writing its final outputs again")
@@ -723,7 +827,7 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
     run_log = _RunLog(out, ds.y_test, con)
     callbacks: list[Callback] = [run_log, ModelCheckpoint(ckpt, metadata={
         "format": _CKPT_FORMAT, "version": _CKPT_VERSION, "config": asdict(cfg),
-        "class_names": list(ds.class_names)})]
+        **_data_metadata(ds)})]
     if not ns.quiet and sys.stderr.isatty():
         callbacks.insert(0, ProgressBar(leave=False, epoch_lines=False))
     resume_cmd = f"{PROG} --out {out} --resume" + \
@@ -761,18 +865,70 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
         return 130
 
 
+def _load_data(ns: argparse.Namespace, cfg: TrainConfig, con: _Console, progress: bool = True):
+    """The run's dataset (:func:`fastconv.data.load_dataset`). Downloads go into the default
+    folder unless --download asks for --data-dir; a dataset that is not found there is an
+    error saying how to get it."""
+    from .. import data as D
+    kind, path = D.parse_dataset(cfg.dataset)
+    if kind == "folder" and ns.data_dir is not None:
+        raise UserError(f"--data-dir applies to cifar10 and cifar100; the images of "
+                        f"--dataset {cfg.dataset} are read from its path")
+    download = ns.download if ns.download is not None else ns.data_dir is None
+    try:
+        ds = D.load_dataset(cfg.dataset, ns.data_dir, download=download,
+                            limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+                            seed=cfg.seed, progress=progress)
+    except D.DatasetNotFoundError as e:
+        if ns.download is None and not download:
+            raise D.DatasetNotFoundError(f"{e} (add --download to download it into "
+                                         f"{ns.data_dir})") from e
+        raise
+    except D.DatasetError:
+        raise
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if len(ds.y_test) == 0:
+        raise UserError(f"no test images in {ds.source}: give the folder a test/ (or val/) "
+                        f"class tree, or more images per class (a tenth of each is held out)")
+    if ds.skipped:
+        examples = ", ".join(f"{p} ({why})" for p, why in ds.skipped[:3])
+        con.note(f"{PROG}: skipped {len(ds.skipped)} file(s) of {path}: {examples}"
+                 + (", ..." if len(ds.skipped) > 3 else ""))
+    return ds
+
+
+def _data_metadata(ds) -> dict:
+    """What fastconv-predict needs of the training data, stored with the weights."""
+    return {"dataset": ds.name, "class_names": list(ds.class_names),
+            "mean": list(ds.mean), "std": list(ds.std),
+            "image_size": int(ds.x_train.shape[-1])}
+
+
+def _replan_schedule(state: dict, sched, opt) -> None:
+    """Make a checkpoint's state continue on ``sched``, the schedule planned for the run's
+    new number of epochs: its position is the checkpoint's (one step per optimiser step),
+    and the learning rate (and cycled momentum) that of the new plan at that position, written
+    into the optimiser's saved hyper-parameters as well."""
+    import copy
+    steps = int(state["position"]["step"])
+    sched.last_epoch = steps - 1
+    sched.step()                       # writes the new plan's lr (and momentum) into opt
+    state["scheduler"] = sched.state_dict()
+    for saved, group in zip(state["optimizer"]["param_groups"], opt.param_groups):
+        saved.update({k: copy.deepcopy(v) for k, v in group.items() if k != "params"})
+
+
 def _final_outputs(out: Path, cfg: TrainConfig, model, test_loader, ds, rows: list[dict],
                    last_preds: np.ndarray | None, con: "_Console",
                    onnx_path: Path | None) -> int:
     """Weights (and the ONNX file when `onnx_path` is given), metrics, confusion matrix and
     plots of a finished run; returns 0."""
-    from .. import checkpoint as ck, data as D, plotting
+    from .. import checkpoint as ck, plotting
     from ..training import predict
     if last_preds is None:                      # resumed a finished run: evaluate once more
         last_preds = predict(model, test_loader).argmax(axis=1)
-    metadata = {"model": cfg.model, "class_names": list(ds.class_names),
-                "mean": list(D.CIFAR10_MEAN), "std": list(D.CIFAR10_STD),
-                "epochs": cfg.epochs, "seed": cfg.seed}
+    metadata = {"model": cfg.model, **_data_metadata(ds), "epochs": cfg.epochs, "seed": cfg.seed}
     ck.save_weights(out / WEIGHTS_NAME, model.state_dict(), metadata=metadata)
     if onnx_path is not None:
         from ..export import to_onnx

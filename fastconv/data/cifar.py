@@ -44,25 +44,16 @@ normalises them.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import os
-import pickle
-import posixpath
-import sys
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
-import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..checkpoint import _fsync_dir
+from .archive import (DATA_ENV as _DATA_ENV, DatasetError, DatasetNotFoundError, data_root,
+                      default_data_dir, download as _download, get_key as _get, md5sum,
+                      read_members, reading, check_limits, locate)
 
 __all__ = [
     "CIFAR10_URL",
@@ -89,6 +80,8 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 """Official download address of the python version."""
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 """Published MD5 of the official ``cifar-10-python.tar.gz``."""
+CIFAR10_SIZE = 170_498_071
+"""Size in bytes of the official ``cifar-10-python.tar.gz`` (announced before a download)."""
 TARBALL_NAME = "cifar-10-python.tar.gz"
 FOLDER_NAME = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{k}" for k in range(1, 6))
@@ -106,18 +99,6 @@ CIFAR10_STD = (0.24703233, 0.24348505, 0.26158768)
 _IMAGE_SHAPE = (3, 32, 32)
 _ROW_SIZE = 3 * 32 * 32
 _NUM_CLASSES = 10
-_DATA_ENV = "FASTCONV_DATA"
-
-
-class DatasetError(ValueError):
-    """The dataset is corrupt, truncated, incomplete, or could not be fetched.
-
-    The message is a single line that names the file and says what to do about it.
-    """
-
-
-class DatasetNotFoundError(DatasetError):
-    """No copy of CIFAR-10 was found and none could be downloaded."""
 
 
 class CIFAR10(NamedTuple):
@@ -144,19 +125,6 @@ class CIFAR10(NamedTuple):
 # Locating the data
 # --------------------------------------------------------------------------------------------
 
-def default_data_dir() -> Path:
-    """The root folder used when no ``data_dir`` is given: ``$FASTCONV_DATA``, else
-    ``~/.cache/fastconv``."""
-    env = os.environ.get(_DATA_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "fastconv"
-
-
-def _root(data_dir: str | os.PathLike | None) -> Path:
-    return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-
-
 def find_cifar10(data_dir: str | os.PathLike | None = None) -> Path | None:
     """Return the tarball or extracted folder to load, or None when there is none.
 
@@ -164,7 +132,7 @@ def find_cifar10(data_dir: str | os.PathLike | None = None) -> Path | None:
     itself, the ``cifar-10-batches-py`` folder itself, or a folder containing either; when it
     contains both, the extracted folder wins (no decompression needed).
     """
-    root = _root(data_dir)
+    root = data_root(data_dir)
     if root.is_file():
         return root
     if not root.is_dir():
@@ -190,199 +158,21 @@ def _what_to_do(path: Path) -> str:
 # Download
 # --------------------------------------------------------------------------------------------
 
-def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex MD5 digest of a file, read in chunks."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_cifar10(dest_dir: str | os.PathLike | None = None, *, url: str = CIFAR10_URL,
                      md5: str | None = CIFAR10_MD5,
                      opener: Callable[..., Any] | None = None, timeout: float = 60.0,
                      progress: bool = False, filename: str = TARBALL_NAME) -> Path:
-    """Download the CIFAR-10 tarball into ``dest_dir`` and return its path.
-
-    The file is streamed into a temporary file in ``dest_dir`` while its MD5 is computed; only
-    when the digest equals ``md5`` is it fsynced and atomically renamed to
-    ``dest_dir/filename``. On any failure (network, digest mismatch, interruption) the
-    temporary file is removed and nothing is left behind.
-
-    Args:
-        dest_dir: target folder (created if needed); default :func:`default_data_dir`.
-        url: address to fetch; any scheme ``urllib`` handles (``file://`` works offline).
-        md5: expected hex digest; ``None`` skips the check (not recommended).
-        opener: ``opener(url, timeout=...)`` returning a binary file-like response; default
-            ``urllib.request.urlopen``. Injectable for tests.
-        timeout: socket timeout in seconds.
-        progress: show a progress bar (tqdm when installed, else a percentage on stderr).
-        filename: name of the final file.
-
-    Raises:
-        DatasetNotFoundError: the download failed (no network, HTTP error, ...).
-        DatasetError: the digest did not match, or ``dest_dir`` is not writable.
-    """
-    dest = _root(dest_dir)
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=dest)
-    except OSError as e:
-        raise DatasetError(f"cannot write to {dest} ({e.strerror or e}); choose a writable "
-                           f"folder with ${_DATA_ENV} or --data-dir") from e
-    tmp = Path(tmp_name)
-    final = dest / filename
-    open_url = opener if opener is not None else urllib.request.urlopen
-    digest = hashlib.md5()
-    bar = None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = open_url(url, timeout=timeout)
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
-                raise DatasetNotFoundError(
-                    f"could not download CIFAR-10 from {url} ({reason}); download "
-                    f"{TARBALL_NAME} by hand and put it in {dest}, or point ${_DATA_ENV} "
-                    f"(or --data-dir) at a folder that holds it") from e
-            with response:
-                total = _content_length(response)
-                bar = _make_progress(total, progress, url)
-                while True:
-                    try:
-                        chunk = response.read(1 << 20)
-                    except OSError as e:
-                        raise DatasetNotFoundError(
-                            f"download of {url} failed midway ({e}); run again, or download "
-                            f"{TARBALL_NAME} by hand into {dest}") from e
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    digest.update(chunk)
-                    if bar is not None:
-                        bar(len(chunk))
-            if md5 is not None and digest.hexdigest() != md5.lower():
-                raise DatasetError(
-                    f"downloaded file from {url} has MD5 {digest.hexdigest()}, expected {md5} "
-                    f"(corrupted download); it was deleted - run again, or download "
-                    f"{TARBALL_NAME} by hand into {dest}")
-            out.flush()
-            if hasattr(os, "fchmod"):                 # mkstemp makes 0o600; use the umask
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(out.fileno(), 0o666 & ~umask)
-            os.fsync(out.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(dest)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    finally:
-        if bar is not None:
-            bar(None)
-    return final
-
-
-def _content_length(response: Any) -> int | None:
-    headers = getattr(response, "headers", None)
-    try:
-        value = headers.get("Content-Length") if headers is not None else None
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _make_progress(total: int | None, enabled: bool, url: str) -> Callable[[int | None], None] | None:
-    """Return update(n) / close (called with None) for a download progress display."""
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None:
-        t = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc=f"downloading {posixpath.basename(url)}", file=sys.stderr)
-
-        def update_tqdm(n: int | None) -> None:
-            if n is None:
-                t.close()
-            else:
-                t.update(n)
-        return update_tqdm
-
-    state = {"done": 0, "last": -1}
-
-    def update_plain(n: int | None) -> None:
-        if n is None:
-            print(file=sys.stderr)
-            return
-        state["done"] += n
-        pct = int(100 * state["done"] / total) if total else state["done"] >> 20
-        if pct != state["last"]:
-            state["last"] = pct
-            unit = "%" if total else " MiB"
-            print(f"\rdownloading {url}: {pct}{unit}", end="", file=sys.stderr, flush=True)
-    return update_plain
+    """Download the CIFAR-10 tarball into ``dest_dir`` (default :func:`default_data_dir`),
+    MD5-checked, and return its path; announced on stderr with its size first. See
+    :func:`fastconv.data.archive.download` for the arguments and errors."""
+    return _download(dest_dir, url=url, md5=md5, filename=filename, what="CIFAR-10",
+                    expected_size=CIFAR10_SIZE, opener=opener, timeout=timeout,
+                    progress=progress)
 
 
 # --------------------------------------------------------------------------------------------
-# Safe unpickling and validation
+# Validation
 # --------------------------------------------------------------------------------------------
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    import _codecs
-    try:
-        from numpy._core import multiarray as _ma, numeric as _num
-    except ImportError:  # NumPy < 2
-        from numpy.core import multiarray as _ma, numeric as _num  # type: ignore[no-redef]
-    allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _codecs.encode,
-        ("builtins", "bytes"): bytes,
-        ("__builtin__", "bytes"): bytes,
-    }
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(mod, "_reconstruct")] = _ma._reconstruct
-    frombuffer = getattr(_num, "_frombuffer", None)
-    if frombuffer is not None:
-        for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-            allowed[(mod, "_frombuffer")] = frombuffer
-    return allowed
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickler that can only rebuild NumPy arrays, dtypes and plain containers."""
-
-    _allowed: dict[tuple[str, str], Any] | None = None
-
-    def find_class(self, module: str, name: str) -> Any:
-        if _SafeUnpickler._allowed is None:
-            _SafeUnpickler._allowed = _allowed_globals()
-        try:
-            return _SafeUnpickler._allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name} (not part of the CIFAR-10 format)") from None
-
-
-def _unpickle(f: io.BufferedIOBase | Any) -> Any:
-    return _SafeUnpickler(f, encoding="bytes").load()
-
-
-def _get(d: Mapping, key: str) -> Any:
-    """Look a key up as bytes (official files) or str (files written by Python 3)."""
-    if key.encode() in d:
-        return d[key.encode()]
-    if key in d:
-        return d[key]
-    raise KeyError(key)
-
 
 def _parse_meta(obj: Any, where: str) -> tuple[tuple[str, ...], int | None]:
     if not isinstance(obj, Mapping):
@@ -407,14 +197,16 @@ def _parse_meta(obj: Any, where: str) -> tuple[tuple[str, ...], int | None]:
     return names, per_batch
 
 
-def _parse_batch(obj: Any, name: str, where: str,
-                 expected_rows: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one batch dict; return (uint8 (n, 3, 32, 32), int64 (n,))."""
+def parse_batch(obj: Any, name: str, where: str, expected_rows: int | None,
+                label_keys: Mapping[str, int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Validate one batch dict of the CIFAR python format: ``data`` uint8 (n, 3072) and, for
+    each ``key: num_classes`` of ``label_keys``, n integer labels in 0..num_classes-1.
+    Returns (uint8 (n, 3, 32, 32), {key: int64 (n,)}); ValueError naming what is wrong."""
     if not isinstance(obj, Mapping):
         raise ValueError(f"{where}: {name} is not a dict")
     try:
         data = _get(obj, "data")
-        labels_raw = _get(obj, "labels")
+        raw = {key: _get(obj, key) for key in label_keys}
     except KeyError as e:
         raise ValueError(f"{where}: {name} has no {e.args[0]!r} entry") from None
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
@@ -425,14 +217,24 @@ def _parse_batch(obj: Any, name: str, where: str,
     n = data.shape[0]
     if n == 0 or (expected_rows is not None and n != expected_rows):
         raise ValueError(f"{where}: {name} holds {n} images, expected {expected_rows}")
-    labels = np.asarray(labels_raw)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{where}: {name} has labels of shape {labels.shape} and dtype "
-                         f"{labels.dtype}, expected {n} integers")
-    labels = labels.astype(np.int64)
-    if labels.min() < 0 or labels.max() >= _NUM_CLASSES:
-        raise ValueError(f"{where}: {name} has labels outside 0..9")
-    return data.reshape((n,) + _IMAGE_SHAPE), labels
+    out = {}
+    for key, num_classes in label_keys.items():
+        labels = np.asarray(raw[key])
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{where}: {name} has {key} of shape {labels.shape} and dtype "
+                             f"{labels.dtype}, expected {n} integers")
+        labels = labels.astype(np.int64)
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"{where}: {name} has {key} outside 0..{num_classes - 1}")
+        out[key] = labels
+    return data.reshape((n,) + _IMAGE_SHAPE), out
+
+
+def _parse_batch(obj: Any, name: str, where: str,
+                 expected_rows: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one CIFAR-10 batch dict; return (uint8 (n, 3, 32, 32), int64 (n,))."""
+    x, labels = parse_batch(obj, name, where, expected_rows, {"labels": _NUM_CLASSES})
+    return x, labels["labels"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,58 +245,6 @@ def _needed_train_batches(limit_train: int | None, per_batch: int | None) -> int
     if limit_train is None or per_batch is None:
         return len(TRAIN_BATCHES)
     return min(len(TRAIN_BATCHES), -(-limit_train // per_batch))
-
-
-def _read_members(source: Path, names_wanted: Callable[[dict], set[str]]) -> dict[str, Any]:
-    """Unpickle the wanted members of a folder or tarball. ``names_wanted(objects_so_far)``
-    decides, given what has been read (meta first in a folder), which files to unpickle."""
-    objs: dict[str, Any] = {}
-    all_names = (META_FILE,) + TRAIN_BATCHES + (TEST_BATCH,)
-    if source.is_dir():
-        missing = [n for n in all_names if not (source / n).is_file()]
-        if missing:
-            raise DatasetError(
-                f"CIFAR-10 folder {source} is incomplete (missing {', '.join(missing)}); "
-                + _what_to_do(source))
-        with open(source / META_FILE, "rb") as f:
-            objs[META_FILE] = _unpickle(f)
-        wanted = names_wanted(objs)
-        for n in all_names[1:]:
-            if n in wanted:
-                with open(source / n, "rb") as f:
-                    objs[n] = _unpickle(f)
-        return objs
-
-    seen: set[str] = set()
-    # One streaming pass, nothing extracted to disk. Decompressed by GzipFile, not tarfile's
-    # "r|gz", which never checks the gzip trailer (CRC-32, ISIZE): a flipped bit would load
-    # as a wrong pixel. The member order in the official archive is arbitrary, so every
-    # data member is unpickled unless meta has already told us it is not needed.
-    with gzip.open(source, "rb") as gz:
-        with tarfile.open(fileobj=gz, mode="r|") as tf:
-            for member in tf:
-                base = posixpath.basename(member.name.rstrip("/"))
-                if not member.isfile() or base not in all_names:
-                    continue
-                if posixpath.dirname(member.name).strip("./") not in ("", FOLDER_NAME):
-                    continue
-                seen.add(base)
-                if base != META_FILE and META_FILE in objs and base not in names_wanted(objs):
-                    continue              # skipped, but still decompressed into the CRC
-                f = tf.extractfile(member)
-                if f is None:
-                    continue
-                objs[base] = _unpickle(f)
-        # tarfile stops at the end-of-archive block; GzipFile checks the trailer only when
-        # read to the end (raising BadGzipFile, EOFError or zlib.error), so drain the rest.
-        while gz.read(1 << 16):
-            pass
-    missing = [n for n in all_names if n not in seen]
-    if missing:
-        raise DatasetError(
-            f"CIFAR-10 archive {source} is incomplete (missing {', '.join(missing)}); "
-            + _what_to_do(source))
-    return objs
 
 
 def _load_source(source: Path, limit_train: int | None,
@@ -509,8 +259,13 @@ def _load_source(source: Path, limit_train: int | None,
             wanted.add(TEST_BATCH)
         return wanted
 
-    try:
-        objs = _read_members(source, names_wanted)
+    def incomplete(missing: str) -> str:
+        kind = "folder" if source.is_dir() else "archive"
+        return f"CIFAR-10 {kind} {source} is incomplete (missing {missing}); " + _what_to_do(source)
+
+    with reading(source, "CIFAR-10", _what_to_do):
+        objs = read_members(source, FOLDER_NAME, (META_FILE,) + TRAIN_BATCHES + (TEST_BATCH,),
+                            names_wanted, incomplete)
         class_names, per_batch = _parse_meta(objs[META_FILE], where)
         wanted = names_wanted(objs)
         xs, ys = [], []
@@ -539,19 +294,6 @@ def _load_source(source: Path, limit_train: int | None,
             x_test, y_test = _parse_batch(objs.pop(TEST_BATCH), TEST_BATCH, where, per_batch)
             if limit_test is not None:
                 x_test, y_test = x_test[:limit_test], y_test[:limit_test]
-    except DatasetError:
-        raise
-    except (PermissionError, IsADirectoryError) as e:
-        raise DatasetError(f"cannot read {e.filename or source}: {e.strerror}; fix the "
-                           f"permissions or point ${_DATA_ENV} (or --data-dir) elsewhere") from e
-    except (tarfile.TarError, EOFError, zlib.error, OSError, pickle.UnpicklingError, ValueError,
-            KeyError, TypeError, AttributeError, IndexError) as e:
-        detail = str(e) or type(e).__name__
-        if detail.startswith(where + ": "):
-            detail = detail[len(where) + 2:]
-        kind = "archive" if source.is_file() else "folder"
-        raise DatasetError(f"CIFAR-10 {kind} {source} is corrupt or truncated ({detail}); "
-                           + _what_to_do(source)) from e
     if xs:
         x_train = np.ascontiguousarray(np.concatenate(xs)) if len(xs) > 1 else \
             np.ascontiguousarray(xs[0])
@@ -592,19 +334,10 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, *, download: bool = 
         DatasetNotFoundError: no data found and none could be downloaded.
         DatasetError: the data found is corrupt, truncated or incomplete.
     """
-    for nm, v in (("limit_train", limit_train), ("limit_test", limit_test)):
-        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool)
-                              or v < 0):
-            raise ValueError(f"load_cifar10: {nm} must be a non-negative int or None, got {v!r}")
-    root = _root(data_dir)
-    source = find_cifar10(root)
-    if source is None:
-        if not download:
-            raise DatasetNotFoundError(
-                f"CIFAR-10 not found in {root} (looked for {TARBALL_NAME} and {FOLDER_NAME}/); "
-                f"put it there, point ${_DATA_ENV} or --data-dir at its folder, or allow "
-                f"downloading")
-        if root.exists() and not root.is_dir():
-            raise DatasetNotFoundError(f"CIFAR-10 data path {root} is not a folder or archive")
-        source = download_cifar10(root, url=url, md5=md5, opener=opener, progress=progress)
+    check_limits("load_cifar10", limit_train=limit_train, limit_test=limit_test)
+    source = locate(data_dir, find_cifar10,
+                    lambda root: download_cifar10(root, url=url, md5=md5, opener=opener,
+                                                  progress=progress),
+                    what="CIFAR-10", looked_for=f"{TARBALL_NAME} and {FOLDER_NAME}/",
+                    download=download)
     return _load_source(source, limit_train, limit_test)

@@ -5,6 +5,7 @@ dicts under PyTorch's dotted keys), plus the input checks the layers share."""
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections import OrderedDict, namedtuple
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -480,7 +481,8 @@ class Module:
                 problems.append(f"{key!r}: expected real numbers, got dtype {value.dtype}")
             elif value.shape != target.shape:
                 problems.append(f"{key!r}: shape {value.shape} in the state dict does not match "
-                                f"shape {target.shape} in the model")
+                                f"shape {target.shape} in the model"
+                                + _layout_hint(value.shape, target.shape))
             else:
                 values[key] = (target, value)
         if problems:
@@ -562,12 +564,18 @@ class Module:
         return grad_y
 
     # -- summary -----------------------------------------------------------------------------
-    def summary(self, input_shape, print_fn: Callable[[str], None] | None = print) -> "ModelSummary":
+    def summary(self, input_shape, print_fn: Callable[[str], None] | None = print
+                ) -> "ModelSummary | None":
         """Keras-like table of the module tree: each module's dotted name (indented by depth)
         and type, output shape, parameter count and, for each convolution/pooling output and
         each container, its receptive field (size and jump/stride, in input pixels; where
-        branches join, the larger field). Printed with `print_fn` (None: not printed); returns
-        a :class:`~fastconv.nn.ModelSummary` (rows, total/trainable/frozen parameter counts).
+        branches join, the larger field).
+
+        Printed with `print_fn`, and then None is returned, as Keras' ``summary()`` does (so
+        a REPL or notebook shows the table once, with no line echoed after it). With
+        ``print_fn=None`` nothing is printed and a :class:`~fastconv.nn.ModelSummary` is
+        returned (rows, total/trainable/frozen parameter counts; its ``str`` and ``repr``
+        are the table).
 
         input_shape: the shape of one sample, e.g. (3, 32, 32) (the batch axis shows as None);
         a 4-tuple is taken as a whole batch (N, C, H, W).
@@ -577,7 +585,11 @@ class Module:
         """
         from .summary import summarize
 
-        return summarize(self, input_shape, print_fn)
+        result = summarize(self, input_shape, None)
+        if print_fn is None:
+            return result
+        print_fn(result.text)
+        return None
 
     def _summarize(self, shape, rf, name: str, depth: int, rows: list):
         """Append this module's summary rows for an input of `shape` with receptive field `rf`
@@ -629,19 +641,49 @@ def _post_backward(module: Module) -> None:
             hook(module)
 
 
+def _layout_hint(given: tuple, expected: tuple) -> str:
+    """A suggestion when a weight of the wrong shape is a known other layout of the right one:
+    TensorFlow/Keras kernels, (kh, kw, in, out) for Conv2d and (kh, kw, out, in) for
+    ConvTranspose2d, both undone by ``np.transpose(w, (3, 2, 0, 1))``; Keras Dense kernels
+    (in, out) for Linear's (out, in). Square shapes, where the layouts coincide, cannot be
+    told apart."""
+    if len(given) == 4 and len(expected) == 4 and given == tuple(expected[i] for i in (2, 3, 1, 0)):
+        return (" (it looks like a TensorFlow/Keras kernel laid out (kh, kw, in, out): "
+                "load np.transpose(w, (3, 2, 0, 1)))")
+    if len(given) == 2 and given == expected[::-1]:
+        return " (it looks like a Keras Dense kernel laid out (in, out): load w.T)"
+    return ""
+
+
 def _one_line(module: Module) -> str:
     """`module` in error messages: its repr, or for a module with sub-modules (whose repr
     spans lines) its type."""
     return repr(module) if not module._modules else f"{type(module).__name__}(...)"
 
 
+_warned_uint8 = [False]
+
+
+def _warn_uint8(layer: Module) -> None:
+    """Once per process: uint8 input is most likely raw images, used as values 0..255."""
+    if _warned_uint8[0]:
+        return
+    _warned_uint8[0] = True
+    warnings.warn(f"{_one_line(layer)}: uint8 input (raw images?) is used as values 0..255, "
+                  f"unscaled and unnormalised; convert it as the model was trained: "
+                  f"fastconv.data.to_float32(x, mean, std), or x.astype(np.float32) to keep "
+                  f"the values (this warning is shown once)", UserWarning, stacklevel=4)
+
+
 def _as_input(layer: Module, x, dtype: np.dtype | None) -> np.ndarray:
     """`x` as an ndarray of `dtype` (the layer's parameters' dtype) or, if None, of its own
-    float32/float64 dtype (other real dtypes -> float32)."""
+    float32/float64 dtype (other real dtypes -> float32; uint8 with a one-time warning)."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise TypeError(f"{_one_line(layer)}: input must hold real numbers, got dtype {x.dtype}")
+    if x.dtype == np.uint8:
+        _warn_uint8(layer)
     if dtype is None:
         dtype = _input_float_dtype(x)
     if x.dtype != dtype:
@@ -655,19 +697,33 @@ def _input_float_dtype(x) -> np.dtype:
     return np.dtype(np.float32) if dt is None else _args.working_dtype(dt)
 
 
+def _layout_advice(shape: tuple, channels: int | None) -> str:
+    """What to do with an input of ``shape`` that is not (N, channels, H, W): channels last
+    (NHWC, as TensorFlow and Pillow give images) -> the transpose; one image -> x[None]."""
+    if len(shape) == 4 and channels is not None and shape[1] != channels \
+            and shape[3] == channels:
+        return (" (channels last? fastconv takes NCHW like PyTorch: use "
+                "x.transpose(0, 3, 1, 2))")
+    if len(shape) == 3:
+        if channels is not None and shape[0] != channels and shape[2] == channels:
+            return " (one channels-last image? use x.transpose(2, 0, 1)[None])"
+        return " (for a single image use x[None])"
+    return ""
+
+
 def _check_4d(layer: Module, x: np.ndarray, channels: int | None = None) -> None:
     if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
         c = "C" if channels is None else str(channels)
-        hint = " (for a single image use x[None])" if x.ndim == 3 else ""
         raise ValueError(f"{layer!r}: expected input of shape (N, {c}, H, W), "
-                         f"got {x.shape}{hint}")
+                         f"got {x.shape}{_layout_advice(x.shape, channels)}")
 
 
 def _shape_4d(layer: Module, shape, channels: int | None = None) -> tuple[int, int, int, int]:
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4 or (channels is not None and shape[1] != channels):
         c = "C" if channels is None else str(channels)
-        raise ValueError(f"{layer!r}: expected input of shape (N, {c}, H, W), got {shape}")
+        raise ValueError(f"{layer!r}: expected input of shape (N, {c}, H, W), got {shape}"
+                         f"{_layout_advice(shape, channels)}")
     return shape  # type: ignore[return-value]
 
 

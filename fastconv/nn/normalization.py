@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-from .module import (Module, Parameter, _as_input, _channel_dot, _channel_sum, _float_dtype,
+from .module import (Module, Parameter, _as_input, _layout_advice, _channel_dot, _channel_sum, _float_dtype,
                      _input_float_dtype, _positive_int, _rowdot)
 
 
@@ -80,8 +80,9 @@ class _BatchNorm(Module):
 
     def _check_shape(self, shape) -> None:
         if len(shape) not in self._ndims or shape[1] != self.num_features:
+            advice = _layout_advice(tuple(shape), self.num_features) if len(shape) == 4 else ""
             raise ValueError(f"{self!r}: expected input of shape {self._layout.format(C=self.num_features)}, "
-                             f"got {tuple(shape)}")
+                             f"got {tuple(shape)}{advice}")
 
     def _uses_batch_stats(self) -> bool:
         return self.training or not self.track_running_stats

@@ -47,8 +47,8 @@ class ModelSummary:
         return self.text
 
     def __repr__(self) -> str:
-        return (f"ModelSummary(layers={len(self.rows)}, total_params={self.total_params:,}, "
-                f"output_shape={self.rows[-1]['output_shape'] if self.rows else None})")
+        # the table, so that a REPL or notebook echoing the object shows it (as torchinfo's)
+        return self.text
 
 
 def _fmt_shape(shape, batch) -> str:

@@ -1,0 +1,65 @@
+"""Image files to arrays, as the models see them: decoded with Pillow (an optional dependency,
+``pip install pillow``), converted to RGB, the shorter side resized to the model's input size
+(bicubic), then centre-cropped to a square; uint8 (3, size, size).
+
+This is torchvision's ``Resize(size)`` + ``CenterCrop(size)`` on an ``ImageFolder`` image, and
+what :mod:`fastconv.cli.predict` does to the files it classifies, so that images are prepared
+in the same way for training and for prediction.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .archive import DatasetError
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "read_image", "is_image_file"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+                    ".gif")
+"""File name endings read as images (case-insensitive), as torchvision's ``IMG_EXTENSIONS``."""
+
+
+class ImageReadError(DatasetError):
+    """An image file could not be read (missing, not an image, truncated, or Pillow is not
+    installed); the message names the file."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` ends with one of :data:`IMAGE_EXTENSIONS` and is not hidden."""
+    name = os.path.basename(os.fspath(path))
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def read_image(path: str | os.PathLike, size: int = 32) -> np.ndarray:
+    """Read an image file as uint8 (3, size, size): RGB, shorter side resized to ``size``
+    (bicubic), centre crop. Any size and mode (grey, palette, RGBA: alpha dropped, CMYK) is
+    accepted. :class:`ImageReadError` naming the file when it cannot be read."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as e:
+        raise ImageReadError("reading images needs Pillow: pip install pillow") from e
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"read_image: size must be a positive int, got {size!r}")
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))    # JPEG: decode at a reduced scale >= size
+            if im.mode == "P" and "transparency" in im.info:
+                im = im.convert("RGBA")      # (Pillow warns on a direct P -> RGB here)
+            im = im.convert("RGB")
+    except FileNotFoundError as e:
+        raise ImageReadError(f"image {path} not found") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot read {path} as an image ({e})") from e
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), getattr(Image, "Resampling", Image).BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
