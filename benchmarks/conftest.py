@@ -32,7 +32,7 @@ def cpu_flags() -> str:
             for line in f:
                 if line.startswith("flags"):
                     flags = line.split(":", 1)[1].split()
-                    keep = [x for x in flags if x.startswith(("avx", "fma", "sse4"))]
+                    keep = [x for x in flags if x.startswith(("avx", "fma", "sse4", "amx"))]
                     return " ".join(sorted(keep))
     except OSError:
         pass

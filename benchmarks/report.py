@@ -28,7 +28,8 @@ def load_groups(data: dict) -> dict[str, dict[str, dict]]:
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
         if bench.get("stats") is None or info.get("kind") in ("memory", "paired", "paired_conv",
-                                                             "paired_activation", "peak"):
+                                                             "paired_activation", "peak",
+                                                             "bf16"):
             continue
         groups[bench["group"]][info.get("impl", bench["name"])] = {
             "median": bench["stats"]["median"], **info}
@@ -135,6 +136,26 @@ def paired_table(data: dict, kind: str = "paired") -> str:
                           f"| --- | ---: | ---: | ---: | ---: | ---: |{extra[1]}", lines)
 
 
+def bf16_table(data: dict) -> str:
+    """bf16 mode against float32 (and PyTorch's bf16 autocast) interleaved round by round
+    (extra_info kind "bf16"): per layer and pass, the bf16 path that ran next to the medians
+    and the median per-round speed-up of bf16 over float32."""
+    lines = []
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if info.get("kind") != "bf16" or "speedup_bf16_over_f32_median" not in info:
+            continue
+        torch = info.get("torch_bf16_median_s")
+        lines.append(f"| {info['layer']} {info['pass_']} (batch {info['batch']}) | "
+                     f"{info['bf16_path']} | {info['rounds']} | {info['f32_median_s'] * 1e3:.2f} ms"
+                     f" | {info['bf16_median_s'] * 1e3:.2f} ms | "
+                     f"{info['speedup_bf16_over_f32_median']:.2f}x | "
+                     f"{f'{torch * 1e3:.2f} ms' if torch else '-'} |")
+    return markdown_table("| pass | bf16 path | rounds | fastconv f32 | fastconv bf16 | "
+                          "bf16 speed-up, median | PyTorch bf16 |",
+                          "| --- | --- | ---: | ---: | ---: | ---: | ---: |", lines)
+
+
 #: extra_info others_share / steal_share from which a benchmark is listed as crowded out.
 CROWDED = 0.02
 
@@ -214,6 +235,9 @@ def main(argv=None) -> int:
          paired_table(data, "paired_conv")),
         ("GELU and SiLU passes of fastconv and PyTorch interleaved, one call of each per round:",
          paired_table(data, "paired_activation")),
+        ("bf16 mode against float32 in the same run, interleaved call by call (the bf16 path "
+         "says which kernels ran: 'emulated' is float32 arithmetic on rounded operands):",
+         bf16_table(data)),
         ("Peak RSS of a fresh process per implementation (VmHWM, else ru_maxrss; baseline = "
          "after imports and model set-up, delta = what the training steps add):",
          memory_table(data)),

@@ -40,6 +40,11 @@ DATA = {
                         "fastconv_median_s": 0.002, "torch_median_s": 0.0031, "flops": 4e9,
                         "ratio_median": 1.55, "ratio_quartiles": [1.4, 1.55, 1.7],
                         "others_share": 0.0, "steal_share": 0.0}},
+        {"group": "bf16 conv a forward", "name": "bf", "stats": {"median": 0.01},
+         "extra_info": {"kind": "bf16", "layer": "a", "pass_": "forward", "batch": 256,
+                        "bf16_path": "emulated", "rounds": 12, "f32_median_s": 0.004,
+                        "bf16_median_s": 0.005, "speedup_bf16_over_f32_median": 0.8,
+                        "torch_bf16_median_s": 0.02}},
         {"group": "memory", "name": "mem", "stats": {"median": 1.0},
          "extra_info": {"kind": "memory", "others_share": 0.9, "steal_share": 0.0,
                         "rss_mib": {"fastconv": {"baseline": 50, "peak": 150, "delta": 100}}}},
@@ -67,6 +72,9 @@ def test_report_tables(tmp_path):
     assert ("| a forward | 200 | 2.00 ms | 3.10 ms | 1.55x | 1.40-1.70x | "
             "2000 GFLOP/s (50% of peak) |") in text
     assert "| memory | fastconv | 50 | 150 | 100 |" in text
+    assert ("| a forward (batch 256) | emulated | 12 | 4.00 ms | 5.00 ms | 0.80x | 20.00 ms |"
+            in text)
+    assert "bf16 conv a forward" not in text  # not in the main table
     # Outside load: the reference (25% others) and PyTorch (3% steal), not the memory run.
     crowded = text[text.index("Benchmarks during which"):]
     assert "| conv a forward | reference | 25.0% | 0.0% |" in crowded

@@ -22,6 +22,7 @@
 #include "conv_direct.h"
 #include "cpu.h"
 #include "gemm.h"
+#include "gemm_bf16.h"
 #include "gemm_direct.h"
 #include "im2col.h"
 #include "optim.h"
@@ -216,6 +217,18 @@ decltype(auto) for_dtype(const py::array& a, const char* name, Op&& op) {
   return for_dtype(a.dtype(), name, "array", std::forward<Op>(op));
 }
 
+// The Precision named `name` ("f32" or "bf16") for arrays of dtype d: bf16 only for float32.
+fastconv::Precision precision_arg(const std::string& name, const py::dtype& d, const char* op) {
+  fastconv::Precision p;
+  if (!fastconv::precision_from_name(name, &p))
+    throw py::value_error(std::string(op) + ": precision must be 'f32' or 'bf16', got '" + name +
+                          "'");
+  if (p == fastconv::Precision::bf16 && !has_dtype<float>(d))
+    throw py::type_error(std::string(op) + ": precision 'bf16' needs float32 arrays, got " +
+                         std::string(py::str(d)));
+  return p;
+}
+
 // ---- conv -------------------------------------------------------------------------------
 
 fastconv::ConvShape conv_shape(const py::array& x, const py::array& w, const py::array& y,
@@ -244,9 +257,10 @@ void conv_forward_t(const py::array& x, const py::array& w, const py::object& bi
 
 void conv2d_forward(const py::array& x, const py::array& w, const py::object& bias, py::array y,
                     index_t sh, index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
-                    index_t groups) {
+                    index_t groups, const std::string& precision) {
   const auto win = window(dim(w, 2, "weight"), dim(w, 3, "weight"), sh, sw, ph, pw, dh, dw);
-  const auto s = conv_shape(x, w, y, groups, win);
+  auto s = conv_shape(x, w, y, groups, win);
+  s.precision = precision_arg(precision, x.dtype(), "conv2d_forward");
   for_dtype(x, "x", [&](auto t) { conv_forward_t<decltype(t)>(x, w, bias, y, s); });
 }
 
@@ -263,9 +277,10 @@ void conv_backward_input_t(const py::array& gy, const py::array& w, py::array& g
 
 void conv2d_backward_input(const py::array& gy, const py::array& w, py::array gx, index_t sh,
                            index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
-                           index_t groups) {
+                           index_t groups, const std::string& precision) {
   const auto win = window(dim(w, 2, "weight"), dim(w, 3, "weight"), sh, sw, ph, pw, dh, dw);
-  const auto s = conv_shape(gx, w, gy, groups, win);
+  auto s = conv_shape(gx, w, gy, groups, win);
+  s.precision = precision_arg(precision, gy.dtype(), "conv2d_backward_input");
   for_dtype(gy, "grad_y", [&](auto t) { conv_backward_input_t<decltype(t)>(gy, w, gx, s); });
 }
 
@@ -282,10 +297,11 @@ void conv_backward_weight_t(const py::array& gy, const py::array& x, py::array& 
 
 void conv2d_backward_weight(const py::array& gy, const py::array& x, py::array gw, index_t sh,
                             index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
-                            index_t groups) {
+                            index_t groups, const std::string& precision) {
   const auto win = window(dim(gw, 2, "grad_weight"), dim(gw, 3, "grad_weight"), sh, sw, ph, pw,
                           dh, dw);
-  const auto s = conv_shape(x, gw, gy, groups, win);
+  auto s = conv_shape(x, gw, gy, groups, win);
+  s.precision = precision_arg(precision, gy.dtype(), "conv2d_backward_weight");
   for_dtype(gy, "grad_y", [&](auto t) { conv_backward_weight_t<decltype(t)>(gy, x, gw, s); });
 }
 
@@ -337,7 +353,7 @@ fastconv::ConvShape conv_shape_sized(const py::array& x, const py::array& w, con
 std::string conv_algorithm(const std::string& pass, const py::object& dtype,
                            const std::array<index_t, 4>& x, const std::array<index_t, 4>& w,
                            index_t oh, index_t ow, index_t sh, index_t sw, index_t ph, index_t pw,
-                           index_t dh, index_t dw, index_t groups) {
+                           index_t dh, index_t dw, index_t groups, const std::string& precision) {
   fastconv::ConvPass p;
   if (pass == "forward") p = fastconv::ConvPass::forward;
   else if (pass == "backward_input") p = fastconv::ConvPass::backward_input;
@@ -345,8 +361,8 @@ std::string conv_algorithm(const std::string& pass, const py::object& dtype,
   else
     throw py::value_error("conv_algorithm: pass_ must be 'forward', 'backward_input' or "
                           "'backward_weight', got '" + pass + "'");
-  const auto s = checked_conv_shape(x, w, oh, ow, sh, sw, ph, pw, dh, dw, groups,
-                                    "conv_algorithm");
+  auto s = checked_conv_shape(x, w, oh, ow, sh, sw, ph, pw, dh, dw, groups, "conv_algorithm");
+  s.precision = precision_arg(precision, py::dtype::from_args(dtype), "conv_algorithm");
   return for_dtype(py::dtype::from_args(dtype), "conv_algorithm: dtype", "dtype", [&](auto t) {
     return std::string(fastconv::conv_algorithm_name(
         fastconv::conv_algorithm_for<decltype(t)>(s, p)));
@@ -358,9 +374,11 @@ bool conv2d_forward_max_pool(const py::array& x, const py::array& w, const py::o
                              index_t sw, index_t ph, index_t pw, index_t dh, index_t dw,
                              index_t groups, index_t pool_kh, index_t pool_kw, index_t pool_sh,
                              index_t pool_sw, index_t pool_ph, index_t pool_pw,
-                             index_t pool_dh, index_t pool_dw, bool relu) {
-  const auto s = conv_shape_sized(x, w, "weight", oh, ow, sh, sw, ph, pw, dh, dw, groups,
-                                  "conv2d_forward_max_pool");
+                             index_t pool_dh, index_t pool_dw, bool relu,
+                             const std::string& precision) {
+  auto s = conv_shape_sized(x, w, "weight", oh, ow, sh, sw, ph, pw, dh, dw, groups,
+                            "conv2d_forward_max_pool");
+  s.precision = precision_arg(precision, x.dtype(), "conv2d_forward_max_pool");
   const fastconv::PoolShape ps{s.N, s.F, oh, ow, dim(y, 2, "y"), dim(y, 3, "y"),
                                window(pool_kh, pool_kw, pool_sh, pool_sw, pool_ph, pool_pw,
                                       pool_dh, pool_dw)};
@@ -395,9 +413,11 @@ bool conv2d_backward_weight_through_max_pool(const py::array& gp, const py::arra
                                              const py::object& relu_y, const py::array& x,
                                              py::array gw, const py::object& gb, index_t oh,
                                              index_t ow, index_t sh, index_t sw, index_t ph,
-                                             index_t pw, index_t dh, index_t dw, index_t groups) {
-  const auto s = conv_shape_sized(x, gw, "grad_weight", oh, ow, sh, sw, ph, pw, dh, dw, groups,
-                                  "conv2d_backward_weight_through_max_pool");
+                                             index_t pw, index_t dh, index_t dw, index_t groups,
+                                             const std::string& precision) {
+  auto s = conv_shape_sized(x, gw, "grad_weight", oh, ow, sh, sw, ph, pw, dh, dw, groups,
+                            "conv2d_backward_weight_through_max_pool");
+  s.precision = precision_arg(precision, gp.dtype(), "conv2d_backward_weight_through_max_pool");
   return for_dtype(gp, "grad_pooled", [&](auto t) {
     return conv_backward_through_pool_t<decltype(t)>(gp, idx, relu_y, x, gw, gb, s);
   });
@@ -619,7 +639,7 @@ void upsample_nearest2d_backward(const py::array& gy, py::array gx, const py::ar
 
 template <typename T>
 void gemm_t(const py::array& a, const py::array& b, py::array& c, bool trans_a, bool trans_b,
-            bool accumulate) {
+            bool accumulate, fastconv::Precision precision) {
   if (a.ndim() != 2 || b.ndim() != 2 || c.ndim() != 2)
     throw py::value_error("gemm: a, b and c must be 2-D");
   const index_t M = c.shape(0), N = c.shape(1);
@@ -632,6 +652,16 @@ void gemm_t(const py::array& a, const py::array& b, py::array& c, bool trans_a, 
   T* cp = data_of<T>(c, "c", M * N, true);
   const index_t lda = a.shape(1), ldb = b.shape(1);
   KernelCall call;
+  if constexpr (std::is_same_v<T, float>) {
+    if (precision == fastconv::Precision::bf16) {
+      const fastconv::StridedA<float> as(ap, trans_a ? 1 : lda, trans_a ? lda : 1);
+      fastconv::gemm_bf16_parallel(M, N, K, fastconv::Bf16FromF32A(as),
+                                   fastconv::StridedB<float>(bp, trans_b ? 1 : ldb,
+                                                             trans_b ? ldb : 1),
+                                   cp, N, accumulate);
+      return;
+    }
+  }
   if (!trans_a && trans_b) {
     if (fastconv::gemm_abt_dot<T>(M, N, K, ap, lda, bp, ldb, cp, N, accumulate)) return;
     if constexpr (std::is_same_v<T, float>)
@@ -642,10 +672,60 @@ void gemm_t(const py::array& a, const py::array& b, py::array& c, bool trans_a, 
 }
 
 void gemm(const py::array& a, const py::array& b, py::array c, bool trans_a, bool trans_b,
-          bool accumulate) {
+          bool accumulate, const std::string& precision) {
+  const fastconv::Precision p = precision_arg(precision, a.dtype(), "gemm");
   for_dtype(a, "a", [&](auto t) {
-    gemm_t<decltype(t)>(a, b, c, trans_a, trans_b, accumulate);
+    gemm_t<decltype(t)>(a, b, c, trans_a, trans_b, accumulate, p);
   });
+}
+
+// ---- bf16 ------------------------------------------------------------------------------
+
+void round_to_bf16_array(const py::array& x, py::array y) {
+  const float* xp = data_of<float>(x, "x", x.size(), false);
+  float* yp = data_of<float>(y, "y", x.size(), true);
+  KernelCall call;
+  fastconv::round_to_bf16(xp, x.size(), yp);
+}
+
+py::dict bf16_paths() {
+  py::dict d;
+  for (int i = 0; i < fastconv::kBf16PathCount; ++i) {
+    const auto path = static_cast<fastconv::Bf16Path>(i);
+    const char* why = fastconv::bf16_path_unavailable_reason(path);
+    d[fastconv::bf16_path_name(path)] = why ? py::object(py::str(why)) : py::object(py::none());
+  }
+  return d;
+}
+
+bool set_bf16_path(const std::string& name) {
+  if (name == "auto")
+    return while_no_kernel_runs([] {
+      fastconv::select_best_bf16_path();
+      return true;
+    });
+  fastconv::Bf16Path path;
+  if (!fastconv::bf16_path_from_name(name, &path))
+    throw py::value_error("set_bf16_path: unknown path '" + name + "'");
+  return while_no_kernel_runs([&] { return fastconv::select_bf16_path(path); });
+}
+
+py::dict bf16_gemm_blocks() {
+  const fastconv::Bf16GemmConfig& c = fastconv::bf16_gemm_config();
+  py::dict d;
+  d["path"] = fastconv::bf16_path_name(c.path);
+  d["mr"] = c.mr;
+  d["nr"] = c.nr;
+  d["k_group"] = c.k_group;
+  d["elem_bytes"] = c.elem_bytes;
+  d["mc"] = c.mc;
+  d["kc"] = c.kc;
+  d["nc"] = c.nc;
+  return d;
+}
+
+bool set_bf16_gemm_blocks(index_t mc, index_t kc, index_t nc) {
+  return while_no_kernel_runs([&] { return fastconv::set_bf16_gemm_blocks(mc, kc, nc); });
 }
 
 // ---- optimiser updates (in place) -------------------------------------------------------
@@ -906,13 +986,16 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "fastconv compiled kernels (internal: use fastconv.functional)";
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("weight"), py::arg("bias").none(true),
         py::arg("y"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
-        py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"));
+        py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"),
+        py::arg("precision") = "f32");
   m.def("conv2d_backward_input", &conv2d_backward_input, py::arg("grad_y"), py::arg("weight"),
         py::arg("grad_x"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
-        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"));
+        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"),
+        py::arg("precision") = "f32");
   m.def("conv2d_backward_weight", &conv2d_backward_weight, py::arg("grad_y"), py::arg("x"),
         py::arg("grad_weight"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
-        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"));
+        py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"),
+        py::arg("precision") = "f32");
   m.def("conv2d_backward_bias", &conv2d_backward_bias, py::arg("grad_y"), py::arg("grad_bias"));
   m.def("conv2d_forward_max_pool", &conv2d_forward_max_pool, py::arg("x"), py::arg("weight"),
         py::arg("bias").none(true), py::arg("y"), py::arg("indices"), py::arg("out_h"),
@@ -921,17 +1004,20 @@ PYBIND11_MODULE(_core, m) {
         py::arg("pool_kernel_h"), py::arg("pool_kernel_w"), py::arg("pool_stride_h"),
         py::arg("pool_stride_w"), py::arg("pool_pad_h"), py::arg("pool_pad_w"),
         py::arg("pool_dilation_h"), py::arg("pool_dilation_w"), py::arg("relu"),
+        py::arg("precision") = "f32",
         "Returns False, having done nothing, where the fused kernels do not apply.");
   m.def("conv2d_backward_weight_through_max_pool", &conv2d_backward_weight_through_max_pool,
         py::arg("grad_pooled"), py::arg("indices"), py::arg("relu_output").none(true),
         py::arg("x"), py::arg("grad_weight"), py::arg("grad_bias").none(true), py::arg("out_h"),
         py::arg("out_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
         py::arg("pad_w"), py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"),
+        py::arg("precision") = "f32",
         "Returns False if a pooling index lies outside its plane.");
   m.def("conv_algorithm", &conv_algorithm, py::arg("pass_"), py::arg("dtype"),
         py::arg("input_shape"), py::arg("weight_shape"), py::arg("out_h"), py::arg("out_w"),
         py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
         py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"),
+        py::arg("precision") = "f32",
         "Name of the algorithm conv2d runs for this pass and shape, for finite data.");
   m.def("im2col", &im2col, py::arg("x"), py::arg("cols"), py::arg("kernel_h"), py::arg("kernel_w"),
         py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
@@ -961,8 +1047,24 @@ PYBIND11_MODULE(_core, m) {
   m.def("upsample_nearest2d_backward", &upsample_nearest2d_backward, py::arg("grad_y"),
         py::arg("grad_x"), py::arg("rows"), py::arg("cols"));
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
-        py::arg("trans_b") = false, py::arg("accumulate") = false,
-        "c (+)= op(a) @ op(b) with the packed GEMM (threads over blocks of c).");
+        py::arg("trans_b") = false, py::arg("accumulate") = false, py::arg("precision") = "f32",
+        "c (+)= op(a) @ op(b) with the packed GEMM (threads over blocks of c); precision "
+        "'bf16' (float32): a and b rounded to bfloat16, the bf16 GEMM.");
+  m.def("round_to_bf16", &round_to_bf16_array, py::arg("x"), py::arg("y"),
+        "y = x rounded to the nearest bfloat16 (float32 arrays of one size; y may be x).");
+  m.def("bf16_path", [] { return fastconv::bf16_path_name(fastconv::selected_bf16_path()); },
+        "The bf16 GEMM path in use: 'amx', 'avx512_bf16', 'emulated' (or a forced twin).");
+  m.def("best_bf16_path", [] { return fastconv::bf16_path_name(fastconv::best_bf16_path()); });
+  m.def("bf16_paths", &bf16_paths,
+        "Every bf16 path: None where it runs here, else why not (e.g. 'CPU lacks avx512_bf16').");
+  m.def("set_bf16_path", &set_bf16_path, py::arg("path"),
+        "Force a bf16 path ('auto': the best) for tests/benchmarks; False if it cannot run here.");
+  m.def("bf16_gemm_blocks", &bf16_gemm_blocks,
+        "The bf16 GEMM's path, register tile (mr, nr), k group, element bytes and blocks.");
+  m.def("set_bf16_gemm_blocks", &set_bf16_gemm_blocks, py::arg("mc"), py::arg("kc"),
+        py::arg("nc"),
+        "Force the selected bf16 path's blocks (tests); all zero: back to the derived ones. "
+        "False if invalid.");
   m.def("sgd_update", &sgd_update, py::arg("param"), py::arg("grad"),
         py::arg("momentum_buffer").none(true), py::arg("lr"), py::arg("momentum"),
         py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("first_step"),

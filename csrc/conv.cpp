@@ -13,6 +13,7 @@
 #include "conv_direct.h"
 #include "conv_gemm.h"
 #include "conv_winograd.h"
+#include "gemm_bf16.h"
 #include "pool.h"
 
 namespace fastconv {
@@ -256,6 +257,9 @@ struct ConvEntry {
   bool nonfinite_weights;
   // Copies each image into a zero-padded buffer: only where padded_copy_pays, forced or not.
   bool copies_padded;
+  // A GEMM of gemm.h: in bf16 mode its packing rounds the operands and the bf16 GEMM
+  // multiplies them; the other algorithms get rounded copies (see conv.h).
+  bool bf16_gemm;
   bool (*takes)(const ConvShape& s, ConvPass pass, bool forced);
   ConvPasses<float> f32;
   ConvPasses<double> f64;  // the direct kernels are float32 only
@@ -265,23 +269,23 @@ struct ConvEntry {
 // few-channel tiles for the first layers, the channels-last tiles for many channels, then the
 // GEMMs: wide rows where their junk columns cost little, im2col everywhere else.
 constexpr ConvEntry kConvTable[] = {
-    {ConvAlgorithm::winograd, "winograd", true, false, true, &takes_winograd,
+    {ConvAlgorithm::winograd, "winograd", true, false, true, false, &takes_winograd,
      {&winograd_forward, &conv2d_backward_input_winograd, &conv2d_backward_weight_winograd,
       &winograd_forward_pool, nullptr},
      {}},
-    {ConvAlgorithm::direct_nchw, "direct_nchw", true, false, true, &takes_direct_nchw,
+    {ConvAlgorithm::direct_nchw, "direct_nchw", true, false, true, false, &takes_direct_nchw,
      {&direct_nchw_forward, &always<&conv2d_backward_input_small_channels>,
       &always<static_cast<void (*)(const ConvShape&, const float*, const float*, float*)>(
           &conv2d_backward_weight_small_channels)>,
       &direct_nchw_forward_pool, &direct_nchw_weight_through_pool},
      {}},
-    {ConvAlgorithm::direct, "direct", false, false, true, &takes_direct,
+    {ConvAlgorithm::direct, "direct", false, false, true, false, &takes_direct,
      {&always<&conv2d_forward_direct>, &always<&conv2d_backward_input_direct>,
       &always<&conv2d_backward_weight_direct>},
      {}},
-    {ConvAlgorithm::wide, "wide", false, false, true, &takes_wide, wide_passes<float>,
+    {ConvAlgorithm::wide, "wide", false, false, true, true, &takes_wide, wide_passes<float>,
      wide_passes<double>},
-    {ConvAlgorithm::im2col, "im2col", false, true, false, &takes_every_shape, im2col_passes<float>,
+    {ConvAlgorithm::im2col, "im2col", false, true, false, true, &takes_every_shape, im2col_passes<float>,
      im2col_passes<double>},
 };
 constexpr int kConvEntries = sizeof(kConvTable) / sizeof(kConvTable[0]);
@@ -315,16 +319,54 @@ bool applies(int i, const ConvShape& s, ConvPass pass, bool nonfinite_weights) {
   const int forced = g_forced.load(std::memory_order_relaxed);
   if (forced == i) return e.takes(s, pass, true);
   if (forced >= 0 && (i < forced || e.specialist)) return false;
+  if (s.precision == Precision::bf16 && !e.bf16_gemm &&
+      selected_bf16_path() != Bf16Path::emulated)
+    return false;  // a bf16 GEMM kernel runs: the GEMMs (see conv.h)
   return e.takes(s, pass, false);
 }
 
-// Runs run(passes) for the entries that apply, in order, until one returns true. im2col, last,
-// takes every shape and never declines.
+// Runs run(entry, passes) for the entries that apply, in order, until one returns true.
+// im2col, last, takes every shape and never declines.
 template <typename T, typename Run>
 void run_first(const ConvShape& s, ConvPass pass, bool nonfinite_weights, Run run) {
   for (int i = 0; i < kConvEntries; ++i)
-    if (applies<T>(i, s, pass, nonfinite_weights) && run(passes_of<T>(kConvTable[i]))) return;
+    if (applies<T>(i, s, pass, nonfinite_weights) &&
+        run(kConvTable[i], passes_of<T>(kConvTable[i])))
+      return;
 }
+
+// An operand of a bf16-mode pass as the algorithms that do not round while packing need it:
+// a copy rounded to bfloat16, made on first use. Otherwise (float32 mode, float64) the
+// operand itself.
+template <typename T>
+class Bf16Operand {
+ public:
+  Bf16Operand(const ConvShape& s, const T* p, index_t n) : p_(p), n_(n), bf16_(is_bf16(s)) {}
+  static bool is_bf16(const ConvShape& s) {
+    return std::is_same_v<T, float> && s.precision == Precision::bf16;
+  }
+  // The operand as entry e takes it.
+  const T* for_entry(const ConvEntry& e) { return e.bf16_gemm ? p_ : rounded(); }
+  // The operand's values as every pass multiplies them.
+  const T* rounded() {
+    if constexpr (std::is_same_v<T, float>) {
+      if (!bf16_) return p_;
+      if (!copy_) {
+        copy_ = make_scratch<float>(n_);
+        round_to_bf16(p_, n_, copy_.get());
+      }
+      return copy_.get();
+    } else {
+      return p_;
+    }
+  }
+
+ private:
+  const T* p_;
+  index_t n_;
+  bool bf16_;
+  Scratch<T> copy_;
+};
 
 // The entry the walk would start with for finite data.
 template <typename T>
@@ -369,16 +411,24 @@ ConvAlgorithm conv_algorithm_for(const ConvShape& s, ConvPass pass) {
   return first_entry<T>(s, pass).algorithm;
 }
 
+// (bf16: the weights' rounded values decide what is finite; rounding turns values past
+// bf16's largest into inf.)
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
-  run_first<T>(s, ConvPass::forward, nonfinite_weights(s, w),
-               [&](const ConvPasses<T>& p) { return p.forward(s, x, w, bias, y); });
+  Bf16Operand<T> xr(s, x, s.N * s.C * s.H * s.W), wr(s, w, s.F * s.CKK());
+  run_first<T>(s, ConvPass::forward, nonfinite_weights(s, wr.rounded()),
+               [&](const ConvEntry& e, const ConvPasses<T>& p) {
+                 return p.forward(s, xr.for_entry(e), wr.for_entry(e), bias, y);
+               });
 }
 
 template <typename T>
 void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
-  run_first<T>(s, ConvPass::backward_input, nonfinite_weights(s, w),
-               [&](const ConvPasses<T>& p) { return p.backward_input(s, gy, w, gx); });
+  Bf16Operand<T> gyr(s, gy, s.N * s.F * s.L()), wr(s, w, s.F * s.CKK());
+  run_first<T>(s, ConvPass::backward_input, nonfinite_weights(s, wr.rounded()),
+               [&](const ConvEntry& e, const ConvPasses<T>& p) {
+                 return p.backward_input(s, gyr.for_entry(e), wr.for_entry(e), gx);
+               });
 }
 
 template <typename T>
@@ -387,8 +437,11 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
     std::fill(gw, gw + s.F * s.CKK(), T(0));
     return;
   }
+  Bf16Operand<T> gyr(s, gy, s.N * s.F * s.L()), xr(s, x, s.N * s.C * s.H * s.W);
   run_first<T>(s, ConvPass::backward_weight, false,
-               [&](const ConvPasses<T>& p) { return p.backward_weight(s, gy, x, gw); });
+               [&](const ConvEntry& e, const ConvPasses<T>& p) {
+                 return p.backward_weight(s, gyr.for_entry(e), xr.for_entry(e), gw);
+               });
 }
 
 template <typename T>
@@ -414,15 +467,19 @@ bool conv2d_forward_max_pool(const ConvShape& s, const T* x, const T* w, const T
   // non-finite weights or inputs: the caller then runs the two calls. The weights are
   // scanned only where a fused pass applies (conv2d_forward scans them in the two calls).
   if (s.N == 0) return false;
-  const ConvPasses<T>& p = passes_of<T>(first_entry<T>(s, ConvPass::forward));
-  if (!p.forward_max_pool || nonfinite_weights(s, w)) return false;
-  return p.forward_max_pool(s, x, w, bias, ps, relu, y, indices);
+  const ConvEntry& e = first_entry<T>(s, ConvPass::forward);
+  const ConvPasses<T>& p = passes_of<T>(e);
+  if (!p.forward_max_pool) return false;
+  Bf16Operand<T> xr(s, x, s.N * s.C * s.H * s.W), wr(s, w, s.F * s.CKK());
+  if (nonfinite_weights(s, wr.rounded())) return false;
+  return p.forward_max_pool(s, xr.for_entry(e), wr.for_entry(e), bias, ps, relu, y, indices);
 }
 
 template <typename T>
 bool conv2d_backward_weight_through_max_pool(const ConvShape& s, const PooledGrad<T>& pg,
                                              const T* x, T* gw, T* gb) {
-  if (s.N > 0) {
+  // (bf16: grad_y must be whole to be rounded, so not fused.)
+  if (s.N > 0 && s.precision == Precision::f32) {
     const ConvPasses<T>& p = passes_of<T>(first_entry<T>(s, ConvPass::backward_weight));
     if (p.backward_weight_through_max_pool)
       return p.backward_weight_through_max_pool(s, pg, x, gw, gb);

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "bf16.h"
 #include "common.h"
 #include "im2col.h"
 #include "pool.h"
@@ -26,6 +27,9 @@ struct ConvShape {
   index_t F, G;        // output channels, groups
   index_t OH, OW;      // output size
   Window2d win;
+  // bf16 (float32 only): the passes take their operands (x, w, grad_y) rounded to bfloat16 and
+  // sum the products in float32 (bf16.h); the bias gradient stays a float32 sum of grad_y.
+  Precision precision = Precision::f32;
 
   index_t Cg() const { return C / G; }
   index_t Fg() const { return F / G; }
@@ -47,6 +51,10 @@ enum class ConvPass { forward, backward_input, backward_weight };
 //   wide         the wide-row shifted GEMM (conv_wide.h): stride 1
 //   im2col       im2col-packed GEMM (conv_gemm.h): every shape
 // The first three need the direct kernels of the selected ISA and float32.
+// In bf16 mode the GEMMs (wide, im2col) round their operands while packing them and run on the
+// bf16 GEMM's path (gemm_bf16.h); the others get rounded copies of their operands and run
+// their float32 kernels. Where a bf16 GEMM kernel runs (not the emulated path), only the
+// GEMMs are chosen, unless another algorithm is forced: the others have no bf16 kernels.
 enum class ConvAlgorithm { winograd, direct_nchw, direct, wide, im2col };
 const char* conv_algorithm_name(ConvAlgorithm algorithm);
 

@@ -2,10 +2,13 @@
 #include "conv_gemm.h"
 
 #include <algorithm>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "conv_wide.h"
 #include "gemm.h"
+#include "gemm_bf16.h"
 
 namespace fastconv {
 namespace {
@@ -36,19 +39,51 @@ void matmul(T* pack, index_t M, index_t N, index_t K, const ASource<T>& A, const
     gemm_parallel<T>(M, N, K, A, B, C, ldc, accumulate);
 }
 
-// Each group's weights packed once per call and shared by all images; `transposed` packs
-// w[g]^T (CKK x Fg) for the input gradient.
+// One group's weights (w[g], or w[g]^T for the input gradient), packed once per call and
+// shared by all images: for the float32 GEMM, or converted for the bf16 one (bf16 mode).
 template <typename T>
-std::vector<PackedA<T>> pack_weights(const ConvShape& s, const T* w, bool transposed) {
+class GroupWeights {
+ public:
+  GroupWeights(index_t M, index_t K, const T* w, index_t rs, index_t cs, Precision precision)
+      : M_(M), K_(K) {
+    if constexpr (std::is_same_v<T, float>)
+      if (precision == Precision::bf16) {
+        bf16_ = std::make_unique<Bf16PackedA>(M, K, w, rs, cs);
+        return;
+      }
+    f32_ = std::make_unique<PackedA<T>>(M, K, w, rs, cs);
+  }
+
+  // C[M, N] (+)= weights . B, on this thread's scratch `pack` (the float32 GEMM's; the bf16
+  // GEMM allocates its own), or split over the threads when there is none (see matmul).
+  void multiply(T* pack, index_t N, const BSource<T>& B, T* C, index_t ldc,
+                bool accumulate) const {
+    if constexpr (std::is_same_v<T, float>)
+      if (bf16_) {
+        if (pack) gemm_bf16(M_, N, K_, *bf16_, B, C, ldc, accumulate);
+        else gemm_bf16_parallel(M_, N, K_, *bf16_, B, C, ldc, accumulate);
+        return;
+      }
+    matmul<T>(pack, M_, N, K_, *f32_, B, C, ldc, accumulate);
+  }
+
+ private:
+  index_t M_, K_;
+  std::unique_ptr<PackedA<T>> f32_;
+  std::unique_ptr<Bf16PackedA> bf16_;
+};
+
+template <typename T>
+std::vector<GroupWeights<T>> pack_weights(const ConvShape& s, const T* w, bool transposed) {
   const index_t Fg = s.Fg(), CKK = s.CKK();
-  std::vector<PackedA<T>> packed;
+  std::vector<GroupWeights<T>> packed;
   packed.reserve(s.G);
   for (index_t g = 0; g < s.G; ++g) {
     const T* wg = w + g * Fg * CKK;
     if (transposed)
-      packed.emplace_back(CKK, Fg, wg, 1, CKK);
+      packed.emplace_back(CKK, Fg, wg, 1, CKK, s.precision);
     else
-      packed.emplace_back(Fg, CKK, wg, CKK, 1);
+      packed.emplace_back(Fg, CKK, wg, CKK, 1, s.precision);
   }
   return packed;
 }
@@ -75,7 +110,7 @@ bool wide_pays(const ConvShape& s, ConvPass pass) {
 template <typename T>
 void conv2d_forward_wide(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
-  const std::vector<PackedA<T>> wp = pack_weights(s, w, false);
+  const std::vector<GroupWeights<T>> wp = pack_weights(s, w, false);
   const WideGeometry wg(s);
   const index_t xpad_size = round_up(wg.padded_size(), 16);
   run_items<T>(s.N, checked_add(xpad_size, checked_mul(Fg, wg.Lw)), Fg, wg.Lw,
@@ -87,7 +122,7 @@ void conv2d_forward_wide(const ConvShape& s, const T* x, const T* w, const T* bi
       if (bias)
         for (index_t f = 0; f < Fg; ++f)
           std::fill(out + f * wg.Lw, out + (f + 1) * wg.Lw, bias[g * Fg + f]);
-      matmul<T>(pack, Fg, wg.Lw, CKK, wp[g], WideColsB<T>(wg, xpad), out, wg.Lw, bias != nullptr);
+      wp[g].multiply(pack, wg.Lw, WideColsB<T>(wg, xpad), out, wg.Lw, bias != nullptr);
       narrow_rows(wg, Fg, s.OH, out, y + (n * s.F + g * Fg) * L);
     }
   });
@@ -97,7 +132,7 @@ template <typename T>
 void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
-  const std::vector<PackedA<T>> wp = pack_weights(s, w, false);
+  const std::vector<GroupWeights<T>> wp = pack_weights(s, w, false);
   // The column matrix is never formed: the GEMM packs its B panels straight from the image.
   run_items<T>(s.N, 0, Fg, L, [&](index_t n, T*, T* pack) {
     for (index_t g = 0; g < s.G; ++g) {
@@ -107,10 +142,10 @@ void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* 
       if (bias)
         for (index_t f = 0; f < Fg; ++f) std::fill(yg + f * L, yg + (f + 1) * L, bias[g * Fg + f]);
       if (direct)
-        matmul<T>(pack, Fg, L, CKK, wp[g], StridedB<T>(xg, L, 1), yg, L, bias != nullptr);
+        wp[g].multiply(pack, L, StridedB<T>(xg, L, 1), yg, L, bias != nullptr);
       else
-        matmul<T>(pack, Fg, L, CKK, wp[g], Im2colB<T>(xg, Cg, s.H, s.W, s.win, s.OH, s.OW), yg,
-                  L, bias != nullptr);
+        wp[g].multiply(pack, L, Im2colB<T>(xg, Cg, s.H, s.W, s.win, s.OH, s.OW), yg, L,
+                       bias != nullptr);
     }
   });
 }
@@ -118,7 +153,7 @@ void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* 
 template <typename T>
 void conv2d_backward_input_wide(const ConvShape& s, const T* gy, const T* w, T* gx) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
-  const std::vector<PackedA<T>> wtp = pack_weights(s, w, true);
+  const std::vector<GroupWeights<T>> wtp = pack_weights(s, w, true);
   // dcols (CKK x OH*Wp) = w^T . grad_y widened with zero junk columns; the junk columns of
   // dcols are then zero too, so col2im is a plain add of every row into the padded image.
   const WideGeometry wg(s);
@@ -131,7 +166,7 @@ void conv2d_backward_input_wide(const ConvShape& s, const T* gy, const T* w, T* 
     T* dcols = gyw + gyw_size;
     for (index_t g = 0; g < s.G; ++g) {
       widen_rows(wg, Fg, s.OH, gy + (n * s.F + g * Fg) * L, gyw);
-      matmul<T>(pack, CKK, wg.Lw, Fg, wtp[g], StridedB<T>(gyw, wg.Lw, 1), dcols, wg.Lw, false);
+      wtp[g].multiply(pack, wg.Lw, StridedB<T>(gyw, wg.Lw, 1), dcols, wg.Lw, false);
       std::fill(dxpad, dxpad + wg.padded_size(), T(0));
       col2im_wide(wg, CKK, dcols, dxpad);
       crop_image(wg, dxpad, gx + (n * s.C + g * Cg) * HW);
@@ -143,12 +178,12 @@ template <typename T>
 void conv2d_backward_input_im2col(const ConvShape& s, const T* gy, const T* w, T* gx) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
-  const std::vector<PackedA<T>> wtp = pack_weights(s, w, true);
+  const std::vector<GroupWeights<T>> wtp = pack_weights(s, w, true);
   run_items<T>(s.N, direct ? 0 : checked_mul(CKK, L), CKK, L, [&](index_t n, T* dcols, T* pack) {
     for (index_t g = 0; g < s.G; ++g) {
       const T* gyg = gy + (n * s.F + g * Fg) * L;
       T* gxg = gx + (n * s.C + g * Cg) * HW;
-      matmul<T>(pack, CKK, L, Fg, wtp[g], StridedB<T>(gyg, L, 1), direct ? gxg : dcols, L, false);
+      wtp[g].multiply(pack, L, StridedB<T>(gyg, L, 1), direct ? gxg : dcols, L, false);
       if (!direct) {
         std::fill(gxg, gxg + Cg * HW, T(0));
         col2im_image(dcols, L, Cg, s.H, s.W, s.win, s.OH, s.OW, gxg);
@@ -202,7 +237,7 @@ void conv2d_backward_weight_gemm(const ConvShape& s, const T* gy, const T* x, T*
           for (index_t r = 0; r < CKK; ++r) b_rows[r] = (direct ? xg : buf) + r * L;
         }
         gemm_nt_rows<T>(Fg, CKK, K, a_rows.data(), b_rows.data(), dst + g * Fg * CKK, CKK,
-                        n > n0, use_dot);
+                        n > n0, use_dot, s.precision);
       }
     }
   });

@@ -1,11 +1,18 @@
 // CPU features and cache sizes, read once: cpuid where there is one (x86), else Linux's sysfs,
-// else defaults; and the selected ISA.
+// else defaults; the selected ISA and bf16 path.
 #include "cpu.h"
 
 #include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+
+#include "gemm_bf16.h"
+
+#if defined(FASTCONV_X86) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #if defined(FASTCONV_X86) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
@@ -285,5 +292,88 @@ bool select_isa(Isa isa) {
   g_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
   return true;
 }
+
+// ---- bf16 paths ---------------------------------------------------------------------------
+
+namespace {
+
+constexpr const char* kBf16PathNames[kBf16PathCount] = {"emulated", "avx512_bf16_twin",
+                                                        "amx_twin", "avx512_bf16", "amx"};
+
+// -1: the best path; else the forced Bf16Path.
+std::atomic<int> g_bf16_path{-1};
+
+// Linux gives a process AMX's 8 KiB tile data state only on request (arch_prctl
+// ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA; Linux 5.16+); a tile instruction before that is
+// a SIGILL. Asked once per process, only on a CPU with AMX.
+bool amx_tile_data_granted() {
+#if defined(FASTCONV_X86) && defined(__linux__)
+  static const bool granted = [] {
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return granted;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+const char* bf16_path_name(Bf16Path path) {
+  const int i = static_cast<int>(path);
+  return i >= 0 && i < kBf16PathCount ? kBf16PathNames[i] : "?";
+}
+
+bool bf16_path_from_name(const std::string& name, Bf16Path* path) {
+  for (int i = 0; i < kBf16PathCount; ++i)
+    if (name == kBf16PathNames[i]) {
+      *path = static_cast<Bf16Path>(i);
+      return true;
+    }
+  return false;
+}
+
+const char* bf16_path_unavailable_reason(Bf16Path path) {
+  const CpuInfo& c = cpu_info();
+  switch (path) {
+    case Bf16Path::avx512_bf16:
+      if (!bf16_kernel_avx512()) return "avx512_bf16 kernel not compiled in";
+      if (!c.avx512_bf16) return "CPU lacks avx512_bf16";
+      if (selected_isa() != Isa::avx512) return "SIMD level is not avx512";
+      return nullptr;
+    case Bf16Path::amx:
+      if (!bf16_kernel_amx()) return "amx kernel not compiled in";
+      if (!c.amx_bf16 || !c.amx_tile) return "CPU lacks amx_bf16";
+      if (selected_isa() != Isa::avx512) return "SIMD level is not avx512";
+      if (!amx_tile_data_granted()) return "Linux refused the AMX tile data state";
+      return nullptr;
+    default:
+      return nullptr;
+  }
+}
+
+bool cpu_runs(Bf16Path path) { return bf16_path_unavailable_reason(path) == nullptr; }
+
+Bf16Path best_bf16_path() {
+  if (cpu_runs(Bf16Path::amx)) return Bf16Path::amx;
+  if (cpu_runs(Bf16Path::avx512_bf16)) return Bf16Path::avx512_bf16;
+  return Bf16Path::emulated;
+}
+
+Bf16Path selected_bf16_path() {
+  const int v = g_bf16_path.load(std::memory_order_relaxed);
+  // A forced hardware path the selected ISA no longer allows gives way to the best one.
+  if (v >= 0 && cpu_runs(static_cast<Bf16Path>(v))) return static_cast<Bf16Path>(v);
+  return best_bf16_path();
+}
+
+bool select_bf16_path(Bf16Path path) {
+  if (!cpu_runs(path)) return false;
+  g_bf16_path.store(static_cast<int>(path), std::memory_order_relaxed);
+  return true;
+}
+
+void select_best_bf16_path() { g_bf16_path.store(-1, std::memory_order_relaxed); }
 
 }  // namespace fastconv

@@ -67,4 +67,32 @@ Isa selected_isa();
 // change, if this CPU cannot run it.
 bool select_isa(Isa isa);
 
+// The paths of the bfloat16 GEMM (gemm_bf16.h), from the plainest up: `emulated` rounds
+// float32 operands to bf16 and multiplies them with the selected ISA's float32 kernels (any
+// CPU, no speed-up); the twins are portable C++ emulating the hardware kernels' instructions
+// (tests); `avx512_bf16` (vdpbf16ps) and `amx` (tdpbf16ps) are the hardware kernels.
+enum class Bf16Path : int { emulated = 0, avx512_bf16_twin = 1, amx_twin = 2, avx512_bf16 = 3, amx = 4 };
+constexpr int kBf16PathCount = 5;
+
+// "emulated", "avx512_bf16_twin", "amx_twin", "avx512_bf16", "amx".
+const char* bf16_path_name(Bf16Path path);
+// The path of that name; false for an unknown name.
+bool bf16_path_from_name(const std::string& name, Bf16Path* path);
+
+// Whether this CPU, OS and build run the path: the emulated path and the twins always; the
+// hardware ones when their translation unit is compiled in, the CPU has the features, the
+// selected ISA is avx512 (forcing a plainer ISA keeps them off) and, for AMX, Linux granted
+// this process the tile data state (asked once, on first use).
+bool cpu_runs(Bf16Path path);
+// Why cpu_runs(path) is false, e.g. "CPU lacks avx512_bf16"; nullptr when it is true.
+const char* bf16_path_unavailable_reason(Bf16Path path);
+// The best hardware path cpu_runs, else emulated (never a twin).
+Bf16Path best_bf16_path();
+// The path every bf16 GEMM uses: best_bf16_path() unless select_bf16_path forced one.
+Bf16Path selected_bf16_path();
+// Forces `path` (tests and benchmarks); false, and no change, if !cpu_runs(path).
+bool select_bf16_path(Bf16Path path);
+// Back to best_bf16_path().
+void select_best_bf16_path();
+
 }  // namespace fastconv

@@ -7,8 +7,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "gemm_bf16.h"
 
 #if defined(FASTCONV_X86)
 #include <immintrin.h>  // _mm_sfence
@@ -241,68 +244,13 @@ void gemm(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>
 #endif
 }
 
-namespace {
-
-// Views of a sub-block of an operand, for splitting a GEMM across threads.
-template <typename T>
-struct OffsetA final : ASource<T> {
-  const ASource<T>& a;
-  index_t row0;
-  OffsetA(const ASource<T>& a_, index_t r) : a(a_), row0(r) {}
-  const T* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
-                 T* scratch) const override {
-    return a.block(row0 + ic, mc, pc, kc, mr, scratch);
-  }
-};
-
-template <typename T>
-struct OffsetB final : BSource<T> {
-  const BSource<T>& b;
-  index_t col0;
-  OffsetB(const BSource<T>& b_, index_t c) : b(b_), col0(c) {}
-  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override {
-    b.pack(pc, kc, col0 + jc, nc, nr, dst);
-  }
-  void prefetch(index_t pc, index_t kc, index_t jc, index_t nc, index_t part,
-                index_t parts) const override {
-    b.prefetch(pc, kc, col0 + jc, nc, part, parts);
-  }
-};
-
-}  // namespace
-
 template <typename T>
 void gemm_parallel(index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>& B,
                    T* C, index_t ldc, bool accumulate) {
-  const int threads = max_threads();
   const GemmConfig<T>& k = gemm_config<T>();
-  const index_t m_blocks = ceil_div(M, k.mr), n_blocks = ceil_div(N, k.nr);
-  if (threads <= 1 || (m_blocks < 2 && n_blocks < 2) ||
-      static_cast<double>(M) * N * K < 64.0 * 64 * 64) {
-    gemm(M, N, K, A, B, C, ldc, accumulate);
-    return;
-  }
-  // Each thread takes a contiguous range of whole register tiles along the longer side.
-  const bool split_n = n_blocks >= m_blocks;
-  const index_t blocks = split_n ? n_blocks : m_blocks;
-  const index_t step = split_n ? k.nr : k.mr;
-  const int parts = static_cast<int>(std::min<index_t>(threads, blocks));
-  const index_t per = gemm_scratch_size<T>(M, N);  // enough for any thread's part
-  Scratch<T> scratch = make_scratch<T>(checked_mul(per, parts));
-#pragma omp parallel num_threads(parts)
-  {
-    const index_t t = thread_id();
-    const index_t b0 = blocks * t / parts, b1 = blocks * (t + 1) / parts;
-    const index_t lo = b0 * step;
-    const index_t hi = std::min((split_n ? N : M), b1 * step);
-    T* pack = scratch.get() + per * t;
-    if (hi > lo) {
-      if (split_n)
-        gemm(M, hi - lo, K, A, OffsetB<T>(B, lo), C + lo, ldc, accumulate, pack);
-      else
-        gemm(hi - lo, N, K, OffsetA<T>(A, lo), B, C + lo * ldc, ldc, accumulate, pack);
-    }
-  }
+  split_gemm(M, N, K, k.mr, k.nr, [&](index_t m0, index_t m, index_t n0, index_t n) {
+    gemm(m, n, K, OffsetA<T>(A, m0), OffsetB<T>(B, n0), C + m0 * ldc + n0, ldc, accumulate);
+  });
 }
 
 template <typename T>
@@ -393,8 +341,9 @@ struct RowsBT final : BSource<T> {
 
 template <typename T>
 void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* const* b, T* C,
-                  index_t ldc, bool accumulate, bool use_dot) {
-  const NtRowsFn<T> fast = use_dot ? gemm_config<T>().nt_rows : nullptr;
+                  index_t ldc, bool accumulate, bool use_dot, Precision precision) {
+  const bool bf16 = std::is_same_v<T, float> && precision == Precision::bf16;
+  const NtRowsFn<T> fast = use_dot && !bf16 ? gemm_config<T>().nt_rows : nullptr;
   if (fast) {
     fast(M, N, K, a, b, C, ldc, accumulate);
     return;
@@ -407,15 +356,20 @@ void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* c
     return true;
   };
   index_t sa = 0, sb = 0;
+  const auto run = [&](const ASource<T>& A, const BSource<T>& B) {
+    if constexpr (std::is_same_v<T, float>)
+      if (bf16) return gemm_bf16(M, N, K, Bf16FromF32A(A), B, C, ldc, accumulate);
+    gemm<T>(M, N, K, A, B, C, ldc, accumulate);
+  };
   if (uniform(a, M, sa) && uniform(b, N, sb))
-    gemm<T>(M, N, K, StridedA<T>(a[0], sa, 1), StridedB<T>(b[0], 1, sb), C, ldc, accumulate);
+    run(StridedA<T>(a[0], sa, 1), StridedB<T>(b[0], 1, sb));
   else
-    gemm<T>(M, N, K, RowsA<T>(a), RowsBT<T>(b), C, ldc, accumulate);
+    run(RowsA<T>(a), RowsBT<T>(b));
 }
 
 template void gemm_nt_rows<float>(index_t, index_t, index_t, const float* const*,
-                                  const float* const*, float*, index_t, bool, bool);
+                                  const float* const*, float*, index_t, bool, bool, Precision);
 template void gemm_nt_rows<double>(index_t, index_t, index_t, const double* const*,
-                                   const double* const*, double*, index_t, bool, bool);
+                                   const double* const*, double*, index_t, bool, bool, Precision);
 
 }  // namespace fastconv

@@ -9,6 +9,7 @@
 // threads (threads split M or N, never K), so results are bit-identical for any thread count.
 #pragma once
 
+#include "bf16.h"
 #include "common.h"
 #include "cpu.h"
 
@@ -146,6 +147,64 @@ class PackedA final : public ASource<T> {
   Scratch<T> data_;
 };
 
+// Views of a sub-block of an operand: rows from row0 of A, columns from col0 of B (for
+// splitting a GEMM across threads).
+template <typename T>
+struct OffsetA final : ASource<T> {
+  const ASource<T>& a;
+  index_t row0;
+  OffsetA(const ASource<T>& a_, index_t r) : a(a_), row0(r) {}
+  const T* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
+                 T* scratch) const override {
+    return a.block(row0 + ic, mc, pc, kc, mr, scratch);
+  }
+};
+
+template <typename T>
+struct OffsetB final : BSource<T> {
+  const BSource<T>& b;
+  index_t col0;
+  OffsetB(const BSource<T>& b_, index_t c) : b(b_), col0(c) {}
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override {
+    b.pack(pc, kc, col0 + jc, nc, nr, dst);
+  }
+  void prefetch(index_t pc, index_t kc, index_t jc, index_t nc, index_t part,
+                index_t parts) const override {
+    b.prefetch(pc, kc, col0 + jc, nc, part, parts);
+  }
+};
+
+// Splits an M x N x K product over the OpenMP threads: each takes a contiguous range of whole
+// mr x nr register tiles along the side with more of them and runs
+// part(row0, rows, col0, cols) on it; small products (or one thread) run whole on the calling
+// thread. Every C element is then computed by one thread over all of K. Call outside
+// parallel regions.
+template <typename Part>
+void split_gemm(index_t M, index_t N, index_t K, index_t mr, index_t nr, Part&& part) {
+  const int threads = max_threads();
+  const index_t m_blocks = ceil_div(M, mr), n_blocks = ceil_div(N, nr);
+  if (threads <= 1 || (m_blocks < 2 && n_blocks < 2) ||
+      static_cast<double>(M) * N * K < 64.0 * 64 * 64) {
+    part(index_t(0), M, index_t(0), N);
+    return;
+  }
+  const bool split_n = n_blocks >= m_blocks;
+  const index_t blocks = split_n ? n_blocks : m_blocks;
+  const index_t step = split_n ? nr : mr;
+  const int parts = static_cast<int>(blocks < threads ? blocks : threads);
+#pragma omp parallel num_threads(parts)
+  {
+    const index_t t = thread_id();
+    const index_t lo = blocks * t / parts * step;
+    const index_t end = blocks * (t + 1) / parts * step;
+    const index_t hi = end < (split_n ? N : M) ? end : (split_n ? N : M);
+    if (hi > lo) {
+      if (split_n) part(index_t(0), M, lo, hi - lo);
+      else part(lo, hi - lo, index_t(0), N);
+    }
+  }
+}
+
 // General GEMM on the calling thread: C[M,N] (+)= A . B from any operand sources.
 // `pack` is scratch of gemm_scratch_size<T>(M, N) elements (nullptr: allocated here).
 template <typename T>
@@ -181,8 +240,10 @@ void gemm_parallel(index_t M, index_t N, index_t K, const T* A, index_t a_rs, in
 // contiguous rows (the output positions), and the rows of the column matrix are runs of the
 // padded image. use_dot=false (or no dot kernel): the packed GEMM, better when K is short and
 // M*N large (the dot form pays one horizontal reduction per result).
+// bf16 (float only): operands rounded to bfloat16, the packed bf16 GEMM (gemm_bf16.h).
 template <typename T>
 void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a_rows, const T* const* b_rows,
-                  T* C, index_t ldc, bool accumulate, bool use_dot = true);
+                  T* C, index_t ldc, bool accumulate, bool use_dot = true,
+                  Precision precision = Precision::f32);
 
 }  // namespace fastconv

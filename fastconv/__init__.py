@@ -56,6 +56,7 @@ _core = _load_core()
 
 from . import functional  # noqa: E402  (needs _core)
 from .backend import current_backend, get_backend, use_backend  # noqa: E402
+from .precision import autocast  # noqa: E402
 
 F = functional
 
@@ -76,8 +77,14 @@ def set_num_threads(n: int) -> None:
     _core.set_num_threads(n)
 
 
-def simd_level() -> str:
-    """Instruction set of the GEMM micro-kernels in use: 'avx512', 'avx2' or 'generic'."""
+def simd_level(precision: str = "f32") -> str:
+    """Instruction set of the GEMM micro-kernels in use: 'avx512', 'avx2' or 'generic'.
+    precision="bf16": the kernels bf16 mode runs on (fastconv.precision.bf16_path()): 'amx',
+    'avx512_bf16' or 'emulated' (the float32 kernels of simd_level() on rounded operands)."""
+    from .precision import _normalize, bf16_path
+
+    if _normalize(precision, "simd_level") == "bf16":
+        return bf16_path()
     return _core.simd_level()
 
 
@@ -87,7 +94,10 @@ def build_info() -> dict:
     `features` present and enabled by the OS, and `caches`: l1d, l2, l3 as bytes, ways, line
     size and how many logical CPUs share each, plus the `source` of the sizes: "cpuid",
     "sysfs" or "defaults"), and the packed GEMM's register tile and cache blocks derived from
-    them, per dtype, at the selected SIMD level (`gemm`)."""
+    them, per dtype, at the selected SIMD level (`gemm`); `bf16`: the bf16 path in use
+    (`path`: "amx", "avx512_bf16" or "emulated"), the best this CPU has (`best`), why each path
+    does or does not run here (`paths`: None where it runs, else the reason, e.g. "CPU lacks
+    avx512_bf16") and its GEMM's tile and blocks (`gemm`)."""
     return {
         "version": __version__,
         "openmp": _core.openmp_enabled(),
@@ -96,6 +106,12 @@ def build_info() -> dict:
         "best_simd_level": _core.best_simd_level(),
         "cpu": _core.cpu_info(),
         "gemm": {dtype: _core.gemm_blocks(dtype) for dtype in ("float32", "float64")},
+        "bf16": {
+            "path": _core.bf16_path(),
+            "best": _core.best_bf16_path(),
+            "paths": _core.bf16_paths(),
+            "gemm": _core.bf16_gemm_blocks(),
+        },
     }
 
 
@@ -117,6 +133,7 @@ __all__ = [
     "F",
     "use_backend",
     "current_backend",
+    "autocast",
     "get_backend",
     "functional",
     "reference",

@@ -11,13 +11,13 @@ Array = NDArray[np.floating]
 
 def conv2d_forward(x: Array, weight: Array, bias: Array | None, y: Array, stride_h: int,
                    stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int,
-                   groups: int) -> None: ...
+                   groups: int, precision: str = "f32") -> None: ...
 def conv2d_backward_input(grad_y: Array, weight: Array, grad_x: Array, stride_h: int,
                           stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
-                          dilation_w: int, groups: int) -> None: ...
+                          dilation_w: int, groups: int, precision: str = "f32") -> None: ...
 def conv2d_backward_weight(grad_y: Array, x: Array, grad_weight: Array, stride_h: int,
                            stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
-                           dilation_w: int, groups: int) -> None: ...
+                           dilation_w: int, groups: int, precision: str = "f32") -> None: ...
 def conv2d_backward_bias(grad_y: Array, grad_bias: Array) -> None: ...
 def conv2d_forward_max_pool(x: Array, weight: Array, bias: Array | None, y: Array,
                             indices: NDArray[np.int64], out_h: int, out_w: int, stride_h: int,
@@ -25,18 +25,19 @@ def conv2d_forward_max_pool(x: Array, weight: Array, bias: Array | None, y: Arra
                             dilation_w: int, groups: int, pool_kernel_h: int,
                             pool_kernel_w: int, pool_stride_h: int, pool_stride_w: int,
                             pool_pad_h: int, pool_pad_w: int, pool_dilation_h: int,
-                            pool_dilation_w: int, relu: bool) -> bool: ...
+                            pool_dilation_w: int, relu: bool,
+                            precision: str = "f32") -> bool: ...
 def conv2d_backward_weight_through_max_pool(grad_pooled: Array, indices: NDArray[np.int64],
                                             relu_output: Array | None, x: Array,
                                             grad_weight: Array, grad_bias: Array | None,
                                             out_h: int, out_w: int, stride_h: int,
                                             stride_w: int, pad_h: int, pad_w: int,
                                             dilation_h: int, dilation_w: int,
-                                            groups: int) -> bool: ...
+                                            groups: int, precision: str = "f32") -> bool: ...
 def conv_algorithm(pass_: str, dtype: object, input_shape: tuple[int, int, int, int],
                    weight_shape: tuple[int, int, int, int], out_h: int, out_w: int,
                    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
-                   dilation_w: int, groups: int) -> str:
+                   dilation_w: int, groups: int, precision: str = "f32") -> str:
     """The algorithm ('winograd', 'direct_nchw', 'direct', 'wide' or 'im2col') conv2d runs for
     pass_ ('forward', 'backward_input', 'backward_weight') on these shapes, with the SIMD level
     and forced algorithm in effect, for finite data (weights holding inf/NaN take im2col in the
@@ -66,7 +67,32 @@ def upsample_nearest2d_forward(x: Array, y: Array, rows: NDArray[np.int64],
 def upsample_nearest2d_backward(grad_y: Array, grad_x: Array, rows: NDArray[np.int64],
                                 cols: NDArray[np.int64]) -> None: ...
 def gemm(a: Array, b: Array, c: Array, trans_a: bool = False, trans_b: bool = False,
-         accumulate: bool = False) -> None: ...
+         accumulate: bool = False, precision: str = "f32") -> None:
+    """c (+)= op(a) @ op(b); precision 'bf16' (float32 arrays): a and b rounded to bfloat16,
+    products summed in float32 on the bf16 path in use."""
+    ...
+def round_to_bf16(x: NDArray[np.float32], y: NDArray[np.float32]) -> None:
+    """y = x rounded to the nearest bfloat16 (ties to even; NaN stays NaN); y may be x."""
+    ...
+def bf16_path() -> str:
+    """The bf16 GEMM path in use: 'amx', 'avx512_bf16', 'emulated', or a forced twin
+    ('amx_twin', 'avx512_bf16_twin')."""
+    ...
+def best_bf16_path() -> str: ...
+def bf16_paths() -> dict[str, str | None]:
+    """Every bf16 path: None where it runs here, else why not ('CPU lacks avx512_bf16', ...)."""
+    ...
+def set_bf16_path(path: str) -> bool:
+    """Force a bf16 path ('auto': the best; tests and benchmarks); False if it cannot run here,
+    ValueError for an unknown name."""
+    ...
+def bf16_gemm_blocks() -> dict:
+    """The bf16 GEMM in use: {path, mr, nr, k_group, elem_bytes, mc, kc, nc}."""
+    ...
+def set_bf16_gemm_blocks(mc: int, kc: int, nc: int) -> bool:
+    """Force the selected bf16 path's blocks (the emulated path: float32's); 0, 0, 0 restores
+    the derived ones. False, and no change, if invalid."""
+    ...
 def sgd_update(param: Array, grad: Array, momentum_buffer: Array | None, lr: float,
                momentum: float, dampening: float, weight_decay: float, nesterov: bool,
                first_step: bool) -> None: ...

@@ -9,6 +9,11 @@ C order once). dtypes: float32 and float64 are computed as such; bool, integer a
 inputs are converted to float32; complex, object and string arrays raise TypeError. When the
 arguments mix float32 and float64, the computation and the result are float64 (NumPy's
 promotion). Outputs are new C-contiguous arrays.
+
+The convolutions and linear layers take `precision` (keyword): "bf16" rounds their operands to
+bfloat16 and sums the products in float32 (float32 arrays only), "f32" computes as given, None
+(the default) follows the active :class:`fastconv.autocast` (see :mod:`fastconv.precision`).
+Outputs are float32 either way.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import math
 import numpy as np
 
 from . import _core
+from .precision import resolve_precision as _resolve_precision
+from .precision import warn_if_emulated as _warn_if_emulated
 from ._args import (
     CONV_OUTPUT,
     adaptive_backward_inputs,
@@ -116,7 +123,17 @@ def _conv_bias(op, bias, geom, weight):
     return float_bias(bias, geom.F, weight.shape, op)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> np.ndarray:
+def _precision(precision, dtype, op) -> str:
+    """The kernels' precision argument ("f32" / "bf16") for an op computing in dtype; warns once
+    when bf16 runs emulated (see fastconv.precision)."""
+    name = _resolve_precision(precision, dtype, op)
+    if name == "bf16":
+        _warn_if_emulated()
+    return name
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           precision=None) -> np.ndarray:
     """2-D convolution (cross-correlation), as torch.nn.functional.conv2d.
 
     Args:
@@ -128,6 +145,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
             bottom/right, as PyTorch does).
         groups: C_in and C_out split into `groups` independent convolutions
             (groups == C_in is a depthwise convolution).
+        precision: "bf16", "f32" or None (the active autocast's): see the module docstring.
 
     Returns:
         y (N, C_out, OH, OW) with OH = (H + 2p - d(kH-1) - 1) // s + 1.
@@ -140,18 +158,20 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
     bias = _conv_bias(op, bias, geom, weight)
     dtype = common_dtype(x, weight, bias)
+    precision = _precision(precision, dtype, op)
     y = np.empty(geom.output_shape, dtype)
     if geom.N == 0:
         return y
     _core.conv2d_forward(_c(x, dtype), _c(weight, dtype),
                          None if bias is None else _c(bias, dtype), y,
-                         *geom.stride, *geom.padding, *geom.dilation, geom.groups)
+                         *geom.stride, *geom.padding, *geom.dilation, geom.groups,
+                         precision=precision)
     return y
 
 
 def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                       kernel_size, pool_stride=None, pool_padding=0, pool_dilation=1,
-                      ceil_mode=False, relu=False):
+                      ceil_mode=False, relu=False, precision=None):
     """conv2d followed by max_pool2d (with return_indices; relu as max_pool2d's):
 
         max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups), kernel_size,
@@ -170,27 +190,32 @@ def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, gro
     pool = pool2d_geometry(geom.output_shape, kernel_size, pool_stride, pool_padding,
                            pool_dilation, ceil_mode, op, name=CONV_OUTPUT, prefix="pool_")
     dtype = common_dtype(x, weight, bias)
+    precision = _precision(precision, dtype, op)
     if dtype == np.float32 and geom.N and geom.F:
         y = np.empty(pool.output_shape, dtype)
         indices = np.empty(pool.output_shape, np.int64)
         if _core.conv2d_forward_max_pool(
                 _c(x, dtype), _c(weight, dtype), None if bias is None else _c(bias, dtype), y,
                 indices, *geom.out, *geom.stride, *geom.padding, *geom.dilation, geom.groups,
-                *pool.kernel, *pool.stride, *pool.padding, *pool.dilation, bool(relu)):
+                *pool.kernel, *pool.stride, *pool.padding, *pool.dilation, bool(relu),
+                precision=precision):
             return y, indices
-    return max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups), kernel_size,
+    return max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups,
+                             precision=precision), kernel_size,
                       pool_stride, pool_padding, pool_dilation, ceil_mode, return_indices=True,
                       relu=relu)
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    output_mask=(True, True, True)):
+                    output_mask=(True, True, True), *, precision=None):
     """Gradients of conv2d with respect to its input, weight and bias.
 
     Args:
         grad_y: gradient of the loss with respect to conv2d's output (N, C_out, OH, OW).
         x, weight, stride, padding, dilation, groups: as given to `conv2d`.
         output_mask: which of (grad_x, grad_weight, grad_bias) to compute.
+        precision: as conv2d's (bf16: grad_y, x and weight rounded; grad_bias is always the
+            float32 sum of grad_y).
 
     Returns:
         (grad_x, grad_weight, grad_bias): shapes of x, weight and (C_out,); None where
@@ -205,16 +230,18 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
         raise ValueError(f"{op}: grad_y must have the conv2d output shape {geom.output_shape} "
                          f"for x {x.shape} and weight {weight.shape}, got {grad_y.shape}")
     dtype = common_dtype(grad_y, x, weight)
+    precision = _precision(precision, dtype, op)
     window = (*geom.stride, *geom.padding, *geom.dilation, geom.groups)
     gy = _c(grad_y, dtype)
     grad_x = grad_w = grad_b = None
     if mask[0]:
         grad_x = np.empty(x.shape, dtype)
         if geom.N:
-            _core.conv2d_backward_input(gy, _c(weight, dtype), grad_x, *window)
+            _core.conv2d_backward_input(gy, _c(weight, dtype), grad_x, *window,
+                                        precision=precision)
     if mask[1]:
         grad_w = np.empty(weight.shape, dtype)
-        _core.conv2d_backward_weight(gy, _c(x, dtype), grad_w, *window)
+        _core.conv2d_backward_weight(gy, _c(x, dtype), grad_w, *window, precision=precision)
     if mask[2]:
         grad_b = np.empty((geom.F,), dtype)
         _core.conv2d_backward_bias(gy, grad_b)
@@ -223,7 +250,7 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
 
 def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, padding=0,
                                      dilation=1, groups=1, *, relu_output=None,
-                                     output_mask=(True, True)):
+                                     output_mask=(True, True), precision=None):
     """Weight and bias gradients of conv2d followed by max_pool2d (a ReLU may sit between them,
     fused into the pooling: see max_pool2d's relu), from the pooled output's gradient:
 
@@ -245,6 +272,7 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     geom, grad_pooled, indices, relu_output, mask, dtype = conv_through_pool_inputs(
         grad_pooled, indices, x, weight, stride, padding, dilation, groups, relu_output,
         output_mask, op)
+    precision = _precision(precision, dtype, op)
     grad_w = np.empty(weight.shape, dtype) if mask[0] else None
     grad_b = np.empty((geom.F,), dtype) if mask[1] else None
     if not (mask[0] or mask[1]):
@@ -254,13 +282,14 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     gw = grad_w if grad_w is not None else np.empty(weight.shape, dtype)
     if not _core.conv2d_backward_weight_through_max_pool(
             _c(grad_pooled, dtype), _c(indices, np.int64), ry, _c(x, dtype), gw, grad_b,
-            *geom.out, *geom.stride, *geom.padding, *geom.dilation, geom.groups):
+            *geom.out, *geom.stride, *geom.padding, *geom.dilation, geom.groups,
+            precision=precision):
         raise indices_out_of_range(geom.output_shape, op, CONV_OUTPUT)
     return grad_w, grad_b
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1) -> np.ndarray:
+                     dilation=1, *, precision=None) -> np.ndarray:
     """Transposed convolution ("deconvolution"), as torch.nn.functional.conv_transpose2d (same
     argument order): the input gradient of conv2d(., weight, stride, padding, dilation,
     groups), applied to x, on the conv input-gradient kernels.
@@ -280,10 +309,11 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
                                      groups, dilation, op)
     bias = float_bias(bias, geom.output_shape[1], weight.shape, op)
     dtype = common_dtype(x, weight, bias)
+    precision = _precision(precision, dtype, op)
     y = np.empty(geom.output_shape, dtype)
     if y.size:
         _core.conv2d_backward_input(_transpose_x(x, geom, dtype), _c(weight, dtype), y,
-                                    *_window(geom.conv))
+                                    *_window(geom.conv), precision=precision)
         if bias is not None:
             y += _c(bias, dtype)[:, None, None]
     return y
@@ -305,7 +335,8 @@ def _window(geom):
 
 
 def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
-                              groups=1, dilation=1, output_mask=(True, True, True)):
+                              groups=1, dilation=1, output_mask=(True, True, True), *,
+                              precision=None):
     """Gradients of conv_transpose2d with respect to x, weight and bias.
 
     grad_x = conv2d(grad_y, weight, stride, padding, dilation, groups) (the conv forward
@@ -316,17 +347,19 @@ def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_pad
     mask, grad_y, x, weight, geom, dtype = conv_transpose_backward_inputs(
         grad_y, x, weight, stride, padding, output_padding, groups, dilation, output_mask,
         "conv_transpose2d_backward")
+    precision = _precision(precision, dtype, "conv_transpose2d_backward")
     gy, w, conv = _c(grad_y, dtype), _c(weight, dtype), geom.conv
     grad_x = grad_w = grad_b = None
     if mask[0]:
         grad_x = np.empty(conv.output_shape, dtype)
         if grad_x.size:
-            _core.conv2d_forward(gy, w, None, grad_x, *_window(conv))
+            _core.conv2d_forward(gy, w, None, grad_x, *_window(conv), precision=precision)
         if geom.extra != (0, 0):
             grad_x = np.ascontiguousarray(grad_x[:, :, :x.shape[2], :x.shape[3]])
     if mask[1]:
         grad_w = np.empty(weight.shape, dtype)
-        _core.conv2d_backward_weight(_transpose_x(x, geom, dtype), gy, grad_w, *_window(conv))
+        _core.conv2d_backward_weight(_transpose_x(x, geom, dtype), gy, grad_w, *_window(conv),
+                                     precision=precision)
     if mask[2]:
         grad_b = np.empty((geom.output_shape[1],), dtype)
         _core.conv2d_backward_bias(gy, grad_b)
@@ -552,13 +585,14 @@ def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1) -> n
     return x
 
 
-def linear(x, weight, bias=None) -> np.ndarray:
+def linear(x, weight, bias=None, *, precision=None) -> np.ndarray:
     """Affine map y = x @ weight.T + bias, as torch.nn.functional.linear, on the packed GEMM.
 
     Args:
         x: (..., in_features).
         weight: (out_features, in_features).
         bias: optional (out_features,).
+        precision: "bf16", "f32" or None (the active autocast's): see the module docstring.
     Returns:
         y (..., out_features). Threads split the output, so results do not depend on their
         number (unlike a BLAS whose reductions may be split).
@@ -570,21 +604,23 @@ def linear(x, weight, bias=None) -> np.ndarray:
         bias = as_float_array(bias, "bias", op)
     in_f, out_f = linear_shapes(x.shape, weight.shape, None if bias is None else bias.shape, op)
     dtype = common_dtype(x, weight, bias)
+    precision = _precision(precision, dtype, op)
     rows = math.prod(x.shape[:-1])  # not reshape(-1, in_f): in_f may be 0
     x2 = _c(x, dtype).reshape(rows, in_f)
     y = np.empty((rows, out_f), dtype)
     if bias is not None:
         y[...] = bias  # the GEMM accumulates onto the bias
     if y.size:
-        _core.gemm(x2, _c(weight, dtype), y, False, True, bias is not None)
+        _core.gemm(x2, _c(weight, dtype), y, False, True, bias is not None, precision=precision)
     return y.reshape(x.shape[:-1] + (out_f,))
 
 
-def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
+def linear_backward(grad_y, x, weight, output_mask=(True, True, True), *, precision=None):
     """Gradients of `linear` with respect to x, weight and bias.
 
     grad_x = grad_y @ weight, grad_weight = grad_y^T @ x (over all leading axes),
     grad_bias = grad_y summed over all but the last axis. None where output_mask is False.
+    precision: as linear's (bf16: grad_y, x and weight rounded; grad_bias a float32 sum).
     """
     op = "linear_backward"
     mask = normalize_output_mask(output_mask, op)
@@ -593,18 +629,20 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
     grad_y = as_float_array(grad_y, "grad_y", op)
     in_f, out_f = linear_shapes(x.shape, weight.shape, None, op, grad_y.shape)
     dtype = common_dtype(grad_y, x, weight)
+    precision = _precision(precision, dtype, op)
     rows = math.prod(x.shape[:-1])
     gy = _c(grad_y, dtype).reshape(rows, out_f)
     grad_x = grad_w = grad_b = None
     if mask[0]:
         grad_x = np.empty((gy.shape[0], in_f), dtype)
         if grad_x.size:
-            _core.gemm(gy, _c(weight, dtype), grad_x, False, False, False)
+            _core.gemm(gy, _c(weight, dtype), grad_x, False, False, False, precision=precision)
         grad_x = grad_x.reshape(x.shape)
     if mask[1]:
         grad_w = _empty_aligned((out_f, in_f), dtype)
         if grad_w.size:
-            _core.gemm(gy, _c(x, dtype).reshape(rows, in_f), grad_w, True, False, False)
+            _core.gemm(gy, _c(x, dtype).reshape(rows, in_f), grad_w, True, False, False,
+                       precision=precision)
     if mask[2]:
         grad_b = gy.sum(axis=0)
     return grad_x, grad_w, grad_b

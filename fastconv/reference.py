@@ -25,6 +25,8 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from fastconv.precision import resolve_precision, round_to_bf16
+
 from fastconv._args import (
     CONV_OUTPUT,
     adaptive_backward_inputs,
@@ -220,7 +222,16 @@ def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1) -> n
 # convolution
 # --------------------------------------------------------------------------------------------
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> np.ndarray:
+def _bf16_operands(precision, dtype, op, *arrays):
+    """The arrays as the op multiplies them: rounded to bfloat16 (as float32) where `precision`
+    (None: the active autocast's, see fastconv.precision) is "bf16", else unchanged."""
+    if resolve_precision(precision, dtype, op) == "bf16":
+        return tuple(round_to_bf16(a) for a in arrays)
+    return arrays
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           precision=None) -> np.ndarray:
     """2-D cross-correlation, ``torch.nn.functional.conv2d``.
 
     x: (N, C, H, W), weight: (F, C/groups, kH, kW), bias: (F,) or None -> y: (N, F, OH, OW),
@@ -232,13 +243,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
 
     padding: int, pair, 'valid' or 'same' (stride 1 only; for an even dilated kernel the extra
     row/column goes to the bottom/right, as in PyTorch). Working dtype: float64 if any of
-    x/weight/bias is float64, else float32.
+    x/weight/bias is float64, else float32. precision "bf16": x and weight rounded to bfloat16
+    first (fastconv.precision).
     """
     op = "conv2d"
     x, weight = _conv_inputs(op, x, weight)
     geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
     bias = float_bias(bias, geom.F, weight.shape, op)
     dtype = common_dtype(x, weight, bias)
+    x, weight = _bf16_operands(precision, dtype, op, x, weight)
     G, (oh, ow) = geom.groups, geom.out
     cols = _conv_columns(x, geom, dtype)                                  # (N, G, K, L)
     wmat = weight.astype(dtype, copy=False).reshape(G, geom.F // G, -1)  # (G, Fg, K)
@@ -266,7 +279,7 @@ def _conv_input_grad(gy: np.ndarray, wmat: np.ndarray, geom, dtype: np.dtype) ->
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    output_mask=(True, True, True)):
+                    output_mask=(True, True, True), *, precision=None):
     """Gradients of :func:`conv2d` w.r.t. x, weight and bias.
 
     grad_y: (N, F, OH, OW), the gradient of the loss w.r.t. conv2d(x, weight, ...).
@@ -275,6 +288,9 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
 
         grad_weight[g] = grad_y[g] @ cols[g]^T      grad_x = col2im(weight[g]^T @ grad_y[g])
         grad_bias = grad_y.sum((0, 2, 3))
+
+    precision "bf16": grad_y, x and weight rounded to bfloat16 for grad_x and grad_weight
+    (grad_bias sums grad_y as given).
     """
     op = "conv2d_backward"
     mask = normalize_output_mask(output_mask, op)
@@ -288,34 +304,38 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     N, G = geom.N, geom.groups
     Fg = geom.F // G
     oh, ow = geom.out
+    grad_b = None
+    if mask[2]:  # (of grad_y as given, whatever the precision)
+        gy = grad_y.astype(dtype, copy=False).reshape(N, G, Fg, oh * ow)
+        grad_b = np.ascontiguousarray(gy.sum(axis=(0, 3)).reshape(geom.F), dtype=dtype)
+    grad_y, x, weight = _bf16_operands(precision, dtype, op, grad_y, x, weight)
     gy = grad_y.astype(dtype, copy=False).reshape(N, G, Fg, oh * ow)      # (N, G, Fg, L)
     wmat = weight.astype(dtype, copy=False).reshape(G, Fg, -1)            # (G, Fg, K)
 
-    grad_x = grad_w = grad_b = None
+    grad_x = grad_w = None
     if mask[0]:
         grad_x = _conv_input_grad(gy, wmat, geom, dtype)
     if mask[1]:
         cols = _conv_columns(x, geom, dtype)                              # (N, G, K, L)
         grad_w = np.matmul(gy, cols.transpose(0, 1, 3, 2)).sum(axis=0)    # (G, Fg, K)
         grad_w = np.ascontiguousarray(grad_w.reshape(weight.shape), dtype=dtype)
-    if mask[2]:
-        grad_b = np.ascontiguousarray(gy.sum(axis=(0, 3)).reshape(geom.F), dtype=dtype)
     return grad_x, grad_w, grad_b
 
 
 def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                       kernel_size, pool_stride=None, pool_padding=0, pool_dilation=1,
-                      ceil_mode=False, relu=False):
+                      ceil_mode=False, relu=False, precision=None):
     """conv2d followed by max_pool2d (with return_indices; relu as max_pool2d's), returning
     (y, indices): see :func:`fastconv.functional.conv2d_max_pool2d`. Here the two calls."""
-    return max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups), kernel_size,
+    return max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups,
+                             precision=precision), kernel_size,
                       pool_stride, pool_padding, pool_dilation, ceil_mode, return_indices=True,
                       relu=relu)
 
 
 def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, padding=0,
                                      dilation=1, groups=1, *, relu_output=None,
-                                     output_mask=(True, True)):
+                                     output_mask=(True, True), precision=None):
     """Weight and bias gradients of conv2d followed by max_pool2d (and a ReLU fused into the
     pooling), from the pooled output's gradient: see
     :func:`fastconv.functional.conv2d_backward_through_max_pool`. Here simply the two
@@ -331,12 +351,12 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
                                  relu_output=relu_output)
     _, grad_w, grad_b = conv2d_backward(grad_y.astype(dtype, copy=False), x, weight, stride,
                                         padding, dilation, groups,
-                                        output_mask=(False, *mask))
+                                        output_mask=(False, *mask), precision=precision)
     return grad_w, grad_b
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1) -> np.ndarray:
+                     dilation=1, *, precision=None) -> np.ndarray:
     """Transposed convolution, ``torch.nn.functional.conv_transpose2d``: the input gradient of
     conv2d(., weight, stride, padding, dilation, groups) applied to x, i.e. each input pixel
     spreads weight[c_in] over its window of the output:
@@ -352,6 +372,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
                                      groups, dilation, op)
     bias = float_bias(bias, geom.output_shape[1], weight.shape, op)
     dtype = common_dtype(x, weight, bias)
+    x, weight = _bf16_operands(precision, dtype, op, x, weight)
     conv = geom.conv
     G, (H, W) = conv.groups, x.shape[2:]
     gy = np.zeros(conv.output_shape, dtype)  # x, and zero rows where output_padding >= stride
@@ -365,7 +386,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
 
 
 def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
-                              groups=1, dilation=1, output_mask=(True, True, True)):
+                              groups=1, dilation=1, output_mask=(True, True, True), *,
+                              precision=None):
     """Gradients of :func:`conv_transpose2d` w.r.t. x, weight and bias: grad_x is conv2d of
     grad_y with the same weight, grad_weight conv2d's weight gradient with the roles of x and
     grad_y swapped, grad_bias = grad_y.sum((0, 2, 3)). None where output_mask is False."""
@@ -377,11 +399,13 @@ def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_pad
     gy, w = np.ascontiguousarray(grad_y, dtype), weight.astype(dtype, copy=False)
     grad_x = grad_w = grad_b = None
     if mask[0]:
-        grad_x = np.ascontiguousarray(conv2d(gy, w, None, *args)[:, :, :x.shape[2], :x.shape[3]])
+        grad_x = np.ascontiguousarray(
+            conv2d(gy, w, None, *args, precision=precision)[:, :, :x.shape[2], :x.shape[3]])
     if mask[1]:
         x_out = np.zeros(conv.output_shape, dtype)  # x as conv's output (see conv_transpose2d)
         x_out[:, :, :x.shape[2], :x.shape[3]] = x
-        grad_w = conv2d_backward(x_out, gy, w, *args, output_mask=(False, True, False))[1]
+        grad_w = conv2d_backward(x_out, gy, w, *args, output_mask=(False, True, False),
+                                 precision=precision)[1]
     if mask[2]:
         grad_b = gy.sum(axis=(0, 2, 3))
     return grad_x, grad_w, grad_b
@@ -626,8 +650,9 @@ def upsample_nearest2d_backward(grad_y, input_shape, size=None, scale_factor=Non
     return grad_x
 
 
-def linear(x, weight, bias=None) -> np.ndarray:
-    """y = x @ weight.T + bias, ``torch.nn.functional.linear``: x (..., in) -> (..., out)."""
+def linear(x, weight, bias=None, *, precision=None) -> np.ndarray:
+    """y = x @ weight.T + bias, ``torch.nn.functional.linear``: x (..., in) -> (..., out).
+    precision "bf16": x and weight rounded to bfloat16 first."""
     op = "linear"
     x = as_float_array(x, "x", op)
     weight = as_float_array(weight, "weight", op)
@@ -635,14 +660,17 @@ def linear(x, weight, bias=None) -> np.ndarray:
         bias = as_float_array(bias, "bias", op)
     linear_shapes(x.shape, weight.shape, None if bias is None else bias.shape, op)
     dtype = common_dtype(x, weight, bias)
+    x, weight = _bf16_operands(precision, dtype, op, x, weight)
     y = np.matmul(x.astype(dtype, copy=False), weight.astype(dtype, copy=False).T)
     if bias is not None:
         y += bias
     return np.ascontiguousarray(y)
 
 
-def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
-    """Gradients of :func:`linear`: (grad_y @ weight, grad_y^T @ x, grad_y summed), masked."""
+def linear_backward(grad_y, x, weight, output_mask=(True, True, True), *, precision=None):
+    """Gradients of :func:`linear`: (grad_y @ weight, grad_y^T @ x, grad_y summed), masked.
+    precision "bf16": grad_y, x and weight rounded to bfloat16 for the products (the bias
+    gradient sums grad_y as given)."""
     op = "linear_backward"
     mask = normalize_output_mask(output_mask, op)
     x = as_float_array(x, "x", op)
@@ -651,11 +679,12 @@ def linear_backward(grad_y, x, weight, output_mask=(True, True, True)):
     in_f, out_f = linear_shapes(x.shape, weight.shape, None, op, grad_y.shape)
     dtype = common_dtype(grad_y, x, weight)
     rows = math.prod(x.shape[:-1])  # not reshape(-1, ...): in_f or out_f may be 0
+    grad_b = grad_y.astype(dtype, copy=False).reshape(rows, out_f).sum(axis=0) if mask[2] else None
+    grad_y, x, weight = _bf16_operands(precision, dtype, op, grad_y, x, weight)
     gy = grad_y.astype(dtype, copy=False).reshape(rows, out_f)
     x2 = x.astype(dtype, copy=False).reshape(rows, in_f)
     grad_x = np.ascontiguousarray((gy @ weight.astype(dtype, copy=False)).reshape(x.shape)) if mask[0] else None
     grad_w = np.ascontiguousarray(gy.T @ x2) if mask[1] else None
-    grad_b = gy.sum(axis=0) if mask[2] else None
     return grad_x, grad_w, grad_b
 
 

@@ -80,3 +80,13 @@ def threads():
     before = fastconv.get_num_threads()
     yield fastconv.set_num_threads
     fastconv.set_num_threads(before)
+
+
+@pytest.fixture
+def forced():
+    """Force a conv algorithm by name (fastconv._core.set_conv_algorithm); 'auto' restored
+    afterwards."""
+    def force(name):
+        assert fastconv._core.set_conv_algorithm(name)
+    yield force
+    fastconv._core.set_conv_algorithm("auto")

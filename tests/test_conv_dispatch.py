@@ -51,15 +51,6 @@ def algorithm(pass_, dtype, shape):
                                 *geom.stride, *geom.padding, *geom.dilation, g)
 
 
-@pytest.fixture
-def forced():
-    """Force an algorithm by name; 'auto' restored afterwards."""
-    def force(name):
-        assert _core.set_conv_algorithm(name)
-    yield force
-    _core.set_conv_algorithm("auto")
-
-
 def direct_kernels_available():
     """Whether the selected SIMD level has the direct tiles (asked through the table itself:
     forced, the direct algorithm takes any float32 3x3 forward)."""

@@ -149,6 +149,7 @@ class TrainConfig:
     warmup: float | None = None        # fraction of steps; None: 0.3 for onecycle, 0 otherwise
     augment: bool = True
     seed: int = 0
+    precision: str = "f32"             # "bf16": conv/linear operands in bfloat16 (fastconv.precision)
     limit_train: int | None = None
     limit_test: int | None = None
     sync_bn: bool | None = None        # None: off (BatchNorm statistics of each rank's share)
@@ -260,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=_int_at_least(0), default=None,
                    help=f"seed of weights, shuffling, augmentation and dropout "
                         f"[default: {d.seed}]")
+    g.add_argument("--precision", choices=("f32", "bf16"), default=None,
+                   help="bf16: convolutions and linear layers take bfloat16-rounded operands and "
+                        "sum in float32, weights and optimiser state stay float32 (fast with "
+                        "AVX512_BF16 or AMX, emulated without; default f32)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", type=_dataset_name, default=None, metavar="NAME",
                    help="cifar10, cifar100 (its 100 fine classes) or folder:PATH (your images: "
@@ -769,6 +774,7 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
     # ---- model, optimiser, schedule ------------------------------------------------------
     model = models.get_model(cfg.model, num_classes=len(ds.class_names), seed=cfg.seed)
     model.set_backend(ns.backend)
+    model.to(precision=cfg.precision)
     opt = _make_optimizer(cfg, model.parameters())
     sched = _make_schedule(cfg, opt, total_steps)
     crit = losses.CrossEntropyLoss()
@@ -782,6 +788,7 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
         "backend": ns.backend,
         "threads": fastconv.get_num_threads(),
         "simd_level": fastconv.simd_level(),
+        "bf16_path": fastconv.simd_level("bf16") if cfg.precision == "bf16" else None,
         "fastconv_version": fastconv.__version__,
         "numpy_version": np.__version__,
         "python": platform.python_version(),
@@ -811,8 +818,9 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
         con.info(f"{PROG}: {cfg.model} ({model.num_parameters():,} parameters) on "
                  f"{len(ds.y_train):,} training / {len(ds.y_test):,} test images, "
                  f"{cfg.epochs} epochs of {n_batches} batches, {cfg.optimizer} lr {cfg.lr:g} "
-                 f"{cfg.schedule}, backend {ns.backend}, {fastconv.get_num_threads()} threads"
-                 f"{ranks} -> {out}")
+                 f"{cfg.schedule}, backend {ns.backend}, {cfg.precision}"
+                 f"{' (' + fastconv.simd_level('bf16') + ')' if cfg.precision == 'bf16' else ''}, "
+                 f"{fastconv.get_num_threads()} threads{ranks} -> {out}")
     elif planned != cfg.epochs:
         con.info(f"{PROG}: resuming {out} at epoch {start['epoch'] + 1}, batch "
                  f"{start['batch']}, with {cfg.epochs} epochs instead of {planned}"

@@ -20,11 +20,12 @@ if TYPE_CHECKING:
 
 class ConvContext(NamedTuple):
     """What Conv2d's backward needs from its forward: the ops that ran it, the input (checked,
-    in the weight's dtype) and the output's shape."""
+    in the weight's dtype), the output's shape and the precision it ran in ("f32"/"bf16")."""
 
     ops: object
     x: np.ndarray
     output_shape: tuple
+    precision: str
 
 
 def _channels(in_channels, out_channels, groups, name: str) -> tuple[int, int, int]:
@@ -126,21 +127,23 @@ class Conv2d(_ConvLayer):
         """(output, context for _backward_ctx)."""
         x, w, b = self._inputs(x)
         ops = self._ops()
-        y = ops.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
-        return y, ConvContext(ops, x, y.shape)
+        precision = self._op_precision(w.dtype)
+        y = ops.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups,
+                       precision=precision)
+        return y, ConvContext(ops, x, y.shape, precision)
 
     def _backward_ctx(self, ctx: ConvContext, grad_y: np.ndarray,
                       input_grad: bool = True) -> np.ndarray | None:
         """Accumulate the trainable parameters' gradients; return dL/dx (None without
         input_grad). The kernels are asked for nothing else (output_mask)."""
-        ops, x, y_shape = ctx
+        ops, x, y_shape, precision = ctx
         w = self.weight.data
         grad_y = self._check_grad(grad_y, y_shape, w.dtype)
         mask = (bool(input_grad), *self._grad_mask())
         if not any(mask):
             return None
         gx, gw, gb = ops.conv2d_backward(grad_y, x, w, self.stride, self.padding, self.dilation,
-                                         self.groups, output_mask=mask)
+                                         self.groups, output_mask=mask, precision=precision)
         self._accumulate(gw, gb)
         return gx
 
@@ -151,13 +154,15 @@ class Conv2d(_ConvLayer):
         the pooling's context), the contexts those of the two layers run one after the other."""
         x, w, b = self._inputs(x)
         ops = self._ops()
+        precision = self._op_precision(w.dtype)
         y_shape = _args.conv2d_geometry(x.shape, w.shape, self.stride, self.padding,
                                         self.dilation, self.groups, op=repr(self)).output_shape
         pooled, idx = ops.conv2d_max_pool2d(
             x, w, b, self.stride, self.padding, self.dilation, self.groups,
             kernel_size=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding,
-            pool_dilation=pool.dilation, ceil_mode=pool.ceil_mode, relu=relu)
-        return pooled, ConvContext(ops, x, y_shape), MaxPoolContext(ops, idx, y_shape, pooled, relu)
+            pool_dilation=pool.dilation, ceil_mode=pool.ceil_mode, relu=relu, precision=precision)
+        return (pooled, ConvContext(ops, x, y_shape, precision),
+                MaxPoolContext(ops, idx, y_shape, pooled, relu))
 
     def _backward_through_max_pool_ctx(self, ctx: ConvContext, pool: "MaxPool2d",
                                        pool_ctx: MaxPoolContext, grad_pooled: np.ndarray) -> None:
@@ -165,7 +170,7 @@ class Conv2d(_ConvLayer):
         a ReLU may be fused into the pooling) in one op, without this layer's input gradient
         (the first layer of a network). Accumulates the trainable parameters' gradients as
         backward would."""
-        ops, x, y_shape = ctx
+        ops, x, y_shape, precision = ctx
         if tuple(pool_ctx.input_shape) != tuple(y_shape):
             raise ValueError(f"{self!r}: the pooling after it saw input {pool_ctx.input_shape}, "
                              f"not this layer's output {y_shape}")
@@ -177,7 +182,7 @@ class Conv2d(_ConvLayer):
         gw, gb = ops.conv2d_backward_through_max_pool(
             grad_pooled, pool_ctx.indices, x, self.weight.data, self.stride, self.padding,
             self.dilation, self.groups, relu_output=y if pool_ctx.relu else None,
-            output_mask=mask)
+            output_mask=mask, precision=precision)
         self._accumulate(gw, gb)
 
     def output_shape(self, input_shape):
@@ -269,17 +274,18 @@ class ConvTranspose2d(_ConvLayer):
         _check_4d(self, x, self.in_channels)
         output_padding = self._output_padding(x.shape, output_size)
         ops = self._ops()
+        precision = self._op_precision(w.dtype)
         y = ops.conv_transpose2d(x, w, None if self.bias is None else self.bias.data,
                                  self.stride, self.padding, output_padding, self.groups,
-                                 self.dilation)
-        self._cache = (ops, x, y.shape, output_padding)
+                                 self.dilation, precision=precision)
+        self._cache = (ops, x, y.shape, output_padding, precision)
         return y
 
     def __call__(self, x: np.ndarray, output_size=None) -> np.ndarray:
         return self.forward(x, output_size)
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        ops, x, y_shape, output_padding = self._get_cache()
+        ops, x, y_shape, output_padding, precision = self._get_cache()
         w = self.weight.data
         grad_y = self._check_grad(grad_y, y_shape, w.dtype)
         mask = (bool(input_grad), *self._grad_mask())
@@ -287,7 +293,7 @@ class ConvTranspose2d(_ConvLayer):
             return None
         gx, gw, gb = ops.conv_transpose2d_backward(
             grad_y, x, w, self.stride, self.padding, output_padding, self.groups, self.dilation,
-            output_mask=mask)
+            output_mask=mask, precision=precision)
         self._accumulate(gw, gb)
         return gx
 

@@ -44,12 +44,13 @@ class Linear(Module):
         x = _as_input(self, x, w.dtype)
         self._check(x.shape)
         ops = self._ops()
-        y = ops.linear(x, w, None if self.bias is None else self.bias.data)
-        self._cache = (ops, x, y.shape)
+        precision = self._op_precision(w.dtype)
+        y = ops.linear(x, w, None if self.bias is None else self.bias.data, precision=precision)
+        self._cache = (ops, x, y.shape, precision)
         return y
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        ops, x, y_shape = self._get_cache()
+        ops, x, y_shape, precision = self._get_cache()
         w = self.weight.data
         grad_y = self._check_grad(grad_y, y_shape, w.dtype)
         bias = self.bias
@@ -57,7 +58,7 @@ class Linear(Module):
         mask = (bool(input_grad), self.weight.requires_grad, bias is not None and bias.requires_grad)
         if not any(mask):
             return None
-        gx, gw, gb = ops.linear_backward(grad_y, x, w, output_mask=mask)
+        gx, gw, gb = ops.linear_backward(grad_y, x, w, output_mask=mask, precision=precision)
         if gw is not None:
             self.weight.accumulate_grad(gw)
         if gb is not None:

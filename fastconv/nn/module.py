@@ -13,6 +13,8 @@ import numpy as np
 
 from .. import _args
 from ..backend import BACKENDS, get_backend
+from ..precision import _normalize as _normalize_precision
+from ..precision import resolve_precision as _resolve_precision
 
 if TYPE_CHECKING:
     from .summary import ModelSummary
@@ -201,6 +203,7 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_backend", None)
+        object.__setattr__(self, "_precision", None)
         object.__setattr__(self, "_cache", None)
 
     # -- registration ------------------------------------------------------------------------
@@ -400,7 +403,44 @@ class Module:
             object.__setattr__(m, "_cache", None)
         return self
 
-    to = astype
+    def to(self, dtype=None, *, precision=None) -> "Module":
+        """Convert to `dtype` (float32/float64: see astype) and/or run this module and all its
+        descendants in `precision`, in place; returns self.
+
+        precision: "bf16" (convolutions and linear layers take bfloat16-rounded operands and
+        sum in float32; parameters, gradients, optimiser state and buffers stay float32: see
+        fastconv.precision), "f32" (float32 whatever the autocast state), or "auto" (follow
+        the active fastconv.autocast, the default). None leaves it as it is. "bf16" needs
+        float32 parameters (TypeError otherwise)."""
+        if precision is not None:
+            if precision == "auto":
+                name = None
+            else:
+                name = _normalize_precision(precision, f"{type(self).__name__}.to")
+            target = np.dtype(dtype) if dtype is not None else None
+            if name == "bf16":
+                for p in self.parameters():
+                    if (target or p.data.dtype) != np.float32:
+                        raise TypeError(f"{type(self).__name__}.to: precision='bf16' needs "
+                                        f"float32 parameters, got {target or p.data.dtype}")
+        if dtype is not None:
+            self.astype(dtype)
+        if precision is not None:
+            for m in self.modules():
+                object.__setattr__(m, "_precision", name)
+                object.__setattr__(m, "_cache", None)
+        return self
+
+    @property
+    def precision(self) -> str | None:
+        """The precision set by ``to(precision=...)``: "bf16", "f32", or None (follows the
+        active fastconv.autocast)."""
+        return self.__dict__.get("_precision")
+
+    def _op_precision(self, dtype) -> str:
+        """The precision this module's ops run in now ("f32" or "bf16") for a computation in
+        `dtype`: its own, else the active autocast's (float64 stays "f32" under autocast)."""
+        return _resolve_precision(self.__dict__.get("_precision"), dtype, repr(self))
 
     @property
     def dtype(self) -> np.dtype | None:

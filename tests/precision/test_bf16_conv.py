@@ -1,0 +1,232 @@
+"""Convolutions in bf16 mode, on every bf16 path, conv algorithm (forced, and the dispatch's
+own choice), shape family and pass: against the float64 reference on bf16-rounded operands
+within the float32 summation bound; the emulated path bit for bit against the float32
+kernels on rounded operands; thread counts; which algorithms the dispatch picks per path;
+transposed convolutions and the fused conv + max-pool ops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastconv import _core
+from fastconv import functional as F
+from fastconv import reference as R
+from fastconv._args import conv2d_geometry
+from fastconv.precision import round_to_bf16
+
+from bf16_paths import PATHS, assert_within_bound, bf16_path
+
+ALGORITHMS = ("auto", "winograd", "direct_nchw", "direct", "wide", "im2col")
+PASSES = ("forward", "backward_input", "backward_weight")
+
+# (N, C, H, W, F, kernel, stride, padding, dilation, groups)
+SHAPES = {
+    "pointwise": (2, 16, 6, 6, 24, 1, 1, 0, 1, 1),
+    "3x3": (2, 16, 8, 8, 20, 3, 1, 1, 1, 1),
+    "strided": (2, 8, 9, 9, 12, 3, 2, 1, 1, 1),
+    "dilated": (2, 8, 10, 10, 8, 3, 1, 2, 2, 1),
+    "grouped": (2, 16, 7, 7, 16, 3, 1, 1, 1, 4),
+    "rgb_5x5": (2, 3, 12, 12, 16, 5, 1, 2, 1, 1),
+    "odd_edges": (3, 5, 7, 7, 7, 3, 1, 0, 1, 1),
+    "wide_rows": (2, 4, 11, 30, 6, 3, 1, 1, 1, 1),
+}
+
+
+def conv_args(shape):
+    N, C, H, W, Fo, k, s, p, d, g = shape
+    return (N, C, H, W), (Fo, C // g, k, k), dict(stride=s, padding=p, dilation=d, groups=g)
+
+
+def data(shape, seed=0):
+    xs, ws, kw = conv_args(shape)
+    gen = np.random.default_rng(seed)
+    x = gen.standard_normal(xs).astype(np.float32)
+    w = gen.standard_normal(ws).astype(np.float32)
+    b = gen.standard_normal(ws[0]).astype(np.float32)
+    geom = conv2d_geometry(xs, ws, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
+    gy = gen.standard_normal(geom.output_shape).astype(np.float32)
+    return x, w, b, gy, kw, geom
+
+
+def running(pass_, shape, precision="bf16"):
+    """The algorithm the dispatch runs for this pass and shape now."""
+    xs, ws, kw = conv_args(shape)
+    geom = conv2d_geometry(xs, ws, kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
+    return _core.conv_algorithm(pass_, "float32", xs, ws, *geom.out, *geom.stride,
+                                *geom.padding, *geom.dilation, geom.groups, precision=precision)
+
+
+def exact_and_magnitude(x, w, b, gy, kw):
+    """Per pass: (float64 result on the bf16-rounded operands, float64 sum of |products|, the
+    number of products per output)."""
+    xr, wr, gyr = (round_to_bf16(a).astype(np.float64) for a in (x, w, gy))
+    y = R.conv2d(xr, wr, b.astype(np.float64), **kw)
+    ymag = R.conv2d(np.abs(xr), np.abs(wr), np.abs(b).astype(np.float64), **kw)
+    gx, gw, _ = R.conv2d_backward(gyr, xr, wr, **kw)
+    gxmag, gwmag, _ = R.conv2d_backward(np.abs(gyr), np.abs(xr), np.abs(wr), **kw)
+    Fo, Cg, kh, kwid = w.shape
+    G = kw["groups"]
+    terms = {"forward": Cg * kh * kwid + 1,
+             "backward_input": (Fo // G) * kh * kwid,
+             "backward_weight": gy.shape[0] * gy.shape[2] * gy.shape[3]}
+    return {"forward": (y, ymag), "backward_input": (gx, gxmag),
+            "backward_weight": (gw, gwmag)}, terms
+
+
+def run_passes(x, w, b, gy, kw):
+    y = F.conv2d(x, w, b, **kw, precision="bf16")
+    gx, gw, gb = F.conv2d_backward(gy, x, w, **kw, precision="bf16")
+    return {"forward": y, "backward_input": gx, "backward_weight": gw}, gb
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("family", sorted(SHAPES))
+def test_every_algorithm_and_pass_within_the_bound(path, name, family, forced):
+    shape = SHAPES[family]
+    x, w, b, gy, kw, _ = data(shape)
+    with bf16_path(path):
+        forced(name)
+        ran = {p: running(p, shape) for p in PASSES}
+        if name != "auto" and name not in ran.values():
+            pytest.skip(f"{name} takes no pass of {family}")
+        got, gb = run_passes(x, w, b, gy, kw)
+    want, terms = exact_and_magnitude(x, w, b, gy, kw)
+    for p in PASSES:
+        # Winograd's transforms add and subtract: a few more roundings than the sum's.
+        factor = 8.0 if ran[p] == "winograd" else 1.0
+        assert_within_bound(got[p], *want[p], terms[p], f"{path} {name}->{ran[p]} {family} {p}",
+                            factor)
+    # The bias gradient sums grad_y as given (float32), in every precision.
+    assert np.array_equal(gb, F.conv2d_backward(gy, x, w, **kw, output_mask=(0, 0, 1))[2])
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("family", sorted(SHAPES))
+def test_emulated_path_is_float32_on_rounded_operands_bit_for_bit(name, family, forced):
+    """Emulated, every algorithm computes exactly what it computes in float32 on the rounded
+    operands: the GEMMs round while packing (with the float32 GEMM's kernel and blocks), the
+    others get rounded copies."""
+    x, w, b, gy, kw, _ = data(SHAPES[family], seed=1)
+    with bf16_path("emulated"):
+        forced(name)
+        got, _ = run_passes(x, w, b, gy, kw)
+        xr, wr, gyr = round_to_bf16(x), round_to_bf16(w), round_to_bf16(gy)
+        want = {"forward": F.conv2d(xr, wr, b, **kw),
+                "backward_input": F.conv2d_backward(gyr, xr, wr, **kw)[0],
+                "backward_weight": F.conv2d_backward(gyr, xr, wr, **kw)[1]}
+    for p in PASSES:
+        assert np.array_equal(got[p], want[p]), f"{name} {family} {p}"
+
+
+@pytest.mark.parametrize("path", ["emulated", "avx512_bf16_twin", "amx_twin", "avx512_bf16",
+                                  "amx"])
+@pytest.mark.parametrize("family", ["3x3", "pointwise", "rgb_5x5"])
+def test_bit_identical_across_thread_counts(path, family, threads):
+    x, w, b, gy, kw, _ = data((8,) + SHAPES[family][1:], seed=2)
+    out = []
+    with bf16_path(path):
+        for n in (1, 2, 3):
+            threads(n)
+            got, gb = run_passes(x, w, b, gy, kw)
+            out.append((got, gb))
+    for got, gb in out[1:]:
+        assert np.array_equal(gb, out[0][1])
+        for p in PASSES:
+            assert np.array_equal(got[p], out[0][0][p]), f"{path} {family} {p}"
+
+
+@pytest.mark.parametrize("path", ["avx512_bf16_twin", "amx_twin", "avx512_bf16", "amx"])
+def test_a_bf16_gemm_kernel_takes_the_gemm_algorithms(path, forced):
+    """With a bf16 GEMM kernel the dispatch picks the GEMMs (im2col, wide) for every shape and
+    pass, in auto mode; a forced algorithm still runs where it applies; float32 is unchanged."""
+    f32 = {(family, p): running(p, shape, "f32") for family, shape in SHAPES.items()
+           for p in PASSES}
+    with bf16_path(path):
+        for family, shape in SHAPES.items():
+            for p in PASSES:
+                assert running(p, shape) in ("wide", "im2col"), (family, p)
+                assert running(p, shape, "f32") == f32[family, p]
+        forced("direct")
+        if running("forward", SHAPES["3x3"], "f32") == "direct":
+            assert running("forward", SHAPES["3x3"]) == "direct"
+
+
+def test_the_emulated_path_keeps_the_float32_choices():
+    with bf16_path("emulated"):
+        for family, shape in SHAPES.items():
+            for p in PASSES:
+                assert running(p, shape) == running(p, shape, "f32"), (family, p)
+
+
+@pytest.mark.parametrize("path", ["emulated", "avx512_bf16_twin", "amx_twin"])
+def test_nan_and_inf_propagate_as_in_float32(path):
+    x, w, b, gy, kw, _ = data(SHAPES["3x3"], seed=3)
+    x[0, 1, 2, 3] = np.nan
+    x[1, 2, 4, 4] = np.inf
+    with bf16_path(path):
+        y = F.conv2d(x, w, b, **kw, precision="bf16")
+    y32 = F.conv2d(x, w, b, **kw)
+    assert np.array_equal(np.isnan(y), np.isnan(y32))
+    assert np.array_equal(np.isinf(y), np.isinf(y32))
+
+
+@pytest.mark.parametrize("path", ["emulated", "avx512_bf16_twin", "amx_twin"])
+def test_fused_conv_max_pool_in_bf16(path):
+    """conv2d_max_pool2d and its backward in bf16 give the unfused ops' bf16 results."""
+    x, w, b, _, kw, geom = data(SHAPES["rgb_5x5"], seed=4)
+    with bf16_path(path):
+        y, idx = F.conv2d_max_pool2d(x, w, b, **kw, kernel_size=2, relu=True, precision="bf16")
+        y2, idx2 = F.max_pool2d(F.conv2d(x, w, b, **kw, precision="bf16"), 2,
+                                return_indices=True, relu=True)
+        assert np.array_equal(y, y2) and np.array_equal(idx, idx2)
+        gp = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)
+        gw, gb = F.conv2d_backward_through_max_pool(gp, idx, x, w, **kw, relu_output=y,
+                                                    precision="bf16")
+        gy = F.max_pool2d_backward(gp, idx, geom.output_shape, relu_output=y)
+        _, gw2, gb2 = F.conv2d_backward(gy, x, w, **kw, precision="bf16")
+    assert np.array_equal(gw, gw2) and np.array_equal(gb, gb2)
+
+
+@pytest.mark.parametrize("path", ["emulated", "avx512_bf16_twin", "amx_twin"])
+def test_transposed_convolution_in_bf16(path):
+    gen = np.random.default_rng(6)
+    x = gen.standard_normal((2, 8, 5, 5)).astype(np.float32)
+    w = gen.standard_normal((8, 6, 3, 3)).astype(np.float32)
+    kw = dict(stride=2, padding=1, output_padding=1)
+    with bf16_path(path):
+        y = F.conv_transpose2d(x, w, **kw, precision="bf16")
+        gy = gen.standard_normal(y.shape).astype(np.float32)
+        gx, gw, _ = F.conv_transpose2d_backward(gy, x, w, **kw, precision="bf16")
+    xr, wr, gyr = (round_to_bf16(a).astype(np.float64) for a in (x, w, gy))
+    want = R.conv_transpose2d(xr, wr, **kw)
+    mag = R.conv_transpose2d(np.abs(xr), np.abs(wr), **kw)
+    assert_within_bound(y, want, mag, 6 * 9, f"{path} transposed")
+    wgx, wgw, _ = R.conv_transpose2d_backward(gyr, xr, wr, **kw)
+    mgx, mgw, _ = R.conv_transpose2d_backward(np.abs(gyr), np.abs(xr), np.abs(wr), **kw)
+    assert_within_bound(gx, wgx, mgx, 6 * 9, f"{path} transposed grad_x")
+    assert_within_bound(gw, wgw, mgw, 2 * 25, f"{path} transposed grad_w")
+
+
+def test_reference_bf16_is_float32_on_rounded_operands():
+    x, w, b, gy, kw, _ = data(SHAPES["grouped"], seed=7)
+    xr, wr, gyr = round_to_bf16(x), round_to_bf16(w), round_to_bf16(gy)
+    assert np.array_equal(R.conv2d(x, w, b, **kw, precision="bf16"), R.conv2d(xr, wr, b, **kw))
+    got = R.conv2d_backward(gy, x, w, **kw, precision="bf16")
+    want = R.conv2d_backward(gyr, xr, wr, **kw)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert np.array_equal(got[2], R.conv2d_backward(gy, x, w, **kw)[2])
+
+
+def test_bf16_needs_float32():
+    x = np.ones((1, 2, 4, 4))
+    w = np.ones((3, 2, 3, 3))
+    for ops in (F, R):
+        with pytest.raises(TypeError, match="needs float32"):
+            ops.conv2d(x, w, precision="bf16")
+        with pytest.raises(ValueError, match="precision must be one of"):
+            ops.conv2d(x.astype(np.float32), w.astype(np.float32), precision="half")
+    with pytest.raises(TypeError, match="needs float32"):
+        _core.conv2d_forward(x, w, None, np.empty((1, 3, 2, 2)), 1, 1, 0, 0, 1, 1, 1,
+                             precision="bf16")

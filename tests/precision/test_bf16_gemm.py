@@ -1,0 +1,205 @@
+"""The bf16 GEMM on every path (gemm_bf16.h): against float64 products of the bf16-rounded
+operands within the float32 summation bound, across the edges of its tiles, k groups and
+blocks, transposed operands, accumulation, and thread counts; the emulated path against the
+float32 GEMM on rounded operands (bit for bit); the hardware kernels against their twins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _core
+from fastconv.precision import round_to_bf16
+
+from bf16_paths import HARDWARE, PATHS, assert_within_bound, bf16_path
+
+# (M, N, K): one element, tile edges (mr 6/12/32, nr 16/32), odd and short K (pairs, AMX's 32),
+# K over several k-blocks (kc 320/192 here), wide and tall products.
+SHAPES = [(1, 1, 1), (5, 7, 3), (13, 33, 31), (32, 32, 32), (33, 65, 33), (12, 32, 64),
+          (40, 20, 700), (100, 3, 257), (3, 150, 96), (70, 90, 45)]
+
+
+def exact(a, b):
+    """(a @ b on the rounded operands, sum of |products|), in float64."""
+    ar, br = round_to_bf16(a).astype(np.float64), round_to_bf16(b).astype(np.float64)
+    return ar @ br, np.abs(ar) @ np.abs(br)
+
+
+def operands(rng, M, N, K, trans_a=False, trans_b=False):
+    a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
+    return a, b
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gemm_within_the_summation_bound(path, shape, rng):
+    M, N, K = shape
+    a, b = operands(rng, M, N, K)
+    want, mag = exact(a, b)
+    with bf16_path(path):
+        c = np.empty((M, N), np.float32)
+        _core.gemm(a, b, c, precision="bf16")
+    assert_within_bound(c, want, mag, K, f"{path} {shape}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("trans_a,trans_b", [(True, False), (False, True), (True, True)])
+def test_transposed_operands_and_accumulation(path, trans_a, trans_b, rng):
+    M, N, K = 29, 45, 77
+    a, b = operands(rng, M, N, K, trans_a, trans_b)
+    aa, bb = (a.T if trans_a else a), (b.T if trans_b else b)
+    want, mag = exact(aa, bb)
+    c0 = rng.standard_normal((M, N)).astype(np.float32)
+    with bf16_path(path):
+        c = c0.copy()
+        _core.gemm(a, b, c, trans_a, trans_b, True, precision="bf16")
+    assert_within_bound(c, want + c0, mag + np.abs(c0), K + 1, f"{path} accumulate")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_small_blocks_cover_every_block_edge(path, rng):
+    """Blocks forced small: several row, column and k blocks, each with edge tiles."""
+    M, N, K = 75, 99, 130
+    a, b = operands(rng, M, N, K)
+    want, mag = exact(a, b)
+    with bf16_path(path):
+        cfg = _core.bf16_gemm_blocks()
+        mr, nr, group = cfg["mr"], cfg["nr"], cfg["k_group"]
+        try:
+            assert _core.set_bf16_gemm_blocks(2 * mr, 2 * group if group > 1 else 24, 2 * nr)
+            assert not _core.set_bf16_gemm_blocks(mr + 1, 64, nr)  # mc not a multiple of mr
+            if group > 1:
+                assert not _core.set_bf16_gemm_blocks(mr, group + 1, nr)
+            c = np.empty((M, N), np.float32)
+            _core.gemm(a, b, c, precision="bf16")
+        finally:
+            assert _core.set_bf16_gemm_blocks(0, 0, 0)
+        assert _core.bf16_gemm_blocks() == cfg
+    assert_within_bound(c, want, mag, K, f"{path} small blocks")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bit_identical_across_thread_counts(path, rng, threads):
+    a, b = operands(rng, 96, 160, 200)
+    with bf16_path(path):
+        out = []
+        for n in (1, 2, 3):
+            threads(n)
+            c = np.empty((96, 160), np.float32)
+            _core.gemm(a, b, c, precision="bf16")
+            out.append(c)
+    assert all(np.array_equal(out[0], c) for c in out[1:])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_emulated_path_is_the_float32_gemm_on_rounded_operands(shape, rng):
+    M, N, K = shape
+    a, b = operands(rng, M, N, K)
+    with bf16_path("emulated"):
+        c = np.empty((M, N), np.float32)
+        _core.gemm(a, b, c, precision="bf16")
+    ref = np.empty((M, N), np.float32)
+    _core.gemm(round_to_bf16(a), round_to_bf16(b), ref)
+    assert np.array_equal(c, ref)
+
+
+@pytest.mark.parametrize("twin", ["avx512_bf16_twin", "amx_twin"])
+def test_twins_agree_with_the_emulated_path(twin, rng):
+    M, N, K = 61, 83, 300
+    a, b = operands(rng, M, N, K)
+    _, mag = exact(a, b)
+    results = {}
+    for path in ("emulated", twin):
+        with bf16_path(path):
+            c = np.empty((M, N), np.float32)
+            _core.gemm(a, b, c, precision="bf16")
+            results[path] = c.astype(np.float64)
+    # Both within K * u of the exact sum: within 2 K * u of each other.
+    assert_within_bound(results[twin], results["emulated"], 2 * mag, K, twin)
+
+
+@pytest.mark.parametrize("hardware", sorted(HARDWARE))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_hardware_kernel_is_its_twin_bit_for_bit(hardware, shape, rng):
+    """The twins emulate the instructions' arithmetic and order (SDM): on a CPU with the
+    instructions, the same bits."""
+    M, N, K = shape
+    a, b = operands(rng, M, N, K)
+    out = {}
+    for path in (hardware, HARDWARE[hardware]):
+        with bf16_path(path):
+            c = np.empty((M, N), np.float32)
+            _core.gemm(a, b, c, precision="bf16")
+            out[path] = c
+    assert np.array_equal(out[hardware], out[HARDWARE[hardware]])
+
+
+def test_nonfinite_operands_propagate(rng):
+    a, b = operands(rng, 8, 40, 20)
+    a[2, 3] = np.nan
+    b[5, 7] = np.inf
+    b[6, 7] = 0.0
+    a[:, 6] = 0.0  # inf * 0 in column 7 is NaN for every row
+    for path in ("emulated", "avx512_bf16_twin", "amx_twin"):
+        with bf16_path(path):
+            c = np.empty((8, 40), np.float32)
+            _core.gemm(a, b, c, precision="bf16")
+        want = round_to_bf16(a).astype(np.float64) @ round_to_bf16(b).astype(np.float64)
+        assert np.array_equal(np.isnan(c), np.isnan(want)), path
+        assert np.array_equal(np.isinf(c), np.isinf(want)), path
+
+
+def test_precision_argument_is_checked():
+    a = np.ones((2, 3), np.float32)
+    b = np.ones((3, 4), np.float32)
+    c = np.empty((2, 4), np.float32)
+    with pytest.raises(ValueError, match="precision must be 'f32' or 'bf16'"):
+        _core.gemm(a, b, c, precision="fp8")
+    with pytest.raises(TypeError, match="needs float32"):
+        _core.gemm(a.astype(np.float64), b.astype(np.float64), c.astype(np.float64),
+                   precision="bf16")
+    with pytest.raises(ValueError, match="unknown path"):
+        _core.set_bf16_path("sse")
+
+
+def test_build_info_reports_the_bf16_path():
+    info = fastconv.build_info()["bf16"]
+    assert info["path"] == fastconv.simd_level("bf16") == fastconv.precision.bf16_path()
+    assert set(info["paths"]) == set(PATHS)
+    assert info["paths"]["emulated"] is None
+    assert info["paths"]["avx512_bf16_twin"] is None and info["paths"]["amx_twin"] is None
+    features = set(fastconv.build_info()["cpu"]["features"])
+    if "avx512_bf16" not in features:
+        assert info["paths"]["avx512_bf16"] == "CPU lacks avx512_bf16"
+    if "amx_bf16" not in features:
+        assert info["paths"]["amx"] == "CPU lacks amx_bf16"
+    # The best path is a hardware one wherever one runs, else the emulated one (never a twin).
+    runs = [p for p in ("amx", "avx512_bf16") if info["paths"][p] is None]
+    assert info["best"] == (runs[0] if runs else "emulated")
+    assert info["gemm"]["path"] == info["path"]
+
+
+def test_hardware_kernels_are_compiled_in_on_x86():
+    """The build compiles both hardware kernels (their TUs with -mavx512bf16 / -mamx-bf16):
+    nowhere is a path reported as not compiled in on an x86-64 build with GCC or Clang."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("not an x86-64 build")
+    for path in HARDWARE:
+        assert "not compiled in" not in (_core.bf16_paths()[path] or "")
+
+
+def test_forcing_a_plainer_isa_turns_the_hardware_paths_off():
+    before = _core.simd_level()
+    try:
+        assert _core.set_simd_level("generic")
+        assert _core.bf16_path() == "emulated"
+        for path in HARDWARE:
+            assert _core.bf16_paths()[path] is not None
+            assert not _core.set_bf16_path(path)
+        assert _core.bf16_gemm_blocks()["mr"] == _core.gemm_blocks("float32")["mr"]
+    finally:
+        assert _core.set_simd_level(before)
