@@ -922,7 +922,8 @@ PYBIND11_MODULE(_core, m) {
           return while_no_kernel_runs([&] { return fastconv::set_conv_algorithm(name); });
         },
         py::arg("name"),
-        "'auto', 'wide', 'im2col', 'direct', 'direct_nchw' or 'winograd' (tests/benchmarks).");
+        "'auto', 'wide', 'im2col', 'direct', 'direct_nchw', 'winograd' or 'subsampled' "
+        "(tests/benchmarks).");
   m.def("best_simd_level", [] { return fastconv::isa_name(fastconv::best_isa()); });
   m.def("set_simd_level",
         [](const std::string& level) {

@@ -40,13 +40,15 @@ enum class ConvPass { forward, backward_input, backward_weight };
 
 // The formulations of a convolution, in the order conv.cpp's dispatch table tries them (the
 // first that takes a shape and pass runs it):
+//   subsampled   strided 1x1 layers as pointwise ones on the subsampled image
+//                (conv_subsampled.h): every dtype
 //   winograd     Winograd F(2x2, 3x3) on the direct tiles (conv_winograd.h): 3x3, stride 1
 //   direct_nchw  the few-channel NCHW tiles (conv_direct.h): the first layers
 //   direct       the channels-last direct tiles (conv_direct.h)
 //   wide         the wide-row shifted GEMM (conv_wide.h): stride 1
 //   im2col       im2col-packed GEMM (conv_gemm.h): every shape
-// The first three need the direct kernels of the selected ISA and float32.
-enum class ConvAlgorithm { winograd, direct_nchw, direct, wide, im2col };
+// winograd, direct_nchw and direct need the direct kernels of the selected ISA and float32.
+enum class ConvAlgorithm { subsampled, winograd, direct_nchw, direct, wide, im2col };
 const char* conv_algorithm_name(ConvAlgorithm algorithm);
 
 // Forces an algorithm by name ("auto": the heuristics) for tests and benchmarks: it then runs
