@@ -12,6 +12,7 @@
 
 #include "conv_direct.h"
 #include "conv_gemm.h"
+#include "conv_subsampled.h"
 #include "conv_winograd.h"
 #include "gemm_bf16.h"
 #include "pool.h"
@@ -179,6 +180,10 @@ bool im2col_weight(const ConvShape& s, const T* gy, const T* x, T* gw) {
 }
 
 template <typename T>
+constexpr ConvPasses<T> subsampled_passes{&always<&conv2d_forward_subsampled<T>>,
+                                          &always<&conv2d_backward_input_subsampled<T>>,
+                                          &always<&conv2d_backward_weight_subsampled<T>>};
+template <typename T>
 constexpr ConvPasses<T> wide_passes{&always<&conv2d_forward_wide<T>>,
                                     &always<&conv2d_backward_input_wide<T>>, &wide_weight<T>};
 template <typename T>
@@ -216,6 +221,8 @@ bool takes_direct(const ConvShape& s, ConvPass pass, bool forced) {
 bool takes_wide(const ConvShape& s, ConvPass pass, bool forced) {
   return wide_fits(s) && (forced || wide_pays(s, pass));
 }
+
+bool takes_subsampled(const ConvShape& s, ConvPass, bool) { return use_subsampled(s); }
 
 bool takes_every_shape(const ConvShape&, ConvPass, bool) { return true; }
 
@@ -265,10 +272,13 @@ struct ConvEntry {
   ConvPasses<double> f64;  // the direct kernels are float32 only
 };
 
-// In the order they are tried. Winograd (2.25x fewer multiplies) first where it applies, the
-// few-channel tiles for the first layers, the channels-last tiles for many channels, then the
+// In the order they are tried. Strided 1x1 layers first, as pointwise layers on the subsampled
+// image (their passes walk the table again for that shape); Winograd (2.25x fewer
+// multiplies) where it applies, the few-channel tiles for the first layers, the channels-last tiles for many channels, then the
 // GEMMs: wide rows where their junk columns cost little, im2col everywhere else.
 constexpr ConvEntry kConvTable[] = {
+    {ConvAlgorithm::subsampled, "subsampled", true, false, false, false, &takes_subsampled,
+     subsampled_passes<float>, subsampled_passes<double>},
     {ConvAlgorithm::winograd, "winograd", true, false, true, false, &takes_winograd,
      {&winograd_forward, &conv2d_backward_input_winograd, &conv2d_backward_weight_winograd,
       &winograd_forward_pool, nullptr},

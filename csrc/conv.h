@@ -45,17 +45,19 @@ enum class ConvPass { forward, backward_input, backward_weight };
 
 // The formulations of a convolution, in the order conv.cpp's dispatch table tries them (the
 // first that takes a shape and pass runs it):
+//   subsampled   strided 1x1 layers as pointwise ones on the subsampled image
+//                (conv_subsampled.h): every dtype
 //   winograd     Winograd F(2x2, 3x3) on the direct tiles (conv_winograd.h): 3x3, stride 1
 //   direct_nchw  the few-channel NCHW tiles (conv_direct.h): the first layers
 //   direct       the channels-last direct tiles (conv_direct.h)
 //   wide         the wide-row shifted GEMM (conv_wide.h): stride 1
 //   im2col       im2col-packed GEMM (conv_gemm.h): every shape
-// The first three need the direct kernels of the selected ISA and float32.
+// winograd, direct_nchw and direct need the direct kernels of the selected ISA and float32.
 // In bf16 mode the GEMMs (wide, im2col) round their operands while packing them and run on the
 // bf16 GEMM's path (gemm_bf16.h); the others get rounded copies of their operands and run
 // their float32 kernels. Where a bf16 GEMM kernel runs (not the emulated path), only the
 // GEMMs are chosen, unless another algorithm is forced: the others have no bf16 kernels.
-enum class ConvAlgorithm { winograd, direct_nchw, direct, wide, im2col };
+enum class ConvAlgorithm { subsampled, winograd, direct_nchw, direct, wide, im2col };
 const char* conv_algorithm_name(ConvAlgorithm algorithm);
 
 // Forces an algorithm by name ("auto": the heuristics) for tests and benchmarks: it then runs

@@ -139,6 +139,7 @@ def conv_algorithms() -> list[str]:
     """The conv dispatch table's algorithms, in the order it tries them."""
     ...
 def set_conv_algorithm(name: str) -> bool:
-    """Force a convolution formulation: 'auto', 'im2col', 'wide', 'direct', 'direct_nchw' or
-    'winograd' (each where it applies; tests and benchmarks). False for an unknown name."""
+    """Force a convolution formulation: 'auto', 'im2col', 'wide', 'direct', 'direct_nchw',
+    'winograd' or 'subsampled' (each where it applies; tests and benchmarks). False for an
+    unknown name."""
     ...

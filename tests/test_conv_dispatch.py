@@ -21,7 +21,7 @@ def _dispatch_on_its_own(_forced_kernels):
 
 
 PASSES = ("forward", "backward_input", "backward_weight")
-ALGORITHMS = ("winograd", "direct_nchw", "direct", "wide", "im2col")
+ALGORITHMS = ("subsampled", "winograd", "direct_nchw", "direct", "wide", "im2col")
 DIRECT_KERNEL_ALGORITHMS = ("winograd", "direct_nchw", "direct")
 
 # (N, C, H, W, F, kernel, stride, padding, dilation, groups): the benchmarked layers and
@@ -36,6 +36,8 @@ SHAPES = [
     (64, 128, 8, 8, 128, 3, 1, 1, 1, 1),    # vgg_small.conv6
     (8, 64, 16, 16, 128, 1, 1, 0, 1, 1),    # pointwise
     (8, 64, 16, 16, 128, 3, 2, 1, 1, 1),    # stride 2
+    (8, 64, 16, 16, 128, 1, 2, 0, 1, 1),    # 1x1 stride 2 (ResNet's shortcut): subsampled
+    (8, 64, 16, 16, 128, 1, 2, 1, 1, 1),    # 1x1 stride 2, padded: not subsampled
     (8, 32, 16, 16, 32, 3, 1, 2, 2, 1),     # dilation 2
     (8, 32, 16, 16, 32, 3, 1, 1, 1, 4),     # groups 4: 8 channels per group
     (8, 4, 20, 20, 8, 7, 1, 3, 1, 1),       # few channels, 7x7
@@ -79,6 +81,12 @@ def wide_pays(pass_, shape):
     return 10 * wp <= 11 * ow or fg <= 8
 
 
+def subsampled_fits(shape):
+    """conv_subsampled.cpp's use_subsampled: 1x1, strided, unpadded, a non-empty batch."""
+    N, C, H, W, Fo, k, s, p, d, g = shape
+    return N > 0 and k == 1 and s > 1 and p == 0
+
+
 def gemm_choice(pass_, shape, forced="auto"):
     """wide or im2col, as the last two entries decide."""
     if forced == "im2col" or not wide_fits(shape):
@@ -90,9 +98,12 @@ def gemm_choice(pass_, shape, forced="auto"):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_float64_takes_the_gemm_paths_by_their_rule(pass_, shape, forced):
     # The direct kernels are float32 only: float64 sees wide and im2col alone, in every mode.
+    # Strided 1x1 layers run subsampled (any dtype) unless another algorithm is forced.
     for mode in ("auto",) + ALGORITHMS:
         forced(mode)
-        assert algorithm(pass_, "float64", shape) == gemm_choice(pass_, shape, mode), mode
+        want = ("subsampled" if mode in ("auto", "subsampled") and subsampled_fits(shape)
+                else gemm_choice(pass_, shape, mode))
+        assert algorithm(pass_, "float64", shape) == want, mode
 
 
 @pytest.mark.parametrize("pass_", PASSES)
@@ -100,7 +111,10 @@ def test_float64_takes_the_gemm_paths_by_their_rule(pass_, shape, forced):
 def test_float32_choice_follows_the_table(pass_, shape, forced):
     direct = direct_kernels_available()
     auto = algorithm(pass_, "float32", shape)
-    if not direct:
+    assert (auto == "subsampled") == subsampled_fits(shape)
+    if auto == "subsampled":
+        pass
+    elif not direct:
         assert auto == gemm_choice(pass_, shape)
     elif auto in ("wide", "im2col"):
         # The direct-kernel entries declined: the GEMM entries decide as for float64.

@@ -26,7 +26,10 @@ CONV_CASES = [
     (2, 8, 7, 7, 8, 3, 1, 1, 2, 8),            # depthwise, dilation 2
     (2, 6, 9, 10, 12, 3, 3, 2, 3, 3),          # stride 3, dilation 3, groups 3
     (4, 16, 5, 5, 32, 1, 1, 0, 1, 1),          # 1x1 pointwise fast path
-    (2, 16, 5, 5, 8, 1, 2, 0, 1, 1),           # 1x1 strided (needs im2col)
+    (2, 16, 5, 5, 8, 1, 2, 0, 1, 1),           # 1x1 strided: pointwise on the subsampled image
+    (3, 24, 9, 8, 40, 1, (2, 3), 0, 1, 2),     # 1x1 strided: odd sizes, strides a pair, grouped
+    (2, 6, 7, 7, 5, 1, 2, 0, 3, 1),            # 1x1 strided, dilated (no effect on 1x1)
+    (2, 8, 9, 9, 12, 1, 2, 1, 1, 1),           # 1x1 strided and padded: not subsampled
     (2, 4, 5, 5, 8, 1, 1, 1, 1, 2),            # 1x1 padded, grouped
     (2, 3, 5, 5, 7, 5, 1, 0, 1, 1),            # kernel == input size
     (2, 3, 5, 7, 7, (5, 7), 1, 0, 1, 1),       # kernel == input size, rectangular
@@ -125,7 +128,8 @@ def skip_without_tiles(algorithm):
         pytest.skip(f"no {algorithm} kernels at SIMD level {fastconv.simd_level()}")
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "wide", "direct", "winograd", "direct_nchw"])
+@pytest.mark.parametrize("algorithm", ["im2col", "wide", "direct", "winograd", "direct_nchw",
+                                       "subsampled"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_every_algorithm_matches_reference(rng, conv_algorithm, case, dtype, algorithm):
@@ -153,6 +157,31 @@ def test_tile_algorithms_every_level_match_reference_and_ignore_threads(
     gy = rng.standard_normal(F.conv2d_output_shape(x.shape, w.shape, **kw)).astype(np.float32)
     assert_same_with_1_and_2_threads(
         threads, lambda: (F.conv2d(x, w, b, **kw), *F.conv2d_backward(gy, x, w, **kw)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(9, 64, 8, 8, 128, 2), (5, 24, 9, 7, 40, 3), (3, 3, 4, 4, 2, 2)],
+                         ids=str)
+def test_strided_pointwise_runs_subsampled(rng, threads, shape, dtype):
+    # 1x1 layers with a stride (ResNet's shortcuts) run as pointwise layers on the subsampled
+    # image: the reference's values, no gradient between the strides, and the same bits
+    # with 1 and 2 threads.
+    N, C, H, W, Fo, s = shape
+    x, w, b = (rng.standard_normal(sh).astype(dtype) for sh in ((N, C, H, W), (Fo, C, 1, 1), (Fo,)))
+    oh, ow = (H - 1) // s + 1, (W - 1) // s + 1
+    for pass_ in ("forward", "backward_input", "backward_weight"):
+        assert _core.conv_algorithm(pass_, dtype, (N, C, H, W), (Fo, C, 1, 1), oh, ow, s, s,
+                                    0, 0, 1, 1, 1) == "subsampled"
+    gy = rng.standard_normal((N, Fo, oh, ow)).astype(dtype)
+    threads(1)
+    check_conv_against_reference(rng, (N, C, H, W, Fo, 1, s, 0, 1, 1), dtype)
+    gx, gw, gb = F.conv2d_backward(gy, x, w, stride=s)
+    between = np.ones((H, W), bool)
+    between[::s, ::s] = False
+    assert not gx[:, :, between].any()
+    assert_close(gw, R.conv2d_backward(gy, x, w, stride=s)[1], what="grad_weight")
+    assert_same_with_1_and_2_threads(
+        threads, lambda: (F.conv2d(x, w, b, stride=s), *F.conv2d_backward(gy, x, w, stride=s)))
 
 
 def test_set_conv_algorithm_rejects_unknown():
