@@ -94,6 +94,7 @@ class Trainer:
 
     Read: ``model``, ``optimizer``, ``scheduler``, ``scheduler_interval``, ``loss``,
     ``train`` and ``val`` (DataLoaders; ``val`` may be None), ``callbacks``, ``epochs``,
+    ``max_steps`` (None: every batch of every epoch),
     ``epoch`` (0-based index of the epoch in progress = epochs completed), ``batch`` (batches
     done in it), ``step`` (optimiser steps in total), ``position`` (``(epoch, batch)``),
     ``history`` (:class:`History`), ``val_predictions`` (the classes predicted for ``val`` at
@@ -104,10 +105,11 @@ class Trainer:
 
     def __init__(self, model, train: DataLoader, epochs: int, optimizer, scheduler,
                  scheduler_interval: str, loss, val: DataLoader | None,
-                 callbacks: Sequence[Callback]) -> None:
+                 callbacks: Sequence[Callback], max_steps: int | None = None) -> None:
         self.model = model
         self.train = train
         self.epochs = epochs
+        self.max_steps = max_steps
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
@@ -163,7 +165,8 @@ class Trainer:
         try:
             self.model.train()
             self._call("on_train_begin", {})
-            while self.epoch < self.epochs and not self.stop_training:
+            while self.epoch < self.epochs and not self.stop_training \
+                    and not self._steps_done():
                 if not self._epoch():
                     break
             self._call("on_train_end", self.history.rows[-1] if self.history.rows else {})
@@ -173,6 +176,10 @@ class Trainer:
         finally:
             _restore_modes(modes)
         return self.history
+
+    def _steps_done(self) -> bool:
+        """Whether the run has made its ``max_steps`` optimiser steps."""
+        return self.max_steps is not None and self.step >= self.max_steps
 
     def _epoch(self) -> bool:
         """Train the current epoch from the current batch, validate it and record it; False
@@ -194,6 +201,8 @@ class Trainer:
                     self._call("on_batch_end", self.batch - 1, logs)
                     if self.stop_training:
                         return False
+                    if self._steps_done():      # the last epoch ends early
+                        break
             finally:
                 batches.close()
         t_val = time.perf_counter()
@@ -261,7 +270,8 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
         callbacks: Sequence[Callback] = (), batch_size: int | None = None,
         val_batch_size: int | None = None, shuffle: bool | None = None,
         seed: int | None = None, progress: bool = True,
-        resume: str | os.PathLike | dict | None = None) -> History:
+        resume: str | os.PathLike | dict | None = None,
+        max_steps: int | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs on ``train``; returns the per-epoch :class:`History`.
 
     ::
@@ -306,6 +316,11 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
         resume: a checkpoint path written by :class:`ModelCheckpoint`, or the state dict of
             :meth:`Trainer.state_dict`, to continue that run bit-exactly (same model,
             optimiser, scheduler and data; the thread count may differ).
+
+        max_steps: stop after this many optimiser steps in all: the epoch in progress then
+            ends early (validated and recorded as any other). With ``epochs =
+            ceil(e)`` and ``max_steps = ceil(e * len(train))`` a run lasts a fractional
+            number of epochs ``e`` (airbench's 9.9).
 
     Returns:
         :class:`History`: ``history.rows`` (a dict per epoch: epoch, step, loss, accuracy,
@@ -354,12 +369,17 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
         if not isinstance(cb, Callback):
             raise TypeError(f"fit: callbacks[{i}] is a {type(cb).__name__}, not a "
                             f"fastconv.training.Callback")
+    if max_steps is not None and (isinstance(max_steps, bool)
+                                  or not isinstance(max_steps, (int, np.integer))
+                                  or max_steps < 1):
+        raise ValueError(f"fit: max_steps must be None or an int >= 1, got {max_steps!r}")
     if not isinstance(progress, bool):
         raise TypeError(f"fit: progress must be True or False, got {progress!r}")
     if progress:
         callbacks.append(ProgressBar())
     trainer = Trainer(model, train_loader, int(epochs), optimizer, scheduler, scheduler_interval,
-                      loss, val_loader, callbacks)
+                      loss, val_loader, callbacks,
+                      None if max_steps is None else int(max_steps))
     if resume is not None:
         if isinstance(resume, (str, os.PathLike)):
             from ..checkpoint import load_checkpoint
