@@ -111,6 +111,10 @@ class DataLoader:
         self.pad = int(pad)
         self.flip = flip
         self.padding_mode = padding_mode
+        self.mean = mean
+        """The normalisation's per-channel mean (None: none), as given."""
+        self.std = std
+        """The normalisation's per-channel std (None: none), as given."""
         self._base_flips: np.ndarray | None = None
         self.seed = int(seed)
         self.prefetch = int(prefetch)
