@@ -9,7 +9,7 @@ vgg_small      three VGG blocks of two conv-BN-ReLU (classic.py)               3
 alexnet_small  AlexNet's layout for 32 x 32 images (classic.py)             7,506,762
 resnet9        the DAWNBench ResNet-9 (resnet.py)                           6,573,120
 resnet18       the CIFAR ResNet-18 of kuangliu/pytorch-cifar (resnet.py)   11,173,962
-airbench94     airbench94's whitening conv + three conv groups (airbench.py) 1,972,792
+airbench94     airbench's whitening conv, three conv groups (airbench.py)   1,972,792
 autoencoder    conv encoder, transposed-conv decoder (autoencoder.py)           38,723
 =============  ==========================================================  ===========
 
