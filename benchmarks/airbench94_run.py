@@ -14,7 +14,6 @@ import json
 import resource
 import time
 
-import numpy as np
 
 import fastconv
 from fastconv import data

@@ -18,7 +18,6 @@ import os
 import statistics
 
 import numpy as np
-import pytest
 
 from fastconv import models
 from fastconv.losses import CrossEntropyLoss
