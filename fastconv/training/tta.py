@@ -21,10 +21,9 @@ TTA_LEVELS = (0, 1, 2)
 
 
 def _mirror(net, x: np.ndarray) -> np.ndarray:
-    out = net(x)
-    out *= out.dtype.type(0.5)
-    out += out.dtype.type(0.5) * net(np.ascontiguousarray(x[..., ::-1]))
-    return out
+    # (new arrays: a model's output may be an array it keeps)
+    half = x.dtype.type(0.5)
+    return half * net(x) + half * net(np.ascontiguousarray(x[..., ::-1]))
 
 
 def _mirror_translate(net, x: np.ndarray) -> np.ndarray:
@@ -33,10 +32,7 @@ def _mirror_translate(net, x: np.ndarray) -> np.ndarray:
     shifted = [_mirror(net, np.ascontiguousarray(padded[:, :, dy:dy + h, dx:dx + w]))
                for dy, dx in ((0, 0), (2, 2))]
     half = x.dtype.type(0.5)
-    out = _mirror(net, x)
-    out *= half
-    out += half * ((shifted[0] + shifted[1]) * half)
-    return out
+    return half * _mirror(net, x) + half * ((shifted[0] + shifted[1]) * half)
 
 
 def tta_logits(model, x: np.ndarray, level: int = 2, *, batch_size: int = 2000) -> np.ndarray:
