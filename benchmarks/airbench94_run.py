@@ -29,9 +29,9 @@ class EpochLine(Callback):
         self.start = start
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        minutes = (time.perf_counter() - self.start) / 60
         print(f"epoch {epoch + 1:2d}  step {logs['step']:3d}  train loss {logs['loss']:.4f}  "
-              f"acc {100 * logs['accuracy']:.2f}%  {(time.perf_counter() - self.start) / 60:.1f} min",
-              flush=True)
+              f"acc {100 * logs['accuracy']:.2f}%  {minutes:.1f} min", flush=True)
 
 
 def main() -> None:

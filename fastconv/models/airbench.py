@@ -71,7 +71,8 @@ def airbench94(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=None,
                widths: tuple[int, int, int] = AIRBENCH94_WIDTHS) -> nn.Sequential:
     """airbench94's network (see the module docstring), 1,972,792 parameters with 10 classes
     (1,971,352 trained: not the whitening weights nor the BatchNorm scales). The whitening
-    conv (``model[0]``) holds PyTorch's default init until :func:`init_whitening_conv` sets it from training images; its bias starts at 0."""
+    conv (``model[0]``) holds PyTorch's default init until :func:`init_whitening_conv` sets
+    it from training images; its bias starts at 0."""
     g = model_generator(rng, seed)
     c1, c2, c3 = widths
     whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True, dtype=dtype, rng=g)
