@@ -27,7 +27,7 @@ __all__ = [
     "as_generator", "calculate_fan_in_and_fan_out", "calculate_gain",
     "uniform_", "normal_", "constant_", "zeros_", "ones_",
     "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
-    "default_init_",
+    "default_init_", "dirac_",
 ]
 
 
@@ -182,3 +182,24 @@ def default_init_(weight, bias=None, rng=None):
         bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
         uniform_(bias, -bound, bound, gen)
     return weight
+
+
+def dirac_(tensor, groups: int = 1):
+    """``torch.nn.init.dirac_``: a convolution weight (out, in, *kernel) that passes input
+    channels through unchanged. All zero except weight[g * out_g + d, d, centre] = 1 for each
+    group g and d < min(out_g, in), out_g = out / groups (the centre index is size // 2 on
+    each kernel axis)."""
+    arr = _array(tensor)
+    if arr.ndim not in (3, 4, 5):
+        raise ValueError(f"dirac_: only 3-, 4- and 5-D weights are supported, got shape {arr.shape}")
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1 \
+            or arr.shape[0] % groups:
+        raise ValueError(f"dirac_: groups must be a positive divisor of dim 0 "
+                         f"({arr.shape[0]}), got {groups!r}")
+    out_g = arr.shape[0] // groups
+    arr.fill(0)
+    centre = tuple(k // 2 for k in arr.shape[2:])
+    for g in range(groups):
+        for d in range(min(out_g, arr.shape[1])):
+            arr[(g * out_g + d, d) + centre] = 1
+    return tensor

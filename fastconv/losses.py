@@ -45,16 +45,21 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 class CrossEntropyLoss:
-    """Softmax cross-entropy on logits with integer class targets, averaged over the batch.
+    """Softmax cross-entropy on logits with integer class targets, averaged over the batch
+    (``reduction="mean"``) or summed (``"sum"``), as ``torch.nn.CrossEntropyLoss``.
 
     With label smoothing eps the target distribution is q = (1 - eps) onehot + eps / C, so
-        loss = mean_n [ -sum_c q_nc log_softmax(z)_nc ]
-    (PyTorch's definition). Fused backward: dL/dz = (softmax(z) - q) / N.
+        loss = mean_n [ -sum_c q_nc log_softmax(z)_nc ]        (sum_n with "sum")
+    (PyTorch's definition). Fused backward: dL/dz = (softmax(z) - q) / N (no / N with "sum").
 
     ``forward(logits, targets)`` returns a Python float and caches softmax for ``backward()``.
     """
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean") -> None:
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"CrossEntropyLoss: reduction must be 'mean' or 'sum', got "
+                             f"{reduction!r}")
+        self.reduction = reduction
         try:
             eps = float(label_smoothing)
         except (TypeError, ValueError):
@@ -66,7 +71,8 @@ class CrossEntropyLoss:
         self._cache = None
 
     def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
-        """Mean cross-entropy of logits (N, C) against integer targets (N,) in [0, C)."""
+        """Cross-entropy of logits (N, C) against integer targets (N,) in [0, C): the mean
+        over the batch, or the sum with ``reduction="sum"``."""
         z = _float(logits, "CrossEntropyLoss: logits")
         t = np.asarray(targets)
         if z.ndim != 2:
@@ -91,7 +97,8 @@ class CrossEntropyLoss:
         t = t.astype(np.intp, copy=False)
         if N == 0:
             self._cache = (np.zeros_like(z), t)
-            return float("nan")  # PyTorch: mean over an empty batch
+            # PyTorch: nan for the mean over an empty batch, 0 for the sum
+            return float("nan") if self.reduction == "mean" else 0.0
         logp = log_softmax(z, axis=1)
         rows = np.arange(N)
         eps = self.label_smoothing
@@ -100,6 +107,8 @@ class CrossEntropyLoss:
             loss = (1.0 - eps) * nll.mean() - eps * logp.mean(axis=1).mean()
         else:
             loss = nll.mean()
+        if self.reduction == "sum":
+            loss = loss * N
         np.exp(logp, out=logp)  # softmax, reused by backward
         self._cache = (logp, t)
         return float(loss)
@@ -107,7 +116,8 @@ class CrossEntropyLoss:
     __call__ = forward
 
     def backward(self) -> np.ndarray:
-        """dL/dlogits = (softmax - q) / N for the last forward, same dtype as the logits."""
+        """dL/dlogits = (softmax - q) / N for the last forward (softmax - q with
+        ``reduction="sum"``), same dtype as the logits."""
         if self._cache is None:
             raise RuntimeError("CrossEntropyLoss.backward called before forward")
         p, t = self._cache
@@ -119,7 +129,8 @@ class CrossEntropyLoss:
         if eps:
             g -= p.dtype.type(eps / C)
         g[np.arange(N), t] -= p.dtype.type(1.0 - eps)
-        g *= p.dtype.type(1.0 / N)
+        if self.reduction == "mean":
+            g *= p.dtype.type(1.0 / N)
         return g
 
 

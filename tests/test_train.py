@@ -524,3 +524,57 @@ def test_predict_malformed_checkpoint_contents(tmp_path, capsys, state, needle):
     rc = P.main(["-w", str(path), "x.png"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes
+# --------------------------------------------------------------------------------------------
+
+def test_airbench94_recipe_runs_and_reports_tta(data_dir, tmp_path, capsys, no_plots):
+    out = tmp_path / "ab"
+    # 5 batches of 100 per epoch: 0.4 epochs are 2 steps
+    rc = T.main(_args(data_dir, out, "--recipe", "airbench94", "--batch-size", 100,
+                      "--epochs", 0.4, "--limit-test", 50))
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "test-time augmentation (level 2)" in text
+    cfg = json.loads((out / T.CONFIG_NAME).read_text())["config"]
+    assert (cfg["recipe"], cfg["model"], cfg["batch_size"], cfg["epochs"]) == \
+        ("airbench94", "airbench94", 100, 0.4)
+    assert (cfg["lr"], cfg["momentum"], cfg["weight_decay"], cfg["label_smoothing"],
+            cfg["tta"]) == (11.5, 0.85, 0.0153, 0.2, 2)
+    rows = list(csv.DictReader((out / T.METRICS_NAME).read_text().splitlines()))
+    assert [int(r["step"]) for r in rows] == [2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["tta_acc"] <= 1.0 and summary["tta_level"] == 2
+    weights = _weights(out)
+    assert "2.norm1.bias" in weights and weights["0.weight"].shape == (24, 3, 2, 2)
+
+
+def test_airbench94_resume_is_bit_exact(data_dir, tmp_path, capsys, no_plots):
+    # 5 batches of 20 per epoch, 1.2 epochs = 6 steps: the lookahead updates at step 5 and
+    # takes its slow weights at step 6; the stop falls between them and its checkpoint
+    common = ("--recipe", "airbench94", "--batch-size", 20, "--epochs", 1.2,
+              "--limit-train", 100, "--limit-test", 20, "--tta", 0)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert T.main(_args(data_dir, straight, *common)) == 0
+    assert T.main(_args(data_dir, resumed, *common, "--stop-after", 3)) == 128 + signal.SIGINT
+    assert T.main(_args(data_dir, resumed, "--resume")) == 0
+    a, b = _weights(straight), _weights(resumed)
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--recipe", "airbench94", "--optimizer", "adam"], "--optimizer adam does not go with"),
+    (["--recipe", "airbench94", "--no-nesterov"], "--nesterov False does not go with"),
+    (["--recipe", "cifar"], "--recipe"),
+])
+def test_recipe_conflicts(argv, needle, capsys):
+    _one_line_error(capsys, T.main(argv), needle)
+
+
+def test_help_lists_the_recipes(capsys):
+    assert T.main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--recipe {default,airbench94}" in text and "label_smoothing=0.2" in text

@@ -8,6 +8,7 @@ images, evaluating every epoch.
     fastconv-train --out runs/vgg --resume           # continue after Ctrl-C or a crash
     mpiexec -n 4 fastconv-train --distributed        # data-parallel over 4 ranks (MPI)
     fastconv-train --out runs/vgg --resume --epochs 30   # extend a run (schedule re-planned)
+    fastconv-train --recipe airbench94               # airbench94: 94% in 9.9 epochs
     python -m fastconv.cli.train --help
 
 A command over :func:`fastconv.training.fit`: it turns options into a model, loaders, an
@@ -17,7 +18,15 @@ console line per epoch, the checkpoint, the stop on Ctrl-C/SIGTERM) and final ou
 Default recipe (``simple_cnn``): SGD with Nesterov momentum 0.9, weight decay 5e-4, batch 128,
 random crop (4-pixel padding) + horizontal flip, one-cycle schedule (30% warm-up, max lr 0.05;
 0.1 for ``vgg_small`` and ``resnet18``, 0.2 for ``resnet9``), 17 epochs (12 for ``resnet9``,
-15 for the other models). The autoencoder of :mod:`fastconv.models` is not a classifier: it
+15 for the other models).
+
+Recipes (``--recipe``) are named presets of the options; options given explicitly override
+them. ``airbench94`` (:mod:`fastconv.training.recipes`): the airbench94 network, batch 1024,
+9.9 epochs, Nesterov SGD with airbench's lr 11.5, momentum 0.85 and weight decay 0.0153 (in
+its units: per 1024 examples, decoupled from momentum and lr; BatchNorm biases at 64x the
+lr), 23% warm-up from 0.2 then linear decay to 0.07, label smoothing 0.2 with a summed loss,
+lookahead, 2-pixel reflect translations with the alternating flip, and test-time augmentation
+(level 2) for the final accuracy. The autoencoder of :mod:`fastconv.models` is not a classifier: it
 trains with :func:`fastconv.training.fit` and an MSE loss, not with this command.
 
 Output folder (``--out``, default ``runs/<model>``):
@@ -28,6 +37,8 @@ Output folder (``--out``, default ``runs/<model>``):
 * ``checkpoint.npz`` everything needed to resume (fit's training state: model, optimiser,
                     schedule position, RNG states, metrics; and the run's settings), saved
                     atomically after every epoch and on Ctrl-C/SIGTERM
+* ``summary.json``  the final accuracies (with test-time augmentation when ``--tta`` > 0) and
+                    minutes
 * ``model.npz``     final weights (:func:`fastconv.checkpoint.save_weights`, usable by
                     ``fastconv-predict``)
 * ``model.onnx``    with ``--export-onnx``: the trained model as ONNX
@@ -95,7 +106,8 @@ from ..training.callbacks import Callback
 from ..training.distributed import DEFAULT_BUCKET_MB, launcher_size, raised_on_every_rank
 from ..training.history import csv_text
 
-__all__ = ["main", "build_parser", "TrainConfig", "UserError", "DEFAULT_LR", "DEFAULT_EPOCHS"]
+__all__ = ["main", "build_parser", "TrainConfig", "UserError", "DEFAULT_LR", "DEFAULT_EPOCHS",
+           "RECIPES"]
 
 PROG = "fastconv-train"
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -110,6 +122,7 @@ _CKPT_VERSION = 1
 
 MODEL_NAMES = ("simple_cnn", "lenet5", "vgg_small", "alexnet_small", "resnet9", "resnet18")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adamw")
+TTA_LEVELS = (0, 1, 2)
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 
 #: Default (maximum) learning rate by optimiser, and by model for SGD. resnet9: Page's ResNet-9
@@ -129,6 +142,20 @@ DEFAULT_EPOCHS: dict[str, int] = {"simple_cnn": 17, "lenet5": 15, "vgg_small": 1
                                   "alexnet_small": 15, "resnet9": 12, "resnet18": 15}
 
 
+#: Named presets of TrainConfig fields (--recipe); explicit options override them. "default"
+#: leaves the per-model defaults. airbench94's optimiser, schedule, augmentation and callbacks
+#: are built by fastconv.training.recipes from these values (lr and weight decay in airbench's
+#: units); the options it fixes (model, optimizer, schedule, nesterov) cannot be changed.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "airbench94": dict(model="airbench94", epochs=9.9, batch_size=1024, lr=11.5, optimizer="sgd",
+                       momentum=0.85, nesterov=True, weight_decay=0.0153, schedule="airbench",
+                       warmup=0.23, augment=True, label_smoothing=0.2, tta=2),
+}
+#: The options a recipe fixes (a different explicit value is an error).
+_RECIPE_FIXED = {"airbench94": ("model", "optimizer", "schedule", "nesterov")}
+
+
 class UserError(Exception):
     """A mistake the user can fix (bad option, missing file, ...): reported in one line."""
 
@@ -137,8 +164,9 @@ class UserError(Exception):
 class TrainConfig:
     """Settings that determine the training trajectory (saved in checkpoints; fixed on resume)."""
 
+    recipe: str = "default"
     model: str = "simple_cnn"
-    epochs: int | None = None          # None: DEFAULT_EPOCHS for the model
+    epochs: float | None = None        # None: DEFAULT_EPOCHS for the model; may be fractional
     batch_size: int = 128
     lr: float | None = None            # None: DEFAULT_LR for the optimiser / model
     optimizer: str = "sgd"
@@ -148,6 +176,8 @@ class TrainConfig:
     schedule: str = "onecycle"
     warmup: float | None = None        # fraction of steps; None: 0.3 for onecycle, 0 otherwise
     augment: bool = True
+    label_smoothing: float = 0.0
+    tta: int = 0                       # test-time augmentation level of the final evaluation
     seed: int = 0
     precision: str = "f32"             # "bf16": conv/linear operands in bfloat16 (fastconv.precision)
     limit_train: int | None = None
@@ -158,6 +188,8 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with the defaults that depend on other settings filled in."""
         cfg = TrainConfig(**asdict(self))
+        if cfg.recipe != "default":
+            return cfg
         if cfg.epochs is None:
             cfg.epochs = DEFAULT_EPOCHS[cfg.model]
         if cfg.lr is None:
@@ -223,6 +255,14 @@ def _dataset_name(text: str) -> str:
     return text if path is None else f"folder:{path.resolve()}"
 
 
+def _recipe_help() -> str:
+    lines = []
+    for name, preset in RECIPES.items():
+        if preset:
+            lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in preset.items()))
+    return "; ".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fastconv-train`` argument parser (options default to None = "not given")."""
     p = _Parser(prog=PROG, description="Train a CNN on CIFAR-10, CIFAR-100 or an image folder with fastconv's CPU kernels.",
@@ -230,10 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "continues the run bit-exactly.")
     d = TrainConfig()
     g = p.add_argument_group("model and recipe")
+    g.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                   help="a named preset of the options below (explicit options override it): "
+                        f"{_recipe_help()} (lr and weight decay in airbench's units, per 1024 "
+                        "examples) [default: default, the per-model defaults]")
     g.add_argument("--model", choices=MODEL_NAMES, default=None,
                    help=f"network from fastconv.models [default: {d.model}]")
-    g.add_argument("--epochs", type=_int_at_least(1), default=None,
-                   help="training epochs [default: 17 for simple_cnn, 12 for resnet9, 15 for the "
+    g.add_argument("--epochs", type=_float_in(0.0, open_lo=True), default=None,
+                   help="training epochs, possibly fractional (the run then makes ceil(epochs x "
+                        "batches per epoch) steps) [default: 17 for simple_cnn, 12 for resnet9, "
+                        "15 for the "
                         "others]")
     g.add_argument("--batch-size", type=_int_at_least(1), default=None,
                    help=f"mini-batch size [default: {d.batch_size}]")
@@ -258,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm-up fraction of all steps [default: 0.3 for onecycle, else 0]")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop (4-pixel padding) and horizontal flip [default: on]")
+    g.add_argument("--label-smoothing", type=_float_in(0.0, 1.0), default=None,
+                   help="label smoothing of the cross-entropy [default: 0]")
+    g.add_argument("--tta", type=int, choices=TTA_LEVELS, default=None,
+                   help="test-time augmentation of the final evaluation: 0 none, 1 mirror, 2 "
+                        "mirror and 1-pixel translations (airbench's) [default: 0]")
     g.add_argument("--seed", type=_int_at_least(0), default=None,
                    help=f"seed of weights, shuffling, augmentation and dropout "
                         f"[default: {d.seed}]")
@@ -318,8 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    """The run's settings: the recipe's preset, overridden by the options given (``given``:
+    the names of the options given, the recipe included)."""
     given = {k for k in _TRAJECTORY if getattr(ns, k, None) is not None}
-    cfg = TrainConfig(**{k: getattr(ns, k) for k in given})
+    explicit = {k: getattr(ns, k) for k in given}
+    recipe = explicit.get("recipe", "default")
+    for k in _RECIPE_FIXED.get(recipe, ()):
+        if k in explicit and explicit[k] != RECIPES[recipe][k]:
+            raise UserError(f"--{k.replace('_', '-')} {explicit[k]} does not go with --recipe "
+                            f"{recipe} (which uses {RECIPES[recipe][k]})")
+    cfg = TrainConfig(**{**RECIPES[recipe], **explicit})
+    if isinstance(cfg.epochs, float) and cfg.epochs.is_integer():
+        cfg.epochs = int(cfg.epochs)
     return cfg, given
 
 
@@ -543,6 +604,24 @@ def _make_schedule(cfg: TrainConfig, opt, total_steps: int):
     return None
 
 
+def _airbench94_run(cfg: TrainConfig, ds, backend: str):
+    """fastconv.training.recipes' airbench94 run with the settings of `cfg`."""
+    from ..training.recipes import Airbench94, airbench94_recipe
+    hyp = Airbench94(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                     momentum=cfg.momentum, weight_decay=cfg.weight_decay, warmup=cfg.warmup,
+                     label_smoothing=cfg.label_smoothing)
+    if not 0 <= cfg.momentum < 1:
+        raise UserError(f"--momentum {cfg.momentum} must be < 1 for airbench94 (its lr is "
+                        f"scaled by 1 - momentum)")
+    try:
+        run = airbench94_recipe(ds.x_train, ds.y_train, hyp, seed=cfg.seed,
+                                augment=cfg.augment, num_classes=len(ds.class_names))
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    run.model.set_backend(backend)
+    return run
+
+
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
@@ -763,21 +842,33 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
                         machine_first=True)
     if len(ds.y_train) == 0:
         raise UserError("no training images")
-    train_loader = D.DataLoader(ds.x_train, ds.y_train, cfg.batch_size, shuffle=True,
-                                augment=cfg.augment, seed=cfg.seed, prefetch=1,
-                                mean=ds.mean, std=ds.std)
-    test_loader = D.DataLoader(ds.x_test, ds.y_test, ns.eval_batch_size, shuffle=False,
-                               prefetch=1, mean=ds.mean, std=ds.std)
-    n_batches = len(train_loader)
-    total_steps = cfg.epochs * n_batches
-
-    # ---- model, optimiser, schedule ------------------------------------------------------
-    model = models.get_model(cfg.model, num_classes=len(ds.class_names), seed=cfg.seed)
-    model.set_backend(ns.backend)
+    mean, std = ds.mean, ds.std
+    recipe_callbacks: list[Callback] = []
+    if cfg.recipe == "airbench94":
+        # ---- the recipe's model, loader, optimiser, schedule, loss and callbacks ----------
+        run = _airbench94_run(cfg, ds, ns.backend)
+        model, train_loader, opt, sched, crit = (run.model, run.train, run.optimizer,
+                                                 run.scheduler, run.loss)
+        recipe_callbacks = run.callbacks
+        mean, std = run.train.mean, run.train.std
+        n_batches = len(train_loader)
+        total_steps = run.max_steps
+    else:
+        train_loader = D.DataLoader(ds.x_train, ds.y_train, cfg.batch_size, shuffle=True,
+                                    augment=cfg.augment, seed=cfg.seed, prefetch=1,
+                                    mean=mean, std=std)
+        n_batches = len(train_loader)
+        total_steps = math.ceil(cfg.epochs * n_batches)
+        # ---- model, optimiser, schedule --------------------------------------------------
+        model = models.get_model(cfg.model, num_classes=len(ds.class_names), seed=cfg.seed)
+        model.set_backend(ns.backend)
+        opt = _make_optimizer(cfg, model.parameters())
+        sched = _make_schedule(cfg, opt, total_steps)
+        crit = losses.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     model.to(precision=cfg.precision)
-    opt = _make_optimizer(cfg, model.parameters())
-    sched = _make_schedule(cfg, opt, total_steps)
-    crit = losses.CrossEntropyLoss()
+    test_loader = D.DataLoader(ds.x_test, ds.y_test, ns.eval_batch_size, shuffle=False,
+                               mean=mean, std=std, prefetch=1)
+    fit_epochs = math.ceil(cfg.epochs)
     start = state["position"] if state is not None else {"epoch": 0, "batch": 0}
     planned = int(state["metadata"]["config"]["epochs"]) if state is not None else cfg.epochs
     if planned != cfg.epochs and sched is not None:
@@ -798,7 +889,7 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
         "train_images": int(len(ds.y_train)),
         "test_images": int(len(ds.y_test)),
         "dataset": cfg.dataset,
-        "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
+        "normalization": {"mean": list(mean), "std": list(std)},
         "batches_per_epoch": n_batches,
         "parameters": int(model.num_parameters()),
         "argv": list(sys.argv[1:]) if ns.argv is None else list(ns.argv),
@@ -826,14 +917,14 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
                  f"{start['batch']}, with {cfg.epochs} epochs instead of {planned}"
                  + (f" (the {cfg.schedule} schedule re-planned over {cfg.epochs} epochs; "
                     f"lr now {opt.param_groups[0]['lr']:.3g})" if sched is not None else ""))
-    elif start["epoch"] >= cfg.epochs:
+    elif start["epoch"] >= fit_epochs:
         con.info(f"{PROG}: the run in {out} is already complete ({cfg.epochs} epochs): "
                  f"writing its final outputs again")
     else:
         con.info(f"{PROG}: resuming {out} at epoch {start['epoch'] + 1}, batch {start['batch']}")
 
     run_log = _RunLog(out, ds.y_test, con)
-    callbacks: list[Callback] = [run_log, ModelCheckpoint(ckpt, metadata={
+    callbacks: list[Callback] = [*recipe_callbacks, run_log, ModelCheckpoint(ckpt, metadata={
         "format": _CKPT_FORMAT, "version": _CKPT_VERSION, "config": asdict(cfg),
         **_data_metadata(ds)})]
     if not ns.quiet and sys.stderr.isatty():
@@ -845,9 +936,9 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
     with _StopFlag(ns.stop_after) as stop:
         callbacks.append(stop)
         try:
-            history = fit(model, train_loader, cfg.epochs, optimizer=opt, scheduler=sched,
+            history = fit(model, train_loader, fit_epochs, optimizer=opt, scheduler=sched,
                           loss=crit, val=test_loader, callbacks=callbacks, progress=False,
-                          resume=state, distributed=distributed)
+                          resume=state, distributed=distributed, max_steps=total_steps)
         except ResumeError as e:
             raise UserError(f"checkpoint {ckpt} does not fit this run ({e}); start a new run "
                             f"in another --out") from e
@@ -858,7 +949,7 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
                 raise
             raise UserError(str(e)) from e  # (a distributed set-up refused on every rank)
         trainer = run_log.trainer
-        if trainer.stop_training and trainer.epoch < cfg.epochs:  # (agreed by the ranks)
+        if trainer.stop_training and trainer.epoch < fit_epochs:  # (agreed by the ranks)
             return _interrupted(stop, con, resume_cmd, trainer.position, n_batches)
     if not writer:
         return 0
@@ -866,7 +957,7 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
     # ---- final outputs ------------------------------------------------------------------
     try:
         return _final_outputs(out, cfg, model, test_loader, ds, _metric_rows(history),
-                              trainer.val_predictions, con, ns.onnx_path)
+                              trainer.val_predictions, con, ns.onnx_path, (mean, std))
     except KeyboardInterrupt:
         con.note(f"\n{PROG}: interrupted while writing the final outputs; every epoch's "
                  f"checkpoint is saved: {resume_cmd} writes them again")
@@ -929,19 +1020,36 @@ def _replan_schedule(state: dict, sched, opt) -> None:
 
 def _final_outputs(out: Path, cfg: TrainConfig, model, test_loader, ds, rows: list[dict],
                    last_preds: np.ndarray | None, con: "_Console",
-                   onnx_path: Path | None) -> int:
-    """Weights (and the ONNX file when `onnx_path` is given), metrics, confusion matrix and
-    plots of a finished run; returns 0."""
-    from .. import checkpoint as ck, plotting
-    from ..training import predict
+                   onnx_path: Path | None, normalization: tuple) -> int:
+    """Weights (and the ONNX file when `onnx_path` is given), metrics, confusion matrix, plots
+    and summary.json (with the test-time augmented accuracy when cfg.tta > 0) of a finished
+    run; returns 0."""
+    from .. import checkpoint as ck, data as D, plotting
+    from ..training import predict, tta_logits
     if last_preds is None:                      # resumed a finished run: evaluate once more
         last_preds = predict(model, test_loader).argmax(axis=1)
-    metadata = {"model": cfg.model, **_data_metadata(ds), "epochs": cfg.epochs, "seed": cfg.seed}
+    mean, std = normalization
+    metadata = {"model": cfg.model, **_data_metadata(ds), "mean": list(mean), "std": list(std),
+                "epochs": cfg.epochs, "seed": cfg.seed}
     ck.save_weights(out / WEIGHTS_NAME, model.state_dict(), metadata=metadata)
     if onnx_path is not None:
         from ..export import to_onnx
         to_onnx(model, onnx_path, input_shape=(1,) + ds.x_test.shape[1:],
                 metadata={k: json.dumps(v) for k, v in metadata.items()})
+    summary: dict[str, Any] = {"test_acc": float(np.mean(last_preds == ds.y_test)),
+                               "test_acc_1k": float(np.mean(last_preds[:1000] == ds.y_test[:1000])),
+                               "train_minutes": sum(float(r["seconds"]) for r in rows) / 60}
+    if cfg.tta > 0:
+        t0 = time.perf_counter()
+        x_test = D.to_float32(ds.x_test, mean, std)
+        correct = tta_logits(model, x_test, cfg.tta,
+                             batch_size=test_loader.batch_size).argmax(axis=1) == ds.y_test
+        summary.update(tta_level=cfg.tta, tta_acc=float(correct.mean()),
+                       tta_acc_1k=float(correct[:1000].mean()),
+                       tta_minutes=(time.perf_counter() - t0) / 60)
+        con.always(f"{PROG}: test accuracy with test-time augmentation (level {cfg.tta}): "
+                   f"{_acc_text(summary['tta_acc_1k'], summary['tta_acc'], len(ds.y_test))}")
+    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _write_text_atomic(out / METRICS_NAME, _metrics_csv(rows))
     cm = plotting.confusion_matrix(ds.y_test, last_preds, len(ds.class_names))
     table = plotting.format_confusion(cm, ds.class_names)
@@ -958,10 +1066,13 @@ def _final_outputs(out: Path, cfg: TrainConfig, model, test_loader, ds, rows: li
 
 
 def _test_acc_text(row: dict, n_test: int) -> str:
+    return _acc_text(row["test_acc_1k"], row["test_acc"], n_test)
+
+
+def _acc_text(acc_1k: float, acc: float, n_test: int) -> str:
     if n_test > 1000:
-        return (f"{100 * row['test_acc_1k']:5.2f}% (rows 0-999) {100 * row['test_acc']:5.2f}% "
-                f"(all {n_test})")
-    return f"{100 * row['test_acc']:5.2f}%"
+        return f"{100 * acc_1k:5.2f}% (rows 0-999) {100 * acc:5.2f}% (all {n_test})"
+    return f"{100 * acc:5.2f}%"
 
 
 def _epoch_line(row: dict, epochs: int, n_test: int) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .cifar import CIFAR10_MEAN, CIFAR10_STD
-from .transforms import _affine, augment_batch
+from .transforms import PADDING_MODES, _affine, augment_batch
 
 __all__ = ["DataLoader"]
 
@@ -62,8 +62,13 @@ class DataLoader:
         shuffle: new random order every epoch (otherwise the given order).
         drop_last: drop the final batch when it is smaller than ``batch_size`` (otherwise it
             is yielded with the remaining N % batch_size images).
-        augment: random crop with ``pad`` pixels of zero padding and horizontal flip (if
-            ``flip``), applied before normalisation (:func:`fastconv.data.augment_batch`).
+        augment: random crop with ``pad`` pixels of padding (``padding_mode`` "zeros" or
+            "reflect") and horizontal flip, applied before normalisation
+            (:func:`fastconv.data.augment_batch`).
+        flip: with ``augment``: True flips each image with probability 1/2 in every batch;
+            "alternate" is airbench's derandomised flip: a random half of the images (drawn
+            once, from the seed) is flipped in even epochs, the other half in odd epochs, so
+            every image is seen both ways in two consecutive epochs; False never flips.
         mean, std: per-channel normalisation (None to skip); CIFAR-10's statistics by default.
         seed: non-negative int seeding shuffle and augmentation.
         prefetch: batches prepared ahead in a background thread (0 = build in the caller).
@@ -72,7 +77,7 @@ class DataLoader:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 128, *,
                  shuffle: bool = False, drop_last: bool = False, augment: bool = False,
-                 pad: int = 4, flip: bool = True,
+                 pad: int = 4, flip: bool | str = True, padding_mode: str = "zeros",
                  mean: Sequence[float] | np.ndarray | None = CIFAR10_MEAN,
                  std: Sequence[float] | np.ndarray | None = CIFAR10_STD,
                  seed: int = 0, prefetch: int = 1) -> None:
@@ -96,6 +101,11 @@ class DataLoader:
             raise ValueError(f"DataLoader: seed must be a non-negative int, got {seed!r}")
         if prefetch < 0:
             raise ValueError(f"DataLoader: prefetch must be >= 0, got {prefetch}")
+        if not (isinstance(flip, bool) or flip == "alternate"):
+            raise ValueError(f"DataLoader: flip must be True, False or 'alternate', got {flip!r}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"DataLoader: padding_mode must be one of {PADDING_MODES}, got "
+                             f"{padding_mode!r}")
         self.images = images
         self.labels = labels.astype(np.int64, copy=False) if labels.dtype.kind in "ui" \
             else labels
@@ -104,7 +114,13 @@ class DataLoader:
         self.drop_last = bool(drop_last)
         self.augment = bool(augment)
         self.pad = int(pad)
-        self.flip = bool(flip)
+        self.flip = flip
+        self.padding_mode = padding_mode
+        self.mean = mean
+        """The normalisation's per-channel mean (None: none), as given."""
+        self.std = std
+        """The normalisation's per-channel std (None: none), as given."""
+        self._base_flips: np.ndarray | None = None
         self.seed = int(seed)
         self.prefetch = int(prefetch)
         self.dtype = np.dtype(np.float64 if images.dtype == np.float64 else np.float32)
@@ -196,6 +212,15 @@ class DataLoader:
             return np.arange(self.num_samples)
         return np.random.default_rng([self.seed, int(epoch), 0]).permutation(self.num_samples)
 
+    def base_flips(self) -> np.ndarray:
+        """The images flipped in even epochs with ``flip="alternate"`` (bool (N,), each True
+        with probability 1/2, from ``np.random.default_rng([seed, 2])``); odd epochs flip the
+        others."""
+        if self._base_flips is None:
+            rng = np.random.default_rng([self.seed, 2])
+            self._base_flips = rng.random(self.num_samples) < 0.5
+        return self._base_flips
+
     def make_batch(self, epoch: int, index: int,
                    order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Batch ``index`` of ``epoch`` as (C-contiguous images, labels or targets) (this
@@ -209,7 +234,11 @@ class DataLoader:
         yb = np.take(self.labels, idx, axis=0)
         if self.augment:
             rng = np.random.default_rng([self.seed, int(epoch), 1, int(index)])
-            xb = augment_batch(xb, rng, pad=self.pad, flip=self.flip,
+            flips = None
+            if self.flip == "alternate":
+                flips = self.base_flips()[idx] ^ bool(epoch % 2)
+            xb = augment_batch(xb, rng, pad=self.pad, flip=bool(self.flip),
+                               padding_mode=self.padding_mode, flips=flips,
                                rows=(start, self.batch_length(index)))
         if self._affine is None:                 # float images, no normalisation
             return xb, yb

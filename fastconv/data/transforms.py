@@ -81,16 +81,23 @@ def to_float32(images: np.ndarray, mean: Sequence[float] | np.ndarray | None = C
 _AUG_INDEX_CACHE: dict[tuple[int, ...], np.ndarray] = {}
 
 
-def augment_batch(images: np.ndarray, rng: np.random.Generator, *, pad: int = 4,
-                  flip: bool = True, rows: tuple[int, int] | None = None) -> np.ndarray:
-    """Random crop with ``pad`` pixels of zero padding, then random horizontal flip.
+PADDING_MODES = ("zeros", "reflect")
 
-    Vectorised over the batch (no per-image loop): the batch is zero padded once to
+
+def augment_batch(images: np.ndarray, rng: np.random.Generator, *, pad: int = 4,
+                  flip: bool = True, padding_mode: str = "zeros",
+                  flips: np.ndarray | None = None,
+                  rows: tuple[int, int] | None = None) -> np.ndarray:
+    """Random crop with ``pad`` pixels of padding, then horizontal flip.
+
+    Vectorised over the batch (no per-image loop): the batch is padded once to
     (N, C, H+2p, W+2p) and every output pixel is gathered with one ``np.take`` using per-image
     offsets oy, ox ~ U{0..2p} and flips ~ Bernoulli(0.5). Crop offsets are drawn first, then
-    flips, so the random stream is fixed for given (rng state, N). Works on any dtype; on
-    uint8 (before normalisation) the padding is black, as in torchvision's
-    ``RandomCrop(32, padding=4)``. Returns a new (N, C, H, W) array.
+    flips, so the random stream is fixed for given (rng state, N). ``padding_mode`` "zeros"
+    (on uint8, before normalisation, black, as torchvision's ``RandomCrop(32, padding=4)``) or
+    "reflect" (mirror without repeating the edge, as ``F.pad(..., 'reflect')``; airbench's
+    translation). ``flips``, a bool array (N,), gives the flips instead of drawing them (none
+    are drawn then). Works on any dtype. Returns a new (N, C, H, W) array.
 
     ``rows=(start, total)``: ``images`` are rows ``start .. start + N - 1`` of a batch of
     ``total`` images (one process's share of a batch split across processes). The draws are
@@ -106,14 +113,29 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, *, pad: int = 4,
     start, total = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
     if not 0 <= start <= start + n <= total:
         raise ValueError(f"augment_batch: rows {rows} cannot hold {n} images (start, total)")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"augment_batch: padding_mode must be one of {PADDING_MODES}, got "
+                         f"{padding_mode!r}")
+    if padding_mode == "reflect" and pad >= min(h, w):
+        raise ValueError(f"augment_batch: reflect padding needs pad < H and W, got pad {pad} "
+                         f"for images of shape {images.shape}")
+    if flips is not None:
+        flips = np.asarray(flips)
+        if flips.shape != (n,) or flips.dtype != np.bool_:
+            raise ValueError(f"augment_batch: flips must be a bool array of shape ({n},), got "
+                             f"{flips.dtype} {flips.shape}")
     oy = rng.integers(0, 2 * pad + 1, size=total)[start:start + n]
     ox = rng.integers(0, 2 * pad + 1, size=total)[start:start + n]
-    flips = (rng.random(total) < 0.5)[start:start + n] if flip else np.zeros(n, bool)
+    if flips is None:
+        flips = (rng.random(total) < 0.5)[start:start + n] if flip else np.zeros(n, bool)
     if n == 0:
         return images.copy()
     hp, wp = h + 2 * pad, w + 2 * pad
-    padded = np.zeros((n, c, hp, wp), images.dtype)
-    padded[:, :, pad:pad + h, pad:pad + w] = images
+    if padding_mode == "reflect":
+        padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    else:
+        padded = np.zeros((n, c, hp, wp), images.dtype)
+        padded[:, :, pad:pad + h, pad:pad + w] = images
     key = (n, c, h, w, pad)
     base = _AUG_INDEX_CACHE.get(key)
     if base is None:

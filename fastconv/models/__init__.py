@@ -9,6 +9,7 @@ vgg_small      three VGG blocks of two conv-BN-ReLU (classic.py)               3
 alexnet_small  AlexNet's layout for 32 x 32 images (classic.py)             7,506,762
 resnet9        the DAWNBench ResNet-9 (resnet.py)                           6,573,120
 resnet18       the CIFAR ResNet-18 of kuangliu/pytorch-cifar (resnet.py)   11,173,962
+airbench94     airbench's whitening conv, three conv groups (airbench.py)   1,972,792
 autoencoder    conv encoder, transposed-conv decoder (autoencoder.py)           38,723
 =============  ==========================================================  ===========
 
@@ -26,12 +27,13 @@ from __future__ import annotations
 from typing import Callable
 
 from .. import nn
+from .airbench import airbench94, init_whitening_conv
 from .autoencoder import autoencoder, denoising_pairs
 from .classic import alexnet_small, lenet5, simple_cnn, vgg_small
 from .resnet import basic_block, resnet9, resnet18
 
 __all__ = ["simple_cnn", "lenet5", "vgg_small", "alexnet_small", "resnet9", "resnet18",
-           "basic_block", "autoencoder", "denoising_pairs", "get_model", "MODELS", "CLASSIFIERS"]
+           "airbench94", "init_whitening_conv", "basic_block", "autoencoder", "denoising_pairs", "get_model", "MODELS", "CLASSIFIERS"]
 
 _REGISTRY: dict[str, Callable[..., nn.Sequential]] = {
     "simple_cnn": simple_cnn,
@@ -40,6 +42,7 @@ _REGISTRY: dict[str, Callable[..., nn.Sequential]] = {
     "alexnet_small": alexnet_small,
     "resnet9": resnet9,
     "resnet18": resnet18,
+    "airbench94": airbench94,
     "autoencoder": autoencoder,
 }
 

@@ -21,15 +21,22 @@
 * Callbacks (:mod:`fastconv.training.callbacks`): :class:`ModelCheckpoint` (the whole
   training state, atomically; ``fit(..., resume=path)`` continues bit-exactly),
   :class:`EarlyStopping`, :class:`CSVLogger`, :class:`ProgressBar`, or a :class:`Callback`
-  of your own, whose hooks see the running :class:`Trainer`.
+  of your own, whose hooks see the running :class:`Trainer`; :class:`Lookahead` and
+  :class:`TrainForEpochs` (airbench94's).
+* Recipes (:mod:`fastconv.training.recipes`): :func:`airbench94_recipe` builds airbench94's
+  model, loader, optimiser, schedule, loss and callbacks; :func:`tta_logits` its test-time
+  augmentation.
 """
 
 from __future__ import annotations
 
-from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint
+from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, TrainForEpochs
 from .history import History
+from .lookahead import Lookahead
 from .loop import Trainer, evaluate, fit, predict
 from .progress import ProgressBar
+from .recipes import Airbench94, RecipeRun, airbench94_recipe
+from .tta import tta_logits
 
 __all__ = [
     "fit",
@@ -42,4 +49,10 @@ __all__ = [
     "CSVLogger",
     "ProgressBar",
     "Trainer",
+    "TrainForEpochs",
+    "Lookahead",
+    "tta_logits",
+    "Airbench94",
+    "RecipeRun",
+    "airbench94_recipe",
 ]

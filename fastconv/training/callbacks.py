@@ -42,7 +42,7 @@ from .history import csv_text
 if TYPE_CHECKING:
     from .loop import Trainer
 
-__all__ = ["Callback", "ModelCheckpoint", "EarlyStopping", "CSVLogger"]
+__all__ = ["Callback", "ModelCheckpoint", "EarlyStopping", "CSVLogger", "TrainForEpochs"]
 
 
 class Callback:
@@ -336,3 +336,30 @@ class CSVLogger(Callback):
     def on_train_end(self, logs: dict) -> None:
         if len(self.trainer.history):
             self._write()
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters trained for the first epochs only
+# --------------------------------------------------------------------------------------------
+
+class TrainForEpochs(Callback):
+    """Train ``parameters`` during the first ``epochs`` epochs only, then freeze them
+    (``requires_grad = False``: no gradient, no optimiser update, as PyTorch skips a
+    parameter without a gradient). airbench trains its whitening conv's bias so, for 3 epochs::
+
+        fit(model, train, 10, optimizer=opt, callbacks=[TrainForEpochs([model[0].bias], 3)])
+
+    The flag is set before every epoch from its index alone, so a resumed run agrees.
+    """
+
+    def __init__(self, parameters, epochs: int) -> None:
+        self.parameters = list(parameters)
+        if not all(hasattr(p, "requires_grad") and hasattr(p, "data") for p in self.parameters):
+            raise TypeError("TrainForEpochs: parameters must be fastconv.nn.Parameter objects")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"TrainForEpochs: epochs must be an int >= 0, got {epochs!r}")
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch: int, logs: dict) -> None:
+        for p in self.parameters:
+            p.requires_grad = epoch < self.epochs

@@ -106,6 +106,7 @@ class Trainer:
 
     Read: ``model``, ``optimizer``, ``scheduler``, ``scheduler_interval``, ``loss``,
     ``train`` and ``val`` (DataLoaders; ``val`` may be None), ``callbacks``, ``epochs``,
+    ``max_steps`` (None: every batch of every epoch),
     ``epoch`` (0-based index of the epoch in progress = epochs completed), ``batch`` (batches
     done in it), ``step`` (optimiser steps in total), ``position`` (``(epoch, batch)``),
     ``history`` (:class:`History`), ``val_predictions`` (the classes predicted for ``val`` at
@@ -121,12 +122,14 @@ class Trainer:
 
     def __init__(self, model, train: DataLoader, epochs: int, optimizer, scheduler,
                  scheduler_interval: str, loss, val: DataLoader | None,
-                 callbacks: Sequence[Callback], parallel=None) -> None:
+                 callbacks: Sequence[Callback], parallel=None,
+                 max_steps: int | None = None) -> None:
         self.parallel = parallel
         self._net = model if parallel is None else parallel.net
         self.model = model
         self.train = train
         self.epochs = epochs
+        self.max_steps = max_steps
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
@@ -205,7 +208,8 @@ class Trainer:
         try:
             self.model.train()
             self._call("on_train_begin", {})
-            while self.epoch < self.epochs and not self._stopping():
+            while self.epoch < self.epochs and not self._stopping() \
+                    and not self._steps_done():
                 if not self._epoch():
                     break
             if self.parallel is not None:  # (the model every rank returns, and rank 0 saves)
@@ -217,6 +221,10 @@ class Trainer:
         finally:
             _restore_modes(modes)
         return self.history
+
+    def _steps_done(self) -> bool:
+        """Whether the run has made its ``max_steps`` optimiser steps."""
+        return self.max_steps is not None and self.step >= self.max_steps
 
     def _epoch(self) -> bool:
         """Train the current epoch from the current batch, validate it and record it; False
@@ -238,6 +246,8 @@ class Trainer:
                     self._call("on_batch_end", self.batch - 1, logs)
                     if self._stopping():
                         return False
+                    if self._steps_done():      # the last epoch ends early
+                        break
             finally:
                 batches.close()
         t_val = time.perf_counter()
@@ -328,7 +338,8 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
         callbacks: Sequence[Callback] = (), batch_size: int | None = None,
         val_batch_size: int | None = None, shuffle: bool | None = None,
         seed: int | None = None, progress: bool = True,
-        resume: str | os.PathLike | dict | None = None, distributed=False) -> History:
+        resume: str | os.PathLike | dict | None = None, distributed=False,
+        max_steps: int | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs on ``train``; returns the per-epoch :class:`History`.
 
     ::
@@ -384,6 +395,11 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
             History, metrics and returned model are the same on every rank. A resume path
             is read by rank 0. An error on one rank ends every rank (MPI_Abort).
 
+        max_steps: stop after this many optimiser steps in all: the epoch in progress then
+            ends early (validated and recorded as any other). With ``epochs =
+            ceil(e)`` and ``max_steps = ceil(e * len(train))`` a run lasts a fractional
+            number of epochs ``e`` (airbench's 9.9).
+
     Returns:
         :class:`History`: ``history.rows`` (a dict per epoch: epoch, step, loss, accuracy,
         val_loss, val_accuracy, lr, seconds, images_per_s) and ``history.history`` (a dict of
@@ -401,7 +417,7 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
     if distributed is False or distributed is None:
         trainer = _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval, loss,
                            val, callbacks, batch_size, val_batch_size, shuffle, seed, progress,
-                           None)
+                           None, max_steps)
         if resume is not None:
             trainer.load_state_dict(_resume_state(resume))
         return trainer.run()
@@ -415,7 +431,7 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
     try:
         trainer = _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval,
                            loss, val, callbacks, batch_size, val_batch_size, shuffle, seed,
-                           progress, par)
+                           progress, par, max_steps)
         par.check_batches(trainer.train)
         if resume is not None and not isinstance(resume, (str, os.PathLike, dict)):
             _resume_state(resume)  # (raises the TypeError)
@@ -455,7 +471,7 @@ def _resume_state(resume) -> dict:
 
 def _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval, loss, val,
              callbacks, batch_size, val_batch_size, shuffle, seed, progress,
-             parallel) -> Trainer:
+             parallel, max_steps=None) -> Trainer:
     """fit's arguments checked and made into a Trainer (see fit)."""
     where = "fit"
     inputs.check_model(model, where)
@@ -492,12 +508,17 @@ def _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval, los
         if not isinstance(cb, Callback):
             raise TypeError(f"fit: callbacks[{i}] is a {type(cb).__name__}, not a "
                             f"fastconv.training.Callback")
+    if max_steps is not None and (isinstance(max_steps, bool)
+                                  or not isinstance(max_steps, (int, np.integer))
+                                  or max_steps < 1):
+        raise ValueError(f"fit: max_steps must be None or an int >= 1, got {max_steps!r}")
     if not isinstance(progress, bool):
         raise TypeError(f"fit: progress must be True or False, got {progress!r}")
     if progress:
         callbacks.append(ProgressBar())
     return Trainer(model, train_loader, int(epochs), optimizer, scheduler, scheduler_interval,
-                   loss, val_loader, callbacks, parallel)
+                   loss, val_loader, callbacks, parallel,
+                   None if max_steps is None else int(max_steps))
 
 
 def evaluate(model, data, *, loss=None, batch_size: int | None = None) -> dict[str, float]:

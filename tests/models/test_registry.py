@@ -13,12 +13,12 @@ from fastconv import models, nn
 #: Parameter counts with 10 classes (and the default widths), as the package docstring says.
 PARAMETERS = {"simple_cnn": 2_389_962, "lenet5": 62_006, "vgg_small": 307_946,
               "alexnet_small": 7_506_762, "resnet9": 6_573_120, "resnet18": 11_173_962,
-              "autoencoder": 38_723}
+              "airbench94": 1_972_792, "autoencoder": 38_723}
 
 
 def test_registry():
     assert models.MODELS == ["simple_cnn", "lenet5", "vgg_small", "alexnet_small", "resnet9",
-                             "resnet18", "autoencoder"]
+                             "resnet18", "airbench94", "autoencoder"]
     assert models.CLASSIFIERS == [n for n in models.MODELS if n != "autoencoder"]
     assert models.get_model("resnet9", rng=0).num_parameters() == PARAMETERS["resnet9"]
     with pytest.raises(ValueError, match="unknown model 'resnet'.*simple_cnn.*resnet18"):
