@@ -278,7 +278,30 @@ def abort_job(comm: Communicator, exc: BaseException, where: str) -> None:
                      f"{where}: rank {comm.rank} is ending all {comm.size} ranks (MPI_Abort): "
                      f"the others would wait for it forever\n")
     sys.stderr.flush()
+    _wait_until_stderr_is_read()
     comm.abort(code)
+
+
+def _wait_until_stderr_is_read(timeout: float = 2.0) -> None:
+    """Wait (at most ``timeout`` seconds) until the launcher has read what this rank wrote to
+    stderr, when stderr is a pipe (mpiexec's): MPI_Abort tears the job down at once, and
+    output still in the pipe was seen lost (a job ending with no message at all)."""
+    try:
+        import fcntl
+        import stat
+        import struct
+        import termios
+        fd = sys.stderr.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+            if unread <= 0:
+                return
+            time.sleep(0.005)
+    except (OSError, ValueError, AttributeError, ImportError):
+        pass  # (not a pipe, no fileno, or not Linux: nothing to wait for)
 
 
 # --------------------------------------------------------------------------------------------
