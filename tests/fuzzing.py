@@ -1,8 +1,9 @@
 """The fuzzers: differential (random small geometries, every conv algorithm and SIMD level,
-NaN/inf values, non-contiguous layouts; fast against the NumPy reference) and extreme
-geometry (strides, paddings, dilations and sizes up to 2**31 - 1; a result equal to an
-independent answer, a ValueError or a MemoryError, never a crash), shared by
-tests/test_fuzz.py (seeded and bounded, in the suite) and tools/fuzz.py (longer runs).
+conv2d in bfloat16 on every bf16 path, NaN/inf values, non-contiguous layouts; fast against
+the NumPy reference) and extreme geometry (strides, paddings, dilations and sizes up to
+2**31 - 1; a result equal to an independent answer, a ValueError or a MemoryError, never a
+crash), shared by tests/test_fuzz.py (seeded and bounded, in the suite) and tools/fuzz.py
+(longer runs).
 
 Every case is drawn from np.random.default_rng([FUZZER_ID, seed, index]), so a failure names
 its reproducer: `python tools/fuzz.py --replay conv:SEED:INDEX`.
@@ -275,6 +276,62 @@ def fuzz_conv(seed: int, cases: int, first: int = 0) -> Report:
     return report
 
 
+def bf16_paths() -> list[str]:
+    """The bf16 GEMM paths this CPU runs: the emulated one and the portable twins of the
+    AVX512_BF16 and AMX kernels everywhere, the hardware kernels where the CPU has them."""
+    return [path for path, reason in _core.bf16_paths().items() if reason is None]
+
+
+class Bf16Path:
+    """Runs code on bf16 GEMM path `path`; the best one ("auto") restored afterwards."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        assert _core.set_bf16_path(self.path), self.path
+
+    def __exit__(self, *exc):
+        _core.set_bf16_path("auto")
+
+
+def fuzz_conv_bf16(seed: int, cases: int, first: int = 0) -> Report:
+    """conv2d forward and backward with precision="bf16" (float32 geometries of fuzz_conv), on
+    every bf16 path x every algorithm (the emulated path at every SIMD level, the twins and
+    hardware kernels at the best), against the reference on the same bf16-rounded operands:
+    both sum exact products (bf16 x bf16 fits float32) in float32, so fuzz_conv's float32
+    tolerance holds."""
+    report = Report("conv2d bf16")
+    best = simd_levels()[-1]
+    grid = [(path, level, alg) for path in bf16_paths() for level, alg in settings_grid()
+            if path == "emulated" or level == best]
+    for index in range(first, first + cases):
+        rng = case_rng(6, seed, index)
+        g = dict(conv_geometry(rng), dtype="float32")
+        report.cases += 1
+        kw = conv_kwargs(g)
+        try:
+            shape = F.conv2d_output_shape((g["N"], g["C"], g["H"], g["W"]),
+                                          (g["F"], g["C"] // g["groups"], *g["k"]), **kw)
+        except ValueError:
+            continue
+        report.valid += 1
+        x, w, b = conv_arrays(rng, g)
+        gy = values(rng, shape, x.dtype, g["special"] and rng.random() < 0.3)
+        with quiet():
+            want = (R.conv2d(x, w, b, **kw, precision="bf16"),
+                    *R.conv2d_backward(gy, x, w, **kw, precision="bf16"))
+        xs, ws, gys = layout(rng, x), layout(rng, w), layout(rng, gy)
+        for path, level, alg in grid:
+            label = f"bf16:{seed}:{index} {g} path={path} level={level} algorithm={alg}"
+            with Bf16Path(path), Settings(level, alg, threads_for(index)), quiet():
+                got = (F.conv2d(xs, ws, b, **kw, precision="bf16"),
+                       *F.conv2d_backward(gys, xs, ws, **kw, precision="bf16"))
+            _checks(report, label, (mismatch(a, e, x.dtype, what) for a, e, what in
+                                    zip(got, want, ("y", "grad_x", "grad_weight", "grad_bias"))))
+    return report
+
+
 def pool_geometry(rng) -> dict:
     k = tuple(int(v) for v in rng.integers(1, 6, size=2))
     stride = None if rng.random() < 0.3 else tuple(int(v) for v in rng.integers(1, 5, size=2))
@@ -509,7 +566,8 @@ def fuzz_new_ops(seed: int, cases: int, first: int = 0) -> Report:
     return report
 
 
-DIFFERENTIAL = {"conv": fuzz_conv, "pool": fuzz_pool, "fused": fuzz_fused, "new": fuzz_new_ops}
+DIFFERENTIAL = {"conv": fuzz_conv, "pool": fuzz_pool, "fused": fuzz_fused, "new": fuzz_new_ops,
+                "bf16": fuzz_conv_bf16}
 
 
 # ---- extreme geometry ------------------------------------------------------------------------

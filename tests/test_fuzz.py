@@ -16,7 +16,7 @@ SEED = 15  # the same cases every run: a failure here is a regression, not bad l
 # Cases per fuzzer: a few thousand geometries in ~30 s of one Zen 3 core (each conv case runs
 # at every SIMD level x every algorithm; the pooling and elementwise ones are cheap).
 # --fuzz-scale multiplies them (the sanitizer build runs a fraction).
-COUNTS = {"conv": 800, "pool": 2000, "fused": 300, "new": 1500, "extreme": 2000}
+COUNTS = {"conv": 800, "pool": 2000, "fused": 300, "new": 1500, "bf16": 150, "extreme": 2000}
 
 
 @pytest.fixture

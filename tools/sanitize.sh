@@ -56,13 +56,16 @@ if [[ $# -gt 0 ]]; then
   exec "$venv/bin/python" -m pytest -q "$@"
 fi
 # Every kernel path: the fuzzers (conv2d on every algorithm x SIMD level, pooling, the fused
-# conv + pooling, GELU/SiLU, adaptive pooling, upsampling, conv_transpose2d, extreme
-# geometries) at a quarter of the suite's cases; the bindings' argument checks; the dispatch;
-# GEMM blocking; the newer ops' tests; then from test_functional.py the kernels the fuzzers do
-# not call (GEMM, Linear, batch norm, ReLU, im2col, the register tiles' edges, thread counts)
-# and the fused optimiser updates (test_functional.py whole: several times longer).
+# conv + pooling, GELU/SiLU, adaptive pooling, upsampling, conv_transpose2d, conv2d in bf16 on
+# every bf16 path, extreme geometries) at a quarter of the suite's cases; the bindings' argument
+# checks; the dispatch; GEMM blocking; the newer ops' tests; the bf16 GEMM kernels (their
+# portable twins here, the hardware ones where the CPU has them) and rounding; then from
+# test_functional.py the kernels the fuzzers do not call (GEMM, Linear, batch norm, ReLU,
+# im2col, the register tiles' edges, thread counts) and the fused optimiser updates
+# (test_functional.py whole: several times longer).
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_fuzz.py --fuzz-scale 0.25 \
-  tests/test_core_bindings.py tests/test_conv_dispatch.py tests/test_gemm_blocks.py tests/ops
+  tests/test_core_bindings.py tests/test_conv_dispatch.py tests/test_gemm_blocks.py tests/ops \
+  tests/precision/test_bf16_gemm.py tests/precision/test_bf16_rounding.py
 kernels="gemm or linear_matches_reference or batch_norm_train_matches"
 kernels+=" or batch_norm_train_fused_relu_is or relu_matches or im2col_col2im_match_reference"
 kernels+=" or tile_edge or does_not_depend_on_thread or fused_update_matches"
