@@ -14,7 +14,7 @@ import pytest
 
 from fastconv import data as D, losses, nn, optim
 from fastconv.data.transforms import augment_batch
-from fastconv.training import ModelCheckpoint, fit
+from fastconv.training import Callback, ModelCheckpoint, fit
 from fastconv.training import distributed as dist
 from fastconv.training.distributed import DistributedDataParallel, Distributed
 from thread_comm import RankFailed, run_ranks
@@ -419,6 +419,87 @@ def test_frozen_parameters_are_not_reduced_until_unfrozen(rng):
     assert np.abs(second["0.bias"]).max() > 0
 
 
+def _steps(ranks, make_opt, sharded, bucket_mb, x, y, steps=3, unfreeze_at=None):
+    """Per rank: the weights and the optimiser state (gathered) after ``steps`` steps of
+    DistributedDataParallel on thread ranks, the update shared or not."""
+
+    def rank(comm):
+        model = _net()
+        if unfreeze_at is not None:
+            model[0].bias.requires_grad = False
+        opt = make_opt(model.parameters())
+        ddp = DistributedDataParallel(model, comm, bucket_mb=bucket_mb,
+                                      optimizer=opt if sharded else None)
+        share = len(x) // comm.size
+        rows = slice(share * comm.rank, share * (comm.rank + 1))
+        for step in range(steps):
+            if step == unfreeze_at:
+                model[0].bias.requires_grad = True  # (the buckets are made again)
+            _one_step(model, x[rows], y[rows], ddp)
+            ddp.step() if sharded else opt.step()
+        ddp.gather_optimizer_state()
+        state = opt.state_dict()["state"]
+        return {k: v.copy() for k, v in model.state_dict().items()}, state
+
+    return run_ranks(ranks, rank)
+
+
+SHARED_OPTIMIZERS = {
+    "sgd": lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": lambda p: optim.Adam(p, lr=1e-2, weight_decay=1e-3),
+}
+
+
+@pytest.mark.parametrize("bucket_mb", [1e-4, 4.0])
+@pytest.mark.parametrize("opt", list(SHARED_OPTIMIZERS))
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_shared_update_gives_the_bits_of_every_rank_updating_all(rng, ranks, opt, bucket_mb):
+    """The sharded update (reduce-scatter, 1/N of the update per rank, gather the weights)
+    against every rank making the whole step after an allreduce: the same sums of the same
+    values, the same elementwise update, so the same weights and optimiser state, bit for
+    bit, on every rank."""
+    x = rng.standard_normal((12, 3, 8, 8))
+    y = rng.integers(0, 4, 12)
+    make = SHARED_OPTIMIZERS[opt]
+    want = _steps(ranks, make, False, bucket_mb, x, y)
+    got = _steps(ranks, make, True, bucket_mb, x, y)
+    for (w_want, s_want), (w_got, s_got) in zip(want, got):
+        for k in w_want:
+            np.testing.assert_array_equal(w_got[k], w_want[k], err_msg=k)
+            np.testing.assert_array_equal(w_got[k], got[0][0][k], err_msg=k)
+        assert s_got.keys() == s_want.keys()
+        for i in s_want:
+            for k, v in s_want[i].items():
+                np.testing.assert_array_equal(s_got[i][k], v, err_msg=f"{i}.{k}")
+
+
+def test_shared_update_with_a_parameter_unfrozen_midway(rng):
+    x = rng.standard_normal((4, 3, 8, 8))
+    y = rng.integers(0, 4, 4)
+    make = SHARED_OPTIMIZERS["adam"]
+    want = _steps(2, make, False, 1e-4, x, y, steps=4, unfreeze_at=2)
+    got = _steps(2, make, True, 1e-4, x, y, steps=4, unfreeze_at=2)
+    for (w_want, s_want), (w_got, s_got) in zip(want, got):
+        for k in w_want:
+            np.testing.assert_array_equal(w_got[k], w_want[k], err_msg=k)
+        assert s_got[1]["step"] == s_want[1]["step"] == 2  # (the bias: 2 steps since)
+
+
+def test_shared_update_needs_an_elementwise_optimizer():
+    class Normed(optim.SGD):
+        elementwise = False
+
+    def rank(comm):
+        model = nn.Linear(3, 2)
+        with pytest.raises(TypeError, match="elementwise"):
+            DistributedDataParallel(model, comm, optimizer=Normed(model.parameters(), lr=0.1))
+        with pytest.raises(ValueError, match="no optimizer was given"):
+            DistributedDataParallel(model, comm).step()
+        return True
+
+    assert run_ranks(2, rank) == [True, True]
+
+
 def test_dropout_masks_are_the_whole_batch_masks(rng):
     x = rng.standard_normal((6, 3, 8, 8))
     y = rng.integers(0, 4, 6)
@@ -516,6 +597,33 @@ def test_fit_on_ranks_is_fit_on_the_whole_batch(ranks):
     and metrics as one process, to the rounding of sums taken in another order."""
     single = _fit()
     for result in run_ranks(ranks, _fit):
+        _assert_same_run(single, result, 1e-11)
+
+
+class _Shared(Callback):
+    """Records whether the fit shares the optimiser's update between the ranks."""
+
+    def on_train_begin(self, logs):
+        self.shared = self.trainer.parallel.net.optimizer is not None
+
+
+class _ReadsGradients(_Shared):
+    def on_before_optimizer_step(self, batch, logs):
+        self.norm = sum(float(np.sum(p.grad ** 2)) for p in self.trainer.model.parameters())
+
+
+@pytest.mark.parametrize("cls,shared", [(_Shared, True), (_ReadsGradients, False)])
+def test_fit_shares_the_update_unless_a_callback_reads_the_gradients(cls, shared):
+    """fit shares the update when no callback is promised whole gradients before the step
+    (the weights are those of one process either way: the test above)."""
+    single = _fit(epochs=1)
+
+    def rank(comm):
+        cb = cls()
+        return _fit(comm, epochs=1, callbacks=[cb]), cb.shared
+
+    for result, used in run_ranks(2, rank):
+        assert used is shared
         _assert_same_run(single, result, 1e-11)
 
 

@@ -61,6 +61,19 @@ class _Pending:
             self.done = True
 
 
+class _PendingScatter(_Pending):
+    def __init__(self, comm: "ThreadComm", buffer: np.ndarray, out: np.ndarray,
+                 counts: list) -> None:
+        super().__init__(comm, buffer)
+        self.out, self.start = out, int(sum(counts[:comm.rank]))
+
+    def wait(self) -> None:
+        if not self.done:
+            total = self.comm.allreduce(self.buffer)
+            self.out[...] = total[self.start:self.start + len(self.out)]
+            self.done = True
+
+
 class ThreadComm:
     """One rank's view of a group of thread ranks (see the module docstring)."""
 
@@ -70,7 +83,7 @@ class ThreadComm:
         self.size = group.size
         self.local_rank, self.local_size = rank, group.size
         self.aborted: int | None = None
-        self.started = 0          # allreduces started (start_allreduce)
+        self.started = 0          # reductions started (start_allreduce, start_reduce_scatter)
         self.reductions = 0       # allreduces completed (blocking or waited)
         self._dups = 0
 
@@ -84,6 +97,16 @@ class ThreadComm:
 
     def start_allreduce(self, buffer: np.ndarray) -> _Pending:
         return _Pending(self, buffer)
+
+    def start_reduce_scatter(self, buffer: np.ndarray, out: np.ndarray,
+                             counts: list) -> _Pending:
+        return _PendingScatter(self, buffer, out, counts)
+
+    def allgather_blocks(self, buffer: np.ndarray, counts: list) -> None:
+        ends = np.cumsum(counts)
+        values = self.group.exchange(self.rank, buffer.copy())
+        for r, v in enumerate(values):
+            buffer[ends[r] - counts[r]:ends[r]] = v[ends[r] - counts[r]:ends[r]]
 
     def broadcast(self, obj: Any, root: int = 0) -> Any:
         return copy.deepcopy(self.group.exchange(self.rank, obj)[root])
