@@ -473,6 +473,31 @@ def test_shared_update_gives_the_bits_of_every_rank_updating_all(rng, ranks, opt
                 np.testing.assert_array_equal(s_got[i][k], v, err_msg=f"{i}.{k}")
 
 
+@pytest.mark.parametrize("ranks", [2, 3, 4, 7])
+@pytest.mark.parametrize("sizes", [[307946], [1], [5, 40], [2304 * 1024, 1024], [17, 300, 9]])
+def test_shared_update_blocks_cover_the_bucket_on_cache_lines(ranks, sizes):
+    """The ranks' blocks of a bucket cover it, start on cache lines, and none is longer than
+    the blocks before it (an in-place reduce-scatter moves block r to the front of rank r's
+    buffer; MPICH copies it with memcpy, which must not overlap), and each rank's pieces are
+    its block's elements of the parameters."""
+    params = [nn.Parameter(np.zeros(n, np.float32)) for n in sizes]
+    buckets = [dist._Bucket(params, np.dtype(np.float32), ranks, r) for r in range(ranks)]
+    counts = buckets[0].counts
+    n = buckets[0].buffer.size if len(sizes) > 1 else sizes[0]
+    assert sum(counts) == n and all(b.counts == counts for b in buckets)
+    starts = np.cumsum([0] + counts[:-1])
+    assert all(s % 16 == 0 or s == n for s in starts)  # (empty blocks at the end)
+    assert all(counts[r] <= starts[r] for r in range(1, ranks))
+    covered = [0] * len(sizes)
+    for r, b in enumerate(buckets):
+        for p, start, stop, at, k in b.pieces:
+            i = next(j for j, q in enumerate(params) if q is p)
+            assert at == b.offsets[i] + start and k == at - starts[r]
+            assert starts[r] <= at and at + stop - start <= starts[r] + counts[r]
+            covered[i] += stop - start
+    assert covered == sizes
+
+
 def test_shared_update_with_a_parameter_unfrozen_midway(rng):
     x = rng.standard_normal((4, 3, 8, 8))
     y = rng.integers(0, 4, 4)

@@ -62,15 +62,34 @@ class _Pending:
 
 
 class _PendingScatter(_Pending):
-    def __init__(self, comm: "ThreadComm", buffer: np.ndarray, out: np.ndarray,
-                 counts: list) -> None:
+    """A reduce-scatter in place: at ``wait()``, this rank's block of the sum goes to the
+    start of the buffer, and the rest of it is spoilt (MPI leaves it undefined)."""
+
+    def __init__(self, comm: "ThreadComm", buffer: np.ndarray, counts: list) -> None:
         super().__init__(comm, buffer)
-        self.out, self.start = out, int(sum(counts[:comm.rank]))
+        self.start, self.count = int(sum(counts[:comm.rank])), int(counts[comm.rank])
 
     def wait(self) -> None:
         if not self.done:
             total = self.comm.allreduce(self.buffer)
-            self.out[...] = total[self.start:self.start + len(self.out)]
+            self.buffer[...] = np.nan
+            self.buffer[:self.count] = total[self.start:self.start + self.count]
+            self.done = True
+
+
+class _PendingGather:
+    def __init__(self, comm: "ThreadComm", buffer: np.ndarray, counts: list) -> None:
+        self.comm, self.buffer, self.counts, self.done = comm, buffer, counts, False
+
+    def test(self) -> bool:
+        return self.done
+
+    def wait(self) -> None:
+        if not self.done:
+            ends = np.cumsum(self.counts)
+            values = self.comm.group.exchange(self.comm.rank, self.buffer.copy())
+            for r, v in enumerate(values):
+                self.buffer[ends[r] - self.counts[r]:ends[r]] = v[ends[r] - self.counts[r]:ends[r]]
             self.done = True
 
 
@@ -98,15 +117,11 @@ class ThreadComm:
     def start_allreduce(self, buffer: np.ndarray) -> _Pending:
         return _Pending(self, buffer)
 
-    def start_reduce_scatter(self, buffer: np.ndarray, out: np.ndarray,
-                             counts: list) -> _Pending:
-        return _PendingScatter(self, buffer, out, counts)
+    def start_reduce_scatter(self, buffer: np.ndarray, counts: list) -> _Pending:
+        return _PendingScatter(self, buffer, counts)
 
-    def allgather_blocks(self, buffer: np.ndarray, counts: list) -> None:
-        ends = np.cumsum(counts)
-        values = self.group.exchange(self.rank, buffer.copy())
-        for r, v in enumerate(values):
-            buffer[ends[r] - counts[r]:ends[r]] = v[ends[r] - counts[r]:ends[r]]
+    def start_allgather_blocks(self, buffer: np.ndarray, counts: list) -> _PendingGather:
+        return _PendingGather(self, buffer, counts)
 
     def broadcast(self, obj: Any, root: int = 0) -> Any:
         return copy.deepcopy(self.group.exchange(self.rank, obj)[root])
