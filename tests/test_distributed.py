@@ -589,7 +589,7 @@ def _fit_data(n=48, seed=0):
 
 
 def _fit(comm=None, *, bn=True, dropout=0.3, sync_bn=True, batch=12, epochs=2, n=48, seed=0,
-         callbacks=(), resume=None, scheduler=True):
+         callbacks=(), resume=None, scheduler=True, shard_update=None):
     x, y = _fit_data(n)
     model = _net(seed=seed, bn=bn, dropout=dropout)
     train = D.DataLoader(x.astype(np.float64) / 255, y, batch, shuffle=True, augment=True,
@@ -598,7 +598,8 @@ def _fit(comm=None, *, bn=True, dropout=0.3, sync_bn=True, batch=12, epochs=2, n
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
     sched = optim.OneCycleLR(opt, max_lr=0.05, total_steps=epochs * len(train)) \
         if scheduler else None
-    options = False if comm is None else Distributed(sync_bn=sync_bn, bucket_mb=1e-3, comm=comm)
+    options = False if comm is None else Distributed(sync_bn=sync_bn, bucket_mb=1e-3, comm=comm,
+                                                     shard_update=shard_update)
     history = fit(model, train, epochs, optimizer=opt, scheduler=sched, val=val,
                   callbacks=list(callbacks), progress=False, distributed=options, resume=resume)
     return model.state_dict(), history
@@ -637,15 +638,21 @@ class _ReadsGradients(_Shared):
         self.norm = sum(float(np.sum(p.grad ** 2)) for p in self.trainer.model.parameters())
 
 
-@pytest.mark.parametrize("cls,shared", [(_Shared, True), (_ReadsGradients, False)])
-def test_fit_shares_the_update_unless_a_callback_reads_the_gradients(cls, shared):
-    """fit shares the update when no callback is promised whole gradients before the step
-    (the weights are those of one process either way: the test above)."""
+@pytest.mark.parametrize("cls,option,on_one_machine,shared", [
+    (_Shared, None, True, True), (_ReadsGradients, None, True, False),
+    (_Shared, None, False, False), (_Shared, False, True, False), (_Shared, True, False, True),
+    (_ReadsGradients, True, True, False)])
+def test_fit_shares_the_update_on_one_machine_unless_a_callback_reads_gradients(
+        cls, option, on_one_machine, shared):
+    """fit shares the update (by default when every rank is on one machine) unless a
+    callback is promised whole gradients before the step; the weights are those of one
+    process either way."""
     single = _fit(epochs=1)
 
     def rank(comm):
+        comm.local_size = comm.size if on_one_machine else 1
         cb = cls()
-        return _fit(comm, epochs=1, callbacks=[cb]), cb.shared
+        return _fit(comm, epochs=1, callbacks=[cb], shard_update=option), cb.shared
 
     for result, used in run_ranks(2, rank):
         assert used is shared

@@ -24,7 +24,14 @@ A step on N ranks, for a loader of (global) batch size B:
 * after backward, the last buckets are reduced; every ``Parameter.grad`` then holds the mean
   of the ranks' gradients, which is the gradient of the loss over the whole batch, and every
   rank makes the same optimiser step. Parameters, optimiser state and generators stay equal
-  on all ranks without ever being sent again.
+  on all ranks without ever being sent again;
+* or, with a shared (sharded) update (``DistributedDataParallel(..., optimizer=opt)``, what
+  :func:`fastconv.training.fit` uses when it can), each bucket is reduce-scattered instead:
+  rank r receives the sum of its 1/N block of the bucket's elements only, updates those
+  elements (the optimisers' rules are elementwise, so they get the bits a whole step gives
+  them) and the ranks gather the updated weights. The same bytes cross as with an
+  allreduce; each rank does 1/N of the update, and keeps the optimiser state of its own
+  elements (gathered whole before checkpoints).
 
 BatchNorm layers use each rank's own rows for their batch statistics (as PyTorch's DDP), or,
 with ``sync_bn``, the statistics of the whole batch (as SyncBatchNorm:
@@ -851,14 +858,18 @@ class Distributed:
     """How :func:`fastconv.training.fit` trains data-parallel (``distributed=True`` is
     ``Distributed()``): ``sync_bn`` (BatchNorm statistics of the whole batch), ``bucket_mb``
     (gradient bucket size), ``shard_update`` (the ranks share the optimiser's update, see
-    :class:`DistributedDataParallel`'s ``optimizer``: the same weights, bit for bit, for less
-    work; used when the optimiser's update is elementwise and no callback overrides
-    ``on_before_optimizer_step``, which is promised whole gradients), ``comm`` (the ranks;
-    None: :func:`world`)."""
+    :class:`DistributedDataParallel`'s ``optimizer``: the same weights, bit for bit, for
+    1/N of the update's work, when the optimiser's update is elementwise and no callback
+    overrides ``on_before_optimizer_step``, which is promised whole gradients; None: when
+    every rank runs on one machine, where the reductions are copies made by the cores that
+    also compute, so there is nothing to overlap them with and the update's work is what
+    sharing saves; across machines the network's transfers hide behind backward, which the
+    gathering of the weights after the update would not), ``comm`` (the ranks; None:
+    :func:`world`)."""
 
     sync_bn: bool = False
     bucket_mb: float = DEFAULT_BUCKET_MB
-    shard_update: bool = True
+    shard_update: bool | None = None
     comm: Communicator | None = None
 
 
@@ -938,7 +949,7 @@ class FitRun:
                           if type(cb).__name__ != "ProgressBar"],
             "sync_bn": bool(self.options.sync_bn),
             "bucket_mb": float(self.options.bucket_mb),
-            "shard_update": bool(self.options.shard_update),
+            "shard_update": self.options.shard_update,
         }
 
     def check_batches(self, train) -> None:
@@ -960,7 +971,10 @@ class FitRun:
         """Wrap the model (collective) and take this rank's shares of the loaders; the ranks
         share ``optimizer``'s update when the options allow it (see :class:`Distributed`)."""
         from .callbacks import Callback
-        shared = self.options.shard_update and getattr(optimizer, "elementwise", False) and \
+        shared = self.options.shard_update
+        if shared is None:
+            shared = self.comm.local_size == self.comm.size
+        shared = shared and getattr(optimizer, "elementwise", False) and \
             not any(type(cb).on_before_optimizer_step is not Callback.on_before_optimizer_step
                     for cb in callbacks)
         self.net = DistributedDataParallel(model, self.comm, bucket_mb=self.options.bucket_mb,
