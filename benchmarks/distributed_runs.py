@@ -5,11 +5,16 @@ ranks of ``mpiexec -n N``); rank 0 prints one JSON line with the results.
         For each model (fastconv.models.get_model names): WARMUP then STEPS training steps
         (forward, cross-entropy, backward, SGD with Nesterov momentum and weight decay) on a
         fixed random global batch of BATCH 32x32 images, each rank on its share (gradients
-        averaged by DistributedDataParallel, default buckets). Prints
-        {model: {"images_per_s", "images_per_cpu_s", "seconds", "steps", "comm_share",
-        "parameters", "ranks", "threads"}}; images_per_cpu_s counts the CPU time of every
-        thread of every rank (what the work costs, whatever else the machine runs); comm_share is the share of the time backward waited for allreduces
-        after the model's own backward (communication not hidden by computation). One
+        reduced by DistributedDataParallel, default buckets, the update shared between the
+        ranks as fit does). Prints {model: {"images_per_s", "images_per_cpu_s", "seconds",
+        "steps", "comm_share", "phases_ms", "parameters", "ranks", "threads"}};
+        images_per_cpu_s counts the CPU time of every thread of every rank (what the work
+        costs, whatever else the machine runs); comm_share is the share of the time
+        backward waited for the gradient reductions after the model's own backward
+        (communication not hidden by computation); phases_ms, the median milliseconds of a
+        step's phases on rank 0: "forward" (with the loss), "backward" (the model's, with
+        the reductions started and driven during it), "wait" (for the reductions after it),
+        "optimizer" (the update, with the gathering of the shared update's weights). One
         process (not --distributed) also records, for the scaling model, "backward_share"
         (backward's share of a step) and "ready" (for each trainable parameter, in
         parameters() order, the share of backward elapsed when its gradient was complete:
@@ -48,16 +53,19 @@ def steps_program(batch: int, warmup: int, steps: int, names: list[str],
     results = {}
     for name in names:
         model = get_model(name, seed=0)
-        net = DistributedDataParallel(model, comm) if comm else model
         opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        net = DistributedDataParallel(model, comm, optimizer=opt) if comm else model
+        update = net.step if comm else opt.step
         loss = CrossEntropyLoss()
         # (one process: when each gradient is complete within backward; the recorder's hooks
         # cost one clock read per layer)
         ready = None if comm else _ReadyRecorder(model)
         shares: list[float] = []
+        phases: list[tuple[float, float, float, float]] = []
 
         def step() -> None:
             net.zero_grad()
+            waited = net.comm_seconds if comm else 0.0
             t0 = time.perf_counter()
             loss.forward(net.forward(xs), ys)
             g = loss.backward()
@@ -68,8 +76,11 @@ def steps_program(batch: int, warmup: int, steps: int, names: list[str],
             t2 = time.perf_counter()
             if ready:
                 ready.end(t1, t2)
-            opt.step()
-            shares.append((t2 - t1) / (time.perf_counter() - t0))
+            update()
+            t3 = time.perf_counter()
+            shares.append((t2 - t1) / (t3 - t0))
+            wait = (net.comm_seconds - waited) if comm else 0.0
+            phases.append((t1 - t0, t2 - t1 - wait, wait, t3 - t2))
 
         for _ in range(warmup):
             step()
@@ -79,6 +90,7 @@ def steps_program(batch: int, warmup: int, steps: int, names: list[str],
         elif ready:
             ready.fractions.clear()
         shares.clear()
+        phases.clear()
         t, cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             step()
@@ -91,6 +103,9 @@ def steps_program(batch: int, warmup: int, steps: int, names: list[str],
                          "images_per_cpu_s": batch * steps / cpu,
                          "steps": steps, "parameters": model.num_parameters(),
                          "comm_share": (net.comm_seconds / seconds) if comm else 0.0,
+                         "phases_ms": dict(zip(("forward", "backward", "wait", "optimizer"),
+                                               (1e3 * float(v) for v in
+                                                np.median(np.array(phases), axis=0)))),
                          "ranks": ranks, "threads": fastconv.get_num_threads()}
         if ready:
             results[name].update(backward_share=float(np.median(shares)),

@@ -148,7 +148,7 @@ def measured_tables(data: dict) -> str:
         info = b["extra_info"]
         if info.get("kind") == "distributed":
             out += ["| model | 1 rank x 2 threads, images/s | 2 ranks x 1 thread, images/s | "
-                    "ratio of medians | ratio per round | waiting for allreduces |",
+                    "ratio of medians | ratio per round | waiting for the reductions |",
                     "| --- | ---: | ---: | ---: | ---: | ---: |"]
             for name, m in info["models"].items():
                 one, two = m["1x2_images_per_s"], m["2x1_images_per_s"]
@@ -158,6 +158,19 @@ def measured_tables(data: dict) -> str:
                            f"{max(ratios):.2f} | "
                            f"{statistics.median(m['2x1_comm_share']):.1%} of the step |")
             out.append("")
+            if all("2x1_phases_ms" in m for m in info["models"].values()):
+                out += ["| model | configuration | forward | backward | waiting for the "
+                        "reductions | optimiser step | step |",
+                        "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+                for name, m in info["models"].items():
+                    for config, label in (("1x2", "1 rank x 2 threads, 128 images"),
+                                          ("2x1", "2 ranks x 1 thread, 64 images each")):
+                        ph = m[f"{config}_phases_ms"]
+                        out.append(f"| {name} | {label} | " + " | ".join(
+                            f"{ph[k]:.1f} ms" for k in ("forward", "backward", "wait",
+                                                         "optimizer"))
+                            + f" | {sum(ph.values()):.1f} ms |")
+                out.append("")
         elif info.get("kind") == "allreduce":
             out += ["| bytes | time per call | bus bandwidth |", "| ---: | ---: | ---: |"]
             for n, row in info["sizes"].items():

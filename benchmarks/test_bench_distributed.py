@@ -1,17 +1,20 @@
 """Data-parallel throughput on this machine, and the allreduce bandwidth between its ranks.
 
 * Training steps: images/s of 2 ranks x 1 thread (``mpiexec -n 2``, OMP_NUM_THREADS=1, a
-  global batch of 128 shared 64 + 64, gradients averaged by DistributedDataParallel) against
-  1 rank x 2 threads (one process, the whole batch): the same machine's cores used two ways.
-  The two configurations run in their own processes, alternated ROUNDS times (a slow stretch
-  of the shared machine then hits both); each run times every model's steps after a warm-up;
-  the ratio of the medians, images per CPU-second (every thread's CPU time: the work's cost,
-  less sensitive than images/s to what else the machine runs), the share of the step spent
-  waiting for allreduces after backward, and the machine's load average at each launch, go
-  to ``extra_info``. On a machine shared with other busy processes, run with
-  ``OMP_WAIT_POLICY=passive`` (passed to both configurations): spinning OpenMP threads
-  waiting at a barrier for a descheduled one slow the 2-thread process far more than the
-  1-thread ranks. Models: simple_cnn, vgg_small, and resnet9 where fastconv.models has it.
+  global batch of 128 shared 64 + 64, gradients reduce-scattered and the update shared by
+  DistributedDataParallel, as fit runs it) against 1 rank x 2 threads (one process, the
+  whole batch): the same machine's cores used two ways. The two configurations run in their
+  own processes, alternated ROUNDS times (a slow stretch of the shared machine then hits
+  both); each run times every model's steps after a warm-up; the ratio of the medians, the
+  ratio of each alternated pair, images per CPU-second (every thread's CPU time: the work's
+  cost, less sensitive than images/s to what else the machine runs), the share of the step
+  spent waiting for the reductions after backward, where a step's time goes (forward,
+  backward, wait, optimiser: medians, ms) in both configurations, and the machine's load
+  average at each launch, go to ``extra_info``. On a machine shared with other busy
+  processes, run with ``OMP_WAIT_POLICY=passive`` (passed to both configurations): spinning
+  OpenMP threads waiting at a barrier for a descheduled one slow the 2-thread process far
+  more than the 1-thread ranks. Models: simple_cnn, vgg_small, and resnet9 where
+  fastconv.models has it.
 * Allreduce: MPI_Allreduce of float32 buffers of 1 KB to 64 MB between 2 ranks: seconds per
   call (median), algorithm bandwidth bytes / s and bus bandwidth 2 (N - 1) / N x bytes / s
   (the ring allreduce's traffic per rank, the figure docs/distributed.md's model uses).
@@ -46,10 +49,10 @@ REPO = HERE.parent
 BATCH = 128
 RANKS = 2
 THREADS_TOTAL = 2
-ROUNDS = 5
+ROUNDS = 9
 WARMUP = 2
-#: Timed steps per run (about 5-10 s of each model per run here).
-STEPS = {"simple_cnn": 30, "vgg_small": 8, "resnet9": 3}
+#: Timed steps per run (about 2-5 s of each model per run on the quiet machine).
+STEPS = {"simple_cnn": 60, "vgg_small": 12, "resnet9": 3}
 DISTRIBUTED_MODELS = [m for m in ("simple_cnn", "vgg_small", "resnet9") if m in MODELS]
 ALLREDUCE_BYTES = [1 << k for k in range(10, 27, 2)]  # 1 KB .. 64 MB
 
@@ -72,6 +75,15 @@ def _launch(args: list, ranks: int | None, threads: int) -> dict:
         if isinstance(value, dict):  # (how busy the shared machine was: see the report)
             value["load_average"] = load
     return result
+
+
+def _median_phases(runs: list[dict], name: str) -> dict:
+    return {k: statistics.median(r[name]["phases_ms"][k] for r in runs)
+            for k in runs[0][name]["phases_ms"]}
+
+
+def _text(phases: dict) -> str:
+    return " ".join(f"{k} {v:.2f}" for k, v in phases.items())
 
 
 def test_data_parallel_step_throughput(benchmark):
@@ -111,6 +123,9 @@ def test_data_parallel_step_throughput(benchmark):
             "1x2_threads": runs["1x2"][0][name]["threads"],
             "2x1_images_per_cpu_s": [r[name]["images_per_cpu_s"] for r in runs["2x1"]],
             "2x1_comm_share": [r[name]["comm_share"] for r in runs["2x1"]],
+            # (where a step's time goes: medians over the runs of each run's median, ms)
+            "1x2_phases_ms": _median_phases(runs["1x2"], name),
+            "2x1_phases_ms": _median_phases(runs["2x1"], name),
             "load_average": [r[name]["load_average"] for c in runs.values() for r in c],
             "parameters": runs["2x1"][0][name]["parameters"],
             # (for the scaling model: one process's backward, medians over the runs)
@@ -128,10 +143,12 @@ def test_data_parallel_step_throughput(benchmark):
     if not benchmark.disabled:
         print("\n" + predicted)
         for name, s in summary.items():
+            ratios = s["ratios_by_round"]
             print(f"\n{name}: 2 ranks x 1 thread / 1 rank x 2 threads = "
-                  f"{s['ratio_of_medians']:.3f} (images/s {s['2x1_images_per_s']} vs "
-                  f"{s['1x2_images_per_s']}; waiting for allreduces "
-                  f"{statistics.median(s['2x1_comm_share']):.1%} of the step)")
+                  f"{s['ratio_of_medians']:.3f} (per round {min(ratios):.2f} - "
+                  f"{max(ratios):.2f}; images/s {[round(v) for v in s['2x1_images_per_s']]} vs "
+                  f"{[round(v) for v in s['1x2_images_per_s']]}); step phases, ms: "
+                  f"1x2 {_text(s['1x2_phases_ms'])}, 2x1 {_text(s['2x1_phases_ms'])}")
 
 
 def test_allreduce_bandwidth(benchmark):

@@ -80,6 +80,20 @@ def _step_count(value, key, opt: str) -> int:
     return int(v)
 
 
+class _Part:
+    """Elements of a parameter, as the ``p`` that ``_update`` reads (``data``)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+
+
+def _whole(value, p) -> bool:
+    """Whether ``value`` is a state array of the whole parameter ``p``."""
+    return isinstance(value, np.ndarray) and value.shape == p.data.shape
+
+
 class Optimizer:
     """Base class: parameter groups, per-parameter state, ``zero_grad``, ``state_dict``.
 
@@ -151,6 +165,44 @@ class Optimizer:
 
     def _update(self, p, grad: np.ndarray, state: dict, group: dict) -> None:
         raise NotImplementedError
+
+    #: Whether the update of each element of a parameter depends on that element alone (its
+    #: value, gradient and state): then :meth:`step_slices` may update parts of a parameter.
+    elementwise = False
+
+    def step_slices(self, pieces) -> None:
+        """The update :meth:`step` makes, of parts of parameters: ``pieces`` is a list of
+        ``(param, start, stop, grad)``, elements ``start:stop`` of the flattened parameter
+        (C-contiguous) and their gradient (1-d, ``stop - start`` values), at most one piece
+        per parameter. Each element gets the bits ``step`` would give it (the optimisers'
+        rules are elementwise: :attr:`elementwise`); the state of every parameter stays
+        whole (parameter-shaped arrays, allocated at its first update, zeros outside the
+        slice), only the slice's elements change. Parameters of no group, frozen ones and
+        empty pieces are skipped. (Data-parallel ranks share the update this way:
+        :class:`fastconv.training.distributed.DistributedDataParallel`.)"""
+        if not self.elementwise:
+            raise TypeError(f"{type(self).__name__}.step_slices: the update is not "
+                            f"elementwise (elementwise = False)")
+        groups = {id(p): g for g in self.param_groups for p in g["params"]}
+        for p, start, stop, grad in pieces:
+            group = groups.get(id(p))
+            if group is None or not getattr(p, "requires_grad", True) or stop <= start:
+                continue
+            state = self.state.setdefault(p, {})
+            flat = p.data.reshape(-1)
+            view = {k: (v.reshape(-1)[start:stop] if _whole(v, p) else v)
+                    for k, v in state.items()}
+            given = dict(view)
+            self._update(_Part(flat[start:stop]), grad, view, group)
+            for k, v in view.items():
+                if isinstance(v, np.ndarray) and v.ndim == 1 and v.shape[0] == stop - start:
+                    if v is given.get(k):
+                        continue                    # (updated in place)
+                    if not _whole(state.get(k), p):  # (made by this first update)
+                        state[k] = np.zeros_like(p.data)
+                    state[k].reshape(-1)[start:stop] = v
+                else:
+                    state[k] = v
 
     # -- checkpoints -------------------------------------------------------------------------
     def _all_params(self) -> list:
@@ -245,6 +297,8 @@ class SGD(Optimizer):
         w -= lr * g
     """
 
+    elementwise = True
+
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0) -> None:
         name = "SGD"
@@ -292,6 +346,8 @@ class RMSprop(Optimizer):
         v = alpha v + (1 - alpha) g**2;  centered: m = alpha m + (1 - alpha) g, v~ = v - m**2
         d = sqrt(v~) + eps;  momentum: b = momentum b + g / d, w -= lr b;  else w -= lr g / d
     """
+
+    elementwise = True
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False) -> None:
@@ -347,6 +403,8 @@ class Adam(Optimizer):
     """
 
     _decoupled = False
+
+    elementwise = True
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False) -> None:

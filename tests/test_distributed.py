@@ -14,7 +14,7 @@ import pytest
 
 from fastconv import data as D, losses, nn, optim
 from fastconv.data.transforms import augment_batch
-from fastconv.training import ModelCheckpoint, fit
+from fastconv.training import Callback, ModelCheckpoint, fit
 from fastconv.training import distributed as dist
 from fastconv.training.distributed import DistributedDataParallel, Distributed
 from thread_comm import RankFailed, run_ranks
@@ -419,6 +419,112 @@ def test_frozen_parameters_are_not_reduced_until_unfrozen(rng):
     assert np.abs(second["0.bias"]).max() > 0
 
 
+def _steps(ranks, make_opt, sharded, bucket_mb, x, y, steps=3, unfreeze_at=None):
+    """Per rank: the weights and the optimiser state (gathered) after ``steps`` steps of
+    DistributedDataParallel on thread ranks, the update shared or not."""
+
+    def rank(comm):
+        model = _net()
+        if unfreeze_at is not None:
+            model[0].bias.requires_grad = False
+        opt = make_opt(model.parameters())
+        ddp = DistributedDataParallel(model, comm, bucket_mb=bucket_mb,
+                                      optimizer=opt if sharded else None)
+        share = len(x) // comm.size
+        rows = slice(share * comm.rank, share * (comm.rank + 1))
+        for step in range(steps):
+            if step == unfreeze_at:
+                model[0].bias.requires_grad = True  # (the buckets are made again)
+            _one_step(model, x[rows], y[rows], ddp)
+            ddp.step() if sharded else opt.step()
+        ddp.gather_optimizer_state()
+        state = opt.state_dict()["state"]
+        return {k: v.copy() for k, v in model.state_dict().items()}, state
+
+    return run_ranks(ranks, rank)
+
+
+SHARED_OPTIMIZERS = {
+    "sgd": lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": lambda p: optim.Adam(p, lr=1e-2, weight_decay=1e-3),
+}
+
+
+@pytest.mark.parametrize("bucket_mb", [1e-4, 4.0])
+@pytest.mark.parametrize("opt", list(SHARED_OPTIMIZERS))
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_shared_update_gives_the_bits_of_every_rank_updating_all(rng, ranks, opt, bucket_mb):
+    """The sharded update (reduce-scatter, 1/N of the update per rank, gather the weights)
+    against every rank making the whole step after an allreduce: the same sums of the same
+    values, the same elementwise update, so the same weights and optimiser state, bit for
+    bit, on every rank."""
+    x = rng.standard_normal((12, 3, 8, 8))
+    y = rng.integers(0, 4, 12)
+    make = SHARED_OPTIMIZERS[opt]
+    want = _steps(ranks, make, False, bucket_mb, x, y)
+    got = _steps(ranks, make, True, bucket_mb, x, y)
+    for (w_want, s_want), (w_got, s_got) in zip(want, got):
+        for k in w_want:
+            np.testing.assert_array_equal(w_got[k], w_want[k], err_msg=k)
+            np.testing.assert_array_equal(w_got[k], got[0][0][k], err_msg=k)
+        assert s_got.keys() == s_want.keys()
+        for i in s_want:
+            for k, v in s_want[i].items():
+                np.testing.assert_array_equal(s_got[i][k], v, err_msg=f"{i}.{k}")
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4, 7])
+@pytest.mark.parametrize("sizes", [[307946], [1], [5, 40], [2304 * 1024, 1024], [17, 300, 9]])
+def test_shared_update_blocks_cover_the_bucket_on_cache_lines(ranks, sizes):
+    """The ranks' blocks of a bucket cover it, start on cache lines, and none is longer than
+    the blocks before it (an in-place reduce-scatter moves block r to the front of rank r's
+    buffer; MPICH copies it with memcpy, which must not overlap), and each rank's pieces are
+    its block's elements of the parameters."""
+    params = [nn.Parameter(np.zeros(n, np.float32)) for n in sizes]
+    buckets = [dist._Bucket(params, np.dtype(np.float32), ranks, r) for r in range(ranks)]
+    counts = buckets[0].counts
+    n = buckets[0].buffer.size if len(sizes) > 1 else sizes[0]
+    assert sum(counts) == n and all(b.counts == counts for b in buckets)
+    starts = np.cumsum([0] + counts[:-1])
+    assert all(s % 16 == 0 or s == n for s in starts)  # (empty blocks at the end)
+    assert all(counts[r] <= starts[r] for r in range(1, ranks))
+    covered = [0] * len(sizes)
+    for r, b in enumerate(buckets):
+        for p, start, stop, at, k in b.pieces:
+            i = next(j for j, q in enumerate(params) if q is p)
+            assert at == b.offsets[i] + start and k == at - starts[r]
+            assert starts[r] <= at and at + stop - start <= starts[r] + counts[r]
+            covered[i] += stop - start
+    assert covered == sizes
+
+
+def test_shared_update_with_a_parameter_unfrozen_midway(rng):
+    x = rng.standard_normal((4, 3, 8, 8))
+    y = rng.integers(0, 4, 4)
+    make = SHARED_OPTIMIZERS["adam"]
+    want = _steps(2, make, False, 1e-4, x, y, steps=4, unfreeze_at=2)
+    got = _steps(2, make, True, 1e-4, x, y, steps=4, unfreeze_at=2)
+    for (w_want, s_want), (w_got, s_got) in zip(want, got):
+        for k in w_want:
+            np.testing.assert_array_equal(w_got[k], w_want[k], err_msg=k)
+        assert s_got[1]["step"] == s_want[1]["step"] == 2  # (the bias: 2 steps since)
+
+
+def test_shared_update_needs_an_elementwise_optimizer():
+    class Normed(optim.SGD):
+        elementwise = False
+
+    def rank(comm):
+        model = nn.Linear(3, 2)
+        with pytest.raises(TypeError, match="elementwise"):
+            DistributedDataParallel(model, comm, optimizer=Normed(model.parameters(), lr=0.1))
+        with pytest.raises(ValueError, match="no optimizer was given"):
+            DistributedDataParallel(model, comm).step()
+        return True
+
+    assert run_ranks(2, rank) == [True, True]
+
+
 def test_dropout_masks_are_the_whole_batch_masks(rng):
     x = rng.standard_normal((6, 3, 8, 8))
     y = rng.integers(0, 4, 6)
@@ -483,7 +589,7 @@ def _fit_data(n=48, seed=0):
 
 
 def _fit(comm=None, *, bn=True, dropout=0.3, sync_bn=True, batch=12, epochs=2, n=48, seed=0,
-         callbacks=(), resume=None, scheduler=True):
+         callbacks=(), resume=None, scheduler=True, shard_update=None):
     x, y = _fit_data(n)
     model = _net(seed=seed, bn=bn, dropout=dropout)
     train = D.DataLoader(x.astype(np.float64) / 255, y, batch, shuffle=True, augment=True,
@@ -492,7 +598,8 @@ def _fit(comm=None, *, bn=True, dropout=0.3, sync_bn=True, batch=12, epochs=2, n
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
     sched = optim.OneCycleLR(opt, max_lr=0.05, total_steps=epochs * len(train)) \
         if scheduler else None
-    options = False if comm is None else Distributed(sync_bn=sync_bn, bucket_mb=1e-3, comm=comm)
+    options = False if comm is None else Distributed(sync_bn=sync_bn, bucket_mb=1e-3, comm=comm,
+                                                     shard_update=shard_update)
     history = fit(model, train, epochs, optimizer=opt, scheduler=sched, val=val,
                   callbacks=list(callbacks), progress=False, distributed=options, resume=resume)
     return model.state_dict(), history
@@ -516,6 +623,39 @@ def test_fit_on_ranks_is_fit_on_the_whole_batch(ranks):
     and metrics as one process, to the rounding of sums taken in another order."""
     single = _fit()
     for result in run_ranks(ranks, _fit):
+        _assert_same_run(single, result, 1e-11)
+
+
+class _Shared(Callback):
+    """Records whether the fit shares the optimiser's update between the ranks."""
+
+    def on_train_begin(self, logs):
+        self.shared = self.trainer.parallel.net.optimizer is not None
+
+
+class _ReadsGradients(_Shared):
+    def on_before_optimizer_step(self, batch, logs):
+        self.norm = sum(float(np.sum(p.grad ** 2)) for p in self.trainer.model.parameters())
+
+
+@pytest.mark.parametrize("cls,option,on_one_machine,shared", [
+    (_Shared, None, True, True), (_ReadsGradients, None, True, False),
+    (_Shared, None, False, False), (_Shared, False, True, False), (_Shared, True, False, True),
+    (_ReadsGradients, True, True, False)])
+def test_fit_shares_the_update_on_one_machine_unless_a_callback_reads_gradients(
+        cls, option, on_one_machine, shared):
+    """fit shares the update (by default when every rank is on one machine) unless a
+    callback is promised whole gradients before the step; the weights are those of one
+    process either way."""
+    single = _fit(epochs=1)
+
+    def rank(comm):
+        comm.local_size = comm.size if on_one_machine else 1
+        cb = cls()
+        return _fit(comm, epochs=1, callbacks=[cb], shard_update=option), cb.shared
+
+    for result, used in run_ranks(2, rank):
+        assert used is shared
         _assert_same_run(single, result, 1e-11)
 
 

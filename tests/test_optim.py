@@ -118,6 +118,61 @@ def test_optimizer_state_dict_round_trip(case):
     assert all(np.abs(p.data).max() < 1e8 for p in a_params)
 
 
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=[c[0] for c in OPTIMIZERS])
+def test_step_slices_of_ranks_are_step_bit_for_bit(case, dtype, backend):
+    """Ranks each updating their slice of every parameter (cut anywhere, also inside a SIMD
+    vector), then exchanging the updated slices, end with the bits of one step() over the
+    whole parameters, and their states' slices are the whole state's."""
+    _, make, _ = case
+    gen = np.random.default_rng(3)
+    shapes = [(7, 5), (40,), (1,)]
+    init = [gen.normal(size=s).astype(dtype) for s in shapes]
+    whole = [nn.Parameter(w.copy()) for w in init]
+    ranks = [[nn.Parameter(w.copy()) for w in init] for _ in range(3)]
+    cuts = [[0, 13, 21, 35], [0, 0, 17, 40], [0, 1, 1, 1]]  # (per parameter: rank r's slice)
+    with use_backend(backend):
+        opt = make(whole)
+        opts = [make(params) for params in ranks]
+        for _ in range(3):
+            grads = [gen.normal(size=s).astype(dtype) for s in shapes]
+            for p, g in zip(whole, grads):
+                p.grad[...] = g
+            opt.step()
+            for r, (o, params) in enumerate(zip(opts, ranks)):
+                o.step_slices([(p, c[r], c[r + 1], g.reshape(-1)[c[r]:c[r + 1]].copy())
+                               for p, g, c in zip(params, grads, cuts)])
+            for i, c in enumerate(cuts):  # (the gather)
+                for r in range(3):
+                    for params in ranks:
+                        params[i].data.reshape(-1)[c[r]:c[r + 1]] = \
+                            ranks[r][i].data.reshape(-1)[c[r]:c[r + 1]]
+    for i, (p, c) in enumerate(zip(whole, cuts)):
+        for r in range(3):
+            np.testing.assert_array_equal(ranks[r][i].data, p.data)
+            if c[r] == c[r + 1]:
+                continue
+            for k, v in opt.state[p].items():
+                mine = opts[r].state[ranks[r][i]][k]
+                if isinstance(v, np.ndarray):
+                    assert mine.shape == v.shape and mine.dtype == v.dtype
+                    np.testing.assert_array_equal(mine.reshape(-1)[c[r]:c[r + 1]],
+                                                  v.reshape(-1)[c[r]:c[r + 1]])
+                else:
+                    assert mine == v, k
+
+
+def test_step_slices_needs_an_elementwise_update():
+    class Normed(optim.SGD):
+        elementwise = False
+
+    p = nn.Parameter(np.ones(4))
+    with pytest.raises(TypeError, match="not elementwise"):
+        Normed([p], lr=0.1).step_slices([(p, 0, 2, np.ones(2))])
+    assert all(cls.elementwise for cls in (optim.SGD, optim.RMSprop, optim.Adam, optim.AdamW))
+
+
 def test_optimizer_load_state_dict_validation():
     p = [nn.Parameter(np.zeros(3)), nn.Parameter(np.zeros((2, 2)))]
     opt = optim.SGD(p, lr=0.1, momentum=0.9)

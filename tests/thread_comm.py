@@ -61,6 +61,38 @@ class _Pending:
             self.done = True
 
 
+class _PendingScatter(_Pending):
+    """A reduce-scatter in place: at ``wait()``, this rank's block of the sum goes to the
+    start of the buffer, and the rest of it is spoilt (MPI leaves it undefined)."""
+
+    def __init__(self, comm: "ThreadComm", buffer: np.ndarray, counts: list) -> None:
+        super().__init__(comm, buffer)
+        self.start, self.count = int(sum(counts[:comm.rank])), int(counts[comm.rank])
+
+    def wait(self) -> None:
+        if not self.done:
+            total = self.comm.allreduce(self.buffer)
+            self.buffer[...] = np.nan
+            self.buffer[:self.count] = total[self.start:self.start + self.count]
+            self.done = True
+
+
+class _PendingGather:
+    def __init__(self, comm: "ThreadComm", buffer: np.ndarray, counts: list) -> None:
+        self.comm, self.buffer, self.counts, self.done = comm, buffer, counts, False
+
+    def test(self) -> bool:
+        return self.done
+
+    def wait(self) -> None:
+        if not self.done:
+            ends = np.cumsum(self.counts)
+            values = self.comm.group.exchange(self.comm.rank, self.buffer.copy())
+            for r, v in enumerate(values):
+                self.buffer[ends[r] - self.counts[r]:ends[r]] = v[ends[r] - self.counts[r]:ends[r]]
+            self.done = True
+
+
 class ThreadComm:
     """One rank's view of a group of thread ranks (see the module docstring)."""
 
@@ -70,7 +102,7 @@ class ThreadComm:
         self.size = group.size
         self.local_rank, self.local_size = rank, group.size
         self.aborted: int | None = None
-        self.started = 0          # allreduces started (start_allreduce)
+        self.started = 0          # reductions started (start_allreduce, start_reduce_scatter)
         self.reductions = 0       # allreduces completed (blocking or waited)
         self._dups = 0
 
@@ -84,6 +116,12 @@ class ThreadComm:
 
     def start_allreduce(self, buffer: np.ndarray) -> _Pending:
         return _Pending(self, buffer)
+
+    def start_reduce_scatter(self, buffer: np.ndarray, counts: list) -> _Pending:
+        return _PendingScatter(self, buffer, counts)
+
+    def start_allgather_blocks(self, buffer: np.ndarray, counts: list) -> _PendingGather:
+        return _PendingGather(self, buffer, counts)
 
     def broadcast(self, obj: Any, root: int = 0) -> Any:
         return copy.deepcopy(self.group.exchange(self.rank, obj)[root])

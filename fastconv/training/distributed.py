@@ -24,7 +24,14 @@ A step on N ranks, for a loader of (global) batch size B:
 * after backward, the last buckets are reduced; every ``Parameter.grad`` then holds the mean
   of the ranks' gradients, which is the gradient of the loss over the whole batch, and every
   rank makes the same optimiser step. Parameters, optimiser state and generators stay equal
-  on all ranks without ever being sent again.
+  on all ranks without ever being sent again;
+* or, with a shared (sharded) update (``DistributedDataParallel(..., optimizer=opt)``, what
+  :func:`fastconv.training.fit` uses when it can), each bucket is reduce-scattered instead:
+  rank r receives the sum of its 1/N block of the bucket's elements only, updates those
+  elements (the optimisers' rules are elementwise, so they get the bits a whole step gives
+  them) and the ranks gather the updated weights. The same bytes cross as with an
+  allreduce; each rank does 1/N of the update, and keeps the optimiser state of its own
+  elements (gathered whole before checkpoints).
 
 BatchNorm layers use each rank's own rows for their batch statistics (as PyTorch's DDP), or,
 with ``sync_bn``, the statistics of the whole batch (as SyncBatchNorm:
@@ -168,6 +175,25 @@ class Communicator:
         until then."""
         return _Pending(self.comm.Iallreduce(self._MPI.IN_PLACE, buffer, op=self._MPI.SUM))
 
+    def start_reduce_scatter(self, buffer: np.ndarray, counts: list[int]) -> _Pending:
+        """Start summing the C-contiguous 1-d ``buffer`` over the ranks, in place, rank r
+        receiving block r of the sum (``counts[r]`` elements; the blocks in rank order) in
+        ``buffer[:counts[r]]`` once ``wait()`` of the returned object returns (the rest of
+        ``buffer`` is left undefined). ``buffer`` must not be touched until then."""
+        return _Pending(self.comm.Ireduce_scatter(self._MPI.IN_PLACE, buffer, list(counts),
+                                                  op=self._MPI.SUM))
+
+    def start_allgather_blocks(self, buffer: np.ndarray, counts: list[int]) -> _Pending:
+        """Start gathering, in place: block r of the C-contiguous 1-d ``buffer``
+        (``counts[r]`` elements, the blocks in rank order) becomes rank r's on every rank
+        once ``wait()`` of the returned object returns. (MPICH's non-blocking allgatherv
+        was measured 8x faster than its blocking one for large buffers here.)"""
+        displs = [0]
+        for c in counts[:-1]:
+            displs.append(displs[-1] + int(c))
+        return _Pending(self.comm.Iallgatherv(self._MPI.IN_PLACE,
+                                              [buffer, (list(counts), displs)]))
+
     def broadcast(self, obj: Any, root: int = 0) -> Any:
         """``obj`` of rank ``root`` on every rank (pickled; for small objects and states)."""
         return self.comm.bcast(obj, root=root)
@@ -309,32 +335,84 @@ def _wait_until_stderr_is_read(timeout: float = 2.0) -> None:
 # --------------------------------------------------------------------------------------------
 
 class _Bucket:
-    """Parameters whose gradients are summed by one allreduce of one flat buffer. A bucket of
-    one parameter reduces that parameter's gradient array itself, with no buffer (and no
+    """Parameters whose gradients are summed by one collective of one flat buffer. A bucket
+    of one parameter reduces that parameter's gradient array itself, with no buffer (and no
     copy); a bucket of several copies their gradients into its buffer, unless they already
-    live there (the views its gradients become after each reduction, into which the next
-    backward may accumulate)."""
+    live there (the views its gradients become after each allreduce, into which the next
+    backward may accumulate).
 
-    __slots__ = ("params", "views", "buffer", "pending")
+    With ``ranks`` (a sharded update), the bucket's elements are split into ``ranks``
+    contiguous blocks (:attr:`counts`, cut on cache lines); an in-place reduce-scatter
+    leaves the sum of block r at the start of rank r's reduced array (:attr:`sent`), from
+    which rank r updates those elements of the parameters (:attr:`pieces`); the ranks then
+    gather the updated weights (into the parameter itself for a bucket of one, through
+    :attr:`weights` for one of several)."""
 
-    def __init__(self, params: list, dtype: np.dtype) -> None:
+    __slots__ = ("params", "views", "buffer", "pending", "offsets", "counts", "sent",
+                 "pieces", "weights", "weight_views")
+
+    def __init__(self, params: list, dtype: np.dtype, ranks: int = 0, rank: int = 0) -> None:
         self.params = params
         self.pending: _Pending | None = None
-        if len(params) == 1:
-            self.buffer, self.views = None, [None]
-            return
         align = max(1, _BUCKET_ALIGN // dtype.itemsize)
-        offsets, n = [], 0
-        for p in params:
-            offsets.append(n)
-            n += -(-p.data.size // align) * align
-        self.buffer = np.zeros(n, dtype)  # (padding stays 0: it is summed too)
-        self.views = [self.buffer[o:o + p.data.size].reshape(p.data.shape)
-                      for o, p in zip(offsets, params)]
+        if len(params) == 1:
+            self.buffer, self.views, self.offsets = None, [None], [0]
+            n = params[0].data.size
+        else:
+            self.offsets, n = [], 0
+            for p in params:
+                self.offsets.append(n)
+                n += -(-p.data.size // align) * align
+            self.buffer = np.zeros(n, dtype)  # (padding stays 0: it is summed too)
+            self.views = [self._view(self.buffer, o, p) for o, p in zip(self.offsets, params)]
+        self.counts: list[int] = []
+        # this rank's elements: (param, start, stop, offset in the bucket, in the block)
+        self.pieces: list[tuple] = []
+        self.sent: np.ndarray | None = None
+        self.weights = None
+        self.weight_views: list = []
+        if ranks:
+            # (cut up, so that no block is longer than the blocks before it: MPICH moves block
+            # r to the front of the buffer with memcpy, which must not overlap)
+            cuts = [0] + [min(n, -(-n * r // ranks // align) * align) for r in range(1, ranks)] + [n]
+            self.counts = [cuts[r + 1] - cuts[r] for r in range(ranks)]
+            lo, hi = cuts[rank], cuts[rank + 1]
+            for o, p in zip(self.offsets, params):
+                a, b = max(lo, o), min(hi, o + p.data.size)
+                if a < b:
+                    self.pieces.append((p, a - o, b - o, a, a - lo))
+            if self.buffer is not None:
+                self.weights = np.zeros(n, dtype)
+                self.weight_views = [self._view(self.weights, o, p)
+                                     for o, p in zip(self.offsets, params)]
+
+    @staticmethod
+    def _view(flat: np.ndarray, offset: int, p) -> np.ndarray:
+        return flat[offset:offset + p.data.size].reshape(p.data.shape)
 
     @property
     def nbytes(self) -> int:
         return self.params[0].data.nbytes if self.buffer is None else self.buffer.nbytes
+
+    def slices(self) -> list[tuple]:
+        """This rank's pieces as :meth:`fastconv.optim.Optimizer.step_slices` takes them,
+        their summed gradients read from the reduced array."""
+        return [(p, start, stop, self.sent[k:k + stop - start])
+                for p, start, stop, _, k in self.pieces]
+
+    def start_gather(self, comm: "Communicator") -> _Pending:
+        """After this rank updated its block: start gathering every rank's block of the
+        weights (:meth:`end_gather` once it is done)."""
+        if self.buffer is None:
+            return comm.start_allgather_blocks(self.params[0].data.reshape(-1), self.counts)
+        for p, start, stop, at, _ in self.pieces:
+            self.weights[at:at + stop - start] = p.data.reshape(-1)[start:stop]
+        return comm.start_allgather_blocks(self.weights, self.counts)
+
+    def end_gather(self) -> None:
+        if self.buffer is not None:
+            for p, view in zip(self.params, self.weight_views):
+                np.copyto(p.data, view)
 
 
 def bucket_plan(nbytes: list[int], bucket_bytes: int,
@@ -363,11 +441,14 @@ class _Reducer:
     """Sums the trainable parameters' gradients across ranks in buckets, each started as soon
     as backward has completed all its gradients (module hooks), in bucket order. (The
     gradients are already divided by the number of ranks: DistributedDataParallel scales the
-    gradient backward starts from, so the sums are the means.)"""
+    gradient backward starts from, so the sums are the means.) ``sharded``: each bucket is
+    reduce-scattered instead of allreduced (see :class:`_Bucket`), for :meth:`update`."""
 
-    def __init__(self, comm: Communicator, model: Module, bucket_bytes: int) -> None:
+    def __init__(self, comm: Communicator, model: Module, bucket_bytes: int,
+                 sharded: bool = False) -> None:
         self.comm = comm
         self.model = model
+        self.sharded = sharded
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.signature = self._signature(model)
         self.buckets: list[_Bucket] = []
@@ -403,8 +484,9 @@ class _Reducer:
         k = len(self.buckets)
         for i in indices:
             self.bucket_of[i] = k
+        ranks = self.comm.size if self.sharded else 0
         self.buckets.append(_Bucket([self.params[i] for i in indices],
-                                    self.params[indices[0]].data.dtype))
+                                    self.params[indices[0]].data.dtype, ranks, self.comm.rank))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -439,7 +521,7 @@ class _Reducer:
             self.inflight.pop(0)
 
     def _start(self, k: int) -> None:
-        """Start bucket k's allreduce: of its parameter's gradient array itself, or of its
+        """Start bucket k's collective: of its parameter's gradient array itself, or of its
         buffer, into which the gradients not already there are copied."""
         b = self.buckets[k]
         if b.buffer is None:
@@ -447,26 +529,32 @@ class _Reducer:
             g = p.grad
             if not (g.flags.c_contiguous and g.flags.writeable):
                 g = p.grad = np.ascontiguousarray(g)
-            b.pending = self.comm.start_allreduce(g)
+            send = g.reshape(-1)
         else:
             for p, view in zip(b.params, b.views):
                 g = p.grad
                 if g is not view:
                     np.copyto(view, g)
-            b.pending = self.comm.start_allreduce(b.buffer)
+            send = b.buffer
+        if self.sharded:
+            b.sent = send
+            b.pending = self.comm.start_reduce_scatter(send, b.counts)
+        else:
+            b.pending = self.comm.start_allreduce(send)
         self.inflight.append(b.pending)
         self.next = k + 1
 
     def finish(self) -> None:
         """Start the buckets not started yet (gradients no container reported), wait for all,
-        and make every gradient of a shared buffer the view of it that holds the sum."""
+        and (allreduce) make every gradient of a shared buffer the view of it that holds the
+        sum."""
         while self.next < len(self.buckets):
             self._start(self.next)
         self.active = False
         for b in self.buckets:
             b.pending.wait()
             b.pending = None
-            if b.buffer is None:
+            if b.buffer is None or self.sharded:
                 continue
             for p, view in zip(b.params, b.views):
                 if p.grad is not view:
@@ -477,6 +565,45 @@ class _Reducer:
         """Backward raised: forget this step (its operations in flight are left to the job's
         end, which an error on one rank brings)."""
         self.active = False
+
+    # -- the sharded update ------------------------------------------------------------------
+    def update(self, optimizer) -> None:
+        """``optimizer``'s update of this rank's elements of every bucket (their summed
+        gradients), then every rank's updated elements on every rank (collective)."""
+        optimizer.step_slices([piece for b in self.buckets for piece in b.slices()])
+        gathers = [b.start_gather(self.comm) for b in self.buckets]
+        for b, pending in zip(self.buckets, gathers):
+            pending.wait()
+            b.end_gather()
+            b.sent = None
+
+    def gather_state(self, optimizer) -> None:
+        """Make ``optimizer``'s state whole on every rank (collective): each rank's update
+        keeps the state of its own elements only (the state arrays' other elements are
+        stale), so each rank sends those elements (and the scalars of the parameters it
+        updates, such as Adam's step count) to all."""
+        index = {id(p): i for i, p in enumerate(self.params)}
+        mine = []
+        for b in self.buckets:
+            for p, start, stop, _, _ in b.pieces:
+                state = optimizer.state.get(p)
+                if state:
+                    mine.append((index[id(p)], start, stop, {
+                        k: (v.reshape(-1)[start:stop].copy()
+                            if isinstance(v, np.ndarray) and v.shape == p.data.shape else v)
+                        for k, v in state.items()}))
+        for parts in self.comm.allgather(mine):
+            for i, start, stop, entries in parts:
+                p = self.params[i]
+                state = optimizer.state.setdefault(p, {})
+                for k, v in entries.items():
+                    if isinstance(v, np.ndarray) and v.ndim == 1 and v.size == stop - start:
+                        whole = state.get(k)
+                        if not (isinstance(whole, np.ndarray) and whole.shape == p.data.shape):
+                            whole = state[k] = np.zeros_like(p.data)
+                        whole.reshape(-1)[start:stop] = v
+                    else:
+                        state[k] = v
 
 
 # --------------------------------------------------------------------------------------------
@@ -558,24 +685,43 @@ class DistributedDataParallel(Module):
     (BatchNorm running statistics) to the other ranks. :meth:`close` undoes the wrapper's
     changes to ``module`` (hooks, generators, BatchNorm groups).
 
+    ``optimizer``: the ranks share its update (a sharded update, as ZeRO's stages 1 and 2:
+    gradients and optimiser step): ``backward`` reduce-scatters each bucket instead of
+    allreducing it, so each rank receives the summed gradient of its 1/N of the bucket's
+    elements only, and :meth:`step` (called instead of ``optimizer.step()``) updates those
+    elements with the optimiser's rule (:meth:`fastconv.optim.Optimizer.step_slices`: the
+    bits ``step`` gives them) and gathers every rank's updated elements on every rank. As
+    many bytes cross between the ranks as with an allreduce; each rank does 1/N of the
+    update. The optimiser's update must be elementwise (SGD, RMSprop, Adam, AdamW:
+    ``elementwise``); the reduction works in place in the gradients, so ``Parameter.grad``
+    holds no meaningful values after ``backward``, and the optimiser's state is whole only
+    after :meth:`gather_optimizer_state` (collective: before reading or saving it).
+
     State-dict keys carry the prefix ``module.``, as PyTorch's; save ``ddp.module``'s to load
     it into an unwrapped model. ``comm_seconds`` adds up the time ``backward`` waited for the
-    allreduces after the module's backward (communication not hidden behind computation).
+    gradient reductions after the module's backward (communication not hidden behind
+    computation).
     """
 
     def __init__(self, module: Module, comm: Communicator | None = None, *,
-                 bucket_mb: float = DEFAULT_BUCKET_MB, sync_bn: bool = False) -> None:
+                 bucket_mb: float = DEFAULT_BUCKET_MB, sync_bn: bool = False,
+                 optimizer=None) -> None:
         super().__init__()
         if not isinstance(module, Module):
             raise TypeError(f"DistributedDataParallel: module must be a fastconv.nn.Module, "
                             f"got {type(module).__name__}")
         bucket_mb = _check_bucket_mb(bucket_mb, "DistributedDataParallel")
+        if optimizer is not None and not getattr(optimizer, "elementwise", False):
+            raise TypeError(f"DistributedDataParallel: optimizer must be an optimiser whose "
+                            f"update is elementwise (fastconv.optim SGD, RMSprop, Adam, AdamW), "
+                            f"got {type(optimizer).__name__}")
         self.module = module
         comm = world() if comm is None else comm
         object.__setattr__(self, "comm", comm)
         self.bucket_mb = bucket_mb
         self.sync_bn = bool(sync_bn)
         self.comm_seconds = 0.0
+        self.optimizer = optimizer
         self._rows: tuple[int, int] | None = None
         self._reducer: _Reducer | None = None
         self._bn_group: Communicator | None = None
@@ -597,7 +743,7 @@ class DistributedDataParallel(Module):
         if self.sync_bn:
             self._bn_group = comm.dup()
             convert_sync_batchnorm(module, self._bn_group)
-        self._reducer = _Reducer(comm, module, int(bucket_mb * (1 << 20)))
+        self._reducer = self._new_reducer()
         shared: dict[int, _ShareGenerator] = {}
         for m in module.modules():
             for attr, value in list(vars(m).items()):
@@ -636,9 +782,10 @@ class DistributedDataParallel(Module):
         if reducer is None:
             return self.module.backward(grad_y, input_grad=input_grad)
         if reducer.signature != _Reducer._signature(self.module):  # (un)frozen parameters
+            if reducer.sharded:  # (the new buckets share the elements out differently)
+                reducer.gather_state(self.optimizer)
             reducer.remove()
-            reducer = self._reducer = _Reducer(self.comm, self.module,
-                                               int(self.bucket_mb * (1 << 20)))
+            reducer = self._reducer = self._new_reducer()
         # the mean over ranks is the sum of the ranks' gradients of loss / N: scaling the
         # gradient backward starts from (a few numbers per sample) spares a pass over the
         # parameters' gradients
@@ -653,6 +800,28 @@ class DistributedDataParallel(Module):
         reducer.finish()
         self.comm_seconds += time.perf_counter() - t
         return g
+
+    def _new_reducer(self) -> _Reducer:
+        return _Reducer(self.comm, self.module, int(self.bucket_mb * (1 << 20)),
+                        sharded=self.optimizer is not None)
+
+    def step(self) -> None:
+        """The optimiser step after :meth:`backward`: with the ``optimizer`` of a sharded
+        update, this rank's share of it and the gathering of the updated weights
+        (collective); on one rank, ``optimizer.step()``."""
+        if self.optimizer is None:
+            raise ValueError("DistributedDataParallel.step: no optimizer was given (call the "
+                             "optimiser's own step())")
+        if self._reducer is None:
+            self.optimizer.step()
+        else:
+            self._reducer.update(self.optimizer)
+
+    def gather_optimizer_state(self) -> None:
+        """Make the sharded update's optimiser state whole on every rank (collective; nothing
+        to do without a sharded update)."""
+        if self._reducer is not None and self._reducer.sharded:
+            self._reducer.gather_state(self.optimizer)
 
     def sync_buffers(self) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank (collective)."""
@@ -677,7 +846,7 @@ class DistributedDataParallel(Module):
 
     def extra_repr(self) -> str:
         return (f"rank {self.comm.rank} of {self.comm.size}, bucket_mb={self.bucket_mb:g}, "
-                f"sync_bn={self.sync_bn}")
+                f"sync_bn={self.sync_bn}, sharded_update={self.optimizer is not None}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -688,10 +857,19 @@ class DistributedDataParallel(Module):
 class Distributed:
     """How :func:`fastconv.training.fit` trains data-parallel (``distributed=True`` is
     ``Distributed()``): ``sync_bn`` (BatchNorm statistics of the whole batch), ``bucket_mb``
-    (gradient bucket size), ``comm`` (the ranks; None: :func:`world`)."""
+    (gradient bucket size), ``shard_update`` (the ranks share the optimiser's update, see
+    :class:`DistributedDataParallel`'s ``optimizer``: the same weights, bit for bit, for
+    1/N of the update's work, when the optimiser's update is elementwise and no callback
+    overrides ``on_before_optimizer_step``, which is promised whole gradients; None: when
+    every rank runs on one machine, where the reductions are copies made by the cores that
+    also compute, so there is nothing to overlap them with and the update's work is what
+    sharing saves; across machines the network's transfers hide behind backward, which the
+    gathering of the weights after the update would not), ``comm`` (the ranks; None:
+    :func:`world`)."""
 
     sync_bn: bool = False
     bucket_mb: float = DEFAULT_BUCKET_MB
+    shard_update: bool | None = None
     comm: Communicator | None = None
 
 
@@ -771,6 +949,7 @@ class FitRun:
                           if type(cb).__name__ != "ProgressBar"],
             "sync_bn": bool(self.options.sync_bn),
             "bucket_mb": float(self.options.bucket_mb),
+            "shard_update": self.options.shard_update,
         }
 
     def check_batches(self, train) -> None:
@@ -788,10 +967,19 @@ class FitRun:
                              f"batches of {train.batch_size}): drop it (drop_last=True) or "
                              f"change the batch size")
 
-    def attach(self, model, train, val) -> None:
-        """Wrap the model (collective) and take this rank's shares of the loaders."""
+    def attach(self, model, train, val, optimizer=None, callbacks=()) -> None:
+        """Wrap the model (collective) and take this rank's shares of the loaders; the ranks
+        share ``optimizer``'s update when the options allow it (see :class:`Distributed`)."""
+        from .callbacks import Callback
+        shared = self.options.shard_update
+        if shared is None:
+            shared = self.comm.local_size == self.comm.size
+        shared = shared and getattr(optimizer, "elementwise", False) and \
+            not any(type(cb).on_before_optimizer_step is not Callback.on_before_optimizer_step
+                    for cb in callbacks)
         self.net = DistributedDataParallel(model, self.comm, bucket_mb=self.options.bucket_mb,
-                                           sync_bn=self.options.sync_bn)
+                                           sync_bn=self.options.sync_bn,
+                                           optimizer=optimizer if shared else None)
         self.train = train.shard(self.rank, self.size)
         self.val = None if val is None else val.shard(self.rank, self.size)
 
@@ -841,8 +1029,19 @@ class FitRun:
     def any(self, flag: bool) -> bool:
         return self.comm.any(flag)
 
+    def step(self, optimizer) -> None:
+        """The optimiser step: shared between the ranks, or ``optimizer.step()``."""
+        if self.net.optimizer is not None:
+            self.net.step()
+        else:
+            optimizer.step()
+
     def sync_buffers(self) -> None:
+        """Make what a checkpoint or an evaluation reads equal and whole on every rank
+        (collective): rank 0's BatchNorm running statistics, the optimiser state of a
+        shared update."""
         self.net.sync_buffers()
+        self.net.gather_optimizer_state()
 
     def gather_evaluation(self, total: float, correct: int, seen: int, classification: bool,
                           preds: list[np.ndarray]) -> tuple[float, int, int, bool, list]:

@@ -298,7 +298,10 @@ class Trainer:
                 else loss_sum / size
         logs: dict[str, Any] = {"size": size, "batch_loss": value}
         self._call("on_before_optimizer_step", index, logs)
-        self.optimizer.step()
+        if par is None:
+            self.optimizer.step()
+        else:
+            par.step(self.optimizer)
         self.batch += 1
         self.step += 1
         if self.scheduler is not None and (self.scheduler_interval == "step"
@@ -442,7 +445,7 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
         error = e
     par.agree(error, facts)
     try:
-        par.attach(model, trainer.train, trainer.val)
+        par.attach(model, trainer.train, trainer.val, trainer.optimizer, trainer.callbacks)
         trainer.train, trainer.val, trainer._net = par.train, par.val, par.net
         if resume is not None:
             state = par.load_state(resume)
