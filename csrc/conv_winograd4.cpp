@@ -1,0 +1,251 @@
+// Winograd F(4x4, 3x3): the transforms, and the policy that runs them on the shared drivers
+// (conv_winograd_driver.h). Each 4x4 block of outputs comes from a 6x6 input tile: 36
+// multiplies per 16 outputs per channel pair, against F(2x2, 3x3)'s 16 per 4 (1.78x fewer)
+// and direct summation's 144.
+//
+// Interpolation points 0, 1, -1, 1/2, -2 and infinity (Barabasz et al., "Error analysis and
+// improving the accuracy of Winograd convolution for deep neural networks", 2020): their
+// float32 error is about half that of the usual 0, ±1, ±2 (Lavin & Gray), whose
+// transforms reach 8^2 in the inverse and 5^2 in the input transform. Every coefficient of
+// B^T and A^T is a small multiple of a power of two; G's (thirds, fifteenths) are applied in
+// double.
+//
+//   B^T = [ 1 -3/2  -2  3/2   1  0 ]   A^T = [ 1  1  1    1    1  0 ]
+//         [ 0   -1 1/2  5/2   1  0 ]         [ 0  1 -1  1/2   -2  0 ]
+//         [ 0    1 -5/2 1/2   1  0 ]         [ 0  1  1  1/4    4  0 ]
+//         [ 0   -2  -1    2   1  0 ]         [ 0  1 -1  1/8   -8  1 ]
+//         [ 0  1/2  -1 -1/2   1  0 ]
+//         [ 0    1 -3/2  -2 3/2  1 ]   G = [ 1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3;
+//                                             -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1 ]
+#include <algorithm>
+
+#include "conv_winograd.h"
+#include "conv_winograd_driver.h"
+
+namespace fastconv {
+namespace {
+
+using winograd::kKernelBatch;
+
+// ---- 1-D transforms of one column or row of a tile ---------------------------------------
+
+// o = B^T v (6 values).
+template <typename T>
+__attribute__((always_inline)) inline void input_1d(const T v[6], T o[6]) {
+  const T s = v[4] - v[2], dd = v[3] - v[1];
+  o[0] = (v[0] - T(2) * v[2] + v[4]) + T(1.5) * dd;
+  o[1] = (v[4] - v[1]) + T(0.5) * v[2] + T(2.5) * v[3];
+  o[2] = (v[4] + v[1]) - T(2.5) * v[2] + T(0.5) * v[3];
+  o[3] = s + T(2) * dd;
+  o[4] = s - T(0.5) * dd;
+  o[5] = (v[1] - T(2) * v[3] + v[5]) + T(1.5) * (v[4] - v[2]);
+}
+
+// o = A^T v (6 values to 4).
+template <typename T>
+__attribute__((always_inline)) inline void output_1d(const T v[6], T o[4]) {
+  const T p = v[1] + v[2], q = v[1] - v[2];
+  o[0] = v[0] + p + v[3] + v[4];
+  o[1] = q + T(0.5) * v[3] - T(2) * v[4];
+  o[2] = p + T(0.25) * v[3] + T(4) * v[4];
+  o[3] = q + T(0.125) * v[3] - T(8) * v[4] + v[5];
+}
+
+// o = A v (4 values to 6): grad_y rows and columns in the weight gradient.
+template <typename T>
+__attribute__((always_inline)) inline void grad_1d(const T v[4], T o[6]) {
+  o[0] = v[0];
+  o[1] = (v[0] + v[2]) + (v[1] + v[3]);
+  o[2] = (v[0] + v[2]) - (v[1] + v[3]);
+  o[3] = v[0] + T(0.5) * v[1] + T(0.25) * v[2] + T(0.125) * v[3];
+  o[4] = v[0] - T(2) * v[1] + T(4) * v[2] - T(8) * v[3];
+  o[5] = v[3];
+}
+
+// o = G v (3 values to 6), double.
+inline void kernel_1d(const double v[3], double o[6]) {
+  o[0] = v[0];
+  o[1] = (v[0] + v[1] + v[2]) / 3;
+  o[2] = (v[1] - v[0] - v[2]) / 3;
+  o[3] = -(16 * v[0] + 8 * v[1] + 4 * v[2]) / 15;
+  o[4] = (v[0] - 2 * v[1] + 4 * v[2]) / 15;
+  o[5] = v[2];
+}
+
+// o = G^T v (6 values to 3), double.
+inline void weight_1d(const double v[6], double o[3]) {
+  o[0] = v[0] + (v[1] - v[2]) / 3 + (v[4] - 16 * v[3]) / 15;
+  o[1] = (v[1] + v[2]) / 3 - (8 * v[3] + 2 * v[4]) / 15;
+  o[2] = (v[1] - v[2]) / 3 + 4 * (v[4] - v[3]) / 15 + v[5];
+}
+
+// ---- tile transforms (loops over channels, contiguous in the channels-last buffers) -------
+// Element xi = 6*i + j of a 6x6 transformed tile is stored at out + xi*stride + c.
+
+// V = B^T d B; d[6*i + j] points at patch pixel (i, j).
+template <typename T>
+__attribute__((always_inline)) inline void input_tile(const T* const* d, index_t C, T* out,
+                                                      index_t stride) {
+#pragma GCC ivdep
+  for (index_t c = 0; c < C; ++c) {
+    T r[6][6];  // r[i][j] = (B^T d)[i][j]
+    for (int j = 0; j < 6; ++j) {
+      T col[6], o[6];
+      for (int i = 0; i < 6; ++i) col[i] = d[6 * i + j][c];
+      input_1d(col, o);
+      for (int i = 0; i < 6; ++i) r[i][j] = o[i];
+    }
+    for (int i = 0; i < 6; ++i) {
+      T o[6];
+      input_1d(r[i], o);
+      for (int j = 0; j < 6; ++j) out[(6 * i + j) * stride + c] = o[j];
+    }
+  }
+}
+
+// The 4x4 outputs A^T s A to o[4*i + j] (+ c).
+template <typename T>
+__attribute__((always_inline)) inline void output_tile(const T* s, index_t stride, index_t C,
+                                                       T* const* o) {
+#pragma GCC ivdep
+  for (index_t c = 0; c < C; ++c) {
+    T r[4][6];  // r[i][j] = (A^T s)[i][j]
+    for (int j = 0; j < 6; ++j) {
+      T col[6], t[4];
+      for (int i = 0; i < 6; ++i) col[i] = s[(6 * i + j) * stride + c];
+      output_1d(col, t);
+      for (int i = 0; i < 4; ++i) r[i][j] = t[i];
+    }
+    for (int i = 0; i < 4; ++i) {
+      T t[4];
+      output_1d(r[i], t);
+      for (int j = 0; j < 4; ++j) o[4 * i + j][c] = t[j];
+    }
+  }
+}
+
+// A g A^T of a 4x4 grad_y tile (the weight gradient's "kernel"); g[4*i + j] points at (i, j).
+template <typename T>
+__attribute__((always_inline)) inline void grad_tile(const T* const* g, index_t C, T* out,
+                                                     index_t stride) {
+#pragma GCC ivdep
+  for (index_t c = 0; c < C; ++c) {
+    T r[6][4];  // r[i][j] = (A g)[i][j]
+    for (int j = 0; j < 4; ++j) {
+      T col[4], o[6];
+      for (int i = 0; i < 4; ++i) col[i] = g[4 * i + j][c];
+      grad_1d(col, o);
+      for (int i = 0; i < 6; ++i) r[i][j] = o[i];
+    }
+    for (int i = 0; i < 6; ++i) {
+      T o[6];
+      grad_1d(r[i], o);
+      for (int j = 0; j < 6; ++j) out[(6 * i + j) * stride + c] = o[j];
+    }
+  }
+}
+
+FASTCONV_CLONED(input_tile_any, input_tile,
+                (const T* const* d, index_t C, T* out, index_t stride), (d, C, out, stride))
+FASTCONV_CLONED(output_tile_any, output_tile, (const T* s, index_t stride, index_t C, T* const* o),
+                (s, stride, C, o))
+FASTCONV_CLONED(grad_tile_any, grad_tile, (const T* const* g, index_t C, T* out, index_t stride),
+                (g, C, out, stride))
+
+// U = G g G^T for `count` 3x3 kernels side by side (g[k][j]: element k of kernel j), in
+// double; every loop runs over j and vectorises (cloned per ISA). u[xi * ld + j] = element
+// xi (of 36) of kernel j's transform.
+FASTCONV_CLONES void kernel_tiles(const double (*g)[kKernelBatch], index_t count, float* u,
+                                  index_t ld) {
+  alignas(64) double t[6][3][kKernelBatch];  // t[i][c] = (G g)[i][c]
+  for (int c = 0; c < 3; ++c)
+    for (index_t j = 0; j < count; ++j) {
+      const double v[3] = {g[c][j], g[3 + c][j], g[6 + c][j]};
+      double o[6];
+      kernel_1d(v, o);
+      for (int i = 0; i < 6; ++i) t[i][c][j] = o[i];
+    }
+  for (int i = 0; i < 6; ++i) {
+    float* ui = u + 6 * i * ld;
+    for (index_t j = 0; j < count; ++j) {
+      const double v[3] = {t[i][0][j], t[i][1][j], t[i][2][j]};
+      double o[6];
+      kernel_1d(v, o);
+      for (int k = 0; k < 6; ++k) ui[k * ld + j] = static_cast<float>(o[k]);
+    }
+  }
+}
+
+// The 3x3 weight gradient G^T s G of a summed 6x6 product s (element xi at s[xi*stride]).
+void weight_tile(const float* s, index_t stride, float* gw) {
+  double t[3][6];  // t[i][j] = (G^T s)[i][j]
+  for (int j = 0; j < 6; ++j) {
+    double col[6], o[3];
+    for (int i = 0; i < 6; ++i) col[i] = s[(6 * i + j) * stride];
+    weight_1d(col, o);
+    for (int i = 0; i < 3; ++i) t[i][j] = o[i];
+  }
+  for (int i = 0; i < 3; ++i) {
+    double o[3];
+    weight_1d(t[i], o);
+    for (int j = 0; j < 3; ++j) gw[3 * i + j] = static_cast<float>(o[j]);
+  }
+}
+
+// F(4x4, 3x3) for the drivers (see conv_winograd_driver.h).
+struct F4x4 {
+  static constexpr int m = 4, a = 6, n = 36;
+  // Tiles per batch of images (as many outputs as F(2x2)'s batches).
+  static constexpr index_t kBatchTiles = 24;
+  static void input_tile(const float* const* d, index_t C, float* out, index_t stride) {
+    input_tile_any<float>(d, C, out, stride);
+  }
+  static void output_tile(const float* s, index_t stride, index_t C, float* const* o) {
+    output_tile_any<float>(s, stride, C, o);
+  }
+  static void grad_tile(const float* const* g, index_t C, float* out, index_t stride) {
+    grad_tile_any<float>(g, C, out, stride);
+  }
+  static void kernel_tiles(const double (*g)[kKernelBatch], index_t count, float* u,
+                           index_t ld) {
+    fastconv::kernel_tiles(g, count, u, ld);
+  }
+  static void weight_tile(const float* s, index_t stride, float* gw) {
+    fastconv::weight_tile(s, stride, gw);
+  }
+  // Half of F(2x2)'s chunk (a multiple of the 2-vector tiles' MR): each tile's 36 transformed
+  // values, against 16, stay in L2 between the transforms and the GEMMs.
+  static index_t chunk(const DirectKernels& k) {
+    return round_up(std::max(1, k.winograd_chunk / 2), k.max_mr[2]);
+  }
+  // ~2 MiB of transformed tiles gathered per pass of the weight gradient's GEMMs.
+  static index_t weight_grad_cap(const DirectKernels& k, index_t Cg, index_t Fpad) {
+    return std::max<index_t>(k.winograd_chunk, (index_t(1) << 19) / (36 * (Cg + Fpad)));
+  }
+};
+
+}  // namespace
+
+bool use_winograd4(const ConvShape& s, DirectPass pass, bool forced) {
+  if (!use_winograd(s, pass, true)) return false;  // 3x3, stride 1, undilated, tiles
+  if (forced) return true;
+  (void)pass;
+  return s.Cg() >= 64 && s.Fg() >= 64;
+}
+
+bool conv2d_forward_winograd4(const ConvShape& s, const float* x, const float* w,
+                              const float* bias, float* y, const PoolAfter* pool) {
+  return winograd::forward<F4x4>(s, x, w, bias, y, pool);
+}
+
+bool conv2d_backward_input_winograd4(const ConvShape& s, const float* gy, const float* w,
+                                     float* gx) {
+  return winograd::backward_input<F4x4>(s, gy, w, gx);
+}
+
+bool conv2d_backward_weight_winograd4(const ConvShape& s, const float* gy, const float* x,
+                                      float* gw) {
+  return winograd::backward_weight<F4x4>(s, gy, x, gw);
+}
+
+}  // namespace fastconv
