@@ -21,8 +21,9 @@ def _dispatch_on_its_own(_forced_kernels):
 
 
 PASSES = ("forward", "backward_input", "backward_weight")
-ALGORITHMS = ("subsampled", "winograd", "direct_nchw", "direct", "wide", "im2col")
-DIRECT_KERNEL_ALGORITHMS = ("winograd", "direct_nchw", "direct")
+ALGORITHMS = ("subsampled", "winograd4", "winograd", "direct_nchw", "direct", "wide", "im2col")
+DIRECT_KERNEL_ALGORITHMS = ("winograd4", "winograd", "direct_nchw", "direct")
+WINOGRAD_ALGORITHMS = ("winograd4", "winograd")
 
 # (N, C, H, W, F, kernel, stride, padding, dilation, groups): the benchmarked layers and
 # shapes at the edges of each rule (pointwise, strided, dilated, grouped, few channels).
@@ -125,18 +126,18 @@ def test_float32_choice_follows_the_table(pass_, shape, forced):
         assert algorithm(pass_, "float32", shape) == gemm_choice(pass_, shape, mode)
     # Forcing an algorithm runs it wherever it can: then it is reported for the shape.
     N, C, H, W, Fo, k, s, p, d, g = shape
-    forced("winograd")
-    got = algorithm(pass_, "float32", shape)
     winograd_fits = direct and N > 0 and k == 3 and s == 1 and d == 1
-    assert (got == "winograd") == winograd_fits
-    if not winograd_fits:
-        # Winograd forced elsewhere: the generic entries by their heuristics, never the
-        # few-channel specialist.
-        assert got != "direct_nchw"
-        assert got in ("direct", "wide", "im2col")
+    for name in WINOGRAD_ALGORITHMS:
+        forced(name)
+        got = algorithm(pass_, "float32", shape)
+        assert (got == name) == winograd_fits
+        if not winograd_fits:
+            # Winograd forced elsewhere: the generic entries by their heuristics, never the
+            # specialists (the other tile size, the few-channel tiles).
+            assert got in ("direct", "wide", "im2col")
     forced("direct")
     got = algorithm(pass_, "float32", shape)
-    assert got not in ("winograd", "direct_nchw")
+    assert got not in ("winograd4", "winograd", "direct_nchw")
     direct_fits = direct and N > 0 and (pass_ != "backward_input" or s == 1)
     assert (got == "direct") == direct_fits
     if not direct_fits:
