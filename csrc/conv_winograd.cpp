@@ -161,6 +161,7 @@ struct F2x2 {
     fastconv::weight_tile(s, stride, gw);
   }
   static index_t chunk(const DirectKernels& k) { return k.winograd_chunk; }
+  static index_t weight_grad_chunks() { return kWeightGradChunks; }
   // ~1 MiB of transformed tiles gathered per pass of the weight gradient's GEMMs.
   static index_t weight_grad_cap(const DirectKernels& k, index_t Cg, index_t Fpad) {
     return std::max<index_t>(k.winograd_chunk, (index_t(1) << 18) / (16 * (Cg + Fpad)));

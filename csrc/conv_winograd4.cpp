@@ -18,6 +18,7 @@
 //         [ 0    1 -3/2  -2 3/2  1 ]   G = [ 1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3;
 //                                             -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1 ]
 #include <algorithm>
+#include <cstdlib>
 
 #include "conv_winograd.h"
 #include "conv_winograd_driver.h"
@@ -26,6 +27,9 @@ namespace fastconv {
 namespace {
 
 using winograd::kKernelBatch;
+
+// Input and output channels per group from which F(4x4) runs (see use_winograd4).
+constexpr index_t kMinChannels = 64;
 
 // ---- 1-D transforms of one column or row of a tile ---------------------------------------
 
@@ -89,15 +93,20 @@ __attribute__((always_inline)) inline void input_tile(const T* const* d, index_t
 #pragma GCC ivdep
   for (index_t c = 0; c < C; ++c) {
     T r[6][6];  // r[i][j] = (B^T d)[i][j]
+    #pragma GCC unroll 6
     for (int j = 0; j < 6; ++j) {
       T col[6], o[6];
+      #pragma GCC unroll 6
       for (int i = 0; i < 6; ++i) col[i] = d[6 * i + j][c];
       input_1d(col, o);
+      #pragma GCC unroll 6
       for (int i = 0; i < 6; ++i) r[i][j] = o[i];
     }
+    #pragma GCC unroll 6
     for (int i = 0; i < 6; ++i) {
       T o[6];
       input_1d(r[i], o);
+      #pragma GCC unroll 6
       for (int j = 0; j < 6; ++j) out[(6 * i + j) * stride + c] = o[j];
     }
   }
@@ -110,15 +119,20 @@ __attribute__((always_inline)) inline void output_tile(const T* s, index_t strid
 #pragma GCC ivdep
   for (index_t c = 0; c < C; ++c) {
     T r[4][6];  // r[i][j] = (A^T s)[i][j]
+    #pragma GCC unroll 6
     for (int j = 0; j < 6; ++j) {
       T col[6], t[4];
+      #pragma GCC unroll 6
       for (int i = 0; i < 6; ++i) col[i] = s[(6 * i + j) * stride + c];
       output_1d(col, t);
+      #pragma GCC unroll 6
       for (int i = 0; i < 4; ++i) r[i][j] = t[i];
     }
+    #pragma GCC unroll 6
     for (int i = 0; i < 4; ++i) {
       T t[4];
       output_1d(r[i], t);
+      #pragma GCC unroll 6
       for (int j = 0; j < 4; ++j) o[4 * i + j][c] = t[j];
     }
   }
@@ -131,15 +145,20 @@ __attribute__((always_inline)) inline void grad_tile(const T* const* g, index_t 
 #pragma GCC ivdep
   for (index_t c = 0; c < C; ++c) {
     T r[6][4];  // r[i][j] = (A g)[i][j]
+    #pragma GCC unroll 6
     for (int j = 0; j < 4; ++j) {
       T col[4], o[6];
+      #pragma GCC unroll 6
       for (int i = 0; i < 4; ++i) col[i] = g[4 * i + j][c];
       grad_1d(col, o);
+      #pragma GCC unroll 6
       for (int i = 0; i < 6; ++i) r[i][j] = o[i];
     }
+    #pragma GCC unroll 6
     for (int i = 0; i < 6; ++i) {
       T o[6];
       grad_1d(r[i], o);
+      #pragma GCC unroll 6
       for (int j = 0; j < 6; ++j) out[(6 * i + j) * stride + c] = o[j];
     }
   }
@@ -196,7 +215,7 @@ void weight_tile(const float* s, index_t stride, float* gw) {
 struct F4x4 {
   static constexpr int m = 4, a = 6, n = 36;
   // Tiles per batch of images (as many outputs as F(2x2)'s batches).
-  static constexpr index_t kBatchTiles = 24;
+  static inline const index_t kBatchTiles = getenv("W4BATCH") ? atoi(getenv("W4BATCH")) : 24;
   static void input_tile(const float* const* d, index_t C, float* out, index_t stride) {
     input_tile_any<float>(d, C, out, stride);
   }
@@ -216,21 +235,34 @@ struct F4x4 {
   // Half of F(2x2)'s chunk (a multiple of the 2-vector tiles' MR): each tile's 36 transformed
   // values, against 16, stay in L2 between the transforms and the GEMMs.
   static index_t chunk(const DirectKernels& k) {
-    return round_up(std::max(1, k.winograd_chunk / 2), k.max_mr[2]);
+    static const index_t c = getenv("W4CHUNK") ? atoi(getenv("W4CHUNK")) : round_up(std::max(1, k.winograd_chunk / 2), k.max_mr[2]);
+    return c;
+  }
+  static index_t weight_grad_chunks() {
+    static const index_t c = getenv("W4CH") ? atoi(getenv("W4CH")) : kWeightGradChunks;
+    return c;
   }
   // ~2 MiB of transformed tiles gathered per pass of the weight gradient's GEMMs.
   static index_t weight_grad_cap(const DirectKernels& k, index_t Cg, index_t Fpad) {
-    return std::max<index_t>(k.winograd_chunk, (index_t(1) << 19) / (36 * (Cg + Fpad)));
+    static const index_t shift = getenv("W4CAP") ? atoi(getenv("W4CAP")) : 19;
+    return std::max<index_t>(k.winograd_chunk, (index_t(1) << shift) / (36 * (Cg + Fpad)));
   }
 };
 
 }  // namespace
 
 bool use_winograd4(const ConvShape& s, DirectPass pass, bool forced) {
-  if (!use_winograd(s, pass, true)) return false;  // 3x3, stride 1, undilated, tiles
+  if (!use_winograd(s, pass, true)) return false;  // 3x3, stride 1, undilated, direct tiles
   if (forced) return true;
-  (void)pass;
-  return s.Cg() >= 64 && s.Fg() >= 64;
+  // Many channels each way: the transforms (2.25x the input's and output's values, against
+  // F(2x2)'s 4x) and the 36 x Cin x Cout transformed kernels cost per tile what the GEMMs
+  // save only when each tile feeds wide GEMMs.
+  if (s.Cg() < kMinChannels || s.Fg() < kMinChannels) return false;
+  // And 4x4 output tiles mostly inside the output (7x7: 49 of 64 values; not 3x3, 5x5, 6x6).
+  const index_t OH = pass == DirectPass::backward_input ? s.H : s.OH;
+  const index_t OW = pass == DirectPass::backward_input ? s.W : s.OW;
+  const index_t tiles = ceil_div(OH, 4) * ceil_div(OW, 4);
+  return 10 * OH * OW >= 7 * 16 * tiles;
 }
 
 bool conv2d_forward_winograd4(const ConvShape& s, const float* x, const float* w,

@@ -288,7 +288,7 @@ bool backward_weight(const ConvShape& s, const float* gy, const float* x, float*
   const index_t vs = cap * Cg, us = cap * Fpad;
   const index_t per = checked_add(p.padded_size(), gyt_size, checked_mul(n, vs + us));
   const index_t sum_size = checked_mul(G, n, Cg, Fpad);  // [g][xi][c][f]
-  const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
+  const index_t chunks = std::min<index_t>(s.N, P::weight_grad_chunks());
   Scratch<float> partial = make_scratch<float>(checked_mul(chunks, sum_size));
   std::atomic<bool> nonfinite{false};  // see run_tiles
 
