@@ -143,7 +143,7 @@ struct F2x2 {
   // Tiles per batch of images: enough that each pass of the 16 GEMMs reads the transformed
   // kernels (16 x Cin x Cout: 4 MiB for 256 channels) for a full chunk of tiles, not for the
   // 4 of one 4x4 image.
-  static constexpr index_t kBatchTiles = 96;
+  static index_t batch_tiles() { return 96; }
   static void input_tile(const float* const* d, index_t C, float* out, index_t stride) {
     input_tile_any<float>(d, C, out, stride);
   }

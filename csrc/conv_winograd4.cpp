@@ -17,19 +17,18 @@
 //         [ 0  1/2  -1 -1/2   1  0 ]
 //         [ 0    1 -3/2  -2 3/2  1 ]   G = [ 1 0 0; 1/3 1/3 1/3; -1/3 1/3 -1/3;
 //                                             -16/15 -8/15 -4/15; 1/15 -2/15 4/15; 0 0 1 ]
-#include <algorithm>
-#include <cstdlib>
-
 #include "conv_winograd.h"
+
+#include <algorithm>
+
 #include "conv_winograd_driver.h"
+#include "cpu.h"
 
 namespace fastconv {
 namespace {
 
 using winograd::kKernelBatch;
 
-// Input and output channels per group from which F(4x4) runs (see use_winograd4).
-constexpr index_t kMinChannels = 64;
 
 // ---- 1-D transforms of one column or row of a tile ---------------------------------------
 
@@ -211,11 +210,13 @@ void weight_tile(const float* s, index_t stride, float* gw) {
   }
 }
 
-// F(4x4, 3x3) for the drivers (see conv_winograd_driver.h).
+// F(4x4, 3x3) for the drivers (see conv_winograd_driver.h). The sizes below were measured on
+// AVX2 (Zen 3, 2 threads, airbench94's layers at batch 256).
 struct F4x4 {
   static constexpr int m = 4, a = 6, n = 36;
-  // Tiles per batch of images (as many outputs as F(2x2)'s batches).
-  static inline const index_t kBatchTiles = getenv("W4BATCH") ? atoi(getenv("W4BATCH")) : 24;
+  // Tiles per batch of images (as many outputs as F(2x2)'s 96 tiles); 12-48 measured, 24
+  // best or within noise on every layer.
+  static index_t batch_tiles() { return 24; }
   static void input_tile(const float* const* d, index_t C, float* out, index_t stride) {
     input_tile_any<float>(d, C, out, stride);
   }
@@ -232,20 +233,21 @@ struct F4x4 {
   static void weight_tile(const float* s, index_t stride, float* gw) {
     fastconv::weight_tile(s, stride, gw);
   }
-  // Half of F(2x2)'s chunk (a multiple of the 2-vector tiles' MR): each tile's 36 transformed
-  // values, against 16, stay in L2 between the transforms and the GEMMs.
+  // Half of F(2x2)'s chunk (a multiple of the 2-vector tiles' MR): a tile's 36 transformed
+  // values, against 16, stay in L2 between the transforms and the GEMMs (6-24 measured: 12
+  // best on AVX2).
   static index_t chunk(const DirectKernels& k) {
-    static const index_t c = getenv("W4CHUNK") ? atoi(getenv("W4CHUNK")) : round_up(std::max(1, k.winograd_chunk / 2), k.max_mr[2]);
-    return c;
+    return round_up(std::max(1, k.winograd_chunk / 2), k.max_mr[2]);
   }
-  static index_t weight_grad_chunks() {
-    static const index_t c = getenv("W4CH") ? atoi(getenv("W4CH")) : kWeightGradChunks;
-    return c;
-  }
-  // ~2 MiB of transformed tiles gathered per pass of the weight gradient's GEMMs.
+  // Two partial sums, not kWeightGradChunks: each is 36 x Cg x Fpad (9 MiB at 256 channels),
+  // allocated, filled and summed per call (8 measured 1.7x slower at 256 channels on 7x7).
+  static index_t weight_grad_chunks() { return 2; }
+  // Tiles gathered per pass of the weight gradient's GEMMs: at least 4 MiB of transformed
+  // tiles, and at least Cg*Fpad/(Cg + Fpad) tiles, so that re-reading and writing the sums
+  // (36 x Cg x Fpad) each pass costs less than reading the tiles (36 x cap x (Cg + Fpad)).
   static index_t weight_grad_cap(const DirectKernels& k, index_t Cg, index_t Fpad) {
-    static const index_t shift = getenv("W4CAP") ? atoi(getenv("W4CAP")) : 19;
-    return std::max<index_t>(k.winograd_chunk, (index_t(1) << shift) / (36 * (Cg + Fpad)));
+    return std::max<index_t>({k.winograd_chunk, (index_t(1) << 20) / (36 * (Cg + Fpad)),
+                              Cg * Fpad / (Cg + Fpad)});
   }
 };
 
@@ -254,11 +256,16 @@ struct F4x4 {
 bool use_winograd4(const ConvShape& s, DirectPass pass, bool forced) {
   if (!use_winograd(s, pass, true)) return false;  // 3x3, stride 1, undilated, direct tiles
   if (forced) return true;
-  // Many channels each way: the transforms (2.25x the input's and output's values, against
-  // F(2x2)'s 4x) and the 36 x Cin x Cout transformed kernels cost per tile what the GEMMs
-  // save only when each tile feeds wide GEMMs.
-  if (s.Cg() < kMinChannels || s.Fg() < kMinChannels) return false;
-  // And 4x4 output tiles mostly inside the output (7x7: 49 of 64 values; not 3x3, 5x5, 6x6).
+  // As F(2x2), at least 16 channels each way (F(4x4) measured 1.2-1.5x faster from 16).
+  if (s.Cg() < 16 || s.Fg() < 16) return false;
+  // The 36 x Cg x Fpad transformed kernels (forward, input gradient: read whole per chunk of
+  // tiles) or sums (weight gradient: read and written per pass) within this core's share of
+  // L3: 256 x 256 channels (9 MiB) measured 1.5-1.9x faster than F(2x2) or direct, 512 x 512
+  // (36 MiB) 2x slower than F(2x2) in the forward.
+  const index_t Fpad = round_up(s.Fg(), direct_kernels()->lanes);
+  if (checked_mul(36 * sizeof(float), s.Cg(), Fpad) > cpu_info().l3_per_cpu()) return false;
+  // And 4x4 tiles mostly inside the output, or grad_y (weight gradient): 7x7 (49 of 64
+  // values) and larger, not 3x3, 5x5 or 6x6.
   const index_t OH = pass == DirectPass::backward_input ? s.H : s.OH;
   const index_t OW = pass == DirectPass::backward_input ? s.W : s.OW;
   const index_t tiles = ceil_div(OH, 4) * ceil_div(OW, 4);

@@ -24,7 +24,9 @@
 //                                               g[m*i + j] pointing at grad_y pixel (i, j)
 //   weight_tile(s, stride, gw)                  gw[3*i + j] = (G^T s G)[i][j]
 //   chunk(k)                                    tiles per pass of the forward's GEMMs
-//   kBatchTiles                                 tiles per batch of images (see image_batch)
+//   batch_tiles()                               tiles per batch of images (see image_batch)
+//   weight_grad_chunks()                        fixed chunks of images the weight gradient
+//                                               sums apart, then in order (see conv.h)
 //   weight_grad_cap(k, Cg, Fpad)                tiles gathered per pass of the weight
 //                                               gradient's GEMMs
 #pragma once
@@ -239,7 +241,7 @@ bool forward(const ConvShape& s, const float* x, const float* w, const float* bi
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   const TilePlan<P> p(*direct_kernels(), Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW,
                       image_batch(s.N * G, G, ceil_div(s.OH, P::m) * ceil_div(s.OW, P::m),
-                                  P::kBatchTiles));
+                                  P::batch_tiles()));
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t f, index_t c, float* k) {
@@ -259,7 +261,7 @@ bool backward_input(const ConvShape& s, const float* gy, const float* w, float* 
   const TilePlan<P> p(*direct_kernels(), Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H,
                       s.W,
                       image_batch(s.N * G, G, ceil_div(s.H, P::m) * ceil_div(s.W, P::m),
-                                  P::kBatchTiles));
+                                  P::batch_tiles()));
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t c, index_t f, float* k) {
