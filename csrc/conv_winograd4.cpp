@@ -265,11 +265,12 @@ bool use_winograd4(const ConvShape& s, DirectPass pass, bool forced) {
   const index_t Fpad = round_up(s.Fg(), direct_kernels()->lanes);
   if (checked_mul(36 * sizeof(float), s.Cg(), Fpad) > cpu_info().l3_per_cpu()) return false;
   // And 4x4 tiles mostly inside the output, or grad_y (weight gradient): 7x7 (49 of 64
-  // values) and larger, not 3x3, 5x5 or 6x6.
+  // values) and larger, not 3x3, 5x5 or 6x6. The forward and input gradient yield to the
+  // direct tiles per pixel of tiny outputs, as F(2x2) does.
   const index_t OH = pass == DirectPass::backward_input ? s.H : s.OH;
   const index_t OW = pass == DirectPass::backward_input ? s.W : s.OW;
   const index_t tiles = ceil_div(OH, 4) * ceil_div(OW, 4);
-  return 10 * OH * OW >= 7 * 16 * tiles;
+  return 10 * OH * OW >= 7 * 16 * tiles && !direct_per_pixel(s, pass);
 }
 
 bool conv2d_forward_winograd4(const ConvShape& s, const float* x, const float* w,
