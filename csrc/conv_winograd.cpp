@@ -144,22 +144,11 @@ struct F2x2 {
   // kernels (16 x Cin x Cout: 4 MiB for 256 channels) for a full chunk of tiles, not for the
   // 4 of one 4x4 image.
   static index_t batch_tiles() { return 96; }
-  static void input_tile(const float* const* d, index_t C, float* out, index_t stride) {
-    input_tile_any<float>(d, C, out, stride);
-  }
-  static void output_tile(const float* s, index_t stride, index_t C, float* const* o) {
-    output_tile_any<float>(s, stride, C, o);
-  }
-  static void grad_tile(const float* const* g, index_t C, float* out, index_t stride) {
-    grad_tile_any<float>(g, C, out, stride);
-  }
-  static void kernel_tiles(const double (*g)[kKernelBatch], index_t count, float* u,
-                           index_t ld) {
-    fastconv::kernel_tiles(g, count, u, ld);
-  }
-  static void weight_tile(const float* s, index_t stride, float* gw) {
-    fastconv::weight_tile(s, stride, gw);
-  }
+  static constexpr auto input_tile = &input_tile_any<float>;
+  static constexpr auto output_tile = &output_tile_any<float>;
+  static constexpr auto grad_tile = &grad_tile_any<float>;
+  static constexpr auto kernel_tiles = &fastconv::kernel_tiles;
+  static constexpr auto weight_tile = &fastconv::weight_tile;
   static index_t chunk(const DirectKernels& k) { return k.winograd_chunk; }
   static index_t weight_grad_chunks() { return kWeightGradChunks; }
   // ~1 MiB of transformed tiles gathered per pass of the weight gradient's GEMMs.

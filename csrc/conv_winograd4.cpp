@@ -85,30 +85,39 @@ inline void weight_1d(const double v[6], double o[3]) {
 // ---- tile transforms (loops over channels, contiguous in the channels-last buffers) -------
 // Element xi = 6*i + j of a 6x6 transformed tile is stored at out + xi*stride + c.
 
+// The 2-D transform M x M^T of one channel's In x In tile x (x[i][j] = load(i, j)), with
+// oned(v, o) computing o = M v (In values to Out), each result stored by store(i, j, value).
+// Fully unrolled (the channel loops around it then vectorise).
+template <int In, int Out, typename T, typename Load, typename OneD, typename Store>
+__attribute__((always_inline)) inline void transform_2d(Load load, OneD oned, Store store) {
+  T r[Out][In];  // r[i][j] = (M x)[i][j]
+#pragma GCC unroll 6
+  for (int j = 0; j < In; ++j) {
+    T col[In], o[Out];
+#pragma GCC unroll 6
+    for (int i = 0; i < In; ++i) col[i] = load(i, j);
+    oned(col, o);
+#pragma GCC unroll 6
+    for (int i = 0; i < Out; ++i) r[i][j] = o[i];
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < Out; ++i) {
+    T o[Out];
+    oned(r[i], o);
+#pragma GCC unroll 6
+    for (int j = 0; j < Out; ++j) store(i, j, o[j]);
+  }
+}
+
 // V = B^T d B; d[6*i + j] points at patch pixel (i, j).
 template <typename T>
 __attribute__((always_inline)) inline void input_tile(const T* const* d, index_t C, T* out,
                                                       index_t stride) {
 #pragma GCC ivdep
-  for (index_t c = 0; c < C; ++c) {
-    T r[6][6];  // r[i][j] = (B^T d)[i][j]
-    #pragma GCC unroll 6
-    for (int j = 0; j < 6; ++j) {
-      T col[6], o[6];
-      #pragma GCC unroll 6
-      for (int i = 0; i < 6; ++i) col[i] = d[6 * i + j][c];
-      input_1d(col, o);
-      #pragma GCC unroll 6
-      for (int i = 0; i < 6; ++i) r[i][j] = o[i];
-    }
-    #pragma GCC unroll 6
-    for (int i = 0; i < 6; ++i) {
-      T o[6];
-      input_1d(r[i], o);
-      #pragma GCC unroll 6
-      for (int j = 0; j < 6; ++j) out[(6 * i + j) * stride + c] = o[j];
-    }
-  }
+  for (index_t c = 0; c < C; ++c)
+    transform_2d<6, 6, T>([&](int i, int j) { return d[6 * i + j][c]; },
+                          [](const T* v, T* o) { input_1d(v, o); },
+                          [&](int i, int j, T v) { out[(6 * i + j) * stride + c] = v; });
 }
 
 // The 4x4 outputs A^T s A to o[4*i + j] (+ c).
@@ -116,25 +125,10 @@ template <typename T>
 __attribute__((always_inline)) inline void output_tile(const T* s, index_t stride, index_t C,
                                                        T* const* o) {
 #pragma GCC ivdep
-  for (index_t c = 0; c < C; ++c) {
-    T r[4][6];  // r[i][j] = (A^T s)[i][j]
-    #pragma GCC unroll 6
-    for (int j = 0; j < 6; ++j) {
-      T col[6], t[4];
-      #pragma GCC unroll 6
-      for (int i = 0; i < 6; ++i) col[i] = s[(6 * i + j) * stride + c];
-      output_1d(col, t);
-      #pragma GCC unroll 6
-      for (int i = 0; i < 4; ++i) r[i][j] = t[i];
-    }
-    #pragma GCC unroll 6
-    for (int i = 0; i < 4; ++i) {
-      T t[4];
-      output_1d(r[i], t);
-      #pragma GCC unroll 6
-      for (int j = 0; j < 4; ++j) o[4 * i + j][c] = t[j];
-    }
-  }
+  for (index_t c = 0; c < C; ++c)
+    transform_2d<6, 4, T>([&](int i, int j) { return s[(6 * i + j) * stride + c]; },
+                          [](const T* v, T* r) { output_1d(v, r); },
+                          [&](int i, int j, T v) { o[4 * i + j][c] = v; });
 }
 
 // A g A^T of a 4x4 grad_y tile (the weight gradient's "kernel"); g[4*i + j] points at (i, j).
@@ -142,25 +136,10 @@ template <typename T>
 __attribute__((always_inline)) inline void grad_tile(const T* const* g, index_t C, T* out,
                                                      index_t stride) {
 #pragma GCC ivdep
-  for (index_t c = 0; c < C; ++c) {
-    T r[6][4];  // r[i][j] = (A g)[i][j]
-    #pragma GCC unroll 6
-    for (int j = 0; j < 4; ++j) {
-      T col[4], o[6];
-      #pragma GCC unroll 6
-      for (int i = 0; i < 4; ++i) col[i] = g[4 * i + j][c];
-      grad_1d(col, o);
-      #pragma GCC unroll 6
-      for (int i = 0; i < 6; ++i) r[i][j] = o[i];
-    }
-    #pragma GCC unroll 6
-    for (int i = 0; i < 6; ++i) {
-      T o[6];
-      grad_1d(r[i], o);
-      #pragma GCC unroll 6
-      for (int j = 0; j < 6; ++j) out[(6 * i + j) * stride + c] = o[j];
-    }
-  }
+  for (index_t c = 0; c < C; ++c)
+    transform_2d<4, 6, T>([&](int i, int j) { return g[4 * i + j][c]; },
+                          [](const T* v, T* o) { grad_1d(v, o); },
+                          [&](int i, int j, T v) { out[(6 * i + j) * stride + c] = v; });
 }
 
 FASTCONV_CLONED(input_tile_any, input_tile,
@@ -217,22 +196,11 @@ struct F4x4 {
   // Tiles per batch of images (as many outputs as F(2x2)'s 96 tiles); 12-48 measured, 24
   // best or within noise on every layer.
   static index_t batch_tiles() { return 24; }
-  static void input_tile(const float* const* d, index_t C, float* out, index_t stride) {
-    input_tile_any<float>(d, C, out, stride);
-  }
-  static void output_tile(const float* s, index_t stride, index_t C, float* const* o) {
-    output_tile_any<float>(s, stride, C, o);
-  }
-  static void grad_tile(const float* const* g, index_t C, float* out, index_t stride) {
-    grad_tile_any<float>(g, C, out, stride);
-  }
-  static void kernel_tiles(const double (*g)[kKernelBatch], index_t count, float* u,
-                           index_t ld) {
-    fastconv::kernel_tiles(g, count, u, ld);
-  }
-  static void weight_tile(const float* s, index_t stride, float* gw) {
-    fastconv::weight_tile(s, stride, gw);
-  }
+  static constexpr auto input_tile = &input_tile_any<float>;
+  static constexpr auto output_tile = &output_tile_any<float>;
+  static constexpr auto grad_tile = &grad_tile_any<float>;
+  static constexpr auto kernel_tiles = &fastconv::kernel_tiles;
+  static constexpr auto weight_tile = &fastconv::weight_tile;
   // Half of F(2x2)'s chunk (a multiple of the 2-vector tiles' MR): a tile's 36 transformed
   // values, against 16, stay in L2 between the transforms and the GEMMs (6-24 measured: 12
   // best on AVX2).
