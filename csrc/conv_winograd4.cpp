@@ -224,6 +224,14 @@ struct F4x4 {
 bool use_winograd4(const ConvShape& s, DirectPass pass, bool forced) {
   if (!use_winograd(s, pass, true)) return false;  // 3x3, stride 1, undilated, direct tiles
   if (forced) return true;
+  // Not the forward: its inputs are activations (after ReLU, GELU, pooling: mostly positive,
+  // with a mean large beside their spread); F(4x4)'s transform errors scale with the tile's
+  // values, mean included, and a BatchNorm after the conv divides by the output channel's far
+  // smaller spread. vgg_small's one training step moved its weights up to 2e-2 (of the
+  // largest change) away from float64 with F(4x4) forwards, 1.4e-4 without (PyTorch float32:
+  // 1.4e-4). The input gradient (of grad_y, mean-free behind a BatchNorm) and the weight
+  // gradient stay there.
+  if (pass == DirectPass::forward) return false;
   // As F(2x2), at least 16 channels each way (F(4x4) measured 1.2-1.5x faster from 16).
   if (s.Cg() < 16 || s.Fg() < 16) return false;
   // The 36 x Cg x Fpad transformed kernels (forward, input gradient: read whole per chunk of

@@ -194,17 +194,19 @@ def avx2_tiles():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_avx2_tiny_outputs_in_batches_run_direct_per_pixel(avx2_tiles, threads):
     # 4x4 outputs (padding 1) with enough images for a batch of tiles per pixel: the direct
-    # tiles (every tap that reads padding skipped), not Winograd; two images: Winograd, with
-    # 4x4 tiles (they cover 4x4 and 8x8 outputs exactly). The same with 1 and 2 threads (the
-    # batches, not the choice, follow the threads).
+    # tiles (every tap that reads padding skipped), not Winograd; two images: Winograd, the
+    # input gradient with 4x4 tiles (they cover 4x4 and 8x8 outputs exactly; the forward
+    # keeps F(2x2), see use_winograd4). The same with 1 and 2 threads (the batches, not the
+    # choice, follow the threads).
     before = _core.get_num_threads()
     _core.set_num_threads(threads)
     try:
         for pass_ in ("forward", "backward_input"):
             assert algorithm(pass_, "float32", (64, 32, 4, 4, 32, 3, 1, 1, 1, 1)) == "direct"
-            assert algorithm(pass_, "float32", (2, 32, 4, 4, 32, 3, 1, 1, 1, 1)) == "winograd4"
+            tiles4 = "winograd4" if pass_ == "backward_input" else "winograd"
+            assert algorithm(pass_, "float32", (2, 32, 4, 4, 32, 3, 1, 1, 1, 1)) == tiles4
             # 8x8 outputs: Winograd; 6x6: F(2x2) (F(4x4)'s tiles would be 56% inside).
-            assert algorithm(pass_, "float32", (64, 32, 8, 8, 32, 3, 1, 1, 1, 1)) == "winograd4"
+            assert algorithm(pass_, "float32", (64, 32, 8, 8, 32, 3, 1, 1, 1, 1)) == tiles4
             assert algorithm(pass_, "float32", (2, 32, 6, 6, 32, 3, 1, 1, 1, 1)) == "winograd"
     finally:
         _core.set_num_threads(before)
