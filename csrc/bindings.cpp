@@ -1121,7 +1121,8 @@ PYBIND11_MODULE(_core, m) {
           return while_no_kernel_runs([&] { return fastconv::set_conv_algorithm(name); });
         },
         py::arg("name"),
-        "'auto', 'wide', 'im2col', 'direct', 'direct_nchw', 'winograd' or 'subsampled' "
+        "'auto', 'wide', 'im2col', 'direct', 'direct_nchw', 'winograd', 'winograd4' or "
+        "'subsampled' "
         "(tests/benchmarks).");
   m.def("conv_algorithms", &fastconv::conv_algorithm_names,
         "The conv dispatch table's algorithms, in the order it tries them.");

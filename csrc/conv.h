@@ -47,22 +47,24 @@ enum class ConvPass { forward, backward_input, backward_weight };
 // first that takes a shape and pass runs it):
 //   subsampled   strided 1x1 layers as pointwise ones on the subsampled image
 //                (conv_subsampled.h): every dtype
+//   winograd4    Winograd F(4x4, 3x3) on the direct tiles (conv_winograd.h): 3x3, stride 1
 //   winograd     Winograd F(2x2, 3x3) on the direct tiles (conv_winograd.h): 3x3, stride 1
 //   direct_nchw  the few-channel NCHW tiles (conv_direct.h): the first layers
 //   direct       the channels-last direct tiles (conv_direct.h)
 //   wide         the wide-row shifted GEMM (conv_wide.h): stride 1
 //   im2col       im2col-packed GEMM (conv_gemm.h): every shape
-// winograd, direct_nchw and direct need the direct kernels of the selected ISA and float32.
+// winograd4, winograd, direct_nchw and direct need the direct kernels of the selected ISA and
+// float32.
 // In bf16 mode the GEMMs (wide, im2col) round their operands while packing them and run on the
 // bf16 GEMM's path (gemm_bf16.h); the others get rounded copies of their operands and run
 // their float32 kernels. Where a bf16 GEMM kernel runs (not the emulated path), only the
 // GEMMs are chosen, unless another algorithm is forced: the others have no bf16 kernels.
-enum class ConvAlgorithm { subsampled, winograd, direct_nchw, direct, wide, im2col };
+enum class ConvAlgorithm { subsampled, winograd4, winograd, direct_nchw, direct, wide, im2col };
 const char* conv_algorithm_name(ConvAlgorithm algorithm);
 
 // Forces an algorithm by name ("auto": the heuristics) for tests and benchmarks: it then runs
-// wherever it applies, the algorithms listed before it and the specialists (winograd,
-// direct_nchw) never, the others by their heuristics. False for an unknown name.
+// wherever it applies, the algorithms listed before it and the specialists (winograd4,
+// winograd, direct_nchw) never, the others by their heuristics. False for an unknown name.
 bool set_conv_algorithm(const std::string& name);
 // The names of the table's algorithms, in the order they are tried.
 std::vector<std::string> conv_algorithm_names();
@@ -75,7 +77,7 @@ ConvAlgorithm conv_algorithm_for(const ConvShape& s, ConvPass pass);
 
 // Weight gradients sum the batch in this many fixed chunks of images (at most), each into a
 // partial sum of its own, added in chunk order: the result does not depend on the number of
-// threads.
+// threads. (Winograd F(4x4) uses 2: its partial sums are 36 x Cg x F each.)
 constexpr index_t kWeightGradChunks = 8;
 
 // Whether any of p[0, n) is ±inf or NaN. Formulations that multiply padding or junk

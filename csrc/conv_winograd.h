@@ -1,18 +1,21 @@
-// Winograd convolution for 3x3, stride-1, undilated layers (float32, AVX-512).
-//
-// F(2x2, 3x3) (Lavin & Gray, 2016): each 2x2 block of outputs comes from a 4x4 input tile,
-//   y = A^T [ (G g G^T) (.) (B^T d B) ] A
-// so per tile 16 multiplies per (input, output) channel pair replace 36 (2.25x fewer). The
-// 16 element-wise products summed over input channels are 16 independent GEMMs
-// (tiles x C) . (C x F), run on the direct register tiles (conv_direct.h) over channels-last
-// transformed tiles. The input gradient is the same computation on grad_y with the kernel
-// flipped and transposed. The weight gradient uses F(3x3, 2x2) (grad_y tiles act as 2x2
-// kernels over the same input tiles), with the 16 GEMMs reducing over tiles and images:
-//   gw = A2^T [ sum_tiles (G2 gy G2^T) (.) (B^T d B) ] A2
+// Winograd convolution for 3x3, stride-1, undilated layers (float32, on the direct tiles of
+// AVX2 or AVX-512), in two tile sizes (Lavin & Gray, 2016; the passes in
+// conv_winograd_driver.h):
+//   F(2x2, 3x3) (conv_winograd.cpp): each 2x2 block of outputs from a 4x4 input tile, 16
+//     multiplies per tile per (input, output) channel pair where direct summation has 36
+//     (2.25x fewer). The weight gradient is F(3x3, 2x2): grad_y tiles act as 2x2 kernels
+//     over the same input tiles.
+//   F(4x4, 3x3) (conv_winograd4.cpp): 4x4 blocks from 6x6 tiles, 36 multiplies where direct
+//     summation has 144 (4x fewer; 1.78x fewer than F(2x2)), for more transform work per
+//     output and larger float32 errors (below); the dispatch runs it in the gradients only
+//     (see use_winograd4).
 //
 // The transforms add and subtract: in float32 the results differ from direct summation by a
-// few units in the last place of the largest terms (the tests bound it like any other path);
-// inputs holding ±inf or NaN are left to the direct path (see below).
+// few units in the last place of the largest terms for F(2x2) (the tests bound it like any
+// other path); for F(4x4), whose transforms scale terms by up to 8 (inverse) and 5/2
+// (input), by up to ~4e-6 of the largest output on 256-channel layers (measured against
+// float64: F(2x2) ~6e-7; PyTorch's float32 CPU paths ~1-2e-6), within the tests' 1e-5.
+// Inputs holding ±inf or NaN are left to the direct path (see below).
 // Images are summed in fixed chunks and tiles in order: results do not depend on threads.
 #pragma once
 
@@ -38,5 +41,15 @@ bool conv2d_backward_input_winograd(const ConvShape& s, const float* gy, const f
                                     float* gx);
 bool conv2d_backward_weight_winograd(const ConvShape& s, const float* gy, const float* x,
                                      float* gw);
+
+// F(4x4, 3x3): where use_winograd applies (forced or not, its own size rule), the same
+// passes with the same contract.
+bool use_winograd4(const ConvShape& s, DirectPass pass, bool forced);
+bool conv2d_forward_winograd4(const ConvShape& s, const float* x, const float* w,
+                              const float* bias, float* y, const PoolAfter* pool = nullptr);
+bool conv2d_backward_input_winograd4(const ConvShape& s, const float* gy, const float* w,
+                                     float* gx);
+bool conv2d_backward_weight_winograd4(const ConvShape& s, const float* gy, const float* x,
+                                      float* gw);
 
 }  // namespace fastconv

@@ -21,8 +21,9 @@ def _dispatch_on_its_own(_forced_kernels):
 
 
 PASSES = ("forward", "backward_input", "backward_weight")
-ALGORITHMS = ("subsampled", "winograd", "direct_nchw", "direct", "wide", "im2col")
-DIRECT_KERNEL_ALGORITHMS = ("winograd", "direct_nchw", "direct")
+ALGORITHMS = ("subsampled", "winograd4", "winograd", "direct_nchw", "direct", "wide", "im2col")
+DIRECT_KERNEL_ALGORITHMS = ("winograd4", "winograd", "direct_nchw", "direct")
+WINOGRAD_ALGORITHMS = ("winograd4", "winograd")
 
 # (N, C, H, W, F, kernel, stride, padding, dilation, groups): the benchmarked layers and
 # shapes at the edges of each rule (pointwise, strided, dilated, grouped, few channels).
@@ -125,18 +126,18 @@ def test_float32_choice_follows_the_table(pass_, shape, forced):
         assert algorithm(pass_, "float32", shape) == gemm_choice(pass_, shape, mode)
     # Forcing an algorithm runs it wherever it can: then it is reported for the shape.
     N, C, H, W, Fo, k, s, p, d, g = shape
-    forced("winograd")
-    got = algorithm(pass_, "float32", shape)
     winograd_fits = direct and N > 0 and k == 3 and s == 1 and d == 1
-    assert (got == "winograd") == winograd_fits
-    if not winograd_fits:
-        # Winograd forced elsewhere: the generic entries by their heuristics, never the
-        # few-channel specialist.
-        assert got != "direct_nchw"
-        assert got in ("direct", "wide", "im2col")
+    for name in WINOGRAD_ALGORITHMS:
+        forced(name)
+        got = algorithm(pass_, "float32", shape)
+        assert (got == name) == winograd_fits
+        if not winograd_fits:
+            # Winograd forced elsewhere: the generic entries by their heuristics, never the
+            # specialists (the other tile size, the few-channel tiles).
+            assert got in ("direct", "wide", "im2col")
     forced("direct")
     got = algorithm(pass_, "float32", shape)
-    assert got not in ("winograd", "direct_nchw")
+    assert got not in ("winograd4", "winograd", "direct_nchw")
     direct_fits = direct and N > 0 and (pass_ != "backward_input" or s == 1)
     assert (got == "direct") == direct_fits
     if not direct_fits:
@@ -193,15 +194,19 @@ def avx2_tiles():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_avx2_tiny_outputs_in_batches_run_direct_per_pixel(avx2_tiles, threads):
     # 4x4 outputs (padding 1) with enough images for a batch of tiles per pixel: the direct
-    # tiles (every tap that reads padding skipped), not Winograd; two images: Winograd.
-    # The same with 1 and 2 threads (the batches, not the choice, follow the threads).
+    # tiles (every tap that reads padding skipped), not Winograd; two images: Winograd, the
+    # input gradient with 4x4 tiles (they cover 4x4 and 8x8 outputs exactly; the forward
+    # keeps F(2x2), see use_winograd4). The same with 1 and 2 threads (the batches, not the
+    # choice, follow the threads).
     before = _core.get_num_threads()
     _core.set_num_threads(threads)
     try:
         for pass_ in ("forward", "backward_input"):
             assert algorithm(pass_, "float32", (64, 32, 4, 4, 32, 3, 1, 1, 1, 1)) == "direct"
-            assert algorithm(pass_, "float32", (2, 32, 4, 4, 32, 3, 1, 1, 1, 1)) == "winograd"
-            # 8x8 outputs: Winograd.
-            assert algorithm(pass_, "float32", (64, 32, 8, 8, 32, 3, 1, 1, 1, 1)) == "winograd"
+            tiles4 = "winograd4" if pass_ == "backward_input" else "winograd"
+            assert algorithm(pass_, "float32", (2, 32, 4, 4, 32, 3, 1, 1, 1, 1)) == tiles4
+            # 8x8 outputs: Winograd; 6x6: F(2x2) (F(4x4)'s tiles would be 56% inside).
+            assert algorithm(pass_, "float32", (64, 32, 8, 8, 32, 3, 1, 1, 1, 1)) == tiles4
+            assert algorithm(pass_, "float32", (2, 32, 6, 6, 32, 3, 1, 1, 1, 1)) == "winograd"
     finally:
         _core.set_num_threads(before)

@@ -111,7 +111,7 @@ def conv_algorithm():
 
 # The formulations that run on the register tiles of an ISA (direct channels-last, Winograd,
 # few-channel NCHW), and the SIMD levels that have such tiles.
-TILE_ALGORITHMS = ["direct", "winograd", "direct_nchw"]
+TILE_ALGORITHMS = ["direct", "winograd", "winograd4", "direct_nchw"]
 TILE_LEVELS = ["avx2", "avx512"]
 
 
@@ -128,13 +128,13 @@ def skip_without_tiles(algorithm):
         pytest.skip(f"no {algorithm} kernels at SIMD level {fastconv.simd_level()}")
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "wide", "direct", "winograd", "direct_nchw",
-                                       "subsampled"])
+@pytest.mark.parametrize("algorithm", ["im2col", "wide", "direct", "winograd", "winograd4",
+                                       "direct_nchw", "subsampled"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_every_algorithm_matches_reference(rng, conv_algorithm, case, dtype, algorithm):
     # Convolutions have several formulations (im2col packing, wide-row shifted GEMM, direct
-    # channels-last tiles, Winograd F(2x2, 3x3)), chosen by size; each must be right on every
+    # channels-last tiles, Winograd F(2x2, 3x3) and F(4x4, 3x3)), chosen by size; each must be right on every
     # shape it accepts (and the others must fall back correctly).
     skip_without_tiles(algorithm)
     assert conv_algorithm(algorithm)
@@ -1275,17 +1275,18 @@ WINOGRAD_POOL_CASES = [
 
 @pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("algorithm", ["auto", "winograd4"])
 @pytest.mark.parametrize("case", WINOGRAD_POOL_CASES, ids=str)
 def test_conv2d_max_pool2d_winograd_is_the_two_calls(rng, simd_level, conv_algorithm,
-                                                     monkeypatch, case, relu, level):
+                                                     monkeypatch, case, algorithm, relu, level):
     # Bit for bit the values and indices of conv2d then max_pool2d: integer inputs (ties), then
     # real ones; the reference's within rounding. At a level with conv tiles the fused path
     # must run (the two-call fallback is disabled); ±inf or NaN make Winograd decline: the
-    # two calls then. The dispatch's own choice (a run that forces another algorithm would
-    # take the two calls).
+    # two calls then. The dispatch's own choice (F(2x2) on these channel counts; a run that
+    # forces another algorithm would take the two calls), and F(4x4) forced.
     if not _core.set_simd_level(level):
         pytest.skip(f"this CPU or build has no {level}")
-    assert conv_algorithm("auto")
+    assert conv_algorithm(algorithm)
     x_shape, w_shape, conv_kw, pool_kw = case
     two = {k.removeprefix("pool_"): v for k, v in pool_kw.items()}
     w = rng.integers(-1, 2, w_shape).astype(np.float32)
@@ -1501,7 +1502,7 @@ def assert_same_nonfinite(got, want):
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "wide", "im2col", "direct", "direct_nchw",
-                                       "winograd"])
+                                       "winograd", "winograd4"])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("c_in, c_out, kernel, padding, dtype", [
     (16, 16, 3, 1, np.float32),   # Winograd / direct channels-last

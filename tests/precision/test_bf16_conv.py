@@ -17,7 +17,7 @@ from fastconv.precision import round_to_bf16
 
 from bf16_paths import PATHS, assert_within_bound, bf16_path
 
-ALGORITHMS = ("auto", "winograd", "direct_nchw", "direct", "wide", "im2col")
+ALGORITHMS = ("auto", "winograd4", "winograd", "direct_nchw", "direct", "wide", "im2col")
 PASSES = ("forward", "backward_input", "backward_weight")
 
 # (N, C, H, W, F, kernel, stride, padding, dilation, groups)
@@ -95,7 +95,7 @@ def test_every_algorithm_and_pass_within_the_bound(path, name, family, forced):
     want, terms = exact_and_magnitude(x, w, b, gy, kw)
     for p in PASSES:
         # Winograd's transforms add and subtract: a few more roundings than the sum's.
-        factor = 8.0 if ran[p] == "winograd" else 1.0
+        factor = 8.0 if ran[p] in ("winograd", "winograd4") else 1.0
         assert_within_bound(got[p], *want[p], terms[p], f"{path} {name}->{ran[p]} {family} {p}",
                             factor)
     # The bias gradient sums grad_y as given (float32), in every precision.
