@@ -149,8 +149,7 @@ bool direct_nchw_weight_through_pool(const ConvShape& s, const PooledGrad<float>
         }
         for (index_t i = 0; i < nf; ++i) {
           const index_t r = n * s.F + f + i;
-          if (!max_pool_backward_plane(pg.PH, pg.PW, s.OH, s.OW, pg.g + r * PL,
-                                       pg.indices + r * PL,
+          if (!max_pool_backward_plane(PL, L, pg.g + r * PL, pg.indices + r * PL,
                                        pg.relu_y ? pg.relu_y + r * PL : nullptr, buf + i * L))
             ok.store(false, std::memory_order_relaxed);
           if (gb) row_lanes_any(L, buf + i * L, lanes.get() + r * kLanes);

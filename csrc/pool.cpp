@@ -302,15 +302,8 @@ void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indi
 }
 
 template <typename T>
-bool max_pool_backward_plane(index_t PH, index_t PW, index_t H, index_t W, const T* gy,
-                             const std::int64_t* indices, const T* relu_y, T* gx) {
-  if constexpr (std::is_same_v<T, float>) {
-    const Pool2x2Kernels* k = pool_2x2_kernels();
-    if (k && k->max_backward_plane && 2 * PH <= H && 2 * PW <= W && W < (index_t(1) << 30) &&
-        k->max_backward_plane(gy, indices, relu_y, PH, PW, H, W, gx))
-      return true;
-  }
-  const index_t HW = H * W, OL = PH * PW;
+bool max_pool_backward_plane(index_t OL, index_t HW, const T* gy, const std::int64_t* indices,
+                             const T* relu_y, T* gx) {
   std::fill(gx, gx + HW, T(0));
   bool ok = true;
   for (index_t o = 0; o < OL; ++o) {
@@ -333,7 +326,7 @@ bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* in
   // One plane per iteration: the scatter-adds of a plane stay on one thread, in order.
 #pragma omp parallel for schedule(static) reduction(&& : ok)
   for (index_t plane = 0; plane < s.N * s.C; ++plane)
-    ok = max_pool_backward_plane(s.OH, s.OW, s.H, s.W, gy + plane * OL, indices + plane * OL,
+    ok = max_pool_backward_plane(OL, HW, gy + plane * OL, indices + plane * OL,
                                  relu_y ? relu_y + plane * OL : nullptr, gx + plane * HW) &&
          ok;
   return ok;
@@ -421,8 +414,8 @@ void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy
                                              std::int64_t*, bool);                            \
   template bool max_pool2d_backward<T>(const PoolShape&, const T*, const std::int64_t*, T*,   \
                                        const T*);                                             \
-  template bool max_pool_backward_plane<T>(index_t, index_t, index_t, index_t, const T*,      \
-                                           const std::int64_t*, const T*, T*);                \
+  template bool max_pool_backward_plane<T>(index_t, index_t, const T*, const std::int64_t*,    \
+                                           const T*, T*);                                     \
   template void avg_pool2d_forward<T>(const PoolShape&, bool, const T*, T*);                  \
   template void avg_pool2d_backward<T>(const PoolShape&, bool, const T*, T*);
 FASTCONV_INSTANTIATE(float)

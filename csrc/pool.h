@@ -30,14 +30,11 @@ void max_pool2d_forward_planes(const PoolShape& s, index_t planes, const T* x, T
 template <typename T>
 bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* indices, T* gx,
                          const T* relu_y = nullptr);
-// One plane of max_pool2d_backward: gx (an H x W plane) zeroed, then gx[indices[o]] += gy[o]
-// (through relu_grad with relu_y) for o < PH*PW in order. False if an index lies outside
-// [0, H*W). Where every index lies in its own window's 2x2 block (the block at row 2*(o/PW),
-// column 2*(o%PW): 2x2 / stride-2 pooling), that sum is a placement, made without the zeroing
-// pass and the scatter: the same bits.
+// One plane of max_pool2d_backward: gx (HW values) zeroed, then gx[indices[o]] += gy[o] (through
+// relu_grad with relu_y) for o < OL in order. False if an index lies outside [0, HW).
 template <typename T>
-bool max_pool_backward_plane(index_t PH, index_t PW, index_t H, index_t W, const T* gy,
-                             const std::int64_t* indices, const T* relu_y, T* gx);
+bool max_pool_backward_plane(index_t OL, index_t HW, const T* gy, const std::int64_t* indices,
+                             const T* relu_y, T* gx);
 template <typename T>
 void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, T* y);
 template <typename T>
@@ -50,11 +47,6 @@ struct Pool2x2Kernels {
   void (*max_plane)(const float* x, index_t W, index_t OH, index_t OW, float* y,
                     std::int64_t* idx);
   void (*avg_plane)(const float* x, index_t W, index_t OH, index_t OW, float* y);
-  // max_pool_backward_plane where every index lies in its window's 2x2 block (W < 2^30,
-  // 2*PH <= H, 2*PW <= W): the whole H x W plane written, the same bits. False (gx then
-  // partly written) when an index lies elsewhere. Null: the portable scatter only.
-  bool (*max_backward_plane)(const float* gy, const std::int64_t* indices, const float* relu_y,
-                             index_t PH, index_t PW, index_t H, index_t W, float* gx) = nullptr;
 };
 // The AVX-512 and AVX2 kernels (pool_avx512.cpp, pool_avx2.cpp), or nullptr when the build
 // has none; pool_2x2_kernels() picks those of the selected ISA (nullptr: generic).

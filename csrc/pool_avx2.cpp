@@ -8,8 +8,6 @@
 #if defined(FASTCONV_X86) && defined(__AVX2__)
 #include <immintrin.h>
 
-#include <algorithm>
-
 namespace fastconv {
 namespace {
 
@@ -167,103 +165,6 @@ void pool_plane(const float* x, index_t W, index_t OH, index_t OW, float* y, std
   }
 }
 
-// Lanes [0, n) of v to p (0 < n <= 8): plain stores of 4, 2 and 1 lanes.
-inline void store_first(float* p, __m256 v, index_t n) {
-  __m128 part = _mm256_castps256_ps128(v);
-  if (n >= 4) {
-    _mm_storeu_ps(p, part);
-    part = _mm256_extractf128_ps(v, 1);
-    p += 4;
-    n -= 4;
-    if (n == 4) {
-      _mm_storeu_ps(p, part);
-      return;
-    }
-  }
-  if (n & 2) {
-    _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
-    part = _mm_movehl_ps(part, part);
-    p += 2;
-  }
-  if (n & 1) _mm_store_ss(p, part);
-}
-
-// Four int64 lanes, [0, n) loaded, zero elsewhere.
-inline __m256i load_first_i64(const std::int64_t* p, index_t n) {
-  if (n >= 4) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n < 0 ? 0 : n),
-                                       _mm256_setr_epi64x(0, 1, 2, 3));
-  return _mm256_maskload_epi64(reinterpret_cast<const long long*>(p), m);
-}
-
-// The 8 windows' lanes where rel (two vectors of 4 int64) equals `value`, as a float mask.
-inline __m256 lanes_equal(__m256i rel0, __m256i rel1, __m256i value) {
-  return evens(_mm256_castsi256_ps(_mm256_cmpeq_epi64(rel0, value)),
-               _mm256_castsi256_ps(_mm256_cmpeq_epi64(rel1, value)));
-}
-
-// See Pool2x2Kernels::max_backward_plane. 8 windows per step: their gradients (through the
-// ReLU's: 0 where relu_y <= 0), each placed at the one of its four inputs its index names
-// (0 + g: the scatter's sum onto zero, so -0.0 becomes +0.0 there too) by masking, the two
-// rows of 16 inputs made by interleaving; an index naming none of the four fails the plane.
-bool max_backward_plane(const float* gy, const std::int64_t* indices, const float* relu_y,
-                        index_t PH, index_t PW, index_t H, index_t W, float* gx) {
-  const __m256i step = _mm256_setr_epi64x(0, 2, 4, 6), eight = _mm256_set1_epi64x(8);
-  const __m256i right = _mm256_set1_epi64x(1), below = _mm256_set1_epi64x(W),
-                below_right = _mm256_set1_epi64x(W + 1), zero_i = _mm256_setzero_si256();
-  const __m256 zero = _mm256_setzero_ps();
-  int bad = 0;
-  for (index_t oh = 0; oh < PH; ++oh) {
-    float* top = gx + 2 * oh * W;
-    float* bottom = top + W;
-    for (index_t ow = 0; ow < PW; ow += 8) {
-      const index_t n = PW - ow < 8 ? PW - ow : 8, o = oh * PW + ow;
-      __m256 g = load_first(gy + o, n);
-      if (relu_y)
-        g = _mm256_andnot_ps(_mm256_cmp_ps(load_first(relu_y + o, n), zero, _CMP_LE_OQ), g);
-      const __m256 v = _mm256_add_ps(zero, g);
-      // Offsets of the indices from the windows' top-left inputs (wrapping: any int64 index)
-      const __m256i base = _mm256_add_epi64(_mm256_set1_epi64x(2 * oh * W + 2 * ow), step);
-      const __m256i rel0 = _mm256_sub_epi64(load_first_i64(indices + o, n), base);
-      const __m256i rel1 = _mm256_sub_epi64(load_first_i64(indices + o + 4, n - 4),
-                                            _mm256_add_epi64(base, eight));
-      const __m256 at_a = lanes_equal(rel0, rel1, zero_i),
-                   at_b = lanes_equal(rel0, rel1, right),
-                   at_c = lanes_equal(rel0, rel1, below),
-                   at_d = lanes_equal(rel0, rel1, below_right);
-      const int found = _mm256_movemask_ps(
-          _mm256_or_ps(_mm256_or_ps(at_a, at_b), _mm256_or_ps(at_c, at_d)));
-      const int want = (1 << n) - 1;
-      bad |= (found & want) != want;
-      const __m256 a = _mm256_and_ps(v, at_a), b = _mm256_and_ps(v, at_b);
-      const __m256 c = _mm256_and_ps(v, at_c), d = _mm256_and_ps(v, at_d);
-      // [a0 b0 a1 b1 ... a7 b7] and [c0 d0 ... c7 d7]
-      const __m256 ab_lo = _mm256_unpacklo_ps(a, b), ab_hi = _mm256_unpackhi_ps(a, b);
-      const __m256 cd_lo = _mm256_unpacklo_ps(c, d), cd_hi = _mm256_unpackhi_ps(c, d);
-      const __m256 t0 = _mm256_permute2f128_ps(ab_lo, ab_hi, 0x20),
-                   t1 = _mm256_permute2f128_ps(ab_lo, ab_hi, 0x31);
-      const __m256 u0 = _mm256_permute2f128_ps(cd_lo, cd_hi, 0x20),
-                   u1 = _mm256_permute2f128_ps(cd_lo, cd_hi, 0x31);
-      if (n == 8) {
-        _mm256_storeu_ps(top + 2 * ow, t0);
-        _mm256_storeu_ps(top + 2 * ow + 8, t1);
-        _mm256_storeu_ps(bottom + 2 * ow, u0);
-        _mm256_storeu_ps(bottom + 2 * ow + 8, u1);
-      } else {
-        store_first(top + 2 * ow, t0, std::min<index_t>(2 * n, 8));
-        store_first(bottom + 2 * ow, u0, std::min<index_t>(2 * n, 8));
-        if (n > 4) {
-          store_first(top + 2 * ow + 8, t1, 2 * n - 8);
-          store_first(bottom + 2 * ow + 8, u1, 2 * n - 8);
-        }
-      }
-    }
-    for (index_t c = 2 * PW; c < W; ++c) top[c] = bottom[c] = 0.0f;
-  }
-  std::fill(gx + 2 * PH * W, gx + H * W, 0.0f);
-  return !bad;
-}
-
 void max_pool_2x2_plane(const float* x, index_t W, index_t OH, index_t OW, float* y,
                         std::int64_t* idx) {
   pool_plane<true>(x, W, OH, OW, y, idx);
@@ -276,7 +177,7 @@ void avg_pool_2x2_plane(const float* x, index_t W, index_t OH, index_t OW, float
 }  // namespace
 
 const Pool2x2Kernels* pool_2x2_kernels_avx2() {
-  static const Pool2x2Kernels k{&max_pool_2x2_plane, &avg_pool_2x2_plane, &max_backward_plane};
+  static const Pool2x2Kernels k{&max_pool_2x2_plane, &avg_pool_2x2_plane};
   return &k;
 }
 

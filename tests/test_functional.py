@@ -1174,11 +1174,10 @@ def test_2x2_pooling_every_simd_level_matches_reference(rng, simd_level, level, 
                                    (1, 1, 2, 2)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_pool2d_backward_matches_reference_bit_for_bit(rng, simd_level, level, shape, dtype):
-    # 2x2 / stride 2 gradients (AVX2: each window's gradient placed in its 2x2 block, 8
-    # windows per step, 1-7 in the last of a row), odd sizes leaving a last row and column
+    # 2x2 / stride 2 gradients at every SIMD level, odd sizes leaving a last row and column
     # that no window covers: the same bits as the reference's zero-fill then scatter-add, with
     # NaN, ties and -0.0 in the gradient, through the ReLU's gradient (relu_output: 0 and NaN
-    # outputs among them) or not; indices in other windows' blocks take the scatter.
+    # outputs among them) or not, and an index in another window's block.
     if not _core.set_simd_level(level):
         pytest.skip(f"this CPU or build has no {level}")
     x = rng.standard_normal(shape).astype(dtype)
