@@ -47,11 +47,13 @@ def peaks(data: dict) -> dict[tuple[str, int], float]:
             if info.get("kind") == "peak" and "gflops" in info}
 
 
-def gflops_text(data: dict, flops: float, seconds: float, dtype: str = "float32") -> str:
+def gflops_text(data: dict, flops: float, seconds: float, dtype: str = "float32",
+                own_peak: float | None = None) -> str:
     """flops / seconds as GFLOP/s, with its share of the peak measured for dtype on the
-    benchmark threads when the run has one."""
+    benchmark threads when the run has one (a peak benchmark), else of `own_peak` (the peak a
+    benchmark measured for itself, e.g. the interleaved conv passes' peak_gflops fixture)."""
     gflops = flops / seconds / 1e9
-    peak = peaks(data).get((dtype, data.get("machine_info", {}).get("bench_threads")))
+    peak = peaks(data).get((dtype, data.get("machine_info", {}).get("bench_threads")), own_peak)
     share = f" ({100 * gflops / peak:.0f}% of peak)" if peak else ""
     return f"{gflops:.0f} GFLOP/s{share}"
 
@@ -125,8 +127,9 @@ def paired_table(data: dict, kind: str = "paired") -> str:
                 f"{q[0]:.2f}-{q[2]:.2f}x |")
         if conv:
             flops = info.get("flops")
-            line += (f" {gflops_text(data, flops, info['fastconv_median_s'])} |" if flops
-                     else " - |")
+            text = gflops_text(data, flops, info["fastconv_median_s"],
+                               own_peak=info.get("peak_gflops")) if flops else "-"
+            line += f" {text} |"
         lines.append(line)
     head = {"paired": "model (batch 64 step)", "paired_conv": "conv pass (batch 64)",
             "paired_activation": "activation pass (256x64x32x32)"}[kind]

@@ -82,6 +82,23 @@ def test_report_tables(tmp_path):
     assert "fastconv" not in crowded and "memory" not in crowded
 
 
+def test_report_conv_share_of_own_peak(tmp_path):
+    """An interleaved conv pass in a run without a peak benchmark: its GFLOP/s as a share of
+    the peak it measured itself (extra_info peak_gflops); without either, GFLOP/s alone."""
+    own = {"kind": "paired_conv", "pass_": "forward", "rounds": 20, "fastconv_median_s": 0.002,
+           "torch_median_s": 0.003, "flops": 4e9, "ratio_median": 1.5,
+           "ratio_quartiles": [1.4, 1.5, 1.6]}
+    data = {"machine_info": DATA["machine_info"], "benchmarks": [
+        {"group": "b", "name": "b", "stats": {"median": 0.005},
+         "extra_info": {**own, "layer": "b", "peak_gflops": 2500.0}},
+        {"group": "c", "name": "c", "stats": {"median": 0.005},
+         "extra_info": {**own, "layer": "c"}}]}
+    text = report.paired_table(data, "paired_conv")
+    row = "forward | 20 | 2.00 ms | 3.00 ms | 1.50x | 1.40-1.60x | 2000 GFLOP/s"
+    assert f"| b {row} (80% of peak) |" in text
+    assert f"| c {row} |" in text
+
+
 def test_report_chart(tmp_path):
     pytest.importorskip("matplotlib")
     src = tmp_path / "b.json"

@@ -1168,23 +1168,34 @@ def test_2x2_pooling_every_simd_level_matches_reference(rng, simd_level, level, 
     assert not np.signbit(F.avg_pool2d(x, 2)).any()
 
 
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("shape", [(2, 3, 30, 30), (2, 4, 13, 13), (1, 2, 9, 4), (3, 2, 2, 35),
-                                   (2, 3, 8, 8), (1, 1, 3, 3)])
+                                   (2, 3, 8, 8), (1, 1, 3, 3), (1, 2, 4, 34), (1, 2, 5, 19),
+                                   (1, 1, 2, 2)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_max_pool2d_backward_matches_reference_bit_for_bit(rng, shape, dtype):
-    # 2x2 / stride 2 gradients, odd sizes leaving a last row and column that no window
-    # covers: the same bits as the reference's zero-fill then scatter-add, with NaN, ties and
-    # -0.0 in the gradient.
+def test_max_pool2d_backward_matches_reference_bit_for_bit(rng, simd_level, level, shape, dtype):
+    # 2x2 / stride 2 gradients at every SIMD level, odd sizes leaving a last row and column
+    # that no window covers: the same bits as the reference's zero-fill then scatter-add, with
+    # NaN, ties and -0.0 in the gradient, through the ReLU's gradient (relu_output: 0 and NaN
+    # outputs among them) or not, and an index in another window's block.
+    if not _core.set_simd_level(level):
+        pytest.skip(f"this CPU or build has no {level}")
     x = rng.standard_normal(shape).astype(dtype)
     x.reshape(-1)[::11] = np.nan
     x.reshape(-1)[1::5] = x.reshape(-1)[0::5][: len(x.reshape(-1)[1::5])]  # ties
-    y, idx = F.max_pool2d(x, 2, return_indices=True)
+    y, idx = F.max_pool2d(x, 2, return_indices=True, relu=True)
+    y.reshape(-1)[2::7] = 0.0
     gy = rng.standard_normal(y.shape).astype(dtype)
     gy.reshape(-1)[::3] = -0.0
-    got = F.max_pool2d_backward(gy, idx, x.shape)
-    want = R.max_pool2d_backward(gy, idx, x.shape)
-    np.testing.assert_array_equal(got, want)
-    assert not np.signbit(got[got == 0]).any()  # 0 + (-0.0) = +0.0, as the scatter-add
+    for relu_output in (None, y):
+        got = F.max_pool2d_backward(gy, idx, x.shape, relu_output=relu_output)
+        want = R.max_pool2d_backward(gy, idx, x.shape, relu_output=relu_output)
+        np.testing.assert_array_equal(got, want)
+        assert not np.signbit(got[got == 0]).any()  # 0 + (-0.0) = +0.0, as the scatter-add
+    shifted = idx.copy()
+    shifted[..., -1, -1] = 0  # the last window names the first input of its plane
+    np.testing.assert_array_equal(F.max_pool2d_backward(gy, shifted, x.shape),
+                                  R.max_pool2d_backward(gy, shifted, x.shape))
 
 
 @pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
@@ -1461,8 +1472,9 @@ def test_max_pool2d_backward_hand_made_indices():
     got = F.max_pool2d_backward(gy, idx, (1, 3, 4, 4))
     np.testing.assert_array_equal(got, R.max_pool2d_backward(gy, idx, (1, 3, 4, 4)))
     assert got[0, 1, 1, 1] == 5 + 6 + 7 + 8
-    with pytest.raises(ValueError):
-        F.max_pool2d_backward(gy, np.full_like(idx, 16), (1, 3, 4, 4))
+    for far in (16, -1, np.iinfo(np.int64).min, np.iinfo(np.int64).max):
+        with pytest.raises(ValueError):
+            F.max_pool2d_backward(gy, np.full_like(idx, far), (1, 3, 4, 4))
     # planes of zero pixels: no index can be valid, in either module
     for module in (F, R):
         with pytest.raises(ValueError, match=r"indices must lie in \[0, H\*W\) = \[0, 0\)"):
