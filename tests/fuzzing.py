@@ -246,24 +246,36 @@ def _checks(report: Report, label: str, checks) -> None:
             report.failures.append(f"{label}: {problem}")
 
 
+def conv_case(rng, dtype: str | None = None):
+    """A random conv2d case: (geometry, conv kwargs, x, weight, bias, grad_y), or None where
+    the geometry has no valid output. dtype: force the geometry's dtype."""
+    g = conv_geometry(rng)
+    if dtype is not None:
+        g["dtype"] = dtype
+    kw = conv_kwargs(g)
+    try:
+        shape = F.conv2d_output_shape((g["N"], g["C"], g["H"], g["W"]),
+                                      (g["F"], g["C"] // g["groups"], *g["k"]), **kw)
+    except ValueError:
+        return None
+    x, w, b = conv_arrays(rng, g)
+    gy = values(rng, shape, x.dtype, g["special"] and rng.random() < 0.3)
+    return g, kw, x, w, b, gy
+
+
 def fuzz_conv(seed: int, cases: int, first: int = 0) -> Report:
     """conv2d forward and backward (all three gradients), every (SIMD level, algorithm),
     against the reference computed once per case."""
     report = Report("conv2d")
     grid = settings_grid()
     for index in range(first, first + cases):
-        rng = case_rng(1, seed, index)
-        g = conv_geometry(rng)
         report.cases += 1
-        kw = conv_kwargs(g)
-        try:
-            shape = F.conv2d_output_shape((g["N"], g["C"], g["H"], g["W"]),
-                                          (g["F"], g["C"] // g["groups"], *g["k"]), **kw)
-        except ValueError:
+        rng = case_rng(1, seed, index)
+        case = conv_case(rng)
+        if case is None:
             continue
         report.valid += 1
-        x, w, b = conv_arrays(rng, g)
-        gy = values(rng, shape, x.dtype, g["special"] and rng.random() < 0.3)
+        g, kw, x, w, b, gy = case
         with quiet():
             want = (R.conv2d(x, w, b, **kw), *R.conv2d_backward(gy, x, w, **kw))
         xs, ws, gys = layout(rng, x), layout(rng, w), layout(rng, gy)
@@ -306,18 +318,13 @@ def fuzz_conv_bf16(seed: int, cases: int, first: int = 0) -> Report:
     grid = [(path, level, alg) for path in bf16_paths() for level, alg in settings_grid()
             if path == "emulated" or level == best]
     for index in range(first, first + cases):
-        rng = case_rng(6, seed, index)
-        g = dict(conv_geometry(rng), dtype="float32")
         report.cases += 1
-        kw = conv_kwargs(g)
-        try:
-            shape = F.conv2d_output_shape((g["N"], g["C"], g["H"], g["W"]),
-                                          (g["F"], g["C"] // g["groups"], *g["k"]), **kw)
-        except ValueError:
+        rng = case_rng(6, seed, index)
+        case = conv_case(rng, dtype="float32")
+        if case is None:
             continue
         report.valid += 1
-        x, w, b = conv_arrays(rng, g)
-        gy = values(rng, shape, x.dtype, g["special"] and rng.random() < 0.3)
+        g, kw, x, w, b, gy = case
         with quiet():
             want = (R.conv2d(x, w, b, **kw, precision="bf16"),
                     *R.conv2d_backward(gy, x, w, **kw, precision="bf16"))
