@@ -76,6 +76,7 @@ struct DirectKernels {
   // for i < nf, taps t = (c*KH + kh)*KW + kw (c < C); lanes past OW are masked off. xp: zero-
   // padded planes at least OW + (KW-1)*DW wide. gpack: 64-byte aligned scratch of
   // OH * ceil(OW/lanes) * nf * lanes floats. accumulate = false: acc is written, not added to.
+  // finite: xp holds no ±inf or NaN (the spare lanes of a row's last vector then need no mask).
   // Indexed [KW][nf], nf <= small_wg_max_nf[KW].
   static constexpr int kSmallWgMaxKW = 7, kSmallWgMaxNF = 15;
   // next, next_bytes: memory the caller needs after this call (the next gradient planes),
@@ -83,7 +84,8 @@ struct DirectKernels {
   using SmallWeightGradFn = void (*)(const float* xp, index_t C, index_t plane, index_t Wp,
                                      const float* gy, index_t OH, index_t OW, index_t KH,
                                      index_t DH, index_t DW, float* acc, float* gpack,
-                                     bool accumulate, const float* next, index_t next_bytes);
+                                     bool accumulate, bool finite, const float* next,
+                                     index_t next_bytes);
   SmallWeightGradFn small_c_weight_grad[kSmallWgMaxKW + 1][kSmallWgMaxNF + 1];
   int small_wg_max_nf[kSmallWgMaxKW + 1];
   // Largest MR for each NV (accumulators MR*NV fit the vector registers).
