@@ -476,10 +476,10 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
   }
   // Tile t of block b: row vectors [NVEC*t, NVEC*(t + 1)).
   // The item's output planes: in y, or with pool in the item's buffer ybuf.
-  auto tile = [&](index_t item, const float* xp, float* ybuf, index_t b, index_t t) {
+  // Of group g, its output planes at ys.
+  auto tile = [&](index_t g, const float* xp, float* ys, index_t b, index_t t) {
     constexpr int kMaxV = DirectKernels::kSmallMaxV;
-    const index_t g = item % G;
-    float* yi = (pool ? ybuf : y + (item / G * s.F + g * Fg) * L) + b * NF * L;
+    float* yi = ys + b * NF * L;
     const float* rows[kMaxV];
     float* out[kMaxV];
     index_t lanes[kMaxV];
@@ -497,11 +497,13 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
   };
   const index_t ybuf_size = pool ? round_up(checked_mul(Fg, L), 16) : 0;
   for_each_item(s.N * G, checked_add(sp.padded, ybuf_size), [&](index_t i, float* xp, bool split) {
-    float* ybuf = xp + sp.padded;
-    sp.fill(s, x + (i / G * s.C + i % G * Cg) * s.H * s.W, xp);
-#pragma omp parallel for schedule(static) if (split)
-    for (index_t bt = 0; bt < fblocks * tiles; ++bt) tile(i, xp, ybuf, bt / tiles, bt % tiles);
-    if (pool) pool_planes(*pool, Fg, ybuf, i / G * s.F + i % G * Fg, split);
+    const index_t g = i % G, first = i / G * s.F + g * Fg;  // (first output plane)
+    float* ys = pool ? xp + sp.padded : y + first * L;
+    sp.fill(s, x + (i / G * s.C + g * Cg) * s.H * s.W, xp);
+#pragma omp parallel for collapse(2) schedule(static) if (split)
+    for (index_t b = 0; b < fblocks; ++b)
+      for (index_t t = 0; t < tiles; ++t) tile(g, xp, ys, b, t);
+    if (pool) pool_planes(*pool, Fg, ys, first, split);
   });
 }
 
