@@ -322,21 +322,13 @@ template <typename T>
 bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* indices, T* gx,
                          const T* relu_y) {
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
-  const Pool2x2Kernels* fast = fast_2x2<T>(s);
   bool ok = true;
   // One plane per iteration: the scatter-adds of a plane stay on one thread, in order.
 #pragma omp parallel for schedule(static) reduction(&& : ok)
-  for (index_t plane = 0; plane < s.N * s.C; ++plane) {
-    const T* g = gy + plane * OL;
-    const std::int64_t* ip = indices + plane * OL;
-    const T* ry = relu_y ? relu_y + plane * OL : nullptr;
-    T* out = gx + plane * HW;
-    // 2x2 windows whose indices stay in their blocks: read off the blocks, else scattered.
-    bool done = false;
-    if constexpr (std::is_same_v<T, float>)
-      done = fast && fast->max_backward_plane(g, ip, ry, s.OH, s.OW, s.W, s.H, out);
-    ok = (done || max_pool_backward_plane(OL, HW, g, ip, ry, out)) && ok;
-  }
+  for (index_t plane = 0; plane < s.N * s.C; ++plane)
+    ok = max_pool_backward_plane(OL, HW, gy + plane * OL, indices + plane * OL,
+                                 relu_y ? relu_y + plane * OL : nullptr, gx + plane * HW) &&
+         ok;
   return ok;
 }
 
