@@ -149,9 +149,6 @@ bool direct_nchw_weight_through_pool(const ConvShape& s, const PooledGrad<float>
   const index_t L = s.L(), PL = pg.PH * pg.PW;
   std::atomic<bool> ok{true};
   Scratch<float> lanes = make_scratch<float>(gb ? checked_mul(s.N, s.F, kLanes) : 0);
-  const Pool2x2Kernels* fast = pool_2x2_kernels();
-  const auto blocks = fast && 2 * pg.PH <= s.OH && 2 * pg.PW <= s.OW ? fast->max_backward_plane
-                                                                     : nullptr;
   conv2d_backward_weight_small_channels(
       s,
       [&](index_t n, index_t f, index_t nf, float* buf) -> const float* {
@@ -164,11 +161,8 @@ bool direct_nchw_weight_through_pool(const ConvShape& s, const PooledGrad<float>
         }
         for (index_t i = 0; i < nf; ++i) {
           const index_t r = n * s.F + f + i;
-          const float* relu_y = pg.relu_y ? pg.relu_y + r * PL : nullptr;
-          if (!(blocks && blocks(pg.g + r * PL, pg.indices + r * PL, relu_y, pg.PH, pg.PW, s.OW,
-                                 s.OH, buf + i * L)) &&
-              !max_pool_backward_plane(PL, L, pg.g + r * PL, pg.indices + r * PL, relu_y,
-                                       buf + i * L))
+          if (!max_pool_backward_plane(PL, L, pg.g + r * PL, pg.indices + r * PL,
+                                       pg.relu_y ? pg.relu_y + r * PL : nullptr, buf + i * L))
             ok.store(false, std::memory_order_relaxed);
           if (gb) row_lanes_any(L, buf + i * L, lanes.get() + r * kLanes);
         }

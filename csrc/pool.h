@@ -47,18 +47,7 @@ struct Pool2x2Kernels {
   void (*max_plane)(const float* x, index_t W, index_t OH, index_t OW, float* y,
                     std::int64_t* idx);
   void (*avg_plane)(const float* x, index_t W, index_t OH, index_t OW, float* y);
-  // max_pool_backward_plane of a W x H plane whose PH x PW pooled outputs each index their
-  // own 2x2 block (rows 2ph, 2ph + 1, columns 2pw, 2pw + 1; any window that picks inside it,
-  // e.g. 2x2 / stride 2): each input then takes at most one gradient, 0 + gy (through
-  // relu_grad with relu_y), read off the indices' offsets in the block with vector compares.
-  // False (gx part written) if an index lies outside its block: the caller scatters instead.
-  bool (*max_backward_plane)(const float* gy, const std::int64_t* idx, const float* relu_y,
-                             index_t PH, index_t PW, index_t W, index_t H, float* gx);
 };
-// The AVX2 max_backward_plane (both x86 tables': nothing for 16 lanes to gain on 4 windows).
-bool max_pool_2x2_backward_plane_avx2(const float* gy, const std::int64_t* idx,
-                                      const float* relu_y, index_t PH, index_t PW, index_t W,
-                                      index_t H, float* gx);
 // The AVX-512 and AVX2 kernels (pool_avx512.cpp, pool_avx2.cpp), or nullptr when the build
 // has none; pool_2x2_kernels() picks those of the selected ISA (nullptr: generic).
 const Pool2x2Kernels* pool_2x2_kernels_avx512();

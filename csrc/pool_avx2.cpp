@@ -5,8 +5,6 @@
 // with compare masks and blends, and the indices widened to int64 only for the stores.
 #include "pool.h"
 
-#include <cstring>
-
 #if defined(FASTCONV_X86) && defined(__AVX2__)
 #include <immintrin.h>
 
@@ -176,88 +174,10 @@ void avg_pool_2x2_plane(const float* x, index_t W, index_t OH, index_t OW, float
   pool_plane<false>(x, W, OH, OW, y, nullptr);
 }
 
-// Lanes [0, 2n) of v to p (n <= 4 windows of two values each): plain stores of 8, 4 and 2.
-inline void store_pairs(float* p, __m256 v, index_t n) {
-  if (n == 4) {
-    _mm256_storeu_ps(p, v);
-    return;
-  }
-  __m128 part = _mm256_castps256_ps128(v);
-  if (n & 2) {
-    _mm_storeu_ps(p, part);
-    p += 4;
-    part = _mm256_extractf128_ps(v, 1);
-  }
-  if (n & 1) _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
-}
-
 }  // namespace
 
-bool max_pool_2x2_backward_plane_avx2(const float* gy, const std::int64_t* idx,
-                                      const float* relu_y, index_t PH, index_t PW, index_t W,
-                                      index_t H, float* gx) {
-  const __m256i one = _mm256_set1_epi64x(1), below = _mm256_set1_epi64x(W),
-                below_right = _mm256_set1_epi64x(W + 1);
-  const __m256i pairs = _mm256_setr_epi64x(0, 2, 4, 6);
-  const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-  const index_t tail = PW % 4;
-  // The last n < 4 windows of a row: masked loads (branches on the indices would mispredict).
-  const __m256i tail64 = _mm256_cmpgt_epi64(_mm256_set1_epi64x(tail), _mm256_setr_epi64x(0, 1, 2, 3));
-  const __m128i tail32 = _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(tail)), _mm_setr_epi32(0, 1, 2, 3));
-  for (index_t ph = 0; ph < PH; ++ph) {
-    float* top = gx + 2 * ph * W;
-    float* bot = top + W;
-    const std::int64_t* ip = idx + ph * PW;
-    const float* gp = gy + ph * PW;
-    const float* yp = relu_y ? relu_y + ph * PW : nullptr;
-    // 4 windows from pw (n of them: the rest of the row from n < 4).
-    auto windows = [&](index_t pw, index_t n) {
-      const bool part = n < 4;
-      const __m256i ix =
-          part ? _mm256_maskload_epi64(reinterpret_cast<const long long*>(ip + pw), tail64)
-               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ip + pw));
-      // Offsets of the indices in their blocks: 0, 1, W or W + 1, else not this kernel's case.
-      const __m256i rel =
-          _mm256_sub_epi64(ix, _mm256_add_epi64(_mm256_set1_epi64x(2 * ph * W + 2 * pw), pairs));
-      const __m256i e0 = _mm256_cmpeq_epi64(rel, _mm256_setzero_si256());
-      const __m256i e1 = _mm256_cmpeq_epi64(rel, one);
-      const __m256i ew = _mm256_cmpeq_epi64(rel, below);
-      const __m256i ew1 = _mm256_cmpeq_epi64(rel, below_right);
-      __m256i any = _mm256_or_si256(_mm256_or_si256(e0, e1), _mm256_or_si256(ew, ew1));
-      if (part) any = _mm256_or_si256(any, _mm256_xor_si256(tail64, _mm256_set1_epi64x(-1)));
-      if (_mm256_movemask_epi8(any) != -1) return false;
-      __m128 g = part ? _mm_maskload_ps(gp + pw, tail32) : _mm_loadu_ps(gp + pw);
-      // relu_grad (activation.h): 0 where y <= 0 (NaN outputs pass their gradient).
-      if (yp) {
-        const __m128 y = part ? _mm_maskload_ps(yp + pw, tail32) : _mm_loadu_ps(yp + pw);
-        g = _mm_and_ps(g, _mm_cmp_ps(y, _mm_setzero_ps(), _CMP_NLE_UQ));
-      }
-      const __m256 gg = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(g), dup);
-      // Window t's two inputs in a row are lanes 2t, 2t + 1: its left / right flags there;
-      // 0 + g where picked (the scatter's sum, exact for -0 too), else 0.
-      const __m256 up = _mm256_castsi256_ps(_mm256_blend_epi32(e0, e1, 0xAA));
-      const __m256 down = _mm256_castsi256_ps(_mm256_blend_epi32(ew, ew1, 0xAA));
-      const __m256 t = _mm256_add_ps(_mm256_and_ps(gg, up), _mm256_setzero_ps());
-      const __m256 b = _mm256_add_ps(_mm256_and_ps(gg, down), _mm256_setzero_ps());
-      store_pairs(top + 2 * pw, t, n);
-      store_pairs(bot + 2 * pw, b, n);
-      return true;
-    };
-    for (index_t pw = 0; pw + 4 <= PW; pw += 4)
-      if (!windows(pw, 4)) return false;
-    if (tail && !windows(PW - tail, tail)) return false;
-    // (memset, not std::fill: no template instantiated with this file's flags, which the
-    // linker could hand to another file)
-    std::memset(top + 2 * PW, 0, sizeof(float) * (W - 2 * PW));
-    std::memset(bot + 2 * PW, 0, sizeof(float) * (W - 2 * PW));
-  }
-  std::memset(gx + 2 * PH * W, 0, sizeof(float) * (H - 2 * PH) * W);
-  return true;
-}
-
 const Pool2x2Kernels* pool_2x2_kernels_avx2() {
-  static const Pool2x2Kernels k{&max_pool_2x2_plane, &avg_pool_2x2_plane,
-                                &max_pool_2x2_backward_plane_avx2};
+  static const Pool2x2Kernels k{&max_pool_2x2_plane, &avg_pool_2x2_plane};
   return &k;
 }
 

@@ -145,8 +145,7 @@ void avg_pool_2x2_plane(const float* x, index_t W, index_t OH, index_t OW, float
 }  // namespace
 
 const Pool2x2Kernels* pool_2x2_kernels_avx512() {
-  static const Pool2x2Kernels k{&max_pool_2x2_plane, &avg_pool_2x2_plane,
-                                &max_pool_2x2_backward_plane_avx2};
+  static const Pool2x2Kernels k{&max_pool_2x2_plane, &avg_pool_2x2_plane};
   return &k;
 }
 

@@ -1419,9 +1419,8 @@ def test_conv2d_backward_through_max_pool_does_not_depend_on_thread_count(rng, t
 @pytest.mark.parametrize("relu", [True, False])
 def test_conv2d_backward_through_max_pool_indices_outside_their_windows(rng, relu):
     # 2x2 windows whose indices (as a caller may pass them) leave their own 2x2 block: the
-    # planes with such an index are scattered as max_pool2d_backward does (two windows onto
-    # one input add up); the others read their blocks. 30x30 outputs: 15 windows a row, 3
-    # past the last group of 4.
+    # same bits as max_pool2d_backward's scatter (two windows onto one input add up), in the
+    # first window of a plane, the last of a row (15 a row) and the last row.
     x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
     w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
     y = F.conv2d(x, w)
