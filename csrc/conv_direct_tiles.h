@@ -99,11 +99,12 @@ bool to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t
   // Border (and any channel lanes the stores below do not write): zero.
   // Whole stores when the channels fill the row to a multiple of the vector (they also zero
   // the channel padding), else masked stores.
+  // (Rows the image misses, or whose columns it misses wholly, zeroed whole.)
   const bool full_lanes = ld % L == 0 && ld - C < L;
   for (index_t r = 0; r < Hp; ++r) {
     float* row = dst + r * Wp * ld;
     const index_t h = r - pt;
-    if (h < h0 || h >= h1 || !full_lanes) {
+    if (h < h0 || h >= h1 || w1 <= w0 || !full_lanes) {
       std::memset(row, 0, sizeof(float) * Wp * ld);
     } else {
       std::memset(row, 0, sizeof(float) * (w0 + pl) * ld);
