@@ -73,10 +73,12 @@ struct DirectKernels {
   // and nf output channels, lane sums over the output positions,
   //   acc[(i*taps + t)*lanes + l] += sum_{oh, ow = l (mod lanes)} gy[i*OH*OW + oh*OW + ow]
   //                                    * xp[c*plane + (oh + kh*DH)*Wp + ow + kw*DW]
-  // for i < nf, taps t = (c*KH + kh)*KW + kw (c < C); lanes past OW are masked off. xp: zero-
-  // padded planes at least OW + (KW-1)*DW wide. gpack: 64-byte aligned scratch of
+  // for i < nf, taps t = (c*KH + kh)*KW + kw (c < C); lanes past OW add nothing. xp: zero-
+  // padded planes with rows Wp = V + (KW-1)*DW wide, V = lanes*ceil(OW/lanes), or exactly V
+  // where V >= OW + (KW-1)*DW (then with `lanes` readable floats past the last plane).
+  // finite: xp holds no ±inf or NaN (the spare lanes of a row's last vector, whose gradients
+  // are zero, are then read unmasked). gpack: 64-byte aligned scratch of
   // OH * ceil(OW/lanes) * nf * lanes floats. accumulate = false: acc is written, not added to.
-  // finite: xp holds no ±inf or NaN (the spare lanes of a row's last vector then need no mask).
   // Indexed [KW][nf], nf <= small_wg_max_nf[KW].
   static constexpr int kSmallWgMaxKW = 7, kSmallWgMaxNF = 15;
   // next, next_bytes: memory the caller needs after this call (the next gradient planes),
