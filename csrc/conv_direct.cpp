@@ -357,18 +357,23 @@ bool use_direct(const ConvShape& s, DirectPass pass, bool forced) {
 namespace {
 
 // Zero-padded NCHW planes of one image (group) for the few-channel kernels: the image at
-// (PH, PW), rows wide enough that every vector of `lanes` pixels of an output row reads inside.
+// (PH, PW), rows wide enough that every vector of `lanes` pixels of an output row reads inside
+// the row, or (snug, where the padded image fits) exactly `vecs` vectors wide, so that a row's
+// last vector reads its spare lanes from the next row (and the last plane's from `lanes`
+// floats of slack).
 struct SmallPlanes {
   index_t vecs, Hp, Wp, plane, padded;
-  SmallPlanes(const ConvShape& s, index_t lanes)
+  SmallPlanes(const ConvShape& s, index_t lanes, bool snug = false)
       : vecs(ceil_div(s.OW, lanes)),
         Hp(checked_add(s.OH, checked_mul(s.win.KH - 1, s.win.DH))),
-        Wp(checked_add(lanes * vecs, checked_mul(s.win.KW - 1, s.win.DW))),
+        Wp(snug && s.OW + (s.win.KW - 1) * s.win.DW <= lanes * vecs
+               ? lanes * vecs
+               : checked_add(lanes * vecs, checked_mul(s.win.KW - 1, s.win.DW))),
         plane(checked_mul(Hp, Wp)),
-        padded(round_up(checked_mul(s.Cg(), plane), 16)) {}
+        padded(round_up(checked_add(checked_mul(s.Cg(), plane), lanes), 16)) {}
   void fill(const ConvShape& s, const float* src, float* xp) const {
     const Window2d& win = s.win;
-    std::fill(xp, xp + s.Cg() * plane, 0.0f);
+    std::fill(xp, xp + padded, 0.0f);
     const index_t w0 = std::max<index_t>(0, -win.PW), w1 = std::min(s.W, Wp - win.PW);
     for (index_t c = 0; c < s.Cg(); ++c)
       for (index_t h = 0; h < s.H && h + win.PH < Hp; ++h)
@@ -471,10 +476,10 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
   }
   // Tile t of block b: row vectors [NVEC*t, NVEC*(t + 1)).
   // The item's output planes: in y, or with pool in the item's buffer ybuf.
-  auto tile = [&](index_t item, const float* xp, float* ybuf, index_t b, index_t t) {
+  // Of group g, its output planes at ys.
+  auto tile = [&](index_t g, const float* xp, float* ys, index_t b, index_t t) {
     constexpr int kMaxV = DirectKernels::kSmallMaxV;
-    const index_t g = item % G;
-    float* yi = (pool ? ybuf : y + (item / G * s.F + g * Fg) * L) + b * NF * L;
+    float* yi = ys + b * NF * L;
     const float* rows[kMaxV];
     float* out[kMaxV];
     index_t lanes[kMaxV];
@@ -492,11 +497,13 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
   };
   const index_t ybuf_size = pool ? round_up(checked_mul(Fg, L), 16) : 0;
   for_each_item(s.N * G, checked_add(sp.padded, ybuf_size), [&](index_t i, float* xp, bool split) {
-    float* ybuf = xp + sp.padded;
-    sp.fill(s, x + (i / G * s.C + i % G * Cg) * s.H * s.W, xp);
-#pragma omp parallel for schedule(static) if (split)
-    for (index_t bt = 0; bt < fblocks * tiles; ++bt) tile(i, xp, ybuf, bt / tiles, bt % tiles);
-    if (pool) pool_planes(*pool, Fg, ybuf, i / G * s.F + i % G * Fg, split);
+    const index_t g = i % G, first = i / G * s.F + g * Fg;  // (first output plane)
+    float* ys = pool ? xp + sp.padded : y + first * L;
+    sp.fill(s, x + (i / G * s.C + g * Cg) * s.H * s.W, xp);
+#pragma omp parallel for collapse(2) schedule(static) if (split)
+    for (index_t b = 0; b < fblocks; ++b)
+      for (index_t t = 0; t < tiles; ++t) tile(g, xp, ys, b, t);
+    if (pool) pool_planes(*pool, Fg, ys, first, split);
   });
 }
 
@@ -569,7 +576,7 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
   const DirectKernels& k = *direct_kernels();
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L(), CKK = s.CKK();
   const index_t KW = s.win.KW, lanes = k.lanes;
-  const SmallPlanes sp(s, lanes);
+  const SmallPlanes sp(s, lanes, true);
   const index_t max_nf = k.small_wg_max_nf[KW];
   const index_t acc_size = checked_mul(s.F, CKK, lanes);  // lane sums [f][tap][lane]
   // Fixed chunks of images, each summed into its own lane sums and added in chunk order: the
@@ -592,7 +599,9 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
     const index_t n0 = s.N * c / chunks;
     for (index_t n = n0; n < s.N * (c + 1) / chunks; ++n)
       for (index_t g = 0; g < G; ++g) {
-        sp.fill(s, x + (n * s.C + g * Cg) * s.H * s.W, xp);
+        const float* xi = x + (n * s.C + g * Cg) * s.H * s.W;
+        sp.fill(s, xi, xp);
+        const bool finite = !has_nonfinite(xi, Cg * s.H * s.W);
 #pragma omp parallel for schedule(static) if (split)
         for (index_t b = 0; b < nb; ++b) {
           const index_t f = g * Fg + fblocks[b].first, nf = fblocks[b].second;
@@ -616,7 +625,7 @@ void conv2d_backward_weight_small_channels(const ConvShape& s, const GradPlanes&
           }
           k.small_c_weight_grad[KW][nf](xp, Cg, sp.plane, sp.Wp, gy, s.OH, s.OW, s.win.KH,
                                         s.win.DH, s.win.DW, acc + f * CKK * lanes, gpack, n > n0,
-                                        next, next_bytes);
+                                        finite, next, next_bytes);
         }
       }
   });

@@ -73,8 +73,11 @@ struct DirectKernels {
   // and nf output channels, lane sums over the output positions,
   //   acc[(i*taps + t)*lanes + l] += sum_{oh, ow = l (mod lanes)} gy[i*OH*OW + oh*OW + ow]
   //                                    * xp[c*plane + (oh + kh*DH)*Wp + ow + kw*DW]
-  // for i < nf, taps t = (c*KH + kh)*KW + kw (c < C); lanes past OW are masked off. xp: zero-
-  // padded planes at least OW + (KW-1)*DW wide. gpack: 64-byte aligned scratch of
+  // for i < nf, taps t = (c*KH + kh)*KW + kw (c < C); lanes past OW add nothing. xp: zero-
+  // padded planes with rows Wp = V + (KW-1)*DW wide, V = lanes*ceil(OW/lanes), or exactly V
+  // where V >= OW + (KW-1)*DW (then with `lanes` readable floats past the last plane).
+  // finite: xp holds no ±inf or NaN (the spare lanes of a row's last vector, whose gradients
+  // are zero, are then read unmasked). gpack: 64-byte aligned scratch of
   // OH * ceil(OW/lanes) * nf * lanes floats. accumulate = false: acc is written, not added to.
   // Indexed [KW][nf], nf <= small_wg_max_nf[KW].
   static constexpr int kSmallWgMaxKW = 7, kSmallWgMaxNF = 15;
@@ -83,7 +86,8 @@ struct DirectKernels {
   using SmallWeightGradFn = void (*)(const float* xp, index_t C, index_t plane, index_t Wp,
                                      const float* gy, index_t OH, index_t OW, index_t KH,
                                      index_t DH, index_t DW, float* acc, float* gpack,
-                                     bool accumulate, const float* next, index_t next_bytes);
+                                     bool accumulate, bool finite, const float* next,
+                                     index_t next_bytes);
   SmallWeightGradFn small_c_weight_grad[kSmallWgMaxKW + 1][kSmallWgMaxNF + 1];
   int small_wg_max_nf[kSmallWgMaxKW + 1];
   // Largest MR for each NV (accumulators MR*NV fit the vector registers).

@@ -99,11 +99,12 @@ bool to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t
   // Border (and any channel lanes the stores below do not write): zero.
   // Whole stores when the channels fill the row to a multiple of the vector (they also zero
   // the channel padding), else masked stores.
+  // (Rows the image misses, or whose columns it misses wholly, zeroed whole.)
   const bool full_lanes = ld % L == 0 && ld - C < L;
   for (index_t r = 0; r < Hp; ++r) {
     float* row = dst + r * Wp * ld;
     const index_t h = r - pt;
-    if (h < h0 || h >= h1 || !full_lanes) {
+    if (h < h0 || h >= h1 || w1 <= w0 || !full_lanes) {
       std::memset(row, 0, sizeof(float) * Wp * ld);
     } else {
       std::memset(row, 0, sizeof(float) * (w0 + pl) * ld);
@@ -214,7 +215,8 @@ void small_c_tile(const float* const* rows, const index_t* off, index_t steps, c
 template <typename Vec, int NF, int KW>
 void small_c_weight_grad(const float* xp, index_t C, index_t plane, index_t Wp, const float* gy,
                          index_t OH, index_t OW, index_t KH, index_t DH, index_t DW, float* acc,
-                         float* gpack, bool accumulate, const float* next, index_t next_bytes) {
+                         float* gpack, bool accumulate, bool finite, const float* next,
+                         index_t next_bytes) {
   constexpr int L = Vec::kLanes;
   const index_t L_out = OH * OW, taps = C * KH * KW;
   const index_t vecs = (OW + L - 1) / L, full = OW / L;
@@ -234,6 +236,13 @@ void small_c_weight_grad(const float* xp, index_t C, index_t plane, index_t Wp, 
       }
     }
   }
+  // The last vector of a row pairs its spare lanes (zero gradients) with image columns this
+  // tap never reads for an output (or, rows exactly `vecs` vectors wide, the next row's
+  // first columns): harmless in finite images (sums start at +0, so none is -0, and adding
+  // 0 * x = ±0 changes none), masked off otherwise (0 * inf = NaN). Finite rows exactly
+  // vecs vectors wide are then one run of OH * vecs vectors, in the pack's order.
+  const index_t plain = finite ? vecs : full;
+  const bool flat = finite && Wp == L * vecs;
   const PrefetchSlices next_planes(next, next_bytes, C * KH * OH);  // a slice per output row
   for (index_t c = 0; c < C; ++c)
     for (index_t kh = 0; kh < KH; ++kh) {
@@ -242,27 +251,32 @@ void small_c_weight_grad(const float* xp, index_t C, index_t plane, index_t Wp, 
       for (int i = 0; i < NF; ++i)
         for (int j = 0; j < KW; ++j)
           a[i][j] = accumulate ? Vec::load(at + (i * taps + j) * L) : Vec::zero();
-      for (index_t oh = 0; oh < OH; ++oh) {
+      // Gradient vectors g[i] of pack vector gv against input vectors at xv + j*DW.
+      auto step = [&](const float* gv, const float* xv, bool masked) {
+        typename Vec::V g[NF];
+        for (int i = 0; i < NF; ++i) {
+          g[i] = Vec::load_aligned(gv + L * i);
+          // Keep g in registers: GCC otherwise re-reads it as a memory operand of every
+          // FMA (NF*KW loads per step instead of NF + KW; the loads then bound the loop).
+          Vec::keep(g[i]);
+        }
+        for (int j = 0; j < KW; ++j) {
+          typename Vec::V x = masked ? Vec::masked_load(tail, xv + j * DW) : Vec::load(xv + j * DW);
+          Vec::keep(x);  // (likewise: one load, not one per FMA)
+          for (int i = 0; i < NF; ++i) a[i][j] = Vec::fma(g[i], x, a[i][j]);
+        }
+      };
+      if (flat) {
+        for (index_t oh = 0; oh < OH; ++oh) next_planes.slice((c * KH + kh) * OH + oh);
+        const float* xr = xp + c * plane + kh * DH * Wp;
+        for (index_t v = 0; v < OH * vecs; ++v) step(gpack + v * NF * L, xr + L * v, false);
+      }
+      for (index_t oh = 0; oh < (flat ? 0 : OH); ++oh) {
         next_planes.slice((c * KH + kh) * OH + oh);
         const float* xr = xp + c * plane + (oh + kh * DH) * Wp;
-        for (index_t v = 0; v < vecs; ++v) {
-          const float* gv = gpack + (oh * vecs + v) * NF * L;
-          typename Vec::V g[NF];
-          for (int i = 0; i < NF; ++i) {
-            g[i] = Vec::load_aligned(gv + L * i);
-            // Keep g in registers: GCC otherwise re-reads it as a memory operand of every
-            // FMA (NF*KW loads per step instead of NF + KW; the loads then bound the loop).
-            Vec::keep(g[i]);
-          }
-          // The last vector's spare lanes read image columns this tap never pairs with an
-          // output: masked off, or an inf there would add 0 * inf = NaN.
-          const typename Vec::Mask m = v < full ? Vec::first(L) : tail;
-          for (int j = 0; j < KW; ++j) {
-            const typename Vec::V xv =
-                Vec::load_first(xr + L * v + j * DW, m, v < full ? L : OW % L);
-            for (int i = 0; i < NF; ++i) a[i][j] = Vec::fma(g[i], xv, a[i][j]);
-          }
-        }
+        const float* gr = gpack + oh * vecs * NF * L;
+        for (index_t v = 0; v < plain; ++v) step(gr + v * NF * L, xr + L * v, false);
+        if (plain < vecs) step(gr + full * NF * L, xr + L * full, true);
       }
       for (int i = 0; i < NF; ++i)
         for (int j = 0; j < KW; ++j) Vec::store(at + (i * taps + j) * L, a[i][j]);

@@ -228,3 +228,27 @@ def test_avx2_gradients_take_4x4_tiles_where_they_multiply_less(avx2_tiles):
         assert algorithm("forward", "float32", (2, 32, size, size, 32, 3, 1, 1, 1, 1)) == "winograd"
     for size in (5, 6):
         assert "winograd4" not in gradients((2, 32, size, size, 32, 3, 1, 1, 1, 1))
+
+
+def test_direct_with_padding_beyond_the_windows(rng):
+    # Width padding wider than the one window column reaches (stride 3000: one output column,
+    # a padded copy 1 column wide, the image 999 columns to its right): the copy's rows are
+    # zeroed whole, with nothing written past them (the border zeroing once ran 999 columns
+    # past each row).
+    if not direct_kernels_available():
+        pytest.skip("this SIMD level has no direct tiles")
+    from fastconv import reference as R
+
+    x = rng.standard_normal((2, 32, 6, 5)).astype(np.float32)
+    w = rng.standard_normal((8, 16, 3, 1)).astype(np.float32)
+    kw = dict(stride=(1, 3000), padding=(1, 999), groups=2)
+    y = F.conv2d(x, w, **kw)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    _core.set_conv_algorithm("direct")
+    try:
+        got = (F.conv2d(x, w, **kw), *F.conv2d_backward(gy, x, w, **kw))
+    finally:
+        _core.set_conv_algorithm("auto")
+    want = (R.conv2d(x, w, **kw), *R.conv2d_backward(gy, x, w, **kw))
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)

@@ -1416,6 +1416,28 @@ def test_conv2d_backward_through_max_pool_does_not_depend_on_thread_count(rng, t
             threads, lambda: F.conv2d_backward_through_max_pool(g, idx, x, w, relu_output=pooled))
 
 
+@pytest.mark.parametrize("relu", [True, False])
+def test_conv2d_backward_through_max_pool_indices_outside_their_windows(rng, relu):
+    # 2x2 windows whose indices (as a caller may pass them) leave their own 2x2 block: the
+    # same bits as max_pool2d_backward's scatter (two windows onto one input add up), in the
+    # first window of a plane, the last of a row (15 a row) and the last row.
+    x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
+    y = F.conv2d(x, w)
+    pooled, idx = F.max_pool2d(y, 2, return_indices=True, relu=relu)
+    g = rng.standard_normal(pooled.shape).astype(np.float32)
+    idx = idx.copy()
+    idx[0, 1, 0, 0] = idx[0, 1, 0, 1]  # onto the next window's pick (first group)
+    idx[1, 5, 7, 14] = 0  # the last window of a row (the partial group), onto the corner
+    idx[2, 15, 14, 13] = 30 * 30 - 1  # the last row, onto the plane's last input
+    ro = pooled if relu else None
+    gy = F.max_pool2d_backward(g, idx, y.shape, relu_output=ro)
+    _, want_w, want_b = F.conv2d_backward(gy, x, w)
+    got_w, got_b = F.conv2d_backward_through_max_pool(g, idx, x, w, relu_output=ro)
+    np.testing.assert_array_equal(got_w, want_w)
+    np.testing.assert_array_equal(got_b, want_b)
+
+
 @pytest.mark.parametrize("module", [F, R], ids=["functional", "reference"])
 def test_conv2d_backward_through_max_pool_bad_input(module):
     x = np.ones((2, 3, 8, 8), np.float32)
