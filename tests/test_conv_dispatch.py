@@ -210,3 +210,21 @@ def test_avx2_tiny_outputs_in_batches_run_direct_per_pixel(avx2_tiles, threads):
             assert algorithm(pass_, "float32", (2, 32, 6, 6, 32, 3, 1, 1, 1, 1)) == "winograd"
     finally:
         _core.set_num_threads(before)
+
+
+def test_avx2_gradients_take_4x4_tiles_where_they_multiply_less(avx2_tiles):
+    # The gradients of 3x3 layers take F(4x4) where its tiles are mostly inside (7x7 and up)
+    # or where it does fewer element-wise multiplies than F(2x2) (36 per 4x4 tile against 16
+    # per 2x2 tile): 13x13 (16 tiles, 576, against 49 tiles, 784: only 66% of the 4x4 tiles'
+    # values inside) and 9x9; 5x5 and 6x6 (144 each way) do not; the forward never does.
+    # For the weight gradient the tiles are grad_y's (the output), for the input gradient
+    # dL/dx's (the input): simple_cnn's conv2 (15x15 -> 13x13) takes F(4x4) in both.
+    def gradients(shape):
+        return [algorithm(p, "float32", shape) for p in ("backward_input", "backward_weight")]
+
+    assert gradients((64, 32, 15, 15, 64, 3, 1, 0, 1, 1)) == ["winograd4", "winograd4"]
+    for size in (13, 9, 10):
+        assert gradients((2, 32, size, size, 32, 3, 1, 1, 1, 1)) == ["winograd4", "winograd4"]
+        assert algorithm("forward", "float32", (2, 32, size, size, 32, 3, 1, 1, 1, 1)) == "winograd"
+    for size in (5, 6):
+        assert "winograd4" not in gradients((2, 32, size, size, 32, 3, 1, 1, 1, 1))
