@@ -165,7 +165,7 @@ void forward_chunk(const DirectKernels& k, const TilePlan<P>& p, const float* xp
   }
 }
 
-// Shifts one image's padded channels-last copy xp (its border too) by minus each channel's
+// Shifts one image's padded channels-last copy xp (its padding too) by minus each channel's
 // mean c over the image's Hin x Win pixels, and writes into shifted_bias the bias that puts
 // the shift back: a convolution is linear and every output sums all 9 taps of the padded
 // input, so exactly
@@ -186,10 +186,14 @@ void centre_image(const TilePlan<P>& p, float* xp, const double* tap_sums, const
   std::vector<float> shift(C);
   const double pixels = static_cast<double>(std::max<index_t>(1, p.Hin * p.Win));
   for (index_t c = 0; c < C; ++c) shift[c] = static_cast<float>(sum[c] / pixels);
-  for (index_t l = 0; l < p.Hp * p.Wp; ++l) {
-    float* px = xp + l * C;
-    for (index_t c = 0; c < C; ++c) px[c] -= shift[c];
-  }
+  // The rows and columns the outputs read (OH + 2 x OW + 2: the image and its padding); the
+  // rest, read only by cut-off outputs, stays 0 (centred like the image: at -c it would put
+  // a step of c into the tiles at the bottom and right edges, and their rounding errors).
+  for (index_t r = 0; r < std::min(p.Hp, p.OH + 2); ++r)
+    for (index_t q = 0; q < std::min(p.Wp, p.OW + 2); ++q) {
+      float* px = xp + (r * p.Wp + q) * C;
+      for (index_t c = 0; c < C; ++c) px[c] -= shift[c];
+    }
   for (index_t f = 0; f < p.Cout; ++f) {
     const double* ts = tap_sums + f * C;
     double b = bias ? bias[f] : 0.0;
