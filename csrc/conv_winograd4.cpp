@@ -189,6 +189,39 @@ void weight_tile(const float* s, index_t stride, float* gw) {
   }
 }
 
+}  // namespace
+
+namespace winograd {
+
+FASTCONV_CLONES void plane_means(const float* src, index_t C, index_t L, float* mean) {
+  // 8 running sums per plane (one vector), then added in order: the same bits on any thread.
+  constexpr int kLanes = 8;
+  for (index_t c = 0; c < C; ++c) {
+    const float* x = src + c * L;
+    float acc[kLanes] = {};
+    index_t l = 0;
+    for (; l + kLanes <= L; l += kLanes)
+      for (int k = 0; k < kLanes; ++k) acc[k] += x[l + k];
+    for (; l < L; ++l) acc[l % kLanes] += x[l];
+    float sum = 0.0f;
+    for (int k = 0; k < kLanes; ++k) sum += acc[k];
+    mean[c] = L > 0 ? sum / static_cast<float>(L) : 0.0f;
+  }
+}
+
+FASTCONV_CLONES void subtract_channels(float* x, index_t rows, index_t cols, index_t ld,
+                                       const float* shift, index_t C) {
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t q = 0; q < cols; q += C) {
+      float* px = x + r * ld + q;
+      for (index_t c = 0; c < C; ++c) px[c] -= shift[c];
+    }
+}
+
+}  // namespace winograd
+
+namespace {
+
 // F(4x4, 3x3) for the drivers (see conv_winograd_driver.h). The sizes below were measured on
 // AVX2 (Zen 3, 2 threads, airbench94's layers at batch 256).
 struct F4x4 {

@@ -46,6 +46,13 @@ namespace winograd {
 // Kernels transformed side by side by kernel_tiles (one output block: up to kMaxNV vectors).
 constexpr int kKernelBatch = 16 * DirectKernels::kMaxNV;
 
+// The forward's input centring (see centre_image; cloned per ISA in conv_winograd4.cpp):
+// mean[c] = the mean of plane c of src (C planes of L floats, summed in a fixed order);
+// rows x cols floats from x (rows ld apart) minus shift[j % C] (cols a multiple of C).
+void plane_means(const float* src, index_t C, index_t L, float* mean);
+void subtract_channels(float* x, index_t rows, index_t cols, index_t ld, const float* shift,
+                       index_t C);
+
 // A stride-1 3x3 convolution on m x m output tiles: each source image (Cin x Hin x Win, NCHW)
 // is copied channels-last into a zero-padded Hp x Wp buffer at (pt, pl), so tile (ty, tx)
 // reads the a x a patch at (m ty, m tx) and writes outputs (m ty + i, m tx + j) that are
@@ -166,7 +173,7 @@ void forward_chunk(const DirectKernels& k, const TilePlan<P>& p, const float* xp
 }
 
 // Shifts one image's padded channels-last copy xp (its padding too) by minus each channel's
-// mean c over the image's Hin x Win pixels, and writes into shifted_bias the bias that puts
+// mean c over the image's Hin x Win pixels (src: the image, NCHW), and writes into shifted_bias the bias that puts
 // the shift back: a convolution is linear and every output sums all 9 taps of the padded
 // input, so exactly
 //   conv(x)[f] = conv(x - c)[f] + sum_c c[c] * sum_taps(w[f, c])   (+ bias[f]),
@@ -174,26 +181,16 @@ void forward_chunk(const DirectKernels& k, const TilePlan<P>& p, const float* xp
 // spread, not their mean (activations after ReLU or pooling have a mean large beside their
 // spread). tap_sums[f*Cin + c] = sum_taps(w[f, c]); bias may be null.
 template <typename P>
-void centre_image(const TilePlan<P>& p, float* xp, const double* tap_sums, const float* bias,
-                  float* shifted_bias) {
+void centre_image(const TilePlan<P>& p, const float* src, float* xp, const double* tap_sums,
+                  const float* bias, float* shifted_bias) {
   const index_t C = p.Cin;
-  std::vector<double> sum(C, 0.0);
-  for (index_t h = 0; h < p.Hin; ++h)
-    for (index_t w = 0; w < p.Win; ++w) {
-      const float* px = xp + ((p.pt + h) * p.Wp + p.pl + w) * C;
-      for (index_t c = 0; c < C; ++c) sum[c] += px[c];
-    }
   std::vector<float> shift(C);
-  const double pixels = static_cast<double>(std::max<index_t>(1, p.Hin * p.Win));
-  for (index_t c = 0; c < C; ++c) shift[c] = static_cast<float>(sum[c] / pixels);
+  plane_means(src, C, p.Hin * p.Win, shift.data());
   // The rows and columns the outputs read (OH + 2 x OW + 2: the image and its padding); the
   // rest, read only by cut-off outputs, stays 0 (centred like the image: at -c it would put
   // a step of c into the tiles at the bottom and right edges, and their rounding errors).
-  for (index_t r = 0; r < std::min(p.Hp, p.OH + 2); ++r)
-    for (index_t q = 0; q < std::min(p.Wp, p.OW + 2); ++q) {
-      float* px = xp + (r * p.Wp + q) * C;
-      for (index_t c = 0; c < C; ++c) px[c] -= shift[c];
-    }
+  subtract_channels(xp, std::min(p.Hp, p.OH + 2), std::min(p.Wp, p.OW + 2) * C, p.Wp * C,
+                    shift.data(), C);
   for (index_t f = 0; f < p.Cout; ++f) {
     const double* ts = tap_sums + f * C;
     double b = bias ? bias[f] : 0.0;
@@ -236,7 +233,7 @@ bool run_tiles(const TilePlan<P>& p, index_t items, index_t groups, Src src, Dst
         return;
       }
       if (tap_sums)
-        centre_image(p, xp + b * p.padded_size(),
+        centre_image(p, src(i0 + b), xp + b * p.padded_size(),
                      tap_sums + (i0 + b) % groups * p.Cout * p.Cin, bias_of(i0 + b),
                      shifted_bias + b * p.Cout_pad);
     }
