@@ -263,12 +263,13 @@ bool use_winograd4(const ConvShape& s, DirectPass pass, bool forced) {
   // Not the forward, whose errors a BatchNorm after the conv divides by the output channel's
   // spread: on vgg_small's activations at init F(4x4) is 1.0-1.6e-5 of that spread off
   // float64, F(2x2) 1.5-2.6e-6, direct summation and PyTorch's float32 3.5-8e-6. Centring the
-  // inputs (F4x4::centre_inputs) removes the part that scales with their mean (8x less error
-  // at mean 20 x spread) but these activations' mean is about their spread, so the rest
-  // stays; enough to flip the argmax of a max-pool window whose top two differ by 6.5e-7,
-  // which moved vgg_small's one-step update 1.2e-2 (of the largest change) from float64,
-  // against 1.4e-4 with F(2x2) forwards. The gradients (of grad_y, mean-free behind a
-  // BatchNorm; of the weights) stay there.
+  // inputs (F4x4::centre_inputs) removes the part that scales with their mean (airbench94's
+  // one-step update: 8e-4 off float64 uncentred, 1.9e-4 centred as with F(2x2)), but these
+  // activations' mean is about their spread, so the rest stays: it flips max-pool windows
+  // whose top two nearly tie (3 in 4 batches of vgg_small, F(2x2) 1, direct 2), and on the
+  // benchmark's batch one whose top two differ by 6.5e-7 moved vgg_small's one-step update
+  // 1.2e-2 (of the largest change) from float64, against 1.4e-4 with F(2x2) forwards.
+  // The gradients (of grad_y, mean-free behind a BatchNorm; of the weights) stay there.
   if (pass == DirectPass::forward) return false;
   // As F(2x2), at least 16 channels each way (F(4x4) measured 1.2-1.5x faster from 16).
   if (s.Cg() < 16 || s.Fg() < 16) return false;
