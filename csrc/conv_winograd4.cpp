@@ -189,10 +189,46 @@ void weight_tile(const float* s, index_t stride, float* gw) {
   }
 }
 
+}  // namespace
+
+namespace winograd {
+
+FASTCONV_CLONES void plane_means(const float* src, index_t C, index_t L, float* mean) {
+  // 8 running sums per plane (one vector), then added in order: the same bits on any thread.
+  constexpr int kLanes = 8;
+  for (index_t c = 0; c < C; ++c) {
+    const float* x = src + c * L;
+    float acc[kLanes] = {};
+    index_t l = 0;
+    for (; l + kLanes <= L; l += kLanes)
+      for (int k = 0; k < kLanes; ++k) acc[k] += x[l + k];
+    for (; l < L; ++l) acc[l % kLanes] += x[l];
+    float sum = 0.0f;
+    for (int k = 0; k < kLanes; ++k) sum += acc[k];
+    mean[c] = L > 0 ? sum / static_cast<float>(L) : 0.0f;
+  }
+}
+
+FASTCONV_CLONES void subtract_channels(float* x, index_t rows, index_t cols, index_t ld,
+                                       const float* shift, index_t C) {
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t q = 0; q < cols; q += C) {
+      float* px = x + r * ld + q;
+      for (index_t c = 0; c < C; ++c) px[c] -= shift[c];
+    }
+}
+
+}  // namespace winograd
+
+namespace {
+
 // F(4x4, 3x3) for the drivers (see conv_winograd_driver.h). The sizes below were measured on
 // AVX2 (Zen 3, 2 threads, airbench94's layers at batch 256).
 struct F4x4 {
   static constexpr int m = 4, a = 6, n = 36;
+  // Forward inputs centred per plane (see centre_image): the transforms' errors scale with
+  // the tile's values, and a BatchNorm after the conv divides the output by its spread.
+  static constexpr bool centre_inputs = true;
   // Tiles per batch of images (as many outputs as F(2x2)'s 96 tiles); 12-48 measured, 24
   // best or within noise on every layer.
   static index_t batch_tiles() { return 24; }
@@ -224,13 +260,16 @@ struct F4x4 {
 bool use_winograd4(const ConvShape& s, DirectPass pass, bool forced) {
   if (!use_winograd(s, pass, true)) return false;  // 3x3, stride 1, undilated, direct tiles
   if (forced) return true;
-  // Not the forward: its inputs are activations (after ReLU, GELU, pooling: mostly positive,
-  // with a mean large beside their spread); F(4x4)'s transform errors scale with the tile's
-  // values, mean included, and a BatchNorm after the conv divides by the output channel's far
-  // smaller spread. vgg_small's one training step moved its weights up to 2e-2 (of the
-  // largest change) away from float64 with F(4x4) forwards, 1.4e-4 without (PyTorch float32:
-  // 1.4e-4). The input gradient (of grad_y, mean-free behind a BatchNorm) and the weight
-  // gradient stay there.
+  // Not the forward, whose errors a BatchNorm after the conv divides by the output channel's
+  // spread: on vgg_small's activations at init F(4x4) is 1.0-1.6e-5 of that spread off
+  // float64, F(2x2) 1.5-2.6e-6, direct summation and PyTorch's float32 3.5-8e-6. Centring the
+  // inputs (F4x4::centre_inputs) removes the part that scales with their mean (airbench94's
+  // one-step update: 8e-4 off float64 uncentred, 1.9e-4 centred as with F(2x2)), but these
+  // activations' mean is about their spread, so the rest stays: it flips max-pool windows
+  // whose top two nearly tie (3 in 4 batches of vgg_small, F(2x2) 1, direct 2), and on the
+  // benchmark's batch one whose top two differ by 6.5e-7 moved vgg_small's one-step update
+  // 1.2e-2 (of the largest change) from float64, against 1.4e-4 with F(2x2) forwards.
+  // The gradients (of grad_y, mean-free behind a BatchNorm; of the weights) stay there.
   if (pass == DirectPass::forward) return false;
   // As F(2x2), at least 16 channels each way (F(4x4) measured 1.2-1.5x faster from 16).
   if (s.Cg() < 16 || s.Fg() < 16) return false;

@@ -29,6 +29,8 @@
 //                                               sums apart, then in order (see conv.h)
 //   weight_grad_cap(k, Cg, Fpad)                tiles gathered per pass of the weight
 //                                               gradient's GEMMs
+//   centre_inputs                               whether the forward shifts each input plane
+//                                               by minus its mean (see centre_image)
 #pragma once
 
 #include <algorithm>
@@ -43,6 +45,13 @@ namespace winograd {
 
 // Kernels transformed side by side by kernel_tiles (one output block: up to kMaxNV vectors).
 constexpr int kKernelBatch = 16 * DirectKernels::kMaxNV;
+
+// The forward's input centring (see centre_image; cloned per ISA in conv_winograd4.cpp):
+// mean[c] = the mean of plane c of src (C planes of L floats, summed in a fixed order);
+// rows x cols floats from x (rows ld apart) minus shift[j % C] (cols a multiple of C).
+void plane_means(const float* src, index_t C, index_t L, float* mean);
+void subtract_channels(float* x, index_t rows, index_t cols, index_t ld, const float* shift,
+                       index_t C);
 
 // A stride-1 3x3 convolution on m x m output tiles: each source image (Cin x Hin x Win, NCHW)
 // is copied channels-last into a zero-padded Hp x Wp buffer at (pt, pl), so tile (ty, tx)
@@ -163,27 +172,59 @@ void forward_chunk(const DirectKernels& k, const TilePlan<P>& p, const float* xp
   }
 }
 
+// Shifts one image's padded channels-last copy xp (its padding too) by minus each channel's
+// mean c over the image's Hin x Win pixels (src: the image, NCHW), and writes into shifted_bias the bias that puts
+// the shift back: a convolution is linear and every output sums all 9 taps of the padded
+// input, so exactly
+//   conv(x)[f] = conv(x - c)[f] + sum_c c[c] * sum_taps(w[f, c])   (+ bias[f]),
+// with x - c padded by -c. The transforms' rounding errors then scale with the planes'
+// spread, not their mean (activations after ReLU or pooling have a mean large beside their
+// spread). tap_sums[f*Cin + c] = sum_taps(w[f, c]); bias may be null.
+template <typename P>
+void centre_image(const TilePlan<P>& p, const float* src, float* xp, const double* tap_sums,
+                  const float* bias, float* shifted_bias) {
+  const index_t C = p.Cin;
+  std::vector<float> shift(C);
+  plane_means(src, C, p.Hin * p.Win, shift.data());
+  // The rows and columns the outputs read (OH + 2 x OW + 2: the image and its padding); the
+  // rest, read only by cut-off outputs, stays 0 (centred like the image: at -c it would put
+  // a step of c into the tiles at the bottom and right edges, and their rounding errors).
+  subtract_channels(xp, std::min(p.Hp, p.OH + 2), std::min(p.Wp, p.OW + 2) * C, p.Wp * C,
+                    shift.data(), C);
+  for (index_t f = 0; f < p.Cout; ++f) {
+    const double* ts = tap_sums + f * C;
+    double b = bias ? bias[f] : 0.0;
+    for (index_t c = 0; c < C; ++c) b += static_cast<double>(shift[c]) * ts[c];
+    shifted_bias[f] = static_cast<float>(b);
+  }
+}
+
 // Runs the plan over `items` images (src(i) -> dst(i), NCHW, plus bias), kernels u(i), in
 // batches of p.images consecutive ones (same group); with pool, each image's output planes
 // are max-pooled from a buffer in cache into pool->y (item i holds planes [i*Cout,
 // (i+1)*Cout)), and dst is not used.
+// With tap_sums (groups x Cout x Cin, see centre_image), each image is centred per input
+// plane first.
 // Returns false, as soon as it sees one, if an input holds ±inf or NaN (the outputs are then
 // unspecified: the caller recomputes them on the direct path, see conv_winograd.h).
 template <typename P, typename Src, typename Dst, typename Kernels>
 bool run_tiles(const TilePlan<P>& p, index_t items, index_t groups, Src src, Dst dst, Kernels u,
-               const float* bias, const PoolAfter* pool = nullptr) {
+               const float* bias, const PoolAfter* pool = nullptr,
+               const double* tap_sums = nullptr) {
   std::atomic<bool> nonfinite{false};
   const DirectKernels& k = *direct_kernels();
   auto bias_of = [&](index_t i) { return bias ? bias + i % groups * p.Cout : nullptr; };
   const index_t part = p.v_size() + p.m_size() + p.Cout_pad;  // transform buffers + junk row
   const index_t L = p.OH * p.OW, ybuf_size = pool ? round_up(checked_mul(p.Cout, L), 16) : 0;
   const index_t batches = ceil_div(items, p.images);
-  // Scratch per batch: padded copies, transformed tiles, products, outputs, junk row, and
-  // with pool the output planes of one image.
-  const index_t per = checked_add(p.scratch_size(), p.Cout_pad, ybuf_size);
+  const index_t shifted_size = tap_sums ? checked_mul(p.images, p.Cout_pad) : 0;
+  // Scratch per batch: padded copies, transformed tiles, products, outputs, junk row, with
+  // pool the output planes of one image, and with tap_sums the images' shifted biases.
+  const index_t per = checked_add(p.scratch_size(), p.Cout_pad, ybuf_size, shifted_size);
   for_each_item(batches, per, [&](index_t bi, float* xp, bool split) {
     const index_t i0 = bi * p.images, count = std::min(p.images, items - i0);
     float* out = xp + p.images * p.padded_size() + p.v_size() + p.m_size();
+    float* shifted_bias = xp + p.scratch_size() + p.Cout_pad + ybuf_size;
     for (index_t b = 0; b < count; ++b) {
       if (nonfinite.load(std::memory_order_relaxed)) return;
       if (k.to_channels_last(src(i0 + b), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin,
@@ -191,7 +232,14 @@ bool run_tiles(const TilePlan<P>& p, index_t items, index_t groups, Src src, Dst
         nonfinite.store(true, std::memory_order_relaxed);
         return;
       }
+      if (tap_sums)
+        centre_image(p, src(i0 + b), xp + b * p.padded_size(),
+                     tap_sums + (i0 + b) % groups * p.Cout * p.Cin, bias_of(i0 + b),
+                     shifted_bias + b * p.Cout_pad);
     }
+    auto bias_out = [&](index_t b) {
+      return tap_sums ? shifted_bias + b * p.Cout_pad : bias_of(i0 + b);
+    };
     const float* ui = u(i0);
     const index_t tiles = count * p.T, chunks = ceil_div(tiles, p.chunk);
     // The next batch (this thread's, mostly), a slice per chunk (see PrefetchSlices).
@@ -222,11 +270,11 @@ bool run_tiles(const TilePlan<P>& p, index_t items, index_t groups, Src src, Dst
     for (index_t b = 0; b < count; ++b) {
       const index_t i = i0 + b;
       if (!pool) {
-        k.from_channels_last(out + b * p.out_size(), p.Cout_pad, p.Cout, L, bias_of(i), dst(i));
+        k.from_channels_last(out + b * p.out_size(), p.Cout_pad, p.Cout, L, bias_out(b), dst(i));
         continue;
       }
       float* ybuf = xp + p.scratch_size() + p.Cout_pad;
-      k.from_channels_last(out + b * p.out_size(), p.Cout_pad, p.Cout, L, bias_of(i), ybuf);
+      k.from_channels_last(out + b * p.out_size(), p.Cout_pad, p.Cout, L, bias_out(b), ybuf);
       pool_planes(*pool, p.Cout, ybuf, i * p.Cout, split);
     }
   });
@@ -247,10 +295,18 @@ bool forward(const ConvShape& s, const float* x, const float* w, const float* bi
     u.push_back(transform_kernels(p, [&](index_t f, index_t c, float* k) {
       std::copy_n(w + ((g * Fg + f) * Cg + c) * 9, 9, k);
     }));
+  // Each kernel's sum of taps ([g][f][c], as w without the taps) when the inputs are centred.
+  std::vector<double> tap_sums(P::centre_inputs ? checked_mul(G, Fg, Cg) : 0);
+  for (std::size_t j = 0; j < tap_sums.size(); ++j) {
+    double t = 0.0;
+    for (int k = 0; k < 9; ++k) t += w[j * 9 + k];
+    tap_sums[j] = t;
+  }
   return run_tiles(
       p, s.N * G, G, [&](index_t i) { return x + (i / G * s.C + i % G * Cg) * s.H * s.W; },
       [&](index_t i) { return y + (i / G * s.F + i % G * Fg) * s.L(); },
-      [&](index_t i) -> const float* { return u[i % G].get(); }, bias, pool);
+      [&](index_t i) -> const float* { return u[i % G].get(); }, bias, pool,
+      P::centre_inputs ? tap_sums.data() : nullptr);
 }
 
 template <typename P>

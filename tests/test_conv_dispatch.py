@@ -252,3 +252,23 @@ def test_direct_with_padding_beyond_the_windows(rng):
     want = (R.conv2d(x, w, **kw), *R.conv2d_backward(gy, x, w, **kw))
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1024, 24, 31, 31, 64, 3, 1, 1, 1, 1),
+                                   (1024, 64, 15, 15, 64, 3, 1, 1, 1, 1),
+                                   (1024, 64, 15, 15, 256, 3, 1, 1, 1, 1),
+                                   (1024, 256, 7, 7, 256, 3, 1, 1, 1, 1),
+                                   (64, 32, 32, 32, 32, 3, 1, 1, 1, 1)], ids=str)
+def test_avx2_forward_keeps_2x2_tiles_where_the_gradients_take_4x4(avx2_tiles, shape):
+    # airbench94's 3x3 layers at batch 1024 and vgg_small.conv2: F(4x4) in both gradients,
+    # F(2x2) in the forward, centred or not (see use_winograd4: F(4x4)'s forward errors, 1e-5
+    # of the output channel's spread on activations, flip max-pool near-ties); forced, the
+    # forward takes F(4x4).
+    assert algorithm("forward", "float32", shape) == "winograd"
+    assert [algorithm(p, "float32", shape) for p in ("backward_input", "backward_weight")] == [
+        "winograd4", "winograd4"]
+    _core.set_conv_algorithm("winograd4")
+    try:
+        assert algorithm("forward", "float32", shape) == "winograd4"
+    finally:
+        _core.set_conv_algorithm("auto")
