@@ -39,7 +39,8 @@ constexpr std::size_t kHugePage = std::size_t(2) << 20;
 constexpr std::size_t kHugeFrom = std::size_t(4) << 20;
 // Cache-sized blocks below kHugeFrom are rounded up to this, so near-equal sizes share blocks.
 constexpr std::size_t kGranule = std::size_t(64) << 10;
-// A cached block serves a request when it is at most this fraction larger (1/4: 25%).
+// A cached block serves a request when it is at most this fraction larger (1/4: 25%), or
+// one huge page (the header pushes a request of whole huge pages into one page more).
 constexpr std::size_t kSlackShift = 2;
 // A window ends after handing out this many times the bound.
 constexpr std::size_t kWindowBounds = 8;
@@ -83,10 +84,11 @@ void system_free(void* p) { std::free(header_of(p)->base); }
 
 class Cache {
  public:
-  // A cached block of at least `capacity` bytes (and at most 25% more), or nullptr.
+  // A cached block of at least `capacity` bytes (and at most 25% or one huge page more),
+  // or nullptr.
   void* take(std::size_t capacity) {
     std::lock_guard<std::mutex> lock(mutex_);
-    const std::size_t most = capacity + (capacity >> kSlackShift);
+    const std::size_t most = capacity + std::max(capacity >> kSlackShift, kHugePage);
     std::size_t best = free_.size();
     for (std::size_t i = 0; i < free_.size(); ++i) {
       const std::size_t c = free_[i].capacity;
