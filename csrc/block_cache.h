@@ -6,8 +6,8 @@
 //
 // allocate/release are thread-safe and never touch Python (NumPy may call them without the
 // GIL). Blocks of at least kMinCachedBytes go to the cache when released; the cache holds at
-// most what was recently in use at once (see block_cache.cpp), and release_cached() returns
-// every free block to the OS.
+// most 1.5x what was recently in use at once (see block_cache.cpp), and release_cached()
+// returns every free block to the OS.
 #pragma once
 
 #include <cstddef>

@@ -17,9 +17,10 @@ inside it. ::
         for x, y in loader:
             ...                        # forward, backward, optimiser step
 
-The cache holds at most as many bytes as were recently in use at once (in use + cached stays
-under the largest total in use during the last several steps' worth of allocations), so a
-steady loop keeps what one step needs and no more; :func:`release` hands every cached block
+The cache is bounded by what was recently in use at once: in use + cached stays under 1.5x
+the largest total in use during the last several steps' worth of allocations (blocks are
+reused by size, so a step needs a little more than its peak), so a steady loop keeps what its
+steps need and no more; :func:`release` hands every cached block
 back to the OS at once, as leaving the outermost :func:`recycling` does. Only the place arrays
 live changes: results are bit-identical with and without it.
 """
