@@ -13,6 +13,7 @@
 #include "block_cache.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -41,7 +42,7 @@ constexpr std::size_t kHugeFrom = std::size_t(4) << 20;
 // Cache-sized blocks below kHugeFrom are rounded up to this, so near-equal sizes share blocks.
 constexpr std::size_t kGranule = std::size_t(64) << 10;
 // A cached block serves a request when it is at most this fraction larger (1/4: 25%), or
-// one huge page (the header pushes a request of whole huge pages into one page more).
+// one huge page (the header and offset push a request of whole huge pages into one more).
 constexpr std::size_t kSlackShift = 2;
 // The bound is the recent peak in use plus this fraction of it (1/2: 50%). Blocks are reused
 // by size, so a loop needs, for each size, as many blocks as it ever holds of that size at
@@ -59,6 +60,15 @@ Header* header_of(const void* p) {
   return reinterpret_cast<Header*>(static_cast<char*>(const_cast<void*>(p)) - kAlignment);
 }
 
+// Cache-sized blocks start at staggered offsets from their page boundary (the header's 64
+// bytes, then 0, 256, ..., 3840 more, one block after another): blocks that all began at the
+// same offset would map their starts to the same L1/L2 cache sets, and kernels that stream
+// through several at once (GEMM panels, im2col columns) would evict their own lines. glibc's
+// heap staggers blocks by their sizes; fresh mmaps do not.
+constexpr std::size_t kColourStep = 256;
+constexpr std::size_t kColours = 16;
+constexpr std::size_t kColourSpan = kAlignment + kColourStep * (kColours - 1);
+
 // Block alignment and usable capacity for a request of `bytes`.
 void block_shape(std::size_t bytes, std::size_t* align, std::size_t* capacity) {
   if (bytes < kMinCachedBytes) {
@@ -68,20 +78,26 @@ void block_shape(std::size_t bytes, std::size_t* align, std::size_t* capacity) {
     *align = kAlignment;
     *capacity = round_up(bytes, kGranule);
   } else {
+    // whole huge pages with room for any offset
     *align = kHugePage;
-    *capacity = round_up(bytes + kAlignment, kHugePage) - kAlignment;
+    *capacity = round_up(bytes + kColourSpan, kHugePage) - kColourSpan;
   }
 }
 
 // A new block straight from the system, or nullptr.
 void* system_block(std::size_t align, std::size_t capacity) {
-  const std::size_t total = round_up(kAlignment + capacity, align);
+  std::size_t offset = kAlignment;
+  if (capacity >= kMinCachedBytes) {
+    static std::atomic<std::size_t> blocks{0};
+    offset += kColourStep * (blocks.fetch_add(1, std::memory_order_relaxed) % kColours);
+  }
+  const std::size_t total = round_up(offset + capacity, align);
   void* base = std::aligned_alloc(align, total);
   if (!base) return nullptr;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (align == kHugePage) madvise(base, total, MADV_HUGEPAGE);  // advice only: errors ignored
 #endif
-  void* p = static_cast<char*>(base) + kAlignment;
+  void* p = static_cast<char*>(base) + offset;
   *header_of(p) = Header{base, capacity};
   return p;
 }
