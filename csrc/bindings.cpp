@@ -10,14 +10,18 @@
 
 #include <array>
 #include <atomic>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "activation.h"
 #include "adaptive_pool.h"
 #include "batchnorm.h"
+#include "block_cache.h"
 #include "conv.h"
 #include "conv_direct.h"
 #include "cpu.h"
@@ -25,6 +29,7 @@
 #include "gemm_bf16.h"
 #include "gemm_direct.h"
 #include "im2col.h"
+#include "numpy_recycling.h"
 #include "optim.h"
 #include "peak.h"
 #include "pool.h"
@@ -980,6 +985,78 @@ void silu_backward(const py::array& gy, const py::array& x, py::array gx) {
   for_dtype(x, "x", [&](auto t) { silu_backward_t<decltype(t)>(gy, x, gx); });
 }
 
+// A new reference from the numpy_recycling functions as an object (nullptr: their Python error).
+py::object steal_or_throw(PyObject* o) {
+  if (!o) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(o);
+}
+
+py::dict block_cache_stats() {
+  const fastconv::block_cache::Stats s = fastconv::block_cache::stats();
+  py::dict d;
+  d["in_use_bytes"] = s.in_use_bytes;
+  d["cached_bytes"] = s.cached_bytes;
+  d["cached_blocks"] = s.cached_blocks;
+  d["bound_bytes"] = s.bound_bytes;
+  d["hits"] = s.hits;
+  d["misses"] = s.misses;
+  return d;
+}
+
+// Tests' stress run of the block cache from `threads` threads at once, without the GIL: each
+// thread allocates `rounds` blocks of sizes drawn from `sizes` (keeping up to 8 alive), checks
+// each is 64-byte aligned and at least as large as asked (its capacity), stamps its first and
+// last bytes and checks the stamps are intact when it releases it. Returns the failed checks.
+std::size_t block_cache_exercise(int threads, int rounds, const std::vector<std::size_t>& sizes,
+                                 std::uint64_t seed) {
+  if (threads < 1 || rounds < 0 || sizes.empty())
+    throw py::value_error("block_cache_exercise: threads >= 1, rounds >= 0, sizes not empty");
+  py::gil_scoped_release release;
+  std::atomic<std::size_t> failures{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      struct Live {
+        unsigned char* p;
+        std::size_t bytes;
+        unsigned char stamp;
+      };
+      std::vector<Live> live;
+      std::uint64_t state = seed * 0x9E3779B97F4A7C15ull + std::uint64_t(t) + 1;
+      auto next = [&] {  // xorshift64
+        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+        return state;
+      };
+      auto drop = [&](const Live& b) {
+        if (b.bytes && (b.p[0] != b.stamp || b.p[b.bytes - 1] != b.stamp)) ++failures;
+        fastconv::block_cache::release(b.p);
+      };
+      for (int r = 0; r < rounds; ++r) {
+        const std::size_t bytes = sizes[next() % sizes.size()];
+        auto* p = static_cast<unsigned char*>(fastconv::block_cache::allocate(bytes));
+        if (!p || reinterpret_cast<std::uintptr_t>(p) % fastconv::block_cache::kAlignment ||
+            fastconv::block_cache::capacity(p) < bytes) {
+          ++failures;
+          fastconv::block_cache::release(p);
+          continue;
+        }
+        const auto stamp = static_cast<unsigned char>(next());
+        if (bytes) p[0] = p[bytes - 1] = stamp;
+        live.push_back(Live{p, bytes, stamp});
+        if (live.size() > 8) {
+          const std::size_t victim = next() % live.size();
+          drop(live[victim]);
+          live[victim] = live.back();
+          live.pop_back();
+        }
+      }
+      for (const Live& b : live) drop(b);
+    });
+  }
+  for (std::thread& th : pool) th.join();
+  return failures.load();
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -1139,4 +1216,24 @@ PYBIND11_MODULE(_core, m) {
     const fastconv::DirectKernels* k = fastconv::direct_kernels();
     return k ? k->lanes : 0;
   }, "Vector lanes of the direct / Winograd / few-channel conv kernels at this SIMD level (0: none).");
+  m.def("numpy_recycling_handler",
+        [] { return steal_or_throw(fastconv::numpy_recycling_handler()); },
+        "The NumPy data-memory handler (a 'mem_handler' capsule) over the block cache "
+        "(fastconv.memory.recycling installs it).");
+  m.def("set_numpy_handler",
+        [](py::object handler) {
+          return steal_or_throw(fastconv::numpy_set_handler(handler.is_none() ? nullptr
+                                                                              : handler.ptr()));
+        },
+        py::arg("handler").none(true),
+        "Make handler (a 'mem_handler' capsule; None: NumPy's default) NumPy's handler for new "
+        "arrays in the current context; returns the previous one.");
+  m.def("block_cache_stats", &block_cache_stats,
+        "The block cache's counters: in_use_bytes, cached_bytes, cached_blocks, bound_bytes, "
+        "hits, misses.");
+  m.def("block_cache_release", &fastconv::block_cache::release_cached,
+        "Free every cached (not in use) block of the block cache; returns the bytes freed.");
+  m.def("block_cache_exercise", &block_cache_exercise, py::arg("threads"), py::arg("rounds"),
+        py::arg("sizes"), py::arg("seed") = 0,
+        "Stress the block cache from several threads (tests); returns the failed checks.");
 }

@@ -12,6 +12,8 @@
 #include <memory>
 #include <new>
 
+#include "block_cache.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -127,18 +129,20 @@ index_t checked_add(index_t a, index_t b, index_t c, Rest... rest) {
 
 // 64-byte aligned scratch memory, owned by one call (never static: the GIL is released and
 // several Python threads may run kernels at once). count: elements, from checked_mul /
-// checked_add (a negative count is a wrapped size: refused).
-struct AlignedFree {
-  void operator()(void* p) const noexcept { std::free(p); }
+// checked_add (a negative count is a wrapped size: refused). Large blocks come from and go
+// back to the block cache (block_cache.h), so a training step reuses the previous step's
+// pages; their contents are unspecified, like aligned_alloc's.
+struct ScratchFree {
+  void operator()(void* p) const noexcept { block_cache::release(p); }
 };
 
 template <typename T>
-using Scratch = std::unique_ptr<T[], AlignedFree>;
+using Scratch = std::unique_ptr<T[], ScratchFree>;
 
 template <typename T>
 Scratch<T> make_scratch(index_t count) {
   const index_t bytes = checked_mul(count == 0 ? 1 : count, sizeof(T));
-  void* p = std::aligned_alloc(64, static_cast<std::size_t>(checked_add(bytes, 63) / 64 * 64));
+  void* p = block_cache::allocate(static_cast<std::size_t>(bytes));
   if (!p) throw std::bad_alloc();
   return Scratch<T>(static_cast<T*>(p));
 }

@@ -127,7 +127,8 @@ def __getattr__(name: str):
 
 
 _LAZY_SUBMODULES = ("reference", "nn", "losses", "init", "optim", "models",
-                    "gradcheck", "data", "checkpoint", "plotting", "training", "cli", "export")
+                    "gradcheck", "data", "checkpoint", "plotting", "training", "cli", "export",
+                    "memory")
 
 __all__ = [
     "F",

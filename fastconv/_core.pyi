@@ -4,6 +4,8 @@ Every array argument must be a C-contiguous float32 or float64 array (indices: i
 exact size the shapes imply; outputs are written in place. The GIL is released inside.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -142,4 +144,24 @@ def set_conv_algorithm(name: str) -> bool:
     """Force a convolution formulation: 'auto', 'im2col', 'wide', 'direct', 'direct_nchw',
     'winograd' or 'subsampled' (each where it applies; tests and benchmarks). False for an
     unknown name."""
+    ...
+def numpy_recycling_handler() -> object:
+    """The NumPy data-memory handler (a 'mem_handler' capsule) whose arrays' memory comes from
+    the block cache (fastconv.memory.recycling installs it)."""
+    ...
+def set_numpy_handler(handler: object | None) -> object:
+    """Make handler (a 'mem_handler' capsule; None: NumPy's default) NumPy's handler for new
+    arrays in the current context; returns the previous one."""
+    ...
+def block_cache_stats() -> dict:
+    """The block cache's counters: in_use_bytes, cached_bytes, cached_blocks, bound_bytes,
+    hits, misses (see fastconv.memory.stats)."""
+    ...
+def block_cache_release() -> int:
+    """Free every cached (not in use) block of the block cache; returns the bytes freed."""
+    ...
+def block_cache_exercise(threads: int, rounds: int, sizes: Sequence[int], seed: int = 0) -> int:
+    """Stress the block cache from `threads` threads at once without the GIL (tests): blocks of
+    the given sizes allocated, checked (64-byte aligned, large enough), stamped and checked
+    again when released; returns the failed checks."""
     ...

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import optim
+from .. import memory, optim
 from ..data import DataLoader
 from . import inputs, state as _state
 from .callbacks import Callback
@@ -205,6 +205,12 @@ class Trainer:
         modes = _modes(self.model)
         for cb in self.callbacks:
             cb.set_trainer(self)
+        # each step's arrays reuse the previous step's memory (see fastconv.memory)
+        with memory.recycling():
+            return self._run(modes)
+
+    def _run(self, modes) -> History:
+        """run's loop, inside memory recycling."""
         try:
             self.model.train()
             self._call("on_train_begin", {})
