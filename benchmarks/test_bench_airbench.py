@@ -5,7 +5,8 @@ A step is the recipe's: forward, summed label-smoothed cross-entropy, backward, 
 with airbench's two parameter groups, and the schedule's step; batch 1024 (UNTIMED_BATCH
 images with timing disabled, the normal test run), a fixed random batch, the same initial
 weights for all three (fastconv's model, whitening conv set from the batch, loaded into
-PyTorch's). Their first steps' losses must agree (rtol LOSS_RTOL). Records each median, the
+PyTorch's). fastconv's steps run inside ``fastconv.memory.recycling()``, as in ``fit`` (and so
+``fastconv-train --recipe airbench94``). Their first steps' losses must agree (rtol LOSS_RTOL). Records each median, the
 per-round ratios PyTorch / fastconv and the GFLOP/s of the step (see conv_gflop).
 
     flock /work/wt/timing.lock pytest benchmarks/test_bench_airbench.py --benchmark-enable
@@ -19,7 +20,7 @@ import statistics
 
 import numpy as np
 
-from fastconv import models
+from fastconv import memory, models
 from fastconv.losses import CrossEntropyLoss
 from fastconv.training.recipes import Airbench94, airbench94_optimizer, airbench94_schedule
 
@@ -108,7 +109,8 @@ def test_airbench94_step_interleaved_with_torch(benchmark, request):
         return call
 
     benchmark.group = f"train airbench94 step (batch {batch}), fastconv and PyTorch interleaved"
-    times = run_interleaved(benchmark, {k: recording(k) for k in IMPLS}, rounds, check)
+    with memory.recycling():  # as fit: each step reuses the last one's large blocks
+        times = run_interleaved(benchmark, {k: recording(k) for k in IMPLS}, rounds, check)
     for impl in IMPLS[1:]:
         np.testing.assert_allclose(first[impl], first["fastconv"], rtol=LOSS_RTOL,
                                    err_msg=f"{impl}: the first step's loss")
