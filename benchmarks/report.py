@@ -218,6 +218,26 @@ def plot(bars, path: Path) -> bool:
     return True
 
 
+def layouts_table(data: dict) -> str:
+    """Training steps against PyTorch in several memory formats, interleaved (extra_info kind
+    "paired_layouts", e.g. airbench94 at batch 1024): each median, the step's GFLOP/s and
+    the median of the per-round ratios against each PyTorch variant."""
+    lines = []
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if info.get("kind") != "paired_layouts":
+            continue
+        med, gflops = info["median_s"], info.get("gflop_per_s", {})
+        for impl, seconds in med.items():
+            ratio = info["ratio_median"].get(impl)
+            lines.append(f"| {info['model']} | {info['images']} | {impl} | {info['rounds']} | "
+                         f"{seconds:.2f} s | {gflops.get(impl, 0):.0f} | "
+                         + (f"{ratio:.2f}x |" if ratio else "- |"))
+    return markdown_table("| model | batch | implementation | rounds | step (median) | GFLOP/s | "
+                          "fastconv's speed-up (per-round median) |",
+                          "| --- | ---: | --- | ---: | ---: | ---: | ---: |", lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path)
@@ -234,6 +254,8 @@ def main(argv=None) -> int:
          peak_table(data)),
         ("Training steps of fastconv and PyTorch interleaved, one of each per round (the "
          "machine's slow stretches then hit both):", paired_table(data)),
+        ("Training steps against PyTorch in each memory format, interleaved, one step of "
+         "each per round:", layouts_table(data)),
         ("Conv passes of fastconv and PyTorch interleaved, one call of each per round:",
          paired_table(data, "paired_conv")),
         ("GELU and SiLU passes of fastconv and PyTorch interleaved, one call of each per round:",

@@ -118,7 +118,7 @@ def test_airbench94_step_interleaved_with_torch(benchmark, request):
     ratios = {impl: [t / f for f, t in zip(times["fastconv"], times[impl])] for impl in IMPLS[1:]}
     gflop = conv_gflop(batch)
     benchmark.extra_info.update(
-        kind="paired", model="airbench94", images=batch, rounds=rounds,
+        kind="paired_layouts", model="airbench94", images=batch, rounds=rounds,
         median_s=med, times_s=times, step_gflop=gflop,
         gflop_per_s={impl: gflop / m for impl, m in med.items()},
         ratio_median={impl: statistics.median(r) for impl, r in ratios.items()},

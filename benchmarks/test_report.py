@@ -45,6 +45,11 @@ DATA = {
                         "bf16_path": "emulated", "rounds": 12, "f32_median_s": 0.004,
                         "bf16_median_s": 0.005, "speedup_bf16_over_f32_median": 0.8,
                         "torch_bf16_median_s": 0.02}},
+        {"group": "train airbench94 step", "name": "pl", "stats": {"median": 5.0},
+         "extra_info": {"kind": "paired_layouts", "model": "airbench94", "images": 1024,
+                        "rounds": 3, "median_s": {"fastconv": 2.65, "torch_channels_last": 5.76},
+                        "gflop_per_s": {"fastconv": 273.0, "torch_channels_last": 126.0},
+                        "ratio_median": {"torch_channels_last": 2.15}}},
         {"group": "memory", "name": "mem", "stats": {"median": 1.0},
          "extra_info": {"kind": "memory", "others_share": 0.9, "steal_share": 0.0,
                         "rss_mib": {"fastconv": {"baseline": 50, "peak": 150, "delta": 100}}}},
@@ -69,6 +74,8 @@ def test_report_tables(tmp_path):
     assert "fma peak" not in text
     assert "| train m step | 10.00 ms | - | - | - | - | 6,400 img/s |" in text
     assert "| m | 40 | 10.00 ms | 21.00 ms | 2.10x | 2.00-2.20x |" in text
+    assert "| airbench94 | 1024 | fastconv | 3 | 2.65 s | 273 | - |" in text
+    assert "| airbench94 | 1024 | torch_channels_last | 3 | 5.76 s | 126 | 2.15x |" in text
     assert ("| a forward | 200 | 2.00 ms | 3.10 ms | 1.55x | 1.40-1.70x | "
             "2000 GFLOP/s (50% of peak) |") in text
     assert "| memory | fastconv | 50 | 150 | 100 |" in text
