@@ -66,6 +66,9 @@ fi
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_fuzz.py --fuzz-scale 0.25 \
   tests/test_core_bindings.py tests/test_conv_dispatch.py tests/test_gemm_blocks.py tests/ops \
   tests/precision/test_bf16_gemm.py tests/precision/test_bf16_rounding.py
+# The block cache behind every kernel's scratch and fastconv.memory.recycling (not its
+# airbench94 steps: minutes under the sanitizers; the kernels above already ran on the cache).
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_memory.py -k "not airbench94"
 kernels="gemm or linear_matches_reference or batch_norm_train_matches"
 kernels+=" or batch_norm_train_fused_relu_is or relu_matches or im2col_col2im_match_reference"
 kernels+=" or tile_edge or does_not_depend_on_thread or fused_update_matches"
