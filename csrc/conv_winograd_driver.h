@@ -173,9 +173,9 @@ void forward_chunk(const DirectKernels& k, const TilePlan<P>& p, const float* xp
 }
 
 // Shifts one image's padded channels-last copy xp (its padding too) by minus each channel's
-// mean c over the image's Hin x Win pixels (src: the image, NCHW), and writes into shifted_bias the bias that puts
-// the shift back: a convolution is linear and every output sums all 9 taps of the padded
-// input, so exactly
+// mean c over the image's Hin x Win pixels (src: the image, NCHW), and writes into
+// shifted_bias the bias that puts the shift back: a convolution is linear and every output
+// sums all 9 taps of the padded input, so exactly
 //   conv(x)[f] = conv(x - c)[f] + sum_c c[c] * sum_taps(w[f, c])   (+ bias[f]),
 // with x - c padded by -c. The transforms' rounding errors then scale with the planes'
 // spread, not their mean (activations after ReLU or pooling have a mean large beside their
