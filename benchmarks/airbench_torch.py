@@ -9,6 +9,7 @@ State-dict keys are airbench's, the same as :func:`fastconv.models.airbench94`'s
 
 from __future__ import annotations
 
+import time
 from math import ceil
 
 import numpy as np
@@ -24,6 +25,78 @@ HYP = {
     "net": {"widths": {"block1": 64, "block2": 256, "block3": 256},
             "batchnorm_momentum": 0.6, "scaling_factor": 1 / 9, "tta_level": 2},
 }
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+# -- data: airbench's CifarLoader on the CPU ------------------------------------------------------
+
+def batch_flip_lr(inputs):
+    flip_mask = (torch.rand(len(inputs)) < 0.5).view(-1, 1, 1, 1)
+    return torch.where(flip_mask, inputs.flip(-1), inputs)
+
+
+def batch_crop(images, crop_size):
+    """airbench's random translation: a crop_size window of the pre-padded images, shifted by
+    (sy, sx) in [-r, r]^2 per image."""
+    r = (images.size(-1) - crop_size) // 2
+    shifts = torch.randint(-r, r + 1, size=(len(images), 2))
+    images_out = torch.empty((len(images), 3, crop_size, crop_size), dtype=images.dtype)
+    for sy in range(-r, r + 1):
+        for sx in range(-r, r + 1):
+            mask = (shifts[:, 0] == sy) & (shifts[:, 1] == sx)
+            images_out[mask] = images[mask, :, r + sy:r + sy + crop_size, r + sx:r + sx + crop_size]
+    return images_out
+
+
+class CifarLoader:
+    """airbench's ``CifarLoader`` with the GPU and float16 parts removed: uint8 NCHW images
+    (as ``fastconv.data.load_cifar10`` gives them) in, normalised float32 batches out; the flip
+    drawn once and then alternated per epoch, 2-pixel reflect-padded translation redrawn per
+    epoch, a fresh permutation per epoch (torch's global generator)."""
+
+    def __init__(self, images, labels, batch_size=500, aug=None, train=True,
+                 channels_last=False):
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).float() / 255
+        if channels_last:
+            self.images = self.images.to(memory_format=torch.channels_last)
+        self.labels = torch.from_numpy(np.asarray(labels)).long()
+        self.proc_images = {}
+        self.epoch = 0
+        self.aug = aug or {}
+        self.batch_size = batch_size
+        self.drop_last = self.shuffle = train
+
+    def normalize(self, images):
+        mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    def __len__(self):
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else ceil(n / self.batch_size)
+
+    def __iter__(self):
+        if self.epoch == 0:
+            images = self.proc_images["norm"] = self.normalize(self.images)
+            if self.aug.get("flip", False):
+                images = self.proc_images["flip"] = batch_flip_lr(images)
+            pad = self.aug.get("translate", 0)
+            if pad > 0:
+                self.proc_images["pad"] = F.pad(images, (pad,) * 4, "reflect")
+        if self.aug.get("translate", 0) > 0:
+            images = batch_crop(self.proc_images["pad"], self.images.shape[-2])
+        elif self.aug.get("flip", False):
+            images = self.proc_images["flip"]
+        else:
+            images = self.proc_images["norm"]
+        if self.aug.get("flip", False) and self.epoch % 2 == 1:
+            images = images.flip(-1)
+        self.epoch += 1
+        indices = (torch.randperm if self.shuffle else torch.arange)(len(images))
+        for i in range(len(self)):
+            idxs = indices[i * self.batch_size:(i + 1) * self.batch_size]
+            yield images[idxs], self.labels[idxs]
 
 
 class Flatten(nn.Module):
@@ -212,3 +285,45 @@ def infer(model, images, tta_level=0, batch_size=2000):
 
 def total_steps(n_train: int, batch_size: int = 1024, epochs: float = 9.9) -> int:
     return ceil((n_train // batch_size) * epochs)
+
+
+# -- the whole recipe (airbench's ``main``) --------------------------------------------------------
+
+def train(x_train, y_train, *, seed=0, channels_last=False, stop_after_epochs=None,
+          on_epoch_end=None, batch_size=None, epochs=None, whitening_images=5000):
+    """airbench's ``main`` on the CPU in float32: whitening init, then the 9.9-epoch schedule
+    with lookahead. ``stop_after_epochs`` ends early (the schedule stays the full run's);
+    ``on_epoch_end(epoch, seconds, loss)`` gets each epoch's wall time, data preparation
+    included. Returns ``(model, seconds)``: the model after the final lookahead sync (if the
+    run was not stopped early) and the wall time from the whitening init on."""
+    torch.manual_seed(seed)
+    batch_size = batch_size or HYP["opt"]["batch_size"]
+    epochs = HYP["opt"]["train_epochs"] if epochs is None else epochs
+    loader = CifarLoader(x_train, y_train, batch_size, aug=HYP["aug"], channels_last=channels_last)
+    steps = ceil(len(loader) * epochs)
+    model = make_net(channels_last=channels_last)
+    optimizer = make_optimizer(model, batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps))
+    alpha_schedule = 0.95**5 * (torch.arange(steps + 1) / steps) ** 3
+    lookahead = LookaheadState(model)
+    criterion = loss_fn()
+    start = time.perf_counter()
+    init_whitening_conv(model[0], loader.normalize(loader.images[:whitening_images]))
+    current = 0
+    for epoch in range(ceil(epochs)):
+        epoch_start = time.perf_counter()
+        model[0].bias.requires_grad = epoch < HYP["opt"]["whiten_bias_epochs"]
+        model.train()
+        for inputs, labels in loader:
+            loss = train_step(model, optimizer, scheduler, inputs, labels, criterion)
+            current += 1
+            if current % 5 == 0:
+                lookahead.update(model, decay=alpha_schedule[current].item())
+            if current >= steps:
+                lookahead.update(model, decay=1.0)
+                break
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, time.perf_counter() - epoch_start, loss)
+        if stop_after_epochs is not None and epoch + 1 >= stop_after_epochs:
+            break
+    return model, time.perf_counter() - start
