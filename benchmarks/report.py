@@ -111,7 +111,8 @@ def memory_table(data: dict) -> str:
 def paired_table(data: dict, kind: str = "paired") -> str:
     """fastconv and PyTorch interleaved round by round: training steps (extra_info kind
     "paired", one row per model), conv passes (kind "paired_conv", one row per layer and
-    pass, with fastconv's GFLOP/s and share of the peak) or activation passes (kind
+    pass, with fastconv's GFLOP/s and share of the peak; PyTorch's time is its faster memory
+    format's where both ran, named when channels_last) or activation passes (kind
     "paired_activation", one row per op and pass): both medians and the median (quartiles) of
     the per-round ratios."""
     conv = kind == "paired_conv"
@@ -122,8 +123,9 @@ def paired_table(data: dict, kind: str = "paired") -> str:
             continue
         q = info.get("ratio_quartiles") or [info["ratio_median"]] * 3
         what = info["model"] if kind == "paired" else f"{info['layer']} {info['pass_']}"
+        layout = " (channels_last)" if info.get("torch_layout") == "channels_last" else ""
         line = (f"| {what} | {info['rounds']} | {info['fastconv_median_s'] * 1e3:.2f} ms | "
-                f"{info['torch_median_s'] * 1e3:.2f} ms | {info['ratio_median']:.2f}x | "
+                f"{info['torch_median_s'] * 1e3:.2f} ms{layout} | {info['ratio_median']:.2f}x | "
                 f"{q[0]:.2f}-{q[2]:.2f}x |")
         if conv:
             flops = info.get("flops")

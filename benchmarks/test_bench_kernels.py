@@ -51,8 +51,12 @@ def conv_call(module, layer, pass_, data=None):
     return lambda: module.conv2d_backward(gy, x, w, stride=s, padding=p, output_mask=mask)[index]
 
 
-def torch_conv_call(torch, layer, pass_, data=None):
+def torch_conv_call(torch, layer, pass_, data=None, channels_last=False):
+    """PyTorch's pass of `layer`; with channels_last, x, w and grad_y are converted to that
+    memory format first (outside the timed call), as a channels_last model holds them."""
     x, w, b, gy = (None if a is None else torch.from_numpy(a) for a in data or conv_data(layer))
+    if channels_last:
+        x, w, gy = (a.contiguous(memory_format=torch.channels_last) for a in (x, w, gy))
     p, s = layer.padding, layer.stride
     if pass_ == "forward":
         return lambda: torch.nn.functional.conv2d(x, w, b, stride=s, padding=p).numpy()
@@ -94,16 +98,27 @@ def peak_gflops():
     return max(_core.fma_peak_gflops(0.2, "float32") for _ in range(3))
 
 
-def interleaved_conv(benchmark, torch, layer, pass_, peak, data=None, min_rounds=20):
+def interleaved_conv(benchmark, torch, layer, pass_, peak, data=None, min_rounds=20,
+                     torch_channels_last=False):
     """fastconv's and PyTorch's pass of `layer` alternated call by call (which goes first
     alternates too), ~1 s in all (at least min_rounds rounds): a slow stretch of the machine
-    then meets both. Records both medians, the median and quartiles of the per-call ratios
-    (PyTorch / fastconv), both GFLOP/s and fastconv's share of the measured FMA peak."""
+    then meets both. With torch_channels_last, PyTorch runs in both memory formats in each
+    round and the faster (lower median) is the one compared (`torch_layout`; both medians
+    kept). Records both medians, the median and quartiles of the per-call ratios (PyTorch /
+    fastconv), both GFLOP/s and fastconv's share of the measured FMA peak."""
     calls = {"fastconv": conv_call(F, layer, pass_, data),
              "torch": torch_conv_call(torch, layer, pass_, data)}
+    if torch_channels_last:
+        calls["torch_channels_last"] = torch_conv_call(torch, layer, pass_, data, True)
     benchmark.group = f"conv {layer.name} {pass_}, fastconv and PyTorch interleaved"
     times = run_interleaved(benchmark, calls, rounds_for(calls, 1.0, min_rounds, 2000))
-    stats = paired_stats(times)
+    medians = {name: statistics.median(t) for name, t in times.items() if name != "fastconv"}
+    faster = min(medians, key=medians.get)
+    stats = paired_stats({"fastconv": times["fastconv"], "torch": times[faster]})
+    benchmark.extra_info.update(
+        torch_layout="channels_last" if faster == "torch_channels_last" else "nchw",
+        torch_medians_s={("channels_last" if k == "torch_channels_last" else "nchw"): v
+                         for k, v in medians.items()})
     benchmark.extra_info.update(
         kind="paired_conv", layer=layer.name, pass_=pass_, flops=layer.flops,
         batch=layer.batch, fastconv_gflops=layer.flops / stats["fastconv_median_s"] / 1e9,
@@ -129,11 +144,12 @@ def big_layer(benchmark, layer):
 def test_resnet_airbench_conv_interleaved_with_torch(benchmark, request, peak_gflops, layer,
                                                      pass_):
     """Each conv pass of the ResNet-style and airbench94 layers (batches 64-1024), interleaved
-    with PyTorch; each layer's data made for this benchmark only."""
+    with PyTorch in both memory formats (compared with the faster); each layer's data made
+    for this benchmark only."""
     torch = request.getfixturevalue("torch_or_skip")
     layer = big_layer(benchmark, layer)
     interleaved_conv(benchmark, torch, layer, pass_, peak_gflops, make_conv_data(layer),
-                     min_rounds=5)
+                     min_rounds=5, torch_channels_last=True)
 
 
 @functools.lru_cache(maxsize=None)

@@ -106,6 +106,19 @@ def test_report_conv_share_of_own_peak(tmp_path):
     assert f"| c {row} |" in text
 
 
+def test_report_conv_names_pytorchs_layout_when_channels_last_was_faster():
+    info = {"kind": "paired_conv", "pass_": "forward", "rounds": 5, "fastconv_median_s": 0.002,
+            "torch_median_s": 0.003, "ratio_median": 1.5, "ratio_quartiles": [1.4, 1.5, 1.6]}
+    data = {"machine_info": DATA["machine_info"], "benchmarks": [
+        {"group": g, "name": g, "stats": {"median": 0.005},
+         "extra_info": {**info, "layer": g, "torch_layout": layout,
+                        "torch_medians_s": {"nchw": 0.004, "channels_last": 0.003}}}
+        for g, layout in (("cl", "channels_last"), ("nchw", "nchw"))]}
+    text = report.paired_table(data, "paired_conv")
+    assert "| cl forward | 5 | 2.00 ms | 3.00 ms (channels_last) | 1.50x |" in text
+    assert "| nchw forward | 5 | 2.00 ms | 3.00 ms | 1.50x |" in text
+
+
 def test_report_chart(tmp_path):
     pytest.importorskip("matplotlib")
     src = tmp_path / "b.json"
