@@ -68,8 +68,9 @@ def torch_epochs(x, y, epochs: int, seed: int, channels_last: bool,
 
     def on_epoch_end(epoch, s, loss):
         seconds.append(s)
-        print(f"PyTorch   epoch {epoch + 1}  {s:7.1f} s  train loss {loss / len(x):.4f}",
-              flush=True)
+        # the last batch's summed loss per image (fastconv's line: the epoch's mean per image)
+        print(f"PyTorch   epoch {epoch + 1}  {s:7.1f} s  "
+              f"train loss {loss / (batch_size or 1024):.4f}", flush=True)
 
     airbench_torch.train(x, y, seed=seed, channels_last=channels_last,
                          stop_after_epochs=epochs, on_epoch_end=on_epoch_end,
