@@ -115,10 +115,9 @@ def interleaved_conv(benchmark, torch, layer, pass_, peak, data=None, min_rounds
     medians = {name: statistics.median(t) for name, t in times.items() if name != "fastconv"}
     faster = min(medians, key=medians.get)
     stats = paired_stats({"fastconv": times["fastconv"], "torch": times[faster]})
-    benchmark.extra_info.update(
-        torch_layout="channels_last" if faster == "torch_channels_last" else "nchw",
-        torch_medians_s={("channels_last" if k == "torch_channels_last" else "nchw"): v
-                         for k, v in medians.items()})
+    layout = {"torch": "nchw", "torch_channels_last": "channels_last"}
+    benchmark.extra_info.update(torch_layout=layout[faster],
+                                torch_medians_s={layout[k]: v for k, v in medians.items()})
     benchmark.extra_info.update(
         kind="paired_conv", layer=layer.name, pass_=pass_, flops=layer.flops,
         batch=layer.batch, fastconv_gflops=layer.flops / stats["fastconv_median_s"] / 1e9,
