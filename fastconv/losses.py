@@ -10,6 +10,8 @@ and no logit, however large (but finite), gives inf or NaN.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ._args import working_dtype
@@ -44,22 +46,72 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e
 
 
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction: str, where: str) -> str:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{where}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return reduction
+
+
+def _grad_output(grad_output, shape: tuple, reduction: str, dtype, where: str):
+    """``backward``'s grad_output checked, in ``dtype``: None (a factor of 1), a 0-d array for
+    "mean"/"sum", or an array of the loss's ``shape`` for "none" (required there: that loss
+    is not one number)."""
+    if reduction == "none" and grad_output is None:
+        raise ValueError(f"{where}: reduction='none' gives a loss per element, of shape {shape}; "
+                         f"backward needs grad_output of that shape (e.g. np.ones({shape}))")
+    if grad_output is None:
+        return None
+    go = np.asarray(grad_output)
+    want = shape if reduction == "none" else ()
+    if go.shape != want or go.dtype.kind not in "biuf":
+        what = f"the loss's shape {shape}" if reduction == "none" else "a real number (shape ())"
+        raise ValueError(f"{where}: grad_output must be {what} for reduction={reduction!r}, "
+                         f"got shape {go.shape} and dtype {go.dtype}")
+    return go.astype(dtype, copy=False)
+
+
 class CrossEntropyLoss:
-    """Softmax cross-entropy on logits with integer class targets, averaged over the batch
-    (``reduction="mean"``) or summed (``"sum"``), as ``torch.nn.CrossEntropyLoss``.
+    """Softmax cross-entropy on logits, as ``torch.nn.CrossEntropyLoss`` (same arguments and
+    semantics).
 
-    With label smoothing eps the target distribution is q = (1 - eps) onehot + eps / C, so
-        loss = mean_n [ -sum_c q_nc log_softmax(z)_nc ]        (sum_n with "sum")
-    (PyTorch's definition). Fused backward: dL/dz = (softmax(z) - q) / N (no / N with "sum").
+    Logits are (N, C), (N, C, d1, ..., dk) (a class score per position, e.g. per pixel) or (C,)
+    (one sample). Targets are either
+      * class indices, integers of the logits' shape without the class axis ((N,), (N, d1, ...),
+        or a 0-d index), each in [0, C) or equal to ``ignore_index`` (that position then counts
+        for nothing, not even in the mean's denominator); or
+      * class probabilities, floats of the logits' shape (soft labels, mixup).
+    With class ``weight`` w (C,), label smoothing eps and q = (1 - eps) onehot(y) + eps / C,
+    the loss of a position with index target y is
+        l = -(1 - eps) w_y log p_y - (eps / C) sum_c w_c log p_c,       p = softmax(z)
+    and with probability targets t, q = (1 - eps) t + eps / C,  l = -sum_c w_c q_c log p_c.
+    ``reduction="mean"`` divides the sum of l by the summed weight w_y of the positions not
+    ignored (their count without ``weight``; for probability targets by the number of
+    positions), ``"sum"`` sums, ``"none"`` returns l per position.
 
-    ``forward(logits, targets)`` returns a Python float and caches softmax for ``backward()``.
+    ``forward(logits, targets)`` returns a Python float ("mean", "sum") or an array of the
+    targets' positions ("none"), and caches softmax for ``backward()``: with
+    a_c = w_c q_c (the weighted target), dl/dz = (sum_c a_c) p - a per position.
     """
 
-    def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean") -> None:
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"CrossEntropyLoss: reduction must be 'mean' or 'sum', got "
-                             f"{reduction!r}")
-        self.reduction = reduction
+    def __init__(self, weight=None, *, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0) -> None:
+        if weight is not None:
+            w = np.asarray(weight)
+            if w.ndim != 1 or w.dtype.kind not in "biuf":
+                raise TypeError(f"CrossEntropyLoss: weight must be a 1-D array of real class "
+                                f"weights (C,), got {type(weight).__name__} of shape {w.shape}"
+                                f"{' (label_smoothing is a keyword argument)' if w.ndim == 0 else ''}")
+            weight = w.astype(np.float64)
+        self.weight = weight
+        if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index,
+                                                                        (int, np.integer)):
+            raise TypeError(f"CrossEntropyLoss: ignore_index must be an int, got "
+                            f"{ignore_index!r}")
+        self.ignore_index = int(ignore_index)
+        self.reduction = _check_reduction(reduction, "CrossEntropyLoss")
         try:
             eps = float(label_smoothing)
         except (TypeError, ValueError):
@@ -70,93 +122,204 @@ class CrossEntropyLoss:
         self.label_smoothing = eps
         self._cache = None
 
-    def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
-        """Cross-entropy of logits (N, C) against integer targets (N,) in [0, C): the mean
-        over the batch, or the sum with ``reduction="sum"``."""
-        z = _float(logits, "CrossEntropyLoss: logits")
-        t = np.asarray(targets)
-        if z.ndim != 2:
-            raise ValueError(f"CrossEntropyLoss: logits must be 2-D (N, C), got shape {z.shape}")
-        N, C = z.shape
+    def _rows(self, z: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Logits as rows (M, C), targets as (M,) indices or (M, C) probabilities, and whether
+        they are probabilities; every check on shapes and values."""
+        where = "CrossEntropyLoss"
+        if z.ndim == 0:
+            raise ValueError(f"{where}: logits must be (N, C), (N, C, d1, ...) or (C,), got a "
+                             f"0-d array")
+        C = z.shape[0] if z.ndim == 1 else z.shape[1]
+        if C == 0:
+            raise ValueError(f"{where}: logits of shape {z.shape} have no classes (C = 0)")
+        if self.weight is not None and self.weight.shape != (C,):
+            raise ValueError(f"{where}: weight must hold one value per class, shape ({C},) for "
+                             f"logits of shape {z.shape}, got {self.weight.shape}")
+        if t.shape == z.shape:  # class probabilities (as PyTorch decides: by shape)
+            if t.dtype.kind != "f":
+                raise TypeError(f"{where}: targets of the logits' shape {z.shape} are class "
+                                f"probabilities and must be floats, got dtype {t.dtype} (for "
+                                f"one-hot rows take targets.argmax(axis=1))")
+            probs = t.astype(z.dtype, copy=False)
+            return (np.moveaxis(z, 1, -1).reshape(-1, C) if z.ndim > 1 else z[None],
+                    np.moveaxis(probs, 1, -1).reshape(-1, C) if z.ndim > 1 else probs[None],
+                    True)
         if t.dtype.kind == "f":
-            # as PyTorch: float targets are refused, even whole numbers (a float y usually
-            # means regression targets or one-hot rows given by mistake)
-            hint = (f"class probabilities (N, C) are not supported: take "
-                    f"targets.argmax(axis=1)" if t.ndim == 2 else
-                    "convert them with targets.astype(np.int64)")
-            raise TypeError(f"CrossEntropyLoss: targets must be integer class indices, got "
-                            f"float labels (dtype {t.dtype}, shape {t.shape}); {hint}")
+            # as PyTorch: float targets of another shape are refused, even whole numbers (a
+            # float y usually means regression targets or one-hot rows of the wrong shape)
+            raise TypeError(f"{where}: targets must be integer class indices or float class "
+                            f"probabilities of the logits' shape {z.shape}, got float labels "
+                            f"(dtype {t.dtype}, shape {t.shape}); convert indices with "
+                            f"targets.astype(np.int64)")
         if t.dtype.kind not in "iu":
-            raise TypeError(f"CrossEntropyLoss: targets must be integer class indices, got dtype {t.dtype}")
-        if t.shape != (N,):
-            raise ValueError(f"CrossEntropyLoss: targets must have shape (N,) = ({N},) to match logits "
-                             f"of shape {z.shape}, got {t.shape}")
-        if N and (t.min() < 0 or t.max() >= C):  # (before the cast: 1e20 would wrap around)
-            raise ValueError(f"CrossEntropyLoss: targets must be in [0, {C}), got values in "
-                             f"[{t.min()}, {t.max()}]")
-        t = t.astype(np.intp, copy=False)
-        if N == 0:
-            self._cache = (np.zeros_like(z), t)
-            # PyTorch: nan for the mean over an empty batch, 0 for the sum
-            return float("nan") if self.reduction == "mean" else 0.0
-        logp = log_softmax(z, axis=1)
-        rows = np.arange(N)
+            raise TypeError(f"{where}: targets must be integer class indices, got dtype {t.dtype}")
+        want = z.shape[:1] + z.shape[2:] if z.ndim > 1 else ()
+        if t.shape != want:
+            raise ValueError(f"{where}: index targets must have shape {want} (the logits' "
+                             f"{z.shape} without the class axis), got {t.shape}")
+        t = t.reshape(-1)
+        if t.size:  # (before any cast: 1e20 would wrap around)
+            bad = (t < 0) | (t >= C)
+            bad &= t != self.ignore_index
+            if bad.any():
+                raise ValueError(f"{where}: targets must be in [0, {C}) or equal ignore_index "
+                                 f"({self.ignore_index}), got {t[bad][0]}")
+        return (np.moveaxis(z, 1, -1).reshape(-1, C) if z.ndim > 1 else z[None],
+                t.astype(np.intp, copy=False), False)
+
+    def forward(self, logits: np.ndarray, targets: np.ndarray):
+        """The cross-entropy of ``logits`` against ``targets`` (class indices or
+        probabilities, see the class): a float for "mean" and "sum", an array of the targets'
+        positions for "none"."""
+        z = _float(logits, "CrossEntropyLoss: logits")
+        rows, tgt, probs = self._rows(z, np.asarray(targets))
+        M, C = rows.shape
+        dt = rows.dtype.type
         eps = self.label_smoothing
-        nll = -logp[rows, t]
-        if eps:
-            loss = (1.0 - eps) * nll.mean() - eps * logp.mean(axis=1).mean()
+        logp = log_softmax(rows, axis=1) if M else rows.copy()
+        w = None if self.weight is None else self.weight.astype(rows.dtype)
+        t = wy = keep = a = None
+        fast = False  # index targets, no weights, nothing ignored
+        if probs:
+            a = tgt * dt(1.0 - eps) + dt(eps / C) if eps else tgt.copy()
+            if w is not None:
+                a *= w
+            per = -np.einsum("mc,mc->m", a, logp)
+            count = M
         else:
-            loss = nll.mean()
-        if self.reduction == "sum":
-            loss = loss * N
+            keep = tgt != self.ignore_index
+            t = tgt if keep.all() else np.where(keep, tgt, 0)
+            per = -logp[np.arange(M), t]  # nll
+            if w is None and t is tgt:
+                fast, keep, count = True, None, M
+                if eps and M:
+                    smooth = logp.mean(axis=1)
+                    # PyTorch's sums for "mean": (1 - eps) mean(nll) - eps mean(mean_c logp)
+                    value = (1.0 - eps) * per.mean() - eps * smooth.mean()
+                    per = per * dt(1.0 - eps) - smooth * dt(eps)
+                elif M:
+                    value = per.mean()
+            else:
+                wy = keep.astype(rows.dtype) if w is None else np.where(keep, w[t], dt(0))
+                count = wy.sum()
+                per *= wy
+                if eps:
+                    smooth = logp.sum(axis=1) if w is None else logp @ w
+                    per = per * dt(1.0 - eps) - smooth * keep * dt(eps / C)
         np.exp(logp, out=logp)  # softmax, reused by backward
-        self._cache = (logp, t)
-        return float(loss)
+        # 1 / the mean's denominator; when it is 0 the mean is nan, its gradient nan too
+        # unless every position is ignored (then 0, as PyTorch)
+        scale = dt(1.0 / float(count)) if count else dt(0.0 if keep is not None and not keep.any()
+                                                      else np.nan)
+        shape = z.shape[:1] + z.shape[2:] if z.ndim > 1 else ()
+        self._cache = _CrossEntropyCache(logp, a, t, wy, keep, w, z.shape, shape, scale)
+        if self.reduction == "none":
+            return per.reshape(shape)
+        if not M:  # PyTorch: nan for the mean over nothing, 0 for the sum
+            return 0.0 if self.reduction == "sum" else float("nan")
+        if fast:
+            return float(value * M if self.reduction == "sum" else value)
+        total = per.sum()
+        if self.reduction == "sum":
+            return float(total)
+        return float(total * scale) if count else float("nan")
 
     __call__ = forward
 
-    def backward(self) -> np.ndarray:
-        """dL/dlogits = (softmax - q) / N for the last forward (softmax - q with
-        ``reduction="sum"``), same dtype as the logits."""
+    def backward(self, grad_output=None) -> np.ndarray:
+        """dL/dlogits for the last forward, in the logits' shape and dtype: per position
+        (sum_c a_c) softmax - a with a the weighted target (see the class), divided by the
+        mean's denominator for "mean", times ``grad_output`` (an array of the loss's shape,
+        required for "none"; a number, default 1, otherwise)."""
         if self._cache is None:
             raise RuntimeError("CrossEntropyLoss.backward called before forward")
-        p, t = self._cache
-        N, C = p.shape
-        if N == 0:
-            return p.copy()
-        g = p.copy()
+        c = self._cache
+        M, C = c.p.shape
+        dt = c.p.dtype.type
         eps = self.label_smoothing
-        if eps:
-            g -= p.dtype.type(eps / C)
-        g[np.arange(N), t] -= p.dtype.type(1.0 - eps)
+        g = c.p.copy()
+        if c.a is not None:  # probability targets
+            g *= c.a.sum(axis=1, keepdims=True)
+            g -= c.a
+        elif c.wy is None:  # no weights, nothing ignored: sum_c a_c = 1
+            if eps:
+                g -= dt(eps / C)
+            g[np.arange(M), c.t] -= dt(1.0 - eps)
+        else:
+            total = c.wy * dt(1.0 - eps)  # sum_c a_c per row
+            if eps:
+                w_sum = dt(C) if c.w is None else c.w.sum(dtype=g.dtype)
+                total += c.keep * (dt(eps / C) * w_sum)
+            g *= total[:, None]
+            if eps:
+                smooth = dt(eps / C) if c.w is None else c.w * dt(eps / C)
+                g -= c.keep[:, None] * smooth
+            g[np.arange(M), c.t] -= c.wy * dt(1.0 - eps)
         if self.reduction == "mean":
-            g *= p.dtype.type(1.0 / N)
-        return g
+            g *= c.scale
+        go = _grad_output(grad_output, c.shape, self.reduction, g.dtype,
+                          "CrossEntropyLoss.backward")
+        if go is not None:
+            g *= go.reshape(-1, 1)
+        if len(c.zshape) <= 2:
+            return g.reshape(c.zshape)
+        # rows (N * d1 * ..., C) back to (N, C, d1, ...)
+        return np.ascontiguousarray(
+            np.moveaxis(g.reshape(c.zshape[:1] + c.zshape[2:] + c.zshape[1:2]), -1, 1))
+
+
+class _CrossEntropyCache(NamedTuple):
+    """What CrossEntropyLoss.backward needs of its forward, rows (M, C) of positions."""
+    p: np.ndarray                # softmax
+    a: np.ndarray | None         # probability targets: the weighted target w q
+    t: np.ndarray | None         # index targets (ignored ones as 0)
+    wy: np.ndarray | None        # index targets: the weight of each target, 0 where ignored;
+                                 # None: no weights and nothing ignored
+    keep: np.ndarray | None      # index targets: not ignored (None with wy)
+    w: np.ndarray | None         # class weights in the logits' dtype
+    zshape: tuple                # of the logits
+    shape: tuple                 # of the per-position loss
+    scale: np.floating           # 1 / the mean's denominator
 
 
 class MSELoss:
-    """Mean squared error: mean((pred - target)**2) over all elements; backward 2 (pred - target) / n."""
+    """Squared error (pred - target)**2 per element, as ``torch.nn.MSELoss``: averaged over all
+    elements (``reduction="mean"``), summed (``"sum"``) or returned per element (``"none"``);
+    backward 2 (pred - target), divided by the element count for "mean"."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reduction: str = "mean") -> None:
+        self.reduction = _check_reduction(reduction, "MSELoss")
         self._cache = None
 
-    def forward(self, pred: np.ndarray, target: np.ndarray) -> float:
-        """Mean of the squared differences; pred and target must have the same shape."""
+    def forward(self, pred: np.ndarray, target: np.ndarray):
+        """The squared differences of pred and target (same shape), reduced: a float for
+        "mean" (nan for no elements) and "sum", an array of pred's shape for "none"."""
         p = _float(pred, "MSELoss: pred")
         t = np.asarray(target)
         if p.shape != t.shape:
             raise ValueError(f"MSELoss: pred of shape {p.shape} and target of shape {t.shape} differ")
+        if t.dtype.kind not in "biuf":
+            raise TypeError(f"MSELoss: target must hold real numbers, got dtype {t.dtype}")
         diff = p - t.astype(p.dtype, copy=False)
         self._cache = diff
-        if diff.size == 0:
-            return float("nan")
-        return float(np.vdot(diff.ravel(), diff.ravel()) / diff.size)
+        if self.reduction == "none":
+            return diff * diff
+        total = float(np.vdot(diff.ravel(), diff.ravel()))
+        if self.reduction == "sum":
+            return total
+        return total / diff.size if diff.size else float("nan")
 
     __call__ = forward
 
-    def backward(self) -> np.ndarray:
-        """dL/dpred = 2 (pred - target) / n."""
+    def backward(self, grad_output=None) -> np.ndarray:
+        """dL/dpred = 2 (pred - target) (/ n for "mean"), times ``grad_output`` (an array of
+        pred's shape, required for "none"; a number, default 1, otherwise)."""
         if self._cache is None:
             raise RuntimeError("MSELoss.backward called before forward")
         diff = self._cache
-        return diff * diff.dtype.type(2.0 / max(diff.size, 1))
+        scale = 2.0 / max(diff.size, 1) if self.reduction == "mean" else 2.0
+        g = diff * diff.dtype.type(scale)
+        go = _grad_output(grad_output, diff.shape, self.reduction, g.dtype, "MSELoss.backward")
+        if go is not None:
+            g *= go
+        return g

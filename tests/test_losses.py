@@ -1,10 +1,13 @@
-"""Tests of fastconv.losses: softmax / log_softmax, CrossEntropyLoss, MSELoss.
+"""Tests of fastconv.losses: softmax / log_softmax, CrossEntropyLoss (class weights,
+ignore_index, label smoothing, every reduction, per-position and probability targets), MSELoss.
 
 float64 comparisons with PyTorch use rtol 1e-12 (a handful of exp/log/sums, error ~1e-15);
 float32 ones rtol 1e-6 (the same ops in single precision on inputs of magnitude ~3).
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import pytest
@@ -82,7 +85,8 @@ def test_cross_entropy_gradient_numerically():
         crit = CrossEntropyLoss(label_smoothing=smoothing)
         crit(z, t)
         ana = crit.backward()
-        num = eval_numerical_gradient(lambda v: CrossEntropyLoss(smoothing)(v, t), z.copy())
+        num = eval_numerical_gradient(
+            lambda v: CrossEntropyLoss(label_smoothing=smoothing)(v, t), z.copy())
         assert rel_error(ana, num) < 1e-8
 
 
@@ -99,22 +103,22 @@ def test_cross_entropy_fused_gradient_formula():
 def test_cross_entropy_validation():
     crit = CrossEntropyLoss()
     z = np.zeros((3, 4))
-    with pytest.raises(ValueError, match=r"\(N, C\)"):
+    with pytest.raises(ValueError, match=r"shape \(\) \(the logits' \(4,\) without"):
         crit(np.zeros(4), np.array([0]))
     with pytest.raises(ValueError, match=r"\(3,\)"):
         crit(z, np.array([0, 1]))
-    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+    with pytest.raises(ValueError, match=r"\[0, 4\) or equal ignore_index \(-100\), got 4"):
         crit(z, np.array([0, 1, 4]))
-    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+    with pytest.raises(ValueError, match=r"\[0, 4\).*got -1"):
         crit(z, np.array([0, -1, 2]))
     with pytest.raises(TypeError, match="integer"):
         crit(z, np.array([0.5, 1, 2]))
     # float labels are refused as PyTorch does, whole numbers too, with the conversion to make
     with pytest.raises(TypeError, match=r"float labels \(dtype float64, shape \(3,\)\); "
-                                        r"convert them with targets.astype\(np.int64\)"):
+                                        r"convert indices with targets.astype\(np.int64\)"):
         crit(z, np.array([0.0, 1.0, 2.0]))
-    with pytest.raises(TypeError, match=r"float labels.*float32.*targets.argmax\(axis=1\)"):
-        crit(z, np.eye(3, 4, dtype=np.float32))                       # one-hot rows
+    with pytest.raises(TypeError, match=r"must be floats, got dtype int64.*argmax"):
+        crit(z, np.eye(3, 4, dtype=np.int64))                         # one-hot rows
     assert crit(z, np.array([0, 1, 2], np.uint8)) == pytest.approx(np.log(4))
     for bad in (1.5, "a", None):
         with pytest.raises(ValueError, match="label_smoothing must be in"):
@@ -148,3 +152,239 @@ def test_mse_values_and_validation():
         crit(np.zeros(3), np.zeros(4))
     with pytest.raises(RuntimeError):
         MSELoss().backward()
+
+
+# -- CrossEntropyLoss: PyTorch's whole interface ------------------------------------------------
+
+def _targets(kind, logits_shape, gen, dtype):
+    """Targets of `kind` for logits of `logits_shape`: class indices (some or all ignored, or
+    an ignore_index inside [0, C)) or class probabilities."""
+    C = logits_shape[0] if len(logits_shape) == 1 else logits_shape[1]
+    index_shape = () if len(logits_shape) == 1 else logits_shape[:1] + logits_shape[2:]
+    if kind == "probs":
+        return gen.random(logits_shape).astype(dtype), -100
+    t = gen.integers(0, C, index_shape)
+    if kind == "some_ignored" and t.size:
+        t.flat[::3] = -100
+    elif kind == "all_ignored":
+        t = np.full(index_shape, -100)
+    elif kind == "ignore_a_class":
+        return t, 1
+    return t, -100
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 2, 3), (4, 3, 5), (5,), (0, 4), (2, 3, 0)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", ["index", "some_ignored", "all_ignored", "ignore_a_class",
+                                  "probs"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_cross_entropy_matches_torch_everywhere(torch, shape, kind, weighted, reduction,
+                                               smoothing):
+    """Value and logits gradient against torch.nn.functional.cross_entropy in float64: every
+    target kind, class weights, ignore_index, reduction and smoothing, on (N, C), per-position
+    (N, C, d...), unbatched (C,) and empty logits; "none" backward with a random grad_output."""
+    gen = np.random.default_rng(zlib.crc32(repr((shape, kind, weighted, reduction)).encode()))
+    z = gen.normal(size=shape) * 3
+    t, ignore = _targets(kind, shape, gen, np.float64)
+    C = shape[0] if len(shape) == 1 else shape[1]
+    weight = gen.random(C) + 0.2 if weighted else None
+    crit = CrossEntropyLoss(weight, ignore_index=ignore, reduction=reduction,
+                            label_smoothing=smoothing)
+    value = crit(z, t)
+    go = gen.normal(size=np.shape(value)) if reduction == "none" else None
+    grad = crit.backward(go)
+    zt = torch.tensor(z, requires_grad=True)
+    lt = torch.nn.functional.cross_entropy(
+        zt, torch.tensor(t), weight=None if weight is None else torch.tensor(weight),
+        ignore_index=ignore, reduction=reduction, label_smoothing=smoothing)
+    lt.backward(None if go is None else torch.tensor(go))
+    if reduction == "none":
+        assert isinstance(value, np.ndarray) and value.shape == tuple(lt.shape)
+    else:
+        assert isinstance(value, float)
+    np.testing.assert_allclose(value, lt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    assert grad.shape == z.shape and grad.dtype == np.float64
+    np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["some_ignored", "probs"])
+def test_cross_entropy_float32_matches_torch(torch, kind):
+    gen = np.random.default_rng(5)
+    z = (gen.normal(size=(16, 7, 3, 3)) * 3).astype(np.float32)
+    t, ignore = _targets(kind, z.shape, gen, np.float32)
+    w = (gen.random(7) + 0.5).astype(np.float32)
+    crit = CrossEntropyLoss(w, ignore_index=ignore, label_smoothing=0.1)
+    value = crit(z, t)
+    grad = crit.backward()
+    zt = torch.tensor(z, requires_grad=True)
+    lt = torch.nn.functional.cross_entropy(zt, torch.tensor(t), weight=torch.tensor(w),
+                                           ignore_index=ignore, label_smoothing=0.1)
+    lt.backward()
+    assert grad.dtype == np.float32
+    assert value == pytest.approx(lt.item(), rel=1e-5)
+    np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["some_ignored", "probs"])
+def test_cross_entropy_general_gradient_numerically(kind):
+    gen = np.random.default_rng(6)
+    z = gen.normal(size=(3, 4, 2, 2)) * 2
+    t, ignore = _targets(kind, z.shape, gen, np.float64)
+    w = gen.random(4) + 0.3
+    for reduction in ("mean", "sum"):
+        make = lambda: CrossEntropyLoss(w, ignore_index=ignore, reduction=reduction,
+                                        label_smoothing=0.2)
+        crit = make()
+        crit(z, t)
+        ana = crit.backward()
+        num = eval_numerical_gradient(lambda v: make()(v, t), z.copy())
+        assert rel_error(ana, num) < 1e-8
+
+
+def test_cross_entropy_common_case_agrees_with_the_general_one():
+    """The unweighted path with nothing ignored takes fewer passes; unit weights and an
+    ignore_index no target uses go through the general one: the same numbers to rounding."""
+    gen = np.random.default_rng(7)
+    z = gen.normal(size=(9, 6)) * 3
+    t = gen.integers(0, 6, 9)
+    for reduction in ("mean", "sum", "none"):
+        fast = CrossEntropyLoss(reduction=reduction, label_smoothing=0.2)
+        general = CrossEntropyLoss(np.ones(6), reduction=reduction, label_smoothing=0.2)
+        np.testing.assert_allclose(fast(z, t), general(z, t), rtol=1e-13)
+        go = np.ones(9) if reduction == "none" else None
+        np.testing.assert_allclose(fast.backward(go), general.backward(go), rtol=1e-12,
+                                   atol=1e-15)
+
+
+def test_cross_entropy_one_hot_probabilities_give_the_index_gradient_bit_for_bit():
+    gen = np.random.default_rng(8)
+    for dtype in (np.float32, np.float64):
+        z = (gen.normal(size=(13, 10)) * 3).astype(dtype)
+        t = gen.integers(0, 10, 13)
+        for reduction in ("mean", "sum"):
+            index, soft = CrossEntropyLoss(reduction=reduction), CrossEntropyLoss(reduction=reduction)
+            index(z, t)
+            soft(z, np.eye(10, dtype=dtype)[t])
+            assert np.array_equal(index.backward(), soft.backward())
+
+
+def test_cross_entropy_ignored_positions_count_for_nothing():
+    gen = np.random.default_rng(9)
+    z = gen.normal(size=(6, 4))
+    t = np.array([0, 3, -100, 2, -100, 1])
+    crit = CrossEntropyLoss()
+    value = crit(z, t)
+    grad = crit.backward()
+    keep = t != -100
+    sub = CrossEntropyLoss()
+    assert value == pytest.approx(sub(z[keep], t[keep]), rel=1e-14)
+    np.testing.assert_allclose(grad[keep], sub.backward(), rtol=1e-14)
+    assert not grad[~keep].any()
+    # every position ignored: the mean is nan (0 / 0) and its gradient zero, as PyTorch
+    crit = CrossEntropyLoss(ignore_index=5)
+    assert np.isnan(crit(z, np.full(6, 5)))
+    assert not crit.backward().any()
+
+
+def test_cross_entropy_grad_output_scales():
+    gen = np.random.default_rng(10)
+    z = gen.normal(size=(5, 3))
+    t = gen.integers(0, 3, 5)
+    for reduction in ("mean", "sum"):
+        crit = CrossEntropyLoss(reduction=reduction)
+        crit(z, t)
+        np.testing.assert_allclose(crit.backward(2.5), 2.5 * crit.backward(), rtol=1e-15)
+    crit = CrossEntropyLoss(reduction="none")
+    per = crit(z, t)
+    go = gen.normal(size=5)
+    full = CrossEntropyLoss(reduction="sum")
+    full(z, t)
+    np.testing.assert_allclose(per.sum(), full(z, t), rtol=1e-14)
+    np.testing.assert_allclose(crit.backward(np.ones(5)), full.backward(), rtol=1e-15)
+    np.testing.assert_allclose(crit.backward(go), full.backward() * go[:, None], rtol=1e-14)
+
+
+def test_cross_entropy_new_argument_checks():
+    z = np.zeros((3, 4))
+    with pytest.raises(TypeError, match=r"weight must be a 1-D array.*label_smoothing is a keyword"):
+        CrossEntropyLoss(0.1)
+    with pytest.raises(ValueError, match=r"one value per class, shape \(4,\).*got \(3,\)"):
+        CrossEntropyLoss(np.ones(3))(z, np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="weight must be a 1-D array of real"):
+        CrossEntropyLoss(np.array(["a", "b"]))
+    for bad in (1.5, True, "x", None):
+        with pytest.raises(TypeError, match="ignore_index must be an int"):
+            CrossEntropyLoss(ignore_index=bad)
+    with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none'"):
+        CrossEntropyLoss(reduction="avg")
+    with pytest.raises(ValueError, match=r"no classes \(C = 0\)"):
+        CrossEntropyLoss()(np.zeros((3, 0)), np.zeros(3, int))
+    with pytest.raises(ValueError, match="0-d"):
+        CrossEntropyLoss()(np.float64(1.0), np.array(0))
+    with pytest.raises(ValueError, match=r"index targets must have shape \(3, 5\)"):
+        CrossEntropyLoss()(np.zeros((3, 4, 5)), np.zeros((3, 4), int))
+    crit = CrossEntropyLoss(reduction="none")
+    crit(z, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"backward needs grad_output of that shape.*\(3,\)"):
+        crit.backward()
+    with pytest.raises(ValueError, match=r"grad_output must be the loss's shape \(3,\).*\(4,\)"):
+        crit.backward(np.ones(4))
+    crit = CrossEntropyLoss()
+    crit(z, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"grad_output must be a real number.*shape \(3,\)"):
+        crit.backward(np.ones(3))
+
+
+def test_cross_entropy_property_against_torch(torch):
+    """Random shapes, targets, weights and options (hypothesis) against PyTorch, float64."""
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+
+    @hyp.settings(max_examples=60, deadline=None, derandomize=True)
+    @hyp.given(n=st.integers(0, 5), c=st.integers(1, 6), extra=st.lists(st.integers(1, 3), max_size=2),
+               kind=st.sampled_from(["index", "some_ignored", "probs"]), weighted=st.booleans(),
+               reduction=st.sampled_from(["mean", "sum", "none"]),
+               smoothing=st.sampled_from([0.0, 0.05, 1.0]), seed=st.integers(0, 2**16))
+    def check(n, c, extra, kind, weighted, reduction, smoothing, seed):
+        gen = np.random.default_rng(seed)
+        shape = (n, c, *extra)
+        z = gen.normal(size=shape) * 4
+        t, ignore = _targets(kind, shape, gen, np.float64)
+        w = gen.random(c) * 2 if weighted else None
+        crit = CrossEntropyLoss(w, ignore_index=ignore, reduction=reduction,
+                                label_smoothing=smoothing)
+        value = crit(z, t)
+        go = gen.normal(size=np.shape(value)) if reduction == "none" else None
+        grad = crit.backward(go)
+        zt = torch.tensor(z, requires_grad=True)
+        lt = torch.nn.functional.cross_entropy(
+            zt, torch.tensor(t), weight=None if w is None else torch.tensor(w),
+            ignore_index=ignore, reduction=reduction, label_smoothing=smoothing)
+        lt.backward(None if go is None else torch.tensor(go))
+        np.testing.assert_allclose(value, lt.detach().numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+    check()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_mse_reductions_match_torch(torch, reduction):
+    gen = np.random.default_rng(11)
+    p = gen.normal(size=(3, 4, 2))
+    y = gen.normal(size=(3, 4, 2))
+    crit = MSELoss(reduction=reduction)
+    value = crit(p, y)
+    go = gen.normal(size=p.shape) if reduction == "none" else None
+    grad = crit.backward(go)
+    pt = torch.tensor(p, requires_grad=True)
+    lt = torch.nn.functional.mse_loss(pt, torch.tensor(y), reduction=reduction)
+    lt.backward(None if go is None else torch.tensor(go))
+    np.testing.assert_allclose(value, lt.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(grad, pt.grad.numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="reduction must be"):
+        MSELoss(reduction="mena")
+    assert MSELoss(reduction="sum")(np.zeros(0), np.zeros(0)) == 0.0
+    with pytest.raises(TypeError, match="target must hold real numbers"):
+        MSELoss()(np.zeros(2), np.array(["a", "b"]))

@@ -80,7 +80,7 @@ def test_summed_label_smoothed_loss_matches_torch(torch, rng):
         np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=tol, atol=tol)
     assert CrossEntropyLoss(reduction="sum").forward(np.zeros((0, 3)), np.zeros(0, int)) == 0.0
     with pytest.raises(ValueError, match="reduction"):
-        CrossEntropyLoss(reduction="none")
+        CrossEntropyLoss(reduction="avg")
 
 
 # -- lookahead ----------------------------------------------------------------------------------

@@ -266,7 +266,12 @@ def _bad_fit_cases():
          r"x holds 20 samples but y holds 19 \(shapes \(20, 3, 8, 8\) and \(19,\)\)"),
         (lambda m: fit(m, (x, y.astype(np.float64)), 1), TypeError,
          "CrossEntropyLoss needs integer class labels.*float64"),
-        (lambda m: fit(m, (x, np.stack([y, y], 1)), 1), TypeError, r"shape \(N,\)"),
+        (lambda m: fit(m, (x, np.stack([y, y], 1)), 1), ValueError,
+         r"index targets must have shape \(20,\) \(the logits' \(20, 4\) without the class axis\), "
+         r"got \(20, 2\)"),
+        (lambda m: fit(m, (x, y), 1, loss=losses.CrossEntropyLoss(reduction="none")), ValueError,
+         r"CrossEntropyLoss\(reduction='none'\) gives a loss per sample; training needs one "
+         r"number per batch"),
         (lambda m: fit(m, (x, y.astype(str)), 1), TypeError, "y must hold"),
         (lambda m: fit(m, x, 1), TypeError, r"pair \(x, y\) of arrays.*give the labels too"),
         (lambda m: fit(m, (x, y, y), 1), TypeError, "a tuple of 3 items"),
@@ -305,3 +310,65 @@ def test_bad_arguments_give_clear_errors(case):
     with pytest.raises(error, match=pattern):
         call(model)
     assert weights_bytes(model) == before and model.training
+
+
+# --------------------------------------------------------------------------------------------
+# Other targets: class probabilities, class weights, a label per pixel
+# --------------------------------------------------------------------------------------------
+
+def test_fit_on_one_hot_probabilities_equals_fit_on_labels_bit_for_bit():
+    """Soft targets (N, C) train through the same gradient: one-hot rows give the weights of
+    integer labels, bit for bit; smoothed rows train too."""
+    x, y = make_data(48)
+    runs = []
+    for targets in (y, np.eye(N_CLASSES, dtype=np.float32)[y]):
+        model = make_model(seed=2)
+        fit(model, (x, targets), 2, optimizer=optim.SGD(model.parameters(), lr=0.05),
+            batch_size=16, seed=1, progress=False)
+        runs.append(model)
+    assert weights_bytes(runs[0]) == weights_bytes(runs[1])
+    soft = np.full((48, N_CLASSES), 0.1 / N_CLASSES, np.float32)
+    soft[np.arange(48), y] += 0.9
+    model = make_model(seed=2)
+    h = fit(model, (x, soft), 3, optimizer=optim.SGD(model.parameters(), lr=0.05),
+            batch_size=16, seed=1, progress=False)
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    assert "accuracy" not in h.rows[-1]          # no class labels to compare with
+
+
+def test_fit_with_class_weights_and_ignored_labels_equals_a_hand_written_loop():
+    x, y = make_data(40)
+    y = y.copy()
+    y[::5] = -1                                  # unlabelled samples
+    runs = []
+    for use_fit in (True, False):
+        model = make_model(seed=4)
+        opt = optim.SGD(model.parameters(), lr=0.05)
+        crit = losses.CrossEntropyLoss(np.array([1.0, 2.0, 0.5, 1.0]), ignore_index=-1)
+        loader = D.DataLoader(x, y, 8, shuffle=True, seed=3, mean=None, std=None)
+        if use_fit:
+            fit(model, loader, 1, optimizer=opt, loss=crit, progress=False)
+        else:
+            model.train()
+            for xb, yb in loader:
+                model.zero_grad()
+                crit.forward(model.forward(xb), yb)
+                model.backward(crit.backward(), input_grad=False)
+                opt.step()
+        runs.append(model)
+    assert weights_bytes(runs[0]) == weights_bytes(runs[1])
+
+
+def test_fit_a_label_per_pixel():
+    """Segmentation: logits (N, C, H, W) against labels (N, H, W), some pixels ignored."""
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(24, 1, 6, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)           # the class of a pixel is its sign
+    y[:, 0, 0] = -100
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, rng=0), nn.ReLU(),
+                          nn.Conv2d(8, 2, 1, rng=1))
+    h = fit(model, (x, y), 8, optimizer=optim.SGD(model.parameters(), lr=0.2, momentum=0.9),
+            batch_size=8, seed=0, progress=False)
+    assert h.history["loss"][-1] < 0.5 * h.history["loss"][0]
+    pred = predict(model, x).argmax(axis=1)
+    assert (pred == y)[y != -100].mean() > 0.9

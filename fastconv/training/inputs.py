@@ -111,23 +111,30 @@ def as_loader(data: Any, what: str, *, batch_size: int | None, shuffle: bool | N
 
 
 def check_loss(loss: Any, where: str) -> Any:
-    """``loss``, or a new CrossEntropyLoss when None; it must have forward and backward."""
+    """``loss``, or a new CrossEntropyLoss when None; it must have forward and backward and
+    give one number per batch."""
     if loss is None:
         return CrossEntropyLoss()
     if not (callable(getattr(loss, "forward", None)) and callable(getattr(loss, "backward", None))):
         raise TypeError(f"{where}: loss must be a fastconv loss (with forward(output, target) "
                         f"and backward()), e.g. fastconv.losses.CrossEntropyLoss(), got "
                         f"{type(loss).__name__}")
+    if getattr(loss, "reduction", None) == "none":
+        raise ValueError(f"{where}: {type(loss).__name__}(reduction='none') gives a loss per "
+                         f"sample; training needs one number per batch: reduction='mean' or "
+                         f"'sum'")
     return loss
 
 
 def check_targets(loader: DataLoader, loss: Any, what: str) -> None:
-    """Cross-entropy needs integer class labels of shape (N,): refuse anything else up front."""
+    """Cross-entropy needs integer class labels ((N,), or (N, d1, ...) per position) or float
+    class probabilities ((N, C, ...)): refuse anything else up front."""
     if isinstance(loss, CrossEntropyLoss):
         y = loader.labels
-        if y.ndim != 1 or y.dtype.kind not in "iu":
+        if not ((y.ndim >= 1 and y.dtype.kind in "iu") or (y.ndim >= 2 and y.dtype.kind == "f")):
             raise TypeError(f"{what}: CrossEntropyLoss needs integer class labels of shape "
-                            f"(N,), got dtype {y.dtype} and shape {y.shape}")
+                            f"(N,) or float class probabilities (N, C), got dtype {y.dtype} "
+                            f"and shape {y.shape}")
 
 
 def check_optimizer(optimizer: Any, model: Module, where: str) -> None:
