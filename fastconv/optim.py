@@ -400,14 +400,16 @@ class Adam(Optimizer):
         m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g**2;  t += 1
         amsgrad: v_max = max(v_max, v) replaces v below
         w -= lr / (1 - b1**t) * m / (sqrt(v) / sqrt(1 - b2**t) + eps)
-    """
 
-    _decoupled = False
+    ``decoupled_weight_decay=True`` (a per-group option, as PyTorch's) decays the weights
+    instead, w *= 1 - lr * weight_decay before the step, with g = grad: AdamW.
+    """
 
     elementwise = True
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False) -> None:
+                 weight_decay: float = 0.0, amsgrad: bool = False, *,
+                 decoupled_weight_decay: bool = False) -> None:
         name = type(self).__name__
         b1, b2 = (float(b) for b in betas)
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
@@ -415,7 +417,8 @@ class Adam(Optimizer):
         super().__init__(params, dict(lr=_nonneg(lr, "learning rate", name), betas=(b1, b2),
                                       eps=_nonneg(eps, "epsilon value", name),
                                       weight_decay=_nonneg(weight_decay, "weight_decay value", name),
-                                      amsgrad=bool(amsgrad)))
+                                      amsgrad=bool(amsgrad),
+                                      decoupled_weight_decay=bool(decoupled_weight_decay)))
 
     def _update(self, p, grad, state, group):
         w = p.data
@@ -426,12 +429,13 @@ class Adam(Optimizer):
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = np.zeros_like(w)
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        decoupled = bool(group.get("decoupled_weight_decay", False))
         m, v = state["exp_avg"], state["exp_avg_sq"]
         if not group["amsgrad"] and _fused(w, grad, m, v):
             state["step"] += 1
-            _core().adam_update(w, grad, m, v, lr, b1, b2, eps, wd, self._decoupled, state["step"])
+            _core().adam_update(w, grad, m, v, lr, b1, b2, eps, wd, decoupled, state["step"])
             return
-        if self._decoupled:
+        if decoupled:
             if wd:
                 w *= 1.0 - lr * wd
             g = grad
@@ -462,12 +466,10 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter), exactly ``torch.optim.AdamW``:
     w *= 1 - lr * weight_decay, then the Adam step without L2 in the gradient."""
 
-    _decoupled = True
-
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad)
+                         amsgrad=amsgrad, decoupled_weight_decay=True)
 
 
 def l2_penalty(model_or_params, lam: float, skip_1d: bool = False) -> float:

@@ -51,6 +51,11 @@ OPTIMIZERS = [
     ("adamw", lambda p: optim.AdamW(p), lambda t, p: t.optim.AdamW(p)),
     ("adamw_amsgrad", lambda p: optim.AdamW(p, lr=0.02, weight_decay=0.3, amsgrad=True),
      lambda t, p: t.optim.AdamW(p, lr=0.02, weight_decay=0.3, amsgrad=True)),
+    ("adam_decoupled", lambda p: optim.Adam(p, lr=0.02, weight_decay=0.3, decoupled_weight_decay=True),
+     lambda t, p: t.optim.Adam(p, lr=0.02, weight_decay=0.3, decoupled_weight_decay=True)),
+    ("adam_decoupled_amsgrad",
+     lambda p: optim.Adam(p, weight_decay=0.1, amsgrad=True, decoupled_weight_decay=True),
+     lambda t, p: t.optim.Adam(p, weight_decay=0.1, amsgrad=True, decoupled_weight_decay=True)),
 ]
 
 
@@ -587,3 +592,26 @@ def test_load_torch_optimizer_state_dict_then_step_like_torch(torch, name):
         topt.step()
     for p, tp in zip(ours, theirs):
         np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_adam_decoupled_weight_decay_is_adamw_and_survives_old_state_dicts():
+    init, grads = _problem(5, seed=3)
+    runs = []
+    for make in (lambda ps: optim.AdamW(ps, lr=0.02, weight_decay=0.2),
+                 lambda ps: optim.Adam(ps, lr=0.02, weight_decay=0.2, decoupled_weight_decay=True)):
+        ps = [nn.Parameter(w.copy()) for w in init]
+        opt = make(ps)
+        for g in grads:
+            for p, gi in zip(ps, g):
+                p.grad[...] = gi
+            opt.step()
+        runs.append([p.data.tobytes() for p in ps])
+    assert runs[0] == runs[1]
+    assert optim.Adam([nn.Parameter(np.ones(2))]).param_groups[0]["decoupled_weight_decay"] is False
+    # a state dict saved before the option existed keeps each class's behaviour
+    p = nn.Parameter(np.ones(2))
+    opt = optim.AdamW([p])
+    sd = opt.state_dict()
+    del sd["param_groups"][0]["decoupled_weight_decay"]
+    opt.load_state_dict(sd)
+    assert opt.param_groups[0]["decoupled_weight_decay"] is True
