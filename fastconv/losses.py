@@ -16,7 +16,7 @@ import numpy as np
 
 from ._args import working_dtype
 
-__all__ = ["softmax", "log_softmax", "CrossEntropyLoss", "MSELoss"]
+__all__ = ["softmax", "log_softmax", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss"]
 
 
 def _float(x, name: str) -> np.ndarray:
@@ -280,6 +280,92 @@ class _CrossEntropyCache(NamedTuple):
     zshape: tuple                # of the logits
     shape: tuple                 # of the per-position loss
     scale: np.floating           # 1 / the mean's denominator
+
+
+def _broadcastable(a: np.ndarray | None, shape: tuple, name: str, where: str) -> None:
+    """Refuses an ``a`` (weight, pos_weight) that does not broadcast to ``shape`` itself."""
+    if a is None:
+        return
+    try:
+        fits = np.broadcast_shapes(a.shape, shape) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{where}: {name} of shape {a.shape} does not broadcast to the "
+                         f"input's shape {shape}")
+
+
+class BCEWithLogitsLoss:
+    """Sigmoid and binary cross-entropy in one stable step, as ``torch.nn.BCEWithLogitsLoss``
+    (multi-label classification: one independent yes/no per class). Per element, with
+    x the logit, y the target in [0, 1], w ``weight`` and r ``pos_weight`` (both broadcast
+    against the input, r usually (C,) along the last axis):
+
+        l = w [ r y softplus(-x) + (1 - y) softplus(x) ],   softplus(x) = log(1 + e^x)
+          = -w [ r y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)) ]
+
+    computed as max(x, 0) + log1p(exp(-|x|)), finite for any finite x.
+    ``reduction``: "mean" over all elements, "sum", or "none" (l per element).
+    Backward: dl/dx = w [ (r y + 1 - y) sigmoid(x) - r y ].
+    """
+
+    def __init__(self, weight=None, *, reduction: str = "mean", pos_weight=None) -> None:
+        self.weight = None if weight is None else _float(weight, "BCEWithLogitsLoss: weight")
+        self.pos_weight = (None if pos_weight is None else
+                           _float(pos_weight, "BCEWithLogitsLoss: pos_weight"))
+        self.reduction = _check_reduction(reduction, "BCEWithLogitsLoss")
+        self._cache = None
+
+    def forward(self, logits: np.ndarray, targets: np.ndarray):
+        """The loss of ``logits`` against ``targets`` of the same shape (floats in [0, 1]):
+        a float for "mean" (nan for no elements) and "sum", an array for "none"."""
+        where = "BCEWithLogitsLoss"
+        x = _float(logits, f"{where}: logits")
+        y = np.asarray(targets)
+        if y.shape != x.shape:
+            raise ValueError(f"{where}: targets must have the logits' shape {x.shape}, got "
+                             f"{y.shape}")
+        if y.dtype.kind not in "biuf":
+            raise TypeError(f"{where}: targets must hold real numbers, got dtype {y.dtype}")
+        _broadcastable(self.weight, x.shape, "weight", where)
+        _broadcastable(self.pos_weight, x.shape, "pos_weight", where)
+        y = y.astype(x.dtype, copy=False)
+        dt = x.dtype.type
+        e = np.exp(-np.abs(x))
+        softplus_pos = np.maximum(x, dt(0)) + np.log1p(e)     # softplus(x) = -log(1 - sigmoid)
+        softplus_neg = softplus_pos - x                        # softplus(-x) = -log sigmoid
+        ry = y if self.pos_weight is None else y * self.pos_weight.astype(x.dtype, copy=False)
+        per = ry * softplus_neg + (dt(1) - y) * softplus_pos
+        w = None if self.weight is None else self.weight.astype(x.dtype, copy=False)
+        if w is not None:
+            per = per * w
+        sig = np.where(x >= 0, dt(1) / (dt(1) + e), e / (dt(1) + e))
+        self._cache = (sig, ry, y, w, x.shape)
+        if self.reduction == "none":
+            return per
+        if self.reduction == "sum":
+            return float(per.sum())
+        return float(per.mean()) if per.size else float("nan")
+
+    __call__ = forward
+
+    def backward(self, grad_output=None) -> np.ndarray:
+        """dL/dlogits = w [(r y + 1 - y) sigmoid(x) - r y] (/ n for "mean"), times
+        ``grad_output`` (an array of the logits' shape, required for "none"; a number, default
+        1, otherwise)."""
+        if self._cache is None:
+            raise RuntimeError("BCEWithLogitsLoss.backward called before forward")
+        sig, ry, y, w, shape = self._cache
+        dt = sig.dtype.type
+        g = (ry + (dt(1) - y)) * sig - ry
+        if w is not None:
+            g *= w
+        if self.reduction == "mean":
+            g *= dt(1.0 / max(g.size, 1))
+        go = _grad_output(grad_output, shape, self.reduction, g.dtype, "BCEWithLogitsLoss.backward")
+        if go is not None:
+            g *= go
+        return g
 
 
 class MSELoss:

@@ -1,5 +1,6 @@
 """Tests of fastconv.losses: softmax / log_softmax, CrossEntropyLoss (class weights,
-ignore_index, label smoothing, every reduction, per-position and probability targets), MSELoss.
+ignore_index, label smoothing, every reduction, per-position and probability targets),
+BCEWithLogitsLoss, MSELoss.
 
 float64 comparisons with PyTorch use rtol 1e-12 (a handful of exp/log/sums, error ~1e-15);
 float32 ones rtol 1e-6 (the same ops in single precision on inputs of magnitude ~3).
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastconv.gradcheck import eval_numerical_gradient, rel_error
-from fastconv.losses import CrossEntropyLoss, MSELoss, log_softmax, softmax
+from fastconv.losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, log_softmax, softmax
 
 
 @pytest.fixture(scope="module")
@@ -388,3 +389,78 @@ def test_mse_reductions_match_torch(torch, reduction):
     assert MSELoss(reduction="sum")(np.zeros(0), np.zeros(0)) == 0.0
     with pytest.raises(TypeError, match="target must hold real numbers"):
         MSELoss()(np.zeros(2), np.array(["a", "b"]))
+
+
+# -- BCEWithLogitsLoss --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(5, 3), (2, 3, 4, 4), (7,), (0, 3)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weights", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["plain", "weight", "pos_weight", "both"])
+def test_bce_with_logits_matches_torch(torch, shape, reduction, weights):
+    gen = np.random.default_rng(zlib.crc32(repr((shape, reduction, weights)).encode()))
+    x = gen.normal(size=shape) * 5
+    if x.size:
+        x.flat[0], x.flat[-1] = 80.0, -90.0          # sigmoid saturates: still finite
+    y = gen.random(shape)
+    w = gen.random(shape[-1:]) + 0.1 if weights[0] else None
+    pw = gen.random(shape[-1:]) * 3 if weights[1] else None
+    crit = BCEWithLogitsLoss(w, reduction=reduction, pos_weight=pw)
+    value = crit(x, y)
+    go = gen.normal(size=shape) if reduction == "none" else None
+    grad = crit.backward(go)
+    xt = torch.tensor(x, requires_grad=True)
+    lt = torch.nn.functional.binary_cross_entropy_with_logits(
+        xt, torch.tensor(y), weight=None if w is None else torch.tensor(w),
+        pos_weight=None if pw is None else torch.tensor(pw), reduction=reduction)
+    lt.backward(None if go is None else torch.tensor(go))
+    assert np.all(np.isfinite(value)) or (reduction == "mean" and not x.size)
+    np.testing.assert_allclose(value, lt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_bce_with_logits_float32_and_gradient_numerically(torch):
+    gen = np.random.default_rng(12)
+    x = (gen.normal(size=(16, 5)) * 4).astype(np.float32)
+    y = (gen.random((16, 5)) > 0.5).astype(np.float32)
+    pw = np.array([1.0, 2.0, 0.5, 3.0, 1.0], np.float32)
+    crit = BCEWithLogitsLoss(pos_weight=pw)
+    value = crit(x, y)
+    grad = crit.backward()
+    xt = torch.tensor(x, requires_grad=True)
+    lt = torch.nn.functional.binary_cross_entropy_with_logits(xt, torch.tensor(y),
+                                                              pos_weight=torch.tensor(pw))
+    lt.backward()
+    assert grad.dtype == np.float32
+    assert value == pytest.approx(lt.item(), rel=1e-6)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-5, atol=1e-8)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    w = gen.random(5) + 0.5
+    for reduction in ("mean", "sum"):
+        make = lambda: BCEWithLogitsLoss(w, reduction=reduction, pos_weight=pw.astype(np.float64))
+        crit = make()
+        crit(x64, y64)
+        num = eval_numerical_gradient(lambda v: make()(v, y64), x64.copy())
+        assert rel_error(crit.backward(), num) < 1e-8
+
+
+def test_bce_with_logits_argument_checks():
+    x = np.zeros((4, 3))
+    with pytest.raises(ValueError, match=r"targets must have the logits' shape \(4, 3\), got \(4,\)"):
+        BCEWithLogitsLoss()(x, np.zeros(4))
+    with pytest.raises(ValueError, match=r"pos_weight of shape \(2,\) does not broadcast to the "
+                                         r"input's shape \(4, 3\)"):
+        BCEWithLogitsLoss(pos_weight=np.ones(2))(x, x)
+    with pytest.raises(ValueError, match=r"weight of shape \(2, 4, 3\) does not broadcast"):
+        BCEWithLogitsLoss(np.ones((2, 4, 3)))(x, x)
+    with pytest.raises(TypeError, match="targets must hold real numbers"):
+        BCEWithLogitsLoss()(x, np.full((4, 3), "a"))
+    with pytest.raises(ValueError, match="reduction must be"):
+        BCEWithLogitsLoss(reduction="batchmean")
+    crit = BCEWithLogitsLoss(reduction="none")
+    crit(x, x)
+    with pytest.raises(ValueError, match=r"needs grad_output of that shape"):
+        crit.backward()
+    with pytest.raises(RuntimeError, match="before forward"):
+        BCEWithLogitsLoss().backward()

@@ -372,3 +372,16 @@ def test_fit_a_label_per_pixel():
     assert h.history["loss"][-1] < 0.5 * h.history["loss"][0]
     pred = predict(model, x).argmax(axis=1)
     assert (pred == y)[y != -100].mean() > 0.9
+
+
+def test_fit_multi_label_with_bce_with_logits():
+    """Multi-label targets (N, C) of 0/1 floats with BCEWithLogitsLoss: fit learns them."""
+    x, y = make_data(64)
+    labels = np.stack([y % 2 == 0, y >= 2, y == 3, y < 3], axis=1).astype(np.float32)
+    model = make_model(seed=5)
+    h = fit(model, (x, labels), 6, optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+            loss=losses.BCEWithLogitsLoss(), batch_size=16, seed=0, progress=False)
+    assert h.history["loss"][-1] < 0.6 * h.history["loss"][0]
+    assert "accuracy" not in h.rows[-1]
+    pred = predict(model, x) > 0
+    assert (pred == (labels > 0.5)).mean() > 0.8
