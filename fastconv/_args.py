@@ -873,3 +873,69 @@ def gelu_tanh(approximate, op: str) -> bool:
     if approximate not in ("none", "tanh"):
         raise ValueError(f"{op}: approximate must be 'none' or 'tanh', got {approximate!r}")
     return approximate == "tanh"
+
+
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def pad_geometry(shape: tuple, pad, mode: str, op: str) -> tuple[tuple[int, int], ...]:
+    """torch.nn.functional.pad's arguments checked for an input of `shape`: `pad` is
+    (left, right) for the last axis or (left, right, top, bottom) for the last two, each >= 0;
+    returns ((before, after), ...) for every axis of `shape` (0s for the leading ones).
+
+    reflect needs each pad < its axis' size (the edge is not repeated), circular <= the size
+    (one wrap at most), replicate a non-empty axis; those three pad 3-D or 4-D inputs (2-D or
+    3-D for a pad of the last axis only), as PyTorch."""
+    if mode not in PAD_MODES:
+        raise ValueError(f"{op}: mode must be one of {', '.join(map(repr, PAD_MODES))}, got {mode!r}")
+    try:
+        pads = tuple(pad)
+        ok = len(pads) in (2, 4) and all(
+            isinstance(p, (numbers.Integral, np.integer)) and not isinstance(p, (bool, np.bool_))
+            for p in pads)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(f"{op}: pad must be 2 or 4 ints (left, right[, top, bottom]), got {pad!r}")
+    pads = tuple(int(p) for p in pads)
+    if any(p < 0 or p > _MAX_INT for p in pads):
+        raise ValueError(f"{op}: pad must be non-negative (cropping is not supported), got {pads}")
+    axes = len(pads) // 2
+    if mode == "constant":
+        if len(shape) < axes:
+            raise ValueError(f"{op}: pad {pads} pads {axes} axes, the input of shape {shape} "
+                             f"has {len(shape)}")
+    elif len(shape) not in (axes + 1, axes + 2):
+        raise ValueError(f"{op}: {mode} padding of {axes} {'axis' if axes == 1 else 'axes'} "
+                         f"needs a {axes + 1}-D or "
+                         f"{axes + 2}-D input, got shape {shape}")
+    per_axis = [(pads[2 * i], pads[2 * i + 1]) for i in range(axes)][::-1]  # leading first
+    for (before, after), size, axis in zip(per_axis, shape[-axes:], range(len(shape) - axes, len(shape))):
+        if mode == "reflect" and max(before, after) >= size:
+            raise ValueError(f"{op}: reflect padding must be smaller than the axis it pads: "
+                             f"pad ({before}, {after}) on axis {axis} of size {size} (input "
+                             f"{shape})")
+        if mode == "circular" and max(before, after) > size:
+            raise ValueError(f"{op}: circular padding may wrap around once at most: pad "
+                             f"({before}, {after}) on axis {axis} of size {size} (input {shape})")
+        if mode == "replicate" and size == 0 and before + after:
+            raise ValueError(f"{op}: replicate padding of the empty axis {axis} (input {shape})")
+    return ((0, 0),) * (len(shape) - axes) + tuple(per_axis)
+
+
+def pad_backward_inputs(grad_y, input_shape, pad, mode: str, op: str):
+    """(grad_y as a float array, the pads per axis from pad_geometry): grad_y must have the
+    padded shape of `input_shape`."""
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except TypeError:
+        raise TypeError(f"{op}: input_shape must be a sequence of ints, got {input_shape!r}") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{op}: input_shape must be non-negative, got {shape}")
+    pads = pad_geometry(shape, pad, mode, op)
+    want = tuple(s + b + a for s, (b, a) in zip(shape, pads))
+    if grad_y.shape != want:
+        raise ValueError(f"{op}: grad_y must have the padded shape {want} of input {shape} "
+                         f"with pad {tuple(pad)}, got {grad_y.shape}")
+    return grad_y, shape, pads

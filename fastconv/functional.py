@@ -53,6 +53,8 @@ from ._args import (
     linear_shapes,
     max_pool_backward_inputs,
     normalize_output_mask,
+    pad_backward_inputs,
+    pad_geometry,
     pool2d_geometry,
     pool2d_output_shape,
     relu_backward_inputs,
@@ -86,6 +88,8 @@ __all__ = [
     "gelu_backward",
     "silu",
     "silu_backward",
+    "pad",
+    "pad_backward",
     "conv2d_output_shape",
     "pool2d_output_shape",
 ]
@@ -752,3 +756,44 @@ def silu_backward(grad_y, x) -> np.ndarray:
     grad_x = np.empty(x.shape, dtype)
     _core.silu_backward(_c(grad_y, dtype), _c(x, dtype), grad_x)
     return grad_x
+
+
+# The NumPy names of torch's padding modes.
+_NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def pad(x, pad, mode="constant", value=0.0) -> np.ndarray:
+    """torch.nn.functional.pad of the last axis (pad = (left, right)) or the last two (left,
+    right, top, bottom): "constant" (with ``value``), "reflect" (mirrored without repeating
+    the edge), "replicate" (the edge repeated) or "circular" (wrapped around). A new
+    C-contiguous array."""
+    x = as_float_array(x, "x", "pad")
+    pads = pad_geometry(x.shape, pad, mode, "pad")
+    if mode != "constant":
+        return np.pad(x, pads, mode=_NUMPY_PAD_MODE[mode])
+    value = x.dtype.type(value)
+    y = np.full(tuple(n + b + a for n, (b, a) in zip(x.shape, pads)), value, x.dtype)
+    y[tuple(slice(b, b + n) for n, (b, _) in zip(x.shape, pads))] = x
+    return y
+
+
+def pad_backward(grad_y, input_shape, pad, mode="constant") -> np.ndarray:
+    """Gradient of :func:`pad` for an input of ``input_shape``: grad_y's interior, plus each
+    padded position's gradient added to the input element it copies (none for "constant")."""
+    g, shape, pads = pad_backward_inputs(grad_y, input_shape, pad, mode, "pad_backward")
+    for axis, (before, after) in enumerate(pads):
+        if not before and not after:
+            continue
+        n = shape[axis]
+        at = lambda i: (slice(None),) * axis + (i,)
+        inner = g[(slice(None),) * axis + (slice(before, before + n),)].copy()
+        if mode != "constant":
+            # padded position -> the input index it copies, before then after the input
+            for j in range(before):
+                src = {"reflect": before - j, "replicate": 0, "circular": n - before + j}[mode]
+                inner[at(src)] += g[at(j)]
+            for k in range(after):
+                src = {"reflect": n - 2 - k, "replicate": n - 1, "circular": k}[mode]
+                inner[at(src)] += g[at(before + n + k)]
+        g = inner
+    return np.array(g, order="C", copy=True) if g is grad_y else np.ascontiguousarray(g)

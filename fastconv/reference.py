@@ -57,6 +57,8 @@ from fastconv._args import (
     normalize_output_mask,
     pool2d_geometry,
     pool2d_output_shape,
+    pad_backward_inputs,
+    pad_geometry,
     relu_backward_inputs,
     unfold_geometry,
 )
@@ -88,6 +90,8 @@ __all__ = [
     "gelu_backward",
     "silu",
     "silu_backward",
+    "pad",
+    "pad_backward",
     "conv2d_output_shape",
     "pool2d_output_shape",
 ]
@@ -836,3 +840,50 @@ def silu_backward(grad_y, x) -> np.ndarray:
     s = _sigmoid64(x)
     with np.errstate(invalid="ignore"):
         return np.asarray(grad_y * (s * (1 + x * (1 - s))).astype(dtype), dtype, order="C")
+
+
+def _pad_sources(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    """For each position of an axis of size n padded (before, after): the input index it
+    holds, -1 for a constant."""
+    i = np.arange(-before, n + after)
+    if mode == "constant":
+        return np.where((i >= 0) & (i < n), i, -1)
+    if mode == "replicate":
+        return np.clip(i, 0, n - 1)
+    if mode == "circular":
+        return i % n
+    i = np.abs(i)                       # reflect: -k -> k, then n - 1 + k -> n - 1 - k
+    return np.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+def pad(x, pad, mode="constant", value=0.0) -> np.ndarray:
+    """torch.nn.functional.pad of the last axis (pad = (left, right)) or the last two (left,
+    right, top, bottom), by gathering each padded axis through its source indices."""
+    x = as_float_array(x, "x", "pad")
+    pads = pad_geometry(x.shape, pad, mode, "pad")
+    y = x
+    for axis, (before, after) in enumerate(pads):
+        if before or after:
+            src = _pad_sources(x.shape[axis], before, after, mode)
+            y = np.take(y, np.maximum(src, 0), axis=axis)
+            shape = [1] * y.ndim
+            shape[axis] = -1
+            y = np.where(src.reshape(shape) < 0, x.dtype.type(value), y)
+    return np.array(y, dtype=x.dtype, order="C")
+
+
+def pad_backward(grad_y, input_shape, pad, mode="constant") -> np.ndarray:
+    """Gradient of :func:`pad`: each padded axis' gradient scattered back to its source
+    indices (np.add.at), constants dropped."""
+    g, shape, pads = pad_backward_inputs(grad_y, input_shape, pad, mode, "pad_backward")
+    for axis, (before, after) in enumerate(pads):
+        if before or after:
+            src = _pad_sources(shape[axis], before, after, mode)
+            out_shape = list(g.shape)
+            out_shape[axis] = shape[axis]
+            out = np.zeros(out_shape, g.dtype)
+            keep = np.flatnonzero(src >= 0)
+            moved = np.moveaxis(out, axis, 0)
+            np.add.at(moved, src[keep], np.moveaxis(np.take(g, keep, axis=axis), axis, 0))
+            g = out
+    return np.array(g, order="C")

@@ -115,15 +115,38 @@ def _pair_pads(begin, end) -> list[int]:
     return [int(begin[0]), int(begin[1]), int(end[0]), int(end[1])]
 
 
+# Conv2d's padding modes as ONNX Pad modes (circular has none before opset 19: _wrap_pad).
+_ONNX_PAD_MODE = {"reflect": "reflect", "replicate": "edge"}
+
+
+def _wrap_pad(g: _Graph, path: str, x: str, begin, end) -> str:
+    """Circular padding of the two spatial axes: on each, the input's last `begin` rows (or
+    columns) before it and its first `end` after it (Slice and Concat)."""
+    for axis, b, e in zip((2, 3), begin, end):
+        if not b and not e:
+            continue
+        parts = []
+        if b:
+            parts.append(g.op(path, "Slice", [x, g.const(path, "starts", [-b], np.int64),
+                                              g.const(path, "ends", [np.iinfo(np.int64).max], np.int64),
+                                              g.const(path, "axes", [axis], np.int64)]))
+        parts.append(x)
+        if e:
+            parts.append(g.op(path, "Slice", [x, g.const(path, "starts", [0], np.int64),
+                                              g.const(path, "ends", [e], np.int64),
+                                              g.const(path, "axes", [axis], np.int64)]))
+        x = g.op(path, "Concat", parts, axis=axis)
+    return x
+
+
 def _conv2d(g: _Graph, m: nn.Conv2d, path: str, x: str, shape, convert) -> str:
-    if m.padding == "valid":
+    begin, end = m.explicit_padding()
+    if m.padding_mode == "circular":
+        x, begin, end = _wrap_pad(g, path, x, begin, end), (0, 0), (0, 0)
+    elif m.padding_mode != "zeros":  # a Pad node, then the convolution without padding
+        pads = g.const(path, "pads", [0, 0, begin[0], begin[1], 0, 0, end[0], end[1]], np.int64)
+        x = g.op(path, "Pad", [x, pads], mode=_ONNX_PAD_MODE[m.padding_mode])
         begin = end = (0, 0)
-    elif m.padding == "same":  # PyTorch's: the odd pixel of an even total goes to the end
-        total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
-        begin = tuple(t // 2 for t in total)
-        end = tuple(t - b for t, b in zip(total, begin))
-    else:
-        begin = end = m.padding
     inputs = [x, g.state(m, "weight")] + ([g.state(m, "bias")] if m.bias is not None else [])
     return g.op(path, "Conv", inputs, kernel_shape=list(m.kernel_size), strides=list(m.stride),
                 pads=_pair_pads(begin, end), dilations=list(m.dilation), group=m.groups)

@@ -69,7 +69,8 @@ def _converters(torch) -> dict[type, Callable]:
     def conv(m, convert):
         return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
                           padding=m.padding, dilation=m.dilation, groups=m.groups,
-                          bias=m.bias is not None, dtype=_dtype(torch, m))
+                          bias=m.bias is not None, padding_mode=m.padding_mode,
+                          dtype=_dtype(torch, m))
 
     def conv_transpose(m, convert):
         return tnn.ConvTranspose2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,

@@ -28,6 +28,12 @@ class ConvContext(NamedTuple):
     precision: str
 
 
+# Conv2d's padding_mode -> the mode of functional.pad that fills the padding ("zeros": the
+# kernels' own zero padding).
+_PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
+                  "circular": "circular"}
+
+
 def _channels(in_channels, out_channels, groups, name: str) -> tuple[int, int, int]:
     """(in_channels, out_channels, groups) of a convolution layer: positive ints, the channel
     counts divisible by groups."""
@@ -84,13 +90,20 @@ class Conv2d(_ConvLayer):
 
     weight: (out_channels, in_channels / groups, kH, kW); bias: (out_channels,).
     Default initialisation as PyTorch: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-    fan_in = in_channels / groups * kH * kW. padding may be an int, a pair, 'valid' or 'same'.
+    fan_in = in_channels / groups * kH * kW. padding may be an int, a pair, 'valid' or 'same';
+    padding_mode what fills it, as PyTorch's: "zeros", or "reflect", "replicate", "circular"
+    (the input padded by :func:`fastconv.functional.pad` first, then convolved unpadded).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, dtype=np.float32, rng=None) -> None:
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 dtype=np.float32, rng=None) -> None:
         super().__init__()
         name = "Conv2d"
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"{name}: padding_mode must be one of "
+                             f"{', '.join(map(repr, _PADDING_MODES))}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
         self.in_channels, self.out_channels, groups = _channels(in_channels, out_channels,
                                                                 groups, name)
         self.kernel_size = _args.positive_pair(kernel_size, "kernel_size", name)
@@ -123,12 +136,34 @@ class Conv2d(_ConvLayer):
 
     # Stateless pieces: forward and backward with the forward's context passed explicitly, for
     # this layer's own forward/backward and for the fused steps of fusion.py.
+    def explicit_padding(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, left), (bottom, right)): the padding in pixels, 'same' and 'valid' resolved
+        (PyTorch's 'same' puts the odd pixel of an even total d (k - 1) at the end)."""
+        if self.padding == "valid":
+            return (0, 0), (0, 0)
+        if self.padding == "same":
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            begin = tuple(t // 2 for t in total)
+            return begin, tuple(t - b for t, b in zip(total, begin))
+        return self.padding, self.padding
+
+    def _kernel_padding(self):
+        """The padding the conv kernels apply: none when padding_mode pads the input first."""
+        return self.padding if self.padding_mode == "zeros" else (0, 0)
+
+    def _mode_pad(self) -> tuple[int, int, int, int]:
+        """functional.pad's (left, right, top, bottom) for padding_mode."""
+        (top, left), (bottom, right) = self.explicit_padding()
+        return left, right, top, bottom
+
     def _forward_ctx(self, x: np.ndarray) -> tuple[np.ndarray, ConvContext]:
         """(output, context for _backward_ctx)."""
         x, w, b = self._inputs(x)
         ops = self._ops()
+        if self.padding_mode != "zeros":
+            x = ops.pad(x, self._mode_pad(), _PADDING_MODES[self.padding_mode])
         precision = self._op_precision(w.dtype)
-        y = ops.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups,
+        y = ops.conv2d(x, w, b, self.stride, self._kernel_padding(), self.dilation, self.groups,
                        precision=precision)
         return y, ConvContext(ops, x, y.shape, precision)
 
@@ -142,9 +177,14 @@ class Conv2d(_ConvLayer):
         mask = (bool(input_grad), *self._grad_mask())
         if not any(mask):
             return None
-        gx, gw, gb = ops.conv2d_backward(grad_y, x, w, self.stride, self.padding, self.dilation,
-                                         self.groups, output_mask=mask, precision=precision)
+        gx, gw, gb = ops.conv2d_backward(grad_y, x, w, self.stride, self._kernel_padding(),
+                                         self.dilation, self.groups, output_mask=mask,
+                                         precision=precision)
         self._accumulate(gw, gb)
+        if gx is not None and self.padding_mode != "zeros":  # x is the padded input
+            (top, left), (bottom, right) = self.explicit_padding()
+            shape = x.shape[:2] + (x.shape[2] - top - bottom, x.shape[3] - left - right)
+            gx = ops.pad_backward(gx, shape, self._mode_pad(), _PADDING_MODES[self.padding_mode])
         return gx
 
     def _forward_max_pool_ctx(self, pool: "MaxPool2d", x: np.ndarray, relu: bool):
@@ -154,11 +194,14 @@ class Conv2d(_ConvLayer):
         the pooling's context), the contexts those of the two layers run one after the other."""
         x, w, b = self._inputs(x)
         ops = self._ops()
+        if self.padding_mode != "zeros":
+            x = ops.pad(x, self._mode_pad(), _PADDING_MODES[self.padding_mode])
         precision = self._op_precision(w.dtype)
-        y_shape = _args.conv2d_geometry(x.shape, w.shape, self.stride, self.padding,
+        padding = self._kernel_padding()
+        y_shape = _args.conv2d_geometry(x.shape, w.shape, self.stride, padding,
                                         self.dilation, self.groups, op=repr(self)).output_shape
         pooled, idx = ops.conv2d_max_pool2d(
-            x, w, b, self.stride, self.padding, self.dilation, self.groups,
+            x, w, b, self.stride, padding, self.dilation, self.groups,
             kernel_size=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding,
             pool_dilation=pool.dilation, ceil_mode=pool.ceil_mode, relu=relu, precision=precision)
         return (pooled, ConvContext(ops, x, y_shape, precision),
@@ -180,7 +223,7 @@ class Conv2d(_ConvLayer):
         if not any(mask):
             return
         gw, gb = ops.conv2d_backward_through_max_pool(
-            grad_pooled, pool_ctx.indices, x, self.weight.data, self.stride, self.padding,
+            grad_pooled, pool_ctx.indices, x, self.weight.data, self.stride, self._kernel_padding(),
             self.dilation, self.groups, relu_output=y if pool_ctx.relu else None,
             output_mask=mask, precision=precision)
         self._accumulate(gw, gb)
@@ -193,13 +236,7 @@ class Conv2d(_ConvLayer):
 
     def _receptive(self, input_shape):
         """(kernel, stride, dilation, left padding) per axis, for the receptive-field table."""
-        if isinstance(self.padding, str):
-            total = [d * (k - 1) if self.padding == "same" else 0
-                     for k, d in zip(self.kernel_size, self.dilation)]
-            pad = tuple(t // 2 for t in total)
-        else:
-            pad = self.padding
-        return self.kernel_size, self.stride, self.dilation, pad
+        return self.kernel_size, self.stride, self.dilation, self.explicit_padding()[0]
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -211,6 +248,8 @@ class Conv2d(_ConvLayer):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
         return s
 
 
@@ -229,9 +268,13 @@ class ConvTranspose2d(_ConvLayer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  output_padding=0, groups: int = 1, bias: bool = True, dilation=1,
-                 dtype=np.float32, rng=None) -> None:
+                 padding_mode: str = "zeros", dtype=np.float32, rng=None) -> None:
         super().__init__()
         name = "ConvTranspose2d"
+        if padding_mode != "zeros":  # (as PyTorch: its padding removes output, adds no input)
+            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got "
+                             f"{padding_mode!r}")
+        self.padding_mode = padding_mode
         self.in_channels, self.out_channels, groups = _channels(in_channels, out_channels,
                                                                 groups, name)
         self.kernel_size = _args.positive_pair(kernel_size, "kernel_size", name)
