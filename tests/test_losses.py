@@ -187,10 +187,16 @@ def test_cross_entropy_matches_torch_everywhere(torch, shape, kind, weighted, re
     target kind, class weights, ignore_index, reduction and smoothing, on (N, C), per-position
     (N, C, d...), unbatched (C,) and empty logits; "none" backward with a random grad_output."""
     gen = np.random.default_rng(zlib.crc32(repr((shape, kind, weighted, reduction)).encode()))
-    z = gen.normal(size=shape) * 3
-    t, ignore = _targets(kind, shape, gen, np.float64)
     C = shape[0] if len(shape) == 1 else shape[1]
-    weight = gen.random(C) + 0.2 if weighted else None
+    _compare_with_torch(torch, gen, shape, kind, gen.random(C) + 0.2 if weighted else None,
+                        reduction, smoothing, scale=3.0, rtol=1e-10)
+
+
+def _compare_with_torch(torch, gen, shape, kind, weight, reduction, smoothing, scale, rtol):
+    """CrossEntropyLoss's value and logits gradient against torch's cross_entropy on random
+    logits of `shape` and targets of `kind` ("none": backward of a random grad_output)."""
+    z = gen.normal(size=shape) * scale
+    t, ignore = _targets(kind, shape, gen, np.float64)
     crit = CrossEntropyLoss(weight, ignore_index=ignore, reduction=reduction,
                             label_smoothing=smoothing)
     value = crit(z, t)
@@ -205,9 +211,9 @@ def test_cross_entropy_matches_torch_everywhere(torch, shape, kind, weighted, re
         assert isinstance(value, np.ndarray) and value.shape == tuple(lt.shape)
     else:
         assert isinstance(value, float)
-    np.testing.assert_allclose(value, lt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(value, lt.detach().numpy(), rtol=rtol, atol=1e-12)
     assert grad.shape == z.shape and grad.dtype == np.float64
-    np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=rtol, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["some_ignored", "probs"])
@@ -350,22 +356,9 @@ def test_cross_entropy_property_against_torch(torch):
                smoothing=st.sampled_from([0.0, 0.05, 1.0]), seed=st.integers(0, 2**16))
     def check(n, c, extra, kind, weighted, reduction, smoothing, seed):
         gen = np.random.default_rng(seed)
-        shape = (n, c, *extra)
-        z = gen.normal(size=shape) * 4
-        t, ignore = _targets(kind, shape, gen, np.float64)
-        w = gen.random(c) * 2 if weighted else None
-        crit = CrossEntropyLoss(w, ignore_index=ignore, reduction=reduction,
-                                label_smoothing=smoothing)
-        value = crit(z, t)
-        go = gen.normal(size=np.shape(value)) if reduction == "none" else None
-        grad = crit.backward(go)
-        zt = torch.tensor(z, requires_grad=True)
-        lt = torch.nn.functional.cross_entropy(
-            zt, torch.tensor(t), weight=None if w is None else torch.tensor(w),
-            ignore_index=ignore, reduction=reduction, label_smoothing=smoothing)
-        lt.backward(None if go is None else torch.tensor(go))
-        np.testing.assert_allclose(value, lt.detach().numpy(), rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=1e-9, atol=1e-12)
+        _compare_with_torch(torch, gen, (n, c, *extra), kind,
+                            gen.random(c) * 2 if weighted else None, reduction, smoothing,
+                            scale=4.0, rtol=1e-9)
 
     check()
 
