@@ -763,3 +763,88 @@ def test_pickle_and_deepcopy_after_forward():
         np.testing.assert_array_equal(clone(x), model(x))
         model.train()
     assert model[0]._cache is not None  # the original keeps its caches
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout2d and the padding layers
+# ---------------------------------------------------------------------------------------------
+
+def test_dropout2d_zeroes_whole_channels():
+    drop = nn.Dropout2d(0.25, rng=0)
+    x = np.random.default_rng(1).normal(size=(64, 50, 3, 4)).astype(np.float32)
+    y = drop(x)
+    assert drop.mask.shape == (64, 50, 1, 1) and y.dtype == np.float32
+    kept = drop.mask[:, :, 0, 0] != 0
+    assert 0.72 < kept.mean() < 0.78            # 3,200 Bernoulli(0.75) channels: std 0.008
+    np.testing.assert_allclose(y[kept], x[kept] / 0.75, rtol=1e-6)
+    assert not y[~kept].any()                   # a dropped channel is zero everywhere
+    g = np.ones_like(x)
+    np.testing.assert_allclose(drop.backward(g), np.broadcast_to(drop.mask, x.shape))
+    assert nn.Dropout2d(0.5, rng=2)(np.ones((3, 4, 2))).shape == (3, 4, 2)   # (C, H, W)
+    assert nn.Dropout2d(0.5, rng=2).train()(np.ones((3, 4, 2))).std() > 0
+    drop.eval()
+    assert drop(x) is x
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) or \(C, H, W\), got shape \(3, 4\)"):
+        nn.Dropout2d(0.5)(np.ones((3, 4)))
+    frozen = nn.Dropout2d(0.5, rng=3)
+    frozen.freeze_mask(np.ones((2, 3, 1, 1), bool))
+    np.testing.assert_array_equal(frozen(np.ones((2, 3, 4, 4))), 2.0)
+    with pytest.raises(ValueError, match=r"needs \(5, 3, 1, 1\)"):
+        frozen(np.ones((5, 3, 4, 4)))
+    with pytest.raises(ValueError, match="Dropout2d: probability has to be between 0 and 1"):
+        nn.Dropout2d(1.5)
+
+
+def test_dropout2d_matches_torch_statistics_and_scaling(torch):
+    """Same semantics as torch.nn.Dropout2d (the masks come from different generators): each
+    channel kept or zeroed whole, kept ones scaled by 1 / (1 - p)."""
+    x = np.ones((400, 8, 2, 2), np.float32)
+    ours = nn.Dropout2d(0.4, rng=0)(x)
+    theirs = torch.nn.Dropout2d(0.4)(torch.tensor(x)).numpy()
+    for y in (ours, theirs):
+        per_channel = y.reshape(400, 8, 4)
+        assert np.all(per_channel.min(axis=2) == per_channel.max(axis=2))
+        assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.6)}
+        assert abs((y != 0).mean() - 0.6) < 0.04
+
+
+PAD_LAYERS = [
+    (lambda: nn.ZeroPad2d((1, 2, 0, 3)), "ZeroPad2d", ((1, 2, 0, 3),)),
+    (lambda: nn.ConstantPad2d(2, -1.5), "ConstantPad2d", (2, -1.5)),
+    (lambda: nn.ReflectionPad2d((3, 1, 2, 0)), "ReflectionPad2d", ((3, 1, 2, 0),)),
+    (lambda: nn.ReplicationPad2d(2), "ReplicationPad2d", (2,)),
+    (lambda: nn.CircularPad2d((0, 4, 4, 1)), "CircularPad2d", ((0, 4, 4, 1),)),
+]
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 4, 5)], ids=["NCHW", "CHW"])
+@pytest.mark.parametrize("case", PAD_LAYERS, ids=[c[1] for c in PAD_LAYERS])
+def test_padding_layers_match_torch(torch, case, shape, backend):
+    build, name, args = case
+    layer = build().set_backend(backend)
+    twin = getattr(torch.nn, name)(*args)
+    assert repr(layer) == repr(twin)
+    x = np.random.default_rng(0).normal(size=shape)
+    y = layer(x)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = twin(xt)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    assert layer.output_shape(shape) == y.shape
+    g = np.random.default_rng(1).normal(size=y.shape)
+    yt.backward(torch.tensor(g))
+    np.testing.assert_allclose(layer.backward(g), xt.grad.numpy(), rtol=1e-13, atol=1e-14)
+
+
+def test_padding_layer_arguments():
+    for bad in (-1, (1, 2), (1, 2, 3, -4), 1.5, "a"):
+        with pytest.raises(ValueError, match="padding must be a non-negative int or 4 of them"):
+            nn.ReflectionPad2d(bad)
+    with pytest.raises(ValueError, match="reflect padding must be smaller"):
+        nn.ReflectionPad2d(3)(np.zeros((1, 1, 3, 8)))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) or \(C, H, W\), got shape \(4, 4\)"):
+        nn.ZeroPad2d(1)(np.zeros((4, 4)))
+    model = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(3, 4, 3), nn.ReLU())
+    assert model.output_shape((2, 3, 8, 8)) == (2, 4, 8, 8)
+    rows = model.summary((2, 3, 8, 8), print_fn=None).rows
+    assert rows[1]["rf_size"] == (3, 3)          # padding keeps the field

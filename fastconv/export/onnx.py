@@ -115,14 +115,16 @@ def _pair_pads(begin, end) -> list[int]:
     return [int(begin[0]), int(begin[1]), int(end[0]), int(end[1])]
 
 
-# Conv2d's padding modes as ONNX Pad modes (circular has none before opset 19: _wrap_pad).
-_ONNX_PAD_MODE = {"reflect": "reflect", "replicate": "edge"}
+# functional.pad's modes as ONNX Pad modes (circular has none before opset 19: _wrap_pad).
+_ONNX_PAD_MODE = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+# Conv2d's padding_mode -> functional.pad's mode
+_PAD_OF_PADDING_MODE = {"reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
-def _wrap_pad(g: _Graph, path: str, x: str, begin, end) -> str:
-    """Circular padding of the two spatial axes: on each, the input's last `begin` rows (or
+def _wrap_pad(g: _Graph, path: str, x: str, rank: int, begin, end) -> str:
+    """Circular padding of the last two axes: on each, the input's last `begin` rows (or
     columns) before it and its first `end` after it (Slice and Concat)."""
-    for axis, b, e in zip((2, 3), begin, end):
+    for axis, b, e in zip((rank - 2, rank - 1), begin, end):
         if not b and not e:
             continue
         parts = []
@@ -139,13 +141,26 @@ def _wrap_pad(g: _Graph, path: str, x: str, begin, end) -> str:
     return x
 
 
+def _pad(g: _Graph, path: str, x: str, rank: int, mode: str, begin, end, value=0.0) -> str:
+    """`x` (of `rank` axes) padded on its last two by `begin` (top, left) and `end` (bottom,
+    right) in functional.pad's `mode`: a Pad node, or Slice and Concat for circular."""
+    if mode == "circular":
+        return _wrap_pad(g, path, x, rank, begin, end)
+    lead = [0] * (rank - 2)
+    pads = g.const(path, "pads", lead + list(begin) + lead + list(end), np.int64)
+    inputs = [x, pads] + ([g.const(path, "value", value)] if mode == "constant" else [])
+    return g.op(path, "Pad", inputs, mode=_ONNX_PAD_MODE[mode])
+
+
+def _pad2d(g: _Graph, m, path: str, x: str, shape, convert) -> str:
+    left, right, top, bottom = m.padding
+    return _pad(g, path, x, len(shape), m.mode, (top, left), (bottom, right), m.value)
+
+
 def _conv2d(g: _Graph, m: nn.Conv2d, path: str, x: str, shape, convert) -> str:
     begin, end = m.explicit_padding()
-    if m.padding_mode == "circular":
-        x, begin, end = _wrap_pad(g, path, x, begin, end), (0, 0), (0, 0)
-    elif m.padding_mode != "zeros":  # a Pad node, then the convolution without padding
-        pads = g.const(path, "pads", [0, 0, begin[0], begin[1], 0, 0, end[0], end[1]], np.int64)
-        x = g.op(path, "Pad", [x, pads], mode=_ONNX_PAD_MODE[m.padding_mode])
+    if m.padding_mode != "zeros":  # the input padded first, then convolved without padding
+        x = _pad(g, path, x, 4, _PAD_OF_PADDING_MODE[m.padding_mode], begin, end)
         begin = end = (0, 0)
     inputs = [x, g.state(m, "weight")] + ([g.state(m, "bias")] if m.bias is not None else [])
     return g.op(path, "Conv", inputs, kernel_shape=list(m.kernel_size), strides=list(m.stride),
@@ -315,7 +330,7 @@ def _mul(g: _Graph, m: nn.Mul, path: str, x: str, shape, convert) -> str:
 
 
 def _passthrough(g: _Graph, m, path: str, x: str, shape, convert) -> str:
-    return x  # (Identity; Dropout in eval mode)
+    return x  # (Identity; Dropout and Dropout2d in eval mode)
 
 
 def _sequential(g: _Graph, m: nn.Sequential, path: str, x: str, shape, convert) -> str:
@@ -360,6 +375,12 @@ EXPORTERS: dict[type, Callable] = {
     nn.GELU: _gelu,
     nn.SiLU: _silu,
     nn.Dropout: _passthrough,
+    nn.Dropout2d: _passthrough,
+    nn.ZeroPad2d: _pad2d,
+    nn.ConstantPad2d: _pad2d,
+    nn.ReflectionPad2d: _pad2d,
+    nn.ReplicationPad2d: _pad2d,
+    nn.CircularPad2d: _pad2d,
     nn.Flatten: _flatten,
     nn.Identity: _passthrough,
     nn.Mul: _mul,

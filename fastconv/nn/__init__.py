@@ -40,10 +40,11 @@ from . import fusion
 from .activation import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .containers import Concat, Residual, Sequential
 from .conv import Conv2d, ConvTranspose2d
-from .dropout import Dropout
+from .dropout import Dropout, Dropout2d
 from .linear import Flatten, Identity, Linear, Mul
 from .module import IncompatibleKeys, Module, Parameter
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm, convert_sync_batchnorm
+from .padding import CircularPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d, ZeroPad2d
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .summary import ModelSummary
 from .upsample import Upsample
@@ -52,7 +53,8 @@ __all__ = [
     "Parameter", "Module", "Sequential", "Residual", "Concat", "Identity",
     "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Upsample",
     "Linear", "Flatten", "Mul",
-    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Dropout",
+    "ZeroPad2d", "ConstantPad2d", "ReflectionPad2d", "ReplicationPad2d", "CircularPad2d",
+    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Dropout", "Dropout2d",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "convert_sync_batchnorm", "ModelSummary",
     "IncompatibleKeys", "fusion",
 ]

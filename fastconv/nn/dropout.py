@@ -1,4 +1,4 @@
-"""Inverted dropout."""
+"""Inverted dropout: of elements (Dropout) and of whole channels (Dropout2d)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class Dropout(_Elementwise):
         super().__init__()
         p = float(p)
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: probability has to be between 0 and 1, got {p}")
+            raise ValueError(f"{type(self).__name__}: probability has to be between 0 and 1, "
+                             f"got {p}")
         self.p = p
         self.rng = _init.as_generator(rng)
         self.mask: np.ndarray | None = None
@@ -49,20 +50,25 @@ class Dropout(_Elementwise):
             return x
         dt = x.dtype
         mask = self.mask
+        shape = self._mask_shape(x.shape)
         if self.frozen and mask is not None:
-            if mask.shape != x.shape:
-                raise ValueError(f"{self!r}: frozen mask has shape {mask.shape} but the input has "
-                                 f"shape {x.shape}")
+            if mask.shape != shape:
+                raise ValueError(f"{self!r}: frozen mask has shape {mask.shape} but the input of "
+                                 f"shape {x.shape} needs {shape}")
             if mask.dtype != dt:
                 mask = mask.astype(dt)
         elif self.p >= 1.0:
-            mask = np.zeros(x.shape, dt)
+            mask = np.zeros(shape, dt)
         else:
-            mask = (self.rng.random(x.shape, dtype=np.float32) >= np.float32(self.p)).astype(dt)
+            mask = (self.rng.random(shape, dtype=np.float32) >= np.float32(self.p)).astype(dt)
             mask *= dt.type(1.0 / (1.0 - self.p))
         self.mask = mask
         self._cache = (mask, x.shape, dt)
         return x * mask
+
+    def _mask_shape(self, shape: tuple) -> tuple:
+        """The shape of the mask for an input of `shape` (one draw per element)."""
+        return shape
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
         mask, shape, dt = self._get_cache()
@@ -71,3 +77,15 @@ class Dropout(_Elementwise):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class Dropout2d(Dropout):
+    """Channel dropout, as ``torch.nn.Dropout2d``: in training, each channel of each sample of
+    (N, C, H, W) input (of (C, H, W) input: each channel) is zeroed whole with probability p,
+    the others scaled by 1/(1-p). The mask has shape (N, C, 1, 1) (or (C, 1, 1))."""
+
+    def _mask_shape(self, shape: tuple) -> tuple:
+        if len(shape) not in (3, 4):
+            raise ValueError(f"{self!r}: input must be (N, C, H, W) or (C, H, W), got shape "
+                             f"{shape}")
+        return shape[:-2] + (1, 1)

@@ -47,8 +47,9 @@ def test_every_layer_and_container(torch, case, mode, dtype):
     tmodule = to_torch(module)
     assert list(tmodule.state_dict()) == list(module.state_dict())
     assert all(t.training == (mode == "train") for t in tmodule.modules())
-    if name == "dropout":
-        assert type(tmodule) is torch.nn.Dropout and tmodule.p == 0.3
+    if name in ("dropout", "dropout2d"):
+        want = torch.nn.Dropout if name == "dropout" else torch.nn.Dropout2d
+        assert type(tmodule) is want and tmodule.p == 0.3
         if mode == "train":
             return  # (masks drawn by each library)
     gen = np.random.default_rng(2)
