@@ -848,3 +848,30 @@ def test_padding_layer_arguments():
     assert model.output_shape((2, 3, 8, 8)) == (2, 4, 8, 8)
     rows = model.summary((2, 3, 8, 8), print_fn=None).rows
     assert rows[1]["rf_size"] == (3, 3)          # padding keeps the field
+
+
+def test_max_pool_return_indices_as_torch(torch):
+    """PyTorch's argument order (return_indices before ceil_mode) and its indices: the
+    arg-max's flat position in its input plane."""
+    x = np.random.default_rng(5).normal(size=(2, 3, 7, 6))
+    for backend in ("fast", "reference"):
+        pool = nn.MaxPool2d(3, 2, 1, 1, True, True).set_backend(backend)   # positional, as torch
+        assert pool.return_indices and pool.ceil_mode
+        twin = torch.nn.MaxPool2d(3, 2, 1, 1, True, True)
+        assert repr(pool).endswith("return_indices=True, ceil_mode=True)")
+        y, idx = pool(x)
+        xt = torch.tensor(x, requires_grad=True)
+        yt, it = twin(xt)
+        np.testing.assert_array_equal(y, yt.detach().numpy())
+        assert idx.dtype == np.int64
+        np.testing.assert_array_equal(idx, it.numpy())
+        g = np.random.default_rng(6).normal(size=y.shape)
+        yt.backward(torch.tensor(g))
+        idx[...] = 0                                    # the caller's copy: backward keeps its own
+        np.testing.assert_allclose(pool.backward(g), xt.grad.numpy(), rtol=1e-14)
+    # never fused: the pair is what the next layer (or the caller) gets
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, rng=0), nn.ReLU(), nn.MaxPool2d(2, return_indices=True))
+    out = model(x.astype(np.float32))
+    assert isinstance(out, tuple) and out[1].shape == out[0].shape
+    with pytest.raises(TypeError, match="return_indices must be True or False"):
+        nn.MaxPool2d(2, return_indices="yes")

@@ -462,6 +462,11 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, input_shape=(1, 3, 32, 32
             raise TypeError(f"to_onnx: {where} is a {type(m).__module__}.{type(m).__qualname__}, "
                             f"which has no ONNX exporter here (supported: "
                             f"{', '.join(sorted(t.__name__ for t in EXPORTERS))})")
+        if isinstance(m, nn.MaxPool2d) and m.return_indices:
+            where = f"module {p!r}" if p else "the model"
+            raise ValueError(f"to_onnx: {where} is a MaxPool2d with return_indices=True, whose "
+                             f"(output, indices) pair is no single tensor to pass on; export it "
+                             f"with return_indices=False")
     shape, out = _check_input_shape(model, input_shape)
     metadata = dict(metadata or {})
     if not all(isinstance(v, str) for kv in metadata.items() for v in kv):

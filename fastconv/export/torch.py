@@ -94,7 +94,8 @@ def _converters(torch) -> dict[type, Callable]:
 
     def max_pool(m, convert):
         return tnn.MaxPool2d(m.kernel_size, stride=m.stride, padding=m.padding,
-                             dilation=m.dilation, ceil_mode=m.ceil_mode)
+                             dilation=m.dilation, return_indices=m.return_indices,
+                             ceil_mode=m.ceil_mode)
 
     def avg_pool(m, convert):
         return tnn.AvgPool2d(m.kernel_size, stride=m.stride, padding=m.padding,

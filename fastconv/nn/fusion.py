@@ -195,6 +195,11 @@ class ReLUMaxPoolStep(Step):
         return self.layers[1]._backward_ctx(self._context(), grad_y)
 
 
+def _plain_max_pool(layer) -> bool:
+    """A MaxPool2d giving its output alone (with return_indices it gives a pair)."""
+    return type(layer) is MaxPool2d and not layer.return_indices
+
+
 def _one_backend(*layers: Module) -> bool:
     backend = layers[0]._backend
     return all(m._backend == backend for m in layers[1:])
@@ -228,14 +233,14 @@ def _fusable_run(items, i):
     kind = type(layer)
     if kind is Conv2d:
         after = items[i + 2][1] if i + 2 < len(items) else None
-        if type(nxt) is ReLU and type(after) is MaxPool2d and _one_backend(layer, nxt, after):
+        if type(nxt) is ReLU and _plain_max_pool(after) and _one_backend(layer, nxt, after):
             return ConvMaxPoolStep, 3
-        if type(nxt) is MaxPool2d and _one_backend(layer, nxt):
+        if _plain_max_pool(nxt) and _one_backend(layer, nxt):
             return ConvMaxPoolStep, 2
     elif isinstance(layer, _BatchNorm) and type(layer).forward is _BatchNorm.forward:
         if type(nxt) is ReLU and layer._uses_batch_stats() and _one_backend(layer, nxt):
             return BatchNormReLUStep, 2
     elif kind is ReLU:
-        if type(nxt) is MaxPool2d and _one_backend(layer, nxt):
+        if _plain_max_pool(nxt) and _one_backend(layer, nxt):
             return ReLUMaxPoolStep, 2
     return None

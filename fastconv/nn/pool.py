@@ -52,17 +52,24 @@ class _Pool2d(Module):
 
 class MaxPool2d(_Pool2d):
     """Max pooling over (N, C, H, W); stride defaults to kernel_size; padding pads with -inf.
+    Arguments in PyTorch's order; with ``return_indices=True`` forward returns (output,
+    indices), each index the arg-max's flat position in its input plane (H * W), int64, as
+    PyTorch's.
 
     Backward routes each output gradient to the arg-max position (indices from the forward).
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> None:
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
+                 return_indices: bool = False, ceil_mode: bool = False) -> None:
         super().__init__()
         self._init_geometry("MaxPool2d", kernel_size, stride, padding, ceil_mode)
         self.dilation = _args.positive_pair(dilation, "dilation", "MaxPool2d")
+        self.return_indices = _args.flag(return_indices, "return_indices", "MaxPool2d")
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray):
         y, self._cache = self._forward_ctx(x)
+        if self.return_indices:  # (a copy: the backward keeps its own)
+            return y, self._cache.indices.astype(np.int64, copy=True)
         return y
 
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
@@ -88,6 +95,8 @@ class MaxPool2d(_Pool2d):
         s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
+        if self.return_indices:
+            s += ", return_indices=True"
         if self.ceil_mode:
             s += ", ceil_mode=True"
         return s

@@ -310,3 +310,10 @@ def test_train_export_onnx_without_onnx_fails_before_training(train_cli, tmp_pat
     assert capsys.readouterr().err.strip() == (
         "fastconv-train: error: --export-onnx needs the onnx package: pip install onnx")
     assert not (tmp_path / "run").exists()
+
+
+def test_max_pool_with_indices_is_refused(onnx, tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2, return_indices=True))
+    with pytest.raises(ValueError, match="module '1' is a MaxPool2d with return_indices=True"):
+        to_onnx(model, tmp_path / "m.onnx", (1, 3, 8, 8))
+    assert not (tmp_path / "m.onnx").exists()
