@@ -16,7 +16,7 @@ import numpy as np
 
 from ._args import working_dtype
 
-__all__ = ["softmax", "log_softmax", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss"]
+__all__ = ["softmax", "log_softmax", "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "MSELoss"]
 
 
 def _float(x, name: str) -> np.ndarray:
@@ -73,6 +73,70 @@ def _grad_output(grad_output, shape: tuple, reduction: str, dtype, where: str):
     return go.astype(dtype, copy=False)
 
 
+def _class_weight(weight, where: str, hint: str = "") -> np.ndarray | None:
+    """A loss's per-class `weight`: None or a 1-D array of real numbers, kept in float64."""
+    if weight is None:
+        return None
+    w = np.asarray(weight)
+    if w.ndim != 1 or w.dtype.kind not in "biuf":
+        raise TypeError(f"{where}: weight must be a 1-D array of real class weights (C,), got "
+                        f"{type(weight).__name__} of shape {w.shape}{hint if w.ndim == 0 else ''}")
+    return w.astype(np.float64)
+
+
+def _ignore_index(value, where: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{where}: ignore_index must be an int, got {value!r}")
+    return int(value)
+
+
+def _class_rows(z: np.ndarray, t: np.ndarray, weight, ignore_index: int, where: str,
+                probabilities: bool = True, name: str = "logits"
+                ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Class scores z ((N, C), (N, C, d1, ...) or (C,), called `name` in errors) as rows
+    (M, C), targets as (M,) class indices or, with `probabilities`, (M, C) class
+    probabilities, and whether they are probabilities; every check on shapes and values."""
+    if z.ndim == 0:
+        raise ValueError(f"{where}: {name} must be (N, C), (N, C, d1, ...) or (C,), got a "
+                         f"0-d array")
+    C = z.shape[0] if z.ndim == 1 else z.shape[1]
+    if C == 0:
+        raise ValueError(f"{where}: {name} of shape {z.shape} have no classes (C = 0)")
+    if weight is not None and weight.shape != (C,):
+        raise ValueError(f"{where}: weight must hold one value per class, shape ({C},) for "
+                         f"{name} of shape {z.shape}, got {weight.shape}")
+    rows = np.moveaxis(z, 1, -1).reshape(-1, C) if z.ndim > 1 else z[None]
+    of = f"{name}'" if name.endswith("s") else f"{name}'s"   # "the logits' shape"
+    if probabilities and t.shape == z.shape:  # class probabilities (PyTorch decides by shape)
+        if t.dtype.kind != "f":
+            raise TypeError(f"{where}: targets of the {of} shape {z.shape} are class "
+                            f"probabilities and must be floats, got dtype {t.dtype} (for "
+                            f"one-hot rows take targets.argmax(axis=1))")
+        probs = t.astype(z.dtype, copy=False)
+        return rows, np.moveaxis(probs, 1, -1).reshape(-1, C) if z.ndim > 1 else probs[None], True
+    if t.dtype.kind == "f":
+        # as PyTorch: float targets of another shape are refused, even whole numbers (a
+        # float y usually means regression targets or one-hot rows of the wrong shape)
+        also = f" or float class probabilities of the {of} shape {z.shape}" if probabilities else ""
+        raise TypeError(f"{where}: targets must be integer class indices{also}, got float "
+                        f"labels (dtype {t.dtype}, shape {t.shape}); convert indices with "
+                        f"targets.astype(np.int64)")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{where}: targets must be integer class indices, got dtype {t.dtype}")
+    want = z.shape[:1] + z.shape[2:] if z.ndim > 1 else ()
+    if t.shape != want:
+        raise ValueError(f"{where}: index targets must have shape {want} (the {of} "
+                         f"{z.shape} without the class axis), got {t.shape}")
+    t = t.reshape(-1)
+    if t.size:  # (before any cast: 1e20 would wrap around)
+        bad = (t < 0) | (t >= C)
+        bad &= t != ignore_index
+        if bad.any():
+            raise ValueError(f"{where}: targets must be in [0, {C}) or equal ignore_index "
+                             f"({ignore_index}), got {t[bad][0]}")
+    return rows, t.astype(np.intp, copy=False), False
+
+
 class CrossEntropyLoss:
     """Softmax cross-entropy on logits, as ``torch.nn.CrossEntropyLoss`` (same arguments and
     semantics).
@@ -98,19 +162,9 @@ class CrossEntropyLoss:
 
     def __init__(self, weight=None, *, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0) -> None:
-        if weight is not None:
-            w = np.asarray(weight)
-            if w.ndim != 1 or w.dtype.kind not in "biuf":
-                raise TypeError(f"CrossEntropyLoss: weight must be a 1-D array of real class "
-                                f"weights (C,), got {type(weight).__name__} of shape {w.shape}"
-                                f"{' (label_smoothing is a keyword argument)' if w.ndim == 0 else ''}")
-            weight = w.astype(np.float64)
-        self.weight = weight
-        if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index,
-                                                                        (int, np.integer)):
-            raise TypeError(f"CrossEntropyLoss: ignore_index must be an int, got "
-                            f"{ignore_index!r}")
-        self.ignore_index = int(ignore_index)
+        self.weight = _class_weight(weight, "CrossEntropyLoss",
+                                    " (label_smoothing is a keyword argument)")
+        self.ignore_index = _ignore_index(ignore_index, "CrossEntropyLoss")
         self.reduction = _check_reduction(reduction, "CrossEntropyLoss")
         try:
             eps = float(label_smoothing)
@@ -122,57 +176,13 @@ class CrossEntropyLoss:
         self.label_smoothing = eps
         self._cache = None
 
-    def _rows(self, z: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Logits as rows (M, C), targets as (M,) indices or (M, C) probabilities, and whether
-        they are probabilities; every check on shapes and values."""
-        where = "CrossEntropyLoss"
-        if z.ndim == 0:
-            raise ValueError(f"{where}: logits must be (N, C), (N, C, d1, ...) or (C,), got a "
-                             f"0-d array")
-        C = z.shape[0] if z.ndim == 1 else z.shape[1]
-        if C == 0:
-            raise ValueError(f"{where}: logits of shape {z.shape} have no classes (C = 0)")
-        if self.weight is not None and self.weight.shape != (C,):
-            raise ValueError(f"{where}: weight must hold one value per class, shape ({C},) for "
-                             f"logits of shape {z.shape}, got {self.weight.shape}")
-        if t.shape == z.shape:  # class probabilities (as PyTorch decides: by shape)
-            if t.dtype.kind != "f":
-                raise TypeError(f"{where}: targets of the logits' shape {z.shape} are class "
-                                f"probabilities and must be floats, got dtype {t.dtype} (for "
-                                f"one-hot rows take targets.argmax(axis=1))")
-            probs = t.astype(z.dtype, copy=False)
-            return (np.moveaxis(z, 1, -1).reshape(-1, C) if z.ndim > 1 else z[None],
-                    np.moveaxis(probs, 1, -1).reshape(-1, C) if z.ndim > 1 else probs[None],
-                    True)
-        if t.dtype.kind == "f":
-            # as PyTorch: float targets of another shape are refused, even whole numbers (a
-            # float y usually means regression targets or one-hot rows of the wrong shape)
-            raise TypeError(f"{where}: targets must be integer class indices or float class "
-                            f"probabilities of the logits' shape {z.shape}, got float labels "
-                            f"(dtype {t.dtype}, shape {t.shape}); convert indices with "
-                            f"targets.astype(np.int64)")
-        if t.dtype.kind not in "iu":
-            raise TypeError(f"{where}: targets must be integer class indices, got dtype {t.dtype}")
-        want = z.shape[:1] + z.shape[2:] if z.ndim > 1 else ()
-        if t.shape != want:
-            raise ValueError(f"{where}: index targets must have shape {want} (the logits' "
-                             f"{z.shape} without the class axis), got {t.shape}")
-        t = t.reshape(-1)
-        if t.size:  # (before any cast: 1e20 would wrap around)
-            bad = (t < 0) | (t >= C)
-            bad &= t != self.ignore_index
-            if bad.any():
-                raise ValueError(f"{where}: targets must be in [0, {C}) or equal ignore_index "
-                                 f"({self.ignore_index}), got {t[bad][0]}")
-        return (np.moveaxis(z, 1, -1).reshape(-1, C) if z.ndim > 1 else z[None],
-                t.astype(np.intp, copy=False), False)
-
     def forward(self, logits: np.ndarray, targets: np.ndarray):
         """The cross-entropy of ``logits`` against ``targets`` (class indices or
         probabilities, see the class): a float for "mean" and "sum", an array of the targets'
         positions for "none"."""
         z = _float(logits, "CrossEntropyLoss: logits")
-        rows, tgt, probs = self._rows(z, np.asarray(targets))
+        rows, tgt, probs = _class_rows(z, np.asarray(targets), self.weight, self.ignore_index,
+                                        "CrossEntropyLoss")
         M, C = rows.shape
         dt = rows.dtype.type
         eps = self.label_smoothing
@@ -261,11 +271,15 @@ class CrossEntropyLoss:
                           "CrossEntropyLoss.backward")
         if go is not None:
             g *= go.reshape(-1, 1)
-        if len(c.zshape) <= 2:
-            return g.reshape(c.zshape)
-        # rows (N * d1 * ..., C) back to (N, C, d1, ...)
-        return np.ascontiguousarray(
-            np.moveaxis(g.reshape(c.zshape[:1] + c.zshape[2:] + c.zshape[1:2]), -1, 1))
+        return _from_rows(g, c.zshape)
+
+
+def _from_rows(g: np.ndarray, zshape: tuple) -> np.ndarray:
+    """Rows (M, C) of _class_rows back to the scores' shape: (N, C, d1, ...) from
+    (N * d1 * ..., C), or (N, C) / (C,) as they are."""
+    if len(zshape) <= 2:
+        return g.reshape(zshape)
+    return np.ascontiguousarray(np.moveaxis(g.reshape(zshape[:1] + zshape[2:] + zshape[1:2]), -1, 1))
 
 
 class _CrossEntropyCache(NamedTuple):
@@ -280,6 +294,64 @@ class _CrossEntropyCache(NamedTuple):
     zshape: tuple                # of the logits
     shape: tuple                 # of the per-position loss
     scale: np.floating           # 1 / the mean's denominator
+
+
+class NLLLoss:
+    """Negative log-likelihood of log-probabilities, as ``torch.nn.NLLLoss`` (put after a
+    LogSoftmax layer: together they are CrossEntropyLoss). Input (N, C), (N, C, d1, ...) or
+    (C,); class-index targets as for CrossEntropyLoss (``ignore_index`` positions count for
+    nothing). Per position l = -w_y input_y; ``reduction="mean"`` divides the sum by the summed
+    w_y of the positions not ignored, ``"sum"`` sums, ``"none"`` returns l per position.
+    Backward: -w_y at each target (divided by that sum for "mean"), 0 elsewhere.
+    """
+
+    def __init__(self, weight=None, *, ignore_index: int = -100, reduction: str = "mean") -> None:
+        self.weight = _class_weight(weight, "NLLLoss")
+        self.ignore_index = _ignore_index(ignore_index, "NLLLoss")
+        self.reduction = _check_reduction(reduction, "NLLLoss")
+        self._cache = None
+
+    def forward(self, input: np.ndarray, targets: np.ndarray):
+        """The loss of log-probabilities ``input`` at class indices ``targets``: a float for
+        "mean" and "sum", an array of the targets' positions for "none"."""
+        z = _float(input, "NLLLoss: input")
+        rows, t, _ = _class_rows(z, np.asarray(targets), self.weight, self.ignore_index,
+                                 "NLLLoss", probabilities=False, name="input")
+        M = len(rows)
+        dt = rows.dtype.type
+        keep = t != self.ignore_index
+        t = np.where(keep, t, 0)
+        wy = keep.astype(rows.dtype) if self.weight is None else \
+            np.where(keep, self.weight.astype(rows.dtype)[t], dt(0))
+        per = -rows[np.arange(M), t] * wy
+        count = wy.sum()
+        # as CrossEntropyLoss: a mean over nothing is nan, its gradient 0 if all are ignored
+        scale = dt(1.0 / float(count)) if count else dt(0.0 if not keep.any() else np.nan)
+        shape = z.shape[:1] + z.shape[2:] if z.ndim > 1 else ()
+        self._cache = (t, wy, scale, rows.shape, z.shape, shape, rows.dtype)
+        if self.reduction == "none":
+            return per.reshape(shape)
+        total = per.sum()
+        if self.reduction == "sum":
+            return float(total)
+        return float(total * scale) if count else float("nan")
+
+    __call__ = forward
+
+    def backward(self, grad_output=None) -> np.ndarray:
+        """dL/dinput in the input's shape and dtype: -w_y at each target position (times the
+        mean's 1 / sum w_y for "mean", times ``grad_output``: an array of the loss's shape for
+        "none", else a number, default 1)."""
+        if self._cache is None:
+            raise RuntimeError("NLLLoss.backward called before forward")
+        t, wy, scale, rows_shape, zshape, shape, dtype = self._cache
+        g = np.zeros(rows_shape, dtype)
+        coef = -wy * scale if self.reduction == "mean" else -wy
+        go = _grad_output(grad_output, shape, self.reduction, dtype, "NLLLoss.backward")
+        if go is not None:
+            coef = coef * go.reshape(-1)
+        g[np.arange(len(t)), t] = coef
+        return _from_rows(g, zshape)
 
 
 def _broadcastable(a: np.ndarray | None, shape: tuple, name: str, where: str) -> None:

@@ -1,5 +1,5 @@
 """Tests of fastconv.losses: softmax / log_softmax, CrossEntropyLoss (class weights,
-ignore_index, label smoothing, every reduction, per-position and probability targets),
+ignore_index, label smoothing, every reduction, per-position and probability targets), NLLLoss,
 BCEWithLogitsLoss, MSELoss.
 
 float64 comparisons with PyTorch use rtol 1e-12 (a handful of exp/log/sums, error ~1e-15);
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from fastconv.gradcheck import eval_numerical_gradient, rel_error
-from fastconv.losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, log_softmax, softmax
+from fastconv.losses import (BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, NLLLoss, log_softmax,
+                             softmax)
 
 
 @pytest.fixture(scope="module")
@@ -457,3 +458,57 @@ def test_bce_with_logits_argument_checks():
         crit.backward()
     with pytest.raises(RuntimeError, match="before forward"):
         BCEWithLogitsLoss().backward()
+
+
+# -- NLLLoss --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 2, 3), (5,), (0, 4)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", ["index", "some_ignored", "all_ignored", "ignore_a_class"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nll_loss_matches_torch(torch, shape, kind, weighted, reduction):
+    gen = np.random.default_rng(zlib.crc32(repr((shape, kind, weighted, reduction)).encode()))
+    z = log_softmax(gen.normal(size=shape) * 2, axis=0 if len(shape) == 1 else 1)
+    t, ignore = _targets(kind, shape, gen, np.float64)
+    C = shape[0] if len(shape) == 1 else shape[1]
+    w = gen.random(C) + 0.2 if weighted else None
+    crit = NLLLoss(w, ignore_index=ignore, reduction=reduction)
+    value = crit(z, t)
+    go = gen.normal(size=np.shape(value)) if reduction == "none" else None
+    grad = crit.backward(go)
+    zt = torch.tensor(z, requires_grad=True)
+    lt = torch.nn.functional.nll_loss(zt, torch.tensor(t),
+                                      weight=None if w is None else torch.tensor(w),
+                                      ignore_index=ignore, reduction=reduction)
+    lt.backward(None if go is None else torch.tensor(go))
+    np.testing.assert_allclose(value, lt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    assert grad.shape == z.shape
+    np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_log_softmax_layer_then_nll_is_cross_entropy():
+    from fastconv import nn
+    gen = np.random.default_rng(13)
+    z = gen.normal(size=(7, 5, 3)) * 3
+    t = gen.integers(0, 5, (7, 3))
+    w = gen.random(5) + 0.5
+    layer, nll = nn.LogSoftmax(1), NLLLoss(w, reduction="sum")
+    ce = CrossEntropyLoss(w, reduction="sum")
+    assert nll(layer(z), t) == pytest.approx(ce(z, t), rel=1e-13)
+    np.testing.assert_allclose(layer.backward(nll.backward()), ce.backward(), rtol=1e-12,
+                               atol=1e-15)
+
+
+def test_nll_loss_checks():
+    with pytest.raises(ValueError, match=r"NLLLoss: targets must be in \[0, 3\)"):
+        NLLLoss()(np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(TypeError, match=r"NLLLoss: targets must be integer class indices, got "
+                                        r"float labels"):
+        NLLLoss()(np.zeros((2, 3)), np.zeros((2, 3)))      # no probability targets in NLLLoss
+    with pytest.raises(ValueError, match=r"index targets must have shape \(2,\) \(the input's "):
+        NLLLoss()(np.zeros((2, 3)), np.zeros(3, int))
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        NLLLoss(ignore_index=None)
+    with pytest.raises(RuntimeError, match="before forward"):
+        NLLLoss().backward()

@@ -875,3 +875,50 @@ def test_max_pool_return_indices_as_torch(torch):
     assert isinstance(out, tuple) and out[1].shape == out[0].shape
     with pytest.raises(TypeError, match="return_indices must be True or False"):
         nn.MaxPool2d(2, return_indices="yes")
+
+
+@pytest.mark.parametrize("name", ["Softmax", "LogSoftmax"])
+def test_softmax_layers_match_torch(torch, name):
+    gen = np.random.default_rng(7)
+    for shape, dim in (((3, 4, 5), 0), ((3, 4, 5), 1), ((3, 4, 5), -1), ((6,), 0),
+                       ((2, 3, 4, 5), 1)):
+        for dtype, tol in ((np.float64, 1e-14), (np.float32, 1e-6)):
+            layer, twin = getattr(nn, name)(dim), getattr(torch.nn, name)(dim)
+            assert repr(layer) == repr(twin)
+            x = (gen.normal(size=shape) * 5).astype(dtype)
+            y = layer(x)
+            assert y.dtype == dtype
+            xt = torch.tensor(x, requires_grad=True)
+            yt = twin(xt)
+            np.testing.assert_allclose(y, yt.detach().numpy(), rtol=tol, atol=tol)
+            g = gen.normal(size=shape).astype(dtype)
+            yt.backward(torch.tensor(g))
+            np.testing.assert_allclose(layer.backward(g), xt.grad.numpy(), rtol=10 * tol,
+                                       atol=10 * tol)
+    big = getattr(nn, name)(1)(np.array([[1e30, 0.0, -1e30]]))
+    assert np.isfinite(big[0, :2]).all()                       # no overflow
+    with pytest.warns(UserWarning, match="implicit dimension choice"):
+        assert getattr(nn, name)()(np.zeros((2, 3))).shape == (2, 3)   # dim 1, as torch
+    with pytest.raises(ValueError, match="dim 2 is out of range for input of 2 axes"):
+        getattr(nn, name)(2)(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="dim must be an int or None"):
+        getattr(nn, name)(1.0)
+
+
+def test_fit_log_softmax_and_nll_as_cross_entropy():
+    """A LogSoftmax head trained with NLLLoss gives the weights of CrossEntropyLoss on the
+    logits, to rounding (the two compute the same gradient by different sums)."""
+    from fastconv import losses
+    from fastconv.training import fit
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(48, 3, 6, 6))
+    y = gen.integers(0, 4, 48)
+    runs = []
+    for head, loss in ((nn.LogSoftmax(1), losses.NLLLoss()), (nn.Identity(), losses.CrossEntropyLoss())):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, rng=0, dtype=np.float64), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(64, 4, rng=1, dtype=np.float64), head)
+        fit(model, (x, y), 2, optimizer=__import__("fastconv").optim.SGD(model.parameters(), lr=0.1),
+            loss=loss, batch_size=16, seed=0, progress=False)
+        runs.append(model.state_dict())
+    for k in runs[0]:
+        np.testing.assert_allclose(runs[0][k], runs[1][k], rtol=1e-10, atol=1e-12, err_msg=k)

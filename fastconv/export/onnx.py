@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import _args, nn
+from ..nn.activation import _softmax_dim
 
 __all__ = ["to_onnx", "OPSET"]
 
@@ -325,6 +326,13 @@ def _unary(op_type: str, **attrs_of: Callable[[nn.Module], Any]):
     return export
 
 
+def _softmax(op_type: str):
+    """The exporter of Softmax / LogSoftmax: the ONNX op along the layer's axis."""
+    def export(g: _Graph, m, path: str, x: str, shape, convert) -> str:
+        return g.op(path, op_type, [x], axis=_softmax_dim(m.dim, len(shape), m))
+    return export
+
+
 def _mul(g: _Graph, m: nn.Mul, path: str, x: str, shape, convert) -> str:
     return _scalar_op(g, path, "Mul", x, "scale", m.scale)
 
@@ -374,6 +382,8 @@ EXPORTERS: dict[type, Callable] = {
     nn.Sigmoid: _unary("Sigmoid"),
     nn.GELU: _gelu,
     nn.SiLU: _silu,
+    nn.Softmax: _softmax("Softmax"),
+    nn.LogSoftmax: _softmax("LogSoftmax"),
     nn.Dropout: _passthrough,
     nn.Dropout2d: _passthrough,
     nn.ZeroPad2d: _pad2d,

@@ -129,6 +129,8 @@ def _converters(torch) -> dict[type, Callable]:
         nn.Sigmoid: stateless(tnn.Sigmoid),
         nn.GELU: lambda m, convert: tnn.GELU(approximate=m.approximate),
         nn.SiLU: stateless(tnn.SiLU),
+        nn.Softmax: lambda m, convert: tnn.Softmax(m.dim),
+        nn.LogSoftmax: lambda m, convert: tnn.LogSoftmax(m.dim),
         nn.Dropout: lambda m, convert: tnn.Dropout(m.p),
         nn.Dropout2d: lambda m, convert: tnn.Dropout2d(m.p),
         nn.ZeroPad2d: lambda m, convert: tnn.ZeroPad2d(m.padding),

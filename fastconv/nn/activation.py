@@ -1,10 +1,14 @@
-"""Element-wise activations (output shape = input shape)."""
+"""Activations (output shape = input shape): element-wise ones, and Softmax / LogSoftmax along
+one axis."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
 from .. import _args
+from ..losses import log_softmax, softmax
 from .module import Module, _as_input
 
 
@@ -131,3 +135,64 @@ class SiLU(_Elementwise):
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
         ops, x = self._get_cache()
         return ops.silu_backward(self._grad(grad_y, x), x)
+
+
+def _softmax_dim(dim, ndim: int, layer) -> int:
+    """The axis of a Softmax/LogSoftmax: `dim` (negative counts from the end) or, as PyTorch's
+    deprecated implicit choice when None, 0 for 0-, 1- and 3-D input and 1 otherwise."""
+    if dim is None:
+        warnings.warn(f"{type(layer).__name__}: implicit dimension choice (dim=None) is "
+                      f"deprecated in PyTorch; pass dim", UserWarning, stacklevel=3)
+        return 0 if ndim in (0, 1, 3) else 1
+    if not -max(ndim, 1) <= dim < max(ndim, 1):
+        raise ValueError(f"{layer!r}: dim {dim} is out of range for input of {ndim} axes")
+    return dim % max(ndim, 1)
+
+
+class _SoftmaxBase(_Elementwise):
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer))):
+            raise TypeError(f"{type(self).__name__}: dim must be an int or None, got {dim!r}")
+        self.dim = None if dim is None else int(dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Softmax(_SoftmaxBase):
+    """exp(x) / sum(exp(x)) along ``dim`` (the max subtracted first: no overflow), as
+    torch.nn.Softmax; gradient y (g - sum(g y))."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        axis = _softmax_dim(self.dim, x.ndim, self)
+        y = softmax(x, axis=axis) if x.ndim else np.ones_like(x)
+        self._cache = (y, axis)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        y, axis = self._get_cache()
+        g = self._grad(grad_y, y)
+        if not y.ndim:
+            return np.zeros_like(y)
+        return y * (g - (g * y).sum(axis=axis, keepdims=True))
+
+
+class LogSoftmax(_SoftmaxBase):
+    """log(softmax(x)) along ``dim``, as (x - max) - log(sum(exp(x - max))) (torch.nn.LogSoftmax;
+    before NLLLoss it makes CrossEntropyLoss); gradient g - exp(y) sum(g)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        axis = _softmax_dim(self.dim, x.ndim, self)
+        y = log_softmax(x, axis=axis) if x.ndim else np.zeros_like(x)
+        self._cache = (y, axis)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        y, axis = self._get_cache()
+        g = self._grad(grad_y, y)
+        if not y.ndim:
+            return np.zeros_like(y)
+        return g - np.exp(y) * g.sum(axis=axis, keepdims=True)

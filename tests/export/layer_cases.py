@@ -62,6 +62,8 @@ LAYERS = [
     ("gelu", nn.GELU, (2, 3, 4)),
     ("gelu_tanh", lambda: nn.GELU(approximate="tanh"), (2, 3, 4)),
     ("silu", nn.SiLU, (2, 3, 4)),
+    ("softmax", lambda: nn.Softmax(1), (2, 3, 4)),
+    ("log_softmax", lambda: nn.LogSoftmax(-1), (2, 3, 4, 5)),
     ("dropout", lambda: nn.Dropout(0.3), (2, 3, 4)),
     ("dropout2d", lambda: nn.Dropout2d(0.3), (2, 3, 4, 4)),
     ("zero_pad2d", lambda: nn.ZeroPad2d((1, 2, 0, 3)), (2, 3, 4, 5)),
