@@ -217,10 +217,7 @@ class CrossEntropyLoss:
                     smooth = logp.sum(axis=1) if w is None else logp @ w
                     per = per * dt(1.0 - eps) - smooth * keep * dt(eps / C)
         np.exp(logp, out=logp)  # softmax, reused by backward
-        # 1 / the mean's denominator; when it is 0 the mean is nan, its gradient nan too
-        # unless every position is ignored (then 0, as PyTorch)
-        scale = dt(1.0 / float(count)) if count else dt(0.0 if keep is not None and not keep.any()
-                                                      else np.nan)
+        scale = _mean_scale(count, keep, dt)
         shape = z.shape[:1] + z.shape[2:] if z.ndim > 1 else ()
         self._cache = _CrossEntropyCache(logp, a, t, wy, keep, w, z.shape, shape, scale)
         if self.reduction == "none":
@@ -229,10 +226,7 @@ class CrossEntropyLoss:
             return 0.0 if self.reduction == "sum" else float("nan")
         if fast:
             return float(value * M if self.reduction == "sum" else value)
-        total = per.sum()
-        if self.reduction == "sum":
-            return float(total)
-        return float(total * scale) if count else float("nan")
+        return _reduce(per, self.reduction, count, scale)
 
     __call__ = forward
 
@@ -272,6 +266,22 @@ class CrossEntropyLoss:
         if go is not None:
             g *= go.reshape(-1, 1)
         return _from_rows(g, c.zshape)
+
+
+def _mean_scale(count, keep: np.ndarray | None, dt) -> np.floating:
+    """1 / the mean's denominator `count` (summed target weights). When that is 0 the mean is
+    nan, and its gradient nan too unless every position is ignored (then 0), as PyTorch."""
+    if count:
+        return dt(1.0 / float(count))
+    return dt(0.0 if keep is not None and not keep.any() else np.nan)
+
+
+def _reduce(per: np.ndarray, reduction: str, count, scale) -> float:
+    """The "sum" or "mean" (sum times `scale`; nan over a zero `count`) of losses `per`."""
+    total = per.sum()
+    if reduction == "sum":
+        return float(total)
+    return float(total * scale) if count else float("nan")
 
 
 def _from_rows(g: np.ndarray, zshape: tuple) -> np.ndarray:
@@ -325,16 +335,12 @@ class NLLLoss:
             np.where(keep, self.weight.astype(rows.dtype)[t], dt(0))
         per = -rows[np.arange(M), t] * wy
         count = wy.sum()
-        # as CrossEntropyLoss: a mean over nothing is nan, its gradient 0 if all are ignored
-        scale = dt(1.0 / float(count)) if count else dt(0.0 if not keep.any() else np.nan)
+        scale = _mean_scale(count, keep, dt)
         shape = z.shape[:1] + z.shape[2:] if z.ndim > 1 else ()
         self._cache = (t, wy, scale, rows.shape, z.shape, shape, rows.dtype)
         if self.reduction == "none":
             return per.reshape(shape)
-        total = per.sum()
-        if self.reduction == "sum":
-            return float(total)
-        return float(total * scale) if count else float("nan")
+        return _reduce(per, self.reduction, count, scale)
 
     __call__ = forward
 

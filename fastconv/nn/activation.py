@@ -150,11 +150,28 @@ def _softmax_dim(dim, ndim: int, layer) -> int:
 
 
 class _SoftmaxBase(_Elementwise):
+    """Softmax and LogSoftmax: ``_values`` (softmax or log_softmax) along ``dim`` forward,
+    ``_input_grad`` backward."""
+
     def __init__(self, dim: int | None = None) -> None:
         super().__init__()
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer))):
             raise TypeError(f"{type(self).__name__}: dim must be an int or None, got {dim!r}")
         self.dim = None if dim is None else int(dim)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        axis = _softmax_dim(self.dim, x.ndim, self)
+        y = self._values(x, axis=axis) if x.ndim else self._values(x[None], axis=0)[0]
+        self._cache = (y, axis)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        y, axis = self._get_cache()
+        g = self._grad(grad_y, y)
+        if not y.ndim:  # (one value: the output is constant)
+            return np.zeros_like(y)
+        return self._input_grad(y, g, axis)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
@@ -164,18 +181,10 @@ class Softmax(_SoftmaxBase):
     """exp(x) / sum(exp(x)) along ``dim`` (the max subtracted first: no overflow), as
     torch.nn.Softmax; gradient y (g - sum(g y))."""
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        x = _as_input(self, x, None)
-        axis = _softmax_dim(self.dim, x.ndim, self)
-        y = softmax(x, axis=axis) if x.ndim else np.ones_like(x)
-        self._cache = (y, axis)
-        return y
+    _values = staticmethod(softmax)
 
-    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
-        y, axis = self._get_cache()
-        g = self._grad(grad_y, y)
-        if not y.ndim:
-            return np.zeros_like(y)
+    @staticmethod
+    def _input_grad(y, g, axis):
         return y * (g - (g * y).sum(axis=axis, keepdims=True))
 
 
@@ -183,16 +192,8 @@ class LogSoftmax(_SoftmaxBase):
     """log(softmax(x)) along ``dim``, as (x - max) - log(sum(exp(x - max))) (torch.nn.LogSoftmax;
     before NLLLoss it makes CrossEntropyLoss); gradient g - exp(y) sum(g)."""
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        x = _as_input(self, x, None)
-        axis = _softmax_dim(self.dim, x.ndim, self)
-        y = log_softmax(x, axis=axis) if x.ndim else np.zeros_like(x)
-        self._cache = (y, axis)
-        return y
+    _values = staticmethod(log_softmax)
 
-    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
-        y, axis = self._get_cache()
-        g = self._grad(grad_y, y)
-        if not y.ndim:
-            return np.zeros_like(y)
+    @staticmethod
+    def _input_grad(y, g, axis):
         return g - np.exp(y) * g.sum(axis=axis, keepdims=True)
