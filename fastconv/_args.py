@@ -898,8 +898,10 @@ def pad_geometry(shape: tuple, pad, mode: str, op: str) -> tuple[tuple[int, int]
     if not ok:
         raise TypeError(f"{op}: pad must be 2 or 4 ints (left, right[, top, bottom]), got {pad!r}")
     pads = tuple(int(p) for p in pads)
-    if any(p < 0 or p > _MAX_INT for p in pads):
+    if any(p < 0 for p in pads):
         raise ValueError(f"{op}: pad must be non-negative (cropping is not supported), got {pads}")
+    if any(p > _MAX_INT for p in pads):
+        raise ValueError(f"{op}: pad must be below 2**31, got {pads}")
     axes = len(pads) // 2
     if mode == "constant":
         if len(shape) < axes:

@@ -101,7 +101,7 @@ def _class_rows(z: np.ndarray, t: np.ndarray, weight, ignore_index: int, where: 
                          f"0-d array")
     C = z.shape[0] if z.ndim == 1 else z.shape[1]
     if C == 0:
-        raise ValueError(f"{where}: {name} of shape {z.shape} have no classes (C = 0)")
+        raise ValueError(f"{where}: {name} of shape {z.shape}: no classes (C = 0)")
     if weight is not None and weight.shape != (C,):
         raise ValueError(f"{where}: weight must hold one value per class, shape ({C},) for "
                          f"{name} of shape {z.shape}, got {weight.shape}")
@@ -410,10 +410,11 @@ class BCEWithLogitsLoss:
         y = y.astype(x.dtype, copy=False)
         dt = x.dtype.type
         e = np.exp(-np.abs(x))
-        softplus_pos = np.maximum(x, dt(0)) + np.log1p(e)     # softplus(x) = -log(1 - sigmoid)
-        softplus_neg = softplus_pos - x                        # softplus(-x) = -log sigmoid
-        ry = y if self.pos_weight is None else y * self.pos_weight.astype(x.dtype, copy=False)
-        per = ry * softplus_neg + (dt(1) - y) * softplus_pos
+        with np.errstate(invalid="ignore"):  # an infinite logit gives nan, as in PyTorch
+            softplus_pos = np.maximum(x, dt(0)) + np.log1p(e)  # softplus(x) = -log(1 - sigmoid)
+            softplus_neg = softplus_pos - x                     # softplus(-x) = -log sigmoid
+            ry = y if self.pos_weight is None else y * self.pos_weight.astype(x.dtype, copy=False)
+            per = ry * softplus_neg + (dt(1) - y) * softplus_pos
         w = None if self.weight is None else self.weight.astype(x.dtype, copy=False)
         if w is not None:
             per = per * w

@@ -91,6 +91,8 @@ def test_pad_argument_errors(ops):
         ops.pad(x, (1.5, 1))
     with pytest.raises(ValueError, match="cropping is not supported"):
         ops.pad(x, (-1, 1))
+    with pytest.raises(ValueError, match=r"pad must be below 2\*\*31"):
+        ops.pad(x, (2**31, 0))
     with pytest.raises(ValueError, match=r"reflect padding must be smaller.*axis 2 of size 4"):
         ops.pad(x, (0, 0, 4, 0), "reflect")
     with pytest.raises(ValueError, match=r"wrap around once at most.*axis 3 of size 5"):
