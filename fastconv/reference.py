@@ -865,9 +865,13 @@ def pad(x, pad, mode="constant", value=0.0) -> np.ndarray:
     for axis, (before, after) in enumerate(pads):
         if before or after:
             src = _pad_sources(x.shape[axis], before, after, mode)
-            y = np.take(y, np.maximum(src, 0), axis=axis)
             shape = [1] * y.ndim
             shape[axis] = -1
+            if x.shape[axis] == 0:  # (constant only: nothing to gather from)
+                y = np.broadcast_to(x.dtype.type(value),
+                                    y.shape[:axis] + (len(src),) + y.shape[axis + 1:])
+                continue
+            y = np.take(y, np.maximum(src, 0), axis=axis)
             y = np.where(src.reshape(shape) < 0, x.dtype.type(value), y)
     return np.array(y, dtype=x.dtype, order="C")
 
