@@ -922,3 +922,36 @@ def test_fit_log_softmax_and_nll_as_cross_entropy():
         runs.append(model.state_dict())
     for k in runs[0]:
         np.testing.assert_allclose(runs[0][k], runs[1][k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("build", [nn.ReLU6, lambda: nn.ELU(0.7), nn.Hardsigmoid, nn.Hardswish,
+                                   lambda: nn.PReLU(3, init=0.2)],
+                         ids=["ReLU6", "ELU", "Hardsigmoid", "Hardswish", "PReLU"])
+def test_more_activations_gradients_numerically(build):
+    from fastconv.gradcheck import eval_numerical_gradient, rel_error
+    layer = build().astype(np.float64) if isinstance(build(), nn.PReLU) else build()
+    x = np.random.default_rng(8).uniform(-8, 8, size=(2, 3, 4))
+    x[np.abs(np.abs(x) - 3) < 0.05] += 0.2          # away from the kinks at 0, +-3 and 6
+    x[np.abs(x) < 0.05] += 0.2
+    x[np.abs(x - 6) < 0.05] += 0.2
+    g = np.random.default_rng(9).normal(size=x.shape)
+    layer(x)
+    if isinstance(layer, nn.PReLU):
+        layer.zero_grad()
+    gx = layer.backward(g)
+    num = eval_numerical_gradient(lambda v: float((layer(v) * g).sum()), x.copy())
+    assert rel_error(gx, num) < 1e-8
+    if isinstance(layer, nn.PReLU):
+        w = layer.weight.data
+        analytic = layer.weight.grad.copy()
+
+        def loss(v):
+            old = w.copy()
+            w[...] = v
+            out = float((layer(x) * g).sum())
+            w[...] = old
+            return out
+
+        assert rel_error(analytic, eval_numerical_gradient(loss, w.copy())) < 1e-8
+        with pytest.raises(ValueError, match="has not 3 channels on axis 1"):
+            layer(np.zeros((2, 4, 3)))

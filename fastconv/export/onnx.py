@@ -333,6 +333,19 @@ def _softmax(op_type: str):
     return export
 
 
+def _relu6(g: _Graph, m: nn.ReLU6, path: str, x: str, shape, convert) -> str:
+    return g.op(path, "Clip", [x, g.const(path, "min", 0.0), g.const(path, "max", 6.0)])
+
+
+def _prelu(g: _Graph, m: nn.PReLU, path: str, x: str, shape, convert) -> str:
+    slope = g.state(m, "weight")
+    if m.num_parameters > 1:  # (C,) -> (C, 1, ...): ONNX broadcasts from the last axis
+        slope = g.op(path, "Reshape", [slope, g.const(path, "slope_shape",
+                                                      [m.num_parameters] + [1] * (len(shape) - 2),
+                                                      np.int64)])
+    return g.op(path, "PRelu", [x, slope])
+
+
 def _mul(g: _Graph, m: nn.Mul, path: str, x: str, shape, convert) -> str:
     return _scalar_op(g, path, "Mul", x, "scale", m.scale)
 
@@ -382,6 +395,11 @@ EXPORTERS: dict[type, Callable] = {
     nn.Sigmoid: _unary("Sigmoid"),
     nn.GELU: _gelu,
     nn.SiLU: _silu,
+    nn.ReLU6: _relu6,
+    nn.PReLU: _prelu,
+    nn.ELU: _unary("Elu", alpha=lambda m: m.alpha),
+    nn.Hardsigmoid: _unary("HardSigmoid", alpha=lambda m: 1 / 6, beta=lambda m: 0.5),
+    nn.Hardswish: _unary("HardSwish"),
     nn.Softmax: _softmax("Softmax"),
     nn.LogSoftmax: _softmax("LogSoftmax"),
     nn.Dropout: _passthrough,

@@ -37,7 +37,8 @@ Example::
 from __future__ import annotations
 
 from . import fusion
-from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
+from .activation import (ELU, GELU, Hardsigmoid, Hardswish, LeakyReLU, LogSoftmax, PReLU, ReLU,
+                         ReLU6, Sigmoid, SiLU, Softmax, Tanh)
 from .containers import Concat, Residual, Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout, Dropout2d
@@ -54,7 +55,8 @@ __all__ = [
     "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Upsample",
     "Linear", "Flatten", "Mul",
     "ZeroPad2d", "ConstantPad2d", "ReflectionPad2d", "ReplicationPad2d", "CircularPad2d",
-    "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Softmax", "LogSoftmax",
+    "ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "Tanh", "Sigmoid", "Hardsigmoid", "Hardswish",
+    "GELU", "SiLU", "Softmax", "LogSoftmax",
     "Dropout", "Dropout2d",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "convert_sync_batchnorm", "ModelSummary",
     "IncompatibleKeys", "fusion",

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _args
 from ..losses import log_softmax, softmax
-from .module import Module, _as_input
+from .module import Module, Parameter, _as_input, _float_dtype, _positive_int
 
 
 class _Elementwise(Module):
@@ -135,6 +135,108 @@ class SiLU(_Elementwise):
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
         ops, x = self._get_cache()
         return ops.silu_backward(self._grad(grad_y, x), x)
+
+
+class _Slope(_Elementwise):
+    """An activation whose backward multiplies by the slope its forward computed:
+    ``_forward(x)`` gives (y, dy/dx)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        y, slope = self._forward(x)
+        self._cache = slope
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        slope = self._get_cache()
+        return self._grad(grad_y, slope) * slope
+
+
+class ReLU6(_Slope):
+    """min(max(x, 0), 6), as torch.nn.ReLU6; gradient 1 strictly between 0 and 6."""
+
+    def _forward(self, x):
+        return np.clip(x, 0, 6), ((x > 0) & (x < 6)).astype(x.dtype)
+
+
+class ELU(_Slope):
+    """x for x > 0, alpha (exp(x) - 1) otherwise, as torch.nn.ELU; gradient 1 or alpha exp(x)."""
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def _forward(self, x):
+        a = x.dtype.type(self.alpha)
+        neg = a * np.exp(np.minimum(x, 0))       # (no overflow for large x)
+        pos = x > 0
+        return np.where(pos, x, neg - a), np.where(pos, x.dtype.type(1), neg)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class Hardsigmoid(_Slope):
+    """min(max(x / 6 + 1/2, 0), 1), as torch.nn.Hardsigmoid; gradient 1/6 for -3 < x < 3."""
+
+    def _forward(self, x):
+        dt = x.dtype.type
+        y = np.clip(x / dt(6) + dt(0.5), 0, 1)
+        return y, np.where((x > -3) & (x < 3), dt(1 / 6), dt(0))
+
+
+class Hardswish(_Slope):
+    """x min(max(x + 3, 0), 6) / 6, as torch.nn.Hardswish (MobileNetV3); gradient 0 up to -3,
+    x / 3 + 1/2 between, 1 from 3 on (PyTorch's values at the two boundaries)."""
+
+    def _forward(self, x):
+        dt = x.dtype.type
+        y = x * np.clip(x + dt(3), 0, 6) / dt(6)
+        slope = np.where(x <= -3, dt(0), np.where(x < 3, x / dt(3) + dt(0.5), dt(1)))
+        return y, slope
+
+
+class PReLU(Module):
+    """max(0, x) + a min(0, x) with a learnt slope a, as torch.nn.PReLU: one shared slope
+    (num_parameters=1) or one per channel (axis 1), initialised to ``init``. State dict:
+    ``weight`` (num_parameters,). Gradients (PyTorch's, a at x = 0): dL/dx = g for x > 0,
+    a g otherwise; dL/da = sum of g x over x <= 0."""
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, dtype=np.float32) -> None:
+        super().__init__()
+        self.num_parameters = _positive_int(num_parameters, "num_parameters", "PReLU")
+        self.weight = Parameter(np.full(self.num_parameters, init, _float_dtype(dtype, "PReLU")))
+
+    def _slope_shape(self, x: np.ndarray) -> tuple:
+        n = self.num_parameters
+        if n == 1:
+            return (1,) * x.ndim
+        if x.ndim < 2 or x.shape[1] != n:
+            raise ValueError(f"{self!r}: input of shape {x.shape} has not {n} channels on axis 1")
+        return (1, n) + (1,) * (x.ndim - 2)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        w = self.weight.data
+        x = _as_input(self, x, w.dtype)
+        a = w.reshape(self._slope_shape(x)) if x.ndim else w.reshape(())
+        neg = ~(x > 0)  # (NaN: a * NaN = NaN either way)
+        self._cache = (x, neg, a)
+        return np.where(neg, a * x, x)
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        x, neg, a = self._get_cache()
+        g = self._check_grad(grad_y, x.shape, x.dtype)
+        if self.weight.requires_grad:
+            gx_neg = np.where(neg, g * x, x.dtype.type(0))
+            axes = tuple(i for i in range(x.ndim) if not (self.num_parameters > 1 and i == 1))
+            self.weight.accumulate_grad(gx_neg.sum(axis=axes).reshape(self.num_parameters))
+        return np.where(neg, g * a, g) if input_grad else None
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def extra_repr(self) -> str:
+        return f"num_parameters={self.num_parameters}"
 
 
 def _softmax_dim(dim, ndim: int, layer) -> int:

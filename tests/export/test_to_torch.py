@@ -59,7 +59,10 @@ def test_every_layer_and_container(torch, case, mode, dtype):
     ty, tgx, tgrads, tstate = _run_torch(torch, tmodule, x, g)
     assert ty.dtype == dtype
     assert_close(y, ty, dtype, what=f"{name} output")
-    assert_close(gx, tgx, dtype, what=f"{name} grad_x")
+    # PyTorch's Hardsigmoid backward multiplies by 1/6 rounded to float32 even in float64
+    # (3e-8 relative); fastconv's by 1/6 in the input's precision
+    gx_tol = 1e-7 if name == "hardsigmoid" and dtype == np.float64 else None
+    assert_close(gx, tgx, dtype, what=f"{name} grad_x", tol=gx_tol)
     assert list(grads) == list(tgrads)
     for key, value in grads.items():
         assert_close(value, tgrads[key], dtype, what=f"{name} grad {key}")
