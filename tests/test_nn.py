@@ -955,3 +955,26 @@ def test_more_activations_gradients_numerically(build):
         assert rel_error(analytic, eval_numerical_gradient(loss, w.copy())) < 1e-8
         with pytest.raises(ValueError, match="has not 3 channels on axis 1"):
             layer(np.zeros((2, 4, 3)))
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (lambda: nn.GroupNorm(2, 6), (3, 6, 4, 3)), (lambda: nn.GroupNorm(3, 3, bias=False), (2, 3, 5)),
+    (lambda: nn.GroupNorm(1, 4, affine=False), (2, 4, 2, 2))], ids=["2-of-6", "3-of-3", "1-of-4"])
+def test_group_norm_gradients_numerically(layer, shape):
+    m = layer()
+    if m.weight is not None:
+        m.weight.data[...] = np.random.default_rng(1).uniform(0.5, 1.5, m.weight.data.shape)
+    errors = gradcheck_layer(m, shape, seed=4, max_checks=60)
+    assert max(errors.values()) < 1e-7, errors
+
+
+def test_group_norm_checks_and_batch_independence():
+    with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible by num_groups \(4\)"):
+        nn.GroupNorm(4, 6)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 6, \*\), got \(2, 5, 3\)"):
+        nn.GroupNorm(2, 6)(np.zeros((2, 5, 3)))
+    m = nn.GroupNorm(2, 4)
+    x = np.random.default_rng(2).normal(size=(5, 4, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(m(x)[2:3], m(x[2:3]))          # each sample on its own
+    m.eval()
+    np.testing.assert_array_equal(m(x)[2:3], m.train()(x[2:3]))  # and the same in eval mode

@@ -333,6 +333,23 @@ def _softmax(op_type: str):
     return export
 
 
+def _group_norm(g: _Graph, m: nn.GroupNorm, path: str, x: str, shape, convert) -> str:
+    """(N, C, *) as (N, groups, C / groups * ...) normalised by InstanceNormalization (unit
+    scale, zero shift), back to the input's shape, then the per-channel affine."""
+    grouped = g.op(path, "Reshape", [x, g.const(path, "grouped", [0, m.num_groups, -1], np.int64)])
+    normed = g.op(path, "InstanceNormalization",
+                  [grouped, g.const(path, "ones", np.ones(m.num_groups)),
+                   g.const(path, "zeros", np.zeros(m.num_groups))], epsilon=m.eps)
+    y = g.op(path, "Reshape", [normed, g.op(path, "Shape", [x])])
+    per_channel = [m.num_channels] + [1] * (len(shape) - 2)
+    for attr, op_type in (("weight", "Mul"), ("bias", "Add")):
+        if getattr(m, attr) is not None:
+            param = g.op(path, "Reshape", [g.state(m, attr),
+                                           g.const(path, f"{attr}_shape", per_channel, np.int64)])
+            y = g.op(path, op_type, [y, param])
+    return y
+
+
 def _relu6(g: _Graph, m: nn.ReLU6, path: str, x: str, shape, convert) -> str:
     return g.op(path, "Clip", [x, g.const(path, "min", 0.0), g.const(path, "max", 6.0)])
 
@@ -385,6 +402,7 @@ EXPORTERS: dict[type, Callable] = {
     nn.BatchNorm1d: _batch_norm,
     nn.BatchNorm2d: _batch_norm,
     nn.LayerNorm: _layer_norm,
+    nn.GroupNorm: _group_norm,
     nn.MaxPool2d: _max_pool2d,
     nn.AvgPool2d: _avg_pool2d,
     nn.AdaptiveAvgPool2d: _adaptive_avg_pool2d,

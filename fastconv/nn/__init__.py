@@ -44,7 +44,8 @@ from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout, Dropout2d
 from .linear import Flatten, Identity, Linear, Mul
 from .module import IncompatibleKeys, Module, Parameter
-from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm, convert_sync_batchnorm
+from .normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm,
+                            convert_sync_batchnorm)
 from .padding import CircularPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d, ZeroPad2d
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .summary import ModelSummary
@@ -58,6 +59,6 @@ __all__ = [
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "Tanh", "Sigmoid", "Hardsigmoid", "Hardswish",
     "GELU", "SiLU", "Softmax", "LogSoftmax",
     "Dropout", "Dropout2d",
-    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "convert_sync_batchnorm", "ModelSummary",
+    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "convert_sync_batchnorm", "ModelSummary",
     "IncompatibleKeys", "fusion",
 ]

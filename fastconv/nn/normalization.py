@@ -341,6 +341,31 @@ class BatchNorm1d(_BatchNorm):
     _layout = "(N, {C}) or (N, {C}, L)"
 
 
+def _normalize_rows(x2: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(xhat, invstd) of rows (R, K): xhat = (x - mean) invstd, invstd = 1 / sqrt(var + eps)
+    with the biased variance of each row."""
+    dt = x2.dtype.type
+    mean = x2.mean(axis=1)
+    xhat = x2 - mean[:, None]
+    var = _rowdot(xhat, xhat) / dt(x2.shape[1])
+    invstd = 1.0 / np.sqrt(var + dt(eps))
+    xhat *= invstd[:, None]
+    return xhat, invstd
+
+
+def _normalized_rows_backward(dxhat: np.ndarray, xhat: np.ndarray, invstd: np.ndarray) -> np.ndarray:
+    """dL/dx of _normalize_rows from dL/dxhat (a new array):
+    dx = invstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means along each row."""
+    K = xhat.dtype.type(xhat.shape[1])
+    c1 = dxhat.mean(axis=1)
+    c2 = _rowdot(dxhat, xhat) / K
+    dx = xhat * c2[:, None]
+    np.subtract(dxhat, dx, out=dx)
+    dx -= c1[:, None]
+    dx *= invstd[:, None]
+    return dx
+
+
 class LayerNorm(Module):
     """Normalise over the last len(normalized_shape) axes of each sample (biased variance):
     y = (x - mean) / sqrt(var + eps) * weight + bias, weight/bias of shape normalized_shape.
@@ -377,12 +402,7 @@ class LayerNorm(Module):
         x = _as_input(self, x, dt)
         self._check_shape(x.shape)
         K = math.prod(self.normalized_shape)
-        x2 = x.reshape(-1, K)
-        mean = x2.mean(axis=1)
-        xhat = x2 - mean[:, None]
-        var = _rowdot(xhat, xhat) / dt.type(K)
-        invstd = 1.0 / np.sqrt(var + dt.type(self.eps))
-        xhat *= invstd[:, None]
+        xhat, invstd = _normalize_rows(x.reshape(-1, K), self.eps)
         if self.weight is not None:
             y = xhat * self.weight.data.reshape(-1)
             if self.bias is not None:
@@ -403,14 +423,7 @@ class LayerNorm(Module):
         if not input_grad:
             return None
         dxhat = g2 * self.weight.data.reshape(-1) if self.weight is not None else g2
-        # dx = invstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means over the K axis
-        c1 = dxhat.mean(axis=1)
-        c2 = _rowdot(dxhat, xhat) / xhat.dtype.type(K)
-        dx = xhat * c2[:, None]
-        np.subtract(dxhat, dx, out=dx)
-        dx -= c1[:, None]
-        dx *= invstd[:, None]
-        return dx.reshape(shape)
+        return _normalized_rows_backward(dxhat, xhat, invstd).reshape(shape)
 
     def output_shape(self, input_shape):
         self._check_shape(tuple(input_shape))
@@ -418,4 +431,86 @@ class LayerNorm(Module):
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}")
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
+
+
+class GroupNorm(Module):
+    """Group normalisation (Wu & He), as torch.nn.GroupNorm: the C channels of each sample of
+    (N, C, *) split into ``num_groups`` groups of C / num_groups channels, each group
+    normalised over its channels and positions (biased variance), then a per-channel affine
+    y = xhat * weight + bias. Independent of the batch: the same in training and eval."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, dtype=np.float32, *, bias: bool = True) -> None:
+        super().__init__()
+        self.num_groups = _positive_int(num_groups, "num_groups", "GroupNorm")
+        self.num_channels = _positive_int(num_channels, "num_channels", "GroupNorm")
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"GroupNorm: num_channels ({num_channels}) must be divisible by "
+                             f"num_groups ({num_groups})")
+        self.eps = float(eps)
+        self.affine = bool(affine)
+        dt = _float_dtype(dtype, "GroupNorm")
+        if self.affine:
+            self.weight = Parameter(np.ones(self.num_channels, dt))
+        else:
+            self.register_parameter("weight", None)
+        if self.affine and bias:
+            self.bias = Parameter(np.zeros(self.num_channels, dt))
+        else:
+            self.register_parameter("bias", None)
+
+    def _check_shape(self, shape) -> None:
+        if len(shape) < 2 or shape[1] != self.num_channels:
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.num_channels}, *), "
+                             f"got {tuple(shape)}")
+
+    def _rows(self, shape) -> tuple[int, int]:
+        """(N * groups, the values of a group): the rows _normalize_rows takes."""
+        return shape[0] * self.num_groups, math.prod(shape[1:]) // self.num_groups
+
+    def _per_channel(self, a: np.ndarray, ndim: int) -> np.ndarray:
+        return a.reshape((1, self.num_channels) + (1,) * (ndim - 2))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        dt = self.weight.data.dtype if self.weight is not None else _input_float_dtype(x)
+        x = _as_input(self, x, dt)
+        self._check_shape(x.shape)
+        rows = x.reshape(self._rows(x.shape))
+        if rows.shape[1]:
+            xhat, invstd = _normalize_rows(rows, self.eps)
+        else:  # (groups of no values: nothing to normalise)
+            xhat, invstd = rows.copy(), np.zeros(len(rows), dt)
+        xhat = xhat.reshape(x.shape)
+        y = xhat.copy()
+        if self.weight is not None:
+            y *= self._per_channel(self.weight.data, x.ndim)
+        if self.bias is not None:
+            y += self._per_channel(self.bias.data, x.ndim)
+        self._cache = (xhat, invstd)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        xhat, invstd = self._get_cache()
+        g = self._check_grad(grad_y, xhat.shape, xhat.dtype)
+        axes = (0,) + tuple(range(2, xhat.ndim))
+        if self.weight is not None and self.weight.requires_grad:
+            self.weight.grad += (g * xhat).sum(axis=axes)
+        if self.bias is not None and self.bias.requires_grad:
+            self.bias.grad += g.sum(axis=axes)
+        if not input_grad:
+            return None
+        dxhat = g * self._per_channel(self.weight.data, g.ndim) if self.weight is not None else g
+        rows = self._rows(xhat.shape)
+        if not rows[1]:
+            return np.zeros_like(xhat)
+        return _normalized_rows_backward(dxhat.reshape(rows), xhat.reshape(rows),
+                                         invstd).reshape(xhat.shape)
+
+    def output_shape(self, input_shape):
+        self._check_shape(tuple(input_shape))
+        return tuple(input_shape)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}")
