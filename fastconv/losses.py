@@ -16,7 +16,8 @@ import numpy as np
 
 from ._args import working_dtype
 
-__all__ = ["softmax", "log_softmax", "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "MSELoss"]
+__all__ = ["softmax", "log_softmax", "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "BCELoss",
+           "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "KLDivLoss"]
 
 
 def _float(x, name: str) -> np.ndarray:
@@ -49,9 +50,11 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _check_reduction(reduction: str, where: str) -> str:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{where}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+def _check_reduction(reduction: str, where: str, allowed: tuple = _REDUCTIONS) -> str:
+    """``reduction`` if it is one of ``allowed``, else ValueError listing them."""
+    if not isinstance(reduction, str) or reduction not in allowed:
+        names = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
+        raise ValueError(f"{where}: reduction must be {names}, got {reduction!r}")
     return reduction
 
 
@@ -373,7 +376,263 @@ def _broadcastable(a: np.ndarray | None, shape: tuple, name: str, where: str) ->
                          f"input's shape {shape}")
 
 
-class BCEWithLogitsLoss:
+
+
+# -- losses of an input and a target of one shape, element by element ---------------------------
+
+class _PointwiseLoss:
+    """Base of the losses that compare an input and a target of the same shape element by
+    element (MSELoss, L1Loss, SmoothL1Loss, HuberLoss, BCELoss, BCEWithLogitsLoss,
+    KLDivLoss). A subclass gives the loss of each element, ``_pointwise(x, y) -> (l, saved)``,
+    and its derivative with respect to the input, ``_derivative(saved) -> dl/dx`` (a new
+    array); the checks, the optional element ``weight`` w (broadcast against the input), the
+    reductions and ``backward``'s ``grad_output`` are here, once.
+
+    * ``input``: floats (float32 or float64; float16 computes in float32). Integer or bool
+      input raises TypeError, as in PyTorch (a model's output is floats; integer input is
+      usually the arguments swapped).
+    * ``target``: real numbers (floats only where the subclass says so), cast to the input's
+      dtype: the loss computes in the input's precision.
+    * Shapes must be equal, else ValueError naming both. PyTorch broadcasts different shapes
+      with a warning (BCELoss raises), which silently turns an (N, 1) output against (N,)
+      targets into an (N, N) loss; fastconv refuses them.
+    * inf and nan propagate as in PyTorch, without NumPy warnings.
+    """
+
+    _reductions: tuple = _REDUCTIONS
+    _target_kinds = "biuf"   # dtype kinds a target may have
+    weight: np.ndarray | None = None
+
+    def __init__(self, reduction: str) -> None:
+        self.reduction = _check_reduction(reduction, type(self).__name__, self._reductions)
+        self._cache = None
+
+    def _where(self, where: str = "") -> str:
+        name = type(self).__name__
+        return f"{where}: {name}" if where else name
+
+    def check_targets(self, targets, where: str = "") -> None:
+        """Raises TypeError (ValueError) when ``targets`` cannot be this loss's target
+        whatever the input: their dtype (and values, for BCELoss). ``forward`` checks each
+        target so, and ``fit``/``evaluate`` check their whole labels up front (``where``, e.g.
+        "fit: train", starts the message)."""
+        y = np.asarray(targets)
+        if y.dtype.kind not in self._target_kinds:
+            what = "floats" if self._target_kinds == "f" else "real numbers"
+            raise TypeError(f"{self._where(where)}: target must hold {what}, got dtype {y.dtype}")
+
+    def _check_operands(self, x: np.ndarray, where: str) -> None:
+        """Checks of the input's values and of the loss's own arrays against the input's
+        shape (a subclass adds its own): ``weight`` must broadcast to it."""
+        _broadcastable(self.weight, x.shape, "weight", where)
+
+    def forward(self, input: np.ndarray, target: np.ndarray):
+        """The loss of ``input`` against ``target`` of the same shape (see the class): a float
+        for "mean" (nan for no elements), "batchmean" and "sum", an array of the input's shape
+        for "none"."""
+        where = self._where()
+        x = np.asarray(input)
+        if x.dtype.kind != "f":
+            raise TypeError(f"{where}: input must hold floats (float32 or float64), got dtype "
+                            f"{x.dtype} (a model's output is floats: are input and target "
+                            f"swapped?)")
+        x = _float(x, f"{where}: input")
+        self.check_targets(target)
+        y = np.asarray(target)
+        if y.shape != x.shape:
+            raise ValueError(f"{where}: input of shape {x.shape} and target of shape {y.shape} "
+                             f"differ; fastconv does not broadcast them (give the target the "
+                             f"input's shape)")
+        self._check_operands(x, where)
+        y = y.astype(x.dtype, copy=False)
+        w = None if self.weight is None else self.weight.astype(x.dtype, copy=False)
+        count = (x.shape[0] if x.ndim else 1) if self.reduction == "batchmean" else x.size
+        scale = _mean_scale(count, None, x.dtype.type)
+        with np.errstate(all="ignore"):  # inf and nan propagate, as in PyTorch
+            per, saved = self._pointwise(x, y)
+            if w is not None:
+                per = per * w
+            self._cache = (saved, w, x.shape, scale)
+            if self.reduction == "none":
+                return np.asarray(per)
+            return _reduce(per, self.reduction, count, scale)
+
+    __call__ = forward
+
+    def backward(self, grad_output=None) -> np.ndarray:
+        """dL/dinput for the last forward, in the input's shape and dtype: each element's
+        derivative (see the class) times its weight, divided by the mean's denominator
+        ("mean": the element count, "batchmean": the batch size), times ``grad_output`` (an
+        array of the input's shape, required for "none"; a number, default 1, otherwise)."""
+        where = self._where()
+        if self._cache is None:
+            raise RuntimeError(f"{where}.backward called before forward")
+        saved, w, shape, scale = self._cache
+        go = _grad_output(grad_output, shape, self.reduction, scale.dtype, f"{where}.backward")
+        with np.errstate(all="ignore"):
+            g = np.asarray(self._derivative(saved))
+            if w is not None:
+                g *= w
+            if self.reduction in ("mean", "batchmean"):
+                g *= scale
+            if go is not None:
+                g *= go
+        return g
+
+    def _pointwise(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, object]:
+        raise NotImplementedError
+
+    def _derivative(self, saved) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _nonnegative(value, name: str, where: str, positive: bool = False) -> float:
+    """``value`` as a float >= 0 (> 0 with ``positive``), else ValueError naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")  # refused just below
+    if isinstance(value, (bool, np.bool_)) or not (v > 0 if positive else v >= 0):
+        raise ValueError(f"{where}: {name} must be a number {'>' if positive else '>='} 0, got "
+                         f"{value!r}")
+    return v
+
+
+class MSELoss(_PointwiseLoss):
+    """Squared error l = (x - y)**2 per element, as ``torch.nn.MSELoss``: averaged over all
+    elements (``reduction="mean"``), summed (``"sum"``) or returned per element (``"none"``).
+    Backward 2 (x - y), divided by the element count for "mean". Input and target: see
+    :class:`_PointwiseLoss` (same shape, floats in, the input's dtype out)."""
+
+    def __init__(self, *, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+
+    def _pointwise(self, x, y):
+        d = x - y
+        return d * d, d
+
+    def _derivative(self, d):
+        return d * d.dtype.type(2)
+
+
+class L1Loss(_PointwiseLoss):
+    """Absolute error l = |x - y| per element, as ``torch.nn.L1Loss``; reductions as MSELoss.
+    Backward sign(x - y) (0 where x = y, as PyTorch)."""
+
+    def __init__(self, *, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+
+    def _pointwise(self, x, y):
+        d = x - y
+        return np.abs(d), d
+
+    def _derivative(self, d):
+        return np.sign(d)
+
+
+class SmoothL1Loss(_PointwiseLoss):
+    """Smooth L1 loss, as ``torch.nn.SmoothL1Loss`` (Fast R-CNN's box regression loss). Per
+    element, with z = |x - y|,
+
+        l = 0.5 z**2 / beta   if z < beta,      z - 0.5 beta   otherwise,
+
+    quadratic near 0 and L1 beyond ``beta`` (>= 0; beta = 0 is L1Loss, as in PyTorch).
+    Backward: clip((x - y) / beta, -1, 1) (sign(x - y) for beta = 0). Reductions as MSELoss.
+    HuberLoss(delta) is delta * SmoothL1Loss(beta=delta).
+    """
+
+    def __init__(self, *, reduction: str = "mean", beta: float = 1.0) -> None:
+        super().__init__(reduction)
+        self.beta = _nonnegative(beta, "beta", "SmoothL1Loss")
+
+    def _pointwise(self, x, y):
+        d = x - y
+        z = np.abs(d)
+        beta, half = x.dtype.type(self.beta), x.dtype.type(0.5)
+        if not beta:
+            return z, d
+        return np.where(z < beta, half * z * z / beta, z - half * beta), d
+
+    def _derivative(self, d):
+        beta = d.dtype.type(self.beta)
+        if not beta:
+            return np.sign(d)
+        return np.clip(d / beta, -1, 1)
+
+
+class HuberLoss(_PointwiseLoss):
+    """Huber loss, as ``torch.nn.HuberLoss``. Per element, with z = |x - y|,
+
+        l = 0.5 z**2   if z < delta,      delta (z - 0.5 delta)   otherwise,
+
+    ``delta`` > 0: squared error for small errors, linear (robust to outliers) beyond.
+    Backward: clip(x - y, -delta, delta). Reductions as MSELoss; ``reduction`` may be given
+    first, as in PyTorch.
+    """
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
+        super().__init__(reduction)
+        self.delta = _nonnegative(delta, "delta", "HuberLoss", positive=True)
+
+    def _pointwise(self, x, y):
+        d = x - y
+        z = np.abs(d)
+        delta, half = x.dtype.type(self.delta), x.dtype.type(0.5)
+        return np.where(z < delta, half * z * z, delta * (z - half * delta)), d
+
+    def _derivative(self, d):
+        delta = d.dtype.type(self.delta)
+        return np.clip(d, -delta, delta)
+
+
+def _in_unit_interval(a: np.ndarray, name: str, where: str) -> None:
+    """ValueError unless every element of ``a`` is in [0, 1] (nan is not)."""
+    inside = (a >= 0) & (a <= 1)
+    if not inside.all():
+        at = np.unravel_index(np.argmin(inside), a.shape) if a.ndim else ()
+        raise ValueError(f"{where}: every element of {name} must be in [0, 1] (a "
+                         f"probability), got {a[at]} at index {at}")
+
+
+class BCELoss(_PointwiseLoss):
+    """Binary cross-entropy of probabilities, as ``torch.nn.BCELoss`` (put after a Sigmoid
+    layer; BCEWithLogitsLoss does both in one, more stable, step). Per element, with x the
+    predicted probability and y the target, both in [0, 1] (else ValueError, where PyTorch
+    raises RuntimeError; nan included), and w ``weight`` (broadcast against the input):
+
+        l = -w [ y max(log x, -100) + (1 - y) max(log(1 - x), -100) ]
+
+    the logs clamped at -100 as PyTorch, so x = 0 or 1 gives a finite loss. Backward, as
+    PyTorch: w (x - y) / max(x (1 - x), 1e-12). Reductions as MSELoss.
+    """
+
+    def __init__(self, weight=None, *, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.weight = None if weight is None else _float(weight, "BCELoss: weight")
+
+    def check_targets(self, targets, where: str = "") -> None:
+        """TypeError unless ``targets`` hold real numbers, ValueError unless all are in
+        [0, 1] (``where`` starts the message; see :meth:`_PointwiseLoss.check_targets`)."""
+        super().check_targets(targets, where)
+        _in_unit_interval(np.asarray(targets), "target", self._where(where))
+
+    def _check_operands(self, x, where):
+        super()._check_operands(x, where)
+        _in_unit_interval(x, "input", where)
+
+    def _pointwise(self, x, y):
+        one, floor = x.dtype.type(1), x.dtype.type(-100)
+        log_x = np.maximum(np.log(x), floor)
+        log_1mx = np.maximum(np.log1p(-x), floor)
+        return (y - one) * log_1mx - y * log_x, (x, y)
+
+    def _derivative(self, saved):
+        x, y = saved
+        one, eps = x.dtype.type(1), x.dtype.type(1e-12)
+        return (x - y) / np.maximum((one - x) * x, eps)
+
+
+class BCEWithLogitsLoss(_PointwiseLoss):
     """Sigmoid and binary cross-entropy in one stable step, as ``torch.nn.BCEWithLogitsLoss``
     (multi-label classification: one independent yes/no per class). Per element, with
     x the logit, y the target in [0, 1], w ``weight`` and r ``pos_weight`` (both broadcast
@@ -382,109 +641,66 @@ class BCEWithLogitsLoss:
         l = w [ r y softplus(-x) + (1 - y) softplus(x) ],   softplus(x) = log(1 + e^x)
           = -w [ r y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)) ]
 
-    computed as max(x, 0) + log1p(exp(-|x|)), finite for any finite x.
-    ``reduction``: "mean" over all elements, "sum", or "none" (l per element).
+    computed as max(x, 0) + log1p(exp(-|x|)), finite for any finite x (an infinite logit
+    gives nan, as PyTorch). Reductions as MSELoss.
     Backward: dl/dx = w [ (r y + 1 - y) sigmoid(x) - r y ].
     """
 
     def __init__(self, weight=None, *, reduction: str = "mean", pos_weight=None) -> None:
+        super().__init__(reduction)
         self.weight = None if weight is None else _float(weight, "BCEWithLogitsLoss: weight")
         self.pos_weight = (None if pos_weight is None else
                            _float(pos_weight, "BCEWithLogitsLoss: pos_weight"))
-        self.reduction = _check_reduction(reduction, "BCEWithLogitsLoss")
-        self._cache = None
 
-    def forward(self, logits: np.ndarray, targets: np.ndarray):
-        """The loss of ``logits`` against ``targets`` of the same shape (floats in [0, 1]):
-        a float for "mean" (nan for no elements) and "sum", an array for "none"."""
-        where = "BCEWithLogitsLoss"
-        x = _float(logits, f"{where}: logits")
-        y = np.asarray(targets)
-        if y.shape != x.shape:
-            raise ValueError(f"{where}: targets must have the logits' shape {x.shape}, got "
-                             f"{y.shape}")
-        if y.dtype.kind not in "biuf":
-            raise TypeError(f"{where}: targets must hold real numbers, got dtype {y.dtype}")
-        _broadcastable(self.weight, x.shape, "weight", where)
+    def _check_operands(self, x, where):
+        super()._check_operands(x, where)
         _broadcastable(self.pos_weight, x.shape, "pos_weight", where)
-        y = y.astype(x.dtype, copy=False)
+
+    def _pointwise(self, x, y):
         dt = x.dtype.type
         e = np.exp(-np.abs(x))
-        with np.errstate(invalid="ignore"):  # an infinite logit gives nan, as in PyTorch
-            softplus_pos = np.maximum(x, dt(0)) + np.log1p(e)  # softplus(x) = -log(1 - sigmoid)
-            softplus_neg = softplus_pos - x                     # softplus(-x) = -log sigmoid
-            ry = y if self.pos_weight is None else y * self.pos_weight.astype(x.dtype, copy=False)
-            per = ry * softplus_neg + (dt(1) - y) * softplus_pos
-        w = None if self.weight is None else self.weight.astype(x.dtype, copy=False)
-        if w is not None:
-            per = per * w
+        softplus_pos = np.maximum(x, dt(0)) + np.log1p(e)  # softplus(x) = -log(1 - sigmoid)
+        softplus_neg = softplus_pos - x                     # softplus(-x) = -log sigmoid
+        ry = y if self.pos_weight is None else y * self.pos_weight.astype(x.dtype, copy=False)
         sig = np.where(x >= 0, dt(1) / (dt(1) + e), e / (dt(1) + e))
-        self._cache = (sig, ry, y, w, x.shape)
-        if self.reduction == "none":
-            return per
-        if self.reduction == "sum":
-            return float(per.sum())
-        return float(per.mean()) if per.size else float("nan")
+        return ry * softplus_neg + (dt(1) - y) * softplus_pos, (sig, ry, y)
 
-    __call__ = forward
-
-    def backward(self, grad_output=None) -> np.ndarray:
-        """dL/dlogits = w [(r y + 1 - y) sigmoid(x) - r y] (/ n for "mean"), times
-        ``grad_output`` (an array of the logits' shape, required for "none"; a number, default
-        1, otherwise)."""
-        if self._cache is None:
-            raise RuntimeError("BCEWithLogitsLoss.backward called before forward")
-        sig, ry, y, w, shape = self._cache
-        dt = sig.dtype.type
-        g = (ry + (dt(1) - y)) * sig - ry
-        if w is not None:
-            g *= w
-        if self.reduction == "mean":
-            g *= dt(1.0 / max(g.size, 1))
-        go = _grad_output(grad_output, shape, self.reduction, g.dtype, "BCEWithLogitsLoss.backward")
-        if go is not None:
-            g *= go
-        return g
+    def _derivative(self, saved):
+        sig, ry, y = saved
+        return (ry + (sig.dtype.type(1) - y)) * sig - ry
 
 
-class MSELoss:
-    """Squared error (pred - target)**2 per element, as ``torch.nn.MSELoss``: averaged over all
-    elements (``reduction="mean"``), summed (``"sum"``) or returned per element (``"none"``);
-    backward 2 (pred - target), divided by the element count for "mean"."""
+def _xlogx(t: np.ndarray) -> np.ndarray:
+    """t log t with 0 log 0 = 0, as ``torch.xlogy(t, t)``: nan for nan or negative t."""
+    return np.where(t == 0, t.dtype.type(0), t * np.log(t))
 
-    def __init__(self, *, reduction: str = "mean") -> None:
-        self.reduction = _check_reduction(reduction, "MSELoss")
-        self._cache = None
 
-    def forward(self, pred: np.ndarray, target: np.ndarray):
-        """The squared differences of pred and target (same shape), reduced: a float for
-        "mean" (nan for no elements) and "sum", an array of pred's shape for "none"."""
-        p = _float(pred, "MSELoss: pred")
-        t = np.asarray(target)
-        if p.shape != t.shape:
-            raise ValueError(f"MSELoss: pred of shape {p.shape} and target of shape {t.shape} differ")
-        if t.dtype.kind not in "biuf":
-            raise TypeError(f"MSELoss: target must hold real numbers, got dtype {t.dtype}")
-        diff = p - t.astype(p.dtype, copy=False)
-        self._cache = diff
-        if self.reduction == "none":
-            return diff * diff
-        total = float(np.vdot(diff.ravel(), diff.ravel()))
-        if self.reduction == "sum":
-            return total
-        return total / diff.size if diff.size else float("nan")
+class KLDivLoss(_PointwiseLoss):
+    """Kullback-Leibler divergence, as ``torch.nn.KLDivLoss``. The input holds
+    log-probabilities (e.g. a LogSoftmax layer's output), the target probabilities (or
+    log-probabilities with ``log_target=True``); per element
 
-    __call__ = forward
+        l = y log y - y x   (0 where y = 0, torch.xlogy),     l = e^y (y - x)   (log_target)
 
-    def backward(self, grad_output=None) -> np.ndarray:
-        """dL/dpred = 2 (pred - target) (/ n for "mean"), times ``grad_output`` (an array of
-        pred's shape, required for "none"; a number, default 1, otherwise)."""
-        if self._cache is None:
-            raise RuntimeError("MSELoss.backward called before forward")
-        diff = self._cache
-        scale = 2.0 / max(diff.size, 1) if self.reduction == "mean" else 2.0
-        g = diff * diff.dtype.type(scale)
-        go = _grad_output(grad_output, diff.shape, self.reduction, g.dtype, "MSELoss.backward")
-        if go is not None:
-            g *= go
-        return g
+    ``reduction="batchmean"`` (sum / batch size, the first axis) gives the divergence
+    KL(target || exp(input)) per sample; "mean" divides by the element count (PyTorch's
+    default, which PyTorch warns about and fastconv does not), "sum" and "none" as MSELoss.
+    Targets must be floats (TypeError otherwise, as PyTorch). Backward: -y (-e^y with
+    ``log_target``).
+    """
+
+    _reductions = ("mean", "batchmean", "sum", "none")
+    _target_kinds = "f"
+
+    def __init__(self, *, reduction: str = "mean", log_target: bool = False) -> None:
+        super().__init__(reduction)
+        self.log_target = bool(log_target)
+
+    def _pointwise(self, x, y):
+        if self.log_target:
+            e = np.exp(y)
+            return e * (y - x), e
+        return _xlogx(y) - y * x, y
+
+    def _derivative(self, minus_grad):
+        return np.negative(minus_grad)

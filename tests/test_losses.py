@@ -441,14 +441,14 @@ def test_bce_with_logits_float32_and_gradient_numerically(torch):
 
 def test_bce_with_logits_argument_checks():
     x = np.zeros((4, 3))
-    with pytest.raises(ValueError, match=r"targets must have the logits' shape \(4, 3\), got \(4,\)"):
+    with pytest.raises(ValueError, match=r"input of shape \(4, 3\) and target of shape \(4,\) differ"):
         BCEWithLogitsLoss()(x, np.zeros(4))
     with pytest.raises(ValueError, match=r"pos_weight of shape \(2,\) does not broadcast to the "
                                          r"input's shape \(4, 3\)"):
         BCEWithLogitsLoss(pos_weight=np.ones(2))(x, x)
     with pytest.raises(ValueError, match=r"weight of shape \(2, 4, 3\) does not broadcast"):
         BCEWithLogitsLoss(np.ones((2, 4, 3)))(x, x)
-    with pytest.raises(TypeError, match="targets must hold real numbers"):
+    with pytest.raises(TypeError, match="target must hold real numbers"):
         BCEWithLogitsLoss()(x, np.full((4, 3), "a"))
     with pytest.raises(ValueError, match="reduction must be"):
         BCEWithLogitsLoss(reduction="batchmean")
