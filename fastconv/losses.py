@@ -179,6 +179,18 @@ class CrossEntropyLoss:
         self.label_smoothing = eps
         self._cache = None
 
+    def check_targets(self, targets, where: str = "") -> None:
+        """TypeError unless ``targets``, a dataset's labels, can be this loss's targets
+        whatever the logits: integer class labels ((N,) or (N, d1, ...) per position) or
+        float class probabilities ((N, C, ...)). ``fit`` and ``evaluate`` call it up front
+        (``where``, e.g. "fit: train", starts the message); ``forward`` checks each batch
+        against its logits in full."""
+        y = np.asarray(targets)
+        if not ((y.ndim >= 1 and y.dtype.kind in "iu") or (y.ndim >= 2 and y.dtype.kind == "f")):
+            raise TypeError(f"{where + ': ' if where else ''}CrossEntropyLoss needs integer "
+                            f"class labels of shape (N,) or float class probabilities (N, C), "
+                            f"got dtype {y.dtype} and shape {y.shape}")
+
     def forward(self, logits: np.ndarray, targets: np.ndarray):
         """The cross-entropy of ``logits`` against ``targets`` (class indices or
         probabilities, see the class): a float for "mean" and "sum", an array of the targets'
@@ -517,7 +529,7 @@ class MSELoss(_PointwiseLoss):
 
 class L1Loss(_PointwiseLoss):
     """Absolute error l = |x - y| per element, as ``torch.nn.L1Loss``; reductions as MSELoss.
-    Backward sign(x - y) (0 where x = y, as PyTorch)."""
+    Backward sign(x - y) (0 where x = y, and where it is nan, as PyTorch)."""
 
     def __init__(self, *, reduction: str = "mean") -> None:
         super().__init__(reduction)
@@ -527,7 +539,13 @@ class L1Loss(_PointwiseLoss):
         return np.abs(d), d
 
     def _derivative(self, d):
-        return np.sign(d)
+        return _sign(d)
+
+
+def _sign(d: np.ndarray) -> np.ndarray:
+    """sign(d) with 0 for nan, as PyTorch's L1 gradient."""
+    one = d.dtype.type(1)
+    return np.where(d > 0, one, np.where(d < 0, -one, d.dtype.type(0)))
 
 
 class SmoothL1Loss(_PointwiseLoss):
@@ -556,7 +574,7 @@ class SmoothL1Loss(_PointwiseLoss):
     def _derivative(self, d):
         beta = d.dtype.type(self.beta)
         if not beta:
-            return np.sign(d)
+            return _sign(d)
         return np.clip(d / beta, -1, 1)
 
 
@@ -589,7 +607,7 @@ def _in_unit_interval(a: np.ndarray, name: str, where: str) -> None:
     """ValueError unless every element of ``a`` is in [0, 1] (nan is not)."""
     inside = (a >= 0) & (a <= 1)
     if not inside.all():
-        at = np.unravel_index(np.argmin(inside), a.shape) if a.ndim else ()
+        at = tuple(int(i) for i in np.unravel_index(np.argmin(inside), a.shape))
         raise ValueError(f"{where}: every element of {name} must be in [0, 1] (a "
                          f"probability), got {a[at]} at index {at}")
 
@@ -603,7 +621,8 @@ class BCELoss(_PointwiseLoss):
         l = -w [ y max(log x, -100) + (1 - y) max(log(1 - x), -100) ]
 
     the logs clamped at -100 as PyTorch, so x = 0 or 1 gives a finite loss. Backward, as
-    PyTorch: w (x - y) / max(x (1 - x), 1e-12). Reductions as MSELoss.
+    PyTorch: w (x - y) / max(x (1 - x), eps) with eps float32's 1e-12 (torch's
+    EPSILON). Reductions as MSELoss.
     """
 
     def __init__(self, weight=None, *, reduction: str = "mean") -> None:
@@ -628,8 +647,13 @@ class BCELoss(_PointwiseLoss):
 
     def _derivative(self, saved):
         x, y = saved
-        one, eps = x.dtype.type(1), x.dtype.type(1e-12)
+        one, eps = x.dtype.type(1), x.dtype.type(_BCE_EPSILON)
         return (x - y) / np.maximum((one - x) * x, eps)
+
+
+_BCE_EPSILON = np.float32(1e-12)
+"""BCELoss's floor of x (1 - x) in its gradient: PyTorch's EPSILON, a float 1e-12 (so
+9.99999996e-13 in float64 too)."""
 
 
 class BCEWithLogitsLoss(_PointwiseLoss):
@@ -638,12 +662,13 @@ class BCEWithLogitsLoss(_PointwiseLoss):
     x the logit, y the target in [0, 1], w ``weight`` and r ``pos_weight`` (both broadcast
     against the input, r usually (C,) along the last axis):
 
-        l = w [ r y softplus(-x) + (1 - y) softplus(x) ],   softplus(x) = log(1 + e^x)
-          = -w [ r y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)) ]
+        l = -w [ r y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)) ]
+          = w [ (1 - y) x - ((r - 1) y + 1) log sigmoid(x) ]
 
-    computed as max(x, 0) + log1p(exp(-|x|)), finite for any finite x (an infinite logit
-    gives nan, as PyTorch). Reductions as MSELoss.
-    Backward: dl/dx = w [ (r y + 1 - y) sigmoid(x) - r y ].
+    computed in the second form, as PyTorch, with log sigmoid(x) = min(x, 0) -
+    log1p(exp(-|x|)): finite for any finite x; an infinite logit gives what PyTorch gives (inf
+    or nan). Reductions as MSELoss.
+    Backward: dl/dx = w [ (r y + 1 - y) sigmoid(x) - r y ]  (w (sigmoid(x) - y) without r).
     """
 
     def __init__(self, weight=None, *, reduction: str = "mean", pos_weight=None) -> None:
@@ -657,17 +682,20 @@ class BCEWithLogitsLoss(_PointwiseLoss):
         _broadcastable(self.pos_weight, x.shape, "pos_weight", where)
 
     def _pointwise(self, x, y):
-        dt = x.dtype.type
+        one, zero = x.dtype.type(1), x.dtype.type(0)
         e = np.exp(-np.abs(x))
-        softplus_pos = np.maximum(x, dt(0)) + np.log1p(e)  # softplus(x) = -log(1 - sigmoid)
-        softplus_neg = softplus_pos - x                     # softplus(-x) = -log sigmoid
-        ry = y if self.pos_weight is None else y * self.pos_weight.astype(x.dtype, copy=False)
-        sig = np.where(x >= 0, dt(1) / (dt(1) + e), e / (dt(1) + e))
-        return ry * softplus_neg + (dt(1) - y) * softplus_pos, (sig, ry, y)
+        log_sigmoid = np.minimum(x, zero) - np.log1p(e)
+        sigmoid = np.where(x >= 0, one / (one + e), e / (one + e))
+        if self.pos_weight is None:
+            return (one - y) * x - log_sigmoid, (sigmoid, None, y)
+        r = self.pos_weight.astype(x.dtype, copy=False)
+        return (one - y) * x - ((r - one) * y + one) * log_sigmoid, (sigmoid, r * y, y)
 
     def _derivative(self, saved):
-        sig, ry, y = saved
-        return (ry + (sig.dtype.type(1) - y)) * sig - ry
+        sigmoid, ry, y = saved
+        if ry is None:
+            return sigmoid - y
+        return (ry + sigmoid.dtype.type(1) - y) * sigmoid - ry
 
 
 def _xlogx(t: np.ndarray) -> np.ndarray:

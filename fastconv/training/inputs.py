@@ -127,14 +127,13 @@ def check_loss(loss: Any, where: str) -> Any:
 
 
 def check_targets(loader: DataLoader, loss: Any, what: str) -> None:
-    """Cross-entropy needs integer class labels ((N,), or (N, d1, ...) per position) or float
-    class probabilities ((N, C, ...)): refuse anything else up front."""
-    if isinstance(loss, CrossEntropyLoss):
-        y = loader.labels
-        if not ((y.ndim >= 1 and y.dtype.kind in "iu") or (y.ndim >= 2 and y.dtype.kind == "f")):
-            raise TypeError(f"{what}: CrossEntropyLoss needs integer class labels of shape "
-                            f"(N,) or float class probabilities (N, C), got dtype {y.dtype} "
-                            f"and shape {y.shape}")
+    """Refuse up front labels the loss cannot take whatever the model's output, by the loss's
+    own ``check_targets(labels, what)`` (a loss without one is not checked here):
+    CrossEntropyLoss wants integer class labels or float class probabilities, KLDivLoss
+    floats, BCELoss values in [0, 1], the other element-wise losses real numbers."""
+    check = getattr(loss, "check_targets", None)
+    if callable(check):
+        check(loader.labels, what)
 
 
 def check_optimizer(optimizer: Any, model: Module, where: str) -> None:
