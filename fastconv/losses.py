@@ -6,6 +6,13 @@
 
 Stability: log_softmax(x) = (x - max x) - log(sum(exp(x - max x))), so every exponent is <= 0
 and no logit, however large (but finite), gives inf or NaN.
+
+Class scores against labels: CrossEntropyLoss, NLLLoss. Element-wise losses of an input and a
+target of the same shape, on one base (_PointwiseLoss: checks, weights, reductions): MSELoss,
+L1Loss, SmoothL1Loss, HuberLoss (regression), BCELoss, BCEWithLogitsLoss (yes/no targets),
+KLDivLoss (distributions). Each is ``torch.nn``'s namesake: same arguments, defaults, values
+and gradients; where fastconv refuses what PyTorch accepts (targets of another shape) or
+raises another exception type, the class says so.
 """
 
 from __future__ import annotations
@@ -498,8 +505,9 @@ class _PointwiseLoss:
         raise NotImplementedError
 
 
-def _nonnegative(value, name: str, where: str, positive: bool = False) -> float:
-    """``value`` as a float >= 0 (> 0 with ``positive``), else ValueError naming it."""
+def _threshold(value, name: str, where: str, positive: bool = False) -> float:
+    """A threshold (SmoothL1Loss' beta, HuberLoss' delta) as a float >= 0 (> 0 with
+    ``positive``), else ValueError naming it."""
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -561,7 +569,7 @@ class SmoothL1Loss(_PointwiseLoss):
 
     def __init__(self, *, reduction: str = "mean", beta: float = 1.0) -> None:
         super().__init__(reduction)
-        self.beta = _nonnegative(beta, "beta", "SmoothL1Loss")
+        self.beta = _threshold(beta, "beta", "SmoothL1Loss")
 
     def _pointwise(self, x, y):
         d = x - y
@@ -590,7 +598,7 @@ class HuberLoss(_PointwiseLoss):
 
     def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
         super().__init__(reduction)
-        self.delta = _nonnegative(delta, "delta", "HuberLoss", positive=True)
+        self.delta = _threshold(delta, "delta", "HuberLoss", positive=True)
 
     def _pointwise(self, x, y):
         d = x - y
@@ -610,6 +618,11 @@ def _in_unit_interval(a: np.ndarray, name: str, where: str) -> None:
         at = tuple(int(i) for i in np.unravel_index(np.argmin(inside), a.shape))
         raise ValueError(f"{where}: every element of {name} must be in [0, 1] (a "
                          f"probability), got {a[at]} at index {at}")
+
+
+_BCE_EPSILON = np.float32(1e-12)
+"""BCELoss's floor of x (1 - x) in its gradient: PyTorch's EPSILON, a float 1e-12 (so
+9.99999996e-13 in float64 too)."""
 
 
 class BCELoss(_PointwiseLoss):
@@ -650,10 +663,6 @@ class BCELoss(_PointwiseLoss):
         one, eps = x.dtype.type(1), x.dtype.type(_BCE_EPSILON)
         return (x - y) / np.maximum((one - x) * x, eps)
 
-
-_BCE_EPSILON = np.float32(1e-12)
-"""BCELoss's floor of x (1 - x) in its gradient: PyTorch's EPSILON, a float 1e-12 (so
-9.99999996e-13 in float64 too)."""
 
 
 class BCEWithLogitsLoss(_PointwiseLoss):
