@@ -18,11 +18,6 @@ SHAPES = [(3, 4), (5,), (2, 3, 2, 2), (1,), (7, 1)]
 NORM_TYPES = [2.0, 1.0, 3.5, 0.5, math.inf, -math.inf, 0.0, "inf"]
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
-
 def _pair(torch, dtype, seed, scale=1.0, missing=()):
     """Parameters with random gradients and torch twins; indices in ``missing`` get no
     gradient (grad None in both)."""

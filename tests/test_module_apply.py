@@ -59,8 +59,3 @@ def test_apply_initialises_weights():
         assert np.all(m.weight.data == 0.5) and not m.bias.data.any()
     with pytest.raises(TypeError, match="callable"):
         model.apply("init")
-
-
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")

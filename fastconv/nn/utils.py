@@ -146,13 +146,18 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0,
         raise ValueError(f"{where}: max_norm must be a number >= 0, got {max_norm!r}")
     grads = _gradients(params)
     total = get_total_norm(grads, norm_type, error_if_nonfinite, foreach)
-    if grads:
-        dtype = total.dtype.type
-        coef = np.minimum(dtype(max_norm) / (total + dtype(1e-6)), dtype(1.0))  # (NaN stays)
-        with np.errstate(invalid="ignore"):  # (a non-finite norm: inf * 0 is NaN, as torch)
-            for g in grads:
-                g *= coef
+    _scale_gradients(grads, max_norm, total)
     return total
+
+
+def _scale_gradients(grads: list[np.ndarray], max_norm: float, total: np.ndarray) -> None:
+    """Multiply ``grads`` in place by min(1, max_norm / (total + 1e-6)), computed in the
+    dtype of the 0-d array ``total`` (PyTorch's clipping coefficient)."""
+    dtype = total.dtype.type
+    coef = np.minimum(dtype(max_norm) / (total + dtype(1e-6)), dtype(1.0))  # (NaN stays)
+    with np.errstate(invalid="ignore"):  # (a non-finite norm: inf * 0 is NaN, as torch)
+        for g in grads:
+            g *= coef
 
 
 def clip_grad_value_(parameters, clip_value: float, foreach: bool | None = None) -> None:
