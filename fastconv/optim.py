@@ -896,6 +896,7 @@ class LambdaLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lrs_at(self, t):
+        """Learning rate of each group after `t` steps: its base rate times its function of t."""
         return [base * fn(t) for fn, base in zip(self.lr_lambdas, self.base_lrs)]
 
     def state_dict(self) -> dict:
@@ -975,6 +976,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * T_cur / T_i)) / 2
 
     def lrs_at(self, t):
+        """Learning rate of each group after `t` steps (t's place in its cycle)."""
         T_i, T_cur = self._cycle(t)
         return [self._lr(T_cur, T_i, base) for base in self.base_lrs]
 
@@ -1087,6 +1089,7 @@ class ReduceLROnPlateau(LRScheduler):
         return a > best + self.threshold
 
     def lrs_at(self, t):
+        """Not defined: TypeError (the rate follows the metrics, not the step count)."""
         raise TypeError("ReduceLROnPlateau: the rate depends on the metrics seen, not on the "
                         "step count: it has no lrs_at (read get_last_lr())")
 
