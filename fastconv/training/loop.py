@@ -324,7 +324,7 @@ class Trainer:
                 logs["grad_norm"] = float(clip_grad_norm_(self.model.parameters(),
                                                           self.clip_grad_norm))
             self.optimizer.step()
-        else:  # (a sharded update clips the ranks' shares of the gradients)
+        else:  # (par.step clips: the whole gradients, or a sharded update's shares)
             norm = par.step(self.optimizer, self.clip_grad_norm)
             if norm is not None:
                 logs["grad_norm"] = norm
