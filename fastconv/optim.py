@@ -17,10 +17,12 @@ counts in ``state_dict``).
 
 Schedules are closed-form functions of the step count ``last_epoch`` (the number of ``step()``
 calls since construction); each ``step()`` writes the new rate into the optimiser. Call
-``step()`` once per epoch for StepLR / ExponentialLR / InverseTimeDecay / CosineAnnealingLR when
-their periods are given in epochs (or once per batch with periods in batches), and once per
-batch for OneCycleLR and LinearWarmup. As in PyTorch, constructing a schedule sets the rate for
-step 0, so call ``sched.step()`` *after* ``opt.step()``.
+``step()`` once per epoch for StepLR / MultiStepLR / ExponentialLR / InverseTimeDecay /
+CosineAnnealingLR / CosineAnnealingWarmRestarts / LambdaLR when their periods are given in
+epochs (or once per batch with periods in batches), and once per batch for OneCycleLR and
+LinearWarmup. As in PyTorch, constructing a schedule sets the rate for step 0, so call
+``sched.step()`` *after* ``opt.step()``. ReduceLROnPlateau is the exception: it lowers the
+rate when a metric stops improving, ``sched.step(val_loss)`` once per epoch.
 
 L2 regularisation: either ``weight_decay=lam`` (SGD/RMSprop/Adam add lam * w to the gradient;
 AdamW decays the weights directly: w -= lr * lam * w) or, equivalently for SGD, the loss term
@@ -29,16 +31,19 @@ AdamW decays the weights directly: w -= lr * lam * w) or, equivalently for SGD, 
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 import numbers
+import types
 
 import numpy as np
 
 __all__ = [
     "Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "l2_penalty",
     "LRScheduler", "StepLR", "ExponentialLR", "InverseTimeDecay", "CosineAnnealingLR",
-    "OneCycleLR", "LinearWarmup",
+    "OneCycleLR", "LinearWarmup", "MultiStepLR", "LambdaLR", "CosineAnnealingWarmRestarts",
+    "ReduceLROnPlateau",
 ]
 
 
@@ -633,6 +638,9 @@ class LinearWarmup(LRScheduler):
             raise ValueError(f"LinearWarmup: warmup_steps must be positive, got {warmup_steps}")
         if not (0.0 <= start_factor <= 1.0 and 0.0 <= end_factor <= 1.0):
             raise ValueError("LinearWarmup: start_factor and end_factor must be in [0, 1]")
+        if isinstance(after, ReduceLROnPlateau):
+            raise TypeError("LinearWarmup: `after` must be a schedule of the step count; "
+                            "ReduceLROnPlateau has none")
         if after is not None and after.optimizer is not optimizer:
             raise ValueError("LinearWarmup: `after` must schedule the same optimizer")
         self.warmup_steps = int(warmup_steps)
@@ -802,3 +810,327 @@ class OneCycleLR(LRScheduler):
                 else:
                     g["momentum"] = mom
         self._apply(lrs)
+
+
+def _whole_number(value, name: str, where: str, minimum: int) -> int:
+    """An int argument (a NumPy integer too, not a bool) >= ``minimum``; ValueError naming
+    it otherwise (torch's schedulers raise ValueError for these)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < minimum:
+        raise ValueError(f"{where}: expected an integer {name} >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _real(value, name: str, where: str) -> float:
+    """A finite real argument as a float; ValueError naming it otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value):
+        raise ValueError(f"{where}: expected a finite number for {name}, got {value!r}")
+    return float(value)
+
+
+class MultiStepLR(LRScheduler):
+    """lr = base_lr * gamma ** (the number of milestones <= t), as
+    ``torch.optim.lr_scheduler.MultiStepLR``: the rate is multiplied by `gamma` each time the
+    step count reaches a milestone (``milestones=[30, 80]``: base_lr until step 29,
+    base_lr * gamma from 30, base_lr * gamma**2 from 80).
+
+    `milestones` must be strictly increasing integers >= 0 (ValueError otherwise). The rate
+    is the closed form above, like every schedule here: PyTorch multiplies the optimiser's
+    current rate at each milestone instead, which gives the same rates (to rounding) unless
+    something else changes the rate meanwhile.
+    """
+
+    def __init__(self, optimizer: Optimizer, milestones, gamma: float = 0.1,
+                 last_epoch: int = -1) -> None:
+        where = "MultiStepLR"
+        try:
+            given = list(milestones)
+        except TypeError:
+            raise TypeError(f"{where}: milestones must be a list of step counts, got "
+                            f"{type(milestones).__name__}") from None
+        self.milestones = [_whole_number(m, "milestone", where, 0) for m in given]
+        for a, b in zip(self.milestones, self.milestones[1:]):
+            if b <= a:
+                raise ValueError(f"{where}: milestones must be increasing, got {given}")
+        self.gamma = _real(gamma, "gamma", where)
+        super().__init__(optimizer, last_epoch)
+
+    def _lr_at(self, t, base_lr):
+        return base_lr * self.gamma ** bisect.bisect_right(self.milestones, t)
+
+
+class LambdaLR(LRScheduler):
+    """lr = base_lr * lr_lambda(t), as ``torch.optim.lr_scheduler.LambdaLR``.
+
+    `lr_lambda` is one function of the step count ``t`` (an int) returning a factor, used for
+    every parameter group, or a list or tuple of such functions, one per group::
+
+        LambdaLR(opt, lambda t: 0.95 ** t)
+        LambdaLR(opt, [lambda t: t // 30, lambda t: 0.95 ** t])   # two groups
+
+    As in PyTorch, ``state_dict`` keeps no functions: a plain function or lambda is saved as
+    None (the one given to the constructor is used after loading), a callable object as a
+    copy of its ``__dict__``, which ``load_state_dict`` puts back into the object.
+    """
+
+    def __init__(self, optimizer: Optimizer, lr_lambda, last_epoch: int = -1) -> None:
+        where = "LambdaLR"
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{where}: expected an Optimizer, got {type(optimizer).__name__}")
+        n = len(optimizer.param_groups)
+        if isinstance(lr_lambda, (list, tuple)):
+            if len(lr_lambda) != n:
+                raise ValueError(f"{where}: expected {n} lr_lambdas (one per parameter "
+                                 f"group), got {len(lr_lambda)}")
+            lambdas = list(lr_lambda)
+        else:
+            lambdas = [lr_lambda] * n
+        for i, fn in enumerate(lambdas):
+            if not callable(fn):
+                raise TypeError(f"{where}: lr_lambda must be a function of the step count (or "
+                                f"a list of them), got {type(fn).__name__}"
+                                + (f" at index {i}" if isinstance(lr_lambda, (list, tuple))
+                                   else ""))
+        self.lr_lambdas = lambdas
+        super().__init__(optimizer, last_epoch)
+
+    def lrs_at(self, t):
+        """Learning rate of each group after `t` steps: its base rate times its function of t."""
+        return [base * fn(t) for fn, base in zip(self.lr_lambdas, self.base_lrs)]
+
+    def state_dict(self) -> dict:
+        """The attributes, with each function as None (a plain function or lambda) or a copy
+        of its ``__dict__`` (a callable object), as PyTorch's."""
+        sd = {k: copy.deepcopy(v) for k, v in self.__dict__.items()
+              if k not in ("optimizer", "lr_lambdas")}
+        sd["lr_lambdas"] = [None if isinstance(fn, types.FunctionType)
+                            else copy.deepcopy(fn.__dict__) for fn in self.lr_lambdas]
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the attributes and the callable objects' ``__dict__``; the functions stay
+        those given to the constructor."""
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("lr_lambdas", None) or []
+        if len(saved) not in (0, len(self.lr_lambdas)):
+            raise ValueError(f"LambdaLR.load_state_dict: the state has {len(saved)} "
+                             f"lr_lambdas, this schedule {len(self.lr_lambdas)}")
+        for fn, attrs in zip(self.lr_lambdas, saved):
+            if attrs is not None:
+                fn.__dict__.update(copy.deepcopy(attrs))
+        super().load_state_dict(state_dict)
+
+
+class CosineAnnealingWarmRestarts(LRScheduler):
+    """SGDR (Loshchilov & Hutter, arXiv 1608.03983), as
+    ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``:
+
+        lr = eta_min + (base_lr - eta_min) (1 + cos(pi T_cur / T_i)) / 2
+
+    where T_cur counts the steps since the last restart and the cycle length T_i is `T_0`,
+    then T_0 * T_mult, T_0 * T_mult**2, ... (restarts at T_0, T_0 (1 + T_mult), ...).
+
+    ``step()`` advances one step; ``step(epoch)`` jumps to ``epoch``, which may be fractional
+    (``step(epoch + i / batches_per_epoch)`` after batch i: restarts measured in epochs, the
+    rate moving every batch) and may be mixed with ``step()`` as in PyTorch (the next
+    ``step()`` counts on from ``floor(epoch)``'s T_cur + 1). `T_0` >= 1 and `T_mult` >= 1 are
+    integers (ValueError otherwise). Two places where PyTorch's arithmetic goes astray are
+    exact here: the cycle of ``step(epoch)`` is found with integers (PyTorch's floating
+    logarithm can land one cycle early: T_0=1, T_mult=3, epoch=121 = 1 + 3 + 9 + 27 + 81), and
+    ``last_epoch`` >= 0 given to the constructor resumes at that step's place in its cycle.
+    """
+
+    def __init__(self, optimizer: Optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
+                 last_epoch: int = -1) -> None:
+        where = "CosineAnnealingWarmRestarts"
+        self.T_0 = _whole_number(T_0, "T_0", where, 1)
+        self.T_mult = _whole_number(T_mult, "T_mult", where, 1)
+        self.eta_min = _real(eta_min, "eta_min", where)
+        if last_epoch >= 0:
+            self.T_i, self.T_cur = self._cycle(last_epoch)
+        else:
+            self.T_i, self.T_cur = self.T_0, last_epoch
+        super().__init__(optimizer, last_epoch)
+
+    def _cycle_start(self, n: int) -> int:
+        """The step at which cycle ``n`` (0-based) starts: T_0 (T_mult**n - 1) / (T_mult - 1)."""
+        return self.T_0 * n if self.T_mult == 1 else \
+            self.T_0 * (self.T_mult ** n - 1) // (self.T_mult - 1)
+
+    def _cycle(self, epoch) -> tuple[int, float]:
+        """(T_i, T_cur) at ``epoch`` >= 0 (an int or a float), with PyTorch's expressions."""
+        T_0, T_mult = self.T_0, self.T_mult
+        if epoch < T_0:
+            return T_0, epoch
+        if T_mult == 1:
+            return T_0, epoch % T_0
+        n = int(math.log(epoch / T_0 * (T_mult - 1) + 1, T_mult))
+        while self._cycle_start(n + 1) <= epoch:   # (the logarithm rounded down)
+            n += 1
+        while n > 0 and self._cycle_start(n) > epoch:
+            n -= 1
+        return T_0 * T_mult ** n, epoch - T_0 * (T_mult ** n - 1) / (T_mult - 1)
+
+    def _lr(self, T_cur, T_i, base_lr: float) -> float:
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * T_cur / T_i)) / 2
+
+    def lrs_at(self, t):
+        """Learning rate of each group after `t` steps (t's place in its cycle)."""
+        T_i, T_cur = self._cycle(t)
+        return [self._lr(T_cur, T_i, base) for base in self.base_lrs]
+
+    def get_lr(self) -> list[float]:
+        """Learning rate of each group at the current position (``T_cur`` in cycle ``T_i``)."""
+        return [self._lr(self.T_cur, self.T_i, base) for base in self.base_lrs]
+
+    def step(self, epoch: float | None = None) -> None:
+        """Advance one step, or go to ``epoch`` (a number >= 0, fractional allowed), and set
+        the optimiser's learning rates."""
+        if epoch is None and self.last_epoch < 0:
+            epoch = 0
+        if epoch is None:
+            epoch = self.last_epoch + 1
+            self.T_cur = self.T_cur + 1
+            if self.T_cur >= self.T_i:
+                self.T_cur = self.T_cur % self.T_i
+                self.T_i = self.T_i * self.T_mult
+        else:
+            if isinstance(epoch, (bool, np.bool_)) or not isinstance(epoch, numbers.Real) \
+                    or not math.isfinite(epoch) or epoch < 0:
+                raise ValueError(f"CosineAnnealingWarmRestarts.step: expected a non-negative "
+                                 f"epoch, got {epoch!r}")
+            self.T_i, self.T_cur = self._cycle(epoch)
+        self.last_epoch = math.floor(epoch)
+        self._apply(self.get_lr())
+
+
+class ReduceLROnPlateau(LRScheduler):
+    """Reduce the learning rate when a metric stops improving, as
+    ``torch.optim.lr_scheduler.ReduceLROnPlateau``::
+
+        sched = ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=3)
+        for epoch in range(epochs):
+            train(...); val_loss = validate(...)
+            sched.step(val_loss)             # once per epoch, with the metric
+
+    ``step(metrics)`` compares the metric with the best so far: in mode 'min' it improves when
+    below best * (1 - threshold) (threshold_mode 'rel') or best - threshold ('abs'); in mode
+    'max' when above best * (1 + threshold) or best + threshold. After more than `patience`
+    steps in a row without improvement, every group's rate becomes max(lr * factor, min_lr)
+    (a change smaller than `eps` is skipped), and the next `cooldown` steps count no bad
+    steps. `min_lr` is one number or one per parameter group. Unlike the other schedules the
+    rate is no function of the step count: ``lrs_at`` raises TypeError, and the current rates
+    live in the optimiser. ``fit(..., scheduler=ReduceLROnPlateau(...))`` steps it once per
+    epoch with the validation loss (see :func:`fastconv.training.fit`).
+
+    Bad arguments raise ValueError (TypeError for `optimizer`): factor outside [0, 1), mode
+    not 'min'/'max', threshold_mode not 'rel'/'abs', negative patience, cooldown, threshold,
+    eps or min_lr, a min_lr list of the wrong length.
+    """
+
+    def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1,
+                 patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel",
+                 cooldown: int = 0, min_lr=0, eps: float = 1e-8) -> None:
+        where = "ReduceLROnPlateau"
+        factor = _real(factor, "factor", where)
+        if not 0.0 <= factor < 1.0:
+            raise ValueError(f"{where}: factor must be in [0, 1) (new_lr = lr * factor), "
+                             f"got {factor!r}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{where}: expected an Optimizer, got {type(optimizer).__name__}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"{where}: mode must be 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"{where}: threshold_mode must be 'rel' or 'abs', got "
+                             f"{threshold_mode!r}")
+        n = len(optimizer.param_groups)
+        if isinstance(min_lr, (list, tuple)):
+            if len(min_lr) != n:
+                raise ValueError(f"{where}: expected {n} min_lrs (one per parameter group), "
+                                 f"got {len(min_lr)}")
+            self.default_min_lr = None
+            self.min_lrs = [_nonneg(v, "min_lr", where) for v in min_lr]
+        else:
+            self.default_min_lr = _nonneg(min_lr, "min_lr", where)
+            self.min_lrs = [self.default_min_lr] * n
+        self.optimizer = optimizer
+        self.mode = mode
+        self.factor = factor
+        self.patience = _whole_number(patience, "patience", where, 0)
+        self.threshold = _nonneg(threshold, "threshold", where)
+        self.threshold_mode = threshold_mode
+        self.cooldown = _whole_number(cooldown, "cooldown", where, 0)
+        self.eps = _nonneg(eps, "eps", where)
+        self.mode_worse = math.inf if mode == "min" else -math.inf
+        self.last_epoch = 0
+        self._last_lr = [float(g["lr"]) for g in optimizer.param_groups]
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the best value, the bad steps and the cooldown."""
+        self.best = self.mode_worse
+        self.cooldown_counter = 0
+        self.num_bad_epochs = 0
+
+    @property
+    def in_cooldown(self) -> bool:
+        """Whether bad steps are being ignored after a reduction."""
+        return self.cooldown_counter > 0
+
+    def is_better(self, a: float, best: float) -> bool:
+        """Whether the metric ``a`` improves on ``best`` by more than the threshold."""
+        if self.mode == "min" and self.threshold_mode == "rel":
+            return a < best * (1.0 - self.threshold)
+        if self.mode == "min":
+            return a < best - self.threshold
+        if self.threshold_mode == "rel":
+            return a > best * (self.threshold + 1.0)
+        return a > best + self.threshold
+
+    def lrs_at(self, t):
+        """Not defined: TypeError (the rate follows the metrics, not the step count)."""
+        raise TypeError("ReduceLROnPlateau: the rate depends on the metrics seen, not on the "
+                        "step count: it has no lrs_at (read get_last_lr())")
+
+    def step(self, metrics) -> None:  # type: ignore[override]
+        """One step (an epoch) with the monitored value ``metrics`` (a number, or a 0-d
+        array); reduces the rates after more than ``patience`` steps without improvement."""
+        try:
+            current = float(metrics)
+        except (TypeError, ValueError):
+            raise TypeError(f"ReduceLROnPlateau.step: metrics must be a number, got "
+                            f"{type(metrics).__name__}") from None
+        self.last_epoch += 1
+        if self.is_better(current, self.best):
+            self.best = current
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.in_cooldown:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0  # (bad steps in the cooldown are ignored)
+        if self.num_bad_epochs > self.patience:
+            self._reduce_lr()
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+        self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def _reduce_lr(self) -> None:
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self.min_lrs):  # (a group was added since)
+            if self.default_min_lr is None:
+                raise RuntimeError(f"ReduceLROnPlateau: the optimizer has {len(groups)} "
+                                   f"parameter groups, {len(self.min_lrs)} when the schedule "
+                                   f"was made: set min_lrs to one value per group")
+            self.min_lrs = [self.default_min_lr] * len(groups)
+        for g, min_lr in zip(groups, self.min_lrs):
+            old_lr = float(g["lr"])
+            new_lr = max(old_lr * self.factor, min_lr)
+            if old_lr - new_lr > self.eps:
+                g["lr"] = new_lr
+
+    def __repr__(self) -> str:
+        return (f"ReduceLROnPlateau(mode={self.mode!r}, factor={self.factor}, patience="
+                f"{self.patience}, best={self.best}, num_bad_epochs={self.num_bad_epochs}, "
+                f"lr={self._last_lr})")

@@ -615,3 +615,345 @@ def test_adam_decoupled_weight_decay_is_adamw_and_survives_old_state_dicts():
     del sd["param_groups"][0]["decoupled_weight_decay"]
     opt.load_state_dict(sd)
     assert opt.param_groups[0]["decoupled_weight_decay"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# MultiStepLR, LambdaLR, CosineAnnealingWarmRestarts, ReduceLROnPlateau against torch
+# ---------------------------------------------------------------------------------------------
+
+GROUP_LRS = (0.1, 0.03, 0.25)
+
+
+def _groups_pair(torch, lrs=GROUP_LRS):
+    """An SGD over len(lrs) parameter groups, and torch's twin."""
+    ours = optim.SGD([{"params": [nn.Parameter(np.zeros(2))], "lr": lr} for lr in lrs],
+                     lr=0.5, momentum=0.9)
+    theirs = torch.optim.SGD([{"params": [torch.zeros(2, requires_grad=True)], "lr": lr}
+                              for lr in lrs], lr=0.5, momentum=0.9)
+    return ours, theirs
+
+
+def _assert_same_lrs(opt, topt, where):
+    ours = [g["lr"] for g in opt.param_groups]
+    theirs = [g["lr"] for g in topt.param_groups]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-300, err_msg=where)
+
+
+class _Warmup:
+    """A callable object with state (its ``__dict__`` goes through LambdaLR.state_dict)."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def __call__(self, t):
+        return min(1.0, (t + 1) / self.steps)
+
+
+GROUP_SCHEDULES = [
+    ("multistep", lambda o: optim.MultiStepLR(o, milestones=[3, 7, 8, 20], gamma=0.3),
+     lambda t, o: t.optim.lr_scheduler.MultiStepLR(o, milestones=[3, 7, 8, 20], gamma=0.3)),
+    ("multistep_default_gamma_from_0", lambda o: optim.MultiStepLR(o, [0, 5]),
+     lambda t, o: t.optim.lr_scheduler.MultiStepLR(o, [0, 5])),
+    ("lambda_one", lambda o: optim.LambdaLR(o, lambda e: 0.97 ** e + 0.01 * (e % 3)),
+     lambda t, o: t.optim.lr_scheduler.LambdaLR(o, lambda e: 0.97 ** e + 0.01 * (e % 3))),
+    ("lambda_per_group",
+     lambda o: optim.LambdaLR(o, [lambda e: e // 4, lambda e: 0.9 ** e, _Warmup(6)]),
+     lambda t, o: t.optim.lr_scheduler.LambdaLR(o, [lambda e: e // 4, lambda e: 0.9 ** e,
+                                                    _Warmup(6)])),
+    ("warm_restarts", lambda o: optim.CosineAnnealingWarmRestarts(o, T_0=5),
+     lambda t, o: t.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=5)),
+    ("warm_restarts_mult",
+     lambda o: optim.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2, eta_min=0.001),
+     lambda t, o: t.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2,
+                                                                   eta_min=0.001)),
+    ("warm_restarts_T0_1", lambda o: optim.CosineAnnealingWarmRestarts(o, T_0=1, T_mult=3),
+     lambda t, o: t.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=1, T_mult=3)),
+]
+
+
+@pytest.mark.parametrize("case", GROUP_SCHEDULES, ids=[c[0] for c in GROUP_SCHEDULES])
+def test_new_schedules_match_torch_over_groups(torch, case):
+    _, make, make_torch = case
+    opt, topt = _groups_pair(torch)
+    sched, tsched = make(opt), make_torch(torch, topt)
+    _assert_same_lrs(opt, topt, "at construction")
+    for step in range(1, 61):
+        topt.step()
+        tsched.step()
+        sched.step()
+        _assert_same_lrs(opt, topt, f"after step {step}")
+        np.testing.assert_allclose(sched.get_last_lr(), tsched.get_last_lr(), rtol=1e-12,
+                                   atol=1e-300)
+        assert sched.last_epoch == tsched.last_epoch == step
+    # the closed form agrees with the stepped rates (what LinearWarmup(after=...) reads)
+    np.testing.assert_allclose(sched.lrs_at(sched.last_epoch), sched.get_last_lr(),
+                               rtol=1e-12, atol=1e-300)
+
+
+def test_multistep_lr_values():
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=0.05)
+    sched = optim.MultiStepLR(opt, milestones=[30, 80])
+    lrs = [opt.lr]
+    for _ in range(99):
+        sched.step()
+        lrs.append(opt.lr)
+    assert lrs[29] == 0.05 and lrs[30] == pytest.approx(0.005, rel=1e-15)
+    assert lrs[79] == lrs[30] and lrs[80] == pytest.approx(0.0005, rel=1e-15) == lrs[99]
+
+
+def test_warm_restarts_fractional_and_interleaved_epochs_match_torch(torch):
+    opt, topt = _groups_pair(torch)
+    for T_0, T_mult in [(4, 1), (2, 2), (1, 3), (3, 5)]:
+        sched = optim.CosineAnnealingWarmRestarts(opt, T_0, T_mult=T_mult, eta_min=1e-4)
+        tsched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(topt, T_0, T_mult=T_mult,
+                                                                      eta_min=1e-4)
+        iters = 7
+        for epoch in range(12):
+            for i in range(iters):          # torch's documented per-batch use
+                e = epoch + i / iters
+                sched.step(e)
+                tsched.step(e)
+                _assert_same_lrs(opt, topt, f"T_0={T_0} T_mult={T_mult} epoch {e}")
+                assert (sched.T_i, sched.last_epoch) == (tsched.T_i, tsched.last_epoch)
+                assert sched.T_cur == pytest.approx(tsched.T_cur, rel=1e-12, abs=1e-12)
+        for e in [None, None, 26, None, None, 3.5, None, 0, None]:   # interleaved
+            sched.step(e)
+            tsched.step(e)
+            _assert_same_lrs(opt, topt, f"T_0={T_0} T_mult={T_mult} interleaved {e}")
+            assert sched.last_epoch == tsched.last_epoch
+
+
+def test_warm_restarts_restart_exactly_where_torch_rounds_the_cycle_down(torch):
+    # cycle n of T_0=1, T_mult=3 starts at (3**n - 1) / 2; torch's log(121 * 2 + 1, 3)
+    # = 4.999... puts epoch 121 at the end of cycle 4 (lr = eta_min) instead of the start of
+    # cycle 5 (lr = base lr)
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0)
+    sched = optim.CosineAnnealingWarmRestarts(opt, T_0=1, T_mult=3)
+    for n in range(1, 12):
+        start = (3 ** n - 1) // 2
+        sched.step(start)
+        assert (sched.T_i, sched.T_cur, opt.lr) == (3 ** n, 0, 1.0), n
+        sched.step(start - 0.01)
+        assert sched.T_i == 3 ** (n - 1) and opt.lr < 0.01
+    assert sched.lrs_at(121) == [1.0]
+    # stepping one by one gives the same restarts as jumping
+    opt2 = optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0)
+    one = optim.CosineAnnealingWarmRestarts(opt2, T_0=1, T_mult=3)
+    for t in range(1, 130):
+        one.step()
+        assert one.get_last_lr() == one.lrs_at(t), t
+
+
+def test_warm_restarts_resume_from_last_epoch():
+    def run(make, steps):
+        opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=0.2)
+        sched = make(opt)
+        for _ in range(steps):
+            sched.step()
+        return opt, sched
+
+    opt_a, a = run(lambda o: optim.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=2), 7)
+    opt_b = optim.SGD([nn.Parameter(np.zeros(1))], lr=0.2)
+    opt_b.param_groups[0]["initial_lr"] = 0.2
+    b = optim.CosineAnnealingWarmRestarts(opt_b, T_0=2, T_mult=2, last_epoch=6)
+    assert (b.last_epoch, b.T_i, b.T_cur, opt_b.lr) == (a.last_epoch, a.T_i, a.T_cur, opt_a.lr)
+    for _ in range(20):
+        a.step()
+        b.step()
+        assert opt_a.lr == opt_b.lr
+
+
+PLATEAU_CASES = [
+    dict(),
+    dict(mode="min", factor=0.5, patience=2, threshold=0.01),
+    dict(mode="min", factor=0.5, patience=0, threshold=0.1, threshold_mode="abs", cooldown=2),
+    dict(mode="max", factor=0.3, patience=1, threshold=0.05),
+    dict(mode="max", factor=0.7, patience=3, threshold=0.2, threshold_mode="abs", cooldown=1,
+         min_lr=[0.02, 0.001, 0.05]),
+    dict(mode="min", factor=0.2, patience=1, min_lr=0.004, eps=1e-3),
+]
+
+
+def _plateau_metrics(seed, n):
+    """A metric that improves, stalls, jumps and repeats (plateaus of equal values)."""
+    gen = np.random.default_rng(seed)
+    base = np.repeat(gen.normal(size=n // 3 + 1), 3)[:n]
+    trend = np.where(np.arange(n) < n // 2, -0.05 * np.arange(n), 0.0)
+    return [float(v) for v in np.round(base + trend + 3.0, 1)]
+
+
+@pytest.mark.parametrize("kwargs", PLATEAU_CASES,
+                         ids=[",".join(f"{k}={v}" for k, v in c.items()) or "defaults"
+                              for c in PLATEAU_CASES])
+def test_reduce_lr_on_plateau_matches_torch(torch, kwargs):
+    for seed in range(4):
+        opt, topt = _groups_pair(torch)
+        sched = optim.ReduceLROnPlateau(opt, **kwargs)
+        tsched = torch.optim.lr_scheduler.ReduceLROnPlateau(topt, **kwargs)
+        reductions = 0
+        for i, m in enumerate(_plateau_metrics(seed, 90)):
+            before = opt.lr
+            sched.step(m)
+            tsched.step(m)
+            reductions += opt.lr < before
+            _assert_same_lrs(opt, topt, f"seed {seed}, step {i + 1}, metric {m}")
+            assert sched.get_last_lr() == tsched.get_last_lr()
+            assert (sched.best, sched.num_bad_epochs, sched.cooldown_counter, sched.last_epoch) \
+                == (tsched.best, tsched.num_bad_epochs, tsched.cooldown_counter,
+                    tsched.last_epoch)
+        assert reductions >= 1    # (the case exercises a reduction)
+
+
+def test_reduce_lr_on_plateau_patience_and_cooldown_semantics():
+    opt = optim.SGD([nn.Parameter(np.zeros(1))], lr=1.0)
+    sched = optim.ReduceLROnPlateau(opt, factor=0.5, patience=2, cooldown=1)
+    lrs = []
+    for m in [5, 4, 4, 4, 4, 4, 4, 4, 4, 3]:
+        sched.step(np.array(m, dtype=np.float32))     # a 0-d array is a metric too
+        lrs.append(opt.lr)
+    # 3 bad steps (> patience 2) -> halve; the cooldown (1) ignores the next; 3 more bad
+    # -> halve; then an improvement
+    assert lrs == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25]
+    with pytest.raises(TypeError, match="lrs_at"):
+        sched.lrs_at(3)
+    with pytest.raises(TypeError, match="metrics"):
+        sched.step("low")
+
+
+def test_reduce_lr_on_plateau_min_lr_and_eps():
+    opt = optim.SGD([{"params": [nn.Parameter(np.zeros(1))], "lr": 1.0},
+                     {"params": [nn.Parameter(np.zeros(1))], "lr": 1e-8}], lr=1.0)
+    sched = optim.ReduceLROnPlateau(opt, factor=0.1, patience=0, min_lr=[0.05, 0.0])
+    for _ in range(4):
+        sched.step(1.0)
+    # group 0 stops at min_lr; group 1's changes are below eps (1e-8) and are skipped
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 1e-8]
+
+
+def test_lambda_lr_state_dict_keeps_callable_objects_state_and_no_functions():
+    def make():
+        opt = optim.SGD([{"params": [nn.Parameter(np.zeros(1))], "lr": 0.1},
+                         {"params": [nn.Parameter(np.zeros(1))], "lr": 0.2}], lr=0.1)
+        return opt, optim.LambdaLR(opt, [lambda t: 0.5 ** t, _Warmup(4)])
+
+    opt_a, a = make()
+    a.lr_lambdas[1].steps = 10
+    for _ in range(3):
+        a.step()
+    sd = a.state_dict()
+    assert sd["lr_lambdas"] == [None, {"steps": 10}]
+    opt_b, b = make()
+    b.load_state_dict(sd)
+    assert b.lr_lambdas[1].steps == 10 and callable(b.lr_lambdas[0])
+    assert [g["lr"] for g in opt_b.param_groups] == [g["lr"] for g in opt_a.param_groups]
+    for _ in range(5):
+        a.step()
+        b.step()
+        assert [g["lr"] for g in opt_b.param_groups] == [g["lr"] for g in opt_a.param_groups]
+
+
+NEW_SCHEDULES = GROUP_SCHEDULES + [
+    ("plateau", lambda o: optim.ReduceLROnPlateau(o, factor=0.5, patience=1, cooldown=1), None)]
+
+
+@pytest.mark.parametrize("case", NEW_SCHEDULES, ids=[c[0] for c in NEW_SCHEDULES])
+def test_new_schedules_state_dict_resumes_the_same_sequence_through_a_checkpoint(case, tmp_path):
+    from fastconv.checkpoint import load_checkpoint, save_checkpoint
+
+    _, make, _ = case
+    metrics = _plateau_metrics(1, 40)
+
+    def fresh():
+        opt = optim.SGD([{"params": [nn.Parameter(np.zeros(2))], "lr": lr} for lr in GROUP_LRS],
+                        lr=0.1, momentum=0.9)
+        return opt, make(opt)
+
+    def advance(sched, i):
+        sched.step(metrics[i]) if isinstance(sched, optim.ReduceLROnPlateau) else sched.step()
+
+    def lrs(opt):
+        return [g["lr"] for g in opt.param_groups]
+
+    opt_a, a = fresh()
+    for i in range(17):
+        advance(a, i)
+    # the optimiser's groups (their lr) and the schedule, saved and loaded as fit saves them
+    save_checkpoint(tmp_path / "s.npz", {"optimizer": opt_a.state_dict(), "scheduler": a.state_dict()})
+    state = load_checkpoint(tmp_path / "s.npz")
+    opt_b, b = fresh()
+    opt_b.load_state_dict(state["optimizer"])
+    b.load_state_dict(state["scheduler"])
+    assert lrs(opt_b) == lrs(opt_a) and b.last_epoch == a.last_epoch
+    # the schedule's state alone also restores the rates (into a fresh optimiser)
+    opt_c, c = fresh()
+    c.load_state_dict(a.state_dict())
+    assert lrs(opt_c) == lrs(opt_a)
+    for i in range(17, 40):
+        for s in (a, b, c):
+            advance(s, i)
+        assert lrs(opt_a) == lrs(opt_b) == lrs(opt_c), i
+
+
+def test_new_schedules_validation():
+    opt = optim.SGD([nn.Parameter(np.zeros(1)), nn.Parameter(np.zeros(1))], lr=0.1)
+    two = optim.SGD([{"params": [nn.Parameter(np.zeros(1))]},
+                     {"params": [nn.Parameter(np.zeros(1))]}], lr=0.1)
+    cases = [
+        (lambda: optim.MultiStepLR(opt, [5, 3]), ValueError, "milestones must be increasing"),
+        (lambda: optim.MultiStepLR(opt, [2, 2]), ValueError, "milestones must be increasing"),
+        (lambda: optim.MultiStepLR(opt, [-1, 3]), ValueError, "milestone"),
+        (lambda: optim.MultiStepLR(opt, [1.5]), ValueError, "milestone"),
+        (lambda: optim.MultiStepLR(opt, 5), TypeError, "milestones"),
+        (lambda: optim.MultiStepLR(opt, [5], gamma="x"), ValueError, "gamma"),
+        (lambda: optim.MultiStepLR("opt", [5]), TypeError, "Optimizer"),
+        (lambda: optim.LambdaLR(opt, 0.5), TypeError, "lr_lambda"),
+        (lambda: optim.LambdaLR(two, [lambda t: 1.0]), ValueError, "expected 2 lr_lambdas"),
+        (lambda: optim.LambdaLR(two, [lambda t: 1.0, 3]), TypeError, "lr_lambda"),
+        (lambda: optim.LambdaLR(None, lambda t: 1.0), TypeError, "Optimizer"),
+        (lambda: optim.CosineAnnealingWarmRestarts(opt, 0), ValueError, "T_0"),
+        (lambda: optim.CosineAnnealingWarmRestarts(opt, 2.5), ValueError, "T_0"),
+        (lambda: optim.CosineAnnealingWarmRestarts(opt, 3, T_mult=0), ValueError, "T_mult"),
+        (lambda: optim.CosineAnnealingWarmRestarts(opt, 3, T_mult=1.5), ValueError, "T_mult"),
+        (lambda: optim.CosineAnnealingWarmRestarts(opt, 3, eta_min="0"), ValueError, "eta_min"),
+        (lambda: optim.CosineAnnealingWarmRestarts(opt, 3).step(-1), ValueError, "epoch"),
+        (lambda: optim.ReduceLROnPlateau(opt, factor=1.0), ValueError, "factor"),
+        (lambda: optim.ReduceLROnPlateau(opt, factor=-0.1), ValueError, "factor"),
+        (lambda: optim.ReduceLROnPlateau(opt, mode="avg"), ValueError, "mode"),
+        (lambda: optim.ReduceLROnPlateau(opt, threshold_mode="pct"), ValueError,
+         "threshold_mode"),
+        (lambda: optim.ReduceLROnPlateau(opt, patience=-1), ValueError, "patience"),
+        (lambda: optim.ReduceLROnPlateau(opt, patience=1.5), ValueError, "patience"),
+        (lambda: optim.ReduceLROnPlateau(opt, cooldown=-2), ValueError, "cooldown"),
+        (lambda: optim.ReduceLROnPlateau(opt, threshold=-1e-4), ValueError, "threshold"),
+        (lambda: optim.ReduceLROnPlateau(opt, eps=-1.0), ValueError, "eps"),
+        (lambda: optim.ReduceLROnPlateau(opt, min_lr=-0.1), ValueError, "min_lr"),
+        (lambda: optim.ReduceLROnPlateau(two, min_lr=[0.1]), ValueError, "expected 2 min_lrs"),
+        (lambda: optim.ReduceLROnPlateau("opt"), TypeError, "Optimizer"),
+        (lambda: optim.LinearWarmup(opt, 3, after=optim.ReduceLROnPlateau(opt)), TypeError,
+         "ReduceLROnPlateau"),
+    ]
+    for make, error, match in cases:
+        with pytest.raises(error, match=match):
+            make()
+
+
+def test_torch_raises_on_the_same_bad_arguments(torch):
+    # the arguments refused above that torch refuses too, with the same exception type
+    lr_scheduler = torch.optim.lr_scheduler
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    two = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)]},
+                           {"params": [torch.zeros(1, requires_grad=True)]}], lr=0.1)
+    for make, error in [
+        (lambda: lr_scheduler.LambdaLR(two, [lambda t: 1.0]), ValueError),
+        (lambda: lr_scheduler.CosineAnnealingWarmRestarts(opt, 0), ValueError),
+        (lambda: lr_scheduler.CosineAnnealingWarmRestarts(opt, 2.5), ValueError),
+        (lambda: lr_scheduler.CosineAnnealingWarmRestarts(opt, 3, T_mult=0), ValueError),
+        (lambda: lr_scheduler.CosineAnnealingWarmRestarts(opt, 3, eta_min="0"), ValueError),
+        (lambda: lr_scheduler.ReduceLROnPlateau(opt, factor=1.0), ValueError),
+        (lambda: lr_scheduler.ReduceLROnPlateau(opt, mode="avg"), ValueError),
+        (lambda: lr_scheduler.ReduceLROnPlateau(opt, threshold_mode="pct"), ValueError),
+        (lambda: lr_scheduler.ReduceLROnPlateau(two, min_lr=[0.1]), ValueError),
+        (lambda: lr_scheduler.ReduceLROnPlateau("opt"), TypeError),
+    ]:
+        with pytest.raises(error):
+            make()

@@ -385,3 +385,190 @@ def test_fit_multi_label_with_bce_with_logits():
     assert "accuracy" not in h.rows[-1]
     pred = predict(model, x) > 0
     assert (pred == (labels > 0.5)).mean() > 0.8
+
+
+# --------------------------------------------------------------------------------------------
+# ReduceLROnPlateau and gradient clipping in fit
+# --------------------------------------------------------------------------------------------
+
+def _at_optimum():
+    """A model already at the optimum of its data (zero weights, zero targets, MSE): every
+    gradient is exactly 0, so the training loss is the same every epoch: a plateau."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 2, dtype=np.float64))
+    for p in model.parameters():
+        p.data[...] = 0.0
+    x = np.random.default_rng(0).normal(size=(12, 2, 3))
+    return model, (x, np.zeros((12, 2)))
+
+
+def test_fit_reduces_the_lr_on_a_plateau_of_the_training_loss():
+    model, data = _at_optimum()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = optim.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+    h = fit(model, data, 6, optimizer=opt, scheduler=sched, loss=losses.MSELoss(),
+            batch_size=4, progress=False)
+    assert h.history["loss"] == [0.0] * 6
+    # epoch 1 sets the best; epochs 2, 3 are bad (2 > patience 1): halve after epoch 3; the
+    # count restarts, so again after epoch 5
+    assert h.history["lr"] == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    assert sched.last_epoch == 6 and sched.num_bad_epochs == 1   # once per epoch, not per step
+
+
+def test_fit_steps_reduce_lr_on_plateau_on_the_validation_loss_as_torch_would(torch):
+    x, y = make_data(48)
+    xv, yv = make_data(24, seed=5)
+    model = make_model()
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    kwargs = dict(factor=0.5, patience=0, threshold=0.05, cooldown=1)
+    sched = optim.ReduceLROnPlateau(opt, **kwargs)
+    h = fit(model, (x, y), 8, optimizer=opt, scheduler=sched, val=(xv, yv), batch_size=16,
+            progress=False)
+    # replay the recorded validation losses through torch's scheduler
+    tparam = torch.zeros(1, requires_grad=True)
+    topt = torch.optim.SGD([tparam], lr=0.05)
+    tsched = torch.optim.lr_scheduler.ReduceLROnPlateau(topt, **kwargs)
+    expected = []
+    for v in h.history["val_loss"]:
+        tsched.step(v)
+        expected.append(topt.param_groups[0]["lr"])
+    assert h.history["lr"] == expected
+    assert min(expected) < 0.05           # (the run did reduce)
+
+
+def test_fit_reduce_lr_on_plateau_monitor_accuracy():
+    x, y = make_data(48)
+    model = make_model()
+    # a rate so small that no float32 weight moves: the accuracy is flat
+    opt = optim.SGD(model.parameters(), lr=1e-30)
+    sched = optim.ReduceLROnPlateau(opt, mode="max", patience=0, eps=0.0)
+    h = fit(model, (x, y), 3, optimizer=opt, scheduler=sched, scheduler_monitor="accuracy",
+            batch_size=16, progress=False)
+    assert h.history["accuracy"][0] == h.history["accuracy"][2]
+    assert h.history["lr"] == [1e-30, 1e-30 * 0.1, 1e-30 * 0.1 * 0.1]
+
+
+def test_fit_resumes_reduce_lr_on_plateau_bit_exactly(tmp_path):
+    from fastconv.training import Callback, ModelCheckpoint
+
+    class StopAfter(Callback):
+        def __init__(self, epochs):
+            self.epochs = epochs
+
+        def on_epoch_end(self, epoch, logs):
+            if epoch + 1 >= self.epochs:
+                self.trainer.stop_training = True
+
+    def run(path, stop=None, resume=None):
+        x, y = make_data(48)
+        model = make_model()
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        sched = optim.ReduceLROnPlateau(opt, factor=0.5, patience=0, threshold=0.05)
+        callbacks = [ModelCheckpoint(path)] + ([stop] if stop else [])
+        h = fit(model, (x, y), 6, optimizer=opt, scheduler=sched, val=make_data(24, seed=5),
+                batch_size=16, callbacks=callbacks, progress=False, resume=resume)
+        return model, h, sched
+
+    straight = run(tmp_path / "a.npz")
+    run(tmp_path / "b.npz", stop=StopAfter(3))
+    resumed = run(tmp_path / "b.npz", resume=tmp_path / "b.npz")
+    assert weights_bytes(straight[0]) == weights_bytes(resumed[0])
+    assert straight[1].history["lr"] == resumed[1].history["lr"]
+    assert straight[1].history["val_loss"] == resumed[1].history["val_loss"]
+    assert (straight[2].best, straight[2].num_bad_epochs, straight[2].last_epoch) == \
+        (resumed[2].best, resumed[2].num_bad_epochs, resumed[2].last_epoch)
+
+
+def test_fit_clip_grad_norm_is_the_hand_written_loop_with_clipping():
+    from fastconv.nn.utils import clip_grad_norm_
+    from fastconv.training import Callback
+
+    class Norms(Callback):
+        def __init__(self):
+            self.norms = []
+
+        def on_batch_end(self, batch, logs):
+            self.norms.append(logs["grad_norm"])
+
+    x, y = make_data(40)
+    model = make_model()
+    opt = optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    norms = Norms()
+    fit(model, (x, y), 2, optimizer=opt, clip_grad_norm=0.5, batch_size=16, shuffle=False,
+        callbacks=[norms], progress=False)
+
+    hand = make_model()
+    hopt = optim.SGD(hand.parameters(), lr=0.2, momentum=0.9)
+    crit = losses.CrossEntropyLoss()
+    expected = []
+    for _ in range(2):
+        for i in range(0, 40, 16):
+            hand.zero_grad()
+            crit.forward(hand.forward(x[i:i + 16]), y[i:i + 16])
+            hand.backward(crit.backward(), input_grad=False)
+            expected.append(float(clip_grad_norm_(hand.parameters(), 0.5)))
+            hopt.step()
+    assert weights_bytes(model) == weights_bytes(hand)
+    assert norms.norms == expected and max(expected) > 0.5    # (clipping did act)
+
+
+def test_fit_scheduler_and_clipping_arguments_are_checked():
+    x, y = make_data(20)
+    model = make_model()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    plateau = optim.ReduceLROnPlateau(opt)
+    cases = [
+        (dict(scheduler=plateau, scheduler_interval="step"), ValueError, "once per epoch"),
+        (dict(scheduler=plateau, scheduler_monitor="val_loss"), ValueError,
+         "needs validation data"),
+        (dict(scheduler=plateau, scheduler_monitor="acc"), ValueError, "scheduler_monitor must"),
+        (dict(scheduler=plateau, scheduler_monitor="accuracy"), ValueError, "mode='max'"),
+        (dict(scheduler=optim.ReduceLROnPlateau(opt, mode="max")), ValueError, "mode='min'"),
+        (dict(scheduler=optim.StepLR(opt, 2), scheduler_monitor="loss"), ValueError,
+         "ReduceLROnPlateau"),
+        (dict(scheduler_monitor="loss"), ValueError, "ReduceLROnPlateau"),
+        (dict(clip_grad_norm=0.0), ValueError, "clip_grad_norm"),
+        (dict(clip_grad_norm=-1.0), ValueError, "clip_grad_norm"),
+        (dict(clip_grad_norm="1"), ValueError, "clip_grad_norm"),
+        (dict(clip_grad_norm=float("inf")), ValueError, "clip_grad_norm"),
+    ]
+    for kwargs, error, match in cases:
+        with pytest.raises(error, match=match):
+            fit(model, (x, y), 1, optimizer=opt, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("shard_update", [True, False])
+def test_fit_clip_grad_norm_on_ranks_is_clipping_the_whole_batch(ranks, shard_update):
+    """Data-parallel (thread ranks): the norm clipped is that of the whole batch's gradient,
+    summed over the ranks' shares when they share the update."""
+    from fastconv.training import Callback
+    from fastconv.training.distributed import Distributed
+    from thread_comm import run_ranks
+
+    class Norms(Callback):
+        def on_train_begin(self, logs):
+            self.norms = []
+            par = self.trainer.parallel
+            self.shared = par is not None and par.net.optimizer is not None
+
+        def on_batch_end(self, batch, logs):
+            self.norms.append(logs["grad_norm"])
+
+    def run(comm=None):
+        x, y = make_data(48, dtype=np.float64)
+        model = make_model(dtype=np.float64)
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        norms = Norms()
+        options = False if comm is None else Distributed(comm=comm, bucket_mb=1e-3,
+                                                         shard_update=shard_update)
+        fit(model, (x, y), 2, optimizer=opt, clip_grad_norm=0.4, batch_size=12,
+            callbacks=[norms], progress=False, distributed=options)
+        return model.state_dict(), norms
+
+    single, single_norms = run()
+    assert max(single_norms.norms) > 0.4                   # (clipping did act)
+    for state, norms in run_ranks(ranks, run):
+        assert norms.shared is shard_update
+        np.testing.assert_allclose(norms.norms, single_norms.norms, rtol=1e-12)
+        for k in single:
+            np.testing.assert_allclose(state[k], single[k], rtol=1e-11, atol=1e-14, err_msg=k)

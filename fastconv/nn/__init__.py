@@ -12,6 +12,10 @@ Every layer is a :class:`Module`:
   ``"3.running_mean"``, ``"3.num_batches_tracked"``), so a PyTorch state dict converted to NumPy
   arrays loads as is and gives the same outputs.
 
+``model.apply(fn)`` calls ``fn`` on every module (children first), e.g. to initialise
+weights; :mod:`fastconv.nn.utils` has ``clip_grad_norm_``, ``clip_grad_value_``,
+``parameters_to_vector`` and ``vector_to_parameters``, as ``torch.nn.utils``.
+
 Containers (``Sequential``, ``Residual``, ``Concat``) nest freely; state-dict keys follow the
 module tree (``"layer1.0.body.0.weight"``), and ``model.summary(input_shape)`` prints it. Which
 runs of layers inside them execute fused is decided by :mod:`fastconv.nn.fusion`.
@@ -36,7 +40,7 @@ Example::
 
 from __future__ import annotations
 
-from . import fusion
+from . import fusion, utils
 from .activation import (ELU, GELU, Hardsigmoid, Hardswish, LeakyReLU, LogSoftmax, PReLU, ReLU,
                          ReLU6, Sigmoid, SiLU, Softmax, Tanh)
 from .containers import Concat, Residual, Sequential
@@ -60,5 +64,5 @@ __all__ = [
     "GELU", "SiLU", "Softmax", "LogSoftmax",
     "Dropout", "Dropout2d",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "convert_sync_batchnorm", "ModelSummary",
-    "IncompatibleKeys", "fusion",
+    "IncompatibleKeys", "fusion", "utils",
 ]

@@ -324,6 +324,24 @@ class Module:
         for _, m in self.named_modules():
             yield m
 
+    def apply(self, fn: Callable[["Module"], object]) -> "Module":
+        """Call ``fn`` on every sub-module, then on this module, and return this module, as
+        ``torch.nn.Module.apply``: each child's sub-tree first (children in order,
+        recursively), the parent last, e.g. ``model.apply(init_weights)`` with
+        ``def init_weights(m): if isinstance(m, nn.Linear): init.xavier_uniform_(m.weight)``.
+        As in PyTorch, a child held under two names of one module is visited once, a module
+        held by two parents once under each."""
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__}.apply: fn must be callable, got "
+                            f"{type(fn).__name__}")
+        seen: set[int] = set()
+        for child in self.children():
+            if id(child) not in seen:
+                seen.add(id(child))
+                child.apply(fn)
+        fn(self)
+        return self
+
     def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
         """(dotted name, Parameter) pairs, e.g. ``("0.weight", p)``; shared ones once."""
         seen: set[int] = set()

@@ -7,9 +7,9 @@ Order of the hooks in one fit (``epoch`` and ``batch`` are 0-based indices)::
         on_batch_begin(batch, logs)             # logs: size
           (zero_grad, forward, loss, backward)
         on_before_optimizer_step(batch, logs)   # gradients ready: allreduce, clip, inspect
-          (optimizer.step, scheduler.step)
+          (clip_grad_norm_, optimizer.step, scheduler.step)
         on_batch_end(batch, logs)               # logs: size, batch_loss, running loss/accuracy
-      (validation)
+      (validation, a ReduceLROnPlateau's step)
       on_epoch_end(epoch, logs)                 # logs: the epoch's row of the History
     on_train_end(logs)                          # logs: the last epoch's row, or {}
     on_exception(exception)                     # instead of on_train_end when fit raises
@@ -77,7 +77,8 @@ class Callback:
     def on_batch_end(self, batch: int, logs: dict) -> None:
         """After the optimiser (and a per-step scheduler) stepped. Logs: ``size``,
         ``batch_loss``, the epoch's running ``loss`` and ``accuracy`` (classification),
-        ``images_per_s``."""
+        ``images_per_s``, ``grad_norm`` (with fit's ``clip_grad_norm``: the norm before
+        clipping)."""
 
     def on_exception(self, exception: BaseException) -> None:
         """fit is being left by ``exception`` (KeyboardInterrupt included): release what the

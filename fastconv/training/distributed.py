@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from ..nn import Module, convert_sync_batchnorm
+from ..nn.utils import _scale_gradients, clip_grad_norm_
 
 __all__ = ["MPI_INSTALL_HINT", "DEFAULT_BUCKET_MB", "Communicator", "world", "find_mpiexec",
            "mpi_missing", "launcher_size", "bucket_plan",
@@ -415,6 +416,14 @@ class _Bucket:
                 np.copyto(p.data, view)
 
 
+def _clipped_step(optimizer, model: Module, max_norm: float | None) -> float | None:
+    """``optimizer.step()`` on whole (reduced) gradients, clipped first to the total L2 norm
+    ``max_norm`` when given; returns the norm before clipping, or None."""
+    total = None if max_norm is None else float(clip_grad_norm_(model.parameters(), max_norm))
+    optimizer.step()
+    return total
+
+
 def bucket_plan(nbytes: list[int], bucket_bytes: int,
                 dtypes: list | None = None) -> list[list[int]]:
     """The gradient buckets of parameters of ``nbytes`` bytes (in ``parameters()`` order) as
@@ -567,15 +576,30 @@ class _Reducer:
         self.active = False
 
     # -- the sharded update ------------------------------------------------------------------
-    def update(self, optimizer) -> None:
+    def update(self, optimizer, max_norm: float | None = None) -> float | None:
         """``optimizer``'s update of this rank's elements of every bucket (their summed
-        gradients), then every rank's updated elements on every rank (collective)."""
-        optimizer.step_slices([piece for b in self.buckets for piece in b.slices()])
+        gradients), then every rank's updated elements on every rank (collective). With
+        ``max_norm``, the gradients are first clipped to that total L2 norm (the norm of
+        every rank's elements together, summed over the ranks: collective), which is
+        returned (else None)."""
+        pieces = [piece for b in self.buckets for piece in b.slices()]
+        total = None
+        if max_norm is not None:
+            grads = [g for _, _, _, g in pieces]
+            # the squares of this rank's elements, summed in float64 over the ranks
+            local = sum(float(np.dot(g64, g64)) for g64 in
+                        (g.astype(np.float64, copy=False) for g in grads))
+            dtype = np.result_type(*[p.data.dtype for p in self.params])
+            norm = np.array(math.sqrt(float(self.comm.allreduce(np.array([local]))[0])), dtype)
+            _scale_gradients(grads, max_norm, norm)
+            total = float(norm)
+        optimizer.step_slices(pieces)
         gathers = [b.start_gather(self.comm) for b in self.buckets]
         for b, pending in zip(self.buckets, gathers):
             pending.wait()
             b.end_gather()
             b.sent = None
+        return total
 
     def gather_state(self, optimizer) -> None:
         """Make ``optimizer``'s state whole on every rank (collective): each rank's update
@@ -805,17 +829,19 @@ class DistributedDataParallel(Module):
         return _Reducer(self.comm, self.module, int(self.bucket_mb * (1 << 20)),
                         sharded=self.optimizer is not None)
 
-    def step(self) -> None:
+    def step(self, max_norm: float | None = None) -> float | None:
         """The optimiser step after :meth:`backward`: with the ``optimizer`` of a sharded
         update, this rank's share of it and the gathering of the updated weights
-        (collective); on one rank, ``optimizer.step()``."""
+        (collective); on one rank, ``optimizer.step()``. ``max_norm``: clip the gradients
+        to this total L2 norm first (as :func:`fastconv.nn.utils.clip_grad_norm_` on the
+        whole gradients; a sharded update sums the norm over the ranks) and return the
+        norm before clipping (None without ``max_norm``)."""
         if self.optimizer is None:
             raise ValueError("DistributedDataParallel.step: no optimizer was given (call the "
                              "optimiser's own step())")
         if self._reducer is None:
-            self.optimizer.step()
-        else:
-            self._reducer.update(self.optimizer)
+            return _clipped_step(self.optimizer, self.module, max_norm)
+        return self._reducer.update(self.optimizer, max_norm)
 
     def gather_optimizer_state(self) -> None:
         """Make the sharded update's optimiser state whole on every rank (collective; nothing
@@ -931,7 +957,7 @@ class FitRun:
                         f"{_text(f.get(key))} on rank {r} but {_text(ref[key])} on rank 0"))
 
     def facts(self, model, train, val, optimizer, scheduler, scheduler_interval, epochs, loss,
-              callbacks) -> dict:
+              callbacks, *, scheduler_monitor=None, clip_grad_norm=None) -> dict:
         """What must be equal on every rank for the ranks to train one model together."""
         groups = [{k: v for k, v in g.items() if k != "params"} | {"params": len(g["params"])}
                   for g in optimizer.param_groups]
@@ -943,7 +969,8 @@ class FitRun:
             "loss": (type(loss).__name__, getattr(loss, "reduction", None)),
             "optimizer": (type(optimizer).__name__, groups),
             "scheduler": None if scheduler is None else (type(scheduler).__name__,
-                                                         scheduler_interval),
+                                                         scheduler_interval, scheduler_monitor),
+            "clip_grad_norm": clip_grad_norm,
             # (a progress bar may be shown on some ranks only: rank 0's terminal)
             "callbacks": [type(cb).__name__ for cb in callbacks
                           if type(cb).__name__ != "ProgressBar"],
@@ -1029,12 +1056,13 @@ class FitRun:
     def any(self, flag: bool) -> bool:
         return self.comm.any(flag)
 
-    def step(self, optimizer) -> None:
-        """The optimiser step: shared between the ranks, or ``optimizer.step()``."""
+    def step(self, optimizer, max_norm: float | None = None) -> float | None:
+        """The optimiser step: shared between the ranks, or ``optimizer.step()``; with
+        ``max_norm``, after clipping the gradients to that total L2 norm, which is returned
+        (the norm before clipping; None without ``max_norm``)."""
         if self.net.optimizer is not None:
-            self.net.step()
-        else:
-            optimizer.step()
+            return self.net.step(max_norm)
+        return _clipped_step(optimizer, self.net.module, max_norm)
 
     def sync_buffers(self) -> None:
         """Make what a checkpoint or an evaluation reads equal and whole on every rank

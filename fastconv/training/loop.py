@@ -7,10 +7,13 @@ A training step is::
     loss_value = loss.forward(output, y)
     model.backward(loss.backward(), input_grad=False)
     (callbacks: on_before_optimizer_step)
+    clip_grad_norm_(model.parameters(), clip_grad_norm)     # with clip_grad_norm
     optimizer.step()
     scheduler.step()          # every step, or once per epoch with scheduler_interval="epoch"
 
-exactly what a hand-written loop does, so the two give the same weights bit for bit.
+exactly what a hand-written loop does, so the two give the same weights bit for bit. A
+ReduceLROnPlateau scheduler is stepped once per epoch instead, after validation, with the
+monitored metric (``scheduler.step(val_loss)``).
 
 With ``distributed`` (:mod:`fastconv.training.distributed`), every rank runs this loop on its
 share of each batch: the model's backward averages the gradients over the ranks, the step's
@@ -21,6 +24,7 @@ ranks after each step and epoch, so they always take the same steps.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from typing import Any, Sequence
@@ -29,6 +33,7 @@ import numpy as np
 
 from .. import memory, optim
 from ..data import DataLoader
+from ..nn.utils import clip_grad_norm_
 from . import inputs, state as _state
 from .callbacks import Callback
 from .history import History
@@ -104,7 +109,9 @@ class Trainer:
     """One run of :func:`fit`: its pieces, its position and its loop (``fit`` makes one and
     runs it). Callbacks see it as ``self.trainer``.
 
-    Read: ``model``, ``optimizer``, ``scheduler``, ``scheduler_interval``, ``loss``,
+    Read: ``model``, ``optimizer``, ``scheduler``, ``scheduler_interval``,
+    ``scheduler_monitor`` (the metric a ReduceLROnPlateau scheduler steps on, else None),
+    ``clip_grad_norm`` (None: no clipping), ``loss``,
     ``train`` and ``val`` (DataLoaders; ``val`` may be None), ``callbacks``, ``epochs``,
     ``max_steps`` (None: every batch of every epoch),
     ``epoch`` (0-based index of the epoch in progress = epochs completed), ``batch`` (batches
@@ -123,7 +130,8 @@ class Trainer:
     def __init__(self, model, train: DataLoader, epochs: int, optimizer, scheduler,
                  scheduler_interval: str, loss, val: DataLoader | None,
                  callbacks: Sequence[Callback], parallel=None,
-                 max_steps: int | None = None) -> None:
+                 max_steps: int | None = None, scheduler_monitor: str | None = None,
+                 clip_grad_norm: float | None = None) -> None:
         self.parallel = parallel
         self._net = model if parallel is None else parallel.net
         self.model = model
@@ -133,6 +141,8 @@ class Trainer:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
+        self.scheduler_monitor = scheduler_monitor
+        self.clip_grad_norm = clip_grad_norm
         self.loss = loss
         self.val = val
         self.callbacks = list(callbacks)
@@ -269,6 +279,11 @@ class Trainer:
                 return False
             metrics, self.val_predictions = result
             row.update({f"val_{k}": v for k, v in metrics.items()})
+        if self.scheduler_monitor is not None:  # (ReduceLROnPlateau: once per epoch, on it)
+            if self.scheduler_monitor not in row:
+                raise ValueError(f"fit: scheduler_monitor {self.scheduler_monitor!r} is not "
+                                 f"among the epoch's metrics {sorted(row)}")
+            self.scheduler.step(row[self.scheduler_monitor])
         row["lr"] = float(self.optimizer.param_groups[0]["lr"])
         row["seconds"] = self._seconds + (time.perf_counter() - t_val)
         row["images_per_s"] = self._speed()
@@ -305,13 +320,18 @@ class Trainer:
         logs: dict[str, Any] = {"size": size, "batch_loss": value}
         self._call("on_before_optimizer_step", index, logs)
         if par is None:
+            if self.clip_grad_norm is not None:
+                logs["grad_norm"] = float(clip_grad_norm_(self.model.parameters(),
+                                                          self.clip_grad_norm))
             self.optimizer.step()
-        else:
-            par.step(self.optimizer)
+        else:  # (par.step clips: the whole gradients, or a sharded update's shares)
+            norm = par.step(self.optimizer, self.clip_grad_norm)
+            if norm is not None:
+                logs["grad_norm"] = norm
         self.batch += 1
         self.step += 1
-        if self.scheduler is not None and (self.scheduler_interval == "step"
-                                           or self.batch == n_batches):
+        if self.scheduler is not None and self.scheduler_monitor is None and (
+                self.scheduler_interval == "step" or self.batch == n_batches):
             self.scheduler.step()
         self._loss_total += loss_sum
         self._seen += size
@@ -343,12 +363,13 @@ class Trainer:
 
 
 def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
-        scheduler_interval: str = "step", loss=None, val=None,
+        scheduler_interval: str | None = None, scheduler_monitor: str | None = None,
+        loss=None, val=None,
         callbacks: Sequence[Callback] = (), batch_size: int | None = None,
         val_batch_size: int | None = None, shuffle: bool | None = None,
         seed: int | None = None, progress: bool = True,
         resume: str | os.PathLike | dict | None = None, distributed=False,
-        max_steps: int | None = None) -> History:
+        max_steps: int | None = None, clip_grad_norm: float | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs on ``train``; returns the per-epoch :class:`History`.
 
     ::
@@ -381,8 +402,18 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
         optimizer: a :mod:`fastconv.optim` optimiser over ``model.parameters()``; default
             ``optim.Adam(model.parameters(), lr=1e-3)``.
         scheduler: a :mod:`fastconv.optim` schedule of ``optimizer``, stepped after every
-            optimiser step (``scheduler_interval="step"``: its periods are in steps; one
-            epoch is ``len(train)`` steps) or once per epoch (``"epoch"``).
+            optimiser step (``scheduler_interval="step"``, the default: its periods are in
+            steps; one epoch is ``len(train)`` steps) or once per epoch (``"epoch"``). A
+            :class:`fastconv.optim.ReduceLROnPlateau` is stepped once per epoch, after
+            validation, on the metric ``scheduler_monitor`` (default: ``"val_loss"`` when
+            ``val`` is given, else ``"loss"``, the epoch's mean training loss): the rate
+            drops after ``patience`` epochs without improvement, and the epoch's History
+            ``lr`` is the rate after that step. Its ``scheduler_interval`` is ``"epoch"``
+            (``"step"`` is refused).
+        scheduler_monitor: for a ReduceLROnPlateau scheduler, the History metric it steps
+            on: ``"val_loss"``, ``"val_accuracy"``, ``"loss"`` or ``"accuracy"`` (an
+            accuracy needs the scheduler's ``mode="max"``, a loss ``mode="min"``). Refused
+            with other schedulers.
         loss: a :mod:`fastconv.losses` loss; default ``CrossEntropyLoss()``. A loss with
             ``reduction = "sum"`` is logged per sample as well.
         val: validation data (as ``train``; arrays batched by ``val_batch_size``, default
@@ -408,6 +439,11 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
             ends early (validated and recorded as any other). With ``epochs =
             ceil(e)`` and ``max_steps = ceil(e * len(train))`` a run lasts a fractional
             number of epochs ``e`` (airbench's 9.9).
+        clip_grad_norm: clip the gradients before every optimiser step to this total L2
+            norm (:func:`fastconv.nn.utils.clip_grad_norm_` over ``model.parameters()``,
+            after the ``on_before_optimizer_step`` callbacks); the norm before clipping is
+            in the batch logs as ``grad_norm``. None (default): no clipping. In a
+            distributed fit the norm is that of the whole batch's gradient, over all ranks.
 
     Returns:
         :class:`History`: ``history.rows`` (a dict per epoch: epoch, step, loss, accuracy,
@@ -426,7 +462,8 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
     if distributed is False or distributed is None:
         trainer = _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval, loss,
                            val, callbacks, batch_size, val_batch_size, shuffle, seed, progress,
-                           None, max_steps)
+                           None, max_steps, scheduler_monitor=scheduler_monitor,
+                           clip_grad_norm=clip_grad_norm)
         if resume is not None:
             trainer.load_state_dict(_resume_state(resume))
         return trainer.run()
@@ -440,13 +477,15 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
     try:
         trainer = _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval,
                            loss, val, callbacks, batch_size, val_batch_size, shuffle, seed,
-                           progress, par, max_steps)
+                           progress, par, max_steps, scheduler_monitor=scheduler_monitor,
+                           clip_grad_norm=clip_grad_norm)
         par.check_batches(trainer.train)
         if resume is not None and not isinstance(resume, (str, os.PathLike, dict)):
             _resume_state(resume)  # (raises the TypeError)
         facts = par.facts(model, trainer.train, trainer.val, trainer.optimizer,
-                          trainer.scheduler, scheduler_interval, epochs, trainer.loss,
-                          trainer.callbacks)
+                          trainer.scheduler, trainer.scheduler_interval, epochs, trainer.loss,
+                          trainer.callbacks, scheduler_monitor=trainer.scheduler_monitor,
+                          clip_grad_norm=trainer.clip_grad_norm)
     except (TypeError, ValueError) as e:
         error = e
     par.agree(error, facts)
@@ -480,13 +519,14 @@ def _resume_state(resume) -> dict:
 
 def _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval, loss, val,
              callbacks, batch_size, val_batch_size, shuffle, seed, progress,
-             parallel, max_steps=None) -> Trainer:
+             parallel, max_steps=None, *, scheduler_monitor=None,
+             clip_grad_norm=None) -> Trainer:
     """fit's arguments checked and made into a Trainer (see fit)."""
     where = "fit"
     inputs.check_model(model, where)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"fit: epochs must be an int >= 1, got {epochs!r}")
-    if scheduler_interval not in ("step", "epoch"):
+    if scheduler_interval not in (None, "step", "epoch"):
         raise ValueError(f"fit: scheduler_interval must be 'step' or 'epoch', got "
                          f"{scheduler_interval!r}")
     loss = inputs.check_loss(loss, where)
@@ -512,6 +552,14 @@ def _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval, los
         if getattr(scheduler, "optimizer", optimizer) is not optimizer:
             raise ValueError("fit: the scheduler belongs to another optimizer than the one "
                              "given")
+    scheduler_interval, scheduler_monitor = _schedule_plan(scheduler, scheduler_interval,
+                                                           scheduler_monitor, val is not None)
+    if clip_grad_norm is not None:
+        if isinstance(clip_grad_norm, bool) or not isinstance(clip_grad_norm, numbers.Real) \
+                or not clip_grad_norm > 0 or not math.isfinite(clip_grad_norm):
+            raise ValueError(f"fit: clip_grad_norm must be None or a number > 0, got "
+                             f"{clip_grad_norm!r}")
+        clip_grad_norm = float(clip_grad_norm)
     callbacks = list(callbacks)
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
@@ -527,7 +575,42 @@ def _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval, los
         callbacks.append(ProgressBar())
     return Trainer(model, train_loader, int(epochs), optimizer, scheduler, scheduler_interval,
                    loss, val_loader, callbacks, parallel,
-                   None if max_steps is None else int(max_steps))
+                   None if max_steps is None else int(max_steps),
+                   scheduler_monitor=scheduler_monitor, clip_grad_norm=clip_grad_norm)
+
+
+_MONITORABLE = {"loss": "min", "val_loss": "min", "accuracy": "max", "val_accuracy": "max"}
+
+
+def _schedule_plan(scheduler, interval: str | None, monitor: str | None,
+                   has_val: bool) -> tuple[str, str | None]:
+    """fit's ``(scheduler_interval, scheduler_monitor)``: a ReduceLROnPlateau steps once per
+    epoch on a metric (val_loss with validation data, else the training loss); any other
+    schedule every step unless told "epoch", with no metric."""
+    if not isinstance(scheduler, optim.ReduceLROnPlateau):
+        if monitor is not None:
+            given = None if scheduler is None else type(scheduler).__name__
+            raise ValueError(f"fit: scheduler_monitor applies to a ReduceLROnPlateau "
+                             f"scheduler only, got scheduler={given}")
+        return interval or "step", None
+    if interval == "step":
+        raise ValueError("fit: a ReduceLROnPlateau scheduler steps once per epoch on a "
+                         "metric: scheduler_interval must be 'epoch' (or left out), got "
+                         "'step'")
+    if monitor is None:
+        monitor = "val_loss" if has_val else "loss"
+    if monitor not in _MONITORABLE:
+        raise ValueError(f"fit: scheduler_monitor must be one of {sorted(_MONITORABLE)}, got "
+                         f"{monitor!r}")
+    if monitor.startswith("val_") and not has_val:
+        raise ValueError(f"fit: scheduler_monitor {monitor!r} needs validation data: pass "
+                         f"val= to fit, or monitor 'loss'")
+    if scheduler.mode != _MONITORABLE[monitor]:
+        raise ValueError(f"fit: scheduler_monitor {monitor!r} improves as it "
+                         f"{'decreases' if _MONITORABLE[monitor] == 'min' else 'increases'}: "
+                         f"the ReduceLROnPlateau needs mode={_MONITORABLE[monitor]!r}, it has "
+                         f"mode={scheduler.mode!r}")
+    return "epoch", monitor
 
 
 def evaluate(model, data, *, loss=None, batch_size: int | None = None) -> dict[str, float]:
