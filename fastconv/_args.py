@@ -47,6 +47,19 @@ def flag(value, name: str, op: str) -> bool:
     raise TypeError(f"{op}: {name} must be True or False, got {value!r}")
 
 
+def divisor_override(value, op: str) -> int | None:
+    """avg_pool2d's divisor_override: None (each window's own divisor) or a non-zero int, as
+    PyTorch takes it (a negative one too); 0 raises ValueError, a float or bool TypeError."""
+    if value is None:
+        return None
+    if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: divisor_override must be an int or None, got {value!r}")
+    if value == 0 or abs(int(value)) > _MAX_INT:
+        raise ValueError(f"{op}: divisor_override must be non-zero (and of magnitude below "
+                         f"2**31), got {value!r}")
+    return int(value)
+
+
 def positive_pair(value, name: str, op: str) -> tuple[int, int]:
     """`pair`, each entry in [1, 2**31)."""
     p = pair(value, name, op)

@@ -43,6 +43,7 @@ from ._args import (
     conv_transpose2d_geometry,
     conv2d_geometry,
     conv2d_output_shape,
+    divisor_override as _divisor_override,
     flag,
     float_bias,
     fold_geometry,
@@ -427,27 +428,32 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True) -> np.ndarray:
+               count_include_pad=True, divisor_override=None) -> np.ndarray:
     """2-D average pooling, as torch.nn.functional.avg_pool2d.
 
     Each output is the mean over its window; the divisor is the window area clipped to the
     padded input when `count_include_pad` (PyTorch's default), else the number of input
-    elements in the window.
+    elements in the window. A non-zero int `divisor_override` divides every window's sum by
+    it instead (count_include_pad then has no effect). A window with no input element gives 0.
     """
     op = "avg_pool2d"
     x = as_float_array(x, "x", op)
     check_ndim(x, 4, "x", op, _NCHW)
     geom = pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode, op)
+    include_pad = flag(count_include_pad, "count_include_pad", op)
+    divisor = _divisor_override(divisor_override, op) or 0
     y = np.empty(geom.output_shape, x.dtype)
     if geom.N and geom.C:
         _core.avg_pool2d_forward(_c(x, x.dtype), y, *geom.kernel, *geom.stride, *geom.padding,
-                                 flag(count_include_pad, "count_include_pad", op))
+                                 include_pad, divisor)
     return y
 
 
 def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
-                        ceil_mode=False, count_include_pad=True) -> np.ndarray:
-    """Gradient of avg_pool2d: each output's gradient spread evenly over its window."""
+                        ceil_mode=False, count_include_pad=True,
+                        divisor_override=None) -> np.ndarray:
+    """Gradient of avg_pool2d: each output's gradient divided by its window's divisor (see
+    avg_pool2d) and added over the window's input elements."""
     op = "avg_pool2d_backward"
     grad_y = as_float_array(grad_y, "grad_y", op)
     check_ndim(grad_y, 4, "grad_y", op, _NCHW)
@@ -457,10 +463,12 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     if grad_y.shape != geom.output_shape:
         raise ValueError(f"{op}: grad_y must have the pooled shape {geom.output_shape} for "
                          f"input_shape {input_shape}, got {grad_y.shape}")
+    include_pad = flag(count_include_pad, "count_include_pad", op)
+    divisor = _divisor_override(divisor_override, op) or 0
     grad_x = np.empty(input_shape, grad_y.dtype)
     if grad_x.size:
         _core.avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x, *geom.kernel, *geom.stride,
-                                  *geom.padding, flag(count_include_pad, "count_include_pad", op))
+                                  *geom.padding, include_pad, divisor)
     return grad_x
 
 

@@ -46,6 +46,7 @@ from fastconv._args import (
     conv_transpose2d_geometry,
     conv2d_geometry,
     conv2d_output_shape,
+    divisor_override as _divisor_override,
     flag,
     float_bias,
     fold_geometry,
@@ -502,31 +503,38 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np
     return grad_x.reshape(input_shape)
 
 
-def _avg_divisor(geom, count_include_pad: bool, dtype: np.dtype) -> np.ndarray:
+def _avg_divisor(geom, count_include_pad: bool, dtype: np.dtype,
+                 divisor_override: int | None = None) -> np.ndarray:
     """(OH, OW) divisors of avg_pool2d, as PyTorch's CPU kernel computes them.
 
     Per axis the window [start, start + k) is first clipped to [-p, size + p) (that length is
-    the divisor with count_include_pad) and then to [0, size) (the divisor without it). A
-    window with nothing inside the input gets divisor 0 (its output is 0).
+    the divisor with count_include_pad) and then to [0, size) (the divisor without it);
+    `divisor_override` replaces the divisor of every window. A window with nothing inside the
+    input gets divisor 0 (its output is 0).
     """
-    counts = []
+    counts, nonempty = [], []
     for size, k, s, p, o in zip((geom.H, geom.W), geom.kernel, geom.stride, geom.padding,
                                 geom.out):
         start = np.arange(o, dtype=np.int64) * s - p
         end = np.minimum(start + k, size + p)
         inside = np.maximum(np.minimum(end, size) - np.maximum(start, 0), 0)
         counts.append(np.where(inside > 0, end - start, 0) if count_include_pad else inside)
-    return (counts[0][:, None] * counts[1][None, :]).astype(dtype)
+        nonempty.append(inside > 0)
+    div = counts[0][:, None] * counts[1][None, :]
+    if divisor_override is not None:
+        div = np.where(nonempty[0][:, None] & nonempty[1][None, :], divisor_override, 0)
+    return div.astype(dtype)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True) -> np.ndarray:
+               count_include_pad=True, divisor_override=None) -> np.ndarray:
     """2-D average pooling, ``torch.nn.functional.avg_pool2d`` (CPU divisor rules).
 
     x: (N, C, H, W) -> y: (N, C, OH, OW). The window sum (zero padding) is divided by the
     number of window positions inside [-p, H + p) x [-p, W + p) if `count_include_pad`
     (so with ceil_mode the part of a window hanging past the padding is not counted), else by
-    the number of positions inside the input.
+    the number of positions inside the input; by `divisor_override` (a non-zero int) for
+    every window when it is given.
     """
     op = "avg_pool2d"
     x = as_float_array(x, "x", op)
@@ -542,13 +550,15 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     for i in range(kh):
         for j in range(kw):
             y += xp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))]
-    div = _avg_divisor(geom, flag(count_include_pad, "count_include_pad", op), dtype)
-    np.divide(y, div, out=y, where=div > 0)
+    div = _avg_divisor(geom, flag(count_include_pad, "count_include_pad", op), dtype,
+                       _divisor_override(divisor_override, op))
+    np.divide(y, div, out=y, where=div != 0)
     return y
 
 
 def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
-                        ceil_mode=False, count_include_pad=True) -> np.ndarray:
+                        ceil_mode=False, count_include_pad=True,
+                        divisor_override=None) -> np.ndarray:
     """Gradient of :func:`avg_pool2d` w.r.t. x.
 
     grad_y: (N, C, OH, OW), input_shape: (N, C, H, W). Each grad_y entry divided by its
@@ -566,9 +576,10 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     dtype = grad_y.dtype
     N, C, H, W = input_shape
     (kh, kw), (oh, ow), (ph, pw) = geom.kernel, geom.out, geom.padding
-    div = _avg_divisor(geom, flag(count_include_pad, "count_include_pad", op), dtype)
+    div = _avg_divisor(geom, flag(count_include_pad, "count_include_pad", op), dtype,
+                       _divisor_override(divisor_override, op))
     g = np.zeros(geom.output_shape, dtype=dtype)
-    np.divide(grad_y, div, out=g, where=div > 0)
+    np.divide(grad_y, div, out=g, where=div != 0)
     height = _padded_size(H, ph, oh, kh, geom.stride[0], 1)
     width = _padded_size(W, pw, ow, kw, geom.stride[1], 1)
     gxp = np.zeros((N, C, height, width), dtype=dtype)

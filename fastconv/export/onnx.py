@@ -249,6 +249,14 @@ def _max_pool2d(g: _Graph, m: nn.MaxPool2d, path: str, x: str, shape, convert) -
 def _avg_pool2d(g: _Graph, m: nn.AvgPool2d, path: str, x: str, shape, convert) -> str:
     begin, end = _pool_pads(m, shape)
     attrs = dict(kernel_shape=list(m.kernel_size), strides=list(m.stride))
+    if m.divisor_override is not None:
+        # AveragePool has no divisor: every window lies whole in the zero-padded input (the
+        # padding made real, ceil_mode's extra end padding included), so AveragePool gives
+        # sum / (kH kW), scaled by kH kW / divisor_override.
+        pads = g.const(path, "pads", [0, 0, *begin, 0, 0, *end], np.int64)
+        pooled = g.op(path, "AveragePool", [g.op(path, "Pad", [x, pads])], **attrs)
+        return _scalar_op(g, path, "Mul", pooled, "divisor_scale",
+                          math.prod(m.kernel_size) / m.divisor_override)
     if not (m.count_include_pad and begin != (0, 0) and end != begin):
         # (with no padding, a ceil_mode window past the input divides by its input pixels)
         return g.op(path, "AveragePool", [x], pads=_pair_pads(begin, end),

@@ -99,7 +99,8 @@ def _converters(torch) -> dict[type, Callable]:
 
     def avg_pool(m, convert):
         return tnn.AvgPool2d(m.kernel_size, stride=m.stride, padding=m.padding,
-                             ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad)
+                             ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
+                             divisor_override=m.divisor_override)
 
     def upsample(m, convert):
         return tnn.Upsample(size=m.size, scale_factor=m.scale_factor, mode=m.mode,

@@ -103,24 +103,27 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
-    """Average pooling over (N, C, H, W); stride defaults to kernel_size.
+    """Average pooling over (N, C, H, W); stride defaults to kernel_size; arguments in
+    PyTorch's order.
 
     count_include_pad: divide by the full window size (True) or by the number of input pixels
-    in the window (False).
+    in the window (False). divisor_override: a non-zero int dividing every window's sum
+    instead (None: the window's divisor), as torch.nn.AvgPool2d's.
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-                 count_include_pad: bool = True) -> None:
+                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:
         super().__init__()
         self._init_geometry("AvgPool2d", kernel_size, stride, padding, ceil_mode)
         self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = _args.divisor_override(divisor_override, "AvgPool2d")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _as_input(self, x, None)
         _check_4d(self, x)
         ops = self._ops()
         y = ops.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                           self.count_include_pad)
+                           self.count_include_pad, self.divisor_override)
         self._cache = (ops, x.shape, y.shape, y.dtype)
         return y
 
@@ -128,7 +131,8 @@ class AvgPool2d(_Pool2d):
         ops, x_shape, y_shape, dtype = self._get_cache()
         grad_y = self._check_grad(grad_y, y_shape, dtype)
         return ops.avg_pool2d_backward(grad_y, x_shape, self.kernel_size, self.stride, self.padding,
-                                       self.ceil_mode, self.count_include_pad)
+                                       self.ceil_mode, self.count_include_pad,
+                                       self.divisor_override)
 
     def extra_repr(self) -> str:
         s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -136,6 +140,8 @@ class AvgPool2d(_Pool2d):
             s += ", ceil_mode=True"
         if not self.count_include_pad:
             s += ", count_include_pad=False"
+        if self.divisor_override is not None:
+            s += f", divisor_override={self.divisor_override}"
         return s
 
 
