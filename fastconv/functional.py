@@ -53,6 +53,8 @@ from ._args import (
     indices_out_of_range,
     linear_shapes,
     max_pool_backward_inputs,
+    max_unpool_backward_inputs,
+    max_unpool_inputs,
     normalize_output_mask,
     pad_backward_inputs,
     pad_geometry,
@@ -73,6 +75,8 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
     "adaptive_avg_pool2d",
     "adaptive_avg_pool2d_backward",
     "im2col",
@@ -470,6 +474,38 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
         _core.avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x, *geom.kernel, *geom.stride,
                                   *geom.padding, include_pad, divisor)
     return grad_x
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0,
+                 output_size=None) -> np.ndarray:
+    """The partial inverse of max_pool2d, as torch.nn.functional.max_unpool2d: zeros of the
+    output size, then each value of x (N, C, H, W) written at its flat position `indices`
+    (x's shape, e.g. from max_pool2d with return_indices) in its output plane OH * OW.
+
+    Output size: by default (H - 1) stride - 2 padding + kernel_size per axis; `output_size`
+    (OH, OW) or (N, C, OH, OW) picks another within stride of it (the size max_pool2d took in
+    when its floor dropped rows). Where several values go to one position the last one (in
+    row-major order) stays: PyTorch leaves that unspecified. ValueError for an index outside
+    its plane.
+    """
+    x, where, shape = max_unpool_inputs(x, indices, kernel_size, stride, padding, output_size)
+    y = np.zeros(math.prod(shape), x.dtype)
+    # output position -> the last element of x written there (ufunc.at runs in order)
+    writer = np.full(y.size, -1, np.int64)
+    np.maximum.at(writer, where, np.arange(where.size, dtype=np.int64))
+    hit = np.flatnonzero(writer >= 0)
+    y[hit] = x.reshape(-1)[writer[hit]]
+    return y.reshape(shape)
+
+
+def max_unpool2d_backward(grad_y, indices) -> np.ndarray:
+    """Gradient of max_unpool2d w.r.t. x: grad_y (N, C, OH, OW) read at each index, as
+    PyTorch's (a value overwritten at a repeated index gets that position's gradient too).
+    indices: (N, C, H, W), as given to max_unpool2d."""
+    grad_y, indices = max_unpool_backward_inputs(grad_y, indices)
+    N, C, H, W = indices.shape
+    g2 = np.ascontiguousarray(grad_y).reshape(N * C, grad_y.shape[2] * grad_y.shape[3])
+    return np.take_along_axis(g2, indices.reshape(N * C, H * W), axis=1).reshape(indices.shape)
 
 
 def adaptive_avg_pool2d(x, output_size) -> np.ndarray:

@@ -55,6 +55,8 @@ from fastconv._args import (
     gelu_tanh,
     linear_shapes,
     max_pool_backward_inputs,
+    max_unpool_backward_inputs,
+    max_unpool_inputs,
     normalize_output_mask,
     pool2d_geometry,
     pool2d_output_shape,
@@ -75,6 +77,8 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
     "adaptive_avg_pool2d",
     "adaptive_avg_pool2d_backward",
     "im2col",
@@ -587,6 +591,29 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
         for j in range(kw):
             gxp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))] += g
     return np.ascontiguousarray(gxp[:, :, ph:ph + H, pw:pw + W])
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0,
+                 output_size=None) -> np.ndarray:
+    """``torch.nn.functional.max_unpool2d``: y (N, C, OH, OW) zero but y[n, c].flat[i] =
+    x[n, c].flat[j] for indices[n, c].flat[j] = i; of repeated indices the last j (row-major)
+    wins. Output size as :func:`fastconv._args.unpool_output_size`."""
+    x, where, shape = max_unpool_inputs(x, indices, kernel_size, stride, padding, output_size)
+    y = np.zeros(shape, x.dtype)
+    # the last occurrence of each position: its first in the reversed order
+    positions, first = np.unique(where[::-1], return_index=True)
+    y.reshape(-1)[positions] = x.reshape(-1)[::-1][first]
+    return y
+
+
+def max_unpool2d_backward(grad_y, indices) -> np.ndarray:
+    """Gradient of :func:`max_unpool2d` w.r.t. x: grad_x[n, c].flat[j] =
+    grad_y[n, c].flat[indices[n, c].flat[j]] (PyTorch's, repeated indices included)."""
+    grad_y, indices = max_unpool_backward_inputs(grad_y, indices)
+    N, C, H, W = indices.shape
+    plane = grad_y.shape[2] * grad_y.shape[3]
+    flat = indices + (np.arange(N * C, dtype=np.int64) * plane).reshape(N, C, 1, 1)
+    return np.ascontiguousarray(grad_y).reshape(-1)[flat]
 
 
 def _window_sums(x: np.ndarray, axis: int, out: int):

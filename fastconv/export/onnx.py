@@ -511,6 +511,11 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, input_shape=(1, 3, 32, 32
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_onnx: expected a fastconv.nn.Module, got {type(model).__name__}")
     for p, m in model.named_modules():
+        if type(m) is nn.MaxUnpool2d:
+            where = f"module {p!r}" if p else "the model"
+            raise TypeError(f"to_onnx: {where} is a MaxUnpool2d, which takes two inputs (the "
+                            f"values and a MaxPool2d's indices) where the exported graph passes "
+                            f"one tensor from layer to layer: it has no ONNX exporter here")
         if type(m) not in EXPORTERS:
             where = f"module {p!r}" if p else "the model"
             raise TypeError(f"to_onnx: {where} is a {type(m).__module__}.{type(m).__qualname__}, "

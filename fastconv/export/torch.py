@@ -124,6 +124,8 @@ def _converters(torch) -> dict[type, Callable]:
                                                        affine=m.affine, bias=m.bias is not None,
                                                        dtype=_dtype(torch, m)),
         nn.MaxPool2d: max_pool,
+        nn.MaxUnpool2d: lambda m, convert: tnn.MaxUnpool2d(m.kernel_size, stride=m.stride,
+                                                           padding=m.padding),
         nn.AvgPool2d: avg_pool,
         nn.AdaptiveAvgPool2d: lambda m, convert: tnn.AdaptiveAvgPool2d(m.output_size),
         nn.Upsample: upsample,

@@ -47,13 +47,14 @@ from .module import IncompatibleKeys, Module, Parameter
 from .normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm,
                             convert_sync_batchnorm)
 from .padding import CircularPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d, ZeroPad2d
-from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from .summary import ModelSummary
 from .upsample import Upsample
 
 __all__ = [
     "Parameter", "Module", "Sequential", "Residual", "Concat", "Identity",
-    "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Upsample",
+    "Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+    "Upsample",
     "Linear", "Flatten", "Mul",
     "ZeroPad2d", "ConstantPad2d", "ReflectionPad2d", "ReplicationPad2d", "CircularPad2d",
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "Tanh", "Sigmoid", "Hardsigmoid", "Hardswish",
