@@ -931,6 +931,40 @@ def batch_norm_eps(eps, op: str) -> float:
     return float(eps)
 
 
+def real_number(value, name: str, op: str) -> float:
+    """A real-valued hyper-parameter (alpha, beta, ...) as a float; TypeError for a bool or a
+    non-number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating)):
+        raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def local_response_norm_args(size, alpha, beta, k, op: str) -> tuple[int, float, float, float]:
+    """(size, alpha, beta, k) of local_response_norm: size a positive int (the channels in a
+    window), the others real numbers."""
+    if (not isinstance(size, (numbers.Integral, np.integer)) or isinstance(size, (bool, np.bool_))
+            or not 1 <= size <= _MAX_INT):
+        raise ValueError(f"{op}: size must be a positive int, got {size!r}")
+    return (int(size), real_number(alpha, "alpha", op), real_number(beta, "beta", op),
+            real_number(k, "k", op))
+
+
+def local_response_norm_input(x, op: str, name: str = "x") -> np.ndarray:
+    """x of local_response_norm: real, at least 3-D (N, C, *), as float32/float64."""
+    x = as_float_array(x, name, op)
+    if x.ndim < 3:
+        raise ValueError(f"{op}: {name} must be 3-D or more (N, C, *), got shape {x.shape}")
+    return x
+
+
+def local_response_norm_grad_inputs(grad_y, x, size, alpha, beta, k, op: str):
+    """local_response_norm_backward's arguments validated: (grad_y, x in their common dtype,
+    that dtype, (size, alpha, beta, k))."""
+    hyper = local_response_norm_args(size, alpha, beta, k, op)
+    grad_y, x, dtype = relu_backward_inputs(grad_y, local_response_norm_input(x, op), op, "x")
+    return grad_y, x.astype(dtype, copy=False), dtype, hyper
+
+
 def batch_norm_grad_inputs(grad_y, x_shape, mean, invstd, dtype, op: str, relu_output=None):
     """Validate batch_norm_train_backward's grad_y and relu_output (x's shape, relu_output
     None allowed) and per-channel statistics. Returns (grad_y, mean, invstd, relu_output), the

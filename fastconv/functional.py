@@ -52,6 +52,9 @@ from ._args import (
     gelu_tanh,
     indices_out_of_range,
     linear_shapes,
+    local_response_norm_args,
+    local_response_norm_grad_inputs,
+    local_response_norm_input,
     max_pool_backward_inputs,
     max_unpool_backward_inputs,
     max_unpool_inputs,
@@ -85,6 +88,8 @@ __all__ = [
     "linear_backward",
     "batch_norm_train",
     "batch_norm_train_backward",
+    "local_response_norm",
+    "local_response_norm_backward",
     "relu",
     "relu_backward",
     "upsample_nearest2d",
@@ -742,6 +747,66 @@ def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=T
     gw, gb = np.empty(C, x3.dtype), np.empty(C, x3.dtype)
     _core.batch_norm_backward(gy, ry, x3, mean, invstd, weight, gx, gw, gb)
     return (None if gx is None else gx.reshape(shape)), gw, gb
+
+
+def _channel_window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
+    """out[:, c] = a[:, c - before] + ... + a[:, c + after] (zero outside the channels): the
+    shifted slices of a zero-padded copy, added window position by window position."""
+    C = a.shape[1]
+    padded = np.zeros((a.shape[0], C + before + after) + a.shape[2:], a.dtype)
+    padded[:, before:before + C] = a
+    out = padded[:, :C].copy()
+    for i in range(1, before + after + 1):
+        out += padded[:, i:i + C]
+    return out
+
+
+def _lrn_denominator(x: np.ndarray, size: int, alpha: float, k: float) -> np.ndarray:
+    """k + alpha mean(x^2) over each channel's window [c - size // 2, c + (size - 1) // 2]
+    (zeros outside the channels, the mean always over `size`), as torch's avg_pool of x^2."""
+    d = _channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    d /= x.dtype.type(size)
+    d *= x.dtype.type(alpha)
+    d += x.dtype.type(k)
+    return d
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0) -> np.ndarray:
+    """Local response normalisation across channels (AlexNet's), as
+    torch.nn.functional.local_response_norm: for x (N, C, *),
+
+        y[:, c] = x[:, c] / (k + alpha / size * sum_{c' = c - size//2}^{c + (size-1)//2} x[:, c']^2)^beta
+
+    (channels outside [0, C) count as zeros).
+    """
+    op = "local_response_norm"
+    size, alpha, beta, k = local_response_norm_args(size, alpha, beta, k, op)
+    x = local_response_norm_input(x, op)
+    if not x.size:
+        return np.empty(x.shape, x.dtype)
+    return x / _lrn_denominator(x, size, alpha, k) ** x.dtype.type(beta)
+
+
+def local_response_norm_backward(grad_y, x, size, alpha=1e-4, beta=0.75, k=1.0) -> np.ndarray:
+    """Gradient of local_response_norm from its input: with d the denominator's base
+    (y = x d^-beta),
+
+        dx[:, j] = g[:, j] d[:, j]^-beta
+                   - 2 alpha beta / size x[:, j] sum_{c = j - (size-1)//2}^{j + size//2} g[:, c] y[:, c] / d[:, c]
+
+    (the channels c whose window holds j)."""
+    grad_y, x, dtype, (size, alpha, beta, k) = local_response_norm_grad_inputs(
+        grad_y, x, size, alpha, beta, k, "local_response_norm_backward")
+    if not x.size:
+        return np.empty(x.shape, dtype)
+    d = _lrn_denominator(x, size, alpha, k)
+    scale = d ** dtype.type(-beta)                     # d^-beta
+    gy_over_d = grad_y * x * scale / d                 # g y / d
+    dx = _channel_window_sum(gy_over_d, (size - 1) // 2, size // 2)
+    dx *= x
+    dx *= dtype.type(-2 * alpha * beta / size)
+    dx += grad_y * scale
+    return dx
 
 
 def relu(x) -> np.ndarray:

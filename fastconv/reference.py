@@ -54,6 +54,9 @@ from fastconv._args import (
     upsample_nearest2d_geometry,
     gelu_tanh,
     linear_shapes,
+    local_response_norm_args,
+    local_response_norm_grad_inputs,
+    local_response_norm_input,
     max_pool_backward_inputs,
     max_unpool_backward_inputs,
     max_unpool_inputs,
@@ -87,6 +90,8 @@ __all__ = [
     "linear_backward",
     "batch_norm_train",
     "batch_norm_train_backward",
+    "local_response_norm",
+    "local_response_norm_backward",
     "relu",
     "relu_backward",
     "upsample_nearest2d",
@@ -770,6 +775,48 @@ def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=T
         gx = k[:, None] * (g3 - gb[:, None] / m - xhat * (gw / m)[:, None])
         gx = np.ascontiguousarray(gx.reshape(shape), dtype=x3.dtype)
     return gx, gw, gb
+
+
+def _lrn_window(C: int, size: int, dtype) -> np.ndarray:
+    """(C, C) matrix B with B[c, c'] = 1 where channel c' is in channel c's window
+    [c - size // 2, c + (size - 1) // 2]: the window sums of a are B @ a over the channels."""
+    offset = np.arange(C)[None, :] - np.arange(C)[:, None]
+    return ((offset >= -(size // 2)) & (offset <= (size - 1) // 2)).astype(dtype)
+
+
+def _lrn_base(x: np.ndarray, size: int, alpha: float, k: float, window: np.ndarray) -> np.ndarray:
+    """k + alpha / size * (window sums of x^2 over the channels)."""
+    sums = np.einsum("cd,nd...->nc...", window, x * x)
+    return k + alpha / size * sums
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0) -> np.ndarray:
+    """``torch.nn.functional.local_response_norm`` of x (N, C, *): x / (k + alpha / size *
+    S)^beta, S the sums of x^2 over each channel's window of `size` channels
+    [c - size // 2, c + (size - 1) // 2] (a band matrix over the channel axis)."""
+    op = "local_response_norm"
+    size, alpha, beta, k = local_response_norm_args(size, alpha, beta, k, op)
+    x = local_response_norm_input(x, op)
+    if not x.size:
+        return np.empty(x.shape, x.dtype)
+    base = _lrn_base(x, size, alpha, k, _lrn_window(x.shape[1], size, x.dtype))
+    return np.ascontiguousarray(x * base ** -beta, dtype=x.dtype)
+
+
+def local_response_norm_backward(grad_y, x, size, alpha=1e-4, beta=0.75, k=1.0) -> np.ndarray:
+    """Gradient of :func:`local_response_norm` w.r.t. x, by the chain rule through the band
+    matrix B: with b = k + alpha / size * B x^2 and y = x b^-beta,
+    dx = g b^-beta + 2 alpha / size * x * B^T (-beta g x b^(-beta - 1))."""
+    grad_y, x, dtype, (size, alpha, beta, k) = local_response_norm_grad_inputs(
+        grad_y, x, size, alpha, beta, k, "local_response_norm_backward")
+    if not x.size:
+        return np.empty(x.shape, dtype)
+    window = _lrn_window(x.shape[1], size, dtype)
+    base = _lrn_base(x, size, alpha, k, window)
+    grad_base = -beta * grad_y * x * base ** (-beta - 1)
+    grad_sums = np.einsum("cd,nc...->nd...", window, grad_base)
+    dx = grad_y * base ** -beta + 2 * alpha / size * x * grad_sums
+    return np.ascontiguousarray(dx, dtype=dtype)
 
 
 def _relu_values(x: np.ndarray) -> np.ndarray:

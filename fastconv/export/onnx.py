@@ -358,6 +358,29 @@ def _group_norm(g: _Graph, m: nn.GroupNorm, path: str, x: str, shape, convert) -
     return y
 
 
+def _local_response_norm(g: _Graph, m: nn.LocalResponseNorm, path: str, x: str, shape,
+                         convert) -> str:
+    """ONNX's LRN sums the channels [c - floor((size-1)/2), c + ceil((size-1)/2)]: PyTorch's
+    window [c - size//2, c + (size-1)//2] for an odd size only (and onnxruntime takes no
+    other). An even size gets PyTorch's
+    own formula: x / (k + alpha avg(x^2))^beta, the channel average an AveragePool of x^2
+    laid out (N, 1, C, rest) with a (size, 1) window, zero padding counted."""
+    if m.size % 2:
+        # LRN takes (N, C, H, W): other layouts go through (N, C, rest, 1)
+        four_d = len(shape) == 4
+        y = x if four_d else g.op(path, "Reshape", [x, g.const(path, "nchw",
+                                                               [0, shape[1], -1, 1], np.int64)])
+        y = g.op(path, "LRN", [y], size=m.size, alpha=m.alpha, beta=m.beta, bias=m.k)
+        return y if four_d else g.op(path, "Reshape", [y, g.op(path, "Shape", [x])])
+    planes = g.const(path, "planes", [0, 1, shape[1], -1], np.int64)  # (N, 1, C, rest)
+    squares = g.op(path, "Reshape", [g.op(path, "Mul", [x, x]), planes])
+    mean = g.op(path, "AveragePool", [squares], kernel_shape=[m.size, 1], strides=[1, 1],
+                pads=[m.size // 2, 0, (m.size - 1) // 2, 0], count_include_pad=1)
+    mean = g.op(path, "Reshape", [mean, g.op(path, "Shape", [x])])
+    base = _scalar_op(g, path, "Add", _scalar_op(g, path, "Mul", mean, "alpha", m.alpha), "k", m.k)
+    return g.op(path, "Div", [x, _scalar_op(g, path, "Pow", base, "beta", m.beta)])
+
+
 def _relu6(g: _Graph, m: nn.ReLU6, path: str, x: str, shape, convert) -> str:
     return g.op(path, "Clip", [x, g.const(path, "min", 0.0), g.const(path, "max", 6.0)])
 
@@ -411,6 +434,7 @@ EXPORTERS: dict[type, Callable] = {
     nn.BatchNorm2d: _batch_norm,
     nn.LayerNorm: _layer_norm,
     nn.GroupNorm: _group_norm,
+    nn.LocalResponseNorm: _local_response_norm,
     nn.MaxPool2d: _max_pool2d,
     nn.AvgPool2d: _avg_pool2d,
     nn.AdaptiveAvgPool2d: _adaptive_avg_pool2d,

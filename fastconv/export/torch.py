@@ -123,6 +123,8 @@ def _converters(torch) -> dict[type, Callable]:
         nn.GroupNorm: lambda m, convert: tnn.GroupNorm(m.num_groups, m.num_channels, eps=m.eps,
                                                        affine=m.affine, bias=m.bias is not None,
                                                        dtype=_dtype(torch, m)),
+        nn.LocalResponseNorm: lambda m, convert: tnn.LocalResponseNorm(m.size, alpha=m.alpha,
+                                                                       beta=m.beta, k=m.k),
         nn.MaxPool2d: max_pool,
         nn.MaxUnpool2d: lambda m, convert: tnn.MaxUnpool2d(m.kernel_size, stride=m.stride,
                                                            padding=m.padding),

@@ -1,5 +1,6 @@
 """Normalisation layers: BatchNorm1d, BatchNorm2d (statistics of this process's batch, or of
-the batches of all processes of a group: :func:`convert_sync_batchnorm`), LayerNorm."""
+the batches of all processes of a group: :func:`convert_sync_batchnorm`), LayerNorm,
+GroupNorm, InstanceNorm2d, LocalResponseNorm."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numbers
 
 import numpy as np
 
+from .. import _args
 from .module import (Module, Parameter, _as_input, _layout_advice, _channel_dot, _channel_sum, _float_dtype,
                      _input_float_dtype, _positive_int, _rowdot)
 
@@ -514,3 +516,42 @@ class GroupNorm(Module):
     def extra_repr(self) -> str:
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
                 f"bias={self.bias is not None}")
+
+
+class LocalResponseNorm(Module):
+    """Local response normalisation across channels (AlexNet's), as torch.nn.LocalResponseNorm:
+    for input (N, C, *),
+
+        y[:, c] = x[:, c] / (k + alpha / size * sum_{c' = c - size//2}^{c + (size-1)//2} x[:, c']^2)^beta
+
+    channels outside [0, C) counting as zeros. No parameters; the same in training and eval.
+    """
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = _args.local_response_norm_args(
+            size, alpha, beta, k, "LocalResponseNorm")
+
+    def _check_shape(self, shape) -> None:
+        if len(shape) < 3:
+            raise ValueError(f"{self!r}: expected input of shape (N, C, *) (3-D or more), "
+                             f"got {tuple(shape)}")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        self._check_shape(x.shape)
+        ops = self._ops()
+        self._cache = (ops, x)
+        return ops.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        ops, x = self._get_cache()
+        return ops.local_response_norm_backward(self._check_grad(grad_y, x.shape, x.dtype), x,
+                                                self.size, self.alpha, self.beta, self.k)
+
+    def output_shape(self, input_shape):
+        self._check_shape(tuple(input_shape))
+        return tuple(input_shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
