@@ -85,6 +85,17 @@ CASES = [
     ("layernorm", lambda: nn.LayerNorm((3, 4)), lambda t: t.nn.LayerNorm((3, 4)), (2, 5, 3, 4)),
     ("layernorm_plain", lambda: nn.LayerNorm(6, eps=1e-3, elementwise_affine=False),
      lambda t: t.nn.LayerNorm(6, eps=1e-3, elementwise_affine=False), (4, 6)),
+    ("instancenorm", lambda: nn.InstanceNorm2d(3), lambda t: t.nn.InstanceNorm2d(3), (2, 3, 4, 5)),
+    ("instancenorm_affine_running",
+     lambda: nn.InstanceNorm2d(3, eps=1e-3, momentum=0.2, affine=True, track_running_stats=True),
+     lambda t: t.nn.InstanceNorm2d(3, eps=1e-3, momentum=0.2, affine=True, track_running_stats=True),
+     (3, 3, 3, 4)),
+    ("instancenorm_no_bias_momentum_none",
+     lambda: nn.InstanceNorm2d(2, momentum=None, affine=True, track_running_stats=True, bias=False),
+     lambda t: t.nn.InstanceNorm2d(2, momentum=None, affine=True, track_running_stats=True,
+                                   bias=False), (2, 2, 3, 3)),
+    ("instancenorm_one_sample", lambda: nn.InstanceNorm2d(3, affine=True),
+     lambda t: t.nn.InstanceNorm2d(3, affine=True), (3, 4, 4)),
     ("sequential", lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False, rng=8), nn.BatchNorm2d(3),
                                          nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 4, rng=9),
                                          nn.Tanh()),
@@ -982,3 +993,54 @@ def test_group_norm_checks_and_batch_independence():
     np.testing.assert_array_equal(m(x)[2:3], m(x[2:3]))          # each sample on its own
     m.eval()
     np.testing.assert_array_equal(m(x)[2:3], m.train()(x[2:3]))  # and the same in eval mode
+
+
+def test_instance_norm_checks_warnings_and_statistics(torch):
+    with pytest.raises(ValueError, match=r"InstanceNorm2d\(4, .*expected input's size at dim=1 to "
+                                         r"match num_features \(4\), got input of shape \(2, 3, 4, 4\)"):
+        nn.InstanceNorm2d(4, affine=True)(np.zeros((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match="expected input's size at dim=0"):
+        nn.InstanceNorm2d(4, track_running_stats=True)(np.zeros((3, 4, 4)))
+    with pytest.warns(UserWarning, match="input's size at dim=1 does not match num_features"):
+        y = nn.InstanceNorm2d(4)(np.arange(96.0).reshape(2, 3, 4, 4))      # as torch: computed
+    np.testing.assert_allclose(y, torch.nn.InstanceNorm2d(3)(
+        torch.arange(96.0, dtype=torch.float64).reshape(2, 3, 4, 4)).numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 3, H, W\) or \(3, H, W\), "
+                                         r"got \(2, 3\)"):
+        nn.InstanceNorm2d(3)(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"more than 1 spatial element when training, got input of "
+                                         r"shape \(2, 3, 1, 1\)"):
+        nn.InstanceNorm2d(3)(np.zeros((2, 3, 1, 1)))
+    running = nn.InstanceNorm2d(3, track_running_stats=True).eval()
+    assert running(np.ones((2, 3, 1, 1))).shape == (2, 3, 1, 1)       # (running stats: allowed)
+    # an empty batch: an empty output, the statistics kept (PyTorch fails with an IndexError)
+    layer = nn.InstanceNorm2d(3, affine=True, track_running_stats=True)
+    assert layer(np.zeros((0, 3, 4, 4))).shape == (0, 3, 4, 4)
+    assert layer.backward(np.zeros((0, 3, 4, 4))).shape == (0, 3, 4, 4)
+    np.testing.assert_array_equal(layer.running_mean, 0)
+    np.testing.assert_array_equal(layer.running_var, 1)
+    # num_batches_tracked stays 0, as PyTorch's
+    layer(np.random.default_rng(0).normal(size=(2, 3, 4, 4)))
+    assert int(layer.num_batches_tracked) == 0 and layer.running_mean.any()
+    assert list(layer.state_dict()) == list(torch.nn.InstanceNorm2d(
+        3, affine=True, track_running_stats=True).state_dict())
+    # each sample on its own, in training and in eval without running statistics
+    m = nn.InstanceNorm2d(2, affine=True)
+    x = np.random.default_rng(2).normal(size=(5, 2, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(m(x)[2:3], m(x[2:3]))
+    np.testing.assert_array_equal(m.eval()(x)[2:3], m.train()(x[2:3]))
+    np.testing.assert_array_equal(m(x)[2], m(x[2]))                 # one sample (C, H, W)
+
+
+def test_instance_norm_one_sample_export(torch, tmp_path):
+    from fastconv.export import to_torch
+
+    layer = _randomize(nn.InstanceNorm2d(3, affine=True).astype(np.float64), 1)
+    x = np.random.default_rng(3).normal(size=(3, 4, 5))
+    np.testing.assert_allclose(to_torch(layer)(torch.tensor(x)).detach().numpy(), layer(x),
+                               rtol=1e-12, atol=1e-12)
+    pytest.importorskip("onnx")
+    from fastconv.export import to_onnx
+    with pytest.raises(ValueError, match=r"to_onnx: .*InstanceNorm2d.*takes one sample \(3, 4, 5\); "
+                                         r"the graph's first axis is the batch"):
+        to_onnx(layer.astype(np.float32), tmp_path / "m.onnx", input_shape=(3, 4, 5))

@@ -358,6 +358,23 @@ def _group_norm(g: _Graph, m: nn.GroupNorm, path: str, x: str, shape, convert) -
     return y
 
 
+def _instance_norm2d(g: _Graph, m: nn.InstanceNorm2d, path: str, x: str, shape, convert) -> str:
+    """InstanceNormalization, or with running statistics (eval mode's) BatchNormalization.
+    Missing affine parameters are ones and zeros. A graph's first axis is the batch's: one
+    sample (C, H, W), whose first axis is the channels', is refused."""
+    if len(shape) != 4:
+        where = f"module {path!r}" if path else "the model"
+        raise ValueError(f"to_onnx: {where} ({m!r}) takes one sample {shape}; the graph's first "
+                         f"axis is the batch: export it for (N, C, H, W)")
+    c = shape[1]
+    scale = g.state(m, "weight") if m.weight is not None else _ones(g, path, "ones", c)
+    shift = g.state(m, "bias") if m.bias is not None else g.const(path, "zeros", np.zeros(c))
+    if m.track_running_stats:
+        return g.op(path, "BatchNormalization", [x, scale, shift, g.state(m, "running_mean"),
+                                                 g.state(m, "running_var")], epsilon=m.eps)
+    return g.op(path, "InstanceNormalization", [x, scale, shift], epsilon=m.eps)
+
+
 def _local_response_norm(g: _Graph, m: nn.LocalResponseNorm, path: str, x: str, shape,
                          convert) -> str:
     """ONNX's LRN sums the channels [c - floor((size-1)/2), c + ceil((size-1)/2)]: PyTorch's
@@ -434,6 +451,7 @@ EXPORTERS: dict[type, Callable] = {
     nn.BatchNorm2d: _batch_norm,
     nn.LayerNorm: _layer_norm,
     nn.GroupNorm: _group_norm,
+    nn.InstanceNorm2d: _instance_norm2d,
     nn.LocalResponseNorm: _local_response_norm,
     nn.MaxPool2d: _max_pool2d,
     nn.AvgPool2d: _avg_pool2d,

@@ -123,6 +123,10 @@ def _converters(torch) -> dict[type, Callable]:
         nn.GroupNorm: lambda m, convert: tnn.GroupNorm(m.num_groups, m.num_channels, eps=m.eps,
                                                        affine=m.affine, bias=m.bias is not None,
                                                        dtype=_dtype(torch, m)),
+        nn.InstanceNorm2d: lambda m, convert: tnn.InstanceNorm2d(
+            m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+            track_running_stats=m.track_running_stats, dtype=_dtype(torch, m),
+            bias=m.bias is not None),
         nn.LocalResponseNorm: lambda m, convert: tnn.LocalResponseNorm(m.size, alpha=m.alpha,
                                                                        beta=m.beta, k=m.k),
         nn.MaxPool2d: max_pool,

@@ -44,8 +44,8 @@ from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout, Dropout2d
 from .linear import Flatten, Identity, Linear, Mul
 from .module import IncompatibleKeys, Module, Parameter
-from .normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, LocalResponseNorm,
-                            convert_sync_batchnorm)
+from .normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm,
+                            LocalResponseNorm, convert_sync_batchnorm)
 from .padding import CircularPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d, ZeroPad2d
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from .summary import ModelSummary
@@ -60,7 +60,7 @@ __all__ = [
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "Tanh", "Sigmoid", "Hardsigmoid", "Hardswish",
     "GELU", "SiLU", "Softmax", "LogSoftmax",
     "Dropout", "Dropout2d",
-    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "LocalResponseNorm",
+    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d", "LocalResponseNorm",
     "convert_sync_batchnorm", "ModelSummary",
     "IncompatibleKeys", "fusion",
 ]

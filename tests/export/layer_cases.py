@@ -47,6 +47,13 @@ LAYERS = [
     ("group_norm", lambda: nn.GroupNorm(2, 4, eps=1e-3), (3, 4, 5, 5)),
     ("group_norm_no_bias_3d", lambda: nn.GroupNorm(3, 6, bias=False), (2, 6, 7)),
     ("group_norm_no_affine", lambda: nn.GroupNorm(1, 4, affine=False), (2, 4, 3, 2)),
+    ("instance_norm2d", lambda: nn.InstanceNorm2d(4, eps=1e-3), (3, 4, 5, 5)),
+    ("instance_norm2d_affine_no_bias", lambda: nn.InstanceNorm2d(4, affine=True, bias=False),
+     (2, 4, 3, 4)),
+    ("instance_norm2d_running_stats", lambda: nn.InstanceNorm2d(
+        3, momentum=0.3, affine=True, track_running_stats=True), (2, 3, 4, 2)),
+    ("instance_norm2d_running_stats_momentum_none", lambda: nn.InstanceNorm2d(
+        3, momentum=None, track_running_stats=True), (2, 3, 3, 3)),
     ("local_response_norm", lambda: nn.LocalResponseNorm(3, alpha=0.5, beta=0.6, k=1.5),
      (2, 5, 3, 4)),
     ("local_response_norm_even_3d", lambda: nn.LocalResponseNorm(4, alpha=0.3, k=2.0), (2, 6, 5)),
