@@ -73,6 +73,11 @@ CASES = [
     ("leaky_relu_default", lambda: nn.LeakyReLU(), lambda t: t.nn.LeakyReLU(), (2, 3, 2, 2)),
     ("tanh", lambda: nn.Tanh(), lambda t: t.nn.Tanh(), (3, 7)),
     ("sigmoid", lambda: nn.Sigmoid(), lambda t: t.nn.Sigmoid(), (3, 7)),
+    ("hardtanh", lambda: nn.Hardtanh(-0.5, 1.5), lambda t: t.nn.Hardtanh(-0.5, 1.5), (3, 7)),
+    ("softplus", lambda: nn.Softplus(2.0, 1.0), lambda t: t.nn.Softplus(2.0, 1.0), (2, 3, 5)),
+    ("mish", lambda: nn.Mish(), lambda t: t.nn.Mish(), (3, 7)),
+    ("log_sigmoid", lambda: nn.LogSigmoid(), lambda t: t.nn.LogSigmoid(), (3, 7)),
+    ("unflatten", lambda: nn.Unflatten(1, (2, -1)), lambda t: t.nn.Unflatten(1, (2, -1)), (3, 6, 2)),
     ("dropout_p0", lambda: nn.Dropout(0.0), lambda t: t.nn.Dropout(0.0), (3, 7)),
     ("batchnorm2d", lambda: nn.BatchNorm2d(3), lambda t: t.nn.BatchNorm2d(3), (4, 3, 3, 2)),
     ("batchnorm2d_noaffine_momentum_none",
@@ -1044,3 +1049,68 @@ def test_instance_norm_one_sample_export(torch, tmp_path):
     with pytest.raises(ValueError, match=r"to_onnx: .*InstanceNorm2d.*takes one sample \(3, 4, 5\); "
                                          r"the graph's first axis is the batch"):
         to_onnx(layer.astype(np.float32), tmp_path / "m.onnx", input_shape=(3, 4, 5))
+
+
+@pytest.mark.parametrize("name,args", [("Hardtanh", ()), ("Hardtanh", (-2.0, 0.5)),
+                                       ("Softplus", ()), ("Softplus", (0.5, 3.0)),
+                                       ("Softplus", (-1.0, 2.0)), ("Mish", ()), ("LogSigmoid", ())],
+                         ids=str)
+def test_smooth_and_clipping_activations_over_a_wide_range(torch, name, args):
+    """Forward and backward against torch over [-60, 60] (both tails: no overflow, the
+    softplus threshold, the clipping), repr as torch's, and central differences in float64
+    away from the kinks."""
+    from fastconv.gradcheck import eval_numerical_gradient, rel_error
+    layer, twin = getattr(nn, name)(*args), getattr(torch.nn, name)(*args)
+    assert repr(layer) == repr(twin)
+    gen = np.random.default_rng(4)
+    x = np.concatenate([gen.uniform(-60, 60, 200), gen.normal(size=200) * 3, [0.0, -0.0]])
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        xd = x.astype(dtype).reshape(2, -1)
+        g = gen.normal(size=xd.shape).astype(dtype)
+        with np.errstate(over="raise", invalid="raise", divide="raise"):  # (no warning)
+            y = layer(xd)
+            gx = layer.backward(g)
+        xt = torch.tensor(xd, requires_grad=True)
+        yt = twin(xt)
+        yt.backward(torch.tensor(g))
+        assert y.dtype == gx.dtype == dtype
+        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=tol, atol=tol)
+    kinks = {"Hardtanh": list(args or (-1.0, 1.0)),
+             "Softplus": [args[1] / args[0]] if args else [20.0]}.get(name, [])
+    xs = gen.uniform(-8, 8, size=(3, 10))
+    for kink in kinks:
+        xs[np.abs(xs - kink) < 1e-3] += 0.01
+    g = gen.normal(size=xs.shape)
+    layer(xs)
+    num = eval_numerical_gradient(lambda v: float((layer(v) * g).sum()), xs.copy())
+    layer(xs)
+    assert rel_error(layer.backward(g), num) < 1e-8
+
+
+def test_new_activation_and_unflatten_arguments(torch):
+    with pytest.raises(ValueError, match=r"Hardtanh: max_val \(-1\) must be greater than min_val \(1\)"):
+        nn.Hardtanh(1, -1)
+    with pytest.raises(TypeError, match="Softplus: beta must be a real number, got '2'"):
+        nn.Softplus("2")
+    for sizes in ((2, 3), [2, -1], (-1, 6)):
+        layer, twin = nn.Unflatten(-1, sizes), torch.nn.Unflatten(-1, sizes)
+        assert repr(layer) == repr(twin)
+        assert layer.output_shape((4, 6)) == tuple(twin(torch.zeros(4, 6)).shape)
+    with pytest.raises(ValueError, match=r"unflattened_size \(4, -1\) does not split dim 1 of "
+                                         r"size 6 \(input of shape \(2, 6\)\)"):
+        nn.Unflatten(1, (4, -1))(np.zeros((2, 6)))
+    with pytest.raises(ValueError, match=r"dim 2 is out of range for an input of shape \(2, 6\)"):
+        nn.Unflatten(2, (2, 3))(np.zeros((2, 6)))
+    with pytest.raises(ValueError, match="at most one -1"):
+        nn.Unflatten(1, (-1, -1))
+    with pytest.raises(TypeError, match="unflattened_size must be a tuple"):
+        nn.Unflatten(1, 6)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        nn.Unflatten(1.0, (2, 3))
+    model = nn.Sequential(nn.Flatten(), nn.Unflatten(1, (3, 2, 2)))   # a round trip
+    x = np.random.default_rng(0).normal(size=(2, 3, 2, 2))
+    np.testing.assert_array_equal(model(x), x)
+    np.testing.assert_array_equal(model.backward(x), x)
+    for layer in (nn.Hardtanh(), nn.Softplus(), nn.Mish(), nn.LogSigmoid()):   # empty batch
+        assert layer(np.zeros((0, 3))).shape == (0, 3) and layer.backward(np.zeros((0, 3))).shape == (0, 3)

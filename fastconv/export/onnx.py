@@ -300,11 +300,20 @@ def _upsample(g: _Graph, m: nn.Upsample, path: str, x: str, shape, convert) -> s
     return x
 
 
-def _flatten(g: _Graph, m: nn.Flatten, path: str, x: str, shape, convert) -> str:
-    out = list(m.output_shape(shape))
-    start = m.start_dim + len(shape) if m.start_dim < 0 else m.start_dim
-    out[0] = 0 if start > 0 else -1  # the batch axis stays dynamic: copied, or inferred
+def _reshape(g: _Graph, path: str, x: str, out, batch_kept: bool) -> str:
+    """`x` reshaped to `out`, the batch axis dynamic: copied where it is kept, else inferred."""
+    out = list(out)
+    out[0] = 0 if batch_kept else -1
     return g.op(path, "Reshape", [x, g.const(path, "shape", out, np.int64)])
+
+
+def _flatten(g: _Graph, m: nn.Flatten, path: str, x: str, shape, convert) -> str:
+    start = m.start_dim + len(shape) if m.start_dim < 0 else m.start_dim
+    return _reshape(g, path, x, m.output_shape(shape), start > 0)
+
+
+def _unflatten(g: _Graph, m: nn.Unflatten, path: str, x: str, shape, convert) -> str:
+    return _reshape(g, path, x, m.output_shape(shape), m.dim % len(shape) > 0)
 
 
 def _scalar_op(g: _Graph, path: str, op_type: str, x: str, what: str, value) -> str:
@@ -398,6 +407,29 @@ def _local_response_norm(g: _Graph, m: nn.LocalResponseNorm, path: str, x: str, 
     return g.op(path, "Div", [x, _scalar_op(g, path, "Pow", base, "beta", m.beta)])
 
 
+def _hardtanh(g: _Graph, m: nn.Hardtanh, path: str, x: str, shape, convert) -> str:
+    return g.op(path, "Clip", [x, g.const(path, "min", m.min_val), g.const(path, "max", m.max_val)])
+
+
+def _softplus(g: _Graph, m: nn.Softplus, path: str, x: str, shape, convert) -> str:
+    """Softplus(beta x) / beta, x itself where beta x > threshold (ONNX's Softplus has
+    neither)."""
+    bx = _scalar_op(g, path, "Mul", x, "beta", m.beta)
+    y = _scalar_op(g, path, "Div", g.op(path, "Softplus", [bx]), "beta", m.beta)
+    linear = g.op(path, "Greater", [bx, g.const(path, "threshold", m.threshold)])
+    return g.op(path, "Where", [linear, x, y])
+
+
+def _mish(g: _Graph, m: nn.Mish, path: str, x: str, shape, convert) -> str:
+    # (ONNX's Mish came with opset 18)
+    return g.op(path, "Mul", [x, g.op(path, "Tanh", [g.op(path, "Softplus", [x])])])
+
+
+def _log_sigmoid(g: _Graph, m: nn.LogSigmoid, path: str, x: str, shape, convert) -> str:
+    # log(sigmoid(x)) = -softplus(-x)
+    return g.op(path, "Neg", [g.op(path, "Softplus", [g.op(path, "Neg", [x])])])
+
+
 def _relu6(g: _Graph, m: nn.ReLU6, path: str, x: str, shape, convert) -> str:
     return g.op(path, "Clip", [x, g.const(path, "min", 0.0), g.const(path, "max", 6.0)])
 
@@ -468,6 +500,10 @@ EXPORTERS: dict[type, Callable] = {
     nn.ELU: _unary("Elu", alpha=lambda m: m.alpha),
     nn.Hardsigmoid: _unary("HardSigmoid", alpha=lambda m: 1 / 6, beta=lambda m: 0.5),
     nn.Hardswish: _unary("HardSwish"),
+    nn.Hardtanh: _hardtanh,
+    nn.Softplus: _softplus,
+    nn.Mish: _mish,
+    nn.LogSigmoid: _log_sigmoid,
     nn.Softmax: _softmax("Softmax"),
     nn.LogSoftmax: _softmax("LogSoftmax"),
     nn.Dropout: _passthrough,
@@ -478,6 +514,7 @@ EXPORTERS: dict[type, Callable] = {
     nn.ReplicationPad2d: _pad2d,
     nn.CircularPad2d: _pad2d,
     nn.Flatten: _flatten,
+    nn.Unflatten: _unflatten,
     nn.Identity: _passthrough,
     nn.Mul: _mul,
 }

@@ -146,6 +146,10 @@ def _converters(torch) -> dict[type, Callable]:
         nn.ELU: lambda m, convert: tnn.ELU(m.alpha),
         nn.Hardsigmoid: stateless(tnn.Hardsigmoid),
         nn.Hardswish: stateless(tnn.Hardswish),
+        nn.Hardtanh: lambda m, convert: tnn.Hardtanh(m.min_val, m.max_val),
+        nn.Softplus: lambda m, convert: tnn.Softplus(m.beta, m.threshold),
+        nn.Mish: stateless(tnn.Mish),
+        nn.LogSigmoid: stateless(tnn.LogSigmoid),
         nn.Softmax: lambda m, convert: tnn.Softmax(m.dim),
         nn.LogSoftmax: lambda m, convert: tnn.LogSoftmax(m.dim),
         nn.Dropout: lambda m, convert: tnn.Dropout(m.p),
@@ -156,6 +160,7 @@ def _converters(torch) -> dict[type, Callable]:
         nn.ReplicationPad2d: lambda m, convert: tnn.ReplicationPad2d(m.padding),
         nn.CircularPad2d: lambda m, convert: tnn.CircularPad2d(m.padding),
         nn.Flatten: lambda m, convert: tnn.Flatten(m.start_dim, m.end_dim),
+        nn.Unflatten: lambda m, convert: tnn.Unflatten(m.dim, m.unflattened_size),
         nn.Identity: stateless(tnn.Identity),
         nn.Mul: lambda m, convert: tm.Mul(m.scale),
     }

@@ -37,8 +37,9 @@ Example::
 from __future__ import annotations
 
 from . import fusion
-from .activation import (ELU, GELU, Hardsigmoid, Hardswish, LeakyReLU, LogSoftmax, PReLU, ReLU,
-                         ReLU6, Sigmoid, SiLU, Softmax, Tanh)
+from .activation import (ELU, GELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, LogSigmoid,
+                         LogSoftmax, Mish, PReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Softplus,
+                         Tanh)
 from .containers import Concat, Residual, Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout, Dropout2d
@@ -49,16 +50,17 @@ from .normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm2d,
 from .padding import CircularPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d, ZeroPad2d
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from .summary import ModelSummary
+from .unflatten import Unflatten
 from .upsample import Upsample
 
 __all__ = [
     "Parameter", "Module", "Sequential", "Residual", "Concat", "Identity",
     "Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d",
     "Upsample",
-    "Linear", "Flatten", "Mul",
+    "Linear", "Flatten", "Unflatten", "Mul",
     "ZeroPad2d", "ConstantPad2d", "ReflectionPad2d", "ReplicationPad2d", "CircularPad2d",
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "Tanh", "Sigmoid", "Hardsigmoid", "Hardswish",
-    "GELU", "SiLU", "Softmax", "LogSoftmax",
+    "Hardtanh", "Softplus", "Mish", "LogSigmoid", "GELU", "SiLU", "Softmax", "LogSoftmax",
     "Dropout", "Dropout2d",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d", "LocalResponseNorm",
     "convert_sync_batchnorm", "ModelSummary",
