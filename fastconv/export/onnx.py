@@ -576,10 +576,13 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, input_shape=(1, 3, 32, 32
     * `metadata` (str -> str) goes to the file's ``metadata_props`` (onnxruntime's
       ``session.get_modelmeta().custom_metadata_map``), e.g. the class names.
     * One exporter per layer type (:data:`EXPORTERS`): every layer and container of
-      :mod:`fastconv.nn`. Notes: ceil_mode pooling becomes explicit end padding, Upsample two
-      Gathers of the source rows and columns, GELU its Erf or Tanh formula, SiLU x *
-      Sigmoid(x), and AdaptiveAvgPool2d a GlobalAveragePool, an AveragePool or (unequal
-      windows) two MatMuls by averaging matrices.
+      :mod:`fastconv.nn` but MaxUnpool2d (two inputs: TypeError). Notes: ceil_mode pooling
+      becomes explicit end padding, Upsample two Gathers of the source rows and columns, GELU
+      its Erf or Tanh formula, SiLU x * Sigmoid(x), AdaptiveAvgPool2d a GlobalAveragePool, an
+      AveragePool or (unequal windows) two MatMuls by averaging matrices, AvgPool2d with
+      divisor_override a Pad, an AveragePool and a scale, LocalResponseNorm an LRN (odd
+      sizes) or its formula (even sizes), InstanceNorm2d an InstanceNormalization (or, with
+      running statistics, a BatchNormalization; batched input only).
 
     The model is checked with ``onnx.checker.check_model(full_check=True)``. Raises TypeError
     naming the module's path for a module type without an exporter (a subclass of a fastconv
