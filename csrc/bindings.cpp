@@ -536,25 +536,29 @@ bool max_pool2d_backward(const py::array& gy, const py::array& idx, py::array gx
 
 template <typename T>
 void avg_pool_t(const py::array& x, const py::array& y, bool forward, bool count_include_pad,
-                const fastconv::PoolShape& s) {
+                index_t divisor_override, const fastconv::PoolShape& s) {
   T* xp = data_of<T>(x, forward ? "x" : "grad_x", s.N * s.C * s.H * s.W, !forward);
   T* yp = data_of<T>(y, forward ? "y" : "grad_y", s.N * s.C * s.OH * s.OW, forward);
   KernelCall call;
-  if (forward) fastconv::avg_pool2d_forward<T>(s, count_include_pad, xp, yp);
-  else fastconv::avg_pool2d_backward<T>(s, count_include_pad, yp, xp);
+  if (forward) fastconv::avg_pool2d_forward<T>(s, count_include_pad, xp, yp, divisor_override);
+  else fastconv::avg_pool2d_backward<T>(s, count_include_pad, yp, xp, divisor_override);
 }
 
 void avg_pool2d_forward(const py::array& x, py::array y, index_t kh, index_t kw, index_t sh,
-                        index_t sw, index_t ph, index_t pw, bool count_include_pad) {
+                        index_t sw, index_t ph, index_t pw, bool count_include_pad,
+                        index_t divisor_override) {
   const auto s = pool_shape(x, y, window(kh, kw, sh, sw, ph, pw, 1, 1));
-  for_dtype(x, "x", [&](auto t) { avg_pool_t<decltype(t)>(x, y, true, count_include_pad, s); });
+  for_dtype(x, "x", [&](auto t) {
+    avg_pool_t<decltype(t)>(x, y, true, count_include_pad, divisor_override, s);
+  });
 }
 
 void avg_pool2d_backward(const py::array& gy, py::array gx, index_t kh, index_t kw, index_t sh,
-                         index_t sw, index_t ph, index_t pw, bool count_include_pad) {
+                         index_t sw, index_t ph, index_t pw, bool count_include_pad,
+                         index_t divisor_override) {
   const auto s = pool_shape(gx, gy, window(kh, kw, sh, sw, ph, pw, 1, 1));
   for_dtype(gy, "grad_y", [&](auto t) {
-    avg_pool_t<decltype(t)>(gx, gy, false, count_include_pad, s);
+    avg_pool_t<decltype(t)>(gx, gy, false, count_include_pad, divisor_override, s);
   });
 }
 
@@ -1111,10 +1115,12 @@ PYBIND11_MODULE(_core, m) {
         "Returns False if an index lies outside its H*W plane.");
   m.def("avg_pool2d_forward", &avg_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("kernel_h"),
         py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
-        py::arg("pad_w"), py::arg("count_include_pad"));
+        py::arg("pad_w"), py::arg("count_include_pad"), py::arg("divisor_override") = 0,
+        "divisor_override: 0 for the window's own divisor, else every sum divided by it.");
   m.def("avg_pool2d_backward", &avg_pool2d_backward, py::arg("grad_y"), py::arg("grad_x"),
         py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"),
-        py::arg("pad_h"), py::arg("pad_w"), py::arg("count_include_pad"));
+        py::arg("pad_h"), py::arg("pad_w"), py::arg("count_include_pad"),
+        py::arg("divisor_override") = 0);
   m.def("adaptive_avg_pool2d_forward", &adaptive_avg_pool2d_forward, py::arg("x"), py::arg("y"));
   m.def("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward, py::arg("grad_y"),
         py::arg("grad_x"));

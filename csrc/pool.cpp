@@ -332,12 +332,22 @@ bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* in
   return ok;
 }
 
+// The divisor of one average-pooling window (wh x ww): divisor_override when not 0, else the
+// window clipped to the padded input (count_include_pad) or to the input.
+inline index_t avg_divisor(const AvgWindow& wh, const AvgWindow& ww, bool count_include_pad,
+                           index_t divisor_override) {
+  if (divisor_override != 0) return divisor_override;
+  return count_include_pad ? wh.padded * ww.padded : (wh.hi - wh.lo) * (ww.hi - ww.lo);
+}
+
 template <typename T>
-void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, T* y) {
+void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, T* y,
+                        index_t divisor_override) {
   const Window2d& w = s.win;
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
-  const bool two_by_two = is_plain_2x2(s);
-  const Pool2x2Kernels* fast = fast_2x2<T>(s);
+  // (the 2x2 kernels divide by 4: an overridden divisor takes the general loop)
+  const bool two_by_two = is_plain_2x2(s) && divisor_override == 0;
+  const Pool2x2Kernels* fast = divisor_override == 0 ? fast_2x2<T>(s) : nullptr;
 #pragma omp parallel for schedule(static)
   for (index_t plane = 0; plane < s.N * s.C; ++plane) {
     const T* xp = x + plane * HW;
@@ -368,19 +378,19 @@ void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, 
         T sum = 0;
         for (index_t ih = wh.lo; ih < wh.hi; ++ih)
           for (index_t iw = ww.lo; iw < ww.hi; ++iw) sum += xp[ih * s.W + iw];
-        const index_t count = count_include_pad ? wh.padded * ww.padded
-                                                : (wh.hi - wh.lo) * (ww.hi - ww.lo);
-        yp[oh * s.OW + ow] = sum / static_cast<T>(count);
+        yp[oh * s.OW + ow] =
+            sum / static_cast<T>(avg_divisor(wh, ww, count_include_pad, divisor_override));
       }
     }
   }
 }
 
 template <typename T>
-void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy, T* gx) {
+void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy, T* gx,
+                         index_t divisor_override) {
   const Window2d& w = s.win;
   const index_t HW = s.H * s.W, OL = s.OH * s.OW;
-  const bool two_by_two = is_plain_2x2(s);
+  const bool two_by_two = is_plain_2x2(s) && divisor_override == 0;
 #pragma omp parallel for schedule(static)
   for (index_t plane = 0; plane < s.N * s.C; ++plane) {
     T* gp = gx + plane * HW;
@@ -398,9 +408,8 @@ void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy
       for (index_t ow = 0; ow < s.OW; ++ow) {
         const AvgWindow ww = avg_window(ow * w.SW - w.PW, w.KW, s.W, w.PW);
         if (wh.lo >= wh.hi || ww.lo >= ww.hi) continue;
-        const index_t count = count_include_pad ? wh.padded * ww.padded
-                                                : (wh.hi - wh.lo) * (ww.hi - ww.lo);
-        const T g = gyp[oh * s.OW + ow] / static_cast<T>(count);
+        const T g = gyp[oh * s.OW + ow] /
+                    static_cast<T>(avg_divisor(wh, ww, count_include_pad, divisor_override));
         for (index_t ih = wh.lo; ih < wh.hi; ++ih)
           for (index_t iw = ww.lo; iw < ww.hi; ++iw) gp[ih * s.W + iw] += g;
       }
@@ -416,8 +425,8 @@ void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy
                                        const T*);                                             \
   template bool max_pool_backward_plane<T>(index_t, index_t, const T*, const std::int64_t*,    \
                                            const T*, T*);                                     \
-  template void avg_pool2d_forward<T>(const PoolShape&, bool, const T*, T*);                  \
-  template void avg_pool2d_backward<T>(const PoolShape&, bool, const T*, T*);
+  template void avg_pool2d_forward<T>(const PoolShape&, bool, const T*, T*, index_t);         \
+  template void avg_pool2d_backward<T>(const PoolShape&, bool, const T*, T*, index_t);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE

@@ -2,7 +2,8 @@
 //   window of output (oh, ow) starts at (oh*SH - PH, ow*SW - PW); OH/OW computed by the caller
 //   (floor or ceil mode). Max pooling returns the flat index ih*W + iw of the maximum in each
 //   H*W plane (first maximum wins; NaN propagates). Average pooling divides by the window area
-//   clipped to the padded input (count_include_pad) or to the input itself.
+//   clipped to the padded input (count_include_pad) or to the input itself, or by
+//   divisor_override when it is not 0 (PyTorch's divisor_override: sum / divisor).
 #pragma once
 
 #include "common.h"
@@ -35,10 +36,13 @@ bool max_pool2d_backward(const PoolShape& s, const T* gy, const std::int64_t* in
 template <typename T>
 bool max_pool_backward_plane(index_t OL, index_t HW, const T* gy, const std::int64_t* indices,
                              const T* relu_y, T* gx);
+// divisor_override: 0 for the window's own divisor, else every window's sum is divided by it.
 template <typename T>
-void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, T* y);
+void avg_pool2d_forward(const PoolShape& s, bool count_include_pad, const T* x, T* y,
+                        index_t divisor_override = 0);
 template <typename T>
-void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy, T* gx);
+void avg_pool2d_backward(const PoolShape& s, bool count_include_pad, const T* gy, T* gx,
+                         index_t divisor_override = 0);
 
 // Kernels of one plane of 2x2 / stride-2 windows (float32): a W-wide input plane x whose
 // OH x OW windows lie wholly inside it, outputs to y (and, for max pooling, their flat indices

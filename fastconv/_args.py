@@ -47,6 +47,19 @@ def flag(value, name: str, op: str) -> bool:
     raise TypeError(f"{op}: {name} must be True or False, got {value!r}")
 
 
+def divisor_override(value, op: str) -> int | None:
+    """avg_pool2d's divisor_override: None (each window's own divisor) or a non-zero int, as
+    PyTorch takes it (a negative one too); 0 raises ValueError, a float or bool TypeError."""
+    if value is None:
+        return None
+    if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: divisor_override must be an int or None, got {value!r}")
+    if value == 0 or abs(int(value)) > _MAX_INT:
+        raise ValueError(f"{op}: divisor_override must be non-zero (and of magnitude below "
+                         f"2**31), got {value!r}")
+    return int(value)
+
+
 def positive_pair(value, name: str, op: str) -> tuple[int, int]:
     """`pair`, each entry in [1, 2**31)."""
     p = pair(value, name, op)
@@ -775,6 +788,89 @@ def check_pool_indices(indices: np.ndarray, input_shape, op: str = "max_pool2d_b
         raise indices_out_of_range(input_shape, op, shape_name)
 
 
+def unpool_output_size(x_shape, kernel_size, stride=None, padding=0, output_size=None,
+                       op: str = "max_unpool2d", name: str = "x") -> tuple[int, int]:
+    """(OH, OW) of max_unpool2d for an input of `x_shape` (N, C, H, W), PyTorch's
+    ``_unpool_output_size``: by default (H - 1) s - 2p + k per axis (the size MaxPool2d took
+    in, up to the rows its floor dropped); an `output_size` (OH, OW), or (N, C, OH, OW) whose
+    first two are ignored, must lie strictly between default - s and default + s on each axis.
+    """
+    kernel = positive_pair(kernel_size, "kernel_size", op)
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        stride = kernel
+    else:
+        stride = positive_pair(stride, "stride", op)
+    padding = nonnegative_pair(padding, "padding", op)
+    default = tuple((n - 1) * s + k - 2 * p
+                    for n, k, s, p in zip(x_shape[2:], kernel, stride, padding))
+    if output_size is None:
+        size = default
+    else:
+        if not isinstance(output_size, (tuple, list, np.ndarray)) or not all(
+                isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+                for v in output_size):
+            raise TypeError(f"{op}: output_size must be a sequence of ints (OH, OW) or "
+                            f"(N, C, OH, OW), got {output_size!r}")
+        size = tuple(int(v) for v in output_size)
+        if len(size) == 4:
+            size = size[2:]
+        if len(size) != 2:
+            raise ValueError(f"{op}: output_size should be a sequence containing 2 or 4 "
+                             f"elements, but it has a length of {len(output_size)}")
+        for d, (o, n, s) in enumerate(zip(size, default, stride)):
+            if not n - s < o < n + s:
+                raise ValueError(f"{op}: invalid output_size {tuple(output_size)} (dim {d} must be "
+                                 f"between {n - s} and {n + s}, exclusive, for {name} of shape "
+                                 f"{tuple(x_shape)}, kernel_size {kernel}, stride {stride} and "
+                                 f"padding {padding})")
+    if min(size) < 0 or max(size) > _MAX_INT:
+        raise ValueError(f"{op}: the output size {size} for {name} of shape {tuple(x_shape)}, "
+                         f"kernel_size {kernel}, stride {stride} and padding {padding} must be "
+                         f"non-negative (and below 2**31)")
+    check_elements(tuple(x_shape[:2]) + size, op, "output")
+    return size
+
+
+def max_unpool_inputs(x, indices, kernel_size, stride, padding, output_size,
+                      op: str = "max_unpool2d"):
+    """Validate max_unpool2d's arguments: x (N, C, H, W) real, `indices` an integer array of
+    x's shape, each in [0, OH*OW). Returns (x as float32/float64, the flat position in the
+    whole output of each element of x (int64, x.size of them, in x's order), the output shape
+    (N, C, OH, OW))."""
+    x = as_float_array(x, "x", op)
+    check_ndim(x, 4, "x", op, "(N, C, H, W)")
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be an integer array, got dtype {indices.dtype}")
+    if indices.shape != x.shape:
+        raise ValueError(f"{op}: indices shape {indices.shape} must equal x shape {x.shape}")
+    shape = x.shape[:2] + unpool_output_size(x.shape, kernel_size, stride, padding,
+                                             output_size, op)
+    check_pool_indices(indices, shape, op, "the output")
+    N, C, H, W = x.shape
+    plane = shape[2] * shape[3]
+    where = indices.reshape(N * C, H * W).astype(np.int64) \
+        + (np.arange(N * C, dtype=np.int64) * plane)[:, None]
+    return x, where.reshape(-1), shape
+
+
+def max_unpool_backward_inputs(grad_y, indices, op: str = "max_unpool2d_backward"):
+    """Validate max_unpool2d_backward's arguments: grad_y (N, C, OH, OW) real, `indices` an
+    integer array (N, C, H, W) on the same (N, C), every index in [0, OH*OW). Returns (grad_y,
+    indices as int64)."""
+    grad_y = as_float_array(grad_y, "grad_y", op)
+    check_ndim(grad_y, 4, "grad_y", op, "(N, C, H, W)")
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be an integer array, got dtype {indices.dtype}")
+    if indices.ndim != 4 or indices.shape[:2] != grad_y.shape[:2]:
+        raise ValueError(f"{op}: indices {indices.shape} must be 4-D and agree with grad_y "
+                         f"{grad_y.shape} on (N, C)")
+    indices = indices.astype(np.int64, copy=False)
+    check_pool_indices(indices, grad_y.shape, op, "grad_y")
+    return grad_y, indices
+
+
 #: What conv2d_backward_through_max_pool's errors call the pooled conv output.
 CONV_OUTPUT = "the conv output"
 
@@ -833,6 +929,40 @@ def batch_norm_eps(eps, op: str) -> float:
             or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps!r}")
     return float(eps)
+
+
+def real_number(value, name: str, op: str) -> float:
+    """A real-valued hyper-parameter (alpha, beta, ...) as a float; TypeError for a bool or a
+    non-number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating)):
+        raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def local_response_norm_args(size, alpha, beta, k, op: str) -> tuple[int, float, float, float]:
+    """(size, alpha, beta, k) of local_response_norm: size a positive int (the channels in a
+    window), the others real numbers."""
+    if (not isinstance(size, (numbers.Integral, np.integer)) or isinstance(size, (bool, np.bool_))
+            or not 1 <= size <= _MAX_INT):
+        raise ValueError(f"{op}: size must be a positive int, got {size!r}")
+    return (int(size), real_number(alpha, "alpha", op), real_number(beta, "beta", op),
+            real_number(k, "k", op))
+
+
+def local_response_norm_input(x, op: str, name: str = "x") -> np.ndarray:
+    """x of local_response_norm: real, at least 3-D (N, C, *), as float32/float64."""
+    x = as_float_array(x, name, op)
+    if x.ndim < 3:
+        raise ValueError(f"{op}: {name} must be 3-D or more (N, C, *), got shape {x.shape}")
+    return x
+
+
+def local_response_norm_grad_inputs(grad_y, x, size, alpha, beta, k, op: str):
+    """local_response_norm_backward's arguments validated: (grad_y, x in their common dtype,
+    that dtype, (size, alpha, beta, k))."""
+    hyper = local_response_norm_args(size, alpha, beta, k, op)
+    grad_y, x, dtype = relu_backward_inputs(grad_y, local_response_norm_input(x, op), op, "x")
+    return grad_y, x.astype(dtype, copy=False), dtype, hyper
 
 
 def batch_norm_grad_inputs(grad_y, x_shape, mean, invstd, dtype, op: str, relu_output=None):

@@ -43,6 +43,7 @@ from ._args import (
     conv_transpose2d_geometry,
     conv2d_geometry,
     conv2d_output_shape,
+    divisor_override as _divisor_override,
     flag,
     float_bias,
     fold_geometry,
@@ -51,7 +52,12 @@ from ._args import (
     gelu_tanh,
     indices_out_of_range,
     linear_shapes,
+    local_response_norm_args,
+    local_response_norm_grad_inputs,
+    local_response_norm_input,
     max_pool_backward_inputs,
+    max_unpool_backward_inputs,
+    max_unpool_inputs,
     normalize_output_mask,
     pad_backward_inputs,
     pad_geometry,
@@ -72,6 +78,8 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
     "adaptive_avg_pool2d",
     "adaptive_avg_pool2d_backward",
     "im2col",
@@ -80,6 +88,8 @@ __all__ = [
     "linear_backward",
     "batch_norm_train",
     "batch_norm_train_backward",
+    "local_response_norm",
+    "local_response_norm_backward",
     "relu",
     "relu_backward",
     "upsample_nearest2d",
@@ -427,27 +437,32 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True) -> np.ndarray:
+               count_include_pad=True, divisor_override=None) -> np.ndarray:
     """2-D average pooling, as torch.nn.functional.avg_pool2d.
 
     Each output is the mean over its window; the divisor is the window area clipped to the
     padded input when `count_include_pad` (PyTorch's default), else the number of input
-    elements in the window.
+    elements in the window. A non-zero int `divisor_override` divides every window's sum by
+    it instead (count_include_pad then has no effect). A window with no input element gives 0.
     """
     op = "avg_pool2d"
     x = as_float_array(x, "x", op)
     check_ndim(x, 4, "x", op, _NCHW)
     geom = pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode, op)
+    include_pad = flag(count_include_pad, "count_include_pad", op)
+    divisor = _divisor_override(divisor_override, op) or 0
     y = np.empty(geom.output_shape, x.dtype)
     if geom.N and geom.C:
         _core.avg_pool2d_forward(_c(x, x.dtype), y, *geom.kernel, *geom.stride, *geom.padding,
-                                 flag(count_include_pad, "count_include_pad", op))
+                                 include_pad, divisor)
     return y
 
 
 def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
-                        ceil_mode=False, count_include_pad=True) -> np.ndarray:
-    """Gradient of avg_pool2d: each output's gradient spread evenly over its window."""
+                        ceil_mode=False, count_include_pad=True,
+                        divisor_override=None) -> np.ndarray:
+    """Gradient of avg_pool2d: each output's gradient divided by its window's divisor (see
+    avg_pool2d) and added over the window's input elements."""
     op = "avg_pool2d_backward"
     grad_y = as_float_array(grad_y, "grad_y", op)
     check_ndim(grad_y, 4, "grad_y", op, _NCHW)
@@ -457,11 +472,45 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     if grad_y.shape != geom.output_shape:
         raise ValueError(f"{op}: grad_y must have the pooled shape {geom.output_shape} for "
                          f"input_shape {input_shape}, got {grad_y.shape}")
+    include_pad = flag(count_include_pad, "count_include_pad", op)
+    divisor = _divisor_override(divisor_override, op) or 0
     grad_x = np.empty(input_shape, grad_y.dtype)
     if grad_x.size:
         _core.avg_pool2d_backward(_c(grad_y, grad_y.dtype), grad_x, *geom.kernel, *geom.stride,
-                                  *geom.padding, flag(count_include_pad, "count_include_pad", op))
+                                  *geom.padding, include_pad, divisor)
     return grad_x
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0,
+                 output_size=None) -> np.ndarray:
+    """The partial inverse of max_pool2d, as torch.nn.functional.max_unpool2d: zeros of the
+    output size, then each value of x (N, C, H, W) written at its flat position `indices`
+    (x's shape, e.g. from max_pool2d with return_indices) in its output plane OH * OW.
+
+    Output size: by default (H - 1) stride - 2 padding + kernel_size per axis; `output_size`
+    (OH, OW) or (N, C, OH, OW) picks another within stride of it (the size max_pool2d took in
+    when its floor dropped rows). Where several values go to one position the last one (in
+    row-major order) stays: PyTorch leaves that unspecified. ValueError for an index outside
+    its plane.
+    """
+    x, where, shape = max_unpool_inputs(x, indices, kernel_size, stride, padding, output_size)
+    y = np.zeros(math.prod(shape), x.dtype)
+    # output position -> the last element of x written there (ufunc.at runs in order)
+    writer = np.full(y.size, -1, np.int64)
+    np.maximum.at(writer, where, np.arange(where.size, dtype=np.int64))
+    hit = np.flatnonzero(writer >= 0)
+    y[hit] = x.reshape(-1)[writer[hit]]
+    return y.reshape(shape)
+
+
+def max_unpool2d_backward(grad_y, indices) -> np.ndarray:
+    """Gradient of max_unpool2d w.r.t. x: grad_y (N, C, OH, OW) read at each index, as
+    PyTorch's (a value overwritten at a repeated index gets that position's gradient too).
+    indices: (N, C, H, W), as given to max_unpool2d."""
+    grad_y, indices = max_unpool_backward_inputs(grad_y, indices)
+    N, C, H, W = indices.shape
+    g2 = np.ascontiguousarray(grad_y).reshape(N * C, grad_y.shape[2] * grad_y.shape[3])
+    return np.take_along_axis(g2, indices.reshape(N * C, H * W), axis=1).reshape(indices.shape)
 
 
 def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
@@ -698,6 +747,66 @@ def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=T
     gw, gb = np.empty(C, x3.dtype), np.empty(C, x3.dtype)
     _core.batch_norm_backward(gy, ry, x3, mean, invstd, weight, gx, gw, gb)
     return (None if gx is None else gx.reshape(shape)), gw, gb
+
+
+def _channel_window_sum(a: np.ndarray, before: int, after: int) -> np.ndarray:
+    """out[:, c] = a[:, c - before] + ... + a[:, c + after] (zero outside the channels): the
+    shifted slices of a zero-padded copy, added window position by window position."""
+    C = a.shape[1]
+    padded = np.zeros((a.shape[0], C + before + after) + a.shape[2:], a.dtype)
+    padded[:, before:before + C] = a
+    out = padded[:, :C].copy()
+    for i in range(1, before + after + 1):
+        out += padded[:, i:i + C]
+    return out
+
+
+def _lrn_denominator(x: np.ndarray, size: int, alpha: float, k: float) -> np.ndarray:
+    """k + alpha mean(x^2) over each channel's window [c - size // 2, c + (size - 1) // 2]
+    (zeros outside the channels, the mean always over `size`), as torch's avg_pool of x^2."""
+    d = _channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    d /= x.dtype.type(size)
+    d *= x.dtype.type(alpha)
+    d += x.dtype.type(k)
+    return d
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0) -> np.ndarray:
+    """Local response normalisation across channels (AlexNet's), as
+    torch.nn.functional.local_response_norm: for x (N, C, *),
+
+        y[:, c] = x[:, c] / (k + alpha / size * sum_{c' = c - size//2}^{c + (size-1)//2} x[:, c']^2)^beta
+
+    (channels outside [0, C) count as zeros).
+    """
+    op = "local_response_norm"
+    size, alpha, beta, k = local_response_norm_args(size, alpha, beta, k, op)
+    x = local_response_norm_input(x, op)
+    if not x.size:
+        return np.empty(x.shape, x.dtype)
+    return x / _lrn_denominator(x, size, alpha, k) ** x.dtype.type(beta)
+
+
+def local_response_norm_backward(grad_y, x, size, alpha=1e-4, beta=0.75, k=1.0) -> np.ndarray:
+    """Gradient of local_response_norm from its input: with d the denominator's base
+    (y = x d^-beta),
+
+        dx[:, j] = g[:, j] d[:, j]^-beta
+                   - 2 alpha beta / size x[:, j] sum_{c = j - (size-1)//2}^{j + size//2} g[:, c] y[:, c] / d[:, c]
+
+    (the channels c whose window holds j)."""
+    grad_y, x, dtype, (size, alpha, beta, k) = local_response_norm_grad_inputs(
+        grad_y, x, size, alpha, beta, k, "local_response_norm_backward")
+    if not x.size:
+        return np.empty(x.shape, dtype)
+    d = _lrn_denominator(x, size, alpha, k)
+    scale = d ** dtype.type(-beta)                     # d^-beta
+    gy_over_d = grad_y * x * scale / d                 # g y / d
+    dx = _channel_window_sum(gy_over_d, (size - 1) // 2, size // 2)
+    dx *= x
+    dx *= dtype.type(-2 * alpha * beta / size)
+    dx += grad_y * scale
+    return dx
 
 
 def relu(x) -> np.ndarray:

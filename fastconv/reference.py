@@ -46,6 +46,7 @@ from fastconv._args import (
     conv_transpose2d_geometry,
     conv2d_geometry,
     conv2d_output_shape,
+    divisor_override as _divisor_override,
     flag,
     float_bias,
     fold_geometry,
@@ -53,7 +54,12 @@ from fastconv._args import (
     upsample_nearest2d_geometry,
     gelu_tanh,
     linear_shapes,
+    local_response_norm_args,
+    local_response_norm_grad_inputs,
+    local_response_norm_input,
     max_pool_backward_inputs,
+    max_unpool_backward_inputs,
+    max_unpool_inputs,
     normalize_output_mask,
     pool2d_geometry,
     pool2d_output_shape,
@@ -74,6 +80,8 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
     "adaptive_avg_pool2d",
     "adaptive_avg_pool2d_backward",
     "im2col",
@@ -82,6 +90,8 @@ __all__ = [
     "linear_backward",
     "batch_norm_train",
     "batch_norm_train_backward",
+    "local_response_norm",
+    "local_response_norm_backward",
     "relu",
     "relu_backward",
     "upsample_nearest2d",
@@ -502,31 +512,38 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np
     return grad_x.reshape(input_shape)
 
 
-def _avg_divisor(geom, count_include_pad: bool, dtype: np.dtype) -> np.ndarray:
+def _avg_divisor(geom, count_include_pad: bool, dtype: np.dtype,
+                 divisor_override: int | None = None) -> np.ndarray:
     """(OH, OW) divisors of avg_pool2d, as PyTorch's CPU kernel computes them.
 
     Per axis the window [start, start + k) is first clipped to [-p, size + p) (that length is
-    the divisor with count_include_pad) and then to [0, size) (the divisor without it). A
-    window with nothing inside the input gets divisor 0 (its output is 0).
+    the divisor with count_include_pad) and then to [0, size) (the divisor without it);
+    `divisor_override` replaces the divisor of every window. A window with nothing inside the
+    input gets divisor 0 (its output is 0).
     """
-    counts = []
+    counts, nonempty = [], []
     for size, k, s, p, o in zip((geom.H, geom.W), geom.kernel, geom.stride, geom.padding,
                                 geom.out):
         start = np.arange(o, dtype=np.int64) * s - p
         end = np.minimum(start + k, size + p)
         inside = np.maximum(np.minimum(end, size) - np.maximum(start, 0), 0)
         counts.append(np.where(inside > 0, end - start, 0) if count_include_pad else inside)
-    return (counts[0][:, None] * counts[1][None, :]).astype(dtype)
+        nonempty.append(inside > 0)
+    div = counts[0][:, None] * counts[1][None, :]
+    if divisor_override is not None:
+        div = np.where(nonempty[0][:, None] & nonempty[1][None, :], divisor_override, 0)
+    return div.astype(dtype)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True) -> np.ndarray:
+               count_include_pad=True, divisor_override=None) -> np.ndarray:
     """2-D average pooling, ``torch.nn.functional.avg_pool2d`` (CPU divisor rules).
 
     x: (N, C, H, W) -> y: (N, C, OH, OW). The window sum (zero padding) is divided by the
     number of window positions inside [-p, H + p) x [-p, W + p) if `count_include_pad`
     (so with ceil_mode the part of a window hanging past the padding is not counted), else by
-    the number of positions inside the input.
+    the number of positions inside the input; by `divisor_override` (a non-zero int) for
+    every window when it is given.
     """
     op = "avg_pool2d"
     x = as_float_array(x, "x", op)
@@ -542,13 +559,15 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     for i in range(kh):
         for j in range(kw):
             y += xp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))]
-    div = _avg_divisor(geom, flag(count_include_pad, "count_include_pad", op), dtype)
-    np.divide(y, div, out=y, where=div > 0)
+    div = _avg_divisor(geom, flag(count_include_pad, "count_include_pad", op), dtype,
+                       _divisor_override(divisor_override, op))
+    np.divide(y, div, out=y, where=div != 0)
     return y
 
 
 def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
-                        ceil_mode=False, count_include_pad=True) -> np.ndarray:
+                        ceil_mode=False, count_include_pad=True,
+                        divisor_override=None) -> np.ndarray:
     """Gradient of :func:`avg_pool2d` w.r.t. x.
 
     grad_y: (N, C, OH, OW), input_shape: (N, C, H, W). Each grad_y entry divided by its
@@ -566,9 +585,10 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     dtype = grad_y.dtype
     N, C, H, W = input_shape
     (kh, kw), (oh, ow), (ph, pw) = geom.kernel, geom.out, geom.padding
-    div = _avg_divisor(geom, flag(count_include_pad, "count_include_pad", op), dtype)
+    div = _avg_divisor(geom, flag(count_include_pad, "count_include_pad", op), dtype,
+                       _divisor_override(divisor_override, op))
     g = np.zeros(geom.output_shape, dtype=dtype)
-    np.divide(grad_y, div, out=g, where=div > 0)
+    np.divide(grad_y, div, out=g, where=div != 0)
     height = _padded_size(H, ph, oh, kh, geom.stride[0], 1)
     width = _padded_size(W, pw, ow, kw, geom.stride[1], 1)
     gxp = np.zeros((N, C, height, width), dtype=dtype)
@@ -576,6 +596,29 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
         for j in range(kw):
             gxp[(..., *_offset_slice(i, j, geom.out, geom.stride, geom.dilation))] += g
     return np.ascontiguousarray(gxp[:, :, ph:ph + H, pw:pw + W])
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0,
+                 output_size=None) -> np.ndarray:
+    """``torch.nn.functional.max_unpool2d``: y (N, C, OH, OW) zero but y[n, c].flat[i] =
+    x[n, c].flat[j] for indices[n, c].flat[j] = i; of repeated indices the last j (row-major)
+    wins. Output size as :func:`fastconv._args.unpool_output_size`."""
+    x, where, shape = max_unpool_inputs(x, indices, kernel_size, stride, padding, output_size)
+    y = np.zeros(shape, x.dtype)
+    # the last occurrence of each position: its first in the reversed order
+    positions, first = np.unique(where[::-1], return_index=True)
+    y.reshape(-1)[positions] = x.reshape(-1)[::-1][first]
+    return y
+
+
+def max_unpool2d_backward(grad_y, indices) -> np.ndarray:
+    """Gradient of :func:`max_unpool2d` w.r.t. x: grad_x[n, c].flat[j] =
+    grad_y[n, c].flat[indices[n, c].flat[j]] (PyTorch's, repeated indices included)."""
+    grad_y, indices = max_unpool_backward_inputs(grad_y, indices)
+    N, C, H, W = indices.shape
+    plane = grad_y.shape[2] * grad_y.shape[3]
+    flat = indices + (np.arange(N * C, dtype=np.int64) * plane).reshape(N, C, 1, 1)
+    return np.ascontiguousarray(grad_y).reshape(-1)[flat]
 
 
 def _window_sums(x: np.ndarray, axis: int, out: int):
@@ -732,6 +775,48 @@ def batch_norm_train_backward(grad_y, x, mean, invstd, weight=None, input_grad=T
         gx = k[:, None] * (g3 - gb[:, None] / m - xhat * (gw / m)[:, None])
         gx = np.ascontiguousarray(gx.reshape(shape), dtype=x3.dtype)
     return gx, gw, gb
+
+
+def _lrn_window(C: int, size: int, dtype) -> np.ndarray:
+    """(C, C) matrix B with B[c, c'] = 1 where channel c' is in channel c's window
+    [c - size // 2, c + (size - 1) // 2]: the window sums of a are B @ a over the channels."""
+    offset = np.arange(C)[None, :] - np.arange(C)[:, None]
+    return ((offset >= -(size // 2)) & (offset <= (size - 1) // 2)).astype(dtype)
+
+
+def _lrn_base(x: np.ndarray, size: int, alpha: float, k: float, window: np.ndarray) -> np.ndarray:
+    """k + alpha / size * (window sums of x^2 over the channels)."""
+    sums = np.einsum("cd,nd...->nc...", window, x * x)
+    return k + alpha / size * sums
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0) -> np.ndarray:
+    """``torch.nn.functional.local_response_norm`` of x (N, C, *): x / (k + alpha / size *
+    S)^beta, S the sums of x^2 over each channel's window of `size` channels
+    [c - size // 2, c + (size - 1) // 2] (a band matrix over the channel axis)."""
+    op = "local_response_norm"
+    size, alpha, beta, k = local_response_norm_args(size, alpha, beta, k, op)
+    x = local_response_norm_input(x, op)
+    if not x.size:
+        return np.empty(x.shape, x.dtype)
+    base = _lrn_base(x, size, alpha, k, _lrn_window(x.shape[1], size, x.dtype))
+    return np.ascontiguousarray(x * base ** -beta, dtype=x.dtype)
+
+
+def local_response_norm_backward(grad_y, x, size, alpha=1e-4, beta=0.75, k=1.0) -> np.ndarray:
+    """Gradient of :func:`local_response_norm` w.r.t. x, by the chain rule through the band
+    matrix B: with b = k + alpha / size * B x^2 and y = x b^-beta,
+    dx = g b^-beta + 2 alpha / size * x * B^T (-beta g x b^(-beta - 1))."""
+    grad_y, x, dtype, (size, alpha, beta, k) = local_response_norm_grad_inputs(
+        grad_y, x, size, alpha, beta, k, "local_response_norm_backward")
+    if not x.size:
+        return np.empty(x.shape, dtype)
+    window = _lrn_window(x.shape[1], size, dtype)
+    base = _lrn_base(x, size, alpha, k, window)
+    grad_base = -beta * grad_y * x * base ** (-beta - 1)
+    grad_sums = np.einsum("cd,nc...->nd...", window, grad_base)
+    dx = grad_y * base ** -beta + 2 * alpha / size * x * grad_sums
+    return np.ascontiguousarray(dx, dtype=dtype)
 
 
 def _relu_values(x: np.ndarray) -> np.ndarray:

@@ -28,11 +28,12 @@ def assert_close(actual, expected, dtype=None, tol=None, what=""):
 
 
 def randomize_norms(model, seed):
-    """Give the BatchNorm/LayerNorm/GroupNorm layers of `model` non-trivial affine parameters and running
+    """Give the BatchNorm/LayerNorm/GroupNorm/InstanceNorm2d layers of `model` non-trivial affine parameters and running
     statistics (PyTorch's defaults, ones and zeros, would hide mistakes); returns `model`."""
     gen = np.random.default_rng(seed)
     for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm,
+                          nn.InstanceNorm2d)):
             if m.weight is not None:
                 m.weight.data[...] = gen.uniform(0.5, 1.5, m.weight.data.shape)
             if m.bias is not None:

@@ -59,6 +59,10 @@ CASES = [
      lambda t: t.nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False), (2, 2, 7, 8)),
     ("avgpool_pad_include", lambda: nn.AvgPool2d(3, 1, padding=1),
      lambda t: t.nn.AvgPool2d(3, 1, padding=1), (1, 2, 5, 5)),
+    ("avgpool_divisor", lambda: nn.AvgPool2d(3, 2, 1, True, False, 5),
+     lambda t: t.nn.AvgPool2d(3, 2, 1, True, False, 5), (2, 2, 7, 8)),
+    ("avgpool_divisor_2x2", lambda: nn.AvgPool2d(2, divisor_override=-3),
+     lambda t: t.nn.AvgPool2d(2, divisor_override=-3), (2, 3, 6, 6)),
     ("linear", lambda: nn.Linear(5, 3, rng=6), lambda t: t.nn.Linear(5, 3), (4, 5)),
     ("linear_3d_nobias", lambda: nn.Linear(5, 3, bias=False, rng=7),
      lambda t: t.nn.Linear(5, 3, bias=False), (2, 4, 5)),
@@ -69,6 +73,11 @@ CASES = [
     ("leaky_relu_default", lambda: nn.LeakyReLU(), lambda t: t.nn.LeakyReLU(), (2, 3, 2, 2)),
     ("tanh", lambda: nn.Tanh(), lambda t: t.nn.Tanh(), (3, 7)),
     ("sigmoid", lambda: nn.Sigmoid(), lambda t: t.nn.Sigmoid(), (3, 7)),
+    ("hardtanh", lambda: nn.Hardtanh(-0.5, 1.5), lambda t: t.nn.Hardtanh(-0.5, 1.5), (3, 7)),
+    ("softplus", lambda: nn.Softplus(2.0, 1.0), lambda t: t.nn.Softplus(2.0, 1.0), (2, 3, 5)),
+    ("mish", lambda: nn.Mish(), lambda t: t.nn.Mish(), (3, 7)),
+    ("log_sigmoid", lambda: nn.LogSigmoid(), lambda t: t.nn.LogSigmoid(), (3, 7)),
+    ("unflatten", lambda: nn.Unflatten(1, (2, -1)), lambda t: t.nn.Unflatten(1, (2, -1)), (3, 6, 2)),
     ("dropout_p0", lambda: nn.Dropout(0.0), lambda t: t.nn.Dropout(0.0), (3, 7)),
     ("batchnorm2d", lambda: nn.BatchNorm2d(3), lambda t: t.nn.BatchNorm2d(3), (4, 3, 3, 2)),
     ("batchnorm2d_noaffine_momentum_none",
@@ -81,6 +90,17 @@ CASES = [
     ("layernorm", lambda: nn.LayerNorm((3, 4)), lambda t: t.nn.LayerNorm((3, 4)), (2, 5, 3, 4)),
     ("layernorm_plain", lambda: nn.LayerNorm(6, eps=1e-3, elementwise_affine=False),
      lambda t: t.nn.LayerNorm(6, eps=1e-3, elementwise_affine=False), (4, 6)),
+    ("instancenorm", lambda: nn.InstanceNorm2d(3), lambda t: t.nn.InstanceNorm2d(3), (2, 3, 4, 5)),
+    ("instancenorm_affine_running",
+     lambda: nn.InstanceNorm2d(3, eps=1e-3, momentum=0.2, affine=True, track_running_stats=True),
+     lambda t: t.nn.InstanceNorm2d(3, eps=1e-3, momentum=0.2, affine=True, track_running_stats=True),
+     (3, 3, 3, 4)),
+    ("instancenorm_no_bias_momentum_none",
+     lambda: nn.InstanceNorm2d(2, momentum=None, affine=True, track_running_stats=True, bias=False),
+     lambda t: t.nn.InstanceNorm2d(2, momentum=None, affine=True, track_running_stats=True,
+                                   bias=False), (2, 2, 3, 3)),
+    ("instancenorm_one_sample", lambda: nn.InstanceNorm2d(3, affine=True),
+     lambda t: t.nn.InstanceNorm2d(3, affine=True), (3, 4, 4)),
     ("sequential", lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False, rng=8), nn.BatchNorm2d(3),
                                          nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 4, rng=9),
                                          nn.Tanh()),
@@ -978,3 +998,119 @@ def test_group_norm_checks_and_batch_independence():
     np.testing.assert_array_equal(m(x)[2:3], m(x[2:3]))          # each sample on its own
     m.eval()
     np.testing.assert_array_equal(m(x)[2:3], m.train()(x[2:3]))  # and the same in eval mode
+
+
+def test_instance_norm_checks_warnings_and_statistics(torch):
+    with pytest.raises(ValueError, match=r"InstanceNorm2d\(4, .*expected input's size at dim=1 to "
+                                         r"match num_features \(4\), got input of shape \(2, 3, 4, 4\)"):
+        nn.InstanceNorm2d(4, affine=True)(np.zeros((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match="expected input's size at dim=0"):
+        nn.InstanceNorm2d(4, track_running_stats=True)(np.zeros((3, 4, 4)))
+    with pytest.warns(UserWarning, match="input's size at dim=1 does not match num_features"):
+        y = nn.InstanceNorm2d(4)(np.arange(96.0).reshape(2, 3, 4, 4))      # as torch: computed
+    np.testing.assert_allclose(y, torch.nn.InstanceNorm2d(3)(
+        torch.arange(96.0, dtype=torch.float64).reshape(2, 3, 4, 4)).numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 3, H, W\) or \(3, H, W\), "
+                                         r"got \(2, 3\)"):
+        nn.InstanceNorm2d(3)(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"more than 1 spatial element when training, got input of "
+                                         r"shape \(2, 3, 1, 1\)"):
+        nn.InstanceNorm2d(3)(np.zeros((2, 3, 1, 1)))
+    running = nn.InstanceNorm2d(3, track_running_stats=True).eval()
+    assert running(np.ones((2, 3, 1, 1))).shape == (2, 3, 1, 1)       # (running stats: allowed)
+    # an empty batch: an empty output, the statistics kept (PyTorch fails with an IndexError)
+    layer = nn.InstanceNorm2d(3, affine=True, track_running_stats=True)
+    assert layer(np.zeros((0, 3, 4, 4))).shape == (0, 3, 4, 4)
+    assert layer.backward(np.zeros((0, 3, 4, 4))).shape == (0, 3, 4, 4)
+    np.testing.assert_array_equal(layer.running_mean, 0)
+    np.testing.assert_array_equal(layer.running_var, 1)
+    # num_batches_tracked stays 0, as PyTorch's
+    layer(np.random.default_rng(0).normal(size=(2, 3, 4, 4)))
+    assert int(layer.num_batches_tracked) == 0 and layer.running_mean.any()
+    assert list(layer.state_dict()) == list(torch.nn.InstanceNorm2d(
+        3, affine=True, track_running_stats=True).state_dict())
+    # each sample on its own, in training and in eval without running statistics
+    m = nn.InstanceNorm2d(2, affine=True)
+    x = np.random.default_rng(2).normal(size=(5, 2, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(m(x)[2:3], m(x[2:3]))
+    np.testing.assert_array_equal(m.eval()(x)[2:3], m.train()(x[2:3]))
+    np.testing.assert_array_equal(m(x)[2], m(x[2]))                 # one sample (C, H, W)
+
+
+def test_instance_norm_one_sample_export(torch, tmp_path):
+    from fastconv.export import to_torch
+
+    layer = _randomize(nn.InstanceNorm2d(3, affine=True).astype(np.float64), 1)
+    x = np.random.default_rng(3).normal(size=(3, 4, 5))
+    np.testing.assert_allclose(to_torch(layer)(torch.tensor(x)).detach().numpy(), layer(x),
+                               rtol=1e-12, atol=1e-12)
+    pytest.importorskip("onnx")
+    from fastconv.export import to_onnx
+    with pytest.raises(ValueError, match=r"to_onnx: .*InstanceNorm2d.*takes one sample \(3, 4, 5\); "
+                                         r"the graph's first axis is the batch"):
+        to_onnx(layer.astype(np.float32), tmp_path / "m.onnx", input_shape=(3, 4, 5))
+
+
+@pytest.mark.parametrize("name,args", [("Hardtanh", ()), ("Hardtanh", (-2.0, 0.5)),
+                                       ("Softplus", ()), ("Softplus", (0.5, 3.0)),
+                                       ("Softplus", (-1.0, 2.0)), ("Mish", ()), ("LogSigmoid", ())],
+                         ids=str)
+def test_smooth_and_clipping_activations_over_a_wide_range(torch, name, args):
+    """Forward and backward against torch over [-60, 60] (both tails: no overflow, the
+    softplus threshold, the clipping), repr as torch's, and central differences in float64
+    away from the kinks."""
+    from fastconv.gradcheck import eval_numerical_gradient, rel_error
+    layer, twin = getattr(nn, name)(*args), getattr(torch.nn, name)(*args)
+    assert repr(layer) == repr(twin)
+    gen = np.random.default_rng(4)
+    x = np.concatenate([gen.uniform(-60, 60, 200), gen.normal(size=200) * 3, [0.0, -0.0]])
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        xd = x.astype(dtype).reshape(2, -1)
+        g = gen.normal(size=xd.shape).astype(dtype)
+        with np.errstate(over="raise", invalid="raise", divide="raise"):  # (no warning)
+            y = layer(xd)
+            gx = layer.backward(g)
+        xt = torch.tensor(xd, requires_grad=True)
+        yt = twin(xt)
+        yt.backward(torch.tensor(g))
+        assert y.dtype == gx.dtype == dtype
+        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=tol, atol=tol)
+    kinks = {"Hardtanh": list(args or (-1.0, 1.0)),
+             "Softplus": [args[1] / args[0]] if args else [20.0]}.get(name, [])
+    xs = gen.uniform(-8, 8, size=(3, 10))
+    for kink in kinks:
+        xs[np.abs(xs - kink) < 1e-3] += 0.01
+    g = gen.normal(size=xs.shape)
+    layer(xs)
+    num = eval_numerical_gradient(lambda v: float((layer(v) * g).sum()), xs.copy())
+    layer(xs)
+    assert rel_error(layer.backward(g), num) < 1e-8
+
+
+def test_new_activation_and_unflatten_arguments(torch):
+    with pytest.raises(ValueError, match=r"Hardtanh: max_val \(-1\) must be greater than min_val \(1\)"):
+        nn.Hardtanh(1, -1)
+    with pytest.raises(TypeError, match="Softplus: beta must be a real number, got '2'"):
+        nn.Softplus("2")
+    for sizes in ((2, 3), [2, -1], (-1, 6)):
+        layer, twin = nn.Unflatten(-1, sizes), torch.nn.Unflatten(-1, sizes)
+        assert repr(layer) == repr(twin)
+        assert layer.output_shape((4, 6)) == tuple(twin(torch.zeros(4, 6)).shape)
+    with pytest.raises(ValueError, match=r"unflattened_size \(4, -1\) does not split dim 1 of "
+                                         r"size 6 \(input of shape \(2, 6\)\)"):
+        nn.Unflatten(1, (4, -1))(np.zeros((2, 6)))
+    with pytest.raises(ValueError, match=r"dim 2 is out of range for an input of shape \(2, 6\)"):
+        nn.Unflatten(2, (2, 3))(np.zeros((2, 6)))
+    with pytest.raises(ValueError, match="at most one -1"):
+        nn.Unflatten(1, (-1, -1))
+    with pytest.raises(TypeError, match="unflattened_size must be a tuple"):
+        nn.Unflatten(1, 6)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        nn.Unflatten(1.0, (2, 3))
+    model = nn.Sequential(nn.Flatten(), nn.Unflatten(1, (3, 2, 2)))   # a round trip
+    x = np.random.default_rng(0).normal(size=(2, 3, 2, 2))
+    np.testing.assert_array_equal(model(x), x)
+    np.testing.assert_array_equal(model.backward(x), x)
+    for layer in (nn.Hardtanh(), nn.Softplus(), nn.Mish(), nn.LogSigmoid()):   # empty batch
+        assert layer(np.zeros((0, 3))).shape == (0, 3) and layer.backward(np.zeros((0, 3))).shape == (0, 3)

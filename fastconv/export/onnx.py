@@ -249,6 +249,14 @@ def _max_pool2d(g: _Graph, m: nn.MaxPool2d, path: str, x: str, shape, convert) -
 def _avg_pool2d(g: _Graph, m: nn.AvgPool2d, path: str, x: str, shape, convert) -> str:
     begin, end = _pool_pads(m, shape)
     attrs = dict(kernel_shape=list(m.kernel_size), strides=list(m.stride))
+    if m.divisor_override is not None:
+        # AveragePool has no divisor: every window lies whole in the zero-padded input (the
+        # padding made real, ceil_mode's extra end padding included), so AveragePool gives
+        # sum / (kH kW), scaled by kH kW / divisor_override.
+        pads = g.const(path, "pads", [0, 0, *begin, 0, 0, *end], np.int64)
+        pooled = g.op(path, "AveragePool", [g.op(path, "Pad", [x, pads])], **attrs)
+        return _scalar_op(g, path, "Mul", pooled, "divisor_scale",
+                          math.prod(m.kernel_size) / m.divisor_override)
     if not (m.count_include_pad and begin != (0, 0) and end != begin):
         # (with no padding, a ceil_mode window past the input divides by its input pixels)
         return g.op(path, "AveragePool", [x], pads=_pair_pads(begin, end),
@@ -292,11 +300,20 @@ def _upsample(g: _Graph, m: nn.Upsample, path: str, x: str, shape, convert) -> s
     return x
 
 
-def _flatten(g: _Graph, m: nn.Flatten, path: str, x: str, shape, convert) -> str:
-    out = list(m.output_shape(shape))
-    start = m.start_dim + len(shape) if m.start_dim < 0 else m.start_dim
-    out[0] = 0 if start > 0 else -1  # the batch axis stays dynamic: copied, or inferred
+def _reshape(g: _Graph, path: str, x: str, out, batch_kept: bool) -> str:
+    """`x` reshaped to `out`, the batch axis dynamic: copied where it is kept, else inferred."""
+    out = list(out)
+    out[0] = 0 if batch_kept else -1
     return g.op(path, "Reshape", [x, g.const(path, "shape", out, np.int64)])
+
+
+def _flatten(g: _Graph, m: nn.Flatten, path: str, x: str, shape, convert) -> str:
+    start = m.start_dim + len(shape) if m.start_dim < 0 else m.start_dim
+    return _reshape(g, path, x, m.output_shape(shape), start > 0)
+
+
+def _unflatten(g: _Graph, m: nn.Unflatten, path: str, x: str, shape, convert) -> str:
+    return _reshape(g, path, x, m.output_shape(shape), m.dim % len(shape) > 0)
 
 
 def _scalar_op(g: _Graph, path: str, op_type: str, x: str, what: str, value) -> str:
@@ -348,6 +365,69 @@ def _group_norm(g: _Graph, m: nn.GroupNorm, path: str, x: str, shape, convert) -
                                            g.const(path, f"{attr}_shape", per_channel, np.int64)])
             y = g.op(path, op_type, [y, param])
     return y
+
+
+def _instance_norm2d(g: _Graph, m: nn.InstanceNorm2d, path: str, x: str, shape, convert) -> str:
+    """InstanceNormalization, or with running statistics (eval mode's) BatchNormalization.
+    Missing affine parameters are ones and zeros. A graph's first axis is the batch's: one
+    sample (C, H, W), whose first axis is the channels', is refused."""
+    if len(shape) != 4:
+        where = f"module {path!r}" if path else "the model"
+        raise ValueError(f"to_onnx: {where} ({m!r}) takes one sample {shape}; the graph's first "
+                         f"axis is the batch: export it for (N, C, H, W)")
+    c = shape[1]
+    scale = g.state(m, "weight") if m.weight is not None else _ones(g, path, "ones", c)
+    shift = g.state(m, "bias") if m.bias is not None else g.const(path, "zeros", np.zeros(c))
+    if m.track_running_stats:
+        return g.op(path, "BatchNormalization", [x, scale, shift, g.state(m, "running_mean"),
+                                                 g.state(m, "running_var")], epsilon=m.eps)
+    return g.op(path, "InstanceNormalization", [x, scale, shift], epsilon=m.eps)
+
+
+def _local_response_norm(g: _Graph, m: nn.LocalResponseNorm, path: str, x: str, shape,
+                         convert) -> str:
+    """ONNX's LRN sums the channels [c - floor((size-1)/2), c + ceil((size-1)/2)]: PyTorch's
+    window [c - size//2, c + (size-1)//2] for an odd size only (and onnxruntime takes no
+    other). An even size gets PyTorch's
+    own formula: x / (k + alpha avg(x^2))^beta, the channel average an AveragePool of x^2
+    laid out (N, 1, C, rest) with a (size, 1) window, zero padding counted."""
+    if m.size % 2:
+        # LRN takes (N, C, H, W): other layouts go through (N, C, rest, 1)
+        four_d = len(shape) == 4
+        y = x if four_d else g.op(path, "Reshape", [x, g.const(path, "nchw",
+                                                               [0, shape[1], -1, 1], np.int64)])
+        y = g.op(path, "LRN", [y], size=m.size, alpha=m.alpha, beta=m.beta, bias=m.k)
+        return y if four_d else g.op(path, "Reshape", [y, g.op(path, "Shape", [x])])
+    planes = g.const(path, "planes", [0, 1, shape[1], -1], np.int64)  # (N, 1, C, rest)
+    squares = g.op(path, "Reshape", [g.op(path, "Mul", [x, x]), planes])
+    mean = g.op(path, "AveragePool", [squares], kernel_shape=[m.size, 1], strides=[1, 1],
+                pads=[m.size // 2, 0, (m.size - 1) // 2, 0], count_include_pad=1)
+    mean = g.op(path, "Reshape", [mean, g.op(path, "Shape", [x])])
+    base = _scalar_op(g, path, "Add", _scalar_op(g, path, "Mul", mean, "alpha", m.alpha), "k", m.k)
+    return g.op(path, "Div", [x, _scalar_op(g, path, "Pow", base, "beta", m.beta)])
+
+
+def _hardtanh(g: _Graph, m: nn.Hardtanh, path: str, x: str, shape, convert) -> str:
+    return g.op(path, "Clip", [x, g.const(path, "min", m.min_val), g.const(path, "max", m.max_val)])
+
+
+def _softplus(g: _Graph, m: nn.Softplus, path: str, x: str, shape, convert) -> str:
+    """Softplus(beta x) / beta, x itself where beta x > threshold (ONNX's Softplus has
+    neither)."""
+    bx = _scalar_op(g, path, "Mul", x, "beta", m.beta)
+    y = _scalar_op(g, path, "Div", g.op(path, "Softplus", [bx]), "beta", m.beta)
+    linear = g.op(path, "Greater", [bx, g.const(path, "threshold", m.threshold)])
+    return g.op(path, "Where", [linear, x, y])
+
+
+def _mish(g: _Graph, m: nn.Mish, path: str, x: str, shape, convert) -> str:
+    # (ONNX's Mish came with opset 18)
+    return g.op(path, "Mul", [x, g.op(path, "Tanh", [g.op(path, "Softplus", [x])])])
+
+
+def _log_sigmoid(g: _Graph, m: nn.LogSigmoid, path: str, x: str, shape, convert) -> str:
+    # log(sigmoid(x)) = -softplus(-x)
+    return g.op(path, "Neg", [g.op(path, "Softplus", [g.op(path, "Neg", [x])])])
 
 
 def _relu6(g: _Graph, m: nn.ReLU6, path: str, x: str, shape, convert) -> str:
@@ -403,6 +483,8 @@ EXPORTERS: dict[type, Callable] = {
     nn.BatchNorm2d: _batch_norm,
     nn.LayerNorm: _layer_norm,
     nn.GroupNorm: _group_norm,
+    nn.InstanceNorm2d: _instance_norm2d,
+    nn.LocalResponseNorm: _local_response_norm,
     nn.MaxPool2d: _max_pool2d,
     nn.AvgPool2d: _avg_pool2d,
     nn.AdaptiveAvgPool2d: _adaptive_avg_pool2d,
@@ -418,6 +500,10 @@ EXPORTERS: dict[type, Callable] = {
     nn.ELU: _unary("Elu", alpha=lambda m: m.alpha),
     nn.Hardsigmoid: _unary("HardSigmoid", alpha=lambda m: 1 / 6, beta=lambda m: 0.5),
     nn.Hardswish: _unary("HardSwish"),
+    nn.Hardtanh: _hardtanh,
+    nn.Softplus: _softplus,
+    nn.Mish: _mish,
+    nn.LogSigmoid: _log_sigmoid,
     nn.Softmax: _softmax("Softmax"),
     nn.LogSoftmax: _softmax("LogSoftmax"),
     nn.Dropout: _passthrough,
@@ -428,6 +514,7 @@ EXPORTERS: dict[type, Callable] = {
     nn.ReplicationPad2d: _pad2d,
     nn.CircularPad2d: _pad2d,
     nn.Flatten: _flatten,
+    nn.Unflatten: _unflatten,
     nn.Identity: _passthrough,
     nn.Mul: _mul,
 }
@@ -489,10 +576,13 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, input_shape=(1, 3, 32, 32
     * `metadata` (str -> str) goes to the file's ``metadata_props`` (onnxruntime's
       ``session.get_modelmeta().custom_metadata_map``), e.g. the class names.
     * One exporter per layer type (:data:`EXPORTERS`): every layer and container of
-      :mod:`fastconv.nn`. Notes: ceil_mode pooling becomes explicit end padding, Upsample two
-      Gathers of the source rows and columns, GELU its Erf or Tanh formula, SiLU x *
-      Sigmoid(x), and AdaptiveAvgPool2d a GlobalAveragePool, an AveragePool or (unequal
-      windows) two MatMuls by averaging matrices.
+      :mod:`fastconv.nn` but MaxUnpool2d (two inputs: TypeError). Notes: ceil_mode pooling
+      becomes explicit end padding, Upsample two Gathers of the source rows and columns, GELU
+      its Erf or Tanh formula, SiLU x * Sigmoid(x), AdaptiveAvgPool2d a GlobalAveragePool, an
+      AveragePool or (unequal windows) two MatMuls by averaging matrices, AvgPool2d with
+      divisor_override a Pad, an AveragePool and a scale, LocalResponseNorm an LRN (odd
+      sizes) or its formula (even sizes), InstanceNorm2d an InstanceNormalization (or, with
+      running statistics, a BatchNormalization; batched input only).
 
     The model is checked with ``onnx.checker.check_model(full_check=True)``. Raises TypeError
     naming the module's path for a module type without an exporter (a subclass of a fastconv
@@ -503,6 +593,11 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, input_shape=(1, 3, 32, 32
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_onnx: expected a fastconv.nn.Module, got {type(model).__name__}")
     for p, m in model.named_modules():
+        if type(m) is nn.MaxUnpool2d:
+            where = f"module {p!r}" if p else "the model"
+            raise TypeError(f"to_onnx: {where} is a MaxUnpool2d, which takes two inputs (the "
+                            f"values and a MaxPool2d's indices) where the exported graph passes "
+                            f"one tensor from layer to layer: it has no ONNX exporter here")
         if type(m) not in EXPORTERS:
             where = f"module {p!r}" if p else "the model"
             raise TypeError(f"to_onnx: {where} is a {type(m).__module__}.{type(m).__qualname__}, "

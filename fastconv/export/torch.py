@@ -99,7 +99,8 @@ def _converters(torch) -> dict[type, Callable]:
 
     def avg_pool(m, convert):
         return tnn.AvgPool2d(m.kernel_size, stride=m.stride, padding=m.padding,
-                             ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad)
+                             ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
+                             divisor_override=m.divisor_override)
 
     def upsample(m, convert):
         return tnn.Upsample(size=m.size, scale_factor=m.scale_factor, mode=m.mode,
@@ -122,7 +123,15 @@ def _converters(torch) -> dict[type, Callable]:
         nn.GroupNorm: lambda m, convert: tnn.GroupNorm(m.num_groups, m.num_channels, eps=m.eps,
                                                        affine=m.affine, bias=m.bias is not None,
                                                        dtype=_dtype(torch, m)),
+        nn.InstanceNorm2d: lambda m, convert: tnn.InstanceNorm2d(
+            m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+            track_running_stats=m.track_running_stats, dtype=_dtype(torch, m),
+            bias=m.bias is not None),
+        nn.LocalResponseNorm: lambda m, convert: tnn.LocalResponseNorm(m.size, alpha=m.alpha,
+                                                                       beta=m.beta, k=m.k),
         nn.MaxPool2d: max_pool,
+        nn.MaxUnpool2d: lambda m, convert: tnn.MaxUnpool2d(m.kernel_size, stride=m.stride,
+                                                           padding=m.padding),
         nn.AvgPool2d: avg_pool,
         nn.AdaptiveAvgPool2d: lambda m, convert: tnn.AdaptiveAvgPool2d(m.output_size),
         nn.Upsample: upsample,
@@ -137,6 +146,10 @@ def _converters(torch) -> dict[type, Callable]:
         nn.ELU: lambda m, convert: tnn.ELU(m.alpha),
         nn.Hardsigmoid: stateless(tnn.Hardsigmoid),
         nn.Hardswish: stateless(tnn.Hardswish),
+        nn.Hardtanh: lambda m, convert: tnn.Hardtanh(m.min_val, m.max_val),
+        nn.Softplus: lambda m, convert: tnn.Softplus(m.beta, m.threshold),
+        nn.Mish: stateless(tnn.Mish),
+        nn.LogSigmoid: stateless(tnn.LogSigmoid),
         nn.Softmax: lambda m, convert: tnn.Softmax(m.dim),
         nn.LogSoftmax: lambda m, convert: tnn.LogSoftmax(m.dim),
         nn.Dropout: lambda m, convert: tnn.Dropout(m.p),
@@ -147,6 +160,7 @@ def _converters(torch) -> dict[type, Callable]:
         nn.ReplicationPad2d: lambda m, convert: tnn.ReplicationPad2d(m.padding),
         nn.CircularPad2d: lambda m, convert: tnn.CircularPad2d(m.padding),
         nn.Flatten: lambda m, convert: tnn.Flatten(m.start_dim, m.end_dim),
+        nn.Unflatten: lambda m, convert: tnn.Unflatten(m.dim, m.unflattened_size),
         nn.Identity: stateless(tnn.Identity),
         nn.Mul: lambda m, convert: tm.Mul(m.scale),
     }

@@ -41,28 +41,32 @@ Example::
 from __future__ import annotations
 
 from . import fusion, utils
-from .activation import (ELU, GELU, Hardsigmoid, Hardswish, LeakyReLU, LogSoftmax, PReLU, ReLU,
-                         ReLU6, Sigmoid, SiLU, Softmax, Tanh)
+from .activation import (ELU, GELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU, LogSigmoid,
+                         LogSoftmax, Mish, PReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Softplus,
+                         Tanh)
 from .containers import Concat, Residual, Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout, Dropout2d
 from .linear import Flatten, Identity, Linear, Mul
 from .module import IncompatibleKeys, Module, Parameter
-from .normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm,
-                            convert_sync_batchnorm)
+from .normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm,
+                            LocalResponseNorm, convert_sync_batchnorm)
 from .padding import CircularPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d, ZeroPad2d
-from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from .summary import ModelSummary
+from .unflatten import Unflatten
 from .upsample import Upsample
 
 __all__ = [
     "Parameter", "Module", "Sequential", "Residual", "Concat", "Identity",
-    "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Upsample",
-    "Linear", "Flatten", "Mul",
+    "Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+    "Upsample",
+    "Linear", "Flatten", "Unflatten", "Mul",
     "ZeroPad2d", "ConstantPad2d", "ReflectionPad2d", "ReplicationPad2d", "CircularPad2d",
     "ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "Tanh", "Sigmoid", "Hardsigmoid", "Hardswish",
-    "GELU", "SiLU", "Softmax", "LogSoftmax",
+    "Hardtanh", "Softplus", "Mish", "LogSigmoid", "GELU", "SiLU", "Softmax", "LogSoftmax",
     "Dropout", "Dropout2d",
-    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "convert_sync_batchnorm", "ModelSummary",
+    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d", "LocalResponseNorm",
+    "convert_sync_batchnorm", "ModelSummary",
     "IncompatibleKeys", "fusion", "utils",
 ]

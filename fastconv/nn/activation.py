@@ -196,6 +196,71 @@ class Hardswish(_Slope):
         return y, slope
 
 
+class Hardtanh(_Slope):
+    """min(max(x, min_val), max_val), as torch.nn.Hardtanh; gradient 1 strictly between the
+    two (PyTorch's: 0 at and beyond them)."""
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0) -> None:
+        super().__init__()
+        self.min_val = _args.real_number(min_val, "min_val", "Hardtanh")
+        self.max_val = _args.real_number(max_val, "max_val", "Hardtanh")
+        if not self.max_val > self.min_val:
+            raise ValueError(f"Hardtanh: max_val ({max_val}) must be greater than min_val "
+                             f"({min_val})")
+
+    def _forward(self, x):
+        lo, hi = x.dtype.type(self.min_val), x.dtype.type(self.max_val)
+        return np.clip(x, lo, hi), (~((x <= lo) | (x >= hi))).astype(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+class Softplus(_Slope):
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold, as torch.nn.Softplus;
+    gradient sigmoid(beta x) (1 past the threshold)."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        super().__init__()
+        self.beta = _args.real_number(beta, "beta", "Softplus")
+        self.threshold = _args.real_number(threshold, "threshold", "Softplus")
+
+    def _forward(self, x):
+        dt = x.dtype.type
+        bx = x * dt(self.beta)
+        linear = bx > dt(self.threshold)
+        with np.errstate(over="ignore", invalid="ignore"):  # (a threshold past exp's range)
+            z = np.exp(np.where(linear, dt(0), bx))
+            return (np.where(linear, x, np.log1p(z) / dt(self.beta)),
+                    np.where(linear, dt(1), z / (z + dt(1))))
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, threshold={self.threshold}"
+
+
+class Mish(_Slope):
+    """x tanh(softplus(x)) (Misra), as torch.nn.Mish; gradient t + x sigmoid(x) (1 - t^2),
+    t = tanh(softplus(x))."""
+
+    def _forward(self, x):
+        one = x.dtype.type(1)
+        with np.errstate(over="ignore"):  # (exp(x) = inf: softplus inf, tanh 1, y = x)
+            t = np.tanh(np.log1p(np.exp(x)))
+            sigmoid = one / (one + np.exp(-x))
+        return x * t, t + x * sigmoid * (one - t * t)
+
+
+class LogSigmoid(_Slope):
+    """log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)) (no overflow), as torch.nn.LogSigmoid;
+    gradient sigmoid(-x)."""
+
+    def _forward(self, x):
+        one = x.dtype.type(1)
+        z = np.exp(-np.abs(x))
+        y = np.minimum(x, x.dtype.type(0)) - np.log1p(z)
+        return y, np.where(x < 0, one, z) / (one + z)
+
+
 class PReLU(Module):
     """max(0, x) + a min(0, x) with a learnt slope a, as torch.nn.PReLU: one shared slope
     (num_parameters=1) or one per channel (axis 1), initialised to ``init``. State dict:

@@ -1,13 +1,16 @@
 """Normalisation layers: BatchNorm1d, BatchNorm2d (statistics of this process's batch, or of
-the batches of all processes of a group: :func:`convert_sync_batchnorm`), LayerNorm."""
+the batches of all processes of a group: :func:`convert_sync_batchnorm`), LayerNorm,
+GroupNorm, InstanceNorm2d, LocalResponseNorm."""
 
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
+from .. import _args
 from .module import (Module, Parameter, _as_input, _layout_advice, _channel_dot, _channel_sum, _float_dtype,
                      _input_float_dtype, _positive_int, _rowdot)
 
@@ -341,14 +344,18 @@ class BatchNorm1d(_BatchNorm):
     _layout = "(N, {C}) or (N, {C}, L)"
 
 
+def _row_moments(x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, x - mean, biased variance) of rows (R, K)."""
+    mean = x2.mean(axis=1)
+    centred = x2 - mean[:, None]
+    return mean, centred, _rowdot(centred, centred) / x2.dtype.type(x2.shape[1])
+
+
 def _normalize_rows(x2: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """(xhat, invstd) of rows (R, K): xhat = (x - mean) invstd, invstd = 1 / sqrt(var + eps)
     with the biased variance of each row."""
-    dt = x2.dtype.type
-    mean = x2.mean(axis=1)
-    xhat = x2 - mean[:, None]
-    var = _rowdot(xhat, xhat) / dt(x2.shape[1])
-    invstd = 1.0 / np.sqrt(var + dt(eps))
+    _, xhat, var = _row_moments(x2)
+    invstd = 1.0 / np.sqrt(var + x2.dtype.type(eps))
     xhat *= invstd[:, None]
     return xhat, invstd
 
@@ -514,3 +521,172 @@ class GroupNorm(Module):
     def extra_repr(self) -> str:
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
                 f"bias={self.bias is not None}")
+
+
+class InstanceNorm2d(Module):
+    """Instance normalisation (Ulyanov et al.), as torch.nn.InstanceNorm2d: each channel of each
+    sample of (N, C, H, W), or of one sample (C, H, W), normalised over its H x W values
+    (biased variance), then, with ``affine``, a per-channel y = xhat * weight + bias (weight
+    ones and bias zeros at first; ``bias=False`` leaves the shift out).
+
+    track_running_stats: in training the running_mean / running_var buffers follow the
+    instances' means and unbiased variances, averaged over the batch (running = (1 - momentum)
+    running + momentum * batch average; momentum None keeps them, as PyTorch's 0); in eval
+    they normalise instead, as BatchNorm's. Without it (the default) the instance statistics
+    normalise in eval too. num_batches_tracked is in the state dict and, as PyTorch's, stays 0.
+    An empty batch gives an empty output and leaves the statistics alone (PyTorch fails).
+    Without affine and running statistics, a channel count other than num_features is
+    computed with a warning, as PyTorch's.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, dtype=np.float32, *,
+                 bias: bool = True) -> None:
+        super().__init__()
+        self.num_features = _positive_int(num_features, "num_features", "InstanceNorm2d")
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        dt = _float_dtype(dtype, "InstanceNorm2d")
+        c = self.num_features
+        self.register_parameter("weight", Parameter(np.ones(c, dt)) if self.affine else None)
+        self.register_parameter("bias", Parameter(np.zeros(c, dt)) if self.affine and bias
+                                else None)
+        track = self.track_running_stats
+        self.register_buffer("running_mean", np.zeros(c, dt) if track else None)
+        self.register_buffer("running_var", np.ones(c, dt) if track else None)
+        self.register_buffer("num_batches_tracked", np.array(0, np.int64) if track else None)
+
+    def _param_dtype(self, x) -> np.dtype:
+        for a in (self.weight, self.running_mean):
+            if a is not None:
+                return a.dtype
+        return _input_float_dtype(x)
+
+    def _check_shape(self, shape, warn: bool = False) -> None:
+        """ValueError unless (N, C, H, W) or (C, H, W) with C = num_features; a C that only
+        the warning-free PyTorch path would reject warns when `warn`."""
+        c = self.num_features
+        if len(shape) not in (3, 4):
+            raise ValueError(f"{self!r}: expected input of shape (N, {c}, H, W) or ({c}, H, W), "
+                             f"got {tuple(shape)}{_layout_advice(tuple(shape), c)}")
+        axis = len(shape) - 3
+        if shape[axis] == c:
+            return
+        if self.affine or self.track_running_stats:
+            raise ValueError(f"{self!r}: expected input's size at dim={axis} to match "
+                             f"num_features ({c}), got input of shape {tuple(shape)}")
+        if warn:
+            warnings.warn(f"{self!r}: input's size at dim={axis} does not match num_features "
+                          f"(input of shape {tuple(shape)}); it is not used, as affine=False",
+                          UserWarning, stacklevel=3)
+
+    def _uses_input_stats(self) -> bool:
+        return self.training or not self.track_running_stats
+
+    def _per_channel(self, a: np.ndarray) -> np.ndarray:
+        return a.reshape(1, -1, 1, 1)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, self._param_dtype(x))
+        self._check_shape(x.shape, warn=True)
+        x4 = x if x.ndim == 4 else x[None]
+        N, C, H, W = x4.shape
+        input_stats = self._uses_input_stats()
+        if input_stats:
+            if H * W <= 1:
+                raise ValueError(f"{self!r}: expected more than 1 spatial element when "
+                                 f"training, got input of shape {x.shape}")
+            rows = x4.reshape(N * C, H * W)
+            if self.training and self.track_running_stats and N:
+                self._update_running_stats(rows, N)
+            xhat, invstd = _normalize_rows(rows, self.eps)
+            xhat = xhat.reshape(x4.shape)
+        else:
+            invstd = 1.0 / np.sqrt(self.running_var + x.dtype.type(self.eps))
+            xhat = (x4 - self._per_channel(self.running_mean)) * self._per_channel(invstd)
+        y = xhat.copy()
+        if self.weight is not None:
+            y *= self._per_channel(self.weight.data)
+        if self.bias is not None:
+            y += self._per_channel(self.bias.data)
+        self._cache = (xhat, invstd, input_stats, x.shape)
+        return y.reshape(x.shape)
+
+    def _update_running_stats(self, rows: np.ndarray, n: int) -> None:
+        """Fold the batch average of the instances' means and unbiased variances (rows of
+        N * C values) into the running statistics, as PyTorch's instance_norm does."""
+        momentum = 0.0 if self.momentum is None else self.momentum
+        dt = self.running_mean.dtype.type
+        mean, _, var = _row_moments(rows)
+        k = rows.shape[1]
+        for running, batch in ((self.running_mean, mean),
+                               (self.running_var, var * dt(k / (k - 1)))):
+            running *= dt(1.0 - momentum)
+            running += dt(momentum) * batch.reshape(n, -1).mean(axis=0)
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        xhat, invstd, input_stats, shape = self._get_cache()
+        N, C, H, W = xhat.shape
+        g = self._check_grad(grad_y, shape, xhat.dtype).reshape(xhat.shape)
+        if self.weight is not None and self.weight.requires_grad:
+            self.weight.grad += _channel_dot(g.reshape(N, C, H * W), xhat.reshape(N, C, H * W))
+        if self.bias is not None and self.bias.requires_grad:
+            self.bias.grad += _channel_sum(g.reshape(N, C, H * W))
+        if not input_grad:
+            return None
+        dxhat = g * self._per_channel(self.weight.data) if self.weight is not None else g
+        if not input_stats:  # running statistics: an affine map per channel
+            return (dxhat * self._per_channel(invstd)).reshape(shape)
+        rows = (N * C, H * W)
+        return _normalized_rows_backward(dxhat.reshape(rows), xhat.reshape(rows),
+                                         invstd).reshape(shape)
+
+    def output_shape(self, input_shape):
+        self._check_shape(tuple(input_shape))
+        return tuple(input_shape)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class LocalResponseNorm(Module):
+    """Local response normalisation across channels (AlexNet's), as torch.nn.LocalResponseNorm:
+    for input (N, C, *),
+
+        y[:, c] = x[:, c] / (k + alpha / size * sum_{c' = c - size//2}^{c + (size-1)//2} x[:, c']^2)^beta
+
+    channels outside [0, C) counting as zeros. No parameters; the same in training and eval.
+    """
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = _args.local_response_norm_args(
+            size, alpha, beta, k, "LocalResponseNorm")
+
+    def _check_shape(self, shape) -> None:
+        if len(shape) < 3:
+            raise ValueError(f"{self!r}: expected input of shape (N, C, *) (3-D or more), "
+                             f"got {tuple(shape)}")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_input(self, x, None)
+        self._check_shape(x.shape)
+        ops = self._ops()
+        self._cache = (ops, x)
+        return ops.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        ops, x = self._get_cache()
+        return ops.local_response_norm_backward(self._check_grad(grad_y, x.shape, x.dtype), x,
+                                                self.size, self.alpha, self.beta, self.k)
+
+    def output_shape(self, input_shape):
+        self._check_shape(tuple(input_shape))
+        return tuple(input_shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

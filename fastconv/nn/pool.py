@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -103,24 +104,27 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
-    """Average pooling over (N, C, H, W); stride defaults to kernel_size.
+    """Average pooling over (N, C, H, W); stride defaults to kernel_size; arguments in
+    PyTorch's order.
 
     count_include_pad: divide by the full window size (True) or by the number of input pixels
-    in the window (False).
+    in the window (False). divisor_override: a non-zero int dividing every window's sum
+    instead (None: the window's divisor), as torch.nn.AvgPool2d's.
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-                 count_include_pad: bool = True) -> None:
+                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:
         super().__init__()
         self._init_geometry("AvgPool2d", kernel_size, stride, padding, ceil_mode)
         self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = _args.divisor_override(divisor_override, "AvgPool2d")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _as_input(self, x, None)
         _check_4d(self, x)
         ops = self._ops()
         y = ops.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                           self.count_include_pad)
+                           self.count_include_pad, self.divisor_override)
         self._cache = (ops, x.shape, y.shape, y.dtype)
         return y
 
@@ -128,7 +132,8 @@ class AvgPool2d(_Pool2d):
         ops, x_shape, y_shape, dtype = self._get_cache()
         grad_y = self._check_grad(grad_y, y_shape, dtype)
         return ops.avg_pool2d_backward(grad_y, x_shape, self.kernel_size, self.stride, self.padding,
-                                       self.ceil_mode, self.count_include_pad)
+                                       self.ceil_mode, self.count_include_pad,
+                                       self.divisor_override)
 
     def extra_repr(self) -> str:
         s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -136,6 +141,8 @@ class AvgPool2d(_Pool2d):
             s += ", ceil_mode=True"
         if not self.count_include_pad:
             s += ", count_include_pad=False"
+        if self.divisor_override is not None:
+            s += f", divisor_override={self.divisor_override}"
         return s
 
 
@@ -180,3 +187,66 @@ class AdaptiveAvgPool2d(Module):
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
+
+
+class MaxUnpool2d(Module):
+    """The partial inverse of MaxPool2d, as torch.nn.MaxUnpool2d: ``unpool(x, indices,
+    output_size=None)`` puts each value of x (N, C, H, W) at its position ``indices`` (a
+    MaxPool2d(return_indices=True)'s, flat in each output plane) of an output of zeros, as
+    SegNet-style decoders do. Output size: (H - 1) stride - 2 padding + kernel_size per axis
+    by default; ``output_size`` (OH, OW) or (N, C, OH, OW) picks one within stride of it (the
+    pooled input's size, where the pooling's floor dropped rows).
+
+    It takes two inputs, so, as in PyTorch, it is no layer of a Sequential (which passes one):
+    call it from a module's own forward, with the indices of the MaxPool2d it undoes, and its
+    backward from that module's backward (it returns the gradient of x; indices have none).
+    Where indices repeat, the last value (row-major) stays and each gets that position's
+    gradient (PyTorch leaves which value stays unspecified).
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0) -> None:
+        super().__init__()
+        self.kernel_size = _args.positive_pair(kernel_size, "kernel_size", "MaxUnpool2d")
+        if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+            self.stride = self.kernel_size
+        else:
+            self.stride = _args.positive_pair(stride, "stride", "MaxUnpool2d")
+        self.padding = _args.nonnegative_pair(padding, "padding", "MaxUnpool2d")
+
+    def __call__(self, x: np.ndarray, indices: np.ndarray | None = None,
+                 output_size=None) -> np.ndarray:
+        return self.forward(x, indices, output_size)
+
+    def forward(self, x: np.ndarray, indices: np.ndarray | None = None,
+                output_size=None) -> np.ndarray:
+        """Unpool `x` to the positions `indices` (x's shape); see the class docstring."""
+        if indices is None:
+            raise TypeError(f"{self!r} takes (input, indices[, output_size]), the indices of a "
+                            f"MaxPool2d(return_indices=True); it cannot be a layer of a "
+                            f"Sequential, which passes one array (neither in PyTorch): call it "
+                            f"from a module's forward")
+        x = _as_input(self, x, None)
+        _check_4d(self, x)
+        ops = self._ops()
+        y = ops.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding,
+                             output_size)
+        self._cache = (ops, np.array(indices, dtype=np.int64), y.shape, y.dtype)
+        return y
+
+    def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        ops, indices, y_shape, dtype = self._get_cache()
+        return ops.max_unpool2d_backward(self._check_grad(grad_y, y_shape, dtype), indices)
+
+    def output_shape(self, input_shape):
+        shape = _shape_4d(self, input_shape)
+        return shape[:2] + _args.unpool_output_size(shape, self.kernel_size, self.stride,
+                                                    self.padding, op=repr(self), name="input")
+
+    def _receptive(self, input_shape):
+        """(kernel, stride, dilation, padding) per axis for the summary's receptive field: an
+        output pixel copies one input pixel (or none), and neighbouring windows of outputs are
+        one input pixel apart: 1 / stride per output pixel."""
+        return (1, 1), tuple(Fraction(1, s) for s in self.stride), (1, 1), (0, 0)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
