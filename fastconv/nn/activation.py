@@ -192,7 +192,8 @@ class Hardswish(_Slope):
     def _forward(self, x):
         dt = x.dtype.type
         y = x * np.clip(x + dt(3), 0, 6) / dt(6)
-        slope = np.where(x <= -3, dt(0), np.where(x < 3, x / dt(3) + dt(0.5), dt(1)))
+        # (the middle branch last, so NaN gets a NaN slope, as torch's vectorised kernel)
+        slope = np.where(x <= -3, dt(0), np.where(x >= 3, dt(1), x / dt(3) + dt(0.5)))
         return y, slope
 
 

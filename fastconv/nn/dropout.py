@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .. import init as _init
@@ -19,6 +21,9 @@ class Dropout(_Elementwise):
 
     def __init__(self, p: float = 0.5, rng=None) -> None:
         super().__init__()
+        if not isinstance(p, (numbers.Real, np.floating, np.integer)):
+            # (float() would take the string "0.5"; torch raises TypeError for it)
+            raise TypeError(f"{type(self).__name__}: p must be a number, got {p!r}")
         p = float(p)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{type(self).__name__}: probability has to be between 0 and 1, "
