@@ -162,3 +162,35 @@ def test_kernels_refuse_out_of_range_window_arguments():
         ro = _a(1, 2, 2, 2)
         ro.setflags(write=False)
         _core.avg_pool2d_forward(x, ro, 2, 2, 2, 2, 0, 0, True)
+
+
+# -- torch's argument lists: code written for PyTorch builds the same layers --------------------
+
+@pytest.mark.parametrize("name, args", [("ReLU", ()), ("ReLU6", ()), ("LeakyReLU", (0.2,)),
+                                        ("ELU", (0.5,)), ("Hardsigmoid", ()), ("Hardswish", ()),
+                                        ("SiLU", ()), ("Dropout", (0.0,)), ("Dropout2d", (0.0,))])
+def test_inplace_is_accepted_and_the_input_left_alone(name, args, torch):
+    # nn.ReLU(inplace=True) is how torchvision and most PyTorch code write it; fastconv gives
+    # torch's values and gradients and never writes into the input (positionally too:
+    # nn.Dropout(0.5, True) is inplace, as torch's, not a seed).
+    x = np.linspace(-4, 8, 2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    before = x.copy()
+    layer = getattr(nn, name)(*args, True)
+    assert layer.inplace is True
+    y, gx = _grad_through(layer, x)
+    np.testing.assert_array_equal(x, before)
+    xt = torch.from_numpy(before.copy()).requires_grad_()
+    yt = getattr(torch.nn, name)(*args, inplace=False)(xt)
+    yt.backward(torch.ones_like(yt))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-6, atol=1e-7)
+    with pytest.raises(TypeError, match="inplace must be True or False"):
+        getattr(nn, name)(*args, inplace="yes")
+
+
+def test_dropout_rng_is_keyword_only():
+    with pytest.raises(TypeError):
+        nn.Dropout(0.5, False, 0)
+    a, b = nn.Dropout(0.5, rng=7), nn.Dropout(0.5, rng=7)
+    x = np.ones((4, 8), np.float32)
+    np.testing.assert_array_equal(a(x), b(x))
