@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from fastconv import _core, nn
+from fastconv import functional as F
+from fastconv import reference as R
 
 
 def _grad_through(layer, x):
@@ -194,3 +196,46 @@ def test_dropout_rng_is_keyword_only():
     a, b = nn.Dropout(0.5, rng=7), nn.Dropout(0.5, rng=7)
     x = np.ones((4, 8), np.float32)
     np.testing.assert_array_equal(a(x), b(x))
+
+
+# -- convolutions of images with empty planes ---------------------------------------------------
+
+class _TorchOps:
+    """torch.nn.functional's convolutions under fastconv.functional's names, on NumPy arrays."""
+
+    def __init__(self, torch):
+        self.torch = torch
+
+    def conv2d(self, x, w, b=None, **kw):
+        t = self.torch
+        return t.nn.functional.conv2d(t.from_numpy(x), t.from_numpy(w),
+                                      None if b is None else t.from_numpy(b), **kw)
+
+    def conv_transpose2d(self, x, w, **kw):
+        t = self.torch
+        return t.nn.functional.conv_transpose2d(t.from_numpy(x), t.from_numpy(w), **kw)
+
+
+@pytest.mark.parametrize("call", [
+    lambda M: M.conv2d(np.zeros((2, 3, 0, 5), np.float32), np.ones((4, 3, 1, 1), np.float32),
+                       np.ones(4, np.float32), padding=1),
+    lambda M: M.conv2d(np.zeros((2, 3, 5, 0), np.float32), np.ones((4, 3, 3, 3), np.float32),
+                       padding=2),
+    lambda M: M.conv_transpose2d(np.zeros((2, 3, 0, 4), np.float32),
+                                 np.ones((3, 2, 3, 3), np.float32)),
+])
+def test_convolutions_refuse_empty_planes_as_torch(call, torch):
+    # padding once made an output of the bias alone out of no input, where torch raises
+    # ("Only zero batch or zero channel inputs are supported"); the error names the caller's x
+    # (conv_transpose2d's named the shape of the convolution it runs on)
+    for ops in (F, R):
+        with pytest.raises(ValueError, match=r"x of shape \(2, 3, \d, \d\) has empty planes"):
+            call(ops)
+    with pytest.raises(RuntimeError):
+        call(_TorchOps(torch))
+
+
+def test_convolutions_of_an_empty_batch_of_empty_planes_give_torch_shapes(torch):
+    x, w = np.zeros((0, 3, 0, 5), np.float32), np.ones((4, 3, 1, 1), np.float32)
+    want = _TorchOps(torch).conv2d(x, w, padding=1).shape
+    assert F.conv2d(x, w, padding=1).shape == R.conv2d(x, w, padding=1).shape == tuple(want)
