@@ -258,6 +258,16 @@ def float_bias(bias, channels: int, weight_shape, op: str):
     return bias
 
 
+def _check_planes(x_shape, op: str) -> None:
+    """Refuse images with an empty plane (H or W 0), as PyTorch's convolutions do (they take
+    empty planes in an empty batch only): padding would otherwise make an output of the bias
+    alone from no input at all."""
+    N, _, H, W = (int(s) for s in x_shape)
+    if N and (H == 0 or W == 0):
+        raise ValueError(f"{op}: x of shape {tuple(x_shape)} has empty planes (H and W must be "
+                         f"at least 1)")
+
+
 @_memoized
 def conv2d_geometry(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
                     op: str = "conv2d") -> ConvGeometry:
@@ -271,6 +281,7 @@ def conv2d_geometry(x_shape, weight_shape, stride=1, padding=0, dilation=1, grou
     N, C, H, W = (int(s) for s in x_shape)
     F, Cg, kh, kw = (int(s) for s in weight_shape)
     groups = _group_count(groups, op)
+    _check_planes(x_shape, op)
     if F == 0 or Cg == 0 or kh == 0 or kw == 0:
         raise ValueError(f"{op}: weight has an empty dimension: shape {tuple(weight_shape)}")
     if Cg * groups != C:
@@ -326,6 +337,7 @@ def conv_transpose2d_geometry(x_shape, weight_shape, stride=1, padding=0, output
     N, C, H, W = (int(s) for s in x_shape)
     Cin, Cg, kh, kw = (int(s) for s in weight_shape)
     groups = _group_count(groups, op)
+    _check_planes(x_shape, op)
     if Cin == 0 or Cg == 0 or kh == 0 or kw == 0:
         raise ValueError(f"{op}: weight has an empty dimension: shape {tuple(weight_shape)}")
     if Cin != C:

@@ -20,7 +20,21 @@ class _Elementwise(Module):
         return self._check_grad(grad_y, ref.shape, ref.dtype)
 
 
-class ReLU(_Elementwise):
+class _InplaceArg(_Elementwise):
+    """An element-wise layer whose torch twin takes ``inplace``: accepted, as PyTorch code
+    writes it (``nn.ReLU(inplace=True)``), with the same outputs and gradients; the output is
+    always a new array, the input never overwritten (a layer before may keep it for its
+    backward)."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = _args.flag(inplace, "inplace", type(self).__name__)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if getattr(self, "inplace", False) else ""  # (older pickles lack it)
+
+
+class ReLU(_InplaceArg):
     """max(x, 0); gradient 0 for x <= 0 (as PyTorch)."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -35,11 +49,11 @@ class ReLU(_Elementwise):
         return ops.relu_backward(self._grad(grad_y, y), y)
 
 
-class LeakyReLU(_Elementwise):
+class LeakyReLU(_InplaceArg):
     """x if x > 0 else negative_slope * x."""
 
-    def __init__(self, negative_slope: float = 0.01) -> None:
-        super().__init__()
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
+        super().__init__(inplace)
         self.negative_slope = float(negative_slope)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -122,7 +136,7 @@ class GELU(_Elementwise):
         return f"approximate={self.approximate!r}"
 
 
-class SiLU(_Elementwise):
+class SiLU(_InplaceArg):
     """x sigmoid(x) (swish); gradient s (1 + x (1 - s)), s = sigmoid(x)."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -137,7 +151,7 @@ class SiLU(_Elementwise):
         return ops.silu_backward(self._grad(grad_y, x), x)
 
 
-class _Slope(_Elementwise):
+class _Slope(_InplaceArg):
     """An activation whose backward multiplies by the slope its forward computed:
     ``_forward(x)`` gives (y, dy/dx)."""
 
@@ -162,8 +176,8 @@ class ReLU6(_Slope):
 class ELU(_Slope):
     """x for x > 0, alpha (exp(x) - 1) otherwise, as torch.nn.ELU; gradient 1 or alpha exp(x)."""
 
-    def __init__(self, alpha: float = 1.0) -> None:
-        super().__init__()
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        super().__init__(inplace)
         self.alpha = float(alpha)
 
     def _forward(self, x):
@@ -192,7 +206,8 @@ class Hardswish(_Slope):
     def _forward(self, x):
         dt = x.dtype.type
         y = x * np.clip(x + dt(3), 0, 6) / dt(6)
-        slope = np.where(x <= -3, dt(0), np.where(x < 3, x / dt(3) + dt(0.5), dt(1)))
+        # (the middle branch last, so NaN gets a NaN slope, as torch's vectorised kernel)
+        slope = np.where(x <= -3, dt(0), np.where(x >= 3, dt(1), x / dt(3) + dt(0.5)))
         return y, slope
 
 

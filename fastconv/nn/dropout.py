@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .. import init as _init
-from .activation import _Elementwise
+from .activation import _InplaceArg
 from .module import _as_input
 
 
-class Dropout(_Elementwise):
+class Dropout(_InplaceArg):
     """Inverted dropout: in training, each element is zeroed with probability p and the others
     are scaled by 1/(1-p), so eval mode (the identity) needs no rescaling.
 
     The (scaled) mask of the last forward is ``self.mask``. ``freeze_mask()`` keeps reusing it
     (or a given mask) in later forwards, for gradient checks; ``unfreeze_mask()`` undoes that.
+
+    Arguments as torch.nn.Dropout's (``inplace`` accepted, the input never overwritten), then
+    ``rng`` (keyword only): a seed or a NumPy Generator for the masks.
     """
 
-    def __init__(self, p: float = 0.5, rng=None) -> None:
-        super().__init__()
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, rng=None) -> None:
+        super().__init__(inplace)
+        if not isinstance(p, (numbers.Real, np.floating, np.integer)):
+            # (float() would take the string "0.5"; torch raises TypeError for it)
+            raise TypeError(f"{type(self).__name__}: p must be a number, got {p!r}")
         p = float(p)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{type(self).__name__}: probability has to be between 0 and 1, "

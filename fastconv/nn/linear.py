@@ -74,14 +74,21 @@ class Linear(Module):
                 f"bias={self.bias is not None}")
 
 
+def _dim(value, name: str) -> int:
+    """Flatten's axis argument as an int; a float (1.0) or a string is a TypeError, as torch's."""
+    if not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"Flatten: {name} must be an int, got {value!r}")
+    return int(value)
+
+
 class Flatten(Module):
     """Flatten axes start_dim..end_dim into one: (N, C, H, W) -> (N, C*H*W) by default.
     A view when the input is contiguous."""
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         super().__init__()
-        self.start_dim = int(start_dim)
-        self.end_dim = int(end_dim)
+        self.start_dim = _dim(start_dim, "start_dim")
+        self.end_dim = _dim(end_dim, "end_dim")
 
     def _out(self, shape) -> tuple[int, ...]:
         nd = len(shape)

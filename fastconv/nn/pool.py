@@ -39,7 +39,7 @@ class _Pool2d(Module):
         if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
             raise ValueError(f"{name}: padding {self.padding} should be at most half of "
                              f"kernel_size {self.kernel_size}")
-        self.ceil_mode = bool(ceil_mode)
+        self.ceil_mode = _args.flag(ceil_mode, "ceil_mode", name)
 
     def output_shape(self, input_shape):
         shape = _shape_4d(self, input_shape)
@@ -116,7 +116,7 @@ class AvgPool2d(_Pool2d):
                  count_include_pad: bool = True, divisor_override: int | None = None) -> None:
         super().__init__()
         self._init_geometry("AvgPool2d", kernel_size, stride, padding, ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        self.count_include_pad = _args.flag(count_include_pad, "count_include_pad", "AvgPool2d")
         self.divisor_override = _args.divisor_override(divisor_override, "AvgPool2d")
 
     def forward(self, x: np.ndarray) -> np.ndarray:
