@@ -170,7 +170,8 @@ def test_kernels_refuse_out_of_range_window_arguments():
 
 @pytest.mark.parametrize("name, args", [("ReLU", ()), ("ReLU6", ()), ("LeakyReLU", (0.2,)),
                                         ("ELU", (0.5,)), ("Hardsigmoid", ()), ("Hardswish", ()),
-                                        ("SiLU", ()), ("Dropout", (0.0,)), ("Dropout2d", (0.0,))])
+                                        ("SiLU", ()), ("Dropout", (0.0,)), ("Dropout2d", (0.0,)),
+                                        ("Hardtanh", (-2.0, 3.0)), ("Mish", ())])
 def test_inplace_is_accepted_and_the_input_left_alone(name, args, torch):
     # nn.ReLU(inplace=True) is how torchvision and most PyTorch code write it; fastconv gives
     # torch's values and gradients and never writes into the input (positionally too:
@@ -188,6 +189,36 @@ def test_inplace_is_accepted_and_the_input_left_alone(name, args, torch):
     np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-6, atol=1e-7)
     with pytest.raises(TypeError, match="inplace must be True or False"):
         getattr(nn, name)(*args, inplace="yes")
+
+
+@pytest.mark.parametrize("name", ["LogSigmoid", "Softplus"])
+def test_inplace_is_refused_where_torch_has_none(name, torch):
+    with pytest.raises(TypeError):
+        getattr(torch.nn, name)(inplace=True)
+    with pytest.raises(TypeError):
+        getattr(nn, name)(inplace=True)
+
+
+@pytest.mark.parametrize("make", [lambda m: m.BatchNorm2d(3), lambda m: m.BatchNorm1d(3),
+                                  lambda m: m.InstanceNorm2d(3, track_running_stats=True)])
+def test_state_dicts_without_num_batches_tracked_load_as_in_torch(make, torch):
+    # checkpoints from before PyTorch 0.4.1 have no num_batches_tracked: torch loads a plain
+    # dict of them strictly and keeps the counter's value; so does fastconv
+    ours, theirs = make(nn), make(torch.nn)
+    ours.num_batches_tracked.fill(5)
+    theirs.num_batches_tracked.fill_(5)
+    sd = {k: v.numpy() * 2 + 1 for k, v in theirs.state_dict().items()
+          if k != "num_batches_tracked"}
+    result = ours.load_state_dict(sd)
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 5
+    for k, v in theirs.state_dict().items():
+        np.testing.assert_array_equal(ours.state_dict()[k], v.numpy())
+    # any other missing key is still an error
+    del sd["running_mean"]
+    with pytest.raises(ValueError, match="missing keys: \\['running_mean'\\]"):
+        ours.load_state_dict(sd)
 
 
 def test_dropout_rng_is_keyword_only():

@@ -215,8 +215,8 @@ class Hardtanh(_Slope):
     """min(max(x, min_val), max_val), as torch.nn.Hardtanh; gradient 1 strictly between the
     two (PyTorch's: 0 at and beyond them)."""
 
-    def __init__(self, min_val: float = -1.0, max_val: float = 1.0) -> None:
-        super().__init__()
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> None:
+        super().__init__(inplace)
         self.min_val = _args.real_number(min_val, "min_val", "Hardtanh")
         self.max_val = _args.real_number(max_val, "max_val", "Hardtanh")
         if not self.max_val > self.min_val:
@@ -228,7 +228,8 @@ class Hardtanh(_Slope):
         return np.clip(x, lo, hi), (~((x <= lo) | (x >= hi))).astype(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"min_val={self.min_val}, max_val={self.max_val}"
+        extra = super().extra_repr()
+        return f"min_val={self.min_val}, max_val={self.max_val}" + (f", {extra}" if extra else "")
 
 
 class Softplus(_Slope):
@@ -268,6 +269,9 @@ class Mish(_Slope):
 class LogSigmoid(_Slope):
     """log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)) (no overflow), as torch.nn.LogSigmoid;
     gradient sigmoid(-x)."""
+
+    def __init__(self) -> None:
+        super().__init__()  # (torch's LogSigmoid takes no inplace)
 
     def _forward(self, x):
         one = x.dtype.type(1)

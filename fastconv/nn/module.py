@@ -196,6 +196,8 @@ class Module:
     """
 
     training: bool
+    # buffers a state dict may lack (load_state_dict keeps their values): see _BatchNorm
+    _kept_when_missing: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -512,14 +514,18 @@ class Module:
         into the parameters and buffers, in place (optimisers keep working).
 
         Everything is validated before anything is changed: with ``strict`` (the default)
-        missing and unexpected keys are errors; shapes must match exactly (ValueError naming
+        missing and unexpected keys are errors (except a batch norm's ``num_batches_tracked``,
+        which checkpoints from before PyTorch 0.4.1 lack: it keeps its value, as in PyTorch); shapes must match exactly (ValueError naming
         the key and both shapes). Values are cast to the module's dtype. Returns the
         (missing_keys, unexpected_keys) lists, as PyTorch does.
         """
         if not hasattr(state_dict, "items"):
             raise TypeError(f"load_state_dict: expected a mapping, got {type(state_dict).__name__}")
         entries = self._state_entries()
-        missing = [k for k in entries if k not in state_dict]
+        # (a counter older checkpoints lack, e.g. num_batches_tracked: kept, as PyTorch does
+        # for a state dict without version metadata)
+        missing = [k for k, (m, name, _) in entries.items()
+                   if k not in state_dict and name not in m._kept_when_missing]
         unexpected = [k for k in state_dict if k not in entries]
         problems = []
         if strict and missing:

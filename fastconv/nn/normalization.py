@@ -27,6 +27,8 @@ class _BatchNorm(Module):
     :func:`convert_sync_batchnorm`).
     """
 
+    _kept_when_missing = ("num_batches_tracked",)  # (PyTorch < 0.4.1 checkpoints lack it)
+
     _ndims: tuple[int, ...] = ()
     _layout = ""
 
@@ -538,6 +540,8 @@ class InstanceNorm2d(Module):
     Without affine and running statistics, a channel count other than num_features is
     computed with a warning, as PyTorch's.
     """
+
+    _kept_when_missing = ("num_batches_tracked",)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = False, track_running_stats: bool = False, dtype=np.float32, *,
