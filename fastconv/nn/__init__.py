@@ -47,14 +47,13 @@ from .activation import (ELU, GELU, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU,
 from .containers import Concat, Residual, Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout, Dropout2d
-from .linear import Flatten, Identity, Linear, Mul
+from .linear import Flatten, Identity, Linear, Mul, Unflatten
 from .module import IncompatibleKeys, Module, Parameter
 from .normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm,
                             LocalResponseNorm, convert_sync_batchnorm)
 from .padding import CircularPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d, ZeroPad2d
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from .summary import ModelSummary
-from .unflatten import Unflatten
 from .upsample import Upsample
 
 __all__ = [
