@@ -85,7 +85,14 @@ CASES = [
      lambda t: t.nn.BatchNorm2d(3, eps=1e-3, momentum=None, affine=False), (3, 3, 2, 2)),
     ("batchnorm2d_no_running", lambda: nn.BatchNorm2d(2, track_running_stats=False),
      lambda t: t.nn.BatchNorm2d(2, track_running_stats=False), (3, 2, 2, 3)),
+    ("batchnorm2d_no_bias", lambda: nn.BatchNorm2d(3, momentum=0.2, bias=False),
+     lambda t: t.nn.BatchNorm2d(3, momentum=0.2, bias=False), (4, 3, 3, 2)),
+    ("batchnorm2d_no_bias_no_running",
+     lambda: nn.BatchNorm2d(2, track_running_stats=False, bias=False),
+     lambda t: t.nn.BatchNorm2d(2, track_running_stats=False, bias=False), (3, 2, 2, 3)),
     ("batchnorm1d", lambda: nn.BatchNorm1d(5, momentum=0.3), lambda t: t.nn.BatchNorm1d(5, momentum=0.3), (6, 5)),
+    ("batchnorm1d_no_bias", lambda: nn.BatchNorm1d(5, bias=False),
+     lambda t: t.nn.BatchNorm1d(5, bias=False), (6, 5)),
     ("batchnorm1d_3d", lambda: nn.BatchNorm1d(3), lambda t: t.nn.BatchNorm1d(3), (2, 3, 4)),
     ("layernorm", lambda: nn.LayerNorm((3, 4)), lambda t: t.nn.LayerNorm((3, 4)), (2, 5, 3, 4)),
     ("layernorm_plain", lambda: nn.LayerNorm(6, eps=1e-3, elementwise_affine=False),
@@ -1114,3 +1121,17 @@ def test_new_activation_and_unflatten_arguments(torch):
     np.testing.assert_array_equal(model.backward(x), x)
     for layer in (nn.Hardtanh(), nn.Softplus(), nn.Mish(), nn.LogSigmoid()):   # empty batch
         assert layer(np.zeros((0, 3))).shape == (0, 3) and layer.backward(np.zeros((0, 3))).shape == (0, 3)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"bias": False}, {"affine": False},
+                                    {"affine": False, "bias": False},
+                                    {"track_running_stats": False, "bias": False}])
+def test_batch_norm_bias_keyword_as_torch(torch, kwargs):
+    # torch's keyword-only bias (2.x): no bias parameter, none in the state dict, repr says so
+    for ours, theirs in ((nn.BatchNorm2d(3, **kwargs), torch.nn.BatchNorm2d(3, **kwargs)),
+                         (nn.BatchNorm1d(4, **kwargs), torch.nn.BatchNorm1d(4, **kwargs))):
+        assert repr(ours) == repr(theirs)
+        assert list(ours.state_dict()) == list(theirs.state_dict())
+        assert (ours.bias is None) == (theirs.bias is None)
+    with pytest.raises(TypeError, match="bias must be True or False"):
+        nn.BatchNorm2d(3, bias="no")

@@ -192,8 +192,8 @@ def _ones(g: _Graph, path: str, what: str, shape) -> str:
 
 def _batch_norm(g: _Graph, m, path: str, x: str, shape, convert) -> str:
     c = m.num_features
-    scale = g.state(m, "weight") if m.affine else _ones(g, path, "ones", c)
-    shift = g.state(m, "bias") if m.affine else g.const(path, "zeros", np.zeros(c))
+    scale = g.state(m, "weight") if m.weight is not None else _ones(g, path, "ones", c)
+    shift = g.state(m, "bias") if m.bias is not None else g.const(path, "zeros", np.zeros(c))
     if m.running_mean is not None:
         return g.op(path, "BatchNormalization", [x, scale, shift, g.state(m, "running_mean"),
                                                  g.state(m, "running_var")], epsilon=m.eps)

@@ -85,7 +85,8 @@ def _converters(torch) -> dict[type, Callable]:
     def batch_norm(cls):
         def build(m, convert):
             return cls(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
-                       track_running_stats=m.track_running_stats, dtype=_dtype(torch, m))
+                       track_running_stats=m.track_running_stats, dtype=_dtype(torch, m),
+                       bias=m.bias is not None)
         return build
 
     def layer_norm(m, convert):

@@ -20,7 +20,8 @@ class _BatchNorm(Module):
     axes. Training: batch mean and biased variance normalise; running_mean / running_var are
     updated with `momentum` (running = (1 - momentum) running + momentum batch; the variance
     term uses the unbiased batch variance, as PyTorch). momentum=None: cumulative average.
-    Eval: the running statistics normalise. y = (x - mean) / sqrt(var + eps) * weight + bias.
+    Eval: the running statistics normalise. y = (x - mean) / sqrt(var + eps) * weight + bias
+    (``affine=False``: neither; ``bias=False``: no bias, as PyTorch's keyword).
 
     ``process_group`` (None: this process's batch alone) makes the batch statistics those of
     the batches of every process of a group, as torch's SyncBatchNorm (see
@@ -33,7 +34,8 @@ class _BatchNorm(Module):
     _layout = ""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, dtype=np.float32) -> None:
+                 affine: bool = True, track_running_stats: bool = True, dtype=np.float32, *,
+                 bias: bool = True) -> None:
         super().__init__()
         name = type(self).__name__
         self.num_features = _positive_int(num_features, "num_features", name)
@@ -42,12 +44,11 @@ class _BatchNorm(Module):
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         dt = _float_dtype(dtype, name)
-        if self.affine:
-            self.weight = Parameter(np.ones(num_features, dt))
-            self.bias = Parameter(np.zeros(num_features, dt))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        self.register_parameter("weight", Parameter(np.ones(num_features, dt)) if self.affine
+                                else None)
+        use_bias = _args.flag(bias, "bias", name)
+        self.register_parameter("bias", Parameter(np.zeros(num_features, dt))
+                                if self.affine and use_bias else None)
         if self.track_running_stats:
             self.register_buffer("running_mean", np.zeros(num_features, dt))
             self.register_buffer("running_var", np.ones(num_features, dt))
@@ -127,7 +128,7 @@ class _BatchNorm(Module):
                                  f"got input of shape {x.shape}")
             ops = self._ops()
             w = self.weight.data if self.affine else None
-            b = self.bias.data if self.affine else None
+            b = None if self.bias is None else self.bias.data
             y, mean, invstd, var = ops.batch_norm_train(x3, w, b, self.eps, relu=relu)
             self._update_running_stats(mean, var, m)
             ctx = (ops, x3, mean, invstd, x.shape, y if relu else None)
@@ -135,7 +136,7 @@ class _BatchNorm(Module):
             invstd = 1.0 / np.sqrt(self.running_var + dt.type(self.eps))
             scale = invstd * self.weight.data if self.affine else invstd
             shift = -self.running_mean * scale
-            if self.affine:
+            if self.bias is not None:
                 shift += self.bias.data
             y = x3 * scale[:, None]
             y += shift[:, None]
@@ -151,7 +152,7 @@ class _BatchNorm(Module):
         dt = invstd.dtype
         g = self._check_grad(grad_y, shape, dt)
         train_w = self.affine and self.weight.requires_grad
-        train_b = self.affine and self.bias.requires_grad
+        train_b = self.bias is not None and self.bias.requires_grad
         if x3.size == 0:  # an empty batch: nothing to add to the parameters' gradients
             return np.zeros(shape, dt) if input_grad else None
         if not (input_grad or train_w or train_b):
@@ -237,7 +238,7 @@ class _BatchNorm(Module):
         # y = x * scale + shift, both per channel, rounded as the batch-norm kernel rounds them
         scale = (invstd * self.weight.data if self.affine else invstd).astype(dt)
         shift = -mean * scale.astype(np.float64)
-        if self.affine:
+        if self.bias is not None:
             shift += self.bias.data
         y = np.multiply(x3, scale[:, None])
         y += shift.astype(dt)[:, None]
@@ -256,7 +257,7 @@ class _BatchNorm(Module):
         C = x3.shape[1]
         g3 = self._check_grad(grad_y, ctx.shape, dt).reshape(x3.shape)
         train_w = self.affine and self.weight.requires_grad
-        train_b = self.affine and self.bias.requires_grad
+        train_b = self.bias is not None and self.bias.requires_grad
         if not (input_grad or train_w or train_b):
             return None
         gw = gb = np.zeros(C, dt)
@@ -293,7 +294,7 @@ class _BatchNorm(Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}")
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
 
 
 class _GroupContext:
