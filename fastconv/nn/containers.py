@@ -16,6 +16,7 @@ which lets a distributed run start reducing them while backward goes on.
 from __future__ import annotations
 
 import copy
+import numbers
 from collections import OrderedDict
 from typing import Iterator
 
@@ -98,7 +99,10 @@ class Sequential(_Container):
     the keys of an OrderedDict given as the only argument.
 
     ``model[i]`` is a layer, ``model[a:b]`` a Sequential of those layers, ``len(model)`` and
-    ``iter(model)`` work as on a list. backward runs the layers' backward in reverse order.
+    ``iter(model)`` work as on a list; ``model[i] = layer`` (a new head:
+    ``model[-1] = nn.Linear(512, 10)``), ``del model[i]``, ``append``, ``extend``, ``insert``,
+    ``pop`` and ``+`` edit it as PyTorch's (deleting or inserting numbers the layers again).
+    backward runs the layers' backward in reverse order.
 
     The chain runs as the steps of the fusion planner (fusion.py): Conv2d -> (ReLU ->)
     MaxPool2d, BatchNorm -> ReLU and ReLU -> MaxPool2d run fused, with the results of the
@@ -125,16 +129,109 @@ class Sequential(_Container):
 
     def append(self, layer: Module) -> "Sequential":
         """Add `layer` at the end (named by its position); it inherits this model's backend
-        override. A layer already in the model is copied or refused, as in the constructor."""
+        override and training mode. A layer already in the model is copied or refused, as in
+        the constructor."""
         if not isinstance(layer, Module):
             raise TypeError(f"Sequential.append: expected a Module, got {type(layer).__name__}")
-        layer = self._adopt(layer, str(len(self)))
-        self.add_module(str(len(self)), layer)
+        self.add_module(str(len(self)), self._take(layer, str(len(self))))
         self._cache = None
+        return self
+
+    def extend(self, layers) -> "Sequential":
+        """Append each layer of `layers` (a Sequential or any iterable of modules)."""
+        for layer in layers:
+            self.append(layer)
+        return self
+
+    def insert(self, index: int, layer: Module) -> "Sequential":
+        """Insert `layer` before position `index` (-len <= index <= len, as torch's); the
+        layers are numbered again "0", "1", ..., as PyTorch's."""
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential.insert: expected a Module, got {type(layer).__name__}")
+        n = len(self)
+        if isinstance(index, bool) or not isinstance(index, (numbers.Integral, np.integer)):
+            raise TypeError(f"Sequential.insert: index must be an int, got {index!r}")
+        if not -n <= index <= n:
+            raise IndexError(f"Sequential.insert: index {index} out of range for {n} layers")
+        i = int(index) + n if index < 0 else int(index)
+        layers = list(self._modules.values())
+        layers.insert(i, self._take(layer, str(i)))
+        self._renumber(layers)
+        return self
+
+    def pop(self, idx) -> Module:
+        """Remove the layer at `idx` (an int or a slice) and return it (a Sequential for a
+        slice); the rest are numbered again, as PyTorch's."""
+        out = self[idx]
+        del self[idx]
+        return out
+
+    def __setitem__(self, idx: int, layer: Module) -> None:
+        """``model[i] = layer`` replaces the i-th layer under its name (e.g. a new classifier
+        head: ``model[-1] = nn.Linear(512, 10)``), as PyTorch's."""
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential: model[{idx}] = ... expects a Module, got "
+                            f"{type(layer).__name__}")
+        key = list(self._modules)[self._position(idx, len(self), "index")]
+        old = self._modules[key]
+        if layer is old:
+            return
+        self._modules[key] = None  # (the old layer leaves first: its parts may come back)
+        try:
+            layer = self._take(layer, key)
+        except (TypeError, ValueError):
+            self._modules[key] = old
+            raise
+        self.add_module(key, layer)
+        self._cache = None
+
+    def __delitem__(self, idx) -> None:
+        """``del model[i]`` or ``del model[a:b]``; the rest are numbered again, as PyTorch's."""
+        layers = list(self._modules.values())
+        if isinstance(idx, slice):
+            del layers[idx]
+        else:
+            del layers[self._position(idx, len(layers), "index")]
+        self._renumber(layers)
+
+    def __add__(self, other) -> "Sequential":
+        """A new Sequential of this one's layers, then `other`'s (the layer objects are shared
+        with both, as in PyTorch)."""
+        if not isinstance(other, Sequential):
+            raise ValueError(f"Sequential + {type(other).__name__}: only a Sequential can be "
+                             f"added to a Sequential")
+        return Sequential(*self, *other)
+
+    def __iadd__(self, other) -> "Sequential":
+        if not isinstance(other, Sequential):
+            raise ValueError(f"Sequential += {type(other).__name__}: only a Sequential can be "
+                             f"added to a Sequential")
+        return self.extend(list(other))
+
+    def _take(self, layer: Module, where: str) -> Module:
+        """`layer` adopted (see _adopt), with this model's backend override and mode."""
+        layer = self._adopt(layer, where)
         if self._backend is not None:
             layer.set_backend(self._backend)
         layer.train(self.training)
-        return self
+        return layer
+
+    @staticmethod
+    def _position(idx, n: int, what: str) -> int:
+        """An int index in [-n, n) as a position in [0, n)."""
+        if isinstance(idx, bool) or not isinstance(idx, (numbers.Integral, np.integer)):
+            raise TypeError(f"Sequential {what} must be an int, got {idx!r}")
+        if not -n <= idx < n:
+            raise IndexError(f"Sequential {what} {idx} out of range for {n} layers")
+        return int(idx) % n
+
+    def _renumber(self, layers: list) -> None:
+        """Hold `layers`, named "0", "1", ..."""
+        for name in list(self._modules):
+            delattr(self, name)
+        for i, layer in enumerate(layers):
+            self.add_module(str(i), layer)
+        self._cache = None
 
     def __len__(self) -> int:
         return len(self._modules)
