@@ -266,7 +266,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     bias = float_bias(bias, geom.F, weight.shape, op)
     dtype = common_dtype(x, weight, bias)
     x, weight = _bf16_operands(precision, dtype, op, x, weight)
-    G, (oh, ow) = geom.groups, geom.out
+    G = geom.groups
     cols = _conv_columns(x, geom, dtype)                                  # (N, G, K, L)
     wmat = weight.astype(dtype, copy=False).reshape(G, geom.F // G, -1)  # (G, Fg, K)
     y = np.matmul(wmat, cols).reshape(geom.output_shape)                  # (N, G, Fg, L)
