@@ -101,6 +101,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():   # (else mkstemp's error names the temporary file)
+        raise FileNotFoundError(f"cannot write {path}: the folder {directory} does not exist")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     tmp = Path(tmp_name)
     try:

@@ -96,7 +96,14 @@ def find_classes(root: str | os.PathLike) -> tuple[str, ...]:
 def _class_files(folder: Path, skipped: list) -> list[Path]:
     """Image files under ``folder`` (recursively, sorted); other files go to ``skipped``."""
     files: list[Path] = []
+    seen: set[str] = set()   # real paths of the folders walked: a symlink cycle is walked once
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            skipped.append((Path(dirpath), "a link to a folder already read"))
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         for name in sorted(filenames):
             path = Path(dirpath) / name
@@ -130,12 +137,22 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 32, *,
     if bad_images not in ("error", "skip"):
         raise ValueError(f"load_image_folder: bad_images must be 'error' or 'skip', got "
                          f"{bad_images!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) \
+            or image_size < 1:
+        raise ValueError(f"load_image_folder: image_size must be a positive int, got "
+                         f"{image_size!r}")
+    if isinstance(class_names, str):
+        raise TypeError(f"load_image_folder: class_names must be a list of names, got the "
+                        f"string {class_names!r}")
     root = Path(root).expanduser()
     found = find_classes(root)
     if class_names is None:
         names = found
     else:
         names = tuple(class_names)
+        repeated = sorted({c for c in names if names.count(c) > 1})
+        if repeated:   # (each folder's images would be read once per repeat, under two labels)
+            raise ValueError(f"load_image_folder: class_names repeats {', '.join(repeated)}")
         extra = [c for c in found if c not in names]
         if extra:
             raise DatasetError(f"image folder {root} has class folders the model was not "

@@ -99,8 +99,11 @@ class DataLoader:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"DataLoader: seed must be a non-negative int, got {seed!r}")
-        if prefetch < 0:
-            raise ValueError(f"DataLoader: prefetch must be >= 0, got {prefetch}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) \
+                or prefetch < 0:
+            raise ValueError(f"DataLoader: prefetch must be an int >= 0, got {prefetch!r}")
+        if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+            raise ValueError(f"DataLoader: pad must be an int >= 0, got {pad!r}")
         if not (isinstance(flip, bool) or flip == "alternate"):
             raise ValueError(f"DataLoader: flip must be True, False or 'alternate', got {flip!r}")
         if padding_mode not in PADDING_MODES:
@@ -192,9 +195,14 @@ class DataLoader:
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         """Restore a position saved by :meth:`state_dict`."""
+        if "epoch" not in state:
+            raise ValueError(f"DataLoader: the state has no 'epoch' (keys: {sorted(state)}); "
+                             f"give a dict from state_dict()")
         batch = int(state.get("batch", 0))
         if not 0 <= batch <= len(self):
             raise ValueError(f"DataLoader: batch position {batch} out of range 0..{len(self)}")
+        if int(state["epoch"]) < 0:
+            raise ValueError(f"DataLoader: epoch must be >= 0, got {state['epoch']!r}")
         self.seed = int(state.get("seed", self.seed))
         self.epoch = int(state["epoch"])
         self.batch = batch

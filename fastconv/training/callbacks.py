@@ -215,6 +215,7 @@ class ModelCheckpoint(Callback):
         if not self.trainer.is_global_zero:  # (a distributed fit: rank 0 writes)
             self._saved_at = self.trainer.position
             return
+        path.parent.mkdir(parents=True, exist_ok=True)   # (as Keras: the run's folder)
         if self.save_weights_only:
             _ckpt.save_weights(path, model.state_dict(), metadata=self.metadata)
         else:

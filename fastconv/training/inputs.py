@@ -17,7 +17,7 @@ from ..losses import CrossEntropyLoss
 from ..nn import Module
 
 __all__ = ["check_model", "check_positive_int", "as_loader", "check_inputs", "check_loss",
-           "check_targets", "check_optimizer"]
+           "check_targets", "check_label_range", "check_optimizer"]
 
 DEFAULT_BATCH_SIZE = 32
 """Batch size of fit for (x, y) arrays (Keras' default)."""
@@ -134,6 +134,27 @@ def check_targets(loader: DataLoader, loss: Any, what: str) -> None:
     check = getattr(loss, "check_targets", None)
     if callable(check):
         check(loader.labels, what)
+
+
+def check_label_range(labels: np.ndarray, output: np.ndarray, loss: Any, what: str) -> None:
+    """Class labels (N,) against the model's first output (B, C): every label must be a class
+    of the output (in [0, C), or the loss's ``ignore_index``). Checked over the whole dataset
+    at the first batch, so a bad label stops the run before any step, with the labels' range
+    and the output's width (not at whichever batch first holds it)."""
+    if output.ndim != 2 or labels.ndim != 1 or labels.dtype.kind not in "iu" \
+            or labels.shape[0] == 0 or not isinstance(loss, CrossEntropyLoss):
+        return
+    width = output.shape[1]
+    bad = (labels < 0) | (labels >= width)
+    bad &= labels != loss.ignore_index
+    if bad.any():
+        counted = labels[labels != loss.ignore_index]
+        lo, hi = int(counted.min()), int(counted.max())
+        fix = "fix the labels" if lo < 0 else \
+            f"build the model with num_classes={hi + 1}, or fix the labels"
+        raise ValueError(f"{what}: the labels span {lo}..{hi} but the model outputs {width} "
+                         f"classes (output shape {output.shape}): labels must be in "
+                         f"0..{width - 1} ({int(bad.sum())} are not); {fix}")
 
 
 def check_optimizer(optimizer: Any, model: Module, where: str) -> None:

@@ -63,7 +63,7 @@ def _loss_sum(loss_fn: Any, value: float, n: int) -> float:
 
 
 def _evaluation(model, loader: DataLoader, loss_fn: Any, should_stop=None,
-                parallel=None) -> tuple[dict[str, float], np.ndarray | None] | None:
+                parallel=None, what: str = "evaluate: data") -> tuple[dict[str, float], np.ndarray | None] | None:
     """Loss (and accuracy, for classification) over ``loader`` in eval mode, and the predicted
     classes (None unless classification); None when ``should_stop()`` turned true. The loader's
     position and the model's modes are put back afterwards. With ``parallel`` (a distributed
@@ -82,6 +82,8 @@ def _evaluation(model, loader: DataLoader, loss_fn: Any, should_stop=None,
                 preds.append(np.empty(0, np.int64))
                 continue
             out = model.forward(xb)
+            if seen == 0:
+                inputs.check_label_range(loader.labels, out, loss_fn, what)
             total += _loss_sum(loss_fn, loss_fn.forward(out, yb), len(yb))
             seen += len(yb)
             if classification and _is_classification(out, yb):
@@ -152,6 +154,7 @@ class Trainer:
         self.history = History()
         self.val_predictions: np.ndarray | None = None
         self.stop_training = False
+        self._labels_checked = False   # (the labels' range against the output, at step 1)
         self.load_running_sums({})
 
     # -- ranks ---------------------------------------------------------------------------
@@ -274,7 +277,7 @@ class Trainer:
             # (a distributed validation runs to its end: the ranks stop together afterwards)
             result = _evaluation(self.model, self.val, self.loss,
                                  (lambda: self.stop_training) if self.parallel is None else None,
-                                 self.parallel)
+                                 self.parallel, "fit: val")
             if result is None:
                 return False
             metrics, self.val_predictions = result
@@ -302,6 +305,9 @@ class Trainer:
         net, loss_fn = self._net, self.loss
         net.zero_grad()
         out = net.forward(xb) if par is None else par.forward(xb, index)
+        if not self._labels_checked:
+            inputs.check_label_range(self.train.labels, out, loss_fn, "fit: train")
+            self._labels_checked = True
         value = loss_fn.forward(out, yb)
         loss_sum = _loss_sum(loss_fn, value, len(yb))
         classification = self._classification and _is_classification(out, yb)
