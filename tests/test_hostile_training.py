@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from fastconv import checkpoint as ckpt
-from fastconv import nn
+from fastconv import nn, optim
 from fastconv.data import DataLoader, load_image_folder
 from fastconv.data.images import ImageReadError
-from fastconv.training import ModelCheckpoint, evaluate, fit
+from fastconv.training import CSVLogger, EarlyStopping, ModelCheckpoint, evaluate, fit
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -152,9 +152,42 @@ def test_fit_labels_out_of_range_name_the_width():
 
 
 def test_fit_nan_loss_stops_with_a_clear_error():
+    # non-finite inputs used to be blamed on the learning rate
     x, y = _xy()
-    with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, batch 1"):
-        fit(_mlp(), (x * np.nan, y), 1, progress=False)
+    x[3, 0, 0, 0] = np.inf
+    with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, batch 2.*inputs hold "
+                                                 "NaN or infinite values"), \
+            np.errstate(all="ignore"):
+        fit(_mlp(), (x, y), 1, batch_size=2, shuffle=False, progress=False)
+    model = _mlp()
+    with pytest.raises(FloatingPointError, match="diverged; lower the learning rate"), \
+            np.errstate(all="ignore"):
+        fit(model, (np.full_like(x, 1e30), y), 3, optimizer=optim.SGD(model.parameters(), lr=1e30),
+            progress=False)
+
+
+def test_fit_callbacks_must_be_a_list():
+    x, y = _xy()
+    with pytest.raises(TypeError, match=r"callbacks must be a list.*callbacks=\[\.\.\.\]"):
+        fit(_mlp(), (x, y), 1, callbacks=EarlyStopping("loss"), progress=False)
+
+
+def test_early_stopping_numpy_numbers():
+    # np.int64 patience / np.float32 min_delta were refused as "not an int"
+    es = EarlyStopping("loss", patience=np.int64(2), min_delta=np.float32(0.5))
+    assert es.patience == 2 and type(es.patience) is int and es.min_delta == 0.5
+    with pytest.raises(ValueError, match="min_delta"):
+        EarlyStopping("loss", min_delta=float("nan"))
+    with pytest.raises(ValueError, match="patience"):
+        EarlyStopping("loss", patience=1.5)
+
+
+def test_csv_logger_creates_its_folder(tmp_path):
+    x, y = _xy()
+    target = tmp_path / "logs" / "run.csv"
+    fit(_mlp(), (x, y), 2, callbacks=[CSVLogger(target)], progress=False)
+    assert target.read_text().splitlines()[0].startswith("epoch,")
+    assert len(target.read_text().splitlines()) == 3
 
 
 def test_model_checkpoint_creates_its_folder(tmp_path):

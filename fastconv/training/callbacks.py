@@ -31,6 +31,7 @@ behaves as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import string
 from pathlib import Path
@@ -253,13 +254,15 @@ class EarlyStopping(Callback):
     def __init__(self, monitor: str = "val_loss", *, patience: int = 0, mode: str = "auto",
                  min_delta: float = 0.0, baseline: float | None = None,
                  restore_best_weights: bool = False) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) \
+                or patience < 0:
             raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
-        if not (isinstance(min_delta, (int, float)) and min_delta >= 0):
+        if isinstance(min_delta, bool) or not (isinstance(min_delta, numbers.Real)
+                                               and min_delta >= 0):
             raise ValueError(f"EarlyStopping: min_delta must be a number >= 0, got "
                              f"{min_delta!r}")
         self.monitor = monitor
-        self.patience = patience
+        self.patience = int(patience)
         self.mode = _mode(monitor, mode, "EarlyStopping")
         self.min_delta = float(min_delta)
         self.baseline = None if baseline is None else float(baseline)
@@ -329,6 +332,7 @@ class CSVLogger(Callback):
         if not self.trainer.is_global_zero:  # (a distributed fit: rank 0 writes)
             return
         text = csv_text(self.trainer.history.rows, separator=self.separator)
+        self.filename.parent.mkdir(parents=True, exist_ok=True)   # (as ModelCheckpoint)
         with _ckpt.atomic_write(self.filename) as f:
             f.write(text.encode("utf-8"))
 

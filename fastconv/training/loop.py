@@ -27,6 +27,7 @@ import math
 import numbers
 import os
 import time
+from collections.abc import Iterable
 from typing import Any, Sequence
 
 import numpy as np
@@ -346,9 +347,12 @@ class Trainer:
         else:
             self._classification = False
         if not math.isfinite(value):
+            # (inputs that are not finite are the data's fault, not the learning rate's)
+            cause = "the batch's inputs hold NaN or infinite values: clean the data" \
+                if not np.isfinite(xb).all() else "training diverged; lower the learning rate"
             error = FloatingPointError(
                 f"fit: the loss is {value} at epoch {self.epoch + 1}, batch {index + 1} (step "
-                f"{self.step}): training diverged; lower the learning rate")
+                f"{self.step}): {cause}")
             if par is not None:  # (the loss of the whole batch: every rank stops here)
                 from .distributed import every_rank
                 every_rank(error)
@@ -566,6 +570,9 @@ def _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval, los
             raise ValueError(f"fit: clip_grad_norm must be None or a number > 0, got "
                              f"{clip_grad_norm!r}")
         clip_grad_norm = float(clip_grad_norm)
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"fit: callbacks must be a list of callbacks, got a "
+                        f"{type(callbacks).__name__} (write callbacks=[...])")
     callbacks = list(callbacks)
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
