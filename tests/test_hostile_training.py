@@ -227,3 +227,14 @@ def test_resume_from_corrupt_or_missing_checkpoint(tmp_path):
         fit(_mlp(), (x, y), 1, resume=bad, progress=False)
     with pytest.raises(FileNotFoundError):
         fit(_mlp(), (x, y), 1, resume=tmp_path / "missing.npz", progress=False)
+
+
+def test_constant_channel_message_is_plain_numbers(tmp_path):
+    # the std used to print as (np.float64(0.281), ...) under NumPy 2
+    from fastconv.data import load_dataset
+    for c, g in (("a", 0), ("b", 200)):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            PIL.new("RGB", (6, 6), (40 * i, g, 9)).save(tmp_path / c / f"{i}.png")
+    with pytest.raises(ValueError, match=r"constant colour channel \(std \([0-9., ]*0\.0\)\)"):
+        load_dataset(f"folder:{tmp_path}", image_size=4, test_fraction=0.34)

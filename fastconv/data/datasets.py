@@ -91,7 +91,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
         mean, std = compute_mean_std(ds.x_train)
         if np.any(std <= 0):
             raise ValueError(f"the training images in {path} have a constant colour channel "
-                             f"(std {tuple(np.round(std, 4))}): they cannot be normalised")
+                             f"(std {tuple(round(float(v), 4) for v in std)}): they cannot be "
+                             f"normalised")
         return LabelledImages(*ds[:6], tuple(map(float, mean)), tuple(map(float, std)), name,
                               ds.skipped)
     if image_size != 32:
