@@ -18,22 +18,22 @@
 #include <utility>
 #include <vector>
 
-#include "activation.h"
-#include "adaptive_pool.h"
-#include "batchnorm.h"
+#include "activation/activation.h"
+#include "pool/adaptive_pool.h"
+#include "norm/batchnorm.h"
 #include "block_cache.h"
-#include "conv.h"
-#include "conv_direct.h"
+#include "conv/conv.h"
+#include "conv/conv_direct.h"
 #include "cpu.h"
-#include "gemm.h"
-#include "gemm_bf16.h"
-#include "gemm_direct.h"
-#include "im2col.h"
+#include "gemm/gemm.h"
+#include "gemm/gemm_bf16.h"
+#include "gemm/gemm_direct.h"
+#include "conv/im2col.h"
 #include "numpy_recycling.h"
-#include "optim.h"
+#include "optim/optim.h"
 #include "peak.h"
-#include "pool.h"
-#include "upsample.h"
+#include "pool/pool.h"
+#include "pool/upsample.h"
 
 namespace py = pybind11;
 using fastconv::index_t;

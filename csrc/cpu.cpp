@@ -7,7 +7,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "gemm_bf16.h"
+#include "gemm/gemm_bf16.h"
 
 #if defined(FASTCONV_X86) && defined(__linux__)
 #include <sys/syscall.h>

@@ -6,7 +6,7 @@
 #include <chrono>
 #include <vector>
 
-#include "gemm.h"
+#include "gemm/gemm.h"
 
 namespace fastconv {
 

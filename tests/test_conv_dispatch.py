@@ -1,4 +1,4 @@
-"""conv2d's dispatch table (csrc/conv.cpp): which algorithm runs for a shape, pass, dtype and
+"""conv2d's dispatch table (csrc/conv/dispatch.cpp): which algorithm runs for a shape, pass, dtype and
 forced algorithm, against the documented rules, and that the one reported is the one that ran."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The packed GEMM's cache blocks: derived from the CPU's caches by the model of
-csrc/gemm_config.cpp, and only kc (never the thread count, mc or nc) sets the order of the
+csrc/gemm/gemm_config.cpp, and only kc (never the thread count, mc or nc) sets the order of the
 sums."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def blocks():
 
 
 def model(mr, nr, itemsize, caches):
-    """gemm_blocks_for of csrc/gemm_config.cpp, written out again."""
+    """gemm_blocks_for of csrc/gemm/gemm_config.cpp, written out again."""
     l1, l2, l3 = caches["l1d"], caches["l2"], caches["l3"]
     ways = l1["ways"] if l1["ways"] > 1 else 8
     b_ways = max(1, (ways - 1) * nr // (mr + nr))

@@ -1,5 +1,5 @@
 """Winograd F(4x4, 3x3)'s forward centres each input plane on its mean and puts the shift back
-in the bias (csrc/conv_winograd_driver.h, centre_image): conv(x) = conv(x - c) + c sum_taps(w),
+in the bias (csrc/conv/conv_winograd_driver.h, centre_image): conv(x) = conv(x - c) + c sum_taps(w),
 exact with the padding at -c. Checked on inputs whose mean is large beside their spread, where
 the transforms' errors would otherwise scale with the mean: against float64 (padding, groups,
 bias, the pool-fused forward), against F(2x2)'s error, across thread counts."""

@@ -1,4 +1,4 @@
-"""Fit the polynomials of the compiled GELU's normal CDF and write csrc/normal_cdf_coefficients.h.
+"""Fit the polynomials of the compiled GELU's normal CDF and write csrc/activation/normal_cdf_coefficients.h.
 
 The kernels compute the upper tail of the standard normal distribution, for a >= 0, as
 
@@ -112,5 +112,5 @@ def main(out: pathlib.Path) -> None:
 
 
 if __name__ == "__main__":
-    default = pathlib.Path(__file__).resolve().parent.parent / "csrc" / "normal_cdf_coefficients.h"
+    default = pathlib.Path(__file__).resolve().parent.parent / "csrc" / "activation" / "normal_cdf_coefficients.h"
     main(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else default)

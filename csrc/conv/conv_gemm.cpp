@@ -1,0 +1,257 @@
+// The im2col and wide-row GEMM passes of a convolution (see conv_gemm.h).
+#include "conv/conv_gemm.h"
+
+#include <algorithm>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "conv/conv_wide.h"
+#include "gemm/gemm.h"
+#include "gemm/gemm_bf16.h"
+
+namespace fastconv {
+namespace {
+
+// Runs body(i, cols, pack) for i in [0, count). With at least as many items as threads, the
+// items are spread over the threads, each with its own scratch (cols: cols_size elements;
+// pack: packing buffers for GEMMs of up to M x N), and run whole, independent GEMMs: no
+// barrier per small step. Otherwise the items run in order and pack is nullptr: the body then
+// splits each GEMM over the threads (see `matmul`). All scratch is allocated here, before any
+// parallel region.
+template <typename T, typename Body>
+void run_items(index_t count, index_t cols_size, index_t M, index_t N, Body&& body) {
+  const index_t cols_part = round_up(cols_size, 16);
+  const index_t pack_size = gemm_scratch_size<T>(M, N);
+  for_each_item<T>(count, checked_add(cols_part, pack_size), [&](index_t i, T* mine, bool split) {
+    body(i, mine, split ? static_cast<T*>(nullptr) : mine + cols_part);
+  });
+}
+
+// GEMM on this thread's packing scratch, or split over all threads when there is none.
+// Both give the same bits: threads split M or N, never the reduction.
+template <typename T>
+void matmul(T* pack, index_t M, index_t N, index_t K, const ASource<T>& A, const BSource<T>& B,
+            T* C, index_t ldc, bool accumulate) {
+  if (pack)
+    gemm<T>(M, N, K, A, B, C, ldc, accumulate, pack);
+  else
+    gemm_parallel<T>(M, N, K, A, B, C, ldc, accumulate);
+}
+
+// One group's weights (w[g], or w[g]^T for the input gradient), packed once per call and
+// shared by all images: for the float32 GEMM, or converted for the bf16 one (bf16 mode).
+template <typename T>
+class GroupWeights {
+ public:
+  GroupWeights(index_t M, index_t K, const T* w, index_t rs, index_t cs, Precision precision)
+      : M_(M), K_(K) {
+    if constexpr (std::is_same_v<T, float>)
+      if (precision == Precision::bf16) {
+        bf16_ = std::make_unique<Bf16PackedA>(M, K, w, rs, cs);
+        return;
+      }
+    f32_ = std::make_unique<PackedA<T>>(M, K, w, rs, cs);
+  }
+
+  // C[M, N] (+)= weights . B, on this thread's scratch `pack` (the float32 GEMM's; the bf16
+  // GEMM allocates its own), or split over the threads when there is none (see matmul).
+  void multiply(T* pack, index_t N, const BSource<T>& B, T* C, index_t ldc,
+                bool accumulate) const {
+    if constexpr (std::is_same_v<T, float>)
+      if (bf16_) {
+        if (pack) gemm_bf16(M_, N, K_, *bf16_, B, C, ldc, accumulate);
+        else gemm_bf16_parallel(M_, N, K_, *bf16_, B, C, ldc, accumulate);
+        return;
+      }
+    matmul<T>(pack, M_, N, K_, *f32_, B, C, ldc, accumulate);
+  }
+
+ private:
+  index_t M_, K_;
+  std::unique_ptr<PackedA<T>> f32_;
+  std::unique_ptr<Bf16PackedA> bf16_;
+};
+
+template <typename T>
+std::vector<GroupWeights<T>> pack_weights(const ConvShape& s, const T* w, bool transposed) {
+  const index_t Fg = s.Fg(), CKK = s.CKK();
+  std::vector<GroupWeights<T>> packed;
+  packed.reserve(s.G);
+  for (index_t g = 0; g < s.G; ++g) {
+    const T* wg = w + g * Fg * CKK;
+    if (transposed)
+      packed.emplace_back(CKK, Fg, wg, 1, CKK, s.precision);
+    else
+      packed.emplace_back(Fg, CKK, wg, CKK, 1, s.precision);
+  }
+  return packed;
+}
+
+}  // namespace
+
+bool wide_fits(const ConvShape& s) {
+  return s.win.SH == 1 && s.win.SW == 1 && !s.pointwise();
+}
+
+// The wide-row path's packing is plain copies, but its junk columns cost Wp/OW - 1 more
+// multiply-adds. Measured (AVX-512, batch 64), it wins where that waste is small or the GEMM
+// is narrow (few output channels per group, so packing dominates); elsewhere im2col packing
+// is cheaper.
+bool wide_pays(const ConvShape& s, ConvPass pass) {
+  const index_t Wp = s.OW + (s.win.KW - 1) * s.win.DW;
+  switch (pass) {
+    case ConvPass::forward: return 20 * Wp <= 23 * s.OW || s.Fg() <= 16;
+    case ConvPass::backward_input: return 10 * Wp <= 11 * s.OW || s.Fg() <= 16;
+    default: return 10 * Wp <= 11 * s.OW || s.Fg() <= 8;  // few filters: im2col copies dominate
+  }
+}
+
+template <typename T>
+void conv2d_forward_wide(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
+  const std::vector<GroupWeights<T>> wp = pack_weights(s, w, false);
+  const WideGeometry wg(s);
+  const index_t xpad_size = round_up(wg.padded_size(), 16);
+  run_items<T>(s.N, checked_add(xpad_size, checked_mul(Fg, wg.Lw)), Fg, wg.Lw,
+               [&](index_t n, T* scratch, T* pack) {
+    T* xpad = scratch;
+    T* out = scratch + xpad_size;  // Fg x (OH*Wp)
+    for (index_t g = 0; g < s.G; ++g) {
+      pad_image(wg, x + (n * s.C + g * Cg) * HW, xpad);
+      if (bias)
+        for (index_t f = 0; f < Fg; ++f)
+          std::fill(out + f * wg.Lw, out + (f + 1) * wg.Lw, bias[g * Fg + f]);
+      wp[g].multiply(pack, wg.Lw, WideColsB<T>(wg, xpad), out, wg.Lw, bias != nullptr);
+      narrow_rows(wg, Fg, s.OH, out, y + (n * s.F + g * Fg) * L);
+    }
+  });
+}
+
+template <typename T>
+void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
+  const bool direct = s.pointwise();
+  const std::vector<GroupWeights<T>> wp = pack_weights(s, w, false);
+  // The column matrix is never formed: the GEMM packs its B panels straight from the image.
+  run_items<T>(s.N, 0, Fg, L, [&](index_t n, T*, T* pack) {
+    for (index_t g = 0; g < s.G; ++g) {
+      const T* xg = x + (n * s.C + g * Cg) * HW;
+      T* yg = y + (n * s.F + g * Fg) * L;
+      // Bias first, then accumulate the product onto it.
+      if (bias)
+        for (index_t f = 0; f < Fg; ++f) std::fill(yg + f * L, yg + (f + 1) * L, bias[g * Fg + f]);
+      if (direct)
+        wp[g].multiply(pack, L, StridedB<T>(xg, L, 1), yg, L, bias != nullptr);
+      else
+        wp[g].multiply(pack, L, Im2colB<T>(xg, Cg, s.H, s.W, s.win, s.OH, s.OW), yg, L,
+                       bias != nullptr);
+    }
+  });
+}
+
+template <typename T>
+void conv2d_backward_input_wide(const ConvShape& s, const T* gy, const T* w, T* gx) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
+  const std::vector<GroupWeights<T>> wtp = pack_weights(s, w, true);
+  // dcols (CKK x OH*Wp) = w^T . grad_y widened with zero junk columns; the junk columns of
+  // dcols are then zero too, so col2im is a plain add of every row into the padded image.
+  const WideGeometry wg(s);
+  const index_t xpad_size = round_up(wg.padded_size(), 16);
+  const index_t gyw_size = round_up(checked_mul(Fg, wg.Lw), 16);
+  run_items<T>(s.N, checked_add(xpad_size, gyw_size, checked_mul(CKK, wg.Lw)), CKK, wg.Lw,
+               [&](index_t n, T* scratch, T* pack) {
+    T* dxpad = scratch;
+    T* gyw = scratch + xpad_size;
+    T* dcols = gyw + gyw_size;
+    for (index_t g = 0; g < s.G; ++g) {
+      widen_rows(wg, Fg, s.OH, gy + (n * s.F + g * Fg) * L, gyw);
+      wtp[g].multiply(pack, wg.Lw, StridedB<T>(gyw, wg.Lw, 1), dcols, wg.Lw, false);
+      std::fill(dxpad, dxpad + wg.padded_size(), T(0));
+      col2im_wide(wg, CKK, dcols, dxpad);
+      crop_image(wg, dxpad, gx + (n * s.C + g * Cg) * HW);
+    }
+  });
+}
+
+template <typename T>
+void conv2d_backward_input_im2col(const ConvShape& s, const T* gy, const T* w, T* gx) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
+  const bool direct = s.pointwise();
+  const std::vector<GroupWeights<T>> wtp = pack_weights(s, w, true);
+  run_items<T>(s.N, direct ? 0 : checked_mul(CKK, L), CKK, L, [&](index_t n, T* dcols, T* pack) {
+    for (index_t g = 0; g < s.G; ++g) {
+      const T* gyg = gy + (n * s.F + g * Fg) * L;
+      T* gxg = gx + (n * s.C + g * Cg) * HW;
+      wtp[g].multiply(pack, L, StridedB<T>(gyg, L, 1), direct ? gxg : dcols, L, false);
+      if (!direct) {
+        std::fill(gxg, gxg + Cg * HW, T(0));
+        col2im_image(dcols, L, Cg, s.H, s.W, s.win, s.OH, s.OW, gxg);
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv2d_backward_weight_gemm(const ConvShape& s, const T* gy, const T* x, T* gw, bool wide) {
+  const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
+  const index_t WSZ = s.F * CKK;
+  // gw[g] += grad_y[n, g] (Fg x L) . cols^T: both operands are long contiguous rows over the
+  // output positions, so it is computed as dot products of rows (gemm_nt_rows), with no
+  // packing. The rows of cols are runs of the padded image on the wide path, else rows of an
+  // explicit per-image column buffer (or of the image itself for 1x1 convolutions).
+  const bool direct = s.pointwise();
+  // (the wide geometry only where it runs: elsewhere its padded image may not even have a size)
+  const WideGeometry wg = wide ? WideGeometry(s) : WideGeometry();
+  const index_t xpad_size = round_up(wg.padded_size(), 16);
+  const index_t scratch = direct ? 0
+                          : wide ? checked_add(xpad_size, checked_mul(Fg, wg.Lw))
+                                 : checked_mul(CKK, L);
+  // Dot products pay one reduction per weight per image: worth it for long rows (many output
+  // positions) or few weights; short rows and many weights go to the packed GEMM.
+  const bool use_dot = L >= 512 || Fg * CKK <= 4096;
+  const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
+  Scratch<T> partial = make_scratch<T>(chunks > 1 ? checked_mul(chunks, WSZ) : 0);
+  // Chunk c sums images [N*c/chunks, N*(c+1)/chunks) into its own partial gradient.
+  // (gemm_nt_rows packs for itself: no packing scratch here.)
+  run_items<T>(chunks, scratch, 0, 0, [&](index_t c, T* buf, T*) {
+    T* dst = chunks > 1 ? partial.get() + c * WSZ : gw;
+    std::vector<const T*> a_rows(Fg), b_rows(CKK);
+    const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
+    for (index_t n = n0; n < n1; ++n) {
+      for (index_t g = 0; g < s.G; ++g) {
+        const T* xg = x + (n * s.C + g * Cg) * HW;
+        const T* gyg = gy + (n * s.F + g * Fg) * L;
+        index_t K = L;
+        if (wide) {
+          T* xpad = buf;
+          T* gyw = buf + xpad_size;
+          pad_image(wg, xg, xpad);
+          widen_rows(wg, Fg, s.OH, gyg, gyw);  // zero junk columns: they add nothing
+          for (index_t f = 0; f < Fg; ++f) a_rows[f] = gyw + f * wg.Lw;
+          for (index_t r = 0; r < CKK; ++r) b_rows[r] = xpad + wg.row_offset(r);
+          K = wg.Lw;
+        } else {
+          for (index_t f = 0; f < Fg; ++f) a_rows[f] = gyg + f * L;
+          if (!direct) im2col_image(xg, Cg, s.H, s.W, s.win, s.OH, s.OW, buf, L);
+          for (index_t r = 0; r < CKK; ++r) b_rows[r] = (direct ? xg : buf) + r * L;
+        }
+        gemm_nt_rows<T>(Fg, CKK, K, a_rows.data(), b_rows.data(), dst + g * Fg * CKK, CKK,
+                        n > n0, use_dot, s.precision);
+      }
+    }
+  });
+  if (chunks > 1) sum_chunks_in_order(partial.get(), chunks, WSZ, gw);
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                                \
+  template void conv2d_forward_im2col<T>(const ConvShape&, const T*, const T*, const T*, T*);  \
+  template void conv2d_forward_wide<T>(const ConvShape&, const T*, const T*, const T*, T*);    \
+  template void conv2d_backward_input_im2col<T>(const ConvShape&, const T*, const T*, T*);     \
+  template void conv2d_backward_input_wide<T>(const ConvShape&, const T*, const T*, T*);       \
+  template void conv2d_backward_weight_gemm<T>(const ConvShape&, const T*, const T*, T*, bool);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+#undef FASTCONV_INSTANTIATE
+
+}  // namespace fastconv

@@ -1,0 +1,52 @@
+// im2col / col2im: lay out every receptive field of an image as a column, and back.
+//
+// For one image x (C x H x W) and a window (KH x KW, stride, padding, dilation) with output
+// grid OH x OW, the column matrix has C*KH*KW rows and L = OH*OW columns:
+//   cols[(c*KH + i)*KW + j][oh*OW + ow] = x[c][oh*SH - PH + i*DH][ow*SW - PW + j*DW]
+// (zero where the index falls in the padding). Row order matches torch.nn.functional.unfold.
+#pragma once
+
+#include "common.h"
+#include "gemm/gemm.h"
+
+namespace fastconv {
+
+struct Window2d {
+  index_t KH, KW;  // kernel
+  index_t SH, SW;  // stride
+  index_t PH, PW;  // padding before (top, left); after-padding is implied by OH/OW
+  index_t DH, DW;  // dilation
+};
+
+// One image, channels [0, C): writes cols (C*KH*KW x ld, first OH*OW columns used).
+template <typename T>
+void im2col_image(const T* x, index_t C, index_t H, index_t W, const Window2d& win, index_t OH,
+                  index_t OW, T* cols, index_t ld);
+
+// One image: x[c][ih][iw] += every column entry that im2col would read from it.
+template <typename T>
+void col2im_image(const T* cols, index_t ld, index_t C, index_t H, index_t W, const Window2d& win,
+                  index_t OH, index_t OW, T* x);
+
+// The column matrix of one image as a GEMM B operand (CKK x L), packed straight from the
+// image into the GEMM's panels: no column buffer is written or read.
+template <typename T>
+struct Im2colB final : BSource<T> {
+  const T* x;  // first channel of the image (group)
+  index_t C, H, W, OH, OW;
+  Window2d win;
+  Im2colB(const T* x_, index_t C_, index_t H_, index_t W_, const Window2d& w, index_t OH_,
+          index_t OW_)
+      : x(x_), C(C_), H(H_), W(W_), OH(OH_), OW(OW_), win(w) {}
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override;
+};
+
+// Batched versions (== F.unfold / F.fold), threaded over (image, channel).
+template <typename T>
+void im2col(const T* x, index_t N, index_t C, index_t H, index_t W, const Window2d& win,
+            index_t OH, index_t OW, T* cols);
+template <typename T>
+void col2im(const T* cols, index_t N, index_t C, index_t H, index_t W, const Window2d& win,
+            index_t OH, index_t OW, T* x);
+
+}  // namespace fastconv

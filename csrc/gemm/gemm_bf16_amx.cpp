@@ -1,0 +1,83 @@
+// AMX micro-kernel: a 32 x 32 tile of C in four 16 x 16 float32 tiles (tmm0-3), A as two
+// 16-row tiles of 32 k (tmm4-5), B as two tiles of 16 k pairs x 16 columns (tmm6-7);
+// tdpbf16ps per k-block of 32. This file alone is compiled with -mamx-tile -mamx-bf16; it
+// runs only after cpuid says the CPU has AMX-BF16 and Linux granted the process the tile
+// data state (cpu.cpp asks once, arch_prctl ARCH_REQ_XCOMP_PERM). The tile configuration is
+// per thread: loaded by `begin` on each thread before its share of a GEMM, released by
+// `end`. Its portable twin is in gemm_bf16_twin.cpp.
+#include "gemm/gemm_bf16.h"
+
+#if defined(FASTCONV_X86) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#include <immintrin.h>
+
+namespace fastconv {
+namespace {
+
+constexpr int MR = 32, NR = 32;
+
+// The 64-byte tile configuration (palette 1): 8 tiles of 16 rows x 64 bytes.
+struct alignas(64) TileConfig {
+  std::uint8_t palette_id;
+  std::uint8_t start_row;
+  std::uint8_t reserved[14];
+  std::uint16_t colsb[16];
+  std::uint8_t rows[16];
+};
+
+void begin_tiles() {
+  TileConfig cfg{};
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+void end_tiles() { _tile_release(); }
+
+void micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, index_t ldc,
+                  bool accumulate, index_t mr_eff, index_t nr_eff) {
+  const auto* a = static_cast<const std::uint16_t*>(a_);  // (p/32)*32MR + 32i + p%32
+  const auto* b = static_cast<const std::uint16_t*>(b_);  // (p/2)*2NR + 2j + p%2
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (index_t kb = 0; kb < kc_pad / 32; ++kb) {
+    const std::uint16_t* ak = a + kb * 32 * MR;  // rows of 64 bytes
+    const std::uint16_t* bk = b + kb * 32 * NR;  // 16 rows of 2NR values (128 bytes)
+    _tile_loadd(4, ak, 64);
+    _tile_loadd(5, ak + 16 * 32, 64);
+    _tile_loadd(6, bk, 4 * NR);
+    _tile_loadd(7, bk + 32, 4 * NR);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) float tile[MR * NR];
+  _tile_stored(0, tile, 4 * NR);
+  _tile_stored(1, tile + 16, 4 * NR);
+  _tile_stored(2, tile + 16 * NR, 4 * NR);
+  _tile_stored(3, tile + 16 * NR + 16, 4 * NR);
+  for (index_t i = 0; i < mr_eff; ++i)
+    for (index_t j = 0; j < nr_eff; ++j)
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
+}
+
+const Bf16Kernel kKernel{MR, NR, Bf16Layout::amx_rows, &micro_kernel, &begin_tiles, &end_tiles};
+
+}  // namespace
+
+const Bf16Kernel* bf16_kernel_amx() { return &kKernel; }
+
+}  // namespace fastconv
+
+#else
+
+namespace fastconv {
+const Bf16Kernel* bf16_kernel_amx() { return nullptr; }
+}  // namespace fastconv
+
+#endif
