@@ -107,7 +107,9 @@ class _Graph:
 
     def _initializer(self, name: str, array: np.ndarray) -> None:
         self.names.add(name)
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array),
+        # (np.asarray, not np.ascontiguousarray, which makes a scalar (Clip's bounds, Pad's
+        # value) a tensor of shape (1,) where ONNX asks for a scalar)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array, order="C"),
                                                                    name))
 
 
