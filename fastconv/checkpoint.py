@@ -91,6 +91,13 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def _file_path(path) -> Path:
+    """`path` as a Path; TypeError for what is no path (None, say)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"cannot write to {path!r}: expected a file path (str or os.PathLike)")
+    return Path(path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """Context manager yielding a binary file whose content replaces ``path`` atomically.
@@ -100,10 +107,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     fsynced. If the body raises (or the process dies), ``path`` is untouched and the temporary
     file is removed (when the process survives).
     """
-    path = Path(path)
+    path = _file_path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():   # (else mkstemp's error names the temporary file)
+    # (else mkstemp's or os.replace's error names the temporary file)
+    if not directory.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {directory} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file path in it")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     tmp = Path(tmp_name)
     try:
@@ -318,7 +328,7 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     arrays: dict[str, np.ndarray] = {}
     tree = _encode(dict(state), arrays, "state")
     meta = {"format": _FORMAT, "version": _VERSION, "state": tree}
-    path = Path(path)
+    path = _file_path(path)
     with atomic_write(path) as f:
         _write_npz(f, arrays, meta)
     return path
@@ -372,7 +382,7 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, Any],
         json.dumps(meta)
     except (TypeError, ValueError) as e:
         raise TypeError(f"save_weights: metadata must be JSON-able ({e})") from e
-    path = Path(path)
+    path = _file_path(path)
     with atomic_write(path) as f:
         _write_npz(f, arrays, meta)
     return path

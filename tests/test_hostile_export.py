@@ -164,6 +164,14 @@ def test_export_into_a_missing_folder_names_it(ort, tmp_path):
     with pytest.raises(FileNotFoundError, match="the folder .*nowhere does not exist"):
         save_torch_state_dict(nn.Linear(2, 2), target)
     assert not (tmp_path / "nowhere").exists()
+    # a folder as the target: os.replace's error named the temporary file
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"cannot write .*sub: it is a folder"):
+        to_onnx(nn.ReLU(), tmp_path / "sub", input_shape=(1, 3))
+    with pytest.raises(TypeError, match="cannot write to None: expected a file path"):
+        ck.save_weights(None, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"] and not any(
+        (tmp_path / "sub").iterdir())
 
 
 def test_failed_export_leaves_the_old_file_and_a_good_one_replaces_it(ort, tmp_path):

@@ -599,7 +599,9 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, input_shape=(1, 3, 32, 32
       AveragePool or (unequal windows) two MatMuls by averaging matrices, AvgPool2d with
       divisor_override a Pad, an AveragePool and a scale, LocalResponseNorm an LRN (odd
       sizes) or its formula (even sizes), InstanceNorm2d an InstanceNormalization (or, with
-      running statistics, a BatchNormalization; batched input only).
+      running statistics, a BatchNormalization; batched input only), ConvTranspose2d's
+      output_padding end padding cut back (a Pad of zeros and the bias added after where it
+      exceeds the padding: onnxruntime refuses output_padding from the stride up).
 
     The model is checked with ``onnx.checker.check_model(full_check=True)``. Raises TypeError
     naming the module's path for a module type without an exporter (a subclass of a fastconv
