@@ -1,7 +1,8 @@
 """Atomic, code-free checkpoints: NumPy arrays in an ``.npz`` plus JSON metadata.
 
 A checkpoint is any nested structure of dicts, lists, tuples, NumPy arrays, NumPy scalars and
-JSON scalars (str, int, float, bool, None) - for example ``{"model": model.state_dict(),
+JSON scalars (str, int, float, bool, None; PyTorch tensors are saved as the NumPy arrays of
+their values) - for example ``{"model": model.state_dict(),
 "optimizer": opt.state_dict(), "epoch": 3, "rng": gen.bit_generator.state}``. Arrays are stored
 as ``.npy`` members of an uncompressed ``.npz``; the structure, with placeholders for the arrays,
 is stored as UTF-8 JSON in the member ``__meta__``. Loading uses ``np.load(allow_pickle=False)``
@@ -90,6 +91,13 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def _file_path(path) -> Path:
+    """`path` as a Path; TypeError for what is no path (None, say)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"cannot write to {path!r}: expected a file path (str or os.PathLike)")
+    return Path(path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """Context manager yielding a binary file whose content replaces ``path`` atomically.
@@ -99,10 +107,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     fsynced. If the body raises (or the process dies), ``path`` is untouched and the temporary
     file is removed (when the process survives).
     """
-    path = Path(path)
+    path = _file_path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():   # (else mkstemp's error names the temporary file)
+    # (else mkstemp's or os.replace's error names the temporary file)
+    if not directory.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {directory} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file path in it")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     tmp = Path(tmp_name)
     try:
@@ -124,7 +135,24 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
 # Encoding the tree
 # --------------------------------------------------------------------------------------------
 
+def _torch_tensor_array(obj: Any, where: str) -> np.ndarray | None:
+    """A PyTorch tensor's values as a NumPy array (detached, on the CPU), else None; a tensor
+    of a dtype NumPy has no type for (bfloat16, complex32...) is a TypeError saying how to
+    convert it."""
+    if type(obj).__module__.split(".")[0] != "torch" or not hasattr(obj, "detach"):
+        return None
+    t = obj.detach().cpu()
+    try:
+        return t.numpy()
+    except TypeError as e:
+        raise TypeError(f"{where} is a torch tensor of dtype {t.dtype}, which NumPy has no type "
+                        f"for: convert it first (tensor.float())") from e
+
+
 def _encode(obj: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
+    tensor = _torch_tensor_array(obj, f"checkpoint: {where}")
+    if tensor is not None:  # (a torch state dict or optimiser state: its values as arrays)
+        obj = tensor
     if isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
             raise TypeError(f"checkpoint: {where} is an object array, which cannot be saved "
@@ -300,7 +328,7 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     arrays: dict[str, np.ndarray] = {}
     tree = _encode(dict(state), arrays, "state")
     meta = {"format": _FORMAT, "version": _VERSION, "state": tree}
-    path = Path(path)
+    path = _file_path(path)
     with atomic_write(path) as f:
         _write_npz(f, arrays, meta)
     return path
@@ -343,7 +371,9 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, Any],
     for name, value in state_dict.items():
         if not isinstance(name, str) or name == _META_KEY or not name:
             raise ValueError(f"save_weights: invalid parameter name {name!r}")
-        arr = np.asarray(getattr(value, "data", value))
+        arr = _torch_tensor_array(value, f"save_weights: {name}")
+        if arr is None:
+            arr = np.asarray(getattr(value, "data", value))
         if arr.dtype.hasobject:
             raise TypeError(f"save_weights: {name} is not a numeric array")
         arrays[name] = arr
@@ -352,7 +382,7 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, Any],
         json.dumps(meta)
     except (TypeError, ValueError) as e:
         raise TypeError(f"save_weights: metadata must be JSON-able ({e})") from e
-    path = Path(path)
+    path = _file_path(path)
     with atomic_write(path) as f:
         _write_npz(f, arrays, meta)
     return path

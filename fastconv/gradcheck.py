@@ -23,6 +23,9 @@ biases out (``bias=False``, as in VGG with BatchNorm) or skip them with ``params
 from __future__ import annotations
 
 import copy
+import math
+import numbers
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -60,20 +63,39 @@ def eval_numerical_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, eps
     and eps/100, and the most self-consistent pair wins. Costs 4 evaluations per entry instead
     of 2; for a smooth f the result is the plain central difference.
     """
+    op = "eval_numerical_gradient"
+    if not callable(f):
+        raise TypeError(f"{op}: f must be a function of x, got {type(f).__name__}")
     if not isinstance(x, np.ndarray) or not x.flags.writeable:
-        raise TypeError("eval_numerical_gradient: x must be a writeable ndarray")
+        raise TypeError(f"{op}: x must be a writeable ndarray")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: x must be a floating-point array (a step of {eps} is lost in "
+                        f"dtype {x.dtype}), got dtype {x.dtype}")
+    if x.dtype != np.float64:
+        # as torch.autograd.gradcheck: the step and the differences drown in float32 rounding
+        warnings.warn(f"{op}: x is {x.dtype}, not float64: central differences with step "
+                      f"{eps} are dominated by rounding; check in float64", stacklevel=2)
+    eps = _positive_step(eps, op)
     flat = x.reshape(-1)
     if not np.shares_memory(flat, x):
-        raise ValueError("eval_numerical_gradient: x must be contiguous (it is perturbed in place)")
-    idx = range(flat.size) if indices is None else [int(i) for i in indices]
+        raise ValueError(f"{op}: x must be contiguous (it is perturbed in place)")
+    idx = range(flat.size) if indices is None else _flat_indices(indices, flat.size, op)
     out = np.zeros(len(idx), dtype=np.float64)
     tiny = np.finfo(np.float64).eps
 
+    def value(v) -> float:
+        if isinstance(v, np.ndarray) and v.size != 1 or not isinstance(
+                v, (numbers.Real, np.ndarray, np.generic)) or isinstance(v, (str, bytes)):
+            raise TypeError(f"{op}: f must return a scalar, got "
+                            + (f"an array of shape {v.shape}" if isinstance(v, np.ndarray)
+                               else type(v).__name__))
+        return float(np.asarray(v).reshape(()))
+
     def central(i, old, h):
         flat[i] = old + h
-        fp = float(f(x))
+        fp = value(f(x))
         flat[i] = old - h
-        fm = float(f(x))
+        fm = value(f(x))
         flat[i] = old
         return (fp - fm) / (2 * h), abs(fp) + abs(fm)
 
@@ -95,6 +117,62 @@ def eval_numerical_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, eps
             d = best[1]
         out[n] = d
     return out.reshape(x.shape) if indices is None else out
+
+
+def _positive_step(eps, op: str) -> float:
+    """The finite-difference step: a finite number > 0 (0 divides by zero, NaN gives NaN)."""
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (numbers.Real, np.floating)) \
+            or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"{op}: eps must be a finite number > 0, got {eps!r}")
+    return float(eps)
+
+
+def _flat_indices(indices, size: int, op: str) -> list[int]:
+    """`indices` as ints in [0, size); a float or an index out of range is an error (not
+    truncated, nor wrapped around as a negative NumPy index would be)."""
+    out = []
+    for i in np.asarray(indices).reshape(-1).tolist() if not isinstance(indices, range) \
+            else indices:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"{op}: indices must be ints (flat indices of x), got {i!r}")
+        if not 0 <= i < size:
+            raise ValueError(f"{op}: index {i} is out of range for x of {size} entries")
+        out.append(int(i))
+    return out
+
+
+def _input(x_or_shape, gen: np.random.Generator, op: str) -> np.ndarray:
+    """A float64 copy of the input array, or a N(0, 1) one of the given shape (positive ints:
+    a float or a string is an error, not truncated)."""
+    if isinstance(x_or_shape, np.ndarray):
+        if x_or_shape.dtype.kind not in "biuf":
+            raise TypeError(f"{op}: the input must hold real numbers, got dtype "
+                            f"{x_or_shape.dtype}")
+        return np.array(x_or_shape, dtype=np.float64, copy=True)
+    shape = x_or_shape
+    if not isinstance(shape, (tuple, list)) or not shape or not all(
+            isinstance(n, (numbers.Integral, np.integer)) and not isinstance(n, (bool, np.bool_))
+            for n in shape):
+        raise TypeError(f"{op}: x_or_shape must be an input array or a shape of positive ints, "
+                        f"got {x_or_shape!r}")
+    if min(shape) < 1:
+        raise ValueError(f"{op}: the input shape must be positive ints, got {tuple(shape)}")
+    return gen.standard_normal(tuple(int(n) for n in shape))
+
+
+def _check_options(module, max_checks, eps, params, op: str) -> None:
+    """The arguments gradcheck_layer and gradcheck_model share."""
+    if not isinstance(module, Module):
+        raise TypeError(f"{op}: expected a fastconv.nn.Module, got {type(module).__name__}")
+    if max_checks is not None and (isinstance(max_checks, (bool, np.bool_)) or not isinstance(
+            max_checks, (numbers.Integral, np.integer)) or max_checks < 1):
+        # (0 would check nothing and report every error as 0.0: a pass)
+        raise ValueError(f"{op}: max_checks must be None (every entry) or an int >= 1, got "
+                         f"{max_checks!r}")
+    _positive_step(eps, op)
+    if params is not None and (isinstance(params, str) or not all(isinstance(n, str)
+                                                                  for n in params)):
+        raise TypeError(f"{op}: params must be a list of parameter names, got {params!r}")
 
 
 def _sample(analytic: np.ndarray, max_checks: int | None, gen: np.random.Generator):
@@ -201,11 +279,9 @@ def gradcheck_layer(layer: Module, x_or_shape, seed=0, eps: float = 1e-6,
     errors (at most `max_checks` random entries per tensor when given; only the parameters
     named in `params` when given). robust: see :func:`eval_numerical_gradient`.
     """
+    _check_options(layer, max_checks, eps, params, "gradcheck_layer")
     gen = as_generator(seed)
-    if isinstance(x_or_shape, np.ndarray):
-        x = np.array(x_or_shape, dtype=np.float64, copy=True)
-    else:
-        x = gen.standard_normal(tuple(int(s) for s in x_or_shape))
+    x = _input(x_or_shape, gen, "gradcheck_layer")
     module = _prepare(layer)
     r = None
 
@@ -239,15 +315,17 @@ def gradcheck_model(model: Module, x_or_shape, targets=None, num_classes: int | 
     central-difference noise (~1e-16 * loss / eps) is no longer negligible; re-initialise with
     ``fastconv.init.kaiming_normal_`` for a sharper check.
     """
+    _check_options(model, max_checks, eps, params, "gradcheck_model")
     gen = as_generator(seed)
-    if isinstance(x_or_shape, np.ndarray):
-        x = np.array(x_or_shape, dtype=np.float64, copy=True)
-    else:
-        x = gen.standard_normal(tuple(int(s) for s in x_or_shape))
+    x = _input(x_or_shape, gen, "gradcheck_model")
     module = _prepare(model)
     if targets is None:
         if num_classes is None:
             num_classes = module.output_shape(x.shape)[-1]
+        if isinstance(num_classes, (bool, np.bool_)) or not isinstance(
+                num_classes, (numbers.Integral, np.integer)) or num_classes < 1:
+            raise ValueError(f"gradcheck_model: num_classes must be an int >= 1, got "
+                             f"{num_classes!r}")
         targets = gen.integers(0, num_classes, size=x.shape[0])
     targets = np.asarray(targets)
     crit = CrossEntropyLoss(label_smoothing=label_smoothing)

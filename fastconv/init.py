@@ -14,6 +14,11 @@ Fans of a weight of shape (out, in, *kernel) (torch's ``_calculate_fan_in_and_fa
 Kaiming / He:  std = gain / sqrt(fan),  gain = sqrt(2 / (1 + a**2)) (a = 0 for ReLU)
 Xavier/Glorot: std = gain * sqrt(2 / (fan_in + fan_out))
 Uniform variants draw from U(-bound, bound) with bound = sqrt(3) * std.
+
+Bad arguments raise as PyTorch's do (ValueError; TypeError for a value that is no number),
+with the argument's name: a fan-based init of a 1-D array, a `mode` other than fan_in/fan_out
+(either case, as PyTorch), an unknown nonlinearity, U(a, b) with a > b or an infinite bound,
+N(mean, std) with std < 0 or NaN.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ __all__ = [
     "as_generator", "calculate_fan_in_and_fan_out", "calculate_gain",
     "uniform_", "normal_", "constant_", "zeros_", "ones_",
     "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
-    "default_init_", "dirac_",
+    "default_init_", "dirac_", "eye_", "orthogonal_", "trunc_normal_", "sparse_",
 ]
 
 
@@ -91,29 +96,95 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
 
 
 def _fan(shape, mode: str) -> int:
-    if mode not in ("fan_in", "fan_out"):
+    """The fan `mode` names; as PyTorch, the mode in either case ("FAN_IN")."""
+    low = mode.lower() if isinstance(mode, str) else mode
+    if low not in ("fan_in", "fan_out"):
         raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
     fan_in, fan_out = calculate_fan_in_and_fan_out(shape)
-    return fan_in if mode == "fan_in" else fan_out
+    return fan_in if low == "fan_in" else fan_out
+
+
+def _number(value, name: str, op: str) -> float:
+    """`value` as a float; TypeError naming it when it is no real number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating,
+                                                                      np.integer)):
+        raise TypeError(f"{op}: {name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _check_range(a, b, op: str) -> tuple[float, float]:
+    """(a, b) of U(a, b): finite numbers with a <= b (PyTorch's uniform_ refuses the rest)."""
+    a, b = _number(a, "a", op), _number(b, "b", op)
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(f"{op}: the bounds must be finite, got a={a}, b={b}")
+    if a > b:
+        raise ValueError(f"{op}: expects a <= b, got a={a} > b={b}")
+    return a, b
+
+
+def _check_std(std, op: str) -> float:
+    """A standard deviation >= 0 (PyTorch's normal_ refuses a negative or NaN one)."""
+    std = _number(std, "std", op)
+    if not std >= 0:
+        raise ValueError(f"{op}: std must be >= 0, got {std}")
+    return std
 
 
 def uniform_(tensor, a: float = 0.0, b: float = 1.0, rng=None):
-    """Fill with samples of U(a, b)."""
+    """Fill with samples of U(a, b) (finite a <= b, else ValueError)."""
     arr = _array(tensor)
+    a, b = _check_range(a, b, "uniform_")
     arr[...] = as_generator(rng).uniform(a, b, size=arr.shape)
     return tensor
 
 
 def normal_(tensor, mean: float = 0.0, std: float = 1.0, rng=None):
-    """Fill with samples of N(mean, std**2)."""
+    """Fill with samples of N(mean, std**2) (std >= 0, else ValueError)."""
     arr = _array(tensor)
-    arr[...] = as_generator(rng).normal(mean, std, size=arr.shape)
+    std = _check_std(std, "normal_")
+    arr[...] = as_generator(rng).normal(_number(mean, "mean", "normal_"), std, size=arr.shape)
+    return tensor
+
+
+def trunc_normal_(tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0,
+                  rng=None):
+    """Fill with samples of N(mean, std**2) truncated to [a, b] (``torch.nn.init.trunc_normal_``;
+    a and b are values, not multiples of std), by rejection as PyTorch: normal draws outside
+    [a, b] drawn again when the interval holds more than 30% of the mass, else uniform
+    proposals on [a, b] accepted with probability pdf(x) / pdf(mode). std > 0, finite a < b."""
+    arr = _array(tensor)
+    op = "trunc_normal_"
+    mean, std = _number(mean, "mean", op), _check_std(std, op)
+    a, b = _check_range(a, b, op)
+    if not (std > 0 and a < b and math.isfinite(mean)):
+        raise ValueError(f"{op}: needs std > 0, a < b and a finite mean, got mean={mean}, "
+                         f"std={std}, a={a}, b={b}")
+    gen = as_generator(rng)
+
+    def cdf(v: float) -> float:
+        return (1.0 + math.erf((v - mean) / (std * math.sqrt(2.0)))) / 2.0
+
+    out = np.empty(arr.size)
+    pending = np.arange(arr.size)
+    normal_proposals = cdf(b) - cdf(a) > 0.3
+    peak = max(a, min(mean, b))          # where the truncated density is largest
+    while pending.size:
+        if normal_proposals:
+            x = gen.normal(mean, std, size=pending.size)
+            ok = (x >= a) & (x <= b)
+        else:
+            x = gen.uniform(a, b, size=pending.size)
+            log_ratio = -0.5 * ((x - mean) / std) ** 2 + 0.5 * ((peak - mean) / std) ** 2
+            ok = np.log(gen.random(size=pending.size)) <= log_ratio
+        out[pending[ok]] = x[ok]
+        pending = pending[~ok]
+    arr[...] = out.reshape(arr.shape)
     return tensor
 
 
 def constant_(tensor, val: float):
-    """Fill with `val`."""
-    _array(tensor).fill(val)
+    """Fill with `val` (a number: TypeError otherwise, as PyTorch)."""
+    _array(tensor).fill(_number(val, "val", "constant_"))
     return tensor
 
 
@@ -127,19 +198,28 @@ def ones_(tensor):
     return constant_(tensor, 1.0)
 
 
+def _xavier_std(tensor, gain, op: str) -> float:
+    """gain * sqrt(2 / (fan_in + fan_out)) (gain >= 0); an empty (0, 0, ...) weight has no fans
+    to divide by (PyTorch's ZeroDivisionError): ValueError."""
+    fan_in, fan_out = calculate_fan_in_and_fan_out(_array(tensor).shape)
+    if fan_in + fan_out == 0:
+        raise ValueError(f"{op}: the weight of shape {_array(tensor).shape} has fan_in + fan_out "
+                         f"= 0")
+    gain = _number(gain, "gain", op)
+    if not gain >= 0:  # (PyTorch's U(-b, b) or N(0, std) refuses a negative one)
+        raise ValueError(f"{op}: gain must be >= 0, got {gain}")
+    return gain * math.sqrt(2.0 / float(fan_in + fan_out))
+
+
 def xavier_uniform_(tensor, gain: float = 1.0, rng=None):
     """Glorot uniform: U(-b, b), b = gain * sqrt(6 / (fan_in + fan_out))."""
-    fan_in, fan_out = calculate_fan_in_and_fan_out(_array(tensor).shape)
-    std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
-    bound = math.sqrt(3.0) * std
+    bound = math.sqrt(3.0) * _xavier_std(tensor, gain, "xavier_uniform_")
     return uniform_(tensor, -bound, bound, rng)
 
 
 def xavier_normal_(tensor, gain: float = 1.0, rng=None):
     """Glorot normal: N(0, std**2), std = gain * sqrt(2 / (fan_in + fan_out))."""
-    fan_in, fan_out = calculate_fan_in_and_fan_out(_array(tensor).shape)
-    std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
-    return normal_(tensor, 0.0, std, rng)
+    return normal_(tensor, 0.0, _xavier_std(tensor, gain, "xavier_normal_"), rng)
 
 
 def kaiming_uniform_(tensor, a: float = 0.0, mode: str = "fan_in",
@@ -202,4 +282,58 @@ def dirac_(tensor, groups: int = 1):
     for g in range(groups):
         for d in range(min(out_g, arr.shape[1])):
             arr[(g * out_g + d, d) + centre] = 1
+    return tensor
+
+
+def eye_(tensor):
+    """``torch.nn.init.eye_``: the identity matrix in a 2-D weight (ones on the main diagonal of
+    a rectangular one), so that a Linear layer passes as many inputs through as it can."""
+    arr = _array(tensor)
+    if arr.ndim != 2:
+        raise ValueError(f"eye_: only 2-D weights are supported, got shape {arr.shape}")
+    arr[...] = np.eye(*arr.shape)
+    return tensor
+
+
+def orthogonal_(tensor, gain: float = 1.0, rng=None):
+    """``torch.nn.init.orthogonal_`` (Saxe et al., arXiv 1312.6120): a (semi-)orthogonal matrix
+    times `gain`, the weight seen as (shape[0], rest) (at least 2-D). The Q of the QR
+    decomposition of a N(0, 1) matrix (of its transpose when it is wide), its columns' signs
+    those of R's diagonal so that Q is uniform over the orthogonal matrices (Mezzadri,
+    arXiv math-ph/0609050). An empty weight is left alone."""
+    arr = _array(tensor)
+    if arr.ndim < 2:
+        raise ValueError(f"orthogonal_: only weights of 2 or more dimensions are supported, got "
+                         f"shape {arr.shape}")
+    gain = _number(gain, "gain", "orthogonal_")
+    if arr.size == 0:
+        return tensor
+    rows = arr.shape[0]
+    cols = arr.size // rows
+    flat = as_generator(rng).standard_normal((rows, cols))
+    if rows < cols:
+        flat = flat.T
+    q, r = np.linalg.qr(flat)
+    q *= np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    arr[...] = (gain * q).reshape(arr.shape)
+    return tensor
+
+
+def sparse_(tensor, sparsity: float, std: float = 0.01, rng=None):
+    """``torch.nn.init.sparse_`` (Martens 2010): a 2-D weight of N(0, std**2) values with
+    ceil(sparsity * rows) zeros at random rows of each column. sparsity in [0, 1]."""
+    arr = _array(tensor)
+    if arr.ndim != 2:
+        raise ValueError(f"sparse_: only 2-D weights are supported, got shape {arr.shape}")
+    sparsity = _number(sparsity, "sparsity", "sparse_")
+    if not 0 <= sparsity <= 1:
+        raise ValueError(f"sparse_: sparsity must be in [0, 1], got {sparsity}")
+    gen = as_generator(rng)
+    normal_(arr, 0.0, std, gen)
+    rows, cols = arr.shape
+    zeros = math.ceil(sparsity * rows)
+    for col in range(cols):
+        arr[gen.permutation(rows)[:zeros], col] = 0
     return tensor

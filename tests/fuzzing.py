@@ -350,12 +350,47 @@ def pool_geometry(rng) -> dict:
                 ceil_mode=bool(rng.random() < 0.4), relu=bool(rng.random() < 0.3),
                 count_include_pad=bool(rng.random() < 0.5),
                 dtype="float32" if rng.random() < 0.7 else "float64",
-                special=bool(rng.random() < 0.4), ties=bool(rng.random() < 0.3))
+                special=bool(rng.random() < 0.4), ties=bool(rng.random() < 0.3),
+                divisor_override=divisor_override(rng))
+
+
+# avg_pool2d's divisor_override values that must be refused, with the error: 0 and magnitudes
+# from 2**31 (ValueError), and what is not an int (TypeError; a bool is not one either)
+HOSTILE_DIVISORS = [(0, ValueError), (2**31, ValueError), (-(2**31), ValueError),
+                    (2**63, ValueError), (True, TypeError), (False, TypeError),
+                    (2.0, TypeError), (np.float64(3.0), TypeError), ("2", TypeError)]
+
+
+def divisor_override(rng):
+    """avg_pool2d's divisor_override: None (half the time), a positive int (small, around the
+    window areas, or up to 2**31 - 1), a negative int (PyTorch takes them), or an index into
+    HOSTILE_DIVISORS as ("hostile", i) (a JSON-able marker)."""
+    r = rng.random()
+    if r < 0.5:
+        return None
+    if r < 0.8:
+        return int(rng.integers(1, 30)) if rng.random() < 0.9 else 2**31 - 1
+    if r < 0.9:
+        return -int(rng.integers(1, 30))
+    return ("hostile", int(rng.integers(len(HOSTILE_DIVISORS))))
+
+
+def _refusal(call, exc, what: str) -> str | None:
+    """None if call() raises `exc` naming divisor_override, else what happened instead."""
+    try:
+        call()
+    except exc as e:
+        return None if "divisor_override" in str(e) else f"{what}: {exc.__name__} without " \
+            f"naming divisor_override: {e}"
+    except Exception as e:  # noqa: BLE001 (any other error is the finding)
+        return f"{what}: {type(e).__name__} instead of {exc.__name__}: {e}"
+    return f"{what}: accepted"
 
 
 def fuzz_pool(seed: int, cases: int, first: int = 0) -> Report:
-    """max_pool2d (values and indices bit for bit, fused ReLU) and avg_pool2d, forward and
-    backward, at every SIMD level; the 2x2 / stride-2 kernels drawn often."""
+    """max_pool2d (values and indices bit for bit, fused ReLU) and avg_pool2d (divisor_override
+    drawn too: None, positive and negative ints, and hostile values both must refuse), forward
+    and backward, at every SIMD level; the 2x2 / stride-2 kernels drawn often."""
     report = Report("pool2d")
     levels = simd_levels()
     for index in range(first, first + cases):
@@ -380,6 +415,18 @@ def fuzz_pool(seed: int, cases: int, first: int = 0) -> Report:
         avg_shape = F.pool2d_output_shape(x_shape, **pkw)
         gya = values(rng, avg_shape, dtype, False)
         akw = dict(pkw, count_include_pad=g["count_include_pad"])
+        divisor = g["divisor_override"]
+        if isinstance(divisor, tuple):  # a hostile one: refused by both, then the case goes on
+            value, exc = HOSTILE_DIVISORS[divisor[1]]
+            label = f"pool:{seed}:{index} divisor_override={value!r}"
+            _checks(report, label, [
+                _refusal(lambda: M.avg_pool2d(x, divisor_override=value, **akw), exc,
+                         f"{M.__name__} avg_pool2d") for M in (F, R)] + [
+                _refusal(lambda: M.avg_pool2d_backward(gya, x_shape, divisor_override=value,
+                                                       **akw), exc,
+                         f"{M.__name__} avg_pool2d_backward") for M in (F, R)])
+        else:
+            akw["divisor_override"] = divisor
         with quiet():
             y_ref, idx_ref = R.max_pool2d(x, dilation=g["dilation"], return_indices=True,
                                           relu=g["relu"], **pkw)
@@ -896,7 +943,7 @@ def _run_core(case: dict, dtype) -> str:
         if fn == "max_pool2d_forward":
             _core.max_pool2d_forward(x, y, np.zeros(y.shape, np.int64), *v[0:8], False)
         else:
-            _core.avg_pool2d_forward(x, y, *v[0:6], bool(v[6] % 2))
+            _core.avg_pool2d_forward(x, y, *v[0:6], bool(v[6] % 2), v[7])  # v[7]: divisor
     return "ok"
 
 

@@ -92,3 +92,15 @@ def test_issue_reproducers_give_results_in_a_child_process(algorithm):
     proc = subprocess.run([sys.executable, "-c", REPRODUCERS, algorithm], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_the_pool_fuzzer_draws_every_kind_of_divisor_override():
+    # None, positive and negative ints (valid, as PyTorch's), and every hostile value (which
+    # fastconv.functional and fastconv.reference must refuse) within the suite's cases
+    drawn = [fuzzing.pool_geometry(fuzzing.case_rng(2, SEED, i))["divisor_override"]
+             for i in range(COUNTS["pool"])]
+    assert None in drawn
+    assert any(isinstance(d, int) and d > 0 for d in drawn)
+    assert any(isinstance(d, int) and d < 0 for d in drawn)
+    hostile = {d[1] for d in drawn if isinstance(d, tuple)}
+    assert hostile == set(range(len(fuzzing.HOSTILE_DIVISORS)))

@@ -20,6 +20,7 @@ images of an image folder are for training (:func:`fastconv.data.read_image`).
 from __future__ import annotations
 
 import argparse
+import math
 import numbers
 import os
 import sys
@@ -94,16 +95,52 @@ def load_model(weights: str | os.PathLike, model: str | None = None):
         raise PredictError(f"weights in {path} do not fit model {name}: {e}") from e
     net.eval()
     info = {"model": name, "class_names": class_names,
-            "mean": tuple(meta.get("mean") or D.CIFAR10_MEAN),
-            "std": tuple(meta.get("std") or D.CIFAR10_STD),
-            "image_size": int(meta.get("image_size") or 32)}
+            "mean": _channel_stats(meta, "mean", D.CIFAR10_MEAN, path),
+            "std": _channel_stats(meta, "std", D.CIFAR10_STD, path),
+            "image_size": _image_size(meta, path)}
+    try:
+        net.output_shape((1, 3, info["image_size"], info["image_size"]))
+    except ValueError as e:
+        raise PredictError(f"{path} says its model takes {info['image_size']} x "
+                           f"{info['image_size']} images, which model {name} cannot take: "
+                           f"{e}") from e
     return net, info
+
+
+def _channel_stats(meta: dict, key: str, default, path: Path) -> tuple[float, ...]:
+    """The metadata's per-channel `key` (mean or std): 3 finite numbers (std > 0), else
+    PredictError; `default` where the file has none."""
+    value = meta.get(key)
+    if value is None:
+        return tuple(default)
+    ok = isinstance(value, (list, tuple, np.ndarray)) and len(value) == 3 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+        and (key == "mean" or v > 0) for v in value)
+    if not ok:
+        what = "finite numbers" if key == "mean" else "positive numbers"
+        raise PredictError(f"{path} has a malformed {key} in its metadata (3 {what}, one per "
+                           f"colour channel, expected): {value!r:.80}")
+    return tuple(float(v) for v in value)
+
+
+def _image_size(meta: dict, path: Path) -> int:
+    """The metadata's image_size (a positive int; 32 where the file has none)."""
+    size = meta.get("image_size")
+    if size is None:
+        return 32
+    if isinstance(size, (bool, np.bool_)) or not isinstance(size, numbers.Integral) or size < 1:
+        raise PredictError(f"{path} has a malformed image_size in its metadata (a positive "
+                           f"int expected): {size!r:.80}")
+    return int(size)
 
 
 def load_image(path: str | os.PathLike, size: int = 32) -> np.ndarray:
     """Read an image file as uint8 (3, size, size): RGB, shorter side resized to ``size``
     (bicubic), centre crop (:func:`fastconv.data.read_image`); PredictError when it cannot."""
     from ..data import ImageReadError, read_image
+    if Path(path).is_dir():
+        raise PredictError(f"{path} is a folder, not an image file: pass the images in it "
+                           f"({Path(path) / '*.png'}, say)")
     try:
         return read_image(path, size)
     except ImageReadError as e:

@@ -107,7 +107,9 @@ class _Graph:
 
     def _initializer(self, name: str, array: np.ndarray) -> None:
         self.names.add(name)
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array),
+        # (np.asarray, not np.ascontiguousarray, which makes a scalar (Clip's bounds, Pad's
+        # value) a tensor of shape (1,) where ONNX asks for a scalar)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array, order="C"),
                                                                    name))
 
 
@@ -170,11 +172,26 @@ def _conv2d(g: _Graph, m: nn.Conv2d, path: str, x: str, shape, convert) -> str:
 
 def _conv_transpose2d(g: _Graph, m: nn.ConvTranspose2d, path: str, x: str, shape,
                       convert) -> str:
-    inputs = [x, g.state(m, "weight")] + ([g.state(m, "bias")] if m.bias is not None else [])
-    return g.op(path, "ConvTranspose", inputs, kernel_shape=list(m.kernel_size),
-                strides=list(m.stride), pads=_pair_pads(m.padding, m.padding),
-                output_padding=list(m.output_padding), dilations=list(m.dilation),
-                group=m.groups)
+    """ConvTranspose without its output_padding attribute, which onnxruntime refuses from the
+    stride up (PyTorch takes it below the stride *or* the dilation): output_padding op is the
+    end padding p cut back by op (ONNX's size: s (n - 1) + d (k - 1) + 1 - begin - end). Where
+    op > p the rows past the full convolution hold the bias alone: the output is padded with
+    zeros there and the bias added after."""
+    begin = m.padding
+    end = tuple(max(p - op, 0) for p, op in zip(m.padding, m.output_padding))
+    extra = [max(op - p, 0) for p, op in zip(m.padding, m.output_padding)]
+    bias = m.bias is not None and not any(extra)
+    inputs = [x, g.state(m, "weight")] + ([g.state(m, "bias")] if bias else [])
+    y = g.op(path, "ConvTranspose", inputs, kernel_shape=list(m.kernel_size),
+             strides=list(m.stride), pads=_pair_pads(begin, end), dilations=list(m.dilation),
+             group=m.groups)
+    if not any(extra):
+        return y
+    y = g.op(path, "Pad", [y, g.const(path, "pads", [0, 0, 0, 0, 0, 0, *extra], np.int64)])
+    if m.bias is None:
+        return y
+    per_channel = g.const(path, "bias_shape", [m.out_channels, 1, 1], np.int64)
+    return g.op(path, "Add", [y, g.op(path, "Reshape", [g.state(m, "bias"), per_channel])])
 
 
 def _linear(g: _Graph, m: nn.Linear, path: str, x: str, shape, convert) -> str:
@@ -582,7 +599,9 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, input_shape=(1, 3, 32, 32
       AveragePool or (unequal windows) two MatMuls by averaging matrices, AvgPool2d with
       divisor_override a Pad, an AveragePool and a scale, LocalResponseNorm an LRN (odd
       sizes) or its formula (even sizes), InstanceNorm2d an InstanceNormalization (or, with
-      running statistics, a BatchNormalization; batched input only).
+      running statistics, a BatchNormalization; batched input only), ConvTranspose2d's
+      output_padding end padding cut back (a Pad of zeros and the bias added after where it
+      exceeds the padding: onnxruntime refuses output_padding from the stride up).
 
     The model is checked with ``onnx.checker.check_model(full_check=True)``. Raises TypeError
     naming the module's path for a module type without an exporter (a subclass of a fastconv

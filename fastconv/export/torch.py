@@ -44,6 +44,12 @@ def _dtype(torch, module: nn.Module):
     return torch.float64 if np.dtype(dt) == np.float64 else torch.float32
 
 
+def _tensor(torch, array: np.ndarray):
+    """`array` as a torch tensor of its shape: 0-d stays 0-d (a batch norm's
+    num_batches_tracked, as torch's; np.ascontiguousarray would make it (1,))."""
+    return torch.from_numpy(np.asarray(array, order="C"))
+
+
 def _children(module: nn.Module, convert) -> "OrderedDict[str, Any]":
     return OrderedDict((name, convert(child, name)) for name, child in module.named_children())
 
@@ -211,7 +217,7 @@ def to_torch(model: nn.Module):
 
     tmodel = convert(model, "")
     _tie_shared_parameters(model, tmodel)
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.state_dict().items()}
+    state = {k: _tensor(torch, v) for k, v in model.state_dict().items()}
     tmodel.load_state_dict(state, strict=True)
     tparams = dict(tmodel.named_parameters(remove_duplicate=False))
     tmodules = dict(tmodel.named_modules(remove_duplicate=False))
@@ -231,7 +237,6 @@ def save_torch_state_dict(model: nn.Module, path: str | os.PathLike) -> None:
     from ..checkpoint import atomic_write
 
     torch = _import_torch()
-    state = OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v)))
-                        for k, v in model.state_dict().items())
+    state = OrderedDict((k, _tensor(torch, v)) for k, v in model.state_dict().items())
     with atomic_write(path) as f:
         torch.save(state, f)

@@ -63,8 +63,9 @@ def _loss_sum(loss_fn: Any, value: float, n: int) -> float:
     return value if getattr(loss_fn, "reduction", "mean") == "sum" else value * n
 
 
-def _evaluation(model, loader: DataLoader, loss_fn: Any, should_stop=None,
-                parallel=None, what: str = "evaluate: data") -> tuple[dict[str, float], np.ndarray | None] | None:
+def _evaluation(model, loader: DataLoader, loss_fn: Any, should_stop=None, parallel=None,
+                what: str = "evaluate: data"
+                ) -> tuple[dict[str, float], np.ndarray | None] | None:
     """Loss (and accuracy, for classification) over ``loader`` in eval mode, and the predicted
     classes (None unless classification); None when ``should_stop()`` turned true. The loader's
     position and the model's modes are put back afterwards. With ``parallel`` (a distributed
