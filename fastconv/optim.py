@@ -36,6 +36,7 @@ import copy
 import math
 import numbers
 import types
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -97,6 +98,13 @@ class _Part:
 def _whole(value, p) -> bool:
     """Whether ``value`` is a state array of the whole parameter ``p``."""
     return isinstance(value, np.ndarray) and value.shape == p.data.shape
+
+
+# Options of torch's optimiser groups that a torch state dict carries and fastconv has nothing
+# to set with: how torch runs an update (not what it computes), and maximize (refused if True).
+_TORCH_EXECUTION_OPTIONS = frozenset({"foreach", "fused", "differentiable", "capturable", "maximize"})
+# torch's LRScheduler bookkeeping (warnings about the call order), absent from fastconv's.
+_TORCH_SCHEDULER_BOOKKEEPING = frozenset({"_step_count", "_get_lr_called_within_step", "_is_initial"})
 
 
 class Optimizer:
@@ -235,7 +243,9 @@ class Optimizer:
         The groups must have the same sizes as this optimiser's; state arrays must have their
         parameter's shape (ValueError otherwise) and are cast to its dtype. PyTorch state dicts
         load too (tensors become arrays); their float step counts become ints (ValueError unless
-        whole and >= 0).
+        whole and >= 0). Their options that only choose how torch runs the update
+        (``foreach``, ``fused``, ``differentiable``, ``capturable``) and ``maximize=False`` are
+        dropped; ``maximize=True`` is refused.
         """
         groups = state_dict.get("param_groups")
         saved_state = state_dict.get("state")
@@ -276,9 +286,13 @@ class Optimizer:
                     v = copy.deepcopy(v)
                 entry[name] = v
             new_state[p] = entry
+        for i, saved in enumerate(groups):
+            if saved.get("maximize"):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: group {i} has "
+                                 "maximize=True; fastconv's optimisers minimise (negate the loss)")
         for saved, own in zip(groups, self.param_groups):
             for k, v in saved.items():
-                if k != "params":
+                if k != "params" and k not in _TORCH_EXECUTION_OPTIONS:
                     own[k] = copy.deepcopy(v)
         self.state = new_state
 
@@ -510,6 +524,10 @@ class LRScheduler:
     built on the optimiser), as in PyTorch.
     """
 
+    # torch's names of attributes that a schedule keeps under another name (a torch state of
+    # the same kind of schedule loads under these).
+    _torch_state_names: dict[str, str] = {}
+
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}")
@@ -557,8 +575,20 @@ class LRScheduler:
         return {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore the attributes saved by ``state_dict`` and re-apply the current rates."""
-        self.__dict__.update(copy.deepcopy(dict(state_dict)))
+        """Restore the attributes saved by ``state_dict`` and re-apply the current rates.
+
+        A PyTorch schedule's state of the same kind loads (its call-order bookkeeping is
+        dropped); a state with attributes this schedule lacks (another kind of schedule's) is
+        refused, where torch's would add them silently.
+        """
+        state = {self._torch_state_names.get(k, k): v for k, v in dict(state_dict).items()
+                 if k not in _TORCH_SCHEDULER_BOOKKEEPING}
+        unknown = sorted(k for k in state if k not in self.__dict__ or k == "optimizer")
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state has {unknown}, "
+                             f"which a {type(self).__name__} does not have (another schedule's "
+                             "state?)")
+        self.__dict__.update(copy.deepcopy(state))
         if self._last_lr:
             self._apply(self._last_lr)
 
@@ -690,6 +720,9 @@ class OneCycleLR(LRScheduler):
     that warms up throughout). With three_phase and pct_start above about 0.5 the second
     phase reaches past total_steps; as in PyTorch the run then ends within it.
     """
+
+    _torch_state_names = {"_schedule_phases": "_phases", "_anneal_func_type": "anneal_strategy",
+                          "use_beta1": "_use_beta1"}
 
     def __init__(self, optimizer: Optimizer, max_lr, total_steps: int | None = None,
                  epochs: int | None = None, steps_per_epoch: int | None = None,
@@ -843,18 +876,35 @@ class MultiStepLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, milestones, gamma: float = 0.1,
                  last_epoch: int = -1) -> None:
-        where = "MultiStepLR"
+        self.milestones = self._checked_milestones(milestones, "MultiStepLR")
+        self.gamma = _real(gamma, "gamma", "MultiStepLR")
+        super().__init__(optimizer, last_epoch)
+
+    @staticmethod
+    def _checked_milestones(milestones, where: str) -> list[int]:
+        if isinstance(milestones, Mapping):  # torch keeps them as a Counter {milestone: count}
+            if any(count != 1 for count in milestones.values()):
+                raise ValueError(f"{where}: milestones must be increasing, got the counts "
+                                 f"{dict(milestones)}")
+            milestones = sorted(milestones)
         try:
             given = list(milestones)
         except TypeError:
             raise TypeError(f"{where}: milestones must be a list of step counts, got "
                             f"{type(milestones).__name__}") from None
-        self.milestones = [_whole_number(m, "milestone", where, 0) for m in given]
-        for a, b in zip(self.milestones, self.milestones[1:]):
+        checked = [_whole_number(m, "milestone", where, 0) for m in given]
+        for a, b in zip(checked, checked[1:]):
             if b <= a:
                 raise ValueError(f"{where}: milestones must be increasing, got {given}")
-        self.gamma = _real(gamma, "gamma", where)
-        super().__init__(optimizer, last_epoch)
+        return checked
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the schedule; torch's state (milestones as a Counter) loads too."""
+        state_dict = dict(state_dict)
+        if "milestones" in state_dict:
+            state_dict["milestones"] = self._checked_milestones(state_dict["milestones"],
+                                                                "MultiStepLR.load_state_dict")
+        super().load_state_dict(state_dict)
 
     def _lr_at(self, t, base_lr):
         return base_lr * self.gamma ** bisect.bisect_right(self.milestones, t)

@@ -584,6 +584,9 @@ def test_load_torch_optimizer_state_dict_then_step_like_torch(torch, name):
     opt = getattr(optim, name)(ours, **kw)
     opt.load_state_dict(sd)
     assert all(type(opt.state[p]["step"]) is int and opt.state[p]["step"] == 3 for p in ours)
+    # torch's options of how it runs the update are dropped, not carried as dead keys
+    assert not set(opt.param_groups[0]) & {"foreach", "fused", "differentiable", "capturable",
+                                            "maximize"}
     for g in grads[3:]:
         for p, tp, gi in zip(ours, theirs, g):
             p.grad[...] = gi
@@ -957,3 +960,65 @@ def test_torch_raises_on_the_same_bad_arguments(torch):
     ]:
         with pytest.raises(error):
             make()
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_load_torch_state_with_maximize_is_refused(torch, name):
+    """torch's maximize=True ascends the gradient; fastconv's optimisers only minimise, so
+    taking the state would silently turn the run around."""
+    tp = torch.zeros(3, requires_grad=True)
+    topt = getattr(torch.optim, name)([tp], lr=0.1, maximize=True)
+    opt = getattr(optim, name)([nn.Parameter(np.zeros(3))], lr=0.1)
+    with pytest.raises(ValueError, match="maximize=True"):
+        opt.load_state_dict(topt.state_dict())
+    opt.load_state_dict(getattr(torch.optim, name)([tp], lr=0.2).state_dict())  # maximize=False
+    assert opt.param_groups[0]["lr"] == 0.2 and "maximize" not in opt.param_groups[0]
+
+
+TORCH_STATE_SCHEDULES = [
+    ("StepLR", dict(step_size=3, gamma=0.5)),
+    ("MultiStepLR", dict(milestones=[2, 5, 9], gamma=0.3)),
+    ("ExponentialLR", dict(gamma=0.8)),
+    ("CosineAnnealingLR", dict(T_max=7, eta_min=0.001)),
+    ("CosineAnnealingWarmRestarts", dict(T_0=3, T_mult=2)),
+    ("OneCycleLR", dict(max_lr=0.3, total_steps=20)),
+    ("OneCycleLR", dict(max_lr=0.3, total_steps=20, three_phase=True, anneal_strategy="linear")),
+    ("OneCycleLR", dict(max_lr=0.3, total_steps=20, cycle_momentum=False)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", TORCH_STATE_SCHEDULES,
+                         ids=[f"{n}-{i}" for i, (n, _) in enumerate(TORCH_STATE_SCHEDULES)])
+def test_schedule_loads_torch_state_of_its_kind_and_continues_as_torch(torch, name, kwargs):
+    tp = torch.zeros(2, requires_grad=True)
+    topt = torch.optim.SGD([tp], lr=0.1, momentum=0.9)
+    tsched = getattr(torch.optim.lr_scheduler, name)(topt, **kwargs)
+    for _ in range(7):
+        topt.step()
+        tsched.step()
+    opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1, momentum=0.9)
+    sched = getattr(optim, name)(opt, **kwargs)
+    opt.load_state_dict(topt.state_dict())
+    sched.load_state_dict(tsched.state_dict())
+    assert sched.last_epoch == tsched.last_epoch == 7
+    for _ in range(8):
+        tsched.step()
+        sched.step()
+        np.testing.assert_allclose(sched.get_last_lr(), tsched.get_last_lr(), rtol=1e-12)
+        np.testing.assert_allclose(opt.param_groups[0]["momentum"],
+                                   topt.param_groups[0]["momentum"], rtol=1e-12)
+
+
+def test_schedule_refuses_another_kind_of_schedules_state(torch):
+    """torch's load_state_dict adds a foreign schedule's attributes silently; fastconv says so."""
+    tp = torch.zeros(2, requires_grad=True)
+    tcos = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.SGD([tp], lr=0.1), T_max=5)
+    opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
+    step = optim.StepLR(opt, step_size=2)
+    with pytest.raises(ValueError, match=r"StepLR.load_state_dict: the state has \['T_max', "
+                                         r"'eta_min'\]"):
+        step.load_state_dict(tcos.state_dict())
+    cos = optim.CosineAnnealingLR(optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), T_max=5)
+    with pytest.raises(ValueError, match="another schedule's state"):
+        optim.ExponentialLR(opt, gamma=0.5).load_state_dict(cos.state_dict())
+    assert step.last_epoch == 0 and not hasattr(step, "T_max")  # nothing half-loaded
