@@ -816,7 +816,8 @@ def test_dropout2d_zeroes_whole_channels():
     assert (y3[:, :, 0] == y3[:, :, 1]).all() and 0.4 < (y3[:, :, 0] == 0).mean() < 0.6
     drop.eval()
     assert drop(x) is x
-    with pytest.raises(ValueError, match=r"\(N, C, H, W\), or \(N, C, L\) as PyTorch takes 3-D input, got shape \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\), or \(N, C, L\) as PyTorch takes 3-D "
+                                         r"input, got shape \(3, 4\)"):
         nn.Dropout2d(0.5)(np.ones((3, 4)))
     frozen = nn.Dropout2d(0.5, rng=3)
     frozen.freeze_mask(np.ones((2, 3, 1, 1), bool))

@@ -828,7 +828,10 @@ def _ndim(x) -> int | None:
 
 
 def _name(owner) -> str:
-    return _one_line(owner) if isinstance(owner, Module) else repr(owner)
+    """`owner` in a backward's errors: a layer, or the layer a fused step blames for them."""
+    if isinstance(owner, Module):
+        return _one_line(owner)
+    return _one_line(owner.layers[owner._backward_blame])
 
 
 def _input_layer(owner) -> "Module":

@@ -54,10 +54,11 @@ class _Pool2d(Module):
 
 
 class MaxPool2d(_Pool2d):
-    """Max pooling over (N, C, H, W) (or one unbatched (C, H, W), as PyTorch's); stride defaults to kernel_size; padding pads with -inf.
-    Arguments in PyTorch's order; with ``return_indices=True`` forward returns (output,
-    indices), each index the arg-max's flat position in its input plane (H * W), int64, as
-    PyTorch's.
+    """Max pooling over (N, C, H, W) (or one unbatched (C, H, W), as PyTorch's); stride
+    defaults to kernel_size; padding pads with -inf. Arguments in PyTorch's order; with
+    ``return_indices=True`` forward returns (output, indices), each index the arg-max's flat
+    position in its input plane (H * W), int64, as PyTorch's (unbatched for an unbatched
+    input).
 
     Backward routes each output gradient to the arg-max position (indices from the forward).
     """
@@ -154,8 +155,8 @@ class AvgPool2d(_Pool2d):
 
 class AdaptiveAvgPool2d(Module):
     """Average pooling to a fixed output size (N, C, H, W) -> (N, C, OH, OW) (or unbatched
-    (C, H, W) -> (C, OH, OW), as PyTorch's), whatever the input's size: output row i averages input rows [floor(i H / OH), ceil((i + 1) H / OH)),
-    columns likewise. output_size: an int or a pair, a None entry keeping that input size
+    (C, H, W) -> (C, OH, OW), as PyTorch's), whatever the input's size: output row i averages
+    input rows [floor(i H / OH), ceil((i + 1) H / OH)), columns likewise. output_size: an int or a pair, a None entry keeping that input size
     (AdaptiveAvgPool2d(1) is global average pooling)."""
 
     def __init__(self, output_size) -> None:

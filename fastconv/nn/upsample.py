@@ -19,7 +19,10 @@ class Upsample(Module):
     """Nearest-neighbour resampling of (N, C, H, W) to `size` or by `scale_factor` (give one),
     as torch.nn.Upsample(mode='nearest'), the only mode implemented: output row i copies input
     row min(floor(i / scale_factor), H - 1) (PyTorch's float32 arithmetic). The gradient of an
-    input pixel is the sum of those of the outputs that copy it."""
+    input pixel is the sum of those of the outputs that copy it.
+
+    3-D input is refused (ValueError): PyTorch's Upsample resamples it as 1-D data (N, C, L),
+    which is not implemented here, rather than as one unbatched image."""
 
     def __init__(self, size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
                  recompute_scale_factor=None) -> None:
