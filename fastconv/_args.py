@@ -14,6 +14,7 @@ inside the input or the left padding, as in PyTorch.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import numbers
 from dataclasses import dataclass
@@ -142,8 +143,91 @@ def common_dtype(*arrays: np.ndarray | None) -> np.dtype:
 def check_ndim(x: np.ndarray, ndim: int, name: str, op: str, layout: str) -> None:
     """Raise ValueError unless `x` has `ndim` dimensions."""
     if x.ndim != ndim:
-        hint = " (for a single image use x[None])" if layout == "(N, C, H, W)" else ""
-        raise ValueError(f"{op}: {name} must be {ndim}-D {layout}{hint}, got shape {x.shape}")
+        if layout.startswith("(N, C"):
+            raise not_batched(op, name, x.shape, layout)
+        raise ValueError(f"{op}: {name} must be {ndim}-D {layout}, got shape {x.shape}")
+
+
+def not_batched(op: str, name: str, shape, layout: str = "(N, C, H, W)") -> ValueError:
+    """The error for an image array of the wrong number of axes: the ops take a batch
+    (N, C, H, W), or one unbatched image (C, H, W) (see :func:`unbatched`)."""
+    return ValueError(f"{op}: {name} must be 4-D {layout}, or 3-D {layout.replace('N, ', '')} "
+                      f"for one unbatched image, got shape {tuple(shape)}")
+
+
+def unbatched(key: str, arrays: tuple[str, ...] = (), shapes: tuple[str, ...] = (),
+              strip: tuple[int, ...] | None = None, ndim: int = 3, shape_result: bool = False):
+    """Decorator: the op also takes one unbatched image, as PyTorch's 2-D ops do, and gives
+    its result without the batch axis.
+
+    When the argument `key` (an array, or a shape if it is one of `shapes`) has `ndim` axes
+    (entries), (C, H, W) rather than (N, C, H, W), every array named in `arrays` (each must
+    then have `ndim` axes too) gets a batch axis of 1 and every shape in `shapes` a leading 1;
+    the op runs on that batch of one, and its result loses the batch axis again: the result
+    itself, or the entries at positions `strip` of a tuple result (all of them if None; None
+    entries stay), or its first entry if it is a shape (`shape_result`). The values are
+    those of the batched call on x[None], bit for bit. A
+    ValueError of that call says which unbatched argument it ran for. fastconv.functional
+    and fastconv.reference decorate their twins alike."""
+    def decorate(op):
+        names = list(inspect.signature(op).parameters)
+        where = {name: names.index(name) for name in (key, *arrays, *shapes)}
+        key_is_shape = key in shapes
+
+        def get(args, kwargs, name):
+            i = where[name]
+            return args[i] if i < len(args) else kwargs.get(name)
+
+        def put(args, kwargs, name, value):
+            if where[name] < len(args):
+                args[where[name]] = value
+            else:
+                kwargs[name] = value
+
+        @functools.wraps(op)
+        def run(*args, **kwargs):
+            value = get(args, kwargs, key)
+            try:
+                size = len(value) if key_is_shape else np.ndim(value)
+            except (TypeError, ValueError):  # (not a shape or an array: the op says why)
+                size = None
+            if size != ndim or value is None:
+                return op(*args, **kwargs)
+            given = tuple(value) if key_is_shape else np.shape(value)
+            args, kwargs = list(args), dict(kwargs)
+            for name in arrays:
+                a = get(args, kwargs, name)
+                if a is None:
+                    continue
+                a = np.asarray(a)
+                if a.ndim != ndim:
+                    raise ValueError(f"{op.__name__}: {key} is unbatched (shape {given}), so "
+                                     f"{name} must be {ndim}-D too, got shape {a.shape}")
+                put(args, kwargs, name, a[None])
+            for name in shapes:
+                s = get(args, kwargs, name)
+                if s is None:
+                    continue
+                s = tuple(s)
+                if len(s) != ndim:
+                    raise ValueError(f"{op.__name__}: {key} is unbatched (shape {given}), so "
+                                     f"{name} must have {ndim} entries too, got {s}")
+                put(args, kwargs, name, (1,) + s)
+            try:
+                out = op(*args, **kwargs)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (for the unbatched {key} of shape {given}, run as a "
+                                 f"batch of one)") from None
+            if shape_result:
+                return out[1:]
+            if not isinstance(out, tuple):
+                return out[0]
+            return tuple(o[0] if o is not None and (strip is None or i in strip) else o
+                         for i, o in enumerate(out))
+
+        return run
+
+    return decorate
 
 
 def check_shape(shape, ndim: int, name: str, op: str) -> tuple[int, ...]:
@@ -273,8 +357,7 @@ def conv2d_geometry(x_shape, weight_shape, stride=1, padding=0, dilation=1, grou
                     op: str = "conv2d") -> ConvGeometry:
     """Validate conv2d arguments (PyTorch semantics) and compute the output size."""
     if len(x_shape) != 4:
-        raise ValueError(f"{op}: x must be 4-D (N, C, H, W) (for a single image use x[None]), "
-                         f"got shape {tuple(x_shape)}")
+        raise not_batched(op, "x", x_shape)
     if len(weight_shape) != 4:
         raise ValueError(f"{op}: weight must be 4-D (C_out, C_in/groups, kH, kW), "
                          f"got shape {tuple(weight_shape)}")
@@ -329,8 +412,7 @@ def conv_transpose2d_geometry(x_shape, weight_shape, stride=1, padding=0, output
 
     weight: (C_in, C_out / groups, kH, kW); output_padding must be below stride or dilation."""
     if len(x_shape) != 4:
-        raise ValueError(f"{op}: x must be 4-D (N, C_in, H, W) (for a single image use x[None]), "
-                         f"got shape {tuple(x_shape)}")
+        raise not_batched(op, "x", x_shape, "(N, C_in, H, W)")
     if len(weight_shape) != 4:
         raise ValueError(f"{op}: weight must be 4-D (C_in, C_out/groups, kH, kW), got shape "
                          f"{tuple(weight_shape)}")
@@ -424,8 +506,7 @@ def pool2d_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ce
     name: what the pooled input is called in errors; prefix: of the stride, padding and
     dilation arguments' names (conv2d_max_pool2d's pool_stride, ...)."""
     if len(x_shape) != 4:
-        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W) (for a single image use x[None]), "
-                         f"got shape {tuple(x_shape)}")
+        raise not_batched(op, name, x_shape)
     N, C, H, W = (int(s) for s in x_shape)
     kernel = positive_pair(kernel_size, "kernel_size", op)
     stride_, padding_, dilation_ = (prefix + a for a in ("stride", "padding", "dilation"))
@@ -509,8 +590,7 @@ def adaptive_pool2d_output_shape(x_shape, output_size, op: str = "adaptive_avg_p
     """(N, C, OH, OW) of adaptive pooling of an (N, C, H, W) input (`name` in errors); H and W
     must be at least 1, as in PyTorch."""
     if len(x_shape) != 4:
-        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W) (for a single image use "
-                         f"x[None]), got shape {tuple(x_shape)}")
+        raise not_batched(op, name, x_shape)
     N, C, H, W = (int(s) for s in x_shape)
     if H < 1 or W < 1:
         raise ValueError(f"{op}: {name} of shape {tuple(x_shape)} has empty planes (H and W "
@@ -588,9 +668,13 @@ def upsample_nearest2d_geometry(x_shape, size=None, scale_factor=None,
     """Validate F.interpolate(mode='nearest')-style arguments for an (N, C, H, W) input (called
     `name` in errors): exactly one of size (an int or pair, each >= 1) and scale_factor (a
     number or pair, finite and > 0; output size floor(H * scale_factor), at least 1)."""
+    if len(x_shape) == 3:  # (torch's interpolate takes it as 1-D data: no unbatched image)
+        raise ValueError(f"{op}: {name} of shape {tuple(x_shape)} is 3-D, which PyTorch's "
+                         f"Upsample/interpolate takes as 1-D data (N, C, L), not as one image; "
+                         f"fastconv resamples 2-D (N, C, H, W) only: for one (C, H, W) image "
+                         f"use x[None]")
     if len(x_shape) != 4:
-        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W) (for a single image use "
-                         f"x[None]), got shape {tuple(x_shape)}")
+        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
     N, C, H, W = (int(v) for v in x_shape)
     if (size is None) == (scale_factor is None):
         raise ValueError(f"{op}: give exactly one of size and scale_factor (got size={size!r}, "
@@ -701,8 +785,10 @@ def conv_through_pool_inputs(grad_pooled, indices, x, weight, stride, padding, d
     return geom, grad_pooled, indices, relu_output, mask, common_dtype(grad_pooled, x, weight)
 
 
+@unbatched("input_shape", shapes=("input_shape",), shape_result=True)
 def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):
-    """Output shape (N, C_out, OH, OW) of conv2d, with OH = (H + 2p - d(kH-1) - 1) // s + 1.
+    """Output shape (N, C_out, OH, OW) of conv2d, with OH = (H + 2p - d(kH-1) - 1) // s + 1
+    ((C_out, OH, OW) for an unbatched (C, H, W) input_shape).
 
     Validates exactly like conv2d (raises ValueError/TypeError for impossible arguments).
 
@@ -716,9 +802,11 @@ def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation
                            op=op).output_shape
 
 
+@unbatched("input_shape", shapes=("input_shape",), shape_result=True)
 def pool2d_output_shape(input_shape, kernel_size, stride=None, padding=0, dilation=1,
                         ceil_mode=False):
-    """Output shape (N, C, OH, OW) of max_pool2d / avg_pool2d (avg pooling has dilation 1).
+    """Output shape (N, C, OH, OW) of max_pool2d / avg_pool2d (avg pooling has dilation 1);
+    (C, OH, OW) for an unbatched (C, H, W) input_shape.
 
     OH = floor_or_ceil((H + 2p - d(k-1) - 1) / s) + 1, minus one in ceil mode if the last
     window would start in the bottom padding (PyTorch's rule).
@@ -736,7 +824,8 @@ def fold_geometry(cols_shape, output_size, kernel_size, dilation, padding, strid
                   op: str = "col2im") -> UnfoldGeometry:
     """Validate col2im / F.fold arguments for columns of shape (N, C*kH*kW, L)."""
     if len(cols_shape) != 3:
-        raise ValueError(f"{op}: cols must be 3-D (N, C*kH*kW, L), got shape {tuple(cols_shape)}")
+        raise ValueError(f"{op}: cols must be 3-D (N, C*kH*kW, L), or 2-D (C*kH*kW, L) for "
+                         f"one unbatched image, got shape {tuple(cols_shape)}")
     H, W = positive_pair(output_size, "output_size", op)
     kh, kw = positive_pair(kernel_size, "kernel_size", op)
     _, rows, blocks = (int(s) for s in cols_shape)

@@ -4,7 +4,13 @@ Every function checks and normalises its arguments (through `fastconv._args`, sh
 `fastconv.reference`), makes C-contiguous inputs of the working dtype, allocates the output and
 calls the C++ kernel with the GIL released.
 
-Arrays are NCHW. Any layout is accepted (views, negative strides, Fortran order: copied to
+Arrays are NCHW. The 2-D ops also take one unbatched image (C, H, W), as PyTorch's do (conv2d,
+conv_transpose2d, the poolings, max_unpool2d, im2col and col2im with (C*kH*kW, L) columns,
+pad) and return it without the batch axis, bit for bit the batched result of x[None]; their
+explicit backwards take the unbatched shapes alike: an unbatched x (or a 3-entry
+input_shape) wants the gradients and indices unbatched too and gives grad_x unbatched (the
+weight and bias gradients are the same either way). upsample_nearest2d does not: PyTorch's
+interpolate takes 3-D input as 1-D (N, C, L) data. Any layout is accepted (views, negative strides, Fortran order: copied to
 C order once). dtypes: float32 and float64 are computed as such; bool, integer and float16
 inputs are converted to float32; complex, object and string arrays raise TypeError. When the
 arguments mix float32 and float64, the computation and the result are float64 (NumPy's
@@ -64,6 +70,7 @@ from ._args import (
     pool2d_geometry,
     pool2d_output_shape,
     relu_backward_inputs,
+    unbatched,
     unfold_geometry,
 )
 
@@ -146,12 +153,13 @@ def _precision(precision, dtype, op) -> str:
     return name
 
 
+@unbatched("x", ("x",))
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            precision=None) -> np.ndarray:
     """2-D convolution (cross-correlation), as torch.nn.functional.conv2d.
 
     Args:
-        x: input (N, C_in, H, W).
+        x: input (N, C_in, H, W), or one unbatched image (C_in, H, W).
         weight: filters (C_out, C_in / groups, kH, kW).
         bias: optional (C_out,).
         stride, padding, dilation: int or (h, w) pair; padding may also be 'valid' or 'same'
@@ -162,7 +170,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
         precision: "bf16", "f32" or None (the active autocast's): see the module docstring.
 
     Returns:
-        y (N, C_out, OH, OW) with OH = (H + 2p - d(kH-1) - 1) // s + 1.
+        y (N, C_out, OH, OW) with OH = (H + 2p - d(kH-1) - 1) // s + 1 ((C_out, OH, OW) for
+        an unbatched x).
 
     >>> conv2d(np.ones((1, 3, 8, 8), "f4"), np.ones((4, 3, 3, 3), "f4")).shape
     (1, 4, 6, 6)
@@ -183,6 +192,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     return y
 
 
+@unbatched("x", ("x",))
 def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                       kernel_size, pool_stride=None, pool_padding=0, pool_dilation=1,
                       ceil_mode=False, relu=False, precision=None):
@@ -220,20 +230,22 @@ def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, gro
                       relu=relu)
 
 
+@unbatched("x", ("grad_y", "x"), strip=(0,))
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
                     output_mask=(True, True, True), *, precision=None):
     """Gradients of conv2d with respect to its input, weight and bias.
 
     Args:
-        grad_y: gradient of the loss with respect to conv2d's output (N, C_out, OH, OW).
+        grad_y: gradient of the loss with respect to conv2d's output (N, C_out, OH, OW);
+            (C_out, OH, OW) when x is an unbatched (C_in, H, W).
         x, weight, stride, padding, dilation, groups: as given to `conv2d`.
         output_mask: which of (grad_x, grad_weight, grad_bias) to compute.
         precision: as conv2d's (bf16: grad_y, x and weight rounded; grad_bias is always the
             float32 sum of grad_y).
 
     Returns:
-        (grad_x, grad_weight, grad_bias): shapes of x, weight and (C_out,); None where
-        output_mask is False. grad_bias = grad_y.sum(axis=(0, 2, 3)).
+        (grad_x, grad_weight, grad_bias): shapes of x (unbatched for an unbatched x), weight
+        and (C_out,); None where output_mask is False. grad_bias = grad_y.sum(axis=(0, 2, 3)).
     """
     op = "conv2d_backward"
     mask = normalize_output_mask(output_mask, op)
@@ -262,6 +274,7 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     return grad_x, grad_w, grad_b
 
 
+@unbatched("x", ("grad_pooled", "indices", "x", "relu_output"), strip=())
 def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, padding=0,
                                      dilation=1, groups=1, *, relu_output=None,
                                      output_mask=(True, True), precision=None):
@@ -302,6 +315,7 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     return grad_w, grad_b
 
 
+@unbatched("x", ("x",))
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, *, precision=None) -> np.ndarray:
     """Transposed convolution ("deconvolution"), as torch.nn.functional.conv_transpose2d (same
@@ -348,6 +362,7 @@ def _window(geom):
     return (*geom.stride, *geom.padding, *geom.dilation, geom.groups)
 
 
+@unbatched("x", ("grad_y", "x"), strip=(0,))
 def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
                               groups=1, dilation=1, output_mask=(True, True, True), *,
                               precision=None):
@@ -380,6 +395,7 @@ def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_pad
     return grad_x, grad_w, grad_b
 
 
+@unbatched("x", ("x",))
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False, *, relu=False):
     """2-D max pooling, as torch.nn.functional.max_pool2d.
@@ -408,13 +424,15 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return (y, indices) if return_indices else y
 
 
+@unbatched("input_shape", ("grad_y", "indices", "relu_output"), ("input_shape",))
 def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np.ndarray:
     """Gradient of max_pool2d: scatter-add grad_y into the positions named by `indices`.
 
     Args:
         grad_y: (N, C, OH, OW) gradient of the pooled output.
         indices: the int indices max_pool2d returned (same shape as grad_y).
-        input_shape: (N, C, H, W) of the pooled input.
+        input_shape: (N, C, H, W) of the pooled input; (C, H, W) for an unbatched one, with
+            grad_y, indices and relu_output (C, OH, OW) and an unbatched result.
         relu_output: the output of a forward with relu=True. grad_y is then the gradient of
             that output and first goes through the ReLU's gradient (0 where relu_output <= 0),
             in the same pass as the scatter.
@@ -436,6 +454,7 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np
     return grad_x
 
 
+@unbatched("x", ("x",))
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None) -> np.ndarray:
     """2-D average pooling, as torch.nn.functional.avg_pool2d.
@@ -458,6 +477,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     return y
 
 
+@unbatched("input_shape", ("grad_y",), ("input_shape",))
 def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True,
                         divisor_override=None) -> np.ndarray:
@@ -481,6 +501,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     return grad_x
 
 
+@unbatched("x", ("x", "indices"))
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0,
                  output_size=None) -> np.ndarray:
     """The partial inverse of max_pool2d, as torch.nn.functional.max_unpool2d: zeros of the
@@ -503,6 +524,7 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0,
     return y.reshape(shape)
 
 
+@unbatched("grad_y", ("grad_y", "indices"))
 def max_unpool2d_backward(grad_y, indices) -> np.ndarray:
     """Gradient of max_unpool2d w.r.t. x: grad_y (N, C, OH, OW) read at each index, as
     PyTorch's (a value overwritten at a repeated index gets that position's gradient too).
@@ -513,6 +535,7 @@ def max_unpool2d_backward(grad_y, indices) -> np.ndarray:
     return np.take_along_axis(g2, indices.reshape(N * C, H * W), axis=1).reshape(indices.shape)
 
 
+@unbatched("x", ("x",))
 def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
     """Adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d.
 
@@ -545,6 +568,7 @@ def _dividing_window(input_shape, output_shape):
     return None
 
 
+@unbatched("input_shape", ("grad_y",), ("input_shape",))
 def adaptive_avg_pool2d_backward(grad_y, input_shape) -> np.ndarray:
     """Gradient of adaptive_avg_pool2d: each grad_y entry divided by its window's area, added
     over the window. grad_y: (N, C, OH, OW) (its shape gives the output size); input_shape:
@@ -576,7 +600,6 @@ def upsample_nearest2d(x, size=None, scale_factor=None, *, recompute_scale_facto
     """
     op = "upsample_nearest2d"
     x = as_float_array(x, "x", op)
-    check_ndim(x, 4, "x", op, _NCHW)
     geom = upsample_nearest2d_geometry(x.shape, size, scale_factor, recompute_scale_factor, op)
     y = np.empty(geom.output_shape, x.dtype)
     if y.size:
@@ -598,13 +621,14 @@ def upsample_nearest2d_backward(grad_y, input_shape, size=None, scale_factor=Non
     return grad_x
 
 
+@unbatched("x", ("x",))
 def im2col(x, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
     """Extract sliding blocks as columns, as torch.nn.functional.unfold.
 
     Args:
-        x: (N, C, H, W).
+        x: (N, C, H, W), or one unbatched image (C, H, W).
     Returns:
-        cols (N, C*kH*kW, L), L = OH*OW; row (c*kH + i)*kW + j holds the pixel at kernel
+        cols (N, C*kH*kW, L), L = OH*OW ((C*kH*kW, L) for an unbatched x); row (c*kH + i)*kW + j holds the pixel at kernel
         offset (i, j) of channel c for every block position.
     """
     op = "im2col"
@@ -619,14 +643,16 @@ def im2col(x, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
     return cols
 
 
+@unbatched("cols", ("cols",), ndim=2)
 def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
     """Sum columns back into images, as torch.nn.functional.fold (the adjoint of im2col).
 
     Args:
-        cols: (N, C*kH*kW, L) with L the number of block positions for `output_size`.
+        cols: (N, C*kH*kW, L) with L the number of block positions for `output_size`, or
+            (C*kH*kW, L) for one unbatched image.
         output_size: (H, W) of the images.
     Returns:
-        x (N, C, H, W): overlapping contributions are summed.
+        x (N, C, H, W), (C, H, W) for unbatched cols: overlapping contributions are summed.
     """
     op = "col2im"
     cols = as_float_array(cols, "cols", op)

@@ -15,7 +15,9 @@ Shapes: x is (N, C, H, W), weight is (F, C/groups, kH, kW), conv output is (N, F
 
     OH = (H + pad_top + pad_bottom - dH*(kH - 1) - 1) // sH + 1
 
-(see :mod:`fastconv._args` for the pooling variant with ``ceil_mode``).
+(see :mod:`fastconv._args` for the pooling variant with ``ceil_mode``). As in
+:mod:`fastconv.functional`, the 2-D ops also take one unbatched image (C, H, W) and return it
+unbatched (``_args.unbatched``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from fastconv._args import (
     pad_backward_inputs,
     pad_geometry,
     relu_backward_inputs,
+    unbatched,
     unfold_geometry,
 )
 
@@ -187,6 +190,7 @@ def _conv_columns(x: np.ndarray, geom, dtype: np.dtype) -> np.ndarray:
 # im2col / col2im
 # --------------------------------------------------------------------------------------------
 
+@unbatched("x", ("x",))
 def im2col(x, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
     """Extract sliding blocks, ``torch.nn.functional.unfold``.
 
@@ -207,6 +211,7 @@ def im2col(x, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
     return win.reshape(N, geom.rows, geom.blocks)
 
 
+@unbatched("cols", ("cols",), ndim=2)
 def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
     """Sum sliding blocks back into an image, ``torch.nn.functional.fold`` (adjoint of im2col).
 
@@ -244,6 +249,7 @@ def _bf16_operands(precision, dtype, op, *arrays):
     return arrays
 
 
+@unbatched("x", ("x",))
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            precision=None) -> np.ndarray:
     """2-D cross-correlation, ``torch.nn.functional.conv2d``.
@@ -292,6 +298,7 @@ def _conv_input_grad(gy: np.ndarray, wmat: np.ndarray, geom, dtype: np.dtype) ->
     return np.ascontiguousarray(gxp[:, :, top:top + geom.H, left:left + geom.W])
 
 
+@unbatched("x", ("grad_y", "x"), strip=(0,))
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
                     output_mask=(True, True, True), *, precision=None):
     """Gradients of :func:`conv2d` w.r.t. x, weight and bias.
@@ -336,6 +343,7 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     return grad_x, grad_w, grad_b
 
 
+@unbatched("x", ("x",))
 def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                       kernel_size, pool_stride=None, pool_padding=0, pool_dilation=1,
                       ceil_mode=False, relu=False, precision=None):
@@ -347,6 +355,7 @@ def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, gro
                       relu=relu)
 
 
+@unbatched("x", ("grad_pooled", "indices", "x", "relu_output"), strip=())
 def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, padding=0,
                                      dilation=1, groups=1, *, relu_output=None,
                                      output_mask=(True, True), precision=None):
@@ -369,6 +378,7 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     return grad_w, grad_b
 
 
+@unbatched("x", ("x",))
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, *, precision=None) -> np.ndarray:
     """Transposed convolution, ``torch.nn.functional.conv_transpose2d``: the input gradient of
@@ -399,6 +409,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     return y
 
 
+@unbatched("x", ("grad_y", "x"), strip=(0,))
 def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
                               groups=1, dilation=1, output_mask=(True, True, True), *,
                               precision=None):
@@ -438,6 +449,7 @@ def _first_valid(out: int, stride: int, pad: int, dilation: int) -> np.ndarray:
     return start
 
 
+@unbatched("x", ("x",))
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False, *, relu=False):
     """2-D max pooling, ``torch.nn.functional.max_pool2d``.
@@ -489,6 +501,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return y
 
 
+@unbatched("input_shape", ("grad_y", "indices", "relu_output"), ("input_shape",))
 def max_pool2d_backward(grad_y, indices, input_shape, *, relu_output=None) -> np.ndarray:
     """Gradient of :func:`max_pool2d` w.r.t. x: scatter-add grad_y to the argmax positions.
 
@@ -535,6 +548,7 @@ def _avg_divisor(geom, count_include_pad: bool, dtype: np.dtype,
     return div.astype(dtype)
 
 
+@unbatched("x", ("x",))
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None) -> np.ndarray:
     """2-D average pooling, ``torch.nn.functional.avg_pool2d`` (CPU divisor rules).
@@ -565,6 +579,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     return y
 
 
+@unbatched("input_shape", ("grad_y",), ("input_shape",))
 def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True,
                         divisor_override=None) -> np.ndarray:
@@ -598,6 +613,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     return np.ascontiguousarray(gxp[:, :, ph:ph + H, pw:pw + W])
 
 
+@unbatched("x", ("x", "indices"))
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0,
                  output_size=None) -> np.ndarray:
     """``torch.nn.functional.max_unpool2d``: y (N, C, OH, OW) zero but y[n, c].flat[i] =
@@ -611,6 +627,7 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0,
     return y
 
 
+@unbatched("grad_y", ("grad_y", "indices"))
 def max_unpool2d_backward(grad_y, indices) -> np.ndarray:
     """Gradient of :func:`max_unpool2d` w.r.t. x: grad_x[n, c].flat[j] =
     grad_y[n, c].flat[indices[n, c].flat[j]] (PyTorch's, repeated indices included)."""
@@ -649,6 +666,7 @@ def _window_scatter(g: np.ndarray, axis: int, size: int) -> np.ndarray:
     return np.moveaxis(out, -1, axis)
 
 
+@unbatched("x", ("x",))
 def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
     """Adaptive average pooling, ``torch.nn.functional.adaptive_avg_pool2d``: each output the
     sum over its window [floor(i H / OH), ceil((i + 1) H / OH)) x (columns likewise), rows
@@ -662,6 +680,7 @@ def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
     return np.ascontiguousarray(total / kh[:, None].astype(x.dtype) / kw.astype(x.dtype))
 
 
+@unbatched("input_shape", ("grad_y",), ("input_shape",))
 def adaptive_avg_pool2d_backward(grad_y, input_shape) -> np.ndarray:
     """Gradient of :func:`adaptive_avg_pool2d`: each grad_y entry divided by its window's
     height and width, added over the window."""
@@ -680,7 +699,6 @@ def upsample_nearest2d(x, size=None, scale_factor=None, *, recompute_scale_facto
     maps (see :func:`fastconv._args.nearest_indices`)."""
     op = "upsample_nearest2d"
     x = as_float_array(x, "x", op)
-    check_ndim(x, 4, "x", op, _NCHW)
     geom = upsample_nearest2d_geometry(x.shape, size, scale_factor, recompute_scale_factor, op)
     return np.ascontiguousarray(x[:, :, geom.rows[:, None], geom.cols[None, :]])
 

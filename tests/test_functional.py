@@ -720,7 +720,8 @@ def test_empty_batch():
 
 
 BAD_CALLS = [
-    (lambda m: m.conv2d(np.ones((3, 8, 8)), np.ones((4, 3, 3, 3))), ValueError, r"x must be 4-D.*\(3, 8, 8\)"),
+    (lambda m: m.conv2d(np.ones((8, 8)), np.ones((4, 3, 3, 3))), ValueError,
+     r"x must be 4-D \(N, C, H, W\), or 3-D \(C, H, W\) for one unbatched image, got shape \(8, 8\)"),
     (lambda m: m.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3))), ValueError, "weight must be 4-D"),
     (lambda m: m.conv2d(np.ones((1, 2, 8, 8)), np.ones((4, 3, 3, 3))), ValueError, r"expects 3 input channels.*has 2"),
     (lambda m: m.conv2d(np.ones((1, 4, 8, 8)), np.ones((3, 2, 3, 3)), groups=2), ValueError, "divisible by groups"),
@@ -744,7 +745,7 @@ BAD_CALLS = [
     (lambda m: m.max_pool2d(np.ones((1, 1, 4, 4)), 2, padding=2), ValueError, "at most half of kernel_size"),
     (lambda m: m.max_pool2d(np.ones((1, 1, 4, 4)), 0), ValueError, "kernel_size must be positive"),
     (lambda m: m.max_pool2d(np.ones((1, 1, 2, 2)), 3), ValueError, "too small"),
-    (lambda m: m.max_pool2d(np.ones((1, 4, 4)), 2), ValueError, "x must be 4-D"),
+    (lambda m: m.max_pool2d(np.ones((4, 4)), 2), ValueError, "x must be 4-D"),
     (lambda m: m.avg_pool2d(np.ones((1, 1, 4, 4)), 2, stride=0), ValueError, "stride must be positive"),
     (lambda m: m.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.full((1, 1, 2, 2), 16), (1, 1, 4, 4)), ValueError,
      r"indices must lie in \[0, H\*W\)"),
@@ -762,7 +763,8 @@ BAD_CALLS = [
     (lambda m: m.im2col(np.ones((1, 1, 2, 2)), 3), ValueError, "does not fit"),
     (lambda m: m.col2im(np.ones((1, 10, 4)), (3, 3), 2), ValueError, "divisible by kH\\*kW"),
     (lambda m: m.col2im(np.ones((1, 4, 5)), (3, 3), 2), ValueError, "number of blocks"),
-    (lambda m: m.col2im(np.ones((4, 5)), (3, 3), 2), ValueError, "cols must be 3-D"),
+    (lambda m: m.col2im(np.ones((5,)), (3, 3), 2), ValueError,
+     r"cols must be 3-D \(N, C\*kH\*kW, L\), or 2-D \(C\*kH\*kW, L\) for one unbatched image"),
 ]
 
 

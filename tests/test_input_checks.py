@@ -58,10 +58,14 @@ def test_channels_last_through_a_model_and_one_image():
     model = models.lenet5(seed=0)
     with pytest.raises(ValueError, match=r"layer 0 of Sequential: .*x.transpose\(0, 3, 1, 2\)"):
         model(np.zeros((1, 32, 32, 3), np.float32))
-    with pytest.raises(ValueError, match=r"one channels-last image\? use "
-                                         r"x.transpose\(2, 0, 1\)\[None\]"):
+    with pytest.raises(ValueError, match=r"layer 0 of Sequential: .*got \(32, 32, 3\) \(one "
+                                         r"channels-last image\? fastconv takes \(C, H, W\) like "
+                                         r"PyTorch: use x.transpose\(2, 0, 1\)\)"):
         model(np.zeros((32, 32, 3), np.float32))
-    with pytest.raises(ValueError, match=r"for a single image use x\[None\]"):
+    # One (C, H, W) image runs unbatched through the convolutions and poolings, as in PyTorch,
+    # up to Flatten, which then flattens (16, 5, 5) to (16, 25): Linear(400, ...) refuses it,
+    # as torch's twin does (tests/test_unbatched.py runs whole unbatched models).
+    with pytest.raises(ValueError, match=r"layer 7 of Sequential: Linear.*got \(16, 25\)"):
         model(np.zeros((3, 32, 32), np.float32))
     with pytest.raises(ValueError, match=r"x.transpose\(0, 3, 1, 2\)"):
         model.summary((1, 32, 32, 3), print_fn=None)

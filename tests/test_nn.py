@@ -408,7 +408,7 @@ def test_backward_errors():
 
 @pytest.mark.parametrize("layer, x, pattern", [
     (nn.Conv2d(3, 4, 3), np.zeros((2, 5, 8, 8)), r"Conv2d\(3, 4.*\(N, 3, H, W\).*\(2, 5, 8, 8\)"),
-    (nn.Conv2d(3, 4, 3), np.zeros((3, 8, 8)), r"x\[None\]"),
+    (nn.Conv2d(3, 4, 3), np.zeros((8, 8)), r"\(N, 3, H, W\) or \(3, H, W\), got \(8, 8\)"),
     (nn.Conv2d(3, 4, 5), np.zeros((1, 3, 3, 3)), r"larger than the padded input"),
     (nn.MaxPool2d(2), np.zeros((2, 8)), r"MaxPool2d.*\(N, C, H, W\).*\(2, 8\)"),
     (nn.AvgPool2d(4), np.zeros((1, 1, 2, 2)), r"too small"),
@@ -807,11 +807,17 @@ def test_dropout2d_zeroes_whole_channels():
     assert not y[~kept].any()                   # a dropped channel is zero everywhere
     g = np.ones_like(x)
     np.testing.assert_allclose(drop.backward(g), np.broadcast_to(drop.mask, x.shape))
-    assert nn.Dropout2d(0.5, rng=2)(np.ones((3, 4, 2))).shape == (3, 4, 2)   # (C, H, W)
-    assert nn.Dropout2d(0.5, rng=2).train()(np.ones((3, 4, 2))).std() > 0
+    # 3-D input is (N, C, L) to PyTorch 2.13's Dropout2d, with a warning: rows dropped whole
+    with pytest.warns(UserWarning, match=r"Received a 3D input to dropout2d .* interpreted as "
+                                         r"shape \(N, C, L\)"):
+        drop3 = nn.Dropout2d(0.5, rng=2)
+        y3 = drop3(np.ones((30, 40, 2)))
+    assert y3.shape == (30, 40, 2) and drop3.mask.shape == (30, 40, 1)
+    assert (y3[:, :, 0] == y3[:, :, 1]).all() and 0.4 < (y3[:, :, 0] == 0).mean() < 0.6
     drop.eval()
     assert drop(x) is x
-    with pytest.raises(ValueError, match=r"\(N, C, H, W\) or \(C, H, W\), got shape \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\), or \(N, C, L\) as PyTorch takes 3-D "
+                                         r"input, got shape \(3, 4\)"):
         nn.Dropout2d(0.5)(np.ones((3, 4)))
     frozen = nn.Dropout2d(0.5, rng=3)
     frozen.freeze_mask(np.ones((2, 3, 1, 1), bool))

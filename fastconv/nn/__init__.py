@@ -12,6 +12,14 @@ Every layer is a :class:`Module`:
   ``"3.running_mean"``, ``"3.num_batches_tracked"``), so a PyTorch state dict converted to NumPy
   arrays loads as is and gives the same outputs.
 
+Inputs are batches (N, C, H, W); the 2-D layers that take one unbatched image (C, H, W) in
+PyTorch take it here too (convolutions, poolings, MaxUnpool2d, padding, InstanceNorm2d, and
+containers of them) and give the output, and in backward the input gradient, without the batch
+axis, the values bit for bit those of the batch of one x[None]. Where PyTorch refuses 3-D
+input or means something else by it, so does fastconv (BatchNorm2d refuses it; Upsample,
+whose 3-D input is 1-D data in PyTorch, refuses it; Dropout2d and LocalResponseNorm take it
+as (N, C, L), as PyTorch's).
+
 ``model.apply(fn)`` calls ``fn`` on every module (children first), e.g. to initialise
 weights; :mod:`fastconv.nn.utils` has ``clip_grad_norm_``, ``clip_grad_value_``,
 ``parameters_to_vector`` and ``vector_to_parameters``, as ``torch.nn.utils``.

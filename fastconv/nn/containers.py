@@ -2,6 +2,9 @@
 on channels). They only route arrays and gradients; which layers of a chain run fused is
 decided by the planner, fusion.py.
 
+Containers take what their layers take: one unbatched (C, H, W) image too, where the layers
+do (see Concat's `dim` for it).
+
 Containers nest freely, and their children's names make the state-dict keys, as in PyTorch
 (``"layer1.0.body.0.weight"``): a ``torch.nn.Module`` built as the same tree, with the same
 child names, loads the same state dict. Errors inside a tree name the path of the layer
@@ -433,6 +436,10 @@ class Concat(_Container):
 
     The outputs must have the same number of axes and the same sizes outside `dim`:
     ValueError naming the branches and their shapes otherwise.
+
+    `dim` counts the axes of the outputs as they are, as torch.cat in the twin does: for one
+    unbatched image (outputs (C, H, W)) dim=1 is H, not the channels. ``dim=-3`` joins the
+    channels of batches and of unbatched images alike.
     """
 
     def __init__(self, *branches, dim: int = 1) -> None:

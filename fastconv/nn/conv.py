@@ -11,7 +11,8 @@ import numpy as np
 
 from .. import _args
 from .. import init as _init
-from .module import Module, Parameter, _as_input, _check_4d, _float_dtype, _positive_int, _shape_4d
+from .module import (Module, Parameter, _accepts_unbatched, _as_input, _check_4d, _float_dtype,
+                     _positive_int, _shape_4d, _shape_accepts_unbatched, _unbatched_backward)
 from .pool import MaxPoolContext
 
 if TYPE_CHECKING:
@@ -84,7 +85,8 @@ class _ConvLayer(Module):
 
 
 class Conv2d(_ConvLayer):
-    """2-D convolution (cross-correlation) over (N, C_in, H, W) -> (N, C_out, H_out, W_out).
+    """2-D convolution (cross-correlation) over (N, C_in, H, W) -> (N, C_out, H_out, W_out),
+    or one unbatched image (C_in, H, W) -> (C_out, H_out, W_out), as PyTorch's.
 
         H_out = (H + 2 p - d (k - 1) - 1) // s + 1
 
@@ -127,10 +129,12 @@ class Conv2d(_ConvLayer):
         _check_4d(self, x, self.in_channels)
         return x, w, self.bias.data if self.bias is not None else None
 
+    @_accepts_unbatched
     def forward(self, x: np.ndarray) -> np.ndarray:
         y, self._cache = self._forward_ctx(x)
         return y
 
+    @_unbatched_backward
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         return self._backward_ctx(self._get_cache(), grad_y, input_grad)
 
@@ -228,6 +232,7 @@ class Conv2d(_ConvLayer):
             output_mask=mask, precision=precision)
         self._accumulate(gw, gb)
 
+    @_shape_accepts_unbatched
     def output_shape(self, input_shape):
         shape = _shape_4d(self, input_shape, self.in_channels)
         geom = _args.conv2d_geometry(shape, self.weight.data.shape, self.stride, self.padding,
@@ -254,7 +259,8 @@ class Conv2d(_ConvLayer):
 
 
 class ConvTranspose2d(_ConvLayer):
-    """Transposed convolution (N, C_in, H, W) -> (N, C_out, H_out, W_out): the gradient of a
+    """Transposed convolution (N, C_in, H, W) -> (N, C_out, H_out, W_out) (or unbatched
+    (C_in, H, W) -> (C_out, H_out, W_out), as PyTorch's): the gradient of a
     Conv2d with respect to its input, which upsamples by the stride:
 
         H_out = (H - 1) s - 2 p + d (k - 1) + output_padding + 1
@@ -263,7 +269,9 @@ class ConvTranspose2d(_ConvLayer):
     initialisation as PyTorch's: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in
     taken from the weight as for Conv2d, weight.shape[1] * kH * kW = out_channels / groups *
     kH * kW. ``forward(x, output_size=(H_out, W_out))`` picks the output_padding that gives that
-    size (between the smallest size and stride - 1 more), as PyTorch's.
+    size (between the smallest size and stride - 1 more), as PyTorch's; output_size may also be
+    the whole output shape, (N, C_out, H_out, W_out), or (C_out, H_out, W_out) for an
+    unbatched x (the leading entries are not checked, as in PyTorch).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -297,7 +305,11 @@ class ConvTranspose2d(_ConvLayer):
         ((H_out, W_out), or a whole shape whose last two entries are those)."""
         if output_size is None:
             return self.output_padding
-        size = tuple(output_size)[-2:] if isinstance(output_size, (tuple, list)) else None
+        size = tuple(output_size) if isinstance(output_size, (tuple, list, np.ndarray)) else None
+        if size is not None and len(size) not in (2, 4):  # (PyTorch's rule for 4-D input)
+            raise ValueError(f"{self!r}: for 4-D input, output_size must have 2 or 4 elements "
+                             f"(H_out, W_out) or (N, C_out, H_out, W_out), got {output_size!r}")
+        size = None if size is None else size[-2:]
         if size is None or len(size) != 2 or not all(
                 isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, bool) for v in size):
             raise TypeError(f"{self!r}: output_size must be (H_out, W_out) or a shape ending in "
@@ -311,6 +323,7 @@ class ConvTranspose2d(_ConvLayer):
                              f"of {tuple(input_shape[2:])})")
         return tuple(int(v) - m for v, m in zip(size, smallest))
 
+    @_accepts_unbatched(output_size="output_size")
     def forward(self, x: np.ndarray, output_size=None) -> np.ndarray:
         w = self.weight.data
         x = _as_input(self, x, w.dtype)
@@ -327,6 +340,7 @@ class ConvTranspose2d(_ConvLayer):
     def __call__(self, x: np.ndarray, output_size=None) -> np.ndarray:
         return self.forward(x, output_size)
 
+    @_unbatched_backward
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         ops, x, y_shape, output_padding, precision = self._get_cache()
         w = self.weight.data
@@ -340,6 +354,7 @@ class ConvTranspose2d(_ConvLayer):
         self._accumulate(gw, gb)
         return gx
 
+    @_shape_accepts_unbatched
     def output_shape(self, input_shape):
         shape = _shape_4d(self, input_shape, self.in_channels)
         return _args.conv_transpose2d_geometry(shape, self.weight.data.shape, self.stride,

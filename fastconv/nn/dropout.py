@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -89,11 +90,29 @@ class Dropout(_InplaceArg):
 
 class Dropout2d(Dropout):
     """Channel dropout, as ``torch.nn.Dropout2d``: in training, each channel of each sample of
-    (N, C, H, W) input (of (C, H, W) input: each channel) is zeroed whole with probability p,
-    the others scaled by 1/(1-p). The mask has shape (N, C, 1, 1) (or (C, 1, 1))."""
+    (N, C, H, W) input is zeroed whole with probability p, the others scaled by 1/(1-p). The
+    mask has shape (N, C, 1, 1).
+
+    3-D input is taken as PyTorch 2.13's Dropout2d takes it, with its warning: as (N, C, L)
+    data, each row (n, c) of L values dropped whole (mask (N, C, 1)), not as one unbatched
+    (C, H, W) image; for that, use x[None] (or Dropout1d's semantics, as the warning says)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if np.ndim(x) == 3:
+            warnings.warn(_DROPOUT2D_3D, UserWarning, stacklevel=2)
+        return super().forward(x)
 
     def _mask_shape(self, shape: tuple) -> tuple:
         if len(shape) not in (3, 4):
-            raise ValueError(f"{self!r}: input must be (N, C, H, W) or (C, H, W), got shape "
-                             f"{shape}")
-        return shape[:-2] + (1, 1)
+            raise ValueError(f"{self!r}: input must be (N, C, H, W), or (N, C, L) as PyTorch "
+                             f"takes 3-D input, got shape {shape}")
+        return shape[:2] + (1,) * (len(shape) - 2)
+
+
+# PyTorch 2.13's warning for 3-D input to Dropout2d, word for word.
+_DROPOUT2D_3D = (
+    "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout "
+    "behavior is desired - input is interpreted as shape (N, C, L), where C is the channel dim. "
+    "This behavior will change in a future release to interpret the input as one without a "
+    "batch dimension, i.e. shape (C, H, W). To maintain the 1D channel-wise dropout behavior, "
+    "please switch to using dropout1d instead.")

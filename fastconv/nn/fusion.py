@@ -17,6 +17,10 @@ with ``forward(x)`` and ``backward(grad_y, input_grad)``:
   orders pick the same arg-max, and elsewhere both give 0.
 * any other layer (containers included) on its own, by its own forward and backward.
 
+An unbatched (C, H, W) input runs through a fused step as through its layers one by one: the
+step makes it a batch of one and strips the batch axis off its output and input gradient
+(module._accepts_unbatched); a BatchNorm2d refuses it, as PyTorch's does.
+
 A fused step keeps its layers' forward contexts itself (the layers' stateless pieces
 ``_forward_ctx`` / ``_backward_ctx`` make and take them); no layer reads or writes another's
 state. The fused runs give the results of the layers run one by one, bit for bit: the same
@@ -44,7 +48,8 @@ import numpy as np
 
 from .activation import ReLU
 from .conv import Conv2d
-from .module import Module, _invalidate_plans, _plan_epoch
+from .module import (Module, _accepts_unbatched, _invalidate_plans, _plan_epoch,
+                     _unbatched_backward)
 from .normalization import _BatchNorm
 from .pool import MaxPool2d
 
@@ -86,7 +91,7 @@ class Step:
     reported under (the layer whose checks see bad input or a bad gradient first).
     """
 
-    __slots__ = ("names", "layers", "_ctx")
+    __slots__ = ("names", "layers", "_ctx", "_unbatched")
     _forward_blame = 0   # index in names of the layer blamed for errors, forward / backward
     _backward_blame = -1
 
@@ -94,6 +99,7 @@ class Step:
         self.names = tuple(names)
         self.layers = tuple(layers)
         self._ctx = None
+        self._unbatched = None  # (see module._accepts_unbatched)
 
     def error_name(self, backward: bool) -> str:
         return self.names[self._backward_blame if backward else self._forward_blame]
@@ -142,12 +148,14 @@ class ConvMaxPoolStep(Step):
 
     __slots__ = ()
 
+    @_accepts_unbatched
     def forward(self, x):
         conv, pool = self.layers[0], self.layers[-1]
         y, conv_ctx, pool_ctx = conv._forward_max_pool_ctx(pool, x, relu=len(self.layers) == 3)
         self._ran_fused((conv_ctx, pool_ctx))
         return y
 
+    @_unbatched_backward
     def backward(self, grad_y, input_grad=True):
         conv, pool = self.layers[0], self.layers[-1]
         conv_ctx, pool_ctx = self._context()
@@ -186,11 +194,13 @@ class ReLUMaxPoolStep(Step):
     __slots__ = ()
     _forward_blame = 1  # (the pooling checks the input; the ReLU takes any shape)
 
+    @_accepts_unbatched
     def forward(self, x):
         y, ctx = self.layers[1]._forward_ctx(x, relu=True)
         self._ran_fused(ctx)
         return y
 
+    @_unbatched_backward
     def backward(self, grad_y, input_grad=True):
         return self.layers[1]._backward_ctx(self._context(), grad_y)
 

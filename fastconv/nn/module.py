@@ -4,6 +4,8 @@ dicts under PyTorch's dotted keys), plus the input checks the layers share."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 import warnings
 from collections import OrderedDict, namedtuple
@@ -207,6 +209,8 @@ class Module:
         object.__setattr__(self, "_backend", None)
         object.__setattr__(self, "_precision", None)
         object.__setattr__(self, "_cache", None)
+        # the last forward's unbatched output shape, or None (see _accepts_unbatched)
+        object.__setattr__(self, "_unbatched", None)
 
     # -- registration ------------------------------------------------------------------------
     def __setattr__(self, name: str, value) -> None:
@@ -250,6 +254,7 @@ class Module:
         # wrapper, say), not to the model: a copy has none.
         state = self.__dict__.copy()
         state["_cache"] = None
+        state["_unbatched"] = None
         if "_plan" in state:
             state["_plan"] = None
         state.pop("_post_backward_hooks", None)
@@ -617,6 +622,7 @@ class Module:
         of those layers on its own then fails instead of using an older forward's values."""
         if self._cache is not None:
             object.__setattr__(self, "_cache", None)
+        object.__setattr__(self, "_unbatched", None)
 
     def _check_grad(self, grad_y, shape, dtype) -> np.ndarray:
         grad_y = np.asarray(grad_y)
@@ -762,33 +768,175 @@ def _input_float_dtype(x) -> np.dtype:
 
 
 def _layout_advice(shape: tuple, channels: int | None) -> str:
-    """What to do with an input of ``shape`` that is not (N, channels, H, W): channels last
-    (NHWC, as TensorFlow and Pillow give images) -> the transpose; one image -> x[None]."""
+    """What to do with an input of ``shape`` whose channels are not where a layer with
+    `channels` input channels wants them: channels last (NHWC or HWC, as TensorFlow and Pillow
+    give images) -> the transpose."""
     if len(shape) == 4 and channels is not None and shape[1] != channels \
             and shape[3] == channels:
         return (" (channels last? fastconv takes NCHW like PyTorch: use "
                 "x.transpose(0, 3, 1, 2))")
-    if len(shape) == 3:
-        if channels is not None and shape[0] != channels and shape[2] == channels:
-            return " (one channels-last image? use x.transpose(2, 0, 1)[None])"
-        return " (for a single image use x[None])"
+    if len(shape) == 3 and channels is not None and shape[0] != channels \
+            and shape[2] == channels:
+        return (" (one channels-last image? fastconv takes (C, H, W) like PyTorch: use "
+                "x.transpose(2, 0, 1))")
     return ""
 
 
-def _check_4d(layer: Module, x: np.ndarray, channels: int | None = None) -> None:
-    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
-        c = "C" if channels is None else str(channels)
-        raise ValueError(f"{layer!r}: expected input of shape (N, {c}, H, W), "
-                         f"got {x.shape}{_layout_advice(x.shape, channels)}")
+def _expected(channels: int | None, unbatched: bool = True) -> str:
+    c = "C" if channels is None else str(channels)
+    return f"(N, {c}, H, W) or ({c}, H, W)" if unbatched else f"(N, {c}, H, W)"
 
 
-def _shape_4d(layer: Module, shape, channels: int | None = None) -> tuple[int, int, int, int]:
-    shape = tuple(int(s) for s in shape)
+def _check_4d(layer: Module, x: np.ndarray, channels: int | None = None,
+              refused_3d: str | None = None) -> None:
+    """ValueError unless `x` is (N, channels, H, W). A layer taking unbatched (C, H, W) images
+    has had them made a batch of one by :func:`_accepts_unbatched`; one that refuses them, as
+    its PyTorch twin does, gives the reason as `refused_3d`."""
+    _check_shape_4d(layer, x.shape, channels, refused_3d)
+
+
+def _check_shape_4d(layer: Module, shape: tuple, channels: int | None,
+                    refused_3d: str | None) -> None:
     if len(shape) != 4 or (channels is not None and shape[1] != channels):
-        c = "C" if channels is None else str(channels)
-        raise ValueError(f"{layer!r}: expected input of shape (N, {c}, H, W), got {shape}"
+        if len(shape) == 3 and refused_3d is not None:
+            raise ValueError(f"{layer!r}: got input of shape {shape}: {refused_3d}")
+        raise ValueError(f"{layer!r}: expected input of shape "
+                         f"{_expected(channels, refused_3d is None)}, got {shape}"
                          f"{_layout_advice(shape, channels)}")
+
+
+def _shape_4d(layer: Module, shape, channels: int | None = None,
+              refused_3d: str | None = None) -> tuple[int, int, int, int]:
+    shape = tuple(int(s) for s in shape)
+    _check_shape_4d(layer, shape, channels, refused_3d)
     return shape  # type: ignore[return-value]
+
+
+# -- unbatched (C, H, W) input, as PyTorch's 2-D layers take it --------------------------------
+# A layer (or a fused step of fusion.py) whose forward is decorated with _accepts_unbatched runs
+# a (C, H, W) input as the batch of one x[None] and returns the output without the batch axis.
+# It records the unbatched output's shape in its own `_unbatched` (None after a batched
+# forward); its backward, decorated with _unbatched_backward, then takes a gradient of that
+# shape and returns the input gradient unbatched. The values are those of the batched call on
+# x[None], bit for bit, and parameter gradients accumulate as they would for it.
+
+def _ndim(x) -> int | None:
+    try:
+        return np.ndim(x)
+    except (TypeError, ValueError):  # (ragged lists and the like: the forward says why)
+        return None
+
+
+def _name(owner) -> str:
+    """`owner` in a backward's errors: a layer, or the layer a fused step blames for them."""
+    if isinstance(owner, Module):
+        return _one_line(owner)
+    return _one_line(owner.layers[owner._backward_blame])
+
+
+def _input_layer(owner) -> "Module":
+    """The layer that checks `owner`'s input: the layer itself, or a fused step's first."""
+    return owner if isinstance(owner, Module) else owner.layers[0]
+
+
+def _check_unbatched(layer: Module, shape: tuple) -> None:
+    """ValueError unless an unbatched input of `shape` has the layer's in_channels (if it has
+    one) first; a channels-last (H, W, C) image gets the transpose suggested."""
+    channels = getattr(layer, "in_channels", None)
+    if channels is not None and shape[0] != channels:
+        raise ValueError(f"{layer!r}: expected input of shape {_expected(channels)}, got "
+                         f"{tuple(shape)}{_layout_advice(tuple(shape), channels)}")
+
+
+def _accepts_unbatched(forward=None, *, arrays: tuple[str, ...] = (),
+                       output_size: str | None = None):
+    """Decorator of a forward taking (N, C, H, W): it takes one unbatched (C, H, W) image too
+    (see the comment above). arrays: names of further arguments given unbatched alike, which
+    get a batch axis too (MaxUnpool2d's indices); output_size: the name of an argument that
+    gives the output's (H, W), or its whole shape, (C, H, W) for an unbatched input
+    (ConvTranspose2d's, as torch's: 2 or 3 entries then)."""
+    if forward is None:
+        return lambda f: _accepts_unbatched(f, arrays=arrays, output_size=output_size)
+    names = list(inspect.signature(forward).parameters)[1:]  # (after self)
+    extra = (*arrays, output_size) if output_size else arrays
+    where = {name: names.index(name) for name in extra}
+
+    @functools.wraps(forward)
+    def run(self, x, *args, **kwargs):
+        if _ndim(x) != 3:
+            y = forward(self, x, *args, **kwargs)
+            object.__setattr__(self, "_unbatched", None)
+            return y
+        x = np.asarray(x)
+        _check_unbatched(_input_layer(self), x.shape)
+        args, kwargs = [x[None], *args], dict(kwargs)
+        for name in extra:
+            i = where[name]
+            value = args[i] if i < len(args) else kwargs.get(name)
+            if value is None:
+                continue
+            if name == output_size:
+                value = _unbatched_output_size(self, value)
+            else:
+                value = np.asarray(value)
+                if value.ndim != 3:
+                    raise ValueError(f"{_name(self)}: the input {x.shape} is unbatched, so "
+                                     f"{name} must be 3-D too, got shape {value.shape}")
+                value = value[None]
+            if i < len(args):
+                args[i] = value
+            else:
+                kwargs[name] = value
+        y = forward(self, *args, **kwargs)
+        y = tuple(a[0] for a in y) if isinstance(y, tuple) else y[0]
+        object.__setattr__(self, "_unbatched", (y[0] if isinstance(y, tuple) else y).shape)
+        return y
+
+    return run
+
+
+def _unbatched_output_size(owner, value) -> tuple:
+    """An output_size given with an unbatched input: (H, W) as it is, (C, H, W) with a batch
+    of 1 in front; anything else, as in PyTorch, a ValueError."""
+    size = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else None
+    if size is None or len(size) not in (2, 3):
+        raise ValueError(f"{_name(owner)}: for an unbatched (3-D) input, output_size must have "
+                         f"2 or 3 elements (H, W) or (C, H, W), got {value!r}")
+    return size if len(size) == 2 else (1,) + size
+
+
+def _unbatched_backward(backward):
+    """Decorator of the backward of a forward decorated with :func:`_accepts_unbatched`: after
+    an unbatched forward, grad_y has the unbatched output's shape and dL/dx is unbatched."""
+
+    @functools.wraps(backward)
+    def run(self, grad_y, input_grad: bool = True):
+        shape = getattr(self, "_unbatched", None)
+        if shape is None:
+            return backward(self, grad_y, input_grad)
+        g = np.asarray(grad_y)
+        if g.shape != shape:
+            raise ValueError(f"{_name(self)}.backward: grad_y has shape {g.shape}, expected the "
+                             f"output shape {shape} (the last forward's input was unbatched)")
+        gx = backward(self, g[None], input_grad)
+        return None if gx is None else gx[0]
+
+    return run
+
+
+def _shape_accepts_unbatched(output_shape):
+    """Decorator of a layer's output_shape(input_shape) formula for (N, C, H, W): a (C, H, W)
+    input_shape gives the unbatched output shape, as the forward does."""
+
+    @functools.wraps(output_shape)
+    def run(self, input_shape):
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != 3:
+            return output_shape(self, shape)
+        _check_unbatched(self, shape)
+        return tuple(output_shape(self, (1,) + shape))[1:]
+
+    return run
 
 
 def _positive_int(value, name: str, layer: str) -> int:

@@ -87,6 +87,9 @@ class _BatchNorm(Module):
     def _check_shape(self, shape) -> None:
         if len(shape) not in self._ndims or shape[1] != self.num_features:
             advice = _layout_advice(tuple(shape), self.num_features) if len(shape) == 4 else ""
+            if len(shape) == 3 and 4 in self._ndims:  # (torch's BatchNorm2d refuses it too)
+                advice = (f" ({type(self).__name__} takes no unbatched (C, H, W) image, as "
+                          f"PyTorch's: x[None] makes a batch of one)")
             raise ValueError(f"{self!r}: expected input of shape {self._layout.format(C=self.num_features)}, "
                              f"got {tuple(shape)}{advice}")
 

@@ -8,7 +8,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _args
-from .module import Module, _as_input, _check_4d, _shape_4d
+from .module import (Module, _accepts_unbatched, _as_input, _check_4d, _shape_4d,
+                     _shape_accepts_unbatched, _unbatched_backward)
 
 
 class MaxPoolContext(NamedTuple):
@@ -41,6 +42,7 @@ class _Pool2d(Module):
                              f"kernel_size {self.kernel_size}")
         self.ceil_mode = _args.flag(ceil_mode, "ceil_mode", name)
 
+    @_shape_accepts_unbatched
     def output_shape(self, input_shape):
         shape = _shape_4d(self, input_shape)
         geom = _args.pool2d_geometry(shape, self.kernel_size, self.stride, self.padding,
@@ -52,10 +54,11 @@ class _Pool2d(Module):
 
 
 class MaxPool2d(_Pool2d):
-    """Max pooling over (N, C, H, W); stride defaults to kernel_size; padding pads with -inf.
-    Arguments in PyTorch's order; with ``return_indices=True`` forward returns (output,
-    indices), each index the arg-max's flat position in its input plane (H * W), int64, as
-    PyTorch's.
+    """Max pooling over (N, C, H, W) (or one unbatched (C, H, W), as PyTorch's); stride
+    defaults to kernel_size; padding pads with -inf. Arguments in PyTorch's order; with
+    ``return_indices=True`` forward returns (output, indices), each index the arg-max's flat
+    position in its input plane (H * W), int64, as PyTorch's (unbatched for an unbatched
+    input).
 
     Backward routes each output gradient to the arg-max position (indices from the forward).
     """
@@ -67,12 +70,14 @@ class MaxPool2d(_Pool2d):
         self.dilation = _args.positive_pair(dilation, "dilation", "MaxPool2d")
         self.return_indices = _args.flag(return_indices, "return_indices", "MaxPool2d")
 
+    @_accepts_unbatched
     def forward(self, x: np.ndarray):
         y, self._cache = self._forward_ctx(x)
         if self.return_indices:  # (a copy: the backward keeps its own)
             return y, self._cache.indices.astype(np.int64, copy=True)
         return y
 
+    @_unbatched_backward
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
         return self._backward_ctx(self._get_cache(), grad_y)
 
@@ -104,8 +109,8 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
-    """Average pooling over (N, C, H, W); stride defaults to kernel_size; arguments in
-    PyTorch's order.
+    """Average pooling over (N, C, H, W) (or one unbatched (C, H, W), as PyTorch's); stride
+    defaults to kernel_size; arguments in PyTorch's order.
 
     count_include_pad: divide by the full window size (True) or by the number of input pixels
     in the window (False). divisor_override: a non-zero int dividing every window's sum
@@ -119,6 +124,7 @@ class AvgPool2d(_Pool2d):
         self.count_include_pad = _args.flag(count_include_pad, "count_include_pad", "AvgPool2d")
         self.divisor_override = _args.divisor_override(divisor_override, "AvgPool2d")
 
+    @_accepts_unbatched
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _as_input(self, x, None)
         _check_4d(self, x)
@@ -128,6 +134,7 @@ class AvgPool2d(_Pool2d):
         self._cache = (ops, x.shape, y.shape, y.dtype)
         return y
 
+    @_unbatched_backward
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
         ops, x_shape, y_shape, dtype = self._get_cache()
         grad_y = self._check_grad(grad_y, y_shape, dtype)
@@ -147,9 +154,9 @@ class AvgPool2d(_Pool2d):
 
 
 class AdaptiveAvgPool2d(Module):
-    """Average pooling to a fixed output size (N, C, H, W) -> (N, C, OH, OW), whatever the
-    input's size: output row i averages input rows [floor(i H / OH), ceil((i + 1) H / OH)),
-    columns likewise. output_size: an int or a pair, a None entry keeping that input size
+    """Average pooling to a fixed output size (N, C, H, W) -> (N, C, OH, OW) (or unbatched
+    (C, H, W) -> (C, OH, OW), as PyTorch's), whatever the input's size: output row i averages
+    input rows [floor(i H / OH), ceil((i + 1) H / OH)), columns likewise. output_size: an int or a pair, a None entry keeping that input size
     (AdaptiveAvgPool2d(1) is global average pooling)."""
 
     def __init__(self, output_size) -> None:
@@ -157,6 +164,7 @@ class AdaptiveAvgPool2d(Module):
         _args.adaptive_output_size(output_size, "AdaptiveAvgPool2d")
         self.output_size = output_size
 
+    @_accepts_unbatched
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _as_input(self, x, None)
         _check_4d(self, x)
@@ -165,10 +173,12 @@ class AdaptiveAvgPool2d(Module):
         self._cache = (ops, x.shape, y.shape, y.dtype)
         return y
 
+    @_unbatched_backward
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
         ops, x_shape, y_shape, dtype = self._get_cache()
         return ops.adaptive_avg_pool2d_backward(self._check_grad(grad_y, y_shape, dtype), x_shape)
 
+    @_shape_accepts_unbatched
     def output_shape(self, input_shape):
         return _args.adaptive_pool2d_output_shape(_shape_4d(self, input_shape), self.output_size,
                                                   repr(self), "input")
@@ -195,7 +205,9 @@ class MaxUnpool2d(Module):
     MaxPool2d(return_indices=True)'s, flat in each output plane) of an output of zeros, as
     SegNet-style decoders do. Output size: (H - 1) stride - 2 padding + kernel_size per axis
     by default; ``output_size`` (OH, OW) or (N, C, OH, OW) picks one within stride of it (the
-    pooled input's size, where the pooling's floor dropped rows).
+    pooled input's size, where the pooling's floor dropped rows). An unbatched x (C, H, W)
+    takes unbatched indices and gives an unbatched output, as PyTorch's; its output_size is
+    (OH, OW), or 4 entries whose first two are ignored (PyTorch refuses 3 entries here).
 
     It takes two inputs, so, as in PyTorch, it is no layer of a Sequential (which passes one):
     call it from a module's own forward, with the indices of the MaxPool2d it undoes, and its
@@ -217,6 +229,7 @@ class MaxUnpool2d(Module):
                  output_size=None) -> np.ndarray:
         return self.forward(x, indices, output_size)
 
+    @_accepts_unbatched(arrays=("indices",))
     def forward(self, x: np.ndarray, indices: np.ndarray | None = None,
                 output_size=None) -> np.ndarray:
         """Unpool `x` to the positions `indices` (x's shape); see the class docstring."""
@@ -233,10 +246,12 @@ class MaxUnpool2d(Module):
         self._cache = (ops, np.array(indices, dtype=np.int64), y.shape, y.dtype)
         return y
 
+    @_unbatched_backward
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray:
         ops, indices, y_shape, dtype = self._get_cache()
         return ops.max_unpool2d_backward(self._check_grad(grad_y, y_shape, dtype), indices)
 
+    @_shape_accepts_unbatched
     def output_shape(self, input_shape):
         shape = _shape_4d(self, input_shape)
         return shape[:2] + _args.unpool_output_size(shape, self.kernel_size, self.stride,

@@ -10,11 +10,19 @@ from .. import _args
 from .module import Module, _as_input, _check_4d, _shape_4d
 
 
+# (torch.nn.Upsample takes no unbatched image: its interpolate resamples 3-D input as 1-D data)
+_REFUSED_3D = ("PyTorch's Upsample takes 3-D input as 1-D data (N, C, L), which fastconv does "
+               "not implement (it resamples (N, C, H, W)); for one (C, H, W) image use x[None]")
+
+
 class Upsample(Module):
     """Nearest-neighbour resampling of (N, C, H, W) to `size` or by `scale_factor` (give one),
     as torch.nn.Upsample(mode='nearest'), the only mode implemented: output row i copies input
     row min(floor(i / scale_factor), H - 1) (PyTorch's float32 arithmetic). The gradient of an
-    input pixel is the sum of those of the outputs that copy it."""
+    input pixel is the sum of those of the outputs that copy it.
+
+    3-D input is refused (ValueError): PyTorch's Upsample resamples it as 1-D data (N, C, L),
+    which is not implemented here, rather than as one unbatched image."""
 
     def __init__(self, size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
                  recompute_scale_factor=None) -> None:
@@ -47,7 +55,7 @@ class Upsample(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _as_input(self, x, None)
-        _check_4d(self, x)
+        _check_4d(self, x, refused_3d=_REFUSED_3D)
         ops = self._ops()
         y = ops.upsample_nearest2d(x, **self._resampling())
         self._cache = (ops, x.shape, y.shape, y.dtype)
@@ -59,14 +67,15 @@ class Upsample(Module):
                                                **self._resampling())
 
     def output_shape(self, input_shape):
-        return _args.upsample_nearest2d_geometry(_shape_4d(self, input_shape), op=repr(self),
+        return _args.upsample_nearest2d_geometry(_shape_4d(self, input_shape,
+                                                           refused_3d=_REFUSED_3D), op=repr(self),
                                                  name="input", **self._resampling()).output_shape
 
     def _receptive(self, input_shape):
         """(kernel, stride, dilation, padding) per axis for the summary's receptive field: an
         output pixel copies one input pixel, and neighbouring outputs are H / OH input pixels
         apart on average (a fraction when upsampling)."""
-        shape = _shape_4d(self, input_shape)
+        shape = _shape_4d(self, input_shape, refused_3d=_REFUSED_3D)
         out = self.output_shape(shape)
         return (1, 1), tuple(Fraction(n, o) for n, o in zip(shape[2:], out[2:])), (1, 1), (0, 0)
 

@@ -148,7 +148,7 @@ BAD_CALLS = [
     (lambda m: m.conv_transpose2d(X, W, np.ones(4)), ValueError,
      r"bias must have shape \(3,\) to match weight \(4, 3, 3, 3\), got \(4,\)"),
     (lambda m: m.conv_transpose2d(X, W, groups=2, bias=np.ones(3)), ValueError, r"bias must have shape \(6,\)"),
-    (lambda m: m.conv_transpose2d(X[0], W), ValueError, r"x must be 4-D.*\(4, 5, 5\)"),
+    (lambda m: m.conv_transpose2d(X[0, 0], W), ValueError, r"x must be 4-D.*\(5, 5\)"),
     (lambda m: m.conv_transpose2d(X, W[0]), ValueError, r"weight must be 4-D \(C_in, C_out/groups, kH, kW\)"),
     (lambda m: m.conv_transpose2d(X, np.ones((4, 0, 3, 3))), ValueError, "weight has an empty dimension"),
     (lambda m: m.conv_transpose2d_backward(np.ones((1, 3, 6, 6)), X, W), ValueError,

@@ -133,7 +133,7 @@ BAD_CALLS = [
      "indices must be an integer array, got dtype float64"),
     (lambda m: m.max_unpool2d(X, I[..., :1], 2), ValueError,
      r"indices shape \(1, 2, 2, 1\) must equal x shape \(1, 2, 2, 2\)"),
-    (lambda m: m.max_unpool2d(X[0], I[0], 2), ValueError, r"x must be 4-D \(N, C, H, W\)"),
+    (lambda m: m.max_unpool2d(X[0, 0], I[0, 0], 2), ValueError, r"x must be 4-D \(N, C, H, W\)"),
     (lambda m: m.max_unpool2d(X, I, 2, output_size=(6, 6)), ValueError,
      r"invalid output_size \(6, 6\) \(dim 0 must be between 2 and 6, exclusive"),
     (lambda m: m.max_unpool2d(X, I, 2, output_size=(1, 1, 1, 4, 4)), ValueError,
@@ -191,9 +191,9 @@ def test_layer_checks_shape_and_place_in_containers():
     layer = nn.MaxUnpool2d(3, 2, 1)
     assert layer.output_shape((4, 3, 5, 6)) == (4, 3, 9, 11)
     assert layer.state_dict() == {} and layer.dtype is None
-    with pytest.raises(ValueError, match=r"MaxUnpool2d.*expected input of shape \(N, C, H, W\), "
-                                         r"got \(3, 5, 6\)"):
-        layer(np.zeros((3, 5, 6)), np.zeros((3, 5, 6), np.int64))
+    with pytest.raises(ValueError, match=r"MaxUnpool2d.*expected input of shape \(N, C, H, W\) or "
+                                         r"\(C, H, W\), got \(5, 6\)"):
+        layer(np.zeros((5, 6)), np.zeros((5, 6), np.int64))
     with pytest.raises(ValueError, match=r"MaxUnpool2d: padding must be non-negative"):
         nn.MaxUnpool2d(2, padding=-1)
     with pytest.raises(RuntimeError, match="backward called before forward"):

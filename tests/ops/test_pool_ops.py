@@ -112,7 +112,7 @@ BAD_CALLS = [
     (lambda m: m.adaptive_avg_pool2d(np.ones((1, 1, 4, 4)), (True, 3)), TypeError, "output_size"),
     (lambda m: m.adaptive_avg_pool2d(np.ones((1, 1, 4, 4)), (1, 2, 3)), TypeError, "output_size"),
     (lambda m: m.adaptive_avg_pool2d(np.ones((1, 1, 4, 4)), None), TypeError, "output_size"),
-    (lambda m: m.adaptive_avg_pool2d(np.ones((1, 4, 4)), 2), ValueError, r"x must be 4-D.*\(1, 4, 4\)"),
+    (lambda m: m.adaptive_avg_pool2d(np.ones((4, 4)), 2), ValueError, r"x must be 4-D.*\(4, 4\)"),
     (lambda m: m.adaptive_avg_pool2d(np.ones((1, 1, 0, 4)), 2), ValueError,
      r"x of shape \(1, 1, 0, 4\) has empty planes"),
     (lambda m: m.adaptive_avg_pool2d(np.ones((1, 1, 4, 4), complex), 2), TypeError, "real numbers"),
@@ -122,8 +122,11 @@ BAD_CALLS = [
      "input_shape of shape .* has empty planes"),
     (lambda m: m.adaptive_avg_pool2d_backward(np.ones((1, 1, 2)), (1, 1, 4, 4)), ValueError,
      "grad_y must be 4-D"),
-    (lambda m: m.adaptive_avg_pool2d_backward(np.ones((1, 1, 2, 2)), (1, 1, 4)), ValueError,
+    (lambda m: m.adaptive_avg_pool2d_backward(np.ones((1, 1, 2, 2)), (1, 4)), ValueError,
      "input_shape must be a sequence of 4"),
+    (lambda m: m.adaptive_avg_pool2d_backward(np.ones((1, 1, 2, 2)), (1, 1, 4)), ValueError,
+     r"input_shape is unbatched \(shape \(1, 1, 4\)\), so grad_y must be 3-D too, got shape "
+     r"\(1, 1, 2, 2\)"),
 ]
 
 
@@ -156,12 +159,13 @@ def test_layer_repr_shape_and_errors(torch):
         assert repr(nn.AdaptiveAvgPool2d(output_size)) == repr(torch.nn.AdaptiveAvgPool2d(output_size))
     layer = nn.AdaptiveAvgPool2d((None, 3))
     assert layer.output_shape((4, 2, 7, 9)) == (4, 2, 7, 3)
-    with pytest.raises(ValueError, match=r"expected input of shape \(N, C, H, W\)"):
-        layer.output_shape((2, 7, 9))
+    assert layer.output_shape((2, 7, 9)) == (2, 7, 3)                  # unbatched
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, C, H, W\) or \(C, H, W\)"):
+        layer.output_shape((7, 9))
     with pytest.raises(ValueError, match="AdaptiveAvgPool2d: output_size must be >= 0"):
         nn.AdaptiveAvgPool2d(-2)
-    with pytest.raises(ValueError, match=r"expected input of shape \(N, C, H, W\)"):
-        layer(np.ones((2, 7, 9)))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, C, H, W\) or \(C, H, W\)"):
+        layer(np.ones((7, 9)))
     y = layer(np.ones((1, 2, 4, 6), np.float64))
     assert y.dtype == np.float64
     with pytest.raises(ValueError, match="grad_y has shape"):
