@@ -16,6 +16,7 @@ import pytest
 from fastconv import checkpoint as ck
 from fastconv import models, nn, optim
 from fastconv.cli import predict as P
+from fastconv.export import to_torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "export"))
 from numerics import randomize_norms  # noqa: E402
@@ -416,3 +417,39 @@ def test_onnx_scalar_constants_are_scalars(ort, tmp_path):
                     input_shape=(1, 2, 3, 3))
     dims = {t.name: list(t.dims) for t in proto.graph.initializer}
     assert dims["0/value"] == dims["1/min"] == dims["1/max"] == []
+
+
+# -- fixes in fastconv.nn found by this audit ------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["abc", None, 5, (3, 32.7, 32), (True, 3, 3), (3, 0, 32), ()])
+def test_summary_refuses_input_shapes_that_are_not_positive_ints(bad):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.raises(ValueError, match="summary: input_shape must be a tuple of positive ints"):
+        model.summary(bad, print_fn=lambda s: None)
+
+
+@pytest.mark.parametrize("make,size", [
+    (lambda: nn.ReflectionPad2d(4), 4), (lambda: nn.CircularPad2d(5), 4),
+    (lambda: nn.Conv2d(3, 4, 3, padding=4, padding_mode="reflect"), 4),
+    (lambda: nn.Conv2d(3, 4, 3, padding=5, padding_mode="circular"), 4)])
+def test_output_shape_refuses_paddings_that_forward_refuses(torch, make, size):
+    """output_shape (summary, to_onnx) must not accept an input forward refuses (torch too)."""
+    layer = make()
+    x = np.zeros((1, 3, size, size), np.float32)
+    with pytest.raises(ValueError, match="padding"):
+        layer(x)
+    with pytest.raises(ValueError, match="padding"):
+        layer.output_shape(x.shape)
+    with pytest.raises((RuntimeError, ValueError, NotImplementedError)):
+        to_torch(layer)(torch.from_numpy(x))
+    assert layer.output_shape((1, 3, size + 2, size + 2))  # one pixel more: both accept
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_load_state_dict_takes_half_precision_torch_tensors(torch, dtype):
+    """torch loads a bfloat16 state into a float32 model (copy_ casts); fastconv does too."""
+    tm = torch.nn.Conv2d(3, 4, 3).to(getattr(torch, dtype))
+    m = nn.Conv2d(3, 4, 3)
+    m.load_state_dict(tm.state_dict())
+    assert m.weight.data.dtype == np.float32
+    np.testing.assert_array_equal(m.weight.data, tm.weight.detach().float().numpy())

@@ -235,6 +235,9 @@ class Conv2d(_ConvLayer):
     @_shape_accepts_unbatched
     def output_shape(self, input_shape):
         shape = _shape_4d(self, input_shape, self.in_channels)
+        if self.padding_mode != "zeros":  # forward pads first: its checks (reflect: pad < size)
+            _args.pad_geometry(shape, self._mode_pad(), _PADDING_MODES[self.padding_mode],
+                               repr(self))
         geom = _args.conv2d_geometry(shape, self.weight.data.shape, self.stride, self.padding,
                                      self.dilation, self.groups, op=repr(self))
         return geom.output_shape

@@ -543,7 +543,10 @@ class Module:
                 continue
             value = state_dict[key]
             if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-                value = value.detach().cpu().numpy()
+                value = value.detach().cpu()
+                if value.is_floating_point() and value.element_size() < 4:
+                    value = value.float()  # bfloat16 / float16: NumPy has no bfloat16
+                value = value.numpy()
             value = np.asarray(value)
             target = m._parameters[name].data if kind == "param" else m._buffers[name]
             if value.dtype.kind not in "biuf":

@@ -7,6 +7,7 @@ import numbers
 
 import numpy as np
 
+from .. import _args
 from .module import Module, _as_input
 
 
@@ -54,7 +55,14 @@ class _Pad2d(Module):
                                 self.mode)
 
     def output_shape(self, input_shape):
-        *lead, h, w = (int(s) for s in input_shape)
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) not in (3, 4):
+            raise ValueError(f"{self!r}: input must be (N, C, H, W) or (C, H, W), got shape "
+                             f"{shape}")
+        # forward's checks (reflect: pad < size; circular: pad <= size), so a summary or an
+        # export refuses the shapes forward refuses
+        _args.pad_geometry(shape, self.padding, self.mode, repr(self))
+        *lead, h, w = shape
         left, right, top, bottom = self.padding
         return (*lead, h + top + bottom, w + left + right)
 

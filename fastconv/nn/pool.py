@@ -243,6 +243,8 @@ class MaxUnpool2d(Module):
         ops = self._ops()
         y = ops.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding,
                              output_size)
+        # a copy even of int64 indices: backward reads them, and the caller's array could
+        # change before it (NumPy has no version counter; torch's autograd would raise)
         self._cache = (ops, np.array(indices, dtype=np.int64), y.shape, y.dtype)
         return y
 

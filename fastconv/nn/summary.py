@@ -13,8 +13,11 @@ branches join (Residual, Concat), the output's field is the larger one, per axis
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
 
 from .linear import Flatten, Linear
 from .module import Module
@@ -120,6 +123,12 @@ def join_fields(fields):
 
 def summarize(module: Module, input_shape, print_fn: Callable[[str], None] | None) -> ModelSummary:
     """See :meth:`Module.summary`."""
+    ok = isinstance(input_shape, (tuple, list)) and len(input_shape) >= 1 and all(
+        isinstance(n, (numbers.Integral, np.integer)) and not isinstance(n, (bool, np.bool_))
+        and n >= 1 for n in input_shape)
+    if not ok:
+        raise ValueError(f"summary: input_shape must be a tuple of positive ints, one sample's "
+                         f"(C, H, W) or a batch's (N, C, H, W), got {input_shape!r}")
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) == 4:
         batch, shape = input_shape[0], input_shape
