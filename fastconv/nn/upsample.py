@@ -18,8 +18,10 @@ _REFUSED_3D = ("PyTorch's Upsample takes 3-D input as 1-D data (N, C, L), which 
 class Upsample(Module):
     """Nearest-neighbour resampling of (N, C, H, W) to `size` or by `scale_factor` (give one),
     as torch.nn.Upsample(mode='nearest'), the only mode implemented: output row i copies input
-    row min(floor(i / scale_factor), H - 1) (PyTorch's float32 arithmetic). The gradient of an
-    input pixel is the sum of those of the outputs that copy it.
+    row min(floor(i / scale_factor), H - 1) (PyTorch's float32 arithmetic, for float64 too;
+    PyTorch 2.13 uses double for float64 on some shapes, which can pick the next pixel where
+    i / scale_factor is a whole number that float32 rounds down). The gradient of an input
+    pixel is the sum of those of the outputs that copy it.
 
     3-D input is refused (ValueError): PyTorch's Upsample resamples it as 1-D data (N, C, L),
     which is not implemented here, rather than as one unbatched image."""
