@@ -20,7 +20,7 @@ def pytest_addoption(parser):
                     help="force this conv algorithm (a name of _core.conv_algorithms()) in "
                          "every test, wherever it applies")
     group.addoption("--fuzz-scale", type=float, default=1.0,
-                    help="multiply the fuzz tests' case counts (tests/test_fuzz.py) by this")
+                    help="multiply the fuzz tests' case counts (tests/kernels/test_fuzz.py) by this")
 
 
 def pytest_configure(config):

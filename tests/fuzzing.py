@@ -2,7 +2,7 @@
 conv2d in bfloat16 on every bf16 path, NaN/inf values, non-contiguous layouts; fast against
 the NumPy reference) and extreme geometry (strides, paddings, dilations and sizes up to
 2**31 - 1; a result equal to an independent answer, a ValueError or a MemoryError, never a
-crash), shared by tests/test_fuzz.py (seeded and bounded, in the suite) and tools/fuzz.py
+crash), shared by tests/kernels/test_fuzz.py (seeded and bounded, in the suite) and tools/fuzz.py
 (longer runs).
 
 Every case is drawn from np.random.default_rng([FUZZER_ID, seed, index]), so a failure names

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1000,
                         help="cases are drawn from (fuzzer, seed, index); the suite uses 15")
     parser.add_argument("--scale", type=float, default=10.0,
-                        help="cases per fuzzer: this times the suite's (tests/test_fuzz.py)")
+                        help="cases per fuzzer: this times the suite's (tests/kernels/test_fuzz.py)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop each fuzzer after its share of this many minutes")
     parser.add_argument("--fuzzers", nargs="+", choices=sorted(fuzzing.FUZZERS),

@@ -63,14 +63,17 @@ fi
 # test_functional.py the kernels the fuzzers do not call (GEMM, Linear, batch norm, ReLU,
 # im2col, the register tiles' edges, thread counts) and the fused optimiser updates
 # (test_functional.py whole: several times longer).
-"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_fuzz.py --fuzz-scale 0.25 \
-  tests/test_core_bindings.py tests/test_conv_dispatch.py tests/test_gemm_blocks.py tests/ops \
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/kernels/test_fuzz.py --fuzz-scale 0.25 \
+  tests/kernels/test_core_bindings.py tests/kernels/test_conv_dispatch.py \
+  tests/kernels/test_gemm_blocks.py tests/ops \
+  --ignore=tests/ops/test_functional.py --ignore=tests/ops/test_reference.py \
+  --ignore=tests/ops/test_input_checks.py --ignore=tests/ops/test_backend.py \
   tests/precision/test_bf16_gemm.py tests/precision/test_bf16_rounding.py
 # The block cache behind every kernel's scratch and fastconv.memory.recycling (not its
 # airbench94 steps: minutes under the sanitizers; the kernels above already ran on the cache).
-"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_memory.py -k "not airbench94"
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/kernels/test_memory.py -k "not airbench94"
 kernels="gemm or linear_matches_reference or batch_norm_train_matches"
 kernels+=" or batch_norm_train_fused_relu_is or relu_matches or im2col_col2im_match_reference"
 kernels+=" or tile_edge or does_not_depend_on_thread or fused_update_matches"
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_functional.py \
-  tests/test_optim.py::test_fused_update_matches_numpy_update -k "$kernels"
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/ops/test_functional.py \
+  tests/training/test_optim.py::test_fused_update_matches_numpy_update -k "$kernels"

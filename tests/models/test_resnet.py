@@ -173,7 +173,7 @@ def decided_oracle(torch, model, tmodel, x):
     on input x (by mask), and whose max pools pick the entries fastconv's picked (by index:
     fastconv's indices are PyTorch's, flat positions in H x W), each found by module path
     (the same in both trees). fastconv's decisions come from a copy of `model` run layer by
-    layer (fused runs are bit-identical, tests/test_fusion.py)."""
+    layer (fused runs are bit-identical, tests/nn/test_fusion.py)."""
 
     class DecidedReLU(torch.nn.Module):
         def __init__(self, mask):

@@ -673,7 +673,7 @@ def test_loader_takes_any_inputs_and_real_targets():
 def _real_data_dir() -> Path | None:
     env = os.environ.get("FASTCONV_DATA")
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "data")
     for c in candidates:
         if D.find_cifar10(c) is not None:
             return c

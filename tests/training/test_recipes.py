@@ -171,7 +171,7 @@ def test_tta_matches_airbench_infer(torch, rng):
     from pathlib import Path
 
     from fastconv.export import to_torch
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     try:
         import airbench_torch as port
     finally:

@@ -24,7 +24,7 @@ from fastconv import checkpoint as C
 from fastconv.cli import train as T
 from fastconv.training.distributed import find_mpiexec, mpi_missing
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: mpi_programs.py, thread_comm.py
 PROGRAMS = HERE / "mpi_programs.py"
 REPO = Path(fastconv.__file__).resolve().parents[1]
 #: Limit of one mpiexec run (a few seconds each here): a hang fails, never stalls the suite.

@@ -64,7 +64,7 @@ def test_channels_last_through_a_model_and_one_image():
         model(np.zeros((32, 32, 3), np.float32))
     # One (C, H, W) image runs unbatched through the convolutions and poolings, as in PyTorch,
     # up to Flatten, which then flattens (16, 5, 5) to (16, 25): Linear(400, ...) refuses it,
-    # as torch's twin does (tests/test_unbatched.py runs whole unbatched models).
+    # as torch's twin does (tests/nn/test_unbatched.py runs whole unbatched models).
     with pytest.raises(ValueError, match=r"layer 7 of Sequential: Linear.*got \(16, 25\)"):
         model(np.zeros((3, 32, 32), np.float32))
     with pytest.raises(ValueError, match=r"x.transpose\(0, 3, 1, 2\)"):
