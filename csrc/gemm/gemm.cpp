@@ -348,6 +348,26 @@ void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* c
     fast(M, N, K, a, b, C, ldc, accumulate);
     return;
   }
+  if constexpr (std::is_same_v<T, float>) {
+    // The emulated bf16 path gives float32's bits on rounded operands (gemm_bf16.h), so where
+    // float32 takes the dot kernel it does too, on rounded copies of the rows.
+    const NtRowsFn<float> dot = gemm_config<float>().nt_rows;
+    if (bf16 && use_dot && dot && bf16_gemm_config().path == Bf16Path::emulated) {
+      std::vector<float> copy(checked_mul(checked_add(M, N), K));
+      std::vector<const float*> ra(M), rb(N);
+      const auto round_rows = [&](const float* const* rows, index_t n, float* dst,
+                                  std::vector<const float*>& out) {
+        for (index_t i = 0; i < n; ++i, dst += K) {
+          for (index_t p = 0; p < K; ++p) dst[p] = round_to_bf16(rows[i][p]);
+          out[i] = dst;
+        }
+      };
+      round_rows(a, M, copy.data(), ra);
+      round_rows(b, N, copy.data() + M * K, rb);
+      dot(M, N, K, ra.data(), rb.data(), C, ldc, accumulate);
+      return;
+    }
+  }
   // Rows at a common stride pack faster as strided operands (no pointer chasing).
   const auto uniform = [K](const T* const* rows, index_t n, index_t& stride) {
     stride = n > 1 ? rows[1] - rows[0] : K;

@@ -240,7 +240,8 @@ void gemm_parallel(index_t M, index_t N, index_t K, const T* A, index_t a_rs, in
 // contiguous rows (the output positions), and the rows of the column matrix are runs of the
 // padded image. use_dot=false (or no dot kernel): the packed GEMM, better when K is short and
 // M*N large (the dot form pays one horizontal reduction per result).
-// bf16 (float only): operands rounded to bfloat16, the packed bf16 GEMM (gemm_bf16.h).
+// bf16 (float only): operands rounded to bfloat16, the packed bf16 GEMM (gemm_bf16.h); on the
+// emulated bf16 path, where float32 takes the dot kernel, that kernel on rounded row copies.
 template <typename T>
 void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a_rows, const T* const* b_rows,
                   T* C, index_t ldc, bool accumulate, bool use_dot = true,

@@ -108,12 +108,26 @@ def test_nan_and_inf_as_torch(torch, op, dtype):
     big = np.finfo(dtype).max
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, big, -big, 1e-40, -20.0,
                   20.0, -100.0, 100.0], dtype)
+    want = _torch_values_and_grads(torch, name, kwargs, x)
+    if name == "gelu" and kwargs.get("approximate", "none") == "none" and dtype == np.float32:
+        # torch's vectorised float32 GELU (erf form) depends on the CPU at the top of the
+        # range: its AVX-512 kernel gives NaN at +inf and inf at 3e38 (x * (1 + erf(x/sqrt 2))
+        # overflows), its AVX2 kernel inf and 3e38. fastconv gives the latter, which is torch's
+        # float64 result rounded to float32: that is the oracle where the two differ.
+        exact = _torch_values_and_grads(torch, name, kwargs, x.astype(np.float64))[0]
+        exact = exact.astype(np.float32)
+        quirk = ~np.isfinite(want[0]) & (want[0] != exact)
+        want[0][quirk] = exact[quirk]
+    for impl, (fwd, bwd) in (("fast", fast), ("reference", ref)):
+        assert_same_nonfinite(fwd(x), want[0], f"{impl} {name} forward")
+        assert_same_nonfinite(bwd(np.ones_like(x), x), want[1], f"{impl} {name} backward")
+
+
+def _torch_values_and_grads(torch, name, kwargs, x):
     tx = torch.tensor(x, requires_grad=True)
     ty = torch_fn(torch, name, kwargs)(tx)
     ty.backward(torch.ones_like(tx))
-    for impl, (fwd, bwd) in (("fast", fast), ("reference", ref)):
-        assert_same_nonfinite(fwd(x), ty.detach().numpy(), f"{impl} {name} forward")
-        assert_same_nonfinite(bwd(np.ones_like(x), x), tx.grad.numpy(), f"{impl} {name} backward")
+    return ty.detach().numpy().copy(), tx.grad.numpy().copy()
 
 
 @pytest.mark.parametrize("op", OPS, ids=OP_IDS)
