@@ -49,22 +49,18 @@ def conv_gflop(batch: int) -> float:
     return flops / 1e9
 
 
-def make_steps(torch, batch: int):
-    """{impl: step()} from the same weights and batch; each step returns its loss."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(0, 10, batch)
+def fastconv_step_fn(x, y, batch: int, precision: str = "f32"):
+    """fastconv's airbench94 step (model, optimiser, schedule of its own) on the batch x, y;
+    returns (step, model)."""
     model = models.airbench94(seed=0)
     models.init_whitening_conv(model[0], x)
-    import airbench_torch as port
-
-    state = port.torch_state(model)
+    model.to(precision=precision)
     hyp = Airbench94(batch_size=batch)
     opt = airbench94_optimizer(model, hyp)
     sched = airbench94_schedule(opt, TOTAL_STEPS, hyp)
     crit = CrossEntropyLoss(label_smoothing=hyp.label_smoothing, reduction="sum")
 
-    def fastconv_step() -> float:
+    def step() -> float:
         model.zero_grad()
         value = crit.forward(model.forward(x), y)
         model.backward(crit.backward(), input_grad=False)
@@ -72,20 +68,46 @@ def make_steps(torch, batch: int):
         sched.step()
         return value
 
+    return step, model
+
+
+def torch_step_fn(torch, model, x, y, batch: int, channels_last: bool, bf16: bool = False):
+    """airbench's own step in PyTorch from fastconv model's weights (under bf16 autocast with
+    bf16=True)."""
+    import airbench_torch as port
+
+    net = port.make_net(channels_last=channels_last)
+    net.load_state_dict(port.torch_state(model))
+    net.train()
+    xt = torch.from_numpy(x)
+    if channels_last:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    yt = torch.from_numpy(y)
+    topt = port.make_optimizer(net, batch)
+    tsched = torch.optim.lr_scheduler.LambdaLR(topt, lambda s: port.lr_factor(s, TOTAL_STEPS))
+    tcrit = port.loss_fn()
+
+    def step() -> float:
+        if not bf16:
+            return port.train_step(net, topt, tsched, xt, yt, tcrit)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return port.train_step(net, topt, tsched, xt, yt, tcrit)
+
+    return step
+
+
+def fixed_batch(batch: int):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((batch, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, batch)
+
+
+def make_steps(torch, batch: int):
+    """{impl: step()} from the same weights and batch; each step returns its loss."""
+    x, y = fixed_batch(batch)
+    fastconv_step, model = fastconv_step_fn(x, y, batch)
     steps = {"fastconv": fastconv_step}
     for impl, channels_last in (("torch", False), ("torch_channels_last", True)):
-        net = port.make_net(channels_last=channels_last)
-        net.load_state_dict(state)
-        net.train()
-        xt = torch.from_numpy(x)
-        if channels_last:
-            xt = xt.contiguous(memory_format=torch.channels_last)
-        yt = torch.from_numpy(y)
-        topt = port.make_optimizer(net, batch)
-        tsched = torch.optim.lr_scheduler.LambdaLR(topt, lambda s: port.lr_factor(s, TOTAL_STEPS))
-        tcrit = port.loss_fn()
-        steps[impl] = (lambda net=net, topt=topt, tsched=tsched, xt=xt, tcrit=tcrit:
-                       port.train_step(net, topt, tsched, xt, yt, tcrit))
+        steps[impl] = torch_step_fn(torch, model, x, y, batch, channels_last)
     return steps
 
 
@@ -123,3 +145,49 @@ def test_airbench94_step_interleaved_with_torch(benchmark, request):
         gflop_per_s={impl: gflop / m for impl, m in med.items()},
         ratio_median={impl: statistics.median(r) for impl, r in ratios.items()},
         first_losses=first)
+
+
+BF16_IMPLS = ("fastconv_f32", "fastconv_bf16", "torch_bf16_channels_last")
+
+
+def test_airbench94_bf16_step_interleaved(benchmark, request):
+    """The step in bf16 mode against fastconv's float32 step and PyTorch's bf16 autocast step
+    (channels_last), interleaved round by round, with the bf16 path that ran: the recipe's
+    speed in bf16 on this CPU (issue 17's targets)."""
+    import fastconv
+
+    torch = request.getfixturevalue("torch_or_skip")
+    batch = UNTIMED_BATCH * 4 if benchmark.disabled else BATCH
+    rounds = 1 if benchmark.disabled else ROUNDS
+    x, y = fixed_batch(batch)
+    f32_step, model = fastconv_step_fn(x, y, batch)
+    bf16_step, _ = fastconv_step_fn(x, y, batch, "bf16")
+    steps = {"fastconv_f32": f32_step, "fastconv_bf16": bf16_step,
+             "torch_bf16_channels_last": torch_step_fn(torch, model, x, y, batch, True, True)}
+    first: dict[str, float] = {}
+
+    def recording(impl: str):
+        def call() -> float:
+            loss = steps[impl]()
+            first.setdefault(impl, loss)
+            return loss
+        return call
+
+    benchmark.group = f"train airbench94 step (batch {batch}), bf16 mode"
+    with memory.recycling():
+        times = run_interleaved(benchmark, {k: recording(k) for k in BF16_IMPLS}, rounds)
+    # bf16 operands: the first losses agree to bf16's rounding, not float32's.
+    for impl in BF16_IMPLS[1:]:
+        np.testing.assert_allclose(first[impl], first["fastconv_f32"], rtol=2e-2,
+                                   err_msg=f"{impl}: the first step's loss")
+    med = {impl: statistics.median(t) for impl, t in times.items()}
+    info = fastconv.build_info()
+    benchmark.extra_info.update(
+        kind="airbench94_bf16", model="airbench94", images=batch, rounds=rounds,
+        bf16_path=fastconv.simd_level("bf16"), cpu_model=info["cpu"]["model_name"],
+        cpu_flags=" ".join(info["cpu"]["features"]), median_s=med, times_s=times,
+        first_losses=first,
+        speedup_bf16_over_f32=statistics.median(
+            [f / b for f, b in zip(times["fastconv_f32"], times["fastconv_bf16"])]),
+        speedup_bf16_over_torch_bf16=statistics.median(
+            [t / b for b, t in zip(times["fastconv_bf16"], times["torch_bf16_channels_last"])]))

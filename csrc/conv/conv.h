@@ -57,8 +57,10 @@ enum class ConvPass { forward, backward_input, backward_weight };
 // float32.
 // In bf16 mode the GEMMs (wide, im2col) round their operands while packing them and run on the
 // bf16 GEMM's path (gemm_bf16.h); the others get rounded copies of their operands and run
-// their float32 kernels. Where a bf16 GEMM kernel runs (not the emulated path), only the
-// GEMMs are chosen, unless another algorithm is forced: the others have no bf16 kernels.
+// their float32 kernels. Where a bf16 GEMM kernel runs (not the emulated path), the others
+// are chosen (unless forced) only where they gain more over the GEMMs than that kernel gains
+// in rate: with AVX512_BF16 Winograd and the few-channel weight gradient, with AMX none
+// (conv/dispatch.cpp).
 enum class ConvAlgorithm { subsampled, winograd4, winograd, direct_nchw, direct, wide, im2col };
 const char* conv_algorithm_name(ConvAlgorithm algorithm);
 

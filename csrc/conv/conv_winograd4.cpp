@@ -270,7 +270,9 @@ bool use_winograd4(const ConvShape& s, DirectPass pass, bool forced) {
   // benchmark's batch one whose top two differ by 6.5e-7 moved vgg_small's one-step update
   // 1.2e-2 (of the largest change) from float64, against 1.4e-4 with F(2x2) forwards.
   // The gradients (of grad_y, mean-free behind a BatchNorm; of the weights) stay there.
-  if (pass == DirectPass::forward) return false;
+  // In bf16 mode the forward too: rounding the operands to bf16 (2^-9 relative each) puts
+  // errors some 100x larger than F(4x4)'s into every output, whatever the algorithm.
+  if (pass == DirectPass::forward && s.precision != Precision::bf16) return false;
   // As F(2x2), at least 16 channels each way (F(4x4) measured 1.2-1.5x faster from 16).
   if (s.Cg() < 16 || s.Fg() < 16) return false;
   // The 36 x Cg x Fpad transformed kernels (forward, input gradient: read whole per chunk of

@@ -283,6 +283,18 @@ struct ConvEntry {
   // A GEMM of gemm.h: in bf16 mode its packing rounds the operands and the bf16 GEMM
   // multiplies them; the other algorithms get rounded copies (see conv.h).
   bool bf16_gemm;
+  // The other algorithms: per pass (forward, input gradient, weight gradient), how much
+  // faster than the GEMMs they are where their heuristics take a shape, at equal multiply
+  // rates. In bf16 mode one is chosen only where that is at least the bf16 GEMM kernel's
+  // multiply rate over float32's (Bf16Kernel::multiply_rate). Winograd: its fewer
+  // multiplies (F(4x4, 3x3): 144 / 36 = 4; F(2x2, 3x3): 36 / 16 = 2.25). The few-channel
+  // tiles' weight gradient: the GEMMs' form of it is a tiny F x C*k*k product over long
+  // rows, which the bf16 GEMM runs packed, without float32's dot kernel. Measured on the AMD
+  // EPYC Zen 4 (vdpbf16ps, 2x): on rounded copies both Winograds 1.1-2.2x faster than the bf16
+  // GEMMs on airbench94's 3x3 layers, every pass; the few-channel tiles 2.3-3.4x in the weight
+  // gradient of 3-channel first layers, even with the GEMMs elsewhere. With AMX (16x) only
+  // the GEMMs.
+  double speedup[3];
   bool (*takes)(const ConvShape& s, ConvPass pass, bool forced);
   ConvPasses<float> f32;
   ConvPasses<double> f64;  // the direct kernels are float32 only
@@ -294,30 +306,32 @@ struct ConvEntry {
 // tiles for the first layers, the channels-last tiles for many channels, then the GEMMs:
 // wide rows where their junk columns cost little, im2col everywhere else.
 constexpr ConvEntry kConvTable[] = {
-    {ConvAlgorithm::subsampled, "subsampled", true, false, false, false, &takes_subsampled,
-     subsampled_passes<float>, subsampled_passes<double>},
-    {ConvAlgorithm::winograd4, "winograd4", true, false, true, false, &takes_winograd4,
+    {ConvAlgorithm::subsampled, "subsampled", true, false, false, false, {1, 1, 1},
+     &takes_subsampled, subsampled_passes<float>, subsampled_passes<double>},
+    {ConvAlgorithm::winograd4, "winograd4", true, false, true, false, {4, 4, 4}, &takes_winograd4,
      {&winograd4_forward, &conv2d_backward_input_winograd4, &conv2d_backward_weight_winograd4,
       &winograd4_forward_pool, nullptr},
      {}},
-    {ConvAlgorithm::winograd, "winograd", true, false, true, false, &takes_winograd,
+    {ConvAlgorithm::winograd, "winograd", true, false, true, false, {2.25, 2.25, 2.25},
+     &takes_winograd,
      {&winograd_forward, &conv2d_backward_input_winograd, &conv2d_backward_weight_winograd,
       &winograd_forward_pool, nullptr},
      {}},
-    {ConvAlgorithm::direct_nchw, "direct_nchw", true, false, true, false, &takes_direct_nchw,
+    {ConvAlgorithm::direct_nchw, "direct_nchw", true, false, true, false, {1, 1, 3},
+     &takes_direct_nchw,
      {&direct_nchw_forward, &always<&conv2d_backward_input_small_channels>,
       &always<static_cast<void (*)(const ConvShape&, const float*, const float*, float*)>(
           &conv2d_backward_weight_small_channels)>,
       &direct_nchw_forward_pool, &direct_nchw_weight_through_pool},
      {}},
-    {ConvAlgorithm::direct, "direct", false, false, true, false, &takes_direct,
+    {ConvAlgorithm::direct, "direct", false, false, true, false, {1, 1, 1}, &takes_direct,
      {&always<&conv2d_forward_direct>, &always<&conv2d_backward_input_direct>,
       &always<&conv2d_backward_weight_direct>},
      {}},
-    {ConvAlgorithm::wide, "wide", false, false, true, true, &takes_wide, wide_passes<float>,
-     wide_passes<double>},
-    {ConvAlgorithm::im2col, "im2col", false, true, false, true, &takes_every_shape, im2col_passes<float>,
-     im2col_passes<double>},
+    {ConvAlgorithm::wide, "wide", false, false, true, true, {1, 1, 1}, &takes_wide,
+     wide_passes<float>, wide_passes<double>},
+    {ConvAlgorithm::im2col, "im2col", false, true, false, true, {1, 1, 1},
+     &takes_every_shape, im2col_passes<float>, im2col_passes<double>},
 };
 constexpr int kConvEntries = sizeof(kConvTable) / sizeof(kConvTable[0]);
 
@@ -351,8 +365,8 @@ bool applies(int i, const ConvShape& s, ConvPass pass, bool nonfinite_weights) {
   if (forced == i) return e.takes(s, pass, true);
   if (forced >= 0 && (i < forced || e.specialist)) return false;
   if (s.precision == Precision::bf16 && !e.bf16_gemm &&
-      selected_bf16_path() != Bf16Path::emulated)
-    return false;  // a bf16 GEMM kernel runs: the GEMMs (see conv.h)
+      e.speedup[static_cast<int>(pass)] < bf16_gemm_config().multiply_rate)
+    return false;  // the bf16 GEMMs are faster (see ConvEntry::speedup)
   return e.takes(s, pass, false);
 }
 

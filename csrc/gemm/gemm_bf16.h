@@ -48,6 +48,10 @@ struct Bf16Kernel {
   // release the tiles), or null.
   void (*begin)() = nullptr;
   void (*end)() = nullptr;
+  // Its multiply rate over the float32 FMA's, per core, in theory (vdpbf16ps: 2, AMX: 16;
+  // a twin: its hardware kernel's; the emulated path: 1). The conv dispatch weighs it against
+  // the multiplies an algorithm without a bf16 kernel saves (conv/dispatch.cpp).
+  double multiply_rate = 1.0;
 };
 
 // nullptr where the translation unit was compiled without the instructions.

@@ -66,7 +66,9 @@ void micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, inde
       c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
 }
 
-const Bf16Kernel kKernel{MR, NR, Bf16Layout::amx_rows, &micro_kernel, &begin_tiles, &end_tiles};
+// tdpbf16ps: 16 x 16 x 32 products per instruction (Intel's figure: 16x the float32 FMA rate).
+const Bf16Kernel kKernel{MR, NR, Bf16Layout::amx_rows, &micro_kernel, &begin_tiles, &end_tiles,
+                         16.0};
 
 }  // namespace
 

@@ -53,7 +53,8 @@ void micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, inde
   }
 }
 
-const Bf16Kernel kKernel{MR, NR, Bf16Layout::pairs, &micro_kernel, nullptr, nullptr};
+// vdpbf16ps: 32 products per zmm instruction against vfmadd's 16, at the same rate.
+const Bf16Kernel kKernel{MR, NR, Bf16Layout::pairs, &micro_kernel, nullptr, nullptr, 2.0};
 
 }  // namespace
 

@@ -81,9 +81,11 @@ void amx_micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, 
   store_tile(acc, kAmxNR, c, ldc, accumulate, mr_eff, nr_eff);
 }
 
-const Bf16Kernel kDpTwin{kDpMR, kDpNR, Bf16Layout::pairs, &dp_micro_kernel, nullptr, nullptr};
+// (The hardware kernels' rates, so the dispatch picks for a twin what it picks for its kernel.)
+const Bf16Kernel kDpTwin{kDpMR, kDpNR, Bf16Layout::pairs, &dp_micro_kernel, nullptr, nullptr,
+                         2.0};
 const Bf16Kernel kAmxTwin{kAmxMR, kAmxNR, Bf16Layout::amx_rows, &amx_micro_kernel, nullptr,
-                          nullptr};
+                          nullptr, 16.0};
 
 }  // namespace
 

@@ -57,6 +57,7 @@ Bf16GemmConfig emulated_config_of(const GemmConfig<float>& f) {
   c.layout = Bf16Layout::f32;
   c.path = Bf16Path::emulated;
   c.f32_micro = f.micro;
+  c.multiply_rate = 1.0;
   c.k_group = 1;
   c.elem_bytes = sizeof(float);
   c.mc = f.mc;

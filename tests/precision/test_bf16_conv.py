@@ -107,17 +107,23 @@ def test_every_algorithm_and_pass_within_the_bound(path, name, family, forced):
 def test_emulated_path_is_float32_on_rounded_operands_bit_for_bit(name, family, forced):
     """Emulated, every algorithm computes exactly what it computes in float32 on the rounded
     operands: the GEMMs round while packing (with the float32 GEMM's kernel and blocks), the
-    others get rounded copies."""
-    x, w, b, gy, kw, _ = data(SHAPES[family], seed=1)
+    others get rounded copies. ("auto": float32 forced to the algorithm bf16 mode picked, which
+    may differ: F(4x4) Winograd takes the forward in bf16 mode only.)"""
+    shape = SHAPES[family]
+    x, w, b, gy, kw, _ = data(shape, seed=1)
+    xr, wr, gyr = round_to_bf16(x), round_to_bf16(w), round_to_bf16(gy)
     with bf16_path("emulated"):
         forced(name)
+        ran = {p: running(p, shape) for p in PASSES}
         got, _ = run_passes(x, w, b, gy, kw)
-        xr, wr, gyr = round_to_bf16(x), round_to_bf16(w), round_to_bf16(gy)
-        want = {"forward": F.conv2d(xr, wr, b, **kw),
-                "backward_input": F.conv2d_backward(gyr, xr, wr, **kw)[0],
-                "backward_weight": F.conv2d_backward(gyr, xr, wr, **kw)[1]}
+    want = {}
     for p in PASSES:
-        assert np.array_equal(got[p], want[p]), f"{name} {family} {p}"
+        forced(ran[p])
+        assert running(p, shape, "f32") == ran[p]
+        want[p] = (F.conv2d(xr, wr, b, **kw) if p == "forward" else
+                   F.conv2d_backward(gyr, xr, wr, **kw)[PASSES.index(p) - 1])
+    for p in PASSES:
+        assert np.array_equal(got[p], want[p]), f"{name}->{ran[p]} {family} {p}"
 
 
 @pytest.mark.parametrize("path", ["emulated", "avx512_bf16_twin", "amx_twin", "avx512_bf16",
@@ -137,27 +143,44 @@ def test_bit_identical_across_thread_counts(path, family, threads):
             assert np.array_equal(got[p], out[0][0][p]), f"{path} {family} {p}"
 
 
-@pytest.mark.parametrize("path", ["avx512_bf16_twin", "amx_twin", "avx512_bf16", "amx"])
-def test_a_bf16_gemm_kernel_takes_the_gemm_algorithms(path, forced):
-    """With a bf16 GEMM kernel the dispatch picks the GEMMs (im2col, wide) for every shape and
-    pass, in auto mode; a forced algorithm still runs where it applies; float32 is unchanged."""
+#: Per path, the (algorithm, pass) pairs bf16 mode keeps in auto mode where float32 picks them:
+#: those gaining at least as much over the GEMMs as the path's bf16 GEMM kernel gains in rate
+#: (conv.h); elsewhere the GEMMs. F(4x4) Winograd also takes the forward in bf16 mode.
+GEMMS = ("wide", "im2col")
+WINOGRAD = ("winograd4", "winograd")
+_VDPBF16PS = {(a, p) for a in WINOGRAD for p in PASSES} | {("direct_nchw", "backward_weight")}
+KEPT = {"emulated": {(a, p) for a in WINOGRAD + ("direct_nchw", "direct") for p in PASSES},
+        "avx512_bf16_twin": _VDPBF16PS, "avx512_bf16": _VDPBF16PS, "amx_twin": set(),
+        "amx": set()}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bf16_mode_keeps_the_algorithms_that_gain_more_than_its_kernel(path, forced):
+    """Auto mode: float32's choice where it is a GEMM or gains more over the GEMMs than the
+    bf16 kernel gains in rate (emulated: all; vdpbf16ps, 2x: Winograd, F(4x4) in the forward
+    too, and the few-channel weight gradient; AMX, 16x: none), a GEMM elsewhere; float32 is
+    unchanged; a forced algorithm still runs where it applies."""
     f32 = {(family, p): running(p, shape, "f32") for family, shape in SHAPES.items()
            for p in PASSES}
     with bf16_path(path):
         for family, shape in SHAPES.items():
             for p in PASSES:
-                assert running(p, shape) in ("wide", "im2col"), (family, p)
-                assert running(p, shape, "f32") == f32[family, p]
+                want, got = f32[family, p], running(p, shape)
+                if want in GEMMS:
+                    assert got == want, (family, p)
+                elif (want, p) not in KEPT[path]:
+                    assert got in GEMMS, (family, p)
+                elif want == "winograd" and p == "forward":
+                    assert got in WINOGRAD, (family, p)
+                else:
+                    assert got == want, (family, p)
+                assert running(p, shape, "f32") == want
+        # The 3x3 family: F(2x2) forward in float32, F(4x4) in bf16 mode where Winograd stays.
+        assert f32["3x3", "forward"] == "winograd"
+        assert running("forward", SHAPES["3x3"]) == ("winograd4" if KEPT[path] else "im2col")
         forced("direct")
         if running("forward", SHAPES["3x3"], "f32") == "direct":
             assert running("forward", SHAPES["3x3"]) == "direct"
-
-
-def test_the_emulated_path_keeps_the_float32_choices():
-    with bf16_path("emulated"):
-        for family, shape in SHAPES.items():
-            for p in PASSES:
-                assert running(p, shape) == running(p, shape, "f32"), (family, p)
 
 
 @pytest.mark.parametrize("path", ["emulated", "avx512_bf16_twin", "amx_twin"])
