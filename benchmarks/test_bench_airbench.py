@@ -182,12 +182,14 @@ def test_airbench94_bf16_step_interleaved(benchmark, request):
                                    err_msg=f"{impl}: the first step's loss")
     med = {impl: statistics.median(t) for impl, t in times.items()}
     info = fastconv.build_info()
+    gflop = conv_gflop(batch)
+    # As the float32 benchmark's record (report.py's layouts table), ratios against bf16 mode.
     benchmark.extra_info.update(
-        kind="airbench94_bf16", model="airbench94", images=batch, rounds=rounds,
-        bf16_path=fastconv.simd_level("bf16"), cpu_model=info["cpu"]["model_name"],
-        cpu_flags=" ".join(info["cpu"]["features"]), median_s=med, times_s=times,
-        first_losses=first,
-        speedup_bf16_over_f32=statistics.median(
-            [f / b for f, b in zip(times["fastconv_f32"], times["fastconv_bf16"])]),
-        speedup_bf16_over_torch_bf16=statistics.median(
-            [t / b for b, t in zip(times["fastconv_bf16"], times["torch_bf16_channels_last"])]))
+        kind="paired_layouts", model="airbench94, fastconv bf16 mode against", images=batch,
+        rounds=rounds, median_s=med, times_s=times, step_gflop=gflop,
+        gflop_per_s={impl: gflop / m for impl, m in med.items()},
+        ratio_median={impl: statistics.median([t / b for b, t in zip(times["fastconv_bf16"],
+                                                                      times[impl])])
+                      for impl in BF16_IMPLS if impl != "fastconv_bf16"},
+        first_losses=first, bf16_path=fastconv.simd_level("bf16"),
+        cpu_model=info["cpu"]["model_name"], cpu_flags=" ".join(info["cpu"]["features"]))

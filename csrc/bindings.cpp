@@ -935,6 +935,25 @@ double fma_peak_gflops(double seconds, const py::object& dtype) {
   });
 }
 
+double bf16_peak_gflops(double seconds) {
+  if (!(seconds > 0 && seconds <= 60))
+    throw py::value_error("bf16_peak_gflops: seconds must be in (0, 60], got " +
+                          std::to_string(seconds));
+  fastconv::Bf16Path path;
+  double gflops;
+  {
+    KernelCall call;  // (no path switch meanwhile)
+    path = fastconv::selected_bf16_path();
+    gflops = fastconv::bf16_peak_gflops(seconds);
+  }
+  if (gflops == 0.0)
+    throw py::value_error(std::string("bf16_peak_gflops: bf16 path '") +
+                          fastconv::bf16_path_name(path) +
+                          "' has no bf16 instruction to time (emulated: float32's peak, "
+                          "fma_peak_gflops; twins: portable C++)");
+  return gflops;
+}
+
 template <typename T>
 void gelu_t(const py::array& x, py::array& y, bool tanh_approx) {
   const index_t n = x.size();
@@ -1188,6 +1207,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("seconds"), py::arg("dtype") = "float32",
         "The machine's multiply-add peak in GFLOP/s, measured: the selected SIMD level's FMA "
         "loop on every thread (get_num_threads()) for `seconds`.");
+  m.def("bf16_peak_gflops", &bf16_peak_gflops, py::arg("seconds"),
+        "The bf16 peak in GFLOP/s (a product and its add count 2), measured: the selected bf16 "
+        "path's instruction (vdpbf16ps, tdpbf16ps) on every thread for `seconds`; ValueError "
+        "on a path without one.");
   m.def("gemm_blocks", &gemm_blocks, py::arg("dtype") = "float32",
         "The packed GEMM's register tile (mr, nr) and cache blocks (mc, kc, nc) for dtype at "
         "the selected SIMD level.");

@@ -11,4 +11,9 @@ namespace fastconv {
 template <typename T>
 double fma_peak_gflops(double seconds);
 
+// The same for the selected bf16 path's dot-product instruction (Bf16Kernel::peak_loop:
+// vdpbf16ps, tdpbf16ps), a product and its add counting 2; 0 on a path without one (the
+// emulated path, whose peak is float32's, and the twins).
+double bf16_peak_gflops(double seconds);
+
 }  // namespace fastconv

@@ -130,6 +130,10 @@ def fma_peak_gflops(seconds: float, dtype: object = "float32") -> float:
     """The machine's multiply-add peak in GFLOP/s (an FMA counts 2), measured: the selected SIMD
     level's FMA loop, with enough independent accumulators to cover the FMA latency, run on
     every thread (get_num_threads()) for `seconds` (0 < seconds <= 60) after a 20 ms warm-up."""
+def bf16_peak_gflops(seconds: float) -> float:
+    """The bf16 peak in GFLOP/s (a product and its add count 2), measured as fma_peak_gflops
+    is: the selected bf16 path's instruction (vdpbf16ps, tdpbf16ps) in independent chains on
+    every thread. ValueError on a path without one (emulated: float32's peak; the twins)."""
     ...
 def cpu_info() -> dict:
     """The CPU as read once at start-up: vendor, model_name, family, model, features (present

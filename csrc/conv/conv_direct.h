@@ -51,6 +51,9 @@ struct DirectKernels {
   // Returns whether a copied value is ±inf or NaN (checked in the same pass; see Winograd).
   bool (*to_channels_last)(const float* src, index_t C, index_t H, index_t W, index_t pt,
                            index_t pl, index_t Hp, index_t Wp, index_t ld, float* dst);
+  // The same with each value rounded to bfloat16 (round_to_bf16, bf16.h).
+  bool (*to_channels_last_bf16)(const float* src, index_t C, index_t H, index_t W, index_t pt,
+                                index_t pl, index_t Hp, index_t Wp, index_t ld, float* dst);
   // dst (C x L, NCHW) <- src (L x ld, channels last), plus bias[c] when bias is not null.
   void (*from_channels_last)(const float* src, index_t ld, index_t C, index_t L,
                              const float* bias, float* dst);

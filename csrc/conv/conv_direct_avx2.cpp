@@ -60,6 +60,17 @@ struct Ymm {
     return _mm256_or_ps(f, _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_NEQ_UQ));
   }
   static bool any(Flags f) { return _mm256_movemask_ps(f) != 0; }
+  // Each lane rounded to bfloat16 as bf16.h's round_to_bf16: to nearest even (add 0x7fff
+  // plus the lowest kept bit, drop the low 16 bits), a NaN truncated with its quiet bit set.
+  static V round_bf16(V v) {
+    const __m256i u = _mm256_castps_si256(v), high = _mm256_set1_epi32(int(0xffff0000u));
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_and_si256(
+        _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), high);
+    const __m256i quiet = _mm256_or_si256(_mm256_and_si256(u, high), _mm256_set1_epi32(0x400000));
+    return _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(quiet),
+                            _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
 
   // In-register transpose of an 8 x 8 block: r[i] lane j <-> r[j] lane i. 4 x 4 transposes
   // within each 128-bit half, then the halves exchanged.

@@ -9,7 +9,7 @@
 // (lanes [0, n) of v to p; m = first(n): each ISA uses the cheaper), keep(v) (an empty asm
 // that pins v to a register), transpose(r) (r[i] lane j <-> r[j] lane i, kLanes vectors),
 // and Flags with no_flags(), flag_nonfinite(flags, v) (notes whether a lane of v is ±inf or
-// NaN) and any(flags).
+// NaN) and any(flags); round_bf16(v) (each lane as bf16.h's round_to_bf16).
 //
 // Everything here has internal linkage (an unnamed namespace): each ISA file gets its own
 // copy, so the linker can never hand one file's instructions to another (an inline function
@@ -86,11 +86,12 @@ void weight_grad_tile(const float* x, const float* gy, const DirectKernels::Grad
     for (int j = 0; j < NV; ++j) Vec::store(gw + i * ldw + L * j, acc[i][j]);
 }
 
-// dst (Hp x Wp x ld, channels last) <- src (C x H x W) at offset (pt, pl), zero elsewhere.
+// dst (Hp x Wp x ld, channels last) <- src (C x H x W) at offset (pt, pl), zero elsewhere;
+// kRound: each value rounded to bfloat16 (bf16 mode: no rounded copy of src needed).
 // Transposes kLanes channels x kLanes consecutive pixels of the flattened plane at a time (so
 // narrow images fill whole vectors: an 8-wide image gives two rows per 16-lane load); only
 // the border pixels are zeroed separately.
-template <typename Vec>
+template <typename Vec, bool kRound = false>
 bool to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t pt, index_t pl,
                       index_t Hp, index_t Wp, index_t ld, float* dst) {
   constexpr int L = Vec::kLanes;
@@ -129,6 +130,7 @@ bool to_channels_last(const float* src, index_t C, index_t H, index_t W, index_t
           // hardware prefetcher follows well; fetch each a few lines ahead.
           _mm_prefetch(reinterpret_cast<const char*>(p + 64), _MM_HINT_T0);
           r[c] = Vec::load_first(p, m, lb);
+          if constexpr (kRound) r[c] = Vec::round_bf16(r[c]);
           nonfinite = Vec::flag_nonfinite(nonfinite, r[c]);
         } else {
           r[c] = Vec::zero();
@@ -319,6 +321,7 @@ void fill_common(DirectKernels& k) {
   static_assert(DirectKernels::kMaxNV == 4);
   k.lanes = Vec::kLanes;
   k.to_channels_last = &to_channels_last<Vec>;
+  k.to_channels_last_bf16 = &to_channels_last<Vec, true>;
   k.from_channels_last = &from_channels_last<Vec>;
   fill_tiles<Vec, 1>(k, std::make_index_sequence<MR1>{});
   fill_tiles<Vec, 2>(k, std::make_index_sequence<MR2>{});

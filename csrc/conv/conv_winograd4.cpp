@@ -193,20 +193,33 @@ void weight_tile(const float* s, index_t stride, float* gw) {
 
 namespace winograd {
 
-FASTCONV_CLONES void plane_means(const float* src, index_t C, index_t L, float* mean) {
+namespace {
+
+template <bool kRound>
+__attribute__((always_inline)) inline void plane_means_of(const float* src, index_t C,
+                                                          index_t L, float* mean) {
   // 8 running sums per plane (one vector), then added in order: the same bits on any thread.
   constexpr int kLanes = 8;
+  const auto value = [](float v) { return kRound ? round_to_bf16(v) : v; };
   for (index_t c = 0; c < C; ++c) {
     const float* x = src + c * L;
     float acc[kLanes] = {};
     index_t l = 0;
     for (; l + kLanes <= L; l += kLanes)
-      for (int k = 0; k < kLanes; ++k) acc[k] += x[l + k];
-    for (; l < L; ++l) acc[l % kLanes] += x[l];
+      for (int k = 0; k < kLanes; ++k) acc[k] += value(x[l + k]);
+    for (; l < L; ++l) acc[l % kLanes] += value(x[l]);
     float sum = 0.0f;
     for (int k = 0; k < kLanes; ++k) sum += acc[k];
     mean[c] = L > 0 ? sum / static_cast<float>(L) : 0.0f;
   }
+}
+
+}  // namespace
+
+FASTCONV_CLONES void plane_means(const float* src, index_t C, index_t L, float* mean,
+                                 bool round_bf16) {
+  if (round_bf16) plane_means_of<true>(src, C, L, mean);
+  else plane_means_of<false>(src, C, L, mean);
 }
 
 FASTCONV_CLONES void subtract_channels(float* x, index_t rows, index_t cols, index_t ld,

@@ -47,9 +47,10 @@ namespace winograd {
 constexpr int kKernelBatch = 16 * DirectKernels::kMaxNV;
 
 // The forward's input centring (see centre_image; cloned per ISA in conv_winograd4.cpp):
-// mean[c] = the mean of plane c of src (C planes of L floats, summed in a fixed order);
+// mean[c] = the mean of plane c of src (C planes of L floats, summed in a fixed order; with
+// round_bf16, of the values rounded to bfloat16);
 // rows x cols floats from x (rows ld apart) minus shift[j % C] (cols a multiple of C).
-void plane_means(const float* src, index_t C, index_t L, float* mean);
+void plane_means(const float* src, index_t C, index_t L, float* mean, bool round_bf16);
 void subtract_channels(float* x, index_t rows, index_t cols, index_t ld, const float* shift,
                        index_t C);
 
@@ -64,6 +65,9 @@ struct TilePlan {
   index_t Cout, OH, OW;
   index_t TH, TW, T, Hp, Wp, Cout_pad;
   index_t images;
+  // bf16 mode: the source images are rounded to bfloat16 as they are copied (the same values
+  // as a rounded copy of them, without the copy).
+  bool round_bf16 = false;
   // Tiles per pass of the n GEMMs: the batch's tiles split evenly into passes of at most
   // P::chunk (a pass's transformed tiles, n x chunk x channels, stay in L2 between the
   // transforms and the GEMMs).
@@ -71,6 +75,14 @@ struct TilePlan {
   index_t lanes;
   std::vector<ChannelBlock> blocks;
   std::vector<index_t> pix;  // tile q of a chunk at q*Cin in a transformed slice
+
+  // k.to_channels_last (see conv_direct.h), rounding to bfloat16 with round_bf16.
+  bool copy_in(const DirectKernels& k, const float* src, index_t C, index_t H, index_t W,
+               index_t top, index_t left, index_t hp, index_t wp, index_t ld,
+               float* dst) const {
+    return (round_bf16 ? k.to_channels_last_bf16 : k.to_channels_last)(src, C, H, W, top, left,
+                                                                       hp, wp, ld, dst);
+  }
 
   TilePlan(const DirectKernels& k, index_t cin, index_t hin, index_t win, index_t pt_,
            index_t pl_, index_t cout, index_t oh, index_t ow, index_t images_ = 1)
@@ -185,7 +197,7 @@ void centre_image(const TilePlan<P>& p, const float* src, float* xp, const doubl
                   const float* bias, float* shifted_bias) {
   const index_t C = p.Cin;
   std::vector<float> shift(C);
-  plane_means(src, C, p.Hin * p.Win, shift.data());
+  plane_means(src, C, p.Hin * p.Win, shift.data(), p.round_bf16);
   // The rows and columns the outputs read (OH + 2 x OW + 2: the image and its padding); the
   // rest, read only by cut-off outputs, stays 0 (centred like the image: at -c it would put
   // a step of c into the tiles at the bottom and right edges, and their rounding errors).
@@ -227,8 +239,8 @@ bool run_tiles(const TilePlan<P>& p, index_t items, index_t groups, Src src, Dst
     float* shifted_bias = xp + p.scratch_size() + p.Cout_pad + ybuf_size;
     for (index_t b = 0; b < count; ++b) {
       if (nonfinite.load(std::memory_order_relaxed)) return;
-      if (k.to_channels_last(src(i0 + b), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin,
-                             xp + b * p.padded_size())) {
+      if (p.copy_in(k, src(i0 + b), p.Cin, p.Hin, p.Win, p.pt, p.pl, p.Hp, p.Wp, p.Cin,
+                    xp + b * p.padded_size())) {
         nonfinite.store(true, std::memory_order_relaxed);
         return;
       }
@@ -287,9 +299,10 @@ template <typename P>
 bool forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y,
              const PoolAfter* pool) {
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
-  const TilePlan<P> p(*direct_kernels(), Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW,
-                      image_batch(s.N * G, G, ceil_div(s.OH, P::m) * ceil_div(s.OW, P::m),
-                                  P::batch_tiles()));
+  TilePlan<P> p(*direct_kernels(), Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW,
+                image_batch(s.N * G, G, ceil_div(s.OH, P::m) * ceil_div(s.OW, P::m),
+                            P::batch_tiles()));
+  p.round_bf16 = s.precision == Precision::bf16;
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t f, index_t c, float* k) {
@@ -314,10 +327,10 @@ bool backward_input(const ConvShape& s, const float* gy, const float* w, float* 
   // The stride-1 convolution of grad_y placed at (2 - p) with the kernel flipped and its
   // channel axes swapped (see conv_direct.h).
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
-  const TilePlan<P> p(*direct_kernels(), Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H,
-                      s.W,
-                      image_batch(s.N * G, G, ceil_div(s.H, P::m) * ceil_div(s.W, P::m),
-                                  P::batch_tiles()));
+  TilePlan<P> p(*direct_kernels(), Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H, s.W,
+                image_batch(s.N * G, G, ceil_div(s.H, P::m) * ceil_div(s.W, P::m),
+                            P::batch_tiles()));
+  p.round_bf16 = s.precision == Precision::bf16;
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t c, index_t f, float* k) {
@@ -337,7 +350,8 @@ bool backward_weight(const ConvShape& s, const float* gy, const float* x, float*
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L();
   // Tiles over grad_y (m x m, zero past OH x OW), each against the a x a input patch at
   // (m ty, m tx).
-  const TilePlan<P> p(k, Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
+  TilePlan<P> p(k, Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
+  p.round_bf16 = s.precision == Precision::bf16;
   const index_t Fpad = p.Cout_pad;
   const index_t gyt_size = round_up(checked_mul(m * p.TH, m * p.TW, Fpad), 16);
   // Transformed tiles of several images are gathered before the n GEMMs run over them: each
@@ -384,10 +398,10 @@ bool backward_weight(const ConvShape& s, const float* gy, const float* x, float*
     const auto gy_of = [&](index_t i) { return gy + (i * s.F + g * Fg) * L; };
     for (index_t i = n0; i < n1; ++i) {
       if (nonfinite.load(std::memory_order_relaxed)) return;
-      const bool bad_x = k.to_channels_last(x_of(i), Cg, s.H, s.W, s.win.PH, s.win.PW, p.Hp,
-                                            p.Wp, Cg, xp);
-      const bool bad_gy = k.to_channels_last(gy_of(i), Fg, s.OH, s.OW, index_t(0), index_t(0),
-                                             m * p.TH, m * p.TW, Fpad, gyt);
+      const bool bad_x = p.copy_in(k, x_of(i), Cg, s.H, s.W, s.win.PH, s.win.PW, p.Hp, p.Wp,
+                                   Cg, xp);
+      const bool bad_gy = p.copy_in(k, gy_of(i), Fg, s.OH, s.OW, 0, 0, m * p.TH, m * p.TW,
+                                    Fpad, gyt);
       if (bad_x || bad_gy) {
         nonfinite.store(true, std::memory_order_relaxed);
         return;

@@ -283,6 +283,9 @@ struct ConvEntry {
   // A GEMM of gemm.h: in bf16 mode its packing rounds the operands and the bf16 GEMM
   // multiplies them; the other algorithms get rounded copies (see conv.h).
   bool bf16_gemm;
+  // Rounds the images (x, grad_y) to bf16 as it copies them (Winograd, TilePlan::round_bf16):
+  // in bf16 mode it takes them as they are, and rounded copies of the weights only.
+  bool rounds_images;
   // The other algorithms: per pass (forward, input gradient, weight gradient), how much
   // faster than the GEMMs they are where their heuristics take a shape, at equal multiply
   // rates. In bf16 mode one is chosen only where that is at least the bf16 GEMM kernel's
@@ -306,31 +309,32 @@ struct ConvEntry {
 // tiles for the first layers, the channels-last tiles for many channels, then the GEMMs:
 // wide rows where their junk columns cost little, im2col everywhere else.
 constexpr ConvEntry kConvTable[] = {
-    {ConvAlgorithm::subsampled, "subsampled", true, false, false, false, {1, 1, 1},
+    {ConvAlgorithm::subsampled, "subsampled", true, false, false, false, false, {1, 1, 1},
      &takes_subsampled, subsampled_passes<float>, subsampled_passes<double>},
-    {ConvAlgorithm::winograd4, "winograd4", true, false, true, false, {4, 4, 4}, &takes_winograd4,
+    {ConvAlgorithm::winograd4, "winograd4", true, false, true, false, true, {4, 4, 4},
+     &takes_winograd4,
      {&winograd4_forward, &conv2d_backward_input_winograd4, &conv2d_backward_weight_winograd4,
       &winograd4_forward_pool, nullptr},
      {}},
-    {ConvAlgorithm::winograd, "winograd", true, false, true, false, {2.25, 2.25, 2.25},
+    {ConvAlgorithm::winograd, "winograd", true, false, true, false, true, {2.25, 2.25, 2.25},
      &takes_winograd,
      {&winograd_forward, &conv2d_backward_input_winograd, &conv2d_backward_weight_winograd,
       &winograd_forward_pool, nullptr},
      {}},
-    {ConvAlgorithm::direct_nchw, "direct_nchw", true, false, true, false, {1, 1, 3},
+    {ConvAlgorithm::direct_nchw, "direct_nchw", true, false, true, false, false, {1, 1, 3},
      &takes_direct_nchw,
      {&direct_nchw_forward, &always<&conv2d_backward_input_small_channels>,
       &always<static_cast<void (*)(const ConvShape&, const float*, const float*, float*)>(
           &conv2d_backward_weight_small_channels)>,
       &direct_nchw_forward_pool, &direct_nchw_weight_through_pool},
      {}},
-    {ConvAlgorithm::direct, "direct", false, false, true, false, {1, 1, 1}, &takes_direct,
+    {ConvAlgorithm::direct, "direct", false, false, true, false, false, {1, 1, 1}, &takes_direct,
      {&always<&conv2d_forward_direct>, &always<&conv2d_backward_input_direct>,
       &always<&conv2d_backward_weight_direct>},
      {}},
-    {ConvAlgorithm::wide, "wide", false, false, true, true, {1, 1, 1}, &takes_wide,
+    {ConvAlgorithm::wide, "wide", false, false, true, true, false, {1, 1, 1}, &takes_wide,
      wide_passes<float>, wide_passes<double>},
-    {ConvAlgorithm::im2col, "im2col", false, true, false, true, {1, 1, 1},
+    {ConvAlgorithm::im2col, "im2col", false, true, false, true, false, {1, 1, 1},
      &takes_every_shape, im2col_passes<float>, im2col_passes<double>},
 };
 constexpr int kConvEntries = sizeof(kConvTable) / sizeof(kConvTable[0]);
@@ -386,12 +390,16 @@ void run_first(const ConvShape& s, ConvPass pass, bool nonfinite_weights, Run ru
 template <typename T>
 class Bf16Operand {
  public:
-  Bf16Operand(const ConvShape& s, const T* p, index_t n) : p_(p), n_(n), bf16_(is_bf16(s)) {}
+  // image: x or grad_y (see ConvEntry::rounds_images), not the weights.
+  Bf16Operand(const ConvShape& s, const T* p, index_t n, bool image)
+      : p_(p), n_(n), bf16_(is_bf16(s)), image_(image) {}
   static bool is_bf16(const ConvShape& s) {
     return std::is_same_v<T, float> && s.precision == Precision::bf16;
   }
   // The operand as entry e takes it.
-  const T* for_entry(const ConvEntry& e) { return e.bf16_gemm ? p_ : rounded(); }
+  const T* for_entry(const ConvEntry& e) {
+    return e.bf16_gemm || (image_ && e.rounds_images) ? p_ : rounded();
+  }
   // The operand's values as every pass multiplies them.
   const T* rounded() {
     if constexpr (std::is_same_v<T, float>) {
@@ -409,7 +417,7 @@ class Bf16Operand {
  private:
   const T* p_;
   index_t n_;
-  bool bf16_;
+  bool bf16_, image_;
   Scratch<T> copy_;
 };
 
@@ -460,7 +468,7 @@ ConvAlgorithm conv_algorithm_for(const ConvShape& s, ConvPass pass) {
 // bf16's largest into inf.)
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
-  Bf16Operand<T> xr(s, x, s.N * s.C * s.H * s.W), wr(s, w, s.F * s.CKK());
+  Bf16Operand<T> xr(s, x, s.N * s.C * s.H * s.W, true), wr(s, w, s.F * s.CKK(), false);
   run_first<T>(s, ConvPass::forward, nonfinite_weights(s, wr.rounded()),
                [&](const ConvEntry& e, const ConvPasses<T>& p) {
                  return p.forward(s, xr.for_entry(e), wr.for_entry(e), bias, y);
@@ -469,7 +477,7 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T
 
 template <typename T>
 void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
-  Bf16Operand<T> gyr(s, gy, s.N * s.F * s.L()), wr(s, w, s.F * s.CKK());
+  Bf16Operand<T> gyr(s, gy, s.N * s.F * s.L(), true), wr(s, w, s.F * s.CKK(), false);
   run_first<T>(s, ConvPass::backward_input, nonfinite_weights(s, wr.rounded()),
                [&](const ConvEntry& e, const ConvPasses<T>& p) {
                  return p.backward_input(s, gyr.for_entry(e), wr.for_entry(e), gx);
@@ -482,7 +490,7 @@ void conv2d_backward_weight(const ConvShape& s, const T* gy, const T* x, T* gw) 
     std::fill(gw, gw + s.F * s.CKK(), T(0));
     return;
   }
-  Bf16Operand<T> gyr(s, gy, s.N * s.F * s.L()), xr(s, x, s.N * s.C * s.H * s.W);
+  Bf16Operand<T> gyr(s, gy, s.N * s.F * s.L(), true), xr(s, x, s.N * s.C * s.H * s.W, true);
   run_first<T>(s, ConvPass::backward_weight, false,
                [&](const ConvEntry& e, const ConvPasses<T>& p) {
                  return p.backward_weight(s, gyr.for_entry(e), xr.for_entry(e), gw);
@@ -515,7 +523,7 @@ bool conv2d_forward_max_pool(const ConvShape& s, const T* x, const T* w, const T
   const ConvEntry& e = first_entry<T>(s, ConvPass::forward);
   const ConvPasses<T>& p = passes_of<T>(e);
   if (!p.forward_max_pool) return false;
-  Bf16Operand<T> xr(s, x, s.N * s.C * s.H * s.W), wr(s, w, s.F * s.CKK());
+  Bf16Operand<T> xr(s, x, s.N * s.C * s.H * s.W, true), wr(s, w, s.F * s.CKK(), false);
   if (nonfinite_weights(s, wr.rounded())) return false;
   return p.forward_max_pool(s, xr.for_entry(e), wr.for_entry(e), bias, ps, relu, y, indices);
 }

@@ -1,26 +1,50 @@
 // The bfloat16 GEMM's packing (float32 panels converted into each path's layout) and loop
-// nest (see gemm_bf16.h). Compiled for the baseline ISA: every path, hardware or twin, packs
-// with this same code.
+// nest (see gemm_bf16.h). Compiled for the baseline ISA, the conversions also cloned per ISA
+// (integer arithmetic: the same bits on each): every path, hardware or twin, packs with this
+// same code.
 #include "gemm/gemm_bf16.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace fastconv {
 
 namespace {
+
+// src: kc x n ((p, j) at p*n + j), into pairs along k, (p/2)*2n + 2j + p%2, k past kc zero:
+// an A panel (n = mr, (i, p) at p*mr + i) or a B panel (n = nr) alike. One 32-bit word per
+// pair, the even k in its low half (vdpbf16ps's and AMX B tiles' order), written whole: a
+// loop the compiler vectorises (cloned per ISA, common.h).
+FASTCONV_CLONES void convert_pairs(index_t n, index_t kc, index_t kc_pad, const float* src,
+                                   std::uint16_t* dst) {
+  for (index_t p = 0; p < kc_pad; p += 2) {
+    std::uint16_t* d = dst + p * n;  // (p/2)*2n
+    if (p >= kc) {
+      std::fill(d, d + 2 * n, std::uint16_t(0));
+      continue;
+    }
+    const float* s0 = src + p * n;
+    if (p + 1 < kc) {
+      const float* s1 = s0 + n;
+      for (index_t j = 0; j < n; ++j) {
+        const std::uint32_t pair = bf16_bits(s0[j]) | std::uint32_t(bf16_bits(s1[j])) << 16;
+        std::memcpy(d + 2 * j, &pair, sizeof pair);
+      }
+    } else {  // the last k of an odd kc: its pair's odd half zero
+      for (index_t j = 0; j < n; ++j) {
+        const std::uint32_t pair = bf16_bits(s0[j]);
+        std::memcpy(d + 2 * j, &pair, sizeof pair);
+      }
+    }
+  }
+}
 
 // src: mr x kc (i, p) at p*mr + i. Rows of the packed A at (p/2)*2mr + 2i + p%2 (pairs) or
 // (p/32)*32mr + 32i + p%32 (amx_rows), k past kc zero.
 void convert_a_bits(index_t mr, index_t kc, index_t kc_pad, Bf16Layout layout, const float* src,
                     std::uint16_t* dst) {
   if (layout == Bf16Layout::pairs) {
-    for (index_t p = 0; p < kc_pad; ++p) {
-      std::uint16_t* d = dst + (p / 2) * 2 * mr + (p % 2);
-      if (p < kc)
-        for (index_t i = 0; i < mr; ++i) d[2 * i] = bf16_bits(src[p * mr + i]);
-      else
-        for (index_t i = 0; i < mr; ++i) d[2 * i] = 0;
-    }
+    convert_pairs(mr, kc, kc_pad, src, dst);
     return;
   }
   for (index_t p = 0; p < kc_pad; ++p) {
@@ -32,25 +56,7 @@ void convert_a_bits(index_t mr, index_t kc, index_t kc_pad, Bf16Layout layout, c
   }
 }
 
-// src: kc x nr (p, j) at p*nr + j, into pairs along k: (p/2)*2nr + 2j + p%2.
-void convert_b_pairs(index_t nr, index_t kc, index_t kc_pad, const float* src,
-                     std::uint16_t* dst) {
-  for (index_t p = 0; p < kc_pad; p += 2) {
-    std::uint16_t* d = dst + p * nr;  // (p/2)*2nr
-    const float* s0 = src + p * nr;
-    const bool second = p + 1 < kc;
-    if (p < kc) {
-      for (index_t j = 0; j < nr; ++j) {
-        d[2 * j] = bf16_bits(s0[j]);
-        d[2 * j + 1] = second ? bf16_bits(s0[nr + j]) : 0;
-      }
-    } else {
-      std::fill(d, d + 2 * nr, std::uint16_t(0));
-    }
-  }
-}
-
-void round_panel(index_t n, const float* src, float* dst) {
+FASTCONV_CLONES void round_panel(index_t n, const float* src, float* dst) {
   for (index_t i = 0; i < n; ++i) dst[i] = round_to_bf16(src[i]);
 }
 
@@ -67,7 +73,7 @@ void bf16_convert_b_panel(const Bf16GemmConfig& k, index_t kc, const float* src,
   if (k.layout == Bf16Layout::f32)
     round_panel(k.nr * kc, src, static_cast<float*>(dst));
   else
-    convert_b_pairs(k.nr, kc, k.pad_k(kc), src, static_cast<std::uint16_t*>(dst));
+    convert_pairs(k.nr, kc, k.pad_k(kc), src, static_cast<std::uint16_t*>(dst));
 }
 
 index_t bf16_k_block(const Bf16GemmConfig& k, index_t K) {

@@ -52,6 +52,11 @@ struct Bf16Kernel {
   // a twin: its hardware kernel's; the emulated path: 1). The conv dispatch weighs it against
   // the multiplies an algorithm without a bf16 kernel saves (conv/dispatch.cpp).
   double multiply_rate = 1.0;
+  // The hardware instruction's throughput loop behind the bf16 peak (peak.h): `rounds`
+  // rounds of independent dot-product chains, peak_flops each (products and adds); null for
+  // the twins (nothing to time).
+  double (*peak_loop)(index_t rounds) = nullptr;
+  index_t peak_flops = 0;
 };
 
 // nullptr where the translation unit was compiled without the instructions.

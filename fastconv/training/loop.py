@@ -640,7 +640,8 @@ def evaluate(model, data, *, loss=None, batch_size: int | None = None) -> dict[s
     loader = inputs.as_loader(data, "evaluate: data", batch_size=batch_size, shuffle=None,
                               seed=None, default_batch_size=inputs.DEFAULT_EVAL_BATCH_SIZE)
     inputs.check_targets(loader, loss, "evaluate: data")
-    metrics, _ = _evaluation(model, loader, loss)
+    with memory.recycling():  # each batch reuses the last one's memory (see fastconv.memory)
+        metrics, _ = _evaluation(model, loader, loss)
     return metrics
 
 
@@ -670,7 +671,8 @@ def predict(model, x, *, batch_size: int | None = None) -> np.ndarray:
     modes = _modes(model)
     model.eval()
     try:
-        outputs = [model.forward(xb) for xb in batches]
+        with memory.recycling():  # each batch reuses the last one's memory
+            outputs = [model.forward(xb) for xb in batches]
     finally:
         batches.close()
         if position is not None:

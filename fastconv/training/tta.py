@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import memory
 from . import inputs
 from .loop import _modes, _restore_modes
 
@@ -50,8 +51,9 @@ def tta_logits(model, x: np.ndarray, level: int = 2, *, batch_size: int = 2000) 
     modes = _modes(model)
     model.eval()
     try:
-        outs = [view(model.forward, np.ascontiguousarray(arr[i:i + bs]))
-                for i in range(0, arr.shape[0], bs)]
+        with memory.recycling():  # each view reuses the last one's memory
+            outs = [view(model.forward, np.ascontiguousarray(arr[i:i + bs]))
+                    for i in range(0, arr.shape[0], bs)]
     finally:
         _restore_modes(modes)
     return np.concatenate(outs)

@@ -114,6 +114,27 @@ def test_fma_peak_runs_on_every_level(dtype):
         assert _core.set_simd_level(before)
 
 
+def test_bf16_peak_runs_on_the_hardware_paths_only():
+    """The bf16 instruction's peak where the path has one; a clear error on the emulated path
+    and the twins. (Its speed is measured in benchmarks/test_bench_peak.py.)"""
+    try:
+        for path, why in _core.bf16_paths().items():
+            if why is not None:
+                continue
+            assert _core.set_bf16_path(path)
+            if path in ("avx512_bf16", "amx"):
+                gflops = _core.bf16_peak_gflops(0.02)
+                assert 0 < gflops < 1e6
+            else:
+                with pytest.raises(ValueError, match=f"bf16 path '{path}' has no bf16 instr"):
+                    _core.bf16_peak_gflops(0.01)
+    finally:
+        assert _core.set_bf16_path("auto")
+    for seconds in (0, -1, 61, float("nan")):
+        with pytest.raises(ValueError, match="seconds"):
+            _core.bf16_peak_gflops(seconds)
+
+
 def test_fma_peak_checks_its_arguments():
     for seconds in (0, -1, 61, float("nan")):
         with pytest.raises(ValueError, match="seconds"):

@@ -143,6 +143,28 @@ def test_bit_identical_across_thread_counts(path, family, threads):
             assert np.array_equal(got[p], out[0][0][p]), f"{path} {family} {p}"
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", ["winograd4", "winograd"])
+@pytest.mark.parametrize("family", ["3x3", "odd_edges", "wide_rows"])
+def test_winograd_in_bf16_mode_is_float32_winograd_on_rounded_operands(path, name, family,
+                                                                        forced):
+    """Winograd rounds the images as it copies them (no rounded copy) and the weights in a
+    copy: on every path, the bits of float32 Winograd on rounded operands, the forward's
+    centring included (its plane means are of the rounded values)."""
+    x, w, b, gy, kw, _ = data(SHAPES[family], seed=4)
+    x += 3.0  # a mean to centre
+    xr, wr, gyr = round_to_bf16(x), round_to_bf16(w), round_to_bf16(gy)
+    forced(name)
+    with bf16_path(path):
+        got, _ = run_passes(x, w, b, gy, kw)
+    want = {"forward": F.conv2d(xr, wr, b, **kw),
+            "backward_input": F.conv2d_backward(gyr, xr, wr, **kw)[0],
+            "backward_weight": F.conv2d_backward(gyr, xr, wr, **kw)[1]}
+    for p in PASSES:
+        assert running(p, SHAPES[family], "f32") == name
+        assert np.array_equal(got[p], want[p]), f"{path} {name} {family} {p}"
+
+
 #: Per path, the (algorithm, pass) pairs bf16 mode keeps in auto mode where float32 picks them:
 #: those gaining at least as much over the GEMMs as the path's bf16 GEMM kernel gains in rate
 #: (conv.h); elsewhere the GEMMs. F(4x4) Winograd also takes the forward in bf16 mode.
