@@ -111,28 +111,34 @@ def make_steps(torch, batch: int):
     return steps
 
 
-def test_airbench94_step_interleaved_with_torch(benchmark, request):
-    torch = request.getfixturevalue("torch_or_skip")
-    batch = UNTIMED_BATCH * 4 if benchmark.disabled else BATCH
-    rounds = 1 if benchmark.disabled else ROUNDS
-    steps = make_steps(torch, batch)
+def recording_first_losses(steps: dict):
+    """({impl: step()} that also keeps each step's first loss, that dict of first losses): the
+    untimed warm-up step, the same weights and batch for all."""
     first: dict[str, float] = {}
 
-    def check(impl: str, loss: float) -> None:
-        assert math.isfinite(loss), f"{impl}: loss {loss}"
-
     def recording(impl: str):
-        """The step of `impl`, keeping its first loss (the untimed warm-up step: the same
-        weights and batch for all)."""
         def call() -> float:
             loss = steps[impl]()
             first.setdefault(impl, loss)
             return loss
         return call
 
+    return {impl: recording(impl) for impl in steps}, first
+
+
+def test_airbench94_step_interleaved_with_torch(benchmark, request):
+    torch = request.getfixturevalue("torch_or_skip")
+    batch = UNTIMED_BATCH * 4 if benchmark.disabled else BATCH
+    rounds = 1 if benchmark.disabled else ROUNDS
+    steps = make_steps(torch, batch)
+    calls, first = recording_first_losses(steps)
+
+    def check(impl: str, loss: float) -> None:
+        assert math.isfinite(loss), f"{impl}: loss {loss}"
+
     benchmark.group = f"train airbench94 step (batch {batch}), fastconv and PyTorch interleaved"
     with memory.recycling():  # as fit: each step reuses the last one's large blocks
-        times = run_interleaved(benchmark, {k: recording(k) for k in IMPLS}, rounds, check)
+        times = run_interleaved(benchmark, calls, rounds, check)
     for impl in IMPLS[1:]:
         np.testing.assert_allclose(first[impl], first["fastconv"], rtol=LOSS_RTOL,
                                    err_msg=f"{impl}: the first step's loss")
@@ -164,18 +170,10 @@ def test_airbench94_bf16_step_interleaved(benchmark, request):
     bf16_step, _ = fastconv_step_fn(x, y, batch, "bf16")
     steps = {"fastconv_f32": f32_step, "fastconv_bf16": bf16_step,
              "torch_bf16_channels_last": torch_step_fn(torch, model, x, y, batch, True, True)}
-    first: dict[str, float] = {}
-
-    def recording(impl: str):
-        def call() -> float:
-            loss = steps[impl]()
-            first.setdefault(impl, loss)
-            return loss
-        return call
-
+    calls, first = recording_first_losses(steps)
     benchmark.group = f"train airbench94 step (batch {batch}), bf16 mode"
     with memory.recycling():
-        times = run_interleaved(benchmark, {k: recording(k) for k in BF16_IMPLS}, rounds)
+        times = run_interleaved(benchmark, calls, rounds)
     # bf16 operands: the first losses agree to bf16's rounding, not float32's.
     for impl in BF16_IMPLS[1:]:
         np.testing.assert_allclose(first[impl], first["fastconv_f32"], rtol=2e-2,
