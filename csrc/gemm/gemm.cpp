@@ -353,7 +353,9 @@ void gemm_nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* c
     // float32 takes the dot kernel it does too, on rounded copies of the rows.
     const NtRowsFn<float> dot = gemm_config<float>().nt_rows;
     if (bf16 && use_dot && dot && bf16_gemm_config().path == Bf16Path::emulated) {
-      std::vector<float> copy(checked_mul(checked_add(M, N), K));
+      // (This thread's buffer, kept: the weight gradient calls this once per image.)
+      thread_local std::vector<float> copy;
+      copy.resize(checked_mul(checked_add(M, N), K));
       std::vector<const float*> ra(M), rb(N);
       const auto round_rows = [&](const float* const* rows, index_t n, float* dst,
                                   std::vector<const float*>& out) {

@@ -1,9 +1,9 @@
 // AVX512_BF16 micro-kernel: a 12 x 32 tile (24 zmm accumulators of 16 floats), vdpbf16ps on
 // pairs of k: per k pair, one 32-bit broadcast of a row's pair of A against two vectors of 16
-// column pairs of B. (On AMD Zen 4, 2048^3 on 1 thread: 12 x 32 189 GFLOP/s, 8 x 48 193,
-// 6 x 64 186, 14 x 32 180, against vdpbf16ps's measured peak of 465.) This file alone is compiled with -mavx512bf16; it runs only after cpuid
-// says the CPU has it (cpu.h, Bf16Path::avx512_bf16). Its portable twin, with the same packed
-// layout and the instruction's arithmetic, is in gemm_bf16_twin.cpp.
+// column pairs of B (other tiles measured no faster: docs/benchmarks.md). This file alone is
+// compiled with -mavx512bf16; it runs only after cpuid says the CPU has it (cpu.h,
+// Bf16Path::avx512_bf16). Its portable twin, with the same packed layout and the
+// instruction's arithmetic, is in gemm_bf16_twin.cpp.
 #include "gemm/gemm_bf16.h"
 
 #if defined(FASTCONV_X86) && defined(__AVX512F__) && defined(__AVX512BF16__)
