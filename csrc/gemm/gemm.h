@@ -9,6 +9,9 @@
 // threads (threads split M or N, never K), so results are bit-identical for any thread count.
 #pragma once
 
+#include <cstdint>
+#include <type_traits>
+
 #include "bf16.h"
 #include "common.h"
 #include "cpu.h"
@@ -42,6 +45,11 @@ struct GemmKernel {
   // sum of the results, so that none is optimised away.
   double (*fma_loop)(index_t rounds) = nullptr;
   index_t fma_flops = 0;
+  // float only: 16 columns of B in place (column j at src + j*ld, 32 k each) as 16 rows of
+  // the bf16 GEMM's pairs (row q at dst + 2q*width, 16 words: see gemm_bf16.cpp,
+  // pairs_from_columns), or null: the portable loop.
+  void (*bf16_pairs_16x16)(const float* src, index_t ld, std::uint16_t* dst,
+                           index_t width) = nullptr;
 };
 
 // Per-ISA kernel tables, defined in gemm_<isa>.cpp (nullptr when not compiled in).
@@ -111,7 +119,21 @@ struct BSource {
   // a B streamed from memory (a Linear weight) arrives while it computes. Optional.
   virtual void prefetch(index_t /*pc*/, index_t /*kc*/, index_t /*jc*/, index_t /*nc*/,
                         index_t /*part*/, index_t /*parts*/) const {}
+  // For the bf16 GEMM (gemm_bf16.h): packs the same block straight into bf16 pairs along k
+  // (panel q at q * nr * kc_pad, element (p, j) at (p/2)*2nr + 2j + p%2; k past kc and
+  // columns past nc zero), where the source does that faster than pack() and a conversion
+  // of the packed panels: the same bits. False (the default): not done.
+  virtual bool pack_bf16_pairs(index_t /*pc*/, index_t /*kc*/, index_t /*kc_pad*/,
+                               index_t /*jc*/, index_t /*nc*/, index_t /*nr*/,
+                               std::uint16_t* /*dst*/) const {
+    return false;
+  }
 };
+
+// StridedB's pack_bf16_pairs (gemm_bf16.cpp): B(p, j) at b[p*rs + j*cs], rows (cs == 1) or
+// columns (rs == 1) contiguous; false for other strides.
+bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc, index_t kc_pad,
+                             index_t nc, index_t nr, std::uint16_t* dst);
 
 // A strided matrix: element (i, j) at p[i*rs + j*cs].
 template <typename T>
@@ -131,6 +153,12 @@ struct StridedB final : BSource<T> {
   void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override;
   void prefetch(index_t pc, index_t kc, index_t jc, index_t nc, index_t part,
                 index_t parts) const override;
+  bool pack_bf16_pairs(index_t pc, index_t kc, index_t kc_pad, index_t jc, index_t nc,
+                       index_t nr, std::uint16_t* dst) const override {
+    if constexpr (std::is_same_v<T, float>)
+      return bf16_pack_pairs_strided(p + pc * rs + jc * cs, rs, cs, kc, kc_pad, nc, nr, dst);
+    return false;
+  }
 };
 
 // A matrix packed once, whole, for the current kernel (e.g. conv weights, shared read-only
@@ -171,6 +199,10 @@ struct OffsetB final : BSource<T> {
   void prefetch(index_t pc, index_t kc, index_t jc, index_t nc, index_t part,
                 index_t parts) const override {
     b.prefetch(pc, kc, col0 + jc, nc, part, parts);
+  }
+  bool pack_bf16_pairs(index_t pc, index_t kc, index_t kc_pad, index_t jc, index_t nc,
+                       index_t nr, std::uint16_t* dst) const override {
+    return b.pack_bf16_pairs(pc, kc, kc_pad, col0 + jc, nc, nr, dst);
   }
 };
 

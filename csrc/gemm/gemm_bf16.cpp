@@ -11,21 +11,22 @@ namespace fastconv {
 
 namespace {
 
-// src: kc x n ((p, j) at p*n + j), into pairs along k, (p/2)*2n + 2j + p%2, k past kc zero:
-// an A panel (n = mr, (i, p) at p*mr + i) or a B panel (n = nr) alike. One 32-bit word per
-// pair, the even k in its low half (vdpbf16ps's and AMX B tiles' order), written whole: a
-// loop the compiler vectorises (cloned per ISA, common.h).
-FASTCONV_CLONES void convert_pairs(index_t n, index_t kc, index_t kc_pad, const float* src,
-                                   std::uint16_t* dst) {
+// Rows p < kc of src ((p, j) at p*ld + j, j < n) into `width`-wide pairs along k:
+// (p/2)*2width + 2j + p%2, k past kc and columns past n zero. An A panel (n = width = ld = mr,
+// (i, p) at p*mr + i), a B panel (nr) or rows of B in place alike. One 32-bit word per pair,
+// the even k in its low half (vdpbf16ps's and AMX B tiles' order), written whole: a loop the
+// compiler vectorises (cloned per ISA, common.h).
+FASTCONV_CLONES void convert_pairs(index_t n, index_t width, index_t ld, index_t kc,
+                                   index_t kc_pad, const float* src, std::uint16_t* dst) {
   for (index_t p = 0; p < kc_pad; p += 2) {
-    std::uint16_t* d = dst + p * n;  // (p/2)*2n
+    std::uint16_t* d = dst + p * width;  // (p/2)*2width
     if (p >= kc) {
-      std::fill(d, d + 2 * n, std::uint16_t(0));
+      std::fill(d, d + 2 * width, std::uint16_t(0));
       continue;
     }
-    const float* s0 = src + p * n;
+    const float* s0 = src + p * ld;
     if (p + 1 < kc) {
-      const float* s1 = s0 + n;
+      const float* s1 = s0 + ld;
       for (index_t j = 0; j < n; ++j) {
         const std::uint32_t pair = bf16_bits(s0[j]) | std::uint32_t(bf16_bits(s1[j])) << 16;
         std::memcpy(d + 2 * j, &pair, sizeof pair);
@@ -36,6 +37,55 @@ FASTCONV_CLONES void convert_pairs(index_t n, index_t kc, index_t kc_pad, const 
         std::memcpy(d + 2 * j, &pair, sizeof pair);
       }
     }
+    std::fill(d + 2 * n, d + 2 * width, std::uint16_t(0));
+  }
+}
+
+// The widest panel pairs_from_columns packs (the pairs kernels' nr: 32 and 16).
+constexpr index_t kMaxPairsWidth = 64;
+
+using Bf16Pairs16x16Fn = void (*)(const float* src, index_t ld, std::uint16_t* dst,
+                                  index_t width);
+
+// The same pairs from columns of B in place (B^T's rows: (p, j) at j*ld + p, contiguous in
+// k), e.g. a Linear weight in the forward pass. A column's bf16 values in k order are its
+// pair words already: blocks of 16 pair rows are made column by column and stored row by
+// row, 16 columns at a time by the ISA's `block16` (GemmKernel::bf16_pairs_16x16) where it
+// has one, else through a small buffer (a transposing float32 pack and then a conversion
+// cost 2-3x more).
+FASTCONV_CLONES void pairs_from_columns(index_t n, index_t width, index_t ld, index_t kc,
+                                        index_t kc_pad, const float* src, std::uint16_t* dst,
+                                        Bf16Pairs16x16Fn block16) {
+  constexpr index_t kRows = 16;
+  std::uint32_t block[kRows][kMaxPairsWidth];
+  const index_t pairs = kc_pad / 2;
+  for (index_t q0 = 0; q0 < pairs; q0 += kRows) {
+    const index_t rows = std::min(kRows, pairs - q0), p0 = 2 * q0;
+    const bool whole = p0 + 2 * kRows <= kc;
+    index_t j0 = 0;
+    if (block16 && whole)
+      for (; j0 + 16 <= n; j0 += 16)
+        block16(src + j0 * ld + p0, ld, dst + q0 * 2 * width + 2 * j0, width);
+    if (j0 == width) continue;
+    for (index_t j = j0; j < width; ++j) {
+      const float* col = src + j * ld + p0;
+      if (j >= n) {
+        for (index_t q = 0; q < rows; ++q) block[q][j] = 0;
+      } else if (whole) {
+        for (index_t q = 0; q < kRows; ++q)
+          block[q][j] = bf16_bits(col[2 * q]) | std::uint32_t(bf16_bits(col[2 * q + 1])) << 16;
+      } else {  // the last block: k past kc zero
+        for (index_t q = 0; q < rows; ++q) {
+          const index_t p = p0 + 2 * q;
+          const std::uint32_t lo = p < kc ? bf16_bits(col[2 * q]) : 0;
+          const std::uint32_t hi = p + 1 < kc ? bf16_bits(col[2 * q + 1]) : 0;
+          block[q][j] = lo | hi << 16;
+        }
+      }
+    }
+    for (index_t q = 0; q < rows; ++q)
+      std::memcpy(dst + (q0 + q) * 2 * width + 2 * j0, block[q] + j0,
+                  sizeof(std::uint32_t) * (width - j0));
   }
 }
 
@@ -44,7 +94,7 @@ FASTCONV_CLONES void convert_pairs(index_t n, index_t kc, index_t kc_pad, const 
 void convert_a_bits(index_t mr, index_t kc, index_t kc_pad, Bf16Layout layout, const float* src,
                     std::uint16_t* dst) {
   if (layout == Bf16Layout::pairs) {
-    convert_pairs(mr, kc, kc_pad, src, dst);
+    convert_pairs(mr, mr, mr, kc, kc_pad, src, dst);
     return;
   }
   for (index_t p = 0; p < kc_pad; ++p) {
@@ -73,7 +123,20 @@ void bf16_convert_b_panel(const Bf16GemmConfig& k, index_t kc, const float* src,
   if (k.layout == Bf16Layout::f32)
     round_panel(k.nr * kc, src, static_cast<float*>(dst));
   else
-    convert_pairs(k.nr, kc, k.pad_k(kc), src, static_cast<std::uint16_t*>(dst));
+    convert_pairs(k.nr, k.nr, k.nr, kc, k.pad_k(kc), src, static_cast<std::uint16_t*>(dst));
+}
+
+bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc, index_t kc_pad,
+                             index_t nc, index_t nr, std::uint16_t* dst) {
+  if ((cs != 1 && rs != 1) || nr > kMaxPairsWidth) return false;
+  const Bf16Pairs16x16Fn block16 = gemm_config<float>().bf16_pairs_16x16;
+  for (index_t q = 0; q * nr < nc; ++q) {
+    const index_t n = std::min(nr, nc - q * nr);
+    std::uint16_t* panel = dst + q * nr * kc_pad;
+    if (cs == 1) convert_pairs(n, nr, rs, kc, kc_pad, b + q * nr, panel);
+    else pairs_from_columns(n, nr, cs, kc, kc_pad, b + q * nr * cs, panel, block16);
+  }
+  return true;
 }
 
 index_t bf16_k_block(const Bf16GemmConfig& k, index_t K) {
@@ -144,9 +207,15 @@ void gemm_bf16(index_t M, index_t N, index_t K, const Bf16ASource& A, const BSou
       const index_t kc_pad = k.pad_k(kc);
       const index_t a_panel = k.a_panel_bytes(kc_pad), b_panel = k.b_panel_bytes(kc_pad);
       const bool acc = accumulate || pc > 0;
-      B.pack(pc, kc, jc, nc, k.nr, f32.get());
-      for (index_t q = 0; q * k.nr < nc; ++q)
-        bf16_convert_b_panel(k, kc, f32.get() + q * k.nr * kc, b_buf.get() + q * b_panel);
+      // B's panels are pairs in both bf16 layouts (amx_rows: AMX B tiles), f32 in the
+      // emulated one.
+      if (k.layout == Bf16Layout::f32 ||
+          !B.pack_bf16_pairs(pc, kc, kc_pad, jc, nc, k.nr,
+                             reinterpret_cast<std::uint16_t*>(b_buf.get()))) {
+        B.pack(pc, kc, jc, nc, k.nr, f32.get());
+        for (index_t q = 0; q * k.nr < nc; ++q)
+          bf16_convert_b_panel(k, kc, f32.get() + q * k.nr * kc, b_buf.get() + q * b_panel);
+      }
       for (index_t ic = 0; ic < M; ic += k.mc) {
         const index_t mc = std::min(k.mc, M - ic);
         const auto* a = static_cast<const unsigned char*>(A.block(ic, mc, pc, kc, a_buf.get(), f32.get()));

@@ -13,6 +13,7 @@ from fastconv import _core
 from fastconv.precision import round_to_bf16
 
 from bf16_paths import HARDWARE, PATHS, assert_within_bound, bf16_path
+from fuzzing import Settings, simd_levels
 
 # (M, N, K): one element, tile edges (mr 6/12/32, nr 16/32), odd and short K (pairs, AMX's 32),
 # K over several k-blocks (kc 320/192 here), wide and tall products.
@@ -134,6 +135,50 @@ def test_hardware_kernel_is_its_twin_bit_for_bit(hardware, shape, rng):
             _core.gemm(a, b, c, precision="bf16")
             out[path] = c
     assert np.array_equal(out[hardware], out[HARDWARE[hardware]])
+
+
+def hostile_values(rng, shape):
+    """Random normals with a tenth of the entries replaced by values rounding to bf16 is hard
+    on: ties to even (up and down), a carry into the exponent, subnormals, -0, infinities, a
+    value that rounds up to inf, and NaNs (quiet, signalling, with payload bits)."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    bits = np.array([0x3F808000, 0x3F818000, 0x3F7FFFFF, 0x00000001, 0x807FFFFF, 0x80000000,
+                     0x7F800000, 0xFF800000, 0x7F7FFFFF, 0x7FC00000, 0x7F800001, 0xFFC12345],
+                    np.uint32).view(np.float32)
+    where = rng.random(shape) < 0.1
+    x[where] = rng.choice(bits, size=int(where.sum()))
+    return x
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("level", simd_levels())
+@pytest.mark.parametrize("small_blocks", [False, True], ids=["blocks", "small_blocks"])
+@pytest.mark.parametrize("shape", [(5, 45, 77), (13, 16, 32), (3, 100, 33), (20, 70, 700),
+                                   (1, 1, 1), (7, 17, 2), (2, 64, 31)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_b_packed_from_columns_has_the_bits_of_b_packed_from_rows(path, level, small_blocks,
+                                                                   shape, rng):
+    """B given transposed (its columns contiguous, as a Linear weight in the forward pass) is
+    packed column by column (by 16 x 16 blocks in registers at avx512, through a buffer
+    below), B given as rows row by row: the same panels, so the same bits of C, hostile
+    values and every k and column edge included."""
+    M, N, K = shape
+    a = hostile_values(rng, (M, K))
+    bt = hostile_values(rng, (N, K))
+    out = []
+    with bf16_path(path), Settings(level):
+        cfg = _core.bf16_gemm_blocks()
+        if small_blocks:
+            assert _core.set_bf16_gemm_blocks(cfg["mr"], 2 * cfg["k_group"] if cfg["k_group"] > 1
+                                              else 24, cfg["nr"])
+        try:
+            for b, trans_b in ((bt, True), (np.ascontiguousarray(bt.T), False)):
+                c = np.empty((M, N), np.float32)
+                _core.gemm(a, b, c, False, trans_b, precision="bf16")
+                out.append(c)
+        finally:
+            assert _core.set_bf16_gemm_blocks(0, 0, 0)
+    assert np.array_equal(out[0].view(np.uint32), out[1].view(np.uint32))
 
 
 def test_nonfinite_operands_propagate(rng):
