@@ -48,10 +48,9 @@ struct Bf16Kernel {
   // release the tiles), or null.
   void (*begin)() = nullptr;
   void (*end)() = nullptr;
-  // How much faster its GEMM multiplies than float32's, roughly (vdpbf16ps: 2, as measured on
-  // a 2048^3 GEMM on AMD Zen 4, 1.76x, though the instruction alone peaks at 4x float32's FMA
-  // there; AMX: 16, Intel's figure, unmeasured; a twin: its hardware kernel's; the emulated
-  // path: 1). The conv dispatch weighs it against what the algorithms without a bf16 kernel
+  // How much faster its GEMM multiplies than float32's, roughly (vdpbf16ps: 2, its peak over
+  // the float32 FMA's on Intel and on AMD Zen 4, where its 2048^3 GEMM measured 1.8x float32's;
+  // AMX: 16, Intel's figure, unmeasured; a twin: its hardware kernel's; the emulated path: 1). The conv dispatch weighs it against what the algorithms without a bf16 kernel
   // gain over the GEMMs (conv/dispatch.cpp).
   double multiply_rate = 1.0;
   // The hardware instruction's throughput loop behind the bf16 peak (peak.h): `rounds`
