@@ -45,11 +45,12 @@ struct GemmKernel {
   // sum of the results, so that none is optimised away.
   double (*fma_loop)(index_t rounds) = nullptr;
   index_t fma_flops = 0;
-  // float only: 16 columns of B in place (column j at src + j*ld, 32 k each) as 16 rows of
-  // the bf16 GEMM's pairs (row q at dst + 2q*width, 16 words: see gemm_bf16.cpp,
-  // pairs_from_columns), or null: the portable loop.
-  void (*bf16_pairs_16x16)(const float* src, index_t ld, std::uint16_t* dst,
-                           index_t width) = nullptr;
+  // float only: up to 16 columns of B in place (column j < n at src + j*ld, 32 k each; the
+  // rest zero) as 16 rows of the bf16 GEMM's pairs, the first `words` (<= 16) of each
+  // stored (row q at dst + 2q*width: see gemm_bf16.cpp, pairs_from_columns), or null: the
+  // portable loop.
+  void (*bf16_pairs_16x16)(const float* src, index_t ld, index_t n, index_t words,
+                           std::uint16_t* dst, index_t width) = nullptr;
 };
 
 // Per-ISA kernel tables, defined in gemm_<isa>.cpp (nullptr when not compiled in).
@@ -97,6 +98,12 @@ index_t balanced_block(index_t total, index_t max_block);
 // (packed on the fly), a matrix packed once and reused (conv weights across a batch), or an
 // implicit matrix such as the im2col of an image, packed straight from the image.
 
+// The pairs packing of StridedA and StridedB (gemm_bf16.cpp): B(p, j) at b[p*rs + j*cs],
+// rows (cs == 1) or columns (rs == 1) contiguous, into nr-wide panels of pairs (see
+// BSource::pack_bf16_pairs); false for other strides.
+bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc, index_t kc_pad,
+                             index_t nc, index_t nr, std::uint16_t* dst);
+
 // Supplies packed blocks of A: rows [ic, ic+mc) x cols [pc, pc+kc) as MR-tall panels
 // (panel r at r*kc, element (i, p) of a panel at p*MR + i; rows past mc zero). Returns a
 // pointer to the block: `scratch` (room for round_up(mc, MR) x kc elements) after packing, or
@@ -106,6 +113,15 @@ struct ASource {
   virtual ~ASource() = default;
   virtual const T* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
                          T* scratch) const = 0;
+  // For the bf16 GEMM (gemm_bf16.h): packs the same block straight into mr-tall panels of
+  // bf16 pairs along k (panel r at r * mr * kc_pad, element (i, p) at (p/2)*2mr + 2i + p%2;
+  // k past kc and rows past mc zero), where the source does that faster than block() and a
+  // conversion: the same bits. False (the default): not done.
+  virtual bool pack_bf16_pairs(index_t /*ic*/, index_t /*mc*/, index_t /*pc*/, index_t /*kc*/,
+                               index_t /*kc_pad*/, index_t /*mr*/,
+                               std::uint16_t* /*dst*/) const {
+    return false;
+  }
 };
 
 // Packs rows [pc, pc+kc) x cols [jc, jc+nc) of B into NR-wide panels at dst (panel q at
@@ -130,10 +146,6 @@ struct BSource {
   }
 };
 
-// StridedB's pack_bf16_pairs (gemm_bf16.cpp): B(p, j) at b[p*rs + j*cs], rows (cs == 1) or
-// columns (rs == 1) contiguous; false for other strides.
-bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc, index_t kc_pad,
-                             index_t nc, index_t nr, std::uint16_t* dst);
 
 // A strided matrix: element (i, j) at p[i*rs + j*cs].
 template <typename T>
@@ -143,6 +155,14 @@ struct StridedA final : ASource<T> {
   StridedA(const T* p_, index_t rs_, index_t cs_) : p(p_), rs(rs_), cs(cs_) {}
   const T* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
                  T* scratch) const override;
+  // A's pairs are those of B = A^T (element (p, i)): bf16_pack_pairs_strided with the strides
+  // swapped.
+  bool pack_bf16_pairs(index_t ic, index_t mc, index_t pc, index_t kc, index_t kc_pad,
+                       index_t mr, std::uint16_t* dst) const override {
+    if constexpr (std::is_same_v<T, float>)
+      return bf16_pack_pairs_strided(p + ic * rs + pc * cs, cs, rs, kc, kc_pad, mc, mr, dst);
+    return false;
+  }
 };
 
 template <typename T>

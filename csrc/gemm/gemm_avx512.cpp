@@ -175,13 +175,18 @@ __m512i bf16_high_halves(__m512 v) {
 
 // GemmKernel::bf16_pairs_16x16: per column, its 32 floats' bf16 bits gathered into 16 pair
 // words (the even k's in the low halves) in one vector; then the 16 x 16 words transposed in
-// registers (r[j] lane q -> r[q] lane j) and stored as rows.
-void bf16_pairs_16x16(const float* src, index_t ld, std::uint16_t* dst, index_t width) {
+// registers (r[j] lane q -> r[q] lane j) and each row's first `words` stored.
+void bf16_pairs_16x16(const float* src, index_t ld, index_t n, index_t words,
+                      std::uint16_t* dst, index_t width) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __m512i high = _mm512_set1_epi32(int(0xffff0000u));
   __m512 r[16];
   for (int j = 0; j < 16; ++j) {
+    if (j >= n) {
+      r[j] = _mm512_setzero_ps();
+      continue;
+    }
     const float* col = src + j * ld;
     const __m512i a = bf16_high_halves(_mm512_loadu_ps(col));
     const __m512i b = bf16_high_halves(_mm512_loadu_ps(col + 16));
@@ -190,7 +195,8 @@ void bf16_pairs_16x16(const float* src, index_t ld, std::uint16_t* dst, index_t 
     r[j] = _mm512_castsi512_ps(_mm512_or_si512(lo, hi));
   }
   transpose16x16(r);
-  for (int q = 0; q < 16; ++q) _mm512_storeu_ps(dst + 2 * q * width, r[q]);
+  const __mmask16 m = words >= 16 ? __mmask16(0xffff) : __mmask16((1u << words) - 1u);
+  for (int q = 0; q < 16; ++q) _mm512_mask_storeu_ps(dst + 2 * q * width, m, r[q]);
 }
 
 // 16 chains of FMAs for the peak: 8-10 in flight cover the latency x units of AVX-512 cores

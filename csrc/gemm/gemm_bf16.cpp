@@ -44,15 +44,16 @@ FASTCONV_CLONES void convert_pairs(index_t n, index_t width, index_t ld, index_t
 // The widest panel pairs_from_columns packs (the pairs kernels' nr: 32 and 16).
 constexpr index_t kMaxPairsWidth = 64;
 
-using Bf16Pairs16x16Fn = void (*)(const float* src, index_t ld, std::uint16_t* dst,
-                                  index_t width);
+using Bf16Pairs16x16Fn = void (*)(const float* src, index_t ld, index_t n, index_t words,
+                                  std::uint16_t* dst, index_t width);
 
 // The same pairs from columns of B in place (B^T's rows: (p, j) at j*ld + p, contiguous in
-// k), e.g. a Linear weight in the forward pass. A column's bf16 values in k order are its
-// pair words already: blocks of 16 pair rows are made column by column and stored row by
-// row, 16 columns at a time by the ISA's `block16` (GemmKernel::bf16_pairs_16x16) where it
-// has one, else through a small buffer (a transposing float32 pack and then a conversion
-// cost 2-3x more).
+// k), e.g. a Linear weight in the forward pass, or from rows of A. A column's bf16 values in
+// k order are its pair words already: blocks of 16 pair rows are made column by column and
+// stored row by row, by groups of 16 columns with the ISA's `block16`
+// (GemmKernel::bf16_pairs_16x16) where it has one, else (and for the last, partial block of
+// k) through a small buffer. (A transposing float32 pack and then a conversion cost 2-3x
+// more.)
 FASTCONV_CLONES void pairs_from_columns(index_t n, index_t width, index_t ld, index_t kc,
                                         index_t kc_pad, const float* src, std::uint16_t* dst,
                                         Bf16Pairs16x16Fn block16) {
@@ -62,12 +63,15 @@ FASTCONV_CLONES void pairs_from_columns(index_t n, index_t width, index_t ld, in
   for (index_t q0 = 0; q0 < pairs; q0 += kRows) {
     const index_t rows = std::min(kRows, pairs - q0), p0 = 2 * q0;
     const bool whole = p0 + 2 * kRows <= kc;
-    index_t j0 = 0;
-    if (block16 && whole)
-      for (; j0 + 16 <= n; j0 += 16)
-        block16(src + j0 * ld + p0, ld, dst + q0 * 2 * width + 2 * j0, width);
-    if (j0 == width) continue;
-    for (index_t j = j0; j < width; ++j) {
+    if (block16 && whole) {
+      for (index_t j0 = 0; j0 < width; j0 += 16) {
+        const index_t cols = std::clamp<index_t>(n - j0, 0, 16);
+        block16(cols > 0 ? src + j0 * ld + p0 : nullptr, ld, cols,
+                std::min<index_t>(16, width - j0), dst + q0 * 2 * width + 2 * j0, width);
+      }
+      continue;
+    }
+    for (index_t j = 0; j < width; ++j) {
       const float* col = src + j * ld + p0;
       if (j >= n) {
         for (index_t q = 0; q < rows; ++q) block[q][j] = 0;
@@ -84,8 +88,7 @@ FASTCONV_CLONES void pairs_from_columns(index_t n, index_t width, index_t ld, in
       }
     }
     for (index_t q = 0; q < rows; ++q)
-      std::memcpy(dst + (q0 + q) * 2 * width + 2 * j0, block[q] + j0,
-                  sizeof(std::uint32_t) * (width - j0));
+      std::memcpy(dst + (q0 + q) * 2 * width, block[q], sizeof(std::uint32_t) * width);
   }
 }
 
@@ -146,6 +149,9 @@ index_t bf16_k_block(const Bf16GemmConfig& k, index_t K) {
 const void* Bf16FromF32A::block(index_t ic, index_t mc, index_t pc, index_t kc, void* scratch,
                                 float* f32) const {
   const Bf16GemmConfig& k = bf16_gemm_config();
+  if (k.layout == Bf16Layout::pairs &&
+      a.pack_bf16_pairs(ic, mc, pc, kc, k.pad_k(kc), k.mr, static_cast<std::uint16_t*>(scratch)))
+    return scratch;
   const float* packed = a.block(ic, mc, pc, kc, k.mr, f32);
   const index_t panel = k.a_panel_bytes(k.pad_k(kc));
   auto* out = static_cast<unsigned char*>(scratch);

@@ -153,18 +153,24 @@ def hostile_values(rng, shape):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("level", simd_levels())
 @pytest.mark.parametrize("small_blocks", [False, True], ids=["blocks", "small_blocks"])
+@pytest.mark.parametrize("operand", ["a", "b"])
 @pytest.mark.parametrize("shape", [(5, 45, 77), (13, 16, 32), (3, 100, 33), (20, 70, 700),
-                                   (1, 1, 1), (7, 17, 2), (2, 64, 31)],
+                                   (1, 1, 1), (7, 17, 2), (2, 64, 31), (40, 3, 64)],
                          ids=lambda s: "x".join(map(str, s)))
-def test_b_packed_from_columns_has_the_bits_of_b_packed_from_rows(path, level, small_blocks,
-                                                                   shape, rng):
-    """B given transposed (its columns contiguous, as a Linear weight in the forward pass) is
-    packed column by column (by 16 x 16 blocks in registers at avx512, through a buffer
-    below), B given as rows row by row: the same panels, so the same bits of C, hostile
-    values and every k and column edge included."""
+def test_operand_packed_from_columns_has_the_bits_of_packing_from_rows(path, level, small_blocks,
+                                                                       operand, shape, rng):
+    """An operand whose pairs run along its rows in memory (A as given, B transposed: a
+    Linear's input and weight in the forward pass) is packed column by column of its packed
+    form (by 16 x 16 blocks in registers at avx512, through a buffer below), the other
+    layout row by row: the same panels, so the same bits of C, hostile values and every k,
+    row and column edge included."""
     M, N, K = shape
     a = hostile_values(rng, (M, K))
-    bt = hostile_values(rng, (N, K))
+    b = hostile_values(rng, (K, N))
+    if operand == "a":
+        forms = ((a, b, False, False), (np.ascontiguousarray(a.T), b, True, False))
+    else:
+        forms = ((a, np.ascontiguousarray(b.T), False, True), (a, b, False, False))
     out = []
     with bf16_path(path), Settings(level):
         cfg = _core.bf16_gemm_blocks()
@@ -172,9 +178,9 @@ def test_b_packed_from_columns_has_the_bits_of_b_packed_from_rows(path, level, s
             assert _core.set_bf16_gemm_blocks(cfg["mr"], 2 * cfg["k_group"] if cfg["k_group"] > 1
                                               else 24, cfg["nr"])
         try:
-            for b, trans_b in ((bt, True), (np.ascontiguousarray(bt.T), False)):
+            for aa, bb, trans_a, trans_b in forms:
                 c = np.empty((M, N), np.float32)
-                _core.gemm(a, b, c, False, trans_b, precision="bf16")
+                _core.gemm(aa, bb, c, trans_a, trans_b, precision="bf16")
                 out.append(c)
         finally:
             assert _core.set_bf16_gemm_blocks(0, 0, 0)
