@@ -187,6 +187,39 @@ def test_operand_packed_from_columns_has_the_bits_of_packing_from_rows(path, lev
     assert np.array_equal(out[0].view(np.uint32), out[1].view(np.uint32))
 
 
+@pytest.mark.parametrize("hardware", sorted(HARDWARE))
+@pytest.mark.parametrize("shape", [(13, 33, 31), (40, 20, 700), (12, 32, 64)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_hardware_kernel_is_its_twin_on_hostile_values(hardware, shape, rng):
+    """Subnormal operands (read as zero), products that underflow (flushed to zero), ties,
+    an exponent carry, -0, and a NaN and an inf in one row and column each: the twin emulates
+    each as the instruction does, so the hardware and the twin agree bit for bit."""
+    M, N, K = shape
+    finite = np.array([0x3F808000, 0x3F818000, 0x3F7FFFFF, 0x00000001, 0x807FFFFF, 0x80000000,
+                       0x00010000, 0x1C800000], np.uint32).view(np.float32)  # .., 2^-70
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    for x in (a, b):
+        where = rng.random(x.shape) < 0.3
+        x[where] = rng.choice(finite, size=int(where.sum()))
+    b[:, 0] = np.float32(2.0 ** -130)  # subnormal in bf16 too: read as zero
+    a[1, :] = np.float32(2.0 ** 60)    # 2^60 * 2^-130 = 2^-70 were it read
+    a[2, :] = np.float32(2.0 ** -70)
+    b[:, 1] = np.float32(2.0 ** -70)   # products of 2^-140: flushed
+    a[3, 0], b[0, 2] = np.nan, np.inf
+    out = {}
+    for path in (hardware, HARDWARE[hardware]):
+        with bf16_path(path):
+            c = np.empty((M, N), np.float32)
+            _core.gemm(a, b, c, precision="bf16")
+            out[path] = c
+    got, want = out[hardware], out[HARDWARE[hardware]]
+    assert got[1, 0] == 0 and got[2, 1] == 0  # DAZ and FTZ, as the twin emulates them
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan) and nan[3].all() and not nan.all()
+    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
 def test_nonfinite_operands_propagate(rng):
     a, b = operands(rng, 8, 40, 20)
     a[2, 3] = np.nan
