@@ -49,9 +49,10 @@ struct Bf16Kernel {
   void (*begin)() = nullptr;
   void (*end)() = nullptr;
   // How much faster its GEMM multiplies than float32's, roughly (vdpbf16ps: 2, its peak over
-  // the float32 FMA's on Intel and on AMD Zen 4, where its 2048^3 GEMM measured 1.8x float32's;
-  // AMX: 16, Intel's figure, unmeasured; a twin: its hardware kernel's; the emulated path: 1). The conv dispatch weighs it against what the algorithms without a bf16 kernel
-  // gain over the GEMMs (conv/dispatch.cpp).
+  // the float32 FMA's on Intel and on AMD Zen 4, where its 2048^3 GEMM measured 1.95x
+  // float32's; AMX: 16, Intel's figure, unmeasured; a twin: its hardware kernel's; the
+  // emulated path: 1). The conv dispatch weighs it against what the algorithms without a
+  // bf16 kernel gain over the GEMMs (conv/dispatch.cpp).
   double multiply_rate = 1.0;
   // The hardware instruction's throughput loop behind the bf16 peak (peak.h): `rounds`
   // rounds of independent dot-product chains, peak_flops each (products and adds); null for

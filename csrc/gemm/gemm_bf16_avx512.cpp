@@ -77,8 +77,8 @@ double peak_loop(index_t rounds) {
 }
 
 // vdpbf16ps: 32 products per zmm instruction against vfmadd's 16, at the same rate on Zen 4
-// (one per cycle per core: 2x float32's FMA peak; see Bf16Kernel::multiply_rate). Per peak round: 16 lanes x 2 products x
-// 2 flops per chain.
+// (one per cycle per core: 2x float32's FMA peak; see Bf16Kernel::multiply_rate). Per peak
+// round: 16 lanes x 2 products x 2 flops per chain.
 const Bf16Kernel kKernel{MR, NR, Bf16Layout::pairs, &micro_kernel, nullptr, nullptr, 2.0,
                          &peak_loop, 4 * 16 * kPeakChains};
 
