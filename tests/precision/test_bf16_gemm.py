@@ -126,15 +126,20 @@ def test_twins_agree_with_the_emulated_path(twin, rng):
 def test_hardware_kernel_is_its_twin_bit_for_bit(hardware, shape, rng):
     """The twins emulate the instructions' arithmetic and order (SDM): on a CPU with the
     instructions, the same bits."""
-    M, N, K = shape
-    a, b = operands(rng, M, N, K)
-    out = {}
+    a, b = operands(rng, *shape)
+    got, want = on_hardware_and_twin(hardware, a, b)
+    assert np.array_equal(got, want)
+
+
+def on_hardware_and_twin(hardware, a, b):
+    """C = A . B in bf16 on hardware path `hardware`, then on its twin."""
+    out = []
     for path in (hardware, HARDWARE[hardware]):
         with bf16_path(path):
-            c = np.empty((M, N), np.float32)
+            c = np.empty((a.shape[0], b.shape[1]), np.float32)
             _core.gemm(a, b, c, precision="bf16")
-            out[path] = c
-    assert np.array_equal(out[hardware], out[HARDWARE[hardware]])
+            out.append(c)
+    return out
 
 
 def hostile_values(rng, shape):
@@ -207,13 +212,7 @@ def test_hardware_kernel_is_its_twin_on_hostile_values(hardware, shape, rng):
     a[2, :] = np.float32(2.0 ** -70)
     b[:, 1] = np.float32(2.0 ** -70)   # products of 2^-140: flushed
     a[3, 0], b[0, 2] = np.nan, np.inf
-    out = {}
-    for path in (hardware, HARDWARE[hardware]):
-        with bf16_path(path):
-            c = np.empty((M, N), np.float32)
-            _core.gemm(a, b, c, precision="bf16")
-            out[path] = c
-    got, want = out[hardware], out[HARDWARE[hardware]]
+    got, want = on_hardware_and_twin(hardware, a, b)
     assert got[1, 0] == 0 and got[2, 1] == 0  # DAZ and FTZ, as the twin emulates them
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(got), nan) and nan[3].all() and not nan.all()
