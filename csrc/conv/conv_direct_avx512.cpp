@@ -7,7 +7,7 @@
 #include <immintrin.h>
 
 #include "conv/conv_direct_tiles.h"
-#include "transpose_avx512.h"
+#include "simd_avx512.h"
 
 namespace fastconv {
 namespace {
@@ -41,13 +41,8 @@ struct Zmm {
   // Each lane rounded to bfloat16 as bf16.h's round_to_bf16: to nearest even (add 0x7fff
   // plus the lowest kept bit, drop the low 16 bits), a NaN truncated with its quiet bit set.
   static V round_bf16(V v) {
-    const __m512i u = _mm512_castps_si512(v), high = _mm512_set1_epi32(int(0xffff0000u));
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i r = _mm512_and_si512(
-        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), high);
-    const __m512i quiet = _mm512_or_si512(_mm512_and_si512(u, high), _mm512_set1_epi32(0x400000));
     return _mm512_castsi512_ps(
-        _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), quiet));
+        _mm512_and_si512(bf16_high_halves(v), _mm512_set1_epi32(int(0xffff0000u))));
   }
 
   // In-register transpose of a 16 x 16 block: r[i] lane j <-> r[j] lane i.

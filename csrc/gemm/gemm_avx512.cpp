@@ -2,7 +2,7 @@
 // This file alone is compiled with -mavx512f; it runs only after cpuid says the CPU has it.
 #include "gemm/fma_loop.h"
 #include "gemm/gemm.h"
-#include "transpose_avx512.h"
+#include "simd_avx512.h"
 
 #if defined(FASTCONV_X86) && defined(__AVX512F__)
 #include <immintrin.h>
@@ -163,22 +163,13 @@ void nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* const*
   }
 }
 
-// Each lane's bf16 bits (bf16.h's bf16_bits: to nearest even, a NaN truncated with its quiet
-// bit set) in its high half; the low half is junk.
-__m512i bf16_high_halves(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
-  return _mm512_mask_or_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), u,
-                              _mm512_set1_epi32(0x400000));
-}
-
 // GemmKernel::bf16_pairs_16x16: per column, its 32 floats' bf16 bits gathered into 16 pair
 // words (the even k's in the low halves) in one vector; then the 16 x 16 words transposed in
 // registers (r[j] lane q -> r[q] lane j) and each row's first `words` stored.
 void bf16_pairs_16x16(const float* src, index_t ld, index_t n, index_t words,
                       std::uint16_t* dst, index_t width) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i even =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __m512i high = _mm512_set1_epi32(int(0xffff0000u));
   __m512 r[16];

@@ -1,5 +1,6 @@
-// In-register transpose of a 16 x 16 block of 32-bit lanes, for the files compiled with
-// -mavx512f (conv_direct_avx512.cpp's channels-last copies, gemm_avx512.cpp's bf16 pairs).
+// AVX-512 helpers shared by the files compiled with -mavx512f: the 16 x 16 transpose of
+// conv_direct_avx512.cpp's channels-last copies and gemm_avx512.cpp's bf16 pairs, and the
+// bf16 rounding of both.
 #pragma once
 
 #if defined(__AVX512F__)
@@ -29,6 +30,16 @@ inline void transpose16x16(__m512 r[16]) {
     r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
     r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
   }
+}
+
+// Each lane's bf16 bits (bf16.h's bf16_bits: to nearest even, a NaN truncated with its quiet
+// bit set) in its high half; the low half is junk.
+inline __m512i bf16_high_halves(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+  return _mm512_mask_or_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), u,
+                              _mm512_set1_epi32(0x400000));
 }
 
 }  // namespace fastconv
