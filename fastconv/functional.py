@@ -905,7 +905,8 @@ def pad(x, pad, mode="constant", value=0.0) -> np.ndarray:
     x = as_float_array(x, "x", "pad")
     pads = pad_geometry(x.shape, pad, mode, "pad")
     if mode != "constant":
-        return np.pad(x, pads, mode=_NUMPY_PAD_MODE[mode])
+        # (np.pad keeps a Fortran-ordered input's layout: a copy in C order then)
+        return np.ascontiguousarray(np.pad(x, pads, mode=_NUMPY_PAD_MODE[mode]))
     value = x.dtype.type(value)
     y = np.full(tuple(n + b + a for n, (b, a) in zip(x.shape, pads)), value, x.dtype)
     y[tuple(slice(b, b + n) for n, (b, _) in zip(x.shape, pads))] = x

@@ -55,6 +55,23 @@ def test_pad_and_its_gradient_match_torch(torch, ops, mode, case):
     np.testing.assert_allclose(g, xt.grad.numpy(), rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.parametrize("ops", [F, R], ids=["functional", "reference"])
+@pytest.mark.parametrize("mode", MODES)
+def test_pad_of_any_layout_is_a_new_c_contiguous_array(ops, mode):
+    # np.pad keeps a Fortran-ordered input's layout: reflect/replicate/circular gave F-order
+    # outputs, where the module docstring promises new C-contiguous arrays
+    x = np.random.default_rng(3).normal(size=(2, 3, 5, 6))
+    want = ops.pad(x, (2, 1, 0, 3), mode)
+    wide = np.zeros((2, 3, 5, 12))
+    wide[..., ::2] = x
+    for name, view in [("fortran", np.asfortranarray(x)), ("strided", wide[..., ::2]),
+                       ("negative strides", np.ascontiguousarray(x[..., ::-1])[..., ::-1])]:
+        for pad in [(2, 1, 0, 3), (0, 0, 0, 0)]:
+            y = ops.pad(view, pad, mode)
+            assert y.flags.c_contiguous and not np.shares_memory(y, view), (name, pad)
+        np.testing.assert_array_equal(ops.pad(view, (2, 1, 0, 3), mode), want, err_msg=name)
+
+
 def test_pad_functional_and_reference_agree_property():
     hyp = pytest.importorskip("hypothesis")
     st = hyp.strategies
