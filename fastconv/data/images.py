@@ -37,7 +37,10 @@ def is_image_file(path: str | os.PathLike) -> bool:
 def read_image(path: str | os.PathLike, size: int = 32) -> np.ndarray:
     """Read an image file as uint8 (3, size, size): RGB, shorter side resized to ``size``
     (bicubic), centre crop. Any size and mode (grey, palette, RGBA: alpha dropped, CMYK) is
-    accepted. :class:`ImageReadError` naming the file when it cannot be read."""
+    accepted. 16-bit greyscale images (PNG, TIFF: Pillow's modes "I;16..." and "I") are scaled
+    to 8 bits, v -> round(v / 257) clipped to 0..255, as 16-bit colour images already are by
+    Pillow (a plain ``convert("RGB")``, as torchvision's loader does, clips them at 255: white).
+    :class:`ImageReadError` naming the file when it cannot be read."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError as e:
@@ -50,6 +53,8 @@ def read_image(path: str | os.PathLike, size: int = 32) -> np.ndarray:
             im.draft("RGB", (size, size))    # JPEG: decode at a reduced scale >= size
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")      # (Pillow warns on a direct P -> RGB here)
+            if im.mode.startswith("I"):
+                im = _sixteen_bit_grey_as_l(im)
             im = im.convert("RGB")
     except FileNotFoundError as e:
         raise ImageReadError(f"image {path} not found") from e
@@ -63,3 +68,13 @@ def read_image(path: str | os.PathLike, size: int = 32) -> np.ndarray:
     left, top = (nw - size) // 2, (nh - size) // 2
     im = im.crop((left, top, left + size, top + size))
     return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def _sixteen_bit_grey_as_l(im):
+    """A greyscale image of 16 bits per pixel (Pillow mode "I;16", "I;16B", ..., or "I",
+    which Pillow before 10 gave 16-bit PNGs) as 8 bits ("L"): round(v / 257), v clipped to
+    0..65535, so that 257 v reads as v, as the same picture saved in 8 bits."""
+    from PIL import Image
+
+    v = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+    return Image.fromarray(((v + 128) // 257).astype(np.uint8), "L")

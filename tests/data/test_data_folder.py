@@ -166,3 +166,31 @@ def test_load_dataset_by_name(tmp_path):
         D.load_dataset(f"folder:{root}", tmp_path)
     with pytest.raises(ValueError, match="32 x 32"):
         D.load_dataset("cifar10", image_size=64)
+
+
+@pytest.mark.parametrize("mode,fmt", [("I;16", "png"), ("I;16", "tiff"), ("I", "tiff")])
+def test_16_bit_grey_images_are_scaled_as_their_8_bit_twins(tmp_path, mode, fmt):
+    # 16-bit greyscale PNG/TIFF open as "I;16" (Pillow < 10.? gives "I" for PNG); Pillow's
+    # convert("RGB") clips those values at 255 instead of scaling them, so nearly every pixel
+    # read as white. The same picture in 8 bits (v) and in 16 bits (257 v) must read alike.
+    grey8 = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (40, 1))    # 40 x 64, 0..252
+    Image.fromarray(grey8, "L").save(tmp_path / "g8.png")
+    wide = grey8.astype(np.uint16) * 257
+    im16 = Image.fromarray(wide) if mode == "I;16" else Image.fromarray(wide.astype(np.int32))
+    assert im16.mode == mode
+    im16.save(tmp_path / f"g16.{fmt}")
+    with Image.open(tmp_path / f"g16.{fmt}") as check:
+        assert check.mode == mode
+    want = D.read_image(tmp_path / "g8.png", 32)
+    got = D.read_image(tmp_path / f"g16.{fmt}", 32)
+    assert got.dtype == np.uint8 and got.shape == (3, 32, 32)
+    np.testing.assert_array_equal(got, want)
+    assert 0 < got.mean() < 200                        # not saturated
+    f = D.load_image_folder(_save_both(tmp_path / "tree", tmp_path / f"g16.{fmt}"), 32)
+    np.testing.assert_array_equal(f.x[0], want)
+
+
+def _save_both(root: Path, image: Path) -> Path:
+    (root / "a").mkdir(parents=True)
+    (root / "a" / image.name).write_bytes(image.read_bytes())
+    return root
