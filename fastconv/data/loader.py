@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .cifar import CIFAR10_MEAN, CIFAR10_STD
-from .transforms import PADDING_MODES, _affine, augment_batch
+from .transforms import PADDING_MODES, _affine, augment_batch, pixel_scale
 
 __all__ = ["DataLoader"]
 
@@ -47,16 +47,17 @@ class DataLoader:
     What a batch holds:
 
     * ``x``: the selected images, augmented (if ``augment``), then normalised per channel
-      (axis 1): ``(x / 255 - mean) / std`` for uint8 images, ``(x - mean) / std`` for float
-      images (taken as already in [0, 1]). float32, or float64 when the images are float64.
-      With ``mean=None, std=None`` float images pass through unchanged (a copy) and uint8
-      images are only scaled to [0, 1].
+      (axis 1): ``(x / 255 - mean) / std`` for uint8 images (uint16 and int16 ones divided by
+      65535 and 32767: :func:`fastconv.data.transforms.pixel_scale`), ``(x - mean) / std``
+      for float images (taken as already in [0, 1]) and other integers. float32, or
+      float64 when the images are float64. With ``mean=None, std=None`` float images pass
+      through unchanged (a copy) and uint8 (uint16, int16) images are only scaled to [0, 1].
     * ``y``: the selected labels as int64 (integer labels), or the selected targets unchanged
       (any other real array of N rows, e.g. clean images for a denoising autoencoder).
 
     Args:
-        images: (N, C, H, W) uint8 or float images; any (N, C, ...) real array when
-            ``augment`` is off (e.g. (N, features) for a multi-layer perceptron).
+        images: (N, C, H, W) uint8, uint16, int16 or float images; any (N, C, ...) real
+            array when ``augment`` is off (e.g. (N, features) for a multi-layer perceptron).
         labels: (N,) integer class labels, or (N, ...) real targets.
         batch_size: images per batch.
         shuffle: new random order every epoch (otherwise the given order).
@@ -128,12 +129,11 @@ class DataLoader:
         self.prefetch = int(prefetch)
         self.dtype = np.dtype(np.float64 if images.dtype == np.float64 else np.float32)
         """dtype of the image batches."""
-        from_uint8 = images.dtype == np.uint8
         self._affine: tuple[np.ndarray, np.ndarray] | None = None
         if mean is not None or std is not None or images.dtype.kind != "f":
             try:
-                self._affine = _affine(mean, std, images.shape[1], from_uint8, images.ndim,
-                                       self.dtype)
+                self._affine = _affine(mean, std, images.shape[1], pixel_scale(images.dtype),
+                                       images.ndim, self.dtype)
             except ValueError as e:
                 raise ValueError(f"DataLoader: {e} (one per channel: axis 1 of images of "
                                  f"shape {images.shape}); mean=None, std=None skip the "

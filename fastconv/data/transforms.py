@@ -10,7 +10,20 @@ import numpy as np
 
 from .cifar import CIFAR10_MEAN, CIFAR10_STD
 
-__all__ = ["compute_mean_std", "to_float32", "augment_batch"]
+__all__ = ["compute_mean_std", "to_float32", "augment_batch", "pixel_scale"]
+
+
+#: Integer image dtypes and the value standing for full intensity (1.0), as
+#: torchvision.transforms.v2.ToDtype(torch.float32, scale=True) scales them.
+_FULL_SCALE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535, np.dtype(np.int16): 32767}
+
+
+def pixel_scale(dtype) -> float:
+    """What one unit of an image of `dtype` is in [0, 1]: 1/255 for uint8, 1/65535 for uint16
+    and 1/32767 for int16 images (16-bit PNG/TIFF and the like); 1.0 for anything else (float
+    images are taken as already in [0, 1], other integers as plain values)."""
+    full = _FULL_SCALE.get(np.dtype(dtype))
+    return 1.0 if full is None else 1.0 / full
 
 
 def compute_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -18,7 +31,8 @@ def compute_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray,
 
     Integer sums are exact (accumulated in int64 over chunks of ``chunk`` images, so no large
     temporaries); ``std = sqrt(E[x^2] - E[x]^2) / 255``. Returns two float64 arrays of shape
-    (C,). Float input is taken as already scaled to [0, 1].
+    (C,). uint16 and int16 images are scaled by 1/65535 and 1/32767 (:func:`pixel_scale`);
+    float input is taken as already scaled to [0, 1].
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[0] == 0:
@@ -39,22 +53,22 @@ def compute_mean_std(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray,
     x = images.astype(np.float64, copy=False)
     mean = x.mean(axis=(0, 2, 3))
     std = x.std(axis=(0, 2, 3))
-    return mean, std
+    pix = pixel_scale(images.dtype)
+    return mean * pix, std * pix
 
 
 def _affine(mean: Sequence[float] | np.ndarray | None, std: Sequence[float] | np.ndarray | None,
-            channels: int, from_uint8: bool, ndim: int = 4,
+            channels: int, pix: float, ndim: int = 4,
             dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """``scale, offset`` with ``y = x * scale + offset`` per channel (axis 1), each of ``dtype``
-    and shape (1, C, 1, ...) with ``ndim`` axes: ``scale = (1/255 for uint8) / std``,
-    ``offset = -mean / std``."""
+    and shape (1, C, 1, ...) with ``ndim`` axes: ``scale = pix / std`` (``pix``: the
+    images' :func:`pixel_scale`, 1/255 for uint8), ``offset = -mean / std``."""
     m = np.zeros(channels) if mean is None else np.asarray(mean, np.float64).reshape(-1)
     s = np.ones(channels) if std is None else np.asarray(std, np.float64).reshape(-1)
     if m.shape != (channels,) or s.shape != (channels,):
         raise ValueError(f"mean and std need {channels} values each, got {m.shape} and {s.shape}")
     if np.any(s <= 0):
         raise ValueError(f"std must be positive, got {s}")
-    pix = 1.0 / 255.0 if from_uint8 else 1.0
     shape = (1, channels) + (1,) * (ndim - 2)
     scale = (pix / s).astype(dtype).reshape(shape)
     offset = (-m / s).astype(dtype).reshape(shape)
@@ -65,14 +79,15 @@ def to_float32(images: np.ndarray, mean: Sequence[float] | np.ndarray | None = C
                std: Sequence[float] | np.ndarray | None = CIFAR10_STD) -> np.ndarray:
     """Decode images to float32 NCHW: ``(x / 255 - mean) / std`` per channel.
 
-    uint8 input is divided by 255; float input is taken as already in [0, 1]. ``mean=None`` /
+    uint8 input is divided by 255, uint16 by 65535 and int16 by 32767 (:func:`pixel_scale`);
+    float input is taken as already in [0, 1]. ``mean=None`` /
     ``std=None`` skip the shift / scale (e.g. ``to_float32(x, None, None)`` gives x / 255).
     Returns a new C-contiguous float32 array of the same shape.
     """
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"to_float32: expected (N, C, H, W) images, got shape {images.shape}")
-    scale, offset = _affine(mean, std, images.shape[1], images.dtype == np.uint8)
+    scale, offset = _affine(mean, std, images.shape[1], pixel_scale(images.dtype))
     out = np.multiply(images, scale, dtype=np.float32)
     out += offset
     return out

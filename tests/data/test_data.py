@@ -439,6 +439,33 @@ def test_to_float32_normalisation(fake_batches):
         D.to_float32(x, (0, 0, 0), (1, 0, 1))
 
 
+@pytest.mark.parametrize("dtype,full", [(np.uint16, 65535), (np.int16, 32767)])
+def test_16_bit_images_are_scaled_by_their_full_range_as_uint8_by_255(fake_batches, dtype,
+                                                                      full):
+    # uint16 / int16 images (16-bit PNG/TIFF, scientific images) went through to_float32,
+    # compute_mean_std and DataLoader as values 0..65535, taken for floats in [0, 1]: inputs
+    # of ~1e5 after normalisation. As torchvision's ToDtype(float32, scale=True), they are
+    # divided by the dtype's full value, so a picture gives the same floats in 8 and 16 bits.
+    x8 = fake_batches["test_batch"][b"data"].reshape(-1, 3, 32, 32)[:40]
+    x16 = np.rint(x8 * (full / 255)).astype(dtype)           # 0 -> 0, 255 -> full
+    # (exact for 65535 = 257 * 255; rounded to 1/2 unit of 1/32767 for int16)
+    tol = 1e-6 if full % 255 == 0 else 0.51 / full
+    want = x8 / 255.0
+    np.testing.assert_allclose(D.to_float32(x16, None, None), want, rtol=0, atol=tol)
+    np.testing.assert_allclose(D.to_float32(x16), D.to_float32(x8), rtol=0, atol=tol / 0.2)
+    for got, expected in zip(D.compute_mean_std(x16), D.compute_mean_std(x8)):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=tol)
+    for mean, std in [(None, None), (D.CIFAR10_MEAN, D.CIFAR10_STD)]:
+        batch16 = next(iter(D.DataLoader(x16, np.zeros(40, int), 40, mean=mean, std=std)))
+        batch8 = next(iter(D.DataLoader(x8, np.zeros(40, int), 40, mean=mean, std=std)))
+        assert batch16[0].dtype == np.float32
+        np.testing.assert_allclose(batch16[0], batch8[0], rtol=0, atol=tol / 0.2)
+    # other integer arrays are values, as before (e.g. counts as features)
+    counts = np.arange(12, dtype=np.int64).reshape(4, 3)
+    np.testing.assert_array_equal(
+        next(iter(D.DataLoader(counts, np.zeros(4, int), 4, mean=None, std=None)))[0], counts)
+
+
 # --------------------------------------------------------------------------------------------
 # Augmentation
 # --------------------------------------------------------------------------------------------
