@@ -409,6 +409,56 @@ def test_summary_wrong_input_names_the_layer_path():
         nn.Residual(nn.Conv2d(3, 4, 3, padding=1)).summary((3, 8, 8), print_fn=None)
 
 
+class _Raises(nn.Module):
+    """A custom layer whose forward fails with `exc` (no output_shape of its own: summary runs
+    its forward on zeros)."""
+
+    def __init__(self, exc):
+        super().__init__()
+        self.exc = exc
+
+    def forward(self, x):
+        raise self.exc
+
+
+class _NoForward(nn.Module):
+    pass
+
+
+class _Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return {}["missing"]                          # a bug in a user's model: KeyError
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), IndexError("boom"), KeyError("boom"),
+                                 ZeroDivisionError("boom"), AssertionError("boom")],
+                         ids=lambda e: type(e).__name__)
+def test_summary_names_the_layer_whatever_it_raises(exc):
+    # Only ValueError/TypeError were caught and given the layer's path: a custom layer failing
+    # with anything else (RuntimeError, IndexError, KeyError...) came out bare, with nothing
+    # saying which layer of the model, on which input shape.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), _Raises(exc)))
+    with pytest.raises(RuntimeError, match=r"summary: layer 1\.1 \(_Raises\(\)\) failed on "
+                                           r"input of shape \(1, 4, 6, 6\): "
+                                           + type(exc).__name__ + r": .*boom") as err:
+        model.summary((3, 8, 8), print_fn=None)
+    assert err.value.__cause__ is exc                  # the original traceback stays
+    model = nn.Residual(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _Raises(exc)))
+    with pytest.raises(RuntimeError, match=r"layer body\.1 \(_Raises\(\)\) failed"):
+        model.summary((3, 8, 8), print_fn=None)
+    # a module with sub-modules is named on one line, as in the layers' own errors
+    with pytest.raises(RuntimeError, match=r"^summary: layer 1 \(_Custom\(\.\.\.\)\) failed "
+                                           r"on input of shape \(1, 4, 6, 6\): KeyError"):
+        nn.Sequential(nn.Conv2d(3, 4, 3), _Custom()).summary((3, 8, 8), print_fn=None)
+    with pytest.raises(RuntimeError, match=r"layer 1 \(_NoForward\(\)\) failed .*"
+                                           r"NotImplementedError: _NoForward does not implement"):
+        nn.Sequential(nn.Conv2d(3, 4, 3), _NoForward()).summary((3, 8, 8), print_fn=None)
+
+
 def test_onnx_scalar_constants_are_scalars(ort, tmp_path):
     # Clip's bounds and Pad's value are scalars in ONNX; they were written as (1,) tensors
     from fastconv.export import to_onnx

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .linear import Flatten, Linear
-from .module import Module
+from .module import Module, _one_line
 
 # A receptive field `rf` below: per spatial axis (size, jump) in input pixels, or None where
 # it has ended.
@@ -87,12 +87,16 @@ def set_field(row: dict, rf) -> None:
 
 def output_shape_of(module: Module, shape, name: str) -> tuple:
     """``module.output_shape(shape)``; a ValueError naming the module's path if it cannot
-    take that input."""
+    take that input (its ValueError or TypeError), a RuntimeError naming it if it fails
+    otherwise (a custom layer's forward raising, say, IndexError), chained to the original."""
+    where = f"summary: layer {name or type(module).__name__} ({_one_line(module)})"
     try:
         return tuple(module.output_shape(shape))
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"summary: layer {name or type(module).__name__} ({module!r}) cannot take "
-                         f"input of shape {tuple(shape)}: {exc}") from exc
+        raise ValueError(f"{where} cannot take input of shape {tuple(shape)}: {exc}") from exc
+    except Exception as exc:
+        raise RuntimeError(f"{where} failed on input of shape {tuple(shape)}: "
+                           f"{type(exc).__name__}: {exc}") from exc
 
 
 def layer_row(layer: Module, shape, rf, name: str, depth: int, rows: list):
