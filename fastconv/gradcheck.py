@@ -15,6 +15,11 @@ layer k.
 Any module works, containers included (Residual, Concat, nested trees). Frozen parameters
 (``requires_grad=False``) get no gradient, so they are not checked.
 
+Pass/fail as torch.autograd.gradcheck: with ``atol`` and/or ``rtol`` (the one not given takes
+torch's default, atol=1e-5, rtol=1e-3), every checked entry must satisfy
+|analytical - numerical| <= atol + rtol |numerical|, else :class:`GradcheckError` (naming the
+tensor and its worst entry) is raised; the relative errors are returned either way.
+
 A parameter whose exact gradient is zero (the bias of a convolution followed by BatchNorm in
 training mode) gives a relative error near 1, as both gradients are rounding noise: leave such
 biases out (``bias=False``, as in VGG with BatchNorm) or skip them with ``params``.
@@ -34,7 +39,17 @@ from .init import as_generator
 from .losses import CrossEntropyLoss
 from .nn import Dropout, Module, Sequential
 
-__all__ = ["eval_numerical_gradient", "rel_error", "gradcheck_layer", "gradcheck_model"]
+__all__ = ["eval_numerical_gradient", "rel_error", "gradcheck_layer", "gradcheck_model",
+           "GradcheckError"]
+
+#: torch.autograd.gradcheck's default tolerances, taken for the one of atol / rtol not given
+TORCH_ATOL, TORCH_RTOL = 1e-5, 1e-3
+
+
+class GradcheckError(RuntimeError):
+    """A gradient check with tolerances (``atol`` / ``rtol``) failed; as
+    ``torch.autograd.gradcheck.GradcheckError``, a RuntimeError. The message names each
+    tensor with entries outside the tolerances, how many, and the worst one."""
 
 
 def rel_error(a, b) -> float:
@@ -160,6 +175,40 @@ def _input(x_or_shape, gen: np.random.Generator, op: str) -> np.ndarray:
     return gen.standard_normal(tuple(int(n) for n in shape))
 
 
+def _tolerances(atol, rtol, op: str):
+    """None (no pass/fail check) when neither is given, else (atol, rtol) as floats, the one not
+    given at torch.autograd.gradcheck's default; each a finite number >= 0."""
+    if atol is None and rtol is None:
+        return None
+    out = []
+    for name, value, default in (("atol", atol, TORCH_ATOL), ("rtol", rtol, TORCH_RTOL)):
+        if value is None:
+            value = default
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating)) \
+                or not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{op}: {name} must be a finite number >= 0 (or None), got {value!r}")
+        out.append(float(value))
+    return tuple(out)
+
+
+def _outside(name: str, ana, num, idx, shape, tol) -> str | None:
+    """Why the checked entries of tensor `name` fail |ana - num| <= atol + rtol |num| (None if
+    they do not): how many, and the worst (largest excess; NaN first) with its index."""
+    atol, rtol = tol
+    ana = np.asarray(ana, dtype=np.float64).reshape(-1)
+    num = np.asarray(num, dtype=np.float64).reshape(-1)
+    excess = np.abs(ana - num) - (atol + rtol * np.abs(num))
+    bad = ~(excess <= 0)                                      # (NaN fails)
+    if not bad.any():
+        return None
+    k = int(np.argmax(np.where(bad, np.nan_to_num(excess, nan=np.inf), -np.inf)))
+    flat = k if idx is None else int(idx[k])
+    at = tuple(int(i) for i in np.unravel_index(flat, shape))
+    return (f"{name!r}: {int(bad.sum())} of {ana.size} checked entries differ by more than "
+            f"atol + rtol |numerical| (atol={atol!r}, rtol={rtol!r}); worst: entry {flat} "
+            f"{at}, analytical {ana[k]:.10g}, numerical {num[k]:.10g}")
+
+
 def _check_options(module, max_checks, eps, params, op: str) -> None:
     """The arguments gradcheck_layer and gradcheck_model share."""
     if not isinstance(module, Module):
@@ -197,7 +246,7 @@ def _prepare(module: Module) -> Module:
 
 def _check(module: Module, x: np.ndarray, loss_and_grad, eps: float, max_checks: int | None,
            gen: np.random.Generator, check_input: bool, params=None,
-           robust: bool = False) -> dict[str, float]:
+           robust: bool = False, tol=None, op: str = "gradcheck") -> dict[str, float]:
     buffers = [(b, b.copy()) for b in module.buffers()]
 
     def restore():
@@ -244,11 +293,19 @@ def _check(module: Module, x: np.ndarray, loss_and_grad, eps: float, max_checks:
         return f
 
     errors: dict[str, float] = {}
+    failures: list[str] = []
+
+    def record(name, ana, num, idx, shape):
+        errors[name] = rel_error(ana, num)
+        why = None if tol is None else _outside(name, ana, num, idx, shape, tol)
+        if why is not None:
+            failures.append(why)
+
     if check_input:
         idx = _sample(grad_x, max_checks, gen)
         num = eval_numerical_gradient(f_from(0), x, eps, idx, robust)
         ana = grad_x if idx is None else grad_x.reshape(-1)[idx]
-        errors["input"] = rel_error(ana, num)
+        record("input", ana, num, idx, x.shape)
     named = dict(module.named_parameters())
     if params is not None:
         unknown = [n for n in params if n not in named]
@@ -265,21 +322,31 @@ def _check(module: Module, x: np.ndarray, loss_and_grad, eps: float, max_checks:
         idx = _sample(p.grad, max_checks, gen)
         num = eval_numerical_gradient(f_from(owner.get(id(p), 0)), p.data, eps, idx, robust)
         ana = p.grad if idx is None else p.grad.reshape(-1)[idx]
-        errors[name] = rel_error(ana, num)
+        record(name, ana, num, idx, p.shape)
+    if failures:
+        raise GradcheckError(f"{op}: " + "; ".join(failures))
     return errors
 
 
 def gradcheck_layer(layer: Module, x_or_shape, seed=0, eps: float = 1e-6,
                     max_checks: int | None = None, check_input: bool = True,
-                    params=None, robust: bool = False) -> dict[str, float]:
+                    params=None, robust: bool = False, *, atol: float | None = None,
+                    rtol: float | None = None) -> dict[str, float]:
     """Check `layer`'s backward against central differences of L = sum(layer(x) * r), r ~ N(0, 1).
 
     x_or_shape: an input array, or a shape for a N(0, 1) input drawn from `seed`. Runs on a
     float64 copy of the layer. Returns {"input": err, "<param name>": err, ...} of relative
     errors (at most `max_checks` random entries per tensor when given; only the parameters
     named in `params` when given). robust: see :func:`eval_numerical_gradient`.
+
+    atol, rtol: as torch.autograd.gradcheck's (the one not given at torch's default, 1e-5 /
+    1e-3): every checked entry must satisfy |analytical - numerical| <= atol + rtol
+    |numerical|, else :class:`GradcheckError` names the tensors and their worst entries.
+    Neither given (the default): no pass/fail, only the errors.
     """
-    _check_options(layer, max_checks, eps, params, "gradcheck_layer")
+    op = "gradcheck_layer"
+    _check_options(layer, max_checks, eps, params, op)
+    tol = _tolerances(atol, rtol, op)
     gen = as_generator(seed)
     x = _input(x_or_shape, gen, "gradcheck_layer")
     module = _prepare(layer)
@@ -292,13 +359,15 @@ def gradcheck_layer(layer: Module, x_or_shape, seed=0, eps: float = 1e-6,
         value = float(np.vdot(y.reshape(-1), r.reshape(-1)))
         return (value, r) if need_grad else value
 
-    return _check(module, x, loss_and_grad, eps, max_checks, gen, check_input, params, robust)
+    return _check(module, x, loss_and_grad, eps, max_checks, gen, check_input, params, robust,
+                  tol, op)
 
 
 def gradcheck_model(model: Module, x_or_shape, targets=None, num_classes: int | None = None,
                     seed=0, eps: float = 1e-5, max_checks: int | None = 20,
                     check_input: bool = True, label_smoothing: float = 0.0,
-                    params=None, robust: bool = True) -> dict[str, float]:
+                    params=None, robust: bool = True, *, atol: float | None = None,
+                    rtol: float | None = None) -> dict[str, float]:
     """Check a classifier's backward through CrossEntropyLoss against central differences.
 
     x_or_shape: an input batch or its shape (N(0, 1) input from `seed`); targets: integer
@@ -314,8 +383,13 @@ def gradcheck_model(model: Module, x_or_shape, targets=None, num_classes: int | 
     Deep nets at PyTorch's default initialisation can have gradients so small (~1e-6) that the
     central-difference noise (~1e-16 * loss / eps) is no longer negligible; re-initialise with
     ``fastconv.init.kaiming_normal_`` for a sharper check.
+
+    atol, rtol: pass/fail with torch.autograd.gradcheck's criterion, as in
+    :func:`gradcheck_layer` (:class:`GradcheckError` on failure).
     """
-    _check_options(model, max_checks, eps, params, "gradcheck_model")
+    op = "gradcheck_model"
+    _check_options(model, max_checks, eps, params, op)
+    tol = _tolerances(atol, rtol, op)
     gen = as_generator(seed)
     x = _input(x_or_shape, gen, "gradcheck_model")
     module = _prepare(model)
@@ -334,4 +408,5 @@ def gradcheck_model(model: Module, x_or_shape, targets=None, num_classes: int | 
         value = crit.forward(y, targets)
         return (value, crit.backward()) if need_grad else value
 
-    return _check(module, x, loss_and_grad, eps, max_checks, gen, check_input, params, robust)
+    return _check(module, x, loss_and_grad, eps, max_checks, gen, check_input, params, robust,
+                  tol, op)

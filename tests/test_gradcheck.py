@@ -117,3 +117,73 @@ def test_robust_mode_steps_over_a_kink():
     y = np.array([0.3, -1.2])
     np.testing.assert_allclose(eval_numerical_gradient(smooth, y, robust=True),
                                eval_numerical_gradient(smooth, y), rtol=1e-8)
+
+
+def test_atol_rtol_turn_the_errors_into_a_pass_or_a_gradcheck_error():
+    # torch.autograd.gradcheck's criterion, |analytical - numerical| <= atol + rtol |numerical|
+    # on every checked entry: a pass returns the errors as without tolerances, a failure
+    # raises GradcheckError naming the tensor and its worst entry
+    from fastconv.gradcheck import GradcheckError
+
+    good = gradcheck_layer(nn.Linear(4, 3, rng=0), (5, 4), seed=1)
+    assert gradcheck_layer(nn.Linear(4, 3, rng=0), (5, 4), seed=1, atol=1e-5, rtol=1e-3) == good
+    assert gradcheck_layer(nn.Linear(4, 3, rng=0), (5, 4), seed=1, atol=1e-8) == good
+    with pytest.raises(GradcheckError, match=r"gradcheck_layer: 'bias': 3 of 3 checked entries "
+                                             r"differ by more than atol \+ rtol \|numerical\| "
+                                             r"\(atol=1e-05, rtol=0.001\); worst: entry \d+"):
+        gradcheck_layer(_BuggyLinear(4, 3, rng=0), (5, 4), seed=1, atol=1e-5, rtol=1e-3)
+    assert issubclass(GradcheckError, RuntimeError)        # as torch's
+    # loose enough, the doubled bias gradient passes: the tolerances are what is asked
+    loose = gradcheck_layer(_BuggyLinear(4, 3, rng=0), (5, 4), seed=1, atol=0.0, rtol=1.01)
+    assert loose["bias"] > 0.1
+    with pytest.raises(GradcheckError,
+                       match=r"gradcheck_model: 'input': .*\(atol=0\.0, rtol=0\.01\)"):
+        gradcheck_model(nn.Sequential(nn.Linear(5, 6, rng=0), _BuggyReLU(),
+                                      nn.Linear(6, 3, rng=1)), (4, 5), seed=0, rtol=0.01,
+                        atol=0.0, max_checks=None)
+    model = nn.Sequential(nn.Linear(5, 6, rng=0), nn.ReLU(), nn.Linear(6, 3, rng=1))
+    assert max(gradcheck_model(model, (4, 5), seed=0, atol=1e-6, rtol=1e-4).values()) < 1e-7
+    for bad in (-1e-3, float("nan"), float("inf"), "1e-3", True):
+        with pytest.raises(ValueError, match=r"gradcheck_layer: atol must be a finite number "
+                                             r">= 0"):
+            gradcheck_layer(nn.Linear(4, 3), (5, 4), atol=bad)
+        with pytest.raises(ValueError, match=r"gradcheck_model: rtol must be a finite number "
+                                             r">= 0"):
+            gradcheck_model(model, (4, 5), rtol=bad)
+
+
+def test_atol_rtol_criterion_is_torchs():
+    torch = pytest.importorskip("torch")
+    # a layer whose weight gradient is off by a relative 1e-4: torch.autograd.gradcheck passes
+    # it at rtol=1e-3 and fails it at rtol=1e-5 (atol=0); so does gradcheck_layer
+    from fastconv.gradcheck import GradcheckError
+
+    class Off(nn.Linear):
+        def backward(self, grad_y, input_grad=True):
+            gx = super().backward(grad_y, input_grad)
+            self.weight.grad *= 1 + 1e-4
+            return gx
+
+    w = torch.tensor(np.random.default_rng(0).normal(size=(3, 4)))
+
+    class OffFn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight):
+            ctx.save_for_backward(x, weight)
+            return x @ weight.T
+
+        @staticmethod
+        def backward(ctx, gy):
+            x, weight = ctx.saved_tensors
+            return gy @ weight, (gy.T @ x) * (1 + 1e-4)
+
+    x = torch.tensor(np.random.default_rng(1).normal(size=(5, 4)), requires_grad=True)
+    wt = w.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(OffFn.apply, (x, wt), atol=0, rtol=1e-3)
+    assert not torch.autograd.gradcheck(OffFn.apply, (x, wt), atol=0, rtol=1e-5,
+                                        raise_exception=False)
+    layer = Off(4, 3, bias=False)
+    layer.weight.data[...] = w.numpy()
+    gradcheck_layer(layer, x.detach().numpy(), atol=0.0, rtol=1e-3)
+    with pytest.raises(GradcheckError, match="'weight'"):
+        gradcheck_layer(layer, x.detach().numpy(), atol=0.0, rtol=1e-5)
