@@ -152,11 +152,14 @@ const void* Bf16FromF32A::block(index_t ic, index_t mc, index_t pc, index_t kc, 
   if (k.layout == Bf16Layout::pairs &&
       a.pack_bf16_pairs(ic, mc, pc, kc, k.pad_k(kc), k.mr, static_cast<std::uint16_t*>(scratch)))
     return scratch;
-  const float* packed = a.block(ic, mc, pc, kc, k.mr, f32);
+  // Panel by panel, as B's (gemm_bf16): the float32 panel stays in L1.
   const index_t panel = k.a_panel_bytes(k.pad_k(kc));
   auto* out = static_cast<unsigned char*>(scratch);
-  for (index_t r = 0; r * k.mr < mc; ++r)
-    bf16_convert_a_panel(k, kc, packed + r * k.mr * kc, out + r * panel);
+  for (index_t r = 0; r * k.mr < mc; ++r) {
+    const index_t m = std::min(k.mr, mc - r * k.mr);
+    const float* packed = a.block(ic + r * k.mr, m, pc, kc, k.mr, f32);
+    bf16_convert_a_panel(k, kc, packed, out + r * panel);
+  }
   return scratch;
 }
 
@@ -218,9 +221,12 @@ void gemm_bf16(index_t M, index_t N, index_t K, const Bf16ASource& A, const BSou
       if (k.layout == Bf16Layout::f32 ||
           !B.pack_bf16_pairs(pc, kc, kc_pad, jc, nc, k.nr,
                              reinterpret_cast<std::uint16_t*>(b_buf.get()))) {
-        B.pack(pc, kc, jc, nc, k.nr, f32.get());
-        for (index_t q = 0; q * k.nr < nc; ++q)
-          bf16_convert_b_panel(k, kc, f32.get() + q * k.nr * kc, b_buf.get() + q * b_panel);
+        // Panel by panel: a float32 panel (kc x nr) stays in L1 until it is converted,
+        // where a whole float32 block (kc x nc) would go out to L3 and back.
+        for (index_t q = 0; q * k.nr < nc; ++q) {
+          B.pack(pc, kc, jc + q * k.nr, std::min(k.nr, nc - q * k.nr), k.nr, f32.get());
+          bf16_convert_b_panel(k, kc, f32.get(), b_buf.get() + q * b_panel);
+        }
       }
       for (index_t ic = 0; ic < M; ic += k.mc) {
         const index_t mc = std::min(k.mc, M - ic);

@@ -96,7 +96,7 @@ void bf16_convert_b_panel(const Bf16GemmConfig& k, index_t kc, const float* src,
 
 // Supplies the converted A blocks: rows [ic, ic+mc) x cols [pc, pc+kc) as the config's
 // mr-tall panels (panel r at r * a_panel_bytes(pad_k(kc))). `scratch` has room for the
-// converted block, `f32` for the float32 block (round_up(mc, mr) x kc floats).
+// converted block, `f32` for one float32 panel (mr x kc floats).
 struct Bf16ASource {
   virtual ~Bf16ASource() = default;
   virtual const void* block(index_t ic, index_t mc, index_t pc, index_t kc, void* scratch,
