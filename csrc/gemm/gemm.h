@@ -103,6 +103,11 @@ index_t balanced_block(index_t total, index_t max_block);
 // BSource::pack_bf16_pairs); false for other strides.
 bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc, index_t kc_pad,
                              index_t nc, index_t nr, std::uint16_t* dst);
+// The rows packing of StridedA (gemm_bf16.cpp): A(i, p) at a[i*rs + p*cs], rows contiguous
+// (cs == 1), into mr-tall panels of rows of 32 k (see ASource::pack_bf16_rows); false for
+// other strides.
+bool bf16_pack_rows_strided(const float* a, index_t rs, index_t cs, index_t kc, index_t kc_pad,
+                            index_t mc, index_t mr, std::uint16_t* dst);
 
 // Supplies packed blocks of A: rows [ic, ic+mc) x cols [pc, pc+kc) as MR-tall panels
 // (panel r at r*kc, element (i, p) of a panel at p*MR + i; rows past mc zero). Returns a
@@ -120,6 +125,13 @@ struct ASource {
   virtual bool pack_bf16_pairs(index_t /*ic*/, index_t /*mc*/, index_t /*pc*/, index_t /*kc*/,
                                index_t /*kc_pad*/, index_t /*mr*/,
                                std::uint16_t* /*dst*/) const {
+    return false;
+  }
+  // The same for AMX's A tiles: mr-tall panels (panel r at r * mr * kc_pad) of rows of 32 k,
+  // element (i, p) at (p/32)*32mr + 32i + p%32 (k past kc and rows past mc zero).
+  virtual bool pack_bf16_rows(index_t /*ic*/, index_t /*mc*/, index_t /*pc*/, index_t /*kc*/,
+                              index_t /*kc_pad*/, index_t /*mr*/,
+                              std::uint16_t* /*dst*/) const {
     return false;
   }
 };
@@ -161,6 +173,12 @@ struct StridedA final : ASource<T> {
                        index_t mr, std::uint16_t* dst) const override {
     if constexpr (std::is_same_v<T, float>)
       return bf16_pack_pairs_strided(p + ic * rs + pc * cs, cs, rs, kc, kc_pad, mc, mr, dst);
+    return false;
+  }
+  bool pack_bf16_rows(index_t ic, index_t mc, index_t pc, index_t kc, index_t kc_pad,
+                      index_t mr, std::uint16_t* dst) const override {
+    if constexpr (std::is_same_v<T, float>)
+      return bf16_pack_rows_strided(p + ic * rs + pc * cs, rs, cs, kc, kc_pad, mc, mr, dst);
     return false;
   }
 };

@@ -142,6 +142,38 @@ bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc,
   return true;
 }
 
+namespace {
+
+// Rows of A in place (A(i, p) at a[i*rs + p], contiguous in k) are AMX's A tile rows
+// already: each 32 k of a row converted to 64 bytes of bf16, a loop the compiler vectorises.
+FASTCONV_CLONES void rows_of_32(index_t m, index_t mr, index_t rs, index_t kc, index_t kc_pad,
+                                const float* a, std::uint16_t* dst) {
+  for (index_t kb = 0; kb < kc_pad; kb += 32) {
+    std::uint16_t* block = dst + kb * mr;  // (p/32)*32mr
+    const index_t n = std::clamp<index_t>(kc - kb, 0, 32);
+    for (index_t i = 0; i < mr; ++i) {
+      std::uint16_t* d = block + 32 * i;
+      index_t t = 0;
+      if (i < m) {
+        const float* src = a + i * rs + kb;
+        for (; t < n; ++t) d[t] = bf16_bits(src[t]);
+      }
+      for (; t < 32; ++t) d[t] = 0;
+    }
+  }
+}
+
+}  // namespace
+
+bool bf16_pack_rows_strided(const float* a, index_t rs, index_t cs, index_t kc, index_t kc_pad,
+                            index_t mc, index_t mr, std::uint16_t* dst) {
+  if (cs != 1) return false;
+  for (index_t r = 0; r * mr < mc; ++r)
+    rows_of_32(std::min(mr, mc - r * mr), mr, rs, kc, kc_pad, a + r * mr * rs,
+               dst + r * mr * kc_pad);
+  return true;
+}
+
 index_t bf16_k_block(const Bf16GemmConfig& k, index_t K) {
   return std::min(k.pad_k(balanced_block(K, k.kc)), k.pad_k(K));
 }
@@ -149,8 +181,11 @@ index_t bf16_k_block(const Bf16GemmConfig& k, index_t K) {
 const void* Bf16FromF32A::block(index_t ic, index_t mc, index_t pc, index_t kc, void* scratch,
                                 float* f32) const {
   const Bf16GemmConfig& k = bf16_gemm_config();
-  if (k.layout == Bf16Layout::pairs &&
-      a.pack_bf16_pairs(ic, mc, pc, kc, k.pad_k(kc), k.mr, static_cast<std::uint16_t*>(scratch)))
+  auto* bits = static_cast<std::uint16_t*>(scratch);
+  const index_t kc_pad = k.pad_k(kc);
+  if ((k.layout == Bf16Layout::pairs &&
+       a.pack_bf16_pairs(ic, mc, pc, kc, kc_pad, k.mr, bits)) ||
+      (k.layout == Bf16Layout::amx_rows && a.pack_bf16_rows(ic, mc, pc, kc, kc_pad, k.mr, bits)))
     return scratch;
   // Panel by panel, as B's (gemm_bf16): the float32 panel stays in L1.
   const index_t panel = k.a_panel_bytes(k.pad_k(kc));
@@ -204,8 +239,10 @@ void gemm_bf16(index_t M, index_t N, index_t K, const Bf16ASource& A, const BSou
   // One float32 block (A's or B's, in turn: B's is converted before A's is packed), and the
   // converted A and B blocks.
   Scratch<float> f32 = make_scratch<float>(std::max(mc_max, nc_max) * kcb);
-  Scratch<unsigned char> a_buf = make_scratch<unsigned char>((mc_max / k.mr) * k.a_panel_bytes(kcb));
-  Scratch<unsigned char> b_buf = make_scratch<unsigned char>((nc_max / k.nr) * k.b_panel_bytes(kcb));
+  Scratch<unsigned char> a_buf =
+      make_scratch<unsigned char>((mc_max / k.mr) * k.a_panel_bytes(kcb));
+  Scratch<unsigned char> b_buf =
+      make_scratch<unsigned char>((nc_max / k.nr) * k.b_panel_bytes(kcb));
   if (k.begin) k.begin();
   // The float32 GEMM's order of blocks (gemm.cpp, several row blocks): each C element sums
   // its k-blocks in order, so the emulated path gives the float32 GEMM's bits.
@@ -230,7 +267,8 @@ void gemm_bf16(index_t M, index_t N, index_t K, const Bf16ASource& A, const BSou
       }
       for (index_t ic = 0; ic < M; ic += k.mc) {
         const index_t mc = std::min(k.mc, M - ic);
-        const auto* a = static_cast<const unsigned char*>(A.block(ic, mc, pc, kc, a_buf.get(), f32.get()));
+        const auto* a = static_cast<const unsigned char*>(
+            A.block(ic, mc, pc, kc, a_buf.get(), f32.get()));
         for (index_t ir = 0; ir < mc; ir += k.mr) {
           const index_t mr = std::min(k.mr, mc - ir);
           const unsigned char* ap = a + (ir / k.mr) * a_panel;

@@ -1,11 +1,13 @@
 // AMX micro-kernel: a 32 x 32 tile of C in four 16 x 16 float32 tiles (tmm0-3), A as two
 // 16-row tiles of 32 k (tmm4-5), B as two tiles of 16 k pairs x 16 columns (tmm6-7);
-// tdpbf16ps per k-block of 32. This file alone is compiled with -mamx-tile -mamx-bf16; it
-// runs only after cpuid says the CPU has AMX-BF16 and Linux granted the process the tile
+// tdpbf16ps per k-block of 32. This file alone is compiled with -mamx-tile -mamx-bf16 (and
+// AVX-512, which every AMX CPU has: the epilogue's adds vectorise); it runs only after cpuid
+// says the CPU has AMX-BF16, the SIMD level is avx512 and Linux granted the process the tile
 // data state (cpu.cpp asks once, arch_prctl ARCH_REQ_XCOMP_PERM). The tile configuration is
 // per thread: loaded by `begin` on each thread before its share of a GEMM, released by
 // `end`. Its portable twin is in gemm_bf16_twin.cpp.
 #include "gemm/gemm_bf16.h"
+#include "gemm/gemm_bf16_store.h"
 
 #if defined(FASTCONV_X86) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #include <immintrin.h>
@@ -56,14 +58,21 @@ void micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, inde
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
   }
+  if (!accumulate && mr_eff == MR && nr_eff == NR) {
+    // Nothing to add: the tiles go straight into C (the bits of the path below).
+    const index_t stride = ldc * index_t(sizeof(float));
+    _tile_stored(0, c, stride);
+    _tile_stored(1, c + 16, stride);
+    _tile_stored(2, c + 16 * ldc, stride);
+    _tile_stored(3, c + 16 * ldc + 16, stride);
+    return;
+  }
   alignas(64) float tile[MR * NR];
   _tile_stored(0, tile, 4 * NR);
   _tile_stored(1, tile + 16, 4 * NR);
   _tile_stored(2, tile + 16 * NR, 4 * NR);
   _tile_stored(3, tile + 16 * NR + 16, 4 * NR);
-  for (index_t i = 0; i < mr_eff; ++i)
-    for (index_t j = 0; j < nr_eff; ++j)
-      c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
+  bf16_store_tile(tile, NR, c, ldc, accumulate, mr_eff, nr_eff);
 }
 
 // tdpbf16ps into the four C tiles in turn, `rounds` times, from A and B tiles of 2^-10 (no

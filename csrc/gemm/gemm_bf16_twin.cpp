@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "gemm/gemm_bf16.h"
+#include "gemm/gemm_bf16_store.h"
 
 namespace fastconv {
 namespace {
@@ -22,15 +23,6 @@ inline float flush(float x) { return std::fabs(x) < FLT_MIN ? std::copysign(0.0f
 
 inline float fma_daz_ftz(std::uint16_t a, std::uint16_t b, float acc) {
   return flush(std::fma(flush(bf16_value(a)), flush(bf16_value(b)), acc));
-}
-
-// Stores a finished mr x nr tile of float32 sums into C: the hardware kernels' epilogue
-// (an ordinary float32 add onto C when accumulating).
-void store_tile(const float* tile, index_t nr, float* c, index_t ldc, bool accumulate,
-                index_t mr_eff, index_t nr_eff) {
-  for (index_t i = 0; i < mr_eff; ++i)
-    for (index_t j = 0; j < nr_eff; ++j)
-      c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * nr + j] : tile[i * nr + j];
 }
 
 // ---- vdpbf16ps: gemm_bf16_avx512.cpp's 12 x 32 tile -----------------------------------------
@@ -52,7 +44,7 @@ void dp_micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, i
         s = fma_daz_ftz(ap[2 * i], bp[2 * j], s);
       }
   }
-  store_tile(acc, kDpNR, c, ldc, accumulate, mr_eff, nr_eff);
+  bf16_store_tile(acc, kDpNR, c, ldc, accumulate, mr_eff, nr_eff);
 }
 
 // ---- tdpbf16ps: gemm_bf16_amx.cpp's 32 x 32 tile of four 16 x 16 tiles -------------------
@@ -78,7 +70,7 @@ void amx_micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, 
         s = flush(s + flush(even + odd));
       }
   }
-  store_tile(acc, kAmxNR, c, ldc, accumulate, mr_eff, nr_eff);
+  bf16_store_tile(acc, kAmxNR, c, ldc, accumulate, mr_eff, nr_eff);
 }
 
 // (The hardware kernels' rates, so the dispatch picks for a twin what it picks for its kernel.)
