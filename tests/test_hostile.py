@@ -69,11 +69,16 @@ _KINKS = np.array([np.nan, -np.inf, -3.0, -1.0, -0.0, 0.0, 1e-40, 3.0, 6.0, 6.5,
 
 @pytest.mark.parametrize("name, kwargs", [("ReLU6", {}), ("ELU", {}), ("ELU", {"alpha": 0.5}),
                                           ("Hardsigmoid", {}), ("Hardswish", {}),
-                                          ("LeakyReLU", {"negative_slope": 0.2}), ("ReLU", {})])
+                                          ("LeakyReLU", {"negative_slope": 0.2}), ("ReLU", {}),
+                                          ("Hardtanh", {}),
+                                          ("Hardtanh", {"min_val": -0.5, "max_val": 2.0}),
+                                          ("Softplus", {"beta": 2.0, "threshold": 3.0}),
+                                          ("Mish", {}), ("LogSigmoid", {}), ("SiLU", {})])
 def test_piecewise_activations_match_torch_at_nan_and_the_kinks(name, kwargs, torch):
     # Compared on 64 copies of each value: torch's gradient at NaN differs between its
     # vectorised kernels (ReLU6: 0, ELU and Hardswish: NaN) and its scalar tail for short tensors (1 for
     # both); fastconv gives the vectorised kernels' values, those of any tensor of real size.
+    # (Hardtanh let the gradient through at NaN, where ReLU6 and torch's Hardtanh give 0.)
     for dtype in (np.float32, np.float64):
         x = np.repeat(_KINKS, 64).astype(dtype)
         with np.errstate(invalid="ignore", over="ignore"):  # (NumPy's warnings for inf * 0)

@@ -213,7 +213,7 @@ class Hardswish(_Slope):
 
 class Hardtanh(_Slope):
     """min(max(x, min_val), max_val), as torch.nn.Hardtanh; gradient 1 strictly between the
-    two (PyTorch's: 0 at and beyond them)."""
+    two (PyTorch's: 0 at and beyond them, and at NaN as in its vectorised kernel)."""
 
     def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> None:
         super().__init__(inplace)
@@ -225,7 +225,7 @@ class Hardtanh(_Slope):
 
     def _forward(self, x):
         lo, hi = x.dtype.type(self.min_val), x.dtype.type(self.max_val)
-        return np.clip(x, lo, hi), (~((x <= lo) | (x >= hi))).astype(x.dtype)
+        return np.clip(x, lo, hi), ((x > lo) & (x < hi)).astype(x.dtype)
 
     def extra_repr(self) -> str:
         extra = super().extra_repr()
