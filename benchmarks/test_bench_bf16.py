@@ -1,6 +1,6 @@
 """bf16 mode against float32 (and PyTorch's bf16 autocast), interleaved call by call: the large
-3x3 conv of issue 17's targets (256 -> 256 channels on 16x16 images), a vgg_small layer and
-simple_cnn's first Linear, every pass. Each record carries the bf16 path that ran and the CPU's
+3x3 conv of issue 17's targets (256 -> 256 channels on 16x16 images), a vgg_small layer, a
+strided resnet18 layer and simple_cnn's first Linear, every pass. Each record carries the bf16 path that ran and the CPU's
 flags next to its figures: on a CPU without AVX512_BF16 or AMX the emulated path runs, and the
 ratio says what it costs over float32 (no speed-up is expected there)."""
 
@@ -20,7 +20,10 @@ from interleaved import rounds_for, run_interleaved
 from layers import UNTIMED_BATCH, ConvLayer
 
 CONV_LAYERS = [ConvLayer("wide 256-256 k3p1 16x16", 256, 256, 16, 3, 1, bias=False, batch=256),
-               ConvLayer("vgg_small.conv4 64-64 k3p1 16x16", 64, 64, 16, 3, 1, bias=False)]
+               ConvLayer("vgg_small.conv4 64-64 k3p1 16x16", 64, 64, 16, 3, 1, bias=False),
+               # strided: the im2col GEMM in both precisions
+               ConvLayer("resnet18.layer3.0.conv1 128-256 k3s2p1 16x16", 128, 256, 16, 3, 1,
+                         bias=False, stride=2, batch=128)]
 PASSES = ["forward", "backward_input", "backward_weight"]
 
 
@@ -29,18 +32,19 @@ def conv_calls(layer, pass_, torch):
     pass of `layer`; each returns a float32 array."""
     rng = np.random.default_rng(zlib.crc32(layer.name.encode()))
     x = rng.standard_normal(layer.x_shape).astype(np.float32)
-    w = (rng.standard_normal(layer.w_shape) / np.sqrt(layer.c_in * 9)).astype(np.float32)
+    w = (rng.standard_normal(layer.w_shape) / np.sqrt(layer.c_in * layer.kernel**2)
+         ).astype(np.float32)
     gy = rng.standard_normal((layer.batch, layer.c_out, layer.out_size,
                               layer.out_size)).astype(np.float32)
-    p = layer.padding
+    p, s = layer.padding, layer.stride
     mask = {"backward_input": (True, False, False), "backward_weight": (False, True, False)}
 
     def ours(precision):
         if pass_ == "forward":
-            return lambda: F.conv2d(x, w, padding=p, precision=precision)
+            return lambda: F.conv2d(x, w, stride=s, padding=p, precision=precision)
         i = 0 if pass_ == "backward_input" else 1
-        return lambda: F.conv2d_backward(gy, x, w, padding=p, output_mask=mask[pass_],
-                                         precision=precision)[i]
+        return lambda: F.conv2d_backward(gy, x, w, stride=s, padding=p,
+                                         output_mask=mask[pass_], precision=precision)[i]
 
     calls = {"f32": ours("f32"), "bf16": ours("bf16")}
     if torch is not None:
@@ -48,14 +52,15 @@ def conv_calls(layer, pass_, torch):
         if pass_ == "forward":
             def run():
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return torch.nn.functional.conv2d(tx, tw, padding=p).float().numpy()
+                    return torch.nn.functional.conv2d(tx, tw, stride=s,
+                                                      padding=p).float().numpy()
         else:
             i = 0 if pass_ == "backward_input" else 1
             tmask = [pass_ == "backward_input", pass_ == "backward_weight", False]
 
             def run():
                 return torch.ops.aten.convolution_backward(
-                    tgy, tx, tw, None, [1, 1], [p, p], [1, 1], False, [0, 0], 1,
+                    tgy, tx, tw, None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
                     tmask)[i].float().numpy()
         calls["torch_bf16"] = run
     return calls, (x, w, gy)
