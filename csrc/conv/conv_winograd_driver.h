@@ -67,7 +67,7 @@ struct TilePlan {
   index_t images;
   // bf16 mode: the source images are rounded to bfloat16 as they are copied (the same values
   // as a rounded copy of them, without the copy).
-  bool round_bf16 = false;
+  bool round_bf16;
   // Tiles per pass of the n GEMMs: the batch's tiles split evenly into passes of at most
   // P::chunk (a pass's transformed tiles, n x chunk x channels, stay in L2 between the
   // transforms and the GEMMs).
@@ -85,11 +85,12 @@ struct TilePlan {
   }
 
   TilePlan(const DirectKernels& k, index_t cin, index_t hin, index_t win, index_t pt_,
-           index_t pl_, index_t cout, index_t oh, index_t ow, index_t images_ = 1)
+           index_t pl_, index_t cout, index_t oh, index_t ow, index_t images_,
+           Precision precision)
       : Cin(cin), Hin(hin), Win(win), pt(pt_), pl(pl_), Cout(cout), OH(oh), OW(ow),
         TH(ceil_div(oh, P::m)), TW(ceil_div(ow, P::m)), T(checked_mul(TH, TW)),
         Hp(P::m * TH + 2), Wp(P::m * TW + 2), Cout_pad(round_up(cout, k.lanes)),
-        images(images_),
+        images(images_), round_bf16(precision == Precision::bf16),
         chunk(ceil_div(checked_mul(images, T), ceil_div(images * T, P::chunk(k)))),
         lanes(k.lanes), blocks(channel_blocks(cout, k.lanes)) {
     // The buffers' sizes checked once (SizeTooLarge): every offset is then under 2^62.
@@ -301,8 +302,8 @@ bool forward(const ConvShape& s, const float* x, const float* w, const float* bi
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   TilePlan<P> p(*direct_kernels(), Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW,
                 image_batch(s.N * G, G, ceil_div(s.OH, P::m) * ceil_div(s.OW, P::m),
-                            P::batch_tiles()));
-  p.round_bf16 = s.precision == Precision::bf16;
+                            P::batch_tiles()),
+                s.precision);
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t f, index_t c, float* k) {
@@ -329,8 +330,8 @@ bool backward_input(const ConvShape& s, const float* gy, const float* w, float* 
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G;
   TilePlan<P> p(*direct_kernels(), Fg, s.OH, s.OW, 2 - s.win.PH, 2 - s.win.PW, Cg, s.H, s.W,
                 image_batch(s.N * G, G, ceil_div(s.H, P::m) * ceil_div(s.W, P::m),
-                            P::batch_tiles()));
-  p.round_bf16 = s.precision == Precision::bf16;
+                            P::batch_tiles()),
+                s.precision);
   std::vector<Scratch<float>> u;
   for (index_t g = 0; g < G; ++g)
     u.push_back(transform_kernels(p, [&](index_t c, index_t f, float* k) {
@@ -350,8 +351,7 @@ bool backward_weight(const ConvShape& s, const float* gy, const float* x, float*
   const index_t Cg = s.Cg(), Fg = s.Fg(), G = s.G, L = s.L();
   // Tiles over grad_y (m x m, zero past OH x OW), each against the a x a input patch at
   // (m ty, m tx).
-  TilePlan<P> p(k, Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW);
-  p.round_bf16 = s.precision == Precision::bf16;
+  TilePlan<P> p(k, Cg, s.H, s.W, s.win.PH, s.win.PW, Fg, s.OH, s.OW, 1, s.precision);
   const index_t Fpad = p.Cout_pad;
   const index_t gyt_size = round_up(checked_mul(m * p.TH, m * p.TW, Fpad), 16);
   // Transformed tiles of several images are gathered before the n GEMMs run over them: each
