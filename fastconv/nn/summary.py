@@ -176,7 +176,7 @@ def summarize(module: Module, input_shape, print_fn: Callable[[str], None] | Non
               f"Frozen params (requires_grad=False): {total - trainable:,}",
               f"Non-trainable buffers (running statistics): {buffers:,}",
               "Receptive field: size in input pixels (jump = distance in input pixels between "
-              "neighbouring outputs); where branches join, the larger"]
+              "neighbouring outputs); where branches join, the larger field per axis"]
     text = "\n".join(lines)
     for r in rows:
         r["output_shape"] = (batch,) + tuple(r["output_shape"][1:])

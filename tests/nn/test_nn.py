@@ -753,6 +753,7 @@ def test_summary_table_and_receptive_field():
     for text in ("Conv2d", "(None, 16, 4, 4)", "1,168", "12x12 (2)", "Total params: 1,541",
                  "Receptive field"):
         assert text in s.text, text
+    assert s.text.endswith("where branches join, the larger field per axis")  # a whole sentence
     # batch given explicitly, and no printing
     s2 = model.summary((7, 3, 16, 16), print_fn=None)
     assert s2.rows[-1]["output_shape"] == (7, 5) and "(7, 5)" in s2.text
