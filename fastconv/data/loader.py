@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .cifar import CIFAR10_MEAN, CIFAR10_STD
-from .transforms import PADDING_MODES, _affine, augment_batch, pixel_scale
+from .transforms import PADDING_MODES, _affine, augment_batch, channels_last_hint, pixel_scale
 
 __all__ = ["DataLoader"]
 
@@ -136,8 +136,8 @@ class DataLoader:
                                        images.ndim, self.dtype)
             except ValueError as e:
                 raise ValueError(f"DataLoader: {e} (one per channel: axis 1 of images of "
-                                 f"shape {images.shape}); mean=None, std=None skip the "
-                                 f"normalisation") from None
+                                 f"shape {images.shape}){channels_last_hint(images.shape)}; "
+                                 f"mean=None, std=None skip the normalisation") from None
         self.epoch = 0
         self.batch = 0
         self.rank = 0

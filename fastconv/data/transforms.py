@@ -75,6 +75,15 @@ def _affine(mean: Sequence[float] | np.ndarray | None, std: Sequence[float] | np
     return scale, offset
 
 
+def channels_last_hint(shape: tuple[int, ...]) -> str:
+    """A note for (N, H, W, C) images given where (N, C, H, W) ones are expected ("" unless the
+    last axis looks like 1, 3 or 4 channels and axis 1 does not)."""
+    if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        return ("; channels last? fastconv takes NCHW images like PyTorch: use "
+                "images.transpose(0, 3, 1, 2)")
+    return ""
+
+
 def to_float32(images: np.ndarray, mean: Sequence[float] | np.ndarray | None = CIFAR10_MEAN,
                std: Sequence[float] | np.ndarray | None = CIFAR10_STD) -> np.ndarray:
     """Decode images to float32 NCHW: ``(x / 255 - mean) / std`` per channel.
@@ -87,7 +96,11 @@ def to_float32(images: np.ndarray, mean: Sequence[float] | np.ndarray | None = C
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"to_float32: expected (N, C, H, W) images, got shape {images.shape}")
-    scale, offset = _affine(mean, std, images.shape[1], pixel_scale(images.dtype))
+    try:
+        scale, offset = _affine(mean, std, images.shape[1], pixel_scale(images.dtype))
+    except ValueError as e:
+        raise ValueError(f"to_float32: {e} (one per channel: axis 1 of images of shape "
+                         f"{images.shape}){channels_last_hint(images.shape)}") from None
     out = np.multiply(images, scale, dtype=np.float32)
     out += offset
     return out

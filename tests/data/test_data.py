@@ -439,6 +439,20 @@ def test_to_float32_normalisation(fake_batches):
         D.to_float32(x, (0, 0, 0), (1, 0, 1))
 
 
+def test_channels_last_images_are_refused_with_the_transpose():
+    # (N, H, W, C) images (PIL / TensorFlow layout) gave "mean and std need 32 values each,
+    # got (3,) and (3,)", naming neither the function nor the layout
+    x = np.zeros((2, 32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"to_float32: .*\(2, 32, 32, 3\).*channels last\? "
+                                         r".*transpose\(0, 3, 1, 2\)"):
+        D.to_float32(x)
+    with pytest.raises(ValueError, match=r"DataLoader: .*channels last\?"):
+        D.DataLoader(x, np.zeros(2, np.int64), 2)
+    with pytest.raises(ValueError, match=r"to_float32: mean and std need 5 values") as e:
+        D.to_float32(np.zeros((2, 5, 8, 8), np.uint8))                # 5 channels: no hint
+    assert "channels last" not in str(e.value)
+
+
 @pytest.mark.parametrize("dtype,full", [(np.uint16, 65535), (np.int16, 32767)])
 def test_16_bit_images_are_scaled_by_their_full_range_as_uint8_by_255(fake_batches, dtype,
                                                                       full):
