@@ -673,6 +673,14 @@ def predict(model, x, *, batch_size: int | None = None) -> np.ndarray:
     try:
         with memory.recycling():  # each batch reuses the last one's memory
             outputs = [model.forward(xb) for xb in batches]
+    except ValueError as e:
+        if position is None and arr.ndim == 3:
+            # one (C, H, W) image: the 2-D layers take it unbatched, Flatten then keeps its
+            # channels apart, and the error came from deep inside the model
+            raise ValueError(f"predict: the model cannot take x of shape {arr.shape}; if x is "
+                             f"one image, give a batch of one, x[None] (predict takes "
+                             f"(N, ...) batches): {e}") from e
+        raise
     finally:
         batches.close()
         if position is not None:

@@ -223,6 +223,19 @@ def test_predict_arrays_and_loaders():
     assert loader.state_dict() == {"seed": 0, "epoch": 0, "batch": 0}   # position kept
 
 
+def test_predict_on_one_unbatched_image_says_to_add_the_batch_axis():
+    # predict(model, x[0]) failed deep inside: "layer 4 of Sequential: Linear(...): expected
+    # input of shape (N, 96), got (6, 16)" (Flatten keeps the unbatched channels apart)
+    x, _ = make_data(2)
+    model = make_model()
+    with pytest.raises(ValueError, match=r"predict: .*shape \(3, 8, 8\); if x is one image, "
+                                         r"give a batch of one, x\[None\]"):
+        predict(model, x[0])
+    assert predict(model, x[:1]).shape == (1, N_CLASSES)
+    conv = nn.Conv2d(3, 4, 3, rng=0)                           # a model that takes it unbatched
+    np.testing.assert_array_equal(predict(conv, x[0]), predict(conv, x[:1])[0])
+
+
 def test_modes_are_restored_module_by_module():
     x, y = make_data(32)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, rng=0), nn.BatchNorm2d(4), nn.ReLU(),
