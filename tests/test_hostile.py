@@ -5,6 +5,8 @@ handed straight to the compiled kernels)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -275,3 +277,56 @@ def test_convolutions_of_an_empty_batch_of_empty_planes_give_torch_shapes(torch)
     x, w = np.zeros((0, 3, 0, 5), np.float32), np.ones((4, 3, 1, 1), np.float32)
     want = _TorchOps(torch).conv2d(x, w, padding=1).shape
     assert F.conv2d(x, w, padding=1).shape == R.conv2d(x, w, padding=1).shape == tuple(want)
+
+
+# -- registration names and mode flags, as torch.nn.Module checks them ---------------------------
+
+@pytest.mark.parametrize("register", ["add_module", "register_buffer", "register_parameter"])
+def test_registration_refuses_names_that_break_state_dicts_or_shadow_attributes(register, torch):
+    # add_module("a.b", ...) gave state-dict keys "a.b.weight" that no other model (nor torch)
+    # reads back as this one; add_module("training", ...) replaced the training flag with a
+    # module and add_module("forward", ...) hid the method. torch raises KeyError / TypeError.
+    value = {"add_module": lambda m: m.ReLU(), "register_parameter": lambda m: None,
+             "register_buffer": lambda m: np.zeros(2) if m is nn else torch.zeros(2)}[register]
+    for name, error in [("a.b", KeyError), ("", KeyError), ("training", KeyError),
+                        ("forward", KeyError), ("_parameters", KeyError), (1, TypeError),
+                        (None, TypeError)]:
+        with pytest.raises(error):
+            getattr(torch.nn.Module(), register)(name, value(torch.nn))     # torch's verdict
+        m = nn.Module()
+        with pytest.raises(error, match=re.escape(name) if error is KeyError and name else None):
+            getattr(m, register)(name, value(nn))
+        assert m.training is True and callable(m.forward)
+        assert not (m._parameters or m._buffers or m._modules)
+    # re-registering a name of the same kind replaces it, as in torch
+    m = nn.Module()
+    getattr(m, register)("x", value(nn))
+    getattr(m, register)("x", value(nn))
+    # another kind's name is taken, as in torch
+    m.y = nn.Parameter(np.zeros(1)) if register != "register_parameter" else nn.ReLU()
+    with pytest.raises(KeyError, match="attribute 'y' already exists"):
+        getattr(m, register)("y", value(nn))
+
+
+@pytest.mark.parametrize("bad", ["no", "False", None, 2, 0.5])
+def test_mode_and_requires_grad_flags_refuse_what_is_not_a_bool(bad):
+    # train("no") put a model in training mode and requires_grad_("False") / p.requires_grad
+    # = "False" left parameters trainable (bool("False") is True); torch refuses all three
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    with pytest.raises(ValueError, match="train: mode must be True or False"):
+        model.eval().train(bad)
+    assert not model.training and not model[1].training
+    with pytest.raises(TypeError, match="requires_grad_: requires_grad must be True or False"):
+        model.requires_grad_(bad)
+    p = model[0].weight
+    with pytest.raises(TypeError, match="requires_grad must be True or False"):
+        p.requires_grad = bad
+    with pytest.raises(TypeError, match="requires_grad must be True or False"):
+        nn.Parameter(np.zeros(2), requires_grad=bad)
+    assert all(q.requires_grad is True for q in model.parameters())
+    for good in (False, np.False_, 0):                     # NumPy's bools and 0/1 are fine
+        assert model.train(good).training is False
+        model.requires_grad_(good)
+        assert all(q.requires_grad is False for q in model.parameters())
+        p.requires_grad = not good
+        assert p.requires_grad is True

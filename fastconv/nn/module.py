@@ -52,6 +52,12 @@ def _channel_dot(a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
     return _rowdot(a3, b3).sum(axis=0)
 
 
+def _is_flag(value) -> bool:
+    """True/False, NumPy's bools, 0 or 1 (what _args.flag takes)."""
+    return isinstance(value, (bool, np.bool_)) or (
+        isinstance(value, (numbers.Integral, np.integer)) and value in (0, 1))
+
+
 class Parameter:
     """A trainable array: ``data`` (the values) and ``grad`` (same shape and dtype, starts at 0).
 
@@ -65,20 +71,31 @@ class Parameter:
     ``state_dict`` (as in PyTorch): set it again after loading a checkpoint into a new model.
     """
 
-    __slots__ = ("data", "_grad", "_grad_zero_pending", "name", "requires_grad")
+    __slots__ = ("data", "_grad", "_grad_zero_pending", "name", "_requires_grad")
 
     def __init__(self, data, name: str | None = None, requires_grad: bool = True) -> None:
         data = np.asarray(data)
         if data.dtype.kind != "f":
             data = data.astype(np.float32)
         self.data: np.ndarray = data
-        self.requires_grad = bool(requires_grad)
+        self.requires_grad = requires_grad
         self._grad: np.ndarray = np.zeros_like(data)
         # zero_grad only marks the gradient as zero: the first accumulation then takes the new
         # gradient as it is, instead of writing zeros and adding onto them (two passes over
         # memory that cost ~8% of a simple_cnn step, whose Linear weight is 9.4 MB).
         self._grad_zero_pending = False
         self.name = name
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether the parameter is trained (see the class docstring)."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value) -> None:
+        if not _is_flag(value):  # (bool("False") is True: the parameter stayed trainable)
+            raise TypeError(f"Parameter: requires_grad must be True or False, got {value!r}")
+        self._requires_grad = bool(value)
 
     @property
     def grad(self) -> np.ndarray:
@@ -270,8 +287,22 @@ class Module:
             reg.pop(name, None)
         object.__delattr__(self, name)
 
+    def _check_name(self, name, kind: str, registry: dict, op: str) -> None:
+        """As torch.nn.Module: a `kind` name must be a non-empty str without "." (a dotted
+        state-dict key would not map back to it) and not another attribute of the module (a
+        method, the training flag, a sub-module, parameter or buffer of another kind)."""
+        if not isinstance(name, str):
+            raise TypeError(f"{op}: {kind} name should be a string, got {type(name).__name__}")
+        if "." in name:
+            raise KeyError(f"{op}: {kind} name can't contain \".\", got {name!r}")
+        if not name:
+            raise KeyError(f"{op}: {kind} name can't be empty")
+        if name not in registry and hasattr(self, name):
+            raise KeyError(f"{op}: attribute {name!r} already exists")
+
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         """Register `param` (or None, e.g. ``bias=False``) under `name`."""
+        self._check_name(name, "parameter", self._parameters, "register_parameter")
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter: expected a Parameter or None, got {type(param).__name__}")
         self._buffers.pop(name, None)
@@ -283,6 +314,7 @@ class Module:
 
     def register_buffer(self, name: str, array: np.ndarray | None) -> None:
         """Register a non-trainable array saved in ``state_dict`` (e.g. BatchNorm running stats)."""
+        self._check_name(name, "buffer", self._buffers, "register_buffer")
         if array is not None and not isinstance(array, np.ndarray):
             raise TypeError(f"register_buffer: expected a NumPy array or None, got {type(array).__name__}")
         self._parameters.pop(name, None)
@@ -292,6 +324,7 @@ class Module:
 
     def add_module(self, name: str, module: "Module | None") -> None:
         """Register a sub-module under `name`."""
+        self._check_name(name, "module", self._modules, "add_module")
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: expected a Module, got {type(module).__name__}")
         self._parameters.pop(name, None)
@@ -386,7 +419,12 @@ class Module:
 
     # -- modes, gradients, dtype, backend ------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
-        """Training mode (batch statistics, dropout on) for this module and its descendants."""
+        """Training mode (batch statistics, dropout on) for this module and its descendants.
+        ``mode``: True or False (NumPy's bools, 0 and 1 too); anything else, such as the string
+        "no" that bool() takes for True, raises ValueError, as in PyTorch."""
+        if not _is_flag(mode):
+            raise ValueError(f"{type(self).__name__}.train: mode must be True or False, got "
+                             f"{mode!r}")
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
         _invalidate_plans()
@@ -404,6 +442,9 @@ class Module:
     def requires_grad_(self, requires_grad: bool = True) -> "Module":
         """Set ``requires_grad`` of every parameter of this module and its descendants (False
         freezes them: see :class:`Parameter`); returns self, as ``torch.nn.Module.requires_grad_``."""
+        if not _is_flag(requires_grad):
+            raise TypeError(f"{type(self).__name__}.requires_grad_: requires_grad must be True "
+                            f"or False, got {requires_grad!r}")
         for p in self.parameters():
             p.requires_grad = bool(requires_grad)
         return self
