@@ -558,11 +558,28 @@ def _check_input_shape(model: nn.Module, input_shape) -> tuple[tuple[int, ...], 
         raise ValueError(f"to_onnx: input_shape must be a tuple (batch, ...) of at least two "
                          f"positive ints, e.g. (1, 3, 32, 32), got {input_shape!r}")
     shape = tuple(int(n) for n in input_shape)
+    # the first axis is the batch, dynamic in the file: the model must take another size too
+    # (an image shape without it, (3, 32, 32), can pass as one unbatched image, then fail)
+    other = (shape[0] + 1,) + shape[1:]
+    outs = []
+    for probe in (shape, other):
+        try:
+            outs.append(tuple(model.output_shape(probe)))
+        except ValueError as e:
+            batch = "" if probe is shape else f" with a batch of {other[0]} (axis 0 is the batch)"
+            raise ValueError(f"to_onnx: input_shape {shape} does not fit the model{batch}: "
+                             f"{e}{_batch_axis_hint(model, shape)}") from e
+    return shape, outs[0]
+
+
+def _batch_axis_hint(model: nn.Module, shape: tuple[int, ...]) -> str:
+    """A note when ``(1,) + shape`` fits the model: the batch axis was left out."""
     try:
-        out = model.output_shape(shape)
-    except ValueError as e:
-        raise ValueError(f"to_onnx: input_shape {shape} does not fit the model: {e}") from e
-    return shape, tuple(out)
+        model.output_shape((1,) + shape)
+        model.output_shape((2,) + shape)
+    except Exception:
+        return ""
+    return f" (input_shape starts with the batch axis: {(1,) + shape}?)"
 
 
 def _output_dims(model: nn.Module, shape: tuple, out: tuple) -> list:

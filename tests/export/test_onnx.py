@@ -225,6 +225,15 @@ def test_errors(onnx, tmp_path):
         to_onnx(conv, path, input_shape=(1, 4, 8, 8))
     with pytest.raises(ValueError, match=r"input_shape \(1, 3, 8\) does not fit"):
         to_onnx(conv, path, input_shape=(1, 3, 8))
+    # an image shape without the batch axis passed as one unbatched image, then failed in
+    # the output's dims with "... got (4, 32, 32)", a shape the user never gave
+    with pytest.raises(ValueError, match=r"input_shape \(3, 8, 8\) does not fit the model with "
+                                         r"a batch of 4 \(axis 0 is the batch\): .*\(input_shape "
+                                         r"starts with the batch axis: \(1, 3, 8, 8\)\?\)"):
+        to_onnx(nn.Conv2d(3, 4, 3), path, input_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match=r"input_shape \(3, 32, 32\) does not fit the model: .*"
+                                         r"\(input_shape starts with the batch axis"):
+        to_onnx(models.lenet5(), path, input_shape=(3, 32, 32))        # fails at once
     mixed = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2).astype(np.float64))
     with pytest.raises(ValueError, match=r"mixes dtypes \['float32', 'float64'\].*astype"):
         to_onnx(mixed, path, input_shape=(1, 2))
