@@ -124,7 +124,7 @@ def filter_grid(weight: np.ndarray, ncols: int | None = None, pad: int = 1) -> n
     ncols*(kw+pad)+pad, 3) in [0, 1] with white separators; ``ncols`` defaults to
     ceil(sqrt(F)). Constant filters are drawn mid-grey.
     """
-    w = np.asarray(weight, dtype=np.float64)
+    w = np.asarray(getattr(weight, "data", weight), dtype=np.float64)  # a Parameter's values
     if w.ndim != 4 or w.shape[1] not in (1, 3) or w.shape[0] == 0:
         raise ValueError(f"filter_grid: expected weights (F, 3 or 1, kh, kw), got {w.shape}")
     f, c, kh, kw = w.shape
@@ -163,34 +163,45 @@ def _column(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray | None:
     return None if np.all(np.isnan(arr)) else arr
 
 
+_CURVES = (  # (axis 0 loss / 1 accuracy, key, label)
+    (0, "train_loss", "train"), (0, "test_loss", "test"),
+    (1, "train_acc", "train"), (1, "test_acc", "test"), (1, "test_acc_1k", "test rows 0-999"),
+    # fit's History (Keras' names)
+    (0, "loss", "train"), (0, "val_loss", "validation"),
+    (1, "accuracy", "train"), (1, "val_accuracy", "validation"),
+)
+
+
 def plot_curves(metrics_rows: Iterable[Mapping[str, Any]], path: str | os.PathLike,
                 title: str | None = None, dpi: int = 120) -> Path:
     """Loss and accuracy against epoch, train and test, side by side, saved to ``path``.
 
     ``metrics_rows`` are dicts (e.g. rows of ``metrics.csv`` read with ``csv.DictReader``;
     strings are converted) with ``epoch`` and any of ``train_loss``, ``test_loss``,
-    ``train_acc``, ``test_acc``, ``test_acc_1k`` (test rows 0-999); accuracies are fractions in
-    [0, 1] and are drawn in percent. Rows with the same epoch (e.g. mid-epoch rows) are all drawn.
+    ``train_acc``, ``test_acc``, ``test_acc_1k`` (test rows 0-999), or a
+    :class:`~fastconv.training.History` from ``fit`` (or its ``rows``: ``loss``, ``val_loss``,
+    ``accuracy``, ``val_accuracy``); accuracies are fractions in [0, 1] and are drawn in
+    percent. Rows with the same epoch (e.g. mid-epoch rows) are all drawn. ValueError when the
+    rows hold none of these curves.
     """
-    rows = list(metrics_rows)
+    rows = list(getattr(metrics_rows, "rows", metrics_rows))
     if not rows:
         raise ValueError("plot_curves: no metrics rows")
     epoch = _column(rows, "epoch")
     if epoch is None:
         raise ValueError("plot_curves: rows need an 'epoch' value")
+    columns = [(axis, _column(rows, key), label) for axis, key, label in _CURVES]
+    columns = [c for c in columns if c[1] is not None]
+    if not columns:
+        raise ValueError(f"plot_curves: the rows hold no curve to draw (keys "
+                         f"{sorted(rows[0])}; expected some of "
+                         f"{', '.join(key for _, key, _ in _CURVES)})")
     fig = _new_figure((10, 4))
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    series = (
-        (ax_loss, "train_loss", "train", 1.0),
-        (ax_loss, "test_loss", "test", 1.0),
-        (ax_acc, "train_acc", "train", 100.0),
-        (ax_acc, "test_acc", "test", 100.0),
-        (ax_acc, "test_acc_1k", "test rows 0-999", 100.0),
-    )
-    for ax, key, label, factor in series:
-        col = _column(rows, key)
-        if col is not None:
-            ax.plot(epoch, col * factor, marker="o", markersize=3, label=label)
+    axes = fig.subplots(1, 2)
+    ax_loss, ax_acc = axes
+    for axis, col, label in columns:
+        factor = 100.0 if axis == 1 else 1.0
+        axes[axis].plot(epoch, col * factor, marker="o", markersize=3, label=label)
     from matplotlib.ticker import MaxNLocator
 
     for ax, ylabel in ((ax_loss, "cross-entropy loss"), (ax_acc, "accuracy (%)")):

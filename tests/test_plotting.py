@@ -128,6 +128,35 @@ def test_plot_curves_from_csv_rows(tmp_path, mpl):
         P.plot_curves([], tmp_path / "x.png")
 
 
+def test_plot_curves_of_a_fit_history_draws_its_curves(tmp_path, mpl, monkeypatch):
+    # fit's History rows (loss, accuracy, val_loss, val_accuracy: Keras' names) gave two empty
+    # axes without a word; a Parameter to plot_filters failed in np.asarray
+    from fastconv import nn, optim
+    from fastconv.training import fit
+
+    figures = []
+    new_figure = P._new_figure
+    monkeypatch.setattr(P, "_new_figure", lambda size: figures.append(new_figure(size))
+                        or figures[-1])
+    x = np.random.default_rng(0).standard_normal((16, 3, 6, 6)).astype(np.float32)
+    y = np.arange(16) % 2
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, rng=0), nn.Flatten(), nn.Linear(32, 2, rng=1))
+    history = fit(model, (x, y), 2, optimizer=optim.SGD(model.parameters(), lr=0.1),
+                  val=(x, y), progress=False)
+    for given in (history, history.rows):
+        assert _is_png(P.plot_curves(given, tmp_path / "curves.png"))
+        loss_ax, acc_ax = figures[-1].axes
+        assert [ln.get_label() for ln in loss_ax.lines] == ["train", "validation"]
+        assert [ln.get_label() for ln in acc_ax.lines] == ["train", "validation"]
+        np.testing.assert_allclose(acc_ax.lines[1].get_ydata(),
+                                   100 * np.array(history.history["val_accuracy"]))
+    with pytest.raises(ValueError, match=r"no curve to draw \(keys \['epoch', 'lr'\]"):
+        P.plot_curves([{"epoch": 1, "lr": 0.1}], tmp_path / "x.png")
+    assert _is_png(P.plot_filters(model[0].weight, tmp_path / "filters.png"))   # a Parameter
+    np.testing.assert_array_equal(P.filter_grid(model[0].weight),
+                                  P.filter_grid(model[0].weight.data))
+
+
 def test_plot_filters_and_confusion(tmp_path, mpl):
     rng = np.random.default_rng(0)
     assert _is_png(P.plot_filters(rng.standard_normal((32, 3, 5, 5)).astype(np.float32),
