@@ -115,6 +115,9 @@ def check_loss(loss: Any, where: str) -> Any:
     give one number per batch."""
     if loss is None:
         return CrossEntropyLoss()
+    if isinstance(loss, type):  # its forward/backward are there, unbound: it failed later on
+        raise TypeError(f"{where}: loss must be a loss object, got the class {loss.__name__}: "
+                        f"write loss={loss.__name__}()")
     if not (callable(getattr(loss, "forward", None)) and callable(getattr(loss, "backward", None))):
         raise TypeError(f"{where}: loss must be a fastconv loss (with forward(output, target) "
                         f"and backward()), e.g. fastconv.losses.CrossEntropyLoss(), got "

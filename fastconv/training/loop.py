@@ -557,6 +557,10 @@ def _prepare(model, train, epochs, optimizer, scheduler, scheduler_interval, los
         optimizer = optim.Adam(model.parameters(), lr=1e-3)
     inputs.check_optimizer(optimizer, model, where)
     if scheduler is not None:
+        if isinstance(scheduler, type):  # its step is there, unbound: it failed mid-epoch
+            raise TypeError(f"fit: scheduler must be a schedule of the optimizer, got the class "
+                            f"{scheduler.__name__}: build it, e.g. "
+                            f"scheduler={scheduler.__name__}(optimizer, ...)")
         if not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"fit: scheduler must be a fastconv.optim schedule, got "
                             f"{type(scheduler).__name__}")

@@ -236,6 +236,25 @@ def test_predict_on_one_unbatched_image_says_to_add_the_batch_axis():
     np.testing.assert_array_equal(predict(conv, x[0]), predict(conv, x[:1])[0])
 
 
+def test_a_loss_or_scheduler_class_instead_of_an_object_is_refused_up_front():
+    # loss=CrossEntropyLoss (no parentheses) failed in the label check with "got dtype <U14
+    # and shape ()"; scheduler=optim.StepLR in the first step with "LRScheduler.step()
+    # missing 1 required positional argument: 'self'"
+    x, y = make_data(8)
+    model = make_model()
+    before = weights_bytes(model)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"fit: loss must be a loss object, got the class "
+                                        r"CrossEntropyLoss: write loss=CrossEntropyLoss\(\)"):
+        fit(model, (x, y), 1, optimizer=opt, loss=losses.CrossEntropyLoss, progress=False)
+    with pytest.raises(TypeError, match=r"evaluate: loss must be a loss object.*MSELoss\(\)"):
+        evaluate(model, (x, y), loss=losses.MSELoss)
+    with pytest.raises(TypeError, match=r"fit: scheduler must be .*got the class StepLR: "
+                                        r"build it, e.g. scheduler=StepLR\(optimizer, \.\.\.\)"):
+        fit(model, (x, y), 1, optimizer=opt, scheduler=optim.StepLR, progress=False)
+    assert weights_bytes(model) == before                      # refused before any step
+
+
 def test_modes_are_restored_module_by_module():
     x, y = make_data(32)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, rng=0), nn.BatchNorm2d(4), nn.ReLU(),
