@@ -66,7 +66,15 @@ class _Container(Module):
         ValueError (to share weights, make a second layer and assign it the first one's
         Parameter: ``b.weight = a.weight``)."""
         if not isinstance(module, Module):
-            raise TypeError(f"{type(self).__name__}: child {where!r} is not a Module: {module!r}")
+            hint = ""
+            if isinstance(module, type) and issubclass(module, Module):
+                hint = f" (the class itself: write {module.__name__}(...))"
+            elif isinstance(module, (list, tuple)) and module \
+                    and all(isinstance(m, Module) for m in module):
+                hint = (f" (a {type(module).__name__} of layers: unpack it, "
+                        f"{type(self).__name__}(*layers))")
+            raise TypeError(f"{type(self).__name__}: child {where!r} is not a Module: "
+                            f"{module!r}{hint}")
         present = {id(m) for m in _all_modules(self)}
         return self._unshared(module, where, present)
 

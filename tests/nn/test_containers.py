@@ -265,6 +265,12 @@ def test_non_module_children_are_type_errors():
         nn.Residual(nn.ReLU(), shortcut="conv")
     with pytest.raises(ValueError, match="at least one branch"):
         nn.Concat()
+    # the two usual slips are named: a layer class without the call, a list not unpacked
+    with pytest.raises(TypeError, match=r"child '1' is not a Module: .*ReLU'> \(the class "
+                                        r"itself: write ReLU\(\.\.\.\)\)"):
+        nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU)
+    with pytest.raises(TypeError, match=r"\(a list of layers: unpack it, Sequential\(\*layers\)\)"):
+        nn.Sequential([nn.Conv2d(3, 2, 3), nn.ReLU()])
 
 
 def test_one_layer_object_per_model_in_every_container(torch):
