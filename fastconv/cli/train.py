@@ -983,6 +983,11 @@ def _load_data(ns: argparse.Namespace, cfg: TrainConfig, con: _Console, progress
             raise D.DatasetNotFoundError(f"{e} (add --download to download it into "
                                          f"{ns.data_dir})") from e
         raise
+    except D.ImageReadError as e:
+        # the library's advice ends with its bad_images='skip' keyword, which has no option
+        # here: keep the reader's own message (it names the file) and what to do
+        cause = e.__cause__ if isinstance(e.__cause__, D.ImageReadError) else e
+        raise D.ImageReadError(f"{cause}; fix or remove the file") from e
     except D.DatasetError:
         raise
     except ValueError as e:

@@ -125,6 +125,12 @@ def test_folder_dataset_errors_are_one_line(tmp_path, capsys):
     assert "holds no images" in _last_error(capsys)
     assert _run("--dataset", f"folder:{tmp_path / 'nowhere'}", "--out", tmp_path / "r4") == 1
     assert "does not exist" in _last_error(capsys)
+    # an unreadable image: the advice is the command's, not load_image_folder's bad_images=
+    (root / "empty" / "broken.jpg").write_bytes(b"not a jpeg")
+    assert _run("--dataset", f"folder:{root}", "--out", tmp_path / "r5") == 1
+    err = _last_error(capsys)
+    assert "cannot read" in err and "broken.jpg" in err and err.endswith("fix or remove the file")
+    assert "bad_images" not in err
 
 
 # --------------------------------------------------------------------------------------------
