@@ -28,7 +28,14 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _float_dtype(dtype, where: str) -> np.dtype:
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:  # NumPy's "data type 'cuda' not understood", from model.to("cuda")
+        device = isinstance(dtype, str) and dtype.split(":")[0] in ("cpu", "cuda", "mps", "xpu")
+        hint = (" (a PyTorch device? fastconv runs on the CPU, with NumPy arrays: leave the "
+                "call out)" if device else "")
+        raise TypeError(f"{where}: dtype must be float32 or float64, got {dtype!r}{hint}") \
+            from None
     if dt not in _FLOAT_DTYPES:
         raise TypeError(f"{where}: dtype must be float32 or float64, got {dt}")
     return dt
@@ -478,12 +485,12 @@ class Module:
         fastconv.precision), "f32" (float32 whatever the autocast state), or "auto" (follow
         the active fastconv.autocast, the default). None leaves it as it is. "bf16" needs
         float32 parameters (TypeError otherwise)."""
+        target = _float_dtype(dtype, f"{type(self).__name__}.to") if dtype is not None else None
         if precision is not None:
             if precision == "auto":
                 name = None
             else:
                 name = _normalize_precision(precision, f"{type(self).__name__}.to")
-            target = np.dtype(dtype) if dtype is not None else None
             if name == "bf16":
                 for p in self.parameters():
                     if (target or p.data.dtype) != np.float32:

@@ -540,6 +540,16 @@ def test_astype_converts_parameters_grads_and_buffers():
     with pytest.raises(TypeError):
         model.astype(np.int64)
     assert nn.ReLU().dtype is None
+    # model.to("cuda") / to("cpu") as in PyTorch code gave NumPy's "data type 'cuda' not
+    # understood", naming neither the method nor the argument
+    for device in ("cuda", "cpu", "cuda:0"):
+        with pytest.raises(TypeError, match=rf"Sequential\.to: dtype must be float32 or float64, "
+                                            rf"got '{device}' \(a PyTorch device\? fastconv runs "
+                                            rf"on the CPU"):
+            model.to(device)
+    with pytest.raises(TypeError, match=r"Conv2d: dtype must be float32 or float64, got 'banana'$"):
+        nn.Conv2d(3, 4, 3, dtype="banana")
+    assert model.dtype == np.float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1060,8 +1070,11 @@ def test_instance_norm_one_sample_export(torch, tmp_path):
                                rtol=1e-12, atol=1e-12)
     pytest.importorskip("onnx")
     from fastconv.export import to_onnx
-    with pytest.raises(ValueError, match=r"to_onnx: .*InstanceNorm2d.*takes one sample \(3, 4, 5\); "
-                                         r"the graph's first axis is the batch"):
+    # (one sample: the file's dynamic first axis would be the channels)
+    with pytest.raises(ValueError, match=r"to_onnx: input_shape \(3, 4, 5\) does not fit the "
+                                         r"model with a batch of 4 \(axis 0 is the batch\): "
+                                         r"InstanceNorm2d.*\(input_shape starts with the batch "
+                                         r"axis: \(1, 3, 4, 5\)\?\)"):
         to_onnx(layer.astype(np.float32), tmp_path / "m.onnx", input_shape=(3, 4, 5))
 
 
