@@ -79,7 +79,7 @@ ConvAlgorithm conv_algorithm_for(const ConvShape& s, ConvPass pass);
 
 // Weight gradients sum the batch in this many fixed chunks of images (at most), each into a
 // partial sum of its own, added in chunk order: the result does not depend on the number of
-// threads. (Winograd F(4x4) uses 2: its partial sums are 36 x Cg x F each.)
+// threads. (Winograd uses fewer where its partial sums, n x Cg x F each, are large.)
 constexpr index_t kWeightGradChunks = 8;
 
 // Whether any of p[0, n) is ±inf or NaN. Formulations that multiply padding or junk

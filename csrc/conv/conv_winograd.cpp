@@ -153,10 +153,20 @@ struct F2x2 {
   static constexpr auto kernel_tiles = &fastconv::kernel_tiles;
   static constexpr auto weight_tile = &fastconv::weight_tile;
   static index_t chunk(const DirectKernels& k) { return k.winograd_chunk; }
-  static index_t weight_grad_chunks() { return kWeightGradChunks; }
-  // ~1 MiB of transformed tiles gathered per pass of the weight gradient's GEMMs.
+  // Partial sums of the weight gradient (16 x Cg x Fpad each): kWeightGradChunks of them
+  // where they are small, fewer, down to 2, so that together they stay under 16 MiB (each
+  // is allocated, filled and summed per call: 8 of them took 2.2x as long as 2 at 512
+  // channels on 4x4 images).
+  static index_t weight_grad_chunks(index_t Cg, index_t Fpad) {
+    const index_t each = 16 * Cg * Fpad * index_t(sizeof(float));
+    return std::clamp<index_t>((index_t(16) << 20) / each, 2, kWeightGradChunks);
+  }
+  // Tiles gathered per pass of the weight gradient's GEMMs: ~1 MiB of transformed tiles, and
+  // at least Cg*Fpad/(Cg + Fpad) tiles, so that re-reading and writing the sums
+  // (16 x Cg x Fpad) each pass costs less than reading the tiles (as F(4x4)'s).
   static index_t weight_grad_cap(const DirectKernels& k, index_t Cg, index_t Fpad) {
-    return std::max<index_t>(k.winograd_chunk, (index_t(1) << 18) / (16 * (Cg + Fpad)));
+    return std::max<index_t>({k.winograd_chunk, (index_t(1) << 18) / (16 * (Cg + Fpad)),
+                              Cg * Fpad / (Cg + Fpad)});
   }
 };
 

@@ -258,7 +258,7 @@ struct F4x4 {
   }
   // Two partial sums, not kWeightGradChunks: each is 36 x Cg x Fpad (9 MiB at 256 channels),
   // allocated, filled and summed per call (8 measured 1.7x slower at 256 channels on 7x7).
-  static index_t weight_grad_chunks() { return 2; }
+  static index_t weight_grad_chunks(index_t, index_t) { return 2; }
   // Tiles gathered per pass of the weight gradient's GEMMs: at least 4 MiB of transformed
   // tiles, and at least Cg*Fpad/(Cg + Fpad) tiles, so that re-reading and writing the sums
   // (36 x Cg x Fpad) each pass costs less than reading the tiles (36 x cap x (Cg + Fpad)).

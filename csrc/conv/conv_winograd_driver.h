@@ -25,7 +25,7 @@
 //   weight_tile(s, stride, gw)                  gw[3*i + j] = (G^T s G)[i][j]
 //   chunk(k)                                    tiles per pass of the forward's GEMMs
 //   batch_tiles()                               tiles per batch of images (see image_batch)
-//   weight_grad_chunks()                        fixed chunks of images the weight gradient
+//   weight_grad_chunks(Cg, Fpad)                fixed chunks of images the weight gradient
 //                                               sums apart, then in order (see conv.h)
 //   weight_grad_cap(k, Cg, Fpad)                tiles gathered per pass of the weight
 //                                               gradient's GEMMs
@@ -360,7 +360,7 @@ bool backward_weight(const ConvShape& s, const float* gy, const float* x, float*
   const index_t vs = cap * Cg, us = cap * Fpad;
   const index_t per = checked_add(p.padded_size(), gyt_size, checked_mul(n, vs + us));
   const index_t sum_size = checked_mul(G, n, Cg, Fpad);  // [g][xi][c][f]
-  const index_t chunks = std::min<index_t>(s.N, P::weight_grad_chunks());
+  const index_t chunks = std::min<index_t>(s.N, P::weight_grad_chunks(Cg, Fpad));
   Scratch<float> partial = make_scratch<float>(checked_mul(chunks, sum_size));
   std::atomic<bool> nonfinite{false};  // see run_tiles
 
