@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from .cifar import CIFAR10_MEAN, CIFAR10_STD
-from .transforms import PADDING_MODES, _affine, augment_batch, channels_last_hint, pixel_scale
+from .transforms import (PADDING_MODES, _affine, augment_batch, channels_last_hint, pixel_scale,
+                         _warn_if_unscaled)
 
 __all__ = ["DataLoader"]
 
@@ -138,6 +139,8 @@ class DataLoader:
                 raise ValueError(f"DataLoader: {e} (one per channel: axis 1 of images of "
                                  f"shape {images.shape}){channels_last_hint(images.shape)}; "
                                  f"mean=None, std=None skip the normalisation") from None
+            if mean is not None or std is not None:
+                _warn_if_unscaled(images, "DataLoader")
         self.epoch = 0
         self.batch = 0
         self.rank = 0

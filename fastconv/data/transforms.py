@@ -4,6 +4,7 @@ the batch."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -84,6 +85,20 @@ def channels_last_hint(shape: tuple[int, ...]) -> str:
     return ""
 
 
+def _warn_if_unscaled(images: np.ndarray, where: str) -> None:
+    """Warn when float images hold values above 16: most likely pixel values 0..255 given as
+    floats (``np.asarray(pil_image, np.float32)``), which would be taken as already scaled to
+    [0, 1] and come out of the normalisation ~255 times too large (16 is far above what
+    scaled or standardised data reach, and below any picture's brightest pixel)."""
+    if images.dtype.kind != "f" or images.size == 0:
+        return
+    top = float(np.nanmax(images)) if np.isfinite(images).any() else 0.0
+    if top > 16.0:
+        warnings.warn(f"{where}: float images with values up to {top:g} are taken as already "
+                      f"scaled to [0, 1]; pixel values 0..255 need dividing by 255 first (or "
+                      f"give them as uint8, which is scaled)", stacklevel=3)
+
+
 def to_float32(images: np.ndarray, mean: Sequence[float] | np.ndarray | None = CIFAR10_MEAN,
                std: Sequence[float] | np.ndarray | None = CIFAR10_STD) -> np.ndarray:
     """Decode images to float32 NCHW: ``(x / 255 - mean) / std`` per channel.
@@ -101,6 +116,8 @@ def to_float32(images: np.ndarray, mean: Sequence[float] | np.ndarray | None = C
     except ValueError as e:
         raise ValueError(f"to_float32: {e} (one per channel: axis 1 of images of shape "
                          f"{images.shape}){channels_last_hint(images.shape)}") from None
+    if mean is not None or std is not None:
+        _warn_if_unscaled(images, "to_float32")
     out = np.multiply(images, scale, dtype=np.float32)
     out += offset
     return out

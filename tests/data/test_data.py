@@ -453,6 +453,22 @@ def test_channels_last_images_are_refused_with_the_transpose():
     assert "channels last" not in str(e.value)
 
 
+def test_float_images_of_pixel_values_warn_that_they_are_taken_as_scaled():
+    # np.asarray(pil_image, np.float32) gives floats 0..255, which to_float32 and DataLoader
+    # took as [0, 1] without a word: inputs of ~1000 after normalisation
+    x = np.random.default_rng(0).integers(0, 256, (4, 3, 8, 8)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"to_float32: float images with values up to 255 are "
+                                         r"taken as already scaled to \[0, 1\]; .*dividing by 255"):
+        D.to_float32(x)
+    with pytest.warns(UserWarning, match=r"DataLoader: float images with values up to 255"):
+        D.DataLoader(x, np.zeros(4, np.int64), 2)
+    # scaled floats, and floats not normalised (mean=None, std=None), are left alone
+    D.to_float32(x / 255)
+    D.to_float32(x, None, None)
+    D.DataLoader(x, np.zeros(4, np.int64), 2, mean=None, std=None)
+    D.DataLoader(x / 255, np.zeros(4, np.int64), 2)
+
+
 @pytest.mark.parametrize("dtype,full", [(np.uint16, 65535), (np.int16, 32767)])
 def test_16_bit_images_are_scaled_by_their_full_range_as_uint8_by_255(fake_batches, dtype,
                                                                       full):
