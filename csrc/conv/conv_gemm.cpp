@@ -88,6 +88,48 @@ std::vector<GroupWeights<T>> pack_weights(const ConvShape& s, const T* w, bool t
   return packed;
 }
 
+// The Fg x L maps of consecutive images side by side as one GEMM operand (Fg x images*L):
+// B(k, j) = p[(j / L) * image_stride + k * L + j % L]. Small maps (a 4x4 output: L = 16)
+// would otherwise each make a GEMM that fills half a register tile and streams all of A
+// (the packed weights) for a few columns.
+template <typename T>
+struct ImagesB final : BSource<T> {
+  const T* p;
+  index_t L, image_stride;
+  ImagesB(const T* p_, index_t L_, index_t stride) : p(p_), L(L_), image_stride(stride) {}
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override {
+    struct Run {
+      const T* src;  // row pc of its image's map
+      index_t count, off;
+    };
+    std::vector<Run> runs;
+    for (index_t q = 0; q < nc; q += nr) {
+      const index_t n = std::min(nr, nc - q);
+      runs.clear();
+      for (index_t t = 0; t < n;) {
+        const index_t j = jc + q + t, l = j % L, count = std::min(n - t, L - l);
+        runs.push_back({p + j / L * image_stride + pc * L + l, count, t});
+        t += count;
+      }
+      T* panel = dst + q * kc;
+      for (index_t k = 0; k < kc; ++k) {
+        T* d = panel + k * nr;
+        for (const Run& r : runs) std::copy_n(r.src + k * L, r.count, d + r.off);
+        std::fill(d + n, d + nr, T(0));
+      }
+    }
+  }
+};
+
+// Images per GEMM of the im2col passes: ~kBatchColumns columns, but at least one batch per
+// thread (each thread then runs its own GEMMs, col2im and copies). The bits do not depend on
+// it: each column of a GEMM sums over k alone.
+constexpr index_t kBatchColumns = 256;
+index_t images_per_gemm(const ConvShape& s) {
+  return std::clamp<index_t>(kBatchColumns / std::max<index_t>(s.L(), 1), 1,
+                             ceil_div(s.N, index_t(max_threads())));
+}
+
 }  // namespace
 
 bool wide_fits(const ConvShape& s) {
@@ -133,19 +175,31 @@ void conv2d_forward_im2col(const ConvShape& s, const T* x, const T* w, const T* 
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
   const std::vector<GroupWeights<T>> wp = pack_weights(s, w, false);
-  // The column matrix is never formed: the GEMM packs its B panels straight from the image.
-  run_items<T>(s.N, 0, Fg, L, [&](index_t n, T*, T* pack) {
+  // The column matrix is never formed: the GEMM packs its B panels straight from the images.
+  // One image: the product goes straight into y; several (small outputs): into out
+  // (Fg x nb*L), then copied to each image's y.
+  const index_t nb = direct ? 1 : images_per_gemm(s), width = nb * L;
+  run_items<T>(ceil_div(s.N, nb), nb > 1 ? checked_mul(Fg, width) : 0, Fg, width,
+               [&](index_t b, T* out, T* pack) {
+    const index_t n0 = b * nb, count = std::min(nb, s.N - n0), cols = count * L;
     for (index_t g = 0; g < s.G; ++g) {
-      const T* xg = x + (n * s.C + g * Cg) * HW;
-      T* yg = y + (n * s.F + g * Fg) * L;
+      const T* xg = x + (n0 * s.C + g * Cg) * HW;
+      T* yg = y + (n0 * s.F + g * Fg) * L;
+      T* c = nb > 1 ? out : yg;
+      const index_t ldc = nb > 1 ? cols : L;
       // Bias first, then accumulate the product onto it.
       if (bias)
-        for (index_t f = 0; f < Fg; ++f) std::fill(yg + f * L, yg + (f + 1) * L, bias[g * Fg + f]);
+        for (index_t f = 0; f < Fg; ++f)
+          std::fill(c + f * ldc, c + f * ldc + cols, bias[g * Fg + f]);
       if (direct)
-        wp[g].multiply(pack, L, StridedB<T>(xg, L, 1), yg, L, bias != nullptr);
+        wp[g].multiply(pack, L, StridedB<T>(xg, L, 1), c, ldc, bias != nullptr);
       else
-        wp[g].multiply(pack, L, Im2colB<T>(xg, Cg, s.H, s.W, s.win, s.OH, s.OW), yg, L,
-                       bias != nullptr);
+        wp[g].multiply(pack, cols, Im2colB<T>(xg, Cg, s.H, s.W, s.win, s.OH, s.OW, s.C * HW),
+                       c, ldc, bias != nullptr);
+      if (nb > 1)
+        for (index_t i = 0; i < count; ++i)
+          for (index_t f = 0; f < Fg; ++f)
+            std::copy_n(out + f * ldc + i * L, L, yg + (i * s.F + f) * L);
     }
   });
 }
@@ -179,14 +233,24 @@ void conv2d_backward_input_im2col(const ConvShape& s, const T* gy, const T* w, T
   const index_t Cg = s.Cg(), Fg = s.Fg(), L = s.L(), CKK = s.CKK(), HW = s.H * s.W;
   const bool direct = s.pointwise();
   const std::vector<GroupWeights<T>> wtp = pack_weights(s, w, true);
-  run_items<T>(s.N, direct ? 0 : checked_mul(CKK, L), CKK, L, [&](index_t n, T* dcols, T* pack) {
+  // dcols (CKK x nb*L) = w^T . grad_y of nb images side by side (1x1: one image, written
+  // straight into grad_x), then col2im per image.
+  const index_t nb = direct ? 1 : images_per_gemm(s), width = nb * L;
+  run_items<T>(ceil_div(s.N, nb), direct ? 0 : checked_mul(CKK, width), CKK, width,
+               [&](index_t b, T* dcols, T* pack) {
+    const index_t n0 = b * nb, count = std::min(nb, s.N - n0);
     for (index_t g = 0; g < s.G; ++g) {
-      const T* gyg = gy + (n * s.F + g * Fg) * L;
-      T* gxg = gx + (n * s.C + g * Cg) * HW;
-      wtp[g].multiply(pack, L, StridedB<T>(gyg, L, 1), direct ? gxg : dcols, L, false);
-      if (!direct) {
+      const T* gyg = gy + (n0 * s.F + g * Fg) * L;
+      if (direct) {
+        wtp[g].multiply(pack, L, StridedB<T>(gyg, L, 1), gx + (n0 * s.C + g * Cg) * HW, L,
+                        false);
+        continue;
+      }
+      wtp[g].multiply(pack, count * L, ImagesB<T>(gyg, L, s.F * L), dcols, count * L, false);
+      for (index_t i = 0; i < count; ++i) {
+        T* gxg = gx + ((n0 + i) * s.C + g * Cg) * HW;
         std::fill(gxg, gxg + Cg * HW, T(0));
-        col2im_image(dcols, L, Cg, s.H, s.W, s.win, s.OH, s.OW, gxg);
+        col2im_image(dcols + i * L, count * L, Cg, s.H, s.W, s.win, s.OH, s.OW, gxg);
       }
     }
   });
@@ -199,17 +263,23 @@ void conv2d_backward_weight_gemm(const ConvShape& s, const T* gy, const T* x, T*
   // gw[g] += grad_y[n, g] (Fg x L) . cols^T: both operands are long contiguous rows over the
   // output positions, so it is computed as dot products of rows (gemm_nt_rows), with no
   // packing. The rows of cols are runs of the padded image on the wide path, else rows of an
-  // explicit per-image column buffer (or of the image itself for 1x1 convolutions).
+  // explicit column buffer of nb images (or of the image itself for 1x1 convolutions).
   const bool direct = s.pointwise();
   // (the wide geometry only where it runs: elsewhere its padded image may not even have a size)
   const WideGeometry wg = wide ? WideGeometry(s) : WideGeometry();
   const index_t xpad_size = round_up(wg.padded_size(), 16);
+  // im2col: the column matrices and grad_y maps of nb images side by side (a function of the
+  // shape alone: it sets the order of the sums), so that small maps make one long reduction,
+  // not one pass over all of gw per image.
+  const index_t nb =
+      direct || wide ? 1 : std::clamp<index_t>(kBatchColumns / std::max<index_t>(L, 1), 1, s.N);
+  const index_t width = nb * L;
   const index_t scratch = direct ? 0
                           : wide ? checked_add(xpad_size, checked_mul(Fg, wg.Lw))
-                                 : checked_mul(CKK, L);
+                                 : checked_mul(checked_add(CKK, Fg), width);
   // Dot products pay one reduction per weight per image: worth it for long rows (many output
   // positions) or few weights; short rows and many weights go to the packed GEMM.
-  const bool use_dot = L >= 512 || Fg * CKK <= 4096;
+  const bool use_dot = width >= 512 || Fg * CKK <= 4096;
   const index_t chunks = std::min<index_t>(s.N, kWeightGradChunks);
   Scratch<T> partial = make_scratch<T>(chunks > 1 ? checked_mul(chunks, WSZ) : 0);
   // Chunk c sums images [N*c/chunks, N*(c+1)/chunks) into its own partial gradient.
@@ -218,7 +288,8 @@ void conv2d_backward_weight_gemm(const ConvShape& s, const T* gy, const T* x, T*
     T* dst = chunks > 1 ? partial.get() + c * WSZ : gw;
     std::vector<const T*> a_rows(Fg), b_rows(CKK);
     const index_t n0 = s.N * c / chunks, n1 = s.N * (c + 1) / chunks;
-    for (index_t n = n0; n < n1; ++n) {
+    for (index_t n = n0; n < n1; n += nb) {
+      const index_t count = std::min(nb, n1 - n);
       for (index_t g = 0; g < s.G; ++g) {
         const T* xg = x + (n * s.C + g * Cg) * HW;
         const T* gyg = gy + (n * s.F + g * Fg) * L;
@@ -231,10 +302,20 @@ void conv2d_backward_weight_gemm(const ConvShape& s, const T* gy, const T* x, T*
           for (index_t f = 0; f < Fg; ++f) a_rows[f] = gyw + f * wg.Lw;
           for (index_t r = 0; r < CKK; ++r) b_rows[r] = xpad + wg.row_offset(r);
           K = wg.Lw;
-        } else {
+        } else if (direct) {
           for (index_t f = 0; f < Fg; ++f) a_rows[f] = gyg + f * L;
-          if (!direct) im2col_image(xg, Cg, s.H, s.W, s.win, s.OH, s.OW, buf, L);
-          for (index_t r = 0; r < CKK; ++r) b_rows[r] = (direct ? xg : buf) + r * L;
+          for (index_t r = 0; r < CKK; ++r) b_rows[r] = xg + r * L;
+        } else {
+          // rows of count*L: CKK of columns, then Fg of grad_y
+          K = count * L;
+          T* gyb = buf + CKK * K;
+          for (index_t i = 0; i < count; ++i) {
+            im2col_image(xg + i * s.C * HW, Cg, s.H, s.W, s.win, s.OH, s.OW, buf + i * L, K);
+            for (index_t f = 0; f < Fg; ++f)
+              std::copy_n(gyg + (i * s.F + f) * L, L, gyb + f * K + i * L);
+          }
+          for (index_t f = 0; f < Fg; ++f) a_rows[f] = gyb + f * K;
+          for (index_t r = 0; r < CKK; ++r) b_rows[r] = buf + r * K;
         }
         gemm_nt_rows<T>(Fg, CKK, K, a_rows.data(), b_rows.data(), dst + g * Fg * CKK, CKK,
                         n > n0, use_dot, s.precision);

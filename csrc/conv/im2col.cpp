@@ -74,10 +74,11 @@ void col2im_image(const T* cols, index_t ld, index_t C, index_t H, index_t W, co
 
 namespace {
 
-// A run of consecutive columns l of one output row oh: columns [l0, l0+count) are the output
-// positions (oh, ow0 .. ow0+count-1), stored at panel offset `off`.
+// A run of consecutive columns l of one output row oh of the image at `image` (elements from
+// Im2colB::x): columns [l0, l0+count) are the output positions (oh, ow0 .. ow0+count-1),
+// stored at panel offset `off`.
 struct Run {
-  index_t oh, ow0, count, off;
+  index_t oh, ow0, count, off, image;
 };
 
 }  // namespace
@@ -87,7 +88,7 @@ __attribute__((always_inline)) inline void pack_im2col(const Im2colB<T>& b, inde
                                                        index_t kc, index_t jc, index_t nc,
                                                        index_t nr, T* dst) {
   const T* x = b.x;
-  const index_t H = b.H, W = b.W, OW = b.OW;
+  const index_t H = b.H, W = b.W, OW = b.OW, L = b.OH * b.OW;
   const Window2d& win = b.win;
   const index_t KK = win.KH * win.KW;
   Run runs[65];  // a panel of nr <= 64 columns spans at most nr runs
@@ -97,10 +98,10 @@ __attribute__((always_inline)) inline void pack_im2col(const Im2colB<T>& b, inde
     // Split the panel's columns into runs along output rows.
     index_t nruns = 0;
     for (index_t t = 0; t < n;) {
-      const index_t l = jc + q + t;
+      const index_t col = jc + q + t, l = col % L;
       const index_t oh = l / OW, ow = l % OW;
       const index_t count = std::min(n - t, OW - ow);
-      runs[nruns++] = {oh, ow, count, t};
+      runs[nruns++] = {oh, ow, count, t, col / L * b.image_stride};
       t += count;
     }
     index_t c = pc / KK, i = (pc % KK) / win.KW, j = pc % win.KW;
@@ -116,7 +117,7 @@ __attribute__((always_inline)) inline void pack_im2col(const Im2colB<T>& b, inde
           for (index_t t = 0; t < run.count; ++t) out[t] = T(0);
           continue;
         }
-        const T* row = xc + ih * W;
+        const T* row = xc + run.image + ih * W;
         if (win.SW == 1) {
           // iw = ow0 + t + off_w must lie in [0, W)
           const index_t base = run.ow0 + off_w;

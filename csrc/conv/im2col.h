@@ -29,15 +29,18 @@ void col2im_image(const T* cols, index_t ld, index_t C, index_t H, index_t W, co
                   index_t OH, index_t OW, T* x);
 
 // The column matrix of one image as a GEMM B operand (CKK x L), packed straight from the
-// image into the GEMM's panels: no column buffer is written or read.
+// image into the GEMM's panels: no column buffer is written or read. With image_stride, the
+// column matrices of consecutive images side by side (CKK x images*L): column j is column
+// j % L of the image at x + (j / L) * image_stride.
 template <typename T>
 struct Im2colB final : BSource<T> {
-  const T* x;  // first channel of the image (group)
+  const T* x;  // first channel of the (first) image (group)
   index_t C, H, W, OH, OW;
   Window2d win;
+  index_t image_stride;
   Im2colB(const T* x_, index_t C_, index_t H_, index_t W_, const Window2d& w, index_t OH_,
-          index_t OW_)
-      : x(x_), C(C_), H(H_), W(W_), OH(OH_), OW(OW_), win(w) {}
+          index_t OW_, index_t image_stride_ = 0)
+      : x(x_), C(C_), H(H_), W(W_), OH(OH_), OW(OW_), win(w), image_stride(image_stride_) {}
   void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override;
 };
 

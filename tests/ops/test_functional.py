@@ -550,6 +550,39 @@ def test_results_do_not_depend_on_thread_count(rng, threads, case):
             np.testing.assert_array_equal(a, b_)
 
 
+@pytest.mark.parametrize("dtype,precision", [(np.float32, "f32"), (np.float64, None),
+                                             (np.float32, "bf16")])
+@pytest.mark.parametrize("case", [(37, 16, 8, 8, 24, 3, 2, 1), (9, 8, 4, 4, 16, 3, 1, 1),
+                                  (70, 4, 3, 3, 8, 2, 2, 0), (5, 12, 16, 16, 8, 3, 2, 1)],
+                         ids=str)
+def test_im2col_batches_images_with_the_bits_of_each_alone(rng, threads, forced, case, dtype,
+                                                           precision):
+    """The im2col forward and input gradient multiply several images' small maps in one GEMM
+    (about 256 columns): each image's output and input gradient must still have the bits it
+    has alone, at any thread count, the batch's last (partial) GEMM included. The weight
+    gradient sums the images' batches in an order of its own, the same at any thread count."""
+    n, c, h, w_, f, k, stride, pad = case
+    x = rng.standard_normal((n, c, h, w_)).astype(dtype)
+    w = rng.standard_normal((f, c, k, k)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    kw = dict(stride=stride, padding=pad, precision=precision)
+    gy = rng.standard_normal(F.conv2d_output_shape(x.shape, w.shape, stride=stride,
+                                                   padding=pad)).astype(dtype)
+    forced("im2col")
+    alone_y = [F.conv2d(x[i:i + 1], w, b, **kw) for i in range(n)]
+    alone_gx = [F.conv2d_backward(gy[i:i + 1], x[i:i + 1], w, output_mask=(True, False, False),
+                                  **kw)[0] for i in range(n)]
+    gws = []
+    for t in (1, 2, 3):
+        threads(t)
+        np.testing.assert_array_equal(F.conv2d(x, w, b, **kw), np.concatenate(alone_y))
+        gx, gw, _ = F.conv2d_backward(gy, x, w, **kw)
+        np.testing.assert_array_equal(gx, np.concatenate(alone_gx))
+        gws.append(gw)
+    for gw in gws[1:]:
+        np.testing.assert_array_equal(gw, gws[0])
+
+
 @pytest.fixture
 def simd_level():
     before = _core.simd_level()
