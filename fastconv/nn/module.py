@@ -133,6 +133,19 @@ class Parameter:
     def ndim(self) -> int:
         return self.data.ndim
 
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """``data`` to NumPy (``np.asarray(p)``, ``np.mean(p)``, ...), with NumPy 2's
+        ``__array__`` protocol: ``copy=None`` copies only to convert the dtype (otherwise
+        the result shares ``data``'s memory, as ``np.asarray`` of an array does), ``copy=True``
+        always copies, ``copy=False`` never (ValueError when `dtype` needs a conversion)."""
+        data = self.data
+        if dtype is None or np.dtype(dtype) == data.dtype:
+            return data.copy() if copy else data
+        if copy is False:
+            raise ValueError(f"Parameter: cannot give the {data.dtype} values as {np.dtype(dtype)} "
+                             f"without a copy (copy=False)")
+        return data.astype(dtype)
+
     def zero_grad(self) -> None:
         """Set ``grad`` to zero (re-allocated if ``data`` changed shape or dtype)."""
         g = self._grad

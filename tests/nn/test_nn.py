@@ -323,6 +323,37 @@ def test_parameter_basics():
     assert "shape=(4,)" in repr(p)
 
 
+def test_parameter_converts_to_numpy_as_its_data():
+    # np.asarray(layer.weight) raised "float() argument must be ... not 'Parameter'" from
+    # NumPy functions (np.mean, np.asarray(..., float)): the NumPy 2 __array__ protocol
+    import copy
+    import pickle
+
+    layer = nn.Conv2d(3, 2, 3, rng=0)
+    w = layer.weight
+    a = np.asarray(w)
+    assert a is w.data                                  # no copy, as np.asarray of an array
+    assert np.mean(w) == np.mean(w.data) and np.abs(w).max() == np.abs(w.data).max()
+    assert np.array_equal(np.asarray(w, dtype=np.float64), w.data)
+    c = np.array(w, copy=True)
+    assert not np.shares_memory(c, w.data) and np.array_equal(c, w.data)
+    assert np.asarray(w, copy=False) is w.data
+    with pytest.raises(ValueError, match="without a copy"):
+        np.asarray(w, dtype=np.float64, copy=False)
+    assert np.stack([layer.weight, layer.weight]).shape == (2, 2, 3, 3, 3)
+    # still a Parameter everywhere else: not an ndarray, pickled, copied and saved as before
+    assert not isinstance(w, np.ndarray)
+    for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert isinstance(clone.weight, nn.Parameter)
+        np.testing.assert_array_equal(clone.weight.data, w.data)
+    state = layer.state_dict()
+    assert type(state["weight"]) is np.ndarray and np.array_equal(state["weight"], w.data)
+    other = nn.Conv2d(3, 2, 3, rng=1)
+    other.load_state_dict({"weight": layer.weight, "bias": layer.bias})  # Parameters as values
+    np.testing.assert_array_equal(other.weight.data, w.data)
+    assert not np.shares_memory(other.weight.data, w.data)
+
+
 def test_registration_and_traversal():
     class Block(nn.Module):
         def __init__(self):
