@@ -361,7 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BatchNorm statistics of the whole batch over all ranks instead of "
                         "each rank's share [default: off]")
     g.add_argument("--bucket-mb", type=_float_in(0.0, open_lo=True), default=DEFAULT_BUCKET_MB,
-                   metavar="MB", help=f"size of the gradient buckets summed by one allreduce "
+                   metavar="MB", help=f"size of the gradient buckets, each summed over the "
+                                      f"ranks by one non-blocking collective started while "
+                                      f"backward runs: a reduce-scatter when every rank runs "
+                                      f"on one machine (the ranks then share the optimiser's "
+                                      f"update), an allreduce across machines "
                                       f"[default: {DEFAULT_BUCKET_MB:g}]")
     # Testing aid: behave as if Ctrl-C was pressed after N optimiser steps of this process.
     g.add_argument("--stop-after", type=_int_at_least(1), default=None, help=argparse.SUPPRESS)
