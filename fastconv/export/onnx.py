@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -548,6 +549,21 @@ def _graph_dtype(model: nn.Module) -> np.dtype:
     return dtypes.pop() if dtypes else np.dtype(np.float32)
 
 
+def _bf16_layers(model: nn.Module, dtype) -> tuple[int, int]:
+    """(how many of `model`'s convolution and linear layers compute on bfloat16 operands now,
+    through ``model.to(precision="bf16")`` or an active ``fastconv.autocast("bf16")``; how
+    many there are)."""
+    layers = [m for m in model.modules()
+              if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    bf16 = 0
+    for m in layers:
+        try:
+            bf16 += m._op_precision(dtype) == "bf16"
+        except TypeError:  # (bf16 asked of float64 weights: their forward refuses it anyway)
+            pass
+    return bf16, len(layers)
+
+
 def _check_input_shape(model: nn.Module, input_shape) -> tuple[tuple[int, ...], tuple]:
     """(input shape, output shape) as int tuples; ValueError for a shape that is not
     (batch, ...) positive ints or that the model does not take."""
@@ -604,6 +620,11 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, input_shape=(1, 3, 32, 32
     * The model's eval-mode computation, whatever its mode: BatchNorm uses its running
       statistics (the batch's when it tracks none, as PyTorch in eval mode), Dropout is
       left out. The model is not changed.
+    * In float32: a model in bf16 mode (``model.to(precision="bf16")``, or exported inside
+      ``fastconv.autocast("bf16")``) is exported as its float32 computation (the weights
+      are float32 either way), so the graph's outputs differ from ``predict``'s in bf16 mode
+      by the bf16 rounding (~1e-3 on an untrained simple_cnn's logits); a one-line UserWarning
+      says so.
     * Parameters and buffers are initializers named by their state-dict keys
       (``"layer1.0.body.0.weight"``; ``num_batches_tracked`` is not needed and left out);
       nodes are named ``<module path>/<op type>``.
@@ -649,6 +670,11 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, input_shape=(1, 3, 32, 32
     if not all(isinstance(v, str) for kv in metadata.items() for v in kv):
         raise TypeError(f"to_onnx: metadata must map str to str, got {metadata!r}")
     dtype = _graph_dtype(model)
+    bf16, layers = _bf16_layers(model, dtype)
+    if bf16:
+        warnings.warn(f"to_onnx: the model runs in bf16 mode ({bf16} of its {layers} conv/linear "
+                      f"layers), but the ONNX graph computes in float32: its outputs differ from "
+                      f"predict's by the bf16 rounding", UserWarning, stacklevel=2)
     g = _Graph(onnx, model, dtype)
 
     def convert(module: nn.Module, path: str, x: str, shape: tuple) -> tuple[str, tuple]:

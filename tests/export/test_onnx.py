@@ -189,6 +189,41 @@ def test_float64_models_give_a_float64_graph(onnx, tmp_path):
     np.testing.assert_allclose(got, _eval_output(model, x), rtol=1e-12, atol=1e-12)
 
 
+def test_a_bf16_model_exports_its_float32_computation_with_a_warning(ort, tmp_path):
+    # model.to(precision="bf16") was exported without a word as the float32 computation,
+    # ~1e-3 off predict in bf16 mode: the graph stays float32, and the export says so
+    import warnings
+
+    import fastconv
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, rng=0), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 5, rng=1)).to(precision="bf16")
+    x = np.random.default_rng(0).standard_normal((4, 3, 6, 6)).astype(np.float32)
+    message = (r"^to_onnx: the model runs in bf16 mode \(2 of its 2 conv/linear layers\), but "
+               r"the ONNX graph computes in float32: its outputs differ from predict's by the "
+               r"bf16 rounding$")
+    with pytest.warns(UserWarning, match=message) as record:
+        to_onnx(model, tmp_path / "m.onnx", input_shape=(1, 3, 6, 6))
+    assert len(record) == 1 and record[0].filename == __file__  # (the caller's line)
+    got = _session(ort, tmp_path / "m.onnx").run(None, {"input": x})[0]
+    bf16 = _eval_output(model, x)
+    model.to(precision="f32")
+    _assert_close(got, _eval_output(model, x), "the float32 computation")
+    assert not np.array_equal(got, bf16)
+    # the same under autocast, for one layer in bf16 mode, and no word for float32
+    model.to(precision="auto")
+    with fastconv.autocast("bf16"), pytest.warns(UserWarning, match=r"\(2 of its 2 conv"):
+        to_onnx(model, tmp_path / "m.onnx", input_shape=(1, 3, 6, 6))
+    model[0].to(precision="bf16")
+    with pytest.warns(UserWarning, match=r"\(1 of its 2 conv"):
+        to_onnx(model, tmp_path / "m.onnx", input_shape=(1, 3, 6, 6))
+    model.to(precision="f32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fastconv.autocast("bf16"):
+            to_onnx(model, tmp_path / "m.onnx", input_shape=(1, 3, 6, 6))
+
+
 def test_shared_parameters_are_one_initializer(ort, tmp_path):
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
     b.weight = a.weight  # tied weights
