@@ -28,7 +28,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import init, nn
-from ._seed import model_generator
+from ._seed import check_num_classes, model_generator
 
 __all__ = ["airbench94", "conv_group", "init_whitening_conv", "whitening_weights",
            "patch_covariance", "AIRBENCH94_WIDTHS", "WHITENING_EPS"]
@@ -73,6 +73,7 @@ def airbench94(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=None,
     (1,971,352 trained: not the whitening weights nor the BatchNorm scales). The whitening
     conv (``model[0]``) holds PyTorch's default init until :func:`init_whitening_conv` sets
     it from training images; its bias starts at 0."""
+    num_classes = check_num_classes(num_classes, "airbench94")
     g = model_generator(rng, seed)
     c1, c2, c3 = widths
     whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True, dtype=dtype, rng=g)

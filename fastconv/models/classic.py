@@ -33,13 +33,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
-from ._seed import model_generator as _generator
+from ._seed import check_num_classes, model_generator as _generator
 
 __all__ = ["simple_cnn", "lenet5", "vgg_small", "alexnet_small"]
 
 
 def simple_cnn(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=None) -> nn.Sequential:
     """The classic first CIFAR-10 network (2,389,962 parameters with 10 classes)."""
+    num_classes = check_num_classes(num_classes, "simple_cnn")
     g = _generator(rng, seed)
     return nn.Sequential(
         nn.Conv2d(3, 32, 3, dtype=dtype, rng=g), nn.ReLU(), nn.MaxPool2d(2, 2),
@@ -52,6 +53,7 @@ def simple_cnn(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=None) 
 
 def lenet5(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=None) -> nn.Sequential:
     """LeNet-5 for 3 x 32 x 32 inputs, with ReLU and max pooling (62,006 parameters)."""
+    num_classes = check_num_classes(num_classes, "lenet5")
     g = _generator(rng, seed)
     return nn.Sequential(
         nn.Conv2d(3, 6, 5, dtype=dtype, rng=g), nn.ReLU(), nn.MaxPool2d(2),
@@ -66,6 +68,7 @@ def lenet5(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=None) -> n
 def vgg_small(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=None) -> nn.Sequential:
     """A small VGG: three blocks of two 3x3 conv-BN-ReLU and a max pool (32, 64, 128 channels),
     then Linear(2048, classes); 307,946 parameters with 10 classes."""
+    num_classes = check_num_classes(num_classes, "vgg_small")
     g = _generator(rng, seed)
     layers: list[nn.Module] = []
     c_in = 3
@@ -83,6 +86,7 @@ def alexnet_small(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=Non
                   dropout: float = 0.5) -> nn.Sequential:
     """AlexNet-style network adapted to 32 x 32 inputs (see the module docstring); the dropout
     layers draw their masks from the same generator."""
+    num_classes = check_num_classes(num_classes, "alexnet_small")
     g = _generator(rng, seed)
     return nn.Sequential(
         nn.Conv2d(3, 64, 3, padding=1, dtype=dtype, rng=g), nn.ReLU(), nn.MaxPool2d(2),

@@ -38,7 +38,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import nn
-from ._seed import model_generator
+from ._seed import check_num_classes, model_generator
 
 __all__ = ["resnet9", "resnet18", "basic_block"]
 
@@ -56,6 +56,7 @@ def _conv_bn(c_in: int, c_out: int, dtype, g, stride: int = 1) -> list[nn.Module
 def resnet9(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=None,
             width: int = 64) -> nn.Sequential:
     """The DAWNBench ResNet-9 (see the module docstring); channels width, 2, 4 and 8 x width."""
+    num_classes = check_num_classes(num_classes, "resnet9")
     g = model_generator(rng, seed)
     c1, c2, c3, c4 = width, 2 * width, 4 * width, 8 * width
 
@@ -94,6 +95,7 @@ def basic_block(c_in: int, c_out: int, stride: int = 1, dtype=np.float32,
 def resnet18(num_classes: int = 10, rng=None, dtype=np.float32, *, seed=None,
              width: int = 64) -> nn.Sequential:
     """The CIFAR ResNet-18 (see the module docstring); stages of width, 2, 4 and 8 x width."""
+    num_classes = check_num_classes(num_classes, "resnet18")
     g = model_generator(rng, seed)
     layers: OrderedDict[str, nn.Module] = OrderedDict(
         conv1=nn.Conv2d(3, width, 3, 1, 1, bias=False, dtype=dtype, rng=g),

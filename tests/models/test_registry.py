@@ -29,6 +29,19 @@ def test_registry():
         models.get_model("autoencoder", num_classes=10)
 
 
+@pytest.mark.parametrize("name", models.CLASSIFIERS)
+@pytest.mark.parametrize("num_classes", [0, -3, 2.0, True, "10", None])
+def test_num_classes_errors_name_the_builder_and_num_classes(name, num_classes):
+    # get_model("resnet18", num_classes=0) said "Linear: out_features must be a positive int,
+    # got 0", naming no argument of the call
+    message = rf"^{name}: num_classes must be a positive int, got {re.escape(repr(num_classes))}$"
+    with pytest.raises(ValueError, match=message):
+        models.get_model(name, num_classes=num_classes)
+    with pytest.raises(ValueError, match=message):
+        getattr(models, name)(num_classes=num_classes)
+    assert models.get_model(name, num_classes=np.int64(1), rng=0).num_parameters() > 0
+
+
 @pytest.mark.parametrize("name", models.MODELS)
 def test_documented_parameter_count(name):
     model = models.get_model(name, rng=0)
