@@ -1018,9 +1018,9 @@ class FitRun:
             return resume
         outcome: Any = None
         if self.rank == 0:
-            from ..checkpoint import load_checkpoint
+            from .loop import _load_resume
             try:
-                outcome = ("ok", load_checkpoint(resume))
+                outcome = ("ok", _load_resume(resume))
             except Exception as e:  # noqa: BLE001 - sent to every rank, raised there
                 outcome = ("error", e)
         kind, value = self.comm.broadcast(outcome)

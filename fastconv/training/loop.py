@@ -23,6 +23,7 @@ ranks after each step and epoch, so they always take the same steps.
 
 from __future__ import annotations
 
+import errno
 import math
 import numbers
 import os
@@ -465,6 +466,7 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
         TypeError, ValueError: a bad argument, named, before any training (on every rank,
             in a distributed fit).
         ImportError: ``distributed`` without mpi4py (the message says how to install it).
+        FileNotFoundError: no file at the ``resume`` path (the message names ``resume``).
         fastconv.training.state.ResumeError: ``resume`` is the state of another run.
         FloatingPointError: the loss became inf or NaN (lower the learning rate).
         An exception (Ctrl-C in a notebook included) leaves the model as it was at that
@@ -520,8 +522,7 @@ def fit(model, train, epochs: int, *, optimizer=None, scheduler=None,
 def _resume_state(resume) -> dict:
     """fit's ``resume``: a checkpoint path read, or a state dict as it is."""
     if isinstance(resume, (str, os.PathLike)):
-        from ..checkpoint import load_checkpoint
-        resume = load_checkpoint(resume)
+        resume = _load_resume(resume)
     if not isinstance(resume, dict):
         raise TypeError(f"fit: resume must be a checkpoint path or a state dict, got "
                         f"{type(resume).__name__}")
@@ -691,3 +692,15 @@ def predict(model, x, *, batch_size: int | None = None) -> np.ndarray:
             x.load_state_dict(position)
         _restore_modes(modes)
     return np.concatenate(outputs)
+
+
+def _load_resume(path: str | os.PathLike) -> dict:
+    """The checkpoint at fit's ``resume`` path; a missing file is a FileNotFoundError naming the
+    ``resume`` argument and the path (load_checkpoint's own names only the path)."""
+    from ..checkpoint import load_checkpoint
+    try:
+        return load_checkpoint(path)
+    except FileNotFoundError as e:
+        where = "" if os.path.isabs(path) else f", relative to {os.getcwd()}"
+        raise FileNotFoundError(errno.ENOENT, f"fit: resume: no such checkpoint file (the files "
+                                f"ModelCheckpoint writes{where})", os.fspath(path)) from e

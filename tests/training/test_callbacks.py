@@ -4,6 +4,7 @@ ModelCheckpoint with a bit-exact resume (also across thread counts), CSVLogger, 
 from __future__ import annotations
 
 import csv
+import errno
 import sys
 
 import numpy as np
@@ -364,6 +365,22 @@ def test_resume_refuses_a_state_of_another_run(tmp_path):
         fit(make_model(), (x, y), 2, batch_size=8, resume=tmp_path / "w.npz", progress=False)
     with pytest.raises(ResumeError, match="not a fit state"):
         fit(make_model(), (x, y), 2, batch_size=8, resume={"model": {}}, progress=False)
+
+
+def test_resume_of_a_missing_file_names_the_argument_and_the_path(tmp_path, monkeypatch):
+    # fit(..., resume="nothere.npz") said only "[Errno 2] No such file or directory:
+    # 'nothere.npz'", from deep in the checkpoint reader
+    x, y = make_data(24)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as e:
+        fit(make_model(), (x, y), 1, batch_size=8, resume="nothere.npz", progress=False)
+    assert str(e.value) == (f"[Errno 2] fit: resume: no such checkpoint file (the files "
+                            f"ModelCheckpoint writes, relative to {tmp_path}): 'nothere.npz'")
+    assert e.value.filename == "nothere.npz" and e.value.errno == errno.ENOENT
+    missing = tmp_path / "runs" / "ck.npz"
+    with pytest.raises(FileNotFoundError, match=r"fit: resume: no such checkpoint file \(the "
+                                                r"files ModelCheckpoint writes\): '.*ck\.npz'$"):
+        fit(make_model(), (x, y), 1, batch_size=8, resume=missing, progress=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -787,9 +787,10 @@ def test_fit_writes_on_rank_zero_and_resumes_on_other_rank_counts(tmp_path):
 
 def test_fit_resume_error_is_raised_on_every_rank(tmp_path):
     def rank(comm):
-        with pytest.raises(Exception, match="not a fastconv checkpoint|cannot read|No such") \
+        with pytest.raises(FileNotFoundError, match="fit: resume: no such checkpoint file") \
                 as e:
             _fit(comm, resume=tmp_path / "missing.npz")
+        assert e.value.filename == str(tmp_path / "missing.npz")
         return dist.raised_on_every_rank(e.value)
 
     assert run_ranks(2, rank) == [True, True]
