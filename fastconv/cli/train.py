@@ -752,6 +752,11 @@ def _on_every_rank(comm, fn, *, machine_first: bool = False):
     return result
 
 
+def _count(n, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun, plural but for exactly one: "1 epoch", "2 epochs", "9.9 epochs"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _onnx_path(option: str | None, out: Path) -> Path | None:
     """Where --export-onnx writes (None without it), its folder made now rather than after
     the training."""
@@ -790,9 +795,9 @@ def _load_resume_state(ckpt: Path, args_cfg: TrainConfig, given: set) -> tuple[d
         new, old = getattr(args_cfg, k), getattr(saved, k)
         if k == "epochs" and new != old:
             if new < done:
-                raise UserError(f"--epochs {new} is fewer than the {done} epochs the run in "
-                                f"{ckpt.parent} has begun; give --epochs {done} or more to "
-                                f"extend it, or resume without --epochs")
+                raise UserError(f"--epochs {new} is fewer than the {_count(done, 'epoch')} "
+                                f"the run in {ckpt.parent} has begun; give --epochs {done} or "
+                                f"more to extend it, or resume without --epochs")
             saved.epochs = new       # extend (or shorten) the run: the schedule is re-planned
             continue
         if k == "model" and new != old:
@@ -912,17 +917,20 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
     if state is None:
         con.info(f"{PROG}: {cfg.model} ({model.num_parameters():,} parameters) on "
                  f"{len(ds.y_train):,} training / {len(ds.y_test):,} test images, "
-                 f"{cfg.epochs} epochs of {n_batches} batches, {cfg.optimizer} lr {cfg.lr:g} "
+                 f"{_count(cfg.epochs, 'epoch')} of {_count(n_batches, 'batch', 'batches')}, "
+                 f"{cfg.optimizer} lr {cfg.lr:g} "
                  f"{cfg.schedule}, backend {ns.backend}, {cfg.precision}"
                  f"{' (' + fastconv.simd_level('bf16') + ')' if cfg.precision == 'bf16' else ''}, "
                  f"{fastconv.get_num_threads()} threads{ranks} -> {out}")
     elif planned != cfg.epochs:
         con.info(f"{PROG}: resuming {out} at epoch {start['epoch'] + 1}, batch "
-                 f"{start['batch']}, with {cfg.epochs} epochs instead of {planned}"
-                 + (f" (the {cfg.schedule} schedule re-planned over {cfg.epochs} epochs; "
+                 f"{start['batch']}, with {_count(cfg.epochs, 'epoch')} instead of {planned}"
+                 + (f" (the {cfg.schedule} schedule re-planned over "
+                    f"{_count(cfg.epochs, 'epoch')}; "
                     f"lr now {opt.param_groups[0]['lr']:.3g})" if sched is not None else ""))
     elif start["epoch"] >= fit_epochs:
-        con.info(f"{PROG}: the run in {out} is already complete ({cfg.epochs} epochs): "
+        con.info(f"{PROG}: the run in {out} is already complete "
+                 f"({_count(cfg.epochs, 'epoch')}): "
                  f"writing its final outputs again")
     else:
         con.info(f"{PROG}: resuming {out} at epoch {start['epoch'] + 1}, batch {start['batch']}")

@@ -118,6 +118,16 @@ def test_progress_lines_when_not_quiet(data_dir, tmp_path, capsys, no_plots):
     text = capsys.readouterr().out
     assert "epoch  1/2" in text and "epoch  2/2" in text and "img/s" in text
     assert "confusion matrix" in text
+    assert " 2 epochs of 1 batch, adam " in text
+
+
+def test_the_header_counts_one_epoch_and_one_batch_in_the_singular(data_dir, tmp_path, capsys,
+                                                                    no_plots):
+    # "1 epochs of 1 batches"
+    args = [a for a in _args(data_dir, tmp_path / "run", *TINY[:-2], "--batch-size", 4)
+            if a != "--quiet"]
+    assert T.main(args) == 0
+    assert " 1 epoch of 1 batch, sgd " in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +332,7 @@ def test_resume_of_a_finished_run_and_interrupted_final_outputs(data_dir, tmp_pa
     (out / "confusion.txt").unlink(missing_ok=True)
     assert T.main([a for a in _args(data_dir, out, "--resume") if a != "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "already complete (1 epochs): writing its final outputs again" in text
+    assert "already complete (1 epoch): writing its final outputs again" in text
     assert "resuming" not in text and (out / "confusion.txt").is_file()
 
 
