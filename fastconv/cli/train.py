@@ -879,7 +879,8 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
                                mean=mean, std=std, prefetch=1)
     fit_epochs = math.ceil(cfg.epochs)
     start = state["position"] if state is not None else {"epoch": 0, "batch": 0}
-    planned = int(state["metadata"]["config"]["epochs"]) if state is not None else cfg.epochs
+    # (the epochs the checkpoint's run planned: fractional ones too, as airbench94's 9.9)
+    planned = state["metadata"]["config"]["epochs"] if state is not None else cfg.epochs
     if planned != cfg.epochs and sched is not None:
         _replan_schedule(state, sched, opt)
 

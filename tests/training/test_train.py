@@ -171,6 +171,19 @@ def test_resume_is_bit_exact(data_dir, tmp_path, capsys, no_plots, model, extra)
         assert all(not s for s in sa["optimizer"]["state"].values())      # no buffers
 
 
+def test_resume_of_a_fractional_epochs_run_keeps_its_plan(data_dir, tmp_path, capsys, no_plots):
+    # the checkpoint's planned epochs were read as int(1.5) = 1: resuming without --epochs
+    # said "with 1.5 epochs instead of 1 (the onecycle schedule re-planned ...)"
+    out = tmp_path / "run"
+    run = ("--model", "lenet5", "--limit-train", 16, "--batch-size", 4, "--limit-test", 10)
+    assert T.main(_args(data_dir, out, *run, "--epochs", 1.5, "--stop-after", 5)) == 130
+    capsys.readouterr()
+    assert T.main([a for a in _args(data_dir, out, "--resume") if a != "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert f"resuming {out} at epoch 2, batch 1\n" in text
+    assert "instead of" not in text and "re-planned" not in text
+
+
 def test_resume_finished_run_is_a_no_op(data_dir, tmp_path, capsys, no_plots):
     out = tmp_path / "run"
     args = _args(data_dir, out, "--epochs", 1, "--limit-train", 64, "--model", "lenet5")
