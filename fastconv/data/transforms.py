@@ -4,6 +4,7 @@ the batch."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -89,14 +90,22 @@ def _warn_if_unscaled(images: np.ndarray, where: str) -> None:
     """Warn when float images hold values above 16: most likely pixel values 0..255 given as
     floats (``np.asarray(pil_image, np.float32)``), which would be taken as already scaled to
     [0, 1] and come out of the normalisation ~255 times too large (16 is far above what
-    scaled or standardised data reach, and below any picture's brightest pixel)."""
+    scaled or standardised data reach, and below any picture's brightest pixel). Judged on
+    the finite values: inf or NaN says nothing of the scale (the message mentions them)."""
     if images.dtype.kind != "f" or images.size == 0:
         return
-    top = float(np.nanmax(images)) if np.isfinite(images).any() else 0.0
+    top = float(np.max(images))
+    nonfinite = not math.isfinite(top)  # (an inf or NaN anywhere makes the max inf or NaN)
+    if nonfinite:
+        finite = np.isfinite(images)
+        nonfinite = not finite.all()
+        top = float(np.max(images, where=finite, initial=-np.inf))
     if top > 16.0:
-        warnings.warn(f"{where}: float images with values up to {top:g} are taken as already "
-                      f"scaled to [0, 1]; pixel values 0..255 need dividing by 255 first (or "
-                      f"give them as uint8, which is scaled)", stacklevel=3)
+        values = (f"finite values up to {top:g} (and inf or NaN)" if nonfinite
+                  else f"values up to {top:g}")
+        warnings.warn(f"{where}: float images with {values} are taken as already scaled to "
+                      f"[0, 1]; pixel values 0..255 need dividing by 255 first (or give them as "
+                      f"uint8, which is scaled)", stacklevel=3)
 
 
 def to_float32(images: np.ndarray, mean: Sequence[float] | np.ndarray | None = CIFAR10_MEAN,

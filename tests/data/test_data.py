@@ -15,6 +15,7 @@ import os
 import pickle
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -467,6 +468,27 @@ def test_float_images_of_pixel_values_warn_that_they_are_taken_as_scaled():
     D.to_float32(x, None, None)
     D.DataLoader(x, np.zeros(4, np.int64), 2, mean=None, std=None)
     D.DataLoader(x / 255, np.zeros(4, np.int64), 2)
+
+
+@pytest.mark.parametrize("bad,values", [(np.inf, r"finite values up to 255 \(and inf or NaN\)"),
+                                        (np.nan, r"finite values up to 255 \(and inf or NaN\)"),
+                                        (-np.inf, r"values up to 255")])
+def test_the_scale_warning_reports_the_largest_finite_value(bad, values):
+    # an image holding inf was reported as "values up to inf", whatever the other values
+    x = np.random.default_rng(0).integers(0, 256, (4, 3, 8, 8)).astype(np.float32)
+    assert np.nanmax(x) == 255
+    x[1, 2, 3, 4] = bad
+    with pytest.warns(UserWarning, match=rf"^to_float32: float images with {values} are taken "
+                                         rf"as already scaled to \[0, 1\]"):
+        D.to_float32(x)
+    with pytest.warns(UserWarning, match=rf"^DataLoader: float images with {values} are"):
+        D.DataLoader(x, np.zeros(4, np.int64), 2)
+    # scaled images holding inf or NaN: their scale is right, so no word about it
+    scaled = x / 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D.to_float32(scaled)
+        D.to_float32(np.full((1, 3, 2, 2), bad, np.float32))
 
 
 @pytest.mark.parametrize("dtype,full", [(np.uint16, 65535), (np.int16, 32767)])
