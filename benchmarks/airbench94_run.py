@@ -1,6 +1,7 @@
-"""One full, seeded airbench94 run of fastconv's recipe on the real CIFAR-10, for the README's
-table: train (fit, 476 steps), then TTA on the test set; prints one line per epoch and the
-result (accuracy on the exact test rows 0-999 and on all 10,000, minutes, peak RSS).
+"""One full, seeded airbench94 run of fastconv's recipe on the real CIFAR-10, for the seed
+tables of docs/training.md and docs/benchmarks.md: train (fit, 476 steps), then TTA on the
+test set; prints one line per epoch and the result (accuracy on the exact test rows 0-999 and
+on all 10,000, minutes, peak RSS).
 
     python benchmarks/airbench94_run.py --seed 0 [--data-dir DIR] [--threads 2] [--precision bf16]
 

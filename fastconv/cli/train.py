@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("distributed (start with mpiexec -n N; pip install 'fastconv[mpi]')")
     g.add_argument("--distributed", action="store_true",
                    help="train data-parallel on the ranks started by mpiexec: --batch-size is "
-                        "the global batch, each rank trains on its share (see README)")
+                        "the global batch, each rank trains on its share (see docs/distributed.md)")
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="BatchNorm statistics of the whole batch over all ranks instead of "
                         "each rank's share [default: off]")
