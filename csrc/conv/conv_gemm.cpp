@@ -126,8 +126,8 @@ struct ImagesB final : BSource<T> {
 // it: each column of a GEMM sums over k alone.
 constexpr index_t kBatchColumns = 256;
 index_t images_per_gemm(const ConvShape& s) {
-  return std::clamp<index_t>(kBatchColumns / std::max<index_t>(s.L(), 1), 1,
-                             ceil_div(s.N, index_t(max_threads())));
+  const index_t per_thread = std::max<index_t>(1, ceil_div(s.N, index_t(max_threads())));
+  return std::clamp<index_t>(kBatchColumns / std::max<index_t>(s.L(), 1), 1, per_thread);
 }
 
 }  // namespace
@@ -272,7 +272,9 @@ void conv2d_backward_weight_gemm(const ConvShape& s, const T* gy, const T* x, T*
   // shape alone: it sets the order of the sums), so that small maps make one long reduction,
   // not one pass over all of gw per image.
   const index_t nb =
-      direct || wide ? 1 : std::clamp<index_t>(kBatchColumns / std::max<index_t>(L, 1), 1, s.N);
+      direct || wide ? 1
+                     : std::clamp<index_t>(kBatchColumns / std::max<index_t>(L, 1), 1,
+                                           std::max<index_t>(s.N, 1));
   const index_t width = nb * L;
   const index_t scratch = direct ? 0
                           : wide ? checked_add(xpad_size, checked_mul(Fg, wg.Lw))

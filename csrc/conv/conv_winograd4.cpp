@@ -295,18 +295,24 @@ bool use_winograd4(const ConvShape& s, DirectPass pass, bool forced) {
   const index_t Fpad = round_up(s.Fg(), direct_kernels()->lanes);
   if (checked_mul(36 * sizeof(float), s.Cg(), Fpad) > cpu_info().l3_per_cpu()) return false;
   // And 4x4 tiles mostly inside the output (the input gradient's: dL/dx; the weight
-  // gradient's: grad_y): 7x7 (49 of 64 values) and larger, not 3x3, 5x5 or 6x6; or, at least
-  // 4 values each way, fewer element-wise multiplies than F(2x2)'s, 36 per 4x4 tile against
-  // 16 per 2x2 tile: 13x13 (F(2x2) 49 tiles, 784; F(4x4) 16 tiles, 576) and 9x9, 10x10
-  // measured 1.03-1.4x faster than F(2x2) in both passes; 3x3 (256 channels) slower than
-  // direct. The input gradient yields to the direct tiles per pixel of tiny images, as F(2x2)
-  // does.
+  // gradient's: grad_y): 7x7 (49 of 64 values) and larger, not 5x5 or 6x6; or fewer
+  // element-wise multiplies than F(2x2)'s, 36 per 4x4 tile against 16 per 2x2 tile: 13x13
+  // (F(2x2) 49 tiles, 784; F(4x4) 16 tiles, 576) and 9x9, 10x10 measured 1.03-1.4x faster
+  // than F(2x2) in both passes at batch 64. Images of one 4x4 tile (3x3 and 4x4: 36 against
+  // 64) only from kMinImages4 images, which pay for F(4x4)'s larger transformed kernels or
+  // sums (36 against 16 x Cg x Fpad per call): 64-256 channels (AVX-512 Zen 4) measured
+  // F(4x4) 1.1-1.4x faster than F(2x2) in both passes at batch 192-256, as fast or slower
+  // at 128, slower at 64 (with more tiles per image it keeps up at small batches: 16x16 at 8
+  // images, 8x8 at 16). The input gradient yields to the direct tiles per pixel of tiny
+  // images, as F(2x2) does.
+  constexpr index_t kMinImages4 = 160;
   const index_t OH = pass == DirectPass::backward_input ? s.H : s.OH;
   const index_t OW = pass == DirectPass::backward_input ? s.W : s.OW;
   const index_t tiles = ceil_div(OH, 4) * ceil_div(OW, 4);
   const index_t tiles_f2 = ceil_div(OH, 2) * ceil_div(OW, 2);
   const bool filled = 10 * OH * OW >= 7 * 16 * tiles;
-  const bool fewer_multiplies = OH >= 4 && OW >= 4 && 36 * tiles < 16 * tiles_f2;
+  const bool fewer_multiplies = 36 * tiles < 16 * tiles_f2;
+  if (tiles == 1 && s.N < kMinImages4) return false;
   return (filled || fewer_multiplies) && !direct_per_pixel(s, pass);
 }
 

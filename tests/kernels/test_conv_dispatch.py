@@ -194,17 +194,17 @@ def avx2_tiles():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_avx2_tiny_outputs_in_batches_run_direct_per_pixel(avx2_tiles, threads):
     # 4x4 outputs (padding 1) with enough images for a batch of tiles per pixel: the direct
-    # tiles (every tap that reads padding skipped), not Winograd; two images: Winograd, the
-    # input gradient with 4x4 tiles (they cover 4x4 and 8x8 outputs exactly; the forward
-    # keeps F(2x2), see use_winograd4). The same with 1 and 2 threads (the batches, not the
-    # choice, follow the threads).
+    # tiles (every tap that reads padding skipped), not Winograd; two images: F(2x2) (F(4x4)
+    # from 160 images of one 4x4 tile, see use_winograd4); 8x8 outputs: the input gradient
+    # with 4x4 tiles (they cover them exactly; the forward keeps F(2x2)). The same with 1 and
+    # 2 threads (the batches, not the choice, follow the threads).
     before = _core.get_num_threads()
     _core.set_num_threads(threads)
     try:
         for pass_ in ("forward", "backward_input"):
             assert algorithm(pass_, "float32", (64, 32, 4, 4, 32, 3, 1, 1, 1, 1)) == "direct"
             tiles4 = "winograd4" if pass_ == "backward_input" else "winograd"
-            assert algorithm(pass_, "float32", (2, 32, 4, 4, 32, 3, 1, 1, 1, 1)) == tiles4
+            assert algorithm(pass_, "float32", (2, 32, 4, 4, 32, 3, 1, 1, 1, 1)) == "winograd"
             # 8x8 outputs: Winograd; 6x6: F(2x2) (F(4x4)'s tiles would be 56% inside).
             assert algorithm(pass_, "float32", (64, 32, 8, 8, 32, 3, 1, 1, 1, 1)) == tiles4
             assert algorithm(pass_, "float32", (2, 32, 6, 6, 32, 3, 1, 1, 1, 1)) == "winograd"
@@ -228,6 +228,14 @@ def test_avx2_gradients_take_4x4_tiles_where_they_multiply_less(avx2_tiles):
         assert algorithm("forward", "float32", (2, 32, size, size, 32, 3, 1, 1, 1, 1)) == "winograd"
     for size in (5, 6):
         assert "winograd4" not in gradients((2, 32, size, size, 32, 3, 1, 1, 1, 1))
+    # Outputs of one 4x4 tile (3x3: 1 tile against F(2x2)'s 4) from 160 images: F(4x4)'s
+    # kernels or sums are then paid for. (The input gradient of such tiny images in batches
+    # goes to the direct tiles with AVX2.)
+    for size in (3, 4):
+        assert algorithm("backward_weight", "float32",
+                         (160, 32, size, size, 32, 3, 1, 1, 1, 1)) == "winograd4"
+        assert algorithm("backward_weight", "float32",
+                         (159, 32, size, size, 32, 3, 1, 1, 1, 1)) != "winograd4"
 
 
 def test_direct_with_padding_beyond_the_windows(rng):
