@@ -4,7 +4,8 @@ or a fused run such as BatchNorm2d+ReLU; nested containers' time counted in thei
 the residual additions in the Residual rows) and per optimiser update. The shape shown is the
 step's input (forward) or output gradient (backward), without the batch.
 
-Usage: python tools/step_profile.py MODEL [batch] [steps] [threads]
+Usage: python tools/step_profile.py MODEL [batch] [steps] [threads]   (MODEL: simple_cnn,
+lenet5, vgg_small, resnet9, resnet18, ... or airbench94, whose step is the recipe's)
 One thread by default, in this thread's CPU time (other processes on a shared machine do not
 count); with more threads, wall time. Run under `flock /work/wt/timing.lock` where others share
 the machine.
@@ -33,6 +34,28 @@ def describe(step, x) -> str:
         c = convs[0]
         names += f" {c.in_channels}-{c.out_channels} k{c.kernel_size[0]}s{c.stride[0]}"
     return f"{names} {tuple(x.shape[1:])}"
+
+
+def make_step(name: str, batch: int):
+    """One training step of `name` on a fixed random batch: the recipe's own for airbench94
+    (benchmarks/test_bench_airbench.py, inside memory.recycling as in fit), else
+    benchmarks/test_bench_train.py's."""
+    if name != "airbench94":
+        return T.make_trainer("fastconv", name, None, batch).step
+    import numpy as np
+
+    from fastconv import memory
+    import test_bench_airbench as A
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    step, _ = A.fastconv_step_fn(x, y, batch)
+
+    def recycled() -> float:
+        with memory.recycling():
+            return step()
+    return recycled
 
 
 def main(argv: list[str]) -> None:
@@ -74,7 +97,7 @@ def main(argv: list[str]) -> None:
         return out
     SGD.step = timed_update
 
-    step = T.make_trainer("fastconv", name, None, batch).step
+    step = make_step(name, batch)
     step()
     spent.clear()
     t0 = clock()
