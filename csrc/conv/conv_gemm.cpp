@@ -102,19 +102,20 @@ struct ImagesB final : BSource<T> {
       const T* src;  // row pc of its image's map
       index_t count, off;
     };
-    std::vector<Run> runs;
+    Run runs[64];  // a panel of nr <= 64 columns spans at most nr images
     for (index_t q = 0; q < nc; q += nr) {
       const index_t n = std::min(nr, nc - q);
-      runs.clear();
+      index_t nruns = 0;
       for (index_t t = 0; t < n;) {
         const index_t j = jc + q + t, l = j % L, count = std::min(n - t, L - l);
-        runs.push_back({p + j / L * image_stride + pc * L + l, count, t});
+        runs[nruns++] = {p + j / L * image_stride + pc * L + l, count, t};
         t += count;
       }
       T* panel = dst + q * kc;
       for (index_t k = 0; k < kc; ++k) {
         T* d = panel + k * nr;
-        for (const Run& r : runs) std::copy_n(r.src + k * L, r.count, d + r.off);
+        for (index_t r = 0; r < nruns; ++r)
+          std::copy_n(runs[r].src + k * L, runs[r].count, d + runs[r].off);
         std::fill(d + n, d + nr, T(0));
       }
     }

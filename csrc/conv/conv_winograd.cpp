@@ -155,7 +155,7 @@ struct F2x2 {
   static index_t chunk(const DirectKernels& k) { return k.winograd_chunk; }
   // Partial sums of the weight gradient (16 x Cg x Fpad each): kWeightGradChunks of them
   // where they are small, fewer, down to 2, so that together they stay under 16 MiB (each
-  // is allocated, filled and summed per call: 8 of them took 2.2x as long as 2 at 512
+  // is allocated, filled and summed per call: 8 of them took 1.75x as long as 2 at 512
   // channels on 4x4 images).
   static index_t weight_grad_chunks(index_t Cg, index_t Fpad) {
     const index_t each = 16 * Cg * Fpad * index_t(sizeof(float));
