@@ -61,8 +61,8 @@ fi
 # checks; the dispatch; GEMM blocking; the newer ops' tests; the bf16 GEMM kernels (their
 # portable twins here, the hardware ones where the CPU has them) and rounding; then from
 # test_functional.py the kernels the fuzzers do not call (GEMM, Linear, batch norm, ReLU,
-# im2col, the register tiles' edges, thread counts) and the fused optimiser updates
-# (test_functional.py whole: several times longer).
+# im2col and its batches of images, the register tiles' edges, thread counts) and the fused
+# optimiser updates (test_functional.py whole: several times longer).
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/kernels/test_fuzz.py --fuzz-scale 0.25 \
   tests/kernels/test_core_bindings.py tests/kernels/test_conv_dispatch.py \
   tests/kernels/test_gemm_blocks.py tests/ops \
@@ -74,6 +74,6 @@ fi
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/kernels/test_memory.py -k "not airbench94"
 kernels="gemm or linear_matches_reference or batch_norm_train_matches"
 kernels+=" or batch_norm_train_fused_relu_is or relu_matches or im2col_col2im_match_reference"
-kernels+=" or tile_edge or does_not_depend_on_thread or fused_update_matches"
+kernels+=" or tile_edge or does_not_depend_on_thread or fused_update_matches or bits_of_each_alone"
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/ops/test_functional.py \
   tests/training/test_optim.py::test_fused_update_matches_numpy_update -k "$kernels"

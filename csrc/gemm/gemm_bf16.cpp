@@ -236,9 +236,9 @@ void gemm_bf16(index_t M, index_t N, index_t K, const Bf16ASource& A, const BSou
   const index_t kcb = bf16_k_block(k, K);
   const index_t mc_max = std::min(k.mc, round_up(M, k.mr));
   const index_t nc_max = std::min(k.nc, round_up(N, k.nr));
-  // One float32 block (A's or B's, in turn: B's is converted before A's is packed), and the
+  // One float32 panel (A's or B's, each converted before the next is packed), and the
   // converted A and B blocks.
-  Scratch<float> f32 = make_scratch<float>(std::max(mc_max, nc_max) * kcb);
+  Scratch<float> f32 = make_scratch<float>(std::max(k.mr, k.nr) * kcb);
   Scratch<unsigned char> a_buf =
       make_scratch<unsigned char>((mc_max / k.mr) * k.a_panel_bytes(kcb));
   Scratch<unsigned char> b_buf =
