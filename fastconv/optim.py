@@ -868,10 +868,11 @@ class MultiStepLR(LRScheduler):
     step count reaches a milestone (``milestones=[30, 80]``: base_lr until step 29,
     base_lr * gamma from 30, base_lr * gamma**2 from 80).
 
-    `milestones` must be strictly increasing integers >= 0 (ValueError otherwise). The rate
-    is the closed form above, like every schedule here: PyTorch multiplies the optimiser's
-    current rate at each milestone instead, which gives the same rates (to rounding) unless
-    something else changes the rate meanwhile.
+    `milestones` are integers >= 0 (ValueError otherwise) in any order; one given twice
+    multiplies by gamma twice there, as PyTorch's Counter of milestones does. The rate is the
+    closed form above, like every schedule here: PyTorch multiplies the optimiser's current
+    rate at each milestone instead, which gives the same rates (to rounding) unless something
+    else changes the rate meanwhile.
     """
 
     def __init__(self, optimizer: Optimizer, milestones, gamma: float = 0.1,
@@ -882,21 +883,18 @@ class MultiStepLR(LRScheduler):
 
     @staticmethod
     def _checked_milestones(milestones, where: str) -> list[int]:
-        if isinstance(milestones, Mapping):  # torch keeps them as a Counter {milestone: count}
-            if any(count != 1 for count in milestones.values()):
-                raise ValueError(f"{where}: milestones must be increasing, got the counts "
-                                 f"{dict(milestones)}")
-            milestones = sorted(milestones)
+        """The milestones sorted, each as often as given (torch keeps a Counter
+        {milestone: count}; one of those loads too)."""
+        if isinstance(milestones, Mapping):
+            counts = {_whole_number(m, "milestone", where, 0): _whole_number(
+                c, "milestone count", where, 0) for m, c in milestones.items()}
+            return sorted(m for m, c in counts.items() for _ in range(c))
         try:
             given = list(milestones)
         except TypeError:
             raise TypeError(f"{where}: milestones must be a list of step counts, got "
                             f"{type(milestones).__name__}") from None
-        checked = [_whole_number(m, "milestone", where, 0) for m in given]
-        for a, b in zip(checked, checked[1:]):
-            if b <= a:
-                raise ValueError(f"{where}: milestones must be increasing, got {given}")
-        return checked
+        return sorted(_whole_number(m, "milestone", where, 0) for m in given)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore the schedule; torch's state (milestones as a Counter) loads too."""

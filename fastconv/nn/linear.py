@@ -92,8 +92,11 @@ class Flatten(Module):
 
     def _out(self, shape) -> tuple[int, ...]:
         nd = len(shape)
-        if nd == 0:
-            return (1,)
+        if nd == 0:  # as torch: a scalar's dims are those of a 1-d array (0 and -1)
+            if self.start_dim in (0, -1) and self.end_dim in (0, -1):
+                return (1,)
+            raise ValueError(f"{self!r}: cannot flatten dims {self.start_dim}..{self.end_dim} "
+                             f"of a 0-d input (shape ())")
         s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
         e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
         if not (0 <= s < nd and 0 <= e < nd) or s > e:

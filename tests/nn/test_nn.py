@@ -1186,3 +1186,17 @@ def test_batch_norm_bias_keyword_as_torch(torch, kwargs):
         assert (ours.bias is None) == (theirs.bias is None)
     with pytest.raises(TypeError, match="bias must be True or False"):
         nn.BatchNorm2d(3, bias="no")
+
+
+def test_flatten_of_a_scalar_is_torchs(torch):
+    """A 0-d input has the dims of a 1-d one (0 and -1), as in torch: flattening them gives
+    shape (1,); nn.Flatten's default start_dim=1 does not exist there and raises."""
+    x = np.float32(3.0)
+    for start, end in ((0, -1), (-1, 0), (0, 0)):
+        got = nn.Flatten(start, end)(np.asarray(x))
+        want = torch.nn.Flatten(start, end)(torch.tensor(3.0)).numpy()
+        assert got.shape == want.shape == (1,) and got[0] == 3.0
+    with pytest.raises(IndexError):
+        torch.nn.Flatten()(torch.tensor(3.0))
+    with pytest.raises(ValueError, match="0-d input"):
+        nn.Flatten()(np.asarray(x))

@@ -657,6 +657,9 @@ GROUP_SCHEDULES = [
      lambda t, o: t.optim.lr_scheduler.MultiStepLR(o, milestones=[3, 7, 8, 20], gamma=0.3)),
     ("multistep_default_gamma_from_0", lambda o: optim.MultiStepLR(o, [0, 5]),
      lambda t, o: t.optim.lr_scheduler.MultiStepLR(o, [0, 5])),
+    # any order, and a milestone given twice multiplies by gamma twice (torch's Counter)
+    ("multistep_unsorted_repeated", lambda o: optim.MultiStepLR(o, [20, 3, 8, 3], gamma=0.5),
+     lambda t, o: t.optim.lr_scheduler.MultiStepLR(o, [20, 3, 8, 3], gamma=0.5)),
     ("lambda_one", lambda o: optim.LambdaLR(o, lambda e: 0.97 ** e + 0.01 * (e % 3)),
      lambda t, o: t.optim.lr_scheduler.LambdaLR(o, lambda e: 0.97 ** e + 0.01 * (e % 3))),
     ("lambda_per_group",
@@ -902,8 +905,6 @@ def test_new_schedules_validation():
     two = optim.SGD([{"params": [nn.Parameter(np.zeros(1))]},
                      {"params": [nn.Parameter(np.zeros(1))]}], lr=0.1)
     cases = [
-        (lambda: optim.MultiStepLR(opt, [5, 3]), ValueError, "milestones must be increasing"),
-        (lambda: optim.MultiStepLR(opt, [2, 2]), ValueError, "milestones must be increasing"),
         (lambda: optim.MultiStepLR(opt, [-1, 3]), ValueError, "milestone"),
         (lambda: optim.MultiStepLR(opt, [1.5]), ValueError, "milestone"),
         (lambda: optim.MultiStepLR(opt, 5), TypeError, "milestones"),
@@ -978,6 +979,7 @@ def test_load_torch_state_with_maximize_is_refused(torch, name):
 TORCH_STATE_SCHEDULES = [
     ("StepLR", dict(step_size=3, gamma=0.5)),
     ("MultiStepLR", dict(milestones=[2, 5, 9], gamma=0.3)),
+    ("MultiStepLR", dict(milestones=[9, 2, 9, 12], gamma=0.3)),  # its Counter counts 9 twice
     ("ExponentialLR", dict(gamma=0.8)),
     ("CosineAnnealingLR", dict(T_max=7, eta_min=0.001)),
     ("CosineAnnealingWarmRestarts", dict(T_0=3, T_mult=2)),
