@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import fastconv  # noqa: E402
+from fastconv import memory  # noqa: E402
 from fastconv.cli.train import keep_freed_memory  # noqa: E402
 from fastconv.nn import fusion  # noqa: E402
 from fastconv.optim import SGD  # noqa: E402
@@ -38,24 +39,18 @@ def describe(step, x) -> str:
 
 def make_step(name: str, batch: int):
     """One training step of `name` on a fixed random batch: the recipe's own for airbench94
-    (benchmarks/test_bench_airbench.py, inside memory.recycling as in fit), else
-    benchmarks/test_bench_train.py's."""
+    (benchmarks/test_bench_airbench.py), else benchmarks/test_bench_train.py's. main runs the
+    steps inside one memory.recycling block, as fit does."""
     if name != "airbench94":
         return T.make_trainer("fastconv", name, None, batch).step
     import numpy as np
 
-    from fastconv import memory
     import test_bench_airbench as A
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, batch)
-    step, _ = A.fastconv_step_fn(x, y, batch)
-
-    def recycled() -> float:
-        with memory.recycling():
-            return step()
-    return recycled
+    return A.fastconv_step_fn(x, y, batch)[0]
 
 
 def main(argv: list[str]) -> None:
@@ -98,12 +93,16 @@ def main(argv: list[str]) -> None:
     SGD.step = timed_update
 
     step = make_step(name, batch)
-    step()
-    spent.clear()
-    t0 = clock()
-    for _ in range(steps):
+    # One recycling block over every step, as fit's: leaving it hands the cached blocks back
+    # to the OS, so a block per step would time fresh pages being zeroed (~10% of airbench94's
+    # step at batch 1024).
+    with memory.recycling():
         step()
-    total = (clock() - t0) / steps
+        spent.clear()
+        t0 = clock()
+        for _ in range(steps):
+            step()
+        total = (clock() - t0) / steps
     print(f"{name} batch {batch}, {threads} thread(s): {total * 1e3:.0f} ms per step")
     accounted = 0.0
     for (method, what), t in sorted(spent.items(), key=lambda kv: -kv[1]):
