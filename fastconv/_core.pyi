@@ -40,7 +40,8 @@ def conv_algorithm(pass_: str, dtype: object, input_shape: tuple[int, int, int, 
                    weight_shape: tuple[int, int, int, int], out_h: int, out_w: int,
                    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
                    dilation_w: int, groups: int, precision: str = "f32") -> str:
-    """The algorithm ('winograd', 'direct_nchw', 'direct', 'wide' or 'im2col') conv2d runs for
+    """The algorithm ('subsampled', 'winograd4', 'winograd', 'direct_nchw', 'direct', 'wide' or
+    'im2col') conv2d runs for
     pass_ ('forward', 'backward_input', 'backward_weight') on these shapes, with the SIMD level
     and forced algorithm in effect, for finite data (weights holding inf/NaN take im2col in the
     forward and input-gradient passes; Winograd and the wide weight gradient hand non-finite
@@ -147,7 +148,7 @@ def conv_algorithms() -> list[str]:
     ...
 def set_conv_algorithm(name: str) -> bool:
     """Force a convolution formulation: 'auto', 'im2col', 'wide', 'direct', 'direct_nchw',
-    'winograd' or 'subsampled' (each where it applies; tests and benchmarks). False for an
+    'winograd', 'winograd4' or 'subsampled' (each where it applies; tests and benchmarks). False for an
     unknown name."""
     ...
 def numpy_recycling_handler() -> object:

@@ -204,8 +204,8 @@ def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, gro
 
     Returns (y, indices), the same bits as the two calls. Where the few-channel forward (RGB
     first layers) or Winograd (3x3 stride-1 layers with 16+ channels each way per group) runs,
-    float32 on AVX-512, the conv output is never stored whole: each image's planes are pooled
-    while they are in cache.
+    float32 on AVX-512 or AVX2, the conv output is never stored whole: each image's planes are
+    pooled while they are in cache.
     """
     op = "conv2d_max_pool2d"
     x, weight = _conv_inputs(op, x, weight)
@@ -290,8 +290,8 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     output's planes); output_mask: (grad_weight, grad_bias). Returns (grad_weight, grad_bias),
     None where not asked for.
 
-    Where the few-channel weight gradient runs (RGB first layers, AVX-512), the conv output's
-    gradient is never stored whole: each block of its planes is made, and used, in cache. The
+    Where the few-channel weight gradient runs (RGB first layers, AVX-512 or AVX2), the conv
+    output's gradient is never stored whole: each block of its planes is made, and used, in cache. The
     results are those of the two calls, bit for bit.
     """
     op = "conv2d_backward_through_max_pool"

@@ -172,9 +172,9 @@ ForwardPlan make_plan(index_t Cin, index_t Hin, index_t Win, index_t pt, index_t
       });
     }
   }
-  // ~16 KiB of weights per input block for the widest output block (counted as at least 2
-  // vectors): on AVX-512 16 channels of a 3x3 kernel for 32 filters, LeNet's 6 of a 5x5 for
-  // 16 filters.
+  // ~16 KiB of weights per input block for the widest output block (counted as at most 2
+  // vectors): on AVX-512 14 channels of a 3x3 kernel for 32 filters, LeNet's 6 of a 5x5 for
+  // 16 filters (up to 10).
   index_t nv_max = 1;
   for (const ChannelBlock& b : p.blocks) nv_max = std::max<index_t>(nv_max, b.nv);
   const index_t vecs = std::min<index_t>(nv_max, 2);
@@ -386,7 +386,7 @@ struct SmallPlanes {
 
 bool use_small_channels(const ConvShape& s, bool forced) {
   if (!direct_kernels() || s.N == 0 || s.win.SH != 1 || s.win.SW != 1) return false;
-  // The first layers (RGB input): broadcasting weights over 64 output pixels beats both the
+  // The first layers (RGB input): broadcasting weights over 64 output pixels (AVX-512; 16 on AVX2) beats both the
   // GEMM and the channels-last tiles there (1.2x); from ~6 channels the tiles win.
   return forced || (s.Cg() <= 4 && !s.pointwise());
 }

@@ -158,8 +158,9 @@ void for_each_piece(index_t n, index_t max, Body&& body) {
   }
 }
 
-// Whether the direct kernels take this float32 convolution: AVX-512 selected, stride 1 for
-// the input gradient, and (unless forced) enough channels per group for the tiles to pay.
+// Whether the direct kernels take this float32 convolution: AVX-512 or AVX2 selected,
+// stride 1 for the input gradient, and (unless forced) enough channels per group for the
+// tiles to pay.
 enum class DirectPass { forward, backward_input, backward_weight };
 bool use_direct(const ConvShape& s, DirectPass pass, bool forced);
 // Whether the direct forward (input gradient: backward_input) of this shape runs per pixel
@@ -167,7 +168,8 @@ bool use_direct(const ConvShape& s, DirectPass pass, bool forced);
 bool direct_per_pixel(const ConvShape& s, DirectPass pass);
 
 // Forward of stride-1 convolutions with few input channels on NCHW planes (small_c_tile):
-// 64 output pixels x 6 output channels per tile, the weights broadcast, written straight to y.
+// 6 output channels x 4 vectors of pixels per tile (AVX-512: 64 pixels; AVX2: 2 vectors, 16
+// pixels), the weights broadcast, written straight to y.
 bool use_small_channels(const ConvShape& s, bool forced);
 // pool (optional): max-pool each image's output planes while they are in cache, into
 // pool->y and pool->indices (pooled planes of pool->shape; relu: relu of the pooled values);
@@ -185,7 +187,7 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
 // planes (the caller runs outside a parallel region), else the calling thread pools them all.
 void pool_planes(const PoolAfter& pool, index_t planes, const float* ybuf, index_t first,
                  bool split);
-// Input gradient of stride-1 layers with few input channels (at most kSmallF), as the
+// Input gradient of stride-1 layers with few input channels (at most small_shapes[0].nf: 6), as the
 // few-channel forward of grad_y with the kernel flipped and transposed.
 bool use_small_channels_input_grad(const ConvShape& s, bool forced);
 void conv2d_backward_input_small_channels(const ConvShape& s, const float* gy, const float* w,

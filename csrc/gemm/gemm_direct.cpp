@@ -18,7 +18,7 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
   constexpr index_t kKc = 256;  // K block: a 2-vector panel of A^T is 32 KiB (L1)
   const std::vector<ChannelBlock> blocks = channel_blocks(M, k.lanes);
 
-  // A^T packed per (block, k-block): at K*i0 + k0*16*nv, [kc][16*nv], zero past M.
+  // A^T packed per (block, k-block): at K*i0 + k0*lanes*nv, [kc][lanes*nv], zero past M.
   struct PackItem {
     index_t f0, width, k0, kc;
   };
@@ -32,7 +32,7 @@ bool gemm_abt_direct(index_t M, index_t N, index_t K, const float* A, index_t ld
   const index_t tap0 = 0;
   Scratch<float> ct = make_scratch<float>(checked_mul(N, Mpad));  // C^T
 
-  // Work items: chunks of rows of B. Each tile's slice of B (at most 14 rows x 256) stays in
+  // Work items: chunks of rows of B. Each tile's slice of B (at most max_mr rows x 256) stays in
   // L1 while every block of A^T passes over it: B is read from memory once.
   const index_t max_mr = [&] {
     index_t m = DirectKernels::kMaxMR;

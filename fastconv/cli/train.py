@@ -17,8 +17,8 @@ console line per epoch, the checkpoint, the stop on Ctrl-C/SIGTERM) and final ou
 
 Default recipe (``simple_cnn``): SGD with Nesterov momentum 0.9, weight decay 5e-4, batch 128,
 random crop (4-pixel padding) + horizontal flip, one-cycle schedule (30% warm-up, max lr 0.05;
-0.1 for ``vgg_small`` and ``resnet18``, 0.2 for ``resnet9``), 17 epochs (12 for ``resnet9``,
-15 for the other models).
+0.1 for ``vgg_small`` and ``resnet18``, 0.2 for ``resnet9``, 0.02 for ``alexnet_small``),
+17 epochs (12 for ``resnet9``, 15 for the other models).
 
 Recipes (``--recipe``) are named presets of the options; options given explicitly override
 them. ``airbench94`` (:mod:`fastconv.training.recipes`): the airbench94 network, batch 1024,
