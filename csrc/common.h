@@ -170,6 +170,15 @@ class PrefetchSlices {
   index_t lines_, per_;
 };
 
+// A row stride (in floats) for n values per row, whose rows a kernel reads a line each down a
+// column: an odd number of 64-byte lines, so consecutive rows fall in different L1 sets. A
+// stride of a multiple of 1 KiB maps every row to 4 of a 32 KiB 8-way L1's 64 sets (32
+// lines), so a column of 128 rows evicts itself before its next use.
+inline index_t spread_stride(index_t n) {
+  const index_t lines = (n + 15) / 16;
+  return 16 * (lines % 2 ? lines : lines + 1);
+}
+
 // All of [p, p + bytes) requested into L2 at once (small inputs: a few hundred lines at most).
 inline void prefetch_all(const void* p, index_t bytes) { PrefetchSlices(p, bytes, 1).all(); }
 

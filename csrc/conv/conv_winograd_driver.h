@@ -357,7 +357,11 @@ bool backward_weight(const ConvShape& s, const float* gy, const float* x, float*
   // Transformed tiles of several images are gathered before the n GEMMs run over them: each
   // GEMM pass re-reads its sums (n x Cg x Fpad), so fewer, longer passes.
   const index_t cap = P::weight_grad_cap(k, Cg, Fpad);
-  const index_t vs = cap * Cg, us = cap * Fpad;
+  // Each GEMM tile reads one line per gathered tile down a column of v and of ug: row
+  // strides of 1 KiB (256 channels) would put them all in 4 of L1's 64 sets (see
+  // spread_stride).
+  const index_t ldv = spread_stride(Cg), ldu = spread_stride(Fpad);
+  const index_t vs = cap * ldv, us = cap * ldu;
   const index_t per = checked_add(p.padded_size(), gyt_size, checked_mul(n, vs + us));
   const index_t sum_size = checked_mul(G, n, Cg, Fpad);  // [g][xi][c][f]
   const index_t chunks = std::min<index_t>(s.N, P::weight_grad_chunks(Cg, Fpad));
@@ -377,7 +381,7 @@ bool backward_weight(const ConvShape& s, const float* gy, const float* x, float*
     auto product = [&](int xi) {
       for (const ChannelBlock& b : p.blocks)
         for_each_piece(Cg, k.max_mr[b.nv], [&](index_t c0, index_t mr) {
-          const DirectKernels::GradPositions at{1, 1, filled, 0, 0, Cg, 0, Fpad};
+          const DirectKernels::GradPositions at{1, 1, filled, 0, 0, ldv, 0, ldu};
           k.weight_grad[b.nv][mr](v + xi * vs + c0, ug + xi * us + b.f0, at,
                                   sum + (xi * Cg + c0) * Fpad + b.f0, Fpad, !first);
         });
@@ -416,11 +420,11 @@ bool backward_weight(const ConvShape& s, const float* gy, const float* x, float*
         next_gy.slice(t);
         const index_t ty = t / p.TW, tx = t % p.TW;
         p.patch(xp, t, d);
-        P::input_tile(d, Cg, v + filled * Cg, vs);
+        P::input_tile(d, Cg, v + filled * ldv, vs);
         for (int r = 0; r < m; ++r)
           for (int c = 0; c < m; ++c)
             gp[m * r + c] = gyt + ((m * ty + r) * m * p.TW + m * tx + c) * Fpad;
-        P::grad_tile(gp, Fpad, ug + filled * Fpad, us);
+        P::grad_tile(gp, Fpad, ug + filled * ldu, us);
         if (++filled == cap) flush();
       }
     }
