@@ -148,8 +148,8 @@ def conv_algorithms() -> list[str]:
     ...
 def set_conv_algorithm(name: str) -> bool:
     """Force a convolution formulation: 'auto', 'im2col', 'wide', 'direct', 'direct_nchw',
-    'winograd', 'winograd4' or 'subsampled' (each where it applies; tests and benchmarks). False for an
-    unknown name."""
+    'winograd', 'winograd4' or 'subsampled' (each where it applies; tests and benchmarks).
+    False for an unknown name."""
     ...
 def numpy_recycling_handler() -> object:
     """The NumPy data-memory handler (a 'mem_handler' capsule) whose arrays' memory comes from

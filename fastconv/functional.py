@@ -291,8 +291,8 @@ def conv2d_backward_through_max_pool(grad_pooled, indices, x, weight, stride=1, 
     None where not asked for.
 
     Where the few-channel weight gradient runs (RGB first layers, AVX-512 or AVX2), the conv
-    output's gradient is never stored whole: each block of its planes is made, and used, in cache. The
-    results are those of the two calls, bit for bit.
+    output's gradient is never stored whole: each block of its planes is made, and used, in
+    cache. The results are those of the two calls, bit for bit.
     """
     op = "conv2d_backward_through_max_pool"
     x, weight = _conv_inputs(op, x, weight)

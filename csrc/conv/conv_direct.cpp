@@ -386,8 +386,9 @@ struct SmallPlanes {
 
 bool use_small_channels(const ConvShape& s, bool forced) {
   if (!direct_kernels() || s.N == 0 || s.win.SH != 1 || s.win.SW != 1) return false;
-  // The first layers (RGB input): broadcasting weights over 64 output pixels (AVX-512; 16 on AVX2) beats both the
-  // GEMM and the channels-last tiles there (1.2x); from ~6 channels the tiles win.
+  // The first layers (RGB input): broadcasting weights over 64 output pixels (AVX-512; 16 on
+  // AVX2) beats both the GEMM and the channels-last tiles there (1.2x); from ~6 channels the
+  // tiles win.
   return forced || (s.Cg() <= 4 && !s.pointwise());
 }
 

@@ -187,8 +187,8 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
 // planes (the caller runs outside a parallel region), else the calling thread pools them all.
 void pool_planes(const PoolAfter& pool, index_t planes, const float* ybuf, index_t first,
                  bool split);
-// Input gradient of stride-1 layers with few input channels (at most small_shapes[0].nf: 6), as the
-// few-channel forward of grad_y with the kernel flipped and transposed.
+// Input gradient of stride-1 layers with few input channels (at most small_shapes[0].nf: 6),
+// as the few-channel forward of grad_y with the kernel flipped and transposed.
 bool use_small_channels_input_grad(const ConvShape& s, bool forced);
 void conv2d_backward_input_small_channels(const ConvShape& s, const float* gy, const float* w,
                                           float* gx);

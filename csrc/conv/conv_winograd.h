@@ -8,8 +8,9 @@
 //   F(4x4, 3x3) (conv_winograd4.cpp): 4x4 blocks from 6x6 tiles, 36 multiplies where direct
 //     summation has 144 (4x fewer; 1.78x fewer than F(2x2)), for more transform work per
 //     output and larger float32 errors (below); the dispatch runs it in the gradients only in
-//     float32 mode, in every pass in bf16 mode (see use_winograd4). Its forward centres each input plane on its mean and puts the
-//     shift back in the bias (exact: conv(x) = conv(x - c) + c sum_taps(w), padding -c).
+//     float32 mode, in every pass in bf16 mode (see use_winograd4). Its forward centres each
+//     input plane on its mean and puts the shift back in the bias (exact: conv(x) =
+//     conv(x - c) + c sum_taps(w), padding -c).
 //
 // The transforms add and subtract: in float32 the results differ from direct summation by a
 // few units in the last place of the largest terms for F(2x2) (the tests bound it like any

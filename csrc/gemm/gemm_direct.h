@@ -1,5 +1,6 @@
 // C (+)= A . B^T for a short A and a large B, both row-major with contiguous rows of K, float32
-// on AVX-512 or AVX2 (the direct kernels): the Linear layer's forward (A = a batch of inputs, B = the weight matrix).
+// on AVX-512 or AVX2 (the direct kernels): the Linear layer's forward (A = a batch of inputs,
+// B = the weight matrix).
 //
 // The packed GEMM would pack B^T (gather K-strided columns of the 9 MB weight into panels:
 // as costly as the arithmetic when M is only a batch of 64). Here B is never packed: its rows
