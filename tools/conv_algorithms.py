@@ -32,7 +32,7 @@ PASSES = ("forward", "backward_input", "backward_weight")
 def pass_call(layer, pass_: str, precision: str, rng):
     """A call running one pass of `layer` into preallocated outputs."""
     x = rng.standard_normal(layer.x_shape, dtype=np.float32)
-    w = (rng.standard_normal(layer.w_shape, dtype=np.float32) * 0.1).astype(np.float32)
+    w = rng.standard_normal(layer.w_shape, dtype=np.float32) * np.float32(0.1)
     o = layer.out_size
     y = np.empty((layer.batch, layer.c_out, o, o), np.float32)
     gy = rng.standard_normal(y.shape, dtype=np.float32)
