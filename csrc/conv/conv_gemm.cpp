@@ -126,9 +126,13 @@ struct ImagesB final : BSource<T> {
 // thread (each thread then runs its own GEMMs, col2im and copies). The bits do not depend on
 // it: each column of a GEMM sums over k alone.
 constexpr index_t kBatchColumns = 256;
+// Images of L columns each for ~kBatchColumns columns, between 1 and `most`.
+index_t images_for_columns(index_t L, index_t most) {
+  return std::clamp<index_t>(kBatchColumns / std::max<index_t>(L, 1), 1,
+                             std::max<index_t>(most, 1));
+}
 index_t images_per_gemm(const ConvShape& s) {
-  const index_t per_thread = std::max<index_t>(1, ceil_div(s.N, index_t(max_threads())));
-  return std::clamp<index_t>(kBatchColumns / std::max<index_t>(s.L(), 1), 1, per_thread);
+  return images_for_columns(s.L(), ceil_div(s.N, index_t(max_threads())));
 }
 
 }  // namespace
@@ -272,10 +276,7 @@ void conv2d_backward_weight_gemm(const ConvShape& s, const T* gy, const T* x, T*
   // im2col: the column matrices and grad_y maps of nb images side by side (a function of the
   // shape alone: it sets the order of the sums), so that small maps make one long reduction,
   // not one pass over all of gw per image.
-  const index_t nb =
-      direct || wide ? 1
-                     : std::clamp<index_t>(kBatchColumns / std::max<index_t>(L, 1), 1,
-                                           std::max<index_t>(s.N, 1));
+  const index_t nb = direct || wide ? 1 : images_for_columns(L, s.N);
   const index_t width = nb * L;
   const index_t scratch = direct ? 0
                           : wide ? checked_add(xpad_size, checked_mul(Fg, wg.Lw))
