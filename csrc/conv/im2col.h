@@ -44,6 +44,19 @@ struct Im2colB final : BSource<T> {
   void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override;
 };
 
+// The float32 im2col loops with row copies in AVX-512 or AVX2 registers (im2col_avx512.cpp,
+// im2col_avx2.cpp; nullptr when the build has none); im2col_kernels() picks those of the
+// selected ISA (nullptr: the portable loops). Same values as the portable loops: copies.
+struct Im2colKernels {
+  void (*pack)(const Im2colB<float>& b, index_t pc, index_t kc, index_t jc, index_t nc,
+               index_t nr, float* dst);
+  void (*image)(const float* x, index_t C, index_t H, index_t W, const Window2d& win,
+                index_t OH, index_t OW, float* cols, index_t ld);
+};
+const Im2colKernels* im2col_kernels_avx512();
+const Im2colKernels* im2col_kernels_avx2();
+const Im2colKernels* im2col_kernels();
+
 // Batched versions (== F.unfold / F.fold), threaded over (image, channel).
 template <typename T>
 void im2col(const T* x, index_t N, index_t C, index_t H, index_t W, const Window2d& win,

@@ -1,0 +1,110 @@
+// AVX-512 row copies of the im2col packing and column matrices (float32), see im2col_rows.h.
+// This file alone is compiled with -mavx512f; it runs only after cpuid says the CPU has it.
+// A row of up to 16 columns is one masked load (two and a permute at stride 2) and one masked
+// store: the masks skip the padding, whose lanes the loads zero, so no element outside the
+// row is read and no bounds are checked per element.
+#include "conv/im2col_rows.h"
+
+#if defined(FASTCONV_X86) && defined(__AVX512F__)
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace fastconv {
+namespace {
+
+using im2col_detail::valid_range;
+
+// Lanes [a, b) of 16, a and b clamped to [0, 16].
+inline __mmask16 lanes(index_t a, index_t b) {
+  a = std::clamp<index_t>(a, 0, 16);
+  b = std::clamp<index_t>(b, a, 16);
+  return static_cast<__mmask16>(((1u << b) - 1u) & ~((1u << a) - 1u));
+}
+
+// Bit u of m moved to bit 2u (the even source lanes of a stride-2 row).
+inline std::uint32_t spread_to_even(std::uint32_t m) {
+  m = (m | (m << 8)) & 0x00FF00FFu;
+  m = (m | (m << 4)) & 0x0F0F0F0Fu;
+  m = (m | (m << 2)) & 0x33333333u;
+  return (m | (m << 1)) & 0x55555555u;
+}
+
+struct Avx512Rows {
+  // The span, and for a row of up to 16 columns its masks: the lanes loaded (two loads at
+  // stride 2: source lanes 2u) and stored.
+  struct Plan {
+    im2col_detail::RowSpan span;
+    __mmask16 load0, load1, store;
+  };
+
+  template <index_t S>
+  static inline Plan plan(index_t W, index_t first, index_t stride, index_t count) {
+    Plan p{im2col_detail::row_span<S>(W, first, stride, count), 0, 0, 0};
+    const __mmask16 in = lanes(p.span.lo, p.span.hi);
+    const std::uint32_t m = S == 2 ? spread_to_even(in) : in;
+    p.load0 = static_cast<__mmask16>(m);
+    p.load1 = static_cast<__mmask16>(m >> 16);
+    p.store = lanes(0, count);
+    return p;
+  }
+
+  // Columns [t, t + 16) of the row: lane u reads row[first + S*(t + u)] where `load0`
+  // (`load1`: the second source vector at stride 2) has its bit; the other lanes are zero.
+  template <index_t S>
+  static inline __m512 columns(const float* src, __mmask16 load0, __mmask16 load1) {
+    if constexpr (S == 1) {
+      return _mm512_maskz_loadu_ps(load0, src);
+    } else {
+      const __m512i even =
+          _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      return _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(load0, src), even,
+                                    _mm512_maskz_loadu_ps(load1, src + 16));
+    }
+  }
+
+  template <index_t S>
+  static inline void copy(const Plan& p, const float* row, index_t stride, float* out) {
+    const im2col_detail::RowSpan& r = p.span;
+    if constexpr (S == 0) {
+      im2col_detail::ScalarRows<float>::copy<0>(r, row, stride, out);
+    } else if (r.count <= 16) {
+      _mm512_mask_storeu_ps(out, p.store, columns<S>(row + r.first, p.load0, p.load1));
+    } else {
+      for (index_t t = 0; t < r.count; t += 16) {
+        const __mmask16 in = lanes(r.lo - t, r.hi - t);
+        const std::uint32_t m = S == 2 ? spread_to_even(in) : in;
+        _mm512_mask_storeu_ps(out + t, lanes(0, r.count - t),
+                              columns<S>(row + (r.first + S * t), static_cast<__mmask16>(m),
+                                         static_cast<__mmask16>(m >> 16)));
+      }
+    }
+  }
+};
+
+void pack_avx512(const Im2colB<float>& b, index_t pc, index_t kc, index_t jc, index_t nc,
+                 index_t nr, float* dst) {
+  im2col_detail::pack_rows<float, Avx512Rows>(b, pc, kc, jc, nc, nr, dst);
+}
+
+void image_avx512(const float* x, index_t C, index_t H, index_t W, const Window2d& win,
+                  index_t OH, index_t OW, float* cols, index_t ld) {
+  im2col_detail::image_rows<float, Avx512Rows>(x, C, H, W, win, OH, OW, cols, ld);
+}
+
+}  // namespace
+
+const Im2colKernels* im2col_kernels_avx512() {
+  static const Im2colKernels k{&pack_avx512, &image_avx512};
+  return &k;
+}
+
+}  // namespace fastconv
+
+#else
+
+namespace fastconv {
+const Im2colKernels* im2col_kernels_avx512() { return nullptr; }
+}  // namespace fastconv
+
+#endif
