@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <type_traits>
 
 #include "conv/conv_direct.h"
@@ -29,6 +30,15 @@ __attribute__((always_inline)) inline void any_nonfinite(index_t n, const T* p, 
 }
 
 FASTCONV_CLONED(any_nonfinite_any, any_nonfinite, (index_t n, const T* p, int* out), (n, p, out))
+
+// Whether any of p[0, n) is ±inf or NaN once rounded to bfloat16, without rounding it: NaN,
+// or |v| at or past 0x1.FFp127, halfway between bf16's largest (0x1.FEp127) and 2^128, which
+// round-to-nearest-even takes up to inf (0x1.FEp127's last bit is odd).
+FASTCONV_CLONES bool any_nonfinite_in_bf16(index_t n, const float* p) {
+  int bad = 0;
+  for (index_t i = 0; i < n; ++i) bad |= !(std::fabs(p[i]) < 0x1.FFp127f);
+  return bad != 0;
+}
 
 // Lane sums of one row of n values into out[0..16) (see add_lanes).
 template <typename T>
@@ -401,6 +411,13 @@ class Bf16Operand {
   const T* for_entry(const ConvEntry& e) {
     return e.bf16_gemm || (image_ && e.rounds_images) ? p_ : rounded();
   }
+  // Whether the operand's values as every pass multiplies them hold ±inf or NaN (one scan,
+  // small beside the images for the weights; see ConvEntry::nonfinite_weights).
+  bool nonfinite() const {
+    if constexpr (std::is_same_v<T, float>)
+      if (bf16_) return any_nonfinite_in_bf16(n_, p_);
+    return has_nonfinite(p_, n_);
+  }
   // The operand's values as every pass multiplies them.
   const T* rounded() {
     if constexpr (std::is_same_v<T, float>) {
@@ -428,12 +445,6 @@ const ConvEntry& first_entry(const ConvShape& s, ConvPass pass) {
   for (int i = 0; i < kConvEntries; ++i)
     if (applies<T>(i, s, pass, false)) return kConvTable[i];
   return kConvTable[kConvEntries - 1];
-}
-
-// One scan of the weights, small beside the images (see ConvEntry::nonfinite_weights).
-template <typename T>
-bool nonfinite_weights(const ConvShape& s, const T* w) {
-  return has_nonfinite(w, s.F * s.CKK());
 }
 
 }  // namespace
@@ -470,7 +481,7 @@ ConvAlgorithm conv_algorithm_for(const ConvShape& s, ConvPass pass) {
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
   Bf16Operand<T> xr(s, x, s.N * s.C * s.H * s.W, true), wr(s, w, s.F * s.CKK(), false);
-  run_first<T>(s, ConvPass::forward, nonfinite_weights(s, wr.rounded()),
+  run_first<T>(s, ConvPass::forward, wr.nonfinite(),
                [&](const ConvEntry& e, const ConvPasses<T>& p) {
                  return p.forward(s, xr.for_entry(e), wr.for_entry(e), bias, y);
                });
@@ -479,7 +490,7 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T
 template <typename T>
 void conv2d_backward_input(const ConvShape& s, const T* gy, const T* w, T* gx) {
   Bf16Operand<T> gyr(s, gy, s.N * s.F * s.L(), true), wr(s, w, s.F * s.CKK(), false);
-  run_first<T>(s, ConvPass::backward_input, nonfinite_weights(s, wr.rounded()),
+  run_first<T>(s, ConvPass::backward_input, wr.nonfinite(),
                [&](const ConvEntry& e, const ConvPasses<T>& p) {
                  return p.backward_input(s, gyr.for_entry(e), wr.for_entry(e), gx);
                });
@@ -525,7 +536,7 @@ bool conv2d_forward_max_pool(const ConvShape& s, const T* x, const T* w, const T
   const ConvPasses<T>& p = passes_of<T>(e);
   if (!p.forward_max_pool) return false;
   Bf16Operand<T> xr(s, x, s.N * s.C * s.H * s.W, true), wr(s, w, s.F * s.CKK(), false);
-  if (nonfinite_weights(s, wr.rounded())) return false;
+  if (wr.nonfinite()) return false;
   return p.forward_max_pool(s, xr.for_entry(e), wr.for_entry(e), bias, ps, relu, y, indices);
 }
 

@@ -150,12 +150,12 @@ PackedA<T>::PackedA(index_t M, index_t K, const T* A, index_t rs, index_t cs) {
   m_pad_ = ceil_div(M, k.mr) * k.mr;
   data_ = make_scratch<T>(checked_mul(m_pad_, K));
   const index_t kcb = balanced_block(K, k.kc);  // the loop nest's k-blocks
-  for (index_t pc = 0; pc < K; pc += kcb) {
-    const index_t kc = std::min(kcb, K - pc);
-    for (index_t ic = 0; ic < M; ic += k.mc)
-      pack_a(std::min(k.mc, M - ic), kc, A + ic * rs + pc * cs, rs, cs, k.mr,
-             data_.get() + pc * m_pad_ + ic * kc);
-  }
+  const index_t panels = m_pad_ / k.mr;
+  for_each_panel(ceil_div(K, kcb) * panels, M * K, [&](index_t t) {
+    const index_t pc = t / panels * kcb, kc = std::min(kcb, K - pc), i0 = t % panels * k.mr;
+    pack_a(std::min(k.mr, M - i0), kc, A + i0 * rs + pc * cs, rs, cs, k.mr,
+           data_.get() + pc * m_pad_ + i0 * kc);
+  });
 }
 
 template <typename T>

@@ -206,16 +206,18 @@ Bf16PackedA::Bf16PackedA(index_t M, index_t K, const float* A, index_t rs, index
   kcb_ = bf16_k_block(k, std::max<index_t>(K, 1));
   block_row_bytes_ = (m_pad_ / k.mr) * k.a_panel_bytes(kcb_);
   data_ = make_scratch<unsigned char>(ceil_div(std::max<index_t>(K, 1), kcb_) * block_row_bytes_);
-  Scratch<float> f32 = make_scratch<float>(m_pad_ * kcb_);
-  const StridedA<float> src(A, rs, cs);
-  for (index_t pc = 0; pc < K; pc += kcb_) {
-    const index_t kc = std::min(kcb_, K - pc);
-    const index_t panel = k.a_panel_bytes(k.pad_k(kc));
-    unsigned char* dst = data_.get() + (pc / kcb_) * block_row_bytes_;
-    const float* packed = src.block(0, M, pc, kc, k.mr, f32.get());
-    for (index_t r = 0; r * k.mr < M; ++r)
-      bf16_convert_a_panel(k, kc, packed + r * k.mr * kc, dst + r * panel);
-  }
+  // Panel by panel, straight into bf16 pairs where StridedA has them (else through a float32
+  // panel): the bits of packing then converting.
+  const StridedA<float> strided(A, rs, cs);
+  const Bf16FromF32A src(strided);
+  const index_t panels = m_pad_ / k.mr, per = k.mr * kcb_;  // one float32 panel per thread
+  Scratch<float> f32 = make_scratch<float>(checked_mul(per, max_threads()));
+  for_each_panel(ceil_div(K, kcb_) * panels, M * K, [&](index_t t) {
+    const index_t pc = t / panels * kcb_, kc = std::min(kcb_, K - pc), r = t % panels;
+    src.block(r * k.mr, std::min(k.mr, M - r * k.mr), pc, kc,
+              data_.get() + pc / kcb_ * block_row_bytes_ + r * k.a_panel_bytes(k.pad_k(kc)),
+              f32.get() + per * thread_id());
+  });
 }
 
 const void* Bf16PackedA::block(index_t ic, index_t, index_t pc, index_t kc, void*,

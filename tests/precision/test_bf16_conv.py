@@ -281,3 +281,26 @@ def test_bf16_needs_float32():
     with pytest.raises(TypeError, match="needs float32"):
         _core.conv2d_forward(x, w, None, np.empty((1, 3, 2, 2)), 1, 1, 0, 0, 1, 1, 1,
                              precision="bf16")
+
+
+@pytest.mark.parametrize("path", ["emulated", "avx512_bf16_twin", "amx_twin"])
+@pytest.mark.parametrize("value", ["0x1.FFp127", "-0x1.FFp127", "0x1.FF02p127"])
+def test_weights_that_round_to_inf_run_as_inf(path, value):
+    """A weight at or past 0x1.FFp127 (halfway between bf16's largest and 2^128) is inf once
+    rounded to bf16. The dispatch sees that without rounding a copy, and runs a path on which
+    the inf propagates as in direct summation (Winograd's transforms would make NaN of
+    inf - inf): the NaN and inf of the outputs are the reference's."""
+    edge = np.float32(float.fromhex("0x1.FFp127"))
+    assert np.isinf(round_to_bf16(np.array([edge])))[0]
+    assert np.isfinite(round_to_bf16(np.array([np.nextafter(edge, np.float32(0))])))[0]
+    x, w, b, gy, kw, _ = data(SHAPES["3x3"], seed=6)
+    w[1, 0, 1, 1] = np.float32(float.fromhex(value))
+    with bf16_path(path):
+        y = F.conv2d(x, w, b, **kw, precision="bf16")
+        gx = F.conv2d_backward(gy, x, w, **kw, precision="bf16")[0]
+    ry = R.conv2d(x, w, b, **kw, precision="bf16")
+    rgx = R.conv2d_backward(gy, x, w, **kw, precision="bf16")[0]
+    for got, want in ((y, ry), (gx, rgx)):
+        assert np.isinf(want).any()
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.array_equal(np.isinf(got), np.isinf(want))
