@@ -211,6 +211,27 @@ def test_bf16_mode_keeps_the_algorithms_that_gain_more_than_its_kernel(path, for
             assert running("forward", SHAPES["3x3"]) == "direct"
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_tiny_outputs_with_many_channels_take_the_bf16_gemm_forward(path):
+    """With a bf16 kernel faster than float32's (vdpbf16ps), the forward of 3x3 and 4x4
+    outputs with at least 256 x 256 channels runs the bf16 GEMMs, not Winograd; fewer
+    channels, larger outputs and the gradients keep Winograd. The emulated path (float32's
+    rate) keeps Winograd everywhere, AMX takes the GEMMs everywhere."""
+    tiny = {o: (4, 256, o, o, 256, 3, 1, 1, 1, 1) for o in (3, 4)}
+    kept = [(4, 128, 4, 4, 128, 3, 1, 1, 1, 1), (4, 256, 7, 7, 256, 3, 1, 1, 1, 1),
+            (4, 512, 4, 4, 64, 3, 1, 1, 1, 1)]  # 512 x 64 channels: fewer than 256 x 256
+    with bf16_path(path):
+        for shape in tiny.values():
+            want = "im2col" if path != "emulated" else running("forward", shape, "f32")
+            assert running("forward", shape) == want, shape
+            for p in ("backward_input", "backward_weight"):
+                assert running(p, shape) in (WINOGRAD if path != "amx" and path != "amx_twin"
+                                             else GEMMS), (shape, p)
+        for shape in kept:
+            assert running("forward", shape) in (GEMMS if path in ("amx", "amx_twin")
+                                                  else WINOGRAD), shape
+
+
 @pytest.mark.parametrize("path", ["emulated", "avx512_bf16_twin", "amx_twin"])
 def test_nan_and_inf_propagate_as_in_float32(path):
     x, w, b, gy, kw, _ = data(SHAPES["3x3"], seed=3)
