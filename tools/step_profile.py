@@ -4,8 +4,9 @@ or a fused run such as BatchNorm2d+ReLU; nested containers' time counted in thei
 the residual additions in the Residual rows) and per optimiser update. The shape shown is the
 step's input (forward) or output gradient (backward), without the batch.
 
-Usage: python tools/step_profile.py MODEL [batch] [steps] [threads]   (MODEL: simple_cnn,
-lenet5, vgg_small, resnet9, resnet18, ... or airbench94, whose step is the recipe's)
+Usage: python tools/step_profile.py MODEL [batch] [steps] [threads] [precision]   (MODEL:
+simple_cnn, lenet5, vgg_small, resnet9, resnet18, ... or airbench94, whose step is the
+recipe's; precision: f32, the default, or bf16: the steps run under fastconv.autocast)
 One thread by default, in this thread's CPU time (other processes on a shared machine do not
 count); with more threads, wall time. Run under `flock /work/wt/timing.lock` where others share
 the machine.
@@ -58,6 +59,7 @@ def main(argv: list[str]) -> None:
     batch = int(argv[1]) if len(argv) > 1 else 64
     steps = int(argv[2]) if len(argv) > 2 else 3
     threads = int(argv[3]) if len(argv) > 3 else 1
+    precision = argv[4] if len(argv) > 4 else "f32"
     keep_freed_memory()  # as fastconv-train and the benchmarks
     fastconv.set_num_threads(threads)
     clock = time.thread_time if threads == 1 else time.perf_counter
@@ -96,14 +98,15 @@ def main(argv: list[str]) -> None:
     # One recycling block over every step, as fit's: leaving it hands the cached blocks back
     # to the OS, so a block per step would time fresh pages being zeroed (~10% of airbench94's
     # step at batch 1024).
-    with memory.recycling():
+    with memory.recycling(), fastconv.autocast(precision):
         step()
         spent.clear()
         t0 = clock()
         for _ in range(steps):
             step()
         total = (clock() - t0) / steps
-    print(f"{name} batch {batch}, {threads} thread(s): {total * 1e3:.0f} ms per step")
+    print(f"{name} batch {batch}, {threads} thread(s), {precision}: {total * 1e3:.0f} ms per "
+          "step")
     accounted = 0.0
     for (method, what), t in sorted(spent.items(), key=lambda kv: -kv[1]):
         accounted += t / steps
