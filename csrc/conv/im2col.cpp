@@ -23,6 +23,9 @@ void im2col_image(const T* x, index_t C, index_t H, index_t W, const Window2d& w
 template <typename T>
 void col2im_image(const T* cols, index_t ld, index_t C, index_t H, index_t W, const Window2d& w,
                   index_t OH, index_t OW, T* x) {
+  if constexpr (std::is_same_v<T, float>)
+    if (const Im2colKernels* k = im2col_kernels())
+      if (k->col2im && k->col2im(cols, ld, C, H, W, w, OH, OW, x)) return;
   for (index_t c = 0; c < C; ++c) {
     T* xc = x + c * H * W;
     for (index_t i = 0; i < w.KH; ++i) {

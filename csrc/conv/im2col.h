@@ -52,6 +52,10 @@ struct Im2colKernels {
                index_t nr, float* dst);
   void (*image)(const float* x, index_t C, index_t H, index_t W, const Window2d& win,
                 index_t OH, index_t OW, float* cols, index_t ld);
+  // col2im_image where it has a kernel for the shape (else false, nothing written; may be
+  // nullptr): planes and outputs of at most 16 values on AVX-512.
+  bool (*col2im)(const float* cols, index_t ld, index_t C, index_t H, index_t W,
+                 const Window2d& win, index_t OH, index_t OW, float* x);
 };
 const Im2colKernels* im2col_kernels_avx512();
 const Im2colKernels* im2col_kernels_avx2();

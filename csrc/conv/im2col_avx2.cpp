@@ -106,7 +106,7 @@ void image_avx2(const float* x, index_t C, index_t H, index_t W, const Window2d&
 }  // namespace
 
 const Im2colKernels* im2col_kernels_avx2() {
-  static const Im2colKernels k{&pack_avx2, &image_avx2};
+  static const Im2colKernels k{&pack_avx2, &image_avx2, nullptr};
   return &k;
 }
 
