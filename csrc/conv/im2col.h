@@ -53,7 +53,7 @@ struct Im2colKernels {
   void (*image)(const float* x, index_t C, index_t H, index_t W, const Window2d& win,
                 index_t OH, index_t OW, float* cols, index_t ld);
   // col2im_image where it has a kernel for the shape (else false, nothing written; may be
-  // nullptr): planes and outputs of at most 16 values on AVX-512.
+  // nullptr): outputs of at most 16 values on planes of at most 64 on AVX-512.
   bool (*col2im)(const float* cols, index_t ld, index_t C, index_t H, index_t W,
                  const Window2d& win, index_t OH, index_t OW, float* x);
 };

@@ -92,44 +92,54 @@ void image_avx512(const float* x, index_t C, index_t H, index_t W, const Window2
   im2col_detail::image_rows<float, Avx512Rows>(x, C, H, W, win, OH, OW, cols, ld);
 }
 
-// col2im for planes and outputs of at most 16 values (4x4 images and smaller, the last stage
-// of a ResNet on 32x32 images): each channel's plane is one register, and each tap (i, j)
-// adds its column row moved into place by one permute, masked to the positions it reaches,
+// col2im for outputs of at most 16 values on planes of at most 64 (the last stages of a
+// ResNet on 32x32 images: 4x4 outputs of 4x4 or, at stride 2, 8x8 images): each channel's
+// plane is up to 4 registers, each column row one, and each tap (i, j) adds its row moved
+// into place by one permute per register it reaches, masked to the positions it reaches,
 // where the scalar loop spent a row's setup on every 1-4 values. Every element takes at most
 // one term per tap, in the scalar loop's (i, j) order: the same sums.
 bool col2im_small_avx512(const float* cols, index_t ld, index_t C, index_t H, index_t W,
                          const Window2d& w, index_t OH, index_t OW, float* x) {
-  constexpr index_t kMaxTaps = 64;
-  const index_t HW = H * W, L = OH * OW, taps = w.KH * w.KW;
-  if (HW > 16 || L > 16 || taps > kMaxTaps) return false;
-  alignas(64) std::int32_t index[kMaxTaps][16];
-  __mmask16 reach[kMaxTaps];
+  constexpr index_t kMaxTaps = 64, kMaxParts = 4;
+  const index_t HW = H * W, L = OH * OW, taps = w.KH * w.KW, parts = ceil_div(HW, 16);
+  if (HW > 16 * kMaxParts || L > 16 || taps > kMaxTaps) return false;
+  // index[t][q][e]: the column of tap t's row that plane element 16q + e takes.
+  alignas(64) std::int32_t index[kMaxTaps][kMaxParts][16];
+  __mmask16 reach[kMaxTaps][kMaxParts];
   for (index_t i = 0; i < w.KH; ++i)
     for (index_t j = 0; j < w.KW; ++j) {
       const index_t t = i * w.KW + j;
-      reach[t] = 0;
-      for (index_t e = 0; e < 16; ++e) {
-        index[t][e] = 0;
-        if (e >= HW) continue;
-        // Input (ih, iw) takes column (oh, ow) of this tap where ih = oh*SH - PH + i*DH.
-        const index_t dh = e / W + w.PH - i * w.DH, dw = e % W + w.PW - j * w.DW;
-        if (dh < 0 || dw < 0 || dh % w.SH || dw % w.SW || dh / w.SH >= OH || dw / w.SW >= OW)
-          continue;
-        index[t][e] = static_cast<std::int32_t>(dh / w.SH * OW + dw / w.SW);
-        reach[t] = static_cast<__mmask16>(reach[t] | (1u << e));
+      for (index_t q = 0; q < parts; ++q) {
+        reach[t][q] = 0;
+        for (index_t e = 0; e < 16; ++e) {
+          const index_t v = 16 * q + e;
+          index[t][q][e] = 0;
+          if (v >= HW) continue;
+          // Input (ih, iw) takes column (oh, ow) of this tap where ih = oh*SH - PH + i*DH.
+          const index_t dh = v / W + w.PH - i * w.DH, dw = v % W + w.PW - j * w.DW;
+          if (dh < 0 || dw < 0 || dh % w.SH || dw % w.SW || dh / w.SH >= OH || dw / w.SW >= OW)
+            continue;
+          index[t][q][e] = static_cast<std::int32_t>(dh / w.SH * OW + dw / w.SW);
+          reach[t][q] = static_cast<__mmask16>(reach[t][q] | (1u << e));
+        }
       }
     }
-  const __mmask16 plane_lanes = lanes(0, HW), row_lanes = lanes(0, L);
+  const __mmask16 row_lanes = lanes(0, L);
   for (index_t c = 0; c < C; ++c) {
     float* xc = x + c * HW;
-    __m512 plane = _mm512_maskz_loadu_ps(plane_lanes, xc);
+    __m512 plane[kMaxParts];
+    for (index_t q = 0; q < parts; ++q)
+      plane[q] = _mm512_maskz_loadu_ps(lanes(0, HW - 16 * q), xc + 16 * q);
     for (index_t t = 0; t < taps; ++t) {
-      if (!reach[t]) continue;
       const __m512 row = _mm512_maskz_loadu_ps(row_lanes, cols + (c * taps + t) * ld);
-      const __m512i at = _mm512_load_si512(index[t]);
-      plane = _mm512_mask_add_ps(plane, reach[t], plane, _mm512_permutexvar_ps(at, row));
+      for (index_t q = 0; q < parts; ++q)
+        if (reach[t][q])
+          plane[q] = _mm512_mask_add_ps(
+              plane[q], reach[t][q], plane[q],
+              _mm512_permutexvar_ps(_mm512_load_si512(index[t][q]), row));
     }
-    _mm512_mask_storeu_ps(xc, plane_lanes, plane);
+    for (index_t q = 0; q < parts; ++q)
+      _mm512_mask_storeu_ps(xc + 16 * q, lanes(0, HW - 16 * q), plane[q]);
   }
   return true;
 }

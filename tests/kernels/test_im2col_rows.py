@@ -1,6 +1,6 @@
 """The im2col row kernels of each SIMD level (csrc/conv/im2col_avx512.cpp, im2col_avx2.cpp):
 masked vector copies of rows at stride 1 and 2, with the padding's lanes masked off, and
-AVX-512's col2im of planes of at most 16 values in one register. Their column matrices must be
+AVX-512's col2im of small planes in registers. Their column matrices must be
 the portable loops' bit for bit (copies), col2im's sums too (the same order), and the im2col
 GEMM passes that pack from them must match the NumPy reference, on rows shorter than a
 vector, exactly one, and longer, with every kind of edge."""
@@ -52,7 +52,12 @@ CASES = [
     (2, 13, 13, 3, 1, 1, 3),
     (1, 4, 40, (1, 3), 1, (0, 1), (1, 2)),
     (1, 3, 3, 3, 1, 1, 2),
-    # planes and outputs of at most 16 values (col2im's one-register kernel on AVX-512)
+    # outputs of at most 16 values on planes of at most 64 (col2im's register kernel on
+    # AVX-512)
+    (2, 8, 8, 3, 1, 1, 2),
+    (1, 7, 7, 3, 1, 1, 2),
+    (2, 5, 12, 3, 1, 0, 3),
+    (2, 6, 6, 2, 1, 0, 2),
     (3, 4, 4, 3, 1, 1, 1),
     (2, 3, 3, 3, 1, 1, 1),
     (2, 4, 4, 2, 1, 0, 1),
