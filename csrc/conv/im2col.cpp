@@ -1,7 +1,6 @@
 #include "conv/im2col.h"
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 
 #include "conv/im2col_rows.h"

@@ -14,8 +14,6 @@
 namespace fastconv {
 namespace {
 
-using im2col_detail::valid_range;
-
 // All ones in the lanes whose entry of `index` lies in [a, b).
 inline __m256i within(__m256i index, index_t a, index_t b) {
   const __m256i lo = _mm256_set1_epi32(static_cast<int>(std::clamp<index_t>(a, -1, 16)));

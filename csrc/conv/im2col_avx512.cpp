@@ -1,4 +1,5 @@
-// AVX-512 row copies of the im2col packing and column matrices (float32), see im2col_rows.h.
+// AVX-512 row copies of the im2col packing and column matrices (float32), see im2col_rows.h,
+// and col2im of small planes in registers.
 // This file alone is compiled with -mavx512f; it runs only after cpuid says the CPU has it.
 // A row of up to 16 columns is one masked load (two and a permute at stride 2) and one masked
 // store: the masks skip the padding, whose lanes the loads zero, so no element outside the
@@ -12,8 +13,6 @@
 
 namespace fastconv {
 namespace {
-
-using im2col_detail::valid_range;
 
 // Lanes [a, b) of 16, a and b clamped to [0, 16].
 inline __mmask16 lanes(index_t a, index_t b) {

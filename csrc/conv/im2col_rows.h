@@ -2,14 +2,16 @@
 // ScalarRows (any CPU, float64), im2col_avx512.cpp and im2col_avx2.cpp with row copies in
 // vector registers. Each output row is a strided copy of part of one input row,
 //   out[t] = row[first + t*S]  for t in [0, count),  zero where first + t*S leaves [0, W),
-// and a Rows policy supplies that copy:
-//   template <index_t S> static void copy(const T* row, index_t W, index_t first,
-//                                         index_t stride, index_t count, T* out);
+// and a Rows policy supplies that copy in two steps, a plan made once per row shape and the
+// copy run per row:
+//   template <index_t S> static Plan plan(index_t W, index_t first, index_t stride,
+//                                         index_t count);
+//   template <index_t S> static void copy(const Plan& p, const T* row, index_t stride, T* out);
 // S is the stride as a constant (1, 2) or 0 for `stride` at run time. Strided layers' rows
 // are short (8 columns for a 16x16 image at stride 2), so the copy's fixed cost counts: the
-// vector policies do a row of up to 16 in one masked load, permute and store, where the scalar
-// loop spent ~4 cycles per element (resnet18's 128->256 stride-2 forward in bf16 mode: a
-// quarter of its time in the packing, on an AMD EPYC Zen 4).
+// vector policies plan their masks once and copy a row of up to 16 in one masked load (two
+// and a permute at stride 2) and one store, where the scalar loop spent ~4 cycles per
+// element.
 #pragma once
 
 #include <algorithm>
