@@ -51,6 +51,10 @@ struct GemmKernel {
   // portable loop.
   void (*bf16_pairs_16x16)(const float* src, index_t ld, index_t n, index_t words,
                            std::uint16_t* dst, index_t width) = nullptr;
+  // float only: rows of floats as pairs of the bf16 GEMM (gemm_bf16.cpp, convert_pairs, whose
+  // arguments and bits it has), or null: the portable loop.
+  void (*bf16_convert_pairs)(index_t n, index_t width, index_t ld, index_t kc, index_t kc_pad,
+                             const float* src, std::uint16_t* dst) = nullptr;
 };
 
 // Per-ISA kernel tables, defined in gemm_<isa>.cpp (nullptr when not compiled in).

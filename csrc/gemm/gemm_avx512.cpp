@@ -190,6 +190,33 @@ void bf16_pairs_16x16(const float* src, index_t ld, index_t n, index_t words,
   for (int q = 0; q < 16; ++q) _mm512_mask_storeu_ps(dst + 2 * q * width, m, r[q]);
 }
 
+// The first n of 16 lanes (n clamped to [0, 16]).
+inline __mmask16 first_lanes(index_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+
+// GemmKernel::bf16_convert_pairs: per pair of rows, 16 columns at a time, the two rows' bf16
+// bits (masked loads: columns past n read as zero) joined into pair words, the even k in the
+// low halves, and `width` words stored. The portable loop runs 16 wide only on whole groups of
+// 16, which an A panel (12 rows of the bf16 kernel) never has.
+void bf16_convert_pairs(index_t n, index_t width, index_t ld, index_t kc, index_t kc_pad,
+                        const float* src, std::uint16_t* dst) {
+  const __m512i high = _mm512_set1_epi32(int(0xffff0000u));
+  for (index_t p = 0; p < kc_pad; p += 2) {
+    std::uint16_t* d = dst + p * width;  // (p/2)*2width
+    const float* s0 = src + p * ld;
+    for (index_t j = 0; j < width; j += 16) {
+      const __mmask16 in = p < kc ? first_lanes(n - j) : __mmask16(0);
+      const __m512i lo =
+          _mm512_srli_epi32(bf16_high_halves(_mm512_maskz_loadu_ps(in, s0 + j)), 16);
+      const __mmask16 in1 = p + 1 < kc ? in : __mmask16(0);
+      const __m512i hi =
+          _mm512_and_si512(bf16_high_halves(_mm512_maskz_loadu_ps(in1, s0 + ld + j)), high);
+      _mm512_mask_storeu_epi32(d + 2 * j, first_lanes(width - j), _mm512_or_si512(lo, hi));
+    }
+  }
+}
+
 // 16 chains of FMAs for the peak: 8-10 in flight cover the latency x units of AVX-512 cores
 // (4 cycles x 2 units), with 32 zmm registers to spare.
 constexpr int kFmaChains = 16;
@@ -201,7 +228,8 @@ const GemmKernel<float> kF32{MR,
                              &nt_rows<float>,
                              &fma_loop<Zmm<float>, kFmaChains, float>,
                              fma_loop_flops<Zmm<float>, kFmaChains>,
-                             &bf16_pairs_16x16};
+                             &bf16_pairs_16x16,
+                             &bf16_convert_pairs};
 const GemmKernel<double> kF64{MR,
                               16,
                               &micro_kernel<double>,

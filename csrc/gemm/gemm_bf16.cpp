@@ -41,6 +41,16 @@ FASTCONV_CLONES void convert_pairs(index_t n, index_t width, index_t ld, index_t
   }
 }
 
+// convert_pairs in this ISA's registers where its GEMM kernel has them
+// (GemmKernel::bf16_convert_pairs): the same bits.
+void to_pairs(index_t n, index_t width, index_t ld, index_t kc, index_t kc_pad,
+              const float* src, std::uint16_t* dst) {
+  if (const auto convert = gemm_config<float>().bf16_convert_pairs)
+    convert(n, width, ld, kc, kc_pad, src, dst);
+  else
+    convert_pairs(n, width, ld, kc, kc_pad, src, dst);
+}
+
 // The widest panel pairs_from_columns packs (the pairs kernels' nr: 32 and 16).
 constexpr index_t kMaxPairsWidth = 64;
 
@@ -97,7 +107,7 @@ FASTCONV_CLONES void pairs_from_columns(index_t n, index_t width, index_t ld, in
 void convert_a_bits(index_t mr, index_t kc, index_t kc_pad, Bf16Layout layout, const float* src,
                     std::uint16_t* dst) {
   if (layout == Bf16Layout::pairs) {
-    convert_pairs(mr, mr, mr, kc, kc_pad, src, dst);
+    to_pairs(mr, mr, mr, kc, kc_pad, src, dst);
     return;
   }
   for (index_t p = 0; p < kc_pad; ++p) {
@@ -126,7 +136,7 @@ void bf16_convert_b_panel(const Bf16GemmConfig& k, index_t kc, const float* src,
   if (k.layout == Bf16Layout::f32)
     round_panel(k.nr * kc, src, static_cast<float*>(dst));
   else
-    convert_pairs(k.nr, k.nr, k.nr, kc, k.pad_k(kc), src, static_cast<std::uint16_t*>(dst));
+    to_pairs(k.nr, k.nr, k.nr, kc, k.pad_k(kc), src, static_cast<std::uint16_t*>(dst));
 }
 
 bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc, index_t kc_pad,
@@ -136,7 +146,7 @@ bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc,
   for (index_t q = 0; q * nr < nc; ++q) {
     const index_t n = std::min(nr, nc - q * nr);
     std::uint16_t* panel = dst + q * nr * kc_pad;
-    if (cs == 1) convert_pairs(n, nr, rs, kc, kc_pad, b + q * nr, panel);
+    if (cs == 1) to_pairs(n, nr, rs, kc, kc_pad, b + q * nr, panel);
     else pairs_from_columns(n, nr, cs, kc, kc_pad, b + q * nr * cs, panel, block16);
   }
   return true;
