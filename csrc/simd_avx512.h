@@ -1,12 +1,19 @@
 // AVX-512 helpers shared by the files compiled with -mavx512f: the 16 x 16 transpose of
-// conv_direct_avx512.cpp's channels-last copies and gemm_avx512.cpp's bf16 pairs, and the
-// bf16 rounding of both.
+// conv_direct_avx512.cpp's channels-last copies and gemm_avx512.cpp's bf16 pairs, the bf16
+// rounding of both, and the mask of a vector's first lanes.
 #pragma once
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
+#include "common.h"
+
 namespace fastconv {
+
+// The first n of 16 lanes (n clamped to [0, 16]).
+inline __mmask16 first_lanes(index_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
 
 // r[i] lane j <-> r[j] lane i.
 inline void transpose16x16(__m512 r[16]) {

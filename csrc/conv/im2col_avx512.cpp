@@ -11,14 +11,14 @@
 
 #include <cstdint>
 
+#include "simd_avx512.h"
+
 namespace fastconv {
 namespace {
 
 // Lanes [a, b) of 16, a and b clamped to [0, 16].
 inline __mmask16 lanes(index_t a, index_t b) {
-  a = std::clamp<index_t>(a, 0, 16);
-  b = std::clamp<index_t>(b, a, 16);
-  return static_cast<__mmask16>(((1u << b) - 1u) & ~((1u << a) - 1u));
+  return static_cast<__mmask16>(first_lanes(b) & ~first_lanes(a));
 }
 
 // Bit u of m moved to bit 2u (the even source lanes of a stride-2 row).

@@ -190,11 +190,6 @@ void bf16_pairs_16x16(const float* src, index_t ld, index_t n, index_t words,
   for (int q = 0; q < 16; ++q) _mm512_mask_storeu_ps(dst + 2 * q * width, m, r[q]);
 }
 
-// The first n of 16 lanes (n clamped to [0, 16]).
-inline __mmask16 first_lanes(index_t n) {
-  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
-}
-
 // GemmKernel::bf16_convert_pairs: per pair of rows, 16 columns at a time, the two rows' bf16
 // bits (masked loads: columns past n read as zero) joined into pair words, the even k in the
 // low halves, and `width` words stored. The portable loop runs 16 wide only on whole groups of

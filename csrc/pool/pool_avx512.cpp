@@ -9,12 +9,10 @@
 #if defined(FASTCONV_X86) && defined(__AVX512F__)
 #include <immintrin.h>
 
+#include "simd_avx512.h"
+
 namespace fastconv {
 namespace {
-
-inline __mmask16 first(index_t n) {
-  return static_cast<__mmask16>(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1u);
-}
 
 // v > best (ordered: false against NaN) or v is NaN: PyTorch's rule, first maximum wins and
 // a NaN is replaced only by a later NaN.
@@ -99,8 +97,8 @@ inline void store_windows(const Candidates& w, index_t W, __mmask8 k_lo, __mmask
 template <bool kMax>
 void pool_plane(const float* x, index_t W, index_t OH, index_t OW, float* y, std::int64_t* idx) {
   if (OW <= 8) {
-    const __mmask16 k = first(2 * OW);
-    const __mmask8 ko = static_cast<__mmask8>(first(OW));
+    const __mmask16 k = first_lanes(2 * OW);
+    const __mmask8 ko = static_cast<__mmask8>(first_lanes(OW));
     for (index_t oh = 0; oh < OH; oh += 2) {
       const bool pair = oh + 1 < OH;  // else the upper half is zero and not stored
       const float* r = x + 2 * oh * W;
@@ -118,13 +116,13 @@ void pool_plane(const float* x, index_t W, index_t OH, index_t OW, float* y, std
     const float* r1 = r0 + W;
     for (index_t o0 = 0; o0 < OW; o0 += 16) {
       const index_t n = OW - o0 < 16 ? OW - o0 : 16;
-      const __mmask16 k0 = first(2 * n), k1 = first(2 * n - 16);
+      const __mmask16 k0 = first_lanes(2 * n), k1 = first_lanes(2 * n - 16);
       const float* p0 = r0 + 2 * o0;
       const float* p1 = r1 + 2 * o0;
       const Candidates w =
           candidates(_mm512_maskz_loadu_ps(k0, p0), _mm512_maskz_loadu_ps(k1, p0 + 16),
                      _mm512_maskz_loadu_ps(k0, p1), _mm512_maskz_loadu_ps(k1, p1 + 16));
-      const __mmask16 ko = first(n);
+      const __mmask16 ko = first_lanes(n);
       const index_t at = oh * OW + o0;
       const std::int64_t base = 2 * oh * W + 2 * o0;
       store_windows<kMax>(w, W, static_cast<__mmask8>(ko), static_cast<__mmask8>(ko >> 8), at,
