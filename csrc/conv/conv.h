@@ -47,6 +47,8 @@ enum class ConvPass { forward, backward_input, backward_weight };
 // first that takes a shape and pass runs it):
 //   subsampled   strided 1x1 layers as pointwise ones on the subsampled image
 //                (conv_subsampled.h): every dtype
+//   valid_taps   GEMMs over the taps inside the image only (conv_valid_taps.h): small
+//                images with many channels; forward, and the input gradient at stride 1
 //   winograd4    Winograd F(4x4, 3x3) on the direct tiles (conv_winograd.h): 3x3, stride 1
 //   winograd     Winograd F(2x2, 3x3) on the direct tiles (conv_winograd.h): 3x3, stride 1
 //   direct_nchw  the few-channel NCHW tiles (conv_direct.h): the first layers
@@ -55,13 +57,13 @@ enum class ConvPass { forward, backward_input, backward_weight };
 //   im2col       im2col-packed GEMM (conv_gemm.h): every shape
 // winograd4, winograd, direct_nchw and direct need the direct kernels of the selected ISA and
 // float32.
-// In bf16 mode the GEMMs (wide, im2col) round their operands while packing them and run on the
+// In bf16 mode the GEMMs (valid_taps, wide, im2col) round their operands while packing them and run on the
 // bf16 GEMM's path (gemm_bf16.h); the others get rounded copies of their operands and run
 // their float32 kernels. Where a bf16 GEMM kernel runs (not the emulated path), the others
 // are chosen (unless forced) only where they gain more over the GEMMs than that kernel gains
 // in rate: with AVX512_BF16 Winograd and the few-channel weight gradient, with AMX none
 // (conv/dispatch.cpp).
-enum class ConvAlgorithm { subsampled, winograd4, winograd, direct_nchw, direct, wide, im2col };
+enum class ConvAlgorithm { subsampled, valid_taps, winograd4, winograd, direct_nchw, direct, wide, im2col };
 const char* conv_algorithm_name(ConvAlgorithm algorithm);
 
 // Forces an algorithm by name ("auto": the heuristics) for tests and benchmarks: it then runs

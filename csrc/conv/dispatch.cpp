@@ -14,6 +14,7 @@
 #include "conv/conv_direct.h"
 #include "conv/conv_gemm.h"
 #include "conv/conv_subsampled.h"
+#include "conv/conv_valid_taps.h"
 #include "conv/conv_winograd.h"
 #include "gemm/gemm_bf16.h"
 #include "pool/pool.h"
@@ -206,6 +207,10 @@ constexpr ConvPasses<T> subsampled_passes{&always<&conv2d_forward_subsampled<T>>
                                           &always<&conv2d_backward_input_subsampled<T>>,
                                           &always<&conv2d_backward_weight_subsampled<T>>};
 template <typename T>
+constexpr ConvPasses<T> valid_taps_passes{&always<&conv2d_forward_valid_taps<T>>,
+                                          &always<&conv2d_backward_input_valid_taps<T>>,
+                                          nullptr};
+template <typename T>
 constexpr ConvPasses<T> wide_passes{&always<&conv2d_forward_wide<T>>,
                                     &always<&conv2d_backward_input_wide<T>>, &wide_weight<T>};
 template <typename T>
@@ -222,6 +227,10 @@ DirectPass direct_pass(ConvPass pass) {
     case ConvPass::backward_input: return DirectPass::backward_input;
     default: return DirectPass::backward_weight;
   }
+}
+
+bool takes_valid_taps(const ConvShape& s, ConvPass pass, bool forced) {
+  return forced ? valid_taps_fits(s, pass) : valid_taps_pays(s, pass);
 }
 
 bool takes_winograd(const ConvShape& s, ConvPass pass, bool forced) {
@@ -322,6 +331,8 @@ struct ConvEntry {
 constexpr ConvEntry kConvTable[] = {
     {ConvAlgorithm::subsampled, "subsampled", true, false, false, false, false, {1, 1, 1},
      &takes_subsampled, subsampled_passes<float>, subsampled_passes<double>},
+    {ConvAlgorithm::valid_taps, "valid_taps", true, false, false, true, false, {1, 1, 1},
+     &takes_valid_taps, valid_taps_passes<float>, valid_taps_passes<double>},
     {ConvAlgorithm::winograd4, "winograd4", true, false, true, false, true, {4, 4, 4},
      &takes_winograd4,
      {&winograd4_forward, &conv2d_backward_input_winograd4, &conv2d_backward_weight_winograd4,
@@ -376,6 +387,7 @@ bool has_pass(const ConvPasses<T>& p, ConvPass pass) {
 // best Winograd: 512 x 512 on 4x4 1.38x faster at batch 64, 1.08x at 256; 256 x 256 on 3x3
 // 1.14x at 256, 1.16x at 1024, on 4x4 as fast at 64; with 64-128 channels Winograd 1.3-1.8x
 // ahead, and from 7x7 (and 8x8) at 256. The gradients keep Winograd (ahead on 4x4 too).
+// (Padded outputs go to valid_taps first, which skips the taps in the padding.)
 bool bf16_gemm_takes_tiny_forward(const ConvShape& s, ConvPass pass) {
   return s.precision == Precision::bf16 && pass == ConvPass::forward && s.OH * s.OW <= 16 &&
          s.Cg() * s.Fg() >= 256 * 256 && bf16_gemm_config().multiply_rate > 1;

@@ -88,6 +88,33 @@ __attribute__((always_inline)) inline void pack_b(index_t kc, index_t nc, const 
   }
 }
 
+// Columns each contiguous in k (ColumnsB) into NR-wide panels, by blocks of 16 k: reads
+// run along each column, writes stay within a few panel rows.
+template <typename T>
+__attribute__((always_inline)) inline void pack_columns(index_t kc, index_t nc, const T* base,
+                                                        const index_t* col_off, index_t NR,
+                                                        T* bp) {
+  constexpr index_t kBlock = 16;
+  for (index_t q = 0; q < nc; q += NR) {
+    const index_t n = std::min(NR, nc - q);
+    T* panel = bp + q * kc;
+    for (index_t p0 = 0; p0 < kc; p0 += kBlock) {
+      const index_t rows = std::min(kBlock, kc - p0);
+      T* dst = panel + p0 * NR;
+      for (index_t j = 0; j < n; ++j) {
+        const T* src = base + col_off[q + j] + p0;
+        for (index_t p = 0; p < rows; ++p) dst[p * NR + j] = src[p];
+      }
+      for (index_t p = 0; p < rows; ++p) std::fill(dst + p * NR + n, dst + (p + 1) * NR, T(0));
+    }
+  }
+}
+
+FASTCONV_CLONED(pack_columns_any, pack_columns,
+                (index_t kc, index_t nc, const T* base, const index_t* col_off, index_t NR,
+                 T* bp),
+                (kc, nc, base, col_off, NR, bp))
+
 // Cloned per ISA: the row copies of the common (contiguous) case become AVX-512 moves.
 FASTCONV_CLONED(pack_b_any, pack_b,
                 (index_t kc, index_t nc, const T* B, index_t rs, index_t cs, index_t NR, T* bp),
@@ -125,6 +152,11 @@ const T* StridedA<T>::block(index_t ic, index_t mc, index_t pc, index_t kc, inde
 template <typename T>
 void StridedB<T>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const {
   pack_b_any(kc, nc, p + pc * rs + jc * cs, rs, cs, nr, dst);
+}
+
+template <typename T>
+void ColumnsB<T>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const {
+  pack_columns_any(kc, nc, base + pc, col_off + jc, nr, dst);
 }
 
 // The block's source lines, as rows of B (cs == 1) or of B^T (rs == 1), in `parts` slices.
@@ -270,6 +302,8 @@ template struct StridedA<float>;
 template struct StridedA<double>;
 template struct StridedB<float>;
 template struct StridedB<double>;
+template struct ColumnsB<float>;
+template struct ColumnsB<double>;
 template class PackedA<float>;
 template class PackedA<double>;
 template void gemm<float>(index_t, index_t, index_t, const ASource<float>&, const BSource<float>&,

@@ -45,11 +45,11 @@ struct GemmKernel {
   // sum of the results, so that none is optimised away.
   double (*fma_loop)(index_t rounds) = nullptr;
   index_t fma_flops = 0;
-  // float only: up to 16 columns of B in place (column j < n at src + j*ld, 32 k each; the
+  // float only: up to 16 columns of B in place (column j < n at cols[j], 32 k each; the
   // rest zero) as 16 rows of the bf16 GEMM's pairs, the first `words` (<= 16) of each
   // stored (row q at dst + 2q*width: see gemm_bf16.cpp, pairs_from_columns), or null: the
   // portable loop.
-  void (*bf16_pairs_16x16)(const float* src, index_t ld, index_t n, index_t words,
+  void (*bf16_pairs_16x16)(const float* const* cols, index_t n, index_t words,
                            std::uint16_t* dst, index_t width) = nullptr;
   // float only: rows of floats as pairs of the bf16 GEMM (gemm_bf16.cpp, convert_pairs, whose
   // arguments and bits it has), or null: the portable loop.
@@ -106,6 +106,10 @@ index_t balanced_block(index_t total, index_t max_block);
 // rows (cs == 1) or columns (rs == 1) contiguous, into nr-wide panels of pairs (see
 // BSource::pack_bf16_pairs); false for other strides.
 bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc, index_t kc_pad,
+                             index_t nc, index_t nr, std::uint16_t* dst);
+// The same pairs from columns each contiguous in k at its own place: B(p, j) at
+// b[col_off[j] + p] (ColumnsB); false for panels wider than its buffers (64).
+bool bf16_pack_pairs_columns(const float* b, const index_t* col_off, index_t kc, index_t kc_pad,
                              index_t nc, index_t nr, std::uint16_t* dst);
 // The rows packing of StridedA (gemm_bf16.cpp): A(i, p) at a[i*rs + p*cs], rows contiguous
 // (cs == 1), into mr-tall panels of rows of 32 k (see ASource::pack_bf16_rows); false for
@@ -199,6 +203,22 @@ struct StridedB final : BSource<T> {
                        index_t nr, std::uint16_t* dst) const override {
     if constexpr (std::is_same_v<T, float>)
       return bf16_pack_pairs_strided(p + pc * rs + jc * cs, rs, cs, kc, kc_pad, nc, nr, dst);
+    return false;
+  }
+};
+
+// B with each column contiguous in k at a place of its own: B(p, j) = base[col_off[j] + p],
+// e.g. one kernel tap's rows of channels-last images (conv_valid_taps.h).
+template <typename T>
+struct ColumnsB final : BSource<T> {
+  const T* base;
+  const index_t* col_off;
+  ColumnsB(const T* b, const index_t* off) : base(b), col_off(off) {}
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override;
+  bool pack_bf16_pairs(index_t pc, index_t kc, index_t kc_pad, index_t jc, index_t nc,
+                       index_t nr, std::uint16_t* dst) const override {
+    if constexpr (std::is_same_v<T, float>)
+      return bf16_pack_pairs_columns(base + pc, col_off + jc, kc, kc_pad, nc, nr, dst);
     return false;
   }
 };

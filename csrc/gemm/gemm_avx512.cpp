@@ -166,8 +166,8 @@ void nt_rows(index_t M, index_t N, index_t K, const T* const* a, const T* const*
 // GemmKernel::bf16_pairs_16x16: per column, its 32 floats' bf16 bits gathered into 16 pair
 // words (the even k's in the low halves) in one vector; then the 16 x 16 words transposed in
 // registers (r[j] lane q -> r[q] lane j) and each row's first `words` stored.
-void bf16_pairs_16x16(const float* src, index_t ld, index_t n, index_t words,
-                      std::uint16_t* dst, index_t width) {
+void bf16_pairs_16x16(const float* const* cols, index_t n, index_t words, std::uint16_t* dst,
+                      index_t width) {
   const __m512i even =
       _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
@@ -178,7 +178,7 @@ void bf16_pairs_16x16(const float* src, index_t ld, index_t n, index_t words,
       r[j] = _mm512_setzero_ps();
       continue;
     }
-    const float* col = src + j * ld;
+    const float* col = cols[j];
     const __m512i a = bf16_high_halves(_mm512_loadu_ps(col));
     const __m512i b = bf16_high_halves(_mm512_loadu_ps(col + 16));
     const __m512i lo = _mm512_srli_epi32(_mm512_permutex2var_epi32(a, even, b), 16);

@@ -54,35 +54,37 @@ void to_pairs(index_t n, index_t width, index_t ld, index_t kc, index_t kc_pad,
 // The widest panel pairs_from_columns packs (the pairs kernels' nr: 32 and 16).
 constexpr index_t kMaxPairsWidth = 64;
 
-using Bf16Pairs16x16Fn = void (*)(const float* src, index_t ld, index_t n, index_t words,
+using Bf16Pairs16x16Fn = void (*)(const float* const* cols, index_t n, index_t words,
                                   std::uint16_t* dst, index_t width);
 
-// The same pairs from columns of B in place (B^T's rows: (p, j) at j*ld + p, contiguous in
-// k), e.g. a Linear weight in the forward pass, or from rows of A. A column's bf16 values in
+// The same pairs from columns of B in place, each contiguous in k ((p, j) at cols[j][p]):
+// B^T's rows (a Linear weight in the forward pass), rows of A, or a tap's channels-last
+// pixels (ColumnsB). A column's bf16 values in
 // k order are its pair words already: blocks of 16 pair rows are made column by column and
 // stored row by row, by groups of 16 columns with the ISA's `block16`
 // (GemmKernel::bf16_pairs_16x16) where it has one, else (and for the last, partial block of
 // k) through a small buffer. (A transposing float32 pack and then a conversion cost 2-3x
 // more.)
-FASTCONV_CLONES void pairs_from_columns(index_t n, index_t width, index_t ld, index_t kc,
-                                        index_t kc_pad, const float* src, std::uint16_t* dst,
+FASTCONV_CLONES void pairs_from_columns(index_t n, index_t width, const float* const* cols,
+                                        index_t kc, index_t kc_pad, std::uint16_t* dst,
                                         Bf16Pairs16x16Fn block16) {
   constexpr index_t kRows = 16;
   std::uint32_t block[kRows][kMaxPairsWidth];
+  const float* at[16];
   const index_t pairs = kc_pad / 2;
   for (index_t q0 = 0; q0 < pairs; q0 += kRows) {
     const index_t rows = std::min(kRows, pairs - q0), p0 = 2 * q0;
     const bool whole = p0 + 2 * kRows <= kc;
     if (block16 && whole) {
       for (index_t j0 = 0; j0 < width; j0 += 16) {
-        const index_t cols = std::clamp<index_t>(n - j0, 0, 16);
-        block16(cols > 0 ? src + j0 * ld + p0 : nullptr, ld, cols,
-                std::min<index_t>(16, width - j0), dst + q0 * 2 * width + 2 * j0, width);
+        const index_t m = std::clamp<index_t>(n - j0, 0, 16);
+        for (index_t j = 0; j < m; ++j) at[j] = cols[j0 + j] + p0;
+        block16(at, m, std::min<index_t>(16, width - j0), dst + q0 * 2 * width + 2 * j0, width);
       }
       continue;
     }
     for (index_t j = 0; j < width; ++j) {
-      const float* col = src + j * ld + p0;
+      const float* col = j < n ? cols[j] + p0 : nullptr;
       if (j >= n) {
         for (index_t q = 0; q < rows; ++q) block[q][j] = 0;
       } else if (whole) {
@@ -146,8 +148,26 @@ bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc,
   for (index_t q = 0; q * nr < nc; ++q) {
     const index_t n = std::min(nr, nc - q * nr);
     std::uint16_t* panel = dst + q * nr * kc_pad;
-    if (cs == 1) to_pairs(n, nr, rs, kc, kc_pad, b + q * nr, panel);
-    else pairs_from_columns(n, nr, cs, kc, kc_pad, b + q * nr * cs, panel, block16);
+    if (cs == 1) {
+      to_pairs(n, nr, rs, kc, kc_pad, b + q * nr, panel);
+      continue;
+    }
+    const float* cols[kMaxPairsWidth];
+    for (index_t j = 0; j < n; ++j) cols[j] = b + (q * nr + j) * cs;
+    pairs_from_columns(n, nr, cols, kc, kc_pad, panel, block16);
+  }
+  return true;
+}
+
+bool bf16_pack_pairs_columns(const float* b, const index_t* col_off, index_t kc, index_t kc_pad,
+                             index_t nc, index_t nr, std::uint16_t* dst) {
+  if (nr > kMaxPairsWidth) return false;
+  const Bf16Pairs16x16Fn block16 = gemm_config<float>().bf16_pairs_16x16;
+  const float* cols[kMaxPairsWidth];
+  for (index_t q = 0; q * nr < nc; ++q) {
+    const index_t n = std::min(nr, nc - q * nr);
+    for (index_t j = 0; j < n; ++j) cols[j] = b + col_off[q * nr + j];
+    pairs_from_columns(n, nr, cols, kc, kc_pad, dst + q * nr * kc_pad, block16);
   }
   return true;
 }

@@ -21,7 +21,8 @@ def _dispatch_on_its_own(_forced_kernels):
 
 
 PASSES = ("forward", "backward_input", "backward_weight")
-ALGORITHMS = ("subsampled", "winograd4", "winograd", "direct_nchw", "direct", "wide", "im2col")
+ALGORITHMS = ("subsampled", "valid_taps", "winograd4", "winograd", "direct_nchw", "direct", "wide",
+              "im2col")
 DIRECT_KERNEL_ALGORITHMS = ("winograd4", "winograd", "direct_nchw", "direct")
 WINOGRAD_ALGORITHMS = ("winograd4", "winograd")
 
@@ -44,6 +45,11 @@ SHAPES = [
     (8, 4, 20, 20, 8, 7, 1, 3, 1, 1),       # few channels, 7x7
     (8, 16, 9, 9, 4, 3, 1, 1, 1, 1),        # few filters
     (0, 16, 9, 9, 16, 3, 1, 1, 1, 1),       # empty batch
+    (4, 256, 3, 3, 256, 3, 1, 1, 1, 1),     # airbench94's last layer: valid_taps
+    (4, 512, 4, 4, 512, 3, 1, 1, 1, 2),     # 4x4, groups of 256: valid_taps in bf16 mode
+    (4, 256, 4, 4, 256, 3, 2, 1, 1, 1),     # strided, 2x2 output: valid_taps forward
+    (4, 256, 5, 5, 256, 3, 1, 0, 1, 1),     # 3x3 output, unpadded: no tap to skip
+    (4, 128, 3, 3, 256, 3, 1, 1, 1, 1),     # 128 x 256 channels: too few
 ]
 
 
@@ -88,6 +94,22 @@ def subsampled_fits(shape):
     return N > 0 and k == 1 and s > 1 and p == 0
 
 
+def valid_taps_fits(pass_, shape):
+    """conv_valid_taps.cpp's valid_taps_fits: the forward, the input gradient at stride 1."""
+    s = shape[6]
+    return pass_ == "forward" or (pass_ == "backward_input" and s == 1)
+
+
+def valid_taps_pays(pass_, shape):
+    """conv_valid_taps.cpp's valid_taps_pays on the float32 GEMM (float32 and float64): the
+    forward of padded outputs of at most 3x3 with at least 256 x 256 channels per group."""
+    N, C, H, W, Fo, k, s, p, d, g = shape
+    oh = (H + 2 * p - d * (k - 1) - 1) // s + 1
+    ow = (W + 2 * p - d * (k - 1) - 1) // s + 1
+    return (pass_ == "forward" and p > 0 and (C // g) * (Fo // g) >= 256 * 256
+            and oh * ow <= 9)
+
+
 def gemm_choice(pass_, shape, forced="auto"):
     """wide or im2col, as the last two entries decide."""
     if forced == "im2col" or not wide_fits(shape):
@@ -102,8 +124,13 @@ def test_float64_takes_the_gemm_paths_by_their_rule(pass_, shape, forced):
     # Strided 1x1 layers run subsampled (any dtype) unless another algorithm is forced.
     for mode in ("auto",) + ALGORITHMS:
         forced(mode)
-        want = ("subsampled" if mode in ("auto", "subsampled") and subsampled_fits(shape)
-                else gemm_choice(pass_, shape, mode))
+        if mode in ("auto", "subsampled") and subsampled_fits(shape):
+            want = "subsampled"
+        elif (mode == "valid_taps" and valid_taps_fits(pass_, shape)) or (
+                mode == "auto" and valid_taps_pays(pass_, shape)):
+            want = "valid_taps"
+        else:
+            want = gemm_choice(pass_, shape, mode)
         assert algorithm(pass_, "float64", shape) == want, mode
 
 
@@ -113,7 +140,8 @@ def test_float32_choice_follows_the_table(pass_, shape, forced):
     direct = direct_kernels_available()
     auto = algorithm(pass_, "float32", shape)
     assert (auto == "subsampled") == subsampled_fits(shape)
-    if auto == "subsampled":
+    assert (auto == "valid_taps") == valid_taps_pays(pass_, shape)
+    if auto in ("subsampled", "valid_taps"):
         pass
     elif not direct:
         assert auto == gemm_choice(pass_, shape)
@@ -135,9 +163,12 @@ def test_float32_choice_follows_the_table(pass_, shape, forced):
             # Winograd forced elsewhere: the generic entries by their heuristics, never the
             # specialists (the other tile size, the few-channel tiles).
             assert got in ("direct", "wide", "im2col")
+    forced("valid_taps")
+    got = algorithm(pass_, "float32", shape)
+    assert (got == "valid_taps") == valid_taps_fits(pass_, shape)
     forced("direct")
     got = algorithm(pass_, "float32", shape)
-    assert got not in ("winograd4", "winograd", "direct_nchw")
+    assert got not in ("valid_taps", "winograd4", "winograd", "direct_nchw")
     direct_fits = direct and N > 0 and (pass_ != "backward_input" or s == 1)
     assert (got == "direct") == direct_fits
     if not direct_fits:

@@ -129,7 +129,7 @@ def skip_without_tiles(algorithm):
 
 
 @pytest.mark.parametrize("algorithm", ["im2col", "wide", "direct", "winograd", "winograd4",
-                                       "direct_nchw", "subsampled"])
+                                       "direct_nchw", "subsampled", "valid_taps"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_every_algorithm_matches_reference(rng, conv_algorithm, case, dtype, algorithm):
@@ -1571,7 +1571,7 @@ def assert_same_nonfinite(got, want):
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "wide", "im2col", "direct", "direct_nchw",
-                                       "winograd", "winograd4"])
+                                       "winograd", "winograd4", "valid_taps"])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("c_in, c_out, kernel, padding, dtype", [
     (16, 16, 3, 1, np.float32),   # Winograd / direct channels-last

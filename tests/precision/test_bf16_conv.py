@@ -17,7 +17,8 @@ from fastconv.precision import round_to_bf16
 
 from bf16_paths import PATHS, assert_within_bound, bf16_path
 
-ALGORITHMS = ("auto", "winograd4", "winograd", "direct_nchw", "direct", "wide", "im2col")
+ALGORITHMS = ("auto", "valid_taps", "winograd4", "winograd", "direct_nchw", "direct", "wide",
+              "im2col")
 PASSES = ("forward", "backward_input", "backward_weight")
 
 # (N, C, H, W, F, kernel, stride, padding, dilation, groups)
@@ -212,24 +213,33 @@ def test_bf16_mode_keeps_the_algorithms_that_gain_more_than_its_kernel(path, for
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_tiny_outputs_with_many_channels_take_the_bf16_gemm_forward(path):
-    """With a bf16 kernel faster than float32's (vdpbf16ps), the forward of 3x3 and 4x4
-    outputs with at least 256 x 256 channels runs the bf16 GEMMs, not Winograd; fewer
-    channels, larger outputs and the gradients keep Winograd. The emulated path (float32's
-    rate) keeps Winograd everywhere, AMX takes the GEMMs everywhere."""
+def test_small_outputs_with_many_channels_take_the_valid_taps_gemms(path):
+    """With a bf16 kernel faster than float32's (vdpbf16ps, AMX), padded 3x3 and 4x4 outputs
+    with at least 256 x 256 channels run valid_taps (the bf16 GEMMs over the taps inside the
+    image) in the forward and input gradient; unpadded ones, with no tap to skip, the bf16
+    im2col GEMM forward; fewer channels and larger outputs keep Winograd (AMX: the GEMMs).
+    The emulated path (float32's rate) decides as float32 does: valid_taps for the forward
+    of 3x3 outputs only."""
     tiny = {o: (4, 256, o, o, 256, 3, 1, 1, 1, 1) for o in (3, 4)}
+    unpadded = (4, 256, 5, 5, 256, 3, 1, 0, 1, 1)  # 3x3 output
     kept = [(4, 128, 4, 4, 128, 3, 1, 1, 1, 1), (4, 256, 7, 7, 256, 3, 1, 1, 1, 1),
             (4, 512, 4, 4, 64, 3, 1, 1, 1, 1)]  # 512 x 64 channels: fewer than 256 x 256
+    amx = path in ("amx", "amx_twin")
     with bf16_path(path):
-        for shape in tiny.values():
-            want = "im2col" if path != "emulated" else running("forward", shape, "f32")
-            assert running("forward", shape) == want, shape
-            for p in ("backward_input", "backward_weight"):
-                assert running(p, shape) in (WINOGRAD if path != "amx" and path != "amx_twin"
-                                             else GEMMS), (shape, p)
+        for o, shape in tiny.items():
+            for p in PASSES:
+                if path == "emulated":
+                    want = running(p, shape, "f32")
+                    assert (want == "valid_taps") == (o == 3 and p == "forward"), (shape, p)
+                    assert running(p, shape) == want, (shape, p)
+                elif p == "backward_weight":
+                    assert running(p, shape) in (GEMMS if amx else WINOGRAD), (shape, p)
+                else:
+                    assert running(p, shape) == "valid_taps", (shape, p)
+        assert running("forward", unpadded) == (
+            "im2col" if path != "emulated" else running("forward", unpadded, "f32"))
         for shape in kept:
-            assert running("forward", shape) in (GEMMS if path in ("amx", "amx_twin")
-                                                  else WINOGRAD), shape
+            assert running("forward", shape) in (GEMMS if amx else WINOGRAD), shape
 
 
 @pytest.mark.parametrize("path", ["emulated", "avx512_bf16_twin", "amx_twin"])

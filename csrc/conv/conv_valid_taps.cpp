@@ -1,0 +1,237 @@
+// The valid-taps GEMM formulation of a convolution (see conv_valid_taps.h).
+#include "conv/conv_valid_taps.h"
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "conv/conv_gemm_common.h"
+
+namespace fastconv {
+namespace {
+
+// Outputs [o0, o1) of one axis whose windows keep taps [t0, t1) inside the image: tap t of
+// output o reads o*stride - pad + t*dilation, inside if in [0, in).
+struct AxisRun {
+  index_t o0, o1, t0, t1;
+};
+
+std::vector<AxisRun> axis_runs(index_t in, index_t out, index_t k, index_t stride,
+                               index_t dilation, index_t pad) {
+  std::vector<AxisRun> runs;
+  for (index_t o = 0; o < out; ++o) {
+    const index_t first = o * stride - pad;  // where tap 0 reads
+    const index_t t0 = std::min(k, first >= 0 ? 0 : ceil_div(-first, dilation));
+    const index_t t1 =
+        std::max(t0, std::min(k, first > in - 1 ? 0 : (in - 1 - first) / dilation + 1));
+    if (!runs.empty() && runs.back().t0 == t0 && runs.back().t1 == t1)
+      runs.back().o1 = o + 1;
+    else
+      runs.push_back({o, o + 1, t0, t1});
+  }
+  return runs;
+}
+
+// dst (HW x C, pixel-major) <- src (C x HW), by blocks of 16 channels: each block's rows
+// are read once, and its pixels written 16 values at a time.
+template <typename T>
+__attribute__((always_inline)) inline void to_channels_last(index_t C, index_t HW, const T* src,
+                                                            T* dst) {
+  constexpr index_t kBlock = 16;
+  for (index_t c0 = 0; c0 < C; c0 += kBlock) {
+    const index_t n = std::min(kBlock, C - c0);
+    for (index_t p = 0; p < HW; ++p)
+      for (index_t c = 0; c < n; ++c) dst[p * C + c0 + c] = src[(c0 + c) * HW + p];
+  }
+}
+
+FASTCONV_CLONED(to_channels_last_any, to_channels_last,
+                (index_t C, index_t HW, const T* src, T* dst), (C, HW, src, dst))
+
+// Output positions per GEMM column block: the smallest group's columns over a batch of
+// images reach about this many (a few register tiles' width), so that no GEMM is a sliver.
+constexpr index_t kMinColumns = 64;
+
+// The convolution v (a forward pass's shape: C input channels, F output channels) of `in` by
+// the per-tap weights taps[g*KH*KW + t] (Fg x Cg each; null where no output uses the tap)
+// into out, bias (F) first where given. Batches of nb images per item: each group of its
+// images copied channels-last (xt: pixel-major, Cg values per pixel), then per rectangle of
+// axis runs and per tap inside it, a GEMM onto the rectangle's block (Fg x images*positions,
+// the blocks side by side: Fg x nb*L in all); then each image's output written whole, its
+// rows contiguous (writing each block out on its own scatters a few values per row).
+template <typename T>
+void valid_taps_conv(const ConvShape& v, const T* in,
+                     const std::vector<std::unique_ptr<GroupWeights<T>>>& taps, const T* bias,
+                     T* out) {
+  const index_t Cg = v.Cg(), Fg = v.Fg(), HW = v.H * v.W, L = v.L();
+  const index_t KH = v.win.KH, KW = v.win.KW;
+  const std::vector<AxisRun> rows = axis_runs(v.H, v.OH, KH, v.win.SH, v.win.DH, v.win.PH);
+  const std::vector<AxisRun> cols = axis_runs(v.W, v.OW, KW, v.win.SW, v.win.DW, v.win.PW);
+  // Per output position, its rectangle's index and its place within it.
+  struct Place {
+    index_t rect, at;
+  };
+  std::vector<Place> place(L);
+  std::vector<index_t> rect_positions;
+  index_t least = L, most = 0;  // positions of the smallest and largest rectangle
+  for (std::size_t rh = 0; rh < rows.size(); ++rh)
+    for (std::size_t rw = 0; rw < cols.size(); ++rw) {
+      const AxisRun &r = rows[rh], &c = cols[rw];
+      const index_t pw = c.o1 - c.o0, P = (r.o1 - r.o0) * pw;
+      rect_positions.push_back(P);
+      least = std::min(least, P);
+      most = std::max(most, P);
+      for (index_t oh = r.o0; oh < r.o1; ++oh)
+        for (index_t ow = c.o0; ow < c.o1; ++ow)
+          place[oh * v.OW + ow] = {index_t(rh * cols.size() + rw), (oh - r.o0) * pw + ow - c.o0};
+    }
+  const index_t nb = std::clamp<index_t>(ceil_div(kMinColumns, std::max<index_t>(least, 1)), 1,
+                                         std::max<index_t>(ceil_div(v.N, max_threads()), 1));
+  const index_t xt_size = round_up(checked_mul(nb, HW, Cg), 16);
+  run_items<T>(ceil_div(v.N, nb), checked_add(xt_size, checked_mul(Fg, nb, L)), Fg, nb * most,
+               [&](index_t b, T* scratch, T* pack) {
+    const index_t n0 = b * nb, count = std::min(nb, v.N - n0);
+    T* xt = scratch;
+    std::vector<index_t> col_off(count * most);
+    std::vector<const T*> rect_block(rows.size() * cols.size());
+    for (index_t g = 0; g < v.G; ++g) {
+      for (index_t i = 0; i < count; ++i)
+        to_channels_last_any(Cg, HW, in + ((n0 + i) * v.C + g * Cg) * HW, xt + i * HW * Cg);
+      T* block = scratch + xt_size;
+      for (std::size_t rh = 0; rh < rows.size(); ++rh)
+        for (std::size_t rw = 0; rw < cols.size(); ++rw) {
+          const AxisRun &r = rows[rh], &c = cols[rw];
+          const index_t pw = c.o1 - c.o0, P = (r.o1 - r.o0) * pw, N = count * P;
+          rect_block[rh * cols.size() + rw] = block;
+          // Column (i, oh, ow): the pixel under tap 0 of image i, relative to xt.
+          for (index_t i = 0; i < count; ++i)
+            for (index_t oh = r.o0; oh < r.o1; ++oh)
+              for (index_t ow = c.o0; ow < c.o1; ++ow)
+                col_off[i * P + (oh - r.o0) * pw + ow - c.o0] =
+                    (i * HW + (oh * v.win.SH - v.win.PH) * v.W + ow * v.win.SW - v.win.PW) *
+                    Cg;
+          if (bias)
+            for (index_t f = 0; f < Fg; ++f)
+              std::fill(block + f * N, block + (f + 1) * N, bias[g * Fg + f]);
+          else if (r.t0 == r.t1 || c.t0 == c.t1)
+            std::fill(block, block + Fg * N, T(0));  // outputs that see only padding
+          bool sum = bias != nullptr;
+          for (index_t i = r.t0; i < r.t1; ++i)
+            for (index_t j = c.t0; j < c.t1; ++j) {
+              const T* tap = xt + (i * v.win.DH * v.W + j * v.win.DW) * Cg;
+              taps[g * KH * KW + i * KW + j]->multiply(pack, N, ColumnsB<T>(tap, col_off.data()),
+                                                       block, N, sum);
+              sum = true;
+            }
+          block += Fg * N;
+        }
+      for (index_t i = 0; i < count; ++i)
+        for (index_t f = 0; f < Fg; ++f) {
+          T* dst = out + ((n0 + i) * v.F + g * Fg + f) * L;
+          for (index_t l = 0; l < L; ++l) {
+            const Place pl = place[l];
+            const index_t P = rect_positions[pl.rect];
+            dst[l] = rect_block[pl.rect][(f * count + i) * P + pl.at];
+          }
+        }
+    }
+  });
+}
+
+// Whether tap (i, j) is inside the image for some output of v.
+bool tap_used(const std::vector<AxisRun>& rows, const std::vector<AxisRun>& cols, index_t i,
+              index_t j) {
+  const auto covers = [](const std::vector<AxisRun>& runs, index_t t) {
+    return std::any_of(runs.begin(), runs.end(),
+                       [t](const AxisRun& r) { return r.t0 <= t && t < r.t1; });
+  };
+  return covers(rows, i) && covers(cols, j);
+}
+
+// The weights of v's taps, packed once per call (see valid_taps_conv): tap (i, j) of group
+// g is w_tap(g, i, j) with strides rs (output channel), cs (input channel).
+template <typename T, typename WTap>
+std::vector<std::unique_ptr<GroupWeights<T>>> pack_taps(const ConvShape& v, index_t rs,
+                                                        index_t cs, WTap w_tap) {
+  const std::vector<AxisRun> rows = axis_runs(v.H, v.OH, v.win.KH, v.win.SH, v.win.DH, v.win.PH);
+  const std::vector<AxisRun> cols = axis_runs(v.W, v.OW, v.win.KW, v.win.SW, v.win.DW, v.win.PW);
+  std::vector<std::unique_ptr<GroupWeights<T>>> taps;
+  for (index_t g = 0; g < v.G; ++g)
+    for (index_t i = 0; i < v.win.KH; ++i)
+      for (index_t j = 0; j < v.win.KW; ++j)
+        taps.push_back(tap_used(rows, cols, i, j)
+                           ? std::make_unique<GroupWeights<T>>(v.Fg(), v.Cg(), w_tap(g, i, j),
+                                                               rs, cs, v.precision)
+                           : nullptr);
+  return taps;
+}
+
+}  // namespace
+
+bool valid_taps_fits(const ConvShape& s, ConvPass pass) {
+  switch (pass) {
+    case ConvPass::forward: return true;
+    case ConvPass::backward_input: return s.win.SH == 1 && s.win.SW == 1;
+    default: return false;
+  }
+}
+
+// Where the skipped taps outweigh the GEMMs' smaller blocks (K = Cg per tap, not Cg*KH*KW):
+// small padded outputs with at least 256 x 256 channels per group. Measured on the AMD EPYC
+// Zen 4, 2 threads, against the best other algorithm (docs/benchmarks.md):
+//   bf16 GEMM (vdpbf16ps), 3x3 and 4x4 outputs, forward and input gradient: 1.3-2.1x
+//     (512 x 512 on 4x4, batch 64: 10.5 ms against im2col's 14.7 forward, 10.8 against
+//     Winograd's 14.1 input gradient; 256 x 256 on 3x3, batch 1024: 22.0 against 45.7 and
+//     24.4 against 36.9); on 7x7 and 8x8 level with F(4x4) forward, behind it backward.
+//   float32 GEMM (float32 mode, float64, the emulated bf16 path): the forward of 3x3
+//     outputs, 1.1-1.2x ahead of F(2x2); on 4x4 and in the input gradient Winograd, which
+//     multiplies less than the taps inside the image, leads or ties at larger batches.
+bool valid_taps_pays(const ConvShape& s, ConvPass pass) {
+  if (!valid_taps_fits(s, pass) || (s.win.PH == 0 && s.win.PW == 0) ||
+      s.Cg() * s.Fg() < 256 * 256)
+    return false;
+  if (s.precision == Precision::bf16 && bf16_gemm_config().multiply_rate > 1)
+    return s.OH * s.OW <= 16;
+  return pass == ConvPass::forward && s.OH * s.OW <= 9;
+}
+
+template <typename T>
+void conv2d_forward_valid_taps(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
+  const index_t CKK = s.CKK(), KK = s.win.KH * s.win.KW, KW = s.win.KW;
+  const auto taps = pack_taps<T>(s, CKK, KK, [&](index_t g, index_t i, index_t j) {
+    return w + g * s.Fg() * CKK + i * KW + j;
+  });
+  valid_taps_conv(s, x, taps, bias, y);
+}
+
+template <typename T>
+void conv2d_backward_input_valid_taps(const ConvShape& s, const T* gy, const T* w, T* gx) {
+  // grad_x = the stride-1 convolution of grad_y by w flipped (tap (i, j) <- w's tap
+  // (KH-1-i, KW-1-j)) and transposed (Cg x Fg), padded DH*(KH-1) - PH before: output h reads
+  // grad_y at h - (DH*(KH-1) - PH) + i*DH, the outputs oh = h + PH - (KH-1-i)*DH whose
+  // windows covered h.
+  ConvShape v = s;
+  v.C = s.F;
+  v.F = s.C;
+  v.H = s.OH;
+  v.W = s.OW;
+  v.OH = s.H;
+  v.OW = s.W;
+  v.win.PH = s.win.DH * (s.win.KH - 1) - s.win.PH;
+  v.win.PW = s.win.DW * (s.win.KW - 1) - s.win.PW;
+  const index_t CKK = s.CKK(), KK = s.win.KH * s.win.KW, KH = s.win.KH, KW = s.win.KW;
+  const auto taps = pack_taps<T>(v, KK, CKK, [&](index_t g, index_t i, index_t j) {
+    return w + g * s.Fg() * CKK + (KH - 1 - i) * KW + (KW - 1 - j);
+  });
+  valid_taps_conv<T>(v, gy, taps, nullptr, gx);
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                          \
+  template void conv2d_forward_valid_taps<T>(const ConvShape&, const T*, const T*, const T*, \
+                                             T*);                                        \
+  template void conv2d_backward_input_valid_taps<T>(const ConvShape&, const T*, const T*, T*);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+#undef FASTCONV_INSTANTIATE
+
+}  // namespace fastconv
