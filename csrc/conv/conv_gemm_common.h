@@ -39,6 +39,23 @@ void matmul(T* pack, index_t M, index_t N, index_t K, const ASource<T>& A, const
     gemm_parallel<T>(M, N, K, A, B, C, ldc, accumulate);
 }
 
+// C[M, N] (+)= A . B with both operands packed on the fly: the float32 GEMM, or in bf16 mode
+// (float only) the bf16 one, whose packing rounds them; on this thread's scratch `pack` (the
+// float32 GEMM's), or split over the threads when there is none (see matmul).
+template <typename T>
+void multiply_operands(T* pack, Precision precision, index_t M, index_t N, index_t K,
+                       const ASource<T>& A, const BSource<T>& B, T* C, index_t ldc,
+                       bool accumulate) {
+  if constexpr (std::is_same_v<T, float>)
+    if (precision == Precision::bf16) {
+      const Bf16FromF32A a(A);
+      if (pack) gemm_bf16(M, N, K, a, B, C, ldc, accumulate);
+      else gemm_bf16_parallel(M, N, K, a, B, C, ldc, accumulate);
+      return;
+    }
+  matmul<T>(pack, M, N, K, A, B, C, ldc, accumulate);
+}
+
 // One group's weights (w[g], or w[g]^T for the input gradient), packed once per call and
 // shared by all images: for the float32 GEMM, or converted for the bf16 one (bf16 mode).
 template <typename T>

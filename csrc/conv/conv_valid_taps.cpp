@@ -166,25 +166,51 @@ std::vector<std::unique_ptr<GroupWeights<T>>> pack_taps(const ConvShape& v, inde
   return taps;
 }
 
+// The outputs [o0, o1) of one axis whose windows keep tap t inside the image: the runs
+// holding t, which are consecutive (a tap's first and last readable outputs bound them).
+struct TapSpan {
+  index_t o0 = 0, o1 = 0;
+};
+
+TapSpan tap_span(const std::vector<AxisRun>& runs, index_t t) {
+  TapSpan span;
+  for (const AxisRun& r : runs)
+    if (r.t0 <= t && t < r.t1) {
+      if (span.o1 == span.o0) span.o0 = r.o0;
+      span.o1 = r.o1;
+    }
+  return span;
+}
+
+// The weight gradient's blocking: each tap's GEMM sums at least kMinPixels pixels (its K;
+// images per chunk permitting), so that its C block (Fg x Cg) is not reloaded for a few k,
+// and at most about kMaxPixels (the images' channels-last copies stay a few MiB); the
+// chunks' partial gradients take at most kMaxPartialBytes in all (512 x 512 channels: 9 MiB
+// each).
+constexpr index_t kMinPixels = 256;
+constexpr index_t kMaxPixels = 4096;
+constexpr index_t kMaxPartialBytes = index_t(32) << 20;
+
 }  // namespace
 
 bool valid_taps_fits(const ConvShape& s, ConvPass pass) {
   switch (pass) {
     case ConvPass::forward: return true;
     case ConvPass::backward_input: return s.win.SH == 1 && s.win.SW == 1;
-    default: return false;
+    default: return true;
   }
 }
 
 // Where the skipped taps outweigh the GEMMs' smaller blocks (K = Cg per tap, not Cg*KH*KW):
 // small padded outputs with at least 256 x 256 channels per group. Measured on the AMD EPYC
 // Zen 4, 2 threads, against the best other algorithm (docs/benchmarks.md):
-//   bf16 GEMM (vdpbf16ps), 3x3 and 4x4 outputs, forward and input gradient: 1.3-2.1x
-//     (512 x 512 on 4x4, batch 64: 10.5 ms against im2col's 14.7 forward, 10.8 against
-//     Winograd's 14.1 input gradient; 256 x 256 on 3x3, batch 1024: 22.0 against 45.7 and
-//     24.4 against 36.9); on 7x7 and 8x8 level with F(4x4) forward, behind it backward.
+//   bf16 GEMM (vdpbf16ps), 3x3 and 4x4 outputs, every pass: 1.04-2.1x (512 x 512 on 4x4,
+//     batch 64: 10.5 ms against im2col's 14.7 forward, 10.8 against Winograd's 14.1 input
+//     gradient, 13.8 against 17.2 weight gradient; 256 x 256 on 3x3, batch 1024: 22.0
+//     against 45.7, 24.4 against 36.9, 21.3 against 36.0); on 7x7 and 8x8 level with F(4x4)
+//     forward, behind it in the gradients.
 //   float32 GEMM (float32 mode, float64, the emulated bf16 path): the forward of 3x3
-//     outputs, 1.1-1.2x ahead of F(2x2); on 4x4 and in the input gradient Winograd, which
+//     outputs, 1.1-1.2x ahead of F(2x2); on 4x4 and in the gradients Winograd, which
 //     multiplies less than the taps inside the image, leads or ties at larger batches.
 bool valid_taps_pays(const ConvShape& s, ConvPass pass) {
   if (!valid_taps_fits(s, pass) || (s.win.PH == 0 && s.win.PW == 0) ||
@@ -226,10 +252,97 @@ void conv2d_backward_input_valid_taps(const ConvShape& s, const T* gy, const T* 
   valid_taps_conv<T>(v, gy, taps, nullptr, gx);
 }
 
+template <typename T>
+void conv2d_backward_weight_valid_taps(const ConvShape& s, const T* gy, const T* x, T* gw) {
+  // gw[g][f, c, (i, j)] = sum over images n and the outputs (oh, ow) whose window keeps tap
+  // (i, j) inside the image of gy[n, f, oh, ow] x[n, c, oh*SH - PH + i*DH, ow*SW - PW + j*DW]:
+  // per tap a GEMM (Fg x Cg, K = images x those outputs) of grad_y's and the image's
+  // channels-last pixels (ColumnsA, RowsB: each pixel a contiguous run of channels). The
+  // batch is summed in at most kWeightGradChunks fixed chunks of images (each into a partial
+  // gradient of its own, laid out tap by tap, added in chunk order), each chunk in batches
+  // of nb images: functions of the shape alone, so the sums' order ignores the threads.
+  const index_t Cg = s.Cg(), Fg = s.Fg(), HW = s.H * s.W, L = s.L(), CKK = s.CKK();
+  const index_t KH = s.win.KH, KW = s.win.KW, KK = KH * KW, WSZ = s.F * CKK;
+  const std::vector<AxisRun> rows = axis_runs(s.H, s.OH, KH, s.win.SH, s.win.DH, s.win.PH);
+  const std::vector<AxisRun> cols = axis_runs(s.W, s.OW, KW, s.win.SW, s.win.DW, s.win.PW);
+  std::vector<TapSpan> span_h(KH), span_w(KW);
+  for (index_t i = 0; i < KH; ++i) span_h[i] = tap_span(rows, i);
+  for (index_t j = 0; j < KW; ++j) span_w[j] = tap_span(cols, j);
+  index_t least = L, most = 0;  // outputs of the tap seen by fewest and most (of those seen)
+  for (const TapSpan& h : span_h)
+    for (const TapSpan& w : span_w) {
+      const index_t P = (h.o1 - h.o0) * (w.o1 - w.o0);
+      if (P > 0) least = std::min(least, P);
+      most = std::max(most, P);
+    }
+  least = std::max<index_t>(least, 1);
+  const index_t nb_min = ceil_div(kMinPixels, least);
+  // (a power of 2, which the usual thread counts divide: 3 chunks on 2 threads took 1.3x)
+  index_t chunks = 1;
+  while (2 * chunks <= std::min({kWeightGradChunks, s.N / nb_min,
+                                 kMaxPartialBytes / std::max<index_t>(WSZ * index_t(sizeof(T)), 1)}))
+    chunks *= 2;
+  // Images per GEMM: the chunk in equal batches of at most max(nb_min, kMaxPixels / least).
+  const index_t per_chunk = ceil_div(s.N, chunks);
+  const index_t nb = ceil_div(per_chunk,
+                              ceil_div(per_chunk, std::max(nb_min, ceil_div(kMaxPixels, least))));
+  const index_t xt_size = round_up(checked_mul(nb, HW, Cg), 16);
+  Scratch<T> partial = make_scratch<T>(checked_mul(chunks, WSZ));
+  run_items<T>(chunks, checked_add(xt_size, checked_mul(nb, L, Fg)), Fg, Cg,
+               [&](index_t ch, T* scratch, T* pack) {
+    T* xt = scratch;
+    T* gyt = scratch + xt_size;
+    T* part = partial.get() + ch * WSZ;  // [g][tap][f][c]
+    std::vector<index_t> a_off(nb * most), b_off(nb * most);
+    const index_t n0 = s.N * ch / chunks, n1 = s.N * (ch + 1) / chunks;
+    for (index_t n = n0; n < n1; n += nb) {
+      const index_t count = std::min(nb, n1 - n);
+      for (index_t g = 0; g < s.G; ++g) {
+        for (index_t m = 0; m < count; ++m) {
+          to_channels_last_any(Cg, HW, x + ((n + m) * s.C + g * Cg) * HW, xt + m * HW * Cg);
+          to_channels_last_any(Fg, L, gy + ((n + m) * s.F + g * Fg) * L, gyt + m * L * Fg);
+        }
+        for (index_t i = 0; i < KH; ++i)
+          for (index_t j = 0; j < KW; ++j) {
+            const TapSpan h = span_h[i], w = span_w[j];
+            T* c = part + ((g * KK + i * KW + j) * Fg) * Cg;
+            const index_t pw = w.o1 - w.o0, K = count * (h.o1 - h.o0) * pw;
+            if (K == 0) {  // a tap inside no window: no gradient
+              if (n == n0) std::fill(c, c + Fg * Cg, T(0));
+              continue;
+            }
+            index_t k = 0;
+            for (index_t m = 0; m < count; ++m)
+              for (index_t oh = h.o0; oh < h.o1; ++oh)
+                for (index_t ow = w.o0; ow < w.o1; ++ow, ++k) {
+                  a_off[k] = (m * L + oh * s.OW + ow) * Fg;
+                  b_off[k] = (m * HW + (oh * s.win.SH - s.win.PH + i * s.win.DH) * s.W +
+                              ow * s.win.SW - s.win.PW + j * s.win.DW) *
+                             Cg;
+                }
+            multiply_operands<T>(pack, s.precision, Fg, Cg, K, ColumnsA<T>(gyt, a_off.data()),
+                                 RowsB<T>(xt, b_off.data()), c, Cg, n > n0);
+          }
+      }
+    }
+  });
+  // The chunks summed in order, then each tap's Fg x Cg block put in place in gw.
+  if (chunks > 1) sum_chunks_in_order(partial.get(), chunks, WSZ, partial.get());
+  const T* sum = partial.get();
+#pragma omp parallel for schedule(static)
+  for (index_t gf = 0; gf < s.F; ++gf) {
+    const index_t g = gf / Fg, f = gf % Fg;
+    for (index_t c = 0; c < Cg; ++c)
+      for (index_t t = 0; t < KK; ++t)
+        gw[(gf * Cg + c) * KK + t] = sum[((g * KK + t) * Fg + f) * Cg + c];
+  }
+}
+
 #define FASTCONV_INSTANTIATE(T)                                                          \
   template void conv2d_forward_valid_taps<T>(const ConvShape&, const T*, const T*, const T*, \
                                              T*);                                        \
-  template void conv2d_backward_input_valid_taps<T>(const ConvShape&, const T*, const T*, T*);
+  template void conv2d_backward_input_valid_taps<T>(const ConvShape&, const T*, const T*, T*); \
+  template void conv2d_backward_weight_valid_taps<T>(const ConvShape&, const T*, const T*, T*);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE

@@ -10,15 +10,16 @@
 // (taps in order, summed onto the group's output block). On small images this skips much
 // of im2col's work: 40% of a 3x3 kernel's taps on a 3x3 output, 31% on 4x4, 18% on 7x7.
 // The input gradient of a stride-1 convolution is the same computation on grad_y with the
-// kernel flipped and transposed (padding DH*(KH-1) - PH).
+// kernel flipped and transposed (padding DH*(KH-1) - PH); the weight gradient, per tap, a
+// GEMM of grad_y's and the image's channels-last pixels over the outputs that keep the tap.
 #pragma once
 
 #include "conv/conv.h"
 
 namespace fastconv {
 
-// Whether the pass can run this way: the forward any convolution, the input gradient of
-// stride-1 ones; not the weight gradient.
+// Whether the pass can run this way: the forward and weight gradient any convolution, the
+// input gradient stride-1 ones.
 bool valid_taps_fits(const ConvShape& s, ConvPass pass);
 // Whether it pays over the other formulations (measured heuristics, conv_valid_taps.cpp).
 bool valid_taps_pays(const ConvShape& s, ConvPass pass);
@@ -27,5 +28,7 @@ template <typename T>
 void conv2d_forward_valid_taps(const ConvShape& s, const T* x, const T* w, const T* bias, T* y);
 template <typename T>
 void conv2d_backward_input_valid_taps(const ConvShape& s, const T* gy, const T* w, T* gx);
+template <typename T>
+void conv2d_backward_weight_valid_taps(const ConvShape& s, const T* gy, const T* x, T* gw);
 
 }  // namespace fastconv

@@ -196,6 +196,22 @@ bool wide_weight(const ConvShape& s, const T* gy, const T* x, T* gw) {
   return true;
 }
 
+// The valid-taps weight gradient pairs grad_y only with pixels inside the image: a ±inf or
+// NaN in grad_y would miss the NaN (0 * inf) the padding makes of it in the reference and
+// the im2col GEMM, so such gradients go on to the next algorithm (bf16: as rounded).
+template <typename T>
+bool valid_taps_weight(const ConvShape& s, const T* gy, const T* x, T* gw) {
+  const index_t n = s.N * s.F * s.L();
+  bool bad = false;
+  if constexpr (std::is_same_v<T, float>)
+    bad = s.precision == Precision::bf16 ? any_nonfinite_in_bf16(n, gy) : has_nonfinite(gy, n);
+  else
+    bad = has_nonfinite(gy, n);
+  if (bad) return false;
+  conv2d_backward_weight_valid_taps(s, gy, x, gw);
+  return true;
+}
+
 template <typename T>
 bool im2col_weight(const ConvShape& s, const T* gy, const T* x, T* gw) {
   conv2d_backward_weight_gemm(s, gy, x, gw, false);
@@ -209,7 +225,7 @@ constexpr ConvPasses<T> subsampled_passes{&always<&conv2d_forward_subsampled<T>>
 template <typename T>
 constexpr ConvPasses<T> valid_taps_passes{&always<&conv2d_forward_valid_taps<T>>,
                                           &always<&conv2d_backward_input_valid_taps<T>>,
-                                          nullptr};
+                                          &valid_taps_weight<T>};
 template <typename T>
 constexpr ConvPasses<T> wide_passes{&always<&conv2d_forward_wide<T>>,
                                     &always<&conv2d_backward_input_wide<T>>, &wide_weight<T>};

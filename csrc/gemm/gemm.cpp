@@ -110,6 +110,27 @@ __attribute__((always_inline)) inline void pack_columns(index_t kc, index_t nc, 
   }
 }
 
+// Runs each contiguous along the panel's width (RowsB's rows, ColumnsA's columns) into
+// NR-wide panels: element (p, j) of panel q from base[off[p] + q + j].
+template <typename T>
+__attribute__((always_inline)) inline void pack_runs(index_t kc, index_t nc, const T* base,
+                                                     const index_t* off, index_t NR, T* bp) {
+  for (index_t q = 0; q < nc; q += NR) {
+    const index_t n = std::min(NR, nc - q);
+    T* panel = bp + q * kc;
+    for (index_t p = 0; p < kc; ++p) {
+      const T* src = base + off[p] + q;
+      T* dst = panel + p * NR;
+      for (index_t j = 0; j < n; ++j) dst[j] = src[j];
+      for (index_t j = n; j < NR; ++j) dst[j] = T(0);
+    }
+  }
+}
+
+FASTCONV_CLONED(pack_runs_any, pack_runs,
+                (index_t kc, index_t nc, const T* base, const index_t* off, index_t NR, T* bp),
+                (kc, nc, base, off, NR, bp))
+
 FASTCONV_CLONED(pack_columns_any, pack_columns,
                 (index_t kc, index_t nc, const T* base, const index_t* col_off, index_t NR,
                  T* bp),
@@ -157,6 +178,19 @@ void StridedB<T>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t n
 template <typename T>
 void ColumnsB<T>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const {
   pack_columns_any(kc, nc, base + pc, col_off + jc, nr, dst);
+}
+
+template <typename T>
+void RowsB<T>::pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const {
+  pack_runs_any(kc, nc, base + jc, row_off + pc, nr, dst);
+}
+
+// mr-tall panels (panel r at r*kc) are nr-wide panels of A^T: the same runs.
+template <typename T>
+const T* ColumnsA<T>::block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
+                            T* scratch) const {
+  pack_runs_any(kc, mc, base + ic, col_off + pc, mr, scratch);
+  return scratch;
 }
 
 // The block's source lines, as rows of B (cs == 1) or of B^T (rs == 1), in `parts` slices.
@@ -304,6 +338,10 @@ template struct StridedB<float>;
 template struct StridedB<double>;
 template struct ColumnsB<float>;
 template struct ColumnsB<double>;
+template struct RowsB<float>;
+template struct RowsB<double>;
+template struct ColumnsA<float>;
+template struct ColumnsA<double>;
 template class PackedA<float>;
 template class PackedA<double>;
 template void gemm<float>(index_t, index_t, index_t, const ASource<float>&, const BSource<float>&,

@@ -53,8 +53,9 @@ struct GemmKernel {
                            std::uint16_t* dst, index_t width) = nullptr;
   // float only: rows of floats as pairs of the bf16 GEMM (gemm_bf16.cpp, convert_pairs, whose
   // arguments and bits it has), or null: the portable loop.
-  void (*bf16_convert_pairs)(index_t n, index_t width, index_t ld, index_t kc, index_t kc_pad,
-                             const float* src, std::uint16_t* dst) = nullptr;
+  void (*bf16_convert_pairs)(index_t n, index_t width, index_t ld, const index_t* off,
+                             index_t kc, index_t kc_pad, const float* src,
+                             std::uint16_t* dst) = nullptr;
 };
 
 // Per-ISA kernel tables, defined in gemm_<isa>.cpp (nullptr when not compiled in).
@@ -111,6 +112,10 @@ bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc,
 // b[col_off[j] + p] (ColumnsB); false for panels wider than its buffers (64).
 bool bf16_pack_pairs_columns(const float* b, const index_t* col_off, index_t kc, index_t kc_pad,
                              index_t nc, index_t nr, std::uint16_t* dst);
+// The same pairs from runs each contiguous along the panel's width at its own place:
+// element (p, j) at b[row_off[p] + j] (RowsB's rows of B; ColumnsA's columns of A, j = i).
+void bf16_pack_pairs_runs(const float* b, const index_t* row_off, index_t kc, index_t kc_pad,
+                          index_t nc, index_t nr, std::uint16_t* dst);
 // The rows packing of StridedA (gemm_bf16.cpp): A(i, p) at a[i*rs + p*cs], rows contiguous
 // (cs == 1), into mr-tall panels of rows of 32 k (see ASource::pack_bf16_rows); false for
 // other strides.
@@ -219,6 +224,43 @@ struct ColumnsB final : BSource<T> {
                        index_t nr, std::uint16_t* dst) const override {
     if constexpr (std::is_same_v<T, float>)
       return bf16_pack_pairs_columns(base + pc, col_off + jc, kc, kc_pad, nc, nr, dst);
+    return false;
+  }
+};
+
+// B with each row contiguous at a place of its own: B(p, j) = base[row_off[p] + j], e.g. the
+// channels-last pixels under one kernel tap (the valid-taps weight gradient).
+template <typename T>
+struct RowsB final : BSource<T> {
+  const T* base;
+  const index_t* row_off;
+  RowsB(const T* b, const index_t* off) : base(b), row_off(off) {}
+  void pack(index_t pc, index_t kc, index_t jc, index_t nc, index_t nr, T* dst) const override;
+  bool pack_bf16_pairs(index_t pc, index_t kc, index_t kc_pad, index_t jc, index_t nc,
+                       index_t nr, std::uint16_t* dst) const override {
+    if constexpr (std::is_same_v<T, float>) {
+      bf16_pack_pairs_runs(base + jc, row_off + pc, kc, kc_pad, nc, nr, dst);
+      return true;
+    }
+    return false;
+  }
+};
+
+// A with each column contiguous at a place of its own: A(i, p) = base[col_off[p] + i], e.g.
+// grad_y's channels-last pixels (the valid-taps weight gradient).
+template <typename T>
+struct ColumnsA final : ASource<T> {
+  const T* base;
+  const index_t* col_off;
+  ColumnsA(const T* b, const index_t* off) : base(b), col_off(off) {}
+  const T* block(index_t ic, index_t mc, index_t pc, index_t kc, index_t mr,
+                 T* scratch) const override;
+  bool pack_bf16_pairs(index_t ic, index_t mc, index_t pc, index_t kc, index_t kc_pad,
+                       index_t mr, std::uint16_t* dst) const override {
+    if constexpr (std::is_same_v<T, float>) {
+      bf16_pack_pairs_runs(base + ic, col_off + pc, kc, kc_pad, mc, mr, dst);
+      return true;
+    }
     return false;
   }
 };

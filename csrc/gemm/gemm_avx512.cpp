@@ -193,20 +193,23 @@ void bf16_pairs_16x16(const float* const* cols, index_t n, index_t words, std::u
 // GemmKernel::bf16_convert_pairs: per pair of rows, 16 columns at a time, the two rows' bf16
 // bits (masked loads: columns past n read as zero) joined into pair words, the even k in the
 // low halves, and `width` words stored. The portable loop runs 16 wide only on whole groups of
-// 16, which an A panel (12 rows of the bf16 kernel) never has.
-void bf16_convert_pairs(index_t n, index_t width, index_t ld, index_t kc, index_t kc_pad,
-                        const float* src, std::uint16_t* dst) {
+// 16, which an A panel (12 rows of the bf16 kernel) never has. Row p at src + off[p], or
+// src + p*ld without offsets.
+void bf16_convert_pairs(index_t n, index_t width, index_t ld, const index_t* off, index_t kc,
+                        index_t kc_pad, const float* src, std::uint16_t* dst) {
   const __m512i high = _mm512_set1_epi32(int(0xffff0000u));
+  const auto row = [&](index_t p) { return p >= kc ? src : src + (off ? off[p] : p * ld); };
   for (index_t p = 0; p < kc_pad; p += 2) {
     std::uint16_t* d = dst + p * width;  // (p/2)*2width
-    const float* s0 = src + p * ld;
+    const float* s0 = row(p);
+    const float* s1 = row(p + 1);
     for (index_t j = 0; j < width; j += 16) {
       const __mmask16 in = p < kc ? first_lanes(n - j) : __mmask16(0);
       const __m512i lo =
           _mm512_srli_epi32(bf16_high_halves(_mm512_maskz_loadu_ps(in, s0 + j)), 16);
       const __mmask16 in1 = p + 1 < kc ? in : __mmask16(0);
       const __m512i hi =
-          _mm512_and_si512(bf16_high_halves(_mm512_maskz_loadu_ps(in1, s0 + ld + j)), high);
+          _mm512_and_si512(bf16_high_halves(_mm512_maskz_loadu_ps(in1, s1 + j)), high);
       _mm512_mask_storeu_epi32(d + 2 * j, first_lanes(width - j), _mm512_or_si512(lo, hi));
     }
   }

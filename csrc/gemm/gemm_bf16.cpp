@@ -11,22 +11,24 @@ namespace fastconv {
 
 namespace {
 
-// Rows p < kc of src ((p, j) at p*ld + j, j < n) into `width`-wide pairs along k:
+// Rows p < kc of src ((p, j) at p*ld + j, or at off[p] + j given offsets; j < n) into
+// `width`-wide pairs along k:
 // (p/2)*2width + 2j + p%2, k past kc and columns past n zero. An A panel (n = width = ld = mr,
 // (i, p) at p*mr + i), a B panel (nr) or rows of B in place alike. One 32-bit word per pair,
 // the even k in its low half (vdpbf16ps's and AMX B tiles' order), written whole: a loop the
 // compiler vectorises (cloned per ISA, common.h).
-FASTCONV_CLONES void convert_pairs(index_t n, index_t width, index_t ld, index_t kc,
-                                   index_t kc_pad, const float* src, std::uint16_t* dst) {
+FASTCONV_CLONES void convert_pairs(index_t n, index_t width, index_t ld, const index_t* off,
+                                   index_t kc, index_t kc_pad, const float* src,
+                                   std::uint16_t* dst) {
   for (index_t p = 0; p < kc_pad; p += 2) {
     std::uint16_t* d = dst + p * width;  // (p/2)*2width
     if (p >= kc) {
       std::fill(d, d + 2 * width, std::uint16_t(0));
       continue;
     }
-    const float* s0 = src + p * ld;
+    const float* s0 = src + (off ? off[p] : p * ld);
     if (p + 1 < kc) {
-      const float* s1 = s0 + ld;
+      const float* s1 = src + (off ? off[p + 1] : (p + 1) * ld);
       for (index_t j = 0; j < n; ++j) {
         const std::uint32_t pair = bf16_bits(s0[j]) | std::uint32_t(bf16_bits(s1[j])) << 16;
         std::memcpy(d + 2 * j, &pair, sizeof pair);
@@ -44,11 +46,11 @@ FASTCONV_CLONES void convert_pairs(index_t n, index_t width, index_t ld, index_t
 // convert_pairs in this ISA's registers where its GEMM kernel has them
 // (GemmKernel::bf16_convert_pairs): the same bits.
 void to_pairs(index_t n, index_t width, index_t ld, index_t kc, index_t kc_pad,
-              const float* src, std::uint16_t* dst) {
+              const float* src, std::uint16_t* dst, const index_t* off = nullptr) {
   if (const auto convert = gemm_config<float>().bf16_convert_pairs)
-    convert(n, width, ld, kc, kc_pad, src, dst);
+    convert(n, width, ld, off, kc, kc_pad, src, dst);
   else
-    convert_pairs(n, width, ld, kc, kc_pad, src, dst);
+    convert_pairs(n, width, ld, off, kc, kc_pad, src, dst);
 }
 
 // The widest panel pairs_from_columns packs (the pairs kernels' nr: 32 and 16).
@@ -157,6 +159,13 @@ bool bf16_pack_pairs_strided(const float* b, index_t rs, index_t cs, index_t kc,
     pairs_from_columns(n, nr, cols, kc, kc_pad, panel, block16);
   }
   return true;
+}
+
+void bf16_pack_pairs_runs(const float* b, const index_t* row_off, index_t kc, index_t kc_pad,
+                          index_t nc, index_t nr, std::uint16_t* dst) {
+  for (index_t q = 0; q * nr < nc; ++q)
+    to_pairs(std::min(nr, nc - q * nr), nr, 0, kc, kc_pad, b + q * nr, dst + q * nr * kc_pad,
+             row_off);
 }
 
 bool bf16_pack_pairs_columns(const float* b, const index_t* col_off, index_t kc, index_t kc_pad,

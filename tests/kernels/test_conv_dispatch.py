@@ -95,9 +95,9 @@ def subsampled_fits(shape):
 
 
 def valid_taps_fits(pass_, shape):
-    """conv_valid_taps.cpp's valid_taps_fits: the forward, the input gradient at stride 1."""
+    """conv_valid_taps.cpp's valid_taps_fits: every pass but strided input gradients."""
     s = shape[6]
-    return pass_ == "forward" or (pass_ == "backward_input" and s == 1)
+    return pass_ != "backward_input" or s == 1
 
 
 def valid_taps_pays(pass_, shape):

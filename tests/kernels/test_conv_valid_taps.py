@@ -1,8 +1,9 @@
 """The valid-taps convolution (csrc/conv/conv_valid_taps.cpp: GEMMs over the kernel taps inside
-the image only), forced: against the NumPy reference on random geometries in float32, float64
-and bf16 mode, against PyTorch on the small many-channel layers the dispatch gives it, on
-outputs that see only padding and on non-finite inputs; the same bits with 1 and 2 threads
-and whatever batch an image is computed in. (Its bf16 paths: tests/precision/test_bf16_conv.py;
+the image only), forced: its three passes against the NumPy reference on random geometries in
+float32, float64 and bf16 mode, against PyTorch on the small many-channel layers the dispatch
+gives it, on outputs that see only padding, taps that see no pixel and non-finite inputs;
+the same bits with 1 and 2 threads and (forward, input gradient) whatever batch an image is
+computed in. (Its bf16 paths: tests/precision/test_bf16_conv.py;
 its dispatch rule: tests/kernels/test_conv_dispatch.py.)"""
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from numerics import assert_close
 
 @pytest.fixture(autouse=True)
 def _valid_taps_forced():
-    """Every test runs with valid_taps forced (it then runs the forward everywhere and the
-    input gradient at stride 1; the weight gradient falls to the other algorithms)."""
+    """Every test runs with valid_taps forced (it then runs the forward and the weight
+    gradient everywhere, the input gradient at stride 1)."""
     assert _core.set_conv_algorithm("valid_taps")
     yield
     _core.set_conv_algorithm("auto")
@@ -61,9 +62,9 @@ geometries = st.fixed_dictionaries({
 @given(geometries)
 def test_random_geometries_match_the_reference(cfg):
     # Strides, dilations, paddings up to beyond the kernel (outputs that read only padding),
-    # channel counts that leave ragged GEMM panels and pairs: the forward and the input
-    # gradient (stride 1 here, else another algorithm) against the reference; bf16 mode
-    # against the float64 reference on bf16-rounded operands.
+    # channel counts that leave ragged GEMM panels and pairs: the forward, the input gradient
+    # (stride 1 here, else another algorithm) and the weight gradient against the reference;
+    # bf16 mode against the float64 reference on bf16-rounded operands.
     g = cfg["groups"]
     shape = (cfg["N"], g * cfg["cpg"], cfg["H"], cfg["W"], g * cfg["fpg"], (cfg["kh"], cfg["kw"]),
              (cfg["sh"], cfg["sw"]), (cfg["ph"], cfg["pw"]), (cfg["dh"], cfg["dw"]), g)
@@ -77,17 +78,19 @@ def test_random_geometries_match_the_reference(cfg):
     precision = "bf16" if cfg["dtype"] == "bf16" else None
     y = F.conv2d(x, w, b, **kwargs, precision=precision)
     gy = rng.standard_normal(out_shape).astype(dtype)
-    gx = F.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, False, False),
-                           precision=precision)[0]
+    gx, gw, _ = F.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, True, False),
+                                  precision=precision)
     if precision:
         x, w, gy = (round_to_bf16(a).astype(np.float64) for a in (x, w, gy))
         b = b.astype(np.float64)
     want_y = R.conv2d(x, w, b, **kwargs)
-    want_gx = R.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, False, False))[0]
+    want_gx, want_gw, _ = R.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, True, False))
     tol = 1e-5 if dtype == np.float32 else None
     assert_close(y, want_y, tol=tol, what="forward")
     assert_close(gx, want_gx, tol=tol, what="grad_x")
-    assert algorithm_running("forward", x.astype(dtype), w.astype(dtype), kwargs) == "valid_taps"
+    assert_close(gw, want_gw, tol=tol, what="grad_w")
+    for pass_ in ("forward", "backward_weight"):
+        assert algorithm_running(pass_, x.astype(dtype), w.astype(dtype), kwargs) == "valid_taps"
     stride1 = cfg["sh"] == cfg["sw"] == 1
     assert (algorithm_running("backward_input", x.astype(dtype), w.astype(dtype), kwargs)
             == "valid_taps") == stride1
@@ -111,17 +114,18 @@ def test_small_wide_layers_match_torch(rng, torch, shape, precision):
     x, w, b, kwargs = conv_data(rng, shape)
     y = F.conv2d(x, w, b, **kwargs, precision=precision)
     gy = rng.standard_normal(y.shape).astype(np.float32)
-    gx = F.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, False, False),
-                           precision=precision)[0]
+    gx, gw, _ = F.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, True, False),
+                                  precision=precision)
     if precision == "bf16":
         x, w, gy = (round_to_bf16(a) for a in (x, w, gy))
     tx = torch.tensor(x.astype(np.float64), requires_grad=True)
-    ty = torch.nn.functional.conv2d(tx, torch.tensor(w.astype(np.float64)),
-                                    torch.tensor(b.astype(np.float64)), **kwargs)
+    tw = torch.tensor(w.astype(np.float64), requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, torch.tensor(b.astype(np.float64)), **kwargs)
     ty.backward(torch.tensor(gy.astype(np.float64)))
     # float32 sums of a few thousand products, relative to the outputs' scale
     assert_close(y, ty.detach().numpy(), tol=2e-5, what="forward")
     assert_close(gx, tx.grad.numpy(), tol=2e-5, what="grad_x")
+    assert_close(gw, tw.grad.numpy(), tol=2e-5, what="grad_w")
 
 
 @pytest.mark.parametrize("precision", ["f32", "bf16"])
@@ -137,6 +141,21 @@ def test_outputs_that_see_only_padding_are_the_bias(rng, precision):
         assert_close(y, want, tol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_taps_that_see_no_pixel_get_no_gradient(rng, precision):
+    # A 1x2 image under a 3x3 kernel, padding 1 and stride 2: one output, whose window keeps
+    # only taps (1, 1) and (1, 2); the other seven see only padding.
+    x, w, b, kwargs = conv_data(rng, (3, 4, 1, 2, 5, (3, 3), 2, 1, 1, 1))
+    gy = rng.standard_normal(F.conv2d_output_shape(x.shape, w.shape, **kwargs)).astype(np.float32)
+    gw = F.conv2d_backward(gy, x, w, **kwargs, output_mask=(False, True, False),
+                           precision=precision)[1]
+    seen = np.zeros((3, 3), bool)
+    seen[1, 1:] = True
+    assert (gw[:, :, ~seen] == 0).all() and (gw[:, :, seen] != 0).all()
+    if precision == "f32":
+        assert_close(gw, R.conv2d_backward(gy, x, w, **kwargs)[1], tol=1e-5)
+
+
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_nonfinite_pixels_reach_only_the_windows_that_hold_them(rng, bad):
     # No padding is multiplied and no junk column: a non-finite pixel makes exactly the
@@ -146,11 +165,12 @@ def test_nonfinite_pixels_reach_only_the_windows_that_hold_them(rng, bad):
     y = F.conv2d(x, w, b, **kwargs)
     gy = rng.standard_normal(y.shape).astype(np.float32)
     gy[0, 3, 3, 0] = bad
-    gx = F.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, False, False))[0]
+    gx, gw, _ = F.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, True, False))
     with np.errstate(invalid="ignore", over="ignore"):
         want_y = R.conv2d(x, w, b, **kwargs)
-        want_gx = R.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, False, False))[0]
-    for got, want in ((y, want_y), (gx, want_gx)):
+        want_gx, want_gw, _ = R.conv2d_backward(gy, x, w, **kwargs,
+                                                output_mask=(True, True, False))
+    for got, want in ((y, want_y), (gx, want_gx), (gw, want_gw)):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
         np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
@@ -171,9 +191,9 @@ def test_bits_do_not_depend_on_threads_or_batch(rng, threads, shape, precision):
 
     def run(images):
         y = F.conv2d(x[images], w, b, **kwargs, precision=precision)
-        gx = F.conv2d_backward(gy[images], x[images], w, **kwargs,
-                               output_mask=(True, False, False), precision=precision)[0]
-        return y, gx
+        gx, gw, _ = F.conv2d_backward(gy[images], x[images], w, **kwargs,
+                                      output_mask=(True, True, False), precision=precision)
+        return y, gx, gw
 
     everything = slice(None)
     threads(1)
@@ -188,3 +208,47 @@ def test_bits_do_not_depend_on_threads_or_batch(rng, threads, shape, precision):
         alone = run(slice(i, i + 1))
         np.testing.assert_array_equal(alone[0][0], two[0][i])
         np.testing.assert_array_equal(alone[1][0], two[1][i])
+
+
+@pytest.mark.parametrize("small_blocks", [False, True], ids=["blocks", "small_blocks"])
+@pytest.mark.parametrize("path", ["avx512_bf16_twin", "amx_twin"])
+@pytest.mark.parametrize("shape", [
+    (5, 40, 3, 3, 33, (3, 3), 1, 1, 1, 1),
+    (3, 17, 4, 5, 20, (3, 3), 2, 1, 1, 1),
+    (2, 64, 4, 4, 96, (3, 3), 1, 1, 1, 2),
+], ids=str)
+def test_bf16_packings_have_the_same_bits_at_every_simd_level(rng, shape, path, small_blocks):
+    # The channels-last operands' pair words (ColumnsB through the 16 x 16 register
+    # transposer at avx512, through a buffer below; RowsB and ColumnsA row pair by row pair,
+    # in registers at avx512, the portable loop below), on a twin path, whose kernel and
+    # blocks are the same at every level: the same bits, hostile values (ties, subnormals,
+    # -0, huge) and odd k included; small blocks cut every tap's K into many pairs.
+    from fuzzing import Settings, simd_levels
+
+    x, w, b, kwargs = conv_data(rng, shape)
+    gy = rng.standard_normal(F.conv2d_output_shape(x.shape, w.shape, **kwargs)).astype(np.float32)
+    hostile = np.array([0x3F808000, 0x3F818000, 0x3F7FFFFF, 0x00000001, 0x807FFFFF,
+                        0x80000000, 0x7F7F0000, 0x3F80FFFF], np.uint32).view(np.float32)
+    for a in (x, w, gy):
+        where = rng.random(a.shape) < 0.1
+        a[where] = rng.choice(hostile, size=int(where.sum()))
+    runs = []
+    for level in simd_levels():
+        with Settings(level, "valid_taps"):
+            assert _core.set_bf16_path(path)
+            cfg = _core.bf16_gemm_blocks()
+            if small_blocks:
+                assert _core.set_bf16_gemm_blocks(cfg["mr"], 2 * cfg["k_group"] if cfg["k_group"] > 1
+                                                  else 24, cfg["nr"])
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    y = F.conv2d(x, w, b, **kwargs, precision="bf16")
+                    gx, gw, _ = F.conv2d_backward(gy, x, w, **kwargs, precision="bf16")
+            finally:
+                assert _core.set_bf16_gemm_blocks(0, 0, 0)
+                _core.set_bf16_path("auto")
+            runs.append((level, y, gx, gw))
+    assert len(runs) >= 1
+    for level, *arrays in runs[1:]:
+        for first, other in zip(runs[0][1:], arrays):
+            np.testing.assert_array_equal(first.view(np.uint32), other.view(np.uint32), level)
