@@ -43,6 +43,23 @@ struct ConvShape {
 
 enum class ConvPass { forward, backward_input, backward_weight };
 
+// The input gradient of a stride-1 convolution s as a forward convolution: of grad_y (F
+// channels, OH x OW) by the kernel flipped (tap (i, j) <- (KH-1-i, KW-1-j)) with its channel
+// axes swapped, into C channels of H x W, padded DH*(KH-1) - PH before (output h reads grad_y
+// at h - (DH*(KH-1) - PH) + i*DH: the outputs whose windows covered h).
+inline ConvShape transposed_shape(const ConvShape& s) {
+  ConvShape t = s;
+  t.C = s.F;
+  t.H = s.OH;
+  t.W = s.OW;
+  t.F = s.C;
+  t.OH = s.H;
+  t.OW = s.W;
+  t.win.PH = s.win.DH * (s.win.KH - 1) - s.win.PH;
+  t.win.PW = s.win.DW * (s.win.KW - 1) - s.win.PW;
+  return t;
+}
+
 // The formulations of a convolution, in the order conv/dispatch.cpp's table tries them (the
 // first that takes a shape and pass runs it):
 //   subsampled   strided 1x1 layers as pointwise ones on the subsampled image
@@ -57,13 +74,22 @@ enum class ConvPass { forward, backward_input, backward_weight };
 //   im2col       im2col-packed GEMM (conv_gemm.h): every shape
 // winograd4, winograd, direct_nchw and direct need the direct kernels of the selected ISA and
 // float32.
-// In bf16 mode the GEMMs (valid_taps, wide, im2col) round their operands while packing them and run on the
-// bf16 GEMM's path (gemm_bf16.h); the others get rounded copies of their operands and run
-// their float32 kernels. Where a bf16 GEMM kernel runs (not the emulated path), the others
+// In bf16 mode the GEMMs (valid_taps, wide, im2col) round their operands while packing them
+// and run on the bf16 GEMM's path (gemm_bf16.h); the others get rounded copies of their
+// operands and run their float32 kernels. Where a bf16 GEMM kernel runs (not the emulated path), the others
 // are chosen (unless forced) only where they gain more over the GEMMs than that kernel gains
 // in rate: with AVX512_BF16 Winograd and the few-channel weight gradient, with AMX none
 // (conv/dispatch.cpp).
-enum class ConvAlgorithm { subsampled, valid_taps, winograd4, winograd, direct_nchw, direct, wide, im2col };
+enum class ConvAlgorithm {
+  subsampled,
+  valid_taps,
+  winograd4,
+  winograd,
+  direct_nchw,
+  direct,
+  wide,
+  im2col
+};
 const char* conv_algorithm_name(ConvAlgorithm algorithm);
 
 // Forces an algorithm by name ("auto": the heuristics) for tests and benchmarks: it then runs

@@ -512,22 +512,6 @@ void conv2d_forward_small_channels(const ConvShape& s, const float* x, const flo
 // d(k-1) - p, with the kernel flipped and its channel axes swapped: Fg input channels and Cg
 // output channels. Few output channels (LeNet's 16 -> 6) fill the 6-channel tiles of the
 // few-channel forward exactly, where the GEMM paths have a reduction of only Fg.
-namespace {
-
-ConvShape transposed_shape(const ConvShape& s) {
-  ConvShape t = s;
-  t.C = s.F;
-  t.H = s.OH;
-  t.W = s.OW;
-  t.F = s.C;
-  t.OH = s.H;
-  t.OW = s.W;
-  t.win.PH = s.win.DH * (s.win.KH - 1) - s.win.PH;
-  t.win.PW = s.win.DW * (s.win.KW - 1) - s.win.PW;
-  return t;
-}
-
-}  // namespace
 
 bool use_small_channels_input_grad(const ConvShape& s, bool forced) {
   // Padding beyond the kernel would need grad_y cropped (negative padding): not here.

@@ -232,19 +232,9 @@ void conv2d_forward_valid_taps(const ConvShape& s, const T* x, const T* w, const
 
 template <typename T>
 void conv2d_backward_input_valid_taps(const ConvShape& s, const T* gy, const T* w, T* gx) {
-  // grad_x = the stride-1 convolution of grad_y by w flipped (tap (i, j) <- w's tap
-  // (KH-1-i, KW-1-j)) and transposed (Cg x Fg), padded DH*(KH-1) - PH before: output h reads
-  // grad_y at h - (DH*(KH-1) - PH) + i*DH, the outputs oh = h + PH - (KH-1-i)*DH whose
-  // windows covered h.
-  ConvShape v = s;
-  v.C = s.F;
-  v.F = s.C;
-  v.H = s.OH;
-  v.W = s.OW;
-  v.OH = s.H;
-  v.OW = s.W;
-  v.win.PH = s.win.DH * (s.win.KH - 1) - s.win.PH;
-  v.win.PW = s.win.DW * (s.win.KW - 1) - s.win.PW;
+  // grad_x = the forward convolution transposed_shape(s) of grad_y (conv.h): tap (i, j) is
+  // w's tap (KH-1-i, KW-1-j), transposed (Cg x Fg).
+  const ConvShape v = transposed_shape(s);
   const index_t CKK = s.CKK(), KK = s.win.KH * s.win.KW, KH = s.win.KH, KW = s.win.KW;
   const auto taps = pack_taps<T>(v, KK, CKK, [&](index_t g, index_t i, index_t j) {
     return w + g * s.Fg() * CKK + (KH - 1 - i) * KW + (KW - 1 - j);
@@ -278,10 +268,11 @@ void conv2d_backward_weight_valid_taps(const ConvShape& s, const T* gy, const T*
   least = std::max<index_t>(least, 1);
   const index_t nb_min = ceil_div(kMinPixels, least);
   // (a power of 2, which the usual thread counts divide: 3 chunks on 2 threads took 1.3x)
+  const index_t most_chunks =
+      std::min({kWeightGradChunks, s.N / nb_min,
+                kMaxPartialBytes / std::max<index_t>(WSZ * index_t(sizeof(T)), 1)});
   index_t chunks = 1;
-  while (2 * chunks <= std::min({kWeightGradChunks, s.N / nb_min,
-                                 kMaxPartialBytes / std::max<index_t>(WSZ * index_t(sizeof(T)), 1)}))
-    chunks *= 2;
+  while (2 * chunks <= most_chunks) chunks *= 2;
   // Images per GEMM: the chunk in equal batches of at most max(nb_min, kMaxPixels / least).
   const index_t per_chunk = ceil_div(s.N, chunks);
   const index_t nb = ceil_div(per_chunk,

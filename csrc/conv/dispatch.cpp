@@ -339,11 +339,12 @@ struct ConvEntry {
 };
 
 // In the order they are tried. Strided 1x1 layers first, as pointwise layers on the subsampled
-// image (their passes walk the table again for that shape); Winograd where it applies,
-// F(4x4) (4x fewer multiplies; gradients only, the forward too in bf16 mode), else F(2x2)
-// (2.25x fewer); the few-channel tiles for the first layers, the channels-last tiles for many
-// channels, then the GEMMs: wide rows where their junk columns cost little, im2col everywhere
-// else.
+// image (their passes walk the table again for that shape); the valid-taps GEMMs on small
+// padded images with many channels (they skip the taps in the padding); Winograd where it
+// applies, F(4x4) (4x fewer multiplies; gradients only, the forward too in bf16 mode), else
+// F(2x2) (2.25x fewer); the few-channel tiles for the first layers, the channels-last tiles
+// for many channels, then the GEMMs: wide rows where their junk columns cost little, im2col
+// everywhere else.
 constexpr ConvEntry kConvTable[] = {
     {ConvAlgorithm::subsampled, "subsampled", true, false, false, false, false, {1, 1, 1},
      &takes_subsampled, subsampled_passes<float>, subsampled_passes<double>},

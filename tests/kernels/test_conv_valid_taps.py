@@ -237,9 +237,8 @@ def test_bf16_packings_have_the_same_bits_at_every_simd_level(rng, shape, path, 
         with Settings(level, "valid_taps"):
             assert _core.set_bf16_path(path)
             cfg = _core.bf16_gemm_blocks()
-            if small_blocks:
-                assert _core.set_bf16_gemm_blocks(cfg["mr"], 2 * cfg["k_group"] if cfg["k_group"] > 1
-                                                  else 24, cfg["nr"])
+            if small_blocks:  # kc of 2 pairs (amx_rows: one group of 32 k)
+                assert _core.set_bf16_gemm_blocks(cfg["mr"], 2 * cfg["k_group"], cfg["nr"])
             try:
                 with np.errstate(over="ignore", invalid="ignore"):
                     y = F.conv2d(x, w, b, **kwargs, precision="bf16")
