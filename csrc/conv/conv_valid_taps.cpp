@@ -207,8 +207,10 @@ bool valid_taps_fits(const ConvShape& s, ConvPass pass) {
 //   bf16 GEMM (vdpbf16ps), 3x3 and 4x4 outputs, every pass: 1.04-2.1x (512 x 512 on 4x4,
 //     batch 64: 10.5 ms against im2col's 14.7 forward, 10.8 against Winograd's 14.1 input
 //     gradient, 13.8 against 17.2 weight gradient; 256 x 256 on 3x3, batch 1024: 22.0
-//     against 45.7, 24.4 against 36.9, 21.3 against 36.0); on 7x7 and 8x8 level with F(4x4)
-//     forward, behind it in the gradients.
+//     against 45.7, 24.4 against 36.9, 21.3 against 36.0); ResNet's 256 -> 512 stride-2
+//     layer (4x4 output, the first row and column short of taps): forward level with
+//     im2col, weight gradient 1.2x; on 7x7 and 8x8 level with F(4x4) forward, behind it in
+//     the gradients.
 //   float32 GEMM (float32 mode, float64, the emulated bf16 path): the forward of 3x3
 //     outputs, 1.1-1.2x ahead of F(2x2); on 4x4 and in the gradients Winograd, which
 //     multiplies less than the taps inside the image, leads or ties at larger batches.
