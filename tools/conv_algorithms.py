@@ -5,7 +5,7 @@ by call (one call of each per round), so drift in the machine's speed hits them 
 Usage: python tools/conv_algorithms.py FILTER [rounds] [threads] [passes] [precision]
   FILTER     substrings a layer name must all contain, joined by '&' ("airbench&b1024")
   passes     comma-separated, default forward,backward_input,backward_weight
-  precision  f32 (default) or bf16
+  precision  f32 (default), bf16, or f64 (float64 arrays)
 Prints per pass each algorithm that takes the shape when forced: median milliseconds and
 GFLOP/s counted as direct convolution. Wall time with several threads, this thread's CPU time
 with one. Run alone on the machine (no other timing, tests or builds beside it).
@@ -29,13 +29,19 @@ from layers import AIRBENCH_LAYERS, CONV_LAYERS, RESNET_LAYERS  # noqa: E402
 PASSES = ("forward", "backward_input", "backward_weight")
 
 
+def dtype_and_precision(precision: str):
+    """The arrays' dtype and the kernels' precision for the tool's precision argument."""
+    return (np.float64, "f32") if precision == "f64" else (np.float32, precision)
+
+
 def pass_call(layer, pass_: str, precision: str, rng):
     """A call running one pass of `layer` into preallocated outputs."""
-    x = rng.standard_normal(layer.x_shape, dtype=np.float32)
-    w = rng.standard_normal(layer.w_shape, dtype=np.float32) * np.float32(0.1)
+    dtype, precision = dtype_and_precision(precision)
+    x = rng.standard_normal(layer.x_shape).astype(dtype)
+    w = (rng.standard_normal(layer.w_shape) * 0.1).astype(dtype)
     o = layer.out_size
-    y = np.empty((layer.batch, layer.c_out, o, o), np.float32)
-    gy = rng.standard_normal(y.shape, dtype=np.float32)
+    y = np.empty((layer.batch, layer.c_out, o, o), dtype)
+    gy = rng.standard_normal(y.shape).astype(dtype)
     window = (layer.stride, layer.stride, layer.padding, layer.padding, 1, 1, 1)
     if pass_ == "forward":
         return lambda: _core.conv2d_forward(x, w, None, y, *window, precision)
@@ -47,8 +53,10 @@ def pass_call(layer, pass_: str, precision: str, rng):
 
 
 def algorithm(layer, pass_: str, precision: str) -> str:
+    """The algorithm the dispatch runs (or, forced, whether the forced one takes the shape)."""
     o = layer.out_size
-    return _core.conv_algorithm(pass_, np.float32, layer.x_shape, layer.w_shape, o, o,
+    dtype, precision = dtype_and_precision(precision)
+    return _core.conv_algorithm(pass_, dtype, layer.x_shape, layer.w_shape, o, o,
                                 layer.stride, layer.stride, layer.padding, layer.padding, 1, 1,
                                 1, precision)
 

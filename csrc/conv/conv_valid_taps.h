@@ -21,8 +21,9 @@ namespace fastconv {
 // Whether the pass can run this way: the forward and weight gradient any convolution, the
 // input gradient stride-1 ones.
 bool valid_taps_fits(const ConvShape& s, ConvPass pass);
-// Whether it pays over the other formulations (measured heuristics, conv_valid_taps.cpp).
-bool valid_taps_pays(const ConvShape& s, ConvPass pass);
+// Whether it pays over the other formulations (measured heuristics, conv_valid_taps.cpp);
+// gemms_only: the other formulations are the GEMMs alone (float64, or no direct kernels).
+bool valid_taps_pays(const ConvShape& s, ConvPass pass, bool gemms_only);
 
 template <typename T>
 void conv2d_forward_valid_taps(const ConvShape& s, const T* x, const T* w, const T* bias, T* y);

@@ -245,19 +245,22 @@ DirectPass direct_pass(ConvPass pass) {
   }
 }
 
-bool takes_valid_taps(const ConvShape& s, ConvPass pass, bool forced) {
-  return forced ? valid_taps_fits(s, pass) : valid_taps_pays(s, pass);
+bool takes_valid_taps(const ConvShape& s, ConvPass pass, bool forced, bool float64) {
+  // Float64 has only the GEMMs (the direct kernels are float32), as has float32 where the
+  // selected ISA has no direct kernels.
+  return forced ? valid_taps_fits(s, pass)
+                : valid_taps_pays(s, pass, float64 || direct_kernels() == nullptr);
 }
 
-bool takes_winograd(const ConvShape& s, ConvPass pass, bool forced) {
+bool takes_winograd(const ConvShape& s, ConvPass pass, bool forced, bool) {
   return use_winograd(s, direct_pass(pass), forced);
 }
 
-bool takes_winograd4(const ConvShape& s, ConvPass pass, bool forced) {
+bool takes_winograd4(const ConvShape& s, ConvPass pass, bool forced, bool) {
   return use_winograd4(s, direct_pass(pass), forced);
 }
 
-bool takes_direct_nchw(const ConvShape& s, ConvPass pass, bool forced) {
+bool takes_direct_nchw(const ConvShape& s, ConvPass pass, bool forced, bool) {
   switch (pass) {
     case ConvPass::forward: return use_small_channels(s, forced);
     case ConvPass::backward_input: return use_small_channels_input_grad(s, forced);
@@ -265,17 +268,17 @@ bool takes_direct_nchw(const ConvShape& s, ConvPass pass, bool forced) {
   }
 }
 
-bool takes_direct(const ConvShape& s, ConvPass pass, bool forced) {
+bool takes_direct(const ConvShape& s, ConvPass pass, bool forced, bool) {
   return use_direct(s, direct_pass(pass), forced);
 }
 
-bool takes_wide(const ConvShape& s, ConvPass pass, bool forced) {
+bool takes_wide(const ConvShape& s, ConvPass pass, bool forced, bool) {
   return wide_fits(s) && (forced || wide_pays(s, pass));
 }
 
-bool takes_subsampled(const ConvShape& s, ConvPass, bool) { return use_subsampled(s); }
+bool takes_subsampled(const ConvShape& s, ConvPass, bool, bool) { return use_subsampled(s); }
 
-bool takes_every_shape(const ConvShape&, ConvPass, bool) { return true; }
+bool takes_every_shape(const ConvShape&, ConvPass, bool, bool) { return true; }
 
 // The algorithms that copy each image (group) into a zero-padded buffer first make planes as
 // far as the windows reach, (OH-1)*SH + (KH-1)*DH + 1 rows (forward, weight gradient), or as
@@ -333,7 +336,8 @@ struct ConvEntry {
   // gradient of 3-channel first layers, even with the GEMMs elsewhere. With AMX (16x) only
   // the GEMMs.
   double speedup[3];
-  bool (*takes)(const ConvShape& s, ConvPass pass, bool forced);
+  // (float64: the dtype is float64.)
+  bool (*takes)(const ConvShape& s, ConvPass pass, bool forced, bool float64);
   ConvPasses<float> f32;
   ConvPasses<double> f64;  // the direct kernels are float32 only
 };
@@ -419,13 +423,14 @@ bool applies(int i, const ConvShape& s, ConvPass pass, bool nonfinite_weights) {
   if (nonfinite_weights && !e.nonfinite_weights) return false;
   if (e.copies_padded && !padded_copy_pays(s)) return false;
   const int forced = g_forced.load(std::memory_order_relaxed);
-  if (forced == i) return e.takes(s, pass, true);
+  constexpr bool float64 = std::is_same_v<T, double>;
+  if (forced == i) return e.takes(s, pass, true, float64);
   if (forced >= 0 && (i < forced || e.specialist)) return false;
   if (s.precision == Precision::bf16 && !e.bf16_gemm &&
       (e.speedup[static_cast<int>(pass)] < bf16_gemm_config().multiply_rate ||
        bf16_gemm_takes_tiny_forward(s, pass)))
     return false;  // the bf16 GEMMs are faster (see ConvEntry::speedup)
-  return e.takes(s, pass, false);
+  return e.takes(s, pass, false, float64);
 }
 
 // Runs run(entry, passes) for the entries that apply, in order, until one returns true.

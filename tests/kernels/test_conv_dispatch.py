@@ -100,14 +100,17 @@ def valid_taps_fits(pass_, shape):
     return pass_ != "backward_input" or s == 1
 
 
-def valid_taps_pays(pass_, shape):
-    """conv_valid_taps.cpp's valid_taps_pays on the float32 GEMM (float32 and float64): the
-    forward of padded outputs of at most 3x3 with at least 256 x 256 channels per group."""
+def valid_taps_pays(pass_, shape, gemms_only):
+    """conv_valid_taps.cpp's valid_taps_pays on the float32 GEMM: padded outputs with at
+    least 256 x 256 channels per group; every pass that fits on outputs of at most 4x4 where
+    the GEMMs are the only other algorithms (float64, or no direct kernels), else the forward
+    of outputs of at most 3x3 (Winograd keeps the rest)."""
     N, C, H, W, Fo, k, s, p, d, g = shape
     oh = (H + 2 * p - d * (k - 1) - 1) // s + 1
     ow = (W + 2 * p - d * (k - 1) - 1) // s + 1
-    return (pass_ == "forward" and p > 0 and (C // g) * (Fo // g) >= 256 * 256
-            and oh * ow <= 9)
+    if not (valid_taps_fits(pass_, shape) and p > 0 and (C // g) * (Fo // g) >= 256 * 256):
+        return False
+    return oh * ow <= 16 if gemms_only else pass_ == "forward" and oh * ow <= 9
 
 
 def gemm_choice(pass_, shape, forced="auto"):
@@ -120,14 +123,15 @@ def gemm_choice(pass_, shape, forced="auto"):
 @pytest.mark.parametrize("pass_", PASSES)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_float64_takes_the_gemm_paths_by_their_rule(pass_, shape, forced):
-    # The direct kernels are float32 only: float64 sees wide and im2col alone, in every mode.
+    # The direct kernels are float32 only: float64 sees valid_taps (small outputs, many
+    # channels), wide and im2col alone, in every mode.
     # Strided 1x1 layers run subsampled (any dtype) unless another algorithm is forced.
     for mode in ("auto",) + ALGORITHMS:
         forced(mode)
         if mode in ("auto", "subsampled") and subsampled_fits(shape):
             want = "subsampled"
         elif (mode == "valid_taps" and valid_taps_fits(pass_, shape)) or (
-                mode == "auto" and valid_taps_pays(pass_, shape)):
+                mode == "auto" and valid_taps_pays(pass_, shape, gemms_only=True)):
             want = "valid_taps"
         else:
             want = gemm_choice(pass_, shape, mode)
@@ -140,7 +144,7 @@ def test_float32_choice_follows_the_table(pass_, shape, forced):
     direct = direct_kernels_available()
     auto = algorithm(pass_, "float32", shape)
     assert (auto == "subsampled") == subsampled_fits(shape)
-    assert (auto == "valid_taps") == valid_taps_pays(pass_, shape)
+    assert (auto == "valid_taps") == valid_taps_pays(pass_, shape, gemms_only=not direct)
     if auto in ("subsampled", "valid_taps"):
         pass
     elif not direct:
@@ -173,6 +177,23 @@ def test_float32_choice_follows_the_table(pass_, shape, forced):
     assert (got == "direct") == direct_fits
     if not direct_fits:
         assert got == gemm_choice(pass_, shape)
+
+
+def test_valid_taps_takes_every_pass_where_only_the_gemms_compete():
+    # Small padded outputs with 256 x 256 channels: float64, and float32 at a SIMD level with no
+    # direct kernels (generic), have no Winograd to weigh against: valid_taps takes all three
+    # passes; float32 with the direct kernels only the forward of 3x3 outputs.
+    shape = (4, 256, 3, 3, 256, 3, 1, 1, 1, 1)
+    assert [algorithm(p, "float64", shape) for p in PASSES] == ["valid_taps"] * 3
+    if direct_kernels_available():
+        got = [algorithm(p, "float32", shape) for p in PASSES]
+        assert got[0] == "valid_taps" and "valid_taps" not in got[1:]
+    before = _core.simd_level()
+    try:
+        assert _core.set_simd_level("generic")
+        assert [algorithm(p, "float32", shape) for p in PASSES] == ["valid_taps"] * 3
+    finally:
+        assert _core.set_simd_level(before)
 
 
 def test_unknown_names_are_refused():
