@@ -52,6 +52,17 @@ FASTCONV_CLONED(to_channels_last_any, to_channels_last,
 // images reach about this many (a few register tiles' width), so that no GEMM is a sliver.
 constexpr index_t kMinColumns = 64;
 
+// A batch's channels-last copies and output blocks take at most about this much per thread
+// (large images, where valid_taps runs only forced, take fewer images per batch).
+constexpr index_t kMaxBatchBytes = index_t(64) << 20;
+
+// Images per batch of `per_image` bytes of scratch each: `wanted`, or fewer to keep the batch
+// within kMaxBatchBytes, at least 1.
+index_t images_within_budget(index_t wanted, index_t per_image) {
+  return std::clamp<index_t>(kMaxBatchBytes / std::max<index_t>(per_image, 1), 1,
+                             std::max<index_t>(wanted, 1));
+}
+
 // The convolution v (a forward pass's shape: C input channels, F output channels) of `in` by
 // the per-tap weights taps[g*KH*KW + t] (Fg x Cg each; null where no output uses the tap)
 // into out, bias (F) first where given. Batches of nb images per item: each group of its
@@ -85,8 +96,10 @@ void valid_taps_conv(const ConvShape& v, const T* in,
         for (index_t ow = c.o0; ow < c.o1; ++ow)
           place[oh * v.OW + ow] = {index_t(rh * cols.size() + rw), (oh - r.o0) * pw + ow - c.o0};
     }
-  const index_t nb = std::clamp<index_t>(ceil_div(kMinColumns, std::max<index_t>(least, 1)), 1,
-                                         std::max<index_t>(ceil_div(v.N, max_threads()), 1));
+  const index_t nb = images_within_budget(
+      std::clamp<index_t>(ceil_div(kMinColumns, std::max<index_t>(least, 1)), 1,
+                          std::max<index_t>(ceil_div(v.N, max_threads()), 1)),
+      checked_mul(checked_add(checked_mul(HW, Cg), checked_mul(Fg, L)), sizeof(T)));
   const index_t xt_size = round_up(checked_mul(nb, HW, Cg), 16);
   run_items<T>(ceil_div(v.N, nb), checked_add(xt_size, checked_mul(Fg, nb, L)), Fg, nb * most,
                [&](index_t b, T* scratch, T* pack) {
@@ -279,10 +292,15 @@ void conv2d_backward_weight_valid_taps(const ConvShape& s, const T* gy, const T*
                 kMaxPartialBytes / std::max<index_t>(WSZ * index_t(sizeof(T)), 1)});
   index_t chunks = 1;
   while (2 * chunks <= most_chunks) chunks *= 2;
-  // Images per GEMM: the chunk in equal batches of at most max(nb_min, kMaxPixels / least).
+  // Images per GEMM: the chunk in equal batches of at most max(nb_min, kMaxPixels / least)
+  // images, fewer where their copies would pass kMaxBatchBytes.
   const index_t per_chunk = ceil_div(s.N, chunks);
-  const index_t nb = ceil_div(per_chunk,
-                              ceil_div(per_chunk, std::max(nb_min, ceil_div(kMaxPixels, least))));
+  const index_t nb = ceil_div(
+      per_chunk,
+      ceil_div(per_chunk,
+               images_within_budget(
+                   std::max(nb_min, ceil_div(kMaxPixels, least)),
+                   checked_mul(checked_add(checked_mul(HW, Cg), checked_mul(L, Fg)), sizeof(T)))));
   const index_t xt_size = round_up(checked_mul(nb, HW, Cg), 16);
   Scratch<T> partial = make_scratch<T>(checked_mul(chunks, WSZ));
   run_items<T>(chunks, checked_add(xt_size, checked_mul(nb, L, Fg)), Fg, Cg,
