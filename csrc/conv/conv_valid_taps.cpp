@@ -32,6 +32,14 @@ std::vector<AxisRun> axis_runs(index_t in, index_t out, index_t k, index_t strid
   return runs;
 }
 
+// The runs of both axes of convolution v.
+struct Runs {
+  std::vector<AxisRun> rows, cols;
+  explicit Runs(const ConvShape& v)
+      : rows(axis_runs(v.H, v.OH, v.win.KH, v.win.SH, v.win.DH, v.win.PH)),
+        cols(axis_runs(v.W, v.OW, v.win.KW, v.win.SW, v.win.DW, v.win.PW)) {}
+};
+
 // dst (HW x C, pixel-major) <- src (C x HW), by blocks of 16 channels: each block's rows
 // are read once, and its pixels written 16 values at a time.
 template <typename T>
@@ -71,13 +79,13 @@ index_t images_within_budget(index_t wanted, index_t per_image) {
 // the blocks side by side: Fg x nb*L in all); then each image's output written whole, its
 // rows contiguous (writing each block out on its own scatters a few values per row).
 template <typename T>
-void valid_taps_conv(const ConvShape& v, const T* in,
+void valid_taps_conv(const ConvShape& v, const Runs& runs, const T* in,
                      const std::vector<std::unique_ptr<GroupWeights<T>>>& taps, const T* bias,
                      T* out) {
   const index_t Cg = v.Cg(), Fg = v.Fg(), HW = v.H * v.W, L = v.L();
   const index_t KH = v.win.KH, KW = v.win.KW;
-  const std::vector<AxisRun> rows = axis_runs(v.H, v.OH, KH, v.win.SH, v.win.DH, v.win.PH);
-  const std::vector<AxisRun> cols = axis_runs(v.W, v.OW, KW, v.win.SW, v.win.DW, v.win.PW);
+  const std::vector<AxisRun>& rows = runs.rows;
+  const std::vector<AxisRun>& cols = runs.cols;
   // Per output position, its rectangle's index and its place within it.
   struct Place {
     index_t rect, at;
@@ -164,15 +172,13 @@ bool tap_used(const std::vector<AxisRun>& rows, const std::vector<AxisRun>& cols
 // The weights of v's taps, packed once per call (see valid_taps_conv): tap (i, j) of group
 // g is w_tap(g, i, j) with strides rs (output channel), cs (input channel).
 template <typename T, typename WTap>
-std::vector<std::unique_ptr<GroupWeights<T>>> pack_taps(const ConvShape& v, index_t rs,
-                                                        index_t cs, WTap w_tap) {
-  const std::vector<AxisRun> rows = axis_runs(v.H, v.OH, v.win.KH, v.win.SH, v.win.DH, v.win.PH);
-  const std::vector<AxisRun> cols = axis_runs(v.W, v.OW, v.win.KW, v.win.SW, v.win.DW, v.win.PW);
+std::vector<std::unique_ptr<GroupWeights<T>>> pack_taps(const ConvShape& v, const Runs& runs,
+                                                        index_t rs, index_t cs, WTap w_tap) {
   std::vector<std::unique_ptr<GroupWeights<T>>> taps;
   for (index_t g = 0; g < v.G; ++g)
     for (index_t i = 0; i < v.win.KH; ++i)
       for (index_t j = 0; j < v.win.KW; ++j)
-        taps.push_back(tap_used(rows, cols, i, j)
+        taps.push_back(tap_used(runs.rows, runs.cols, i, j)
                            ? std::make_unique<GroupWeights<T>>(v.Fg(), v.Cg(), w_tap(g, i, j),
                                                                rs, cs, v.precision)
                            : nullptr);
@@ -243,10 +249,11 @@ bool valid_taps_pays(const ConvShape& s, ConvPass pass, bool gemms_only) {
 template <typename T>
 void conv2d_forward_valid_taps(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
   const index_t CKK = s.CKK(), KK = s.win.KH * s.win.KW, KW = s.win.KW;
-  const auto taps = pack_taps<T>(s, CKK, KK, [&](index_t g, index_t i, index_t j) {
+  const Runs runs(s);
+  const auto taps = pack_taps<T>(s, runs, CKK, KK, [&](index_t g, index_t i, index_t j) {
     return w + g * s.Fg() * CKK + i * KW + j;
   });
-  valid_taps_conv(s, x, taps, bias, y);
+  valid_taps_conv(s, runs, x, taps, bias, y);
 }
 
 template <typename T>
@@ -255,10 +262,11 @@ void conv2d_backward_input_valid_taps(const ConvShape& s, const T* gy, const T* 
   // w's tap (KH-1-i, KW-1-j), transposed (Cg x Fg).
   const ConvShape v = transposed_shape(s);
   const index_t CKK = s.CKK(), KK = s.win.KH * s.win.KW, KH = s.win.KH, KW = s.win.KW;
-  const auto taps = pack_taps<T>(v, KK, CKK, [&](index_t g, index_t i, index_t j) {
+  const Runs runs(v);
+  const auto taps = pack_taps<T>(v, runs, KK, CKK, [&](index_t g, index_t i, index_t j) {
     return w + g * s.Fg() * CKK + (KH - 1 - i) * KW + (KW - 1 - j);
   });
-  valid_taps_conv<T>(v, gy, taps, nullptr, gx);
+  valid_taps_conv<T>(v, runs, gy, taps, nullptr, gx);
 }
 
 template <typename T>
@@ -272,11 +280,10 @@ void conv2d_backward_weight_valid_taps(const ConvShape& s, const T* gy, const T*
   // of nb images: functions of the shape alone, so the sums' order ignores the threads.
   const index_t Cg = s.Cg(), Fg = s.Fg(), HW = s.H * s.W, L = s.L(), CKK = s.CKK();
   const index_t KH = s.win.KH, KW = s.win.KW, KK = KH * KW, WSZ = s.F * CKK;
-  const std::vector<AxisRun> rows = axis_runs(s.H, s.OH, KH, s.win.SH, s.win.DH, s.win.PH);
-  const std::vector<AxisRun> cols = axis_runs(s.W, s.OW, KW, s.win.SW, s.win.DW, s.win.PW);
+  const Runs runs(s);
   std::vector<TapSpan> span_h(KH), span_w(KW);
-  for (index_t i = 0; i < KH; ++i) span_h[i] = tap_span(rows, i);
-  for (index_t j = 0; j < KW; ++j) span_w[j] = tap_span(cols, j);
+  for (index_t i = 0; i < KH; ++i) span_h[i] = tap_span(runs.rows, i);
+  for (index_t j = 0; j < KW; ++j) span_w[j] = tap_span(runs.cols, j);
   index_t least = L, most = 0;  // outputs of the tap seen by fewest and most (of those seen)
   for (const TapSpan& h : span_h)
     for (const TapSpan& w : span_w) {
