@@ -38,10 +38,11 @@ def describe(step, x) -> str:
     return f"{names} {tuple(x.shape[1:])}"
 
 
-def make_step(name: str, batch: int):
+def make_step(name: str, batch: int, precision: str = "f32"):
     """One training step of `name` on a fixed random batch: the recipe's own for airbench94
     (benchmarks/test_bench_airbench.py), else benchmarks/test_bench_train.py's. main runs the
-    steps inside one memory.recycling block, as fit does."""
+    steps inside one memory.recycling block, as fit does. The airbench94 model runs in
+    `precision` of its own (as the recipe's `--precision`), the others under main's autocast."""
     if name != "airbench94":
         return T.make_trainer("fastconv", name, None, batch).step
     import numpy as np
@@ -51,7 +52,7 @@ def make_step(name: str, batch: int):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, batch)
-    return A.fastconv_step_fn(x, y, batch)[0]
+    return A.fastconv_step_fn(x, y, batch, precision)[0]
 
 
 def main(argv: list[str]) -> None:
@@ -94,7 +95,7 @@ def main(argv: list[str]) -> None:
         return out
     SGD.step = timed_update
 
-    step = make_step(name, batch)
+    step = make_step(name, batch, precision)
     # One recycling block over every step, as fit's: leaving it hands the cached blocks back
     # to the OS, so a block per step would time fresh pages being zeroed (~10% of airbench94's
     # step at batch 1024).
