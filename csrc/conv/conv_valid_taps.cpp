@@ -2,7 +2,9 @@
 #include "conv/conv_valid_taps.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "conv/conv_gemm_common.h"
@@ -185,6 +187,158 @@ std::vector<std::unique_ptr<GroupWeights<T>>> pack_taps(const ConvShape& v, cons
   return taps;
 }
 
+// ---- The bf16 tap-reduce path (a bf16 kernel with a Bf16TapsFn: vdpbf16ps and its twin) ----
+//
+// The same sums without a GEMM per tap: the images are copied once, channels-last, into
+// bfloat16 (each pixel's channels are then the kernel's pairs, read where they lie), the
+// weights packed once per tap into B panels, and a register tile of mr output positions
+// (of one rectangle: the same valid taps) by nr output channels sums every valid tap and
+// channel before it is stored. Per output, taps in order, then channels in pairs, in order:
+// the bits do not depend on the batch or the threads.
+
+// Images per batch for the tap-reduce path: the batch's bf16 copy about half of L2 (the
+// tiles of each output block re-read it), within the threads' share and kMaxBatchBytes.
+index_t tap_reduce_images(const ConvShape& v, index_t Cpad, index_t Fpad) {
+  const index_t copy = checked_mul(v.H * v.W, Cpad, 2);
+  const index_t half_l2 = std::max<index_t>(cpu_info().l2.bytes / 2, 64 << 10);
+  return images_within_budget(
+      std::clamp<index_t>(half_l2 / std::max<index_t>(copy, 1), 1,
+                          std::max<index_t>(ceil_div(v.N, max_threads()), 1)),
+      checked_add(copy, checked_mul(v.L(), Fpad, sizeof(float))));
+}
+
+// dst (HW x Cpad bf16, pixel-major; channels Cg..Cpad zero) <- src (Cg x HW), rounded.
+void to_channels_last_bf16_pairs(index_t Cg, index_t Cpad, index_t HW, const float* src,
+                                 std::uint16_t* dst) {
+  constexpr index_t kBlock = 16;
+  for (index_t c0 = 0; c0 < Cg; c0 += kBlock) {
+    const index_t n = std::min(kBlock, Cg - c0);
+    for (index_t p = 0; p < HW; ++p)
+      for (index_t c = 0; c < n; ++c) dst[p * Cpad + c0 + c] = bf16_bits(src[(c0 + c) * HW + p]);
+  }
+  if (Cpad > Cg)
+    for (index_t p = 0; p < HW; ++p) std::fill(dst + p * Cpad + Cg, dst + (p + 1) * Cpad, 0);
+}
+
+// The convolution v of `in` (NCHW float32) into out, as valid_taps_conv, on kernel k's
+// tap-reduce tile; w_tap(g, i, j) points at tap (i, j) of group g's weights, element (f, c)
+// at f*rs + c*cs.
+template <typename WTap>
+void valid_taps_conv_tap_reduce(const ConvShape& v, const Runs& runs, const Bf16GemmConfig& k,
+                                const float* in, index_t rs, index_t cs, WTap w_tap,
+                                const float* bias, float* out) {
+  const index_t Cg = v.Cg(), Fg = v.Fg(), HW = v.H * v.W, L = v.L();
+  const index_t KH = v.win.KH, KW = v.win.KW, KK = KH * KW, MR = k.mr, NR = k.nr;
+  const index_t Cpad = round_up(Cg, 2), kp = Cpad / 2, Fpad = round_up(Fg, NR);
+  const index_t blocks = Fpad / NR, panel = kp * 2 * NR;  // uint16 per tap panel
+  // The weights: panel (g, tap, block), pair p of column j at (p/2)*2NR + 2j + p%2, i.e. the
+  // 32-bit word p*NR + j holding channels 2p and 2p+1. Each (g, block) packs all its taps'
+  // panels at once, taps innermost: a layer's taps of one (f, c) lie side by side (forward
+  // and input gradient alike), so the weights are read nearly in order, once.
+  Scratch<std::uint16_t> wp = make_scratch<std::uint16_t>(checked_mul(v.G * KK, blocks, panel));
+  for_each_panel(v.G * blocks, checked_mul(v.G * KK, Fpad, Cpad), [&](index_t q) {
+    const index_t g = q / blocks, jb = q % blocks, nf = std::min(NR, Fg - jb * NR);
+    std::vector<const float*> src;
+    std::vector<std::uint32_t*> dst;
+    for (index_t t = 0; t < KK; ++t) {
+      auto* d = reinterpret_cast<std::uint32_t*>(wp.get() + ((g * KK + t) * blocks + jb) * panel);
+      if (!tap_used(runs.rows, runs.cols, t / KW, t % KW)) continue;
+      src.push_back(w_tap(g, t / KW, t % KW) + jb * NR * rs);
+      dst.push_back(d);
+      if (nf < NR)  // columns past Fg
+        for (index_t p = 0; p < kp; ++p) std::fill(d + p * NR + nf, d + (p + 1) * NR, 0u);
+    }
+    const index_t taps = index_t(src.size());
+    const float* const* sp = src.data();
+    std::uint32_t* const* dp = dst.data();
+    const auto word = [&](index_t t, index_t j, index_t c) {
+      const std::uint32_t lo = bf16_bits(sp[t][j * rs + c * cs]);
+      const std::uint32_t hi = c + 1 < Cg ? bf16_bits(sp[t][j * rs + (c + 1) * cs]) : 0u;
+      dp[t][(c / 2) * NR + j] = lo | hi << 16;
+    };
+    if (rs >= cs) {
+      for (index_t j = 0; j < nf; ++j)
+        for (index_t c = 0; c < Cg; c += 2)
+          for (index_t t = 0; t < taps; ++t) word(t, j, c);
+    } else {
+      for (index_t c = 0; c < Cg; c += 2)
+        for (index_t j = 0; j < nf; ++j)
+          for (index_t t = 0; t < taps; ++t) word(t, j, c);
+    }
+  });
+  // Batches in a multiple of the threads where there are enough images (3 batches on 2
+  // threads would leave one thread idle a third of the time).
+  const index_t threads = max_threads(), most = tap_reduce_images(v, Cpad, Fpad);
+  index_t batches = ceil_div(v.N, most);
+  if (v.N >= threads) batches = round_up(batches, threads);
+  const index_t nb = ceil_div(v.N, batches);
+  const index_t xt_size = round_up(checked_mul(nb, HW, Cpad), 32);  // uint16
+  const index_t per = checked_add(xt_size / 2, checked_mul(nb, L, Fpad));  // floats
+  for_each_item(ceil_div(v.N, nb), per, [&](index_t b, float* scratch, bool split) {
+    const index_t n0 = b * nb, count = std::min(nb, v.N - n0);
+    auto* xt = reinterpret_cast<std::uint16_t*>(scratch);
+    float* ybuf = scratch + xt_size / 2;  // [image][position][Fpad]
+    for (index_t g = 0; g < v.G; ++g) {
+      for (index_t m = 0; m < count; ++m)
+        to_channels_last_bf16_pairs(Cg, Cpad, HW, in + ((n0 + m) * v.C + g * Cg) * HW,
+                                    xt + m * HW * Cpad);
+      // One output block of NR channels: every rectangle's tiles of MR positions.
+      auto block = [&](index_t jb) {
+        std::vector<index_t> a_off;
+        std::vector<const std::uint16_t*> b_tap, a(MR);
+        std::vector<float*> c(MR);
+        for (const AxisRun& r : runs.rows)
+          for (const AxisRun& cr : runs.cols) {
+            a_off.clear();
+            b_tap.clear();
+            for (index_t i = r.t0; i < r.t1; ++i)
+              for (index_t j = cr.t0; j < cr.t1; ++j) {
+                a_off.push_back(((i - r.t0) * v.win.DH * v.W + (j - cr.t0) * v.win.DW) * Cpad);
+                b_tap.push_back(wp.get() + ((g * KK + i * KW + j) * blocks + jb) * panel);
+              }
+            const index_t pw = cr.o1 - cr.o0, P = (r.o1 - r.o0) * pw, positions = count * P;
+            for (index_t q0 = 0; q0 < positions; q0 += MR) {
+              for (index_t i = 0; i < MR; ++i) {
+                if (q0 + i >= positions) {
+                  a[i] = a[0];
+                  c[i] = nullptr;
+                  continue;
+                }
+                const index_t q = q0 + i, m = q / P, oh = r.o0 + q % P / pw,
+                              ow = cr.o0 + q % pw;
+                // Where the rectangle's first valid tap reads (inside the image, when any).
+                const index_t ih = oh * v.win.SH - v.win.PH + r.t0 * v.win.DH,
+                              iw = ow * v.win.SW - v.win.PW + cr.t0 * v.win.DW;
+                a[i] = a_off.empty() ? xt : xt + (m * HW + ih * v.W + iw) * Cpad;
+                c[i] = ybuf + (m * L + oh * v.OW + ow) * Fpad + jb * NR;
+              }
+              k.taps(index_t(a_off.size()), a_off.data(), kp, a.data(), b_tap.data(), c.data(),
+                     NR);
+            }
+          }
+      };
+#pragma omp parallel for schedule(static) if (split)
+      for (index_t jb = 0; jb < blocks; ++jb) block(jb);
+      // Channels-last sums -> NCHW planes, plus the bias.
+      for (index_t m = 0; m < count; ++m) {
+        const float* src = ybuf + m * L * Fpad;
+        float* dst = out + ((n0 + m) * v.F + g * Fg) * L;
+        for (index_t f = 0; f < Fg; ++f) {
+          const float bf = bias ? bias[g * Fg + f] : 0.0f;
+          for (index_t l = 0; l < L; ++l) dst[f * L + l] = src[l * Fpad + f] + bf;
+        }
+      }
+    }
+  });
+}
+
+// Whether the tap-reduce path runs v's pass: bf16 mode on a kernel that has the tile.
+template <typename T>
+bool tap_reduce_runs(const ConvShape& v) {
+  return std::is_same_v<T, float> && v.precision == Precision::bf16 &&
+         bf16_gemm_config().taps != nullptr;
+}
+
 // The outputs [o0, o1) of one axis whose windows keep tap t inside the image: the runs
 // holding t, which are consecutive (a tap's first and last readable outputs bound them).
 struct TapSpan {
@@ -250,10 +404,13 @@ template <typename T>
 void conv2d_forward_valid_taps(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
   const index_t CKK = s.CKK(), KK = s.win.KH * s.win.KW, KW = s.win.KW;
   const Runs runs(s);
-  const auto taps = pack_taps<T>(s, runs, CKK, KK, [&](index_t g, index_t i, index_t j) {
+  const auto w_tap = [&](index_t g, index_t i, index_t j) {
     return w + g * s.Fg() * CKK + i * KW + j;
-  });
-  valid_taps_conv(s, runs, x, taps, bias, y);
+  };
+  if constexpr (std::is_same_v<T, float>)
+    if (tap_reduce_runs<T>(s))
+      return valid_taps_conv_tap_reduce(s, runs, bf16_gemm_config(), x, CKK, KK, w_tap, bias, y);
+  valid_taps_conv(s, runs, x, pack_taps<T>(s, runs, CKK, KK, w_tap), bias, y);
 }
 
 template <typename T>
@@ -263,10 +420,14 @@ void conv2d_backward_input_valid_taps(const ConvShape& s, const T* gy, const T* 
   const ConvShape v = transposed_shape(s);
   const index_t CKK = s.CKK(), KK = s.win.KH * s.win.KW, KH = s.win.KH, KW = s.win.KW;
   const Runs runs(v);
-  const auto taps = pack_taps<T>(v, runs, KK, CKK, [&](index_t g, index_t i, index_t j) {
+  const auto w_tap = [&](index_t g, index_t i, index_t j) {
     return w + g * s.Fg() * CKK + (KH - 1 - i) * KW + (KW - 1 - j);
-  });
-  valid_taps_conv<T>(v, runs, gy, taps, nullptr, gx);
+  };
+  if constexpr (std::is_same_v<T, float>)
+    if (tap_reduce_runs<T>(v))
+      return valid_taps_conv_tap_reduce(v, runs, bf16_gemm_config(), gy, KK, CKK, w_tap,
+                                        nullptr, gx);
+  valid_taps_conv<T>(v, runs, gy, pack_taps<T>(v, runs, KK, CKK, w_tap), nullptr, gx);
 }
 
 template <typename T>

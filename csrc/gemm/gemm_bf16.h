@@ -39,6 +39,17 @@ enum class Bf16Layout { f32, pairs, amx_rows };
 using Bf16MicroFn = void (*)(index_t kc_pad, const void* a, const void* b, float* c, index_t ldc,
                              bool accumulate, index_t mr_eff, index_t nr_eff);
 
+// A tap-reduce tile (pairs layout; valid_taps' bf16 convolutions, conv_valid_taps.cpp): for
+// the kernel's mr rows i (those with c[i] null skipped) and columns j < nr_eff,
+//   c[i][j] = sum over taps t < taps, in order, and k pairs p < kp, in order, of
+//             pair p of row a[i] + a_off[t]  .  pair p of column j of b[t],
+// a[i] + a_off[t] pointing at 2*kp bfloat16 values (a pixel's channels, channels-last), b[t]
+// a packed pairs panel (kp pairs x nr columns, as a B panel). The sums stay in registers
+// over all taps: C is written once, and nothing is packed per tap.
+using Bf16TapsFn = void (*)(index_t taps, const index_t* a_off, index_t kp,
+                            const std::uint16_t* const* a, const std::uint16_t* const* b,
+                            float* const* c, index_t nr_eff);
+
 // The kernel of one bf16 path, from its gemm_bf16_<path>.cpp.
 struct Bf16Kernel {
   index_t mr, nr;
@@ -59,6 +70,8 @@ struct Bf16Kernel {
   // the twins (nothing to time).
   double (*peak_loop)(index_t rounds) = nullptr;
   index_t peak_flops = 0;
+  // Its tap-reduce tile (the pairs layout's kernels), or null.
+  Bf16TapsFn taps = nullptr;
 };
 
 // nullptr where the translation unit was compiled without the instructions.

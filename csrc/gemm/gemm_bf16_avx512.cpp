@@ -56,6 +56,48 @@ void micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, inde
   }
 }
 
+// The tap-reduce tile (Bf16TapsFn) on the same 12 x 32 registers: per tap, the rows' pixel
+// pairs broadcast from where they lie, B's panel of the tap streamed.
+void taps_kernel(index_t taps, const index_t* a_off, index_t kp, const std::uint16_t* const* a,
+                 const std::uint16_t* const* b, float* const* c, index_t nr_eff) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (index_t t = 0; t < taps; ++t) {
+    const std::uint16_t* ap[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) ap[i] = a[i] + a_off[t];
+    const std::uint16_t* bt = b[t];
+    for (index_t p = 0; p < kp; ++p) {
+      __m512bh bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        bv[v] = (__m512bh)_mm512_loadu_si512(bt + p * 2 * NR + 32 * v);
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        std::uint32_t pair;
+        __builtin_memcpy(&pair, ap[i] + 2 * p, sizeof pair);
+        const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, bv[v]);
+      }
+    }
+  }
+  __mmask16 mask[NV];
+  for (int v = 0; v < NV; ++v) {
+    const index_t n = nr_eff - 16 * v;
+    mask[v] = n >= 16 ? 0xffff : n > 0 ? static_cast<__mmask16>((1u << n) - 1) : 0;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (!c[i]) continue;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(c[i] + 16 * v, mask[v], acc[i][v]);
+  }
+}
+
 // kPeakChains independent vdpbf16ps chains (enough in flight to cover the latency times the
 // units), `rounds` times; returns the sum of the results so that none is optimised away.
 // acc += 2^-10 * 2^-10 per pair: no overflow, no subnormals. Each chain starts from its own
@@ -80,7 +122,7 @@ double peak_loop(index_t rounds) {
 // (one per cycle per core: 2x float32's FMA peak; see Bf16Kernel::multiply_rate). Per peak
 // round: 16 lanes x 2 products x 2 flops per chain.
 const Bf16Kernel kKernel{MR, NR, Bf16Layout::pairs, &micro_kernel, nullptr, nullptr, 2.0,
-                         &peak_loop, 4 * 16 * kPeakChains};
+                         &peak_loop, 4 * 16 * kPeakChains, &taps_kernel};
 
 }  // namespace
 

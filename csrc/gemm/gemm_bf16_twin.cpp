@@ -9,6 +9,7 @@
 // They run on any CPU (slowly: one scalar fmaf per product), so that the packing, blocking,
 // edge handling and dispatch of the hardware paths are tested where the instructions do not
 // exist; on a CPU that has them, the tests compare the hardware kernels with these.
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 
@@ -47,6 +48,26 @@ void dp_micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, i
   bf16_store_tile(acc, kDpNR, c, ldc, accumulate, mr_eff, nr_eff);
 }
 
+// The tap-reduce tile of the same kernel (Bf16TapsFn).
+void dp_taps_kernel(index_t taps, const index_t* a_off, index_t kp, const std::uint16_t* const* a,
+                    const std::uint16_t* const* b, float* const* c, index_t nr_eff) {
+  float acc[kDpMR * kDpNR] = {};
+  for (index_t t = 0; t < taps; ++t)
+    for (index_t p = 0; p < kp; ++p) {
+      const std::uint16_t* bp = b[t] + p * 2 * kDpNR;
+      for (int i = 0; i < kDpMR; ++i) {
+        const std::uint16_t* ap = a[i] + a_off[t] + 2 * p;
+        for (int j = 0; j < kDpNR; ++j) {
+          float& s = acc[i * kDpNR + j];
+          s = fma_daz_ftz(ap[1], bp[2 * j + 1], s);
+          s = fma_daz_ftz(ap[0], bp[2 * j], s);
+        }
+      }
+    }
+  for (int i = 0; i < kDpMR; ++i)
+    if (c[i]) std::copy_n(acc + i * kDpNR, nr_eff, c[i]);
+}
+
 // ---- tdpbf16ps: gemm_bf16_amx.cpp's 32 x 32 tile of four 16 x 16 tiles -------------------
 
 constexpr int kAmxMR = 32, kAmxNR = 32, kTile = 16;
@@ -75,7 +96,7 @@ void amx_micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, 
 
 // (The hardware kernels' rates, so the dispatch picks for a twin what it picks for its kernel.)
 const Bf16Kernel kDpTwin{kDpMR, kDpNR, Bf16Layout::pairs, &dp_micro_kernel, nullptr, nullptr,
-                         2.0};
+                         2.0, nullptr, 0, &dp_taps_kernel};
 const Bf16Kernel kAmxTwin{kAmxMR, kAmxNR, Bf16Layout::amx_rows, &amx_micro_kernel, nullptr,
                           nullptr, 16.0};
 

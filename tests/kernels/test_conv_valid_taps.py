@@ -251,3 +251,43 @@ def test_bf16_packings_have_the_same_bits_at_every_simd_level(rng, shape, path, 
     for level, *arrays in runs[1:]:
         for first, other in zip(runs[0][1:], arrays):
             np.testing.assert_array_equal(first.view(np.uint32), other.view(np.uint32), level)
+
+
+@pytest.mark.parametrize("shape", [
+    (3, 33, 7, 7, 40, (3, 3), 1, 1, 1, 1),     # odd channels (a half pair), ragged columns
+    (2, 16, 5, 6, 70, (3, 3), 2, 1, 1, 1),     # strided (the forward)
+    (2, 24, 4, 4, 36, (3, 3), 1, 1, 2, 2),     # dilated, two groups
+    (13, 8, 3, 3, 8, (3, 3), 1, 1, 1, 1),      # tiles across many images
+    (2, 6, 2, 3, 5, (3, 3), 1, 3, 1, 1),       # outputs that see only padding
+], ids=str)
+def test_tap_reduce_tile_matches_its_twin_bit_for_bit(rng, shape):
+    # bf16 mode on vdpbf16ps runs valid_taps' forward and input gradient on the tap-reduce
+    # tile (every valid tap and channel summed in registers); its portable twin sums the same
+    # products in the same order with the instruction's arithmetic: the same bits, hostile
+    # values (ties, subnormals, -0, huge, inf, NaN) included.
+    reason = _core.bf16_paths()["avx512_bf16"]
+    if reason is not None:
+        pytest.skip(f"bf16 path avx512_bf16: {reason}")
+    x, w, b, kwargs = conv_data(rng, shape)
+    gy = rng.standard_normal(F.conv2d_output_shape(x.shape, w.shape, **kwargs)).astype(np.float32)
+    hostile = np.array([0x3F808000, 0x3F818000, 0x3F7FFFFF, 0x00000001, 0x807FFFFF,
+                        0x80000000, 0x7F7F0000, 0x3F80FFFF], np.uint32).view(np.float32)
+    for a in (x, gy):
+        where = rng.random(a.shape) < 0.1
+        a[where] = rng.choice(hostile, size=int(where.sum()))
+    x[0, 0, 0, 0], gy.flat[-1] = np.inf, np.nan
+    stride1 = kwargs["stride"] == 1
+    runs = []
+    for path in ("avx512_bf16", "avx512_bf16_twin"):
+        assert _core.set_bf16_path(path)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                y = F.conv2d(x, w, b, **kwargs, precision="bf16")
+                gx = (F.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, False, False),
+                                        precision="bf16")[0] if stride1 else None)
+        finally:
+            _core.set_bf16_path("auto")
+        runs.append((y, gx))
+    np.testing.assert_array_equal(runs[0][0].view(np.uint32), runs[1][0].view(np.uint32))
+    if stride1:
+        np.testing.assert_array_equal(runs[0][1].view(np.uint32), runs[1][1].view(np.uint32))
