@@ -391,10 +391,18 @@ bool valid_taps_fits(const ConvShape& s, ConvPass pass) {
 //     batch 256: forward 26.7 ms against 43.1, input gradient 24.5 against 60.2, weight
 //     gradient 51.8 against 62.6; 512 x 512 on 4x4, batch 64: 50.0 against 61.0, 46.8
 //     against 79.3, 45.1 against 75.4).
+//   the tap-reduce tile (vdpbf16ps and its twin) adds the forward of stride-1 outputs up to
+//     8x8 from 64 x 128 channels, where it leads F(4x4) by 1.1-1.25x (airbench94's 256 x 256
+//     on 7x7, batch 1024: 129.7 ms against 161.7; ResNet's 256 x 256 on 8x8, batch 64: 11.3
+//     against 13.6; vgg_small's 64 x 128 and 128 x 128 on 8x8: 1.6 against 1.8 and 3.1
+//     against 3.7); their input gradients tie with or trail Winograd's.
 bool valid_taps_pays(const ConvShape& s, ConvPass pass, bool gemms_only) {
-  if (!valid_taps_fits(s, pass) || (s.win.PH == 0 && s.win.PW == 0) ||
-      s.Cg() * s.Fg() < 256 * 256)
-    return false;
+  if (!valid_taps_fits(s, pass) || (s.win.PH == 0 && s.win.PW == 0)) return false;
+  if (pass == ConvPass::forward && s.precision == Precision::bf16 &&
+      bf16_gemm_config().taps != nullptr && s.win.SH == 1 && s.win.SW == 1 &&
+      s.OH * s.OW <= 64 && s.Cg() * s.Fg() >= 64 * 128)
+    return true;
+  if (s.Cg() * s.Fg() < 256 * 256) return false;
   if (gemms_only || (s.precision == Precision::bf16 && bf16_gemm_config().multiply_rate > 1))
     return s.OH * s.OW <= 16;
   return pass == ConvPass::forward && s.OH * s.OW <= 9;

@@ -217,15 +217,27 @@ def test_small_outputs_with_many_channels_take_the_valid_taps_gemms(path):
     """With a bf16 kernel faster than float32's (vdpbf16ps, AMX), padded 3x3 and 4x4 outputs
     with at least 256 x 256 channels run valid_taps (the bf16 GEMMs over the taps inside the
     image) in every pass; unpadded ones, with no tap to skip, the bf16 im2col GEMM forward;
-    fewer channels and larger outputs keep Winograd (AMX: the GEMMs). The emulated path
-    (float32's rate) decides as float32 does: valid_taps for the forward of 3x3 outputs
-    only."""
+    fewer channels and larger outputs keep Winograd (AMX: the GEMMs). vdpbf16ps's paths, which
+    have the tap-reduce tile, also give valid_taps the forward of stride-1 outputs up to 8x8
+    from 64 x 128 channels. The emulated path (float32's rate) decides as float32 does:
+    valid_taps for the forward of 3x3 outputs only."""
     tiny = {o: (4, 256, o, o, 256, 3, 1, 1, 1, 1) for o in (3, 4)}
     unpadded = (4, 256, 5, 5, 256, 3, 1, 0, 1, 1)  # 3x3 output
     kept = [(4, 128, 4, 4, 128, 3, 1, 1, 1, 1), (4, 256, 7, 7, 256, 3, 1, 1, 1, 1),
             (4, 512, 4, 4, 64, 3, 1, 1, 1, 1)]  # 512 x 64 channels: fewer than 256 x 256
+    tap_reduce = path in ("avx512_bf16", "avx512_bf16_twin")
+    forward_kept = [(4, 64, 8, 8, 64, 3, 1, 1, 1, 1),    # 64 x 64 channels
+                    (4, 256, 9, 9, 256, 3, 1, 1, 1, 1),  # 9x9 output
+                    (4, 256, 16, 16, 256, 3, 2, 1, 1, 1)]  # strided 8x8 output
     amx = path in ("amx", "amx_twin")
     with bf16_path(path):
+        if tap_reduce:
+            for shape in kept + [(4, 64, 8, 8, 128, 3, 1, 1, 1, 1)]:
+                assert running("forward", shape) == "valid_taps", shape
+                assert running("backward_input", shape) != "valid_taps", shape
+            for shape in forward_kept:
+                assert running("forward", shape) != "valid_taps", shape
+            kept = []
         for o, shape in tiny.items():
             for p in PASSES:
                 if path == "emulated":
