@@ -12,6 +12,10 @@
 // The input gradient of a stride-1 convolution is the same computation on grad_y with the
 // kernel flipped and transposed (padding DH*(KH-1) - PH); the weight gradient, per tap, a
 // GEMM of grad_y's and the image's channels-last pixels over the outputs that keep the tap.
+// In bf16 mode on a kernel with a tap-reduce tile (vdpbf16ps and its twin: Bf16TapsFn,
+// gemm_bf16.h), the forward and the input gradient run that tile instead of a GEMM per tap:
+// the images copied once into bfloat16 channels-last, each tile of output positions summing
+// all its valid taps and channels in registers before one store.
 #pragma once
 
 #include "conv/conv.h"

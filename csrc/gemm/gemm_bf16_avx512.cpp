@@ -14,35 +14,51 @@ namespace {
 
 constexpr int MR = 12, NV = 2, NR = 16 * NV;  // NV vectors of 16 column pairs
 
+// One k pair of the 12 x 32 tile: acc[i][v] += the pair at row(i) . B's vector v of pairs
+// (at b: NR column pairs).
+template <typename Row>
+__attribute__((always_inline)) inline void dp_pair(__m512 (&acc)[MR][NV], const std::uint16_t* b,
+                                                   Row row) {
+  __m512bh bv[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(b + 32 * v);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    std::uint32_t pair;
+    __builtin_memcpy(&pair, row(i), sizeof pair);
+    const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, bv[v]);
+  }
+}
+
+__attribute__((always_inline)) inline void zero(__m512 (&acc)[MR][NV]) {
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+}
+
+// The store masks of the tile's NV vectors for nr_eff columns.
+__attribute__((always_inline)) inline void column_masks(index_t nr_eff, __mmask16 (&mask)[NV]) {
+  for (int v = 0; v < NV; ++v) {
+    const index_t n = nr_eff - 16 * v;
+    mask[v] = n >= 16 ? 0xffff : n > 0 ? static_cast<__mmask16>((1u << n) - 1) : 0;
+  }
+}
+
 void micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, index_t ldc,
                   bool accumulate, index_t mr_eff, index_t nr_eff) {
   const auto* a = static_cast<const std::uint16_t*>(a_);  // (p/2)*2MR + 2i + p%2
   const auto* b = static_cast<const std::uint16_t*>(b_);  // (p/2)*2NR + 2j + p%2
   __m512 acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  zero(acc);
   for (index_t kp = 0; kp < kc_pad / 2; ++kp) {
-    __m512bh bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v)
-      bv[v] = (__m512bh)_mm512_loadu_si512(b + kp * 2 * NR + 32 * v);
     const std::uint16_t* ap = a + kp * 2 * MR;
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      std::uint32_t pair;
-      __builtin_memcpy(&pair, ap + 2 * i, sizeof pair);
-      const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, bv[v]);
-    }
+    dp_pair(acc, b + kp * 2 * NR, [&](int i) { return ap + 2 * i; });
   }
   __mmask16 mask[NV];
-  for (int v = 0; v < NV; ++v) {
-    const index_t n = nr_eff - 16 * v;
-    mask[v] = n >= 16 ? 0xffff : n > 0 ? static_cast<__mmask16>((1u << n) - 1) : 0;
-  }
+  column_masks(nr_eff, mask);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     if (i >= mr_eff) break;
@@ -61,35 +77,17 @@ void micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, inde
 void taps_kernel(index_t taps, const index_t* a_off, index_t kp, const std::uint16_t* const* a,
                  const std::uint16_t* const* b, float* const* c, index_t nr_eff) {
   __m512 acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  zero(acc);
   for (index_t t = 0; t < taps; ++t) {
     const std::uint16_t* ap[MR];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) ap[i] = a[i] + a_off[t];
     const std::uint16_t* bt = b[t];
-    for (index_t p = 0; p < kp; ++p) {
-      __m512bh bv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v)
-        bv[v] = (__m512bh)_mm512_loadu_si512(bt + p * 2 * NR + 32 * v);
-#pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) {
-        std::uint32_t pair;
-        __builtin_memcpy(&pair, ap[i] + 2 * p, sizeof pair);
-        const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, bv[v]);
-      }
-    }
+    for (index_t p = 0; p < kp; ++p)
+      dp_pair(acc, bt + p * 2 * NR, [&](int i) { return ap[i] + 2 * p; });
   }
   __mmask16 mask[NV];
-  for (int v = 0; v < NV; ++v) {
-    const index_t n = nr_eff - 16 * v;
-    mask[v] = n >= 16 ? 0xffff : n > 0 ? static_cast<__mmask16>((1u << n) - 1) : 0;
-  }
+  column_masks(nr_eff, mask);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     if (!c[i]) continue;
