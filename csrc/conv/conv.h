@@ -65,7 +65,8 @@ inline ConvShape transposed_shape(const ConvShape& s) {
 //   subsampled   strided 1x1 layers as pointwise ones on the subsampled image
 //                (conv_subsampled.h): every dtype
 //   valid_taps   GEMMs over the taps inside the image only (conv_valid_taps.h): small
-//                images with many channels; every pass (the input gradient at stride 1)
+//                images with many channels; every pass (the input gradient at stride 1,
+//                or any stride on the bf16 tap-reduce tile)
 //   winograd4    Winograd F(4x4, 3x3) on the direct tiles (conv_winograd.h): 3x3, stride 1
 //   winograd     Winograd F(2x2, 3x3) on the direct tiles (conv_winograd.h): 3x3, stride 1
 //   direct_nchw  the few-channel NCHW tiles (conv_direct.h): the first layers

@@ -220,51 +220,118 @@ void to_channels_last_bf16_pairs(index_t Cg, index_t Cpad, index_t HW, const flo
     for (index_t p = 0; p < HW; ++p) std::fill(dst + p * Cpad + Cg, dst + (p + 1) * Cpad, 0);
 }
 
-// The convolution v of `in` (NCHW float32) into out, as valid_taps_conv, on kernel k's
-// tap-reduce tile; w_tap(g, i, j) points at tap (i, j) of group g's weights, element (f, c)
-// at f*rs + c*cs.
+// One axis of a tap-reduce convolution: a group of destination indices that read their
+// sources through the same taps, in the order listed. Position q: destination dst[q], and
+// source src[q] where the first tap reads; tap e: kernel index tap[e], source src[q] +
+// delta[e] (delta >= 0).
+struct TapGroup {
+  std::vector<index_t> dst, src, tap, delta;
+};
+
+// A forward convolution's groups along one axis: its runs (stride S, padding P, dilation D),
+// taps in order.
+std::vector<TapGroup> forward_groups(const std::vector<AxisRun>& runs, index_t S, index_t P,
+                                     index_t D) {
+  std::vector<TapGroup> groups;
+  for (const AxisRun& r : runs) {
+    TapGroup g;
+    for (index_t o = r.o0; o < r.o1; ++o) {
+      g.dst.push_back(o);
+      g.src.push_back(o * S - P + r.t0 * D);
+    }
+    for (index_t t = r.t0; t < r.t1; ++t) {
+      g.tap.push_back(t);
+      g.delta.push_back((t - r.t0) * D);
+    }
+    groups.push_back(std::move(g));
+  }
+  return groups;
+}
+
+// The input gradient's groups along one axis of a convolution of `in` inputs into `out`
+// outputs (kernel K, stride S, padding P, dilation D): input x gathers the gradient of output
+// (x + P - t*D) / S through tap t wherever that divides and lies in [0, out). Inputs with the
+// same taps form a group (at stride S, inputs of one residue class); taps from the last
+// down, as the flipped kernel of a stride-1 input gradient lists them, so the first reads
+// the smallest source and tap t reads (first - t)*D/S further.
+std::vector<TapGroup> input_grad_groups(index_t in, index_t out, index_t K, index_t S, index_t P,
+                                        index_t D) {
+  std::vector<TapGroup> groups;
+  std::vector<std::vector<index_t>> keys;  // each group's taps
+  for (index_t x = 0; x < in; ++x) {
+    std::vector<index_t> taps;
+    for (index_t t = K - 1; t >= 0; --t) {
+      const index_t at = x + P - t * D;
+      if (at >= 0 && at % S == 0 && at / S < out) taps.push_back(t);
+    }
+    const std::size_t gi = std::find(keys.begin(), keys.end(), taps) - keys.begin();
+    if (gi == keys.size()) {
+      TapGroup g;
+      for (index_t t : taps) {
+        g.tap.push_back(t);
+        g.delta.push_back((taps[0] - t) * D / S);
+      }
+      keys.push_back(taps);
+      groups.push_back(std::move(g));
+    }
+    groups[gi].dst.push_back(x);
+    groups[gi].src.push_back(taps.empty() ? 0 : (x + P - taps[0] * D) / S);
+  }
+  return groups;
+}
+
+// The convolution-like pass v (sources: N x C channels of H x W; destinations: N x F
+// channels of OH x OW; G groups; a KH x KW kernel) of `in` (NCHW float32) into out, on kernel
+// k's tap-reduce tile: destination (y, x) of a rectangle rows[a] x cols[b] sums, over the
+// rectangle's taps (rows' outer, cols' inner) and the source channels, the source pixel
+// (rows[a].src[y] + delta, cols[b].src[x] + delta') times tap (tap, tap') of the weights;
+// w_tap(g, i, j) points at tap (i, j) of group g's weights, element (destination channel f,
+// source channel c) at f*rs + c*cs.
 template <typename WTap>
-void valid_taps_conv_tap_reduce(const ConvShape& v, const Runs& runs, const Bf16GemmConfig& k,
+void valid_taps_conv_tap_reduce(const ConvShape& v, const std::vector<TapGroup>& rows,
+                                const std::vector<TapGroup>& cols, const Bf16GemmConfig& k,
                                 const float* in, index_t rs, index_t cs, WTap w_tap,
                                 const float* bias, float* out) {
   const index_t Cg = v.Cg(), Fg = v.Fg(), HW = v.H * v.W, L = v.L();
   const index_t KH = v.win.KH, KW = v.win.KW, KK = KH * KW, MR = k.mr, NR = k.nr;
   const index_t Cpad = round_up(Cg, 2), kp = Cpad / 2, Fpad = round_up(Fg, NR);
   const index_t blocks = Fpad / NR, panel = kp * 2 * NR;  // uint16 per tap panel
+  std::vector<bool> used_rows(KH), used_cols(KW);  // kernel rows and columns some group uses
+  for (const TapGroup& r : rows)
+    for (index_t i : r.tap) used_rows[i] = true;
+  for (const TapGroup& c : cols)
+    for (index_t j : c.tap) used_cols[j] = true;
   // The weights: panel (g, tap, block), pair p of column j at (p/2)*2NR + 2j + p%2, i.e. the
   // 32-bit word p*NR + j holding channels 2p and 2p+1. Each (g, block) packs all its taps'
-  // panels at once, taps innermost: a layer's taps of one (f, c) lie side by side (forward
-  // and input gradient alike), so the weights are read nearly in order, once.
+  // panels, 16 channels at a time: the block's weights of those channels (NR x 16 x taps,
+  // side by side in either layout) stay in L1 while each tap's words are written in order
+  // (column by column, the words of one channel pair went to as many cache lines as pairs).
   Scratch<std::uint16_t> wp = make_scratch<std::uint16_t>(checked_mul(v.G * KK, blocks, panel));
   for_each_panel(v.G * blocks, checked_mul(v.G * KK, Fpad, Cpad), [&](index_t q) {
     const index_t g = q / blocks, jb = q % blocks, nf = std::min(NR, Fg - jb * NR);
     std::vector<const float*> src;
     std::vector<std::uint32_t*> dst;
-    for (index_t t = 0; t < KK; ++t) {
-      auto* d = reinterpret_cast<std::uint32_t*>(wp.get() + ((g * KK + t) * blocks + jb) * panel);
-      if (!tap_used(runs.rows, runs.cols, t / KW, t % KW)) continue;
-      src.push_back(w_tap(g, t / KW, t % KW) + jb * NR * rs);
-      dst.push_back(d);
-      if (nf < NR)  // columns past Fg
-        for (index_t p = 0; p < kp; ++p) std::fill(d + p * NR + nf, d + (p + 1) * NR, 0u);
-    }
-    const index_t taps = index_t(src.size());
-    const float* const* sp = src.data();
-    std::uint32_t* const* dp = dst.data();
-    const auto word = [&](index_t t, index_t j, index_t c) {
-      const std::uint32_t lo = bf16_bits(sp[t][j * rs + c * cs]);
-      const std::uint32_t hi = c + 1 < Cg ? bf16_bits(sp[t][j * rs + (c + 1) * cs]) : 0u;
-      dp[t][(c / 2) * NR + j] = lo | hi << 16;
-    };
-    if (rs >= cs) {
-      for (index_t j = 0; j < nf; ++j)
-        for (index_t c = 0; c < Cg; c += 2)
-          for (index_t t = 0; t < taps; ++t) word(t, j, c);
-    } else {
-      for (index_t c = 0; c < Cg; c += 2)
-        for (index_t j = 0; j < nf; ++j)
-          for (index_t t = 0; t < taps; ++t) word(t, j, c);
-    }
+    for (index_t t = 0; t < KK; ++t)
+      if (used_rows[t / KW] && used_cols[t % KW]) {
+        src.push_back(w_tap(g, t / KW, t % KW) + jb * NR * rs);
+        dst.push_back(
+            reinterpret_cast<std::uint32_t*>(wp.get() + ((g * KK + t) * blocks + jb) * panel));
+      }
+    constexpr index_t kChunk = 16;  // channels (8 pairs)
+    for (index_t c0 = 0; c0 < Cg; c0 += kChunk)
+      for (std::size_t t = 0; t < src.size(); ++t) {
+        const float* w = src[t];
+        for (index_t c = c0; c < std::min(c0 + kChunk, Cg); c += 2) {
+          std::uint32_t* d = dst[t] + (c / 2) * NR;
+          const bool odd = c + 1 < Cg;
+          for (index_t j = 0; j < nf; ++j) {
+            const std::uint32_t lo = bf16_bits(w[j * rs + c * cs]);
+            const std::uint32_t hi = odd ? bf16_bits(w[j * rs + (c + 1) * cs]) : 0u;
+            d[j] = lo | hi << 16;
+          }
+          std::fill(d + nf, d + NR, 0u);  // columns past Fg
+        }
+      }
   });
   // Batches in a multiple of the threads where there are enough images (3 batches on 2
   // threads would leave one thread idle a third of the time).
@@ -287,16 +354,18 @@ void valid_taps_conv_tap_reduce(const ConvShape& v, const Runs& runs, const Bf16
         std::vector<index_t> a_off;
         std::vector<const std::uint16_t*> b_tap, a(MR);
         std::vector<float*> c(MR);
-        for (const AxisRun& r : runs.rows)
-          for (const AxisRun& cr : runs.cols) {
+        for (const TapGroup& r : rows)
+          for (const TapGroup& cr : cols) {
             a_off.clear();
             b_tap.clear();
-            for (index_t i = r.t0; i < r.t1; ++i)
-              for (index_t j = cr.t0; j < cr.t1; ++j) {
-                a_off.push_back(((i - r.t0) * v.win.DH * v.W + (j - cr.t0) * v.win.DW) * Cpad);
-                b_tap.push_back(wp.get() + ((g * KK + i * KW + j) * blocks + jb) * panel);
+            for (std::size_t e = 0; e < r.tap.size(); ++e)
+              for (std::size_t f = 0; f < cr.tap.size(); ++f) {
+                a_off.push_back((r.delta[e] * v.W + cr.delta[f]) * Cpad);
+                b_tap.push_back(wp.get() + ((g * KK + r.tap[e] * KW + cr.tap[f]) * blocks + jb) *
+                                               panel);
               }
-            const index_t pw = cr.o1 - cr.o0, P = (r.o1 - r.o0) * pw, positions = count * P;
+            const index_t pw = index_t(cr.dst.size()), P = index_t(r.dst.size()) * pw,
+                          positions = count * P;
             for (index_t q0 = 0; q0 < positions; q0 += MR) {
               for (index_t i = 0; i < MR; ++i) {
                 if (q0 + i >= positions) {
@@ -304,13 +373,10 @@ void valid_taps_conv_tap_reduce(const ConvShape& v, const Runs& runs, const Bf16
                   c[i] = nullptr;
                   continue;
                 }
-                const index_t q = q0 + i, m = q / P, oh = r.o0 + q % P / pw,
-                              ow = cr.o0 + q % pw;
-                // Where the rectangle's first valid tap reads (inside the image, when any).
-                const index_t ih = oh * v.win.SH - v.win.PH + r.t0 * v.win.DH,
-                              iw = ow * v.win.SW - v.win.PW + cr.t0 * v.win.DW;
-                a[i] = a_off.empty() ? xt : xt + (m * HW + ih * v.W + iw) * Cpad;
-                c[i] = ybuf + (m * L + oh * v.OW + ow) * Fpad + jb * NR;
+                const index_t q = q0 + i, m = q / P, y = q % P / pw, x = q % pw;
+                // Where the rectangle's first tap reads (inside the image, when it has taps).
+                a[i] = a_off.empty() ? xt : xt + (m * HW + r.src[y] * v.W + cr.src[x]) * Cpad;
+                c[i] = ybuf + (m * L + r.dst[y] * v.OW + cr.dst[x]) * Fpad + jb * NR;
               }
               k.taps(index_t(a_off.size()), a_off.data(), kp, a.data(), b_tap.data(), c.data(),
                      NR);
@@ -369,7 +435,8 @@ constexpr index_t kMaxPartialBytes = index_t(32) << 20;
 bool valid_taps_fits(const ConvShape& s, ConvPass pass) {
   switch (pass) {
     case ConvPass::forward: return true;
-    case ConvPass::backward_input: return s.win.SH == 1 && s.win.SW == 1;
+    case ConvPass::backward_input:
+      return (s.win.SH == 1 && s.win.SW == 1) || tap_reduce_runs<float>(s);
     default: return true;
   }
 }
@@ -391,17 +458,23 @@ bool valid_taps_fits(const ConvShape& s, ConvPass pass) {
 //     batch 256: forward 26.7 ms against 43.1, input gradient 24.5 against 60.2, weight
 //     gradient 51.8 against 62.6; 512 x 512 on 4x4, batch 64: 50.0 against 61.0, 46.8
 //     against 79.3, 45.1 against 75.4).
-//   the tap-reduce tile (vdpbf16ps and its twin) adds the forward of stride-1 outputs up to
-//     8x8 from 64 x 128 channels, where it leads F(4x4) by 1.1-1.25x (airbench94's 256 x 256
-//     on 7x7, batch 1024: 129.7 ms against 161.7; ResNet's 256 x 256 on 8x8, batch 64: 11.3
-//     against 13.6; vgg_small's 64 x 128 and 128 x 128 on 8x8: 1.6 against 1.8 and 3.1
-//     against 3.7); their input gradients tie with or trail Winograd's.
+//   the tap-reduce tile (vdpbf16ps and its twin) adds outputs up to 8x8: the forward from
+//     64 x 128 channels at stride 1, where it leads F(4x4) by 1.1-1.25x (airbench94's 256 x
+//     256 on 7x7, batch 1024: 129.7 ms against 161.7; ResNet's 256 x 256 on 8x8, batch 64:
+//     11.3 against 13.6; vgg_small's 64 x 128 and 128 x 128 on 8x8: 1.6 against 1.8 and 3.1
+//     against 3.7; their input gradients tie with or trail Winograd's), and strided layers'
+//     forward and input gradient from 128 x 256 channels, where it leads im2col (ResNet's
+//     128 -> 256 stride-2 layer, 16x16 -> 8x8, batch 64: 6.7 ms against 7.4 forward, 6.9
+//     against 7.2 input gradient; its 64 -> 128 layer, on 32x32, stays with im2col).
 bool valid_taps_pays(const ConvShape& s, ConvPass pass, bool gemms_only) {
   if (!valid_taps_fits(s, pass) || (s.win.PH == 0 && s.win.PW == 0)) return false;
-  if (pass == ConvPass::forward && s.precision == Precision::bf16 &&
-      bf16_gemm_config().taps != nullptr && s.win.SH == 1 && s.win.SW == 1 &&
-      s.OH * s.OW <= 64 && s.Cg() * s.Fg() >= 64 * 128)
-    return true;
+  if (s.precision == Precision::bf16 && bf16_gemm_config().taps != nullptr &&
+      s.OH * s.OW <= 64) {
+    const bool strided = s.win.SH > 1 || s.win.SW > 1;
+    if (strided && pass != ConvPass::backward_weight && s.Cg() * s.Fg() >= 128 * 256)
+      return true;
+    if (!strided && pass == ConvPass::forward && s.Cg() * s.Fg() >= 64 * 128) return true;
+  }
   if (s.Cg() * s.Fg() < 256 * 256) return false;
   if (gemms_only || (s.precision == Precision::bf16 && bf16_gemm_config().multiply_rate > 1))
     return s.OH * s.OW <= 16;
@@ -417,25 +490,37 @@ void conv2d_forward_valid_taps(const ConvShape& s, const T* x, const T* w, const
   };
   if constexpr (std::is_same_v<T, float>)
     if (tap_reduce_runs<T>(s))
-      return valid_taps_conv_tap_reduce(s, runs, bf16_gemm_config(), x, CKK, KK, w_tap, bias, y);
+      return valid_taps_conv_tap_reduce(
+          s, forward_groups(runs.rows, s.win.SH, s.win.PH, s.win.DH),
+          forward_groups(runs.cols, s.win.SW, s.win.PW, s.win.DW), bf16_gemm_config(), x, CKK,
+          KK, w_tap, bias, y);
   valid_taps_conv(s, runs, x, pack_taps<T>(s, runs, CKK, KK, w_tap), bias, y);
 }
 
 template <typename T>
 void conv2d_backward_input_valid_taps(const ConvShape& s, const T* gy, const T* w, T* gx) {
-  // grad_x = the forward convolution transposed_shape(s) of grad_y (conv.h): tap (i, j) is
-  // w's tap (KH-1-i, KW-1-j), transposed (Cg x Fg).
-  const ConvShape v = transposed_shape(s);
+  const ConvShape v = transposed_shape(s);  // its sizes and channels (conv.h)
   const index_t CKK = s.CKK(), KK = s.win.KH * s.win.KW, KH = s.win.KH, KW = s.win.KW;
-  const Runs runs(v);
-  const auto w_tap = [&](index_t g, index_t i, index_t j) {
-    return w + g * s.Fg() * CKK + (KH - 1 - i) * KW + (KW - 1 - j);
-  };
   if constexpr (std::is_same_v<T, float>)
-    if (tap_reduce_runs<T>(v))
-      return valid_taps_conv_tap_reduce(v, runs, bf16_gemm_config(), gy, KK, CKK, w_tap,
-                                        nullptr, gx);
-  valid_taps_conv<T>(v, runs, gy, pack_taps<T>(v, runs, KK, CKK, w_tap), nullptr, gx);
+    if (tap_reduce_runs<T>(v)) {
+      // grad_x[c, x] = sum over taps t with x + P - t*D = S*o, o an output, of
+      // w[f, c, t] grad_y[f, o]: any stride (input_grad_groups), w's taps as they are.
+      return valid_taps_conv_tap_reduce(
+          v, input_grad_groups(s.H, s.OH, KH, s.win.SH, s.win.PH, s.win.DH),
+          input_grad_groups(s.W, s.OW, KW, s.win.SW, s.win.PW, s.win.DW), bf16_gemm_config(), gy,
+          KK, CKK, [&](index_t g, index_t i, index_t j) { return w + g * s.Fg() * CKK + i * KW + j; },
+          nullptr, gx);
+    }
+  // Stride 1: grad_x = the forward convolution v of grad_y: tap (i, j) is w's tap
+  // (KH-1-i, KW-1-j), transposed (Cg x Fg).
+  const Runs runs(v);
+  valid_taps_conv<T>(v, runs, gy,
+                     pack_taps<T>(v, runs, KK, CKK,
+                                  [&](index_t g, index_t i, index_t j) {
+                                    return w + g * s.Fg() * CKK + (KH - 1 - i) * KW +
+                                           (KW - 1 - j);
+                                  }),
+                     nullptr, gx);
 }
 
 template <typename T>

@@ -15,7 +15,9 @@
 // In bf16 mode on a kernel with a tap-reduce tile (vdpbf16ps and its twin: Bf16TapsFn,
 // gemm_bf16.h), the forward and the input gradient run that tile instead of a GEMM per tap:
 // the images copied once into bfloat16 channels-last, each tile of output positions summing
-// all its valid taps and channels in registers before one store.
+// all its valid taps and channels in registers before one store. The tile's input gradient
+// takes any stride: per axis, the inputs of one residue class with the same taps read
+// grad_y through them (the sub-pixel decomposition of a transposed convolution).
 #pragma once
 
 #include "conv/conv.h"
@@ -23,7 +25,7 @@
 namespace fastconv {
 
 // Whether the pass can run this way: the forward and weight gradient any convolution, the
-// input gradient stride-1 ones.
+// input gradient stride-1 ones, and strided ones too where the tap-reduce tile runs.
 bool valid_taps_fits(const ConvShape& s, ConvPass pass);
 // Whether it pays over the other formulations (measured heuristics, conv_valid_taps.cpp);
 // gemms_only: the other formulations are the GEMMs alone (float64, or no direct kernels).

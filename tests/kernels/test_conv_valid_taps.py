@@ -94,6 +94,11 @@ def test_random_geometries_match_the_reference(cfg):
     stride1 = cfg["sh"] == cfg["sw"] == 1
     assert (algorithm_running("backward_input", x.astype(dtype), w.astype(dtype), kwargs)
             == "valid_taps") == stride1
+    # bf16 mode where the tap-reduce tile runs (vdpbf16ps, its twin) takes strided input
+    # gradients too
+    tile = _core.bf16_gemm_blocks()["path"] in ("avx512_bf16", "avx512_bf16_twin")
+    assert (algorithm_running("backward_input", x.astype(np.float32), w.astype(np.float32),
+                              kwargs, "bf16") == "valid_taps") == (stride1 or tile)
 
 
 # The layers the dispatch gives it (small outputs, 256 x 256 channels and more), at small
@@ -103,7 +108,8 @@ TORCH_SHAPES = [
     (5, 256, 3, 3, 256, (3, 3), 1, 1, 1, 1),   # airbench94's last layer
     (2, 256, 7, 7, 96, (3, 3), 1, 1, 1, 1),
     (2, 512, 3, 3, 512, (3, 3), 1, 1, 1, 2),   # two groups of 256
-    (2, 256, 5, 6, 128, (3, 3), 2, 1, 1, 1),   # strided (the forward only)
+    (2, 256, 5, 6, 128, (3, 3), 2, 1, 1, 1),   # strided (bf16 mode: the tile's input gradient)
+    (2, 256, 8, 8, 512, (3, 3), 2, 1, 1, 1),   # ResNet-18's 256 -> 512 stride-2 layer
     (2, 320, 4, 4, 272, (5, 3), 1, (2, 1), (1, 2), 1),
 ]
 
@@ -255,7 +261,8 @@ def test_bf16_packings_have_the_same_bits_at_every_simd_level(rng, shape, path, 
 
 @pytest.mark.parametrize("shape", [
     (3, 33, 7, 7, 40, (3, 3), 1, 1, 1, 1),     # odd channels (a half pair), ragged columns
-    (2, 16, 5, 6, 70, (3, 3), 2, 1, 1, 1),     # strided (the forward)
+    (2, 16, 5, 6, 70, (3, 3), 2, 1, 1, 1),     # strided: residue classes of the input
+    (2, 10, 9, 7, 12, (3, 2), (3, 2), (2, 1), (2, 1), 1),  # stride 3 x 2, dilated
     (2, 24, 4, 4, 36, (3, 3), 1, 1, 2, 2),     # dilated, two groups
     (13, 8, 3, 3, 8, (3, 3), 1, 1, 1, 1),      # tiles across many images
     (2, 6, 2, 3, 5, (3, 3), 1, 3, 1, 1),       # outputs that see only padding
@@ -276,18 +283,16 @@ def test_tap_reduce_tile_matches_its_twin_bit_for_bit(rng, shape):
         where = rng.random(a.shape) < 0.1
         a[where] = rng.choice(hostile, size=int(where.sum()))
     x[0, 0, 0, 0], gy.flat[-1] = np.inf, np.nan
-    stride1 = kwargs["stride"] == 1
     runs = []
     for path in ("avx512_bf16", "avx512_bf16_twin"):
         assert _core.set_bf16_path(path)
         try:
             with np.errstate(over="ignore", invalid="ignore"):
                 y = F.conv2d(x, w, b, **kwargs, precision="bf16")
-                gx = (F.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, False, False),
-                                        precision="bf16")[0] if stride1 else None)
+                gx = F.conv2d_backward(gy, x, w, **kwargs, output_mask=(True, False, False),
+                                       precision="bf16")[0]
         finally:
             _core.set_bf16_path("auto")
         runs.append((y, gx))
     np.testing.assert_array_equal(runs[0][0].view(np.uint32), runs[1][0].view(np.uint32))
-    if stride1:
-        np.testing.assert_array_equal(runs[0][1].view(np.uint32), runs[1][1].view(np.uint32))
+    np.testing.assert_array_equal(runs[0][1].view(np.uint32), runs[1][1].view(np.uint32))

@@ -228,7 +228,9 @@ def test_small_outputs_with_many_channels_take_the_valid_taps_gemms(path):
     tap_reduce = path in ("avx512_bf16", "avx512_bf16_twin")
     forward_kept = [(4, 64, 8, 8, 64, 3, 1, 1, 1, 1),    # 64 x 64 channels
                     (4, 256, 9, 9, 256, 3, 1, 1, 1, 1),  # 9x9 output
-                    (4, 256, 16, 16, 256, 3, 2, 1, 1, 1)]  # strided 8x8 output
+                    (4, 64, 32, 32, 128, 3, 2, 1, 1, 1),  # strided, 16x16 output
+                    (4, 64, 16, 16, 256, 3, 2, 1, 1, 1)]  # strided, 64 x 256 channels
+    strided = [(4, 128, 16, 16, 256, 3, 2, 1, 1, 1), (4, 256, 8, 8, 512, 3, 2, 1, 1, 1)]
     amx = path in ("amx", "amx_twin")
     with bf16_path(path):
         if tap_reduce:
@@ -237,6 +239,10 @@ def test_small_outputs_with_many_channels_take_the_valid_taps_gemms(path):
                 assert running("backward_input", shape) != "valid_taps", shape
             for shape in forward_kept:
                 assert running("forward", shape) != "valid_taps", shape
+                assert running("backward_input", shape) != "valid_taps", shape
+            for shape in strided:  # ResNet's stride-2 layers: the tile's residue classes
+                for p in ("forward", "backward_input"):
+                    assert running(p, shape) == "valid_taps", (shape, p)
             kept = []
         for o, shape in tiny.items():
             for p in PASSES:
