@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "conv/conv_direct.h"
 #include "conv/conv_gemm_common.h"
 
 namespace fastconv {
@@ -207,17 +208,27 @@ index_t tap_reduce_images(const ConvShape& v, index_t Cpad, index_t Fpad) {
       checked_add(copy, checked_mul(v.L(), Fpad, sizeof(float))));
 }
 
-// dst (HW x Cpad bf16, pixel-major; channels Cg..Cpad zero) <- src (Cg x HW), rounded.
-void to_channels_last_bf16_pairs(index_t Cg, index_t Cpad, index_t HW, const float* src,
-                                 std::uint16_t* dst) {
-  constexpr index_t kBlock = 16;
-  for (index_t c0 = 0; c0 < Cg; c0 += kBlock) {
-    const index_t n = std::min(kBlock, Cg - c0);
-    for (index_t p = 0; p < HW; ++p)
-      for (index_t c = 0; c < n; ++c) dst[p * Cpad + c0 + c] = bf16_bits(src[(c0 + c) * HW + p]);
+// dst[i] = bf16_bits(src[i]) for i < n, vectorised per ISA.
+FASTCONV_CLONES void bf16_bits_of(const float* src, index_t n, std::uint16_t* dst) {
+  for (index_t i = 0; i < n; ++i) dst[i] = bf16_bits(src[i]);
+}
+
+// dst (H*W x Cpad bf16, pixel-major; channels Cg..Cpad zero) <- src (Cg x H x W), rounded:
+// the channels-last float32 copy first (in f32: H*W x Cg floats; the direct kernels'
+// register transposer where the ISA has them), then its bits (a scalar loop doing both was
+// a quarter of a 64-channel 32x32 layer's time).
+void to_channels_last_bf16_pairs(index_t Cg, index_t Cpad, index_t H, index_t W,
+                                 const float* src, float* f32, std::uint16_t* dst) {
+  const index_t HW = H * W;
+  if (const DirectKernels* k = direct_kernels())
+    k->to_channels_last(src, Cg, H, W, 0, 0, H, W, Cg, f32);
+  else
+    to_channels_last_any(Cg, HW, src, f32);
+  if (Cpad == Cg) return bf16_bits_of(f32, HW * Cg, dst);
+  for (index_t p = 0; p < HW; ++p) {
+    bf16_bits_of(f32 + p * Cg, Cg, dst + p * Cpad);
+    std::fill(dst + p * Cpad + Cg, dst + (p + 1) * Cpad, 0);
   }
-  if (Cpad > Cg)
-    for (index_t p = 0; p < HW; ++p) std::fill(dst + p * Cpad + Cg, dst + (p + 1) * Cpad, 0);
 }
 
 // One axis of a tap-reduce convolution: a group of destination indices that read their
@@ -340,15 +351,17 @@ void valid_taps_conv_tap_reduce(const ConvShape& v, const std::vector<TapGroup>&
   if (v.N >= threads) batches = round_up(batches, threads);
   const index_t nb = ceil_div(v.N, batches);
   const index_t xt_size = round_up(checked_mul(nb, HW, Cpad), 32);  // uint16
-  const index_t per = checked_add(xt_size / 2, checked_mul(nb, L, Fpad));  // floats
+  const index_t y_size = round_up(checked_mul(nb, L, Fpad), 16);
+  const index_t per = checked_add(xt_size / 2, y_size, checked_mul(HW, Cg));  // floats
   for_each_item(ceil_div(v.N, nb), per, [&](index_t b, float* scratch, bool split) {
     const index_t n0 = b * nb, count = std::min(nb, v.N - n0);
     auto* xt = reinterpret_cast<std::uint16_t*>(scratch);
     float* ybuf = scratch + xt_size / 2;  // [image][position][Fpad]
+    float* f32 = ybuf + y_size;           // one image channels-last, float32
     for (index_t g = 0; g < v.G; ++g) {
       for (index_t m = 0; m < count; ++m)
-        to_channels_last_bf16_pairs(Cg, Cpad, HW, in + ((n0 + m) * v.C + g * Cg) * HW,
-                                    xt + m * HW * Cpad);
+        to_channels_last_bf16_pairs(Cg, Cpad, v.H, v.W, in + ((n0 + m) * v.C + g * Cg) * HW,
+                                    f32, xt + m * HW * Cpad);
       // One output block of NR channels: every rectangle's tiles of MR positions.
       auto block = [&](index_t jb) {
         std::vector<index_t> a_off;
@@ -458,22 +471,22 @@ bool valid_taps_fits(const ConvShape& s, ConvPass pass) {
 //     batch 256: forward 26.7 ms against 43.1, input gradient 24.5 against 60.2, weight
 //     gradient 51.8 against 62.6; 512 x 512 on 4x4, batch 64: 50.0 against 61.0, 46.8
 //     against 79.3, 45.1 against 75.4).
-//   the tap-reduce tile (vdpbf16ps and its twin) adds outputs up to 8x8: the forward from
-//     64 x 128 channels at stride 1, where it leads F(4x4) by 1.1-1.25x (airbench94's 256 x
+//   the tap-reduce tile (vdpbf16ps and its twin), from 64 x 128 channels: the forward of
+//     stride-1 outputs up to 8x8, where it leads F(4x4) by 1.1-1.25x (airbench94's 256 x
 //     256 on 7x7, batch 1024: 129.7 ms against 161.7; ResNet's 256 x 256 on 8x8, batch 64:
 //     11.3 against 13.6; vgg_small's 64 x 128 and 128 x 128 on 8x8: 1.6 against 1.8 and 3.1
-//     against 3.7; their input gradients tie with or trail Winograd's), and strided layers'
-//     forward and input gradient from 128 x 256 channels, where it leads im2col (ResNet's
-//     128 -> 256 stride-2 layer, 16x16 -> 8x8, batch 64: 6.7 ms against 7.4 forward, 6.9
-//     against 7.2 input gradient; its 64 -> 128 layer, on 32x32, stays with im2col).
+//     against 3.7; their input gradients tie with or trail Winograd's, and on 15x15 and
+//     16x16 Winograd leads every pass by 1.2-1.5x); strided layers' forward and input
+//     gradient of outputs up to 16x16, where it leads im2col by 1.05-1.2x (ResNet's
+//     stride-2 layers at batch 64: 64 -> 128 on 32x32 7.9 ms against 9.6 forward, 8.6
+//     against 10.3 input gradient; 128 -> 256 on 16x16 6.6 against 7.4, 7.1 against 7.4).
 bool valid_taps_pays(const ConvShape& s, ConvPass pass, bool gemms_only) {
   if (!valid_taps_fits(s, pass) || (s.win.PH == 0 && s.win.PW == 0)) return false;
   if (s.precision == Precision::bf16 && bf16_gemm_config().taps != nullptr &&
-      s.OH * s.OW <= 64) {
+      s.Cg() * s.Fg() >= 64 * 128) {
     const bool strided = s.win.SH > 1 || s.win.SW > 1;
-    if (strided && pass != ConvPass::backward_weight && s.Cg() * s.Fg() >= 128 * 256)
-      return true;
-    if (!strided && pass == ConvPass::forward && s.Cg() * s.Fg() >= 64 * 128) return true;
+    if (strided && pass != ConvPass::backward_weight && s.OH * s.OW <= 256) return true;
+    if (!strided && pass == ConvPass::forward && s.OH * s.OW <= 64) return true;
   }
   if (s.Cg() * s.Fg() < 256 * 256) return false;
   if (gemms_only || (s.precision == Precision::bf16 && bf16_gemm_config().multiply_rate > 1))

@@ -218,9 +218,10 @@ def test_small_outputs_with_many_channels_take_the_valid_taps_gemms(path):
     with at least 256 x 256 channels run valid_taps (the bf16 GEMMs over the taps inside the
     image) in every pass; unpadded ones, with no tap to skip, the bf16 im2col GEMM forward;
     fewer channels and larger outputs keep Winograd (AMX: the GEMMs). vdpbf16ps's paths, which
-    have the tap-reduce tile, also give valid_taps the forward of stride-1 outputs up to 8x8
-    from 64 x 128 channels. The emulated path (float32's rate) decides as float32 does:
-    valid_taps for the forward of 3x3 outputs only."""
+    have the tap-reduce tile, also give valid_taps, from 64 x 128 channels, the forward of
+    stride-1 outputs up to 8x8 and strided layers' forward and input gradient up to 16x16.
+    The emulated path (float32's rate) decides as float32 does: valid_taps for the forward of
+    3x3 outputs only."""
     tiny = {o: (4, 256, o, o, 256, 3, 1, 1, 1, 1) for o in (3, 4)}
     unpadded = (4, 256, 5, 5, 256, 3, 1, 0, 1, 1)  # 3x3 output
     kept = [(4, 128, 4, 4, 128, 3, 1, 1, 1, 1), (4, 256, 7, 7, 256, 3, 1, 1, 1, 1),
@@ -228,9 +229,10 @@ def test_small_outputs_with_many_channels_take_the_valid_taps_gemms(path):
     tap_reduce = path in ("avx512_bf16", "avx512_bf16_twin")
     forward_kept = [(4, 64, 8, 8, 64, 3, 1, 1, 1, 1),    # 64 x 64 channels
                     (4, 256, 9, 9, 256, 3, 1, 1, 1, 1),  # 9x9 output
-                    (4, 64, 32, 32, 128, 3, 2, 1, 1, 1),  # strided, 16x16 output
-                    (4, 64, 16, 16, 256, 3, 2, 1, 1, 1)]  # strided, 64 x 256 channels
-    strided = [(4, 128, 16, 16, 256, 3, 2, 1, 1, 1), (4, 256, 8, 8, 512, 3, 2, 1, 1, 1)]
+                    (4, 64, 34, 34, 128, 3, 2, 1, 1, 1),  # strided, 17x17 output
+                    (4, 32, 16, 16, 128, 3, 2, 1, 1, 1)]  # strided, 32 x 128 channels
+    strided = [(4, 64, 32, 32, 128, 3, 2, 1, 1, 1), (4, 128, 16, 16, 256, 3, 2, 1, 1, 1),
+               (4, 256, 8, 8, 512, 3, 2, 1, 1, 1)]
     amx = path in ("amx", "amx_twin")
     with bf16_path(path):
         if tap_reduce:
