@@ -194,8 +194,9 @@ std::vector<std::unique_ptr<GroupWeights<T>>> pack_taps(const ConvShape& v, cons
 // bfloat16 (each pixel's channels are then the kernel's pairs, read where they lie), the
 // weights packed once per tap into B panels, and a register tile of mr output positions
 // (of one rectangle: the same valid taps) by nr output channels sums every valid tap and
-// channel before it is stored. Per output, taps in order, then channels in pairs, in order:
-// the bits do not depend on the batch or the threads.
+// channel before it is stored. Per output, its taps in an order fixed by the shape, each
+// over the channels in pairs, in order: the bits do not depend on the batch or the threads.
+// The input gradient reads grad_y the same way at any stride (input_grad_groups).
 
 // Images per batch for the tap-reduce path: the batch's bf16 copy about half of L2 (the
 // tiles of each output block re-read it), within the threads' share and kMaxBatchBytes.
