@@ -380,8 +380,12 @@ void valid_taps_conv_tap_reduce(const ConvShape& v, const std::vector<TapGroup>&
               }
             const index_t pw = index_t(cr.dst.size()), P = index_t(r.dst.size()) * pw,
                           positions = count * P;
-            for (index_t q0 = 0; q0 < positions; q0 += MR) {
-              for (index_t i = 0; i < MR; ++i) {
+            // The short tile where it leaves fewer rows empty (a rectangle of 64 positions:
+            // 8 tiles of 8, not 6 of 12 with 8 rows empty).
+            const auto empty = [&](index_t m) { return round_up(positions, m) - positions; };
+            const index_t R = empty(kTapRowsShort) < empty(MR) ? kTapRowsShort : MR;
+            for (index_t q0 = 0; q0 < positions; q0 += R) {
+              for (index_t i = 0; i < R; ++i) {
                 if (q0 + i >= positions) {
                   a[i] = a[0];
                   c[i] = nullptr;
@@ -392,8 +396,8 @@ void valid_taps_conv_tap_reduce(const ConvShape& v, const std::vector<TapGroup>&
                 a[i] = a_off.empty() ? xt : xt + (m * HW + r.src[y] * v.W + cr.src[x]) * Cpad;
                 c[i] = ybuf + (m * L + r.dst[y] * v.OW + cr.dst[x]) * Fpad + jb * NR;
               }
-              k.taps(index_t(a_off.size()), a_off.data(), kp, a.data(), b_tap.data(), c.data(),
-                     NR);
+              k.taps(R, index_t(a_off.size()), a_off.data(), kp, a.data(), b_tap.data(),
+                     c.data(), NR);
             }
           }
       };

@@ -40,15 +40,19 @@ using Bf16MicroFn = void (*)(index_t kc_pad, const void* a, const void* b, float
                              bool accumulate, index_t mr_eff, index_t nr_eff);
 
 // A tap-reduce tile (pairs layout; valid_taps' bf16 convolutions, conv_valid_taps.cpp): for
-// the kernel's mr rows i (those with c[i] null skipped) and columns j < nr_eff,
+// rows i < rows (the kernel's mr, or kTapRowsShort; those with c[i] null skipped) and
+// columns j < nr_eff,
 //   c[i][j] = sum over taps t < taps, in order, and k pairs p < kp, in order, of
 //             pair p of row a[i] + a_off[t]  .  pair p of column j of b[t],
 // a[i] + a_off[t] pointing at 2*kp bfloat16 values (a pixel's channels, channels-last), b[t]
 // a packed pairs panel (kp pairs x nr columns, as a B panel). The sums stay in registers
 // over all taps: C is written once, and nothing is packed per tap.
-using Bf16TapsFn = void (*)(index_t taps, const index_t* a_off, index_t kp,
+// Each output's sum is the same whatever the rows: a short tile (8 rows: 8 | 64 images, where
+// 12 would leave a third of some tiles empty) gives the same bits.
+using Bf16TapsFn = void (*)(index_t rows, index_t taps, const index_t* a_off, index_t kp,
                             const std::uint16_t* const* a, const std::uint16_t* const* b,
                             float* const* c, index_t nr_eff);
+constexpr index_t kTapRowsShort = 8;
 
 // The kernel of one bf16 path, from its gemm_bf16_<path>.cpp.
 struct Bf16Kernel {

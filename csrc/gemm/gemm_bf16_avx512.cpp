@@ -14,16 +14,16 @@ namespace {
 
 constexpr int MR = 12, NV = 2, NR = 16 * NV;  // NV vectors of 16 column pairs
 
-// One k pair of the 12 x 32 tile: acc[i][v] += the pair at row(i) . B's vector v of pairs
+// One k pair of the R x 32 tile: acc[i][v] += the pair at row(i) . B's vector v of pairs
 // (at b: NR column pairs).
-template <typename Row>
-__attribute__((always_inline)) inline void dp_pair(__m512 (&acc)[MR][NV], const std::uint16_t* b,
+template <int R = MR, typename Row>
+__attribute__((always_inline)) inline void dp_pair(__m512 (&acc)[R][NV], const std::uint16_t* b,
                                                    Row row) {
   __m512bh bv[NV];
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(b + 32 * v);
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
+  for (int i = 0; i < R; ++i) {
     std::uint32_t pair;
     __builtin_memcpy(&pair, row(i), sizeof pair);
     const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
@@ -32,9 +32,10 @@ __attribute__((always_inline)) inline void dp_pair(__m512 (&acc)[MR][NV], const 
   }
 }
 
-__attribute__((always_inline)) inline void zero(__m512 (&acc)[MR][NV]) {
+template <int R>
+__attribute__((always_inline)) inline void zero(__m512 (&acc)[R][NV]) {
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
 }
@@ -72,28 +73,37 @@ void micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, inde
   }
 }
 
-// The tap-reduce tile (Bf16TapsFn) on the same 12 x 32 registers: per tap, the rows' pixel
-// pairs broadcast from where they lie, B's panel of the tap streamed.
-void taps_kernel(index_t taps, const index_t* a_off, index_t kp, const std::uint16_t* const* a,
-                 const std::uint16_t* const* b, float* const* c, index_t nr_eff) {
-  __m512 acc[MR][NV];
+// The tap-reduce tile (Bf16TapsFn) on the same registers, R = 12 or 8 rows: per tap, the
+// rows' pixel pairs broadcast from where they lie, B's panel of the tap streamed.
+template <int R>
+void taps_tile(index_t taps, const index_t* a_off, index_t kp, const std::uint16_t* const* a,
+               const std::uint16_t* const* b, float* const* c, index_t nr_eff) {
+  __m512 acc[R][NV];
   zero(acc);
   for (index_t t = 0; t < taps; ++t) {
-    const std::uint16_t* ap[MR];
+    const std::uint16_t* ap[R];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) ap[i] = a[i] + a_off[t];
+    for (int i = 0; i < R; ++i) ap[i] = a[i] + a_off[t];
     const std::uint16_t* bt = b[t];
     for (index_t p = 0; p < kp; ++p)
-      dp_pair(acc, bt + p * 2 * NR, [&](int i) { return ap[i] + 2 * p; });
+      dp_pair<R>(acc, bt + p * 2 * NR, [&](int i) { return ap[i] + 2 * p; });
   }
   __mmask16 mask[NV];
   column_masks(nr_eff, mask);
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
+  for (int i = 0; i < R; ++i) {
     if (!c[i]) continue;
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(c[i] + 16 * v, mask[v], acc[i][v]);
   }
+}
+
+void taps_kernel(index_t rows, index_t taps, const index_t* a_off, index_t kp,
+                 const std::uint16_t* const* a, const std::uint16_t* const* b, float* const* c,
+                 index_t nr_eff) {
+  static_assert(kTapRowsShort == 8, "taps_tile<8> below");
+  if (rows == kTapRowsShort) taps_tile<8>(taps, a_off, kp, a, b, c, nr_eff);
+  else taps_tile<MR>(taps, a_off, kp, a, b, c, nr_eff);
 }
 
 // kPeakChains independent vdpbf16ps chains (enough in flight to cover the latency times the

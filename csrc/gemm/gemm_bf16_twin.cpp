@@ -49,13 +49,14 @@ void dp_micro_kernel(index_t kc_pad, const void* a_, const void* b_, float* c, i
 }
 
 // The tap-reduce tile of the same kernel (Bf16TapsFn).
-void dp_taps_kernel(index_t taps, const index_t* a_off, index_t kp, const std::uint16_t* const* a,
-                    const std::uint16_t* const* b, float* const* c, index_t nr_eff) {
+void dp_taps_kernel(index_t rows, index_t taps, const index_t* a_off, index_t kp,
+                    const std::uint16_t* const* a, const std::uint16_t* const* b,
+                    float* const* c, index_t nr_eff) {
   float acc[kDpMR * kDpNR] = {};
   for (index_t t = 0; t < taps; ++t)
     for (index_t p = 0; p < kp; ++p) {
       const std::uint16_t* bp = b[t] + p * 2 * kDpNR;
-      for (int i = 0; i < kDpMR; ++i) {
+      for (int i = 0; i < rows; ++i) {
         const std::uint16_t* ap = a[i] + a_off[t] + 2 * p;
         for (int j = 0; j < kDpNR; ++j) {
           float& s = acc[i * kDpNR + j];
@@ -64,7 +65,7 @@ void dp_taps_kernel(index_t taps, const index_t* a_off, index_t kp, const std::u
         }
       }
     }
-  for (int i = 0; i < kDpMR; ++i)
+  for (int i = 0; i < rows; ++i)
     if (c[i]) std::copy_n(acc + i * kDpNR, nr_eff, c[i]);
 }
 

@@ -264,7 +264,8 @@ def test_bf16_packings_have_the_same_bits_at_every_simd_level(rng, shape, path, 
     (2, 16, 5, 6, 70, (3, 3), 2, 1, 1, 1),     # strided: residue classes of the input
     (2, 10, 9, 7, 12, (3, 2), (3, 2), (2, 1), (2, 1), 1),  # stride 3 x 2, dilated
     (2, 24, 4, 4, 36, (3, 3), 1, 1, 2, 2),     # dilated, two groups
-    (13, 8, 3, 3, 8, (3, 3), 1, 1, 1, 1),      # tiles across many images
+    (13, 8, 3, 3, 8, (3, 3), 1, 1, 1, 1),      # tiles across many images (short tiles)
+    (24, 8, 3, 3, 40, (3, 3), 1, 1, 1, 1),     # 12 images per batch: full 12-row tiles
     (2, 6, 2, 3, 5, (3, 3), 1, 3, 1, 1),       # outputs that see only padding
 ], ids=str)
 def test_tap_reduce_tile_matches_its_twin_bit_for_bit(rng, shape):
