@@ -57,13 +57,16 @@ if [[ $# -gt 0 ]]; then
 fi
 # Every kernel path: the fuzzers (conv2d on every algorithm x SIMD level, pooling, the fused
 # conv + pooling, GELU/SiLU, adaptive pooling, upsampling, conv_transpose2d, conv2d in bf16 on
-# every bf16 path, extreme geometries) at a quarter of the suite's cases; the bindings' argument
+# every bf16 path, extreme geometries) at a quarter of the suite's cases; valid_taps' own tests
+# (its bf16 tap-reduce tile at both heights, wide channel blocks and strided input gradients,
+# which the fuzzers' small geometries reach only in part); the bindings' argument
 # checks; the dispatch; GEMM blocking; the newer ops' tests; the bf16 GEMM kernels (their
 # portable twins here, the hardware ones where the CPU has them) and rounding; then from
 # test_functional.py the kernels the fuzzers do not call (GEMM, Linear, batch norm, ReLU,
 # im2col and its batches of images, the register tiles' edges, thread counts) and the fused
 # optimiser updates (test_functional.py whole: several times longer).
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/kernels/test_fuzz.py --fuzz-scale 0.25 \
+  tests/kernels/test_conv_valid_taps.py \
   tests/kernels/test_core_bindings.py tests/kernels/test_conv_dispatch.py \
   tests/kernels/test_gemm_blocks.py tests/ops \
   --ignore=tests/ops/test_functional.py --ignore=tests/ops/test_reference.py \
