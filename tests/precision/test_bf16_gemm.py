@@ -5,6 +5,8 @@ float32 GEMM on rounded operands (bit for bit); the hardware kernels against the
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -125,10 +127,10 @@ def test_twins_agree_with_the_emulated_path(twin, rng):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_hardware_kernel_is_its_twin_bit_for_bit(hardware, shape, rng):
     """The twins emulate the instructions' arithmetic and order (SDM): on a CPU with the
-    instructions, the same bits."""
+    instructions, the same bits (AMX: see assert_is_twin)."""
     a, b = operands(rng, *shape)
     got, want = on_hardware_and_twin(hardware, a, b)
-    assert np.array_equal(got, want)
+    assert_is_twin(hardware, got, want, a, b)
 
 
 def on_hardware_and_twin(hardware, a, b):
@@ -140,6 +142,34 @@ def on_hardware_and_twin(hardware, a, b):
             _core.gemm(a, b, c, precision="bf16")
             out.append(c)
     return out
+
+
+def assert_is_twin(hardware, got, want, a, b):
+    """vdpbf16ps: got has the twin's bits (one order, the SDM's, which the Zen 4 matches).
+    tdpbf16ps: Intel documents two orders (the SDM sums a tile's even and odd products apart,
+    the intrinsics guide one after the other into C) and this kernel has not run on an AMX CPU
+    yet, so there got is held to the float32 summation bound of the exact sum (as the twin is)
+    with the non-finite entries where the twin has them, and bits that differ from the twin's
+    are reported as a warning, not failed on."""
+    if hardware != "amx":
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        assert np.array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
+        return
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want)
+    assert np.array_equal(got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])
+    # The exact sums of the operands as tdpbf16ps reads them: bf16, subnormals as zero (its
+    # flushed subnormal results are within the bound's absolute slack).
+    ar, br = (round_to_bf16(np.where(np.isfinite(x), x, 0)).astype(np.float64) for x in (a, b))
+    for x in (ar, br):
+        x[np.abs(x) < np.finfo(np.float32).tiny] = 0
+    ref, mag = ar @ br, np.abs(ar) @ np.abs(br)
+    assert_within_bound(got[finite], ref[finite], mag[finite], a.shape[1], "amx")
+    differ = int(np.count_nonzero(got[finite].view(np.uint32) != want[finite].view(np.uint32)))
+    if differ:
+        warnings.warn(f"amx: {differ} of {got.size} sums differ in their last bits from the twin's "
+                      "(tdpbf16ps adds in another order than gemm_bf16_twin.cpp emulates)")
 
 
 def hostile_values(rng, shape):
@@ -215,8 +245,8 @@ def test_hardware_kernel_is_its_twin_on_hostile_values(hardware, shape, rng):
     got, want = on_hardware_and_twin(hardware, a, b)
     assert got[1, 0] == 0 and got[2, 1] == 0  # DAZ and FTZ, as the twin emulates them
     nan = np.isnan(want)
-    assert np.array_equal(np.isnan(got), nan) and nan[3].all() and not nan.all()
-    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    assert nan[3].all() and not nan.all()
+    assert_is_twin(hardware, got, want, a, b)
 
 
 def test_nonfinite_operands_propagate(rng):
