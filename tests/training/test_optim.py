@@ -1024,3 +1024,13 @@ def test_schedule_refuses_another_kind_of_schedules_state(torch):
     with pytest.raises(ValueError, match="another schedule's state"):
         optim.ExponentialLR(opt, gamma=0.5).load_state_dict(cos.state_dict())
     assert step.last_epoch == 0 and not hasattr(step, "T_max")  # nothing half-loaded
+
+
+def test_schedules_are_also_where_torch_keeps_them():
+    """``fastconv.optim.lr_scheduler.OneCycleLR`` as ``torch.optim.lr_scheduler.OneCycleLR``."""
+    from fastconv.optim import lr_scheduler
+
+    for name in lr_scheduler.__all__:
+        assert getattr(lr_scheduler, name) is getattr(optim, name)
+        assert name in optim.__all__
+    assert issubclass(lr_scheduler.OneCycleLR, lr_scheduler.LRScheduler)
