@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -74,8 +75,14 @@ _TORCH_SCHEDULER_BOOKKEEPING = frozenset({"_step_count", "_get_lr_called_within_
 class Optimizer:
     """Base class: parameter groups, per-parameter state, ``zero_grad``, ``state_dict``.
 
-    Subclasses implement ``_update(p, grad, state, group)`` for one parameter.
+    Subclasses implement ``_update(p, grad, state, group)`` for one parameter, and name the
+    entries of their per-parameter state (``_state_names``) and their hyper-parameters
+    (``_group_keys``), by which ``load_state_dict`` tells another optimiser's state dict
+    (None: not checked).
     """
+
+    _state_names: frozenset | None = None
+    _group_keys: frozenset | None = None
 
     def __init__(self, params, defaults: dict) -> None:
         self.defaults = dict(defaults)
@@ -219,6 +226,7 @@ class Optimizer:
         if len(groups) != len(self.param_groups):
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict has {len(groups)} "
                              f"parameter groups, the optimiser {len(self.param_groups)}")
+        self._check_kind(groups, saved_state)
         mapping = {}
         for i, (saved, own) in enumerate(zip(groups, self.param_groups)):
             if len(saved["params"]) != len(own["params"]):
@@ -260,6 +268,31 @@ class Optimizer:
                     own[k] = copy.deepcopy(v)
         self.state = new_state
 
+    def _check_kind(self, groups: list, saved_state: dict) -> None:
+        """ValueError if the state dict is another optimiser's: per-parameter state this one
+        does not keep (an SGD momentum buffer given to Adam), or a group holding
+        hyper-parameters only other optimisers have (SGD's ``nesterov`` given to Adam)."""
+        name = type(self).__name__
+        if self._state_names is not None:
+            for key, s in saved_state.items():
+                foreign = sorted(set(s) - self._state_names) if isinstance(s, Mapping) else []
+                if foreign:
+                    raise ValueError(
+                        f"{name}.load_state_dict: the state of parameter {key} holds "
+                        f"{', '.join(map(repr, foreign))}, which {name} does not keep (its "
+                        f"state: {', '.join(sorted(self._state_names))}): the state dict of "
+                        f"another optimiser?")
+        if self._group_keys is not None:
+            others = set().union(*(c._group_keys for c in _optimizer_classes()
+                                   if c._group_keys is not None)) - self._group_keys
+            for i, g in enumerate(groups):
+                foreign = sorted(others & set(g)) if isinstance(g, Mapping) else []
+                if foreign:
+                    raise ValueError(
+                        f"{name}.load_state_dict: parameter group {i} sets "
+                        f"{', '.join(map(repr, foreign))}, hyper-parameters {name} does not "
+                        f"have: the state dict of another optimiser?")
+
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
         for i, g in enumerate(self.param_groups):
@@ -269,3 +302,13 @@ class Optimizer:
                     lines.append(f"    {k}: {g[k]}")
         lines.append(")")
         return "\n".join(lines)
+
+
+def _optimizer_classes() -> list[type]:
+    """Every subclass of Optimizer defined so far (fastconv's and the user's)."""
+    found, todo = [], [Optimizer]
+    while todo:
+        for c in todo.pop().__subclasses__():
+            found.append(c)
+            todo.append(c)
+    return found

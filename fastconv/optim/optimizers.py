@@ -21,6 +21,8 @@ class SGD(Optimizer):
     """
 
     elementwise = True
+    _state_names = frozenset({"momentum_buffer"})
+    _group_keys = frozenset({"lr", "momentum", "dampening", "nesterov", "weight_decay"})
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0) -> None:
@@ -71,6 +73,8 @@ class RMSprop(Optimizer):
     """
 
     elementwise = True
+    _state_names = frozenset({"step", "square_avg", "momentum_buffer", "grad_avg"})
+    _group_keys = frozenset({"lr", "alpha", "eps", "weight_decay", "momentum", "centered"})
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False) -> None:
@@ -129,6 +133,9 @@ class Adam(Optimizer):
     """
 
     elementwise = True
+    _state_names = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+    _group_keys = frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad",
+                             "decoupled_weight_decay"})
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *,

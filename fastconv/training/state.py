@@ -18,6 +18,7 @@ differ between the two halves of a run; the backend (fast or reference) may not.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -89,7 +90,8 @@ def _fail(message: str) -> NoReturn:
 def restore(trainer: "Trainer", state: dict[str, Any]) -> None:
     """Load ``state`` (from :func:`capture`) into ``trainer``. :class:`ResumeError` when it
     does not fit this fit's model, optimiser, scheduler or data; the format, position,
-    scheduler and generators are checked before anything is loaded."""
+    scheduler and generators are checked before anything is loaded, and the model, optimiser
+    and scheduler load all or none."""
     t = trainer
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -119,16 +121,23 @@ def restore(trainer: "Trainer", state: dict[str, Any]) -> None:
     if set(gens) != set(saved):
         _fail(f"the model's random generators {sorted(gens)} differ from the run's "
               f"{sorted(saved)}")
+    # The model, optimiser and scheduler load all or none: a state that fits the model but
+    # not the optimiser leaves the model's weights as they were.
+    before = copy.deepcopy((t.model.state_dict(), t.optimizer.state_dict(),
+                            None if t.scheduler is None else t.scheduler.state_dict()))
+    what = "model"
     try:
         t.model.load_state_dict(state["model"])
-    except (ValueError, TypeError, KeyError) as e:
-        _fail(f"the saved model does not fit this model: {e}")
-    try:
+        what = "optimiser or scheduler"
         t.optimizer.load_state_dict(state["optimizer"])
         if t.scheduler is not None:
             t.scheduler.load_state_dict(state["scheduler"])
     except (ValueError, TypeError, KeyError) as e:
-        _fail(f"the saved optimiser or scheduler does not fit this one: {e}")
+        t.model.load_state_dict(before[0])
+        t.optimizer.load_state_dict(before[1])
+        if t.scheduler is not None:
+            t.scheduler.load_state_dict(before[2])
+        _fail(f"the saved {what} does not fit this {'model' if what == 'model' else 'one'}: {e}")
     for k, g in gens.items():
         g.bit_generator.state = saved[k]
     t.train.load_state_dict({"seed": seed, "epoch": epoch, "batch": batch})

@@ -367,6 +367,33 @@ def test_resume_refuses_a_state_of_another_run(tmp_path):
         fit(make_model(), (x, y), 2, batch_size=8, resume={"model": {}}, progress=False)
 
 
+@pytest.mark.parametrize("scheduled", [False, True])
+def test_resume_with_another_optimiser_fails_and_leaves_the_model_as_it_was(tmp_path, scheduled):
+    """A state that fits the model but not the optimiser (SGD's momentum buffers given to
+    Adam): a ResumeError naming the cause, and the model, optimiser and scheduler untouched."""
+    x, y = make_data(24)
+    path = tmp_path / "ck.npz"
+    model = make_model()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = optim.StepLR(opt, 1) if scheduled else None
+    fit(model, (x, y), 1, optimizer=opt, scheduler=sched, batch_size=8,
+        callbacks=[ModelCheckpoint(path)], progress=False)
+    other = make_model(seed=1)
+    for p in other.parameters():
+        p.data += 1.0  # weights no checkpoint holds
+    before = {k: np.array(v, copy=True) for k, v in other.state_dict().items()}
+    adam = optim.Adam(other.parameters(), lr=1e-3)
+    adam_sched = optim.StepLR(adam, 1) if scheduled else None
+    with pytest.raises(ResumeError, match="does not fit this one.*'momentum_buffer'.*Adam"):
+        fit(other, (x, y), 2, optimizer=adam, scheduler=adam_sched, batch_size=8, resume=path,
+            progress=False)
+    after = other.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert adam.state == {} and "nesterov" not in adam.param_groups[0]
+    if scheduled:
+        assert adam_sched.last_epoch == 0
+
+
 def test_resume_of_a_missing_file_names_the_argument_and_the_path(tmp_path, monkeypatch):
     # fit(..., resume="nothere.npz") said only "[Errno 2] No such file or directory:
     # 'nothere.npz'", from deep in the checkpoint reader

@@ -1034,3 +1034,37 @@ def test_schedules_are_also_where_torch_keeps_them():
         assert getattr(lr_scheduler, name) is getattr(optim, name)
         assert name in optim.__all__
     assert issubclass(lr_scheduler.OneCycleLR, lr_scheduler.LRScheduler)
+
+
+_KINDS = {
+    "SGD": lambda ps: optim.SGD(ps, lr=0.1),
+    "SGD+momentum": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+    "RMSprop": lambda ps: optim.RMSprop(ps, lr=0.01, centered=True, momentum=0.5),
+    "Adam": lambda ps: optim.Adam(ps, lr=1e-3, amsgrad=True),
+    "AdamW": lambda ps: optim.AdamW(ps, lr=1e-3),
+}
+
+
+@pytest.mark.parametrize("stepped", [False, True], ids=["fresh", "stepped"])
+@pytest.mark.parametrize("saved", sorted(_KINDS))
+@pytest.mark.parametrize("loading", sorted(_KINDS))
+def test_state_dict_of_another_optimiser_is_refused(saved, loading, stepped):
+    """Another kind's state dict (its state entries or hyper-parameters) is a ValueError and
+    changes nothing; the same kind, and Adam <-> AdamW (torch's Adam takes AdamW's state dict
+    too: decoupled_weight_decay is one of its options), load."""
+    model = nn.Linear(3, 2, rng=0)
+    src = _KINDS[saved](model.parameters())
+    if stepped:
+        for p in model.parameters():
+            p.grad[...] = 1.0
+        src.step()
+    dst = _KINDS[loading](nn.Linear(3, 2, rng=1).parameters())
+    groups_before = [{k: v for k, v in g.items() if k != "params"} for g in dst.param_groups]
+    same = saved.split("+")[0] == loading.split("+")[0] or {saved, loading} == {"Adam", "AdamW"}
+    if same:
+        dst.load_state_dict(src.state_dict())
+        return
+    with pytest.raises(ValueError, match=f"{type(dst).__name__}.load_state_dict: .*another optimiser"):
+        dst.load_state_dict(src.state_dict())
+    assert dst.state == {}
+    assert [{k: v for k, v in g.items() if k != "params"} for g in dst.param_groups] == groups_before
