@@ -40,7 +40,10 @@ def read_image(path: str | os.PathLike, size: int = 32) -> np.ndarray:
     accepted. 16-bit greyscale images (PNG, TIFF: Pillow's modes "I;16..." and "I") are scaled
     to 8 bits, v -> round(v / 257) clipped to 0..255, as 16-bit colour images already are by
     Pillow (a plain ``convert("RGB")``, as torchvision's loader does, clips them at 255: white).
-    :class:`ImageReadError` naming the file when it cannot be read."""
+    Floating-point greyscale images (mode "F", TIFF) are read as 0..1 when all their values
+    lie there (v -> round(255 v)), else as 0..255 (where a plain conversion would truncate a
+    0..1 image to black). :class:`ImageReadError` naming the file when it cannot be read, is
+    larger than Pillow's decompression-bomb limit, or is a float image outside 0..255."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError as e:
@@ -55,9 +58,13 @@ def read_image(path: str | os.PathLike, size: int = 32) -> np.ndarray:
                 im = im.convert("RGBA")      # (Pillow warns on a direct P -> RGB here)
             if im.mode.startswith("I"):
                 im = _sixteen_bit_grey_as_l(im)
+            elif im.mode == "F":
+                im = _float_grey_as_l(im)
             im = im.convert("RGB")
     except FileNotFoundError as e:
         raise ImageReadError(f"image {path} not found") from e
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path} is too large to read safely ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"cannot read {path} as an image ({e})") from e
     w, h = im.size
@@ -78,3 +85,17 @@ def _sixteen_bit_grey_as_l(im):
 
     v = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
     return Image.fromarray(((v + 128) // 257).astype(np.uint8), "L")
+
+
+def _float_grey_as_l(im):
+    """A floating-point greyscale image (Pillow mode "F") as 8 bits ("L"): round(255 v) when
+    every value lies in 0..1, round(v) when in 0..255; ValueError otherwise (NaN included)."""
+    from PIL import Image
+
+    v = np.asarray(im, dtype=np.float64)
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    if not (np.isfinite(v).all() and lo >= 0.0 and hi <= 255.0):
+        raise ValueError(f"a floating-point image with values {lo:g}..{hi:g}, not in 0..1 "
+                         f"or 0..255")
+    scale = 255.0 if hi <= 1.0 else 1.0
+    return Image.fromarray(np.rint(v * scale).astype(np.uint8), "L")

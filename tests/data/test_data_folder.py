@@ -194,3 +194,36 @@ def _save_both(root: Path, image: Path) -> Path:
     (root / "a").mkdir(parents=True)
     (root / "a" / image.name).write_bytes(image.read_bytes())
     return root
+
+
+@pytest.mark.parametrize("scale", [1 / 255, 1.0], ids=["0..1", "0..255"])
+def test_float_grey_images_read_as_their_8_bit_twins(tmp_path, scale):
+    """A float32 TIFF (Pillow's mode "F") of values in 0..1 or 0..255 reads as the same
+    picture in 8 bits (a plain convert("RGB") truncates a 0..1 image to black); values
+    outside 0..255 or NaN are an ImageReadError naming the file, skipped with
+    bad_images='skip'."""
+    grey8 = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (40, 1))
+    Image.fromarray(grey8, "L").save(tmp_path / "g8.png")
+    Image.fromarray((grey8 * scale).astype(np.float32), "F").save(tmp_path / "gf.tiff")
+    with Image.open(tmp_path / "gf.tiff") as check:
+        assert check.mode == "F"
+    np.testing.assert_array_equal(D.read_image(tmp_path / "gf.tiff", 32),
+                                  D.read_image(tmp_path / "g8.png", 32))
+    for bad in (grey8 * 2.0, np.where(grey8 > 100, np.nan, grey8 / 255)):
+        Image.fromarray(bad.astype(np.float32), "F").save(tmp_path / "bad.tiff")
+        with pytest.raises(D.ImageReadError, match=r"bad\.tiff.*floating-point image"):
+            D.read_image(tmp_path / "bad.tiff", 32)
+
+
+def test_a_decompression_bomb_is_an_error_naming_it_or_skipped(tmp_path, monkeypatch):
+    """Pillow refuses images past its pixel limit (DecompressionBombError, not an OSError):
+    an ImageReadError naming the file, which bad_images='skip' skips."""
+    root = _tree(tmp_path / "pets")
+    _save(root / "cat" / "huge.png", size=(300, 200))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 300 x 200 > 2x the limit
+    with pytest.raises(D.ImageReadError, match="huge.png is too large"):
+        D.read_image(root / "cat" / "huge.png", 32)
+    with pytest.raises(D.DatasetError, match="huge.png"):
+        D.load_image_folder(root)
+    f = D.load_image_folder(root, bad_images="skip")
+    assert len(f.y) == 8 and [p.name for p, _ in f.skipped] == ["huge.png"]
