@@ -70,6 +70,13 @@ def current_precision() -> str:
     return getattr(_state, "precision", "f32")
 
 
+def _saved() -> list[str]:
+    """This thread's precisions to restore, one per active autocast block, innermost last."""
+    if not hasattr(_state, "saved"):
+        _state.saved = []
+    return _state.saved
+
+
 class autocast:
     """Context manager running the convolutions and linear layers inside it in `precision`
     ("bf16" or "f32"), as ``torch.autocast("cpu", torch.bfloat16)``.
@@ -91,15 +98,17 @@ class autocast:
             raise TypeError(f"autocast: enabled must be a bool, got {enabled!r}")
         self.precision = _normalize(precision, "autocast")
         self.enabled = enabled
-        self._saved: list[str] = []
 
+    # The states to restore are kept per thread, not on the instance: one autocast object
+    # entered by several threads at once (a module-level one, a decorated function) restores
+    # each thread's own.
     def __enter__(self) -> "autocast":
-        self._saved.append(current_precision())
+        _saved().append(current_precision())
         _state.precision = self.precision if self.enabled else "f32"
         return self
 
     def __exit__(self, *exc) -> None:
-        _state.precision = self._saved.pop()
+        _state.precision = _saved().pop()
 
     def __call__(self, func):
         import functools

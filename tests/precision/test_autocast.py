@@ -94,6 +94,38 @@ def test_autocast_is_thread_local():
     assert seen == {"before": "f32", "inside": "bf16"}
 
 
+def test_one_autocast_object_entered_by_two_threads_restores_each_ones_state():
+    """A shared autocast (module-level, or a decorated function's) restores what each thread
+    had: thread A (float32 before) leaves its block first, while thread B (inside a bf16
+    block) is still in its own; the states to restore are per thread, not per object."""
+    shared = fastconv.autocast("f32")
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with shared:
+            a_in.set()
+            b_in.wait(5)
+        seen["a"] = current_precision()
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with fastconv.autocast("bf16"):
+            with shared:
+                b_in.set()
+                a_out.wait(5)
+                seen["b inside"] = current_precision()
+            seen["b"] = current_precision()
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": "f32", "b inside": "f32", "b": "bf16"}
+
+
 def test_autocast_checks_its_arguments():
     with pytest.raises(ValueError, match="precision must be one of"):
         fastconv.autocast("fp16")
