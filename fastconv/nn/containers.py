@@ -220,10 +220,13 @@ class Sequential(_Container):
         return self.extend(list(other))
 
     def _take(self, layer: Module, where: str) -> Module:
-        """`layer` adopted (see _adopt), with this model's backend override and mode."""
+        """`layer` adopted (see _adopt), with this model's backend override, precision (set
+        by ``to(precision=...)``) and mode."""
         layer = self._adopt(layer, where)
         if self._backend is not None:
             layer.set_backend(self._backend)
+        if self.precision is not None:
+            layer.to(precision=self.precision)
         layer.train(self.training)
         return layer
 

@@ -476,8 +476,17 @@ class Module:
 
     def astype(self, dtype) -> "Module":
         """Convert parameters, their gradients and floating buffers to `dtype` (float32/float64),
-        in place; returns self. Cached activations are dropped."""
+        in place; returns self. Cached activations are dropped. A module in bf16 mode
+        (``to(precision="bf16")``), which computes on float32, stays float32: TypeError for
+        another dtype (``to(dtype, precision="auto")`` leaves bf16 mode and converts)."""
         dt = _float_dtype(dtype, f"{type(self).__name__}.astype")
+        if dt != np.float32:
+            for name, m in self.named_modules():
+                if m.__dict__.get("_precision") == "bf16":
+                    where = f" (its {name})" if name else ""
+                    raise TypeError(f"{type(self).__name__}.astype({dt}): the module runs in bf16 "
+                                    f"mode{where}, on float32 parameters: call "
+                                    f".to({dt}, precision='auto') to leave bf16 mode and convert")
         for m in self.modules():
             for p in m._parameters.values():
                 if p is not None and p.data.dtype != dt:
@@ -509,12 +518,12 @@ class Module:
                     if (target or p.data.dtype) != np.float32:
                         raise TypeError(f"{type(self).__name__}.to: precision='bf16' needs "
                                         f"float32 parameters, got {target or p.data.dtype}")
-        if dtype is not None:
-            self.astype(dtype)
         if precision is not None:
             for m in self.modules():
                 object.__setattr__(m, "_precision", name)
                 object.__setattr__(m, "_cache", None)
+        if dtype is not None:
+            self.astype(dtype)
         return self
 
     @property

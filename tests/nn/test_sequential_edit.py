@@ -91,6 +91,45 @@ def test_new_layers_take_the_models_mode_and_backend():
     assert all(m.backend == "reference" for m in model)
 
 
+def test_new_layers_take_the_models_precision():
+    """A layer appended, inserted or assigned into a model in bf16 mode runs in bf16 too (as
+    it takes the model's backend and mode); a model in no precision leaves the layer's own."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, rng=0), nn.Flatten()).to(precision="bf16")
+    model.append(nn.Linear(4 * 4 * 4, 8, rng=1))
+    model.insert(0, nn.Identity())
+    model[1] = nn.Conv2d(3, 4, 3, rng=2)
+    model.extend([nn.Sequential(nn.ReLU(), nn.Linear(8, 2, rng=3))])
+    assert all(m.precision == "bf16" for m in model.modules())
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    head = model[3]
+    rounded = model[:3](x)
+    want = nn.Linear(4 * 4 * 4, 8).to(precision="bf16")
+    want.load_state_dict(head.state_dict())
+    np.testing.assert_array_equal(head(rounded), want(rounded))
+    own = nn.Sequential(nn.Linear(2, 2))
+    own.append(nn.Linear(2, 2).to(precision="bf16"))
+    assert own[1].precision == "bf16" and own[0].precision is None
+
+
+def test_a_model_in_bf16_mode_stays_float32_until_it_leaves_bf16():
+    """astype(float64) on a model in bf16 mode (which computes on float32) is a TypeError
+    naming the way out, and leaves the model as it was; to(float64, precision='auto')
+    leaves bf16 mode and converts."""
+    model = nn.Sequential(nn.Linear(3, 4, rng=0), nn.ReLU(), nn.Linear(4, 2, rng=1))
+    model[2].to(precision="bf16")
+    with pytest.raises(TypeError, match=r"runs in bf16 mode \(its 2\).*precision='auto'"):
+        model.astype(np.float64)
+    with pytest.raises(TypeError, match="bf16 mode"):
+        model.to(np.float64)
+    assert all(p.data.dtype == np.float32 for p in model.parameters())
+    assert model[2].precision == "bf16"
+    model.to(np.float64, precision="auto")
+    assert all(p.data.dtype == np.float64 for p in model.parameters())
+    assert all(m.precision is None for m in model.modules())
+    x = np.ones((2, 3))
+    assert model(x).dtype == np.float64
+
+
 def test_bad_edits_raise_and_leave_the_model_alone():
     model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4))
     keys = list(model.state_dict())
