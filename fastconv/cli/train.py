@@ -383,6 +383,16 @@ def _config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
             raise UserError(f"--{k.replace('_', '-')} {explicit[k]} does not go with --recipe "
                             f"{recipe} (which uses {RECIPES[recipe][k]})")
     cfg = TrainConfig(**{**RECIPES[recipe], **explicit})
+    # Options the optimiser has no use for are refused, not dropped (config.json would record
+    # them as if they had been used).
+    if "momentum" in explicit and cfg.optimizer in ("adam", "adamw"):
+        raise UserError(f"--momentum does not apply to --optimizer {cfg.optimizer} (its "
+                        f"momentum is beta1, 0.9): leave it out, or use sgd or rmsprop")
+    if explicit.get("nesterov") and cfg.optimizer != "sgd":
+        raise UserError(f"--nesterov is SGD's: it does not apply to --optimizer "
+                        f"{cfg.optimizer}")
+    if explicit.get("nesterov") and cfg.momentum == 0:
+        raise UserError("--nesterov needs a momentum: --momentum 0 turns it off")
     if isinstance(cfg.epochs, float) and cfg.epochs.is_integer():
         cfg.epochs = int(cfg.epochs)
     return cfg, given

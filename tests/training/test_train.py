@@ -245,6 +245,11 @@ def _one_line_error(capsys, rc, *needles):
     (["--epochs", "0"], "--epochs"),
     (["--optimizer", "lbfgs"], "--optimizer"),
     (["--bogus"], "unrecognized"),
+    # options the optimiser has no use for: refused, not dropped from the run unsaid
+    (["--optimizer", "adam", "--momentum", "0.5"], "--momentum does not apply to --optimizer adam"),
+    (["--optimizer", "adamw", "--nesterov"], "--nesterov is SGD's"),
+    (["--optimizer", "rmsprop", "--nesterov"], "--optimizer rmsprop"),
+    (["--momentum", "0", "--nesterov"], "--nesterov needs a momentum"),
 ])
 def test_bad_options(argv, needle, capsys):
     _one_line_error(capsys, T.main(argv), needle)
