@@ -111,6 +111,9 @@ class DataLoader:
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"DataLoader: padding_mode must be one of {PADDING_MODES}, got "
                              f"{padding_mode!r}")
+        if labels.dtype == np.uint64 and labels.size and labels.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"DataLoader: labels must be class indices, got {labels.max()} "
+                             f"(past int64)")
         self.images = images
         self.labels = labels.astype(np.int64, copy=False) if labels.dtype.kind in "ui" \
             else labels

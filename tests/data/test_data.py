@@ -743,6 +743,9 @@ def test_loader_takes_any_inputs_and_real_targets():
             D.DataLoader(features, bad)
     with pytest.raises(ValueError, match="images must be a real"):
         D.DataLoader(np.zeros(9), np.zeros(9, int))
+    huge = np.full(9, 2 ** 63 + 5, np.uint64)  # would wrap to negative labels as int64
+    with pytest.raises(ValueError, match="class indices, got 9223372036854775813"):
+        D.DataLoader(features, huge)
 
 
 # --------------------------------------------------------------------------------------------
