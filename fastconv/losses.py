@@ -282,7 +282,12 @@ class CrossEntropyLoss:
                 g -= c.keep[:, None] * smooth
             g[np.arange(M), c.t] -= c.wy * dt(1.0 - eps)
         if self.reduction == "mean":
-            g *= c.scale
+            if c.keep is not None and np.isnan(c.scale):
+                # Every weight of the kept positions is 0: their gradient is nan, the ignored
+                # rows' stays what it is (0 for finite logits), as PyTorch.
+                g *= np.where(c.keep, c.scale, dt(1))[:, None]
+            else:
+                g *= c.scale
         go = _grad_output(grad_output, c.shape, self.reduction, g.dtype,
                           "CrossEntropyLoss.backward")
         if go is not None:
@@ -359,7 +364,7 @@ class NLLLoss:
         count = wy.sum()
         scale = _mean_scale(count, keep, dt)
         shape = z.shape[:1] + z.shape[2:] if z.ndim > 1 else ()
-        self._cache = (t, wy, scale, rows.shape, z.shape, shape, rows.dtype)
+        self._cache = (t, keep, wy, scale, rows.shape, z.shape, shape, rows.dtype)
         if self.reduction == "none":
             return per.reshape(shape)
         return _reduce(per, self.reduction, count, scale)
@@ -372,9 +377,10 @@ class NLLLoss:
         "none", else a number, default 1)."""
         if self._cache is None:
             raise RuntimeError("NLLLoss.backward called before forward")
-        t, wy, scale, rows_shape, zshape, shape, dtype = self._cache
+        t, keep, wy, scale, rows_shape, zshape, shape, dtype = self._cache
         g = np.zeros(rows_shape, dtype)
-        coef = -wy * scale if self.reduction == "mean" else -wy
+        # (ignored positions get 0 even when the mean's scale is nan: every weight 0)
+        coef = np.where(keep, -wy * scale, 0) if self.reduction == "mean" else -wy
         go = _grad_output(grad_output, shape, self.reduction, dtype, "NLLLoss.backward")
         if go is not None:
             coef = coef * go.reshape(-1)

@@ -11,8 +11,9 @@ import numpy as np
 
 from .. import _args
 from .. import init as _init
-from .module import (Module, Parameter, _accepts_unbatched, _as_input, _check_4d, _float_dtype,
-                     _positive_int, _shape_4d, _shape_accepts_unbatched, _unbatched_backward)
+from .module import (Module, Parameter, _accepts_unbatched, _as_input, _call_forward, _check_4d,
+                     _float_dtype, _positive_int, _shape_4d, _shape_accepts_unbatched,
+                     _unbatched_backward)
 from .pool import MaxPoolContext
 
 if TYPE_CHECKING:
@@ -341,7 +342,7 @@ class ConvTranspose2d(_ConvLayer):
         return y
 
     def __call__(self, x: np.ndarray, output_size=None) -> np.ndarray:
-        return self.forward(x, output_size)
+        return _call_forward(self, self.forward, x, output_size)
 
     @_unbatched_backward
     def backward(self, grad_y: np.ndarray, input_grad: bool = True) -> np.ndarray | None:

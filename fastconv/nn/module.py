@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
+import threading
 import warnings
 from collections import OrderedDict, namedtuple
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -644,7 +645,9 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x)
+        """``forward(x)``; in training mode on a copy of the caller's float array when this
+        is the outermost call (see :func:`_call_forward`)."""
+        return _call_forward(self, self.forward, x)
 
     def register_post_backward_hook(self, hook: Callable[["Module"], None]) -> "HookHandle":
         """Call ``hook(module)`` each time a container (Sequential, Residual, Concat) has run
@@ -816,6 +819,28 @@ def _warn_uint8(layer: Module) -> None:
                   f"unscaled and unnormalised; convert it as the model was trained: "
                   f"fastconv.data.to_float32(x, mean, std), or x.astype(np.float32) to keep "
                   f"the values (this warning is shown once)", UserWarning, stacklevel=4)
+
+
+_calls = threading.local()  # .depth: module calls (``module(x)``) running on this thread
+
+
+def _call_forward(module: Module, forward: Callable, x, *args):
+    """``forward(x, *args)`` for ``module(x, ...)``. The layers keep their input for backward:
+    in training mode the outermost call of a thread gets a copy of a float32/float64 array,
+    so that the caller changing theirs before backward (a loader refilling one batch buffer)
+    cannot change the gradients. (PyTorch raises there; a NumPy array has no version counter
+    to check.) Calls inside a module's forward take the array as it is: fastconv made it; so
+    do calls in eval mode (inference), and ``forward`` itself (fit and the containers call
+    it)."""
+    depth = getattr(_calls, "depth", 0)
+    if depth == 0 and module.training and isinstance(x, np.ndarray) \
+            and x.dtype in (np.float32, np.float64):
+        x = x.copy()
+    _calls.depth = depth + 1
+    try:
+        return forward(x, *args)
+    finally:
+        _calls.depth = depth
 
 
 def _as_input(layer: Module, x, dtype: np.dtype | None) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _args
-from .module import (Module, _accepts_unbatched, _as_input, _check_4d, _shape_4d,
+from .module import (Module, _accepts_unbatched, _as_input, _call_forward, _check_4d, _shape_4d,
                      _shape_accepts_unbatched, _unbatched_backward)
 
 
@@ -227,7 +227,7 @@ class MaxUnpool2d(Module):
 
     def __call__(self, x: np.ndarray, indices: np.ndarray | None = None,
                  output_size=None) -> np.ndarray:
-        return self.forward(x, indices, output_size)
+        return _call_forward(self, self.forward, x, indices, output_size)
 
     @_accepts_unbatched(arrays=("indices",))
     def forward(self, x: np.ndarray, indices: np.ndarray | None = None,

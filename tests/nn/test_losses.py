@@ -514,3 +514,22 @@ def test_nll_loss_checks():
         NLLLoss(ignore_index=None)
     with pytest.raises(RuntimeError, match="before forward"):
         NLLLoss().backward()
+
+
+@pytest.mark.parametrize("loss", ["NLLLoss", "CrossEntropyLoss"])
+def test_mean_over_zero_weights_leaves_ignored_rows_zero_as_torch(torch, loss):
+    """The kept targets all of weight 0 and some ignored: the mean is nan (0 / 0), the kept
+    rows' gradient nan, the ignored rows' 0, as PyTorch's (they had nan too)."""
+    import fastconv.losses as FL
+
+    z = np.random.default_rng(0).normal(size=(4, 3))
+    t = np.array([1, 0, 0, 2])  # class 1 ignored, class 0 weighs 0
+    w = np.array([0.0, 1.0, 0.0])
+    crit = getattr(FL, loss)(w, ignore_index=1)
+    value, grad = crit(z, t), crit.backward()
+    zt = torch.tensor(z, requires_grad=True)
+    lt = getattr(torch.nn, loss)(weight=torch.tensor(w), ignore_index=1)(zt, torch.tensor(t))
+    lt.backward()
+    assert np.isnan(value) and np.isnan(lt.item())
+    np.testing.assert_array_equal(grad, zt.grad.numpy())  # (nan where torch has nan)
+    assert np.all(grad[0] == 0) and np.isnan(grad[1:]).any()

@@ -1200,3 +1200,47 @@ def test_flatten_of_a_scalar_is_torchs(torch):
         torch.nn.Flatten()(torch.tensor(3.0))
     with pytest.raises(ValueError, match="0-d input"):
         nn.Flatten()(np.asarray(x))
+
+
+class _TwoConvs(nn.Module):
+    """A custom module calling its children as functions (``self.a(x)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1, rng=0)
+        self.b = nn.Linear(4 * 5 * 5, 2, rng=1)
+
+    def forward(self, x):
+        y = self.a(x)
+        self._shape = y.shape
+        return self.b(y.reshape(len(y), -1))
+
+    def backward(self, g, input_grad=True):
+        g = self.b.backward(g).reshape((-1,) + self._shape[1:])
+        return self.a.backward(g, input_grad)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Conv2d(3, 4, 3, rng=0),
+    lambda: nn.Sequential(nn.Conv2d(3, 4, 3, rng=0), nn.BatchNorm2d(4), nn.ReLU()),
+    lambda: nn.ConvTranspose2d(3, 4, 3, stride=2, rng=0),
+    lambda: nn.Linear(5, 3, rng=0),
+    _TwoConvs,
+], ids=["conv", "sequential", "conv_transpose", "linear", "custom"])
+def test_changing_the_input_after_the_call_does_not_change_the_gradients(make):
+    """``model(x)`` works on a copy of the caller's array: refilling it before backward (one
+    batch buffer reused by a loader) leaves the gradients those of the x the call saw."""
+    rng = np.random.default_rng(0)
+    shape = (2, 5) if isinstance(make(), nn.Linear) else (2, 3, 5, 5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    grads = []
+    for mutate in (False, True):
+        model = make()
+        buf = x.copy()
+        y = model(buf)
+        if mutate:
+            buf[...] = rng.standard_normal(shape)
+        gx = model.backward(np.ones_like(y))
+        grads.append([gx] + [p.grad.copy() for p in model.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
