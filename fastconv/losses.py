@@ -39,18 +39,20 @@ def _float(x, name: str) -> np.ndarray:
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """log(softmax(x)) along `axis`, computed as (x - max) - log(sum(exp(x - max)))."""
     x = _float(x, "log_softmax: x")
-    shifted = x - x.max(axis=axis, keepdims=True)
-    lse = np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-    shifted -= lse
+    with np.errstate(invalid="ignore"):  # (inf - inf: nan, as PyTorch, without a warning)
+        shifted = x - x.max(axis=axis, keepdims=True)
+        lse = np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        shifted -= lse
     return shifted
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(x) / sum(exp(x)) along `axis`, with the max subtracted first (no overflow)."""
     x = _float(x, "softmax: x")
-    e = x - x.max(axis=axis, keepdims=True)
-    np.exp(e, out=e)
-    e /= e.sum(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore"):  # (inf - inf: nan, as PyTorch, without a warning)
+        e = x - x.max(axis=axis, keepdims=True)
+        np.exp(e, out=e)
+        e /= e.sum(axis=axis, keepdims=True)
     return e
 
 
@@ -97,6 +99,8 @@ def _class_weight(weight, where: str, hint: str = "") -> np.ndarray | None:
 def _ignore_index(value, where: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{where}: ignore_index must be an int, got {value!r}")
+    if not -2 ** 63 <= int(value) < 2 ** 63:
+        raise ValueError(f"{where}: ignore_index {value} is out of int64's range")
     return int(value)
 
 
@@ -213,6 +217,10 @@ class CrossEntropyLoss:
         t = wy = keep = a = None
         fast = False  # index targets, no weights, nothing ignored
         if probs:
+            if self.ignore_index != -100:  # (as PyTorch: nothing to compare probabilities to)
+                raise ValueError(f"CrossEntropyLoss: ignore_index={self.ignore_index} is for "
+                                 f"class-index targets, and these are class probabilities "
+                                 f"(targets of the logits' shape {z.shape})")
             a = tgt * dt(1.0 - eps) + dt(eps / C) if eps else tgt.copy()
             if w is not None:
                 a *= w

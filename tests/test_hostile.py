@@ -330,3 +330,94 @@ def test_mode_and_requires_grad_flags_refuse_what_is_not_a_bool(bad):
         assert all(q.requires_grad is False for q in model.parameters())
         p.requires_grad = not good
         assert p.requires_grad is True
+
+
+# -- the audit of stop 35: where fastconv took what PyTorch refuses -----------------------------
+
+def test_batch_norm_with_batch_statistics_refuses_one_value_per_channel_and_eps_0(torch):
+    """Batch statistics (training, or eval without running statistics) of one value per
+    channel, and eps=0 with batch statistics: ValueErrors, as PyTorch's (it returned zeros,
+    and nan on a constant channel); eval with running statistics takes both."""
+    one = np.ones((1, 2, 1, 1), np.float32)
+    for bn, tbn in ((nn.BatchNorm2d(2, track_running_stats=False).eval(),
+                     torch.nn.BatchNorm2d(2, track_running_stats=False).eval()),
+                    (nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2))):
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            bn(one)
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            tbn(torch.tensor(one))
+    x = np.ones((4, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="eps must be positive"):
+        nn.BatchNorm2d(2, eps=0.0)(x)
+    with pytest.raises(ValueError, match="eps must be positive"):
+        torch.nn.BatchNorm2d(2, eps=0.0)(torch.tensor(x))
+    assert np.isfinite(nn.BatchNorm2d(2, eps=0.0).eval()(x)).all()
+    assert np.isfinite(nn.BatchNorm2d(2).eval()(one)).all()
+
+
+def test_cross_entropy_refuses_ignore_index_with_probabilities_and_past_int64(torch):
+    from fastconv.losses import CrossEntropyLoss, NLLLoss
+
+    z, probs = np.zeros((2, 3)), np.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match="ignore_index=0 is for class-index targets"):
+        CrossEntropyLoss(ignore_index=0)(z, probs)
+    with pytest.raises(RuntimeError, match="ignore_index is not supported"):
+        torch.nn.functional.cross_entropy(torch.tensor(z), torch.tensor(probs), ignore_index=0)
+    assert np.isfinite(CrossEntropyLoss()(z, probs))
+    for loss in (CrossEntropyLoss, NLLLoss):
+        with pytest.raises(ValueError, match="out of int64's range"):
+            loss(ignore_index=2 ** 70)
+
+
+def test_prelu_on_a_0d_array_as_torch(torch):
+    with pytest.raises(ValueError, match=r"PReLU\(num_parameters=3\): input of shape \(\)"):
+        nn.PReLU(3)(np.float32(-2.0))
+    y = nn.PReLU(1)(np.array(-2.0, np.float32))
+    assert y.shape == () and y == torch.nn.PReLU(1)(torch.tensor(-2.0)).item()
+
+
+def test_identity_takes_and_ignores_any_arguments(torch):
+    x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    layer = nn.Identity(54, unused_argument1=0.1)
+    assert np.array_equal(layer(x), torch.nn.Identity(54, unused_argument1=0.1)(
+        torch.tensor(x)).numpy())
+
+
+def test_linear_warmup_takes_a_linear_lr_state_dict(torch):
+    """LinearWarmup is torch's LinearLR (total_iters = warmup_steps): a LinearLR's state
+    dict, mid-run, loads and the rates go on as torch's."""
+    from fastconv import optim
+
+    tm = torch.nn.Linear(2, 2)
+    topt = torch.optim.SGD(tm.parameters(), lr=0.1)
+    tsched = torch.optim.lr_scheduler.LinearLR(topt, start_factor=0.2, total_iters=7)
+    for _ in range(3):
+        topt.step()
+        tsched.step()
+    opt = optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    sched = optim.LinearWarmup(opt, 5, start_factor=0.5)
+    opt.load_state_dict(topt.state_dict())
+    sched.load_state_dict(tsched.state_dict())
+    assert sched.warmup_steps == 7 and sched.start_factor == 0.2
+    for _ in range(6):
+        topt.step()
+        tsched.step()
+        opt.step()
+        sched.step()
+        np.testing.assert_allclose(opt.lr, tsched.get_last_lr()[0], rtol=1e-12)
+
+
+def test_infinities_give_torchs_nans_without_numpy_warnings(torch):
+    """(pyproject turns warnings into errors: a NumPy RuntimeWarning fails the test.)"""
+    from fastconv.losses import CrossEntropyLoss
+
+    inf = np.array([[np.inf, -np.inf, 0.0]], np.float32)
+    row = np.full((1, 3), -np.inf, np.float32)
+    for layer, tlayer, x in ((nn.Hardswish(), torch.nn.Hardswish(), inf),
+                             (nn.Softmax(1), torch.nn.Softmax(1), row),
+                             (nn.LogSoftmax(1), torch.nn.LogSoftmax(1), row)):
+        np.testing.assert_array_equal(layer(x), tlayer(torch.tensor(x)).numpy())
+    for x in (row, np.full((1, 3), np.inf, np.float32)):
+        got = CrossEntropyLoss()(x, np.array([1]))
+        want = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor([1])).item()
+        assert np.isnan(got) and np.isnan(want)

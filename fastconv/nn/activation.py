@@ -205,7 +205,8 @@ class Hardswish(_Slope):
 
     def _forward(self, x):
         dt = x.dtype.type
-        y = x * np.clip(x + dt(3), 0, 6) / dt(6)
+        with np.errstate(invalid="ignore"):  # (-inf * 0: nan, as PyTorch, without a warning)
+            y = x * np.clip(x + dt(3), 0, 6) / dt(6)
         # (the middle branch last, so NaN gets a NaN slope, as torch's vectorised kernel)
         slope = np.where(x <= -3, dt(0), np.where(x >= 3, dt(1), x / dt(3) + dt(0.5)))
         return y, slope
@@ -302,7 +303,7 @@ class PReLU(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         w = self.weight.data
         x = _as_input(self, x, w.dtype)
-        a = w.reshape(self._slope_shape(x)) if x.ndim else w.reshape(())
+        a = w.reshape(self._slope_shape(x))
         neg = ~(x > 0)  # (NaN: a * NaN = NaN either way)
         self._cache = (x, neg, a)
         return np.where(neg, a * x, x)

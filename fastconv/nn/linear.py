@@ -180,7 +180,11 @@ class Unflatten(Module):
 
 
 class Identity(Module):
-    """y = x."""
+    """y = x. Takes any arguments and ignores them, as PyTorch's (a placeholder for a layer
+    built with arguments)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _as_input(self, x, None)

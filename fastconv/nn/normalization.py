@@ -118,6 +118,9 @@ class _BatchNorm(Module):
         use_batch = self._uses_batch_stats()
         if relu and not use_batch:
             raise RuntimeError(f"{self!r}: a fused ReLU needs batch statistics")
+        if use_batch and not self.eps > 0:  # a constant channel would divide by 0
+            raise ValueError(f"{self!r}: eps must be positive to normalise with batch "
+                             f"statistics, got {self.eps}")
         group = self._group() if use_batch else None
         if group is not None:
             return self._forward_group(x3, x.shape, relu, group)
@@ -126,9 +129,10 @@ class _BatchNorm(Module):
                 self.num_batches_tracked += 1
             return x.copy(), (None, x3, None, np.ones(C, dt), x.shape, None)
         if use_batch:
-            if m <= 1 and self.training:
-                raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
-                                 f"got input of shape {x.shape}")
+            if m <= 1:  # (training, or no running statistics to use)
+                raise ValueError(f"{self!r}: expected more than 1 value per channel to "
+                                 f"normalise with batch statistics, got input of shape "
+                                 f"{x.shape}")
             ops = self._ops()
             w = self.weight.data if self.affine else None
             b = None if self.bias is None else self.bias.data

@@ -165,7 +165,10 @@ class LinearWarmup(LRScheduler):
     (``torch.optim.lr_scheduler.LinearLR``). Afterwards the rate stays at base_lr * end_factor,
     or, if `after` is another schedule on the same optimiser, follows ``after.lrs_at(t -
     warmup_steps)`` (warm-up then cosine, say; only call this schedule's ``step()``).
+    A LinearLR's state dict loads (its ``total_iters`` is ``warmup_steps``).
     """
+
+    _torch_state_names = {"total_iters": "warmup_steps"}
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, start_factor: float = 0.1,
                  end_factor: float = 1.0, after: LRScheduler | None = None, last_epoch: int = -1) -> None:
