@@ -240,8 +240,9 @@ def _sample(analytic: np.ndarray, max_checks: int | None, gen: np.random.Generat
 
 
 def _prepare(module: Module) -> Module:
-    """float64 deep copy (cached activations are not copied, see Module.__getstate__)."""
-    return copy.deepcopy(module).astype(np.float64)
+    """float64 deep copy (cached activations are not copied, see Module.__getstate__); a
+    module in bf16 mode is checked as its float64 computation."""
+    return copy.deepcopy(module).to(np.float64, precision="auto")
 
 
 def _check(module: Module, x: np.ndarray, loss_and_grad, eps: float, max_checks: int | None,

@@ -86,6 +86,15 @@ def test_gradcheck_leaves_the_layer_untouched():
     assert not any(p.grad.any() for p in model.parameters())
 
 
+def test_gradcheck_of_a_model_in_bf16_mode_checks_its_float64_computation():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, rng=0), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(12, 2, rng=2)).to(precision="bf16")
+    assert max(gradcheck_model(model, (3, 2, 4, 4), seed=1, max_checks=20).values()) < 1e-6
+    assert max(gradcheck_layer(model[0], (2, 2, 5, 5), seed=2).values()) < 1e-6
+    assert all(m.precision == "bf16" for m in model.modules())
+    assert model.dtype == np.float32
+
+
 def test_gradcheck_batchnorm_and_dropout_in_training_mode():
     layer = nn.Sequential(nn.Linear(6, 5, bias=False, rng=0), nn.BatchNorm1d(5), nn.Tanh(), nn.Dropout(0.3, rng=1))
     errors = gradcheck_layer(layer, (8, 6), seed=4)

@@ -4,6 +4,7 @@ dicts under PyTorch's dotted keys), plus the input checks the layers share."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import numbers
@@ -675,16 +676,13 @@ class Module:
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Output shape for an input of `input_shape` (including the batch dimension).
 
-        The default runs forward on zeros in eval mode, restoring the training flag; layers
-        override it with the shape formula.
+        The default runs forward on zeros in eval mode, on a copy of the module: this one's
+        saved forward (and its layers'), and each layer's training flag, stay as they were.
+        Layers override it with the shape formula.
         """
-        mode = self.training
-        self.eval()
-        try:
-            return tuple(self.forward(np.zeros(input_shape, dtype=self.dtype or np.float32)).shape)
-        finally:
-            self.train(mode)
-            object.__setattr__(self, "_cache", None)
+        twin = copy.deepcopy(self)
+        twin.eval()
+        return tuple(twin.forward(np.zeros(input_shape, dtype=self.dtype or np.float32)).shape)
 
     def _get_cache(self):
         cache = self._cache

@@ -1244,3 +1244,43 @@ def test_changing_the_input_after_the_call_does_not_change_the_gradients(make):
         grads.append([gx] + [p.grad.copy() for p in model.parameters()])
     for a, b in zip(*grads):
         np.testing.assert_array_equal(a, b)
+
+
+class _ConvBN(nn.Module):
+    """A custom module with no shape formula of its own (output_shape runs its forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, rng=0)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn.forward(self.conv.forward(x))
+
+    def backward(self, g, input_grad=True):
+        return self.conv.backward(self.bn.backward(g), input_grad)
+
+
+@pytest.mark.parametrize("between", [
+    lambda m, x: m.output_shape(x.shape),
+    lambda m, x: m.summary(x.shape, print_fn=lambda *_: None),
+    lambda m, x: m.summary(x.shape[1:], print_fn=lambda *_: None),
+], ids=["output_shape", "summary", "summary_unbatched"])
+def test_output_shape_and_summary_leave_the_saved_forward_and_the_modes(between):
+    """Between a forward and its backward, output_shape/summary (which run a custom module's
+    forward on zeros) change neither the gradients nor any layer's train/eval flag (a frozen
+    BatchNorm stays frozen)."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    grads, modes = [], []
+    for call in (None, between):
+        m = nn.Sequential(_ConvBN(), nn.ReLU())
+        m[0].bn.eval()
+        y = m(x)
+        if call is not None:
+            call(m, x)
+        m.backward(np.ones_like(y))
+        grads.append([p.grad.copy() for p in m.parameters()])
+        modes.append([mod.training for mod in m.modules()])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+    assert modes[0] == modes[1] and modes[0][3] is False  # (m, _ConvBN, conv, bn, relu)
