@@ -1080,7 +1080,8 @@ def batch_norm_grad_inputs(grad_y, x_shape, mean, invstd, dtype, op: str, relu_o
                              f"{tuple(x_shape)}")
         relu_output = np.ascontiguousarray(relu_output, dtype=dtype)
     C = x_shape[1]
-    stats = [np.ascontiguousarray(np.asarray(s), dtype=dtype) for s in (mean, invstd)]
+    stats = [np.ascontiguousarray(as_float_array(s, name, op), dtype=dtype)
+             for s, name in ((mean, "mean"), (invstd, "invstd"))]
     if any(s.shape != (C,) for s in stats):
         raise ValueError(f"{op}: mean and invstd must have shape ({C},)")
     return grad_y, stats[0], stats[1], relu_output
@@ -1156,13 +1157,28 @@ def pad_geometry(shape: tuple, pad, mode: str, op: str) -> tuple[tuple[int, int]
     return ((0, 0),) * (len(shape) - axes) + tuple(per_axis)
 
 
+def pad_value(value, mode: str, op: str) -> float:
+    """F.pad's ``value`` as a float (None: 0); as PyTorch, only "constant" padding takes one
+    other than 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: value must be a real number, got {value!r}")
+    if mode != "constant" and value != 0:
+        raise ValueError(f"{op}: {mode} padding takes no value (only constant padding does), "
+                         f"got value={value!r}")
+    return float(value)
+
+
 def pad_backward_inputs(grad_y, input_shape, pad, mode: str, op: str):
     """(grad_y as a float array, the pads per axis from pad_geometry): grad_y must have the
     padded shape of `input_shape`."""
     grad_y = as_float_array(grad_y, "grad_y", op)
     try:
         shape = tuple(int(s) for s in input_shape)
-    except TypeError:
+        if any(isinstance(s, (float, str, bytes, bool, np.bool_)) for s in input_shape):
+            raise TypeError
+    except (TypeError, ValueError):
         raise TypeError(f"{op}: input_shape must be a sequence of ints, got {input_shape!r}") from None
     if any(s < 0 for s in shape):
         raise ValueError(f"{op}: input_shape must be non-negative, got {shape}")

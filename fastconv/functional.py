@@ -67,6 +67,7 @@ from ._args import (
     normalize_output_mask,
     pad_backward_inputs,
     pad_geometry,
+    pad_value,
     pool2d_geometry,
     pool2d_output_shape,
     relu_backward_inputs,
@@ -904,6 +905,7 @@ def pad(x, pad, mode="constant", value=0.0) -> np.ndarray:
     C-contiguous array."""
     x = as_float_array(x, "x", "pad")
     pads = pad_geometry(x.shape, pad, mode, "pad")
+    value = pad_value(value, mode, "pad")
     if mode != "constant":
         # (np.pad keeps a Fortran-ordered input's layout: a copy in C order then)
         return np.ascontiguousarray(np.pad(x, pads, mode=_NUMPY_PAD_MODE[mode]))

@@ -67,6 +67,7 @@ from fastconv._args import (
     pool2d_output_shape,
     pad_backward_inputs,
     pad_geometry,
+    pad_value,
     relu_backward_inputs,
     unbatched,
     unfold_geometry,
@@ -348,7 +349,14 @@ def conv2d_max_pool2d(x, weight, bias=None, stride=1, padding=0, dilation=1, gro
                       kernel_size, pool_stride=None, pool_padding=0, pool_dilation=1,
                       ceil_mode=False, relu=False, precision=None):
     """conv2d followed by max_pool2d (with return_indices; relu as max_pool2d's), returning
-    (y, indices): see :func:`fastconv.functional.conv2d_max_pool2d`. Here the two calls."""
+    (y, indices): see :func:`fastconv.functional.conv2d_max_pool2d`. Here the two calls,
+    after the fast op's checks (its errors name conv2d_max_pool2d and pool_*)."""
+    op = "conv2d_max_pool2d"
+    x, weight = _conv_inputs(op, x, weight)
+    geom = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups, op)
+    float_bias(bias, geom.F, weight.shape, op)
+    pool2d_geometry(geom.output_shape, kernel_size, pool_stride, pool_padding, pool_dilation,
+                    ceil_mode, op, name=CONV_OUTPUT, prefix="pool_")
     return max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups,
                              precision=precision), kernel_size,
                       pool_stride, pool_padding, pool_dilation, ceil_mode, return_indices=True,
@@ -964,6 +972,7 @@ def pad(x, pad, mode="constant", value=0.0) -> np.ndarray:
     right, top, bottom), by gathering each padded axis through its source indices."""
     x = as_float_array(x, "x", "pad")
     pads = pad_geometry(x.shape, pad, mode, "pad")
+    value = pad_value(value, mode, "pad")
     y = x
     for axis, (before, after) in enumerate(pads):
         if before or after:

@@ -421,3 +421,24 @@ def test_infinities_give_torchs_nans_without_numpy_warnings(torch):
         got = CrossEntropyLoss()(x, np.array([1]))
         want = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor([1])).item()
         assert np.isnan(got) and np.isnan(want)
+
+
+@pytest.mark.parametrize("ops", [F, R], ids=["fast", "reference"])
+def test_pad_value_and_shapes_are_checked(ops, torch):
+    """A value with a mode other than constant is refused (as PyTorch's, which raises), not
+    ignored; a value, an input_shape or statistics that are not numbers name the argument."""
+    x = np.ones((1, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="pad: reflect padding takes no value"):
+        ops.pad(x, (1, 1, 1, 1), "reflect", 3.0)
+    with pytest.raises(RuntimeError, match="doesn't take in value"):
+        torch.nn.functional.pad(torch.tensor(x), (1, 1, 1, 1), "reflect", 3.0)
+    for value in (0.0, None):  # (what PyTorch also takes)
+        np.testing.assert_array_equal(ops.pad(x, (1, 1, 1, 1), "reflect", value),
+                                      ops.pad(x, (1, 1, 1, 1), "reflect"))
+    assert ops.pad(x, (1, 1), "constant", None)[0, 0, 0, 0] == 0
+    with pytest.raises(TypeError, match="pad: value must be a real number, got 'a'"):
+        ops.pad(x, (1, 1), "constant", "a")
+    with pytest.raises(TypeError, match="pad_backward: input_shape must be a sequence of ints"):
+        ops.pad_backward(np.ones((1, 1, 3, 5)), "abcd", (1, 1))
+    with pytest.raises(TypeError, match="batch_norm_train_backward: mean must hold real"):
+        ops.batch_norm_train_backward(x, x, "abc", np.ones(1))

@@ -490,8 +490,8 @@ class Concat(_Container):
                                     "different number of axes from the output of {at}" + names[0] +
                                     " {a}", a=first, b=shape)
         if not -len(first) <= self.dim < len(first):
-            raise ValueError(f"{self!r}: dim {self.dim} is out of range for outputs of shape "
-                             f"{first} ({len(first)} axes)")
+            raise ValueError(f"{_one_line(self)}: dim {self.dim} is out of range for outputs "
+                             f"of shape {first} ({len(first)} axes)")
         axis = self.dim % len(first)
         for name, shape in zip(names[1:], shapes[1:]):
             if shape[:axis] + shape[axis + 1:] != first[:axis] + first[axis + 1:]:

@@ -334,14 +334,23 @@ class Module:
             param.name = name
         object.__setattr__(self, name, param)
 
-    def register_buffer(self, name: str, array: np.ndarray | None) -> None:
-        """Register a non-trainable array saved in ``state_dict`` (e.g. BatchNorm running stats)."""
+    def register_buffer(self, name: str, array: np.ndarray | None,
+                        persistent: bool = True) -> None:
+        """Register a non-trainable array (e.g. BatchNorm running stats), saved in
+        ``state_dict`` unless ``persistent=False`` (as PyTorch's: a buffer the module rebuilds,
+        kept out of checkpoints)."""
         self._check_name(name, "buffer", self._buffers, "register_buffer")
         if array is not None and not isinstance(array, np.ndarray):
             raise TypeError(f"register_buffer: expected a NumPy array or None, got {type(array).__name__}")
+        if not _is_flag(persistent):
+            raise TypeError(f"register_buffer: persistent must be True or False, got "
+                            f"{persistent!r}")
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
         self._buffers[name] = array
+        transient = set(self.__dict__.get("_non_persistent", ()))
+        transient.discard(name) if persistent else transient.add(name)
+        object.__setattr__(self, "_non_persistent", frozenset(transient))
         object.__setattr__(self, name, array)
 
     def add_module(self, name: str, module: "Module | None") -> None:
@@ -404,13 +413,15 @@ class Module:
         fn(self)
         return self
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
-        """(dotted name, Parameter) pairs, e.g. ``("0.weight", p)``; shared ones once."""
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True) -> Iterator[tuple[str, Parameter]]:
+        """(dotted name, Parameter) pairs, e.g. ``("0.weight", p)``; shared ones once (every
+        name with ``remove_duplicate=False``)."""
         seen: set[int] = set()
         mods = self.named_modules(prefix) if recurse else [(prefix, self)]
         for mod_prefix, module in mods:
             for name, p in module._parameters.items():
-                if p is None or id(p) in seen:
+                if p is None or (remove_duplicate and id(p) in seen):
                     continue
                 seen.add(id(p))
                 yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
@@ -456,10 +467,34 @@ class Module:
         """Evaluation mode (running statistics, dropout off); same as ``train(False)``."""
         return self.train(False)
 
-    def zero_grad(self) -> None:
-        """Set every parameter's ``grad`` to zero."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Set every parameter's ``grad`` to zero. (``set_to_none`` is taken for PyTorch's
+        training loops: fastconv's gradients are arrays, zeroed either way.)"""
         for p in self.parameters():
             p.zero_grad()
+
+    def get_submodule(self, target: str) -> "Module":
+        """The sub-module at dotted path `target` (``"layer1.0.conv1"``; ``""``: this one),
+        as torch.nn.Module.get_submodule; AttributeError naming the missing step."""
+        if not isinstance(target, str):
+            raise TypeError(f"get_submodule: target must be a str, got {target!r}")
+        m: Module = self
+        done = type(self).__name__
+        for step in target.split(".") if target else ():
+            child = m._modules.get(step)
+            if child is None:
+                raise AttributeError(f"get_submodule({target!r}): {done} has no sub-module "
+                                     f"{step!r}")
+            m, done = child, f"{done}.{step}"
+        return m
+
+    def float(self) -> "Module":
+        """``astype(np.float32)``, as torch.nn.Module.float."""
+        return self.astype(np.float32)
+
+    def double(self) -> "Module":
+        """``astype(np.float64)``, as torch.nn.Module.double."""
+        return self.astype(np.float64)
 
     def requires_grad_(self, requires_grad: bool = True) -> "Module":
         """Set ``requires_grad`` of every parameter of this module and its descendants (False
@@ -573,17 +608,26 @@ class Module:
             for name, p in m._parameters.items():
                 if p is not None:
                     out.setdefault(pre + name, (m, name, "param"))
+            transient = m.__dict__.get("_non_persistent", ())
             for name, b in m._buffers.items():
-                if b is not None:
+                if b is not None and name not in transient:
                     out.setdefault(pre + name, (m, name, "buffer"))
         return out
 
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Copies of all parameters and buffers under PyTorch's dotted key names."""
+    def state_dict(self, *, prefix: str = "",
+                   keep_vars: bool = False) -> "OrderedDict[str, np.ndarray]":
+        """Copies of all parameters and persistent buffers under PyTorch's dotted key names,
+        each after `prefix`; ``keep_vars=True``: the Parameters and buffer arrays themselves,
+        not copies (as PyTorch's)."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"state_dict: prefix must be a str, got {prefix!r}")
         sd: OrderedDict[str, np.ndarray] = OrderedDict()
         for key, (m, name, kind) in self._state_entries().items():
+            if keep_vars:
+                sd[prefix + key] = m._parameters[name] if kind == "param" else m._buffers[name]
+                continue
             arr = m._parameters[name].data if kind == "param" else m._buffers[name]
-            sd[key] = arr.copy()
+            sd[prefix + key] = arr.copy()
         return sd
 
     def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
@@ -750,9 +794,11 @@ class Module:
 
     def __repr__(self) -> str:
         children = list(self.named_children())
+        extra = self.extra_repr()
         if not children:
-            return f"{type(self).__name__}({self.extra_repr()})"
+            return f"{type(self).__name__}({extra})"
         lines = [f"{type(self).__name__}("]
+        lines += [f"  {line}" for line in extra.split("\n") if line]  # (PyTorch's order)
         for name, child in children:
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")

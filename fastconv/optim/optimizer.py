@@ -130,8 +130,9 @@ class Optimizer:
         for g in self.param_groups:
             g["lr"] = float(value)
 
-    def zero_grad(self) -> None:
-        """Zero the gradients of all parameters."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients of all parameters. (``set_to_none`` is taken for PyTorch's
+        training loops: fastconv's gradients are arrays, zeroed either way.)"""
         for g in self.param_groups:
             for p in g["params"]:
                 p.zero_grad() if hasattr(p, "zero_grad") else p.grad.fill(0)

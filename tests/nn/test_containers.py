@@ -374,3 +374,12 @@ def test_summary_of_a_single_layer_and_errors():
     cat = nn.Concat(nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 3))
     with pytest.raises(ValueError, match=r"summary: Concat: the output of 1 has shape"):
         cat.summary((3, 8, 8), print_fn=None)
+
+
+def test_concat_repr_shows_its_dim_before_its_branches_as_torch():
+    cat = nn.Concat(nn.Conv2d(3, 4, 1), nn.Conv2d(3, 2, 1), dim=1)
+    lines = repr(cat).splitlines()
+    assert lines[:2] == ["Concat(", "  dim=1"] and lines[2].startswith("  (0): Conv2d(3, 4")
+    with pytest.raises(ValueError, match=r"^Concat\(\.\.\.\): dim 5 is out of range") as err:
+        nn.Concat(nn.ReLU(), nn.ReLU(), dim=5)(np.ones((2, 3, 4, 4), np.float32))
+    assert "\n" not in str(err.value)

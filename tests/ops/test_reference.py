@@ -722,3 +722,27 @@ def test_torch_also_rejects_the_geometry_errors():
                lambda: TF.unfold(xt, 7)]:
         with pytest.raises((RuntimeError, ValueError)):
             fn()
+
+
+@pytest.mark.parametrize("bad", [
+    dict(weight=np.ones((4, 2, 3, 3), np.float32), kernel_size=2),
+    dict(kernel_size=2, pool_padding=2),
+    dict(kernel_size=5),
+    dict(kernel_size=2, pool_stride=0),
+    dict(kernel_size=2, ceil_mode="yes"),
+    dict(kernel_size=2, bias=np.ones(3, np.float32)),
+], ids=["channels", "pool_padding", "pool_too_big", "pool_stride", "ceil_mode", "bias"])
+def test_conv2d_max_pool2d_errors_are_the_fast_ops(bad):
+    """The reference's fused op raises what the fast one raises (naming conv2d_max_pool2d and
+    its pool_* arguments), not the errors of the two calls it makes."""
+    from fastconv import functional as F
+    from fastconv import reference as R
+
+    args = {"weight": np.ones((4, 3, 3, 3), np.float32), **bad}
+    x = np.ones((1, 3, 6, 6), np.float32)
+    errors = []
+    for op in (F.conv2d_max_pool2d, R.conv2d_max_pool2d):
+        with pytest.raises((ValueError, TypeError)) as err:
+            op(x, **args)
+        errors.append((err.type, str(err.value)))
+    assert errors[0] == errors[1] and errors[0][1].startswith("conv2d_max_pool2d: ")
