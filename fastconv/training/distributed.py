@@ -768,6 +768,7 @@ class DistributedDataParallel(Module):
             self._bn_group = comm.dup()
             convert_sync_batchnorm(module, self._bn_group)
         self._reducer = self._new_reducer()
+        self._sync_generators()
         shared: dict[int, _ShareGenerator] = {}
         for m in module.modules():
             for attr, value in list(vars(m).items()):
@@ -777,6 +778,24 @@ class DistributedDataParallel(Module):
                                                                         self))
                     self._generators.append((m, attr, value))
                     object.__setattr__(m, attr, twin)
+
+    def _sync_generators(self) -> None:
+        """Rank 0's states of the modules' random generators on every rank (collective), as
+        its weights: generators seeded per rank (or from the OS) would draw other dropout
+        masks on each rank. ValueError on every rank when the models hold different
+        numbers of generators."""
+        own: dict[int, np.random.Generator] = {}
+        for m in self.module.modules():
+            for value in vars(m).values():
+                if isinstance(value, np.random.Generator):
+                    own.setdefault(id(value), value)
+        states = self.comm.broadcast([g.bit_generator.state for g in own.values()])
+        if self.comm.any(len(states) != len(own)):
+            raise every_rank(ValueError(
+                "DistributedDataParallel: the ranks' models hold different numbers of random "
+                "generators (build the same model on every rank)"))
+        for g, state in zip(own.values(), states):
+            g.bit_generator.state = state
 
     @property
     def buckets(self) -> list[tuple[int, int]]:
@@ -899,19 +918,42 @@ class Distributed:
     comm: Communicator | None = None
 
 
-def _crc(a: np.ndarray, stride: int = 1) -> int:
-    """A checksum of ``a`` (of every ``stride``-th row, for large arrays)."""
-    part = np.ascontiguousarray(a[::stride])
-    return zlib.crc32(part.view(np.uint8).reshape(-1)) if part.size else 0
+def _crc(a: np.ndarray) -> int:
+    """A checksum of every byte of ``a``, read in blocks of rows (every rank uses every row of
+    the data: a sample of rows let ranks given different data train on)."""
+    crc = 0
+    if a.size == 0:
+        return crc
+    rows = max(1, (16 << 20) // max(1, a[0].nbytes if a.ndim > 1 else a.itemsize))
+    for i in range(0, len(a), rows):
+        crc = zlib.crc32(np.ascontiguousarray(a[i:i + rows]).view(np.uint8).reshape(-1), crc)
+    return crc
 
 
 def _loader_facts(loader) -> tuple | None:
     if loader is None:
         return None
-    stride = max(1, loader.num_samples // 1024)
     return (loader.num_samples, loader.batch_size, len(loader), loader.seed, loader.shuffle,
             loader.augment, loader.drop_last, str(loader.dtype), _crc(loader.labels),
-            _crc(loader.images, stride))
+            _crc(loader.images))
+
+
+def _check_loss(loss, train) -> None:
+    """A mean-reduced loss must divide by the rows of the batch for the ranks' shares to add
+    up to the whole batch's gradient: a class-weighted or ignore_index cross-entropy divides
+    each share by its own targets' weights (ValueError)."""
+    if getattr(loss, "reduction", None) != "mean" or not hasattr(loss, "ignore_index"):
+        return
+    labels = np.asarray(train.labels)
+    ignored = labels.dtype.kind in "iu" and bool(np.any(labels == loss.ignore_index))
+    if getattr(loss, "weight", None) is not None or ignored:
+        why = "class weights" if getattr(loss, "weight", None) is not None else \
+            f"targets equal to ignore_index={loss.ignore_index}"
+        raise ValueError(f"fit: distributed training needs a mean loss over the batch's rows; "
+                         f"{type(loss).__name__} with {why} divides each rank's share by its "
+                         f"own targets' weights, so the ranks would not take the whole "
+                         f"batch's step: use reduction='sum' (and a learning rate divided by "
+                         f"the batch size), or train in one process")
 
 
 def _text(value: Any, limit: int = 120) -> str:
@@ -959,6 +1001,7 @@ class FitRun:
     def facts(self, model, train, val, optimizer, scheduler, scheduler_interval, epochs, loss,
               callbacks, *, scheduler_monitor=None, clip_grad_norm=None) -> dict:
         """What must be equal on every rank for the ranks to train one model together."""
+        _check_loss(loss, train)
         groups = [{k: v for k, v in g.items() if k != "params"} | {"params": len(g["params"])}
                   for g in optimizer.param_groups]
         return {

@@ -693,6 +693,78 @@ def test_fit_with_local_batchnorm_differs_from_the_whole_batch():
     assert max(float(np.abs(single[0][k] - local[0][0][k]).max()) for k in single[0]) > 1e-6
 
 
+def _fit_seeded(comm=None, *, dropout_seed=None, data=None, loss=None, epochs=1):
+    """A short fit of _net with dropout whose generator is seeded `dropout_seed` (None: from
+    the OS), on `data` (default _fit_data) with `loss`."""
+    x, y = _fit_data() if data is None else data
+    model = _net(bn=False, dropout=0.3)
+    model[-2].rng = np.random.default_rng(dropout_seed)
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    fit(model, (x.astype(np.float64) / 255, y), epochs, optimizer=opt, batch_size=12,
+        loss=loss, progress=False,
+        distributed=False if comm is None else Distributed(comm=comm))
+    return model.state_dict()
+
+
+def test_fit_starts_the_ranks_generators_from_rank_0s():
+    """Dropout generators seeded per rank (or from the OS) draw rank 0's masks on every rank:
+    the weights are those of one process whose generator has rank 0's seed."""
+    single = _fit_seeded(dropout_seed=5)
+    for ranks_seed in (lambda r: 5 + r, lambda r: None):
+        for state in run_ranks(2, lambda c: _fit_seeded(c, dropout_seed=5 if c.rank == 0
+                                                        else ranks_seed(c.rank))):
+            for k in single:
+                np.testing.assert_allclose(state[k], single[k], rtol=1e-11, atol=1e-14)
+
+
+def test_fit_refuses_ranks_given_other_data_anywhere():
+    """Every byte of the ranks' data is compared: one changed image, or one label, is
+    refused on every rank."""
+    x, y = _fit_data(2100)  # (past 1024 rows: a sample of every other row would skip 37)
+
+    def rank(comm, what):
+        xr, yr = x.copy(), y.copy()
+        if comm.rank == 1:
+            if what == "image":
+                xr[37, 2, 5, 6] ^= 1  # (a row a sample of every 1024th would skip)
+            else:
+                yr[41] = (yr[41] + 1) % 4
+        with pytest.raises(ValueError, match=r"different settings: train data is") as e:
+            _fit_seeded(comm, dropout_seed=1, data=(xr, yr))
+        return dist.raised_on_every_rank(e.value)
+
+    for what in ("image", "label"):
+        assert run_ranks(2, lambda c: rank(c, what)) == [True, True]
+
+
+@pytest.mark.parametrize("case", ["weight", "ignore_index"])
+def test_fit_refuses_a_mean_loss_that_divides_shares_by_their_weights(case):
+    """A class-weighted cross-entropy, or targets holding ignore_index, with a mean: each
+    share would divide by its own targets' weights (another step than one process's):
+    refused on every rank, naming the fix; reduction='sum' takes the whole batch's step."""
+    x, y = _fit_data()
+    if case == "ignore_index":
+        y = y.copy()
+        y[::5] = -100
+    weight = np.array([1.0, 2.0, 0.5, 1.0]) if case == "weight" else None
+
+    def rank(comm):
+        with pytest.raises(ValueError, match=r"distributed training needs a mean loss.*"
+                                             r"reduction='sum'") as e:
+            _fit_seeded(comm, dropout_seed=1, data=(x, y),
+                        loss=losses.CrossEntropyLoss(weight))
+        summed = _fit_seeded(comm, dropout_seed=1, data=(x, y),
+                             loss=losses.CrossEntropyLoss(weight, reduction="sum"))
+        return dist.raised_on_every_rank(e.value), summed
+
+    single = _fit_seeded(dropout_seed=1, data=(x, y),
+                         loss=losses.CrossEntropyLoss(weight, reduction="sum"))
+    for raised, state in run_ranks(2, rank):
+        assert raised
+        for k in single:
+            np.testing.assert_allclose(state[k], single[k], rtol=1e-10, atol=1e-13)
+
+
 def test_fit_refuses_a_batch_not_divisible_by_the_ranks():
     def rank(comm):
         with pytest.raises(ValueError, match="batch size 12 .* not divisible by the 5 ranks") as e:
