@@ -801,8 +801,15 @@ def _load_resume_state(ckpt: Path, args_cfg: TrainConfig, given: set) -> tuple[d
         raise UserError(f"checkpoint {ckpt} has an unreadable configuration ({e})") from e
     done = int(state.get("position", {}).get("epoch", 0)) + \
         (1 if state.get("position", {}).get("batch", 0) else 0)
+    # A run of one process normalised over the whole batch: resumed on several ranks, it
+    # keeps doing so (sync_bn) unless --no-sync-bn says otherwise.
+    one_process = meta.get("ranks") == 1
+    if one_process:
+        saved.sync_bn = bool(args_cfg.sync_bn) if "sync_bn" in given else True
     for k in sorted(given):
         new, old = getattr(args_cfg, k), getattr(saved, k)
+        if k == "sync_bn" and one_process:
+            continue
         if k == "epochs" and new != old:
             if new < done:
                 raise UserError(f"--epochs {new} is fewer than the {_count(done, 'epoch')} "
@@ -839,6 +846,8 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
     state: dict | None = None
     if ns.resume:
         state, cfg = _on_rank0(comm, lambda: _load_resume_state(ckpt, args_cfg, given))
+        if comm is None:
+            cfg.sync_bn = False  # (one process normalises over the whole batch either way)
     else:
         def fresh() -> None:
             if ckpt.exists():
@@ -949,7 +958,7 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
     run_log = _RunLog(out, ds.y_test, con)
     callbacks: list[Callback] = [*recipe_callbacks, run_log, ModelCheckpoint(ckpt, metadata={
         "format": _CKPT_FORMAT, "version": _CKPT_VERSION, "config": asdict(cfg),
-        **_data_metadata(ds)})]
+        "ranks": 1 if comm is None else comm.size, **_data_metadata(ds)})]
     if not ns.quiet and sys.stderr.isatty():
         callbacks.insert(0, ProgressBar(leave=False, epoch_lines=False))
     resume_cmd = f"{PROG} --out {out} --resume" + \

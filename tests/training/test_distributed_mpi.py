@@ -149,6 +149,31 @@ def test_command_with_sync_bn_trains_as_one_process(data_dir, tmp_path):
     assert config["distributed"]["threads_per_rank"] == max(1, (os.cpu_count() or 1) // 2)
 
 
+def test_a_one_process_run_resumes_on_two_ranks_with_the_whole_batch(data_dir, tmp_path):
+    """A run of one process resumed with --distributed keeps normalising over the whole batch
+    (sync_bn, given or not: one process did): its second epoch is one process's, to float32's
+    rounding, where each rank's statistics differ by far more."""
+    common = ["--model", "vgg_small", "--limit-train", 40, "--limit-test", 20,
+              "--batch-size", 20, "--lr", 0.01, "--schedule", "constant", "--no-augment"]
+    r = _run(_train(*_options(data_dir, tmp_path / "one", *common, "--epochs", 2)), ranks=None)
+    assert r.returncode == 0, r.stderr
+    whole = C.load_weights(tmp_path / "one" / T.WEIGHTS_NAME)
+    results = {}
+    for flags in ((), ("--sync-bn",), ("--no-sync-bn",)):
+        out = tmp_path / ("resumed" + "".join(flags))
+        r = _run(_train(*_options(data_dir, out, *common, "--epochs", 1)), ranks=None)
+        assert r.returncode == 0, r.stderr
+        r = _run(_train(*_options(data_dir, out, "--epochs", 2, "--resume", "--distributed",
+                                  *flags)))
+        assert r.returncode == 0, r.stderr
+        results[flags] = _difference(whole, C.load_weights(out / T.WEIGHTS_NAME))
+        import json
+        config = json.loads((out / T.CONFIG_NAME).read_text())
+        assert config["distributed"]["sync_bn"] is (flags != ("--no-sync-bn",))
+    assert results[()] < 2e-3 and results[("--sync-bn",)] < 2e-3
+    assert results[("--no-sync-bn",)] > 10 * max(results[()], results[("--sync-bn",)])
+
+
 def test_rank_zero_alone_writes_the_run(data_dir, tmp_path):
     """Every change under --out (files opened for writing, renamed, removed: a Python audit
     hook on each rank) is rank 0's: its checkpoint, metrics, weights, config and plots; rank 1
