@@ -331,7 +331,13 @@ def _flatten(g: _Graph, m: nn.Flatten, path: str, x: str, shape, convert) -> str
 
 
 def _unflatten(g: _Graph, m: nn.Unflatten, path: str, x: str, shape, convert) -> str:
-    return _reshape(g, path, x, m.output_shape(shape), m.dim % len(shape) > 0)
+    """A graph's first axis is the batch: unflattening it is refused (its sizes would be the
+    export's batch)."""
+    if m.dim % len(shape) == 0:
+        where = f"module {path!r}" if path else "the model"
+        raise ValueError(f"to_onnx: {where} ({m!r}) unflattens the batch axis; the graph's "
+                         f"first axis is the batch, of any size")
+    return _reshape(g, path, x, m.output_shape(shape), True)
 
 
 def _scalar_op(g: _Graph, path: str, op_type: str, x: str, what: str, value) -> str:
@@ -371,7 +377,10 @@ def _softmax(op_type: str):
 def _group_norm(g: _Graph, m: nn.GroupNorm, path: str, x: str, shape, convert) -> str:
     """(N, C, *) as (N, groups, C / groups * ...) normalised by InstanceNormalization (unit
     scale, zero shift), back to the input's shape, then the per-channel affine."""
-    grouped = g.op(path, "Reshape", [x, g.const(path, "grouped", [0, m.num_groups, -1], np.int64)])
+    # (sizes written out, no -1: a Reshape cannot infer one from an empty batch)
+    per_group = m.num_channels // m.num_groups * math.prod(shape[2:])
+    grouped = g.op(path, "Reshape", [x, g.const(path, "grouped", [0, m.num_groups, per_group],
+                                                np.int64)])
     normed = g.op(path, "InstanceNormalization",
                   [grouped, g.const(path, "ones", np.ones(m.num_groups)),
                    g.const(path, "zeros", np.zeros(m.num_groups))], epsilon=m.eps)
@@ -409,14 +418,15 @@ def _local_response_norm(g: _Graph, m: nn.LocalResponseNorm, path: str, x: str, 
     other). An even size gets PyTorch's
     own formula: x / (k + alpha avg(x^2))^beta, the channel average an AveragePool of x^2
     laid out (N, 1, C, rest) with a (size, 1) window, zero padding counted."""
+    rest = math.prod(shape[2:])  # (written out, no -1: an empty batch has none to infer)
     if m.size % 2:
         # LRN takes (N, C, H, W): other layouts go through (N, C, rest, 1)
         four_d = len(shape) == 4
         y = x if four_d else g.op(path, "Reshape", [x, g.const(path, "nchw",
-                                                               [0, shape[1], -1, 1], np.int64)])
+                                                               [0, shape[1], rest, 1], np.int64)])
         y = g.op(path, "LRN", [y], size=m.size, alpha=m.alpha, beta=m.beta, bias=m.k)
         return y if four_d else g.op(path, "Reshape", [y, g.op(path, "Shape", [x])])
-    planes = g.const(path, "planes", [0, 1, shape[1], -1], np.int64)  # (N, 1, C, rest)
+    planes = g.const(path, "planes", [0, 1, shape[1], rest], np.int64)  # (N, 1, C, rest)
     squares = g.op(path, "Reshape", [g.op(path, "Mul", [x, x]), planes])
     mean = g.op(path, "AveragePool", [squares], kernel_shape=[m.size, 1], strides=[1, 1],
                 pads=[m.size // 2, 0, (m.size - 1) // 2, 0], count_include_pad=1)

@@ -235,6 +235,22 @@ def test_shared_parameters_are_one_initializer(ort, tmp_path):
     _assert_close(got, expected, "tied")
 
 
+@pytest.mark.parametrize("build,shape", [
+    (lambda: nn.GroupNorm(2, 4), (2, 4, 3, 3)),
+    (lambda: nn.LocalResponseNorm(2), (2, 5, 3, 3)),       # (an even size: its own formula)
+    (lambda: nn.LocalResponseNorm(3), (2, 5, 3)),          # (LRN on a 3-D input, reshaped)
+    (lambda: nn.Sequential(nn.Flatten(), nn.Unflatten(1, (4, 9))), (2, 4, 3, 3)),
+], ids=["GroupNorm", "LocalResponseNorm-even", "LocalResponseNorm-3d", "Unflatten"])
+def test_reshaping_layers_run_on_an_empty_batch(ort, build, shape, tmp_path):
+    """Their Reshapes write every size out: onnxruntime cannot infer a -1 from an empty
+    batch (it failed on these where fastconv gives an empty output)."""
+    module = randomize_norms(build(), 1)
+    _, results = _export_and_run(ort, module, shape, tmp_path, batches=(0, 1, shape[0] + 5))
+    for got, expected in results:
+        assert got.shape == expected.shape
+        _assert_close(got, expected, repr(module))
+
+
 def test_errors(onnx, tmp_path):
     class Custom(nn.Module):
         def forward(self, x):
@@ -269,6 +285,10 @@ def test_errors(onnx, tmp_path):
     with pytest.raises(ValueError, match=r"input_shape \(3, 32, 32\) does not fit the model: .*"
                                          r"\(input_shape starts with the batch axis"):
         to_onnx(models.lenet5(), path, input_shape=(3, 32, 32))        # fails at once
+    # the graph's first axis is the batch, of any size: unflattening it is refused (its sizes
+    # were the export's batch: another batch failed or came out in another shape)
+    with pytest.raises(ValueError, match=r"the model \(Unflatten.*\) unflattens the batch axis"):
+        to_onnx(nn.Unflatten(0, (1, -1)), path, input_shape=(3, 4))
     mixed = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2).astype(np.float64))
     with pytest.raises(ValueError, match=r"mixes dtypes \['float32', 'float64'\].*astype"):
         to_onnx(mixed, path, input_shape=(1, 2))
