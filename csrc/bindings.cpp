@@ -8,6 +8,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
+
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -51,6 +55,23 @@ std::atomic<int> g_threads{0};  // 0: OpenMP's own default (OMP_NUM_THREADS, els
 constexpr int kMaxThreads = 1024;
 std::atomic<int> g_running{0};
 std::atomic<bool> g_switching{false};
+// Whether a kernel has run in this process (its OpenMP team may exist), and whether this
+// process is a child forked after one had (see after_fork_in_child).
+std::atomic<bool> g_kernels_ran{false};
+std::atomic<bool> g_forked_after_kernels{false};
+
+// In a child forked after kernels ran: the child has the forking thread alone, and a
+// parallel region of more than one thread would wait forever for the parent's OpenMP team,
+// which it did not inherit. Its kernels run on one thread; the calls that were running in
+// the parent's other threads are not running here.
+void after_fork_in_child() {
+  g_running.store(0);
+  g_switching.store(false);
+  if (!g_kernels_ran.load()) return;
+  g_forked_after_kernels.store(true);
+  g_threads.store(1);
+  fastconv::set_max_threads(1);
+}
 
 class KernelCall {
  public:
@@ -61,6 +82,7 @@ class KernelCall {
       if (!g_switching.load()) break;
       g_running.fetch_sub(1);  // a switch began meanwhile: let it go first
     }
+    g_kernels_ran.store(true, std::memory_order_relaxed);
     const int n = g_threads.load();
     if (n > 0 && fastconv::max_threads() != n) fastconv::set_max_threads(n);
   }
@@ -1083,6 +1105,9 @@ std::size_t block_cache_exercise(int threads, int rounds, const std::vector<std:
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
+#if defined(__unix__) || defined(__APPLE__)
+  pthread_atfork(nullptr, nullptr, &after_fork_in_child);
+#endif
   m.doc() = "fastconv compiled kernels (internal: use fastconv.functional)";
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("weight"), py::arg("bias").none(true),
         py::arg("y"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
@@ -1200,9 +1225,13 @@ PYBIND11_MODULE(_core, m) {
       throw py::value_error("set_num_threads: n must be >= 1 and <= " +
                             std::to_string(kMaxThreads) + ", got " + std::to_string(n));
     if (!fastconv::openmp_enabled()) return;  // single-threaded build: stays 1
+    if (g_forked_after_kernels.load()) return;  // stays 1 (see after_fork_in_child)
     g_threads.store(n);
     fastconv::set_max_threads(n);
   }, py::arg("n"), "Threads of every kernel call from now on, from any Python thread.");
+  m.def("forked_after_kernels", [] { return g_forked_after_kernels.load(); },
+        "Whether this process was forked after kernels ran in its parent: its kernels then "
+        "run on one thread.");
   m.def("openmp_enabled", &fastconv::openmp_enabled);
   m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("seconds"), py::arg("dtype") = "float32",
         "The machine's multiply-add peak in GFLOP/s, measured: the selected SIMD level's FMA "

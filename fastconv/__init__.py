@@ -71,9 +71,19 @@ def set_num_threads(n: int) -> None:
     """Set the number of OpenMP threads the kernels use (n >= 1), for every kernel call from
     then on, from any Python thread (as torch.set_num_threads). Results do not depend on it.
     A build without OpenMP runs on one thread whatever n is (get_num_threads() then says 1;
-    fastconv.build_info() shows whether OpenMP is in)."""
+    fastconv.build_info() shows whether OpenMP is in). So does a process forked after its
+    parent ran kernels (multiprocessing's "fork" start method): the parent's OpenMP threads
+    are not in the child, which would wait for them forever; a RuntimeWarning says so when
+    more threads are asked for there (use the "spawn" or "forkserver" start method)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {n!r}")
+    if n > 1 and _core.forked_after_kernels():
+        import warnings
+
+        warnings.warn(f"set_num_threads({n}): this process was forked after fastconv's kernels "
+                      f"ran in its parent, so its kernels run on one thread (OpenMP's threads "
+                      f"are not forked); start it with multiprocessing's 'spawn' or "
+                      f"'forkserver' method for more", RuntimeWarning, stacklevel=2)
     _core.set_num_threads(n)
 
 

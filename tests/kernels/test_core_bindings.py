@@ -3,6 +3,8 @@ dtype is a TypeError naming the argument (fastconv.functional converts before ca
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -39,3 +41,60 @@ def test_other_dtypes_are_a_type_error_naming_the_argument(op):
 def test_float32_and_float64_reach_the_kernels(op, dtype):
     _, call = calls(dtype)[op]
     call()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_a_process_forked_after_kernels_ran_runs_them_on_one_thread():
+    """multiprocessing's 'fork' children of a process whose kernels ran on 2 threads: the
+    parent's OpenMP threads are not in the child, and a parallel region waited for them
+    forever. The child runs its kernels on one thread (the same bits), says so when asked
+    for more, and the parent keeps its threads."""
+    import fastconv
+
+    before = fastconv.get_num_threads()
+    fastconv.set_num_threads(2)
+    try:
+        _fork_and_check()
+    finally:
+        fastconv.set_num_threads(before)
+
+
+def _fork_and_check():
+    """(The test's fork, on 2 threads.)"""
+    import warnings
+
+    import fastconv
+    from fastconv import functional as F
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 16, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    want = F.conv2d(x, w, padding=1)  # (an OpenMP team of 2 now exists)
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # (3.12+: fork with threads)
+        pid = os.fork()
+    if pid == 0:  # the child: report, never return into pytest
+        code = 1
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fastconv.set_num_threads(2)
+            same = np.array_equal(F.conv2d(x, w, padding=1), want)
+            code = 0 if (same and fastconv.get_num_threads() == 1 and _core.forked_after_kernels()
+                         and any("forked" in str(c.message) for c in caught)) else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(0)
+    os.close(write)
+    import select
+    ready, _, _ = select.select([read], [], [], 120)
+    if not ready:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in its first kernel")
+    code = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert code == bytes([0])
+    assert fastconv.get_num_threads() == 2 and not _core.forked_after_kernels()
