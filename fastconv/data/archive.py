@@ -20,6 +20,7 @@ import posixpath
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -107,7 +108,8 @@ def download(dest_dir: str | os.PathLike | None, *, url: str, md5: str | None, f
             does not send a Content-Length.
         opener: ``opener(url, timeout=...)`` returning a binary file-like response; default
             ``urllib.request.urlopen``. Injectable for tests.
-        timeout: socket timeout in seconds.
+        timeout: socket timeout in seconds; also, a download that receives less than 1 KiB
+            in any ``timeout`` seconds is given up as stalled.
         progress: show a progress bar (tqdm when installed, else a percentage on stderr).
 
     Raises:
@@ -117,6 +119,7 @@ def download(dest_dir: str | os.PathLike | None, *, url: str, md5: str | None, f
     dest = data_root(dest_dir)
     try:
         dest.mkdir(parents=True, exist_ok=True)
+        _remove_stale_parts(dest, filename)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=dest)
     except OSError as e:
         raise DatasetError(f"cannot write to {dest} ({e.strerror or e}); choose a writable "
@@ -142,9 +145,14 @@ def download(dest_dir: str | os.PathLike | None, *, url: str, md5: str | None, f
                 print(f"downloading {what} ({format_size(size) if size else 'size unknown'}) "
                       f"from {url} into {dest}", file=sys.stderr, flush=True)
                 bar = _make_progress(total, progress, url)
+                # read1: what has arrived (read(n) blocks until n bytes, so a server sending
+                # a byte now and then was never timed out); a window of `timeout` seconds
+                # with under 1 KiB is a stall.
+                read = getattr(response, "read1", response.read)
+                received, window_start, window_bytes = 0, time.monotonic(), 0
                 while True:
                     try:
-                        chunk = response.read(1 << 20)
+                        chunk = read(1 << 20)
                     except OSError as e:
                         raise DatasetNotFoundError(
                             f"download of {url} failed midway ({e}); run again, or download "
@@ -153,8 +161,21 @@ def download(dest_dir: str | os.PathLike | None, *, url: str, md5: str | None, f
                         break
                     out.write(chunk)
                     digest.update(chunk)
+                    received += len(chunk)
+                    window_bytes += len(chunk)
+                    if time.monotonic() - window_start >= timeout:
+                        if window_bytes < 1024:
+                            raise DatasetNotFoundError(
+                                f"download of {url} stalled ({window_bytes} bytes in the last "
+                                f"{timeout:g} s); run again, or download {filename} by hand "
+                                f"into {dest}")
+                        window_start, window_bytes = time.monotonic(), 0
                     if bar is not None:
                         bar(len(chunk))
+                if total is not None and received != total:
+                    raise DatasetNotFoundError(
+                        f"download of {url} failed midway (got {received:,} of {total:,} "
+                        f"bytes); run again, or download {filename} by hand into {dest}")
             if md5 is not None and digest.hexdigest() != md5.lower():
                 raise DatasetError(
                     f"downloaded file from {url} has MD5 {digest.hexdigest()}, expected {md5} "
@@ -178,6 +199,18 @@ def download(dest_dir: str | os.PathLike | None, *, url: str, md5: str | None, f
         if bar is not None:
             bar(None)
     return final
+
+
+def _remove_stale_parts(dest: Path, filename: str, age: float = 86400.0) -> None:
+    """Remove the temporary files of downloads of `filename` into `dest` left by a process
+    killed outright (SIGKILL, power loss) more than `age` seconds ago."""
+    now = time.time()
+    for part in dest.glob(f".{filename}.*.part"):
+        try:
+            if now - part.stat().st_mtime > age:
+                part.unlink()
+        except OSError:
+            pass
 
 
 def _content_length(response: Any) -> int | None:

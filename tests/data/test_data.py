@@ -15,6 +15,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import pytest
 import fake_cifar
 from fake_cifar import PER_BATCH
 from fastconv import data as D
+from fastconv.data.archive import download
 
 
 @pytest.fixture(scope="module")
@@ -369,10 +371,77 @@ def test_interrupted_download_leaves_nothing(tmp_path):
                 raise ConnectionResetError("connection reset by peer")
             return data
 
+        read1 = read  # (what download reads with: what has arrived)
+
     dest = tmp_path / "cache"
     with pytest.raises(D.DatasetNotFoundError, match="failed midway"):
         D.download_cifar10(dest, opener=lambda url, timeout: Response(bytes(100000)))
     assert list(dest.iterdir()) == []
+
+
+def _serving(handler_class):
+    """A loopback HTTP server running `handler_class` in a thread: (base url, server)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """/short: a Content-Length of 100000 and half of it; /trickle: a byte every 0.3 s."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        if self.path == "/short":
+            self.wfile.write(bytes(50000))
+            return
+        try:
+            for _ in range(100):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.3)
+        except OSError:
+            pass
+
+
+def test_a_short_or_trickling_download_fails_and_leaves_nothing(tmp_path):
+    """A body shorter than its Content-Length (the connection closed early) is refused even
+    without an MD5 to check, and a server sending a byte now and then is given up as stalled
+    after `timeout` (each read took what arrived within the socket timeout, for ever)."""
+    url, server = _serving(_Trickle)
+    try:
+        dest = tmp_path / "cache"
+        with pytest.raises(D.DatasetNotFoundError, match=r"failed midway \(got 50,000 of "
+                                                         r"100,000 bytes\)"):
+            download(dest, url=f"{url}/short", md5=None, filename="a.bin", what="A")
+        start = time.monotonic()
+        with pytest.raises(D.DatasetNotFoundError, match=r"stalled \(\d bytes in the last 1 s\)"):
+            download(dest, url=f"{url}/trickle", md5=None, filename="a.bin", what="A",
+                       timeout=1.0)
+        assert time.monotonic() - start < 20
+        assert list(dest.iterdir()) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_stale_parts_of_killed_downloads_are_removed(tmp_path, fake_tarball):
+    """A download's temporary file left by a killed process goes at the next download of
+    that file once a day old; a fresh one (another process's download) stays."""
+    import os as _os
+
+    dest = tmp_path / "cache"
+    dest.mkdir()
+    old, fresh = dest / ".a.bin.x1.part", dest / ".a.bin.x2.part"
+    old.write_bytes(b"1")
+    fresh.write_bytes(b"2")
+    _os.utime(old, (time.time() - 2 * 86400,) * 2)
+    download(dest, url=fake_tarball.as_uri(), md5=None, filename="a.bin", what="A")
+    assert sorted(p.name for p in dest.iterdir()) == [".a.bin.x2.part", "a.bin"]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
