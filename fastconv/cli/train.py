@@ -965,6 +965,7 @@ def _run_locked(ns: argparse.Namespace, args_cfg: "TrainConfig", given: set, out
         (f" --data-dir {ns.data_dir}" if ns.data_dir is not None else "")
     distributed = False if comm is None else Distributed(sync_bn=cfg.sync_bn,
                                                          bucket_mb=ns.bucket_mb, comm=comm)
+    ns.training = True  # (an interruption from here on is fit's: see _handled)
     with _StopFlag(ns.stop_after) as stop:
         callbacks.append(stop)
         try:
@@ -1271,18 +1272,47 @@ def _handled(ns: argparse.Namespace, comm) -> int:
     in a distributed run, the errors every rank raised alike (the others propagate)."""
     from ..checkpoint import CheckpointError
     from ..data import DatasetError
+    ns.training = False
     try:
-        return _run(ns, comm)
+        with _TermAsInterrupt() as term:
+            return _run(ns, comm)
     except (UserError, DatasetError, CheckpointError, OSError, KeyboardInterrupt) as e:
         if comm is not None and comm.size > 1 and not _on_every_rank_alike(e):
             raise
         where = "" if comm is None or comm.size == 1 else f" (rank {comm.rank} of {comm.size})"
         if isinstance(e, KeyboardInterrupt):
-            print(f"\n{PROG}: aborted (no checkpoint written for the current epoch)",
-                  file=sys.stderr)
-            return 130
+            what = ("aborted (no checkpoint written for the current epoch)" if ns.training else
+                    "interrupted before training began (nothing written)")
+            print(f"\n{PROG}: {what}", file=sys.stderr)
+            return 128 + (term.signum or signal.SIGINT)
         _error_line(f"{PROG}: error{where}: {e}")
         return 2 if isinstance(e, UserError) else 1
+
+
+class _TermAsInterrupt:
+    """SIGTERM as Ctrl-C for the whole run (fit's _StopFlag takes both over while it trains):
+    a download or data preparation it stops cleans up after itself (the default action
+    killed the process where it stood, leaving a partial download behind)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous = None
+
+    def __enter__(self) -> "_TermAsInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+            except (ValueError, OSError):
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        raise KeyboardInterrupt
 
 
 def _on_every_rank_alike(exc: BaseException) -> bool:

@@ -606,3 +606,61 @@ def test_help_lists_the_recipes(capsys):
     assert T.main(["--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--recipe {default,airbench94}" in text and "label_smoothing=0.2" in text
+
+
+_STALLING_DOWNLOAD = r'''
+import sys
+from fastconv.data import cifar
+cifar.load_cifar10.__kwdefaults__["url"] = sys.argv.pop(1)
+from fastconv.cli.train import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_download_leaves_nothing(tmp_path, sig, status):
+    """SIGTERM (or Ctrl-C) while fastconv-train downloads CIFAR-10: the partial download is
+    removed (SIGTERM's default action killed the process, leaving it in the data folder),
+    the exit status is the signal's, and the message says nothing was written."""
+    import http.server
+    import threading
+
+    class Stall(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(10 ** 8))
+            self.end_headers()
+            try:
+                self.wfile.write(bytes(1 << 16))
+                self.wfile.flush()
+                time.sleep(30)
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    data, out = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _STALLING_DOWNLOAD,
+             f"http://127.0.0.1:{server.server_address[1]}/cifar", "--data-dir", str(data),
+             "--download", "--out", str(out), "--epochs", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while not list(data.glob(".*.part")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(data.glob(".*.part")), "the download did not start"
+        time.sleep(0.3)
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == status, output
+    assert "interrupted before training began (nothing written)" in output
+    assert list(data.iterdir()) == [] and "Traceback" not in output
