@@ -91,9 +91,13 @@ def _warn_if_unscaled(images: np.ndarray, where: str) -> None:
     floats (``np.asarray(pil_image, np.float32)``), which would be taken as already scaled to
     [0, 1] and come out of the normalisation ~255 times too large (16 is far above what
     scaled or standardised data reach, and below any picture's brightest pixel). Judged on
-    the finite values: inf or NaN says nothing of the scale (the message mentions them)."""
+    the finite values: inf or NaN says nothing of the scale (the message mentions them).
+    Judged on at most 4096 images spread over the array (a DataLoader over a memmap larger
+    than memory read it whole, and allocated a mask of it when it held a NaN)."""
     if images.dtype.kind != "f" or images.size == 0:
         return
+    if images.ndim > 1 and len(images) > 4096:
+        images = images[np.linspace(0, len(images) - 1, 4096).astype(np.int64)]
     top = float(np.max(images))
     nonfinite = not math.isfinite(top)  # (an inf or NaN anywhere makes the max inf or NaN)
     if nonfinite:

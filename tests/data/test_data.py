@@ -539,6 +539,18 @@ def test_float_images_of_pixel_values_warn_that_they_are_taken_as_scaled():
     D.DataLoader(x / 255, np.zeros(4, np.int64), 2)
 
 
+def test_the_scale_warning_reads_a_bounded_sample_of_a_large_array(tmp_path):
+    """A DataLoader over a large float memmap judges the scale on at most 4096 images spread
+    over it (it read every byte, and with a NaN allocated a mask of the whole array)."""
+    n = 20000
+    images = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, (n, 3, 4, 4))
+    images[:] = 0.5
+    images[1] = np.nan          # not among the images sampled: no word of NaN
+    images[n - 1, 0, 0, 0] = 200.0  # the last image is sampled: the scale warning
+    with pytest.warns(UserWarning, match=r"^DataLoader: float images with values up to 200 "):
+        D.DataLoader(images, np.zeros(n, np.int64), 64)
+
+
 @pytest.mark.parametrize("bad,values", [(np.inf, r"finite values up to 255 \(and inf or NaN\)"),
                                         (np.nan, r"finite values up to 255 \(and inf or NaN\)"),
                                         (-np.inf, r"values up to 255")])
