@@ -124,9 +124,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
                 os.fchmod(f.fileno(), _new_file_mode(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # (a full disk's write or fsync error names no file: name the one not written)
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     _fsync_dir(directory)
 

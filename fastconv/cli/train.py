@@ -86,6 +86,7 @@ job (MPI_Abort) with its error; the last checkpoint stays intact.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import json
 import math
@@ -476,11 +477,15 @@ class _OutLock:
             if same:
                 break
             fh.close()                   # removed by the run that just ended: lock anew
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
         self.fh = fh
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+        except OSError:
+            self.__exit__()  # (a full disk: no lock file left behind, empty)
+            raise
         _remove_stale_temporaries(self.out)
         return self
 
@@ -1285,7 +1290,11 @@ def _handled(ns: argparse.Namespace, comm) -> int:
                     "interrupted before training began (nothing written)")
             print(f"\n{PROG}: {what}", file=sys.stderr)
             return 128 + (term.signum or signal.SIGINT)
-        _error_line(f"{PROG}: error{where}: {e}")
+        advice = ""
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC and ns.training:
+            advice = ("; the last checkpoint written is kept: free some space, then continue "
+                      "with --resume")
+        _error_line(f"{PROG}: error{where}: {e}{advice}")
         return 2 if isinstance(e, UserError) else 1
 
 

@@ -357,3 +357,18 @@ def test_foreign_file_is_not_called_corrupt(tmp_path, kind):
         assert f"{path} is not a fastconv {name}" in msg and what in msg, msg
         assert "delete" not in msg and "pickle=" not in msg and "corrupt" not in msg, msg
     assert path.exists()
+
+
+def test_a_full_disk_names_the_file_not_written_and_keeps_the_old_one(tmp_path):
+    """A write or fsync failing for lack of space (its error names no file) is an OSError
+    naming the file not written; the previous file stays and no temporary file is left."""
+    import errno as _errno
+
+    path = tmp_path / "ck.npz"
+    path.write_bytes(b"previous")
+    with pytest.raises(OSError, match=r"\[Errno 28\] No space left on device: '.*ck\.npz'") as e:
+        with C.atomic_write(path) as f:
+            f.write(b"new")
+            raise OSError(_errno.ENOSPC, "No space left on device")
+    assert e.value.errno == _errno.ENOSPC and e.value.filename == str(path)
+    assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["ck.npz"]
