@@ -634,10 +634,11 @@ def test_a_signal_during_the_download_leaves_nothing(tmp_path, sig, status):
             self.send_response(200)
             self.send_header("Content-Length", str(10 ** 8))
             self.end_headers()
-            try:
-                self.wfile.write(bytes(1 << 16))
-                self.wfile.flush()
-                time.sleep(30)
+            try:  # (1 KiB every 50 ms: a slow download, never a stall)
+                for _ in range(1200):
+                    self.wfile.write(bytes(1024))
+                    self.wfile.flush()
+                    time.sleep(0.05)
             except OSError:
                 pass
 
@@ -656,6 +657,7 @@ def test_a_signal_during_the_download_leaves_nothing(tmp_path, sig, status):
             time.sleep(0.05)
         assert list(data.glob(".*.part")), "the download did not start"
         time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()[0]  # (still downloading)
         proc.send_signal(sig)
         output, _ = proc.communicate(timeout=60)
     finally:
