@@ -609,7 +609,9 @@ def test_help_lists_the_recipes(capsys):
 
 
 _STALLING_DOWNLOAD = r'''
-import sys
+import signal, sys
+# Ctrl-C as at a terminal: a job started in the background (CI's, say) inherits SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from fastconv.data import cifar
 cifar.load_cifar10.__kwdefaults__["url"] = sys.argv.pop(1)
 from fastconv.cli.train import main
