@@ -177,6 +177,7 @@ class Conv2d(_ConvLayer):
         """Accumulate the trainable parameters' gradients; return dL/dx (None without
         input_grad). The kernels are asked for nothing else (output_mask)."""
         ops, x, y_shape, precision = ctx
+        self._check_unchanged(x, y_shape)
         w = self.weight.data
         grad_y = self._check_grad(grad_y, y_shape, w.dtype)
         mask = (bool(input_grad), *self._grad_mask())
@@ -212,6 +213,17 @@ class Conv2d(_ConvLayer):
         return (pooled, ConvContext(ops, x, y_shape, precision),
                 MaxPoolContext(ops, idx, y_shape, pooled, relu))
 
+    def _check_unchanged(self, x: np.ndarray, y_shape: tuple) -> None:
+        """ValueError unless the layer (weight shape, stride, padding, dilation, groups) still
+        maps the saved input to the saved output's shape: changed after the forward, its
+        backward would pair them wrongly (the fused conv -> pool backward did, silently)."""
+        now = _args.conv2d_output_shape(x.shape, self.weight.data.shape, self.stride,
+                                        self._kernel_padding(), self.dilation, self.groups)
+        if tuple(now) != tuple(y_shape):
+            raise ValueError(f"{self!r}: changed since its forward (its output would now be "
+                             f"{tuple(now)}, not {tuple(y_shape)}): run forward again before "
+                             f"backward")
+
     def _backward_through_max_pool_ctx(self, ctx: ConvContext, pool: "MaxPool2d",
                                        pool_ctx: MaxPoolContext, grad_pooled: np.ndarray) -> None:
         """Backward of this layer and of the max pooling run after it (`pool`, its context;
@@ -219,6 +231,7 @@ class Conv2d(_ConvLayer):
         (the first layer of a network). Accumulates the trainable parameters' gradients as
         backward would."""
         ops, x, y_shape, precision = ctx
+        self._check_unchanged(x, y_shape)
         if tuple(pool_ctx.input_shape) != tuple(y_shape):
             raise ValueError(f"{self!r}: the pooling after it saw input {pool_ctx.input_shape}, "
                              f"not this layer's output {y_shape}")

@@ -724,9 +724,23 @@ class Module:
         saved forward (and its layers'), and each layer's training flag, stay as they were.
         Layers override it with the shape formula.
         """
-        twin = copy.deepcopy(self)
-        twin.eval()
-        return tuple(twin.forward(np.zeros(input_shape, dtype=self.dtype or np.float32)).shape)
+        zeros = np.zeros(input_shape, dtype=self.dtype or np.float32)
+        try:
+            twin = copy.deepcopy(self)
+        except Exception:  # noqa: BLE001 - a module holding what cannot be copied (a
+            twin = None    # communicator, a file): run it in place, then restore its state
+        if twin is not None:
+            return tuple(twin.eval().forward(zeros).shape)
+        saved = [(m, m.training, m.__dict__.get("_cache"), m.__dict__.get("_unbatched"))
+                 for m in self.modules()]
+        try:
+            self.eval()
+            return tuple(self.forward(zeros).shape)
+        finally:
+            for m, training, cache, unbatched in saved:
+                object.__setattr__(m, "training", training)
+                object.__setattr__(m, "_cache", cache)
+                object.__setattr__(m, "_unbatched", unbatched)
 
     def _get_cache(self):
         cache = self._cache

@@ -415,3 +415,24 @@ def test_first_conv_through_pool_inside_containers(backend, monkeypatch):
             assert calls == through
         else:  # (the reference's through-pool op calls its conv2d_backward)
             assert [c for c in calls if c != "conv2d_backward"] == through
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("change", ["padding", "stride", "weight"])
+def test_a_conv_changed_between_forward_and_backward_is_refused(fused, change):
+    """A first conv (its backward runs through the max pooling when fused, as training's
+    input_grad=False does) whose geometry changed after the forward: a ValueError both ways
+    (the fused step used the new geometry with the old pooling indices, silently)."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    with fusion.enabled(fused):
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, rng=0), nn.ReLU(), nn.MaxPool2d(2))
+        y = model(x)
+        conv = model[0]
+        if change == "padding":
+            conv.padding = (2, 2)
+        elif change == "stride":
+            conv.stride = (2, 2)
+        else:
+            conv.weight.data = np.ones((8, 3, 1, 1), np.float32)
+        with pytest.raises(ValueError, match="changed since its forward"):
+            model.backward(np.ones_like(y), input_grad=False)
