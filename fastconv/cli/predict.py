@@ -148,8 +148,15 @@ def load_image(path: str | os.PathLike, size: int = 32) -> np.ndarray:
 
 
 def _as_batch(images, size: int = 32) -> np.ndarray:
-    """Paths / arrays -> uint8 or float (N, 3, size, size)."""
+    """Paths / arrays -> uint8 or float (N, 3, size, size). Integer arrays other than
+    uint8/uint16/int16 (whose pixel scale is known) are refused: read as already scaled,
+    int64 pixels 0..255 gave confident nonsense."""
+    if isinstance(images, (bytes, bytearray)):
+        images = os.fsdecode(images)
     if isinstance(images, np.ndarray):
+        if images.dtype.kind in "iu" and images.dtype not in (np.uint8, np.uint16, np.int16):
+            raise PredictError(f"integer images of dtype {images.dtype}: give pixels as uint8 "
+                               f"(images.astype(np.uint8) for 0..255), or floats in [0, 1]")
         if images.ndim == 4 and images.shape[1] == 3:
             return images
         if images.ndim == 3 and images.shape[0] == 3:
@@ -160,8 +167,12 @@ def _as_batch(images, size: int = 32) -> np.ndarray:
                            f"{images.shape}")
     if isinstance(images, (str, os.PathLike)):
         images = [images]
-    return np.stack([load_image(p, size) if isinstance(p, (str, os.PathLike))
-                     else _as_batch(p, size)[0] for p in images])
+    images = list(images)
+    if not images:
+        raise PredictError("no images given")
+    return np.stack([load_image(os.fsdecode(p) if isinstance(p, bytes) else p, size)
+                     if isinstance(p, (str, bytes, os.PathLike)) else _as_batch(p, size)[0]
+                     for p in images])
 
 
 def predict(images, weights: str | os.PathLike | None = None, top: int = 3, *, model=None,
@@ -193,6 +204,10 @@ def predict(images, weights: str | os.PathLike | None = None, top: int = 3, *, m
     x = D.to_float32(batch, info["mean"], info["std"])
     probs = softmax(model_outputs(model, x), axis=1)
     names = info["class_names"]
+    if len(names) != probs.shape[1]:
+        raise PredictError(f"the model gives {probs.shape[1]} class scores, and there are "
+                           f"{len(names)} class names: give the info of the run it was "
+                           f"trained in (its class_names)")
     k = min(int(top), probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]

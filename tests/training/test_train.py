@@ -668,3 +668,21 @@ def test_a_signal_during_the_download_leaves_nothing(tmp_path, sig, status):
     assert proc.returncode == status, output
     assert "interrupted before training began (nothing written)" in output
     assert list(data.iterdir()) == [] and "Traceback" not in output
+
+
+def test_predict_refuses_what_it_would_read_wrongly():
+    """Integer pixels of an unknown scale (int64 0..255 were taken as scaled: confident
+    nonsense), no images, and a model with another number of classes than the names: a
+    PredictError each; a bytes path is a path."""
+    from fastconv import models
+
+    model = models.get_model("simple_cnn", seed=0)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32))
+    with pytest.raises(P.PredictError, match="integer images of dtype int64"):
+        P.predict(pixels, model=model)
+    assert len(P.predict(pixels.astype(np.uint8), model=model)) == 2
+    with pytest.raises(P.PredictError, match="no images given"):
+        P.predict([], model=model)
+    twelve = models.get_model("simple_cnn", seed=0, num_classes=12)
+    with pytest.raises(P.PredictError, match="12 class scores, and there are 10 class names"):
+        P.predict(pixels.astype(np.uint8), model=twelve)
