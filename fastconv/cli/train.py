@@ -524,6 +524,24 @@ def _metrics_csv(rows: list[dict]) -> str:
     return csv_text(rows, METRIC_FIELDS, float_format=lambda v: f"{v:.6g}")
 
 
+def _set_handlers(signums, handler) -> dict[int, Any]:
+    """`handler` for each of `signums` (on the main thread only: elsewhere Python refuses
+    them); returns the handlers replaced, for _restore_handlers."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in signums:
+            try:
+                previous[s] = signal.signal(s, handler)
+            except (ValueError, OSError):
+                pass
+    return previous
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
 class _StopFlag(Callback):
     """Turns SIGINT/SIGTERM into a request to stop the fit after the current step (or
     validation batch); a second signal raises KeyboardInterrupt at once (abort without
@@ -536,17 +554,11 @@ class _StopFlag(Callback):
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    self._previous[s] = signal.signal(s, self._handle)
-                except (ValueError, OSError):
-                    pass
+        self._previous = _set_handlers((signal.SIGINT, signal.SIGTERM), self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        for s, h in self._previous.items():
-            signal.signal(s, h)
+        _restore_handlers(self._previous)
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
@@ -1305,19 +1317,14 @@ class _TermAsInterrupt:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._previous = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_TermAsInterrupt":
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self._previous = signal.signal(signal.SIGTERM, self._handle)
-            except (ValueError, OSError):
-                pass
+        self._previous = _set_handlers((signal.SIGTERM,), self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        _restore_handlers(self._previous)
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
